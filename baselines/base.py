@@ -1,0 +1,281 @@
+"""The method contract: a method owns its optimisation step(s); the runner owns the loop.
+
+A method is one ``Method`` subclass in one file, registered with ``@register``. The runner calls, per epoch:
+``on_epoch_start`` -> ``update(batch, step)`` for every training batch -> evaluation through ``predict`` ->
+``on_epoch_end`` -> checkpoint. Everything a method may need from the runner (optimizers whose learning rate the
+runner schedules, autocast, the loaders for epoch hooks) comes through ``TrainContext``; if a method seems to need
+the runner to know its name, the contract is missing a hook.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from baselines.heads import build_head
+from baselines.hparams import HParam, HParams
+from baselines.networks import build_encoders, init_model
+from datasets.base import Batch, BatchLoader, TaskSpec
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Where an ``update`` call sits in training."""
+
+    epoch: int
+    step: int
+    steps_per_epoch: int
+    epochs: int
+
+    @property
+    def global_step(self) -> int:
+        return self.epoch * self.steps_per_epoch + self.step
+
+
+@dataclass
+class Prediction:
+    """Fused logits (B, K) and per-modality logits (B, K) for the imbalance metrics."""
+
+    fused: torch.Tensor
+    per_modality: dict[str, torch.Tensor]
+
+
+@dataclass
+class Loaders:
+    """The loaders epoch hooks may read (prototype passes, validation estimates, resampling)."""
+
+    train: BatchLoader
+    val: BatchLoader | None = None
+    test: BatchLoader | None = None
+
+
+@dataclass
+class TrainContext:
+    """What the runner hands a method.
+
+    ``make_optimizer`` builds the configured optimizer (``train.optimizer``, lr, momentum, weight decay) and
+    registers it so that the runner's epoch-wise LR schedule and checkpoints cover it, including parameter groups a
+    method adds later through ``add_param_group`` (methods.md P8).
+    """
+
+    device: torch.device
+    epochs: int
+    train_hp: HParams
+    model_hp: HParams
+    amp: bool = False
+    optimizers: list[torch.optim.Optimizer] = field(default_factory=list)
+    lr_factor: float = 1.0
+    loaders: Loaders | None = None
+
+    def make_optimizer(self, params: Iterable, *, lr: float | None = None, name: str | None = None,
+                       **overrides: Any) -> torch.optim.Optimizer:
+        hp = self.train_hp
+        base_lr = hp.lr if lr is None else lr
+        kind = overrides.pop("optimizer", hp.optimizer)
+        groups = list(params)
+        if groups and not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        for g in groups:
+            g.setdefault("initial_lr", g.get("lr", base_lr))
+            g["lr"] = g["initial_lr"] * self.lr_factor
+        if kind == "sgd":
+            opt = torch.optim.SGD(groups, lr=base_lr, momentum=overrides.pop("momentum", hp.momentum),
+                                  weight_decay=overrides.pop("weight_decay", hp.weight_decay))
+        elif kind == "adam":
+            opt = torch.optim.Adam(groups, lr=base_lr, weight_decay=overrides.pop("weight_decay", hp.weight_decay))
+        elif kind == "adamw":
+            opt = torch.optim.AdamW(groups, lr=base_lr, weight_decay=overrides.pop("weight_decay", hp.weight_decay))
+        else:
+            raise ValueError(f"train.optimizer={kind!r} is not one of sgd, adam, adamw")
+        if overrides:
+            raise TypeError(f"unexpected optimizer options {sorted(overrides)}")
+        self.optimizers.append(opt)
+        return opt
+
+    def add_param_group(self, optimizer: torch.optim.Optimizer, params: Iterable[nn.Parameter],
+                        lr: float | None = None) -> None:
+        """Register new parameters mid-training with the current (scheduled) lr and the optimizer's defaults."""
+        initial = self.train_hp.lr if lr is None else lr
+        optimizer.add_param_group({"params": list(params), "initial_lr": initial, "lr": initial * self.lr_factor})
+
+    def set_lr_factor(self, factor: float) -> None:
+        """Apply the schedule to every group of every registered optimizer, groups added later included."""
+        self.lr_factor = factor
+        for opt in self.optimizers:
+            for g in opt.param_groups:
+                g["lr"] = g["initial_lr"] * factor
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+class Method(nn.Module):
+    """Base class. A subclass implements one published method and cites it (paper + official code) in its docstring.
+
+    Class attributes:
+        name: registry key and hyperparameter namespace.
+        title: the row label in tables (e.g. "OGM-GE").
+        HPARAMS: the method's knobs, declared once with their sources.
+        VARIANTS: named presets, e.g. ``{"official_compat": {...}}``; adds a ``variant`` knob ("paper" default).
+        MODALITIES: the numbers of modalities the method supports.
+    """
+
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    HPARAMS: ClassVar[tuple[HParam, ...]] = ()
+    VARIANTS: ClassVar[dict[str, dict[str, Any]]] = {}
+    MODALITIES: ClassVar[tuple[int, ...]] = (2, 3)
+
+    def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
+        super().__init__()
+        if len(task.modalities) not in self.MODALITIES:
+            raise ValueError(f"method {self.name!r} supports {self.MODALITIES} modalities; dataset "
+                             f"{task.dataset!r} has {len(task.modalities)} ({', '.join(task.names)})")
+        self.task = task
+        self.hp = hp
+        self.ctx = ctx
+        self.modalities = task.names
+
+    # --- the contract -------------------------------------------------------------------------------------------
+    def update(self, batch: Batch, step: StepInfo) -> dict[str, float]:
+        raise NotImplementedError
+
+    def predict(self, batch: Batch) -> Prediction:
+        raise NotImplementedError
+
+    def on_epoch_start(self, epoch: int, loaders: Loaders) -> None:
+        """Optional: schedules, prototype passes, weight estimation, resampling the train loader."""
+
+    def on_epoch_end(self, epoch: int, loaders: Loaders) -> dict[str, float]:
+        """Optional: structural changes (AUG's classifier assignment) and per-epoch diagnostics to log."""
+        return {}
+
+    def extra_state(self) -> dict[str, Any]:
+        """Optional: state outside parameters/buffers that a checkpoint must restore *before* the state dict
+        (e.g. the number of learners AUG has grown)."""
+        return {}
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        """Rebuild structure from ``extra_state`` so that ``load_state_dict`` finds every parameter."""
+
+    # --- checkpoints (methods rarely override) -------------------------------------------------------------------
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {"extra": self.extra_state(), "model": self.state_dict(),
+                "optimizers": [opt.state_dict() for opt in self.ctx.optimizers]}
+
+    def load_checkpoint_state(self, state: Mapping[str, Any]) -> None:
+        self.load_extra_state(state["extra"])
+        self.load_state_dict(state["model"])
+        if len(state["optimizers"]) != len(self.ctx.optimizers):
+            raise RuntimeError(f"checkpoint has {len(state['optimizers'])} optimizers, method {self.name!r} built "
+                               f"{len(self.ctx.optimizers)}: load_extra_state must rebuild the same structure")
+        for opt, saved in zip(self.ctx.optimizers, state["optimizers"]):
+            opt.load_state_dict(saved)
+
+    # --- helpers shared by methods -------------------------------------------------------------------------------
+    def inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return {m: batch[m] for m in self.modalities}
+
+
+def confidence_scores(logits: Mapping[str, torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """methods.md P2: s_m = sum over the batch of softmax(z_m)[y], under no_grad, vectorised with ``gather``."""
+    with torch.no_grad():
+        return {m: torch.softmax(z.detach().float(), dim=1).gather(1, labels[:, None]).sum() for m, z in
+                logits.items()}
+
+
+def conv_weights(module: nn.Module) -> list[nn.Parameter]:
+    """methods.md P3: the 4-D parameters (conv kernels) of a module, as OGM-GE modulates them."""
+    return [p for p in module.parameters() if p.dim() == 4]
+
+
+def zero_grad(params: Iterable[nn.Parameter], set_to_none: bool = True) -> None:
+    """``optimizer.zero_grad`` for an arbitrary parameter set; ``set_to_none=False`` is the PyTorch <= 1.13 default
+    (zero-filled gradients, so SGD still applies momentum and weight decay to those parameters)."""
+    for p in params:
+        if p.grad is None:
+            continue
+        if set_to_none:
+            p.grad = None
+        else:
+            p.grad.detach_()
+            p.grad.zero_()
+
+
+class FusionModel(nn.Module):
+    """Encoders + one fusion head, with P1's ``drop`` option (zero the named modalities' inputs or features)."""
+
+    def __init__(self, task: TaskSpec, model_hp: HParams, head: str,
+                 head_factory: Callable[[dict[str, int], int], nn.Module] | None = None) -> None:
+        super().__init__()
+        self.names = task.names
+        self.encoders = build_encoders(task, model_hp)
+        dims = {m: enc.out_dim for m, enc in self.encoders.items()}
+        self.head = head_factory(dims, task.num_classes) if head_factory else build_head(head, dims,
+                                                                                          task.num_classes)
+        init_model(self, model_hp)
+
+    def features(self, x: Mapping[str, torch.Tensor], drop: Iterable[str] = (), mode: str = "input"
+                 ) -> dict[str, torch.Tensor]:
+        drop = set(drop)
+        h = {}
+        for m in self.names:
+            inp = torch.zeros_like(x[m]) if (m in drop and mode == "input") else x[m]
+            feat = self.encoders[m](inp)
+            h[m] = torch.zeros_like(feat) if (m in drop and mode == "feature") else feat
+        return h
+
+    def unimodal_logits(self, h: Mapping[str, torch.Tensor], z_uni: dict[str, torch.Tensor] | None
+                        ) -> dict[str, torch.Tensor]:
+        """Per-modality logits: the head's own, or (heads without them: FiLM, gated) the fused output with every
+        other modality's features zeroed."""
+        if z_uni is not None:
+            return z_uni
+        out = {}
+        for m in self.names:
+            masked = {n: (v if n == m else torch.zeros_like(v)) for n, v in h.items()}
+            out[m] = self.head(masked)[0]
+        return out
+
+    def forward(self, x: Mapping[str, torch.Tensor], drop: Iterable[str] = (), mode: str = "input"
+                ) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor] | None]:
+        h = self.features(x, drop, mode)
+        z, z_uni = self.head(h)
+        return h, z, z_uni
+
+
+class FusionMethod(Method):
+    """Joint training of encoders + a fusion head with L = CE(z, y): the Concat/Sum/Weight/Affine/Gated rows.
+
+    Subclasses set ``HEAD``; methods that modulate joint training subclass this and override ``update``.
+    """
+
+    HEAD: ClassVar[str] = "concat"
+
+    def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
+        super().__init__(task, hp, ctx)
+        self.model = FusionModel(task, ctx.model_hp, self.HEAD).to(ctx.device)
+        self.optimizer = ctx.make_optimizer(self.model.parameters())
+
+    def update(self, batch: Batch, step: StepInfo) -> dict[str, float]:
+        with self.ctx.autocast():
+            _, z, _ = self.model(self.inputs(batch))
+            loss = F.cross_entropy(z.float(), batch["label"])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.item()}
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> Prediction:
+        with self.ctx.autocast():
+            h, z, z_uni = self.model(self.inputs(batch))
+            z_uni = self.model.unimodal_logits(h, z_uni)
+        return Prediction(z.float(), {m: v.float() for m, v in z_uni.items()})

@@ -1,0 +1,156 @@
+"""Hyperparameters declared once, next to the code that uses them, with defaults per dataset where papers differ.
+
+Every knob lives in a namespace: ``train.*`` (runner), ``model.*`` (shared networks), ``data.*`` (the dataset) or
+the method's own name (``ogm_ge.alpha``). Resolution order: declared default -> per-dataset default -> the method's
+variant preset (e.g. ``official_compat``) -> user overrides (config file, then ``--set``). Unknown keys and
+ill-typed values are errors that name the key and the valid alternatives; nothing is silently ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Mapping
+
+import yaml
+
+
+class HParamError(ValueError):
+    """An unknown hyperparameter key, or a value of the wrong type or outside its choices."""
+
+
+@dataclass(frozen=True)
+class HParam:
+    """One knob.
+
+    Attributes:
+        name: key within its namespace (no dots).
+        default: value used unless a dataset default, variant or override replaces it. Its type is the knob's type
+            (``None`` means "any type"; an int default accepts floats only when written as whole numbers).
+        doc: where the value comes from (paper, table, official code file) and what it does.
+        per_dataset: dataset name -> default for that dataset.
+        choices: allowed values, if the knob is categorical.
+    """
+
+    name: str
+    default: Any
+    doc: str
+    per_dataset: Mapping[str, Any] = field(default_factory=dict)
+    choices: tuple | None = None
+
+    def default_for(self, dataset: str | None) -> Any:
+        return self.per_dataset.get(dataset, self.default) if dataset is not None else self.default
+
+    def coerce(self, namespace: str, value: Any) -> Any:
+        key = f"{namespace}.{self.name}"
+        kind = type(self.default)
+        if self.default is None or value is None:
+            out = value
+        elif kind is bool:
+            if not isinstance(value, bool):
+                raise HParamError(f"{key} expects true/false, got {value!r}")
+            out = value
+        elif kind is int:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+                raise HParamError(f"{key} expects an integer, got {value!r}")
+            out = int(value)
+        elif kind is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise HParamError(f"{key} expects a number, got {value!r}")
+            out = float(value)
+        elif kind in (list, tuple):
+            if not isinstance(value, (list, tuple)):
+                raise HParamError(f"{key} expects a list, got {value!r}")
+            out = list(value)
+        elif kind is dict:
+            if not isinstance(value, dict):
+                raise HParamError(f"{key} expects a mapping, got {value!r}")
+            out = dict(value)
+        else:
+            if not isinstance(value, kind):
+                raise HParamError(f"{key} expects {kind.__name__}, got {value!r}")
+            out = value
+        if self.choices is not None and out not in self.choices:
+            raise HParamError(f"{key}={out!r} is not one of {list(self.choices)}")
+        return out
+
+
+class HParams(Mapping[str, Any]):
+    """Resolved, read-only values of one namespace; readable as ``hp.alpha`` or ``hp["alpha"]``."""
+
+    def __init__(self, namespace: str, values: Mapping[str, Any]) -> None:
+        self._namespace = namespace
+        self._values = dict(values)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(f"{self._namespace} has no hyperparameter {name!r}; it has "
+                                 f"{sorted(self._values)}") from None
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"HParams({self._namespace!r}, {self._values!r})"
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+
+def resolve(namespace: str, declared: Iterable[HParam], dataset: str | None,
+            overrides: Mapping[str, Any] | None = None,
+            variants: Mapping[str, Mapping[str, Any]] | None = None) -> HParams:
+    """Resolve one namespace. ``overrides`` are keyed by bare name (``alpha``), not ``ns.alpha``."""
+    table = {p.name: p for p in declared}
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(table))
+    if unknown:
+        raise HParamError(f"unknown hyperparameter(s) {[f'{namespace}.{k}' for k in unknown]}; valid keys for "
+                          f"{namespace!r}: {sorted(table)}")
+    values = {name: p.default_for(dataset) for name, p in table.items()}
+    if variants:
+        variant = overrides.get("variant", values.get("variant"))
+        preset = variants.get(variant, {}) if variant is not None else {}
+        for name, value in preset.items():
+            if name not in table:
+                raise HParamError(f"variant {variant!r} of {namespace!r} sets undeclared key {name!r}")
+            values[name] = value
+    for name, value in overrides.items():
+        values[name] = table[name].coerce(namespace, value)
+    return HParams(namespace, values)
+
+
+def variant_param(variants: Mapping[str, Mapping[str, Any]], doc: str) -> HParam:
+    """The ``variant`` knob of a method whose official code differs from its paper: ``paper`` is the default."""
+    return HParam("variant", "paper", doc, choices=("paper", *variants))
+
+
+def parse_assignments(items: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """``["ogm_ge.alpha=0.8", "train.lr=1e-3"]`` -> ``{"ogm_ge": {"alpha": 0.8}, "train": {"lr": 0.001}}``.
+
+    Values are parsed as YAML scalars/lists, so ``true``, ``0.8``, ``[69, 139]`` and strings all work.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        namespace, dot, name = key.strip().partition(".")
+        if not sep or not dot or not namespace or not name or "." in name:
+            raise HParamError(f"bad --set {item!r}: expected NAMESPACE.KEY=VALUE, e.g. ogm_ge.alpha=0.8")
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        # YAML reads "1e-3" as a string; accept scientific notation as a float.
+        if isinstance(value, str):
+            try:
+                value = float(value) if any(c in value.lower() for c in "e.") and value.strip() else value
+            except ValueError:
+                pass
+        out.setdefault(namespace, {})[name] = value
+    return out

@@ -1,0 +1,63 @@
+"""The method registry: a decorator plus one explicit import line per method module.
+
+Adding a method = one new file with one ``@register``-ed class + one line in ``METHOD_MODULES``. Registration is
+explicit (no folder scan, no import side effects elsewhere), and ``tests/test_registry.py`` checks that every method
+file is listed and registers exactly one method.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TypeVar
+
+from baselines.base import Method
+
+METHOD_MODULES = (
+    "baselines.joint",
+    "baselines.sum",
+    "baselines.weight",
+    "baselines.film",
+    "baselines.gated",
+    "baselines.unimodal",
+)
+
+_METHODS: dict[str, type[Method]] = {}
+_loaded = False
+
+M = TypeVar("M", bound=type[Method])
+
+
+class UnknownMethodError(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def register(cls: M) -> M:
+    """Class decorator: add a ``Method`` subclass under ``cls.name``; a duplicate name is an error."""
+    if not cls.name:
+        raise ValueError(f"{cls.__qualname__} has no name")
+    if cls.name in _METHODS and _METHODS[cls.name] is not cls:
+        raise ValueError(f"method name {cls.name!r} registered twice: {_METHODS[cls.name].__module__} and "
+                         f"{cls.__module__}")
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def _load_all() -> None:
+    global _loaded
+    if not _loaded:
+        for module in METHOD_MODULES:
+            importlib.import_module(module)
+        _loaded = True
+
+
+def list_methods() -> dict[str, type[Method]]:
+    _load_all()
+    return dict(sorted(_METHODS.items()))
+
+
+def get_method(name: str) -> type[Method]:
+    methods = list_methods()
+    if name not in methods:
+        raise UnknownMethodError(f"unknown method {name!r}; valid methods: {', '.join(methods)}")
+    return methods[name]

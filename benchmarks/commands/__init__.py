@@ -1,0 +1,1 @@
+"""``augbench`` subcommands, one per module."""

@@ -1,0 +1,45 @@
+"""``augbench list``: registered methods and datasets with one-line descriptions (and, with ``-v``, every knob)."""
+
+from __future__ import annotations
+
+import argparse
+
+from benchmarks.config import TRAIN_HPARAMS, method_hparams
+from baselines.networks import MODEL_HPARAMS
+from baselines.registry import list_methods
+from datasets.registry import list_datasets
+
+HELP = "list methods and datasets (and their hyperparameters with -v)"
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true", help="also list every hyperparameter and its default")
+
+
+def _summary(doc: str | None) -> str:
+    return (doc or "").strip().splitlines()[0] if doc else ""
+
+
+def _knobs(namespace: str, params) -> list[str]:
+    lines = []
+    for p in params:
+        extra = f" per-dataset {dict(p.per_dataset)}" if p.per_dataset else ""
+        lines.append(f"      {namespace}.{p.name} = {p.default!r}{extra}  # {p.doc}")
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    print("methods:")
+    for name, cls in list_methods().items():
+        print(f"  {name:<16} {cls.title:<28} {_summary(cls.__doc__) or _summary(__import__(cls.__module__, fromlist=['_']).__doc__)}")
+        if args.verbose:
+            print("\n".join(_knobs(name, method_hparams(cls))))
+    print("datasets:")
+    for name, cls in list_datasets().items():
+        print(f"  {name:<16} {cls.DESCRIPTION}")
+        if args.verbose:
+            print("\n".join(_knobs("data", cls.HPARAMS)))
+    if args.verbose:
+        print("runner:")
+        print("\n".join(_knobs("train", TRAIN_HPARAMS) + _knobs("model", MODEL_HPARAMS)))
+    return 0

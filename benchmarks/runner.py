@@ -1,0 +1,243 @@
+"""The one training/evaluation loop. Methods own their steps; this module owns data, schedule, evaluation,
+checkpoints, resume and logging, and never branches on a method's name.
+
+Per epoch: set the LR factor on every optimizer group -> ``on_epoch_start`` -> ``update`` per training batch ->
+evaluate val and test (fused + per-modality) -> ``on_epoch_end`` (may grow the model) -> checkpoint -> log.
+A run directory holds ``config.yaml``, ``metrics.jsonl`` (one line per finished epoch), ``checkpoint.pt``,
+``summary.json`` and ``DONE``. The checkpoint carries the model, optimizers, RNG states and the epoch history, so a
+run killed at any point and resumed ends with the same metrics as an uninterrupted one (same device and seed).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from baselines.base import Loaders, Method, StepInfo, TrainContext
+from baselines.registry import get_method
+from benchmarks.config import RunConfig
+from benchmarks.metrics import classification_metrics
+from benchmarks.records import (WandbSink, atomic_torch_save, environment, resolve_wandb_mode, write_json,
+                                write_jsonl, write_yaml)
+from datasets.base import BatchLoader, DataBundle
+from datasets.registry import get_dataset
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class RunExistsError(RuntimeError):
+    pass
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def lr_factor(epoch: int, milestones: list[int], gamma: float) -> float:
+    return gamma ** sum(epoch >= m for m in milestones)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@torch.no_grad()
+def evaluate(method: Method, loader: BatchLoader, num_classes: int) -> dict[str, Any]:
+    """Fused and per-modality metrics over every sample of ``loader`` exactly once."""
+    method.eval()
+    fused, labels, seen = [], [], []
+    per_modality: dict[str, list[torch.Tensor]] = defaultdict(list)
+    for batch in loader:
+        pred = method.predict(batch)
+        fused.append(pred.fused.cpu())
+        labels.append(batch["label"].cpu())
+        seen.append(batch["index"].cpu())
+        for m, z in pred.per_modality.items():
+            per_modality[m].append(z.cpu())
+    seen_rows = torch.cat(seen)
+    if len(seen_rows) != loader.num_samples or len(torch.unique(seen_rows)) != loader.num_samples:
+        raise RuntimeError(f"evaluation saw {len(seen_rows)} rows ({len(torch.unique(seen_rows))} unique) of "
+                           f"{loader.num_samples}")
+    y = torch.cat(labels)
+    out = classification_metrics(torch.cat(fused), y, num_classes)
+    out["per_modality"] = {m: classification_metrics(torch.cat(z), y, num_classes) for m, z in
+                           per_modality.items()}
+    out["n"] = int(len(y))
+    return out
+
+
+def select_protocols(history: list[dict]) -> dict[str, Any]:
+    """``paper``: the best test-accuracy epoch, as the published code selects (optimistic). ``clean``: the best
+    validation-accuracy epoch and its test score. ``last``: the final epoch. Ties go to the earliest epoch."""
+    def best(key: str) -> dict:
+        return max(history, key=lambda r: (r[key]["acc"], -r["epoch"]))
+
+    out: dict[str, Any] = {}
+    if "test" in history[-1]:
+        rec = best("test")
+        out["paper"] = {"selection": "best test accuracy over epochs (optimistic)", "epoch": rec["epoch"],
+                        "test": rec["test"]}
+    if "val" in history[-1]:
+        rec = best("val")
+        out["clean"] = {"selection": "best validation accuracy; test at that epoch", "epoch": rec["epoch"],
+                        "val": rec["val"], "test": rec.get("test")}
+    last = history[-1]
+    out["last"] = {"selection": "last epoch", "epoch": last["epoch"], "test": last.get("test"),
+                   "val": last.get("val")}
+    return out
+
+
+def build_data(cfg: RunConfig) -> DataBundle:
+    return get_dataset(cfg.dataset).build(cfg.data)
+
+
+def build_method(cfg: RunConfig, bundle: DataBundle, device: torch.device) -> Method:
+    ctx = TrainContext(device=device, epochs=cfg.train.epochs, train_hp=cfg.train, model_hp=cfg.model,
+                       amp=cfg.train.amp)
+    return get_method(cfg.method)(bundle.task, cfg.method_hp, ctx)
+
+
+def make_loaders(cfg: RunConfig, bundle: DataBundle, device: torch.device) -> Loaders:
+    seed, bs, ebs = cfg.train.seed, cfg.train.batch_size, cfg.train.eval_batch_size
+    train = bundle.loader("train", batch_size=bs, train=True, seed=seed, device=device)
+    val = bundle.loader("val", batch_size=ebs, train=False, seed=seed, device=device) \
+        if "val" in bundle.splits else None
+    test = bundle.loader("test", batch_size=ebs, train=False, seed=seed, device=device)
+    return Loaders(train, val, test)
+
+
+def _mean_logs(logs: list[dict[str, float]]) -> dict[str, float]:
+    sums: dict[str, float] = defaultdict(float)
+    counts: dict[str, int] = defaultdict(int)
+    for entry in logs:
+        for k, v in entry.items():
+            sums[k] += float(v)
+            counts[k] += 1
+    return {k: sums[k] / counts[k] for k in sums}
+
+
+def _epoch_line(record: dict) -> str:
+    parts = [f"epoch {record['epoch']}", f"loss {record['train'].get('loss', float('nan')):.4f}"]
+    for split in ("val", "test"):
+        if split in record:
+            uni = " ".join(f"{m} {v['acc']:.3f}" for m, v in record[split]["per_modality"].items())
+            parts.append(f"{split} acc {record[split]['acc']:.3f} ({uni})")
+    return " | ".join(parts)
+
+
+def train_run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, wandb_mode: str | None = "disabled",
+              wandb_group: str | None = None, progress: bool = False, log=print) -> dict[str, Any]:
+    """Train one run into ``run_dir`` and return its summary. ``resume`` continues from ``checkpoint.pt``;
+    a run that already has ``DONE`` is returned as is."""
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / CHECKPOINT
+    if (run_dir / "DONE").exists() and (run_dir / "summary.json").exists():
+        if not resume:
+            raise RunExistsError(f"{run_dir} holds a finished run; use --resume to reuse it or another --out")
+        import json
+        return json.loads((run_dir / "summary.json").read_text())
+    if ckpt_path.exists() and not resume:
+        raise RunExistsError(f"{run_dir} holds an unfinished run; pass --resume to continue it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_yaml(run_dir / "config.yaml", cfg.as_dict())
+
+    device = select_device(cfg.train.device)
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
+    bundle = build_data(cfg)
+    method = build_method(cfg, bundle, device)
+    loaders = make_loaders(cfg, bundle, device)
+    method.ctx.loaders = loaders
+
+    history: list[dict] = []
+    start_epoch, elapsed = 0, 0.0
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        method.load_checkpoint_state(state["method"])
+        set_rng_state(state["rng"])
+        history, start_epoch, elapsed = state["history"], state["epoch"] + 1, state["elapsed"]
+        write_jsonl(run_dir / "metrics.jsonl", history)
+        log(f"resuming {run_dir.name} at epoch {start_epoch}")
+
+    sink = WandbSink(resolve_wandb_mode(wandb_mode), run_dir, cfg.as_dict(), cfg.run_name(), group=wandb_group)
+    epochs, max_steps = cfg.train.epochs, cfg.train.max_steps_per_epoch
+    steps = len(loaders.train) if not max_steps else min(max_steps, len(loaders.train))
+    for epoch in range(start_epoch, epochs):
+        t0 = time.perf_counter()
+        factor = lr_factor(epoch, cfg.train.lr_milestones, cfg.train.lr_gamma)
+        method.ctx.set_lr_factor(factor)
+        for loader in (loaders.train, loaders.val, loaders.test):
+            if loader is not None:
+                loader.set_epoch(epoch)
+        method.train()
+        method.on_epoch_start(epoch, loaders)
+        method.train()
+        logs = []
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False,
+                   file=sys.stderr)
+        for i, batch in enumerate(loaders.train):
+            if i >= steps:
+                break
+            logs.append(method.update(batch, StepInfo(epoch, i, steps, epochs)))
+            bar.update(1)
+            if logs[-1]:
+                bar.set_postfix({k: f"{v:.3f}" for k, v in list(logs[-1].items())[:3]})
+        bar.close()
+        train_time = time.perf_counter() - t0
+        record: dict[str, Any] = {"epoch": epoch, "lr": cfg.train.lr * factor, "train": _mean_logs(logs)}
+        if loaders.val is not None:
+            record["val"] = evaluate(method, loaders.val, bundle.task.num_classes)
+        record["test"] = evaluate(method, loaders.test, bundle.task.num_classes)
+        method.train()
+        record["diag"] = method.on_epoch_end(epoch, loaders) or {}
+        record["time"] = {"train_s": train_time, "epoch_s": time.perf_counter() - t0}
+        history.append(record)
+        elapsed += record["time"]["epoch_s"]
+        if (epoch + 1) % max(cfg.train.checkpoint_every, 1) == 0 or epoch == epochs - 1:
+            atomic_torch_save(ckpt_path, {"epoch": epoch, "method": method.checkpoint_state(), "rng": rng_state(),
+                                          "history": history, "elapsed": elapsed})
+        write_jsonl(run_dir / "metrics.jsonl", history)
+        sink.log_epoch(record)
+        log(_epoch_line(record))
+
+    summary = {"method": cfg.method, "dataset": cfg.dataset, "seed": cfg.train.seed, "epochs": epochs,
+               "config_hash": cfg.digest(), "protocols": select_protocols(history),
+               "wall_time_s": elapsed, "env": environment(device)}
+    write_json(run_dir / "summary.json", summary)
+    (run_dir / "DONE").write_text("")
+    sink.log_summary(summary)
+    sink.finish()
+    return summary

@@ -1,0 +1,181 @@
+"""What every dataset hands the runner: a task description and loaders that serve modality-keyed batches.
+
+A batch is ``{"audio": Tensor, "visual": Tensor, ..., "label": LongTensor, "index": LongTensor}`` (plus any per-row
+extras a method asked the loader to carry). Batches are built by fancy-indexing whole arrays (memory-mapped cache
+arrays or in-memory tensors), never by a per-sample ``__getitem__``; random augmentation runs once per batch on the
+batch's device, drawn from a generator seeded by (run seed, epoch), so an interrupted epoch replays identically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+Batch = dict[str, torch.Tensor]
+# gather(rows) -> CPU tensors for those dataset rows (no label/index; the loader adds them).
+Gather = Callable[[np.ndarray], Batch]
+# augment(batch_on_device, generator, train) -> batch; must be deterministic given the generator state.
+Augment = Callable[[Batch, torch.Generator, bool], Batch]
+
+MODALITY_KINDS = ("spectrogram", "frames", "vector", "sequence", "tokens")
+
+
+@dataclass(frozen=True)
+class ModalitySpec:
+    """One input modality as served in a batch.
+
+    Attributes:
+        name: batch key, e.g. ``"audio"``.
+        kind: one of ``MODALITY_KINDS``; picks the encoder family.
+        shape: per-sample shape as served: spectrogram ``(1, F, T)``, frames ``(3, T, H, W)``, vector ``(D,)``,
+            sequence ``(L, D)``, tokens ``(L,)``.
+    """
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if self.kind not in MODALITY_KINDS:
+            raise ValueError(f"modality {self.name!r}: unknown kind {self.kind!r}; valid: {MODALITY_KINDS}")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """The dataset's description of the learning problem, handed to every method."""
+
+    dataset: str
+    num_classes: int
+    modalities: tuple[ModalitySpec, ...]
+    class_names: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.modalities)
+
+    def modality(self, name: str) -> ModalitySpec:
+        for m in self.modalities:
+            if m.name == name:
+                return m
+        raise KeyError(f"dataset {self.dataset!r} has no modality {name!r}; it has {self.names}")
+
+
+def seed_for(*parts: object) -> int:
+    """A stable 63-bit seed from any parts (run seed, epoch, purpose); unlike ``hash`` it survives restarts."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def identity_augment(batch: Batch, generator: torch.Generator, train: bool) -> Batch:
+    return batch
+
+
+class BatchLoader:
+    """Iterates one split in batches of whole-array slices.
+
+    Training loaders shuffle with a generator seeded by ``(seed, epoch)``; evaluation loaders visit every row exactly
+    once, in order, and never drop the last partial batch. ``set_rows`` lets a method resample the epoch (sample-level
+    valuation): it replaces the row list and may attach per-row extras that are served under their own batch keys.
+    """
+
+    def __init__(self, rows: np.ndarray, labels: np.ndarray, gather: Gather, *, batch_size: int, train: bool,
+                 seed: int, device: torch.device | str = "cpu", augment: Augment = identity_augment,
+                 drop_last: bool = False) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not train and drop_last:
+            raise ValueError("drop_last is only allowed for training loaders: evaluation must see every sample")
+        self.base_rows = np.asarray(rows, dtype=np.int64)
+        self.rows = self.base_rows
+        self.extras: dict[str, np.ndarray] = {}
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.gather = gather
+        self.batch_size = batch_size
+        self.train = train
+        self.seed = seed
+        self.device = torch.device(device)
+        self.augment = augment
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def set_rows(self, rows: np.ndarray, extras: Mapping[str, np.ndarray] | None = None) -> None:
+        rows = np.asarray(rows, dtype=np.int64)
+        extras = {k: np.asarray(v) for k, v in (extras or {}).items()}
+        for key, values in extras.items():
+            if len(values) != len(rows):
+                raise ValueError(f"extra {key!r} has {len(values)} entries for {len(rows)} rows")
+        self.rows, self.extras = rows, extras
+
+    def reset_rows(self) -> None:
+        self.rows, self.extras = self.base_rows, {}
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.rows)
+
+    def __len__(self) -> int:
+        n = len(self.rows)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def generator(self, purpose: str) -> torch.Generator:
+        return torch.Generator().manual_seed(seed_for(self.seed, self.epoch, purpose))
+
+    def __iter__(self) -> Iterator[Batch]:
+        order = np.arange(len(self.rows))
+        if self.train:
+            order = torch.randperm(len(self.rows), generator=self.generator("shuffle")).numpy()
+        aug_gen = self.generator("augment")
+        pin = self.device.type == "cuda"
+        for start in range(0, len(self), 1):
+            pos = order[start * self.batch_size:(start + 1) * self.batch_size]
+            # Sorted positions read memory-mapped arrays front to back; the batch content is the same set.
+            pos = np.sort(pos)
+            rows = self.rows[pos]
+            batch = self.gather(rows)
+            batch["label"] = torch.from_numpy(self.labels[rows])
+            batch["index"] = torch.from_numpy(rows)
+            for key, values in self.extras.items():
+                batch[key] = torch.as_tensor(values[pos])
+            batch = {k: (v.pin_memory() if pin else v).to(self.device, non_blocking=pin) for k, v in batch.items()}
+            yield self.augment(batch, aug_gen, self.train)
+
+
+@dataclass
+class DataBundle:
+    """A prepared dataset: its task, its row splits and how to gather and augment batches of rows."""
+
+    task: TaskSpec
+    labels: np.ndarray
+    splits: dict[str, np.ndarray]
+    gather: Gather
+    augment: Augment = identity_augment
+    info: dict = field(default_factory=dict)
+
+    def loader(self, split: str, *, batch_size: int, train: bool, seed: int,
+               device: torch.device | str = "cpu", drop_last: bool = False) -> BatchLoader:
+        if split not in self.splits:
+            raise KeyError(f"dataset {self.task.dataset!r} has no split {split!r}; it has {sorted(self.splits)}")
+        return BatchLoader(self.splits[split], self.labels, self.gather, batch_size=batch_size, train=train,
+                           seed=seed, device=device, augment=self.augment, drop_last=drop_last)
+
+
+def stratified_holdout(rows: Sequence[int], labels: np.ndarray, fraction: float, seed: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``rows`` into (kept, held_out) with ``fraction`` of every class held out, reproducibly for ``seed``."""
+    rows = np.asarray(rows, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    held: list[np.ndarray] = []
+    for label in np.unique(labels[rows]):
+        members = rows[labels[rows] == label]
+        take = int(round(fraction * len(members)))
+        held.append(rng.permutation(members)[:take])
+    held_rows = np.sort(np.concatenate(held)) if held else np.empty(0, dtype=np.int64)
+    kept = np.setdiff1d(rows, held_rows)
+    return kept, held_rows

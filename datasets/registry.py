@@ -1,0 +1,61 @@
+"""The dataset registry: one class per dataset, registered with a decorator and listed explicitly below.
+
+A dataset class declares ``NAME``, ``DESCRIPTION`` and its ``data.*`` knobs (``HPARAMS``), and builds a
+``DataBundle`` (task spec, splits, batch gathering) from the resolved knobs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import ClassVar
+
+from baselines.hparams import HParam, HParams
+from datasets.base import DataBundle
+
+DATASET_MODULES = (
+    "datasets.synthetic",
+)
+
+
+class Dataset:
+    """Base class for dataset entries (class constants + ``build``)."""
+
+    NAME: ClassVar[str] = ""
+    DESCRIPTION: ClassVar[str] = ""
+    HPARAMS: ClassVar[tuple[HParam, ...]] = ()
+
+    @classmethod
+    def build(cls, hp: HParams) -> DataBundle:
+        raise NotImplementedError
+
+
+_DATASETS: dict[str, type[Dataset]] = {}
+_loaded = False
+
+
+class UnknownDatasetError(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def register_dataset(cls: type[Dataset]) -> type[Dataset]:
+    if cls.NAME in _DATASETS and _DATASETS[cls.NAME] is not cls:
+        raise ValueError(f"dataset name {cls.NAME!r} registered twice")
+    _DATASETS[cls.NAME] = cls
+    return cls
+
+
+def list_datasets() -> dict[str, type[Dataset]]:
+    global _loaded
+    if not _loaded:
+        for module in DATASET_MODULES:
+            importlib.import_module(module)
+        _loaded = True
+    return dict(sorted(_DATASETS.items()))
+
+
+def get_dataset(name: str) -> type[Dataset]:
+    datasets = list_datasets()
+    if name not in datasets:
+        raise UnknownDatasetError(f"unknown dataset {name!r}; valid datasets: {', '.join(datasets)}")
+    return datasets[name]

@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny models, tiny synthetic data, W&B off, one CPU thread per test process."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from baselines.base import TrainContext  # noqa: E402
+from baselines.hparams import resolve  # noqa: E402
+from baselines.networks import MODEL_HPARAMS  # noqa: E402
+from benchmarks.config import TRAIN_HPARAMS  # noqa: E402
+from datasets.registry import get_dataset  # noqa: E402
+
+torch.set_num_threads(1)
+
+# Small enough that a training step takes milliseconds on CPU, big enough to exercise the real encoder code.
+TINY_MODEL = {"width": 4, "blocks": [1, 1, 1, 1]}
+TINY_DATA = {"n_train": 64, "n_val": 16, "n_test": 16, "audio_shape": [1, 16, 16], "visual_shape": [3, 1, 16, 16]}
+TINY_TRAIN = {"batch_size": 16, "eval_batch_size": 32, "epochs": 2, "lr": 0.01}
+
+
+def tiny_overrides(method: str | None = None, **method_hp) -> dict:
+    out = {"model": dict(TINY_MODEL), "data": dict(TINY_DATA), "train": dict(TINY_TRAIN)}
+    if method and method_hp:
+        out[method] = method_hp
+    return out
+
+
+@pytest.fixture
+def tiny_bundle():
+    """A 2-modality synthetic bundle (audio dominant)."""
+    cls = get_dataset("synthetic")
+    return cls.build(resolve("data", cls.HPARAMS, "synthetic", TINY_DATA))
+
+
+def make_context(epochs: int = 2, **train) -> TrainContext:
+    """A CPU TrainContext with tiny-model knobs, for building a method directly in a unit test."""
+    train_hp = resolve("train", TRAIN_HPARAMS, None, {**TINY_TRAIN, "epochs": epochs, **train})
+    model_hp = resolve("model", MODEL_HPARAMS, None, TINY_MODEL)
+    return TrainContext(device=torch.device("cpu"), epochs=epochs, train_hp=train_hp, model_hp=model_hp)
+
+
+def first_batch(bundle, split: str = "train", batch_size: int = 16):
+    return next(iter(bundle.loader(split, batch_size=batch_size, train=False, seed=0)))
