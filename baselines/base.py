@@ -122,6 +122,8 @@ class Method(nn.Module):
     Class attributes:
         name: registry key and hyperparameter namespace.
         title: the row label in tables (e.g. "OGM-GE").
+        PAPER: the citation (authors, title, venue, arXiv id), shown in the README's generated methods table.
+        CODE: the official code ("GitHub owner/repo, file, function") or the re-implementation followed.
         HPARAMS: the method's knobs, declared once with their sources.
         VARIANTS: named presets, e.g. ``{"official_compat": {...}}``; adds a ``variant`` knob ("paper" default).
         MODALITIES: the numbers of modalities the method supports.
@@ -129,6 +131,8 @@ class Method(nn.Module):
 
     name: ClassVar[str] = ""
     title: ClassVar[str] = ""
+    PAPER: ClassVar[str] = ""
+    CODE: ClassVar[str] = ""
     HPARAMS: ClassVar[tuple[HParam, ...]] = ()
     VARIANTS: ClassVar[dict[str, dict[str, Any]]] = {}
     MODALITIES: ClassVar[tuple[int, ...]] = (2, 3)

@@ -13,4 +13,6 @@ from baselines.registry import register
 class Joint(FusionMethod):
     name = "joint"
     title = "Concat"
+    PAPER = 'Joint training baseline ("Naive MML" in AUG)'
+    CODE = 'GitHub GeWu-Lab/OGM-GE_CVPR2022, models/fusion_modules.py, ConcatFusion'
     HEAD = "concat"

@@ -19,6 +19,8 @@ from baselines.registry import register
 class Unimodal(Method):
     name = "unimodal"
     title = "Unimodal"
+    PAPER = 'Unimodal baseline (methods.md §4.0)'
+    CODE = '-'
     MODALITIES = (1, 2, 3)
     HPARAMS = (
         HParam("modality", "", "Which modality to train; empty = the dataset's first modality (methods.md §4.0)."),

@@ -12,4 +12,6 @@ from baselines.registry import register
 class Weight(FusionMethod):
     name = "weight"
     title = "Weight (learned scalar, ours)"
+    PAPER = 'Yang et al., IJCAI 2019 (as cited by AUG); weight form is the project placeholder'
+    CODE = 'none (project placeholder weight_learned_scalar)'
     HEAD = "weight"
