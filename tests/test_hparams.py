@@ -1,0 +1,52 @@
+"""Hyperparameter resolution: defaults per dataset, variant presets, typed overrides, --set parsing."""
+
+from __future__ import annotations
+
+import pytest
+
+from baselines.hparams import HParam, HParamError, parse_assignments, resolve, variant_param
+
+DECLARED = (
+    HParam("alpha", 0.8, "OGM-GE README", per_dataset={"vggsound": 0.1}),
+    HParam("steps", 3, "an int"),
+    HParam("flag", True, "a bool"),
+    HParam("rule", "difference", "a choice", choices=("difference", "ratio")),
+    HParam("milestones", [69, 139], "a list"),
+)
+VARIANTS = {"official_compat": {"rule": "ratio", "flag": False}}
+
+
+def test_defaults_per_dataset():
+    assert resolve("m", DECLARED, "cremad").alpha == 0.8
+    assert resolve("m", DECLARED, "vggsound").alpha == 0.1
+
+
+def test_variant_preset_then_overrides():
+    declared = DECLARED + (variant_param(VARIANTS, "doc"),)
+    hp = resolve("m", declared, None, {"variant": "official_compat"}, variants=VARIANTS)
+    assert (hp.rule, hp.flag) == ("ratio", False)
+    hp = resolve("m", declared, None, {"variant": "official_compat", "flag": True}, variants=VARIANTS)
+    assert hp.flag is True, "an explicit override beats the variant preset"
+    assert resolve("m", declared, None, {}, variants=VARIANTS).rule == "difference"
+
+
+@pytest.mark.parametrize("key,value", [("steps", 2.5), ("steps", "3"), ("flag", 1), ("alpha", "x"),
+                                       ("rule", "sum"), ("milestones", 5)])
+def test_ill_typed_values_fail_naming_the_key(key, value):
+    with pytest.raises(HParamError, match=f"m.{key}"):
+        resolve("m", DECLARED, None, {key: value})
+
+
+def test_zero_and_false_are_honoured():
+    hp = resolve("m", DECLARED, None, {"alpha": 0, "flag": False, "steps": 0})
+    assert (hp.alpha, hp.flag, hp.steps) == (0.0, False, 0)
+
+
+def test_parse_assignments():
+    out = parse_assignments(["ogm_ge.alpha=0.8", "train.lr=1e-3", "train.lr_milestones=[69, 139]",
+                             "aug.variant=official_compat", "aug.register_new_learners=false"])
+    assert out == {"ogm_ge": {"alpha": 0.8}, "train": {"lr": 0.001, "lr_milestones": [69, 139]},
+                   "aug": {"variant": "official_compat", "register_new_learners": False}}
+    for bad in ("alpha=0.8", "ogm_ge.alpha", "a.b.c=1"):
+        with pytest.raises(HParamError):
+            parse_assignments([bad])

@@ -1,0 +1,31 @@
+"""Our four top-level packages are ours; a shadowing 'datasets' (e.g. Hugging Face's) gives a clear message."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["aug", "baselines", "benchmarks", "datasets"])
+def test_package_resolves_to_this_project(name):
+    module = __import__(name)
+    assert Path(module.__file__).resolve().parent == ROOT / name
+    assert module.__aug_bench__ is True
+
+
+def test_shadowing_datasets_package_gives_a_clear_message(tmp_path):
+    fake = tmp_path / "datasets"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("load_dataset = None\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    out = subprocess.run([sys.executable, "-c", "from benchmarks.cli import main; raise SystemExit(main(['list']))"],
+                         env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 2
+    assert "is not AUG-Bench's datasets package" in out.stderr and "virtual environment" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -1,0 +1,66 @@
+"""BatchLoader: evaluation visits every sample exactly once; training order is seeded per epoch; resampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from datasets.base import BatchLoader, stratified_holdout
+
+N = 100
+
+
+def gather(rows):
+    return {"x": torch.from_numpy(rows.astype(np.float32))[:, None]}
+
+
+def loader(batch_size, train, **kw):
+    return BatchLoader(np.arange(N), np.arange(N) % 3, gather, batch_size=batch_size, train=train, seed=7, **kw)
+
+
+@pytest.mark.parametrize("batch_size", [1, 32, 64, 1000])
+def test_evaluation_visits_each_index_exactly_once(batch_size):
+    seen = torch.cat([b["index"] for b in loader(batch_size, train=False)])
+    assert sorted(seen.tolist()) == list(range(N))
+    assert len(loader(batch_size, train=False)) == -(-N // batch_size)
+
+
+def test_drop_last_is_refused_for_evaluation():
+    with pytest.raises(ValueError, match="evaluation"):
+        loader(32, train=False, drop_last=True)
+
+
+def test_training_order_is_seeded_per_epoch_and_reproducible():
+    a, b = loader(10, train=True), loader(10, train=True)
+    first = [x["index"].tolist() for x in a]
+    assert first == [x["index"].tolist() for x in b]
+    a.set_epoch(1)
+    assert [x["index"].tolist() for x in a] != first
+    assert sorted(sum(first, [])) == list(range(N))
+
+
+def test_batches_carry_matching_labels_and_data():
+    for batch in loader(16, train=True):
+        assert torch.equal(batch["x"][:, 0].long(), batch["index"])
+        assert torch.equal(batch["label"], batch["index"] % 3)
+
+
+def test_set_rows_resamples_and_serves_extras():
+    ld = loader(8, train=True)
+    rows = np.concatenate([np.arange(N), np.arange(10)])
+    ld.set_rows(rows, extras={"zero_modality": np.r_[np.zeros(N), np.ones(10)].astype(np.int64)})
+    batches = list(ld)
+    assert sum(len(b["index"]) for b in batches) == N + 10
+    flagged = torch.cat([b["index"][b["zero_modality"] == 1] for b in batches])
+    assert sorted(flagged.tolist()) == list(range(10))
+    ld.reset_rows()
+    assert ld.num_samples == N and "zero_modality" not in next(iter(ld))
+
+
+def test_stratified_holdout_is_per_class_and_seeded():
+    labels = np.repeat(np.arange(4), 25)
+    kept, held = stratified_holdout(np.arange(100), labels, 0.2, seed=3)
+    assert len(held) == 20 and np.bincount(labels[held]).tolist() == [5, 5, 5, 5]
+    assert np.intersect1d(kept, held).size == 0 and len(kept) + len(held) == 100
+    assert np.array_equal(held, stratified_holdout(np.arange(100), labels, 0.2, seed=3)[1])

@@ -1,0 +1,75 @@
+"""The registry is explicit and complete, and bad names/keys fail with the valid alternatives listed."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+
+import pytest
+
+from baselines.base import Method
+from baselines.hparams import HParamError
+from baselines.registry import METHOD_MODULES, UnknownMethodError, get_method, list_methods, register
+from benchmarks.config import build_config
+from datasets.registry import UnknownDatasetError, get_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+SUPPORT_MODULES = {"__init__", "base", "registry", "hparams", "networks", "heads"}
+
+
+def method_files() -> list[str]:
+    files = [f"baselines.{p.stem}" for p in sorted((ROOT / "baselines").glob("*.py")) if p.stem not in SUPPORT_MODULES]
+    return files + ["aug.method"] if (ROOT / "aug" / "method.py").exists() else files
+
+
+@pytest.mark.parametrize("module", method_files())
+def test_every_method_file_is_listed_and_registers_exactly_one_method(module):
+    assert module in METHOD_MODULES, f"{module} is not listed in baselines/registry.py METHOD_MODULES"
+    mod = importlib.import_module(module)
+    defined = [c for _, c in inspect.getmembers(mod, inspect.isclass)
+               if issubclass(c, Method) and c.__module__ == module and c in list_methods().values()]
+    assert len(defined) == 1, f"{module} registers {[c.__name__ for c in defined]}"
+
+
+def test_every_listed_module_exists():
+    for module in METHOD_MODULES:
+        importlib.import_module(module)
+
+
+@pytest.mark.parametrize("name", sorted(list_methods()))
+def test_registered_methods_are_documented(name):
+    cls = list_methods()[name]
+    assert cls.title and cls.PAPER and cls.CODE, f"{name} lacks title/PAPER/CODE"
+    assert inspect.getmodule(cls).__doc__, f"{name}'s module has no docstring citing its source"
+    for p in cls.HPARAMS:
+        assert p.doc, f"{name}.{p.name} has no source/doc"
+
+
+def test_unknown_method_lists_valid_names():
+    with pytest.raises(UnknownMethodError) as err:
+        get_method("no_such_method")
+    assert "joint" in str(err.value) and "no_such_method" in str(err.value)
+
+
+def test_unknown_dataset_lists_valid_names():
+    with pytest.raises(UnknownDatasetError) as err:
+        get_dataset("no_such_dataset")
+    assert "synthetic" in str(err.value)
+
+
+def test_duplicate_method_name_is_rejected():
+    class Impostor(Method):
+        name = "joint"
+
+    with pytest.raises(ValueError, match="registered twice"):
+        register(Impostor)
+
+
+def test_unknown_hparam_key_and_namespace_fail_clearly():
+    with pytest.raises(HParamError, match=r"train\.lrr.*valid keys"):
+        build_config("joint", "synthetic", {"train": {"lrr": 0.1}})
+    with pytest.raises(HParamError, match="namespace"):
+        build_config("joint", "synthetic", {"ogm_ge": {"alpha": 0.8}})
+    with pytest.raises(HParamError, match="unimodal.nope"):
+        build_config("unimodal", "synthetic", {"unimodal": {"nope": 1}})

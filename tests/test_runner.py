@@ -1,0 +1,98 @@
+"""The runner: run directory contents, protocols, LR schedule, and resume equivalence after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchmarks.config import build_config
+from benchmarks.runner import RunExistsError, lr_factor, select_protocols, train_run
+from tests.conftest import tiny_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_run_directory_holds_config_metrics_summary_and_checkpoint(tmp_path):
+    cfg = build_config("joint", "synthetic", tiny_overrides())
+    summary = train_run(cfg, tmp_path / "run")
+    run = tmp_path / "run"
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 2
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1]
+    assert (run / "checkpoint.pt").exists() and (run / "DONE").exists()
+    on_disk = json.loads((run / "summary.json").read_text())
+    assert on_disk["protocols"] == json.loads(json.dumps(summary["protocols"]))
+    for protocol in ("paper", "clean", "last"):
+        test = on_disk["protocols"][protocol]["test"]
+        assert 0.0 <= test["acc"] <= 1.0 and set(test["per_modality"]) == {"audio", "visual"}
+        assert {"acc", "macro_f1", "map"} <= set(test["per_modality"]["visual"])
+    assert on_disk["env"]["torch"] and on_disk["wall_time_s"] > 0
+
+
+def test_existing_run_is_not_silently_overwritten(tmp_path):
+    cfg = build_config("joint", "synthetic", tiny_overrides())
+    first = train_run(cfg, tmp_path / "run")
+    with pytest.raises(RunExistsError):
+        train_run(cfg, tmp_path / "run")
+    assert train_run(cfg, tmp_path / "run", resume=True)["protocols"] == json.loads(json.dumps(first["protocols"]))
+
+
+def test_protocols_select_best_test_best_val_and_last():
+    def rec(epoch, val, test):
+        return {"epoch": epoch, "val": {"acc": val}, "test": {"acc": test}}
+
+    history = [rec(0, 0.5, 0.4), rec(1, 0.7, 0.5), rec(2, 0.6, 0.9), rec(3, 0.7, 0.6)]
+    out = select_protocols(history)
+    assert out["paper"]["epoch"] == 2 and out["paper"]["test"]["acc"] == 0.9
+    assert out["clean"]["epoch"] == 1 and out["clean"]["test"]["acc"] == 0.5, "ties go to the earliest epoch"
+    assert out["last"]["epoch"] == 3
+
+
+def test_lr_schedule_matches_steplr70_stepped_at_epoch_start():
+    assert [lr_factor(e, [69, 139], 0.1) for e in (0, 68, 69, 138, 139, 199)] == \
+        pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+
+
+def _train_cmd(run_dir: Path, epochs: int, resume: bool = False) -> list[str]:
+    sets = ["model.width=4", "model.blocks=[1,1,1,1]", "data.n_train=512", "data.n_val=32", "data.n_test=32",
+            "train.batch_size=16", f"train.epochs={epochs}"]
+    cmd = [sys.executable, "-m", "benchmarks", "train", "--method", "joint", "--dataset", "synthetic",
+           "--run-dir", str(run_dir), "--wandb", "disabled", "--no-progress"]
+    cmd += [a for s in sets for a in ("--set", s)]
+    return cmd + (["--resume"] if resume else [])
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_summary(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    epochs = 4
+    reference = tmp_path / "reference"
+    subprocess.run(_train_cmd(reference, epochs), check=True, env=env, capture_output=True, cwd=ROOT)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(killed, epochs), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, cwd=ROOT)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (killed / "metrics.jsonl").exists():
+        time.sleep(0.01)
+    # Past the first checkpoint and inside a later epoch: kill without any chance to clean up.
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "DONE").exists(), "the run finished before it could be killed; make it longer"
+
+    subprocess.run(_train_cmd(killed, epochs, resume=True), check=True, env=env, capture_output=True, cwd=ROOT)
+    ref = json.loads((reference / "summary.json").read_text())
+    got = json.loads((killed / "summary.json").read_text())
+    assert got["protocols"] == ref["protocols"]
+    ref_lines = [json.loads(x) for x in (reference / "metrics.jsonl").read_text().splitlines()]
+    got_lines = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["test"] for r in got_lines] == [r["test"] for r in ref_lines]
