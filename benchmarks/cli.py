@@ -16,6 +16,7 @@ from benchmarks.guard import ShadowedPackageError, check_packages
 COMMANDS = (
     "list",
     "train",
+    "bench",
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from benchmarks.config import TRAIN_HPARAMS, method_hparams
 from baselines.networks import MODEL_HPARAMS
@@ -14,6 +15,17 @@ HELP = "list methods and datasets (and their hyperparameters with -v)"
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="also list every hyperparameter and its default")
+    p.add_argument("--markdown", action="store_true", help="print the README's methods table (generated)")
+
+
+def methods_markdown() -> str:
+    """The README's methods table, generated from the registry so that it cannot drift from the code."""
+    lines = ["| method | `--method` | paper | official code | official behaviour |", "|---|---|---|---|---|"]
+    for name, cls in list_methods().items():
+        variants = "; ".join(f"`{name}.variant={v}` ({', '.join(f'{k}={val}' for k, val in preset.items())})"
+                             for v, preset in cls.VARIANTS.items()) or "same as paper default"
+        lines.append(f"| {cls.title} | `{name}` | {cls.PAPER} | {cls.CODE} | {variants} |")
+    return "\n".join(lines) + "\n"
 
 
 def _summary(doc: str | None) -> str:
@@ -29,9 +41,12 @@ def _knobs(namespace: str, params) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.markdown:
+        print(methods_markdown(), end="")
+        return 0
     print("methods:")
     for name, cls in list_methods().items():
-        print(f"  {name:<16} {cls.title:<28} {_summary(cls.__doc__) or _summary(__import__(cls.__module__, fromlist=['_']).__doc__)}")
+        print(f"  {name:<16} {cls.title:<30} {_summary(sys.modules[cls.__module__].__doc__)}")
         if args.verbose:
             print("\n".join(_knobs(name, method_hparams(cls))))
     print("datasets:")
