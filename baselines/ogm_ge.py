@@ -1,0 +1,27 @@
+"""OGM-GE: on-the-fly gradient modulation with generalisation enhancement (methods.md §4.10).
+
+Paper: Xiaokang Peng, Yake Wei, Andong Deng, Dong Wang, Di Hu, "Balanced Multimodal Learning via On-the-fly Gradient
+Modulation", CVPR 2022, arXiv 2203.15332, Eq. (10) and §3.3. Official code: GitHub GeWu-Lab/OGM-GE_CVPR2022,
+``main.py``, ``train_epoch`` (``--modulation OGM_GE``, the default).
+
+Identical to OGM (``baselines/ogm.py``: ratio, coefficients, window, heads and knobs) except for the edit of each
+conv-kernel gradient inside the window: g <- k_m g + eps, eps ~ N(0, (std(g) + 1e-8)^2) drawn elementwise, with std
+the per-tensor std of the *unscaled* gradient. The noise is added to **both** encoders, including the one with
+k = 1. The paper motivates the noise as Gaussian with the covariance of the SGD gradient noise; the official code (and
+this implementation) uses the per-tensor scalar std. Noise is drawn from the torch generator of the gradient's device,
+which the runner seeds and checkpoints.
+
+Cost: as joint training, plus one Normal draw per conv weight per step.
+
+BB divergences are listed in ``baselines/ogm.py``; BB also adds the noise to every non-1-D encoder tensor.
+"""
+
+from baselines.ogm import OGM
+from baselines.registry import register
+
+
+@register
+class OGMGE(OGM):
+    name = "ogm_ge"
+    title = "OGM-GE"
+    NOISE = True

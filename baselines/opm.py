@@ -1,0 +1,144 @@
+"""OPM: on-the-fly prediction modulation (methods.md §4.19).
+
+Paper: Yake Wei, Di Hu, Henghui Du, Ji-Rong Wen, "On-the-fly Modulation for Balanced Multimodal Learning", IEEE TPAMI
+2024 (journal extension of OGM-GE, arXiv 2410.11582). Official code: GitHub GeWu-Lab/BML_TPAMI2024,
+``code/models/Classifier.py`` (``calcu_q``, ``Modality_drop.execute_drop``, ``custom_autograd``,
+``Classifier.forward``) and ``code/main.py`` (``train``; the warm-up and the skipped all-dropped batch).
+
+Model: H-concat. Per training step after the warm-up (the official loop uses ``warm_up = 1 if epoch <= 5``, i.e.
+epochs 0-5 are plain joint training):
+
+1. Split-head logits with the head weights **detached**, z_m = h_m W[:, slice_m]^T + b/2, and s_m = sum over the batch
+   of softmax(z_m)[y] (P2, constants).
+2. r_1 = tanh(relu(s_1/s_2 - 1)), r_2 = tanh(relu(s_2/s_1 - 1)); q_m = q_base (1 + lambda r_m) if r_m > 0 else 0,
+   clipped to [0, 1]. Only the dominant modality gets q > 0.
+3. With probability p_exe (one draw per batch): every sample keeps modality m's features with probability 1 - q_m
+   (per-sample Bernoulli mask); all features are rescaled by 1/(1 - theta), theta = sum_m d_m q_m / sum_m d_m
+   (d_m = feature width), in the forward and the backward pass (a custom autograd function, as in the official code;
+   mathematically the chain rule of the same constant factor); samples whose modalities are all dropped are removed.
+   If every sample is removed the batch takes no optimiser step (official ``continue``).
+4. L = CE(z, y) on the kept samples. Nothing is dropped at evaluation.
+
+Cost: as joint training. Randomness: the execution draw uses the global CPU generator, the masks the generator of the
+features' device; the runner seeds and checkpoints both.
+
+Defaults follow the official script (``code/scripts/train_opm.sh``: q_base 0.5, lambda 0.5, p_exe 0.7). BB
+(``balancemm/trainer/OPM_trainer.py``) uses q_base 0.4 and no warm-up. The official recipe (KS: AdamW lr 5e-5,
+wd 0.01, StepLR(40), 100 epochs, batch 32) belongs to the run config, not to this method.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from baselines.base import FusionMethod, StepInfo, confidence_scores
+from baselines.hparams import HParam
+from baselines.registry import register
+from datasets.base import Batch
+
+
+class FeatureRescale(torch.autograd.Function):
+    """y = x * scale in the forward pass and dL/dx = scale * dL/dy in the backward pass (official
+    ``custom_autograd`` with scale = 1/(1 - theta)); ``scale`` is a constant and receives no gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(scale)
+        return x * scale
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (scale,) = ctx.saved_tensors
+        return grad * scale, None
+
+
+def opm_drop_probabilities(scores: torch.Tensor, q_base: float, lam: float) -> torch.Tensor:
+    """OPM's q = (q_1, q_2) from the confidence sums s = (s_1, s_2) (official ``calcu_q``).
+
+    Args:
+        scores: (2,) tensor of batch confidence sums.
+        q_base: base drop probability.
+        lam: lambda, the gain on the discrepancy r_m.
+
+    Returns:
+        (2,) tensor of drop probabilities in [0, 1]; zero for the non-dominant modality.
+    """
+    if scores.shape != (2,):
+        raise ValueError(f"OPM's discrepancy is defined for 2 modalities, got scores of shape {tuple(scores.shape)}")
+    r = torch.tanh(torch.relu(scores / scores.flip(0) - 1))
+    q = torch.where(r > 0, q_base * (1 + lam * r), torch.zeros_like(r))
+    return q.clamp(0.0, 1.0)
+
+
+def drop_features(h: Mapping[str, torch.Tensor], q: torch.Tensor
+                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Per-sample modality dropping with the 1/(1 - theta) rescale (official ``Modality_drop.execute_drop``).
+
+    Args:
+        h: {modality: (B, d_m) features}, in the order of ``q``.
+        q: (M,) drop probabilities.
+
+    Returns:
+        (dropped and rescaled features, keep mask (B,) of samples with at least one modality left, theta).
+    """
+    names = list(h)
+    first = h[names[0]]
+    dims = torch.tensor([h[m].shape[1] for m in names], dtype=torch.float32, device=q.device)
+    theta = (dims * q.float()).sum() / dims.sum()
+    if not bool(theta < 1):
+        raise ValueError(f"OPM drop probabilities {q.tolist()} give theta={theta.item():.3f}; the 1/(1-theta) "
+                         "rescale needs theta < 1")
+    mask = (torch.rand(first.shape[0], len(names), device=first.device) < (1 - q).to(first.device)).to(first.dtype)
+    scale = (1 / (1 - theta)).to(device=first.device, dtype=first.dtype)
+    out = {m: FeatureRescale.apply(h[m] * mask[:, i:i + 1], scale) for i, m in enumerate(names)}
+    return out, mask.sum(dim=1) > 0, theta
+
+
+@register
+class OPM(FusionMethod):
+    name = "opm"
+    title = "OPM"
+    PAPER = ('Wei, Hu, Du, Wen, "On-the-fly Modulation for Balanced Multimodal Learning", IEEE TPAMI 2024, '
+             'arXiv 2410.11582')
+    CODE = 'GitHub GeWu-Lab/BML_TPAMI2024, code/models/Classifier.py, calcu_q / Modality_drop.execute_drop'
+    MODALITIES = (2,)
+    HEAD = "concat"
+    HPARAMS = (
+        HParam("q_base", 0.5, "Base drop probability of the dominant modality (official train_opm.sh --q_base 0.5; "
+                              "BB uses 0.4)."),
+        HParam("lam", 0.5, "lambda: gain of the discrepancy r_m on q_m (official train_opm.sh --lam 0.5)."),
+        HParam("p_exe", 0.7, "Probability that dropping is executed on a batch (official train_opm.sh --p_exe 0.7)."),
+        HParam("warmup_epochs", 6, "Epochs of plain joint training before dropping starts (official main.py: "
+                                   "warm_up = 1 if epoch <= 5, so dropping starts at 0-based epoch 6; BB: 0)."),
+    )
+
+    def update(self, batch: Batch, step: StepInfo) -> dict[str, float]:
+        if step.epoch < self.hp.warmup_epochs:
+            return super().update(batch, step)
+        labels = batch["label"]
+        head = self.model.head
+        with self.ctx.autocast():
+            h = self.model.features(self.inputs(batch))
+            z_split = head.split_logits(h, head.fc.weight.detach(), head.fc.bias.detach())
+            scores = confidence_scores(z_split, labels)
+            q = opm_drop_probabilities(torch.stack([scores[m] for m in self.modalities]), self.hp.q_base,
+                                       self.hp.lam)
+            logs = {f"q_{m}": q[i].item() for i, m in enumerate(self.modalities)}
+            if bool(torch.rand(()) < self.hp.p_exe):
+                h, keep, _ = drop_features(h, q)
+                if not bool(keep.any()):
+                    return {**logs, "kept": 0.0}
+                h = {m: v[keep] for m, v in h.items()}
+                labels = labels[keep]
+                logs["kept"] = keep.float().mean().item()
+            else:
+                logs["kept"] = 1.0
+            z, _ = head(h)
+            loss = F.cross_entropy(z.float(), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.item(), **logs}

@@ -1,0 +1,154 @@
+"""PMR: prototypical modal rebalance (methods.md §4.11).
+
+Paper: Yunfeng Fan, Wenchao Xu, Haozhao Wang, Junxiao Wang, Song Guo, "PMR: Prototypical Modal Rebalance for
+Multimodal Learning", CVPR 2023, arXiv 2211.07089. Official code: GitHub fanyunfeng-bit/Modal-Imbalance-PMR,
+``main_Prototype_grad.py`` (``calculate_prototype``, ``train_epoch``, ``EU_dist``).
+
+Prototypes (P9): c_m^k = mean of h_m over the class-k samples of the first floor(N_batches / 10) batches (at least
+one) of the training loader, computed in eval mode under no_grad once before training and again after every epoch.
+After epochs >= 1 they are smoothed, c <- (1 - mu) c_new + mu c_old; the computations before training and after
+epoch 0 are used as they are (the official ``if epoch <= 0`` branch). A class absent from those batches keeps its
+previous prototype (zero before the first computation); the official code divides by a zero count there and gets NaN.
+The batches are the first batches of the epoch's shuffled order (the runner's loader), so the pass after epoch e sees
+the first batches epoch e trained on, where the official code draws a fresh shuffle.
+
+Per step: L = CE(z, y). Inside mod_start <= epoch <= mod_end (inclusive): prototype logits pi_m,k = -||h_m - c_m^k||_2
+(Euclidean, not squared; ``torch.cdist``), s_m^p = sum over the batch of softmax(pi_m)[y], rho = s_a^p / s_v^p; if
+rho > 1 the visual (weaker) modality gets + alpha CE(pi_v, y), if rho < 1 the audio one gets + alpha CE(pi_a, y), at
+rho = 1 nothing. Prototypes are constants, so the term's gradient flows into h_weak and its encoder only.
+
+Not implemented: the paper's prototype-based entropy regulariser for the dominant modality ("during the early
+training stage to prevent premature convergence", abstract). The released ``main_Prototype_grad.py`` does not contain
+it (``bash.sh`` calls a ``main_Proto_PER.py`` that is not in the repository), and the paper's method section, which
+would pin down its distribution, coefficient and duration, could not be read here; only the abstract was available.
+
+Heads: the loss does not use per-modality logits, so any head works (``head`` knob). With FiLM/gated heads the
+official code falls back to z_m = z for its logging; evaluation here uses the shared per-modality logits instead
+(split head, or the fused output with the other modality's features zeroed).
+
+Cost: a B x K distance matrix per modality per step, plus a no-grad pass over 10% of the training batches per epoch.
+
+BB (``balancemm/trainer/PMR_trainer.py``) uses alpha 0.6, mu 0.5 and modulation epochs 0-80, with the same rule.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+
+from baselines.base import FusionMethod, Loaders, StepInfo, TrainContext, confidence_scores
+from baselines.hparams import HParam, HParams
+from baselines.registry import register
+from datasets.base import Batch, BatchLoader, TaskSpec
+
+
+def prototype_logits(h: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """pi_k = -||h - c_k||_2 for features (B, d) and prototypes (K, d), as (B, K); exact distances (no mm trick)."""
+    return -torch.cdist(h.float(), prototypes.float(), compute_mode="donot_use_mm_for_euclid_dist")
+
+
+def weaker_modality(scores: Mapping[str, torch.Tensor]) -> str | None:
+    """The modality that gets PMR's prototypical CE: the second if s_1^p / s_2^p > 1, the first if < 1, else None."""
+    if len(scores) != 2:
+        raise ValueError(f"PMR's ratio is defined for 2 modalities, got {sorted(scores)}")
+    (first, s_a), (second, s_v) = scores.items()
+    ratio = (s_a / s_v).item()
+    if ratio > 1:
+        return second
+    if ratio < 1:
+        return first
+    return None
+
+
+@register
+class PMR(FusionMethod):
+    name = "pmr"
+    title = "PMR"
+    PAPER = ('Fan, Xu, Wang, Wang, Guo, "PMR: Prototypical Modal Rebalance for Multimodal Learning", CVPR 2023, '
+             'arXiv 2211.07089')
+    CODE = 'GitHub fanyunfeng-bit/Modal-Imbalance-PMR, main_Prototype_grad.py, train_epoch / calculate_prototype'
+    MODALITIES = (2,)
+    HPARAMS = (
+        HParam("alpha", 1.0, "Weight of the prototypical CE on the weaker modality. Official default 1.0; CREMA-D "
+                             "concat runs in bash.sh use 2.0 (FiLM/gated runs 3.0); BB 0.6.",
+               per_dataset={"cremad": 2.0}),
+        HParam("mu", 0.2, "Prototype EMA coefficient on the old prototypes (official --momentum_coef 0.2; CREMA-D "
+                          "bash.sh 0.0; BB 0.5).", per_dataset={"cremad": 0.0}),
+        HParam("mod_start", 0, "First epoch with the prototypical term, inclusive (official --modulation_starts 0)."),
+        HParam("mod_end", 100, "Last epoch with the prototypical term, inclusive (official default 100; CREMA-D "
+                               "bash.sh 70; BB 80).", per_dataset={"cremad": 70}),
+        HParam("head", "concat", "Fusion head (official --fusion_method: concat in the CREMA-D runs).",
+               choices=("concat", "sum", "film", "gated")),
+    )
+
+    def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
+        super().__init__(task, hp, ctx)
+        for m in self.modalities:
+            dim = self.model.encoders[m].out_dim
+            self.register_buffer(f"prototypes_{m}", torch.zeros(task.num_classes, dim, device=ctx.device))
+        self.register_buffer("prototypes_ready", torch.zeros((), dtype=torch.bool, device=ctx.device))
+
+    @property
+    def HEAD(self) -> str:  # noqa: N802 - FusionMethod reads HEAD; here it comes from the knob set by Method.__init__
+        return self.hp.head
+
+    def prototypes(self, m: str) -> torch.Tensor:
+        return getattr(self, f"prototypes_{m}")
+
+    @torch.no_grad()
+    def update_prototypes(self, loader: BatchLoader, ema: bool) -> None:
+        """Class means of the features over the first floor(N_batches/10) batches (>= 1), in eval mode."""
+        k = self.task.num_classes
+        n_batches = max(1, len(loader) // 10)
+        sums = {m: torch.zeros_like(self.prototypes(m)) for m in self.modalities}
+        counts = torch.zeros(k, device=self.prototypes_ready.device)
+        was_training = self.model.training
+        self.model.eval()
+        for i, batch in enumerate(loader):
+            if i >= n_batches:
+                break
+            with self.ctx.autocast():
+                h = self.model.features(self.inputs(batch))
+            # Per-class sums as one matrix product instead of a loop over samples.
+            onehot = F.one_hot(batch["label"], k).float()
+            counts += onehot.sum(dim=0)
+            for m in self.modalities:
+                sums[m] += onehot.t() @ h[m].float()
+        self.model.train(was_training)
+        seen = counts > 0
+        for m in self.modalities:
+            old = self.prototypes(m)
+            new = torch.where(seen[:, None], sums[m] / counts.clamp_min(1)[:, None], old)
+            old.copy_((1 - self.hp.mu) * new + self.hp.mu * old if ema else new)
+        self.prototypes_ready.fill_(True)
+
+    def on_epoch_start(self, epoch: int, loaders: Loaders) -> None:
+        if not bool(self.prototypes_ready):
+            self.update_prototypes(loaders.train, ema=False)
+
+    def on_epoch_end(self, epoch: int, loaders: Loaders) -> dict[str, float]:
+        self.update_prototypes(loaders.train, ema=epoch >= 1)
+        return {}
+
+    def update(self, batch: Batch, step: StepInfo) -> dict[str, float]:
+        labels = batch["label"]
+        logs: dict[str, float] = {}
+        with self.ctx.autocast():
+            h, z, _ = self.model(self.inputs(batch))
+            loss = F.cross_entropy(z.float(), labels)
+            if self.hp.mod_start <= step.epoch <= self.hp.mod_end:
+                pi = {m: prototype_logits(h[m], self.prototypes(m)) for m in self.modalities}
+                scores = confidence_scores(pi, labels)
+                weak = weaker_modality(scores)
+                if weak is not None:
+                    proto_loss = F.cross_entropy(pi[weak], labels)
+                    loss = loss + self.hp.alpha * proto_loss
+                    logs["proto_loss"] = proto_loss.item()
+                first, second = self.modalities
+                logs["proto_ratio"] = (scores[first] / scores[second]).item()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.item(), **logs}

@@ -1,0 +1,325 @@
+"""Gradient/prediction-modulation baselines on crafted tensors: OGM, OGM-GE, OPM, AGM and PMR (methods.md §4.10-4.12,
+§4.19)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from baselines.agm import GradScale, agm_coefficients, modality_losses, shapley_outputs
+from baselines.base import Loaders, StepInfo
+from baselines.heads import SumHead
+from baselines.hparams import resolve
+from baselines.ogm import modulate_gradients, ogm_coefficients
+from baselines.opm import FeatureRescale, drop_features, opm_drop_probabilities
+from baselines.pmr import prototype_logits, weaker_modality
+from baselines.registry import get_method
+from benchmarks.config import method_hparams
+from datasets.registry import get_dataset
+from tests.conftest import TINY_DATA, first_batch, make_context
+
+
+def build(name, bundle, **overrides):
+    cls = get_method(name)
+    hp = resolve(name, method_hparams(cls), bundle.task.dataset, overrides, variants=cls.VARIANTS)
+    torch.manual_seed(0)
+    return cls(bundle.task, hp, make_context())
+
+
+def step(epoch=0, i=0):
+    return StepInfo(epoch=epoch, step=i, steps_per_epoch=4, epochs=10)
+
+
+def capture_grads_at_step(method):
+    """Replace the optimizer step with a recorder of every parameter's gradient as the step would see it."""
+    seen = {}
+
+    def record(*args, **kwargs):
+        seen.update({n: p.grad.clone() for n, p in method.model.named_parameters() if p.grad is not None})
+
+    method.optimizer.step = record
+    return seen
+
+
+# --- OGM / OGM-GE --------------------------------------------------------------------------------------------------
+
+def test_ogm_coefficient_suppresses_only_the_dominant_modality():
+    k = ogm_coefficients({"audio": torch.tensor(10.0), "visual": torch.tensor(10.1)}, alpha=0.8)
+    assert k["visual"].item() == pytest.approx(1 - math.tanh(0.8 * 1.01), abs=1e-6)
+    assert k["visual"].item() == pytest.approx(0.331, abs=1e-3)
+    assert k["audio"].item() == 1.0
+    k = ogm_coefficients({"audio": torch.tensor(20.0), "visual": torch.tensor(10.0)}, alpha=0.8)
+    assert k["audio"].item() == pytest.approx(1 - math.tanh(1.6), abs=1e-6) and k["visual"].item() == 1.0
+    # A tie takes the official else-branch: the first modality is suppressed with argument alpha * 1.
+    k = ogm_coefficients({"audio": torch.tensor(5.0), "visual": torch.tensor(5.0)}, alpha=0.8)
+    assert k["audio"].item() == pytest.approx(1 - math.tanh(0.8), abs=1e-6) and k["visual"].item() == 1.0
+
+
+def test_ogm_scales_exactly_the_encoder_conv_weights_and_adds_no_noise(tiny_bundle):
+    batch = first_batch(tiny_bundle)
+    plain = build("ogm", tiny_bundle, mod_start=5, mod_end=9)
+    raw = capture_grads_at_step(plain)
+    plain.update(batch, step(epoch=0))
+    ogm = build("ogm", tiny_bundle, mod_start=0, mod_end=9)
+    edited = capture_grads_at_step(ogm)
+    logs = ogm.update(batch, step(epoch=0))
+    k = {m: logs[f"coeff_{m}"] for m in ("audio", "visual")}
+    assert min(k.values()) < 1.0 and max(k.values()) == 1.0
+    n_conv = 0
+    for name, g in raw.items():
+        modality = name.split(".")[1] if name.startswith("encoders.") else None
+        if modality is not None and g.dim() == 4:
+            torch.testing.assert_close(edited[name], k[modality] * g)
+            n_conv += 1
+        else:  # BatchNorm, biases and the fusion head are untouched
+            torch.testing.assert_close(edited[name], g, rtol=0, atol=0)
+    assert n_conv > 0
+
+
+def test_ogm_ge_noise_matches_the_unscaled_gradient_std():
+    torch.manual_seed(1)
+    conv = nn.Conv2d(64, 64, 3)
+    original = 3.0 * torch.randn_like(conv.weight)
+    for k in (0.25, 1.0):
+        conv.weight.grad = original.clone()
+        modulate_gradients([conv.weight], torch.tensor(k), noise=True)
+        noise = conv.weight.grad - k * original
+        assert noise.std().item() == pytest.approx(original.std().item(), rel=0.03)
+        assert abs(noise.mean().item()) < 0.05 * original.std().item()
+    conv.weight.grad = original.clone()
+    modulate_gradients([conv.weight], torch.tensor(0.25), noise=False)
+    torch.testing.assert_close(conv.weight.grad, 0.25 * original)
+
+
+def test_ogm_ge_adds_noise_to_both_encoders_and_nothing_else(tiny_bundle):
+    batch = first_batch(tiny_bundle)
+    plain = build("ogm_ge", tiny_bundle, mod_start=5, mod_end=9)
+    raw = capture_grads_at_step(plain)
+    plain.update(batch, step(epoch=0))
+    ge = build("ogm_ge", tiny_bundle)
+    edited = capture_grads_at_step(ge)
+    logs = ge.update(batch, step(epoch=0))
+    for m in ("audio", "visual"):
+        convs = [n for n, g in raw.items() if n.startswith(f"encoders.{m}.") and g.dim() == 4]
+        assert convs
+        for name in convs:
+            residual = edited[name] - logs[f"coeff_{m}"] * raw[name]
+            assert residual.abs().max() > 0, f"no noise on {name} (k={logs[f'coeff_{m}']})"
+    for name, g in raw.items():
+        if g.dim() != 4:
+            torch.testing.assert_close(edited[name], g, rtol=0, atol=0)
+
+
+def test_ogm_window_is_inclusive(tiny_bundle):
+    ogm = build("ogm", tiny_bundle, mod_start=2, mod_end=4)
+    assert [ogm.modulating(e) for e in range(6)] == [False, False, True, True, True, False]
+    assert build("ogm", tiny_bundle).hp.mod_end == 50
+
+
+def test_ogm_sum_head_option(tiny_bundle):
+    ogm = build("ogm_ge", tiny_bundle, head="sum")
+    assert isinstance(ogm.model.head, SumHead)
+    assert math.isfinite(ogm.update(first_batch(tiny_bundle), step())["loss"])
+
+
+# --- OPM -------------------------------------------------------------------------------------------------------------
+
+def test_opm_drop_probability_for_given_scores():
+    q = opm_drop_probabilities(torch.tensor([30.0, 20.0]), q_base=0.5, lam=0.5)
+    assert q[0].item() == pytest.approx(0.5 * (1 + 0.5 * math.tanh(0.5)), abs=1e-6)
+    assert q[1].item() == 0.0
+    q = opm_drop_probabilities(torch.tensor([10.0, 40.0]), q_base=0.5, lam=0.5)
+    assert q[0].item() == 0.0 and q[1].item() == pytest.approx(0.5 * (1 + 0.5 * math.tanh(3.0)), abs=1e-6)
+    assert opm_drop_probabilities(torch.tensor([7.0, 7.0]), 0.5, 0.5).tolist() == [0.0, 0.0]
+    assert opm_drop_probabilities(torch.tensor([90.0, 10.0]), q_base=0.9, lam=1.0)[0].item() == 1.0
+
+
+def test_opm_rescale_is_applied_in_forward_and_backward():
+    x = torch.randn(3, 4, requires_grad=True)
+    y = FeatureRescale.apply(x, torch.tensor(1.25))
+    torch.testing.assert_close(y, 1.25 * x.detach())
+    g = torch.randn(3, 4)
+    y.backward(g)
+    torch.testing.assert_close(x.grad, 1.25 * g)
+
+
+def test_opm_drop_features_masks_rescales_and_flags_empty_samples():
+    torch.manual_seed(0)
+    h = {"audio": torch.randn(400, 4, requires_grad=True), "visual": torch.randn(400, 6, requires_grad=True)}
+    out, keep, theta = drop_features(h, torch.tensor([0.5, 0.0]))
+    assert theta.item() == pytest.approx(4 * 0.5 / 10)
+    scale = 1 / (1 - 0.2)
+    torch.testing.assert_close(out["visual"], scale * h["visual"].detach())  # q_v = 0: never dropped
+    dropped = out["audio"].abs().sum(1) == 0
+    torch.testing.assert_close(out["audio"][~dropped], scale * h["audio"].detach()[~dropped])
+    assert 0.4 < dropped.float().mean().item() < 0.6
+    assert keep.all()
+    (out["audio"].sum() + out["visual"].sum()).backward()
+    torch.testing.assert_close(h["audio"].grad, scale * (~dropped).float()[:, None].expand(-1, 4))
+    torch.testing.assert_close(h["visual"].grad, torch.full((400, 6), scale))
+    out, keep, _ = drop_features({m: v.detach() for m, v in h.items()}, torch.tensor([0.8, 0.8]))
+    both_gone = (out["audio"].abs().sum(1) == 0) & (out["visual"].abs().sum(1) == 0)
+    assert both_gone.any() and torch.equal(keep, ~both_gone)
+
+
+def test_opm_drops_only_after_warmup_and_never_at_test(tiny_bundle):
+    batch = first_batch(tiny_bundle)
+    opm = build("opm", tiny_bundle, p_exe=1.0)
+    assert "kept" not in opm.update(batch, step(epoch=5))
+    logs = opm.update(batch, step(epoch=6))
+    assert "kept" in logs and math.isfinite(logs.get("loss", 0.0))
+    opm.eval()
+    _, z, _ = opm.model(opm.inputs(batch))
+    torch.testing.assert_close(opm.predict(batch).fused, z)
+
+
+# --- AGM -------------------------------------------------------------------------------------------------------------
+
+def test_agm_coefficient_direction_and_cap():
+    s = torch.tensor([0.5, 1.0])  # audio's loss is currently lower than its running mean: it is racing ahead
+    s_bar = torch.tensor([1.0, 1.0])
+    k = agm_coefficients(s, s_bar, alpha=1.5)
+    assert k[0].item() == pytest.approx(math.exp(1.5 * (1 - math.exp(0.5))), rel=1e-5) and k[0] < 1
+    assert k[1].item() == pytest.approx(math.exp(1.5 * (1 - math.exp(-0.5))), rel=1e-5) and k[1] > 1
+    k = agm_coefficients(torch.tensor([1.0, 1.0]), torch.tensor([0.0, 5.0]), alpha=0.1)
+    assert k[0].item() == pytest.approx(math.exp(0.1 * 10.0), rel=1e-5)  # r_bar - r = e^5 - 1, capped at 10
+    k3 = agm_coefficients(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2.0, 2.0, 2.0]), alpha=1.0)
+    r = [math.exp(1.5 * (2 - s)) for s in (1.0, 2.0, 3.0)]
+    assert k3.tolist() == pytest.approx([math.exp(1 - v) for v in r], rel=1e-5)
+
+
+def test_agm_hooks_route_scaled_gradients_to_each_pass():
+    torch.manual_seed(0)
+    z_full, z_ao, z_vo = (torch.randn(4, 3, requires_grad=True) for _ in range(3))
+    names = ("audio", "visual")
+    outputs = {frozenset(names): z_full, frozenset({"audio"}): z_ao, frozenset({"visual"}): z_vo}
+    phi = shapley_outputs(outputs, names)
+    torch.testing.assert_close(phi["audio"], 0.5 * (z_full - z_vo + z_ao))
+    torch.testing.assert_close(phi["audio"] + phi["visual"], z_full)
+    k_a, k_v = 0.6, 1.7
+    scalers = {"audio": GradScale(), "visual": GradScale()}
+    scalers["audio"].scale.fill_(k_a)
+    scalers["visual"].scale.fill_(k_v)
+    g = torch.randn(4, 3)
+    (sum(scalers[m](phi[m]) for m in names) * g).sum().backward()
+    torch.testing.assert_close(z_full.grad, 0.5 * (k_a + k_v) * g)
+    torch.testing.assert_close(z_ao.grad, 0.5 * (k_a - k_v) * g)
+    torch.testing.assert_close(z_vo.grad, 0.5 * (k_v - k_a) * g)
+
+
+def test_agm_three_modality_shapley_is_efficient():
+    names = ("a", "b", "c")
+    torch.manual_seed(0)
+    outputs = {frozenset(s): torch.randn(2, 3) for s in (("a",), ("b",), ("c",), ("a", "b"), ("a", "c"), ("b", "c"),
+                                                        ("a", "b", "c"))}
+    phi = shapley_outputs(outputs, names)
+    torch.testing.assert_close(sum(phi.values()), outputs[frozenset(names)])
+    expected_a = (outputs[frozenset("a")] / 3 + (outputs[frozenset("ab")] - outputs[frozenset("b")]) / 6
+                  + (outputs[frozenset("ac")] - outputs[frozenset("c")]) / 6
+                  + (outputs[frozenset("abc")] - outputs[frozenset("bc")]) / 3)
+    torch.testing.assert_close(phi["a"], expected_a)
+
+
+def test_agm_trains_three_modalities_with_seven_subsets():
+    cls = get_dataset("synthetic")
+    bundle = cls.build(resolve("data", cls.HPARAMS, "synthetic", {**TINY_DATA, "modalities": 3}))
+    agm = build("agm", bundle)
+    batch = first_batch(bundle)
+    assert len(agm.subset_outputs(agm.inputs(batch))) == 7
+    logs = agm.update(batch, step())
+    assert {"k_audio", "k_visual", "k_text"} <= set(logs) and math.isfinite(logs["loss"])
+    agm.eval()
+    pred = agm.predict(batch)
+    torch.testing.assert_close(sum(pred.per_modality.values()), pred.fused)
+
+
+def test_agm_running_mean_is_updated_after_k_and_checkpointed(tiny_bundle):
+    batch = first_batch(tiny_bundle)
+    agm = build("agm", tiny_bundle)
+    agm.train()
+    shadow = copy.deepcopy(agm)
+    s1 = modality_losses(shapley_outputs(shadow.subset_outputs(agm.inputs(batch)), agm.modalities), batch["label"])
+    logs = agm.update(batch, step())
+    expected_k = agm_coefficients(s1, torch.zeros(2), agm.hp.alpha)  # running means are 0 before the first step
+    assert [logs["k_audio"], logs["k_visual"]] == pytest.approx(expected_k.tolist(), rel=1e-5)
+    torch.testing.assert_close(agm.loss_mean, s1)
+    assert agm.scalers["audio"].scale.item() == pytest.approx(logs["k_audio"], rel=1e-6)
+    clone = build("agm", tiny_bundle)
+    clone.load_checkpoint_state(agm.checkpoint_state())
+    torch.testing.assert_close(clone.loss_mean, agm.loss_mean)
+    assert int(clone.iterations) == 1 and clone.scalers["visual"].scale.item() == pytest.approx(logs["k_visual"])
+
+
+# --- PMR -------------------------------------------------------------------------------------------------------------
+
+def test_pmr_prototype_logits_are_negative_euclidean_distances():
+    h = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
+    c = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]])
+    torch.testing.assert_close(prototype_logits(h, c), -torch.tensor([[0.0, 3.0, 4.0], [5.0, 4.0, 3.0]]))
+
+
+def test_pmr_extra_term_goes_to_the_weaker_modality():
+    assert weaker_modality({"audio": torch.tensor(6.0), "visual": torch.tensor(3.0)}) == "visual"
+    assert weaker_modality({"audio": torch.tensor(2.0), "visual": torch.tensor(3.0)}) == "audio"
+    assert weaker_modality({"audio": torch.tensor(3.0), "visual": torch.tensor(3.0)}) is None
+
+
+def test_pmr_step_loss_is_ce_plus_alpha_prototype_ce_of_the_weaker_modality(tiny_bundle):
+    batch = first_batch(tiny_bundle)
+    pmr = build("pmr", tiny_bundle, alpha=2.0)
+    labels = batch["label"]
+    # Audio prototypes sit on the audio features' class means (confident); visual prototypes are all equal (chance).
+    pmr.train()
+    with torch.no_grad():
+        h = copy.deepcopy(pmr).model.features(pmr.inputs(batch))
+        onehot = F.one_hot(labels, 4).float()
+        pmr.prototypes("audio").copy_((onehot.t() @ h["audio"]) / onehot.sum(0).clamp_min(1)[:, None])
+        pmr.prototypes("visual").zero_()
+    shadow = copy.deepcopy(pmr)
+    h, z, _ = shadow.model(shadow.inputs(batch))
+    pi_v = prototype_logits(h["visual"], pmr.prototypes("visual"))
+    expected = F.cross_entropy(z, labels) + 2.0 * F.cross_entropy(pi_v, labels)
+    logs = pmr.update(batch, step(epoch=0))
+    assert logs["proto_ratio"] > 1
+    assert logs["loss"] == pytest.approx(expected.item(), rel=1e-5)
+    outside = build("pmr", tiny_bundle, mod_end=-1)
+    assert "proto_ratio" not in outside.update(batch, step(epoch=0))
+
+
+def test_pmr_prototypes_use_the_first_tenth_of_batches_then_ema(tiny_bundle):
+    pmr = build("pmr", tiny_bundle, mu=0.2)
+    pmr.model.features = lambda x: dict(x)  # the batch carries the features themselves
+    d = pmr.prototypes("audio").shape[1]
+
+    def batch(value, labels):
+        n = len(labels)
+        feats = value * torch.ones(n, d) + torch.arange(n, dtype=torch.float32)[:, None]
+        return {"audio": feats, "visual": -feats, "label": torch.tensor(labels)}
+
+    # 10 batches -> only the first one counts; class 3 is absent and keeps its prototype (zero at first).
+    first = [batch(1.0, [0, 0, 1, 2])] + [batch(100.0, [3, 3, 3, 3])] * 9
+    loaders = Loaders(train=first)
+    pmr.on_epoch_start(0, loaders)
+    c0 = pmr.prototypes("audio").clone()
+    torch.testing.assert_close(c0[0], torch.full((d,), 1.5))
+    torch.testing.assert_close(c0[1], torch.full((d,), 3.0))
+    torch.testing.assert_close(c0[3], torch.zeros(d))
+    torch.testing.assert_close(pmr.prototypes("visual")[2], torch.full((d,), -4.0))
+    pmr.on_epoch_start(1, Loaders(train=[batch(50.0, [0, 1, 2, 3])]))  # already computed: no second pass
+    torch.testing.assert_close(pmr.prototypes("audio"), c0)
+    later = Loaders(train=[batch(10.0, [0, 1, 2, 3])])
+    pmr.on_epoch_end(0, later)  # after epoch 0: replaced, no EMA (official `epoch <= 0`)
+    c1 = pmr.prototypes("audio").clone()
+    torch.testing.assert_close(c1[:, 0], torch.tensor([10.0, 11.0, 12.0, 13.0]))
+    pmr.on_epoch_end(1, Loaders(train=[batch(20.0, [0, 1, 2, 3])]))
+    torch.testing.assert_close(pmr.prototypes("audio")[:, 0], 0.8 * torch.tensor([20.0, 21.0, 22.0, 23.0])
+                               + 0.2 * c1[:, 0])
+    clone = build("pmr", tiny_bundle)
+    clone.load_checkpoint_state(pmr.checkpoint_state())
+    torch.testing.assert_close(clone.prototypes("audio"), pmr.prototypes("audio"))
+    assert bool(clone.prototypes_ready)
