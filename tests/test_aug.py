@@ -1,0 +1,437 @@
+"""AUG (methods.md §3.10 and the issue's acceptance list): the loss, the learners, ACA, the per-modality steps, the
+paper/official switches, checkpoints and an end-to-end run on synthetic data."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from aug.aca import aca_check_epochs, aca_decision, default_interval, gate_targets, running_scores
+from aug.method import AUG
+from aug.model import LearnerStack, learner_logits, sustained_boosting_loss
+from baselines.base import Loaders, StepInfo
+from baselines.hparams import HParamError, resolve
+from benchmarks.config import TRAIN_HPARAMS, build_config, load_config_file, method_hparams
+from benchmarks.runner import train_run
+from datasets.registry import get_dataset
+from tests.conftest import TINY_DATA, first_batch, make_context, tiny_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "benchmarks" / "configs" / "aug"
+STEP = StepInfo(epoch=0, step=0, steps_per_epoch=4, epochs=2)
+
+
+def build(bundle, epochs: int = 2, **overrides) -> AUG:
+    hp = resolve("aug", method_hparams(AUG), bundle.task.dataset, overrides, variants=AUG.VARIANTS)
+    torch.manual_seed(0)
+    return AUG(bundle.task, hp, make_context(epochs=epochs))
+
+
+def loaders(bundle) -> Loaders:
+    return Loaders(bundle.loader("train", batch_size=16, train=True, seed=0),
+                   bundle.loader("val", batch_size=32, train=False, seed=0),
+                   bundle.loader("test", batch_size=32, train=False, seed=0))
+
+
+def ce_soft(z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return -(target * F.log_softmax(z, dim=1)).sum(1).mean()
+
+
+# --- the sustained-boosting loss (§3.3) ------------------------------------------------------------------------------
+def test_loss_matches_a_hand_computed_value():
+    # K = 2, y = 0: z_0 = (0, 0) so q_y = 1/2; z_1 = (log 3, 0) so p(z_new)_y = p(z_all)_y = 3/4.
+    z = torch.tensor([[[0.0, 0.0], [math.log(3.0), 0.0]]])
+    loss, z_all = sustained_boosting_loss(z, torch.tensor([0]), lam=0.5)
+    expected = math.log(4 / 3) + math.log(2) + (1 - 0.5 * 0.5) * math.log(4 / 3)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    torch.testing.assert_close(z_all, z.sum(1))
+
+
+def test_single_learner_loss_is_plain_cross_entropy():
+    z = torch.randn(5, 1, 3)
+    y = torch.tensor([0, 1, 2, 1, 0])
+    loss, _ = sustained_boosting_loss(z, y, lam=0.5)
+    torch.testing.assert_close(loss, F.cross_entropy(z[:, 0], y))
+
+
+def test_residual_ce_is_the_soft_target_ce_and_the_weighted_ce():
+    torch.manual_seed(1)
+    z = torch.randn(6, 3, 4)
+    y = torch.tensor([0, 1, 2, 3, 1, 2])
+    lam = 0.33
+    loss, _ = sustained_boosting_loss(z, y, lam)
+    z_prev, z_new = z[:, 0] + z[:, 1], z[:, 2]
+    residual = loss - F.cross_entropy(z.sum(1), y) - F.cross_entropy(z_prev, y)
+    q_y = torch.softmax(z_prev, 1).gather(1, y[:, None])[:, 0]
+    onehot = F.one_hot(y, 4).float()
+    torch.testing.assert_close(residual, ce_soft(z_new, onehot - lam * q_y[:, None] * onehot))
+    weighted = ((1 - lam * q_y) * F.cross_entropy(z_new, y, reduction="none")).mean()
+    torch.testing.assert_close(residual, weighted)
+
+
+def test_per_learner_prob_sum_target_sums_each_previous_learners_softmax():
+    torch.manual_seed(2)
+    z = torch.randn(4, 3, 5)
+    y = torch.tensor([4, 0, 2, 2])
+    loss, _ = sustained_boosting_loss(z, y, 0.2, residual_target="per_learner_prob_sum")
+    q_y = (torch.softmax(z[:, 0], 1) + torch.softmax(z[:, 1], 1)).gather(1, y[:, None])[:, 0]
+    residual = ((1 - 0.2 * q_y) * F.cross_entropy(z[:, 2], y, reduction="none")).mean()
+    expected = F.cross_entropy(z.sum(1), y) + F.cross_entropy(z[:, 0] + z[:, 1], y) + residual
+    torch.testing.assert_close(loss, expected)
+    with pytest.raises(ValueError, match="residual_target='bogus'"):
+        sustained_boosting_loss(z, y, 0.2, residual_target="bogus")
+
+
+def test_residual_target_is_detached():
+    torch.manual_seed(3)
+    z = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 3, 0])
+    loss, _ = sustained_boosting_loss(z, y, 0.5)
+    residual = loss - F.cross_entropy(z.sum(1), y) - F.cross_entropy(z[:, :2].sum(1), y)
+    (grad,) = torch.autograd.grad(residual, z)
+    assert grad[:, :2].abs().max() < 1e-12, "no gradient may reach earlier learners through q"
+    assert grad[:, 2].abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("extra", [1, 2])
+def test_previous_ensemble_is_the_sum_of_all_but_the_newest_learner(extra):
+    torch.manual_seed(4)
+    stack = LearnerStack(8, 6)
+    for _ in range(extra):
+        stack.grow()
+    head = torch.nn.Linear(6, 3)
+    h = torch.randn(7, 8)
+    y = torch.randint(0, 3, (7,))
+    z = learner_logits(stack, head, h)
+    per_learner = [head(F.relu(layer(h))) for layer in stack.layers]
+    torch.testing.assert_close(z, torch.stack(per_learner, 1))
+    z_prev = per_learner[0] if extra == 1 else per_learner[0] + per_learner[1]
+    q_y = torch.softmax(z_prev, 1).gather(1, y[:, None])[:, 0]
+    expected = (F.cross_entropy(sum(per_learner), y) + F.cross_entropy(z_prev, y)
+                + ((1 - 0.5 * q_y) * F.cross_entropy(per_learner[-1], y, reduction="none")).mean())
+    torch.testing.assert_close(sustained_boosting_loss(z, y, 0.5)[0], expected)
+
+
+# --- learners and gate -----------------------------------------------------------------------------------------------
+def test_learner_parameter_counts():
+    stacks = [LearnerStack(512, 256), LearnerStack(512, 256)]
+    head = torch.nn.Linear(256, 6)
+    base = sum(p.numel() for s in stacks for p in s.parameters()) + sum(p.numel() for p in head.parameters())
+    assert base == 264_198
+    layer = stacks[1].grow()
+    assert sum(p.numel() for p in layer.parameters()) == 131_328
+    assert torch.count_nonzero(layer.bias) == 0 and layer.weight.std().item() == pytest.approx(
+        math.sqrt(2 / (512 + 256)), rel=0.05), "Xavier-normal weight, zero bias"
+
+
+def test_gate_scales_only_the_extra_learners():
+    torch.manual_seed(5)
+    stack = LearnerStack(8, 6)
+    stack.grow()
+    stack.grow()
+    head = torch.nn.Linear(6, 3)
+    h = torch.randn(4, 8)
+    plain = learner_logits(stack, head, h)
+    gated = learner_logits(stack, head, h, torch.tensor(0.25))
+    torch.testing.assert_close(gated[:, 0], plain[:, 0])
+    torch.testing.assert_close(gated[:, 1:], 0.25 * plain[:, 1:])
+
+
+def test_running_scores_match_the_official_expression_and_set_gate_targets():
+    batch, epoch = torch.tensor([3.0, 5.0], dtype=torch.float64), torch.tensor([20.0, 16.0], dtype=torch.float64)
+    k = 3
+    s_a = (3 / (k + 1) + 20 * k / (k + 1)) / (5 / (k + 1) + 16 * k / (k + 1))  # train_KS.py
+    torch.testing.assert_close(running_scores(batch, epoch, k), torch.tensor([s_a, 1 / s_a], dtype=torch.float64))
+    assert gate_targets(torch.tensor([1.2, 1 / 1.2])).tolist() == [0.0, 1.0]
+    assert gate_targets(torch.tensor([1.0, 1.0])).tolist() == [1.0, 0.0]
+    three = running_scores(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([10.0, 20.0, 30.0]), 1)
+    torch.testing.assert_close(three, torch.tensor([11 / 55, 22 / 44, 33 / 33]))
+    assert gate_targets(three).tolist() == [1.0, 1.0, 0.0]
+
+
+# --- adaptive classifier assignment (§3.5) ---------------------------------------------------------------------------
+def test_aca_schedule():
+    compat = aca_check_epochs(200, 20, after_first=True)
+    paper = aca_check_epochs(200, 20, after_first=False)
+    assert compat == [0] + list(range(19, 180, 20)) and len(compat) == 10
+    assert paper == list(range(19, 180, 20)) and paper[-1] == 179
+    assert aca_check_epochs(4, 1, after_first=False) == [0, 1, 2]
+    assert default_interval(200) == 20 and default_interval(100) == 10 and default_interval(7) == 1
+    with pytest.raises(ValueError, match="aca_interval_epochs"):
+        aca_check_epochs(10, 0, after_first=False)
+
+
+@pytest.mark.parametrize("sums, count, rule, grown", [
+    ((52.0, 50.0), 100, "difference", [1]),   # d = 0.02 > tau: audio stronger -> visual
+    ((48.0, 50.0), 100, "difference", [0]),   # d = -0.02 < -tau -> audio
+    ((50.5, 50.0), 100, "difference", []),    # |d| = 0.005 inside the dead zone
+    ((10.5, 10.0), 100, "difference", []),    # d = 0.005: no learner ...
+    ((10.5, 10.0), 100, "ratio", [1]),        # ... while the ratio 1.05 > 1.01 adds one to visual
+    ((40.0, 50.0), 100, "ratio", [0]),        # 0.8 < 0.99 -> audio
+    ((50.4, 50.0), 100, "ratio", []),         # 1.008 inside [0.99, 1.01]
+    ((52.0, 50.0), 0, "difference", []),      # no samples seen: no decision
+])
+def test_aca_two_modality_rules(sums, count, rule, grown):
+    assert aca_decision(sums, count, rule, sigma=1.0, tau=0.01, threshold=0.4) == grown
+
+
+def test_aca_sigma_moves_the_balance_point():
+    assert aca_decision((60.0, 50.0), 100, "difference", sigma=1.2, tau=0.01, threshold=0.4) == []
+    assert aca_decision((60.0, 50.0), 100, "ratio", sigma=1.3, tau=0.01, threshold=0.4) == [0]
+
+
+@pytest.mark.parametrize("sums, grown", [
+    ((10.0, 30.0, 40.0), [0]),         # rho = 0.14, 0.6, 1.0
+    ((10.0, 12.0, 40.0), [0, 1]),      # two weak modalities each get one learner at the same check
+    ((10.0, 10.0, 10.0), []),          # rho = 0.5 for all
+])
+def test_aca_three_modalities(sums, grown):
+    for rule in ("difference", "ratio"):
+        assert aca_decision(sums, 100, rule, sigma=1.0, tau=0.01, threshold=0.4) == grown
+
+
+# --- one training iteration (§3.4, §3.6) -----------------------------------------------------------------------------
+def record_steps(method: AUG, watch: torch.nn.Parameter) -> list[torch.Tensor]:
+    """Wrap the optimizer's step to snapshot ``watch`` before the first step and after every step."""
+    snapshots = [watch.detach().clone()]
+    step = method.optimizer.step
+
+    def counting_step(*args, **kwargs):
+        out = step(*args, **kwargs)
+        snapshots.append(watch.detach().clone())
+        return out
+
+    method.optimizer.step = counting_step
+    return snapshots
+
+
+def test_shared_head_is_stepped_once_per_modality_and_visual_sees_the_updated_head(tiny_bundle):
+    method = build(tiny_bundle)
+    method.train()
+    snapshots = record_steps(method, method.head.weight)
+    seen = []
+    method.head.register_forward_pre_hook(lambda mod, args: seen.append(mod.weight.detach().clone()))
+    method.update(first_batch(tiny_bundle), STEP)
+    assert len(snapshots) == 3, "one optimizer step per modality"
+    assert not torch.equal(snapshots[0], snapshots[1]) and not torch.equal(snapshots[1], snapshots[2])
+    torch.testing.assert_close(seen[0], snapshots[0])
+    torch.testing.assert_close(seen[1], snapshots[1])
+    assert all(p.grad is None for p in method.parameters())
+
+
+def test_encoder_features_are_not_detached(tiny_bundle):
+    method = build(tiny_bundle)
+    method.add_learner("visual")
+    h = torch.randn(4, method.encoders["visual"].out_dim, requires_grad=True)
+    z = method.modality_logits("visual", h, None)
+    loss, _ = sustained_boosting_loss(z, torch.tensor([0, 1, 2, 3]), 0.5)
+    loss.backward()
+    assert h.grad is not None and torch.count_nonzero(h.grad) > 0
+
+
+@pytest.mark.parametrize("set_to_none, moves", [(False, True), (True, False)])
+def test_zero_filled_gradients_give_the_audio_side_an_extra_step(tiny_bundle, set_to_none, moves):
+    method = build(tiny_bundle, variant="official_compat", zero_grad_set_to_none=set_to_none)
+    method.train()
+    batch = first_batch(tiny_bundle)
+    method.update(batch, STEP)  # fills the momentum buffers
+    conv = method.encoders["audio"].trunk.stem[0].weight
+    snapshots = record_steps(method, conv)
+    method.update(batch, STEP)
+    assert not torch.equal(snapshots[0], snapshots[1]), "the audio step moves the audio encoder"
+    assert (not torch.equal(snapshots[1], snapshots[2])) == moves, "audio encoder during the visual step"
+
+
+def test_paper_mode_trains_new_learners_in_a_new_param_group(tiny_bundle):
+    method = build(tiny_bundle)
+    method.ctx.set_lr_factor(0.1)
+    groups = len(method.optimizer.param_groups)
+    method.add_learner("visual")
+    layer = method.learners["visual"].layers[-1]
+    group = method.optimizer.param_groups[-1]
+    assert len(method.optimizer.param_groups) == groups + 1
+    assert group["params"] == [layer.weight, layer.bias]
+    assert group["lr"] == pytest.approx(0.01 * 0.1) and group["momentum"] == 0.9 and group["weight_decay"] == 1e-4
+    before = layer.weight.detach().clone()
+    method.train()
+    method.update(first_batch(tiny_bundle), STEP)
+    assert not torch.equal(before, layer.weight)
+
+
+def test_compat_mode_freezes_new_learners_but_the_encoder_gets_gradient_through_them(tiny_bundle):
+    method = build(tiny_bundle, variant="official_compat")
+    groups = len(method.optimizer.param_groups)
+    method.add_learner("visual")
+    layer = method.learners["visual"].layers[-1]
+    assert len(method.optimizer.param_groups) == groups
+    before = layer.weight.detach().clone()
+    method.train()
+    method.update(first_batch(tiny_bundle), STEP)
+    torch.testing.assert_close(layer.weight, before, rtol=0, atol=0)
+    h = torch.randn(4, method.encoders["visual"].out_dim, requires_grad=True)
+    method.modality_logits("visual", h, None)[:, -1].sum().backward()  # the frozen learner's logits only
+    assert layer.weight.grad is None and torch.count_nonzero(h.grad) > 0
+
+
+def test_gated_variant_takes_a_third_step_and_updates_the_running_scores(tiny_bundle):
+    method = build(tiny_bundle, variant="official_gated")
+    assert method.hp.gate and len(method.optimizer.param_groups) == 2
+    assert method.optimizer.param_groups[1]["lr"] == pytest.approx(0.001)
+    method.add_learner("visual")
+    method.train()
+    gate_weight = method.gate.net[0].weight
+    snapshots = record_steps(method, gate_weight)
+    method.update(first_batch(tiny_bundle), STEP)
+    assert len(snapshots) == 4
+    assert torch.equal(snapshots[0], snapshots[2]) and not torch.equal(snapshots[2], snapshots[3])
+    s = method.score_sum
+    torch.testing.assert_close(method.running, (s / s.flip(0)).float())
+
+
+# --- prediction, configuration errors, three modalities --------------------------------------------------------------
+def test_test_time_fusion_uses_the_published_weights(tiny_bundle):
+    method = build(tiny_bundle)
+    method.add_learner("audio")
+    method.eval()
+    batch = first_batch(tiny_bundle)
+    pred = method.predict(batch)
+    with torch.no_grad():
+        out = {m: method.modality_logits(m, method.encoders[m](batch[m]), None).sum(1) for m in ("audio", "visual")}
+    torch.testing.assert_close(pred.per_modality["audio"], out["audio"])
+    torch.testing.assert_close(pred.fused, 0.4 * out["audio"] + 0.6 * out["visual"])
+    custom = build(tiny_bundle, fusion_weights=[0.5, 0.5])
+    custom.eval()
+    pred = custom.predict(batch)
+    torch.testing.assert_close(pred.fused, 0.5 * (pred.per_modality["audio"] + pred.per_modality["visual"]))
+
+
+def test_bad_fusion_weights_and_order_name_the_key(tiny_bundle):
+    with pytest.raises(HParamError, match="aug.fusion_weights"):
+        build(tiny_bundle, fusion_weights=[1.0])
+    with pytest.raises(HParamError, match="aug.modality_order"):
+        build(tiny_bundle, modality_order=["audio", "text"])
+
+
+def test_three_modalities_step_each_modality_and_use_the_nvgesture_weights():
+    cls = get_dataset("synthetic")
+    bundle = cls.build(resolve("data", cls.HPARAMS, "synthetic", {**TINY_DATA, "modalities": 3}))
+    method = build(bundle)
+    assert method.fusion == [0.33, 0.33, 0.34]
+    method.train()
+    snapshots = record_steps(method, method.head.weight)
+    logs = method.update(first_batch(bundle), STEP)
+    assert len(snapshots) == 4 and set(logs) == {"loss", "loss_audio", "loss_visual", "loss_text"}
+    method.score_sum = torch.tensor([10.0, 12.0, 40.0], dtype=torch.float64)
+    diag = method.on_epoch_end(0, loaders(bundle))
+    assert method.extra_learners() == {"audio": 1, "visual": 1, "text": 0}
+    assert diag["added/audio"] == 1.0 and diag["added/text"] == 0.0
+    assert diag["score_rho/audio"] == pytest.approx(10 / 52)
+
+
+def test_epoch_end_diagnostics_and_decision(tiny_bundle):
+    method = build(tiny_bundle, epochs=4, aca_interval_epochs=2)
+    data = loaders(tiny_bundle)
+    method.on_epoch_start(0, data)
+    method.score_sum = torch.tensor([60.0, 40.0], dtype=torch.float64)
+    method.count = 100
+    diag = method.on_epoch_end(0, data)  # epoch 0 is not a check in paper mode
+    assert diag["aca_check"] == 0.0 and method.extra_learners() == {"audio": 0, "visual": 0}
+    assert diag["score/audio"] == pytest.approx(0.6) and diag["score_ratio"] == pytest.approx(1.5)
+    assert diag["score_difference"] == pytest.approx(0.2)
+    diag = method.on_epoch_end(1, data)
+    assert diag["aca_check"] == 1.0 and diag["added/visual"] == 1.0 and diag["extra_learners/visual"] == 1.0
+
+
+# --- checkpoints and end-to-end ---------------------------------------------------------------------------------------
+class Interrupt(Exception):
+    pass
+
+
+def aug_config(**aug_hp):
+    overrides = tiny_overrides("aug", aca_interval_epochs=1, **aug_hp)
+    overrides["train"]["epochs"] = 4
+    overrides["data"].update(dominant="audio", strong_reliability=1.0, weak_reliability=0.3, noise=0.5)
+    return build_config("aug", "synthetic", overrides)
+
+
+def history(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("variant", ["paper", "official_compat"])
+def test_end_to_end_grows_the_weak_modality_and_resumes_identically(tmp_path, variant):
+    cfg = aug_config(variant=variant)
+    train_run(cfg, tmp_path / "full", log=lambda line: None)
+    full = history(tmp_path / "full")
+    learners = [(r["diag"]["extra_learners/audio"], r["diag"]["extra_learners/visual"]) for r in full]
+    assert learners[-1][0] == 0 and learners[-1][1] >= 2, learners
+    assert all(r["diag"]["added/audio"] == 0.0 for r in full)
+
+    def stop_after_epoch_1(line: str) -> None:
+        if line.startswith("epoch 1 "):
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_run(cfg, tmp_path / "resumed", log=stop_after_epoch_1)
+    assert full[1]["diag"]["added/visual"] == 1.0, "the interruption falls right after an assignment"
+    train_run(cfg, tmp_path / "resumed", resume=True, log=lambda line: None)
+    resumed = history(tmp_path / "resumed")
+    for a, b in zip(full[2:], resumed[2:]):
+        assert a["train"]["loss"] == pytest.approx(b["train"]["loss"], rel=1e-5)
+        assert a["diag"]["extra_learners/visual"] == b["diag"]["extra_learners/visual"]
+        assert a["test"]["acc"] == b["test"]["acc"]
+
+
+def test_checkpoint_round_trip_restores_learners_groups_and_next_step(tiny_bundle):
+    method = build(tiny_bundle, variant="official_gated", register_new_learners=True)
+    method.train()
+    batch = first_batch(tiny_bundle)
+    method.add_learner("visual")
+    method.add_learner("audio")
+    method.add_learner("visual")
+    method.update(batch, STEP)
+    # Deep copy: optimizer.load_state_dict would otherwise share the live momentum buffers with ``method``.
+    state = copy.deepcopy(method.checkpoint_state())
+    clone = build(tiny_bundle, variant="official_gated", register_new_learners=True)
+    clone.load_checkpoint_state(state)
+    assert clone.history == ["visual", "audio", "visual"] and clone.extra_learners() == {"audio": 1, "visual": 2}
+    assert len(clone.optimizer.param_groups) == len(method.optimizer.param_groups)
+    torch.testing.assert_close(clone.running, method.running)
+    clone.train()
+    assert clone.update(batch, STEP)["loss"] == pytest.approx(method.update(batch, STEP)["loss"], rel=1e-6)
+    with pytest.raises(RuntimeError, match="does not extend"):
+        other = build(tiny_bundle)
+        other.add_learner("audio")
+        other.load_extra_state({**state["extra"], "history": ["visual"]})
+
+
+# --- configs ----------------------------------------------------------------------------------------------------------
+EXPECTED = {  # dataset: (residual_lambda, aca_interval_epochs, optimizer)
+    "cremad": (0.5, 20, "sgd"), "kinetics_sounds": (0.2, 10, "sgd"), "vggsound": (0.5, 10, "sgd"),
+    "nvgesture": (0.2, 10, "sgd"), "twitter2015": (0.5, 5, "adam"), "sarcasm": (0.5, 1, "adam"),
+}
+
+
+@pytest.mark.parametrize("dataset", sorted(EXPECTED))
+def test_configs_resolve_against_the_declared_knobs(dataset):
+    head, sections = load_config_file(CONFIGS / f"{dataset}.yaml")
+    assert head == {"method": "aug", "dataset": dataset}
+    assert set(sections) <= {"train", "aug", "data", "model"}
+    train = resolve("train", TRAIN_HPARAMS, dataset, sections["train"])
+    hp = resolve("aug", method_hparams(AUG), dataset, sections["aug"], variants=AUG.VARIANTS)
+    lam, interval, optimizer = EXPECTED[dataset]
+    assert (hp.residual_lambda, hp.aca_interval_epochs, train.optimizer) == (lam, interval, optimizer)
+    assert hp.sigma == 1.0 and hp.tau == 0.01
+    if optimizer == "adam":
+        assert train.lr == pytest.approx(2e-5)
+    else:
+        assert train.lr == pytest.approx(1e-2) and train.momentum == 0.9 and train.weight_decay == 1e-4
+    if dataset == "cremad":
+        assert (train.epochs, train.batch_size, train.lr_milestones) == (200, 64, [69, 139])
+        assert aca_check_epochs(train.epochs, hp.aca_interval_epochs, False)[-1] == 179
