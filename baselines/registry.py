@@ -19,6 +19,12 @@ METHOD_MODULES = (
     "baselines.film",
     "baselines.gated",
     "baselines.unimodal",
+    "baselines.ogm",
+    "baselines.ogm_ge",
+    "baselines.opm",
+    "baselines.agm",
+    "baselines.pmr",
+    "aug.method",
 )
 
 _METHODS: dict[str, type[Method]] = {}
