@@ -25,6 +25,12 @@ METHOD_MODULES = (
     "baselines.agm",
     "baselines.pmr",
     "aug.method",
+    "baselines.uniform",
+    "baselines.mmpareto",
+    "baselines.inforeg",
+    "baselines.mslr",
+    "baselines.mmcosine",
+    "baselines.cml",
 )
 
 _METHODS: dict[str, type[Method]] = {}

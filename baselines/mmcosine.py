@@ -1,0 +1,79 @@
+"""MMCosine: modality-wise cosine logits on the concat head (methods.md §4.23).
+
+Paper: Ruize Xu, Ruoxuan Feng, Shi-Xiong Zhang, Di Hu, "MMCosine: Multi-Modal Cosine Loss Towards Balanced
+Audio-Visual Fine-Grained Learning", ICASSP 2023, arXiv 2303.05338. Official code: GitHub GeWu-Lab/MMCosine_ICASSP23,
+``main_CD.py``, ``train_epoch`` / ``valid`` (``--mmcosine True``). BalanceBenchmark: ``balancemm/trainer/
+MMCosine_trainer.py`` (commit 4909c17).
+
+z_m = s * cos(h_m, W_m): the feature h_m and every class row of the concat head's weight slice W_m (the columns that
+multiply h_m) are L2-normalised; the bias is not used. z = sum_m z_m, L = CE(z). Evaluation uses the same cosine
+logits, fused and per modality (P14). Defined for any number of modalities (BB runs it with three).
+
+Scale s: 10 by default, the value of the official README's example command; BB's trainer_config uses 15
+(``mmcosine.variant=bb``). The README example pairs s = 10 with the repository's symmetric "gated" fusion; this module
+uses plain concatenation, the official ``--fusion_method`` default and BB's setting. The official auxiliary NCE loss
+(``--lam``, default 0) is not included.
+
+Cost: as joint training (one forward, one backward per step).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+
+from baselines.base import FusionMethod, Prediction, StepInfo
+from baselines.hparams import HParam, variant_param
+from baselines.registry import register
+from datasets.base import Batch
+
+
+def cosine_logits(h: Mapping[str, torch.Tensor], weight: torch.Tensor, bounds: Mapping[str, tuple[int, int]],
+                  scale: float) -> dict[str, torch.Tensor]:
+    """z_m = scale * normalize(h_m) @ normalize(W[:, a_m:b_m], per class row)^T for every modality m."""
+    return {m: scale * F.normalize(h[m], dim=1) @ F.normalize(weight[:, a:b], dim=1).t()
+            for m, (a, b) in bounds.items()}
+
+
+_VARIANTS = {"bb": {"scale": 15.0}}
+
+
+@register
+class MMCosine(FusionMethod):
+    """Concat head read as per-modality cosine classifiers; fused logits are the sum of the scaled cosines."""
+
+    name = "mmcosine"
+    title = "MMCosine"
+    PAPER = ('Ruize Xu, Ruoxuan Feng, Shi-Xiong Zhang, Di Hu, "MMCosine: Multi-Modal Cosine Loss Towards Balanced '
+             'Audio-Visual Fine-Grained Learning", ICASSP 2023, arXiv 2303.05338')
+    CODE = "GitHub GeWu-Lab/MMCosine_ICASSP23, main_CD.py, train_epoch (mmcosine branch)"
+    HEAD = "concat"
+    VARIANTS = _VARIANTS
+    HPARAMS = (
+        HParam("scale", 10.0, "Cosine scale s: 10 in the official README example (main_CD.py --scaling 10); "
+                              "BalanceBenchmark configs/trainer_config.yaml uses 15 (variant 'bb')."),
+        variant_param(_VARIANTS, "paper = the official code's README setting (s = 10); bb = BalanceBenchmark's "
+                                 "MMCosine_trainer setting (s = 15), for BB's table."),
+    )
+
+    def logits(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with self.ctx.autocast():
+            h = self.model.features(self.inputs(batch))
+            z_uni = cosine_logits(h, self.model.head.fc.weight, self.model.head.bounds, self.hp.scale)
+        z_uni = {m: v.float() for m, v in z_uni.items()}
+        return torch.stack(list(z_uni.values())).sum(0), z_uni
+
+    def update(self, batch: Batch, step: StepInfo) -> dict[str, float]:
+        z, _ = self.logits(batch)
+        loss = F.cross_entropy(z, batch["label"])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.item()}
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> Prediction:
+        z, z_uni = self.logits(batch)
+        return Prediction(z, z_uni)

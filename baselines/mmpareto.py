@@ -1,0 +1,165 @@
+"""MMPareto: Pareto integration of the multimodal and unimodal encoder gradients (methods.md §4.13).
+
+Paper: Yake Wei, Di Hu, "MMPareto: Boosting Multimodal Learning with Innocent Unimodal Assistance", ICML 2024,
+arXiv 2405.17730. Official code: GitHub GeWu-Lab/MMPareto_ICML2024, ``code/MMPareto.py`` (``train_epoch``) and
+``code/min_norm_solvers.py`` (``MinNormSolver``); model ``code/models/models.py`` ``AVClassifier`` (H-sep heads).
+
+Per step, with L_mm = CE(z) and L_m = CE(z_m) on the separate unimodal heads:
+
+1. Per-loss gradients (P5) by ``torch.autograd.grad``: g_mm for every encoder in one call, g_u = dL_m/d(encoder m).
+   Encoder m is reached only by L_mm and L_m, so g_sum = g_mm + g_u is exactly its gradient of the summed loss, and
+   the heads' gradients of the summed loss are the sums of the per-loss head gradients of the same calls. The
+   official code instead runs three retained backward passes (zero_grad in between) plus a fourth for the sum.
+2. Per encoder, c = cos(flat g_mm, flat g_u). If c > 0 the weights are (k0, k1) = (1/2, 1/2); otherwise the two-task
+   min-norm (MGDA) solution k0 = clip((|g_u|^2 - g_mm.g_u) / |g_mm - g_u|^2, 0.001, 0.999), k1 = 1 - k0.
+3. Per encoder tensor: new = 2 (k0 g_mm + k1 g_u); if |g_sum| / |new| > 1, new is rescaled to |g_sum|; the final
+   gradient is gamma * new with gamma = 1.5. Heads keep the plain summed gradient. One optimizer step.
+
+With no conflict (c > 0) new = g_sum, so MMPareto is the uniform baseline (``baselines/uniform.py``) with encoder
+gradients x1.5. The two-task rule is per encoder and only ever involves L_mm and that encoder's own unimodal loss, so
+it applies unchanged to 3 modalities.
+
+Cost: each encoder is back-propagated twice per step (for L_mm and for its own L_m) instead of once; one extra copy
+of the encoder gradients per loss is held during the step.
+
+Variant ``bb_degenerate`` (BalanceBenchmark, GitHub GeWu-Lab/BalanceBenchmark, ``balancemm/trainer/MMPareto_trainer.py``
+``training_step``, commit 4909c17): BB back-propagates all losses before copying any gradient, so both captured
+copies equal g_sum, the cosine is 1, the min-norm branch is never reached and the final encoder gradient is
+2 * gamma * g_sum = 3 x the gradient of the summed cross-entropy; its unimodal logits are the split-head logits of the
+concat head. BB's MMPareto therefore collapses to "3x the summed cross-entropy" on the encoders. Use it only to compare
+with BB's table (methods.md §7.1).
+
+Official recipe (CREMA-D): SGD lr 2e-3, momentum 0.9, weight decay 1e-4, batch 64, 50 epochs, ``fbank`` front-end with
+2 frames; set through a config file (``train.lr: 0.002``, ``train.epochs: 50``, ``train.lr_milestones: [30]``). The
+released ``MMPareto.py`` builds ``StepLR(30, 0.1)`` but never calls ``scheduler.step()``, so the released code
+actually trains at a constant 2e-3 (``train.lr_milestones: []``). No Kinetics-Sounds script is released.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from baselines.base import FusionModel, Method, Prediction, StepInfo, TrainContext
+from baselines.hparams import HParam, HParams, variant_param
+from baselines.registry import register
+from datasets.base import Batch, TaskSpec
+
+_TINY = torch.finfo(torch.float32).tiny
+
+
+def pareto_weights(g_mm: Sequence[torch.Tensor], g_u: Sequence[torch.Tensor], k_clip: float
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The official weight rule for one encoder: (1/2, 1/2) when cos(g_mm, g_u) > 0, else the two-task min-norm point.
+
+    Args:
+        g_mm: the encoder's gradient tensors of the multimodal loss.
+        g_u: the same tensors' gradients of the encoder's own unimodal loss.
+        k_clip: k0 is clipped to [k_clip, 1 - k_clip] (official ``_min_norm_element_from2`` returns 0.001 / 0.999).
+
+    Returns:
+        (k0, k1, cos) as 0-dim tensors; k0 weights g_mm. Computed without host synchronisation.
+    """
+    a = torch.cat([g.reshape(-1) for g in g_mm])
+    b = torch.cat([g.reshape(-1) for g in g_u])
+    cos = F.cosine_similarity(a, b, dim=0)
+    dot, aa, bb = a @ b, a @ a, b @ b
+    conflict = ((bb - dot) / (aa + bb - 2 * dot).clamp_min(_TINY)).clamp(k_clip, 1 - k_clip)
+    k0 = torch.where(cos > 0, torch.full_like(conflict, 0.5), conflict)
+    return k0, 1 - k0, cos
+
+
+def mmpareto_encoder_grads(g_mm: Sequence[torch.Tensor], g_u: Sequence[torch.Tensor], g_sum: Sequence[torch.Tensor],
+                           k0: torch.Tensor, k1: torch.Tensor, gamma: float) -> list[torch.Tensor]:
+    """Per tensor: new = 2 (k0 g_mm + k1 g_u), rescaled to |g_sum| when |g_sum| / |new| > 1, times gamma."""
+    out = []
+    for gm, gu, gs in zip(g_mm, g_u, g_sum):
+        new = 2 * (k0 * gm + k1 * gu)
+        ratio = gs.norm() / new.norm().clamp_min(_TINY)
+        out.append(gamma * torch.where(ratio > 1, ratio, torch.ones_like(ratio)) * new)
+    return out
+
+
+def _grads(loss: torch.Tensor, params: Sequence[torch.Tensor], retain: bool) -> list[torch.Tensor]:
+    """P5: gradients of ``loss`` w.r.t. ``params`` without touching ``.grad``; unreached tensors get zeros."""
+    grads = torch.autograd.grad(loss, list(params), retain_graph=retain, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+
+_VARIANTS = {"bb_degenerate": {"head": "concat", "capture": "accumulated"}}
+
+
+@register
+class MMPareto(Method):
+    """Separate heads; encoder gradients integrated per encoder by the MMPareto rule; heads keep the summed gradient."""
+
+    name = "mmpareto"
+    title = "MMPareto"
+    PAPER = ('Yake Wei, Di Hu, "MMPareto: Boosting Multimodal Learning with Innocent Unimodal Assistance", ICML 2024, '
+             'arXiv 2405.17730')
+    CODE = ("GitHub GeWu-Lab/MMPareto_ICML2024, code/MMPareto.py, train_epoch (+ code/min_norm_solvers.py, "
+            "MinNormSolver)")
+    VARIANTS = _VARIANTS
+    HPARAMS = (
+        HParam("gamma", 1.5, "Final encoder-gradient multiplier, hard-coded gamma=1.5 in official code/MMPareto.py "
+                             "train_epoch (methods.md §4.13 step 5); BB's trainer_config alpha=1.5 is the same."),
+        HParam("k_clip", 0.001, "Min-norm weight k0 is clipped to [k_clip, 1-k_clip]: official "
+                                "code/min_norm_solvers.py _min_norm_element_from2 returns 0.001/0.999 at the ends."),
+        HParam("head", "separate", "'separate' = H-sep heads as in official code/models/models.py AVClassifier; "
+                                   "'concat' = split-head logits of the concat head (BB).",
+               choices=("separate", "concat")),
+        HParam("capture", "per_loss", "'per_loss' = each loss's encoder gradient on its own (official); "
+                                      "'accumulated' = gradients copied after back-propagating all losses, so both "
+                                      "copies equal g_sum (BB's order; cos = 1, final gradient 3 x g_sum).",
+               choices=("per_loss", "accumulated")),
+        variant_param(_VARIANTS, "paper = the paper/official code; bb_degenerate = BalanceBenchmark's MMPareto_trainer "
+                                "(split head, accumulated capture: 3 x the summed CE on encoders), for BB's table."),
+    )
+
+    def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
+        super().__init__(task, hp, ctx)
+        self.model = FusionModel(task, ctx.model_hp, hp.head).to(ctx.device)
+        self.optimizer = ctx.make_optimizer(self.model.parameters())
+
+    def update(self, batch: Batch, step: StepInfo) -> dict[str, float]:
+        with self.ctx.autocast():
+            _, z, z_uni = self.model(self.inputs(batch))
+        y = batch["label"]
+        loss_mm = F.cross_entropy(z.float(), y)
+        loss_uni = {m: F.cross_entropy(z_uni[m].float(), y) for m in self.modalities}
+        enc = {m: [p for p in self.model.encoders[m].parameters() if p.requires_grad] for m in self.modalities}
+        head = [p for p in self.model.head.parameters() if p.requires_grad]
+        flat = [p for m in self.modalities for p in enc[m]]
+
+        g_all = _grads(loss_mm, flat + head, retain=True)
+        head_grads, g_mm, start = g_all[len(flat):], {}, 0
+        for m in self.modalities:
+            g_mm[m], start = g_all[start:start + len(enc[m])], start + len(enc[m])
+
+        logs: dict[str, float] = {}
+        new_grads: list[torch.Tensor] = []
+        for i, m in enumerate(self.modalities):
+            g = _grads(loss_uni[m], enc[m] + head, retain=i < len(self.modalities) - 1)
+            g_u = g[:len(enc[m])]
+            head_grads = [a + b for a, b in zip(head_grads, g[len(enc[m]):])]
+            g_sum = [a + b for a, b in zip(g_mm[m], g_u)]
+            pair = (g_sum, g_sum) if self.hp.capture == "accumulated" else (g_mm[m], g_u)
+            k0, k1, cos = pareto_weights(*pair, self.hp.k_clip)
+            new_grads += mmpareto_encoder_grads(*pair, g_sum, k0, k1, self.hp.gamma)
+            logs[f"cos_{m}"], logs[f"k_mm_{m}"] = cos.item(), k0.item()
+
+        self.optimizer.zero_grad(set_to_none=True)
+        for p, g in zip(flat + head, new_grads + head_grads):
+            p.grad = g
+        self.optimizer.step()
+        total = loss_mm + sum(loss_uni.values())
+        return {"loss": total.item(), "loss_fused": loss_mm.item(),
+                **{f"loss_{m}": v.item() for m, v in loss_uni.items()}, **logs}
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> Prediction:
+        with self.ctx.autocast():
+            _, z, z_uni = self.model(self.inputs(batch))
+        return Prediction(z.float(), {m: v.float() for m, v in z_uni.items()})

@@ -1,0 +1,310 @@
+"""Crafted-tensor checks for uniform, MMPareto, InfoReg, MSLR, MMCosine and CML (methods.md §4.0, 4.9, 4.13, 4.22,
+4.23, 4.27): each test pins the method's characteristic computation, then a few check the wiring inside ``update``."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from baselines.base import Loaders, StepInfo
+from baselines.cml import CML, cml_loss
+from baselines.hparams import resolve
+from baselines.inforeg import InfoReg, add_proximal_term, inforeg_betas, prime_window_indicator
+from baselines.mmcosine import MMCosine, cosine_logits
+from baselines.mmpareto import MMPareto, mmpareto_encoder_grads, pareto_weights
+from baselines.mslr import MSLR, mslr_multipliers, mslr_step
+from baselines.uniform import Uniform, uniform_loss
+from benchmarks.config import method_hparams
+from tests.conftest import first_batch, make_context
+
+STEP = StepInfo(epoch=0, step=0, steps_per_epoch=4, epochs=2)
+
+
+def build(cls, bundle, **overrides):
+    hp = resolve(cls.name, method_hparams(cls), bundle.task.dataset, overrides, variants=cls.VARIANTS)
+    return cls(bundle.task, hp, make_context())
+
+
+def freeze_steps(method):
+    """Keep the gradients ``update`` leaves behind by turning the optimizer step into a no-op."""
+    method.optimizer.step = lambda *args, **kwargs: None
+    return method
+
+
+def t(*values):
+    return torch.tensor(values, dtype=torch.float32)
+
+
+def sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+# --- uniform ------------------------------------------------------------------------------------------------------
+def test_uniform_loss_is_fused_ce_plus_each_unimodal_ce():
+    y = torch.tensor([0])
+    z = torch.zeros(1, 3)
+    z_uni = {"audio": torch.tensor([[math.log(3.0), 0.0, 0.0]]), "visual": torch.zeros(1, 3)}
+    loss, parts = uniform_loss(z, z_uni, y)
+    # CE of uniform logits is ln 3; audio puts p = 3/5 on the true class.
+    assert loss.item() == pytest.approx(2 * math.log(3) - math.log(0.6), rel=1e-6)
+    assert parts["audio"].item() == pytest.approx(-math.log(0.6), rel=1e-6)
+
+
+def test_uniform_uses_separate_heads(tiny_bundle):
+    method = build(Uniform, tiny_bundle)
+    assert set(method.model.head.uni) == {"audio", "visual"}
+
+
+# --- MMPareto -----------------------------------------------------------------------------------------------------
+def test_pareto_weights_are_half_half_when_gradients_agree():
+    k0, k1, cos = pareto_weights([t(1.0, 2.0), t(0.5)], [t(3.0, -1.0), t(2.0)], k_clip=0.001)
+    assert cos.item() > 0
+    assert (k0.item(), k1.item()) == (0.5, 0.5)
+
+
+def test_pareto_weights_are_the_min_norm_point_when_gradients_conflict():
+    # Two tensors per encoder: the cosine and the min-norm point use the flattened concatenation.
+    g_mm, g_u = [t(1.0), t(0.0)], [t(-1.0), t(2.0)]
+    k0, k1, cos = pareto_weights(g_mm, g_u, k_clip=0.001)
+    # dot = -1, |g_mm|^2 = 1, |g_u|^2 = 5: k0 = (5 + 1) / (1 + 5 + 2) = 3/4.
+    assert cos.item() == pytest.approx(-1 / math.sqrt(5))
+    assert k0.item() == pytest.approx(0.75) and k1.item() == pytest.approx(0.25)
+    point = k0 * t(1.0, 0.0) + k1 * t(-1.0, 2.0)
+    assert torch.dot(point, t(1.0, 0.0) - t(-1.0, 2.0)).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_pareto_weights_are_clipped():
+    # g_mm = 0 gives cos = 0 (the min-norm branch) and an unclipped k0 of 1.
+    k0, k1, _ = pareto_weights([t(0.0, 0.0)], [t(1.0, 1.0)], k_clip=0.001)
+    assert k0.item() == pytest.approx(0.999, abs=1e-6) and k1.item() == pytest.approx(0.001, abs=1e-6)
+
+
+def test_mmpareto_rescales_each_tensor_to_the_summed_norm_then_applies_gamma():
+    k0, k1 = torch.tensor(0.75), torch.tensor(0.25)
+    g_mm = [t(1.0, 0.0), t(4.0, 0.0)]
+    g_u = [t(-1.0, 2.0), t(0.0, 4.0)]
+    g_sum = [a + b for a, b in zip(g_mm, g_u)]
+    out = mmpareto_encoder_grads(g_mm, g_u, g_sum, k0, k1, gamma=1.5)
+    # Tensor 0: new = (1, 1), |g_sum| = 2 > sqrt(2): rescaled to norm 2 -> (sqrt 2, sqrt 2), x1.5.
+    torch.testing.assert_close(out[0], 1.5 * math.sqrt(2) * t(1.0, 1.0))
+    # Tensor 1: new = (6, 2), |g_sum| = sqrt(32) < sqrt(40): no rescale, x1.5.
+    torch.testing.assert_close(out[1], 1.5 * t(6.0, 2.0))
+
+
+def test_mmpareto_update_sets_rule_gradients_on_encoders_and_summed_gradients_on_heads(tiny_bundle):
+    method = freeze_steps(build(MMPareto, tiny_bundle))
+    batch = first_batch(tiny_bundle)
+    method.update(batch, STEP)
+    _, z, z_uni = method.model(method.inputs(batch))
+    y = batch["label"]
+    losses = {"fused": F.cross_entropy(z, y), **{m: F.cross_entropy(v, y) for m, v in z_uni.items()}}
+    head = list(method.model.head.parameters())
+    for p, g in zip(head, torch.autograd.grad(sum(losses.values()), head, retain_graph=True)):
+        torch.testing.assert_close(p.grad, g)
+    for m in ("audio", "visual"):
+        enc = list(method.model.encoders[m].parameters())
+        g_mm = torch.autograd.grad(losses["fused"], enc, retain_graph=True)
+        g_u = torch.autograd.grad(losses[m], enc, retain_graph=True)
+        k0, k1, _ = pareto_weights(g_mm, g_u, 0.001)
+        expected = mmpareto_encoder_grads(g_mm, g_u, [a + b for a, b in zip(g_mm, g_u)], k0, k1, 1.5)
+        for p, g in zip(enc, expected):
+            torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-7)
+
+
+def test_mmpareto_bb_degenerate_is_three_times_the_summed_ce_on_encoders(tiny_bundle):
+    method = freeze_steps(build(MMPareto, tiny_bundle, variant="bb_degenerate"))
+    assert type(method.model.head).__name__ == "ConcatHead"
+    batch = first_batch(tiny_bundle)
+    method.update(batch, STEP)
+    _, z, z_uni = method.model(method.inputs(batch))
+    y = batch["label"]
+    total = F.cross_entropy(z, y) + sum(F.cross_entropy(v, y) for v in z_uni.values())
+    encoders = list(method.model.encoders.parameters())
+    head = list(method.model.head.parameters())
+    grads = torch.autograd.grad(total, encoders + head)
+    for p, g in zip(encoders, grads[:len(encoders)]):
+        torch.testing.assert_close(p.grad, 3 * g, rtol=1e-4, atol=1e-5)
+    for p, g in zip(head, grads[len(encoders):]):
+        torch.testing.assert_close(p.grad, g)
+
+
+def test_mmpareto_supports_three_modalities():
+    assert 3 in MMPareto.MODALITIES
+
+
+# --- InfoReg ------------------------------------------------------------------------------------------------------
+def test_inforeg_prime_window_indicator():
+    assert prime_window_indicator([], 10) == 1.0
+    assert prime_window_indicator([5.0], 10) == 1.0  # the shifted window is the zero padding
+    # Padded history [0]*10 + [2, 4]: tr1 = 6/10, tr2 = 2/10.
+    assert prime_window_indicator([2.0, 4.0], 10) == pytest.approx((0.6 - 0.2) / 0.6)
+    assert prime_window_indicator([1.0] * 11, 10) == pytest.approx(0.0)
+    assert prime_window_indicator([0.0], 10) == 0.0
+
+
+def test_inforeg_beta_rule():
+    scales, thr = [0.95, 0.1], 0.05
+    b_a, b_v = inforeg_betas([torch.tensor(10.0), torch.tensor(4.0)], 0.5, scales, thr)
+    assert b_a.item() == pytest.approx(0.95 * math.exp(math.tanh(6.0))) and b_v.item() == 0.0
+    b_a, b_v = inforeg_betas([torch.tensor(3.0), torch.tensor(3.5)], 0.5, scales, thr)
+    assert b_a.item() == 0.0 and b_v.item() == pytest.approx(0.1 * math.exp(math.tanh(0.5)))
+    assert [b.item() for b in inforeg_betas([torch.tensor(10.0), torch.tensor(4.0)], 0.05, scales, thr)] == [0, 0]
+    assert [b.item() for b in inforeg_betas([torch.tensor(2.0), torch.tensor(2.0)], 1.0, scales, thr)] == [0, 0]
+
+
+def test_inforeg_proximal_term_adds_beta_times_distance_to_epoch_start():
+    p = torch.nn.Parameter(t(1.0, -2.0))
+    p.grad = t(0.5, 0.5)
+    add_proximal_term([p], [t(0.0, 1.0)], torch.tensor(2.0))
+    torch.testing.assert_close(p.grad, t(0.5 + 2 * 1.0, 0.5 + 2 * -3.0))
+
+
+def test_inforeg_update_adds_proximal_term_and_accumulates_fim(tiny_bundle):
+    method = freeze_steps(build(InfoReg, tiny_bundle))
+    method.on_epoch_start(0, None)
+    # A zero anchor makes the proximal term beta * theta, visible against the plain gradient.
+    method.anchor = {m: [torch.zeros_like(p) for p in ps] for m, ps in method.encoder_params.items()}
+    batch = first_batch(tiny_bundle)
+    logs = method.update(batch, STEP)
+    _, z, z_uni = method.model(method.inputs(batch))
+    y = batch["label"]
+    loss = F.cross_entropy(z, y) + F.cross_entropy(z_uni["audio"], y) + F.cross_entropy(z_uni["visual"], y)
+    assert logs["beta_audio"] > 0 or logs["beta_visual"] > 0
+    for m in ("audio", "visual"):
+        params = method.encoder_params[m]
+        for p, g in zip(params, torch.autograd.grad(loss, params, retain_graph=True)):
+            torch.testing.assert_close(p.grad, g + logs[f"beta_{m}"] * p.detach(), rtol=1e-4, atol=1e-6)
+    for acc, w in zip(method.fim, method.fim_weights):
+        torch.testing.assert_close(acc, w.grad ** 2)
+    diag = method.on_epoch_end(0, None)
+    assert diag["inforeg_fim_trace"] == pytest.approx(sum(w.grad.pow(2).mean().item() for w in method.fim_weights),
+                                                      rel=1e-5)
+    assert method.traces == [diag["inforeg_fim_trace"]]
+
+
+def test_inforeg_trace_history_survives_checkpoint(tiny_bundle):
+    method = build(InfoReg, tiny_bundle)
+    method.traces = [2.0, 4.0]
+    clone = build(InfoReg, tiny_bundle)
+    clone.load_checkpoint_state(method.checkpoint_state())
+    clone.on_epoch_start(2, None)
+    assert clone.traces == [2.0, 4.0] and clone.k == pytest.approx(2 / 3)
+
+
+# --- MSLR ---------------------------------------------------------------------------------------------------------
+def test_mslr_multipliers_from_accuracy_histories():
+    accs = {"audio": [0.5, 0.5, 0.5, 0.5, 0.5, 0.6, 0.56], "visual": [0.2, 0.3, 0.4, 0.5, 0.6, 0.3, 0.4]}
+    ratios, memory, coeffs = {"audio": 1.0, "visual": 1.0}, {"audio": [], "visual": []}, []
+    for e in range(7):
+        for m in ("audio", "visual"):
+            ratios[m], memory[m] = mslr_step(memory[m], accs[m][e], ratios[m], window=5)
+        coeffs.append(mslr_multipliers([0.9, 1.1], [ratios["audio"], ratios["visual"]]))
+    assert coeffs[4] == [0.9, 1.1]  # r = 1 while the 5-epoch memory fills
+    assert coeffs[5] == pytest.approx([0.9 * 0.6 / 0.5, 1.1 * 0.3 / 0.4])
+    assert coeffs[6] == pytest.approx([0.9 * 0.56 / 0.52, 1.1 * 0.4 / 0.42])
+    assert memory["visual"] == [0.4, 0.5, 0.6, 0.3, 0.4]
+
+
+def test_mslr_update_scales_each_modality_group(tiny_bundle):
+    method = freeze_steps(build(MSLR, tiny_bundle))
+    method.ratios = {"audio": 2.0, "visual": 0.5}
+    batch = first_batch(tiny_bundle)
+    method.update(batch, STEP)
+    _, z, _ = method.model(method.inputs(batch))
+    loss = F.cross_entropy(z, batch["label"])
+    for m, c in (("audio", 0.9 * 2.0), ("visual", 1.1 * 0.5)):
+        params = method.groups[m]
+        assert any(p is q for q in method.model.head.heads[m].parameters() for p in params)
+        for p, g in zip(params, torch.autograd.grad(loss, params, retain_graph=True)):
+            torch.testing.assert_close(p.grad, c * g, rtol=1e-4, atol=1e-7)
+
+
+def test_mslr_official_compat_stops_modulating_after_epoch_19(tiny_bundle):
+    method = freeze_steps(build(MSLR, tiny_bundle, variant="official_compat"))
+    assert (method.hp.eval_split, method.hp.shared_accuracy) == ("test", True)
+    method.ratios = {"audio": 2.0, "visual": 2.0}
+    batch = first_batch(tiny_bundle)
+    method.update(batch, StepInfo(epoch=20, step=0, steps_per_epoch=4, epochs=30))
+    _, z, _ = method.model(method.inputs(batch))
+    params = method.groups["audio"]
+    grads = torch.autograd.grad(F.cross_entropy(z, batch["label"]), params)
+    torch.testing.assert_close(params[0].grad, grads[0], rtol=1e-4, atol=1e-7)
+
+
+def test_mslr_epoch_end_reads_validation_and_checkpoints_its_memory(tiny_bundle):
+    method = build(MSLR, tiny_bundle)
+    val = tiny_bundle.loader("val", batch_size=32, train=False, seed=0)
+    diag = method.on_epoch_end(0, Loaders(train=val, val=val, test=None))
+    assert method.memory["audio"] == [diag["mslr_acc_audio"]] and diag["mslr_coeff_visual"] == pytest.approx(1.1)
+    clone = build(MSLR, tiny_bundle)
+    clone.load_checkpoint_state(method.checkpoint_state())
+    assert clone.memory == method.memory and clone.ratios == method.ratios
+    with pytest.raises(ValueError, match="eval_split"):
+        method.on_epoch_end(1, Loaders(train=val, val=None, test=val))
+
+
+# --- MMCosine -----------------------------------------------------------------------------------------------------
+def test_mmcosine_logits_are_scaled_cosines():
+    h = {"audio": t(3.0, 4.0)[None], "visual": t(1.0, 0.0)[None]}
+    weight = torch.tensor([[1.0, 0.0, 0.0, 5.0], [0.0, 2.0, -1.0, 0.0]])
+    z = cosine_logits(h, weight, {"audio": (0, 2), "visual": (2, 4)}, scale=10.0)
+    torch.testing.assert_close(z["audio"], t(6.0, 8.0)[None])
+    torch.testing.assert_close(z["visual"], t(0.0, -10.0)[None])
+
+
+def test_mmcosine_predictions_ignore_the_bias_and_sum_the_modalities(tiny_bundle):
+    method = build(MMCosine, tiny_bundle, variant="bb")
+    assert method.hp.scale == 15.0
+    method.eval()
+    batch = first_batch(tiny_bundle)
+    pred = method.predict(batch)
+    torch.testing.assert_close(pred.fused, pred.per_modality["audio"] + pred.per_modality["visual"])
+    assert all(z.abs().max() <= 15.0 + 1e-4 for z in pred.per_modality.values())
+    with torch.no_grad():
+        method.model.head.fc.bias.fill_(3.0)
+    torch.testing.assert_close(method.predict(batch).fused, pred.fused)
+
+
+# --- CML ----------------------------------------------------------------------------------------------------------
+def test_cml_loss_and_penalty_on_crafted_logits():
+    bias = t(0.4, -0.2)
+    # W_a h_a = (-1, 0), W_v h_v = (3, 0); split logits carry b/2 each.
+    z_uni = {"audio": t(-0.8, -0.1)[None], "visual": t(3.2, -0.1)[None]}
+    z = t(2.4, -0.2)[None]
+    y = torch.tensor([0])
+    loss, penalty = cml_loss(z, z_uni, bias, ("audio", "visual"), y, lam=0.1)
+    # Removing audio leaves z_p = W_v h_v + b = (3.4, -0.2): the confidence rises from sigmoid(2.6) to sigmoid(3.6).
+    assert penalty.item() == pytest.approx(sigmoid(3.6) - sigmoid(2.6), rel=1e-5)
+    ce = math.log1p(math.exp(-2.6)) + math.log1p(math.exp(-3.6))
+    assert loss.item() == pytest.approx(ce / 2 + 0.1 * (sigmoid(3.6) - sigmoid(2.6)), rel=1e-5)
+    # Removing visual instead leaves (-0.6, -0.2): confidence falls, so the penalty is clipped at 0.
+    loss_v, penalty_v = cml_loss(z, z_uni, bias, ("visual", "audio"), y, lam=0.1)
+    assert penalty_v.item() == 0.0
+    assert loss_v.item() == pytest.approx((math.log1p(math.exp(-2.6)) + F.cross_entropy(t(-0.6, -0.2)[None], y).item())
+                                          / 2, rel=1e-5)
+
+
+def test_cml_chain_removes_m_minus_one_modalities():
+    bias = t(0.3, 0.0, -0.3)
+    parts = {m: torch.randn(2, 3, generator=torch.Generator().manual_seed(i)) for i, m in enumerate("abc")}
+    z_uni = {m: v + bias / 3 for m, v in parts.items()}
+    z = sum(parts.values()) + bias
+    y = torch.tensor([0, 2])
+    loss, _ = cml_loss(z, z_uni, bias, ("b", "a", "c"), y, lam=0.0)
+    expected = (F.cross_entropy(z, y) + F.cross_entropy(parts["a"] + parts["c"] + bias, y)
+                + F.cross_entropy(parts["c"] + bias, y)) / 3
+    torch.testing.assert_close(loss, expected)
+
+
+def test_cml_penalty_is_differentiable_and_order_is_seeded(tiny_bundle):
+    z_uni = {"audio": t(-0.8, -0.1)[None].requires_grad_(), "visual": t(3.2, -0.1)[None]}
+    _, penalty = cml_loss(t(2.4, -0.2)[None], z_uni, t(0.4, -0.2), ("audio", "visual"), torch.tensor([0]), 0.1)
+    penalty.backward()
+    assert z_uni["audio"].grad.abs().sum() > 0
+    method = build(CML, tiny_bundle)
+    orders = [method.removal_order(e) for e in range(8)]
+    assert all(sorted(o) == ["audio", "visual"] for o in orders) and len(set(orders)) == 2
+    assert orders == [build(CML, tiny_bundle).removal_order(e) for e in range(8)]
