@@ -31,6 +31,13 @@ METHOD_MODULES = (
     "baselines.mslr",
     "baselines.mmcosine",
     "baselines.cml",
+    "baselines.lfm",
+    "baselines.smv",
+    "baselines.dimml",
+    "baselines.relearning",
+    "baselines.umt",
+    "baselines.mbsd",
+    "baselines.amco",
 )
 
 _METHODS: dict[str, type[Method]] = {}

@@ -1,0 +1,117 @@
+"""AMCo: adaptive mask co-optimisation, as in BalanceBenchmark (methods.md §4.21).
+
+Paper: listed in BalanceBenchmark as AMCo (Zhou et al., 2023); presumably Ying Zhou et al., "Adaptive Mask
+Co-Optimization for Modal Dependence in Multimodal Learning", ICASSP 2023 [citation unverified, paper not read].
+Followed: BalanceBenchmark (GitHub GeWu-Lab/BalanceBenchmark, commit 4909c17, ``balancemm/trainer/AMCo_trainer.py``,
+``AMCoTrainer.train_loop`` / ``training_step``, and ``balancemm/models/avclassify_model.py``,
+``BaseClassifier_AMCoModel``).
+
+Concat head with split-head logits z_m, plus ``linear_star``: Linear(K -> K). Per batch (step b of epoch e):
+
+- mask ratio p = sin(pi/2 * min(eps, l)/eps) with l = b * e / 10 (BB adds e/10 to l after every batch and resets it
+  each epoch, so p = 0 throughout epoch 0 and reaches 1 within a few batches later); floor(p K) random class
+  positions of one K-vector mask are zeroed;
+- z_m <- z_m * mask for every modality flagged "dependent"; fused z = linear_star(sum_m z_m);
+- L = CE(z) + sum_m CE(z_m) (the masked z_m);
+- after the step, modality m is flagged dependent iff the batch-mean mass of its block in softmax([z_1; ...; z_M])
+  (masked logits) exceeds sigma; flags start False every epoch.
+
+Evaluation: z = linear_star(sum_m z_m) without masks; per-modality outputs are the split-head logits.
+
+``amco.linear_star``: methods.md defines z = linear_star(sum_m mask_m z_m) (default). In BalanceBenchmark's code the
+layer's output is computed and then overwritten by ``Unimodality_Calculate`` both in training and in evaluation, so
+BB effectively trains and evaluates z = sum_m mask_m z_m with an unused ``linear_star``: preset ``bb_compat``
+(``linear_star: false``). Cost: none beyond joint training (one K x K layer).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from baselines.base import FusionModel, Loaders, Method, Prediction, StepInfo, TrainContext
+from baselines.hparams import HParam, HParams
+from baselines.networks import init_model
+from baselines.registry import register
+from datasets.base import Batch, TaskSpec, seed_for
+
+
+def mask_ratio(epoch: int, step: int, eps: float) -> float:
+    """p_t = sin(pi/2 * min(eps, l)/eps) with l = step * epoch / 10."""
+    level = step * epoch / 10.0
+    return math.sin(math.pi / 2.0 * min(eps, level) / eps)
+
+
+def class_mask(num_classes: int, ratio: float, generator: torch.Generator) -> torch.Tensor:
+    """A K-vector of ones with floor(ratio * K) randomly chosen positions zeroed."""
+    mask = torch.ones(num_classes)
+    mask[torch.randperm(num_classes, generator=generator)[:int(ratio * num_classes)]] = 0.0
+    return mask
+
+
+def dependence_flags(z_uni: list[torch.Tensor], sigma: float) -> torch.Tensor:
+    """Per modality: batch-mean mass of its block in softmax over the concatenated logits, compared with sigma."""
+    p = torch.softmax(torch.cat(z_uni, dim=1), dim=1)
+    mass = p.reshape(len(p), len(z_uni), -1).sum(2).mean(0)
+    return mass > sigma
+
+
+@register
+class AMCo(Method):
+    name = "amco"
+    title = "AMCo"
+    PAPER = ('Ying Zhou et al., "Adaptive Mask Co-Optimization for Modal Dependence in Multimodal Learning", '
+             'ICASSP 2023 (as listed in BalanceBenchmark; citation unverified)')
+    CODE = ('BalanceBenchmark (GitHub GeWu-Lab/BalanceBenchmark @4909c17), balancemm/trainer/AMCo_trainer.py '
+            '(AMCoTrainer), balancemm/models/avclassify_model.py (BaseClassifier_AMCoModel)')
+    VARIANTS = {"bb_compat": {"linear_star": False}}
+    HPARAMS = (
+        HParam("sigma", 0.5, "Dependence threshold on a modality's softmax block mass (BB trainer_config sigma)."),
+        HParam("eps", 0.3, "Mask-ratio ramp length in l units (BB trainer_config eps)."),
+        HParam("linear_star", True, "Apply linear_star to the summed logits (methods.md §4.21); BB discards its "
+                                    "output (bb_compat: false)."),
+    )
+
+    def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
+        super().__init__(task, hp, ctx)
+        self.model = FusionModel(task, ctx.model_hp, "concat")
+        self.linear_star = nn.Linear(task.num_classes, task.num_classes)
+        init_model(self.linear_star, ctx.model_hp)
+        self.to(ctx.device)
+        self.optimizer = ctx.make_optimizer(self.parameters())
+        self.register_buffer("dependent", torch.zeros(len(self.modalities), dtype=torch.bool, device=ctx.device))
+
+    def fuse(self, z_uni: list[torch.Tensor]) -> torch.Tensor:
+        z = sum(z_uni)
+        return self.linear_star(z) if self.hp.linear_star else z
+
+    def on_epoch_start(self, epoch: int, loaders: Loaders) -> None:
+        self.dependent.zero_()
+
+    def update(self, batch: Batch, step: StepInfo) -> dict[str, float]:
+        y = batch["label"]
+        ratio = mask_ratio(step.epoch, step.step, self.hp.eps)
+        gen = torch.Generator().manual_seed(seed_for(self.ctx.train_hp.seed, step.epoch, step.step, "amco_mask"))
+        mask = class_mask(self.task.num_classes, ratio, gen).to(self.ctx.device)
+        with self.ctx.autocast():
+            _, _, z_split = self.model(self.inputs(batch))
+        z_uni = [z_split[m].float() * (mask if bool(self.dependent[i]) else 1.0)
+                 for i, m in enumerate(self.modalities)]
+        loss = F.cross_entropy(self.fuse(z_uni), y) + sum(F.cross_entropy(z, y) for z in z_uni)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        with torch.no_grad():
+            self.dependent.copy_(dependence_flags([z.detach() for z in z_uni], self.hp.sigma))
+        return {"loss": loss.item(), "mask_ratio": ratio,
+                **{f"dependent_{m}": float(self.dependent[i]) for i, m in enumerate(self.modalities)}}
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> Prediction:
+        with self.ctx.autocast():
+            _, _, z_split = self.model(self.inputs(batch))
+        z_uni = {m: z_split[m].float() for m in self.modalities}
+        return Prediction(self.fuse(list(z_uni.values())), z_uni)

@@ -1,0 +1,174 @@
+"""SMV: sample-level modality valuation and resampling (methods.md §4.14), plus the modality-level variant.
+
+Paper: Yake Wei, Ruoxuan Feng, Zihe Wang, Di Hu, "Enhancing Multimodal Cooperation via Sample-level Modality
+Valuation", CVPR 2024, arXiv 2309.06255 (the acronym "SMV" is AUG's). Official code: GitHub
+GeWu-Lab/Valuate-and-Enhance-Multimodal-Cooperation, ``code/sample_level.py`` (``execute_modulation``,
+``train_epoch``, ``warmup_epoch``), ``code/modality_level.py`` (``execute_modulation``), ``code/models/models.py``
+(``forward`` with ``drop``, ``exec_drop``) and ``code/datasets/dataloader.py`` (``AV_KS_Dataset_sample_level``,
+``AV_KS_Dataset_modality_level``). BalanceBenchmark's "Modality-valuation" is ``trainer/Sample_trainer.py``.
+
+Concat head, CE(z). The first ``warmup`` epochs train plainly. From then on, at the start of every epoch (the code
+values after epoch warmup-1 and every later epoch; nothing changes the model in between), a no-grad eval-mode pass
+over the training rows predicts with full features, with the second modality's features zeroed (first-only) and with
+the first's zeroed (second-only), the head keeping its full bias as ``exec_drop`` does. Shapley values of the two
+players: v_full = 2 [full correct], v_m = [m-only correct], phi_a = (v_a + v_full - v_v)/2, phi_v likewise.
+
+``smv.level: sample`` adds, per sample and modality m, 1/2/3/0 copies for phi_m = 0.5/0/-0.5/>=1 that carry a flag
+zeroing the *other* modality's features (so the copies train m alone). ``smv.level: modality`` values a random
+``part_ratio`` subset drawn with replacement (the code's ``np.random.choice``), takes gap_m = 1 - mean(phi_m) and adds
+int(d * N) copies of rows drawn with replacement, d = |gap_a - gap_v| * 2/3 * alpha (``linear``; ``tanh`` and
+``square`` as in the dataset class), all flagged to zero the modality with the smaller gap. The expanded row list is
+rebuilt from the original rows every epoch (``BatchLoader.set_rows``, extra key ``zero_modality``: 0 = none, i+1 =
+zero modality i's features) and the effective sample count is logged as ``smv_samples``.
+
+Cost: one no-grad pass (three head evaluations) over the training rows per epoch after warm-up (modality level:
+over the subset only); at sample level an epoch grows to at most 7x the rows (6 extra copies per row).
+
+Deviations: the valuation pass serves evaluation transforms (the code's pass reads the training dataset with its
+random crops); the modality-level pass evaluates only the drawn subset (the code evaluates every row but uses only
+the subset). Randomness is seeded from (run seed, epoch) so a resumed run redraws the same subset and copies.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from baselines.base import FusionMethod, Loaders, StepInfo, TrainContext
+from baselines.hparams import HParam, HParams
+from baselines.registry import register
+from datasets.base import Batch, BatchLoader, TaskSpec, seed_for
+
+
+def shapley_contributions(correct_full: np.ndarray, correct_first: np.ndarray, correct_second: np.ndarray
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """phi of the first and second modality per sample, from correctness of full / first-only / second-only."""
+    v_full = 2.0 * correct_full
+    v_first, v_second = correct_first.astype(float), correct_second.astype(float)
+    return (v_first + v_full - v_second) / 2.0, (v_second + v_full - v_first) / 2.0
+
+
+def copy_counts(phi: np.ndarray) -> np.ndarray:
+    """Extra copies per sample: phi 0.5 -> 1, 0 -> 2, -0.5 -> 3, >= 1 -> 0 (the dataset class's thresholds)."""
+    return np.clip(np.rint(2.0 - 2.0 * np.asarray(phi, dtype=float)), 0, 3).astype(np.int64)
+
+
+def sample_level_rows(rows: np.ndarray, phi_first: np.ndarray, phi_second: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Original rows (code 0) + copies training the first modality alone (code 2: zero the second) + copies
+    training the second alone (code 1: zero the first)."""
+    first = np.repeat(rows, copy_counts(phi_first))
+    second = np.repeat(rows, copy_counts(phi_second))
+    out = np.concatenate([rows, first, second])
+    codes = np.concatenate([np.zeros(len(rows), np.int64), np.full(len(first), 2), np.full(len(second), 1)])
+    return out, codes
+
+
+def modality_level_rows(rows: np.ndarray, mean_phi_first: float, mean_phi_second: float, alpha: float, func: str,
+                        rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``AV_KS_Dataset_modality_level``: int(d * N) extra rows, drawn with replacement, zeroing the modality with
+    the smaller gap 1 - mean(phi)."""
+    gap_first, gap_second = 1.0 - mean_phi_first, 1.0 - mean_phi_second
+    base = abs(gap_first - gap_second) / 3.0 * 2.0
+    if func == "linear":
+        d = base * alpha
+    elif func == "tanh":
+        d = float(np.tanh(base * alpha))
+    elif func == "square":
+        d = base ** 1.5 * alpha
+    else:
+        raise ValueError(f"smv.modality_func={func!r} is not one of linear, tanh, square")
+    extra = rows[rng.choice(len(rows), int(d * len(rows)))]
+    code = 2 if gap_first > gap_second else 1
+    return np.concatenate([rows, extra]), np.concatenate([np.zeros(len(rows), np.int64),
+                                                          np.full(len(extra), code)])
+
+
+def zero_flagged(h: dict[str, torch.Tensor], names: tuple[str, ...], codes: torch.Tensor | None
+                 ) -> dict[str, torch.Tensor]:
+    """Zero modality i's features on the rows whose code is i+1 (the model's ``drop`` branch)."""
+    if codes is None:
+        return h
+    return {m: h[m] * (codes != i + 1).to(h[m].dtype)[:, None] for i, m in enumerate(names)}
+
+
+@register
+class SMV(FusionMethod):
+    name = "smv"
+    title = "SMV"
+    PAPER = ('Yake Wei, Ruoxuan Feng, Zihe Wang, Di Hu, "Enhancing Multimodal Cooperation via Sample-level '
+             'Modality Valuation", CVPR 2024, arXiv 2309.06255')
+    CODE = ('GitHub GeWu-Lab/Valuate-and-Enhance-Multimodal-Cooperation, code/sample_level.py (execute_modulation), '
+            'code/modality_level.py (execute_modulation), code/datasets/dataloader.py')
+    HEAD = "concat"
+    MODALITIES = (2,)
+    HPARAMS = (
+        HParam("level", "sample", "'sample' (sample_level.py, the AUG row) or 'modality' (modality_level.py).",
+               choices=("sample", "modality")),
+        HParam("warmup", 5, "Plain-CE epochs before the first resampling (--warmup 5, both scripts)."),
+        HParam("part_ratio", 0.2, "Modality level: fraction of training rows valued (--part_ratio 0.2; BB 0.2)."),
+        HParam("modality_alpha", 1.0, "Modality level: scale of the resampled fraction (--alpha 1)."),
+        HParam("modality_func", "linear", "Modality level: map from gap difference to fraction "
+                                          "(AV_KS_Dataset_modality_level func, default 'linear').",
+               choices=("linear", "tanh", "square")),
+    )
+
+    def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
+        super().__init__(task, hp, ctx)
+        self._diag: dict[str, float] = {}
+
+    @torch.no_grad()
+    def valuate(self, loader: BatchLoader, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """phi of each modality for ``rows`` (in that order), from an eval-mode pass with features zeroed."""
+        first, second = self.modalities
+        pass_loader = BatchLoader(rows, loader.labels, loader.gather, batch_size=self.ctx.train_hp.eval_batch_size,
+                                  train=False, seed=loader.seed, device=loader.device, augment=loader.augment)
+        self.model.eval()
+        correct = {"full": [], first: [], second: []}
+        for batch in pass_loader:
+            with self.ctx.autocast():
+                h = self.model.features(self.inputs(batch))
+                outs = {"full": self.model.head(h)[0],
+                        first: self.model.head({first: h[first], second: torch.zeros_like(h[second])})[0],
+                        second: self.model.head({first: torch.zeros_like(h[first]), second: h[second]})[0]}
+            for key, z in outs.items():
+                correct[key].append((z.argmax(1) == batch["label"]).cpu().numpy())
+        self.model.train()
+        return shapley_contributions(*(np.concatenate(correct[k]) for k in ("full", first, second)))
+
+    def on_epoch_start(self, epoch: int, loaders: Loaders) -> None:
+        train = loaders.train
+        if epoch < self.hp.warmup:
+            train.reset_rows()
+            self._diag = {"smv_samples": float(train.num_samples)}
+            return
+        rows = train.base_rows
+        if self.hp.level == "sample":
+            phi_first, phi_second = self.valuate(train, rows)
+            new_rows, codes = sample_level_rows(rows, phi_first, phi_second)
+        else:
+            rng = np.random.default_rng(seed_for(self.ctx.train_hp.seed, epoch, "smv_modality"))
+            drawn = rng.choice(len(rows), int(len(rows) * self.hp.part_ratio))
+            unique, inverse = np.unique(drawn, return_inverse=True)
+            phi_u = self.valuate(train, rows[unique])
+            phi_first, phi_second = phi_u[0][inverse], phi_u[1][inverse]
+            new_rows, codes = modality_level_rows(rows, float(phi_first.mean()), float(phi_second.mean()),
+                                                  self.hp.modality_alpha, self.hp.modality_func, rng)
+        train.set_rows(new_rows, extras={"zero_modality": codes})
+        first, second = self.modalities
+        self._diag = {"smv_samples": float(len(new_rows)), f"smv_phi_{first}": float(phi_first.mean()),
+                      f"smv_phi_{second}": float(phi_second.mean())}
+
+    def update(self, batch: Batch, step: StepInfo) -> dict[str, float]:
+        with self.ctx.autocast():
+            h = zero_flagged(self.model.features(self.inputs(batch)), self.modalities, batch.get("zero_modality"))
+            z, _ = self.model.head(h)
+            loss = F.cross_entropy(z.float(), batch["label"])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.item()}
+
+    def on_epoch_end(self, epoch: int, loaders: Loaders) -> dict[str, float]:
+        return dict(self._diag)

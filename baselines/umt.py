@@ -1,0 +1,138 @@
+"""UMT: uni-modal teachers distilling features into joint training (methods.md §4.24), as in BalanceBenchmark.
+
+Paper: Chenzhuang Du et al., "On Uni-Modal Feature Learning in Supervised Multi-Modal Learning", ICML 2023
+(citation details unverified). Followed: BalanceBenchmark (GitHub GeWu-Lab/BalanceBenchmark, commit 4909c17,
+``balancemm/trainer/UMT_trainer.py``, ``UMTTrainer.training_step``); the authors' own code was not reviewed.
+
+1. Train one unimodal teacher per modality (encoder + Linear head, CE), for ``umt.teacher_epochs`` epochs over the
+   training rows (0 = the run's own epoch count, as BalanceBenchmark trains its unimodal runs with the same recipe),
+   following the run's optimizer and lr milestones. This happens in ``on_epoch_start(0)``.
+2. Joint training of the concat model with L = CE(z, y) + s sum_m MSE(h_m^teacher, h_m), teachers frozen (no_grad);
+   MSE is the element mean over (B, d). s = 10 (BalanceBenchmark's ``scaling``; at commit 4909c17 its trainer read
+   ``alpha`` = 1 instead, later fixed to read ``scaling``).
+
+The teachers are submodules, so they and a ``teachers_ready`` flag are in every checkpoint: a resumed run does not
+retrain them. Their optimizers are created up front (one per modality, checkpointed like any other) and are idle
+after step 1.
+
+Cost: M extra trainings of ``teacher_epochs`` epochs before epoch 0, and M teacher forwards per step.
+
+``umt.teacher_mode``: ``eval`` (default; frozen teachers use their running BN statistics) or ``train`` (preset
+``bb_compat``: BalanceBenchmark never switches its loaded teachers to eval mode, so their BN layers use batch
+statistics under no_grad).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from baselines.base import FusionMethod, Loaders, StepInfo, TrainContext
+from baselines.hparams import HParam, HParams
+from baselines.networks import build_encoder, init_model
+from baselines.registry import register
+from datasets.base import Batch, BatchLoader, ModalitySpec, TaskSpec, seed_for
+
+
+def umt_loss(z: torch.Tensor, labels: torch.Tensor, h: dict[str, torch.Tensor], h_teacher: dict[str, torch.Tensor],
+             scale: float) -> torch.Tensor:
+    """CE(z, y) + s sum_m MSE(h_teacher_m, h_m) (element-mean MSE)."""
+    return F.cross_entropy(z, labels) + scale * sum(F.mse_loss(h[m], h_teacher[m]) for m in h_teacher)
+
+
+class Teacher(nn.Module):
+    """A unimodal model: encoder + Linear(d -> K)."""
+
+    def __init__(self, spec: ModalitySpec, model_hp: HParams, num_classes: int) -> None:
+        super().__init__()
+        self.encoder = build_encoder(spec, model_hp)
+        self.head = nn.Linear(self.encoder.out_dim, num_classes)
+        init_model(self, model_hp)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(x)
+        return h, self.head(h)
+
+
+@register
+class UMT(FusionMethod):
+    name = "umt"
+    title = "UMT"
+    PAPER = ('Chenzhuang Du et al., "On Uni-Modal Feature Learning in Supervised Multi-Modal Learning", ICML 2023 '
+             '(citation details unverified)')
+    CODE = ('BalanceBenchmark (GitHub GeWu-Lab/BalanceBenchmark @4909c17), balancemm/trainer/UMT_trainer.py, '
+            'UMTTrainer.training_step')
+    HEAD = "concat"
+    VARIANTS = {"bb_compat": {"teacher_mode": "train"}}
+    HPARAMS = (
+        HParam("scale", 10.0, "s on the feature-distillation MSE (BB trainer_config UMT scaling 10; sweep 0.1, 1, "
+                              "10, 50)."),
+        HParam("teacher_epochs", 0, "Epochs per unimodal teacher; 0 = train.epochs (BB trains its unimodal runs "
+                                    "with the main recipe)."),
+        HParam("teacher_mode", "eval", "Mode of the frozen teachers during distillation: 'eval' (frozen, running BN "
+                                       "statistics) or 'train' (BB leaves them in train mode).",
+               choices=("eval", "train")),
+    )
+
+    def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
+        super().__init__(task, hp, ctx)
+        self.teachers = nn.ModuleDict({m.name: Teacher(m, ctx.model_hp, task.num_classes) for m in task.modalities})
+        self.teachers.to(ctx.device)
+        self.teacher_optimizers = {m: ctx.make_optimizer(t.parameters()) for m, t in self.teachers.items()}
+        self.register_buffer("teachers_ready", torch.tensor(False, device=ctx.device))
+        self._teacher_diag: dict[str, float] = {}
+
+    def train_teachers(self, loader: BatchLoader) -> dict[str, float]:
+        """Step 1: train every teacher alone with CE; returns each teacher's last-epoch mean loss."""
+        hp = self.ctx.train_hp
+        epochs = self.hp.teacher_epochs or self.ctx.epochs
+        out = {}
+        for m, teacher in self.teachers.items():
+            opt = self.teacher_optimizers[m]
+            own = BatchLoader(loader.base_rows, loader.labels, loader.gather, batch_size=loader.batch_size,
+                              train=True, seed=seed_for(loader.seed, "umt_teacher", m), device=loader.device,
+                              augment=loader.augment, drop_last=loader.drop_last)
+            steps = min(hp.max_steps_per_epoch, len(own)) if hp.max_steps_per_epoch else len(own)
+            teacher.train()
+            for epoch in range(epochs):
+                own.set_epoch(epoch)
+                factor = hp.lr_gamma ** sum(epoch >= mil for mil in hp.lr_milestones)
+                for group in opt.param_groups:
+                    group["lr"] = group["initial_lr"] * factor
+                total = 0.0
+                for i, batch in enumerate(own):
+                    if i >= steps:
+                        break
+                    with self.ctx.autocast():
+                        _, logits = teacher(batch[m])
+                        loss = F.cross_entropy(logits.float(), batch["label"])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    total += loss.item()
+                out[f"umt_teacher_loss_{m}"] = total / max(steps, 1)
+        self.ctx.set_lr_factor(self.ctx.lr_factor)
+        self.teachers_ready.fill_(True)
+        return out
+
+    def on_epoch_start(self, epoch: int, loaders: Loaders) -> None:
+        if not bool(self.teachers_ready):
+            self._teacher_diag = self.train_teachers(loaders.train)
+
+    def on_epoch_end(self, epoch: int, loaders: Loaders) -> dict[str, float]:
+        diag, self._teacher_diag = self._teacher_diag, {}
+        return diag
+
+    def update(self, batch: Batch, step: StepInfo) -> dict[str, float]:
+        self.teachers.train(self.hp.teacher_mode == "train")
+        with torch.no_grad(), self.ctx.autocast():
+            h_teacher = {m: t(batch[m])[0].float() for m, t in self.teachers.items()}
+        with self.ctx.autocast():
+            h, z, _ = self.model(self.inputs(batch))
+        h = {m: v.float() for m, v in h.items()}
+        loss = umt_loss(z.float(), batch["label"], h, h_teacher, self.hp.scale)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.item()}

@@ -1,0 +1,317 @@
+"""Crafted-tensor checks of LFM, SMV, DI-MML, Diagnosing & Re-learning, UMT, MBSD and AMCo (methods.md §4.14-4.26)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from baselines.amco import class_mask, dependence_flags, mask_ratio
+from baselines.base import Loaders, StepInfo
+from baselines.dimml import certainty_fusion, duc_loss, effective_dims
+from baselines.hparams import resolve
+from baselines.lfm import alignment, first_block_hvp, fitted_alpha_cls, learnable_alpha_step
+from baselines.mbsd import mbsd_terms
+from baselines.registry import get_method
+from baselines.relearning import interpolate_, purity, reinit_strength
+from baselines.smv import copy_counts, modality_level_rows, sample_level_rows, shapley_contributions
+from baselines.umt import umt_loss
+from benchmarks.config import method_hparams
+from tests.conftest import first_batch, make_context
+
+
+def build(name: str, bundle, epochs: int = 2, **overrides):
+    # A fixed init keeps data-dependent checks (KMeans purities, copy counts) independent of test order.
+    torch.manual_seed(0)
+    cls = get_method(name)
+    hp = resolve(name, method_hparams(cls), bundle.task.dataset, overrides, variants=cls.VARIANTS)
+    return cls(bundle.task, hp, make_context(epochs=epochs))
+
+
+def loaders_for(bundle) -> Loaders:
+    return Loaders(bundle.loader("train", batch_size=16, train=True, seed=0),
+                   bundle.loader("val", batch_size=32, train=False, seed=0),
+                   bundle.loader("test", batch_size=32, train=False, seed=0))
+
+
+def probs_as_logits(rows: list[list[float]]) -> torch.Tensor:
+    """Logits whose softmax is exactly ``rows``."""
+    return torch.tensor(rows, dtype=torch.float64).log()
+
+
+# --- LFM --------------------------------------------------------------------------------------------------------------
+
+def test_lfm_fitted_schedule_matches_the_code_values():
+    assert [round(fitted_alpha_cls(e), 3) for e in (0, 50, 100)] == [0.205, 0.437, 0.539]
+    assert fitted_alpha_cls(175) == pytest.approx(0.993, abs=1e-3)
+
+
+def test_lfm_fitted_schedule_rescales_epochs_to_the_fitted_length(tiny_bundle):
+    method = build("lfm", tiny_bundle, epochs=100)
+    cls, align = method.coefficients(50)
+    assert cls == pytest.approx(fitted_alpha_cls(100)) and cls + align == pytest.approx(1.0)
+
+
+def test_lfm_alignment_is_kl_from_the_mixture_not_js():
+    p, q = np.array([[0.7, 0.2, 0.1]]), np.array([[0.1, 0.3, 0.6]])
+    m = 0.5 * (p + q)
+    code_form = 0.5 * ((m * np.log(m / p)).sum() + (m * np.log(m / q)).sum())
+    js = 0.5 * ((p * np.log(p / m)).sum() + (q * np.log(q / m)).sum())
+    value = alignment(torch.tensor(np.log(p)), torch.tensor(np.log(q))).item()
+    assert value == pytest.approx(code_form, rel=1e-9)
+    assert abs(value - js) > 1e-2
+    same = torch.tensor([[1.0, -2.0, 0.5]])
+    assert alignment(same, same).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_lfm_hessian_vector_product_first_block():
+    # total = u * |w|^2, direction = sum(w) + u^2: (H v)_w = 2u * 1 + 2w * (2u) = (18, 30) at w=(1,2), u=3.
+    w = nn.Parameter(torch.tensor([1.0, 2.0], dtype=torch.float64))
+    u = nn.Parameter(torch.tensor([3.0], dtype=torch.float64))
+    hvp = first_block_hvp((u * (w ** 2).sum()).sum(), w.sum() + (u ** 2).sum(), [w, u])
+    torch.testing.assert_close(hvp, torch.tensor([18.0, 30.0], dtype=torch.float64))
+
+
+def test_lfm_learnable_alpha_step_halves_lr_and_clips():
+    assert learnable_alpha_step(0.95, 100.0, 20, 1e-4, 20, [0.05, 0.95]) == pytest.approx(0.945)
+    assert learnable_alpha_step(0.95, 100.0, 19, 1e-4, 20, [0.05, 0.95]) == pytest.approx(0.94)
+    assert learnable_alpha_step(0.06, 1e4, 0, 1e-4, 20, [0.05, 0.95]) == 0.05
+    assert learnable_alpha_step(0.94, -1e4, 0, 1e-4, 20, [0.05, 0.95]) == 0.95
+
+
+def test_lfm_learnable_removes_the_holdout_and_predicts_the_half_sum(tiny_bundle):
+    method = build("lfm", tiny_bundle, schedule="learnable")
+    loaders = loaders_for(tiny_bundle)
+    method.train()
+    method.on_epoch_start(0, loaders)
+    _, held = method.holdout_rows(loaders.train)
+    assert loaders.train.num_samples == 64 - 16
+    assert not np.isin(held, loaders.train.rows).any()
+    assert 0.05 <= float(method.alpha_align) <= 0.95 and float(method.alpha_align) != 0.95
+    method.eval()
+    batch = first_batch(tiny_bundle)
+    pred = method.predict(batch)
+    torch.testing.assert_close(pred.fused, 0.5 * (pred.per_modality["audio"] + pred.per_modality["visual"]))
+    assert method.checkpoint_state()["model"]["alpha_align"] == method.alpha_align
+
+
+# --- SMV --------------------------------------------------------------------------------------------------------------
+
+def test_smv_contributions_and_copies_from_crafted_predictions():
+    labels = np.array([0, 1, 2, 0, 1])
+    full = np.array([[5, 0, 0], [0, 5, 0], [5, 0, 0], [0, 5, 0], [0, 5, 0]])    # correct: T T F F T
+    audio = np.array([[5, 0, 0], [0, 5, 0], [0, 5, 0], [0, 5, 0], [5, 0, 0]])   # correct: T T F F F
+    visual = np.array([[5, 0, 0], [5, 0, 0], [0, 0, 5], [0, 5, 0], [5, 0, 0]])  # correct: T F T F F
+    phi_a, phi_v = shapley_contributions(*((x.argmax(1) == labels) for x in (full, audio, visual)))
+    np.testing.assert_allclose(phi_a, [1.0, 1.5, -0.5, 0.0, 1.0])
+    np.testing.assert_allclose(phi_v, [1.0, 0.5, 0.5, 0.0, 1.0])
+    np.testing.assert_array_equal(copy_counts(phi_a), [0, 0, 3, 2, 0])
+    np.testing.assert_array_equal(copy_counts(phi_v), [0, 1, 1, 2, 0])
+    rows, codes = sample_level_rows(np.arange(10, 15), phi_a, phi_v)
+    assert len(rows) == 5 + 5 + 4
+    # Copies for a low audio contribution zero the visual features (code 2), and vice versa (code 1).
+    assert sorted(rows[codes == 2].tolist()) == [12, 12, 12, 13, 13]
+    assert sorted(rows[codes == 1].tolist()) == [11, 12, 13, 13]
+    assert rows[codes == 0].tolist() == [10, 11, 12, 13, 14]
+
+
+def test_smv_modality_level_resamples_towards_the_smaller_contribution():
+    rows, codes = modality_level_rows(np.arange(10), 0.2, 0.8, 1.0, "linear", np.random.default_rng(0))
+    # gap_a = 0.8, gap_v = 0.2: d = 0.6 * 2/3 = 0.4 -> 4 extra rows that train audio alone (zero visual, code 2).
+    assert len(rows) == 14 and codes.tolist() == [0] * 10 + [2] * 4
+    _, codes = modality_level_rows(np.arange(10), 0.9, 0.3, 1.0, "linear", np.random.default_rng(0))
+    assert set(codes[10:].tolist()) == {1}
+
+
+def test_smv_resamples_the_loader_and_zeroes_flagged_features(tiny_bundle):
+    method = build("smv", tiny_bundle, warmup=0)
+    loaders = loaders_for(tiny_bundle)
+    method.train()
+    method.on_epoch_start(0, loaders)
+    codes = loaders.train.extras["zero_modality"]
+    assert loaders.train.num_samples == len(codes) > 64 and (codes[:64] == 0).all()
+    assert method.on_epoch_end(0, loaders)["smv_samples"] == loaders.train.num_samples
+    batch = first_batch(tiny_bundle)
+    batch["zero_modality"] = torch.ones(len(batch["label"]), dtype=torch.long)  # zero audio on every row
+    method.update(batch, StepInfo(0, 0, 1, 2))
+    assert all(p.grad is None or not p.grad.any() for p in method.model.encoders["audio"].parameters())
+    assert any(p.grad is not None and p.grad.any() for p in method.model.encoders["visual"].parameters())
+
+
+# --- DI-MML -----------------------------------------------------------------------------------------------------------
+
+def test_dimml_effective_dims_from_per_dimension_nearest_class_mean():
+    labels = torch.tensor([0, 0, 1, 1])
+    # dim 0 separates the classes, dim 1 is noise around equal means, dim 2 separates them too.
+    feats = torch.tensor([[0.0, 1.0, 0.0], [0.2, -1.0, 0.1], [1.0, 1.0, 1.0], [0.8, -1.0, 0.9]])
+    assert effective_dims(feats, labels, 2, chunk=3).tolist() == [True, False, True]
+
+
+def test_dimml_duc_loss_matches_the_per_sample_ratio_and_is_unidirectional():
+    gen = torch.Generator().manual_seed(0)
+    h_a = torch.randn(4, 6, generator=gen, requires_grad=True)
+    h_v = torch.randn(4, 6, generator=gen, requires_grad=True)
+    dims_a = torch.tensor([True, True, False, False, False, False])
+    dims_v = torch.tensor([False, False, False, True, False, True])
+    tau = 2.0
+    ref = 0.0
+    for i in range(4):
+        sv = h_v[i, dims_a] @ h_a[:, dims_a].t() / tau
+        sa = h_a[i, dims_v] @ h_v[:, dims_v].t() / tau
+        ref += -torch.log(sv[i].exp() / sv.exp().sum()) - torch.log(sa[i].exp() / sa.exp().sum())
+    loss = duc_loss(h_a, h_v, dims_a, dims_v, tau)
+    assert loss.item() == pytest.approx(ref.item() / 4, rel=1e-6)
+    loss.backward()
+    # Audio learns only on visual-only dims, visual only on audio-only dims (the other side is detached).
+    assert not h_a.grad[:, dims_a].any() and h_a.grad[:, dims_v].any()
+    assert not h_v.grad[:, dims_v].any() and h_v.grad[:, dims_a].any()
+
+
+def test_dimml_certainty_weighting():
+    z1, z2 = probs_as_logits([[0.9, 0.1]]), probs_as_logits([[0.6, 0.4]])
+    w = torch.softmax(torch.tensor([0.9, 0.6], dtype=torch.float64), dim=0)
+    torch.testing.assert_close(certainty_fusion([z1, z2], 1.0), w[0] * z1 + w[1] * z2)
+
+
+def test_dimml_stages_train_disjoint_parameters(tiny_bundle):
+    method = build("dimml", tiny_bundle, duc_start=0)
+    loaders = loaders_for(tiny_bundle)
+    method.train()
+    method.on_epoch_start(0, loaders)
+    assert bool(method.duc_ready) and not bool(method.stage2)
+    batch = first_batch(tiny_bundle)
+    fusion_before = [p.clone() for p in method.fusion.parameters()]
+    assert "duc" in method.update(batch, StepInfo(0, 0, 1, 2))
+    assert all(torch.equal(a, b) for a, b in zip(fusion_before, method.fusion.parameters()))
+    method.on_epoch_start(1, loaders)
+    encoder_before = [p.clone() for p in method.encoders.parameters()]
+    method.update(batch, StepInfo(1, 0, 1, 2))
+    assert bool(method.stage2)
+    assert all(torch.equal(a, b) for a, b in zip(encoder_before, method.encoders.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(fusion_before, method.fusion.parameters()))
+
+
+# --- Diagnosing & Re-learning -----------------------------------------------------------------------------------------
+
+def test_relearning_purity_and_alpha_from_crafted_purities():
+    assert purity(np.array([0, 0, 1, 1, 1, 2]), np.array([0, 0, 0, 1, 1, 1])) == pytest.approx(4 / 6)
+    assert reinit_strength(0.8, 0.6, 3.0) == pytest.approx(math.tanh(0.6))
+    assert reinit_strength(0.5, 0.9, 3.0) == pytest.approx(math.tanh(1.2))
+    assert reinit_strength(0.7, 0.7, 3.0) == 0.0
+
+
+def test_relearning_interpolates_towards_the_initial_parameters():
+    p = nn.Parameter(torch.tensor([4.0, -2.0]))
+    opt = torch.optim.SGD([p], lr=0.1, momentum=0.9)
+    p.grad = torch.ones(2)
+    opt.step()
+    current = p.detach().clone()
+    interpolate_([p], [torch.tensor([0.0, 2.0])], 0.25)
+    torch.testing.assert_close(p.detach(), 0.25 * torch.tensor([0.0, 2.0]) + 0.75 * current)
+    assert "momentum_buffer" in opt.state[p]
+
+
+def test_relearning_reinitialises_on_schedule_only(tiny_bundle):
+    method = build("relearning", tiny_bundle, reinit_epoch=2, reinit_num=1)
+    assert [method.due(e) for e in range(6)] == [False, False, True, False, False, False]
+    loaders = loaders_for(tiny_bundle)
+    with torch.no_grad():
+        for p in method.model.encoders.parameters():
+            p.add_(0.5)
+    before = {m: [p.clone() for p in method.model.encoders[m].parameters()] for m in method.modalities}
+    assert method.on_epoch_end(1, loaders) == {}
+    diag = method.on_epoch_end(2, loaders)
+    for m in method.modalities:
+        alpha = diag[f"relearn_alpha_{m}"]
+        assert alpha > 0
+        assert alpha == pytest.approx(reinit_strength(diag[f"relearn_purity_train_{m}"],
+                                                      diag[f"relearn_purity_val_{m}"], 3.0))
+        for p, old, init in zip(method.model.encoders[m].parameters(), before[m], method.theta_init[m].parameters()):
+            torch.testing.assert_close(p.detach(), alpha * init + (1 - alpha) * old)
+
+
+# --- UMT --------------------------------------------------------------------------------------------------------------
+
+def test_umt_loss_on_crafted_features():
+    z, y = torch.zeros(2, 4), torch.tensor([0, 3])
+    h = {"audio": torch.ones(2, 3), "visual": torch.full((2, 3), 2.0)}
+    teacher = {"audio": torch.zeros(2, 3), "visual": torch.zeros(2, 3)}
+    assert umt_loss(z, y, h, teacher, 10.0).item() == pytest.approx(math.log(4) + 10 * (1 + 4))
+
+
+def test_umt_trains_teachers_once_and_freezes_them(tiny_bundle):
+    method = build("umt", tiny_bundle, teacher_epochs=1)
+    loaders = loaders_for(tiny_bundle)
+    initial = [p.clone() for p in method.teachers.parameters()]
+    method.train()
+    method.on_epoch_start(0, loaders)
+    trained = [p.clone() for p in method.teachers.parameters()]
+    assert bool(method.teachers_ready) and not all(torch.equal(a, b) for a, b in zip(initial, trained))
+    method.on_epoch_start(0, loaders)
+    method.update(first_batch(tiny_bundle), StepInfo(0, 0, 1, 2))
+    assert all(torch.equal(a, b) for a, b in zip(trained, method.teachers.parameters()))
+    assert all(g["lr"] == g["initial_lr"] for opt in method.ctx.optimizers for g in opt.param_groups)
+
+
+# --- MBSD -------------------------------------------------------------------------------------------------------------
+
+def test_mbsd_weights_and_kl_on_crafted_probabilities():
+    z_a = probs_as_logits([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.5, 0.4, 0.1]])
+    z_v = probs_as_logits([[0.2, 0.5, 0.3], [0.3, 0.3, 0.4], [0.1, 0.8, 0.1]])
+    y = torch.tensor([0, 0, 1])
+    w, rs, kl = mbsd_terms(z_a, z_v, y)
+    # Sample 0: audio correct; sample 1: neither correct; sample 2: visual correct.
+    torch.testing.assert_close(w, torch.tensor([0.5, 0.0, 0.4], dtype=torch.float64))
+    torch.testing.assert_close(rs, ((z_a - z_v) ** 2).sum(1) / 3)
+    ps, pw = torch.tensor([0.7, 0.3, 0.8], dtype=torch.float64), torch.tensor([0.2, 0.1, 0.4], dtype=torch.float64)
+    torch.testing.assert_close(kl, pw * (pw.log() - ps))
+    _, _, kl_log = mbsd_terms(z_a, z_v, y, "log_prob")
+    torch.testing.assert_close(kl_log, pw * (pw.log() - ps.log()))
+
+
+def test_mbsd_weight_is_not_detached():
+    z_a = probs_as_logits([[0.7, 0.3]]).requires_grad_(True)
+    z_v = probs_as_logits([[0.4, 0.6]])
+    w, _, _ = mbsd_terms(z_a, z_v, torch.tensor([0]))
+    w.sum().backward()
+    assert z_a.grad.abs().sum() > 0
+
+
+# --- AMCo -------------------------------------------------------------------------------------------------------------
+
+def test_amco_mask_ratio_schedule():
+    assert [mask_ratio(0, s, 0.3) for s in (0, 5, 100)] == [0.0, 0.0, 0.0]
+    assert mask_ratio(1, 1, 0.3) == pytest.approx(0.5)
+    assert mask_ratio(2, 1, 0.3) == pytest.approx(math.sin(math.pi / 3))
+    assert mask_ratio(1, 3, 0.3) == pytest.approx(1.0) and mask_ratio(5, 9, 0.3) == pytest.approx(1.0)
+    mask = class_mask(6, 0.5, torch.Generator().manual_seed(0))
+    assert int((mask == 0).sum()) == 3 and int((mask == 1).sum()) == 3
+    assert int((class_mask(6, 0.99, torch.Generator().manual_seed(0)) == 0).sum()) == 5
+
+
+def test_amco_dependence_flag_on_crafted_logits():
+    z_a = torch.full((2, 2), math.log(3.0))
+    z_v = torch.zeros(2, 2)
+    # Block masses 6/8 and 2/8: only audio exceeds sigma = 0.5.
+    assert dependence_flags([z_a, z_v], 0.5).tolist() == [True, False]
+    assert dependence_flags([z_a, z_v], 0.8).tolist() == [False, False]
+
+
+def test_amco_masks_only_the_dependent_modality_and_bb_compat_drops_linear_star(tiny_bundle):
+    method = build("amco", tiny_bundle)
+    batch = first_batch(tiny_bundle)
+    method.train()
+    method.dependent.copy_(torch.tensor([True, False]))
+    logs = method.update(batch, StepInfo(epoch=3, step=5, steps_per_epoch=8, epochs=4))
+    # Ratio 1 masks every class of the dependent audio logits, so no loss term reaches the audio encoder.
+    assert logs["mask_ratio"] == pytest.approx(1.0)
+    assert all(p.grad is None or not p.grad.any() for p in method.model.encoders["audio"].parameters())
+    assert any(p.grad is not None and p.grad.any() for p in method.model.encoders["visual"].parameters())
+    assert any(p.grad is not None and p.grad.any() for p in method.linear_star.parameters())
+    compat = build("amco", tiny_bundle, variant="bb_compat")
+    compat.eval()
+    pred = compat.predict(batch)
+    torch.testing.assert_close(pred.fused, sum(pred.per_modality.values()))
