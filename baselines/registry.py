@@ -38,6 +38,11 @@ METHOD_MODULES = (
     "baselines.umt",
     "baselines.mbsd",
     "baselines.amco",
+    "baselines.mla",
+    "baselines.reconboost",
+    "baselines.gblending",
+    "baselines.greedy",
+    "baselines.mses",
 )
 
 _METHODS: dict[str, type[Method]] = {}

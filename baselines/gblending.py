@@ -1,0 +1,178 @@
+"""G-Blending: gradient blending with weights from overfitting-to-generalisation ratios (methods.md §4.8).
+
+Paper: Weiyao Wang, Du Tran, Matt Feiszli, "What Makes Training Multi-modal Classification Networks Hard?", CVPR 2020,
+arXiv 1905.12681 (online G-Blend, Algorithm 1). No official code was located; the only concrete implementation known
+is BalanceBenchmark (BB, GitHub GeWu-Lab/BalanceBenchmark @4909c17, ``balancemm/trainer/GBlending_trainer.py``,
+``super_epoch_origin``), which this follows.
+
+Training step: L = sum_k w_k CE(z_k) over the heads k in {each modality, fused}, with the split-head logits of the
+concat head (z_m = W[:, slice_m] h_m + b/M; the gradient flows into that slice, the bias and encoder m).
+
+Estimation (P9, P11), in ``on_epoch_start`` of every epoch e with e mod ``super_epoch`` = 0 (epoch 0 included): for
+each head k, the current model is copied into a scratch model, the scratch optimizer's state is reset, and the copy is
+trained for ``estimate_epochs`` epochs on CE of the FUSED output with the other modalities' inputs zeroed (k = fused:
+nothing zeroed; P1 ``drop`` mode input). The training loss of the first and of the last of those epochs is recorded,
+and the held-out loss (same zeroing, eval mode) on the VALIDATION split right after each of them. Then
+g = L_val,end - L_val,start, O = (L_val,end - L_train,end) - (L_val,start - L_train,start), w_k = |g / O^2|,
+normalised to sum to 1 (a zero O is replaced by a tiny number; if every w_k is 0 the weights are uniform).
+
+Reductions: ``loss_reduction=mean`` (default, paper-consistent) averages the losses over samples;
+``official_compat`` (= BB) sums batch-mean losses over batches, so the training and held-out losses have different
+scales (the training split has far more batches). BB also uses the TEST split as its "validation" set for CREMA-D and
+Kinetics-Sounds; this implementation always uses the validation split and fails if the dataset has none.
+
+Cost: every ``super_epoch`` epochs, (M + 1) x ``estimate_epochs`` extra training epochs plus 2 (M + 1) held-out
+passes, i.e. about (M + 1) + 1 = 4 times joint training for M = 2 with the defaults. Memory: one scratch model, kept
+outside the module tree (it is reloaded from the model at every estimation, so checkpoints do not carry it), and one
+scratch optimizer whose state is cleared after each estimation.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from baselines.base import FusionMethod, FusionModel, Loaders, StepInfo, TrainContext
+from baselines.hparams import HParam, HParams
+from baselines.registry import register
+from datasets.base import Batch, BatchLoader, TaskSpec
+
+FUSED = "fused"
+# Stands in for a zero overfitting change O, which would otherwise divide by zero.
+MIN_O_SQUARED = 1e-12
+
+
+def blend_weight(train_start: float, train_end: float, val_start: float, val_end: float) -> float:
+    """Unnormalised G-Blend weight |g / O^2| of one head from its first/last-epoch train and held-out losses."""
+    g = val_end - val_start
+    o = (val_end - train_end) - (val_start - train_start)
+    return abs(g) / max(o * o, MIN_O_SQUARED)
+
+
+def blending_weights(losses: Mapping[str, tuple[float, float, float, float]]) -> dict[str, float]:
+    """Normalised weights from {head: (train_start, train_end, val_start, val_end)}; uniform if all are zero."""
+    raw = {k: blend_weight(*v) for k, v in losses.items()}
+    total = sum(raw.values())
+    if total == 0 or not math.isfinite(total):
+        return {k: 1 / len(raw) for k in raw}
+    return {k: w / total for k, w in raw.items()}
+
+
+def _train_pass(loader: BatchLoader, tag: int, max_steps: int) -> Iterator[Batch]:
+    """One pass over the training loader with its own shuffle; the runner's epoch is restored afterwards. Negative
+    tags never collide with the runner's epochs."""
+    epoch = loader.epoch
+    loader.set_epoch(tag)
+    try:
+        for i, batch in enumerate(loader):
+            if max_steps and i >= max_steps:
+                break
+            yield batch
+    finally:
+        loader.set_epoch(epoch)
+
+
+@register
+class GBlending(FusionMethod):
+    name = "gblending"
+    title = "G-Blending"
+    PAPER = ('Wang, Tran, Feiszli, "What Makes Training Multi-modal Classification Networks Hard?", CVPR 2020, '
+             'arXiv 1905.12681')
+    CODE = ('BB re-implementation: GitHub GeWu-Lab/BalanceBenchmark, balancemm/trainer/GBlending_trainer.py, '
+            'super_epoch_origin')
+    HEAD = "concat"
+    HPARAMS = (
+        HParam("super_epoch", 10, "Re-estimate the weights every S epochs, epoch 0 included (BB super_epoch 10)."),
+        HParam("estimate_epochs", 10, "Training epochs of each scratch copy per estimation (BB: = super_epoch); "
+                                      ">= 2, since first and last epoch must differ."),
+        HParam("loss_reduction", "mean", "mean = per-sample average (paper-consistent, methods.md §4.8); sum = BB's "
+                                         "sum of batch-mean losses over batches.", choices=("mean", "sum")),
+    )
+    VARIANTS = {"official_compat": {"loss_reduction": "sum"}}
+
+    def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
+        super().__init__(task, hp, ctx)
+        if hp.super_epoch < 1 or hp.estimate_epochs < 2:
+            raise ValueError(f"gblending needs super_epoch >= 1 and estimate_epochs >= 2, got {hp.super_epoch} and "
+                             f"{hp.estimate_epochs}")
+        self.heads = (*self.modalities, FUSED)
+        # A tuple keeps the scratch copy out of the module tree: it is reloaded from self.model at every estimation,
+        # so saving it would only double the checkpoint.
+        self._scratch = (FusionModel(task, ctx.model_hp, self.HEAD).to(ctx.device),)
+        self.scratch_optimizer = ctx.make_optimizer(self._scratch[0].parameters())
+        self.register_buffer("blend", torch.full((len(self.heads),), 1 / len(self.heads), device=ctx.device))
+        self.estimate_log: dict[str, float] = {}
+
+    def weights(self) -> dict[str, float]:
+        return dict(zip(self.heads, self.blend.tolist()))
+
+    def on_epoch_start(self, epoch: int, loaders: Loaders) -> None:
+        if epoch % self.hp.super_epoch == 0:
+            self.estimate(epoch, loaders)
+
+    def _epoch_loss(self, model: FusionModel, batches: Iterable[Batch], drop: list[str], train: bool) -> float:
+        """Mean (or BB's batch-sum) fused CE over one pass; trains the scratch model when ``train``."""
+        weighted, summed, n = 0.0, 0.0, 0
+        for batch in batches:
+            with torch.set_grad_enabled(train), self.ctx.autocast():
+                _, z, _ = model(self.inputs(batch), drop=drop, mode="input")
+                loss = F.cross_entropy(z.float(), batch["label"])
+            if train:
+                self.scratch_optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.scratch_optimizer.step()
+            b = len(batch["label"])
+            weighted, summed, n = weighted + loss.item() * b, summed + loss.item(), n + b
+        if n == 0:
+            raise ValueError("gblending: an estimation pass saw no batches")
+        return weighted / n if self.hp.loss_reduction == "mean" else summed
+
+    def estimate(self, epoch: int, loaders: Loaders) -> None:
+        """Train one scratch copy per head and set the blend weights from its train/held-out losses."""
+        if loaders.val is None:
+            raise ValueError(f"gblending estimates its weights on a held-out split, but dataset "
+                             f"{self.task.dataset!r} has no 'val' split (the test split is never used)")
+        scratch, n_est = self._scratch[0], self.hp.estimate_epochs
+        max_steps = self.ctx.train_hp.max_steps_per_epoch
+        losses, log = {}, {}
+        for i, k in enumerate(self.heads):
+            scratch.load_state_dict(self.model.state_dict())
+            self.scratch_optimizer.state.clear()
+            drop = [m for m in self.modalities if m != k] if k != FUSED else []
+            record = {}
+            for j in range(n_est):
+                scratch.train()
+                tag = -1 - ((epoch // self.hp.super_epoch * len(self.heads) + i) * n_est + j)
+                train_loss = self._epoch_loss(scratch, _train_pass(loaders.train, tag, max_steps), drop, True)
+                if j in (0, n_est - 1):
+                    scratch.eval()
+                    record[j] = (train_loss, self._epoch_loss(scratch, loaders.val, drop, False))
+            (t0, v0), (t1, v1) = record[0], record[n_est - 1]
+            losses[k] = (t0, t1, v0, v1)
+            log[f"g_{k}"] = v1 - v0
+            log[f"o_{k}"] = (v1 - t1) - (v0 - t0)
+        self.scratch_optimizer.state.clear()
+        weights = blending_weights(losses)
+        self.blend.copy_(torch.tensor([weights[k] for k in self.heads]))
+        self.estimate_log = log
+
+    def update(self, batch: Batch, step: StepInfo) -> dict[str, float]:
+        labels = batch["label"]
+        with self.ctx.autocast():
+            _, z, z_uni = self.model(self.inputs(batch))
+        parts = {**{m: F.cross_entropy(z_uni[m].float(), labels) for m in self.modalities},
+                 FUSED: F.cross_entropy(z.float(), labels)}
+        loss = sum(w * parts[k] for k, w in zip(self.heads, self.blend))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.item(), **{f"loss_{k}": v.item() for k, v in parts.items()}}
+
+    def on_epoch_end(self, epoch: int, loaders: Loaders) -> dict[str, float]:
+        diag = {f"w_{k}": w for k, w in self.weights().items()}
+        diag.update(self.estimate_log)
+        self.estimate_log = {}
+        return diag

@@ -1,0 +1,274 @@
+"""ReconBoost: alternating boosting with modality reconcilement (methods.md §4.18).
+
+Paper: Cong Hua, Qianqian Xu, Shilong Bao, Zhiyong Yang, Qingming Huang, "ReconBoost: Boosting Can Achieve Modality
+Reconcilement", ICML 2024, arXiv 2405.09321. Official code: GitHub huacong/ReconBoost, ``train.py`` (``main``),
+``models/dynamic_net.py`` (``DynamicNet``, ``Head``), ``schedule.py`` (``schedule_model``: audio, visual, audio, ...).
+
+Model: learners f_m = encoder_m followed by ONE shared head (Linear d -> 256, ReLU, Linear 256 -> K; the official
+``common_space`` head), and the ensemble F = beta * sum_m f_m with a learnable scalar beta (``boost_rate``, 1.0).
+Prediction is F; per-modality outputs are f_m.
+
+Schedule (P10), a pure function of the epoch (``stage_at``): stage t trains modality t mod M for ``modality_epochs``
+epochs, then runs ``correct_epochs`` epochs of correction. Each phase starts with fresh optimizer state (the optimizers
+are built once and their state is cleared, so checkpoints always hold the same optimizers).
+- Modality step: the configured optimizer (``train.optimizer``; SGD with momentum 0.9 as official) over encoder_m
+  and the shared head, lr ``m_lr``. With q = softmax(F_-m), F_-m = beta * sum over
+  the other ensemble members (no_grad), the per-sample loss is the official
+  -w1 mean_c[e_y log p_m] + w2 mean_c[e_y q log p_m] = (1/K)(-w1 + w2 q_y) log p_m(y): CE down-weighted where the
+  other learners are already right. From stage 1 on, the GA term alpha * MSE(softmax f_m, softmax f_o) against the
+  previous stage's learner f_o is computed; the official code detaches both sides, so it has zero gradient
+  (``ga_grad: false``, default: logged only). ``ga_grad: true`` lets the gradient flow through f_m (our reading of
+  the paper's intent, unverified).
+- Correction step: CE(F) over every ensemble member's encoder, the shared head and beta, lr ``e_lr``.
+A learner joins the ensemble when its first modality step ends (the official ``DynamicNet.add``; until then F is
+zero when nothing has joined); with ``pretrain`` all learners are members from the start. While F_-m has no member the official ensemble returns a constant c0 whose
+softmax over a single column is 1, so q_y = 1; this is kept.
+
+Pre-training (``pretrain: true``, the official ``--use_pretrain`` recipe): the official code loads unimodally
+pre-trained encoders (released CREMA-D checkpoints: 56.68% audio, 51.99% visual, picked on the test set at epochs 21
+and 87 of unimodal runs). Here each encoder is trained with its own temporary Linear head and CE for
+``pretrain_epochs`` epochs inside ``on_epoch_start(0)`` (the temporary heads are then unused, as the official code
+replaces the encoder's fc by the shared head). Cost: M x pretrain_epochs extra unimodal epochs, once. BB does no
+pre-training (``pretrain: false``); methods.md §4.18 asks for both to be reported.
+
+Deviations and notes: the official stage-wise lr decay (x0.1 every 30 stages on CREMA-D) maps to
+``train.lr_milestones`` at multiples of 30 * (modality_epochs + correct_epochs) epochs; the official test loader drops
+the last batch and keeps the best stage >= 3 on test, while the runner evaluates every sample and reports its own
+protocols. Other learners run in training mode during the no_grad forward (the official ``to_train``), so their
+BatchNorm statistics move; each is run once per step (the official code runs the GA partner twice). With 3 modalities
+the GA partner is the learner of the previous stage. BB (``balancemm/trainer/ReconBoost_trainer.py``) alternates one
+boosting and one correction epoch per modality per epoch with a single Linear head and no pre-training.
+
+Cost: modality step = one grad forward of f_m plus no_grad forwards of the other learners; correction = joint
+training. Optimizers: M modality + 1 correction (+ M pre-training).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from baselines.base import Loaders, Method, Prediction, StepInfo, TrainContext
+from baselines.hparams import HParam, HParams
+from baselines.networks import build_encoders, init_model
+from baselines.registry import register
+from datasets.base import Batch, BatchLoader, TaskSpec
+
+HEAD_HIDDEN = 256  # official models/dynamic_net.py, Head.fc1
+
+
+@dataclass(frozen=True)
+class StagePosition:
+    """Where an epoch sits in ReconBoost's schedule."""
+
+    stage: int
+    modality: int
+    phase: str
+    phase_epoch: int
+
+
+def stage_at(epoch: int, modality_epochs: int, correct_epochs: int, num_modalities: int) -> StagePosition:
+    """The stage, trained modality (index), phase (``"modality"`` or ``"correct"``) and epoch within the phase.
+
+    Each stage is ``modality_epochs`` epochs of the modality step followed by ``correct_epochs`` of correction;
+    stage t trains modality t mod M (official ``schedule_model``, fixed mode).
+    """
+    length = modality_epochs + correct_epochs
+    stage, offset = divmod(epoch, length)
+    if offset < modality_epochs:
+        return StagePosition(stage, stage % num_modalities, "modality", offset)
+    return StagePosition(stage, stage % num_modalities, "correct", offset - modality_epochs)
+
+
+def ensemble_members(epoch: int, modality_epochs: int, correct_epochs: int, num_modalities: int,
+                     pretrained: bool) -> list[bool]:
+    """Which learners are in F at the start of ``epoch``: all when pre-trained, else those whose first modality step
+    (stage j for modality j) has finished."""
+    length = modality_epochs + correct_epochs
+    return [pretrained or epoch >= j * length + modality_epochs for j in range(num_modalities)]
+
+
+def reconciled_loss(logits: torch.Tensor, labels: torch.Tensor, others: torch.Tensor | None, w1: float,
+                    w2: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The modality step's loss: batch mean of (1/K)(-w1 + w2 q_y) log p_m(y), q = softmax(others).
+
+    Args:
+        logits: f_m(x_m), (B, K), with gradient.
+        labels: (B,) class indices.
+        others: F_-m (B, K), or None when no other learner is in the ensemble (then q_y = 1, the official c0).
+        w1, w2: the official ``--weight1``/``--weight2``.
+
+    Returns:
+        The loss and the per-sample weight (-w1 + w2 q_y) / K (for tests and logging).
+    """
+    k = logits.shape[1]
+    log_p = torch.log_softmax(logits.float(), dim=1).gather(1, labels[:, None]).squeeze(1)
+    if others is None:
+        q_y = torch.ones_like(log_p)
+    else:
+        q_y = torch.softmax(others.detach().float(), dim=1).gather(1, labels[:, None]).squeeze(1)
+    weight = (-w1 + w2 * q_y) / k
+    return (weight * log_p).mean(), weight
+
+
+def ga_term(logits: torch.Tensor, partner: torch.Tensor, flow: bool) -> torch.Tensor:
+    """MSE(softmax f_m, softmax f_o); ``flow=False`` detaches both sides as the official code does (zero gradient)."""
+    p = torch.softmax(logits.float() if flow else logits.detach().float(), dim=1)
+    return F.mse_loss(p, torch.softmax(partner.detach().float(), dim=1))
+
+
+def _train_pass(loader: BatchLoader, tag: int, max_steps: int) -> Iterator[Batch]:
+    """One pass over the training loader with its own shuffle; the runner's epoch is restored afterwards. Negative
+    tags never collide with the runner's epochs."""
+    epoch = loader.epoch
+    loader.set_epoch(tag)
+    try:
+        for i, batch in enumerate(loader):
+            if max_steps and i >= max_steps:
+                break
+            yield batch
+    finally:
+        loader.set_epoch(epoch)
+
+
+@register
+class ReconBoost(Method):
+    name = "reconboost"
+    title = "ReconBoost"
+    PAPER = ('Hua, Xu, Bao, Yang, Huang, "ReconBoost: Boosting Can Achieve Modality Reconcilement", ICML 2024, '
+             'arXiv 2405.09321')
+    CODE = 'GitHub huacong/ReconBoost, train.py, main; models/dynamic_net.py, DynamicNet; schedule.py'
+    MODALITIES = (2, 3)
+    HPARAMS = (
+        HParam("modality_epochs", 4, "Epochs of the modality step per stage (official --epochs_per_stage 4)."),
+        HParam("correct_epochs", 4, "Epochs of the correction step per stage (official --correct_epoch 4); 0 skips "
+                                    "correction."),
+        HParam("w1", 5.0, "Weight of the CE term (official README, CREMA-D --weight1 5.0; AVE 4.0).",
+               per_dataset={"ave": 4.0}),
+        HParam("w2", 1.0, "Weight of the reconcilement term (official README --weight2 1.0)."),
+        HParam("alpha", 0.5, "Weight of the GA term (official README --alpha 0.5)."),
+        HParam("ga_grad", False, "false = the official GA term with both sides detached (zero gradient, logged "
+                                 "only); true = gradient flows through f_m [project reading, unverified]."),
+        HParam("boost_rate", 1.0, "Initial beta of F = beta * sum f_m (official --boost_rate 1.0)."),
+        HParam("m_lr", 0.01, "Learning rate of the modality step (official README --m_lr 0.01)."),
+        HParam("e_lr", 0.01, "Learning rate of the correction step (official README --e_lr 0.01)."),
+        HParam("weight_decay", 5e-4, "Weight decay of both steps (official train.py, SGD weight_decay=5e-4)."),
+        HParam("pretrain", True, "Unimodal pre-training of the encoders (official --use_pretrain, the README "
+                                 "recipe); false = BB's setting. Report both (methods.md §4.18)."),
+        HParam("pretrain_epochs", 20, "Unimodal pre-training epochs per encoder [project]: the official run lengths "
+                                      "are not published (checkpoints picked on test at epochs 21/87)."),
+    )
+
+    def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
+        super().__init__(task, hp, ctx)
+        if hp.modality_epochs < 1 or hp.correct_epochs < 0:
+            raise ValueError(f"reconboost.modality_epochs must be >= 1 and correct_epochs >= 0, got "
+                             f"{hp.modality_epochs} and {hp.correct_epochs}")
+        self.encoders = build_encoders(task, ctx.model_hp)
+        dims = {m: enc.out_dim for m, enc in self.encoders.items()}
+        if len(set(dims.values())) != 1:
+            raise ValueError(f"ReconBoost's shared head needs equal feature widths, got {dims} for dataset "
+                             f"{task.dataset!r}")
+        d = next(iter(dims.values()))
+        self.head = nn.Sequential(nn.Linear(d, HEAD_HIDDEN), nn.ReLU(inplace=True),
+                                  nn.Linear(HEAD_HIDDEN, task.num_classes))
+        if hp.pretrain:
+            self.pretrain_heads = nn.ModuleDict({m: nn.Linear(d, task.num_classes) for m in self.modalities})
+        init_model(self, ctx.model_hp)
+        self.beta = nn.Parameter(torch.tensor(float(hp.boost_rate)))
+        self.register_buffer("members", torch.tensor([hp.pretrain] * len(self.modalities)))
+        self.to(ctx.device)
+        head = list(self.head.parameters())
+        self.modality_opts = [ctx.make_optimizer(list(self.encoders[m].parameters()) + head, lr=hp.m_lr,
+                                                 weight_decay=hp.weight_decay) for m in self.modalities]
+        self.correct_opt = ctx.make_optimizer(list(self.encoders.parameters()) + head + [self.beta], lr=hp.e_lr,
+                                              weight_decay=hp.weight_decay)
+        self.pretrain_opts = [ctx.make_optimizer(list(self.encoders[m].parameters())
+                                                 + list(self.pretrain_heads[m].parameters()))
+                              for m in self.modalities] if hp.pretrain else []
+        self.position = stage_at(0, hp.modality_epochs, hp.correct_epochs, len(self.modalities))
+
+    def learner(self, m: str, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoders[m](x)).float()
+
+    def ensemble(self, logits: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """beta * sum of the given learners' logits, or None when there are none."""
+        if not logits:
+            return None
+        return self.beta * torch.stack(list(logits.values())).sum(0)
+
+    def pretrain_encoders(self, loader: BatchLoader) -> None:
+        max_steps = self.ctx.train_hp.max_steps_per_epoch
+        for i, (m, opt) in enumerate(zip(self.modalities, self.pretrain_opts)):
+            head = self.pretrain_heads[m]
+            for j in range(self.hp.pretrain_epochs):
+                for batch in _train_pass(loader, -1 - (i * self.hp.pretrain_epochs + j), max_steps):
+                    with self.ctx.autocast():
+                        loss = F.cross_entropy(head(self.encoders[m](batch[m])).float(), batch["label"])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+            opt.state.clear()
+
+    def on_epoch_start(self, epoch: int, loaders: Loaders) -> None:
+        if epoch == 0 and self.hp.pretrain:
+            self.pretrain_encoders(loaders.train)
+        hp, n = self.hp, len(self.modalities)
+        self.position = stage_at(epoch, hp.modality_epochs, hp.correct_epochs, n)
+        self.members.copy_(torch.tensor(ensemble_members(epoch, hp.modality_epochs, hp.correct_epochs, n,
+                                                         hp.pretrain)))
+        if self.position.phase_epoch == 0:
+            opt = self.modality_opts[self.position.modality] if self.position.phase == "modality" \
+                else self.correct_opt
+            opt.state.clear()
+
+    def update(self, batch: Batch, step: StepInfo) -> dict[str, float]:
+        pos = self.position
+        labels = batch["label"]
+        if pos.phase == "correct":
+            with self.ctx.autocast():
+                z = self.ensemble({m: self.learner(m, batch[m]) for i, m in enumerate(self.modalities)
+                                   if self.members[i]})
+            loss = F.cross_entropy(z, labels)
+            self.correct_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.correct_opt.step()
+            return {"loss": loss.item(), "beta": self.beta.item()}
+        m = self.modalities[pos.modality]
+        partner = self.modalities[(pos.stage - 1) % len(self.modalities)] if pos.stage >= 1 else None
+        with torch.no_grad(), self.ctx.autocast():
+            other = {j: self.learner(j, batch[j]) for i, j in enumerate(self.modalities)
+                     if j != m and (self.members[i] or j == partner)}
+            f_rest = self.ensemble({j: z for j, z in other.items() if self.members[self.modalities.index(j)]})
+        with self.ctx.autocast():
+            z_m = self.learner(m, batch[m])
+        loss, _ = reconciled_loss(z_m, labels, f_rest, self.hp.w1, self.hp.w2)
+        logs = {"loss_boost": loss.item()}
+        if partner is not None:
+            ga = ga_term(z_m, other[partner], self.hp.ga_grad)
+            logs["ga"] = ga.item()
+            if self.hp.ga_grad:
+                loss = loss + self.hp.alpha * ga
+        opt = self.modality_opts[pos.modality]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        logs["loss"] = loss.item()
+        return logs
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> Prediction:
+        with self.ctx.autocast():
+            z_uni = {m: self.learner(m, batch[m]) for m in self.modalities}
+        fused = self.ensemble({m: z for i, (m, z) in enumerate(z_uni.items()) if self.members[i]})
+        if fused is None:
+            fused = torch.zeros_like(next(iter(z_uni.values())))
+        return Prediction(fused.float(), z_uni)
+
+    def on_epoch_end(self, epoch: int, loaders: Loaders) -> dict[str, float]:
+        return {"stage": float(self.position.stage), "modality_step": float(self.position.phase == "modality"),
+                "beta": self.beta.item()}

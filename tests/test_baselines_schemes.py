@@ -1,0 +1,337 @@
+"""Learning-scheme baselines on crafted tensors: MLA, ReconBoost, G-Blending, Greedy and MSES (methods.md §4.7, §4.8,
+§4.15, §4.18, §4.20)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from baselines.base import Loaders, StepInfo
+from baselines.gblending import FUSED, blend_weight, blending_weights
+from baselines.greedy import MMTM, GreedyNet, bdr_gap, curation_target, speed_ratio
+from baselines.hparams import resolve
+from baselines.mla import entropy_gate, owm_update
+from baselines.mses import should_stop, smoothed_loss
+from baselines.networks import MODEL_HPARAMS
+from baselines.reconboost import ensemble_members, ga_term, reconciled_loss, stage_at
+from baselines.registry import get_method
+from benchmarks.config import method_hparams
+from datasets.base import ModalitySpec, TaskSpec
+from tests.conftest import TINY_MODEL, first_batch, make_context
+
+
+def build(name, bundle, **overrides):
+    cls = get_method(name)
+    hp = resolve(name, method_hparams(cls), bundle.task.dataset, overrides, variants=cls.VARIANTS)
+    torch.manual_seed(0)
+    return cls(bundle.task, hp, make_context())
+
+
+def step(epoch=0, i=0):
+    return StepInfo(epoch=epoch, step=i, steps_per_epoch=4, epochs=10)
+
+
+def loaders_for(bundle, val=True, test=True):
+    return Loaders(bundle.loader("train", batch_size=16, train=True, seed=0),
+                   bundle.loader("val", batch_size=32, train=False, seed=0) if val else None,
+                   bundle.loader("test", batch_size=32, train=False, seed=0) if test else None)
+
+
+def params_of(module):
+    return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+def same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- MLA -----------------------------------------------------------------------------------------------------------
+
+def test_owm_update_on_crafted_r():
+    P = torch.eye(3)
+    r = torch.tensor([[1.0, 0.0, 0.0]])
+    expected = torch.diag(torch.tensor([1 - 1 / 1.1, 1.0, 1.0]))
+    torch.testing.assert_close(owm_update(P, r, a=0.1), expected / expected.norm())
+    # A general r: k = P r^T, P - k k^T / (a + r k), Frobenius-normalised.
+    P = torch.tensor([[2.0, 0.5], [0.5, 1.0]])
+    r = torch.tensor([[1.0, 2.0]])
+    k = P @ r.t()
+    raw = P - k @ k.t() / (0.01 + (r @ k).item())
+    torch.testing.assert_close(owm_update(P, r, a=0.01), raw / raw.norm())
+
+
+def test_mla_projection_changes_the_head_gradient_and_is_identity_when_disabled(tiny_bundle):
+    feats = torch.randn(8, 32)
+    grad = torch.randn(4, 32)
+    for projection, expect_change in ((True, True), (False, False)):
+        mla = build("mla", tiny_bundle, projection=projection)
+        mla.turns.fill_(1)
+        mla.head.weight.grad = grad.clone()
+        mla.head.bias.grad = torch.ones(4)
+        mla.project_head_grad(feats, a=0.1)
+        if expect_change:
+            P = owm_update(torch.eye(32), feats.mean(0, keepdim=True), 0.1)
+            torch.testing.assert_close(mla.P, P)
+            torch.testing.assert_close(mla.head.weight.grad, grad @ P.t())
+            assert not torch.allclose(mla.head.weight.grad, grad)
+        else:
+            torch.testing.assert_close(mla.head.weight.grad, grad)
+            torch.testing.assert_close(mla.P, torch.eye(32))
+        torch.testing.assert_close(mla.head.bias.grad, torch.ones(4))
+    # The very first turn of training is never projected.
+    mla = build("mla", tiny_bundle)
+    mla.head.weight.grad = grad.clone()
+    mla.project_head_grad(feats, a=0.1)
+    torch.testing.assert_close(mla.head.weight.grad, grad)
+
+
+def test_mla_entropy_gate_per_sample_and_per_batch():
+    z_a = torch.tensor([[8.0, 0.0, 0.0], [0.0, 0.0, 0.0]])  # sample 0 confident, sample 1 uniform
+    z_v = torch.tensor([[0.0, 0.0, 0.0], [0.0, 8.0, 0.0]])
+    w = entropy_gate({"audio": z_a, "visual": z_v}, "per_sample")
+
+    def ent(z, dim):
+        p = torch.softmax(z, dim=dim)
+        return -(p * p.log())
+
+    h_a, h_v = ent(z_a, 1).sum(1), ent(z_v, 1).sum(1)
+    torch.testing.assert_close(w["audio"].squeeze(1), 1 / (1 + torch.exp(h_a - h_v)))
+    assert w["audio"][0] > 0.7 and w["audio"][1] < 0.3  # |H_a - H_v| <= log 3
+    torch.testing.assert_close(w["audio"] + w["visual"], torch.ones(2, 1))
+    wb = entropy_gate({"audio": z_a, "visual": z_v}, "per_batch")
+    assert wb["audio"].shape == (1, 1)
+    expected = 1 / (1 + torch.exp(ent(z_a, 0).sum() - ent(z_v, 0).sum()))
+    torch.testing.assert_close(wb["audio"].squeeze(), expected)
+
+
+def test_mla_zero_filled_gradients_move_the_first_encoder_in_the_second_turn(tiny_bundle):
+    batch = first_batch(tiny_bundle)
+    after = {}
+    for to_none in (True, False):
+        mla = build("mla", tiny_bundle, zero_grad_set_to_none=to_none)
+        mla.update(batch, step())
+        after[to_none] = (params_of(mla.encoders["audio"]), params_of(mla.encoders["visual"]))
+        assert all(p.grad is None for p in mla.parameters())
+    assert not same(after[True][0], after[False][0]), "official zero-fill: extra momentum/decay step for audio"
+    assert same(after[True][1], after[False][1]), "the last modality's encoder is stepped once either way"
+
+
+# --- ReconBoost ----------------------------------------------------------------------------------------------------
+
+def test_reconboost_reconciled_loss_weight_on_crafted_logits():
+    logits = torch.zeros(2, 4, requires_grad=True)
+    labels = torch.tensor([0, 1])
+    others = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, math.log(3.0), 0.0, 0.0]])  # q_y = 1/4 and 1/2
+    loss, weight = reconciled_loss(logits, labels, others, w1=5.0, w2=1.0)
+    torch.testing.assert_close(weight, torch.tensor([(-5 + 0.25) / 4, (-5 + 0.5) / 4]))
+    assert loss.item() == pytest.approx(((-5 + 0.25) / 4 + (-5 + 0.5) / 4) / 2 * math.log(0.25), rel=1e-6)
+    loss.backward()
+    # d/dz of w log p_y = w (e_y - p): the gradient is a CE gradient scaled by -w.
+    expected = torch.stack([weight[0] * (F.one_hot(labels[0], 4) - 0.25),
+                            weight[1] * (F.one_hot(labels[1], 4) - 0.25)]) / 2
+    torch.testing.assert_close(logits.grad, expected)
+    _, weight = reconciled_loss(logits, labels, None, w1=5.0, w2=1.0)
+    torch.testing.assert_close(weight, torch.full((2,), -1.0))  # no other learner: official c0, q_y = 1
+
+
+def test_reconboost_stage_schedule_is_a_function_of_the_epoch():
+    pos = [stage_at(e, 4, 4, 2) for e in range(18)]
+    assert [(p.stage, p.modality, p.phase, p.phase_epoch) for p in (pos[0], pos[3], pos[4], pos[7], pos[8], pos[16])] \
+        == [(0, 0, "modality", 0), (0, 0, "modality", 3), (0, 0, "correct", 0), (0, 0, "correct", 3),
+            (1, 1, "modality", 0), (2, 0, "modality", 0)]
+    assert [(p.stage, p.modality) for p in (stage_at(e, 1, 0, 3) for e in range(4))] == [(0, 0), (1, 1), (2, 2),
+                                                                                        (3, 0)]
+    assert ensemble_members(0, 4, 4, 2, pretrained=False) == [False, False]
+    assert ensemble_members(4, 4, 4, 2, pretrained=False) == [True, False]
+    assert ensemble_members(11, 4, 4, 2, pretrained=False) == [True, False]
+    assert ensemble_members(12, 4, 4, 2, pretrained=False) == [True, True]
+    assert ensemble_members(0, 4, 4, 2, pretrained=True) == [True, True]
+
+
+def test_reconboost_ga_term_has_zero_gradient_in_compat_and_flows_with_ga_grad():
+    z = torch.tensor([[2.0, 0.0, -1.0]], requires_grad=True)
+    partner = torch.tensor([[0.0, 1.0, 0.0]], requires_grad=True)
+    compat = ga_term(z, partner, flow=False)
+    assert compat.item() > 0 and not compat.requires_grad
+    flowing = ga_term(z, partner, flow=True)
+    assert flowing.item() == pytest.approx(compat.item())
+    flowing.backward()
+    assert z.grad.abs().sum() > 0 and partner.grad is None
+
+
+def test_reconboost_steps_train_only_their_parameters(tiny_bundle):
+    rb = build("reconboost", tiny_bundle, pretrain=False, modality_epochs=1, correct_epochs=1)
+    loaders, batch = loaders_for(tiny_bundle), first_batch(tiny_bundle)
+    rb.on_epoch_start(0, loaders)
+    audio, visual, beta = params_of(rb.encoders["audio"]), params_of(rb.encoders["visual"]), rb.beta.item()
+    logs = rb.update(batch, step())
+    assert "ga" not in logs and not same(audio, params_of(rb.encoders["audio"]))
+    assert same(visual, params_of(rb.encoders["visual"])) and rb.beta.item() == beta
+    rb.on_epoch_start(1, loaders)  # correction over the ensemble {audio}: beta moves, visual is not a member yet
+    assert rb.members.tolist() == [True, False] and not rb.correct_opt.state
+    rb.update(batch, step(1))
+    assert rb.beta.item() != beta and same(visual, params_of(rb.encoders["visual"]))
+    rb.on_epoch_start(2, loaders)  # stage 1 trains visual; the GA term against audio is now logged
+    assert rb.position.modality == 1 and "ga" in rb.update(batch, step(2))
+
+
+# --- G-Blending ----------------------------------------------------------------------------------------------------
+
+def test_gblending_weights_from_given_losses():
+    losses = {"audio": (2.0, 1.0, 2.0, 1.5), "visual": (2.0, 1.8, 2.0, 1.9), FUSED: (2.0, 0.5, 2.0, 1.8)}
+    assert blend_weight(*losses["audio"]) == pytest.approx(0.5 / 0.5 ** 2)
+    assert blend_weight(*losses["visual"]) == pytest.approx(0.1 / 0.1 ** 2)
+    raw = {"audio": 2.0, "visual": 10.0, FUSED: 0.2 / 1.3 ** 2}
+    w = blending_weights(losses)
+    for k, v in raw.items():
+        assert w[k] == pytest.approx(v / sum(raw.values()))
+    flat = {k: (1.0, 1.0, 1.0, 1.0) for k in losses}
+    assert blending_weights(flat) == {k: pytest.approx(1 / 3) for k in losses}
+
+
+def test_gblending_estimates_on_validation_only_and_leaves_the_model_alone(tiny_bundle):
+    gb = build("gblending", tiny_bundle, super_epoch=2, estimate_epochs=2)
+    before = params_of(gb.model)
+    gb.on_epoch_start(0, loaders_for(tiny_bundle, test=False))
+    w = gb.weights()
+    assert sum(w.values()) == pytest.approx(1.0) and w != {k: pytest.approx(1 / 3) for k in w}
+    assert same(before, params_of(gb.model)) and not gb.scratch_optimizer.state
+    assert "g_audio" in gb.on_epoch_end(0, None)
+    gb.blend.fill_(-1.0)
+    gb.on_epoch_start(1, loaders_for(tiny_bundle))  # not a super-epoch boundary: no re-estimation
+    assert gb.blend.tolist() == [-1.0, -1.0, -1.0]
+    with pytest.raises(ValueError, match="no 'val' split"):
+        gb.on_epoch_start(2, loaders_for(tiny_bundle, val=False))
+
+
+def test_gblending_step_loss_is_the_weighted_sum_of_head_losses(tiny_bundle):
+    gb = build("gblending", tiny_bundle)
+    gb.blend.copy_(torch.tensor([0.2, 0.3, 0.5]))
+    logs = gb.update(first_batch(tiny_bundle), step())
+    expected = 0.2 * logs["loss_audio"] + 0.3 * logs["loss_visual"] + 0.5 * logs["loss_fused"]
+    assert logs["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+# --- Greedy --------------------------------------------------------------------------------------------------------
+
+def test_greedy_speed_bdr_and_curation_decision_from_crafted_norms():
+    w1, w2 = nn.Parameter(torch.tensor([3.0, 4.0])), nn.Parameter(torch.zeros(2))
+    w1.grad = torch.tensor([1.0, 0.0])  # w2 has no gradient: counts as zero
+    assert speed_ratio([w1, w2]).item() == pytest.approx(1 / 25)
+    d = bdr_gap([1.0, 10.0], [10.0, 10.0])
+    assert d == pytest.approx(math.log10(0.1) - math.log10(1.0))
+    assert curation_target(d, 0.01) == 1  # BDR_0 < BDR_1: care for modality 1
+    assert curation_target(0.5, 0.01) == 0
+    assert curation_target(0.005, 0.01) is None
+    assert bdr_gap([0.0, 1.0], [1.0, 1.0]) == 0.0
+
+
+def test_greedy_measure_attributes_shared_squeeze_to_both_bypasses(tiny_bundle):
+    gr = build("greedy", tiny_bundle)
+    z, _ = gr.net(gr.inputs(first_batch(tiny_bundle)))
+    F.cross_entropy(z, first_batch(tiny_bundle)["label"]).backward()
+    squeeze = [p for b in gr.net.mmtm.values() for p in b.squeeze.parameters()]
+
+    def ratio(params):
+        return (sum(p.grad.pow(2).sum() for p in params) / sum(p.pow(2).sum() for p in params)).detach()
+
+    expected = [ratio(squeeze + [p for b in gr.net.mmtm.values() for p in b.excite[m].parameters()])
+                for m in gr.modalities]
+    expected += [ratio(list(gr.net.trunks[m].parameters())) for m in gr.modalities]
+    d = gr.measure()
+    torch.testing.assert_close(gr.speeds, torch.stack(expected).double())
+    assert d == pytest.approx(math.log10(expected[0] / expected[2]) - math.log10(expected[1] / expected[3]))
+
+
+def test_greedy_curation_mode_follows_the_official_state_machine(tiny_bundle):
+    gr = build("greedy", tiny_bundle, window=2, starting_epoch=1)
+    gaps = iter([-1.0, -1.0, 0.5, 0.0])
+    gr.measure = lambda: next(gaps)
+    gr.after_backward(epoch=0)  # before starting_epoch: measured, never curated
+    assert not gr.curating
+    gr.after_backward(epoch=1)  # d < -eps: care for modality 1
+    assert gr.curating and gr.caring.item() == 1
+    gr.after_backward(epoch=1)  # inside the window: no measurement
+    assert gr.curating
+    gr.after_backward(epoch=1)  # window of 2 steps done
+    assert not gr.curating
+    gr.after_backward(epoch=1)  # d = 0.5 > eps: care for modality 0
+    assert gr.curating and gr.caring.item() == 0
+    assert next(gaps) == 0.0
+
+
+def test_greedy_mmtm_running_average_replaces_the_cared_for_gate():
+    torch.manual_seed(0)
+    block = MMTM({"audio": 4, "visual": 4}, ratio=4)
+    inputs = [{"audio": torch.randn(3, 4), "visual": torch.randn(3, 4)} for _ in range(2)]
+    gates = [block(x) for x in inputs]
+    torch.testing.assert_close(block.avg_visual, (gates[0]["visual"].mean(0) + gates[1]["visual"].mean(0)) / 2)
+    block.eval()
+    cared = block(inputs[0], care="visual")
+    assert block.steps.item() == 2  # evaluation does not move the running averages
+    torch.testing.assert_close(cared["visual"], block.avg_visual.expand(3, 4))
+    torch.testing.assert_close(cared["audio"], gates[0]["audio"])
+
+
+def test_greedy_net_pools_frames_per_clip():
+    task = TaskSpec("t", 3, (ModalitySpec("audio", "spectrogram", (1, 16, 16)),
+                             ModalitySpec("visual", "frames", (3, 2, 16, 16))))
+    model_hp = resolve("model", MODEL_HPARAMS, None, TINY_MODEL)
+    net = GreedyNet(task, model_hp, ratio=4)
+    z, z_uni = net({"audio": torch.randn(5, 1, 16, 16), "visual": torch.randn(5, 3, 2, 16, 16)})
+    assert z.shape == (5, 3) and z_uni["visual"].shape == (5, 3)
+    torch.testing.assert_close(z_uni["audio"] + z_uni["visual"], z)
+
+
+# --- MSES ----------------------------------------------------------------------------------------------------------
+
+def test_mses_smoothing_and_stopping_rule():
+    assert smoothed_loss(None, 1.0, 0.6) == 1.0
+    assert smoothed_loss(1.0, 0.8, 0.6) == pytest.approx(0.92)
+    assert not should_stop(82, 2, 80) and should_stop(83, 2, 80)
+
+
+def test_mses_stops_a_modality_on_a_crafted_history_and_reloads_its_best_epoch(tiny_bundle):
+    ms = build("mses", tiny_bundle, patience=2)
+    audio = [1.0, 0.8, 0.9, 0.7, 1.2, 1.3, 1.4]  # smoothed: 1.0, .92, .84, .82, .90, 1.24, 1.34 -> best epoch 3
+    visual = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4]
+    history = iter(zip(audio, visual))
+    ms.modality_losses = lambda loaders: list(next(history))
+    saved = None
+    for epoch in range(7):
+        if epoch:
+            with torch.no_grad():
+                next(ms.model.parameters()).add_(1.0)  # stands in for an epoch of training
+        diag = ms.on_epoch_end(epoch, None)
+        if epoch == 3:
+            saved = params_of(ms.model)
+        if epoch < 6:
+            assert not ms.stopped.any(), epoch
+    assert ms.best_epoch.tolist() == [3, 6] and ms.stopped.tolist() == [True, False]
+    assert diag["active_modalities"] == 1.0 and set(ms.snapshots) == {6}
+    assert same(saved, params_of(ms.model)), "the full model (both modalities) is rewound to epoch 3"
+    seen = {}
+    ms.optimizer.step = lambda: seen.update({n: p.grad.clone() for n, p in ms.model.named_parameters()
+                                             if p.grad is not None})
+    ms.update(first_batch(tiny_bundle), step())
+    assert all(g.abs().sum() == 0 for n, g in seen.items() if ".audio" in n)
+    assert any(g.abs().sum() > 0 for n, g in seen.items() if ".visual" in n)
+
+
+def test_mses_with_both_stopped_takes_no_steps_and_snapshots_survive_checkpoints(tiny_bundle):
+    ms = build("mses", tiny_bundle, patience=1)
+    ms.modality_losses = lambda loaders: [1.0, 1.0]
+    ms.on_epoch_end(0, None)
+    clone = build("mses", tiny_bundle, patience=1)
+    clone.load_checkpoint_state(ms.checkpoint_state())
+    assert set(clone.snapshots) == {0} and same(clone.snapshots[0]["model"], ms.snapshots[0]["model"])
+    for epoch in (1, 2):
+        ms.on_epoch_end(epoch, None)
+    assert ms.stopped.all()
+    before = params_of(ms.model)
+    assert ms.update(first_batch(tiny_bundle), step()) == {}
+    assert same(before, params_of(ms.model))
