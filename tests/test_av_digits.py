@@ -1,0 +1,297 @@
+"""AV-Digits generator (data spec §6): CREMA-D byte layout, speaker/image disjointness, markers, determinism."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import multiprocessing
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from baselines.hparams import HParamError
+from datasets import av_digits, espeak
+
+av = pytest.importorskip("av")
+soundfile = pytest.importorskip("soundfile")
+pytest.importorskip("espeakng_loader")
+pytest.importorskip("sklearn")
+
+SPLITS = Path(__file__).resolve().parents[2] / "shared" / "splits" / "cremad"
+ID_RE = re.compile(r"^(\d{4})_([0-9A-Z]{3})_([A-Z]{3})_XX$")
+OGM_MAP = {"NEU": 0, "HAP": 1, "SAD": 2, "FEA": 3, "DIS": 4, "ANG": 5}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return av_digits.generate(tmp_path_factory.mktemp("avd"), preset="tiny", seed=0)
+
+
+def _meta(root: Path) -> list[dict[str, str]]:
+    with open(root / "meta.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _rows(path: Path, newline: str) -> list[list[str]]:
+    text = path.read_bytes().decode("utf-8")
+    assert text.endswith(newline)
+    return [line.split(",") for line in text[:-len(newline)].split(newline)]
+
+
+# --- file layout and formats ------------------------------------------------------------------------------------------
+
+def test_layout_and_wav_format(tiny):
+    meta = _meta(tiny)
+    assert len(meta) == 48 + 24
+    for row in meta:
+        info = soundfile.info(tiny / "AudioWAV" / f"{row['id']}.wav")
+        assert (info.samplerate, info.channels, info.subtype, info.format) == (16000, 1, "PCM_16", "WAV")
+        assert abs(info.frames / 16000 - float(row["duration_s"])) < 1e-3
+        assert 1.3 - 1 / 60 <= float(row["duration_s"]) <= 3.0  # every clip >= 1 s (§5.12)
+        onset, utterance = float(row["onset_s"]), float(row["utterance_s"])
+        assert onset >= 0 and onset + utterance <= float(row["duration_s"]) + 1e-4
+    samples, _ = soundfile.read(tiny / "AudioWAV" / f"{meta[0]['id']}.wav", dtype="int16")
+    start = round(float(meta[0]["onset_s"]) * 16000)
+    speech = np.abs(samples[start:start + round(float(meta[0]["utterance_s"]) * 16000)].astype(int))
+    assert speech.max() > 1000 and np.abs(samples[:start].astype(int)).max() == 0  # clean preset: silence around
+
+
+def test_flv_is_flv1_160x120_with_one_frame_per_30th_second(tiny):
+    for row in _meta(tiny)[:6]:
+        with av.open(str(tiny / "VideoFlash" / f"{row['id']}.flv")) as container:
+            assert container.format.name == "flv"
+            video, audio = container.streams.video[0], container.streams.audio[0]
+            assert video.codec_context.codec.canonical_name == "flv1"
+            assert (video.codec_context.width, video.codec_context.height) == (160, 120)
+            assert video.codec_context.pix_fmt == "yuv420p" and video.average_rate == 30
+            assert audio.codec_context.codec.canonical_name == "mp3" and audio.sample_rate == 22050
+            frames = list(container.decode(video=0))
+        assert len(frames) == round(float(row["duration_s"]) * 30)
+        assert frames[0].time == 0.0  # the MP3 priming delay must not shift the video
+
+
+def test_split_file_bytes_match_ogm_ge_and_diagnosing_conventions(tiny):
+    ann = tiny / "annotations"
+    for name in ("train.csv", "test.csv"):
+        data = (ann / name).read_bytes()
+        assert not data.startswith(b"\xef\xbb\xbf") and data.endswith(b"\r\n")
+        assert data.count(b"\n") == data.count(b"\r\n")  # CRLF only
+        rows = _rows(ann / name, "\r\n")
+        assert all(ID_RE.match(r[0]) and r[1] == r[0].split("_")[2] for r in rows)  # no header row
+    stat = (ann / "stat.csv").read_bytes()
+    assert stat == "\ufeffNEU\r\nHAP\r\nSAD\r\nFEA\r\nDIS\r\nANG\r\n".encode()
+    if (SPLITS / "stat.csv").exists():
+        assert stat == (SPLITS / "stat.csv").read_bytes()
+    for name in ("my_train.csv", "val.csv"):
+        data = (ann / name).read_bytes()
+        assert b"\r" not in data and not data.startswith(b"\xef\xbb\xbf") and data.endswith(b"\n")
+        assert all(ID_RE.match(r[0]) for r in _rows(ann / name, "\n"))
+    table = (tiny / "processedResults" / "summaryTable.csv").read_bytes()
+    assert b"\r" not in table
+    header, *rows = table.decode().splitlines()
+    assert header == av_digits.SUMMARY_HEADER
+    if (SPLITS / "summaryTable.csv").exists():
+        assert header == (SPLITS / "summaryTable.csv").read_text().splitlines()[0]
+    parsed = list(csv.reader(io.StringIO("\n".join(rows))))
+    assert [r[1] for r in parsed] == sorted(r["id"] for r in _meta(tiny))
+    assert all(r[0] == str(i + 1) and r[2:] == [""] * 6 for i, r in enumerate(parsed))
+
+
+# --- disjointness, ids, labels ----------------------------------------------------------------------------------------
+
+def test_speakers_and_voices_are_disjoint_across_splits(tiny):
+    ann = tiny / "annotations"
+    ids = {name: [r[0] for r in _rows(ann / f"{name}.csv", "\r\n" if name in ("train", "test") else "\n")]
+           for name in ("train", "test", "my_train", "val")}
+    speaker = {name: {i[:4] for i in rows} for name, rows in ids.items()}
+    assert speaker["train"].isdisjoint(speaker["test"]) and speaker["my_train"].isdisjoint(speaker["val"])
+    assert sorted(ids["my_train"] + ids["val"]) == sorted(ids["train"])  # an exact partition
+    assert len(set(ids["train"])) == len(ids["train"]) == 48 and len(ids["test"]) == 24
+    with open(tiny / "speakers.csv", newline="") as f:
+        speakers = list(csv.DictReader(f))
+    pairs = {s: {(r["voice"], r["variant"]) for r in speakers if r["split"] == s} for s in ("train", "test")}
+    assert pairs["train"].isdisjoint(pairs["test"])
+    assert {r["speaker"] for r in speakers if r["clean_split"] == "val"} == speaker["val"]
+
+
+def test_image_pools_are_disjoint(tiny):
+    meta = _meta(tiny)
+    pools = {s: {int(r["image_index"]) for r in meta if r["split"] == s} for s in ("train", "test")}
+    assert pools["train"].isdisjoint(pools["test"])
+    from sklearn.datasets import load_digits
+    target = load_digits().target
+    assert all(target[int(r["image_index"])] == int(r["digit"]) for r in meta)
+    counts = json.loads((tiny / "manifest.json").read_text())["image_pools"]
+    assert counts == {"train_images": 1797 - 359, "test_images": 359}  # round(0.2 * n) per digit
+
+
+def test_ids_follow_cremad_grammar_and_label_equals_digit(tiny):
+    meta = _meta(tiny)
+    keys = set()
+    for row in meta:
+        match = ID_RE.match(row["id"])
+        assert match, row["id"]
+        speaker, take, code = match.groups()
+        assert int(speaker) >= 2001 and speaker == row["speaker"] and code == row["code"]
+        assert OGM_MAP[code] == int(row["digit"])  # OGM-GE's hard-coded map gives label == digit
+        keys.add((speaker, take, code))
+    assert len(keys) == len(meta)
+
+
+# --- markers ----------------------------------------------------------------------------------------------------------
+
+def test_marker_grey_level_encodes_the_second(tiny):
+    seen = set()
+    for row in _meta(tiny)[:8]:
+        with av.open(str(tiny / "VideoFlash" / f"{row['id']}.flv")) as container:
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        for start in range(0, len(frames), 30):
+            k = start // 30
+            for index in (start, min(start + 29, len(frames) - 1)):
+                block = frames[index][:6, :6].astype(int)
+                assert np.abs(block - 40 * (k + 1)).max() <= 10, (row["id"], index)
+            seen.add(k)
+    assert seen == {0, 1, 2}
+
+
+def test_second_frames_place_marker_and_move_digit():
+    image = np.zeros((8, 8))
+    image[0, 0] = 16.0
+    frames = av_digits._second_frames(image, 61, offset_x=20, offset_y=3, motion=(4, 2))
+    assert frames.shape == (3, 120, 160)
+    assert [int(f[0, 0]) for f in frames] == [40, 80, 120]
+    for k, frame in enumerate(frames):
+        ys, xs = np.nonzero(frame == 255)
+        assert (ys.min(), xs.min(), ys.max(), xs.max()) == (3 + 2 * k, 20 + 4 * k, 3 + 2 * k + 11, 20 + 4 * k + 11)
+        assert (frame[6:, :] == 128).sum() > 0 and int(frame[3 + 2 * k + 12, 20 + 4 * k]) == 0  # black tile body
+
+
+# --- audio rendering and plan on crafted inputs -----------------------------------------------------------------------
+
+def test_render_audio_applies_gain_onset_and_snr():
+    utterance = np.full(1000, 0.5)
+    pcm, onset = av_digits._render_audio(utterance, 4000, onset_u=1.0, gain_db=-6.0, snr_db=None, noise_seed=0)
+    assert onset == 3000 and not pcm[:3000].any()
+    assert abs(pcm[3000] / 32767 - 0.5 * 10 ** (-6 / 20)) < 1e-4
+    pcm, onset = av_digits._render_audio(utterance, 200_000, onset_u=0.0, gain_db=0.0, snr_db=10.0, noise_seed=1)
+    noise_power = np.mean((pcm[1000:] / 32767.0) ** 2)
+    assert onset == 0 and abs(10 * np.log10(0.25 / noise_power) - 10.0) < 0.1
+
+
+def test_class_counts_and_cumcount():
+    v = av_digits.resolve_params(preset="cremad")
+    assert av_digits._class_counts(v, "train").tolist() == [973, 1148, 1131, 1138, 1142, 1166]
+    assert av_digits._class_counts(v, "test").tolist() == [114, 123, 140, 133, 129, 105]
+    scaled = av_digits._class_counts(av_digits.resolve_params(preset="cremad", train_clips=1000), "train")
+    assert scaled.sum() == 1000 and scaled.argmin() == 0  # NEU is the rarest class, as in CREMA-D
+    assert av_digits._class_counts(av_digits.resolve_params(train_clips=50), "train").tolist() == [9, 9, 8, 8, 8, 8]
+    assert av_digits._cumcount(np.array([3, 1, 3, 3, 1])).tolist() == [0, 0, 1, 2, 1]
+
+
+def test_presets_then_explicit_knobs():
+    v = av_digits.resolve_params(preset="small", dominance="visual-dominant", classes=6, audio_snr_db=3)
+    assert (v["train_speakers"], v["train_clips"], v["classes"]) == (160, 1600, 6)
+    assert (v["image_noise_sigma"], v["audio_snr_db"]) == (0.0, 3.0)
+    assert av_digits.resolve_params()["audio_snr_db"] is None and av_digits.resolve_params()["image_noise_sigma"] == 8
+    with pytest.raises(HParamError, match="colour"):
+        av_digits.resolve_params(colour=1)
+    with pytest.raises(HParamError, match="class_balance"):
+        av_digits.resolve_params(classes=10, class_balance="cremad")
+    with pytest.raises(HParamError, match="train_clips"):
+        av_digits.resolve_params(train_clips=4)
+
+
+# --- determinism and failures -----------------------------------------------------------------------------------------
+
+def test_same_seed_gives_identical_files_whatever_the_worker_count(tiny, tmp_path):
+    again = av_digits.generate(tmp_path, preset="tiny", seed=0, workers=1)
+    first = json.loads((tiny / "manifest.json").read_text())
+    second = json.loads((again / "manifest.json").read_text())
+    assert first["files"] == second["files"] and len(first["files"]) == 2 * 72 + 8
+    assert first["params"] == second["params"] and first["params"]["seed"] == 0
+
+
+def test_invalid_voice_or_variant_fails_cleanly(tmp_path):
+    with pytest.raises(espeak.UnknownVoiceError, match="'en-gb'"):
+        av_digits.generate(tmp_path, preset="tiny", voices=["en-gb", "en"])
+    with pytest.raises(espeak.UnknownVoiceError, match="'nosuchvariant'"):
+        av_digits.generate(tmp_path, preset="tiny", variants=["f1", "nosuchvariant"])
+    assert not list(tmp_path.iterdir())
+
+
+def test_missing_espeak_names_the_demo_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "espeakng_loader", None)
+    with pytest.raises(ImportError, match=r"\[demo\]"):
+        av_digits.generate(tmp_path, preset="tiny")
+
+
+def test_cli_rejects_a_bad_knob_before_generating(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        av_digits.main(["--out", str(tmp_path), "--classes", "7"])
+    assert exit_info.value.code == 2 and "classes" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def _load_twice() -> str:
+    espeak.Espeak()
+    try:
+        espeak.Espeak()
+    except espeak.EspeakError as err:
+        return str(err)
+    return "no error"
+
+
+def test_espeak_refuses_a_second_instance_in_one_process():
+    # In a child process: loading eSpeak here would taint this test process for later generate() calls.
+    with multiprocessing.get_context("fork").Pool(1, maxtasksperchild=1) as pool:
+        message = pool.apply(_load_twice)
+    assert "already loaded by this process" in message
+
+
+# --- dominance --------------------------------------------------------------------------------------------------------
+
+def _probe_features(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    import librosa
+
+    meta = _meta(root)
+    audio, image = [], []
+    for row in meta:
+        samples, rate = soundfile.read(root / "AudioWAV" / f"{row['id']}.wav", dtype="float32")
+        logmel = np.log(librosa.feature.melspectrogram(y=samples, sr=rate, n_fft=512, hop_length=160, n_mels=40)
+                        + 1e-6)
+        energy = logmel.max(axis=0)
+        voiced = np.flatnonzero(energy > energy.max() - 6)
+        segments = np.array_split(logmel[:, voiced[0]:voiced[-1] + 1], 3, axis=1)
+        audio.append(np.concatenate([s.mean(axis=1) for s in segments] + [logmel[:, voiced].std(axis=1)]))
+        with av.open(str(root / "VideoFlash" / f"{row['id']}.flv")) as container:
+            frame = next(container.decode(video=0)).to_ndarray(format="gray").astype(np.float64)
+        x, y = int(row["offset_x"]), int(row["offset_y"])
+        image.append(frame[y:y + 96, x:x + 96].reshape(8, 12, 8, 12).mean(axis=(1, 3)).ravel())
+    labels = np.array([int(r["digit"]) for r in meta])
+    test = np.array([r["split"] == "test" for r in meta])
+    return np.array(audio), np.array(image), labels, test
+
+
+def _probe_accuracy(x: np.ndarray, y: np.ndarray, test: np.ndarray) -> float:
+    from sklearn.linear_model import RidgeClassifierCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(StandardScaler(), RidgeClassifierCV(alphas=np.logspace(-2, 3, 11)))
+    model.fit(x[~test], y[~test])
+    return float((model.predict(x[test]) == y[test]).mean())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dominance, stronger", [("audio-dominant", "audio"), ("visual-dominant", "image")])
+def test_dominance_presets_order_linear_probes(tmp_path, dominance, stronger):
+    root = av_digits.generate(tmp_path, preset="small", dominance=dominance, train_speakers=60, test_speakers=20,
+                              train_clips=600, test_clips=200, mp3_track=False)
+    audio, image, labels, test = _probe_features(root)
+    accuracy = {"audio": _probe_accuracy(audio, labels, test), "image": _probe_accuracy(image, labels, test)}
+    weaker = "image" if stronger == "audio" else "audio"
+    assert accuracy[stronger] - accuracy[weaker] >= 0.20, accuracy
