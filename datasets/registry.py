@@ -14,6 +14,10 @@ from datasets.base import DataBundle
 
 DATASET_MODULES = (
     "datasets.synthetic",
+    "datasets.cremad",
+    "datasets.kinetics_sounds",
+    "datasets.ave",
+    "datasets.vggsound",
 )
 
 

@@ -1,0 +1,227 @@
+"""Serving a prepared cache: every sample once in evaluation, no media touched, deterministic per-batch randomness,
+frame rules, RandomResizedCrop parameterisation, agreement with the per-sample media loader, the data benchmark."""
+
+from __future__ import annotations
+
+import builtins
+import math
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from baselines.hparams import resolve
+from benchmarks.bench_data import benchmark_data
+from datasets.augment import (IMAGENET_MEAN, IMAGENET_STD, AVAugment, crop_boxes, frame_offsets, resize,
+                              resized_crop)
+from datasets.cache import open_cache
+from datasets.cremad import CremaD
+from datasets.media_loader import MediaDataset, items_from_cache
+from datasets.prepare import PrepareOptions, prepare
+from tests.media_fixtures import make_cremad, second_level
+
+SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def cache_path(tmp_path_factory):
+    tree = make_cremad(tmp_path_factory.mktemp("cremad") / "raw", seconds=(1.3, 2.5, 3.2, 4.1))
+    opts = PrepareOptions(recipe="ogm", splits_dir=tree.splits_dir, frame_size=(24, 32), shard_size=8)
+    return prepare(CremaD, tree.root, tmp_path_factory.mktemp("cache"), opts, log=lambda s: None)
+
+
+def bundle(cache_path, **data):
+    hp = resolve("data", CremaD.HPARAMS, "cremad", {"cache": str(cache_path), "image_size": SIZE, **data})
+    return CremaD.build(hp)
+
+
+def reds(visual: torch.Tensor) -> torch.Tensor:
+    """Mean red level (0-255) of each served frame, undoing the ImageNet normalisation: (B, T)."""
+    red = visual[:, 0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]
+    return red.mean(dim=(-1, -2)) * 255
+
+
+def test_task_and_batch_format(cache_path):
+    data = bundle(cache_path, frames=2)
+    assert data.task.modality("audio").shape == (1, 257, 188)
+    assert data.task.modality("visual").shape == (3, 2, SIZE, SIZE)
+    assert data.task.class_names == ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")
+    batch = next(iter(data.loader("train", batch_size=4, train=True, seed=0)))
+    assert set(batch) == {"audio", "visual", "label", "index"}
+    assert batch["audio"].dtype == batch["visual"].dtype == torch.float32 and batch["label"].dtype == torch.int64
+    assert batch["visual"].shape == (4, 3, 2, SIZE, SIZE) and batch["audio"].shape == (4, 1, 257, 188)
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 7, 1000])
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_evaluation_visits_every_sample_exactly_once(cache_path, split, batch_size):
+    data = bundle(cache_path)
+    seen = torch.cat([b["index"] for b in data.loader(split, batch_size=batch_size, train=False, seed=0)])
+    assert sorted(seen.tolist()) == sorted(data.splits[split].tolist())
+
+
+def test_clean_and_full_training_splits(cache_path):
+    clean, full = bundle(cache_path), bundle(cache_path, train_split="full")
+    assert (len(clean.splits["train"]), len(clean.splits["val"]), len(clean.splits["test"])) == (6, 6, 6)
+    assert len(full.splits["train"]) == 12 and "val" not in full.splits, "val.csv is part of the full train list"
+    assert not set(clean.splits["train"].tolist()) & set(clean.splits["val"].tolist())
+
+
+def test_an_epoch_touches_no_media_file(cache_path, monkeypatch):
+    import av
+    import soundfile
+    from PIL import Image
+
+    data = bundle(cache_path, frames=2)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError(f"media access during an epoch: {args[:1]}")
+
+    for target, name in ((builtins, "open"), (os, "listdir"), (os, "scandir"), (av, "open"), (soundfile, "read"),
+                         (Image, "open")):
+        monkeypatch.setattr(target, name, forbidden)
+    n = sum(len(b["label"]) for b in data.loader("train", batch_size=4, train=True, seed=0))
+    n += sum(len(b["label"]) for b in data.loader("test", batch_size=4, train=False, seed=0))
+    assert n == 12
+
+
+def test_randomness_is_per_epoch_and_evaluation_is_deterministic(cache_path):
+    data = bundle(cache_path, frames=2)
+    states = (random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state())
+
+    def epoch(train: bool, number: int) -> list[torch.Tensor]:
+        loader = data.loader("train", batch_size=3, train=train, seed=5)
+        loader.set_epoch(number)
+        return [b["visual"] for b in loader]
+
+    assert all(torch.equal(a, b) for a, b in zip(epoch(True, 0), epoch(True, 0)))
+    assert not all(torch.equal(a, b) for a, b in zip(epoch(True, 0), epoch(True, 1)))
+    assert all(torch.equal(a, b) for a, b in zip(epoch(False, 0), epoch(False, 7)))
+    assert states[0] == random.getstate() and np.array_equal(states[1], np.random.get_state()[1])
+    assert torch.equal(states[2], torch.get_rng_state()), "loading never touches the global generators"
+
+
+def test_evaluation_takes_the_middle_frame_of_each_segment(cache_path):
+    data = bundle(cache_path, frames=1)
+    cache = open_cache(cache_path)
+    for batch in data.loader("test", batch_size=8, train=False, seed=0):
+        counts = cache.index["frame_count"][batch["index"].numpy()]
+        expected = [second_level(n // 2) for n in counts]
+        np.testing.assert_allclose(reds(batch["visual"])[:, 0], expected, atol=5)
+    first = bundle(cache_path, frames=2, frame_rule="first_k")
+    batch = next(iter(first.loader("test", batch_size=8, train=False, seed=0)))
+    np.testing.assert_allclose(reds(batch["visual"]), [[second_level(0), second_level(1)]] * len(batch["label"]),
+                               atol=5)
+
+
+def test_frame_offsets_rules():
+    counts = torch.tensor([1, 2, 3, 4, 5, 10])
+    middle = frame_offsets(counts, 3, "segments", False, None)
+    assert middle.tolist() == [[0, 0, 0], [0, 1, 1], [0, 1, 2], [0, 2, 3], [0, 2, 4], [1, 5, 8]]
+    g = torch.Generator().manual_seed(0)
+    drawn = torch.stack([frame_offsets(counts, 3, "segments", True, g) for _ in range(200)])
+    for i, n in enumerate(counts.tolist()):
+        for t in range(3):
+            lo, hi = math.floor(t * n / 3), max(math.ceil((t + 1) * n / 3) - 1, math.floor(t * n / 3))
+            values = set(drawn[:, i, t].tolist())
+            assert min(values) >= lo and max(values) <= hi, (n, t, values)
+            assert values == set(range(lo, hi + 1)) or n < 3
+    assert frame_offsets(counts, 2, "first_k", True, g).tolist() == [[0, 0], [0, 1], [0, 1], [0, 1], [0, 1], [0, 1]]
+
+
+def test_crop_boxes_follow_torchvisions_parameterisation():
+    from torchvision.transforms import RandomResizedCrop
+
+    h, w, n = 48, 64, 4000
+    boxes = crop_boxes(n, h, w, torch.Generator().manual_seed(1))
+    top, left, bh, bw = boxes.T
+    assert (top >= 0).all() and (left >= 0).all() and (top + bh <= h).all() and (left + bw <= w).all()
+    frac, ratio = (bh * bw).double() / (h * w), bw.double() / bh
+    assert frac.min() > 0.06 and frac.max() <= 1.0 and ratio.min() > 0.6 and ratio.max() < 1.6
+    torch.manual_seed(1)
+    ref = torch.tensor([RandomResizedCrop.get_params(torch.empty(3, h, w), [0.08, 1.0], [3 / 4, 4 / 3])
+                        for _ in range(n)])
+    ref_frac = (ref[:, 2] * ref[:, 3]).double() / (h * w)
+    assert abs(frac.mean() - ref_frac.mean()) < 0.02 and abs(frac.std() - ref_frac.std()) < 0.02
+    assert abs(ratio.log().mean() - (ref[:, 3].double() / ref[:, 2]).log().mean()) < 0.02
+
+
+def test_crop_falls_back_to_the_centre_when_no_attempt_fits():
+    boxes = crop_boxes(50, 4, 100, torch.Generator().manual_seed(0))
+    assert (boxes == torch.tensor([0, (100 - 5) // 2, 4, 5])).all(), "ratio clamped to 4/3: 4 x round(5.33)"
+
+
+def test_resized_crop_matches_torchvision_resampling():
+    from torchvision.transforms import functional as TF
+
+    g = torch.Generator().manual_seed(0)
+    smooth = torch.nn.functional.interpolate(torch.rand((2, 3, 6, 8), generator=g) * 255, size=(48, 64),
+                                             mode="bicubic", align_corners=False)
+    boxes = torch.tensor([[5, 7, 40, 50], [0, 0, 48, 64]])
+    out = resized_crop(smooth, boxes, 16)
+    for i, (top, left, h, w) in enumerate(boxes.tolist()):
+        ref = TF.resized_crop(smooth[i], top, left, h, w, [16, 16], antialias=True)
+        torch.testing.assert_close(out[i], ref, atol=2e-3, rtol=1e-4)
+    upscaled = resized_crop(smooth, torch.tensor([[3, 4, 10, 12]] * 2), 32)
+    torch.testing.assert_close(upscaled, TF.resized_crop(smooth, 3, 4, 10, 12, [32, 32], antialias=True),
+                               atol=2e-3, rtol=1e-4)
+    identity = resized_crop(smooth[:, :, :16, :16].contiguous(), torch.tensor([[0, 0, 16, 16]] * 2), 16)
+    torch.testing.assert_close(identity, smooth[:, :, :16, :16])
+    torch.testing.assert_close(resize(smooth, 16), TF.resize(smooth, [16, 16], antialias=True))
+
+
+def test_audio_time_crop():
+    frames = np.zeros((4, 2, 2, 3), dtype=np.uint8)
+    audio = torch.arange(10, dtype=torch.float16).repeat(4, 1, 3, 1)
+    aug = AVAugment(frames, num_frames=1, image_size=2, audio_frames=4)
+    batch = {"audio": audio, "_frame_start": torch.arange(4), "_frame_count": torch.ones(4, dtype=torch.int64),
+             "label": torch.zeros(4, dtype=torch.int64)}
+    test = aug(dict(batch), torch.Generator().manual_seed(0), False)["audio"]
+    assert test.shape == (4, 1, 3, 4) and (test[:, 0, 0] == torch.arange(4.0)).all()
+    train = aug(dict(batch), torch.Generator().manual_seed(0), True)["audio"]
+    starts = train[:, 0, 0, 0]
+    assert ((train[:, 0, 0] - starts[:, None]) == torch.arange(4.0)).all() and starts.max() <= 6
+    assert len(set(aug(dict(batch), torch.Generator().manual_seed(s), True)["audio"][0, 0, 0, 0].item()
+                   for s in range(30))) > 3
+
+
+def test_cache_agrees_with_the_per_sample_media_loader(cache_path):
+    cache = open_cache(cache_path)
+    data = bundle(cache_path, frames=2)
+    rows = data.splits["test"]
+    media = MediaDataset(items_from_cache(cache, rows), cache.audio_recipe, num_frames=2, image_size=SIZE,
+                         train=False)
+    batch = next(iter(data.loader("test", batch_size=len(rows), train=False, seed=0)))
+    by_row = {int(r): i for i, r in enumerate(batch["index"])}
+    for item in (media[i] for i in range(len(media))):
+        i = by_row[int(item["index"])]
+        torch.testing.assert_close(batch["audio"][i], item["audio"], atol=1e-2, rtol=1e-3)
+        # Source 48x64 -> stored 24x32 -> 16x16 vs source -> 16x16 directly: uniform frames agree closely.
+        torch.testing.assert_close(batch["visual"][i], item["visual"], atol=0.08, rtol=0)
+        assert int(item["label"]) == int(batch["label"][i])
+    train_item = MediaDataset(items_from_cache(cache, rows[:1]), cache.audio_recipe, num_frames=2, image_size=SIZE,
+                              train=True)[0]
+    assert train_item["visual"].shape == (3, 2, SIZE, SIZE)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_batches_are_the_same_on_cpu_and_gpu(cache_path):
+    data = bundle(cache_path, frames=2)
+    for train in (True, False):
+        cpu = next(iter(data.loader("train", batch_size=6, train=train, seed=1)))
+        gpu = next(iter(data.loader("train", batch_size=6, train=train, seed=1, device="cuda")))
+        assert gpu["visual"].is_cuda and set(gpu) == set(cpu)
+        for key in cpu:
+            torch.testing.assert_close(gpu[key].cpu(), cpu[key], atol=1e-3, rtol=1e-4)
+
+
+def test_benchmark_data_reports_both_loaders(cache_path):
+    threads = torch.get_num_threads()
+    result = benchmark_data(cache_path, batch_size=3, batches=1, warmup=0, image_size=SIZE, frames=1)
+    assert result["cache_samples_per_s"] > 0 and result["media_samples_per_s"] > 0
+    assert result["timed_samples"] == {"cache": 3, "media": 3} and result["threads"] == 1
+    assert result["dataset"] == "cremad" and result["visual_source"] == "video"
+    assert torch.get_num_threads() == threads

@@ -1,0 +1,383 @@
+"""``augbench prepare`` on tiny generated trees in the real layouts: counts, label maps, cached features vs on-the-fly
+ones, frame markers, idempotence and resume, every bad-input case, and the other datasets' layouts."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import datasets.prepare as prep
+from baselines.hparams import resolve
+from benchmarks.cli import main
+from datasets.ave import AVE
+from datasets.base import stratified_holdout
+from datasets.cache import CacheError, open_cache
+from datasets.cremad import CremaD
+from datasets.kinetics_sounds import KineticsSounds
+from datasets.prepare import PrepareError, PrepareOptions, prepare
+from datasets.recipes.audio import MissingExtraError, features_from_file
+from datasets.vggsound import VGGSound
+from tests.media_fixtures import (EMOTIONS, make_ave, make_cremad, make_kinetics_sounds, make_vggsound,
+                                  second_level, write_lfs_pointer, write_lines, write_video)
+
+FRAME = (24, 32)
+
+
+def options(tree, **kw) -> PrepareOptions:
+    base = {"recipe": "ogm", "splits_dir": tree.splits_dir, "frame_size": FRAME, "shard_size": 4}
+    return PrepareOptions(**{**base, **kw})
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    return make_cremad(tmp_path_factory.mktemp("cremad") / "raw")
+
+
+@pytest.fixture(scope="module")
+def built(pristine, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cache")
+    return prepare(CremaD, pristine.root, root, options(pristine), log=quiet)
+
+
+@pytest.fixture
+def tree(pristine, tmp_path):
+    """A private copy of the pristine CREMA-D tree, free to break."""
+    copy = tmp_path / "raw"
+    shutil.copytree(pristine.root, copy)
+    clone = type(pristine)(copy, copy / "annotations", dict(pristine.clips), dict(pristine.codes),
+                           dict(pristine.frames))
+    return clone
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_cremad_counts_label_map_splits_and_manifest(built, pristine):
+    cache = open_cache(built)
+    m = cache.manifest
+    assert (built / "DONE").is_file() and built.name.startswith("ogm-")
+    assert m["counts"]["rows_read"] == 18 and m["counts"]["total"] == 18 and m["dropped"]["total"] == 0
+    assert {s: v["n"] for s, v in m["counts"]["splits"].items()} == {"train": 12, "test": 6, "val": 6,
+                                                                     "train_noval": 6}
+    assert m["classes"] == ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"] and m["label_order"] == "ogm"
+    assert list(cache.index["id"][cache.splits["train"]]) == pristine.ids("train")
+    assert list(cache.index["id"][cache.splits["test"]]) == pristine.ids("test")
+    assert (built / "splits" / "val.txt").read_text().split() == pristine.ids("val")
+    assert [EMOTIONS[x] for x in cache.labels] == [i.split("_")[2] for i in cache.index["id"]]
+    assert m["audio"]["pad_mode"] == "constant" and m["audio"]["res_type"] == "soxr_hq"
+    assert m["audio_shape"] == [257, 188] and cache.audio.shape == (18, 257, 188) and cache.audio.dtype == np.float16
+    assert {"numpy", "librosa", "av", "torch", "scipy"} <= set(m["versions"]) and m["versions"]["librosa"]
+    # The fixture's stat.csv is byte-identical to OGM-GE's (BOM + CRLF), so it verifies against the pin.
+    assert {n: f["status"] for n, f in m["split_files"].items()} == {
+        **dict.fromkeys(["my_train.csv", "test.csv", "train.csv", "val.csv"], "custom"), "stat.csv": "pinned"}
+    assert "Diagnosing" in m["val_source"] and m["visual"]["source"] == "video"
+    assert m["visual"]["frame_size"] == list(FRAME) and m["deviations"]
+    assert sorted(p.name for p in (built / "split_files").iterdir()) == sorted(m["split_files"])
+    assert read_csv(built / "dropped.csv") == []
+    assert not built.with_name(built.name + ".partial").exists()
+
+
+def test_cached_audio_equals_on_the_fly_features(built, pristine):
+    cache = open_cache(built)
+    recipe = cache.audio_recipe
+    for row in range(len(cache)):
+        reference, duration, _ = features_from_file(recipe, pristine.root / cache.index["audio_path"][row])
+        np.testing.assert_allclose(cache.audio[row].astype(np.float32), reference, atol=1e-2, rtol=1e-3)
+        assert cache.index["duration_s"][row] == pytest.approx(duration, abs=1e-5)
+
+
+def test_cached_frames_are_the_first_frame_of_each_second(built, pristine):
+    cache = open_cache(built)
+    assert cache.frames.shape[1:] == (*FRAME, 3)
+    for row, clip_id in enumerate(cache.index["id"]):
+        start, count = cache.index["frame_start"][row], cache.index["frame_count"][row]
+        assert count == pristine.frames[clip_id]
+        clip = cache.frames[start:start + count].astype(float)
+        np.testing.assert_allclose(clip[..., 0].mean(axis=(1, 2)), [second_level(k) for k in range(count)], atol=5)
+        np.testing.assert_allclose(clip[..., 1].mean(), pristine.codes[clip_id], atol=5)
+
+
+def test_second_prepare_is_a_no_op_and_force_rebuilds_byte_identical(built, pristine, monkeypatch):
+    before = {name: (built / name).read_bytes() for name in ("audio.npy", "frames.npy", "index.csv", "labels.npy")}
+
+    def no_work(job):
+        raise AssertionError("a finished cache must not be rebuilt")
+
+    monkeypatch.setattr(prep, "run_shard", no_work)
+    assert prepare(CremaD, pristine.root, built.parent.parent, options(pristine), log=quiet) == built
+    monkeypatch.undo()
+    assert prepare(CremaD, pristine.root, built.parent.parent, options(pristine, force=True), log=quiet) == built
+    assert {name: (built / name).read_bytes() for name in before} == before
+
+
+def test_changed_media_are_not_silently_reused(built, tree):
+    wav = tree.root / "AudioWAV" / f"{first(tree)}.wav"
+    wav.write_bytes(wav.read_bytes()[:-2000])
+    # Same path and name, different content: the (size, mtime) fingerprint of the media catches it.
+    with pytest.raises(PrepareError, match="different raw media.*--force"):
+        prepare(CremaD, tree.root, built.parent.parent, options(tree), log=quiet)
+
+
+def test_interrupted_prepare_resumes_where_it_stopped(built, pristine, tmp_path, monkeypatch):
+    calls = []
+
+    def interrupted(recipe, path):
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        calls.append(path)
+        return features_from_file(recipe, path)
+
+    monkeypatch.setattr(prep, "features_from_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(CremaD, pristine.root, tmp_path, options(pristine), log=quiet)
+    (partial,) = (tmp_path / "cremad").glob("ogm-*.partial")
+    assert sorted(p.name for p in (partial / "shards").iterdir() if (p / "DONE").is_file()) == ["00000"]
+    hp = resolve("data", CremaD.HPARAMS, "cremad", {"cache_dir": str(tmp_path), "recipe": "ogm"})
+    with pytest.raises(FileNotFoundError, match="augbench prepare cremad"):
+        CremaD.build(hp)
+
+    calls.clear()
+    monkeypatch.setattr(prep, "features_from_file", lambda recipe, path: calls.append(path) or
+                        features_from_file(recipe, path))
+    real_publish = prep._publish
+
+    def killed_before_rename(partial, final, log):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prep, "_publish", killed_before_rename)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(CremaD, pristine.root, tmp_path, options(pristine), log=quiet)
+    assert len(calls) == 18 - 4, "only the unfinished shards are extracted again"
+    assert (partial / "DONE").is_file() and not partial.with_name(partial.name.removesuffix(".partial")).exists()
+
+    monkeypatch.setattr(prep, "_publish", real_publish)
+    monkeypatch.setattr(prep, "run_shard", lambda job: pytest.fail("a complete build is only renamed"))
+    path = prepare(CremaD, pristine.root, tmp_path, options(pristine), log=quiet)
+    assert path.name == built.name and not partial.exists() and not (path / "shards").exists()
+    for name in ("audio.npy", "frames.npy", "index.csv", "labels.npy"):
+        assert (path / name).read_bytes() == (built / name).read_bytes()
+
+
+@pytest.mark.parametrize("naming", ["ogm", "mmpareto"])
+def test_extracted_frame_folders_in_either_naming(tmp_path, naming):
+    tree = make_cremad(tmp_path / "raw", train_per_class=2, test_per_class=1, visual="frames", naming=naming)
+    path = prepare(CremaD, tree.root, tmp_path / "cache", options(tree), log=quiet)
+    cache = open_cache(path)
+    assert cache.manifest["visual"]["source"] == "frames"
+    for row, clip_id in enumerate(cache.index["id"]):
+        start, count = cache.index["frame_start"][row], cache.index["frame_count"][row]
+        assert count == tree.frames[clip_id]
+        reds = cache.frames[start:start + count, ..., 0].mean(axis=(1, 2))
+        np.testing.assert_allclose(reds, [second_level(k) for k in range(count)], atol=5)
+
+
+def test_corrupt_frame_in_a_folder_is_a_bad_item(tmp_path):
+    tree = make_cremad(tmp_path / "raw", train_per_class=2, test_per_class=1, visual="frames")
+    victim = tree.ids("train")[0]
+    (tree.root / "Image-01-FPS" / victim / "00010.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    with pytest.raises(PrepareError, match=f"train.csv:1 \\({victim}\\).*00010.jpg"):
+        prepare(CremaD, tree.root, tmp_path / "cache", options(tree), log=quiet)
+    cache = open_cache(prepare(CremaD, tree.root, tmp_path / "cache", options(tree, skip_bad=True), log=quiet))
+    assert cache.manifest["dropped"]["by_reason"] == {"corrupt image": 1} and victim not in set(cache.index["id"])
+
+
+# --- bad input ---------------------------------------------------------------------------------------------------
+
+def first(tree, split="train") -> str:
+    """The clip the bad-input cases break: the first train clip (its class keeps another train clip)."""
+    return tree.ids(split)[0]
+
+
+def break_missing(tree):
+    (tree.root / "AudioWAV" / f"{first(tree)}.wav").unlink()
+    return "missing media", f"{first(tree)}.wav", {}
+
+
+def break_corrupt_wav(tree):
+    (tree.root / "AudioWAV" / f"{first(tree)}.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt garbage" * 4)
+    return "corrupt audio", f"{first(tree)}.wav", {}
+
+
+def break_corrupt_flv(tree):
+    (tree.root / "VideoFlash" / f"{first(tree)}.flv").write_bytes(b"FLV\x01\x05" + bytes(range(256)) * 8)
+    return "corrupt video", f"{first(tree)}.flv", {}
+
+
+def break_lfs_pointer(tree):
+    write_lfs_pointer(tree.root / "VideoFlash" / f"{first(tree)}.flv")
+    return "lfs pointer", f"{first(tree)}.flv", {}
+
+
+def break_unknown_label(tree):
+    rows = [f"{i},{'XYZ' if i == first(tree) else e}" for i, e in tree.clips["train"]]
+    write_lines(tree.splits_dir / "train.csv", rows, crlf=True)
+    return "unknown label", "train.csv:1", {}
+
+
+def break_too_few_frames(tree):
+    # 0.2 s at 10 fps: one frame at 1 fps, while every other clip has at least 2.
+    write_video(tree.root / "VideoFlash" / f"{first(tree)}.flv", 0.2, 10, 50, (48, 64))
+    return "too few frames", f"{first(tree)}.flv", {"min_frames": 2}
+
+
+BREAKS = [break_missing, break_corrupt_wav, break_corrupt_flv, break_lfs_pointer, break_unknown_label,
+          break_too_few_frames]
+
+
+@pytest.mark.parametrize("damage", BREAKS, ids=lambda f: f.__name__.removeprefix("break_"))
+def test_bad_input_stops_with_a_clear_error_or_is_skipped_and_recorded(tree, tmp_path, damage, capsys):
+    kind, needle, extra = damage(tree)
+    with pytest.raises(PrepareError) as err:
+        prepare(CremaD, tree.root, tmp_path / "cache", options(tree, **extra), log=quiet)
+    assert needle in str(err.value) and first(tree) in str(err.value) and "--skip-bad" in str(err.value)
+    leftovers = (tmp_path / "cache" / "cremad").glob("ogm-*")
+    assert all(p.name.endswith(".partial") and not (p / "DONE").exists() for p in leftovers), \
+        "an interrupted build never looks like a finished cache"
+
+    path = prepare(CremaD, tree.root, tmp_path / "cache", options(tree, skip_bad=True, **extra), log=print)
+    cache = open_cache(path)
+    dropped = read_csv(path / "dropped.csv")
+    assert [(d["id"], d["split"], d["reason"]) for d in dropped] == [(first(tree), "train", kind)]
+    assert cache.manifest["dropped"] == {"total": 1, "bad": 1, "by_reason": {kind: 1}}
+    assert cache.manifest["counts"]["total"] + len(dropped) == cache.manifest["counts"]["rows_read"] == 18
+    assert first(tree) not in set(cache.index["id"])
+    assert "dropped 1" in capsys.readouterr().out
+
+
+def test_too_few_frames_follows_min_frames(tree, tmp_path):
+    with pytest.raises(PrepareError, match="too few frames|fewer than min_frames 3"):
+        prepare(CremaD, tree.root, tmp_path / "cache", options(tree, min_frames=3), log=quiet)
+
+
+def test_an_empty_class_is_always_an_error(tree, tmp_path):
+    rows = [f"{i},{e}" for i, e in tree.clips["test"] if e != "ANG"]
+    write_lines(tree.splits_dir / "test.csv", rows, crlf=True)
+    with pytest.raises(PrepareError, match=r"\['ANG'\] have no test samples"):
+        prepare(CremaD, tree.root, tmp_path / "cache", options(tree, skip_bad=True), log=quiet)
+
+
+def test_max_drop_fraction(tree, tmp_path):
+    break_missing(tree)
+    with pytest.raises(PrepareError, match="max-drop-fraction"):
+        prepare(CremaD, tree.root, tmp_path / "cache", options(tree, skip_bad=True, max_drop_fraction=0.01),
+                log=quiet)
+
+
+def test_validation_partition_must_be_exact(tree, tmp_path):
+    val = tree.clips["val"]
+    write_lines(tree.splits_dir / "val.csv", [f"{i},{e}" for i, e in val] + ["9999_XXX_NEU_XX,NEU"], crlf=False)
+    with pytest.raises(PrepareError, match="partition train.csv exactly.*9999_XXX_NEU_XX"):
+        prepare(CremaD, tree.root, tmp_path / "cache", options(tree), log=quiet)
+
+
+def test_other_label_orders(tree, tmp_path):
+    path = prepare(CremaD, tree.root, tmp_path / "cache", options(tree, label_order="sorted"), log=quiet)
+    cache = open_cache(path)
+    assert cache.classes == tuple(sorted(EMOTIONS))
+    assert [cache.classes[x] for x in cache.labels] == [i.split("_")[2] for i in cache.index["id"]]
+    write_lines(tree.splits_dir / "stat.csv", ["ZER", "ONE"], crlf=True, bom=True)
+    with pytest.raises(PrepareError, match="--label-order stat"):
+        prepare(CremaD, tree.root, tmp_path / "cache", options(tree), log=quiet)
+
+
+# --- the command line ---------------------------------------------------------------------------------------------
+
+def test_cli_prepare_and_its_errors(tree, tmp_path, capsys):
+    args = ["prepare", "cremad", "--raw", str(tree.root), "--splits", str(tree.splits_dir), "--out",
+            str(tmp_path / "cache"), "--recipe", "ogm", "--frame-size", "24", "32", "--pad-mode", "reflect"]
+    assert main(args) == 0
+    path = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert json.loads((path / "manifest.json").read_text())["audio"]["pad_mode"] == "reflect"
+    break_lfs_pointer(tree)
+    assert main(args + ["--force"]) == 2
+    assert "git lfs pull" in capsys.readouterr().err
+    assert main(["prepare", "cremad", "--raw", str(tmp_path / "nowhere"), "--out", str(tmp_path)]) == 2
+
+
+def test_fbank_without_torchaudio_fails_before_any_work(tree, tmp_path, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torchaudio" else real_find_spec(name, *a))
+    monkeypatch.setattr(prep, "fetch_split_files", lambda *a, **k: pytest.fail("no work before the check"))
+    with pytest.raises(MissingExtraError, match=r"augbench\[audio\]"):
+        prepare(CremaD, tree.root, tmp_path / "cache", options(tree, recipe="fbank"), log=quiet)
+
+
+def test_missing_cache_names_the_prepare_command(tmp_path):
+    hp = resolve("data", CremaD.HPARAMS, "cremad", {"cache_dir": str(tmp_path)})
+    with pytest.raises(FileNotFoundError, match=r"augbench prepare cremad --raw .* --out .* --recipe aug"):
+        CremaD.build(hp)
+
+
+# --- the other datasets ------------------------------------------------------------------------------------------
+
+def test_kinetics_sounds_labels_follow_ks_json_and_val_is_a_recorded_holdout(tmp_path):
+    tree = make_kinetics_sounds(tmp_path / "raw", KineticsSounds.CLASSES)
+    missing = tree.ids("train")[5]
+    shutil.rmtree(tree.root / "Image-01-FPS" / missing)
+    opts = PrepareOptions(splits_dir=tree.splits_dir, frame_size=(12, 16), audio={"seconds": 1.0},
+                          val_fraction=0.5, val_seed=3, skip_bad=True, shard_size=32)
+    cache = open_cache(prepare(KineticsSounds, tree.root, tmp_path / "cache", opts, log=quiet))
+    m = cache.manifest
+    assert m["dropped"]["by_reason"] == {"missing media": 1} and missing not in set(cache.index["id"])
+    expected = dict(tree.clips["train"] + tree.clips["test"])
+    assert [int(expected[i]) for i in cache.index["id"]] == cache.labels.tolist()
+    assert m["classes"] == list(KineticsSounds.CLASSES) and m["val"] == {"fraction": 0.5, "seed": 3}
+    val, fit = cache.splits["val"], cache.splits["train_noval"]
+    assert not set(val) & set(fit) and set(val) | set(fit) == set(cache.splits["train"])
+    # The hold-out is drawn from the split file's rows before media checks, so a missing download never reshuffles
+    # it: one clip per class (fraction 0.5 of 2), minus the missing clip if it was drawn.
+    labels = np.asarray([int(lab) for _, lab in tree.clips["train"]])
+    _, held = stratified_holdout(np.arange(len(labels)), labels, 0.5, 3)
+    expected_val = [tree.ids("train")[i] for i in held if tree.ids("train")[i] != missing]
+    assert list(cache.index["id"][val]) == expected_val and len(held) == 31
+    assert cache.audio.shape[1:] == (257, 101) and cache.index["frame_count"].tolist() == [4] * len(cache)
+
+
+def test_ave_audio_from_the_mp4_first_appearance_labels_and_duplicates(tmp_path):
+    tree = make_ave(tmp_path / "raw", AVE.CLASSES)
+    opts = PrepareOptions(splits_dir=tree.splits_dir, frame_size=(12, 16), audio={"seconds": 1.0}, shard_size=32)
+    cache = open_cache(prepare(AVE, tree.root, tmp_path / "cache", opts, log=quiet))
+    m = cache.manifest
+    assert m["classes"] == list(AVE.CLASSES) and "testSet.txt" in m["info"]["label_map_source"]
+    assert {s: v["n"] for s, v in m["counts"]["splits"].items()} == {"train": 28, "val": 28, "test": 28,
+                                                                     "train_noval": 28}
+    dropped = read_csv(cache.path / "dropped.csv")
+    assert [(d["id"], d["reason"]) for d in dropped] == [(tree.ids("train")[0], "duplicate id")]
+    assert m["info"]["rows"]["trainSet.txt"] == {"lines": 29, "unique_ids": 28, "repeated_ids": 1}
+    test_rows = cache.splits["test"]
+    assert cache.labels[test_rows].tolist() == list(range(28))
+    assert m["layout"]["audio_dir"] is None and cache.index["audio_path"][0].startswith("AVE/")
+    assert np.isfinite(cache.audio[:].astype(np.float32)).all() and cache.audio.shape[1:] == (257, 98)
+
+
+def test_vggsound_quoted_labels_mp4_frame_folders_and_padded_names(tmp_path):
+    labels = ("waterfall burbling", "people marching, parade", "dog barking")
+    tree = make_vggsound(tmp_path / "raw", labels)
+    clip = tree.ids("train")[1]
+    ytid, start = clip.rsplit("_", 1)
+    (tree.root / "audio" / f"{clip}.wav").rename(tree.root / "audio" / f"{ytid}_{int(start):06d}.wav")
+    opts = PrepareOptions(splits_dir=tree.splits_dir, frame_size=(12, 16), shard_size=32)
+    cache = open_cache(prepare(VGGSound, tree.root, tmp_path / "cache", opts, log=quiet))
+    assert cache.classes == tuple(sorted(labels))
+    assert cache.index["visual_path"][0].endswith(".mp4")
+    assert cache.index["audio_path"][1] == f"audio/{ytid}_{int(start):06d}.wav"
+    assert cache.manifest["served_audio_shape"] == [129, 626] and cache.audio.shape[1:] == (129, 1251)
+    hp = resolve("data", VGGSound.HPARAMS, "vggsound", {"cache": str(cache.path), "image_size": 8})
+    batch = next(iter(VGGSound.build(hp).loader("test", batch_size=4, train=False, seed=0)))
+    assert batch["audio"].shape == (3, 1, 129, 626) and batch["visual"].shape == (3, 3, 3, 8, 8)
+    with pytest.raises(CacheError, match="holds dataset 'vggsound'"):
+        CremaD.build(resolve("data", CremaD.HPARAMS, "cremad", {"cache": str(cache.path)}))

@@ -1,0 +1,196 @@
+"""Audio recipes (shapes, the OGM-GE steps, padding, short clips, fbank) and frame extraction (order, 1 fps rule)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from datasets.recipes import MediaError, is_lfs_pointer
+from datasets.recipes.audio import (RECIPES, MissingExtraError, compute_features, features_from_file, get_recipe,
+                                    load_waveform)
+from datasets.recipes.video import extract_frames, frame_files, load_frame_folder
+from tests.media_fixtures import (FRAME_NAMINGS, clip_code, second_level, write_frame_folder, write_lfs_pointer,
+                                  write_video, write_wav)
+
+
+def tone(seconds: float, sr: int = 16000) -> np.ndarray:
+    t = np.arange(int(round(seconds * sr))) / sr
+    return (0.3 * np.sin(2 * np.pi * 330 * t) + 0.05 * np.sin(2 * np.pi * 2100 * t)).astype(np.float32)
+
+
+@pytest.mark.parametrize("name, shape", [("ogm_stft3s", (257, 188)), ("aug_stft20s", (257, 1250)),
+                                         ("amss_stft10s_35k", (257, 1003)), ("pmr_spec10s", (257, 1004)),
+                                         ("vgg_stft10s", (129, 1251))])
+def test_recipe_shapes_match_the_published_pipelines(name, shape):
+    recipe = get_recipe(name)
+    out = compute_features(recipe, tone(1.5), 16000)
+    assert out.shape == shape == recipe.output_shape()
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+
+
+def test_vggsound_serves_a_5s_crop_and_fbank_is_1024_by_128():
+    assert get_recipe("vgg_stft10s").served_shape() == (129, 626)
+    assert get_recipe("kaldi_fbank1024").output_shape() == (1024, 128)
+
+
+@pytest.mark.parametrize("seconds", [0.4, 0.9, 1.0])
+def test_short_clips_give_the_full_shape(seconds):
+    import librosa
+
+    recipe = get_recipe("ogm_stft3s")
+    y = tone(seconds, 22050)
+    out = compute_features(recipe, y, 22050)
+    assert out.shape == (257, 188)
+    # Tiled until 3 s, not np.tile(y, 3) (short) and not zero-padded (a silent tail would sit at log(1e-7) = -16.1).
+    tiled = np.tile(y, int(np.ceil(66150 / len(y))))[:66150]
+    reference = np.log(np.abs(librosa.stft(tiled, n_fft=512, hop_length=353, pad_mode="constant")) + 1e-7)
+    np.testing.assert_allclose(out, reference, atol=1e-4)
+    assert out[:, -2].max() > -10
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_ogm_recipe_equals_the_published_steps_written_out(tmp_path):
+    import librosa
+
+    path = tmp_path / "clip.wav"
+    write_wav(path, 1.7, sr=16000, freq=410.0)
+    samples, rate = librosa.load(str(path), sr=22050)
+    resamples = np.tile(samples, 3)[:22050 * 3]
+    resamples[resamples > 1.0] = 1.0
+    resamples[resamples < -1.0] = -1.0
+    reference = np.log(np.abs(librosa.stft(resamples, n_fft=512, hop_length=353, pad_mode="constant")) + 1e-7)
+    features, duration, short = features_from_file(get_recipe("ogm_stft3s"), path)
+    np.testing.assert_allclose(features, reference, atol=1e-4)
+    assert duration == pytest.approx(1.7) and not short
+
+
+def test_pad_mode_changes_only_the_edge_frames():
+    constant = get_recipe("ogm_stft3s")
+    reflect = constant.replace({"pad_mode": "reflect"})
+    a, b = compute_features(constant, tone(2.0), 16000), compute_features(reflect, tone(2.0), 16000)
+    np.testing.assert_allclose(a[:, 2:-2], b[:, 2:-2], atol=1e-4)
+    assert np.abs(a[:, 0] - b[:, 0]).max() > 0.5
+    assert reflect.params()["pad_mode"] == "reflect" and constant.params()["pad_mode"] == "constant"
+
+
+def test_recipe_overrides_are_checked():
+    recipe = get_recipe("ogm_stft3s")
+    assert recipe.replace({"seconds": 1}).output_shape() == (257, 63)
+    with pytest.raises(ValueError, match="unknown audio recipe parameter 'hop'"):
+        recipe.replace({"hop": 100})
+    with pytest.raises(ValueError, match="n_fft.*expects int"):
+        recipe.replace({"n_fft": "512"})
+    with pytest.raises(ValueError, match="pad_mode"):
+        recipe.replace({"pad_mode": "zeros"})
+
+
+def test_fbank_without_torchaudio_names_the_audio_extra(monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torchaudio" else real_find_spec(name, *a))
+    with pytest.raises(MissingExtraError, match=r"\[audio\]"):
+        compute_features(get_recipe("kaldi_fbank1024"), tone(1.0), 16000)
+
+
+def test_fbank_pads_then_normalises_like_the_ks_script(monkeypatch):
+    calls = {}
+
+    def fbank(wave, **kwargs):
+        calls.update(kwargs, mean=float(wave.mean()))
+        return torch.zeros((300, kwargs["num_mel_bins"]))
+
+    kaldi = types.SimpleNamespace(fbank=fbank)
+    monkeypatch.setitem(sys.modules, "torchaudio", types.SimpleNamespace(compliance=types.SimpleNamespace(
+        kaldi=kaldi)))
+    monkeypatch.setitem(sys.modules, "torchaudio.compliance", types.SimpleNamespace(kaldi=kaldi))
+    monkeypatch.setitem(sys.modules, "torchaudio.compliance.kaldi", kaldi)
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "torchaudio" else real_find_spec(name, *a))
+    out = compute_features(get_recipe("kaldi_fbank1024"), tone(1.0) + 0.2, 16000)
+    assert out.shape == (1024, 128)
+    # Zero fbank frames and zero padding both become (0 + 4.503877) / (5.141276 * 2) after normalising.
+    np.testing.assert_allclose(out, 4.503877 / (5.141276 * 2), rtol=1e-6)
+    assert abs(calls["mean"]) < 1e-6, "the waveform mean is subtracted first"
+    assert calls["htk_compat"] and calls["window_type"] == "hanning" and calls["dither"] == 0.0
+    assert calls["sample_frequency"] == 16000 and calls["frame_shift"] == 10.0 and not calls["use_energy"]
+
+
+def test_audio_track_of_an_mp4_decodes(tmp_path):
+    path = tmp_path / "clip.mp4"
+    write_video(path, 1.0, 5, 50, (24, 32), codec="mpeg4", audio_sr=16000)
+    y, sr = load_waveform(path)
+    assert sr == 16000 and 0.95 < len(y) / sr < 1.2 and 0.1 < np.abs(y).max() < 0.5
+
+
+def test_corrupt_and_lfs_audio_are_media_errors(tmp_path):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    with pytest.raises(MediaError, match="bad.wav") as err:
+        load_waveform(bad)
+    assert err.value.kind == "corrupt audio"
+    pointer = tmp_path / "ptr.wav"
+    write_lfs_pointer(pointer)
+    assert is_lfs_pointer(pointer)
+    with pytest.raises(MediaError, match="git lfs pull") as err:
+        load_waveform(pointer)
+    assert err.value.kind == "lfs pointer"
+
+
+def test_video_frames_are_counted_as_decoded_and_the_first_of_each_second_kept(tmp_path):
+    import av
+
+    path = tmp_path / "clip.flv"
+    write_video(path, 2.5, 10, clip_code(3), (48, 64))
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].frames == 0, "FLV metadata has no frame count to trust"
+    frames, info = extract_frames(path, (24, 32))
+    assert info == {"fps": 10, "decoded": 25}
+    assert frames.shape == (3, 24, 32, 3)
+    np.testing.assert_allclose(frames[..., 0].mean(axis=(1, 2)), [second_level(k) for k in range(3)], atol=4)
+    np.testing.assert_allclose(frames[..., 1].mean(), clip_code(3), atol=4)
+    two_per_second, _ = extract_frames(path, None, per_second=2)
+    assert len(two_per_second) == 5 and two_per_second.shape[1:] == (48, 64, 3)
+
+
+@pytest.mark.parametrize("naming", sorted(FRAME_NAMINGS))
+def test_frame_folders_sort_numerically_whatever_the_listing_order(tmp_path, monkeypatch, naming):
+    folder = tmp_path / "clip"
+    names = write_frame_folder(folder, 12, 60, naming, (16, 16))
+    assert [p.name for p in frame_files(folder)] == names
+    expected = load_frame_folder(folder, None)
+    real_listdir = os.listdir
+    rng = np.random.default_rng(0)
+    monkeypatch.setattr(os, "listdir", lambda p: list(rng.permutation(real_listdir(p))))
+    assert [p.name for p in frame_files(folder)] == names
+    np.testing.assert_array_equal(load_frame_folder(folder, None), expected)
+    np.testing.assert_allclose(expected[..., 0].mean(axis=(1, 2)), [second_level(k) for k in range(12)], atol=4)
+
+
+def test_lexicographic_order_would_be_wrong():
+    names = [FRAME_NAMINGS["ks"](i, 1) for i in range(12)]
+    assert sorted(names) != names, "the fixture must exercise frame_000010 < frame_00009 as strings"
+
+
+def test_corrupt_frame_is_a_media_error(tmp_path):
+    folder = tmp_path / "clip"
+    write_frame_folder(folder, 3, 60, "ogm", (16, 16))
+    (folder / "00030.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(MediaError, match="00030.jpg") as err:
+        load_frame_folder(folder, (8, 8))
+    assert err.value.kind == "corrupt image"
+
+
+def test_recipe_table_is_complete():
+    assert {"ogm_stft3s", "aug_stft20s", "amss_stft10s_35k", "pmr_spec10s", "vgg_stft10s",
+            "kaldi_fbank1024"} <= set(RECIPES)
+    assert all(r.follows for r in RECIPES.values())

@@ -1,0 +1,245 @@
+"""Split-file parsers on synthetic byte variants and, when ../shared/splits is present, on the real published files;
+pinned sources (SHA-256 table, download through a file:// URL, tampering)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datasets.ave import AVE
+from datasets.cremad import CremaD
+from datasets.kinetics_sounds import KineticsSounds
+from datasets.prepare import PrepareOptions, _validation
+from datasets.sources import PINNED, SplitFileError, fetch_split_files, pinned_files, sha256_file
+from datasets.splits import (SplitParseError, duplicate_ids, first_appearance, natural_key, parse_ave_list,
+                             parse_class_list, parse_ks_json, parse_ks_list, parse_label_csv, parse_vggsound_csv,
+                             resolve_duplicates)
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "splits"
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/splits not present")
+
+ROWS = ["1088_IOM_NEU_XX,NEU", "1017_IWW_HAP_XX,HAP", "1033_ITS_HAP_XX,HAP"]
+
+
+@pytest.mark.parametrize("data", [
+    "\n".join(ROWS) + "\n",                            # PMR/MMCosine/Diagnosing my_train: LF
+    "\r\n".join(ROWS) + "\r\n",                        # OGM-GE: CRLF
+    "\ufeff" + "\r\n".join(ROWS) + "\r\n",             # with a BOM
+    "\n".join(ROWS),                                   # no final newline
+    "name,label\r\n" + "\r\n".join(ROWS) + "\r\n",     # Diagnosing's own train.csv header
+])
+def test_cremad_list_variants_yield_the_same_rows(tmp_path, data):
+    path = tmp_path / "train.csv"
+    path.write_bytes(data.encode())
+    parsed = parse_label_csv(path)
+    assert [(r.id, r.label) for r in parsed.rows] == [tuple(r.split(",")) for r in ROWS]
+    assert [r.line for r in parsed.rows][0] == (2 if data.startswith("name") else 1)
+    assert len(parsed.rows) + len(parsed.skipped) == len(data.replace("\ufeff", "").splitlines())
+
+
+def test_header_is_only_accepted_on_the_first_line(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("1088_IOM_NEU_XX,NEU\nname,label\n")
+    rows = parse_label_csv(path).rows
+    assert [r.id for r in rows] == ["1088_IOM_NEU_XX", "name"], "a later 'name,label' is a data row (bad label)"
+
+
+def test_malformed_row_names_file_and_line_or_is_reported(tmp_path):
+    path = tmp_path / "test.csv"
+    path.write_bytes(b"1088_IOM_NEU_XX,NEU\r\n1017_IWW_HAP_XX\r\n\r\n")
+    with pytest.raises(SplitParseError, match=r"test.csv:2"):
+        parse_label_csv(path)
+    parsed = parse_label_csv(path, strict=False)
+    assert [r.id for r in parsed.rows] == ["1088_IOM_NEU_XX"]
+    assert [(line, reason.split(",")[0]) for line, _, reason in parsed.skipped] == [
+        (2, "expected '<id>"), (3, "blank line")]
+
+
+def test_stat_csv_with_bom_and_crlf(tmp_path):
+    path = tmp_path / "stat.csv"
+    path.write_bytes("\ufeffNEU\r\nHAP\r\nSAD\r\nFEA\r\nDIS\r\nANG\r\n".encode())
+    assert len(path.read_bytes()) == 33
+    assert parse_class_list(path) == ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"]
+
+
+@pytest.mark.parametrize("line", ["--4-0ihtnBU_000058_000068,10,4", "--4-0ihtnBU_000058_000068 10 4",
+                                  "--4-0ihtnBU_000058_000068,4", "--4-0ihtnBU_000058_000068 4"])
+def test_ks_rows_comma_or_space_with_or_without_middle_field(tmp_path, line):
+    path = tmp_path / "my_train.txt"
+    path.write_bytes((line + "\r\n").encode())
+    (row,) = parse_ks_list(path).rows
+    assert (row.id, row.label) == ("--4-0ihtnBU_000058_000068", "4")
+
+
+def test_ks_non_integer_label_is_an_error(tmp_path):
+    path = tmp_path / "my_test.txt"
+    path.write_text("abc_1,10,four\n")
+    with pytest.raises(SplitParseError, match="my_test.txt:1.*'four'"):
+        parse_ks_list(path)
+
+
+def test_ave_splits_on_ampersand_only_and_duplicate_policies(tmp_path):
+    path = tmp_path / "trainSet.txt"
+    path.write_text("Male speech, man speaking&id1&good&0&10\nBanjo&id2&good&0&10\n"
+                    "Female speech, woman speaking&id1&good&0&10\nMandolin&id3&good&2&8\n")
+    parsed = parse_ave_list(path)
+    assert [(r.label, r.id) for r in parsed.rows][0] == ("Male speech, man speaking", "id1")
+    assert duplicate_ids(parsed.rows) == {"id1": 2}
+    first, dropped = resolve_duplicates(parsed.rows, "first")
+    assert [(r.id, r.label) for r in first] == [("id1", "Male speech, man speaking"), ("id2", "Banjo"),
+                                                ("id3", "Mandolin")]
+    assert len(dropped) == 1 and "policy 'first'" in dropped[0][1]
+    last, _ = resolve_duplicates(parsed.rows, "last")
+    assert [(r.id, r.label) for r in last][1:] == [("id2", "Banjo"), ("id1", "Female speech, woman speaking"),
+                                                   ("id3", "Mandolin")][1:]
+    drop, dropped = resolve_duplicates(parsed.rows, "drop")
+    assert [r.id for r in drop] == ["id2", "id3"] and len(dropped) == 2
+    assert first_appearance(r.label for r in parsed.rows)[0] == "Male speech, man speaking"
+
+
+def test_vggsound_csv_keeps_quoted_commas(tmp_path):
+    path = tmp_path / "vggsound.csv"
+    path.write_text('---g-f_I2yQ,1,"people marching, parade",test\n--0PQM4-hqg,30,waterfall burbling,train\n')
+    parsed = parse_vggsound_csv(path)
+    assert [(r.id, r.label) for r in parsed["test"].rows] == [("---g-f_I2yQ_1", "people marching, parade")]
+    assert [r.id for r in parsed["train"].rows] == ["--0PQM4-hqg_30"]
+
+
+def test_natural_key_orders_numbers_and_breaks_ties_by_name():
+    names = ["frame_000010.jpg", "frame_00009.jpg", "frame_1.jpg", "00030.jpg", "00000.jpg", "1.jpg", "01.jpg"]
+    assert sorted(names, key=natural_key) == ["00000.jpg", "01.jpg", "1.jpg", "00030.jpg", "frame_1.jpg",
+                                              "frame_00009.jpg", "frame_000010.jpg"]
+    assert sorted(["a1x", "a1x2"], key=natural_key) == ["a1x", "a1x2"]
+
+
+# --- pinned sources -----------------------------------------------------------------------------------------------
+
+def test_pinned_table_covers_datasets_md_section_8():
+    assert len(PINNED) == 13
+    assert {p.dataset for p in PINNED} == {"cremad", "kinetics_sounds", "ave"}
+    train = pinned_files("cremad")["train.csv"]
+    assert train.url() == ("https://raw.githubusercontent.com/GeWu-Lab/OGM-GE_CVPR2022/"
+                           "343dc1d95c9bda88f105c0da8d24f185e0e98b54/data/CREMAD/train.csv")
+
+
+@needs_shared
+@pytest.mark.parametrize("pin", PINNED, ids=lambda p: f"{p.dataset}/{p.name}")
+def test_shared_copies_match_the_pinned_sha256_and_size(pin):
+    path = SHARED / pin.dataset / pin.name
+    assert path.stat().st_size == pin.size
+    assert sha256_file(path) == pin.sha256
+
+
+@needs_shared
+def test_download_through_file_url_verifies_and_copies(tmp_path):
+    mirror = tmp_path / "mirror"
+    for pin in pinned_files("cremad").values():
+        target = mirror / pin.repo / pin.commit / pin.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(SHARED / "cremad" / pin.name, target)
+    got = fetch_split_files("cremad", ["train.csv", "stat.csv"], tmp_path / "dest", base_url=mirror.as_uri())
+    assert {n: f.status for n, f in got.items()} == {"train.csv": "pinned", "stat.csv": "pinned"}
+    assert (tmp_path / "dest" / "train.csv").read_bytes() == (SHARED / "cremad" / "train.csv").read_bytes()
+    tampered = mirror / pinned_files("cremad")["test.csv"].repo / pinned_files("cremad")["test.csv"].commit / \
+        "data/CREMAD/test.csv"
+    tampered.write_bytes(tampered.read_bytes().replace(b"\r\n", b"\n"))
+    with pytest.raises(SplitFileError, match=r"test.csv: SHA-256 .* does not match the pinned"):
+        fetch_split_files("cremad", ["test.csv"], tmp_path / "dest", base_url=mirror.as_uri())
+
+
+def test_local_split_files_that_differ_are_recorded_or_refused(tmp_path):
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "stat.csv").write_text("NEU\nHAP\n")
+    notes = []
+    got = fetch_split_files("cremad", ["stat.csv", "val.csv"], tmp_path / "dest", local_dir=local,
+                            optional=["val.csv"], log=notes.append)
+    assert got["stat.csv"].status == "custom" and "val.csv" not in got and "differs from the pinned" in notes[0]
+    with pytest.raises(SplitFileError, match="stat.csv: SHA-256"):
+        fetch_split_files("cremad", ["stat.csv"], tmp_path / "dest", local_dir=local, strict=True)
+    with pytest.raises(SplitFileError, match="train.csv not found"):
+        fetch_split_files("cremad", ["train.csv"], tmp_path / "dest", local_dir=local)
+
+
+# --- the real published files ----------------------------------------------------------------------------------
+
+@needs_shared
+def test_real_cremad_lists():
+    folder = SHARED / "cremad"
+    train, test = parse_label_csv(folder / "train.csv"), parse_label_csv(folder / "test.csv")
+    assert (len(train.rows), len(test.rows)) == (6698, 744)
+    assert train.line_endings == "CRLF" and not train.bom and not train.skipped
+    assert Counter(r.label for r in train.rows) == {"ANG": 1166, "DIS": 1142, "FEA": 1138, "HAP": 1148, "NEU": 973,
+                                                    "SAD": 1131}
+    assert Counter(r.label for r in test.rows) == {"ANG": 105, "DIS": 129, "FEA": 133, "HAP": 123, "NEU": 114,
+                                                   "SAD": 140}
+    stat_lines = parse_class_list(folder / "stat.csv")
+    assert stat_lines == list(CremaD.CLASSES)
+    assert all(r.label == r.id.split("_")[2] for r in train.rows + test.rows)
+    actors_train, actors_test = {r.id[:4] for r in train.rows}, {r.id[:4] for r in test.rows}
+    assert len(actors_train & actors_test) == 91, "the published split is per clip, not per speaker"
+    my_train, val = parse_label_csv(folder / "my_train.csv"), parse_label_csv(folder / "val.csv")
+    assert (len(my_train.rows), len(val.rows)) == (5954, 744) and my_train.line_endings == "LF"
+    assert Counter(r.label for r in val.rows) == Counter(r.label for r in test.rows)
+    assert Counter(r.label for r in my_train.rows) == {"ANG": 1061, "DIS": 1013, "FEA": 1005, "HAP": 1025,
+                                                       "NEU": 859, "SAD": 991}
+
+
+@needs_shared
+def test_real_cremad_read_splits_gives_the_clean_partition():
+    names = ("train.csv", "test.csv", "stat.csv", "my_train.csv", "val.csv")
+    opts = PrepareOptions(label_order="ogm")
+    tables = CremaD.read_splits({n: SHARED / "cremad" / n for n in names}, opts)
+    assert tables.classes == ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")
+    assert {s: len(v) for s, v in tables.splits.items()} == {"train": 6698, "test": 744} and not tables.dropped
+    val_ids, source, _ = _validation(tables, opts)
+    assert len(val_ids) == 744 and "Diagnosing" in source
+    assert tables.info["actors"]["in_both"] == 91
+    by_label = {s.label_name: s.label for s in tables.splits["train"]}
+    assert by_label == {"NEU": 0, "HAP": 1, "SAD": 2, "FEA": 3, "DIS": 4, "ANG": 5}
+    sorted_map = CremaD.read_splits({n: SHARED / "cremad" / n for n in names},
+                                    PrepareOptions(label_order="sorted")).classes
+    assert sorted_map == ("ANG", "DIS", "FEA", "HAP", "NEU", "SAD")
+
+
+@needs_shared
+def test_real_kinetics_sounds_lists():
+    folder = SHARED / "kinetics_sounds"
+    train, test = parse_ks_list(folder / "my_train.txt"), parse_ks_list(folder / "my_test.txt")
+    assert (len(train.rows), len(test.rows)) == (14799, 2597) and train.line_endings == "CRLF"
+    assert all(re.fullmatch(r".{11}_\d{6}_\d{6}", r.id) for r in train.rows)
+    assert all(re.fullmatch(r".{11}_\d+", r.id) for r in test.rows)
+    assert {r.fields[1] for r in train.rows + test.rows} == {"10"}
+    labels, database = parse_ks_json(folder / "KS.json")
+    assert tuple(labels) == KineticsSounds.CLASSES and len(database) == 18716
+    assert all(int(r.label) == labels.index(database[r.id]["label"]) for r in train.rows + test.rows)
+    tables = KineticsSounds.read_splits({n: folder / n for n in KineticsSounds.SPLIT_FILES}, PrepareOptions())
+    assert (len(tables.splits["train"]), len(tables.splits["test"])) == (14799, 2597) and not tables.dropped
+    counts = np.bincount([s.label for s in tables.splits["train"]], minlength=31)
+    assert counts.min() == counts[26] == 197 and counts.max() == counts[1] == 690
+
+
+@needs_shared
+def test_real_ave_lists_duplicates_and_label_order():
+    folder = SHARED / "ave"
+    parsed = {n: parse_ave_list(folder / n) for n in ("trainSet.txt", "valSet.txt", "testSet.txt")}
+    assert [len(p.rows) for p in parsed.values()] == [3339, 402, 402]
+    assert [len(set(p.ids)) for p in parsed.values()] == [3312, 401, 402]
+    assert [len(duplicate_ids(p.rows)) for p in parsed.values()] == [27, 1, 0]
+    ids = {n: set(p.ids) for n, p in parsed.items()}
+    assert len(ids["trainSet.txt"] & ids["testSet.txt"]) == 8 and len(ids["trainSet.txt"] & ids["valSet.txt"]) == 10
+    assert tuple(first_appearance(r.label for r in parsed["testSet.txt"].rows)) == AVE.CLASSES
+    train = parsed["trainSet.txt"].rows
+    assert [len(resolve_duplicates(train, p)[0]) for p in ("first", "last", "drop")] == [3312, 3312, 3285]
+    first, last = resolve_duplicates(train, "first")[0], resolve_duplicates(train, "last")[0]
+    assert sum(a.label != b.label for a, b in zip(sorted(first, key=lambda r: r.id),
+                                                  sorted(last, key=lambda r: r.id))) == 27
+    tables = AVE.read_splits({n: folder / n for n in AVE.SPLIT_FILES}, PrepareOptions(duplicates="drop"))
+    assert {s: len(v) for s, v in tables.splits.items()} == {"train": 3285, "val": 400, "test": 402}
+    assert Counter(d.kind for d in tables.dropped) == {"duplicate id": 56}
+    assert tables.info["ids_in_two_splits"] == {"train&val": 10, "train&test": 8, "val&test": 0}
