@@ -60,7 +60,8 @@ class TrainContext:
 
     ``make_optimizer`` builds the configured optimizer (``train.optimizer``, lr, momentum, weight decay) and
     registers it so that the runner's epoch-wise LR schedule and checkpoints cover it, including parameter groups a
-    method adds later through ``add_param_group`` (methods.md P8).
+    method adds later through ``add_param_group`` (methods.md P8). In a data-parallel run it also attaches
+    ``step_pre_hook``, which averages gradients across ranks before every ``step()`` (``benchmarks.distributed``).
     """
 
     device: torch.device
@@ -71,6 +72,8 @@ class TrainContext:
     optimizers: list[torch.optim.Optimizer] = field(default_factory=list)
     lr_factor: float = 1.0
     loaders: Loaders | None = None
+    # Data-parallel runs set this to benchmarks.distributed.average_gradients; None in a single process.
+    step_pre_hook: Callable[[torch.optim.Optimizer, tuple, dict], None] | None = None
 
     def make_optimizer(self, params: Iterable, *, lr: float | None = None, name: str | None = None,
                        **overrides: Any) -> torch.optim.Optimizer:
@@ -94,6 +97,8 @@ class TrainContext:
             raise ValueError(f"train.optimizer={kind!r} is not one of sgd, adam, adamw")
         if overrides:
             raise TypeError(f"unexpected optimizer options {sorted(overrides)}")
+        if self.step_pre_hook is not None:
+            opt.register_step_pre_hook(self.step_pre_hook)
         self.optimizers.append(opt)
         return opt
 

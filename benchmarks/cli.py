@@ -16,7 +16,12 @@ from benchmarks.guard import ShadowedPackageError, check_packages
 COMMANDS = (
     "list",
     "train",
+    "prepare",
     "bench",
+    "sweep",
+    "table",
+    "plot",
+    "evaluate",
 )
 
 

@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +119,8 @@ class WandbSink:
         import wandb  # lazily: W&B is a sink, never a requirement of training
 
         id_file = run_dir / "wandb_id.txt"
-        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        # The id is ours (not wandb.util's, which moved between releases) and persists so --resume continues the run.
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
         atomic_write_text(id_file, run_id)
         self.run = wandb.init(project=project, group=group, name=name, id=run_id, resume="allow", mode=mode,
                               dir=str(run_dir), config=config, reinit=True)

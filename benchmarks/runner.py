@@ -16,7 +16,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from tqdm import tqdm
 from baselines.base import Loaders, Method, StepInfo, TrainContext
 from baselines.registry import get_method
 from benchmarks.config import RunConfig
+from benchmarks.distributed import DistContext, init_from_env, shutdown
 from benchmarks.metrics import classification_metrics
 from benchmarks.records import (WandbSink, atomic_torch_save, environment, resolve_wandb_mode, write_json,
                                 write_jsonl, write_yaml)
@@ -125,15 +126,24 @@ def build_data(cfg: RunConfig) -> DataBundle:
     return get_dataset(cfg.dataset).build(cfg.data)
 
 
-def build_method(cfg: RunConfig, bundle: DataBundle, device: torch.device) -> Method:
+def build_method(cfg: RunConfig, bundle: DataBundle, device: torch.device,
+                 step_pre_hook: Callable[..., None] | None = None) -> Method:
     ctx = TrainContext(device=device, epochs=cfg.train.epochs, train_hp=cfg.train, model_hp=cfg.model,
-                       amp=cfg.train.amp)
+                       amp=cfg.train.amp, step_pre_hook=step_pre_hook)
     return get_method(cfg.method)(bundle.task, cfg.method_hp, ctx)
 
 
-def make_loaders(cfg: RunConfig, bundle: DataBundle, device: torch.device) -> Loaders:
+def make_loaders(cfg: RunConfig, bundle: DataBundle, device: torch.device, rank: int = 0,
+                 world_size: int = 1) -> Loaders:
+    """The run's loaders; with ``world_size`` > 1 the training loader serves this rank's share of each global batch
+    of ``train.batch_size`` samples (``benchmarks.distributed``)."""
     seed, bs, ebs = cfg.train.seed, cfg.train.batch_size, cfg.train.eval_batch_size
-    train = bundle.loader("train", batch_size=bs, train=True, seed=seed, device=device)
+    if bs % world_size:
+        raise ValueError(f"train.batch_size={bs} is the global batch and must be divisible by the {world_size} "
+                         "data-parallel processes")
+    train = bundle.loader("train", batch_size=bs // world_size, train=True, seed=seed, device=device)
+    if world_size > 1:
+        train.set_shard(rank, world_size)
     val = bundle.loader("val", batch_size=ebs, train=False, seed=seed, device=device) \
         if "val" in bundle.splits else None
     test = bundle.loader("test", batch_size=ebs, train=False, seed=seed, device=device)
@@ -162,7 +172,24 @@ def _epoch_line(record: dict) -> str:
 def train_run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, wandb_mode: str | None = "disabled",
               wandb_group: str | None = None, progress: bool = False, log=print) -> dict[str, Any]:
     """Train one run into ``run_dir`` and return its summary. ``resume`` continues from ``checkpoint.pt``;
-    a run that already has ``DONE`` is returned as is."""
+    a run that already has ``DONE`` is returned as is. Under torchrun (``WORLD_SIZE`` > 1) every rank calls this and
+    trains data-parallel; only rank 0 writes files (``benchmarks.distributed``)."""
+    ddp, created = init_from_env(cfg.train.device)
+    try:
+        return _train_run(cfg, run_dir, ddp, resume=resume, wandb_mode=wandb_mode, wandb_group=wandb_group,
+                          progress=progress, log=log)
+    finally:
+        shutdown(created)
+
+
+def _quiet(*args: Any, **kwargs: Any) -> None:
+    """The log of ranks other than 0."""
+
+
+def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool, wandb_mode: str | None,
+               wandb_group: str | None, progress: bool, log) -> dict[str, Any]:
+    if not ddp.is_main:
+        log, progress, wandb_mode = _quiet, False, "disabled"
     run_dir = Path(run_dir)
     ckpt_path = run_dir / CHECKPOINT
     if (run_dir / "DONE").exists() and (run_dir / "summary.json").exists():
@@ -172,15 +199,17 @@ def train_run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, wandb_mode
         return json.loads((run_dir / "summary.json").read_text())
     if ckpt_path.exists() and not resume:
         raise RunExistsError(f"{run_dir} holds an unfinished run; pass --resume to continue it")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_yaml(run_dir / "config.yaml", cfg.as_dict())
+    if ddp.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_yaml(run_dir / "config.yaml", cfg.as_dict())
 
-    device = select_device(cfg.train.device)
+    device = ddp.device(select_device(cfg.train.device))
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     bundle = build_data(cfg)
-    method = build_method(cfg, bundle, device)
-    loaders = make_loaders(cfg, bundle, device)
+    method = build_method(cfg, bundle, device, step_pre_hook=ddp.step_pre_hook)
+    loaders = make_loaders(cfg, bundle, device, ddp.rank, ddp.world_size)
     method.ctx.loaders = loaders
+    ddp.broadcast_module(method)
 
     history: list[dict] = []
     start_epoch, elapsed = 0, 0.0
@@ -189,7 +218,8 @@ def train_run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, wandb_mode
         method.load_checkpoint_state(state["method"])
         set_rng_state(state["rng"])
         history, start_epoch, elapsed = state["history"], state["epoch"] + 1, state["elapsed"]
-        write_jsonl(run_dir / "metrics.jsonl", history)
+        if ddp.is_main:
+            write_jsonl(run_dir / "metrics.jsonl", history)
         log(f"resuming {run_dir.name} at epoch {start_epoch}")
 
     sink = WandbSink(resolve_wandb_mode(wandb_mode), run_dir, cfg.as_dict(), cfg.run_name(), group=wandb_group)
@@ -217,15 +247,19 @@ def train_run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, wandb_mode
                 bar.set_postfix({k: f"{v:.3f}" for k, v in list(logs[-1].items())[:3]})
         bar.close()
         train_time = time.perf_counter() - t0
+        ddp.sync_for_eval(method)
         record: dict[str, Any] = {"epoch": epoch, "lr": cfg.train.lr * factor, "train": _mean_logs(logs)}
         if loaders.val is not None:
             record["val"] = evaluate(method, loaders.val, bundle.task.num_classes)
         record["test"] = evaluate(method, loaders.test, bundle.task.num_classes)
         method.train()
         record["diag"] = method.on_epoch_end(epoch, loaders) or {}
+        ddp.broadcast_module(method)
         record["time"] = {"train_s": train_time, "epoch_s": time.perf_counter() - t0}
         history.append(record)
         elapsed += record["time"]["epoch_s"]
+        if not ddp.is_main:
+            continue
         if (epoch + 1) % max(cfg.train.checkpoint_every, 1) == 0 or epoch == epochs - 1:
             atomic_torch_save(ckpt_path, {"epoch": epoch, "method": method.checkpoint_state(), "rng": rng_state(),
                                           "history": history, "elapsed": elapsed})
@@ -236,8 +270,12 @@ def train_run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, wandb_mode
     summary = {"method": cfg.method, "dataset": cfg.dataset, "seed": cfg.train.seed, "epochs": epochs,
                "config_hash": cfg.digest(), "protocols": select_protocols(history),
                "wall_time_s": elapsed, "env": environment(device)}
-    write_json(run_dir / "summary.json", summary)
-    (run_dir / "DONE").write_text("")
+    if ddp.enabled:
+        summary["world_size"] = ddp.world_size
+    if ddp.is_main:
+        write_json(run_dir / "summary.json", summary)
+        (run_dir / "DONE").write_text("")
     sink.log_summary(summary)
     sink.finish()
+    ddp.barrier()
     return summary

@@ -101,6 +101,7 @@ class BatchLoader:
         self.augment = augment
         self.drop_last = drop_last
         self.epoch = 0
+        self.rank, self.world_size = 0, 1
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -116,12 +117,28 @@ class BatchLoader:
     def reset_rows(self) -> None:
         self.rows, self.extras = self.base_rows, {}
 
+    def set_shard(self, rank: int, world_size: int) -> None:
+        """Data-parallel training: serve this rank's slice of every epoch's permutation.
+
+        All ranks draw the same seeded permutation; rank r takes positions [r*n, (r+1)*n) with
+        n = len(rows) // world_size, so slices are disjoint and every rank runs the same number of batches.
+        """
+        if not self.train:
+            raise ValueError("only training loaders are sharded: every rank evaluates the full split")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"bad shard rank={rank} world_size={world_size}")
+        self.rank, self.world_size = rank, world_size
+
+    def _served(self) -> int:
+        n = len(self.rows)
+        return n // self.world_size if self.world_size > 1 else n
+
     @property
     def num_samples(self) -> int:
         return len(self.rows)
 
     def __len__(self) -> int:
-        n = len(self.rows)
+        n = self._served()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def generator(self, purpose: str) -> torch.Generator:
@@ -131,6 +148,9 @@ class BatchLoader:
         order = np.arange(len(self.rows))
         if self.train:
             order = torch.randperm(len(self.rows), generator=self.generator("shuffle")).numpy()
+            if self.world_size > 1:
+                per_rank = self._served()
+                order = order[self.rank * per_rank:(self.rank + 1) * per_rank]
         aug_gen = self.generator("augment")
         pin = self.device.type == "cuda"
         for start in range(0, len(self), 1):

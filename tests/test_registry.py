@@ -15,7 +15,7 @@ from benchmarks.config import build_config
 from datasets.registry import UnknownDatasetError, get_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-SUPPORT_MODULES = {"__init__", "base", "registry", "hparams", "networks", "heads"}
+SUPPORT_MODULES = {"__init__", "base", "registry", "hparams", "networks", "heads", "encoders"}
 
 
 def method_files() -> list[str]:

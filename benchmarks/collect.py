@@ -1,0 +1,450 @@
+"""Tables from run folders: mean ± sample std over seeds, best per column in bold, published numbers beside.
+
+``load_runs`` reads every finished run under a folder (``summary.json`` + ``config.yaml``, and the sweep's
+``job.json`` for the row label); ``build_table`` groups them into rows = method rows (the registered class's
+``title``, or the sweep row's title) and columns = datasets x metrics; ``render`` formats that one table as Markdown,
+CSV or LaTeX. Cells are percentages: "mean ± std (n)" with the sample standard deviation (ddof 1) over the n seeds; a
+single seed shows no std. With a paper file (``results/paper/<paper>.csv``), each cell gets the published value
+(† = not verified against the paper, see ``results/paper/README.md``) and the difference ours − paper in points.
+
+The caption names the protocol, i.e. which epoch's test metrics a run contributes (``benchmarks.runner.
+select_protocols``): ``paper`` = best-on-test (optimistic, as the published code selects), ``clean`` = the best
+validation epoch, ``last`` = the final epoch. Missing-modality columns (``missing=True``) come from each run's
+``missing_modality.json`` (final checkpoint, ``benchmarks.evaluate``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import yaml
+
+from baselines.registry import list_methods
+
+METRIC_NAMES = {"acc": "Acc", "macro_f1": "Macro-F1", "map": "MAP"}
+PROTOCOL_CAPTIONS = {
+    "paper": "best-on-test (optimistic): each run's epoch with the best test accuracy, as the published code selects",
+    "clean": "clean: test metrics at each run's best-validation epoch",
+    "last": "last epoch: test metrics after the final epoch",
+}
+FORMATS = ("md", "csv", "tex")
+PAPER_COLUMNS = ("paper", "table", "page", "dataset", "method", "row", "metric", "value", "verified", "source")
+PAPER_DIR = Path(__file__).resolve().parents[1] / "results" / "paper"
+
+
+class PaperFileError(ValueError):
+    """A published-numbers file that is missing, malformed or ambiguous; the message names file and row."""
+
+
+# --- runs -------------------------------------------------------------------------------------------------------
+
+@dataclass
+class RunRecord:
+    """One finished run as the table sees it."""
+
+    run_dir: Path
+    label: str
+    title: str
+    method: str
+    dataset: str
+    seed: int
+    protocols: dict[str, Any]
+    missing: dict[float, dict[str, Any]] = field(default_factory=dict)
+
+    def values(self, protocol: str) -> dict[str, float]:
+        """Metric key -> value in [0, 1]: ``acc``/``macro_f1``/``map``, ``acc:<modality>`` and
+        ``acc@missing=<rate>`` (the latter from the final checkpoint, whatever the protocol)."""
+        if protocol not in self.protocols:
+            raise KeyError(f"{self.run_dir}: summary has no protocol {protocol!r}; it has {sorted(self.protocols)}")
+        test = self.protocols[protocol].get("test") or {}
+        out = {k: float(test[k]) for k in METRIC_NAMES if k in test}
+        for modality, metrics in (test.get("per_modality") or {}).items():
+            for k in METRIC_NAMES:
+                if k in metrics:
+                    out[f"{k}:{modality}"] = float(metrics[k])
+        for rate, metrics in self.missing.items():
+            for k in METRIC_NAMES:
+                out[f"{k}@missing={rate:g}"] = float(metrics[k])
+        return out
+
+
+def load_runs(root: Path) -> list[RunRecord]:
+    """Every finished run (``DONE`` + ``summary.json``) under ``root``, sorted by folder."""
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"runs folder {root} does not exist")
+    titles = {name: cls.title for name, cls in list_methods().items()}
+    records = []
+    for summary_path in sorted(root.rglob("summary.json")):
+        run_dir = summary_path.parent
+        if not (run_dir / "DONE").exists():
+            continue
+        summary = json.loads(summary_path.read_text())
+        job = json.loads((run_dir / "job.json").read_text()) if (run_dir / "job.json").exists() else {}
+        method = summary["method"]
+        missing = {}
+        if (run_dir / "missing_modality.json").exists():
+            for row in json.loads((run_dir / "missing_modality.json").read_text())["rates"]:
+                missing[float(row["rate"])] = row["metrics"]
+        records.append(RunRecord(run_dir=run_dir, label=job.get("label", method),
+                                 title=job.get("title") or titles.get(method) or method, method=method,
+                                 dataset=summary["dataset"], seed=int(summary["seed"]),
+                                 protocols=summary["protocols"], missing=missing))
+    return records
+
+
+# --- published numbers ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PaperValue:
+    value: float
+    verified: bool
+    table: str
+    source: str
+
+
+@dataclass
+class PaperTable:
+    """Published numbers keyed by (dataset, method, metric); ``name`` is the paper key shown in captions."""
+
+    name: str
+    table: str | None
+    values: dict[tuple[str, str, str], PaperValue]
+
+    def lookup(self, dataset: str, names: Iterable[str], metric: str) -> PaperValue | None:
+        for name in names:
+            hit = self.values.get((dataset, name, metric))
+            if hit is not None:
+                return hit
+        return None
+
+
+def paper_path(name_or_path: str | Path) -> Path:
+    """A CSV path as given, or ``results/paper/<name>.csv`` of this checkout."""
+    path = Path(name_or_path)
+    if path.suffix == ".csv" or path.exists():
+        if not path.is_file():
+            raise PaperFileError(f"paper file {path} does not exist")
+        return path
+    path = PAPER_DIR / f"{name_or_path}.csv"
+    if not path.is_file():
+        known = sorted(p.stem for p in PAPER_DIR.glob("*.csv")) if PAPER_DIR.is_dir() else []
+        raise PaperFileError(f"no published numbers for {name_or_path!r}: {path} does not exist; known: {known} "
+                             "(or pass a CSV path)")
+    return path
+
+
+def load_paper(name_or_path: str | Path, table: str | None = None) -> PaperTable:
+    """Read a published-numbers CSV (columns ``PAPER_COLUMNS``; values in percent), optionally one table of it.
+
+    Raises:
+        PaperFileError: missing columns, a bad value or flag (with the row number), or one (dataset, method, metric)
+            with different values in several tables and no ``table`` to choose.
+    """
+    path = paper_path(name_or_path)
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = sorted(set(PAPER_COLUMNS) - set(reader.fieldnames or ()))
+        if missing:
+            raise PaperFileError(f"{path}: missing column(s) {missing}; expected {list(PAPER_COLUMNS)}")
+        rows = list(reader)
+    tables = sorted({r["table"] for r in rows})
+    if table is not None and table not in tables:
+        raise PaperFileError(f"{path}: no table {table!r}; it has {tables}")
+    values: dict[tuple[str, str, str], PaperValue] = {}
+    for line, row in enumerate(rows, start=2):
+        if table is not None and row["table"] != table:
+            continue
+        try:
+            value = float(row["value"])
+        except ValueError:
+            raise PaperFileError(f"{path}:{line}: value {row['value']!r} is not a number") from None
+        if row["verified"] not in ("true", "false"):
+            raise PaperFileError(f"{path}:{line}: verified must be true or false, got {row['verified']!r}")
+        key = (row["dataset"], row["method"], row["metric"])
+        new = PaperValue(value, row["verified"] == "true", row["table"], row["source"])
+        old = values.get(key)
+        if old is not None and not math.isclose(old.value, new.value):
+            raise PaperFileError(f"{path}:{line}: {key} is {old.value} in {old.table} and {new.value} in "
+                                 f"{new.table}; choose one with --paper-table ({tables})")
+        if old is None or (new.verified and not old.verified):
+            values[key] = new
+    names = {r["paper"] for r in rows}
+    return PaperTable(next(iter(names)) if len(names) == 1 else path.stem, table, values)
+
+
+# --- the table model --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Column:
+    dataset: str
+    metric: str
+
+    @property
+    def header(self) -> str:
+        base, _, rest = self.metric.partition(":")
+        if rest:
+            return f"{METRIC_NAMES[base]} ({rest})"
+        base, _, rate = self.metric.partition("@missing=")
+        if rate:
+            return f"{METRIC_NAMES[base]} missing {float(rate):.0%}"
+        return METRIC_NAMES[self.metric]
+
+
+@dataclass
+class Cell:
+    """Mean/std/n in percent over seeds, the published value, and whether the mean is the column's best."""
+
+    mean: float | None = None
+    std: float | None = None
+    n: int = 0
+    seeds: tuple[int, ...] = ()
+    paper: PaperValue | None = None
+    best: bool = False
+
+    @property
+    def diff(self) -> float | None:
+        return None if self.mean is None or self.paper is None else self.mean - self.paper.value
+
+
+@dataclass
+class Table:
+    caption: str
+    columns: list[Column]
+    rows: list[tuple[str, list[Cell]]]
+    with_paper: bool
+
+
+def _ordered(found: Iterable[str], wanted: Sequence[str] | None) -> list[str]:
+    """``wanted``'s order (a grid row "label [ns.key=v]" sorts under its label), else alphabetical."""
+    found = set(found)
+    if not wanted:
+        return sorted(found)
+    out = []
+    for x in wanted:
+        out += sorted(f for f in found if f == x or f.startswith(f"{x} ["))
+    return out
+
+
+def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper: PaperTable | None = None,
+                metrics: Sequence[str] = ("acc", "macro_f1", "map"), per_modality: bool = False,
+                missing: bool = False, datasets: Sequence[str] | None = None, methods: Sequence[str] | None = None,
+                title: str | None = None) -> Table:
+    """Group ``records`` by (row label, dataset) and summarise each metric over seeds.
+
+    Args:
+        protocol: ``paper``, ``clean`` or ``last`` (see module docstring).
+        paper: published numbers to show beside each cell.
+        metrics: fused metrics to show (``acc``, ``macro_f1``, ``map``).
+        per_modality: add one accuracy column per modality.
+        missing: show missing-modality accuracies (``acc@missing=r``) instead of ``metrics``.
+        datasets, methods: order (and subset) of columns and rows (row labels); default alphabetical.
+        title: caption prefix.
+    """
+    if protocol not in PROTOCOL_CAPTIONS:
+        raise ValueError(f"protocol {protocol!r} is not one of {list(PROTOCOL_CAPTIONS)}")
+    if not records:
+        raise ValueError("no finished runs to tabulate")
+    groups: dict[tuple[str, str], list[tuple[int, dict[str, float]]]] = defaultdict(list)
+    titles, method_of = {}, {}
+    for rec in records:
+        groups[(rec.label, rec.dataset)].append((rec.seed, rec.values(protocol)))
+        titles[rec.label], method_of[rec.label] = rec.title, rec.method
+    dataset_order = _ordered({d for _, d in groups}, datasets)
+    label_order = _ordered({label for label, _ in groups}, methods)
+    columns = []
+    for dataset in dataset_order:
+        keys = set().union(*(v for (_, d), runs in groups.items() if d == dataset for _, v in runs))
+        if missing:
+            chosen = sorted((k for k in keys if k.startswith("acc@missing=")), key=lambda k: float(k.split("=")[1]))
+        else:
+            chosen = [m for m in metrics if m in keys]
+            if per_modality:
+                chosen += sorted(k for k in keys if k.startswith("acc:"))
+        columns += [Column(dataset, key) for key in chosen]
+    rows = []
+    for label in label_order:
+        cells = []
+        for col in columns:
+            runs = [(seed, v[col.metric] * 100) for seed, v in groups.get((label, col.dataset), []) if col.metric in v]
+            cell = Cell()
+            if runs:
+                values = [x for _, x in runs]
+                cell = Cell(mean=statistics.fmean(values), std=statistics.stdev(values) if len(values) > 1 else None,
+                            n=len(values), seeds=tuple(sorted(s for s, _ in runs)))
+            if paper is not None:
+                cell.paper = paper.lookup(col.dataset, (label, method_of[label]), col.metric)
+            cells.append(cell)
+        rows.append((titles[label], cells))
+    for j in range(len(columns)):
+        means = [cells[j].mean for _, cells in rows if cells[j].mean is not None]
+        top = max(means, default=None)
+        for _, cells in rows:
+            cells[j].best = top is not None and cells[j].mean is not None and round(cells[j].mean, 2) == round(top, 2)
+    what = "missing-modality test accuracy" if missing else "test " + ", ".join(METRIC_NAMES[m] for m in metrics)
+    caption = (f"{title or 'Results'}: {what} in %, mean ± sample std over seeds (n = seeds); best mean per column "
+               f"in bold. Protocol: {PROTOCOL_CAPTIONS[protocol]}.")
+    if paper is not None:
+        which = f"{paper.name}" + (f" {paper.table}" if paper.table else "")
+        caption += (f" Paper = published value ({which}); Δ = ours − paper in points; † = not verified against the "
+                    "paper.")
+    return Table(caption, columns, rows, paper is not None)
+
+
+# --- rendering (one table model, three formats) ------------------------------------------------------------------
+
+def _num(x: float | None, signed: bool = False) -> str:
+    if x is None:
+        return "–"
+    return f"{x:+.2f}" if signed else f"{x:.2f}"
+
+
+def _ours(cell: Cell, pm: str) -> str:
+    if cell.mean is None:
+        return "–"
+    text = _num(cell.mean) if cell.std is None else f"{_num(cell.mean)} {pm} {_num(cell.std)}"
+    return f"{text} ({cell.n})"
+
+
+def _paper(cell: Cell) -> str:
+    if cell.paper is None:
+        return "–"
+    return _num(cell.paper.value) + ("" if cell.paper.verified else "†")
+
+
+def _sub_headers(with_paper: bool) -> list[str]:
+    return ["ours", "paper", "Δ"] if with_paper else ["ours"]
+
+
+def _cell_texts(cell: Cell, with_paper: bool, escape, bold) -> list[str]:
+    ours = escape(_ours(cell, "±"))
+    out = [bold(ours) if cell.best and cell.mean is not None else ours]
+    if with_paper:
+        out += [escape(_paper(cell)), escape(_num(cell.diff, signed=True))]
+    return out
+
+
+def _render_md(table: Table) -> str:
+    heads = ["Method"]
+    for col in table.columns:
+        heads += [f"{col.dataset} {col.header}" + (f" {h}" if table.with_paper else "")
+                  for h in _sub_headers(table.with_paper)]
+    lines = [f"**{table.caption}**", "", "| " + " | ".join(heads) + " |",
+             "|" + "|".join([":---"] + ["---:"] * (len(heads) - 1)) + "|"]
+    for title, cells in table.rows:
+        texts = [title.replace("|", "\\|")]
+        for cell in cells:
+            texts += _cell_texts(cell, table.with_paper, str, lambda s: f"**{s}**")
+        lines.append("| " + " | ".join(texts) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _tex_escape(text: str) -> str:
+    for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
+                       ("$", r"\$"), ("{", r"\{"), ("}", r"\}"), ("Δ", r"$\Delta$"), ("†", r"$^\dagger$"),
+                       ("–", "--"), ("±", r"$\pm$"), ("−", "$-$")):
+        text = text.replace(char, repl)
+    return text
+
+
+def _render_tex(table: Table) -> str:
+    sub = _sub_headers(table.with_paper)
+    per_col = len(sub)
+    datasets = []
+    for col in table.columns:
+        if not datasets or datasets[-1][0] != col.dataset:
+            datasets.append([col.dataset, 0])
+        datasets[-1][1] += per_col
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_tex_escape(table.caption)}}}",
+             r"\begin{tabular}{l" + "r" * (len(table.columns) * per_col) + "}", r"\toprule"]
+    lines.append("Method & " + " & ".join(rf"\multicolumn{{{n}}}{{c}}{{{_tex_escape(d)}}}" for d, n in datasets)
+                 + r" \\")
+    start, rules = 2, []
+    for _, n in datasets:
+        rules.append(rf"\cmidrule(lr){{{start}-{start + n - 1}}}")
+        start += n
+    lines.append(" ".join(rules))
+    metric_heads = []
+    for col in table.columns:
+        metric_heads += [_tex_escape(col.header + (f" {h}" if table.with_paper else "")) for h in sub]
+    lines += [" & " + " & ".join(metric_heads) + r" \\", r"\midrule"]
+    for title, cells in table.rows:
+        texts = [_tex_escape(title)]
+        for cell in cells:
+            texts += _cell_texts(cell, table.with_paper, _tex_escape, lambda s: rf"\textbf{{{s}}}")
+        lines.append(" & ".join(texts) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def _csv_header(table: Table) -> list[str]:
+    head = ["method"]
+    for col in table.columns:
+        fields = ["mean", "std", "n"] + (["paper", "paper_verified", "diff"] if table.with_paper else [])
+        head += [f"{col.dataset}/{col.metric}/{f}" for f in fields]
+    return head
+
+
+def _csv_rows(table: Table) -> list[list[str]]:
+    rows = []
+    for title, cells in table.rows:
+        row = [title]
+        for cell in cells:
+            row += ["" if cell.mean is None else f"{cell.mean:.4f}", "" if cell.std is None else f"{cell.std:.4f}",
+                    str(cell.n)]
+            if table.with_paper:
+                row += ["" if cell.paper is None else f"{cell.paper.value:.2f}",
+                        "" if cell.paper is None else str(cell.paper.verified).lower(),
+                        "" if cell.diff is None else f"{cell.diff:.4f}"]
+        rows.append(row)
+    return rows
+
+
+def _render_csv(table: Table) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(_csv_header(table))
+    writer.writerows(_csv_rows(table))
+    return buf.getvalue()
+
+
+RENDERERS = {"md": _render_md, "csv": _render_csv, "tex": _render_tex}
+
+
+def render(records: Sequence[RunRecord], fmt: str = "md", paper: PaperTable | None = None, protocol: str = "paper",
+           **options: Any) -> str:
+    """``build_table`` + the ``fmt`` renderer (``md``, ``csv`` or ``tex``); ``options`` go to ``build_table``."""
+    if fmt not in RENDERERS:
+        raise ValueError(f"format {fmt!r} is not one of {list(RENDERERS)}")
+    return RENDERERS[fmt](build_table(records, protocol=protocol, paper=paper, **options))
+
+
+def log_wandb_table(table: Table, mode: str, *, project: str = "augbench", group: str | None = None,
+                    name: str = "table") -> None:
+    """Log the table (its CSV columns) as a W&B Table; ``disabled`` does nothing and never imports wandb."""
+    if mode == "disabled":
+        return
+    import wandb  # lazily: W&B is an optional sink
+
+    run = wandb.init(project=project, group=group, job_type="table", name=name, mode=mode, reinit=True)
+    run.log({name: wandb.Table(columns=_csv_header(table), data=_csv_rows(table))})
+    run.summary["caption"] = table.caption
+    run.finish()
+
+
+def config_order(config_path: Path) -> dict[str, Any]:
+    """Row/column order, protocol, paper and title of an experiment config, for ``augbench table --config``."""
+    with open(config_path) as f:
+        doc = yaml.safe_load(f) or {}
+    if not isinstance(doc, Mapping) or "methods" not in doc or "datasets" not in doc:
+        raise ValueError(f"{config_path}: not an experiment config (needs methods and datasets)")
+    return {"methods": list(doc["methods"]), "datasets": list(doc["datasets"]), "protocol": doc.get("protocol"),
+            "paper": doc.get("paper"), "table": doc.get("table"), "title": doc.get("title") or doc.get("name")}

@@ -1,0 +1,38 @@
+"""``augbench evaluate RUN_DIR --missing 0,0.2,0.5``: test-time missing-modality evaluation (AUG Table 5)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from benchmarks.evaluate import RESULT_FILE, evaluate_missing, parse_rates
+
+HELP = "evaluate a finished run's final checkpoint with a fraction of samples missing one modality"
+
+
+def _rates(text: str) -> list[float]:
+    try:
+        return parse_rates(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", type=Path, help="a finished run folder")
+    p.add_argument("--missing", type=_rates, default=[0.0, 0.2, 0.5],
+                   help="comma-separated fractions of samples that lose one modality (default 0,0.2,0.5)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--seed", type=int, default=0, help="seed of which samples lose which modality")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: the run's train.device")
+    p.add_argument("--batch-size", type=int, help="default: the run's train.eval_batch_size")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = evaluate_missing(args.run_dir, args.missing, split=args.split, seed=args.seed, device=args.device,
+                           batch_size=args.batch_size)
+    for row in out["rates"]:
+        m = row["metrics"]
+        print(f"missing {row['rate']:.0%}: acc {m['acc']:.4f}  macro_f1 {m['macro_f1']:.4f}  map {m['map']:.4f}  "
+              f"({row['n_missing']}/{out['n']} samples missing a modality)")
+    print(f"wrote {args.run_dir / RESULT_FILE}")
+    return 0

@@ -1,0 +1,52 @@
+"""``augbench table RUNS_DIR``: a results table (Markdown, CSV or LaTeX) from finished runs, with published numbers.
+
+Examples::
+
+    augbench table runs/aug_neurips25_table1 --config benchmarks/configs/aug_neurips25/table1.yaml
+    augbench table runs/bb --paper balancebenchmark --protocol paper --format tex --out results/bb.tex
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from benchmarks.collect import (FORMATS, PROTOCOL_CAPTIONS, RENDERERS, build_table, config_order, load_paper,
+                                load_runs, log_wandb_table)
+from benchmarks.records import WANDB_MODES, atomic_write_text
+
+HELP = "tabulate finished runs: mean ± std over seeds per method x dataset x metric, with published numbers"
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs_dir", type=Path, help="folder searched recursively for finished runs")
+    p.add_argument("--config", type=Path, help="experiment config: row/column order, protocol, paper and table")
+    p.add_argument("--paper", help="published numbers: a key of results/paper/ (e.g. aug_neurips25) or a CSV path")
+    p.add_argument("--paper-table", help="which table of the paper file (e.g. table1)")
+    p.add_argument("--format", choices=FORMATS, default="md")
+    p.add_argument("--protocol", choices=tuple(PROTOCOL_CAPTIONS),
+                   help="epoch selection; default: the config's, else 'paper' with --paper, else 'clean'")
+    p.add_argument("--per-modality", action="store_true", help="add per-modality accuracy columns")
+    p.add_argument("--missing", action="store_true", help="missing-modality accuracies (augbench evaluate --missing)")
+    p.add_argument("--out", type=Path, help="write the table here instead of printing it")
+    p.add_argument("--wandb", choices=WANDB_MODES, help="also log it as a W&B Table (default: WANDB_MODE or off)")
+    p.add_argument("--wandb-group", help="W&B group for the table run")
+
+
+def run(args: argparse.Namespace) -> int:
+    order = config_order(args.config) if args.config else {}
+    paper_name = args.paper or order.get("paper")
+    paper = load_paper(paper_name, args.paper_table or order.get("table")) if paper_name else None
+    protocol = args.protocol or order.get("protocol") or ("paper" if paper else "clean")
+    table = build_table(load_runs(args.runs_dir), protocol=protocol, paper=paper, per_modality=args.per_modality,
+                        missing=args.missing, datasets=order.get("datasets"), methods=order.get("methods"),
+                        title=order.get("title"))
+    text = RENDERERS[args.format](table)
+    if args.out:
+        atomic_write_text(args.out, text)
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="")
+    log_wandb_table(table, args.wandb or os.environ.get("WANDB_MODE") or "disabled", group=args.wandb_group)
+    return 0

@@ -1,0 +1,199 @@
+"""Data-parallel training of one run on several processes (``torchrun``), without wrapping methods in DDP.
+
+Methods own their optimizer steps (several per batch for AUG and MLA, gradient edits between ``backward`` and
+``step`` for OGM-GE), so ``DistributedDataParallel``'s backward-time all-reduce does not fit the contract. Instead:
+
+- every optimizer built by ``TrainContext.make_optimizer`` gets a *step pre-hook* (``average_gradients``) that
+  averages the gradients of all its parameter groups across ranks right before each ``step()``: it covers
+  parameter groups added later (AUG's learners) and any number of steps per batch;
+- the training loader gives each rank a disjoint, equal-sized slice of the same seeded permutation, with
+  ``train.batch_size / world_size`` samples per rank and step, so one step sees ``train.batch_size`` samples in all;
+- rank 0's initial parameters and buffers are broadcast to every rank; before each evaluation the BatchNorm running
+  statistics are averaged over ranks (the other tensors are broadcast from rank 0), and after every epoch's
+  ``on_epoch_end`` everything is broadcast from rank 0 again (method buffers follow rank 0, and a method whose epoch
+  hook changed its structure differently on two ranks is reported instead of deadlocking);
+- every rank evaluates the full val/test splits with identical weights (simple and deterministic); only rank 0
+  writes files and logs.
+
+Deviations from single-process training with the same global batch: BatchNorm normalises each rank's slice with
+its own batch statistics (no SyncBatchNorm; running statistics are averaged before each evaluation), per-batch
+quantities a method computes inside ``update`` (confidence sums, OGM's ratio, OGM-GE's noise) come from the rank's
+own slice, and ``n % world_size`` training samples of each epoch's permutation are left out. Methods whose epoch hooks take data-dependent decisions from ``loaders.train`` see only their rank's slice;
+``all_reduce_sum`` lets such a method agree across ranks (it is the identity in a single process).
+
+Launch: ``torchrun --nproc_per_node 2 -m benchmarks train ...`` (or ``augbench sweep --gpus-per-run 2``). The process
+group is initialised from ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (+ ``MASTER_ADDR``/``MASTER_PORT``): NCCL on CUDA,
+gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+class RankDivergenceError(RuntimeError):
+    """Ranks disagree about the parameters they hold, so collectives cannot line up."""
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process sits in a data-parallel run; the default is a single process."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def device(self, device: torch.device) -> torch.device:
+        """Pin CUDA runs to this rank's local GPU; CPU stays CPU."""
+        if self.enabled and device.type == "cuda":
+            torch.cuda.set_device(self.local_rank)
+            return torch.device("cuda", self.local_rank)
+        return device
+
+    @property
+    def step_pre_hook(self) -> Callable[..., None] | None:
+        return average_gradients if self.enabled else None
+
+    def broadcast_module(self, module: nn.Module) -> None:
+        """Copy rank 0's parameters and buffers to every rank (after checking that all ranks hold the same)."""
+        if not self.enabled:
+            return
+        check_same_structure(module)
+        with torch.no_grad():
+            for tensor in [*module.parameters(), *module.buffers()]:
+                dist.broadcast(tensor.data, src=0)
+
+    def sync_for_eval(self, module: nn.Module) -> None:
+        """Average BatchNorm running statistics over ranks and broadcast every other tensor from rank 0, so that all
+        ranks evaluate the same model."""
+        if not self.enabled:
+            return
+        check_same_structure(module)
+        averaged = {id(t) for m in module.modules() if isinstance(m, BATCH_NORMS)
+                    for t in (m.running_mean, m.running_var) if t is not None}
+        with torch.no_grad():
+            for tensor in [*module.parameters(), *module.buffers()]:
+                if id(tensor) in averaged:
+                    dist.all_reduce(tensor.data, op=dist.ReduceOp.SUM)
+                    tensor.data /= self.world_size
+                else:
+                    dist.broadcast(tensor.data, src=0)
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+
+def env_world() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from the torchrun environment; (0, 1, 0) when absent."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"inconsistent distributed environment: RANK={rank}, WORLD_SIZE={world}")
+    return rank, world, local
+
+
+def init_from_env(device: str = "auto") -> tuple[DistContext, bool]:
+    """Join the process group that torchrun describes in the environment.
+
+    Args:
+        device: the run's ``train.device``; ``cpu`` forces gloo even on a machine with GPUs.
+
+    Returns:
+        The context and whether this call created the process group (then the caller destroys it).
+    """
+    rank, world, local = env_world()
+    if world == 1:
+        return DistContext(), False
+    if dist.is_initialized():
+        return DistContext(dist.get_rank(), dist.get_world_size(), local), False
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method="env://", rank=rank,
+                            world_size=world)
+    return DistContext(rank, world, local), True
+
+
+def shutdown(created: bool) -> None:
+    if created and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _structure(params: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    count, numel = len(params), sum(p.numel() for p in params)
+    return torch.tensor([count, numel, -count, -numel], dtype=torch.int64, device=device)
+
+
+def _check_structure(params: list[torch.Tensor], device: torch.device, what: str) -> None:
+    stats = _structure(params, device)
+    dist.all_reduce(stats, op=dist.ReduceOp.MAX)
+    high, low = stats[:2].tolist(), (-stats[2:]).tolist()
+    if high != low:
+        raise RankDivergenceError(
+            f"ranks disagree about {what}: parameter tensors {low[0]}..{high[0]}, elements {low[1]}..{high[1]} "
+            f"(this rank: {len(params)}, {sum(p.numel() for p in params)}). A method's epoch hook changed its "
+            "structure from data only this rank saw; reduce its statistics with benchmarks.distributed."
+            "all_reduce_sum before deciding.")
+
+
+def check_same_structure(module: nn.Module) -> None:
+    """Raise ``RankDivergenceError`` unless every rank holds the same number and size of parameters/buffers."""
+    tensors = [*module.parameters(), *module.buffers()]
+    device = tensors[0].device if tensors else torch.device("cpu")
+    _check_structure(tensors, device, f"the tensors of {type(module).__name__}")
+
+
+def average_gradients(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict[str, Any]) -> None:
+    """Optimizer step pre-hook: replace every gradient of ``optimizer``'s groups by its mean over ranks.
+
+    A parameter whose gradient is None on every rank stays None (SGD then skips it, as in a single process, which
+    AUG's ``zero_grad`` semantics rely on); one that has a gradient on some ranks only counts zeros elsewhere.
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if not params:
+        return
+    device = params[0].device
+    _check_structure(params, device, "the parameters of an optimizer")
+    has_grad = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=device)
+    dist.all_reduce(has_grad, op=dist.ReduceOp.MAX)
+    world = dist.get_world_size()
+    buckets: dict[torch.dtype, list[torch.Tensor]] = defaultdict(list)
+    for p, flag in zip(params, has_grad.tolist()):
+        if flag:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            buckets[p.grad.dtype].append(p)
+    for members in buckets.values():
+        flat = torch.cat([p.grad.reshape(-1) for p in members])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= world
+        offset = 0
+        for p in members:
+            n = p.grad.numel()
+            p.grad.copy_(flat[offset:offset + n].view(p.grad.shape))
+            offset += n
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over ranks in place (identity in a single process); for methods' epoch statistics."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor

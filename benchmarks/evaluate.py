@@ -1,0 +1,139 @@
+"""Test-time missing-modality evaluation of a finished run (AUG paper, Table 5: 0% / 20% / 50% missing).
+
+Protocol [project; the AUG paper does not describe its sampling]: for a missing rate r, round(r·N) of the N samples
+of the split lose one modality each, its input tensor replaced by zeros before ``predict`` (the P1 ``input`` drop,
+applied generically to the batch, so every method is evaluated the same way). One generator seeded by
+``seed_for(seed, "missing-modality")`` draws a permutation of the samples and, per sample, the modality it would lose
+(uniform over the dataset's modalities). The first round(r·N) samples of the permutation are the missing ones, so
+the missing sets are nested across rates and a sample always loses the same modality. Metrics come from the same
+``evaluate`` the runner uses, on the *final* checkpoint (the last epoch, not the best-on-test epoch), so rate 0
+reproduces the run's last-epoch test metrics (unless a method's ``on_epoch_end`` changed the model after that last
+evaluation). Results go to ``<run>/missing_modality.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import yaml
+
+from benchmarks.records import write_json
+from benchmarks.runner import (CHECKPOINT, build_data, build_method, evaluate, seed_everything, select_device)
+from benchmarks.sweep import run_config_from_dict
+from datasets.base import Batch, BatchLoader, seed_for
+
+RESULT_FILE = "missing_modality.json"
+
+
+class RunNotFinishedError(ValueError):
+    """The run folder has no finished run (no ``DONE``/``checkpoint.pt``)."""
+
+
+def parse_rates(text: str) -> list[float]:
+    """``"0,0.2,0.5"`` -> ``[0.0, 0.2, 0.5]``; every rate must lie in [0, 1]."""
+    try:
+        rates = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--missing expects comma-separated fractions like 0,0.2,0.5, got {text!r}") from None
+    check_rates(rates)
+    return rates
+
+
+def check_rates(rates: Sequence[float]) -> None:
+    bad = [r for r in rates if not 0.0 <= r <= 1.0]
+    if not rates or bad:
+        raise ValueError(f"missing rates must be fractions in [0, 1], got {list(rates)}")
+
+
+def missing_plan(n: int, rates: Sequence[float], num_modalities: int, seed: int) -> dict[float, np.ndarray]:
+    """Per rate, an array of length ``n``: -1 for a complete sample, else the index of the modality it loses."""
+    check_rates(rates)
+    rng = np.random.default_rng(seed_for(seed, "missing-modality"))
+    order = rng.permutation(n)
+    loses = rng.integers(0, num_modalities, size=n)
+    plans = {}
+    for rate in rates:
+        chosen = order[:int(round(rate * n))]
+        codes = np.full(n, -1, dtype=np.int64)
+        codes[chosen] = loses[chosen]
+        plans[float(rate)] = codes
+    return plans
+
+
+def apply_missing(batch: Batch, codes: torch.Tensor, modalities: Sequence[str]) -> Batch:
+    """Zero modality ``modalities[k]``'s input for every sample whose code is k (codes: (B,), -1 = complete)."""
+    out = dict(batch)
+    for k, name in enumerate(modalities):
+        x = batch[name]
+        drop = (codes == k).to(x.device).view(-1, *([1] * (x.dim() - 1)))
+        out[name] = x.masked_fill(drop, 0)
+    return out
+
+
+class _MissingLoader:
+    """A split's loader whose batches have the planned modalities zeroed (``evaluate`` only needs these two)."""
+
+    def __init__(self, loader: BatchLoader, code_of_row: torch.Tensor, modalities: Sequence[str]) -> None:
+        self.loader = loader
+        self.code_of_row = code_of_row
+        self.modalities = modalities
+
+    @property
+    def num_samples(self) -> int:
+        return self.loader.num_samples
+
+    def __iter__(self) -> Iterator[Batch]:
+        for batch in self.loader:
+            yield apply_missing(batch, self.code_of_row[batch["index"].cpu()], self.modalities)
+
+
+def evaluate_missing(run_dir: Path, rates: Sequence[float] = (0.0, 0.2, 0.5), *, split: str = "test", seed: int = 0,
+                     device: str | None = None, batch_size: int | None = None) -> dict[str, Any]:
+    """Evaluate a finished run's final checkpoint with missing modalities and write ``missing_modality.json``.
+
+    Args:
+        run_dir: a run folder holding ``DONE``, ``config.yaml`` and ``checkpoint.pt``.
+        rates: fractions of samples that lose one modality.
+        split: the split to evaluate.
+        seed: seeds which samples lose which modality (independent of the run seed).
+        device: ``auto``/``cpu``/``cuda``; default the run's ``train.device``.
+        batch_size: evaluation batch size; default the run's ``train.eval_batch_size``.
+    """
+    run_dir = Path(run_dir)
+    ckpt = run_dir / CHECKPOINT
+    if not (run_dir / "DONE").exists() or not ckpt.exists():
+        raise RunNotFinishedError(f"{run_dir} holds no finished run (needs DONE and {CHECKPOINT}); the "
+                                  "missing-modality evaluation uses the final checkpoint")
+    with open(run_dir / "config.yaml") as f:
+        cfg = run_config_from_dict(yaml.safe_load(f))
+    dev = select_device(device or cfg.train.device)
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
+    bundle = build_data(cfg)
+    method = build_method(cfg, bundle, dev)
+    state = torch.load(ckpt, map_location=dev, weights_only=False)
+    method.load_checkpoint_state(state["method"])
+    loader = bundle.loader(split, batch_size=batch_size or cfg.train.eval_batch_size, train=False,
+                           seed=cfg.train.seed, device=dev)
+    loader.set_epoch(state["epoch"])
+    names = bundle.task.names
+    plans = missing_plan(loader.num_samples, rates, len(names), seed)
+    results = []
+    for rate, codes in plans.items():
+        code_of_row = torch.full((int(bundle.labels.shape[0]),), -1, dtype=torch.int64)
+        code_of_row[torch.from_numpy(loader.rows)] = torch.from_numpy(codes)
+        metrics = evaluate(method, _MissingLoader(loader, code_of_row, names), bundle.task.num_classes)
+        results.append({"rate": rate, "n_missing": int((codes >= 0).sum()),
+                        "missing_by_modality": {m: int((codes == k).sum()) for k, m in enumerate(names)},
+                        "metrics": metrics})
+    summary = json.loads((run_dir / "summary.json").read_text())
+    out = {"split": split, "seed": seed, "checkpoint_epoch": state["epoch"], "n": loader.num_samples,
+           "protocol": "each missing sample loses one modality chosen uniformly (input zeroed); nested sets across "
+                       "rates; final checkpoint",
+           "reference_last_epoch_acc": ((summary["protocols"]["last"].get(split) or {}).get("acc")),
+           "rates": results}
+    write_json(run_dir / RESULT_FILE, out)
+    return out

@@ -1,0 +1,162 @@
+"""Tables (golden files for md/csv/tex), published numbers, and plots, from fixture run folders."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchmarks.cli import main
+from benchmarks.collect import PaperFileError, build_table, load_paper, load_runs, render
+from benchmarks.plots import plot_run, plot_sweep, run_series
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+PAPER = GOLDEN / "paper_fixture.csv"
+
+# (method, dataset, seed) -> best-on-test fused (acc, macro_f1, map); "clean" is 5 points lower, "last" 10.
+RUNS = {
+    ("joint", "cremad", 0): (0.60, 0.55, 0.70), ("joint", "cremad", 1): (0.62, 0.57, 0.72),
+    ("joint", "cremad", 2): (0.64, 0.59, 0.74), ("aug", "cremad", 0): (0.80, 0.78, 0.90),
+    ("aug", "cremad", 1): (0.86, 0.84, 0.92), ("aug", "kinetics_sounds", 0): (0.70, 0.69, 0.75),
+    ("joint", "kinetics_sounds", 0): (0.65, 0.64, 0.70),
+}
+
+
+def _test_metrics(acc: float, f1: float, mean_ap: float) -> dict:
+    return {"acc": acc, "macro_f1": f1, "map": mean_ap, "n": 100,
+            "per_modality": {"audio": {"acc": acc - 0.1, "macro_f1": f1 - 0.1, "map": mean_ap - 0.1},
+                             "visual": {"acc": acc - 0.2, "macro_f1": f1 - 0.2, "map": mean_ap - 0.2}}}
+
+
+def write_run(root: Path, method: str, dataset: str, seed: int, values: tuple, done: bool = True,
+              job: dict | None = None) -> Path:
+    run = root / f"{dataset}-{method}-seed{seed}-fixture"
+    run.mkdir(parents=True)
+    protocols = {name: {"epoch": 2, "test": _test_metrics(*(v - shift for v in values))}
+                 for name, shift in (("paper", 0.0), ("clean", 0.05), ("last", 0.10))}
+    (run / "summary.json").write_text(json.dumps({"method": method, "dataset": dataset, "seed": seed,
+                                                  "protocols": protocols}))
+    (run / "config.yaml").write_text(yaml.safe_dump({"method": method, "dataset": dataset}))
+    history = [{"epoch": e, "train": {"loss": 2.0 - e}, "test": _test_metrics(*(v - 0.1 * (2 - e) for v in values)),
+                "val": _test_metrics(*values), "diag": {"ratio": 1.0 + e, "learners_visual": e, "note": "text"}}
+               for e in range(3)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    if job is not None:
+        (run / "job.json").write_text(json.dumps(job))
+    if done:
+        (run / "DONE").write_text("")
+    return run
+
+
+@pytest.fixture
+def runs_dir(tmp_path) -> Path:
+    for (method, dataset, seed), values in RUNS.items():
+        write_run(tmp_path, method, dataset, seed, values)
+    write_run(tmp_path, "aug", "cremad", 9, (0.1, 0.1, 0.1), done=False)
+    return tmp_path
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text(), f"{name} changed; rerun with UPDATE_GOLDEN=1 if the change is intended"
+
+
+@pytest.mark.parametrize("fmt", ["md", "csv", "tex"])
+def test_table_renders_the_golden_file(runs_dir, fmt):
+    text = render(load_runs(runs_dir), fmt, paper=load_paper(PAPER, "table1"), protocol="paper",
+                  title="Fixture table")
+    check_golden(f"table.{fmt}", text)
+
+
+def test_cells_are_mean_and_sample_std_over_seeds_with_paper_and_best(runs_dir):
+    records = load_runs(runs_dir)
+    assert len(records) == 7, "the unfinished run (no DONE) is left out"
+    table = build_table(records, protocol="paper", paper=load_paper(PAPER, "table1"))
+    rows = dict(table.rows)
+    assert [t for t, _ in table.rows] == ["AUG", "Concat"], "row labels are the registered titles"
+    acc = [c.metric for c in table.columns].index("acc")
+    joint, aug = rows["Concat"][acc], rows["AUG"][acc]
+    assert joint.mean == pytest.approx(62.0) and joint.std == pytest.approx(2.0) and joint.n == 3
+    assert aug.mean == pytest.approx(83.0) and aug.std == pytest.approx(4.242640687) and aug.seeds == (0, 1)
+    assert aug.best and not joint.best
+    assert joint.paper.value == 65.07 and joint.paper.verified and joint.diff == pytest.approx(-3.07)
+    assert not aug.paper.verified
+    ks = [i for i, c in enumerate(table.columns) if c.dataset == "kinetics_sounds" and c.metric == "acc"][0]
+    assert rows["AUG"][ks].std is None and rows["AUG"][ks].n == 1
+    clean = dict(build_table(records, protocol="clean").rows)["Concat"][acc]
+    assert clean.mean == pytest.approx(57.0), "the protocol picks which epoch's test metrics enter the table"
+
+
+def test_per_modality_and_missing_columns(runs_dir):
+    run = runs_dir / "cremad-joint-seed0-fixture"
+    (run / "missing_modality.json").write_text(json.dumps({"rates": [
+        {"rate": 0.0, "metrics": {"acc": 0.5, "macro_f1": 0.4, "map": 0.6}},
+        {"rate": 0.2, "metrics": {"acc": 0.3, "macro_f1": 0.2, "map": 0.4}}]}))
+    table = build_table(load_runs(runs_dir), per_modality=True, datasets=["cremad"], methods=["joint"])
+    assert [c.header for c in table.columns] == ["Acc", "Macro-F1", "MAP", "Acc (audio)", "Acc (visual)"]
+    assert table.rows[0][1][3].mean == pytest.approx(52.0)
+    missing = build_table(load_runs(runs_dir), missing=True, datasets=["cremad"], methods=["joint"])
+    assert [c.header for c in missing.columns] == ["Acc missing 0%", "Acc missing 20%"]
+    assert [c.mean for c in missing.rows[0][1]] == pytest.approx([50.0, 30.0])
+    assert missing.rows[0][1][0].n == 1
+
+
+def test_sweep_labels_from_job_json_and_config_order(tmp_path):
+    for seed in (0, 1):
+        write_run(tmp_path, "unimodal", "cremad", seed, (0.5, 0.5, 0.5),
+                  job={"label": "unimodal_v", "title": "Unimodal (visual)"})
+    write_run(tmp_path, "joint", "cremad", 0, (0.6, 0.6, 0.6))
+    table = build_table(load_runs(tmp_path), methods=["unimodal_v", "joint"])
+    assert [t for t, _ in table.rows] == ["Unimodal (visual)", "Concat"]
+
+
+def test_paper_files_are_checked(tmp_path):
+    merged = load_paper(PAPER)
+    assert merged.lookup("cremad", ["joint"], "acc").verified, "equal values across tables merge, verified wins"
+    bad = tmp_path / "bad.csv"
+    bad.write_text(PAPER.read_text().replace("65.07,false", "64.00,false"))
+    with pytest.raises(PaperFileError, match="--paper-table"):
+        load_paper(bad)
+    assert load_paper(bad, "table2").lookup("cremad", ["joint"], "acc").value == 64.0
+    bad.write_text(PAPER.read_text().replace("85.15,false", "85.15,maybe"))
+    with pytest.raises(PaperFileError, match=r"bad.csv:3: verified must be true or false"):
+        load_paper(bad)
+    with pytest.raises(PaperFileError, match="no published numbers for 'nope'"):
+        load_paper("nope")
+
+
+def test_shipped_paper_files_load():
+    for name in ("aug_neurips25", "balancebenchmark"):
+        paper = load_paper(name)
+        assert paper.values and all(0 < v.value <= 100 for v in paper.values.values())
+    aug = load_paper("aug_neurips25", "table1")
+    assert not aug.lookup("cremad", ["aug"], "acc").verified, "AUG Table 1 is unverified (methods.md §3.11)"
+    assert load_paper("aug_neurips25", "figure1").lookup("cremad", ["joint"], "acc").verified
+
+
+def test_table_command_defaults_to_best_on_test_when_comparing_with_a_paper(runs_dir, capsys, tmp_path):
+    assert main(["table", str(runs_dir), "--paper", str(PAPER), "--paper-table", "table1"]) == 0
+    out = capsys.readouterr().out
+    assert out == render(load_runs(runs_dir), "md", paper=load_paper(PAPER, "table1"), protocol="paper")
+    assert main(["table", str(runs_dir), "--format", "csv", "--out", str(tmp_path / "t.csv")]) == 0
+    assert (tmp_path / "t.csv").read_text() == render(load_runs(runs_dir), "csv", protocol="clean")
+    assert main(["table", str(runs_dir / "nope")]) == 2
+
+
+def test_run_series_and_plots(runs_dir):
+    run = runs_dir / "cremad-aug-seed0-fixture"
+    history = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    series = run_series(history)
+    assert set(series) == {"accuracy", "loss", "diag/ratio", "diag/learners_visual"}, "non-numeric diag is skipped"
+    assert series["accuracy"]["test"] == pytest.approx([0.6, 0.7, 0.8])
+    assert series["accuracy"]["val/visual"] == pytest.approx([0.6] * 3)
+    assert series["diag/ratio"]["ratio"] == [1.0, 2.0, 3.0]
+    png = plot_run(run)
+    assert png == run / "plots" / "curves.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    sweep_png = plot_sweep(runs_dir, runs_dir / "sweep.png")
+    assert sweep_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and sweep_png.stat().st_size > 10_000

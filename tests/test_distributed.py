@@ -1,0 +1,118 @@
+"""Data-parallel training on two gloo processes (CPU): gradient averaging, sharding, broadcast, a full run."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from baselines.base import StepInfo
+from benchmarks.config import build_config
+from benchmarks.distributed import init_from_env, shutdown
+from benchmarks.runner import build_data, build_method, make_loaders, train_run
+from tests.conftest import make_context, tiny_overrides
+
+WORLD = 2
+
+
+def crafted_problem() -> tuple[nn.Linear, torch.Tensor, torch.Tensor]:
+    """A fixed linear classifier and an 8-sample batch; rank r gets rows [4r, 4r + 4)."""
+    model = nn.Linear(3, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.5, -0.2, 0.1], [0.3, 0.8, -0.6]]))
+        model.bias.copy_(torch.tensor([0.1, -0.1]))
+    x = torch.arange(24, dtype=torch.float32).reshape(8, 3) / 10 - 1
+    y = torch.tensor([0, 1, 1, 0, 1, 0, 0, 1])
+    return model, x, y
+
+
+def _worker(rank: int, port: int, tmp: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
+                      LOCAL_RANK=str(rank), WANDB_MODE="disabled", GLOO_SOCKET_IFNAME="lo")
+    torch.set_num_threads(1)
+    ddp, created = init_from_env("cpu")
+    out: dict = {}
+
+    # 1. Crafted case: the averaged gradient of two half-batches is the full-batch gradient.
+    model, x, y = crafted_problem()
+    only_rank0 = nn.Parameter(torch.ones(2))
+    unused = nn.Parameter(torch.ones(2))
+    ctx = make_context(momentum=0.0, weight_decay=0.0)
+    ctx.step_pre_hook = ddp.step_pre_hook
+    opt = ctx.make_optimizer([*model.parameters(), only_rank0, unused], lr=0.1)
+    loss = F.cross_entropy(model(x[4 * rank:4 * rank + 4]), y[4 * rank:4 * rank + 4])
+    if rank == 0:
+        loss = loss + only_rank0.sum()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    out["grads"] = [model.weight.grad.clone(), model.bias.grad.clone()]
+    out["params"] = [model.weight.detach().clone(), model.bias.detach().clone()]
+    out["only_rank0_grad"] = only_rank0.grad.clone()
+    out["unused_grad_is_none"] = unused.grad is None
+
+    # 2. A registered method: broadcast initial parameters, sharded epoch, two steps, same parameters after.
+    cfg = build_config("joint", "synthetic", tiny_overrides())
+    bundle = build_data(cfg)
+    method = build_method(cfg, bundle, torch.device("cpu"), step_pre_hook=ddp.step_pre_hook)
+    if rank == 1:
+        with torch.no_grad():
+            for p in method.parameters():
+                p.add_(1.0)
+    ddp.broadcast_module(method)
+    loaders = make_loaders(cfg, bundle, torch.device("cpu"), ddp.rank, ddp.world_size)
+    out["batch_sizes"], out["rows"] = [], []
+    for i, batch in enumerate(loaders.train):
+        out["batch_sizes"].append(len(batch["index"]))
+        out["rows"] += batch["index"].tolist()
+        if i < 2:
+            method.update(batch, StepInfo(0, i, len(loaders.train), 2))
+    out["method_params"] = {k: v.detach().clone() for k, v in method.named_parameters()}
+
+    # 3. The runner end to end: every rank trains, rank 0 writes the run folder.
+    out["summary"] = train_run(cfg, Path(tmp) / "run", log=lambda msg: None)
+    torch.save(out, Path(tmp) / f"rank{rank}.pt")
+    dist.barrier()
+    shutdown(created)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed gloo")
+def test_two_gloo_ranks_average_gradients_shard_data_and_agree_on_parameters(tmp_path):
+    torch.multiprocessing.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+    model, x, y = crafted_problem()
+    full = F.cross_entropy(model(x), y)
+    full.backward()
+    expected = [model.weight.grad, model.bias.grad]
+    for out in ranks:
+        for got, want in zip(out["grads"], expected):
+            torch.testing.assert_close(got, want)
+        for got, p, g in zip(out["params"], (model.weight, model.bias), expected):
+            torch.testing.assert_close(got, p.detach() - 0.1 * g)
+        torch.testing.assert_close(out["only_rank0_grad"], torch.full((2,), 0.5)), "zeros stand in on rank 1"
+        assert out["unused_grad_is_none"], "a parameter with no gradient anywhere keeps None (SGD skips it)"
+
+    first, second = ranks
+    assert set(first["rows"]).isdisjoint(second["rows"]) and len(set(first["rows"] + second["rows"])) == 64
+    assert first["batch_sizes"] == second["batch_sizes"] == [8] * 4, "global batch 16 = 8 per rank, same count"
+    for name, value in first["method_params"].items():
+        torch.testing.assert_close(second["method_params"][name], value, msg=name)
+
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and (tmp_path / "run" / "DONE").exists()
+    assert summary["protocols"] == json.loads(json.dumps(second["summary"]["protocols"])), \
+        "rank 1 evaluates the same model on the full split"

@@ -1,0 +1,53 @@
+"""Missing-modality evaluation (AUG Table 5) on crafted batches and on a tiny trained run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.cli import main
+from benchmarks.config import build_config
+from benchmarks.evaluate import RunNotFinishedError, apply_missing, evaluate_missing, missing_plan, parse_rates
+from benchmarks.runner import train_run
+from tests.conftest import tiny_overrides
+
+
+def test_missing_plan_is_seeded_nested_and_loses_one_modality_per_sample():
+    plans = missing_plan(1000, [0.0, 0.2, 0.5], num_modalities=2, seed=0)
+    assert [int((plans[r] >= 0).sum()) for r in (0.0, 0.2, 0.5)] == [0, 200, 500]
+    small, large = plans[0.2], plans[0.5]
+    assert np.all(large[small >= 0] == small[small >= 0]), "20% missing samples are a subset, same modality"
+    assert 200 < int((large == 0).sum()) < 300, "the lost modality is drawn uniformly"
+    assert np.array_equal(missing_plan(1000, [0.5], 2, seed=0)[0.5], large)
+    assert not np.array_equal(missing_plan(1000, [0.5], 2, seed=1)[0.5], large)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        parse_rates("0,1.5")
+
+
+def test_apply_missing_zeroes_exactly_the_planned_inputs():
+    batch = {"audio": torch.ones(4, 1, 2, 2), "visual": torch.full((4, 3, 1, 2, 2), 2.0), "label": torch.arange(4)}
+    out = apply_missing(batch, torch.tensor([-1, 0, 1, 0]), ["audio", "visual"])
+    assert out["audio"].flatten(1).sum(1).tolist() == [4.0, 0.0, 4.0, 0.0]
+    assert out["visual"].flatten(1).sum(1).tolist() == [24.0, 24.0, 0.0, 24.0]
+    assert torch.equal(out["label"], batch["label"]) and batch["audio"].sum() == 16, "the input batch is untouched"
+
+
+def test_evaluate_missing_on_a_trained_run(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    with pytest.raises(RunNotFinishedError):
+        evaluate_missing(run_dir)
+    cfg = build_config("joint", "synthetic", tiny_overrides())
+    summary = train_run(cfg, run_dir, log=lambda msg: None)
+    assert main(["evaluate", str(run_dir), "--missing", "0,0.25,1", "--device", "cpu"]) == 0
+    result = json.loads((run_dir / "missing_modality.json").read_text())
+    rates = {row["rate"]: row for row in result["rates"]}
+    last = summary["protocols"]["last"]["test"]
+    assert rates[0.0]["metrics"]["acc"] == last["acc"] and rates[0.0]["metrics"]["map"] == pytest.approx(last["map"])
+    assert result["reference_last_epoch_acc"] == last["acc"] and result["checkpoint_epoch"] == 1
+    assert [rates[r]["n_missing"] for r in (0.0, 0.25, 1.0)] == [0, 4, 16]
+    assert sum(rates[1.0]["missing_by_modality"].values()) == 16
+    assert "missing 25%" in capsys.readouterr().out
+    assert evaluate_missing(run_dir, [0.25])["rates"][0]["metrics"] == rates[0.25]["metrics"], "deterministic"

@@ -1,0 +1,39 @@
+"""Run records: atomic writes, W&B mode resolution, and a real offline W&B run (no network)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.config import build_config
+from benchmarks.records import atomic_write_text, resolve_wandb_mode
+from benchmarks.runner import train_run
+from tests.conftest import tiny_overrides
+
+
+def test_atomic_write_leaves_no_temporary_files(tmp_path):
+    atomic_write_text(tmp_path / "a.txt", "one")
+    atomic_write_text(tmp_path / "a.txt", "two")
+    assert (tmp_path / "a.txt").read_text() == "two"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_wandb_mode_resolution(monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert resolve_wandb_mode(None) == "offline", "no credentials: log offline, sync later"
+    monkeypatch.setenv("WANDB_API_KEY", "x")
+    assert resolve_wandb_mode(None) == "online"
+    assert resolve_wandb_mode("disabled") == "disabled"
+    with pytest.raises(ValueError):
+        resolve_wandb_mode("sometimes")
+
+
+def test_offline_wandb_run_is_written_and_resumed_with_the_same_id(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = build_config("joint", "synthetic", tiny_overrides())
+    train_run(cfg, tmp_path / "run", wandb_mode="offline")
+    run_id = (tmp_path / "run" / "wandb_id.txt").read_text()
+    offline = list((tmp_path / "run" / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert offline and list(offline[0].glob("*.wandb")), "an offline W&B run that `wandb sync` can upload"

@@ -1,0 +1,199 @@
+"""Sweeps: config expansion, run identity, the local launcher (kill + restart + skip), the Slurm job spec."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from baselines.hparams import HParamError
+from benchmarks.cli import main
+from benchmarks.config import build_config
+from benchmarks.runner import train_run
+from benchmarks.sweep import (Job, MissingEntriesError, SlurmOptions, SweepConfigError, check_config, expand,
+                              load_config, local_slots, make_executor, parse_config, run_local, run_slurm)
+from tests.conftest import TINY_DATA, TINY_MODEL, TINY_TRAIN
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p for p in (ROOT / "benchmarks" / "configs").glob("*/*.yaml")
+                 if p.parent.name in ("aug_neurips25", "balancebenchmark"))
+
+
+def tiny_config(**extra) -> dict:
+    doc = {"name": "test/tiny", "seeds": [0, 1], "protocol": "clean",
+           "defaults": {"model": dict(TINY_MODEL), "train": dict(TINY_TRAIN), "data": dict(TINY_DATA)},
+           "datasets": {"synthetic": {}}, "methods": {"joint": {}, "sum": {}}}
+    doc.update(extra)
+    return doc
+
+
+def test_expand_merges_layers_in_order_and_names_runs_by_config_hash(tmp_path):
+    config = parse_config(tiny_config(
+        seeds=[3],
+        datasets={"synthetic": {"train": {"lr": 0.05, "epochs": 3}, "notes": "dataset notes are not knobs"}},
+        methods={"ogm_ge": {"ogm_ge": {"alpha": 0.3}, "train": {"lr": 0.02},
+                            "per_dataset": {"synthetic": {"ogm_ge": {"mod_end": 7}}},
+                            "grid": {"ogm_ge.mod_start": [0, 1]}},
+                 "unimodal_v": {"method": "unimodal", "title": "Unimodal (visual)",
+                                "unimodal": {"modality": "visual"}}}))
+    jobs = expand(config, tmp_path, assignments={"model": {"width": 2}, "ogm_ge": {"alpha": 0.5}})
+    assert [j.label for j in jobs] == ["ogm_ge [ogm_ge.mod_start=0]", "ogm_ge [ogm_ge.mod_start=1]", "unimodal_v"]
+    first = jobs[0].cfg
+    # method section (0.02) beats the dataset section (0.05); --set (0.5) beats the method section (0.3)
+    assert (first.train.lr, first.train.epochs, first.train.seed) == (0.02, 3, 3)
+    assert (first.method_hp.alpha, first.method_hp.mod_end, first.method_hp.mod_start) == (0.5, 7, 0)
+    assert first.model.width == 2 and jobs[2].cfg.train.lr == 0.05 and jobs[2].title == "Unimodal (visual)"
+    for job in jobs:
+        assert job.run_dir == tmp_path / job.cfg.run_name()
+        assert job.cfg.run_name().endswith(job.cfg.digest()) and job.state() == "new"
+    assert jobs[0].title == "OGM-GE [ogm_ge.mod_start=0]", "default title = the registered class title"
+
+
+def test_job_yaml_rebuilds_the_same_run_and_the_command_resumes_it(tmp_path):
+    (job,) = expand(parse_config(tiny_config(seeds=[0], methods={"aug": {"aug": {"residual_lambda": 0.2}}})),
+                    tmp_path)
+    job.write_files()
+    sections = yaml.safe_load((job.run_dir / "job.yaml").read_text())
+    rebuilt = build_config(sections.pop("method"), sections.pop("dataset"), sections)
+    assert rebuilt.digest() == job.cfg.digest() and rebuilt.method_hp.residual_lambda == 0.2
+    assert json.loads((job.run_dir / "job.json").read_text())["label"] == "aug"
+    (cmd,) = job.commands(python="py", wandb_mode="offline", wandb_group="g")
+    assert cmd[:4] == ["py", "-m", "benchmarks", "train"] and "--resume" in cmd
+    assert cmd[cmd.index("--run-dir") + 1] == str(job.run_dir) and cmd[-2:] == ["--wandb-group", "g"]
+    (ddp,) = job.commands(python="py", gpus_per_run=2)
+    assert ddp[:6] == ["py", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
+
+
+def test_unknown_methods_are_listed_unless_skip_missing(tmp_path):
+    config = parse_config(tiny_config(methods={"joint": {}, "not_a_method": {}, "also_missing": {}}))
+    with pytest.raises(MissingEntriesError, match=r"\['also_missing', 'not_a_method'\]"):
+        expand(config, tmp_path)
+    jobs = expand(config, tmp_path, skip_missing=True, log=lambda msg: None)
+    assert {j.cfg.method for j in jobs} == {"joint"} and len(jobs) == 2
+
+
+def test_bad_configs_are_errors_that_name_the_key(tmp_path):
+    with pytest.raises(SweepConfigError, match="unknown top-level key"):
+        parse_config(tiny_config(method="joint"))
+    with pytest.raises(SweepConfigError, match=r"methods.joint: unknown key\(s\) \['ogm_ge'\]"):
+        parse_config(tiny_config(methods={"joint": {"ogm_ge": {"alpha": 1}}}))
+    with pytest.raises(HParamError, match=r"methods.joint on synthetic: unknown hyperparameter\(s\) \['train.lrr'\]"):
+        expand(parse_config(tiny_config(methods={"joint": {"train": {"lrr": 1}}})), tmp_path)
+    with pytest.raises(SweepConfigError, match="same run"):
+        expand(parse_config(tiny_config(methods={"joint": {}, "again": {"method": "joint"}})), tmp_path)
+    with pytest.raises(SweepConfigError, match="match no method"):
+        expand(parse_config(tiny_config()), tmp_path, assignments={"ogm_ge": {"alpha": 1}})
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_shipped_configs_resolve_every_registered_section(path):
+    config = load_config(path)
+    missing = check_config(config)
+    assert set(missing) <= {"method ml_lstm", "dataset twitter2015", "dataset sarcasm", "dataset nvgesture"}
+    assert str(path.relative_to(ROOT)) in config.doc["command"], "the config states its own exact command"
+    assert config.doc["paper"] and config.protocol in ("paper", "clean", "last")
+
+
+def test_local_slots_split_gpus_into_groups_and_cpu_workers():
+    assert local_slots(1, [0, 1, 2, 3], gpus_per_run=2) == [{"CUDA_VISIBLE_DEVICES": "0,1"},
+                                                            {"CUDA_VISIBLE_DEVICES": "2,3"}]
+    assert local_slots(3, None, threads_per_worker=1) == [{"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}] * 3
+    with pytest.raises(ValueError, match="groups"):
+        local_slots(1, [0, 1, 2], gpus_per_run=2)
+
+
+def _sweep_parent(jobs: list[Job]) -> None:
+    run_local(jobs, workers=1, threads_per_worker=1, log=lambda msg: None, poll_s=0.05)
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().decode(errors="replace"):
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _protocols(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())["protocols"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork + /proc + PR_SET_PDEATHSIG")
+def test_local_sweep_killed_midway_resumes_to_the_uninterrupted_result_and_skips_finished_runs(tmp_path):
+    data = {**TINY_DATA, "n_train": 256}
+    config = parse_config(tiny_config(defaults={"model": dict(TINY_MODEL), "data": data,
+                                                "train": {**TINY_TRAIN, "epochs": 3}}))
+    out = tmp_path / "sweep"
+    jobs = expand(config, out)
+    assert len(jobs) == 4
+
+    # The sweep parent is a forked copy of this process (no interpreter start-up); its children are real
+    # `python -m benchmarks train` processes.
+    parent = multiprocessing.get_context("fork").Process(target=_sweep_parent, args=(jobs,))
+    parent.start()
+    deadline = time.time() + 240
+    while time.time() < deadline and not any(j.state() == "resume" for j in jobs):
+        time.sleep(0.01)
+    parent.kill()
+    parent.join()
+    assert any(j.state() == "resume" for j in jobs), "no run reached its first checkpoint in time"
+    assert not all(j.state() == "done" for j in jobs)
+    time.sleep(0.5)
+    assert not _processes_mentioning(str(out)), "training children must die with the sweep"
+
+    report = run_local(jobs, workers=4, threads_per_worker=1, log=lambda msg: None, poll_s=0.05)
+    assert not report.failed and set(report.launched) | set(report.skipped) == {j.name for j in jobs}
+    assert all(j.state() == "done" for j in jobs)
+    for job in jobs:
+        reference = train_run(job.cfg, tmp_path / "reference" / job.name, log=lambda msg: None)
+        assert _protocols(job.run_dir) == json.loads(json.dumps(reference["protocols"])), job.name
+        lines = (job.run_dir / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2]
+
+    again = run_local(jobs, workers=2, log=lambda msg: None)
+    assert again.launched == [] and sorted(again.skipped) == sorted(j.name for j in jobs)
+
+
+def test_cli_dry_run_lists_states_and_unknown_methods_fail_cleanly(tmp_path, capsys):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(methods={"joint": {}, "nope": {}})))
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+    assert "unregistered method(s) ['nope']" in capsys.readouterr().err
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out"), "--dry-run", "--skip-missing",
+                 "--seeds", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "1 runs in" in out and "new" in out and "seed5" in out
+    assert not (tmp_path / "out").exists(), "a dry run writes nothing"
+
+
+def test_slurm_launcher_job_spec_and_debug_execution(tmp_path, monkeypatch):
+    submitit = pytest.importorskip("submitit")
+    options = SlurmOptions(partition="gpu", time_min=90, gpus_per_run=2, cpus_per_task=4, mem_gb=16, account="acc")
+    monkeypatch.setattr(submitit.slurm.slurm.SlurmExecutor, "affinity", classmethod(lambda cls: 1))
+    executor = make_executor(tmp_path / "submitit", options, name="augbench-test")
+    script = submitit.slurm.slurm._make_sbatch_string(command="CMD", folder=str(tmp_path),
+                                                      **executor._executor.parameters)
+    for flag in ("--partition=gpu", "--time=90", "--gpus-per-node=2", "--ntasks-per-node=2", "--cpus-per-task=4",
+                 "--mem=16GB", "--account=acc", "--job-name=augbench-test", "--signal=USR2"):
+        assert f"#SBATCH {flag}" in script, flag
+
+    config = parse_config(tiny_config(seeds=[0], methods={"joint": {}},
+                                      defaults={"model": dict(TINY_MODEL), "data": dict(TINY_DATA),
+                                                "train": {**TINY_TRAIN, "epochs": 1}}))
+    out = tmp_path / "out"
+    jobs = expand(config, out)
+    debug = make_executor(tmp_path / "submitit", SlurmOptions(), name="augbench-test", cluster="debug")
+    (handle,) = run_slurm(jobs, debug, out=out, config=config, log=lambda msg: None)
+    assert handle.result() == str(jobs[0].run_dir)
+    assert jobs[0].state() == "done"
+    assert json.loads((out / "slurm_jobs.json").read_text()) == {jobs[0].name: str(handle.job_id)}
+    assert run_slurm(jobs, debug, out=out, log=lambda msg: None) == [], "finished runs are not submitted again"
+    assert hasattr(handle.submission().function, "checkpoint"), "jobs requeue on time-out and resume"
