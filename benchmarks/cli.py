@@ -18,6 +18,7 @@ COMMANDS = (
     "train",
     "prepare",
     "bench",
+    "demo",
     "sweep",
     "table",
     "plot",

@@ -3,7 +3,9 @@
 - accuracy;
 - macro-F1: unweighted mean over classes of per-class F1 (scikit-learn ``average='macro'``, all K classes);
 - mAP: (1/K') sum_c AP(one_hot[:, c], softmax(z)[:, c]) over the K' classes present in the labels (AP is undefined
-  for a class with no positives; the AUG/LFM code definition otherwise).
+  for a class with no positives; the AUG/LFM code definition otherwise);
+- conf: mean true-class softmax probability, the per-sample form of methods.md P2's confidence score; the ratio of
+  two modalities' ``conf`` is the imbalance diagnostic plotted by the demo.
 """
 
 from __future__ import annotations
@@ -25,4 +27,5 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_class
         "acc": float((pred == y).mean()),
         "macro_f1": float(f1_score(y, pred, labels=np.arange(num_classes), average="macro", zero_division=0)),
         "map": float(np.mean(np.atleast_1d(ap))),
+        "conf": float(probs[np.arange(len(y)), y].mean()),
     }

@@ -129,3 +129,66 @@ def plot_sweep(sweep_dir: Path, out_png: Path | None = None) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     return out
+
+
+def _demo_curves(sweep_dir: Path) -> dict[str, dict[str, list[list[float]]]]:
+    """Row label -> series (``fused``, each modality's accuracy, ``ratio`` = conf_first / conf_second) -> per-seed
+    test curves."""
+    curves: dict[str, dict[str, list[list[float]]]] = defaultdict(lambda: defaultdict(list))
+    for metrics in sorted(Path(sweep_dir).rglob("metrics.jsonl")):
+        run_dir = metrics.parent
+        if not (run_dir / "job.json").exists():
+            continue
+        label = json.loads((run_dir / "job.json").read_text())["label"]
+        history = read_jsonl(metrics)
+        tests = [r["test"] for r in history if "test" in r]
+        curves[label]["fused"].append([t["acc"] for t in tests])
+        modalities = list(tests[0]["per_modality"]) if tests else []
+        for m in modalities:
+            curves[label][m].append([t["per_modality"][m]["acc"] for t in tests])
+        if len(modalities) >= 2 and all("conf" in t["per_modality"][modalities[0]] for t in tests):
+            first, second = modalities[:2]
+            curves[label]["ratio"].append([t["per_modality"][first]["conf"] / max(t["per_modality"][second]["conf"],
+                                                                               1e-12) for t in tests])
+    return curves
+
+
+def plot_demo(sweep_dir: Path, out_png: Path, order: Sequence[str] | None = None) -> Path:
+    """One panel per method row: test accuracy of the fused output and of each modality per epoch (left axis) and
+    the confidence ratio conf_audio / conf_visual (right axis, log scale), each the mean over seeds."""
+    curves = _demo_curves(sweep_dir)
+    if not curves:
+        raise FileNotFoundError(f"no sweep run (job.json + metrics.jsonl) under {sweep_dir}")
+    labels = [r for r in (order or []) if r in curves] + sorted(r for r in curves if r not in (order or []))
+    rows, cols = _grid(len(labels), cols=6)
+    fig = Figure(figsize=(3.2 * cols, 2.5 * rows), layout="constrained")
+    styles = {"fused": ("k", "-"), "audio": ("tab:blue", "-"), "visual": ("tab:orange", "-")}
+    for k, label in enumerate(labels):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        for name, runs in curves[label].items():
+            if name == "ratio":
+                continue
+            length = min(len(x) for x in runs)
+            color, style = styles.get(name, (None, "--"))
+            ax.plot(range(length), np.mean([x[:length] for x in runs], axis=0), style, color=color, label=name,
+                    marker="." if length < 15 else None)
+        ax.set_ylim(0, 1)
+        ax.set_title(label, fontsize="small")
+        if "ratio" in curves[label]:
+            runs = curves[label]["ratio"]
+            length = min(len(x) for x in runs)
+            twin = ax.twinx()
+            twin.plot(range(length), np.exp(np.mean(np.log([x[:length] for x in runs]), axis=0)), ":",
+                      color="tab:green", label="conf ratio")
+            twin.set_yscale("log")
+            twin.axhline(1.0, color="tab:green", linewidth=0.5)
+            twin.tick_params(labelsize="x-small")
+        ax.tick_params(labelsize="x-small")
+        if k == 0:
+            ax.legend(fontsize="x-small", loc="lower right")
+    fig.suptitle("test accuracy per epoch (fused, audio, visual; left) and conf_audio / conf_visual (dotted, right)",
+                 fontsize="small")
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    return out

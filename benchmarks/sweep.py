@@ -608,6 +608,75 @@ def run_local(jobs: Sequence[Job], *, workers: int = 1, gpus: Sequence[int] | No
     return report
 
 
+# --- Pool launcher (long-lived CPU workers) ------------------------------------------------------------------------
+def _pool_init(threads: int) -> None:
+    """Pool worker set-up: die with the sweep (Linux), and use ``threads`` intra-op threads."""
+    if sys.platform.startswith("linux"):
+        _die_with_parent()
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _pool_step(task: tuple[str, dict[str, Any], dict[str, Any], str, str | None]) -> tuple[str, int, float, str]:
+    """Train (and evaluate) one run inside a pool worker; returns (name, status, seconds, error)."""
+    from benchmarks.evaluate import evaluate_missing
+    from benchmarks.runner import train_run
+
+    run_dir, sections, evaluate, wandb_mode, wandb_group = Path(task[0]), *task[1:]
+    start = time.monotonic()
+    head = {k: sections[k] for k in ("method", "dataset")}
+    try:
+        cfg = build_config(head["method"], head["dataset"],
+                           {k: v for k, v in sections.items() if k not in ("method", "dataset")})
+        with open(run_dir / "train.log", "a") as logfile:
+            train_run(cfg, run_dir, resume=True, wandb_mode=wandb_mode, wandb_group=wandb_group,
+                      log=lambda line: print(line, file=logfile, flush=True))
+        if evaluate and not (run_dir / "missing_modality.json").exists():
+            evaluate_missing(run_dir, evaluate.get("missing", (0.0, 0.2, 0.5)), split=evaluate.get("split", "test"),
+                             seed=evaluate.get("seed", 0))
+    except Exception as err:  # reported per run, so one failing method does not stop the sweep
+        return run_dir.name, 1, time.monotonic() - start, f"{type(err).__name__}: {err}"
+    return run_dir.name, 0, time.monotonic() - start, ""
+
+
+def run_pool(jobs: Sequence[Job], *, workers: int = 1, threads_per_worker: int = 1, out: Path | None = None,
+             config: SweepConfig | None = None, wandb_mode: str = "disabled", wandb_group: str | None = None,
+             log: Callable[[str], None] = print) -> LocalReport:
+    """Run the unfinished ``jobs`` in ``workers`` long-lived processes, one run at a time each.
+
+    Same on-disk semantics as ``run_local`` (finished runs skipped, unfinished ones resumed from their last epoch),
+    without starting a Python interpreter per run: for sweeps of many short CPU runs (the demo), where importing
+    torch would cost as much as training.
+    """
+    import multiprocessing
+
+    report = LocalReport()
+    queue = []
+    for job in jobs:
+        if job.state() == "done":
+            report.skipped.append(job.name)
+        else:
+            job.write_files()
+            queue.append(job)
+    log(f"{len(jobs)} runs: {len(report.skipped)} finished, {len(queue)} to run in {workers} worker process(es)")
+    results: dict[str, dict[str, Any]] = {}
+    tasks = [(str(job.run_dir), job.sections(), job.evaluate, wandb_mode, wandb_group) for job in queue]
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(workers, initializer=_pool_init, initargs=(threads_per_worker,)) as pool:
+        for done, (name, status, seconds, error) in enumerate(pool.imap_unordered(_pool_step, tasks), 1):
+            report.launched.append(name)
+            results[name] = {"returncode": status, "seconds": round(seconds, 1)}
+            if status:
+                report.failed[name] = status
+                log(f"[{done}/{len(tasks)}] FAILED {name}: {error}")
+            else:
+                log(f"[{done}/{len(tasks)}] done {name} ({seconds:.1f} s)")
+            if out is not None and config is not None:
+                write_sweep_record(out, config, jobs, results)
+    return report
+
+
 # --- Slurm launcher ---------------------------------------------------------------------------------------------
 
 @dataclass

@@ -18,6 +18,7 @@ DATASET_MODULES = (
     "datasets.kinetics_sounds",
     "datasets.ave",
     "datasets.vggsound",
+    "datasets.av_digits_cache",
 )
 
 

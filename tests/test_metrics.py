@@ -20,6 +20,8 @@ def test_accuracy_macro_f1_and_map_by_hand():
     # AP per class on softmax scores: class0 and class1 rank their positives first (AP 1); class2 scores:
     # s3 highest (pos), s2 next (pos) -> AP 1.
     assert math.isclose(m["map"], 1.0)
+    p = torch.softmax(logits, dim=1)
+    assert math.isclose(m["conf"], float((p[0, 0] + p[1, 1] + p[2, 2] + p[3, 2]) / 4), rel_tol=1e-6)
 
 
 def test_map_penalises_bad_ranking_and_skips_absent_classes():

@@ -15,7 +15,7 @@ HELP = "list methods and datasets (and their hyperparameters with -v)"
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="also list every hyperparameter and its default")
-    p.add_argument("--markdown", action="store_true", help="print the README's methods table (generated)")
+    p.add_argument("--markdown", choices=("methods", "datasets"), help="print a README table (generated)")
 
 
 def methods_markdown() -> str:
@@ -26,6 +26,17 @@ def methods_markdown() -> str:
                              for v, preset in cls.VARIANTS.items()) or "same as paper default"
         lines.append(f"| {cls.title} | `{name}` | {cls.PAPER} | {cls.CODE} | {variants} |")
     return "\n".join(lines) + "\n"
+
+
+def datasets_markdown() -> str:
+    """The README's datasets table, generated from the dataset registry."""
+    lines = ["| dataset | `--dataset` | modalities / notes |", "|---|---|---|"]
+    for name, cls in list_datasets().items():
+        lines.append(f"| {cls.DESCRIPTION.split(':')[0]} | `{name}` | {cls.DESCRIPTION.partition(': ')[2]} |")
+    return "\n".join(lines) + "\n"
+
+
+README_BLOCKS = {"methods": methods_markdown, "datasets": datasets_markdown}
 
 
 def _summary(doc: str | None) -> str:
@@ -42,7 +53,7 @@ def _knobs(namespace: str, params) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     if args.markdown:
-        print(methods_markdown(), end="")
+        print(README_BLOCKS[args.markdown](), end="")
         return 0
     print("methods:")
     for name, cls in list_methods().items():

@@ -17,7 +17,7 @@ from baselines.hparams import parse_assignments
 from benchmarks.cli import UsageError
 from benchmarks.records import WANDB_MODES, resolve_wandb_mode
 from benchmarks.sweep import (SlurmOptions, SlurmUnavailableError, SweepBusyError, SweepLock, expand, load_config,
-                              make_executor, run_local, run_slurm, write_sweep_record)
+                              make_executor, run_local, run_pool, run_slurm, write_sweep_record)
 
 HELP = "run an experiment config (all methods x datasets x seeds) locally or on Slurm, resuming unfinished runs"
 
@@ -31,7 +31,9 @@ def _gpus(text: str) -> list[int]:
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", type=Path, help="experiment config, e.g. benchmarks/configs/aug_neurips25/table1.yaml")
-    p.add_argument("--launcher", choices=("local", "slurm"), default="local")
+    p.add_argument("--launcher", choices=("local", "pool", "slurm"), default="local",
+                   help="local: a subprocess per run (GPUs or CPU workers); pool: --workers long-lived CPU processes "
+                        "(no interpreter start-up per run; for many short runs); slurm: submitit jobs")
     p.add_argument("--out", type=Path, help="sweep folder (default: runs/<config name>)")
     p.add_argument("--gpus", type=_gpus, help="local: GPU ids to keep busy, one run each, e.g. 0,1,2,3")
     p.add_argument("--gpus-per-run", type=int, default=1, help="GPUs per run (data-parallel via torchrun when > 1)")
@@ -95,6 +97,11 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     with SweepLock(out):
         write_sweep_record(out, config, jobs)
+        if args.launcher == "pool":
+            report = run_pool(jobs, workers=args.workers, threads_per_worker=args.threads_per_worker or 1, out=out,
+                              config=config, wandb_mode=mode, wandb_group=group)
+            print(f"{len(report.launched)} run, {len(report.skipped)} already finished, {len(report.failed)} failed")
+            return 1 if report.failed else 0
         report = run_local(jobs, workers=args.workers, gpus=args.gpus, gpus_per_run=args.gpus_per_run, out=out,
                            config=config, wandb_mode=mode, wandb_group=group,
                            threads_per_worker=args.threads_per_worker)
