@@ -145,9 +145,7 @@ class DIMML(Method):
     @torch.no_grad()
     def compute_duc_dims(self, loader: BatchLoader) -> None:
         """The effective-dimension pass over the training rows (eval mode)."""
-        pass_loader = BatchLoader(loader.base_rows, loader.labels, loader.gather,
-                                  batch_size=self.ctx.train_hp.eval_batch_size, train=False, seed=loader.seed,
-                                  device=loader.device, augment=loader.augment)
+        pass_loader = loader.derived(batch_size=self.ctx.train_hp.eval_batch_size)
         self.eval()
         feats: dict[str, list[torch.Tensor]] = {m: [] for m in self.modalities}
         labels = []

@@ -30,7 +30,7 @@ scratch optimizer whose state is cleared after each estimation.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from baselines.base import FusionMethod, FusionModel, Loaders, StepInfo, TrainContext
 from baselines.hparams import HParam, HParams
 from baselines.registry import register
-from datasets.base import Batch, BatchLoader, TaskSpec
+from datasets.base import Batch, TaskSpec
 
 FUSED = "fused"
 # Stands in for a zero overfitting change O, which would otherwise divide by zero.
@@ -60,19 +60,6 @@ def blending_weights(losses: Mapping[str, tuple[float, float, float, float]]) ->
         return {k: 1 / len(raw) for k in raw}
     return {k: w / total for k, w in raw.items()}
 
-
-def _train_pass(loader: BatchLoader, tag: int, max_steps: int) -> Iterator[Batch]:
-    """One pass over the training loader with its own shuffle; the runner's epoch is restored afterwards. Negative
-    tags never collide with the runner's epochs."""
-    epoch = loader.epoch
-    loader.set_epoch(tag)
-    try:
-        for i, batch in enumerate(loader):
-            if max_steps and i >= max_steps:
-                break
-            yield batch
-    finally:
-        loader.set_epoch(epoch)
 
 
 @register
@@ -146,7 +133,7 @@ class GBlending(FusionMethod):
             for j in range(n_est):
                 scratch.train()
                 tag = -1 - ((epoch // self.hp.super_epoch * len(self.heads) + i) * n_est + j)
-                train_loss = self._epoch_loss(scratch, _train_pass(loaders.train, tag, max_steps), drop, True)
+                train_loss = self._epoch_loss(scratch, loaders.train.extra_pass(tag, max_steps), drop, True)
                 if j in (0, n_est - 1):
                     scratch.eval()
                     record[j] = (train_loss, self._epoch_loss(scratch, loaders.val, drop, False))

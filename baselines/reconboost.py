@@ -46,7 +46,6 @@ training. Optimizers: M modality + 1 correction (+ M pre-training).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -121,19 +120,6 @@ def ga_term(logits: torch.Tensor, partner: torch.Tensor, flow: bool) -> torch.Te
     return F.mse_loss(p, torch.softmax(partner.detach().float(), dim=1))
 
 
-def _train_pass(loader: BatchLoader, tag: int, max_steps: int) -> Iterator[Batch]:
-    """One pass over the training loader with its own shuffle; the runner's epoch is restored afterwards. Negative
-    tags never collide with the runner's epochs."""
-    epoch = loader.epoch
-    loader.set_epoch(tag)
-    try:
-        for i, batch in enumerate(loader):
-            if max_steps and i >= max_steps:
-                break
-            yield batch
-    finally:
-        loader.set_epoch(epoch)
-
 
 @register
 class ReconBoost(Method):
@@ -206,7 +192,7 @@ class ReconBoost(Method):
         for i, (m, opt) in enumerate(zip(self.modalities, self.pretrain_opts)):
             head = self.pretrain_heads[m]
             for j in range(self.hp.pretrain_epochs):
-                for batch in _train_pass(loader, -1 - (i * self.hp.pretrain_epochs + j), max_steps):
+                for batch in loader.extra_pass(-1 - (i * self.hp.pretrain_epochs + j), max_steps):
                     with self.ctx.autocast():
                         loss = F.cross_entropy(head(self.encoders[m](batch[m])).float(), batch["label"])
                     opt.zero_grad(set_to_none=True)

@@ -95,9 +95,7 @@ class Relearning(FusionMethod):
     @torch.no_grad()
     def split_features(self, loader: BatchLoader) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Eval-mode encoder features of every row of ``loader``'s split, in row order."""
-        pass_loader = BatchLoader(loader.base_rows, loader.labels, loader.gather,
-                                  batch_size=self.ctx.train_hp.eval_batch_size, train=False, seed=loader.seed,
-                                  device=loader.device, augment=loader.augment)
+        pass_loader = loader.derived(batch_size=self.ctx.train_hp.eval_batch_size)
         feats: dict[str, list[np.ndarray]] = {m: [] for m in self.modalities}
         labels = []
         self.model.eval()

@@ -122,8 +122,7 @@ class SMV(FusionMethod):
     def valuate(self, loader: BatchLoader, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """phi of each modality for ``rows`` (in that order), from an eval-mode pass with features zeroed."""
         first, second = self.modalities
-        pass_loader = BatchLoader(rows, loader.labels, loader.gather, batch_size=self.ctx.train_hp.eval_batch_size,
-                                  train=False, seed=loader.seed, device=loader.device, augment=loader.augment)
+        pass_loader = loader.derived(rows, batch_size=self.ctx.train_hp.eval_batch_size)
         self.model.eval()
         correct = {"full": [], first: [], second: []}
         for batch in pass_loader:

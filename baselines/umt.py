@@ -90,9 +90,7 @@ class UMT(FusionMethod):
         out = {}
         for m, teacher in self.teachers.items():
             opt = self.teacher_optimizers[m]
-            own = BatchLoader(loader.base_rows, loader.labels, loader.gather, batch_size=loader.batch_size,
-                              train=True, seed=seed_for(loader.seed, "umt_teacher", m), device=loader.device,
-                              augment=loader.augment, drop_last=loader.drop_last)
+            own = loader.derived(train=True, seed=seed_for(loader.seed, "umt_teacher", m))
             steps = min(hp.max_steps_per_epoch, len(own)) if hp.max_steps_per_epoch else len(own)
             teacher.train()
             for epoch in range(epochs):

@@ -4,11 +4,15 @@ A batch is ``{"audio": Tensor, "visual": Tensor, ..., "label": LongTensor, "inde
 extras a method asked the loader to carry). Batches are built by fancy-indexing whole arrays (memory-mapped cache
 arrays or in-memory tensors), never by a per-sample ``__getitem__``; random augmentation runs once per batch on the
 batch's device, drawn from a generator seeded by (run seed, epoch), so an interrupted epoch replays identically.
+Batch keys starting with ``_`` are the gather's private notes to the augment (row numbers, frame ranges): they stay
+on the host, so the augment can read them without waiting for the device, and the augment removes them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping, Sequence
 
@@ -80,11 +84,13 @@ class BatchLoader:
     Training loaders shuffle with a generator seeded by ``(seed, epoch)``; evaluation loaders visit every row exactly
     once, in order, and never drop the last partial batch. ``set_rows`` lets a method resample the epoch (sample-level
     valuation): it replaces the row list and may attach per-row extras that are served under their own batch keys.
+    ``prefetch`` > 0 prepares up to that many batches ahead in a background thread while the caller trains on the
+    current one; the batches and their order are exactly those of the single-thread loader.
     """
 
     def __init__(self, rows: np.ndarray, labels: np.ndarray, gather: Gather, *, batch_size: int, train: bool,
                  seed: int, device: torch.device | str = "cpu", augment: Augment = identity_augment,
-                 drop_last: bool = False) -> None:
+                 drop_last: bool = False, prefetch: int = 0) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not train and drop_last:
@@ -100,6 +106,9 @@ class BatchLoader:
         self.device = torch.device(device)
         self.augment = augment
         self.drop_last = drop_last
+        if prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0, got {prefetch}")
+        self.prefetch = prefetch
         self.epoch = 0
         self.rank, self.world_size = 0, 1
 
@@ -133,6 +142,28 @@ class BatchLoader:
         n = len(self.rows)
         return n // self.world_size if self.world_size > 1 else n
 
+    def derived(self, rows: np.ndarray | None = None, *, train: bool = False, batch_size: int | None = None,
+                seed: int | None = None) -> "BatchLoader":
+        """A loader over the same arrays for a method's own pass: by default every row of this split once, in order,
+        with evaluation transforms (feature passes for valuation, diagnosis, effective dimensions); with
+        ``train=True`` and its own ``seed``, a private shuffled training pass (teachers, pre-training)."""
+        return BatchLoader(self.base_rows if rows is None else rows, self.labels, self.gather,
+                           batch_size=batch_size or self.batch_size, train=train,
+                           seed=self.seed if seed is None else seed, device=self.device, augment=self.augment)
+
+    def extra_pass(self, tag: int, max_steps: int = 0) -> Iterator[Batch]:
+        """One more training pass with the shuffle and augmentation of epoch ``tag`` (negative tags never collide
+        with the runner's epochs), stopping after ``max_steps`` batches if set; the runner's epoch is restored."""
+        epoch = self.epoch
+        self.set_epoch(tag)
+        try:
+            for i, batch in enumerate(self):
+                if max_steps and i >= max_steps:
+                    break
+                yield batch
+        finally:
+            self.set_epoch(epoch)
+
     @property
     def num_samples(self) -> int:
         return len(self.rows)
@@ -145,6 +176,11 @@ class BatchLoader:
         return torch.Generator().manual_seed(seed_for(self.seed, self.epoch, purpose))
 
     def __iter__(self) -> Iterator[Batch]:
+        if self.prefetch:
+            return prefetched(self._batches(), self.prefetch, self.device)
+        return self._batches()
+
+    def _batches(self) -> Iterator[Batch]:
         order = np.arange(len(self.rows))
         if self.train:
             order = torch.randperm(len(self.rows), generator=self.generator("shuffle")).numpy()
@@ -163,8 +199,60 @@ class BatchLoader:
             batch["index"] = torch.from_numpy(rows)
             for key, values in self.extras.items():
                 batch[key] = torch.as_tensor(values[pos])
-            batch = {k: (v.pin_memory() if pin else v).to(self.device, non_blocking=pin) for k, v in batch.items()}
+            batch = {k: v if k.startswith("_") else (v.pin_memory() if pin else v).to(self.device, non_blocking=pin)
+                     for k, v in batch.items()}
             yield self.augment(batch, aug_gen, self.train)
+
+
+def prefetched(batches: Iterator[Batch], depth: int, device: torch.device) -> Iterator[Batch]:
+    """Run ``batches`` in a background thread, at most ``depth`` ahead, yielding them in order.
+
+    The producer is the only thread advancing ``batches``, so the sequence (and every random draw in it) is the
+    single-thread one. An exception in the producer is raised here; leaving the loop early stops the producer.
+    """
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    # The current CUDA device is per thread: the producer must use the caller's (a data-parallel rank's own GPU).
+    cuda_index = (device.index if device.index is not None else torch.cuda.current_device()) \
+        if device.type == "cuda" else None
+
+    def produce() -> None:
+        outcome: object = done
+        try:
+            if cuda_index is not None:
+                torch.cuda.set_device(cuda_index)
+            for batch in batches:
+                if not put(batch):
+                    return
+        except Exception as err:  # handed to the consuming thread, which re-raises it
+            outcome = err
+        finally:
+            put(outcome)
+
+    thread = threading.Thread(target=produce, name="batch-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = slots.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 @dataclass
@@ -177,13 +265,15 @@ class DataBundle:
     gather: Gather
     augment: Augment = identity_augment
     info: dict = field(default_factory=dict)
+    prefetch: int = 0
 
     def loader(self, split: str, *, batch_size: int, train: bool, seed: int,
                device: torch.device | str = "cpu", drop_last: bool = False) -> BatchLoader:
         if split not in self.splits:
             raise KeyError(f"dataset {self.task.dataset!r} has no split {split!r}; it has {sorted(self.splits)}")
         return BatchLoader(self.splits[split], self.labels, self.gather, batch_size=batch_size, train=train,
-                           seed=seed, device=device, augment=self.augment, drop_last=drop_last)
+                           seed=seed, device=device, augment=self.augment, drop_last=drop_last,
+                           prefetch=self.prefetch)
 
 
 def stratified_holdout(rows: Sequence[int], labels: np.ndarray, fraction: float, seed: int

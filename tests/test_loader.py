@@ -64,3 +64,18 @@ def test_stratified_holdout_is_per_class_and_seeded():
     assert len(held) == 20 and np.bincount(labels[held]).tolist() == [5, 5, 5, 5]
     assert np.intersect1d(kept, held).size == 0 and len(kept) + len(held) == 100
     assert np.array_equal(held, stratified_holdout(np.arange(100), labels, 0.2, seed=3)[1])
+
+
+def test_derived_pass_is_in_order_over_the_whole_split_and_extra_pass_restores_the_epoch():
+    ld = loader(16, train=True)
+    ld.set_rows(np.arange(10))
+    ordered = torch.cat([b["index"] for b in ld.derived(batch_size=7)])
+    assert ordered.tolist() == list(range(N)), "derived() covers base rows in order, not the resampled ones"
+    private = ld.derived(train=True, seed=123)
+    assert [b["index"].tolist() for b in private] != [b["index"].tolist() for b in loader(16, train=True)]
+    ld.reset_rows()
+    ld.set_epoch(5)
+    tagged = [b["index"].tolist() for b in ld.extra_pass(-1, max_steps=2)]
+    assert len(tagged) == 2 and ld.epoch == 5
+    ld.set_epoch(-1)
+    assert tagged == [b["index"].tolist() for b in list(ld)[:2]]
