@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
+from baselines.encoders import (FRAME_ENCODERS, SEQUENCE_ENCODERS, TEXT_ENCODERS, TEXT_POOLS, build_frames_encoder,
+                                build_sequence_encoder, build_text_encoder)
 from baselines.hparams import HParam
 from datasets.base import ModalitySpec
 
@@ -22,6 +24,50 @@ MODEL_HPARAMS = (
     HParam("init", "ogm", "Weight init: 'ogm' = OGM-GE utils.weight_init (Kaiming conv, Xavier linear, BN 1/0), "
                           "used by OGM-GE/AUG/LFM; 'torch' = PyTorch defaults.", choices=("ogm", "torch")),
     HParam("channels_last", False, "Run conv trunks in channels_last memory format (faster on recent GPUs)."),
+    HParam("image_encoder", "resnet18", "Encoder of 'frames' modalities with T = 1 (images): 'resnet18' = the shared "
+                                        "trunk above; 'resnet50' = torchvision ResNet-50 (AUG paper for Twitter and "
+                                        "Sarcasm, methods.md §3.8); 'i3d' (baselines.encoders).",
+           per_dataset={"twitter2015": "resnet50", "sarcasm": "resnet50"}, choices=FRAME_ENCODERS),
+    HParam("video_encoder", "resnet18", "Encoder of 'frames' modalities with T > 1 (clips): 'resnet18' = the shared "
+                                        "trunk per frame (OGM-GE; BalanceBenchmark UCF-101); 'i3d' = the I3D-style "
+                                        "3-D CNN (AUG uses I3D for NVGesture, methods.md §3.8); 'resnet50'.",
+           per_dataset={"nvgesture": "i3d"}, choices=FRAME_ENCODERS),
+    HParam("image_pretrained", False, "Load ImageNet weights (torchvision IMAGENET1K_V2, as AMSS AMSS_IT/ITModel.py "
+                                      "ImageEncoder) into a resnet50 encoder, downloaded by torchvision on first use. "
+                                      "The AUG paper uses an ImageNet-pretrained ResNet-50 for Twitter and Sarcasm.",
+           per_dataset={"twitter2015": True, "sarcasm": True}),
+    HParam("proj_dim", 0, "Linear projection after the BERT and ResNet-50 features; 0 = none. AMSS "
+                          "AMSS_IT/ITModel.py: fea_fc 768 -> 256 and fc 2048 -> 256 (the data preparation AUG "
+                          "points to).", per_dataset={"twitter2015": 256, "sarcasm": 256}),
+    HParam("text_encoder", "bert", "Encoder of 'tokens' modalities: 'bert' (transformers; AUG paper for Twitter and "
+                                   "Sarcasm, BalanceBenchmark for Food-101) or 'embedding' (masked mean of learned "
+                                   "embeddings, no extra needed) [project].", choices=TEXT_ENCODERS),
+    HParam("text_pretrained", False, "Load BERT weights from the hub name model.bert_name (on the user's machine); "
+                                     "false = a randomly initialised BertConfig with the model.bert_* shape. The AUG "
+                                     "paper (Twitter, Sarcasm) and BalanceBenchmark (Food-101) use pretrained BERT.",
+           per_dataset={"twitter2015": True, "sarcasm": True, "food101": True}),
+    HParam("bert_name", "bert-base-uncased", "Hub name or local folder of the pretrained BERT (AMSS --bert_model "
+                                             "default; BalanceBenchmark google-bert/bert-base-uncased)."),
+    HParam("bert_vocab_size", 30522, "Vocabulary of a config-built BERT (and of the 'embedding' text encoder); "
+                                     "bert-base-uncased has 30522. Must cover the cache's tokenizer."),
+    HParam("bert_hidden", 768, "Hidden size of a config-built BERT (bert-base: 768)."),
+    HParam("bert_layers", 12, "Layers of a config-built BERT (bert-base: 12)."),
+    HParam("bert_heads", 12, "Attention heads of a config-built BERT (bert-base: 12)."),
+    HParam("bert_intermediate", 3072, "Feed-forward width of a config-built BERT (bert-base: 3072)."),
+    HParam("bert_max_positions", 512, "Position embeddings of a config-built BERT (bert-base: 512)."),
+    HParam("text_pool", "pooler", "BERT sentence feature: 'pooler' (AMSS BertEncoder uses the pooled output), "
+                                  "'cls' (last layer [CLS] state) or 'mean' (masked mean).", choices=TEXT_POOLS),
+    HParam("text_attention_mask", True, "Mask padding tokens (id 0) in BERT attention; false = AMSS, which passes "
+                                        "no mask so padding is attended."),
+    HParam("sequence_encoder", "mlp", "Encoder of 'sequence' modalities: 'mlp' (mean over time, the MLP above), "
+                                      "'gru', or 'transformer' (BalanceBenchmark's MOSEI encoder, "
+                                      "balancemm/encoders/transformer_encoder.py).",
+           per_dataset={"mosei": "transformer"}, choices=SEQUENCE_ENCODERS),
+    HParam("seq_hidden", 512, "Transformer sequence encoder: input embedding and feed-forward width "
+                              "(BalanceBenchmark encoder_config.yaml n_features 512)."),
+    HParam("seq_dim", 1024, "Transformer sequence encoder model width = feature size (BalanceBenchmark dim 1024)."),
+    HParam("seq_heads", 4, "Transformer sequence encoder heads (BalanceBenchmark n_head 4)."),
+    HParam("seq_layers", 2, "Layers of the transformer (BalanceBenchmark n_layers 2) and GRU sequence encoders."),
 )
 
 
@@ -70,14 +116,16 @@ class SpectrogramEncoder(nn.Module):
 
 
 class FramesEncoder(nn.Module):
-    """Visual: (B, 3, T, H, W) -> frames folded into the batch -> trunk -> mean over (T, H', W') -> (B, d).
+    """Visual: (B, C, T, H, W) -> frames folded into the batch -> trunk -> mean over (T, H', W') -> (B, d).
 
     Mean over all of T, H', W' equals OGM-GE's permute + adaptive_avg_pool3d; there is no temporal modelling.
+    ``in_channels`` is 3 for RGB; BalanceBenchmark's UCF-101 flow trunk takes 2 (u, v), NVGesture depth 1.
     """
 
-    def __init__(self, width: int, blocks: tuple[int, ...], channels_last: bool = False) -> None:
+    def __init__(self, width: int, blocks: tuple[int, ...], channels_last: bool = False, in_channels: int = 3
+                 ) -> None:
         super().__init__()
-        self.trunk = ResNetTrunk(3, width, blocks)
+        self.trunk = ResNetTrunk(in_channels, width, blocks)
         self.out_dim = self.trunk.out_dim
         self.channels_last = channels_last
 
@@ -111,9 +159,16 @@ def build_encoder(spec: ModalitySpec, model_hp) -> nn.Module:
     if spec.kind == "spectrogram":
         return SpectrogramEncoder(model_hp.width, blocks, model_hp.channels_last)
     if spec.kind == "frames":
-        return FramesEncoder(model_hp.width, blocks, model_hp.channels_last)
-    if spec.kind in ("vector", "sequence"):
+        choice = model_hp.image_encoder if spec.shape[1] == 1 else model_hp.video_encoder
+        if choice == "resnet18":
+            return FramesEncoder(model_hp.width, blocks, model_hp.channels_last, in_channels=spec.shape[0])
+        return build_frames_encoder(choice, spec, model_hp)
+    if spec.kind == "vector" or (spec.kind == "sequence" and model_hp.sequence_encoder == "mlp"):
         return MLPEncoder(spec.shape[-1], model_hp.mlp_hidden, model_hp.feature_dim)
+    if spec.kind == "sequence":
+        return build_sequence_encoder(spec, model_hp)
+    if spec.kind == "tokens":
+        return build_text_encoder(spec, model_hp)
     raise ValueError(f"no shared encoder for modality {spec.name!r} of kind {spec.kind!r}")
 
 
@@ -134,6 +189,39 @@ def weight_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def apply_unless_kept(module: nn.Module, fn) -> None:
+    """``module.apply(fn)`` (same post-order, so the same random draws) minus every subtree whose root sets
+    ``keeps_weights = True``: pretrained bodies (BERT, ImageNet ResNet-50) keep their weights."""
+    if getattr(module, "keeps_weights", False):
+        return
+    for child in module.children():
+        apply_unless_kept(child, fn)
+    fn(module)
+
+
 def init_model(model: nn.Module, model_hp) -> None:
     if model_hp.init == "ogm":
-        model.apply(weight_init)
+        apply_unless_kept(model, weight_init)
+
+
+def compile_encoders(model: nn.Module, mode: str = "default") -> list[str]:
+    """``torch.compile`` every modality encoder of ``model`` in place (``train.compile``); returns their names.
+
+    Encoders are the outermost submodules that expose ``out_dim`` (every encoder built here or in
+    ``baselines.encoders`` does). ``nn.Module.compile`` keeps parameter names, so state dicts and checkpoints are
+    those of the eager model; an encoder compiled already is left as it is.
+    """
+    compiled: list[str] = []
+
+    def visit(prefix: str, module: nn.Module) -> None:
+        for name, child in module.named_children():
+            path = f"{prefix}.{name}" if prefix else name
+            if hasattr(child, "out_dim"):
+                if getattr(child, "_compiled_call_impl", None) is None:
+                    child.compile(mode=mode)
+                compiled.append(path)
+            else:
+                visit(path, child)
+
+    visit("", model)
+    return compiled

@@ -19,6 +19,12 @@ DATASET_MODULES = (
     "datasets.ave",
     "datasets.vggsound",
     "datasets.av_digits_cache",
+    "datasets.twitter2015",
+    "datasets.sarcasm",
+    "datasets.food101",
+    "datasets.mosei",
+    "datasets.nvgesture",
+    "datasets.ucf101",
 )
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from datasets.cache import AVCacheDataset, CacheError
+from datasets.image_text import ArrayCacheDataset, prepare_arrays
 from datasets.prepare import VISUAL_SOURCES, PrepareError, PrepareOptions, prepare
 from datasets.recipes.audio import PAD_MODES, MissingExtraError
 from datasets.registry import get_dataset, list_datasets
@@ -33,7 +34,7 @@ def _assignment(text: str) -> tuple[str, object]:
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    preparable = [n for n, c in list_datasets().items() if issubclass(c, AVCacheDataset)]
+    preparable = [n for n, c in list_datasets().items() if issubclass(c, (AVCacheDataset, ArrayCacheDataset))]
     p.add_argument("dataset", choices=preparable, help="dataset to prepare")
     p.add_argument("--raw", type=Path, help="the dataset folder as distributed (default: $AUG_BENCH_DATA/<dataset>)")
     p.add_argument("--out", type=Path, help="cache root (default: $AUG_BENCH_CACHE, else ./cache)")
@@ -62,6 +63,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="rebuild even if a finished cache exists")
     p.add_argument("--workers", type=int, default=0, help="extraction processes (0 = this process)")
     p.add_argument("--shard-size", type=int, default=64, help="samples per resumable shard")
+    p.add_argument("--option", action="append", default=[], type=_assignment, metavar="KEY=VALUE",
+                   help="a setting of the image-text, feature and clip datasets (see datasets/image_text.py), e.g. "
+                        "--option tokenizer=bert-base-uncased (repeatable)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,7 +86,9 @@ def run(args: argparse.Namespace) -> int:
         shard_size=args.shard_size, splits_dir=args.splits, splits_url=args.splits_url,
         strict_splits=args.strict_splits)
     try:
-        path = prepare(get_dataset(args.dataset), raw, args.out, opts)
+        dataset = get_dataset(args.dataset)
+        path = prepare_arrays(dataset, raw, args.out, opts, dict(args.option)) \
+            if issubclass(dataset, ArrayCacheDataset) else prepare(dataset, raw, args.out, opts)
     except (PrepareError, SplitFileError, SplitParseError, CacheError, MissingExtraError) as err:
         print(f"augbench prepare: error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,52 @@
+"""``sarcasm``: multimodal sarcasm detection (text + image, 2 classes; datasets.md §3.8).
+
+Data: Cai et al. 2019 (linked from AUG's README as GitHub feiLinX/Multi-modal-Sarcasm-Detection), in the layout AMSS
+reads (GitHub: njustkmg/TPAMI-AMSS, ``AMSS_IT/MyHelper.py``)::
+
+    annotations/train.tsv, annotations/test.tsv   Label, String, ImageID
+    annotations/dev.tsv                           optional validation list
+    images/<ImageID>
+
+Split sizes as published: 19,816 / 2,410 / 2,409 [R]; AMSS reads only train and test, so without ``dev.tsv`` the
+validation split is a stratified, seeded hold-out of train. The original release's Python-literal ``.txt`` lists are
+not read: convert them to the TSV layout first. Recipe ``amss`` as for Twitter-2015 (128 WordPiece tokens without
+[CLS]/[SEP], ``Resize((224, 224))``, no augmentation); normalisation uses AMSS's fall-through statistics, which
+``MyHelper.py`` applies to every dataset it does not name (Sarcasm included).
+"""
+
+from __future__ import annotations
+
+from baselines.hparams import HParam
+from datasets.image_text import ArrayRecipe, TsvImageTextDataset, array_cache_hparams, image_text_settings
+from datasets.registry import register_dataset
+
+RECIPES = {
+    "amss": ArrayRecipe("AMSS_IT (GitHub njustkmg/TPAMI-AMSS, MyDataset.py/MyHelper.py): bert-base-uncased "
+                        "WordPiece without [CLS]/[SEP], 128 tokens; Resize((224, 224))"),
+}
+
+SETTINGS = image_text_settings(
+    tokenizer_doc="BERT WordPiece vocabulary: hub name, folder with vocab.txt, or a vocab.txt file (AMSS: "
+                  "BertTokenizer.from_pretrained('bert-base-uncased', do_lower_case=True)).",
+    max_len=128, max_len_doc="Tokens kept per text (AMSS train_test_IT.py --max_seq_len default 128).",
+    special_tokens=False, special_doc="Add [CLS]/[SEP]; AMSS does not (tokenize -> convert_tokens_to_ids).",
+    clean=False, clean_doc="Strip RT/URLs/'#' (BalanceBenchmark's Food-101 cleaning); AMSS does not.",
+    image_size=224, image_doc="Stored S x S image: AMSS transforms.Resize((224, 224)) for train and test.",
+) + (HParam("image_dir", "images", "Image folder under the raw root (AMSS MyHelper.py: 'images' for Sarcasm)."),)
+
+
+@register_dataset
+class Sarcasm(TsvImageTextDataset):
+    NAME = "sarcasm"
+    DESCRIPTION = "Multimodal sarcasm detection: BERT token ids + image, from `augbench prepare` (AMSS TSVs)"
+    CLASSES = ("not_sarcastic", "sarcastic")  # [R] label 0 / 1 of the Cai et al. release
+    RECIPES = RECIPES
+    DEFAULT_RECIPE = "amss"
+    SETTINGS = SETTINGS
+    HPARAMS = array_cache_hparams(recipes=tuple(RECIPES), recipe="amss",
+                                  recipe_doc="Prepared preset: 'amss' (AMSS tokenisation and image size).") + (
+        HParam("mean", [0.48456249428840364, 0.4988762843596956, 0.530657871261656],
+               "Image normalisation mean (AMSS MyHelper.py default branch, used for Sarcasm)."),
+        HParam("std", [0.24398715912049204, 0.24868027118814742, 0.2573621194247526],
+               "Image normalisation std (AMSS MyHelper.py default branch, used for Sarcasm)."),
+    )

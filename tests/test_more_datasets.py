@@ -1,0 +1,475 @@
+"""Twitter-2015, Sarcasm, Food-101, CMU-MOSEI, NVGesture and UCF-101 on tiny generated trees in their real layouts:
+parsing (bad rows named by file and line, ``--skip-bad`` counts), prepare -> cache -> batches, and a ``joint`` and an
+``aug`` run on each."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from baselines.hparams import resolve
+from benchmarks.cli import main
+from benchmarks.config import build_config
+from benchmarks.runner import train_run
+from datasets.food101 import CLASSES as FOOD_CLASSES
+from datasets.food101 import Food101, parse_titles_csv
+from datasets.image_text import (ImageAugment, clean_text, load_tokenizer, open_array_cache, parse_amss_tsv,
+                                 parse_tombert_tsv, prepare_arrays)
+from datasets.mosei import Mosei
+from datasets.nvgesture import NVGesture, crop_clips, parse_nvgesture_list
+from datasets.prepare import PrepareError, PrepareOptions
+from datasets.registry import get_dataset
+from datasets.sarcasm import Sarcasm
+from datasets.splits import SplitParseError
+from datasets.twitter2015 import Twitter2015
+from datasets.ucf101 import UCF101, bb_offsets, parse_class_index
+from tests.conftest import TINY_TRAIN
+from tests.more_fixtures import (CLASS_COLOURS, FOOD_CLASSES as FIXTURE_FOOD, TINY_TEXT_MODEL, UCF_CLASSES,
+                                 class_text, frame_level, make_food101, make_image_text, make_mosei, make_nvgesture,
+                                 make_ucf101, write_lines, write_vocab)
+
+pytest.importorskip("transformers")
+
+TEXT = {"image_size": 16, "max_len": 12}
+OPTS = {"val_fraction": 0.25}
+SETTINGS = {"twitter2015": TEXT, "sarcasm": TEXT, "food101": TEXT, "mosei": {},
+            "nvgesture": {"frames": 8, "frame_size": 20}, "ucf101": {"frame_size": 16}}
+LABEL_ORDER = {"food101": "csv", "nvgesture": "lists"}
+TINY_SEQ = {"width": 4, "blocks": [1, 1, 1, 1], "seq_dim": 8, "seq_hidden": 8, "seq_heads": 2, "seq_layers": 1}
+MODEL = {"twitter2015": TINY_TEXT_MODEL, "sarcasm": TINY_TEXT_MODEL, "food101": TINY_TEXT_MODEL, "mosei": TINY_SEQ,
+         "nvgesture": {"width": 4, "blocks": [1, 1, 1, 1]}, "ucf101": {"width": 4, "blocks": [1, 1, 1, 1]}}
+DATA = {"nvgesture": {"crop_size": 16, "train_frames": 4}}
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def vocab(tmp_path_factory) -> Path:
+    return write_vocab(tmp_path_factory.mktemp("tokenizer"))
+
+
+def make_tree(name: str, root: Path):
+    if name == "twitter2015":
+        return make_image_text(root, image_dir="twitter2015_images", classes=3, per_class={"train": 4, "test": 2})
+    if name == "sarcasm":
+        return make_image_text(root, image_dir="images", classes=2, per_class={"train": 4, "dev": 2, "test": 2})
+    makers = {"food101": make_food101, "mosei": make_mosei, "nvgesture": make_nvgesture, "ucf101": make_ucf101}
+    return makers[name](root)
+
+
+def build(name: str, raw: Path, out: Path, vocab: Path, settings: dict | None = None, **opts) -> Path:
+    merged = {**SETTINGS[name], **(settings or {})}
+    if name in ("twitter2015", "sarcasm", "food101"):
+        merged.setdefault("tokenizer", str(vocab))
+    options = PrepareOptions(**{**OPTS, "label_order": LABEL_ORDER.get(name, ""), **opts})
+    return prepare_arrays(get_dataset(name), raw, out, options, merged, log=quiet)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, vocab):
+    """name -> (tree, cache folder), built once per module on first use."""
+    made: dict = {}
+
+    def get(name: str):
+        if name not in made:
+            root = tmp_path_factory.mktemp(name)
+            tree = make_tree(name, root / "raw")
+            made[name] = (tree, build(name, tree.root, root / "cache", vocab))
+        return made[name]
+    return get
+
+
+def data_hp(name: str, cache: Path, **extra):
+    cls = get_dataset(name)
+    return resolve("data", cls.HPARAMS, name, {"cache": str(cache), **DATA.get(name, {}), **extra})
+
+
+def batch_of(name: str, cache: Path, split: str = "test", train: bool = False, seed: int = 0, **extra):
+    bundle = get_dataset(name).build(data_hp(name, cache, **extra))
+    return bundle, next(iter(bundle.loader(split, batch_size=64, train=train, seed=seed)))
+
+
+# --- image-text --------------------------------------------------------------------------------------------------
+
+
+def test_amss_tsv_reads_index_column_with_bom_and_crlf(tmp_path):
+    path = write_lines(tmp_path / "train.tsv", ["\tLabel\tString\tImageID", '7\t2\t"a ""quoted"" tweet"\t9.jpg',
+                                                "8\t0\tplain text\t10.jpg"], "\r\n", bom=True)
+    parsed = parse_amss_tsv(path)
+    assert parsed.bom and parsed.line_endings == "CRLF" and parsed.skipped == [(1, "\tLabel\tString\tImageID",
+                                                                                 "header")]
+    assert [(r.id, r.label, r.line, r.fields) for r in parsed.rows] == [
+        ("7", "2", 2, ('a "quoted" tweet', "9.jpg")), ("8", "0", 3, ("plain text", "10.jpg"))]
+    write_lines(path, ["Label\tString\tImageID", "1\tno image"])
+    with pytest.raises(SplitParseError, match=r"train.tsv:2: expected 3 tab-separated fields"):
+        parse_amss_tsv(path)
+
+
+def test_tombert_tsv_puts_the_target_into_the_sentence(tmp_path):
+    header = "index\t#1 Label\t#2 ImageID\t#3 String\t#3 String"
+    path = write_lines(tmp_path / "dev.tsv", [header, "12\t2\t55.jpg\t$T$ wins the cup\tRT Madrid",
+                                              "13\t1\t56.jpg\tno placeholder\tX"])
+    parsed = parse_tombert_tsv(path, strict=False)
+    assert [(r.id, r.label, r.fields) for r in parsed.rows] == [("12", "2", ("RT Madrid wins the cup", "55.jpg"))]
+    assert parsed.skipped[-1][0] == 3 and "$T$" in parsed.skipped[-1][2]
+    with pytest.raises(SplitParseError, match="dev.tsv:3"):
+        parse_tombert_tsv(path)
+
+
+@pytest.mark.parametrize("fmt", ["amss", "tombert"])
+def test_twitter_cache_holds_amss_token_ids_and_resized_images(tmp_path, vocab, fmt):
+    tree = make_image_text(tmp_path / "raw", image_dir="twitter2015_images", classes=3,
+                           per_class={"train": 4, "dev": 1, "test": 2}, fmt=fmt)
+    cache = open_array_cache(build("twitter2015", tree.root, tmp_path / "cache", vocab))
+    m = cache.manifest
+    assert m["val_source"] == "published dev.tsv" and m["info"]["formats"]["train.tsv"] == fmt
+    assert {s: v["n"] for s, v in m["counts"]["splits"].items()} == {"train": 12, "val": 3, "test": 6,
+                                                                     "train_noval": 12}
+    assert cache.arrays["text"].dtype == np.int32 and cache.arrays["text"].shape == (21, 12)
+    tokenizer = load_tokenizer(str(vocab))
+    first = cache.splits["train"][0]
+    expected = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(class_text(0, 0)))
+    assert list(cache.arrays["text"][first][:len(expected)]) == expected, "AMSS: no [CLS]/[SEP]"
+    assert 2 not in cache.arrays["text"][first] and cache.arrays["text"][first][len(expected):].sum() == 0
+    assert list(cache.labels[cache.splits["train"]]) == tree.labels["train"]
+    assert list(cache.index["id"][cache.splits["train"]]) == tree.ids["train"]
+    image = cache.arrays["visual"][first]
+    assert image.shape == (16, 16, 3) and abs(int(image[-1, -1, 0]) - CLASS_COLOURS[0][0]) <= 12  # JPEG
+
+
+def test_image_text_batches_are_normalised_with_the_dataset_statistics(prepared):
+    _, cache = prepared("twitter2015")
+    bundle, batch = batch_of("twitter2015", cache)
+    assert bundle.task.names == ("text", "visual") and [m.kind for m in bundle.task.modalities] == ["tokens", "frames"]
+    assert batch["text"].dtype == torch.int64 and batch["text"].shape == (6, 12)
+    assert batch["visual"].shape == (6, 3, 1, 16, 16) and bundle.task.modality("visual").shape == (3, 1, 16, 16)
+    mean, std = Twitter2015.HPARAMS[-2].default, Twitter2015.HPARAMS[-1].default
+    assert (mean[0], std[0]) == (0.42455, 0.24485), "AMSS MyHelper.py Twitter15 statistics"
+    stored = open_array_cache(cache).arrays["visual"][int(batch["index"][0])]
+    expected = (stored[-1, -1, 0] / 255 - mean[0]) / std[0]
+    assert float(batch["visual"][0, 0, 0, -1, -1]) == pytest.approx(expected, abs=1e-5)
+    _, again = batch_of("twitter2015", cache, train=True, split="train")
+    _, same = batch_of("twitter2015", cache, train=True, split="train")
+    torch.testing.assert_close(again["visual"], same["visual"])
+
+
+def test_bad_rows_missing_images_and_lfs_pointers_stop_prepare_or_are_counted(tmp_path, vocab):
+    tree = make_image_text(tmp_path / "raw", image_dir="images", classes=2, per_class={"train": 4, "test": 2})
+    tsv = tree.root / "annotations" / "train.tsv"
+    lines = tsv.read_text().splitlines()
+    write_lines(tsv, lines + ["99\t1\tmissing its image id"])
+    (tree.root / "images" / "1001.jpg").unlink()
+    (tree.root / "images" / "1002.jpg").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:00\n")
+    with pytest.raises(PrepareError) as err:
+        build("sarcasm", tree.root, tmp_path / "cache", vocab)
+    message = str(err.value)
+    assert "3 bad item(s) in sarcasm" in message and "train.tsv:10" in message and "train.tsv:3" in message
+    assert "--skip-bad" in message
+    path = build("sarcasm", tree.root, tmp_path / "cache", vocab, skip_bad=True)
+    m = open_array_cache(path).manifest
+    assert m["dropped"]["by_reason"] == {"malformed row": 1, "missing media": 1, "lfs pointer": 1}
+    assert m["counts"]["rows_read"] == 13 and m["counts"]["total"] == 10
+    with (path / "dropped.csv").open() as f:
+        assert {r["where"] for r in csv.DictReader(f)} == {"train.tsv:10", "train.tsv:3", "train.tsv:4"}
+    with pytest.raises(PrepareError, match="more than --max-drop-fraction"):
+        build("sarcasm", tree.root, tmp_path / "cache2", vocab, skip_bad=True, max_drop_fraction=0.1)
+
+
+def test_prepare_reuses_a_finished_cache_and_force_rebuilds(prepared, vocab):
+    tree, cache = prepared("sarcasm")
+    logs: list[str] = []
+    again = prepare_arrays(Sarcasm, tree.root, cache.parent.parent, PrepareOptions(**OPTS),
+                           {**TEXT, "tokenizer": str(vocab)}, log=logs.append)
+    assert again == cache and "up to date" in logs[-1]
+    before = np.load(cache / "text.npy")
+    rebuilt = prepare_arrays(Sarcasm, tree.root, cache.parent.parent, PrepareOptions(**OPTS, force=True),
+                             {**TEXT, "tokenizer": str(vocab)}, log=quiet)
+    assert rebuilt == cache and np.array_equal(np.load(cache / "text.npy"), before)
+
+
+def test_an_interrupted_prepare_resumes_at_the_first_unfinished_shard(tmp_path, vocab, monkeypatch):
+    tree = make_image_text(tmp_path / "raw", image_dir="images", classes=2, per_class={"train": 3, "test": 2})
+    real = Sarcasm.load.__func__
+
+    def crash_on_fifth(cls, raw, record, settings):
+        if record.pos == 4:
+            raise RuntimeError("killed")
+        return real(cls, raw, record, settings)
+
+    monkeypatch.setattr(Sarcasm, "load", classmethod(crash_on_fifth))
+    with pytest.raises(RuntimeError, match="killed"):
+        build("sarcasm", tree.root, tmp_path / "cache", vocab, shard_size=2)
+    monkeypatch.undo()
+    logs: list[str] = []
+    path = prepare_arrays(Sarcasm, tree.root, tmp_path / "cache", PrepareOptions(**OPTS, shard_size=2),
+                          {**TEXT, "tokenizer": str(vocab)}, log=logs.append)
+    assert "sarcasm: resuming, 2 of 5 shards already done" in logs
+    fresh = build("sarcasm", tree.root, tmp_path / "fresh", vocab, shard_size=2)
+    for name in ("text", "visual", "labels"):
+        np.testing.assert_array_equal(np.load(path / f"{name}.npy"), np.load(fresh / f"{name}.npy"))
+
+
+def test_an_epoch_over_the_caches_opens_no_media(prepared, monkeypatch):
+    import av
+    from PIL import Image
+
+    bundles = {name: get_dataset(name).build(data_hp(name, prepared(name)[1])) for name in ("nvgesture", "ucf101")}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"media opened during an epoch: {args[:1]}")
+
+    monkeypatch.setattr(av, "open", refuse)
+    monkeypatch.setattr(Image, "open", refuse)
+    monkeypatch.setattr("builtins.open", refuse)
+    for bundle in bundles.values():
+        for train in (True, False):
+            split = "train" if train else "test"
+            seen = sum(len(b["label"]) for b in bundle.loader(split, batch_size=4, train=train, seed=1))
+            assert seen == len(bundle.splits[split])
+
+
+def test_food101_titles_csv_header_quotes_and_unquoted_commas(tmp_path):
+    path = write_lines(tmp_path / "train_titles.csv", ["Image_path,text,label", 'a_1.jpg,"fries, salt",apple_pie',
+                                                       "b_2.jpg,too,many,commas,cheesecake", "only,two"])
+    parsed, rejoined = parse_titles_csv(path)
+    assert [(r.id, r.label, r.fields[0]) for r in parsed.rows] == [("a_1.jpg", "apple_pie", "fries, salt"),
+                                                                   ("b_2.jpg", "cheesecake", "too,many,commas")]
+    assert rejoined == 1 and parsed.skipped[0][2] == "header" and "2 field(s)" in parsed.skipped[1][2]
+    headerless, _ = parse_titles_csv(write_lines(tmp_path / "test_titles.csv", ["x.jpg,title,pho"]))
+    assert [(r.id, r.label) for r in headerless.rows] == [("x.jpg", "pho")] and not headerless.skipped
+    assert clean_text("RT #tasty soup http://t.co/x more") == "tasty soup "
+
+
+def test_food101_label_map_is_sorted_and_independent_of_folders(prepared, vocab, tmp_path):
+    assert len(FOOD_CLASSES) == 101 and list(FOOD_CLASSES) == sorted(FOOD_CLASSES)
+    assert FOOD_CLASSES.index("cheese_plate") < FOOD_CLASSES.index("cheesecake")
+    tree, cache_dir = prepared("food101")
+    cache = open_array_cache(cache_dir)
+    assert cache.classes == FIXTURE_FOOD == tuple(sorted(FIXTURE_FOOD))
+    assert list(cache.labels[cache.splits["test"]]) == tree.labels["test"]
+    text = cache.arrays["text"][cache.splits["test"][1]]
+    tokenizer = load_tokenizer(str(vocab))
+    assert text[0] == tokenizer.cls_token_id and tokenizer.sep_token_id in text, "BalanceBenchmark adds [CLS]/[SEP]"
+    assert tokenizer.convert_tokens_to_ids("rt") not in text, "clean_text drops the leading RT"
+    with pytest.raises(PrepareError, match="have no train samples"):
+        build("food101", tree.root, tmp_path / "declared", vocab, label_order="declared")
+
+
+def test_food101_training_rotates_and_flips_per_batch_evaluation_does_not():
+    images = torch.zeros(4, 8, 8, 3, dtype=torch.uint8)
+    images[:, :2, :2] = 255
+    augment = ImageAugment("visual", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), rotate_degrees=30.0, flip=True)
+    test = augment({"visual": images.clone()}, torch.Generator().manual_seed(0), False)["visual"]
+    torch.testing.assert_close(test[:, :, 0], images.permute(0, 3, 1, 2).float() / 255)
+    train = augment({"visual": images.clone()}, torch.Generator().manual_seed(0), True)["visual"]
+    assert train.shape == (4, 3, 1, 8, 8) and not torch.equal(train, test)
+    flipped = ImageAugment("visual", (0.0,) * 3, (1.0,) * 3, flip=True)({"visual": images.clone()},
+                                                                         torch.Generator().manual_seed(3), True)
+    corners = flipped["visual"][:, 0, 0, 0, [0, -1]]
+    assert {tuple(c.tolist()) for c in corners} <= {(1.0, 0.0), (0.0, 1.0)}
+
+
+# --- CMU-MOSEI ---------------------------------------------------------------------------------------------------
+
+
+def test_mosei_splits_acc2_policies_and_audio_inf(prepared, tmp_path, vocab):
+    tree, cache_dir = prepared("mosei")
+    cache = open_array_cache(cache_dir)
+    m = cache.manifest
+    assert {s: v["n"] for s, v in m["counts"]["splits"].items()} == {"train": 10, "val": 5, "test": 5,
+                                                                     "train_noval": 10}
+    assert m["val_source"].startswith("published valid") and m["settings"]["acc2"] == "zero_positive"
+    y = np.asarray(tree.labels["train"])
+    assert list(cache.labels[cache.splits["train"]]) == list((y >= 0).astype(int)), "zero sentiment is positive"
+    audio = cache.arrays["audio"]
+    assert audio.dtype == np.float16 and audio.shape == (20, 7, 74) and np.isfinite(audio).all()
+    assert (audio[cache.splits["train"][0], 0, :3] == 0).all(), "-inf -> 0 (BalanceBenchmark)"
+    assert cache.index["speaker"][0] == "vid0"
+    strict = open_array_cache(build("mosei", tree.root, tmp_path / "cache", vocab, {"acc2": "exclude_zero"}))
+    assert strict.manifest["dropped"]["by_reason"] == {"zero sentiment (acc2 exclude_zero)": 4}
+    assert strict.manifest["dropped"]["bad"] == 0 and len(strict.splits["train"]) == 8
+    assert list(strict.labels[strict.splits["train"]]) == list((y[y != 0] > 0).astype(int))
+    bundle, batch = batch_of("mosei", cache_dir)
+    assert bundle.task.names == ("audio", "visual", "text")
+    assert batch["text"].dtype == torch.float32 and batch["text"].shape == (5, 5, 300)
+
+
+def test_mosei_pickle_holding_other_objects_is_refused(tmp_path, vocab):
+    import datetime
+
+    (tmp_path / "raw").mkdir()
+    with (tmp_path / "raw" / "mosei_senti_data_noalign.pkl").open("wb") as f:
+        pickle.dump({"train": {"when": datetime.date(2020, 1, 1)}}, f)
+    with pytest.raises(SplitParseError, match="refusing to load datetime.date"):
+        build("mosei", tmp_path / "raw", tmp_path / "cache", vocab)
+
+
+# --- NVGesture ---------------------------------------------------------------------------------------------------
+
+
+def test_nvgesture_lists_use_one_based_labels_and_line_positions(tmp_path):
+    good = "path:./Video_data/class_02/subject3_r1 depth:sk_depth:5:85 color:sk_color:5:85 duo_left:d:1:2 label:2"
+    path = write_lines(tmp_path / "nvgesture_train_correct_v2.lst",
+                       [good, "", "path:./x depth:sk_depth:1:2 label:3", good.replace("label:2", "label:26"),
+                        good.replace("subject3", "subject4")])
+    parsed = parse_nvgesture_list(path)
+    assert [(r.id, r.label, r.line, r.fields[0]) for r in parsed.rows] == [
+        ("./Video_data/class_02/subject3_r1", "2", 1, "0"), ("./Video_data/class_02/subject4_r1", "2", 5, "3")]
+    assert parsed.rows[0].fields[1:] == ("sk_color", "5", "85", "sk_depth", "5", "85")
+    reasons = [reason for _, _, reason in parsed.skipped]
+    assert reasons[0] == "blank line" and "missing ['color']" in reasons[1] and "not 1..25" in reasons[2]
+
+
+def test_nvgesture_cache_starts_at_the_list_frame_and_serves_shared_windows(prepared):
+    tree, cache_dir = prepared("nvgesture")
+    cache = open_array_cache(cache_dir)
+    rgb, depth, flow = cache.arrays["rgb"], cache.arrays["depth"], cache.arrays["flow"]
+    assert rgb.shape == (15, 8, 20, 20, 3) and depth.shape == (15, 8, 20, 20) and flow.dtype == np.float16
+    assert [int(rgb[0, k, 5, 5, 0]) for k in range(3)] == [frame_level(2 + k) for k in range(3)], "start frame 2"
+    assert int(depth[0, 0, 5, 5]) == 100, "depth = OpenCV frame[..., 0] of BGR = blue"
+    np.testing.assert_array_equal(flow[0, :, 3, 3, 0], np.arange(8))
+    assert cache.classes == ("class_01", "class_02", "class_03") and cache.index["speaker"][0] == "subject0"
+    bundle, test = batch_of("nvgesture", cache_dir)
+    assert bundle.task.names == ("rgb", "flow", "depth")
+    assert test["rgb"].shape == (6, 3, 8, 16, 16) and test["depth"].shape == (6, 1, 8, 16, 16)
+    np.testing.assert_array_equal(test["flow"][0, 0, :, 0, 0].numpy(), np.arange(8))
+    _, train = batch_of("nvgesture", cache_dir, split="train", train=True)
+    assert train["rgb"].shape == (6, 3, 4, 16, 16) and train["flow"].shape == (6, 2, 4, 16, 16)
+    steps = train["flow"][:, 0, :, 0, 0]
+    assert torch.equal(steps - steps[:, :1], torch.arange(4.0).expand(6, 4)), "consecutive frames"
+    red = train["rgb"][:, 0, :, 0, 0] * 0.229 + 0.485
+    levels = torch.tensor([frame_level(2 + int(t)) for t in steps.flatten()]).view(6, 4) / 255.0
+    torch.testing.assert_close(red, levels, atol=1e-4, rtol=0), "one window shared by rgb and flow"
+    _, bgr = batch_of("nvgesture", cache_dir, channel_order="bgr")
+    torch.testing.assert_close(bgr["rgb"][:, 2] * 0.225 + 0.406, test["rgb"][:, 0] * 0.229 + 0.485)
+
+
+def test_crop_clips_takes_each_clips_own_window():
+    h = torch.arange(6)[:, None] * 10 + torch.arange(6)[None]
+    clips = h[None, None, :, :, None].expand(2, 3, 6, 6, 1).clone()
+    out = crop_clips(clips, torch.tensor([0, 2]), torch.tensor([1, 3]), 3)
+    assert out.shape == (2, 1, 3, 3, 3)
+    assert torch.equal(out[0, 0, 0], h[0:3, 1:4]) and torch.equal(out[1, 0, 2], h[2:5, 3:6])
+
+
+def test_nvgesture_missing_flow_is_a_bad_item(tmp_path, vocab):
+    tree = make_nvgesture(tmp_path / "raw", per_class={"train": 3, "test": 1})
+    (tree.root / "Video_data" / "flow_data" / "test" / "1.npy").unlink()
+    with pytest.raises(PrepareError, match=r"nvgesture_test_correct_v2.lst:2 ./Video_data/class_02/subject1_r1"):
+        build("nvgesture", tree.root, tmp_path / "cache", vocab)
+
+
+# --- UCF-101 -----------------------------------------------------------------------------------------------------
+
+
+def test_ucf101_label_orders_and_mismatched_numbers(tmp_path, vocab):
+    tree = make_ucf101(tmp_path / "raw")
+    assert parse_class_index(tree.root / "ucfTrainTestlist" / "classInd.txt") == [
+        (1, "Basketball"), (2, "Archery"), (3, "ApplyEyeMakeup")]
+    sorted_cache = open_array_cache(build("ucf101", tree.root, tmp_path / "a", vocab))
+    assert sorted_cache.classes == UCF_CLASSES and list(sorted_cache.labels[sorted_cache.splits["test"]]) == \
+        tree.labels["test"]
+    assert sorted_cache.index["id"][0] == tree.ids["train"][0]
+    official = open_array_cache(build("ucf101", tree.root, tmp_path / "b", vocab, label_order="classind"))
+    assert official.classes == tuple(reversed(UCF_CLASSES))
+    lst = tree.root / "ucfTrainTestlist" / "trainlist01.txt"
+    lines = lst.read_text().splitlines()
+    write_lines(lst, [lines[0].replace(" 3", " 1")] + lines[1:], "\r\n")
+    with pytest.raises(PrepareError, match="number 1 is 'Basketball' in classInd.txt, the path says 'ApplyEyeMakeup'"):
+        build("ucf101", tree.root, tmp_path / "c", vocab)
+    kept = open_array_cache(build("ucf101", tree.root, tmp_path / "c", vocab, skip_bad=True))
+    assert kept.manifest["dropped"]["by_reason"] == {"label mismatch": 1}
+
+
+def test_bb_segment_rule():
+    six, nine, four = torch.tensor([6]), torch.tensor([9]), torch.tensor([4])
+    assert bb_offsets(six, six, False, None).tolist() == [[0, 2, 4]]    # 1-based 1, 3, 5
+    assert bb_offsets(nine, nine, False, None).tolist() == [[0, 3, 6]]  # seg 3: i*3 + max(1, 1)
+    assert bb_offsets(four, six, False, None).tolist() == [[0, 2, 3]], "clamped to the frames that exist"
+    picks = torch.cat([bb_offsets(six, six, True, torch.Generator().manual_seed(s)) for s in range(40)])
+    assert set(picks[:, 0].tolist()) == {0, 1} and set(picks[:, 1].tolist()) == {2, 3} and \
+        set(picks[:, 2].tolist()) == {4, 5}
+
+
+def test_ucf101_cache_is_ragged_and_batches_pick_three_frames(prepared):
+    tree, cache_dir = prepared("ucf101")
+    cache = open_array_cache(cache_dir)
+    assert (cache.counts["visual"] == 6).all() and (cache.counts["flow"] == 9).all(), "first 6 RGB, every flow frame"
+    first = cache.starts["flow"][0]
+    u, v = cache.arrays["flow"][first, 4, 4]
+    assert abs(int(u) - 138) <= 3 and abs(int(v) - 118) <= 3, "u and v stacked as 2 channels"
+    bundle, batch = batch_of("ucf101", cache_dir)
+    assert bundle.task.names == ("visual", "flow")
+    assert batch["visual"].shape == (6, 3, 3, 16, 16) and batch["flow"].shape == (6, 2, 3, 16, 16)
+    red = batch["visual"][0, 0, :, 0, 0] * 0.229 + 0.485
+    torch.testing.assert_close(red, torch.tensor([frame_level(k) / 255 for k in (0, 2, 4)]), atol=0.02, rtol=0)
+    assert 0.0 <= float(batch["flow"].min()) and float(batch["flow"].max()) <= 1.0
+
+
+# --- end to end --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["twitter2015", "sarcasm", "food101", "mosei", "nvgesture", "ucf101"])
+def test_each_dataset_trains_joint_and_aug(prepared, tmp_path, name):
+    _, cache = prepared(name)
+    train = {**TINY_TRAIN, "batch_size": 3, "epochs": 2}
+    if name in ("twitter2015", "sarcasm"):
+        train.update(optimizer="adam", lr=1e-3, weight_decay=0.0)
+    for method in ("joint", "aug"):
+        cfg = build_config(method, name, {"model": MODEL[name], "data": {"cache": str(cache), **DATA.get(name, {})},
+                                          "train": train})
+        summary = train_run(cfg, tmp_path / method, log=quiet)
+        lines = [json.loads(x) for x in (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
+        assert len(lines) == 2 and all(math.isfinite(r["train"]["loss"]) for r in lines)
+        last = summary["protocols"]["last"]["test"]
+        assert 0.0 <= last["acc"] <= 1.0 and set(last["per_modality"]) == set(get_dataset(name).build(
+            data_hp(name, cache)).task.names)
+
+
+def test_aug_fusion_weights_line_up_with_nvgesture_modalities(prepared):
+    _, cache = prepared("nvgesture")
+    bundle = NVGesture.build(data_hp("nvgesture", cache))
+    cfg = build_config("aug", "nvgesture", {"model": MODEL["nvgesture"], "data": {"cache": str(cache), **DATA[
+        "nvgesture"]}, "train": {**TINY_TRAIN, "epochs": 1}})
+    from aug.method import AUG
+    from baselines.base import TrainContext
+
+    ctx = TrainContext(device=torch.device("cpu"), epochs=1, train_hp=cfg.train, model_hp=cfg.model)
+    method = AUG(bundle.task, cfg.method_hp, ctx)
+    assert dict(zip(method.modalities, method.fusion)) == {"rgb": 0.33, "flow": 0.33, "depth": 0.34}
+
+
+def test_cli_prepares_with_dataset_options(tmp_path, vocab, capsys):
+    tree = make_image_text(tmp_path / "raw", image_dir="images", classes=2, per_class={"train": 4, "test": 2})
+    args = ["prepare", "sarcasm", "--raw", str(tree.root), "--out", str(tmp_path / "cache"), "--val-fraction", "0.25",
+            "--option", f"tokenizer={vocab}", "--option", "image_size=16", "--option", "max_len=8"]
+    assert main(args) == 0
+    path = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    cache = open_array_cache(path)
+    assert cache.arrays["text"].shape == (12, 8) and cache.manifest["settings"]["tokenizer"] == str(vocab)
+    assert main(args[:-2] + ["--option", "no_such_setting=1"]) == 2
+    assert "no_such_setting" in capsys.readouterr().err
+
+
+def test_datasets_name_their_modalities_for_two_modality_methods(prepared):
+    _, cache = prepared("mosei")
+    bundle = get_dataset("mosei").build(data_hp("mosei", cache))
+    cfg = build_config("ogm", "mosei", {"model": TINY_SEQ, "data": {"cache": str(cache)}})
+    from baselines.base import TrainContext
+    from baselines.registry import get_method
+
+    ctx = TrainContext(device=torch.device("cpu"), epochs=1, train_hp=cfg.train, model_hp=cfg.model)
+    with pytest.raises(ValueError, match=r"method 'ogm' supports \(2,\) modalities; dataset 'mosei' has 3 "
+                                         r"\(audio, visual, text\)"):
+        get_method("ogm")(bundle.task, cfg.method_hp, ctx)
+    assert Mosei.CLASSES == ("negative", "positive") and Food101.LABEL_ORDERS[0] == "declared"
+    assert UCF101.LABEL_ORDERS[0] == "sorted"
