@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from baselines.hparams import HParam, HParams
-from datasets.image_text import (ArrayRecipe, ImageAugment, ImageTextDataset, Parsed, array_cache_hparams, find_image,
-                                 image_text_settings, malformed_rows, samples_from_parsed)
+from datasets.array_cache import array_cache_hparams, ArrayRecipe, malformed_rows, Parsed, samples_from_parsed
+from datasets.image_text import ImageAugment, ImageTextDataset, find_image, image_text_settings
 from datasets.prepare import PrepareOptions, Sample, SplitTables
 from datasets.registry import register_dataset
 from datasets.splits import ParsedList, SplitRow, read_lines

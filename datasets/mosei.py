@@ -32,8 +32,8 @@ import torch
 
 from baselines.hparams import HParam, HParams
 from datasets.base import Augment, Gather, ModalitySpec, TaskSpec, identity_augment
-from datasets.image_text import (ArrayCache, ArrayCacheDataset, ArrayRecipe, ArraySpec, Parsed, Record,
-                                 array_cache_hparams)
+from datasets.array_cache import (array_cache_hparams, ArrayCache, ArrayCacheDataset, ArrayRecipe, ArraySpec, Parsed,
+                                  Record)
 from datasets.prepare import Dropped, PrepareOptions, Sample, SplitTables
 from datasets.recipes import MediaError
 from datasets.registry import register_dataset

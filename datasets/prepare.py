@@ -359,7 +359,7 @@ def run_shard(job: ShardJob) -> int:
     return len(job.items)
 
 
-def _versions() -> dict[str, str | None]:
+def library_versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for name in LIBRARIES:
         try:
@@ -375,7 +375,7 @@ def _bad_summary(dataset: str, bad: Sequence[Dropped]) -> str:
     return f"{len(bad)} bad item(s) in {dataset}:\n{lines}{more}"
 
 
-def _check_bad(dataset: str, bad: Sequence[Dropped], rows: int, opts: PrepareOptions) -> None:
+def check_bad(dataset: str, bad: Sequence[Dropped], rows: int, opts: PrepareOptions) -> None:
     if not bad:
         return
     if not opts.skip_bad:
@@ -386,7 +386,7 @@ def _check_bad(dataset: str, bad: Sequence[Dropped], rows: int, opts: PrepareOpt
                            f"{opts.max_drop_fraction} of {rows} rows")
 
 
-def _check_classes(dataset: str, classes: Sequence[str], labels_by_split: Mapping[str, np.ndarray]) -> None:
+def check_classes(dataset: str, classes: Sequence[str], labels_by_split: Mapping[str, np.ndarray]) -> None:
     for split, labels in labels_by_split.items():
         present = np.bincount(labels, minlength=len(classes)) if len(labels) else np.zeros(len(classes), int)
         empty = [classes[i] for i in np.flatnonzero(present == 0)]
@@ -402,7 +402,7 @@ def _holdout_ids(tables: SplitTables, opts: PrepareOptions) -> list[str]:
     return [train[i].id for i in held]
 
 
-def _validation(tables: SplitTables, opts: PrepareOptions) -> tuple[set[str] | None, str, dict[str, Any]]:
+def validation_split(tables: SplitTables, opts: PrepareOptions) -> tuple[set[str] | None, str, dict[str, Any]]:
     """(validation ids within train, or None for a ``val`` base split; description; manifest record)."""
     if "val" in tables.splits:
         return None, tables.val_source or "published validation list", {}
@@ -464,7 +464,7 @@ def prepare(dataset: type[AVCacheDataset], raw: Path | str, out: Path | str | No
                               strict=opts.strict_splits, log=log)
     tables = dataset.read_splits({n: f.path for n, f in files.items()}, opts)
     classes = tables.classes
-    val_ids, val_source, val_record = _validation(tables, opts)
+    val_ids, val_source, val_record = validation_split(tables, opts)
 
     visual_kind = opts.visual if opts.visual != "auto" else \
         ("frames" if (raw / layout.frames_dir).is_dir() else "video")
@@ -480,8 +480,8 @@ def prepare(dataset: type[AVCacheDataset], raw: Path | str, out: Path | str | No
             items.append(Item(len(items), sample, audio.relative_to(raw).as_posix(), visual_kind,
                               visual.relative_to(raw).as_posix()))
     rows_read = len(items) + len(dropped)
-    _check_bad(name, [d for d in dropped if d.bad], rows_read, opts)
-    _check_classes(name, classes, {s: np.asarray([it.sample.label for it in items if it.sample.split == s],
+    check_bad(name, [d for d in dropped if d.bad], rows_read, opts)
+    check_classes(name, classes, {s: np.asarray([it.sample.label for it in items if it.sample.split == s],
                                                  dtype=np.int64) for s in ("train", "test")})
 
     options = {"format": CACHE_VERSION, "dataset": name, "recipe": preset_name, "audio": recipe.params(),
@@ -501,13 +501,13 @@ def prepare(dataset: type[AVCacheDataset], raw: Path | str, out: Path | str | No
         if manifest["raw_fingerprint"] != fingerprint:
             raise PrepareError(f"{final} was built from different raw media (files changed since); pass --force to "
                                f"rebuild it")
-        log(f"{final}: up to date ({_summary(manifest)})")
+        log(f"{final}: up to date ({manifest_summary(manifest)})")
         return final
 
     if (partial / "DONE").is_file() and json.loads((partial / "manifest.json").read_text(encoding="utf-8")).get(
             "raw_fingerprint") == fingerprint:
         # Killed between writing DONE and the rename: the build is complete, only the rename is missing.
-        return _publish(partial, final, log)
+        return publish_cache(partial, final, log)
 
     plan = {"options": options, "raw_fingerprint": fingerprint, "skip_bad": opts.skip_bad,
             "items": [[it.sample.split, it.sample.id, it.audio, it.visual] for it in items]}
@@ -538,20 +538,20 @@ def prepare(dataset: type[AVCacheDataset], raw: Path | str, out: Path | str | No
     build = Build(preset_name, preset.doc, digest, options, recipe, layout, frame_size, min_frames, visual_kind,
                   fingerprint, files, val_source, val_record)
     _finalize(dataset, partial, raw, jobs, tables, dropped, rows_read, val_ids, opts, build)
-    return _publish(partial, final, log)
+    return publish_cache(partial, final, log)
 
 
-def _publish(partial: Path, final: Path, log: Callable[[str], None]) -> Path:
+def publish_cache(partial: Path, final: Path, log: Callable[[str], None]) -> Path:
     """Remove the build's scratch files and rename the finished ``.partial`` folder to its final name."""
     shutil.rmtree(partial / "shards", ignore_errors=True)
     (partial / "plan.json").unlink(missing_ok=True)
     partial.rename(final)
     manifest = json.loads((final / "manifest.json").read_text(encoding="utf-8"))
-    log(f"{final}: built ({_summary(manifest)})")
+    log(f"{final}: built ({manifest_summary(manifest)})")
     return final
 
 
-def _summary(manifest: Mapping[str, Any]) -> str:
+def manifest_summary(manifest: Mapping[str, Any]) -> str:
     splits = ", ".join(f"{k} {v['n']}" for k, v in manifest["counts"]["splits"].items())
     drops = manifest["dropped"]
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(drops["by_reason"].items()))
@@ -570,7 +570,7 @@ def _finalize(dataset: type[AVCacheDataset], partial: Path, raw: Path, jobs: Seq
             if "error" in entry:
                 kind, detail = entry["error"]
                 dropped.append(Dropped(item.sample.id, item.sample.split, kind, detail, item.sample.where, bad=True))
-    _check_bad(name, [d for d in dropped if d.bad], rows_read, opts)
+    check_bad(name, [d for d in dropped if d.bad], rows_read, opts)
     kept = [(item, entry) for job, meta in zip(jobs, metas) for item, entry in zip(job.items, meta)
             if "error" not in entry]
     if not kept:
@@ -579,7 +579,7 @@ def _finalize(dataset: type[AVCacheDataset], partial: Path, raw: Path, jobs: Seq
     labels = np.asarray([item.sample.label for item, _ in kept], dtype=np.int64)
     split_of = np.asarray([item.sample.split for item, _ in kept])
     ids = [item.sample.id for item, _ in kept]
-    _check_classes(name, classes, {s: labels[split_of == s] for s in ("train", "test")})
+    check_classes(name, classes, {s: labels[split_of == s] for s in ("train", "test")})
 
     recipe = build.recipe
     f, t = recipe.output_shape()
@@ -656,7 +656,7 @@ def _finalize(dataset: type[AVCacheDataset], partial: Path, raw: Path, jobs: Seq
                        labels[r], minlength=len(classes)).tolist()))} for s, r in splits.items()}},
         "dropped": {"total": len(dropped), "by_reason": dict(Counter(d.kind for d in dropped)),
                     "bad": sum(d.bad for d in dropped)},
-        "versions": _versions(), "git_commit": git_commit(),
+        "versions": library_versions(), "git_commit": git_commit(),
         "deviations": [d for d in (recipe.deviation,
                                    "video frames go to storage without the published JPEG round trip"
                                    if build.visual_kind == "video" else "") if d],

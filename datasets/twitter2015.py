@@ -22,7 +22,8 @@ Twitter-15 statistics. Labels are class indices; AMSS serves them one-hot, we se
 from __future__ import annotations
 
 from baselines.hparams import HParam
-from datasets.image_text import ArrayRecipe, TsvImageTextDataset, array_cache_hparams, image_text_settings
+from datasets.array_cache import array_cache_hparams, ArrayRecipe
+from datasets.image_text import TsvImageTextDataset, image_text_settings
 from datasets.registry import register_dataset
 
 RECIPES = {

@@ -42,8 +42,8 @@ import torch
 from baselines.hparams import HParam, HParams
 from datasets.augment import IMAGENET_MEAN, IMAGENET_STD
 from datasets.base import Augment, Batch, Gather, ModalitySpec, TaskSpec
-from datasets.image_text import (ArrayCache, ArrayCacheDataset, ArrayRecipe, ArraySpec, Parsed, Record,
-                                 array_cache_hparams, malformed_rows, samples_from_parsed)
+from datasets.array_cache import (array_cache_hparams, ArrayCache, ArrayCacheDataset, ArrayRecipe, ArraySpec,
+                                  malformed_rows, Parsed, Record, samples_from_parsed)
 from datasets.prepare import Dropped, PrepareOptions, Sample, SplitTables
 from datasets.recipes import MediaError
 from datasets.recipes.video import extract_frames, frame_files, load_image

@@ -20,8 +20,8 @@ from benchmarks.config import build_config
 from benchmarks.runner import train_run
 from datasets.food101 import CLASSES as FOOD_CLASSES
 from datasets.food101 import Food101, parse_titles_csv
-from datasets.image_text import (ImageAugment, clean_text, load_tokenizer, open_array_cache, parse_amss_tsv,
-                                 parse_tombert_tsv, prepare_arrays)
+from datasets.array_cache import open_array_cache, prepare_arrays
+from datasets.image_text import ImageAugment, clean_text, load_tokenizer, parse_amss_tsv, parse_tombert_tsv
 from datasets.mosei import Mosei
 from datasets.nvgesture import NVGesture, crop_clips, parse_nvgesture_list
 from datasets.prepare import PrepareError, PrepareOptions

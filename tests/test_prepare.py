@@ -150,18 +150,18 @@ def test_interrupted_prepare_resumes_where_it_stopped(built, pristine, tmp_path,
     calls.clear()
     monkeypatch.setattr(prep, "features_from_file", lambda recipe, path: calls.append(path) or
                         features_from_file(recipe, path))
-    real_publish = prep._publish
+    real_publish = prep.publish_cache
 
     def killed_before_rename(partial, final, log):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(prep, "_publish", killed_before_rename)
+    monkeypatch.setattr(prep, "publish_cache", killed_before_rename)
     with pytest.raises(KeyboardInterrupt):
         prepare(CremaD, pristine.root, tmp_path, options(pristine), log=quiet)
     assert len(calls) == 18 - 4, "only the unfinished shards are extracted again"
     assert (partial / "DONE").is_file() and not partial.with_name(partial.name.removesuffix(".partial")).exists()
 
-    monkeypatch.setattr(prep, "_publish", real_publish)
+    monkeypatch.setattr(prep, "publish_cache", real_publish)
     monkeypatch.setattr(prep, "run_shard", lambda job: pytest.fail("a complete build is only renamed"))
     path = prepare(CremaD, pristine.root, tmp_path, options(pristine), log=quiet)
     assert path.name == built.name and not partial.exists() and not (path / "shards").exists()

@@ -14,7 +14,7 @@ import pytest
 from datasets.ave import AVE
 from datasets.cremad import CremaD
 from datasets.kinetics_sounds import KineticsSounds
-from datasets.prepare import PrepareOptions, _validation
+from datasets.prepare import PrepareOptions, validation_split
 from datasets.sources import PINNED, SplitFileError, fetch_split_files, pinned_files, sha256_file
 from datasets.splits import (SplitParseError, duplicate_ids, first_appearance, natural_key, parse_ave_list,
                              parse_class_list, parse_ks_json, parse_ks_list, parse_label_csv, parse_vggsound_csv,
@@ -197,7 +197,7 @@ def test_real_cremad_read_splits_gives_the_clean_partition():
     tables = CremaD.read_splits({n: SHARED / "cremad" / n for n in names}, opts)
     assert tables.classes == ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")
     assert {s: len(v) for s, v in tables.splits.items()} == {"train": 6698, "test": 744} and not tables.dropped
-    val_ids, source, _ = _validation(tables, opts)
+    val_ids, source, _ = validation_split(tables, opts)
     assert len(val_ids) == 744 and "Diagnosing" in source
     assert tables.info["actors"]["in_both"] == 91
     by_label = {s.label_name: s.label for s in tables.splits["train"]}

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from datasets.cache import AVCacheDataset, CacheError
-from datasets.image_text import ArrayCacheDataset, prepare_arrays
+from datasets.array_cache import ArrayCacheDataset, prepare_arrays
 from datasets.prepare import VISUAL_SOURCES, PrepareError, PrepareOptions, prepare
 from datasets.recipes.audio import PAD_MODES, MissingExtraError
 from datasets.registry import get_dataset, list_datasets
@@ -64,7 +64,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=0, help="extraction processes (0 = this process)")
     p.add_argument("--shard-size", type=int, default=64, help="samples per resumable shard")
     p.add_argument("--option", action="append", default=[], type=_assignment, metavar="KEY=VALUE",
-                   help="a setting of the image-text, feature and clip datasets (see datasets/image_text.py), e.g. "
+                   help="a setting of the image-text, feature and clip datasets (see datasets/array_cache.py and each dataset module), e.g. "
                         "--option tokenizer=bert-base-uncased (repeatable)")
 
 
