@@ -43,7 +43,6 @@ from baselines.base import Loaders, Method, Prediction, StepInfo, TrainContext, 
 from baselines.hparams import HParam, HParamError, HParams, variant_param
 from baselines.networks import build_encoders, init_model
 from baselines.registry import register
-from benchmarks.distributed import all_reduce_sum
 from datasets.base import Batch, TaskSpec
 
 # The official scripts' test-time weights by number of modalities: --merge_alpha 0.4 (CREMA-D, KS) and
@@ -209,7 +208,8 @@ class AUG(Method):
         batch_stats = torch.cat([confidence, losses.double() * size, ensemble_ce.double() * size, size])
         # Data-parallel ranks train on disjoint slices: summing them makes ACA and the gate see the global batch,
         # so every rank grows the same learners (identity in a single process).
-        confidence, loss_sums, ce_sums, size = all_reduce_sum(batch_stats).split([len(self.modalities)] * 3 + [1])
+        sums = self.ctx.all_reduce_sum(batch_stats)
+        confidence, loss_sums, ce_sums, size = sums.split([len(self.modalities)] * 3 + [1])
         self.score_sum += confidence
         self.loss_sum += loss_sums
         self.ce_sum += ce_sums

@@ -28,6 +28,11 @@ last value (1.0 if never set), as the official ``update_scale`` does. Running me
 survive checkpoints. Evaluation reports z_full as the fused output and phi_m as the per-modality outputs (official
 ``test``).
 
+Data-parallel runs (``benchmarks.distributed``): s_m is averaged over ranks before k and the running means are
+computed, and the gradients are averaged right after ``backward`` (the hook-scaled backward is linear in the loss),
+so the clip decision and the clipped norm are those of the global batch: a step on W ranks with B/W samples each
+equals the single-process step on B (up to BatchNorm, which normalises each rank's slice in the train-mode pass).
+
 Cost: 2^M - 1 forwards with graph per step (3 for A/V; two in eval mode) and one backward through all of them; the
 same forwards without graph at evaluation. Deviation: the official code also runs the all-zeroed input (a fourth
 forward) whose output is unused; it is skipped here, which changes no value (eval mode does not touch BatchNorm
@@ -165,7 +170,8 @@ class AGM(FusionMethod):
         with self.ctx.autocast():
             outputs = self.subset_outputs(self.inputs(batch))
         phi = shapley_outputs(outputs, self.modalities)
-        s = modality_losses(phi, labels)
+        # Data-parallel: batch means over equal slices average to the global batch's mean.
+        s = self.ctx.all_reduce_mean(modality_losses(phi, labels))
         k = agm_coefficients(s, self.loss_mean, self.hp.alpha)
         if self.hp.mod_start <= step.epoch <= self.hp.mod_end:
             for i, m in enumerate(self.modalities):
@@ -175,6 +181,8 @@ class AGM(FusionMethod):
         loss = F.cross_entropy(sum(self.scalers[m](phi[m]) for m in self.modalities), labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        # The hooks scale linearly, so the averaged gradient is the global batch's; clip on it, as one process would.
+        self.ctx.sync_gradients(self.model.parameters())
         head_grads = [p.grad for p in self.model.head.parameters() if p.dim() > 1 and p.grad is not None]
         if any(bool((g.abs() > self.hp.clip_trigger).any()) for g in head_grads):
             nn.utils.clip_grad_norm_(self.model.parameters(), self.hp.clip_norm)

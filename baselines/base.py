@@ -20,6 +20,7 @@ from torch import nn
 from baselines.heads import build_head
 from baselines.hparams import HParam, HParams
 from baselines.networks import build_encoders, init_model
+from benchmarks import distributed
 from datasets.base import Batch, BatchLoader, TaskSpec
 
 
@@ -62,6 +63,11 @@ class TrainContext:
     registers it so that the runner's epoch-wise LR schedule and checkpoints cover it, including parameter groups a
     method adds later through ``add_param_group`` (methods.md P8). In a data-parallel run it also attaches
     ``step_pre_hook``, which averages gradients across ranks before every ``step()`` (``benchmarks.distributed``).
+
+    A method whose step depends nonlinearly on the batch (gradient edits from batch statistics, clipping, per-loss
+    gradient geometry) calls ``sync_gradients`` after ``backward`` and reduces its statistics with
+    ``all_reduce_sum`` / ``all_reduce_mean``, so that W ranks with B/W samples each take the single-process step on
+    the global batch of B. All three are no-ops in a single process.
     """
 
     device: torch.device
@@ -114,6 +120,36 @@ class TrainContext:
         for opt in self.optimizers:
             for g in opt.param_groups:
                 g["lr"] = g["initial_lr"] * factor
+
+    @property
+    def data_parallel(self) -> bool:
+        """Whether gradients are averaged across ranks (the runner sets ``step_pre_hook`` under torchrun)."""
+        return self.step_pre_hook is not None
+
+    def sync_gradients(self, params: Iterable[nn.Parameter], how: str = "mean") -> None:
+        """Make these parameters' gradients equal on every rank now; the pre-step hook then leaves them alone.
+
+        Call it after the last ``backward`` before ``step`` and edit the synced gradients only with reduced
+        statistics, identically on every rank. See ``benchmarks.distributed.sync_gradients``.
+
+        Args:
+            params: the parameters whose ``.grad`` to synchronise.
+            how: ``"mean"`` (average over ranks: the global batch's gradient of a batch-mean loss), ``"main"``
+                (rank 0's gradients, for edits drawn from the RNG) or ``"equal"`` (computed from reduced quantities,
+                already equal on every rank: only exempt them from the pre-step average).
+        """
+        if how not in distributed.SYNC_MODES:
+            raise ValueError(f"sync_gradients(how={how!r}): expected one of {distributed.SYNC_MODES}")
+        if self.data_parallel:
+            distributed.sync_gradients(params, how)
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum ``tensor`` over ranks in place and return it (batch sums such as P2's confidence scores)."""
+        return distributed.all_reduce_sum(tensor) if self.data_parallel else tensor
+
+    def all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Average a floating-point ``tensor`` over ranks in place and return it (batch means over equal slices)."""
+        return distributed.all_reduce_mean(tensor) if self.data_parallel else tensor
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.amp and self.device.type == "cuda":

@@ -19,6 +19,11 @@ With no conflict (c > 0) new = g_sum, so MMPareto is the uniform baseline (``bas
 gradients x1.5. The two-task rule is per encoder and only ever involves L_mm and that encoder's own unimodal loss, so
 it applies unchanged to 3 modalities.
 
+Data-parallel runs (``benchmarks.distributed``): the per-loss gradients are averaged over ranks (one collective)
+before the cosine test and the min-norm weights, so the gradients the rule combines, and the summed ones, are the
+global batch's; the resulting gradients are equal on every rank and skip the pre-step average. A step on W ranks
+with B/W samples each equals the single-process step on B (up to BatchNorm, which normalises each rank's slice).
+
 Cost: each encoder is back-propagated twice per step (for L_mm and for its own L_m) instead of once; one extra copy
 of the encoder gradients per loss is held during the step.
 
@@ -82,6 +87,14 @@ def mmpareto_encoder_grads(g_mm: Sequence[torch.Tensor], g_u: Sequence[torch.Ten
     return out
 
 
+def _mean_over_ranks(ctx: TrainContext, groups: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
+    """Average lists of gradients over data-parallel ranks in one collective; same structure back."""
+    tensors = [g for group in groups for g in group]
+    flat = ctx.all_reduce_mean(torch.cat([g.reshape(-1).float() for g in tensors]))
+    parts = iter(t.view(g.shape).to(g.dtype) for t, g in zip(flat.split([g.numel() for g in tensors]), tensors))
+    return [[next(parts) for _ in group] for group in groups]
+
+
 def _grads(loss: torch.Tensor, params: Sequence[torch.Tensor], retain: bool) -> list[torch.Tensor]:
     """P5: gradients of ``loss`` w.r.t. ``params`` without touching ``.grad``; unreached tensors get zeros."""
     grads = torch.autograd.grad(loss, list(params), retain_graph=retain, allow_unused=True)
@@ -133,15 +146,19 @@ class MMPareto(Method):
         head = [p for p in self.model.head.parameters() if p.requires_grad]
         flat = [p for m in self.modalities for p in enc[m]]
 
+        last = len(self.modalities) - 1
         g_all = _grads(loss_mm, flat + head, retain=True)
+        g_uni = [_grads(loss_uni[m], enc[m] + head, retain=i < last) for i, m in enumerate(self.modalities)]
+        if self.ctx.data_parallel:
+            # The rule is nonlinear in the per-loss gradients: cosine, min-norm and norms must see the global batch's.
+            g_all, *g_uni = _mean_over_ranks(self.ctx, [g_all, *g_uni])
         head_grads, g_mm, start = g_all[len(flat):], {}, 0
         for m in self.modalities:
             g_mm[m], start = g_all[start:start + len(enc[m])], start + len(enc[m])
 
         logs: dict[str, float] = {}
         new_grads: list[torch.Tensor] = []
-        for i, m in enumerate(self.modalities):
-            g = _grads(loss_uni[m], enc[m] + head, retain=i < len(self.modalities) - 1)
+        for m, g in zip(self.modalities, g_uni):
             g_u = g[:len(enc[m])]
             head_grads = [a + b for a, b in zip(head_grads, g[len(enc[m]):])]
             g_sum = [a + b for a, b in zip(g_mm[m], g_u)]
@@ -153,6 +170,7 @@ class MMPareto(Method):
         self.optimizer.zero_grad(set_to_none=True)
         for p, g in zip(flat + head, new_grads + head_grads):
             p.grad = g
+        self.ctx.sync_gradients(flat + head, how="equal")
         self.optimizer.step()
         total = loss_mm + sum(loss_uni.values())
         return {"loss": total.item(), "loss_fused": loss_mm.item(),

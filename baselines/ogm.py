@@ -16,6 +16,11 @@ noise on top.
 
 Cost: as joint training (one forward, one backward), plus one pass over the encoders' conv gradients.
 
+Data-parallel runs (``benchmarks.distributed``): the gradients are averaged over ranks right after ``backward`` and
+the confidence sums are summed over ranks before k is computed, so a step on W ranks with B/W samples each equals
+the single-process step on B (up to BatchNorm, which normalises each rank's slice). OGM-GE's noise is drawn from the
+averaged gradient's std and rank 0's draw is broadcast, so it is not averaged away.
+
 Paper and official code agree on the rule. Project choices: the head is a knob (``concat`` default, ``sum``); the
 other official heads (FiLM, gated) have no split-head logits, and the official script then reads unrelated weights,
 so they are not offered. ``grad_params=non_1d`` extends the edit to every >= 2-D encoder tensor, for encoders without
@@ -129,9 +134,17 @@ class OGM(FusionMethod):
             loss = F.cross_entropy(z.float(), labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        coeffs = ogm_coefficients(confidence_scores(z_uni, labels), self.hp.alpha)
+        # Data-parallel: edit the global batch's gradient with the global batch's confidence sums (P2 sums, so SUM).
+        self.ctx.sync_gradients(self.model.parameters())
+        scores = confidence_scores(z_uni, labels)
+        scores = dict(zip(scores, self.ctx.all_reduce_sum(torch.stack(list(scores.values()))).unbind()))
+        coeffs = ogm_coefficients(scores, self.hp.alpha)
         if self.modulating(step.epoch):
+            edited = {m: modulated_params(self.model.encoders[m], self.hp.grad_params) for m in coeffs}
             for m, k in coeffs.items():
-                modulate_gradients(modulated_params(self.model.encoders[m], self.hp.grad_params), k, self.NOISE)
+                modulate_gradients(edited[m], k, self.NOISE)
+            if self.NOISE:
+                # Ranks' RNG streams need not agree (e.g. augmentation draws); rank 0's noise is the single-process one.
+                self.ctx.sync_gradients([p for params in edited.values() for p in params], how="main")
         self.optimizer.step()
         return {"loss": loss.item(), **{f"coeff_{m}": k.item() for m, k in coeffs.items()}}

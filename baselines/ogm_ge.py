@@ -9,9 +9,11 @@ conv-kernel gradient inside the window: g <- k_m g + eps, eps ~ N(0, (std(g) + 1
 the per-tensor std of the *unscaled* gradient. The noise is added to **both** encoders, including the one with
 k = 1. The paper motivates the noise as Gaussian with the covariance of the SGD gradient noise; the official code (and
 this implementation) uses the per-tensor scalar std. Noise is drawn from the torch generator of the gradient's device,
-which the runner seeds and checkpoints.
+which the runner seeds and checkpoints; in a data-parallel run every rank draws and rank 0's draw is used (its std
+from the averaged gradient), so the noise is the single-process one, not an average over ranks.
 
-Cost: as joint training, plus one Normal draw per conv weight per step.
+Cost: as joint training, plus one Normal draw per conv weight per step (data-parallel: plus one broadcast of the
+edited conv gradients).
 
 BB divergences are listed in ``baselines/ogm.py``; BB also adds the noise to every non-1-D encoder tensor.
 """

@@ -15,11 +15,21 @@ Methods own their optimizer steps (several per batch for AUG and MLA, gradient e
 - every rank evaluates the full val/test splits with identical weights (simple and deterministic); only rank 0
   writes files and logs.
 
+Methods that *edit* gradients between ``backward`` and ``step`` (OGM/OGM-GE, AGM, MMPareto) would otherwise edit
+each rank's local gradient with statistics of its own slice. They use the ``TrainContext`` API instead:
+``sync_gradients`` makes gradients equal on every rank right after ``backward`` (the mean over ranks, or rank 0's
+for edits drawn from the RNG such as OGM-GE's noise; the pre-step hook then skips them), and ``all_reduce_sum`` /
+``all_reduce_mean`` reduce their batch statistics (P2's confidence *sums* with SUM, batch-mean losses with MEAN).
+Batch-mean losses over equal slices average to the global batch's mean, so one such step equals the single-process
+step on the global batch.
+
 Deviations from single-process training with the same global batch: BatchNorm normalises each rank's slice with
-its own batch statistics (no SyncBatchNorm; running statistics are averaged before each evaluation), per-batch
-quantities a method computes inside ``update`` (confidence sums, OGM's ratio, OGM-GE's noise) come from the rank's
-own slice, and ``n % world_size`` training samples of each epoch's permutation are left out. Methods whose epoch hooks take data-dependent decisions from ``loaders.train`` see only their rank's slice;
-``all_reduce_sum`` lets such a method agree across ranks (it is the identity in a single process).
+its own batch statistics (no SyncBatchNorm; running statistics are averaged before each evaluation), so the step
+differs from the single-process one for any encoder with BatchNorm; per-batch quantities that a method computes
+inside ``update`` without reducing them come from the rank's own slice; and ``n % world_size`` training samples
+of each epoch's permutation are left out. Methods whose epoch hooks take data-dependent decisions from
+``loaders.train`` see only their rank's slice; ``TrainContext.all_reduce_sum`` lets such a method agree across ranks
+(it is the identity in a single process).
 
 Launch: ``torchrun --nproc_per_node 2 -m benchmarks train ...`` (or ``augbench sweep --gpus-per-run 2``). The process
 group is initialised from ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (+ ``MASTER_ADDR``/``MASTER_PORT``): NCCL on CUDA,
@@ -29,9 +39,10 @@ gloo on CPU.
 from __future__ import annotations
 
 import os
+import weakref
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.distributed as dist
@@ -150,8 +161,8 @@ def _check_structure(params: list[torch.Tensor], device: torch.device, what: str
         raise RankDivergenceError(
             f"ranks disagree about {what}: parameter tensors {low[0]}..{high[0]}, elements {low[1]}..{high[1]} "
             f"(this rank: {len(params)}, {sum(p.numel() for p in params)}). A method's epoch hook changed its "
-            "structure from data only this rank saw; reduce its statistics with benchmarks.distributed."
-            "all_reduce_sum before deciding.")
+            "structure from data only this rank saw; reduce its statistics with TrainContext.all_reduce_sum "
+            "before deciding.")
 
 
 def check_same_structure(module: nn.Module) -> None:
@@ -164,14 +175,58 @@ def check_same_structure(module: nn.Module) -> None:
 def average_gradients(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict[str, Any]) -> None:
     """Optimizer step pre-hook: replace every gradient of ``optimizer``'s groups by its mean over ranks.
 
-    A parameter whose gradient is None on every rank stays None (SGD then skips it, as in a single process, which
-    AUG's ``zero_grad`` semantics rely on); one that has a gradient on some ranks only counts zeros elsewhere.
+    Gradients that ``sync_gradients`` made equal since this optimizer's last step are left as they are (averaging
+    them again would cost a collective, and would shrink OGM-GE's noise if it were drawn per rank). A parameter whose
+    gradient is None on every rank stays None (SGD then skips it, as in a single process, which AUG's ``zero_grad``
+    semantics rely on); one that has a gradient on some ranks only counts zeros elsewhere.
     """
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    if not params:
+    pending = []
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            synced = _SYNCED.pop(id(p), None)
+            if synced is None or p.grad is None or synced() is not p.grad:
+                pending.append(p)
+    if pending:
+        _exchange_gradients(pending, "mean")
+
+
+SYNC_MODES = ("mean", "main", "equal")
+# id(parameter) -> weak reference to the gradient tensor that sync_gradients made equal on every rank; an entry is
+# dropped at the next step of an optimizer holding the parameter. Comparing the tensor itself (not the id) keeps an
+# entry from exempting a gradient that a later backward created anew (zero_grad(set_to_none=True)).
+_SYNCED: dict[int, weakref.ref] = {}
+
+
+def sync_gradients(params: Iterable[torch.Tensor], how: str = "mean") -> None:
+    """Make the gradients of ``params`` equal on every rank now, and exempt them from the next pre-step average.
+
+    For methods that edit gradients between ``backward`` and ``step`` with statistics of the whole batch: sync right
+    after the last ``backward`` before ``step``, then edit identically on every rank (the edit must use only reduced
+    statistics). Identity in a single process.
+
+    Args:
+        params: the parameters whose ``.grad`` to synchronise.
+        how: ``"mean"`` averages over ranks (the global batch's gradient of a batch-mean loss); ``"main"`` copies rank
+            0's gradients (edits drawn from the RNG, which a rank's stream need not reproduce); ``"equal"`` only
+            records that the gradients were computed from already reduced quantities and are equal on every rank.
+    """
+    if how not in SYNC_MODES:
+        raise ValueError(f"sync_gradients(how={how!r}): expected one of {SYNC_MODES}")
+    params = list(params)
+    if _world_size() == 1 or not params:
         return
+    if how != "equal":
+        _exchange_gradients(params, how)
+    for p in params:
+        if p.grad is not None:
+            _SYNCED[id(p)] = weakref.ref(p.grad)
+
+
+def _exchange_gradients(params: list[torch.Tensor], how: str) -> None:
+    """Average the gradients of ``params`` over ranks (``how="mean"``) or copy rank 0's (``"main"``), bucketed by
+    dtype into one collective per dtype."""
     device = params[0].device
-    _check_structure(params, device, "the parameters of an optimizer")
+    _check_structure(params, device, "the parameters whose gradients are exchanged")
     has_grad = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=device)
     dist.all_reduce(has_grad, op=dist.ReduceOp.MAX)
     world = dist.get_world_size()
@@ -183,8 +238,11 @@ def average_gradients(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dic
             buckets[p.grad.dtype].append(p)
     for members in buckets.values():
         flat = torch.cat([p.grad.reshape(-1) for p in members])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        flat /= world
+        if how == "mean":
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            flat /= world
+        else:
+            dist.broadcast(flat, src=0)
         offset = 0
         for p in members:
             n = p.grad.numel()
@@ -192,8 +250,23 @@ def average_gradients(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dic
             offset += n
 
 
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum ``tensor`` over ranks in place (identity in a single process); for methods' epoch statistics."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    """Sum ``tensor`` over ranks in place (identity in a single process); for methods' batch and epoch statistics."""
+    if _world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """Average a floating-point ``tensor`` over ranks in place (identity in a single process)."""
+    if not tensor.is_floating_point():
+        raise TypeError(f"all_reduce_mean needs a floating-point tensor, got {tensor.dtype}")
+    world = _world_size()
+    if world > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor /= world
     return tensor
