@@ -38,6 +38,9 @@ TRAIN_HPARAMS = (
     HParam("deterministic", True, "torch deterministic algorithms (warn-only) and no cuDNN autotuning."),
     HParam("device", "auto", "'auto' = cuda when available, else cpu.", choices=("auto", "cpu", "cuda")),
     HParam("amp", False, "bf16 autocast on CUDA (no effect on CPU)."),
+    HParam("compile", False, "torch.compile every modality encoder in place (baselines.networks.compile_encoders; "
+                             "parameter names and checkpoints unchanged). Off: compiling costs minutes, which pays "
+                             "off only on long GPU runs [project]."),
     HParam("max_steps_per_epoch", 0, "Cap on training batches per epoch (0 = the whole split); for smoke runs."),
     HParam("checkpoint_every", 1, "Write a resumable checkpoint every N epochs (the last epoch always)."),
 )

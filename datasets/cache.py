@@ -14,8 +14,9 @@ One folder per (dataset, recipe preset, options hash), written by ``augbench pre
       DONE             written last
 
 Arrays are plain ``.npy`` read with ``np.load(mmap_mode="r")``: nothing is unpickled and a batch is one fancy index
-per array. ``AVCacheDataset.build`` opens a cache and returns a ``DataBundle`` whose gather reads audio rows and frame
-ranges, and whose ``AVAugment`` picks frames and transforms them per batch on the device.
+per array. ``AVCacheDataset.build`` opens a cache and returns a ``DataBundle`` whose gather hands on the batch's rows
+and frame ranges, and whose ``AVAugment`` reads the audio rows and chosen frames (from the memory map, RAM or the
+device, ``data.resident``) and transforms them per batch on the device.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ import numpy as np
 import torch
 
 from baselines.hparams import HParam, HParams
-from datasets.augment import FRAME_COUNT_KEY, FRAME_RULES, FRAME_START_KEY, AVAugment
+from datasets.augment import (FRAME_COUNT_KEY, FRAME_RULES, FRAME_START_KEY, RESAMPLE_MODES, RESIDENT_MODES,
+                              ROWS_KEY, AVAugment)
 from datasets.base import DataBundle, ModalitySpec, TaskSpec
 from datasets.recipes.audio import AudioRecipe
 from datasets.registry import Dataset
@@ -158,6 +160,19 @@ def cache_hparams(*, recipes: Sequence[str], recipe: str, recipe_doc: str, frame
                                        "(methods.md §6 protocol B); 'full': train on the whole published train list "
                                        "(protocol A); a val that is a subset of train is then left out.",
                choices=TRAIN_SPLITS),
+        HParam("resample", "fast", "Training crop filter: 'fast' = one batched torchvision roi_align (bilinear, "
+                                   "area-averaged when shrinking; datasets.md §7.3 names grid_sample/roi_align); "
+                                   "'exact' = PIL's antialiased bilinear as torchvision resized_crop(antialias=True) "
+                                   "computes it, the crop about 4x slower on a CPU [project; deviation bounded in "
+                                   "tests/test_speed_paths.py].", choices=RESAMPLE_MODES),
+        HParam("resident", "auto", "Where batches are gathered from: 'none' = the memory-mapped cache; 'memory' = "
+                                   "loaded once into RAM; 'device' = copied once to the training device (no "
+                                   "per-batch host->device copy); 'auto' = 'device' on CUDA when the arrays take at "
+                                   "most half of its free memory, else 'none' [project].", choices=RESIDENT_MODES),
+        HParam("eval_cache_mb", 2048, "Test-time Resize((S, S)) frame views are computed once and kept, up to this "
+                                      "many MiB of uint8 (0 = resize on every use) [project]."),
+        HParam("prefetch", 0, "Batches a background thread prepares ahead of the training loop (0 = none, the "
+                              "single-thread loader); the batch sequence is the same either way [project]."),
     )
 
 
@@ -249,15 +264,18 @@ class AVCacheDataset(Dataset):
             del splits["val"]
         starts = cache.index["frame_start"]
         counts = cache.index["frame_count"]
-        audio = cache.audio
+        if hp.eval_cache_mb < 0 or hp.prefetch < 0:
+            raise ValueError(f"data.eval_cache_mb={hp.eval_cache_mb} and data.prefetch={hp.prefetch} must be >= 0")
 
         def gather(rows: np.ndarray) -> dict[str, torch.Tensor]:
-            return {"audio": torch.from_numpy(np.ascontiguousarray(audio[rows]))[:, None],
-                    FRAME_START_KEY: torch.from_numpy(starts[rows]),
+            # Row metadata only: AVAugment reads audio and frames where the arrays are resident (host or device).
+            return {ROWS_KEY: torch.from_numpy(rows), FRAME_START_KEY: torch.from_numpy(starts[rows]),
                     FRAME_COUNT_KEY: torch.from_numpy(counts[rows])}
 
+        view_bytes = hp.image_size * hp.image_size * 3
         augment = AVAugment(cache.frames, num_frames=hp.frames, image_size=hp.image_size, frame_rule=hp.frame_rule,
-                            audio_frames=recipe.serve_frames)
+                            audio_frames=recipe.serve_frames, audio=cache.audio, resample=hp.resample,
+                            resident=hp.resident, eval_cache_frames=int(hp.eval_cache_mb * 2**20) // view_bytes)
         info = {"cache": str(cache.path), "recipe": manifest["recipe"], "counts": manifest["counts"],
                 "dropped": manifest["dropped"], "val_source": manifest["val_source"]}
-        return DataBundle(task, cache.labels, splits, gather, augment, info)
+        return DataBundle(task, cache.labels, splits, gather, augment, info, prefetch=hp.prefetch)

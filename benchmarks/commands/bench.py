@@ -1,32 +1,59 @@
-"""``augbench bench [step|epoch|all]``: speed figures written to ``results/bench/`` (JSON + Markdown)."""
+"""``augbench bench [data|step|epoch|all]``: speed figures written to ``results/bench/`` (JSON + Markdown).
+
+- ``data``: samples/s of the cache loader vs the per-sample media loader on the same files, one CPU thread, for the
+  training and the test view. The cache is ``--cache DIR`` (raw media from its manifest or ``--raw``), or the
+  prepared cache of ``--dataset`` found through ``--set data.cache_dir=...``/``data.cache=...``; without either, an
+  AV-Digits tree is generated, its frames extracted to JPEG folders and prepared as CREMA-D under ``--work``
+  (once; later runs reuse it).
+- ``step``: per-step time of every registered method vs ``joint`` on the same synthetic batches (``--shape``).
+- ``epoch``: a training epoch through the loader vs the same updates on device-resident batches.
+"""
 
 from __future__ import annotations
 
 import argparse
 import platform
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from baselines.hparams import parse_assignments
-from benchmarks.bench import SHAPES, bench_epoch, bench_steps, markdown_epoch, markdown_steps
+from baselines.hparams import parse_assignments, resolve
+from benchmarks.bench import (SHAPES, bench_epoch, bench_steps, markdown_data, markdown_epoch, markdown_steps)
+from benchmarks.bench_data import bench_tree, benchmark_data
 from benchmarks.config import build_config, merge_overrides
 from benchmarks.records import atomic_write_text, environment, write_json
+from datasets.cache import default_cache_root
+from datasets.registry import get_dataset
 
-HELP = "benchmark per-step cost of every method vs joint, and epoch vs model-only time"
+HELP = "benchmark the data pipeline, per-step cost of every method vs joint, and epoch vs model-only time"
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("what", nargs="?", default="all", choices=("step", "epoch", "all"))
+    p.add_argument("what", nargs="?", default="all", choices=("data", "step", "epoch", "all"))
     p.add_argument("--shape", default="small", choices=sorted(SHAPES),
                    help="synthetic input shapes: 'cremad' = AUG's CREMA-D inputs (use on a GPU), 'small' for CPU")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--methods", nargs="*", help="methods to time (default: all registered)")
-    p.add_argument("--dataset", default="synthetic", help="dataset for the epoch benchmark (a prepared cache)")
+    p.add_argument("--dataset", default="synthetic",
+                   help="dataset for the epoch benchmark and, when not synthetic, the prepared cache for data")
     p.add_argument("--epoch-method", default="aug", help="method for the epoch benchmark")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (train.amp=true)")
+    p.add_argument("--channels-last", action="store_true", help="model.channels_last=true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the encoders (train.compile=true)")
     p.add_argument("--set", dest="assignments", action="append", default=[], metavar="NS.KEY=VALUE")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", type=Path, default=Path("results/bench"))
+    data = p.add_argument_group("data benchmark")
+    data.add_argument("--cache", type=Path, help="a prepared cache folder to measure (also used by epoch)")
+    data.add_argument("--raw", type=Path, help="the raw tree that cache was built from (default: its manifest's)")
+    data.add_argument("--work", type=Path, help="where the generated AV-Digits tree and its cache live "
+                                                "(default: $AUG_BENCH_CACHE/bench, else ./cache/bench)")
+    data.add_argument("--preset", default="small", choices=("tiny", "small", "cremad"),
+                      help="AV-Digits size preset of a generated tree")
+    data.add_argument("--recipe", default="aug", help="audio recipe of a generated tree's cache (AUG's is 'aug')")
+    data.add_argument("--batch-size", type=int, default=32, help="samples per batch of the data benchmark")
+    data.add_argument("--batches", type=int, default=10, help="timed batches per loader")
 
 
 def _machine(device: str) -> dict:
@@ -37,13 +64,60 @@ def _machine(device: str) -> dict:
     return env
 
 
+def _execution(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    train: dict[str, Any] = {"device": args.device}
+    if args.amp:
+        train["amp"] = True
+    if args.compile:
+        train["compile"] = True
+    return {"train": train, **({"model": {"channels_last": True}} if args.channels_last else {})}
+
+
+def _data_cache(args: argparse.Namespace, data_overrides: dict[str, Any]) -> Path:
+    if args.cache is not None:
+        return args.cache
+    if args.dataset != "synthetic":
+        cls = get_dataset(args.dataset)
+        return cls.locate_cache(resolve("data", cls.HPARAMS, cls.NAME, data_overrides))
+    work = args.work if args.work is not None else default_cache_root() / "bench"
+    return bench_tree(work, preset=args.preset, recipe=args.recipe)
+
+
+def run_data(args: argparse.Namespace, env: dict, tag: str) -> list[dict[str, Any]]:
+    overrides = parse_assignments(args.assignments).get("data", {})
+    cache = _data_cache(args, overrides)
+    serving = {k: v for k, v in overrides.items() if k not in ("cache", "cache_dir")}
+    device = "cuda" if "cuda" in env["device"] else "cpu"
+    rows = []
+    for split, train in (("train", True), ("test", False)):
+        print(f"data loaders, {split} view of {cache}:")
+        row = benchmark_data(cache, raw_dir=args.raw, split=split, train=train, batch_size=args.batch_size,
+                             batches=args.batches, data=serving, device=device)
+        print(f"  cache {row['cache_samples_per_s']:.0f} samples/s, media {row['media_samples_per_s']:.1f} samples/s "
+              f"-> {row['speedup']:.1f}x")
+        rows.append(row)
+    first = rows[0]
+    name = f"{first['dataset']}-{first['recipe']}"
+    caption = (f"Data loaders on {cache.name} ({first['dataset']}, recipe {first['recipe']}, audio "
+               f"{'x'.join(map(str, first['audio_shape']))}, frames stored {'x'.join(map(str, first['stored_frame']))}"
+               f" from {first['visual_source']}, served {first['image_size']}, T={first['frames']}, batch "
+               f"{args.batch_size}), one CPU thread, cache loader on {device} ({env.get('gpu', env['processor'])}, "
+               f"torch {env['torch']}, commit {env['git_commit']})")
+    write_json(args.out / f"data-{name}-{tag}.json", {"rows": rows, "env": env, "cache": str(cache)})
+    atomic_write_text(args.out / f"data-{name}-{tag}.md", markdown_data(rows, caption))
+    print(markdown_data(rows, caption))
+    return rows
+
+
 def run(args: argparse.Namespace) -> int:
     shape = SHAPES[args.shape]
-    base = merge_overrides({ns: dict(v) for ns, v in shape.items()}, {"train": {"device": args.device}},
-                           parse_assignments(args.assignments))
+    assignments = parse_assignments(args.assignments)
+    base = merge_overrides({ns: dict(v) for ns, v in shape.items()}, _execution(args), assignments)
     env = _machine(args.device)
     tag = f"{args.shape}-{'cuda' if 'cuda' in env['device'] else 'cpu'}"
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.what in ("data", "all"):
+        run_data(args, env, "cuda" if "cuda" in env["device"] else "cpu")
     if args.what in ("step", "all"):
         print(f"per-step time, shape {args.shape}, device {env['device']}:")
         rows = bench_steps(base, args.methods, repeats=args.repeats)
@@ -53,14 +127,20 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_text(args.out / f"step-{tag}.md", markdown_steps(rows, caption))
         print(markdown_steps(rows, caption))
     if args.what in ("epoch", "all"):
-        overrides = base if args.dataset == "synthetic" else merge_overrides(
-            {"train": {"device": args.device}}, parse_assignments(args.assignments))
+        if args.dataset == "synthetic":
+            overrides = base
+        else:
+            cache = {"data": {"cache": str(args.cache)}} if args.cache is not None else {}
+            overrides = merge_overrides(_execution(args), cache, assignments)
         cfg = build_config(args.epoch_method, args.dataset, overrides)
         print(f"epoch time, {args.epoch_method} on {args.dataset}:")
         row = bench_epoch(cfg)
         caption = (f"Epoch vs model-only time ({env['device']}, {env.get('gpu', env['processor'])}, "
-                   f"commit {env['git_commit']})")
-        write_json(args.out / f"epoch-{args.dataset}-{tag}.json", {"rows": [row], "env": env})
-        atomic_write_text(args.out / f"epoch-{args.dataset}-{tag}.md", markdown_epoch([row], caption))
+                   f"torch {env['torch']}, {env['torch_threads']} threads, commit {env['git_commit']})")
+        name = args.dataset if args.dataset == "synthetic" else f"{args.dataset}-{cfg.data.recipe}"
+        epoch_tag = tag if args.dataset == "synthetic" else tag.split("-", 1)[1]
+        write_json(args.out / f"epoch-{args.epoch_method}-{name}-{epoch_tag}.json", {"rows": [row], "env": env})
+        atomic_write_text(args.out / f"epoch-{args.epoch_method}-{name}-{epoch_tag}.md",
+                          markdown_epoch([row], caption))
         print(markdown_epoch([row], caption))
     return 0

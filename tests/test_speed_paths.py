@@ -1,0 +1,333 @@
+"""The speed paths of the data pipeline and the benchmarks: the fast crop filter against torchvision, resident
+arrays, kept evaluation views, the background prefetch, host-side batch notes, the compile knob, and
+``augbench bench data|step|epoch`` writing JSON + Markdown. Nothing here times anything."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from baselines.hparams import resolve
+from baselines.networks import compile_encoders
+from benchmarks.bench import bench_method
+from benchmarks.cli import main
+from benchmarks.config import build_config
+from benchmarks.runner import build_data
+from datasets import augment
+from datasets.augment import (AVAugment, CacheArrays, EvalViews, crop_boxes, resize, resize_uint8, resized_crop,
+                              resized_crop_fast)
+from datasets.base import BatchLoader
+from datasets.cremad import CremaD
+from datasets.prepare import PrepareOptions, prepare
+from tests.conftest import TINY_DATA, TINY_MODEL
+from tests.media_fixtures import make_cremad
+
+SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    return make_cremad(tmp_path_factory.mktemp("cremad") / "raw", seconds=(1.3, 2.5, 3.2, 4.1))
+
+
+@pytest.fixture(scope="module")
+def cache_path(tree, tmp_path_factory):
+    opts = PrepareOptions(recipe="ogm", splits_dir=tree.splits_dir, frame_size=(24, 32), shard_size=8)
+    return prepare(CremaD, tree.root, tmp_path_factory.mktemp("cache"), opts, log=lambda s: None)
+
+
+def bundle(cache_path, **data):
+    hp = resolve("data", CremaD.HPARAMS, "cremad", {"cache": str(cache_path), "image_size": SIZE, "frames": 2,
+                                                     **data})
+    return CremaD.build(hp)
+
+
+def epoch(data, split: str, train: bool, seed: int = 3, number: int = 0, batch_size: int = 4) -> list[dict]:
+    loader = data.loader(split, batch_size=batch_size, train=train, seed=seed)
+    loader.set_epoch(number)
+    return list(loader)
+
+
+def assert_same_batches(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+        assert set(x) == set(y)
+        for key in x:
+            assert torch.equal(x[key], y[key]), key
+
+
+def smooth_images(n: int, height: int, width: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand((n, 3, 8, 10), generator=g) * 255
+    return F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False).clamp(0, 255)
+
+
+def torchvision_crops(images: torch.Tensor, boxes: torch.Tensor, size: int, antialias: bool = True) -> torch.Tensor:
+    from torchvision.transforms import functional as TF
+
+    return torch.stack([TF.resized_crop(img, *box.tolist(), [size, size], antialias=antialias)
+                        for img, box in zip(images, boxes)])
+
+
+# --- the fast crop filter ---------------------------------------------------------------------------------------
+
+def test_fast_crop_is_bilinear_inside_enlarged_crops_and_exact_for_identity():
+    images = smooth_images(4, 64, 85, seed=0)
+    out = resized_crop_fast(images, torch.tensor([[10, 12, 30, 40]] * 4), 56)
+    ref = torchvision_crops(images, torch.tensor([[10, 12, 30, 40]] * 4), 56)
+    # Enlarging is plain bilinear at the same pixel centres; only the border pixels differ, where PIL renormalises
+    # its filter inside the crop and roi_align reads the pixels just outside it.
+    torch.testing.assert_close(out[..., 2:-2, 2:-2], ref[..., 2:-2, 2:-2], atol=1e-3, rtol=0)
+    assert (out - ref).abs().max() > 0.1, "the border difference is real (documented deviation)"
+    same = resized_crop_fast(images[:, :, :56, :56].contiguous(), torch.tensor([[0, 0, 56, 56]] * 4), 56)
+    torch.testing.assert_close(same, images[:, :, :56, :56], atol=1e-4, rtol=0)
+
+
+def test_fast_crop_stays_within_the_documented_bound_of_torchvision_resized_crop():
+    """CREMA-D geometry (stored 256x341 served 224, scaled down 4x): crops shrink by up to 1.52x."""
+    images = smooth_images(48, 64, 85, seed=1)
+    boxes = crop_boxes(48, 64, 85, torch.Generator().manual_seed(1))
+    diff = (resized_crop_fast(images, boxes, 56) - torchvision_crops(images, boxes, 56)).abs()
+    assert diff.mean() < 0.5, "mean |difference| under half a grey level (of 255)"
+    assert torch.quantile(diff.flatten(), 0.99) < 4.0
+    exact = (resized_crop(images, boxes, 56) - torchvision_crops(images, boxes, 56)).abs()
+    assert exact.max() < 1e-2, "data.resample=exact keeps torchvision's values"
+
+
+@pytest.mark.parametrize("size", [37, 45])
+def test_fast_crop_filters_when_shrinking_instead_of_aliasing(size):
+    """Shrinking noise 1.7x and 1.4x: area-averaged sub-samples stay much closer to the antialiased reference than
+    plain bilinear sampling, which aliases."""
+    noise = torch.rand((16, 3, 64, 64), generator=torch.Generator().manual_seed(2)) * 255
+    boxes = torch.tensor([[0, 0, 64, 64]] * 16)
+    ref = torchvision_crops(noise, boxes, size)
+    fast = (resized_crop_fast(noise, boxes, size) - ref).abs().mean()
+    aliased = (torchvision_crops(noise, boxes, size, antialias=False) - ref).abs().mean()
+    assert fast < 0.5 * aliased
+
+
+def test_fast_and_exact_paths_serve_the_same_draws(cache_path):
+    """Only the filter differs: the same frames, boxes and flips (uniform test frames make the filters agree)."""
+    fast = epoch(bundle(cache_path, resample="fast"), "train", True)
+    exact = epoch(bundle(cache_path, resample="exact"), "train", True)
+    for a, b in zip(fast, exact):
+        assert torch.equal(a["index"], b["index"]) and torch.equal(a["audio"], b["audio"])
+        torch.testing.assert_close(a["visual"], b["visual"], atol=2e-3, rtol=0)
+
+
+def draws(seed: int, n: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The boxes and flips AVAugment draws for ``first_k`` frames (which draw nothing) from ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    boxes = crop_boxes(n, height, width, g)
+    return boxes, torch.rand(n, generator=g) < augment.FLIP_PROB
+
+
+def test_training_view_is_the_drawn_crop_flipped_as_drawn_and_normalised():
+    frames = smooth_images(2, 24, 32, seed=3).permute(0, 2, 3, 1).round().to(torch.uint8)
+    aug = AVAugment(frames.numpy(), num_frames=1, image_size=SIZE, frame_rule="first_k")
+    seed = next(s for s in range(100) if draws(s, 2, 24, 32)[1].tolist() == [True, False])
+    batch = {"audio": torch.zeros(2, 1, 4, 4, dtype=torch.float16), "label": torch.zeros(2, dtype=torch.int64),
+             "_frame_start": torch.tensor([0, 1]), "_frame_count": torch.ones(2, dtype=torch.int64)}
+    out = aug(batch, torch.Generator().manual_seed(seed), True)["visual"][:, :, 0]
+    boxes, _ = draws(seed, 2, 24, 32)
+    crops = augment.normalize(resized_crop_fast(frames.permute(0, 3, 1, 2).float(), boxes, SIZE))
+    torch.testing.assert_close(out[0], crops[0].flip(-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[1], crops[1], atol=1e-5, rtol=0)
+    assert (crops[0].flip(-1) - crops[0]).abs().max() > 0.1, "the flip is visible on these frames"
+
+
+# --- evaluation views -------------------------------------------------------------------------------------------
+
+def test_eval_views_are_computed_once_and_equal_the_uint8_resize(monkeypatch):
+    frames = torch.randint(0, 256, (10, 24, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    views = EvalViews(frames.numpy(), SIZE, capacity=4)
+    calls = []
+    real = augment.resize_uint8
+    monkeypatch.setattr(augment, "resize_uint8", lambda x, s: calls.append(len(x)) or real(x, s))
+    index = np.array([7, 2, 2, 5])
+    first = views.take(index)
+    assert calls == [3] and views.used == 3
+    assert torch.equal(first, real(frames[torch.from_numpy(index)], SIZE))
+    assert torch.equal(views.take(index), first) and calls == [3], "kept views are not resized again"
+    more = np.array([0, 1, 2, 9])
+    assert torch.equal(views.take(more), real(frames[torch.from_numpy(more)], SIZE))
+    assert views.used == 4 and calls == [3, 3], "beyond capacity, frames are resized on every use"
+    assert torch.equal(views.take(more), real(frames[torch.from_numpy(more)], SIZE)) and calls[-1] == 2
+    # The uint8 kernel is the float antialiased resize rounded, as PIL rounds each resized frame.
+    as_float = resize(frames.permute(0, 3, 1, 2).float(), SIZE).permute(0, 2, 3, 1)
+    assert (resize_uint8(frames, SIZE).float() - as_float).abs().max() <= 1.01
+
+
+def test_evaluation_batches_are_a_gather_after_the_first_pass(cache_path, monkeypatch):
+    data = bundle(cache_path)
+    first = epoch(data, "test", False)
+    monkeypatch.setattr(augment, "resize_uint8", lambda *a: pytest.fail("a kept view was resized again"))
+    assert_same_batches(first, epoch(data, "test", False, number=5))
+    no_views = bundle(cache_path, eval_cache_mb=0)
+    monkeypatch.undo()
+    assert_same_batches(first, epoch(no_views, "test", False))
+
+
+# --- resident arrays --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["memory", "device", "auto"])
+def test_resident_modes_serve_the_batches_of_the_memory_map(cache_path, mode):
+    mapped, resident = bundle(cache_path, resident="none"), bundle(cache_path, resident=mode)
+    for split, train in (("train", True), ("test", False)):
+        assert_same_batches(epoch(mapped, split, train), epoch(resident, split, train))
+
+
+def test_device_residency_gathers_from_the_device_copy(cache_path):
+    data = bundle(cache_path, resident="device")
+    first = epoch(data, "train", True)
+    arrays: CacheArrays = data.augment.arrays
+    assert set(arrays.resident_on(torch.device("cpu"))) == {"audio", "frames"}
+
+    class Untouchable:
+        def __getitem__(self, item):
+            raise AssertionError("the memory map was read after the arrays became resident")
+
+    arrays.host = {name: Untouchable() for name in arrays.host}
+    assert_same_batches(first, epoch(data, "train", True))
+
+
+def test_resident_modes_and_knobs_are_validated(cache_path):
+    with pytest.raises(ValueError, match="data.resident"):
+        CacheArrays({}, "gpu")
+    with pytest.raises(ValueError, match="data.resample"):
+        AVAugment(np.zeros((1, 2, 2, 3), np.uint8), num_frames=1, image_size=2, resample="bicubic")
+    with pytest.raises(ValueError, match="prefetch"):
+        bundle(cache_path, prefetch=-1)
+
+
+def test_gather_hands_only_host_notes_and_audio_is_converted_after_transfer(cache_path):
+    data = bundle(cache_path)
+    notes = data.gather(data.splits["train"][:3])
+    assert set(notes) == {"_rows", "_frame_start", "_frame_count"}
+    batch = next(iter(data.loader("train", batch_size=3, train=False, seed=0)))
+    assert set(batch) == {"audio", "visual", "label", "index"} and batch["audio"].dtype == torch.float32
+
+
+def test_underscore_keys_stay_on_the_host():
+    seen = {}
+
+    def gather(rows):
+        return {"x": torch.from_numpy(rows.astype(np.float32)), "_note": torch.from_numpy(rows)}
+
+    def look(batch, generator, train):
+        seen.update({k: v.device.type for k, v in batch.items()})
+        batch.pop("_note")
+        return batch
+
+    loader = BatchLoader(np.arange(6), np.zeros(6), gather, batch_size=3, train=False, seed=0, device="meta",
+                         augment=look)
+    batch = next(iter(loader))
+    assert seen == {"x": "meta", "_note": "cpu", "label": "meta", "index": "meta"} and "_note" not in batch
+
+
+# --- prefetch ---------------------------------------------------------------------------------------------------
+
+def test_prefetch_serves_the_single_thread_sequence(cache_path):
+    plain, ahead = bundle(cache_path), bundle(cache_path, prefetch=2)
+    for number in (0, 1):
+        assert_same_batches(epoch(plain, "train", True, number=number), epoch(ahead, "train", True, number=number))
+    assert_same_batches(epoch(plain, "test", False), epoch(ahead, "test", False))
+
+
+def test_prefetch_stops_when_the_loop_breaks_and_reraises_errors():
+    def gather(rows):
+        if rows[0] >= 60:
+            raise OSError(f"row {rows[0]} unreadable")
+        return {"x": torch.from_numpy(rows.astype(np.float32))}
+
+    loader = BatchLoader(np.arange(100), np.zeros(100), gather, batch_size=10, train=False, seed=0, prefetch=3)
+    before = threading.active_count()
+    for i, _ in enumerate(loader):
+        if i == 1:
+            break
+    assert threading.active_count() == before, "the producer thread ended with the loop"
+    with pytest.raises(OSError, match="row 60 unreadable"):
+        list(loader)
+    assert threading.active_count() == before
+    assert [b["index"][0].item() for b in BatchLoader(np.arange(30), np.zeros(30), gather, batch_size=10,
+                                                       train=False, seed=0, prefetch=1)] == [0, 10, 20]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_device_resident_prefetched_batches_on_cuda_equal_the_cpu_ones(cache_path):
+    cpu = bundle(cache_path)
+    cuda = bundle(cache_path, resident="device", prefetch=2)
+    for split, train in (("train", True), ("test", False)):
+        a = epoch(cpu, split, train)
+        b = [{k: v.cpu() for k, v in batch.items()} for batch in
+             cuda.loader(split, batch_size=4, train=train, seed=3, device="cuda")]
+        for x, y in zip(a, b):
+            for key in x:
+                torch.testing.assert_close(y[key], x[key], atol=1e-3, rtol=1e-4)
+
+
+# --- compile knob -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("method", "expected"), [("joint", ["model.encoders.audio", "model.encoders.visual"]),
+                                                  ("aug", ["encoders.audio", "encoders.visual"])])
+def test_train_compile_compiles_the_encoders_in_place(method, expected):
+    cfg = build_config(method, "synthetic", {"model": TINY_MODEL, "data": TINY_DATA, "train": {"compile": True}})
+    built = bench_method(cfg, build_data(cfg), torch.device("cpu"))
+    keys = list(built.state_dict())
+    assert compile_encoders(built) == expected
+    modules = dict(built.named_modules())
+    assert all(modules[name]._compiled_call_impl is not None for name in expected)
+    assert list(built.state_dict()) == keys and not any("_orig_mod" in k for k in keys)
+    plain = bench_method(build_config(method, "synthetic", {"model": TINY_MODEL, "data": TINY_DATA}),
+                         build_data(cfg), torch.device("cpu"))
+    assert all(dict(plain.named_modules())[name]._compiled_call_impl is None for name in expected)
+
+
+# --- augbench bench -------------------------------------------------------------------------------------------
+
+def test_bench_data_on_a_prepared_cache_writes_json_and_markdown(cache_path, tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["bench", "data", "--cache", str(cache_path), "--out", str(out), "--batches", "1",
+                 "--batch-size", "2", "--device", "cpu", "--set", "data.resample=exact"]) == 0
+    doc = json.loads((out / "data-cremad-ogm-cpu.json").read_text())
+    train, test = doc["rows"]
+    assert (train["train"], test["train"]) == (True, False) and train["resample"] == "exact"
+    assert train["timed_samples"] == {"cache": 2, "media": 2} and train["visual_source"] == "video"
+    table = (out / "data-cremad-ogm-cpu.md").read_text()
+    assert table.count("\n| ") == 3 and "train (random crop + flip)" in table and "test (Resize" in table
+
+
+def test_bench_data_generates_and_reuses_a_jpeg_tree(tmp_path, capsys):
+    work, out = tmp_path / "work", tmp_path / "bench"
+    args = ["bench", "data", "--work", str(work), "--preset", "tiny", "--recipe", "ogm", "--out", str(out),
+            "--batches", "1", "--batch-size", "2", "--device", "cpu"]
+    assert main(args) == 0
+    frames = sorted((work / "data" / "AV-Digits" / "Image-01-FPS").iterdir())
+    assert frames and sorted(p.name for p in frames[0].iterdir())[:2] == ["00000.jpg", "00030.jpg"]
+    doc = json.loads((out / "data-cremad-ogm-cpu.json").read_text())
+    assert doc["rows"][0]["visual_source"] == "frames", "the media loader decodes JPEGs, as published"
+    assert main(args) == 0
+    assert "generating" not in capsys.readouterr().out.split("data loaders")[-1]
+
+
+def test_bench_step_and_epoch_write_json_and_markdown(tmp_path, capsys):
+    out = tmp_path / "bench"
+    tiny = ["--set", "model.width=4", "--set", "model.blocks=[1,1,1,1]", "--set", "data.n_train=32",
+            "--set", "data.audio_shape=[1,16,16]", "--set", "data.visual_shape=[3,1,16,16]", "--device", "cpu",
+            "--out", str(out)]
+    assert main(["bench", "step", "--methods", "aug", "joint", "--repeats", "1", *tiny]) == 0
+    rows = json.loads((out / "step-small-cpu.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["joint", "aug"] and rows[0]["ratio_to_joint"] == 1.0
+    assert rows[1]["ratio_to_joint"] > 0 and "| AUG (`aug`) |" in (out / "step-small-cpu.md").read_text()
+    assert main(["bench", "epoch", "--amp", "--channels-last", *tiny]) == 0
+    (row,) = json.loads((out / "epoch-aug-synthetic-small-cpu.json").read_text())["rows"]
+    assert row["amp"] and row["channels_last"] and row["batches"] == 2
+    assert row["epoch_over_model"] == pytest.approx(row["epoch_s"] / row["model_only_s"])
+    table = (out / "epoch-aug-synthetic-small-cpu.md").read_text()
+    assert "| aug | synthetic | width 4, blocks [1, 1, 1, 1] | 2 × 16 |" in table
