@@ -20,12 +20,10 @@ from typing import Any, Callable
 
 import torch
 
-from baselines.base import Loaders, Method, StepInfo
-from baselines.networks import compile_encoders
+from baselines.base import Loaders, StepInfo
 from baselines.registry import list_methods
 from benchmarks.config import RunConfig, build_config
 from benchmarks.runner import build_data, build_method, make_loaders, seed_everything, select_device
-from datasets.base import DataBundle
 
 # CREMA-D as the AUG recipe serves it (1 frame, 20 s STFT 257x1250) but random: model cost without the dataset.
 SHAPES: dict[str, dict[str, Any]] = {
@@ -56,14 +54,6 @@ def time_calls(fn: Callable[[], Any], device: torch.device, repeats: int, warmup
     return times
 
 
-def bench_method(cfg: RunConfig, bundle: DataBundle, device: torch.device) -> Method:
-    """``runner.build_method`` plus the execution options a benchmark must honour (``train.compile``)."""
-    method = build_method(cfg, bundle, device)
-    if cfg.train.compile:
-        compile_encoders(method)
-    return method
-
-
 class StepTimer:
     """One method built on the synthetic task, stepping through a fixed list of batches."""
 
@@ -72,7 +62,7 @@ class StepTimer:
         self.cfg, self.device = cfg, select_device(cfg.train.device)
         seed_everything(cfg.train.seed, deterministic=False)
         bundle = build_data(cfg)
-        self.method = bench_method(cfg, bundle, self.device)
+        self.method = build_method(cfg, bundle, self.device)
         loaders = make_loaders(cfg, bundle, self.device)
         self.method.ctx.loaders = loaders
         self.batches = batches if batches is not None else [b for _, b in zip(range(count), loaders.train)]
@@ -121,7 +111,7 @@ def bench_epoch(cfg: RunConfig, log: Callable[[str], None] = print, repeats: int
     device = select_device(cfg.train.device)
     seed_everything(cfg.train.seed, deterministic=False)
     bundle = build_data(cfg)
-    method = bench_method(cfg, bundle, device)
+    method = build_method(cfg, bundle, device)
     loaders: Loaders = make_loaders(cfg, bundle, device)
     method.ctx.loaders = loaders
     method.train()

@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from baselines.base import Loaders, Method, StepInfo, TrainContext
+from baselines.networks import compile_encoders
 from baselines.registry import get_method
 from benchmarks.config import RunConfig
 from benchmarks.distributed import DistContext, init_from_env, shutdown
@@ -130,7 +131,10 @@ def build_method(cfg: RunConfig, bundle: DataBundle, device: torch.device,
                  step_pre_hook: Callable[..., None] | None = None) -> Method:
     ctx = TrainContext(device=device, epochs=cfg.train.epochs, train_hp=cfg.train, model_hp=cfg.model,
                        amp=cfg.train.amp, step_pre_hook=step_pre_hook)
-    return get_method(cfg.method)(bundle.task, cfg.method_hp, ctx)
+    method = get_method(cfg.method)(bundle.task, cfg.method_hp, ctx)
+    if cfg.train.compile:
+        compile_encoders(method)
+    return method
 
 
 def make_loaders(cfg: RunConfig, bundle: DataBundle, device: torch.device, rank: int = 0,

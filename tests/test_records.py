@@ -15,6 +15,7 @@ def test_atomic_write_leaves_no_temporary_files(tmp_path):
     atomic_write_text(tmp_path / "a.txt", "two")
     assert (tmp_path / "a.txt").read_text() == "two"
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+    assert (tmp_path / "a.txt").stat().st_mode & 0o044, "readable by others like any file open() creates"
 
 
 def test_wandb_mode_resolution(monkeypatch, tmp_path):
