@@ -21,7 +21,8 @@ are built once and their state is cleared, so checkpoints always hold the same o
   the paper's intent, unverified).
 - Correction step: CE(F) over every ensemble member's encoder, the shared head and beta, lr ``e_lr``.
 A learner joins the ensemble when its first modality step ends (the official ``DynamicNet.add``; until then F is
-zero when nothing has joined); with ``pretrain`` all learners are members from the start. While F_-m has no member the official ensemble returns a constant c0 whose
+zero when nothing has joined); with ``pretrain`` all learners are members from the start. While F_-m has no member the
+official ensemble returns a constant c0 whose
 softmax over a single column is 1, so q_y = 1; this is kept.
 
 Pre-training (``pretrain: true``, the official ``--use_pretrain`` recipe): the official code loads unimodally

@@ -294,8 +294,8 @@ def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper:
                f"in bold. Protocol: {PROTOCOL_CAPTIONS[protocol]}.")
     if paper is not None:
         which = f"{paper.name}" + (f" {paper.table}" if paper.table else "")
-        caption += (f" Paper = published value ({which}); Δ = ours − paper in points; † = not verified against the "
-                    "paper.")
+        caption += (f" Paper = published value ({which}); Δ = ours − paper in points; † = not verified against "
+                    "the paper.")
     return Table(caption, columns, rows, paper is not None)
 
 

@@ -168,9 +168,10 @@ def _readme(demo: Mapping[str, Any], summary: Mapping[str, Any], profile: str | 
              "## The imbalance", ""]
     if "joint" in imb and "unimodal_visual" in imb:
         j, v, a = imb["joint"], imb["unimodal_visual"], imb.get("unimodal_audio", {})
-        lines.append(f"Joint training (Concat): fused {j['acc']:.3f}, audio head {j.get('acc:audio', float('nan')):.3f}, "
-                     f"visual head {j.get('acc:visual', float('nan')):.3f}; a visual-only model reaches "
-                     f"{v['acc']:.3f} and an audio-only model {a.get('acc', float('nan')):.3f} (clean protocol, mean "
+        nan = float("nan")
+        lines.append(f"Joint training (Concat): fused {j['acc']:.3f}, audio head {j.get('acc:audio', nan):.3f}, "
+                     f"visual head {j.get('acc:visual', nan):.3f}; a visual-only model reaches "
+                     f"{v['acc']:.3f} and an audio-only model {a.get('acc', nan):.3f} (clean protocol, mean "
                      "over seeds).")
     lines += ["", "Files: `table_clean.md`/`.csv` (best validation epoch; the conclusions), `table_paper.md`/`.csv` "
               "(best test epoch, optimistic, as the published code selects), `curves.png` (per-modality test "

@@ -23,7 +23,6 @@ per-batch augmentation). Prepare-time settings (tokenizer, sequence length, stor
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import importlib.metadata
@@ -45,7 +44,7 @@ from datasets.base import Augment, DataBundle, Gather, TaskSpec
 from datasets.cache import (CACHE_VERSION, TRAIN_SPLITS, CacheError, default_cache_root, find_caches, options_hash,
                             read_index, write_index)
 from datasets.prepare import (Dropped, PrepareError, PrepareOptions, Sample, SplitTables, check_bad, check_classes,
-                              publish_cache, manifest_summary, validation_split, library_versions)
+                              publish_cache, manifest_summary, validation_split, library_versions, write_split_records)
 from datasets.recipes import MediaError, is_lfs_pointer, lfs_error
 from datasets.registry import Dataset
 from datasets.sources import FetchedFile, fetch_split_files
@@ -552,26 +551,7 @@ def _finalize(dataset: type[ArrayCacheDataset], partial: Path, raw: Path, jobs: 
                            "visual_path": next((v for k, v in record.media.items() if k != "audio"), "")})
     write_index(partial / "index.csv", index_rows)
 
-    rows = np.arange(len(kept), dtype=np.int64)
-    splits = {s: rows[split_of == s] for s in tables.splits}
-    if val_ids is not None:
-        in_val = np.asarray([sid in val_ids for sid in ids]) & (split_of == "train")
-        splits["val"] = rows[in_val]
-        splits["train_noval"] = rows[(split_of == "train") & ~in_val]
-    else:
-        splits["train_noval"] = splits["train"]
-    (partial / "splits").mkdir(exist_ok=True)
-    for split, split_rows in splits.items():
-        np.save(partial / "splits" / f"{split}.npy", split_rows)
-        (partial / "splits" / f"{split}.txt").write_text("".join(f"{ids[r]}\n" for r in split_rows),
-                                                         encoding="utf-8")
-    (partial / "split_files").mkdir(exist_ok=True)
-    for fetched in build["files"].values():
-        shutil.copyfile(fetched.path, partial / "split_files" / fetched.name)
-    with (partial / "dropped.csv").open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=("id", "split", "reason", "detail", "where"), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(d.row() for d in dropped)
+    splits = write_split_records(partial, ids, split_of, tables.splits, val_ids, build["files"].values(), dropped)
 
     conf: HParams = build["conf"]
     manifest = {

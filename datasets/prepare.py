@@ -39,7 +39,7 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -611,27 +611,7 @@ def _finalize(dataset: type[AVCacheDataset], partial: Path, raw: Path, jobs: Seq
                   for i, (item, entry) in enumerate(kept)]
     write_index(partial / "index.csv", index_rows)
 
-    rows = np.arange(len(kept), dtype=np.int64)
-    splits = {s: rows[split_of == s] for s in tables.splits}
-    if val_ids is not None:
-        in_val = np.asarray([sid in val_ids for sid in ids]) & (split_of == "train")
-        splits["val"] = rows[in_val]
-        splits["train_noval"] = rows[(split_of == "train") & ~in_val]
-    else:
-        splits["train_noval"] = splits["train"]
-    (partial / "splits").mkdir(exist_ok=True)
-    for split, split_rows in splits.items():
-        np.save(partial / "splits" / f"{split}.npy", split_rows)
-        (partial / "splits" / f"{split}.txt").write_text("".join(f"{ids[r]}\n" for r in split_rows),
-                                                         encoding="utf-8")
-    (partial / "split_files").mkdir(exist_ok=True)
-    for fetched in build.files.values():
-        shutil.copyfile(fetched.path, partial / "split_files" / fetched.name)
-
-    with (partial / "dropped.csv").open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=("id", "split", "reason", "detail", "where"), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(d.row() for d in dropped)
+    splits = write_split_records(partial, ids, split_of, tables.splits, val_ids, build.files.values(), dropped)
 
     short = sum(bool(entry.get("short")) for _, entry in kept)
     manifest = {
@@ -665,3 +645,32 @@ def _finalize(dataset: type[AVCacheDataset], partial: Path, raw: Path, jobs: Seq
     (partial / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n",
                                            encoding="utf-8")
     (partial / "DONE").touch()
+
+
+def write_split_records(partial: Path, ids: Sequence[str], split_of: np.ndarray, split_names: Iterable[str],
+                        val_ids: set[str] | None, split_files: Iterable[FetchedFile], dropped: Sequence[Dropped]
+                        ) -> dict[str, np.ndarray]:
+    """Write a cache's split row lists (``splits/<name>.npy`` + ``.txt``; ``val`` and ``train_noval`` carved from
+    train by ``val_ids``), copies of the split files it was built from, and ``dropped.csv``. Shared by the
+    audio-visual cache and ``datasets.array_cache``; returns the row lists."""
+    rows = np.arange(len(ids), dtype=np.int64)
+    splits = {s: rows[split_of == s] for s in split_names}
+    if val_ids is not None:
+        in_val = np.asarray([sid in val_ids for sid in ids], dtype=bool) & (split_of == "train")
+        splits["val"] = rows[in_val]
+        splits["train_noval"] = rows[(split_of == "train") & ~in_val]
+    else:
+        splits["train_noval"] = splits["train"]
+    (partial / "splits").mkdir(exist_ok=True)
+    for split, split_rows in splits.items():
+        np.save(partial / "splits" / f"{split}.npy", split_rows)
+        (partial / "splits" / f"{split}.txt").write_text("".join(f"{ids[r]}\n" for r in split_rows),
+                                                         encoding="utf-8")
+    (partial / "split_files").mkdir(exist_ok=True)
+    for fetched in split_files:
+        shutil.copyfile(fetched.path, partial / "split_files" / fetched.name)
+    with (partial / "dropped.csv").open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=("id", "split", "reason", "detail", "where"), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(d.row() for d in dropped)
+    return splits

@@ -196,7 +196,7 @@ def test_aca_three_modalities(sums, grown):
         assert aca_decision(sums, 100, rule, sigma=1.0, tau=0.01, threshold=0.4) == grown
 
 
-# --- one training iteration (§3.4, §3.6) -----------------------------------------------------------------------------
+# --- one training iteration (§3.4, §3.6) ----------------------------------------------------------------------------
 def record_steps(method: AUG, watch: torch.nn.Parameter) -> list[torch.Tensor]:
     """Wrap the optimizer's step to snapshot ``watch`` before the first step and after every step."""
     snapshots = [watch.detach().clone()]

@@ -64,7 +64,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=0, help="extraction processes (0 = this process)")
     p.add_argument("--shard-size", type=int, default=64, help="samples per resumable shard")
     p.add_argument("--option", action="append", default=[], type=_assignment, metavar="KEY=VALUE",
-                   help="a setting of the image-text, feature and clip datasets (see datasets/array_cache.py and each dataset module), e.g. "
+                   help="a setting of the image-text, feature and clip datasets (see datasets/array_cache.py and each "
+                        "dataset module), e.g. "
                         "--option tokenizer=bert-base-uncased (repeatable)")
 
 
