@@ -41,12 +41,11 @@ import numpy as np
 from baselines.hparams import HParam, HParams, resolve
 from benchmarks.records import git_commit
 from datasets.base import Augment, DataBundle, Gather, TaskSpec
-from datasets.cache import (CACHE_VERSION, TRAIN_SPLITS, CacheError, default_cache_root, find_caches, options_hash,
+from datasets.cache import (PreparedDataset, CACHE_VERSION, TRAIN_SPLITS, CacheError, default_cache_root, options_hash,
                             read_index, write_index)
 from datasets.prepare import (Dropped, PrepareError, PrepareOptions, Sample, SplitTables, check_bad, check_classes,
                               publish_cache, manifest_summary, validation_split, library_versions, write_split_records)
 from datasets.recipes import MediaError, is_lfs_pointer, lfs_error
-from datasets.registry import Dataset
 from datasets.sources import FetchedFile, fetch_split_files
 from datasets.splits import DUPLICATE_POLICIES, ParsedList, SplitRow, resolve_duplicates
 
@@ -176,7 +175,7 @@ def array_cache_hparams(*, recipes: Sequence[str], recipe: str, recipe_doc: str)
     )
 
 
-class ArrayCacheDataset(Dataset):
+class ArrayCacheDataset(PreparedDataset):
     """Base of the array-cache datasets; see the module docstring for what a subclass supplies.
 
     Attributes:
@@ -244,29 +243,6 @@ class ArrayCacheDataset(Dataset):
             raise ValueError(f"{cls.NAME} has no recipe {recipe!r}; valid: {sorted(cls.RECIPES)}")
         return resolve(f"{cls.NAME} prepare", cls.SETTINGS, None,
                        {**cls.RECIPES[recipe].settings, **dict(overrides or {})})
-
-    @classmethod
-    def prepare_command(cls, recipe: str, root: Path | str) -> str:
-        return f"augbench prepare {cls.NAME} --raw <raw {cls.NAME} folder> --out {root} --recipe {recipe}"
-
-    @classmethod
-    def locate_cache(cls, hp: HParams) -> Path:
-        """The cache folder named by ``data.cache``, or the single finished ``<recipe>-*`` one under the root."""
-        if hp.cache:
-            path = Path(hp.cache)
-            if not (path / "DONE").is_file():
-                raise FileNotFoundError(f"data.cache={hp.cache!r} is not a finished cache (no DONE file); build it "
-                                        f"with: {cls.prepare_command(hp.recipe, path.parent.parent)}")
-            return path
-        root = Path(hp.cache_dir) if hp.cache_dir else default_cache_root()
-        found = find_caches(root, cls.NAME, hp.recipe)
-        if not found:
-            raise FileNotFoundError(f"no prepared {cls.NAME} cache for recipe {hp.recipe!r} under {root / cls.NAME}; "
-                                    f"build it with: {cls.prepare_command(hp.recipe, root)}")
-        if len(found) > 1:
-            raise ValueError(f"several {cls.NAME} caches for recipe {hp.recipe!r}: {[str(p) for p in found]}; set "
-                             f"data.cache to the one to use")
-        return found[0]
 
     @classmethod
     def build(cls, hp: HParams) -> DataBundle:

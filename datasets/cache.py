@@ -176,7 +176,35 @@ def cache_hparams(*, recipes: Sequence[str], recipe: str, recipe_doc: str, frame
     )
 
 
-class AVCacheDataset(Dataset):
+class PreparedDataset(Dataset):
+    """A dataset served from a cache that ``augbench prepare`` built: finding that cache, or saying how to build it.
+    Base of ``AVCacheDataset`` and ``datasets.array_cache.ArrayCacheDataset``."""
+
+    @classmethod
+    def prepare_command(cls, recipe: str, root: Path | str) -> str:
+        return f"augbench prepare {cls.NAME} --raw <raw {cls.NAME} folder> --out {root} --recipe {recipe}"
+
+    @classmethod
+    def locate_cache(cls, hp: HParams) -> Path:
+        """The cache folder named by ``data.cache``, or the single finished ``<recipe>-*`` one under the root."""
+        if hp.cache:
+            path = Path(hp.cache)
+            if not (path / "DONE").is_file():
+                raise FileNotFoundError(f"data.cache={hp.cache!r} is not a finished cache (no DONE file); build it "
+                                        f"with: {cls.prepare_command(hp.recipe, path.parent.parent)}")
+            return path
+        root = Path(hp.cache_dir) if hp.cache_dir else default_cache_root()
+        found = find_caches(root, cls.NAME, hp.recipe)
+        if not found:
+            raise FileNotFoundError(f"no prepared {cls.NAME} cache for recipe {hp.recipe!r} under {root / cls.NAME}; "
+                                    f"build it with: {cls.prepare_command(hp.recipe, root)}")
+        if len(found) > 1:
+            raise ValueError(f"several {cls.NAME} caches for recipe {hp.recipe!r}: {[str(p) for p in found]}; set "
+                             f"data.cache to the one to use")
+        return found[0]
+
+
+class AVCacheDataset(PreparedDataset):
     """Base of the cache-backed audio-visual datasets (CREMA-D, Kinetics-Sounds, AVE, VGGSound).
 
     Subclasses declare the raw layout, the split files and how to read them (``read_splits``); ``prepare`` does the
@@ -219,29 +247,6 @@ class AVCacheDataset(Dataset):
     def family(cls) -> set[str]:
         """This dataset's name and its ancestors' (a subclass such as AV-Digits reads a cache built as CREMA-D)."""
         return {c.NAME for c in cls.__mro__ if isinstance(c, type) and issubclass(c, AVCacheDataset) and c.NAME}
-
-    @classmethod
-    def prepare_command(cls, recipe: str, root: Path | str) -> str:
-        return f"augbench prepare {cls.NAME} --raw <raw {cls.NAME} folder> --out {root} --recipe {recipe}"
-
-    @classmethod
-    def locate_cache(cls, hp: HParams) -> Path:
-        """The cache folder named by ``data.cache``, or the single finished ``<recipe>-*`` one under the root."""
-        if hp.cache:
-            path = Path(hp.cache)
-            if not (path / "DONE").is_file():
-                raise FileNotFoundError(f"data.cache={hp.cache!r} is not a finished cache (no DONE file); build it "
-                                        f"with: {cls.prepare_command(hp.recipe, path.parent.parent)}")
-            return path
-        root = Path(hp.cache_dir) if hp.cache_dir else default_cache_root()
-        found = find_caches(root, cls.NAME, hp.recipe)
-        if not found:
-            raise FileNotFoundError(f"no prepared {cls.NAME} cache for recipe {hp.recipe!r} under {root / cls.NAME}; "
-                                    f"build it with: {cls.prepare_command(hp.recipe, root)}")
-        if len(found) > 1:
-            raise ValueError(f"several {cls.NAME} caches for recipe {hp.recipe!r}: {[str(p) for p in found]}; set "
-                             f"data.cache to the one to use")
-        return found[0]
 
     @classmethod
     def build(cls, hp: HParams) -> DataBundle:

@@ -23,7 +23,7 @@ import torch
 
 from baselines.encoders import require_transformers
 from baselines.hparams import HParam, HParams
-from datasets.array_cache import (ArrayCache, ArrayCacheDataset, ArraySpec, IMAGE_SUFFIXES, Parsed, Record,
+from datasets.array_cache import (ArrayCache, ArrayCacheDataset, ArrayRecipe, ArraySpec, IMAGE_SUFFIXES, Parsed, Record,
                                   indexed_label, malformed_rows, samples_from_parsed)
 from datasets.base import Augment, Batch, Gather, ModalitySpec, TaskSpec
 from datasets.prepare import PrepareOptions, Sample, SplitTables
@@ -238,6 +238,21 @@ def image_text_settings(*, tokenizer_doc: str, max_len: int, max_len_doc: str, s
         HParam("clean_text", clean, clean_doc),
         HParam("image_size", image_size, image_doc),
     )
+
+# The AMSS_IT recipe, shared by Twitter-2015 and Sarcasm (each adds its own image folder).
+AMSS_RECIPES = {
+    "amss": ArrayRecipe("AMSS_IT (GitHub njustkmg/TPAMI-AMSS, MyDataset.py/MyHelper.py): bert-base-uncased "
+                        "WordPiece without [CLS]/[SEP], 128 tokens; Resize((224, 224))"),
+}
+
+AMSS_SETTINGS = image_text_settings(
+    tokenizer_doc="BERT WordPiece vocabulary: hub name, folder with vocab.txt, or a vocab.txt file (AMSS: "
+                  "BertTokenizer.from_pretrained('bert-base-uncased', do_lower_case=True)).",
+    max_len=128, max_len_doc="Tokens kept per text (AMSS train_test_IT.py --max_seq_len default 128).",
+    special_tokens=False, special_doc="Add [CLS]/[SEP]; AMSS does not (tokenize -> convert_tokens_to_ids).",
+    clean=False, clean_doc="Strip RT/URLs/'#' (BalanceBenchmark's Food-101 cleaning); AMSS does not.",
+    image_size=224, image_doc="Stored S x S image: AMSS transforms.Resize((224, 224)) for train and test.",
+)
 
 
 class ImageTextDataset(ArrayCacheDataset):

@@ -17,23 +17,14 @@ not read: convert them to the TSV layout first. Recipe ``amss`` as for Twitter-2
 from __future__ import annotations
 
 from baselines.hparams import HParam
-from datasets.array_cache import array_cache_hparams, ArrayRecipe
-from datasets.image_text import TsvImageTextDataset, image_text_settings
+from datasets.array_cache import array_cache_hparams
+from datasets.image_text import AMSS_RECIPES, AMSS_SETTINGS, TsvImageTextDataset
 from datasets.registry import register_dataset
 
-RECIPES = {
-    "amss": ArrayRecipe("AMSS_IT (GitHub njustkmg/TPAMI-AMSS, MyDataset.py/MyHelper.py): bert-base-uncased "
-                        "WordPiece without [CLS]/[SEP], 128 tokens; Resize((224, 224))"),
-}
+RECIPES = AMSS_RECIPES
 
-SETTINGS = image_text_settings(
-    tokenizer_doc="BERT WordPiece vocabulary: hub name, folder with vocab.txt, or a vocab.txt file (AMSS: "
-                  "BertTokenizer.from_pretrained('bert-base-uncased', do_lower_case=True)).",
-    max_len=128, max_len_doc="Tokens kept per text (AMSS train_test_IT.py --max_seq_len default 128).",
-    special_tokens=False, special_doc="Add [CLS]/[SEP]; AMSS does not (tokenize -> convert_tokens_to_ids).",
-    clean=False, clean_doc="Strip RT/URLs/'#' (BalanceBenchmark's Food-101 cleaning); AMSS does not.",
-    image_size=224, image_doc="Stored S x S image: AMSS transforms.Resize((224, 224)) for train and test.",
-) + (HParam("image_dir", "images", "Image folder under the raw root (AMSS MyHelper.py: 'images' for Sarcasm)."),)
+SETTINGS = AMSS_SETTINGS + (HParam("image_dir", "images",
+                                          "Image folder under the raw root (AMSS MyHelper.py: 'images' for Sarcasm)."),)
 
 
 @register_dataset
