@@ -435,6 +435,23 @@ def test_each_dataset_trains_joint_and_aug(prepared, tmp_path, name):
             data_hp(name, cache)).task.names)
 
 
+def test_a_cache_prepared_without_validation_split_trains_without_a_val_loader(tmp_path, vocab):
+    tree = make_image_text(tmp_path / "raw", image_dir="twitter2015_images", classes=3,
+                           per_class={"train": 4, "test": 2})
+    path = build("twitter2015", tree.root, tmp_path / "cache", vocab, val_fraction=0.0)
+    train = {**TINY_TRAIN, "batch_size": 3, "epochs": 1, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0}
+    cfg = build_config("joint", "twitter2015", {"model": MODEL["twitter2015"], "data": {"cache": str(path)},
+                                                "train": train})
+    summary = train_run(cfg, tmp_path / "run", log=quiet)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 1 and math.isfinite(lines[0]["train"]["loss"])
+    assert 0.0 <= summary["protocols"]["last"]["test"]["acc"] <= 1.0
+    m = open_cache(path).manifest
+    assert m["empty_splits"] == ["val"] and set(m["counts"]["splits"]) == {"train", "train_noval", "test"}
+    assert not (path / "splits" / "val.npy").exists()
+    assert set(Twitter2015.build(data_hp("twitter2015", path)).splits) == {"train", "test"}
+
+
 def test_aug_fusion_weights_line_up_with_nvgesture_modalities(prepared):
     _, cache = prepared("nvgesture")
     bundle = NVGesture.build(data_hp("nvgesture", cache))

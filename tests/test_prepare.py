@@ -4,6 +4,7 @@ ones, frame markers, idempotence and resume, every bad-input case, and the other
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -323,6 +324,19 @@ def test_missing_cache_names_the_prepare_command(tmp_path):
     hp = resolve("data", CremaD.HPARAMS, "cremad", {"cache_dir": str(tmp_path)})
     with pytest.raises(FileNotFoundError, match=r"augbench prepare cremad --raw .* --out .* --recipe aug"):
         CremaD.build(hp)
+
+
+def test_an_empty_validation_split_is_left_out_and_recorded(tmp_path):
+    tree = make_vggsound(tmp_path / "raw", ("dog barking", "waterfall burbling"), seconds=1.0)
+    opts = PrepareOptions(splits_dir=tree.splits_dir, frame_size=(12, 16), val_fraction=0.0)
+    path = prepare(VGGSound, tree.root, tmp_path / "cache", opts, log=quiet)
+    cache = open_cache(path)
+    assert cache.manifest["empty_splits"] == ["val"] and "val" not in cache.splits
+    assert cache.manifest["val"] == {"fraction": 0.0, "seed": 0} and "val" not in cache.manifest["counts"]["splits"]
+    hp = resolve("data", VGGSound.HPARAMS, "vggsound", {"cache": str(path)})
+    assert sorted(VGGSound.build(hp).splits) == ["test", "train"]
+    with pytest.raises(ValueError, match=r"val_fraction must be in \[0, 1\)"):
+        prepare(VGGSound, tree.root, tmp_path / "cache", dataclasses.replace(opts, val_fraction=1.0), log=quiet)
 
 
 # --- the other datasets ------------------------------------------------------------------------------------------
