@@ -2,7 +2,7 @@
 
 ``datasets.av_digits`` generates the raw tree in CREMA-D's exact layout; this entry is ``CremaD`` with another name,
 split files read from the tree's own ``annotations/`` folder, frames stored at the clips' native 120x160, and
-defaults sized for tiny encoders on a CPU (the 3 s ``ogm`` audio recipe, 64x64 served frames). The label map
+defaults sized for tiny encoders on a CPU (the 3 s ``ogm`` recipe, 64x64 served frames). The label map
 defaults to ``stat.csv`` order, so both the 6-class mode (codes NEU..ANG, label == digit) and the 10-class mode
 (ZER..NIN) work without options::
 

@@ -3,7 +3,7 @@
 Raw layout (there is no official KS archive: Kinetics-400 clips from the cvdfoundation tarballs, audio extracted to
 WAV as the published pipelines do; folder names are settable with ``--audio-dir/--video-dir/--frames-dir``)::
 
-    audio/<id>.wav         any rate (resampled by the recipe)
+    audio/<id>.wav         any rate (resampled by the audio pipeline)
     video/<id>.mp4         frames extracted at 1 fps by ``prepare``, or instead
     Image-01-FPS/<id>/     already extracted frames (``frame_00001.jpg``..., any numeric naming)
 

@@ -126,7 +126,8 @@ class PreparedDataset(Dataset):
 
     @classmethod
     def cache_options(cls, settings: HParams, specs: Sequence[ArraySpec]) -> dict[str, Any]:
-        """This dataset's part of the options that name the cache (``<recipe>-<hash8>``)."""
+        """This dataset's part of the options that name the cache (``<recipe>-<hash8>``). The ``layout`` tag only
+        keeps the names of caches built before the audio-visual datasets shared this pipeline."""
         return {"layout": "arrays", "settings": settings.as_dict(), "arrays": [s.record() for s in specs]}
 
     @classmethod
@@ -134,7 +135,7 @@ class PreparedDataset(Dataset):
                          totals: Mapping[str, int]) -> dict[str, Any]:
         """This dataset's manifest entries; ``policies`` and ``counts`` are merged into the shared ones. ``facts``
         are ``load``'s per kept sample, ``totals`` the rows of each array."""
-        return {"layout": "arrays", "settings": settings.as_dict()}
+        return {"settings": settings.as_dict()}
 
     @classmethod
     def deviations(cls, settings: HParams) -> list[str]:

@@ -1,7 +1,7 @@
 """What preparing a dataset starts from: the options ``augbench prepare`` is given, and the split tables a dataset's
 annotation files turn into (samples per base split, plus the rows left out on the way).
 
-Every prepared dataset parses its files into a ``SplitTables`` (``PreparedDataset.read_splits``); ``samples_from_rows``
+Every prepared dataset parses its files into a ``SplitTables`` (``PreparedDataset.read_splits``); ``SplitTables.add``
 applies the duplicate policy and the label map to one parsed list, so the drop accounting is the same everywhere.
 """
 
@@ -126,33 +126,22 @@ class SplitTables:
 
     def add(self, parsed: ParsedList, split: str, *, label_name: Callable[[SplitRow], str], duplicates: str,
             speaker: Callable[[SplitRow], str] | None = None) -> None:
-        """Append one parsed list's rows to ``split`` (see ``samples_from_rows``)."""
-        samples, dropped = samples_from_rows(parsed, split, self.classes, label_name=label_name,
-                                             duplicates=duplicates, speaker=speaker)
-        self.splits.setdefault(split, []).extend(samples)
-        self.dropped += dropped
-
-
-def samples_from_rows(parsed: ParsedList, split: str, classes: Sequence[str], *,
-                      label_name: Callable[[SplitRow], str], duplicates: str,
-                      speaker: Callable[[SplitRow], str] | None = None) -> tuple[list[Sample], list[Dropped]]:
-    """Turn parsed rows into samples: apply the duplicate policy, then the label map (an unknown label, or a
-    ``RowError`` from ``label_name``, makes a bad row)."""
-    kept, dups = resolve_duplicates(parsed.rows, duplicates)
-    dropped = [Dropped(r.id, split, "duplicate id", reason, parsed.where(r), bad=False) for r, reason in dups]
-    index = {name: i for i, name in enumerate(classes)}
-    samples = []
-    for r in kept:
-        try:
-            name = label_name(r)
-            if name not in index:
-                raise RowError("unknown label", f"unknown label {r.label!r}; valid: {list(classes)[:10]}"
-                                                f"{' ...' if len(classes) > 10 else ''}")
-        except RowError as err:
-            dropped.append(Dropped(r.id, split, err.kind, str(err), parsed.where(r), bad=True))
-            continue
-        samples.append(Sample(r.id, split, index[name], name, parsed.where(r), speaker(r) if speaker else "", r))
-    return samples, dropped
+        """Append one parsed list's rows to ``split`` as samples: the duplicate policy first, then the label map
+        (an unknown label, or a ``RowError`` from ``label_name``, makes a bad row)."""
+        kept, dups = resolve_duplicates(parsed.rows, duplicates)
+        self.dropped += [Dropped(r.id, split, "duplicate id", reason, parsed.where(r), bad=False) for r, reason in dups]
+        index = {name: i for i, name in enumerate(self.classes)}
+        samples = self.splits.setdefault(split, [])
+        for r in kept:
+            try:
+                name = label_name(r)
+                if name not in index:
+                    raise RowError("unknown label", f"unknown label {r.label!r}; valid: {list(self.classes)[:10]}"
+                                                    f"{' ...' if len(self.classes) > 10 else ''}")
+            except RowError as err:
+                self.dropped.append(Dropped(r.id, split, err.kind, str(err), parsed.where(r), bad=True))
+                continue
+            samples.append(Sample(r.id, split, index[name], name, parsed.where(r), speaker(r) if speaker else "", r))
 
 
 def malformed_rows(parsed: ParsedList, split: str) -> list[Dropped]:
