@@ -152,7 +152,8 @@ def bench_tree(work: Path, *, preset: str = "small", recipe: str = "aug", worker
         The finished cache folder.
     """
     from datasets.av_digits import ROOT_NAME, generate
-    from datasets.prepare import PrepareOptions, prepare
+    from datasets.prepare import prepare
+    from datasets.tables import PrepareOptions
 
     work = Path(work)
     raw = work / "data" / ROOT_NAME

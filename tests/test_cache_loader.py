@@ -14,13 +14,14 @@ import torch
 
 from baselines.hparams import resolve
 from benchmarks.bench_data import benchmark_data
+from datasets.audio_visual import audio_pipeline
 from datasets.augment import (IMAGENET_MEAN, IMAGENET_STD, AVAugment, crop_boxes, frame_offsets, resize,
                               resized_crop)
-from datasets.audio_visual import audio_pipeline
 from datasets.cache import open_cache
 from datasets.cremad import CremaD
 from datasets.media_loader import MediaDataset, items_from_cache
-from datasets.prepare import PrepareOptions, prepare
+from datasets.prepare import prepare
+from datasets.tables import PrepareOptions
 from tests.media_fixtures import make_cremad, second_level
 
 SIZE = 16

@@ -18,16 +18,17 @@ from baselines.hparams import resolve
 from benchmarks.cli import main
 from benchmarks.config import build_config
 from benchmarks.runner import train_run
+from datasets.cache import open_cache
 from datasets.food101 import CLASSES as FOOD_CLASSES
 from datasets.food101 import Food101, parse_titles_csv
 from datasets.image_text import ImageAugment, clean_text, load_tokenizer, parse_amss_tsv, parse_tombert_tsv
 from datasets.mosei import Mosei
 from datasets.nvgesture import NVGesture, crop_clips, parse_nvgesture_list
-from datasets.cache import open_cache
-from datasets.prepare import PrepareError, PrepareOptions, prepare
+from datasets.prepare import prepare
 from datasets.registry import get_dataset
 from datasets.sarcasm import Sarcasm
 from datasets.splits import SplitParseError
+from datasets.tables import PrepareError, PrepareOptions
 from datasets.twitter2015 import Twitter2015
 from datasets.ucf101 import UCF101, bb_offsets, parse_class_index
 from tests.conftest import TINY_TRAIN

@@ -16,14 +16,15 @@ import datasets.audio_visual as av
 import datasets.prepare as prep
 from baselines.hparams import resolve
 from benchmarks.cli import main
+from datasets.audio_visual import audio_pipeline
 from datasets.ave import AVE
 from datasets.base import stratified_holdout
-from datasets.audio_visual import audio_pipeline
 from datasets.cache import CacheError, open_cache
 from datasets.cremad import CremaD
 from datasets.kinetics_sounds import KineticsSounds
-from datasets.prepare import PrepareError, PrepareOptions, prepare
 from datasets.media.audio import MissingExtraError, features_from_file
+from datasets.prepare import prepare
+from datasets.tables import PrepareError, PrepareOptions
 from datasets.vggsound import VGGSound
 from tests.media_fixtures import (EMOTIONS, make_ave, make_cremad, make_kinetics_sounds, make_vggsound,
                                   second_level, write_lfs_pointer, write_lines, write_video)
@@ -318,6 +319,23 @@ def test_fbank_without_torchaudio_fails_before_any_work(tree, tmp_path, monkeypa
     monkeypatch.setattr(prep, "fetch_split_files", lambda *a, **k: pytest.fail("no work before the check"))
     with pytest.raises(MissingExtraError, match=r"augbench\[audio\]"):
         prepare(CremaD, tree.root, tmp_path / "cache", options(tree, recipe="fbank"), log=quiet)
+
+
+def test_audio_visual_caches_written_before_the_shared_writer_still_open(built, tmp_path):
+    """Such caches list no arrays in the manifest and keep the frame offsets only in index.csv."""
+    legacy = tmp_path / built.name
+    shutil.copytree(built, legacy)
+    manifest = json.loads((legacy / "manifest.json").read_text())
+    del manifest["arrays"]
+    (legacy / "manifest.json").write_text(json.dumps(manifest))
+    for name in ("frames_start.npy", "frames_count.npy"):
+        (legacy / name).unlink()
+    old, new = open_cache(legacy), open_cache(built)
+    assert sorted(old.arrays) == sorted(new.arrays) == ["audio", "frames"] and list(old.starts) == ["frames"]
+    for name in ("audio", "frames"):
+        np.testing.assert_array_equal(old.arrays[name], new.arrays[name])
+    np.testing.assert_array_equal(old.starts["frames"], new.starts["frames"])
+    np.testing.assert_array_equal(old.counts["frames"], new.index["frame_count"])
 
 
 def test_missing_cache_names_the_prepare_command(tmp_path):
