@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from baselines.hparams import resolve
+from datasets.audio_visual import audio_pipeline
 from datasets.cache import open_cache
 from datasets.media_loader import MediaDataset, items_from_cache
 from datasets.registry import get_dataset
@@ -96,7 +97,7 @@ def benchmark_data(prepared_dir: Path | str, *, raw_dir: Path | str | None = Non
                 pass
         cache_rate, cache_n = _rate(loader, batches, warmup, target)
         items = items_from_cache(cache, bundle.splits[split], raw_dir)
-        media = MediaDataset(items, cache.audio_recipe, num_frames=hp.frames, image_size=hp.image_size, train=train,
+        media = MediaDataset(items, audio_pipeline(cache), num_frames=hp.frames, image_size=hp.image_size, train=train,
                              frame_rule=hp.frame_rule, frames_per_second=cache.manifest["visual"]["per_second"],
                              seed=seed)
         media_loader = torch.utils.data.DataLoader(media, batch_size=batch_size, shuffle=train, num_workers=0,
@@ -123,7 +124,7 @@ def extract_jpeg_frames(raw: Path, video_dir: str = "VideoFlash", frames_dir: st
     """
     from PIL import Image
 
-    from datasets.recipes.video import extract_frames
+    from datasets.media.video import extract_frames
 
     videos = sorted(p for p in (raw / video_dir).iterdir() if p.is_file())
     written = 0
@@ -151,7 +152,8 @@ def bench_tree(work: Path, *, preset: str = "small", recipe: str = "aug", worker
         The finished cache folder.
     """
     from datasets.av_digits import ROOT_NAME, generate
-    from datasets.prepare import PrepareOptions, prepare
+    from datasets.prepare import prepare
+    from datasets.tables import PrepareOptions
 
     work = Path(work)
     raw = work / "data" / ROOT_NAME

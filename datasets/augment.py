@@ -25,8 +25,8 @@
    in the published pipeline; each frame's view is computed once on the CPU and kept (``EvalViews``), so later
    evaluations are a gather and a normalisation, and CPU and GPU runs serve identical evaluation batches;
 3. scales to [0, 1] and applies ImageNet normalisation in place; serves ``visual`` as float32 (B, 3, T, S, S);
-4. serves ``audio`` as float32 (B, 1, F, T), converted from the cached float16 on the device; a recipe with
-   ``serve_frames`` gets a time crop (train: random start, test: the first frames), cut before the conversion.
+4. serves ``audio`` as float32 (B, 1, F, T), converted from the cached float16 on the device; an audio pipeline
+   with ``serve_frames`` gets a time crop (train: random start, test: the first frames), cut before the conversion.
 
 Every random number comes from the CPU ``torch.Generator`` the loader passes (seeded by run seed and epoch), drawn in
 a fixed order (frame offsets, crop boxes, flips, audio starts), so CPU and GPU runs see the same frames, crops and

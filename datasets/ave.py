@@ -24,16 +24,18 @@ from itertools import combinations
 from pathlib import Path
 from typing import Mapping
 
-from datasets.cache import AVCacheDataset, cache_hparams
-from datasets.prepare import Layout, PrepareError, PrepareOptions, Preset, SplitTables, samples_from_rows
+from baselines.hparams import HParams
+from datasets.audio_visual import AVCacheDataset, Layout, av_hparams
+from datasets.prepared import Recipe
 from datasets.registry import register_dataset
 from datasets.splits import duplicate_ids, first_appearance, parse_ave_list
+from datasets.tables import PrepareError, PrepareOptions, SplitTables
 
 RECIPES = {
-    "pmr": Preset("pmr_spec10s", "PMR/AMSS AVE audio (Audio-1004): 16 kHz, 10 s, scipy spectrogram, log, z-score "
-                                 "-> 257x1004"),
-    "ogm": Preset("ogm_stft3s", "OGM-GE-style STFT: 22.05 kHz, 3 s, STFT 512/353, log -> 257x188"),
-    "fbank": Preset("kaldi_fbank1024", "Kaldi fbank 1024x128 (needs the [audio] extra)"),
+    "pmr": Recipe("PMR/AMSS AVE audio (Audio-1004): 16 kHz, 10 s, scipy spectrogram, log, z-score -> 257x1004",
+                  {"audio": "pmr_spec10s"}),
+    "ogm": Recipe("OGM-GE-style STFT: 22.05 kHz, 3 s, STFT 512/353, log -> 257x188", {"audio": "ogm_stft3s"}),
+    "fbank": Recipe("Kaldi fbank 1024x128 (needs the [audio] extra)", {"audio": "kaldi_fbank1024"}),
 }
 
 FILES = {"train": "trainSet.txt", "val": "valSet.txt", "test": "testSet.txt"}
@@ -54,13 +56,14 @@ class AVE(AVCacheDataset):
     SPLIT_FILES = tuple(FILES.values())
     LAYOUT = Layout(None, (), "AVE", (".mp4",), "Image-01-FPS")
     LABEL_ORDERS = ("test_first_appearance",)
-    HPARAMS = cache_hparams(
+    HPARAMS = av_hparams(
         recipes=tuple(RECIPES), recipe="pmr",
         recipe_doc="Audio front-end preset: 'pmr' (PMR/AMSS Audio-1004, 257x1004), 'ogm', 'fbank'.",
         frames=3, frames_doc="T frames per clip: 3 in PMR (num_frame); AMSS's AVE loader uses 1.")
 
     @classmethod
-    def read_splits(cls, files: Mapping[str, Path], opts: PrepareOptions) -> SplitTables:
+    def read_splits(cls, files: Mapping[str, Path], raw: Path, opts: PrepareOptions, settings: HParams
+                    ) -> SplitTables:
         parsed = {split: parse_ave_list(files[name]) for split, name in FILES.items()}
         order = first_appearance(r.label for r in parsed["test"].rows)
         if tuple(order) != cls.CLASSES:
@@ -69,10 +72,7 @@ class AVE(AVCacheDataset):
         tables = SplitTables(cls.CLASSES, {}, val_source="published valSet.txt (GitHub: fanyunfeng-bit/"
                                                          "Modal-Imbalance-PMR, data/AVE/)")
         for split, rows in parsed.items():
-            samples, dropped = samples_from_rows(rows, split, cls.CLASSES, label_name=lambda r: r.label,
-                                                 duplicates=opts.duplicates)
-            tables.splits[split] = samples
-            tables.dropped += dropped
+            tables.add(rows, split, label_name=lambda r: r.label, duplicates=opts.duplicates)
         ids = {split: set(rows.ids) for split, rows in parsed.items()}
         tables.info = {
             "label_map_source": "first appearance in testSet.txt (PMR, AMSS loaders)",

@@ -28,18 +28,22 @@ from collections import Counter
 from pathlib import Path
 from typing import Mapping
 
-from datasets.cache import AVCacheDataset, cache_hparams
-from datasets.prepare import Layout, PrepareError, PrepareOptions, Preset, SplitTables, samples_from_rows
+from baselines.hparams import HParams
+from datasets.audio_visual import AVCacheDataset, Layout, av_hparams
+from datasets.prepared import Recipe
 from datasets.registry import register_dataset
+from datasets.tables import PrepareError, PrepareOptions, SplitTables
 from datasets.splits import parse_class_list, parse_label_csv
 
 RECIPES = {
-    "ogm": Preset("ogm_stft3s", "OGM-GE/AGM/InfoReg/AMSS CREMA-D audio: 22.05 kHz, 3 s, STFT 512/353, log -> 257x188"),
-    "aug": Preset("aug_stft20s", "AUG/LFM CREMA-D audio (GitHub: njustkmg/NeurIPS25-AUG, dataset/CREMA.py): "
-                                 "22.05 kHz, 20 s, STFT 512/353, log -> 257x1250"),
-    "pmr": Preset("pmr_spec10s", "PMR CREMA-D audio: 16 kHz, 10 s, scipy spectrogram, log, z-score -> 257x1004"),
-    "fbank": Preset("kaldi_fbank1024", "MMPareto/Diagnosing/BalanceBenchmark: Kaldi fbank 1024x128 (needs the "
-                                       "[audio] extra)"),
+    "ogm": Recipe("OGM-GE/AGM/InfoReg/AMSS CREMA-D audio: 22.05 kHz, 3 s, STFT 512/353, log -> 257x188",
+                  {"audio": "ogm_stft3s"}),
+    "aug": Recipe("AUG/LFM CREMA-D audio (GitHub: njustkmg/NeurIPS25-AUG, dataset/CREMA.py): 22.05 kHz, 20 s, STFT "
+                  "512/353, log -> 257x1250", {"audio": "aug_stft20s"}),
+    "pmr": Recipe("PMR CREMA-D audio: 16 kHz, 10 s, scipy spectrogram, log, z-score -> 257x1004",
+                  {"audio": "pmr_spec10s"}),
+    "fbank": Recipe("MMPareto/Diagnosing/BalanceBenchmark: Kaldi fbank 1024x128 (needs the [audio] extra)",
+                    {"audio": "kaldi_fbank1024"}),
 }
 
 
@@ -55,7 +59,7 @@ class CremaD(AVCacheDataset):
     LAYOUT = Layout("AudioWAV", (".wav",), "VideoFlash", (".flv",), "Image-01-FPS")
     FRAME_SIZE = (256, 341)
     LABEL_ORDERS = ("ogm", "stat", "sorted")
-    HPARAMS = cache_hparams(
+    HPARAMS = av_hparams(
         recipes=tuple(RECIPES), recipe="aug",
         recipe_doc="Audio front-end preset (methods.md §1.3): 'aug' for tables reproducing AUG (20 s -> 257x1250), "
                    "'ogm' (3 s -> 257x188), 'pmr', 'fbank'. Must have been built by `augbench prepare`.",
@@ -73,7 +77,8 @@ class CremaD(AVCacheDataset):
         return tuple(stat) if order == "stat" else tuple(sorted(stat))
 
     @classmethod
-    def read_splits(cls, files: Mapping[str, Path], opts: PrepareOptions) -> SplitTables:
+    def read_splits(cls, files: Mapping[str, Path], raw: Path, opts: PrepareOptions, settings: HParams
+                    ) -> SplitTables:
         stat = parse_class_list(files["stat.csv"])
         classes = cls.label_map(stat, opts.label_order, files["stat.csv"].name)
         tables = SplitTables(classes, {})
@@ -81,10 +86,8 @@ class CremaD(AVCacheDataset):
         parsed = {}
         for split, name in (("train", "train.csv"), ("test", "test.csv")):
             parsed[split] = parse_label_csv(files[name])
-            samples, dropped = samples_from_rows(parsed[split], split, classes, label_name=lambda r: r.label,
-                                                 duplicates=opts.duplicates, speaker=lambda i: i.split("_")[0])
-            tables.splits[split] = samples
-            tables.dropped += dropped
+            tables.add(parsed[split], split, label_name=lambda r: r.label, duplicates=opts.duplicates,
+                       speaker=lambda r: r.id.split("_")[0])
             skipped[name] = dict(Counter(reason for _, _, reason in parsed[split].skipped))
         have = [n for n in cls.OPTIONAL_SPLIT_FILES if n in files]
         if len(have) == 1:

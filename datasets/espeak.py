@@ -1,7 +1,7 @@
 """eSpeak NG speech synthesis through ``ctypes``, for the AV-Digits generator (data spec §6.1).
 
 The library and its voice data come from the pip package ``espeakng-loader`` (the ``[demo]`` extra), so no system
-package or root access is needed. The recipe is the one measured in the spec with espeakng-loader 0.2.4:
+package or root access is needed. The call sequence is the one measured in the spec with espeakng-loader 0.2.4:
 ``espeak_Initialize(AUDIO_OUTPUT_RETRIEVAL, 0, data_path, 0)`` returns the sample rate (22,050 Hz), a synth callback
 collects int16 chunks, ``espeak_SetVoiceByName(b"<voice>+<variant>")`` selects the voice, ``espeak_SetParameter``
 sets rate and pitch, and ``espeak_Synth`` + ``espeak_Synchronize`` run one utterance.

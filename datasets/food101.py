@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from baselines.hparams import HParam, HParams
-from datasets.array_cache import array_cache_hparams, ArrayRecipe, malformed_rows, Parsed, samples_from_parsed
 from datasets.image_text import ImageAugment, ImageTextDataset, find_image, image_text_settings
-from datasets.prepare import PrepareOptions, Sample, SplitTables
+from datasets.prepared import Recipe, cache_hparams
 from datasets.registry import register_dataset
 from datasets.splits import ParsedList, SplitRow, read_lines
+from datasets.tables import PrepareOptions, Sample, SplitTables, malformed_rows
 
 CLASSES = (
     "apple_pie", "baby_back_ribs", "baklava", "beef_carpaccio", "beef_tartare", "beet_salad", "beignets", "bibimbap",
@@ -54,7 +54,7 @@ TEXT_COLUMNS = ("text", "title", "titles")
 LABEL_COLUMNS = ("label", "class", "category")
 
 RECIPES = {
-    "bb": ArrayRecipe("BalanceBenchmark food_dataset.py: clean_text, BERT WordPiece with [CLS]/[SEP] to 40 tokens; "
+    "bb": Recipe("BalanceBenchmark food_dataset.py: clean_text, BERT WordPiece with [CLS]/[SEP] to 40 tokens; "
                       "Resize((224, 224))"),
 }
 
@@ -108,8 +108,8 @@ class Food101(ImageTextDataset):
     CLASSES = CLASSES
     RECIPES = RECIPES
     DEFAULT_RECIPE = "bb"
-    ANNOTATION_DIR = "texts"
-    ANNOTATIONS = ("train_titles.csv", "test_titles.csv")
+    SPLITS_IN_RAW = "texts"
+    SPLIT_FILES = ("train_titles.csv", "test_titles.csv")
     LABEL_ORDERS = ("declared", "csv")
     SETTINGS = image_text_settings(
         tokenizer_doc="BERT WordPiece vocabulary: hub name, folder with vocab.txt, or a vocab.txt file "
@@ -119,15 +119,16 @@ class Food101(ImageTextDataset):
         clean=True, clean_doc="BalanceBenchmark clean_text: drop a leading 'RT', URLs and '#'.",
         image_size=224, image_doc="Stored S x S image: BalanceBenchmark Resize((224, 224)).",
     ) + (HParam("image_dir", "images", "Image root under the raw root: <image_dir>/<phase>/<class>/<name>."),)
-    HPARAMS = array_cache_hparams(recipes=tuple(RECIPES), recipe="bb",
-                                  recipe_doc="Prepared preset: 'bb' (BalanceBenchmark tokenisation and image size).") \
+    HPARAMS = cache_hparams(recipes=tuple(RECIPES), recipe="bb",
+                            recipe_doc="Prepared preset: 'bb' (BalanceBenchmark tokenisation and image size).") \
         + (HParam("mean", [0.485, 0.456, 0.406], "ImageNet mean (BalanceBenchmark food_dataset.py)."),
            HParam("std", [0.229, 0.224, 0.225], "ImageNet std (BalanceBenchmark food_dataset.py)."),
            HParam("rotate_degrees", 30.0, "Training RandomRotation range in degrees (BalanceBenchmark: 30); 0 = off."),
            HParam("flip", True, "Training RandomHorizontalFlip (BalanceBenchmark)."))
 
     @classmethod
-    def read_tables(cls, files: Mapping[str, Path], raw: Path, opts: PrepareOptions, settings: HParams) -> Parsed:
+    def read_splits(cls, files: Mapping[str, Path], raw: Path, opts: PrepareOptions, settings: HParams
+                    ) -> SplitTables:
         read = {split: parse_titles_csv(files[f"{split}_titles.csv"]) for split in ("train", "test")}
         parsed = {split: p for split, (p, _) in read.items()}
         if opts.label_order == "csv":
@@ -136,19 +137,19 @@ class Food101(ImageTextDataset):
         else:
             classes = cls.CLASSES
             source = "declared CLASSES (sorted Food-101 class names, as BalanceBenchmark's sorted folder names)"
-        out = Parsed(SplitTables(classes, {}))
+        tables = SplitTables(classes)
         for split, p in parsed.items():
-            out.tables.dropped += malformed_rows(p, split)
-            samples_from_parsed(p, split, classes, lambda r: r.label, opts.duplicates, out)
-        out.tables.info = {"label_map_source": source, "num_classes": len(classes),
-                           "rows_with_rejoined_commas": {s: n for s, (_, n) in read.items()},
-                           "skipped_lines": {s: dict(Counter(reason for _, _, reason in p.skipped))
-                                             for s, p in parsed.items()}}
-        return out
+            tables.dropped += malformed_rows(p, split)
+            tables.add(p, split, label_name=lambda r: r.label, duplicates=opts.duplicates)
+        tables.info = {"label_map_source": source, "num_classes": len(classes),
+                       "rows_with_rejoined_commas": {s: n for s, (_, n) in read.items()},
+                       "skipped_lines": {s: dict(Counter(reason for _, _, reason in p.skipped))
+                                         for s, p in parsed.items()}}
+        return tables
 
     @classmethod
-    def image_path(cls, raw: Path, sample: Sample, row: SplitRow, settings: HParams) -> Path:
-        return find_image(raw, f"{settings.image_dir}/{sample.split}/{sample.label_name}", row.fields[1])
+    def image_path(cls, raw: Path, sample: Sample, settings: HParams) -> Path:
+        return find_image(raw, f"{settings.image_dir}/{sample.split}/{sample.label_name}", sample.row.fields[1])
 
     @classmethod
     def augment(cls, hp: HParams) -> ImageAugment:

@@ -1,6 +1,5 @@
 """The image-text pieces shared by Twitter-2015, Sarcasm and Food-101 (datasets.md §3.6, §3.8): annotation
-parsers, tokenisation, image augmentation and the ``ImageTextDataset`` base, on top of the generic array cache
-(``datasets.array_cache``).
+parsers, tokenisation, image augmentation and the ``ImageTextDataset`` base (a ``datasets.prepared.PreparedDataset``).
 
 **Text** is tokenised at prepare time into int32 ids with a BERT WordPiece tokenizer (``transformers``; a hub name
 such as ``bert-base-uncased``, a folder holding ``vocab.txt``, or a ``vocab.txt`` path) and served as int64
@@ -23,13 +22,16 @@ import torch
 
 from baselines.encoders import require_transformers
 from baselines.hparams import HParam, HParams
-from datasets.array_cache import (ArrayCache, ArrayCacheDataset, ArrayRecipe, ArraySpec, IMAGE_SUFFIXES, Parsed, Record,
-                                  indexed_label, malformed_rows, samples_from_parsed)
 from datasets.base import Augment, Batch, Gather, ModalitySpec, TaskSpec
-from datasets.prepare import PrepareOptions, Sample, SplitTables
-from datasets.recipes import MediaError
-from datasets.recipes.video import load_image
+from datasets.cache import ArraySpec, Cache
+from datasets.media import MediaError
+from datasets.media.video import load_image
+from datasets.prepared import PreparedDataset, Recipe, Record
 from datasets.splits import ParsedList, SplitParseError, SplitRow, read_lines
+from datasets.tables import PrepareOptions, Sample, SplitTables, indexed_label, malformed_rows
+
+# Suffixes tried for an image name written without one.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -239,9 +241,10 @@ def image_text_settings(*, tokenizer_doc: str, max_len: int, max_len_doc: str, s
         HParam("image_size", image_size, image_doc),
     )
 
+
 # The AMSS_IT recipe, shared by Twitter-2015 and Sarcasm (each adds its own image folder).
 AMSS_RECIPES = {
-    "amss": ArrayRecipe("AMSS_IT (GitHub njustkmg/TPAMI-AMSS, MyDataset.py/MyHelper.py): bert-base-uncased "
+    "amss": Recipe("AMSS_IT (GitHub njustkmg/TPAMI-AMSS, MyDataset.py/MyHelper.py): bert-base-uncased "
                         "WordPiece without [CLS]/[SEP], 128 tokens; Resize((224, 224))"),
 }
 
@@ -255,7 +258,7 @@ AMSS_SETTINGS = image_text_settings(
 )
 
 
-class ImageTextDataset(ArrayCacheDataset):
+class ImageTextDataset(PreparedDataset):
     """Image + text samples: arrays ``text`` int32 (L,) and ``visual`` uint8 (S, S, 3); served in the order
     (text, visual), as AMSS's ``JointClsModel.forward(text, img)`` concatenates them.
 
@@ -264,14 +267,13 @@ class ImageTextDataset(ArrayCacheDataset):
     """
 
     @classmethod
-    def image_path(cls, raw: Path, sample: Sample, row: SplitRow, settings: HParams) -> Path:
+    def image_path(cls, raw: Path, sample: Sample, settings: HParams) -> Path:
         raise NotImplementedError
 
     @classmethod
-    def locate(cls, raw: Path, sample: Sample, row: SplitRow, settings: HParams
-               ) -> tuple[dict[str, str], dict[str, Any]]:
-        path = cls.image_path(raw, sample, row, settings)
-        return {"visual": path.relative_to(raw).as_posix()}, {"text": row.fields[0]}
+    def locate(cls, raw: Path, sample: Sample, settings: HParams) -> tuple[dict[str, str], dict[str, Any]]:
+        path = cls.image_path(raw, sample, settings)
+        return {"visual": path.relative_to(raw).as_posix()}, {"text": sample.row.fields[0]}
 
     @classmethod
     def arrays(cls, settings: HParams, info: Mapping[str, Any]) -> tuple[ArraySpec, ...]:
@@ -279,21 +281,21 @@ class ImageTextDataset(ArrayCacheDataset):
         return ArraySpec("text", "int32", (settings.max_len,)), ArraySpec("visual", "uint8", (s, s, 3))
 
     @classmethod
-    def load(cls, raw: Path, record: Record, settings: HParams) -> dict[str, np.ndarray]:
+    def load(cls, raw: Path, record: Record, settings: HParams) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         text = record.extra["text"]
         if settings.clean_text:
             text = clean_text(text)
         tokenizer = load_tokenizer(settings.tokenizer, settings.lowercase)
         size = (settings.image_size, settings.image_size)
         return {"text": token_ids(tokenizer, text, settings.max_len, settings.special_tokens),
-                "visual": load_image(raw / record.media["visual"], size)}
+                "visual": load_image(raw / record.media["visual"], size)}, {}
 
     @classmethod
     def augment(cls, hp: HParams) -> ImageAugment:
         return ImageAugment("visual", hp.mean, hp.std)
 
     @classmethod
-    def serve(cls, cache: ArrayCache, hp: HParams) -> tuple[TaskSpec, Gather, Augment]:
+    def serve(cls, cache: Cache, hp: HParams) -> tuple[TaskSpec, Gather, Augment]:
         text, images = cache.arrays["text"], cache.arrays["visual"]
         size = images.shape[1]
         task = TaskSpec(cls.NAME, len(cache.classes),
@@ -319,13 +321,14 @@ class TsvImageTextDataset(ImageTextDataset):
     is used and recorded (AMSS reads only train and test).
     """
 
-    ANNOTATION_DIR = "annotations"
-    ANNOTATIONS = ("train.tsv", "test.tsv")
-    OPTIONAL_ANNOTATIONS = ("dev.tsv",)
+    SPLITS_IN_RAW = "annotations"
+    SPLIT_FILES = ("train.tsv", "test.tsv")
+    OPTIONAL_SPLIT_FILES = ("dev.tsv",)
 
     @classmethod
-    def read_tables(cls, files: Mapping[str, Path], raw: Path, opts: PrepareOptions, settings: HParams) -> Parsed:
-        out = Parsed(SplitTables(cls.CLASSES, {}))
+    def read_splits(cls, files: Mapping[str, Path], raw: Path, opts: PrepareOptions, settings: HParams
+                    ) -> SplitTables:
+        tables = SplitTables(cls.CLASSES)
         formats, skipped = {}, {}
         for split, name in (("train", "train.tsv"), ("val", "dev.tsv"), ("test", "test.tsv")):
             if name not in files:
@@ -333,15 +336,15 @@ class TsvImageTextDataset(ImageTextDataset):
             formats[name] = tsv_format(files[name])
             parser = parse_tombert_tsv if formats[name] == "tombert" else parse_amss_tsv
             parsed = parser(files[name], strict=False)
-            out.tables.dropped += malformed_rows(parsed, split)
-            samples_from_parsed(parsed, split, cls.CLASSES, indexed_label(cls.CLASSES), opts.duplicates, out)
+            tables.dropped += malformed_rows(parsed, split)
+            tables.add(parsed, split, label_name=indexed_label(cls.CLASSES), duplicates=opts.duplicates)
             skipped[name] = dict(Counter(reason for _, _, reason in parsed.skipped))
-        if "val" in out.tables.splits:
-            out.tables.val_source = "published dev.tsv"
-        out.tables.info = {"label_map_source": "declared CLASSES; the files hold class indices", "formats": formats,
-                           "skipped_lines": skipped}
-        return out
+        if "val" in tables.splits:
+            tables.val_source = "published dev.tsv"
+        tables.info = {"label_map_source": "declared CLASSES; the files hold class indices", "formats": formats,
+                       "skipped_lines": skipped}
+        return tables
 
     @classmethod
-    def image_path(cls, raw: Path, sample: Sample, row: SplitRow, settings: HParams) -> Path:
-        return find_image(raw, settings.image_dir, row.fields[1])
+    def image_path(cls, raw: Path, sample: Sample, settings: HParams) -> Path:
+        return find_image(raw, settings.image_dir, sample.row.fields[1])

@@ -3,7 +3,7 @@
 Raw layout (there is no official KS archive: Kinetics-400 clips from the cvdfoundation tarballs, audio extracted to
 WAV as the published pipelines do; folder names are settable with ``--audio-dir/--video-dir/--frames-dir``)::
 
-    audio/<id>.wav         any rate (resampled by the recipe)
+    audio/<id>.wav         any rate (resampled by the audio pipeline)
     video/<id>.mp4         frames extracted at 1 fps by ``prepare``, or instead
     Image-01-FPS/<id>/     already extracted frames (``frame_00001.jpg``..., any numeric naming)
 
@@ -20,16 +20,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
-from datasets.cache import AVCacheDataset, cache_hparams
-from datasets.prepare import Layout, PrepareError, PrepareOptions, Preset, RowError, SplitTables, samples_from_rows
+from baselines.hparams import HParams
+from datasets.audio_visual import AVCacheDataset, Layout, av_hparams
+from datasets.prepared import Recipe
 from datasets.registry import register_dataset
 from datasets.splits import SplitRow, parse_ks_json, parse_ks_list
+from datasets.tables import PrepareError, PrepareOptions, RowError, SplitTables
 
 RECIPES = {
-    "aug": Preset("amss_stft10s_35k", "AUG/AMSS KS audio (methods.md §1.3): 35.4 kHz, 10 s, STFT 512/353, log -> "
-                                      "257x1003"),
-    "fbank": Preset("kaldi_fbank1024", "OGM-GE KS script / BalanceBenchmark / InfoReg: Kaldi fbank 1024x128 (needs "
-                                       "the [audio] extra)"),
+    "aug": Recipe("AUG/AMSS KS audio (methods.md §1.3): 35.4 kHz, 10 s, STFT 512/353, log -> 257x1003",
+                  {"audio": "amss_stft10s_35k"}),
+    "fbank": Recipe("OGM-GE KS script / BalanceBenchmark / InfoReg: Kaldi fbank 1024x128 (needs the [audio] extra)",
+                    {"audio": "kaldi_fbank1024"}),
 }
 
 
@@ -50,7 +52,7 @@ class KineticsSounds(AVCacheDataset):
     SPLIT_FILES = ("my_train.txt", "my_test.txt", "KS.json")
     LAYOUT = Layout("audio", (".wav",), "video", (".mp4",), "Image-01-FPS")
     LABEL_ORDERS = ("ks_json",)
-    HPARAMS = cache_hparams(
+    HPARAMS = av_hparams(
         recipes=tuple(RECIPES), recipe="aug",
         recipe_doc="Audio front-end preset (methods.md §1.3): 'aug' (35.4 kHz, 10 s -> 257x1003) for AUG tables, "
                    "'fbank' (1024x128) for the OGM-GE/BalanceBenchmark family.",
@@ -58,7 +60,8 @@ class KineticsSounds(AVCacheDataset):
                              "Valuate-and-Enhance-Multimodal-Cooperation, issue #1) and AMSS.")
 
     @classmethod
-    def read_splits(cls, files: Mapping[str, Path], opts: PrepareOptions) -> SplitTables:
+    def read_splits(cls, files: Mapping[str, Path], raw: Path, opts: PrepareOptions, settings: HParams
+                    ) -> SplitTables:
         labels, database = parse_ks_json(files["KS.json"])
         if tuple(labels) != cls.CLASSES:
             raise PrepareError(f"KS.json 'labels' {labels} differ from the declared 31 classes {list(cls.CLASSES)}")
@@ -75,10 +78,7 @@ class KineticsSounds(AVCacheDataset):
 
         tables = SplitTables(cls.CLASSES, {})
         for split, name in (("train", "my_train.txt"), ("test", "my_test.txt")):
-            samples, dropped = samples_from_rows(parse_ks_list(files[name]), split, cls.CLASSES,
-                                                 label_name=label_name, duplicates=opts.duplicates)
-            tables.splits[split] = samples
-            tables.dropped += dropped
+            tables.add(parse_ks_list(files[name]), split, label_name=label_name, duplicates=opts.duplicates)
         tables.info = {"label_map_source": "KS.json['labels'] index (GitHub: GeWu-Lab/BML_TPAMI2024, "
                                            "code/dataset/KS.json)"}
         return tables

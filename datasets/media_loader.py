@@ -1,12 +1,12 @@
 """Per-sample media loading the way the published loaders do it, as a reference and a speed baseline.
 
 ``MediaDataset.__getitem__`` does, for one clip, what OGM-GE's ``CramedDataset`` (GitHub: GeWu-Lab/OGM-GE_CVPR2022,
-``dataset/CramedDataset.py``) and its descendants do: decode the audio file and compute the recipe's features,
-list the clip's frames, decode the chosen JPEGs (or decode the video when no frame folder exists) and run
+``dataset/CramedDataset.py``) and its descendants do: decode the audio file and compute the audio pipeline's
+features, list the clip's frames, decode the chosen JPEGs (or decode the video when no frame folder exists) and run
 torchvision's PIL transforms on each frame (train: RandomResizedCrop(S), RandomHorizontalFlip, ToTensor, ImageNet
 Normalize; test: Resize((S, S)), ToTensor, Normalize). It differs from the published code only where those were
 bugs: frames are chosen from the *sorted* listing with the same rule as the cache loader (``segments`` or
-``first_k``), and the audio recipe is the cached one. It is used to check that the cache reproduces on-the-fly
+``first_k``), and the audio pipeline is the cached one. It is used to check that the cache reproduces on-the-fly
 features, and by ``benchmarks.bench_data`` to measure what the cache saves. Training never uses it.
 """
 
@@ -21,8 +21,8 @@ import torch
 
 from datasets.augment import IMAGENET_MEAN, IMAGENET_STD, frame_offsets
 from datasets.cache import Cache
-from datasets.recipes.audio import AudioRecipe, features_from_file
-from datasets.recipes.video import extract_frames, frame_files
+from datasets.media.audio import AudioPipeline, features_from_file
+from datasets.media.video import extract_frames, frame_files
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class MediaDataset(torch.utils.data.Dataset):
 
     Args:
         items: the clips.
-        recipe: the audio recipe (normally the cache's).
+        pipeline: the audio pipeline (normally the cache's).
         num_frames: T frames per clip.
         image_size: S.
         train: random transforms and frame choice (True) or the deterministic test view.
@@ -67,12 +67,12 @@ class MediaDataset(torch.utils.data.Dataset):
         seed: seed of this dataset's frame-choice generator.
     """
 
-    def __init__(self, items: list[MediaItem], recipe: AudioRecipe, *, num_frames: int, image_size: int,
+    def __init__(self, items: list[MediaItem], pipeline: AudioPipeline, *, num_frames: int, image_size: int,
                  train: bool, frame_rule: str = "segments", frames_per_second: int = 1, seed: int = 0) -> None:
         from torchvision import transforms
 
         self.items = items
-        self.recipe = recipe
+        self.pipeline = pipeline
         self.num_frames = num_frames
         self.train = train
         self.frame_rule = frame_rule
@@ -109,8 +109,8 @@ class MediaDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = self.items[i]
-        features = torch.from_numpy(features_from_file(self.recipe, item.audio)[0])
-        crop = self.recipe.serve_frames
+        features = torch.from_numpy(features_from_file(self.pipeline, item.audio)[0])
+        crop = self.pipeline.serve_frames
         if crop:
             start = int(torch.randint(0, features.shape[1] - crop + 1, (1,), generator=self.generator)) \
                 if self.train else 0

@@ -32,12 +32,12 @@ import torch
 
 from baselines.hparams import HParam, HParams
 from datasets.base import Augment, Gather, ModalitySpec, TaskSpec, identity_augment
-from datasets.array_cache import (array_cache_hparams, ArrayCache, ArrayCacheDataset, ArrayRecipe, ArraySpec, Parsed,
-                                  Record)
-from datasets.prepare import Dropped, PrepareOptions, Sample, SplitTables
-from datasets.recipes import MediaError
+from datasets.cache import ArraySpec, Cache
+from datasets.media import MediaError
+from datasets.prepared import PreparedDataset, Recipe, Record, cache_hparams
 from datasets.registry import register_dataset
 from datasets.splits import SplitParseError, SplitRow
+from datasets.tables import Dropped, PrepareOptions, Sample, SplitTables
 
 SPLITS = {"train": "train", "valid": "val", "test": "test"}
 MODALITIES = (("audio", "audio"), ("visual", "vision"), ("text", "text"))  # (served name, pickle key)
@@ -108,15 +108,14 @@ def video_id(part: Mapping[str, Any], i: int) -> str:
 
 
 @register_dataset
-class Mosei(ArrayCacheDataset):
+class Mosei(PreparedDataset):
     NAME = "mosei"
     DESCRIPTION = "CMU-MOSEI acc2: audio/visual/text feature sequences, from `augbench prepare` (MulT pickle)"
     CLASSES = ("negative", "positive")
     RECIPES = {
-        "unaligned": ArrayRecipe("BalanceBenchmark Mosei_dataset.py with if_align false: "
-                                 "mosei_senti_data_noalign.pkl (MulT: text 50, audio/vision 500 steps [R])",
-                                 {"aligned": False}),
-        "aligned": ArrayRecipe("mosei_senti_data.pkl (word-aligned features)", {"aligned": True}),
+        "unaligned": Recipe("BalanceBenchmark Mosei_dataset.py with if_align false: mosei_senti_data_noalign.pkl "
+                            "(MulT: text 50, audio/vision 500 steps [R])", {"aligned": False}),
+        "aligned": Recipe("mosei_senti_data.pkl (word-aligned features)", {"aligned": True}),
     }
     DEFAULT_RECIPE = "unaligned"
     SHARD_SIZE = 1024
@@ -128,8 +127,8 @@ class Mosei(ArrayCacheDataset):
         HParam("feature_dtype", "float16", "Storage dtype of the feature sequences (datasets.md §7.1: float16).",
                choices=("float16", "float32")),
     )
-    HPARAMS = array_cache_hparams(recipes=("unaligned", "aligned"), recipe="unaligned",
-                                  recipe_doc="Prepared preset: 'unaligned' (BalanceBenchmark) or 'aligned'.")
+    HPARAMS = cache_hparams(recipes=("unaligned", "aligned"), recipe="unaligned",
+                            recipe_doc="Prepared preset: 'unaligned' (BalanceBenchmark) or 'aligned'.")
 
     @classmethod
     def pickle_path(cls, raw: Path, settings: HParams) -> Path:
@@ -140,41 +139,40 @@ class Mosei(ArrayCacheDataset):
         return path
 
     @classmethod
-    def read_tables(cls, files: Mapping[str, Path], raw: Path, opts: PrepareOptions, settings: HParams) -> Parsed:
+    def read_splits(cls, files: Mapping[str, Path], raw: Path, opts: PrepareOptions, settings: HParams
+                    ) -> SplitTables:
         path = cls.pickle_path(raw, settings)
         doc = read_feature_pickle(str(path))
-        out = Parsed(SplitTables(cls.CLASSES, {}))
+        tables = SplitTables(cls.CLASSES)
         zeros = 0
         for key, split in SPLITS.items():
             part = doc[key]
             y = np.asarray(part["labels"], dtype=np.float64).reshape(len(part["labels"]), -1)[:, 0]
-            samples = out.tables.splits.setdefault(split, [])
+            samples = tables.splits.setdefault(split, [])
             for i, value in enumerate(y):
                 sid, where = f"{split}-{i:05d}", f"{path.name}:{key}[{i}]"
                 if not np.isfinite(value):
-                    out.tables.dropped.append(Dropped(sid, split, "bad label", f"label {value} is not finite", where,
-                                                      bad=True))
+                    tables.dropped.append(Dropped(sid, split, "bad label", f"label {value} is not finite", where,
+                                                  bad=True))
                     continue
                 if value == 0 and settings.acc2 == "exclude_zero":
                     zeros += 1
-                    out.tables.dropped.append(Dropped(sid, split, "zero sentiment (acc2 exclude_zero)",
-                                                      "y == 0 is neither class under exclude_zero", where, bad=False))
+                    tables.dropped.append(Dropped(sid, split, "zero sentiment (acc2 exclude_zero)",
+                                                  "y == 0 is neither class under exclude_zero", where, bad=False))
                     continue
                 label = int(value >= 0) if settings.acc2 == "zero_positive" else int(value > 0)
-                sample = Sample(sid, split, label, cls.CLASSES[label], where, video_id(part, i))
-                samples.append(sample)
-                out.rows[where] = SplitRow(sid, str(value), i, (key, str(i)))
-        out.tables.val_source = "published valid split of the pickle"
+                samples.append(Sample(sid, split, label, cls.CLASSES[label], where, video_id(part, i),
+                                      SplitRow(sid, str(value), i, (key, str(i)))))
+        tables.val_source = "published valid split of the pickle"
         shapes = {name: list(np.shape(doc["train"][key])[1:]) for name, key in MODALITIES}
-        out.tables.info = {"acc2": settings.acc2, "zero_labels_dropped": zeros, "feature_shapes": shapes,
-                           "pickle": path.name}
-        return out
+        tables.info = {"acc2": settings.acc2, "zero_labels_dropped": zeros, "feature_shapes": shapes,
+                       "pickle": path.name}
+        return tables
 
     @classmethod
-    def locate(cls, raw: Path, sample: Sample, row: SplitRow, settings: HParams
-               ) -> tuple[dict[str, str], dict[str, Any]]:
+    def locate(cls, raw: Path, sample: Sample, settings: HParams) -> tuple[dict[str, str], dict[str, Any]]:
         return ({"features": cls.pickle_path(raw, settings).relative_to(raw).as_posix()},
-                {"key": row.fields[0], "index": int(row.fields[1])})
+                {"key": sample.row.fields[0], "index": int(sample.row.fields[1])})
 
     @classmethod
     def arrays(cls, settings: HParams, info: Mapping[str, Any]) -> tuple[ArraySpec, ...]:
@@ -182,7 +180,7 @@ class Mosei(ArrayCacheDataset):
                      for name, _ in MODALITIES)
 
     @classmethod
-    def load(cls, raw: Path, record: Record, settings: HParams) -> dict[str, np.ndarray]:
+    def load(cls, raw: Path, record: Record, settings: HParams) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         path = raw / record.media["features"]
         part = read_feature_pickle(str(path))[record.extra["key"]]
         i = record.extra["index"]
@@ -198,10 +196,10 @@ class Mosei(ArrayCacheDataset):
                 raise MediaError(path, "feature overflow", f"{record.extra['key']}/{key}[{i}] exceeds "
                                  f"{settings.feature_dtype}; prepare with feature_dtype=float32")
             out[name] = x.astype(settings.feature_dtype)
-        return out
+        return out, {}
 
     @classmethod
-    def serve(cls, cache: ArrayCache, hp: HParams) -> tuple[TaskSpec, Gather, Augment]:
+    def serve(cls, cache: Cache, hp: HParams) -> tuple[TaskSpec, Gather, Augment]:
         arrays = {name: cache.arrays[name] for name, _ in MODALITIES}
         task = TaskSpec(cls.NAME, len(cache.classes),
                         tuple(ModalitySpec(name, "sequence", tuple(arrays[name].shape[1:])) for name, _ in MODALITIES),

@@ -44,12 +44,12 @@ import torch
 from baselines.hparams import HParam, HParams
 from datasets.augment import IMAGENET_MEAN, IMAGENET_STD
 from datasets.base import Augment, Batch, Gather, ModalitySpec, TaskSpec
-from datasets.array_cache import (array_cache_hparams, ArrayCache, ArrayCacheDataset, ArrayRecipe, ArraySpec,
-                                  malformed_rows, Parsed, Record, samples_from_parsed)
-from datasets.prepare import PrepareOptions, Sample, SplitTables
-from datasets.recipes import MediaError
+from datasets.cache import ArraySpec, Cache
+from datasets.media import MediaError
+from datasets.prepared import PreparedDataset, Recipe, Record, cache_hparams
 from datasets.registry import register_dataset
 from datasets.splits import ParsedList, SplitParseError, SplitRow, read_lines
+from datasets.tables import PrepareOptions, Sample, SplitTables, malformed_rows
 
 CLASSES = tuple(f"class_{i:02d}" for i in range(1, 26))
 SENSORS = ("color", "depth")
@@ -196,12 +196,12 @@ class NVGestureAugment:
 
 
 @register_dataset
-class NVGesture(ArrayCacheDataset):
+class NVGesture(PreparedDataset):
     NAME = "nvgesture"
     DESCRIPTION = "NVGesture: RGB, optical flow and depth clips, from `augbench prepare` (AMSS layout)"
     CLASSES = CLASSES
-    RECIPES = {"amss": ArrayRecipe("AMSS_rod/MyDataset.py: 80 frames from the list's start frame, 256 x 256; "
-                                   "precomputed flow .npy per list line")}
+    RECIPES = {"amss": Recipe("AMSS_rod/MyDataset.py: 80 frames from the list's start frame, 256 x 256; "
+                              "precomputed flow .npy per list line")}
     DEFAULT_RECIPE = "amss"
     LABEL_ORDERS = ("declared", "lists")
     SHARD_SIZE = 8
@@ -215,7 +215,7 @@ class NVGesture(ArrayCacheDataset):
         HParam("flow_dtype", "float16", "Storage dtype of the flow (datasets.md §7.1).",
                choices=("float16", "float32")),
     )
-    HPARAMS = array_cache_hparams(recipes=("amss",), recipe="amss", recipe_doc="Prepared preset: 'amss'.") + (
+    HPARAMS = cache_hparams(recipes=("amss",), recipe="amss", recipe_doc="Prepared preset: 'amss'.") + (
         HParam("crop_size", 224, "Spatial crop: random for training, centre for evaluation (AMSS: 224 of 256)."),
         HParam("train_frames", 64, "Frames of the random training window (AMSS: 64 of 80; evaluation: all)."),
         HParam("flip", False, "Horizontal flip of the whole clip (p = 0.5) in training; AMSS's flip has p = 0."),
@@ -228,32 +228,31 @@ class NVGesture(ArrayCacheDataset):
     )
 
     @classmethod
-    def annotation_files(cls, settings: HParams) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    def split_files(cls, settings: HParams) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return (settings.train_list, settings.test_list), ()
 
     @classmethod
-    def read_tables(cls, files: Mapping[str, Path], raw: Path, opts: PrepareOptions, settings: HParams) -> Parsed:
+    def read_splits(cls, files: Mapping[str, Path], raw: Path, opts: PrepareOptions, settings: HParams
+                    ) -> SplitTables:
         parsed = {split: parse_nvgesture_list(files[name])
                   for split, name in (("train", settings.train_list), ("test", settings.test_list))}
         classes = cls.CLASSES
         if opts.label_order == "lists":
             classes = tuple(CLASSES[n - 1] for n in sorted({int(r.label) for p in parsed.values() for r in p.rows}))
-        out = Parsed(SplitTables(classes, {}))
+        tables = SplitTables(classes)
         for split, p in parsed.items():
-            out.tables.dropped += malformed_rows(p, split)
-            samples_from_parsed(p, split, classes, lambda r: CLASSES[int(r.label) - 1], opts.duplicates, out,
-                                speaker=lambda r: Path(r.id).name.split("_")[0])
-        out.tables.info = {"label_map_source": {"declared": "list label N (1-based) -> class_NN",
-                                                "lists": "the labels present in the two lists, in order"}[
-                                                    opts.label_order],
-                           "skipped_lines": {p.path.name: dict(Counter(reason for _, _, reason in p.skipped))
-                                             for p in parsed.values()}}
-        return out
+            tables.dropped += malformed_rows(p, split)
+            tables.add(p, split, label_name=lambda r: CLASSES[int(r.label) - 1], duplicates=opts.duplicates,
+                       speaker=lambda r: Path(r.id).name.split("_")[0])
+        tables.info = {"label_map_source": {"declared": "list label N (1-based) -> class_NN",
+                                            "lists": "the labels present in the two lists, in order"}[opts.label_order],
+                       "skipped_lines": {p.path.name: dict(Counter(reason for _, _, reason in p.skipped))
+                                         for p in parsed.values()}}
+        return tables
 
     @classmethod
-    def locate(cls, raw: Path, sample: Sample, row: SplitRow, settings: HParams
-               ) -> tuple[dict[str, str], dict[str, Any]]:
-        position, color, c_start, c_end, depth, d_start, d_end = row.fields
+    def locate(cls, raw: Path, sample: Sample, settings: HParams) -> tuple[dict[str, str], dict[str, Any]]:
+        position, color, c_start, c_end, depth, d_start, d_end = sample.row.fields
         folder = clip_folder(sample.id)
         media = {"rgb": f"{folder}/{color}.avi", "depth": f"{folder}/{depth}.avi",
                  "flow": f"{settings.flow_dir}/{sample.split}/{position}.npy"}
@@ -271,7 +270,7 @@ class NVGesture(ArrayCacheDataset):
                 ArraySpec("depth", "uint8", (f, s, s)))
 
     @classmethod
-    def load(cls, raw: Path, record: Record, settings: HParams) -> dict[str, np.ndarray]:
+    def load(cls, raw: Path, record: Record, settings: HParams) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         f, s = settings.frames, settings.frame_size
         out = {}
         for role in ("rgb", "depth"):
@@ -283,7 +282,7 @@ class NVGesture(ArrayCacheDataset):
         if np.abs(flow).max(initial=0.0) > np.finfo(settings.flow_dtype).max:
             raise MediaError(raw / record.media["flow"], "feature overflow", f"flow exceeds {settings.flow_dtype}")
         out["flow"] = flow.astype(settings.flow_dtype)
-        return out
+        return out, {}
 
     @classmethod
     def deviations(cls, settings: HParams) -> list[str]:
@@ -291,7 +290,7 @@ class NVGesture(ArrayCacheDataset):
                 "depth keeps the blue channel of the decoded RGB frame, as OpenCV's frame[..., 0] of BGR"]
 
     @classmethod
-    def serve(cls, cache: ArrayCache, hp: HParams) -> tuple[TaskSpec, Gather, Augment]:
+    def serve(cls, cache: Cache, hp: HParams) -> tuple[TaskSpec, Gather, Augment]:
         rgb, flow, depth = cache.arrays["rgb"], cache.arrays["flow"], cache.arrays["depth"]
         frames, stored = rgb.shape[1], rgb.shape[2]
         augment = NVGestureAugment(hp, stored, frames)

@@ -17,8 +17,8 @@ not read: convert them to the TSV layout first. Recipe ``amss`` as for Twitter-2
 from __future__ import annotations
 
 from baselines.hparams import HParam
-from datasets.array_cache import array_cache_hparams
 from datasets.image_text import AMSS_RECIPES, AMSS_SETTINGS, TsvImageTextDataset
+from datasets.prepared import cache_hparams
 from datasets.registry import register_dataset
 
 RECIPES = AMSS_RECIPES
@@ -35,8 +35,8 @@ class Sarcasm(TsvImageTextDataset):
     RECIPES = RECIPES
     DEFAULT_RECIPE = "amss"
     SETTINGS = SETTINGS
-    HPARAMS = array_cache_hparams(recipes=tuple(RECIPES), recipe="amss",
-                                  recipe_doc="Prepared preset: 'amss' (AMSS tokenisation and image size).") + (
+    HPARAMS = cache_hparams(recipes=tuple(RECIPES), recipe="amss",
+                            recipe_doc="Prepared preset: 'amss' (AMSS tokenisation and image size).") + (
         HParam("mean", [0.48456249428840364, 0.4988762843596956, 0.530657871261656],
                "Image normalisation mean (AMSS MyHelper.py default branch, used for Sarcasm)."),
         HParam("std", [0.24398715912049204, 0.24868027118814742, 0.2573621194247526],

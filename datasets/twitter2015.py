@@ -22,8 +22,8 @@ Twitter-15 statistics. Labels are class indices; AMSS serves them one-hot, we se
 from __future__ import annotations
 
 from baselines.hparams import HParam
-from datasets.array_cache import array_cache_hparams
 from datasets.image_text import AMSS_RECIPES, AMSS_SETTINGS, TsvImageTextDataset
+from datasets.prepared import cache_hparams
 from datasets.registry import register_dataset
 
 RECIPES = AMSS_RECIPES
@@ -40,8 +40,8 @@ class Twitter2015(TsvImageTextDataset):
     RECIPES = RECIPES
     DEFAULT_RECIPE = "amss"
     SETTINGS = SETTINGS
-    HPARAMS = array_cache_hparams(recipes=tuple(RECIPES), recipe="amss",
-                                  recipe_doc="Prepared preset: 'amss' (AMSS tokenisation and image size).") + (
+    HPARAMS = cache_hparams(recipes=tuple(RECIPES), recipe="amss",
+                            recipe_doc="Prepared preset: 'amss' (AMSS tokenisation and image size).") + (
         HParam("mean", [0.42455, 0.44051, 0.47076], "Image normalisation mean (AMSS MyHelper.py, Twitter15)."),
         HParam("std", [0.24485, 0.24617, 0.25451], "Image normalisation std (AMSS MyHelper.py, Twitter15)."),
     )

@@ -42,13 +42,13 @@ import torch
 from baselines.hparams import HParam, HParams
 from datasets.augment import IMAGENET_MEAN, IMAGENET_STD
 from datasets.base import Augment, Batch, Gather, ModalitySpec, TaskSpec
-from datasets.array_cache import (array_cache_hparams, ArrayCache, ArrayCacheDataset, ArrayRecipe, ArraySpec,
-                                  malformed_rows, Parsed, Record, samples_from_parsed)
-from datasets.prepare import Dropped, PrepareOptions, Sample, SplitTables
-from datasets.recipes import MediaError
-from datasets.recipes.video import extract_frames, frame_files, load_image
+from datasets.cache import ArraySpec, Cache
+from datasets.media import MediaError
+from datasets.media.video import extract_frames, frame_files, load_image
+from datasets.prepared import PreparedDataset, Recipe, Record, cache_hparams
 from datasets.registry import register_dataset
 from datasets.splits import ParsedList, SplitParseError, SplitRow, read_lines
+from datasets.tables import Dropped, PrepareOptions, Sample, SplitTables, malformed_rows
 
 FRAMES_SERVED = 3
 
@@ -150,13 +150,13 @@ class UCFAugment:
 
 
 @register_dataset
-class UCF101(ArrayCacheDataset):
+class UCF101(PreparedDataset):
     NAME = "ucf101"
     DESCRIPTION = "UCF-101: RGB frames + optical flow, from `augbench prepare` (BalanceBenchmark layout)"
-    RECIPES = {"bb": ArrayRecipe("BalanceBenchmark ucf101_dataset.py: first 6 RGB frames at 1 fps and every flow "
-                                 "frame, Resize((224, 224))")}
+    RECIPES = {"bb": Recipe("BalanceBenchmark ucf101_dataset.py: first 6 RGB frames at 1 fps and every flow frame, "
+                            "Resize((224, 224))")}
     DEFAULT_RECIPE = "bb"
-    ANNOTATION_DIR = "ucfTrainTestlist"
+    SPLITS_IN_RAW = "ucfTrainTestlist"
     LABEL_ORDERS = ("sorted", "classind")
     SHARD_SIZE = 16
     SETTINGS = (
@@ -172,7 +172,7 @@ class UCF101(ArrayCacheDataset):
         HParam("flow_max_frames", 0, "Flow frames stored per clip, evenly spaced; 0 = all (exact)."),
         HParam("frame_size", 224, "Stored S x S frames (BalanceBenchmark Resize((224, 224)))."),
     )
-    HPARAMS = array_cache_hparams(recipes=("bb",), recipe="bb", recipe_doc="Prepared preset: 'bb'.") + (
+    HPARAMS = cache_hparams(recipes=("bb",), recipe="bb", recipe_doc="Prepared preset: 'bb'.") + (
         HParam("rgb_file_num", 6, "Frames the RGB segments are drawn from (BalanceBenchmark file_num = 6)."),
         HParam("flip", True, "Training horizontal flip per frame (BalanceBenchmark RandomHorizontalFlip)."),
         HParam("mean", list(IMAGENET_MEAN), "RGB normalisation mean (BalanceBenchmark v_norm: ImageNet)."),
@@ -180,42 +180,43 @@ class UCF101(ArrayCacheDataset):
     )
 
     @classmethod
-    def annotation_files(cls, settings: HParams) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    def split_files(cls, settings: HParams) -> tuple[tuple[str, ...], tuple[str, ...]]:
         n = settings.split
         return ("classInd.txt", f"trainlist0{n}.txt", f"testlist0{n}.txt"), ()
 
     @classmethod
-    def read_tables(cls, files: Mapping[str, Path], raw: Path, opts: PrepareOptions, settings: HParams) -> Parsed:
+    def read_splits(cls, files: Mapping[str, Path], raw: Path, opts: PrepareOptions, settings: HParams
+                    ) -> SplitTables:
         index = parse_class_index(files["classInd.txt"])
         by_number = dict(index)
         classes = tuple(sorted(by_number.values())) if opts.label_order == "sorted" else \
             tuple(name for _, name in sorted(index))
-        out = Parsed(SplitTables(classes, {}))
+        tables = SplitTables(classes)
         skipped = {}
         n = settings.split
         for split, name, labelled in (("train", f"trainlist0{n}.txt", True), ("test", f"testlist0{n}.txt", False)):
             parsed = parse_video_list(files[name], labelled)
-            out.tables.dropped += malformed_rows(parsed, split)
+            tables.dropped += malformed_rows(parsed, split)
             if labelled:
                 agree = []
                 for r in parsed.rows:
                     if by_number.get(int(r.fields[1])) == r.label:
                         agree.append(r)
                         continue
-                    out.tables.dropped.append(Dropped(r.id, split, "label mismatch", f"number {r.fields[1]} is "
-                                                      f"{by_number.get(int(r.fields[1]))!r} in classInd.txt, the "
-                                                      f"path says {r.label!r}", parsed.where(r), bad=True))
+                    tables.dropped.append(Dropped(r.id, split, "label mismatch", f"number {r.fields[1]} is "
+                                                  f"{by_number.get(int(r.fields[1]))!r} in classInd.txt, the path "
+                                                  f"says {r.label!r}", parsed.where(r), bad=True))
                 parsed.rows = agree
-            samples_from_parsed(parsed, split, classes, lambda r: r.label, opts.duplicates, out)
+            tables.add(parsed, split, label_name=lambda r: r.label, duplicates=opts.duplicates)
             skipped[name] = dict(Counter(reason for _, _, reason in parsed.skipped))
-        out.tables.info = {"label_map_source": {"sorted": "sorted classInd.txt names (BalanceBenchmark)",
-                                                "classind": "classInd.txt numbering"}[opts.label_order],
-                           "split": n, "skipped_lines": skipped}
-        return out
+        tables.info = {"label_map_source": {"sorted": "sorted classInd.txt names (BalanceBenchmark)",
+                                            "classind": "classInd.txt numbering"}[opts.label_order],
+                       "split": n, "skipped_lines": skipped}
+        return tables
 
     @classmethod
-    def locate(cls, raw: Path, sample: Sample, row: SplitRow, settings: HParams
-               ) -> tuple[dict[str, str], dict[str, Any]]:
+    def locate(cls, raw: Path, sample: Sample, settings: HParams) -> tuple[dict[str, str], dict[str, Any]]:
+        row = sample.row
         name = clip_name(row)
         rgb = f"{settings.video_dir}/{row.fields[0]}" if settings.rgb_source == "video" else \
             f"{settings.rgb_dir}/{name}"
@@ -233,7 +234,7 @@ class UCF101(ArrayCacheDataset):
                 ArraySpec("flow", "uint8", (s, s, 2), ragged=True))
 
     @classmethod
-    def load(cls, raw: Path, record: Record, settings: HParams) -> dict[str, np.ndarray]:
+    def load(cls, raw: Path, record: Record, settings: HParams) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         size = (settings.frame_size, settings.frame_size)
         if settings.rgb_source == "video":
             rgb = extract_frames(raw / record.media["visual"], size, 1)[0][:settings.rgb_frames]
@@ -251,7 +252,7 @@ class UCF101(ArrayCacheDataset):
             keep = np.round(np.linspace(0, len(u) - 1, settings.flow_max_frames)).astype(int)
         flow = np.stack([np.stack([load_image(u[k], size)[..., 0], load_image(v[k], size)[..., 0]], -1)
                          for k in keep])
-        return {"visual": rgb, "flow": flow}
+        return {"visual": rgb, "flow": flow}, {}
 
     @classmethod
     def deviations(cls, settings: HParams) -> list[str]:
@@ -263,7 +264,7 @@ class UCF101(ArrayCacheDataset):
         return out
 
     @classmethod
-    def serve(cls, cache: ArrayCache, hp: HParams) -> tuple[TaskSpec, Gather, Augment]:
+    def serve(cls, cache: Cache, hp: HParams) -> tuple[TaskSpec, Gather, Augment]:
         rgb, flow = cache.arrays["visual"], cache.arrays["flow"]
         s = rgb.shape[1]
         task = TaskSpec(cls.NAME, len(cache.classes),

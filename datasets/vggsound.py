@@ -23,14 +23,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
-from datasets.cache import AVCacheDataset, cache_hparams
-from datasets.prepare import Layout, PrepareError, PrepareOptions, Preset, SplitTables, samples_from_rows
+from baselines.hparams import HParams
+from datasets.audio_visual import AVCacheDataset, Layout, av_hparams
+from datasets.prepared import Recipe
 from datasets.registry import register_dataset
 from datasets.splits import parse_vggsound_csv
+from datasets.tables import PrepareError, PrepareOptions, SplitTables
 
 RECIPES = {
-    "ogm": Preset("vgg_stft10s", "OGM-GE VGGSound audio: 16 kHz, 10 s, STFT 256/128, log; 5 s crop (129x626) "
-                                 "served per batch"),
+    "ogm": Recipe("OGM-GE VGGSound audio: 16 kHz, 10 s, STFT 256/128, log; 5 s crop (129x626) served per batch",
+                  {"audio": "vgg_stft10s"}),
 }
 
 
@@ -43,7 +45,7 @@ class VGGSound(AVCacheDataset):
     SPLIT_FILES = ("vggsound.csv",)
     LAYOUT = Layout("audio", (".wav",), "video", (".mp4",), "Image-01-FPS", frames_suffixes=(".mp4", ""))
     LABEL_ORDERS = ("sorted",)
-    HPARAMS = cache_hparams(
+    HPARAMS = av_hparams(
         recipes=tuple(RECIPES), recipe="ogm",
         recipe_doc="Audio front-end preset: 'ogm' (OGM-GE VGGSound: 5 s crops of a 10 s STFT, 129x626).",
         frames=3, frames_doc="T frames per clip: 3 in OGM-GE's VGGSound loader and BalanceBenchmark.")
@@ -55,7 +57,8 @@ class VGGSound(AVCacheDataset):
         return (sample_id,) if padded == sample_id else (sample_id, padded)
 
     @classmethod
-    def read_splits(cls, files: Mapping[str, Path], opts: PrepareOptions) -> SplitTables:
+    def read_splits(cls, files: Mapping[str, Path], raw: Path, opts: PrepareOptions, settings: HParams
+                    ) -> SplitTables:
         parsed = parse_vggsound_csv(files["vggsound.csv"])
         missing = [s for s in ("train", "test") if s not in parsed]
         if missing:
@@ -63,10 +66,7 @@ class VGGSound(AVCacheDataset):
         classes = tuple(sorted({r.label for p in parsed.values() for r in p.rows}))
         tables = SplitTables(classes, {})
         for split in ("train", "test"):
-            samples, dropped = samples_from_rows(parsed[split], split, classes, label_name=lambda r: r.label,
-                                                 duplicates=opts.duplicates)
-            tables.splits[split] = samples
-            tables.dropped += dropped
+            tables.add(parsed[split], split, label_name=lambda r: r.label, duplicates=opts.duplicates)
         tables.info = {"label_map_source": "sorted distinct labels of vggsound.csv (all rows)",
                        "num_classes": len(classes)}
         return tables

@@ -14,12 +14,14 @@ import torch
 
 from baselines.hparams import resolve
 from benchmarks.bench_data import benchmark_data
+from datasets.audio_visual import audio_pipeline
 from datasets.augment import (IMAGENET_MEAN, IMAGENET_STD, AVAugment, crop_boxes, frame_offsets, resize,
                               resized_crop)
 from datasets.cache import open_cache
 from datasets.cremad import CremaD
 from datasets.media_loader import MediaDataset, items_from_cache
-from datasets.prepare import PrepareOptions, prepare
+from datasets.prepare import prepare
+from datasets.tables import PrepareOptions
 from tests.media_fixtures import make_cremad, second_level
 
 SIZE = 16
@@ -191,7 +193,7 @@ def test_cache_agrees_with_the_per_sample_media_loader(cache_path):
     cache = open_cache(cache_path)
     data = bundle(cache_path, frames=2)
     rows = data.splits["test"]
-    media = MediaDataset(items_from_cache(cache, rows), cache.audio_recipe, num_frames=2, image_size=SIZE,
+    media = MediaDataset(items_from_cache(cache, rows), audio_pipeline(cache), num_frames=2, image_size=SIZE,
                          train=False)
     batch = next(iter(data.loader("test", batch_size=len(rows), train=False, seed=0)))
     by_row = {int(r): i for i, r in enumerate(batch["index"])}
@@ -201,7 +203,7 @@ def test_cache_agrees_with_the_per_sample_media_loader(cache_path):
         # Source 48x64 -> stored 24x32 -> 16x16 vs source -> 16x16 directly: uniform frames agree closely.
         torch.testing.assert_close(batch["visual"][i], item["visual"], atol=0.08, rtol=0)
         assert int(item["label"]) == int(batch["label"][i])
-    train_item = MediaDataset(items_from_cache(cache, rows[:1]), cache.audio_recipe, num_frames=2, image_size=SIZE,
+    train_item = MediaDataset(items_from_cache(cache, rows[:1]), audio_pipeline(cache), num_frames=2, image_size=SIZE,
                               train=True)[0]
     assert train_item["visual"].shape == (3, 2, SIZE, SIZE)
 

@@ -18,16 +18,17 @@ from baselines.hparams import resolve
 from benchmarks.cli import main
 from benchmarks.config import build_config
 from benchmarks.runner import train_run
+from datasets.cache import open_cache
 from datasets.food101 import CLASSES as FOOD_CLASSES
 from datasets.food101 import Food101, parse_titles_csv
-from datasets.array_cache import open_array_cache, prepare_arrays
 from datasets.image_text import ImageAugment, clean_text, load_tokenizer, parse_amss_tsv, parse_tombert_tsv
 from datasets.mosei import Mosei
 from datasets.nvgesture import NVGesture, crop_clips, parse_nvgesture_list
-from datasets.prepare import PrepareError, PrepareOptions
+from datasets.prepare import prepare
 from datasets.registry import get_dataset
 from datasets.sarcasm import Sarcasm
 from datasets.splits import SplitParseError
+from datasets.tables import PrepareError, PrepareOptions
 from datasets.twitter2015 import Twitter2015
 from datasets.ucf101 import UCF101, bb_offsets, parse_class_index
 from tests.conftest import TINY_TRAIN
@@ -71,7 +72,7 @@ def build(name: str, raw: Path, out: Path, vocab: Path, settings: dict | None = 
     if name in ("twitter2015", "sarcasm", "food101"):
         merged.setdefault("tokenizer", str(vocab))
     options = PrepareOptions(**{**OPTS, "label_order": LABEL_ORDER.get(name, ""), **opts})
-    return prepare_arrays(get_dataset(name), raw, out, options, merged, log=quiet)
+    return prepare(get_dataset(name), raw, out, options, merged, log=quiet)
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +130,7 @@ def test_tombert_tsv_puts_the_target_into_the_sentence(tmp_path):
 def test_twitter_cache_holds_amss_token_ids_and_resized_images(tmp_path, vocab, fmt):
     tree = make_image_text(tmp_path / "raw", image_dir="twitter2015_images", classes=3,
                            per_class={"train": 4, "dev": 1, "test": 2}, fmt=fmt)
-    cache = open_array_cache(build("twitter2015", tree.root, tmp_path / "cache", vocab))
+    cache = open_cache(build("twitter2015", tree.root, tmp_path / "cache", vocab))
     m = cache.manifest
     assert m["val_source"] == "published dev.tsv" and m["info"]["formats"]["train.tsv"] == fmt
     assert {s: v["n"] for s, v in m["counts"]["splits"].items()} == {"train": 12, "val": 3, "test": 6,
@@ -154,7 +155,7 @@ def test_image_text_batches_are_normalised_with_the_dataset_statistics(prepared)
     assert batch["visual"].shape == (6, 3, 1, 16, 16) and bundle.task.modality("visual").shape == (3, 1, 16, 16)
     mean, std = Twitter2015.HPARAMS[-2].default, Twitter2015.HPARAMS[-1].default
     assert (mean[0], std[0]) == (0.42455, 0.24485), "AMSS MyHelper.py Twitter15 statistics"
-    stored = open_array_cache(cache).arrays["visual"][int(batch["index"][0])]
+    stored = open_cache(cache).arrays["visual"][int(batch["index"][0])]
     expected = (stored[-1, -1, 0] / 255 - mean[0]) / std[0]
     assert float(batch["visual"][0, 0, 0, -1, -1]) == pytest.approx(expected, abs=1e-5)
     _, again = batch_of("twitter2015", cache, train=True, split="train")
@@ -175,7 +176,7 @@ def test_bad_rows_missing_images_and_lfs_pointers_stop_prepare_or_are_counted(tm
     assert "3 bad item(s) in sarcasm" in message and "train.tsv:10" in message and "train.tsv:3" in message
     assert "--skip-bad" in message
     path = build("sarcasm", tree.root, tmp_path / "cache", vocab, skip_bad=True)
-    m = open_array_cache(path).manifest
+    m = open_cache(path).manifest
     assert m["dropped"]["by_reason"] == {"malformed row": 1, "missing media": 1, "lfs pointer": 1}
     assert m["counts"]["rows_read"] == 13 and m["counts"]["total"] == 10
     with (path / "dropped.csv").open() as f:
@@ -187,11 +188,11 @@ def test_bad_rows_missing_images_and_lfs_pointers_stop_prepare_or_are_counted(tm
 def test_prepare_reuses_a_finished_cache_and_force_rebuilds(prepared, vocab):
     tree, cache = prepared("sarcasm")
     logs: list[str] = []
-    again = prepare_arrays(Sarcasm, tree.root, cache.parent.parent, PrepareOptions(**OPTS),
+    again = prepare(Sarcasm, tree.root, cache.parent.parent, PrepareOptions(**OPTS),
                            {**TEXT, "tokenizer": str(vocab)}, log=logs.append)
     assert again == cache and "up to date" in logs[-1]
     before = np.load(cache / "text.npy")
-    rebuilt = prepare_arrays(Sarcasm, tree.root, cache.parent.parent, PrepareOptions(**OPTS, force=True),
+    rebuilt = prepare(Sarcasm, tree.root, cache.parent.parent, PrepareOptions(**OPTS, force=True),
                              {**TEXT, "tokenizer": str(vocab)}, log=quiet)
     assert rebuilt == cache and np.array_equal(np.load(cache / "text.npy"), before)
 
@@ -210,7 +211,7 @@ def test_an_interrupted_prepare_resumes_at_the_first_unfinished_shard(tmp_path, 
         build("sarcasm", tree.root, tmp_path / "cache", vocab, shard_size=2)
     monkeypatch.undo()
     logs: list[str] = []
-    path = prepare_arrays(Sarcasm, tree.root, tmp_path / "cache", PrepareOptions(**OPTS, shard_size=2),
+    path = prepare(Sarcasm, tree.root, tmp_path / "cache", PrepareOptions(**OPTS, shard_size=2),
                           {**TEXT, "tokenizer": str(vocab)}, log=logs.append)
     assert "sarcasm: resuming, 2 of 5 shards already done" in logs
     fresh = build("sarcasm", tree.root, tmp_path / "fresh", vocab, shard_size=2)
@@ -253,7 +254,7 @@ def test_food101_label_map_is_sorted_and_independent_of_folders(prepared, vocab,
     assert len(FOOD_CLASSES) == 101 and list(FOOD_CLASSES) == sorted(FOOD_CLASSES)
     assert FOOD_CLASSES.index("cheese_plate") < FOOD_CLASSES.index("cheesecake")
     tree, cache_dir = prepared("food101")
-    cache = open_array_cache(cache_dir)
+    cache = open_cache(cache_dir)
     assert cache.classes == FIXTURE_FOOD == tuple(sorted(FIXTURE_FOOD))
     assert list(cache.labels[cache.splits["test"]]) == tree.labels["test"]
     text = cache.arrays["text"][cache.splits["test"][1]]
@@ -283,7 +284,7 @@ def test_food101_training_rotates_and_flips_per_batch_evaluation_does_not():
 
 def test_mosei_splits_acc2_policies_and_audio_inf(prepared, tmp_path, vocab):
     tree, cache_dir = prepared("mosei")
-    cache = open_array_cache(cache_dir)
+    cache = open_cache(cache_dir)
     m = cache.manifest
     assert {s: v["n"] for s, v in m["counts"]["splits"].items()} == {"train": 10, "val": 5, "test": 5,
                                                                      "train_noval": 10}
@@ -294,7 +295,7 @@ def test_mosei_splits_acc2_policies_and_audio_inf(prepared, tmp_path, vocab):
     assert audio.dtype == np.float16 and audio.shape == (20, 7, 74) and np.isfinite(audio).all()
     assert (audio[cache.splits["train"][0], 0, :3] == 0).all(), "-inf -> 0 (BalanceBenchmark)"
     assert cache.index["speaker"][0] == "vid0"
-    strict = open_array_cache(build("mosei", tree.root, tmp_path / "cache", vocab, {"acc2": "exclude_zero"}))
+    strict = open_cache(build("mosei", tree.root, tmp_path / "cache", vocab, {"acc2": "exclude_zero"}))
     assert strict.manifest["dropped"]["by_reason"] == {"zero sentiment (acc2 exclude_zero)": 4}
     assert strict.manifest["dropped"]["bad"] == 0 and len(strict.splits["train"]) == 8
     assert list(strict.labels[strict.splits["train"]]) == list((y[y != 0] > 0).astype(int))
@@ -331,7 +332,7 @@ def test_nvgesture_lists_use_one_based_labels_and_line_positions(tmp_path):
 
 def test_nvgesture_cache_starts_at_the_list_frame_and_serves_shared_windows(prepared):
     tree, cache_dir = prepared("nvgesture")
-    cache = open_array_cache(cache_dir)
+    cache = open_cache(cache_dir)
     rgb, depth, flow = cache.arrays["rgb"], cache.arrays["depth"], cache.arrays["flow"]
     assert rgb.shape == (15, 8, 20, 20, 3) and depth.shape == (15, 8, 20, 20) and flow.dtype == np.float16
     assert [int(rgb[0, k, 5, 5, 0]) for k in range(3)] == [frame_level(2 + k) for k in range(3)], "start frame 2"
@@ -375,18 +376,18 @@ def test_ucf101_label_orders_and_mismatched_numbers(tmp_path, vocab):
     tree = make_ucf101(tmp_path / "raw")
     assert parse_class_index(tree.root / "ucfTrainTestlist" / "classInd.txt") == [
         (1, "Basketball"), (2, "Archery"), (3, "ApplyEyeMakeup")]
-    sorted_cache = open_array_cache(build("ucf101", tree.root, tmp_path / "a", vocab))
+    sorted_cache = open_cache(build("ucf101", tree.root, tmp_path / "a", vocab))
     assert sorted_cache.classes == UCF_CLASSES and list(sorted_cache.labels[sorted_cache.splits["test"]]) == \
         tree.labels["test"]
     assert sorted_cache.index["id"][0] == tree.ids["train"][0]
-    official = open_array_cache(build("ucf101", tree.root, tmp_path / "b", vocab, label_order="classind"))
+    official = open_cache(build("ucf101", tree.root, tmp_path / "b", vocab, label_order="classind"))
     assert official.classes == tuple(reversed(UCF_CLASSES))
     lst = tree.root / "ucfTrainTestlist" / "trainlist01.txt"
     lines = lst.read_text().splitlines()
     write_lines(lst, [lines[0].replace(" 3", " 1")] + lines[1:], "\r\n")
     with pytest.raises(PrepareError, match="number 1 is 'Basketball' in classInd.txt, the path says 'ApplyEyeMakeup'"):
         build("ucf101", tree.root, tmp_path / "c", vocab)
-    kept = open_array_cache(build("ucf101", tree.root, tmp_path / "c", vocab, skip_bad=True))
+    kept = open_cache(build("ucf101", tree.root, tmp_path / "c", vocab, skip_bad=True))
     assert kept.manifest["dropped"]["by_reason"] == {"label mismatch": 1}
 
 
@@ -402,7 +403,7 @@ def test_bb_segment_rule():
 
 def test_ucf101_cache_is_ragged_and_batches_pick_three_frames(prepared):
     tree, cache_dir = prepared("ucf101")
-    cache = open_array_cache(cache_dir)
+    cache = open_cache(cache_dir)
     assert (cache.counts["visual"] == 6).all() and (cache.counts["flow"] == 9).all(), "first 6 RGB, every flow frame"
     first = cache.starts["flow"][0]
     u, v = cache.arrays["flow"][first, 4, 4]
@@ -435,6 +436,23 @@ def test_each_dataset_trains_joint_and_aug(prepared, tmp_path, name):
             data_hp(name, cache)).task.names)
 
 
+def test_a_cache_prepared_without_validation_split_trains_without_a_val_loader(tmp_path, vocab):
+    tree = make_image_text(tmp_path / "raw", image_dir="twitter2015_images", classes=3,
+                           per_class={"train": 4, "test": 2})
+    path = build("twitter2015", tree.root, tmp_path / "cache", vocab, val_fraction=0.0)
+    train = {**TINY_TRAIN, "batch_size": 3, "epochs": 1, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0}
+    cfg = build_config("joint", "twitter2015", {"model": MODEL["twitter2015"], "data": {"cache": str(path)},
+                                                "train": train})
+    summary = train_run(cfg, tmp_path / "run", log=quiet)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 1 and math.isfinite(lines[0]["train"]["loss"])
+    assert 0.0 <= summary["protocols"]["last"]["test"]["acc"] <= 1.0
+    m = open_cache(path).manifest
+    assert m["empty_splits"] == ["val"] and set(m["counts"]["splits"]) == {"train", "train_noval", "test"}
+    assert not (path / "splits" / "val.npy").exists()
+    assert set(Twitter2015.build(data_hp("twitter2015", path)).splits) == {"train", "test"}
+
+
 def test_aug_fusion_weights_line_up_with_nvgesture_modalities(prepared):
     _, cache = prepared("nvgesture")
     bundle = NVGesture.build(data_hp("nvgesture", cache))
@@ -454,7 +472,7 @@ def test_cli_prepares_with_dataset_options(tmp_path, vocab, capsys):
             "--option", f"tokenizer={vocab}", "--option", "image_size=16", "--option", "max_len=8"]
     assert main(args) == 0
     path = Path(capsys.readouterr().out.strip().splitlines()[-1])
-    cache = open_array_cache(path)
+    cache = open_cache(path)
     assert cache.arrays["text"].shape == (12, 8) and cache.manifest["settings"]["tokenizer"] == str(vocab)
     assert main(args[:-2] + ["--option", "no_such_setting=1"]) == 2
     assert "no_such_setting" in capsys.readouterr().err

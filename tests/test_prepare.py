@@ -4,6 +4,7 @@ ones, frame markers, idempotence and resume, every bad-input case, and the other
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -11,16 +12,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import datasets.audio_visual as av
 import datasets.prepare as prep
 from baselines.hparams import resolve
 from benchmarks.cli import main
+from datasets.audio_visual import audio_pipeline
 from datasets.ave import AVE
 from datasets.base import stratified_holdout
 from datasets.cache import CacheError, open_cache
 from datasets.cremad import CremaD
 from datasets.kinetics_sounds import KineticsSounds
-from datasets.prepare import PrepareError, PrepareOptions, prepare
-from datasets.recipes.audio import MissingExtraError, features_from_file
+from datasets.media.audio import MissingExtraError, features_from_file
+from datasets.prepare import prepare
+from datasets.tables import PrepareError, PrepareOptions
 from datasets.vggsound import VGGSound
 from tests.media_fixtures import (EMOTIONS, make_ave, make_cremad, make_kinetics_sounds, make_vggsound,
                                   second_level, write_lfs_pointer, write_lines, write_video)
@@ -76,7 +80,8 @@ def test_cremad_counts_label_map_splits_and_manifest(built, pristine):
     assert (built / "splits" / "val.txt").read_text().split() == pristine.ids("val")
     assert [EMOTIONS[x] for x in cache.labels] == [i.split("_")[2] for i in cache.index["id"]]
     assert m["audio"]["pad_mode"] == "constant" and m["audio"]["res_type"] == "soxr_hq"
-    assert m["audio_shape"] == [257, 188] and cache.audio.shape == (18, 257, 188) and cache.audio.dtype == np.float16
+    audio = cache.arrays["audio"]
+    assert m["audio_shape"] == [257, 188] and audio.shape == (18, 257, 188) and audio.dtype == np.float16
     assert {"numpy", "librosa", "av", "torch", "scipy"} <= set(m["versions"]) and m["versions"]["librosa"]
     # The fixture's stat.csv is byte-identical to OGM-GE's (BOM + CRLF), so it verifies against the pin.
     assert {n: f["status"] for n, f in m["split_files"].items()} == {
@@ -90,20 +95,20 @@ def test_cremad_counts_label_map_splits_and_manifest(built, pristine):
 
 def test_cached_audio_equals_on_the_fly_features(built, pristine):
     cache = open_cache(built)
-    recipe = cache.audio_recipe
+    pipeline = audio_pipeline(cache)
     for row in range(len(cache)):
-        reference, duration, _ = features_from_file(recipe, pristine.root / cache.index["audio_path"][row])
-        np.testing.assert_allclose(cache.audio[row].astype(np.float32), reference, atol=1e-2, rtol=1e-3)
+        reference, duration, _ = features_from_file(pipeline, pristine.root / cache.index["audio_path"][row])
+        np.testing.assert_allclose(cache.arrays["audio"][row].astype(np.float32), reference, atol=1e-2, rtol=1e-3)
         assert cache.index["duration_s"][row] == pytest.approx(duration, abs=1e-5)
 
 
 def test_cached_frames_are_the_first_frame_of_each_second(built, pristine):
     cache = open_cache(built)
-    assert cache.frames.shape[1:] == (*FRAME, 3)
+    assert cache.arrays["frames"].shape[1:] == (*FRAME, 3)
     for row, clip_id in enumerate(cache.index["id"]):
         start, count = cache.index["frame_start"][row], cache.index["frame_count"][row]
         assert count == pristine.frames[clip_id]
-        clip = cache.frames[start:start + count].astype(float)
+        clip = cache.arrays["frames"][start:start + count].astype(float)
         np.testing.assert_allclose(clip[..., 0].mean(axis=(1, 2)), [second_level(k) for k in range(count)], atol=5)
         np.testing.assert_allclose(clip[..., 1].mean(), pristine.codes[clip_id], atol=5)
 
@@ -132,13 +137,13 @@ def test_changed_media_are_not_silently_reused(built, tree):
 def test_interrupted_prepare_resumes_where_it_stopped(built, pristine, tmp_path, monkeypatch):
     calls = []
 
-    def interrupted(recipe, path):
+    def interrupted(pipeline, path):
         if len(calls) == 6:
             raise KeyboardInterrupt
         calls.append(path)
-        return features_from_file(recipe, path)
+        return features_from_file(pipeline, path)
 
-    monkeypatch.setattr(prep, "features_from_file", interrupted)
+    monkeypatch.setattr(av, "features_from_file", interrupted)
     with pytest.raises(KeyboardInterrupt):
         prepare(CremaD, pristine.root, tmp_path, options(pristine), log=quiet)
     (partial,) = (tmp_path / "cremad").glob("ogm-*.partial")
@@ -148,8 +153,8 @@ def test_interrupted_prepare_resumes_where_it_stopped(built, pristine, tmp_path,
         CremaD.build(hp)
 
     calls.clear()
-    monkeypatch.setattr(prep, "features_from_file", lambda recipe, path: calls.append(path) or
-                        features_from_file(recipe, path))
+    monkeypatch.setattr(av, "features_from_file", lambda pipeline, path: calls.append(path) or
+                        features_from_file(pipeline, path))
     real_publish = prep.publish_cache
 
     def killed_before_rename(partial, final, log):
@@ -178,7 +183,7 @@ def test_extracted_frame_folders_in_either_naming(tmp_path, naming):
     for row, clip_id in enumerate(cache.index["id"]):
         start, count = cache.index["frame_start"][row], cache.index["frame_count"][row]
         assert count == tree.frames[clip_id]
-        reds = cache.frames[start:start + count, ..., 0].mean(axis=(1, 2))
+        reds = cache.arrays["frames"][start:start + count, ..., 0].mean(axis=(1, 2))
         np.testing.assert_allclose(reds, [second_level(k) for k in range(count)], atol=5)
 
 
@@ -316,10 +321,40 @@ def test_fbank_without_torchaudio_fails_before_any_work(tree, tmp_path, monkeypa
         prepare(CremaD, tree.root, tmp_path / "cache", options(tree, recipe="fbank"), log=quiet)
 
 
+def test_audio_visual_caches_written_before_the_shared_writer_still_open(built, tmp_path):
+    """Such caches list no arrays in the manifest and keep the frame offsets only in index.csv."""
+    legacy = tmp_path / built.name
+    shutil.copytree(built, legacy)
+    manifest = json.loads((legacy / "manifest.json").read_text())
+    del manifest["arrays"]
+    (legacy / "manifest.json").write_text(json.dumps(manifest))
+    for name in ("frames_start.npy", "frames_count.npy"):
+        (legacy / name).unlink()
+    old, new = open_cache(legacy), open_cache(built)
+    assert sorted(old.arrays) == sorted(new.arrays) == ["audio", "frames"] and list(old.starts) == ["frames"]
+    for name in ("audio", "frames"):
+        np.testing.assert_array_equal(old.arrays[name], new.arrays[name])
+    np.testing.assert_array_equal(old.starts["frames"], new.starts["frames"])
+    np.testing.assert_array_equal(old.counts["frames"], new.index["frame_count"])
+
+
 def test_missing_cache_names_the_prepare_command(tmp_path):
     hp = resolve("data", CremaD.HPARAMS, "cremad", {"cache_dir": str(tmp_path)})
     with pytest.raises(FileNotFoundError, match=r"augbench prepare cremad --raw .* --out .* --recipe aug"):
         CremaD.build(hp)
+
+
+def test_an_empty_validation_split_is_left_out_and_recorded(tmp_path):
+    tree = make_vggsound(tmp_path / "raw", ("dog barking", "waterfall burbling"), seconds=1.0)
+    opts = PrepareOptions(splits_dir=tree.splits_dir, frame_size=(12, 16), val_fraction=0.0)
+    path = prepare(VGGSound, tree.root, tmp_path / "cache", opts, log=quiet)
+    cache = open_cache(path)
+    assert cache.manifest["empty_splits"] == ["val"] and "val" not in cache.splits
+    assert cache.manifest["val"] == {"fraction": 0.0, "seed": 0} and "val" not in cache.manifest["counts"]["splits"]
+    hp = resolve("data", VGGSound.HPARAMS, "vggsound", {"cache": str(path)})
+    assert sorted(VGGSound.build(hp).splits) == ["test", "train"]
+    with pytest.raises(ValueError, match=r"val_fraction must be in \[0, 1\)"):
+        prepare(VGGSound, tree.root, tmp_path / "cache", dataclasses.replace(opts, val_fraction=1.0), log=quiet)
 
 
 # --- the other datasets ------------------------------------------------------------------------------------------
@@ -344,7 +379,7 @@ def test_kinetics_sounds_labels_follow_ks_json_and_val_is_a_recorded_holdout(tmp
     _, held = stratified_holdout(np.arange(len(labels)), labels, 0.5, 3)
     expected_val = [tree.ids("train")[i] for i in held if tree.ids("train")[i] != missing]
     assert list(cache.index["id"][val]) == expected_val and len(held) == 31
-    assert cache.audio.shape[1:] == (257, 101) and cache.index["frame_count"].tolist() == [4] * len(cache)
+    assert cache.arrays["audio"].shape[1:] == (257, 101) and cache.index["frame_count"].tolist() == [4] * len(cache)
 
 
 def test_ave_audio_from_the_mp4_first_appearance_labels_and_duplicates(tmp_path):
@@ -361,7 +396,8 @@ def test_ave_audio_from_the_mp4_first_appearance_labels_and_duplicates(tmp_path)
     test_rows = cache.splits["test"]
     assert cache.labels[test_rows].tolist() == list(range(28))
     assert m["layout"]["audio_dir"] is None and cache.index["audio_path"][0].startswith("AVE/")
-    assert np.isfinite(cache.audio[:].astype(np.float32)).all() and cache.audio.shape[1:] == (257, 98)
+    audio = cache.arrays["audio"]
+    assert np.isfinite(audio[:].astype(np.float32)).all() and audio.shape[1:] == (257, 98)
 
 
 def test_vggsound_quoted_labels_mp4_frame_folders_and_padded_names(tmp_path):
@@ -375,7 +411,7 @@ def test_vggsound_quoted_labels_mp4_frame_folders_and_padded_names(tmp_path):
     assert cache.classes == tuple(sorted(labels))
     assert cache.index["visual_path"][0].endswith(".mp4")
     assert cache.index["audio_path"][1] == f"audio/{ytid}_{int(start):06d}.wav"
-    assert cache.manifest["served_audio_shape"] == [129, 626] and cache.audio.shape[1:] == (129, 1251)
+    assert cache.manifest["served_audio_shape"] == [129, 626] and cache.arrays["audio"].shape[1:] == (129, 1251)
     hp = resolve("data", VGGSound.HPARAMS, "vggsound", {"cache": str(cache.path), "image_size": 8})
     batch = next(iter(VGGSound.build(hp).loader("test", batch_size=4, train=False, seed=0)))
     assert batch["audio"].shape == (3, 1, 129, 626) and batch["visual"].shape == (3, 3, 3, 8, 8)

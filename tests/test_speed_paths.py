@@ -22,7 +22,8 @@ from datasets.augment import (AVAugment, CacheArrays, EvalViews, crop_boxes, res
                               resized_crop_fast)
 from datasets.base import BatchLoader
 from datasets.cremad import CremaD
-from datasets.prepare import PrepareOptions, prepare
+from datasets.prepare import prepare
+from datasets.tables import PrepareOptions
 from tests.conftest import TINY_DATA, TINY_MODEL
 from tests.media_fixtures import make_cremad
 

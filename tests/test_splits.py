@@ -14,11 +14,12 @@ import pytest
 from datasets.ave import AVE
 from datasets.cremad import CremaD
 from datasets.kinetics_sounds import KineticsSounds
-from datasets.prepare import PrepareOptions, validation_split
+from datasets.prepare import validation_split
 from datasets.sources import PINNED, SplitFileError, fetch_split_files, pinned_files, sha256_file
 from datasets.splits import (SplitParseError, duplicate_ids, first_appearance, natural_key, parse_ave_list,
                              parse_class_list, parse_ks_json, parse_ks_list, parse_label_csv, parse_vggsound_csv,
                              resolve_duplicates)
+from datasets.tables import PrepareOptions
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "splits"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/splits not present")
@@ -194,7 +195,7 @@ def test_real_cremad_lists():
 def test_real_cremad_read_splits_gives_the_clean_partition():
     names = ("train.csv", "test.csv", "stat.csv", "my_train.csv", "val.csv")
     opts = PrepareOptions(label_order="ogm")
-    tables = CremaD.read_splits({n: SHARED / "cremad" / n for n in names}, opts)
+    tables = CremaD.read_splits({n: SHARED / "cremad" / n for n in names}, SHARED / "cremad", opts, None)
     assert tables.classes == ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")
     assert {s: len(v) for s, v in tables.splits.items()} == {"train": 6698, "test": 744} and not tables.dropped
     val_ids, source, _ = validation_split(tables, opts)
@@ -202,8 +203,8 @@ def test_real_cremad_read_splits_gives_the_clean_partition():
     assert tables.info["actors"]["in_both"] == 91
     by_label = {s.label_name: s.label for s in tables.splits["train"]}
     assert by_label == {"NEU": 0, "HAP": 1, "SAD": 2, "FEA": 3, "DIS": 4, "ANG": 5}
-    sorted_map = CremaD.read_splits({n: SHARED / "cremad" / n for n in names},
-                                    PrepareOptions(label_order="sorted")).classes
+    sorted_map = CremaD.read_splits({n: SHARED / "cremad" / n for n in names}, SHARED / "cremad",
+                                    PrepareOptions(label_order="sorted"), None).classes
     assert sorted_map == ("ANG", "DIS", "FEA", "HAP", "NEU", "SAD")
 
 
@@ -218,7 +219,8 @@ def test_real_kinetics_sounds_lists():
     labels, database = parse_ks_json(folder / "KS.json")
     assert tuple(labels) == KineticsSounds.CLASSES and len(database) == 18716
     assert all(int(r.label) == labels.index(database[r.id]["label"]) for r in train.rows + test.rows)
-    tables = KineticsSounds.read_splits({n: folder / n for n in KineticsSounds.SPLIT_FILES}, PrepareOptions())
+    tables = KineticsSounds.read_splits({n: folder / n for n in KineticsSounds.SPLIT_FILES}, folder, PrepareOptions(),
+                                         None)
     assert (len(tables.splits["train"]), len(tables.splits["test"])) == (14799, 2597) and not tables.dropped
     counts = np.bincount([s.label for s in tables.splits["train"]], minlength=31)
     assert counts.min() == counts[26] == 197 and counts.max() == counts[1] == 690
@@ -239,7 +241,7 @@ def test_real_ave_lists_duplicates_and_label_order():
     first, last = resolve_duplicates(train, "first")[0], resolve_duplicates(train, "last")[0]
     assert sum(a.label != b.label for a, b in zip(sorted(first, key=lambda r: r.id),
                                                   sorted(last, key=lambda r: r.id))) == 27
-    tables = AVE.read_splits({n: folder / n for n in AVE.SPLIT_FILES}, PrepareOptions(duplicates="drop"))
+    tables = AVE.read_splits({n: folder / n for n in AVE.SPLIT_FILES}, folder, PrepareOptions(duplicates="drop"), None)
     assert {s: len(v) for s, v in tables.splits.items()} == {"train": 3285, "val": 400, "test": 402}
     assert Counter(d.kind for d in tables.dropped) == {"duplicate id": 56}
     assert tables.info["ids_in_two_splits"] == {"train&val": 10, "train&test": 8, "val&test": 0}

@@ -1,9 +1,9 @@
 """``augbench prepare DATASET --raw DIR --out DIR``: build the memory-mapped cache a dataset is trained from.
 
 Reads the raw media as distributed and the published split files (downloaded by pinned URL and SHA-256 verified,
-or ``--splits DIR``), computes the recipe's features and the 1 fps frames once, and writes
+or ``--splits DIR``), computes each sample's arrays once (e.g. audio features and 1 fps frames), and writes
 ``<out>/<dataset>/<recipe>-<hash8>/`` (datasets.md §7). Re-running resumes an interrupted build or does nothing for a
-finished one; ``--force`` rebuilds. See ``datasets/prepare.py`` for the steps and ``augbench list -v`` for presets.
+finished one; ``--force`` rebuilds. See ``datasets/prepare.py`` for the steps and ``augbench list -v`` for recipes.
 """
 
 from __future__ import annotations
@@ -15,13 +15,15 @@ from pathlib import Path
 
 import yaml
 
-from datasets.cache import AVCacheDataset, CacheError
-from datasets.array_cache import ArrayCacheDataset, prepare_arrays
-from datasets.prepare import VISUAL_SOURCES, PrepareError, PrepareOptions, prepare
-from datasets.recipes.audio import PAD_MODES, MissingExtraError
+from datasets.audio_visual import VISUAL_SOURCES
+from datasets.cache import CacheError
+from datasets.media.audio import PAD_MODES, MissingExtraError
+from datasets.prepare import prepare
+from datasets.prepared import PreparedDataset
 from datasets.registry import get_dataset, list_datasets
 from datasets.sources import RAW_URL, SplitFileError
 from datasets.splits import DUPLICATE_POLICIES, SplitParseError
+from datasets.tables import PrepareError, PrepareOptions
 
 HELP = "build a dataset's cache from raw media and the published split files"
 
@@ -34,7 +36,7 @@ def _assignment(text: str) -> tuple[str, object]:
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    preparable = [n for n, c in list_datasets().items() if issubclass(c, (AVCacheDataset, ArrayCacheDataset))]
+    preparable = [n for n, c in list_datasets().items() if issubclass(c, PreparedDataset)]
     p.add_argument("dataset", choices=preparable, help="dataset to prepare")
     p.add_argument("--raw", type=Path, help="the dataset folder as distributed (default: $AUG_BENCH_DATA/<dataset>)")
     p.add_argument("--out", type=Path, help="cache root (default: $AUG_BENCH_CACHE, else ./cache)")
@@ -44,29 +46,30 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict-splits", action="store_true",
                    help="refuse local split files whose SHA-256 differs from the pinned published ones")
     p.add_argument("--audio", dest="audio", action="append", default=[], type=_assignment, metavar="KEY=VALUE",
-                   help="override an audio recipe parameter, e.g. --audio seconds=5 (repeatable)")
-    p.add_argument("--pad-mode", choices=PAD_MODES, help="librosa STFT pad_mode (recorded; default: the recipe's)")
+                   help="override an audio pipeline parameter, e.g. --audio seconds=5 (repeatable)")
+    p.add_argument("--pad-mode", choices=PAD_MODES,
+                   help="librosa STFT pad_mode (recorded; default: the audio pipeline's)")
     p.add_argument("--frame-size", type=int, nargs=2, metavar=("H", "W"), help="stored frame size")
     p.add_argument("--fps", type=int, default=1, help="frames kept per second of video (default 1)")
     p.add_argument("--visual", choices=VISUAL_SOURCES, default="auto",
                    help="frames from videos or from extracted frame folders (auto: folders when present)")
     for kind in ("audio", "video", "frames"):
         p.add_argument(f"--{kind}-dir", help=f"{kind} folder under the raw root (default: the dataset's layout)")
-    p.add_argument("--min-frames", type=int, help="clips with fewer 1 fps frames are bad items (default: preset)")
+    p.add_argument("--min-frames", type=int, help="clips with fewer 1 fps frames are bad items (default: the recipe's)")
     p.add_argument("--label-order", default="", help="label map convention (CREMA-D: ogm | stat | sorted)")
     p.add_argument("--duplicates", choices=DUPLICATE_POLICIES, default="first", help="repeated ids within a split")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="hold-out fraction when no validation list")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="hold-out fraction when no validation list (0 = no validation split)")
     p.add_argument("--val-seed", type=int, default=0, help="seed of that hold-out")
     p.add_argument("--skip-bad", action="store_true",
                    help="drop bad items (missing/corrupt media, unknown labels, ...) and record them, not stop")
     p.add_argument("--max-drop-fraction", type=float, default=1.0, help="with --skip-bad: stop above this fraction")
     p.add_argument("--force", action="store_true", help="rebuild even if a finished cache exists")
     p.add_argument("--workers", type=int, default=0, help="extraction processes (0 = this process)")
-    p.add_argument("--shard-size", type=int, default=64, help="samples per resumable shard")
+    p.add_argument("--shard-size", type=int, help="samples per resumable shard (default: the dataset's)")
     p.add_argument("--option", action="append", default=[], type=_assignment, metavar="KEY=VALUE",
-                   help="a setting of the image-text, feature and clip datasets (see datasets/array_cache.py and each "
-                        "dataset module), e.g. "
-                        "--option tokenizer=bert-base-uncased (repeatable)")
+                   help="a prepare-time setting of the image-text, feature and clip datasets (their SETTINGS, see "
+                        "each dataset module), e.g. --option tokenizer=bert-base-uncased (repeatable)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,8 +91,7 @@ def run(args: argparse.Namespace) -> int:
         strict_splits=args.strict_splits)
     try:
         dataset = get_dataset(args.dataset)
-        path = prepare_arrays(dataset, raw, args.out, opts, dict(args.option)) \
-            if issubclass(dataset, ArrayCacheDataset) else prepare(dataset, raw, args.out, opts)
+        path = prepare(dataset, raw, args.out, opts, dict(args.option))
     except (PrepareError, SplitFileError, SplitParseError, CacheError, MissingExtraError) as err:
         print(f"augbench prepare: error: {err}", file=sys.stderr)
         return 2

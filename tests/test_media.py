@@ -1,4 +1,4 @@
-"""Audio recipes (shapes, the OGM-GE steps, padding, short clips, fbank) and frame extraction (order, 1 fps rule)."""
+"""Audio pipelines (shapes, the OGM-GE steps, padding, short clips, fbank) and frame extraction (order, 1 fps rule)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from datasets.recipes import MediaError, is_lfs_pointer
-from datasets.recipes.audio import (RECIPES, MissingExtraError, compute_features, features_from_file, get_recipe,
+from datasets.media import MediaError, is_lfs_pointer
+from datasets.media.audio import (PIPELINES, MissingExtraError, compute_features, features_from_file, get_pipeline,
                                     load_waveform)
-from datasets.recipes.video import extract_frames, frame_files, load_frame_folder
+from datasets.media.video import extract_frames, frame_files, load_frame_folder
 from tests.media_fixtures import (FRAME_NAMINGS, clip_code, second_level, write_frame_folder, write_lfs_pointer,
                                   write_video, write_wav)
 
@@ -26,25 +26,25 @@ def tone(seconds: float, sr: int = 16000) -> np.ndarray:
 @pytest.mark.parametrize("name, shape", [("ogm_stft3s", (257, 188)), ("aug_stft20s", (257, 1250)),
                                          ("amss_stft10s_35k", (257, 1003)), ("pmr_spec10s", (257, 1004)),
                                          ("vgg_stft10s", (129, 1251))])
-def test_recipe_shapes_match_the_published_pipelines(name, shape):
-    recipe = get_recipe(name)
-    out = compute_features(recipe, tone(1.5), 16000)
-    assert out.shape == shape == recipe.output_shape()
+def test_pipeline_shapes_match_the_published_pipelines(name, shape):
+    pipeline = get_pipeline(name)
+    out = compute_features(pipeline, tone(1.5), 16000)
+    assert out.shape == shape == pipeline.output_shape()
     assert out.dtype == np.float32 and np.isfinite(out).all()
 
 
 def test_vggsound_serves_a_5s_crop_and_fbank_is_1024_by_128():
-    assert get_recipe("vgg_stft10s").served_shape() == (129, 626)
-    assert get_recipe("kaldi_fbank1024").output_shape() == (1024, 128)
+    assert get_pipeline("vgg_stft10s").served_shape() == (129, 626)
+    assert get_pipeline("kaldi_fbank1024").output_shape() == (1024, 128)
 
 
 @pytest.mark.parametrize("seconds", [0.4, 0.9, 1.0])
 def test_short_clips_give_the_full_shape(seconds):
     import librosa
 
-    recipe = get_recipe("ogm_stft3s")
+    pipeline = get_pipeline("ogm_stft3s")
     y = tone(seconds, 22050)
-    out = compute_features(recipe, y, 22050)
+    out = compute_features(pipeline, y, 22050)
     assert out.shape == (257, 188)
     # Tiled until 3 s, not np.tile(y, 3) (short) and not zero-padded (a silent tail would sit at log(1e-7) = -16.1).
     tiled = np.tile(y, int(np.ceil(66150 / len(y))))[:66150]
@@ -54,7 +54,7 @@ def test_short_clips_give_the_full_shape(seconds):
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_ogm_recipe_equals_the_published_steps_written_out(tmp_path):
+def test_ogm_pipeline_equals_the_published_steps_written_out(tmp_path):
     import librosa
 
     path = tmp_path / "clip.wav"
@@ -64,13 +64,13 @@ def test_ogm_recipe_equals_the_published_steps_written_out(tmp_path):
     resamples[resamples > 1.0] = 1.0
     resamples[resamples < -1.0] = -1.0
     reference = np.log(np.abs(librosa.stft(resamples, n_fft=512, hop_length=353, pad_mode="constant")) + 1e-7)
-    features, duration, short = features_from_file(get_recipe("ogm_stft3s"), path)
+    features, duration, short = features_from_file(get_pipeline("ogm_stft3s"), path)
     np.testing.assert_allclose(features, reference, atol=1e-4)
     assert duration == pytest.approx(1.7) and not short
 
 
 def test_pad_mode_changes_only_the_edge_frames():
-    constant = get_recipe("ogm_stft3s")
+    constant = get_pipeline("ogm_stft3s")
     reflect = constant.replace({"pad_mode": "reflect"})
     a, b = compute_features(constant, tone(2.0), 16000), compute_features(reflect, tone(2.0), 16000)
     np.testing.assert_allclose(a[:, 2:-2], b[:, 2:-2], atol=1e-4)
@@ -78,15 +78,15 @@ def test_pad_mode_changes_only_the_edge_frames():
     assert reflect.params()["pad_mode"] == "reflect" and constant.params()["pad_mode"] == "constant"
 
 
-def test_recipe_overrides_are_checked():
-    recipe = get_recipe("ogm_stft3s")
-    assert recipe.replace({"seconds": 1}).output_shape() == (257, 63)
-    with pytest.raises(ValueError, match="unknown audio recipe parameter 'hop'"):
-        recipe.replace({"hop": 100})
+def test_pipeline_overrides_are_checked():
+    pipeline = get_pipeline("ogm_stft3s")
+    assert pipeline.replace({"seconds": 1}).output_shape() == (257, 63)
+    with pytest.raises(ValueError, match="unknown audio pipeline parameter 'hop'"):
+        pipeline.replace({"hop": 100})
     with pytest.raises(ValueError, match="n_fft.*expects int"):
-        recipe.replace({"n_fft": "512"})
+        pipeline.replace({"n_fft": "512"})
     with pytest.raises(ValueError, match="pad_mode"):
-        recipe.replace({"pad_mode": "zeros"})
+        pipeline.replace({"pad_mode": "zeros"})
 
 
 def test_fbank_without_torchaudio_names_the_audio_extra(monkeypatch):
@@ -96,7 +96,7 @@ def test_fbank_without_torchaudio_names_the_audio_extra(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "torchaudio" else real_find_spec(name, *a))
     with pytest.raises(MissingExtraError, match=r"\[audio\]"):
-        compute_features(get_recipe("kaldi_fbank1024"), tone(1.0), 16000)
+        compute_features(get_pipeline("kaldi_fbank1024"), tone(1.0), 16000)
 
 
 def test_fbank_pads_then_normalises_like_the_ks_script(monkeypatch):
@@ -116,7 +116,7 @@ def test_fbank_pads_then_normalises_like_the_ks_script(monkeypatch):
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: object() if name == "torchaudio" else real_find_spec(name, *a))
-    out = compute_features(get_recipe("kaldi_fbank1024"), tone(1.0) + 0.2, 16000)
+    out = compute_features(get_pipeline("kaldi_fbank1024"), tone(1.0) + 0.2, 16000)
     assert out.shape == (1024, 128)
     # Zero fbank frames and zero padding both become (0 + 4.503877) / (5.141276 * 2) after normalising.
     np.testing.assert_allclose(out, 4.503877 / (5.141276 * 2), rtol=1e-6)
@@ -190,7 +190,7 @@ def test_corrupt_frame_is_a_media_error(tmp_path):
     assert err.value.kind == "corrupt image"
 
 
-def test_recipe_table_is_complete():
+def test_pipeline_table_is_complete():
     assert {"ogm_stft3s", "aug_stft20s", "amss_stft10s_35k", "pmr_spec10s", "vgg_stft10s",
-            "kaldi_fbank1024"} <= set(RECIPES)
-    assert all(r.follows for r in RECIPES.values())
+            "kaldi_fbank1024"} <= set(PIPELINES)
+    assert all(r.follows for r in PIPELINES.values())

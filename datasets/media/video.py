@@ -1,4 +1,4 @@
-"""Visual recipes (datasets.md §4): frames at 1 fps from a video, or from an already extracted frame folder.
+"""Frame extraction (datasets.md §4): frames at 1 fps from a video, or from an already extracted frame folder.
 
 From a video (``frames_1fps``, GitHub: GeWu-Lab/OGM-GE_CVPR2022, ``data/CREMAD/video_preprocessing.py``,
 ``video2frame_update``): decode every frame with PyAV and keep the first frame of every second, where a second is
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.recipes import MediaError, is_lfs_pointer, lfs_error
+from datasets.media import MediaError, is_lfs_pointer, lfs_error
 from datasets.splits import natural_key
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")

@@ -1,0 +1,250 @@
+"""The audio-visual datasets (CREMA-D, Kinetics-Sounds, AVE, VGGSound, AV-Digits): one ``PreparedDataset`` case whose
+cache holds two arrays, ``audio`` float16 (F, T) spectrograms computed by the recipe's audio pipeline, and ``frames``
+uint8 (H, W, 3) at 1 fps, ragged (clip i owns ``frame_count[i]`` frames from ``frame_start[i]``).
+
+A subclass declares the raw layout (``LAYOUT``), the split files and how to read them (``read_splits``), and its
+recipes (``Recipe(doc, {"audio": <pipeline name>})``); the audio pipeline parameters, frame size, frame rate and
+frame source are ``augbench prepare`` options (``--audio KEY=VALUE``, ``--frame-size``, ``--fps``, ``--visual``,
+``--min-frames``). ``serve`` hands a batch's rows and frame ranges to ``AVAugment``, which reads the audio rows and
+chosen frames (from the memory map, RAM or the device, ``data.resident``) and transforms them per batch on the device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from baselines.hparams import HParam, HParams, resolve
+from datasets.augment import (FRAME_COUNT_KEY, FRAME_RULES, FRAME_START_KEY, RESAMPLE_MODES, RESIDENT_MODES,
+                              ROWS_KEY, AVAugment)
+from datasets.base import Augment, Gather, ModalitySpec, TaskSpec
+from datasets.cache import ArraySpec, Cache
+from datasets.media import MediaError
+from datasets.media.audio import AudioPipeline, features_from_file, get_pipeline, require_backend
+from datasets.media.video import INTERPOLATION, extract_frames, load_frame_folder
+from datasets.prepared import PreparedDataset, Record, cache_hparams
+from datasets.tables import PrepareOptions, Sample
+
+VISUAL_SOURCES = ("auto", "video", "frames")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a dataset's media live under the raw root (paths relative to it).
+
+    Attributes:
+        audio_dir: folder of audio files; ``None`` decodes the audio track of the video file (AVE).
+        audio_suffixes: audio file suffixes to try.
+        video_dir: folder of video files.
+        video_suffixes: video file suffixes to try.
+        frames_dir: folder of per-clip frame folders (used instead of videos when it exists, or on request).
+        frames_suffixes: suffixes of frame folder names (OGM-GE's VGGSound folders keep ``.mp4``).
+    """
+
+    audio_dir: str | None
+    audio_suffixes: tuple[str, ...]
+    video_dir: str
+    video_suffixes: tuple[str, ...]
+    frames_dir: str = "Image-01-FPS"
+    frames_suffixes: tuple[str, ...] = ("",)
+
+    def replace(self, overrides: Mapping[str, str]) -> "Layout":
+        valid = ("audio_dir", "video_dir", "frames_dir")
+        unknown = sorted(set(overrides) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown layout setting(s) {unknown}; valid: {list(valid)}")
+        return dataclasses.replace(self, **overrides)
+
+
+def av_hparams(*, recipes: Sequence[str], recipe: str, recipe_doc: str, frames: int, frames_doc: str,
+               image_size: int = 224) -> tuple[HParam, ...]:
+    """The ``data.*`` knobs of an audio-visual dataset, with that dataset's defaults."""
+    serving = (
+        HParam("image_size", image_size, "S of the served visual (3, T, S, S): RandomResizedCrop(S) for training, "
+                                         "Resize((S, S)) for evaluation (224 in OGM-GE, AUG, AMSS, PMR loaders)."),
+        HParam("frames", frames, frames_doc),
+        HParam("frame_rule", "segments", "How T frames are chosen from a clip's sorted 1 fps frames: 'segments' = "
+                                         "random frame of each of T segments for training, the middle one for "
+                                         "evaluation (MMPareto/KS loaders, AMSS AVE); 'first_k' = the first T "
+                                         "(what OGM-GE/AUG do on a listing, made deterministic by sorting).",
+               choices=FRAME_RULES),
+    )
+    return cache_hparams(recipes=recipes, recipe=recipe, recipe_doc=recipe_doc, serving=serving) + (
+        HParam("resample", "fast", "Training crop filter: 'fast' = one batched torchvision roi_align (bilinear, "
+                                   "area-averaged when shrinking; datasets.md §7.3 names grid_sample/roi_align); "
+                                   "'exact' = PIL's antialiased bilinear as torchvision resized_crop(antialias=True) "
+                                   "computes it, the crop about 4x slower on a CPU [project; deviation bounded in "
+                                   "tests/test_speed_paths.py].", choices=RESAMPLE_MODES),
+        HParam("resident", "auto", "Where batches are gathered from: 'none' = the memory-mapped cache; 'memory' = "
+                                   "loaded once into RAM; 'device' = copied once to the training device (no "
+                                   "per-batch host->device copy); 'auto' = 'device' on CUDA when the arrays take at "
+                                   "most half of its free memory, else 'none' [project].", choices=RESIDENT_MODES),
+        HParam("eval_cache_mb", 2048, "Test-time Resize((S, S)) frame views are computed once and kept, up to this "
+                                      "many MiB of uint8 (0 = resize on every use) [project]."),
+        HParam("prefetch", 0, "Batches a background thread prepares ahead of the training loop (0 = none, the "
+                              "single-thread loader); the batch sequence is the same either way [project]."),
+    )
+
+
+def audio_pipeline(cache: Cache) -> AudioPipeline:
+    """The audio pipeline an audio-visual cache was computed with."""
+    return AudioPipeline(**cache.manifest["audio"])
+
+
+def _first_existing(raw: Path, folder: str, names: Sequence[str], suffixes: Sequence[str], want_dir: bool
+                    ) -> Path | None:
+    for name in names:
+        for suffix in suffixes:
+            path = raw / folder / f"{name}{suffix}"
+            if (path.is_dir() if want_dir else path.is_file()):
+                return path
+    return None
+
+
+class AVCacheDataset(PreparedDataset):
+    """Base of the cache-backed audio-visual datasets; see the module docstring.
+
+    Attributes:
+        LAYOUT: where the media live under the raw root.
+        FRAME_SIZE: stored frame (H, W); datasets.md §7.2: short side 256, CREMA-D's 4:3 -> 256x341.
+    """
+
+    SPLITS_IN_RAW: ClassVar[str | None] = None
+    LAYOUT: ClassVar[Layout]
+    FRAME_SIZE: ClassVar[tuple[int, int]] = (256, 341)
+
+    @classmethod
+    def media_names(cls, sample_id: str) -> tuple[str, ...]:
+        """File stems to try for a sample's media, in order (VGGSound adds a zero-padded start)."""
+        return (sample_id,)
+
+    # --- prepare -----------------------------------------------------------------------------------------------------
+    @classmethod
+    def resolve_settings(cls, recipe: str, overrides: Mapping[str, Any], opts: PrepareOptions, raw: Path) -> HParams:
+        """The audio pipeline, layout and frame policy from the recipe and the prepare options (``--option`` has no
+        keys here: unknown keys are errors)."""
+        if recipe not in cls.RECIPES:
+            raise ValueError(f"{cls.NAME} has no recipe {recipe!r}; valid: {sorted(cls.RECIPES)}")
+        resolve(f"{cls.NAME} prepare", (), None, overrides)
+        chosen = cls.RECIPES[recipe].settings
+        pipeline = get_pipeline(chosen["audio"]).replace(opts.audio)
+        require_backend(pipeline)
+        layout = cls.LAYOUT.replace(opts.layout)
+        min_frames = chosen.get("min_frames", 1) if opts.min_frames is None else opts.min_frames
+        if min_frames < 1:
+            raise ValueError(f"min_frames must be >= 1 (a clip without frames cannot be served), got {min_frames}")
+        if opts.visual not in VISUAL_SOURCES:
+            raise ValueError(f"unknown visual source {opts.visual!r}; valid: {VISUAL_SOURCES}")
+        visual = opts.visual if opts.visual != "auto" else \
+            ("frames" if (raw / layout.frames_dir).is_dir() else "video")
+        return HParams(f"{cls.NAME} prepare", {
+            "audio": pipeline.params(), "layout": dataclasses.asdict(layout), "visual": visual,
+            "frame_size": [int(x) for x in (opts.frame_size or cls.FRAME_SIZE)],
+            "per_second": opts.frames_per_second, "min_frames": min_frames})
+
+    @classmethod
+    def locate(cls, raw: Path, sample: Sample, settings: HParams) -> tuple[dict[str, str], dict[str, Any]]:
+        """The sample's audio file and video file / frame folder; ``MediaError`` if missing."""
+        layout = Layout(**settings.layout)
+        names = cls.media_names(sample.id)
+        if settings.visual == "frames":
+            visual = _first_existing(raw, layout.frames_dir, names, layout.frames_suffixes, want_dir=True)
+            expected = raw / layout.frames_dir / names[0]
+        else:
+            visual = _first_existing(raw, layout.video_dir, names, layout.video_suffixes, want_dir=False)
+            expected = raw / layout.video_dir / f"{names[0]}{layout.video_suffixes[0]}"
+        if visual is None:
+            raise MediaError(expected, "missing media", f"{settings.visual} not found for {sample.id}")
+        # Datasets distributed as videos only (AVE) take the audio track of the video file.
+        audio_dir, audio_suffixes = (layout.audio_dir, layout.audio_suffixes) if layout.audio_dir is not None \
+            else (layout.video_dir, layout.video_suffixes)
+        audio = _first_existing(raw, audio_dir, names, audio_suffixes, want_dir=False)
+        if audio is None:
+            raise MediaError(raw / audio_dir / f"{names[0]}{audio_suffixes[0]}", "missing media",
+                             f"audio not found for {sample.id}")
+        return {"audio": audio.relative_to(raw).as_posix(), "visual": visual.relative_to(raw).as_posix()}, {}
+
+    @classmethod
+    def arrays(cls, settings: HParams, info: Mapping[str, Any]) -> tuple[ArraySpec, ...]:
+        return (ArraySpec("audio", "float16", AudioPipeline(**settings.audio).output_shape()),
+                ArraySpec("frames", "uint8", (*settings.frame_size, 3), ragged=True))
+
+    @classmethod
+    def load(cls, raw: Path, record: Record, settings: HParams) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        audio_path, visual_path = raw / record.media["audio"], raw / record.media["visual"]
+        features, duration, short = features_from_file(AudioPipeline(**settings.audio), audio_path)
+        half = features.astype(np.float16)
+        if not np.isfinite(half).all():
+            raise MediaError(audio_path, "corrupt audio", "features overflow float16")
+        size = tuple(settings.frame_size)
+        clip = load_frame_folder(visual_path, size) if settings.visual == "frames" else \
+            extract_frames(visual_path, size, settings.per_second)[0]
+        if len(clip) < settings.min_frames:
+            raise MediaError(visual_path, "too few frames", f"{len(clip)} frame(s) at {settings.per_second} fps, "
+                                                            f"fewer than min_frames {settings.min_frames}")
+        return {"audio": half, "frames": clip}, {"duration_s": round(duration, 6), "short": short}
+
+    @classmethod
+    def _visual_options(cls, settings: HParams) -> dict[str, Any]:
+        return {"source": settings.visual, "frame_size": list(settings.frame_size), "per_second": settings.per_second,
+                "min_frames": settings.min_frames, "interpolation": INTERPOLATION}
+
+    @classmethod
+    def cache_options(cls, settings: HParams, specs: Sequence[ArraySpec]) -> dict[str, Any]:
+        return {"audio": settings.audio, "visual": cls._visual_options(settings)}
+
+    @classmethod
+    def manifest_entries(cls, settings: HParams, facts: Sequence[Mapping[str, Any]],
+                         totals: Mapping[str, int]) -> dict[str, Any]:
+        pipeline = AudioPipeline(**settings.audio)
+        return {
+            "audio": settings.audio, "audio_shape": list(pipeline.output_shape()),
+            "served_audio_shape": list(pipeline.served_shape()),
+            "visual": {**cls._visual_options(settings),
+                       "frame_order": "natural numeric sort of frame file names (folders); decode order (videos)",
+                       "second_boundaries": "int(average frame rate) decoded frames, as OGM-GE's int(CAP_PROP_FPS)"},
+            "layout": settings.layout,
+            "policies": {"min_frames": settings.min_frames,
+                         "short_audio": "clips shorter than 1 s are tiled until the audio pipeline's length",
+                         "frame_top_up": "none at prepare time; clips with fewer than T frames repeat frames at load"},
+            "counts": {"frames": totals["frames"], "short_audio_clips": sum(bool(f.get("short")) for f in facts)},
+        }
+
+    @classmethod
+    def deviations(cls, settings: HParams) -> list[str]:
+        video = "video frames go to storage without the published JPEG round trip" if settings.visual == "video" else ""
+        return [d for d in (settings.audio["deviation"], video) if d]
+
+    # --- serving -----------------------------------------------------------------------------------------------------
+    @classmethod
+    def serve(cls, cache: Cache, hp: HParams) -> tuple[TaskSpec, Gather, Augment]:
+        if hp.eval_cache_mb < 0 or hp.prefetch < 0:
+            raise ValueError(f"data.eval_cache_mb={hp.eval_cache_mb} and data.prefetch={hp.prefetch} must be >= 0")
+        pipeline = audio_pipeline(cache)
+        f, t = pipeline.served_shape()
+        task = TaskSpec(cls.NAME, len(cache.classes),
+                        (ModalitySpec("audio", "spectrogram", (1, f, t)),
+                         ModalitySpec("visual", "frames", (3, hp.frames, hp.image_size, hp.image_size))),
+                        cache.classes)
+        starts, counts = cache.starts["frames"], cache.counts["frames"]
+
+        def gather(rows: np.ndarray) -> dict[str, torch.Tensor]:
+            # Row metadata only: AVAugment reads audio and frames where the arrays are resident (host or device).
+            return {ROWS_KEY: torch.from_numpy(rows), FRAME_START_KEY: torch.from_numpy(starts[rows]),
+                    FRAME_COUNT_KEY: torch.from_numpy(counts[rows])}
+
+        view_bytes = hp.image_size * hp.image_size * 3
+        augment = AVAugment(cache.arrays["frames"], num_frames=hp.frames, image_size=hp.image_size,
+                            frame_rule=hp.frame_rule, audio_frames=pipeline.serve_frames, audio=cache.arrays["audio"],
+                            resample=hp.resample, resident=hp.resident,
+                            eval_cache_frames=int(hp.eval_cache_mb * 2**20) // view_bytes)
+        return task, gather, augment
+
+    @classmethod
+    def prefetch(cls, hp: HParams) -> int:
+        return hp.prefetch
