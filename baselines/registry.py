@@ -43,6 +43,7 @@ METHOD_MODULES = (
     "baselines.gblending",
     "baselines.greedy",
     "baselines.mses",
+    "baselines.arl",
 )
 
 _METHODS: dict[str, type[Method]] = {}
