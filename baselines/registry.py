@@ -44,6 +44,7 @@ METHOD_MODULES = (
     "baselines.greedy",
     "baselines.mses",
     "baselines.arl",
+    "baselines.iprm",
 )
 
 _METHODS: dict[str, type[Method]] = {}

@@ -10,9 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from baselines.arl import ARL, arl_weights, modality_statistics
+from baselines.iprm import IPRM, kl_to_fused, rebalanced_weights, slerp
 from baselines.hparams import resolve
 from baselines.base import StepInfo
 from benchmarks.config import method_hparams
+from datasets.base import ModalitySpec, TaskSpec
 from tests.conftest import first_batch, make_context
 
 
@@ -133,3 +135,89 @@ def test_arl_defaults_follow_the_paper_per_dataset():
     assert params["temperature"].default_for("cremad") == 8.0 and params["temperature"].default_for("ave") == 4.0
     assert params["gamma"].default_for("kinetics_sounds") == 4.0
     assert ARL.MODALITIES == (2,) and ARL.DATA_PARALLEL == "exact"
+
+
+# --- IPRM ---------------------------------------------------------------------------------------------------------
+def test_iprm_slerp_is_the_geodesic_mixup_of_the_normalised_features():
+    x, y = torch.tensor([[3.0, 0.0]]), torch.tensor([[0.0, 2.0]])
+    half = torch.tensor(0.5)
+    # theta = pi/2: each coefficient is sin(pi/4) / (1 + 1e-8).
+    c = math.sin(math.pi / 4) / (1 + 1e-8)
+    torch.testing.assert_close(slerp(x, y, half, half), torch.tensor([[c, c]]), rtol=1e-6, atol=1e-7)
+    # Weights (1, 0) return x's direction; 60 degrees apart, weights (1/3, 2/3) land 40 degrees from x.
+    torch.testing.assert_close(slerp(x, y, torch.tensor(1.0), torch.tensor(0.0)), torch.tensor([[1.0, 0.0]]),
+                               rtol=1e-6, atol=1e-7)
+    y60 = torch.tensor([[math.cos(math.pi / 3), math.sin(math.pi / 3)]])
+    out = slerp(x, y60, torch.tensor(1 / 3), torch.tensor(2 / 3))
+    angle = 2 * math.pi / 9
+    torch.testing.assert_close(out, torch.tensor([[math.cos(angle), math.sin(angle)]]), rtol=1e-5, atol=1e-6)
+
+
+def test_iprm_probe_gives_the_larger_weight_to_the_modality_closer_to_the_fused_prediction():
+    z_mix = torch.tensor([[0.0, 0.0]])
+    z_a = torch.tensor([[math.log(3.0), 0.0]])  # p = (3/4, 1/4)
+    z_v = torch.tensor([[math.log(9.0), 0.0]])  # p = (9/10, 1/10)
+    kl_a = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
+    kl_v = 0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5)
+    assert kl_to_fused(z_a, z_mix).item() == pytest.approx(kl_a, rel=1e-6)
+    kl = torch.tensor([[kl_a, kl_v]])
+    torch.testing.assert_close(rebalanced_weights(kl), torch.tensor([[kl_v, kl_a]]) / (kl_a + kl_v),
+                               rtol=1e-6, atol=1e-7)
+    assert rebalanced_weights(kl)[0, 0].item() > 0.5, "audio agrees more with the fused output"
+    torch.testing.assert_close(rebalanced_weights(torch.zeros(1, 2)), torch.full((1, 2), 0.5))
+
+
+def iprm_reference(method, batch, lam_hat):
+    h = {m: method.encoders[m](batch[m]) for m in method.modalities}
+    z_uni = {m: method.uni_heads[m](h[m]) for m in method.modalities}
+    y = batch["label"]
+    z_mix = method.mixup_heads["audio+visual"](slerp(h["audio"], h["visual"], lam_hat[0], lam_hat[1]))
+    loss = F.cross_entropy(z_mix, y) + sum(F.cross_entropy(z, y) for z in z_uni.values())
+    params = list(method.parameters())
+    return h, z_uni, dict(zip(params, torch.autograd.grad(loss, params, allow_unused=True)))
+
+
+def test_iprm_update_advances_the_ema_probes_and_learns_on_the_recalibrated_mixup(tiny_bundle):
+    method = freeze_steps(build(IPRM, tiny_bundle))
+    method.lam_hat.copy_(torch.tensor([[0.9, 0.1]]))
+    batch = first_batch(tiny_bundle)
+    with torch.no_grad():
+        h = {m: method.encoders[m](batch[m]) for m in method.modalities}
+        z_uni = {m: method.uni_heads[m](h[m]) for m in method.modalities}
+    # l = 0.8 * 0.5 + 0.2 * (0.9, 0.1) = (0.58, 0.42); the probe runs the pair head on slerp(l).
+    lam = torch.tensor([0.58, 0.42])
+    z_probe = method.mixup_heads["audio+visual"](slerp(h["audio"], h["visual"], lam[0], lam[1]))
+    kl = torch.stack([kl_to_fused(z_uni["audio"], z_probe), kl_to_fused(z_uni["visual"], z_probe)])
+    lam_hat = torch.stack([kl[1], kl[0]]) / kl.sum()
+    _, _, reference = iprm_reference(method, batch, lam_hat.detach())
+    logs = method.update(batch, StepInfo(epoch=0, step=0, steps_per_epoch=4, epochs=2))
+    torch.testing.assert_close(method.lam, lam[None], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(method.lam_hat, lam_hat[None].detach(), rtol=1e-5, atol=1e-6)
+    assert logs["lam_hat_audio_audio+visual"] == pytest.approx(lam_hat[0].item(), rel=1e-5)
+    for p in method.parameters():
+        torch.testing.assert_close(p.grad, reference[p], rtol=1e-4, atol=1e-6)
+
+
+def test_iprm_predicts_unimodal_sum_plus_the_mixup_head_at_the_last_probed_weights(tiny_bundle):
+    method = build(IPRM, tiny_bundle)
+    method.lam.copy_(torch.tensor([[0.7, 0.3]]))
+    method.eval()
+    batch = first_batch(tiny_bundle)
+    pred = method.predict(batch)
+    with torch.no_grad():
+        h = {m: method.encoders[m](batch[m]) for m in method.modalities}
+        z_uni = {m: method.uni_heads[m](h[m]) for m in method.modalities}
+        z_mix = method.mixup_heads["audio+visual"](slerp(h["audio"], h["visual"], torch.tensor(0.7),
+                                                         torch.tensor(0.3)))
+    torch.testing.assert_close(pred.fused, z_uni["audio"] + z_uni["visual"] + z_mix, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(pred.per_modality["visual"], z_uni["visual"])
+
+
+def test_iprm_needs_equal_feature_widths():
+    # The spectrogram trunk gives 8 x width = 32 features, the vector MLP feature_dim = 512 (the default).
+    task = TaskSpec("mixed", 3, (ModalitySpec("audio", "spectrogram", (1, 16, 16)),
+                                 ModalitySpec("text", "vector", (6,))))
+    hp = resolve("iprm", method_hparams(IPRM), None, {})
+    with pytest.raises(ValueError, match=r"equal feature widths, got \{'audio': 32, 'text': 512\}"):
+        IPRM(task, hp, make_context())
+    assert IPRM.DATA_PARALLEL == "exact" and 3 in IPRM.MODALITIES
