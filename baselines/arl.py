@@ -1,10 +1,12 @@
 """ARL: Asymmetric Representation Learning, imbalanced optimisation by the inverse ratio of modality variances.
 
 Paper: Shicai Wei, Chunbo Luo, Yang Luo, "Improving Multimodal Learning via Imbalanced Learning", ICCV 2025,
-arXiv 2507.10203 (Fig. 2, Algorithm 1, §4 implementation details). Official code: GitHub shicaiwei123/ICCV2025-ARL,
+arXiv 2507.10203 (abstract, Fig. 2, §4 implementation details). Official code: GitHub shicaiwei123/ICCV2025-ARL,
 commit 358af4f (2025-07-28): ``main_arl_variance.py`` ``train_epoch`` (modality analysis and the ARL weights),
 ``models/backbone.py`` ``GradScale`` and ``ResNet_weight.forward`` (asymmetric learning at each encoder's output),
-``models/fusion_modules.py`` ``ConcatFusion_AUXI`` (unimodal outputs through the shared fusion classifier).
+``models/fusion_modules.py`` ``ConcatFusion_AUXI`` (unimodal outputs through the shared fusion classifier). The
+paper's equations were not available to this implementation (only its abstract, figure captions and §4 settings), so
+the formulas below are the official code's; the abstract and Fig. 2 describe the same three parts in words.
 
 The paper's argument: with a fused prediction f = w_0 s_0 + w_1 s_1, the variance term of the generalisation error is
 smallest when the dependence ratio on the modalities equals the inverse ratio of their prediction variances, so the
@@ -23,8 +25,9 @@ optimum is imbalanced learning, not balanced learning. Per step, with z_m the un
    regularisers share every parameter with the multimodal model.
 
 Steps 1-2 and gamma start after a warm-up: for epochs <= ``start_epoch`` (0-based, official ``--start 5``) the loss is
-CE(z) + sum_m CE(z_m) and no gradient is scaled. Every step clips the global gradient norm to ``clip_norm`` (official
-``clip_grad_norm_(max_norm=40)``).
+CE(z) + sum_m CE(z_m) and no gradient is scaled (the official condition also requires a nonzero unimodal test accuracy
+from the previous epoch, true in practice after the first epoch). Every step clips the global gradient norm to
+``clip_norm`` (official ``clip_grad_norm_(max_norm=40)``).
 
 Variant ``official_code``: in the released ``train_epoch`` the ARL weights are computed and printed but never written
 to ``args.audio_weight`` / ``args.visual_weight``; those stay at the 0.5 set during the warm-up, so after it both
@@ -40,7 +43,8 @@ statistics per step; no extra parameters. Data-parallel: one all-reduce of four 
 before the scaling and clipping (it replaces the pre-step average).
 
 Official recipe: ResNet-18 encoders from scratch, SGD lr 1e-3, momentum 0.9, weight decay 1e-4, batch 64, 100 epochs,
-``MultiStepLR([70, 150], 0.1)`` (paper §4 and ``main_arl_variance.py``); set through a config file.
+``MultiStepLR([70, 150], 0.1)`` (paper §4 and ``main_arl_variance.py``, which steps the scheduler at the start of each
+epoch, so its decay lands one epoch early); set through a config file.
 """
 
 from __future__ import annotations
@@ -110,19 +114,20 @@ class ARL(Method):
     DATA_PARALLEL: ClassVar[str] = "exact"
     VARIANTS = _VARIANTS
     HPARAMS = (
-        HParam("gamma", 4.0, "Unimodal bias regularisation weight after the warm-up: paper §4 'gamma is set as 4 for all "
-                             "datasets' (official scripts: cramed_arl.sh 4.0, ks_arl.sh 3.0, ave_arl.sh 5.0)."),
-        HParam("temperature", 4.0, "T in softmax(T [d_v q_a, d_a q_v]): paper §4 'T is set 8, 4, 4, 4, 4 for CREMA-D, "
-                                   "AVE, KS, MOSI and UCF101' (official --T: cramed_arl.sh 8, ks/ave_arl.sh 4).",
+        HParam("gamma", 4.0, "Unimodal bias regularisation weight after the warm-up: paper §4 'gamma is set as 4 for "
+                             "all datasets' (official scripts: cramed_arl.sh 4.0, ks_arl.sh 3.0, ave_arl.sh 5.0)."),
+        HParam("temperature", 4.0, "T in softmax(T [d_v q_a, d_a q_v]): paper §4 'T is set 8, 4, 4, 4, 4 for "
+                                   "CREMA-D, AVE, KS, MOSI and UCF101' (official --T: cramed_arl.sh 8, ks/ave_arl.sh "
+                                   "4).",
                per_dataset={"cremad": 8.0}),
-        HParam("start_epoch", 5, "Warm-up: ARL weights and gamma apply from epoch index > start_epoch (0-based); before, "
-                                 "L = CE + sum of unimodal CEs, unscaled. Official --start default 5."),
+        HParam("start_epoch", 5, "Warm-up: ARL weights and gamma apply from epoch index > start_epoch (0-based); "
+                                 "before, L = CE + sum of unimodal CEs, unscaled. Official --start default 5."),
         HParam("entropy_floor", 0.3, "Floor on each normalised entropy share before inverting it: official "
                                      "main_arl_variance.py torch.clamp(H_n, 0.3)."),
         HParam("clip_norm", 40.0, "Global gradient-norm clip every step; 0 disables. Official "
                                   "nn.utils.clip_grad_norm_(max_norm=40)."),
-        HParam("coefficients", "asymmetric", "'asymmetric' = the paper's weights softmax(T [d_v q_a, d_a q_v]); 'fixed' = "
-                                             "0.5 on every modality, what the released train_epoch applies (the "
+        HParam("coefficients", "asymmetric", "'asymmetric' = the ARL weights softmax(T [d_v q_a, d_a q_v]); 'fixed' "
+                                             "= 0.5 on every modality, what the released train_epoch applies (the "
                                              "computed weights are never assigned).", choices=("asymmetric", "fixed")),
         variant_param(_VARIANTS, "paper = asymmetric ARL weights; official_code = the released main_arl_variance.py, "
                                  "whose gradient weights stay at 0.5 (a uniform 1.5x encoder gradient)."),
