@@ -45,6 +45,7 @@ METHOD_MODULES = (
     "baselines.mses",
     "baselines.arl",
     "baselines.iprm",
+    "baselines.midas",
 )
 
 _METHODS: dict[str, type[Method]] = {}

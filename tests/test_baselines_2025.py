@@ -1,5 +1,5 @@
-"""Crafted-tensor checks for the 2025 methods: each test pins the method's characteristic computation on hand-computed
-values, then a few check the wiring inside ``update``."""
+"""Crafted-tensor checks for ARL (ICCV 2025), IPRM (IJCAI 2025) and MIDAS (NeurIPS 2025): each test pins the method's
+characteristic computation on hand-computed values, then a few check the wiring inside ``update``."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from baselines.arl import ARL, arl_weights, modality_statistics
-from baselines.iprm import IPRM, kl_to_fused, rebalanced_weights, slerp
-from baselines.hparams import resolve
 from baselines.base import StepInfo
+from baselines.hparams import resolve
+from baselines.iprm import IPRM, kl_to_fused, rebalanced_weights, slerp
+from baselines.midas import (MIDAS, confidence_labels, hard_sample_weights, misaligned_loss, misaligned_rows,
+                             normalised_fused_confidence, weak_modality_update)
 from benchmarks.config import method_hparams
 from datasets.base import ModalitySpec, TaskSpec
 from tests.conftest import first_batch, make_context
@@ -58,7 +60,7 @@ def test_arl_weights_favour_the_modality_whose_dependence_is_below_its_inverse_v
     torch.testing.assert_close(d, torch.tensor([d_a, 1 - d_a]), rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(q, torch.tensor([q_a, 1 - q_a]), rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(w, torch.tensor([w_a, 1 - w_a]), rtol=1e-5, atol=1e-6)
-    # Audio holds 35% of the dependence but 39% of the inverse-variance share: it is under-used and gets the larger weight.
+    # Audio holds 35% of the dependence but 39% of the inverse-variance share: under-used, it gets the larger weight.
     assert d_a < q_a and w_a == pytest.approx(0.5779, abs=1e-4)
 
 
@@ -221,3 +223,137 @@ def test_iprm_needs_equal_feature_widths():
     with pytest.raises(ValueError, match=r"equal feature widths, got \{'audio': 32, 'text': 512\}"):
         IPRM(task, hp, make_context())
     assert IPRM.DATA_PARALLEL == "exact" and 3 in IPRM.MODALITIES
+
+
+# --- MIDAS --------------------------------------------------------------------------------------------------------
+def test_midas_misaligned_rows_swap_each_modality_and_drop_equal_label_pairs():
+    h1, h2 = torch.tensor([[1.0], [2.0], [3.0]]), torch.tensor([[10.0], [20.0], [30.0]])
+    y, perm = torch.tensor([0, 1, 1]), torch.tensor([1, 2, 0])
+    f1, f2, labels, keep = misaligned_rows(h1, h2, y, perm)
+    # Rows 0-2: (f1_i, f2_pi(i)); rows 3-5: (f1_pi(i), f2_i).
+    assert f1.squeeze(1).tolist() == [1.0, 2.0, 3.0, 2.0, 3.0, 1.0]
+    assert f2.squeeze(1).tolist() == [20.0, 30.0, 10.0, 10.0, 20.0, 30.0]
+    assert labels.tolist() == [[0, 1], [1, 1], [1, 0], [1, 0], [1, 1], [0, 1]]
+    assert keep.tolist() == [True, False, True, True, False, True]
+
+
+def test_midas_confidence_labels_normalise_each_modality_confidence_in_its_own_label():
+    # The paper's example (§3.3): confidences 0.9 and 0.3 give the soft label 0.75 y_i + 0.25 y_j.
+    p1 = torch.tensor([[0.9, 0.1], [0.4, 0.6]])
+    p2 = torch.tensor([[0.2, 0.8], [0.7, 0.3]])
+    y, perm = torch.tensor([0, 1]), torch.tensor([1, 0])
+    _, _, labels, _ = misaligned_rows(torch.zeros(2, 1), torch.zeros(2, 1), y, perm)
+    conf = confidence_labels(p1, p2, labels, perm)
+    # Row 0: modality 1 of sample 0 (label 0, 0.9) with modality 2 of sample 1 (label 1, 0.3).
+    # Row 2: modality 1 of sample 1 (label 1, 0.6) with modality 2 of sample 0 (label 0, 0.2).
+    torch.testing.assert_close(conf[0], torch.tensor([0.75, 0.25]), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(conf[2], torch.tensor([0.75, 0.25]), rtol=1e-6, atol=1e-7)
+
+
+def test_midas_misaligned_loss_weights_each_label_part_by_alpha_confidence_and_hardness():
+    z = torch.tensor([[math.log(3.0), 0.0, 0.0]])  # p = (3/5, 1/5, 1/5)
+    loss = misaligned_loss(z, torch.tensor([[0, 1]]), torch.tensor([[0.75, 0.25]]), torch.tensor([1.0, 2.0]),
+                           torch.tensor([1.5]))
+    expected = -1.5 * (0.75 * math.log(0.6) + 2.0 * 0.25 * math.log(0.2))
+    torch.testing.assert_close(loss, torch.tensor([expected]), rtol=1e-6, atol=1e-7)
+
+
+def test_midas_hard_sample_weight_rises_from_one_to_two_with_the_cosine():
+    h1 = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    h2 = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    w = hard_sample_weights(h1, h2, torch.tensor([1, 0]))
+    # Rows 0-1 compare modality 2 (cos = -1), rows 2-3 modality 1 (orthogonal: cos = 0).
+    torch.testing.assert_close(w, torch.tensor([1.0, 1.0, 1.5, 1.5]), rtol=1e-6, atol=1e-7)
+    same = hard_sample_weights(h1, h1, torch.tensor([0, 1]))
+    torch.testing.assert_close(same, torch.full((4,), 2.0), rtol=1e-6, atol=1e-7)
+
+
+def test_midas_weak_modality_update_follows_the_papers_example():
+    # §3.4: the weak modality's label share is 0.25 but the fused model gives its class only 0.10: alpha grows.
+    alpha = weak_modality_update(torch.tensor([1.3, 1.0]), torch.tensor([0.75, 0.25]), torch.tensor([0.9, 0.1]),
+                                 eta=0.05)
+    torch.testing.assert_close(alpha, torch.tensor([1.0, 1.0 + 0.05 * 0.15]), rtol=1e-6, atol=1e-7)
+    # An over-predicted weak modality cannot push its weight below 1.
+    floor = weak_modality_update(torch.tensor([1.0, 1.0]), torch.tensor([0.2, 0.8]), torch.tensor([0.6, 0.4]), 0.05)
+    torch.testing.assert_close(floor, torch.ones(2))
+    signed = weak_modality_update(torch.tensor([1.0, 1.0]), torch.tensor([0.75, 0.25]), torch.tensor([0.9, 0.1]),
+                                  eta=0.05, signal="sign")
+    torch.testing.assert_close(signed, torch.tensor([1.0, 1.05]), rtol=1e-6, atol=1e-7)
+    fused = normalised_fused_confidence(torch.tensor([[math.log(3.0), 0.0, math.log(2.0)]]), torch.tensor([[0, 2]]))
+    torch.testing.assert_close(fused, torch.tensor([[0.6, 0.4]]), rtol=1e-6, atol=1e-7)
+
+
+MAIN = StepInfo(epoch=5, step=0, steps_per_epoch=4, epochs=10)
+
+
+def test_midas_update_trains_on_aligned_and_kept_misaligned_rows_then_moves_alpha(tiny_bundle):
+    method = freeze_steps(build(MIDAS, tiny_bundle, lam=2.0))
+    method.alpha.copy_(torch.tensor([1.0, 1.2]))
+    batch = first_batch(tiny_bundle)
+    y = batch["label"]
+    torch.manual_seed(7)
+    perm = torch.randperm(y.shape[0])
+    h, z, z_uni = method.model(method.inputs(batch))
+    f1, f2, labels, keep = misaligned_rows(h["audio"], h["visual"], y, perm)
+    probs = [torch.softmax(z_uni[m], dim=1).detach() for m in ("audio", "visual")]
+    conf = confidence_labels(*probs, labels, perm)
+    weight = hard_sample_weights(h["audio"].detach(), h["visual"].detach(), perm)
+    z_mis = method.model.head.fused(torch.cat([f1, f2], dim=1))
+    per_row = misaligned_loss(z_mis, labels, conf, torch.tensor([1.0, 1.2]), weight)
+    loss = (F.cross_entropy(z, y) + sum(F.cross_entropy(v, y) for v in z_uni.values())
+            + 2.0 * per_row[keep].mean())
+    params = list(method.model.parameters())
+    reference = dict(zip(params, torch.autograd.grad(loss, params)))
+    fused = normalised_fused_confidence(z_mis, labels)
+    expected_alpha = weak_modality_update(torch.tensor([1.0, 1.2]), conf[keep].mean(0), fused[keep].mean(0), 0.05)
+
+    torch.manual_seed(7)
+    logs = method.update(batch, MAIN)
+    assert 0 < logs["misaligned_kept"] < 1
+    for p in params:
+        torch.testing.assert_close(p.grad, reference[p], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(method.alpha, expected_alpha, rtol=1e-5, atol=1e-6)
+    assert (method.alpha >= 1).all() and (method.alpha == 1).sum() >= 1
+
+
+def test_midas_warm_up_trains_only_the_unimodal_losses(tiny_bundle):
+    method = freeze_steps(build(MIDAS, tiny_bundle))
+    batch = first_batch(tiny_bundle)
+    _, _, z_uni = method.model(method.inputs(batch))
+    uni = sum(F.cross_entropy(v, batch["label"]) for v in z_uni.values())
+    encoders = list(method.model.encoders.parameters())
+    reference = torch.autograd.grad(uni, encoders)
+    logs = method.update(batch, StepInfo(epoch=4, step=0, steps_per_epoch=4, epochs=10))
+    assert "loss_mis" not in logs
+    assert all(p.grad is None for p in method.model.head.fused.parameters())
+    for p, g in zip(encoders, reference):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("reset, expected", [("epoch", [1.0, 1.0]), ("never", [1.0, 1.4])])
+def test_midas_alpha_restarts_every_epoch_as_in_algorithm_1(tiny_bundle, reset, expected):
+    method = build(MIDAS, tiny_bundle, alpha_reset=reset)
+    method.alpha.copy_(torch.tensor([1.0, 1.4]))
+    method.on_epoch_start(6, None)
+    assert method.alpha.tolist() == pytest.approx(expected)
+    assert MIDAS.MODALITIES == (2,) and MIDAS.DATA_PARALLEL == "approximate"
+
+
+def test_midas_ablations_switch_the_weights_off(tiny_bundle):
+    method = freeze_steps(build(MIDAS, tiny_bundle, weak_modality=False, hard_sample=False))
+    batch = first_batch(tiny_bundle)
+    y = batch["label"]
+    torch.manual_seed(3)
+    perm = torch.randperm(y.shape[0])
+    with torch.no_grad():
+        h, _, z_uni = method.model(method.inputs(batch))
+        f1, f2, labels, keep = misaligned_rows(h["audio"], h["visual"], y, perm)
+        conf = confidence_labels(*[torch.softmax(z_uni[m], dim=1) for m in ("audio", "visual")], labels, perm)
+        z_mis = method.model.head.fused(torch.cat([f1, f2], dim=1))
+        unweighted = misaligned_loss(z_mis, labels, conf, torch.ones(2), torch.ones(len(keep)))[keep].mean()
+    torch.manual_seed(3)
+    logs = method.update(batch, MAIN)
+    assert logs["loss_mis"] == pytest.approx(unweighted.item(), rel=1e-5)
+    assert method.alpha.tolist() == [1.0, 1.0]
+    params = {p.name: p for p in MIDAS.HPARAMS}
+    assert params["lam"].default_for("kinetics_sounds") == 5.0 and params["lam"].default_for("cremad") == 1.0
