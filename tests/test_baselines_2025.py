@@ -4,6 +4,7 @@ characteristic computation on hand-computed values, then a few check the wiring 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,9 +16,11 @@ from baselines.hparams import resolve
 from baselines.iprm import IPRM, kl_to_fused, rebalanced_weights, slerp
 from baselines.midas import (MIDAS, confidence_labels, hard_sample_weights, misaligned_loss, misaligned_rows,
                              normalised_fused_confidence, weak_modality_update)
-from benchmarks.config import method_hparams
+from benchmarks.config import TRAIN_HPARAMS, load_config_file, method_hparams
 from datasets.base import ModalitySpec, TaskSpec
 from tests.conftest import first_batch, make_context
+
+CONFIGS = Path(__file__).resolve().parents[1] / "benchmarks" / "configs"
 
 
 def build(cls, bundle, **overrides):
@@ -357,3 +360,18 @@ def test_midas_ablations_switch_the_weights_off(tiny_bundle):
     assert method.alpha.tolist() == [1.0, 1.0]
     params = {p.name: p for p in MIDAS.HPARAMS}
     assert params["lam"].default_for("kinetics_sounds") == 5.0 and params["lam"].default_for("cremad") == 1.0
+
+
+# --- shipped recipes ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cls, expected", [(ARL, {"lr": 1e-3, "epochs": 100, "lr_milestones": [69, 149]}),
+                                           (IPRM, {"lr": 1e-2, "epochs": 100, "lr_milestones": [70]}),
+                                           (MIDAS, {"lr": 1e-3, "epochs": 70, "lr_milestones": [50]})])
+def test_recipe_configs_resolve_against_the_declared_knobs(cls, expected):
+    head, sections = load_config_file(CONFIGS / cls.name / "cremad.yaml")
+    assert head == {"method": cls.name, "dataset": "cremad"} and set(sections) == {"train", cls.name}
+    train = resolve("train", TRAIN_HPARAMS, "cremad", sections["train"])
+    assert {k: train[k] for k in expected} == expected
+    assert (train.batch_size, train.momentum, train.weight_decay) == (64, 0.9, 1e-4)
+    hp = resolve(cls.name, method_hparams(cls), "cremad", sections[cls.name], variants=cls.VARIANTS)
+    assert hp.as_dict() == resolve(cls.name, method_hparams(cls), "cremad", {}, variants=cls.VARIANTS).as_dict(), \
+        "the recipe restates the CREMA-D defaults"
