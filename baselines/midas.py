@@ -2,8 +2,9 @@
 
 Paper: Seong-Hyeon Hwang, Soyoung Choi, Steven Euijong Whang, "MIDAS: Misalignment-based Data Augmentation Strategy
 for Imbalanced Multimodal Learning", NeurIPS 2025, arXiv 2509.25831 (§3, Algorithm 1 in App. A.1, settings in
-App. A.3). Official code: the paper's README names a ``train.py --dataset {cremad,food101,ucf101,kinetics}`` release,
-but no copy of that repository could be found, so this is implemented from the paper alone. The copy of the paper
+App. A.3). Official code: an official README (in the search index without its repository name) documents a
+``train.py --dataset {cremad,food101,ucf101,kinetics}`` release, but the repository itself could not be located, so
+this is implemented from the paper alone. The copy of the paper
 read here rendered Eqs. 2-11 as images; the forms below follow the text around them (quoted section by section), and
 two details come from the text only as prose: see "Unverified" below.
 
