@@ -43,6 +43,9 @@ METHOD_MODULES = (
     "baselines.gblending",
     "baselines.greedy",
     "baselines.mses",
+    "baselines.arl",
+    "baselines.iprm",
+    "baselines.midas",
 )
 
 _METHODS: dict[str, type[Method]] = {}
