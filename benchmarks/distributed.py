@@ -44,6 +44,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -107,6 +108,21 @@ class DistContext:
                     tensor.data /= self.world_size
                 else:
                     dist.broadcast(tensor.data, src=0)
+
+    def check_same_rows(self, rows: np.ndarray) -> None:
+        """Raise ``RankDivergenceError`` unless every rank serves the same training rows this epoch (a method's
+        ``select_rows`` decided from data only one rank saw); different epoch lengths would deadlock."""
+        if not self.enabled:
+            return
+        rows = np.asarray(rows, dtype=np.int64)
+        mixed = int((rows * (np.arange(len(rows)) % 7919 + 1)).sum() % (1 << 61))
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+        stats = torch.tensor([len(rows), mixed], dtype=torch.int64, device=device)
+        both = torch.cat([stats, -stats])
+        dist.all_reduce(both, op=dist.ReduceOp.MAX)
+        if both[:2].tolist() != (-both[2:]).tolist():
+            raise RankDivergenceError(f"ranks select different training rows this epoch (this rank: {len(rows)} "
+                                      "rows); decide the selection from statistics every rank shares")
 
     def barrier(self) -> None:
         if self.enabled:
