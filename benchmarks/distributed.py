@@ -6,8 +6,11 @@ Methods own their optimizer steps (several per batch for AUG and MLA, gradient e
 - every optimizer built by ``TrainContext.make_optimizer`` gets a *step pre-hook* (``average_gradients``) that
   averages the gradients of all its parameter groups across ranks right before each ``step()``: it covers
   parameter groups added later (AUG's learners) and any number of steps per batch;
-- the training loader gives each rank a disjoint, equal-sized slice of the same seeded permutation, with
-  ``train.batch_size / world_size`` samples per rank and step, so one step sees ``train.batch_size`` samples in all;
+- the training loader serves each rank an equal part of every global batch of the same seeded order (a method's
+  row selection included), ``train.batch_size / world_size`` samples per rank and step, so step i sees exactly the
+  ``train.batch_size`` samples of a single process's batch i; the runner checks that every rank selected the same
+  rows. A method's extra passes over the training loader (``extra_pass``) are sharded the same way, while its
+  private passes (``derived``) are not: every rank makes the whole pass, in global batches by default;
 - rank 0's initial parameters and buffers are broadcast to every rank; before each evaluation the BatchNorm running
   statistics are averaged over ranks (the other tensors are broadcast from rank 0), and after every epoch's
   ``on_epoch_end`` everything is broadcast from rank 0 again (method buffers follow rank 0, and a method whose epoch
@@ -30,6 +33,10 @@ inside ``update`` without reducing them come from the rank's own slice; and ``n 
 of each epoch's permutation are left out. Methods whose epoch hooks take data-dependent decisions from
 ``loaders.train`` see only their rank's slice; ``TrainContext.all_reduce_sum`` lets such a method agree across ranks
 (it is the identity in a single process).
+
+Every method declares how far this holds for it (``Method.DATA_PARALLEL``): ``exact`` (tested on two gloo ranks
+against the single-process steps, ``tests/test_distributed_methods.py``), ``approximate`` or ``unsupported`` (the
+runner refuses it under torchrun); ``summary.json`` records the level.
 
 Launch: ``torchrun --nproc_per_node 2 -m benchmarks train ...`` (or ``augbench sweep --gpus-per-run 2``). The process
 group is initialised from ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (+ ``MASTER_ADDR``/``MASTER_PORT``): NCCL on CUDA,

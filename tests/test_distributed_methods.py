@@ -29,7 +29,7 @@ from baselines.hparams import resolve
 from baselines.networks import MODEL_HPARAMS
 from baselines.registry import get_method, list_methods
 from benchmarks.config import build_config, method_hparams
-from benchmarks.distributed import DistContext, init_from_env, shutdown
+from benchmarks.distributed import DistContext, RankDivergenceError, init_from_env, shutdown
 from benchmarks.runner import apply_selection, check_data_parallel
 from datasets.base import BatchLoader, ModalitySpec, TaskSpec
 from tests.conftest import make_context, tiny_overrides
@@ -155,6 +155,20 @@ def api_checks(ctx: TrainContext, rank: int) -> dict:
     return out
 
 
+def selection_checks(ddp: DistContext, rank: int) -> dict:
+    """What the runner's cross-rank check of the epoch's training rows makes of equal and different selections."""
+    out = {}
+    ddp.check_same_rows(np.array([3, 1, 1, 2]))
+    for case, rows in {"order": np.array([3, 1, 1, 2]) if rank == 0 else np.array([1, 3, 1, 2]),
+                       "length": np.arange(4 + rank)}.items():
+        try:
+            ddp.check_same_rows(rows)
+            out[case] = None
+        except RankDivergenceError as err:
+            out[case] = str(err)
+    return out
+
+
 def _worker(rank: int, port: int, tmp: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
                       LOCAL_RANK=str(rank), WANDB_MODE="disabled", GLOO_SOCKET_IFNAME="lo")
@@ -162,7 +176,7 @@ def _worker(rank: int, port: int, tmp: str) -> None:
     ddp, created = init_from_env("cpu")
     ctx = make_context()
     ctx.step_pre_hook = ddp.step_pre_hook
-    out = {"api": api_checks(ctx, rank)}
+    out = {"api": api_checks(ctx, rank), "rows": selection_checks(ddp, rank)}
     for name in EXACT:
         out[name] = {"exact": train(name, TrainContext, ddp.step_pre_hook, rank, WORLD)}
         if name in SENSITIVE:
@@ -205,6 +219,12 @@ def test_sync_gradients_averages_or_takes_rank0_and_exempts_only_unchanged_gradi
         torch.testing.assert_close(out["mean_stat"], torch.tensor([1.5, 3.0]))
     torch.testing.assert_close(first["a_after_step"], torch.full((2,), -2.0))
     torch.testing.assert_close(second["a_after_step"], torch.full((2,), -3.0), msg="a synced gradient is skipped")
+
+
+def test_ranks_that_select_different_rows_are_stopped(ranks):
+    for out in ranks:
+        assert out["rows"]["order"] and "select different training rows" in out["rows"]["order"]
+        assert out["rows"]["length"] and "select different training rows" in out["rows"]["length"]
 
 
 def test_exact_methods_include_the_synchronised_ones():

@@ -155,6 +155,16 @@ def test_rng_selection_is_reproduced_after_resume(monkeypatch, tmp_path):
     assert resumed["summary"]["protocols"] == full["summary"]["protocols"]
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_no_method_changes_the_training_rows_itself():
+    """Only the runner serves rows (``BatchLoader._serve``); methods return a ``RowSelection``."""
+    sources = [*(ROOT / "baselines").glob("*.py"), *(ROOT / "aug").glob("*.py")]
+    offenders = [p.name for p in sources if any(s in p.read_text() for s in ("_serve(", "set_rows(", "reset_rows("))]
+    assert len(sources) > 30 and not offenders
+
+
 # --- the loader: ordering and data-parallel sharding of a selection ---------------------------------------------------
 N = 23
 
