@@ -26,7 +26,8 @@ Deviations and choices (methods.md §3.9; ``official_compat`` selects the code's
 - ``zero_grad_set_to_none: false`` reproduces PyTorch 1.11's zero-filled gradients (an extra momentum and
   weight-decay step for modalities stepped earlier in the iteration).
 - The gate (``variant: official_gated``) exists only in the old KS/NVGesture scripts; it is off by default.
-- [project] The equal-weight fusion accuracy is logged as a diagnostic next to the published 0.4 / 0.6 weights.
+- [project] The equal-weight fusion is evaluated as a diagnostic next to the published 0.4 / 0.6 weights
+  (``val/test.alternatives.equal_fusion`` in ``metrics.jsonl``).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class AUG(Method):
     CODE = ('GitHub njustkmg/NeurIPS25-AUG, train_CREMAD.py, train_audio_video / __main__; model/AudioVideo.py, '
             'AVGBShareClassifier (gated variant: train_KS.py @966dbf5)')
     MODALITIES = (2, 3)
+    DATA_PARALLEL = "exact"  # confidence and loss sums all-reduced: same ACA and gate decisions everywhere
     score_sum: torch.Tensor
     loss_sum: torch.Tensor
     ce_sum: torch.Tensor
@@ -158,7 +160,6 @@ class AUG(Method):
         for name in ACCUMULATORS:
             setattr(self, name, torch.zeros(len(self.modalities), dtype=torch.float64, device=self.ctx.device))
         self.count = 0
-        self.equal_fusion: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     # --- structure -------------------------------------------------------------------------------------------------
     def add_learner(self, modality: str) -> None:
@@ -240,11 +241,9 @@ class AUG(Method):
             out = {m: self.modality_logits(m, self.encoders[m](batch[m]), gates).sum(dim=1).float()
                    for m in self.modalities}
         fused = sum(w * out[m] for w, m in zip(self.fusion, self.modalities))
-        if self.hp.log_equal_fusion and "index" in batch and "label" in batch:
-            # Recorded per dataset row while the runner evaluates, so the diagnostic costs no second pass.
-            correct = torch.stack(list(out.values())).sum(0).argmax(1) == batch["label"]
-            self.equal_fusion.append((batch["index"].cpu(), correct.cpu()))
-        return Prediction(fused, out)
+        # The runner reports the metrics of this second fusion beside the fused ones, so it costs no second pass.
+        alternatives = {"equal_fusion": sum(out.values())} if self.hp.log_equal_fusion else {}
+        return Prediction(fused, out, alternatives)
 
     def on_epoch_start(self, epoch: int, loaders: Loaders) -> None:
         self._reset_epoch()
@@ -273,7 +272,6 @@ class AUG(Method):
         if self.gate is not None:
             for m, w in zip(self.modalities, self.gate_values().tolist()):
                 diag[f"gate/{m}"] = w
-        diag.update(self._equal_fusion_accuracy(loaders))
         checked = epoch in self.check_epochs
         grown = aca_decision(sums, n, self.hp.aca_rule, self.hp.sigma, self.hp.tau,
                              self.hp.three_modal_threshold) if checked else []
@@ -284,27 +282,6 @@ class AUG(Method):
             diag[f"added/{m}"] = float(i in grown)
             diag[f"extra_learners/{m}"] = float(count)
         return diag
-
-    def _equal_fusion_accuracy(self, loaders: Loaders) -> dict[str, float]:
-        """Accuracy of sum_m out_m on every split whose rows were all predicted this epoch (val and test rows are
-        disjoint dataset rows, so one row-indexed table serves both)."""
-        if not self.equal_fusion:
-            return {}
-        rows = torch.cat([r for r, _ in self.equal_fusion])
-        table = torch.full((int(rows.max()) + 1,), -1, dtype=torch.int8)
-        for r, ok in self.equal_fusion:
-            table[r] = ok.to(torch.int8)
-        out = {}
-        for split, loader in (("val", loaders.val), ("test", loaders.test)):
-            if loader is None or loader.num_samples == 0:
-                continue
-            want = torch.from_numpy(loader.rows)
-            if int(want.max()) >= len(table):
-                continue
-            seen = table[want]
-            if bool((seen >= 0).all()):
-                out[f"equal_fusion_acc/{split}"] = seen.float().mean().item()
-        return out
 
     # --- checkpoints ----------------------------------------------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:

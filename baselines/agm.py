@@ -130,6 +130,7 @@ def agm_coefficients(s: torch.Tensor, s_bar: torch.Tensor, alpha: float) -> torc
 class AGM(FusionMethod):
     name = "agm"
     title = "AGM"
+    DATA_PARALLEL = "exact"  # modality losses all-reduced, gradients synced before clipping
     PAPER = ('Li, Li, Hu, Lei, Li, Zhou, "Boosting Multi-modal Model Performance with Adaptive Gradient Modulation", '
              'ICCV 2023, arXiv 2308.07686')
     CODE = 'GitHub lihong2303/AGM_ICCV2023, model/CREMAD_net.py GradMod; run/CREMAD_main.py, train'

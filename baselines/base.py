@@ -1,10 +1,11 @@
 """The method contract: a method owns its optimisation step(s); the runner owns the loop.
 
 A method is one ``Method`` subclass in one file, registered with ``@register``. The runner calls, per epoch:
-``on_epoch_start`` -> ``update(batch, step)`` for every training batch -> evaluation through ``predict`` ->
-``on_epoch_end`` -> checkpoint. Everything a method may need from the runner (optimizers whose learning rate the
-runner schedules, autocast, the loaders for epoch hooks) comes through ``TrainContext``; if a method seems to need
-the runner to know its name, the contract is missing a hook.
+``on_epoch_start`` -> ``select_rows`` (the epoch's training rows) -> ``update(batch, step)`` for every training batch
+-> evaluation through ``predict`` (which must leave the method unchanged) -> ``on_epoch_end`` -> checkpoint.
+Everything a method may need from the runner (optimizers whose learning rate the runner schedules, autocast, the
+loaders for epoch hooks) comes through ``TrainContext``; if a method seems to need the runner to know its name, the
+contract is missing a hook.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,10 +42,29 @@ class StepInfo:
 
 @dataclass
 class Prediction:
-    """Fused logits (B, K) and per-modality logits (B, K) for the imbalance metrics."""
+    """Fused logits (B, K) and per-modality logits (B, K) for the imbalance metrics.
+
+    ``alternatives`` holds other fusions of the same outputs (B, K) whose metrics the runner reports beside the fused
+    ones under ``<split>.alternatives.<name>`` (AUG's equal fusion weights), so a diagnostic needs no second pass and
+    ``predict`` no state.
+    """
 
     fused: torch.Tensor
     per_modality: dict[str, torch.Tensor]
+    alternatives: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RowSelection:
+    """The training rows of one epoch (repeats allowed) and per-row extras the loader adds to each batch."""
+
+    rows: np.ndarray
+    extras: Mapping[str, np.ndarray] = field(default_factory=dict)
+    shuffle: bool = True   # False: serve the rows in the given order (curricula)
+
+
+# How a method behaves under torchrun, declared by every method as ``DATA_PARALLEL`` (see ``Method``).
+DATA_PARALLEL_LEVELS = ("exact", "approximate", "unsupported")
 
 
 @dataclass
@@ -168,6 +189,11 @@ class Method(nn.Module):
         HPARAMS: the method's knobs, declared once with their sources.
         VARIANTS: named presets, e.g. ``{"official_compat": {...}}``; adds a ``variant`` knob ("paper" default).
         MODALITIES: the numbers of modalities the method supports.
+        DATA_PARALLEL: required, one of ``DATA_PARALLEL_LEVELS``, with a comment saying why. ``"exact"``: W ranks
+            with B/W samples each take the single-process steps and decisions on the global batch B (up to
+            BatchNorm batch statistics, see ``benchmarks.distributed``); ``"approximate"``: something in its step
+            or hooks comes from each rank's slice (per-rank decisions, batch statistics, per-rank random draws);
+            ``"unsupported"``: the runner refuses to run it under torchrun.
     """
 
     name: ClassVar[str] = ""
@@ -177,6 +203,7 @@ class Method(nn.Module):
     HPARAMS: ClassVar[tuple[HParam, ...]] = ()
     VARIANTS: ClassVar[dict[str, dict[str, Any]]] = {}
     MODALITIES: ClassVar[tuple[int, ...]] = (2, 3)
+    DATA_PARALLEL: ClassVar[str]  # no default: ``register`` refuses a class that does not declare it
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__()
@@ -193,10 +220,21 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def predict(self, batch: Batch) -> Prediction:
+        """Outputs for one evaluation batch; no side effects (parameters, buffers, attributes and RNG unchanged)."""
         raise NotImplementedError
 
     def on_epoch_start(self, epoch: int, loaders: Loaders) -> None:
-        """Optional: schedules, prototype passes, weight estimation, resampling the train loader."""
+        """Optional: schedules, prototype passes, weight estimation (the training rows come from ``select_rows``)."""
+
+    def select_rows(self, epoch: int, loaders: Loaders) -> RowSelection | None:
+        """Optional: the rows to train on this epoch; None trains on every training row (the default).
+
+        Called right after ``on_epoch_start``. The runner serves the selection (shuffled, or in order with
+        ``shuffle=False``; sharded across data-parallel ranks) and sizes the epoch from it; methods never change
+        the training loader themselves. Randomness must be seeded from (run seed, epoch) or drawn from the global
+        RNG, which checkpoints restore, so that a resumed run selects the same rows.
+        """
+        return None
 
     def on_epoch_end(self, epoch: int, loaders: Loaders) -> dict[str, float]:
         """Optional: structural changes (AUG's classifier assignment) and per-epoch diagnostics to log."""

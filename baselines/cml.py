@@ -66,6 +66,7 @@ class CML(FusionMethod):
 
     name = "cml"
     title = "CML (BB)"
+    DATA_PARALLEL = "approximate"  # the confidence penalty clamps each rank's batch sum (a sum, not a mean)
     PAPER = ('Huan Ma, Qingyang Zhang, Changqing Zhang, Bingzhe Wu, Huazhu Fu, Joey Tianyi Zhou, Qinghua Hu, '
              '"Calibrating Multimodal Learning", ICML 2023, arXiv 2306.01265')
     CODE = "BalanceBenchmark: GitHub GeWu-Lab/BalanceBenchmark, balancemm/trainer/CML_trainer.py, training_step"

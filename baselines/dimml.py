@@ -100,6 +100,7 @@ def certainty_fusion(logits: list[torch.Tensor], temperature: float) -> torch.Te
 class DIMML(Method):
     name = "dimml"
     title = "DI-MML"
+    DATA_PARALLEL = "approximate"  # the DUC term is an in-batch InfoNCE whose negatives are the rank's slice only
     PAPER = ('Yunfeng Fan, Wenchao Xu, Haozhao Wang, Junhong Liu, Song Guo, "Detached and Interactive Multimodal '
              'Learning", ACM MM 2024, arXiv 2407.19514')
     CODE = ('GitHub fanyunfeng-bit/DI-MML, main_CFT.py (train_epoch, get_indices), loss/contrast_loss.py '

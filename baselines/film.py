@@ -14,6 +14,7 @@ from baselines.registry import register
 class FiLM(FusionMethod):
     name = "film"
     title = "Affine (FiLM)"
+    DATA_PARALLEL = "exact"  # batch-mean CE of per-sample outputs: averaged gradients are the global batch's
     PAPER = 'Perez et al., "FiLM: Visual Reasoning with a General Conditioning Layer", AAAI 2018, arXiv 1709.07871'
     CODE = 'GitHub GeWu-Lab/OGM-GE_CVPR2022, models/fusion_modules.py, FiLM'
     HEAD = "film"

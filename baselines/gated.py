@@ -14,6 +14,7 @@ from baselines.registry import register
 class Gated(FusionMethod):
     name = "gated"
     title = "Gated"
+    DATA_PARALLEL = "exact"  # batch-mean CE of per-sample outputs: averaged gradients are the global batch's
     PAPER = 'Kiela et al., "Efficient Large-Scale Multi-Modal Classification", AAAI 2018, arXiv 1802.02892'
     CODE = 'GitHub GeWu-Lab/OGM-GE_CVPR2022, models/fusion_modules.py, GatedFusion'
     HEAD = "gated"

@@ -66,6 +66,7 @@ def blending_weights(losses: Mapping[str, tuple[float, float, float, float]]) ->
 class GBlending(FusionMethod):
     name = "gblending"
     title = "G-Blending"
+    DATA_PARALLEL = "exact"  # scratch passes in sharded global batches, their losses all-reduced
     PAPER = ('Wang, Tran, Feiszli, "What Makes Training Multi-modal Classification Networks Hard?", CVPR 2020, '
              'arXiv 1905.12681')
     CODE = ('BB re-implementation: GitHub GeWu-Lab/BalanceBenchmark, balancemm/trainer/GBlending_trainer.py, '
@@ -115,6 +116,13 @@ class GBlending(FusionMethod):
             weighted, summed, n = weighted + loss.item() * b, summed + loss.item(), n + b
         if n == 0:
             raise ValueError("gblending: an estimation pass saw no batches")
+        if train:
+            # Data-parallel ranks trained on their parts of each global batch: the global batches' figures, so
+            # every rank sets the same weights (identity in one process).
+            device = self.blend.device
+            weighted, n = self.ctx.all_reduce_sum(torch.tensor([weighted, n], dtype=torch.float64,
+                                                                device=device)).tolist()
+            summed = self.ctx.all_reduce_mean(torch.tensor(summed, dtype=torch.float64, device=device)).item()
         return weighted / n if self.hp.loss_reduction == "mean" else summed
 
     def estimate(self, epoch: int, loaders: Loaders) -> None:

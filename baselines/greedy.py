@@ -158,6 +158,7 @@ class GreedyNet(nn.Module):
 class Greedy(Method):
     name = "greedy"
     title = "Greedy"
+    DATA_PARALLEL = "approximate"  # curation decisions from each rank's local gradient speeds
     PAPER = ('Wu, Jastrzebski, Cho, Geras, "Characterizing and Overcoming the Greedy Nature of Learning in '
              'Multi-modal Deep Neural Networks", ICML 2022, arXiv 2202.05306')
     CODE = ('GitHub nyukat/greedy_multimodal_learning, src/callbacks.py, Bias_Mitigation_Strong; src/balanced_mmtm.py, '

@@ -80,6 +80,7 @@ class InfoReg(FusionMethod):
 
     name = "inforeg"
     title = "InfoReg"
+    DATA_PARALLEL = "approximate"  # proximal strength from each rank's confidence sums, FIM from local gradients
     PAPER = ('Chengxiang Huang, Yake Wei, Zequn Yang, Di Hu, "Adaptive Unimodal Regulation for Balanced Multimodal '
              'Information Acquisition", CVPR 2025, arXiv 2503.18595')
     CODE = "GitHub GeWu-Lab/InfoReg_CVPR2025, main.py, train_epoch"

@@ -13,6 +13,7 @@ from baselines.registry import register
 class Joint(FusionMethod):
     name = "joint"
     title = "Concat"
+    DATA_PARALLEL = "exact"  # batch-mean CE of per-sample outputs: averaged gradients are the global batch's
     PAPER = 'Joint training baseline ("Naive MML" in AUG)'
     CODE = 'GitHub GeWu-Lab/OGM-GE_CVPR2022, models/fusion_modules.py, ConcatFusion'
     HEAD = "concat"

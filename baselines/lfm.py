@@ -21,7 +21,7 @@ Schedules (``lfm.schedule``):
 - ``fitted`` (the default script): alpha_cls(e) = sum_i c_i e^i with the code's coefficients, alpha_al = 1 - alpha_cls.
   The polynomial was fitted for 200 CREMA-D epochs; a run of E epochs evaluates it at e * fit_epochs / E
   [project, flagged: the code defines no schedule for other lengths].
-- ``learnable``: 16 random training rows are held out (removed from the training loader with ``set_rows``); at the
+- ``learnable``: 16 random training rows are held out (never trained on: ``select_rows`` leaves them out); at the
   start of every epoch the first 8 give L_tot = alpha_cls CE + alpha_al Align, its gradient (with graph) and the
   Hessian-vector product with the CE gradient; a = the mean of that product over the *first parameter tensor only*
   (the first modality's conv1); alpha_al <- clip(alpha_al - lr_alpha a, 0.05, 0.95), alpha_cls = 1 - alpha_al, with
@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from baselines.base import FusionModel, Loaders, Method, Prediction, StepInfo, TrainContext
+from baselines.base import FusionModel, Loaders, Method, Prediction, RowSelection, StepInfo, TrainContext
 from baselines.hparams import HParam, HParams
 from baselines.registry import register
 from datasets.base import Batch, BatchLoader, TaskSpec, seed_for
@@ -96,6 +96,7 @@ class LFM(Method):
     CODE = ('GitHub njustkmg/NeurIPS24-LFM, Crema_epoch.py (train_audio_video, getAlpha_Learnable_Fitted, Alignment); '
             'Crema_epoch_learnable.py (getAlpha_Learnable)')
     MODALITIES = (2,)
+    DATA_PARALLEL = "exact"  # batch-mean losses; alpha from the same held-out rows on every rank
     HPARAMS = (
         HParam("schedule", "fitted", "alpha schedule: 'fitted' polynomial (Crema_epoch.py, the default script) or "
                                      "'learnable' hypergradient (Crema_epoch_learnable.py).",
@@ -135,11 +136,15 @@ class LFM(Method):
         held = rows[rng.permutation(len(rows))[:self.hp.holdout]]
         return np.setdiff1d(rows, held), held
 
+    def select_rows(self, epoch: int, loaders: Loaders) -> RowSelection | None:
+        if self.hp.schedule != "learnable":
+            return None
+        return RowSelection(self.holdout_rows(loaders.train)[0])
+
     def on_epoch_start(self, epoch: int, loaders: Loaders) -> None:
         if self.hp.schedule != "learnable":
             return
-        kept, held = self.holdout_rows(loaders.train)
-        loaders.train.set_rows(kept)
+        _, held = self.holdout_rows(loaders.train)
         batch = self._gather(loaders.train, held[:self.hp.hvp_samples])
         self.model.eval()
         with torch.enable_grad():

@@ -98,6 +98,7 @@ def entropy_gate(logits: Mapping[str, torch.Tensor], mode: str) -> dict[str, tor
 class MLA(Method):
     name = "mla"
     title = "MLA"
+    DATA_PARALLEL = "approximate"  # the OWM projection P is updated from each rank's own feature means
     PAPER = ('Zhang, Yoon, Bansal, Yao, "Multimodal Representation Learning by Alternating Unimodal Adaptation", '
              'CVPR 2024, arXiv 2311.10707')
     CODE = ('GitHub Cecile-hi/Multimodal-Learning-with-Alternating-Unimodal-Adaptation, main.py, train_epoch '

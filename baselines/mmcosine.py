@@ -46,6 +46,7 @@ class MMCosine(FusionMethod):
 
     name = "mmcosine"
     title = "MMCosine"
+    DATA_PARALLEL = "exact"  # batch-mean CE of per-sample cosine logits: global batch's gradients
     PAPER = ('Ruize Xu, Ruoxuan Feng, Shi-Xiong Zhang, Di Hu, "MMCosine: Multi-Modal Cosine Loss Towards Balanced '
              'Audio-Visual Fine-Grained Learning", ICASSP 2023, arXiv 2303.05338')
     CODE = "GitHub GeWu-Lab/MMCosine_ICASSP23, main_CD.py, train_epoch (mmcosine branch)"

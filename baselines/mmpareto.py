@@ -110,6 +110,7 @@ class MMPareto(Method):
 
     name = "mmpareto"
     title = "MMPareto"
+    DATA_PARALLEL = "exact"  # per-loss gradients averaged over ranks before solving the Pareto weights
     PAPER = ('Yake Wei, Di Hu, "MMPareto: Boosting Multimodal Learning with Innocent Unimodal Assistance", ICML 2024, '
              'arXiv 2405.17730')
     CODE = ("GitHub GeWu-Lab/MMPareto_ICML2024, code/MMPareto.py, train_epoch (+ code/min_norm_solvers.py, "

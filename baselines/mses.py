@@ -69,6 +69,7 @@ def _to_cpu(obj: Any) -> Any:
 class MSES(FusionMethod):
     name = "mses"
     title = "MSES (AGM re-impl.)"
+    DATA_PARALLEL = "exact"  # stopping decisions from whole-split losses, equal on every rank
     PAPER = '"Modality-Specific Learning Rate Control for Multimodal Classification", ACPR 2019 (authors unverified)'
     CODE = 'Re-implementation: GitHub lihong2303/AGM_ICCV2023, run/CREMAD_main.py, CREMAD_main (methods == "MSES")'
     HEAD = "sum"

@@ -75,6 +75,7 @@ class MSLR(FusionMethod):
 
     name = "mslr"
     title = "MSLR (AGM re-impl.)"
+    DATA_PARALLEL = "exact"  # multipliers from whole-split accuracies, equal on every rank
     PAPER = ('Yiqun Yao, Rada Mihalcea, "Modality-specific Learning Rates for Effective Multimodal Additive '
              'Late-fusion", Findings of ACL 2022, pp. 1824-1834, DOI 10.18653/v1/2022.findings-acl.143')
     CODE = ('Re-implementation: GitHub lihong2303/AGM_ICCV2023, run/CREMAD_main.py, train / CREMAD_main '

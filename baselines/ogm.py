@@ -101,6 +101,7 @@ def modulate_gradients(params: list[nn.Parameter], coeff: torch.Tensor, noise: b
 class OGM(FusionMethod):
     name = "ogm"
     title = "OGM"
+    DATA_PARALLEL = "exact"  # confidence sums all-reduced, gradients synced before the modulation
     PAPER = ('Peng, Wei, Deng, Wang, Hu, "Balanced Multimodal Learning via On-the-fly Gradient Modulation", CVPR 2022, '
              'arXiv 2203.15332')
     CODE = 'GitHub GeWu-Lab/OGM-GE_CVPR2022, main.py, train_epoch'

@@ -26,4 +26,5 @@ from baselines.registry import register
 class OGMGE(OGM):
     name = "ogm_ge"
     title = "OGM-GE"
+    DATA_PARALLEL = "exact"  # as OGM; the noise is rank 0's, drawn on synced gradients
     NOISE = True

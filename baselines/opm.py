@@ -101,6 +101,7 @@ def drop_features(h: Mapping[str, torch.Tensor], q: torch.Tensor
 class OPM(FusionMethod):
     name = "opm"
     title = "OPM"
+    DATA_PARALLEL = "approximate"  # drop probabilities from each rank's confidence sums, drops from its own RNG
     PAPER = ('Wei, Hu, Du, Wen, "On-the-fly Modulation for Balanced Multimodal Learning", IEEE TPAMI 2024, '
              'arXiv 2410.11582')
     CODE = 'GitHub GeWu-Lab/BML_TPAMI2024, code/models/Classifier.py, calcu_q / Modality_drop.execute_drop'

@@ -66,6 +66,7 @@ def weaker_modality(scores: Mapping[str, torch.Tensor]) -> str | None:
 class PMR(FusionMethod):
     name = "pmr"
     title = "PMR"
+    DATA_PARALLEL = "approximate"  # weaker modality picked per rank from its slice; prototypes from rank 0's slice
     PAPER = ('Fan, Xu, Wang, Wang, Guo, "PMR: Prototypical Modal Rebalance for Multimodal Learning", CVPR 2023, '
              'arXiv 2211.07089')
     CODE = 'GitHub fanyunfeng-bit/Modal-Imbalance-PMR, main_Prototype_grad.py, train_epoch / calculate_prototype'

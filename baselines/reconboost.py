@@ -126,6 +126,7 @@ def ga_term(logits: torch.Tensor, partner: torch.Tensor, flow: bool) -> torch.Te
 class ReconBoost(Method):
     name = "reconboost"
     title = "ReconBoost"
+    DATA_PARALLEL = "exact"  # batch-mean losses, epoch-driven stages, pre-training in sharded global batches
     PAPER = ('Hua, Xu, Bao, Yang, Huang, "ReconBoost: Boosting Can Achieve Modality Reconcilement", ICML 2024, '
              'arXiv 2405.09321')
     CODE = 'GitHub huacong/ReconBoost, train.py, main; models/dynamic_net.py, DynamicNet; schedule.py'

@@ -2,7 +2,8 @@
 
 Adding a method = one new file with one ``@register``-ed class + one line in ``METHOD_MODULES``. Registration is
 explicit (no folder scan, no import side effects elsewhere), and ``tests/test_registry.py`` checks that every method
-file is listed and registers exactly one method.
+file is listed and registers exactly one method. ``register`` refuses a class that does not declare its own
+``DATA_PARALLEL`` level.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import TypeVar
 
-from baselines.base import Method
+from baselines.base import DATA_PARALLEL_LEVELS, Method
 
 METHOD_MODULES = (
     "baselines.joint",
@@ -66,6 +67,11 @@ def register(cls: M) -> M:
     if cls.name in _METHODS and _METHODS[cls.name] is not cls:
         raise ValueError(f"method name {cls.name!r} registered twice: {_METHODS[cls.name].__module__} and "
                          f"{cls.__module__}")
+    # Declared by the class itself: a subclass of another method may synchronise differently from its parent.
+    level = vars(cls).get("DATA_PARALLEL")
+    if level not in DATA_PARALLEL_LEVELS:
+        raise ValueError(f"method {cls.name!r} ({cls.__module__}.{cls.__qualname__}) must declare DATA_PARALLEL as "
+                         f"one of {DATA_PARALLEL_LEVELS} with a comment saying why, got {level!r}")
     _METHODS[cls.name] = cls
     return cls
 

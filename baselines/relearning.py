@@ -73,6 +73,7 @@ def interpolate_(params: Iterable[torch.nn.Parameter], init_params: Iterable[tor
 class Relearning(FusionMethod):
     name = "relearning"
     title = "Diagnosing & Re-learning"
+    DATA_PARALLEL = "exact"  # purities from whole-split passes with the same model on every rank
     PAPER = ('Yake Wei, Siwei Li, Ruoxuan Feng, Di Hu, "Diagnosing and Re-learning for Balanced Multimodal '
              'Learning", ECCV 2024, arXiv 2407.09705')
     CODE = 'GitHub GeWu-Lab/Diagnosing_Relearning_ECCV2024, code/ours.py (reinit_score, reinit, purity_score, main)'

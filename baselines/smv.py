@@ -18,8 +18,8 @@ zeroing the *other* modality's features (so the copies train m alone). ``smv.lev
 ``part_ratio`` subset drawn with replacement (the code's ``np.random.choice``), takes gap_m = 1 - mean(phi_m) and adds
 int(d * N) copies of rows drawn with replacement, d = |gap_a - gap_v| * 2/3 * alpha (``linear``; ``tanh`` and
 ``square`` as in the dataset class), all flagged to zero the modality with the smaller gap. The expanded row list is
-rebuilt from the original rows every epoch (``BatchLoader.set_rows``, extra key ``zero_modality``: 0 = none, i+1 =
-zero modality i's features) and the effective sample count is logged as ``smv_samples``.
+rebuilt from the original rows every epoch (``select_rows``, extra key ``zero_modality``: 0 = none, i+1 = zero
+modality i's features), every expanded row is trained once per epoch, and their count is logged as ``smv_samples``.
 
 Cost: one no-grad pass (three head evaluations) over the training rows per epoch after warm-up (modality level:
 over the subset only); at sample level an epoch grows to at most 7x the rows (6 extra copies per row).
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from baselines.base import FusionMethod, Loaders, StepInfo, TrainContext
+from baselines.base import FusionMethod, Loaders, RowSelection, StepInfo, TrainContext
 from baselines.hparams import HParam, HParams
 from baselines.registry import register
 from datasets.base import Batch, BatchLoader, TaskSpec, seed_for
@@ -103,6 +103,7 @@ class SMV(FusionMethod):
             'code/modality_level.py (execute_modulation), code/datasets/dataloader.py')
     HEAD = "concat"
     MODALITIES = (2,)
+    DATA_PARALLEL = "exact"  # valuation passes see every row with the same model; batch-mean loss
     HPARAMS = (
         HParam("level", "sample", "'sample' (sample_level.py, the AUG row) or 'modality' (modality_level.py).",
                choices=("sample", "modality")),
@@ -136,13 +137,12 @@ class SMV(FusionMethod):
         self.model.train()
         return shapley_contributions(*(np.concatenate(correct[k]) for k in ("full", first, second)))
 
-    def on_epoch_start(self, epoch: int, loaders: Loaders) -> None:
+    def select_rows(self, epoch: int, loaders: Loaders) -> RowSelection | None:
         train = loaders.train
-        if epoch < self.hp.warmup:
-            train.reset_rows()
-            self._diag = {"smv_samples": float(train.num_samples)}
-            return
         rows = train.base_rows
+        if epoch < self.hp.warmup:
+            self._diag = {"smv_samples": float(len(rows))}
+            return None
         if self.hp.level == "sample":
             phi_first, phi_second = self.valuate(train, rows)
             new_rows, codes = sample_level_rows(rows, phi_first, phi_second)
@@ -154,10 +154,10 @@ class SMV(FusionMethod):
             phi_first, phi_second = phi_u[0][inverse], phi_u[1][inverse]
             new_rows, codes = modality_level_rows(rows, float(phi_first.mean()), float(phi_second.mean()),
                                                   self.hp.modality_alpha, self.hp.modality_func, rng)
-        train.set_rows(new_rows, extras={"zero_modality": codes})
         first, second = self.modalities
         self._diag = {"smv_samples": float(len(new_rows)), f"smv_phi_{first}": float(phi_first.mean()),
                       f"smv_phi_{second}": float(phi_second.mean())}
+        return RowSelection(new_rows, {"zero_modality": codes})
 
     def update(self, batch: Batch, step: StepInfo) -> dict[str, float]:
         with self.ctx.autocast():

@@ -13,6 +13,7 @@ from baselines.registry import register
 class Sum(FusionMethod):
     name = "sum"
     title = "Sum"
+    DATA_PARALLEL = "exact"  # batch-mean CE of per-sample outputs: averaged gradients are the global batch's
     PAPER = 'Yang, Wang, Zhan, Xiong, Jiang, "Comprehensive Semi-Supervised Multi-Modal Learning", IJCAI 2019'
     CODE = 'GitHub GeWu-Lab/OGM-GE_CVPR2022, models/fusion_modules.py, SumFusion'
     HEAD = "sum"

@@ -59,6 +59,7 @@ class Teacher(nn.Module):
 class UMT(FusionMethod):
     name = "umt"
     title = "UMT"
+    DATA_PARALLEL = "exact"  # teachers trained on every rank over the whole split in global batches
     PAPER = ('Chenzhuang Du et al., "On Uni-Modal Feature Learning in Supervised Multi-Modal Learning", ICML 2023 '
              '(citation details unverified)')
     CODE = ('BalanceBenchmark (GitHub GeWu-Lab/BalanceBenchmark @4909c17), balancemm/trainer/UMT_trainer.py, '

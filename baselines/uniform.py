@@ -42,6 +42,7 @@ class Uniform(FusionMethod):
 
     name = "uniform"
     title = "Uniform (CE + unimodal CEs)"
+    DATA_PARALLEL = "exact"  # sum of batch-mean CEs of per-sample outputs: global batch's gradients
     PAPER = ('Yake Wei, Di Hu, "MMPareto: Boosting Multimodal Learning with Innocent Unimodal Assistance", ICML 2024, '
              'arXiv 2405.17730 (uniform baseline)')
     CODE = "GitHub GeWu-Lab/MMPareto_ICML2024, code/uniform_baseline.py, train_epoch"

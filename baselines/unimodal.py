@@ -19,6 +19,7 @@ from baselines.registry import register
 class Unimodal(Method):
     name = "unimodal"
     title = "Unimodal"
+    DATA_PARALLEL = "exact"  # batch-mean CE of per-sample outputs: averaged gradients are the global batch's
     PAPER = 'Unimodal baseline (methods.md §4.0)'
     CODE = '-'
     MODALITIES = (1, 2, 3)

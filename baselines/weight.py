@@ -12,6 +12,7 @@ from baselines.registry import register
 class Weight(FusionMethod):
     name = "weight"
     title = "Weight (learned scalar, ours)"
+    DATA_PARALLEL = "exact"  # batch-mean CE of per-sample outputs: averaged gradients are the global batch's
     PAPER = 'Yang et al., IJCAI 2019 (as cited by AUG); weight form is the project placeholder'
     CODE = 'none (project placeholder weight_learned_scalar)'
     HEAD = "weight"

@@ -6,8 +6,11 @@ Methods own their optimizer steps (several per batch for AUG and MLA, gradient e
 - every optimizer built by ``TrainContext.make_optimizer`` gets a *step pre-hook* (``average_gradients``) that
   averages the gradients of all its parameter groups across ranks right before each ``step()``: it covers
   parameter groups added later (AUG's learners) and any number of steps per batch;
-- the training loader gives each rank a disjoint, equal-sized slice of the same seeded permutation, with
-  ``train.batch_size / world_size`` samples per rank and step, so one step sees ``train.batch_size`` samples in all;
+- the training loader serves each rank an equal part of every global batch of the same seeded order (a method's
+  row selection included), ``train.batch_size / world_size`` samples per rank and step, so step i sees exactly the
+  ``train.batch_size`` samples of a single process's batch i; the runner checks that every rank selected the same
+  rows. A method's extra passes over the training loader (``extra_pass``) are sharded the same way, while its
+  private passes (``derived``) are not: every rank makes the whole pass, in global batches by default;
 - rank 0's initial parameters and buffers are broadcast to every rank; before each evaluation the BatchNorm running
   statistics are averaged over ranks (the other tensors are broadcast from rank 0), and after every epoch's
   ``on_epoch_end`` everything is broadcast from rank 0 again (method buffers follow rank 0, and a method whose epoch
@@ -31,6 +34,10 @@ of each epoch's permutation are left out. Methods whose epoch hooks take data-de
 ``loaders.train`` see only their rank's slice; ``TrainContext.all_reduce_sum`` lets such a method agree across ranks
 (it is the identity in a single process).
 
+Every method declares how far this holds for it (``Method.DATA_PARALLEL``): ``exact`` (tested on two gloo ranks
+against the single-process steps, ``tests/test_distributed_methods.py``), ``approximate`` or ``unsupported`` (the
+runner refuses it under torchrun); ``summary.json`` records the level.
+
 Launch: ``torchrun --nproc_per_node 2 -m benchmarks train ...`` (or ``augbench sweep --gpus-per-run 2``). The process
 group is initialised from ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (+ ``MASTER_ADDR``/``MASTER_PORT``): NCCL on CUDA,
 gloo on CPU.
@@ -44,6 +51,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -107,6 +115,21 @@ class DistContext:
                     tensor.data /= self.world_size
                 else:
                     dist.broadcast(tensor.data, src=0)
+
+    def check_same_rows(self, rows: np.ndarray) -> None:
+        """Raise ``RankDivergenceError`` unless every rank serves the same training rows this epoch (a method's
+        ``select_rows`` decided from data only one rank saw); different epoch lengths would deadlock."""
+        if not self.enabled:
+            return
+        rows = np.asarray(rows, dtype=np.int64)
+        mixed = int((rows * (np.arange(len(rows)) % 7919 + 1)).sum() % (1 << 61))
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+        stats = torch.tensor([len(rows), mixed], dtype=torch.int64, device=device)
+        both = torch.cat([stats, -stats])
+        dist.all_reduce(both, op=dist.ReduceOp.MAX)
+        if both[:2].tolist() != (-both[2:]).tolist():
+            raise RankDivergenceError(f"ranks select different training rows this epoch (this rank: {len(rows)} "
+                                      "rows); decide the selection from statistics every rank shares")
 
     def barrier(self) -> None:
         if self.enabled:

@@ -1,7 +1,8 @@
 """The one training/evaluation loop. Methods own their steps; this module owns data, schedule, evaluation,
 checkpoints, resume and logging, and never branches on a method's name.
 
-Per epoch: set the LR factor on every optimizer group -> ``on_epoch_start`` -> ``update`` per training batch ->
+Per epoch: set the LR factor on every optimizer group -> ``on_epoch_start`` -> ``select_rows`` (served by the
+training loader, which sizes the epoch) -> ``update`` per training batch ->
 evaluate val and test (fused + per-modality) -> ``on_epoch_end`` (may grow the model) -> checkpoint -> log.
 A run directory holds ``config.yaml``, ``metrics.jsonl`` (one line per finished epoch), ``checkpoint.pt``,
 ``summary.json`` and ``DONE``. The checkpoint carries the model, optimizers, RNG states and the epoch history, so a
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from baselines.base import Loaders, Method, StepInfo, TrainContext
+from baselines.base import Loaders, Method, RowSelection, StepInfo, TrainContext
 from baselines.networks import compile_encoders
 from baselines.registry import get_method
 from benchmarks.config import RunConfig
@@ -83,6 +84,7 @@ def evaluate(method: Method, loader: BatchLoader, num_classes: int) -> dict[str,
     method.eval()
     fused, labels, seen = [], [], []
     per_modality: dict[str, list[torch.Tensor]] = defaultdict(list)
+    alternatives: dict[str, list[torch.Tensor]] = defaultdict(list)
     for batch in loader:
         pred = method.predict(batch)
         fused.append(pred.fused.cpu())
@@ -90,6 +92,8 @@ def evaluate(method: Method, loader: BatchLoader, num_classes: int) -> dict[str,
         seen.append(batch["index"].cpu())
         for m, z in pred.per_modality.items():
             per_modality[m].append(z.cpu())
+        for name, z in pred.alternatives.items():
+            alternatives[name].append(z.cpu())
     seen_rows = torch.cat(seen)
     if len(seen_rows) != loader.num_samples or len(torch.unique(seen_rows)) != loader.num_samples:
         raise RuntimeError(f"evaluation saw {len(seen_rows)} rows ({len(torch.unique(seen_rows))} unique) of "
@@ -98,6 +102,9 @@ def evaluate(method: Method, loader: BatchLoader, num_classes: int) -> dict[str,
     out = classification_metrics(torch.cat(fused), y, num_classes)
     out["per_modality"] = {m: classification_metrics(torch.cat(z), y, num_classes) for m, z in
                            per_modality.items()}
+    if alternatives:
+        out["alternatives"] = {k: classification_metrics(torch.cat(z), y, num_classes) for k, z in
+                               alternatives.items()}
     out["n"] = int(len(y))
     return out
 
@@ -154,6 +161,24 @@ def make_loaders(cfg: RunConfig, bundle: DataBundle, device: torch.device, rank:
     return Loaders(train, val, test)
 
 
+def apply_selection(train: BatchLoader, selection: RowSelection | None) -> None:
+    """Serve a method's ``select_rows`` for this epoch (None: every training row, shuffled)."""
+    if selection is None:
+        train._serve()
+    elif isinstance(selection, RowSelection):
+        train._serve(selection.rows, selection.extras, selection.shuffle)
+    else:
+        raise TypeError(f"select_rows must return a RowSelection or None, got {type(selection).__name__}")
+
+
+def check_data_parallel(method: str, world_size: int) -> None:
+    """Refuse a method whose ``DATA_PARALLEL`` is ``unsupported`` under torchrun."""
+    level = get_method(method).DATA_PARALLEL
+    if world_size > 1 and level == "unsupported":
+        raise RuntimeError(f"method {method!r} declares DATA_PARALLEL = 'unsupported' (see its class); run it in one "
+                           f"process instead of torchrun with {world_size} processes")
+
+
 def _mean_logs(logs: list[dict[str, float]]) -> dict[str, float]:
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
@@ -207,6 +232,7 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
         run_dir.mkdir(parents=True, exist_ok=True)
         write_yaml(run_dir / "config.yaml", cfg.as_dict())
 
+    check_data_parallel(cfg.method, ddp.world_size)
     device = ddp.device(select_device(cfg.train.device))
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     bundle = build_data(cfg)
@@ -228,7 +254,6 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
 
     sink = WandbSink(resolve_wandb_mode(wandb_mode), run_dir, cfg.as_dict(), cfg.run_name(), group=wandb_group)
     epochs, max_steps = cfg.train.epochs, cfg.train.max_steps_per_epoch
-    steps = len(loaders.train) if not max_steps else min(max_steps, len(loaders.train))
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
         factor = lr_factor(epoch, cfg.train.lr_milestones, cfg.train.lr_gamma)
@@ -236,9 +261,13 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
         for loader in (loaders.train, loaders.val, loaders.test):
             if loader is not None:
                 loader.set_epoch(epoch)
+        loaders.train._serve()  # epoch hooks see the split's rows, not last epoch's selection
         method.train()
         method.on_epoch_start(epoch, loaders)
+        apply_selection(loaders.train, method.select_rows(epoch, loaders))
+        ddp.check_same_rows(loaders.train.rows)
         method.train()
+        steps = len(loaders.train) if not max_steps else min(max_steps, len(loaders.train))
         logs = []
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False,
                    file=sys.stderr)
@@ -273,7 +302,7 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
 
     summary = {"method": cfg.method, "dataset": cfg.dataset, "seed": cfg.train.seed, "epochs": epochs,
                "config_hash": cfg.digest(), "protocols": select_protocols(history),
-               "wall_time_s": elapsed, "env": environment(device)}
+               "data_parallel": type(method).DATA_PARALLEL, "wall_time_s": elapsed, "env": environment(device)}
     if ddp.enabled:
         summary["world_size"] = ddp.world_size
     if ddp.is_main:

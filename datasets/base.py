@@ -82,8 +82,9 @@ class BatchLoader:
     """Iterates one split in batches of whole-array slices.
 
     Training loaders shuffle with a generator seeded by ``(seed, epoch)``; evaluation loaders visit every row exactly
-    once, in order, and never drop the last partial batch. ``set_rows`` lets a method resample the epoch (sample-level
-    valuation): it replaces the row list and may attach per-row extras that are served under their own batch keys.
+    once, in order, and never drop the last partial batch. The runner alone may replace a training loader's rows for
+    one epoch (``_serve``, applying a method's ``select_rows``): any rows with repeats, per-row extras served under
+    their own batch keys, shuffled or in the given order. ``rows``, ``extras`` and ``shuffle`` are read-only views.
     ``prefetch`` > 0 prepares up to that many batches ahead in a background thread while the caller trains on the
     current one; the batches and their order are exactly those of the single-thread loader.
     """
@@ -96,8 +97,9 @@ class BatchLoader:
         if not train and drop_last:
             raise ValueError("drop_last is only allowed for training loaders: evaluation must see every sample")
         self.base_rows = np.asarray(rows, dtype=np.int64)
-        self.rows = self.base_rows
-        self.extras: dict[str, np.ndarray] = {}
+        self._rows = self.base_rows
+        self._extras: dict[str, np.ndarray] = {}
+        self._shuffle = True
         self.labels = np.asarray(labels, dtype=np.int64)
         self.gather = gather
         self.batch_size = batch_size
@@ -115,22 +117,49 @@ class BatchLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def set_rows(self, rows: np.ndarray, extras: Mapping[str, np.ndarray] | None = None) -> None:
-        rows = np.asarray(rows, dtype=np.int64)
+    @property
+    def rows(self) -> np.ndarray:
+        """The dataset rows served this epoch (the split's rows unless the runner applied a selection)."""
+        return self._rows
+
+    @property
+    def extras(self) -> Mapping[str, np.ndarray]:
+        return dict(self._extras)
+
+    @property
+    def shuffle(self) -> bool:
+        return self._shuffle
+
+    def _serve(self, rows: np.ndarray | None = None, extras: Mapping[str, np.ndarray] | None = None,
+               shuffle: bool = True) -> None:
+        """Runner only: serve ``rows`` (None: the split's rows) with per-row ``extras``, shuffled or in order."""
+        if rows is None:
+            if extras:
+                raise ValueError("extras need rows to attach to")
+            self._rows, self._extras, self._shuffle = self.base_rows, {}, shuffle
+            return
+        rows = np.asarray(rows)
+        if rows.ndim != 1 or (rows.size and not np.issubdtype(rows.dtype, np.integer)):
+            raise ValueError(f"selected rows must be a 1-D integer array, got shape {rows.shape} dtype {rows.dtype}")
+        rows = rows.astype(np.int64)
+        unknown = np.setdiff1d(rows, self.base_rows)
+        if unknown.size:
+            raise ValueError(f"selected rows {unknown[:5].tolist()} are not rows of this split")
         extras = {k: np.asarray(v) for k, v in (extras or {}).items()}
         for key, values in extras.items():
+            if key in ("label", "index") or key.startswith("_"):
+                raise ValueError(f"extra {key!r} would overwrite a batch key the loader owns")
             if len(values) != len(rows):
                 raise ValueError(f"extra {key!r} has {len(values)} entries for {len(rows)} rows")
-        self.rows, self.extras = rows, extras
-
-    def reset_rows(self) -> None:
-        self.rows, self.extras = self.base_rows, {}
+        self._rows, self._extras, self._shuffle = rows, extras, shuffle
 
     def set_shard(self, rank: int, world_size: int) -> None:
-        """Data-parallel training: serve this rank's slice of every epoch's permutation.
+        """Data-parallel training: serve this rank's part of every global batch.
 
-        All ranks draw the same seeded permutation; rank r takes positions [r*n, (r+1)*n) with
-        n = len(rows) // world_size, so slices are disjoint and every rank runs the same number of batches.
+        All ranks draw the same seeded order; global batch i is positions [i*G, (i+1)*G) of it with G =
+        batch_size * world_size, exactly the batch one process with batch size G serves, and rank r takes the r-th
+        of its W equal parts. The n mod W positions left over at the end are not served, so every rank runs the
+        same number of batches.
         """
         if not self.train:
             raise ValueError("only training loaders are sharded: every rank evaluates the full split")
@@ -139,16 +168,32 @@ class BatchLoader:
         self.rank, self.world_size = rank, world_size
 
     def _served(self) -> int:
-        n = len(self.rows)
+        n = len(self._rows)
         return n // self.world_size if self.world_size > 1 else n
+
+    def _order(self) -> np.ndarray:
+        """Positions into ``rows`` that this rank serves, in serving order."""
+        n = len(self._rows)
+        order = np.arange(n)
+        if self.train and self._shuffle:
+            order = torch.randperm(n, generator=self.generator("shuffle")).numpy()
+        if self.world_size == 1:
+            return order
+        w, b, per_rank = self.world_size, self.batch_size, self._served()
+        full = per_rank // b
+        head = order[:full * b * w].reshape(full, w, b)[:, self.rank].reshape(-1)
+        tail = order[full * b * w:per_rank * w].reshape(w, -1)[self.rank]
+        return np.concatenate([head, tail])
 
     def derived(self, rows: np.ndarray | None = None, *, train: bool = False, batch_size: int | None = None,
                 seed: int | None = None) -> "BatchLoader":
         """A loader over the same arrays for a method's own pass: by default every row of this split once, in order,
         with evaluation transforms (feature passes for valuation, diagnosis, effective dimensions); with
-        ``train=True`` and its own ``seed``, a private shuffled training pass (teachers, pre-training)."""
+        ``train=True`` and its own ``seed``, a private shuffled training pass (teachers, pre-training). It is never
+        sharded: under data parallelism every rank makes the whole pass, by default in global batches (this
+        loader's batch size times the number of ranks), so every rank takes the single-process steps."""
         return BatchLoader(self.base_rows if rows is None else rows, self.labels, self.gather,
-                           batch_size=batch_size or self.batch_size, train=train,
+                           batch_size=batch_size or self.batch_size * self.world_size, train=train,
                            seed=self.seed if seed is None else seed, device=self.device, augment=self.augment)
 
     def extra_pass(self, tag: int, max_steps: int = 0) -> Iterator[Batch]:
@@ -166,7 +211,7 @@ class BatchLoader:
 
     @property
     def num_samples(self) -> int:
-        return len(self.rows)
+        return len(self._rows)
 
     def __len__(self) -> int:
         n = self._served()
@@ -181,23 +226,18 @@ class BatchLoader:
         return self._batches()
 
     def _batches(self) -> Iterator[Batch]:
-        order = np.arange(len(self.rows))
-        if self.train:
-            order = torch.randperm(len(self.rows), generator=self.generator("shuffle")).numpy()
-            if self.world_size > 1:
-                per_rank = self._served()
-                order = order[self.rank * per_rank:(self.rank + 1) * per_rank]
+        order = self._order()
         aug_gen = self.generator("augment")
         pin = self.device.type == "cuda"
         for start in range(0, len(self), 1):
             pos = order[start * self.batch_size:(start + 1) * self.batch_size]
             # Sorted positions read memory-mapped arrays front to back; the batch content is the same set.
             pos = np.sort(pos)
-            rows = self.rows[pos]
+            rows = self._rows[pos]
             batch = self.gather(rows)
             batch["label"] = torch.from_numpy(self.labels[rows])
             batch["index"] = torch.from_numpy(rows)
-            for key, values in self.extras.items():
+            for key, values in self._extras.items():
                 batch[key] = torch.as_tensor(values[pos])
             batch = {k: v if k.startswith("_") else (v.pin_memory() if pin else v).to(self.device, non_blocking=pin)
                      for k, v in batch.items()}

@@ -88,8 +88,9 @@ def test_lfm_learnable_removes_the_holdout_and_predicts_the_half_sum(tiny_bundle
     method.train()
     method.on_epoch_start(0, loaders)
     _, held = method.holdout_rows(loaders.train)
-    assert loaders.train.num_samples == 64 - 16
-    assert not np.isin(held, loaders.train.rows).any()
+    selection = method.select_rows(0, loaders)
+    assert len(selection.rows) == 64 - 16 and selection.shuffle and not selection.extras
+    assert not np.isin(held, selection.rows).any()
     assert 0.05 <= float(method.alpha_align) <= 0.95 and float(method.alpha_align) != 0.95
     method.eval()
     batch = first_batch(tiny_bundle)
@@ -131,9 +132,10 @@ def test_smv_resamples_the_loader_and_zeroes_flagged_features(tiny_bundle):
     loaders = loaders_for(tiny_bundle)
     method.train()
     method.on_epoch_start(0, loaders)
-    codes = loaders.train.extras["zero_modality"]
-    assert loaders.train.num_samples == len(codes) > 64 and (codes[:64] == 0).all()
-    assert method.on_epoch_end(0, loaders)["smv_samples"] == loaders.train.num_samples
+    selection = method.select_rows(0, loaders)
+    codes = selection.extras["zero_modality"]
+    assert len(selection.rows) == len(codes) > 64 and (codes[:64] == 0).all()
+    assert method.on_epoch_end(0, loaders)["smv_samples"] == len(selection.rows)
     batch = first_batch(tiny_bundle)
     batch["zero_modality"] = torch.ones(len(batch["label"]), dtype=torch.long)  # zero audio on every row
     method.update(batch, StepInfo(0, 0, 1, 2))

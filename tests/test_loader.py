@@ -46,16 +46,29 @@ def test_batches_carry_matching_labels_and_data():
         assert torch.equal(batch["label"], batch["index"] % 3)
 
 
-def test_set_rows_resamples_and_serves_extras():
+def test_served_selection_repeats_rows_and_serves_extras():
     ld = loader(8, train=True)
     rows = np.concatenate([np.arange(N), np.arange(10)])
-    ld.set_rows(rows, extras={"zero_modality": np.r_[np.zeros(N), np.ones(10)].astype(np.int64)})
+    ld._serve(rows, extras={"zero_modality": np.r_[np.zeros(N), np.ones(10)].astype(np.int64)})
     batches = list(ld)
-    assert sum(len(b["index"]) for b in batches) == N + 10
+    assert sum(len(b["index"]) for b in batches) == N + 10 and len(ld) == -(-(N + 10) // 8)
     flagged = torch.cat([b["index"][b["zero_modality"] == 1] for b in batches])
     assert sorted(flagged.tolist()) == list(range(10))
-    ld.reset_rows()
+    ld._serve()
     assert ld.num_samples == N and "zero_modality" not in next(iter(ld))
+
+
+def test_selection_api_is_read_only_and_checks_its_input():
+    ld = loader(8, train=True)
+    assert not hasattr(ld, "set_rows") and not hasattr(ld, "reset_rows")
+    with pytest.raises(AttributeError):
+        ld.rows = np.arange(3)
+    with pytest.raises(ValueError, match=r"\[100\] are not rows"):
+        ld._serve(np.array([1, 100]))
+    with pytest.raises(ValueError, match="'zero_modality' has 1 entries for 2 rows"):
+        ld._serve(np.array([1, 2]), extras={"zero_modality": np.zeros(1)})
+    with pytest.raises(ValueError, match="'index'"):
+        ld._serve(np.array([1, 2]), extras={"index": np.zeros(2)})
 
 
 def test_stratified_holdout_is_per_class_and_seeded():
@@ -68,12 +81,12 @@ def test_stratified_holdout_is_per_class_and_seeded():
 
 def test_derived_pass_is_in_order_over_the_whole_split_and_extra_pass_restores_the_epoch():
     ld = loader(16, train=True)
-    ld.set_rows(np.arange(10))
+    ld._serve(np.arange(10))
     ordered = torch.cat([b["index"] for b in ld.derived(batch_size=7)])
     assert ordered.tolist() == list(range(N)), "derived() covers base rows in order, not the resampled ones"
     private = ld.derived(train=True, seed=123)
     assert [b["index"].tolist() for b in private] != [b["index"].tolist() for b in loader(16, train=True)]
-    ld.reset_rows()
+    ld._serve()
     ld.set_epoch(5)
     tagged = [b["index"].tolist() for b in ld.extra_pass(-1, max_steps=2)]
     assert len(tagged) == 2 and ld.epoch == 5

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 from pathlib import Path
 
 import pytest
 
-from baselines.base import Method
+from baselines.base import DATA_PARALLEL_LEVELS, Method
 from baselines.hparams import HParamError
 from baselines.registry import METHOD_MODULES, UnknownMethodError, get_method, list_methods, register
 from benchmarks.config import build_config
@@ -73,3 +74,29 @@ def test_unknown_hparam_key_and_namespace_fail_clearly():
         build_config("joint", "synthetic", {"ogm_ge": {"alpha": 0.8}})
     with pytest.raises(HParamError, match="unimodal.nope"):
         build_config("unimodal", "synthetic", {"unimodal": {"nope": 1}})
+
+
+@pytest.mark.parametrize("name", sorted(list_methods()))
+def test_every_method_declares_its_data_parallel_level_with_a_reason(name):
+    cls = list_methods()[name]
+    assert vars(cls).get("DATA_PARALLEL") in DATA_PARALLEL_LEVELS, f"{name} does not declare DATA_PARALLEL itself"
+    source = inspect.getsource(cls)
+    declared = re.search(r'^ +DATA_PARALLEL = "(\w+)" +# (.{10,})$', source, re.M)
+    assert declared and declared.group(1) == cls.DATA_PARALLEL, f"{name}: no one-line reason beside DATA_PARALLEL"
+
+
+def test_register_refuses_a_method_without_a_data_parallel_level():
+    class Undeclared(Method):
+        name = "undeclared_method"
+
+    class Inheriting(list_methods()["joint"]):
+        name = "inheriting_method"
+
+    class Misspelled(Method):
+        name = "misspelled_method"
+        DATA_PARALLEL = "exactly"
+
+    for cls in (Undeclared, Inheriting, Misspelled):
+        with pytest.raises(ValueError, match=f"{cls.name}.*must declare DATA_PARALLEL as one of"):
+            register(cls)
+        assert cls.name not in list_methods()
