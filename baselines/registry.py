@@ -47,6 +47,8 @@ METHOD_MODULES = (
     "baselines.arl",
     "baselines.iprm",
     "baselines.midas",
+    "baselines.remix",
+    "baselines.bss",
 )
 
 _METHODS: dict[str, type[Method]] = {}

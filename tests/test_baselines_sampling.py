@@ -1,0 +1,271 @@
+"""Crafted-tensor checks of the sample-selection methods: Data Remixing (remix) and BSS (bss).
+
+``select_rows`` is tested directly (the runner applies its ``RowSelection``); ``update`` separately, on batches that
+carry the per-row extras a selection would add.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from baselines.base import Loaders, StepInfo
+from baselines.bss import (curriculum_order, pacing, pairwise_similarity, sample_losses, sampling_probabilities,
+                           weighted_permutation)
+from baselines.hparams import resolve
+from baselines.registry import get_method
+from baselines.remix import EXTRA_KEY, decouple, kl_to_uniform, remix_loss, remix_sequence
+from benchmarks.config import method_hparams
+from tests.conftest import first_batch, make_context
+
+
+def build(name: str, bundle, epochs: int = 2, dataset: str | None = None, **overrides):
+    torch.manual_seed(0)
+    cls = get_method(name)
+    hp = resolve(name, method_hparams(cls), dataset or bundle.task.dataset, overrides, variants=cls.VARIANTS)
+    return cls(bundle.task, hp, make_context(epochs=epochs))
+
+
+def loaders_for(bundle) -> Loaders:
+    return Loaders(bundle.loader("train", batch_size=16, train=True, seed=0),
+                   bundle.loader("val", batch_size=32, train=False, seed=0),
+                   bundle.loader("test", batch_size=32, train=False, seed=0))
+
+
+def step_at(epoch: int) -> StepInfo:
+    return StepInfo(epoch=epoch, step=0, steps_per_epoch=4, epochs=epoch + 2)
+
+
+# --- Data Remixing ----------------------------------------------------------------------------------------------------
+
+def test_remix_kl_to_uniform_in_bits_with_clipped_zeros():
+    probs = np.array([[0.25, 0.25, 0.25, 0.25], [1.0, 0.0, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0]])
+    clipped_term = 1e-9 * math.log2(4e-9)  # each zero becomes 1e-9 and still contributes
+    expected = np.array([0.0, 2.0 + 3 * clipped_term, 1.0 + 2 * clipped_term])
+    np.testing.assert_allclose(kl_to_uniform(probs), expected, rtol=0, atol=1e-15)
+
+
+def test_remix_decouple_sends_rows_to_the_less_confident_modality_ties_to_the_second():
+    kl_first = np.array([0.1, 0.9, 0.5, 0.0])
+    kl_second = np.array([0.4, 0.2, 0.5, 0.0])
+    np.testing.assert_array_equal(decouple(kl_first, kl_second), [0, 1, 1, 1])
+
+
+def test_remix_sequence_serves_the_second_subset_first_each_row_once():
+    rows = np.array([10, 11, 12, 13, 14, 15])
+    assigned = np.array([0, 1, 0, 1, 1, 0])
+    sequence, codes = remix_sequence(rows, assigned, np.random.default_rng(0))
+    np.testing.assert_array_equal(codes, [1, 1, 1, 0, 0, 0])
+    assert sorted(sequence[:3]) == [11, 13, 14] and sorted(sequence[3:]) == [10, 12, 15]
+
+
+def test_remix_loss_weights_only_the_rows_own_modality():
+    # Row 0 trains audio (gamma 2), row 1 video (gamma 0.5); the 100s are the other modality's logits and must not
+    # count. CE(z) = ln 2 for both rows, each own unimodal CE = ln(4/3).
+    z = torch.zeros(2, 2)
+    z_uni = {"audio": torch.tensor([[math.log(3.0), 0.0], [100.0, 0.0]]),
+             "visual": torch.tensor([[0.0, 100.0], [0.0, math.log(3.0)]])}
+    labels, codes = torch.tensor([0, 1]), torch.tensor([0, 1])
+    loss = remix_loss(z, z_uni, labels, codes, [2.0, 0.5])
+    expected = torch.tensor(math.log(2.0) + (2.0 + 0.5) * math.log(4.0 / 3.0) / 2)
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_remix_assign_uses_the_unimodal_heads_of_an_eval_pass(tiny_bundle):
+    method = build("remix", tiny_bundle, warmup=0)
+    loaders = loaders_for(tiny_bundle)
+    batch = next(iter(loaders.train.derived(batch_size=len(loaders.train.base_rows))))
+    audio_head = method.model.head.uni["audio"]
+    for _ in range(12):  # sharpen the audio head until the rows split between the modalities
+        method.eval()
+        with torch.no_grad():
+            _, _, z_uni = method.model(method.inputs(batch))
+        kl = {m: kl_to_uniform(torch.softmax(z, dim=1).numpy()) for m, z in z_uni.items()}
+        expected = np.where(kl["audio"] < kl["visual"], 0, 1)
+        if 0 < expected.sum() < len(expected):
+            break
+        with torch.no_grad():
+            audio_head.weight.mul_(2.0)
+            audio_head.bias.mul_(2.0)
+    assert 0 < expected.sum() < len(expected), "a one-sided split would not test the comparison"
+    method.train()
+    np.testing.assert_array_equal(method.assign(loaders), expected)
+    assert method.model.training, "the pass must hand the model back in training mode"
+
+
+def test_remix_select_rows_none_in_warmup_then_one_ordered_epoch(tiny_bundle, monkeypatch):
+    method = build("remix", tiny_bundle, warmup=2)
+    loaders = loaders_for(tiny_bundle)
+    rows = loaders.train.base_rows
+    assert method.select_rows(1, loaders) is None
+    assigned = (np.arange(len(rows)) % 3 == 0).astype(np.int64) ^ 1  # every third row to audio (0), rest to visual
+    monkeypatch.setattr(method, "assign", lambda _loaders: assigned)
+    selection = method.select_rows(2, loaders)
+    assert selection.shuffle is False
+    codes = selection.extras[EXTRA_KEY]
+    n_visual = int((assigned == 1).sum())
+    np.testing.assert_array_equal(codes, [1] * n_visual + [0] * (len(rows) - n_visual))
+    np.testing.assert_array_equal(np.sort(selection.rows), np.sort(rows))
+    np.testing.assert_array_equal(np.sort(selection.rows[n_visual:]), np.sort(rows[assigned == 0]))
+    again = method.select_rows(2, loaders)
+    np.testing.assert_array_equal(again.rows, selection.rows)  # seeded by (seed, epoch): a resume redraws it
+    assert method.on_epoch_end(2, loaders) == {"remix_rows_audio": float(len(rows) - n_visual),
+                                               "remix_rows_visual": float(n_visual)}
+
+
+def test_remix_update_trains_only_the_assigned_modality(tiny_bundle):
+    method = build("remix", tiny_bundle, warmup=1)
+    batch = first_batch(tiny_bundle)
+    batch[EXTRA_KEY] = torch.zeros(len(batch["label"]), dtype=torch.int64)  # every row trains audio
+    method.update(batch, step_at(1))
+    visual = [p.grad for p in method.model.encoders["visual"].parameters()] + \
+             [p.grad for p in method.model.head.uni["visual"].parameters()]
+    assert all(g is not None and torch.count_nonzero(g) == 0 for g in visual)
+    audio = [p.grad for p in method.model.encoders["audio"].parameters() if p.grad is not None]
+    assert audio and any(torch.count_nonzero(g) > 0 for g in audio)
+
+
+def test_remix_update_past_warmup_without_the_selection_is_an_error(tiny_bundle):
+    method = build("remix", tiny_bundle, warmup=1)
+    with pytest.raises(KeyError, match="remix_modality"):
+        method.update(first_batch(tiny_bundle), step_at(1))
+
+
+def test_remix_rejects_weights_for_the_wrong_number_of_modalities(tiny_bundle):
+    with pytest.raises(ValueError, match="remix.warmup_weights"):
+        build("remix", tiny_bundle, warmup_weights=[0.5])
+
+
+# --- BSS --------------------------------------------------------------------------------------------------------------
+
+def test_bss_similarity_of_softmaxed_unimodal_predictions():
+    logits = lambda rows: torch.tensor(rows).log()  # noqa: E731 - softmax(log p) == p
+    a = logits([[1.0, 0.0], [0.5, 0.5], [0.25, 0.75]])
+    v = logits([[0.0, 1.0], [1.0, 0.0], [0.25, 0.75]])
+    sim = pairwise_similarity({"audio": a, "visual": v})
+    torch.testing.assert_close(sim, torch.tensor([0.0, math.sqrt(0.5), 1.0]), rtol=1e-6, atol=1e-6)
+    # Three modalities: the mean over the three pairs, here (0 + 1 + 0) / 3.
+    three = pairwise_similarity({"a": a[:1], "b": v[:1], "c": v[:1]})
+    torch.testing.assert_close(three, torch.tensor([1.0 / 3.0]), rtol=1e-6, atol=1e-6)
+
+
+def test_bss_sample_loss_weights_fused_and_unimodal_terms():
+    z = torch.zeros(1, 2)                                            # CE ln 2
+    z_uni = {"audio": torch.tensor([[math.log(3.0), 0.0]]),          # CE ln(4/3)
+             "visual": torch.tensor([[0.0, math.log(3.0)]])}         # CE ln 4
+    loss = sample_losses(z, z_uni, torch.tensor([0]), 0.1, 0.9)
+    expected = torch.tensor([0.1 * math.log(2.0) + 0.9 * (math.log(4.0 / 3.0) + math.log(4.0))])
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
+
+
+SIM = np.array([0.2, 1.0, 0.6, 0.2])
+LOSS = np.array([1.0, 0.0, 0.5, 3.0])  # normalised: sim (0, 1, .5, 0), loss (1/3, 0, 1/6, 1)
+
+
+def test_bss_curriculum_orders_balanced_low_loss_first():
+    # d = (1 - sim_n) + loss_n = (4/3, 0, 2/3, 2).
+    np.testing.assert_array_equal(curriculum_order(SIM, LOSS), [1, 2, 0, 3])
+
+
+def test_bss_root_pacing_function():
+    assert pacing(0, 0.1, 40) == pytest.approx(math.sqrt(0.99 / 40 + 0.01), rel=1e-12)
+    assert pacing(19, 0.1, 40) == pytest.approx(math.sqrt(0.505), rel=1e-12)
+    assert pacing(39, 0.1, 40) == 1.0 and pacing(100, 0.1, 40) == 1.0
+
+
+def test_bss_sampling_probabilities_hand_values():
+    # s = loss_n - sim_n = (1/3, -1, -1/3, 1); w = 1 - s + 0.01.
+    w = np.array([2.0 / 3.0 + 0.01, 2.01, 4.0 / 3.0 + 0.01, 0.01])
+    np.testing.assert_allclose(sampling_probabilities(SIM, LOSS, 0.01), w / w.sum(), rtol=1e-12, atol=0)
+    constant = sampling_probabilities(np.ones(3), np.ones(3), 0.01)  # no information: uniform, not NaN
+    np.testing.assert_allclose(constant, np.full(3, 1.0 / 3.0), rtol=1e-12, atol=0)
+
+
+def test_bss_weighted_permutation_draws_first_rows_by_probability():
+    probs = sampling_probabilities(SIM, LOSS, 0.01)
+    generator = torch.Generator().manual_seed(0)
+    firsts = np.zeros(4)
+    for _ in range(4000):
+        order = weighted_permutation(probs, generator)
+        assert sorted(order) == [0, 1, 2, 3]
+        firsts[order[0]] += 1
+    np.testing.assert_allclose(firsts / 4000, probs, rtol=0, atol=0.03)
+
+
+def crafted_measure(method, n: int, calls: list):
+    rng = np.random.default_rng(1)
+    sim, loss = rng.random(n), rng.random(n)
+
+    def measure(_loaders):
+        calls.append(1)
+        return sim, loss
+    method.measure = measure
+    return sim, loss
+
+
+def test_bss_heuristic_measures_once_and_grows_the_easy_prefix(tiny_bundle):
+    method = build("bss", tiny_bundle, scheduler="heuristic")
+    loaders = loaders_for(tiny_bundle)
+    rows = loaders.train.base_rows
+    calls: list = []
+    sim, loss = crafted_measure(method, len(rows), calls)
+    order = rows[curriculum_order(sim, loss)]
+    first = method.select_rows(0, loaders)
+    assert first.shuffle is True
+    np.testing.assert_array_equal(first.rows, order[:int(len(rows) * pacing(0, 0.1, 40))])
+    assert len(first.rows) == 11  # int(64 * 0.1864)
+    last = method.select_rows(39, loaders)
+    np.testing.assert_array_equal(last.rows, order)
+    assert len(calls) == 1
+    # The order is part of the checkpoint: a resumed run continues the same curriculum without re-measuring.
+    clone = build("bss", tiny_bundle, scheduler="heuristic")
+    clone.load_checkpoint_state(method.checkpoint_state())
+    np.testing.assert_array_equal(clone.select_rows(5, loaders).rows, method.select_rows(5, loaders).rows)
+
+
+def test_bss_learning_serves_a_seeded_weighted_permutation_in_order(tiny_bundle):
+    method = build("bss", tiny_bundle)
+    loaders = loaders_for(tiny_bundle)
+    rows = loaders.train.base_rows
+    calls: list = []
+    crafted_measure(method, len(rows), calls)
+    first = method.select_rows(3, loaders)
+    assert first.shuffle is False and not first.extras
+    np.testing.assert_array_equal(np.sort(first.rows), np.sort(rows))
+    np.testing.assert_array_equal(method.select_rows(3, loaders).rows, first.rows)
+    assert not np.array_equal(method.select_rows(4, loaders).rows, first.rows)
+    assert len(calls) == 3  # re-measured every epoch
+
+
+def test_bss_measure_mode_train_updates_batchnorm_statistics_eval_does_not(tiny_bundle):
+    def running_means(method):
+        return [m.running_mean.clone() for m in method.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+    loaders = loaders_for(tiny_bundle)
+    for variant, changes in (("paper", False), ("official_compat", True)):
+        method = build("bss", tiny_bundle, variant=variant)
+        before = running_means(method)
+        sim, loss = method.measure(loaders)
+        assert sim.shape == loss.shape == (len(loaders.train.base_rows),)
+        moved = any(not torch.equal(a, b) for a, b in zip(before, running_means(method)))
+        assert moved is changes, variant
+        assert method.model.training
+
+
+def test_bss_per_dataset_defaults_and_fused_output(tiny_bundle):
+    cls = get_method("bss")
+    cremad = resolve("bss", method_hparams(cls), "cremad", {}, variants=cls.VARIANTS)
+    assert (cremad.fused_weight, cremad.unimodal_weight, cremad.fused_output) == (0.1, 0.9, "unimodal_sum")
+    batch = first_batch(tiny_bundle)
+    outputs = {}
+    for kind in ("head", "unimodal_sum", "sum_all"):
+        method = build("bss", tiny_bundle, fused_output=kind)
+        method.eval()
+        outputs[kind] = method.predict(batch)
+    uni = outputs["head"].per_modality
+    torch.testing.assert_close(outputs["unimodal_sum"].fused, uni["audio"] + uni["visual"], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(outputs["sum_all"].fused, outputs["head"].fused + uni["audio"] + uni["visual"],
+                               rtol=1e-6, atol=1e-6)
