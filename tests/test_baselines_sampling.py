@@ -7,6 +7,7 @@ carry the per-row extras a selection would add.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,8 +19,11 @@ from baselines.bss import (curriculum_order, pacing, pairwise_similarity, sample
 from baselines.hparams import resolve
 from baselines.registry import get_method
 from baselines.remix import EXTRA_KEY, decouple, kl_to_uniform, remix_loss, remix_sequence
-from benchmarks.config import method_hparams
+from benchmarks.config import build_config, load_config_file, method_hparams
 from tests.conftest import first_batch, make_context
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "benchmarks" / "configs"
 
 
 def build(name: str, bundle, epochs: int = 2, dataset: str | None = None, **overrides):
@@ -269,3 +273,17 @@ def test_bss_per_dataset_defaults_and_fused_output(tiny_bundle):
     torch.testing.assert_close(outputs["unimodal_sum"].fused, uni["audio"] + uni["visual"], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(outputs["sum_all"].fused, outputs["head"].fused + uni["audio"] + uni["visual"],
                                rtol=1e-6, atol=1e-6)
+
+
+# --- published recipes --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method, knobs", [
+    ("remix", {"warmup": 10, "warmup_weights": [0.5, 0.5], "remix_weights": [1.0, 1.0]}),
+    ("bss", {"scheduler": "learning", "fused_weight": 0.1, "unimodal_weight": 0.9, "fused_output": "unimodal_sum"}),
+])
+def test_recipe_configs_resolve_to_the_official_settings(method, knobs):
+    head, sections = load_config_file(CONFIGS / method / "cremad.yaml")
+    assert (head["method"], head["dataset"]) == (method, "cremad")
+    config = build_config(method, "cremad", sections)
+    resolved = config.method_hp
+    assert {k: resolved[k] for k in knobs} == knobs
