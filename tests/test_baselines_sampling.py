@@ -287,3 +287,21 @@ def test_recipe_configs_resolve_to_the_official_settings(method, knobs):
     config = build_config(method, "cremad", sections)
     resolved = config.method_hp
     assert {k: resolved[k] for k in knobs} == knobs
+
+
+# --- a selection served the way the runner serves it --------------------------------------------------------------
+
+@pytest.mark.parametrize("name, epoch, overrides", [("remix", 1, {"warmup": 1}), ("bss", 0, {})])
+def test_an_epoch_on_the_served_selection_trains(name, epoch, overrides, tiny_bundle):
+    method = build(name, tiny_bundle, **overrides)
+    loaders = loaders_for(tiny_bundle)
+    selection = method.select_rows(epoch, loaders)
+    # An unshuffled loader over the selected rows with their extras (RowSelection.shuffle is False for both).
+    served = tiny_bundle.loader("train", batch_size=16, train=False, seed=0)
+    served.set_rows(selection.rows, extras=selection.extras)
+    seen = []
+    for step, batch in enumerate(served):
+        seen.append(batch["index"].numpy())
+        logs = method.update(batch, StepInfo(epoch=epoch, step=step, steps_per_epoch=len(served), epochs=epoch + 2))
+        assert math.isfinite(logs["loss"])
+    np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.sort(loaders.train.base_rows))
