@@ -49,7 +49,7 @@ epoch, so its decay lands one epoch early); set through a config file.
 
 from __future__ import annotations
 
-from typing import ClassVar, Mapping
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -109,9 +109,7 @@ class ARL(Method):
     CODE = ("GitHub shicaiwei123/ICCV2025-ARL @358af4f, main_arl_variance.py, train_epoch (+ models/backbone.py "
             "GradScale, models/fusion_modules.py ConcatFusion_AUXI)")
     MODALITIES = (2,)
-    # Batch statistics are all-reduced means and gradients are averaged before the scaling and the clip, so a 2-rank
-    # step equals the single-process step (BatchNorm aside, which normalises each rank's slice).
-    DATA_PARALLEL: ClassVar[str] = "exact"
+    DATA_PARALLEL = "exact"  # all-reduced batch statistics; gradients averaged before scaling and clipping
     VARIANTS = _VARIANTS
     HPARAMS = (
         HParam("gamma", 4.0, "Unimodal bias regularisation weight after the warm-up: paper §4 'gamma is set as 4 for "

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 from itertools import combinations
-from typing import Any, ClassVar, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -111,8 +111,7 @@ class BSS(FusionMethod):
     CODE = ("GitHub njustkmg/IJCAI25-BSS @495b94e, CREMA-D/train-SPL.py (assign_weights, __main__); "
             "CREMA-D/train-CL.py (model_evaluate, __main__)")
     HEAD = "separate"
-    # Batch-mean loss; every rank measures all training rows with the same weights, so all select the same rows.
-    DATA_PARALLEL: ClassVar[str] = "exact"
+    DATA_PARALLEL = "exact"  # batch-mean loss; every rank measures all training rows with the same weights
     HPARAMS = (
         HParam("scheduler", "learning", "learning = per-epoch weighted permutation (train-SPL.py, the paper's full "
                                         "method); heuristic = fixed easy-to-hard order with a root pacing function "

@@ -42,7 +42,6 @@ Official recipe (CREMA-D): SGD lr 1e-2 (``--learning_rate`` default), momentum 0
 from __future__ import annotations
 
 from itertools import combinations
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -85,9 +84,7 @@ class IPRM(Method):
              'Multimodal Learning Approach", IJCAI 2025, doi 10.24963/ijcai.2025/395')
     CODE = ("GitHub njustkmg/IJCAI25-IPRM @0bb457f, main_av.py, train_epoch / valid / slerp (+ main_trimodal.py "
             "tri_cls for 3 modalities)")
-    # The probe's KLs are all-reduced batch means and the loss is a plain batch mean, so a 2-rank step equals the
-    # single-process step (BatchNorm aside, which normalises each rank's slice).
-    DATA_PARALLEL: ClassVar[str] = "exact"
+    DATA_PARALLEL = "exact"  # the probe's KLs are all-reduced batch means; the loss is a batch mean
     HPARAMS = (
         HParam("alpha", 0.8, "EMA weight of the previous mixup weights: l = alpha l_prev + (1 - alpha) l_hat_prev. "
                              "Official README commands pass --alpha 0.8 (a required flag) for CREMA-D and NVGesture."),

@@ -52,7 +52,6 @@ Food-101), StepLR step 50 (15 for Food-101); set through a config file.
 
 from __future__ import annotations
 
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -133,8 +132,7 @@ class MIDAS(Method):
              'Strategy for Imbalanced Multimodal Learning", NeurIPS 2025, arXiv 2509.25831')
     CODE = "paper only (§3, Algorithm 1): the official code could not be found"
     MODALITIES = (2,)
-    # Misaligned pairs are drawn within each rank's slice, so a 2-rank step differs from the single-process one.
-    DATA_PARALLEL: ClassVar[str] = "approximate"
+    DATA_PARALLEL = "approximate"  # misaligned pairs are drawn within each rank's slice
     HPARAMS = (
         HParam("lam", 1.0, "Weight lambda of L_mis: App. A.3 '5 for the Kinetics-Sounds dataset, and 1 for others' "
                            "(Table 6 sweeps 0.5-20).", per_dataset={"kinetics_sounds": 5.0}),

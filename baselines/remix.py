@@ -38,7 +38,6 @@ within-subset shuffles are seeded from (run seed, epoch), so a resumed run draws
 
 from __future__ import annotations
 
-from typing import ClassVar
 
 import numpy as np
 import torch
@@ -93,8 +92,7 @@ class Remix(FusionMethod):
     CODE = "GitHub MatthewMaxy/Remix_ICML2025 @80898aa, train.py (remix, kl_divergence, special_train_epoch, main)"
     HEAD = "separate"
     MODALITIES = (2,)
-    # Batch-mean loss with per-row masks; every rank computes the same assignment from the same weights.
-    DATA_PARALLEL: ClassVar[str] = "exact"
+    DATA_PARALLEL = "exact"  # batch-mean loss with per-row masks; every rank computes the same assignment
     HPARAMS = (
         HParam("warmup", 10, "Epochs of joint training before the first remix (--warmup 10, run_train.sh)."),
         HParam("warmup_weights", [0.5, 0.5], "Warm-up weights of the first and second unimodal CE (--alpha 0.5 "

@@ -20,6 +20,7 @@ from baselines.hparams import resolve
 from baselines.registry import get_method
 from baselines.remix import EXTRA_KEY, decouple, kl_to_uniform, remix_loss, remix_sequence
 from benchmarks.config import build_config, load_config_file, method_hparams
+from benchmarks.runner import apply_selection
 from tests.conftest import first_batch, make_context
 
 
@@ -296,9 +297,10 @@ def test_an_epoch_on_the_served_selection_trains(name, epoch, overrides, tiny_bu
     method = build(name, tiny_bundle, **overrides)
     loaders = loaders_for(tiny_bundle)
     selection = method.select_rows(epoch, loaders)
-    # An unshuffled loader over the selected rows with their extras (RowSelection.shuffle is False for both).
+    # Served as the runner serves it: the selected rows in order (RowSelection.shuffle is False for both), with extras.
+    assert selection.shuffle is False
     served = tiny_bundle.loader("train", batch_size=16, train=False, seed=0)
-    served.set_rows(selection.rows, extras=selection.extras)
+    apply_selection(served, selection)
     seen = []
     for step, batch in enumerate(served):
         seen.append(batch["index"].numpy())
