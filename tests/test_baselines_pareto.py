@@ -19,6 +19,7 @@ from baselines.mslr import MSLR, mslr_multipliers, mslr_step
 from baselines.uniform import Uniform, uniform_loss
 from benchmarks.config import method_hparams
 from tests.conftest import first_batch, make_context
+from tests.numeric import close
 
 STEP = StepInfo(epoch=0, step=0, steps_per_epoch=4, epochs=2)
 
@@ -60,26 +61,65 @@ def test_uniform_uses_separate_heads(tiny_bundle):
 
 # --- MMPareto -----------------------------------------------------------------------------------------------------
 def test_pareto_weights_are_half_half_when_gradients_agree():
-    k0, k1, cos = pareto_weights([t(1.0, 2.0), t(0.5)], [t(3.0, -1.0), t(2.0)], k_clip=0.001)
+    k0, k1, cos = pareto_weights([t(1.0, 2.0), t(0.5)], [t(3.0, -1.0), t(2.0)])
     assert cos.item() > 0
+    # 0.5 is set by the branch, not computed: exact.
     assert (k0.item(), k1.item()) == (0.5, 0.5)
 
 
 def test_pareto_weights_are_the_min_norm_point_when_gradients_conflict():
     # Two tensors per encoder: the cosine and the min-norm point use the flattened concatenation.
     g_mm, g_u = [t(1.0), t(0.0)], [t(-1.0), t(2.0)]
-    k0, k1, cos = pareto_weights(g_mm, g_u, k_clip=0.001)
+    k0, k1, cos = pareto_weights(g_mm, g_u)
     # dot = -1, |g_mm|^2 = 1, |g_u|^2 = 5: k0 = (5 + 1) / (1 + 5 + 2) = 3/4.
-    assert cos.item() == pytest.approx(-1 / math.sqrt(5))
-    assert k0.item() == pytest.approx(0.75) and k1.item() == pytest.approx(0.25)
+    assert k0.dtype == torch.float32
+    close(cos, -1 / math.sqrt(5))
+    close(k0, 0.75)
+    close(k1, 0.25)
     point = k0 * t(1.0, 0.0) + k1 * t(-1.0, 2.0)
-    assert torch.dot(point, t(1.0, 0.0) - t(-1.0, 2.0)).item() == pytest.approx(0.0, abs=1e-6)
+    close(torch.dot(point, t(1.0, 0.0) - t(-1.0, 2.0)), 0.0)
 
 
-def test_pareto_weights_are_clipped():
-    # g_mm = 0 gives cos = 0 (the min-norm branch) and an unclipped k0 of 1.
-    k0, k1, _ = pareto_weights([t(0.0, 0.0)], [t(1.0, 1.0)], k_clip=0.001)
-    assert k0.item() == pytest.approx(0.999, abs=1e-6) and k1.item() == pytest.approx(0.001, abs=1e-6)
+def official_min_norm_k0(g_mm: torch.Tensor, g_u: torch.Tensor) -> float:
+    """MinNormSolver._min_norm_element_from2 (GeWu-Lab/MMPareto_ICML2024, code/min_norm_solvers.py) as written,
+    on float32 dot products as the official code forms them."""
+    v1v1, v1v2, v2v2 = (float(x @ y) for x, y in ((g_mm, g_mm), (g_mm, g_u), (g_u, g_u)))
+    if v1v2 >= v1v1:
+        return 0.999
+    if v1v2 >= v2v2:
+        return 0.001
+    return -(v1v2 - v2v2) / (v1v1 + v2v2 - 2 * v1v2)
+
+
+@pytest.mark.parametrize("ratio", [1e-3, 5e-3, 2e-2, 1.0, 50.0, 200.0, 1e3])
+def test_pareto_weights_are_unclipped_at_extreme_norm_ratios(ratio):
+    # A conflict (cos = -0.2) with |g_u| / |g_mm| = ratio. Interior k0 ~ ratio * 0.2 for small ratios: below 0.001
+    # from ratio ~5e-3 down (official 2.0e-4 at 1e-3), and 1 - k0 below 0.001 from ratio ~200 up.
+    c = -0.2
+    g_mm = t(1.0, 0.0)
+    g_u = ratio * t(c, math.sqrt(1 - c * c))
+    k0, k1, cos = pareto_weights([g_mm], [g_u])
+    expected = official_min_norm_k0(g_mm, g_u)
+    assert cos.item() < 0 and k0.dtype == torch.float32
+    close(k0, expected)
+    # k1 = 1 - k0 in float32: its absolute error is float32's at 1, so compare it absolutely.
+    close(k1, 1 - expected, rtol=0.0, atol=2.4e-7)
+    if ratio == 1e-3:
+        close(k0, 2.0092e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("g_mm, g_u, k0", [
+    (t(0.0, 0.0), t(1.0, 1.0), 0.999),  # g_mm = 0: dot >= |g_mm|^2
+    (t(1.0, 1.0), t(0.0, 0.0), 0.001),  # g_u = 0: dot >= |g_u|^2
+    (t(0.0, 0.0), t(0.0, 0.0), 0.999),  # both 0: the first branch
+])
+def test_pareto_weights_keep_the_solver_boundary_values_for_a_zero_gradient(g_mm, g_u, k0):
+    # A zero gradient gives cos = 0, so the solver runs; its boundary branches return 0.999 / 0.001.
+    got, k1, cos = pareto_weights([g_mm], [g_u])
+    assert cos.item() == 0.0
+    assert official_min_norm_k0(g_mm, g_u) == k0
+    close(got, k0)
+    close(k1, 1 - k0)
 
 
 def test_mmpareto_rescales_each_tensor_to_the_summed_norm_then_applies_gamma():
@@ -108,7 +148,7 @@ def test_mmpareto_update_sets_rule_gradients_on_encoders_and_summed_gradients_on
         enc = list(method.model.encoders[m].parameters())
         g_mm = torch.autograd.grad(losses["fused"], enc, retain_graph=True)
         g_u = torch.autograd.grad(losses[m], enc, retain_graph=True)
-        k0, k1, _ = pareto_weights(g_mm, g_u, 0.001)
+        k0, k1, _ = pareto_weights(g_mm, g_u)
         expected = mmpareto_encoder_grads(g_mm, g_u, [a + b for a, b in zip(g_mm, g_u)], k0, k1, 1.5)
         for p, g in zip(enc, expected):
             torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-7)
