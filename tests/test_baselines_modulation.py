@@ -17,7 +17,7 @@ from baselines.heads import SumHead
 from baselines.hparams import resolve
 from baselines.ogm import modulate_gradients, ogm_coefficients
 from baselines.opm import FeatureRescale, drop_features, opm_drop_probabilities
-from baselines.pmr import prototype_logits, weaker_modality
+from baselines.pmr import CompressRecover, prototype_logits, weaker_modality
 from baselines.registry import get_method
 from benchmarks.config import method_hparams
 from datasets.registry import get_dataset
@@ -323,3 +323,44 @@ def test_pmr_prototypes_use_the_first_tenth_of_batches_then_ema(tiny_bundle):
     clone.load_checkpoint_state(pmr.checkpoint_state())
     torch.testing.assert_close(clone.prototypes("audio"), pmr.prototypes("audio"))
     assert bool(clone.prototypes_ready)
+
+
+@pytest.mark.parametrize("kind, layer2, recovered", [("visual", (28, 28), (28, 28)), ("audio", (33, 38), (33, 38)),
+                                                     ("audio", (33, 157), (33, 102))])
+def test_pmr_compress_recover_has_the_official_shapes(kind, layer2, recovered):
+    # Official models/backbone.py: visual 224x224 frames and the 257x299 CREMA-D spectrogram give these layer2 maps;
+    # the bottleneck squeezes them to 1 x 1 (width 512 = 4 x 128) and recovers the layer2 size. A longer
+    # spectrogram (AUG's 1250 frames) keeps a wider bottleneck and recovers a wider map.
+    block = CompressRecover(8, kind)
+    x = torch.randn(2, 8, *layer2)
+    squeezed = block.compress(x)
+    assert squeezed.shape[:2] == (2, 32) and squeezed.shape[2] == 1
+    assert tuple(block(x).shape) == (2, 8, *recovered)
+    assert [type(m).__name__ for m in block.compress] == ["Conv2d", "Conv2d", "ReLU", "Conv2d", "Conv2d", "ReLU"]
+    assert all(isinstance(m, nn.ConvTranspose2d) for m in block.recover) and len(block.recover) == 4
+    with pytest.raises(ValueError, match="at least 25"):
+        block(torch.randn(1, 8, 24, 40))
+
+
+def test_pmr_official_compat_builds_the_compress_backbone_and_trains_it():
+    cls = get_dataset("synthetic")
+    big = cls.build(resolve("data", cls.HPARAMS, "synthetic",
+                            {**TINY_DATA, "n_train": 8, "audio_shape": [1, 200, 208],
+                             "visual_shape": [3, 1, 200, 200]}))
+    plain = build("pmr", big)
+    pmr = build("pmr", big, variant="official_compat")
+    assert pmr.hp.backbone == "compress" and plain.hp.backbone == "resnet18"
+    for m in ("audio", "visual"):
+        stages = pmr.model.encoders[m].trunk.stages
+        assert len(stages) == 5 and isinstance(stages[2], CompressRecover)
+        assert not any(isinstance(s, CompressRecover) for s in plain.model.encoders[m].trunk.stages)
+    # Every parameter, the bottleneck's included, is in the optimizer and moves in a step.
+    optimized = {id(p) for g in pmr.optimizer.param_groups for p in g["params"]}
+    assert optimized == {id(p) for p in pmr.parameters()}
+    before = {n: p.detach().clone() for n, p in pmr.model.named_parameters()}
+    pmr.on_epoch_start(0, Loaders(train=big.loader("train", batch_size=4, train=False, seed=0)))
+    pmr.update(first_batch(big, batch_size=4), step(epoch=0))
+    moved = [n for n, p in pmr.model.named_parameters() if not torch.equal(p, before[n])]
+    assert any("stages.2.compress" in n for n in moved) and any("stages.2.recover" in n for n in moved)
+    pred = pmr.predict(first_batch(big, split="test", batch_size=4))
+    assert pred.fused.shape == (4, big.task.num_classes)
