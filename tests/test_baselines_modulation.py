@@ -255,6 +255,25 @@ def test_agm_running_mean_is_updated_after_k_and_checkpointed(tiny_bundle):
     assert int(clone.iterations) == 1 and clone.scalers["visual"].scale.item() == pytest.approx(logs["k_visual"])
 
 
+def official_agm_window(epoch0: int, starts: int, ends: int) -> bool:
+    """The AGM scripts' test ``modulation_starts <= epoch <= modulation_ends`` on their 1-based epoch of our epoch0."""
+    return starts <= epoch0 + 1 <= ends
+
+
+@pytest.mark.parametrize("epoch, inside", [(0, True), (1499, True), (1500, False)])
+def test_agm_default_window_is_the_authors_1_based_window_0_to_1500(tiny_bundle, epoch, inside):
+    # Official run/CREMAD_main.py counts epochs from 1; the author's window is 0-1500 (lihongcs/AGM issue #10).
+    assert official_agm_window(epoch, 0, 1500) == inside
+    batch = first_batch(tiny_bundle)
+    agm = build("agm", tiny_bundle)
+    logs = agm.update(batch, step(epoch=epoch))
+    scale = agm.scalers["audio"].scale.item()
+    if inside:
+        assert scale == pytest.approx(logs["k_audio"], rel=1e-6) and scale != 1.0
+    else:
+        assert scale == 1.0  # never set: the hooks keep their initial 1
+
+
 # --- PMR -------------------------------------------------------------------------------------------------------------
 
 def test_pmr_prototype_logits_are_negative_euclidean_distances():

@@ -322,6 +322,21 @@ def test_mses_stops_a_modality_on_a_crafted_history_and_reloads_its_best_epoch(t
     assert any(g.abs().sum() > 0 for n, g in seen.items() if ".visual" in n)
 
 
+@pytest.mark.parametrize("variant, epoch, zeroed", [("paper", 500, True), ("official_compat", 19, True),
+                                                    ("official_compat", 20, False)])
+def test_mses_stop_applies_inside_the_official_1_based_window(tiny_bundle, variant, epoch, zeroed):
+    # AGM re-impl. run/CREMAD_main.py: multipliers only while 0 <= epoch <= 20 on its 1-based epochs (0-based <= 19).
+    ms = build("mses", tiny_bundle, variant=variant)
+    ms.stopped[0] = True
+    seen = {}
+    ms.optimizer.step = lambda: seen.update({n: p.grad.clone() for n, p in ms.model.named_parameters()
+                                             if p.grad is not None})
+    ms.update(first_batch(tiny_bundle), StepInfo(epoch=epoch, step=0, steps_per_epoch=4, epochs=600))
+    audio = [g for n, g in seen.items() if ".audio" in n]
+    assert audio and all((g.abs().sum() == 0) == zeroed for g in audio)
+    assert any(g.abs().sum() > 0 for n, g in seen.items() if ".visual" in n)
+
+
 def test_mses_with_both_stopped_takes_no_steps_and_snapshots_survive_checkpoints(tiny_bundle):
     ms = build("mses", tiny_bundle, patience=1)
     ms.modality_losses = lambda loaders: [1.0, 1.0]
