@@ -22,6 +22,7 @@ from baselines.registry import get_method
 from benchmarks.config import method_hparams
 from datasets.base import ModalitySpec, TaskSpec
 from tests.conftest import TINY_MODEL, first_batch, make_context
+from tests.numeric import close
 
 
 def build(name, bundle, **overrides):
@@ -87,6 +88,15 @@ def test_mla_projection_changes_the_head_gradient_and_is_identity_when_disabled(
     mla.head.weight.grad = grad.clone()
     mla.project_head_grad(feats, a=0.1)
     torch.testing.assert_close(mla.head.weight.grad, grad)
+
+
+def test_mla_fixed_fusion_uses_the_official_training_weight_0_55(tiny_bundle):
+    # Official main.py: `if __name__ == "__main__": main(av_alpha = 0.55)`; valid() fuses 0.55 z_a + 0.45 z_v.
+    mla = build("mla", tiny_bundle, fusion="fixed")
+    mla.eval()
+    batch = first_batch(tiny_bundle)
+    pred = mla.predict(batch)
+    close(pred.fused, 0.55 * pred.per_modality["audio"] + 0.45 * pred.per_modality["visual"])
 
 
 def test_mla_entropy_gate_per_sample_and_per_batch():
