@@ -294,6 +294,15 @@ def test_gated_variant_takes_a_third_step_and_updates_the_running_scores(tiny_bu
     torch.testing.assert_close(method.running, (s / s.flip(0)).float())
 
 
+@pytest.mark.parametrize("dataset, variant, lam", [("cremad", "official_gated", 0.2), ("cremad", "official_compat", 0.5),
+                                                  ("kinetics_sounds", "official_gated", 0.2), ("cremad", "paper", 0.5)])
+def test_gated_variant_uses_lambda_0_2_on_every_dataset(dataset, variant, lam):
+    # njustkmg/NeurIPS25-AUG @966dbf5: train_CREMAD.py, train_KS.py and train_NVGesture.py are all gated with
+    # "- 0.2 * criterion(add_fea, kl)"; the ungated train_CREMAD.py of ced44c6 uses 0.5.
+    hp = resolve("aug", method_hparams(AUG), dataset, {"variant": variant}, variants=AUG.VARIANTS)
+    assert hp.gate == (variant == "official_gated") and hp.residual_lambda == lam
+
+
 # --- prediction, configuration errors, three modalities --------------------------------------------------------------
 def test_test_time_fusion_uses_the_published_weights(tiny_bundle):
     method = build(tiny_bundle)
