@@ -34,12 +34,16 @@ def tol(dtype: torch.dtype = torch.float32) -> dict[str, float]:
     return dict(TOL[dtype])
 
 
-def close(actual: Any, expected: Any, dtype: torch.dtype | None = None, **override: float) -> None:
-    """``assert_close`` after casting both sides to ``dtype`` (default: the floating dtype of ``actual``), at
-    ``TOL[dtype]`` unless ``rtol``/``atol`` are given."""
+def close(actual: Any, expected: Any, dtype: torch.dtype | None = None, **override: Any) -> None:
+    """``assert_close`` after casting both sides to ``dtype`` (default: the dtype of ``actual``, i.e. of the code
+    under test), at ``TOL[dtype]`` unless ``rtol``/``atol`` are given (other keywords, e.g. ``msg``, go to
+    ``assert_close``). A non-floating ``actual`` with no ``dtype`` is compared exactly, dtype included."""
     actual, expected = torch.as_tensor(actual), torch.as_tensor(expected)
-    if dtype is None:
-        dtype = actual.dtype if actual.is_floating_point() else torch.float32
+    if dtype is None and not actual.is_floating_point():
+        # Integers, booleans: exact, dtype included.
+        torch.testing.assert_close(actual, expected, **{"rtol": 0, "atol": 0, **override})
+        return
+    dtype = dtype or actual.dtype
     torch.testing.assert_close(actual.to(dtype), expected.to(dtype), **{**tol(dtype), **override})
 
 
@@ -47,3 +51,8 @@ def approx(expected: Any, dtype: torch.dtype = torch.float32, **override: float)
     """``pytest.approx(expected)`` at ``TOL[dtype]`` (for Python floats the code computed in ``dtype``)."""
     t = {**tol(dtype), **override}
     return pytest.approx(expected, rel=t["rtol"], abs=t["atol"])
+
+
+def approx64(expected: Any, **override: float) -> Any:
+    """``approx`` for values the code computes in float64 (Python floats, float64 buffers)."""
+    return approx(expected, torch.float64, **override)
