@@ -78,7 +78,7 @@ def test_mla_projection_changes_the_head_gradient_and_is_identity_when_disabled(
             P = owm_update(torch.eye(32), feats.mean(0, keepdim=True), 0.1)
             close(mla.P, P)
             close(mla.head.weight.grad, grad @ P.t())
-            assert not torch.allclose(mla.head.weight.grad, grad)
+            assert not torch.allclose(mla.head.weight.grad, grad, **tol(torch.float32))
         else:
             close(mla.head.weight.grad, grad)
             close(mla.P, torch.eye(32))

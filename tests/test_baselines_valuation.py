@@ -107,8 +107,9 @@ def test_smv_contributions_and_copies_from_crafted_predictions():
     audio = np.array([[5, 0, 0], [0, 5, 0], [0, 5, 0], [0, 5, 0], [5, 0, 0]])   # correct: T T F F F
     visual = np.array([[5, 0, 0], [5, 0, 0], [0, 0, 5], [0, 5, 0], [5, 0, 0]])  # correct: T F T F F
     phi_a, phi_v = shapley_contributions(*((x.argmax(1) == labels) for x in (full, audio, visual)))
-    np.testing.assert_allclose(phi_a, [1.0, 1.5, -0.5, 0.0, 1.0])
-    np.testing.assert_allclose(phi_v, [1.0, 0.5, 0.5, 0.0, 1.0])
+    # Halves of small integers: exact.
+    np.testing.assert_array_equal(phi_a, [1.0, 1.5, -0.5, 0.0, 1.0])
+    np.testing.assert_array_equal(phi_v, [1.0, 0.5, 0.5, 0.0, 1.0])
     np.testing.assert_array_equal(copy_counts(phi_a), [0, 0, 3, 2, 0])
     np.testing.assert_array_equal(copy_counts(phi_v), [0, 1, 1, 2, 0])
     rows, codes = sample_level_rows(np.arange(10, 15), phi_a, phi_v)
