@@ -80,7 +80,7 @@ def pareto_weights(g_mm: Sequence[torch.Tensor], g_u: Sequence[torch.Tensor]
     b = torch.cat([g.reshape(-1) for g in g_u])
     cos = F.cosine_similarity(a, b, dim=0)
     dot, aa, bb = a @ b, a @ a, b @ b
-    # The denominator is >= |g_mm|^2 + |g_u|^2 here; it is 0 only when both are 0, and then the first branch holds.
+    # Where it is used (dot <= 0) the denominator is >= |g_mm|^2 + |g_u|^2: 0 only if both are 0, a first-branch case.
     interior = (bb - dot) / (aa + bb - 2 * dot).clamp_min(_TINY)
     min_norm = torch.where(dot >= aa, torch.full_like(interior, _K_AT_MM_END),
                            torch.where(dot >= bb, torch.full_like(interior, _K_AT_U_END), interior))
