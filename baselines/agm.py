@@ -28,8 +28,8 @@ last value (1.0 if never set), as the official ``update_scale`` does. The window
 the official loop (``run/CREMAD_main.py``, ``for epoch in range(start_epoch, cfgs.EPOCHS + 1)`` with
 ``start_epoch = 1``) is 1-based, so its ``--modulation_starts s --modulation_ends e`` is mod_start = s - 1,
 mod_end = e - 1 here (the defaults are the author's window 0-1500 shifted so). Running means and scales are
-buffers, so they survive checkpoints. Evaluation reports z_full as the fused output and phi_m as the per-modality outputs (official
-``test``).
+buffers, so they survive checkpoints. Evaluation reports z_full as the fused output and phi_m as the per-modality
+outputs (official ``test``).
 
 Data-parallel runs (``benchmarks.distributed``): s_m is averaged over ranks before k and the running means are
 computed, and the gradients are averaged right after ``backward`` (the hook-scaled backward is linear in the loss),
