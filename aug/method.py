@@ -3,8 +3,8 @@
 Paper: Qing-Yuan Jiang, Longfei Huang, Yang Yang, "Rethinking Multimodal Learning from the Perspective of
 Mitigating Classification Ability Disproportion", NeurIPS 2025, arXiv 2502.20120. Official code: GitHub
 njustkmg/NeurIPS25-AUG, ``train_CREMAD.py`` (``train_audio_video``, ``val``, ``__main__``) and
-``model/AudioVideo.py`` (``AVGBShareClassifier``); the gated variant follows ``train_KS.py`` and
-``train_NVGesture.py`` at commit 966dbf5.
+``model/AudioVideo.py`` (``AVGBShareClassifier``); the gated variant follows ``train_CREMAD.py``, ``train_KS.py``
+and ``train_NVGesture.py`` at commit 966dbf5 (all gated, lambda 0.2; ced44c6 removed the gate from CREMA-D).
 
 Each modality has its own encoder and a growing ensemble of ReLU(Linear(d -> 256)) learners feeding one head
 256 -> K shared by all modalities and learners (``aug/model.py``). An iteration runs every encoder once, then per
@@ -25,7 +25,8 @@ Deviations and choices (methods.md §3.9; ``official_compat`` selects the code's
   would add a learner that is never used. With three modalities both variants use the old NVGesture rule.
 - ``zero_grad_set_to_none: false`` reproduces PyTorch 1.11's zero-filled gradients (an extra momentum and
   weight-decay step for modalities stepped earlier in the iteration).
-- The gate (``variant: official_gated``) exists only in the old KS/NVGesture scripts; it is off by default.
+- The gate (``variant: official_gated``, with lambda 0.2) is in every script of commit 966dbf5, CREMA-D included;
+  the default branch's ungated ``train_CREMAD.py`` (ced44c6, lambda 0.5) dropped it. It is off by default.
 - [project] The equal-weight fusion is evaluated as a diagnostic next to the published 0.4 / 0.6 weights
   (``val/test.alternatives.equal_fusion`` in ``metrics.jsonl``).
 """
@@ -61,7 +62,7 @@ class AUG(Method):
     PAPER = ('Qing-Yuan Jiang, Longfei Huang, Yang Yang, "Rethinking Multimodal Learning from the Perspective of '
              'Mitigating Classification Ability Disproportion", NeurIPS 2025, arXiv 2502.20120')
     CODE = ('GitHub njustkmg/NeurIPS25-AUG, train_CREMAD.py, train_audio_video / __main__; model/AudioVideo.py, '
-            'AVGBShareClassifier (gated variant: train_KS.py @966dbf5)')
+            'AVGBShareClassifier (gated variant: train_CREMAD.py / train_KS.py @966dbf5)')
     MODALITIES = (2, 3)
     DATA_PARALLEL = "exact"  # confidence and loss sums all-reduced: same ACA and gate decisions everywhere
     score_sum: torch.Tensor
@@ -71,15 +72,16 @@ class AUG(Method):
         "official_compat": {"register_new_learners": False, "aca_rule": "ratio", "aca_check_after_first_epoch": True,
                             "zero_grad_set_to_none": False, "residual_target": "ensemble_softmax", "gate": False},
         "official_gated": {"register_new_learners": False, "aca_rule": "ratio", "aca_check_after_first_epoch": True,
-                           "zero_grad_set_to_none": False, "residual_target": "ensemble_softmax", "gate": True},
+                           "zero_grad_set_to_none": False, "residual_target": "ensemble_softmax", "gate": True,
+                           "residual_lambda": 0.2},
     }
     HPARAMS = (
         variant_param(VARIANTS, "paper = the paper (methods.md §3.9 'project default'); official_compat = "
-                                "train_CREMAD.py on the default branch; official_gated = the gated train_KS.py / "
-                                "train_NVGesture.py of commit 966dbf5 (methods.md §3.7)."),
+                                "train_CREMAD.py on the default branch; official_gated = the gated train_CREMAD.py / "
+                                "train_KS.py / train_NVGesture.py of commit 966dbf5 (lambda 0.2)."),
         HParam("residual_lambda", 0.5, "lambda of the residual label e_y - lambda*q_y*e_y (paper eq. (2); searched "
                                        "in {0.1,0.2,0.33,0.5,1.0}, value not reported). Code: 0.5 in "
-                                       "train_CREMAD.py, 0.2 in train_KS.py/train_NVGesture.py @966dbf5; other "
+                                       "train_CREMAD.py, 0.2 in every gated script @966dbf5; other "
                                        "datasets 0.5 [project], tune on validation (methods.md §3.3, §3.8).",
                per_dataset={"cremad": 0.5, "kinetics_sounds": 0.2, "nvgesture": 0.2}),
         HParam("residual_target", "ensemble_softmax", "q in the residual label: softmax of the previous ensemble's "

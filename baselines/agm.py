@@ -24,9 +24,12 @@ Model: H-concat. Per step:
    gradient norm of all parameters to 1.0.
 
 The hooks' scales are set only inside the modulation window mod_start <= epoch <= mod_end; outside it they keep their
-last value (1.0 if never set), as the official ``update_scale`` does. Running means and scales are buffers, so they
-survive checkpoints. Evaluation reports z_full as the fused output and phi_m as the per-modality outputs (official
-``test``).
+last value (1.0 if never set), as the official ``update_scale`` does. The window is in the runner's 0-based epochs;
+the official loop (``run/CREMAD_main.py``, ``for epoch in range(start_epoch, cfgs.EPOCHS + 1)`` with
+``start_epoch = 1``) is 1-based, so its ``--modulation_starts s --modulation_ends e`` is mod_start = s - 1,
+mod_end = e - 1 here (the defaults are the author's window 0-1500 shifted so). Running means and scales are
+buffers, so they survive checkpoints. Evaluation reports z_full as the fused output and phi_m as the per-modality
+outputs (official ``test``).
 
 Data-parallel runs (``benchmarks.distributed``): s_m is averaged over ranks before k and the running means are
 computed, and the gradients are averaged right after ``backward`` (the hook-scaled backward is linear in the loss),
@@ -139,9 +142,12 @@ class AGM(FusionMethod):
         HParam("alpha", 1.0, "Modulation strength. Official main.py default 1.0; CREMA-D 1.5 (author, lihongcs/AGM "
                              "issues #3, #5, #10; another user could not reproduce, #17); AV-MNIST 2.5 (README).",
                per_dataset={"cremad": 1.5}),
-        HParam("mod_start", 0, "First modulated epoch, inclusive (author, lihongcs/AGM issue #10: window 0-1500)."),
-        HParam("mod_end", 1500, "Last modulated epoch, inclusive. The author's CREMA-D window 0-1500 (issues #3, #10) "
-                                "is 'a continuous process of modulation', i.e. every epoch."),
+        HParam("mod_start", 0, "First modulated epoch, inclusive, 0-based (the official loop counts from 1: "
+                               "official s = s - 1 here). The author's window starts at 0 (lihongcs/AGM issue #10), "
+                               "i.e. at the first epoch."),
+        HParam("mod_end", 1499, "Last modulated epoch, inclusive, 0-based: the author's CREMA-D window 0-1500 "
+                                "(lihongcs/AGM issues #3, #10; 'a continuous process of modulation', i.e. every epoch) "
+                                "on the official 1-based epochs ends at 0-based epoch 1499."),
         HParam("clip_trigger", 1.0, "Clip when some |fusion-head weight gradient| exceeds this (official train)."),
         HParam("clip_norm", 1.0, "Total gradient-norm bound applied when triggered (official train: max_norm=1.0)."),
     )

@@ -117,7 +117,10 @@ class MLA(Method):
                                              "paper]; per_batch = official calculate_entropy (softmax over the batch "
                                              "dimension, one scalar per modality).",
                choices=("per_sample", "per_batch")),
-        HParam("alpha", 0.5, "Fixed fusion weight of the first modality, 2 modalities (official main.py --av_alpha)."),
+        HParam("alpha", 0.55, "Fixed fusion weight of the first modality, 2 modalities: official main.py trains "
+                              "through ``main(av_alpha=0.55)`` (its __main__ call), which passes 0.55 to train_epoch "
+                              "and valid; the --av_alpha argument (default 0.5) is read only when evaluating a saved "
+                              "checkpoint without --train."),
         HParam("alphas3", [0.35, 0.25, 0.4], "Fixed fusion weights for 3 modalities (official --a_alpha, --v_alpha, "
                                              "--t_alpha)."),
         HParam("zero_grad_set_to_none", True, "zero_grad between turns sets gradients to None (PyTorch >= 2.0). "

@@ -11,7 +11,11 @@ Per step, with L_mm = CE(z) and L_m = CE(z_m) on the separate unimodal heads:
    the heads' gradients of the summed loss are the sums of the per-loss head gradients of the same calls. The
    official code instead runs three retained backward passes (zero_grad in between) plus a fourth for the sum.
 2. Per encoder, c = cos(flat g_mm, flat g_u). If c > 0 the weights are (k0, k1) = (1/2, 1/2); otherwise the two-task
-   min-norm (MGDA) solution k0 = clip((|g_u|^2 - g_mm.g_u) / |g_mm - g_u|^2, 0.001, 0.999), k1 = 1 - k0.
+   min-norm (MGDA) solution k0 = (|g_u|^2 - g_mm.g_u) / |g_mm - g_u|^2, k1 = 1 - k0, unclipped: with g_mm.g_u <= 0
+   it already lies in (0, 1). ``MinNormSolver._min_norm_element_from2`` returns 0.999 / 0.001 only in its two
+   boundary branches (g_mm.g_u >= |g_mm|^2, resp. >= |g_u|^2), which with c <= 0 are reached only when g_mm = 0,
+   resp. g_u = 0; those two values are kept. So at extreme norm ratios (a conflict with |g_u| / |g_mm| = 0.001
+   gives k0 ~ 2e-4) the weight is not bounded by 0.001 / 0.999.
 3. Per encoder tensor: new = 2 (k0 g_mm + k1 g_u); if |g_sum| / |new| > 1, new is rescaled to |g_sum|; the final
    gradient is gamma * new with gamma = 1.5. Heads keep the plain summed gradient. One optimizer step.
 
@@ -55,24 +59,32 @@ from datasets.base import Batch, TaskSpec
 _TINY = torch.finfo(torch.float32).tiny
 
 
-def pareto_weights(g_mm: Sequence[torch.Tensor], g_u: Sequence[torch.Tensor], k_clip: float
+# ``MinNormSolver._min_norm_element_from2``'s boundary results (official code/min_norm_solvers.py).
+_K_AT_MM_END, _K_AT_U_END = 0.999, 0.001
+
+
+def pareto_weights(g_mm: Sequence[torch.Tensor], g_u: Sequence[torch.Tensor]
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The official weight rule for one encoder: (1/2, 1/2) when cos(g_mm, g_u) > 0, else the two-task min-norm point.
 
     Args:
         g_mm: the encoder's gradient tensors of the multimodal loss.
         g_u: the same tensors' gradients of the encoder's own unimodal loss.
-        k_clip: k0 is clipped to [k_clip, 1 - k_clip] (official ``_min_norm_element_from2`` returns 0.001 / 0.999).
 
     Returns:
-        (k0, k1, cos) as 0-dim tensors; k0 weights g_mm. Computed without host synchronisation.
+        (k0, k1, cos) as 0-dim tensors in the gradients' dtype; k0 weights g_mm. The min-norm point follows
+        ``MinNormSolver._min_norm_element_from2`` branch by branch (0.999 if g_mm.g_u >= |g_mm|^2, else 0.001 if
+        g_mm.g_u >= |g_u|^2, else the unclipped interior solution). Computed without host synchronisation.
     """
     a = torch.cat([g.reshape(-1) for g in g_mm])
     b = torch.cat([g.reshape(-1) for g in g_u])
     cos = F.cosine_similarity(a, b, dim=0)
     dot, aa, bb = a @ b, a @ a, b @ b
-    conflict = ((bb - dot) / (aa + bb - 2 * dot).clamp_min(_TINY)).clamp(k_clip, 1 - k_clip)
-    k0 = torch.where(cos > 0, torch.full_like(conflict, 0.5), conflict)
+    # Where it is used (dot <= 0) the denominator is >= |g_mm|^2 + |g_u|^2: 0 only if both are 0, a first-branch case.
+    interior = (bb - dot) / (aa + bb - 2 * dot).clamp_min(_TINY)
+    min_norm = torch.where(dot >= aa, torch.full_like(interior, _K_AT_MM_END),
+                           torch.where(dot >= bb, torch.full_like(interior, _K_AT_U_END), interior))
+    k0 = torch.where(cos > 0, torch.full_like(min_norm, 0.5), min_norm)
     return k0, 1 - k0, cos
 
 
@@ -119,8 +131,6 @@ class MMPareto(Method):
     HPARAMS = (
         HParam("gamma", 1.5, "Final encoder-gradient multiplier, hard-coded gamma=1.5 in official code/MMPareto.py "
                              "train_epoch (methods.md §4.13 step 5); BB's trainer_config alpha=1.5 is the same."),
-        HParam("k_clip", 0.001, "Min-norm weight k0 is clipped to [k_clip, 1-k_clip]: official "
-                                "code/min_norm_solvers.py _min_norm_element_from2 returns 0.001/0.999 at the ends."),
         HParam("head", "separate", "'separate' = H-sep heads as in official code/models/models.py AVClassifier; "
                                    "'concat' = split-head logits of the concat head (BB).",
                choices=("separate", "concat")),
@@ -164,7 +174,7 @@ class MMPareto(Method):
             head_grads = [a + b for a, b in zip(head_grads, g[len(enc[m]):])]
             g_sum = [a + b for a, b in zip(g_mm[m], g_u)]
             pair = (g_sum, g_sum) if self.hp.capture == "accumulated" else (g_mm[m], g_u)
-            k0, k1, cos = pareto_weights(*pair, self.hp.k_clip)
+            k0, k1, cos = pareto_weights(*pair)
             new_grads += mmpareto_encoder_grads(*pair, g_sum, k0, k1, self.hp.gamma)
             logs[f"cos_{m}"], logs[f"k_mm_{m}"] = cos.item(), k0.item()
 

@@ -23,7 +23,14 @@ and momentum still move the stopped parameters; ``freeze`` drops their gradients
 [project option]. Details of the re-implementation kept: the validation CE is computed with the model in eval mode;
 its epoch 1 is never snapshotted unless accuracy also improves (here the first epoch is snapshotted, so a stop can
 always reload its best epoch). The re-implementation averages batch-mean losses; here it is the per-sample mean over
-the split, which differs only through the last partial batch. The modulation window of the AGM scripts is not used.
+the split, which differs only through the last partial batch.
+
+Modulation window (``modulation_ends``): the re-implementation multiplies the gradients only while
+``modulation_starts <= epoch <= modulation_ends`` (``utils/config.py`` defaults 0 and 20, on its 1-based epochs) and
+runs the plain backward outside it. With patience 80 the earliest stop is its epoch 82, so under those defaults a
+stopped modality is reloaded from its best epoch but then keeps training: the multiplier 0 never applies. The project
+default applies the stop in every epoch (``-1``); ``official_compat`` sets the re-implementation's window, 1-based
+epochs 0-20 = 0-based epochs through 19. Epoch differences (patience, best epoch) do not depend on the base.
 
 Cost: one extra no_grad pass over the evaluation split per epoch; memory: up to one model + optimizer snapshot per
 modality, kept on the CPU in the checkpoint (``extra_state``).
@@ -82,8 +89,12 @@ class MSES(FusionMethod):
         HParam("stop_mode", "zero_grad", "zero_grad = multiply a stopped modality's gradients by 0 (AGM re-impl.; "
                                          "weight decay and momentum still act); freeze = drop them [project].",
                choices=("zero_grad", "freeze")),
+        HParam("modulation_ends", -1, "Last epoch (0-based, inclusive) in which a stopped modality's gradients are "
+                                      "scaled; -1 = all epochs. The AGM re-impl. scales them while 0 <= epoch <= 20 "
+                                      "on its 1-based epochs (utils/config.py defaults), i.e. through 0-based epoch "
+                                      "19, and runs the plain backward afterwards."),
     )
-    VARIANTS = {"official_compat": {"eval_split": "test"}}
+    VARIANTS = {"official_compat": {"eval_split": "test", "modulation_ends": 19}}
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)
@@ -105,8 +116,9 @@ class MSES(FusionMethod):
             loss = F.cross_entropy(z.float(), batch["label"])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        modulating = self.hp.modulation_ends < 0 or step.epoch <= self.hp.modulation_ends
         for i, m in enumerate(self.modalities):
-            if self.stopped[i]:
+            if self.stopped[i] and modulating:
                 if self.hp.stop_mode == "freeze":
                     zero_grad(self.modality_params(m))
                 else:

@@ -29,6 +29,20 @@ official code falls back to z_m = z for its logging; evaluation here uses the sh
 Cost: a B x K distance matrix per modality per step, plus a no-grad pass over 10% of the training batches per epoch.
 
 BB (``balancemm/trainer/PMR_trainer.py``) uses alpha 0.6, mu 0.5 and modulation epochs 0-80, with the same rule.
+
+Backbone (``backbone`` knob; variant ``official_compat``): the official ``models/basic_model.py`` ``AVClassifier``
+builds ``models/backbone.py`` ``resnet18`` with its default ``compress=True``, which inserts a bottleneck between
+``layer2`` and ``layer3`` of both encoders: ``compress_layer`` = four 3x3 stride-2 convolutions (C -> C -> ReLU -> C ->
+4C -> ReLU, C = layer2's 128 channels, with bias, padding 1, 1, 0, 0) that squeeze the feature map to about 1 x 1,
+and ``recover_layer`` = four transposed convolutions (4C -> C -> C -> C -> C, no activation) that re-expand it to the
+layer2 size of the official inputs: 28 x 28 for 224 x 224 frames (kernels 3/1, 3/2, 2/2, 2/2 as size/stride) and
+33 x 38 for the 257 x 299 CREMA-D spectrogram (kernels 4/1, 2/2, (2,4)/2, (3,4)/2). The paper describes a plain
+ResNet-18, so ``backbone=resnet18`` is the default and ``backbone=compress`` rebuilds the official encoders: the same
+layers scaled to ``model.width`` (C = 2 x width) on the shared trunk, audio (spectrogram) and visual (frames) kinds as
+in the official code; the official init (Kaiming-normal fan-out on the convolutions, PyTorch defaults on the
+transposed ones) is ``model.init=ogm``'s. The bottleneck needs a layer2 map of at least 25 x 25 (inputs of about
+193 x 193 and more); the recovered map has the official fixed size for inputs whose bottleneck is 1 x 1 and is larger
+otherwise, as in the official code.
 """
 
 from __future__ import annotations
@@ -38,8 +52,11 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
-from baselines.base import FusionMethod, Loaders, StepInfo, TrainContext, confidence_scores
-from baselines.hparams import HParam, HParams
+from torch import nn
+
+from baselines.base import FusionMethod, FusionModel, Loaders, Method, StepInfo, TrainContext, confidence_scores
+from baselines.hparams import HParam, HParams, variant_param
+from baselines.networks import FramesEncoder, SpectrogramEncoder, init_model
 from baselines.registry import register
 from datasets.base import Batch, BatchLoader, TaskSpec
 
@@ -62,6 +79,52 @@ def weaker_modality(scores: Mapping[str, torch.Tensor]) -> str | None:
     return None
 
 
+# Transposed-convolution (kernel, stride) per stage of the official recover_layer, per modality kind.
+_RECOVER = {"audio": ((4, 1), (2, 2), ((2, 4), 2), ((3, 4), 2)), "visual": ((3, 1), (3, 2), (2, 2), (2, 2))}
+_MIN_BOTTLENECK_INPUT = 25
+
+
+class CompressRecover(nn.Module):
+    """The official PMR ``compress_layer`` + ``recover_layer`` on a (N, C, H, W) layer2 map (``models/backbone.py``)."""
+
+    def __init__(self, channels: int, kind: str) -> None:
+        super().__init__()
+        c = channels
+        self.compress = nn.Sequential(nn.Conv2d(c, c, 3, stride=2, padding=1), nn.Conv2d(c, c, 3, stride=2, padding=1),
+                                      nn.ReLU(inplace=True), nn.Conv2d(c, c, 3, stride=2, padding=0),
+                                      nn.Conv2d(c, 4 * c, 3, stride=2, padding=0), nn.ReLU(inplace=True))
+        widths = (4 * c, c, c, c, c)
+        self.recover = nn.Sequential(*(nn.ConvTranspose2d(widths[i], widths[i + 1], kernel, stride=stride)
+                                       for i, (kernel, stride) in enumerate(_RECOVER[kind])))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if min(x.shape[-2:]) < _MIN_BOTTLENECK_INPUT:
+            raise ValueError(f"pmr.backbone=compress needs a layer2 feature map of at least {_MIN_BOTTLENECK_INPUT} x "
+                             f"{_MIN_BOTTLENECK_INPUT}, got {tuple(x.shape[-2:])}: inputs of about 193 x 193 or more "
+                             "(the official code runs 224 x 224 frames and 257 x 299 spectrograms)")
+        return self.recover(self.compress(x))
+
+
+def add_compress_recover(model: nn.Module, model_hp: HParams) -> None:
+    """Insert ``CompressRecover`` after the second stage of every encoder's ResNet trunk (official PMR backbone)."""
+    for name, enc in model.encoders.items():
+        if isinstance(enc, SpectrogramEncoder):
+            kind = "audio"
+        elif isinstance(enc, FramesEncoder):
+            kind = "visual"
+        else:
+            raise ValueError(f"pmr.backbone=compress needs ResNet-18 trunks (spectrogram or resnet18 frames "
+                             f"encoders); modality {name!r} has {type(enc).__name__}")
+        stages = enc.trunk.stages
+        channels = stages[1][-1].conv2.out_channels
+        block = CompressRecover(channels, kind).to(next(stages.parameters()).device)
+        init_model(block, model_hp)
+        stages.insert(2, block)
+
+
+_VARIANTS = {"official_compat": {"backbone": "compress"}}
+
+
 @register
 class PMR(FusionMethod):
     name = "pmr"
@@ -82,18 +145,27 @@ class PMR(FusionMethod):
                                "bash.sh 70; BB 80).", per_dataset={"cremad": 70}),
         HParam("head", "concat", "Fusion head (official --fusion_method: concat in the CREMA-D runs).",
                choices=("concat", "sum", "film", "gated")),
+        HParam("backbone", "resnet18", "'resnet18' = the plain ResNet-18 the paper describes; 'compress' = the "
+                                       "official models/backbone.py resnet18(compress=True): a conv bottleneck "
+                                       "(compress_layer + recover_layer) between layer2 and layer3 of each encoder.",
+               choices=("resnet18", "compress")),
+        variant_param(_VARIANTS, "paper = plain ResNet-18 encoders; official_compat = the official backbone with "
+                                 "compress/recover layers (GitHub fanyunfeng-bit/Modal-Imbalance-PMR, "
+                                 "models/backbone.py)."),
     )
+    VARIANTS = _VARIANTS
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
-        super().__init__(task, hp, ctx)
+        # FusionMethod's model and optimizer, with the official bottleneck inserted before the optimizer is built.
+        Method.__init__(self, task, hp, ctx)
+        self.model = FusionModel(task, ctx.model_hp, hp.head).to(ctx.device)
+        if hp.backbone == "compress":
+            add_compress_recover(self.model, ctx.model_hp)
+        self.optimizer = ctx.make_optimizer(self.model.parameters())
         for m in self.modalities:
             dim = self.model.encoders[m].out_dim
             self.register_buffer(f"prototypes_{m}", torch.zeros(task.num_classes, dim, device=ctx.device))
         self.register_buffer("prototypes_ready", torch.zeros((), dtype=torch.bool, device=ctx.device))
-
-    @property
-    def HEAD(self) -> str:  # noqa: N802 - FusionMethod reads HEAD; here it comes from the knob set by Method.__init__
-        return self.hp.head
 
     def prototypes(self, m: str) -> torch.Tensor:
         return getattr(self, f"prototypes_{m}")

@@ -21,6 +21,7 @@ from benchmarks.config import TRAIN_HPARAMS, build_config, load_config_file, met
 from benchmarks.runner import train_run
 from datasets.registry import get_dataset
 from tests.conftest import TINY_DATA, first_batch, make_context, tiny_overrides
+from tests.numeric import approx64, close
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "benchmarks" / "configs" / "aug"
@@ -50,14 +51,14 @@ def test_loss_matches_a_hand_computed_value():
     loss, z_all = sustained_boosting_loss(z, torch.tensor([0]), lam=0.5)
     expected = math.log(4 / 3) + math.log(2) + (1 - 0.5 * 0.5) * math.log(4 / 3)
     assert loss.item() == pytest.approx(expected, rel=1e-6)
-    torch.testing.assert_close(z_all, z.sum(1))
+    close(z_all, z.sum(1))
 
 
 def test_single_learner_loss_is_plain_cross_entropy():
     z = torch.randn(5, 1, 3)
     y = torch.tensor([0, 1, 2, 1, 0])
     loss, _ = sustained_boosting_loss(z, y, lam=0.5)
-    torch.testing.assert_close(loss, F.cross_entropy(z[:, 0], y))
+    close(loss, F.cross_entropy(z[:, 0], y))
 
 
 def test_residual_ce_is_the_soft_target_ce_and_the_weighted_ce():
@@ -70,9 +71,9 @@ def test_residual_ce_is_the_soft_target_ce_and_the_weighted_ce():
     residual = loss - F.cross_entropy(z.sum(1), y) - F.cross_entropy(z_prev, y)
     q_y = torch.softmax(z_prev, 1).gather(1, y[:, None])[:, 0]
     onehot = F.one_hot(y, 4).float()
-    torch.testing.assert_close(residual, ce_soft(z_new, onehot - lam * q_y[:, None] * onehot))
+    close(residual, ce_soft(z_new, onehot - lam * q_y[:, None] * onehot))
     weighted = ((1 - lam * q_y) * F.cross_entropy(z_new, y, reduction="none")).mean()
-    torch.testing.assert_close(residual, weighted)
+    close(residual, weighted)
 
 
 def test_per_learner_prob_sum_target_sums_each_previous_learners_softmax():
@@ -83,7 +84,7 @@ def test_per_learner_prob_sum_target_sums_each_previous_learners_softmax():
     q_y = (torch.softmax(z[:, 0], 1) + torch.softmax(z[:, 1], 1)).gather(1, y[:, None])[:, 0]
     residual = ((1 - 0.2 * q_y) * F.cross_entropy(z[:, 2], y, reduction="none")).mean()
     expected = F.cross_entropy(z.sum(1), y) + F.cross_entropy(z[:, 0] + z[:, 1], y) + residual
-    torch.testing.assert_close(loss, expected)
+    close(loss, expected)
     with pytest.raises(ValueError, match="residual_target='bogus'"):
         sustained_boosting_loss(z, y, 0.2, residual_target="bogus")
 
@@ -110,12 +111,12 @@ def test_previous_ensemble_is_the_sum_of_all_but_the_newest_learner(extra):
     y = torch.randint(0, 3, (7,))
     z = learner_logits(stack, head, h)
     per_learner = [head(F.relu(layer(h))) for layer in stack.layers]
-    torch.testing.assert_close(z, torch.stack(per_learner, 1))
+    close(z, torch.stack(per_learner, 1))
     z_prev = per_learner[0] if extra == 1 else per_learner[0] + per_learner[1]
     q_y = torch.softmax(z_prev, 1).gather(1, y[:, None])[:, 0]
     expected = (F.cross_entropy(sum(per_learner), y) + F.cross_entropy(z_prev, y)
                 + ((1 - 0.5 * q_y) * F.cross_entropy(per_learner[-1], y, reduction="none")).mean())
-    torch.testing.assert_close(sustained_boosting_loss(z, y, 0.5)[0], expected)
+    close(sustained_boosting_loss(z, y, 0.5)[0], expected)
 
 
 # --- learners and gate -----------------------------------------------------------------------------------------------
@@ -139,19 +140,19 @@ def test_gate_scales_only_the_extra_learners():
     h = torch.randn(4, 8)
     plain = learner_logits(stack, head, h)
     gated = learner_logits(stack, head, h, torch.tensor(0.25))
-    torch.testing.assert_close(gated[:, 0], plain[:, 0])
-    torch.testing.assert_close(gated[:, 1:], 0.25 * plain[:, 1:])
+    close(gated[:, 0], plain[:, 0])
+    close(gated[:, 1:], 0.25 * plain[:, 1:])
 
 
 def test_running_scores_match_the_official_expression_and_set_gate_targets():
     batch, epoch = torch.tensor([3.0, 5.0], dtype=torch.float64), torch.tensor([20.0, 16.0], dtype=torch.float64)
     k = 3
     s_a = (3 / (k + 1) + 20 * k / (k + 1)) / (5 / (k + 1) + 16 * k / (k + 1))  # train_KS.py
-    torch.testing.assert_close(running_scores(batch, epoch, k), torch.tensor([s_a, 1 / s_a], dtype=torch.float64))
+    close(running_scores(batch, epoch, k), torch.tensor([s_a, 1 / s_a], dtype=torch.float64))
     assert gate_targets(torch.tensor([1.2, 1 / 1.2])).tolist() == [0.0, 1.0]
     assert gate_targets(torch.tensor([1.0, 1.0])).tolist() == [1.0, 0.0]
     three = running_scores(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([10.0, 20.0, 30.0]), 1)
-    torch.testing.assert_close(three, torch.tensor([11 / 55, 22 / 44, 33 / 33]))
+    close(three, torch.tensor([11 / 55, 22 / 44, 33 / 33]))
     assert gate_targets(three).tolist() == [1.0, 1.0, 0.0]
 
 
@@ -220,8 +221,8 @@ def test_shared_head_is_stepped_once_per_modality_and_visual_sees_the_updated_he
     method.update(first_batch(tiny_bundle), STEP)
     assert len(snapshots) == 3, "one optimizer step per modality"
     assert not torch.equal(snapshots[0], snapshots[1]) and not torch.equal(snapshots[1], snapshots[2])
-    torch.testing.assert_close(seen[0], snapshots[0])
-    torch.testing.assert_close(seen[1], snapshots[1])
+    close(seen[0], snapshots[0])
+    close(seen[1], snapshots[1])
     assert all(p.grad is None for p in method.parameters())
 
 
@@ -257,7 +258,7 @@ def test_paper_mode_trains_new_learners_in_a_new_param_group(tiny_bundle):
     group = method.optimizer.param_groups[-1]
     assert len(method.optimizer.param_groups) == groups + 1
     assert group["params"] == [layer.weight, layer.bias]
-    assert group["lr"] == pytest.approx(0.01 * 0.1) and group["momentum"] == 0.9 and group["weight_decay"] == 1e-4
+    assert group["lr"] == approx64(0.01 * 0.1) and group["momentum"] == 0.9 and group["weight_decay"] == 1e-4
     before = layer.weight.detach().clone()
     method.train()
     method.update(first_batch(tiny_bundle), STEP)
@@ -282,7 +283,7 @@ def test_compat_mode_freezes_new_learners_but_the_encoder_gets_gradient_through_
 def test_gated_variant_takes_a_third_step_and_updates_the_running_scores(tiny_bundle):
     method = build(tiny_bundle, variant="official_gated")
     assert method.hp.gate and len(method.optimizer.param_groups) == 2
-    assert method.optimizer.param_groups[1]["lr"] == pytest.approx(0.001)
+    assert method.optimizer.param_groups[1]["lr"] == approx64(0.001)
     method.add_learner("visual")
     method.train()
     gate_weight = method.gate.net[0].weight
@@ -291,7 +292,17 @@ def test_gated_variant_takes_a_third_step_and_updates_the_running_scores(tiny_bu
     assert len(snapshots) == 4
     assert torch.equal(snapshots[0], snapshots[2]) and not torch.equal(snapshots[2], snapshots[3])
     s = method.score_sum
-    torch.testing.assert_close(method.running, (s / s.flip(0)).float())
+    close(method.running, (s / s.flip(0)).float())
+
+
+@pytest.mark.parametrize("dataset, variant, lam", [
+    ("cremad", "official_gated", 0.2), ("cremad", "official_compat", 0.5), ("kinetics_sounds", "official_gated", 0.2),
+    ("cremad", "paper", 0.5)])
+def test_gated_variant_uses_lambda_0_2_on_every_dataset(dataset, variant, lam):
+    # njustkmg/NeurIPS25-AUG @966dbf5: train_CREMAD.py, train_KS.py and train_NVGesture.py are all gated with
+    # "- 0.2 * criterion(add_fea, kl)"; the ungated train_CREMAD.py of ced44c6 uses 0.5.
+    hp = resolve("aug", method_hparams(AUG), dataset, {"variant": variant}, variants=AUG.VARIANTS)
+    assert hp.gate == (variant == "official_gated") and hp.residual_lambda == lam
 
 
 # --- prediction, configuration errors, three modalities --------------------------------------------------------------
@@ -303,12 +314,12 @@ def test_test_time_fusion_uses_the_published_weights(tiny_bundle):
     pred = method.predict(batch)
     with torch.no_grad():
         out = {m: method.modality_logits(m, method.encoders[m](batch[m]), None).sum(1) for m in ("audio", "visual")}
-    torch.testing.assert_close(pred.per_modality["audio"], out["audio"])
-    torch.testing.assert_close(pred.fused, 0.4 * out["audio"] + 0.6 * out["visual"])
+    close(pred.per_modality["audio"], out["audio"])
+    close(pred.fused, 0.4 * out["audio"] + 0.6 * out["visual"])
     custom = build(tiny_bundle, fusion_weights=[0.5, 0.5])
     custom.eval()
     pred = custom.predict(batch)
-    torch.testing.assert_close(pred.fused, 0.5 * (pred.per_modality["audio"] + pred.per_modality["visual"]))
+    close(pred.fused, 0.5 * (pred.per_modality["audio"] + pred.per_modality["visual"]))
 
 
 def test_bad_fusion_weights_and_order_name_the_key(tiny_bundle):
@@ -331,7 +342,7 @@ def test_three_modalities_step_each_modality_and_use_the_nvgesture_weights():
     diag = method.on_epoch_end(0, loaders(bundle))
     assert method.extra_learners() == {"audio": 1, "visual": 1, "text": 0}
     assert diag["added/audio"] == 1.0 and diag["added/text"] == 0.0
-    assert diag["score_rho/audio"] == pytest.approx(10 / 52)
+    assert diag["score_rho/audio"] == approx64(10 / 52)
 
 
 def test_epoch_end_diagnostics_and_decision(tiny_bundle):
@@ -342,8 +353,8 @@ def test_epoch_end_diagnostics_and_decision(tiny_bundle):
     method.count = 100
     diag = method.on_epoch_end(0, data)  # epoch 0 is not a check in paper mode
     assert diag["aca_check"] == 0.0 and method.extra_learners() == {"audio": 0, "visual": 0}
-    assert diag["score/audio"] == pytest.approx(0.6) and diag["score_ratio"] == pytest.approx(1.5)
-    assert diag["score_difference"] == pytest.approx(0.2)
+    assert diag["score/audio"] == approx64(0.6) and diag["score_ratio"] == approx64(1.5)
+    assert diag["score_difference"] == approx64(0.2)
     diag = method.on_epoch_end(1, data)
     assert diag["aca_check"] == 1.0 and diag["added/visual"] == 1.0 and diag["extra_learners/visual"] == 1.0
 
@@ -402,7 +413,7 @@ def test_checkpoint_round_trip_restores_learners_groups_and_next_step(tiny_bundl
     clone.load_checkpoint_state(state)
     assert clone.history == ["visual", "audio", "visual"] and clone.extra_learners() == {"audio": 1, "visual": 2}
     assert len(clone.optimizer.param_groups) == len(method.optimizer.param_groups)
-    torch.testing.assert_close(clone.running, method.running)
+    close(clone.running, method.running)
     clone.train()
     assert clone.update(batch, STEP)["loss"] == pytest.approx(method.update(batch, STEP)["loss"], rel=1e-6)
     with pytest.raises(RuntimeError, match="does not extend"):
@@ -429,9 +440,9 @@ def test_configs_resolve_against_the_declared_knobs(dataset):
     assert (hp.residual_lambda, hp.aca_interval_epochs, train.optimizer) == (lam, interval, optimizer)
     assert hp.sigma == 1.0 and hp.tau == 0.01
     if optimizer == "adam":
-        assert train.lr == pytest.approx(2e-5)
+        assert train.lr == approx64(2e-5)
     else:
-        assert train.lr == pytest.approx(1e-2) and train.momentum == 0.9 and train.weight_decay == 1e-4
+        assert train.lr == approx64(1e-2) and train.momentum == 0.9 and train.weight_decay == 1e-4
     if dataset == "cremad":
         assert (train.epochs, train.batch_size, train.lr_milestones) == (200, 64, [69, 139])
         assert aca_check_epochs(train.epochs, hp.aca_interval_epochs, False)[-1] == 179

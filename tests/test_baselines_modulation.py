@@ -17,11 +17,12 @@ from baselines.heads import SumHead
 from baselines.hparams import resolve
 from baselines.ogm import modulate_gradients, ogm_coefficients
 from baselines.opm import FeatureRescale, drop_features, opm_drop_probabilities
-from baselines.pmr import prototype_logits, weaker_modality
+from baselines.pmr import CompressRecover, prototype_logits, weaker_modality
 from baselines.registry import get_method
 from benchmarks.config import method_hparams
 from datasets.registry import get_dataset
 from tests.conftest import TINY_DATA, first_batch, make_context
+from tests.numeric import approx, close
 
 
 def build(name, bundle, **overrides):
@@ -74,7 +75,7 @@ def test_ogm_scales_exactly_the_encoder_conv_weights_and_adds_no_noise(tiny_bund
     for name, g in raw.items():
         modality = name.split(".")[1] if name.startswith("encoders.") else None
         if modality is not None and g.dim() == 4:
-            torch.testing.assert_close(edited[name], k[modality] * g)
+            close(edited[name], k[modality] * g)
             n_conv += 1
         else:  # BatchNorm, biases and the fusion head are untouched
             torch.testing.assert_close(edited[name], g, rtol=0, atol=0)
@@ -93,7 +94,7 @@ def test_ogm_ge_noise_matches_the_unscaled_gradient_std():
         assert abs(noise.mean().item()) < 0.05 * original.std().item()
     conv.weight.grad = original.clone()
     modulate_gradients([conv.weight], torch.tensor(0.25), noise=False)
-    torch.testing.assert_close(conv.weight.grad, 0.25 * original)
+    close(conv.weight.grad, 0.25 * original)
 
 
 def test_ogm_ge_adds_noise_to_both_encoders_and_nothing_else(tiny_bundle):
@@ -142,26 +143,26 @@ def test_opm_drop_probability_for_given_scores():
 def test_opm_rescale_is_applied_in_forward_and_backward():
     x = torch.randn(3, 4, requires_grad=True)
     y = FeatureRescale.apply(x, torch.tensor(1.25))
-    torch.testing.assert_close(y, 1.25 * x.detach())
+    close(y, 1.25 * x.detach())
     g = torch.randn(3, 4)
     y.backward(g)
-    torch.testing.assert_close(x.grad, 1.25 * g)
+    close(x.grad, 1.25 * g)
 
 
 def test_opm_drop_features_masks_rescales_and_flags_empty_samples():
     torch.manual_seed(0)
     h = {"audio": torch.randn(400, 4, requires_grad=True), "visual": torch.randn(400, 6, requires_grad=True)}
     out, keep, theta = drop_features(h, torch.tensor([0.5, 0.0]))
-    assert theta.item() == pytest.approx(4 * 0.5 / 10)
+    assert theta.item() == approx(4 * 0.5 / 10)
     scale = 1 / (1 - 0.2)
-    torch.testing.assert_close(out["visual"], scale * h["visual"].detach())  # q_v = 0: never dropped
+    close(out["visual"], scale * h["visual"].detach())  # q_v = 0: never dropped
     dropped = out["audio"].abs().sum(1) == 0
-    torch.testing.assert_close(out["audio"][~dropped], scale * h["audio"].detach()[~dropped])
+    close(out["audio"][~dropped], scale * h["audio"].detach()[~dropped])
     assert 0.4 < dropped.float().mean().item() < 0.6
     assert keep.all()
     (out["audio"].sum() + out["visual"].sum()).backward()
-    torch.testing.assert_close(h["audio"].grad, scale * (~dropped).float()[:, None].expand(-1, 4))
-    torch.testing.assert_close(h["visual"].grad, torch.full((400, 6), scale))
+    close(h["audio"].grad, scale * (~dropped).float()[:, None].expand(-1, 4))
+    close(h["visual"].grad, torch.full((400, 6), scale))
     out, keep, _ = drop_features({m: v.detach() for m, v in h.items()}, torch.tensor([0.8, 0.8]))
     both_gone = (out["audio"].abs().sum(1) == 0) & (out["visual"].abs().sum(1) == 0)
     assert both_gone.any() and torch.equal(keep, ~both_gone)
@@ -175,7 +176,7 @@ def test_opm_drops_only_after_warmup_and_never_at_test(tiny_bundle):
     assert "kept" in logs and math.isfinite(logs.get("loss", 0.0))
     opm.eval()
     _, z, _ = opm.model(opm.inputs(batch))
-    torch.testing.assert_close(opm.predict(batch).fused, z)
+    close(opm.predict(batch).fused, z)
 
 
 # --- AGM -------------------------------------------------------------------------------------------------------------
@@ -199,17 +200,17 @@ def test_agm_hooks_route_scaled_gradients_to_each_pass():
     names = ("audio", "visual")
     outputs = {frozenset(names): z_full, frozenset({"audio"}): z_ao, frozenset({"visual"}): z_vo}
     phi = shapley_outputs(outputs, names)
-    torch.testing.assert_close(phi["audio"], 0.5 * (z_full - z_vo + z_ao))
-    torch.testing.assert_close(phi["audio"] + phi["visual"], z_full)
+    close(phi["audio"], 0.5 * (z_full - z_vo + z_ao))
+    close(phi["audio"] + phi["visual"], z_full)
     k_a, k_v = 0.6, 1.7
     scalers = {"audio": GradScale(), "visual": GradScale()}
     scalers["audio"].scale.fill_(k_a)
     scalers["visual"].scale.fill_(k_v)
     g = torch.randn(4, 3)
     (sum(scalers[m](phi[m]) for m in names) * g).sum().backward()
-    torch.testing.assert_close(z_full.grad, 0.5 * (k_a + k_v) * g)
-    torch.testing.assert_close(z_ao.grad, 0.5 * (k_a - k_v) * g)
-    torch.testing.assert_close(z_vo.grad, 0.5 * (k_v - k_a) * g)
+    close(z_full.grad, 0.5 * (k_a + k_v) * g)
+    close(z_ao.grad, 0.5 * (k_a - k_v) * g)
+    close(z_vo.grad, 0.5 * (k_v - k_a) * g)
 
 
 def test_agm_three_modality_shapley_is_efficient():
@@ -218,11 +219,11 @@ def test_agm_three_modality_shapley_is_efficient():
     outputs = {frozenset(s): torch.randn(2, 3) for s in (("a",), ("b",), ("c",), ("a", "b"), ("a", "c"), ("b", "c"),
                                                         ("a", "b", "c"))}
     phi = shapley_outputs(outputs, names)
-    torch.testing.assert_close(sum(phi.values()), outputs[frozenset(names)])
+    close(sum(phi.values()), outputs[frozenset(names)])
     expected_a = (outputs[frozenset("a")] / 3 + (outputs[frozenset("ab")] - outputs[frozenset("b")]) / 6
                   + (outputs[frozenset("ac")] - outputs[frozenset("c")]) / 6
                   + (outputs[frozenset("abc")] - outputs[frozenset("bc")]) / 3)
-    torch.testing.assert_close(phi["a"], expected_a)
+    close(phi["a"], expected_a)
 
 
 def test_agm_trains_three_modalities_with_seven_subsets():
@@ -235,7 +236,7 @@ def test_agm_trains_three_modalities_with_seven_subsets():
     assert {"k_audio", "k_visual", "k_text"} <= set(logs) and math.isfinite(logs["loss"])
     agm.eval()
     pred = agm.predict(batch)
-    torch.testing.assert_close(sum(pred.per_modality.values()), pred.fused)
+    close(sum(pred.per_modality.values()), pred.fused)
 
 
 def test_agm_running_mean_is_updated_after_k_and_checkpointed(tiny_bundle):
@@ -247,12 +248,31 @@ def test_agm_running_mean_is_updated_after_k_and_checkpointed(tiny_bundle):
     logs = agm.update(batch, step())
     expected_k = agm_coefficients(s1, torch.zeros(2), agm.hp.alpha)  # running means are 0 before the first step
     assert [logs["k_audio"], logs["k_visual"]] == pytest.approx(expected_k.tolist(), rel=1e-5)
-    torch.testing.assert_close(agm.loss_mean, s1)
+    close(agm.loss_mean, s1)
     assert agm.scalers["audio"].scale.item() == pytest.approx(logs["k_audio"], rel=1e-6)
     clone = build("agm", tiny_bundle)
     clone.load_checkpoint_state(agm.checkpoint_state())
-    torch.testing.assert_close(clone.loss_mean, agm.loss_mean)
-    assert int(clone.iterations) == 1 and clone.scalers["visual"].scale.item() == pytest.approx(logs["k_visual"])
+    close(clone.loss_mean, agm.loss_mean)
+    assert int(clone.iterations) == 1 and clone.scalers["visual"].scale.item() == approx(logs["k_visual"])
+
+
+def official_agm_window(epoch0: int, starts: int, ends: int) -> bool:
+    """The AGM scripts' test ``modulation_starts <= epoch <= modulation_ends`` on their 1-based epoch of our epoch0."""
+    return starts <= epoch0 + 1 <= ends
+
+
+@pytest.mark.parametrize("epoch, inside", [(0, True), (1499, True), (1500, False)])
+def test_agm_default_window_is_the_authors_1_based_window_0_to_1500(tiny_bundle, epoch, inside):
+    # Official run/CREMAD_main.py counts epochs from 1; the author's window is 0-1500 (lihongcs/AGM issue #10).
+    assert official_agm_window(epoch, 0, 1500) == inside
+    batch = first_batch(tiny_bundle)
+    agm = build("agm", tiny_bundle)
+    logs = agm.update(batch, step(epoch=epoch))
+    scale = agm.scalers["audio"].scale.item()
+    if inside:
+        assert scale == pytest.approx(logs["k_audio"], rel=1e-6) and scale != 1.0
+    else:
+        assert scale == 1.0  # never set: the hooks keep their initial 1
 
 
 # --- PMR -------------------------------------------------------------------------------------------------------------
@@ -260,7 +280,7 @@ def test_agm_running_mean_is_updated_after_k_and_checkpointed(tiny_bundle):
 def test_pmr_prototype_logits_are_negative_euclidean_distances():
     h = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
     c = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]])
-    torch.testing.assert_close(prototype_logits(h, c), -torch.tensor([[0.0, 3.0, 4.0], [5.0, 4.0, 3.0]]))
+    close(prototype_logits(h, c), -torch.tensor([[0.0, 3.0, 4.0], [5.0, 4.0, 3.0]]))
 
 
 def test_pmr_extra_term_goes_to_the_weaker_modality():
@@ -306,20 +326,61 @@ def test_pmr_prototypes_use_the_first_tenth_of_batches_then_ema(tiny_bundle):
     loaders = Loaders(train=first)
     pmr.on_epoch_start(0, loaders)
     c0 = pmr.prototypes("audio").clone()
-    torch.testing.assert_close(c0[0], torch.full((d,), 1.5))
-    torch.testing.assert_close(c0[1], torch.full((d,), 3.0))
-    torch.testing.assert_close(c0[3], torch.zeros(d))
-    torch.testing.assert_close(pmr.prototypes("visual")[2], torch.full((d,), -4.0))
+    close(c0[0], torch.full((d,), 1.5))
+    close(c0[1], torch.full((d,), 3.0))
+    close(c0[3], torch.zeros(d))
+    close(pmr.prototypes("visual")[2], torch.full((d,), -4.0))
     pmr.on_epoch_start(1, Loaders(train=[batch(50.0, [0, 1, 2, 3])]))  # already computed: no second pass
-    torch.testing.assert_close(pmr.prototypes("audio"), c0)
+    close(pmr.prototypes("audio"), c0)
     later = Loaders(train=[batch(10.0, [0, 1, 2, 3])])
     pmr.on_epoch_end(0, later)  # after epoch 0: replaced, no EMA (official `epoch <= 0`)
     c1 = pmr.prototypes("audio").clone()
-    torch.testing.assert_close(c1[:, 0], torch.tensor([10.0, 11.0, 12.0, 13.0]))
+    close(c1[:, 0], torch.tensor([10.0, 11.0, 12.0, 13.0]))
     pmr.on_epoch_end(1, Loaders(train=[batch(20.0, [0, 1, 2, 3])]))
-    torch.testing.assert_close(pmr.prototypes("audio")[:, 0], 0.8 * torch.tensor([20.0, 21.0, 22.0, 23.0])
+    close(pmr.prototypes("audio")[:, 0], 0.8 * torch.tensor([20.0, 21.0, 22.0, 23.0])
                                + 0.2 * c1[:, 0])
     clone = build("pmr", tiny_bundle)
     clone.load_checkpoint_state(pmr.checkpoint_state())
-    torch.testing.assert_close(clone.prototypes("audio"), pmr.prototypes("audio"))
+    close(clone.prototypes("audio"), pmr.prototypes("audio"))
     assert bool(clone.prototypes_ready)
+
+
+@pytest.mark.parametrize("kind, layer2, recovered", [("visual", (28, 28), (28, 28)), ("audio", (33, 38), (33, 38)),
+                                                     ("audio", (33, 157), (33, 102))])
+def test_pmr_compress_recover_has_the_official_shapes(kind, layer2, recovered):
+    # Official models/backbone.py: visual 224x224 frames and the 257x299 CREMA-D spectrogram give these layer2 maps;
+    # the bottleneck squeezes them to 1 x 1 (width 512 = 4 x 128) and recovers the layer2 size. A longer
+    # spectrogram (AUG's 1250 frames) keeps a wider bottleneck and recovers a wider map.
+    block = CompressRecover(8, kind)
+    x = torch.randn(2, 8, *layer2)
+    squeezed = block.compress(x)
+    assert squeezed.shape[:2] == (2, 32) and squeezed.shape[2] == 1
+    assert tuple(block(x).shape) == (2, 8, *recovered)
+    assert [type(m).__name__ for m in block.compress] == ["Conv2d", "Conv2d", "ReLU", "Conv2d", "Conv2d", "ReLU"]
+    assert all(isinstance(m, nn.ConvTranspose2d) for m in block.recover) and len(block.recover) == 4
+    with pytest.raises(ValueError, match="at least 25"):
+        block(torch.randn(1, 8, 24, 40))
+
+
+def test_pmr_official_compat_builds_the_compress_backbone_and_trains_it():
+    cls = get_dataset("synthetic")
+    big = cls.build(resolve("data", cls.HPARAMS, "synthetic",
+                            {**TINY_DATA, "n_train": 8, "audio_shape": [1, 200, 208],
+                             "visual_shape": [3, 1, 200, 200]}))
+    plain = build("pmr", big)
+    pmr = build("pmr", big, variant="official_compat")
+    assert pmr.hp.backbone == "compress" and plain.hp.backbone == "resnet18"
+    for m in ("audio", "visual"):
+        stages = pmr.model.encoders[m].trunk.stages
+        assert len(stages) == 5 and isinstance(stages[2], CompressRecover)
+        assert not any(isinstance(s, CompressRecover) for s in plain.model.encoders[m].trunk.stages)
+    # Every parameter, the bottleneck's included, is in the optimizer and moves in a step.
+    optimized = {id(p) for g in pmr.optimizer.param_groups for p in g["params"]}
+    assert optimized == {id(p) for p in pmr.parameters()}
+    before = {n: p.detach().clone() for n, p in pmr.model.named_parameters()}
+    pmr.on_epoch_start(0, Loaders(train=big.loader("train", batch_size=4, train=False, seed=0)))
+    pmr.update(first_batch(big, batch_size=4), step(epoch=0))
+    moved = [n for n, p in pmr.model.named_parameters() if not torch.equal(p, before[n])]
+    assert any("stages.2.compress" in n for n in moved) and any("stages.2.recover" in n for n in moved)
+    pred = pmr.predict(first_batch(big, split="test", batch_size=4))
+    assert pred.fused.shape == (4, big.task.num_classes)

@@ -18,7 +18,9 @@ from baselines.mmpareto import MMPareto, mmpareto_encoder_grads, pareto_weights
 from baselines.mslr import MSLR, mslr_multipliers, mslr_step
 from baselines.uniform import Uniform, uniform_loss
 from benchmarks.config import method_hparams
-from tests.conftest import first_batch, make_context
+from datasets.registry import get_dataset
+from tests.conftest import TINY_DATA, first_batch, make_context
+from tests.numeric import approx, approx64, close
 
 STEP = StepInfo(epoch=0, step=0, steps_per_epoch=4, epochs=2)
 
@@ -60,26 +62,65 @@ def test_uniform_uses_separate_heads(tiny_bundle):
 
 # --- MMPareto -----------------------------------------------------------------------------------------------------
 def test_pareto_weights_are_half_half_when_gradients_agree():
-    k0, k1, cos = pareto_weights([t(1.0, 2.0), t(0.5)], [t(3.0, -1.0), t(2.0)], k_clip=0.001)
+    k0, k1, cos = pareto_weights([t(1.0, 2.0), t(0.5)], [t(3.0, -1.0), t(2.0)])
     assert cos.item() > 0
+    # 0.5 is set by the branch, not computed: exact.
     assert (k0.item(), k1.item()) == (0.5, 0.5)
 
 
 def test_pareto_weights_are_the_min_norm_point_when_gradients_conflict():
     # Two tensors per encoder: the cosine and the min-norm point use the flattened concatenation.
     g_mm, g_u = [t(1.0), t(0.0)], [t(-1.0), t(2.0)]
-    k0, k1, cos = pareto_weights(g_mm, g_u, k_clip=0.001)
+    k0, k1, cos = pareto_weights(g_mm, g_u)
     # dot = -1, |g_mm|^2 = 1, |g_u|^2 = 5: k0 = (5 + 1) / (1 + 5 + 2) = 3/4.
-    assert cos.item() == pytest.approx(-1 / math.sqrt(5))
-    assert k0.item() == pytest.approx(0.75) and k1.item() == pytest.approx(0.25)
+    assert k0.dtype == torch.float32
+    close(cos, -1 / math.sqrt(5))
+    close(k0, 0.75)
+    close(k1, 0.25)
     point = k0 * t(1.0, 0.0) + k1 * t(-1.0, 2.0)
-    assert torch.dot(point, t(1.0, 0.0) - t(-1.0, 2.0)).item() == pytest.approx(0.0, abs=1e-6)
+    close(torch.dot(point, t(1.0, 0.0) - t(-1.0, 2.0)), 0.0)
 
 
-def test_pareto_weights_are_clipped():
-    # g_mm = 0 gives cos = 0 (the min-norm branch) and an unclipped k0 of 1.
-    k0, k1, _ = pareto_weights([t(0.0, 0.0)], [t(1.0, 1.0)], k_clip=0.001)
-    assert k0.item() == pytest.approx(0.999, abs=1e-6) and k1.item() == pytest.approx(0.001, abs=1e-6)
+def official_min_norm_k0(g_mm: torch.Tensor, g_u: torch.Tensor) -> float:
+    """MinNormSolver._min_norm_element_from2 (GeWu-Lab/MMPareto_ICML2024, code/min_norm_solvers.py) as written,
+    on float32 dot products as the official code forms them."""
+    v1v1, v1v2, v2v2 = (float(x @ y) for x, y in ((g_mm, g_mm), (g_mm, g_u), (g_u, g_u)))
+    if v1v2 >= v1v1:
+        return 0.999
+    if v1v2 >= v2v2:
+        return 0.001
+    return -(v1v2 - v2v2) / (v1v1 + v2v2 - 2 * v1v2)
+
+
+@pytest.mark.parametrize("ratio", [1e-3, 5e-3, 2e-2, 1.0, 50.0, 200.0, 1e3])
+def test_pareto_weights_are_unclipped_at_extreme_norm_ratios(ratio):
+    # A conflict (cos = -0.2) with |g_u| / |g_mm| = ratio. Interior k0 ~ ratio * 0.2 for small ratios: below 0.001
+    # from ratio ~5e-3 down (official 2.0e-4 at 1e-3), and 1 - k0 below 0.001 from ratio ~200 up.
+    c = -0.2
+    g_mm = t(1.0, 0.0)
+    g_u = ratio * t(c, math.sqrt(1 - c * c))
+    k0, k1, cos = pareto_weights([g_mm], [g_u])
+    expected = official_min_norm_k0(g_mm, g_u)
+    assert cos.item() < 0 and k0.dtype == torch.float32
+    close(k0, expected)
+    # k1 = 1 - k0 in float32: its absolute error is float32's at 1, so compare it absolutely.
+    close(k1, 1 - expected, rtol=0.0, atol=2.4e-7)
+    if ratio == 1e-3:
+        close(k0, 2.0092e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("g_mm, g_u, k0", [
+    (t(0.0, 0.0), t(1.0, 1.0), 0.999),  # g_mm = 0: dot >= |g_mm|^2
+    (t(1.0, 1.0), t(0.0, 0.0), 0.001),  # g_u = 0: dot >= |g_u|^2
+    (t(0.0, 0.0), t(0.0, 0.0), 0.999),  # both 0: the first branch
+])
+def test_pareto_weights_keep_the_solver_boundary_values_for_a_zero_gradient(g_mm, g_u, k0):
+    # A zero gradient gives cos = 0, so the solver runs; its boundary branches return 0.999 / 0.001.
+    got, k1, cos = pareto_weights([g_mm], [g_u])
+    assert cos.item() == 0.0
+    assert official_min_norm_k0(g_mm, g_u) == k0
+    close(got, k0)
+    close(k1, 1 - k0)
 
 
 def test_mmpareto_rescales_each_tensor_to_the_summed_norm_then_applies_gamma():
@@ -89,29 +130,37 @@ def test_mmpareto_rescales_each_tensor_to_the_summed_norm_then_applies_gamma():
     g_sum = [a + b for a, b in zip(g_mm, g_u)]
     out = mmpareto_encoder_grads(g_mm, g_u, g_sum, k0, k1, gamma=1.5)
     # Tensor 0: new = (1, 1), |g_sum| = 2 > sqrt(2): rescaled to norm 2 -> (sqrt 2, sqrt 2), x1.5.
-    torch.testing.assert_close(out[0], 1.5 * math.sqrt(2) * t(1.0, 1.0))
+    close(out[0], 1.5 * math.sqrt(2) * t(1.0, 1.0))
     # Tensor 1: new = (6, 2), |g_sum| = sqrt(32) < sqrt(40): no rescale, x1.5.
-    torch.testing.assert_close(out[1], 1.5 * t(6.0, 2.0))
+    close(out[1], 1.5 * t(6.0, 2.0))
 
 
-def test_mmpareto_update_sets_rule_gradients_on_encoders_and_summed_gradients_on_heads(tiny_bundle):
-    method = freeze_steps(build(MMPareto, tiny_bundle))
-    batch = first_batch(tiny_bundle)
-    method.update(batch, STEP)
+def check_rule_gradients(bundle):
+    """``update`` leaves the rule's gradient on every encoder (from that encoder's own g_mm and g_u) and the summed
+    gradient on the heads."""
+    method = freeze_steps(build(MMPareto, bundle))
+    batch = first_batch(bundle)
+    logs = method.update(batch, STEP)
     _, z, z_uni = method.model(method.inputs(batch))
     y = batch["label"]
     losses = {"fused": F.cross_entropy(z, y), **{m: F.cross_entropy(v, y) for m, v in z_uni.items()}}
     head = list(method.model.head.parameters())
     for p, g in zip(head, torch.autograd.grad(sum(losses.values()), head, retain_graph=True)):
-        torch.testing.assert_close(p.grad, g)
-    for m in ("audio", "visual"):
+        close(p.grad, g)
+    for m in bundle.task.names:
         enc = list(method.model.encoders[m].parameters())
         g_mm = torch.autograd.grad(losses["fused"], enc, retain_graph=True)
         g_u = torch.autograd.grad(losses[m], enc, retain_graph=True)
-        k0, k1, _ = pareto_weights(g_mm, g_u, 0.001)
+        k0, k1, _ = pareto_weights(g_mm, g_u)
+        close(k0, logs[f"k_mm_{m}"])
         expected = mmpareto_encoder_grads(g_mm, g_u, [a + b for a, b in zip(g_mm, g_u)], k0, k1, 1.5)
         for p, g in zip(enc, expected):
-            torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-7)
+            # Two forwards and backwards through the encoder in float32: a reordered reduction, not one op.
+            close(p.grad, g, rtol=1e-4, atol=1e-7)
+
+
+def test_mmpareto_update_sets_rule_gradients_on_encoders_and_summed_gradients_on_heads(tiny_bundle):
+    check_rule_gradients(tiny_bundle)
 
 
 def test_mmpareto_bb_degenerate_is_three_times_the_summed_ce_on_encoders(tiny_bundle):
@@ -128,11 +177,14 @@ def test_mmpareto_bb_degenerate_is_three_times_the_summed_ce_on_encoders(tiny_bu
     for p, g in zip(encoders, grads[:len(encoders)]):
         torch.testing.assert_close(p.grad, 3 * g, rtol=1e-4, atol=1e-5)
     for p, g in zip(head, grads[len(encoders):]):
-        torch.testing.assert_close(p.grad, g)
+        close(p.grad, g)
 
 
-def test_mmpareto_supports_three_modalities():
-    assert 3 in MMPareto.MODALITIES
+def test_mmpareto_applies_the_rule_per_encoder_with_three_modalities():
+    cls = get_dataset("synthetic")
+    bundle = cls.build(resolve("data", cls.HPARAMS, "synthetic", {**TINY_DATA, "modalities": 3}))
+    assert bundle.task.names == ("audio", "visual", "text")
+    check_rule_gradients(bundle)
 
 
 # --- InfoReg ------------------------------------------------------------------------------------------------------
@@ -140,17 +192,17 @@ def test_inforeg_prime_window_indicator():
     assert prime_window_indicator([], 10) == 1.0
     assert prime_window_indicator([5.0], 10) == 1.0  # the shifted window is the zero padding
     # Padded history [0]*10 + [2, 4]: tr1 = 6/10, tr2 = 2/10.
-    assert prime_window_indicator([2.0, 4.0], 10) == pytest.approx((0.6 - 0.2) / 0.6)
-    assert prime_window_indicator([1.0] * 11, 10) == pytest.approx(0.0)
+    assert prime_window_indicator([2.0, 4.0], 10) == approx64((0.6 - 0.2) / 0.6)
+    assert prime_window_indicator([1.0] * 11, 10) == approx64(0.0)
     assert prime_window_indicator([0.0], 10) == 0.0
 
 
 def test_inforeg_beta_rule():
     scales, thr = [0.95, 0.1], 0.05
     b_a, b_v = inforeg_betas([torch.tensor(10.0), torch.tensor(4.0)], 0.5, scales, thr)
-    assert b_a.item() == pytest.approx(0.95 * math.exp(math.tanh(6.0))) and b_v.item() == 0.0
+    assert b_a.item() == approx(0.95 * math.exp(math.tanh(6.0))) and b_v.item() == 0.0
     b_a, b_v = inforeg_betas([torch.tensor(3.0), torch.tensor(3.5)], 0.5, scales, thr)
-    assert b_a.item() == 0.0 and b_v.item() == pytest.approx(0.1 * math.exp(math.tanh(0.5)))
+    assert b_a.item() == 0.0 and b_v.item() == approx(0.1 * math.exp(math.tanh(0.5)))
     assert [b.item() for b in inforeg_betas([torch.tensor(10.0), torch.tensor(4.0)], 0.05, scales, thr)] == [0, 0]
     assert [b.item() for b in inforeg_betas([torch.tensor(2.0), torch.tensor(2.0)], 1.0, scales, thr)] == [0, 0]
 
@@ -159,7 +211,7 @@ def test_inforeg_proximal_term_adds_beta_times_distance_to_epoch_start():
     p = torch.nn.Parameter(t(1.0, -2.0))
     p.grad = t(0.5, 0.5)
     add_proximal_term([p], [t(0.0, 1.0)], torch.tensor(2.0))
-    torch.testing.assert_close(p.grad, t(0.5 + 2 * 1.0, 0.5 + 2 * -3.0))
+    close(p.grad, t(0.5 + 2 * 1.0, 0.5 + 2 * -3.0))
 
 
 def test_inforeg_update_adds_proximal_term_and_accumulates_fim(tiny_bundle):
@@ -178,7 +230,7 @@ def test_inforeg_update_adds_proximal_term_and_accumulates_fim(tiny_bundle):
         for p, g in zip(params, torch.autograd.grad(loss, params, retain_graph=True)):
             torch.testing.assert_close(p.grad, g + logs[f"beta_{m}"] * p.detach(), rtol=1e-4, atol=1e-6)
     for acc, w in zip(method.fim, method.fim_weights):
-        torch.testing.assert_close(acc, w.grad ** 2)
+        close(acc, w.grad ** 2)
     diag = method.on_epoch_end(0, None)
     assert diag["inforeg_fim_trace"] == pytest.approx(sum(w.grad.pow(2).mean().item() for w in method.fim_weights),
                                                       rel=1e-5)
@@ -191,7 +243,7 @@ def test_inforeg_trace_history_survives_checkpoint(tiny_bundle):
     clone = build(InfoReg, tiny_bundle)
     clone.load_checkpoint_state(method.checkpoint_state())
     clone.on_epoch_start(2, None)
-    assert clone.traces == [2.0, 4.0] and clone.k == pytest.approx(2 / 3)
+    assert clone.traces == [2.0, 4.0] and clone.k == approx64(2 / 3)
 
 
 # --- MSLR ---------------------------------------------------------------------------------------------------------
@@ -203,8 +255,8 @@ def test_mslr_multipliers_from_accuracy_histories():
             ratios[m], memory[m] = mslr_step(memory[m], accs[m][e], ratios[m], window=5)
         coeffs.append(mslr_multipliers([0.9, 1.1], [ratios["audio"], ratios["visual"]]))
     assert coeffs[4] == [0.9, 1.1]  # r = 1 while the 5-epoch memory fills
-    assert coeffs[5] == pytest.approx([0.9 * 0.6 / 0.5, 1.1 * 0.3 / 0.4])
-    assert coeffs[6] == pytest.approx([0.9 * 0.56 / 0.52, 1.1 * 0.4 / 0.42])
+    assert coeffs[5] == approx64([0.9 * 0.6 / 0.5, 1.1 * 0.3 / 0.4])
+    assert coeffs[6] == approx64([0.9 * 0.56 / 0.52, 1.1 * 0.4 / 0.42])
     assert memory["visual"] == [0.4, 0.5, 0.6, 0.3, 0.4]
 
 
@@ -238,7 +290,7 @@ def test_mslr_epoch_end_reads_validation_and_checkpoints_its_memory(tiny_bundle)
     method = build(MSLR, tiny_bundle)
     val = tiny_bundle.loader("val", batch_size=32, train=False, seed=0)
     diag = method.on_epoch_end(0, Loaders(train=val, val=val, test=None))
-    assert method.memory["audio"] == [diag["mslr_acc_audio"]] and diag["mslr_coeff_visual"] == pytest.approx(1.1)
+    assert method.memory["audio"] == [diag["mslr_acc_audio"]] and diag["mslr_coeff_visual"] == approx64(1.1)
     clone = build(MSLR, tiny_bundle)
     clone.load_checkpoint_state(method.checkpoint_state())
     assert clone.memory == method.memory and clone.ratios == method.ratios
@@ -251,8 +303,8 @@ def test_mmcosine_logits_are_scaled_cosines():
     h = {"audio": t(3.0, 4.0)[None], "visual": t(1.0, 0.0)[None]}
     weight = torch.tensor([[1.0, 0.0, 0.0, 5.0], [0.0, 2.0, -1.0, 0.0]])
     z = cosine_logits(h, weight, {"audio": (0, 2), "visual": (2, 4)}, scale=10.0)
-    torch.testing.assert_close(z["audio"], t(6.0, 8.0)[None])
-    torch.testing.assert_close(z["visual"], t(0.0, -10.0)[None])
+    close(z["audio"], t(6.0, 8.0)[None])
+    close(z["visual"], t(0.0, -10.0)[None])
 
 
 def test_mmcosine_predictions_ignore_the_bias_and_sum_the_modalities(tiny_bundle):
@@ -261,11 +313,11 @@ def test_mmcosine_predictions_ignore_the_bias_and_sum_the_modalities(tiny_bundle
     method.eval()
     batch = first_batch(tiny_bundle)
     pred = method.predict(batch)
-    torch.testing.assert_close(pred.fused, pred.per_modality["audio"] + pred.per_modality["visual"])
+    close(pred.fused, pred.per_modality["audio"] + pred.per_modality["visual"])
     assert all(z.abs().max() <= 15.0 + 1e-4 for z in pred.per_modality.values())
     with torch.no_grad():
         method.model.head.fc.bias.fill_(3.0)
-    torch.testing.assert_close(method.predict(batch).fused, pred.fused)
+    close(method.predict(batch).fused, pred.fused)
 
 
 # --- CML ----------------------------------------------------------------------------------------------------------
@@ -296,7 +348,7 @@ def test_cml_chain_removes_m_minus_one_modalities():
     loss, _ = cml_loss(z, z_uni, bias, ("b", "a", "c"), y, lam=0.0)
     expected = (F.cross_entropy(z, y) + F.cross_entropy(parts["a"] + parts["c"] + bias, y)
                 + F.cross_entropy(parts["c"] + bias, y)) / 3
-    torch.testing.assert_close(loss, expected)
+    close(loss, expected)
 
 
 def test_cml_penalty_is_differentiable_and_order_is_seeded(tiny_bundle):

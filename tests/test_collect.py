@@ -12,6 +12,7 @@ import yaml
 from benchmarks.cli import main
 from benchmarks.collect import PaperFileError, build_table, load_paper, load_runs, render
 from benchmarks.plots import plot_run, plot_sweep, run_series
+from tests.numeric import approx64
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 PAPER = GOLDEN / "paper_fixture.csv"
@@ -81,15 +82,15 @@ def test_cells_are_mean_and_sample_std_over_seeds_with_paper_and_best(runs_dir):
     assert [t for t, _ in table.rows] == ["AUG", "Concat"], "row labels are the registered titles"
     acc = [c.metric for c in table.columns].index("acc")
     joint, aug = rows["Concat"][acc], rows["AUG"][acc]
-    assert joint.mean == pytest.approx(62.0) and joint.std == pytest.approx(2.0) and joint.n == 3
-    assert aug.mean == pytest.approx(83.0) and aug.std == pytest.approx(4.242640687) and aug.seeds == (0, 1)
+    assert joint.mean == approx64(62.0) and joint.std == approx64(2.0) and joint.n == 3
+    assert aug.mean == approx64(83.0) and aug.std == approx64(4.242640687) and aug.seeds == (0, 1)
     assert aug.best and not joint.best
-    assert joint.paper.value == 65.07 and joint.paper.verified and joint.diff == pytest.approx(-3.07)
+    assert joint.paper.value == 65.07 and joint.paper.verified and joint.diff == approx64(-3.07)
     assert not aug.paper.verified
     ks = [i for i, c in enumerate(table.columns) if c.dataset == "kinetics_sounds" and c.metric == "acc"][0]
     assert rows["AUG"][ks].std is None and rows["AUG"][ks].n == 1
     clean = dict(build_table(records, protocol="clean").rows)["Concat"][acc]
-    assert clean.mean == pytest.approx(57.0), "the protocol picks which epoch's test metrics enter the table"
+    assert clean.mean == approx64(57.0), "the protocol picks which epoch's test metrics enter the table"
 
 
 def test_per_modality_and_missing_columns(runs_dir):
@@ -99,10 +100,10 @@ def test_per_modality_and_missing_columns(runs_dir):
         {"rate": 0.2, "metrics": {"acc": 0.3, "macro_f1": 0.2, "map": 0.4}}]}))
     table = build_table(load_runs(runs_dir), per_modality=True, datasets=["cremad"], methods=["joint"])
     assert [c.header for c in table.columns] == ["Acc", "Macro-F1", "MAP", "Acc (audio)", "Acc (visual)"]
-    assert table.rows[0][1][3].mean == pytest.approx(52.0)
+    assert table.rows[0][1][3].mean == approx64(52.0)
     missing = build_table(load_runs(runs_dir), missing=True, datasets=["cremad"], methods=["joint"])
     assert [c.header for c in missing.columns] == ["Acc missing 0%", "Acc missing 20%"]
-    assert [c.mean for c in missing.rows[0][1]] == pytest.approx([50.0, 30.0])
+    assert [c.mean for c in missing.rows[0][1]] == approx64([50.0, 30.0])
     assert missing.rows[0][1][0].n == 1
 
 
@@ -153,8 +154,8 @@ def test_run_series_and_plots(runs_dir):
     history = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     series = run_series(history)
     assert set(series) == {"accuracy", "loss", "diag/ratio", "diag/learners_visual"}, "non-numeric diag is skipped"
-    assert series["accuracy"]["test"] == pytest.approx([0.6, 0.7, 0.8])
-    assert series["accuracy"]["val/visual"] == pytest.approx([0.6] * 3)
+    assert series["accuracy"]["test"] == approx64([0.6, 0.7, 0.8])
+    assert series["accuracy"]["val/visual"] == approx64([0.6] * 3)
     assert series["diag/ratio"]["ratio"] == [1.0, 2.0, 3.0]
     png = plot_run(run)
     assert png == run / "plots" / "curves.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
