@@ -1,0 +1,115 @@
+"""Checks made before a sweep starts anything, so that no run is launched only to fail: every cell's settings
+resolve, every method and dataset is registered (or ``--skip-missing`` leaves it out), every dataset cache the
+unfinished runs read exists, and every device they are given is present. ``check`` gathers all problems into one
+report, grouped, so a sweep of hundreds of runs says in a few lines what is missing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from benchmarks.sweep.expand import Job, Plan
+from benchmarks.sweep.launchers import Launcher, LaunchOptions
+from benchmarks.sweep.spec import SweepConfig
+from datasets.registry import get_dataset
+
+
+class PreflightError(RuntimeError):
+    """The sweep would start runs that cannot succeed; the message is the grouped report."""
+
+
+@dataclass
+class Preflight:
+    """Problems by heading; empty when the sweep can start."""
+
+    groups: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, heading: str, lines: Sequence[str]) -> None:
+        if lines:
+            self.groups.setdefault(heading, []).extend(lines)
+
+    def __bool__(self) -> bool:
+        return bool(self.groups)
+
+    def report(self, runs: int, where: str) -> str:
+        lines = [f"{where}: the sweep ({runs} runs) cannot start; nothing was launched."]
+        for heading, items in self.groups.items():
+            lines.append(f"{heading}:")
+            lines += [f"  - {item}" for item in items]
+        lines.append("Fix these, or narrow the sweep with --datasets/--methods/--seeds; --dry-run lists the runs.")
+        return "\n".join(lines)
+
+
+def _runs(n: int) -> str:
+    return f"{n} run{'s' if n != 1 else ''}"
+
+
+def data_problems(jobs: Sequence[Job]) -> list[str]:
+    """One line per dataset cache that unfinished runs need and that is missing or ambiguous."""
+    problems: dict[tuple[str, str], int] = {}
+    checked: dict[tuple[str, str], str | None] = {}
+    for job in jobs:
+        if job.state() == "done":
+            continue
+        cls = get_dataset(job.cfg.dataset)
+        locate = getattr(cls, "locate_cache", None)
+        if locate is None:       # generated in memory (synthetic): nothing on disk to check
+            continue
+        key = (job.cfg.dataset, repr(sorted(job.cfg.data.as_dict().items())))
+        if key not in checked:
+            try:
+                locate(job.cfg.data)
+                checked[key] = None
+            except (FileNotFoundError, ValueError) as err:
+                checked[key] = str(err)
+        if checked[key]:
+            problem = (job.cfg.dataset, checked[key])
+            problems[problem] = problems.get(problem, 0) + 1
+    return [f"{dataset} ({_runs(n)}): {message}" for (dataset, message), n in problems.items()]
+
+
+def cuda_device_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def device_problems(jobs: Sequence[Job], launcher: Launcher, opts: LaunchOptions) -> list[str]:
+    """Requested GPUs this machine does not have, and runs set to ``train.device=cuda`` without one."""
+    if not launcher.local_devices:
+        return []
+    pending = [job for job in jobs if job.state() != "done"]
+    if not pending:
+        return []
+    count = cuda_device_count()
+    out = []
+    if opts.gpus and launcher.name == "local":
+        absent = [g for g in opts.gpus if not 0 <= g < count]
+        if absent:
+            out.append(f"--gpus {','.join(map(str, opts.gpus))}: GPU(s) {absent} are not present; this process sees "
+                       f"{count} CUDA device(s)")
+        if opts.gpus_per_run < 1 or len(opts.gpus) % opts.gpus_per_run:
+            out.append(f"--gpus {','.join(map(str, opts.gpus))} cannot be split into groups of --gpus-per-run "
+                       f"{opts.gpus_per_run}")
+    elif count == 0:
+        cuda = [job for job in pending if job.cfg.train.device == "cuda"]
+        if cuda:
+            out.append(f"train.device=cuda in {_runs(len(cuda))} (e.g. {cuda[0].name}), but this machine has no "
+                       "CUDA device")
+    return out
+
+
+def check(config: SweepConfig, plan: Plan, launcher: Launcher, opts: LaunchOptions, *,
+          skip_missing: bool = False) -> Preflight:
+    """Every problem that would make a run of ``plan`` fail or be left out unasked, grouped by kind."""
+    result = Preflight()
+    if not skip_missing:
+        names = [f"method(s) {plan.unregistered_methods}"] if plan.unregistered_methods else []
+        names += [f"dataset(s) {plan.unregistered_datasets}"] if plan.unregistered_datasets else []
+        result.add("not registered (--skip-missing leaves them out)",
+                   [f"unregistered {' and '.join(names)}"] if names else [])
+    result.add("settings that do not resolve", plan.invalid)
+    result.add("data missing (build it with augbench prepare, or point data.cache/data.cache_dir at it)",
+               data_problems(plan.jobs))
+    result.add("devices missing", device_problems(plan.jobs, launcher, opts))
+    return result
