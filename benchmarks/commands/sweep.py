@@ -124,7 +124,7 @@ def _run(args: argparse.Namespace) -> int:
                                             mem_gb=args.mem_gb, account=args.account, qos=args.qos,
                                             constraint=args.constraint, array_parallelism=args.array_parallelism),
                          resubmit=args.resubmit)
-    problems = check(config, cells, launcher, opts, skip_missing=args.skip_missing)
+    problems = check(cells, launcher, opts, skip_missing=args.skip_missing)
     if args.dry_run:
         problems.add("launcher", [unavailable] if unavailable else [])
         print(listing(cells.jobs, config, out))

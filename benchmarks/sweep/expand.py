@@ -265,6 +265,10 @@ def write_sweep_record(out: Path, config: SweepConfig, jobs: Sequence[Job],
                   "seed": j.cfg.train.seed, "state": j.state(), **results.get(j.name, {})} for j in jobs]})
 
 
+def runs_phrase(n: int) -> str:
+    return f"{n} run{'s' if n != 1 else ''}"
+
+
 def read_job_file(run_dir: Path) -> dict[str, Any]:
     """A run folder's ``job.json`` (empty when the run was not started by a sweep)."""
     path = Path(run_dir) / "job.json"

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from benchmarks.sweep.expand import Job, write_sweep_record
+from benchmarks.sweep.expand import Job, runs_phrase, write_sweep_record
 from benchmarks.sweep.slurm import SlurmOptions, make_executor, run_slurm, slurm_unavailable
 from benchmarks.sweep.spec import SweepConfig
 from benchmarks.sweep.worker import run_job, worker_command
@@ -98,8 +98,9 @@ class _Tracker:
         self.results: dict[str, dict[str, Any]] = {}
 
     def pending(self) -> list[Job]:
-        self.report.skipped = [job.name for job in self.jobs if job.state() == "done"]
-        return [job for job in self.jobs if job.name not in set(self.report.skipped)]
+        done = {job.name for job in self.jobs if job.state() == "done"}
+        self.report.skipped = [job.name for job in self.jobs if job.name in done]
+        return [job for job in self.jobs if job.name not in done]
 
     def finished(self, name: str, code: int, seconds: float, error: str = "") -> None:
         self.results[name] = {"returncode": code, "seconds": round(seconds, 1)}
@@ -236,6 +237,36 @@ def run_pool(jobs: Sequence[Job], *, workers: int = 1, threads_per_worker: int =
 
 # --- the registry -----------------------------------------------------------------------------------------------
 
+def cuda_device_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def _cuda_problems(pending: Sequence[Job], opts: LaunchOptions) -> list[str]:
+    """Runs set to ``train.device=cuda`` on a machine without a CUDA device."""
+    cuda = [job for job in pending if job.cfg.train.device == "cuda"]
+    if cuda and cuda_device_count() == 0:
+        return [f"train.device=cuda in {runs_phrase(len(cuda))} (e.g. {cuda[0].name}), but this machine has no CUDA "
+                "device"]
+    return []
+
+
+def _local_device_problems(pending: Sequence[Job], opts: LaunchOptions) -> list[str]:
+    """GPUs of ``--gpus`` this process does not see, or that do not split into ``--gpus-per-run`` groups."""
+    if not opts.gpus:
+        return _cuda_problems(pending, opts)
+    if not pending:
+        return []
+    count, gpus = cuda_device_count(), ",".join(map(str, opts.gpus))
+    out = []
+    absent = [g for g in opts.gpus if not 0 <= g < count]
+    if absent:
+        out.append(f"--gpus {gpus}: GPU(s) {absent} are not present; this process sees {count} CUDA device(s)")
+    if opts.gpus_per_run < 1 or len(opts.gpus) % opts.gpus_per_run:
+        out.append(f"--gpus {gpus} cannot be split into groups of --gpus-per-run {opts.gpus_per_run}")
+    return out
+
 def _start_local(jobs: Sequence[Job], out: Path, config: SweepConfig, opts: LaunchOptions, log: Log) -> LaunchReport:
     with SweepLock(out):
         write_sweep_record(out, config, jobs)
@@ -265,18 +296,21 @@ def _start_slurm(jobs: Sequence[Job], out: Path, config: SweepConfig, opts: Laun
 @dataclass(frozen=True)
 class Launcher:
     """A registered launcher: ``start`` runs (or submits) the jobs; ``unavailable`` says in one line why it cannot
-    work from this machine; ``local_devices`` is whether runs use this machine's devices (checked up front)."""
+    work from this machine; ``device_problems`` lists the devices the unfinished jobs would lack here."""
 
     name: str
     help: str
     start: Callable[[Sequence[Job], Path, SweepConfig, LaunchOptions, Log], LaunchReport]
+    device_problems: Callable[[Sequence[Job], LaunchOptions], list[str]]
     unavailable: Callable[[], str | None] = lambda: None
-    local_devices: bool = True
 
 
 LAUNCHERS = {launcher.name: launcher for launcher in (
-    Launcher("local", "a subprocess per run (one per GPU of --gpus, or --workers CPU processes)", _start_local),
+    Launcher("local", "a subprocess per run (one per GPU of --gpus, or --workers CPU processes)", _start_local,
+             _local_device_problems),
     Launcher("pool", "--workers long-lived CPU processes (no interpreter start-up per run; many short runs)",
-             _start_pool),
-    Launcher("slurm", "one submitit job per run, as a Slurm job array", _start_slurm, slurm_unavailable, False),
+             _start_pool, _cuda_problems),
+    # Slurm jobs get their devices on the cluster's nodes, not here.
+    Launcher("slurm", "one submitit job per run, as a Slurm job array", _start_slurm, lambda jobs, opts: [],
+             slurm_unavailable),
 )}

@@ -8,9 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from benchmarks.sweep.expand import Job, Plan
+from benchmarks.sweep.expand import Job, Plan, runs_phrase
 from benchmarks.sweep.launchers import Launcher, LaunchOptions
-from benchmarks.sweep.spec import SweepConfig
 from datasets.registry import get_dataset
 
 
@@ -40,17 +39,11 @@ class Preflight:
         return "\n".join(lines)
 
 
-def _runs(n: int) -> str:
-    return f"{n} run{'s' if n != 1 else ''}"
-
-
-def data_problems(jobs: Sequence[Job]) -> list[str]:
-    """One line per dataset cache that unfinished runs need and that is missing or ambiguous."""
+def data_problems(pending: Sequence[Job]) -> list[str]:
+    """One line per dataset cache that the unfinished runs ``pending`` need and that is missing or ambiguous."""
     problems: dict[tuple[str, str], int] = {}
     checked: dict[tuple[str, str], str | None] = {}
-    for job in jobs:
-        if job.state() == "done":
-            continue
+    for job in pending:
         cls = get_dataset(job.cfg.dataset)
         locate = getattr(cls, "locate_cache", None)
         if locate is None:       # generated in memory (synthetic): nothing on disk to check
@@ -65,44 +58,13 @@ def data_problems(jobs: Sequence[Job]) -> list[str]:
         if checked[key]:
             problem = (job.cfg.dataset, checked[key])
             problems[problem] = problems.get(problem, 0) + 1
-    return [f"{dataset} ({_runs(n)}): {message}" for (dataset, message), n in problems.items()]
+    return [f"{dataset} ({runs_phrase(n)}): {message}" for (dataset, message), n in problems.items()]
 
 
-def cuda_device_count() -> int:
-    import torch
-
-    return torch.cuda.device_count()
-
-
-def device_problems(jobs: Sequence[Job], launcher: Launcher, opts: LaunchOptions) -> list[str]:
-    """Requested GPUs this machine does not have, and runs set to ``train.device=cuda`` without one."""
-    if not launcher.local_devices:
-        return []
-    pending = [job for job in jobs if job.state() != "done"]
-    if not pending:
-        return []
-    count = cuda_device_count()
-    out = []
-    if opts.gpus and launcher.name == "local":
-        absent = [g for g in opts.gpus if not 0 <= g < count]
-        if absent:
-            out.append(f"--gpus {','.join(map(str, opts.gpus))}: GPU(s) {absent} are not present; this process sees "
-                       f"{count} CUDA device(s)")
-        if opts.gpus_per_run < 1 or len(opts.gpus) % opts.gpus_per_run:
-            out.append(f"--gpus {','.join(map(str, opts.gpus))} cannot be split into groups of --gpus-per-run "
-                       f"{opts.gpus_per_run}")
-    elif count == 0:
-        cuda = [job for job in pending if job.cfg.train.device == "cuda"]
-        if cuda:
-            out.append(f"train.device=cuda in {_runs(len(cuda))} (e.g. {cuda[0].name}), but this machine has no "
-                       "CUDA device")
-    return out
-
-
-def check(config: SweepConfig, plan: Plan, launcher: Launcher, opts: LaunchOptions, *,
-          skip_missing: bool = False) -> Preflight:
+def check(plan: Plan, launcher: Launcher, opts: LaunchOptions, *, skip_missing: bool = False) -> Preflight:
     """Every problem that would make a run of ``plan`` fail or be left out unasked, grouped by kind."""
     result = Preflight()
+    pending = [job for job in plan.jobs if job.state() != "done"]
     if not skip_missing:
         names = [f"method(s) {plan.unregistered_methods}"] if plan.unregistered_methods else []
         names += [f"dataset(s) {plan.unregistered_datasets}"] if plan.unregistered_datasets else []
@@ -110,6 +72,6 @@ def check(config: SweepConfig, plan: Plan, launcher: Launcher, opts: LaunchOptio
                    [f"unregistered {' and '.join(names)}"] if names else [])
     result.add("settings that do not resolve", plan.invalid)
     result.add("data missing (build it with augbench prepare, or point data.cache/data.cache_dir at it)",
-               data_problems(plan.jobs))
-    result.add("devices missing", device_problems(plan.jobs, launcher, opts))
+               data_problems(pending))
+    result.add("devices missing", launcher.device_problems(pending, opts))
     return result
