@@ -80,10 +80,15 @@ def flat_settings(sections: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def listing(jobs: Sequence[Job], config: SweepConfig, out: Path) -> str:
-    """The dry run's table: one line per run with its state, cell, folder and the settings beyond ``defaults``."""
+    """The dry run's table: the shared settings, then one line per run with its state, cell, folder and its row's
+    settings."""
     lines = [f"sweep {config.name} ({config.where()}) -> {out}"]
     if config.doc.get("defaults"):
         lines.append(f"defaults (every run): {flat_settings(config.doc['defaults'])}")
+    for dataset in sorted({job.cfg.dataset for job in jobs}, key=list(config.datasets).index):
+        settings = {ns: v for ns, v in config.datasets[dataset].items() if ns != "notes"}
+        if settings:
+            lines.append(f"{dataset} (every run on it): {flat_settings(settings)}")
     rows = [("state", "dataset", "method", "seed", "run", "overrides")]
     for job in jobs:
         method = job.label if job.label == job.cfg.method else f"{job.label} ({job.cfg.method})"
@@ -129,7 +134,7 @@ def _run(args: argparse.Namespace) -> int:
         problems.add("launcher", [unavailable] if unavailable else [])
         print(listing(cells.jobs, config, out))
     if problems:
-        raise PreflightError(problems.report(len(cells.jobs), config.where()))
+        raise PreflightError(problems.report(len(cells.jobs), config.where(), dry_run=args.dry_run))
     if args.dry_run:
         return 0
     if not cells.jobs:

@@ -30,8 +30,8 @@ class MissingEntriesError(SweepConfigError):
 class Job:
     """One run of a sweep: a resolved config, its row label and its folder.
 
-    ``overrides`` are the settings this cell's config gives beyond the sweep's ``defaults`` (dataset entry, method
-    row, per-dataset entry, grid point, ``--set``), for listings.
+    ``overrides`` are the settings of its row (the method entry, its per-dataset entry, the grid point, ``--set``);
+    the full set, over ``defaults`` and the dataset entry, is ``cfg``. For listings.
     """
 
     label: str
@@ -184,11 +184,13 @@ def plan(config: SweepConfig, out: Path, *, seeds: Sequence[int] | None = None,
                 suffix = _point_suffix(point)
                 row = f"{label} [{suffix}]" if suffix else label
                 row_title = f"{title} [{suffix}]" if suffix else title
-                cell = merge_overrides(_namespaces(config.datasets[dataset]), _namespaces(entry, method),
-                                       per_dataset, point, _namespaces(assignments, method))
+                row_settings = merge_overrides(_namespaces(entry, method), per_dataset, point,
+                                               _namespaces(assignments, method))
                 for seed in (list(seeds) if seeds else config.seeds):
+                    layers = merge_overrides(defaults, _namespaces(config.datasets[dataset]), row_settings,
+                                             {"train": {"seed": seed}})
                     try:
-                        cfg = build_config(method, dataset, merge_overrides(defaults, cell, {"train": {"seed": seed}}))
+                        cfg = build_config(method, dataset, layers)
                     except HParamError as err:
                         errors.setdefault((f"methods.{label}", str(err)), [])
                         if dataset not in errors[(f"methods.{label}", str(err))]:
@@ -200,7 +202,7 @@ def plan(config: SweepConfig, out: Path, *, seeds: Sequence[int] | None = None,
                                                "settings or drop one (only_datasets)")
                     seen[cfg.run_name()] = row
                     result.jobs.append(Job(row, row_title, cfg, out / cfg.run_name(), config.name, dict(info),
-                                           evaluate, cell))
+                                           evaluate, row_settings))
     result.invalid = [f"{config.where()}: {where} on {', '.join(names)}: {message}"
                       for (where, message), names in errors.items()]
     return result

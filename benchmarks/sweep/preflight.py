@@ -30,12 +30,14 @@ class Preflight:
     def __bool__(self) -> bool:
         return bool(self.groups)
 
-    def report(self, runs: int, where: str) -> str:
-        lines = [f"{where}: the sweep ({runs} runs) cannot start; nothing was launched."]
+    def report(self, runs: int, where: str, dry_run: bool = False) -> str:
+        lines = [f"{where}: the sweep ({runs} runs) {'would not' if dry_run else 'cannot'} start; nothing was "
+                 "launched."]
         for heading, items in self.groups.items():
             lines.append(f"{heading}:")
             lines += [f"  - {item}" for item in items]
-        lines.append("Fix these, or narrow the sweep with --datasets/--methods/--seeds; --dry-run lists the runs.")
+        lines.append("Fix these, or narrow the sweep with --datasets/--methods/--seeds"
+                     + ("." if dry_run else "; --dry-run lists the runs."))
         return "\n".join(lines)
 
 
