@@ -159,3 +159,15 @@ def test_evaluate_does_not_import_the_sweep():
     code = ("import sys, benchmarks.evaluate; "
             "assert not any(m.startswith('benchmarks.sweep') for m in sys.modules), sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_gpu_ids_are_those_this_process_sees(no_launch, tmp_path, monkeypatch, capsys):
+    from benchmarks.sweep import local_slots
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert local_slots(1, [1, 0]) == [{"CUDA_VISIBLE_DEVICES": "3"}, {"CUDA_VISIBLE_DEVICES": "2"}]
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
+    path = write_config(tmp_path / "sweep.yaml")
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out"), "--gpus", "0,1,2"]) == 2
+    err = capsys.readouterr().err
+    assert "GPU(s) [2] are not present; this process sees 2 CUDA device(s)" in err

@@ -267,6 +267,7 @@ def _local_device_problems(pending: Sequence[Job], opts: LaunchOptions) -> list[
         out.append(f"--gpus {gpus} cannot be split into groups of --gpus-per-run {opts.gpus_per_run}")
     return out
 
+
 def _start_local(jobs: Sequence[Job], out: Path, config: SweepConfig, opts: LaunchOptions, log: Log) -> LaunchReport:
     with SweepLock(out):
         write_sweep_record(out, config, jobs)
