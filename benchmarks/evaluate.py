@@ -19,14 +19,15 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-import yaml
 
 from benchmarks.records import write_json
 from benchmarks.runner import (CHECKPOINT, build_data, build_method, evaluate, seed_everything, select_device)
-from benchmarks.sweep import run_config_from_dict
+from benchmarks.run_folder import load_run_config
 from datasets.base import Batch, BatchLoader, seed_for
 
 RESULT_FILE = "missing_modality.json"
+# AUG Table 5's rates; the default of `augbench evaluate` and of a sweep's `evaluate:` section.
+DEFAULT_MISSING_RATES = (0.0, 0.2, 0.5)
 
 
 class RunNotFinishedError(ValueError):
@@ -91,8 +92,8 @@ class _MissingLoader:
             yield apply_missing(batch, self.code_of_row[batch["index"].cpu()], self.modalities)
 
 
-def evaluate_missing(run_dir: Path, rates: Sequence[float] = (0.0, 0.2, 0.5), *, split: str = "test", seed: int = 0,
-                     device: str | None = None, batch_size: int | None = None) -> dict[str, Any]:
+def evaluate_missing(run_dir: Path, rates: Sequence[float] = DEFAULT_MISSING_RATES, *, split: str = "test",
+                     seed: int = 0, device: str | None = None, batch_size: int | None = None) -> dict[str, Any]:
     """Evaluate a finished run's final checkpoint with missing modalities and write ``missing_modality.json``.
 
     Args:
@@ -108,8 +109,7 @@ def evaluate_missing(run_dir: Path, rates: Sequence[float] = (0.0, 0.2, 0.5), *,
     if not (run_dir / "DONE").exists() or not ckpt.exists():
         raise RunNotFinishedError(f"{run_dir} holds no finished run (needs DONE and {CHECKPOINT}); the "
                                   "missing-modality evaluation uses the final checkpoint")
-    with open(run_dir / "config.yaml") as f:
-        cfg = run_config_from_dict(yaml.safe_load(f))
+    cfg = load_run_config(run_dir)
     dev = select_device(device or cfg.train.device)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     bundle = build_data(cfg)

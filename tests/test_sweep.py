@@ -16,7 +16,8 @@ from benchmarks.cli import main
 from benchmarks.config import build_config
 from benchmarks.runner import train_run
 from benchmarks.sweep import (Job, MissingEntriesError, SlurmOptions, SweepConfigError, check_config, expand,
-                              load_config, local_slots, make_executor, parse_config, run_local, run_slurm)
+                              load_config, local_slots, make_executor, parse_config, run_local, run_slurm,
+                              worker_command)
 from tests.conftest import TINY_DATA, TINY_MODEL, TINY_TRAIN
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,11 +63,12 @@ def test_job_yaml_rebuilds_the_same_run_and_the_command_resumes_it(tmp_path):
     rebuilt = build_config(sections.pop("method"), sections.pop("dataset"), sections)
     assert rebuilt.digest() == job.cfg.digest() and rebuilt.method_hp.residual_lambda == 0.2
     assert json.loads((job.run_dir / "job.json").read_text())["label"] == "aug"
-    (cmd,) = job.commands(python="py", wandb_mode="offline", wandb_group="g")
-    assert cmd[:4] == ["py", "-m", "benchmarks", "train"] and "--resume" in cmd
-    assert cmd[cmd.index("--run-dir") + 1] == str(job.run_dir) and cmd[-2:] == ["--wandb-group", "g"]
-    (ddp,) = job.commands(python="py", gpus_per_run=2)
-    assert ddp[:6] == ["py", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
+    cmd = worker_command(job.run_dir, python="py", wandb_mode="offline", wandb_group="g")
+    assert cmd[:4] == ["py", "-m", "benchmarks.sweep", str(job.run_dir)]
+    assert cmd[cmd.index("--wandb") + 1] == "offline" and cmd[-2:] == ["--wandb-group", "g"]
+    ddp = worker_command(job.run_dir, python="py", gpus_per_run=2)
+    assert ddp[:7] == ["py", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                       "benchmarks.sweep"]
 
 
 def test_unknown_methods_are_listed_unless_skip_missing(tmp_path):
@@ -99,7 +101,8 @@ def test_shipped_configs_resolve_every_registered_section(path):
     assert config.doc["paper"] and config.protocol in ("paper", "clean", "last")
 
 
-def test_local_slots_split_gpus_into_groups_and_cpu_workers():
+def test_local_slots_split_gpus_into_groups_and_cpu_workers(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert local_slots(1, [0, 1, 2, 3], gpus_per_run=2) == [{"CUDA_VISIBLE_DEVICES": "0,1"},
                                                             {"CUDA_VISIBLE_DEVICES": "2,3"}]
     assert local_slots(3, None, threads_per_worker=1) == [{"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}] * 3

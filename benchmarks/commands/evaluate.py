@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks.evaluate import RESULT_FILE, evaluate_missing, parse_rates
+from benchmarks.evaluate import DEFAULT_MISSING_RATES, RESULT_FILE, evaluate_missing, parse_rates
 
 HELP = "evaluate a finished run's final checkpoint with a fraction of samples missing one modality"
 
@@ -19,8 +19,9 @@ def _rates(text: str) -> list[float]:
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", type=Path, help="a finished run folder")
-    p.add_argument("--missing", type=_rates, default=[0.0, 0.2, 0.5],
-                   help="comma-separated fractions of samples that lose one modality (default 0,0.2,0.5)")
+    p.add_argument("--missing", type=_rates, default=list(DEFAULT_MISSING_RATES),
+                   help="comma-separated fractions of samples that lose one modality (default "
+                        f"{','.join(f'{r:g}' for r in DEFAULT_MISSING_RATES)})")
     p.add_argument("--split", default="test")
     p.add_argument("--seed", type=int, default=0, help="seed of which samples lose which modality")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: the run's train.device")

@@ -1,5 +1,8 @@
 """``augbench sweep CONFIG``: run every (method, dataset, seed) of an experiment config, skipping finished runs.
 
+Before anything starts, the sweep checks that every run can succeed (registered names, settings that resolve,
+dataset caches, devices) and otherwise prints what is missing, grouped, and exits with status 2.
+
 Examples::
 
     augbench sweep benchmarks/configs/aug_neurips25/table1.yaml --gpus 0,1,2,3 --skip-missing
@@ -10,14 +13,16 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 from baselines.hparams import parse_assignments
 from benchmarks.cli import UsageError
 from benchmarks.records import WANDB_MODES, resolve_wandb_mode
-from benchmarks.sweep import (SlurmOptions, SlurmUnavailableError, SweepBusyError, SweepLock, expand, load_config,
-                              make_executor, run_local, run_pool, run_slurm, write_sweep_record)
+from benchmarks.sweep import (LAUNCHERS, Job, LaunchOptions, PreflightError, SlurmOptions, SlurmUnavailableError,
+                              SweepBusyError, SweepConfig, check, load_config, plan)
 
 HELP = "run an experiment config (all methods x datasets x seeds) locally or on Slurm, resuming unfinished runs"
 
@@ -31,21 +36,22 @@ def _gpus(text: str) -> list[int]:
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", type=Path, help="experiment config, e.g. benchmarks/configs/aug_neurips25/table1.yaml")
-    p.add_argument("--launcher", choices=("local", "pool", "slurm"), default="local",
-                   help="local: a subprocess per run (GPUs or CPU workers); pool: --workers long-lived CPU processes "
-                        "(no interpreter start-up per run; for many short runs); slurm: submitit jobs")
+    p.add_argument("--launcher", choices=tuple(LAUNCHERS), default="local",
+                   help="; ".join(f"{name}: {launcher.help}" for name, launcher in LAUNCHERS.items()))
     p.add_argument("--out", type=Path, help="sweep folder (default: runs/<config name>)")
     p.add_argument("--gpus", type=_gpus, help="local: GPU ids to keep busy, one run each, e.g. 0,1,2,3")
     p.add_argument("--gpus-per-run", type=int, default=1, help="GPUs per run (data-parallel via torchrun when > 1)")
-    p.add_argument("--workers", type=int, default=1, help="local without --gpus: concurrent CPU runs")
-    p.add_argument("--threads-per-worker", type=int, help="local CPU runs: OMP/MKL threads each (default: cores/N)")
-    p.add_argument("--dry-run", action="store_true", help="list the runs and their states; launch nothing")
+    p.add_argument("--workers", type=int, default=1, help="local without --gpus, pool: concurrent CPU runs")
+    p.add_argument("--threads-per-worker", type=int, help="CPU runs: OMP/MKL threads each (default: cores/N)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the runs (state, dataset, method, seed, folder, overrides) and the checks; start nothing")
     p.add_argument("--seeds", type=int, nargs="+", help="replace the config's seeds")
     p.add_argument("--methods", nargs="+", help="only these method rows (labels of the config)")
     p.add_argument("--datasets", nargs="+", help="only these datasets")
     p.add_argument("--set", dest="assignments", action="append", default=[], metavar="NS.KEY=VALUE",
                    help="override a hyperparameter in every run it applies to (repeatable)")
-    p.add_argument("--skip-missing", action="store_true", help="leave out methods/datasets not registered yet")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="leave out methods/datasets the config names that are not registered (not missing data)")
     p.add_argument("--wandb", choices=WANDB_MODES, help="W&B mode passed to every run")
     p.add_argument("--wandb-group", help="W&B group of all runs (default: the config name)")
     slurm = p.add_argument_group("slurm launcher")
@@ -64,46 +70,77 @@ def default_out(name: str) -> Path:
     return Path("runs") / re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
+def _value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+def flat_settings(sections: Mapping[str, Mapping[str, Any]]) -> str:
+    """``{"train": {"lr": 0.1}}`` -> ``train.lr=0.1`` (space-separated)."""
+    return " ".join(f"{ns}.{key}={_value(v)}" for ns, values in sections.items() for key, v in values.items())
+
+
+def listing(jobs: Sequence[Job], config: SweepConfig, out: Path) -> str:
+    """The dry run's table: the shared settings, then one line per run with its state, cell, folder and its row's
+    settings."""
+    lines = [f"sweep {config.name} ({config.where()}) -> {out}"]
+    if config.doc.get("defaults"):
+        lines.append(f"defaults (every run): {flat_settings(config.doc['defaults'])}")
+    for dataset in sorted({job.cfg.dataset for job in jobs}, key=list(config.datasets).index):
+        settings = {ns: v for ns, v in config.datasets[dataset].items() if ns != "notes"}
+        if settings:
+            lines.append(f"{dataset} (every run on it): {flat_settings(settings)}")
+    rows = [("state", "dataset", "method", "seed", "run", "overrides")]
+    for job in jobs:
+        method = job.label if job.label == job.cfg.method else f"{job.label} ({job.cfg.method})"
+        rows.append((job.progress(), job.cfg.dataset, method, str(job.cfg.train.seed), job.name,
+                     flat_settings(job.overrides)))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[5] for row in rows]
+    counts = {state: sum(j.progress().split()[0] == state for j in jobs) for state in ("done", "partial", "new")}
+    lines.append(f"{len(jobs)} runs in {out}: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
+    return "\n".join(line.rstrip() for line in lines)
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
-    except (SlurmUnavailableError, SweepBusyError) as err:
+    except (SlurmUnavailableError, SweepBusyError, PreflightError) as err:
         raise UsageError(str(err)) from None
 
 
 def _run(args: argparse.Namespace) -> int:
+    launcher = LAUNCHERS[args.launcher]
+    unavailable = launcher.unavailable()
+    if unavailable and not args.dry_run:
+        raise UsageError(unavailable)
     if args.launcher == "local" and args.gpus_per_run > 1 and not args.gpus:
         raise UsageError("--gpus-per-run > 1 needs --gpus (the GPU ids to group), e.g. --gpus 0,1,2,3")
     config = load_config(args.config)
     out = args.out or default_out(config.name)
-    jobs = expand(config, out, seeds=args.seeds, methods=args.methods, datasets=args.datasets,
-                  assignments=parse_assignments(args.assignments), skip_missing=args.skip_missing)
+    cells = plan(config, out, seeds=args.seeds, methods=args.methods, datasets=args.datasets,
+                 assignments=parse_assignments(args.assignments))
+    if args.skip_missing and (cells.unregistered_methods or cells.unregistered_datasets):
+        print(f"skipping unregistered method(s) {cells.unregistered_methods} and dataset(s) "
+              f"{cells.unregistered_datasets}")
+    opts = LaunchOptions(workers=args.workers, gpus=args.gpus, gpus_per_run=args.gpus_per_run,
+                         threads_per_worker=args.threads_per_worker,
+                         slurm=SlurmOptions(partition=args.partition, time_min=args.time,
+                                            gpus_per_run=args.gpus_per_run, cpus_per_task=args.cpus_per_task,
+                                            mem_gb=args.mem_gb, account=args.account, qos=args.qos,
+                                            constraint=args.constraint, array_parallelism=args.array_parallelism),
+                         resubmit=args.resubmit)
+    problems = check(cells, launcher, opts, skip_missing=args.skip_missing)
     if args.dry_run:
-        for job in jobs:
-            print(f"{job.state():<8} {job.label:<24} {job.run_dir}")
-        print(f"{len(jobs)} runs in {out}")
+        problems.add("launcher", [unavailable] if unavailable else [])
+        print(listing(cells.jobs, config, out))
+    if problems:
+        raise PreflightError(problems.report(len(cells.jobs), config.where(), dry_run=args.dry_run))
+    if args.dry_run:
         return 0
-    mode = resolve_wandb_mode(args.wandb)
-    group = args.wandb_group or config.name
-    if args.launcher == "slurm":
-        options = SlurmOptions(partition=args.partition, time_min=args.time, gpus_per_run=args.gpus_per_run,
-                               cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb, account=args.account,
-                               qos=args.qos, constraint=args.constraint, array_parallelism=args.array_parallelism)
-        out.mkdir(parents=True, exist_ok=True)
-        executor = make_executor(out / ".submitit", options, name=f"augbench-{out.name}")
-        submitted = run_slurm(jobs, executor, out=out, config=config, wandb_mode=mode, wandb_group=group,
-                              gpus_per_run=args.gpus_per_run, resubmit=args.resubmit)
-        print(f"submitted {len(submitted)} job(s); run this command again to resume or to skip finished runs")
-        return 0
-    with SweepLock(out):
-        write_sweep_record(out, config, jobs)
-        if args.launcher == "pool":
-            report = run_pool(jobs, workers=args.workers, threads_per_worker=args.threads_per_worker or 1, out=out,
-                              config=config, wandb_mode=mode, wandb_group=group)
-            print(f"{len(report.launched)} run, {len(report.skipped)} already finished, {len(report.failed)} failed")
-            return 1 if report.failed else 0
-        report = run_local(jobs, workers=args.workers, gpus=args.gpus, gpus_per_run=args.gpus_per_run, out=out,
-                           config=config, wandb_mode=mode, wandb_group=group,
-                           threads_per_worker=args.threads_per_worker)
+    if not cells.jobs:
+        raise UsageError(f"{config.where()}: no runs left after --methods/--datasets/--skip-missing")
+    opts.wandb_mode = resolve_wandb_mode(args.wandb)
+    opts.wandb_group = args.wandb_group or config.name
+    report = launcher.start(cells.jobs, out, config, opts, print)
     print(f"{len(report.launched)} launched, {len(report.skipped)} already finished, {len(report.failed)} failed")
     return 1 if report.failed else 0

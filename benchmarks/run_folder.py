@@ -1,0 +1,44 @@
+"""Reading a run folder back: ``config.yaml`` (``RunConfig.as_dict()``) -> the ``RunConfig`` that wrote it.
+
+Kept apart from the sweep and the missing-modality evaluation so that both can read runs without importing each
+other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from benchmarks.config import RUNNER_NAMESPACES, RunConfig, build_config
+
+
+def config_sections(as_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """``RunConfig.as_dict()`` (or a run's ``config.yaml``) -> ``{"method", "dataset", "train", ..., <method>}``."""
+    method = as_dict["method"]
+    out = {"method": method, "dataset": as_dict["dataset"]}
+    for ns in RUNNER_NAMESPACES:
+        out[ns] = dict(as_dict[ns])
+    out[method] = dict(as_dict.get("hparams", {}).get(method, {}))
+    return out
+
+
+def build_from_sections(sections: Mapping[str, Any]) -> RunConfig:
+    """``{"method", "dataset", <namespace>: {...}}`` (a ``job.yaml``) -> the resolved ``RunConfig``."""
+    rest = {k: v for k, v in sections.items() if k not in ("method", "dataset")}
+    return build_config(sections["method"], sections["dataset"], rest)
+
+
+def run_config_from_dict(as_dict: Mapping[str, Any]) -> RunConfig:
+    """Rebuild the ``RunConfig`` a run's ``config.yaml`` describes (same digest, same run name)."""
+    return build_from_sections(config_sections(as_dict))
+
+
+def load_run_config(run_dir: Path) -> RunConfig:
+    """The ``RunConfig`` of the run in ``run_dir`` (from its ``config.yaml``)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} has no config.yaml; it is not a run folder")
+    with open(path) as f:
+        return run_config_from_dict(yaml.safe_load(f))

@@ -1,0 +1,79 @@
+"""Checks made before a sweep starts anything, so that no run is launched only to fail: every cell's settings
+resolve, every method and dataset is registered (or ``--skip-missing`` leaves it out), every dataset cache the
+unfinished runs read exists, and every device they are given is present. ``check`` gathers all problems into one
+report, grouped, so a sweep of hundreds of runs says in a few lines what is missing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from benchmarks.sweep.expand import Job, Plan, runs_phrase
+from benchmarks.sweep.launchers import Launcher, LaunchOptions
+from datasets.registry import get_dataset
+
+
+class PreflightError(RuntimeError):
+    """The sweep would start runs that cannot succeed; the message is the grouped report."""
+
+
+@dataclass
+class Preflight:
+    """Problems by heading; empty when the sweep can start."""
+
+    groups: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, heading: str, lines: Sequence[str]) -> None:
+        if lines:
+            self.groups.setdefault(heading, []).extend(lines)
+
+    def __bool__(self) -> bool:
+        return bool(self.groups)
+
+    def report(self, runs: int, where: str, dry_run: bool = False) -> str:
+        lines = [f"{where}: the sweep ({runs} runs) {'would not' if dry_run else 'cannot'} start; nothing was "
+                 "launched."]
+        for heading, items in self.groups.items():
+            lines.append(f"{heading}:")
+            lines += [f"  - {item}" for item in items]
+        lines.append("Fix these, or narrow the sweep with --datasets/--methods/--seeds"
+                     + ("." if dry_run else "; --dry-run lists the runs."))
+        return "\n".join(lines)
+
+
+def data_problems(pending: Sequence[Job]) -> list[str]:
+    """One line per dataset cache that the unfinished runs ``pending`` need and that is missing or ambiguous."""
+    problems: dict[tuple[str, str], int] = {}
+    checked: dict[tuple[str, str], str | None] = {}
+    for job in pending:
+        cls = get_dataset(job.cfg.dataset)
+        locate = getattr(cls, "locate_cache", None)
+        if locate is None:       # generated in memory (synthetic): nothing on disk to check
+            continue
+        key = (job.cfg.dataset, repr(sorted(job.cfg.data.as_dict().items())))
+        if key not in checked:
+            try:
+                locate(job.cfg.data)
+                checked[key] = None
+            except (FileNotFoundError, ValueError) as err:
+                checked[key] = str(err)
+        if checked[key]:
+            problem = (job.cfg.dataset, checked[key])
+            problems[problem] = problems.get(problem, 0) + 1
+    return [f"{dataset} ({runs_phrase(n)}): {message}" for (dataset, message), n in problems.items()]
+
+
+def check(plan: Plan, launcher: Launcher, opts: LaunchOptions, *, skip_missing: bool = False) -> Preflight:
+    """Every problem that would make a run of ``plan`` fail or be left out unasked, grouped by kind."""
+    result = Preflight()
+    pending = [job for job in plan.jobs if job.state() != "done"]
+    if not skip_missing:
+        names = [f"method(s) {plan.unregistered_methods}"] if plan.unregistered_methods else []
+        names += [f"dataset(s) {plan.unregistered_datasets}"] if plan.unregistered_datasets else []
+        result.add("not registered (--skip-missing leaves them out)",
+                   [f"unregistered {' and '.join(names)}"] if names else [])
+    result.add("settings that do not resolve", plan.invalid)
+    result.add("data missing (build it with augbench prepare, or point data.cache/data.cache_dir at it)",
+               data_problems(pending))
+    result.add("devices missing", launcher.device_problems(pending, opts))
+    return result

@@ -1,0 +1,151 @@
+"""The Slurm launcher: one ``submitit`` job per unfinished run (optional extra ``augbench[slurm]``), as a job array.
+
+Jobs are checkpointable: on time-out or pre-emption submitit requeues them and they resume from the last epoch.
+Submitted job ids go to ``OUT/slurm_jobs.json``; a restart skips runs whose job is still queued or running.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from benchmarks.records import write_json
+from benchmarks.sweep.expand import Job, write_sweep_record
+from benchmarks.sweep.spec import SweepConfig
+
+# Slurm states in which a submitted job may still write its run folder.
+ACTIVE_SLURM_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING")
+
+
+class SlurmUnavailableError(RuntimeError):
+    """submitit (the ``[slurm]`` extra) is not installed, or this machine has no Slurm commands."""
+
+
+@dataclass
+class SlurmOptions:
+    """Resources of one Slurm job (one run). ``gpus_per_run`` > 1 runs one task per GPU (data-parallel)."""
+
+    partition: str | None = None
+    time_min: int = 24 * 60
+    gpus_per_run: int = 1
+    cpus_per_task: int = 8
+    mem_gb: int | None = 64
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    array_parallelism: int = 64
+
+    def parameters(self, name: str) -> dict[str, Any]:
+        """``submitit.AutoExecutor.update_parameters`` arguments."""
+        params: dict[str, Any] = {"name": name, "timeout_min": self.time_min, "cpus_per_task": self.cpus_per_task,
+                                  "tasks_per_node": max(1, self.gpus_per_run), "nodes": 1,
+                                  "slurm_array_parallelism": self.array_parallelism}
+        if self.gpus_per_run > 0:
+            params["gpus_per_node"] = self.gpus_per_run
+        if self.mem_gb is not None:
+            params["mem_gb"] = self.mem_gb
+        for key in ("partition", "account", "qos", "constraint"):
+            value = getattr(self, key)
+            if value is not None:
+                params[f"slurm_{key}"] = value
+        return params
+
+
+def _submitit() -> Any:
+    try:
+        import submitit
+    except ImportError:
+        raise SlurmUnavailableError("the Slurm launcher needs submitit: pip install 'augbench[slurm]'") from None
+    return submitit
+
+
+def slurm_unavailable() -> str | None:
+    """Why ``--launcher slurm`` cannot submit from this machine (one line), or None."""
+    try:
+        _submitit()
+    except SlurmUnavailableError as err:
+        return str(err)
+    absent = [cmd for cmd in ("sbatch", "srun") if shutil.which(cmd) is None]
+    if absent:
+        return (f"the Slurm launcher needs Slurm's {' and '.join(absent)} on PATH, which this machine lacks; run the "
+                "sweep from a Slurm login node, or use --launcher local/pool here")
+    return None
+
+
+def make_executor(folder: Path, options: SlurmOptions, name: str, cluster: str | None = "slurm") -> Any:
+    """A ``submitit.AutoExecutor`` for ``cluster`` (``slurm``; ``debug``/``local`` run jobs on this machine)."""
+    submitit = _submitit()
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+    executor.update_parameters(**options.parameters(name))
+    return executor
+
+
+class TrainJob:
+    """The callable a Slurm job runs: ``worker.run_job`` on one run folder.
+
+    It carries only paths and strings, so submitit pickles it by reference to this module. ``checkpoint`` makes it
+    requeue itself on time-out or pre-emption; the run then resumes from its last per-epoch checkpoint.
+    """
+
+    def __init__(self, run_dir: Path, wandb_mode: str = "disabled", wandb_group: str | None = None,
+                 gpus_per_run: int = 1) -> None:
+        self.run_dir = Path(run_dir)
+        self.wandb_mode = wandb_mode
+        self.wandb_group = wandb_group
+        self.gpus_per_run = gpus_per_run
+
+    def __call__(self) -> str:
+        from benchmarks.sweep.worker import run_job
+
+        if self.gpus_per_run > 1:
+            _submitit().helpers.TorchDistributedEnvironment().export()
+        run_job(self.run_dir, wandb_mode=self.wandb_mode, wandb_group=self.wandb_group)
+        return str(self.run_dir)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        return _submitit().helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def _active_slurm_jobs(record: Mapping[str, str], folder: Path) -> set[str]:
+    submitit = _submitit()
+    active = set()
+    for run, job_id in record.items():
+        state = submitit.SlurmJob(folder=str(folder), job_id=str(job_id)).state
+        if state.split()[0] in ACTIVE_SLURM_STATES:
+            active.add(run)
+    return active
+
+
+def run_slurm(jobs: Sequence[Job], executor: Any, *, out: Path, config: SweepConfig | None = None,
+              wandb_mode: str = "disabled", wandb_group: str | None = None, gpus_per_run: int = 1,
+              resubmit: bool = False, log: Callable[[str], None] = print) -> list[Any]:
+    """Submit every unfinished run as one job of a Slurm array; returns the submitit jobs.
+
+    Runs whose recorded job (``OUT/slurm_jobs.json``) is still queued or running are not submitted again unless
+    ``resubmit``.
+    """
+    record_path = Path(out) / "slurm_jobs.json"
+    record: dict[str, str] = json.loads(record_path.read_text()) if record_path.exists() else {}
+    pending = [job for job in jobs if job.state() != "done"]
+    if record and not resubmit:
+        active = _active_slurm_jobs({j.name: record[j.name] for j in pending if j.name in record},
+                                    Path(executor.folder))
+        if active:
+            log(f"{len(active)} run(s) still queued or running on Slurm; not submitted again (--resubmit to force)")
+        pending = [job for job in pending if job.name not in active]
+    log(f"{len(jobs)} runs: {len(jobs) - len(pending)} finished or active, submitting {len(pending)}")
+    submitted = []
+    if pending:
+        with executor.batch():
+            for job in pending:
+                job.write_files()
+                submitted.append(executor.submit(TrainJob(job.run_dir, wandb_mode, wandb_group, gpus_per_run)))
+    for job, handle in zip(pending, submitted):
+        record[job.name] = str(handle.job_id)
+    write_json(record_path, record)
+    if config is not None:
+        write_sweep_record(out, config, jobs)
+    return submitted

@@ -1,0 +1,47 @@
+"""One cell of a sweep, whatever process a launcher gives it: ``job.yaml`` -> train (resuming) -> the follow-up
+evaluation from ``job.json``. Everything it needs is in the run folder, which the sweep parent wrote.
+
+``python -m benchmarks.sweep RUN_DIR`` (``worker_command``) is the local launcher's child, under ``torchrun`` for
+several GPUs; the pool launcher calls ``run_job`` in its worker processes and the Slurm launcher in its jobs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from benchmarks.evaluate import RESULT_FILE, evaluate_missing
+from benchmarks.run_folder import build_from_sections
+from benchmarks.runner import train_run
+from benchmarks.sweep.expand import read_job_file
+from benchmarks.sweep.spec import EvaluateSpec
+
+
+def run_job(run_dir: Path, *, wandb_mode: str = "disabled", wandb_group: str | None = None,
+            log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train the run in ``run_dir`` (resuming; a finished run is not trained again), then its evaluation if its
+    ``job.json`` asks for one and it has not been written yet; returns the training summary. Under torchrun every
+    rank trains and rank 0 alone evaluates."""
+    run_dir = Path(run_dir)
+    with open(run_dir / "job.yaml") as f:
+        cfg = build_from_sections(yaml.safe_load(f))
+    summary = train_run(cfg, run_dir, resume=True, wandb_mode=wandb_mode, wandb_group=wandb_group, log=log)
+    spec = read_job_file(run_dir).get("evaluate")
+    if spec and int(os.environ.get("RANK", "0")) == 0 and not (run_dir / RESULT_FILE).exists():
+        spec = EvaluateSpec.from_dict(spec, f"{run_dir / 'job.json'}: evaluate")
+        evaluate_missing(run_dir, spec.missing, split=spec.split, seed=spec.seed)
+        log(f"wrote {run_dir / RESULT_FILE}")
+    return summary
+
+
+def worker_command(run_dir: Path, *, python: str = sys.executable, wandb_mode: str = "disabled",
+                   wandb_group: str | None = None, gpus_per_run: int = 1) -> list[str]:
+    """The argv that runs ``run_job`` on ``run_dir`` in a fresh process (torchrun when ``gpus_per_run`` > 1)."""
+    launcher = [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus_per_run}",
+                "-m"] if gpus_per_run > 1 else [python, "-m"]
+    cmd = launcher + ["benchmarks.sweep", str(run_dir), "--wandb", wandb_mode]
+    return cmd + (["--wandb-group", wandb_group] if wandb_group else [])

@@ -1,0 +1,173 @@
+"""What a sweep checks before starting anything (registered names, settings, dataset caches, devices, Slurm), the
+dry-run listing, and the data-free example sweep run end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchmarks.cli import main
+from tests.conftest import TINY_DATA, TINY_MODEL, TINY_TRAIN
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLE1 = ROOT / "benchmarks" / "configs" / "aug_neurips25" / "table1.yaml"
+EXAMPLE = ROOT / "benchmarks" / "configs" / "examples" / "synthetic_sweep.yaml"
+
+
+@pytest.fixture
+def no_launch(monkeypatch, tmp_path):
+    """No GPU, an empty cache root, and any attempt to start a run process is a test failure."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a run process was started: {args[0] if args else kwargs}")
+
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 0)
+    monkeypatch.setenv("AUG_BENCH_CACHE", str(tmp_path / "empty-cache"))
+
+
+def write_config(path: Path, **extra) -> Path:
+    doc = {"name": "test/checks", "seeds": [0, 1], "protocol": "clean",
+           "defaults": {"model": dict(TINY_MODEL), "train": dict(TINY_TRAIN), "data": {}},
+           "datasets": {"synthetic": {"data": dict(TINY_DATA)}}, "methods": {"joint": {}, "sum": {}}}
+    doc.update(extra)
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_table1_without_data_or_gpus_reports_once_grouped_and_starts_nothing(no_launch, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["sweep", str(TABLE1), "--gpus", "0,1,2,3", "--skip-missing", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "342 runs" in err and "nothing was launched" in err
+    lines = err.splitlines()
+    assert len(lines) <= 20, "one screen, grouped by dataset, not a line per run"
+    for dataset in ("cremad", "kinetics_sounds", "vggsound", "twitter2015", "sarcasm", "nvgesture"):
+        (line,) = [x for x in lines if x.strip().startswith(f"- {dataset} (")]
+        assert f"no prepared {dataset} cache" in line and "augbench prepare" in line
+    assert "GPU(s) [0, 1, 2, 3] are not present" in err
+    assert not out.exists() or not any(out.iterdir()), "nothing written, nothing started"
+
+
+def test_every_kind_of_problem_is_reported_together(no_launch, tmp_path, capsys):
+    path = write_config(tmp_path / "sweep.yaml",
+                        datasets={"synthetic": {"data": dict(TINY_DATA)}, "cremad": {}},
+                        methods={"joint": {"train": {"epochs": "ten"}}, "sum": {"sum": {"bogus": 1}},
+                                 "nope": {}, "ogm_ge": {}})
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "unregistered method(s) ['nope']" in err and "--skip-missing" in err
+    # one line per (row, error) naming every dataset it hits, not one per run
+    (bogus,) = [x for x in err.splitlines() if "bogus" in x]
+    assert "methods.sum on cremad, synthetic: unknown hyperparameter(s) ['sum.bogus']" in bogus
+    assert "methods.joint on cremad, synthetic" in err and "train.epochs" in err
+    assert "cremad (2 runs): no prepared cremad cache" in err, "the valid ogm_ge row's cremad runs need data"
+    assert not (tmp_path / "out").exists()
+
+
+def test_skip_missing_leaves_out_unregistered_names_only(no_launch, tmp_path, capsys):
+    path = write_config(tmp_path / "sweep.yaml", datasets={"synthetic": {"data": dict(TINY_DATA)}, "cremad": {}},
+                        methods={"joint": {}, "nope": {}})
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out"), "--skip-missing"]) == 2
+    err = capsys.readouterr().err
+    assert "unregistered" not in err and "cremad (2 runs): no prepared cremad cache" in err
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out"), "--skip-missing", "--datasets", "synthetic",
+                 "--dry-run"]) == 0
+
+
+def test_cuda_runs_without_a_cuda_device_are_refused(no_launch, tmp_path, capsys):
+    path = write_config(tmp_path / "sweep.yaml", defaults={"model": dict(TINY_MODEL), "data": {},
+                                                           "train": {**TINY_TRAIN, "device": "cuda"}})
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out"), "--launcher", "pool"]) == 2
+    assert "train.device=cuda in 4 runs" in capsys.readouterr().err
+
+
+def test_dry_run_lists_folder_method_dataset_seed_overrides_and_done_partial_new(no_launch, tmp_path, capsys):
+    path = write_config(tmp_path / "sweep.yaml",
+                        methods={"joint": {}, "ogm_ge": {"ogm_ge": {"alpha": 0.3}}})
+    out = tmp_path / "out"
+    assert main(["sweep", str(path), "--out", str(out), "--dry-run"]) == 0
+    rows = [x for x in capsys.readouterr().out.splitlines() if "synthetic-" in x]
+    assert len(rows) == 4 and all(x.split()[0] == "new" for x in rows)
+    done, partial = (out / rows[0].split()[4]), (out / rows[3].split()[4])
+    done.mkdir(parents=True)
+    (done / "DONE").write_text("")
+    (done / "summary.json").write_text("{}")
+    partial.mkdir(parents=True)
+    (partial / "checkpoint.pt").write_bytes(b"")
+    (partial / "metrics.jsonl").write_text(json.dumps({"epoch": 0}) + "\n")
+
+    assert main(["sweep", str(path), "--out", str(out), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    by_run = {next(t for t in x.split() if t.startswith("synthetic-")): x for x in text.splitlines()
+              if "synthetic-" in x}
+    assert by_run[done.name].split()[:4] == ["done", "synthetic", "joint", "0"]
+    assert by_run[partial.name].startswith("partial (1/2 epochs)") and "ogm_ge.alpha=0.3" in by_run[partial.name]
+    assert "4 runs in" in text and "1 done, 1 partial, 2 new" in text
+    assert "defaults (every run): " in text and "model.width=4" in text
+    assert sorted(p.name for p in out.iterdir()) == sorted([done.name, partial.name]), "a dry run writes nothing"
+
+
+def test_slurm_without_sbatch_is_one_line_and_a_nonzero_exit(no_launch, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("submitit")
+    monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))
+    path = write_config(tmp_path / "sweep.yaml")
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out"), "--launcher", "slurm"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "sbatch" in err and "--launcher local" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_slurm_without_submitit_is_one_line_and_a_nonzero_exit(no_launch, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "submitit", None)
+    path = write_config(tmp_path / "sweep.yaml")
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out"), "--launcher", "slurm"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "augbench[slurm]" in err
+
+
+def test_example_sweep_needs_no_data_and_runs_end_to_end(tmp_path, capsys):
+    """The README's first sweep: the full config expands without data; a reduced version (1 seed, 3 rows,
+    1 epoch) trains in a pool worker, evaluates the missing-modality follow-up and tabulates."""
+    assert main(["sweep", str(EXAMPLE), "--dry-run", "--out", str(tmp_path / "full")]) == 0
+    assert "10 runs in" in capsys.readouterr().out
+    out = tmp_path / "runs"
+    assert main(["sweep", str(EXAMPLE), "--launcher", "pool", "--workers", "1", "--out", str(out), "--seeds", "0",
+                 "--methods", "unimodal_visual", "joint", "aug", "--set", "train.epochs=1"]) == 0
+    assert "3 launched, 0 already finished, 0 failed" in capsys.readouterr().out
+    assert len(list(out.glob("*/missing_modality.json"))) == 3
+    assert main(["table", str(out), "--config", str(EXAMPLE)]) == 0
+    table = capsys.readouterr().out
+    for title in ("Unimodal (visual)", "Concat", "AUG"):
+        assert title in table
+    assert main(["table", str(out), "--config", str(EXAMPLE), "--missing"]) == 0
+    assert "missing 50%" in capsys.readouterr().out
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Reproduce paper tables"):]
+    assert section.index(str(EXAMPLE.relative_to(ROOT))) < section.index("aug_neurips25/table1.yaml")
+
+
+def test_evaluate_does_not_import_the_sweep():
+    """``benchmarks.evaluate`` reads run folders through ``benchmarks.run_folder``; the sweep imports evaluate, never
+    the other way round (a fresh interpreter, since this one has both loaded)."""
+    code = ("import sys, benchmarks.evaluate; "
+            "assert not any(m.startswith('benchmarks.sweep') for m in sys.modules), sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_gpu_ids_are_those_this_process_sees(no_launch, tmp_path, monkeypatch, capsys):
+    from benchmarks.sweep import local_slots
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert local_slots(1, [1, 0]) == [{"CUDA_VISIBLE_DEVICES": "3"}, {"CUDA_VISIBLE_DEVICES": "2"}]
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
+    path = write_config(tmp_path / "sweep.yaml")
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out"), "--gpus", "0,1,2"]) == 2
+    err = capsys.readouterr().err
+    assert "GPU(s) [2] are not present; this process sees 2 CUDA device(s)" in err
