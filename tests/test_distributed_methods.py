@@ -213,14 +213,17 @@ def test_single_process_context_api_is_the_identity():
 def test_sync_gradients_averages_or_takes_rank0_and_exempts_only_unchanged_gradients(ranks):
     first, second = (out["api"] for out in ranks)
     for out in (first, second):
-        torch.testing.assert_close(out["mean"], torch.full((2,), 2.0))
-        torch.testing.assert_close(out["zeros_elsewhere"], torch.full((2,), 2.0))
-        torch.testing.assert_close(out["main"], torch.zeros(2))
-        torch.testing.assert_close(out["b_after_step"], torch.full((2,), -1.0), msg="a new gradient is averaged")
-        torch.testing.assert_close(out["sum"], torch.tensor([3.0, 6.0]))
-        torch.testing.assert_close(out["mean_stat"], torch.tensor([1.5, 3.0]))
-    torch.testing.assert_close(first["a_after_step"], torch.full((2,), -2.0))
-    torch.testing.assert_close(second["a_after_step"], torch.full((2,), -3.0), msg="a synced gradient is skipped")
+        # Sums and halves of small integers are exact in float32.
+        torch.testing.assert_close(out["mean"], torch.full((2,), 2.0), rtol=0, atol=0)
+        torch.testing.assert_close(out["zeros_elsewhere"], torch.full((2,), 2.0), rtol=0, atol=0)
+        torch.testing.assert_close(out["main"], torch.zeros(2), rtol=0, atol=0)
+        torch.testing.assert_close(out["b_after_step"], torch.full((2,), -1.0), rtol=0, atol=0,
+                                   msg="a new gradient is averaged")
+        torch.testing.assert_close(out["sum"], torch.tensor([3.0, 6.0]), rtol=0, atol=0)
+        torch.testing.assert_close(out["mean_stat"], torch.tensor([1.5, 3.0]), rtol=0, atol=0)
+    torch.testing.assert_close(first["a_after_step"], torch.full((2,), -2.0), rtol=0, atol=0)
+    torch.testing.assert_close(second["a_after_step"], torch.full((2,), -3.0), rtol=0, atol=0,
+                               msg="a synced gradient is skipped")
 
 
 def test_ranks_that_select_different_rows_are_stopped(ranks):

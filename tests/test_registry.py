@@ -33,9 +33,12 @@ def test_every_method_file_is_listed_and_registers_exactly_one_method(module):
     assert len(defined) == 1, f"{module} registers {[c.__name__ for c in defined]}"
 
 
-def test_every_listed_module_exists():
+def test_every_listed_module_registers_exactly_one_method():
+    registered = [cls.__module__ for cls in list_methods().values()]
     for module in METHOD_MODULES:
         importlib.import_module(module)
+        assert registered.count(module) == 1, f"{module} registers {registered.count(module)} methods"
+    assert sorted(registered) == sorted(METHOD_MODULES)
 
 
 @pytest.mark.parametrize("name", sorted(list_methods()))
