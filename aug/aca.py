@@ -1,4 +1,5 @@
-"""Adaptive classifier assignment (ACA) and the gate's running scores, as pure functions (methods.md §3.5, §3.7).
+"""Adaptive classifier assignment (ACA) and the gate's running scores, as pure functions
+(docs/methods/aug.md#aca, #gated).
 
 Kept free of models and optimizers so that the schedule and every decision can be pinned on hand-made numbers.
 Modalities are passed in the dataset's declared order; for two modalities the first plays the paper's "audio"
@@ -79,7 +80,7 @@ def aca_decision(score_sums: Sequence[float], count: int, rule: str, sigma: floa
 
 
 def running_scores(batch_sums: torch.Tensor, epoch_sums: torch.Tensor, step: int) -> torch.Tensor:
-    """The gate's running score per modality (methods.md §3.7; ``train_KS.py`` / ``train_NVGesture.py``).
+    """The gate's running score per modality (docs/methods/aug.md#gated; ``train_KS.py`` / ``train_NVGesture.py``).
 
     With T_m the current batch's confidence sum, S_m the epoch's cumulative sum including this batch and k the
     step index within the epoch, u_m = T_m + k * S_m and the score is u_m / sum_{j != m} u_j: for two modalities
@@ -90,7 +91,7 @@ def running_scores(batch_sums: torch.Tensor, epoch_sums: torch.Tensor, step: int
 
 
 def gate_targets(running: torch.Tensor) -> torch.Tensor:
-    """MSE targets of the gate network: 0 switches a modality's extra learners off, 1 on (methods.md §3.7).
+    """MSE targets of the gate network: 0 switches a modality's extra learners off, 1 on (docs/methods/aug.md#gated).
 
     Two modalities (``train_KS.py``): s_a > 1 -> audio 0, visual 1; otherwise audio 1, visual 0. Three
     (``train_NVGesture.py``): each modality 0 if its score against the others exceeds 0.5, else 1.

@@ -1,4 +1,4 @@
-"""AUG's configurable classifier and sustained-boosting loss (methods.md §3.2, §3.3, §3.7).
+"""AUG's configurable classifier and sustained-boosting loss (docs/methods/aug.md#model, #loss, #gated).
 
 Per modality m, learner k maps the encoder feature h_m to ReLU(A_k h_m + d_k) in R^256 and one head H: 256 -> K,
 shared by every modality and learner, turns it into logits z_{m,k}. Learner 0 is the paper's base embedding; extra
@@ -75,7 +75,7 @@ def learner_logits(stack: LearnerStack, head: nn.Linear, h: torch.Tensor,
 
 def sustained_boosting_loss(z: torch.Tensor, labels: torch.Tensor, lam: float,
                             residual_target: str = "ensemble_softmax") -> tuple[torch.Tensor, torch.Tensor]:
-    """L_m of methods.md §3.3 from the per-learner logits z (B, n + 1, K); returns (loss, ensemble logits).
+    """L_m of docs/methods/aug.md#loss from the per-learner logits z (B, n + 1, K); returns (loss, ensemble logits).
 
     n = 0: CE(z_0, y). n >= 1: CE(z_all, y) + CE(z_prev, y) + CE_soft(z_new, e_y - lam * q_y * e_y), computed as
     the equivalent weighted CE -(1 - lam * q_y) log p(z_new)_y; each term is a batch mean. q is detached and is

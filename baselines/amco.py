@@ -1,4 +1,4 @@
-"""AMCo: adaptive mask co-optimisation, as in BalanceBenchmark (methods.md §4.21).
+"""AMCo: adaptive mask co-optimisation, as in BalanceBenchmark (docs/methods/balancebenchmark.md#amco).
 
 Paper: listed in BalanceBenchmark as AMCo (Zhou et al., 2023); presumably Ying Zhou et al., "Adaptive Mask
 Co-Optimization for Modal Dependence in Multimodal Learning", ICASSP 2023 [citation unverified, paper not read].
@@ -18,10 +18,10 @@ Concat head with split-head logits z_m, plus ``linear_star``: Linear(K -> K). Pe
 
 Evaluation: z = linear_star(sum_m z_m) without masks; per-modality outputs are the split-head logits.
 
-``amco.linear_star``: methods.md defines z = linear_star(sum_m mask_m z_m) (default). In BalanceBenchmark's code the
-layer's output is computed and then overwritten by ``Unimodality_Calculate`` both in training and in evaluation, so
-BB effectively trains and evaluates z = sum_m mask_m z_m with an unused ``linear_star``: preset ``bb_compat``
-(``linear_star: false``). Cost: none beyond joint training (one K x K layer).
+``amco.linear_star``: the default trains and evaluates z = linear_star(sum_m mask_m z_m), as BB's model defines it.
+In BalanceBenchmark's code the layer's output is computed and then overwritten by ``Unimodality_Calculate`` both in
+training and in evaluation, so BB effectively trains and evaluates z = sum_m mask_m z_m with an unused
+``linear_star``: preset ``bb_compat`` (``linear_star: false``). Cost: none beyond joint training (one K x K layer).
 """
 
 from __future__ import annotations
@@ -76,8 +76,8 @@ class AMCo(Method):
     HPARAMS = (
         HParam("sigma", 0.5, "Dependence threshold on a modality's softmax block mass (BB trainer_config sigma)."),
         HParam("eps", 0.3, "Mask-ratio ramp length in l units (BB trainer_config eps)."),
-        HParam("linear_star", True, "Apply linear_star to the summed logits (methods.md §4.21); BB discards its "
-                                    "output (bb_compat: false)."),
+        HParam("linear_star", True, "Apply linear_star to the summed logits (docs/methods/balancebenchmark.md#amco); "
+                                    "BB discards its output (bb_compat: false)."),
     )
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:

@@ -1,4 +1,4 @@
-"""CML (calibrating multimodal learning), as implemented in BalanceBenchmark (methods.md §4.22).
+"""CML (calibrating multimodal learning), as implemented in BalanceBenchmark (docs/methods/balancebenchmark.md#cml).
 
 Paper: Huan Ma, Qingyang Zhang, Changqing Zhang, Bingzhe Wu, Huazhu Fu, Joey Tianyi Zhou, Qinghua Hu, "Calibrating
 Multimodal Learning", ICML 2023, arXiv 2306.01265. Principle: the confidence should not increase when a modality is
@@ -73,7 +73,7 @@ class CML(FusionMethod):
     HEAD = "concat"
     HPARAMS = (
         HParam("lam", 0.1, "Weight lambda of the confidence penalty: BB configs/trainer_config.yaml CML.lam = 0.1 "
-                           "(methods.md §4.22; BB sweeps {0.2, 0.3, 0.5, 1})."),
+                           "(docs/methods/balancebenchmark.md#cml; BB sweeps {0.2, 0.3, 0.5, 1})."),
     )
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:

@@ -1,4 +1,4 @@
-"""DI-MML: detached and interactive multimodal learning (methods.md §4.16), following the official code.
+"""DI-MML: detached and interactive multimodal learning (docs/methods/dimml.md), following the official code.
 
 Paper: Yunfeng Fan, Wenchao Xu, Haozhao Wang, Junhong Liu, Song Guo, "Detached and Interactive Multimodal Learning",
 ACM MM 2024, arXiv 2407.19514. Official code: GitHub fanyunfeng-bit/DI-MML, ``main_CFT.py`` (``train_epoch``,

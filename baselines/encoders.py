@@ -1,5 +1,5 @@
 """Encoders beyond the shared ResNet-18 trunks: BERT text, ResNet-50 images, an I3D-style 3-D CNN for clips and small
-sequence encoders for feature datasets (methods.md §1.1 "Exceptions", §3.8).
+sequence encoders for feature datasets (docs/methods/README.md#encoders, docs/methods/aug.md#hyperparameters).
 
 ``baselines.networks.build_encoder`` dispatches here by modality kind and the ``model.*`` knobs:
 

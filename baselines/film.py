@@ -1,4 +1,4 @@
-"""FiLM fusion ("Affine"), methods.md §4.2.
+"""FiLM fusion ("Affine"), docs/methods/fusion.md.
 
 Perez et al., "FiLM: Visual Reasoning with a General Conditioning Layer", AAAI 2018, arXiv 1709.07871. Audio
 produces (gamma, beta) that modulate the visual features, z = W_out(gamma * h_v + beta), L = CE(z): OGM-GE's

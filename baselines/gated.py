@@ -1,4 +1,4 @@
-"""Gated fusion, methods.md §4.6.
+"""Gated fusion, docs/methods/fusion.md.
 
 Kiela et al., "Efficient Large-Scale Multi-Modal Classification", AAAI 2018, arXiv 1802.02892. Audio gates the
 visual features, z = W_out(sigmoid(W_x h_a) * (W_y h_v)), L = CE(z): OGM-GE's ``GatedFusion`` with x_gate=True

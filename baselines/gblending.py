@@ -1,4 +1,4 @@
-"""G-Blending: gradient blending with weights from overfitting-to-generalisation ratios (methods.md §4.8).
+"""G-Blending: gradient blending with weights from overfitting-to-generalisation ratios (docs/methods/gblending.md).
 
 Paper: Weiyao Wang, Du Tran, Matt Feiszli, "What Makes Training Multi-modal Classification Networks Hard?", CVPR 2020,
 arXiv 1905.12681 (online G-Blend, Algorithm 1). No official code was located; the only concrete implementation known
@@ -76,8 +76,8 @@ class GBlending(FusionMethod):
         HParam("super_epoch", 10, "Re-estimate the weights every S epochs, epoch 0 included (BB super_epoch 10)."),
         HParam("estimate_epochs", 10, "Training epochs of each scratch copy per estimation (BB: = super_epoch); "
                                       ">= 2, since first and last epoch must differ."),
-        HParam("loss_reduction", "mean", "mean = per-sample average (paper-consistent, methods.md §4.8); sum = BB's "
-                                         "sum of batch-mean losses over batches.", choices=("mean", "sum")),
+        HParam("loss_reduction", "mean", "mean = per-sample average (paper-consistent, docs/methods/gblending.md); "
+                                         "sum = BB's sum of batch-mean losses over batches.", choices=("mean", "sum")),
     )
     VARIANTS = {"official_compat": {"loss_reduction": "sum"}}
 

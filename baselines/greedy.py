@@ -1,4 +1,4 @@
-"""Greedy: balancing the conditional learning speed of MMTM-fused streams (methods.md §4.20).
+"""Greedy: balancing the conditional learning speed of MMTM-fused streams (docs/methods/greedy.md).
 
 Paper: Nan Wu, Stanislaw Jastrzebski, Kyunghyun Cho, Krzysztof J. Geras, "Characterizing and Overcoming the Greedy
 Nature of Learning in Multi-modal Deep Neural Networks", ICML 2022, arXiv 2202.05306. Official code: GitHub
@@ -27,7 +27,7 @@ replaced by their running averages, cutting the cross-modal flow into it.
 Deviations [project]: running averages are updated only by training forwards (official and BB update them in every
 forward, evaluation included); prediction uses the live gates (BB's validation call). The official
 ``MMTM_mitigate`` updates the second stream's running average from the FIRST stream's gate (a bug BB fixes); this
-follows BB. BB hard-codes B = 64 in the visual reshape (methods.md §4.20); here B comes from the batch. Official
+follows BB. BB hard-codes B = 64 in the visual reshape (docs/methods/greedy.md); here B comes from the batch. Official
 recipe: epsilon 0.01, window 5, lr 0.1, batch 8, momentum 0 (the lr/batch/momentum are ``train.*`` settings); BB uses
 epsilon 0.001 and no starting epoch (``variant=bb``). Only spectrogram and frames modalities are supported (the MMTM
 blocks sit between conv stages).

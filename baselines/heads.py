@@ -1,6 +1,6 @@
-"""Fusion heads (methods.md §1.2). Each maps ``{modality: (B, d_m)}`` to fused logits and, where the head defines
-them, per-modality logits. Modalities are combined in the dataset's declared order (audio first), for 2 or 3
-modalities.
+"""Fusion heads (docs/methods/README.md#heads). Each maps ``{modality: (B, d_m)}`` to fused logits and, where the
+head defines them, per-modality logits. Modalities are combined in the dataset's declared order (audio first), for 2
+or 3 modalities.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class SumHead(nn.Module):
 class WeightHead(nn.Module):
     """z = sum_m w_m (W_m h_m + b_m), (w_m) = softmax of a learnable M-vector.
 
-    methods.md §4.5: AUG's "Weight" row does not state the weight form; this is the project's placeholder
+    docs/methods/fusion.md: AUG's "Weight" row does not state the weight form; this is the project's placeholder
     ``weight_learned_scalar`` and is labelled as ours.
     """
 

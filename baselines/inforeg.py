@@ -1,4 +1,4 @@
-"""InfoReg: slow down the information-sufficient modality during the prime learning window (methods.md §4.27).
+"""InfoReg: slow down the information-sufficient modality during the prime learning window (docs/methods/inforeg.md).
 
 Paper: Chengxiang Huang, Yake Wei, Zequn Yang, Di Hu, "Adaptive Unimodal Regulation for Balanced Multimodal
 Information Acquisition", CVPR 2025, arXiv 2503.18595. Official code: GitHub GeWu-Lab/InfoReg_CVPR2025, ``main.py``,
@@ -88,8 +88,8 @@ class InfoReg(FusionMethod):
     MODALITIES = (2,)
     HPARAMS = (
         HParam("beta_scale", [0.95, 0.1], "beta_m = scale_m exp(tanh(s_m - s_other)) in the dataset's modality order: "
-                                          "0.95 for audio, 0.1 for visual (official main.py train_epoch; methods.md "
-                                          "§4.27 step 3)."),
+                                          "0.95 for audio, 0.1 for visual (official main.py train_epoch; "
+                                          "docs/methods/inforeg.md step 3)."),
         HParam("k_threshold", 0.05, "Regulate only while the prime-window indicator k exceeds this (official main.py "
                                     "train_epoch, 'k > 0.05')."),
         HParam("window", 10, "Prime-window length in epochs: tr_1 = mean of the last 10 FIM traces; the official "

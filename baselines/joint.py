@@ -1,4 +1,4 @@
-"""Joint training with concatenation fusion ("Concat", AUG's "Naive MML"), methods.md §4.0-4.1.
+"""Joint training with concatenation fusion ("Concat", AUG's "Naive MML"), docs/methods/fusion.md.
 
 L = CE(W[h_a; h_v] + b, y), audio first in the concatenation. Per-modality accuracy uses the split head
 z_m = W[:, slice_m] h_m + b/M. Reference: GitHub GeWu-Lab/OGM-GE_CVPR2022, ``models/fusion_modules.py``

@@ -1,4 +1,4 @@
-"""MBSD, as in BalanceBenchmark (methods.md §4.25).
+"""MBSD, as in BalanceBenchmark (docs/methods/balancebenchmark.md#mbsd).
 
 Paper: not identified; BalanceBenchmark (Shaoxuan Xu et al., "BalanceBenchmark: A Survey for Multimodal Imbalance
 Learning", arXiv 2502.10816) lists the method as MBSD among its objective-based methods [citation unverified].

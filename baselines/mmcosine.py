@@ -1,4 +1,4 @@
-"""MMCosine: modality-wise cosine logits on the concat head (methods.md §4.23).
+"""MMCosine: modality-wise cosine logits on the concat head (docs/methods/mmcosine.md).
 
 Paper: Ruize Xu, Ruoxuan Feng, Shi-Xiong Zhang, Di Hu, "MMCosine: Multi-Modal Cosine Loss Towards Balanced
 Audio-Visual Fine-Grained Learning", ICASSP 2023, arXiv 2303.05338. Official code: GitHub GeWu-Lab/MMCosine_ICASSP23,

@@ -1,4 +1,5 @@
-"""Shared encoders (methods.md §1.1): ResNet-18 trunks trained from scratch, plus small encoders for feature data.
+"""Shared encoders (docs/methods/README.md#encoders): ResNet-18 trunks trained from scratch, plus small encoders for
+feature data.
 
 The trunk is torchvision's ResNet-18 recipe (BasicBlock, stages [2, 2, 2, 2], 7x7/2 stem, 3x3/2 max-pool) assembled
 from torchvision's ``BasicBlock`` so that width and depth are configurable: ``model.width=64`` and
@@ -17,8 +18,9 @@ from baselines.hparams import HParam
 from datasets.base import ModalitySpec
 
 MODEL_HPARAMS = (
-    HParam("width", 64, "ResNet stem width; 64 is ResNet-18 (methods.md §1.1). Feature dim = 8 x width."),
-    HParam("blocks", [2, 2, 2, 2], "BasicBlocks per stage; [2,2,2,2] is ResNet-18 (methods.md §1.1)."),
+    HParam("width", 64, "ResNet stem width; 64 is ResNet-18 (docs/methods/README.md#encoders). Feature dim = "
+                        "8 x width."),
+    HParam("blocks", [2, 2, 2, 2], "BasicBlocks per stage; [2,2,2,2] is ResNet-18 (docs/methods/README.md#encoders)."),
     HParam("mlp_hidden", 256, "Hidden width of the MLP encoder for vector/sequence features [project]."),
     HParam("feature_dim", 512, "Output width of MLP/sequence encoders, matching ResNet-18's 512 [project]."),
     HParam("init", "ogm", "Weight init: 'ogm' = OGM-GE utils.weight_init (Kaiming conv, Xavier linear, BN 1/0), "
@@ -26,11 +28,12 @@ MODEL_HPARAMS = (
     HParam("channels_last", False, "Run conv trunks in channels_last memory format (faster on recent GPUs)."),
     HParam("image_encoder", "resnet18", "Encoder of 'frames' modalities with T = 1 (images): 'resnet18' = the shared "
                                         "trunk above; 'resnet50' = torchvision ResNet-50 (AUG paper for Twitter and "
-                                        "Sarcasm, methods.md §3.8); 'i3d' (baselines.encoders).",
+                                        "Sarcasm, docs/methods/aug.md#hyperparameters); 'i3d' (baselines.encoders).",
            per_dataset={"twitter2015": "resnet50", "sarcasm": "resnet50"}, choices=FRAME_ENCODERS),
     HParam("video_encoder", "resnet18", "Encoder of 'frames' modalities with T > 1 (clips): 'resnet18' = the shared "
                                         "trunk per frame (OGM-GE; BalanceBenchmark UCF-101); 'i3d' = the I3D-style "
-                                        "3-D CNN (AUG uses I3D for NVGesture, methods.md §3.8); 'resnet50'.",
+                                        "3-D CNN (AUG uses I3D for NVGesture, docs/methods/aug.md#hyperparameters); "
+                                        "'resnet50'.",
            per_dataset={"nvgesture": "i3d"}, choices=FRAME_ENCODERS),
     HParam("image_pretrained", False, "Load ImageNet weights (torchvision IMAGENET1K_V2, as AMSS AMSS_IT/ITModel.py "
                                       "ImageEncoder) into a resnet50 encoder, downloaded by torchvision on first use. "

@@ -1,4 +1,4 @@
-"""OGM: on-the-fly gradient modulation (methods.md §4.10), the scaling half of OGM-GE.
+"""OGM: on-the-fly gradient modulation (docs/methods/ogm.md), the scaling half of OGM-GE.
 
 Paper: Xiaokang Peng, Yake Wei, Andong Deng, Dong Wang, Di Hu, "Balanced Multimodal Learning via On-the-fly Gradient
 Modulation", CVPR 2022, arXiv 2203.15332, Eq. (10). Official code: GitHub GeWu-Lab/OGM-GE_CVPR2022, ``main.py``,
@@ -108,7 +108,7 @@ class OGM(FusionMethod):
     MODALITIES = (2,)
     HPARAMS = (
         HParam("alpha", 0.8, "Modulation strength. Official README: 0.8 for CREMA-D, 0.1 for VGGSound; no value is "
-                             "published for Kinetics-Sounds (tune 0.1/0.3/0.5/0.8 on validation, methods.md §4.10).",
+                             "published for Kinetics-Sounds (tune 0.1/0.3/0.5/0.8 on validation, docs/methods/ogm.md).",
                per_dataset={"cremad": 0.8, "vggsound": 0.1}),
         HParam("mod_start", 0, "First modulated epoch, inclusive (official main.py --modulation_starts 0)."),
         HParam("mod_end", 50, "Last modulated epoch, inclusive (official main.py --modulation_ends 50)."),

@@ -1,4 +1,4 @@
-"""OGM-GE: on-the-fly gradient modulation with generalisation enhancement (methods.md §4.10).
+"""OGM-GE: on-the-fly gradient modulation with generalisation enhancement (docs/methods/ogm.md).
 
 Paper: Xiaokang Peng, Yake Wei, Andong Deng, Dong Wang, Di Hu, "Balanced Multimodal Learning via On-the-fly Gradient
 Modulation", CVPR 2022, arXiv 2203.15332, Eq. (10) and §3.3. Official code: GitHub GeWu-Lab/OGM-GE_CVPR2022,

@@ -1,4 +1,4 @@
-"""OPM: on-the-fly prediction modulation (methods.md §4.19).
+"""OPM: on-the-fly prediction modulation (docs/methods/ogm.md#opm).
 
 Paper: Yake Wei, Di Hu, Henghui Du, Ji-Rong Wen, "On-the-fly Modulation for Balanced Multimodal Learning", IEEE TPAMI
 2024 (journal extension of OGM-GE, arXiv 2410.11582). Official code: GitHub GeWu-Lab/BML_TPAMI2024,

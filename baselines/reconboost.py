@@ -1,4 +1,4 @@
-"""ReconBoost: alternating boosting with modality reconcilement (methods.md §4.18).
+"""ReconBoost: alternating boosting with modality reconcilement (docs/methods/reconboost.md).
 
 Paper: Cong Hua, Qianqian Xu, Shilong Bao, Zhiyong Yang, Qingming Huang, "ReconBoost: Boosting Can Achieve Modality
 Reconcilement", ICML 2024, arXiv 2405.09321. Official code: GitHub huacong/ReconBoost, ``train.py`` (``main``),
@@ -30,7 +30,7 @@ pre-trained encoders (released CREMA-D checkpoints: 56.68% audio, 51.99% visual,
 and 87 of unimodal runs). Here each encoder is trained with its own temporary Linear head and CE for
 ``pretrain_epochs`` epochs inside ``on_epoch_start(0)`` (the temporary heads are then unused, as the official code
 replaces the encoder's fc by the shared head). Cost: M x pretrain_epochs extra unimodal epochs, once. BB does no
-pre-training (``pretrain: false``); methods.md §4.18 asks for both to be reported.
+pre-training (``pretrain: false``); docs/methods/reconboost.md asks for both to be reported.
 
 Deviations and notes: the official stage-wise lr decay (x0.1 every 30 stages on CREMA-D) maps to
 ``train.lr_milestones`` at multiples of 30 * (modality_epochs + correct_epochs) epochs; the official test loader drops
@@ -146,7 +146,7 @@ class ReconBoost(Method):
         HParam("e_lr", 0.01, "Learning rate of the correction step (official README --e_lr 0.01)."),
         HParam("weight_decay", 5e-4, "Weight decay of both steps (official train.py, SGD weight_decay=5e-4)."),
         HParam("pretrain", True, "Unimodal pre-training of the encoders (official --use_pretrain, the README "
-                                 "recipe); false = BB's setting. Report both (methods.md §4.18)."),
+                                 "recipe); false = BB's setting. Report both (docs/methods/reconboost.md)."),
         HParam("pretrain_epochs", 20, "Unimodal pre-training epochs per encoder [project]: the official run lengths "
                                       "are not published (checkpoints picked on test at epochs 21/87)."),
     )

@@ -1,4 +1,4 @@
-"""Diagnosing & Re-learning (methods.md §4.26; "Relearning" in BalanceBenchmark).
+"""Diagnosing & Re-learning (docs/methods/relearning.md; "Relearning" in BalanceBenchmark).
 
 Paper: Yake Wei, Siwei Li, Ruoxuan Feng, Di Hu, "Diagnosing and Re-learning for Balanced Multimodal Learning",
 ECCV 2024, arXiv 2407.09705. Official code: GitHub GeWu-Lab/Diagnosing_Relearning_ECCV2024, ``code/ours.py``

@@ -1,4 +1,4 @@
-"""Prediction summation ("Sum"), methods.md §4.4.
+"""Prediction summation ("Sum"), docs/methods/fusion.md.
 
 z = (W_a h_a + b_a) + (W_v h_v + b_v), L = CE(z). AUG cites Yang, Wang, Zhan, Xiong, Jiang, "Comprehensive
 Semi-Supervised Multi-Modal Learning", IJCAI 2019; implemented as OGM-GE's ``SumFusion`` (GitHub

@@ -1,4 +1,5 @@
-"""UMT: uni-modal teachers distilling features into joint training (methods.md §4.24), as in BalanceBenchmark.
+"""UMT: uni-modal teachers distilling features into joint training, as in BalanceBenchmark
+(docs/methods/balancebenchmark.md#umt).
 
 Paper: Chenzhuang Du et al., "On Uni-Modal Feature Learning in Supervised Multi-Modal Learning", ICML 2023
 (citation details unverified). Followed: BalanceBenchmark (GitHub GeWu-Lab/BalanceBenchmark, commit 4909c17,

@@ -1,4 +1,4 @@
-"""Uniform auxiliary-loss baseline: L = CE(z) + sum_m CE(z_m) with separate unimodal heads (methods.md §4.0).
+"""Uniform auxiliary-loss baseline: L = CE(z) + sum_m CE(z_m) with separate unimodal heads (docs/methods/unimodal.md).
 
 Paper: the "uniform baseline" of Yake Wei, Di Hu, "MMPareto: Boosting Multimodal Learning with Innocent Unimodal
 Assistance", ICML 2024, arXiv 2405.17730, where every loss is summed with equal weight.
@@ -7,8 +7,8 @@ Official code: GitHub GeWu-Lab/MMPareto_ICML2024, ``code/uniform_baseline.py``, 
 i.e. the H-sep head here (``SeparateHeads``).
 
 Cost: one forward and one backward per step, like joint training. Several "rebalancing" gains in the literature are
-really gains from this unimodal supervision (methods.md §7.1), so the row belongs in every table. It is defined for
-any number of modalities (one unimodal CE per modality).
+really gains from this unimodal supervision (docs/methods/README.md#published-numbers), so the row belongs in
+every table. It is defined for any number of modalities (one unimodal CE per modality).
 """
 
 from __future__ import annotations

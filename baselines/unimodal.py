@@ -1,4 +1,5 @@
-"""Unimodal model: one encoder + Linear(d -> K), trained alone with CE (methods.md §4.0, the "Unimodal-1/2" rows).
+"""Unimodal model: one encoder + Linear(d -> K), trained alone with CE (the "Unimodal-1/2" rows;
+docs/methods/unimodal.md).
 
 The modality is selected with ``unimodal.modality`` (default: the dataset's first modality, audio for A/V data).
 """
@@ -20,11 +21,12 @@ class Unimodal(Method):
     name = "unimodal"
     title = "Unimodal"
     DATA_PARALLEL = "exact"  # batch-mean CE of per-sample outputs: averaged gradients are the global batch's
-    PAPER = 'Unimodal baseline (methods.md §4.0)'
+    PAPER = 'Unimodal baseline (docs/methods/unimodal.md)'
     CODE = '-'
     MODALITIES = (1, 2, 3)
     HPARAMS = (
-        HParam("modality", "", "Which modality to train; empty = the dataset's first modality (methods.md §4.0)."),
+        HParam("modality", "", "Which modality to train; empty = the dataset's first modality "
+                                "(docs/methods/unimodal.md)."),
     )
 
     def __init__(self, task, hp, ctx) -> None:

@@ -1,4 +1,4 @@
-"""Prediction weighting ("Weight"), methods.md §4.5, as the project placeholder ``weight_learned_scalar``.
+"""Prediction weighting ("Weight"), docs/methods/fusion.md, as the project placeholder ``weight_learned_scalar``.
 
 z = w_a z_a + w_v z_v with (w_a, w_v) = softmax of a learnable vector, L = CE(z). AUG cites the same IJCAI 2019
 paper as "Sum" and does not state the weight form; this form is ours and is labelled so in tables.

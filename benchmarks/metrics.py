@@ -1,11 +1,12 @@
-"""Classification metrics on fused and per-modality logits (methods.md §1.5).
+"""Classification metrics on fused and per-modality logits (docs/methods/README.md#metrics).
 
 - accuracy;
 - macro-F1: unweighted mean over classes of per-class F1 (scikit-learn ``average='macro'``, all K classes);
 - mAP: (1/K') sum_c AP(one_hot[:, c], softmax(z)[:, c]) over the K' classes present in the labels (AP is undefined
   for a class with no positives; the AUG/LFM code definition otherwise);
-- conf: mean true-class softmax probability, the per-sample form of methods.md P2's confidence score; the ratio of
-  two modalities' ``conf`` is the imbalance diagnostic plotted by the demo.
+- conf: mean true-class softmax probability, the per-sample form of the confidence score
+  (docs/methods/README.md#confidence-score); the ratio of two modalities' ``conf`` is the imbalance diagnostic plotted
+  by the demo.
 """
 
 from __future__ import annotations
