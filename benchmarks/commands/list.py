@@ -5,11 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from benchmarks.config import TRAIN_HPARAMS, method_hparams
-from baselines.networks import MODEL_HPARAMS
-from baselines.registry import list_methods
-from datasets.registry import list_datasets
-
 HELP = "list methods and datasets (and their hyperparameters with -v)"
 
 
@@ -20,6 +15,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def methods_markdown() -> str:
     """The README's methods table, generated from the registry so that it cannot drift from the code."""
+    from baselines.registry import list_methods
+
     lines = ["| method | `--method` | paper | official code | official behaviour |", "|---|---|---|---|---|"]
     for name, cls in list_methods().items():
         variants = "; ".join(f"`{name}.variant={v}` ({', '.join(f'{k}={val}' for k, val in preset.items())})"
@@ -30,6 +27,8 @@ def methods_markdown() -> str:
 
 def datasets_markdown() -> str:
     """The README's datasets table, generated from the dataset registry."""
+    from datasets.registry import list_datasets
+
     lines = ["| dataset | `--dataset` | modalities / notes |", "|---|---|---|"]
     for name, cls in list_datasets().items():
         lines.append(f"| {cls.DESCRIPTION.split(':')[0]} | `{name}` | {cls.DESCRIPTION.partition(': ')[2]} |")
@@ -55,6 +54,12 @@ def run(args: argparse.Namespace) -> int:
     if args.markdown:
         print(README_BLOCKS[args.markdown](), end="")
         return 0
+    # The registries import every method and dataset module (torch); `augbench list --help` does not need them.
+    from baselines.networks import MODEL_HPARAMS
+    from baselines.registry import list_methods
+    from benchmarks.config import TRAIN_HPARAMS, method_hparams
+    from datasets.registry import list_datasets
+
     print("methods:")
     for name, cls in list_methods().items():
         print(f"  {name:<16} {cls.title:<30} {_summary(sys.modules[cls.__module__].__doc__)}")
