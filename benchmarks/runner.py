@@ -26,13 +26,12 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import yaml
 from tqdm import tqdm
 
 from baselines.base import Loaders, Method, StepInfo, TrainContext
 from baselines.networks import compile_encoders
 from baselines.registry import get_method
-import yaml
-
 from benchmarks.config import RunConfig, check_resume_config, config_digest
 from benchmarks.distributed import DistContext, init_from_env, shutdown
 from benchmarks.errors import UsageError
@@ -51,7 +50,7 @@ class RunExistsError(UsageError, RuntimeError):
 
 
 class DeviceUnavailableError(UsageError, RuntimeError):
-    pass
+    """``train.device`` names a device this machine does not have."""
 
 
 class RunInterrupted(KeyboardInterrupt):
