@@ -97,8 +97,9 @@ class RunConfig:
     def digest(self) -> str:
         return config_digest(self.as_dict())
 
-    def run_name(self) -> str:
-        return f"{self.dataset}-{self.method}-seed{self.train.seed}-{self.digest()}"
+    def run_name(self, digest: str | None = None) -> str:
+        """The run folder's name; ``digest`` replaces this config's hash (an extended run keeps its original one)."""
+        return f"{self.dataset}-{self.method}-seed{self.train.seed}-{digest or self.digest()}"
 
 
 def method_hparams(method_cls) -> tuple[HParam, ...]:

@@ -163,7 +163,7 @@ class WandbSink:
         self.run.finish()
         self.run = None
         if self.mode == "offline":
-            self.log(f"W&B offline run in {where}; upload it with: wandb sync {where}")
+            self.log(f"W&B run saved offline; upload it with: wandb sync {where}")
         else:
             self.log(f"W&B run: {where}")
 

@@ -312,8 +312,8 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
         _record_extension(run_dir, recorded["train"]["epochs"], cfg.train.epochs, start_epoch)
         log(f"extending {run_dir.name} from {recorded['train']['epochs']} to {cfg.train.epochs} epochs")
 
-    sink = WandbSink(resolve_wandb_mode(wandb_mode), run_dir, cfg.as_dict(), cfg.run_name(), group=wandb_group,
-                     log=log)
+    sink = WandbSink(resolve_wandb_mode(wandb_mode), run_dir, cfg.as_dict(), cfg.run_name(run_hash),
+                     group=wandb_group, log=log)
     epochs, max_steps = cfg.train.epochs, cfg.train.max_steps_per_epoch
     steps = len(loaders.train) if not max_steps else min(max_steps, len(loaders.train))
     for epoch in range(start_epoch, epochs):
