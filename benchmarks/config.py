@@ -19,6 +19,7 @@ import yaml
 from baselines.hparams import HParam, HParamError, HParams, resolve, variant_param
 from baselines.networks import MODEL_HPARAMS
 from baselines.registry import get_method
+from benchmarks.errors import UsageError
 from datasets.registry import get_dataset
 
 TRAIN_HPARAMS = (
@@ -45,7 +46,35 @@ TRAIN_HPARAMS = (
     HParam("checkpoint_every", 1, "Write a resumable checkpoint every N epochs (the last epoch always)."),
 )
 
+# Lower bounds of the numeric train.* knobs, checked when a config is resolved (an epoch count of 0 would otherwise
+# surface as an IndexError after the data is built). (bound, inclusive)
+TRAIN_BOUNDS = {
+    "epochs": (1, True), "batch_size": (1, True), "eval_batch_size": (1, True), "lr": (0, False),
+    "momentum": (0, True), "weight_decay": (0, True), "lr_gamma": (0, False), "max_steps_per_epoch": (0, True),
+    "checkpoint_every": (1, True),
+}
+
 RUNNER_NAMESPACES = ("train", "model", "data")
+
+
+class ConfigMismatchError(UsageError):
+    """``--resume`` with a config that differs from the one the run was trained with."""
+
+
+def check_train_bounds(train: HParams) -> None:
+    for name, (bound, inclusive) in TRAIN_BOUNDS.items():
+        value = train[name]
+        if value < bound or (value == bound and not inclusive):
+            raise HParamError(f"train.{name} must be {'>=' if inclusive else '>'} {bound}, got {value!r}")
+    bad = [m for m in train.lr_milestones if isinstance(m, bool) or not isinstance(m, int) or m < 0]
+    if bad:
+        raise HParamError(f"train.lr_milestones must be epoch numbers >= 0, got {list(train.lr_milestones)!r}")
+
+
+def config_digest(as_dict: Mapping[str, Any]) -> str:
+    """The 8-hex-digit hash of a ``RunConfig.as_dict()`` (or a run's ``config.yaml``) that names run folders."""
+    blob = json.dumps(as_dict, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:8]
 
 
 @dataclass
@@ -66,11 +95,11 @@ class RunConfig:
                 "hparams": {self.method: self.method_hp.as_dict()}}
 
     def digest(self) -> str:
-        blob = json.dumps(self.as_dict(), sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:8]
+        return config_digest(self.as_dict())
 
-    def run_name(self) -> str:
-        return f"{self.dataset}-{self.method}-seed{self.train.seed}-{self.digest()}"
+    def run_name(self, digest: str | None = None) -> str:
+        """The run folder's name; ``digest`` replaces this config's hash (an extended run keeps its original one)."""
+        return f"{self.dataset}-{self.method}-seed{self.train.seed}-{digest or self.digest()}"
 
 
 def method_hparams(method_cls) -> tuple[HParam, ...]:
@@ -92,9 +121,10 @@ def build_config(method: str, dataset: str, overrides: Mapping[str, Mapping[str,
     if unknown:
         raise HParamError(f"unknown hyperparameter namespace(s) {unknown} for method {method!r}; valid: "
                           f"{sorted(valid)}")
+    train = resolve("train", TRAIN_HPARAMS, dataset, overrides.get("train"))
+    check_train_bounds(train)
     return RunConfig(
-        method=method, dataset=dataset,
-        train=resolve("train", TRAIN_HPARAMS, dataset, overrides.get("train")),
+        method=method, dataset=dataset, train=train,
         model=resolve("model", MODEL_HPARAMS, dataset, overrides.get("model")),
         data=resolve("data", dataset_cls.HPARAMS, dataset, overrides.get("data")),
         method_hp=resolve(method, method_hparams(method_cls), dataset, overrides.get(method),
@@ -125,3 +155,61 @@ def load_config_file(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, An
         raise HParamError(f"{path}: expected a mapping at the top level")
     head = {k: doc.pop(k) for k in ("method", "dataset") if k in doc}
     return head, merge_overrides(doc)
+
+
+def config_overrides(as_dict: Mapping[str, Any]) -> tuple[str, str, dict[str, dict[str, Any]]]:
+    """``RunConfig.as_dict()`` (or a run's ``config.yaml``) -> (method, dataset, overrides for ``build_config``)."""
+    method = as_dict["method"]
+    sections = {ns: dict(as_dict[ns]) for ns in RUNNER_NAMESPACES}
+    sections[method] = dict(as_dict.get("hparams", {}).get(method, {}))
+    return method, as_dict["dataset"], sections
+
+
+def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_differences(recorded: Mapping[str, Any], requested: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Dotted key -> (recorded value, requested value) for every key whose value differs (``<absent>`` if missing).
+    Values are compared as they read back from ``config.yaml``."""
+    def normal(d: Mapping[str, Any]) -> dict[str, Any]:
+        return _flat(yaml.safe_load(yaml.safe_dump(dict(d))))
+
+    old, new = normal(recorded), normal(requested)
+    absent = "<absent>"
+    return {k: (old.get(k, absent), new.get(k, absent)) for k in sorted(set(old) | set(new))
+            if old.get(k, absent) != new.get(k, absent)}
+
+
+def check_resume_config(run_dir: Path, recorded: Mapping[str, Any], requested: Mapping[str, Any], *,
+                        extend_epochs: bool = False, shown: int = 8) -> None:
+    """Refuse to continue a run under a config other than its own.
+
+    Every key counts, paths included: the run's record (``config.yaml``, the hash in its folder name) describes every
+    epoch, so nothing may change mid-run. The one exception is growing ``train.epochs`` when the caller asks for an
+    extension (``extend_epochs``), which the runner records in the run folder.
+    """
+    diffs = config_differences(recorded, requested)
+    if extend_epochs and "train.epochs" in diffs:
+        old, new = diffs["train.epochs"]
+        if new < old:
+            raise ConfigMismatchError(f"{run_dir} already has train.epochs={old}; an extension can only add epochs, "
+                                      f"not shrink the run to {new}")
+        del diffs["train.epochs"]
+    if not diffs:
+        return
+    keys = list(diffs)
+    if "method" in diffs or "dataset" in diffs:
+        keys = [k for k in ("method", "dataset") if k in diffs]
+    listed = "; ".join(f"{k}: {diffs[k][0]!r} in the run, {diffs[k][1]!r} now" for k in keys[:shown])
+    more = f" (and {len(diffs) - min(len(keys), shown)} more)" if len(diffs) > min(len(keys), shown) else ""
+    hint = "only train.epochs may grow, with --extend-epochs" if "train.epochs" in diffs else \
+        "resume it with its own config (--run-dir DIR --resume alone) or train into another directory"
+    raise ConfigMismatchError(f"{run_dir} was trained with a different config; {listed}{more}. Refusing to resume: "
+                              f"{hint}")

@@ -1,4 +1,8 @@
-"""Run records: atomic file writes, the per-epoch JSONL, and the optional, lazily imported W&B sink."""
+"""Run records: atomic file writes, the per-epoch JSONL, and the optional, lazily imported W&B sink.
+
+torch, numpy and wandb are imported only where they are used, so that commands which merely name these records
+(``augbench train --help``) start without them.
+"""
 
 from __future__ import annotations
 
@@ -6,34 +10,40 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 import yaml
 
 WANDB_MODES = ("online", "offline", "disabled")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary sibling and rename, so a reader (or a kill) never sees a half-written file."""
+def _atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` on a temporary sibling of ``path``, then rename it over ``path``: a reader, a kill or
+    a Ctrl-C (``KeyboardInterrupt``) at any point leaves either the old or the new file, and no temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates 0600; give the file the permissions an ordinary open() would.
+        write(tmp)
+        # Like an ordinary open(): the process umask decides the permissions.
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    _atomic_write(path, write)
 
 
 def _umask() -> int:
@@ -55,15 +65,9 @@ def write_yaml(path: Path, obj: Any) -> None:
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    import torch
+
+    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def write_jsonl(path: Path, records: list[dict]) -> None:
@@ -76,9 +80,11 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.floating, np.integer)):
+    # An object can only be a numpy scalar or a tensor if its library is already imported.
+    np, torch = sys.modules.get("numpy"), sys.modules.get("torch")
+    if np is not None and isinstance(obj, (np.floating, np.integer)):
         return obj.item()
-    if isinstance(obj, torch.Tensor):
+    if torch is not None and isinstance(obj, torch.Tensor):
         return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)
@@ -94,7 +100,10 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def environment(device: torch.device) -> dict[str, Any]:
+def environment(device) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
     env = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
            "platform": platform.platform(), "cpu_count": os.cpu_count(), "device": str(device),
            "git_commit": git_commit()}
@@ -117,11 +126,15 @@ def resolve_wandb_mode(requested: str | None) -> str:
 
 
 class WandbSink:
-    """Logs config, per-epoch metrics and the summary to W&B. ``disabled`` never imports wandb."""
+    """Logs config, per-epoch metrics and the summary to W&B. ``disabled`` never imports wandb.
+
+    wandb's own console output (banner, run history, summary, sync hints: ~30 lines per run) is switched off; the
+    sink says in one line where the run is and, offline, how to upload it. Errors still reach the log file under
+    ``wandb/``."""
 
     def __init__(self, mode: str, run_dir: Path, config: dict, name: str, project: str = "augbench",
-                 group: str | None = None) -> None:
-        self.run = None
+                 group: str | None = None, log=print) -> None:
+        self.run, self.mode, self.log = None, mode, log
         if mode == "disabled":
             return
         import wandb  # lazily: W&B is a sink, never a requirement of training
@@ -130,8 +143,10 @@ class WandbSink:
         # The id is ours (not wandb.util's, which moved between releases) and persists so --resume continues the run.
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
         atomic_write_text(id_file, run_id)
+        # finish_previous: a process that trains several runs (the sweep pool) closes the last one first.
         self.run = wandb.init(project=project, group=group, name=name, id=run_id, resume="allow", mode=mode,
-                              dir=str(run_dir), config=config, reinit=True)
+                              dir=str(run_dir), config=config, reinit="finish_previous",
+                              settings=wandb.Settings(silent=True, console="off"))
 
     def log_epoch(self, record: dict) -> None:
         if self.run is not None:
@@ -142,8 +157,15 @@ class WandbSink:
             self.run.summary.update(flatten(summary))
 
     def finish(self) -> None:
-        if self.run is not None:
-            self.run.finish()
+        if self.run is None:
+            return
+        where = self.run.settings.sync_dir if self.mode == "offline" else self.run.url
+        self.run.finish()
+        self.run = None
+        if self.mode == "offline":
+            self.log(f"W&B run saved offline; upload it with: wandb sync {where}")
+        else:
+            self.log(f"W&B run: {where}")
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -7,12 +7,18 @@ evaluate val and test (fused + per-modality) -> ``on_epoch_end`` (may grow the m
 A run directory holds ``config.yaml``, ``metrics.jsonl`` (one line per finished epoch), ``checkpoint.pt``,
 ``summary.json`` and ``DONE``. The checkpoint carries the model, optimizers, RNG states and the epoch history, so a
 run killed at any point and resumed ends with the same metrics as an uninterrupted one (same device and seed).
+
+``config.yaml`` is written once, when the run starts, and a resume must ask for exactly that config
+(``config.check_resume_config``). The one sanctioned change is an extension of ``train.epochs``, recorded in
+``extensions.json`` and in the summary; the run's config is ``config.yaml`` with its extensions applied.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import shlex
 import sys
 import time
 from collections import defaultdict
@@ -21,31 +27,43 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import yaml
 from tqdm import tqdm
 
 from baselines.base import Loaders, Method, RowSelection, StepInfo, TrainContext
 from baselines.networks import compile_encoders
 from baselines.registry import get_method
-from benchmarks.config import RunConfig
+from benchmarks.config import RunConfig, check_resume_config, config_digest
 from benchmarks.distributed import DistContext, init_from_env, shutdown
+from benchmarks.errors import UsageError
 from benchmarks.metrics import classification_metrics
-from benchmarks.records import (WandbSink, atomic_torch_save, environment, resolve_wandb_mode, write_json,
-                                write_jsonl, write_yaml)
+from benchmarks.records import (WandbSink, atomic_torch_save, environment, read_jsonl, resolve_wandb_mode,
+                                write_json, write_jsonl, write_yaml)
 from datasets.base import BatchLoader, DataBundle
 from datasets.registry import get_dataset
 
 CHECKPOINT = "checkpoint.pt"
+EXTENSIONS = "extensions.json"
 
 
-class RunExistsError(RuntimeError):
-    pass
+class RunExistsError(UsageError, RuntimeError):
+    """The run directory already holds a run and ``resume`` was not asked for."""
+
+
+class DeviceUnavailableError(UsageError, RuntimeError):
+    """``train.device`` names a device this machine does not have."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says where it stopped and how to resume."""
 
 
 def select_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is available")
+        raise DeviceUnavailableError("train.device=cuda but torch sees no CUDA device (torch "
+                                     f"{torch.__version__}); use train.device=auto or train.device=cpu")
     return torch.device(name)
 
 
@@ -198,42 +216,105 @@ def _epoch_line(record: dict) -> str:
     return " | ".join(parts)
 
 
-def train_run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, wandb_mode: str | None = "disabled",
-              wandb_group: str | None = None, progress: bool = False, log=print) -> dict[str, Any]:
-    """Train one run into ``run_dir`` and return its summary. ``resume`` continues from ``checkpoint.pt``;
-    a run that already has ``DONE`` is returned as is. Under torchrun (``WORLD_SIZE`` > 1) every rank calls this and
-    trains data-parallel; only rank 0 writes files (``benchmarks.distributed``)."""
+def read_extensions(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / EXTENSIONS
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def recorded_config(run_dir: Path) -> dict[str, Any] | None:
+    """The config the run in ``run_dir`` trains under (``config.yaml`` plus its recorded extensions), or None."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        return None
+    config = yaml.safe_load(path.read_text())
+    for extension in read_extensions(run_dir):
+        config["train"]["epochs"] = extension["to_epochs"]
+    return config
+
+
+def resume_command(run_dir: Path) -> str:
+    return f"augbench train --run-dir {shlex.quote(str(run_dir))} --resume"
+
+
+def _interrupted_message(run_dir: Path, epochs: int) -> str:
+    """Where a Ctrl-C stopped the run, from what is on disk (so nothing in the loop has to track it)."""
+    if not (run_dir / "config.yaml").exists():
+        return f"interrupted before the run started; nothing was written to {run_dir}"
+    metrics = run_dir / "metrics.jsonl"
+    finished = len(read_jsonl(metrics)) if metrics.exists() else 0
+    ckpt = run_dir / CHECKPOINT
+    resume_at = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)["epoch"] + 1 \
+        if ckpt.exists() else 0
+    where = f"during epoch {finished} (of epochs 0-{epochs - 1})" if finished < epochs else "after the last epoch"
+    saved = f"epochs 0-{resume_at - 1} are checkpointed" if resume_at else "no epoch is checkpointed yet"
+    return (f"interrupted {where}; {saved} in {run_dir}. Resume at epoch {resume_at} with: "
+            f"{resume_command(run_dir)}")
+
+
+def train_run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, extend_epochs: bool = False,
+              wandb_mode: str | None = "disabled", wandb_group: str | None = None, progress: bool = False,
+              log=print) -> dict[str, Any]:
+    """Train one run into ``run_dir`` and return its summary.
+
+    ``resume`` continues from ``checkpoint.pt``, and a run that already has ``DONE`` is returned as is; either way
+    ``cfg`` must be the run's own config (``ConfigMismatchError`` lists the keys that differ). ``extend_epochs``
+    additionally lets ``cfg.train.epochs`` exceed the run's: the extension is recorded in ``extensions.json`` and
+    the summary, and a finished run trains on. Ctrl-C raises ``RunInterrupted``, whose message names the epoch and
+    the command that resumes. Under torchrun (``WORLD_SIZE`` > 1) every rank calls this and trains data-parallel;
+    only rank 0 writes files (``benchmarks.distributed``)."""
     ddp, created = init_from_env(cfg.train.device)
     try:
-        return _train_run(cfg, run_dir, ddp, resume=resume, wandb_mode=wandb_mode, wandb_group=wandb_group,
-                          progress=progress, log=log)
+        return _train_run(cfg, run_dir, ddp, resume=resume, extend_epochs=extend_epochs, wandb_mode=wandb_mode,
+                          wandb_group=wandb_group, progress=progress, log=log)
+    except RunInterrupted:
+        raise
+    except KeyboardInterrupt:
+        raise RunInterrupted(_interrupted_message(Path(run_dir), cfg.train.epochs)) from None
     finally:
         shutdown(created)
+
+
+def _record_extension(run_dir: Path, from_epochs: int, to_epochs: int, first_epoch: int) -> None:
+    """Append one extension to ``extensions.json``: the run trained ``from_epochs`` under ``config.yaml`` and goes on
+    to ``to_epochs``; ``first_epoch`` is the first epoch trained with the longer schedule (methods that read the
+    total epoch count see the new one from there)."""
+    entry = {"key": "train.epochs", "from_epochs": from_epochs, "to_epochs": to_epochs, "first_epoch": first_epoch,
+             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    write_json(run_dir / EXTENSIONS, read_extensions(run_dir) + [entry])
 
 
 def _quiet(*args: Any, **kwargs: Any) -> None:
     """The log of ranks other than 0."""
 
 
-def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool, wandb_mode: str | None,
-               wandb_group: str | None, progress: bool, log) -> dict[str, Any]:
+def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool, extend_epochs: bool,
+               wandb_mode: str | None, wandb_group: str | None, progress: bool, log) -> dict[str, Any]:
     if not ddp.is_main:
         log, progress, wandb_mode = _quiet, False, "disabled"
     run_dir = Path(run_dir)
     ckpt_path = run_dir / CHECKPOINT
-    if (run_dir / "DONE").exists() and (run_dir / "summary.json").exists():
-        if not resume:
-            raise RunExistsError(f"{run_dir} holds a finished run; use --resume to reuse it or another --out")
-        import json
-        return json.loads((run_dir / "summary.json").read_text())
+    done = (run_dir / "DONE").exists() and (run_dir / "summary.json").exists()
+    if done and not resume:
+        raise RunExistsError(f"{run_dir} holds a finished run; pass --resume to reuse it (or --extend-epochs N "
+                             "to train it further), or train into another --out / --run-dir")
     if ckpt_path.exists() and not resume:
-        raise RunExistsError(f"{run_dir} holds an unfinished run; pass --resume to continue it")
-    if ddp.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_yaml(run_dir / "config.yaml", cfg.as_dict())
-
+        raise RunExistsError(f"{run_dir} holds an unfinished run; continue it with: {resume_command(run_dir)}")
+    requested = cfg.as_dict()
+    recorded = recorded_config(run_dir) if resume else None
+    run_hash = cfg.digest()
+    if recorded is not None:
+        check_resume_config(run_dir, recorded, requested, extend_epochs=extend_epochs)
+        original = yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["epochs"]
+        run_hash = config_digest({**requested, "train": {**requested["train"], "epochs": original}})
+    extending = recorded is not None and cfg.train.epochs > recorded["train"]["epochs"]
+    if done and not extending:
+        return json.loads((run_dir / "summary.json").read_text())
     check_data_parallel(cfg.method, ddp.world_size)
     device = ddp.device(select_device(cfg.train.device))
+    if ddp.is_main and recorded is None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_yaml(run_dir / "config.yaml", requested)
+
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     bundle = build_data(cfg)
     method = build_method(cfg, bundle, device, step_pre_hook=ddp.step_pre_hook)
@@ -251,8 +332,14 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
         if ddp.is_main:
             write_jsonl(run_dir / "metrics.jsonl", history)
         log(f"resuming {run_dir.name} at epoch {start_epoch}")
+    if extending and ddp.is_main:
+        # DONE goes first: a crash in between leaves an unfinished run whose recorded epochs are still the old ones.
+        (run_dir / "DONE").unlink(missing_ok=True)
+        _record_extension(run_dir, recorded["train"]["epochs"], cfg.train.epochs, start_epoch)
+        log(f"extending {run_dir.name} from {recorded['train']['epochs']} to {cfg.train.epochs} epochs")
 
-    sink = WandbSink(resolve_wandb_mode(wandb_mode), run_dir, cfg.as_dict(), cfg.run_name(), group=wandb_group)
+    sink = WandbSink(resolve_wandb_mode(wandb_mode), run_dir, cfg.as_dict(), cfg.run_name(run_hash),
+                     group=wandb_group, log=log)
     epochs, max_steps = cfg.train.epochs, cfg.train.max_steps_per_epoch
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
@@ -301,8 +388,11 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
         log(_epoch_line(record))
 
     summary = {"method": cfg.method, "dataset": cfg.dataset, "seed": cfg.train.seed, "epochs": epochs,
-               "config_hash": cfg.digest(), "protocols": select_protocols(history),
+               "config_hash": run_hash, "protocols": select_protocols(history),
                "data_parallel": type(method).DATA_PARALLEL, "wall_time_s": elapsed, "env": environment(device)}
+    extensions = read_extensions(run_dir)
+    if extensions:
+        summary["extensions"] = extensions
     if ddp.enabled:
         summary["world_size"] = ddp.world_size
     if ddp.is_main:

@@ -38,3 +38,17 @@ def test_offline_wandb_run_is_written_and_resumed_with_the_same_id(tmp_path, mon
     run_id = (tmp_path / "run" / "wandb_id.txt").read_text()
     offline = list((tmp_path / "run" / "wandb").glob(f"offline-run-*-{run_id}"))
     assert offline and list(offline[0].glob("*.wandb")), "an offline W&B run that `wandb sync` can upload"
+
+
+def test_offline_wandb_run_prints_one_line_not_wandbs_console_output(tmp_path, monkeypatch, capfd):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_SILENT", raising=False)
+    cfg = build_config("joint", "synthetic", tiny_overrides())
+    lines: list[str] = []
+    train_run(cfg, tmp_path / "run", wandb_mode="offline", log=lines.append)
+    captured = capfd.readouterr()
+    printed = (captured.out + captured.err).splitlines()
+    assert not [line for line in printed if line.startswith("wandb")], printed
+    (hint,) = [line for line in lines if "W&B" in line]
+    assert "wandb sync" in hint and str(tmp_path / "run" / "wandb") in hint
+    assert len(lines) == 3, "two epoch lines and the W&B line"

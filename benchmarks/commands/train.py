@@ -1,4 +1,9 @@
-"""``augbench train``: train one method on one dataset into a run directory."""
+"""``augbench train``: train one method on one dataset into a run directory.
+
+``--resume`` continues a run under its own config: with ``--run-dir`` alone the config is read from the run, and a
+config given on the command line must match it key for key. ``--extend-epochs N`` is the one sanctioned change: it
+raises the run's ``train.epochs`` to ``N`` (a finished run trains on) and records that in the run folder.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,8 @@ import json
 from pathlib import Path
 
 from baselines.hparams import parse_assignments
-from benchmarks.config import build_config, load_config_file, merge_overrides
+from benchmarks.errors import UsageError
 from benchmarks.records import WANDB_MODES
-from benchmarks.runner import train_run
 
 HELP = "train one method on one dataset"
 
@@ -24,25 +28,47 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="override a hyperparameter, e.g. --set ogm_ge.alpha=0.8 (repeatable)")
     p.add_argument("--out", type=Path, default=Path("runs"), help="parent folder of the run directory")
     p.add_argument("--run-dir", type=Path, help="exact run directory (default: OUT/<dataset>-<method>-seed<S>-<hash>)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in the same directory")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in the run directory under its own config (with --run-dir alone, the "
+                        "config is read from the run; any other config must match it exactly)")
+    p.add_argument("--extend-epochs", type=int, metavar="TOTAL",
+                   help="resume and raise the run's train.epochs to TOTAL (also a finished run); recorded in the "
+                        "run's extensions.json and summary")
     p.add_argument("--wandb", choices=WANDB_MODES, help="W&B mode (default: online with credentials, else offline)")
     p.add_argument("--wandb-group", help="W&B group (sweeps set it)")
     p.add_argument("--no-progress", action="store_true", help="hide the per-batch progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here so that `augbench --help` and `augbench train --help` do not load torch.
+    from benchmarks.config import build_config, config_overrides, load_config_file, merge_overrides
+    from benchmarks.runner import recorded_config, train_run
+
+    resume = args.resume or args.extend_epochs is not None
     head, file_overrides = load_config_file(args.config) if args.config else ({}, {})
     method = args.method or head.get("method")
     dataset = args.dataset or head.get("dataset")
-    if not method or not dataset:
-        raise ValueError("give --method and --dataset (or a --config that names them)")
     shortcuts = {"train": {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None}}
-    cfg = build_config(method, dataset, merge_overrides(file_overrides, parse_assignments(args.assignments),
-                                                         shortcuts))
+    overrides = merge_overrides(file_overrides, parse_assignments(args.assignments), shortcuts)
+    if not method and not dataset and resume and args.run_dir:
+        recorded = recorded_config(args.run_dir)
+        if recorded is None:
+            raise UsageError(f"{args.run_dir} holds no run to resume (no config.yaml); give --method and --dataset "
+                             "to start one")
+        method, dataset, sections = config_overrides(recorded)
+        overrides = merge_overrides(sections, overrides)
+    if not method or not dataset:
+        raise UsageError("give --method and --dataset (or a --config that names them, or --run-dir of a run to "
+                         "--resume)")
+    cfg = build_config(method, dataset, overrides)
     run_dir = args.run_dir or args.out / cfg.run_name()
+    if args.extend_epochs is not None:
+        if recorded_config(run_dir) is None:
+            raise UsageError(f"--extend-epochs: {run_dir} holds no run to extend")
+        cfg = build_config(method, dataset, merge_overrides(overrides, {"train": {"epochs": args.extend_epochs}}))
     print(f"run directory: {run_dir}")
-    summary = train_run(cfg, run_dir, resume=args.resume, wandb_mode=args.wandb, wandb_group=args.wandb_group,
-                        progress=not args.no_progress)
+    summary = train_run(cfg, run_dir, resume=resume, extend_epochs=args.extend_epochs is not None,
+                        wandb_mode=args.wandb, wandb_group=args.wandb_group, progress=not args.no_progress)
     brief = {name: {"epoch": p["epoch"], "test_acc": (p.get("test") or {}).get("acc")}
              for name, p in summary["protocols"].items()}
     print(json.dumps(brief, indent=2))

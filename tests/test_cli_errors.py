@@ -1,0 +1,150 @@
+"""Expected situations end with one clear line and a non-zero exit, never a traceback; Ctrl-C says how to resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from baselines.hparams import HParamError
+from benchmarks import records
+from benchmarks.cli import INTERRUPTED, main
+from benchmarks.config import build_config
+from benchmarks.records import atomic_torch_save, write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--set", "model.width=4", "--set", "model.blocks=[1,1,1,1]", "--set", "data.n_train=64",
+        "--set", "data.n_val=16", "--set", "data.n_test=16", "--set", "train.batch_size=16",
+        "--wandb", "disabled", "--no-progress"]
+
+
+def _train(run_dir, *extra: str) -> list[str]:
+    return ["train", "--method", "joint", "--dataset", "synthetic", "--run-dir", str(run_dir), *TINY, *extra]
+
+
+def _one_line_error(capsys, *expected: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    for text in expected:
+        assert text in err
+    return err
+
+
+def test_rerunning_a_finished_run_is_one_line(tmp_path, capsys):
+    assert main(_train(tmp_path / "run", "--epochs", "1")) == 0
+    capsys.readouterr()
+    assert main(_train(tmp_path / "run", "--epochs", "1")) == 2
+    _one_line_error(capsys, "holds a finished run", "--resume")
+
+
+@pytest.mark.parametrize("epochs", ["0", "-1"])
+def test_epochs_below_one_are_refused_when_the_config_is_resolved(tmp_path, capsys, epochs):
+    with pytest.raises(HParamError, match=f"train.epochs must be >= 1, got {epochs}"):
+        build_config("joint", "synthetic", {"train": {"epochs": int(epochs)}})
+    assert main(_train(tmp_path / "run", "--epochs", epochs)) == 2
+    _one_line_error(capsys, "train.epochs must be >= 1")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("key,value", [("batch_size", 0), ("lr", 0.0), ("checkpoint_every", 0),
+                                       ("max_steps_per_epoch", -1), ("lr_milestones", [-3])])
+def test_other_train_knobs_are_bounded(key, value):
+    with pytest.raises(HParamError, match=f"train.{key} must be"):
+        build_config("joint", "synthetic", {"train": {key: value}})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_one_line_and_writes_nothing(tmp_path, capsys):
+    assert main(_train(tmp_path / "run", "--set", "train.device=cuda")) == 2
+    _one_line_error(capsys, "train.device=cuda", "no CUDA device")
+    assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_inside_torch_save_says_where_and_resumes_to_the_same_summary(tmp_path, capsys, monkeypatch):
+    reference = tmp_path / "reference"
+    assert main(_train(reference, "--epochs", "3")) == 0
+    real_save, calls = torch.save, []
+
+    def interrupted_save(obj, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:  # the second epoch's checkpoint: half written, then Ctrl-C
+            Path(path).write_bytes(b"half a checkpoint")
+            raise KeyboardInterrupt
+        return real_save(obj, path, *args, **kwargs)
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(torch, "save", interrupted_save)
+    capsys.readouterr()
+    assert main(_train(run, "--epochs", "3")) == INTERRUPTED
+    err = _one_line_error(capsys, "interrupted during epoch 1 (of epochs 0-2)", "epochs 0-0 are checkpointed",
+                          f"Resume at epoch 1 with: augbench train --run-dir {run} --resume")
+    assert "KeyboardInterrupt" not in err
+    monkeypatch.setattr(torch, "save", real_save)
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "config.yaml", "metrics.jsonl"], \
+        "no temporary file left behind"
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["epoch"] == 0, "the previous checkpoint is intact"
+
+    assert main(["train", "--run-dir", str(run), "--resume", "--wandb", "disabled", "--no-progress"]) == 0
+    got, ref = (json.loads((d / "summary.json").read_text()) for d in (run, reference))
+    assert got["protocols"] == ref["protocols"]
+
+
+def test_sigint_mid_run_exits_130_with_the_resume_command_and_resumes_to_the_same_summary(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    args = ["--epochs", "4", "--set", "data.n_train=512"]
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    assert main(_train(reference, *args)) == 0
+    # A shell starts background jobs with SIGINT ignored; give the child Python's default Ctrl-C handling.
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks", *_train(run, *args)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "metrics.jsonl").exists():
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert not (run / "DONE").exists(), "the run finished before it could be interrupted; make it longer"
+    assert proc.returncode == INTERRUPTED, err
+    assert "Traceback" not in err and "augbench train: interrupted during epoch" in err, err
+    assert f"with: augbench train --run-dir {run} --resume" in err
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+    assert main(["train", "--run-dir", str(run), "--resume", "--wandb", "disabled", "--no-progress"]) == 0
+    got, ref = (json.loads((d / "summary.json").read_text()) for d in (run, reference))
+    assert got["protocols"] == ref["protocols"]
+
+
+@pytest.mark.parametrize("where", ["fsync", "torch.save", "replace"])
+def test_ctrl_c_during_an_atomic_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch, where):
+    path = tmp_path / ("f.pt" if where == "torch.save" else "f.json")
+    atomic_torch_save(path, {"v": 1}) if where == "torch.save" else write_json(path, {"v": 1})
+    before = path.read_bytes()
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    target = {"fsync": (records.os, "fsync"), "torch.save": (torch, "save"), "replace": (records.os, "replace")}
+    monkeypatch.setattr(*target[where], ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_torch_save(path, {"v": 2}) if where == "torch.save" else write_json(path, {"v": 2})
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_ctrl_c_in_any_command_is_one_line_and_exit_130(monkeypatch, capsys):
+    from benchmarks.commands import list as list_command
+
+    def ctrl_c(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(list_command, "run", ctrl_c)
+    assert main(["list"]) == INTERRUPTED
+    _one_line_error(capsys, "augbench list: interrupted")

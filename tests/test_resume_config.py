@@ -1,0 +1,116 @@
+"""Resume continues a run under its own config only; the one sanctioned change (more epochs) is recorded."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from benchmarks.cli import main
+from benchmarks.config import ConfigMismatchError, build_config, check_resume_config
+from benchmarks.runner import train_run
+from tests.conftest import tiny_overrides
+
+TINY = ["--set", "model.width=4", "--set", "model.blocks=[1,1,1,1]", "--set", "data.n_train=64",
+        "--set", "data.n_val=16", "--set", "data.n_test=16", "--set", "train.batch_size=16",
+        "--wandb", "disabled", "--no-progress"]
+
+
+def _train(run_dir, *extra: str) -> int:
+    return main(["train", "--run-dir", str(run_dir), *extra])
+
+
+def _interrupted_run(run_dir, epochs: int = 3, **train):
+    """A run stopped (like a kill) right after its first epoch is checkpointed."""
+    overrides = tiny_overrides()
+    overrides["train"].update(epochs=epochs, **train)
+    cfg = build_config("joint", "synthetic", overrides)
+
+    def stop(line: str) -> None:
+        if line.startswith("epoch 0"):
+            raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError, match="stop"):
+        train_run(cfg, run_dir, log=stop)
+    return cfg
+
+
+def test_resume_with_another_method_is_refused_and_the_finished_run_is_untouched(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train(run, "--method", "ogm_ge", "--dataset", "synthetic", "--epochs", "1", *TINY) == 0
+    summary = (run / "summary.json").read_text()
+    capsys.readouterr()
+    assert _train(run, "--method", "sum", "--dataset", "synthetic", "--epochs", "1", *TINY, "--resume") == 2
+    err = capsys.readouterr().err
+    assert "method: 'ogm_ge' in the run, 'sum' now" in err and "Traceback" not in err
+    assert (run / "summary.json").read_text() == summary
+
+
+def test_resume_with_a_changed_lr_is_refused_and_config_yaml_is_not_rewritten(tmp_path):
+    run = tmp_path / "run"
+    cfg = _interrupted_run(run)
+    before = (run / "config.yaml").read_bytes(), (run / "checkpoint.pt").read_bytes()
+    overrides = tiny_overrides()
+    overrides["train"].update(epochs=3, lr=0.5)
+    with pytest.raises(ConfigMismatchError, match=r"train\.lr: 0\.01 in the run, 0\.5 now"):
+        train_run(build_config("joint", "synthetic", overrides), run, resume=True)
+    assert ((run / "config.yaml").read_bytes(), (run / "checkpoint.pt").read_bytes()) == before
+    assert yaml.safe_load((run / "config.yaml").read_text()) == cfg.as_dict()
+
+
+def test_check_resume_config_lists_every_differing_key():
+    cfg = build_config("joint", "synthetic", tiny_overrides()).as_dict()
+    other = json.loads(json.dumps(cfg))
+    other["train"]["lr"], other["model"]["width"], other["data"]["n_train"] = 0.5, 8, 99
+    with pytest.raises(ConfigMismatchError) as err:
+        check_resume_config("R", cfg, other)
+    for key in ("train.lr", "model.width", "data.n_train"):
+        assert key in str(err.value)
+    check_resume_config("R", cfg, json.loads(json.dumps(cfg)))  # identical: no error
+    other = json.loads(json.dumps(cfg))
+    other["train"]["epochs"] = cfg["train"]["epochs"] + 3
+    with pytest.raises(ConfigMismatchError, match="--extend-epochs"):
+        check_resume_config("R", cfg, other)
+    check_resume_config("R", cfg, other, extend_epochs=True)
+    other["train"]["epochs"] = cfg["train"]["epochs"] - 1
+    with pytest.raises(ConfigMismatchError, match="only add epochs"):
+        check_resume_config("R", cfg, other, extend_epochs=True)
+
+
+def test_resume_from_the_run_dir_alone_ends_like_an_uninterrupted_run(tmp_path, capsys):
+    overrides = tiny_overrides()
+    overrides["train"]["epochs"] = 3
+    reference = train_run(build_config("joint", "synthetic", overrides), tmp_path / "reference", log=lambda _: None)
+    run = tmp_path / "run"
+    _interrupted_run(run)
+    assert _train(run, "--resume", "--wandb", "disabled", "--no-progress") == 0
+    got = json.loads((run / "summary.json").read_text())
+    assert got["protocols"] == json.loads(json.dumps(reference["protocols"]))
+    assert got["config_hash"] == reference["config_hash"]
+
+
+def test_extend_epochs_trains_a_finished_run_further_and_records_it(tmp_path, capsys):
+    run = tmp_path / "run"
+    base = ["--method", "joint", "--dataset", "synthetic", "--epochs", "2", *TINY]
+    assert _train(run, *base) == 0
+    config = (run / "config.yaml").read_bytes()
+    first = json.loads((run / "summary.json").read_text())
+
+    assert _train(run, *base, "--extend-epochs", "3") == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs"] == 3 and summary["protocols"]["last"]["epoch"] == 2
+    assert summary["config_hash"] == first["config_hash"], "the run keeps the identity of its config.yaml"
+    (ext,) = summary["extensions"]
+    assert (ext["key"], ext["from_epochs"], ext["to_epochs"], ext["first_epoch"]) == ("train.epochs", 2, 3, 2)
+    assert json.loads((run / "extensions.json").read_text()) == summary["extensions"]
+    assert (run / "config.yaml").read_bytes() == config, "config.yaml is never rewritten by a resume"
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
+
+    capsys.readouterr()
+    assert _train(run, "--resume", "--wandb", "disabled") == 0, "the run's own config now has 3 epochs"
+    assert _train(run, *base, "--resume") == 2, "--epochs 2 is no longer the run's config"
+    assert "train.epochs: 3 in the run, 2 now" in capsys.readouterr().err
+    assert _train(run, *base, "--extend-epochs", "1") == 2
+    assert "only add epochs" in capsys.readouterr().err
+    assert len(json.loads((run / "extensions.json").read_text())) == 1
