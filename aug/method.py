@@ -1,4 +1,4 @@
-"""AUG: sustained boosting with adaptive classifier assignment (methods.md §3).
+"""AUG: sustained boosting with adaptive classifier assignment (docs/methods/aug.md).
 
 Paper: Qing-Yuan Jiang, Longfei Huang, Yang Yang, "Rethinking Multimodal Learning from the Perspective of
 Mitigating Classification Ability Disproportion", NeurIPS 2025, arXiv 2502.20120. Official code: GitHub
@@ -16,7 +16,8 @@ Costs against joint training: one backward and one optimizer step per modality (
 about 10 extra learners of d*256 + 256 parameters each, and no extra forward passes. In data-parallel runs one
 small all-reduce per step sums the batch's confidence and loss statistics, so every rank takes the same decisions.
 
-Deviations and choices (methods.md §3.9; ``official_compat`` selects the code's behaviour where they differ):
+Deviations and choices (docs/methods/aug.md#paper-vs-code; ``official_compat`` selects the code's behaviour where they
+differ):
 
 - ``paper`` registers each new learner with the optimizer (a new parameter group at the current lr); the code never
   does, so its added learners stay random projections (``register_new_learners: false``).
@@ -55,7 +56,7 @@ ACCUMULATORS = ("score_sum", "loss_sum", "ce_sum")
 
 @register
 class AUG(Method):
-    """AUG, methods.md §3: per-modality learner ensembles on a shared head, stepped modality by modality."""
+    """AUG, docs/methods/aug.md: per-modality learner ensembles on a shared head, stepped modality by modality."""
 
     name = "aug"
     title = "AUG"
@@ -76,34 +77,38 @@ class AUG(Method):
                            "residual_lambda": 0.2},
     }
     HPARAMS = (
-        variant_param(VARIANTS, "paper = the paper (methods.md §3.9 'project default'); official_compat = "
+        variant_param(VARIANTS, "paper = the paper (docs/methods/aug.md#paper-vs-code 'project default'); "
+                                "official_compat = "
                                 "train_CREMAD.py on the default branch; official_gated = the gated train_CREMAD.py / "
                                 "train_KS.py / train_NVGesture.py of commit 966dbf5 (lambda 0.2)."),
         HParam("residual_lambda", 0.5, "lambda of the residual label e_y - lambda*q_y*e_y (paper eq. (2); searched "
                                        "in {0.1,0.2,0.33,0.5,1.0}, value not reported). Code: 0.5 in "
                                        "train_CREMAD.py, 0.2 in every gated script @966dbf5; other "
-                                       "datasets 0.5 [project], tune on validation (methods.md §3.3, §3.8).",
+                                       "datasets 0.5 [project], tune on validation (docs/methods/aug.md#loss, "
+                                       "#hyperparameters).",
                per_dataset={"cremad": 0.5, "kinetics_sounds": 0.2, "nvgesture": 0.2}),
         HParam("residual_target", "ensemble_softmax", "q in the residual label: softmax of the previous ensemble's "
                                                       "summed logits (code) or the sum of each previous learner's "
-                                                      "softmax (paper eq. (2) literally), methods.md §3.9 row 6.",
+                                                      "softmax (paper eq. (2) literally), "
+                                                      "docs/methods/aug.md#paper-vs-code, row 6.",
                choices=RESIDUAL_TARGETS),
         HParam("sigma", 1.0, "ACA balance point sigma (paper: 1.0 for all datasets; code: --lam 1.0)."),
         HParam("tau", 0.01, "ACA dead-zone half-width tau (paper: 0.01; code: the 0.01 in lam +- 0.01)."),
         HParam("aca_rule", "difference", "Two-modality ACA test: s_a - sigma*s_v vs +-tau (paper) or S_a/S_v vs "
-                                         "sigma +- tau (code), methods.md §3.5.", choices=ACA_RULES),
+                                         "sigma +- tau (code), docs/methods/aug.md#aca.", choices=ACA_RULES),
         HParam("aca_interval_epochs", 0, "t_N in epochs (paper: 20 CREMA-D, 10 KS/VGGSound/NVGesture, 5 Twitter, "
                                          "1 Sarcasm); 0 = the code's max(epochs // 10, 1).",
                per_dataset={"cremad": 20, "kinetics_sounds": 10, "vggsound": 10, "nvgesture": 10,
                             "twitter2015": 5, "sarcasm": 1}),
         HParam("aca_check_after_first_epoch", False, "Also run ACA after epoch 0, as the code does "
-                                                     "((epoch+1) % check == 0 or epoch == 0), methods.md §3.5."),
+                                                     "((epoch+1) % check == 0 or epoch == 0), "
+                                                     "docs/methods/aug.md#aca."),
         HParam("register_new_learners", True, "Train added learners (paper: every Theta_t is learned) by adding "
                                               "them to the optimizer as a new group; false = the code, which never "
-                                              "registers them (methods.md §3.9 row 1)."),
+                                              "registers them (docs/methods/aug.md#paper-vs-code, row 1)."),
         HParam("zero_grad_set_to_none", True, "zero_grad between the per-modality steps sets gradients to None "
                                               "(PyTorch >= 2.0); false = PyTorch 1.11 zero-fill as the code ran "
-                                              "(methods.md §3.6)."),
+                                              "(docs/methods/README.md#multi-step)."),
         HParam("modality_order", [], "Per-modality step order; empty = the dataset's declared order (audio first, "
                                      "as train_audio_video)."),
         HParam("fusion_weights", [], "Test-time weights w_m, dataset order; empty = the code's 0.4/0.6 (2 "
@@ -113,9 +118,10 @@ class AUG(Method):
         HParam("learner_dim", 256, "Width of every weak learner and the shared head's input (AudioVideo.py: "
                                    "Linear(512, 256))."),
         HParam("gate", False, "Gate network scaling the extra learners' logits (train_KS.py @966dbf5 w_network), "
-                              "methods.md §3.7."),
+                              "docs/methods/aug.md#gated."),
         HParam("gate_lr_scale", 0.1, "Gate learning rate relative to train.lr (train_KS.py: lr_adjust / 10)."),
-        HParam("log_equal_fusion", True, "Also log val/test accuracy with equal fusion weights (methods.md §3.5: "
+        HParam("log_equal_fusion", True, "Also log val/test accuracy with equal fusion weights "
+                                         "(docs/methods/aug.md#aca: "
                                          "'also log alpha = 0.5 as a diagnostic') [project]."),
     )
 
@@ -228,7 +234,7 @@ class AUG(Method):
 
     def _gate_step(self, confidence: torch.Tensor, step_in_epoch: int) -> None:
         """The third backward/step of the gated scripts: MSE of g(previous running scores) to 0/1 targets set by
-        the updated running scores (methods.md §3.7)."""
+        the updated running scores (docs/methods/aug.md#gated)."""
         inputs = self.running
         self.running = running_scores(confidence, self.score_sum, step_in_epoch).float()
         loss = F.mse_loss(self.gate(inputs), gate_targets(self.running))

@@ -1,4 +1,4 @@
-"""AGM: adaptive gradient modulation (methods.md §4.12).
+"""AGM: adaptive gradient modulation (docs/methods/agm.md).
 
 Paper: Hong Li, Xingyu Li, Pengbo Hu, Yinuo Lei, Chunxiao Li, Yi Zhou, "Boosting Multi-modal Model Performance with
 Adaptive Gradient Modulation", ICCV 2023, arXiv 2308.07686. Official code: GitHub lihong2303/AGM_ICCV2023,

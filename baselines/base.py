@@ -82,8 +82,9 @@ class TrainContext:
 
     ``make_optimizer`` builds the configured optimizer (``train.optimizer``, lr, momentum, weight decay) and
     registers it so that the runner's epoch-wise LR schedule and checkpoints cover it, including parameter groups a
-    method adds later through ``add_param_group`` (methods.md P8). In a data-parallel run it also attaches
-    ``step_pre_hook``, which averages gradients across ranks before every ``step()`` (``benchmarks.distributed``).
+    method adds later through ``add_param_group`` (docs/methods/README.md#dynamic-modules). In a data-parallel run it
+    also attaches ``step_pre_hook``, which averages gradients across ranks before every ``step()``
+    (``benchmarks.distributed``).
 
     A method whose step depends nonlinearly on the batch (gradient edits from batch statistics, clipping, per-loss
     gradient geometry) calls ``sync_gradients`` after ``backward`` and reduces its statistics with
@@ -268,14 +269,15 @@ class Method(nn.Module):
 
 
 def confidence_scores(logits: Mapping[str, torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """methods.md P2: s_m = sum over the batch of softmax(z_m)[y], under no_grad, vectorised with ``gather``."""
+    """docs/methods/README.md#confidence-score: s_m = sum over the batch of softmax(z_m)[y], under no_grad, vectorised
+    with ``gather``."""
     with torch.no_grad():
         return {m: torch.softmax(z.detach().float(), dim=1).gather(1, labels[:, None]).sum() for m, z in
                 logits.items()}
 
 
 def conv_weights(module: nn.Module) -> list[nn.Parameter]:
-    """methods.md P3: the 4-D parameters (conv kernels) of a module, as OGM-GE modulates them."""
+    """docs/methods/README.md#param-groups: the 4-D parameters (conv kernels) of a module, as OGM-GE modulates them."""
     return [p for p in module.parameters() if p.dim() == 4]
 
 

@@ -1,4 +1,4 @@
-"""LFM: facilitating multimodal classification via dynamically learning the modality gap (methods.md §4.17).
+"""LFM: facilitating multimodal classification via dynamically learning the modality gap (docs/methods/lfm.md).
 
 Paper: Yang Yang et al., "Facilitating Multimodal Classification via Dynamically Learning Modality Gap", NeurIPS 2024
 (author list and arXiv id not verified). Official code: GitHub njustkmg/NeurIPS24-LFM, ``Crema_epoch.py``
@@ -14,7 +14,8 @@ the released code computes it::
 ``Align`` is *not* the Jensen-Shannon divergence (1/2 [KL(p_a || m) + KL(p_v || m)]): the code passes ``log p`` as
 the input and ``m`` as the target of ``F.kl_div``, which computes KL(m || p). Both vanish only at p_a = p_v. The
 paper's abstract speaks of an unsupervised contrastive term; which term produced the published numbers is unknown
-(flagged in methods.md), so this follows the released code. Test-time fusion: softmax(z_a/2 + z_v/2).
+(an open question; see docs/methods/lfm.md), so this follows the released code. Test-time fusion: softmax(z_a/2 +
+z_v/2).
 
 Schedules (``lfm.schedule``):
 

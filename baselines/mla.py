@@ -1,4 +1,4 @@
-"""MLA: multimodal learning with alternating unimodal adaptation (methods.md §4.15).
+"""MLA: multimodal learning with alternating unimodal adaptation (docs/methods/mla.md).
 
 Paper: Xiaohui Zhang, Jaehong Yoon, Mohit Bansal, Huaxiu Yao, "Multimodal Representation Learning by Alternating
 Unimodal Adaptation", CVPR 2024, arXiv 2311.10707. Official code: GitHub
@@ -14,7 +14,7 @@ Gradient projection (orthogonal-weight-modification style, ``GSPlugin.before_upd
 method state. At every turn except the very first one of training: r = batch mean of the features fed to the head
 (1 x d), k = P r^T, P <- P - k k^T / (a + r k) with a = 0.1^(1 + batch_idx / len(loader)), P <- P / ||P||_F, then
 grad(W_s) <- grad(W_s) P^T; the bias is not projected. The Frobenius normalisation also shrinks the head gradient by
-roughly 1/sqrt(d) (methods.md §4.15).
+roughly 1/sqrt(d) (docs/methods/mla.md).
 
 Inference (P14): ``fusion=entropy`` gates the per-modality logits with w_m = exp(H_max - H_m) / sum_j exp(H_max - H_j)
 (``calculate_gating_weights``); ``fusion=fixed`` uses z = alpha z_1 + (1 - alpha) z_2 (3 modalities: 0.35/0.25/0.4).
@@ -27,13 +27,14 @@ Official code versus paper (``variant=official_compat``):
 - the projection looks up a parameter named ``module.weight`` inside a bare Linear whose parameters are ``weight`` and
   ``bias``, so it never runs: released MLA is plain alternating unimodal training (``projection: false``);
 - PyTorch 1.8.1 (requirements.txt) zero-fills gradients in ``zero_grad``, so the step of a later turn also applies
-  momentum and weight decay to the earlier modalities' encoders (``zero_grad_set_to_none: false``; methods.md §3.6);
+  momentum and weight decay to the earlier modalities' encoders (``zero_grad_set_to_none: false``;
+  docs/methods/README.md#multi-step);
 - the entropy gate is per batch.
 The official and BB code write the denominator as ``torch.mm(k, r)``, an outer product divided elementwise; the
 paper's OWM rule (and this implementation) uses the scalar r k. BalanceBenchmark (BB, GitHub GeWu-Lab/BalanceBenchmark,
 ``balancemm/trainer/MLA_trainer.py``) renames the parameter so its projection runs, but adds the projected gradient
 (grad += grad P^T) instead of replacing it; ``projection_form=bb`` reproduces that form, outer-product denominator
-included. It is not a default (methods.md §4.15).
+included. It is not a default (docs/methods/mla.md).
 
 Cost: M backward passes and M optimizer steps per batch (one forward); a d x d matrix update per turn.
 """

@@ -1,4 +1,4 @@
-"""MMPareto: Pareto integration of the multimodal and unimodal encoder gradients (methods.md §4.13).
+"""MMPareto: Pareto integration of the multimodal and unimodal encoder gradients (docs/methods/mmpareto.md).
 
 Paper: Yake Wei, Di Hu, "MMPareto: Boosting Multimodal Learning with Innocent Unimodal Assistance", ICML 2024,
 arXiv 2405.17730. Official code: GitHub GeWu-Lab/MMPareto_ICML2024, ``code/MMPareto.py`` (``train_epoch``) and
@@ -36,7 +36,7 @@ Variant ``bb_degenerate`` (BalanceBenchmark, GitHub GeWu-Lab/BalanceBenchmark, `
 copies equal g_sum, the cosine is 1, the min-norm branch is never reached and the final encoder gradient is
 2 * gamma * g_sum = 3 x the gradient of the summed cross-entropy; its unimodal logits are the split-head logits of the
 concat head. BB's MMPareto therefore collapses to "3x the summed cross-entropy" on the encoders. Use it only to compare
-with BB's table (methods.md §7.1).
+with BB's table (docs/methods/README.md#published-numbers).
 
 Official recipe (CREMA-D): SGD lr 2e-3, momentum 0.9, weight decay 1e-4, batch 64, 50 epochs, ``fbank`` front-end with
 2 frames; set through a config file (``train.lr: 0.002``, ``train.epochs: 50``, ``train.lr_milestones: [30]``). The
@@ -130,7 +130,8 @@ class MMPareto(Method):
     VARIANTS = _VARIANTS
     HPARAMS = (
         HParam("gamma", 1.5, "Final encoder-gradient multiplier, hard-coded gamma=1.5 in official code/MMPareto.py "
-                             "train_epoch (methods.md §4.13 step 5); BB's trainer_config alpha=1.5 is the same."),
+                             "train_epoch (docs/methods/mmpareto.md, step 3); BB's trainer_config alpha=1.5 is the "
+                             "same."),
         HParam("head", "separate", "'separate' = H-sep heads as in official code/models/models.py AVClassifier; "
                                    "'concat' = split-head logits of the concat head (BB).",
                choices=("separate", "concat")),

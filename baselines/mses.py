@@ -1,4 +1,4 @@
-"""MSES: modality-specific early stopping, as re-implemented in the AGM code (methods.md §4.7).
+"""MSES: modality-specific early stopping, as re-implemented in the AGM code (docs/methods/mses-mslr.md#mses).
 
 Paper (abstract only checked): "Modality-Specific Learning Rate Control for Multimodal Classification", ACPR 2019
 (authors not verified here): a multitask model with modality-specific and multimodal classifiers, detection of

@@ -1,4 +1,4 @@
-"""MSLR (modality-specific learning rates), as re-implemented in the AGM repository (methods.md §4.9).
+"""MSLR (modality-specific learning rates), as re-implemented in the AGM repository (docs/methods/mses-mslr.md#mslr).
 
 Paper: Yiqun Yao, Rada Mihalcea, "Modality-specific Learning Rates for Effective Multimodal Additive Late-fusion",
 Findings of ACL 2022, pp. 1824-1834, DOI 10.18653/v1/2022.findings-acl.143. Only the abstract could be read here: it
@@ -87,7 +87,7 @@ class MSLR(FusionMethod):
         HParam("coeffs", [0.9, 1.1], "Initial multipliers in the dataset's modality order (audio 0.9, visual 1.1): "
                                      "AGM re-impl. run/CREMAD_main.py train, audio/visual_lr_init_coeff."),
         HParam("memory", 5, "Epochs of unimodal accuracy remembered; r_m = 1 until they are stored (AGM re-impl. "
-                            "CREMAD_main, audio_lr_memory; methods.md §4.9)."),
+                            "CREMAD_main, audio_lr_memory; docs/methods/mses-mslr.md#mslr)."),
         HParam("eval_split", "val", "Split whose unimodal accuracy drives r_m: 'val' = paper-consistent project "
                                     "default; 'test' = the AGM re-impl.", choices=("val", "test")),
         HParam("shared_accuracy", False, "Use the last (visual) modality's accuracy for every modality, reproducing "

@@ -1,4 +1,4 @@
-"""PMR: prototypical modal rebalance (methods.md §4.11).
+"""PMR: prototypical modal rebalance (docs/methods/pmr.md).
 
 Paper: Yunfeng Fan, Wenchao Xu, Haozhao Wang, Junxiao Wang, Song Guo, "PMR: Prototypical Modal Rebalance for
 Multimodal Learning", CVPR 2023, arXiv 2211.07089. Official code: GitHub fanyunfeng-bit/Modal-Imbalance-PMR,

@@ -1,4 +1,4 @@
-"""SMV: sample-level modality valuation and resampling (methods.md §4.14), plus the modality-level variant.
+"""SMV: sample-level modality valuation and resampling (docs/methods/smv.md), plus the modality-level variant.
 
 Paper: Yake Wei, Ruoxuan Feng, Zihe Wang, Di Hu, "Enhancing Multimodal Cooperation via Sample-level Modality
 Valuation", CVPR 2024, arXiv 2309.06255 (the acronym "SMV" is AUG's). Official code: GitHub

@@ -9,9 +9,9 @@ evaluation after the first epoch's finds the test-time frame views computed (``d
 
 ``bench_tree`` makes a tree to measure when no prepared cache is given: AV-Digits generated in CREMA-D's layout,
 its 1 fps frames extracted to JPEG folders the way OGM-GE's ``data/CREMAD/video_preprocessing.py`` writes them
-(``Image-01-FPS/<id>/{absolute frame index:05d}.jpg``, datasets.md §5), prepared as ``cremad`` so that the cache
-stores and serves CREMA-D's sizes (frames 256x341 -> 224, the recipe's spectrogram). Figures are benchmark results,
-never test assertions.
+(``Image-01-FPS/<id>/{absolute frame index:05d}.jpg``, docs/datasets/pitfalls.md), prepared as ``cremad`` so that the
+cache stores and serves CREMA-D's sizes (frames 256x341 -> 224, the recipe's spectrogram). Figures are benchmark
+results, never test assertions.
 """
 
 from __future__ import annotations
@@ -118,7 +118,8 @@ def benchmark_data(prepared_dir: Path | str, *, raw_dir: Path | str | None = Non
 def extract_jpeg_frames(raw: Path, video_dir: str = "VideoFlash", frames_dir: str = "Image-01-FPS",
                         log: Callable[[str], None] = print) -> int:
     """Write the first frame of every second of each ``raw/video_dir/*`` video to ``raw/frames_dir/<id>/`` as
-    ``{absolute frame index:05d}.jpg`` (OGM-GE ``video2frame_update``, datasets.md §5); returns the clips written.
+    ``{absolute frame index:05d}.jpg`` (OGM-GE ``video2frame_update``, docs/datasets/pitfalls.md); returns the clips
+    written.
 
     A clip whose folder exists already is skipped, so an interrupted extraction resumes.
     """

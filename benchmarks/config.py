@@ -1,9 +1,9 @@
 """Run configuration: the runner's own knobs (``train.*``) and the resolution of every namespace for one run.
 
 A run is (method, dataset, overrides). Namespaces: ``train`` (below), ``model`` (``baselines.networks``), ``data``
-(the dataset class) and the method's name. The shared optimisation recipe per dataset follows methods.md §1.4
-(AUG's recipe); methods that need their official recipe get it through a config file under
-``benchmarks/configs/``.
+(the dataset class) and the method's name. The shared optimisation recipe per dataset follows
+docs/methods/README.md#optimiser-recipes (AUG's recipe); methods that need their official recipe get it through a config
+file under ``benchmarks/configs/``.
 """
 
 from __future__ import annotations
@@ -23,16 +23,18 @@ from benchmarks.errors import UsageError
 from datasets.registry import get_dataset
 
 TRAIN_HPARAMS = (
-    HParam("epochs", 10, "Training epochs. methods.md §1.4 shared recipe: CREMA-D 200, KS 100.",
+    HParam("epochs", 10, "Training epochs. docs/methods/README.md#optimiser-recipes shared recipe: CREMA-D 200, KS "
+                         "100.",
            per_dataset={"cremad": 200, "kinetics_sounds": 100}),
-    HParam("batch_size", 64, "Training batch size (methods.md §1.4: 64 for CREMA-D and KS)."),
+    HParam("batch_size", 64, "Training batch size (docs/methods/README.md#optimiser-recipes: 64 for CREMA-D and KS)."),
     HParam("eval_batch_size", 256, "Evaluation batch size; evaluation never drops samples."),
-    HParam("optimizer", "sgd", "methods.md §1.4: SGD for the A/V datasets.", choices=("sgd", "adam", "adamw")),
-    HParam("lr", 1e-2, "methods.md §1.4 (AUG recipe): lr 1e-2."),
-    HParam("momentum", 0.9, "methods.md §1.4: SGD momentum 0.9."),
-    HParam("weight_decay", 1e-4, "methods.md §1.4: weight decay 1e-4."),
+    HParam("optimizer", "sgd", "docs/methods/README.md#optimiser-recipes: SGD for the A/V "
+                               "datasets.", choices=("sgd", "adam", "adamw")),
+    HParam("lr", 1e-2, "docs/methods/README.md#optimiser-recipes (AUG recipe): lr 1e-2."),
+    HParam("momentum", 0.9, "docs/methods/README.md#optimiser-recipes: SGD momentum 0.9."),
+    HParam("weight_decay", 1e-4, "docs/methods/README.md#optimiser-recipes: weight decay 1e-4."),
     HParam("lr_milestones", [], "Epochs at whose start lr is multiplied by lr_gamma. AUG's StepLR(70) stepped at "
-                                "epoch start decays at epochs 69 and 139 (methods.md §3.8).",
+                                "epoch start decays at epochs 69 and 139 (docs/methods/aug.md#hyperparameters).",
            per_dataset={"cremad": [69, 139], "kinetics_sounds": [69]}),
     HParam("lr_gamma", 0.1, "LR decay factor at each milestone (StepLR gamma 0.1)."),
     HParam("seed", 0, "Run seed: Python, NumPy and torch generators and the loaders' per-epoch generators."),

@@ -76,7 +76,8 @@ def av_hparams(*, recipes: Sequence[str], recipe: str, recipe_doc: str, frames: 
     )
     return cache_hparams(recipes=recipes, recipe=recipe, recipe_doc=recipe_doc, serving=serving) + (
         HParam("resample", "fast", "Training crop filter: 'fast' = one batched torchvision roi_align (bilinear, "
-                                   "area-averaged when shrinking; datasets.md §7.3 names grid_sample/roi_align); "
+                                   "area-averaged when shrinking; docs/datasets/cache.md#serving names "
+                                   "grid_sample/roi_align); "
                                    "'exact' = PIL's antialiased bilinear as torchvision resized_crop(antialias=True) "
                                    "computes it, the crop about 4x slower on a CPU [project; deviation bounded in "
                                    "tests/test_speed_paths.py].", choices=RESAMPLE_MODES),
@@ -111,7 +112,7 @@ class AVCacheDataset(PreparedDataset):
 
     Attributes:
         LAYOUT: where the media live under the raw root.
-        FRAME_SIZE: stored frame (H, W); datasets.md §7.2: short side 256, CREMA-D's 4:3 -> 256x341.
+        FRAME_SIZE: stored frame (H, W); docs/datasets/cache.md#behaviour: short side 256, CREMA-D's 4:3 -> 256x341.
     """
 
     SPLITS_IN_RAW: ClassVar[str | None] = None

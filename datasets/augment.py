@@ -1,4 +1,5 @@
-"""Per-batch augmentation of cached audio-visual batches, vectorised on the batch's device (datasets.md §7.3).
+"""Per-batch augmentation of cached audio-visual batches, vectorised on the batch's device
+(docs/datasets/cache.md#serving).
 
 ``AVAugment`` is the ``Augment`` a cache-backed ``DataBundle`` hands its loaders. Per batch it:
 
@@ -36,8 +37,8 @@ the gather fills stay on the host (``datasets.base.BatchLoader``), so choosing f
 Frame rules: ``segments`` splits a clip's n frames into T equal segments and takes a uniformly random frame of each
 (train) or its middle frame (test), i.e. index ``floor((i + u) * n / T)`` with u ~ U[0, 1) or u = 0.5, so clips
 with fewer than T frames repeat frames instead of failing; ``first_k`` takes frames 0..T-1 of the sorted list
-(what OGM-GE/AUG/AMSS effectively do once their unused random index is ignored, datasets.md §5.1), repeating the
-last frame of short clips.
+(what OGM-GE/AUG/AMSS effectively do once their unused random index is ignored,
+docs/datasets/pitfalls.md#unsorted-listing), repeating the last frame of short clips.
 """
 
 from __future__ import annotations

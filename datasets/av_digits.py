@@ -1,4 +1,5 @@
-"""AV-Digits: the offline audio-visual demo dataset, generated in CREMA-D's exact raw layout (data spec §6).
+"""AV-Digits: the offline audio-visual demo dataset, generated in CREMA-D's exact raw layout
+(docs/datasets/av_digits.md).
 
 Each clip shows one real handwritten digit (scikit-learn's bundled ``load_digits``) and speaks the digit's word with
 eSpeak NG (``datasets.espeak``). The files mirror CREMA-D byte conventions, so the unchanged CREMA-D prepare/loader
@@ -8,14 +9,14 @@ yuv420p, MP3 track), ``annotations/{train,test}.csv`` (OGM-GE bytes: no header, 
 ``processedResults/summaryTable.csv`` (CREMA-D's header, votes empty). ``speakers.csv``, ``meta.csv`` and
 ``manifest.json`` (parameters, counts, SHA-256 of every file) describe what was generated.
 
-Content (§6.3). A speaker is (voice, variant, base rate, base pitch); the (voice, variant) pairs are partitioned
-between train and test, and ``val`` takes whole train speakers, so every split boundary is speaker-disjoint. Each
-clip jitters rate and pitch, applies a gain, places the trimmed utterance at a random onset inside a clip of uniform
-length, optionally adds white noise at ``audio_snr_db``, and resamples 22,050 -> 16,000 Hz with
+Content (docs/datasets/av_digits.md#content). A speaker is (voice, variant, base rate, base pitch); the (voice, variant)
+pairs are partitioned between train and test, and ``val`` takes whole train speakers, so every split boundary is
+speaker-disjoint. Each clip jitters rate and pitch, applies a gain, places the trimmed utterance at a random onset
+inside a clip of uniform length, optionally adds white noise at ``audio_snr_db``, and resamples 22,050 -> 16,000 Hz with
 ``scipy.signal.resample_poly(320, 441)``. The image comes from the split's own stratified image pool (train and test
 images are disjoint), gets Gaussian pixel noise once per clip, is upscaled x12 and placed on a mid-grey frame; it
 moves by ``motion_px`` each second, and a 6x6 top-left block of grey level 40*(k+1) marks second k. The dominance
-presets (§6.4) set ``image_noise_sigma`` and ``audio_snr_db``.
+presets (docs/datasets/av_digits.md#dominance) set ``image_noise_sigma`` and ``audio_snr_db``.
 
 Determinism. Same parameters, seed and library versions give byte-identical files. All random draws are made up
 front in the parent from per-purpose generators seeded by ``(seed, purpose)``. eSpeak NG's output depends on the
@@ -69,12 +70,13 @@ from datasets.base import seed_for
 GENERATOR_VERSION = "1.0.0"
 ROOT_NAME = "AV-Digits"
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-# 6-class mode reuses CREMA-D's emotion codes so that OGM-GE's hard-coded map gives label == digit (§6.2).
+# 6-class mode reuses CREMA-D's emotion codes so that OGM-GE's hard-coded map gives label == digit
+# (docs/datasets/av_digits.md#layout).
 CODES_6 = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")
 CODES_10 = ("ZER", "ONE", "TWO", "THR", "FOU", "FIV", "SIX", "SEV", "EIG", "NIN")
 LEVEL = "XX"
 FIRST_SPEAKER = 2001  # outside CREMA-D's actors 1001-1091, so ids of the two can never be confused
-# CREMA-D's per-class counts (§3.1) in CODES_6 order, i.e. mapped onto digits 0-5.
+# CREMA-D's per-class counts (docs/datasets/cremad.md) in CODES_6 order, i.e. mapped onto digits 0-5.
 CREMAD_CLASS_COUNTS = {"train": (973, 1148, 1131, 1138, 1142, 1166), "test": (114, 123, 140, 133, 129, 105)}
 SUMMARY_HEADER = '"","FileName","VoiceVote","VoiceLevel","FaceVote","FaceLevel","MultiModalVote","MultiModalLevel"'
 DEFAULT_VARIANTS = ("f1", "f2", "f3", "f4", "f5", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "klatt", "klatt2",
@@ -95,41 +97,56 @@ _TRIM_LEVEL = 16  # int16 units: samples at or below this at either end count as
 _MAX_TAKES = 36 ** 3  # three base-36 characters
 
 HPARAMS = (
-    HParam("preset", "tiny", "Size preset (§6.5): tiny 6 classes 8/4 speakers 48/24 clips; small 10 classes 160/40 "
+    HParam("preset", "tiny", "Size preset (docs/datasets/av_digits.md#sizes): tiny 6 classes 8/4 speakers 48/24 clips; "
+                             "small 10 classes 160/40 "
            "speakers 1,600/400 clips; cremad 6 classes 200/50 speakers 6,698/744 clips with CREMA-D's class counts. "
            "Individual size knobs override it.", choices=("tiny", "small", "cremad")),
-    HParam("dominance", "audio-dominant", "Dominance preset (§6.4): sets image_noise_sigma and audio_snr_db. "
+    HParam("dominance", "audio-dominant", "Dominance preset (docs/datasets/av_digits.md#dominance): sets "
+                                          "image_noise_sigma and audio_snr_db. "
            "audio-dominant is the default because the demo needs audio to dominate, as on CREMA-D.",
            choices=("audio-dominant", "balanced", "visual-dominant", "clean")),
-    HParam("classes", 6, "Number of digit classes: 6 uses CREMA-D's emotion codes, 10 the ZER..NIN codes (§6.2).",
+    HParam("classes", 6, "Number of digit classes: 6 uses CREMA-D's emotion codes, 10 the ZER..NIN codes "
+                         "(docs/datasets/av_digits.md#layout).",
            choices=(6, 10)),
-    HParam("train_speakers", 8, "Speakers in the train split (§6.5 tiny: 8)."),
-    HParam("test_speakers", 4, "Speakers in the test split, disjoint from train by (voice, variant) (§6.5 tiny: 4)."),
+    HParam("train_speakers", 8, "Speakers in the train split (docs/datasets/av_digits.md#sizes tiny: 8)."),
+    HParam("test_speakers", 4, "Speakers in the test split, disjoint from train by (voice, variant) "
+                               "(docs/datasets/av_digits.md#sizes tiny: 4)."),
     HParam("val_speakers", None, "Train speakers moved to val.csv in the clean protocol; None picks "
            "round(train_speakers * test_clips / train_clips), so val is about as large as test, as in CREMA-D."),
-    HParam("train_clips", 48, "Clips in train.csv (§6.5 tiny: 48)."),
-    HParam("test_clips", 24, "Clips in test.csv (§6.5 tiny: 24)."),
-    HParam("class_balance", "uniform", "Per-class clip counts: uniform, or cremad (CREMA-D's counts, §3.1, mapped "
+    HParam("train_clips", 48, "Clips in train.csv (docs/datasets/av_digits.md#sizes tiny: 48)."),
+    HParam("test_clips", 24, "Clips in test.csv (docs/datasets/av_digits.md#sizes tiny: 24)."),
+    HParam("class_balance", "uniform", "Per-class clip counts: uniform, or cremad (CREMA-D's counts, "
+                                       "docs/datasets/cremad.md, mapped "
            "onto digits 0-5 and scaled to train_clips/test_clips; exact at 6,698/744).",
            choices=("uniform", "cremad")),
-    HParam("image_noise_sigma", 8.0, "Gaussian pixel noise on the 0-16 scale, drawn once per clip (§6.3); 8 leaves "
-           "a linear image probe at about 66% (§6.4)."),
-    HParam("audio_snr_db", None, "White-noise SNR in dB relative to the utterance power; None = clean (§6.3, §6.4)."),
-    HParam("min_duration_s", 1.3, "Shortest clip, seconds (§6.3: uniform 1.3-3.0 s, like CREMA-D's 1.27-5 s)."),
-    HParam("max_duration_s", 3.0, "Longest clip, seconds (§6.3); at most 6 so the marker grey level fits a byte."),
-    HParam("rate_range", [120, 200], "Speaker base rate range, words per minute (§6.3)."),
-    HParam("pitch_range", [20, 80], "Speaker base pitch range, eSpeak 0-99 scale (§6.3)."),
-    HParam("rate_jitter", 10, "Per-clip rate jitter, +/- words per minute (§6.3)."),
-    HParam("pitch_jitter", 5, "Per-clip pitch jitter, +/- eSpeak pitch units (§6.3)."),
-    HParam("gain_db_range", [-6.0, 0.0], "Per-clip gain range in dB (§6.3)."),
-    HParam("voices", list(espeak.ENGLISH_VOICES), "eSpeak NG English voices (§6.1, all measured valid)."),
-    HParam("variants", list(DEFAULT_VARIANTS), "Voice variants from espeak-ng-data/voices/!v (§6.1): the standard "
+    HParam("image_noise_sigma", 8.0, "Gaussian pixel noise on the 0-16 scale, drawn once per clip "
+                                     "(docs/datasets/av_digits.md#content); 8 leaves "
+           "a linear image probe at about 66% (docs/datasets/av_digits.md#dominance)."),
+    HParam("audio_snr_db", None, "White-noise SNR in dB relative to the utterance power; None = clean "
+                                 "(docs/datasets/av_digits.md#content, docs/datasets/av_digits.md#dominance)."),
+    HParam("min_duration_s", 1.3, "Shortest clip, seconds (docs/datasets/av_digits.md#content: uniform 1.3-3.0 s, like "
+                                  "CREMA-D's 1.27-5 s)."),
+    HParam("max_duration_s", 3.0, "Longest clip, seconds (docs/datasets/av_digits.md#content); at most 6 so the marker "
+                                  "grey level fits a byte."),
+    HParam("rate_range", [120, 200], "Speaker base rate range, words per minute (docs/datasets/av_digits.md#content)."),
+    HParam("pitch_range", [20, 80], "Speaker base pitch range, eSpeak 0-99 scale "
+                                    "(docs/datasets/av_digits.md#content)."),
+    HParam("rate_jitter", 10, "Per-clip rate jitter, +/- words per minute (docs/datasets/av_digits.md#content)."),
+    HParam("pitch_jitter", 5, "Per-clip pitch jitter, +/- eSpeak pitch units (docs/datasets/av_digits.md#content)."),
+    HParam("gain_db_range", [-6.0, 0.0], "Per-clip gain range in dB (docs/datasets/av_digits.md#content)."),
+    HParam("voices", list(espeak.ENGLISH_VOICES), "eSpeak NG English voices (docs/datasets/av_digits.md#sources, all "
+                                                  "measured valid)."),
+    HParam("variants", list(DEFAULT_VARIANTS), "Voice variants from espeak-ng-data/voices/!v "
+                                               "(docs/datasets/av_digits.md#sources): the standard "
            "female/male variants plus three Klatt ones; the project's choice, the spec does not fix a list."),
-    HParam("image_test_fraction", 0.2, "Share of each digit's images in the test image pool (§6.3: 80/20)."),
-    HParam("motion_px", [4, 2], "Digit displacement (x, y) in pixels per second of clip (§6.3, 'a small fixed "
+    HParam("image_test_fraction", 0.2, "Share of each digit's images in the test image pool "
+                                       "(docs/datasets/av_digits.md#content: 80/20)."),
+    HParam("motion_px", [4, 2], "Digit displacement (x, y) in pixels per second of clip "
+                                "(docs/datasets/av_digits.md#content, 'a small fixed "
            "offset'; the project's value)."),
     HParam("video_qscale", 1, "FLV1 fixed quantiser (1 best); 1 keeps the marker within 2 grey levels."),
-    HParam("mp3_track", True, "Add an MP3 audio track to each FLV like CREMA-D (§6.2); costs about 30 ms per clip."),
+    HParam("mp3_track", True, "Add an MP3 audio track to each FLV like CREMA-D (docs/datasets/av_digits.md#layout); "
+                              "costs about 30 ms per clip."),
     HParam("workers", 0, "Worker processes; 0 = one per available CPU. Does not change the output."),
     HParam("seed", 0, "Generation seed; every random draw derives from (seed, purpose)."),
 )

@@ -1,4 +1,4 @@
-"""``av_digits``: the offline AV-Digits demo (datasets.md §6) served through the unchanged CREMA-D path.
+"""``av_digits``: the offline AV-Digits demo (docs/datasets/av_digits.md) served through the unchanged CREMA-D path.
 
 ``datasets.av_digits`` generates the raw tree in CREMA-D's exact layout; this entry is ``CremaD`` with another name,
 split files read from the tree's own ``annotations/`` folder, frames stored at the clips' native 120x160, and
@@ -29,6 +29,6 @@ class AVDigits(CremaD):
     HPARAMS = av_hparams(
         recipes=tuple(RECIPES), recipe="ogm",
         recipe_doc="Audio front-end recipe; 'ogm' (3 s -> 257x188) keeps the CPU demo fast, 'aug' is AUG's 20 s.",
-        frames=1, frames_doc="T frames per clip; every AV-Digits frame of a clip shows the same digit (datasets.md "
-                             "§6.3), so T does not change the imbalance.",
+        frames=1, frames_doc="T frames per clip; every AV-Digits frame of a clip shows the same digit "
+                             "(docs/datasets/av_digits.md#content), so T does not change the imbalance.",
         image_size=64)

@@ -1,4 +1,4 @@
-"""``ave``: AVE (28 event classes, audio + video; datasets.md §3.4), served from a prepared cache.
+"""``ave``: AVE (28 event classes, audio + video; docs/datasets/ave.md), served from a prepared cache.
 
 Raw layout (``AVE_Dataset``, GitHub: GeWu-Lab/OGM-GE_CVPR2022, issue #9)::
 
@@ -6,9 +6,9 @@ Raw layout (``AVE_Dataset``, GitHub: GeWu-Lab/OGM-GE_CVPR2022, issue #9)::
                            extracted WAVs instead), frames are extracted at 1 fps, or taken from
     Image-01-FPS/<videoid>/
 
-Split files (datasets.md §8): PMR's ``trainSet.txt``/``valSet.txt``/``testSet.txt`` (3,339 / 402 / 402 rows
-``Category&VideoID&Quality&Start&End``, LF; class names contain commas). The published validation list is the
-validation split. The whole clip is used; Start/End (the event segment) are kept in the split files only, as in
+Split files (docs/datasets/README.md#pinned-split-files): PMR's ``trainSet.txt``/``valSet.txt``/``testSet.txt`` (3,339 /
+402 / 402 rows ``Category&VideoID&Quality&Start&End``, LF; class names contain commas). The published validation list is
+the validation split. The whole clip is used; Start/End (the event segment) are kept in the split files only, as in
 the PMR and AMSS loaders.
 
 Label map: first appearance in ``testSet.txt`` (PMR and AMSS loaders), declared in ``CLASSES`` and checked against

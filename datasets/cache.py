@@ -1,4 +1,4 @@
-"""The prepared cache (datasets.md §7): its on-disk layout and opening it. ``datasets.prepare`` writes it.
+"""The prepared cache (docs/datasets/cache.md): its on-disk layout and opening it. ``datasets.prepare`` writes it.
 
 One folder per (dataset, recipe, options hash), the same layout for every dataset; the dataset declares its arrays
 (``ArraySpec``: audio spectrograms and frames for the audio-visual datasets, token ids and images, feature sequences

@@ -1,4 +1,4 @@
-"""``cremad``: CREMA-D (6 emotions, speech + face video; datasets.md §3.1), served from a prepared cache.
+"""``cremad``: CREMA-D (6 emotions, speech + face video; docs/datasets/cremad.md), served from a prepared cache.
 
 Raw layout (GitHub: CheyneyComputerScience/CREMA-D, with its Git LFS media pulled)::
 
@@ -6,20 +6,21 @@ Raw layout (GitHub: CheyneyComputerScience/CREMA-D, with its Git LFS media pulle
     VideoFlash/<id>.flv    480x360, 30 fps (frames are extracted at 1 fps by ``prepare``), or instead
     Image-01-FPS/<id>/     already extracted frames, ``00000.jpg``... (OGM-GE) or ``frame_000NN.jpg`` (MMPareto)
 
-Split files (datasets.md §8): OGM-GE's ``train.csv``/``test.csv`` (6,698 / 744, CRLF) and ``stat.csv`` (BOM + CRLF),
-plus Diagnosing & Re-learning's ``my_train.csv``/``val.csv`` (5,954 / 744, LF), an exact partition of ``train.csv``
-that is the clean protocol's train/validation split (methods.md §6 B). ``data.train_split=full`` trains on all 6,698
-(the papers' protocol A) and then has no validation split, since ``val.csv`` is part of train. Without
-``my_train.csv``/``val.csv`` (a local ``--splits`` folder lacking them) a stratified hold-out is used and recorded.
+Split files (docs/datasets/README.md#pinned-split-files): OGM-GE's ``train.csv``/``test.csv`` (6,698 / 744, CRLF) and
+``stat.csv`` (BOM + CRLF), plus Diagnosing & Re-learning's ``my_train.csv``/``val.csv`` (5,954 / 744, LF), an exact
+partition of ``train.csv`` that is the clean protocol's train/validation split (docs/methods/README.md#protocols, clean
+protocol). ``data.train_split=full`` trains on all 6,698 (the papers' protocol A) and then has no validation split,
+since ``val.csv`` is part of train. Without ``my_train.csv``/``val.csv`` (a local ``--splits`` folder lacking them) a
+stratified hold-out is used and recorded.
 
 Label map ``ogm`` (default): NEU 0, HAP 1, SAD 2, FEA 3, DIS 4, ANG 5, hard-coded in OGM-GE/PMR/AGM/AMSS/AUG and
 equal to ``stat.csv`` order; ``sorted`` (MMPareto, Diagnosing) and ``stat`` (whatever ``stat.csv`` lists, e.g.
 AV-Digits' 10-class codes) are selectable with ``--label-order``. The split is per clip, not per speaker: all 91
 actors are in train and test (the ``speaker`` column of ``index.csv`` holds the actor id).
 
-The same class serves AV-Digits (datasets.md §6), which is generated in exactly this layout: ``augbench prepare
-cremad --raw <AV-Digits> --splits <AV-Digits>/annotations`` works unchanged, and a subclass with another ``NAME``,
-``SPLITS_IN_RAW = "annotations"``, a smaller ``FRAME_SIZE`` and its own ``HPARAMS`` reuses everything else.
+The same class serves AV-Digits (docs/datasets/av_digits.md), which is generated in exactly this layout: ``augbench
+prepare cremad --raw <AV-Digits> --splits <AV-Digits>/annotations`` works unchanged, and a subclass with another
+``NAME``, ``SPLITS_IN_RAW = "annotations"``, a smaller ``FRAME_SIZE`` and its own ``HPARAMS`` reuses everything else.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ class CremaD(AVCacheDataset):
     LABEL_ORDERS = ("ogm", "stat", "sorted")
     HPARAMS = av_hparams(
         recipes=tuple(RECIPES), recipe="aug",
-        recipe_doc="Audio front-end preset (methods.md §1.3): 'aug' for tables reproducing AUG (20 s -> 257x1250), "
+        recipe_doc="Audio front-end preset (docs/methods/README.md#front-ends): 'aug' for tables reproducing AUG (20 s "
+                   "-> 257x1250), "
                    "'ogm' (3 s -> 257x188), 'pmr', 'fbank'. Must have been built by `augbench prepare`.",
         frames=1, frames_doc="T frames per clip: 1 in OGM-GE (args.fps default) and AUG (use_pre_frame = 1); "
                              "MMPareto uses 2, PMR 3.")

@@ -1,4 +1,4 @@
-"""eSpeak NG speech synthesis through ``ctypes``, for the AV-Digits generator (data spec §6.1).
+"""eSpeak NG speech synthesis through ``ctypes``, for the AV-Digits generator (docs/datasets/av_digits.md#sources).
 
 The library and its voice data come from the pip package ``espeakng-loader`` (the ``[demo]`` extra), so no system
 package or root access is needed. The call sequence is the one measured in the spec with espeakng-loader 0.2.4:

@@ -1,4 +1,4 @@
-"""``food101``: UPMC Food-101 (text + image, 101 classes; datasets.md §3.6), as BalanceBenchmark reads it.
+"""``food101``: UPMC Food-101 (text + image, 101 classes; docs/datasets/food101.md), as BalanceBenchmark reads it.
 
 Raw layout (GitHub: GeWu-Lab/BalanceBenchmark, ``balancemm/datasets/food_dataset.py``)::
 

@@ -1,5 +1,6 @@
-"""The image-text pieces shared by Twitter-2015, Sarcasm and Food-101 (datasets.md §3.6, §3.8): annotation
-parsers, tokenisation, image augmentation and the ``ImageTextDataset`` base (a ``datasets.prepared.PreparedDataset``).
+"""The image-text pieces shared by Twitter-2015, Sarcasm and Food-101 (docs/datasets/food101.md,
+docs/datasets/image-text.md): annotation parsers, tokenisation, image augmentation and the ``ImageTextDataset`` base (a
+``datasets.prepared.PreparedDataset``).
 
 **Text** is tokenised at prepare time into int32 ids with a BERT WordPiece tokenizer (``transformers``; a hub name
 such as ``bert-base-uncased``, a folder holding ``vocab.txt``, or a ``vocab.txt`` path) and served as int64

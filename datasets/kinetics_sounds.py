@@ -1,4 +1,5 @@
-"""``kinetics_sounds``: Kinetics-Sounds (31 classes, audio + video; datasets.md §3.2), served from a prepared cache.
+"""``kinetics_sounds``: Kinetics-Sounds (31 classes, audio + video; docs/datasets/kinetics_sounds.md), served from a
+prepared cache.
 
 Raw layout (there is no official KS archive: Kinetics-400 clips from the cvdfoundation tarballs, audio extracted to
 WAV as the published pipelines do; folder names are settable with ``--audio-dir/--video-dir/--frames-dir``)::
@@ -7,12 +8,12 @@ WAV as the published pipelines do; folder names are settable with ``--audio-dir/
     video/<id>.mp4         frames extracted at 1 fps by ``prepare``, or instead
     Image-01-FPS/<id>/     already extracted frames (``frame_00001.jpg``..., any numeric naming)
 
-Split files (datasets.md §8): OGM-GE's ``my_train.txt``/``my_test.txt`` (14,799 / 2,597 rows ``<id>,10,<label>``,
-CRLF) and BML's ``KS.json``, whose ``labels`` list is the label map: integer label i is ``labels[i]`` (alphabetical);
-each row's label is checked against ``KS.json["database"]`` where the id is listed. ``KS.json`` subsets are never
-used to split (its OGM-GE test ids are marked ``training``). Validation: a stratified hold-out of train
-(``--val-fraction``/``--val-seed``, recorded; methods.md §6 B prefers BML's 1,320-clip list, which is not among the
-pinned files).
+Split files (docs/datasets/README.md#pinned-split-files): OGM-GE's ``my_train.txt``/``my_test.txt`` (14,799 / 2,597 rows
+``<id>,10,<label>``, CRLF) and BML's ``KS.json``, whose ``labels`` list is the label map: integer label i is
+``labels[i]`` (alphabetical); each row's label is checked against ``KS.json["database"]`` where the id is listed.
+``KS.json`` subsets are never used to split (its OGM-GE test ids are marked ``training``). Validation: a stratified
+hold-out of train (``--val-fraction``/``--val-seed``, recorded; docs/methods/README.md#protocols, clean protocol prefers
+BML's 1,320-clip list, which is not among the pinned files).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from datasets.splits import SplitRow, parse_ks_json, parse_ks_list
 from datasets.tables import PrepareError, PrepareOptions, RowError, SplitTables
 
 RECIPES = {
-    "aug": Recipe("AUG/AMSS KS audio (methods.md §1.3): 35.4 kHz, 10 s, STFT 512/353, log -> 257x1003",
+    "aug": Recipe("AUG/AMSS KS audio (docs/methods/README.md#front-ends): 35.4 kHz, 10 s, STFT 512/353, log -> "
+                  "257x1003",
                   {"audio": "amss_stft10s_35k"}),
     "fbank": Recipe("OGM-GE KS script / BalanceBenchmark / InfoReg: Kaldi fbank 1024x128 (needs the [audio] extra)",
                     {"audio": "kaldi_fbank1024"}),
@@ -54,7 +56,8 @@ class KineticsSounds(AVCacheDataset):
     LABEL_ORDERS = ("ks_json",)
     HPARAMS = av_hparams(
         recipes=tuple(RECIPES), recipe="aug",
-        recipe_doc="Audio front-end preset (methods.md §1.3): 'aug' (35.4 kHz, 10 s -> 257x1003) for AUG tables, "
+        recipe_doc="Audio front-end preset (docs/methods/README.md#front-ends): 'aug' (35.4 kHz, 10 s -> 257x1003) for "
+                   "AUG tables, "
                    "'fbank' (1024x128) for the OGM-GE/BalanceBenchmark family.",
         frames=3, frames_doc="T frames per clip: 3 in the KS loaders ('evenly pick 3 frames', GitHub: GeWu-Lab/"
                              "Valuate-and-Enhance-Multimodal-Cooperation, issue #1) and AMSS.")

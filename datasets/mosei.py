@@ -1,5 +1,5 @@
 """``mosei``: CMU-MOSEI sentiment as binary classification from audio, visual and text feature sequences
-(datasets.md §3.7), as BalanceBenchmark reads it.
+(docs/datasets/mosei.md), as BalanceBenchmark reads it.
 
 Raw data: the MulT-style pickle (GitHub: GeWu-Lab/BalanceBenchmark, ``balancemm/datasets/Mosei_dataset.py``)::
 
@@ -124,7 +124,8 @@ class Mosei(PreparedDataset):
         HParam("acc2", "zero_positive", "Binary labels: 'zero_positive' = BalanceBenchmark acc2 (y < 0 -> 0, else 1; "
                                         "zeros are positive); 'exclude_zero' = drop y == 0, y > 0 -> 1 [R].",
                choices=ACC2_POLICIES),
-        HParam("feature_dtype", "float16", "Storage dtype of the feature sequences (datasets.md §7.1: float16).",
+        HParam("feature_dtype", "float16", "Storage dtype of the feature sequences (docs/datasets/cache.md#layout: "
+                                           "float16).",
                choices=("float16", "float32")),
     )
     HPARAMS = cache_hparams(recipes=("unaligned", "aligned"), recipe="unaligned",

@@ -1,6 +1,6 @@
-"""``nvgesture``: NVGesture hand gestures from RGB, optical flow and depth clips (25 classes; datasets.md §3.9), as
-AMSS reads them (GitHub: njustkmg/TPAMI-AMSS, ``AMSS_rod/MyDataset.py``; AUG's old ``train_NVGesture.py`` and
-``dataset/nvGesture.py`` @966dbf5 follow it).
+"""``nvgesture``: NVGesture hand gestures from RGB, optical flow and depth clips (25 classes;
+docs/datasets/nvgesture.md), as AMSS reads them (GitHub: njustkmg/TPAMI-AMSS, ``AMSS_rod/MyDataset.py``; AUG's old
+``train_NVGesture.py`` and ``dataset/nvGesture.py`` @966dbf5 follow it).
 
 Raw layout::
 
@@ -212,7 +212,7 @@ class NVGesture(PreparedDataset):
         HParam("frame_size", 256, "Stored S x S frames (AMSS: cv2.resize to 256 x 256)."),
         HParam("flow_dir", "Video_data/flow_data", "Flow folder: <flow_dir>/<train|test>/<list position>.npy."),
         HParam("flow_channels", 2, "Channels of the flow arrays (x and y displacement)."),
-        HParam("flow_dtype", "float16", "Storage dtype of the flow (datasets.md §7.1).",
+        HParam("flow_dtype", "float16", "Storage dtype of the flow (docs/datasets/cache.md#layout).",
                choices=("float16", "float32")),
     )
     HPARAMS = cache_hparams(recipes=("amss",), recipe="amss", recipe_doc="Prepared preset: 'amss'.") + (

@@ -1,5 +1,5 @@
-"""``augbench prepare``: raw media + verified split files -> a memory-mappable cache (datasets.md §7), one pipeline for
-every ``PreparedDataset``.
+"""``augbench prepare``: raw media + verified split files -> a memory-mappable cache (docs/datasets/cache.md), one
+pipeline for every ``PreparedDataset``.
 
 Steps, each recorded in the manifest:
 

@@ -57,7 +57,8 @@ def cache_hparams(*, recipes: Sequence[str], recipe: str, recipe_doc: str,
         HParam("recipe", recipe, recipe_doc, choices=tuple(recipes)),
         *serving,
         HParam("train_split", "clean", "'clean': train on train minus the validation split and select on val "
-                                       "(methods.md §6 protocol B); 'full': train on the whole published train list "
+                                       "(docs/methods/README.md#protocols, clean protocol); 'full': train on the whole "
+                                       "published train list "
                                        "(protocol A); a validation split inside train is then left out.",
                choices=TRAIN_SPLITS),
     )

@@ -1,4 +1,4 @@
-"""``sarcasm``: multimodal sarcasm detection (text + image, 2 classes; datasets.md §3.8).
+"""``sarcasm``: multimodal sarcasm detection (text + image, 2 classes; docs/datasets/image-text.md).
 
 Data: Cai et al. 2019 (linked from AUG's README as GitHub feiLinX/Multi-modal-Sarcasm-Detection), in the layout AMSS
 reads (GitHub: njustkmg/TPAMI-AMSS, ``AMSS_IT/MyHelper.py``)::

@@ -1,11 +1,12 @@
-"""Pinned public split files (datasets.md §0.1 and §8): where each one lives, its SHA-256, and how to fetch it.
+"""Pinned public split files (docs/datasets/README.md#pinned-split-files): where each one lives, its SHA-256, and how to
+fetch it.
 
 ``prepare`` never reads a split file it has not verified. A downloaded file must match the pinned SHA-256 byte for
-byte (raw URLs serve the blob as stored, so CRLF and BOMs survive; a ``git clone`` may rewrite them, datasets.md §1.3).
-A local copy (``--splits DIR``) is checked against the same table: a match is recorded as ``pinned``; a mismatch
-(for example AV-Digits' generated annotations, or a user's own lists) is recorded as ``custom`` with its own
-SHA-256 and a printed notice, or refused with ``strict=True``. Every file read is copied next to the cache so the
-cache documents exactly which lists built it.
+byte (raw URLs serve the blob as stored, so CRLF and BOMs survive; a ``git clone`` may rewrite them,
+docs/datasets/README.md#conventions). A local copy (``--splits DIR``) is checked against the same table: a match is
+recorded as ``pinned``; a mismatch (for example AV-Digits' generated annotations, or a user's own lists) is recorded as
+``custom`` with its own SHA-256 and a printed notice, or refused with ``strict=True``. Every file read is copied next to
+the cache so the cache documents exactly which lists built it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ COMMITS = {
 
 @dataclass(frozen=True)
 class PinnedFile:
-    """One published split or metadata file, pinned by commit and SHA-256 (datasets.md §8).
+    """One published split or metadata file, pinned by commit and SHA-256 (docs/datasets/README.md#pinned-split-files).
 
     Attributes:
         dataset: dataset name (folder in ``../shared/splits/``).
@@ -105,7 +106,8 @@ class FetchedFile:
         path: the verified copy (inside the cache's staging folder).
         sha256: SHA-256 of its bytes.
         origin: the URL or local path it came from.
-        status: ``pinned`` (matches datasets.md §8), ``custom`` (a local file with no pin, or a different one).
+        status: ``pinned`` (matches docs/datasets/README.md#pinned-split-files), ``custom`` (a local file with no pin,
+        or a different one).
     """
 
     name: str

@@ -1,9 +1,11 @@
-"""Parsers for the published split files, in their real byte formats (datasets.md §3 and §5.9–5.10).
+"""Parsers for the published split files, in their real byte formats (docs/datasets/ (each dataset's page) and
+docs/datasets/pitfalls.md#byte-variants, items 9-10).
 
 Every parser accepts UTF-8 with or without a BOM, CRLF or LF line endings and a missing final newline, and returns
 ``ParsedList``: the kept rows plus every skipped line with its reason (blank lines, a recognised header), so
 ``len(rows) + len(skipped) == lines``. A malformed row is an error naming the file and line; with ``strict=False``
-it is skipped and reported instead. Label maps are never derived here from which media exist (datasets.md §1.2).
+it is skipped and reported instead. Label maps are never derived here from which media exist
+(docs/datasets/README.md#conventions).
 
 Formats:
 - CREMA-D (OGM-GE, PMR, MMCosine, Diagnosing): ``1088_IOM_NEU_XX,NEU``; Diagnosing's own train/test lists add a
@@ -36,7 +38,7 @@ class SplitRow:
     """One data row of a split file.
 
     Attributes:
-        id: sample id exactly as written (datasets.md §1.1), no extension added or removed.
+        id: sample id exactly as written (docs/datasets/README.md#conventions), no extension added or removed.
         label: the label as written: a class name/code, or an integer string (Kinetics-Sounds).
         line: 1-based line number, for error messages.
         fields: every field of the row.
@@ -178,7 +180,7 @@ def parse_vggsound_csv(path: Path, *, strict: bool = True) -> dict[str, ParsedLi
     """``vggsound.csv``: ``ytid,start_seconds,label,split`` (no header; quoted labels may contain commas).
 
     Returns one ``ParsedList`` per split value (``train``, ``test``); the id is ``f"{ytid}_{start}"`` with the start
-    exactly as written (datasets.md §3.3).
+    exactly as written (docs/datasets/vggsound.md).
     """
     path = Path(path)
     lines, bom, endings = read_lines(path)

@@ -1,4 +1,4 @@
-"""``twitter2015``: Twitter-2015 target-oriented sentiment (text + image, 3 classes; datasets.md §3.8).
+"""``twitter2015``: Twitter-2015 target-oriented sentiment (text + image, 3 classes; docs/datasets/image-text.md).
 
 Raw layout, as AMSS reads it (GitHub: njustkmg/TPAMI-AMSS, ``AMSS_IT/MyHelper.py``, the data preparation AUG's
 README points to)::

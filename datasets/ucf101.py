@@ -1,5 +1,6 @@
-"""``ucf101``: UCF-101 actions from RGB frames and optical flow (101 classes; datasets.md §3.5), as BalanceBenchmark
-reads it (GitHub: GeWu-Lab/BalanceBenchmark, ``balancemm/datasets/ucf101_dataset.py``, ``configs/dataset_config.yaml``).
+"""``ucf101``: UCF-101 actions from RGB frames and optical flow (101 classes; docs/datasets/ucf101.md), as
+BalanceBenchmark reads it (GitHub: GeWu-Lab/BalanceBenchmark, ``balancemm/datasets/ucf101_dataset.py``,
+``configs/dataset_config.yaml``).
 
 Raw layout (folder names are settings; the defaults are BalanceBenchmark's config)::
 

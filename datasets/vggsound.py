@@ -1,4 +1,4 @@
-"""``vggsound``: VGGSound (audio + video; datasets.md §3.3), served from a prepared cache.
+"""``vggsound``: VGGSound (audio + video; docs/datasets/vggsound.md), served from a prepared cache.
 
 Raw layout (the OGM-GE pipeline: ``data/VGGSound/mp4_to_wav.py`` and ``video_preprocessing.py``)::
 
@@ -9,13 +9,13 @@ Raw layout (the OGM-GE pipeline: ``data/VGGSound/mp4_to_wav.py`` and ``video_pre
 
 Clip names are ``f"{ytid}_{start}"`` with the start as written in the CSV; a zero-padded ``_000030`` file name is
 also found. Split file: ``vggsound.csv`` (``ytid,start_seconds,label,split``, no header) from the VGGSound page. It
-is not pinned here (not in any pinned repository, datasets.md §3.3), so ``prepare`` needs ``--splits DIR`` holding
-it; its SHA-256 is recorded in the manifest.
+is not pinned here (not in any pinned repository, docs/datasets/vggsound.md), so ``prepare`` needs ``--splits DIR``
+holding it; its SHA-256 is recorded in the manifest.
 
 Label map: the sorted distinct labels of the whole CSV. This replaces OGM-GE's "first appearance among rows whose
-media exist", which changes with every partial download (datasets.md §5.8 (d)); the map is written to the manifest,
-and ``CLASSES`` is empty because it is data from that file. Validation: a stratified hold-out of train, recorded.
-Audio: ``vgg_stft10s`` caches the 10 s STFT (129x1251) and serves a 5 s (626-frame) crop per batch.
+media exist", which changes with every partial download (docs/datasets/pitfalls.md#label-order (d)); the map is written
+to the manifest, and ``CLASSES`` is empty because it is data from that file. Validation: a stratified hold-out of train,
+recorded. Audio: ``vgg_stft10s`` caches the 10 s STFT (129x1251) and serves a 5 s (626-frame) crop per batch.
 """
 
 from __future__ import annotations

@@ -139,7 +139,7 @@ def make_cremad(root: Path, *, train_per_class: int = 2, test_per_class: int = 1
                 naming: str = "ogm", fps: int = 10, seconds: Sequence[float] = (1.3, 2.5, 3.2),
                 size: tuple[int, int] = (48, 64)) -> Tree:
     """CREMA-D's layout: ``AudioWAV/<id>.wav``, ``VideoFlash/<id>.flv`` or ``Image-01-FPS/<id>/``, and OGM-GE +
-    Diagnosing split files (byte formats of datasets.md §8) in ``annotations/``.
+    Diagnosing split files (byte formats of docs/datasets/README.md#pinned-split-files) in ``annotations/``.
 
     Each class gets ``train_per_class`` train clips (the last one of each class goes to ``val.csv``) and
     ``test_per_class`` test clips. Clip durations cycle through ``seconds``.

@@ -1,4 +1,4 @@
-"""AUG (methods.md §3.10 and the issue's acceptance list): the loss, the learners, ACA, the per-modality steps, the
+"""AUG (docs/methods/aug.md and the issue's acceptance list): the loss, the learners, ACA, the per-modality steps, the
 paper/official switches, checkpoints and an end-to-end run on synthetic data."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def ce_soft(z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -(target * F.log_softmax(z, dim=1)).sum(1).mean()
 
 
-# --- the sustained-boosting loss (§3.3) ------------------------------------------------------------------------------
+# --- the sustained-boosting loss (docs/methods/aug.md#loss) ----------------------------------------------------------
 def test_loss_matches_a_hand_computed_value():
     # K = 2, y = 0: z_0 = (0, 0) so q_y = 1/2; z_1 = (log 3, 0) so p(z_new)_y = p(z_all)_y = 3/4.
     z = torch.tensor([[[0.0, 0.0], [math.log(3.0), 0.0]]])
@@ -156,7 +156,7 @@ def test_running_scores_match_the_official_expression_and_set_gate_targets():
     assert gate_targets(three).tolist() == [1.0, 1.0, 0.0]
 
 
-# --- adaptive classifier assignment (§3.5) ---------------------------------------------------------------------------
+# --- adaptive classifier assignment (docs/methods/aug.md#aca) --------------------------------------------------------
 def test_aca_schedule():
     compat = aca_check_epochs(200, 20, after_first=True)
     paper = aca_check_epochs(200, 20, after_first=False)
@@ -197,7 +197,7 @@ def test_aca_three_modalities(sums, grown):
         assert aca_decision(sums, 100, rule, sigma=1.0, tau=0.01, threshold=0.4) == grown
 
 
-# --- one training iteration (§3.4, §3.6) ----------------------------------------------------------------------------
+# --- one training iteration (docs/methods/aug.md#iteration) ---------------------------------------------------------
 def record_steps(method: AUG, watch: torch.nn.Parameter) -> list[torch.Tensor]:
     """Wrap the optimizer's step to snapshot ``watch`` before the first step and after every step."""
     snapshots = [watch.detach().clone()]

@@ -1,4 +1,5 @@
-"""AV-Digits generator (data spec §6): CREMA-D byte layout, speaker/image disjointness, markers, determinism."""
+"""AV-Digits generator (docs/datasets/av_digits.md): CREMA-D byte layout, speaker/image disjointness, markers,
+determinism."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def test_layout_and_wav_format(tiny):
         info = soundfile.info(tiny / "AudioWAV" / f"{row['id']}.wav")
         assert (info.samplerate, info.channels, info.subtype, info.format) == (16000, 1, "PCM_16", "WAV")
         assert abs(info.frames / 16000 - float(row["duration_s"])) < 1e-3
-        assert 1.3 - 1 / 60 <= float(row["duration_s"]) <= 3.0  # every clip >= 1 s (§5.12)
+        assert 1.3 - 1 / 60 <= float(row["duration_s"]) <= 3.0  # every clip >= 1 s (see docs/datasets/pitfalls.md)
         onset, utterance = float(row["onset_s"]), float(row["utterance_s"])
         assert onset >= 0 and onset + utterance <= float(row["duration_s"]) + 1e-4
     samples, _ = soundfile.read(tiny / "AudioWAV" / f"{meta[0]['id']}.wav", dtype="int16")

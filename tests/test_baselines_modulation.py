@@ -1,5 +1,5 @@
-"""Gradient/prediction-modulation baselines on crafted tensors: OGM, OGM-GE, OPM, AGM and PMR (methods.md §4.10-4.12,
-§4.19)."""
+"""Gradient/prediction-modulation baselines on crafted tensors: OGM, OGM-GE, OPM, AGM and PMR (docs/methods/ogm.md,
+agm.md, pmr.md)."""
 
 from __future__ import annotations
 

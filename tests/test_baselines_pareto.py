@@ -1,5 +1,6 @@
-"""Crafted-tensor checks for uniform, MMPareto, InfoReg, MSLR, MMCosine and CML (methods.md §4.0, 4.9, 4.13, 4.22,
-4.23, 4.27): each test pins the method's characteristic computation, then a few check the wiring inside ``update``."""
+"""Crafted-tensor checks for uniform, MMPareto, InfoReg, MSLR, MMCosine and CML (docs/methods/unimodal.md#uniform,
+mmpareto.md, inforeg.md, mses-mslr.md#mslr, mmcosine.md, balancebenchmark.md#cml): each test pins the method's
+characteristic computation, then a few check the wiring inside ``update``."""
 
 from __future__ import annotations
 

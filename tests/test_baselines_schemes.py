@@ -1,5 +1,5 @@
-"""Learning-scheme baselines on crafted tensors: MLA, ReconBoost, G-Blending, Greedy and MSES (methods.md §4.7, §4.8,
-§4.15, §4.18, §4.20)."""
+"""Learning-scheme baselines on crafted tensors: MLA, ReconBoost, G-Blending, Greedy and MSES (docs/methods/mla.md,
+reconboost.md, gblending.md, greedy.md, mses-mslr.md#mses)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Crafted-tensor checks of LFM, SMV, DI-MML, Diagnosing & Re-learning, UMT, MBSD and AMCo (methods.md §4.14-4.26)."""
+"""Crafted-tensor checks of LFM, SMV, DI-MML, Diagnosing & Re-learning, UMT, MBSD and AMCo (docs/methods/lfm.md, smv.md,
+dimml.md, relearning.md, balancebenchmark.md)."""
 
 from __future__ import annotations
 

@@ -136,7 +136,8 @@ def test_shipped_paper_files_load():
         paper = load_paper(name)
         assert paper.values and all(0 < v.value <= 100 for v in paper.values.values())
     aug = load_paper("aug_neurips25", "table1")
-    assert not aug.lookup("cremad", ["aug"], "acc").verified, "AUG Table 1 is unverified (methods.md §3.11)"
+    assert not aug.lookup("cremad", ["aug"], "acc").verified, \
+        "AUG Table 1 is unverified (docs/methods/aug.md#published-numbers)"
     assert load_paper("aug_neurips25", "figure1").lookup("cremad", ["joint"], "acc").verified
 
 

@@ -10,7 +10,6 @@ import re
 import subprocess
 from pathlib import Path
 
-import pytest
 
 from baselines.registry import list_methods
 from benchmarks.config import method_hparams
@@ -60,7 +59,6 @@ def check_target(page: Path, anchor: str, where: str) -> str | None:
     return None
 
 
-@pytest.mark.xfail(strict=False, reason="citations in files owned by other branches are rewritten at merge")
 def test_no_file_cites_the_internal_spec():
     hits = []
     for path in tracked_files():

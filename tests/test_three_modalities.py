@@ -1,6 +1,6 @@
 """Three-modality runs: every registered method that declares 3 in ``MODALITIES`` trains on the synthetic 3-modality
 data (``data.modalities=3``); the others refuse with a message naming the method, its supported counts and the
-dataset's modalities; AUG grows learners by the old NVGesture rule (methods.md §3.5, "Three modalities")."""
+dataset's modalities; AUG grows learners by the old NVGesture rule (docs/methods/aug.md#aca, "Three modalities")."""
 
 from __future__ import annotations
 

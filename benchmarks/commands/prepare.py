@@ -2,8 +2,9 @@
 
 Reads the raw media as distributed and the published split files (downloaded by pinned URL and SHA-256 verified,
 or ``--splits DIR``), computes each sample's arrays once (e.g. audio features and 1 fps frames), and writes
-``<out>/<dataset>/<recipe>-<hash8>/`` (datasets.md §7). Re-running resumes an interrupted build or does nothing for a
-finished one; ``--force`` rebuilds. See ``datasets/prepare.py`` for the steps and ``augbench list -v`` for recipes.
+``<out>/<dataset>/<recipe>-<hash8>/`` (docs/datasets/cache.md). Re-running resumes an interrupted build or does nothing
+for a finished one; ``--force`` rebuilds. See ``datasets/prepare.py`` for the steps and ``augbench list -v`` for
+recipes.
 """
 
 from __future__ import annotations

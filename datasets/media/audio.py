@@ -1,4 +1,5 @@
-"""Audio pipelines (datasets.md §4): named, deterministic waveform -> feature computations, every parameter explicit.
+"""Audio pipelines (docs/datasets/recipes.md): named, deterministic waveform -> feature computations, every parameter
+explicit.
 
 A pipeline is a frozen ``AudioPipeline``; ``PIPELINES`` holds the published ones. ``compute_features`` turns a mono
 waveform into a float32 ``(F, T)`` array; ``output_shape`` gives that shape without computing anything, and
@@ -10,10 +11,11 @@ Shared steps and their reasons:
   ``load`` default ``soxr_hq`` unless overridden. So the result equals ``librosa.load(path, sr=...)`` for WAV input.
 - Repeat: the published code repeats with ``np.tile(x, k)[:k * sr]``, which comes out short for clips under 1 s. We
   tile until the target length is reached: identical whenever the published form reaches it, full length otherwise
-  (``short`` is reported so the manifest counts such clips, datasets.md §5.12).
+  (``short`` is reported so the manifest counts such clips, docs/datasets/pitfalls.md#short-clips).
 - STFT padding: ``pad_mode`` is always passed explicitly. librosa changed its default from ``reflect`` to
-  ``constant`` in 0.9.0 (datasets.md §5.4); the default here is ``constant``, what the AUG/AMSS environment
-  (librosa 0.10.1, GitHub: njustkmg/TPAMI-AMSS, ``env.yml``) computed. Only the first and last frames depend on it.
+  ``constant`` in 0.9.0 (docs/datasets/pitfalls.md#librosa); the default here is ``constant``, what the AUG/AMSS
+  environment (librosa 0.10.1, GitHub: njustkmg/TPAMI-AMSS, ``env.yml``) computed. Only the first and last frames depend
+  on it.
 """
 
 from __future__ import annotations
@@ -159,7 +161,8 @@ PIPELINES: dict[str, AudioPipeline] = {r.name: r for r in (
     AudioPipeline("amss_stft10s_35k", "stft", 35400, 10.0,
                 follows="GitHub: njustkmg/TPAMI-AMSS, AMSS/MyDataset.py VADataset (the commented-out on-the-fly path: "
                         "librosa.load(sr=35400), tile to 10 s, clip, stft(512, 353), log)",
-                deviation="AMSS trained on pickles from an unpublished script (datasets.md §3.2); this is the "
+                deviation="AMSS trained on pickles from an unpublished script (docs/datasets/kinetics_sounds.md); this "
+                          "is the "
                           "on-the-fly path its loader documents. " + _OGM_DEV),
     AudioPipeline("pmr_spec10s", "scipy_spectrogram", 16000, 10.0, n_fft=512, hop_length=159, center=False,
                 zscore=True,

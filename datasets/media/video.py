@@ -1,15 +1,16 @@
-"""Frame extraction (datasets.md §4): frames at 1 fps from a video, or from an already extracted frame folder.
+"""Frame extraction (docs/datasets/recipes.md): frames at 1 fps from a video, or from an already extracted frame folder.
 
 From a video (``frames_1fps``, GitHub: GeWu-Lab/OGM-GE_CVPR2022, ``data/CREMAD/video_preprocessing.py``,
 ``video2frame_update``): decode every frame with PyAV and keep the first frame of every second, where a second is
 ``int(fps)`` decoded frames (truncated, as the published ``int(CAP_PROP_FPS)``). Frames are *counted as decoded*: FLV
-files written by common tools report no frame count or duration (datasets.md §5.16), and the published loop's
-``CAP_PROP_FRAME_COUNT`` bound is not trusted. The published script writes each kept frame as a JPEG and the loaders
-read it back; here the decoded frame goes straight to storage (no JPEG round trip, a declared deviation).
+files written by common tools report no frame count or duration (docs/datasets/pitfalls.md#video-metadata), and the
+published loop's ``CAP_PROP_FRAME_COUNT`` bound is not trusted. The published script writes each kept frame as a JPEG
+and the loaders read it back; here the decoded frame goes straight to storage (no JPEG round trip, a declared
+deviation).
 
 From a folder (``Image-01-FPS/<clip>/`` and friends): every image file, in natural numeric order of the file names,
 so ``00000.jpg``/``00030.jpg``, ``frame_00001.jpg``, ``frame_000010.jpg`` vs ``frame_00009.jpg`` and unpadded names all
-sort by their numbers, never by directory listing order (datasets.md §5.1–5.3).
+sort by their numbers, never by directory listing order (docs/datasets/pitfalls.md, items 1-3).
 
 Stored frames are resized to a fixed ``(H, W)`` with PIL bilinear (antialiased when shrinking), the interpolation
 the published transforms apply to PIL images.
