@@ -43,10 +43,10 @@ from torch import nn
 from aug.aca import ACA_RULES, aca_check_epochs, aca_decision, default_interval, gate_targets, running_scores
 from aug.model import RESIDUAL_TARGETS, GateNet, LearnerStack, learner_logits, sustained_boosting_loss
 from baselines.base import Loaders, Method, Prediction, StepInfo, TrainContext, confidence_scores
-from baselines.hparams import HParam, HParamError, HParams, variant_param
 from baselines.networks import build_encoders, init_model
 from baselines.registry import register
-from datasets.base import Batch, TaskSpec
+from core.data import Batch, TaskSpec
+from core.hparams import HParam, HParamError, HParams, variant_param
 
 # The official scripts' test-time weights by number of modalities: --merge_alpha 0.4 (CREMA-D, KS) and
 # --merge_alpha1/2 0.33 (NVGesture). The paper does not state them.

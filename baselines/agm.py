@@ -31,7 +31,7 @@ mod_end = e - 1 here (the defaults are the author's window 0-1500 shifted so). R
 buffers, so they survive checkpoints. Evaluation reports z_full as the fused output and phi_m as the per-modality
 outputs (official ``test``).
 
-Data-parallel runs (``benchmarks.distributed``): s_m is averaged over ranks before k and the running means are
+Data-parallel runs (``core.distributed``): s_m is averaged over ranks before k and the running means are
 computed, and the gradients are averaged right after ``backward`` (the hook-scaled backward is linear in the loss),
 so the clip decision and the clipped norm are those of the global batch: a step on W ranks with B/W samples each
 equals the single-process step on B (up to BatchNorm, which normalises each rank's slice in the train-mode pass).
@@ -57,9 +57,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.base import FusionMethod, Prediction, StepInfo, TrainContext
-from baselines.hparams import HParam, HParams
 from baselines.registry import register
-from datasets.base import Batch, TaskSpec
+from core.data import Batch, TaskSpec
+from core.hparams import HParam, HParams
 
 # Probabilities are clamped here before the log in s_m (official CREMAD_main.py train).
 PROB_FLOOR = 1e-8

@@ -33,10 +33,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.base import FusionModel, Loaders, Method, Prediction, StepInfo, TrainContext
-from baselines.hparams import HParam, HParams
 from baselines.networks import init_model
 from baselines.registry import register
-from datasets.base import Batch, TaskSpec, seed_for
+from core.data import Batch, TaskSpec, seed_for
+from core.hparams import HParam, HParams
 
 
 def mask_ratio(epoch: int, step: int, eps: float) -> float:

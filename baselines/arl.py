@@ -56,9 +56,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.base import FusionModel, Method, Prediction, StepInfo, TrainContext
-from baselines.hparams import HParam, HParams, variant_param
 from baselines.registry import register
-from datasets.base import Batch, TaskSpec
+from core.data import Batch, TaskSpec
+from core.hparams import HParam, HParams, variant_param
 
 _TINY = torch.finfo(torch.float32).tiny
 # official main_arl_variance.py sets args.audio_weight = args.visual_weight = 0.5 during the warm-up and never again.

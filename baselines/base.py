@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.heads import build_head
-from baselines.hparams import HParam, HParams
 from baselines.networks import build_encoders, init_model
-from benchmarks import distributed
-from datasets.base import Batch, BatchLoader, TaskSpec
+from core import distributed
+from core.data import Batch, BatchLoader, TaskSpec
+from core.hparams import HParam, HParams
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class TrainContext:
     registers it so that the runner's epoch-wise LR schedule and checkpoints cover it, including parameter groups a
     method adds later through ``add_param_group`` (docs/methods/README.md#dynamic-modules). In a data-parallel run it
     also attaches ``step_pre_hook``, which averages gradients across ranks before every ``step()``
-    (``benchmarks.distributed``).
+    (``core.distributed``).
 
     A method whose step depends nonlinearly on the batch (gradient edits from batch statistics, clipping, per-loss
     gradient geometry) calls ``sync_gradients`` after ``backward`` and reduces its statistics with
@@ -100,7 +100,7 @@ class TrainContext:
     optimizers: list[torch.optim.Optimizer] = field(default_factory=list)
     lr_factor: float = 1.0
     loaders: Loaders | None = None
-    # Data-parallel runs set this to benchmarks.distributed.average_gradients; None in a single process.
+    # Data-parallel runs set this to core.distributed.average_gradients; None in a single process.
     step_pre_hook: Callable[[torch.optim.Optimizer, tuple, dict], None] | None = None
 
     def make_optimizer(self, params: Iterable, *, lr: float | None = None, name: str | None = None,
@@ -152,7 +152,7 @@ class TrainContext:
         """Make these parameters' gradients equal on every rank now; the pre-step hook then leaves them alone.
 
         Call it after the last ``backward`` before ``step`` and edit the synced gradients only with reduced
-        statistics, identically on every rank. See ``benchmarks.distributed.sync_gradients``.
+        statistics, identically on every rank. See ``core.distributed.sync_gradients``.
 
         Args:
             params: the parameters whose ``.grad`` to synchronise.
@@ -192,7 +192,7 @@ class Method(nn.Module):
         MODALITIES: the numbers of modalities the method supports.
         DATA_PARALLEL: required, one of ``DATA_PARALLEL_LEVELS``, with a comment saying why. ``"exact"``: W ranks
             with B/W samples each take the single-process steps and decisions on the global batch B (up to
-            BatchNorm batch statistics, see ``benchmarks.distributed``); ``"approximate"``: something in its step
+            BatchNorm batch statistics, see ``core.distributed``); ``"approximate"``: something in its step
             or hooks comes from each rank's slice (per-rank decisions, batch statistics, per-rank random draws);
             ``"unsupported"``: the runner refuses to run it under torchrun.
     """

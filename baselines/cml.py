@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from baselines.base import FusionMethod, Loaders, StepInfo, TrainContext
-from baselines.hparams import HParam, HParams
 from baselines.registry import register
-from datasets.base import Batch, TaskSpec, seed_for
+from core.data import Batch, TaskSpec, seed_for
+from core.hparams import HParam, HParams
 
 
 def cml_loss(z: torch.Tensor, z_uni: Mapping[str, torch.Tensor], bias: torch.Tensor, order: Sequence[str],

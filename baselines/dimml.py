@@ -44,10 +44,10 @@ from torch import nn
 
 from baselines.base import Loaders, Method, Prediction, StepInfo, TrainContext
 from baselines.heads import ConcatHead
-from baselines.hparams import HParam, HParams
 from baselines.networks import build_encoders, init_model
 from baselines.registry import register
-from datasets.base import Batch, BatchLoader, TaskSpec
+from core.data import Batch, BatchLoader, TaskSpec
+from core.hparams import HParam, HParams
 
 
 def effective_dims(features: torch.Tensor, labels: torch.Tensor, num_classes: int, chunk: int = 1024

@@ -31,28 +31,16 @@ get the same Kaiming-normal (fan_out) rule here.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 import torch
 from torch import nn
 
-from datasets.base import ModalitySpec
-from datasets.recipes.audio import MissingExtraError
+from core.data import ModalitySpec
+from core.extras import require_transformers
 
 FRAME_ENCODERS = ("resnet18", "resnet50", "i3d")
 TEXT_ENCODERS = ("bert", "embedding")
 TEXT_POOLS = ("pooler", "cls", "mean")
 SEQUENCE_ENCODERS = ("mlp", "gru", "transformer")
-
-
-def require_transformers() -> Any:
-    """Import ``transformers`` or explain which extra installs it."""
-    try:
-        return importlib.import_module("transformers")
-    except ImportError as err:
-        raise MissingExtraError("the BERT text encoder and tokenizer need the 'transformers' package: pip install "
-                                "'augbench[text]' (or set model.text_encoder=embedding)") from err
 
 
 class BertTextEncoder(nn.Module):

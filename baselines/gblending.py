@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 
 from baselines.base import FusionMethod, FusionModel, Loaders, StepInfo, TrainContext
-from baselines.hparams import HParam, HParams
 from baselines.registry import register
-from datasets.base import Batch, TaskSpec
+from core.data import Batch, TaskSpec
+from core.hparams import HParam, HParams
 
 FUSED = "fused"
 # Stands in for a zero overfitting change O, which would otherwise divide by zero.

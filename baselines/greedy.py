@@ -47,10 +47,10 @@ from torch import nn
 
 from baselines.base import Method, Prediction, StepInfo, TrainContext
 from baselines.heads import ConcatHead
-from baselines.hparams import HParam, HParams
 from baselines.networks import ResNetTrunk, init_model
 from baselines.registry import register
-from datasets.base import Batch, TaskSpec
+from core.data import Batch, TaskSpec
+from core.hparams import HParam, HParams
 
 
 def speed_ratio(params: Iterable[nn.Parameter]) -> torch.Tensor:

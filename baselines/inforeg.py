@@ -40,9 +40,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.base import FusionMethod, Loaders, StepInfo, TrainContext, confidence_scores
-from baselines.hparams import HParam, HParams
 from baselines.registry import register
-from datasets.base import Batch, TaskSpec
+from core.data import Batch, TaskSpec
+from core.hparams import HParam, HParams
 
 
 def prime_window_indicator(traces: Sequence[float], window: int) -> float:

@@ -48,10 +48,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.base import Method, Prediction, StepInfo, TrainContext
-from baselines.hparams import HParam, HParams
 from baselines.networks import build_encoders, init_model
 from baselines.registry import register
-from datasets.base import Batch, TaskSpec
+from core.data import Batch, TaskSpec
+from core.hparams import HParam, HParams
 
 
 def slerp(x: torch.Tensor, y: torch.Tensor, lam_x: torch.Tensor, lam_y: torch.Tensor) -> torch.Tensor:

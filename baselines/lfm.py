@@ -44,9 +44,9 @@ import torch
 import torch.nn.functional as F
 
 from baselines.base import FusionModel, Loaders, Method, Prediction, RowSelection, StepInfo, TrainContext
-from baselines.hparams import HParam, HParams
 from baselines.registry import register
-from datasets.base import Batch, BatchLoader, TaskSpec, seed_for
+from core.data import Batch, BatchLoader, TaskSpec, seed_for
+from core.hparams import HParam, HParams
 
 # Crema_epoch.py getAlpha_Learnable_Fitted, coef_alpha1 (alpha_cls); coef_alpha2 is exactly 1 minus it.
 FITTED_COEFFICIENTS = (2.04623704e-01, 3.35472727e-03, 1.22989557e-04, -2.92947416e-06, 2.23835486e-08,

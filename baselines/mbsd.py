@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from baselines.base import FusionMethod, StepInfo
-from baselines.hparams import HParam
 from baselines.registry import register
-from datasets.base import Batch
+from core.data import Batch
+from core.hparams import HParam
 
 
 def mbsd_terms(z_a: torch.Tensor, z_v: torch.Tensor, labels: torch.Tensor, kl_form: str = "bb_literal"

@@ -52,14 +52,13 @@ Food-101), StepLR step 50 (15 for Food-101); set through a config file.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 
 from baselines.base import FusionModel, Loaders, Method, Prediction, StepInfo, TrainContext
-from baselines.hparams import HParam, HParams
 from baselines.registry import register
-from datasets.base import Batch, TaskSpec
+from core.data import Batch, TaskSpec
+from core.hparams import HParam, HParams
 
 
 def misaligned_rows(h1: torch.Tensor, h2: torch.Tensor, y: torch.Tensor, perm: torch.Tensor

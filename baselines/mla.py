@@ -48,10 +48,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.base import Method, Prediction, StepInfo, TrainContext
-from baselines.hparams import HParam, HParams
 from baselines.networks import build_encoders, init_model
 from baselines.registry import register
-from datasets.base import Batch, TaskSpec
+from core.data import Batch, TaskSpec
+from core.hparams import HParam, HParams
 
 
 def owm_update(P: torch.Tensor, r: torch.Tensor, a: float, form: str = "paper") -> torch.Tensor:

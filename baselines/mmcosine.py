@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from baselines.base import FusionMethod, Prediction, StepInfo
-from baselines.hparams import HParam, variant_param
 from baselines.registry import register
-from datasets.base import Batch
+from core.data import Batch
+from core.hparams import HParam, variant_param
 
 
 def cosine_logits(h: Mapping[str, torch.Tensor], weight: torch.Tensor, bounds: Mapping[str, tuple[int, int]],

@@ -23,7 +23,7 @@ With no conflict (c > 0) new = g_sum, so MMPareto is the uniform baseline (``bas
 gradients x1.5. The two-task rule is per encoder and only ever involves L_mm and that encoder's own unimodal loss, so
 it applies unchanged to 3 modalities.
 
-Data-parallel runs (``benchmarks.distributed``): the per-loss gradients are averaged over ranks (one collective)
+Data-parallel runs (``core.distributed``): the per-loss gradients are averaged over ranks (one collective)
 before the cosine test and the min-norm weights, so the gradients the rule combines, and the summed ones, are the
 global batch's; the resulting gradients are equal on every rank and skip the pre-step average. A step on W ranks
 with B/W samples each equals the single-process step on B (up to BatchNorm, which normalises each rank's slice).
@@ -52,9 +52,9 @@ import torch
 import torch.nn.functional as F
 
 from baselines.base import FusionModel, Method, Prediction, StepInfo, TrainContext
-from baselines.hparams import HParam, HParams, variant_param
 from baselines.registry import register
-from datasets.base import Batch, TaskSpec
+from core.data import Batch, TaskSpec
+from core.hparams import HParam, HParams, variant_param
 
 _TINY = torch.finfo(torch.float32).tiny
 

@@ -46,9 +46,9 @@ import torch
 import torch.nn.functional as F
 
 from baselines.base import FusionMethod, Loaders, StepInfo, TrainContext, zero_grad
-from baselines.hparams import HParam, HParams
 from baselines.registry import register
-from datasets.base import Batch, TaskSpec
+from core.data import Batch, TaskSpec
+from core.hparams import HParam, HParams
 
 
 def smoothed_loss(previous_raw: float | None, raw: float, weight_previous: float) -> float:

@@ -37,9 +37,9 @@ import torch
 import torch.nn.functional as F
 
 from baselines.base import FusionMethod, Loaders, StepInfo, TrainContext
-from baselines.hparams import HParam, HParams, variant_param
 from baselines.registry import register
-from datasets.base import Batch, BatchLoader, TaskSpec
+from core.data import Batch, BatchLoader, TaskSpec
+from core.hparams import HParam, HParams, variant_param
 
 
 def mslr_step(memory: Sequence[float], acc: float, ratio: float, window: int) -> tuple[float, list[float]]:

@@ -12,10 +12,17 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from baselines.encoders import (FRAME_ENCODERS, SEQUENCE_ENCODERS, TEXT_ENCODERS, TEXT_POOLS, build_frames_encoder,
-                                build_sequence_encoder, build_text_encoder)
-from baselines.hparams import HParam
-from datasets.base import ModalitySpec
+from baselines.encoders import (
+    FRAME_ENCODERS,
+    SEQUENCE_ENCODERS,
+    TEXT_ENCODERS,
+    TEXT_POOLS,
+    build_frames_encoder,
+    build_sequence_encoder,
+    build_text_encoder,
+)
+from core.data import ModalitySpec
+from core.hparams import HParam
 
 MODEL_HPARAMS = (
     HParam("width", 64, "ResNet stem width; 64 is ResNet-18 (docs/methods/README.md#encoders). Feature dim = "

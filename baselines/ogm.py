@@ -16,7 +16,7 @@ noise on top.
 
 Cost: as joint training (one forward, one backward), plus one pass over the encoders' conv gradients.
 
-Data-parallel runs (``benchmarks.distributed``): the gradients are averaged over ranks right after ``backward`` and
+Data-parallel runs (``core.distributed``): the gradients are averaged over ranks right after ``backward`` and
 the confidence sums are summed over ranks before k is computed, so a step on W ranks with B/W samples each equals
 the single-process step on B (up to BatchNorm, which normalises each rank's slice). OGM-GE's noise is drawn from the
 averaged gradient's std and rank 0's draw is broadcast, so it is not averaged away.
@@ -42,9 +42,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.base import FusionMethod, StepInfo, confidence_scores, conv_weights
-from baselines.hparams import HParam
 from baselines.registry import register
-from datasets.base import Batch
+from core.data import Batch
+from core.hparams import HParam
 
 # Added to the per-tensor std so that an all-zero gradient still gets a valid Normal scale (official main.py).
 NOISE_STD_EPS = 1e-8

@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 
 from baselines.base import FusionMethod, StepInfo, confidence_scores
-from baselines.hparams import HParam
 from baselines.registry import register
-from datasets.base import Batch
+from core.data import Batch
+from core.hparams import HParam
 
 
 class FeatureRescale(torch.autograd.Function):

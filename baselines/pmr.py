@@ -51,14 +51,13 @@ from typing import Mapping
 
 import torch
 import torch.nn.functional as F
-
 from torch import nn
 
 from baselines.base import FusionMethod, FusionModel, Loaders, Method, StepInfo, TrainContext, confidence_scores
-from baselines.hparams import HParam, HParams, variant_param
 from baselines.networks import FramesEncoder, SpectrogramEncoder, init_model
 from baselines.registry import register
-from datasets.base import Batch, BatchLoader, TaskSpec
+from core.data import Batch, BatchLoader, TaskSpec
+from core.hparams import HParam, HParams, variant_param
 
 
 def prototype_logits(h: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:

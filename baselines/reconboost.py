@@ -53,10 +53,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.base import Loaders, Method, Prediction, StepInfo, TrainContext
-from baselines.hparams import HParam, HParams
 from baselines.networks import build_encoders, init_model
 from baselines.registry import register
-from datasets.base import Batch, BatchLoader, TaskSpec
+from core.data import Batch, BatchLoader, TaskSpec
+from core.hparams import HParam, HParams
 
 HEAD_HIDDEN = 256  # official models/dynamic_net.py, Head.fc1
 

@@ -37,9 +37,9 @@ from sklearn.cluster import KMeans
 from sklearn.preprocessing import MinMaxScaler
 
 from baselines.base import FusionMethod, Loaders, TrainContext
-from baselines.hparams import HParam, HParams
 from baselines.registry import register
-from datasets.base import BatchLoader, TaskSpec
+from core.data import BatchLoader, TaskSpec
+from core.hparams import HParam, HParams
 
 
 def purity(labels: np.ndarray, clusters: np.ndarray) -> float:

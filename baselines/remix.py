@@ -38,15 +38,14 @@ within-subset shuffles are seeded from (run seed, epoch), so a resumed run draws
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from baselines.base import FusionMethod, Loaders, Prediction, RowSelection, StepInfo, TrainContext
-from baselines.hparams import HParam, HParams
 from baselines.registry import register
-from datasets.base import Batch, TaskSpec, seed_for
+from core.data import Batch, TaskSpec, seed_for
+from core.hparams import HParam, HParams
 
 # Probabilities are clipped below at this value before the log (official kl_divergence).
 PROB_FLOOR = 1e-9

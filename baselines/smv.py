@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 
 from baselines.base import FusionMethod, Loaders, RowSelection, StepInfo, TrainContext
-from baselines.hparams import HParam, HParams
 from baselines.registry import register
-from datasets.base import Batch, BatchLoader, TaskSpec, seed_for
+from core.data import Batch, BatchLoader, TaskSpec, seed_for
+from core.hparams import HParam, HParams
 
 
 def shapley_contributions(correct_full: np.ndarray, correct_first: np.ndarray, correct_second: np.ndarray

@@ -30,10 +30,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.base import FusionMethod, Loaders, StepInfo, TrainContext
-from baselines.hparams import HParam, HParams
 from baselines.networks import build_encoder, init_model
 from baselines.registry import register
-from datasets.base import Batch, BatchLoader, ModalitySpec, TaskSpec, seed_for
+from core.data import Batch, BatchLoader, ModalitySpec, TaskSpec, seed_for
+from core.hparams import HParam, HParams
 
 
 def umt_loss(z: torch.Tensor, labels: torch.Tensor, h: dict[str, torch.Tensor], h_teacher: dict[str, torch.Tensor],

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from baselines.base import FusionMethod, StepInfo
 from baselines.registry import register
-from datasets.base import Batch
+from core.data import Batch
 
 
 def uniform_loss(z: torch.Tensor, z_uni: Mapping[str, torch.Tensor], labels: torch.Tensor

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.base import Method, Prediction, StepInfo
-from baselines.hparams import HParam
 from baselines.networks import build_encoder, init_model
 from baselines.registry import register
+from core.hparams import HParam
 
 
 @register

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from baselines.hparams import resolve
+from core.hparams import resolve
 from datasets.audio_visual import audio_pipeline
 from datasets.cache import open_cache
 from datasets.media_loader import MediaDataset, items_from_cache

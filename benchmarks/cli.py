@@ -14,9 +14,9 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from baselines.hparams import HParamError
 from benchmarks.errors import UsageError
 from benchmarks.guard import ShadowedPackageError, check_packages
+from core.hparams import HParamError
 
 __all__ = ["COMMANDS", "UsageError", "build_parser", "command_help", "main"]
 

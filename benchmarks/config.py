@@ -16,10 +16,10 @@ from typing import Any, Mapping
 
 import yaml
 
-from baselines.hparams import HParam, HParamError, HParams, resolve, variant_param
 from baselines.networks import MODEL_HPARAMS
 from baselines.registry import get_method
 from benchmarks.errors import UsageError
+from core.hparams import HParam, HParamError, HParams, resolve, variant_param
 from datasets.registry import get_dataset
 
 TRAIN_HPARAMS = (

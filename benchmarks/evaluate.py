@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from benchmarks.records import write_json
-from benchmarks.runner import (CHECKPOINT, build_data, build_method, evaluate, seed_everything, select_device)
 from benchmarks.run_folder import load_run_config
-from datasets.base import Batch, BatchLoader, seed_for
+from benchmarks.runner import CHECKPOINT, build_data, build_method, evaluate, seed_everything, select_device
+from core.data import Batch, BatchLoader, seed_for
 
 RESULT_FILE = "missing_modality.json"
 # AUG Table 5's rates; the default of `augbench evaluate` and of a sweep's `evaluate:` section.

@@ -1,14 +1,14 @@
 """Fail early and clearly when one of our top-level packages is shadowed by another distribution.
 
-``datasets`` is also Hugging Face's import name; ``aug``, ``baselines`` and ``benchmarks`` exist on PyPI too. Each
-of our packages sets ``__aug_bench__ = True``; a foreign package of the same name does not.
+``datasets`` is also Hugging Face's import name; ``core``, ``aug``, ``baselines`` and ``benchmarks`` exist on PyPI
+too. Each of our packages sets ``__aug_bench__ = True``; a foreign package of the same name does not.
 """
 
 from __future__ import annotations
 
 import importlib
 
-PACKAGES = ("aug", "baselines", "benchmarks", "datasets")
+PACKAGES = ("core", "aug", "baselines", "benchmarks", "datasets")
 
 
 class ShadowedPackageError(ImportError):

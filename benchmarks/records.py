@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from core.provenance import git_commit
 
 WANDB_MODES = ("online", "offline", "disabled")
 
@@ -89,15 +90,6 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def environment(device) -> dict[str, Any]:

@@ -34,12 +34,21 @@ from baselines.base import Loaders, Method, RowSelection, StepInfo, TrainContext
 from baselines.networks import compile_encoders
 from baselines.registry import get_method
 from benchmarks.config import RunConfig, check_resume_config, config_digest
-from benchmarks.distributed import DistContext, init_from_env, shutdown
 from benchmarks.errors import UsageError
 from benchmarks.metrics import classification_metrics
-from benchmarks.records import (WandbSink, atomic_torch_save, environment, read_jsonl, resolve_wandb_mode,
-                                write_json, write_jsonl, write_yaml)
-from datasets.base import BatchLoader, DataBundle
+from benchmarks.records import (
+    WandbSink,
+    atomic_torch_save,
+    environment,
+    read_jsonl,
+    resolve_wandb_mode,
+    write_json,
+    write_jsonl,
+    write_yaml,
+)
+from core.data import BatchLoader
+from core.distributed import DistContext, init_from_env, shutdown
+from datasets.base import DataBundle
 from datasets.registry import get_dataset
 
 CHECKPOINT = "checkpoint.pt"
@@ -165,7 +174,7 @@ def build_method(cfg: RunConfig, bundle: DataBundle, device: torch.device,
 def make_loaders(cfg: RunConfig, bundle: DataBundle, device: torch.device, rank: int = 0,
                  world_size: int = 1) -> Loaders:
     """The run's loaders; with ``world_size`` > 1 the training loader serves this rank's share of each global batch
-    of ``train.batch_size`` samples (``benchmarks.distributed``)."""
+    of ``train.batch_size`` samples (``core.distributed``)."""
     seed, bs, ebs = cfg.train.seed, cfg.train.batch_size, cfg.train.eval_batch_size
     if bs % world_size:
         raise ValueError(f"train.batch_size={bs} is the global batch and must be divisible by the {world_size} "
@@ -261,7 +270,7 @@ def train_run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, extend_epo
     additionally lets ``cfg.train.epochs`` exceed the run's: the extension is recorded in ``extensions.json`` and
     the summary, and a finished run trains on. Ctrl-C raises ``RunInterrupted``, whose message names the epoch and
     the command that resumes. Under torchrun (``WORLD_SIZE`` > 1) every rank calls this and trains data-parallel;
-    only rank 0 writes files (``benchmarks.distributed``)."""
+    only rank 0 writes files (``core.distributed``)."""
     ddp, created = init_from_env(cfg.train.device)
     try:
         return _train_run(cfg, run_dir, ddp, resume=resume, extend_epochs=extend_epochs, wandb_mode=wandb_mode,

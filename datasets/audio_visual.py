@@ -19,10 +19,17 @@ from typing import Any, ClassVar, Mapping, Sequence
 import numpy as np
 import torch
 
-from baselines.hparams import HParam, HParams, resolve
-from datasets.augment import (FRAME_COUNT_KEY, FRAME_RULES, FRAME_START_KEY, RESAMPLE_MODES, RESIDENT_MODES,
-                              ROWS_KEY, AVAugment)
-from datasets.base import Augment, Gather, ModalitySpec, TaskSpec
+from core.data import Augment, Gather, ModalitySpec, TaskSpec
+from core.hparams import HParam, HParams, resolve
+from datasets.augment import (
+    FRAME_COUNT_KEY,
+    FRAME_RULES,
+    FRAME_START_KEY,
+    RESAMPLE_MODES,
+    RESIDENT_MODES,
+    ROWS_KEY,
+    AVAugment,
+)
 from datasets.cache import ArraySpec, Cache
 from datasets.media import MediaError
 from datasets.media.audio import AudioPipeline, features_from_file, get_pipeline, require_backend

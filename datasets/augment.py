@@ -32,7 +32,7 @@
 Every random number comes from the CPU ``torch.Generator`` the loader passes (seeded by run seed and epoch), drawn in
 a fixed order (frame offsets, crop boxes, flips, audio starts), so CPU and GPU runs see the same frames, crops and
 flips and an interrupted epoch replays exactly; evaluation draws nothing. The batch keys starting with ``_`` that
-the gather fills stay on the host (``datasets.base.BatchLoader``), so choosing frames never waits for the device.
+the gather fills stay on the host (``core.data.BatchLoader``), so choosing frames never waits for the device.
 
 Frame rules: ``segments`` splits a clip's n frames into T equal segments and takes a uniformly random frame of each
 (train) or its middle frame (test), i.e. index ``floor((i + u) * n / T)`` with u ~ U[0, 1) or u = 0.5, so clips
@@ -53,7 +53,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datasets.base import Batch
+from core.data import Batch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

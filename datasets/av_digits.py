@@ -63,9 +63,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import yaml
 
-from baselines.hparams import HParam, HParamError, resolve
+from core.data import seed_for
+from core.hparams import HParam, HParamError, resolve
 from datasets import espeak
-from datasets.base import seed_for
 
 GENERATOR_VERSION = "1.0.0"
 ROOT_NAME = "AV-Digits"

@@ -29,12 +29,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Mapping
 
-from baselines.hparams import HParams
+from core.hparams import HParams
 from datasets.audio_visual import AVCacheDataset, Layout, av_hparams
 from datasets.prepared import Recipe
 from datasets.registry import register_dataset
-from datasets.tables import PrepareError, PrepareOptions, SplitTables
 from datasets.splits import parse_class_list, parse_label_csv
+from datasets.tables import PrepareError, PrepareOptions, SplitTables
 
 RECIPES = {
     "ogm": Recipe("OGM-GE/AGM/InfoReg/AMSS CREMA-D audio: 22.05 kHz, 3 s, STFT 512/353, log -> 257x188",

@@ -25,7 +25,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping
 
-from baselines.hparams import HParam, HParams
+from core.hparams import HParam, HParams
 from datasets.image_text import ImageAugment, ImageTextDataset, find_image, image_text_settings
 from datasets.prepared import Recipe, cache_hparams
 from datasets.registry import register_dataset

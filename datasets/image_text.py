@@ -21,9 +21,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from baselines.encoders import require_transformers
-from baselines.hparams import HParam, HParams
-from datasets.base import Augment, Batch, Gather, ModalitySpec, TaskSpec
+from core.data import Augment, Batch, Gather, ModalitySpec, TaskSpec
+from core.extras import require_transformers
+from core.hparams import HParam, HParams
 from datasets.cache import ArraySpec, Cache
 from datasets.media import MediaError
 from datasets.media.video import load_image

@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
-from baselines.hparams import HParams
+from core.hparams import HParams
 from datasets.audio_visual import AVCacheDataset, Layout, av_hparams
 from datasets.prepared import Recipe
 from datasets.registry import register_dataset

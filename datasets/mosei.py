@@ -30,8 +30,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from baselines.hparams import HParam, HParams
-from datasets.base import Augment, Gather, ModalitySpec, TaskSpec, identity_augment
+from core.data import Augment, Gather, ModalitySpec, TaskSpec, identity_augment
+from core.hparams import HParam, HParams
 from datasets.cache import ArraySpec, Cache
 from datasets.media import MediaError
 from datasets.prepared import PreparedDataset, Recipe, Record, cache_hparams

@@ -41,9 +41,9 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from baselines.hparams import HParam, HParams
+from core.data import Augment, Batch, Gather, ModalitySpec, TaskSpec
+from core.hparams import HParam, HParams
 from datasets.augment import IMAGENET_MEAN, IMAGENET_STD
-from datasets.base import Augment, Batch, Gather, ModalitySpec, TaskSpec
 from datasets.cache import ArraySpec, Cache
 from datasets.media import MediaError
 from datasets.prepared import PreparedDataset, Recipe, Record, cache_hparams

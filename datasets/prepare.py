@@ -45,12 +45,12 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from baselines.hparams import HParams
+from core.hparams import HParams
+from core.provenance import git_commit, library_versions
 from datasets.base import stratified_holdout
 from datasets.cache import CACHE_VERSION, ArraySpec, default_cache_root, options_hash, write_index
 from datasets.media import MediaError, is_lfs_pointer, lfs_error
 from datasets.prepared import PreparedDataset, Record
-from datasets.provenance import git_commit, library_versions
 from datasets.sources import FetchedFile, fetch_split_files
 from datasets.splits import DUPLICATE_POLICIES
 from datasets.tables import Dropped, PrepareError, PrepareOptions, SplitTables

@@ -19,10 +19,19 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from baselines.hparams import HParam, HParams, resolve
-from datasets.base import Augment, DataBundle, Gather, TaskSpec
-from datasets.cache import (TRAIN_SPLITS, ArraySpec, Cache, CacheError, default_cache_root, find_caches, open_cache,
-                            served_splits)
+from core.data import Augment, Gather, TaskSpec
+from core.hparams import HParam, HParams, resolve
+from datasets.base import DataBundle
+from datasets.cache import (
+    TRAIN_SPLITS,
+    ArraySpec,
+    Cache,
+    CacheError,
+    default_cache_root,
+    find_caches,
+    open_cache,
+    served_splits,
+)
 from datasets.registry import Dataset
 from datasets.tables import PrepareOptions, Sample, SplitTables
 

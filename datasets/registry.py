@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import ClassVar
 
-from baselines.hparams import HParam, HParams
+from core.hparams import HParam, HParams
 from datasets.base import DataBundle
 
 DATASET_MODULES = (

@@ -16,7 +16,7 @@ not read: convert them to the TSV layout first. Recipe ``amss`` as for Twitter-2
 
 from __future__ import annotations
 
-from baselines.hparams import HParam
+from core.hparams import HParam
 from datasets.image_text import AMSS_RECIPES, AMSS_SETTINGS, TsvImageTextDataset
 from datasets.prepared import cache_hparams
 from datasets.registry import register_dataset

@@ -13,8 +13,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from baselines.hparams import HParam
-from datasets.base import DataBundle, ModalitySpec, TaskSpec
+from core.data import ModalitySpec, TaskSpec
+from core.hparams import HParam
+from datasets.base import DataBundle
 from datasets.registry import Dataset, register_dataset
 
 

@@ -21,7 +21,7 @@ Twitter-15 statistics. Labels are class indices; AMSS serves them one-hot, we se
 
 from __future__ import annotations
 
-from baselines.hparams import HParam
+from core.hparams import HParam
 from datasets.image_text import AMSS_RECIPES, AMSS_SETTINGS, TsvImageTextDataset
 from datasets.prepared import cache_hparams
 from datasets.registry import register_dataset

@@ -40,9 +40,9 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from baselines.hparams import HParam, HParams
+from core.data import Augment, Batch, Gather, ModalitySpec, TaskSpec
+from core.hparams import HParam, HParams
 from datasets.augment import IMAGENET_MEAN, IMAGENET_STD
-from datasets.base import Augment, Batch, Gather, ModalitySpec, TaskSpec
 from datasets.cache import ArraySpec, Cache
 from datasets.media import MediaError
 from datasets.media.video import extract_frames, frame_files, load_image

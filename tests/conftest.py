@@ -10,9 +10,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from baselines.base import TrainContext  # noqa: E402
-from baselines.hparams import resolve  # noqa: E402
 from baselines.networks import MODEL_HPARAMS  # noqa: E402
 from benchmarks.config import TRAIN_HPARAMS  # noqa: E402
+from core.hparams import resolve  # noqa: E402
 from datasets.registry import get_dataset  # noqa: E402
 
 torch.set_num_threads(1)

@@ -16,9 +16,9 @@ from aug.aca import aca_check_epochs, aca_decision, default_interval, gate_targe
 from aug.method import AUG
 from aug.model import LearnerStack, learner_logits, sustained_boosting_loss
 from baselines.base import Loaders, StepInfo
-from baselines.hparams import HParamError, resolve
 from benchmarks.config import TRAIN_HPARAMS, build_config, load_config_file, method_hparams
 from benchmarks.runner import train_run
+from core.hparams import HParamError, resolve
 from datasets.registry import get_dataset
 from tests.conftest import TINY_DATA, first_batch, make_context, tiny_overrides
 from tests.numeric import approx64, close

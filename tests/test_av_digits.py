@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from baselines.hparams import HParamError
+from core.hparams import HParamError
 from datasets import av_digits, espeak
 
 av = pytest.importorskip("av")

@@ -12,12 +12,19 @@ import torch.nn.functional as F
 
 from baselines.arl import ARL, arl_weights, modality_statistics
 from baselines.base import StepInfo
-from baselines.hparams import resolve
 from baselines.iprm import IPRM, kl_to_fused, rebalanced_weights, slerp
-from baselines.midas import (MIDAS, confidence_labels, hard_sample_weights, misaligned_loss, misaligned_rows,
-                             normalised_fused_confidence, weak_modality_update)
+from baselines.midas import (
+    MIDAS,
+    confidence_labels,
+    hard_sample_weights,
+    misaligned_loss,
+    misaligned_rows,
+    normalised_fused_confidence,
+    weak_modality_update,
+)
 from benchmarks.config import TRAIN_HPARAMS, load_config_file, method_hparams
-from datasets.base import ModalitySpec, TaskSpec
+from core.data import ModalitySpec, TaskSpec
+from core.hparams import resolve
 from tests.conftest import first_batch, make_context
 
 CONFIGS = Path(__file__).resolve().parents[1] / "benchmarks" / "configs"

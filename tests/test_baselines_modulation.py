@@ -14,12 +14,12 @@ from torch import nn
 from baselines.agm import GradScale, agm_coefficients, modality_losses, shapley_outputs
 from baselines.base import Loaders, StepInfo
 from baselines.heads import SumHead
-from baselines.hparams import resolve
 from baselines.ogm import modulate_gradients, ogm_coefficients
 from baselines.opm import FeatureRescale, drop_features, opm_drop_probabilities
 from baselines.pmr import CompressRecover, prototype_logits, weaker_modality
 from baselines.registry import get_method
 from benchmarks.config import method_hparams
+from core.hparams import resolve
 from datasets.registry import get_dataset
 from tests.conftest import TINY_DATA, first_batch, make_context
 from tests.numeric import approx, close

@@ -12,13 +12,13 @@ import torch.nn.functional as F
 
 from baselines.base import Loaders, StepInfo
 from baselines.cml import CML, cml_loss
-from baselines.hparams import resolve
 from baselines.inforeg import InfoReg, add_proximal_term, inforeg_betas, prime_window_indicator
 from baselines.mmcosine import MMCosine, cosine_logits
 from baselines.mmpareto import MMPareto, mmpareto_encoder_grads, pareto_weights
 from baselines.mslr import MSLR, mslr_multipliers, mslr_step
 from baselines.uniform import Uniform, uniform_loss
 from benchmarks.config import method_hparams
+from core.hparams import resolve
 from datasets.registry import get_dataset
 from tests.conftest import TINY_DATA, first_batch, make_context
 from tests.numeric import approx, approx64, close

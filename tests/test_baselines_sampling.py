@@ -14,15 +14,20 @@ import pytest
 import torch
 
 from baselines.base import Loaders, StepInfo
-from baselines.bss import (curriculum_order, pacing, pairwise_similarity, sample_losses, sampling_probabilities,
-                           weighted_permutation)
-from baselines.hparams import resolve
+from baselines.bss import (
+    curriculum_order,
+    pacing,
+    pairwise_similarity,
+    sample_losses,
+    sampling_probabilities,
+    weighted_permutation,
+)
 from baselines.registry import get_method
 from baselines.remix import EXTRA_KEY, decouple, kl_to_uniform, remix_loss, remix_sequence
 from benchmarks.config import build_config, load_config_file, method_hparams
 from benchmarks.runner import apply_selection
+from core.hparams import resolve
 from tests.conftest import first_batch, make_context
-
 
 CONFIGS = Path(__file__).resolve().parents[1] / "benchmarks" / "configs"
 

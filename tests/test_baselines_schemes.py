@@ -13,14 +13,14 @@ from torch import nn
 from baselines.base import Loaders, StepInfo
 from baselines.gblending import FUSED, blend_weight, blending_weights
 from baselines.greedy import MMTM, GreedyNet, bdr_gap, curation_target, speed_ratio
-from baselines.hparams import resolve
 from baselines.mla import entropy_gate, owm_update
 from baselines.mses import should_stop, smoothed_loss
 from baselines.networks import MODEL_HPARAMS
 from baselines.reconboost import ensemble_members, ga_term, reconciled_loss, stage_at
 from baselines.registry import get_method
 from benchmarks.config import method_hparams
-from datasets.base import ModalitySpec, TaskSpec
+from core.data import ModalitySpec, TaskSpec
+from core.hparams import resolve
 from tests.conftest import TINY_MODEL, first_batch, make_context
 from tests.numeric import approx, approx64, close, tol
 

@@ -13,7 +13,6 @@ from torch import nn
 from baselines.amco import class_mask, dependence_flags, mask_ratio
 from baselines.base import Loaders, StepInfo
 from baselines.dimml import certainty_fusion, duc_loss, effective_dims
-from baselines.hparams import resolve
 from baselines.lfm import alignment, first_block_hvp, fitted_alpha_cls, learnable_alpha_step
 from baselines.mbsd import mbsd_terms
 from baselines.registry import get_method
@@ -21,6 +20,7 @@ from baselines.relearning import interpolate_, purity, reinit_strength
 from baselines.smv import copy_counts, modality_level_rows, sample_level_rows, shapley_contributions
 from baselines.umt import umt_loss
 from benchmarks.config import method_hparams
+from core.hparams import resolve
 from tests.conftest import first_batch, make_context
 from tests.numeric import approx, approx64, close
 

@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from baselines.hparams import resolve
 from benchmarks.bench_data import benchmark_data
+from core.hparams import resolve
 from datasets.audio_visual import audio_pipeline
-from datasets.augment import (IMAGENET_MEAN, IMAGENET_STD, AVAugment, crop_boxes, frame_offsets, resize,
-                              resized_crop)
+from datasets.augment import IMAGENET_MEAN, IMAGENET_STD, AVAugment, crop_boxes, frame_offsets, resize, resized_crop
 from datasets.cache import open_cache
 from datasets.cremad import CremaD
 from datasets.media_loader import MediaDataset, items_from_cache

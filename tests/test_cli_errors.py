@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from baselines.hparams import HParamError
 from benchmarks import records
 from benchmarks.cli import INTERRUPTED, main
 from benchmarks.config import build_config
 from benchmarks.records import atomic_torch_save, write_json
+from core.hparams import HParamError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--set", "model.width=4", "--set", "model.blocks=[1,1,1,1]", "--set", "data.n_train=64",

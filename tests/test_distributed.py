@@ -15,8 +15,8 @@ from torch import nn
 
 from baselines.base import StepInfo
 from benchmarks.config import build_config
-from benchmarks.distributed import init_from_env, shutdown
 from benchmarks.runner import build_data, build_method, make_loaders, train_run
+from core.distributed import init_from_env, shutdown
 from tests.conftest import make_context, tiny_overrides
 from tests.numeric import close
 

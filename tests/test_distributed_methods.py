@@ -25,13 +25,13 @@ from torch import nn
 
 import benchmarks.runner as runner
 from baselines.base import Loaders, Method, StepInfo, TrainContext
-from baselines.hparams import resolve
 from baselines.networks import MODEL_HPARAMS
 from baselines.registry import get_method, list_methods
 from benchmarks.config import build_config, method_hparams
-from benchmarks.distributed import DistContext, RankDivergenceError, init_from_env, shutdown
 from benchmarks.runner import apply_selection, check_data_parallel
-from datasets.base import BatchLoader, ModalitySpec, TaskSpec
+from core.data import BatchLoader, ModalitySpec, TaskSpec
+from core.distributed import DistContext, RankDivergenceError, init_from_env, shutdown
+from core.hparams import resolve
 from tests.conftest import make_context, tiny_overrides
 from tests.test_distributed import WORLD, _free_port
 
@@ -63,7 +63,7 @@ OVERRIDES = {
 # Methods whose exactness rests on the sync/reduce API: without it their steps must differ.
 SENSITIVE = ("ogm", "ogm_ge", "agm", "mmpareto", "gblending", "arl", "iprm")
 # Logged statistics that must be the global batch's (losses are logged per rank and are not compared).
-GLOBAL_LOGS = ("coeff_", "k_", "cos_", "w_", "lam_hat_")
+GLOBAL_LOGS = ("coeff_", "k_", "cos_", "w_audio", "w_visual", "lam_hat_")
 
 
 class LocalContext(TrainContext):

@@ -8,12 +8,25 @@ import pytest
 import torch
 from torch import nn
 
-from baselines.encoders import (BertTextEncoder, EmbeddingTextEncoder, GRUSequenceEncoder, I3DEncoder,
-                                ResNet50Encoder, TransformerSequenceEncoder)
-from baselines.hparams import resolve
-from baselines.networks import MODEL_HPARAMS, FramesEncoder, MLPEncoder, apply_unless_kept, build_encoder, \
-    init_model, weight_init
-from datasets.base import ModalitySpec
+from baselines.encoders import (
+    BertTextEncoder,
+    EmbeddingTextEncoder,
+    GRUSequenceEncoder,
+    I3DEncoder,
+    ResNet50Encoder,
+    TransformerSequenceEncoder,
+)
+from baselines.networks import (
+    MODEL_HPARAMS,
+    FramesEncoder,
+    MLPEncoder,
+    apply_unless_kept,
+    build_encoder,
+    init_model,
+    weight_init,
+)
+from core.data import ModalitySpec
+from core.hparams import resolve
 from tests.more_fixtures import TINY_TEXT_MODEL, VOCAB
 from tests.numeric import close, tol
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from baselines.hparams import HParam, HParamError, parse_assignments, resolve, variant_param
+from core.hparams import HParam, HParamError, parse_assignments, resolve, variant_param
 
 DECLARED = (
     HParam("alpha", 0.8, "OGM-GE README", per_dataset={"vggsound": 0.1}),

@@ -1,4 +1,4 @@
-"""Our four top-level packages are ours; a shadowing 'datasets' (e.g. Hugging Face's) gives a clear message."""
+"""Our five top-level packages are ours; a shadowing 'datasets' (e.g. Hugging Face's) gives a clear message."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["aug", "baselines", "benchmarks", "datasets"])
+@pytest.mark.parametrize("name", ["core", "aug", "baselines", "benchmarks", "datasets"])
 def test_package_resolves_to_this_project(name):
     module = __import__(name)
     assert Path(module.__file__).resolve().parent == ROOT / name

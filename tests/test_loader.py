@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from datasets.base import BatchLoader, stratified_holdout
+from core.data import BatchLoader
+from datasets.base import stratified_holdout
 
 N = 100
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from baselines.base import Loaders, StepInfo
-from baselines.hparams import resolve
 from baselines.registry import list_methods
 from benchmarks.config import method_hparams
+from core.hparams import resolve
 from tests.conftest import first_batch, make_context
 
 METHODS = sorted(list_methods())

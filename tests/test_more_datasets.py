@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from baselines.hparams import resolve
 from benchmarks.cli import main
 from benchmarks.config import build_config
 from benchmarks.runner import train_run
+from core.hparams import resolve
 from datasets.cache import open_cache
 from datasets.food101 import CLASSES as FOOD_CLASSES
 from datasets.food101 import Food101, parse_titles_csv
@@ -32,9 +32,21 @@ from datasets.tables import PrepareError, PrepareOptions
 from datasets.twitter2015 import Twitter2015
 from datasets.ucf101 import UCF101, bb_offsets, parse_class_index
 from tests.conftest import TINY_TRAIN
-from tests.more_fixtures import (CLASS_COLOURS, FOOD_CLASSES as FIXTURE_FOOD, TINY_TEXT_MODEL, UCF_CLASSES,
-                                 class_text, frame_level, make_food101, make_image_text, make_mosei, make_nvgesture,
-                                 make_ucf101, write_lines, write_vocab)
+from tests.more_fixtures import (
+    CLASS_COLOURS,
+    TINY_TEXT_MODEL,
+    UCF_CLASSES,
+    class_text,
+    frame_level,
+    make_food101,
+    make_image_text,
+    make_mosei,
+    make_nvgesture,
+    make_ucf101,
+    write_lines,
+    write_vocab,
+)
+from tests.more_fixtures import FOOD_CLASSES as FIXTURE_FOOD
 
 pytest.importorskip("transformers")
 

@@ -14,8 +14,8 @@ import pytest
 
 import datasets.audio_visual as av
 import datasets.prepare as prep
-from baselines.hparams import resolve
 from benchmarks.cli import main
+from core.hparams import resolve
 from datasets.audio_visual import audio_pipeline
 from datasets.ave import AVE
 from datasets.base import stratified_holdout
@@ -26,8 +26,17 @@ from datasets.media.audio import MissingExtraError, features_from_file
 from datasets.prepare import prepare
 from datasets.tables import PrepareError, PrepareOptions
 from datasets.vggsound import VGGSound
-from tests.media_fixtures import (EMOTIONS, make_ave, make_cremad, make_kinetics_sounds, make_vggsound,
-                                  second_level, write_lfs_pointer, write_lines, write_video)
+from tests.media_fixtures import (
+    EMOTIONS,
+    make_ave,
+    make_cremad,
+    make_kinetics_sounds,
+    make_vggsound,
+    second_level,
+    write_lfs_pointer,
+    write_lines,
+    write_video,
+)
 
 FRAME = (24, 32)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from baselines.base import DATA_PARALLEL_LEVELS, Method
-from baselines.hparams import HParamError
 from baselines.registry import METHOD_MODULES, UnknownMethodError, get_method, list_methods, register
 from benchmarks.config import build_config
+from core.hparams import HParamError
 from datasets.registry import UnknownDatasetError, get_dataset
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ from baselines.base import Method, RowSelection
 from baselines.registry import get_method, list_methods
 from benchmarks.config import build_config
 from benchmarks.runner import train_run
-from datasets.base import BatchLoader
+from core.data import BatchLoader
 from tests.conftest import tiny_overrides
 
 # Knobs that make a method's selection (or its expensive hooks) kick in within two tiny epochs.

@@ -12,15 +12,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from baselines.hparams import resolve
 from baselines.networks import compile_encoders
 from benchmarks.cli import main
 from benchmarks.config import build_config
 from benchmarks.runner import build_data, build_method
+from core.data import BatchLoader
+from core.hparams import resolve
 from datasets import augment
-from datasets.augment import (AVAugment, CacheArrays, EvalViews, crop_boxes, resize, resize_uint8, resized_crop,
-                              resized_crop_fast)
-from datasets.base import BatchLoader
+from datasets.augment import (
+    AVAugment,
+    CacheArrays,
+    EvalViews,
+    crop_boxes,
+    resize,
+    resize_uint8,
+    resized_crop,
+    resized_crop_fast,
+)
 from datasets.cremad import CremaD
 from datasets.prepare import prepare
 from datasets.tables import PrepareOptions

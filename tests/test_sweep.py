@@ -11,13 +11,25 @@ from pathlib import Path
 import pytest
 import yaml
 
-from baselines.hparams import HParamError
 from benchmarks.cli import main
 from benchmarks.config import build_config
 from benchmarks.runner import train_run
-from benchmarks.sweep import (Job, MissingEntriesError, SlurmOptions, SweepConfigError, check_config, expand,
-                              load_config, local_slots, make_executor, parse_config, run_local, run_slurm,
-                              worker_command)
+from benchmarks.sweep import (
+    Job,
+    MissingEntriesError,
+    SlurmOptions,
+    SweepConfigError,
+    check_config,
+    expand,
+    load_config,
+    local_slots,
+    make_executor,
+    parse_config,
+    run_local,
+    run_slurm,
+    worker_command,
+)
+from core.hparams import HParamError
 from tests.conftest import TINY_DATA, TINY_MODEL, TINY_TRAIN
 
 ROOT = Path(__file__).resolve().parents[1]

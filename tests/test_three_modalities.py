@@ -11,10 +11,10 @@ import torch
 
 from aug.method import AUG
 from baselines.base import Loaders
-from baselines.hparams import resolve
 from baselines.registry import list_methods
 from benchmarks.config import build_config, method_hparams
 from benchmarks.runner import train_run
+from core.hparams import resolve
 from datasets.registry import get_dataset
 from tests.conftest import TINY_DATA, make_context, tiny_overrides
 from tests.numeric import approx64

@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
-from baselines.hparams import parse_assignments, resolve
-from benchmarks.bench import (SHAPES, bench_epoch, bench_steps, markdown_data, markdown_epoch, markdown_steps)
+from benchmarks.bench import SHAPES, bench_epoch, bench_steps, markdown_data, markdown_epoch, markdown_steps
 from benchmarks.bench_data import bench_tree, benchmark_data
 from benchmarks.config import build_config, merge_overrides
 from benchmarks.records import atomic_write_text, environment, write_json
+from core.hparams import parse_assignments, resolve
 from datasets.cache import default_cache_root
 from datasets.registry import get_dataset
 

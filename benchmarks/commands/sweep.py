@@ -18,11 +18,22 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from baselines.hparams import parse_assignments
 from benchmarks.cli import UsageError
 from benchmarks.records import WANDB_MODES, resolve_wandb_mode
-from benchmarks.sweep import (LAUNCHERS, Job, LaunchOptions, PreflightError, SlurmOptions, SlurmUnavailableError,
-                              SweepBusyError, SweepConfig, check, load_config, plan)
+from benchmarks.sweep import (
+    LAUNCHERS,
+    Job,
+    LaunchOptions,
+    PreflightError,
+    SlurmOptions,
+    SlurmUnavailableError,
+    SweepBusyError,
+    SweepConfig,
+    check,
+    load_config,
+    plan,
+)
+from core.hparams import parse_assignments
 
 HELP = "run an experiment config (all methods x datasets x seeds) locally or on Slurm, resuming unfinished runs"
 

@@ -11,9 +11,9 @@ import argparse
 import json
 from pathlib import Path
 
-from baselines.hparams import parse_assignments
 from benchmarks.errors import UsageError
 from benchmarks.records import WANDB_MODES
+from core.hparams import parse_assignments
 
 HELP = "train one method on one dataset"
 

@@ -9,16 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from baselines.hparams import HParamError, resolve
 from baselines.networks import MODEL_HPARAMS
 from baselines.registry import get_method, list_methods
-from benchmarks.config import RUNNER_NAMESPACES, TRAIN_HPARAMS, RunConfig, build_config, merge_overrides, \
-    method_hparams
+from benchmarks.config import RUNNER_NAMESPACES, TRAIN_HPARAMS, RunConfig, build_config, merge_overrides, method_hparams
 from benchmarks.evaluate import RESULT_FILE
 from benchmarks.records import write_json, write_yaml
 from benchmarks.run_folder import config_sections
 from benchmarks.runner import CHECKPOINT
 from benchmarks.sweep.spec import EvaluateSpec, SweepConfig, SweepConfigError
+from core.hparams import HParamError, resolve
 from datasets.registry import get_dataset, list_datasets
 
 

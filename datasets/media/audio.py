@@ -28,15 +28,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from core.extras import MissingExtraError
 from datasets.media import MediaError, is_lfs_pointer, lfs_error
 
 AUDIO_KINDS = ("stft", "scipy_spectrogram", "kaldi_fbank")
 PAD_MODES = ("constant", "reflect", "edge", "symmetric", "wrap")
 SOUNDFILE_SUFFIXES = (".wav", ".flac", ".ogg")
-
-
-class MissingExtraError(ImportError):
-    """An optional dependency is missing; the message names the extra that installs it."""
 
 
 @dataclass(frozen=True)

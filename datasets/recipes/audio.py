@@ -1,5 +1,0 @@
-"""See ``datasets/recipes/__init__.py``."""
-
-from datasets.media.audio import MissingExtraError
-
-__all__ = ["MissingExtraError"]
