@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from baselines.base import FusionMethod, Loaders, Prediction, RowSelection, StepInfo, TrainContext
+from baselines.base import FusionMethod, Loaders, RowSelection, StepInfo, TrainContext
 from baselines.registry import register
 from core.data import Batch, TaskSpec, seed_for
 from core.hparams import HParam, HParams
@@ -155,12 +155,6 @@ class Remix(FusionMethod):
         loss.backward()
         self.optimizer.step()
         return {"loss": loss.item()}
-
-    @torch.no_grad()
-    def predict(self, batch: Batch) -> Prediction:
-        with self.ctx.autocast():
-            _, z, z_uni = self.model(self.inputs(batch))
-        return Prediction(z.float(), {m: v.float() for m, v in z_uni.items()})
 
     def on_epoch_end(self, epoch: int, loaders: Loaders) -> dict[str, float]:
         return dict(self._diag)
