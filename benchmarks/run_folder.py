@@ -11,17 +11,13 @@ from typing import Any, Mapping
 
 import yaml
 
-from benchmarks.config import RUNNER_NAMESPACES, RunConfig, build_config
+from benchmarks.config import RunConfig, build_config, config_overrides
 
 
 def config_sections(as_dict: Mapping[str, Any]) -> dict[str, Any]:
     """``RunConfig.as_dict()`` (or a run's ``config.yaml``) -> ``{"method", "dataset", "train", ..., <method>}``."""
-    method = as_dict["method"]
-    out = {"method": method, "dataset": as_dict["dataset"]}
-    for ns in RUNNER_NAMESPACES:
-        out[ns] = dict(as_dict[ns])
-    out[method] = dict(as_dict.get("hparams", {}).get(method, {}))
-    return out
+    method, dataset, sections = config_overrides(as_dict)
+    return {"method": method, "dataset": dataset, **sections}
 
 
 def build_from_sections(sections: Mapping[str, Any]) -> RunConfig:
