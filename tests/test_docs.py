@@ -159,3 +159,32 @@ def test_readme_command_prints_what_it_did(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().out == "README.md: rewrote methods, datasets table(s)\n"
     assert readme.main() == 0
     assert capsys.readouterr().out == "README.md: methods, datasets table(s) already current; nothing written\n"
+
+
+KNOB_ROW = re.compile(r"^\| `(\w+)\.(\w+)` \| `(.*?)` \| (.*?) \|")
+
+
+def test_knob_tables_state_the_declared_defaults():
+    """Every knob-table row on a method page names a declared knob with its current default and per-dataset
+    defaults (a changed default, or a removed knob, leaves a stale row otherwise)."""
+    declared = {}
+    for name, cls in list_methods().items():
+        for p in method_hparams(cls):
+            per_dataset = ", ".join(f"{k}: {v}" for k, v in p.per_dataset.items())
+            declared[f"{name}.{p.name}"] = (repr(p.default).replace("|", "\\|"), per_dataset)
+    problems, rows = [], set()
+    for page in sorted((ROOT / "docs" / "methods").glob("*.md")):
+        for i, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+            match = KNOB_ROW.match(line)
+            if not match:
+                continue
+            knob, stated = f"{match[1]}.{match[2]}", (match[3], match[4].strip())
+            rows.add(knob)
+            where = f"{page.relative_to(ROOT)}:{i}"
+            if knob not in declared:
+                problems.append(f"{where}: {knob} is not a declared knob")
+            elif stated != declared[knob]:
+                problems.append(f"{where}: {knob} states default/per-dataset {stated}, the code declares "
+                                f"{declared[knob]}")
+    problems += [f"{knob} has no row in a knob table under docs/methods/" for knob in sorted(set(declared) - rows)]
+    assert not problems, "\n".join(problems)
