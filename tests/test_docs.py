@@ -1,7 +1,8 @@
 """The documentation is self-contained: nothing cites the internal spec files, and every docs path or link resolves.
 
 A user clones the repository alone, so a citation such as "methods.md §4.13" points nowhere; code and configs cite
-papers, official repositories and the pages under ``docs/`` instead.
+papers, official repositories and the pages under ``docs/`` instead. Every registered method, dataset and method knob
+is documented, and ``python -m benchmarks.readme`` says which generated README tables it rewrote.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
 
 from baselines.registry import list_methods
 from benchmarks.config import method_hparams
@@ -114,3 +116,75 @@ def test_every_method_knob_is_documented():
     missing = [f"{name}.{p.name}" for name, cls in list_methods().items() for p in method_hparams(cls)
                if f"`{name}.{p.name}`" not in pages]
     assert not missing, f"document these knobs in docs/methods/ (their default and source): {missing}"
+
+
+def _readme(tmp_path: Path, methods: str, datasets: str) -> Path:
+    path = tmp_path / "README.md"
+    path.write_text(f"intro\n<!-- methods:begin -->\n{methods}<!-- methods:end -->\nmiddle\n"
+                    f"<!-- datasets:begin -->\n{datasets}<!-- datasets:end -->\noutro\n", encoding="utf-8")
+    return path
+
+
+def test_readme_refresh_rewrites_only_stale_blocks_and_says_so(tmp_path, monkeypatch):
+    from benchmarks.readme import refresh, report
+    blocks = {"methods": lambda: "| m |\n", "datasets": lambda: "| d |\n"}
+    path = _readme(tmp_path, "| old |\n", "| d |\n")
+    assert refresh(path, blocks) == ["methods"]
+    assert path.read_text(encoding="utf-8") == ("intro\n<!-- methods:begin -->\n| m |\n<!-- methods:end -->\nmiddle\n"
+                                                 "<!-- datasets:begin -->\n| d |\n<!-- datasets:end -->\noutro\n")
+    assert report(path, ["methods"], blocks) == "README.md: rewrote methods table(s)"
+
+    def no_write(*args, **kwargs):
+        raise AssertionError("an already current README must not be rewritten")
+
+    monkeypatch.setattr(Path, "write_text", no_write)
+    assert refresh(path, blocks) == []
+    assert report(path, [], blocks) == "README.md: methods, datasets table(s) already current; nothing written"
+
+
+def test_readme_refresh_names_a_missing_block(tmp_path):
+    from benchmarks.readme import refresh
+    path = tmp_path / "README.md"
+    path.write_text("<!-- methods:begin -->\nx\n<!-- methods:end -->\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="datasets:begin"):
+        refresh(path, {"methods": lambda: "x\n", "datasets": lambda: "y\n"})
+    assert path.read_text(encoding="utf-8") == "<!-- methods:begin -->\nx\n<!-- methods:end -->\n"
+
+
+def test_readme_command_prints_what_it_did(tmp_path, monkeypatch, capsys):
+    import benchmarks.readme as readme
+    path = _readme(tmp_path, "stale\n", "stale\n")
+    monkeypatch.setattr(readme, "README", path)
+    assert readme.main() == 0
+    assert capsys.readouterr().out == "README.md: rewrote methods, datasets table(s)\n"
+    assert readme.main() == 0
+    assert capsys.readouterr().out == "README.md: methods, datasets table(s) already current; nothing written\n"
+
+
+KNOB_ROW = re.compile(r"^\| `(\w+)\.(\w+)` \| `(.*?)` \| (.*?) \|")
+
+
+def test_knob_tables_state_the_declared_defaults():
+    """Every knob-table row on a method page names a declared knob with its current default and per-dataset
+    defaults (a changed default, or a removed knob, leaves a stale row otherwise)."""
+    declared = {}
+    for name, cls in list_methods().items():
+        for p in method_hparams(cls):
+            per_dataset = ", ".join(f"{k}: {v}" for k, v in p.per_dataset.items())
+            declared[f"{name}.{p.name}"] = (repr(p.default).replace("|", "\\|"), per_dataset)
+    problems, rows = [], set()
+    for page in sorted((ROOT / "docs" / "methods").glob("*.md")):
+        for i, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+            match = KNOB_ROW.match(line)
+            if not match:
+                continue
+            knob, stated = f"{match[1]}.{match[2]}", (match[3], match[4].strip())
+            rows.add(knob)
+            where = f"{page.relative_to(ROOT)}:{i}"
+            if knob not in declared:
+                problems.append(f"{where}: {knob} is not a declared knob")
+            elif stated != declared[knob]:
+                problems.append(f"{where}: {knob} states default/per-dataset {stated}, the code declares "
+                                f"{declared[knob]}")
+    problems += [f"{knob} has no row in a knob table under docs/methods/" for knob in sorted(set(declared) - rows)]
+    assert not problems, "\n".join(problems)
