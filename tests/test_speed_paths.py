@@ -28,6 +28,7 @@ from datasets.augment import (
     resize_uint8,
     resized_crop,
     resized_crop_fast,
+    resized_crop_pil,
 )
 from datasets.cremad import CremaD
 from datasets.prepare import prepare
@@ -136,17 +137,27 @@ def draws(seed: int, n: int, height: int, width: int) -> tuple[torch.Tensor, tor
     return boxes, torch.rand(n, generator=g) < augment.FLIP_PROB
 
 
-def test_training_view_is_the_drawn_crop_flipped_as_drawn_and_normalised():
+def crops_by(resample: str, frames: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Float [0, 255] (N, 3, S, S) crops of uint8 (N, H, W, 3) ``frames`` by each filter's own function."""
+    if resample == "pil":
+        return resized_crop_pil(frames, torch.arange(len(frames)), boxes, SIZE).float()
+    crop = resized_crop_fast if resample == "fast" else resized_crop
+    return crop(frames.permute(0, 3, 1, 2).float(), boxes, SIZE)
+
+
+@pytest.mark.parametrize("resample", ["pil", "fast", "exact"])
+def test_training_view_is_the_drawn_crop_flipped_as_drawn_and_normalised(resample):
     frames = smooth_images(2, 24, 32, seed=3).permute(0, 2, 3, 1).round().to(torch.uint8)
-    aug = AVAugment(frames.numpy(), num_frames=1, image_size=SIZE, frame_rule="first_k")
+    aug = AVAugment(frames.numpy(), num_frames=1, image_size=SIZE, frame_rule="first_k", resample=resample)
     seed = next(s for s in range(100) if draws(s, 2, 24, 32)[1].tolist() == [True, False])
     batch = {"audio": torch.zeros(2, 1, 4, 4, dtype=torch.float16), "label": torch.zeros(2, dtype=torch.int64),
              "_frame_start": torch.tensor([0, 1]), "_frame_count": torch.ones(2, dtype=torch.int64)}
     out = aug(batch, torch.Generator().manual_seed(seed), True)["visual"][:, :, 0]
     boxes, _ = draws(seed, 2, 24, 32)
-    crops = augment.normalize(resized_crop_fast(frames.permute(0, 3, 1, 2).float(), boxes, SIZE))
-    torch.testing.assert_close(out[0], crops[0].flip(-1), atol=1e-5, rtol=0)
-    torch.testing.assert_close(out[1], crops[1], atol=1e-5, rtol=0)
+    crops = augment.normalize(crops_by(resample, frames, boxes))
+    # Bit-identical: the same crop, flip and normalisation arithmetic, in whichever order the path runs them.
+    torch.testing.assert_close(out[0], crops[0].flip(-1), atol=0, rtol=0)
+    torch.testing.assert_close(out[1], crops[1], atol=0, rtol=0)
     assert (crops[0].flip(-1) - crops[0]).abs().max() > 0.1, "the flip is visible on these frames"
 
 
@@ -160,13 +171,18 @@ def test_eval_views_are_computed_once_and_equal_the_uint8_resize(monkeypatch):
     monkeypatch.setattr(augment, "resize_uint8", lambda x, s: calls.append(len(x)) or real(x, s))
     index = np.array([7, 2, 2, 5])
     first = views.take(index)
+
+    def resized(rows):
+        return real(frames[torch.from_numpy(rows)], SIZE).permute(0, 3, 1, 2)
+
     assert calls == [3] and views.used == 3
-    assert torch.equal(first, real(frames[torch.from_numpy(index)], SIZE))
+    assert torch.equal(first, resized(index))
     assert torch.equal(views.take(index), first) and calls == [3], "kept views are not resized again"
     more = np.array([0, 1, 2, 9])
-    assert torch.equal(views.take(more), real(frames[torch.from_numpy(more)], SIZE))
+    assert torch.equal(views.take(more), resized(more))
     assert views.used == 4 and calls == [3, 3], "beyond capacity, frames are resized on every use"
-    assert torch.equal(views.take(more), real(frames[torch.from_numpy(more)], SIZE)) and calls[-1] == 2
+    assert torch.equal(views.take(more, out=torch.empty(4, 3, SIZE, SIZE, dtype=torch.uint8)), resized(more))
+    assert calls[-1] == 2
     # The uint8 kernel is the float antialiased resize rounded, as PIL rounds each resized frame.
     as_float = resize(frames.permute(0, 3, 1, 2).float(), SIZE).permute(0, 2, 3, 1)
     assert (resize_uint8(frames, SIZE).float() - as_float).abs().max() <= 1.01
