@@ -171,10 +171,21 @@ def markdown_epoch(rows: list[dict[str, Any]], caption: str) -> str:
 
 
 def markdown_data(rows: list[dict[str, Any]], caption: str) -> str:
+    """The data benchmark's rates and ratios, then each view's serving profile (ms per sample)."""
     lines = [f"**{caption}**", "", "| view | cache loader samples/s | per-sample media loader samples/s | "
-             "cache / media | crop filter | resident |", "|---|---:|---:|---:|---|---|"]
+             "cache / media | bandwidth floor samples/s | floor / cache | GPU path host share samples/s | "
+             "host share / media | crop filter | resident |", "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
         view = "train (random crop + flip)" if r["train"] else "test (Resize, views kept)"
         lines.append(f"| {view} | {r['cache_samples_per_s']:.0f} | {r['media_samples_per_s']:.1f} | "
-                     f"{r['speedup']:.1f} | {r['resample'] if r['train'] else '–'} | {r['resident']} |")
+                     f"{r['speedup']:.1f} | {r['floor_samples_per_s']:.0f} | {r['floor_ratio']:.2f} | "
+                     f"{r['host_samples_per_s']:.0f} | {r['host_speedup']:.0f} | "
+                     f"{r['resample'] if r['train'] else '–'} | {r['resident']} |")
+    stages = list(dict.fromkeys(k for r in rows for k in r["profile_ms_per_sample"]))
+    lines += ["", "Serving profile, ms per sample (one extra pass of the cache loader with every stage timed):", "",
+              "| view | " + " | ".join(stages) + " |", "|---|" + "---:|" * len(stages)]
+    for r in rows:
+        view = "train" if r["train"] else "test"
+        cells = [f"{r['profile_ms_per_sample'][k]:.3f}" if k in r["profile_ms_per_sample"] else "–" for k in stages]
+        lines.append(f"| {view} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

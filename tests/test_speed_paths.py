@@ -318,20 +318,24 @@ def test_train_compile_compiles_the_encoders_in_place(method, expected):
 
 def test_bench_data_on_a_prepared_cache_writes_json_and_markdown(cache_path, tmp_path, capsys):
     out = tmp_path / "bench"
-    assert main(["bench", "data", "--cache", str(cache_path), "--out", str(out), "--batches", "1",
+    assert main(["bench", "data", "--cache", str(cache_path), "--out", str(out), "--batches", "1", "--rounds", "1",
                  "--batch-size", "2", "--device", "cpu", "--set", "data.resample=exact"]) == 0
     doc = json.loads((out / "data-cremad-ogm-cpu.json").read_text())
     train, test = doc["rows"]
     assert (train["train"], test["train"]) == (True, False) and train["resample"] == "exact"
-    assert train["timed_samples"] == {"cache": 2, "media": 2} and train["visual_source"] == "video"
+    assert train["timed_samples"] == {"cache": 2, "floor": 2, "host": 2, "media": 2}
+    assert train["visual_source"] == "video"
+    assert {"crop/resize", "flip", "conversion", "normalisation"} <= set(train["profile_ms_per_sample"])
+    assert "crop/resize" not in test["profile_ms_per_sample"], "the test view crops nothing"
     table = (out / "data-cremad-ogm-cpu.md").read_text()
-    assert table.count("\n| ") == 3 and "train (random crop + flip)" in table and "test (Resize" in table
+    assert table.count("\n| ") == 6 and "train (random crop + flip)" in table and "test (Resize" in table
+    assert "Serving profile, ms per sample" in table and "| floor / cache |" in table
 
 
 def test_bench_data_generates_and_reuses_a_jpeg_tree(tmp_path, capsys):
     work, out = tmp_path / "work", tmp_path / "bench"
     args = ["bench", "data", "--work", str(work), "--preset", "tiny", "--recipe", "ogm", "--out", str(out),
-            "--batches", "1", "--batch-size", "2", "--device", "cpu"]
+            "--batches", "1", "--rounds", "1", "--batch-size", "2", "--device", "cpu"]
     assert main(args) == 0
     frames = sorted((work / "data" / "AV-Digits" / "Image-01-FPS").iterdir())
     assert frames and sorted(p.name for p in frames[0].iterdir())[:2] == ["00000.jpg", "00030.jpg"]
