@@ -255,8 +255,8 @@ def resized_crop_pil(frames: torch.Tensor, index: torch.Tensor, boxes: torch.Ten
     rows).
 
     Only the crop's pixels are read, and nothing is converted to float on the CPU: ``integer`` (default: on a CPU)
-    runs torch's uint8 channels-last kernel, PIL's fixed-point arithmetic, which equals PIL's ``resize`` of the
-    cropped image up to one level in rare pixels (``tests/test_serving_buffers.py``). Elsewhere (CUDA has no uint8
+    runs torch's uint8 channels-last kernel, PIL-style fixed-point arithmetic, within two grey levels of PIL's
+    ``resize`` of the cropped image, in a few percent of the pixels (``tests/test_serving_buffers.py``). Elsewhere (CUDA has no uint8
     antialiased kernel) the same filter runs in float32 and is rounded, within one level of the integer kernel. One
     kernel call per frame: the crops differ in size, and the batched filters (``resized_crop``, ``resized_crop_fast``)
     need every whole frame in float first, which costs more than the per-call overhead.
@@ -333,8 +333,9 @@ class BufferRing:
     A fresh CPU allocation of this size pays a page fault for every page it touches (it bypasses the allocator's free
     lists), a pinned one a driver call. ``get`` hands out a view of a kept buffer when nothing else holds that
     buffer's memory any more (every tensor of the batch it served was dropped) and, for a host buffer an asynchronous
-    copy reads, once that copy has finished (``fence``); otherwise it allocates. So a batch the caller keeps is never
-    overwritten, and values never depend on the reuse.
+    copy reads, once that copy has finished (``fence``); otherwise it allocates, and the new buffer replaces the
+    oldest kept one once ``depth`` are kept. So a batch the caller keeps is never overwritten, and values never depend
+    on the reuse.
 
     Args:
         depth: buffers kept per (name, shape, dtype, device, pinned).
@@ -362,8 +363,10 @@ class BufferRing:
                 return slot.tensor.view(slot.tensor.shape)
         tensor = torch.empty(shape, dtype=dtype, device=device, pin_memory=pin)
         self.allocations += 1
-        if len(slots) < self.depth:
-            slots.append(_Slot(tensor))
+        if len(slots) >= self.depth:
+            # All kept buffers are held (the caller keeps batches): forget the oldest, which stays its caller's.
+            slots.pop(0)
+        slots.append(_Slot(tensor))
         return tensor.view(tensor.shape)
 
     def fence(self, tensor: torch.Tensor, event: object) -> None:
@@ -625,6 +628,10 @@ class AVAugment:
         self.resample = resample
         # Set to a ``StageTimes`` to profile the serving stages (``augbench bench data``).
         self.times: StageTimes | None = None
+        # None: decided by the device (see ``resized_crop_pil`` and ``_frames_to_crop``); tests set them to run the
+        # CUDA branches on a CPU.
+        self.integer_kernel: bool | None = None
+        self.crop_in_place: bool | None = None
         self._local = threading.local()
 
     @property
@@ -649,7 +656,10 @@ class AVAugment:
         """(frames, positions) such that ``frames[positions[i]]`` is frame ``index[i]``, on ``device``: the whole
         source array where it already is there (host arrays for a CPU batch, device-resident ones), so only the
         crops are read; otherwise the distinct frames gathered into a pinned buffer and copied over."""
-        if device.type == "cpu" or self.arrays.resident_on(device) is not None:
+        in_place = self.crop_in_place
+        if in_place is None:
+            in_place = device.type == "cpu" or self.arrays.resident_on(device) is not None
+        if in_place:
             return self.arrays.source("frames", device), torch.from_numpy(index)
         unique, inverse = np.unique(index, return_inverse=True)
         return self.arrays.take("frames", unique, device, self.ring), torch.from_numpy(inverse.reshape(-1))
@@ -662,7 +672,7 @@ class AVAugment:
             frames, positions = self._frames_to_crop(index, device)
         with self._stage("crop/resize+flip", device):
             out = self.ring.get("crops", (n, 3, s, s), torch.uint8, device)
-            return resized_crop_pil(frames, positions, boxes, s, out, flip=flip)
+            return resized_crop_pil(frames, positions, boxes, s, out, integer=self.integer_kernel, flip=flip)
 
     def _train_float(self, index: np.ndarray, boxes: torch.Tensor, flip: torch.Tensor, device: torch.device
                      ) -> torch.Tensor:
