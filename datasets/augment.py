@@ -10,24 +10,36 @@
 2. train: RandomResizedCrop with torchvision's parameterisation (scale (0.08, 1), ratio (3/4, 4/3), 10 attempts,
    then the centre-crop fallback; ``crop_boxes``), then a horizontal flip with probability 0.5, both drawn per frame
    as the published loaders transform each frame separately (GitHub: GeWu-Lab/OGM-GE_CVPR2022,
-   ``dataset/CramedDataset.py``). The crop is resampled in one batched call on the device, by one of two filters
-   (``data.resample``):
+   ``dataset/CramedDataset.py``). The crop is resampled by one of three filters (``data.resample``):
 
-   - ``fast`` (default): ``torchvision.ops.roi_align(aligned=True, sampling_ratio=-1)``, the ``roi_align`` the data
-     spec names: bilinear sampling at the output pixel centres, averaged over ceil(crop / S) sub-samples per axis
-     when the crop is shrunk (an area-style antialias). Deviation from PIL's antialiased bilinear: the filter
-     support when shrinking is a box of sub-samples rather than PIL's stretched triangle, and pixels just outside
-     the crop box take part at its border. ``tests/test_speed_paths.py`` bounds the difference to torchvision's
-     ``resized_crop(antialias=True)``;
-   - ``exact``: PIL's antialiased bilinear filter as separable per-sample weight matrices (``resized_crop``), equal
-     to torchvision's ``resized_crop(..., antialias=True)`` up to float rounding, at about 4x the CPU cost.
+   - ``pil`` (default): PIL's antialiased bilinear filter on the uint8 crop, rounded to uint8, then the flip on the
+     uint8 rows (``resized_crop_pil``): what the published PIL pipeline computes, and the cheapest on a CPU, since
+     only the crop's bytes are read and nothing is converted to float before the final batch. On a CPU it runs
+     torch's uint8 kernel straight from the cache arrays (no gather); on CUDA, which has no uint8 antialiased
+     kernel, the same filter in float32, rounded (within one grey level). Within two grey levels of PIL in a few
+     percent of the pixels (``tests/test_serving_buffers.py``);
+   - ``fast``: ``torchvision.ops.roi_align(aligned=True, sampling_ratio=-1)`` on the whole frames in float32, the
+     ``roi_align`` the data spec names: bilinear sampling at the output pixel centres, averaged over ceil(crop / S)
+     sub-samples per axis when the crop is shrunk (an area-style antialias). Deviation from PIL's antialiased
+     bilinear: the filter support when shrinking is a box of sub-samples rather than PIL's stretched triangle, and
+     pixels just outside the crop box take part at its border. ``tests/test_speed_paths.py`` bounds the difference
+     to torchvision's ``resized_crop(antialias=True)``;
+   - ``exact``: PIL's antialiased bilinear filter as separable per-sample weight matrices (``resized_crop``) in
+     float32, equal to torchvision's ``resized_crop(..., antialias=True)`` up to float rounding (no uint8 rounding).
 
    Evaluation: ``Resize((S, S))`` with the antialiased bilinear filter on uint8 frames, rounded to uint8 as PIL does
    in the published pipeline; each frame's view is computed once on the CPU and kept (``EvalViews``), so later
-   evaluations are a gather and a normalisation, and CPU and GPU runs serve identical evaluation batches;
-3. scales to [0, 1] and applies ImageNet normalisation in place; serves ``visual`` as float32 (B, 3, T, S, S);
+   evaluations are one gather and a conversion, and CPU and GPU runs serve identical evaluation batches;
+3. converts to float32 once, for the whole batch, and applies ImageNet normalisation in place; serves ``visual`` as
+   float32 (B, 3, T, S, S);
 4. serves ``audio`` as float32 (B, 1, F, T), converted from the cached float16 on the device; an audio pipeline
    with ``serve_frames`` gets a time crop (train: random start, test: the first frames), cut before the conversion.
+
+Every batch-sized tensor (the served ``audio`` and ``visual``, the uint8 crops, the host buffers the gathers fill,
+pinned when a CUDA copy reads them) comes from a per-thread ``BufferRing`` and is reused once the caller has dropped
+the batch it served, instead of being allocated (and page-faulted in) for every batch. On CUDA the host only gathers
+float16 audio rows and uint8 frames (or kept test views) into pinned buffers; crops, flips and conversions run on
+the device, or everything does when the arrays are resident there.
 
 Every random number comes from the CPU ``torch.Generator`` the loader passes (seeded by run seed and epoch), drawn in
 a fixed order (frame offsets, crop boxes, flips, audio starts), so CPU and GPU runs see the same frames, crops and

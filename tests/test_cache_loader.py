@@ -217,7 +217,9 @@ def test_batches_are_the_same_on_cpu_and_gpu(cache_path):
         gpu = next(iter(data.loader("train", batch_size=6, train=train, seed=1, device="cuda")))
         assert gpu["visual"].is_cuda and set(gpu) == set(cpu)
         for key in cpu:
-            torch.testing.assert_close(gpu[key].cpu(), cpu[key], atol=1e-3, rtol=1e-4)
+            # The pil crop runs in float32 + rounding on CUDA: within one grey level of the CPU's uint8 kernel.
+            atol = 1 / (255 * 0.224) + 1e-4 if key == "visual" and train else 1e-3
+            torch.testing.assert_close(gpu[key].cpu(), cpu[key], atol=atol, rtol=1e-4)
 
 
 def test_benchmark_data_reports_both_loaders(cache_path):

@@ -163,3 +163,21 @@ def test_resident_auto_loads_the_cache_into_ram_when_it_fits(cache_path, monkeyp
     next(iter(tight.loader("train", batch_size=2, train=True, seed=0)))
     assert not tight.augment.arrays._loaded and all(isinstance(a, np.memmap)
                                                     for a in tight.augment.arrays.host.values())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("resident", ["none", "memory"])
+def test_gpu_path_gathers_into_pinned_buffers_and_serves_the_cpu_batches(cache_path, resident):
+    data = bundle(cache_path, resident=resident)
+    for split, train in (("train", True), ("test", False)):
+        cpu = list(bundle(cache_path).loader(split, batch_size=3, train=train, seed=2))
+        for _ in range(2):  # the second epoch reuses the pinned buffers behind their fences
+            gpu = [{k: v.cpu() for k, v in b.items()}
+                   for b in data.loader(split, batch_size=3, train=train, seed=2, device="cuda")]
+            for a, b in zip(cpu, gpu, strict=True):
+                for key in a:
+                    atol = ONE_LEVEL if key == "visual" and train else 1e-6
+                    torch.testing.assert_close(b[key], a[key], atol=atol, rtol=0)
+    host = [s.tensor for slots in data.augment.ring._slots.values() for s in slots if s.tensor.device.type == "cpu"]
+    assert host and all(t.is_pinned() for t in host)

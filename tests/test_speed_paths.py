@@ -294,7 +294,9 @@ def test_device_resident_prefetched_batches_on_cuda_equal_the_cpu_ones(cache_pat
              cuda.loader(split, batch_size=4, train=train, seed=3, device="cuda")]
         for x, y in zip(a, b):
             for key in x:
-                torch.testing.assert_close(y[key], x[key], atol=1e-3, rtol=1e-4)
+                # The pil crop runs in float32 + rounding on CUDA: within one grey level of the CPU's uint8 kernel.
+                atol = 1 / (255 * 0.224) + 1e-4 if key == "visual" and train else 1e-3
+                torch.testing.assert_close(y[key], x[key], atol=atol, rtol=1e-4)
 
 
 # --- compile knob -----------------------------------------------------------------------------------------------
