@@ -263,8 +263,9 @@ def resized_crop_pil(frames: torch.Tensor, index: torch.Tensor, boxes: torch.Ten
                      flip: torch.Tensor | None = None) -> torch.Tensor:
     """RandomResizedCrop's resampling as PIL computes it, on uint8: frame ``index[i]`` of ``frames`` (M, H, W, 3) is
     cut to box i ``(top, left, h, w)`` and resized to (size, size) with the antialiased bilinear filter, rounded to
-    uint8 -> (N, 3, size, size) in ``out`` (channels first, so that flips and the float conversion run on contiguous
-    rows).
+    uint8 -> (N, size, size, 3) in ``out`` (channels last, as the kernel writes them: the batch's one float
+    conversion transposes them); ``flip[i]`` mirrors output i horizontally (RandomHorizontalFlip after the crop),
+    done on that frame while it is in cache, much cheaper than a batched flip by index afterwards.
 
     Only the crop's pixels are read, and nothing is converted to float on the CPU: ``integer`` (default: on a CPU)
     runs torch's uint8 channels-last kernel, PIL-style fixed-point arithmetic, within two grey levels of PIL's
@@ -276,7 +277,7 @@ def resized_crop_pil(frames: torch.Tensor, index: torch.Tensor, boxes: torch.Ten
     if integer is None:
         integer = frames.device.type == "cpu"
     if out is None:
-        out = torch.empty((len(boxes), 3, size, size), dtype=torch.uint8, device=frames.device)
+        out = torch.empty((len(boxes), size, size, 3), dtype=torch.uint8, device=frames.device)
     mirror = [False] * len(boxes) if flip is None else flip.tolist()
     for i, (k, (top, left, h, w)) in enumerate(zip(index.tolist(), boxes.tolist())):
         crop = frames[k, top:top + h, left:left + w].permute(2, 0, 1)[None]
@@ -286,9 +287,9 @@ def resized_crop_pil(frames: torch.Tensor, index: torch.Tensor, boxes: torch.Ten
         else:
             resized = F.interpolate(crop.float(), size=(size, size), mode="bilinear", align_corners=False,
                                     antialias=True).round_().clamp_(0, 255)
-        out[i].copy_(resized[0])
+        out[i].copy_(resized[0].permute(1, 2, 0))
         if mirror[i]:
-            out[i].copy_(out[i].flip(-1))
+            out[i].copy_(out[i].flip(1))
     return out
 
 
@@ -678,12 +679,12 @@ class AVAugment:
 
     def _train_pil(self, index: np.ndarray, boxes: torch.Tensor, flip: torch.Tensor, device: torch.device
                    ) -> torch.Tensor:
-        """The ``pil`` filter: crops resized and flipped on uint8; (N, 3, S, S) uint8."""
+        """The ``pil`` filter: crops resized and flipped on uint8; (N, S, S, 3) uint8."""
         n, s = len(index), self.image_size
         with self._stage("frame gather", device):
             frames, positions = self._frames_to_crop(index, device)
         with self._stage("crop/resize+flip", device):
-            out = self.ring.get("crops", (n, 3, s, s), torch.uint8, device)
+            out = self.ring.get("crops", (n, s, s, 3), torch.uint8, device)
             return resized_crop_pil(frames, positions, boxes, s, out, integer=self.integer_kernel, flip=flip)
 
     def _train_float(self, index: np.ndarray, boxes: torch.Tensor, flip: torch.Tensor, device: torch.device
@@ -719,7 +720,7 @@ class AVAugment:
             if self.resample == "pil":
                 crops = self._train_pil(index, boxes, flip, device)
                 with self._stage("conversion+normalisation", device):
-                    return normalize_into(clips, crops.view(b, t, 3, s, s).transpose(1, 2))
+                    return normalize_into(clips, crops.view(b, t, s, s, 3).permute(0, 4, 1, 2, 3))
             images = self._train_float(index, boxes, flip, device)
             with self._stage("collation", device):
                 clips.copy_(images.view(b, t, 3, s, s).transpose(1, 2))

@@ -140,7 +140,7 @@ def draws(seed: int, n: int, height: int, width: int) -> tuple[torch.Tensor, tor
 def crops_by(resample: str, frames: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """Float [0, 255] (N, 3, S, S) crops of uint8 (N, H, W, 3) ``frames`` by each filter's own function."""
     if resample == "pil":
-        return resized_crop_pil(frames, torch.arange(len(frames)), boxes, SIZE).float()
+        return resized_crop_pil(frames, torch.arange(len(frames)), boxes, SIZE).permute(0, 3, 1, 2).float()
     crop = resized_crop_fast if resample == "fast" else resized_crop
     return crop(frames.permute(0, 3, 1, 2).float(), boxes, SIZE)
 
