@@ -44,8 +44,8 @@ class _Timed:
     """A batch stream timed in slices: ``take(count)`` times the next ``count`` batches (restarting the stream when it
     ends) and adds them to the totals, so that several streams can be timed in interleaved rounds."""
 
-    def __init__(self, start: Callable[[], Iterator], device: torch.device = torch.device("cpu")) -> None:
-        self.start, self.device = start, device
+    def __init__(self, start: Callable[[], Iterator], device: torch.device | None = None) -> None:
+        self.start, self.device = start, device or torch.device("cpu")
         self.iterator = start()
         self.samples, self.seconds = 0, 0.0
 

@@ -269,10 +269,10 @@ def resized_crop_pil(frames: torch.Tensor, index: torch.Tensor, boxes: torch.Ten
 
     Only the crop's pixels are read, and nothing is converted to float on the CPU: ``integer`` (default: on a CPU)
     runs torch's uint8 channels-last kernel, PIL-style fixed-point arithmetic, within two grey levels of PIL's
-    ``resize`` of the cropped image, in a few percent of the pixels (``tests/test_serving_buffers.py``). Elsewhere (CUDA has no uint8
-    antialiased kernel) the same filter runs in float32 and is rounded, within one level of the integer kernel. One
-    kernel call per frame: the crops differ in size, and the batched filters (``resized_crop``, ``resized_crop_fast``)
-    need every whole frame in float first, which costs more than the per-call overhead.
+    ``resize`` of the cropped image, in a few percent of the pixels (``tests/test_serving_buffers.py``). Elsewhere
+    (CUDA has no uint8 antialiased kernel) the same filter runs in float32 and is rounded, within one level of the
+    integer kernel. One kernel call per frame: the crops differ in size, and the batched filters (``resized_crop``,
+    ``resized_crop_fast``) need every whole frame in float first, which costs more than the per-call overhead.
     """
     if integer is None:
         integer = frames.device.type == "cpu"
@@ -329,7 +329,7 @@ def _holders(tensor: torch.Tensor) -> int:
 
 
 class _Slot:
-    __slots__ = ("tensor", "idle", "fence")
+    __slots__ = ("fence", "idle", "tensor")
 
     def __init__(self, tensor: torch.Tensor) -> None:
         self.tensor = tensor
@@ -415,12 +415,12 @@ class StageTimes:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
 
-    def stage(self, name: str, device: torch.device) -> "_Stage":
+    def stage(self, name: str, device: torch.device) -> _Stage:
         return _Stage(self.seconds, name, device.type == "cuda")
 
 
 class _Stage:
-    __slots__ = ("seconds", "name", "sync", "start")
+    __slots__ = ("name", "seconds", "start", "sync")
 
     def __init__(self, seconds: dict[str, float], name: str, sync: bool) -> None:
         self.seconds, self.name, self.sync, self.start = seconds, name, sync, 0.0
