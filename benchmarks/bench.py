@@ -36,6 +36,12 @@ SHAPES: dict[str, dict[str, Any]] = {
 }
 
 
+# The projection of a full run from one timed epoch: CREMA-D's training clips in OGM-GE's train.csv, and the run
+# length the speed target names (200 epochs of AUG on CREMA-D).
+CREMAD_TRAIN_CLIPS = 6698
+PROJECTED_EPOCHS = 200
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -145,9 +151,14 @@ def bench_epoch(cfg: RunConfig, log: Callable[[str], None] = print, repeats: int
            "channels_last": cfg.model.channels_last, "compile": cfg.train.compile,
            "model": f"width {cfg.model.width}, blocks {list(cfg.model.blocks)}", "data": data,
            "loader_only_s": t_loader, "epoch_s": t_full, "model_only_s": t_model,
-           "epoch_over_model": t_full / t_model}
+           "epoch_over_model": t_full / t_model, "step_s": t_full / n,
+           "samples_per_s": loaders.train.num_samples / t_full,
+           # Training steps only (evaluation passes excluded), at this epoch's per-sample time.
+           "projected_cremad_run_s": PROJECTED_EPOCHS * CREMAD_TRAIN_CLIPS * t_full / loaders.train.num_samples}
     log(f"  epoch {t_full:.2f}s, model-only {t_model:.2f}s, loader-only {t_loader:.2f}s "
-        f"-> epoch/model {out['epoch_over_model']:.2f}")
+        f"-> epoch/model {out['epoch_over_model']:.2f}; {out['step_s'] * 1e3:.1f} ms/step, "
+        f"{out['samples_per_s']:.0f} samples/s; {PROJECTED_EPOCHS} CREMA-D epochs ({CREMAD_TRAIN_CLIPS} clips) "
+        f"projected {out['projected_cremad_run_s'] / 60:.1f} min")
     return out
 
 
@@ -161,20 +172,33 @@ def markdown_steps(rows: list[dict[str, Any]], caption: str) -> str:
 
 def markdown_epoch(rows: list[dict[str, Any]], caption: str) -> str:
     lines = [f"**{caption}**", "", "| method | dataset | model | batches × size | data serving | epoch s | "
-             "model-only s | loader-only s | epoch / model |", "|---|---|---|---:|---|---:|---:|---:|---:|"]
+             "model-only s | loader-only s | epoch / model | ms / step | samples/s | "
+             f"{PROJECTED_EPOCHS} CREMA-D epochs, min |", "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         serving = ", ".join(f"{k}={v}" for k, v in r.get("data", {}).items()) or "–"
         lines.append(f"| {r['method']} | {r['dataset']} | {r['model']} | {r['batches']} × {r['batch_size']} | "
                      f"{serving} | {r['epoch_s']:.2f} | {r['model_only_s']:.2f} | {r['loader_only_s']:.2f} | "
-                     f"{r['epoch_over_model']:.2f} |")
+                     f"{r['epoch_over_model']:.2f} | {r['step_s'] * 1e3:.1f} | {r['samples_per_s']:.0f} | "
+                     f"{r['projected_cremad_run_s'] / 60:.1f} |")
     return "\n".join(lines) + "\n"
 
 
 def markdown_data(rows: list[dict[str, Any]], caption: str) -> str:
+    """The data benchmark's rates and ratios, then each view's serving profile (ms per sample)."""
     lines = [f"**{caption}**", "", "| view | cache loader samples/s | per-sample media loader samples/s | "
-             "cache / media | crop filter | resident |", "|---|---:|---:|---:|---|---|"]
+             "cache / media | bandwidth floor samples/s | floor / cache | GPU path host share samples/s | "
+             "host share / media | crop filter | resident |", "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
         view = "train (random crop + flip)" if r["train"] else "test (Resize, views kept)"
         lines.append(f"| {view} | {r['cache_samples_per_s']:.0f} | {r['media_samples_per_s']:.1f} | "
-                     f"{r['speedup']:.1f} | {r['resample'] if r['train'] else '–'} | {r['resident']} |")
+                     f"{r['speedup']:.1f} | {r['floor_samples_per_s']:.0f} | {r['floor_ratio']:.2f} | "
+                     f"{r['host_samples_per_s']:.0f} | {r['host_speedup']:.0f} | "
+                     f"{r['resample'] if r['train'] else '–'} | {r['resident']} |")
+    stages = list(dict.fromkeys(k for r in rows for k in r["profile_ms_per_sample"]))
+    lines += ["", "Serving profile, ms per sample (one extra pass of the cache loader with every stage timed):", "",
+              "| view | " + " | ".join(stages) + " |", "|---|" + "---:|" * len(stages)]
+    for r in rows:
+        view = "train" if r["train"] else "test"
+        cells = [f"{r['profile_ms_per_sample'][k]:.3f}" if k in r["profile_ms_per_sample"] else "–" for k in stages]
+        lines.append(f"| {view} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

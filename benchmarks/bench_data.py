@@ -16,14 +16,17 @@ results, never test assertions.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 
 from core.hparams import resolve
 from datasets.audio_visual import audio_pipeline
+from datasets.augment import AVAugment, EvalViews, StageTimes, frame_offsets
 from datasets.cache import open_cache
 from datasets.media_loader import MediaDataset, items_from_cache
 from datasets.registry import get_dataset
@@ -37,29 +40,142 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _rate(batches: Iterable[dict], count: int, warmup: int, device: torch.device = torch.device("cpu")
-          ) -> tuple[float, int]:
-    """Samples per second over ``count`` batches after ``warmup`` untimed ones."""
-    iterator = iter(batches)
-    for _ in range(warmup):
-        next(iterator, None)
-    _sync(device)
-    samples, start = 0, time.perf_counter()
-    for _ in range(count):
-        batch = next(iterator, None)
+class _Timed:
+    """A batch stream timed in slices: ``take(count)`` times the next ``count`` batches (restarting the stream when it
+    ends) and adds them to the totals, so that several streams can be timed in interleaved rounds."""
+
+    def __init__(self, start: Callable[[], Iterator], device: torch.device | None = None) -> None:
+        self.start, self.device = start, device or torch.device("cpu")
+        self.iterator = start()
+        self.samples, self.seconds = 0, 0.0
+
+    def _next(self) -> Any:
+        batch = next(self.iterator, None)
         if batch is None:
-            break
-        samples += len(batch["label"])
-    _sync(device)
-    elapsed = time.perf_counter() - start
-    return (samples / elapsed if elapsed > 0 else float("inf")), samples
+            self.iterator = self.start()
+            batch = next(self.iterator)
+        return batch
+
+    def skip(self, count: int) -> None:
+        for _ in range(count):
+            self._next()
+
+    def take(self, count: int) -> None:
+        _sync(self.device)
+        start = time.perf_counter()
+        samples = 0
+        for _ in range(count):
+            samples += len(self._next()["label"])
+        _sync(self.device)
+        self.seconds += time.perf_counter() - start
+        self.samples += samples
+
+    @property
+    def rate(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else float("inf")
+
+
+def _floor_batches(loader: Any, augment: AVAugment, starts: np.ndarray, counts: np.ndarray, frames: int
+                   ) -> Callable[[], Iterator[dict[str, Any]]]:
+    """The bandwidth floor of an epoch of ``loader``: per batch, a sorted gather of the float16 audio rows and of the
+    batch's uint8 S x S frame views (its test-time views, computed here once, before any timing), each followed by
+    one conversion of the same bytes to float32, into buffers made once. No crop, flip, normalisation or collation:
+    what serving a float32 batch costs at least. Returns a function starting such an epoch."""
+    audio = augment.arrays.host_source("audio")
+    views = EvalViews(augment.eval_views.frames, augment.image_size, capacity=len(augment.eval_views.frames))
+    order = loader._order()
+    plan = []
+    for first in range(0, len(order), loader.batch_size):
+        rows = np.sort(loader.rows[order[first:first + loader.batch_size]])
+        index = (starts[rows][:, None] + frame_offsets(torch.from_numpy(counts[rows]), frames, augment.frame_rule,
+                                                       False, None).numpy()).reshape(-1)
+        views.take(index)
+        plan.append((torch.from_numpy(rows), torch.from_numpy(np.sort(views.slot[index]))))
+    table = views.table
+    buffers: dict[int, dict[str, torch.Tensor]] = {}
+
+    def epoch() -> Iterator[dict[str, Any]]:
+        for rows, slots in plan:
+            if len(rows) not in buffers:
+                buffers[len(rows)] = {"a16": torch.empty((len(rows), *audio.shape[1:]), dtype=audio.dtype),
+                                      "a32": torch.empty((len(rows), *audio.shape[1:])),
+                                      "v8": torch.empty((len(slots), *table.shape[1:]), dtype=torch.uint8),
+                                      "v32": torch.empty((len(slots), *table.shape[1:]))}
+            out = buffers[len(rows)]
+            torch.index_select(audio, 0, rows, out=out["a16"])
+            out["a32"].copy_(out["a16"])
+            torch.index_select(table, 0, slots, out=out["v8"])
+            out["v32"].copy_(out["v8"])
+            yield {"label": rows}
+
+    return epoch
+
+
+def _host_batches(loader: Any, augment: AVAugment, starts: np.ndarray, counts: np.ndarray, frames: int, train: bool,
+                  seed: int) -> Iterator[dict[str, Any]]:
+    """The host's share of a CUDA batch served from the host arrays (``data.resident`` none/memory): the gathers of
+    the float16 audio rows and of the distinct uint8 frames into the ring buffers ``AVAugment`` uses (pinned on
+    CUDA, plain here), through the same ``CacheArrays.take``; the crops, flips and conversions then run on the
+    device."""
+    order = loader._order()
+    generator = torch.Generator().manual_seed(seed)
+    for first in range(0, len(order), loader.batch_size):
+        rows = np.sort(loader.rows[order[first:first + loader.batch_size]])
+        offsets = frame_offsets(torch.from_numpy(counts[rows]), frames, augment.frame_rule, train, generator)
+        index = (starts[rows][:, None] + offsets.numpy()).reshape(-1)
+        augment.arrays.take("audio", rows, torch.device("cpu"), augment.ring)
+        if train:
+            augment.arrays.take("frames", np.unique(index), torch.device("cpu"), augment.ring)
+        else:
+            augment.eval_views.take(index, augment.ring.get("views", (len(index), 3, augment.image_size,
+                                                                      augment.image_size), torch.uint8,
+                                                            torch.device("cpu")))
+        yield {"label": rows}
+
+
+def _profile(loader: Any, augment: AVAugment, batches: int) -> dict[str, float]:
+    """ms per sample of each serving stage over ``batches`` batches: ``AVAugment``'s stages, the loader's own work
+    (shuffle order, row notes, labels: ``loader``), and the Python between the timed stages (``python overhead``)."""
+    times = StageTimes()
+    inner = loader.augment
+    augment_seconds = [0.0]
+
+    def timed(batch: dict, generator: torch.Generator, train: bool) -> dict:
+        start = time.perf_counter()
+        out = inner(batch, generator, train)
+        augment_seconds[0] += time.perf_counter() - start
+        return out
+
+    loader.augment, augment.times = timed, times
+    try:
+        iterator, samples = iter(loader), 0
+        start = time.perf_counter()
+        for _ in range(batches):
+            batch = next(iterator, None)
+            if batch is None:
+                break
+            samples += len(batch["label"])
+        total = time.perf_counter() - start
+    finally:
+        loader.augment, augment.times = inner, None
+    per = 1e3 / max(samples, 1)
+    profile = {name: seconds * per for name, seconds in times.seconds.items()}
+    profile["python overhead"] = (augment_seconds[0] - sum(times.seconds.values())) * per
+    profile["loader"] = (total - augment_seconds[0]) * per
+    profile["total"] = total * per
+    return profile
 
 
 def benchmark_data(prepared_dir: Path | str, *, raw_dir: Path | str | None = None, split: str = "train",
-                   train: bool = True, batch_size: int = 32, batches: int = 5, warmup: int = 1,
+                   train: bool = True, batch_size: int = 32, batches: int = 5, rounds: int = 3, warmup: int = 1,
                    image_size: int | None = None, frames: int | None = None, seed: int = 0,
                    data: dict[str, Any] | None = None, device: str = "cpu") -> dict[str, Any]:
-    """Samples/s of the cache loader vs the per-sample media loader, one CPU thread.
+    """Samples/s of the cache loader vs the per-sample media loader and the bandwidth floor, one CPU thread.
+
+    After a warm epoch of the cache loader (the cache is then in RAM or the page cache, the test-time views are
+    kept), ``rounds`` rounds each time ``batches`` batches of: the cache loader, its bandwidth floor
+    (``_floor_batches``), the host share of a CUDA batch (``_host_batches``) and the media loader, interleaved so
+    that a shared or throttled machine slows all alike and the ratios hold. A further pass profiles the stages.
 
     Args:
         prepared_dir: a finished cache folder.
@@ -67,8 +183,9 @@ def benchmark_data(prepared_dir: Path | str, *, raw_dir: Path | str | None = Non
         split: bundle split to read (``train``, ``val``, ``test``).
         train: training transforms (random crops, flips, frame choice) or the test view.
         batch_size: samples per batch.
-        batches: timed batches per loader.
-        warmup: untimed batches first (the evaluation view also gets one untimed pass over the split).
+        batches: timed batches per loader per round.
+        rounds: interleaved rounds.
+        warmup: untimed batches of each stream before the first round.
         image_size: S (default: the dataset's ``data.image_size``).
         frames: T (default: the dataset's ``data.frames``).
         seed: loader seed.
@@ -76,7 +193,7 @@ def benchmark_data(prepared_dir: Path | str, *, raw_dir: Path | str | None = Non
         device: where the cache loader serves batches (the media loader always runs on the CPU, as published).
 
     Returns:
-        A dict with both rates, the speed-up and the settings measured.
+        A dict with the rates, the ratios, the stage profile (ms per sample) and the settings measured.
     """
     cache = open_cache(Path(prepared_dir))
     dataset = get_dataset(cache.manifest["dataset"])
@@ -91,28 +208,49 @@ def benchmark_data(prepared_dir: Path | str, *, raw_dir: Path | str | None = Non
     torch.set_num_threads(1)
     try:
         bundle = dataset.build(hp)
+        augment = bundle.augment
         loader = bundle.loader(split, batch_size=batch_size, train=train, seed=seed, device=target)
-        if not train:
-            for _ in loader:
-                pass
-        cache_rate, cache_n = _rate(loader, batches, warmup, target)
+        for _ in loader:  # the warm epoch
+            pass
+        starts, counts = cache.starts["frames"], cache.counts["frames"]
         items = items_from_cache(cache, bundle.splits[split], raw_dir)
         media = MediaDataset(items, audio_pipeline(cache), num_frames=hp.frames, image_size=hp.image_size, train=train,
                              frame_rule=hp.frame_rule, frames_per_second=cache.manifest["visual"]["per_second"],
                              seed=seed)
         media_loader = torch.utils.data.DataLoader(media, batch_size=batch_size, shuffle=train, num_workers=0,
                                                    generator=torch.Generator().manual_seed(seed))
-        media_rate, media_n = _rate(media_loader, batches, warmup)
+        streams = {"cache": _Timed(lambda: iter(loader), target),
+                   "floor": _Timed(_floor_batches(loader, augment, starts, counts, hp.frames)),
+                   "host": _Timed(lambda: _host_batches(loader, augment, starts, counts, hp.frames, train, seed)),
+                   "media": _Timed(lambda: iter(media_loader))}
+        for stream in streams.values():
+            stream.skip(warmup)
+        for _ in range(rounds):
+            for stream in streams.values():
+                stream.take(batches)
+        profile = _profile(loader, augment, batches)
     finally:
         torch.set_num_threads(threads)
-    return {"cache_samples_per_s": cache_rate, "media_samples_per_s": media_rate,
-            "speedup": cache_rate / media_rate if media_rate else float("inf"),
-            "timed_samples": {"cache": cache_n, "media": media_n}, "batch_size": batch_size, "batches": batches,
+    rates = {name: stream.rate for name, stream in streams.items()}
+    return {"cache_samples_per_s": rates["cache"], "media_samples_per_s": rates["media"],
+            "floor_samples_per_s": rates["floor"], "host_samples_per_s": rates["host"],
+            "speedup": rates["cache"] / rates["media"], "floor_ratio": rates["floor"] / rates["cache"],
+            "host_speedup": rates["host"] / rates["media"], "profile_ms_per_sample": profile,
+            "timed_samples": {name: stream.samples for name, stream in streams.items()},
+            "batch_size": batch_size, "batches": batches, "rounds": rounds,
             "threads": 1, "split": split, "train": train, "dataset": cache.manifest["dataset"],
             "recipe": cache.manifest["recipe"], "audio_shape": cache.manifest["served_audio_shape"],
             "visual_source": cache.manifest["visual"]["source"], "stored_frame": cache.manifest["visual"]["frame_size"],
             "image_size": hp.image_size, "frames": hp.frames, "resample": hp.resample, "resident": hp.resident,
-            "device": str(target)}
+            "device": str(target), "load_average": _load_average()}
+
+
+def _load_average() -> list[float] | None:
+    """The 1/5/15-minute load averages while measuring (a shared machine shows here), where the OS reports them."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def extract_jpeg_frames(raw: Path, video_dir: str = "VideoFlash", frames_dir: str = "Image-01-FPS",

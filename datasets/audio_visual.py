@@ -82,12 +82,15 @@ def av_hparams(*, recipes: Sequence[str], recipe: str, recipe_doc: str, frames: 
                choices=FRAME_RULES),
     )
     return cache_hparams(recipes=recipes, recipe=recipe, recipe_doc=recipe_doc, serving=serving) + (
-        HParam("resample", "fast", "Training crop filter: 'fast' = one batched torchvision roi_align (bilinear, "
-                                   "area-averaged when shrinking; docs/datasets/cache.md#serving names "
-                                   "grid_sample/roi_align); "
-                                   "'exact' = PIL's antialiased bilinear as torchvision resized_crop(antialias=True) "
-                                   "computes it, the crop about 4x slower on a CPU [project; deviation bounded in "
-                                   "tests/test_speed_paths.py].", choices=RESAMPLE_MODES),
+        HParam("resample", "pil", "Training crop filter: 'pil' = PIL's antialiased bilinear on the uint8 crop, rounded "
+                                  "to uint8, as the published RandomResizedCrop computes it (torch's uint8 kernel on "
+                                  "a CPU, the fastest; float32 + rounding on CUDA, within one grey level); 'fast' = "
+                                  "one batched torchvision roi_align on float frames (bilinear, area-averaged when "
+                                  "shrinking; docs/datasets/cache.md#serving names grid_sample/roi_align); 'exact' = "
+                                  "PIL's filter in float32 without the rounding, as torchvision "
+                                  "resized_crop(antialias=True) computes it [project; deviations bounded in "
+                                  "tests/test_speed_paths.py and tests/test_serving_buffers.py].",
+               choices=RESAMPLE_MODES),
         HParam("resident", "auto", "Where batches are gathered from: 'none' = the memory-mapped cache; 'memory' = "
                                    "loaded once into RAM; 'device' = copied once to the training device (no "
                                    "per-batch host->device copy); 'auto' = 'device' on CUDA when the arrays take at "

@@ -10,24 +10,36 @@
 2. train: RandomResizedCrop with torchvision's parameterisation (scale (0.08, 1), ratio (3/4, 4/3), 10 attempts,
    then the centre-crop fallback; ``crop_boxes``), then a horizontal flip with probability 0.5, both drawn per frame
    as the published loaders transform each frame separately (GitHub: GeWu-Lab/OGM-GE_CVPR2022,
-   ``dataset/CramedDataset.py``). The crop is resampled in one batched call on the device, by one of two filters
-   (``data.resample``):
+   ``dataset/CramedDataset.py``). The crop is resampled by one of three filters (``data.resample``):
 
-   - ``fast`` (default): ``torchvision.ops.roi_align(aligned=True, sampling_ratio=-1)``, the ``roi_align`` the data
-     spec names: bilinear sampling at the output pixel centres, averaged over ceil(crop / S) sub-samples per axis
-     when the crop is shrunk (an area-style antialias). Deviation from PIL's antialiased bilinear: the filter
-     support when shrinking is a box of sub-samples rather than PIL's stretched triangle, and pixels just outside
-     the crop box take part at its border. ``tests/test_speed_paths.py`` bounds the difference to torchvision's
-     ``resized_crop(antialias=True)``;
-   - ``exact``: PIL's antialiased bilinear filter as separable per-sample weight matrices (``resized_crop``), equal
-     to torchvision's ``resized_crop(..., antialias=True)`` up to float rounding, at about 4x the CPU cost.
+   - ``pil`` (default): PIL's antialiased bilinear filter on the uint8 crop, rounded to uint8, then the flip on the
+     uint8 rows (``resized_crop_pil``): what the published PIL pipeline computes, and the cheapest on a CPU, since
+     only the crop's bytes are read and nothing is converted to float before the final batch. On a CPU it runs
+     torch's uint8 kernel straight from the cache arrays (no gather); on CUDA, which has no uint8 antialiased
+     kernel, the same filter in float32, rounded (within one grey level). Within two grey levels of PIL in a few
+     percent of the pixels (``tests/test_serving_buffers.py``);
+   - ``fast``: ``torchvision.ops.roi_align(aligned=True, sampling_ratio=-1)`` on the whole frames in float32, the
+     ``roi_align`` the data spec names: bilinear sampling at the output pixel centres, averaged over ceil(crop / S)
+     sub-samples per axis when the crop is shrunk (an area-style antialias). Deviation from PIL's antialiased
+     bilinear: the filter support when shrinking is a box of sub-samples rather than PIL's stretched triangle, and
+     pixels just outside the crop box take part at its border. ``tests/test_speed_paths.py`` bounds the difference
+     to torchvision's ``resized_crop(antialias=True)``;
+   - ``exact``: PIL's antialiased bilinear filter as separable per-sample weight matrices (``resized_crop``) in
+     float32, equal to torchvision's ``resized_crop(..., antialias=True)`` up to float rounding (no uint8 rounding).
 
    Evaluation: ``Resize((S, S))`` with the antialiased bilinear filter on uint8 frames, rounded to uint8 as PIL does
    in the published pipeline; each frame's view is computed once on the CPU and kept (``EvalViews``), so later
-   evaluations are a gather and a normalisation, and CPU and GPU runs serve identical evaluation batches;
-3. scales to [0, 1] and applies ImageNet normalisation in place; serves ``visual`` as float32 (B, 3, T, S, S);
+   evaluations are one gather and a conversion, and CPU and GPU runs serve identical evaluation batches;
+3. converts to float32 once, for the whole batch, and applies ImageNet normalisation in place; serves ``visual`` as
+   float32 (B, 3, T, S, S);
 4. serves ``audio`` as float32 (B, 1, F, T), converted from the cached float16 on the device; an audio pipeline
    with ``serve_frames`` gets a time crop (train: random start, test: the first frames), cut before the conversion.
+
+Every batch-sized tensor (the served ``audio`` and ``visual``, the uint8 crops, the host buffers the gathers fill,
+pinned when a CUDA copy reads them) comes from a per-thread ``BufferRing`` and is reused once the caller has dropped
+the batch it served, instead of being allocated (and page-faulted in) for every batch. On CUDA the host only gathers
+float16 audio rows and uint8 frames (or kept test views) into pinned buffers; crops, flips and conversions run on
+the device, or everything does when the arrays are resident there.
 
 Every random number comes from the CPU ``torch.Generator`` the loader passes (seeded by run seed and epoch), drawn in
 a fixed order (frame offsets, crop boxes, flips, audio starts), so CPU and GPU runs see the same frames, crops and
@@ -43,9 +55,13 @@ docs/datasets/pitfalls.md#unsorted-listing), repeating the last frame of short c
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import threading
+import time
+import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Mapping
 
@@ -62,14 +78,19 @@ CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 CROP_ATTEMPTS = 10
 FLIP_PROB = 0.5
 FRAME_RULES = ("segments", "first_k")
-RESAMPLE_MODES = ("fast", "exact")
+RESAMPLE_MODES = ("pil", "fast", "exact")
 RESIDENT_MODES = ("auto", "none", "memory", "device")
 # Batch keys the gather step fills and AVAugment consumes; they stay on the host and methods never see them.
 ROWS_KEY = "_rows"
 FRAME_START_KEY = "_frame_start"
 FRAME_COUNT_KEY = "_frame_count"
-# ``resident: auto`` puts the arrays on a CUDA device only when they take at most this share of its free memory.
+# ``resident: auto`` puts the arrays on a CUDA device only when they take at most this share of its free memory, and
+# on a CPU loads them into RAM when they take at most this share of the available memory.
 AUTO_DEVICE_SHARE = 0.5
+AUTO_RAM_SHARE = 0.5
+# Batches a ``BufferRing`` keeps buffers for: the batch being served, the one the caller still holds, and two in a
+# prefetch queue; a batch beyond that gets a fresh buffer (correct, only slower).
+RING_DEPTH = 4
 # Host -> device copies of whole arrays go in chunks of this many bytes, so no giant pageable staging buffer is made.
 COPY_CHUNK_BYTES = 256 << 20
 
@@ -231,11 +252,59 @@ def normalize_(clips: torch.Tensor) -> torch.Tensor:
     return clips.sub_(mean).div_(std)
 
 
+def normalize_into(out: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """``normalize_`` of uint8 ``images`` (B, 3, T, S, S), any strides, written to float ``out``: one conversion
+    pass, then the in-place arithmetic of ``normalize_`` (so the values are those of converting first)."""
+    return normalize_(out.copy_(images))
+
+
+def resized_crop_pil(frames: torch.Tensor, index: torch.Tensor, boxes: torch.Tensor, size: int,
+                     out: torch.Tensor | None = None, integer: bool | None = None,
+                     flip: torch.Tensor | None = None) -> torch.Tensor:
+    """RandomResizedCrop's resampling as PIL computes it, on uint8: frame ``index[i]`` of ``frames`` (M, H, W, 3) is
+    cut to box i ``(top, left, h, w)`` and resized to (size, size) with the antialiased bilinear filter, rounded to
+    uint8 -> (N, size, size, 3) in ``out`` (channels last, as the kernel writes them: the batch's one float
+    conversion transposes them); ``flip[i]`` mirrors output i horizontally (RandomHorizontalFlip after the crop),
+    done on that frame while it is in cache, much cheaper than a batched flip by index afterwards.
+
+    Only the crop's pixels are read, and nothing is converted to float on the CPU: ``integer`` (default: on a CPU)
+    runs torch's uint8 channels-last kernel, PIL-style fixed-point arithmetic, within two grey levels of PIL's
+    ``resize`` of the cropped image, in a few percent of the pixels (``tests/test_serving_buffers.py``). Elsewhere
+    (CUDA has no uint8 antialiased kernel) the same filter runs in float32 and is rounded, within one level of the
+    integer kernel. One kernel call per frame: the crops differ in size, and the batched filters (``resized_crop``,
+    ``resized_crop_fast``) need every whole frame in float first, which costs more than the per-call overhead.
+    """
+    if integer is None:
+        integer = frames.device.type == "cpu"
+    if out is None:
+        out = torch.empty((len(boxes), size, size, 3), dtype=torch.uint8, device=frames.device)
+    mirror = [False] * len(boxes) if flip is None else flip.tolist()
+    for i, (k, (top, left, h, w)) in enumerate(zip(index.tolist(), boxes.tolist())):
+        crop = frames[k, top:top + h, left:left + w].permute(2, 0, 1)[None]
+        if integer:
+            resized = F.interpolate(crop.contiguous(memory_format=torch.channels_last), size=(size, size),
+                                    mode="bilinear", align_corners=False, antialias=True)
+        else:
+            resized = F.interpolate(crop.float(), size=(size, size), mode="bilinear", align_corners=False,
+                                    antialias=True).round_().clamp_(0, 255)
+        out[i].copy_(resized[0].permute(1, 2, 0))
+        if mirror[i]:
+            out[i].copy_(out[i].flip(1))
+    return out
+
+
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Host tensor -> ``device``; through pinned memory and a non-blocking copy on CUDA."""
     if device.type == "cuda" and not tensor.is_cuda:
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)
+
+
+def host_tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor sharing ``array``'s memory (a read-only memory map included: batches only ever read from it)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
 
 
 def _available_ram() -> int | None:
@@ -249,14 +318,136 @@ def _available_ram() -> int | None:
     return None
 
 
+_storage_use_count = getattr(torch._C, "_storage_Use_Count", None)
+
+
+def _holders(tensor: torch.Tensor) -> int:
+    """How many tensors hold ``tensor``'s memory (-1 where this torch cannot tell: the buffer is then never reused)."""
+    if _storage_use_count is None:
+        return -1
+    return int(_storage_use_count(tensor.untyped_storage()._cdata))
+
+
+class _Slot:
+    __slots__ = ("fence", "idle", "tensor")
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor
+        self.idle = _holders(tensor)
+        self.fence = None
+
+    def free(self) -> bool:
+        return self.idle >= 0 and _holders(self.tensor) == self.idle
+
+
+class BufferRing:
+    """Batch-sized buffers reused across batches instead of allocated for every batch.
+
+    A fresh CPU allocation of this size pays a page fault for every page it touches (it bypasses the allocator's free
+    lists), a pinned one a driver call. ``get`` hands out a view of a kept buffer when nothing else holds that
+    buffer's memory any more (every tensor of the batch it served was dropped) and, for a host buffer an asynchronous
+    copy reads, once that copy has finished (``fence``); otherwise it allocates, and the new buffer replaces the
+    oldest kept one once ``depth`` are kept. So a batch the caller keeps is never overwritten, and values never depend
+    on the reuse.
+
+    Args:
+        depth: buffers kept per (name, shape, dtype, device, pinned).
+        keys: distinct keys kept (a last partial batch has its own shape).
+    """
+
+    def __init__(self, depth: int = RING_DEPTH, keys: int = 8) -> None:
+        self.depth = depth
+        self.keys = keys
+        self.allocations = 0
+        self._slots: OrderedDict[tuple, list[_Slot]] = OrderedDict()
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
+            pin: bool = False) -> torch.Tensor:
+        key = (name, tuple(shape), dtype, torch.device(device), pin)
+        slots = self._slots.pop(key, [])
+        self._slots[key] = slots
+        while len(self._slots) > self.keys:
+            self._slots.popitem(last=False)
+        for slot in slots:
+            if slot.free():
+                if slot.fence is not None:
+                    slot.fence.synchronize()
+                    slot.fence = None
+                return slot.tensor.view(slot.tensor.shape)
+        tensor = torch.empty(shape, dtype=dtype, device=device, pin_memory=pin)
+        self.allocations += 1
+        if len(slots) >= self.depth:
+            # All kept buffers are held (the caller keeps batches): forget the oldest, which stays its caller's.
+            slots.pop(0)
+        slots.append(_Slot(tensor))
+        return tensor.view(tensor.shape)
+
+    def fence(self, tensor: torch.Tensor, event: object) -> None:
+        """``get`` waits for ``event`` (anything with ``synchronize()``: a CUDA event) before handing out the buffer
+        ``tensor`` views again: an asynchronous copy from it was queued."""
+        ptr = tensor.untyped_storage().data_ptr()
+        for slots in self._slots.values():
+            for slot in slots:
+                if slot.tensor.untyped_storage().data_ptr() == ptr:
+                    slot.fence = event
+                    return
+
+
+def upload(host: torch.Tensor, device: torch.device, ring: BufferRing | None) -> torch.Tensor:
+    """A host buffer -> ``device``. On CUDA the buffer is pinned (from ``ring``) and copied without blocking, and the
+    ring waits for the copy before reusing the buffer; on a CPU it is the batch tensor itself."""
+    if device.type != "cuda":
+        return host.to(device)
+    if not host.is_pinned():
+        return to_device(host, device)
+    moved = host.to(device, non_blocking=True)
+    if ring is not None:
+        event = torch.cuda.Event()
+        event.record()
+        ring.fence(host, event)
+    return moved
+
+
+class StageTimes:
+    """Seconds per serving stage summed over batches, for ``augbench bench data``'s profile. On CUDA every stage
+    synchronises the device first and last, so the profile slows the loader it measures; timing is off by default."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def stage(self, name: str, device: torch.device) -> _Stage:
+        return _Stage(self.seconds, name, device.type == "cuda")
+
+
+class _Stage:
+    __slots__ = ("name", "seconds", "start", "sync")
+
+    def __init__(self, seconds: dict[str, float], name: str, sync: bool) -> None:
+        self.seconds, self.name, self.sync, self.start = seconds, name, sync, 0.0
+
+    def __enter__(self) -> None:
+        if self.sync:
+            torch.cuda.synchronize()
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.sync:
+            torch.cuda.synchronize()
+        self.seconds[self.name] = self.seconds.get(self.name, 0.0) + time.perf_counter() - self.start
+
+
+_UNTIMED = contextlib.nullcontext()
+
+
 class CacheArrays:
     """The cache arrays batches are gathered from, resident where ``data.resident`` says.
 
     ``none``: the memory-mapped arrays (the OS page cache keeps what fits in RAM); ``memory``: loaded once into RAM
     (no page faults or disk reads after the first epoch); ``device``: copied once to the batch's device, where a
     gather is an ``index_select`` on the device and nothing crosses the bus per batch; ``auto``: ``device`` on a
-    CUDA device when all arrays take at most ``AUTO_DEVICE_SHARE`` of its free memory, else ``none``. The copies are
-    made on first use, so building a bundle costs nothing.
+    CUDA device when all arrays take at most ``AUTO_DEVICE_SHARE`` of its free memory, else ``memory`` when they take
+    at most ``AUTO_RAM_SHARE`` of the available RAM, else ``none``. The copies are made on first use, so building a
+    bundle costs nothing.
 
     Args:
         arrays: name -> array (N, ...), normally memory-mapped ``.npy`` files.
@@ -270,6 +461,7 @@ class CacheArrays:
         self.mode = mode
         self.nbytes = sum(int(a.nbytes) for a in self.host.values())
         self._loaded = False
+        self._host_tensors: dict[str, torch.Tensor] = {}
         self._on_device: dict[torch.device, dict[str, torch.Tensor] | None] = {}
         self._lock = threading.Lock()
 
@@ -279,7 +471,16 @@ class CacheArrays:
             raise MemoryError(f"data.resident=memory needs {self.nbytes / 2**30:.1f} GiB for the cache arrays, "
                               f"{available / 2**30:.1f} GiB of RAM is available; use data.resident=none")
         self.host = {name: np.array(a) for name, a in self.host.items()}
+        self._host_tensors = {}
         self._loaded = True
+
+    def _wants_ram(self) -> bool:
+        if self.mode == "memory":
+            return True
+        if self.mode != "auto":
+            return False
+        available = _available_ram()
+        return available is not None and self.nbytes <= AUTO_RAM_SHARE * available
 
     def _fits_on(self, device: torch.device, share: float) -> tuple[bool, int]:
         if device.type != "cuda":
@@ -310,23 +511,43 @@ class CacheArrays:
             out[i:i + step].copy_(torch.from_numpy(np.array(array[i:i + step])))
         return out
 
-    def take(self, name: str, index: np.ndarray, device: torch.device) -> torch.Tensor:
-        """Rows ``index`` (sorted for locality by the caller) of array ``name``, on ``device``."""
-        resident = self.resident_on(device)
-        if resident is not None:
-            return resident[name].index_select(0, to_device(torch.from_numpy(index), device))
-        if self.mode == "memory" and not self._loaded:
+    def host_source(self, name: str) -> torch.Tensor:
+        """Array ``name`` as a host tensor sharing its memory, loaded into RAM first where the mode says so."""
+        if not self._loaded and self._wants_ram():
             with self._lock:
                 if not self._loaded:
                     self._load_into_ram()
-        return to_device(torch.from_numpy(np.ascontiguousarray(self.host[name][index])), device)
+        if name not in self._host_tensors:
+            self._host_tensors[name] = host_tensor(self.host[name])
+        return self._host_tensors[name]
+
+    def source(self, name: str, device: torch.device) -> torch.Tensor:
+        """Where rows of ``name`` are read for a batch on ``device``: its device copy, or the host tensor."""
+        resident = self.resident_on(device)
+        return resident[name] if resident is not None else self.host_source(name)
+
+    def take(self, name: str, index: np.ndarray, device: torch.device, ring: BufferRing | None = None
+             ) -> torch.Tensor:
+        """Rows ``index`` (sorted for locality by the caller) of array ``name``, on ``device``: one ``index_select``
+        into a buffer of ``ring`` (pinned when it goes on to a CUDA device) or a fresh tensor."""
+        resident = self.resident_on(device)
+        if resident is not None:
+            return resident[name].index_select(0, to_device(torch.from_numpy(index), device))
+        source = self.host_source(name)
+        if ring is None:
+            return to_device(source.index_select(0, torch.from_numpy(index)), device)
+        out = ring.get(name, (len(index), *source.shape[1:]), source.dtype, torch.device("cpu"),
+                       pin=device.type == "cuda")
+        torch.index_select(source, 0, torch.from_numpy(index), out=out)
+        return upload(out, device, ring)
 
 
 class EvalViews:
-    """Test-time ``Resize((S, S))`` views of cached frames (uint8), each computed once on the CPU and then kept.
+    """Test-time ``Resize((S, S))`` views of cached frames (uint8, kept channels first), each computed once on the
+    CPU and then kept.
 
     Evaluation visits the same frames every epoch (the selection rule is deterministic), so after the first pass an
-    evaluation batch is a gather from this table. At most ``capacity`` frames are kept; frames beyond that are
+    evaluation batch is one gather from this table. At most ``capacity`` frames are kept; frames beyond that are
     resized on every use. The table is allocated lazily and its pages are only touched as frames are added.
 
     Args:
@@ -345,42 +566,46 @@ class EvalViews:
         self.used = 0
         self._lock = threading.Lock()
 
-    def take(self, index: np.ndarray) -> torch.Tensor:
-        """uint8 (len(index), S, S, 3) views of frames ``index``, on the host."""
-        unique, inverse = np.unique(index, return_inverse=True)
+    def take(self, index: np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 (len(index), 3, S, S) views of frames ``index``, on the host (in ``out`` when given)."""
+        if out is None:
+            out = torch.empty((len(index), 3, self.size, self.size), dtype=torch.uint8)
         if self.identity:
-            views = torch.from_numpy(np.ascontiguousarray(self.frames[unique]))
-        else:
-            with self._lock:
-                views = self._views(unique)
-        if len(unique) == len(index) and np.array_equal(unique, index):
-            return views
-        return views[torch.from_numpy(inverse.reshape(-1))]
+            return out.copy_(host_tensor(self.frames)[torch.from_numpy(index)].permute(0, 3, 1, 2))
+        with self._lock:
+            unique = np.unique(index)
+            missing = unique[self.slot[unique] < 0]
+            unkept, views = self._store(missing) if len(missing) else (missing, None)
+            slots = self.slot[index]
+            table = self.table
+        if views is None:
+            return torch.index_select(table, 0, torch.from_numpy(slots), out=out)
+        stored = slots >= 0
+        if stored.any():
+            out[torch.from_numpy(stored)] = table[torch.from_numpy(slots[stored])]
+        out[torch.from_numpy(~stored)] = views[torch.from_numpy(np.searchsorted(unkept, index[~stored]))]
+        return out
 
-    def _views(self, unique: np.ndarray) -> torch.Tensor:
-        missing = unique[self.slot[unique] < 0]
-        fresh = resize_uint8(torch.from_numpy(np.ascontiguousarray(self.frames[missing])), self.size) \
-            if len(missing) else None
+    def _store(self, missing: np.ndarray) -> tuple[np.ndarray, torch.Tensor | None]:
+        """Resize ``missing`` (sorted, unique) frames and keep as many as fit; returns the frames not kept and their
+        views (None when all were kept)."""
+        fresh = resize_uint8(torch.from_numpy(np.ascontiguousarray(self.frames[missing])), self.size)
+        fresh = fresh.permute(0, 3, 1, 2).contiguous()
         keep = min(len(missing), self.capacity - self.used)
         if keep > 0:
             if self.table is None:
-                self.table = torch.empty((self.capacity, self.size, self.size, 3), dtype=torch.uint8)
+                self.table = torch.empty((self.capacity, 3, self.size, self.size), dtype=torch.uint8)
             self.table[self.used:self.used + keep] = fresh[:keep]
             self.slot[missing[:keep]] = np.arange(self.used, self.used + keep)
             self.used += keep
-        slots = self.slot[unique]
-        if fresh is None or keep == len(missing):
-            return self.table[torch.from_numpy(slots)]
-        views = torch.empty((len(unique), self.size, self.size, 3), dtype=torch.uint8)
-        stored = slots >= 0
-        if stored.any():
-            views[torch.from_numpy(stored)] = self.table[torch.from_numpy(slots[stored])]
-        views[torch.from_numpy(~stored)] = fresh[keep:]
-        return views
+        return missing[keep:], (None if keep == len(missing) else fresh[keep:])
 
 
 class AVAugment:
     """The cache-backed ``Augment``: audio rows + frame choice + image transforms + audio time crop, once per batch.
+
+    Every batch-sized tensor it makes lives in a per-thread ``BufferRing``: the served ``audio`` and ``visual`` (and
+    on CUDA the pinned host buffers the gathers fill) are reused once the caller has dropped the batch they served.
 
     Args:
         frames: the cache's uint8 (total_frames, H, W, 3) array (memory-mapped).
@@ -390,13 +615,14 @@ class AVAugment:
         audio_frames: when > 0, serve a crop of this many audio time frames.
         audio: the cache's float16 (N, F, T) array; when given, batches carry only ``ROWS_KEY`` and the audio is
             gathered here (on the device when resident); without it a batch must carry ``audio`` already.
-        resample: training crop filter, ``fast`` (roi_align) or ``exact`` (PIL antialiased bilinear).
+        resample: training crop filter: ``pil`` (uint8, per frame), ``fast`` (roi_align) or ``exact`` (PIL's filter
+            in float32, batched).
         resident: where the arrays live (``CacheArrays``).
         eval_cache_frames: test-time frame views kept at most (``EvalViews``).
     """
 
     def __init__(self, frames: np.ndarray, *, num_frames: int, image_size: int, frame_rule: str = "segments",
-                 audio_frames: int = 0, audio: np.ndarray | None = None, resample: str = "fast",
+                 audio_frames: int = 0, audio: np.ndarray | None = None, resample: str = "pil",
                  resident: str = "none", eval_cache_frames: int = 0) -> None:
         if frame_rule not in FRAME_RULES:
             raise ValueError(f"unknown frame rule {frame_rule!r}; valid: {FRAME_RULES}")
@@ -413,55 +639,104 @@ class AVAugment:
         self.frame_rule = frame_rule
         self.audio_frames = audio_frames
         self.resample = resample
-        self._scratch = threading.local()
+        # Set to a ``StageTimes`` to profile the serving stages (``augbench bench data``).
+        self.times: StageTimes | None = None
+        # None: decided by the device (see ``resized_crop_pil`` and ``_frames_to_crop``); tests set them to run the
+        # CUDA branches on a CPU.
+        self.integer_kernel: bool | None = None
+        self.crop_in_place: bool | None = None
+        self._local = threading.local()
 
-    def scratch(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-        """A float32 work buffer of ``shape`` reused across batches (per thread): it never leaves this object, and
-        a fresh one per batch costs page faults for every touched page on a CPU (allocations this large bypass the
-        allocator's free lists)."""
-        buffers = self._scratch.__dict__.setdefault("buffers", {})
-        key = (shape, device)
-        if key not in buffers:
-            buffers.clear()
-            buffers[key] = torch.empty(shape, device=device)
-        return buffers[key]
+    @property
+    def ring(self) -> BufferRing:
+        """This thread's buffers (a prefetch thread has its own)."""
+        if not hasattr(self._local, "ring"):
+            self._local.ring = BufferRing()
+        return self._local.ring
+
+    def _stage(self, name: str, device: torch.device) -> contextlib.AbstractContextManager:
+        return _UNTIMED if self.times is None else self.times.stage(name, device)
 
     def read_frames(self, index: np.ndarray, device: torch.device) -> torch.Tensor:
         """uint8 (len(index), H, W, 3) frames on ``device``, read once each in sorted order."""
         unique, inverse = np.unique(index, return_inverse=True)
-        block = self.arrays.take("frames", unique, device)
+        block = self.arrays.take("frames", unique, device, self.ring)
         if len(unique) == len(index) and np.array_equal(unique, index):
             return block
         return block.index_select(0, to_device(torch.from_numpy(inverse.reshape(-1)), device))
+
+    def _frames_to_crop(self, index: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(frames, positions) such that ``frames[positions[i]]`` is frame ``index[i]``, on ``device``: the whole
+        source array where it already is there (host arrays for a CPU batch, device-resident ones), so only the
+        crops are read; otherwise the distinct frames gathered into a pinned buffer and copied over."""
+        in_place = self.crop_in_place
+        if in_place is None:
+            in_place = device.type == "cpu" or self.arrays.resident_on(device) is not None
+        if in_place:
+            return self.arrays.source("frames", device), torch.from_numpy(index)
+        unique, inverse = np.unique(index, return_inverse=True)
+        return self.arrays.take("frames", unique, device, self.ring), torch.from_numpy(inverse.reshape(-1))
+
+    def _train_pil(self, index: np.ndarray, boxes: torch.Tensor, flip: torch.Tensor, device: torch.device
+                   ) -> torch.Tensor:
+        """The ``pil`` filter: crops resized and flipped on uint8; (N, S, S, 3) uint8."""
+        n, s = len(index), self.image_size
+        with self._stage("frame gather", device):
+            frames, positions = self._frames_to_crop(index, device)
+        with self._stage("crop/resize+flip", device):
+            out = self.ring.get("crops", (n, s, s, 3), torch.uint8, device)
+            return resized_crop_pil(frames, positions, boxes, s, out, integer=self.integer_kernel, flip=flip)
+
+    def _train_float(self, index: np.ndarray, boxes: torch.Tensor, flip: torch.Tensor, device: torch.device
+                     ) -> torch.Tensor:
+        """The ``fast``/``exact`` filters: whole frames to float, then one batched crop; float (N, 3, S, S)."""
+        height, width = self.frame_size
+        with self._stage("frame gather", device):
+            frames = self.read_frames(index, device)
+        with self._stage("conversion", device):
+            # NCHW float in one pass (conversion + transpose); both resamplers are fastest on contiguous NCHW.
+            images = self.ring.get("frames float", (len(index), 3, height, width), torch.float32, device)
+            images.copy_(frames.permute(0, 3, 1, 2))
+        with self._stage("crop/resize", device):
+            crop = resized_crop_fast if self.resample == "fast" else resized_crop
+            images = crop(images, to_device(boxes, device), self.image_size)
+        with self._stage("flip", device):
+            flipped = torch.nonzero(flip)[:, 0]
+            if len(flipped):
+                flipped = to_device(flipped, device)
+                images.index_copy_(0, flipped, images.index_select(0, flipped).flip(-1))
+        return images
 
     def visual(self, starts: torch.Tensor, counts: torch.Tensor, generator: torch.Generator, train: bool,
                device: torch.device) -> torch.Tensor:
         b, t, s = len(starts), self.num_frames, self.image_size
         offsets = frame_offsets(counts, t, self.frame_rule, train, generator)
         index = (starts.cpu().to(torch.int64)[:, None] + offsets).reshape(-1).numpy()
+        clips = self.ring.get("visual", (b, 3, t, s, s), torch.float32, device)
         if train:
             height, width = self.frame_size
             boxes = crop_boxes(b * t, height, width, generator)
             flip = torch.rand(b * t, generator=generator) < FLIP_PROB
-            frames = self.read_frames(index, device)
-            # NCHW float in one pass (conversion + transpose); both resamplers are fastest on contiguous NCHW.
-            images = self.scratch((b * t, 3, height, width), device)
-            images.copy_(frames.permute(0, 3, 1, 2))
-            crop = resized_crop_fast if self.resample == "fast" else resized_crop
-            images = crop(images, to_device(boxes, device), s)
-            flipped = torch.nonzero(flip)[:, 0]
-            if len(flipped):
-                flipped = to_device(flipped, device)
-                images.index_copy_(0, flipped, images.index_select(0, flipped).flip(-1))
-            clips = images.view(b, t, 3, s, s).transpose(1, 2).contiguous()
+            if self.resample == "pil":
+                crops = self._train_pil(index, boxes, flip, device)
+                with self._stage("conversion+normalisation", device):
+                    return normalize_into(clips, crops.view(b, t, s, s, 3).permute(0, 4, 1, 2, 3))
+            images = self._train_float(index, boxes, flip, device)
+            with self._stage("collation", device):
+                clips.copy_(images.view(b, t, 3, s, s).transpose(1, 2))
         else:
-            views = to_device(self.eval_views.take(index), device)
-            clips = torch.empty((b, 3, t, s, s), device=device)
-            clips.copy_(views.view(b, t, s, s, 3).permute(0, 4, 1, 2, 3))
-        return normalize_(clips)
+            with self._stage("frame gather", device):
+                views = self.eval_views.take(index, self.ring.get("views", (b * t, 3, s, s), torch.uint8,
+                                                                  torch.device("cpu"), pin=device.type == "cuda"))
+                views = upload(views, device, self.ring)
+            with self._stage("conversion+normalisation", device):
+                return normalize_into(clips, views.view(b, t, 3, s, s).transpose(1, 2))
+        with self._stage("normalisation", device):
+            return normalize_(clips)
 
     def audio(self, audio: torch.Tensor, generator: torch.Generator, train: bool) -> torch.Tensor:
-        """Time crop (when ``audio_frames``), then float32; ``audio`` is (B, 1, F, T) on the device."""
+        """Time crop (when ``audio_frames``), then float32 into a reused buffer; ``audio`` is (B, 1, F, T) on the
+        device."""
         if self.audio_frames:
             b, _, f, total = audio.shape
             if train:
@@ -471,7 +746,8 @@ class AVAugment:
                 starts = torch.zeros(b, dtype=torch.int64)
             index = to_device(starts[:, None] + torch.arange(self.audio_frames)[None], audio.device)
             audio = audio.gather(3, index[:, None, None, :].expand(b, 1, f, self.audio_frames))
-        return audio.float()
+        with self._stage("audio conversion", audio.device):
+            return self.ring.get("audio", tuple(audio.shape), torch.float32, audio.device).copy_(audio)
 
     def __call__(self, batch: Batch, generator: torch.Generator, train: bool) -> Batch:
         starts, counts = batch.pop(FRAME_START_KEY), batch.pop(FRAME_COUNT_KEY)
@@ -481,7 +757,8 @@ class AVAugment:
             if rows is None or "audio" not in self.arrays.host:
                 raise KeyError(f"AVAugment needs either batch['audio'] or the cache's audio array and "
                                f"batch[{ROWS_KEY!r}]")
-            batch["audio"] = self.arrays.take("audio", rows.cpu().numpy(), device)[:, None]
+            with self._stage("audio gather", device):
+                batch["audio"] = self.arrays.take("audio", rows.cpu().numpy(), device, self.ring)[:, None]
         batch["visual"] = self.visual(starts, counts, generator, train, device)
         batch["audio"] = self.audio(batch["audio"], generator, train)
         return batch

@@ -217,13 +217,22 @@ def test_batches_are_the_same_on_cpu_and_gpu(cache_path):
         gpu = next(iter(data.loader("train", batch_size=6, train=train, seed=1, device="cuda")))
         assert gpu["visual"].is_cuda and set(gpu) == set(cpu)
         for key in cpu:
-            torch.testing.assert_close(gpu[key].cpu(), cpu[key], atol=1e-3, rtol=1e-4)
+            # The pil crop runs in float32 + rounding on CUDA: within one grey level of the CPU's uint8 kernel.
+            atol = 1 / (255 * 0.224) + 1e-4 if key == "visual" and train else 1e-3
+            torch.testing.assert_close(gpu[key].cpu(), cpu[key], atol=atol, rtol=1e-4)
 
 
 def test_benchmark_data_reports_both_loaders(cache_path):
     threads = torch.get_num_threads()
-    result = benchmark_data(cache_path, batch_size=3, batches=1, warmup=0, image_size=SIZE, frames=1)
+    result = benchmark_data(cache_path, batch_size=3, batches=1, rounds=2, warmup=0, image_size=SIZE, frames=1)
     assert result["cache_samples_per_s"] > 0 and result["media_samples_per_s"] > 0
-    assert result["timed_samples"] == {"cache": 3, "media": 3} and result["threads"] == 1
+    assert result["floor_samples_per_s"] > 0 and result["host_samples_per_s"] > 0
+    assert result["timed_samples"] == {"cache": 6, "floor": 6, "host": 6, "media": 6} and result["threads"] == 1
+    assert result["speedup"] == pytest.approx(result["cache_samples_per_s"] / result["media_samples_per_s"])
+    assert result["floor_ratio"] == pytest.approx(result["floor_samples_per_s"] / result["cache_samples_per_s"])
+    profile = result["profile_ms_per_sample"]
+    assert {"audio gather", "crop/resize+flip", "conversion+normalisation", "audio conversion", "loader",
+            "python overhead", "total"} <= set(profile)
+    assert sum(v for k, v in profile.items() if k != "total") == pytest.approx(profile["total"], rel=1e-6)
     assert result["dataset"] == "cremad" and result["visual_source"] == "video"
     assert torch.get_num_threads() == threads

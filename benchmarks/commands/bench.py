@@ -53,7 +53,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                       help="AV-Digits size preset of a generated tree")
     data.add_argument("--recipe", default="aug", help="audio recipe of a generated tree's cache (AUG's is 'aug')")
     data.add_argument("--batch-size", type=int, default=32, help="samples per batch of the data benchmark")
-    data.add_argument("--batches", type=int, default=10, help="timed batches per loader")
+    data.add_argument("--batches", type=int, default=5, help="timed batches per loader per round")
+    data.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the data benchmark")
 
 
 def _machine(device: str) -> dict:
@@ -92,17 +93,21 @@ def run_data(args: argparse.Namespace, env: dict, tag: str) -> list[dict[str, An
     for split, train in (("train", True), ("test", False)):
         print(f"data loaders, {split} view of {cache}:")
         row = benchmark_data(cache, raw_dir=args.raw, split=split, train=train, batch_size=args.batch_size,
-                             batches=args.batches, data=serving, device=device)
+                             batches=args.batches, rounds=args.rounds, data=serving, device=device)
         print(f"  cache {row['cache_samples_per_s']:.0f} samples/s, media {row['media_samples_per_s']:.1f} samples/s "
-              f"-> {row['speedup']:.1f}x")
+              f"-> {row['speedup']:.1f}x; floor {row['floor_samples_per_s']:.0f} samples/s "
+              f"(floor / cache {row['floor_ratio']:.2f}); GPU path host share {row['host_samples_per_s']:.0f} "
+              f"samples/s ({row['host_speedup']:.0f}x media)")
         rows.append(row)
     first = rows[0]
     name = f"{first['dataset']}-{first['recipe']}"
     caption = (f"Data loaders on {cache.name} ({first['dataset']}, recipe {first['recipe']}, audio "
                f"{'x'.join(map(str, first['audio_shape']))}, frames stored {'x'.join(map(str, first['stored_frame']))}"
                f" from {first['visual_source']}, served {first['image_size']}, T={first['frames']}, batch "
-               f"{args.batch_size}), one CPU thread, cache loader on {device} ({env.get('gpu', env['processor'])}, "
-               f"torch {env['torch']}, commit {env['git_commit']})")
+               f"{args.batch_size}), one CPU thread, {args.rounds} interleaved rounds of {args.batches} batches "
+               f"after a warm epoch, cache loader on {device} ({env.get('gpu', env['processor'])}, "
+               f"{env['cpu_count']} CPUs, load average {first['load_average']} at the end, torch {env['torch']}, "
+               f"commit {env['git_commit']})")
     write_json(args.out / f"data-{name}-{tag}.json", {"rows": rows, "env": env, "cache": str(cache)})
     atomic_write_text(args.out / f"data-{name}-{tag}.md", markdown_data(rows, caption))
     print(markdown_data(rows, caption))

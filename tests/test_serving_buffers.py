@@ -1,0 +1,184 @@
+"""The serving fast paths: the uint8 ``pil`` crop filter against PIL, its float (CUDA) branch, reused batch buffers
+(``BufferRing``) that never overwrite a batch the caller keeps, the GPU path's host gather run on a CPU, and
+``resident=auto`` loading the cache into RAM. Nothing here times anything."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from core.hparams import resolve
+from datasets import augment
+from datasets.augment import BufferRing, crop_boxes, resized_crop_pil
+from datasets.cremad import CremaD
+from datasets.prepare import prepare
+from datasets.tables import PrepareOptions
+from tests.media_fixtures import make_cremad
+
+SIZE = 16
+# Normalised values differ by (level difference) / (255 * std); the smallest ImageNet std is 0.224.
+ONE_LEVEL = 1.0 / (255 * 0.224) + 1e-6
+
+
+@pytest.fixture(scope="module")
+def cache_path(tmp_path_factory):
+    tree = make_cremad(tmp_path_factory.mktemp("cremad") / "raw", seconds=(1.3, 2.5, 3.2, 4.1))
+    opts = PrepareOptions(recipe="ogm", splits_dir=tree.splits_dir, frame_size=(24, 32), shard_size=8)
+    return prepare(CremaD, tree.root, tmp_path_factory.mktemp("cache"), opts, log=lambda s: None)
+
+
+def bundle(cache_path, **data):
+    hp = resolve("data", CremaD.HPARAMS, "cremad", {"cache": str(cache_path), "image_size": SIZE, "frames": 2,
+                                                     **data})
+    return CremaD.build(hp)
+
+
+def frames_and_boxes(kind: str, n: int = 48, height: int = 64, width: int = 85, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    if kind == "noise":
+        frames = torch.randint(0, 256, (n, height, width, 3), dtype=torch.uint8, generator=g)
+    else:
+        coarse = torch.rand((n, 3, 8, 10), generator=g) * 255
+        frames = F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False).clamp(0, 255)
+        frames = frames.round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    return frames, crop_boxes(n, height, width, g)
+
+
+def pil_crops(frames: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """The published pipeline: PIL crop + resize (torchvision's RandomResizedCrop on a PIL image), uint8 NCHW."""
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    out = [np.asarray(TF.resized_crop(Image.fromarray(f.numpy()), *b.tolist(), [size, size],
+                                      interpolation=TF.InterpolationMode.BILINEAR)) for f, b in zip(frames, boxes)]
+    return torch.from_numpy(np.stack(out))
+
+
+# --- the pil filter ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("kind", "levels", "share"), [("smooth", 1, 0.03), ("noise", 2, 0.06)])
+def test_pil_crop_is_within_the_documented_bound_of_pil(kind, levels, share):
+    """CREMA-D geometry scaled down 4x (stored 64x85, served 56): at most 1-2 grey levels off PIL, in few pixels."""
+    frames, boxes = frames_and_boxes(kind)
+    ours = resized_crop_pil(frames, torch.arange(len(frames)), boxes, 56)
+    diff = (ours.int() - pil_crops(frames, boxes, 56).int()).abs()
+    assert ours.dtype == torch.uint8 and ours.shape == (48, 56, 56, 3)
+    assert diff.max() <= levels and (diff > 0).float().mean() < share
+
+
+def test_pil_crop_equals_torchs_uint8_resize_of_each_crop_and_flips_after():
+    frames, boxes = frames_and_boxes("noise", n=6)
+    flip = torch.tensor([True, False, True, False, False, True])
+    index = torch.tensor([5, 0, 0, 3, 2, 1])
+    out = resized_crop_pil(frames, index, boxes[:6], 20, flip=flip)
+    for i, (k, (top, left, h, w)) in enumerate(zip(index.tolist(), boxes[:6].tolist())):
+        crop = frames[k, top:top + h, left:left + w].permute(2, 0, 1)[None].contiguous()
+        ref = F.interpolate(crop, size=(20, 20), mode="bilinear", align_corners=False, antialias=True)[0]
+        ref = ref.permute(1, 2, 0)
+        assert torch.equal(out[i], ref.flip(1) if flip[i] else ref)
+
+
+def test_pil_crop_float_branch_used_on_cuda_is_within_one_level_of_the_integer_kernel():
+    frames, boxes = frames_and_boxes("noise")
+    integer = resized_crop_pil(frames, torch.arange(48), boxes, 56, integer=True)
+    floating = resized_crop_pil(frames, torch.arange(48), boxes, 56, integer=False)
+    assert (integer.int() - floating.int()).abs().max() <= 1 and floating.dtype == torch.uint8
+
+
+def test_cuda_branches_of_the_training_view_run_on_the_cpu(cache_path):
+    """The GPU path gathers the distinct frames into a (pinned) buffer and crops with the float kernel; forced on a
+    CPU through the same code, the gather changes nothing and the float kernel stays within one grey level."""
+    reference = list(bundle(cache_path).loader("train", batch_size=4, train=True, seed=3))
+    data = bundle(cache_path)
+    data.augment.crop_in_place = False
+    gathered = list(data.loader("train", batch_size=4, train=True, seed=3))
+    data.augment.integer_kernel = False
+    floating = list(data.loader("train", batch_size=4, train=True, seed=3))
+    for a, b, c in zip(reference, gathered, floating, strict=True):
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+        torch.testing.assert_close(c["visual"], a["visual"], atol=ONE_LEVEL, rtol=0)
+        assert torch.equal(c["audio"], a["audio"])
+
+
+# --- reused buffers ---------------------------------------------------------------------------------------------
+
+def test_ring_reuses_a_buffer_only_once_nothing_holds_it():
+    ring = BufferRing(depth=3)
+    first = ring.get("x", (4, 3), torch.float32, torch.device("cpu"))
+    ptr = first.data_ptr()
+    second = ring.get("x", (4, 3), torch.float32, torch.device("cpu"))
+    assert second.data_ptr() != ptr, "a buffer the caller holds is never handed out again"
+    view = first[1:]
+    del first
+    assert ring.get("x", (4, 3), torch.float32, torch.device("cpu")).data_ptr() not in (ptr, second.data_ptr()), \
+        "a view keeps the buffer busy"
+    del view, second
+    assert ring.get("x", (4, 3), torch.float32, torch.device("cpu")).data_ptr() == ptr
+    assert ring.get("x", (5, 3), torch.float32, torch.device("cpu")).shape == (5, 3)
+
+
+def test_ring_waits_for_a_pending_copy_before_reusing_a_buffer():
+    class Event:
+        waited = 0
+
+        def synchronize(self):
+            Event.waited += 1
+
+    ring = BufferRing()
+    buffer = ring.get("x", (2,), torch.float32, torch.device("cpu"))
+    ptr = buffer.data_ptr()
+    ring.fence(buffer, Event())
+    del buffer
+    assert ring.get("x", (2,), torch.float32, torch.device("cpu")).data_ptr() == ptr and Event.waited == 1
+    ring.get("x", (2,), torch.float32, torch.device("cpu"))
+    assert Event.waited == 1, "the fence is waited for once"
+
+
+@pytest.mark.parametrize("resample", ["pil", "fast", "exact"])
+def test_reused_buffers_never_change_a_batch_the_caller_keeps(cache_path, resample):
+    data = bundle(cache_path, resample=resample)
+    for split, train in (("train", True), ("test", False)):
+        kept = list(data.loader(split, batch_size=1, train=train, seed=5))
+        ring = data.augment.ring
+        before = ring.allocations
+        cloned = [{k: v.clone() for k, v in b.items()} for b in data.loader(split, batch_size=1, train=train, seed=5)]
+        assert len(kept) == len(cloned) > 2
+        for a, b in zip(kept, cloned):
+            for key in a:
+                assert torch.equal(a[key], b[key]), (split, key)
+        # Dropped batches give their buffers back: the second epoch allocates far fewer than one per batch.
+        assert ring.allocations - before <= 2 * 4, "buffers were reused"
+
+
+def test_resident_auto_loads_the_cache_into_ram_when_it_fits(cache_path, monkeypatch):
+    monkeypatch.setattr(augment, "_available_ram", lambda: 1 << 40)
+    roomy = bundle(cache_path, resident="auto")
+    next(iter(roomy.loader("train", batch_size=2, train=True, seed=0)))
+    assert roomy.augment.arrays._loaded and not any(isinstance(a, np.memmap)
+                                                     for a in roomy.augment.arrays.host.values())
+    monkeypatch.setattr(augment, "_available_ram", lambda: 1)
+    tight = bundle(cache_path, resident="auto")
+    next(iter(tight.loader("train", batch_size=2, train=True, seed=0)))
+    assert not tight.augment.arrays._loaded and all(isinstance(a, np.memmap)
+                                                    for a in tight.augment.arrays.host.values())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("resident", ["none", "memory"])
+def test_gpu_path_gathers_into_pinned_buffers_and_serves_the_cpu_batches(cache_path, resident):
+    data = bundle(cache_path, resident=resident)
+    for split, train in (("train", True), ("test", False)):
+        cpu = list(bundle(cache_path).loader(split, batch_size=3, train=train, seed=2))
+        for _ in range(2):  # the second epoch reuses the pinned buffers behind their fences
+            gpu = [{k: v.cpu() for k, v in b.items()}
+                   for b in data.loader(split, batch_size=3, train=train, seed=2, device="cuda")]
+            for a, b in zip(cpu, gpu, strict=True):
+                for key in a:
+                    atol = ONE_LEVEL if key == "visual" and train else 1e-6
+                    torch.testing.assert_close(b[key], a[key], atol=atol, rtol=0)
+    host = [s.tensor for slots in data.augment.ring._slots.values() for s in slots if s.tensor.device.type == "cpu"]
+    assert host and all(t.is_pinned() for t in host)
