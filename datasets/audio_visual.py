@@ -94,7 +94,8 @@ def av_hparams(*, recipes: Sequence[str], recipe: str, recipe_doc: str, frames: 
         HParam("resident", "auto", "Where batches are gathered from: 'none' = the memory-mapped cache; 'memory' = "
                                    "loaded once into RAM; 'device' = copied once to the training device (no "
                                    "per-batch host->device copy); 'auto' = 'device' on CUDA when the arrays take at "
-                                   "most half of its free memory, else 'none' [project].", choices=RESIDENT_MODES),
+                                   "most half of its free memory, else 'memory' when they take at most half of the "
+                                   "available RAM, else 'none' [project].", choices=RESIDENT_MODES),
         HParam("eval_cache_mb", 2048, "Test-time Resize((S, S)) frame views are computed once and kept, up to this "
                                       "many MiB of uint8 (0 = resize on every use) [project]."),
         HParam("prefetch", 0, "Batches a background thread prepares ahead of the training loop (0 = none, the "
