@@ -23,6 +23,7 @@ COMMANDS = (
     "table",
     "plot",
     "evaluate",
+    "parity",
 )
 
 
