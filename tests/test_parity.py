@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from aug.method import AUG
 from baselines.base import StepInfo, confidence_scores, loss_precision
 from baselines.hparams import resolve
 from baselines.ogm import OGM
@@ -48,6 +49,20 @@ def test_ogm_step_in_float64_reports_the_float64_loss(tiny_bundle):
     finally:
         torch.set_default_dtype(old)
     assert logs["loss"] == expected   # a float32 loss would differ from the float64 one at ~1e-8
+
+
+def test_gated_aug_steps_in_float64(tiny_bundle):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        hp = resolve("aug", method_hparams(AUG), "synthetic", {"variant": "official_gated"}, variants=AUG.VARIANTS)
+        torch.manual_seed(0)
+        method = AUG(tiny_bundle.task, hp, make_context())
+        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+        method.update(batch, StepInfo(0, 0, 1, 1))   # a float32 gate input met float64 gate weights here
+    finally:
+        torch.set_default_dtype(old)
+    assert method.running.dtype == torch.float64 and method.gate_values().dtype == torch.float64
 
 
 # --- the lockstep comparison, on a stand-in case (no clones needed) -------------------------------------------------
