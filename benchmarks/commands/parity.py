@@ -4,19 +4,20 @@ With ``--official-root`` (a folder holding the user's clones of the official rep
 repository, named as on GitHub) every case runs the official training function and the project's method in
 lockstep and writes ``results/parity/<case>.json`` and the generated README; ``--flip`` also flips each documented
 deviation alone and records where it shows; ``--record`` stores the official side as the golden record. Without
-``--official-root``, ``--golden`` replays the project side against the committed golden records (no clones).
+``--official-root``, ``--golden`` replays the project side against the committed golden records (no clones);
+``--golden --flip`` measures the deviations' signatures against the records and updates them in the case files.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import json
 from pathlib import Path
 
 from benchmarks.parity import all_cases, get_cases
-from benchmarks.parity.core import run_case
+from benchmarks.parity.core import ParityResult, run_case
 from benchmarks.parity.golden import check, record, record_path, worst
-from benchmarks.parity.report import summary, write_readme, write_summary
+from benchmarks.parity.report import signature, summary, write_readme, write_summary
 
 HELP = "check each method step by step against the official code (local clones) or its golden record"
 GOLDEN_DIR = Path("tests/golden/parity")
@@ -41,7 +42,7 @@ def _progress(rec) -> None:
 def run(args: argparse.Namespace) -> int:
     cases = get_cases(args.cases)
     if args.golden:
-        return _golden(cases, args.golden_dir)
+        return _golden(cases, args.golden_dir, args.report_dir if args.flip else None)
     if args.official_root is None:
         raise ValueError("--official-root DIR is required (a folder with the official clones), or use --golden")
     if not args.official_root.is_dir():
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _golden(cases, directory: Path) -> int:
+def _golden(cases, directory: Path, report_dir: Path | None) -> int:
     failed = 0
     for case in cases:
         records = check(case, record_path(directory, case))
@@ -79,5 +80,26 @@ def _golden(cases, directory: Path) -> int:
         failed += bad is not None
         status = "matches" if bad is None else f"DIFFERS at {bad.label} ({bad.failed[0]})"
         print(f"{case.name}: {status} its golden record over {len(records)} checkpoints, max |diff| "
-              f"{worst(records):.2e}", file=sys.stdout)
+              f"{worst(records):.2e}", flush=True)
+        if report_dir is not None:
+            _golden_flips(case, directory, report_dir)
+    if report_dir is not None:
+        print(f"wrote {write_readme(report_dir)}")
     return 1 if failed else 0
+
+
+def _golden_flips(case, directory: Path, report_dir: Path) -> None:
+    """Each documented deviation against the golden record; the signatures replace those in the case file."""
+    path = report_dir / f"{case.name}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: run augbench parity {case.name} --official-root DIR first")
+    data = json.loads(path.read_text())
+    data["deviations"] = []
+    for knob, value in case.deviations.items():
+        records = check(case, record_path(directory, case), overrides={knob: value})
+        res = ParityResult(case, records, {knob: value})
+        first = res.first_failure
+        print(f"  flip {knob}={value!r}: " + (f"differs from {first.label} ({first.failed[0]})" if first
+                                             else "no difference"), flush=True)
+        data["deviations"].append({"knob": knob, "value": value, "against": "golden record", **signature(res)})
+    write_summary(report_dir, data)

@@ -79,8 +79,8 @@ def load(path: Path) -> dict[str, Any]:
     return data
 
 
-def check(case: Case, path: Path, limit: int | None = None,
-          step_hook: Callable[[Any], None] | None = None) -> list[StepRecord]:
+def check(case: Case, path: Path, limit: int | None = None, step_hook: Callable[[Any], None] | None = None,
+          overrides: dict[str, Any] | None = None) -> list[StepRecord]:
     """Replay the project side of ``case`` and compare its fingerprints with the golden record at every label.
 
     Args:
@@ -88,6 +88,8 @@ def check(case: Case, path: Path, limit: int | None = None,
         path: its record file.
         limit: compare only the first ``limit`` labels (a quick check).
         step_hook: called with the project side before each comparison (tests perturb it here).
+        overrides: project knobs on top of the case's (a flipped deviation); the check stops at the first
+            difference either way.
     """
     data = load(path)
     if data["case"] != case.name or data["commit"] != case.commit:
@@ -96,7 +98,7 @@ def check(case: Case, path: Path, limit: int | None = None,
     labels = data["labels"][:limit]
     out: list[StepRecord] = []
     with float64():
-        project = case.project(case, {})
+        project = case.project(case, dict(overrides or {}))
         steps = project.steps()
         for label in labels:
             mine = next(steps, None)
