@@ -106,6 +106,16 @@ def test_run_case_names_a_schedule_mismatch(tmp_path):
         run_case(_fake_case(0.0, project_labels=("e0s0", "e0.aca")), tmp_path)
 
 
+def test_golden_record_round_trip_and_drift(tmp_path):
+    (tmp_path / "fake").mkdir()
+    path, result = golden.record(_fake_case(1e-13), tmp_path, tmp_path / "golden")
+    assert result.passed and golden.load(path)["labels"] == ["e0s0", "e0s1"]
+    assert not any(r.failed for r in golden.check(_fake_case(1e-13), path))
+    drifted = Case(**{**_fake_case(0.0).__dict__, "project": lambda case, overrides: _Side(1e-8)})
+    records = golden.check(drifted, path)
+    assert records[0].failed == ["param/w"] and len(records) == 1   # stops at the first difference
+
+
 # --- golden records: the project's methods against the official code's recorded steps ------------------------------
 GOLDEN = Path(__file__).parent / "golden" / "parity"
 CASES = {c.name: c for c in get_cases()}
