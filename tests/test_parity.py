@@ -16,7 +16,7 @@ from baselines.ogm import OGM
 from benchmarks.cli import main
 from benchmarks.config import method_hparams
 from benchmarks.parity import get_cases, golden, report
-from benchmarks.parity.core import Case, run_case
+from benchmarks.parity.core import Case, compare, run_case
 from tests.conftest import first_batch, make_context
 
 
@@ -98,6 +98,12 @@ def test_run_case_passes_rounding_and_fails_a_real_difference(tmp_path):
     assert not result.passed
     assert result.first_failure.label == "e0s0" and result.first_failure.failed == ["param/w"]
     assert result.max_diff == pytest.approx(1e-8, rel=1e-6)
+
+
+def test_a_quantity_on_one_side_only_is_a_difference():
+    rec = compare("e0s0", {"param/w": torch.zeros(2), "optim/w/momentum_buffer": torch.zeros(2)},
+                  {"param/w": torch.zeros(2)})
+    assert rec.failed == ["optim/w/momentum_buffer"] and rec.max_diff == float("inf")
 
 
 def test_run_case_names_a_schedule_mismatch(tmp_path):

@@ -5,7 +5,7 @@ repository, named as on GitHub) every case runs the official training function a
 lockstep and writes ``results/parity/<case>.json`` and the generated README; ``--flip`` also flips each documented
 deviation alone and records where it shows; ``--record`` stores the official side as the golden record. Without
 ``--official-root``, ``--golden`` replays the project side against the committed golden records (no clones);
-``--golden --flip`` measures the deviations' signatures against the records and updates them in the case files.
+``--golden --flip`` only measures the deviations' signatures against the records and updates the case files.
 """
 
 from __future__ import annotations
@@ -75,14 +75,15 @@ def run(args: argparse.Namespace) -> int:
 def _golden(cases, directory: Path, report_dir: Path | None) -> int:
     failed = 0
     for case in cases:
+        if report_dir is not None:
+            _golden_flips(case, directory, report_dir)
+            continue
         records = check(case, record_path(directory, case))
         bad = next((r for r in records if r.failed), None)
         failed += bad is not None
         status = "matches" if bad is None else f"DIFFERS at {bad.label} ({bad.failed[0]})"
         print(f"{case.name}: {status} its golden record over {len(records)} checkpoints, max |diff| "
               f"{worst(records):.2e}", flush=True)
-        if report_dir is not None:
-            _golden_flips(case, directory, report_dir)
     if report_dir is not None:
         print(f"wrote {write_readme(report_dir)}")
     return 1 if failed else 0
