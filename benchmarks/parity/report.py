@@ -60,8 +60,8 @@ def render(directory: Path) -> str:
         "step and decision point every parameter, buffer, optimizer state and the method's own quantities "
         f"(|project - official| <= {ATOL:g} + {RTOL:g} |official|). The documented departures of the paper default "
         "are then flipped one at a time on top of the official variant; each must show a difference (its "
-        "signature: the first step and quantities where it diverges; a maximum of inf means a quantity exists on one side only,
-such as the momentum of a newly registered learner). Golden records of the official side are in "
+        "signature: the first step and quantities where it diverges; a maximum of inf means a quantity exists on one "
+        "side only, such as the momentum of a newly registered learner). Golden records of the official side are in "
         "`tests/golden/parity/`; `tests/test_parity.py` replays the project side against them."),
         "",
         ("| case | method / variant | official code (commit) | steps and decision points | max difference | "
