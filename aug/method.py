@@ -236,7 +236,7 @@ class AUG(Method):
         """The third backward/step of the gated scripts: MSE of g(previous running scores) to 0/1 targets set by
         the updated running scores (docs/methods/aug.md#gated)."""
         inputs = self.running
-        self.running = running_scores(confidence, self.score_sum, step_in_epoch).float()
+        self.running = running_scores(confidence, self.score_sum, step_in_epoch).to(self.running.dtype)
         loss = F.mse_loss(self.gate(inputs), gate_targets(self.running))
         loss.backward()
         self.optimizer.step()

@@ -57,7 +57,8 @@ class GateNet(nn.Module):
                                  nn.Sigmoid())
 
     def forward(self, scores: torch.Tensor) -> torch.Tensor:
-        return self.net(scores.float()[:, None])[:, 0]
+        # In the network's own dtype: the scores are float64 sums, the network float32 (or float64 in parity runs).
+        return self.net(scores.to(self.net[0].weight.dtype)[:, None])[:, 0]
 
 
 def learner_logits(stack: LearnerStack, head: nn.Linear, h: torch.Tensor,

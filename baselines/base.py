@@ -268,12 +268,18 @@ class Method(nn.Module):
         return {m: batch[m] for m in self.modalities}
 
 
+def loss_precision(z: torch.Tensor) -> torch.Tensor:
+    """Logits for a loss or score: half-precision autocast outputs promoted to float32, float64 kept (float64 runs,
+    such as ``augbench parity``, must not round their losses to float32)."""
+    return z.to(torch.promote_types(z.dtype, torch.float32))
+
+
 def confidence_scores(logits: Mapping[str, torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
     """docs/methods/README.md#confidence-score: s_m = sum over the batch of softmax(z_m)[y], under no_grad, vectorised
-    with ``gather``."""
+    with ``gather``, in ``loss_precision``."""
     with torch.no_grad():
-        return {m: torch.softmax(z.detach().float(), dim=1).gather(1, labels[:, None]).sum() for m, z in
-                logits.items()}
+        return {m: torch.softmax(loss_precision(z.detach()), dim=1).gather(1, labels[:, None]).sum()
+                for m, z in logits.items()}
 
 
 def conv_weights(module: nn.Module) -> list[nn.Parameter]:
@@ -352,7 +358,7 @@ class FusionMethod(Method):
     def update(self, batch: Batch, step: StepInfo) -> dict[str, float]:
         with self.ctx.autocast():
             _, z, _ = self.model(self.inputs(batch))
-            loss = F.cross_entropy(z.float(), batch["label"])
+            loss = F.cross_entropy(loss_precision(z), batch["label"])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.base import FusionMethod, StepInfo, confidence_scores, conv_weights
+from baselines.base import FusionMethod, StepInfo, confidence_scores, conv_weights, loss_precision
 from baselines.registry import register
 from core.data import Batch
 from core.hparams import HParam
@@ -132,7 +132,7 @@ class OGM(FusionMethod):
         labels = batch["label"]
         with self.ctx.autocast():
             _, z, z_uni = self.model(self.inputs(batch))
-            loss = F.cross_entropy(z.float(), labels)
+            loss = F.cross_entropy(loss_precision(z), labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         # Data-parallel: edit the global batch's gradient with the global batch's confidence sums (P2 sums, so SUM).

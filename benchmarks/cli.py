@@ -30,6 +30,7 @@ COMMANDS = (
     "table",
     "plot",
     "evaluate",
+    "parity",
 )
 
 # Exit status of a process stopped by Ctrl-C (128 + SIGINT), as shells report it.

@@ -1,0 +1,118 @@
+"""Golden records: the official side's values at every checkpoint of a case, recorded once from the official code,
+so that the project side can be checked without the clones.
+
+Full ResNet-18 states are too large to commit per step, so each compared tensor is kept as a fixed-length
+fingerprint: its mean, mean square, a cosine-weighted mean and its first, middle and last elements. Means (not sums) keep
+the fingerprint's rounding at the scale of one element, so the same tolerance as the live comparison applies.
+A record file holds the case, the official repository and commit, the labels in order, the quantity names once and
+per label the indices of its quantities and one (quantities, 6) float64 matrix of their fingerprints.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.parity.core import (
+    ATOL,
+    DTYPE,
+    RTOL,
+    Case,
+    Snapshot,
+    StepRecord,
+    compare,
+    float64,
+    run_case,
+)
+
+FORMAT = 2
+SAMPLES = 3
+
+
+def fingerprint(t: torch.Tensor) -> torch.Tensor:
+    x = t.detach().to(DTYPE).reshape(-1)
+    n = x.numel()
+    if n == 0:
+        return torch.zeros(3 + SAMPLES, dtype=DTYPE)
+    weights = torch.cos(torch.arange(n, dtype=DTYPE))
+    idx = torch.linspace(0, n - 1, SAMPLES).round().long()
+    return torch.cat([torch.stack([x.mean(), (x * x).mean(), (x * weights).mean()]), x[idx]])
+
+
+def fingerprints(snapshot: Snapshot) -> Snapshot:
+    return {key: fingerprint(value) for key, value in snapshot.items()}
+
+
+def record_path(directory: Path, case: Case) -> Path:
+    return Path(directory) / f"{case.name}.pt"
+
+
+def record(case: Case, root: Path, directory: Path) -> tuple[Path, Any]:
+    """Run the case against the official clone, store the official fingerprints, return (path, parity result)."""
+    steps: dict[str, dict[str, Any]] = {}
+    keys: dict[str, int] = {}
+
+    def keep(label: str, snapshot: Snapshot) -> None:
+        prints = fingerprints(snapshot)
+        index = [keys.setdefault(k, len(keys)) for k in prints]
+        steps[label] = {"index": torch.tensor(index, dtype=torch.int32), "values": torch.stack(list(prints.values()))}
+
+    result = run_case(case, root, record=keep)
+    path = record_path(directory, case)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"format": FORMAT, "case": case.name, "method": case.method, "hparams": dict(case.hparams),
+                "repo": case.repo, "commit": case.commit, "labels": list(steps), "keys": list(keys), "steps": steps,
+                "atol": ATOL, "rtol": RTOL, "live_max_diff": result.max_diff, "live_passed": result.passed}, path)
+    return path, result
+
+
+def load(path: Path) -> dict[str, Any]:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no golden parity record {path}; record it with augbench parity --record")
+    data = torch.load(path, map_location="cpu", weights_only=False)
+    if data.get("format") != FORMAT:
+        raise ValueError(f"{path}: golden record format {data.get('format')!r}, expected {FORMAT}")
+    return data
+
+
+def check(case: Case, path: Path, limit: int | None = None, step_hook: Callable[[Any], None] | None = None,
+          overrides: dict[str, Any] | None = None) -> list[StepRecord]:
+    """Replay the project side of ``case`` and compare its fingerprints with the golden record at every label.
+
+    Args:
+        case: the case.
+        path: its record file.
+        limit: compare only the first ``limit`` labels (a quick check).
+        step_hook: called with the project side before each comparison (tests perturb it here).
+        overrides: project knobs on top of the case's (a flipped deviation); the check stops at the first
+            difference either way.
+    """
+    data = load(path)
+    if data["case"] != case.name or data["commit"] != case.commit:
+        raise ValueError(f"{path} records case {data['case']!r} at {data['commit'][:7]}, not {case.name!r} at "
+                         f"{case.commit[:7]}")
+    labels = data["labels"][:limit]
+    out: list[StepRecord] = []
+    with float64():
+        project = case.project(case, dict(overrides or {}))
+        steps = project.steps()
+        for label in labels:
+            mine = next(steps, None)
+            if mine != label:
+                raise RuntimeError(f"{case.name}: the project side reached {mine!r} where the record has {label!r}")
+            if step_hook is not None:
+                step_hook(project)
+            step = data["steps"][label]
+            recorded = {data["keys"][i]: v for i, v in zip(step["index"].tolist(), step["values"].unbind())}
+            out.append(compare(label, fingerprints(project.snapshot()), recorded))
+            if out[-1].failed:
+                break
+    return out
+
+
+def worst(records: list[StepRecord]) -> float:
+    return max((r.max_diff for r in records), default=math.nan)

@@ -1,0 +1,190 @@
+"""``augbench parity``: float64 precision of the shared step code, the golden parity records, the lockstep
+comparison and the CLI's errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from aug.method import AUG
+from baselines.base import StepInfo, confidence_scores, loss_precision
+from baselines.ogm import OGM
+from benchmarks.cli import main
+from benchmarks.config import method_hparams
+from benchmarks.parity import get_cases, golden, report
+from benchmarks.parity.core import Case, compare, run_case
+from core.hparams import resolve
+from tests.conftest import first_batch, make_context
+
+
+# --- float64 runs keep float64 losses and scores (what parity in float64 needs) --------------------------------------
+def test_loss_precision_promotes_half_and_keeps_float64():
+    assert loss_precision(torch.zeros(2, dtype=torch.bfloat16)).dtype == torch.float32
+    assert loss_precision(torch.zeros(2, dtype=torch.float32)).dtype == torch.float32
+    assert loss_precision(torch.zeros(2, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_confidence_scores_of_float64_logits_are_float64():
+    z = torch.randn(5, 3, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 1, 0])
+    s = confidence_scores({"audio": z}, y)["audio"]
+    assert s.dtype == torch.float64
+    torch.testing.assert_close(s, torch.softmax(z, 1)[torch.arange(5), y].sum(), rtol=1e-15, atol=1e-15)
+
+
+def test_ogm_step_in_float64_reports_the_float64_loss(tiny_bundle):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        torch.manual_seed(0)
+        method = OGM(tiny_bundle.task, resolve("ogm", method_hparams(OGM), "synthetic", {}), make_context())
+        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+        with torch.no_grad():
+            _, z, _ = method.model(method.inputs(batch))
+            expected = F.cross_entropy(z, batch["label"]).item()
+        logs = method.update(batch, StepInfo(0, 0, 1, 1))
+    finally:
+        torch.set_default_dtype(old)
+    assert logs["loss"] == expected   # a float32 loss would differ from the float64 one at ~1e-8
+
+
+def test_gated_aug_steps_in_float64(tiny_bundle):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        hp = resolve("aug", method_hparams(AUG), "synthetic", {"variant": "official_gated"}, variants=AUG.VARIANTS)
+        torch.manual_seed(0)
+        method = AUG(tiny_bundle.task, hp, make_context())
+        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+        method.update(batch, StepInfo(0, 0, 1, 1))   # a float32 gate input met float64 gate weights here
+    finally:
+        torch.set_default_dtype(old)
+    assert method.running.dtype == torch.float64 and method.gate_values().dtype == torch.float64
+
+
+# --- the lockstep comparison, on a stand-in case (no clones needed) -------------------------------------------------
+class _Side:
+    """Both sides of a fake case: a parameter that moves by ``step`` per checkpoint, plus ``offset``."""
+
+    def __init__(self, offset: float, labels=("e0s0", "e0s1")) -> None:
+        self.offset, self.labels, self.value = offset, labels, torch.zeros(3, dtype=torch.float64)
+
+    def steps(self):
+        for label in self.labels:
+            self.value = self.value + 1.0
+            yield label
+
+    def run(self, checkpoint) -> None:
+        for label in self.steps():
+            checkpoint(label)
+
+    def snapshot(self):
+        return {"param/w": self.value + self.offset, "q/coeff": (self.value[:1] * 0.5)}
+
+
+def _fake_case(official_offset: float, project_labels=("e0s0", "e0s1")) -> Case:
+    return Case(name="fake", method="joint", hparams={}, repo="owner/fake", commit="0" * 40, entry="train",
+                covers="two steps", project=lambda case, overrides: _Side(0.0, project_labels),
+                official=lambda case, root, project: _Side(official_offset))
+
+
+def test_run_case_passes_rounding_and_fails_a_real_difference(tmp_path):
+    (tmp_path / "fake").mkdir()
+    assert run_case(_fake_case(1e-13), tmp_path).passed
+    result = run_case(_fake_case(1e-8), tmp_path)
+    assert not result.passed
+    assert result.first_failure.label == "e0s0" and result.first_failure.failed == ["param/w"]
+    assert result.max_diff == pytest.approx(1e-8, rel=1e-6)
+
+
+def test_a_quantity_on_one_side_only_is_a_difference():
+    rec = compare("e0s0", {"param/w": torch.zeros(2), "optim/w/momentum_buffer": torch.zeros(2)},
+                  {"param/w": torch.zeros(2)})
+    assert rec.failed == ["optim/w/momentum_buffer"] and rec.max_diff == float("inf")
+
+
+def test_run_case_names_a_schedule_mismatch(tmp_path):
+    (tmp_path / "fake").mkdir()
+    with pytest.raises(RuntimeError, match="'e0s1'.*'e0.aca'"):
+        run_case(_fake_case(0.0, project_labels=("e0s0", "e0.aca")), tmp_path)
+
+
+def test_golden_record_round_trip_and_drift(tmp_path):
+    (tmp_path / "fake").mkdir()
+    path, result = golden.record(_fake_case(1e-13), tmp_path, tmp_path / "golden")
+    assert result.passed and golden.load(path)["labels"] == ["e0s0", "e0s1"]
+    assert not any(r.failed for r in golden.check(_fake_case(1e-13), path))
+    drifted = Case(**{**_fake_case(0.0).__dict__, "project": lambda case, overrides: _Side(1e-8)})
+    records = golden.check(drifted, path)
+    assert records[0].failed == ["param/w"] and len(records) == 1   # stops at the first difference
+
+
+# --- golden records: the project's methods against the official code's recorded steps ------------------------------
+GOLDEN = Path(__file__).parent / "golden" / "parity"
+CASES = {c.name: c for c in get_cases()}
+RECORDED = sorted(p.stem for p in GOLDEN.glob("*.pt"))
+
+
+def test_every_case_has_a_golden_record_with_its_official_commit():
+    assert RECORDED, f"no golden parity records in {GOLDEN}"
+    for name in RECORDED:
+        data = golden.load(GOLDEN / f"{name}.pt")
+        assert data["case"] == name and data["commit"] == CASES[name].commit and data["repo"] == CASES[name].repo
+        assert data["live_passed"], f"{name} did not match the official code when it was recorded"
+
+
+def _check(name: str, limit: int | None = None, step_hook=None):
+    records = golden.check(CASES[name], GOLDEN / f"{name}.pt", limit=limit, step_hook=step_hook)
+    assert records, name
+    return records
+
+
+@pytest.mark.parametrize("name", RECORDED)
+def test_first_step_matches_the_golden_record(name):
+    records = _check(name, limit=1)
+    assert not records[0].failed, f"{name} at {records[0].label}: {records[0].failed[:4]}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", RECORDED)
+def test_every_step_matches_the_golden_record(name):
+    records = _check(name)
+    bad = [r for r in records if r.failed]
+    assert not bad, f"{name} drifts from its golden record at {bad[0].label}: {bad[0].failed[:4]}"
+    assert len(records) == len(golden.load(GOLDEN / f"{name}.pt")["labels"])
+
+
+def test_a_perturbed_coefficient_fails_the_golden_check(monkeypatch):
+    from baselines import ogm
+
+    original = ogm.ogm_coefficients
+
+    def perturbed(scores, alpha):
+        return {m: k * (1 + 1e-7) for m, k in original(scores, alpha).items()}
+
+    monkeypatch.setattr(ogm, "ogm_coefficients", perturbed)
+    records = _check("ogm", limit=1)
+    assert {"q/coeff_audio", "q/coeff_visual"} <= set(records[0].failed)
+    assert any(k.startswith("param/model.encoders") for k in records[0].failed)
+
+
+# --- the CLI and the generated report ---------------------------------------------------------------------------------
+def test_cli_names_the_missing_clone(tmp_path, capsys):
+    assert main(["parity", "ogm_ge", "--official-root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "OGM-GE_CVPR2022") in err and "GeWu-Lab/OGM-GE_CVPR2022" in err and "343dc1d" in err
+
+
+def test_cli_rejects_an_unknown_case(tmp_path, capsys):
+    assert main(["parity", "nosuch", "--official-root", str(tmp_path)]) == 2
+    assert "no parity case or method 'nosuch'" in capsys.readouterr().err
+
+
+def test_results_readme_is_generated_from_the_case_files():
+    directory = Path(__file__).resolve().parents[1] / "results" / "parity"
+    assert (directory / "README.md").read_text() == report.render(directory)
+    for name in RECORDED:
+        assert f"`{name}`" in (directory / "README.md").read_text()
