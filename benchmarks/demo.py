@@ -161,14 +161,15 @@ def machine_record(workers: int) -> dict[str, Any]:
             "threads_per_worker": THREADS_PER_WORKER, "deterministic_algorithms": True}
 
 
-def identical_rows(records: Sequence[collect.RunRecord], protocol: str = "clean") -> dict[str, str]:
-    """Row -> an earlier row whose every seed has exactly the same test metrics: its mechanism never changed a
-    prediction within the demo's schedule, so it is not a result of its own."""
+def identical_rows(records: Sequence[collect.RunRecord], order: Sequence[str], protocol: str = "clean"
+                   ) -> dict[str, str]:
+    """Row -> an earlier row (in ``order``) whose every seed has exactly the same test metrics: its mechanism never
+    changed a prediction within the demo's schedule, so it is not a result of its own."""
     per_row: dict[str, dict[int, tuple]] = {}
     for rec in records:
         per_row.setdefault(rec.label, {})[rec.seed] = tuple(sorted(rec.values(protocol).items()))
     out: dict[str, str] = {}
-    labels = list(per_row)
+    labels = [r for r in order if r in per_row]
     for i, label in enumerate(labels):
         for other in labels[:i]:
             if other not in out and per_row[other] == per_row[label]:
@@ -283,14 +284,15 @@ def run_demo(*, results: Path, work: Path, profile: str | None = None, workers: 
     wanted = {job.run_dir.resolve() for job in jobs}
     records = [r for r in collect.load_runs(runs_dir) if r.run_dir.resolve() in wanted]
     records += ensemble_records(records)
-    identical = identical_rows(records)
-    titles = {r.label: r.title for r in records}
+    names = {r.label: r.title for r in records}
+    order = [r for r in config.methods if r in names]
+    order = order[:2] + ([ENSEMBLE_LABEL] if ENSEMBLE_LABEL in names else []) + order[2:]
+    identical = identical_rows(records, order)
+    titles = dict(names)
     for label, other in identical.items():
-        titles[label] = f"{titles[label]} [no effect: = {titles[other]}]"
+        titles[label] = f"{names[label]} [no effect: = {names[other]}]"
     for rec in records:
         rec.title = titles[rec.label]
-    order = [r for r in config.methods if r in titles]
-    order = order[:2] + ([ENSEMBLE_LABEL] if ENSEMBLE_LABEL in titles else []) + order[2:]
     results = Path(results)
     results.mkdir(parents=True, exist_ok=True)
     written = []
@@ -302,7 +304,8 @@ def run_demo(*, results: Path, work: Path, profile: str | None = None, workers: 
             atomic_write_text(path, text)
             written.append(path)
     stats = row_stats(records)
-    written.append(plots.plot_demo(runs_dir, results / "curves.png", order=order, titles=titles))
+    written.append(plots.plot_demo(runs_dir, results / "curves.png", order=order, titles=titles,
+                                   references={m: stats[r]["acc"][0] for r, m in REFERENCES.items() if r in stats}))
     written.append(plots.plot_demo_bars(
         {r: {k: v[:2] for k, v in stats[r].items() if k.startswith("acc")} for r in order}, results / "bars.png",
         titles=titles, references={ENSEMBLE_LABEL: "unimodal ensemble", "joint": titles.get("joint", "joint"),
@@ -311,6 +314,9 @@ def run_demo(*, results: Path, work: Path, profile: str | None = None, workers: 
     timings["total_s"] = time.perf_counter() - started
     summary = {"profile": profile or "full", "runs": len(jobs), "failed": sorted(report.failed),
                "timings_s": {k: round(v, 1) for k, v in timings.items()},
+               # Training time the runs took, whichever invocation trained them (a rerun reuses finished runs).
+               "run_time_s": round(sum(json.loads((r.run_dir / "summary.json").read_text())["wall_time_s"]
+                                       for r in records if r.label != ENSEMBLE_LABEL), 1),
                "rows": {label: {k: [round(m, 4), round(sd, 4), n] for k, (m, sd, n) in row.items()}
                         for label, row in stats.items()},
                "identical_rows": identical, "convergence_drift": _last_quarter_drift(runs_dir, list(REFERENCES)
@@ -318,7 +324,7 @@ def run_demo(*, results: Path, work: Path, profile: str | None = None, workers: 
                "aug": aug_diagnostics(records), "epochs": demo["defaults"]["train"]["epochs"],
                "seeds": list(config.seeds), "commit": git_commit(), "machine": machine_record(workers)}
     atomic_write_text(results / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    atomic_write_text(results / "README.md", _readme(demo, summary, profile, titles))
+    atomic_write_text(results / "README.md", _readme(demo, summary, profile, names))
     written += [results / "summary.json", results / "README.md"]
     return {"written": written, "summary": summary, "table": (results / "table_clean.md").read_text()}
 
@@ -334,7 +340,8 @@ def findings(summary: Mapping[str, Any], titles: Mapping[str, str]) -> list[str]
         return []
     mean = lambda row, key="acc": rows[row][key][0] if key in rows[row] else float("nan")  # noqa: E731
     joint, visual = mean("joint"), mean("unimodal_visual")
-    out = [f"Joint training (Concat, {_pct(joint)}) leans on audio: its visual head reaches "
+    leans = "leans on audio" if mean("joint", "acc:visual") < visual - 0.05 else "uses both modalities"
+    out = [f"Joint training (Concat, {_pct(joint)}) {leans}: its visual head reaches "
            f"{_pct(mean('joint', 'acc:visual'))} where a visual-only model reaches {_pct(visual)} (audio-only "
            f"{_pct(mean('unimodal_audio'))})."]
     if ENSEMBLE_LABEL in rows:
@@ -367,8 +374,11 @@ def _readme(demo: Mapping[str, Any], summary: Mapping[str, Any], profile: str | 
              f"- command: `{command}`; commit `{summary['commit']}`; settings "
              f"`benchmarks/configs/demo/av_digits.yaml`" + (f", profile `{profile}`" if profile else ""),
              f"- {summary['runs']} runs ({len(summary['failed'])} failed), {summary['epochs']} epochs, seeds "
-             f"{summary['seeds']}; wall time {t['total_s']:.0f} s (generate {t['generate_s']:.0f} s, prepare "
-             f"{t['prepare_s']:.0f} s, train {t['train_s']:.0f} s)",
+             f"{summary['seeds']}; the runs took {summary['run_time_s']:.0f} s of training in all (about "
+             f"{summary['run_time_s'] / summary['machine']['workers']:.0f} s of wall time in "
+             f"{summary['machine']['workers']} workers); this invocation {t['total_s']:.0f} s (generate "
+             f"{t['generate_s']:.0f} s, prepare {t['prepare_s']:.0f} s, train {t['train_s']:.0f} s, report "
+             f"{t['report_s']:.0f} s)",
              f"- machine: {machine['cpu_model']} ({machine['cpus']} CPUs, kernels {machine['torch_cpu_capability']}), "
              f"torch {machine['torch']}, numpy {machine['numpy']}, {machine['workers']} worker process(es) x "
              f"{machine['threads_per_worker']} thread, deterministic algorithms",

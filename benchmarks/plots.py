@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import yaml
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from baselines.registry import list_methods
 from benchmarks.records import read_jsonl
@@ -164,9 +165,11 @@ def _output_style(name: str) -> tuple[str, str]:
 
 
 def plot_demo(sweep_dir: Path, out_png: Path, order: Sequence[str] | None = None,
-              titles: Mapping[str, str] | None = None) -> Path:
+              titles: Mapping[str, str] | None = None, references: Mapping[str, float] | None = None) -> Path:
     """One panel per method row: test accuracy (%) of the fused output and of each modality's head per epoch, mean
-    over seeds, with the seeds' range shaded. Every panel shares the same linear axes; one legend names the lines."""
+    over seeds, with the seeds' range shaded. Every panel shares the same linear axes; one legend names the lines.
+    ``references``: modality -> accuracy in [0, 1] of the model trained on that modality alone, drawn as a dashed
+    line of the modality's colour in every panel (a head below its line is under-trained)."""
     curves = _demo_curves(sweep_dir)
     if not curves:
         raise FileNotFoundError(f"no sweep run (job.json + metrics.jsonl) under {sweep_dir}")
@@ -186,8 +189,12 @@ def plot_demo(sweep_dir: Path, out_png: Path, order: Sequence[str] | None = None
             (line,) = ax.plot(epochs, values.mean(axis=0), color=color, marker="." if length < 25 else None)
             ax.fill_between(epochs, values.min(axis=0), values.max(axis=0), color=color, alpha=0.15, linewidth=0)
             seen.setdefault(legend, line)
+        for name, acc in (references or {}).items():
+            color, legend = _output_style(name)
+            seen.setdefault(f"{name}-only model", ax.axhline(100 * acc, color=color, linestyle="--", linewidth=0.8))
         ax.set_title(titles.get(label, label), fontsize="small")
         ax.set_ylim(0, 100)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize="x-small")
     for k in range(len(labels), rows * cols):
@@ -198,7 +205,7 @@ def plot_demo(sweep_dir: Path, out_png: Path, order: Sequence[str] | None = None
         axes[rows - 1][c].set_xlabel("epoch", fontsize="small")
         axes[rows - 1][c].xaxis.set_tick_params(labelbottom=True)
     fig.legend(list(seen.values()), list(seen), loc="outside upper center", ncols=len(seen), fontsize="small",
-               title="mean over seeds (band: min-max over seeds)", title_fontsize="small")
+               title="test accuracy, mean over seeds (band: min-max over seeds); dashed: a unimodal model's final mean", title_fontsize="small")
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=90)

@@ -83,7 +83,8 @@ def test_identical_rows_flags_a_row_equal_to_an_earlier_one_in_every_seed():
     records = [_record("sum", s, a) for s, a in ((0, 0.5), (1, 0.6))]
     records += [_record("mses", s, a) for s, a in ((0, 0.5), (1, 0.6))]
     records += [_record("ogm", s, a) for s, a in ((0, 0.5), (1, 0.61))]
-    assert identical_rows(records) == {"mses": "sum"}
+    assert identical_rows(records[::-1], ["sum", "mses", "ogm"]) == {"mses": "sum"}
+    assert identical_rows(records, ["mses", "sum", "ogm"]) == {"sum": "mses"}
 
 
 def test_results_go_under_runs_unless_published():
