@@ -50,6 +50,7 @@ def test_every_epoch_schedule_fires_within_the_demo(profile):
         hp = build_config(method, "av_digits", rows[method]).method_hp
         for knob in knobs:
             assert 0 < hp[knob] < epochs, f"{method}.{knob}={hp[knob]} never acts in {epochs} epochs ({profile})"
+    assert build_config("gblending", "av_digits", rows["gblending"]).method_hp.estimate_epochs >= 2
 
 
 def test_the_pool_gets_one_thread_per_worker_whatever_the_machine(tmp_path, monkeypatch):
