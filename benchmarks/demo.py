@@ -358,7 +358,7 @@ def findings(summary: Mapping[str, Any], titles: Mapping[str, str]) -> list[str]
         headroom = ("that is the headroom balancing methods compete for" if ens > joint else
                     "so this run shows no headroom for balancing")
         out.append(f"Averaging the two separately trained unimodal models gives {_pct(ens)}, "
-                   f"{100 * (ens - joint):+.1f} points over joint training: {headroom}, and the best method here, "
+                   f"{100 * (ens - joint):+.1f} points against joint training: {headroom}, and the best method here, "
                    f"{titles.get(best, best)}, reaches {_pct(mean(best))}.")
     aug = summary.get("aug")
     if aug and "aug" in rows:

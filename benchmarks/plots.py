@@ -239,6 +239,7 @@ def plot_demo_bars(stats: Mapping[str, Mapping[str, tuple[float, float]]], out_p
             ax.axvline(100 * stats[row]["acc"][0], color=color, linestyle=style, linewidth=1.2, label=name)
     ax.set_yticks(y, [titles.get(r, r) for r in labels], fontsize="small")
     ax.set_xlim(0, 100)
+    ax.set_ylim(-0.6, len(labels) - 0.4)
     ax.set_xlabel("test accuracy (%), mean ± std over seeds")
     ax.grid(axis="x", alpha=0.3)
     fig.legend(*ax.get_legend_handles_labels(), loc="outside upper center", ncols=3, fontsize="small")
