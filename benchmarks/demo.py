@@ -241,7 +241,9 @@ def aug_diagnostics(records: Sequence[collect.RunRecord]) -> dict[str, Any] | No
             equal.append(test["alternatives"]["equal_fusion"]["acc"])
         cfg = load_run_config(rec.run_dir)
         weights = list(cfg.method_hp.fusion_weights) or [0.4, 0.6]
-    mean = lambda xs: float(np.mean(xs)) if xs else float("nan")  # noqa: E731
+    def mean(xs: list[float]) -> float:
+        return float(np.mean(xs)) if xs else float("nan")
+
     return {"extra_learners": {m: mean(v) for m, v in learners.items()}, "score_ratio": mean(ratios),
             "fusion_weights": weights, "weighted_acc": mean(weighted), "equal_fusion_acc": mean(equal)}
 
@@ -352,7 +354,9 @@ def findings(summary: Mapping[str, Any], titles: Mapping[str, str]) -> list[str]
     rows = summary["rows"]
     if not {"joint", "unimodal_visual", "unimodal_audio"} <= set(rows):
         return []
-    mean = lambda row, key="acc": rows[row][key][0] if key in rows[row] else float("nan")  # noqa: E731
+    def mean(row: str, key: str = "acc") -> float:
+        return rows[row][key][0] if key in rows[row] else float("nan")
+
     joint, visual = mean("joint"), mean("unimodal_visual")
     leans = "leans on audio" if mean("joint", "acc:visual") < visual - 0.05 else "uses both modalities"
     out = [f"Joint training (Concat, {_pct(joint)}) {leans}: its visual head reaches "
