@@ -408,9 +408,10 @@ def _readme(demo: Mapping[str, Any], summary: Mapping[str, Any], profile: str | 
              f"- machine: {machine['cpu_model']} ({machine['cpus']} CPUs, kernels {machine['torch_cpu_capability']}), "
              f"torch {machine['torch']}, numpy {machine['numpy']}, {machine['workers']} worker process(es) x "
              f"{machine['threads_per_worker']} thread, deterministic algorithms",
-             "- reproducibility: every run uses one intra-op thread and deterministic algorithms, so a rerun on the "
-             "same CPU type and library versions gives the same numbers; another CPU type (other kernels) may "
-             "differ within the reported std.", ""]
+             "- reproducibility: every run is seeded and uses one intra-op thread and deterministic algorithms; "
+             "the data is byte-identical for its seed. The numbers do not depend on the worker count or run order "
+             "(tests/test_demo.py checks this); another CPU type or library version can change float rounding "
+             "and so the numbers, within about the reported std where the rows have converged.", ""]
     if summary["identical_rows"]:
         lines += ["## Rows without an effect", "",
                   "These rows equal another row in every seed: their mechanism never changed a prediction within "
