@@ -319,7 +319,8 @@ def run_demo(*, results: Path, work: Path, profile: str | None = None, workers: 
             written.append(path)
     stats = row_stats(records)
     written.append(plots.plot_demo(runs_dir, results / "curves.png", order=order, titles=titles,
-                                   references={m: stats[r]["acc"][0] for r, m in REFERENCES.items() if r in stats}))
+                                   references={m: stats[r]["acc"][0] for r, m in REFERENCES.items() if r in stats},
+                                   runs=[r.run_dir for r in records if r.label != ENSEMBLE_LABEL]))
     written.append(plots.plot_demo_bars(
         {r: {k: v[:2] for k, v in stats[r].items() if k.startswith("acc")} for r in order}, results / "bars.png",
         titles=titles, references={ENSEMBLE_LABEL: "unimodal ensemble", "joint": titles.get("joint", "joint"),
@@ -400,9 +401,8 @@ def _readme(demo: Mapping[str, Any], summary: Mapping[str, Any], profile: str | 
              f"- command: `{command}`; commit `{summary['commit']}`; settings "
              f"`benchmarks/configs/demo/av_digits.yaml`" + (f", profile `{profile}`" if profile else ""),
              f"- {summary['runs']} runs ({len(summary['failed'])} failed), {summary['epochs']} epochs, seeds "
-             f"{summary['seeds']}; the runs took {summary['run_time_s']:.0f} s of training in all (about "
-             f"{summary['run_time_s'] / summary['machine']['workers']:.0f} s of wall time in "
-             f"{summary['machine']['workers']} workers); this invocation {t['total_s']:.0f} s (generate "
+             f"{summary['seeds']}; the runs took {summary['run_time_s']:.0f} s of training summed over runs "
+             f"(whichever invocations trained them); this invocation {t['total_s']:.0f} s (generate "
              f"{t['generate_s']:.0f} s, prepare {t['prepare_s']:.0f} s, train {t['train_s']:.0f} s, report "
              f"{t['report_s']:.0f} s)", *partial,
              f"- machine: {machine['cpu_model']} ({machine['cpus']} CPUs, kernels {machine['torch_cpu_capability']}), "

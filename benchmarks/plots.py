@@ -15,7 +15,7 @@ import json
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import numpy as np
 import yaml
@@ -134,13 +134,14 @@ def plot_sweep(sweep_dir: Path, out_png: Path | None = None) -> Path:
     return out
 
 
-def _demo_curves(sweep_dir: Path) -> dict[str, dict[str, list[list[float]]]]:
+def _demo_curves(sweep_dir: Path, runs: Collection[Path] | None = None) -> dict[str, dict[str, list[list[float]]]]:
     """Row label -> output (``fused`` and each modality's head) -> per-seed test-accuracy curves, from every run folder
-    under ``sweep_dir`` with a ``job.json``."""
+    under ``sweep_dir`` with a ``job.json`` (only those in ``runs`` when given)."""
     curves: dict[str, dict[str, list[list[float]]]] = defaultdict(lambda: defaultdict(list))
+    wanted = {Path(r).resolve() for r in runs} if runs is not None else None
     for metrics in sorted(Path(sweep_dir).rglob("metrics.jsonl")):
         run_dir = metrics.parent
-        if not (run_dir / "job.json").exists():
+        if not (run_dir / "job.json").exists() or (wanted is not None and run_dir.resolve() not in wanted):
             continue
         label = json.loads((run_dir / "job.json").read_text())["label"]
         tests = [r["test"] for r in read_jsonl(metrics) if "test" in r]
@@ -165,12 +166,14 @@ def _output_style(name: str) -> tuple[str, str]:
 
 
 def plot_demo(sweep_dir: Path, out_png: Path, order: Sequence[str] | None = None,
-              titles: Mapping[str, str] | None = None, references: Mapping[str, float] | None = None) -> Path:
+              titles: Mapping[str, str] | None = None, references: Mapping[str, float] | None = None,
+              runs: Collection[Path] | None = None) -> Path:
     """One panel per method row: test accuracy (%) of the fused output and of each modality's head per epoch, mean
     over seeds, with the seeds' range shaded. Every panel shares the same linear axes; one legend names the lines.
     ``references``: modality -> accuracy in [0, 1] of the model trained on that modality alone, drawn as a dashed
-    line of the modality's colour in every panel (a head below its line is under-trained)."""
-    curves = _demo_curves(sweep_dir)
+    line of the modality's colour in every panel (a head below its line is under-trained). ``runs``: plot only these
+    run folders (default: every finished or unfinished run under ``sweep_dir``)."""
+    curves = _demo_curves(sweep_dir, runs)
     if not curves:
         raise FileNotFoundError(f"no sweep run (job.json + metrics.jsonl) under {sweep_dir}")
     titles = titles or {}
