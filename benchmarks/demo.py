@@ -1,10 +1,18 @@
-"""``augbench demo``: the suite end to end on AV-Digits, offline, in minutes on a CPU.
+"""``augbench demo``: the suite end to end on AV-Digits, offline, on a CPU.
 
 generate AV-Digits (if absent) -> ``prepare`` it through the CREMA-D path -> train every registered method (plus the
-unimodal references) over the seeds in long-lived worker processes -> tables (both protocols, mean ± std) and a plot
-of per-modality accuracy and the audio/visual confidence ratio over epochs -> ``results/demo/``. Every setting lives
-in ``benchmarks/configs/demo/av_digits.yaml``; profiles (``--quick``, ``--smoke``) override parts of it. Each stage
-reuses what a previous invocation finished (data, cache, finished runs), so an interrupted demo continues.
+unimodal references) over the seeds in long-lived worker processes, one intra-op thread each -> the late-fusion
+ensemble of the unimodal models as an extra row -> tables (both protocols, mean ± std), ``curves.png`` (per-row test
+accuracy per epoch), ``bars.png`` (fused and per-modality accuracy per row), ``summary.json`` and a README with the
+findings -> ``runs/demo/results/`` (``--publish``: the tracked ``results/demo/``). Every setting lives in
+``benchmarks/configs/demo/av_digits.yaml``; profiles (``--quick``, ``--smoke``) override parts of it. Each stage
+reuses what a previous invocation finished (data, cache, finished runs), so an interrupted demo continues and a rerun
+only redraws the report.
+
+Reproducibility: the runs are seeded and use deterministic algorithms; the thread count is fixed at one per worker
+(a count derived from the machine changes the order of float reductions, which a short, high-learning-rate schedule
+amplifies into different results); AV-Digits generation is byte-identical for a seed (``datasets.av_digits``).
+A row whose every seed equals an earlier row's is flagged as having no effect.
 """
 
 from __future__ import annotations
@@ -17,13 +25,20 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
+import torch
 import yaml
 
 from baselines.registry import list_methods
 from benchmarks import collect, plots, sweep
 from benchmarks.config import merge_overrides
-from benchmarks.records import atomic_write_text, git_commit
-from datasets.prepare import PrepareOptions, prepare
+from benchmarks.metrics import classification_metrics
+from benchmarks.records import atomic_write_text, read_jsonl
+from benchmarks.run_folder import load_run_config
+from benchmarks.runner import CHECKPOINT, build_data, build_method, seed_everything
+from core.provenance import git_commit
+from datasets.prepare import prepare
+from datasets.tables import PrepareOptions
 from datasets.registry import get_dataset
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo" / "av_digits.yaml"
@@ -54,14 +69,27 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8]
 
 
+def scaled_schedule(fractions: Mapping[str, Any], method: str, epochs: int) -> dict[str, dict[str, int]]:
+    """Epoch-count knobs as the demo runs them: ``fraction`` of the run's ``epochs``, rounded, at least 1 (or at
+    least ``minimum`` where the knob is given as ``[fraction, minimum]``). The published schedules assume 100-200
+    epochs; scaled this way every mechanism acts within the demo (and within ``--quick``), at about the same point of
+    the run as published."""
+    def scale(value: Any) -> int:
+        fraction, minimum = value if isinstance(value, (list, tuple)) else (value, 1)
+        return max(minimum, round(fraction * epochs))
+
+    return {method: {knob: scale(value) for knob, value in fractions.items()}} if fractions else {}
+
+
 def sweep_document(demo: Mapping[str, Any], cache: Path, methods: Sequence[str] | None = None) -> dict[str, Any]:
     """The sweep config of the demo: every registered method (``unimodal`` as its audio and visual rows)."""
     registered = [m for m in list_methods() if m != "unimodal"]
     rows: dict[str, Any] = {}
     for label, entry in demo["rows"].items():
         rows[label] = dict(entry)
+    epochs = demo["defaults"]["train"]["epochs"]
     for name in registered:
-        rows[name] = dict(demo.get("method_overrides", {}).get(name, {}))
+        rows[name] = scaled_schedule(demo.get("schedule", {}).get(name, {}), name, epochs)
     if methods:
         unknown = sorted(set(methods) - set(rows))
         if unknown:
@@ -75,16 +103,157 @@ def sweep_document(demo: Mapping[str, Any], cache: Path, methods: Sequence[str] 
             "methods": {label: rows[label] for label in ordered}}
 
 
-def imbalance_summary(records: Sequence[collect.RunRecord], protocol: str = "clean") -> dict[str, Any]:
-    """Mean test accuracies of the fused output and each modality per row: the numbers the imbalance is read from."""
-    out: dict[str, dict[str, list[float]]] = {}
+ENSEMBLE_LABEL = "ensemble"
+ENSEMBLE_TITLE = "Ensemble of the unimodal models (late fusion)"
+REFERENCES = {"unimodal_audio": "audio", "unimodal_visual": "visual"}
+
+
+def _test_outputs(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Softmax outputs (rows in index order), labels and class count of a finished run's final checkpoint on test."""
+    cfg = load_run_config(run_dir)
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
+    bundle = build_data(cfg)
+    device = torch.device("cpu")
+    method = build_method(cfg, bundle, device)
+    state = torch.load(run_dir / CHECKPOINT, map_location=device, weights_only=False)
+    method.load_checkpoint_state(state["method"])
+    method.eval()
+    loader = bundle.loader("test", batch_size=cfg.train.eval_batch_size, train=False, seed=cfg.train.seed,
+                           device=device)
+    loader.set_epoch(state["epoch"])
+    probs, labels, rows = [], [], []
+    for batch in loader:
+        probs.append(torch.softmax(method.predict(batch).fused.float(), dim=1))
+        labels.append(batch["label"])
+        rows.append(batch["index"])
+    order = torch.argsort(torch.cat(rows))
+    return torch.cat(probs)[order], torch.cat(labels)[order], bundle.task.num_classes
+
+
+def ensemble_records(records: Sequence[collect.RunRecord]) -> list[collect.RunRecord]:
+    """Per seed, the late-fusion ensemble of the separately trained unimodal models: the mean of their softmax
+    outputs on test, from each model's final checkpoint. It is the headroom a balancing method could reach: each
+    modality trained to its own optimum, then fused. Seeds lacking either reference are skipped."""
+    by_seed: dict[int, dict[str, collect.RunRecord]] = {}
     for rec in records:
-        values = rec.values(protocol)
-        row = out.setdefault(rec.label, {})
-        for key in ("acc", "acc:audio", "acc:visual"):
-            if key in values:
-                row.setdefault(key, []).append(values[key])
-    return {label: {k: sum(v) / len(v) for k, v in row.items()} for label, row in out.items()}
+        if rec.label in REFERENCES:
+            by_seed.setdefault(rec.seed, {})[REFERENCES[rec.label]] = rec
+    out = []
+    for seed, refs in sorted(by_seed.items()):
+        if len(refs) != len(REFERENCES):
+            continue
+        outputs = {m: _test_outputs(rec.run_dir) for m, rec in refs.items()}
+        labels, classes = next(iter(outputs.values()))[1:]
+        test = classification_metrics(torch.log(sum(p for p, _, _ in outputs.values()) / len(outputs)), labels,
+                                      classes)
+        test["per_modality"] = {m: classification_metrics(torch.log(p), labels, classes) for m, (p, _, _) in
+                                outputs.items()}
+        protocol = {"selection": "final checkpoints of the unimodal runs", "test": test}
+        first = next(iter(refs.values()))
+        out.append(collect.RunRecord(run_dir=first.run_dir.parent, label=ENSEMBLE_LABEL, title=ENSEMBLE_TITLE,
+                                     method=ENSEMBLE_LABEL, dataset=first.dataset, seed=seed,
+                                     protocols={"clean": protocol, "paper": protocol}))
+    return out
+
+
+# One intra-op thread per training process, whatever the machine: the thread count sets how oneDNN/ATen split and
+# sum reductions, so a count derived from os.cpu_count() made the same seed train differently on another machine.
+THREADS_PER_WORKER = 1
+
+
+def machine_record(workers: int) -> dict[str, Any]:
+    """What the numbers may depend on: library versions, the CPU and its kernel ISA, and the thread settings."""
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        model = names[0] if names else model
+    return {"cpu_model": model, "cpus": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "workers": workers,
+            "threads_per_worker": THREADS_PER_WORKER, "deterministic_algorithms": True}
+
+
+def identical_rows(records: Sequence[collect.RunRecord], order: Sequence[str], protocol: str = "clean"
+                   ) -> dict[str, str]:
+    """Row -> an earlier row (in ``order``) whose every seed has exactly the same test metrics: its mechanism never
+    changed a prediction within the demo's schedule, so it is not a result of its own."""
+    per_row: dict[str, dict[int, tuple]] = {}
+    for rec in records:
+        per_row.setdefault(rec.label, {})[rec.seed] = tuple(sorted(rec.values(protocol).items()))
+    out: dict[str, str] = {}
+    labels = [r for r in order if r in per_row]
+    for i, label in enumerate(labels):
+        for other in labels[:i]:
+            if other not in out and per_row[other] == per_row[label]:
+                out[label] = other
+                break
+    return out
+
+
+def row_stats(records: Sequence[collect.RunRecord], protocol: str = "clean") -> dict[str, dict[str, tuple]]:
+    """Row -> metric -> (mean, sample std, n) over seeds."""
+    values: dict[str, dict[str, list[float]]] = {}
+    for rec in records:
+        for k, v in rec.values(protocol).items():
+            values.setdefault(rec.label, {}).setdefault(k, []).append(v)
+    return {label: {k: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v))
+                    for k, v in row.items()} for label, row in values.items()}
+
+
+def _last_quarter_drift(runs_dir: Path, labels: Sequence[str]) -> dict[str, float]:
+    """Per row: the largest |val acc(last epoch) - val acc(epoch at the start of the last quarter)| over seeds, in
+    accuracy units; the convergence check of the reference rows."""
+    out: dict[str, float] = {}
+    for metrics in sorted(Path(runs_dir).rglob("metrics.jsonl")):
+        job = metrics.parent / "job.json"
+        if not job.exists():
+            continue
+        label = json.loads(job.read_text())["label"]
+        if label not in labels:
+            continue
+        vals = [r["val"]["acc"] for r in read_jsonl(metrics) if "val" in r]
+        if len(vals) >= 4:
+            start = vals[len(vals) - max(1, len(vals) // 4) - 1]
+            out[label] = max(out.get(label, 0.0), abs(vals[-1] - start))
+    return out
+
+
+def aug_diagnostics(records: Sequence[collect.RunRecord]) -> dict[str, Any] | None:
+    """AUG's mechanism as it ran, mean over seeds: learners added per modality, the final train-score ratio
+    s_audio / s_visual, the test-time fusion weights, and the equal-weight fusion's test accuracy at the selected
+    epoch (the runner's ``alternatives.equal_fusion``)."""
+    runs = [r for r in records if r.method == "aug"]
+    if not runs:
+        return None
+    learners: dict[str, list[float]] = {}
+    ratios, equal, weighted, weights = [], [], [], None
+    for rec in runs:
+        history = read_jsonl(rec.run_dir / "metrics.jsonl")
+        diag = history[-1].get("diag", {})
+        for key, value in diag.items():
+            if key.startswith("extra_learners/"):
+                learners.setdefault(key.split("/", 1)[1], []).append(value)
+        if "score_ratio" in diag:
+            ratios.append(diag["score_ratio"])
+        test = rec.protocols["clean"]["test"]
+        weighted.append(test["acc"])
+        if "equal_fusion" in test.get("alternatives", {}):
+            equal.append(test["alternatives"]["equal_fusion"]["acc"])
+        cfg = load_run_config(rec.run_dir)
+        weights = list(cfg.method_hp.fusion_weights) or [0.4, 0.6]
+    def mean(xs: list[float]) -> float:
+        return float(np.mean(xs)) if xs else float("nan")
+
+    return {"extra_learners": {m: mean(v) for m, v in learners.items()}, "score_ratio": mean(ratios),
+            "fusion_weights": weights, "weighted_acc": mean(weighted), "equal_fusion_acc": mean(equal)}
+
+
+def default_results(profile: str | None, publish: bool) -> Path:
+    """Where tables and plots go: under ``runs/`` (untracked) unless ``--publish`` refreshes ``results/``."""
+    name = "demo" if profile is None else f"demo-{profile}"
+    return Path("results") / name if publish else Path("runs") / name / "results"
 
 
 def run_demo(*, results: Path, work: Path, profile: str | None = None, workers: int = 2,
@@ -121,14 +290,25 @@ def run_demo(*, results: Path, work: Path, profile: str | None = None, workers: 
     runs_dir = work / "runs" / (profile or "full")
     jobs = sweep.expand(config, runs_dir, log=lambda line: None)
     log(f"[3/4] training {len(jobs)} runs ({len(config.methods)} rows x {len(config.seeds)} seed(s)) in {workers} "
-        f"worker process(es); runs in {runs_dir}")
-    report = sweep.run_pool(jobs, workers=workers, threads_per_worker=max(1, (os.cpu_count() or 1) // workers),
-                            out=runs_dir, config=config, log=log)
+        f"worker process(es), {THREADS_PER_WORKER} thread each; runs in {runs_dir}")
+    report = sweep.run_pool(jobs, workers=workers, threads_per_worker=THREADS_PER_WORKER, out=runs_dir,
+                            config=config, log=log)
     timings["train_s"] = time.perf_counter() - t
 
-    log("[4/4] tables and plot ...")
-    records = collect.load_runs(runs_dir)
-    order = list(config.methods)
+    log("[4/4] tables and plots ...")
+    t = time.perf_counter()
+    wanted = {job.run_dir.resolve() for job in jobs}
+    records = [r for r in collect.load_runs(runs_dir) if r.run_dir.resolve() in wanted]
+    records += ensemble_records(records)
+    names = {r.label: r.title for r in records}
+    order = [r for r in config.methods if r in names]
+    order = order[:2] + ([ENSEMBLE_LABEL] if ENSEMBLE_LABEL in names else []) + order[2:]
+    identical = identical_rows(records, order)
+    titles = dict(names)
+    for label, other in identical.items():
+        titles[label] = f"{names[label]} [no effect: = {names[other]}]"
+    for rec in records:
+        rec.title = titles[rec.label]
     results = Path(results)
     results.mkdir(parents=True, exist_ok=True)
     written = []
@@ -139,41 +319,111 @@ def run_demo(*, results: Path, work: Path, profile: str | None = None, workers: 
             path = results / f"table_{protocol}.{fmt}"
             atomic_write_text(path, text)
             written.append(path)
-    png = plots.plot_demo(runs_dir, results / "curves.png", order=order)
-    written.append(png)
+    stats = row_stats(records)
+    written.append(plots.plot_demo(runs_dir, results / "curves.png", order=order, titles=titles,
+                                   references={m: stats[r]["acc"][0] for r, m in REFERENCES.items() if r in stats},
+                                   runs=[r.run_dir for r in records if r.label != ENSEMBLE_LABEL]))
+    written.append(plots.plot_demo_bars(
+        {r: {k: v[:2] for k, v in stats[r].items() if k.startswith("acc")} for r in order}, results / "bars.png",
+        titles=titles, references={ENSEMBLE_LABEL: "unimodal ensemble", "joint": titles.get("joint", "joint"),
+                                   "unimodal_visual": "visual-only model"}))
+    timings["report_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - started
+    skipped = [r for r in sweep_document(demo, cache)["methods"] if r not in config.methods]
     summary = {"profile": profile or "full", "runs": len(jobs), "failed": sorted(report.failed),
+               "rows_not_run": skipped,
                "timings_s": {k: round(v, 1) for k, v in timings.items()},
-               "imbalance": imbalance_summary(records), "commit": git_commit(),
-               "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                           "cpus": os.cpu_count()}}
+               # Training time the runs took, whichever invocation trained them (a rerun reuses finished runs).
+               "run_time_s": round(sum(json.loads((r.run_dir / "summary.json").read_text())["wall_time_s"]
+                                       for r in records if r.label != ENSEMBLE_LABEL), 1),
+               "rows": {label: {k: [round(m, 4), round(sd, 4), n] for k, (m, sd, n) in row.items()}
+                        for label, row in stats.items()},
+               "identical_rows": identical, "convergence_drift": _last_quarter_drift(runs_dir, list(REFERENCES)
+                                                                                     + ["joint"]),
+               "aug": aug_diagnostics(records), "epochs": demo["defaults"]["train"]["epochs"],
+               "seeds": list(config.seeds), "commit": git_commit(), "machine": machine_record(workers)}
     atomic_write_text(results / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    atomic_write_text(results / "README.md", _readme(demo, summary, profile))
+    atomic_write_text(results / "README.md", _readme(demo, summary, profile, names))
     written += [results / "summary.json", results / "README.md"]
     return {"written": written, "summary": summary, "table": (results / "table_clean.md").read_text()}
 
 
-def _readme(demo: Mapping[str, Any], summary: Mapping[str, Any], profile: str | None) -> str:
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def findings(summary: Mapping[str, Any], titles: Mapping[str, str]) -> list[str]:
+    """The demo's three findings, from the measured numbers (clean protocol, means over seeds)."""
+    rows = summary["rows"]
+    if not {"joint", "unimodal_visual", "unimodal_audio"} <= set(rows):
+        return []
+    def mean(row: str, key: str = "acc") -> float:
+        return rows[row][key][0] if key in rows[row] else float("nan")
+
+    joint, visual = mean("joint"), mean("unimodal_visual")
+    leans = "leans on audio" if mean("joint", "acc:visual") < visual - 0.05 else "uses both modalities"
+    out = [f"Joint training (Concat, {_pct(joint)}) {leans}: its visual head reaches "
+           f"{_pct(mean('joint', 'acc:visual'))} where a visual-only model reaches {_pct(visual)} (audio-only "
+           f"{_pct(mean('unimodal_audio'))})."]
+    if ENSEMBLE_LABEL in rows:
+        ens = mean(ENSEMBLE_LABEL)
+        methods = [r for r in rows if r not in REFERENCES and r != ENSEMBLE_LABEL
+                   and r not in summary["identical_rows"]]
+        best = max(methods, key=mean)
+        headroom = ("that is the headroom balancing methods compete for" if ens > joint else
+                    "so this run shows no headroom for balancing")
+        out.append(f"Averaging the two separately trained unimodal models gives {_pct(ens)}, "
+                   f"{100 * (ens - joint):+.1f} points against joint training: {headroom}, and the best method here, "
+                   f"{titles.get(best, best)}, reaches {_pct(mean(best))}.")
+    aug = summary.get("aug")
+    if aug and "aug" in rows:
+        learners = ", ".join(f"{v:.1f} {m}" for m, v in aug["extra_learners"].items())
+        weights = "/".join(f"{w:g}" for w in aug["fusion_weights"])
+        verdict = "above" if mean("aug") > joint else "below"
+        out.append(f"AUG reaches {_pct(mean('aug'))}, {verdict} joint training: it added {learners} learner(s) on "
+                   f"average (final train-score ratio audio/visual {aug['score_ratio']:.2f}), and its fixed "
+                   f"{weights} audio/visual test-time weights, chosen for CREMA-D, give {_pct(aug['weighted_acc'])} "
+                   f"where equal weights give {_pct(aug['equal_fusion_acc'])}.")
+    return out
+
+
+def _readme(demo: Mapping[str, Any], summary: Mapping[str, Any], profile: str | None,
+            titles: Mapping[str, str]) -> str:
     command = "augbench demo" + (f" --{profile}" if profile else "")
-    imb = summary["imbalance"]
+    machine, t = summary["machine"], summary["timings_s"]
+    partial = ([f"- **partial**: only some rows were run (`--methods`); not run: "
+                f"{', '.join(summary['rows_not_run'])}"] if summary["rows_not_run"] else [])
     lines = [f"# {demo['title']}", "", "Generated by `benchmarks/demo.py`; do not edit by hand.", "",
-             f"- command: `{command}`", f"- commit: `{summary['commit']}`",
-             f"- machine: {summary['machine']['processor']}, {summary['machine']['cpus']} CPUs, "
-             f"{summary['machine']['platform']}",
-             f"- runs: {summary['runs']} ({len(summary['failed'])} failed); wall time "
-             f"{summary['timings_s']['total_s']:.0f} s (generate {summary['timings_s']['generate_s']:.0f} s, "
-             f"prepare {summary['timings_s']['prepare_s']:.0f} s, train {summary['timings_s']['train_s']:.0f} s)",
-             "- settings: `benchmarks/configs/demo/av_digits.yaml`"
-             + (f", profile `{profile}`" if profile else ""), "",
-             "## The imbalance", ""]
-    if "joint" in imb and "unimodal_visual" in imb:
-        j, v, a = imb["joint"], imb["unimodal_visual"], imb.get("unimodal_audio", {})
-        nan = float("nan")
-        lines.append(f"Joint training (Concat): fused {j['acc']:.3f}, audio head {j.get('acc:audio', nan):.3f}, "
-                     f"visual head {j.get('acc:visual', nan):.3f}; a visual-only model reaches "
-                     f"{v['acc']:.3f} and an audio-only model {a.get('acc', nan):.3f} (clean protocol, mean "
-                     "over seeds).")
-    lines += ["", "Files: `table_clean.md`/`.csv` (best validation epoch; the conclusions), `table_paper.md`/`.csv` "
-              "(best test epoch, optimistic, as the published code selects), `curves.png` (per-modality test "
-              "accuracy and the audio/visual confidence ratio per epoch, mean over seeds), `summary.json`.", ""]
+             "## Findings", "",
+             *([f"(Profile `{profile}`: a shortened run in which nothing has converged; the numbers below show the "
+                "pipeline working, not the methods' merits. `augbench demo` runs the measured design.)", ""]
+               if profile else []),
+             " ".join(findings(summary, titles)) or "(too few rows for findings)", "",
+             "## Run", "",
+             f"- command: `{command}`; commit `{summary['commit']}`; settings "
+             f"`benchmarks/configs/demo/av_digits.yaml`" + (f", profile `{profile}`" if profile else ""),
+             f"- {summary['runs']} runs ({len(summary['failed'])} failed), {summary['epochs']} epochs, seeds "
+             f"{summary['seeds']}; the runs took {summary['run_time_s']:.0f} s of training summed over runs "
+             f"(whichever invocations trained them); this invocation {t['total_s']:.0f} s (generate "
+             f"{t['generate_s']:.0f} s, prepare {t['prepare_s']:.0f} s, train {t['train_s']:.0f} s, report "
+             f"{t['report_s']:.0f} s)", *partial,
+             f"- machine: {machine['cpu_model']} ({machine['cpus']} CPUs, kernels {machine['torch_cpu_capability']}), "
+             f"torch {machine['torch']}, numpy {machine['numpy']}, {machine['workers']} worker process(es) x "
+             f"{machine['threads_per_worker']} thread, deterministic algorithms",
+             "- reproducibility: every run is seeded and uses one intra-op thread and deterministic algorithms; "
+             "the data is byte-identical for its seed. The numbers do not depend on the worker count or run order "
+             "(tests/test_demo.py checks this); another CPU type or library version can change float rounding "
+             "and so the numbers, within about the reported std where the rows have converged.", ""]
+    if summary["identical_rows"]:
+        lines += ["## Rows without an effect", "",
+                  "These rows equal another row in every seed: their mechanism never changed a prediction within "
+                  "the demo's schedule, so they are not results of their own: "
+                  + "; ".join(f"{titles.get(r, r)} = {titles.get(o, o)}" for r, o in summary["identical_rows"].items())
+                  + ".", ""]
+    lines += ["## Files", "",
+              "`table_clean.md`/`.csv` (test metrics at each run's best-validation epoch; the conclusions), "
+              "`table_paper.md`/`.csv` (best test epoch, optimistic, as the published code selects), `bars.png` "
+              "(fused and per-modality accuracy per method, mean ± std over seeds), `curves.png` (test accuracy per "
+              "epoch for every row), `summary.json` (every number above, the machine and the timings). The "
+              "ensemble row averages the softmax outputs of the final unimodal checkpoints of the same seed.", ""]
     return "\n".join(lines)

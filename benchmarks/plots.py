@@ -5,6 +5,8 @@
   counts and confidence scores, OGM's ratios, ...), one panel each.
 - ``plot_sweep(sweep_dir)``: per dataset, the test accuracy of the fused output and of each modality over epochs,
   one line per method row (mean over seeds), from every run folder under ``sweep_dir``.
+- ``plot_demo`` / ``plot_demo_bars``: the demo's figures, per-row learning curves and a bar chart of fused and
+  per-modality accuracy with the seeds' spread.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ import json
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import numpy as np
 import yaml
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from baselines.registry import list_methods
 from benchmarks.records import read_jsonl
@@ -131,63 +134,118 @@ def plot_sweep(sweep_dir: Path, out_png: Path | None = None) -> Path:
     return out
 
 
-def _demo_curves(sweep_dir: Path) -> dict[str, dict[str, list[list[float]]]]:
-    """Row label -> series (``fused``, each modality's accuracy, ``ratio`` = conf_first / conf_second) -> per-seed
-    test curves."""
+def _demo_curves(sweep_dir: Path, runs: Collection[Path] | None = None) -> dict[str, dict[str, list[list[float]]]]:
+    """Row label -> output (``fused`` and each modality's head) -> per-seed test-accuracy curves, from every run folder
+    under ``sweep_dir`` with a ``job.json`` (only those in ``runs`` when given)."""
     curves: dict[str, dict[str, list[list[float]]]] = defaultdict(lambda: defaultdict(list))
+    wanted = {Path(r).resolve() for r in runs} if runs is not None else None
     for metrics in sorted(Path(sweep_dir).rglob("metrics.jsonl")):
         run_dir = metrics.parent
-        if not (run_dir / "job.json").exists():
+        if not (run_dir / "job.json").exists() or (wanted is not None and run_dir.resolve() not in wanted):
             continue
         label = json.loads((run_dir / "job.json").read_text())["label"]
-        history = read_jsonl(metrics)
-        tests = [r["test"] for r in history if "test" in r]
+        tests = [r["test"] for r in read_jsonl(metrics) if "test" in r]
+        if not tests:
+            continue
         curves[label]["fused"].append([t["acc"] for t in tests])
-        modalities = list(tests[0]["per_modality"]) if tests else []
-        for m in modalities:
+        for m in tests[0].get("per_modality", {}):
             curves[label][m].append([t["per_modality"][m]["acc"] for t in tests])
-        if len(modalities) >= 2 and all("conf" in t["per_modality"][modalities[0]] for t in tests):
-            first, second = modalities[:2]
-            curves[label]["ratio"].append([t["per_modality"][first]["conf"] / max(t["per_modality"][second]["conf"],
-                                                                               1e-12) for t in tests])
     return curves
 
 
-def plot_demo(sweep_dir: Path, out_png: Path, order: Sequence[str] | None = None) -> Path:
-    """One panel per method row: test accuracy of the fused output and of each modality per epoch (left axis) and
-    the confidence ratio conf_audio / conf_visual (right axis, log scale), each the mean over seeds."""
-    curves = _demo_curves(sweep_dir)
+# One colour per output, the same in every demo figure.
+OUTPUT_STYLE = {"fused": ("black", "fused output"), "audio": ("tab:blue", "audio head"),
+                "visual": ("tab:orange", "visual head")}
+
+
+REFERENCE_STYLES = (("tab:green", "--"), ("black", ":"), ("tab:orange", "-."))
+
+
+def _output_style(name: str) -> tuple[str, str]:
+    return OUTPUT_STYLE.get(name, ("tab:gray", f"{name} head"))
+
+
+def plot_demo(sweep_dir: Path, out_png: Path, order: Sequence[str] | None = None,
+              titles: Mapping[str, str] | None = None, references: Mapping[str, float] | None = None,
+              runs: Collection[Path] | None = None) -> Path:
+    """One panel per method row: test accuracy (%) of the fused output and of each modality's head per epoch, mean
+    over seeds, with the seeds' range shaded. Every panel shares the same linear axes; one legend names the lines.
+    ``references``: modality -> accuracy in [0, 1] of the model trained on that modality alone, drawn as a dashed
+    line of the modality's colour in every panel (a head below its line is under-trained). ``runs``: plot only these
+    run folders (default: every finished or unfinished run under ``sweep_dir``)."""
+    curves = _demo_curves(sweep_dir, runs)
     if not curves:
         raise FileNotFoundError(f"no sweep run (job.json + metrics.jsonl) under {sweep_dir}")
+    titles = titles or {}
     labels = [r for r in (order or []) if r in curves] + sorted(r for r in curves if r not in (order or []))
     rows, cols = _grid(len(labels), cols=6)
-    fig = Figure(figsize=(3.2 * cols, 2.5 * rows), layout="constrained")
-    styles = {"fused": ("k", "-"), "audio": ("tab:blue", "-"), "visual": ("tab:orange", "-")}
+    fig = Figure(figsize=(2.9 * cols, 2.3 * rows + 0.8), layout="constrained")
+    axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)
+    seen: dict[str, Any] = {}
     for k, label in enumerate(labels):
-        ax = fig.add_subplot(rows, cols, k + 1)
+        ax = axes[k // cols][k % cols]
         for name, runs in curves[label].items():
-            if name == "ratio":
-                continue
             length = min(len(x) for x in runs)
-            color, style = styles.get(name, (None, "--"))
-            ax.plot(range(length), np.mean([x[:length] for x in runs], axis=0), style, color=color, label=name,
-                    marker="." if length < 15 else None)
-        ax.set_ylim(0, 1)
-        ax.set_title(label, fontsize="small")
-        if "ratio" in curves[label]:
-            runs = curves[label]["ratio"]
-            length = min(len(x) for x in runs)
-            twin = ax.twinx()
-            twin.plot(range(length), np.exp(np.mean(np.log([x[:length] for x in runs]), axis=0)), ":",
-                      color="tab:green", label="conf ratio")
-            twin.set_yscale("log")
-            twin.axhline(1.0, color="tab:green", linewidth=0.5)
-            twin.tick_params(labelsize="x-small")
+            values = 100 * np.array([x[:length] for x in runs])
+            epochs = np.arange(1, length + 1)
+            color, legend = _output_style(name)
+            (line,) = ax.plot(epochs, values.mean(axis=0), color=color, marker="." if length < 25 else None)
+            ax.fill_between(epochs, values.min(axis=0), values.max(axis=0), color=color, alpha=0.15, linewidth=0)
+            seen.setdefault(legend, line)
+        for name, acc in (references or {}).items():
+            color, legend = _output_style(name)
+            seen.setdefault(f"{name}-only model", ax.axhline(100 * acc, color=color, linestyle="--", linewidth=0.8))
+        ax.set_title(titles.get(label, label), fontsize="small")
+        ax.set_ylim(0, 100)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
         ax.tick_params(labelsize="x-small")
-        if k == 0:
-            ax.legend(fontsize="x-small", loc="lower right")
-    fig.suptitle("test accuracy per epoch (fused, audio, visual; left) and conf_audio / conf_visual (dotted, right)",
-                 fontsize="small")
+    for k in range(len(labels), rows * cols):
+        axes[k // cols][k % cols].set_visible(False)
+    for r in range(rows):
+        axes[r][0].set_ylabel("test accuracy (%)", fontsize="small")
+    for c in range(cols):
+        axes[rows - 1][c].set_xlabel("epoch", fontsize="small")
+        axes[rows - 1][c].xaxis.set_tick_params(labelbottom=True)
+    fig.legend(list(seen.values()), list(seen), loc="outside upper center", ncols=len(seen), fontsize="small",
+               title="test accuracy, mean over seeds (band: min-max over seeds); dashed: a unimodal model's final mean", title_fontsize="small")
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    return out
+
+
+def plot_demo_bars(stats: Mapping[str, Mapping[str, tuple[float, float]]], out_png: Path,
+                   titles: Mapping[str, str] | None = None, references: Mapping[str, str] | None = None) -> Path:
+    """Horizontal bars per method row: test accuracy (%) of the fused output and of each modality's head, mean with
+    the seeds' standard deviation as error bars. ``stats``: row -> ``acc`` / ``acc:<modality>`` -> (mean, std) in
+    [0, 1], in display order (top to bottom). ``references``: row -> line label; those rows' fused means are drawn as
+    vertical lines across the chart (at most three)."""
+    titles = titles or {}
+    labels = list(stats)
+    outputs = ["fused"] + sorted({k.split(":", 1)[1] for row in stats.values() for k in row if ":" in k})
+    height = 0.8 / len(outputs)
+    fig = Figure(figsize=(9, 0.42 * len(labels) + 1.6), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    y = np.arange(len(labels))[::-1]
+    for j, output in enumerate(outputs):
+        key = "acc" if output == "fused" else f"acc:{output}"
+        # A one-modality row's head is its fused output: drawn once, as the fused bar.
+        shown = [r for r in labels if key in stats[r] and (output == "fused" or sum(":" in k for k in stats[r]) > 1)]
+        mean = np.array([stats[r][key][0] if r in shown else np.nan for r in labels]) * 100
+        std = np.array([stats[r][key][1] if r in shown else np.nan for r in labels]) * 100
+        color, legend = _output_style(output)
+        ax.barh(y + (len(outputs) / 2 - j - 0.5) * height, mean, height, xerr=std, color=color, alpha=0.8,
+                label=legend, error_kw={"elinewidth": 0.8, "capsize": 1.5})
+    for (row, name), (color, style) in zip((references or {}).items(), REFERENCE_STYLES):
+        if row in stats and "acc" in stats[row]:
+            ax.axvline(100 * stats[row]["acc"][0], color=color, linestyle=style, linewidth=1.2, label=name)
+    ax.set_yticks(y, [titles.get(r, r) for r in labels], fontsize="small")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(-0.6, len(labels) - 0.4)
+    ax.set_xlabel("test accuracy (%), mean ± std over seeds")
+    ax.grid(axis="x", alpha=0.3)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside upper center", ncols=3, fontsize="small")
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=90)

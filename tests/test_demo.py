@@ -1,15 +1,29 @@
-"""``augbench demo`` end to end (smoke profile, a few rows) and the pool launcher it trains with."""
+"""``augbench demo`` end to end (smoke profile, a few rows), its report helpers and the pool launcher it trains with."""
 
 from __future__ import annotations
 
+import argparse
 import json
+from pathlib import Path
 
 import pytest
 
 from baselines.registry import list_methods
-from benchmarks import sweep
-from benchmarks.demo import load_demo_config, run_demo, sweep_document
+from benchmarks import collect, sweep
+from benchmarks import demo as demo_module
+from benchmarks.commands import demo as demo_command
+from benchmarks.config import build_config
+from benchmarks.demo import (ENSEMBLE_LABEL, default_results, identical_rows, load_demo_config, machine_record,
+                             run_demo, sweep_document)
 from tests.conftest import TINY_DATA, TINY_MODEL
+
+# Knobs that count epochs (or epochs of patience): each must fire within the demo's schedule.
+EPOCH_KNOBS = {"arl": ["start_epoch"], "bss": ["t_grow"], "dimml": ["duc_start"],
+               "gblending": ["super_epoch", "estimate_epochs"], "greedy": ["starting_epoch"], "inforeg": ["window"],
+               "lfm": ["alpha_lr_halve_every"], "midas": ["warmup_epochs"], "mses": ["patience"],
+               "opm": ["warmup_epochs"], "reconboost": ["pretrain_epochs", "modality_epochs", "correct_epochs"],
+               "relearning": ["reinit_epoch"], "remix": ["warmup"], "smv": ["warmup"], "umt": ["teacher_epochs"],
+               "aug": ["aca_interval_epochs"]}
 
 
 def test_demo_config_covers_every_registered_method_and_profiles_merge(tmp_path):
@@ -27,6 +41,66 @@ def test_demo_config_covers_every_registered_method_and_profiles_merge(tmp_path)
         sweep_document(full, tmp_path, methods=["nope"])
 
 
+@pytest.mark.parametrize("profile", [None, "quick"])
+def test_every_epoch_schedule_fires_within_the_demo(profile):
+    demo = load_demo_config(profile=profile)
+    epochs = demo["defaults"]["train"]["epochs"]
+    rows = sweep_document(demo, Path("cache"))["methods"]
+    for method, knobs in EPOCH_KNOBS.items():
+        hp = build_config(method, "av_digits", rows[method]).method_hp
+        for knob in knobs:
+            assert 0 < hp[knob] < epochs, f"{method}.{knob}={hp[knob]} never acts in {epochs} epochs ({profile})"
+    assert build_config("gblending", "av_digits", rows["gblending"]).method_hp.estimate_epochs >= 2
+
+
+def test_the_pool_gets_one_thread_per_worker_whatever_the_machine(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_pool(jobs, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop after the launch")
+
+    monkeypatch.setattr(demo_module.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(demo_module.sweep, "run_pool", fake_pool)
+    with pytest.raises(RuntimeError, match="stop after the launch"):
+        run_demo(results=tmp_path / "r", work=tmp_path / "w", profile="smoke", workers=2, methods=["joint"],
+                 log=lambda line: None)
+    assert seen["threads_per_worker"] == 1 and seen["workers"] == 2
+
+
+def test_machine_record_names_versions_cpu_and_threads():
+    rec = machine_record(workers=2)
+    assert {"torch", "numpy", "cpu_model", "threads_per_worker", "workers", "torch_cpu_capability"} <= set(rec)
+    assert rec["threads_per_worker"] == 1 and rec["cpu_model"]
+
+
+def _record(label: str, seed: int, acc: float) -> collect.RunRecord:
+    test = {"acc": acc, "macro_f1": acc, "per_modality": {"audio": {"acc": acc}}}
+    return collect.RunRecord(run_dir=Path(label), label=label, title=label.title(), method=label,
+                             dataset="av_digits", seed=seed, protocols={"clean": {"test": test}})
+
+
+def test_identical_rows_flags_a_row_equal_to_an_earlier_one_in_every_seed():
+    records = [_record("sum", s, a) for s, a in ((0, 0.5), (1, 0.6))]
+    records += [_record("mses", s, a) for s, a in ((0, 0.5), (1, 0.6))]
+    records += [_record("ogm", s, a) for s, a in ((0, 0.5), (1, 0.61))]
+    assert identical_rows(records[::-1], ["sum", "mses", "ogm"]) == {"mses": "sum"}
+    assert identical_rows(records, ["mses", "sum", "ogm"]) == {"sum": "mses"}
+
+
+def test_results_go_under_runs_unless_published():
+    assert default_results(None, publish=False).parts[0] == "runs"
+    assert default_results(None, publish=True) == Path("results/demo")
+    assert default_results("quick", publish=True) == Path("results/demo-quick")
+
+
+def test_cli_keeps_the_ci_arguments():
+    parser = argparse.ArgumentParser()
+    demo_command.configure(parser)
+    args = parser.parse_args(["--smoke", "--work", "w", "--results", "r"])
+    assert args.smoke and args.work == Path("w") and args.results == Path("r") and not args.publish
+
+
 def test_pool_launcher_trains_then_skips_finished_runs(tmp_path):
     config = sweep.parse_config({"name": "pool", "seeds": [0], "datasets": {"synthetic": {}},
                                  "defaults": {"model": TINY_MODEL, "data": TINY_DATA, "train": {"epochs": 1}},
@@ -41,15 +115,30 @@ def test_pool_launcher_trains_then_skips_finished_runs(tmp_path):
 
 def test_demo_smoke_end_to_end(tmp_path):
     out = run_demo(results=tmp_path / "results", work=tmp_path / "work", profile="smoke", workers=1,
-                   methods=["joint", "unimodal_visual", "aug"], log=lambda line: None)
+                   methods=["unimodal_audio", "unimodal_visual", "joint", "aug"], log=lambda line: None)
     results = tmp_path / "results"
-    for name in ("table_clean.md", "table_clean.csv", "table_paper.md", "table_paper.csv", "curves.png",
+    for name in ("table_clean.md", "table_clean.csv", "table_paper.md", "table_paper.csv", "curves.png", "bars.png",
                  "README.md", "summary.json"):
         assert (results / name).stat().st_size > 0, name
     table = (results / "table_clean.md").read_text()
-    for title in ("Concat", "Unimodal (visual)", "AUG"):
+    for title in ("Concat", "Unimodal (visual)", "AUG", "Ensemble of the unimodal models"):
         assert title in table
     summary = json.loads((results / "summary.json").read_text())
-    assert summary["runs"] == 3 and not summary["failed"]
-    assert set(summary["imbalance"]["joint"]) == {"acc", "acc:audio", "acc:visual"}
+    assert summary["runs"] == 4 and not summary["failed"]
+    assert {"acc", "acc:audio", "acc:visual"} <= set(summary["rows"]["joint"])
+    assert {"acc", "acc:audio", "acc:visual"} <= set(summary["rows"][ENSEMBLE_LABEL])
+    assert summary["machine"]["threads_per_worker"] == 1
+    assert {"extra_learners", "score_ratio", "fusion_weights", "equal_fusion_acc"} <= set(summary["aug"])
+    readme = (results / "README.md").read_text()
+    assert "## Findings" in readme and "AUG reaches" in readme and "visual-only model" in readme
     assert out["table"] == table
+
+
+def test_demo_numbers_do_not_depend_on_the_worker_count_or_run_order(tmp_path):
+    """Two demos from scratch (data generated anew), one and two worker processes: identical test metrics."""
+    tables = []
+    for workers, methods in ((1, ["joint", "unimodal_visual"]), (2, ["unimodal_visual", "joint"])):
+        run_demo(results=tmp_path / f"r{workers}", work=tmp_path / f"w{workers}", profile="smoke", workers=workers,
+                 methods=methods, log=lambda line: None)
+        tables.append(json.loads((tmp_path / f"r{workers}" / "summary.json").read_text())["rows"])
+    assert tables[0] == tables[1]

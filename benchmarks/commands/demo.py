@@ -1,29 +1,33 @@
-"""``augbench demo``: generate AV-Digits, prepare it, train every method over 3 seeds, write results/demo/."""
+"""``augbench demo``: generate AV-Digits, prepare it, train every method over 3 seeds, write tables and plots."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from benchmarks.demo import run_demo
+from benchmarks.demo import default_results, run_demo
 
-HELP = "offline end-to-end demo on AV-Digits: every method, tables and plots in results/demo/"
+HELP = "offline end-to-end demo on AV-Digits: every method, tables and plots (under runs/; --publish: results/demo)"
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="one seed, 4 epochs (about 3 minutes on 2 cores)")
+    mode.add_argument("--quick", action="store_true", help="one seed, fewer epochs (about 3 minutes on 2 cores)")
     mode.add_argument("--smoke", action="store_true", help="tiny data, one seed, one epoch (CI)")
-    p.add_argument("--results", type=Path, help="where tables and plots go (default: results/demo, or "
-                                                "results/demo-<profile> for --quick/--smoke)")
+    p.add_argument("--results", type=Path, help="where tables and plots go (default: runs/demo/results, or "
+                                                "runs/demo-<profile>/results for --quick/--smoke)")
+    p.add_argument("--publish", action="store_true", help="write tables and plots to the tracked results/demo "
+                                                          "(results/demo-<profile>) instead of under runs/")
     p.add_argument("--work", type=Path, default=Path("runs/demo-work"), help="data, cache and run folders")
-    p.add_argument("--workers", type=int, default=2, help="training processes")
+    p.add_argument("--workers", type=int, default=2, help="training processes (one thread each)")
     p.add_argument("--methods", nargs="+", help="only these rows (default: every registered method)")
 
 
 def run(args: argparse.Namespace) -> int:
     profile = "quick" if args.quick else "smoke" if args.smoke else None
-    results = args.results or Path("results") / ("demo" if profile is None else f"demo-{profile}")
+    if args.publish and args.results:
+        raise SystemExit("augbench demo: --publish writes results/demo; drop --results or --publish")
+    results = args.results or default_results(profile, args.publish)
     out = run_demo(results=results, work=args.work, profile=profile, workers=args.workers, methods=args.methods)
     print(out["table"])
     print(f"wrote {', '.join(str(p) for p in out['written'])}")
