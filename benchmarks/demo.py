@@ -38,8 +38,8 @@ from benchmarks.run_folder import load_run_config
 from benchmarks.runner import CHECKPOINT, build_data, build_method, seed_everything
 from core.provenance import git_commit
 from datasets.prepare import prepare
-from datasets.tables import PrepareOptions
 from datasets.registry import get_dataset
+from datasets.tables import PrepareOptions
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo" / "av_digits.yaml"
 FIRST_ROWS = ("unimodal_audio", "unimodal_visual", "joint", "sum", "weight", "film", "gated", "uniform")
