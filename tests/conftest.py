@@ -9,9 +9,9 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from baselines.base import TrainContext  # noqa: E402
+from baselines.base import Loaders, TrainContext  # noqa: E402
 from baselines.networks import MODEL_HPARAMS  # noqa: E402
-from benchmarks.config import TRAIN_HPARAMS  # noqa: E402
+from benchmarks.config import TRAIN_HPARAMS, method_hparams  # noqa: E402
 from core.hparams import resolve  # noqa: E402
 from datasets.registry import get_dataset  # noqa: E402
 
@@ -46,3 +46,22 @@ def make_context(epochs: int = 2, **train) -> TrainContext:
 
 def first_batch(bundle, split: str = "train", batch_size: int = 16):
     return next(iter(bundle.loader(split, batch_size=batch_size, train=False, seed=0)))
+
+
+def tiny_loaders(bundle) -> Loaders:
+    """Train (shuffled, batch 16), val and test (batch 32) loaders over a bundle, as the runner builds them."""
+    return Loaders(bundle.loader("train", batch_size=16, train=True, seed=0),
+                   bundle.loader("val", batch_size=32, train=False, seed=0),
+                   bundle.loader("test", batch_size=32, train=False, seed=0))
+
+
+def build_with(cls, bundle, **overrides):
+    """Method class ``cls`` on ``bundle`` with its declared knobs plus ``overrides``, in a tiny CPU context."""
+    hp = resolve(cls.name, method_hparams(cls), bundle.task.dataset, overrides, variants=cls.VARIANTS)
+    return cls(bundle.task, hp, make_context())
+
+
+def freeze_steps(method):
+    """Keep the gradients ``update`` leaves behind by turning the optimizer step into a no-op."""
+    method.optimizer.step = lambda *args, **kwargs: None
+    return method

@@ -25,20 +25,9 @@ from baselines.midas import (
 from benchmarks.config import TRAIN_HPARAMS, load_config_file, method_hparams
 from core.data import ModalitySpec, TaskSpec
 from core.hparams import resolve
-from tests.conftest import first_batch, make_context
+from tests.conftest import build_with, first_batch, freeze_steps, make_context
 
 CONFIGS = Path(__file__).resolve().parents[1] / "benchmarks" / "configs"
-
-
-def build(cls, bundle, **overrides):
-    hp = resolve(cls.name, method_hparams(cls), bundle.task.dataset, overrides, variants=cls.VARIANTS)
-    return cls(bundle.task, hp, make_context())
-
-
-def freeze_steps(method):
-    """Keep the gradients ``update`` leaves behind by turning the optimizer step into a no-op."""
-    method.optimizer.step = lambda *args, **kwargs: None
-    return method
 
 
 def entropy(*p: float) -> float:
@@ -98,7 +87,7 @@ def arl_reference_grads(method, batch, gamma):
 
 
 def test_arl_unimodal_logits_keep_the_full_bias_of_the_shared_classifier(tiny_bundle):
-    method = build(ARL, tiny_bundle)
+    method = build_with(ARL, tiny_bundle)
     batch = first_batch(tiny_bundle)
     _, z_uni = method.forward_all(batch)
     h = method.model.features(method.inputs(batch))
@@ -108,7 +97,7 @@ def test_arl_unimodal_logits_keep_the_full_bias_of_the_shared_classifier(tiny_bu
 
 @pytest.mark.parametrize("variant", ["paper", "official_code"])
 def test_arl_update_scales_each_encoder_gradient_by_one_plus_its_weight(tiny_bundle, variant):
-    method = freeze_steps(build(ARL, tiny_bundle, variant=variant, clip_norm=0.0))
+    method = freeze_steps(build_with(ARL, tiny_bundle, variant=variant, clip_norm=0.0))
     batch = first_batch(tiny_bundle)
     reference, z_uni = arl_reference_grads(method, batch, gamma=4.0)
     logs = method.update(batch, StepInfo(epoch=6, step=0, steps_per_epoch=4, epochs=10))
@@ -126,7 +115,7 @@ def test_arl_update_scales_each_encoder_gradient_by_one_plus_its_weight(tiny_bun
 
 
 def test_arl_warm_up_sums_the_unimodal_losses_and_scales_nothing(tiny_bundle):
-    method = freeze_steps(build(ARL, tiny_bundle, clip_norm=0.0))
+    method = freeze_steps(build_with(ARL, tiny_bundle, clip_norm=0.0))
     batch = first_batch(tiny_bundle)
     reference, _ = arl_reference_grads(method, batch, gamma=1.0)
     logs = method.update(batch, StepInfo(epoch=5, step=0, steps_per_epoch=4, epochs=10))
@@ -136,7 +125,7 @@ def test_arl_warm_up_sums_the_unimodal_losses_and_scales_nothing(tiny_bundle):
 
 
 def test_arl_clips_the_global_gradient_norm(tiny_bundle):
-    method = freeze_steps(build(ARL, tiny_bundle, clip_norm=1e-3))
+    method = freeze_steps(build_with(ARL, tiny_bundle, clip_norm=1e-3))
     method.update(first_batch(tiny_bundle), StepInfo(epoch=6, step=0, steps_per_epoch=4, epochs=10))
     norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in method.model.parameters()]))
     assert norm.item() == pytest.approx(1e-3, rel=1e-4)
@@ -192,7 +181,7 @@ def iprm_reference(method, batch, lam_hat):
 
 
 def test_iprm_update_advances_the_ema_probes_and_learns_on_the_recalibrated_mixup(tiny_bundle):
-    method = freeze_steps(build(IPRM, tiny_bundle))
+    method = freeze_steps(build_with(IPRM, tiny_bundle))
     method.lam_hat.copy_(torch.tensor([[0.9, 0.1]]))
     batch = first_batch(tiny_bundle)
     with torch.no_grad():
@@ -213,7 +202,7 @@ def test_iprm_update_advances_the_ema_probes_and_learns_on_the_recalibrated_mixu
 
 
 def test_iprm_predicts_unimodal_sum_plus_the_mixup_head_at_the_last_probed_weights(tiny_bundle):
-    method = build(IPRM, tiny_bundle)
+    method = build_with(IPRM, tiny_bundle)
     method.lam.copy_(torch.tensor([[0.7, 0.3]]))
     method.eval()
     batch = first_batch(tiny_bundle)
@@ -299,7 +288,7 @@ MAIN = StepInfo(epoch=5, step=0, steps_per_epoch=4, epochs=10)
 
 
 def test_midas_update_trains_on_aligned_and_kept_misaligned_rows_then_moves_alpha(tiny_bundle):
-    method = freeze_steps(build(MIDAS, tiny_bundle, lam=2.0))
+    method = freeze_steps(build_with(MIDAS, tiny_bundle, lam=2.0))
     method.alpha.copy_(torch.tensor([1.0, 1.2]))
     batch = first_batch(tiny_bundle)
     y = batch["label"]
@@ -329,7 +318,7 @@ def test_midas_update_trains_on_aligned_and_kept_misaligned_rows_then_moves_alph
 
 
 def test_midas_warm_up_trains_only_the_unimodal_losses(tiny_bundle):
-    method = freeze_steps(build(MIDAS, tiny_bundle))
+    method = freeze_steps(build_with(MIDAS, tiny_bundle))
     batch = first_batch(tiny_bundle)
     _, _, z_uni = method.model(method.inputs(batch))
     uni = sum(F.cross_entropy(v, batch["label"]) for v in z_uni.values())
@@ -344,7 +333,7 @@ def test_midas_warm_up_trains_only_the_unimodal_losses(tiny_bundle):
 
 @pytest.mark.parametrize("reset, expected", [("epoch", [1.0, 1.0]), ("never", [1.0, 1.4])])
 def test_midas_alpha_restarts_every_epoch_as_in_algorithm_1(tiny_bundle, reset, expected):
-    method = build(MIDAS, tiny_bundle, alpha_reset=reset)
+    method = build_with(MIDAS, tiny_bundle, alpha_reset=reset)
     method.alpha.copy_(torch.tensor([1.0, 1.4]))
     method.on_epoch_start(6, None)
     assert method.alpha.tolist() == pytest.approx(expected, rel=1e-5, abs=1e-6)  # float32 buffer
@@ -352,7 +341,7 @@ def test_midas_alpha_restarts_every_epoch_as_in_algorithm_1(tiny_bundle, reset, 
 
 
 def test_midas_ablations_switch_the_weights_off(tiny_bundle):
-    method = freeze_steps(build(MIDAS, tiny_bundle, weak_modality=False, hard_sample=False))
+    method = freeze_steps(build_with(MIDAS, tiny_bundle, weak_modality=False, hard_sample=False))
     batch = first_batch(tiny_bundle)
     y = batch["label"]
     torch.manual_seed(3)

@@ -17,24 +17,12 @@ from baselines.mmcosine import MMCosine, cosine_logits
 from baselines.mmpareto import MMPareto, mmpareto_encoder_grads, pareto_weights
 from baselines.mslr import MSLR, mslr_multipliers, mslr_step
 from baselines.uniform import Uniform, uniform_loss
-from benchmarks.config import method_hparams
 from core.hparams import resolve
 from datasets.registry import get_dataset
-from tests.conftest import TINY_DATA, first_batch, make_context
+from tests.conftest import TINY_DATA, build_with, first_batch, freeze_steps
 from tests.numeric import approx, approx64, close
 
 STEP = StepInfo(epoch=0, step=0, steps_per_epoch=4, epochs=2)
-
-
-def build(cls, bundle, **overrides):
-    hp = resolve(cls.name, method_hparams(cls), bundle.task.dataset, overrides, variants=cls.VARIANTS)
-    return cls(bundle.task, hp, make_context())
-
-
-def freeze_steps(method):
-    """Keep the gradients ``update`` leaves behind by turning the optimizer step into a no-op."""
-    method.optimizer.step = lambda *args, **kwargs: None
-    return method
 
 
 def t(*values):
@@ -57,7 +45,7 @@ def test_uniform_loss_is_fused_ce_plus_each_unimodal_ce():
 
 
 def test_uniform_uses_separate_heads(tiny_bundle):
-    method = build(Uniform, tiny_bundle)
+    method = build_with(Uniform, tiny_bundle)
     assert set(method.model.head.uni) == {"audio", "visual"}
 
 
@@ -139,7 +127,7 @@ def test_mmpareto_rescales_each_tensor_to_the_summed_norm_then_applies_gamma():
 def check_rule_gradients(bundle):
     """``update`` leaves the rule's gradient on every encoder (from that encoder's own g_mm and g_u) and the summed
     gradient on the heads."""
-    method = freeze_steps(build(MMPareto, bundle))
+    method = freeze_steps(build_with(MMPareto, bundle))
     batch = first_batch(bundle)
     logs = method.update(batch, STEP)
     _, z, z_uni = method.model(method.inputs(batch))
@@ -165,7 +153,7 @@ def test_mmpareto_update_sets_rule_gradients_on_encoders_and_summed_gradients_on
 
 
 def test_mmpareto_bb_degenerate_is_three_times_the_summed_ce_on_encoders(tiny_bundle):
-    method = freeze_steps(build(MMPareto, tiny_bundle, variant="bb_degenerate"))
+    method = freeze_steps(build_with(MMPareto, tiny_bundle, variant="bb_degenerate"))
     assert type(method.model.head).__name__ == "ConcatHead"
     batch = first_batch(tiny_bundle)
     method.update(batch, STEP)
@@ -216,7 +204,7 @@ def test_inforeg_proximal_term_adds_beta_times_distance_to_epoch_start():
 
 
 def test_inforeg_update_adds_proximal_term_and_accumulates_fim(tiny_bundle):
-    method = freeze_steps(build(InfoReg, tiny_bundle))
+    method = freeze_steps(build_with(InfoReg, tiny_bundle))
     method.on_epoch_start(0, None)
     # A zero anchor makes the proximal term beta * theta, visible against the plain gradient.
     method.anchor = {m: [torch.zeros_like(p) for p in ps] for m, ps in method.encoder_params.items()}
@@ -239,9 +227,9 @@ def test_inforeg_update_adds_proximal_term_and_accumulates_fim(tiny_bundle):
 
 
 def test_inforeg_trace_history_survives_checkpoint(tiny_bundle):
-    method = build(InfoReg, tiny_bundle)
+    method = build_with(InfoReg, tiny_bundle)
     method.traces = [2.0, 4.0]
-    clone = build(InfoReg, tiny_bundle)
+    clone = build_with(InfoReg, tiny_bundle)
     clone.load_checkpoint_state(method.checkpoint_state())
     clone.on_epoch_start(2, None)
     assert clone.traces == [2.0, 4.0] and clone.k == approx64(2 / 3)
@@ -262,7 +250,7 @@ def test_mslr_multipliers_from_accuracy_histories():
 
 
 def test_mslr_update_scales_each_modality_group(tiny_bundle):
-    method = freeze_steps(build(MSLR, tiny_bundle))
+    method = freeze_steps(build_with(MSLR, tiny_bundle))
     method.ratios = {"audio": 2.0, "visual": 0.5}
     batch = first_batch(tiny_bundle)
     method.update(batch, STEP)
@@ -276,7 +264,7 @@ def test_mslr_update_scales_each_modality_group(tiny_bundle):
 
 
 def test_mslr_official_compat_stops_modulating_after_epoch_19(tiny_bundle):
-    method = freeze_steps(build(MSLR, tiny_bundle, variant="official_compat"))
+    method = freeze_steps(build_with(MSLR, tiny_bundle, variant="official_compat"))
     assert (method.hp.eval_split, method.hp.shared_accuracy) == ("test", True)
     method.ratios = {"audio": 2.0, "visual": 2.0}
     batch = first_batch(tiny_bundle)
@@ -288,11 +276,11 @@ def test_mslr_official_compat_stops_modulating_after_epoch_19(tiny_bundle):
 
 
 def test_mslr_epoch_end_reads_validation_and_checkpoints_its_memory(tiny_bundle):
-    method = build(MSLR, tiny_bundle)
+    method = build_with(MSLR, tiny_bundle)
     val = tiny_bundle.loader("val", batch_size=32, train=False, seed=0)
     diag = method.on_epoch_end(0, Loaders(train=val, val=val, test=None))
     assert method.memory["audio"] == [diag["mslr_acc_audio"]] and diag["mslr_coeff_visual"] == approx64(1.1)
-    clone = build(MSLR, tiny_bundle)
+    clone = build_with(MSLR, tiny_bundle)
     clone.load_checkpoint_state(method.checkpoint_state())
     assert clone.memory == method.memory and clone.ratios == method.ratios
     with pytest.raises(ValueError, match="eval_split"):
@@ -309,7 +297,7 @@ def test_mmcosine_logits_are_scaled_cosines():
 
 
 def test_mmcosine_predictions_ignore_the_bias_and_sum_the_modalities(tiny_bundle):
-    method = build(MMCosine, tiny_bundle, variant="bb")
+    method = build_with(MMCosine, tiny_bundle, variant="bb")
     assert method.hp.scale == 15.0
     method.eval()
     batch = first_batch(tiny_bundle)
@@ -357,7 +345,7 @@ def test_cml_penalty_is_differentiable_and_order_is_seeded(tiny_bundle):
     _, penalty = cml_loss(t(2.4, -0.2)[None], z_uni, t(0.4, -0.2), ("audio", "visual"), torch.tensor([0]), 0.1)
     penalty.backward()
     assert z_uni["audio"].grad.abs().sum() > 0
-    method = build(CML, tiny_bundle)
+    method = build_with(CML, tiny_bundle)
     orders = [method.removal_order(e) for e in range(8)]
     assert all(sorted(o) == ["audio", "visual"] for o in orders) and len(set(orders)) == 2
-    assert orders == [build(CML, tiny_bundle).removal_order(e) for e in range(8)]
+    assert orders == [build_with(CML, tiny_bundle).removal_order(e) for e in range(8)]

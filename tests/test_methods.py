@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from baselines.base import Loaders, StepInfo
+from baselines.base import StepInfo
 from baselines.registry import list_methods
 from benchmarks.config import method_hparams
 from core.hparams import resolve
-from tests.conftest import first_batch, make_context
+from tests.conftest import first_batch, make_context, tiny_loaders
 
 METHODS = sorted(list_methods())
 
@@ -26,9 +26,7 @@ def build(name, bundle, ctx, **overrides):
 def test_method_trains_a_step_and_predicts(name, tiny_bundle):
     ctx = make_context(epochs=2)
     method = build(name, tiny_bundle, ctx)
-    loaders = Loaders(tiny_bundle.loader("train", batch_size=16, train=True, seed=0),
-                      tiny_bundle.loader("val", batch_size=32, train=False, seed=0),
-                      tiny_bundle.loader("test", batch_size=32, train=False, seed=0))
+    loaders = tiny_loaders(tiny_bundle)
     ctx.loaders = loaders
     method.train()
     method.on_epoch_start(0, loaders)

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from baselines.base import Loaders, StepInfo
+from baselines.base import StepInfo
 from baselines.registry import list_methods
-from tests.conftest import first_batch, make_context
+from tests.conftest import first_batch, make_context, tiny_loaders
 from tests.test_methods import build
 
 MODULE_INTERNALS = set(vars(nn.Module())) | {"ctx", "task", "hp"}
@@ -77,9 +77,7 @@ def assert_same(got: Any, want: Any, path: str = "") -> None:
 def test_predict_leaves_the_method_unchanged(name, tiny_bundle):
     ctx = make_context(epochs=2)
     method = build(name, tiny_bundle, ctx)
-    loaders = Loaders(tiny_bundle.loader("train", batch_size=16, train=True, seed=0),
-                      tiny_bundle.loader("val", batch_size=32, train=False, seed=0),
-                      tiny_bundle.loader("test", batch_size=32, train=False, seed=0))
+    loaders = tiny_loaders(tiny_bundle)
     ctx.loaders = loaders
     method.train()
     method.on_epoch_start(0, loaders)
