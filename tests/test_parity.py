@@ -3,6 +3,7 @@ comparison and the CLI's errors."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -188,3 +189,12 @@ def test_results_readme_is_generated_from_the_case_files():
     assert (directory / "README.md").read_text() == report.render(directory)
     for name in RECORDED:
         assert f"`{name}`" in (directory / "README.md").read_text()
+
+
+def test_methods_table_cell_lists_each_case_of_a_method(tmp_path):
+    for case, method, status, diff in (("a_x", "a", "match", 5.7e-12), ("a_y", "a", "differs from e6s0", 0.61),
+                                       ("b", "b", "match", 0.0)):
+        (tmp_path / f"{case}.json").write_text(json.dumps({"case": case, "method": method, "status": status,
+                                                           "max_diff": diff}))
+    cells = report.method_statuses(tmp_path)
+    assert cells == {"a": "`a_x` match (6e-12)<br>`a_y` differs from e6s0 (6e-01)", "b": "`b` match (0e+00)"}

@@ -14,6 +14,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+# The generated parity report the README's methods table reads and links to, relative to the repository root.
+PARITY_RESULTS = Path("results/parity")
+ROOT = Path(__file__).resolve().parents[2]
+
 HELP = "list methods and datasets (and their hyperparameters with -v)"
 
 
@@ -25,12 +29,16 @@ def configure(p: argparse.ArgumentParser) -> None:
 def methods_markdown() -> str:
     """The README's methods table, generated from the registry so that it cannot drift from the code."""
     from baselines.registry import list_methods
+    from benchmarks.parity.report import method_statuses
 
-    lines = ["| method | `--method` | paper | official code | official behaviour |", "|---|---|---|---|---|"]
+    parity = method_statuses(ROOT / PARITY_RESULTS)
+    lines = ["| method | `--method` | paper | official code | official behaviour | "
+             f"[parity with the official code]({PARITY_RESULTS.as_posix()}/README.md) |", "|---|---|---|---|---|---|"]
     for name, cls in list_methods().items():
         variants = "; ".join(f"`{name}.variant={v}` ({', '.join(f'{k}={val}' for k, val in preset.items())})"
                              for v, preset in cls.VARIANTS.items()) or "same as paper default"
-        lines.append(f"| {cls.title} | `{name}` | {cls.PAPER} | {cls.CODE} | {variants} |")
+        lines.append(f"| {cls.title} | `{name}` | {cls.PAPER} | {cls.CODE} | {variants} | "
+                     f"{parity.get(name, 'not checked')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -84,6 +84,16 @@ def render(directory: Path) -> str:
     return "\n".join(lines)
 
 
+def method_statuses(directory: Path) -> dict[str, str]:
+    """Per registered method, its parity cases in one cell (``case: status, max difference``), for the README's
+    methods table."""
+    cells: dict[str, list[str]] = {}
+    for path in sorted(Path(directory).glob("*.json")):
+        r = json.loads(path.read_text())
+        cells.setdefault(r["method"], []).append(f"`{r['case']}` {r['status']} ({r['max_diff']:.0e})")
+    return {method: "<br>".join(parts) for method, parts in cells.items()}
+
+
 def write_readme(directory: Path) -> Path:
     path = Path(directory) / "README.md"
     path.write_text(render(directory))
