@@ -49,6 +49,7 @@ METHOD_MODULES = (
     "baselines.midas",
     "baselines.remix",
     "baselines.bss",
+    "baselines.dgl",
 )
 
 _METHODS: dict[str, type[Method]] = {}
