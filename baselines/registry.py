@@ -50,6 +50,7 @@ METHOD_MODULES = (
     "baselines.remix",
     "baselines.bss",
     "baselines.dgl",
+    "baselines.mnl",
 )
 
 _METHODS: dict[str, type[Method]] = {}
