@@ -127,3 +127,10 @@ def test_mnl_update_gradients_equal_the_released_loss(tiny_bundle):
     assert logs["guided_audio"] + logs["guided_visual"] <= 1.0
     for p, g in zip(params, reference):
         torch.testing.assert_close(p.grad, g if g is not None else torch.zeros_like(p), rtol=1e-4, atol=1e-6)
+
+
+def test_mnl_keeps_float64_logits(tiny_bundle):
+    method = build_with(MNL, tiny_bundle).double()
+    batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+    z, z_uni = method.forward_all(batch)
+    assert z.dtype == torch.float64 and all(v.dtype == torch.float64 for v in z_uni.values())
