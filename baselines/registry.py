@@ -49,6 +49,8 @@ METHOD_MODULES = (
     "baselines.midas",
     "baselines.remix",
     "baselines.bss",
+    "baselines.dgl",
+    "baselines.mnl",
 )
 
 _METHODS: dict[str, type[Method]] = {}
