@@ -30,8 +30,9 @@
    Evaluation: ``Resize((S, S))`` with the antialiased bilinear filter on uint8 frames, rounded to uint8 as PIL does
    in the published pipeline; each frame's view is computed once on the CPU and kept (``EvalViews``), so later
    evaluations are one gather and a conversion, and CPU and GPU runs serve identical evaluation batches;
-3. converts to float32 once, for the whole batch, and applies ImageNet normalisation in place; serves ``visual`` as
-   float32 (B, 3, T, S, S);
+3. converts to float32 and applies ImageNet normalisation, into the served float32 (B, 3, T, S, S) ``visual``: on a
+   CPU each ``pil`` crop as soon as it is made, while it is in cache (``resized_crop_pil_normalized``), elsewhere the
+   whole batch at once; both give the same bits;
 4. serves ``audio`` as float32 (B, 1, F, T), converted from the cached float16 on the device; an audio pipeline
    with ``serve_frames`` gets a time crop (train: random start, test: the first frames), cut before the conversion.
 
@@ -290,6 +291,25 @@ def resized_crop_pil(frames: torch.Tensor, index: torch.Tensor, boxes: torch.Ten
         out[i].copy_(resized[0].permute(1, 2, 0))
         if mirror[i]:
             out[i].copy_(out[i].flip(1))
+    return out
+
+
+def resized_crop_pil_normalized(frames: torch.Tensor, index: torch.Tensor, boxes: torch.Tensor, out: torch.Tensor,
+                                flip: torch.Tensor | None = None) -> torch.Tensor:
+    """``resized_crop_pil`` on a CPU (the integer kernel), each crop converted and normalised while it is in cache:
+    crop i is written to ``out[i // T, :, i % T]`` of the served float (B, 3, T, S, S) batch, bit-identical to
+    ``normalize_into`` of the whole uint8 batch (the same elementwise arithmetic per value), without the uint8
+    batch buffer being written and read back."""
+    t, size = out.shape[2], out.shape[-1]
+    mean, std = (x.view(3, 1, 1) for x in _imagenet_scale(out.device, out.dtype))
+    mirror = [False] * len(boxes) if flip is None else flip.tolist()
+    for i, (k, (top, left, h, w)) in enumerate(zip(index.tolist(), boxes.tolist())):
+        crop = frames[k, top:top + h, left:left + w].permute(2, 0, 1)[None]
+        resized = F.interpolate(crop.contiguous(memory_format=torch.channels_last), size=(size, size),
+                                mode="bilinear", align_corners=False, antialias=True)[0]
+        if mirror[i]:
+            resized = resized.flip(-1)
+        out[i // t, :, i % t].copy_(resized).sub_(mean).div_(std)
     return out
 
 
@@ -677,6 +697,12 @@ class AVAugment:
         unique, inverse = np.unique(index, return_inverse=True)
         return self.arrays.take("frames", unique, device, self.ring), torch.from_numpy(inverse.reshape(-1))
 
+    def _crops_on_cpu(self, device: torch.device) -> bool:
+        """Whether the ``pil`` crops run on the CPU's integer kernel straight from the arrays (the CPU default), so
+        each crop can be converted and normalised on its own (``resized_crop_pil_normalized``)."""
+        return (device.type == "cpu" and self.integer_kernel in (None, True) and self.crop_in_place in (None, True)
+                and self.arrays.source("frames", device).device.type == "cpu")
+
     def _train_pil(self, index: np.ndarray, boxes: torch.Tensor, flip: torch.Tensor, device: torch.device
                    ) -> torch.Tensor:
         """The ``pil`` filter: crops resized and flipped on uint8; (N, S, S, 3) uint8."""
@@ -717,6 +743,11 @@ class AVAugment:
             height, width = self.frame_size
             boxes = crop_boxes(b * t, height, width, generator)
             flip = torch.rand(b * t, generator=generator) < FLIP_PROB
+            if self.resample == "pil" and self._crops_on_cpu(device):
+                with self._stage("frame gather", device):
+                    frames = self.arrays.source("frames", device)
+                with self._stage("crop/resize+flip+conversion+normalisation", device):
+                    return resized_crop_pil_normalized(frames, torch.from_numpy(index), boxes, clips, flip=flip)
             if self.resample == "pil":
                 crops = self._train_pil(index, boxes, flip, device)
                 with self._stage("conversion+normalisation", device):

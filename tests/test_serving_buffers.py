@@ -11,7 +11,13 @@ import torch.nn.functional as F
 
 from core.hparams import resolve
 from datasets import augment
-from datasets.augment import BufferRing, crop_boxes, resized_crop_pil
+from datasets.augment import (
+    BufferRing,
+    crop_boxes,
+    normalize_into,
+    resized_crop_pil,
+    resized_crop_pil_normalized,
+)
 from datasets.cremad import CremaD
 from datasets.prepare import prepare
 from datasets.tables import PrepareOptions
@@ -85,6 +91,20 @@ def test_pil_crop_float_branch_used_on_cuda_is_within_one_level_of_the_integer_k
     integer = resized_crop_pil(frames, torch.arange(48), boxes, 56, integer=True)
     floating = resized_crop_pil(frames, torch.arange(48), boxes, 56, integer=False)
     assert (integer.int() - floating.int()).abs().max() <= 1 and floating.dtype == torch.uint8
+
+
+def test_cpu_crops_normalised_one_at_a_time_equal_the_batch_conversion():
+    """Each crop converted and normalised on its own, straight into the served (B, 3, T, S, S) batch, is bit-identical
+    to cropping the whole batch to uint8 and converting it at once (and the flips land on the same crops)."""
+    frames, boxes = frames_and_boxes("noise", n=12)
+    index = torch.tensor([11, 0, 0, 3, 2, 1, 7, 7, 5, 9, 4, 6])
+    flip = torch.rand(12, generator=torch.Generator().manual_seed(1)) < 0.5
+    crops = resized_crop_pil(frames, index, boxes, 20, flip=flip)
+    batch = normalize_into(torch.empty(4, 3, 3, 20, 20), crops.view(4, 3, 20, 20, 3).permute(0, 4, 1, 2, 3))
+    one_by_one = resized_crop_pil_normalized(frames, index, boxes, torch.full((4, 3, 3, 20, 20), float("nan")),
+                                             flip=flip)
+    assert flip.any() and not flip.all()
+    assert torch.equal(one_by_one, batch)
 
 
 def test_cuda_branches_of_the_training_view_run_on_the_cpu(cache_path):
