@@ -29,7 +29,8 @@
 
    Evaluation: ``Resize((S, S))`` with the antialiased bilinear filter on uint8 frames, rounded to uint8 as PIL does
    in the published pipeline; each frame's view is computed once on the CPU and kept (``EvalViews``), so later
-   evaluations are one gather and a conversion, and CPU and GPU runs serve identical evaluation batches;
+   evaluations are one gather and a conversion (on a CPU: each kept view converted and normalised straight into the
+   served batch, ``normalized_views_into``), and CPU and GPU runs serve identical evaluation batches;
 3. converts to float32 and applies ImageNet normalisation, into the served float32 (B, 3, T, S, S) ``visual``: on a
    CPU each ``pil`` crop as soon as it is made, while it is in cache (``resized_crop_pil_normalized``), elsewhere the
    whole batch at once; both give the same bits;
@@ -310,6 +311,17 @@ def resized_crop_pil_normalized(frames: torch.Tensor, index: torch.Tensor, boxes
         if mirror[i]:
             resized = resized.flip(-1)
         out[i // t, :, i % t].copy_(resized).sub_(mean).div_(std)
+    return out
+
+
+def normalized_views_into(out: torch.Tensor, table: torch.Tensor, slots: np.ndarray) -> torch.Tensor:
+    """Kept uint8 views ``table[slots[i]]`` (3, S, S), each converted and normalised straight into
+    ``out[i // T, :, i % T]`` of the served float (B, 3, T, S, S): every kept byte is read once, no uint8 batch is
+    gathered first; bit-identical to ``normalize_into`` of the gathered batch."""
+    t = out.shape[2]
+    mean, std = (x.view(3, 1, 1) for x in _imagenet_scale(out.device, out.dtype))
+    for i, slot in enumerate(slots.tolist()):
+        out[i // t, :, i % t].copy_(table[slot]).sub_(mean).div_(std)
     return out
 
 
@@ -606,6 +618,14 @@ class EvalViews:
         out[torch.from_numpy(~stored)] = views[torch.from_numpy(np.searchsorted(unkept, index[~stored]))]
         return out
 
+    def kept_slots(self, index: np.ndarray) -> np.ndarray | None:
+        """Rows of ``table`` holding the views of frames ``index`` when every one of them is kept, else None."""
+        if self.identity or self.table is None:
+            return None
+        with self._lock:
+            slots = self.slot[index]
+        return None if bool((slots < 0).any()) else slots
+
     def _store(self, missing: np.ndarray) -> tuple[np.ndarray, torch.Tensor | None]:
         """Resize ``missing`` (sorted, unique) frames and keep as many as fit; returns the frames not kept and their
         views (None when all were kept)."""
@@ -756,6 +776,10 @@ class AVAugment:
             with self._stage("collation", device):
                 clips.copy_(images.view(b, t, 3, s, s).transpose(1, 2))
         else:
+            slots = self.eval_views.kept_slots(index) if device.type == "cpu" else None
+            if slots is not None:
+                with self._stage("view gather+conversion+normalisation", device):
+                    return normalized_views_into(clips, self.eval_views.table, slots)
             with self._stage("frame gather", device):
                 views = self.eval_views.take(index, self.ring.get("views", (b * t, 3, s, s), torch.uint8,
                                                                   torch.device("cpu"), pin=device.type == "cuda"))
