@@ -34,7 +34,8 @@
 3. converts to float32 and applies ImageNet normalisation, into the served float32 (B, 3, T, S, S) ``visual``: on a
    CPU each ``pil`` crop as soon as it is made, while it is in cache (``resized_crop_pil_normalized``), elsewhere the
    whole batch at once; both give the same bits;
-4. serves ``audio`` as float32 (B, 1, F, T), converted from the cached float16 on the device; an audio pipeline
+4. serves ``audio`` as float32 (B, 1, F, T), converted from the cached float16 on the device (on a CPU with no time
+   crop, each cached row converted straight into the served buffer, ``AVAugment._audio_rows``); an audio pipeline
    with ``serve_frames`` gets a time crop (train: random start, test: the first frames), cut before the conversion.
 
 Every batch-sized tensor (the served ``audio`` and ``visual``, the uint8 crops, the host buffers the gathers fill,
@@ -804,16 +805,31 @@ class AVAugment:
         with self._stage("audio conversion", audio.device):
             return self.ring.get("audio", tuple(audio.shape), torch.float32, audio.device).copy_(audio)
 
+    def _audio_rows(self, rows: np.ndarray, device: torch.device) -> torch.Tensor:
+        """float32 (B, 1, F, T) of the float16 cached rows ``rows``, each row converted straight from the arrays
+        into the reused served buffer (a CPU batch with no audio time crop): every stored byte is read once, no
+        float16 batch is gathered first; the same values as gathering and converting the batch."""
+        source = self.arrays.source("audio", device)
+        out = self.ring.get("audio", (len(rows), 1, *source.shape[1:]), torch.float32, device)
+        for i, row in enumerate(rows.tolist()):
+            out[i, 0].copy_(source[row])
+        return out
+
     def __call__(self, batch: Batch, generator: torch.Generator, train: bool) -> Batch:
         starts, counts = batch.pop(FRAME_START_KEY), batch.pop(FRAME_COUNT_KEY)
         rows = batch.pop(ROWS_KEY, None)
         device = batch["label"].device
+        served = None
         if "audio" not in batch:
             if rows is None or "audio" not in self.arrays.host:
                 raise KeyError(f"AVAugment needs either batch['audio'] or the cache's audio array and "
                                f"batch[{ROWS_KEY!r}]")
-            with self._stage("audio gather", device):
-                batch["audio"] = self.arrays.take("audio", rows.cpu().numpy(), device, self.ring)[:, None]
+            if device.type == "cpu" and not self.audio_frames:
+                with self._stage("audio gather+conversion", device):
+                    served = self._audio_rows(rows.cpu().numpy(), device)
+            else:
+                with self._stage("audio gather", device):
+                    batch["audio"] = self.arrays.take("audio", rows.cpu().numpy(), device, self.ring)[:, None]
         batch["visual"] = self.visual(starts, counts, generator, train, device)
-        batch["audio"] = self.audio(batch["audio"], generator, train)
+        batch["audio"] = served if served is not None else self.audio(batch["audio"], generator, train)
         return batch

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from core.hparams import resolve
 from datasets import augment
 from datasets.augment import (
+    AVAugment,
     BufferRing,
     crop_boxes,
     normalize_into,
@@ -121,6 +122,29 @@ def test_cuda_branches_of_the_training_view_run_on_the_cpu(cache_path):
             assert torch.equal(a[key], b[key]), key
         torch.testing.assert_close(c["visual"], a["visual"], atol=ONE_LEVEL, rtol=0)
         assert torch.equal(c["audio"], a["audio"])
+
+
+def test_cpu_audio_is_converted_row_by_row_to_the_exact_float_of_the_cached_rows():
+    g = torch.Generator().manual_seed(0)
+    audio = (torch.randn((9, 5, 7), generator=g) * 30).half().numpy()
+    frames = torch.randint(0, 256, (4, 8, 8, 3), dtype=torch.uint8, generator=g).numpy()
+    aug = AVAugment(frames, num_frames=1, image_size=8, audio=audio)
+    rows = torch.tensor([8, 0, 3, 3])
+
+    def serve():
+        batch = {"label": torch.zeros(4, dtype=torch.int64), "_rows": rows, "_frame_start": torch.zeros(4),
+                 "_frame_count": torch.ones(4, dtype=torch.int64)}
+        return aug(batch, torch.Generator().manual_seed(1), False)["audio"]
+
+    first = serve()
+    assert first.dtype == torch.float32 and first.shape == (4, 1, 5, 7)
+    assert torch.equal(first, torch.from_numpy(audio[rows.numpy()]).float()[:, None])
+    ptr = first.data_ptr()
+    del first
+    assert serve().data_ptr() == ptr, "the served buffer is reused once the batch is dropped"
+    # With a time crop the batch is gathered, cut, then converted: the same values of the cut rows.
+    aug.audio_frames = 3
+    assert torch.equal(serve(), torch.from_numpy(audio[rows.numpy(), :, :3]).float()[:, None])
 
 
 # --- reused buffers ---------------------------------------------------------------------------------------------
