@@ -186,8 +186,8 @@ def markdown_epoch(rows: list[dict[str, Any]], caption: str) -> str:
 def markdown_data(rows: list[dict[str, Any]], caption: str) -> str:
     """The data benchmark's rates and ratios in CPU time, the wall-time ratios alongside, then each view's serving
     profile (ms per sample)."""
-    note = ("Rates and ratios in the process's CPU time (robust to other load on the machine); the same ratios in "
-            "wall time in the last ratio column.")
+    note = ("Rates and ratios in the process's CPU time (time not given to this process on a shared machine does "
+            "not count); the same ratios in wall time in the last ratio column.")
     header = ("| view | cache loader samples/s | per-sample media loader samples/s | cache / media | "
               "bandwidth floor samples/s | floor / cache | GPU path host share samples/s | host share / media | "
               "wall: cache / media, floor / cache, host share / media | crop filter | resident |")
