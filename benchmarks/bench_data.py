@@ -3,7 +3,8 @@
 ``benchmark_data`` times batches of one split through (a) the cache-backed ``DataBundle`` loader (memmap gather +
 per-batch ``AVAugment``) and (b) ``datasets.media_loader.MediaDataset`` in a ``DataLoader`` with no workers (decode
 WAV + STFT + decode JPEGs/video + PIL transforms per item, as the published loaders do), both on one CPU thread, and
-reports samples per second. It reads the raw media the cache was built from (``raw_root`` in the manifest, or
+reports samples per second, in the process's CPU time (the figures then do not depend on how many CPU slices this
+process got on a loaded machine, though other processes' memory traffic still slows it) and in wall time alongside. It reads the raw media the cache was built from (``raw_root`` in the manifest, or
 ``raw_dir``). The evaluation view is timed in its steady state: one untimed pass over the split first, as every
 evaluation after the first epoch's finds the test-time frame views computed (``datasets.augment.EvalViews``).
 
@@ -42,12 +43,14 @@ def _sync(device: torch.device) -> None:
 
 class _Timed:
     """A batch stream timed in slices: ``take(count)`` times the next ``count`` batches (restarting the stream when it
-    ends) and adds them to the totals, so that several streams can be timed in interleaved rounds."""
+    ends) and adds them to the totals, so that several streams can be timed in interleaved rounds. Both the wall time
+    and the process's CPU time (``time.process_time``: every thread of the process, a prefetch thread included) are
+    summed."""
 
     def __init__(self, start: Callable[[], Iterator], device: torch.device | None = None) -> None:
         self.start, self.device = start, device or torch.device("cpu")
         self.iterator = start()
-        self.samples, self.seconds = 0, 0.0
+        self.samples, self.seconds, self.cpu_seconds = 0, 0.0, 0.0
 
     def _next(self) -> Any:
         batch = next(self.iterator, None)
@@ -62,25 +65,32 @@ class _Timed:
 
     def take(self, count: int) -> None:
         _sync(self.device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         samples = 0
         for _ in range(count):
             samples += len(self._next()["label"])
         _sync(self.device)
         self.seconds += time.perf_counter() - start
+        self.cpu_seconds += time.process_time() - cpu_start
         self.samples += samples
 
     @property
     def rate(self) -> float:
         return self.samples / self.seconds if self.seconds > 0 else float("inf")
 
+    @property
+    def cpu_rate(self) -> float:
+        return self.samples / self.cpu_seconds if self.cpu_seconds > 0 else float("inf")
+
 
 def _floor_batches(loader: Any, augment: AVAugment, starts: np.ndarray, counts: np.ndarray, frames: int
                    ) -> Callable[[], Iterator[dict[str, Any]]]:
-    """The bandwidth floor of an epoch of ``loader``: per batch, a sorted gather of the float16 audio rows and of the
-    batch's uint8 S x S frame views (its test-time views, computed here once, before any timing), each followed by
-    one conversion of the same bytes to float32, into buffers made once. No crop, flip, normalisation or collation:
-    what serving a float32 batch costs at least. Returns a function starting such an epoch."""
+    """The bandwidth floor of an epoch of ``loader``: per batch, the float16 audio rows and the batch's uint8 S x S
+    frame views (its test-time views, computed here once, before any timing), in sorted order, each stored row read
+    once and converted straight to float32 into buffers made once (row by row, which measured faster than a gather
+    followed by one conversion of the gathered batch: the row is converted while it is in cache). No crop, flip,
+    normalisation or collation: what serving a float32 batch costs at least. Returns a function starting such an
+    epoch."""
     audio = augment.arrays.host_source("audio")
     views = EvalViews(augment.eval_views.frames, augment.image_size, capacity=len(augment.eval_views.frames))
     order = loader._order()
@@ -97,15 +107,13 @@ def _floor_batches(loader: Any, augment: AVAugment, starts: np.ndarray, counts: 
     def epoch() -> Iterator[dict[str, Any]]:
         for rows, slots in plan:
             if len(rows) not in buffers:
-                buffers[len(rows)] = {"a16": torch.empty((len(rows), *audio.shape[1:]), dtype=audio.dtype),
-                                      "a32": torch.empty((len(rows), *audio.shape[1:])),
-                                      "v8": torch.empty((len(slots), *table.shape[1:]), dtype=torch.uint8),
+                buffers[len(rows)] = {"a32": torch.empty((len(rows), *audio.shape[1:])),
                                       "v32": torch.empty((len(slots), *table.shape[1:]))}
             out = buffers[len(rows)]
-            torch.index_select(audio, 0, rows, out=out["a16"])
-            out["a32"].copy_(out["a16"])
-            torch.index_select(table, 0, slots, out=out["v8"])
-            out["v32"].copy_(out["v8"])
+            for i, row in enumerate(rows.tolist()):
+                out["a32"][i].copy_(audio[row])
+            for i, slot in enumerate(slots.tolist()):
+                out["v32"][i].copy_(table[slot])
             yield {"label": rows}
 
     return epoch
@@ -133,29 +141,32 @@ def _host_batches(loader: Any, augment: AVAugment, starts: np.ndarray, counts: n
         yield {"label": rows}
 
 
-def _profile(loader: Any, augment: AVAugment, batches: int) -> dict[str, float]:
+def _profile(loader: Any, augment: AVAugment, batches: int, device: torch.device) -> dict[str, float]:
     """ms per sample of each serving stage over ``batches`` batches: ``AVAugment``'s stages, the loader's own work
-    (shuffle order, row notes, labels: ``loader``), and the Python between the timed stages (``python overhead``)."""
+    (shuffle order, row notes, labels: ``loader``), and the Python between the timed stages (``python overhead``).
+    On a CPU in CPU time (``StageTimes`` times each stage in its thread's CPU time, the totals here are the process's
+    CPU time), on CUDA in wall time."""
     times = StageTimes()
     inner = loader.augment
     augment_seconds = [0.0]
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
 
     def timed(batch: dict, generator: torch.Generator, train: bool) -> dict:
-        start = time.perf_counter()
+        start = clock()
         out = inner(batch, generator, train)
-        augment_seconds[0] += time.perf_counter() - start
+        augment_seconds[0] += clock() - start
         return out
 
     loader.augment, augment.times = timed, times
     try:
         iterator, samples = iter(loader), 0
-        start = time.perf_counter()
+        start = clock()
         for _ in range(batches):
             batch = next(iterator, None)
             if batch is None:
                 break
             samples += len(batch["label"])
-        total = time.perf_counter() - start
+        total = clock() - start
     finally:
         loader.augment, augment.times = inner, None
     per = 1e3 / max(samples, 1)
@@ -175,7 +186,9 @@ def benchmark_data(prepared_dir: Path | str, *, raw_dir: Path | str | None = Non
     After a warm epoch of the cache loader (the cache is then in RAM or the page cache, the test-time views are
     kept), ``rounds`` rounds each time ``batches`` batches of: the cache loader, its bandwidth floor
     (``_floor_batches``), the host share of a CUDA batch (``_host_batches``) and the media loader, interleaved so
-    that a shared or throttled machine slows all alike and the ratios hold. A further pass profiles the stages.
+    that a shared or throttled machine slows all alike and the ratios hold. Every rate and ratio is reported in the
+    process's CPU time (``cpu_*``: what the work costs, whatever share of the machine the process got) and in wall
+    time; on CUDA the wall figures count (the device's time is no CPU time). A further pass profiles the stages.
 
     Args:
         prepared_dir: a finished cache folder.
@@ -193,7 +206,8 @@ def benchmark_data(prepared_dir: Path | str, *, raw_dir: Path | str | None = Non
         device: where the cache loader serves batches (the media loader always runs on the CPU, as published).
 
     Returns:
-        A dict with the rates, the ratios, the stage profile (ms per sample) and the settings measured.
+        A dict with the rates and ratios (CPU time and wall time), the stage profile (ms per sample) and the settings
+        measured.
     """
     cache = open_cache(Path(prepared_dir))
     dataset = get_dataset(cache.manifest["dataset"])
@@ -228,11 +242,14 @@ def benchmark_data(prepared_dir: Path | str, *, raw_dir: Path | str | None = Non
         for _ in range(rounds):
             for stream in streams.values():
                 stream.take(batches)
-        profile = _profile(loader, augment, batches)
+        profile = _profile(loader, augment, batches, target)
     finally:
         torch.set_num_threads(threads)
     rates = {name: stream.rate for name, stream in streams.items()}
-    return {"cache_samples_per_s": rates["cache"], "media_samples_per_s": rates["media"],
+    cpu = {name: stream.cpu_rate for name, stream in streams.items()}
+    return {"cpu_samples_per_s": cpu, "cpu_speedup": cpu["cache"] / cpu["media"],
+            "cpu_floor_ratio": cpu["floor"] / cpu["cache"], "cpu_host_speedup": cpu["host"] / cpu["media"],
+            "cache_samples_per_s": rates["cache"], "media_samples_per_s": rates["media"],
             "floor_samples_per_s": rates["floor"], "host_samples_per_s": rates["host"],
             "speedup": rates["cache"] / rates["media"], "floor_ratio": rates["floor"] / rates["cache"],
             "host_speedup": rates["host"] / rates["media"], "profile_ms_per_sample": profile,

@@ -29,10 +29,13 @@
 
    Evaluation: ``Resize((S, S))`` with the antialiased bilinear filter on uint8 frames, rounded to uint8 as PIL does
    in the published pipeline; each frame's view is computed once on the CPU and kept (``EvalViews``), so later
-   evaluations are one gather and a conversion, and CPU and GPU runs serve identical evaluation batches;
-3. converts to float32 once, for the whole batch, and applies ImageNet normalisation in place; serves ``visual`` as
-   float32 (B, 3, T, S, S);
-4. serves ``audio`` as float32 (B, 1, F, T), converted from the cached float16 on the device; an audio pipeline
+   evaluations are one gather and a conversion (on a CPU: each kept view converted and normalised straight into the
+   served batch, ``normalized_views_into``), and CPU and GPU runs serve identical evaluation batches;
+3. converts to float32 and applies ImageNet normalisation, into the served float32 (B, 3, T, S, S) ``visual``: on a
+   CPU each ``pil`` crop as soon as it is made, while it is in cache (``resized_crop_pil_normalized``), elsewhere the
+   whole batch at once; both give the same bits;
+4. serves ``audio`` as float32 (B, 1, F, T), converted from the cached float16 on the device (on a CPU with no time
+   crop, each cached row converted straight into the served buffer, ``AVAugment._audio_rows``); an audio pipeline
    with ``serve_frames`` gets a time crop (train: random start, test: the first frames), cut before the conversion.
 
 Every batch-sized tensor (the served ``audio`` and ``visual``, the uint8 crops, the host buffers the gathers fill,
@@ -293,6 +296,36 @@ def resized_crop_pil(frames: torch.Tensor, index: torch.Tensor, boxes: torch.Ten
     return out
 
 
+def resized_crop_pil_normalized(frames: torch.Tensor, index: torch.Tensor, boxes: torch.Tensor, out: torch.Tensor,
+                                flip: torch.Tensor | None = None) -> torch.Tensor:
+    """``resized_crop_pil`` on a CPU (the integer kernel), each crop converted and normalised while it is in cache:
+    crop i is written to ``out[i // T, :, i % T]`` of the served float (B, 3, T, S, S) batch, bit-identical to
+    ``normalize_into`` of the whole uint8 batch (the same elementwise arithmetic per value), without the uint8
+    batch buffer being written and read back."""
+    t, size = out.shape[2], out.shape[-1]
+    mean, std = (x.view(3, 1, 1) for x in _imagenet_scale(out.device, out.dtype))
+    mirror = [False] * len(boxes) if flip is None else flip.tolist()
+    for i, (k, (top, left, h, w)) in enumerate(zip(index.tolist(), boxes.tolist())):
+        crop = frames[k, top:top + h, left:left + w].permute(2, 0, 1)[None]
+        resized = F.interpolate(crop.contiguous(memory_format=torch.channels_last), size=(size, size),
+                                mode="bilinear", align_corners=False, antialias=True)[0]
+        if mirror[i]:
+            resized = resized.flip(-1)
+        out[i // t, :, i % t].copy_(resized).sub_(mean).div_(std)
+    return out
+
+
+def normalized_views_into(out: torch.Tensor, table: torch.Tensor, slots: np.ndarray) -> torch.Tensor:
+    """Kept uint8 views ``table[slots[i]]`` (3, S, S), each converted and normalised straight into
+    ``out[i // T, :, i % T]`` of the served float (B, 3, T, S, S): every kept byte is read once, no uint8 batch is
+    gathered first; bit-identical to ``normalize_into`` of the gathered batch."""
+    t = out.shape[2]
+    mean, std = (x.view(3, 1, 1) for x in _imagenet_scale(out.device, out.dtype))
+    for i, slot in enumerate(slots.tolist()):
+        out[i // t, :, i % t].copy_(table[slot]).sub_(mean).div_(std)
+    return out
+
+
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Host tensor -> ``device``; through pinned memory and a non-blocking copy on CUDA."""
     if device.type == "cuda" and not tensor.is_cuda:
@@ -409,8 +442,10 @@ def upload(host: torch.Tensor, device: torch.device, ring: BufferRing | None) ->
 
 
 class StageTimes:
-    """Seconds per serving stage summed over batches, for ``augbench bench data``'s profile. On CUDA every stage
-    synchronises the device first and last, so the profile slows the loader it measures; timing is off by default."""
+    """Seconds per serving stage summed over batches, for ``augbench bench data``'s profile. On a CPU each stage is
+    timed in the CPU time of the thread that runs it (``time.thread_time``), so time the thread waits for a core on a
+    loaded machine does not count; on CUDA in wall time, with the device synchronised first and last, so the profile slows the
+    loader it measures. Timing is off by default."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -420,20 +455,21 @@ class StageTimes:
 
 
 class _Stage:
-    __slots__ = ("name", "seconds", "start", "sync")
+    __slots__ = ("clock", "name", "seconds", "start", "sync")
 
     def __init__(self, seconds: dict[str, float], name: str, sync: bool) -> None:
         self.seconds, self.name, self.sync, self.start = seconds, name, sync, 0.0
+        self.clock = time.perf_counter if sync else time.thread_time
 
     def __enter__(self) -> None:
         if self.sync:
             torch.cuda.synchronize()
-        self.start = time.perf_counter()
+        self.start = self.clock()
 
     def __exit__(self, *exc: object) -> None:
         if self.sync:
             torch.cuda.synchronize()
-        self.seconds[self.name] = self.seconds.get(self.name, 0.0) + time.perf_counter() - self.start
+        self.seconds[self.name] = self.seconds.get(self.name, 0.0) + self.clock() - self.start
 
 
 _UNTIMED = contextlib.nullcontext()
@@ -586,6 +622,14 @@ class EvalViews:
         out[torch.from_numpy(~stored)] = views[torch.from_numpy(np.searchsorted(unkept, index[~stored]))]
         return out
 
+    def kept_slots(self, index: np.ndarray) -> np.ndarray | None:
+        """Rows of ``table`` holding the views of frames ``index`` when every one of them is kept, else None."""
+        if self.identity or self.table is None:
+            return None
+        with self._lock:
+            slots = self.slot[index]
+        return None if bool((slots < 0).any()) else slots
+
     def _store(self, missing: np.ndarray) -> tuple[np.ndarray, torch.Tensor | None]:
         """Resize ``missing`` (sorted, unique) frames and keep as many as fit; returns the frames not kept and their
         views (None when all were kept)."""
@@ -677,6 +721,12 @@ class AVAugment:
         unique, inverse = np.unique(index, return_inverse=True)
         return self.arrays.take("frames", unique, device, self.ring), torch.from_numpy(inverse.reshape(-1))
 
+    def _crops_on_cpu(self, device: torch.device) -> bool:
+        """Whether the ``pil`` crops run on the CPU's integer kernel straight from the arrays (the CPU default), so
+        each crop can be converted and normalised on its own (``resized_crop_pil_normalized``)."""
+        return (device.type == "cpu" and self.integer_kernel in (None, True) and self.crop_in_place in (None, True)
+                and self.arrays.source("frames", device).device.type == "cpu")
+
     def _train_pil(self, index: np.ndarray, boxes: torch.Tensor, flip: torch.Tensor, device: torch.device
                    ) -> torch.Tensor:
         """The ``pil`` filter: crops resized and flipped on uint8; (N, S, S, 3) uint8."""
@@ -717,6 +767,11 @@ class AVAugment:
             height, width = self.frame_size
             boxes = crop_boxes(b * t, height, width, generator)
             flip = torch.rand(b * t, generator=generator) < FLIP_PROB
+            if self.resample == "pil" and self._crops_on_cpu(device):
+                with self._stage("frame gather", device):
+                    frames = self.arrays.source("frames", device)
+                with self._stage("crop/resize+flip+conversion+normalisation", device):
+                    return resized_crop_pil_normalized(frames, torch.from_numpy(index), boxes, clips, flip=flip)
             if self.resample == "pil":
                 crops = self._train_pil(index, boxes, flip, device)
                 with self._stage("conversion+normalisation", device):
@@ -725,6 +780,10 @@ class AVAugment:
             with self._stage("collation", device):
                 clips.copy_(images.view(b, t, 3, s, s).transpose(1, 2))
         else:
+            slots = self.eval_views.kept_slots(index) if device.type == "cpu" else None
+            if slots is not None:
+                with self._stage("view gather+conversion+normalisation", device):
+                    return normalized_views_into(clips, self.eval_views.table, slots)
             with self._stage("frame gather", device):
                 views = self.eval_views.take(index, self.ring.get("views", (b * t, 3, s, s), torch.uint8,
                                                                   torch.device("cpu"), pin=device.type == "cuda"))
@@ -749,16 +808,31 @@ class AVAugment:
         with self._stage("audio conversion", audio.device):
             return self.ring.get("audio", tuple(audio.shape), torch.float32, audio.device).copy_(audio)
 
+    def _audio_rows(self, rows: np.ndarray, device: torch.device) -> torch.Tensor:
+        """float32 (B, 1, F, T) of the float16 cached rows ``rows``, each row converted straight from the arrays
+        into the reused served buffer (a CPU batch with no audio time crop): every stored byte is read once, no
+        float16 batch is gathered first; the same values as gathering and converting the batch."""
+        source = self.arrays.source("audio", device)
+        out = self.ring.get("audio", (len(rows), 1, *source.shape[1:]), torch.float32, device)
+        for i, row in enumerate(rows.tolist()):
+            out[i, 0].copy_(source[row])
+        return out
+
     def __call__(self, batch: Batch, generator: torch.Generator, train: bool) -> Batch:
         starts, counts = batch.pop(FRAME_START_KEY), batch.pop(FRAME_COUNT_KEY)
         rows = batch.pop(ROWS_KEY, None)
         device = batch["label"].device
+        served = None
         if "audio" not in batch:
             if rows is None or "audio" not in self.arrays.host:
                 raise KeyError(f"AVAugment needs either batch['audio'] or the cache's audio array and "
                                f"batch[{ROWS_KEY!r}]")
-            with self._stage("audio gather", device):
-                batch["audio"] = self.arrays.take("audio", rows.cpu().numpy(), device, self.ring)[:, None]
+            if device.type == "cpu" and not self.audio_frames:
+                with self._stage("audio gather+conversion", device):
+                    served = self._audio_rows(rows.cpu().numpy(), device)
+            else:
+                with self._stage("audio gather", device):
+                    batch["audio"] = self.arrays.take("audio", rows.cpu().numpy(), device, self.ring)[:, None]
         batch["visual"] = self.visual(starts, counts, generator, train, device)
-        batch["audio"] = self.audio(batch["audio"], generator, train)
+        batch["audio"] = served if served is not None else self.audio(batch["audio"], generator, train)
         return batch

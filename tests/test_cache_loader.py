@@ -230,8 +230,15 @@ def test_benchmark_data_reports_both_loaders(cache_path):
     assert result["timed_samples"] == {"cache": 6, "floor": 6, "host": 6, "media": 6} and result["threads"] == 1
     assert result["speedup"] == pytest.approx(result["cache_samples_per_s"] / result["media_samples_per_s"])
     assert result["floor_ratio"] == pytest.approx(result["floor_samples_per_s"] / result["cache_samples_per_s"])
+    # The same rates and ratios in the process's CPU time.
+    cpu = result["cpu_samples_per_s"]
+    assert set(cpu) == {"cache", "floor", "host", "media"} and min(cpu.values()) > 0
+    assert result["cpu_speedup"] == pytest.approx(cpu["cache"] / cpu["media"])
+    assert result["cpu_floor_ratio"] == pytest.approx(cpu["floor"] / cpu["cache"])
+    assert result["cpu_host_speedup"] == pytest.approx(cpu["host"] / cpu["media"])
     profile = result["profile_ms_per_sample"]
-    assert {"audio gather", "crop/resize+flip", "conversion+normalisation", "audio conversion", "loader",
+    # On a CPU the audio rows and the crops are converted (and normalised) as they are read.
+    assert {"audio gather+conversion", "frame gather", "crop/resize+flip+conversion+normalisation", "loader",
             "python overhead", "total"} <= set(profile)
     assert sum(v for k, v in profile.items() if k != "total") == pytest.approx(profile["total"], rel=1e-6)
     assert result["dataset"] == "cremad" and result["visual_source"] == "video"

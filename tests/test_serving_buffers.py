@@ -11,7 +11,14 @@ import torch.nn.functional as F
 
 from core.hparams import resolve
 from datasets import augment
-from datasets.augment import BufferRing, crop_boxes, resized_crop_pil
+from datasets.augment import (
+    AVAugment,
+    BufferRing,
+    crop_boxes,
+    normalize_into,
+    resized_crop_pil,
+    resized_crop_pil_normalized,
+)
 from datasets.cremad import CremaD
 from datasets.prepare import prepare
 from datasets.tables import PrepareOptions
@@ -87,6 +94,20 @@ def test_pil_crop_float_branch_used_on_cuda_is_within_one_level_of_the_integer_k
     assert (integer.int() - floating.int()).abs().max() <= 1 and floating.dtype == torch.uint8
 
 
+def test_cpu_crops_normalised_one_at_a_time_equal_the_batch_conversion():
+    """Each crop converted and normalised on its own, straight into the served (B, 3, T, S, S) batch, is bit-identical
+    to cropping the whole batch to uint8 and converting it at once (and the flips land on the same crops)."""
+    frames, boxes = frames_and_boxes("noise", n=12)
+    index = torch.tensor([11, 0, 0, 3, 2, 1, 7, 7, 5, 9, 4, 6])
+    flip = torch.rand(12, generator=torch.Generator().manual_seed(1)) < 0.5
+    crops = resized_crop_pil(frames, index, boxes, 20, flip=flip)
+    batch = normalize_into(torch.empty(4, 3, 3, 20, 20), crops.view(4, 3, 20, 20, 3).permute(0, 4, 1, 2, 3))
+    one_by_one = resized_crop_pil_normalized(frames, index, boxes, torch.full((4, 3, 3, 20, 20), float("nan")),
+                                             flip=flip)
+    assert flip.any() and not flip.all()
+    assert torch.equal(one_by_one, batch)
+
+
 def test_cuda_branches_of_the_training_view_run_on_the_cpu(cache_path):
     """The GPU path gathers the distinct frames into a (pinned) buffer and crops with the float kernel; forced on a
     CPU through the same code, the gather changes nothing and the float kernel stays within one grey level."""
@@ -101,6 +122,29 @@ def test_cuda_branches_of_the_training_view_run_on_the_cpu(cache_path):
             assert torch.equal(a[key], b[key]), key
         torch.testing.assert_close(c["visual"], a["visual"], atol=ONE_LEVEL, rtol=0)
         assert torch.equal(c["audio"], a["audio"])
+
+
+def test_cpu_audio_is_converted_row_by_row_to_the_exact_float_of_the_cached_rows():
+    g = torch.Generator().manual_seed(0)
+    audio = (torch.randn((9, 5, 7), generator=g) * 30).half().numpy()
+    frames = torch.randint(0, 256, (4, 8, 8, 3), dtype=torch.uint8, generator=g).numpy()
+    aug = AVAugment(frames, num_frames=1, image_size=8, audio=audio)
+    rows = torch.tensor([8, 0, 3, 3])
+
+    def serve():
+        batch = {"label": torch.zeros(4, dtype=torch.int64), "_rows": rows, "_frame_start": torch.zeros(4),
+                 "_frame_count": torch.ones(4, dtype=torch.int64)}
+        return aug(batch, torch.Generator().manual_seed(1), False)["audio"]
+
+    first = serve()
+    assert first.dtype == torch.float32 and first.shape == (4, 1, 5, 7)
+    assert torch.equal(first, torch.from_numpy(audio[rows.numpy()]).float()[:, None])
+    ptr = first.data_ptr()
+    del first
+    assert serve().data_ptr() == ptr, "the served buffer is reused once the batch is dropped"
+    # With a time crop the batch is gathered, cut, then converted: the same values of the cut rows.
+    aug.audio_frames = 3
+    assert torch.equal(serve(), torch.from_numpy(audio[rows.numpy(), :, :3]).float()[:, None])
 
 
 # --- reused buffers ---------------------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ from datasets.augment import (
     CacheArrays,
     EvalViews,
     crop_boxes,
+    normalize_into,
+    normalized_views_into,
     resize,
     resize_uint8,
     resized_crop,
@@ -186,6 +188,24 @@ def test_eval_views_are_computed_once_and_equal_the_uint8_resize(monkeypatch):
     # The uint8 kernel is the float antialiased resize rounded, as PIL rounds each resized frame.
     as_float = resize(frames.permute(0, 3, 1, 2).float(), SIZE).permute(0, 2, 3, 1)
     assert (resize_uint8(frames, SIZE).float() - as_float).abs().max() <= 1.01
+
+
+def test_kept_evaluation_views_normalised_one_at_a_time_equal_the_batch_conversion(cache_path):
+    frames = torch.randint(0, 256, (10, 24, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    views = EvalViews(frames.numpy(), SIZE, capacity=8)
+    index = np.array([7, 2, 2, 5, 0, 1])
+    assert views.kept_slots(index) is None, "nothing is kept yet"
+    gathered = views.take(index)
+    slots = views.kept_slots(index)
+    assert slots is not None and views.kept_slots(np.array([7, 9])) is None, "frame 9 is not kept"
+    batch = normalize_into(torch.empty(3, 3, 2, SIZE, SIZE), gathered.view(3, 2, 3, SIZE, SIZE).transpose(1, 2))
+    one_by_one = normalized_views_into(torch.full((3, 3, 2, SIZE, SIZE), float("nan")), views.table, slots)
+    assert torch.equal(one_by_one, batch)
+    # Through the loader: the kept-view path serves the batches of the gather + batch conversion path.
+    data = bundle(cache_path)
+    first = epoch(data, "test", False)
+    assert data.augment.eval_views.used > 0
+    assert_same_batches(first, epoch(data, "test", False, number=1))
 
 
 def test_evaluation_batches_are_a_gather_after_the_first_pass(cache_path, monkeypatch):
