@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.base import FusionMethod, Loaders, StepInfo, TrainContext, confidence_scores
+from baselines.base import FusionMethod, Loaders, StepInfo, TrainContext, confidence_scores, loss_precision
 from baselines.registry import register
 from core.data import Batch, TaskSpec
 from core.hparams import HParam, HParams
@@ -128,7 +128,8 @@ class InfoReg(FusionMethod):
         with self.ctx.autocast():
             _, z, z_uni = self.model(self.inputs(batch))
         y = batch["label"]
-        loss = F.cross_entropy(z.float(), y) + sum(F.cross_entropy(z_uni[m].float(), y) for m in self.modalities)
+        loss = F.cross_entropy(loss_precision(z), y) + sum(F.cross_entropy(loss_precision(z_uni[m]), y)
+                                                           for m in self.modalities)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         scores = confidence_scores(z_uni, y)

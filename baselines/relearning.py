@@ -36,7 +36,7 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.preprocessing import MinMaxScaler
 
-from baselines.base import FusionMethod, Loaders, TrainContext
+from baselines.base import FusionMethod, Loaders, TrainContext, loss_precision
 from baselines.registry import register
 from core.data import BatchLoader, TaskSpec
 from core.hparams import HParam, HParams
@@ -104,7 +104,7 @@ class Relearning(FusionMethod):
             with self.ctx.autocast():
                 h = self.model.features(self.inputs(batch))
             for m in self.modalities:
-                feats[m].append(h[m].float().cpu().numpy())
+                feats[m].append(loss_precision(h[m]).cpu().numpy())
             labels.append(batch["label"].cpu().numpy())
         self.model.train()
         return {m: np.concatenate(v) for m, v in feats.items()}, np.concatenate(labels)

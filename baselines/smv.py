@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from baselines.base import FusionMethod, Loaders, RowSelection, StepInfo, TrainContext
+from baselines.base import FusionMethod, Loaders, RowSelection, StepInfo, TrainContext, loss_precision
 from baselines.registry import register
 from core.data import Batch, BatchLoader, TaskSpec, seed_for
 from core.hparams import HParam, HParams
@@ -163,7 +163,7 @@ class SMV(FusionMethod):
         with self.ctx.autocast():
             h = zero_flagged(self.model.features(self.inputs(batch)), self.modalities, batch.get("zero_modality"))
             z, _ = self.model.head(h)
-            loss = F.cross_entropy(z.float(), batch["label"])
+            loss = F.cross_entropy(loss_precision(z), batch["label"])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

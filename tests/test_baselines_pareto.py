@@ -226,6 +226,23 @@ def test_inforeg_update_adds_proximal_term_and_accumulates_fim(tiny_bundle):
     assert method.traces == [diag["inforeg_fim_trace"]]
 
 
+def test_inforeg_step_in_float64_reports_the_float64_loss(tiny_bundle):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        method = build_with(InfoReg, tiny_bundle)
+        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+        with torch.no_grad():
+            _, z, z_uni = method.model(method.inputs(batch))
+            y = batch["label"]
+            expected = (F.cross_entropy(z, y) + F.cross_entropy(z_uni["audio"], y)
+                        + F.cross_entropy(z_uni["visual"], y)).item()
+        logs = method.update(batch, STEP)
+    finally:
+        torch.set_default_dtype(old)
+    assert logs["loss"] == expected   # a float32 loss would differ from the float64 one at ~1e-8
+
+
 def test_inforeg_trace_history_survives_checkpoint(tiny_bundle):
     method = build_with(InfoReg, tiny_bundle)
     method.traces = [2.0, 4.0]

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from baselines.amco import class_mask, dependence_flags, mask_ratio
@@ -146,6 +147,21 @@ def test_smv_resamples_the_loader_and_zeroes_flagged_features(tiny_bundle):
     assert any(p.grad is not None and p.grad.any() for p in method.model.encoders["visual"].parameters())
 
 
+def test_smv_step_in_float64_reports_the_float64_loss(tiny_bundle):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        method = build("smv", tiny_bundle)
+        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+        with torch.no_grad():
+            _, z, _ = method.model(method.inputs(batch))
+            expected = F.cross_entropy(z, batch["label"]).item()
+        logs = method.update(batch, StepInfo(0, 0, 1, 2))
+    finally:
+        torch.set_default_dtype(old)
+    assert logs["loss"] == expected   # a float32 loss would differ from the float64 one at ~1e-8
+
+
 # --- DI-MML -----------------------------------------------------------------------------------------------------------
 
 def test_dimml_effective_dims_from_per_dimension_nearest_class_mean():
@@ -236,6 +252,30 @@ def test_relearning_reinitialises_on_schedule_only(tiny_bundle):
                                                       diag[f"relearn_purity_val_{m}"], 3.0))
         for p, old, init in zip(method.model.encoders[m].parameters(), before[m], method.theta_init[m].parameters()):
             close(p.detach(), alpha * init + (1 - alpha) * old)
+
+
+def test_relearning_diagnoses_float64_features_in_a_float64_run(tiny_bundle):
+    class Split:   # a loader stand-in serving the float64 batches
+        def __init__(self, batches):
+            self.batches = batches
+
+        def derived(self, *args, **kwargs):
+            return self.batches
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        method = build("relearning", tiny_bundle)
+        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+        feats, labels = method.split_features(Split([batch]))
+        method.model.eval()   # the diagnosis pass runs in eval mode
+        with torch.no_grad():
+            expected = method.model.features(method.inputs(batch))
+    finally:
+        torch.set_default_dtype(old)
+    for m in method.modalities:   # KMeans keeps float32 input in float32, which would move the purities
+        assert feats[m].dtype == np.float64 and np.array_equal(feats[m], expected[m].numpy())
+    assert np.array_equal(labels, batch["label"].numpy())
 
 
 # --- UMT --------------------------------------------------------------------------------------------------------------

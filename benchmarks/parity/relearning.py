@@ -1,0 +1,165 @@
+"""Diagnosing & Re-learning against GitHub GeWu-Lab/Diagnosing_Relearning_ECCV2024: ``code/ours.py``
+``train_epoch``, ``get_feature``, ``reinit_score`` and ``reinit`` run unmodified on ``code/models/models.py``
+``AVClassifier`` (CREMA-D branch: frames (B, T, 3, H, W)) wrapped in ``nn.DataParallel`` as ``main`` does.
+
+``main``'s loop is repeated by the harness: ``train_epoch`` per epoch, then at ``epoch % reinit_epoch == 0``,
+``epoch > 0``, at most ``reinit_num`` times, the features of the training and validation splits (``get_feature``),
+the purity-gap strengths (``reinit_score``) and the interpolation toward the initial weights (``reinit``, with
+``main``'s initial state dict). ``valid`` on the test split and the best-model checkpoint are skipped (no state
+change). Here ``reinit_epoch`` 1 and ``reinit_num`` 1: the diagnosis runs after epoch 1 only, and epoch 2 trains
+from the re-initialised encoders with the optimizer state kept.
+
+KMeans restarts are pinned to the project's ``kmeans_n_init`` (10) on the official side too: ``reinit_score`` calls
+``KMeans(n_clusters, random_state=0)``, whose ``n_init`` default changed from 10 to 1 ("auto") in scikit-learn 1.4,
+so the released code's clustering depends on the installed version; 10 is the default the code was written under.
+Both sides read the training features in row order, in the batches they trained on.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from baselines.base import Loaders, StepInfo
+from benchmarks.parity.core import (
+    Case,
+    Checkpoint,
+    EpochLoader,
+    Snapshot,
+    av_batches,
+    av_task,
+    build_method,
+    cpu_patches,
+    import_official,
+    load_mapped,
+    module_snapshot,
+    patch,
+    quantities,
+    resnet_name,
+)
+from core.data import BatchLoader
+
+EPOCHS, ROWS, BATCH, REINIT_EPOCH, REINIT_NUM = 3, 16, 8, 1, 1
+LR, NUM_CLASSES, MOVE_LAMBDA = 1e-3, 6, 3.0
+
+
+def official_name(name: str) -> str | None:
+    """``AVClassifier`` entry -> the project's ``Relearning`` entry (None: the unimodal heads ``forward`` never
+    uses)."""
+    for prefix, target in (("audio_net.", "model.encoders.audio.trunk."), ("visual_net.", "model.encoders.visual.trunk.")):
+        if name.startswith(prefix):
+            return target + resnet_name(name[len(prefix):])
+    if name.startswith("head."):
+        return "model.head.fc." + name[len("head."):]
+    if name.startswith(("head_audio.", "head_video.")):
+        return None
+    raise KeyError(f"unmapped AVClassifier entry {name!r}")
+
+
+class Data:
+    """Fixed training and validation rows (float64 inputs), served in row order."""
+
+    def __init__(self) -> None:
+        self.task = av_task("cremad", NUM_CLASSES)
+        self.train = av_batches(self.task, ROWS // BATCH, BATCH, seed=7)
+        self.val = av_batches(self.task, ROWS // BATCH, BATCH, seed=8)
+
+    def loader(self, batches: list[dict]) -> BatchLoader:
+        pool = {k: torch.cat([b[k] for b in batches]) for k in ("audio", "visual", "label")}
+        return BatchLoader(np.arange(ROWS), pool["label"].numpy(),
+                           lambda rows: {m: pool[m][torch.as_tensor(rows)] for m in ("audio", "visual")},
+                           batch_size=BATCH, train=True, seed=0)
+
+
+class Project:
+    def __init__(self, case: Case, overrides: Mapping[str, Any]) -> None:
+        self.data = Data()
+        hp = {"reinit_epoch": REINIT_EPOCH, "reinit_num": REINIT_NUM, "move_lambda": MOVE_LAMBDA, **case.hparams,
+              **overrides}
+        self.method = build_method(case.method, self.data.task, hp, epochs=EPOCHS, lr=LR)
+        self.loaders = Loaders(self.data.loader(self.data.train), self.data.loader(self.data.val), None)
+        self.values: dict[str, Any] = {}
+
+    def steps(self) -> Iterator[str]:
+        m = self.method
+        for epoch in range(EPOCHS):
+            for k, batch in enumerate(self.data.train):
+                m.update(batch, StepInfo(epoch, k, len(self.data.train), EPOCHS))
+                yield f"e{epoch}s{k}"
+            diag = m.on_epoch_end(epoch, self.loaders)
+            if diag:
+                self.values = {"alpha": [diag["relearn_alpha_audio"], diag["relearn_alpha_visual"]]}
+                yield f"e{epoch}.reinit"
+
+    def snapshot(self) -> Snapshot:
+        # theta_init (the project's frozen copy of the initial encoders) is main's checkpoint file officially.
+        state = {k: v for k, v in module_snapshot(self.method, [self.method.optimizer]).items()
+                 if not k.split("/", 1)[1].startswith("theta_init.")}
+        return {**state, **quantities(self.values)}
+
+
+def official_batch(b: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``AVDataset_CD`` items: spectrogram (B, 1, F, T), frames (B, T, 3, H, W), label."""
+    return b["audio"], b["visual"].transpose(1, 2), b["label"]
+
+
+class Official:
+    def __init__(self, case: Case, root: Path, project: Project) -> None:
+        with cpu_patches(("torchaudio",)):
+            self.ours, models = import_official(root / "code", "ours", "models.models")
+        hp = project.method.hp
+        self.args = type("Args", (), {"dataset": "CREMAD", "n_classes": NUM_CLASSES, "move_lambda": hp.move_lambda,
+                                      "reinit_epoch": hp.reinit_epoch, "reinit_num": hp.reinit_num})()
+        self.n_init = hp.kmeans_n_init
+        self.net = models.AVClassifier(self.args)
+        load_mapped(self.net, project.method.state_dict(), official_name)
+        self.model = nn.DataParallel(self.net)
+        # main: torch.save(model.state_dict(), 'init_para.pkl'), loaded back as ``checkpoint``
+        self.init = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        # main: SGD(lr, momentum 0.9, weight_decay 1e-4)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=0.9, weight_decay=1e-4)
+        self.data = project.data
+        self.values: dict[str, Any] = {}
+
+    def run(self, checkpoint: Checkpoint) -> None:
+        o, a = self.ours, self.args
+        train = [official_batch(b) for b in self.data.train]
+        val = [official_batch(b) for b in self.data.val]
+        flag_reinit = 0
+        with cpu_patches(), patch(o, "KMeans", functools.partial(o.KMeans, n_init=self.n_init)), \
+                patch(sys, "stdout", io.StringIO()), patch(sys, "stderr", io.StringIO()):
+            for epoch in range(EPOCHS):
+                o.train_epoch(a, epoch, self.model, "cpu", EpochLoader(self.data.train, epoch, checkpoint,
+                                                                         official_batch), self.optimizer)
+                if epoch % a.reinit_epoch == 0 and epoch > 0:
+                    flag_reinit += 1
+                    if flag_reinit <= a.reinit_num:
+                        train_audio, train_visual, train_label = o.get_feature(a, epoch, self.model, "cpu", train)
+                        val_audio, val_visual, val_label = o.get_feature(a, epoch, self.model, "cpu", val)
+                        w_audio, w_visual = o.reinit_score(a, train_audio, train_visual, train_label, val_audio,
+                                                           val_visual, val_label)
+                        self.model = o.reinit(a, self.model, self.init, w_audio, w_visual)
+                        self.values = {"alpha": [float(w_audio), float(w_visual)]}
+                        checkpoint(f"e{epoch}.reinit")
+
+    def snapshot(self) -> Snapshot:
+        return {**module_snapshot(self.net, [self.optimizer], official_name), **quantities(self.values)}
+
+
+CASES = [
+    Case(name="relearning", method="relearning", hparams={}, repo="GeWu-Lab/Diagnosing_Relearning_ECCV2024",
+         commit="025085ea82ed784c6ab6e5fb1b08bfe498dd0fc7",
+         entry="code/ours.py train_epoch, get_feature, reinit_score, reinit; code/models/models.py AVClassifier",
+         covers=f"{EPOCHS} epochs x {ROWS // BATCH} steps (batch {BATCH}); diagnosis and re-initialisation after "
+                f"epoch {REINIT_EPOCH} (reinit_epoch {REINIT_EPOCH}, reinit_num {REINIT_NUM}: none after epoch 2); "
+                f"purity-gap strengths; training from the re-initialised encoders with the optimizer state kept",
+         project=Project, official=Official, notes=__doc__),
+]
