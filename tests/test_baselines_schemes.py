@@ -130,6 +130,35 @@ def test_mla_zero_filled_gradients_move_the_first_encoder_in_the_second_turn(tin
     assert same(after[True][1], after[False][1]), "the last modality's encoder is stepped once either way"
 
 
+def in_float64(fn):
+    """Run fn() with float64 as the default dtype (an ``augbench parity`` run)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        return fn()
+    finally:
+        torch.set_default_dtype(old)
+
+
+def batch64(bundle):
+    return {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(bundle).items()}
+
+
+def test_mla_step_in_float64_keeps_float64_losses_and_logits(tiny_bundle):
+    def run():
+        mla = build("mla", tiny_bundle, projection=True)
+        batch = batch64(tiny_bundle)
+        with torch.no_grad():
+            first = mla.modalities[0]
+            expected = F.cross_entropy(mla.head(mla.encoders[first](batch[first])), batch["label"]).item()
+        logs = mla.update(batch, step())
+        mla.update(batch, step(i=1))   # the projection runs from the second turn on, in float64
+        return expected, logs, mla.predict(batch), mla.P
+    expected, logs, pred, P = in_float64(run)
+    assert logs[f"loss_{next(iter(pred.per_modality))}"] == expected   # a float32 loss differs at ~1e-8
+    assert pred.fused.dtype == torch.float64 and P.dtype == torch.float64
+
+
 # --- ReconBoost ----------------------------------------------------------------------------------------------------
 
 def test_reconboost_reconciled_loss_weight_on_crafted_logits():
