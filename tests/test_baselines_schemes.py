@@ -177,6 +177,20 @@ def test_reconboost_reconciled_loss_weight_on_crafted_logits():
     close(weight, torch.full((2,), -1.0))  # no other learner: official c0, q_y = 1
 
 
+def test_reconboost_losses_and_learners_stay_in_float64(tiny_bundle):
+    logits = torch.tensor([[0.3, -1.1, 2.0], [1.0, 0.1, -0.4]], dtype=torch.float64)
+    others = torch.tensor([[1.0, 0.0, 0.5], [-0.2, 0.7, 0.1]], dtype=torch.float64)
+    labels = torch.tensor([2, 0])
+    loss, _ = reconciled_loss(logits, labels, others, 1.0, 0.5)
+    q_y = torch.softmax(others, 1)[[0, 1], labels]
+    expected = ((-1.0 + 0.5 * q_y) / 3 * torch.log_softmax(logits, 1)[[0, 1], labels]).mean()
+    assert loss.dtype == torch.float64 and loss.item() == expected.item()   # float32 would differ at ~1e-8
+    assert ga_term(logits, others, True).dtype == torch.float64
+    first = tiny_bundle.task.names[0]
+    z = in_float64(lambda: build("reconboost", tiny_bundle).learner(first, batch64(tiny_bundle)[first]))
+    assert z.dtype == torch.float64
+
+
 def test_reconboost_stage_schedule_is_a_function_of_the_epoch():
     pos = [stage_at(e, 4, 4, 2) for e in range(18)]
     assert [(p.stage, p.modality, p.phase, p.phase_epoch) for p in (pos[0], pos[3], pos[4], pos[7], pos[8], pos[16])] \
