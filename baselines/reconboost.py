@@ -141,6 +141,11 @@ class ReconBoost(Method):
         HParam("alpha", 0.5, "Weight of the GA term (official README --alpha 0.5)."),
         HParam("ga_grad", False, "false = the official GA term with both sides detached (zero gradient, logged "
                                  "only); true = gradient flows through f_m [project reading, unverified]."),
+        HParam("ga_partner_second_pass", False, "false = the GA term reuses the partner's logits of the ensemble "
+                                                "pass (one forward per step, as the paper's method needs); true = "
+                                                "official train.py main, which runs pre_model again after "
+                                                "DynamicNet.forward, both in train mode, so the partner's batch-norm "
+                                                "running statistics move twice per step."),
         HParam("boost_rate", 1.0, "Initial beta of F = beta * sum f_m (official --boost_rate 1.0)."),
         HParam("m_lr", 0.01, "Learning rate of the modality step (official README --m_lr 0.01)."),
         HParam("e_lr", 0.01, "Learning rate of the correction step (official README --e_lr 0.01)."),
@@ -237,6 +242,9 @@ class ReconBoost(Method):
         loss, _ = reconciled_loss(z_m, labels, f_rest, self.hp.w1, self.hp.w2)
         logs = {"loss_boost": loss.item()}
         if partner is not None:
+            if self.hp.ga_partner_second_pass and self.members[self.modalities.index(partner)]:
+                with torch.no_grad(), self.ctx.autocast():
+                    other[partner] = self.learner(partner, batch[partner])
             ga = ga_term(z_m, other[partner], self.hp.ga_grad)
             logs["ga"] = ga.item()
             if self.hp.ga_grad:

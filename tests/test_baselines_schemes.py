@@ -191,6 +191,33 @@ def test_reconboost_losses_and_learners_stay_in_float64(tiny_bundle):
     assert z.dtype == torch.float64
 
 
+def test_reconboost_ga_partner_second_pass_moves_the_partner_batch_norm_statistics_twice(tiny_bundle):
+    def stage1_state(second_pass):
+        rb = build("reconboost", tiny_bundle, pretrain=False, modality_epochs=1, correct_epochs=0,
+                   ga_partner_second_pass=second_pass)
+        rb.train()
+        loaders, batch = loaders_for(tiny_bundle), first_batch(tiny_bundle)
+        rb.on_epoch_start(0, loaders)
+        rb.update(batch, step())
+        rb.on_epoch_start(1, loaders)   # stage 1 trains visual; the partner audio is a member
+        audio = rb.encoders["audio"]
+        before = {n: b.clone() for n, b in audio.named_buffers()}
+        logs = rb.update(batch, step(1))
+        return rb, before, logs, batch
+
+    rb1, before1, logs1, batch = stage1_state(False)
+    rb2, before2, logs2, _ = stage1_state(True)
+    assert logs1["ga"] == logs2["ga"]   # train-mode outputs use batch statistics: the same logits both times
+    with torch.no_grad():
+        rb1.encoders["audio"](batch["audio"])   # one more train-mode pass = the official second forward
+    means = [n for n, _ in rb2.encoders["audio"].named_buffers() if n.endswith("running_mean")]
+    assert means
+    for n, b in rb2.encoders["audio"].named_buffers():
+        if n in means:
+            assert not torch.equal(b, before2[n])
+            close(b, dict(rb1.encoders["audio"].named_buffers())[n])
+
+
 def test_reconboost_stage_schedule_is_a_function_of_the_epoch():
     pos = [stage_at(e, 4, 4, 2) for e in range(18)]
     assert [(p.stage, p.modality, p.phase, p.phase_epoch) for p in (pos[0], pos[3], pos[4], pos[7], pos[8], pos[16])] \
