@@ -205,7 +205,7 @@ def test_reconboost_ga_partner_second_pass_moves_the_partner_batch_norm_statisti
         logs = rb.update(batch, step(1))
         return rb, before, logs, batch
 
-    rb1, before1, logs1, batch = stage1_state(False)
+    rb1, _, logs1, batch = stage1_state(False)
     rb2, before2, logs2, _ = stage1_state(True)
     assert logs1["ga"] == logs2["ga"]   # train-mode outputs use batch statistics: the same logits both times
     with torch.no_grad():
