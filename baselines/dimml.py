@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.base import Loaders, Method, Prediction, StepInfo, TrainContext
+from baselines.base import Loaders, Method, Prediction, StepInfo, TrainContext, loss_precision
 from baselines.heads import ConcatHead
 from baselines.networks import build_encoders, init_model
 from baselines.registry import register
@@ -63,7 +63,7 @@ def effective_dims(features: torch.Tensor, labels: torch.Tensor, num_classes: in
     Returns:
         (d,) bool mask.
     """
-    features = features.float()
+    features = loss_precision(features)
     counts = torch.bincount(labels, minlength=num_classes).to(features.dtype)
     means = torch.zeros(num_classes, features.shape[1], dtype=features.dtype, device=features.device)
     means.index_add_(0, labels, features)
@@ -154,7 +154,7 @@ class DIMML(Method):
             with self.ctx.autocast():
                 h = self.features(batch)
             for m in self.modalities:
-                feats[m].append(h[m].float())
+                feats[m].append(loss_precision(h[m]))
             labels.append(batch["label"])
         self.train()
         y = torch.cat(labels)
@@ -173,7 +173,7 @@ class DIMML(Method):
             self.encoders.eval()
             with torch.no_grad(), self.ctx.autocast():
                 h = self.features(batch)
-            z = self.fusion({m: v.float() for m, v in h.items()})[0]
+            z = self.fusion({m: loss_precision(v) for m, v in h.items()})[0]
             loss = F.cross_entropy(z, y)
             self.fusion_optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -181,7 +181,7 @@ class DIMML(Method):
             return {"loss": loss.item()}
         with self.ctx.autocast():
             h = self.features(batch)
-        h = {m: v.float() for m, v in h.items()}
+        h = {m: loss_precision(v) for m, v in h.items()}
         uni = sum(F.cross_entropy(self.heads[m](h[m]), y) for m in self.modalities)
         shared = sum(F.cross_entropy(self.shared(h[m]), y) for m in self.modalities)
         loss = uni + self.hp.align_weight * shared
@@ -200,7 +200,7 @@ class DIMML(Method):
     def predict(self, batch: Batch) -> Prediction:
         with self.ctx.autocast():
             h = self.features(batch)
-        h = {m: v.float() for m, v in h.items()}
+        h = {m: loss_precision(v) for m, v in h.items()}
         z_uni = {m: self.heads[m](h[m]) for m in self.modalities}
         logits = list(z_uni.values())
         if bool(self.stage2):

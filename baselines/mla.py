@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.base import Method, Prediction, StepInfo, TrainContext
+from baselines.base import Method, Prediction, StepInfo, TrainContext, loss_precision
 from baselines.networks import build_encoders, init_model
 from baselines.registry import register
 from core.data import Batch, TaskSpec
@@ -88,7 +88,7 @@ def entropy_gate(logits: Mapping[str, torch.Tensor], mode: str) -> dict[str, tor
     dim = 1 if mode == "per_sample" else 0
     ents = []
     for z in logits.values():
-        logp = torch.log_softmax(z.float(), dim=dim)
+        logp = torch.log_softmax(loss_precision(z), dim=dim)
         h = -(logp.exp() * logp)
         ents.append(h.sum(dim=1, keepdim=True) if mode == "per_sample" else h.sum().reshape(1, 1))
     w = torch.softmax(-torch.stack(ents), dim=0)
@@ -153,7 +153,7 @@ class MLA(Method):
         """Update P from this turn's features and project the head-weight gradient (not at the very first turn)."""
         if not self.hp.projection or self.turns.item() == 0 or self.head.weight.grad is None:
             return
-        r = feats.detach().float().mean(0, keepdim=True)
+        r = loss_precision(feats.detach()).mean(0, keepdim=True)
         self.P.copy_(owm_update(self.P, r, a, self.hp.projection_form))
         g = self.head.weight.grad
         projected = g @ self.P.t()
@@ -170,7 +170,7 @@ class MLA(Method):
             h = {m: self.encoders[m](batch[m]) for m in self.modalities}
         for m in self.modalities:
             with self.ctx.autocast():
-                loss = F.cross_entropy(self.head(h[m]).float(), labels)
+                loss = F.cross_entropy(loss_precision(self.head(h[m])), labels)
             loss.backward()
             self.project_head_grad(h[m], a)
             self.optimizer.step()
@@ -191,7 +191,7 @@ class MLA(Method):
     @torch.no_grad()
     def predict(self, batch: Batch) -> Prediction:
         with self.ctx.autocast():
-            z_uni = {m: self.head(self.encoders[m](batch[m])).float() for m in self.modalities}
+            z_uni = {m: loss_precision(self.head(self.encoders[m](batch[m]))) for m in self.modalities}
         weights = entropy_gate(z_uni, self.hp.entropy_gate) if self.hp.fusion == "entropy" else self.fixed_weights()
         fused = sum(weights[m] * z for m, z in z_uni.items())
         return Prediction(fused, z_uni)

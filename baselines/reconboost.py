@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.base import Loaders, Method, Prediction, StepInfo, TrainContext
+from baselines.base import Loaders, Method, Prediction, StepInfo, TrainContext, loss_precision
 from baselines.networks import build_encoders, init_model
 from baselines.registry import register
 from core.data import Batch, BatchLoader, TaskSpec
@@ -106,19 +106,19 @@ def reconciled_loss(logits: torch.Tensor, labels: torch.Tensor, others: torch.Te
         The loss and the per-sample weight (-w1 + w2 q_y) / K (for tests and logging).
     """
     k = logits.shape[1]
-    log_p = torch.log_softmax(logits.float(), dim=1).gather(1, labels[:, None]).squeeze(1)
+    log_p = torch.log_softmax(loss_precision(logits), dim=1).gather(1, labels[:, None]).squeeze(1)
     if others is None:
         q_y = torch.ones_like(log_p)
     else:
-        q_y = torch.softmax(others.detach().float(), dim=1).gather(1, labels[:, None]).squeeze(1)
+        q_y = torch.softmax(loss_precision(others.detach()), dim=1).gather(1, labels[:, None]).squeeze(1)
     weight = (-w1 + w2 * q_y) / k
     return (weight * log_p).mean(), weight
 
 
 def ga_term(logits: torch.Tensor, partner: torch.Tensor, flow: bool) -> torch.Tensor:
     """MSE(softmax f_m, softmax f_o); ``flow=False`` detaches both sides as the official code does (zero gradient)."""
-    p = torch.softmax(logits.float() if flow else logits.detach().float(), dim=1)
-    return F.mse_loss(p, torch.softmax(partner.detach().float(), dim=1))
+    p = torch.softmax(loss_precision(logits if flow else logits.detach()), dim=1)
+    return F.mse_loss(p, torch.softmax(loss_precision(partner.detach()), dim=1))
 
 
 
@@ -141,6 +141,11 @@ class ReconBoost(Method):
         HParam("alpha", 0.5, "Weight of the GA term (official README --alpha 0.5)."),
         HParam("ga_grad", False, "false = the official GA term with both sides detached (zero gradient, logged "
                                  "only); true = gradient flows through f_m [project reading, unverified]."),
+        HParam("ga_partner_second_pass", False, "false = the GA term reuses the partner's logits of the ensemble "
+                                                "pass (one forward per step, as the paper's method needs); true = "
+                                                "official train.py main, which runs pre_model again after "
+                                                "DynamicNet.forward, both in train mode, so the partner's batch-norm "
+                                                "running statistics move twice per step."),
         HParam("boost_rate", 1.0, "Initial beta of F = beta * sum f_m (official --boost_rate 1.0)."),
         HParam("m_lr", 0.01, "Learning rate of the modality step (official README --m_lr 0.01)."),
         HParam("e_lr", 0.01, "Learning rate of the correction step (official README --e_lr 0.01)."),
@@ -181,7 +186,7 @@ class ReconBoost(Method):
         self.position = stage_at(0, hp.modality_epochs, hp.correct_epochs, len(self.modalities))
 
     def learner(self, m: str, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoders[m](x)).float()
+        return loss_precision(self.head(self.encoders[m](x)))
 
     def ensemble(self, logits: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """beta * sum of the given learners' logits, or None when there are none."""
@@ -196,7 +201,7 @@ class ReconBoost(Method):
             for j in range(self.hp.pretrain_epochs):
                 for batch in loader.extra_pass(-1 - (i * self.hp.pretrain_epochs + j), max_steps):
                     with self.ctx.autocast():
-                        loss = F.cross_entropy(head(self.encoders[m](batch[m])).float(), batch["label"])
+                        loss = F.cross_entropy(loss_precision(head(self.encoders[m](batch[m]))), batch["label"])
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -237,6 +242,9 @@ class ReconBoost(Method):
         loss, _ = reconciled_loss(z_m, labels, f_rest, self.hp.w1, self.hp.w2)
         logs = {"loss_boost": loss.item()}
         if partner is not None:
+            if self.hp.ga_partner_second_pass and self.members[self.modalities.index(partner)]:
+                with torch.no_grad(), self.ctx.autocast():
+                    other[partner] = self.learner(partner, batch[partner])
             ga = ga_term(z_m, other[partner], self.hp.ga_grad)
             logs["ga"] = ga.item()
             if self.hp.ga_grad:
@@ -255,7 +263,7 @@ class ReconBoost(Method):
         fused = self.ensemble({m: z for i, (m, z) in enumerate(z_uni.items()) if self.members[i]})
         if fused is None:
             fused = torch.zeros_like(next(iter(z_uni.values())))
-        return Prediction(fused.float(), z_uni)
+        return Prediction(loss_precision(fused), z_uni)
 
     def on_epoch_end(self, epoch: int, loaders: Loaders) -> dict[str, float]:
         return {"stage": float(self.position.stage), "modality_step": float(self.position.phase == "modality"),

@@ -130,6 +130,35 @@ def test_mla_zero_filled_gradients_move_the_first_encoder_in_the_second_turn(tin
     assert same(after[True][1], after[False][1]), "the last modality's encoder is stepped once either way"
 
 
+def in_float64(fn):
+    """Run fn() with float64 as the default dtype (an ``augbench parity`` run)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        return fn()
+    finally:
+        torch.set_default_dtype(old)
+
+
+def batch64(bundle):
+    return {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(bundle).items()}
+
+
+def test_mla_step_in_float64_keeps_float64_losses_and_logits(tiny_bundle):
+    def run():
+        mla = build("mla", tiny_bundle, projection=True)
+        batch = batch64(tiny_bundle)
+        with torch.no_grad():
+            first = mla.modalities[0]
+            expected = F.cross_entropy(mla.head(mla.encoders[first](batch[first])), batch["label"]).item()
+        logs = mla.update(batch, step())
+        mla.update(batch, step(i=1))   # the projection runs from the second turn on, in float64
+        return expected, logs, mla.predict(batch), mla.P
+    expected, logs, pred, P = in_float64(run)
+    assert logs[f"loss_{next(iter(pred.per_modality))}"] == expected   # a float32 loss differs at ~1e-8
+    assert pred.fused.dtype == torch.float64 and P.dtype == torch.float64
+
+
 # --- ReconBoost ----------------------------------------------------------------------------------------------------
 
 def test_reconboost_reconciled_loss_weight_on_crafted_logits():
@@ -146,6 +175,47 @@ def test_reconboost_reconciled_loss_weight_on_crafted_logits():
     close(logits.grad, expected)
     _, weight = reconciled_loss(logits, labels, None, w1=5.0, w2=1.0)
     close(weight, torch.full((2,), -1.0))  # no other learner: official c0, q_y = 1
+
+
+def test_reconboost_losses_and_learners_stay_in_float64(tiny_bundle):
+    logits = torch.tensor([[0.3, -1.1, 2.0], [1.0, 0.1, -0.4]], dtype=torch.float64)
+    others = torch.tensor([[1.0, 0.0, 0.5], [-0.2, 0.7, 0.1]], dtype=torch.float64)
+    labels = torch.tensor([2, 0])
+    loss, _ = reconciled_loss(logits, labels, others, 1.0, 0.5)
+    q_y = torch.softmax(others, 1)[[0, 1], labels]
+    expected = ((-1.0 + 0.5 * q_y) / 3 * torch.log_softmax(logits, 1)[[0, 1], labels]).mean()
+    assert loss.dtype == torch.float64 and loss.item() == expected.item()   # float32 would differ at ~1e-8
+    assert ga_term(logits, others, True).dtype == torch.float64
+    first = tiny_bundle.task.names[0]
+    z = in_float64(lambda: build("reconboost", tiny_bundle).learner(first, batch64(tiny_bundle)[first]))
+    assert z.dtype == torch.float64
+
+
+def test_reconboost_ga_partner_second_pass_moves_the_partner_batch_norm_statistics_twice(tiny_bundle):
+    def stage1_state(second_pass):
+        rb = build("reconboost", tiny_bundle, pretrain=False, modality_epochs=1, correct_epochs=0,
+                   ga_partner_second_pass=second_pass)
+        rb.train()
+        loaders, batch = loaders_for(tiny_bundle), first_batch(tiny_bundle)
+        rb.on_epoch_start(0, loaders)
+        rb.update(batch, step())
+        rb.on_epoch_start(1, loaders)   # stage 1 trains visual; the partner audio is a member
+        audio = rb.encoders["audio"]
+        before = {n: b.clone() for n, b in audio.named_buffers()}
+        logs = rb.update(batch, step(1))
+        return rb, before, logs, batch
+
+    rb1, _, logs1, batch = stage1_state(False)
+    rb2, before2, logs2, _ = stage1_state(True)
+    assert logs1["ga"] == logs2["ga"]   # train-mode outputs use batch statistics: the same logits both times
+    with torch.no_grad():
+        rb1.encoders["audio"](batch["audio"])   # one more train-mode pass = the official second forward
+    means = [n for n, _ in rb2.encoders["audio"].named_buffers() if n.endswith("running_mean")]
+    assert means
+    for n, b in rb2.encoders["audio"].named_buffers():
+        if n in means:
+            assert not torch.equal(b, before2[n])
+            close(b, dict(rb1.encoders["audio"].named_buffers())[n])
 
 
 def test_reconboost_stage_schedule_is_a_function_of_the_epoch():

@@ -14,11 +14,21 @@ from torch import nn
 from baselines.amco import class_mask, dependence_flags, mask_ratio
 from baselines.base import Loaders, StepInfo
 from baselines.dimml import certainty_fusion, duc_loss, effective_dims
-from baselines.lfm import alignment, first_block_hvp, fitted_alpha_cls, learnable_alpha_step
+from baselines.lfm import (
+    alignment,
+    first_block_hvp,
+    fitted_alpha_cls,
+    learnable_alpha_step,
+)
 from baselines.mbsd import mbsd_terms
 from baselines.registry import get_method
 from baselines.relearning import interpolate_, purity, reinit_strength
-from baselines.smv import copy_counts, modality_level_rows, sample_level_rows, shapley_contributions
+from baselines.smv import (
+    copy_counts,
+    modality_level_rows,
+    sample_level_rows,
+    shapley_contributions,
+)
 from baselines.umt import umt_loss
 from benchmarks.config import method_hparams
 from core.hparams import resolve
@@ -213,6 +223,24 @@ def test_dimml_stages_train_disjoint_parameters(tiny_bundle):
     assert bool(method.stage2)
     assert all(torch.equal(a, b) for a, b in zip(encoder_before, method.encoders.parameters()))
     assert not all(torch.equal(a, b) for a, b in zip(fusion_before, method.fusion.parameters()))
+
+
+def test_dimml_steps_in_float64_without_rounding_to_float32(tiny_bundle):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        method = build("dimml", tiny_bundle)
+        method.train()
+        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+        with torch.no_grad():
+            h = method.features(batch)
+            expected = sum(F.cross_entropy(method.heads[m](h[m]), batch["label"]).item() for m in method.modalities)
+        logs = method.update(batch, StepInfo(0, 0, 1, 2))
+        fused = method.predict(batch).fused
+    finally:
+        torch.set_default_dtype(old)
+    assert logs["ce_unimodal"] == pytest.approx(expected, rel=1e-13, abs=0)   # float32 would differ at ~1e-8
+    assert fused.dtype == torch.float64
 
 
 # --- Diagnosing & Re-learning -----------------------------------------------------------------------------------------
