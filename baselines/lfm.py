@@ -43,7 +43,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from baselines.base import FusionModel, Loaders, Method, Prediction, RowSelection, StepInfo, TrainContext
+from baselines.base import (
+    FusionModel,
+    Loaders,
+    Method,
+    Prediction,
+    RowSelection,
+    StepInfo,
+    TrainContext,
+    loss_precision,
+)
 from baselines.registry import register
 from core.data import Batch, BatchLoader, TaskSpec, seed_for
 from core.hparams import HParam, HParams
@@ -150,7 +159,7 @@ class LFM(Method):
         self.model.eval()
         with torch.enable_grad():
             _, _, z_uni = self.model(self.inputs(batch))
-            z_a, z_v = (z_uni[m].float() for m in self.modalities)
+            z_a, z_v = (loss_precision(z_uni[m]) for m in self.modalities)
             ce = F.cross_entropy(0.5 * z_a + 0.5 * z_v, batch["label"])
             cls, align = self.coefficients(epoch)
             total = cls * ce + align * alignment(z_a, z_v)
@@ -171,7 +180,7 @@ class LFM(Method):
         cls, align = self.coefficients(step.epoch)
         with self.ctx.autocast():
             _, _, z_uni = self.model(self.inputs(batch))
-        z_a, z_v = (z_uni[m].float() for m in self.modalities)
+        z_a, z_v = (loss_precision(z_uni[m]) for m in self.modalities)
         ce = F.cross_entropy(0.5 * z_a + 0.5 * z_v, batch["label"])
         al = alignment(z_a, z_v)
         loss = 2.0 * (cls * ce + align * al)
@@ -184,7 +193,7 @@ class LFM(Method):
     def predict(self, batch: Batch) -> Prediction:
         with self.ctx.autocast():
             _, _, z_uni = self.model(self.inputs(batch))
-        z_uni = {m: v.float() for m, v in z_uni.items()}
+        z_uni = {m: loss_precision(v) for m, v in z_uni.items()}
         return Prediction(0.5 * sum(z_uni.values()), z_uni)
 
     def on_epoch_end(self, epoch: int, loaders: Loaders) -> dict[str, float]:

@@ -24,7 +24,7 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
-from baselines.base import FusionMethod, Prediction, StepInfo
+from baselines.base import FusionMethod, Prediction, StepInfo, loss_precision
 from baselines.registry import register
 from core.data import Batch
 from core.hparams import HParam, variant_param
@@ -63,7 +63,7 @@ class MMCosine(FusionMethod):
         with self.ctx.autocast():
             h = self.model.features(self.inputs(batch))
             z_uni = cosine_logits(h, self.model.head.fc.weight, self.model.head.bounds, self.hp.scale)
-        z_uni = {m: v.float() for m, v in z_uni.items()}
+        z_uni = {m: loss_precision(v) for m, v in z_uni.items()}
         return torch.stack(list(z_uni.values())).sum(0), z_uni
 
     def update(self, batch: Batch, step: StepInfo) -> dict[str, float]:

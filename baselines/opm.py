@@ -34,7 +34,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 
-from baselines.base import FusionMethod, StepInfo, confidence_scores
+from baselines.base import FusionMethod, StepInfo, confidence_scores, loss_precision
 from baselines.registry import register
 from core.data import Batch
 from core.hparams import HParam
@@ -86,8 +86,9 @@ def drop_features(h: Mapping[str, torch.Tensor], q: torch.Tensor
     """
     names = list(h)
     first = h[names[0]]
-    dims = torch.tensor([h[m].shape[1] for m in names], dtype=torch.float32, device=q.device)
-    theta = (dims * q.float()).sum() / dims.sum()
+    q = loss_precision(q)
+    dims = torch.tensor([h[m].shape[1] for m in names], dtype=q.dtype, device=q.device)
+    theta = (dims * q).sum() / dims.sum()
     if not bool(theta < 1):
         raise ValueError(f"OPM drop probabilities {q.tolist()} give theta={theta.item():.3f}; the 1/(1-theta) "
                          "rescale needs theta < 1")
@@ -138,7 +139,7 @@ class OPM(FusionMethod):
             else:
                 logs["kept"] = 1.0
             z, _ = head(h)
-            loss = F.cross_entropy(z.float(), labels)
+            loss = F.cross_entropy(loss_precision(z), labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

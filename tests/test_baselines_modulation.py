@@ -168,6 +168,24 @@ def test_opm_drop_features_masks_rescales_and_flags_empty_samples():
     assert both_gone.any() and torch.equal(keep, ~both_gone)
 
 
+def test_opm_step_in_float64_keeps_float64_theta_and_loss(tiny_bundle):
+    h = {"audio": torch.ones(2, 4, dtype=torch.float64), "visual": torch.ones(2, 6, dtype=torch.float64)}
+    _, _, theta = drop_features(h, torch.tensor([1 / 3, 0.0], dtype=torch.float64))
+    assert theta.dtype == torch.float64 and theta.item() == 4 / 3 / 10   # float32 would round at ~1e-8
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        opm = build("opm", tiny_bundle, p_exe=0.0)
+        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+        with torch.no_grad():
+            _, z, _ = opm.model(opm.inputs(batch))
+            expected = F.cross_entropy(z, batch["label"]).item()
+        logs = opm.update(batch, step(epoch=6))
+    finally:
+        torch.set_default_dtype(old)
+    assert abs(logs["loss"] - expected) < 1e-13
+
+
 def test_opm_drops_only_after_warmup_and_never_at_test(tiny_bundle):
     batch = first_batch(tiny_bundle)
     opm = build("opm", tiny_bundle, p_exe=1.0)

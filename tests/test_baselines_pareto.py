@@ -326,6 +326,23 @@ def test_mmcosine_predictions_ignore_the_bias_and_sum_the_modalities(tiny_bundle
     close(method.predict(batch).fused, pred.fused)
 
 
+def test_mmcosine_step_in_float64_keeps_float64_logits(tiny_bundle):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        torch.manual_seed(0)
+        method = build_with(MMCosine, tiny_bundle)
+        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+        with torch.no_grad():
+            h = method.model.features(method.inputs(batch))
+            z = cosine_logits(h, method.model.head.fc.weight, method.model.head.bounds, method.hp.scale)
+            expected = F.cross_entropy(z["audio"] + z["visual"], batch["label"]).item()
+        logs = method.update(batch, StepInfo(0, 0, 1, 1))
+    finally:
+        torch.set_default_dtype(old)
+    assert abs(logs["loss"] - expected) < 1e-13   # float32 logits would differ at ~1e-8
+
+
 # --- CML ----------------------------------------------------------------------------------------------------------
 def test_cml_loss_and_penalty_on_crafted_logits():
     bias = t(0.4, -0.2)

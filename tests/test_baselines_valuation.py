@@ -68,6 +68,21 @@ def test_lfm_fitted_schedule_rescales_epochs_to_the_fitted_length(tiny_bundle):
     assert cls == approx64(fitted_alpha_cls(100)) and cls + align == approx64(1.0)
 
 
+def test_lfm_step_in_float64_keeps_float64_logits(tiny_bundle):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        method = build("lfm", tiny_bundle)
+        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+        with torch.no_grad():
+            _, _, z = method.model(method.inputs(batch))
+            expected = F.cross_entropy(0.5 * z["audio"] + 0.5 * z["visual"], batch["label"]).item()
+        logs = method.update(batch, StepInfo(0, 0, 1, 1))
+    finally:
+        torch.set_default_dtype(old)
+    assert abs(logs["ce"] - expected) < 1e-13   # float32 logits would differ at ~1e-8
+
+
 def test_lfm_alignment_is_kl_from_the_mixture_not_js():
     p, q = np.array([[0.7, 0.2, 0.1]]), np.array([[0.1, 0.3, 0.6]])
     m = 0.5 * (p + q)
