@@ -1,0 +1,206 @@
+"""BalanceBenchmark trainers against GitHub GeWu-Lab/BalanceBenchmark: the method's ``<Method>Trainer.train_loop``
+(which calls its ``training_step``) run unmodified on ``balancemm/models/avclassify_model.py``
+``BaseClassifierModel`` (ResNet-18 encoders from ``balancemm/encoders``, concat fusion).
+
+BalanceBenchmark builds on Lightning Fabric and several dataset and profiling packages the project does not install;
+only their names are needed at import time (annotations, base classes never instantiated on this path), so packages
+that do not import are replaced by permissive stubs for the import, as is ``balancemm.evaluation.complex`` (FLOPs
+hooks that star-import ``thop``). The trainer object is made without ``BaseTrainer.__init__`` (it sets up Fabric);
+the harness gives it the attributes ``train_loop`` reads: a no-op Fabric callback hub, a one-step gradient
+accumulation, no progress bar and a metrics stub. Both sides use SGD (momentum 0.9, weight decay 1e-4): the optimizer
+is the runner's, not the method's.
+
+Workarounds for the released code, set on the model instance only: ``BaseClassifierModel.encoder_process`` calls
+``self.resnet``, which the class does not define (its method is ``resnet_process``), and the trainers call
+``model.Unimodality_Calculate()``, whose definition is spelled ``unimodality_calculate``; both names are bound to the
+defined methods.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.machinery
+import io
+import sys
+import types
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from baselines.base import StepInfo
+from benchmarks.parity.core import (
+    Case,
+    Checkpoint,
+    EpochLoader,
+    Snapshot,
+    av_batches,
+    av_task,
+    build_method,
+    cpu_patches,
+    import_official,
+    load_mapped,
+    module_snapshot,
+    patch,
+    resnet_name,
+)
+
+EPOCHS, STEPS, BATCH = 2, 2, 8
+LR, NUM_CLASSES = 1e-2, 6
+OPTIONAL = ("lightning", "lightning.fabric", "lightning.fabric.loggers", "lightning.fabric.accelerators",
+            "lightning.fabric.strategies", "lightning.fabric.wrappers", "lightning.pytorch",
+            "lightning.pytorch.loggers", "lightning.pytorch.utilities", "lightning.pytorch.utilities.model_helpers",
+            "lightning_utilities", "dynaconf", "torchaudio", "pandas", "h5py",
+            # ReLearning_trainer.py imports ``models.avclassify_model`` as a top-level package, which does not exist.
+            "models", "models.avclassify_model")
+ALWAYS_STUBBED = ("balancemm.evaluation.complex",)
+
+
+class Permissive(types.ModuleType):
+    """Stand-in for a package that is only named: every attribute is another stand-in, callable and subscriptable,
+    so that annotations such as ``Optional[L.fabric.utilities.types.LRScheduler]`` evaluate. It carries a module spec
+    because installed libraries probe optional packages with ``importlib.util.find_spec``."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.__spec__ = importlib.machinery.ModuleSpec(name, None)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return Permissive(f"{self.__name__}.{name}")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return Permissive(f"{self.__name__}()")
+
+    def __getitem__(self, key: Any) -> Any:
+        return self
+
+    def __mro_entries__(self, bases: tuple) -> tuple:
+        return (object,)
+
+
+@contextmanager
+def stubbed_imports() -> Iterator[None]:
+    added = []
+    for name in OPTIONAL:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            sys.modules[name] = Permissive(name)
+            added.append(name)
+    for name in ALWAYS_STUBBED:
+        sys.modules[name] = Permissive(name)
+        added.append(name)
+    try:
+        yield
+    finally:
+        for name in added:
+            sys.modules.pop(name, None)
+
+
+def official_name(name: str) -> str:
+    """``BaseClassifierModel`` entry -> the project's concat-head entry."""
+    for m in ("audio", "visual"):
+        prefix = f"modality_encoder.{m}."
+        if name.startswith(prefix):
+            return f"model.encoders.{m}.trunk." + resnet_name(name[len(prefix):])
+    if name.startswith("fusion_module.fc_out."):
+        return "model.head.fc." + name[len("fusion_module.fc_out."):]
+    raise KeyError(f"unmapped BaseClassifierModel entry {name!r}")
+
+
+class Project:
+    def __init__(self, case: Case, overrides: Mapping[str, Any]) -> None:
+        task = av_task("cremad", NUM_CLASSES)
+        self.method = build_method(case.method, task, {**case.hparams, **overrides}, epochs=EPOCHS, lr=LR)
+        self.batches = av_batches(task, EPOCHS * STEPS, BATCH, seed=3)
+
+    def steps(self) -> Iterator[str]:
+        self.method.train()
+        for epoch in range(EPOCHS):
+            for k in range(STEPS):
+                self.method.update(self.batches[epoch * STEPS + k], StepInfo(epoch, k, STEPS, EPOCHS))
+                yield f"e{epoch}s{k}"
+
+    def snapshot(self) -> Snapshot:
+        return module_snapshot(self.method, [self.method.optimizer])
+
+
+class Metrics:
+    """``BatchMetricsCalculator`` stand-in: train-set metrics are logging only."""
+
+    def __init__(self, *args: Any) -> None:
+        pass
+
+    def update(self, **kwargs: Any) -> None:
+        pass
+
+    def compute_metrics(self) -> dict:
+        return {}
+
+
+class Hub:
+    """Fabric's callback hub with no callbacks."""
+
+    def call(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def bb_encoder(modality: str) -> dict:
+    return {"name": "ResNet18", "if_pretrain": False, "pretrain_path": "", "modality": modality}
+
+
+class Official:
+    def __init__(self, case: Case, root: Path, project: Project) -> None:
+        trainer_module, method_dict = TRAINERS[case.method]
+        with stubbed_imports(), cpu_patches(), patch(sys, "stdout", io.StringIO()):
+            trainer_mod, model_mod = import_official(root, f"balancemm.trainer.{trainer_module}",
+                                                     "balancemm.models.avclassify_model")
+        cls = getattr(trainer_mod, trainer_module.replace("_trainer", "Trainer"))
+        self.trainer = cls.__new__(cls)
+        for key, value in method_dict.items():
+            setattr(self.trainer, key, value)
+        self.trainer.fabric, self.trainer.PrecisionCalculatorType = Hub(), Metrics
+        self.trainer.progbar_wrapper = lambda iterable, total, **kwargs: iterable
+        self.trainer._format_iterable = lambda *args: None
+        self.trainer.should_stop, self.trainer.global_step, self.trainer.grad_accum_steps = False, 0, 1
+        self.trainer._current_train_return = None
+        with patch(sys, "stdout", io.StringIO()):
+            self.model = model_mod.BaseClassifierModel({
+                "n_classes": NUM_CLASSES, "fusion": "concat", "device": " ",
+                "encoders": {"audio": bb_encoder("audio"), "visual": bb_encoder("visual")},
+                "modality_size": {"audio": 512, "visual": 512}})
+        self.model.resnet = self.model.resnet_process
+        self.model.Unimodality_Calculate = self.model.unimodality_calculate
+        load_mapped(self.model, project.method.state_dict(), official_name)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=0.9, weight_decay=1e-4)
+        self.batches = project.batches
+
+    def run(self, checkpoint: Checkpoint) -> None:
+        self.model.train()
+        for epoch in range(EPOCHS):
+            self.trainer.current_epoch = epoch
+            loader = EpochLoader(self.batches[epoch * STEPS:(epoch + 1) * STEPS], epoch, checkpoint, dict)
+            with cpu_patches():
+                self.trainer.train_loop(self.model, self.optimizer, loader)
+
+    def snapshot(self) -> Snapshot:
+        return module_snapshot(self.model, [self.optimizer], official_name)
+
+
+# Per method: the trainer module and the trainer_config.yaml entries its train_loop reads.
+TRAINERS = {"mbsd": ("MBSD_trainer", {"modulation_starts": 0, "modulation_ends": 80})}
+REPO = "GeWu-Lab/BalanceBenchmark"
+COMMIT = "4c1482fca5aaa8d4278af8e26020daa039e3ccf3"
+
+CASES = [
+    Case(name="mbsd", method="mbsd", hparams={}, repo=REPO, commit=COMMIT,
+         entry="balancemm/trainer/MBSD_trainer.py MBSDTrainer.train_loop/training_step; "
+               "balancemm/models/avclassify_model.py BaseClassifierModel (concat)",
+         covers=f"{EPOCHS} epochs x {STEPS} steps (batch {BATCH}), inside trainer_config's modulation window "
+                "(epochs 0-80), two-modality branch; every parameter, BN buffer and momentum buffer each step",
+         project=Project, official=Official, notes=__doc__),
+]
