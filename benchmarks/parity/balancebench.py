@@ -12,8 +12,13 @@ is the runner's, not the method's.
 
 Workarounds for the released code, set on the model instance only: ``BaseClassifierModel.encoder_process`` calls
 ``self.resnet``, which the class does not define (its method is ``resnet_process``), and the trainers call
-``model.Unimodality_Calculate()``, whose definition is spelled ``unimodality_calculate``; both names are bound to the
-defined methods.
+``model.Unimodality_Calculate()`` and use its result as the unimodal-logit dict, while the defined
+``unimodality_calculate`` returns the tuple (encoder results, unimodal logits, predictions): ``resnet`` is bound to
+``resnet_process`` and ``Unimodality_Calculate`` to the tuple's unimodal-logit dict.
+
+CML draws its modality removal order with ``random.shuffle`` at each epoch start and removes from the list's end; the
+project draws the order from (seed, epoch) and removes from the front, so the official shuffle is replaced by one that
+puts the project's epoch order, reversed, in place.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import importlib
 import importlib.machinery
 import io
+import random
 import sys
 import types
 from collections.abc import Iterator, Mapping
@@ -116,13 +122,15 @@ class Project:
     def __init__(self, case: Case, overrides: Mapping[str, Any]) -> None:
         task = av_task("cremad", NUM_CLASSES)
         self.method = build_method(case.method, task, {**case.hparams, **overrides}, epochs=EPOCHS, lr=LR)
-        self.batches = av_batches(task, EPOCHS * STEPS, BATCH, seed=3)
+        self.batches = av_batches(task, EPOCHS * STEPS, BATCH, seed=BATCH_SEED.get(case.name, 3))
+        self.logs: list[dict[str, float]] = []
 
     def steps(self) -> Iterator[str]:
         self.method.train()
         for epoch in range(EPOCHS):
+            self.method.on_epoch_start(epoch, None)   # none of these methods reads the loaders here
             for k in range(STEPS):
-                self.method.update(self.batches[epoch * STEPS + k], StepInfo(epoch, k, STEPS, EPOCHS))
+                self.logs.append(self.method.update(self.batches[epoch * STEPS + k], StepInfo(epoch, k, STEPS, EPOCHS)))
                 yield f"e{epoch}s{k}"
 
     def snapshot(self) -> Snapshot:
@@ -174,17 +182,19 @@ class Official:
                 "encoders": {"audio": bb_encoder("audio"), "visual": bb_encoder("visual")},
                 "modality_size": {"audio": 512, "visual": 512}})
         self.model.resnet = self.model.resnet_process
-        self.model.Unimodality_Calculate = self.model.unimodality_calculate
+        self.model.Unimodality_Calculate = lambda: self.model.unimodality_calculate()[1]
         load_mapped(self.model, project.method.state_dict(), official_name)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=0.9, weight_decay=1e-4)
         self.batches = project.batches
+        self.order = getattr(project.method, "removal_order", None)
 
     def run(self, checkpoint: Checkpoint) -> None:
         self.model.train()
         for epoch in range(EPOCHS):
             self.trainer.current_epoch = epoch
             loader = EpochLoader(self.batches[epoch * STEPS:(epoch + 1) * STEPS], epoch, checkpoint, dict)
-            with cpu_patches():
+            order = list(reversed(self.order(epoch))) if self.order else None
+            with cpu_patches(), patch(random, "shuffle", lambda x, order=order: x.__setitem__(slice(None), order)):
                 self.trainer.train_loop(self.model, self.optimizer, loader)
 
     def snapshot(self) -> Snapshot:
@@ -192,7 +202,11 @@ class Official:
 
 
 # Per method: the trainer module and the trainer_config.yaml entries its train_loop reads.
-TRAINERS = {"mbsd": ("MBSD_trainer", {"modulation_starts": 0, "modulation_ends": 80})}
+TRAINERS = {"mbsd": ("MBSD_trainer", {"modulation_starts": 0, "modulation_ends": 80}),
+            "cml": ("CML_trainer", {"modulation_starts": 0, "modulation_ends": 80, "lam": 0.1})}
+# CML's confidence penalty is clamped at 0 and stays there on most random batches at initialisation; these batches make
+# it active at step e0s1.
+BATCH_SEED = {"cml": 5}
 REPO = "GeWu-Lab/BalanceBenchmark"
 COMMIT = "4c1482fca5aaa8d4278af8e26020daa039e3ccf3"
 
@@ -202,5 +216,11 @@ CASES = [
                "balancemm/models/avclassify_model.py BaseClassifierModel (concat)",
          covers=f"{EPOCHS} epochs x {STEPS} steps (batch {BATCH}), inside trainer_config's modulation window "
                 "(epochs 0-80), two-modality branch; every parameter, BN buffer and momentum buffer each step",
+         project=Project, official=Official, notes=__doc__),
+    Case(name="cml", method="cml", hparams={}, repo=REPO, commit=COMMIT,
+         entry="balancemm/trainer/CML_trainer.py CMLTrainer.train_loop/training_step; "
+               "balancemm/models/avclassify_model.py BaseClassifierModel (concat)",
+         covers=f"{EPOCHS} epochs x {STEPS} steps (batch {BATCH}), inside the modulation window (epochs 0-80), "
+                "a new removal order each epoch, the confidence penalty active (> 0) at e0s1; every parameter, BN buffer and momentum buffer each step",
          project=Project, official=Official, notes=__doc__),
 ]
