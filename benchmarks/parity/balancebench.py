@@ -34,8 +34,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from baselines.amco import class_mask, mask_ratio
 from baselines.base import StepInfo
 from benchmarks.parity.core import (
     Case,
@@ -52,6 +54,7 @@ from benchmarks.parity.core import (
     patch,
     resnet_name,
 )
+from core.data import seed_for
 
 EPOCHS, STEPS, BATCH = 2, 2, 8
 LR, NUM_CLASSES = 1e-2, 6
@@ -115,14 +118,18 @@ def official_name(name: str) -> str:
             return f"model.encoders.{m}.trunk." + resnet_name(name[len(prefix):])
     if name.startswith("fusion_module.fc_out."):
         return "model.head.fc." + name[len("fusion_module.fc_out."):]
+    if name.startswith("linear_star."):
+        return name
     raise KeyError(f"unmapped BaseClassifierModel entry {name!r}")
 
 
 class Project:
     def __init__(self, case: Case, overrides: Mapping[str, Any]) -> None:
         task = av_task("cremad", NUM_CLASSES)
-        self.method = build_method(case.method, task, {**case.hparams, **overrides}, epochs=EPOCHS, lr=LR)
-        self.batches = av_batches(task, EPOCHS * STEPS, BATCH, seed=BATCH_SEED.get(case.name, 3))
+        self.method = build_method(case.method, task, {**case.hparams, **overrides}, epochs=EPOCHS,
+                                   lr=LR)
+        self.batches = av_batches(task, EPOCHS * STEPS, BATCHES.get(case.method, BATCH),
+                                  seed=BATCH_SEED.get(case.name, 3))
         self.logs: list[dict[str, float]] = []
 
     def steps(self) -> Iterator[str]:
@@ -134,7 +141,29 @@ class Project:
                 yield f"e{epoch}s{k}"
 
     def snapshot(self) -> Snapshot:
-        return module_snapshot(self.method, [self.method.optimizer])
+        # AMCo's dependence flags are a local of AMCoTrainer.train_loop on the official side; they act through the
+        # masked logits, hence through every parameter.
+        return {k: v for k, v in module_snapshot(self.method, [self.method.optimizer]).items()
+                if k != "buffer/dependent"}
+
+
+def amco_mask(method: Any, epoch: int, step: int) -> Any:
+    """The class mask the project's AMCo draws at this step, as the numpy vector AMCoTrainer shuffles in place."""
+    if method.name != "amco":
+        return None
+    gen = torch.Generator().manual_seed(seed_for(method.ctx.train_hp.seed, epoch, step, "amco_mask"))
+    ratio = mask_ratio(epoch, step, method.hp.eps)
+    return class_mask(method.task.num_classes, ratio, gen).numpy()
+
+
+_expand = torch.Tensor.expand
+
+
+def keep_row(self: torch.Tensor, *sizes: Any) -> torch.Tensor:
+    """``Tensor.expand`` except that AMCoTrainer's ``mask_t.expand(2, -1)`` of a (1, K) mask keeps it (1, K)."""
+    if sizes == (2, -1) and self.dim() == 2 and self.shape[0] == 1:
+        return self
+    return _expand(self, *sizes)
 
 
 class Metrics:
@@ -163,7 +192,7 @@ def bb_encoder(modality: str) -> dict:
 
 class Official:
     def __init__(self, case: Case, root: Path, project: Project) -> None:
-        trainer_module, method_dict = TRAINERS[case.method]
+        trainer_module, method_dict, model_class = TRAINERS[case.method]
         with stubbed_imports(), cpu_patches(), patch(sys, "stdout", io.StringIO()):
             trainer_mod, model_mod = import_official(root, f"balancemm.trainer.{trainer_module}",
                                                      "balancemm.models.avclassify_model")
@@ -177,7 +206,7 @@ class Official:
         self.trainer.should_stop, self.trainer.global_step, self.trainer.grad_accum_steps = False, 0, 1
         self.trainer._current_train_return = None
         with patch(sys, "stdout", io.StringIO()):
-            self.model = model_mod.BaseClassifierModel({
+            self.model = getattr(model_mod, model_class)({
                 "n_classes": NUM_CLASSES, "fusion": "concat", "device": " ",
                 "encoders": {"audio": bb_encoder("audio"), "visual": bb_encoder("visual")},
                 "modality_size": {"audio": 512, "visual": 512}})
@@ -187,6 +216,7 @@ class Official:
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=0.9, weight_decay=1e-4)
         self.batches = project.batches
         self.order = getattr(project.method, "removal_order", None)
+        self.masks = [amco_mask(project.method, e, k) for e in range(EPOCHS) for k in range(STEPS)]
 
     def run(self, checkpoint: Checkpoint) -> None:
         self.model.train()
@@ -194,7 +224,9 @@ class Official:
             self.trainer.current_epoch = epoch
             loader = EpochLoader(self.batches[epoch * STEPS:(epoch + 1) * STEPS], epoch, checkpoint, dict)
             order = list(reversed(self.order(epoch))) if self.order else None
-            with cpu_patches(), patch(random, "shuffle", lambda x, order=order: x.__setitem__(slice(None), order)):
+            with cpu_patches(), patch(random, "shuffle", lambda x, order=order: x.__setitem__(slice(None), order)), \
+                    patch(np.random, "shuffle", lambda x: x.__setitem__(slice(None), self.masks.pop(0))), \
+                    patch(torch.Tensor, "expand", keep_row):
                 self.trainer.train_loop(self.model, self.optimizer, loader)
 
     def snapshot(self) -> Snapshot:
@@ -202,11 +234,23 @@ class Official:
 
 
 # Per method: the trainer module and the trainer_config.yaml entries its train_loop reads.
-TRAINERS = {"mbsd": ("MBSD_trainer", {"modulation_starts": 0, "modulation_ends": 80}),
-            "cml": ("CML_trainer", {"modulation_starts": 0, "modulation_ends": 80, "lam": 0.1})}
+TRAINERS = {"mbsd": ("MBSD_trainer", {"modulation_starts": 0, "modulation_ends": 80}, "BaseClassifierModel"),
+            "cml": ("CML_trainer", {"modulation_starts": 0, "modulation_ends": 80, "lam": 0.1}, "BaseClassifierModel"),
+            "amco": ("AMCo_trainer", {"alpha": 0.1, "method": "None", "modulation_starts": 0, "modulation_ends": 80,
+                                      "sigma": 0.5, "U": 512, "eps": 0.3, "modality": 2}, "BaseClassifierAMCoModel")}
+# AMCoTrainer expands its class mask to shape (2, K) before multiplying it into (B, K) logits, so the released code
+# runs only with batches of 2 (or 1), and batch-normalising 1x1 stage-4 maps over 2 samples is so badly conditioned
+# that float64 rounding grows to 1e-7 within two steps (MBSD, which matches at batch 8, departs the same way at batch
+# 2). The official run therefore keeps the mask at (1, K), which broadcasts over any batch (``keep_row``).
+BATCHES: dict[str, int] = {}
 # CML's confidence penalty is clamped at 0 and stays there on most random batches at initialisation; these batches make
 # it active at step e0s1.
 BATCH_SEED = {"cml": 5}
+AMCO_NOTES = """
+AMCo: the default variant (linear_star applied) is the official behaviour. BaseClassifierAMCoModel.forward returns
+linear_star's output as the training output (unimodal_result['output']), so linear_star is trained; the variant
+bb_compat (linear_star unused) differs from the official code at the first step.
+"""
 REPO = "GeWu-Lab/BalanceBenchmark"
 COMMIT = "4c1482fca5aaa8d4278af8e26020daa039e3ccf3"
 
@@ -223,4 +267,11 @@ CASES = [
          covers=f"{EPOCHS} epochs x {STEPS} steps (batch {BATCH}), inside the modulation window (epochs 0-80), "
                 "a new removal order each epoch, the confidence penalty active (> 0) at e0s1; every parameter, BN buffer and momentum buffer each step",
          project=Project, official=Official, notes=__doc__),
+    Case(name="amco", method="amco", hparams={}, repo=REPO, commit=COMMIT,
+         entry="balancemm/trainer/AMCo_trainer.py AMCoTrainer.train_loop/training_step; "
+               "balancemm/models/avclassify_model.py BaseClassifierAMCoModel (concat)",
+         covers=f"{EPOCHS} epochs x {STEPS} steps (batch {BATCH}): mask ratio 0 in epoch 0 and 0.5 at e1s1 with visual "
+                "flagged dependent at e1s0, so the mask acts at e1s1; dependence "
+                "flags reset each epoch; every parameter, BN buffer and momentum buffer each step",
+         project=Project, official=Official, notes=__doc__ + AMCO_NOTES),
 ]
