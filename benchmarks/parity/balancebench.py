@@ -123,6 +123,18 @@ def official_name(name: str) -> str:
     raise KeyError(f"unmapped BaseClassifierModel entry {name!r}")
 
 
+def teacher_name(modality: str) -> Any:
+    """A one-encoder ``BaseClassifierModel`` entry -> the project's UMT teacher entry."""
+    def rename(name: str) -> str:
+        prefix = f"modality_encoder.{modality}."
+        if name.startswith(prefix):
+            return f"teachers.{modality}.encoder.trunk." + resnet_name(name[len(prefix):])
+        if name.startswith("fusion_module.fc_out."):
+            return f"teachers.{modality}.head." + name[len("fusion_module.fc_out."):]
+        raise KeyError(f"unmapped teacher entry {name!r}")
+    return rename
+
+
 class Project:
     def __init__(self, case: Case, overrides: Mapping[str, Any]) -> None:
         task = av_task("cremad", NUM_CLASSES)
@@ -131,6 +143,9 @@ class Project:
         self.batches = av_batches(task, EPOCHS * STEPS, BATCHES.get(case.method, BATCH),
                                   seed=BATCH_SEED.get(case.name, 3))
         self.logs: list[dict[str, float]] = []
+        if case.method == "umt":
+            # The distillation phase only: BB loads teachers from separate unimodal runs.
+            self.method.teachers_ready.fill_(True)
 
     def steps(self) -> Iterator[str]:
         self.method.train()
@@ -141,10 +156,10 @@ class Project:
                 yield f"e{epoch}s{k}"
 
     def snapshot(self) -> Snapshot:
-        # AMCo's dependence flags are a local of AMCoTrainer.train_loop on the official side; they act through the
-        # masked logits, hence through every parameter.
+        # Project-only bookkeeping: AMCo's dependence flags are a local of AMCoTrainer.train_loop (they act through
+        # the masked logits, hence through every parameter), UMT's teachers_ready has no official counterpart.
         return {k: v for k, v in module_snapshot(self.method, [self.method.optimizer]).items()
-                if k != "buffer/dependent"}
+                if k not in ("buffer/dependent", "buffer/teachers_ready")}
 
 
 def amco_mask(method: Any, epoch: int, step: int) -> Any:
@@ -213,6 +228,19 @@ class Official:
         self.model.resnet = self.model.resnet_process
         self.model.Unimodality_Calculate = lambda: self.model.unimodality_calculate()[1]
         load_mapped(self.model, project.method.state_dict(), official_name)
+        self.teachers = {}
+        if case.method == "umt":
+            # UMTTrainer.__init__ loads each unimodal teacher from a finished unimodal run as a one-encoder
+            # BaseClassifierModel (then MultiModalParallel on two GPUs); here they start from the project's teachers.
+            for m in ("audio", "visual"):
+                with patch(sys, "stdout", io.StringIO()):
+                    teacher = model_mod.BaseClassifierModel({
+                        "n_classes": NUM_CLASSES, "fusion": "concat", "device": " ",
+                        "encoders": {m: bb_encoder(m)}, "modality_size": {m: 512}})
+                teacher.resnet = teacher.resnet_process
+                load_mapped(teacher, project.method.state_dict(), teacher_name(m))
+                self.teachers[m] = teacher
+            self.trainer.loaded_model = self.teachers
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=0.9, weight_decay=1e-4)
         self.batches = project.batches
         self.order = getattr(project.method, "removal_order", None)
@@ -230,12 +258,17 @@ class Official:
                 self.trainer.train_loop(self.model, self.optimizer, loader)
 
     def snapshot(self) -> Snapshot:
-        return module_snapshot(self.model, [self.optimizer], official_name)
+        out = module_snapshot(self.model, [self.optimizer], official_name)
+        for m, teacher in self.teachers.items():
+            out.update(module_snapshot(teacher, [], teacher_name(m)))
+        return out
 
 
 # Per method: the trainer module and the trainer_config.yaml entries its train_loop reads.
 TRAINERS = {"mbsd": ("MBSD_trainer", {"modulation_starts": 0, "modulation_ends": 80}, "BaseClassifierModel"),
             "cml": ("CML_trainer", {"modulation_starts": 0, "modulation_ends": 80, "lam": 0.1}, "BaseClassifierModel"),
+            "umt": ("UMT_trainer", {"modulation_starts": 0, "modulation_ends": 80, "scaling": 10},
+                    "BaseClassifierModel"),
             "amco": ("AMCo_trainer", {"alpha": 0.1, "method": "None", "modulation_starts": 0, "modulation_ends": 80,
                                       "sigma": 0.5, "U": 512, "eps": 0.3, "modality": 2}, "BaseClassifierAMCoModel")}
 # AMCoTrainer expands its class mask to shape (2, K) before multiplying it into (B, K) logits, so the released code
@@ -274,4 +307,11 @@ CASES = [
                 "flagged dependent at e1s0, so the mask acts at e1s1; dependence "
                 "flags reset each epoch; every parameter, BN buffer and momentum buffer each step",
          project=Project, official=Official, notes=__doc__ + AMCO_NOTES),
+    Case(name="umt_bb_compat", method="umt", hparams={"variant": "bb_compat"}, repo=REPO, commit=COMMIT,
+         deviations={"teacher_mode": "eval"},
+         entry="balancemm/trainer/UMT_trainer.py UMTTrainer.train_loop/training_step; "
+               "balancemm/models/avclassify_model.py BaseClassifierModel (concat; one-encoder teachers)",
+         covers=f"the distillation phase: {EPOCHS} epochs x {STEPS} steps (batch {BATCH}) with teachers in train mode "
+                "(their BN statistics move); student and teacher parameters, buffers, momentum buffers each step",
+         project=Project, official=Official, notes=__doc__),
 ]
