@@ -32,7 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.base import FusionModel, Loaders, Method, Prediction, StepInfo, TrainContext
+from baselines.base import (
+    FusionModel,
+    Loaders,
+    Method,
+    Prediction,
+    StepInfo,
+    TrainContext,
+    loss_precision,
+)
 from baselines.networks import init_model
 from baselines.registry import register
 from core.data import Batch, TaskSpec, seed_for
@@ -103,7 +111,7 @@ class AMCo(Method):
         mask = class_mask(self.task.num_classes, ratio, gen).to(self.ctx.device)
         with self.ctx.autocast():
             _, _, z_split = self.model(self.inputs(batch))
-        z_uni = [z_split[m].float() * (mask if bool(self.dependent[i]) else 1.0)
+        z_uni = [loss_precision(z_split[m]) * (mask if bool(self.dependent[i]) else 1.0)
                  for i, m in enumerate(self.modalities)]
         loss = F.cross_entropy(self.fuse(z_uni), y) + sum(F.cross_entropy(z, y) for z in z_uni)
         self.optimizer.zero_grad(set_to_none=True)
@@ -120,5 +128,5 @@ class AMCo(Method):
     def predict(self, batch: Batch) -> Prediction:
         with self.ctx.autocast():
             _, _, z_split = self.model(self.inputs(batch))
-        z_uni = {m: z_split[m].float() for m in self.modalities}
+        z_uni = {m: loss_precision(z_split[m]) for m in self.modalities}
         return Prediction(self.fuse(list(z_uni.values())), z_uni)

@@ -21,12 +21,12 @@ Cost: as joint training (one forward, one backward per step); the chain re-uses 
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from baselines.base import FusionMethod, Loaders, StepInfo, TrainContext
+from baselines.base import FusionMethod, Loaders, StepInfo, TrainContext, loss_precision
 from baselines.registry import register
 from core.data import Batch, TaskSpec, seed_for
 from core.hparams import HParam, HParams
@@ -91,7 +91,7 @@ class CML(FusionMethod):
     def update(self, batch: Batch, step: StepInfo) -> dict[str, float]:
         with self.ctx.autocast():
             _, z, z_uni = self.model(self.inputs(batch))
-        loss, penalty = cml_loss(z.float(), {m: v.float() for m, v in z_uni.items()}, self.model.head.fc.bias,
+        loss, penalty = cml_loss(loss_precision(z), {m: loss_precision(v) for m, v in z_uni.items()}, self.model.head.fc.bias,
                                  self.order, batch["label"], self.hp.lam)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -30,12 +30,19 @@ scratch optimizer whose state is cleared after each estimation.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
 
-from baselines.base import FusionMethod, FusionModel, Loaders, StepInfo, TrainContext
+from baselines.base import (
+    FusionMethod,
+    FusionModel,
+    Loaders,
+    StepInfo,
+    TrainContext,
+    loss_precision,
+)
 from baselines.registry import register
 from core.data import Batch, TaskSpec
 from core.hparams import HParam, HParams
@@ -107,7 +114,7 @@ class GBlending(FusionMethod):
         for batch in batches:
             with torch.set_grad_enabled(train), self.ctx.autocast():
                 _, z, _ = model(self.inputs(batch), drop=drop, mode="input")
-                loss = F.cross_entropy(z.float(), batch["label"])
+                loss = F.cross_entropy(loss_precision(z), batch["label"])
             if train:
                 self.scratch_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -158,8 +165,8 @@ class GBlending(FusionMethod):
         labels = batch["label"]
         with self.ctx.autocast():
             _, z, z_uni = self.model(self.inputs(batch))
-        parts = {**{m: F.cross_entropy(z_uni[m].float(), labels) for m in self.modalities},
-                 FUSED: F.cross_entropy(z.float(), labels)}
+        parts = {**{m: F.cross_entropy(loss_precision(z_uni[m]), labels) for m in self.modalities},
+                 FUSED: F.cross_entropy(loss_precision(z), labels)}
         loss = sum(w * parts[k] for k, w in zip(self.heads, self.blend))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from baselines.base import FusionMethod, StepInfo
+from baselines.base import FusionMethod, StepInfo, loss_precision
 from baselines.registry import register
 from core.data import Batch
 from core.hparams import HParam
@@ -69,8 +69,8 @@ class MBSD(FusionMethod):
         y = batch["label"]
         with self.ctx.autocast():
             _, z, z_uni = self.model(self.inputs(batch))
-        z = z.float()
-        z_a, z_v = (z_uni[m].float() for m in self.modalities)
+        z = loss_precision(z)
+        z_a, z_v = (loss_precision(z_uni[m]) for m in self.modalities)
         w, rs, kl = mbsd_terms(z_a, z_v, y, self.hp.kl_form)
         ce = F.cross_entropy(z, y) + F.cross_entropy(z_a, y) + F.cross_entropy(z_v, y)
         loss = ce + (w * rs).mean() + (w * kl).mean()

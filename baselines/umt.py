@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.base import FusionMethod, Loaders, StepInfo, TrainContext
+from baselines.base import FusionMethod, Loaders, StepInfo, TrainContext, loss_precision
 from baselines.networks import build_encoder, init_model
 from baselines.registry import register
 from core.data import Batch, BatchLoader, ModalitySpec, TaskSpec, seed_for
@@ -106,7 +106,7 @@ class UMT(FusionMethod):
                         break
                     with self.ctx.autocast():
                         _, logits = teacher(batch[m])
-                        loss = F.cross_entropy(logits.float(), batch["label"])
+                        loss = F.cross_entropy(loss_precision(logits), batch["label"])
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -127,11 +127,11 @@ class UMT(FusionMethod):
     def update(self, batch: Batch, step: StepInfo) -> dict[str, float]:
         self.teachers.train(self.hp.teacher_mode == "train")
         with torch.no_grad(), self.ctx.autocast():
-            h_teacher = {m: t(batch[m])[0].float() for m, t in self.teachers.items()}
+            h_teacher = {m: loss_precision(t(batch[m])[0]) for m, t in self.teachers.items()}
         with self.ctx.autocast():
             h, z, _ = self.model(self.inputs(batch))
-        h = {m: v.float() for m, v in h.items()}
-        loss = umt_loss(z.float(), batch["label"], h, h_teacher, self.hp.scale)
+        h = {m: loss_precision(v) for m, v in h.items()}
+        loss = umt_loss(loss_precision(z), batch["label"], h, h_teacher, self.hp.scale)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

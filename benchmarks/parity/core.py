@@ -325,7 +325,8 @@ def import_official(root: Path, *modules: str) -> list[types.ModuleType]:
         return [importlib.import_module(m) for m in modules]
     finally:
         sys.path.remove(str(root))
-        for name in set(sys.modules) - before:
+        # Children before their parent: a namespace package's ``__path__`` looks its parent up in ``sys.modules``.
+        for name in sorted(set(sys.modules) - before, reverse=True):
             if _inside(sys.modules[name], Path(root)):
                 del sys.modules[name]
 

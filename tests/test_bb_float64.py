@@ -1,0 +1,46 @@
+"""G-Blending, UMT, CML, MBSD and AMCo keep float64 runs in float64 (``augbench parity`` compares at 1e-10): their
+losses go through ``loss_precision``, which promotes only half precision, instead of ``.float()``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+from baselines.amco import AMCo
+from baselines.base import StepInfo
+from baselines.cml import CML
+from baselines.gblending import GBlending
+from baselines.mbsd import MBSD
+from baselines.umt import UMT
+from tests.conftest import build_with, first_batch
+
+
+class Float32Watch(TorchFunctionMode):
+    """Records the name of every torch function that returns a float32 tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, torch.Tensor) and out.dtype == torch.float32:
+            self.seen.append(getattr(func, "__name__", str(func)))
+        return out
+
+
+@pytest.mark.parametrize("cls", [GBlending, UMT, CML, MBSD, AMCo], ids=lambda c: c.name)
+def test_bb_method_steps_in_float64_without_float32_tensors(cls, tiny_bundle):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        torch.manual_seed(0)
+        method = build_with(cls, tiny_bundle)
+        method.train()
+        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+        with Float32Watch() as watch:
+            logs = method.update(batch, StepInfo(1, 1, 2, 2))
+    finally:
+        torch.set_default_dtype(old)
+    assert watch.seen == [] and isinstance(logs["loss"], float)
