@@ -51,7 +51,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from baselines.base import FusionModel, Method, Prediction, StepInfo, TrainContext
+from baselines.base import FusionModel, Method, Prediction, StepInfo, TrainContext, loss_precision
 from baselines.registry import register
 from core.data import Batch, TaskSpec
 from core.hparams import HParam, HParams, variant_param
@@ -102,7 +102,7 @@ def mmpareto_encoder_grads(g_mm: Sequence[torch.Tensor], g_u: Sequence[torch.Ten
 def _mean_over_ranks(ctx: TrainContext, groups: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
     """Average lists of gradients over data-parallel ranks in one collective; same structure back."""
     tensors = [g for group in groups for g in group]
-    flat = ctx.all_reduce_mean(torch.cat([g.reshape(-1).float() for g in tensors]))
+    flat = ctx.all_reduce_mean(torch.cat([loss_precision(g.reshape(-1)) for g in tensors]))
     parts = iter(t.view(g.shape).to(g.dtype) for t, g in zip(flat.split([g.numel() for g in tensors]), tensors))
     return [[next(parts) for _ in group] for group in groups]
 
@@ -152,8 +152,8 @@ class MMPareto(Method):
         with self.ctx.autocast():
             _, z, z_uni = self.model(self.inputs(batch))
         y = batch["label"]
-        loss_mm = F.cross_entropy(z.float(), y)
-        loss_uni = {m: F.cross_entropy(z_uni[m].float(), y) for m in self.modalities}
+        loss_mm = F.cross_entropy(loss_precision(z), y)
+        loss_uni = {m: F.cross_entropy(loss_precision(z_uni[m]), y) for m in self.modalities}
         enc = {m: [p for p in self.model.encoders[m].parameters() if p.requires_grad] for m in self.modalities}
         head = [p for p in self.model.head.parameters() if p.requires_grad]
         flat = [p for m in self.modalities for p in enc[m]]
@@ -192,4 +192,4 @@ class MMPareto(Method):
     def predict(self, batch: Batch) -> Prediction:
         with self.ctx.autocast():
             _, z, z_uni = self.model(self.inputs(batch))
-        return Prediction(z.float(), {m: v.float() for m, v in z_uni.items()})
+        return Prediction(loss_precision(z), {m: loss_precision(v) for m, v in z_uni.items()})

@@ -53,7 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.base import FusionMethod, FusionModel, Loaders, Method, StepInfo, TrainContext, confidence_scores
+from baselines.base import (FusionMethod, FusionModel, Loaders, Method, StepInfo, TrainContext, confidence_scores,
+                            loss_precision)
 from baselines.networks import FramesEncoder, SpectrogramEncoder, init_model
 from baselines.registry import register
 from core.data import Batch, BatchLoader, TaskSpec
@@ -62,7 +63,7 @@ from core.hparams import HParam, HParams, variant_param
 
 def prototype_logits(h: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
     """pi_k = -||h - c_k||_2 for features (B, d) and prototypes (K, d), as (B, K); exact distances (no mm trick)."""
-    return -torch.cdist(h.float(), prototypes.float(), compute_mode="donot_use_mm_for_euclid_dist")
+    return -torch.cdist(loss_precision(h), loss_precision(prototypes), compute_mode="donot_use_mm_for_euclid_dist")
 
 
 def weaker_modality(scores: Mapping[str, torch.Tensor]) -> str | None:
@@ -175,7 +176,7 @@ class PMR(FusionMethod):
         k = self.task.num_classes
         n_batches = max(1, len(loader) // 10)
         sums = {m: torch.zeros_like(self.prototypes(m)) for m in self.modalities}
-        counts = torch.zeros(k, device=self.prototypes_ready.device)
+        counts = torch.zeros(k, dtype=self.prototypes(self.modalities[0]).dtype, device=self.prototypes_ready.device)
         was_training = self.model.training
         self.model.eval()
         for i, batch in enumerate(loader):
@@ -184,10 +185,10 @@ class PMR(FusionMethod):
             with self.ctx.autocast():
                 h = self.model.features(self.inputs(batch))
             # Per-class sums as one matrix product instead of a loop over samples.
-            onehot = F.one_hot(batch["label"], k).float()
+            onehot = F.one_hot(batch["label"], k).to(sums[self.modalities[0]].dtype)
             counts += onehot.sum(dim=0)
             for m in self.modalities:
-                sums[m] += onehot.t() @ h[m].float()
+                sums[m] += onehot.t() @ h[m].to(sums[m].dtype)
         self.model.train(was_training)
         seen = counts > 0
         for m in self.modalities:
@@ -209,7 +210,7 @@ class PMR(FusionMethod):
         logs: dict[str, float] = {}
         with self.ctx.autocast():
             h, z, _ = self.model(self.inputs(batch))
-            loss = F.cross_entropy(z.float(), labels)
+            loss = F.cross_entropy(loss_precision(z), labels)
             if self.hp.mod_start <= step.epoch <= self.hp.mod_end:
                 pi = {m: prototype_logits(h[m], self.prototypes(m)) for m in self.modalities}
                 scores = confidence_scores(pi, labels)

@@ -363,6 +363,26 @@ def test_pmr_prototypes_use_the_first_tenth_of_batches_then_ema(tiny_bundle):
     assert bool(clone.prototypes_ready)
 
 
+def test_pmr_prototypes_logits_and_loss_stay_float64_in_float64_runs(tiny_bundle):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        pmr = build("pmr", tiny_bundle)
+        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+        pmr.on_epoch_start(0, Loaders(train=[batch]))
+        assert pmr.prototypes("audio").dtype == torch.float64
+        with torch.no_grad():
+            h, z, _ = pmr.model(pmr.inputs(batch))
+            pi = {m: prototype_logits(h[m], pmr.prototypes(m)) for m in ("audio", "visual")}
+        assert pi["audio"].dtype == torch.float64
+        logs = pmr.update(batch, step(epoch=0))
+    finally:
+        torch.set_default_dtype(old)
+    weak = "visual" if logs["proto_ratio"] > 1 else "audio"
+    expected = F.cross_entropy(z, batch["label"]) + pmr.hp.alpha * F.cross_entropy(pi[weak], batch["label"])
+    assert logs["loss"] == expected.item()   # a float32 loss would differ from the float64 one at ~1e-8
+
+
 @pytest.mark.parametrize("kind, layer2, recovered", [("visual", (28, 28), (28, 28)), ("audio", (33, 38), (33, 38)),
                                                      ("audio", (33, 157), (33, 102))])
 def test_pmr_compress_recover_has_the_official_shapes(kind, layer2, recovered):

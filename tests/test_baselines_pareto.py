@@ -169,6 +169,24 @@ def test_mmpareto_bb_degenerate_is_three_times_the_summed_ce_on_encoders(tiny_bu
         close(p.grad, g)
 
 
+def test_mmpareto_losses_stay_float64_in_float64_runs(tiny_bundle):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        method = freeze_steps(build_with(MMPareto, tiny_bundle))
+        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+        with torch.no_grad():
+            _, z, z_uni = method.model(method.inputs(batch))
+        logs = method.update(batch, STEP)
+        prediction = method.predict(batch)
+    finally:
+        torch.set_default_dtype(old)
+    y = batch["label"]
+    assert logs["loss_fused"] == F.cross_entropy(z, y).item()   # float32 would differ at ~1e-8
+    assert all(logs[f"loss_{m}"] == F.cross_entropy(v, y).item() for m, v in z_uni.items())
+    assert prediction.fused.dtype == torch.float64
+
+
 def test_mmpareto_applies_the_rule_per_encoder_with_three_modalities():
     cls = get_dataset("synthetic")
     bundle = cls.build(resolve("data", cls.HPARAMS, "synthetic", {**TINY_DATA, "modalities": 3}))
