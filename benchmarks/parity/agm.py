@@ -18,9 +18,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from baselines.base import StepInfo
+from baselines.base import Loaders, StepInfo
 from benchmarks.parity.core import (
     Case,
     Checkpoint,
@@ -133,6 +134,92 @@ class Official:
         return {**module_snapshot(self.model, [self.optimizer], official_name), **quantities(values)}
 
 
+# --- MSLR (methods == "MSLR", model AVClassifier_Sum) ----------------------------------------------------------------
+# Ratios start moving after epoch 5 (memory 5); epoch 7 is past the window. One step per epoch keeps the record small.
+MSLR_EPOCHS, MSLR_STEPS, MSLR_MOD_END = 8, 1, 6
+
+
+def sum_name(name: str) -> str:
+    """``AVClassifier_Sum`` entry -> the project's ``MSLR`` entry."""
+    for m in ("audio", "visual"):
+        if name.startswith(f"{m}_net."):
+            return f"model.encoders.{m}.trunk." + resnet_name(name[len(f"{m}_net."):])
+        if name.startswith(f"{m}_cls."):
+            return f"model.head.heads.{m}." + name[len(f"{m}_cls."):]
+    raise KeyError(f"unmapped AVClassifier_Sum entry {name!r}")
+
+
+class MSLRProject:
+    def __init__(self, case: Case, overrides: Mapping[str, Any]) -> None:
+        task = av_task("cremad", NUM_CLASSES)
+        self.method = build_method(case.method, task, {**case.hparams, **overrides}, epochs=MSLR_EPOCHS, lr=LR)
+        self.batches = av_batches(task, MSLR_EPOCHS * MSLR_STEPS, BATCH, seed=4)
+        self.test = av_batches(task, 2, BATCH, seed=5)
+        self.val = av_batches(task, 2, BATCH, seed=6)
+        self.values: dict[str, Any] = {}
+
+    def steps(self) -> Iterator[str]:
+        m = self.method
+        for epoch in range(MSLR_EPOCHS):
+            for k in range(MSLR_STEPS):
+                logs = m.update(self.batches[epoch * MSLR_STEPS + k], StepInfo(epoch, k, MSLR_STEPS,
+                                                                                   MSLR_EPOCHS))
+                self.values = {"loss": logs["loss"]}
+                yield f"e{epoch}s{k}"
+            diag = m.on_epoch_end(epoch, Loaders(train=None, val=self.val, test=self.test))
+            self.values = {"acc": [diag["mslr_acc_audio"], diag["mslr_acc_visual"]],
+                           "coeff": [diag["mslr_coeff_audio"], diag["mslr_coeff_visual"]]}
+            yield f"e{epoch}.end"
+
+    def snapshot(self) -> Snapshot:
+        return {**module_snapshot(self.method, [self.method.optimizer]), **quantities(self.values)}
+
+
+class MSLROfficial:
+    def __init__(self, case: Case, root: Path, project: MSLRProject) -> None:
+        with cpu_patches(OPTIONAL):
+            self.main, net = import_official(root, "run.CREMAD_main", "model.CREMAD_net")
+        self.cfgs = argparse.Namespace(dataset="CREMAD", modality="Multimodal", fusion_type="late_fusion",
+                                       fusion="concat", methods="MSLR", mode="train", alpha=ALPHA,
+                                       modulation_starts=0, modulation_ends=MSLR_MOD_END + 1, use_mgpu=False,
+                                       EPOCHS=MSLR_EPOCHS, learning_rate=LR)
+        self.model = net.AVClassifier_Sum(self.cfgs)
+        load_mapped(self.model, project.method.state_dict(), sum_name)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=0.9, weight_decay=1e-4)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, 70, 0.1)
+        self.batches, self.test = project.batches, [official_batch(b) for b in project.test]
+        self.writer = RecordingWriter()
+        self.values: dict[str, Any] = {}
+
+    def run(self, checkpoint: Checkpoint) -> None:
+        def step_done(label: str) -> None:
+            self.values = {"loss": self.writer.last["loss/step"]}
+            checkpoint(label)
+
+        # CREMAD_main's MSLR state and its end-of-epoch block (after test on the test split), repeated here.
+        score_a, score_v, ratio_a, ratio_v, memory_a, memory_v = 0.0, 0.0, 1.0, 1.0, [], []
+        device = torch.device("cpu")
+        for epoch in range(MSLR_EPOCHS):
+            loader = EpochLoader(self.batches[epoch * MSLR_STEPS:(epoch + 1) * MSLR_STEPS], epoch, step_done, official_batch)
+            with cpu_patches():
+                score_a, score_v = self.main.train(self.model, loader, self.optimizer, self.scheduler, SilentLogger(),
+                                                   self.cfgs, epoch + 1, device, self.writer, score_a, score_v,
+                                                   ratio_a, ratio_v)
+                _, acc_a, acc_v, _, _ = self.main.test(self.model, self.test, SilentLogger(), self.cfgs, epoch + 1,
+                                                       device, self.writer)
+            if len(memory_a) < 5:
+                memory_a.append(acc_a)
+                memory_v.append(acc_v)
+            else:
+                ratio_a, ratio_v = acc_a / np.mean(memory_a), acc_v / np.mean(memory_v)
+                memory_a, memory_v = [*memory_a[1:], acc_a], [*memory_v[1:], acc_v]
+            self.values = {"acc": [acc_a, acc_v], "coeff": [0.9 * ratio_a, 1.1 * ratio_v]}
+            checkpoint(f"e{epoch}.end")
+
+    def snapshot(self) -> Snapshot:
+        return {**module_snapshot(self.model, [self.optimizer], sum_name), **quantities(self.values)}
+
+
 REPO = "lihong2303/AGM_ICCV2023"
 COMMIT = "5a65542c70b1c7c15c5df291e77fa9cf2bbb9549"
 
@@ -143,4 +230,16 @@ CASES = [
                 f"0-{MOD_END + 1} (project mod_end {MOD_END}), so epoch {MOD_END + 1} (0-based) runs past its end "
                 f"with the last scales; hook scales and loss every step",
          project=Project, official=Official, notes=__doc__),
+    Case(name="mslr_official_compat", method="mslr",
+         hparams={"variant": "official_compat", "modulation_ends": MSLR_MOD_END}, repo=REPO, commit=COMMIT,
+         entry="run/CREMAD_main.py train and test (--methods MSLR), CREMAD_main's MSLR block; model/CREMAD_net.py "
+               "AVClassifier_Sum",
+         covers=f"{MSLR_EPOCHS} epochs x {MSLR_STEPS} step (batch {BATCH}), unimodal test accuracies after every epoch "
+                f"(2 batches); the 5-epoch memory fills, the ratios move from epoch 6 on; window official 1-based "
+                f"epochs 0-{MSLR_MOD_END + 1} (project modulation_ends {MSLR_MOD_END}), so the last epoch is past it",
+         project=MSLRProject, official=MSLROfficial,
+         deviations={"eval_split": "val", "shared_accuracy": False, "modulation_ends": -1},
+         notes=__doc__ + " MSLR: the harness repeats CREMAD_main's end-of-epoch block (test on the test split, the "
+               "5-epoch accuracy memory, the ratios) after each official train epoch; --modulation_ends 7 instead of "
+               "the default 20 so that a short run crosses the window's end."),
 ]
