@@ -56,7 +56,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.base import FusionMethod, Prediction, StepInfo, TrainContext
+from baselines.base import (
+    FusionMethod,
+    Prediction,
+    StepInfo,
+    TrainContext,
+    loss_precision,
+)
 from baselines.registry import register
 from core.data import Batch, TaskSpec
 from core.hparams import HParam, HParams
@@ -109,7 +115,7 @@ def shapley_outputs(outputs: Mapping[frozenset[str], torch.Tensor], names: tuple
 def modality_losses(phi: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
     """s_m = mean_i -log max(softmax(phi_m)_i[y_i], 1e-8), stacked in the order of ``phi``, without graph."""
     with torch.no_grad():
-        logp = torch.stack([torch.log_softmax(z.detach().float(), dim=1) for z in phi.values()])
+        logp = torch.stack([torch.log_softmax(loss_precision(z.detach()), dim=1) for z in phi.values()])
         true = logp.gather(2, labels.view(1, -1, 1).expand(len(phi), -1, 1)).squeeze(2)
         return -true.clamp_min(math.log(PROB_FLOOR)).mean(dim=1)
 
@@ -162,13 +168,13 @@ class AGM(FusionMethod):
         """Logits for every non-empty modality subset: the full set in the current mode, the others in eval mode."""
         names = self.modalities
         _, z_full, _ = self.model(x)
-        outputs = {frozenset(names): z_full.float()}
+        outputs = {frozenset(names): loss_precision(z_full)}
         was_training = self.model.training
         self.model.eval()
         for size in range(1, len(names)):
             for subset in combinations(names, size):
                 _, z, _ = self.model(x, drop=[n for n in names if n not in subset], mode="input")
-                outputs[frozenset(subset)] = z.float()
+                outputs[frozenset(subset)] = loss_precision(z)
         self.model.train(was_training)
         return outputs
 

@@ -45,7 +45,14 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 
-from baselines.base import FusionMethod, Loaders, StepInfo, TrainContext, zero_grad
+from baselines.base import (
+    FusionMethod,
+    Loaders,
+    StepInfo,
+    TrainContext,
+    loss_precision,
+    zero_grad,
+)
 from baselines.registry import register
 from core.data import Batch, TaskSpec
 from core.hparams import HParam, HParams
@@ -113,7 +120,7 @@ class MSES(FusionMethod):
             return {}
         with self.ctx.autocast():
             _, z, _ = self.model(self.inputs(batch))
-            loss = F.cross_entropy(z.float(), batch["label"])
+            loss = F.cross_entropy(loss_precision(z), batch["label"])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         modulating = self.hp.modulation_ends < 0 or step.epoch <= self.hp.modulation_ends
@@ -141,7 +148,7 @@ class MSES(FusionMethod):
             with self.ctx.autocast():
                 _, _, z_uni = self.model(self.inputs(batch))
             labels = batch["label"]
-            sums += torch.stack([F.cross_entropy(z_uni[m].float(), labels, reduction="sum")
+            sums += torch.stack([F.cross_entropy(loss_precision(z_uni[m]), labels, reduction="sum")
                                  for m in self.modalities]).double()
             n += len(labels)
         self.train()

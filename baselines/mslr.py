@@ -36,7 +36,7 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from baselines.base import FusionMethod, Loaders, StepInfo, TrainContext
+from baselines.base import FusionMethod, Loaders, StepInfo, TrainContext, loss_precision
 from baselines.registry import register
 from core.data import Batch, BatchLoader, TaskSpec
 from core.hparams import HParam, HParams, variant_param
@@ -116,7 +116,7 @@ class MSLR(FusionMethod):
     def update(self, batch: Batch, step: StepInfo) -> dict[str, float]:
         with self.ctx.autocast():
             _, z, _ = self.model(self.inputs(batch))
-        loss = F.cross_entropy(z.float(), batch["label"])
+        loss = F.cross_entropy(loss_precision(z), batch["label"])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.hp.modulation_ends < 0 or step.epoch <= self.hp.modulation_ends:

@@ -274,6 +274,23 @@ def test_agm_running_mean_is_updated_after_k_and_checkpointed(tiny_bundle):
     assert int(clone.iterations) == 1 and clone.scalers["visual"].scale.item() == approx(logs["k_visual"])
 
 
+
+def test_agm_step_in_float64_keeps_float64_outputs_and_losses(tiny_bundle):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        agm = build("agm", tiny_bundle)
+        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+        outputs = copy.deepcopy(agm).subset_outputs(agm.inputs(batch))   # a copy: the pass moves BatchNorm stats
+        s = modality_losses(shapley_outputs(outputs, agm.modalities), batch["label"])
+        logs = agm.update(batch, step())
+    finally:
+        torch.set_default_dtype(old)
+    assert {z.dtype for z in outputs.values()} == {torch.float64} and s.dtype == torch.float64
+    assert agm.loss_mean.dtype == torch.float64   # a float32 cast of the logits rounded s_m, k_m and the loss
+    assert [logs["k_audio"], logs["k_visual"]] == agm_coefficients(s, torch.zeros(2), agm.hp.alpha).tolist()
+
+
 def official_agm_window(epoch0: int, starts: int, ends: int) -> bool:
     """The AGM scripts' test ``modulation_starts <= epoch <= modulation_ends`` on their 1-based epoch of our epoch0."""
     return starts <= epoch0 + 1 <= ends

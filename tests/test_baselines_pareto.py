@@ -12,7 +12,12 @@ import torch.nn.functional as F
 
 from baselines.base import Loaders, StepInfo
 from baselines.cml import CML, cml_loss
-from baselines.inforeg import InfoReg, add_proximal_term, inforeg_betas, prime_window_indicator
+from baselines.inforeg import (
+    InfoReg,
+    add_proximal_term,
+    inforeg_betas,
+    prime_window_indicator,
+)
 from baselines.mmcosine import MMCosine, cosine_logits
 from baselines.mmpareto import MMPareto, mmpareto_encoder_grads, pareto_weights
 from baselines.mslr import MSLR, mslr_multipliers, mslr_step
@@ -296,6 +301,23 @@ def test_mslr_update_scales_each_modality_group(tiny_bundle):
         assert any(p is q for q in method.model.head.heads[m].parameters() for p in params)
         for p, g in zip(params, torch.autograd.grad(loss, params, retain_graph=True)):
             torch.testing.assert_close(p.grad, c * g, rtol=1e-4, atol=1e-7)
+
+
+
+def test_mslr_step_in_float64_reports_the_float64_loss(tiny_bundle):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        torch.manual_seed(0)
+        method = build_with(MSLR, tiny_bundle)
+        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+        with torch.no_grad():
+            _, z, _ = method.model(method.inputs(batch))
+            expected = F.cross_entropy(z, batch["label"]).item()
+        logs = method.update(batch, STEP)
+    finally:
+        torch.set_default_dtype(old)
+    assert logs["loss"] == expected   # a float32 loss would differ from the float64 one at ~1e-8
 
 
 def test_mslr_official_compat_stops_modulating_after_epoch_19(tiny_bundle):

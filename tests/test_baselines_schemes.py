@@ -422,6 +422,28 @@ def test_mses_stop_applies_inside_the_official_1_based_window(tiny_bundle, varia
     assert any(g.abs().sum() > 0 for n, g in seen.items() if ".visual" in n)
 
 
+
+def test_mses_in_float64_reports_float64_training_and_validation_losses(tiny_bundle):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        ms = build("mses", tiny_bundle)
+        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle, "val").items()}
+        ms.eval()
+        with torch.no_grad():
+            _, _, z_uni = ms.model(ms.inputs(batch))
+            expected = [F.cross_entropy(z_uni[m], batch["label"]).item() for m in ms.modalities]
+        raw = ms.modality_losses(Loaders(train=None, val=[batch], test=None))
+        with torch.no_grad():   # train mode, as in update (BatchNorm on batch statistics)
+            _, z, _ = ms.model(ms.inputs(batch))
+            loss = F.cross_entropy(z, batch["label"]).item()
+        logs = ms.update(batch, step())
+    finally:
+        torch.set_default_dtype(old)
+    # float32 losses would differ from the float64 ones at ~1e-8
+    assert raw == pytest.approx(expected, rel=1e-14, abs=0) and logs["loss"] == loss
+
+
 def test_mses_with_both_stopped_takes_no_steps_and_snapshots_survive_checkpoints(tiny_bundle):
     ms = build("mses", tiny_bundle, patience=1)
     ms.modality_losses = lambda loaders: [1.0, 1.0]

@@ -325,10 +325,12 @@ def import_official(root: Path, *modules: str) -> list[types.ModuleType]:
         return [importlib.import_module(m) for m in modules]
     finally:
         sys.path.remove(str(root))
-        # Children before their parent: a namespace package's ``__path__`` looks its parent up in ``sys.modules``.
-        for name in sorted(set(sys.modules) - before, reverse=True):
-            if _inside(sys.modules[name], Path(root)):
-                del sys.modules[name]
+        # Decide which modules are the clone's before deleting any (a namespace package's ``__path__`` is recomputed
+        # from its parent in sys.modules), then delete children before their parent.
+        added = sorted((name for name in set(sys.modules) - before if _inside(sys.modules[name], Path(root))),
+                       reverse=True)
+        for name in added:
+            del sys.modules[name]
 
 
 def _inside(module: types.ModuleType, root: Path) -> bool:

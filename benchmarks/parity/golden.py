@@ -10,8 +10,9 @@ per label the indices of its quantities and one (quantities, 6) float64 matrix o
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,18 @@ def fingerprints(snapshot: Snapshot) -> Snapshot:
     return {key: fingerprint(value) for key, value in snapshot.items()}
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Records are made and replayed on one CPU thread: the reduction order, and so the last bits of float64 sums,
+    depends on the thread count (differences up to ~1e-9 after a few steps)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def record_path(directory: Path, case: Case) -> Path:
     return Path(directory) / f"{case.name}.pt"
 
@@ -61,7 +74,8 @@ def record(case: Case, root: Path, directory: Path) -> tuple[Path, Any]:
         index = [keys.setdefault(k, len(keys)) for k in prints]
         steps[label] = {"index": torch.tensor(index, dtype=torch.int32), "values": torch.stack(list(prints.values()))}
 
-    result = run_case(case, root, record=keep)
+    with one_thread():
+        result = run_case(case, root, record=keep)
     path = record_path(directory, case)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"format": FORMAT, "case": case.name, "method": case.method, "hparams": dict(case.hparams),
@@ -97,7 +111,7 @@ def check(case: Case, path: Path, limit: int | None = None, step_hook: Callable[
                          f"{case.commit[:7]}")
     labels = data["labels"][:limit]
     out: list[StepRecord] = []
-    with float64():
+    with float64(), one_thread():
         project = case.project(case, dict(overrides or {}))
         steps = project.steps()
         for label in labels:
