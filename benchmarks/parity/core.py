@@ -325,9 +325,10 @@ def import_official(root: Path, *modules: str) -> list[types.ModuleType]:
         return [importlib.import_module(m) for m in modules]
     finally:
         sys.path.remove(str(root))
-        for name in set(sys.modules) - before:
-            if _inside(sys.modules[name], Path(root)):
-                del sys.modules[name]
+        # decide before deleting: a namespace package's submodule resolves its path through its parent's entry
+        added = [name for name in set(sys.modules) - before if _inside(sys.modules[name], Path(root))]
+        for name in added:
+            del sys.modules[name]
 
 
 def _inside(module: types.ModuleType, root: Path) -> bool:
