@@ -28,9 +28,11 @@ softmax over a single column is 1, so q_y = 1; this is kept.
 Pre-training (``pretrain: true``, the official ``--use_pretrain`` recipe): the official code loads unimodally
 pre-trained encoders (released CREMA-D checkpoints: 56.68% audio, 51.99% visual, picked on the test set at epochs 21
 and 87 of unimodal runs). Here each encoder is trained with its own temporary Linear head and CE for
-``pretrain_epochs`` epochs inside ``on_epoch_start(0)`` (the temporary heads are then unused, as the official code
-replaces the encoder's fc by the shared head). Cost: M x pretrain_epochs extra unimodal epochs, once. BB does no
-pre-training (``pretrain: false``); docs/methods/reconboost.md asks for both to be reported.
+``pretrain_epochs`` epochs inside ``on_epoch_start(0)``; the temporary heads are then unused (the official code
+replaces an encoder's fc by the shared head only when that modality's first stage starts, so in stage 0 the visual
+learner in F still uses its own classifier: ``pretrain_head_until_stage: true``). Cost: M x pretrain_epochs extra
+unimodal epochs, once. BB does no pre-training (``pretrain: false``); docs/methods/reconboost.md asks for both to be
+reported.
 
 Deviations and notes: the official stage-wise lr decay (x0.1 every 30 stages on CREMA-D) maps to
 ``train.lr_milestones`` at multiples of 30 * (modality_epochs + correct_epochs) epochs; the official test loader drops
@@ -146,6 +148,11 @@ class ReconBoost(Method):
                                                 "official train.py main, which runs pre_model again after "
                                                 "DynamicNet.forward, both in train mode, so the partner's batch-norm "
                                                 "running statistics move twice per step."),
+        HParam("pretrain_head_until_stage", False, "false = every learner uses the shared head from the start; true = "
+                                                   "official train.py main with --use_pretrain --common_space: a "
+                                                   "pre-trained learner keeps its pre-training classifier (frozen in "
+                                                   "the correction step) until its first modality stage sets "
+                                                   "model.fc = net_ensemble.head."),
         HParam("boost_rate", 1.0, "Initial beta of F = beta * sum f_m (official --boost_rate 1.0)."),
         HParam("m_lr", 0.01, "Learning rate of the modality step (official README --m_lr 0.01)."),
         HParam("e_lr", 0.01, "Learning rate of the correction step (official README --e_lr 0.01)."),
@@ -186,7 +193,16 @@ class ReconBoost(Method):
         self.position = stage_at(0, hp.modality_epochs, hp.correct_epochs, len(self.modalities))
 
     def learner(self, m: str, x: torch.Tensor) -> torch.Tensor:
-        return loss_precision(self.head(self.encoders[m](x)))
+        return loss_precision(self.head_of(m)(self.encoders[m](x)))
+
+    def head_of(self, m: str) -> nn.Module:
+        """The shared head, or (``pretrain_head_until_stage``) learner m's pre-training head before stage m, its
+        first modality stage; the correction optimizer leaves that head out, as the official one leaves out every
+        ``fc`` entry."""
+        if self.hp.pretrain and self.hp.pretrain_head_until_stage \
+                and self.position.stage < self.modalities.index(m):
+            return self.pretrain_heads[m]
+        return self.head
 
     def ensemble(self, logits: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """beta * sum of the given learners' logits, or None when there are none."""

@@ -218,6 +218,22 @@ def test_reconboost_ga_partner_second_pass_moves_the_partner_batch_norm_statisti
             close(b, dict(rb1.encoders["audio"].named_buffers())[n])
 
 
+def test_reconboost_pretrain_head_until_stage_keeps_the_visual_classifier_through_stage_0(tiny_bundle):
+    rb = build("reconboost", tiny_bundle, pretrain=True, pretrain_epochs=0, modality_epochs=1, correct_epochs=1,
+               pretrain_head_until_stage=True)
+    audio, visual = tiny_bundle.task.names[:2]
+    loaders = loaders_for(tiny_bundle)
+    rb.on_epoch_start(1, loaders)   # stage 0, correction: visual still on its own classifier, audio on the shared
+    assert rb.head_of(visual) is rb.pretrain_heads[visual] and rb.head_of(audio) is rb.head
+    own = params_of(rb.pretrain_heads[visual])
+    rb.update(first_batch(tiny_bundle), step(1))
+    assert same(own, params_of(rb.pretrain_heads[visual]))   # used in F, left out of the correction optimizer
+    rb.on_epoch_start(2, loaders)   # stage 1 trains visual: model.fc = net_ensemble.head
+    assert rb.head_of(visual) is rb.head
+    default = build("reconboost", tiny_bundle, pretrain=True, pretrain_epochs=0)
+    assert default.head_of(visual) is default.head
+
+
 def test_reconboost_stage_schedule_is_a_function_of_the_epoch():
     pos = [stage_at(e, 4, 4, 2) for e in range(18)]
     assert [(p.stage, p.modality, p.phase, p.phase_epoch) for p in (pos[0], pos[3], pos[4], pos[7], pos[8], pos[16])] \
