@@ -17,6 +17,9 @@ epochs 0-5 are plain joint training):
    (d_m = feature width), in the forward and the backward pass (a custom autograd function, as in the official code;
    mathematically the chain rule of the same constant factor); samples whose modalities are all dropped are removed.
    If every sample is removed the batch takes no optimiser step (official ``continue``).
+   Official deviation (``theta_gradient``, variant ``official_compat``): the official backward returns theta as
+   theta's own gradient and q is built from the confidence sums without detaching them (only W and b are), so the
+   encoders also receive theta * d(theta)/d(params); the default keeps the paper's constant rescale.
 4. L = CE(z, y) on the kept samples. Nothing is dropped at evaluation.
 
 Cost: as joint training. Randomness: the execution draw uses the global CPU generator, the masks the generator of the
@@ -29,7 +32,8 @@ wd 0.01, StepLR(40), 100 epochs, batch 32) belongs to the run config, not to thi
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,22 +41,27 @@ import torch.nn.functional as F
 from baselines.base import FusionMethod, StepInfo, confidence_scores, loss_precision
 from baselines.registry import register
 from core.data import Batch
-from core.hparams import HParam
+from core.hparams import HParam, variant_param
 
 
 class FeatureRescale(torch.autograd.Function):
     """y = x * scale in the forward pass and dL/dx = scale * dL/dy in the backward pass (official
-    ``custom_autograd`` with scale = 1/(1 - theta)); ``scale`` is a constant and receives no gradient."""
+    ``custom_autograd`` with scale = 1/(1 - theta)); ``scale`` is a constant and receives no gradient.
+
+    ``theta`` (optional) reproduces the official backward, which returns ``theta`` itself as theta's gradient
+    (whatever dL/dy is): passed once per step, it adds theta * d(theta)/d(params) to every parameter theta depends on.
+    """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
         ctx.save_for_backward(scale)
+        ctx.theta = None if theta is None else theta.detach()
         return x * scale
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, torch.Tensor | None]:
         (scale,) = ctx.saved_tensors
-        return grad * scale, None
+        return grad * scale, None, ctx.theta
 
 
 def opm_drop_probabilities(scores: torch.Tensor, q_base: float, lam: float) -> torch.Tensor:
@@ -73,13 +82,15 @@ def opm_drop_probabilities(scores: torch.Tensor, q_base: float, lam: float) -> t
     return q.clamp(0.0, 1.0)
 
 
-def drop_features(h: Mapping[str, torch.Tensor], q: torch.Tensor
+def drop_features(h: Mapping[str, torch.Tensor], q: torch.Tensor, theta_gradient: bool = False
                   ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """Per-sample modality dropping with the 1/(1 - theta) rescale (official ``Modality_drop.execute_drop``).
 
     Args:
         h: {modality: (B, d_m) features}, in the order of ``q``.
         q: (M,) drop probabilities.
+        theta_gradient: give theta the official gradient (see ``FeatureRescale``) once, through the first modality's
+            rescale; it reaches the parameters only where ``q`` carries a graph (the confidence sums of ``update``).
 
     Returns:
         (dropped and rescaled features, keep mask (B,) of samples with at least one modality left, theta).
@@ -94,8 +105,12 @@ def drop_features(h: Mapping[str, torch.Tensor], q: torch.Tensor
                          "rescale needs theta < 1")
     mask = (torch.rand(first.shape[0], len(names), device=first.device) < (1 - q).to(first.device)).to(first.dtype)
     scale = (1 / (1 - theta)).to(device=first.device, dtype=first.dtype)
-    out = {m: FeatureRescale.apply(h[m] * mask[:, i:i + 1], scale) for i, m in enumerate(names)}
+    out = {m: FeatureRescale.apply(h[m] * mask[:, i:i + 1], scale, theta if theta_gradient and i == 0 else None)
+           for i, m in enumerate(names)}
     return out, mask.sum(dim=1) > 0, theta
+
+
+_VARIANTS = {"official_compat": {"theta_gradient": True}}
 
 
 @register
@@ -115,7 +130,15 @@ class OPM(FusionMethod):
         HParam("p_exe", 0.7, "Probability that dropping is executed on a batch (official train_opm.sh --p_exe 0.7)."),
         HParam("warmup_epochs", 6, "Epochs of plain joint training before dropping starts (official main.py: "
                                    "warm_up = 1 if epoch <= 5, so dropping starts at 0-based epoch 6; BB: 0)."),
+        HParam("theta_gradient", False, "Give theta the official gradient on dropping steps: official "
+                                        "code/models/Classifier.py custom_autograd.backward returns theta itself as "
+                                        "theta's gradient, and calcu_q fills q from the non-detached confidence "
+                                        "sums, so the encoders get an extra theta * d(theta)/d(params). False = the "
+                                        "paper's constant rescale."),
+        variant_param(_VARIANTS, "paper = constant 1/(1 - theta) rescale; official_compat = the official "
+                                 "theta gradient (theta_gradient=True)."),
     )
+    VARIANTS = _VARIANTS
 
     def update(self, batch: Batch, step: StepInfo) -> dict[str, float]:
         if step.epoch < self.hp.warmup_epochs:
@@ -125,12 +148,17 @@ class OPM(FusionMethod):
         with self.ctx.autocast():
             h = self.model.features(self.inputs(batch))
             z_split = head.split_logits(h, head.fc.weight.detach(), head.fc.bias.detach())
-            scores = confidence_scores(z_split, labels)
+            if self.hp.theta_gradient:
+                # Official calcu_q: q is built from confidence sums that keep their graph (only W and b detached).
+                scores = {m: torch.softmax(loss_precision(z), dim=1).gather(1, labels[:, None]).sum()
+                          for m, z in z_split.items()}
+            else:
+                scores = confidence_scores(z_split, labels)
             q = opm_drop_probabilities(torch.stack([scores[m] for m in self.modalities]), self.hp.q_base,
                                        self.hp.lam)
             logs = {f"q_{m}": q[i].item() for i, m in enumerate(self.modalities)}
             if bool(torch.rand(()) < self.hp.p_exe):
-                h, keep, _ = drop_features(h, q)
+                h, keep, _ = drop_features(h, q, self.hp.theta_gradient)
                 if not bool(keep.any()):
                     return {**logs, "kept": 0.0}
                 h = {m: v[keep] for m, v in h.items()}

@@ -197,6 +197,50 @@ def test_opm_drops_only_after_warmup_and_never_at_test(tiny_bundle):
     close(opm.predict(batch).fused, z)
 
 
+@pytest.mark.parametrize("theta_gradient", [True, False])
+def test_opm_theta_gradient_adds_the_official_theta_term_to_the_encoder_gradients(tiny_bundle, theta_gradient):
+    # Official custom_autograd.backward returns theta as theta's gradient, so the official parameter gradient is that
+    # of L(constant 1/(1 - theta) rescale) + theta^2 / 2 (d/dp theta^2/2 = theta dtheta/dp), theta built from the
+    # non-detached confidence sums (official Classifier.forward / calcu_q / Modality_drop.execute_drop).
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        variant = "official_compat" if theta_gradient else "paper"
+        opm = build("opm", tiny_bundle, p_exe=1.0, variant=variant)
+        assert opm.hp.theta_gradient is theta_gradient
+        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+        ref = copy.deepcopy(opm.model)
+        seen = capture_grads_at_step(opm)
+        torch.manual_seed(3)
+        opm.update(batch, step(epoch=6))
+        torch.manual_seed(3)
+        torch.rand(())  # the execution draw
+        h = ref.features(opm.inputs(batch))
+        w, b, y = ref.head.fc.weight.detach(), ref.head.fc.bias.detach(), batch["label"]
+        names, dims = list(h), [h[m].shape[1] for m in h]
+        bounds = [0, dims[0], sum(dims)]
+        s = [torch.softmax(h[m] @ w[:, bounds[i]:bounds[i + 1]].t() + b / 2, 1)[torch.arange(len(y)), y].sum()
+             for i, m in enumerate(names)]
+        r = [torch.tanh(torch.relu(s[0] / s[1] - 1)), torch.tanh(torch.relu(s[1] / s[0] - 1))]
+        q = [0.5 * (1 + 0.5 * ri) if ri > 0 else torch.zeros(()) for ri in r]
+        theta = (dims[0] * q[0] + dims[1] * q[1]) / sum(dims)
+        mask = torch.rand(len(y), 2) < torch.stack([1 - q[0], 1 - q[1]]).detach()
+        keep = mask.any(1)
+        out = torch.cat([h[m] * mask[:, i:i + 1] / (1 - theta.detach()) for i, m in enumerate(names)], 1)
+        loss = F.cross_entropy(ref.head.fc(out[keep]), y[keep])
+        params = dict(ref.named_parameters())
+        plain = torch.autograd.grad(loss, list(params.values()), retain_graph=True, allow_unused=True)
+        official = torch.autograd.grad(loss + theta ** 2 / 2, list(params.values()), allow_unused=True)
+    finally:
+        torch.set_default_dtype(old)
+    assert theta.item() > 0 and not mask.all()  # a dropping step that drops features
+    expected = official if theta_gradient else plain
+    for (name, _), g in zip(params.items(), expected):
+        close(seen[name], g if g is not None else torch.zeros_like(seen[name]), msg=name)
+    extra = max((o - p).abs().max().item() for o, p in zip(official, plain) if o is not None)
+    assert extra > 1e-6  # the theta term is visible in the encoder gradients
+
+
 # --- AGM -------------------------------------------------------------------------------------------------------------
 
 def test_agm_coefficient_direction_and_cap():
