@@ -270,13 +270,20 @@ class Official:
         return out
 
 
+# G-Blending: 3 epochs with estimations at epochs 0 and 2 (super_epoch 2, BB's smallest with distinct first and last
+# estimation epochs; BB trains each scratch copy for super_epoch epochs, so estimate_epochs = super_epoch). One held-out
+# batch against two training batches, so that BB's batch-sum losses differ from per-sample means in their ratio
+# (with as many held-out as training batches, the sums scale g and O alike and the normalised weights would agree).
+GB_EPOCHS, GB_SUPER, GB_VAL = 3, 2, 1
+GB_HEADS = {"audio": "audio", "visual": "visual", "output": "fused"}
+
 # Per method: the trainer module and the trainer_config.yaml entries its train_loop reads.
 TRAINERS = {"mbsd": ("MBSD_trainer", {"modulation_starts": 0, "modulation_ends": 80}, "BaseClassifierModel"),
             "cml": ("CML_trainer", {"modulation_starts": 0, "modulation_ends": 80, "lam": 0.1}, "BaseClassifierModel"),
             "umt": ("UMT_trainer", {"modulation_starts": 0, "modulation_ends": 80, "scaling": 10},
                     "BaseClassifierModel"),
             "gblending": ("GBlending_trainer", {"method": "online", "modulation_starts": 0, "modulation_ends": 80,
-                                                "super_epoch": 2, "modality": 2}, "BaseClassifierModel"),
+                                                "super_epoch": GB_SUPER, "modality": 2}, "BaseClassifierModel"),
             "amco": ("AMCo_trainer", {"alpha": 0.1, "method": "None", "modulation_starts": 0, "modulation_ends": 80,
                                       "sigma": 0.5, "U": 512, "eps": 0.3, "modality": 2}, "BaseClassifierAMCoModel")}
 # AMCoTrainer expands its class mask to shape (2, K) before multiplying it into (B, K) logits, so the released code
@@ -295,13 +302,6 @@ bb_compat (linear_star unused) differs from the official code at the first step.
 REPO = "GeWu-Lab/BalanceBenchmark"
 COMMIT = "4c1482fca5aaa8d4278af8e26020daa039e3ccf3"
 
-
-# G-Blending: 3 epochs with estimations at epochs 0 and 2 (super_epoch 2, BB's smallest with distinct first and last
-# estimation epochs; BB trains each scratch copy for super_epoch epochs, so estimate_epochs = super_epoch). One held-out
-# batch against two training batches, so that BB's batch-sum losses differ from per-sample means in their ratio
-# (with as many held-out as training batches, the sums scale g and O alike and the normalised weights would agree).
-GB_EPOCHS, GB_SUPER, GB_VAL = 3, 2, 1
-GB_HEADS = {"audio": "audio", "visual": "visual", "output": "fused"}
 
 
 class Pass:
