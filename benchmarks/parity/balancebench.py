@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from baselines.amco import class_mask, mask_ratio
-from baselines.base import StepInfo
+from baselines.base import Loaders, StepInfo
 from benchmarks.parity.core import (
     Case,
     Checkpoint,
@@ -52,6 +52,7 @@ from benchmarks.parity.core import (
     load_mapped,
     module_snapshot,
     patch,
+    quantities,
     resnet_name,
 )
 from core.data import seed_for
@@ -205,6 +206,17 @@ def bb_encoder(modality: str) -> dict:
     return {"name": "ResNet18", "if_pretrain": False, "pretrain_path": "", "modality": modality}
 
 
+def bb_model(cls: type) -> Any:
+    """The two-modality concat classifier with the workarounds of the module docstring."""
+    with patch(sys, "stdout", io.StringIO()):
+        model = cls({"n_classes": NUM_CLASSES, "fusion": "concat", "device": " ",
+                     "encoders": {"audio": bb_encoder("audio"), "visual": bb_encoder("visual")},
+                     "modality_size": {"audio": 512, "visual": 512}})
+    model.resnet = model.resnet_process
+    model.Unimodality_Calculate = lambda: model.unimodality_calculate()[1]
+    return model
+
+
 class Official:
     def __init__(self, case: Case, root: Path, project: Project) -> None:
         trainer_module, method_dict, model_class = TRAINERS[case.method]
@@ -220,13 +232,7 @@ class Official:
         self.trainer._format_iterable = lambda *args: None
         self.trainer.should_stop, self.trainer.global_step, self.trainer.grad_accum_steps = False, 0, 1
         self.trainer._current_train_return = None
-        with patch(sys, "stdout", io.StringIO()):
-            self.model = getattr(model_mod, model_class)({
-                "n_classes": NUM_CLASSES, "fusion": "concat", "device": " ",
-                "encoders": {"audio": bb_encoder("audio"), "visual": bb_encoder("visual")},
-                "modality_size": {"audio": 512, "visual": 512}})
-        self.model.resnet = self.model.resnet_process
-        self.model.Unimodality_Calculate = lambda: self.model.unimodality_calculate()[1]
+        self.model = bb_model(getattr(model_mod, model_class))
         load_mapped(self.model, project.method.state_dict(), official_name)
         self.teachers = {}
         if case.method == "umt":
@@ -264,11 +270,20 @@ class Official:
         return out
 
 
+# G-Blending: 3 epochs with estimations at epochs 0 and 2 (super_epoch 2, BB's smallest with distinct first and last
+# estimation epochs; BB trains each scratch copy for super_epoch epochs, so estimate_epochs = super_epoch). One held-out
+# batch against two training batches, so that BB's batch-sum losses differ from per-sample means in their ratio
+# (with as many held-out as training batches, the sums scale g and O alike and the normalised weights would agree).
+GB_EPOCHS, GB_SUPER, GB_VAL = 3, 2, 1
+GB_HEADS = {"audio": "audio", "visual": "visual", "output": "fused"}
+
 # Per method: the trainer module and the trainer_config.yaml entries its train_loop reads.
 TRAINERS = {"mbsd": ("MBSD_trainer", {"modulation_starts": 0, "modulation_ends": 80}, "BaseClassifierModel"),
             "cml": ("CML_trainer", {"modulation_starts": 0, "modulation_ends": 80, "lam": 0.1}, "BaseClassifierModel"),
             "umt": ("UMT_trainer", {"modulation_starts": 0, "modulation_ends": 80, "scaling": 10},
                     "BaseClassifierModel"),
+            "gblending": ("GBlending_trainer", {"method": "online", "modulation_starts": 0, "modulation_ends": 80,
+                                                "super_epoch": GB_SUPER, "modality": 2}, "BaseClassifierModel"),
             "amco": ("AMCo_trainer", {"alpha": 0.1, "method": "None", "modulation_starts": 0, "modulation_ends": 80,
                                       "sigma": 0.5, "U": 512, "eps": 0.3, "modality": 2}, "BaseClassifierAMCoModel")}
 # AMCoTrainer expands its class mask to shape (2, K) before multiplying it into (B, K) logits, so the released code
@@ -286,6 +301,90 @@ bb_compat (linear_star unused) differs from the official code at the first step.
 """
 REPO = "GeWu-Lab/BalanceBenchmark"
 COMMIT = "4c1482fca5aaa8d4278af8e26020daa039e3ccf3"
+
+
+
+class Pass:
+    """The training split of one epoch for the project's scratch passes: every pass serves that epoch's batches, as
+    the official estimation iterates the same ``train_loader`` as the epoch's training."""
+
+    def __init__(self, batches: list[dict]) -> None:
+        self.batches = batches
+
+    def extra_pass(self, tag: int, max_steps: int = 0) -> Iterator[dict]:
+        return iter(self.batches)
+
+
+class GBlendingProject(Project):
+    def __init__(self, case: Case, overrides: Mapping[str, Any]) -> None:
+        task = av_task("cremad", NUM_CLASSES)
+        self.method = build_method(case.method, task, {**case.hparams, **overrides}, epochs=GB_EPOCHS, lr=LR)
+        batches = av_batches(task, GB_EPOCHS * STEPS + GB_VAL, BATCH, seed=3)
+        self.batches, self.val = batches[:GB_EPOCHS * STEPS], batches[GB_EPOCHS * STEPS:]
+
+    def steps(self) -> Iterator[str]:
+        m = self.method
+        for epoch in range(GB_EPOCHS):
+            part = self.batches[epoch * STEPS:(epoch + 1) * STEPS]
+            m.train()
+            m.on_epoch_start(epoch, Loaders(train=Pass(part), val=self.val))  # type: ignore[arg-type]
+            if epoch % GB_SUPER == 0:
+                yield f"e{epoch}w"
+            m.train()
+            for k in range(STEPS):
+                m.update(part[k], StepInfo(epoch, k, STEPS, GB_EPOCHS))
+                yield f"e{epoch}s{k}"
+
+    def snapshot(self) -> Snapshot:
+        # The blend weights are compared as q/w_<head>; BB keeps them in a local of fit, not in the model.
+        out = {k: v for k, v in module_snapshot(self.method, [self.method.optimizer]).items() if k != "buffer/blend"}
+        return {**out, **quantities({f"w_{k}": w for k, w in self.method.weights().items()})}
+
+
+class SilentLogger:
+    def info(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+class GBlendingOfficial(Official):
+    """``GBlendingTrainer.fit``'s epoch loop, which needs Fabric: at every epoch divisible by super_epoch
+    ``super_epoch_origin`` on a scratch copy of the model (BB's ``temp_model``, a second ``create_model``, loaded from
+    the model at each estimation) and an SGD optimizer reset to its initial state dict, then ``train_loop`` with the
+    weights. fit's epoch-wise LR scheduler is left out (constant LR on both sides)."""
+
+    def __init__(self, case: Case, root: Path, project: GBlendingProject) -> None:
+        super().__init__(case, root, project)
+        self.temp_model = bb_model(type(self.model))
+        self.temp_optimizer = torch.optim.SGD(self.temp_model.parameters(), lr=LR, momentum=0.9, weight_decay=1e-4)
+        self.temp_origin = self.temp_optimizer.state_dict()
+        self.val = project.val
+        self.weights: dict[str, float] = {}
+
+    def run(self, checkpoint: Checkpoint) -> None:
+        for epoch in range(GB_EPOCHS):
+            self.trainer.current_epoch = epoch
+            part = self.batches[epoch * STEPS:(epoch + 1) * STEPS]
+            with cpu_patches(), patch(sys, "stdout", io.StringIO()):
+                if epoch % self.trainer.super_epoch == 0:
+                    self.model.train()
+                    self.weights = self.trainer.super_epoch_origin(
+                        self.model, self.temp_model, float("inf"), [dict(b) for b in part],
+                        [dict(b) for b in self.val], self.temp_optimizer, SilentLogger(), self.temp_origin)
+                    checkpoint(f"e{epoch}w")
+                self.model.train()
+                loader = EpochLoader(part, epoch, checkpoint, dict)
+                self.trainer.train_loop(self.model, self.optimizer, loader, weights=self.weights)
+
+    def snapshot(self) -> Snapshot:
+        return {**super().snapshot(), **quantities({f"w_{GB_HEADS[k]}": w for k, w in self.weights.items()})}
+
+
+GBLENDING_NOTES = """
+G-Blending: the variant official_compat (loss_reduction=sum) is BB's: GBlendingTrainer.super_epoch_origin sums
+batch-mean losses over batches. BB's fit (Fabric) is replaced by its epoch loop in the harness (GBlendingOfficial);
+both sides estimate on the same held-out batches (BB passes its val_loader, the test split for CREMA-D; the project
+always uses the validation split) and train each scratch copy on the epoch's training batches.
+"""
 
 CASES = [
     Case(name="mbsd", method="mbsd", hparams={}, repo=REPO, commit=COMMIT,
@@ -314,4 +413,14 @@ CASES = [
          covers=f"the distillation phase: {EPOCHS} epochs x {STEPS} steps (batch {BATCH}) with teachers in train mode "
                 "(their BN statistics move); student and teacher parameters, buffers, momentum buffers each step",
          project=Project, official=Official, notes=__doc__),
+    Case(name="gblending_official_compat", method="gblending",
+         hparams={"variant": "official_compat", "super_epoch": GB_SUPER, "estimate_epochs": GB_SUPER},
+         repo=REPO, commit=COMMIT, deviations={"loss_reduction": "mean"},
+         entry="balancemm/trainer/GBlending_trainer.py GBlendingTrainer.super_epoch_origin/train_loop/training_step; "
+               "balancemm/models/avclassify_model.py BaseClassifierModel (concat)",
+         covers=f"{GB_EPOCHS} epochs x {STEPS} steps (batch {BATCH}), super_epoch {GB_SUPER}: weight estimations at "
+                "epochs 0 and 2 (3 heads x 2 scratch epochs each, held-out losses after the first and last), the "
+                "blend weights (q/w_*) after each estimation and every step; every parameter, BN buffer and "
+                "momentum buffer each step",
+         project=GBlendingProject, official=GBlendingOfficial, notes=__doc__ + GBLENDING_NOTES),
 ]
