@@ -12,7 +12,10 @@ import importlib
 from benchmarks.parity.core import Case
 
 # One module per method, each exposing CASES; listed in the order of the report.
-CASE_MODULES = ("aug", "ogm", "dgl", "mnl", "inforeg", "smv", "relearning", "mla", "dimml", "mmcosine", "lfm", "balancebench", "pmr", "agm", "reconboost", "opm", "mmpareto")
+CASE_MODULES = (
+    "aug", "ogm", "dgl", "mnl", "inforeg", "smv", "relearning", "mla", "dimml", "mmcosine", "lfm", "balancebench",
+    "pmr", "agm", "reconboost", "opm", "mmpareto",
+)
 
 
 def all_cases() -> dict[str, Case]:
