@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from baselines.base import Method, TrainContext
+from baselines.base import Method, StepInfo, TrainContext
 from baselines.networks import MODEL_HPARAMS
 from baselines.registry import get_method
 from benchmarks.config import TRAIN_HPARAMS, method_hparams
@@ -394,6 +394,32 @@ class EpochLoader:
             self.before_step(self.epoch * len(self.batches) + k)
             yield self.convert(b)
         self.checkpoint(f"e{self.epoch}s{len(self.batches) - 1}")
+
+
+class StepProject:
+    """The usual project side: the method's ``update`` on ``batches``, ``steps`` per epoch, a checkpoint after each;
+    the update logs named in ``logged`` are compared as ``q/`` quantities beside every tensor of the method."""
+
+    logged: tuple[str, ...] = ()
+
+    def __init__(self, method: Method, batches: list[dict], epochs: int, steps: int) -> None:
+        self.method, self.batches, self.epochs, self.per_epoch = method, batches, epochs, steps
+        self.values: dict[str, Any] = {}
+
+    def before_step(self, epoch: int, step: int) -> None:
+        """Runs before each update (a case seeds a random draw the official side makes here)."""
+
+    def steps(self) -> Iterator[str]:
+        for epoch in range(self.epochs):
+            for k in range(self.per_epoch):
+                self.before_step(epoch, k)
+                logs = self.method.update(self.batches[epoch * self.per_epoch + k],
+                                          StepInfo(epoch, k, self.per_epoch, self.epochs))
+                self.values = {key: logs[key] for key in self.logged}
+                yield f"e{epoch}s{k}"
+
+    def snapshot(self) -> Snapshot:
+        return {**module_snapshot(self.method, [self.method.optimizer]), **quantities(self.values)}
 
 
 # --- snapshots and weight maps ----------------------------------------------------------------------------------------

@@ -27,12 +27,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from baselines.base import StepInfo
 from benchmarks.parity.core import (
     Case,
     Checkpoint,
     EpochLoader,
     Snapshot,
+    StepProject,
     av_batches,
     av_task,
     build_method,
@@ -61,23 +61,14 @@ def official_name(name: str) -> str | None:
     raise KeyError(f"unmapped AVClassifier_DGL entry {name!r}")
 
 
-class Project:
+class Project(StepProject):
+    logged = ("loss_fused",)
+
     def __init__(self, case: Case, overrides: Mapping[str, Any]) -> None:
         task = av_task("cremad", NUM_CLASSES)
-        self.method = build_method(case.method, task, {"alpha": ALPHA, **case.hparams, **overrides},
-                                   epochs=EPOCHS, lr=LR)
-        self.batches = av_batches(task, EPOCHS * STEPS, BATCH, seed=3)
-        self.values: dict[str, Any] = {}
-
-    def steps(self) -> Iterator[str]:
-        for epoch in range(EPOCHS):
-            for k in range(STEPS):
-                logs = self.method.update(self.batches[epoch * STEPS + k], StepInfo(epoch, k, STEPS, EPOCHS))
-                self.values = {"loss_fused": logs["loss_fused"]}
-                yield f"e{epoch}s{k}"
-
-    def snapshot(self) -> Snapshot:
-        return {**module_snapshot(self.method, [self.method.optimizer]), **quantities(self.values)}
+        method = build_method(case.method, task, {"alpha": ALPHA, **case.hparams, **overrides},
+                            epochs=EPOCHS, lr=LR)
+        super().__init__(method, av_batches(task, EPOCHS * STEPS, BATCH, seed=3), EPOCHS, STEPS)
 
 
 def official_batch(b: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

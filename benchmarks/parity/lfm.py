@@ -41,6 +41,7 @@ from benchmarks.parity.core import (
     Checkpoint,
     EpochLoader,
     Snapshot,
+    StepProject,
     av_batches,
     av_task,
     build_method,
@@ -70,19 +71,13 @@ def official_name(name: str) -> str:
     raise KeyError(f"unmapped AVClassifier entry {name!r}")
 
 
-class Project:
+class Project(StepProject):
+    logged = ("alpha_cls",)
+
     def __init__(self, case: Case, overrides: Mapping[str, Any]) -> None:
         task = av_task("cremad", NUM_CLASSES)
-        self.method = build_method(case.method, task, {**case.hparams, **overrides}, epochs=EPOCHS, lr=LR)
-        self.batches = av_batches(task, EPOCHS * STEPS, BATCH, seed=4)
-        self.values: dict[str, Any] = {}
-
-    def steps(self) -> Iterator[str]:
-        for epoch in range(EPOCHS):
-            for k in range(STEPS):
-                logs = self.method.update(self.batches[epoch * STEPS + k], StepInfo(epoch, k, STEPS, EPOCHS))
-                self.values = {"alpha_cls": logs["alpha_cls"]}
-                yield f"e{epoch}s{k}"
+        method = build_method(case.method, task, {**case.hparams, **overrides}, epochs=EPOCHS, lr=LR)
+        super().__init__(method, av_batches(task, EPOCHS * STEPS, BATCH, seed=4), EPOCHS, STEPS)
 
     def snapshot(self) -> Snapshot:
         snap = module_snapshot(self.method, [self.method.optimizer])

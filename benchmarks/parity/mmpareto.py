@@ -19,19 +19,19 @@ from __future__ import annotations
 import io
 import sys
 from argparse import Namespace
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from baselines.base import StepInfo
 from benchmarks.parity.core import (
     Case,
     Checkpoint,
     EpochLoader,
     Snapshot,
+    StepProject,
     av_batches,
     av_task,
     build_method,
@@ -60,27 +60,18 @@ def official_name(name: str) -> str:
     raise KeyError(f"unmapped AVClassifier entry {name!r}")
 
 
-class Project:
+class Project(StepProject):
+    logged = tuple(f"{key}_{m}" for m in MODALITIES for key in ("cos", "k_mm"))
+
     def __init__(self, case: Case, overrides: Mapping[str, Any]) -> None:
         task = av_task("cremad", NUM_CLASSES)
-        self.method = build_method(case.method, task, {**case.hparams, **overrides}, epochs=EPOCHS, lr=LR)
-        head = self.method.model.head
+        method = build_method(case.method, task, {**case.hparams, **overrides}, epochs=EPOCHS, lr=LR)
+        head = method.model.head
         with torch.no_grad():
             # The audio head starts as the negated audio half of the fused head, so the audio encoder's two gradients
             # conflict (the min-norm weights) while the visual encoder's do not (the plain sum).
             head.uni.audio.weight.copy_(-head.fused.weight[:, :head.uni.audio.in_features])
-        self.batches = av_batches(task, EPOCHS * STEPS, BATCH, seed=5)
-        self.values: dict[str, Any] = {}
-
-    def steps(self) -> Iterator[str]:
-        for epoch in range(EPOCHS):
-            for k in range(STEPS):
-                logs = self.method.update(self.batches[epoch * STEPS + k], StepInfo(epoch, k, STEPS, EPOCHS))
-                self.values = {f"{key}_{m}": logs[f"{key}_{m}"] for m in MODALITIES for key in ("cos", "k_mm")}
-                yield f"e{epoch}s{k}"
-
-    def snapshot(self) -> Snapshot:
-        return {**module_snapshot(self.method, [self.method.optimizer]), **quantities(self.values)}
+        super().__init__(method, av_batches(task, EPOCHS * STEPS, BATCH, seed=5), EPOCHS, STEPS)
 
 
 def official_batch(b: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

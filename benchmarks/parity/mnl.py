@@ -17,19 +17,19 @@ import argparse
 import copy
 import io
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from baselines.base import StepInfo
 from benchmarks.parity.core import (
     Case,
     Checkpoint,
     EpochLoader,
     Snapshot,
+    StepProject,
     av_batches,
     av_task,
     build_method,
@@ -44,23 +44,14 @@ EPOCHS, STEPS, BATCH = 2, 2, 8
 LR, NUM_CLASSES, WEIGHT = 1e-2, 6, 0.7
 
 
-class Project:
+class Project(StepProject):
+    logged = ("loss",)
+
     def __init__(self, case: Case, overrides: Mapping[str, Any]) -> None:
         task = av_task("cremad", NUM_CLASSES)
-        self.method = build_method(case.method, task, {"weight": WEIGHT, **case.hparams, **overrides},
-                                   epochs=EPOCHS, lr=LR)
-        self.batches = av_batches(task, EPOCHS * STEPS, BATCH, seed=5)
-        self.values: dict[str, Any] = {}
-
-    def steps(self) -> Iterator[str]:
-        for epoch in range(EPOCHS):
-            for k in range(STEPS):
-                logs = self.method.update(self.batches[epoch * STEPS + k], StepInfo(epoch, k, STEPS, EPOCHS))
-                self.values = {"loss": logs["loss"]}
-                yield f"e{epoch}s{k}"
-
-    def snapshot(self) -> Snapshot:
-        return {**module_snapshot(self.method, [self.method.optimizer]), **quantities(self.values)}
+        method = build_method(case.method, task, {"weight": WEIGHT, **case.hparams, **overrides},
+                            epochs=EPOCHS, lr=LR)
+        super().__init__(method, av_batches(task, EPOCHS * STEPS, BATCH, seed=5), EPOCHS, STEPS)
 
 
 class LateFusion(nn.Module):

@@ -15,19 +15,19 @@ from __future__ import annotations
 import argparse
 import io
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from baselines.base import StepInfo
 from benchmarks.parity.core import (
     Case,
     Checkpoint,
     EpochLoader,
     Snapshot,
+    StepProject,
     av_batches,
     av_task,
     build_method,
@@ -55,24 +55,17 @@ def official_name(name: str) -> str:
     raise KeyError(f"unmapped AVClassifier entry {name!r}")
 
 
-class Project:
+class Project(StepProject):
+    logged = ("coeff_audio", "coeff_visual")
+
     def __init__(self, case: Case, overrides: Mapping[str, Any]) -> None:
         task = av_task("cremad", NUM_CLASSES)
-        self.method = build_method(case.method, task, {"mod_end": MOD_END, **case.hparams, **overrides},
-                                   epochs=EPOCHS, lr=LR)
-        self.batches = av_batches(task, EPOCHS * STEPS, BATCH, seed=2)
-        self.values: dict[str, Any] = {}
+        method = build_method(case.method, task, {"mod_end": MOD_END, **case.hparams, **overrides},
+                            epochs=EPOCHS, lr=LR)
+        super().__init__(method, av_batches(task, EPOCHS * STEPS, BATCH, seed=2), EPOCHS, STEPS)
 
-    def steps(self) -> Iterator[str]:
-        for epoch in range(EPOCHS):
-            for k in range(STEPS):
-                torch.manual_seed(NOISE_SEED + epoch * STEPS + k)
-                logs = self.method.update(self.batches[epoch * STEPS + k], StepInfo(epoch, k, STEPS, EPOCHS))
-                self.values = {"coeff_audio": logs["coeff_audio"], "coeff_visual": logs["coeff_visual"]}
-                yield f"e{epoch}s{k}"
-
-    def snapshot(self) -> Snapshot:
-        return {**module_snapshot(self.method, [self.method.optimizer]), **quantities(self.values)}
+    def before_step(self, epoch: int, step: int) -> None:
+        torch.manual_seed(NOISE_SEED + epoch * STEPS + step)
 
 
 class RecordingWriter:
