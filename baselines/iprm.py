@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.base import Method, Prediction, StepInfo, TrainContext
+from baselines.base import Method, Prediction, StepInfo, TrainContext, loss_precision
 from baselines.networks import build_encoders, init_model
 from baselines.registry import register
 from core.data import Batch, TaskSpec
@@ -64,8 +64,8 @@ def slerp(x: torch.Tensor, y: torch.Tensor, lam_x: torch.Tensor, lam_y: torch.Te
 
 def kl_to_fused(z_m: torch.Tensor, z_mix: torch.Tensor) -> torch.Tensor:
     """mean_b KL(softmax z_m || softmax z_mix) (official ``compute_kl_divergence``)."""
-    log_p = torch.log_softmax(z_m.float(), dim=1)
-    return (log_p.exp() * (log_p - torch.log_softmax(z_mix.float(), dim=1))).sum(dim=1).mean()
+    log_p = torch.log_softmax(loss_precision(z_m), dim=1)
+    return (log_p.exp() * (log_p - torch.log_softmax(loss_precision(z_mix), dim=1))).sum(dim=1).mean()
 
 
 def rebalanced_weights(kl: torch.Tensor) -> torch.Tensor:
@@ -112,11 +112,11 @@ class IPRM(Method):
         with self.ctx.autocast():
             h = {m: self.encoders[m](batch[m]) for m in self.modalities}
             z_uni = {m: self.uni_heads[m](h[m]) for m in self.modalities}
-        return {m: v.float() for m, v in h.items()}, {m: v.float() for m, v in z_uni.items()}
+        return {m: loss_precision(v) for m, v in h.items()}, {m: loss_precision(v) for m, v in z_uni.items()}
 
     def mixup_logits(self, h: dict[str, torch.Tensor], weights: torch.Tensor) -> list[torch.Tensor]:
         """The pair heads' logits on slerp(h_i, h_j; weights[p]) for every pair p."""
-        return [self.mixup_heads[f"{i}+{j}"](slerp(h[i], h[j], weights[p, 0], weights[p, 1])).float()
+        return [loss_precision(self.mixup_heads[f"{i}+{j}"](slerp(h[i], h[j], weights[p, 0], weights[p, 1])))
                 for p, (i, j) in enumerate(self.pairs)]
 
     @torch.no_grad()
@@ -153,4 +153,4 @@ class IPRM(Method):
         h, z_uni = self.encode(batch)
         with self.ctx.autocast():
             z_mix = torch.stack(self.mixup_logits(h, self.lam)).mean(dim=0)
-        return Prediction(sum(z_uni.values()) + z_mix.float(), z_uni)
+        return Prediction(sum(z_uni.values()) + loss_precision(z_mix), z_uni)

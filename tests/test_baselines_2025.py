@@ -216,6 +216,33 @@ def test_iprm_predicts_unimodal_sum_plus_the_mixup_head_at_the_last_probed_weigh
     torch.testing.assert_close(pred.per_modality["visual"], z_uni["visual"], rtol=1e-5, atol=1e-6)
 
 
+def test_iprm_steps_and_predicts_in_float64(tiny_bundle):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        torch.manual_seed(0)
+        method = build_with(IPRM, tiny_bundle)
+        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+        with torch.no_grad():
+            h = {m: method.encoders[m](batch[m]) for m in method.modalities}
+            z_uni = {m: method.uni_heads[m](h[m]) for m in method.modalities}
+            z_probe = method.mixup_heads["audio+visual"](slerp(h["audio"], h["visual"], 0.5, 0.5))
+            kl = torch.stack([kl_to_fused(z_uni["audio"], z_probe), kl_to_fused(z_uni["visual"], z_probe)])
+            lam_hat = kl.flip(0) / kl.sum()
+            z_mix = method.mixup_heads["audio+visual"](slerp(h["audio"], h["visual"], lam_hat[0], lam_hat[1]))
+            expected = (F.cross_entropy(z_mix, batch["label"])
+                        + sum(F.cross_entropy(z, batch["label"]) for z in z_uni.values())).item()
+        logs = method.update(batch, StepInfo(0, 0, 1, 1))   # float32 features met the float64 heads here
+        pred = method.predict(batch)
+    finally:
+        torch.set_default_dtype(old)
+    assert method.lam_hat.dtype == torch.float64 and pred.fused.dtype == torch.float64
+    assert kl.dtype == torch.float64
+    # A float32 KL or loss would differ from the float64 values at ~1e-8.
+    assert logs["loss"] == pytest.approx(expected, rel=1e-13)
+    assert method.lam_hat[0].tolist() == pytest.approx(lam_hat.tolist(), rel=1e-13)
+
+
 def test_iprm_needs_equal_feature_widths():
     # The spectrogram trunk gives 8 x width = 32 features, the vector MLP feature_dim = 512 (the default).
     task = TaskSpec("mixed", 3, (ModalitySpec("audio", "spectrogram", (1, 16, 16)),
