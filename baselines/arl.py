@@ -49,13 +49,20 @@ epoch, so its decay lands one epoch early); set through a config file.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.base import FusionModel, Method, Prediction, StepInfo, TrainContext
+from baselines.base import (
+    FusionModel,
+    Method,
+    Prediction,
+    StepInfo,
+    TrainContext,
+    loss_precision,
+)
 from baselines.registry import register
 from core.data import Batch, TaskSpec
 from core.hparams import HParam, HParams, variant_param
@@ -72,7 +79,7 @@ def modality_statistics(z_uni: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """
     rows = []
     for z in z_uni.values():
-        z = z.detach().float()
+        z = loss_precision(z.detach())
         entropy = -(torch.softmax(z, dim=1) * torch.log_softmax(z, dim=1)).sum(dim=1).mean()
         rows.append(torch.stack([z.abs().mean(dim=0).sum(), entropy]))
     return torch.stack(rows)
@@ -142,7 +149,7 @@ class ARL(Method):
             h = self.model.features(self.inputs(batch))
             z = self.model.head(h)[0]
             z_uni = self.model.unimodal_logits(h, None)
-        return z.float(), {m: v.float() for m, v in z_uni.items()}
+        return loss_precision(z), {m: loss_precision(v) for m, v in z_uni.items()}
 
     def gradient_weights(self, z_uni: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.hp.coefficients == "fixed":

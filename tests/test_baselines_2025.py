@@ -66,7 +66,7 @@ def test_arl_weights_favour_the_modality_whose_dependence_is_below_its_inverse_v
 def test_arl_weights_floor_the_entropy_share_before_inverting_it():
     # Entropy shares 0.1 / 0.9: the audio share is floored at 0.3, so q_a = (1/0.3) / (1/0.3 + 1/0.9) = 3/4.
     stats = torch.tensor([[1.0, 0.1], [1.0, 0.9]])
-    w, d, q = arl_weights(stats, temperature=4.0, entropy_floor=0.3)
+    w, _, q = arl_weights(stats, temperature=4.0, entropy_floor=0.3)
     torch.testing.assert_close(q, torch.tensor([0.75, 0.25]), rtol=1e-6, atol=1e-7)
     # Equal dependences 1/2: w = softmax(4 [0.5 * 0.75, 0.5 * 0.25]) = softmax([1.5, 0.5]).
     torch.testing.assert_close(w, torch.softmax(torch.tensor([1.5, 0.5]), 0), rtol=1e-6, atol=1e-7)
@@ -129,6 +129,23 @@ def test_arl_clips_the_global_gradient_norm(tiny_bundle):
     method.update(first_batch(tiny_bundle), StepInfo(epoch=6, step=0, steps_per_epoch=4, epochs=10))
     norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in method.model.parameters()]))
     assert norm.item() == pytest.approx(1e-3, rel=1e-4)
+
+
+def test_arl_step_in_float64_keeps_float64_logits_losses_and_statistics(tiny_bundle):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        method = build_with(ARL, tiny_bundle)
+        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+        with torch.no_grad():
+            z, z_uni = method.forward_all(batch)
+            expected = F.cross_entropy(z, batch["label"]).item()
+        logs = method.update(batch, StepInfo(epoch=6, step=0, steps_per_epoch=4, epochs=10))
+    finally:
+        torch.set_default_dtype(old)
+    assert z.dtype == torch.float64 and all(v.dtype == torch.float64 for v in z_uni.values())
+    assert modality_statistics(z_uni).dtype == torch.float64
+    assert logs["loss_fused"] == expected   # float32 logits would round the loss at ~1e-8
 
 
 def test_arl_defaults_follow_the_paper_per_dataset():
