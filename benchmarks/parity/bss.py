@@ -144,6 +144,8 @@ class Project:
         return selection
 
     def steps(self) -> Iterator[str]:
+        """The runner's epoch: ``on_epoch_start``, ``select_rows`` served through ``apply_selection``, ``update`` on
+        every served batch (evaluation, which changes no state, is skipped)."""
         m, train = self.method, self.loaders.train
         for epoch in range(EPOCHS):
             train.set_epoch(epoch)
