@@ -33,7 +33,8 @@ The paper's full text could not be read while writing this module; it follows th
 the abstract (a measurer from correlation and information criteria, a curriculum from balanced to imbalanced samples,
 and an epoch-level learned sampler). Official behaviour kept as a variant, ``official_compat``:
 ``measure_mode: train`` runs the measuring pass with BatchNorm in training mode (batch statistics, and the running
-statistics updated), as the scripts do (``net.train()`` in the measurer); the default measures in eval mode.
+statistics updated) and in training-size batches, as the scripts do (``net.train()`` in the measurer, which reads the
+training rows in order with ``batch_size=args.batch_size``); the default measures in eval mode (evaluation batches).
 Deviations: the measuring pass serves evaluation transforms (the scripts read the training dataset with its random
 augmentation); the runner keeps the last partial batch (the scripts use ``drop_last=True``); the Twitter SPL script
 scores s = sim - l, the opposite sign of every other script, and is not followed; NVGesture's SPL script omits the
@@ -44,14 +45,23 @@ the same sequence; the heuristic order is part of the checkpoint.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from itertools import combinations
-from typing import Any, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from baselines.base import FusionMethod, Loaders, Prediction, RowSelection, StepInfo, TrainContext
+from baselines.base import (
+    FusionMethod,
+    Loaders,
+    Prediction,
+    RowSelection,
+    StepInfo,
+    TrainContext,
+    loss_precision,
+)
 from baselines.registry import register
 from core.data import Batch, TaskSpec, seed_for
 from core.hparams import HParam, HParams
@@ -59,7 +69,7 @@ from core.hparams import HParam, HParams
 
 def pairwise_similarity(z_uni: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Per-sample mean cosine similarity of the softmaxed unimodal predictions over all modality pairs."""
-    probs = [torch.softmax(z.float(), dim=1) for z in z_uni.values()]
+    probs = [torch.softmax(loss_precision(z), dim=1) for z in z_uni.values()]
     sims = [F.cosine_similarity(p, q, dim=1) for p, q in combinations(probs, 2)]
     return torch.stack(sims).mean(0)
 
@@ -67,8 +77,8 @@ def pairwise_similarity(z_uni: Mapping[str, torch.Tensor]) -> torch.Tensor:
 def sample_losses(z: torch.Tensor, z_uni: Mapping[str, torch.Tensor], labels: torch.Tensor, fused_weight: float,
                   unimodal_weight: float) -> torch.Tensor:
     """Per-sample w_f CE(z) + w_u sum_m CE(z_m) (the training loss before the batch mean)."""
-    uni = sum(F.cross_entropy(zm.float(), labels, reduction="none") for zm in z_uni.values())
-    return fused_weight * F.cross_entropy(z.float(), labels, reduction="none") + unimodal_weight * uni
+    uni = sum(F.cross_entropy(loss_precision(zm), labels, reduction="none") for zm in z_uni.values())
+    return fused_weight * F.cross_entropy(loss_precision(z), labels, reduction="none") + unimodal_weight * uni
 
 
 def min_max(values: np.ndarray) -> np.ndarray:
@@ -129,10 +139,11 @@ class BSS(FusionMethod):
                                           "test), unimodal_sum = sum_m z_m (CREMA-D scripts), head = z.",
                per_dataset={"cremad": "unimodal_sum"}, choices=("sum_all", "unimodal_sum", "head")),
         HParam("measure_mode", "eval", "BatchNorm mode of the measuring pass: eval (default) or train (the scripts' "
-                                       "net.train(): batch statistics, running statistics updated).",
+                                       "net.train(): batch statistics of training-size batches, running statistics "
+                                       "updated).",
                choices=("eval", "train")),
     )
-    VARIANTS = {"official_compat": {"measure_mode": "train"}}
+    VARIANTS: ClassVar[dict[str, dict[str, Any]]] = {"official_compat": {"measure_mode": "train"}}
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)
@@ -143,7 +154,10 @@ class BSS(FusionMethod):
     def measure(self, loaders: Loaders) -> tuple[np.ndarray, np.ndarray]:
         """(similarity, loss) per training row, in ``loaders.train.base_rows`` order."""
         rows = loaders.train.base_rows
-        pass_loader = loaders.train.derived(rows, batch_size=self.ctx.train_hp.eval_batch_size)
+        # Batch statistics depend on the batch: a train-mode pass reads the rows in training-size batches (the global
+        # batch, as the scripts' measurer); in eval mode the batch size changes nothing but the pace.
+        batch_size = None if self.hp.measure_mode == "train" else self.ctx.train_hp.eval_batch_size
+        pass_loader = loaders.train.derived(rows, batch_size=batch_size)
         self.model.train(self.hp.measure_mode == "train")
         sims, losses = [], []
         for batch in pass_loader:
@@ -185,7 +199,7 @@ class BSS(FusionMethod):
     def predict(self, batch: Batch) -> Prediction:
         with self.ctx.autocast():
             _, z, z_uni = self.model(self.inputs(batch))
-        z, z_uni = z.float(), {m: v.float() for m, v in z_uni.items()}
+        z, z_uni = loss_precision(z), {m: loss_precision(v) for m, v in z_uni.items()}
         unimodal = torch.stack(list(z_uni.values())).sum(0)
         fused = {"head": z, "unimodal_sum": unimodal, "sum_all": z + unimodal}[self.hp.fused_output]
         return Prediction(fused, z_uni)

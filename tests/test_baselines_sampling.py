@@ -23,7 +23,13 @@ from baselines.bss import (
     weighted_permutation,
 )
 from baselines.registry import get_method
-from baselines.remix import EXTRA_KEY, decouple, kl_to_uniform, remix_loss, remix_sequence
+from baselines.remix import (
+    EXTRA_KEY,
+    decouple,
+    kl_to_uniform,
+    remix_loss,
+    remix_sequence,
+)
 from benchmarks.config import build_config, load_config_file, method_hparams
 from benchmarks.runner import apply_selection
 from core.hparams import resolve
@@ -152,7 +158,7 @@ def test_remix_rejects_weights_for_the_wrong_number_of_modalities(tiny_bundle):
 # --- BSS --------------------------------------------------------------------------------------------------------------
 
 def test_bss_similarity_of_softmaxed_unimodal_predictions():
-    logits = lambda rows: torch.tensor(rows).log()  # noqa: E731 - softmax(log p) == p
+    logits = lambda rows: torch.tensor(rows).log()  # softmax(log p) == p
     a = logits([[1.0, 0.0], [0.5, 0.5], [0.25, 0.75]])
     v = logits([[0.0, 1.0], [1.0, 0.0], [0.25, 0.75]])
     sim = pairwise_similarity({"audio": a, "visual": v})
@@ -263,6 +269,41 @@ def test_bss_measure_mode_train_updates_batchnorm_statistics_eval_does_not(tiny_
         moved = any(not torch.equal(a, b) for a, b in zip(before, running_means(method)))
         assert moved is changes, variant
         assert method.model.training
+
+
+def test_bss_official_compat_measures_in_training_size_batches(tiny_bundle):
+    # The scripts' measurer reads the training rows in batches of args.batch_size in train mode: the batch statistics
+    # and the number of running-statistics updates follow the training batch (16 here), not the evaluation batch.
+    loaders = loaders_for(tiny_bundle)
+    method = build("bss", tiny_bundle, variant="official_compat")
+    bn = next(m for m in method.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = int(bn.num_batches_tracked)
+    method.measure(loaders)
+    assert int(bn.num_batches_tracked) - before == math.ceil(len(loaders.train.base_rows) / 16)
+
+
+def test_bss_scores_and_loss_of_float64_logits_stay_float64(tiny_bundle):
+    gen = torch.Generator().manual_seed(0)
+    z, a, v = (torch.randn(5, 3, generator=gen, dtype=torch.float64) for _ in range(3))
+    y = torch.tensor([0, 1, 2, 1, 0])
+    sim = pairwise_similarity({"audio": a, "visual": v})
+    loss = sample_losses(z, {"audio": a, "visual": v}, y, 0.1, 0.9)
+    assert sim.dtype == loss.dtype == torch.float64   # a float32 cast would round at ~1e-8
+    torch.testing.assert_close(sim, torch.cosine_similarity(a.softmax(1), v.softmax(1), dim=1), rtol=1e-15, atol=0)
+    ce = lambda logits: torch.nn.functional.cross_entropy(logits, y, reduction="none")
+    torch.testing.assert_close(loss, 0.1 * ce(z) + 0.9 * (ce(a) + ce(v)), rtol=1e-15, atol=0)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        method = build("bss", tiny_bundle)
+        batch = {k: (t.double() if t.is_floating_point() else t) for k, t in first_batch(tiny_bundle).items()}
+        with torch.no_grad():
+            _, zf, zu = method.model(method.inputs(batch))
+            expected = sample_losses(zf, zu, batch["label"], 1.0, 1.0).mean().item()
+        logs = method.update(batch, StepInfo(0, 0, 1, 1))
+    finally:
+        torch.set_default_dtype(old)
+    assert logs["loss"] == expected
 
 
 def test_bss_per_dataset_defaults_and_fused_output(tiny_bundle):
