@@ -181,9 +181,10 @@ W_s), are compared with the stage-1 run's final values, which nothing changes af
 compared as buffers: ``duc_ready`` (``get_indices`` has run) and ``stage2`` (the stage-2 script runs). The fusion
 head has no official counterpart before the switch and is left out there.
 
-No knob to flip: the documented deviations that touch stage 2 are not knobs (the stage split of one run, the
-stage-2 lr following the run's schedule: with no lr milestone both are lr 1e-3 here, the script's restart), and
-``fusion_temperature`` is the official CREMA-D value.
+No knob to flip: the documented deviations that touch stage 2 are not knobs (the stage split of one run; the stage-2
+lr following the run's schedule instead of restarting at 1e-3, which with no lr milestone is 1e-3 on both sides
+here), and ``fusion_temperature`` is the official CREMA-D value (3, the AVE value, first differs at e2valid in
+``q/valid_fused``).
 """
 
 
