@@ -30,7 +30,8 @@ only (there are no evaluation forwards in the run); both sides follow BB's fix o
 updates the second stream's running average from the first stream's gate (the paper's forward is not driven).
 
 The paper's code imports gin, argh and pandas, which the project does not install: ``gin.configurable`` is stood in
-by the identity, the others are stubbed (the callback never calls them); ``src/__init__.py`` (matplotlib and a root
+by the identity (always: gin refuses to register a class twice), argh and pandas are stubbed where missing (the
+callback never calls them); ``src/__init__.py`` (matplotlib and a root
 logger set-up) is not executed, the ``src`` package is only given its path.
 
 Workarounds for BB's released code (4c1482f), for the run only: ``MMTM.forward`` starts with
@@ -232,20 +233,20 @@ def gin_stand_in() -> dict[str, types.ModuleType]:
 
 @contextmanager
 def paper_imports(root: Path) -> Iterator[None]:
-    """The paper's ``src`` package by path only (its ``__init__`` is not run) and gin's stand-in if gin is missing."""
+    """The paper's ``src`` package by path only (its ``__init__`` is not run) and gin's stand-in, also where gin is
+    installed (gin refuses a second registration of the same configurable, and every run imports the callbacks
+    afresh)."""
     src = types.ModuleType("src")
     src.__path__ = [str(root / "src")]
-    added = {"src": src}
-    try:
-        import gin  # noqa: F401
-    except ImportError:
-        added.update(gin_stand_in())
+    added = {"src": src, **gin_stand_in()}
+    saved = {name: sys.modules[name] for name in added if name in sys.modules}
     sys.modules.update(added)
     try:
         yield
     finally:
         for name in added:
             sys.modules.pop(name, None)
+        sys.modules.update(saved)
 
 
 class PaperOfficial(Official):
