@@ -19,7 +19,9 @@ per-modality outputs are its split-head logits. Each block keeps the running (cu
 Conditional learning speed (after backward, before the step): for each modality, r = sum ||g||^2 / sum ||w||^2 over
 the MMTM ("bypass") parameters attributed to it (its excitation layer plus the shared squeeze layer of every block)
 and over its main branch (its trunk); cumulative sums M_bypass,m and M_main,m; BDR_m = log10(M_bypass,m / M_main,m)
-and d = BDR_0 - BDR_1. Before ``starting_epoch`` the sums accumulate and nothing is curated. From then on, when not
+and d = BDR_0 - BDR_1. Before ``starting_epoch`` (counted from 0; the official callback's starting_epoch=2 counts
+from 1, as its ``Model.train_loop`` does, so curation starts in the second epoch) the sums accumulate and nothing is
+curated. From then on, when not
 in curation mode: if |d| > epsilon, enter curation mode for ``window`` steps caring for modality 1 if d < 0 and
 modality 0 if d > 0; the sums are not updated during curation. In curation mode the cared-for modality's gates are
 replaced by their running averages, cutting the cross-modal flow into it.
@@ -29,7 +31,8 @@ forward, evaluation included); prediction uses the live gates (BB's validation c
 ``MMTM_mitigate`` updates the second stream's running average from the FIRST stream's gate (a bug BB fixes); this
 follows BB. BB hard-codes B = 64 in the visual reshape (docs/methods/greedy.md); here B comes from the batch. Official
 recipe: epsilon 0.01, window 5, lr 0.1, batch 8, momentum 0 (the lr/batch/momentum are ``train.*`` settings); BB uses
-epsilon 0.001 and no starting epoch (``variant=bb``). Only spectrogram and frames modalities are supported (the MMTM
+epsilon 0.001 and no starting epoch (``variant=bb``). BB's released A/V Greedy model does not run as released (the
+frames are unpacked as 4-D, the running averages are reset to an empty dict in every forward; docs/methods/greedy.md). Only spectrogram and frames modalities are supported (the MMTM
 blocks sit between conv stages).
 
 Cost: one forward/backward as joint training plus 4 small MMTM blocks, and one pass over all parameter and gradient
@@ -39,13 +42,13 @@ norms per step (outside curation).
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.base import Method, Prediction, StepInfo, TrainContext
+from baselines.base import Method, Prediction, StepInfo, TrainContext, loss_precision
 from baselines.heads import ConcatHead
 from baselines.networks import ResNetTrunk, init_model
 from baselines.registry import register
@@ -57,8 +60,8 @@ def speed_ratio(params: Iterable[nn.Parameter]) -> torch.Tensor:
     """sum ||g||^2 / sum ||w||^2 over a parameter group (0-dim tensor); a missing gradient counts as zero."""
     params = list(params)
     with torch.no_grad():
-        w = torch.stack([p.detach().float().pow(2).sum() for p in params]).sum()
-        grads = [p.grad.float().pow(2).sum() for p in params if p.grad is not None]
+        w = torch.stack([loss_precision(p.detach()).pow(2).sum() for p in params]).sum()
+        grads = [loss_precision(p.grad).pow(2).sum() for p in params if p.grad is not None]
         g = torch.stack(grads).sum() if grads else torch.zeros_like(w)
     return g / w
 
@@ -100,7 +103,7 @@ class MMTM(nn.Module):
                 n = self.steps.item()
                 for m in self.names:
                     avg = getattr(self, f"avg_{m}")
-                    avg.copy_((gates[m].detach().float().mean(0) + avg * n) / (n + 1))
+                    avg.copy_((loss_precision(gates[m].detach()).mean(0) + avg * n) / (n + 1))
                 self.steps += 1
         if care is not None:
             gates[care] = getattr(self, f"avg_{care}").to(gates[care].dtype).expand_as(gates[care])
@@ -167,8 +170,9 @@ class Greedy(Method):
     HPARAMS = (
         HParam("epsilon", 0.01, "Curation threshold on |d| (official configs; BB 0.001)."),
         HParam("window", 5, "Curation steps per trigger (official curation_windowsize 5; BB window_size 5)."),
-        HParam("starting_epoch", 2, "First epoch with curation (official Bias_Mitigation_Strong default 2; BB has "
-                                    "none, i.e. 0)."),
+        HParam("starting_epoch", 1, "First epoch with curation, counted from 0 (official Bias_Mitigation_Strong "
+                                    "starting_epoch=2 counts from 1: Model.train_loop runs epochs 1..n; BB has none, "
+                                    "i.e. 0)."),
         HParam("ratio", 4, "MMTM reduction ratio: hidden = 2 (d_0 + d_1) / ratio (BB and official ratio 4)."),
         HParam("mmtm_stages", [1, 2, 3, 4], "ResNet stages followed by an MMTM block: BB's A/V model uses 1-4; the "
                                             "official ModelNet40 model (src/model.py, MMTM_MVCNN) uses 2-4."),
@@ -220,7 +224,7 @@ class Greedy(Method):
         care = self.modalities[self.caring.item()] if self.curating else None
         with self.ctx.autocast():
             z, _ = self.net(self.inputs(batch), care)
-            loss = F.cross_entropy(z.float(), batch["label"])
+            loss = F.cross_entropy(loss_precision(z), batch["label"])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.after_backward(step.epoch)
@@ -231,4 +235,4 @@ class Greedy(Method):
     def predict(self, batch: Batch) -> Prediction:
         with self.ctx.autocast():
             z, z_uni = self.net(self.inputs(batch))
-        return Prediction(z.float(), {m: v.float() for m, v in z_uni.items()})
+        return Prediction(loss_precision(z), {m: loss_precision(v) for m, v in z_uni.items()})

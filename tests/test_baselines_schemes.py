@@ -339,7 +339,7 @@ def test_greedy_measure_attributes_shared_squeeze_to_both_bypasses(tiny_bundle):
                 for m in gr.modalities]
     expected += [ratio(list(gr.net.trunks[m].parameters())) for m in gr.modalities]
     d = gr.measure()
-    # speed_ratio computes in float32 and the cumulative sums are float64: compare the speeds in float32. The
+    # speed_ratio computes in the parameters' float32 and the cumulative sums are float64: compare in float32. The
     # expected ratios sum the same float32 terms in another order, so each may differ by a few float32 ulps.
     close(gr.speeds, torch.stack(expected), dtype=torch.float32)
     # d is a difference of log10s of four such ratios: its error is absolute, about 4 x rtol / ln 10.
@@ -363,6 +363,29 @@ def test_greedy_curation_mode_follows_the_official_state_machine(tiny_bundle):
     gr.after_backward(epoch=1)  # d = 0.5 > eps: care for modality 0
     assert gr.curating and gr.caring.item() == 0
     assert next(gaps) == 0.0
+
+
+def test_greedy_curation_starts_in_the_second_epoch_by_default(tiny_bundle):
+    # The official callback's starting_epoch=2 counts epochs from 1 (src/framework.py Model.train_loop).
+    gr = build("greedy", tiny_bundle)
+    gr.measure = lambda: 1.0
+    gr.after_backward(epoch=0)
+    assert not gr.curating
+    gr.after_backward(epoch=1)
+    assert gr.curating and gr.caring.item() == 0
+
+
+def test_greedy_speeds_and_running_averages_stay_float64():
+    # A float32 cast here moved float64 parity runs by ~1e-8.
+    w = nn.Parameter(torch.tensor([1 / 3, 2 / 7], dtype=torch.float64))
+    w.grad = torch.tensor([1 / 11, 0.0], dtype=torch.float64)
+    r = speed_ratio([w])
+    assert r.dtype == torch.float64 and r.item() == (1 / 11) ** 2 / ((1 / 3) ** 2 + (2 / 7) ** 2)
+    torch.manual_seed(0)
+    block = MMTM({"audio": 4, "visual": 4}, ratio=4).double()
+    x = {"audio": torch.randn(3, 4, dtype=torch.float64), "visual": torch.randn(3, 4, dtype=torch.float64)}
+    gates = block(x)
+    assert torch.equal(block.avg_visual, gates["visual"].detach().mean(0))
 
 
 def test_greedy_mmtm_running_average_replaces_the_cared_for_gate():
