@@ -148,7 +148,8 @@ class Project:
 
 class StepLoader:
     """An official ``DataLoader`` stand-in: the given batches in the datasets' format, reporting each finished step
-    (``done()``) when the loop asks for the next batch or ends."""
+    (``done()``) when the loop asks for the next batch or ends. Unlike ``EpochLoader`` it leaves the step numbering
+    to its owner, which counts on across a remix epoch's two subset loaders."""
 
     def __init__(self, batches: list[tuple], done: Callable[[], None]) -> None:
         self.batches, self.done = batches, done
