@@ -23,7 +23,8 @@ every epoch:
 
 The selection is one ordered row list (``RowSelection(shuffle=False)``) with a per-row extra ``remix_modality`` (the
 index of the modality that trains the row); ``update`` zeroes the other modalities' features and weights the losses
-per row.
+per row. A unimodal head none of the batch's rows is assigned to stays out of the loss (no gradient, so no weight
+decay or momentum step), as the official unimodal batches leave the other head out.
 
 Cost: as joint training with unimodal heads (one forward, one backward per step; every row once per epoch), plus one
 no-grad pass over the training rows per epoch after warm-up.
@@ -42,7 +43,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from baselines.base import FusionMethod, Loaders, RowSelection, StepInfo, TrainContext
+from baselines.base import (
+    FusionMethod,
+    Loaders,
+    RowSelection,
+    StepInfo,
+    TrainContext,
+    loss_precision,
+)
 from baselines.registry import register
 from core.data import Batch, TaskSpec, seed_for
 from core.hparams import HParam, HParams
@@ -75,11 +83,18 @@ def remix_sequence(rows: np.ndarray, assigned: np.ndarray, rng: np.random.Genera
 
 def remix_loss(z: torch.Tensor, z_uni: dict[str, torch.Tensor], labels: torch.Tensor, codes: torch.Tensor,
                gammas: list[float]) -> torch.Tensor:
-    """Batch mean of CE(z) + gamma_m CE(z_m) with m = the row's code."""
-    per_modality = torch.stack([F.cross_entropy(zm.float(), labels, reduction="none") for zm in z_uni.values()], 1)
-    own = per_modality.gather(1, codes[:, None]).squeeze(1)
-    gamma = torch.as_tensor(gammas, dtype=own.dtype, device=own.device)[codes]
-    return (F.cross_entropy(z.float(), labels, reduction="none") + gamma * own).mean()
+    """Batch mean of CE(z) + gamma_m CE(z_m) with m = the row's code.
+
+    A modality no row of the batch is assigned to stays out of the loss, so its unimodal head gets no gradient (None,
+    not zeros): the optimizer skips it, without weight decay or momentum, as the official code's unimodal batches
+    leave the other head out of the loss."""
+    loss = F.cross_entropy(loss_precision(z), labels)
+    for i, zm in enumerate(z_uni.values()):
+        own = codes == i
+        if bool(own.any()):
+            ce = F.cross_entropy(loss_precision(zm[own]), labels[own], reduction="sum")
+            loss = loss + gammas[i] * ce / len(labels)
+    return loss
 
 
 @register
@@ -117,7 +132,7 @@ class Remix(FusionMethod):
             with self.ctx.autocast():
                 _, _, z_uni = self.model(self.inputs(batch))
             for m in self.modalities:
-                kl[m].append(kl_to_uniform(torch.softmax(z_uni[m].float(), dim=1).cpu().numpy()))
+                kl[m].append(kl_to_uniform(torch.softmax(loss_precision(z_uni[m]), dim=1).cpu().numpy()))
         self.model.train()
         first, second = self.modalities
         return decouple(np.concatenate(kl[first]), np.concatenate(kl[second]))
@@ -138,8 +153,9 @@ class Remix(FusionMethod):
         if step.epoch < self.hp.warmup:
             with self.ctx.autocast():
                 _, z, z_uni = self.model(self.inputs(batch))
-            loss = F.cross_entropy(z.float(), labels) + sum(
-                w * F.cross_entropy(z_uni[m].float(), labels) for w, m in zip(self.hp.warmup_weights, self.modalities))
+            loss = F.cross_entropy(loss_precision(z), labels) + sum(
+                w * F.cross_entropy(loss_precision(z_uni[m]), labels)
+                for w, m in zip(self.hp.warmup_weights, self.modalities))
         else:
             if EXTRA_KEY not in batch:
                 raise KeyError(f"remix: epoch {step.epoch} is past warm-up but the batch has no {EXTRA_KEY!r}; the "

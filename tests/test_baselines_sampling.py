@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from baselines.base import Loaders, StepInfo
 from baselines.bss import (
@@ -136,12 +137,73 @@ def test_remix_update_trains_only_the_assigned_modality(tiny_bundle):
     method = build("remix", tiny_bundle, warmup=1)
     batch = first_batch(tiny_bundle)
     batch[EXTRA_KEY] = torch.zeros(len(batch["label"]), dtype=torch.int64)  # every row trains audio
+    visual_head = {n: p.detach().clone() for n, p in method.model.head.uni["visual"].named_parameters()}
     method.update(batch, step_at(1))
-    visual = [p.grad for p in method.model.encoders["visual"].parameters()] + \
-             [p.grad for p in method.model.head.uni["visual"].parameters()]
-    assert all(g is not None and torch.count_nonzero(g) == 0 for g in visual)
+    # The zeroed encoder's gradients are zeros (official: forward(mode=...) zeroes its features in place) ...
+    assert all(p.grad is not None and torch.count_nonzero(p.grad) == 0
+               for p in method.model.encoders["visual"].parameters())
+    # ... while its unimodal head, left out of the official loss, has none: no weight decay, no momentum step.
+    for name, p in method.model.head.uni["visual"].named_parameters():
+        assert p.grad is None and torch.equal(p, visual_head[name])
     audio = [p.grad for p in method.model.encoders["audio"].parameters() if p.grad is not None]
     assert audio and any(torch.count_nonzero(g) > 0 for g in audio)
+
+
+def test_remix_update_on_a_mixed_batch_trains_both_unimodal_heads(tiny_bundle):
+    method = build("remix", tiny_bundle, warmup=1)
+    batch = first_batch(tiny_bundle)
+    batch[EXTRA_KEY] = torch.arange(len(batch["label"])) % 2
+    method.update(batch, step_at(1))
+    for m in ("audio", "visual"):
+        assert all(p.grad is not None and torch.count_nonzero(p.grad) > 0
+                   for p in method.model.head.uni[m].parameters())
+
+
+@pytest.mark.parametrize("epoch", [0, 1])
+def test_remix_steps_in_float64_report_the_float64_loss(tiny_bundle, epoch):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        method = build("remix", tiny_bundle, warmup=1)
+        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+        codes = torch.arange(len(batch["label"])) % 2
+        batch[EXTRA_KEY] = codes
+        y = batch["label"]
+        with torch.no_grad():
+            if epoch == 0:
+                _, z, z_uni = method.model(method.inputs(batch))
+                expected = F.cross_entropy(z, y) + 0.5 * (F.cross_entropy(z_uni["audio"], y)
+                                                          + F.cross_entropy(z_uni["visual"], y))
+            else:
+                h = method.model.features(method.inputs(batch))
+                z, z_uni = method.model.head({"audio": h["audio"] * (codes == 0)[:, None],
+                                              "visual": h["visual"] * (codes == 1)[:, None]})
+                own = torch.where(codes == 0, F.cross_entropy(z_uni["audio"], y, reduction="none"),
+                                  F.cross_entropy(z_uni["visual"], y, reduction="none"))
+                expected = F.cross_entropy(z, y) + own.mean()
+        logs = method.update(batch, step_at(epoch))
+    finally:
+        torch.set_default_dtype(old)
+    # A float32 loss would differ from the float64 one at ~1e-8.
+    assert logs["loss"] == pytest.approx(expected.item(), rel=1e-14, abs=0)
+
+
+def test_remix_assign_scores_float64_logits_in_float64(tiny_bundle, monkeypatch):
+    from baselines import remix
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    seen = []
+    monkeypatch.setattr(remix, "kl_to_uniform", lambda probs: seen.append(probs.dtype) or np.zeros(len(probs)))
+    try:
+        method = build("remix", tiny_bundle, warmup=0)
+        loaders = loaders_for(tiny_bundle)
+        loaders.train.gather = lambda rows, gather=loaders.train.gather: {
+            k: v.double() for k, v in gather(rows).items()}
+        method.assign(loaders)
+    finally:
+        torch.set_default_dtype(old)
+    assert seen and all(d == np.float64 for d in seen)
 
 
 def test_remix_update_past_warmup_without_the_selection_is_an_error(tiny_bundle):
@@ -158,7 +220,11 @@ def test_remix_rejects_weights_for_the_wrong_number_of_modalities(tiny_bundle):
 # --- BSS --------------------------------------------------------------------------------------------------------------
 
 def test_bss_similarity_of_softmaxed_unimodal_predictions():
+<<<<<<< HEAD
     logits = lambda rows: torch.tensor(rows).log()  # softmax(log p) == p
+=======
+    logits = lambda rows: torch.tensor(rows).log()
+>>>>>>> par-remix
     a = logits([[1.0, 0.0], [0.5, 0.5], [0.25, 0.75]])
     v = logits([[0.0, 1.0], [1.0, 0.0], [0.25, 0.75]])
     sim = pairwise_similarity({"audio": a, "visual": v})
