@@ -220,11 +220,8 @@ def test_remix_rejects_weights_for_the_wrong_number_of_modalities(tiny_bundle):
 # --- BSS --------------------------------------------------------------------------------------------------------------
 
 def test_bss_similarity_of_softmaxed_unimodal_predictions():
-<<<<<<< HEAD
-    logits = lambda rows: torch.tensor(rows).log()  # softmax(log p) == p
-=======
-    logits = lambda rows: torch.tensor(rows).log()
->>>>>>> par-remix
+    def logits(rows):
+        return torch.tensor(rows).log()  # softmax(log p) == p
     a = logits([[1.0, 0.0], [0.5, 0.5], [0.25, 0.75]])
     v = logits([[0.0, 1.0], [1.0, 0.0], [0.25, 0.75]])
     sim = pairwise_similarity({"audio": a, "visual": v})
@@ -356,7 +353,8 @@ def test_bss_scores_and_loss_of_float64_logits_stay_float64(tiny_bundle):
     loss = sample_losses(z, {"audio": a, "visual": v}, y, 0.1, 0.9)
     assert sim.dtype == loss.dtype == torch.float64   # a float32 cast would round at ~1e-8
     torch.testing.assert_close(sim, torch.cosine_similarity(a.softmax(1), v.softmax(1), dim=1), rtol=1e-15, atol=0)
-    ce = lambda logits: torch.nn.functional.cross_entropy(logits, y, reduction="none")
+    def ce(logits):
+        return torch.nn.functional.cross_entropy(logits, y, reduction="none")
     torch.testing.assert_close(loss, 0.1 * ce(z) + 0.9 * (ce(a) + ce(v)), rtol=1e-15, atol=0)
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
