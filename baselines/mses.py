@@ -15,7 +15,10 @@ uses its test split: ``official_compat``), L_m(e). Smoothed L~_m(e) = 0.6 L_m(e-
 value (L~ = L at the first epoch). When L~_m improves on its best, e*_m = e and a snapshot of the model and the
 optimizer is kept (the re-implementation writes one full checkpoint per improving epoch). When e - e*_m > patience (80)
 the modality is stopped: its multiplier becomes 0 and the FULL snapshot of e*_m is reloaded, which also rewinds the
-other modality (a quirk of the re-implementation, followed). With both stopped the re-implementation exits; here the
+other modality (a quirk of the re-implementation, followed). Not followed: the re-implementation's reload also restores
+the learning rate of e*_m (it is in the optimizer state; its StepLR then continues from it, so with its defaults,
+decay at epoch 70 and patience 80, a stopped run goes on at the pre-decay rate); here the runner's schedule keeps the
+current rate. With both stopped the re-implementation exits; here the
 runner owns the epoch count, so the remaining ``update`` calls are no-op steps and the model stays as reloaded.
 
 Stopping mode: ``stop_mode=zero_grad`` (the re-implementation) multiplies the gradients by 0, so SGD's weight decay
@@ -40,7 +43,8 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -101,7 +105,7 @@ class MSES(FusionMethod):
                                       "on its 1-based epochs (utils/config.py defaults), i.e. through 0-based epoch "
                                       "19, and runs the plain backward afterwards."),
     )
-    VARIANTS = {"official_compat": {"eval_split": "test", "modulation_ends": 19}}
+    VARIANTS: ClassVar[dict[str, dict[str, Any]]] = {"official_compat": {"eval_split": "test", "modulation_ends": 19}}
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)

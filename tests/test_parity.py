@@ -123,6 +123,23 @@ def test_golden_record_round_trip_and_drift(tmp_path):
     assert records[0].failed == ["param/w"] and len(records) == 1   # stops at the first difference
 
 
+def test_a_partial_golden_record_steps_through_the_labels_it_left_out(tmp_path):
+    (tmp_path / "fake").mkdir()
+    labels = ("e0s0", "e0s1", "e1s0", "e1s1")
+
+    def case(project_labels=labels) -> Case:
+        return Case(**{**_fake_case(0.0).__dict__, "golden_labels": ("e0s1", "e1s1"),
+                       "project": lambda c, overrides: _Side(0.0, project_labels),
+                       "official": lambda c, root, project: _Side(1e-13, labels)})
+
+    path, result = golden.record(case(), tmp_path, tmp_path / "golden")
+    assert len(result.records) == 4 and golden.load(path)["labels"] == ["e0s1", "e1s1"]
+    records = golden.check(case(), path)
+    assert [r.label for r in records] == ["e0s1", "e1s1"] and not any(r.failed for r in records)
+    with pytest.raises(RuntimeError, match="reached None where the record has 'e1s1'"):
+        golden.check(case(labels[:3]), path)
+
+
 # --- golden records: the project's methods against the official code's recorded steps ------------------------------
 GOLDEN = Path(__file__).parent / "golden" / "parity"
 CASES = {c.name: c for c in get_cases()}

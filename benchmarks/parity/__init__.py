@@ -14,7 +14,7 @@ from benchmarks.parity.core import Case
 # One module per method, each exposing CASES; listed in the order of the report.
 CASE_MODULES = (
     "aug", "ogm", "dgl", "mnl", "inforeg", "smv", "relearning", "mla", "dimml", "mmcosine", "lfm", "balancebench",
-    "pmr", "agm", "reconboost", "opm", "mmpareto", "iprm", "arl", "bss", "greedy", "remix",
+    "pmr", "agm", "reconboost", "opm", "mmpareto", "iprm", "arl", "bss", "greedy", "remix", "mses",
 )
 
 
