@@ -21,7 +21,7 @@ import importlib
 import math
 import sys
 import types
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -471,6 +471,35 @@ def resnet_name(name: str) -> str:
         stage, rest = name[len("layer"):].split(".", 1)
         return f"stages.{int(stage) - 1}.{rest}"
     raise KeyError(f"unexpected ResNet-18 entry {name!r}")
+
+
+# A weight-map rule: (official prefix, the project's prefix or None for an entry with no project counterpart, a
+# rename of the rest of the name or None to keep it).
+NameRule = tuple[str, str | None, Callable[[str], str] | None]
+
+
+def name_map(rules: Sequence[NameRule], model: str) -> Callable[[str], str | None]:
+    """The weight map ``official entry -> project entry`` of the official ``model``: the first rule whose official
+    prefix starts the entry gives the project's prefix plus the (renamed) rest, or None; an entry no rule matches is
+    an error naming the model."""
+    def rename(name: str) -> str | None:
+        for prefix, target, rest_name in rules:
+            if name.startswith(prefix):
+                if target is None:
+                    return None
+                rest = name[len(prefix):]
+                return target + (rest_name(rest) if rest_name else rest)
+        raise KeyError(f"unmapped {model} entry {name!r}")
+    return rename
+
+
+# OGM-GE's ``AVClassifier`` (and its copies): the ResNet-18 trunks, the concat head, the fused and unimodal heads.
+AV_TRUNKS: tuple[NameRule, ...] = (("audio_net.", "model.encoders.audio.trunk.", resnet_name),
+                                   ("visual_net.", "model.encoders.visual.trunk.", resnet_name))
+FC_OUT: NameRule = ("fusion_module.fc_out.", "model.head.fc.", None)
+FUSED_UNI_HEADS: tuple[NameRule, ...] = (("head.", "model.head.fused.", None),
+                                         ("head_audio.", "model.head.uni.audio.", None),
+                                         ("head_video.", "model.head.uni.visual.", None))
 
 
 def load_mapped(module: nn.Module, source: Mapping[str, torch.Tensor], rename: Callable[[str], str | None]) -> None:
