@@ -23,6 +23,7 @@ import torch
 
 from baselines.base import Loaders, StepInfo
 from benchmarks.parity.core import (
+    AV_TRUNKS,
     Case,
     Checkpoint,
     EpochLoader,
@@ -34,6 +35,7 @@ from benchmarks.parity.core import (
     import_official,
     load_mapped,
     module_snapshot,
+    name_map,
     quantities,
     resnet_name,
 )
@@ -44,15 +46,10 @@ LR, NUM_CLASSES, ALPHA, MOD_END = 1e-3, 6, 1.5, 1
 OPTIONAL = ("torch.utils.tensorboard", "sklearn", "librosa")
 
 
-def official_name(name: str) -> str:
-    """``GradMod`` entry -> the project's ``AGM`` entry."""
-    for prefix, target in (("net.audio_net.", "model.encoders.audio.trunk."),
-                           ("net.visual_net.", "model.encoders.visual.trunk.")):
-        if name.startswith(prefix):
-            return target + resnet_name(name[len(prefix):])
-    if name.startswith("net.fusion_module.fc_out."):
-        return "model.head.fc." + name[len("net.fusion_module.fc_out."):]
-    raise KeyError(f"unmapped GradMod entry {name!r}")
+# ``GradMod`` entry -> the project's ``AGM`` entry.
+official_name = name_map((("net.audio_net.", "model.encoders.audio.trunk.", resnet_name),
+                          ("net.visual_net.", "model.encoders.visual.trunk.", resnet_name),
+                          ("net.fusion_module.fc_out.", "model.head.fc.", None)), "GradMod")
 
 
 def project_name(name: str) -> str | None:
@@ -139,14 +136,9 @@ class Official:
 MSLR_EPOCHS, MSLR_STEPS, MSLR_MOD_END = 8, 1, 6
 
 
-def sum_name(name: str) -> str:
-    """``AVClassifier_Sum`` entry -> the project's ``MSLR`` entry."""
-    for m in ("audio", "visual"):
-        if name.startswith(f"{m}_net."):
-            return f"model.encoders.{m}.trunk." + resnet_name(name[len(f"{m}_net."):])
-        if name.startswith(f"{m}_cls."):
-            return f"model.head.heads.{m}." + name[len(f"{m}_cls."):]
-    raise KeyError(f"unmapped AVClassifier_Sum entry {name!r}")
+# ``AVClassifier_Sum`` entry -> the project's ``MSLR`` entry.
+sum_name = name_map((*AV_TRUNKS, ("audio_cls.", "model.head.heads.audio.", None),
+                     ("visual_cls.", "model.head.heads.visual.", None)), "AVClassifier_Sum")
 
 
 class MSLRProject:

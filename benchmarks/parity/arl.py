@@ -42,6 +42,8 @@ from torch import nn
 from baselines.arl import arl_weights, modality_statistics
 from baselines.base import StepInfo
 from benchmarks.parity.core import (
+    AV_TRUNKS,
+    FC_OUT,
     Case,
     Checkpoint,
     EpochLoader,
@@ -54,9 +56,9 @@ from benchmarks.parity.core import (
     import_official,
     load_mapped,
     module_snapshot,
+    name_map,
     patch,
     quantities,
-    resnet_name,
 )
 
 EPOCHS, STEPS, BATCH = 3, 2, 8
@@ -67,14 +69,8 @@ AUDIO_HEAD_SCALE = 10.0
 LOSSES = ("loss", "loss_fused", "loss_audio", "loss_visual")
 
 
-def official_name(name: str) -> str:
-    """``AVClassifier_AUXI_Weight`` entry -> the project's ``ARL`` entry."""
-    for prefix, target in (("audio_net.", "model.encoders.audio.trunk."), ("visual_net.", "model.encoders.visual.trunk.")):
-        if name.startswith(prefix):
-            return target + resnet_name(name[len(prefix):])
-    if name.startswith("fusion_module.fc_out."):
-        return "model.head.fc." + name[len("fusion_module.fc_out."):]
-    raise KeyError(f"unmapped AVClassifier_AUXI_Weight entry {name!r}")
+# ``AVClassifier_AUXI_Weight`` entry -> the project's ``ARL`` entry.
+official_name = name_map((*AV_TRUNKS, FC_OUT), "AVClassifier_AUXI_Weight")
 
 
 class Project(StepProject):

@@ -37,6 +37,7 @@ from benchmarks.parity.core import (
     import_official,
     load_mapped,
     module_snapshot,
+    name_map,
     patch,
     quantities,
     resnet_name,
@@ -48,23 +49,20 @@ LR, NUM_CLASSES, MERGE_ALPHA, LAM = 1e-3, 6, 0.4, 1.0
 ACA_SEED = 1234
 
 
-def official_name(name: str) -> str | None:
-    """``AVGBShareClassifier`` entry -> the project's ``AUG`` entry."""
-    for prefix, target in (("audio_encoder.audio_net.", "encoders.audio.trunk."),
-                           ("video_encoder.video_net.", "encoders.visual.trunk.")):
-        if name.startswith(prefix):
-            return target + resnet_name(name[len(prefix):])
-    for modality, tag in (("audio", "a"), ("visual", "v")):
-        if name.startswith(f"embedding_{tag}.0."):
-            return f"learners.{modality}.layers.0." + name.split(".", 2)[2]
-        if name.startswith(f"additional_layers_{tag}."):
-            _, k, rest = name.split(".", 2)
-            return f"learners.{modality}.layers.{int(k) + 1}.{rest}"
-    if name.startswith("fc_out."):
-        return "head." + name[len("fc_out."):]
-    if name.startswith("w_network."):
-        return "gate.net." + name[len("w_network."):]
-    raise KeyError(f"unmapped AVGBShareClassifier entry {name!r}")
+def next_layer(rest: str) -> str:
+    """``k.<entry>`` of ``additional_layers_<a|v>`` -> the learner's layer k + 1 (layer 0 is ``embedding_<a|v>.0``)."""
+    k, rest = rest.split(".", 1)
+    return f"{int(k) + 1}.{rest}"
+
+
+# ``AVGBShareClassifier`` entry -> the project's ``AUG`` entry.
+official_name = name_map((("audio_encoder.audio_net.", "encoders.audio.trunk.", resnet_name),
+                          ("video_encoder.video_net.", "encoders.visual.trunk.", resnet_name),
+                          ("embedding_a.0.", "learners.audio.layers.0.", None),
+                          ("additional_layers_a.", "learners.audio.layers.", next_layer),
+                          ("embedding_v.0.", "learners.visual.layers.0.", None),
+                          ("additional_layers_v.", "learners.visual.layers.", next_layer),
+                          ("fc_out.", "head.", None), ("w_network.", "gate.net.", None)), "AVGBShareClassifier")
 
 
 class Project:

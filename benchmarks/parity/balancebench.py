@@ -29,7 +29,7 @@ import io
 import random
 import sys
 import types
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ import torch
 from baselines.amco import class_mask, mask_ratio
 from baselines.base import Loaders, StepInfo
 from benchmarks.parity.core import (
+    FC_OUT,
     Case,
     Checkpoint,
     EpochLoader,
@@ -51,6 +52,7 @@ from benchmarks.parity.core import (
     import_official,
     load_mapped,
     module_snapshot,
+    name_map,
     patch,
     quantities,
     resnet_name,
@@ -111,29 +113,16 @@ def stubbed_imports() -> Iterator[None]:
             sys.modules.pop(name, None)
 
 
-def official_name(name: str) -> str:
-    """``BaseClassifierModel`` entry -> the project's concat-head entry."""
-    for m in ("audio", "visual"):
-        prefix = f"modality_encoder.{m}."
-        if name.startswith(prefix):
-            return f"model.encoders.{m}.trunk." + resnet_name(name[len(prefix):])
-    if name.startswith("fusion_module.fc_out."):
-        return "model.head.fc." + name[len("fusion_module.fc_out."):]
-    if name.startswith("linear_star."):
-        return name
-    raise KeyError(f"unmapped BaseClassifierModel entry {name!r}")
+# ``BaseClassifierModel`` entry -> the project's concat-head entry.
+official_name = name_map((("modality_encoder.audio.", "model.encoders.audio.trunk.", resnet_name),
+                          ("modality_encoder.visual.", "model.encoders.visual.trunk.", resnet_name), FC_OUT,
+                          ("linear_star.", "linear_star.", None)), "BaseClassifierModel")
 
 
-def teacher_name(modality: str) -> Any:
+def teacher_name(modality: str) -> Callable[[str], str | None]:
     """A one-encoder ``BaseClassifierModel`` entry -> the project's UMT teacher entry."""
-    def rename(name: str) -> str:
-        prefix = f"modality_encoder.{modality}."
-        if name.startswith(prefix):
-            return f"teachers.{modality}.encoder.trunk." + resnet_name(name[len(prefix):])
-        if name.startswith("fusion_module.fc_out."):
-            return f"teachers.{modality}.head." + name[len("fusion_module.fc_out."):]
-        raise KeyError(f"unmapped teacher entry {name!r}")
-    return rename
+    return name_map(((f"modality_encoder.{modality}.", f"teachers.{modality}.encoder.trunk.", resnet_name),
+                     ("fusion_module.fc_out.", f"teachers.{modality}.head.", None)), "teacher")
 
 
 class Project:

@@ -47,6 +47,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 import baselines.bss
 from baselines.base import Loaders, RowSelection, StepInfo
 from benchmarks.parity.core import (
+    AV_TRUNKS,
     Case,
     Checkpoint,
     EpochLoader,
@@ -58,9 +59,9 @@ from benchmarks.parity.core import (
     import_official,
     load_mapped,
     module_snapshot,
+    name_map,
     patch,
     quantities,
-    resnet_name,
 )
 from benchmarks.runner import apply_selection
 from core.data import BatchLoader, TaskSpec, seed_for
@@ -73,17 +74,10 @@ OPTIONAL = ("librosa", "timm", "torchvision.models.utils")
 SIZES = {"learning": (10, 4), "heuristic": (20, 2)}
 
 
-def official_name(name: str) -> str:
-    """``AVNet`` entry -> the project's ``BSS`` entry."""
-    for prefix, target in (("audio_net.", "model.encoders.audio.trunk."),
-                           ("visual_net.", "model.encoders.visual.trunk.")):
-        if name.startswith(prefix):
-            return target + resnet_name(name[len(prefix):])
-    for prefix, target in (("linear_a.", "model.head.uni.audio."), ("linear_v.", "model.head.uni.visual."),
-                           ("linear_last.", "model.head.fused.")):
-        if name.startswith(prefix):
-            return target + name[len(prefix):]
-    raise KeyError(f"unmapped AVNet entry {name!r}")
+# ``AVNet`` entry -> the project's ``BSS`` entry.
+official_name = name_map((*AV_TRUNKS, ("linear_a.", "model.head.uni.audio.", None),
+                          ("linear_v.", "model.head.uni.visual.", None), ("linear_last.", "model.head.fused.", None)),
+                         "AVNet")
 
 
 class Rows(Dataset):

@@ -28,6 +28,8 @@ import torch
 from torch import nn
 
 from benchmarks.parity.core import (
+    AV_TRUNKS,
+    FC_OUT,
     Case,
     Checkpoint,
     EpochLoader,
@@ -40,25 +42,17 @@ from benchmarks.parity.core import (
     import_official,
     load_mapped,
     module_snapshot,
+    name_map,
     patch,
     quantities,
-    resnet_name,
 )
 
 EPOCHS, STEPS, BATCH = 2, 2, 8
 LR, NUM_CLASSES, ALPHA = 2e-3, 6, 4.0
 
 
-def official_name(name: str) -> str | None:
-    """``AVClassifier_DGL`` entry -> the project's ``DGL`` entry (None: the unused ``fc_auxi``)."""
-    for prefix, target in (("audio_net.", "model.encoders.audio.trunk."), ("visual_net.", "model.encoders.visual.trunk.")):
-        if name.startswith(prefix):
-            return target + resnet_name(name[len(prefix):])
-    if name.startswith("fusion_module.fc_out."):
-        return "model.head.fc." + name[len("fusion_module.fc_out."):]
-    if name.startswith("fusion_module.fc_auxi."):
-        return None
-    raise KeyError(f"unmapped AVClassifier_DGL entry {name!r}")
+# ``AVClassifier_DGL`` entry -> the project's ``DGL`` entry (None: the unused ``fc_auxi``).
+official_name = name_map((*AV_TRUNKS, FC_OUT, ("fusion_module.fc_auxi.", None, None)), "AVClassifier_DGL")
 
 
 class Project(StepProject):

@@ -38,6 +38,7 @@ from benchmarks.parity.core import (
     import_official,
     load_mapped,
     module_snapshot,
+    name_map,
     patch,
     quantities,
     resnet_name,
@@ -50,19 +51,13 @@ FEATURES = 512
 OPTIONAL = ("torch.utils.tensorboard", "librosa")
 
 
-def official_name(name: str) -> str:
-    """Entry of the official ``{model1, model2, classifier}`` (stage 1) or ``{model1, model2, fusion_module}``
-    (stage 2) -> the project's ``DIMML`` entry."""
-    for prefix, m in (("model1.", "audio"), ("model2.", "visual")):
-        if name.startswith(prefix + "net."):
-            return f"encoders.{m}.trunk." + resnet_name(name[len(prefix + "net."):])
-        if name.startswith(prefix + "classifier."):
-            return f"heads.{m}." + name[len(prefix + "classifier."):]
-    if name.startswith("classifier."):
-        return "shared." + name[len("classifier."):]
-    if name.startswith("fusion_module.fc_out."):
-        return "fusion.fc." + name[len("fusion_module.fc_out."):]
-    raise KeyError(f"unmapped DI-MML entry {name!r}")
+# Entry of the official ``{model1, model2, classifier}`` (stage 1) or ``{model1, model2, fusion_module}`` (stage 2)
+# -> the project's ``DIMML`` entry.
+official_name = name_map((("model1.net.", "encoders.audio.trunk.", resnet_name),
+                          ("model1.classifier.", "heads.audio.", None),
+                          ("model2.net.", "encoders.visual.trunk.", resnet_name),
+                          ("model2.classifier.", "heads.visual.", None), ("classifier.", "shared.", None),
+                          ("fusion_module.fc_out.", "fusion.fc.", None)), "DI-MML")
 
 
 def project_name(name: str) -> str | None:

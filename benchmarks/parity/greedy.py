@@ -77,6 +77,7 @@ from benchmarks.parity.core import (
     import_official,
     load_mapped,
     module_snapshot,
+    name_map,
     patch,
     resnet_name,
 )
@@ -96,19 +97,16 @@ def greedy_task(order: tuple[str, ...]) -> TaskSpec:
     return TaskSpec(dataset="cremad", num_classes=NUM_CLASSES, modalities=tuple(SPECS[m] for m in order))
 
 
-def official_name(name: str) -> str:
-    """``BaseClassifierGreedyModel`` entry -> the project's ``Greedy`` entry."""
-    for m in MODALITIES:
-        prefix = f"modality_encoder.{m}."
-        if name.startswith(prefix):
-            return f"net.trunks.{m}." + resnet_name(name[len(prefix):])
-    if name.startswith("mmtm_layers.mmtm"):
-        block, rest = name[len("mmtm_layers.mmtm"):].split(".", 1)
-        rest = rest.replace("fc_squeeze.", "squeeze.").replace("fc_excites.", "excite.")
-        return f"net.mmtm.{block}.{rest}"
-    if name.startswith("fusion_module.fc_out."):
-        return "net.head.fc." + name[len("fusion_module.fc_out."):]
-    raise KeyError(f"unmapped BaseClassifierGreedyModel entry {name!r}")
+def mmtm_name(rest: str) -> str:
+    """``<block>.<entry>`` of an official ``mmtm_layers.mmtm<block>`` -> the project's MMTM block entry."""
+    block, rest = rest.split(".", 1)
+    return f"{block}." + rest.replace("fc_squeeze.", "squeeze.").replace("fc_excites.", "excite.")
+
+
+# ``BaseClassifierGreedyModel`` entry -> the project's ``Greedy`` entry.
+official_name = name_map((*((f"modality_encoder.{m}.", f"net.trunks.{m}.", resnet_name) for m in MODALITIES),
+                          ("mmtm_layers.mmtm", "net.mmtm.", mmtm_name),
+                          ("fusion_module.fc_out.", "net.head.fc.", None)), "BaseClassifierGreedyModel")
 
 
 def curation_state(speeds: list[float], d: float, curating: bool, caring: int | None, step: int) -> Snapshot:

@@ -36,6 +36,7 @@ from torch import nn
 
 from baselines.base import StepInfo
 from benchmarks.parity.core import (
+    AV_TRUNKS,
     Case,
     Checkpoint,
     EpochLoader,
@@ -47,9 +48,9 @@ from benchmarks.parity.core import (
     import_official,
     load_mapped,
     module_snapshot,
+    name_map,
     patch,
     quantities,
-    resnet_name,
 )
 
 START, EPOCHS, STEPS, BATCH = 10, 3, 2, 8
@@ -59,16 +60,9 @@ UNUSED = ("head2", "head_audio", "head_video", "fc_x", "fc_y", "fusion_module")
 MISSING = ("torch.utils.tensorboard", "torchaudio", "dataset.VGGSoundDataset", "utils", "utils.utils")
 
 
-def official_name(name: str) -> str | None:
-    """``AVClassifier`` entry -> the project's ``InfoReg`` entry (None: a layer the concat path never uses)."""
-    for prefix, target in (("audio_net.", "model.encoders.audio.trunk."), ("visual_net.", "model.encoders.visual.trunk.")):
-        if name.startswith(prefix):
-            return target + resnet_name(name[len(prefix):])
-    if name.startswith("head."):
-        return "model.head.fc." + name[len("head."):]
-    if name.split(".", 1)[0] in UNUSED:
-        return None
-    raise KeyError(f"unmapped AVClassifier entry {name!r}")
+# ``AVClassifier`` entry -> the project's ``InfoReg`` entry (None: a layer the concat path never uses).
+official_name = name_map((*AV_TRUNKS, ("head.", "model.head.fc.", None),
+                          *((f"{layer}.", None, None) for layer in UNUSED)), "AVClassifier")
 
 
 class Project:

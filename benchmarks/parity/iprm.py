@@ -46,6 +46,7 @@ from benchmarks.parity.core import (
     import_official,
     load_mapped,
     module_snapshot,
+    name_map,
     patch,
     quantities,
     resnet_name,
@@ -55,19 +56,13 @@ EPOCHS, STEPS, BATCH = 2, 3, 8
 LR, NUM_CLASSES, ALPHA = 1e-2, 6, 0.8
 LOSSES = ("loss_audio", "loss_visual", "loss_mixup")
 PREDICTIONS = ("valid_fused", "valid_audio", "valid_visual")
-HEADS = {"head_audio.": "uni_heads.audio.", "head_video.": "uni_heads.visual.",
-         "head_mixup.": "mixup_heads.audio+visual."}
 
 
-def official_name(name: str) -> str:
-    """``Mixup_AVClassifier`` entry -> the project's ``IPRM`` entry."""
-    for prefix, target in (("audio_net.", "encoders.audio.trunk."), ("visual_net.", "encoders.visual.trunk.")):
-        if name.startswith(prefix):
-            return target + resnet_name(name[len(prefix):])
-    for prefix, target in HEADS.items():
-        if name.startswith(prefix):
-            return target + name[len(prefix):]
-    raise KeyError(f"unmapped Mixup_AVClassifier entry {name!r}")
+# ``Mixup_AVClassifier`` entry -> the project's ``IPRM`` entry.
+official_name = name_map((("audio_net.", "encoders.audio.trunk.", resnet_name),
+                          ("visual_net.", "encoders.visual.trunk.", resnet_name),
+                          ("head_audio.", "uni_heads.audio.", None), ("head_video.", "uni_heads.visual.", None),
+                          ("head_mixup.", "mixup_heads.audio+visual.", None)), "Mixup_AVClassifier")
 
 
 class Project(StepProject):

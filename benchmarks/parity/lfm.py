@@ -49,6 +49,7 @@ from benchmarks.parity.core import (
     import_official,
     load_mapped,
     module_snapshot,
+    name_map,
     patch,
     quantities,
     resnet_name,
@@ -60,15 +61,11 @@ LR, NUM_CLASSES = 1e-3, 6
 CONFIG = {"text": {"name": "resnet18"}, "visual": {"name": "resnet18"}, "fps": 1, "setting": {"num_class": NUM_CLASSES}}
 
 
-def official_name(name: str) -> str:
-    """``AudioVideo.AVClassifier`` entry -> the project's ``LFM`` entry."""
-    for prefix, target in (("audio_encoder.audio_net.", "model.encoders.audio.trunk."),
-                           ("video_encoder.video_net.", "model.encoders.visual.trunk."),
-                           ("cls_a.", "model.head.heads.audio."), ("cls_v.", "model.head.heads.visual.")):
-        if name.startswith(prefix):
-            rest = name[len(prefix):]
-            return target + (rest if prefix.startswith("cls") else resnet_name(rest))
-    raise KeyError(f"unmapped AVClassifier entry {name!r}")
+# ``AudioVideo.AVClassifier`` entry -> the project's ``LFM`` entry.
+official_name = name_map((("audio_encoder.audio_net.", "model.encoders.audio.trunk.", resnet_name),
+                          ("video_encoder.video_net.", "model.encoders.visual.trunk.", resnet_name),
+                          ("cls_a.", "model.head.heads.audio.", None), ("cls_v.", "model.head.heads.visual.", None)),
+                         "AVClassifier")
 
 
 class Project(StepProject):

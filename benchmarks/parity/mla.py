@@ -43,6 +43,7 @@ from benchmarks.parity.core import (
     import_official,
     load_mapped,
     module_snapshot,
+    name_map,
     patch,
     quantities,
     resnet_name,
@@ -54,14 +55,10 @@ OPTIONAL = ("torch.utils.tensorboard", "einops", "ml_collections", "ml_collectio
             "timm.models", "timm.models.layers", "timm.models.vision_transformer", "torchaudio", "pandas")
 
 
-def official_name(name: str) -> str:
-    """``AVClassifier`` entry -> the project's ``MLA`` entry."""
-    for prefix, target in (("audio_net.", "encoders.audio.trunk."), ("visual_net.", "encoders.visual.trunk.")):
-        if name.startswith(prefix):
-            return target + resnet_name(name[len(prefix):])
-    if name.startswith("fusion_module.fc_out."):
-        return "head." + name[len("fusion_module.fc_out."):]
-    raise KeyError(f"unmapped AVClassifier entry {name!r}")
+# ``AVClassifier`` entry -> the project's ``MLA`` entry.
+official_name = name_map((("audio_net.", "encoders.audio.trunk.", resnet_name),
+                          ("visual_net.", "encoders.visual.trunk.", resnet_name),
+                          ("fusion_module.fc_out.", "head.", None)), "AVClassifier")
 
 
 class Project:

@@ -27,6 +27,8 @@ import torch
 from torch import nn
 
 from benchmarks.parity.core import (
+    AV_TRUNKS,
+    FUSED_UNI_HEADS,
     Case,
     Checkpoint,
     EpochLoader,
@@ -39,25 +41,17 @@ from benchmarks.parity.core import (
     import_official,
     load_mapped,
     module_snapshot,
+    name_map,
     patch,
     quantities,
-    resnet_name,
 )
 
 EPOCHS, STEPS, BATCH, LR, NUM_CLASSES = 3, 2, 8, 0.002, 6
 MODALITIES = ("audio", "visual")
 
 
-def official_name(name: str) -> str:
-    """``AVClassifier`` entry -> the project's ``MMPareto`` entry."""
-    for prefix, target in (("audio_net.", "model.encoders.audio.trunk."), ("visual_net.", "model.encoders.visual.trunk.")):
-        if name.startswith(prefix):
-            return target + resnet_name(name[len(prefix):])
-    for prefix, target in (("head.", "model.head.fused."), ("head_audio.", "model.head.uni.audio."),
-                           ("head_video.", "model.head.uni.visual.")):
-        if name.startswith(prefix):
-            return target + name[len(prefix):]
-    raise KeyError(f"unmapped AVClassifier entry {name!r}")
+# ``AVClassifier`` entry -> the project's ``MMPareto`` entry.
+official_name = name_map((*AV_TRUNKS, *FUSED_UNI_HEADS), "AVClassifier")
 
 
 class Project(StepProject):

@@ -23,6 +23,8 @@ import torch
 from torch import nn
 
 from benchmarks.parity.core import (
+    AV_TRUNKS,
+    FC_OUT,
     Case,
     Checkpoint,
     EpochLoader,
@@ -35,9 +37,9 @@ from benchmarks.parity.core import (
     import_official,
     load_mapped,
     module_snapshot,
+    name_map,
     patch,
     quantities,
-    resnet_name,
 )
 
 EPOCHS, STEPS, BATCH = 3, 2, 8
@@ -45,14 +47,8 @@ LR, NUM_CLASSES, ALPHA, MOD_END = 1e-3, 6, 0.8, 1
 NOISE_SEED = 4321
 
 
-def official_name(name: str) -> str:
-    """``AVClassifier`` entry -> the project's ``OGM`` entry."""
-    for prefix, target in (("audio_net.", "model.encoders.audio.trunk."), ("visual_net.", "model.encoders.visual.trunk.")):
-        if name.startswith(prefix):
-            return target + resnet_name(name[len(prefix):])
-    if name.startswith("fusion_module.fc_out."):
-        return "model.head.fc." + name[len("fusion_module.fc_out."):]
-    raise KeyError(f"unmapped AVClassifier entry {name!r}")
+# ``AVClassifier`` entry -> the project's ``OGM`` entry.
+official_name = name_map((*AV_TRUNKS, FC_OUT), "AVClassifier")
 
 
 class Project(StepProject):

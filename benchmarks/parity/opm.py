@@ -46,6 +46,7 @@ from benchmarks.parity.core import (
     import_official,
     load_mapped,
     module_snapshot,
+    name_map,
     patch,
     quantities,
     resnet_name,
@@ -57,14 +58,10 @@ Q_BASE, LAM, P_EXE = 0.5, 0.5, 0.7
 STRAY, FIXED = "dim=0) ]", "dim=0)"
 
 
-def official_name(name: str) -> str:
-    """``Classifier`` entry -> the project's ``OPM`` entry."""
-    for prefix, target in (("encoder_1.", "model.encoders.audio.trunk."), ("encoder_2.", "model.encoders.visual.trunk.")):
-        if name.startswith(prefix):
-            return target + resnet_name(name[len(prefix):])
-    if name.startswith("fusion_model.fxy."):
-        return "model.head.fc." + name[len("fusion_model.fxy."):]
-    raise KeyError(f"unmapped Classifier entry {name!r}")
+# ``Classifier`` entry -> the project's ``OPM`` entry.
+official_name = name_map((("encoder_1.", "model.encoders.audio.trunk.", resnet_name),
+                          ("encoder_2.", "model.encoders.visual.trunk.", resnet_name),
+                          ("fusion_model.fxy.", "model.head.fc.", None)), "Classifier")
 
 
 def draws(step: int) -> tuple[torch.Tensor, torch.Tensor]:

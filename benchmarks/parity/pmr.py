@@ -26,6 +26,7 @@ import torch
 
 from baselines.base import Loaders, StepInfo
 from benchmarks.parity.core import (
+    FC_OUT,
     Case,
     Checkpoint,
     EpochLoader,
@@ -36,6 +37,7 @@ from benchmarks.parity.core import (
     import_official,
     load_mapped,
     module_snapshot,
+    name_map,
     patch,
     quantities,
     resnet_name,
@@ -59,14 +61,9 @@ def trunk_name(name: str) -> str:
     return mapped
 
 
-def official_name(name: str) -> str:
-    """``AVClassifier`` entry -> the project's ``PMR`` entry."""
-    for prefix, target in (("audio_net.", "model.encoders.audio.trunk."), ("visual_net.", "model.encoders.visual.trunk.")):
-        if name.startswith(prefix):
-            return target + trunk_name(name[len(prefix):])
-    if name.startswith("fusion_module.fc_out."):
-        return "model.head.fc." + name[len("fusion_module.fc_out."):]
-    raise KeyError(f"unmapped AVClassifier entry {name!r}")
+# ``AVClassifier`` entry -> the project's ``PMR`` entry.
+official_name = name_map((("audio_net.", "model.encoders.audio.trunk.", trunk_name),
+                          ("visual_net.", "model.encoders.visual.trunk.", trunk_name), FC_OUT), "AVClassifier")
 
 
 def batches(task: TaskSpec) -> list[dict[str, torch.Tensor]]:

@@ -30,6 +30,7 @@ from torch import nn
 
 from baselines.base import Loaders, StepInfo
 from benchmarks.parity.core import (
+    AV_TRUNKS,
     Case,
     Checkpoint,
     EpochLoader,
@@ -41,9 +42,9 @@ from benchmarks.parity.core import (
     import_official,
     load_mapped,
     module_snapshot,
+    name_map,
     patch,
     quantities,
-    resnet_name,
 )
 from core.data import BatchLoader
 
@@ -51,17 +52,9 @@ EPOCHS, ROWS, BATCH, REINIT_EPOCH, REINIT_NUM = 3, 16, 8, 1, 1
 LR, NUM_CLASSES, MOVE_LAMBDA = 1e-3, 6, 3.0
 
 
-def official_name(name: str) -> str | None:
-    """``AVClassifier`` entry -> the project's ``Relearning`` entry (None: the unimodal heads ``forward`` never
-    uses)."""
-    for prefix, target in (("audio_net.", "model.encoders.audio.trunk."), ("visual_net.", "model.encoders.visual.trunk.")):
-        if name.startswith(prefix):
-            return target + resnet_name(name[len(prefix):])
-    if name.startswith("head."):
-        return "model.head.fc." + name[len("head."):]
-    if name.startswith(("head_audio.", "head_video.")):
-        return None
-    raise KeyError(f"unmapped AVClassifier entry {name!r}")
+# ``AVClassifier`` entry -> the project's ``Relearning`` entry (None: the unimodal heads ``forward`` never uses).
+official_name = name_map((*AV_TRUNKS, ("head.", "model.head.fc.", None), ("head_audio.", None, None),
+                          ("head_video.", None, None)), "AVClassifier")
 
 
 class Data:

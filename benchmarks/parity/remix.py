@@ -43,6 +43,8 @@ from torch import nn
 import baselines.remix as remix_module
 from baselines.base import Loaders, StepInfo
 from benchmarks.parity.core import (
+    AV_TRUNKS,
+    FUSED_UNI_HEADS,
     Case,
     Checkpoint,
     Snapshot,
@@ -52,9 +54,9 @@ from benchmarks.parity.core import (
     import_official,
     load_mapped,
     module_snapshot,
+    name_map,
     patch,
     quantities,
-    resnet_name,
 )
 from benchmarks.parity.smv import own_datasets_package
 from benchmarks.runner import apply_selection
@@ -68,16 +70,8 @@ AUDIO = ModalitySpec("audio", "spectrogram", (1, 64, 64))
 MODALITIES = ("audio", "visual")
 
 
-def official_name(name: str) -> str:
-    """``AVClassifier`` entry -> the project's ``Remix`` entry."""
-    for prefix, target in (("audio_net.", "model.encoders.audio.trunk."), ("visual_net.", "model.encoders.visual.trunk.")):
-        if name.startswith(prefix):
-            return target + resnet_name(name[len(prefix):])
-    for prefix, target in (("head.", "model.head.fused."), ("head_audio.", "model.head.uni.audio."),
-                           ("head_video.", "model.head.uni.visual.")):
-        if name.startswith(prefix):
-            return target + name[len(prefix):]
-    raise KeyError(f"unmapped AVClassifier entry {name!r}")
+# ``AVClassifier`` entry -> the project's ``Remix`` entry.
+official_name = name_map((*AV_TRUNKS, *FUSED_UNI_HEADS), "AVClassifier")
 
 
 class Data:
