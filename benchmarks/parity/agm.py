@@ -3,12 +3,12 @@
 
 ``train`` takes everything it uses as arguments, so the harness supplies a config namespace (``--methods AGM``,
 ``--modality Multimodal``, ``--fusion_type late_fusion``), an in-memory loader in ``CreamdDataset``'s item format
-(index, spectrogram (B, F, T), frames (B, 3, T, H, W), label), the official optimizer and StepLR (``tasks/CREMAD_task.py``),
-a silent logger and a recording TensorBoard writer (which yields the per-step loss). The official loop
-(``CREMAD_main``) is not importable as a per-epoch step, so the harness repeats only what it passes between epochs:
-the 1-based epoch and the running scores ``train`` returns. ``test`` is skipped (no state change AGM reads). The
-window is ``--modulation_ends 2`` on the official 1-based epochs (project ``mod_end`` 1) of 3, so epoch 3 runs past its
-end with the hooks' last scales.
+(index, spectrogram (B, F, T), frames (B, 3, T, H, W), label), the official optimizer and StepLR
+(``tasks/CREMAD_task.py``), a silent logger and a recording TensorBoard writer (which yields the per-step loss). The
+official loop (``CREMAD_main``) is not importable as a per-epoch step, so the harness repeats only what it passes
+between epochs: the 1-based epoch and the running scores ``train`` returns. ``test`` is skipped (no state change AGM
+reads). The window is ``--modulation_ends 2`` on the official 1-based epochs (project ``mod_end`` 1) of 3, so epoch 3
+runs past its end with the hooks' last scales.
 """
 
 from __future__ import annotations
@@ -192,7 +192,8 @@ class MSLROfficial:
         score_a, score_v, ratio_a, ratio_v, memory_a, memory_v = 0.0, 0.0, 1.0, 1.0, [], []
         device = torch.device("cpu")
         for epoch in range(MSLR_EPOCHS):
-            loader = EpochLoader(self.batches[epoch * MSLR_STEPS:(epoch + 1) * MSLR_STEPS], epoch, step_done, official_batch)
+            loader = EpochLoader(self.batches[epoch * MSLR_STEPS:(epoch + 1) * MSLR_STEPS], epoch, step_done,
+                                 official_batch)
             with cpu_patches():
                 score_a, score_v = self.main.train(self.model, loader, self.optimizer, self.scheduler, SilentLogger(),
                                                    self.cfgs, epoch + 1, device, self.writer, score_a, score_v,

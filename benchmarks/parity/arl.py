@@ -148,7 +148,8 @@ class Official:
             # stdout: the script's prints; stderr: its tqdm bars and F.softmax's implicit-dim warning.
             with cpu_patches(), patch(sys, "stdout", io.StringIO()), patch(sys, "stderr", io.StringIO()), \
                     patch(self.grad_scale, "backward", staticmethod(backward)), \
-                    patch(nn.functional, "cross_entropy", self.recording(nn.functional.cross_entropy, "cross_entropy")), \
+                    patch(nn.functional, "cross_entropy",
+                          self.recording(nn.functional.cross_entropy, "cross_entropy")), \
                     patch(nn.functional, "softmax", self.recording(nn.functional.softmax, "softmax")), \
                     patch(torch.Tensor, "backward", self.recording_backward()):
                 self.main.train_epoch(self.args, epoch, self.model, torch.device("cpu"), loader, self.optimizer,
@@ -195,7 +196,8 @@ CASES = [
                "ConcatFusion_AUXI",
          covers=f"{EPOCHS} epochs x {STEPS} steps (batch {BATCH}): warm-up epoch 0 (L = CE + unimodal CEs, no "
                 f"GradScale), ARL phase epochs 1-2 (gamma {GAMMA}, GradScale on both encoders) across an epoch "
-                f"boundary; the ARL weights (T {T}) every ARL step, audio entropy share below the 0.3 floor and visual above "
-                f"it; clip_grad_norm_(max_norm=40) binding every step; total and three CE losses every step",
+                f"boundary; the ARL weights (T {T}) every ARL step, audio entropy share below the 0.3 floor and "
+                f"visual above it; clip_grad_norm_(max_norm=40) binding every step; total and three CE losses every "
+                "step",
          project=Project, official=Official, deviations={"coefficients": "asymmetric"}, notes=__doc__),
 ]

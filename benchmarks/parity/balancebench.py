@@ -386,7 +386,8 @@ CASES = [
          entry="balancemm/trainer/CML_trainer.py CMLTrainer.train_loop/training_step; "
                "balancemm/models/avclassify_model.py BaseClassifierModel (concat)",
          covers=f"{EPOCHS} epochs x {STEPS} steps (batch {BATCH}), inside the modulation window (epochs 0-80), "
-                "a new removal order each epoch, the confidence penalty active (> 0) at e0s1; every parameter, BN buffer and momentum buffer each step",
+                "a new removal order each epoch, the confidence penalty active (> 0) at e0s1; every parameter, BN "
+                "buffer and momentum buffer each step",
          project=Project, official=Official, notes=__doc__),
     Case(name="amco", method="amco", hparams={}, repo=REPO, commit=COMMIT,
          entry="balancemm/trainer/AMCo_trainer.py AMCoTrainer.train_loop/training_step; "

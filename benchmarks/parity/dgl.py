@@ -101,7 +101,8 @@ class Official:
             loader = EpochLoader(self.batches[epoch * STEPS:(epoch + 1) * STEPS], epoch, checkpoint, official_batch)
             # stdout: the script's prints; stderr: its tqdm bars.
             with scratch_directory(), cpu_patches(), patch(sys, "stdout", io.StringIO()), \
-                    patch(sys, "stderr", io.StringIO()), patch(nn.functional, "cross_entropy", self.recording_cross_entropy()):
+                    patch(sys, "stderr", io.StringIO()), \
+                    patch(nn.functional, "cross_entropy", self.recording_cross_entropy()):
                 self.main.train_epoch(self.args, epoch, self.model, torch.device("cpu"), loader, self.optimizer,
                                       self.scheduler)
 

@@ -2,8 +2,8 @@
 so that the project side can be checked without the clones.
 
 Full ResNet-18 states are too large to commit per step, so each compared tensor is kept as a fixed-length
-fingerprint: its mean, mean square, a cosine-weighted mean and its first, middle and last elements. Means (not sums) keep
-the fingerprint's rounding at the scale of one element, so the same tolerance as the live comparison applies.
+fingerprint: its mean, mean square, a cosine-weighted mean and its first, middle and last elements. Means (not sums)
+keep the fingerprint's rounding at the scale of one element, so the same tolerance as the live comparison applies.
 A record file holds the case, the official repository and commit, the labels in order, the quantity names once and
 per label the indices of its quantities and one (quantities, 6) float64 matrix of their fingerprints.
 """

@@ -135,7 +135,8 @@ class Official:
 
 CASES = [
     Case(name="inforeg", method="inforeg", hparams={}, repo="GeWu-Lab/InfoReg_CVPR2025",
-         commit="939b2ed11dcbf4daddb2507157b2cb9f8d0e24d7", entry="main.py train_epoch (concat); models/basic_model.py AVClassifier",
+         commit="939b2ed11dcbf4daddb2507157b2cb9f8d0e24d7",
+         entry="main.py train_epoch (concat); models/basic_model.py AVClassifier",
          covers=f"epochs {START}-{START + EPOCHS - 1} x {STEPS} steps (batch {BATCH}), resumed with a trace history: "
                 f"proximal term on in epoch {START} (k = 0.1), off in the next two (k < 0); epoch-start anchors; FIM "
                 f"traces after every epoch",

@@ -9,8 +9,8 @@ decay 1e-4) and StepLR (70, 0.1). ``calculate_prototype`` sees the epoch's own b
 smallest size the bottleneck accepts, and every batch holds each of the 6 CREMA-D classes once, because the official
 prototype divides by the class count (a class absent from the first batch would make its prototype NaN). The
 prototype-confidence ratio is read from the two ``EU_dist`` results of each step (wrapped, not changed) and the
-batch's labels. One step per epoch (each epoch costs a prototype pass as well); the modulation window is epochs 0-2 of 4, so
-the run crosses its end.
+batch's labels. One step per epoch (each epoch costs a prototype pass as well); the modulation window is epochs 0-2 of
+4, so the run crosses its end.
 """
 
 from __future__ import annotations
