@@ -65,6 +65,11 @@ official_name = name_map((("audio_encoder.audio_net.", "encoders.audio.trunk.", 
                           ("fc_out.", "head.", None), ("w_network.", "gate.net.", None)), "AVGBShareClassifier")
 
 
+def ungated_name(name: str) -> str | None:
+    """``official_name`` for a project without a gate: the official gate network has no counterpart."""
+    return None if name.startswith("w_network.") else official_name(name)
+
+
 class Project:
     def __init__(self, case: Case, overrides: Mapping[str, Any]) -> None:
         task = av_task("cremad", NUM_CLASSES)
@@ -128,11 +133,13 @@ def pytorch1_zero_grad() -> contextlib.AbstractContextManager:
 
 class Official:
     def __init__(self, case: Case, root: Path, project: Project) -> None:
-        self.gated = bool(project.method.hp.gate)
         with cpu_patches(("pandas",)):
             self.train, av = import_official(root, "train_CREMAD", "model.AudioVideo")
         self.model = av.AVGBShareClassifier({"fps": 1, "setting": {"num_class": NUM_CLASSES}})
-        load_mapped(self.model, project.method.state_dict(), official_name)
+        # The official side is gated when its commit's model is (966dbf5), whatever the project runs: with the gate
+        # flipped off, the project has no gate weights to map and the official gate keeps its own initialisation.
+        self.gated = hasattr(self.model, "w_network")
+        load_mapped(self.model, project.method.state_dict(), official_name if project.method.hp.gate else ungated_name)
         if self.gated:
             gate = set(self.model.w_network.parameters())
             groups = [{"params": [p for p in self.model.parameters() if p not in gate], "lr": LR},
