@@ -22,7 +22,8 @@ Evaluation: z = linear_star(sum_m z_m) without masks; per-modality outputs are t
 In BalanceBenchmark's code the layer's output is computed and then overwritten by ``Unimodality_Calculate`` both in
 training and in evaluation, so BB effectively trains and evaluates z = sum_m mask_m z_m with an unused
 ``linear_star``: preset ``bb_compat`` (``linear_star: false``). BB's later trainer (commit 4c1482f) trains on
-``linear_star``'s output, i.e. the default, which ``augbench parity amco`` checks step by step. Cost: none beyond joint training (one K x K layer).
+``linear_star``'s output, i.e. the default, which ``augbench parity amco`` checks step by step. Cost: none beyond
+joint training (one K x K layer).
 """
 
 from __future__ import annotations

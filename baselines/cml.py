@@ -91,8 +91,9 @@ class CML(FusionMethod):
     def update(self, batch: Batch, step: StepInfo) -> dict[str, float]:
         with self.ctx.autocast():
             _, z, z_uni = self.model(self.inputs(batch))
-        loss, penalty = cml_loss(loss_precision(z), {m: loss_precision(v) for m, v in z_uni.items()}, self.model.head.fc.bias,
-                                 self.order, batch["label"], self.hp.lam)
+        z_uni = {m: loss_precision(v) for m, v in z_uni.items()}
+        loss, penalty = cml_loss(loss_precision(z), z_uni, self.model.head.fc.bias, self.order, batch["label"],
+                                 self.hp.lam)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -19,12 +19,11 @@ per-modality outputs are its split-head logits. Each block keeps the running (cu
 Conditional learning speed (after backward, before the step): for each modality, r = sum ||g||^2 / sum ||w||^2 over
 the MMTM ("bypass") parameters attributed to it (its excitation layer plus the shared squeeze layer of every block)
 and over its main branch (its trunk); cumulative sums M_bypass,m and M_main,m; BDR_m = log10(M_bypass,m / M_main,m)
-and d = BDR_0 - BDR_1. Before ``starting_epoch`` (counted from 0; the official callback's starting_epoch=2 counts
-from 1, as its ``Model.train_loop`` does, so curation starts in the second epoch) the sums accumulate and nothing is
-curated. From then on, when not
-in curation mode: if |d| > epsilon, enter curation mode for ``window`` steps caring for modality 1 if d < 0 and
-modality 0 if d > 0; the sums are not updated during curation. In curation mode the cared-for modality's gates are
-replaced by their running averages, cutting the cross-modal flow into it.
+and d = BDR_0 - BDR_1. Before ``starting_epoch`` (counted from 0; the official callback's starting_epoch=2 counts from
+1, as its ``Model.train_loop`` does, so curation starts in the second epoch) the sums accumulate and nothing is curated.
+From then on, when not in curation mode: if |d| > epsilon, enter curation mode for ``window`` steps caring for modality
+1 if d < 0 and modality 0 if d > 0; the sums are not updated during curation. In curation mode the cared-for modality's
+gates are replaced by their running averages, cutting the cross-modal flow into it.
 
 Deviations [project]: running averages are updated only by training forwards (official and BB update them in every
 forward, evaluation included); prediction uses the live gates (BB's validation call). The official
@@ -32,8 +31,8 @@ forward, evaluation included); prediction uses the live gates (BB's validation c
 follows BB. BB hard-codes B = 64 in the visual reshape (docs/methods/greedy.md); here B comes from the batch. Official
 recipe: epsilon 0.01, window 5, lr 0.1, batch 8, momentum 0 (the lr/batch/momentum are ``train.*`` settings); BB uses
 epsilon 0.001 and no starting epoch (``variant=bb``). BB's released A/V Greedy model does not run as released (the
-frames are unpacked as 4-D, the running averages are reset to an empty dict in every forward; docs/methods/greedy.md). Only spectrogram and frames modalities are supported (the MMTM
-blocks sit between conv stages).
+frames are unpacked as 4-D, the running averages are reset to an empty dict in every forward; docs/methods/greedy.md).
+Only spectrogram and frames modalities are supported (the MMTM blocks sit between conv stages).
 
 Cost: one forward/backward as joint training plus 4 small MMTM blocks, and one pass over all parameter and gradient
 norms per step (outside curation).

@@ -16,10 +16,10 @@ value (L~ = L at the first epoch). When L~_m improves on its best, e*_m = e and 
 optimizer is kept (the re-implementation writes one full checkpoint per improving epoch). When e - e*_m > patience (80)
 the modality is stopped: its multiplier becomes 0 and the FULL snapshot of e*_m is reloaded, which also rewinds the
 other modality (a quirk of the re-implementation, followed). Not followed: the re-implementation's reload also restores
-the learning rate of e*_m (it is in the optimizer state; its StepLR then continues from it, so with its defaults,
-decay at epoch 70 and patience 80, a stopped run goes on at the pre-decay rate); here the runner's schedule keeps the
-current rate. With both stopped the re-implementation exits; here the
-runner owns the epoch count, so the remaining ``update`` calls are no-op steps and the model stays as reloaded.
+the learning rate of e*_m (it is in the optimizer state; its StepLR then continues from it, so with its defaults, decay
+at epoch 70 and patience 80, a stopped run goes on at the pre-decay rate); here the runner's schedule keeps the current
+rate. With both stopped the re-implementation exits; here the runner owns the epoch count, so the remaining ``update``
+calls are no-op steps and the model stays as reloaded.
 
 Stopping mode: ``stop_mode=zero_grad`` (the re-implementation) multiplies the gradients by 0, so SGD's weight decay
 and momentum still move the stopped parameters; ``freeze`` drops their gradients (None), so the optimizer skips them

@@ -53,8 +53,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.base import (FusionMethod, FusionModel, Loaders, Method, StepInfo, TrainContext, confidence_scores,
-                            loss_precision)
+from baselines.base import (
+    FusionMethod,
+    FusionModel,
+    Loaders,
+    Method,
+    StepInfo,
+    TrainContext,
+    confidence_scores,
+    loss_precision,
+)
 from baselines.networks import FramesEncoder, SpectrogramEncoder, init_model
 from baselines.registry import register
 from core.data import Batch, BatchLoader, TaskSpec

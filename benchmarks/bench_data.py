@@ -4,7 +4,8 @@
 per-batch ``AVAugment``) and (b) ``datasets.media_loader.MediaDataset`` in a ``DataLoader`` with no workers (decode
 WAV + STFT + decode JPEGs/video + PIL transforms per item, as the published loaders do), both on one CPU thread, and
 reports samples per second, in the process's CPU time (the figures then do not depend on how many CPU slices this
-process got on a loaded machine, though other processes' memory traffic still slows it) and in wall time alongside. It reads the raw media the cache was built from (``raw_root`` in the manifest, or
+process got on a loaded machine, though other processes' memory traffic still slows it) and in wall time alongside.
+It reads the raw media the cache was built from (``raw_root`` in the manifest, or
 ``raw_dir``). The evaluation view is timed in its steady state: one untimed pass over the split first, as every
 evaluation after the first epoch's finds the test-time frame views computed (``datasets.augment.EvalViews``).
 

@@ -208,7 +208,8 @@ def plot_demo(sweep_dir: Path, out_png: Path, order: Sequence[str] | None = None
         axes[rows - 1][c].set_xlabel("epoch", fontsize="small")
         axes[rows - 1][c].xaxis.set_tick_params(labelbottom=True)
     fig.legend(list(seen.values()), list(seen), loc="outside upper center", ncols=len(seen), fontsize="small",
-               title="test accuracy, mean over seeds (band: min-max over seeds); dashed: a unimodal model's final mean", title_fontsize="small")
+               title="test accuracy, mean over seeds (band: min-max over seeds); dashed: a unimodal model's final mean",
+               title_fontsize="small")
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=90)

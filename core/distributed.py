@@ -56,7 +56,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 

@@ -444,8 +444,8 @@ def upload(host: torch.Tensor, device: torch.device, ring: BufferRing | None) ->
 class StageTimes:
     """Seconds per serving stage summed over batches, for ``augbench bench data``'s profile. On a CPU each stage is
     timed in the CPU time of the thread that runs it (``time.thread_time``), so time the thread waits for a core on a
-    loaded machine does not count; on CUDA in wall time, with the device synchronised first and last, so the profile slows the
-    loader it measures. Timing is off by default."""
+    loaded machine does not count; on CUDA in wall time, with the device synchronised first and last, so the profile
+    slows the loader it measures. Timing is off by default."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}

@@ -13,8 +13,15 @@ from benchmarks import collect, sweep
 from benchmarks import demo as demo_module
 from benchmarks.commands import demo as demo_command
 from benchmarks.config import build_config
-from benchmarks.demo import (ENSEMBLE_LABEL, default_results, identical_rows, load_demo_config, machine_record,
-                             run_demo, sweep_document)
+from benchmarks.demo import (
+    ENSEMBLE_LABEL,
+    default_results,
+    identical_rows,
+    load_demo_config,
+    machine_record,
+    run_demo,
+    sweep_document,
+)
 from tests.conftest import TINY_DATA, TINY_MODEL
 
 # Knobs that count epochs (or epochs of patience): each must fire within the demo's schedule.

@@ -11,11 +11,24 @@ import pytest
 import torch
 
 from datasets.media import MediaError, is_lfs_pointer
-from datasets.media.audio import (PIPELINES, MissingExtraError, compute_features, features_from_file, get_pipeline,
-                                    load_waveform)
+from datasets.media.audio import (
+    PIPELINES,
+    MissingExtraError,
+    compute_features,
+    features_from_file,
+    get_pipeline,
+    load_waveform,
+)
 from datasets.media.video import extract_frames, frame_files, load_frame_folder
-from tests.media_fixtures import (FRAME_NAMINGS, clip_code, second_level, write_frame_folder, write_lfs_pointer,
-                                  write_video, write_wav)
+from tests.media_fixtures import (
+    FRAME_NAMINGS,
+    clip_code,
+    second_level,
+    write_frame_folder,
+    write_lfs_pointer,
+    write_video,
+    write_wav,
+)
 
 
 def tone(seconds: float, sr: int = 16000) -> np.ndarray:

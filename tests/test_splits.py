@@ -16,9 +16,19 @@ from datasets.cremad import CremaD
 from datasets.kinetics_sounds import KineticsSounds
 from datasets.prepare import validation_split
 from datasets.sources import PINNED, SplitFileError, fetch_split_files, pinned_files, sha256_file
-from datasets.splits import (SplitParseError, duplicate_ids, first_appearance, natural_key, parse_ave_list,
-                             parse_class_list, parse_ks_json, parse_ks_list, parse_label_csv, parse_vggsound_csv,
-                             resolve_duplicates)
+from datasets.splits import (
+    SplitParseError,
+    duplicate_ids,
+    first_appearance,
+    natural_key,
+    parse_ave_list,
+    parse_class_list,
+    parse_ks_json,
+    parse_ks_list,
+    parse_label_csv,
+    parse_vggsound_csv,
+    resolve_duplicates,
+)
 from datasets.tables import PrepareOptions
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "splits"

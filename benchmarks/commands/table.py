@@ -12,8 +12,16 @@ import argparse
 import os
 from pathlib import Path
 
-from benchmarks.collect import (FORMATS, PROTOCOL_CAPTIONS, RENDERERS, build_table, config_order, load_paper,
-                                load_runs, log_wandb_table)
+from benchmarks.collect import (
+    FORMATS,
+    PROTOCOL_CAPTIONS,
+    RENDERERS,
+    build_table,
+    config_order,
+    load_paper,
+    load_runs,
+    log_wandb_table,
+)
 from benchmarks.records import WANDB_MODES, atomic_write_text
 
 HELP = "tabulate finished runs: mean ± std over seeds per method x dataset x metric, with published numbers"

@@ -46,10 +46,27 @@ checkpoint every epoch, so a sweep killed at any point and started again loses a
 flight.
 """
 
-from benchmarks.sweep.expand import (Job, MissingEntriesError, Plan, check_config, expand, missing_entries, plan,
-                                     write_sweep_record)
-from benchmarks.sweep.launchers import (LAUNCHERS, Launcher, LaunchOptions, LaunchReport, SweepBusyError, SweepLock,
-                                        local_slots, run_local, run_pool)
+from benchmarks.sweep.expand import (
+                                     Job,
+                                     MissingEntriesError,
+                                     Plan,
+                                     check_config,
+                                     expand,
+                                     missing_entries,
+                                     plan,
+                                     write_sweep_record,
+)
+from benchmarks.sweep.launchers import (
+                                     LAUNCHERS,
+                                     Launcher,
+                                     LaunchOptions,
+                                     LaunchReport,
+                                     SweepBusyError,
+                                     SweepLock,
+                                     local_slots,
+                                     run_local,
+                                     run_pool,
+)
 from benchmarks.sweep.preflight import Preflight, PreflightError, check
 from benchmarks.sweep.slurm import SlurmOptions, SlurmUnavailableError, TrainJob, make_executor, run_slurm
 from benchmarks.sweep.spec import EvaluateSpec, SweepConfig, SweepConfigError, load_config, parse_config
