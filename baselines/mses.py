@@ -147,7 +147,7 @@ class MSES(FusionMethod):
             raise ValueError(f"mses.eval_split={self.hp.eval_split!r} but dataset {self.task.dataset!r} has no such "
                              f"split")
         self.eval()
-        sums, n = torch.zeros(len(self.modalities), dtype=torch.float64, device=self.best_loss.device), 0
+        sums, n = torch.zeros(len(self.modalities), dtype=torch.float64, device=self.ctx.device), 0
         for batch in loader:
             with self.ctx.autocast():
                 _, _, z_uni = self.model(self.inputs(batch))

@@ -66,7 +66,7 @@ class StepTimer:
     def __init__(self, name: str, overrides: dict, batches: list[dict] | None, count: int) -> None:
         cfg = build_config(name, "synthetic", overrides)
         self.cfg, self.device = cfg, select_device(cfg.train.device)
-        seed_everything(cfg.train.seed, deterministic=False)
+        seed_everything(cfg.train.seed, cfg.train.deterministic)
         bundle = build_data(cfg)
         self.method = build_method(cfg, bundle, self.device)
         loaders = make_loaders(cfg, bundle, self.device)
@@ -115,7 +115,7 @@ def bench_steps(overrides: dict, methods: list[str] | None = None, repeats: int 
 def bench_epoch(cfg: RunConfig, log: Callable[[str], None] = print, repeats: int = 2) -> dict[str, Any]:
     """One epoch through the loader vs the same updates on device-resident batches (best of ``repeats``)."""
     device = select_device(cfg.train.device)
-    seed_everything(cfg.train.seed, deterministic=False)
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
     bundle = build_data(cfg)
     method = build_method(cfg, bundle, device)
     loaders: Loaders = make_loaders(cfg, bundle, device)

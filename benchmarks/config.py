@@ -38,7 +38,9 @@ TRAIN_HPARAMS = (
            per_dataset={"cremad": [69, 139], "kinetics_sounds": [69]}),
     HParam("lr_gamma", 0.1, "LR decay factor at each milestone (StepLR gamma 0.1)."),
     HParam("seed", 0, "Run seed: Python, NumPy and torch generators and the loaders' per-epoch generators."),
-    HParam("deterministic", True, "torch deterministic algorithms (warn-only) and no cuDNN autotuning."),
+    HParam("deterministic", True, "true: torch deterministic algorithms (warn-only) and no cuDNN autotuning; false: "
+                                  "cuDNN autotuning picks the fastest convolution algorithms for the fixed input "
+                                  "shapes (faster on GPU; results then vary from run to run) [project]."),
     HParam("device", "auto", "'auto' = cuda when available, else cpu.", choices=("auto", "cpu", "cuda")),
     HParam("amp", False, "bf16 autocast on CUDA (no effect on CPU)."),
     HParam("compile", False, "torch.compile every modality encoder in place (baselines.networks.compile_encoders; "

@@ -51,12 +51,13 @@ def no_tf32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-@pytest.mark.parametrize("name", ["joint", "aug", "ogm_ge", "pmr", "mmpareto"])
+# OGM-GE's noise comes from the device's generator, so it is compared without GE (``ogm``).
+@pytest.mark.parametrize("name", ["joint", "aug", "ogm", "pmr", "mmpareto"])
 def test_float32_steps_on_cuda_equal_the_cpu_steps(name, no_tf32):
     params = {}
     for device in ("cpu", "cuda"):
         cfg = build_config(name, "synthetic", merge_overrides(tiny_overrides(), {"train": {"device": device}}))
-        seed_everything(cfg.train.seed, deterministic=False)
+        seed_everything(cfg.train.seed, deterministic=True)
         bundle = build_data(cfg)
         method = build_method(cfg, bundle, torch.device(device))
         loaders = make_loaders(cfg, bundle, torch.device(device))
