@@ -20,6 +20,7 @@ from baselines.networks import (
     MODEL_HPARAMS,
     FramesEncoder,
     MLPEncoder,
+    StemMaxPool,
     apply_unless_kept,
     build_encoder,
     init_model,
@@ -166,3 +167,20 @@ def test_embedding_text_encoder_is_a_masked_mean():
     mean = encoder.embed.weight[[3, 4]].mean(0, keepdim=True)
     close(encoder(ids), encoder.net(mean))
     assert isinstance(encoder.net[0], nn.Linear)
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 65, 24), (2, 4, 1, 1), (3, 2, 8, 9), (1, 1, 2, 7)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_stem_max_pool_equals_max_pool2d_in_evaluation_and_training(shape, dtype):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g, dtype=dtype)
+    x[..., :2, :2] = 0.5  # a tied window
+    expected = nn.functional.max_pool2d(x, 3, 2, 1)
+    with torch.no_grad():
+        for layout in (torch.contiguous_format, torch.channels_last):
+            assert torch.equal(StemMaxPool()(x.contiguous(memory_format=layout)), expected)
+    ours, ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = StemMaxPool()(ours)
+    nn.functional.max_pool2d(ref, 3, 2, 1).backward(torch.ones_like(expected))
+    out.backward(torch.ones_like(expected))
+    assert torch.equal(out.detach(), expected) and torch.equal(ours.grad, ref.grad)

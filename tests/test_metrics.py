@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
+from sklearn.metrics import average_precision_score, f1_score
 
 from benchmarks.metrics import classification_metrics
 from tests.numeric import approx, approx64
@@ -32,3 +35,20 @@ def test_map_penalises_bad_ranking_and_skips_absent_classes():
     # class1 scores: softmax puts the only positive (s1) last of three -> AP 1/3.
     assert m["map"] == approx64((7 / 12 + 1 / 3) / 2)
     assert m["acc"] == approx64(1 / 3)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_macro_f1_and_map_equal_scikit_learns_on_random_and_tied_scores(seed):
+    g = torch.Generator().manual_seed(seed)
+    n, k = 200, 5
+    labels = torch.randint(0, k - (seed % 2), (n,), generator=g)  # odd seeds leave the last class absent
+    logits = torch.randn(n, k, generator=g)
+    if seed >= 3:
+        logits = logits.round()  # many tied scores: each tie must form one precision/recall step
+    m = classification_metrics(logits, labels, k)
+    y, pred = labels.numpy(), logits.argmax(dim=1).numpy()
+    probs = torch.softmax(logits, dim=1).numpy()
+    present = np.unique(y)
+    ap = average_precision_score(np.eye(k, dtype=np.int64)[y][:, present], probs[:, present], average=None)
+    assert m["macro_f1"] == approx64(f1_score(y, pred, labels=np.arange(k), average="macro", zero_division=0))
+    assert m["map"] == approx64(float(np.mean(ap)))
