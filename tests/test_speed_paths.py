@@ -385,3 +385,17 @@ def test_bench_step_and_epoch_write_json_and_markdown(tmp_path, capsys):
     assert "200 CREMA-D epochs, min" in (out / "epoch-aug-synthetic-small-cpu.md").read_text()
     table = (out / "epoch-aug-synthetic-small-cpu.md").read_text()
     assert "| aug | synthetic | width 4, blocks [1, 1, 1, 1] | 2 × 16 |" in table
+
+
+def test_bench_all_at_the_cremad_shape_times_the_epoch_on_the_measured_cache(tmp_path):
+    from benchmarks.cli import build_parser
+    from benchmarks.commands.bench import epoch_target
+
+    parse = build_parser("bench").parse_args
+    cache = tmp_path / "cache" / "cremad" / "aug-1234"
+    measured = ([{"dataset": "cremad"}, {"dataset": "cremad"}], cache)
+    assert epoch_target(parse(["bench", "all", "--shape", "cremad"]), measured) == ("cremad", cache)
+    # Elsewhere the epoch stays on --dataset / --cache: the CPU default, an explicit dataset, epoch alone.
+    assert epoch_target(parse(["bench", "all"]), measured) == ("synthetic", None)
+    assert epoch_target(parse(["bench", "all", "--shape", "cremad", "--dataset", "ks"]), measured) == ("ks", None)
+    assert epoch_target(parse(["bench", "epoch", "--shape", "cremad"]), None) == ("synthetic", None)
