@@ -13,6 +13,7 @@ import torch
 from baselines.base import StepInfo
 from baselines.registry import list_methods
 from benchmarks.config import build_config, merge_overrides
+from benchmarks.demo import load_demo_config, scaled_schedule
 from benchmarks.runner import build_data, build_method, make_loaders, seed_everything, train_run
 from tests.conftest import tiny_overrides
 
@@ -23,15 +24,21 @@ def quiet(*_args, **_kwargs) -> None:
     pass
 
 
+EPOCHS = 5
+
+
 @pytest.mark.parametrize("name", sorted(list_methods()))
 def test_method_trains_on_cuda_with_bf16_autocast_and_channels_last(name, tmp_path):
-    cfg = build_config(name, "synthetic", merge_overrides(
-        tiny_overrides(), {"train": {"device": "cuda", "amp": True}, "model": {"channels_last": True}}))
+    # The demo's epoch-count scaling, so that each method's later phases (stops, stage switches, re-estimates,
+    # curation) run on the device too within a short run.
+    schedule = scaled_schedule(load_demo_config()["schedule"].get(name, {}), name, EPOCHS)
+    cuda = {"train": {"device": "cuda", "amp": True, "epochs": EPOCHS}, "model": {"channels_last": True}}
+    cfg = build_config(name, "synthetic", merge_overrides(tiny_overrides(), cuda, schedule))
     summary = train_run(cfg, tmp_path / name, log=quiet)
     last = summary["protocols"]["last"]["test"]
     assert 0.0 <= last["acc"] <= 1.0 and last["per_modality"], last
     epochs = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-    assert len(epochs) == 2 and all(math.isfinite(e["train"]["loss"]) for e in epochs), epochs
+    assert len(epochs) == EPOCHS and all(math.isfinite(e["train"]["loss"]) for e in epochs), epochs
 
 
 @pytest.mark.parametrize("name", ["joint", "aug"])
