@@ -121,7 +121,8 @@ def run_data(args: argparse.Namespace, env: dict, tag: str) -> tuple[list[dict[s
 def epoch_target(args: argparse.Namespace, data: tuple[list[dict[str, Any]], Path] | None) -> tuple[str, Path | None]:
     """The dataset and cache the epoch benchmark trains on. ``all`` at the CREMA-D shape times the epoch through the
     real loader on the cache the data benchmark just measured (a synthetic epoch would time the generic host path,
-    which allocates pinned memory per batch, not the cache loader); otherwise ``--dataset`` and ``--cache``."""
+    which gathers float32 batches on the host and copies each through pinned memory, not the cache loader);
+    otherwise ``--dataset`` and ``--cache``."""
     if args.what == "all" and args.shape == "cremad" and args.dataset == "synthetic" and data is not None:
         rows, cache = data
         return rows[0]["dataset"], cache
