@@ -106,6 +106,8 @@ def sweep_document(demo: Mapping[str, Any], cache: Path, methods: Sequence[str] 
 ENSEMBLE_LABEL = "ensemble"
 ENSEMBLE_TITLE = "Ensemble of the unimodal models (late fusion)"
 REFERENCES = {"unimodal_audio": "audio", "unimodal_visual": "visual"}
+# Seed std of test accuracy above which the README says a row's mean does not rank its method [project].
+UNSTABLE_STD = 0.10
 
 
 def _test_outputs(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -189,6 +191,21 @@ def identical_rows(records: Sequence[collect.RunRecord], order: Sequence[str], p
             if other not in out and per_row[other] == per_row[label]:
                 out[label] = other
                 break
+    return out
+
+
+def unstable_rows(records: Sequence[collect.RunRecord], order: Sequence[str], protocol: str = "clean",
+                  threshold: float = UNSTABLE_STD) -> dict[str, list[float]]:
+    """Row -> its test accuracy per seed (in seed order), for the rows whose sample std over seeds exceeds
+    ``threshold``: at the demo's shared settings such a row's mean does not rank the method."""
+    per_row: dict[str, dict[int, float]] = {}
+    for rec in records:
+        per_row.setdefault(rec.label, {})[rec.seed] = rec.values(protocol)["acc"]
+    out: dict[str, list[float]] = {}
+    for label in (r for r in order if r in per_row):
+        accs = [per_row[label][seed] for seed in sorted(per_row[label])]
+        if len(accs) > 1 and float(np.std(accs, ddof=1)) > threshold:
+            out[label] = [round(a, 4) for a in accs]
     return out
 
 
@@ -338,8 +355,8 @@ def run_demo(*, results: Path, work: Path, profile: str | None = None, workers: 
                                        for r in records if r.label != ENSEMBLE_LABEL), 1),
                "rows": {label: {k: [round(m, 4), round(sd, 4), n] for k, (m, sd, n) in row.items()}
                         for label, row in stats.items()},
-               "identical_rows": identical, "convergence_drift": _last_quarter_drift(runs_dir, list(REFERENCES)
-                                                                                     + ["joint"]),
+               "identical_rows": identical, "unstable_rows": unstable_rows(records, order),
+               "convergence_drift": _last_quarter_drift(runs_dir, list(REFERENCES) + ["joint"]),
                "aug": aug_diagnostics(records), "epochs": demo["defaults"]["train"]["epochs"],
                "seeds": list(config.seeds), "commit": git_commit(), "machine": machine_record(workers)}
     atomic_write_text(results / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
@@ -420,6 +437,14 @@ def _readme(demo: Mapping[str, Any], summary: Mapping[str, Any], profile: str | 
                   "the demo's schedule, so they are not results of their own: "
                   + "; ".join(f"{titles.get(r, r)} = {titles.get(o, o)}" for r, o in summary["identical_rows"].items())
                   + ".", ""]
+    if summary.get("unstable_rows"):
+        train = demo["defaults"]["train"]
+        lines += ["## Rows that vary between seeds", "",
+                  f"These rows' test accuracy varies by more than {100 * UNSTABLE_STD:.0f} points (sample std) "
+                  f"between seeds at the demo's shared settings (SGD, lr {train['lr']:g} for every method, "
+                  f"{train['epochs']} epochs), so their means do not rank them (accuracy per seed): "
+                  + "; ".join(f"{titles.get(r, r)} " + "/".join(f"{100 * a:.1f}" for a in accs) + "%"
+                              for r, accs in summary["unstable_rows"].items()) + ".", ""]
     lines += ["## Files", "",
               "`table_clean.md`/`.csv` (test metrics at each run's best-validation epoch; the conclusions), "
               "`table_paper.md`/`.csv` (best test epoch, optimistic, as the published code selects), `bars.png` "

@@ -21,6 +21,7 @@ from benchmarks.demo import (
     machine_record,
     run_demo,
     sweep_document,
+    unstable_rows,
 )
 from tests.conftest import TINY_DATA, TINY_MODEL
 
@@ -93,6 +94,15 @@ def test_identical_rows_flags_a_row_equal_to_an_earlier_one_in_every_seed():
     records += [_record("ogm", s, a) for s, a in ((0, 0.5), (1, 0.61))]
     assert identical_rows(records[::-1], ["sum", "mses", "ogm"]) == {"mses": "sum"}
     assert identical_rows(records, ["mses", "sum", "ogm"]) == {"sum": "mses"}
+
+
+def test_unstable_rows_lists_rows_whose_seeds_disagree_by_more_than_the_threshold():
+    records = [_record("agm", s, a) for s, a in ((0, 0.39), (1, 0.49), (2, 0.85))]  # std 0.24
+    records += [_record("ogm", s, a) for s, a in ((2, 0.87), (0, 0.66), (1, 0.80))]  # std 0.107, seeds unsorted
+    records += [_record("joint", s, a) for s, a in ((0, 0.84), (1, 0.87), (2, 0.85))]  # std 0.015
+    assert unstable_rows(records, ["joint", "ogm", "agm"]) == {"ogm": [0.66, 0.8, 0.87], "agm": [0.39, 0.49, 0.85]}
+    assert unstable_rows(records, ["joint", "ogm", "agm"], threshold=0.2) == {"agm": [0.39, 0.49, 0.85]}
+    assert unstable_rows(records[:1], ["agm"]) == {}, "one seed has no spread"
 
 
 def test_results_go_under_runs_unless_published():
