@@ -86,14 +86,13 @@ class StemMaxPool(nn.MaxPool2d):
     values come from 3-tap maxima of strided row slices, then column slices: bitwise the values of ``max_pool2d``
     (a maximum is exact) at 4-5x its speed on the small-channel maps of CPU runs (one thread, a 256x4x65x24 map:
     3.1 ms against 13.8 ms). Training steps keep ``max_pool2d``, whose backward fixes which entry of a tied window
-    gets the gradient; other devices and ``torch.compile`` use it too."""
+    gets the gradient; other devices use it too."""
 
     def __init__(self) -> None:
         super().__init__(kernel_size=3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or x.dim() != 4 or (torch.is_grad_enabled() and x.requires_grad) \
-                or torch.compiler.is_compiling():
+        if x.device.type != "cpu" or x.dim() != 4 or (torch.is_grad_enabled() and x.requires_grad):
             return super().forward(x)
         x = nn.functional.pad(x, (1, 1, 1, 1), value=float("-inf"))
         rows = torch.maximum(torch.maximum(x[:, :, 0:-2:2], x[:, :, 1:-1:2]), x[:, :, 2::2])
