@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -46,6 +47,22 @@ def make_context(epochs: int = 2, **train) -> TrainContext:
 
 def first_batch(bundle, split: str = "train", batch_size: int = 16):
     return next(iter(bundle.loader(split, batch_size=batch_size, train=False, seed=0)))
+
+
+def first_batch64(bundle, split: str = "train"):
+    """``first_batch`` with its floating-point tensors in float64, for the float64 step tests."""
+    return {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(bundle, split).items()}
+
+
+@contextlib.contextmanager
+def float64_default():
+    """torch's default dtype float64 inside the block (modules built there get float64 parameters), restored after."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
 
 
 def tiny_loaders(bundle) -> Loaders:

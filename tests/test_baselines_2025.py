@@ -25,7 +25,7 @@ from baselines.midas import (
 from benchmarks.config import TRAIN_HPARAMS, load_config_file, method_hparams
 from core.data import ModalitySpec, TaskSpec
 from core.hparams import resolve
-from tests.conftest import build_with, first_batch, freeze_steps, make_context
+from tests.conftest import build_with, first_batch, first_batch64, float64_default, freeze_steps, make_context
 
 CONFIGS = Path(__file__).resolve().parents[1] / "benchmarks" / "configs"
 
@@ -132,17 +132,13 @@ def test_arl_clips_the_global_gradient_norm(tiny_bundle):
 
 
 def test_arl_step_in_float64_keeps_float64_logits_losses_and_statistics(tiny_bundle):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with float64_default():
         method = build_with(ARL, tiny_bundle)
-        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+        batch = first_batch64(tiny_bundle)
         with torch.no_grad():
             z, z_uni = method.forward_all(batch)
             expected = F.cross_entropy(z, batch["label"]).item()
         logs = method.update(batch, StepInfo(epoch=6, step=0, steps_per_epoch=4, epochs=10))
-    finally:
-        torch.set_default_dtype(old)
     assert z.dtype == torch.float64 and all(v.dtype == torch.float64 for v in z_uni.values())
     assert modality_statistics(z_uni).dtype == torch.float64
     assert logs["loss_fused"] == expected   # float32 logits would round the loss at ~1e-8
@@ -234,12 +230,10 @@ def test_iprm_predicts_unimodal_sum_plus_the_mixup_head_at_the_last_probed_weigh
 
 
 def test_iprm_steps_and_predicts_in_float64(tiny_bundle):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with float64_default():
         torch.manual_seed(0)
         method = build_with(IPRM, tiny_bundle)
-        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+        batch = first_batch64(tiny_bundle)
         with torch.no_grad():
             h = {m: method.encoders[m](batch[m]) for m in method.modalities}
             z_uni = {m: method.uni_heads[m](h[m]) for m in method.modalities}
@@ -251,8 +245,6 @@ def test_iprm_steps_and_predicts_in_float64(tiny_bundle):
                         + sum(F.cross_entropy(z, batch["label"]) for z in z_uni.values())).item()
         logs = method.update(batch, StepInfo(0, 0, 1, 1))   # float32 features met the float64 heads here
         pred = method.predict(batch)
-    finally:
-        torch.set_default_dtype(old)
     assert method.lam_hat.dtype == torch.float64 and pred.fused.dtype == torch.float64
     assert kl.dtype == torch.float64
     # A float32 KL or loss would differ from the float64 values at ~1e-8.

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from baselines.base import StepInfo
 from baselines.dgl import DGL
 from baselines.mnl import MNL, guidance_masks, negative_learning_term
-from tests.conftest import build_with, first_batch, freeze_steps
+from tests.conftest import build_with, first_batch, first_batch64, freeze_steps
 
 STEP = StepInfo(epoch=0, step=0, steps_per_epoch=4, epochs=10)
 
@@ -63,7 +63,7 @@ def test_dgl_clips_the_global_gradient_norm(tiny_bundle):
 
 def test_dgl_keeps_float64_losses(tiny_bundle):
     method = build_with(DGL, tiny_bundle).double()
-    batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+    batch = first_batch64(tiny_bundle)
     z, z_uni = method.forward_all(batch)
     assert z.dtype == torch.float64 and all(v.dtype == torch.float64 for v in z_uni.values())
 
@@ -131,6 +131,6 @@ def test_mnl_update_gradients_equal_the_released_loss(tiny_bundle):
 
 def test_mnl_keeps_float64_logits(tiny_bundle):
     method = build_with(MNL, tiny_bundle).double()
-    batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+    batch = first_batch64(tiny_bundle)
     z, z_uni = method.forward_all(batch)
     assert z.dtype == torch.float64 and all(v.dtype == torch.float64 for v in z_uni.values())

@@ -21,7 +21,7 @@ from baselines.registry import get_method
 from benchmarks.config import method_hparams
 from core.hparams import resolve
 from datasets.registry import get_dataset
-from tests.conftest import TINY_DATA, first_batch, make_context
+from tests.conftest import TINY_DATA, first_batch, first_batch64, float64_default, make_context
 from tests.numeric import approx, close
 
 
@@ -172,17 +172,13 @@ def test_opm_step_in_float64_keeps_float64_theta_and_loss(tiny_bundle):
     h = {"audio": torch.ones(2, 4, dtype=torch.float64), "visual": torch.ones(2, 6, dtype=torch.float64)}
     _, _, theta = drop_features(h, torch.tensor([1 / 3, 0.0], dtype=torch.float64))
     assert theta.dtype == torch.float64 and theta.item() == 4 / 3 / 10   # float32 would round at ~1e-8
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with float64_default():
         opm = build("opm", tiny_bundle, p_exe=0.0)
-        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+        batch = first_batch64(tiny_bundle)
         with torch.no_grad():
             _, z, _ = opm.model(opm.inputs(batch))
             expected = F.cross_entropy(z, batch["label"]).item()
         logs = opm.update(batch, step(epoch=6))
-    finally:
-        torch.set_default_dtype(old)
     assert abs(logs["loss"] - expected) < 1e-13
 
 
@@ -202,13 +198,11 @@ def test_opm_theta_gradient_adds_the_official_theta_term_to_the_encoder_gradient
     # Official custom_autograd.backward returns theta as theta's gradient, so the official parameter gradient is that
     # of L(constant 1/(1 - theta) rescale) + theta^2 / 2 (d/dp theta^2/2 = theta dtheta/dp), theta built from the
     # non-detached confidence sums (official Classifier.forward / calcu_q / Modality_drop.execute_drop).
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with float64_default():
         variant = "official_compat" if theta_gradient else "paper"
         opm = build("opm", tiny_bundle, p_exe=1.0, variant=variant)
         assert opm.hp.theta_gradient is theta_gradient
-        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+        batch = first_batch64(tiny_bundle)
         ref = copy.deepcopy(opm.model)
         seen = capture_grads_at_step(opm)
         torch.manual_seed(3)
@@ -231,8 +225,6 @@ def test_opm_theta_gradient_adds_the_official_theta_term_to_the_encoder_gradient
         params = dict(ref.named_parameters())
         plain = torch.autograd.grad(loss, list(params.values()), retain_graph=True, allow_unused=True)
         official = torch.autograd.grad(loss + theta ** 2 / 2, list(params.values()), allow_unused=True)
-    finally:
-        torch.set_default_dtype(old)
     assert theta.item() > 0 and not mask.all()  # a dropping step that drops features
     expected = official if theta_gradient else plain
     for (name, _), g in zip(params.items(), expected):
@@ -320,16 +312,12 @@ def test_agm_running_mean_is_updated_after_k_and_checkpointed(tiny_bundle):
 
 
 def test_agm_step_in_float64_keeps_float64_outputs_and_losses(tiny_bundle):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with float64_default():
         agm = build("agm", tiny_bundle)
-        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+        batch = first_batch64(tiny_bundle)
         outputs = copy.deepcopy(agm).subset_outputs(agm.inputs(batch))   # a copy: the pass moves BatchNorm stats
         s = modality_losses(shapley_outputs(outputs, agm.modalities), batch["label"])
         logs = agm.update(batch, step())
-    finally:
-        torch.set_default_dtype(old)
     assert {z.dtype for z in outputs.values()} == {torch.float64} and s.dtype == torch.float64
     assert agm.loss_mean.dtype == torch.float64   # a float32 cast of the logits rounded s_m, k_m and the loss
     assert [logs["k_audio"], logs["k_visual"]] == agm_coefficients(s, torch.zeros(2), agm.hp.alpha).tolist()
@@ -425,11 +413,9 @@ def test_pmr_prototypes_use_the_first_tenth_of_batches_then_ema(tiny_bundle):
 
 
 def test_pmr_prototypes_logits_and_loss_stay_float64_in_float64_runs(tiny_bundle):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with float64_default():
         pmr = build("pmr", tiny_bundle)
-        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+        batch = first_batch64(tiny_bundle)
         pmr.on_epoch_start(0, Loaders(train=[batch]))
         assert pmr.prototypes("audio").dtype == torch.float64
         with torch.no_grad():
@@ -437,8 +423,6 @@ def test_pmr_prototypes_logits_and_loss_stay_float64_in_float64_runs(tiny_bundle
             pi = {m: prototype_logits(h[m], pmr.prototypes(m)) for m in ("audio", "visual")}
         assert pi["audio"].dtype == torch.float64
         logs = pmr.update(batch, step(epoch=0))
-    finally:
-        torch.set_default_dtype(old)
     weak = "visual" if logs["proto_ratio"] > 1 else "audio"
     expected = F.cross_entropy(z, batch["label"]) + pmr.hp.alpha * F.cross_entropy(pi[weak], batch["label"])
     assert logs["loss"] == expected.item()   # a float32 loss would differ from the float64 one at ~1e-8

@@ -24,7 +24,7 @@ from baselines.mslr import MSLR, mslr_multipliers, mslr_step
 from baselines.uniform import Uniform, uniform_loss
 from core.hparams import resolve
 from datasets.registry import get_dataset
-from tests.conftest import TINY_DATA, build_with, first_batch, freeze_steps
+from tests.conftest import TINY_DATA, build_with, first_batch, first_batch64, float64_default, freeze_steps
 from tests.numeric import approx, approx64, close
 
 STEP = StepInfo(epoch=0, step=0, steps_per_epoch=4, epochs=2)
@@ -175,17 +175,13 @@ def test_mmpareto_bb_degenerate_is_three_times_the_summed_ce_on_encoders(tiny_bu
 
 
 def test_mmpareto_losses_stay_float64_in_float64_runs(tiny_bundle):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with float64_default():
         method = freeze_steps(build_with(MMPareto, tiny_bundle))
-        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+        batch = first_batch64(tiny_bundle)
         with torch.no_grad():
             _, z, z_uni = method.model(method.inputs(batch))
         logs = method.update(batch, STEP)
         prediction = method.predict(batch)
-    finally:
-        torch.set_default_dtype(old)
     y = batch["label"]
     assert logs["loss_fused"] == F.cross_entropy(z, y).item()   # float32 would differ at ~1e-8
     assert all(logs[f"loss_{m}"] == F.cross_entropy(v, y).item() for m, v in z_uni.items())
@@ -250,19 +246,15 @@ def test_inforeg_update_adds_proximal_term_and_accumulates_fim(tiny_bundle):
 
 
 def test_inforeg_step_in_float64_reports_the_float64_loss(tiny_bundle):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with float64_default():
         method = build_with(InfoReg, tiny_bundle)
-        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+        batch = first_batch64(tiny_bundle)
         with torch.no_grad():
             _, z, z_uni = method.model(method.inputs(batch))
             y = batch["label"]
             expected = (F.cross_entropy(z, y) + F.cross_entropy(z_uni["audio"], y)
                         + F.cross_entropy(z_uni["visual"], y)).item()
         logs = method.update(batch, STEP)
-    finally:
-        torch.set_default_dtype(old)
     assert logs["loss"] == expected   # a float32 loss would differ from the float64 one at ~1e-8
 
 
@@ -305,18 +297,14 @@ def test_mslr_update_scales_each_modality_group(tiny_bundle):
 
 
 def test_mslr_step_in_float64_reports_the_float64_loss(tiny_bundle):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with float64_default():
         torch.manual_seed(0)
         method = build_with(MSLR, tiny_bundle)
-        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+        batch = first_batch64(tiny_bundle)
         with torch.no_grad():
             _, z, _ = method.model(method.inputs(batch))
             expected = F.cross_entropy(z, batch["label"]).item()
         logs = method.update(batch, STEP)
-    finally:
-        torch.set_default_dtype(old)
     assert logs["loss"] == expected   # a float32 loss would differ from the float64 one at ~1e-8
 
 
@@ -367,19 +355,15 @@ def test_mmcosine_predictions_ignore_the_bias_and_sum_the_modalities(tiny_bundle
 
 
 def test_mmcosine_step_in_float64_keeps_float64_logits(tiny_bundle):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with float64_default():
         torch.manual_seed(0)
         method = build_with(MMCosine, tiny_bundle)
-        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+        batch = first_batch64(tiny_bundle)
         with torch.no_grad():
             h = method.model.features(method.inputs(batch))
             z = cosine_logits(h, method.model.head.fc.weight, method.model.head.bounds, method.hp.scale)
             expected = F.cross_entropy(z["audio"] + z["visual"], batch["label"]).item()
         logs = method.update(batch, StepInfo(0, 0, 1, 1))
-    finally:
-        torch.set_default_dtype(old)
     assert abs(logs["loss"] - expected) < 1e-13   # float32 logits would differ at ~1e-8
 
 

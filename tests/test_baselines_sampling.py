@@ -34,7 +34,7 @@ from baselines.remix import (
 from benchmarks.config import build_config, load_config_file, method_hparams
 from benchmarks.runner import apply_selection
 from core.hparams import resolve
-from tests.conftest import first_batch, make_context
+from tests.conftest import first_batch, first_batch64, float64_default, make_context
 
 CONFIGS = Path(__file__).resolve().parents[1] / "benchmarks" / "configs"
 
@@ -161,11 +161,9 @@ def test_remix_update_on_a_mixed_batch_trains_both_unimodal_heads(tiny_bundle):
 
 @pytest.mark.parametrize("epoch", [0, 1])
 def test_remix_steps_in_float64_report_the_float64_loss(tiny_bundle, epoch):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with float64_default():
         method = build("remix", tiny_bundle, warmup=1)
-        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+        batch = first_batch64(tiny_bundle)
         codes = torch.arange(len(batch["label"])) % 2
         batch[EXTRA_KEY] = codes
         y = batch["label"]
@@ -182,8 +180,6 @@ def test_remix_steps_in_float64_report_the_float64_loss(tiny_bundle, epoch):
                                   F.cross_entropy(z_uni["visual"], y, reduction="none"))
                 expected = F.cross_entropy(z, y) + own.mean()
         logs = method.update(batch, step_at(epoch))
-    finally:
-        torch.set_default_dtype(old)
     # A float32 loss would differ from the float64 one at ~1e-8.
     assert logs["loss"] == pytest.approx(expected.item(), rel=1e-14, abs=0)
 
@@ -191,18 +187,14 @@ def test_remix_steps_in_float64_report_the_float64_loss(tiny_bundle, epoch):
 def test_remix_assign_scores_float64_logits_in_float64(tiny_bundle, monkeypatch):
     from baselines import remix
 
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
     seen = []
     monkeypatch.setattr(remix, "kl_to_uniform", lambda probs: seen.append(probs.dtype) or np.zeros(len(probs)))
-    try:
+    with float64_default():
         method = build("remix", tiny_bundle, warmup=0)
         loaders = loaders_for(tiny_bundle)
         loaders.train.gather = lambda rows, gather=loaders.train.gather: {
             k: v.double() for k, v in gather(rows).items()}
         method.assign(loaders)
-    finally:
-        torch.set_default_dtype(old)
     assert seen and all(d == np.float64 for d in seen)
 
 
@@ -356,17 +348,13 @@ def test_bss_scores_and_loss_of_float64_logits_stay_float64(tiny_bundle):
     def ce(logits):
         return torch.nn.functional.cross_entropy(logits, y, reduction="none")
     torch.testing.assert_close(loss, 0.1 * ce(z) + 0.9 * (ce(a) + ce(v)), rtol=1e-15, atol=0)
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with float64_default():
         method = build("bss", tiny_bundle)
         batch = {k: (t.double() if t.is_floating_point() else t) for k, t in first_batch(tiny_bundle).items()}
         with torch.no_grad():
             _, zf, zu = method.model(method.inputs(batch))
             expected = sample_losses(zf, zu, batch["label"], 1.0, 1.0).mean().item()
         logs = method.update(batch, StepInfo(0, 0, 1, 1))
-    finally:
-        torch.set_default_dtype(old)
     assert logs["loss"] == expected
 
 

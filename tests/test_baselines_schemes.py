@@ -21,7 +21,7 @@ from baselines.registry import get_method
 from benchmarks.config import method_hparams
 from core.data import ModalitySpec, TaskSpec
 from core.hparams import resolve
-from tests.conftest import TINY_MODEL, first_batch, make_context
+from tests.conftest import TINY_MODEL, first_batch, first_batch64, float64_default, make_context
 from tests.numeric import approx, approx64, close, tol
 
 
@@ -132,22 +132,14 @@ def test_mla_zero_filled_gradients_move_the_first_encoder_in_the_second_turn(tin
 
 def in_float64(fn):
     """Run fn() with float64 as the default dtype (an ``augbench parity`` run)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with float64_default():
         return fn()
-    finally:
-        torch.set_default_dtype(old)
-
-
-def batch64(bundle):
-    return {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(bundle).items()}
 
 
 def test_mla_step_in_float64_keeps_float64_losses_and_logits(tiny_bundle):
     def run():
         mla = build("mla", tiny_bundle, projection=True)
-        batch = batch64(tiny_bundle)
+        batch = first_batch64(tiny_bundle)
         with torch.no_grad():
             first = mla.modalities[0]
             expected = F.cross_entropy(mla.head(mla.encoders[first](batch[first])), batch["label"]).item()
@@ -187,7 +179,7 @@ def test_reconboost_losses_and_learners_stay_in_float64(tiny_bundle):
     assert loss.dtype == torch.float64 and loss.item() == expected.item()   # float32 would differ at ~1e-8
     assert ga_term(logits, others, True).dtype == torch.float64
     first = tiny_bundle.task.names[0]
-    z = in_float64(lambda: build("reconboost", tiny_bundle).learner(first, batch64(tiny_bundle)[first]))
+    z = in_float64(lambda: build("reconboost", tiny_bundle).learner(first, first_batch64(tiny_bundle)[first]))
     assert z.dtype == torch.float64
 
 
@@ -463,11 +455,9 @@ def test_mses_stop_applies_inside_the_official_1_based_window(tiny_bundle, varia
 
 
 def test_mses_in_float64_reports_float64_training_and_validation_losses(tiny_bundle):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with float64_default():
         ms = build("mses", tiny_bundle)
-        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle, "val").items()}
+        batch = first_batch64(tiny_bundle, "val")
         ms.eval()
         with torch.no_grad():
             _, _, z_uni = ms.model(ms.inputs(batch))
@@ -477,8 +467,6 @@ def test_mses_in_float64_reports_float64_training_and_validation_losses(tiny_bun
             _, z, _ = ms.model(ms.inputs(batch))
             loss = F.cross_entropy(z, batch["label"]).item()
         logs = ms.update(batch, step())
-    finally:
-        torch.set_default_dtype(old)
     # float32 losses would differ from the float64 ones at ~1e-8
     assert raw == pytest.approx(expected, rel=1e-14, abs=0) and logs["loss"] == loss
 

@@ -32,7 +32,7 @@ from baselines.smv import (
 from baselines.umt import umt_loss
 from benchmarks.config import method_hparams
 from core.hparams import resolve
-from tests.conftest import first_batch, make_context
+from tests.conftest import first_batch, first_batch64, float64_default, make_context
 from tests.numeric import approx, approx64, close
 
 
@@ -69,17 +69,13 @@ def test_lfm_fitted_schedule_rescales_epochs_to_the_fitted_length(tiny_bundle):
 
 
 def test_lfm_step_in_float64_keeps_float64_logits(tiny_bundle):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with float64_default():
         method = build("lfm", tiny_bundle)
-        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+        batch = first_batch64(tiny_bundle)
         with torch.no_grad():
             _, _, z = method.model(method.inputs(batch))
             expected = F.cross_entropy(0.5 * z["audio"] + 0.5 * z["visual"], batch["label"]).item()
         logs = method.update(batch, StepInfo(0, 0, 1, 1))
-    finally:
-        torch.set_default_dtype(old)
     assert abs(logs["ce"] - expected) < 1e-13   # float32 logits would differ at ~1e-8
 
 
@@ -173,17 +169,13 @@ def test_smv_resamples_the_loader_and_zeroes_flagged_features(tiny_bundle):
 
 
 def test_smv_step_in_float64_reports_the_float64_loss(tiny_bundle):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with float64_default():
         method = build("smv", tiny_bundle)
-        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+        batch = first_batch64(tiny_bundle)
         with torch.no_grad():
             _, z, _ = method.model(method.inputs(batch))
             expected = F.cross_entropy(z, batch["label"]).item()
         logs = method.update(batch, StepInfo(0, 0, 1, 2))
-    finally:
-        torch.set_default_dtype(old)
     assert logs["loss"] == expected   # a float32 loss would differ from the float64 one at ~1e-8
 
 
@@ -244,19 +236,15 @@ def test_dimml_stages_train_disjoint_parameters(tiny_bundle):
 
 
 def test_dimml_steps_in_float64_without_rounding_to_float32(tiny_bundle):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with float64_default():
         method = build("dimml", tiny_bundle)
         method.train()
-        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+        batch = first_batch64(tiny_bundle)
         with torch.no_grad():
             h = method.features(batch)
             expected = sum(F.cross_entropy(method.heads[m](h[m]), batch["label"]).item() for m in method.modalities)
         logs = method.update(batch, StepInfo(0, 0, 1, 2))
         fused = method.predict(batch).fused
-    finally:
-        torch.set_default_dtype(old)
     assert logs["ce_unimodal"] == pytest.approx(expected, rel=1e-13, abs=0)   # float32 would differ at ~1e-8
     assert fused.dtype == torch.float64
 
@@ -308,17 +296,13 @@ def test_relearning_diagnoses_float64_features_in_a_float64_run(tiny_bundle):
         def derived(self, *args, **kwargs):
             return self.batches
 
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with float64_default():
         method = build("relearning", tiny_bundle)
-        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+        batch = first_batch64(tiny_bundle)
         feats, labels = method.split_features(Split([batch]))
         method.model.eval()   # the diagnosis pass runs in eval mode
         with torch.no_grad():
             expected = method.model.features(method.inputs(batch))
-    finally:
-        torch.set_default_dtype(old)
     for m in method.modalities:   # KMeans keeps float32 input in float32, which would move the purities
         assert feats[m].dtype == np.float64 and np.array_equal(feats[m], expected[m].numpy())
     assert np.array_equal(labels, batch["label"].numpy())

@@ -13,7 +13,7 @@ from baselines.cml import CML
 from baselines.gblending import GBlending
 from baselines.mbsd import MBSD
 from baselines.umt import UMT
-from tests.conftest import build_with, first_batch
+from tests.conftest import build_with, first_batch64, float64_default
 
 
 class Float32Watch(TorchFunctionMode):
@@ -32,15 +32,11 @@ class Float32Watch(TorchFunctionMode):
 
 @pytest.mark.parametrize("cls", [GBlending, UMT, CML, MBSD, AMCo], ids=lambda c: c.name)
 def test_bb_method_steps_in_float64_without_float32_tensors(cls, tiny_bundle):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with float64_default():
         torch.manual_seed(0)
         method = build_with(cls, tiny_bundle)
         method.train()
-        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+        batch = first_batch64(tiny_bundle)
         with Float32Watch() as watch:
             logs = method.update(batch, StepInfo(1, 1, 2, 2))
-    finally:
-        torch.set_default_dtype(old)
     assert watch.seen == [] and isinstance(logs["loss"], float)

@@ -18,7 +18,7 @@ from benchmarks.config import method_hparams
 from benchmarks.parity import get_cases, golden, report
 from benchmarks.parity.core import Case, compare, run_case
 from core.hparams import resolve
-from tests.conftest import first_batch, make_context
+from tests.conftest import first_batch64, float64_default, make_context
 
 
 # --- float64 runs keep float64 losses and scores (what parity in float64 needs) --------------------------------------
@@ -37,32 +37,24 @@ def test_confidence_scores_of_float64_logits_are_float64():
 
 
 def test_ogm_step_in_float64_reports_the_float64_loss(tiny_bundle):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with float64_default():
         torch.manual_seed(0)
         method = OGM(tiny_bundle.task, resolve("ogm", method_hparams(OGM), "synthetic", {}), make_context())
-        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+        batch = first_batch64(tiny_bundle)
         with torch.no_grad():
             _, z, _ = method.model(method.inputs(batch))
             expected = F.cross_entropy(z, batch["label"]).item()
         logs = method.update(batch, StepInfo(0, 0, 1, 1))
-    finally:
-        torch.set_default_dtype(old)
     assert logs["loss"] == expected   # a float32 loss would differ from the float64 one at ~1e-8
 
 
 def test_gated_aug_steps_in_float64(tiny_bundle):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with float64_default():
         hp = resolve("aug", method_hparams(AUG), "synthetic", {"variant": "official_gated"}, variants=AUG.VARIANTS)
         torch.manual_seed(0)
         method = AUG(tiny_bundle.task, hp, make_context())
-        batch = {k: (v.double() if v.is_floating_point() else v) for k, v in first_batch(tiny_bundle).items()}
+        batch = first_batch64(tiny_bundle)
         method.update(batch, StepInfo(0, 0, 1, 1))   # a float32 gate input met float64 gate weights here
-    finally:
-        torch.set_default_dtype(old)
     assert method.running.dtype == torch.float64 and method.gate_values().dtype == torch.float64
 
 
