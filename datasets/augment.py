@@ -73,6 +73,7 @@ import torch
 import torch.nn.functional as F
 
 from core.data import Batch
+from datasets import ram_copies
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -351,6 +352,13 @@ def _available_ram() -> int | None:
     return None
 
 
+def _check_room(nbytes: int) -> None:
+    available = _available_ram()
+    if available is not None and nbytes > available:
+        raise MemoryError(f"data.resident=memory needs {nbytes / 2**30:.1f} GiB for the cache arrays, "
+                          f"{available / 2**30:.1f} GiB of RAM is available; use data.resident=none")
+
+
 _storage_use_count = getattr(torch._C, "_storage_Use_Count", None)
 
 
@@ -479,7 +487,8 @@ class CacheArrays:
     """The cache arrays batches are gathered from, resident where ``data.resident`` says.
 
     ``none``: the memory-mapped arrays (the OS page cache keeps what fits in RAM); ``memory``: loaded once into RAM
-    (no page faults or disk reads after the first epoch); ``device``: copied once to the batch's device, where a
+    (no page faults or disk reads after the first epoch; one copy per process, which later bundles on the same files
+    reuse, ``datasets.ram_copies``); ``device``: copied once to the batch's device, where a
     gather is an ``index_select`` on the device and nothing crosses the bus per batch; ``auto``: ``device`` on a
     CUDA device when all arrays take at most ``AUTO_DEVICE_SHARE`` of its free memory, else ``memory`` when they take
     at most ``AUTO_RAM_SHARE`` of the available RAM, else ``none``. The copies are made on first use, so building a
@@ -502,11 +511,7 @@ class CacheArrays:
         self._lock = threading.Lock()
 
     def _load_into_ram(self) -> None:
-        available = _available_ram()
-        if available is not None and self.nbytes > available:
-            raise MemoryError(f"data.resident=memory needs {self.nbytes / 2**30:.1f} GiB for the cache arrays, "
-                              f"{available / 2**30:.1f} GiB of RAM is available; use data.resident=none")
-        self.host = {name: np.array(a) for name, a in self.host.items()}
+        self.host = ram_copies.load(self.host, _check_room)
         self._host_tensors = {}
         self._loaded = True
 
@@ -515,6 +520,8 @@ class CacheArrays:
             return True
         if self.mode != "auto":
             return False
+        if ram_copies.held(self.host):  # an earlier run in this process loaded these very files
+            return True
         available = _available_ram()
         return available is not None and self.nbytes <= AUTO_RAM_SHARE * available
 

@@ -4,13 +4,15 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from core.hparams import resolve
-from datasets import augment
+from datasets import augment, ram_copies
 from datasets.augment import (
     AVAugment,
     BufferRing,
@@ -204,10 +206,47 @@ def test_resident_auto_loads_the_cache_into_ram_when_it_fits(cache_path, monkeyp
     assert roomy.augment.arrays._loaded and not any(isinstance(a, np.memmap)
                                                      for a in roomy.augment.arrays.host.values())
     monkeypatch.setattr(augment, "_available_ram", lambda: 1)
+    # A later bundle on the same files reuses this process's copy, though no RAM is left for another.
+    again = bundle(cache_path, resident="auto")
+    next(iter(again.loader("train", batch_size=2, train=True, seed=0)))
+    assert all(again.augment.arrays.host[name] is roomy.augment.arrays.host[name] for name in ("audio", "frames"))
+    ram_copies.clear()
     tight = bundle(cache_path, resident="auto")
     next(iter(tight.loader("train", batch_size=2, train=True, seed=0)))
     assert not tight.augment.arrays._loaded and all(isinstance(a, np.memmap)
                                                     for a in tight.augment.arrays.host.values())
+
+
+def test_ram_copies_are_shared_per_file_read_only_and_only_for_the_last_cache(tmp_path):
+    def mapped(name, values):
+        # Written beside and renamed over, as a cache is (a new inode each time).
+        np.save(tmp_path / "partial.npy", values)
+        os.replace(tmp_path / "partial.npy", tmp_path / f"{name}.npy")
+        return np.load(tmp_path / f"{name}.npy", mmap_mode="r")
+
+    def no_room(nbytes):
+        raise MemoryError(f"no room for {nbytes} bytes")
+
+    ram_copies.clear()
+    original = mapped("a", np.arange(6, dtype=np.float16))  # held, so the rewrite cannot get its inode back
+    first = ram_copies.load({"a": original}, lambda nbytes: None)
+    assert np.array_equal(first["a"], np.arange(6)) and not first["a"].flags.writeable
+    asked = []
+    second = ram_copies.load({"a": np.load(tmp_path / "a.npy", mmap_mode="r")}, asked.append)
+    assert second["a"] is first["a"] and asked == [0]
+    # The file rewritten in place is another file: read again.
+    rewritten = mapped("a", np.arange(6, dtype=np.float16) + 1)
+    assert not ram_copies.held({"a": rewritten})
+    assert np.array_equal(ram_copies.load({"a": rewritten}, asked.append)["a"], np.arange(6) + 1)
+    assert asked == [0, 12]
+    # Another cache releases the first one's copies; in-memory arrays and views are copied, never kept.
+    other = mapped("b", np.zeros(3, dtype=np.uint8))
+    ram_copies.load({"b": other, "c": np.ones(2), "view": other[1:]}, asked.append)
+    assert asked[-1] == 3 + 16 + 2 and not ram_copies.held({"a": rewritten}) and ram_copies.held({"b": other})
+    assert not ram_copies.held({"view": other[1:]})
+    with pytest.raises(MemoryError, match="no room"):
+        ram_copies.load({"a": rewritten}, no_room)
+    ram_copies.clear()
 
 
 @pytest.mark.gpu
