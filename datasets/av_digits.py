@@ -25,7 +25,7 @@ library's uncleared internal state (see ``datasets.espeak``), so the clips are r
 anew: the output does not depend on ``workers``. Encoders run with ``bitexact`` flags so no library version string is
 embedded; FLV1 and libmp3lame output were checked to be byte-stable across runs (PyAV 18.1).
 
-Deviations and choices the spec leaves open:
+Choices of this generator:
 
 - The FLV video uses a fixed quantiser (``video_qscale``, default 1) and a keyframe every 30 frames, so the frame
   that starts each second is an intra frame and the marker survives compression (measured error <= 2 grey levels).
@@ -36,7 +36,7 @@ Deviations and choices the spec leaves open:
   last at most about 0.75 s at 110 wpm), the clip is lengthened within its started second to hold it, and
   generation fails if that is not enough; ``meta.csv`` records the real duration.
 - ``manifest.json`` records every knob except ``workers``, which cannot change the files.
-- ``meta.csv`` adds ``clean_split``, ``offset_x``, ``offset_y`` and ``utterance_s`` to the spec's columns.
+- ``meta.csv`` records, beside each clip's labels, ``clean_split``, ``offset_x``, ``offset_y`` and ``utterance_s``.
 - Speech is synthetic: real content, but weaker evidence than recorded speech.
 
 Usage::
@@ -138,7 +138,7 @@ HPARAMS = (
                                                   "measured valid)."),
     HParam("variants", list(DEFAULT_VARIANTS), "Voice variants from espeak-ng-data/voices/!v "
                                                "(docs/datasets/av_digits.md#sources): the standard "
-           "female/male variants plus three Klatt ones; the project's choice, the spec does not fix a list."),
+           "female/male variants plus three Klatt ones; the project's choice."),
     HParam("image_test_fraction", 0.2, "Share of each digit's images in the test image pool "
                                        "(docs/datasets/av_digits.md#content: 80/20)."),
     HParam("motion_px", [4, 2], "Digit displacement (x, y) in pixels per second of clip "
@@ -570,6 +570,9 @@ def generate(out_dir: str | Path, *, overwrite: bool = False, **params: Any) -> 
     _require("av", "av")
     _require("sklearn", "scikit-learn")
     import soundfile  # noqa: F401  (a base dependency; imported here so a broken install fails before any work)
+
+    # Imported before the shard workers fork, so each inherits it instead of importing it again (about 1 s a shard).
+    from scipy.signal import resample_poly  # noqa: F401
 
     v = resolve_params(**params)
     unknown_variants = sorted(set(v["variants"]) - set(espeak.variant_names(loader.get_data_path())))
