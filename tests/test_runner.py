@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from benchmarks.config import build_config
 from benchmarks.runner import RunExistsError, lr_factor, select_protocols, train_run
-from tests.conftest import tiny_overrides
+from tests.conftest import make_context, tiny_overrides
 from tests.numeric import approx64
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,3 +98,30 @@ def test_sigkill_then_resume_gives_the_uninterrupted_summary(tmp_path):
     ref_lines = [json.loads(x) for x in (reference / "metrics.jsonl").read_text().splitlines()]
     got_lines = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()]
     assert [r["test"] for r in got_lines] == [r["test"] for r in ref_lines]
+
+
+def test_sgd_steps_fused_over_parameters_equal_the_per_parameter_loop():
+    """make_optimizer's SGD runs foreach (one call per group); its steps are bitwise those of the per-parameter loop,
+    with momentum, weight decay, a parameter without a gradient and a group added later."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(4, 3, 7, 7), (4,), (6, 32), (6,)]
+    start = [torch.randn(shape, generator=g) for shape in shapes]
+    late = torch.randn(5, generator=g)
+    fused = [torch.nn.Parameter(p.clone()) for p in start]
+    loop = [torch.nn.Parameter(p.clone()) for p in start]
+    fused_late, loop_late = torch.nn.Parameter(late.clone()), torch.nn.Parameter(late.clone())
+    opt = make_context(lr=0.1, momentum=0.9, weight_decay=1e-4).make_optimizer(fused)
+    assert opt.defaults["foreach"] is True
+    reference = torch.optim.SGD(loop, lr=0.1, momentum=0.9, weight_decay=1e-4, foreach=False)
+    for step in range(6):
+        if step == 2:
+            opt.add_param_group({"params": [fused_late], "lr": 0.05})
+            reference.add_param_group({"params": [loop_late], "lr": 0.05})
+        grads = [torch.randn(p.shape, generator=g) for p in [*start, late]]
+        for params in ([*fused, fused_late], [*loop, loop_late]):
+            for k, (p, grad) in enumerate(zip(params, grads)):
+                p.grad = None if k == 1 and step % 2 else grad.clone()
+        opt.step()
+        reference.step()
+    for a, b in zip([*fused, fused_late], [*loop, loop_late]):
+        assert torch.equal(a, b)
