@@ -267,6 +267,40 @@ def aug_diagnostics(records: Sequence[collect.RunRecord]) -> dict[str, Any] | No
             "fusion_weights": weights, "weighted_acc": mean(weighted), "equal_fusion_acc": mean(equal)}
 
 
+def run_seconds(records: Sequence[collect.RunRecord]) -> dict[str, list[float]]:
+    """Each row's training seconds per run (the runs' ``wall_time_s``), the ensemble row excepted."""
+    seconds: dict[str, list[float]] = {}
+    for rec in records:
+        if rec.label != ENSEMBLE_LABEL:
+            seconds.setdefault(rec.label, []).append(json.loads((rec.run_dir / "summary.json").read_text())
+                                                     ["wall_time_s"])
+    return seconds
+
+
+def previous_row_seconds(summaries: Sequence[Path], log: Callable[[str], None] = print
+                         ) -> tuple[dict[str, float], Path | None]:
+    """``row_run_s`` of the first of ``summaries`` that records it, and that file; ({}, None) when none does. Only a
+    scheduling hint: an unreadable file is reported and skipped."""
+    for path in summaries:
+        if not path.is_file():
+            continue
+        try:
+            seconds = json.loads(path.read_text()).get("row_run_s")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+            log(f"note: ignoring {path} as a source of run times ({type(err).__name__}: {err})")
+            continue
+        if seconds:
+            return seconds, path
+    return {}, None
+
+
+def longest_first(jobs: Sequence[sweep.Job], seconds: Mapping[str, float]) -> list[sweep.Job]:
+    """``jobs`` ordered by their row's expected seconds, longest first; rows with no estimate go first, in their
+    order. The pool hands runs out in this order, so the last to start are short and the workers finish together
+    (the numbers do not depend on the order)."""
+    return sorted(jobs, key=lambda job: -seconds.get(job.label, float("inf")))
+
+
 def default_results(profile: str | None, publish: bool) -> Path:
     """Where tables and plots go: under ``runs/`` (untracked) unless ``--publish`` refreshes ``results/``."""
     name = "demo" if profile is None else f"demo-{profile}"
@@ -306,10 +340,13 @@ def run_demo(*, results: Path, work: Path, profile: str | None = None, workers: 
     config = sweep.parse_config(sweep_document(demo, cache, methods))
     runs_dir = work / "runs" / (profile or "full")
     jobs = sweep.expand(config, runs_dir, log=lambda line: None)
+    expected, source = previous_row_seconds([Path(results) / "summary.json", default_results(profile, True)
+                                             / "summary.json"], log)
+    order_note = f"; longest first by the run times in {source}" if source else ""
     log(f"[3/4] training {len(jobs)} runs ({len(config.methods)} rows x {len(config.seeds)} seed(s)) in {workers} "
-        f"worker process(es), {THREADS_PER_WORKER} thread each; runs in {runs_dir}")
-    report = sweep.run_pool(jobs, workers=workers, threads_per_worker=THREADS_PER_WORKER, out=runs_dir,
-                            config=config, log=log)
+        f"worker process(es), {THREADS_PER_WORKER} thread each; runs in {runs_dir}{order_note}")
+    report = sweep.run_pool(longest_first(jobs, expected), workers=workers, threads_per_worker=THREADS_PER_WORKER,
+                            out=runs_dir, config=config, log=log)
     timings["train_s"] = time.perf_counter() - t
 
     log("[4/4] tables and plots ...")
@@ -346,13 +383,15 @@ def run_demo(*, results: Path, work: Path, profile: str | None = None, workers: 
                                    "unimodal_visual": "visual-only model"}))
     timings["report_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - started
+    seconds = run_seconds(records)
     skipped = [r for r in sweep_document(demo, cache)["methods"] if r not in config.methods]
     summary = {"profile": profile or "full", "runs": len(jobs), "failed": sorted(report.failed),
                "rows_not_run": skipped,
                "timings_s": {k: round(v, 1) for k, v in timings.items()},
                # Training time the runs took, whichever invocation trained them (a rerun reuses finished runs).
-               "run_time_s": round(sum(json.loads((r.run_dir / "summary.json").read_text())["wall_time_s"]
-                                       for r in records if r.label != ENSEMBLE_LABEL), 1),
+               "run_time_s": round(sum(map(sum, seconds.values())), 1),
+               # Mean seconds per run of each row: the next demo starts the longest rows first (longest_first).
+               "row_run_s": {label: round(float(np.mean(v)), 1) for label, v in seconds.items()},
                "rows": {label: {k: [round(m, 4), round(sd, 4), n] for k, (m, sd, n) in row.items()}
                         for label, row in stats.items()},
                "identical_rows": identical, "unstable_rows": unstable_rows(records, order),

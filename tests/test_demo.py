@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -18,7 +19,9 @@ from benchmarks.demo import (
     default_results,
     identical_rows,
     load_demo_config,
+    longest_first,
     machine_record,
+    previous_row_seconds,
     run_demo,
     sweep_document,
     unstable_rows,
@@ -146,9 +149,28 @@ def test_demo_smoke_end_to_end(tmp_path):
     assert {"acc", "acc:audio", "acc:visual"} <= set(summary["rows"][ENSEMBLE_LABEL])
     assert summary["machine"]["threads_per_worker"] == 1
     assert {"extra_learners", "score_ratio", "fusion_weights", "equal_fusion_acc"} <= set(summary["aug"])
+    assert set(summary["row_run_s"]) == {"unimodal_audio", "unimodal_visual", "joint", "aug"}
+    assert all(s > 0 for s in summary["row_run_s"].values())
     readme = (results / "README.md").read_text()
     assert "## Findings" in readme and "AUG reaches" in readme and "visual-only model" in readme
     assert out["table"] == table
+
+
+def test_runs_start_longest_first_by_the_previous_summary(tmp_path):
+    jobs = [SimpleNamespace(label=label, seed=seed) for label in ("joint", "agm", "new", "unimodal_audio")
+            for seed in (0, 1)]
+    ordered = longest_first(jobs, {"joint": 14.2, "agm": 38.0, "unimodal_audio": 8.1})
+    assert [(j.label, j.seed) for j in ordered] == [("new", 0), ("new", 1), ("agm", 0), ("agm", 1), ("joint", 0),
+                                                    ("joint", 1), ("unimodal_audio", 0), ("unimodal_audio", 1)]
+    assert longest_first(jobs, {}) == jobs
+    broken, old, good = tmp_path / "broken.json", tmp_path / "old.json", tmp_path / "good.json"
+    broken.write_text("{not json")
+    old.write_text(json.dumps({"runs": 3}))
+    good.write_text(json.dumps({"row_run_s": {"joint": 14.2}}))
+    notes = []
+    assert previous_row_seconds([tmp_path / "absent.json", broken, old, good], notes.append) == ({"joint": 14.2}, good)
+    assert len(notes) == 1 and str(broken) in notes[0] and "JSONDecodeError" in notes[0]
+    assert previous_row_seconds([old], notes.append) == ({}, None)
 
 
 def test_demo_numbers_do_not_depend_on_the_worker_count_or_run_order(tmp_path):
