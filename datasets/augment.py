@@ -506,6 +506,8 @@ class CacheArrays:
         self.mode = mode
         self.nbytes = sum(int(a.nbytes) for a in self.host.values())
         self._loaded = False
+        # Whether to load into RAM is decided on first use, once: a run never switches, and no batch pays the check.
+        self._decided = False
         self._host_tensors: dict[str, torch.Tensor] = {}
         self._on_device: dict[torch.device, dict[str, torch.Tensor] | None] = {}
         self._lock = threading.Lock()
@@ -556,10 +558,12 @@ class CacheArrays:
 
     def host_source(self, name: str) -> torch.Tensor:
         """Array ``name`` as a host tensor sharing its memory, loaded into RAM first where the mode says so."""
-        if not self._loaded and self._wants_ram():
+        if not self._decided:
             with self._lock:
-                if not self._loaded:
-                    self._load_into_ram()
+                if not self._decided:
+                    if self._wants_ram():
+                        self._load_into_ram()
+                    self._decided = True
         if name not in self._host_tensors:
             self._host_tensors[name] = host_tensor(self.host[name])
         return self._host_tensors[name]

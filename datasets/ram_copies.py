@@ -52,7 +52,7 @@ def load(arrays: Mapping[str, np.ndarray], check_room: Callable[[int], None]) ->
         out = {}
         for name, array in arrays.items():
             key = keys[name]
-            copy = _COPIES.get(key) if key is not None else None
+            copy = _COPIES.get(key)
             if copy is None:
                 copy = np.array(array)
                 copy.flags.writeable = False

@@ -211,10 +211,14 @@ def test_resident_auto_loads_the_cache_into_ram_when_it_fits(cache_path, monkeyp
     next(iter(again.loader("train", batch_size=2, train=True, seed=0)))
     assert all(again.augment.arrays.host[name] is roomy.augment.arrays.host[name] for name in ("audio", "frames"))
     ram_copies.clear()
+    asked = []
+    monkeypatch.setattr(augment, "_available_ram", lambda: asked.append(1) or 1)
     tight = bundle(cache_path, resident="auto")
-    next(iter(tight.loader("train", batch_size=2, train=True, seed=0)))
+    for _ in tight.loader("train", batch_size=2, train=True, seed=0):
+        pass
     assert not tight.augment.arrays._loaded and all(isinstance(a, np.memmap)
                                                     for a in tight.augment.arrays.host.values())
+    assert len(asked) == 1, "decided once, not checked again for every batch"
 
 
 def test_ram_copies_are_shared_per_file_read_only_and_only_for_the_last_cache(tmp_path):
