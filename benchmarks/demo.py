@@ -285,11 +285,12 @@ def previous_row_seconds(summaries: Sequence[Path], log: Callable[[str], None] =
         if not path.is_file():
             continue
         try:
-            seconds = json.loads(path.read_text()).get("row_run_s")
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             log(f"note: ignoring {path} as a source of run times ({type(err).__name__}: {err})")
             continue
-        if seconds:
+        seconds = data.get("row_run_s") if isinstance(data, dict) else None
+        if isinstance(seconds, dict) and seconds:
             return seconds, path
     return {}, None
 

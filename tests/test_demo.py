@@ -165,7 +165,7 @@ def test_runs_start_longest_first_by_the_previous_summary(tmp_path):
     assert longest_first(jobs, {}) == jobs
     broken, old, good = tmp_path / "broken.json", tmp_path / "old.json", tmp_path / "good.json"
     broken.write_text("{not json")
-    old.write_text(json.dumps({"runs": 3}))
+    old.write_text(json.dumps({"runs": 3, "row_run_s": [1, 2]}))
     good.write_text(json.dumps({"row_run_s": {"joint": 14.2}}))
     notes = []
     assert previous_row_seconds([tmp_path / "absent.json", broken, old, good], notes.append) == ({"joint": 14.2}, good)
