@@ -32,6 +32,15 @@ import yaml
 from baselines.registry import list_methods
 from benchmarks import collect, plots, sweep
 from benchmarks.config import merge_overrides
+from benchmarks.demo_checks import (
+    ENSEMBLE_LABEL,
+    compare_runs,
+    design_targets,
+    last_quarter_trend,
+    load_reference,
+    reproduction_markdown,
+    targets_markdown,
+)
 from benchmarks.metrics import classification_metrics
 from benchmarks.records import atomic_write_text, read_jsonl
 from benchmarks.run_folder import load_run_config
@@ -69,6 +78,15 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8]
 
 
+# The parts of the demo config that decide its numbers; two runs with the same digest ran the same design.
+DESIGN_KEYS = ("generate", "prepare", "defaults", "rows", "schedule", "seeds")
+
+
+def design_digest(demo: Mapping[str, Any]) -> str:
+    """A short digest of the settings that decide the demo's numbers (not its title, targets or the timing hints)."""
+    return _digest({k: demo.get(k) for k in DESIGN_KEYS})
+
+
 def scaled_schedule(fractions: Mapping[str, Any], method: str, epochs: int) -> dict[str, dict[str, int]]:
     """Epoch-count knobs as the demo runs them: ``fraction`` of the run's ``epochs``, rounded, at least 1 (or at
     least ``minimum`` where the knob is given as ``[fraction, minimum]``). The published schedules assume 100-200
@@ -103,7 +121,6 @@ def sweep_document(demo: Mapping[str, Any], cache: Path, methods: Sequence[str] 
             "methods": {label: rows[label] for label in ordered}}
 
 
-ENSEMBLE_LABEL = "ensemble"
 ENSEMBLE_TITLE = "Ensemble of the unimodal models (late fusion)"
 REFERENCES = {"unimodal_audio": "audio", "unimodal_visual": "visual"}
 # Seed std of test accuracy above which the README says a row's mean does not rank its method [project].
@@ -219,24 +236,6 @@ def row_stats(records: Sequence[collect.RunRecord], protocol: str = "clean") -> 
                     for k, v in row.items()} for label, row in values.items()}
 
 
-def _last_quarter_drift(runs_dir: Path, labels: Sequence[str]) -> dict[str, float]:
-    """Per row: the largest |val acc(last epoch) - val acc(epoch at the start of the last quarter)| over seeds, in
-    accuracy units; the convergence check of the reference rows."""
-    out: dict[str, float] = {}
-    for metrics in sorted(Path(runs_dir).rglob("metrics.jsonl")):
-        job = metrics.parent / "job.json"
-        if not job.exists():
-            continue
-        label = json.loads(job.read_text())["label"]
-        if label not in labels:
-            continue
-        vals = [r["val"]["acc"] for r in read_jsonl(metrics) if "val" in r]
-        if len(vals) >= 4:
-            start = vals[len(vals) - max(1, len(vals) // 4) - 1]
-            out[label] = max(out.get(label, 0.0), abs(vals[-1] - start))
-    return out
-
-
 def aug_diagnostics(records: Sequence[collect.RunRecord]) -> dict[str, Any] | None:
     """AUG's mechanism as it ran, mean over seeds: learners added per modality, the final train-score ratio
     s_audio / s_visual, the test-time fusion weights, and the equal-weight fusion's test accuracy at the selected
@@ -341,8 +340,10 @@ def run_demo(*, results: Path, work: Path, profile: str | None = None, workers: 
     config = sweep.parse_config(sweep_document(demo, cache, methods))
     runs_dir = work / "runs" / (profile or "full")
     jobs = sweep.expand(config, runs_dir, log=lambda line: None)
-    expected, source = previous_row_seconds([Path(results) / "summary.json", default_results(profile, True)
-                                             / "summary.json"], log)
+    published = default_results(profile, True) / "summary.json"
+    # Read before this run overwrites it: with --publish the run is compared with the one it replaces.
+    reference = load_reference(published, log)
+    expected, source = previous_row_seconds([Path(results) / "summary.json", published], log)
     order_note = f"; longest first by the run times in {source}" if source else ""
     log(f"[3/4] training {len(jobs)} runs ({len(config.methods)} rows x {len(config.seeds)} seed(s)) in {workers} "
         f"worker process(es), {THREADS_PER_WORKER} thread each; runs in {runs_dir}{order_note}")
@@ -396,9 +397,14 @@ def run_demo(*, results: Path, work: Path, profile: str | None = None, workers: 
                "rows": {label: {k: [round(m, 4), round(sd, 4), n] for k, (m, sd, n) in row.items()}
                         for label, row in stats.items()},
                "identical_rows": identical, "unstable_rows": unstable_rows(records, order),
-               "convergence_drift": _last_quarter_drift(runs_dir, list(REFERENCES) + ["joint"]),
+               "convergence_trend": last_quarter_trend(runs_dir, list(REFERENCES) + ["joint"]),
                "aug": aug_diagnostics(records), "epochs": demo["defaults"]["train"]["epochs"],
-               "seeds": list(config.seeds), "commit": git_commit(), "machine": machine_record(workers)}
+               "seeds": list(config.seeds), "design": design_digest(demo), "commit": git_commit(),
+               "machine": machine_record(workers)}
+    summary["targets"] = design_targets(summary, demo["targets"])
+    if reference is not None:
+        summary["reproduction"] = compare_runs(reference, summary, str(published))
+        log(reproduction_markdown(summary["reproduction"], titles)[2])
     atomic_write_text(results / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     atomic_write_text(results / "README.md", _readme(demo, summary, profile, names))
     written += [results / "summary.json", results / "README.md"]
@@ -470,7 +476,9 @@ def _readme(demo: Mapping[str, Any], summary: Mapping[str, Any], profile: str | 
              "- reproducibility: every run is seeded and uses one intra-op thread and deterministic algorithms; "
              "the data is byte-identical for its seed. The numbers do not depend on the worker count or run order "
              "(tests/test_demo.py checks this); another CPU type or library version can change float rounding "
-             "and so the numbers, within about the reported std where the rows have converged.", ""]
+             "and so the numbers, within about the reported std where the rows have converged.", "",
+             *targets_markdown(summary.get("targets", []), titles),
+             *reproduction_markdown(summary.get("reproduction"), titles)]
     if summary["identical_rows"]:
         lines += ["## Rows without an effect", "",
                   "These rows equal another row in every seed: their mechanism never changed a prediction within "

@@ -153,6 +153,8 @@ def test_demo_smoke_end_to_end(tmp_path):
     assert all(s > 0 for s in summary["row_run_s"].values())
     readme = (results / "README.md").read_text()
     assert "## Findings" in readme and "AUG reaches" in readme and "visual-only model" in readme
+    assert [c["target"] for c in summary["targets"]] == ["imbalance", "headroom"], "one seed, one epoch: no more"
+    assert "## Design targets" in readme and "reproduction" not in summary
     assert out["table"] == table
 
 
@@ -173,11 +175,18 @@ def test_runs_start_longest_first_by_the_previous_summary(tmp_path):
     assert previous_row_seconds([old], notes.append) == ({}, None)
 
 
-def test_demo_numbers_do_not_depend_on_the_worker_count_or_run_order(tmp_path):
-    """Two demos from scratch (data generated anew), one and two worker processes: identical test metrics."""
-    tables = []
-    for workers, methods in ((1, ["joint", "unimodal_visual"]), (2, ["unimodal_visual", "joint"])):
-        run_demo(results=tmp_path / f"r{workers}", work=tmp_path / f"w{workers}", profile="smoke", workers=workers,
-                 methods=methods, log=lambda line: None)
-        tables.append(json.loads((tmp_path / f"r{workers}" / "summary.json").read_text())["rows"])
-    assert tables[0] == tables[1]
+def test_demo_numbers_do_not_depend_on_the_worker_count_or_run_order(tmp_path, monkeypatch):
+    """Two demos from scratch (data generated anew), one and two worker processes: identical test metrics; the second
+    compares itself with the first, published one and says so."""
+    monkeypatch.chdir(tmp_path)
+    published = default_results("smoke", publish=True)
+    for workers, methods, results in ((1, ["joint", "unimodal_visual"], published),
+                                      (2, ["unimodal_visual", "joint"], tmp_path / "r2")):
+        run_demo(results=results, work=tmp_path / f"w{workers}", profile="smoke", workers=workers, methods=methods,
+                 log=lambda line: None)
+    first, second = (json.loads((r / "summary.json").read_text()) for r in (published, tmp_path / "r2"))
+    assert first["rows"] == second["rows"]
+    assert "reproduction" not in first
+    rep = second["reproduction"]
+    assert rep["comparable"] and rep["rows"] == rep["identical"] == 2 and rep["outside_std"] == {}
+    assert "2 of 2 rows identical" in (tmp_path / "r2" / "README.md").read_text()

@@ -1,0 +1,173 @@
+"""What ``augbench demo`` checks about its own result: the design targets its settings were chosen for, and whether
+it reproduces an earlier (published) run.
+
+Both work on the demo's ``summary.json`` contents (the convergence trend also on the runs' validation curves), so the
+summary, the generated README and the tests see the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from benchmarks.records import read_jsonl
+
+# The rows the design targets are measured on: the two unimodal references and joint training (Concat).
+AUDIO, VISUAL, JOINT = "unimodal_audio", "unimodal_visual", "joint"
+# The late-fusion ensemble of the unimodal models, a row the demo adds.
+ENSEMBLE_LABEL = "ensemble"
+# Summary fields that must agree before two demo runs are compared row by row.
+COMPARABLE = ("profile", "seeds", "epochs", "design")
+# What a reader needs to know about the machine of the run compared against.
+MACHINE_KEYS = ("cpu_model", "torch_cpu_capability", "torch", "numpy")
+
+
+def last_quarter_trend(runs_dir: Path, labels: Sequence[str]) -> dict[str, dict[int, float]]:
+    """Row -> seed -> the change of validation accuracy over the last quarter of epochs, in accuracy units: the
+    least-squares line through the epochs from the start of the last quarter to the last, times that span. Unlike the
+    difference of two epochs, one epoch's jitter moves it little. Runs with fewer than 4 validated epochs are left
+    out."""
+    out: dict[str, dict[int, float]] = {}
+    for metrics in sorted(Path(runs_dir).rglob("metrics.jsonl")):
+        job_file = metrics.parent / "job.json"
+        if not job_file.exists():
+            continue
+        job = json.loads(job_file.read_text())
+        if job["label"] not in labels:
+            continue
+        vals = [r["val"]["acc"] for r in read_jsonl(metrics) if "val" in r]
+        if len(vals) < 4:
+            continue
+        tail = np.asarray(vals[len(vals) - max(1, len(vals) // 4) - 1:], dtype=np.float64)
+        span = len(tail) - 1
+        slope = np.polyfit(np.arange(len(tail), dtype=np.float64), tail, 1)[0]
+        out.setdefault(job["label"], {})[int(job["seed"])] = round(float(slope * span), 4)
+    return out
+
+
+def _check(name: str, text: str, measured: Mapping[str, float], met: bool) -> dict[str, Any]:
+    return {"target": name, "text": text, "measured": dict(measured), "met": bool(met)}
+
+
+def design_targets(summary: Mapping[str, Any], targets: Mapping[str, float]) -> list[dict[str, Any]]:
+    """The demo's design targets (``targets`` from its config), each with what this run measured and whether it was
+    met: the references and joint converge, joint under-uses the visual modality, the unimodal ensemble leaves
+    headroom over joint training, and the references and joint vary little between seeds. A target whose rows were
+    not run is left out."""
+    rows = summary["rows"]
+
+    def mean(row: str, key: str = "acc") -> float:
+        return rows[row][key][0]
+
+    checks = []
+    trend = summary.get("convergence_trend") or {}
+    if trend:
+        limit = targets["trend"]
+        measured = {row: float(np.mean(list(seeds.values()))) for row, seeds in trend.items()}
+        checks.append(_check("converged", f"validation accuracy changes by at most {100 * limit:.0f} points over the "
+                             "last quarter of epochs (least-squares trend, mean over seeds)", measured,
+                             all(abs(v) <= limit for v in measured.values())))
+    if {JOINT, VISUAL} <= set(rows) and "acc:visual" in rows[JOINT]:
+        limit = targets["imbalance"]
+        gap = mean(VISUAL) - mean(JOINT, "acc:visual")
+        checks.append(_check("imbalance", f"joint training's visual head at least {100 * limit:.0f} points below the "
+                             "visual-only model", {"gap": gap}, gap >= limit))
+    if {JOINT, ENSEMBLE_LABEL} <= set(rows):
+        limit = targets["headroom"]
+        headroom = mean(ENSEMBLE_LABEL) - mean(JOINT)
+        checks.append(_check("headroom", f"the late-fusion ensemble of the unimodal models at least "
+                             f"{100 * limit:.0f} points above joint training", {"headroom": headroom},
+                             headroom >= limit))
+    spread = {row: rows[row]["acc"][1] for row in (AUDIO, VISUAL, JOINT) if row in rows and rows[row]["acc"][2] > 1}
+    if spread:
+        limit = targets["reference_std"]
+        checks.append(_check("seed spread", f"test accuracy of the references and joint training varies by at most "
+                             f"{100 * limit:.0f} points between seeds (sample std)", spread,
+                             all(v <= limit for v in spread.values())))
+    return checks
+
+
+def load_reference(path: Path, log: Callable[[str], None] = print) -> dict[str, Any] | None:
+    """A previous demo's summary to compare against, or None when there is none; one that cannot be read is
+    reported through ``log`` and not compared with."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        log(f"note: not comparing with {path}: {type(err).__name__}: {err}")
+        return None
+    if not (isinstance(data, dict) and isinstance(data.get("rows"), dict)):
+        log(f"note: not comparing with {path}: not a demo summary (no 'rows' mapping)")
+        return None
+    return data
+
+
+def compare_runs(reference: Mapping[str, Any], summary: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """This run's rows against ``reference`` (another demo's summary, read from ``source``): how many rows are
+    identical in every number, how many have a mean test accuracy within the reference's reported std (with one seed
+    the std is 0, so only identical rows count), and the rows outside it. Runs whose profile, seeds, epochs or
+    settings digest differ are not compared (``comparable`` false, ``differs`` names the fields); a field the
+    reference does not record (older summaries have no digest) is listed in ``unchecked``."""
+    differs = [k for k in COMPARABLE if k in reference and reference[k] != summary.get(k)]
+    head = {"source": source, "reference_commit": reference.get("commit"),
+            "reference_machine": {k: reference.get("machine", {}).get(k) for k in MACHINE_KEYS},
+            "unchecked": [k for k in COMPARABLE if k not in reference]}
+    if differs:
+        return {**head, "comparable": False, "differs": differs}
+    common = [r for r in summary["rows"] if r in reference["rows"]]
+    outside: dict[str, list[float]] = {}
+    deltas = []
+    for row in common:
+        ref_mean, ref_std = reference["rows"][row]["acc"][:2]
+        new_mean = summary["rows"][row]["acc"][0]
+        deltas.append(abs(new_mean - ref_mean))
+        if abs(new_mean - ref_mean) > ref_std:
+            outside[row] = [ref_mean, ref_std, new_mean]
+    identical = sum(reference["rows"][r] == summary["rows"][r] for r in common)
+    return {**head, "comparable": True, "rows": len(common), "identical": identical,
+            "within_std": len(common) - len(outside), "outside_std": outside,
+            "max_abs_delta": round(max(deltas), 4) if deltas else 0.0}
+
+
+def targets_markdown(checks: Sequence[Mapping[str, Any]], titles: Mapping[str, str]) -> list[str]:
+    """README lines: one table row per design target."""
+    if not checks:
+        return []
+
+    def value(key: str, v: float, signed: bool) -> str:
+        number = f"{100 * v:+.1f}" if signed else f"{100 * v:.1f}"
+        return number if key in ("gap", "headroom") else f"{titles.get(key, key)} {number}"
+
+    lines = ["## Design targets", "",
+             "What the demo's settings were chosen for (measured on the rows below, accuracy in points):", "",
+             "| target | measured | met |", "|---|---|---|"]
+    for c in checks:
+        measured = ", ".join(value(k, v, c["target"] != "seed spread") for k, v in c["measured"].items())
+        lines.append(f"| {c['target']}: {c['text']} | {measured} | {'yes' if c['met'] else '**no**'} |")
+    return lines + [""]
+
+
+def reproduction_markdown(comparison: Mapping[str, Any] | None, titles: Mapping[str, str]) -> list[str]:
+    """README lines: how this run compares with the run it was checked against."""
+    if comparison is None:
+        return []
+    machine = comparison["reference_machine"]
+    against = (f"`{comparison['source']}` (commit `{comparison['reference_commit']}`, {machine['cpu_model']}, kernels "
+               f"{machine['torch_cpu_capability']}, torch {machine['torch']}, numpy {machine['numpy']})")
+    lines = ["## Against an earlier run", ""]
+    if not comparison["comparable"]:
+        return lines + [f"Not compared with {against}: it differs in {', '.join(comparison['differs'])}.", ""]
+    text = (f"Compared with {against}: {comparison['identical']} of {comparison['rows']} rows identical in every "
+            f"number, {comparison['within_std']} with a mean test accuracy within that run's reported std; the "
+            f"largest difference of a row's mean accuracy is {100 * comparison['max_abs_delta']:.2f} points.")
+    if comparison["unchecked"]:
+        text += f" (That run does not record its {', '.join(comparison['unchecked'])}: not checked to be the same.)"
+    if comparison["outside_std"]:
+        text += " Outside the std: " + "; ".join(
+            f"{titles.get(r, r)} {100 * new:.1f}% (was {100 * m:.1f} ± {100 * s:.1f})"
+            for r, (m, s, new) in comparison["outside_std"].items()) + "."
+    return lines + [text, ""]

@@ -1,0 +1,107 @@
+"""The demo's design-target checks and its comparison with an earlier run, on crafted summaries and curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.demo_checks import (
+    compare_runs,
+    design_targets,
+    last_quarter_trend,
+    load_reference,
+    reproduction_markdown,
+    targets_markdown,
+)
+
+TARGETS = {"trend": 0.02, "imbalance": 0.10, "headroom": 0.05, "reference_std": 0.02}
+
+
+def _run(root: Path, name: str, label: str, seed: int, vals: list[float]) -> None:
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "job.json").write_text(json.dumps({"label": label, "seed": seed}))
+    lines = [{"epoch": e, "val": {"acc": v}} for e, v in enumerate(vals)] + [{"final": True}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+def test_last_quarter_trend_fits_a_line_over_the_last_quarter(tmp_path):
+    # 8 epochs: the last quarter is epochs 6-7, fitted from epoch 5 (its start) on: 3 points.
+    _run(tmp_path, "a0", "joint", 0, [0.1, 0.2, 0.3, 0.4, 0.5, 0.60, 0.62, 0.64])  # +0.02 per epoch -> +0.04
+    _run(tmp_path, "a1", "joint", 1, [0.1, 0.2, 0.3, 0.4, 0.5, 0.70, 0.80, 0.70])  # jitter, no trend -> 0
+    _run(tmp_path, "b0", "sum", 0, [0.1] * 8)                                      # not asked for
+    _run(tmp_path, "c0", "unimodal_audio", 0, [0.1, 0.2, 0.3])                     # too short to judge
+    trend = last_quarter_trend(tmp_path, ["joint", "unimodal_audio"])
+    assert set(trend) == {"joint"}
+    assert trend["joint"][0] == pytest.approx(0.04, abs=1e-4)
+    assert trend["joint"][1] == pytest.approx(0.0, abs=1e-4)
+
+
+def _summary(**rows) -> dict:
+    out = {"rows": {}, "profile": "full", "seeds": [0, 1, 2], "epochs": 16, "design": "abc", "commit": "c0ffee",
+           "machine": {"cpu_model": "CPU X", "torch_cpu_capability": "AVX2", "torch": "2.14.1", "numpy": "2.4"}}
+    for label, acc in rows.items():
+        out["rows"][label] = {k: list(v) for k, v in acc.items()}
+    return out
+
+
+def test_design_targets_report_each_target_met_or_missed():
+    summary = _summary(unimodal_audio={"acc": (0.77, 0.034, 3)}, unimodal_visual={"acc": (0.75, 0.022, 3)},
+                       joint={"acc": (0.85, 0.015, 3), "acc:visual": (0.38, 0.04, 3)},
+                       ensemble={"acc": (0.90, 0.008, 3)})
+    summary["convergence_trend"] = {"joint": {0: 0.0, 1: 0.01}, "unimodal_visual": {0: 0.05, 1: 0.0, 2: 0.02}}
+    checks = {c["target"]: c for c in design_targets(summary, TARGETS)}
+    assert checks["converged"]["measured"] == pytest.approx({"joint": 0.005, "unimodal_visual": 0.07 / 3})
+    assert not checks["converged"]["met"], "visual's mean trend 2.3 points exceeds 2"
+    assert checks["imbalance"]["met"] and checks["imbalance"]["measured"]["gap"] == pytest.approx(0.37)
+    assert checks["headroom"]["met"] and checks["headroom"]["measured"]["headroom"] == pytest.approx(0.05)
+    assert checks["seed spread"]["measured"] == {"unimodal_audio": 0.034, "unimodal_visual": 0.022, "joint": 0.015}
+    assert not checks["seed spread"]["met"]
+    lines = "\n".join(targets_markdown(list(checks.values()), {"unimodal_audio": "Unimodal (audio)"}))
+    assert "| **no** |" in lines and "Unimodal (audio) 3.4" in lines and "+37.0" in lines
+
+
+def test_design_targets_skip_what_the_run_cannot_show():
+    one_seed = _summary(joint={"acc": (0.5, 0.0, 1)}, unimodal_audio={"acc": (0.6, 0.0, 1)})
+    assert design_targets(one_seed, TARGETS) == [], "no ensemble, no visual row, no curves, no spread over one seed"
+
+
+def test_compare_runs_counts_identical_rows_and_names_those_outside_the_std():
+    reference = _summary(joint={"acc": (0.85, 0.02, 3)}, sum={"acc": (0.80, 0.01, 3)}, agm={"acc": (0.5, 0.2, 3)})
+    same = compare_runs(reference, json.loads(json.dumps(reference)), "results/demo/summary.json")
+    assert same["comparable"] and same["identical"] == same["within_std"] == same["rows"] == 3
+    assert same["max_abs_delta"] == 0.0 and same["unchecked"] == []
+    rerun = _summary(joint={"acc": (0.86, 0.02, 3)}, sum={"acc": (0.82, 0.01, 3)}, agm={"acc": (0.5, 0.2, 3)},
+                     new={"acc": (0.1, 0.0, 3)})
+    out = compare_runs(reference, rerun, "ref.json")
+    assert (out["rows"], out["identical"], out["within_std"]) == (3, 1, 2)
+    assert out["outside_std"] == {"sum": [0.80, 0.01, 0.82]} and out["max_abs_delta"] == pytest.approx(0.02)
+    text = "\n".join(reproduction_markdown(out, {"sum": "Sum"}))
+    assert "1 of 3 rows identical" in text and "Sum 82.0% (was 80.0 ± 1.0)" in text and "CPU X" in text
+
+
+def test_compare_runs_refuses_other_settings_and_says_what_it_could_not_check():
+    reference = _summary(joint={"acc": (0.85, 0.02, 3)})
+    other = _summary(joint={"acc": (0.85, 0.02, 3)})
+    other["seeds"], other["design"] = [0], "xyz"
+    out = compare_runs(reference, other, "ref.json")
+    assert not out["comparable"] and out["differs"] == ["seeds", "design"]
+    assert "it differs in seeds, design" in "\n".join(reproduction_markdown(out, {}))
+    del reference["design"]
+    out = compare_runs(reference, _summary(joint={"acc": (0.85, 0.02, 3)}), "ref.json")
+    assert out["comparable"] and out["unchecked"] == ["design"]
+    assert "does not record its design" in "\n".join(reproduction_markdown(out, {}))
+
+
+def test_load_reference_reports_unreadable_summaries_and_skips_them(tmp_path):
+    notes = []
+    assert load_reference(tmp_path / "absent.json", notes.append) is None and notes == []
+    (tmp_path / "bad.json").write_text("{not json")
+    assert load_reference(tmp_path / "bad.json", notes.append) is None
+    (tmp_path / "list.json").write_text("[1, 2]")
+    assert load_reference(tmp_path / "list.json", notes.append) is None
+    assert len(notes) == 2 and "bad.json" in notes[0] and "JSONDecodeError" in notes[0] and "list.json" in notes[1]
+    (tmp_path / "ok.json").write_text(json.dumps({"rows": {}}))
+    assert load_reference(tmp_path / "ok.json", notes.append) == {"rows": {}} and len(notes) == 2
