@@ -477,7 +477,7 @@ def _readme(demo: Mapping[str, Any], summary: Mapping[str, Any], profile: str | 
              "the data is byte-identical for its seed. The numbers do not depend on the worker count or run order "
              "(tests/test_demo.py checks this); another CPU type or library version can change float rounding "
              "and so the numbers, within about the reported std where the rows have converged.", "",
-             *targets_markdown(summary.get("targets", []), titles),
+             *targets_markdown(summary.get("targets", []), titles, len(summary["seeds"])),
              *reproduction_markdown(summary.get("reproduction"), titles)]
     if summary["identical_rows"]:
         lines += ["## Rows without an effect", "",

@@ -133,8 +133,8 @@ def compare_runs(reference: Mapping[str, Any], summary: Mapping[str, Any], sourc
             "max_abs_delta": round(max(deltas), 4) if deltas else 0.0}
 
 
-def targets_markdown(checks: Sequence[Mapping[str, Any]], titles: Mapping[str, str]) -> list[str]:
-    """README lines: one table row per design target."""
+def targets_markdown(checks: Sequence[Mapping[str, Any]], titles: Mapping[str, str], seeds: int) -> list[str]:
+    """README lines: one table row per design target, measured over this run's ``seeds`` seeds."""
     if not checks:
         return []
 
@@ -143,7 +143,9 @@ def targets_markdown(checks: Sequence[Mapping[str, Any]], titles: Mapping[str, s
         return number if key in ("gap", "headroom") else f"{titles.get(key, key)} {number}"
 
     lines = ["## Design targets", "",
-             "What the demo's settings were chosen for (measured on the rows below, accuracy in points):", "",
+             f"What the demo's settings were chosen for, measured on this run's {seeds} seed(s) (accuracy in points; "
+             "a mean over n seeds is uncertain by about its std / sqrt(n), and the demo config records the design "
+             "measured over more seeds):", "",
              "| target | measured | met |", "|---|---|---|"]
     for c in checks:
         measured = ", ".join(value(k, v, c["target"] != "seed spread") for k, v in c["measured"].items())

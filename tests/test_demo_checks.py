@@ -59,8 +59,9 @@ def test_design_targets_report_each_target_met_or_missed():
     assert checks["headroom"]["met"] and checks["headroom"]["measured"]["headroom"] == pytest.approx(0.05)
     assert checks["seed spread"]["measured"] == {"unimodal_audio": 0.034, "unimodal_visual": 0.022, "joint": 0.015}
     assert not checks["seed spread"]["met"]
-    lines = "\n".join(targets_markdown(list(checks.values()), {"unimodal_audio": "Unimodal (audio)"}))
-    assert "| **no** |" in lines and "Unimodal (audio) 3.4" in lines and "+37.0" in lines
+    lines = "\n".join(targets_markdown(list(checks.values()), {"unimodal_audio": "Unimodal (audio)"}, 3))
+    assert "this run's 3 seed(s)" in lines and "| **no** |" in lines
+    assert "Unimodal (audio) 3.4" in lines and "+37.0" in lines
 
 
 def test_design_targets_skip_what_the_run_cannot_show():
