@@ -180,28 +180,12 @@ def ensemble_records(records: Sequence[collect.RunRecord]) -> list[collect.RunRe
 THREADS_PER_WORKER = 1
 
 
-# On x86-64 the demo runs torch's AVX2 kernels whatever the CPU offers [project]: AVX-512 kernels round differently,
-# and on a 2-core AMD EPYC they moved the visual-only row by 4.4 points (seeds 0-2) at the same speed as AVX2 ones.
-# Data generation and preparation gave identical bytes with numpy and OpenBLAS held to AVX2 too, so only torch's
-# kernels are pinned: ATen's (ATEN_CPU_CAPABILITY) and oneDNN's convolutions (ONEDNN_MAX_CPU_ISA).
-KERNEL_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
-
-
-def pin_kernels(log: Callable[[str], None] = print) -> dict[str, str]:
-    """Pins torch's kernels to ``KERNEL_ENV`` for this process and the workers it starts, on x86-64; a value already
-    in the environment (the user's) wins. torch chooses its kernels once per process, at its first operation, so
-    call this before any; a process that had already chosen others is reported (its workers still get the pinned
-    ones). Returns the settings in force."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return {}
-    for key, value in KERNEL_ENV.items():
-        os.environ.setdefault(key, value)
-    pinned = {key: os.environ[key] for key in KERNEL_ENV}
-    chosen = torch.backends.cpu.get_cpu_capability()
-    if chosen.lower() != pinned["ATEN_CPU_CAPABILITY"].lower():
-        log(f"note: this process already runs torch's {chosen} kernels (ATEN_CPU_CAPABILITY is read once, at the "
-            f"first torch operation); the training workers run {pinned['ATEN_CPU_CAPABILITY']}")
-    return pinned
+# Environment variables that choose torch's CPU kernels, recorded with the machine. The demo leaves the choice to
+# torch: on a 2-core AMD EPYC, AVX2 instead of AVX-512 kernels moved 8 of 39 rows outside their reported std (float
+# rounding, amplified by a short high-lr schedule) and took 9% longer. Setting ATEN_CPU_CAPABILITY=avx2 and
+# ONEDNN_MAX_CPU_ISA=AVX2 on both machines makes an AVX-512 machine compute what an AVX2 one does; data generation
+# and preparation gave identical bytes either way.
+KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
 
 
 def machine_record(workers: int) -> dict[str, Any]:
@@ -215,7 +199,7 @@ def machine_record(workers: int) -> dict[str, Any]:
     return {"cpu_model": model, "cpus": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "kernel_env": {key: os.environ.get(key) for key in KERNEL_ENV}, "workers": workers,
+            "kernel_env": {key: os.environ[key] for key in KERNEL_ENV if key in os.environ}, "workers": workers,
             "threads_per_worker": THREADS_PER_WORKER, "deterministic_algorithms": True}
 
 
@@ -496,15 +480,13 @@ def _readme(demo: Mapping[str, Any], summary: Mapping[str, Any], profile: str | 
              f"{t['generate_s']:.0f} s, prepare {t['prepare_s']:.0f} s, train {t['train_s']:.0f} s, report "
              f"{t['report_s']:.0f} s)", *partial,
              f"- machine: {machine['cpu_model']} ({machine['cpus']} CPUs, kernels {machine['torch_cpu_capability']}"
-             f"{' (pinned)' if machine.get('kernel_env', {}).get('ATEN_CPU_CAPABILITY') else ''}), "
+             f"{' (set by ATEN_CPU_CAPABILITY)' if machine.get('kernel_env', {}).get('ATEN_CPU_CAPABILITY') else ''}), "
              f"torch {machine['torch']}, numpy {machine['numpy']}, {machine['workers']} worker process(es) x "
              f"{machine['threads_per_worker']} thread, deterministic algorithms",
              "- reproducibility: every run is seeded and uses one intra-op thread and deterministic algorithms; "
              "the data is byte-identical for its seed. The numbers do not depend on the worker count or run order "
-             "(tests/test_demo.py checks this). On x86-64 torch runs its AVX2 kernels whatever the CPU offers "
-             "(AVX-512 ones round differently and moved rows by several points); another library version, or a "
-             "CPU whose differences go beyond its instruction set, can still change float rounding and so the "
-             "numbers, within about the reported std where the rows have converged.", "",
+             "(tests/test_demo.py checks this); another CPU type or library version can change float rounding "
+             "and so the numbers, within about the reported std where the rows have converged.", "",
              *targets_markdown(summary.get("targets", []), titles, len(summary["seeds"])),
              *reproduction_markdown(summary.get("reproduction"), titles)]
     if summary["identical_rows"]:

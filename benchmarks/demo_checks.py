@@ -115,7 +115,9 @@ def compare_runs(reference: Mapping[str, Any], summary: Mapping[str, Any], sourc
     differs = [k for k in COMPARABLE if k in reference and reference[k] != summary.get(k)]
     head = {"source": source, "reference_commit": reference.get("commit"),
             "reference_machine": {k: reference.get("machine", {}).get(k) for k in MACHINE_KEYS},
-            "unchecked": [k for k in COMPARABLE if k not in reference]}
+            "unchecked": [k for k in COMPARABLE if k not in reference],
+            "machine_differs": [k for k in MACHINE_KEYS
+                                if reference.get("machine", {}).get(k) != summary.get("machine", {}).get(k)]}
     if differs:
         return {**head, "comparable": False, "differs": differs}
     common = [r for r in summary["rows"] if r in reference["rows"]]
@@ -166,6 +168,10 @@ def reproduction_markdown(comparison: Mapping[str, Any] | None, titles: Mapping[
     text = (f"Compared with {against}: {comparison['identical']} of {comparison['rows']} rows identical in every "
             f"number, {comparison['within_std']} with a mean test accuracy within that run's reported std; the "
             f"largest difference of a row's mean accuracy is {100 * comparison['max_abs_delta']:.2f} points.")
+    if comparison.get("machine_differs"):
+        text += (f" The runs differ in {', '.join(comparison['machine_differs'])}: float rounding then differs, and a "
+                 "short high-lr schedule can move a row by about its seed spread; identical numbers are expected only "
+                 "with the same CPU kind, kernels (torch_cpu_capability) and library versions.")
     if comparison["unchecked"]:
         text += f" (That run does not record its {', '.join(comparison['unchecked'])}: not checked to be the same.)"
     if comparison["outside_std"]:

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,7 +16,6 @@ from benchmarks.commands import demo as demo_command
 from benchmarks.config import build_config
 from benchmarks.demo import (
     ENSEMBLE_LABEL,
-    KERNEL_ENV,
     default_results,
     identical_rows,
     load_demo_config,
@@ -197,24 +192,3 @@ def test_demo_numbers_do_not_depend_on_the_worker_count_or_run_order(tmp_path, m
     assert rep["comparable"] and rep["rows"] == rep["identical"] == 2 and rep["outside_std"] == {}
     assert "2 of 2 rows identical" in (tmp_path / "r2" / "README.md").read_text()
 
-
-def _pinned_in_subprocess(code: str, **env: str) -> list[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in KERNEL_ENV}
-    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True,
-                         check=True)
-    return out.stdout.split()
-
-
-@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="kernels are pinned on x86-64 only")
-def test_pin_kernels_holds_the_demo_and_its_workers_to_avx2_unless_the_user_chose():
-    if "avx2" not in Path("/proc/cpuinfo").read_text():
-        pytest.skip("this CPU has no AVX2")
-    code = ("from benchmarks.demo import pin_kernels; import os, torch; notes = []; pinned = pin_kernels(notes.append);"
-            "print(pinned['ATEN_CPU_CAPABILITY'], os.environ['ONEDNN_MAX_CPU_ISA'], "
-            "torch.backends.cpu.get_cpu_capability(), len(notes))")
-    assert _pinned_in_subprocess(code) == ["avx2", "AVX2", "AVX2", "0"]
-    assert _pinned_in_subprocess(code, ATEN_CPU_CAPABILITY="default") == ["default", "AVX2", "DEFAULT", "0"]
-    # torch already ran an operation: its kernels stay, and pin_kernels says so unless they happen to be AVX2.
-    late = "import torch; torch.ones(2).exp(); " + code
-    _, _, chosen, notes = _pinned_in_subprocess(late)
-    assert notes == ("0" if chosen == "AVX2" else "1")

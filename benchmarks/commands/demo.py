@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks.demo import default_results, pin_kernels, run_demo
+from benchmarks.demo import default_results, run_demo
 
 HELP = "offline end-to-end demo on AV-Digits: every method, tables and plots (under runs/; --publish: results/demo)"
 
@@ -25,7 +25,6 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    pin_kernels()
     profile = "quick" if args.quick else "smoke" if args.smoke else None
     if args.publish and args.results:
         raise SystemExit("augbench demo: --publish writes results/demo; drop --results or --publish")
