@@ -38,6 +38,7 @@ from benchmarks.demo_checks import (
     design_targets,
     last_quarter_trend,
     load_reference,
+    read_summary,
     reproduction_markdown,
     targets_markdown,
 )
@@ -288,16 +289,9 @@ def run_seconds(records: Sequence[collect.RunRecord]) -> dict[str, list[float]]:
 def previous_row_seconds(summaries: Sequence[Path], log: Callable[[str], None] = print
                          ) -> tuple[dict[str, float], Path | None]:
     """``row_run_s`` of the first of ``summaries`` that records it, and that file; ({}, None) when none does. Only a
-    scheduling hint: an unreadable file is reported and skipped."""
+    scheduling hint: an unreadable file is reported and skipped (``read_summary``)."""
     for path in summaries:
-        if not path.is_file():
-            continue
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            log(f"note: ignoring {path} as a source of run times ({type(err).__name__}: {err})")
-            continue
-        seconds = data.get("row_run_s") if isinstance(data, dict) else None
+        seconds = (read_summary(path, log) or {}).get("row_run_s")
         if isinstance(seconds, dict) and seconds:
             return seconds, path
     return {}, None

@@ -90,17 +90,28 @@ def design_targets(summary: Mapping[str, Any], targets: Mapping[str, float]) -> 
     return checks
 
 
-def load_reference(path: Path, log: Callable[[str], None] = print) -> dict[str, Any] | None:
-    """A previous demo's summary to compare against, or None when there is none; one that cannot be read is
-    reported through ``log`` and not compared with."""
+def read_summary(path: Path, log: Callable[[str], None] = print) -> dict[str, Any] | None:
+    """A demo's ``summary.json`` as a mapping, or None when the file is absent; one that cannot be read, or is not a
+    mapping, is reported through ``log`` and skipped (what it would have been used for is then left out, never
+    guessed)."""
     if not path.is_file():
         return None
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        log(f"note: not comparing with {path}: {type(err).__name__}: {err}")
+        log(f"note: ignoring {path}: {type(err).__name__}: {err}")
         return None
-    if not (isinstance(data, dict) and isinstance(data.get("rows"), dict)):
+    if not isinstance(data, dict):
+        log(f"note: ignoring {path}: not a JSON object")
+        return None
+    return data
+
+
+def load_reference(path: Path, log: Callable[[str], None] = print) -> dict[str, Any] | None:
+    """A previous demo's summary to compare against (``read_summary``), or None; one without a ``rows`` mapping is
+    reported and not compared with."""
+    data = read_summary(path, log)
+    if data is not None and not isinstance(data.get("rows"), dict):
         log(f"note: not comparing with {path}: not a demo summary (no 'rows' mapping)")
         return None
     return data

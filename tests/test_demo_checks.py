@@ -109,5 +109,8 @@ def test_load_reference_reports_unreadable_summaries_and_skips_them(tmp_path):
     (tmp_path / "list.json").write_text("[1, 2]")
     assert load_reference(tmp_path / "list.json", notes.append) is None
     assert len(notes) == 2 and "bad.json" in notes[0] and "JSONDecodeError" in notes[0] and "list.json" in notes[1]
+    (tmp_path / "norows.json").write_text(json.dumps({"runs": 3}))
+    assert load_reference(tmp_path / "norows.json", notes.append) is None
+    assert len(notes) == 3 and "no 'rows' mapping" in notes[2]
     (tmp_path / "ok.json").write_text(json.dumps({"rows": {}}))
-    assert load_reference(tmp_path / "ok.json", notes.append) == {"rows": {}} and len(notes) == 2
+    assert load_reference(tmp_path / "ok.json", notes.append) == {"rows": {}} and len(notes) == 3
