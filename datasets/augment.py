@@ -327,6 +327,38 @@ def normalized_views_into(out: torch.Tensor, table: torch.Tensor, slots: np.ndar
     return out
 
 
+def _views_kernel(out: torch.Tensor, table: torch.Tensor, slots: torch.Tensor, mean: torch.Tensor,
+                  std: torch.Tensor) -> None:
+    # The operations of ``normalized_views_into`` in its order (convert, subtract, divide), written as one expression
+    # so that inductor fuses them into a single pass over the kept bytes.
+    b, _, t = out.shape[:3]
+    views = table.index_select(0, slots).view(b, t, *table.shape[1:]).transpose(1, 2)
+    out.copy_((views.float() - mean) / std)
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_views_kernel() -> object:
+    # One compiled kernel for every batch size (dynamic shapes): a last, smaller batch compiles nothing new.
+    return torch.compile(_views_kernel, dynamic=True, fullgraph=True)
+
+
+def normalized_views_compiled(out: torch.Tensor, table: torch.Tensor, slots: np.ndarray) -> torch.Tensor:
+    """``normalized_views_into`` as one kernel that ``torch.compile`` (inductor's C++ backend) generates: the gather,
+    uint8 -> float32 conversion and normalisation fused, every kept byte read once and every served float written
+    once, with no per-view Python. Bit-identical to ``normalized_views_into``: the same three IEEE operations per
+    value (the division stays a division). The first call compiles it, which needs a C++ compiler and Python's
+    headers; without them the error says so."""
+    mean, std = _imagenet_scale(out.device, out.dtype)
+    index = torch.from_numpy(slots)
+    try:
+        _compiled_views_kernel()(out, table, index, mean, std)
+    except torch._dynamo.exc.BackendCompilerFailed as error:
+        raise RuntimeError("data.compile_views=true: torch.compile could not build the test-view kernel (inductor "
+                           "needs a C++ compiler and Python's development headers); set data.compile_views=false "
+                           "to serve the same values without it") from error
+    return out
+
+
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Host tensor -> ``device``; through pinned memory and a non-blocking copy on CUDA."""
     if device.type == "cuda" and not tensor.is_cuda:
@@ -674,11 +706,13 @@ class AVAugment:
             in float32, batched).
         resident: where the arrays live (``CacheArrays``).
         eval_cache_frames: test-time frame views kept at most (``EvalViews``).
+        compile_views: on a CPU, serve batches of kept test-time views with the compiled kernel
+            (``normalized_views_compiled``) instead of one eager conversion per view; the same bits.
     """
 
     def __init__(self, frames: np.ndarray, *, num_frames: int, image_size: int, frame_rule: str = "segments",
                  audio_frames: int = 0, audio: np.ndarray | None = None, resample: str = "pil",
-                 resident: str = "none", eval_cache_frames: int = 0) -> None:
+                 resident: str = "none", eval_cache_frames: int = 0, compile_views: bool = False) -> None:
         if frame_rule not in FRAME_RULES:
             raise ValueError(f"unknown frame rule {frame_rule!r}; valid: {FRAME_RULES}")
         if resample not in RESAMPLE_MODES:
@@ -694,6 +728,7 @@ class AVAugment:
         self.frame_rule = frame_rule
         self.audio_frames = audio_frames
         self.resample = resample
+        self.compile_views = compile_views
         # Set to a ``StageTimes`` to profile the serving stages (``augbench bench data``).
         self.times: StageTimes | None = None
         # None: decided by the device (see ``resized_crop_pil`` and ``_frames_to_crop``); tests set them to run the
@@ -793,8 +828,9 @@ class AVAugment:
         else:
             slots = self.eval_views.kept_slots(index) if device.type == "cpu" else None
             if slots is not None:
+                serve = normalized_views_compiled if self.compile_views else normalized_views_into
                 with self._stage("view gather+conversion+normalisation", device):
-                    return normalized_views_into(clips, self.eval_views.table, slots)
+                    return serve(clips, self.eval_views.table, slots)
             with self._stage("frame gather", device):
                 views = self.eval_views.take(index, self.ring.get("views", (b * t, 3, s, s), torch.uint8,
                                                                   torch.device("cpu"), pin=device.type == "cuda"))

@@ -25,6 +25,7 @@ from datasets.augment import (
     EvalViews,
     crop_boxes,
     normalize_into,
+    normalized_views_compiled,
     normalized_views_into,
     resize,
     resize_uint8,
@@ -218,6 +219,37 @@ def test_evaluation_batches_are_a_gather_after_the_first_pass(cache_path, monkey
     assert_same_batches(first, epoch(no_views, "test", False))
 
 
+def test_compiled_test_views_are_bit_identical_to_the_eager_path(cache_path, monkeypatch):
+    frames = torch.randint(0, 256, (12, 24, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    views = EvalViews(frames.numpy(), SIZE, capacity=12)
+    views.take(np.arange(12))
+    for slots in (np.array([7, 2, 2, 5, 0, 11]), np.array([3, 3])):  # two batch sizes: one compiled kernel
+        shape = (len(slots) // 2, 3, 2, SIZE, SIZE)
+        eager = normalized_views_into(torch.empty(shape), views.table, slots)
+        fused = normalized_views_compiled(torch.full(shape, float("nan")), views.table, slots)
+        assert torch.equal(fused, eager)
+    # Through the loader: the knob serves the same batches, and its kernel is what served the kept views.
+    served = []
+    monkeypatch.setattr(augment, "normalized_views_compiled",
+                        lambda *a: served.append(len(a[2])) or normalized_views_compiled(*a))
+    eager_data, compiled_data = bundle(cache_path), bundle(cache_path, compile_views=True)
+    first = epoch(eager_data, "test", False)
+    assert_same_batches(first, epoch(compiled_data, "test", False))
+    assert not served, "the first pass resizes the views; nothing is kept yet"
+    assert_same_batches(first, epoch(compiled_data, "test", False, number=1))
+    assert sum(served) == sum(len(b["label"]) for b in first) * 2, "every kept view (T=2 per clip) went through it"
+
+
+def test_compiled_test_views_without_a_compiler_say_how_to_do_without(monkeypatch):
+    def no_compiler(*args):
+        raise torch._dynamo.exc.BackendCompilerFailed(None, OSError("no C++ compiler"), None)
+
+    monkeypatch.setattr(augment, "_compiled_views_kernel", lambda: no_compiler)
+    table = torch.zeros((2, 3, SIZE, SIZE), dtype=torch.uint8)
+    with pytest.raises(RuntimeError, match="data.compile_views=false"):
+        normalized_views_compiled(torch.empty(1, 3, 1, SIZE, SIZE), table, np.array([1]))
+
+
 # --- resident arrays --------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", ["memory", "device", "auto"])
@@ -342,14 +374,16 @@ def test_bench_data_on_a_prepared_cache_writes_json_and_markdown(cache_path, tmp
     out = tmp_path / "bench"
     assert main(["bench", "data", "--cache", str(cache_path), "--out", str(out), "--batches", "1", "--rounds", "1",
                  "--batch-size", "2", "--device", "cpu", "--set", "data.resample=exact"]) == 0
-    doc = json.loads((out / "data-cremad-ogm-cpu.json").read_text())
+    assert not (out / "data-cremad-ogm-cpu.json").exists(), "other serving settings do not replace the defaults'"
+    doc = json.loads((out / "data-cremad-ogm-cpu-resample-exact.json").read_text())
     train, test = doc["rows"]
     assert (train["train"], test["train"]) == (True, False) and train["resample"] == "exact"
     assert train["timed_samples"] == {"cache": 2, "floor": 2, "host": 2, "media": 2}
     assert train["visual_source"] == "video"
     assert {"crop/resize", "flip", "conversion", "normalisation"} <= set(train["profile_ms_per_sample"])
     assert "crop/resize" not in test["profile_ms_per_sample"], "the test view crops nothing"
-    table = (out / "data-cremad-ogm-cpu.md").read_text()
+    table = (out / "data-cremad-ogm-cpu-resample-exact.md").read_text()
+    assert "data.resample=exact" in table.splitlines()[0]
     assert table.count("\n| ") == 6 and "train (random crop + flip)" in table and "test (Resize" in table
     assert "Serving profile, ms per sample" in table and "| floor / cache |" in table
 
