@@ -396,7 +396,8 @@ def run_demo(*, results: Path, work: Path, profile: str | None = None, workers: 
                # Training time the runs took, whichever invocation trained them (a rerun reuses finished runs).
                "run_time_s": round(sum(map(sum, seconds.values())), 1),
                # Mean seconds per run of each row: the next demo starts the longest rows first (longest_first).
-               "row_run_s": {label: round(float(np.mean(v)), 1) for label, v in seconds.items()},
+               # Milliseconds kept: a smoke run on a fast machine takes a few hundredths of a second.
+               "row_run_s": {label: round(float(np.mean(v)), 3) for label, v in seconds.items()},
                "rows": {label: {k: [round(m, 4), round(sd, 4), n] for k, (m, sd, n) in row.items()}
                         for label, row in stats.items()},
                "identical_rows": identical, "unstable_rows": unstable_rows(records, order),
