@@ -29,8 +29,8 @@ def last_quarter_trend(runs_dir: Path, labels: Sequence[str]) -> dict[str, dict[
     """Row -> seed -> the change of validation accuracy over the last quarter of epochs, in accuracy units: the
     least-squares line through the epochs from the start of the last quarter to the last, times that span. Unlike the
     difference of two epochs, one epoch's jitter moves it little. Runs with fewer than 4 validated epochs are left
-    out."""
-    out: dict[str, dict[int, float]] = {}
+    out. Rows come in the order of ``labels``, seeds in ascending order."""
+    found: dict[str, dict[int, float]] = {}
     for metrics in sorted(Path(runs_dir).rglob("metrics.jsonl")):
         job_file = metrics.parent / "job.json"
         if not job_file.exists():
@@ -44,8 +44,9 @@ def last_quarter_trend(runs_dir: Path, labels: Sequence[str]) -> dict[str, dict[
         tail = np.asarray(vals[len(vals) - max(1, len(vals) // 4) - 1:], dtype=np.float64)
         span = len(tail) - 1
         slope = np.polyfit(np.arange(len(tail), dtype=np.float64), tail, 1)[0]
-        out.setdefault(job["label"], {})[int(job["seed"])] = round(float(slope * span), 4)
-    return out
+        found.setdefault(job["label"], {})[int(job["seed"])] = round(float(slope * span), 4)
+    # In the order asked for, not the folders' (their names carry a settings hash), so reports read the same each run.
+    return {label: dict(sorted(found[label].items())) for label in labels if label in found}
 
 
 def _check(name: str, text: str, measured: Mapping[str, float], met: bool) -> dict[str, Any]:

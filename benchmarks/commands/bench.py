@@ -111,10 +111,10 @@ def run_data(args: argparse.Namespace, env: dict, tag: str) -> tuple[list[dict[s
     caption = (f"Data loaders on {cache.name} ({first['dataset']}, recipe {first['recipe']}, audio "
                f"{'x'.join(map(str, first['audio_shape']))}, frames stored {'x'.join(map(str, first['stored_frame']))}"
                f" from {first['visual_source']}, served {first['image_size']}, T={first['frames']}, batch "
-               f"{args.batch_size}{settings_note}), one CPU thread, {args.rounds} interleaved rounds of {args.batches} batches "
-               f"after a warm epoch, cache loader on {device} ({env.get('gpu', env['processor'])}, "
-               f"{env['cpu_count']} CPUs, load average {first['load_average']} at the end, torch {env['torch']}, "
-               f"commit {env['git_commit']})")
+               f"{args.batch_size}{settings_note}), one CPU thread, {args.rounds} interleaved rounds of "
+               f"{args.batches} batches after a warm epoch, cache loader on {device} "
+               f"({env.get('gpu', env['processor'])}, {env['cpu_count']} CPUs, load average {first['load_average']} "
+               f"at the end, torch {env['torch']}, commit {env['git_commit']})")
     write_json(args.out / f"data-{name}-{tag}{settings}.json", {"rows": rows, "env": env, "cache": str(cache)})
     atomic_write_text(args.out / f"data-{name}-{tag}{settings}.md", markdown_data(rows, caption))
     print(markdown_data(rows, caption))
