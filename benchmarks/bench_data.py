@@ -189,7 +189,8 @@ def benchmark_data(prepared_dir: Path | str, *, raw_dir: Path | str | None = Non
     (``_floor_batches``), the host share of a CUDA batch (``_host_batches``) and the media loader, interleaved so
     that a shared or throttled machine slows all alike and the ratios hold. Every rate and ratio is reported in the
     process's CPU time (``cpu_*``: what the work costs, whatever share of the machine the process got) and in wall
-    time; on CUDA the wall figures count (the device's time is no CPU time). A further pass profiles the stages.
+    time; on CUDA the wall figures count (the device's time is no CPU time). Further passes, one per round, profile
+    the stages (median over the passes).
 
     Args:
         prepared_dir: a finished cache folder.
@@ -243,7 +244,10 @@ def benchmark_data(prepared_dir: Path | str, *, raw_dir: Path | str | None = Non
         for _ in range(rounds):
             for stream in streams.values():
                 stream.take(batches)
-        profile = _profile(loader, augment, batches, target)
+        # One pass of a few batches moved by up to half between invocations on a shared machine; the median of one
+        # pass per round follows the interleaved rates.
+        passes = [_profile(loader, augment, batches, target) for _ in range(rounds)]
+        profile = {stage: float(np.median([p.get(stage, 0.0) for p in passes])) for stage in passes[0]}
     finally:
         torch.set_num_threads(threads)
     rates = {name: stream.rate for name, stream in streams.items()}

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from baselines.networks import compile_encoders
+from benchmarks import bench_data
 from benchmarks.cli import main
 from benchmarks.config import build_config
 from benchmarks.runner import build_data, build_method
@@ -386,6 +387,16 @@ def test_bench_data_on_a_prepared_cache_writes_json_and_markdown(cache_path, tmp
     assert "data.resample=exact" in table.splitlines()[0]
     assert table.count("\n| ") == 6 and "train (random crop + flip)" in table and "test (Resize" in table
     assert "Serving profile, ms per sample" in table and "| floor / cache |" in table
+    assert "per round, 1 in all, each of 1 batches" in table
+
+
+def test_bench_data_profile_is_the_median_of_one_pass_per_round(cache_path, monkeypatch):
+    passes = iter([{"audio": 1.0, "python overhead": 0.3}, {"audio": 5.0, "python overhead": 0.1},
+                   {"audio": 2.0, "python overhead": 0.2}])
+    monkeypatch.setattr(bench_data, "_profile", lambda *args: next(passes))
+    row = bench_data.benchmark_data(cache_path, batch_size=2, batches=1, rounds=3)
+    assert row["profile_ms_per_sample"] == {"audio": 2.0, "python overhead": 0.2}
+    assert next(passes, None) is None, "one pass per round"
 
 
 def test_bench_data_generates_and_reuses_a_jpeg_tree(tmp_path, capsys):
