@@ -33,7 +33,10 @@ from baselines.registry import list_methods
 from benchmarks import collect, plots, sweep
 from benchmarks.config import merge_overrides
 from benchmarks.demo_checks import (
+    AUDIO,
     ENSEMBLE_LABEL,
+    JOINT,
+    VISUAL,
     compare_runs,
     design_targets,
     last_quarter_trend,
@@ -123,7 +126,7 @@ def sweep_document(demo: Mapping[str, Any], cache: Path, methods: Sequence[str] 
 
 
 ENSEMBLE_TITLE = "Ensemble of the unimodal models (late fusion)"
-REFERENCES = {"unimodal_audio": "audio", "unimodal_visual": "visual"}
+REFERENCES = {AUDIO: "audio", VISUAL: "visual"}
 # Seed std of test accuracy above which the README says a row's mean does not rank its method [project].
 UNSTABLE_STD = 0.10
 
@@ -401,7 +404,7 @@ def run_demo(*, results: Path, work: Path, profile: str | None = None, workers: 
                "rows": {label: {k: [round(m, 4), round(sd, 4), n] for k, (m, sd, n) in row.items()}
                         for label, row in stats.items()},
                "identical_rows": identical, "unstable_rows": unstable_rows(records, order),
-               "convergence_trend": last_quarter_trend(runs_dir, list(REFERENCES) + ["joint"]),
+               "convergence_trend": last_quarter_trend(runs_dir, [AUDIO, VISUAL, JOINT]),
                "aug": aug_diagnostics(records), "epochs": demo["defaults"]["train"]["epochs"],
                "seeds": list(config.seeds), "design": design_digest(demo), "commit": git_commit(),
                "machine": machine_record(workers)}
@@ -422,13 +425,13 @@ def _pct(x: float) -> str:
 def findings(summary: Mapping[str, Any], titles: Mapping[str, str]) -> list[str]:
     """The demo's three findings, from the measured numbers (clean protocol, means over seeds)."""
     rows = summary["rows"]
-    if not {"joint", "unimodal_visual", "unimodal_audio"} <= set(rows):
+    if not {JOINT, VISUAL, AUDIO} <= set(rows):
         return []
     def mean(row: str, key: str = "acc") -> float:
         return rows[row][key][0] if key in rows[row] else float("nan")
 
-    joint, visual = mean("joint"), mean("unimodal_visual")
-    leans = "leans on audio" if mean("joint", "acc:visual") < visual - 0.05 else "uses both modalities"
+    joint, visual = mean(JOINT), mean(VISUAL)
+    leans = "leans on audio" if mean(JOINT, "acc:visual") < visual - 0.05 else "uses both modalities"
     out = [f"Joint training (Concat, {_pct(joint)}) {leans}: its visual head reaches "
            f"{_pct(mean('joint', 'acc:visual'))} where a visual-only model reaches {_pct(visual)} (audio-only "
            f"{_pct(mean('unimodal_audio'))})."]
