@@ -339,7 +339,9 @@ def run_demo(*, results: Path, work: Path, profile: str | None = None, workers: 
     opts = PrepareOptions(recipe=prep["recipe"], audio=dict(prep.get("audio", {})),
                           frame_size=tuple(prep["frame_size"]), workers=workers)
     log("[2/4] prepare: the CREMA-D path on AV-Digits ...")
-    cache = prepare(get_dataset("av_digits"), raw, work / "cache", opts, log=lambda line: None)
+    # The cache lives beside the media it was built from: settings that change only the media (noise, SNR) keep
+    # the split files and so the cache's name, and a shared cache folder would refuse the new media.
+    cache = prepare(get_dataset("av_digits"), raw, data_dir / "cache", opts, log=lambda line: None)
     timings["prepare_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

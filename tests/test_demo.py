@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
 from baselines.registry import list_methods
 from benchmarks import collect, sweep
@@ -15,6 +16,7 @@ from benchmarks import demo as demo_module
 from benchmarks.commands import demo as demo_command
 from benchmarks.config import build_config
 from benchmarks.demo import (
+    DEMO_CONFIG,
     ENSEMBLE_LABEL,
     default_results,
     identical_rows,
@@ -77,6 +79,27 @@ def test_the_pool_gets_one_thread_per_worker_whatever_the_machine(tmp_path, monk
         run_demo(results=tmp_path / "r", work=tmp_path / "w", profile="smoke", workers=2, methods=["joint"],
                  log=lambda line: None)
     assert seen["threads_per_worker"] == 1 and seen["workers"] == 2
+
+
+def test_demo_data_that_differs_only_in_its_media_gets_its_own_cache(tmp_path, monkeypatch):
+    """Two demo configs that differ only in the audio SNR write the same split files; each gets its own cache and run
+    settings in one work folder (a shared cache folder refused the second one's media)."""
+    caches = []
+
+    def fake_pool(jobs, **kwargs):
+        caches.append({(job.cfg.data.cache, job.run_dir) for job in jobs})
+        raise RuntimeError("stop after the launch")
+
+    monkeypatch.setattr(demo_module.sweep, "run_pool", fake_pool)
+    doc = yaml.safe_load(DEMO_CONFIG.read_text())
+    doc["generate"]["audio_snr_db"] = doc["generate"]["audio_snr_db"] + 3.0
+    louder = tmp_path / "louder.yaml"
+    louder.write_text(yaml.safe_dump(doc))
+    for config_path in (DEMO_CONFIG, louder):
+        with pytest.raises(RuntimeError, match="stop after the launch"):
+            run_demo(results=tmp_path / "r", work=tmp_path / "w", profile="smoke", workers=1, methods=["joint"],
+                     config_path=config_path, log=lambda line: None)
+    assert len(caches) == 2 and all(len(c) == 1 for c in caches) and caches[0] != caches[1]
 
 
 def test_machine_record_names_versions_cpu_and_threads():
