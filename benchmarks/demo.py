@@ -32,6 +32,7 @@ import yaml
 from baselines.registry import list_methods
 from benchmarks import collect, plots, sweep
 from benchmarks.config import merge_overrides
+from benchmarks.data_identity import check_run_data, current_identity
 from benchmarks.demo_checks import (
     AUDIO,
     ENSEMBLE_LABEL,
@@ -135,6 +136,7 @@ def _test_outputs(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Softmax outputs (rows in index order), labels and class count of a finished run's final checkpoint on test."""
     cfg = load_run_config(run_dir)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
+    check_run_data(run_dir, current_identity(cfg), "evaluate it on that data")
     bundle = build_data(cfg)
     device = torch.device("cpu")
     method = build_method(cfg, bundle, device)

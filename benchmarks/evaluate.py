@@ -20,6 +20,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from benchmarks.data_identity import check_run_data, current_identity
 from benchmarks.records import write_json
 from benchmarks.run_folder import load_run_config
 from benchmarks.runner import CHECKPOINT, build_data, build_method, evaluate, seed_everything, select_device
@@ -112,6 +113,7 @@ def evaluate_missing(run_dir: Path, rates: Sequence[float] = DEFAULT_MISSING_RAT
     cfg = load_run_config(run_dir)
     dev = select_device(device or cfg.train.device)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
+    check_run_data(run_dir, current_identity(cfg), "evaluate it on that data")
     bundle = build_data(cfg)
     method = build_method(cfg, bundle, dev)
     state = torch.load(ckpt, map_location=dev, weights_only=False)

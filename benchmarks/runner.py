@@ -4,8 +4,9 @@ checkpoints, resume and logging, and never branches on a method's name.
 Per epoch: set the LR factor on every optimizer group -> ``on_epoch_start`` -> ``select_rows`` (served by the
 training loader, which sizes the epoch) -> ``update`` per training batch ->
 evaluate val and test (fused + per-modality) -> ``on_epoch_end`` (may grow the model) -> checkpoint -> log.
-A run directory holds ``config.yaml``, ``metrics.jsonl`` (one line per finished epoch), ``checkpoint.pt``,
-``summary.json`` and ``DONE``. The checkpoint carries the model, optimizers, RNG states and the epoch history, so a
+A run directory holds ``config.yaml``, ``data.json`` (the identity of the data it trains on,
+``benchmarks.data_identity``), ``metrics.jsonl`` (one line per finished epoch), ``checkpoint.pt``, ``summary.json``
+and ``DONE``. The checkpoint carries the model, optimizers, RNG states and the epoch history, so a
 run killed at any point and resumed ends with the same metrics as an uninterrupted one (same device and seed).
 
 ``config.yaml`` is written once, when the run starts, and a resume must ask for exactly that config
@@ -34,6 +35,7 @@ from baselines.base import Loaders, Method, RowSelection, StepInfo, TrainContext
 from baselines.networks import compile_encoders
 from baselines.registry import get_method
 from benchmarks.config import RunConfig, check_resume_config, config_digest
+from benchmarks.data_identity import DATA_FILE, check_run_data, current_identity
 from benchmarks.errors import UsageError
 from benchmarks.metrics import classification_metrics
 from benchmarks.records import (
@@ -320,10 +322,14 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
     if done and not extending:
         return json.loads((run_dir / "summary.json").read_text())
     check_data_parallel(cfg.method, ddp.world_size)
+    identity = current_identity(cfg)
+    if recorded is not None:
+        check_run_data(run_dir, identity)
     device = ddp.device(select_device(cfg.train.device))
     if ddp.is_main and recorded is None:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_yaml(run_dir / "config.yaml", requested)
+        write_json(run_dir / DATA_FILE, identity)
 
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     bundle = build_data(cfg)
@@ -399,7 +405,8 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
 
     summary = {"method": cfg.method, "dataset": cfg.dataset, "seed": cfg.train.seed, "epochs": epochs,
                "config_hash": run_hash, "protocols": select_protocols(history),
-               "data_parallel": type(method).DATA_PARALLEL, "wall_time_s": elapsed, "env": environment(device)}
+               "data_parallel": type(method).DATA_PARALLEL, "wall_time_s": elapsed, "env": environment(device),
+               "data": identity}
     extensions = read_extensions(run_dir)
     if extensions:
         summary["extensions"] = extensions

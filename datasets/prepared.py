@@ -13,6 +13,7 @@ with what it reproduces; a cache folder is ``<recipe>-<hash8>``.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
@@ -178,6 +179,16 @@ class PreparedDataset(Dataset):
                 "dropped": manifest["dropped"], "val_source": manifest["val_source"]}
         return DataBundle(task, cache.labels, served_splits(cache, hp.train_split), gather, augment, info,
                           prefetch=cls.prefetch(hp))
+
+    @classmethod
+    def identity(cls, hp: HParams) -> dict[str, str]:
+        """The served cache's build: its options hash, the fingerprint of the raw media it was built from and the
+        commit that built it. The knobs name a cache folder, not its contents: ``prepare --force`` after the media
+        changed, or a cache deleted and built again (an empty ``data.cache`` finds whichever is there), keeps them."""
+        manifest = json.loads((cls.locate_cache(hp) / "manifest.json").read_text(encoding="utf-8"))
+        return {"cache_options_hash": str(manifest["options_hash"]),
+                "raw_fingerprint": str(manifest["raw_fingerprint"]),
+                "prepared_at_commit": str(manifest.get("git_commit"))}
 
     @classmethod
     def prepare_command(cls, recipe: str, root: Path | str) -> str:

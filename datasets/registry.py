@@ -39,6 +39,13 @@ class Dataset:
     def build(cls, hp: HParams) -> DataBundle:
         raise NotImplementedError
 
+    @classmethod
+    def identity(cls, hp: HParams) -> dict[str, str]:
+        """What makes the data these knobs serve, beyond the knobs themselves: a run records it and is never
+        continued or reused on data whose identity differs (``benchmarks.data_identity``). Empty: the knobs alone
+        determine the data (generated datasets)."""
+        return {}
+
 
 _DATASETS: dict[str, type[Dataset]] = {}
 _loaded = False

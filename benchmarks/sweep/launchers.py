@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from benchmarks.data_identity import check_finished_runs
 from benchmarks.sweep.expand import Job, runs_phrase, write_sweep_record
 from benchmarks.sweep.slurm import SlurmOptions, make_executor, run_slurm, slurm_unavailable
 from benchmarks.sweep.spec import SweepConfig
@@ -99,6 +100,7 @@ class _Tracker:
 
     def pending(self) -> list[Job]:
         done = {job.name for job in self.jobs if job.state() == "done"}
+        check_finished_runs([job for job in self.jobs if job.name in done])
         self.report.skipped = [job.name for job in self.jobs if job.name in done]
         return [job for job in self.jobs if job.name not in done]
 
@@ -284,6 +286,7 @@ def _start_pool(jobs: Sequence[Job], out: Path, config: SweepConfig, opts: Launc
 
 
 def _start_slurm(jobs: Sequence[Job], out: Path, config: SweepConfig, opts: LaunchOptions, log: Log) -> LaunchReport:
+    check_finished_runs([job for job in jobs if job.state() == "done"])
     out.mkdir(parents=True, exist_ok=True)
     executor = make_executor(out / ".submitit", opts.slurm, name=f"augbench-{out.name}")
     handles = run_slurm(jobs, executor, out=out, config=config, wandb_mode=opts.wandb_mode,

@@ -1,0 +1,124 @@
+"""A run records the identity of the data it trains on; it is never resumed, or skipped as finished, on other data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from benchmarks.config import build_config
+from benchmarks.data_identity import DATA_FILE, DataChangedError, check_finished_runs, stale_runs
+from benchmarks.evaluate import evaluate_missing
+from benchmarks.runner import train_run
+from benchmarks.sweep import expand, parse_config, run_local
+from core.hparams import resolve
+from datasets.cremad import CremaD
+from datasets.prepare import prepare
+from datasets.synthetic import Synthetic
+from datasets.tables import PrepareOptions
+from tests.conftest import TINY_DATA, TINY_MODEL, TINY_TRAIN, tiny_overrides
+from tests.media_fixtures import make_cremad
+
+
+@pytest.fixture
+def identity(monkeypatch):
+    """The synthetic dataset's identity, set by the test (a generated dataset has none of its own)."""
+    current = {"cache_options_hash": "a"}
+    monkeypatch.setattr(Synthetic, "identity", classmethod(lambda cls, hp: dict(current)))
+    return current
+
+
+def _interrupted_run(run_dir):
+    overrides = tiny_overrides()
+    overrides["train"].update(epochs=2)
+    cfg = build_config("joint", "synthetic", overrides)
+
+    def stop(line: str) -> None:
+        if line.startswith("epoch 0"):
+            raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError, match="stop"):
+        train_run(cfg, run_dir, log=stop)
+    return cfg
+
+
+def test_a_run_records_its_data_and_is_not_resumed_on_other_data(tmp_path, identity):
+    run = tmp_path / "run"
+    cfg = _interrupted_run(run)
+    assert json.loads((run / DATA_FILE).read_text()) == {"cache_options_hash": "a"}
+    checkpoint = (run / "checkpoint.pt").read_bytes()
+    identity["cache_options_hash"] = "b"
+    with pytest.raises(DataChangedError, match=r"cache_options_hash: 'a' in the run, 'b' now.*refusing to continue"):
+        train_run(cfg, run, resume=True)
+    assert (run / "checkpoint.pt").read_bytes() == checkpoint and not (run / "DONE").exists()
+    identity["cache_options_hash"] = "a"
+    summary = train_run(cfg, run, resume=True, log=lambda line: None)
+    assert summary["data"] == {"cache_options_hash": "a"} and (run / "DONE").exists()
+
+
+def test_a_run_from_before_the_record_resumes_unchecked(tmp_path, identity):
+    run = tmp_path / "run"
+    cfg = _interrupted_run(run)
+    (run / DATA_FILE).unlink()
+    identity["cache_options_hash"] = "b"
+    assert train_run(cfg, run, resume=True, log=lambda line: None)["epochs"] == 2
+
+
+def test_a_sweep_refuses_to_skip_finished_runs_trained_on_other_data(tmp_path, identity):
+    config = parse_config({"name": "test/identity", "seeds": [0, 1], "protocol": "clean",
+                           "defaults": {"model": dict(TINY_MODEL), "train": {**TINY_TRAIN, "epochs": 1},
+                                        "data": dict(TINY_DATA)},
+                           "datasets": {"synthetic": {}}, "methods": {"joint": {}}})
+    jobs = expand(config, tmp_path / "sweep")
+    for job in jobs:
+        train_run(job.cfg, job.run_dir, log=lambda line: None)
+    check_finished_runs(jobs)
+    identity["cache_options_hash"] = "b"
+    assert [s.split(" ")[0] for s in stale_runs(jobs)] == [job.name for job in jobs]
+    with pytest.raises(DataChangedError, match=r"2 finished run\(s\) were trained on other data.*"
+                                               r"cache_options_hash: 'a' in the run, 'b' now"):
+        run_local(jobs, workers=1, log=lambda line: None)
+    (jobs[1].run_dir / DATA_FILE).unlink()
+    assert [s.split(" ")[0] for s in stale_runs(jobs)] == [jobs[0].name], "an unrecorded run is not checked"
+
+
+def test_finished_runs_whose_cache_is_gone_are_not_counted(tmp_path, monkeypatch):
+    (job,) = expand(parse_config({"name": "test/gone", "seeds": [0], "protocol": "clean",
+                                  "defaults": {"data": {"cache": str(tmp_path / "gone")}},
+                                  "datasets": {"cremad": {}}, "methods": {"joint": {}}}), tmp_path / "sweep")
+    job.run_dir.mkdir(parents=True)
+    (job.run_dir / DATA_FILE).write_text(json.dumps({"cache_options_hash": "a"}))
+    assert stale_runs([job]) == []
+
+
+def test_a_cache_rebuilt_from_other_media_has_another_identity(tmp_path):
+    tree = make_cremad(tmp_path / "raw", seconds=(1.3, 2.5))
+    opts = PrepareOptions(recipe="ogm", splits_dir=tree.splits_dir, frame_size=(24, 32))
+    cache = prepare(CremaD, tree.root, tmp_path / "cache", opts, log=lambda s: None)
+    hp = resolve("data", CremaD.HPARAMS, "cremad", {"cache": str(cache)})
+    before = CremaD.identity(hp)
+    assert set(before) == {"cache_options_hash", "raw_fingerprint", "prepared_at_commit"}
+    assert before["cache_options_hash"] == cache.name.split("-", 1)[1]
+    wav = sorted((tree.root / "AudioWAV").glob("*.wav"))[0]
+    audio, rate = sf.read(wav)
+    sf.write(wav, np.zeros(len(audio) + rate // 10), rate)
+    rebuilt = prepare(CremaD, tree.root, tmp_path / "cache",
+                      PrepareOptions(recipe="ogm", splits_dir=tree.splits_dir, frame_size=(24, 32), force=True),
+                      log=lambda s: None)
+    after = CremaD.identity(hp)
+    assert rebuilt == cache, "the same options name the same folder"
+    assert after["raw_fingerprint"] != before["raw_fingerprint"]
+    assert after["cache_options_hash"] == before["cache_options_hash"]
+
+
+def test_a_finished_run_is_not_evaluated_on_other_data(tmp_path, identity):
+    run = tmp_path / "run"
+    overrides = tiny_overrides()
+    overrides["train"].update(epochs=1)
+    train_run(build_config("joint", "synthetic", overrides), run, log=lambda line: None)
+    identity["cache_options_hash"] = "b"
+    with pytest.raises(DataChangedError, match="refusing to evaluate it on that data"):
+        evaluate_missing(run, [0.5])
+    assert not (run / "missing_modality.json").exists()
