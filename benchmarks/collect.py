@@ -28,6 +28,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import yaml
 
 from baselines.registry import list_methods
+from benchmarks.data_identity import SAME_DATA_HINT, recorded_identity
 
 METRIC_NAMES = {"acc": "Acc", "macro_f1": "Macro-F1", "map": "MAP"}
 PROTOCOL_CAPTIONS = {
@@ -38,6 +39,10 @@ PROTOCOL_CAPTIONS = {
 FORMATS = ("md", "csv", "tex")
 PAPER_COLUMNS = ("paper", "table", "page", "dataset", "method", "row", "metric", "value", "verified", "source")
 PAPER_DIR = Path(__file__).resolve().parents[1] / "results" / "paper"
+
+
+class MixedDataError(ValueError):
+    """Runs of one dataset in one table trained on different versions of its data."""
 
 
 class PaperFileError(ValueError):
@@ -58,6 +63,7 @@ class RunRecord:
     seed: int
     protocols: dict[str, Any]
     missing: dict[float, dict[str, Any]] = field(default_factory=dict)
+    data: dict[str, str] | None = None
 
     def values(self, protocol: str) -> dict[str, float]:
         """Metric key -> value in [0, 1]: ``acc``/``macro_f1``/``map``, ``acc:<modality>`` and
@@ -97,8 +103,26 @@ def load_runs(root: Path) -> list[RunRecord]:
         records.append(RunRecord(run_dir=run_dir, label=job.get("label", method),
                                  title=job.get("title") or titles.get(method) or method, method=method,
                                  dataset=summary["dataset"], seed=int(summary["seed"]),
-                                 protocols=summary["protocols"], missing=missing))
+                                 protocols=summary["protocols"], missing=missing,
+                                 data=recorded_identity(run_dir)))
     return records
+
+
+def check_same_data(records: Sequence[RunRecord]) -> None:
+    """Refuse to tabulate runs of one dataset and cache options that trained on different builds of that cache
+    (rebuilt between them: ``benchmarks.data_identity``). Caches with other options (another recipe) are other data
+    on purpose; runs that recorded no identity are not compared."""
+    builds: dict[tuple[str, str], dict[str, list[Path]]] = defaultdict(lambda: defaultdict(list))
+    for rec in records:
+        if rec.data:
+            key = (rec.dataset, rec.data.get("cache_options_hash", ""))
+            builds[key][json.dumps(rec.data, sort_keys=True)].append(rec.run_dir)
+    for (dataset, _), versions in sorted(builds.items()):
+        if len(versions) > 1:
+            listed = "; ".join(f"{len(dirs)} run(s) such as {dirs[0]} on {identity}"
+                               for identity, dirs in sorted(versions.items()))
+            raise MixedDataError(f"the runs of {dataset} trained on {len(versions)} builds of the same cache, and "
+                                 f"one table would mix them: {listed}. {SAME_DATA_HINT}")
 
 
 # --- published numbers ------------------------------------------------------------------------------------------
@@ -253,6 +277,7 @@ def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper:
         raise ValueError(f"protocol {protocol!r} is not one of {list(PROTOCOL_CAPTIONS)}")
     if not records:
         raise ValueError("no finished runs to tabulate")
+    check_same_data(records)
     groups: dict[tuple[str, str], list[tuple[int, dict[str, float]]]] = defaultdict(list)
     titles, method_of = {}, {}
     for rec in records:

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 DATA_FILE = "data.json"
 SHOWN = 5
+SAME_DATA_HINT = ("Retrain runs of the old build (move their folders away), or, if both builds hold the same data "
+                  "(the same media copied to another machine changes their fingerprint), delete those runs' "
+                  "data.json to accept it")
 
 
 class DataChangedError(UsageError, RuntimeError):
@@ -52,8 +55,7 @@ def check_run_data(run_dir: Path, identity: dict[str, str], action: str = "conti
     diffs = _differences(recorded, identity) if recorded is not None else ""
     if diffs:
         raise DataChangedError(f"{run_dir} was trained on other data than its cache now holds ({diffs}); refusing "
-                               f"to {action}. Move the run folder away to retrain it on the current cache, or point "
-                               "data.cache back at the cache it used")
+                               f"to {action}. {SAME_DATA_HINT}")
 
 
 def stale_runs(jobs: Sequence[Job]) -> list[str]:
@@ -83,6 +85,5 @@ def check_finished_runs(jobs: Sequence[Job]) -> None:
     if stale:
         more = f" (and {len(stale) - SHOWN} more)" if len(stale) > SHOWN else ""
         raise DataChangedError(f"{len(stale)} finished run(s) were trained on other data than their cache now holds, "
-                               f"so their results would mix two datasets: {'; '.join(stale[:SHOWN])}{more}. Move "
-                               "these run folders away to retrain them on the current cache, or point data.cache "
-                               "back at the cache they used")
+                               f"so their results would mix two datasets: {'; '.join(stale[:SHOWN])}{more}. "
+                               f"{SAME_DATA_HINT}")

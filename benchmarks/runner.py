@@ -405,8 +405,7 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
 
     summary = {"method": cfg.method, "dataset": cfg.dataset, "seed": cfg.train.seed, "epochs": epochs,
                "config_hash": run_hash, "protocols": select_protocols(history),
-               "data_parallel": type(method).DATA_PARALLEL, "wall_time_s": elapsed, "env": environment(device),
-               "data": identity}
+               "data_parallel": type(method).DATA_PARALLEL, "wall_time_s": elapsed, "env": environment(device)}
     extensions = read_extensions(run_dir)
     if extensions:
         summary["extensions"] = extensions

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+from benchmarks.collect import MixedDataError, RunRecord, build_table, load_runs
 from benchmarks.config import build_config
 from benchmarks.data_identity import DATA_FILE, DataChangedError, check_finished_runs, stale_runs
 from benchmarks.evaluate import evaluate_missing
@@ -54,8 +56,8 @@ def test_a_run_records_its_data_and_is_not_resumed_on_other_data(tmp_path, ident
         train_run(cfg, run, resume=True)
     assert (run / "checkpoint.pt").read_bytes() == checkpoint and not (run / "DONE").exists()
     identity["cache_options_hash"] = "a"
-    summary = train_run(cfg, run, resume=True, log=lambda line: None)
-    assert summary["data"] == {"cache_options_hash": "a"} and (run / "DONE").exists()
+    train_run(cfg, run, resume=True, log=lambda line: None)
+    assert (run / "DONE").exists() and json.loads((run / DATA_FILE).read_text()) == {"cache_options_hash": "a"}
 
 
 def test_a_run_from_before_the_record_resumes_unchecked(tmp_path, identity):
@@ -75,6 +77,7 @@ def test_a_sweep_refuses_to_skip_finished_runs_trained_on_other_data(tmp_path, i
     for job in jobs:
         train_run(job.cfg, job.run_dir, log=lambda line: None)
     check_finished_runs(jobs)
+    assert [r.data for r in load_runs(tmp_path / "sweep")] == [{"cache_options_hash": "a"}] * 2
     identity["cache_options_hash"] = "b"
     assert [s.split(" ")[0] for s in stale_runs(jobs)] == [job.name for job in jobs]
     with pytest.raises(DataChangedError, match=r"2 finished run\(s\) were trained on other data.*"
@@ -122,3 +125,19 @@ def test_a_finished_run_is_not_evaluated_on_other_data(tmp_path, identity):
     with pytest.raises(DataChangedError, match="refusing to evaluate it on that data"):
         evaluate_missing(run, [0.5])
     assert not (run / "missing_modality.json").exists()
+
+
+def _record(name: str, seed: int, data: dict | None) -> RunRecord:
+    test = {"acc": 0.5, "macro_f1": 0.5, "map": 0.5}
+    return RunRecord(run_dir=Path(name), label="joint", title="Concat", method="joint", dataset="cremad", seed=seed,
+                     protocols={"clean": {"test": test}}, data=data)
+
+
+def test_a_table_never_mixes_runs_of_two_builds_of_one_cache():
+    old, new = ({"cache_options_hash": "h", "raw_fingerprint": f} for f in ("old", "new"))
+    other_recipe = {"cache_options_hash": "k", "raw_fingerprint": "new"}
+    runs = [_record("a", 0, old), _record("b", 1, old), _record("c", 2, None), _record("d", 3, other_recipe)]
+    assert build_table(runs, protocol="clean").rows, "other cache options are other data on purpose"
+    with pytest.raises(MixedDataError, match=r"runs of cremad trained on 2 builds of the same cache.*1 run\(s\) such "
+                                             r"as e on .*\"new\".*delete those runs' data.json"):
+        build_table([*runs, _record("e", 4, new)], protocol="clean")
