@@ -12,7 +12,8 @@ import torch  # noqa: E402
 
 from baselines.base import Loaders, TrainContext  # noqa: E402
 from baselines.networks import MODEL_HPARAMS  # noqa: E402
-from benchmarks.config import TRAIN_HPARAMS, method_hparams  # noqa: E402
+from benchmarks.config import TRAIN_HPARAMS, build_config, method_hparams  # noqa: E402
+from benchmarks.runner import train_run  # noqa: E402
 from core.hparams import resolve  # noqa: E402
 from datasets.registry import get_dataset  # noqa: E402
 
@@ -29,6 +30,21 @@ def tiny_overrides(method: str | None = None, **method_hp) -> dict:
     if method and method_hp:
         out[method] = method_hp
     return out
+
+
+def interrupted_run(run_dir, epochs: int = 3, **train):
+    """A tiny synthetic joint run stopped (like a kill) right after its first epoch is checkpointed; its config."""
+    overrides = tiny_overrides()
+    overrides["train"].update(epochs=epochs, **train)
+    cfg = build_config("joint", "synthetic", overrides)
+
+    def stop(line: str) -> None:
+        if line.startswith("epoch 0"):
+            raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError, match="stop"):
+        train_run(cfg, run_dir, log=stop)
+    return cfg
 
 
 @pytest.fixture

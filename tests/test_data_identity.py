@@ -20,7 +20,7 @@ from datasets.cremad import CremaD
 from datasets.prepare import prepare
 from datasets.synthetic import Synthetic
 from datasets.tables import PrepareOptions
-from tests.conftest import TINY_DATA, TINY_MODEL, TINY_TRAIN, tiny_overrides
+from tests.conftest import TINY_DATA, TINY_MODEL, TINY_TRAIN, interrupted_run, tiny_overrides
 from tests.media_fixtures import make_cremad
 
 
@@ -32,23 +32,9 @@ def identity(monkeypatch):
     return current
 
 
-def _interrupted_run(run_dir):
-    overrides = tiny_overrides()
-    overrides["train"].update(epochs=2)
-    cfg = build_config("joint", "synthetic", overrides)
-
-    def stop(line: str) -> None:
-        if line.startswith("epoch 0"):
-            raise RuntimeError("stop")
-
-    with pytest.raises(RuntimeError, match="stop"):
-        train_run(cfg, run_dir, log=stop)
-    return cfg
-
-
 def test_a_run_records_its_data_and_is_not_resumed_on_other_data(tmp_path, identity):
     run = tmp_path / "run"
-    cfg = _interrupted_run(run)
+    cfg = interrupted_run(run, epochs=2)
     assert json.loads((run / DATA_FILE).read_text()) == {"cache_options_hash": "a"}
     checkpoint = (run / "checkpoint.pt").read_bytes()
     identity["cache_options_hash"] = "b"
@@ -62,7 +48,7 @@ def test_a_run_records_its_data_and_is_not_resumed_on_other_data(tmp_path, ident
 
 def test_a_run_from_before_the_record_resumes_unchecked(tmp_path, identity):
     run = tmp_path / "run"
-    cfg = _interrupted_run(run)
+    cfg = interrupted_run(run, epochs=2)
     (run / DATA_FILE).unlink()
     identity["cache_options_hash"] = "b"
     assert train_run(cfg, run, resume=True, log=lambda line: None)["epochs"] == 2

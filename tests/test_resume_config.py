@@ -10,7 +10,7 @@ import yaml
 from benchmarks.cli import main
 from benchmarks.config import ConfigMismatchError, build_config, check_resume_config
 from benchmarks.runner import train_run
-from tests.conftest import tiny_overrides
+from tests.conftest import interrupted_run, tiny_overrides
 
 TINY = ["--set", "model.width=4", "--set", "model.blocks=[1,1,1,1]", "--set", "data.n_train=64",
         "--set", "data.n_val=16", "--set", "data.n_test=16", "--set", "train.batch_size=16",
@@ -19,21 +19,6 @@ TINY = ["--set", "model.width=4", "--set", "model.blocks=[1,1,1,1]", "--set", "d
 
 def _train(run_dir, *extra: str) -> int:
     return main(["train", "--run-dir", str(run_dir), *extra])
-
-
-def _interrupted_run(run_dir, epochs: int = 3, **train):
-    """A run stopped (like a kill) right after its first epoch is checkpointed."""
-    overrides = tiny_overrides()
-    overrides["train"].update(epochs=epochs, **train)
-    cfg = build_config("joint", "synthetic", overrides)
-
-    def stop(line: str) -> None:
-        if line.startswith("epoch 0"):
-            raise RuntimeError("stop")
-
-    with pytest.raises(RuntimeError, match="stop"):
-        train_run(cfg, run_dir, log=stop)
-    return cfg
 
 
 def test_resume_with_another_method_is_refused_and_the_finished_run_is_untouched(tmp_path, capsys):
@@ -49,7 +34,7 @@ def test_resume_with_another_method_is_refused_and_the_finished_run_is_untouched
 
 def test_resume_with_a_changed_lr_is_refused_and_config_yaml_is_not_rewritten(tmp_path):
     run = tmp_path / "run"
-    cfg = _interrupted_run(run)
+    cfg = interrupted_run(run)
     before = (run / "config.yaml").read_bytes(), (run / "checkpoint.pt").read_bytes()
     overrides = tiny_overrides()
     overrides["train"].update(epochs=3, lr=0.5)
@@ -83,7 +68,7 @@ def test_resume_from_the_run_dir_alone_ends_like_an_uninterrupted_run(tmp_path, 
     overrides["train"]["epochs"] = 3
     reference = train_run(build_config("joint", "synthetic", overrides), tmp_path / "reference", log=lambda _: None)
     run = tmp_path / "run"
-    _interrupted_run(run)
+    interrupted_run(run)
     assert _train(run, "--resume", "--wandb", "disabled", "--no-progress") == 0
     got = json.loads((run / "summary.json").read_text())
     assert got["protocols"] == json.loads(json.dumps(reference["protocols"]))
