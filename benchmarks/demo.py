@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -281,14 +282,24 @@ def aug_diagnostics(records: Sequence[collect.RunRecord]) -> dict[str, Any] | No
             "fusion_weights": weights, "weighted_acc": mean(weighted), "equal_fusion_acc": mean(equal)}
 
 
-def run_seconds(records: Sequence[collect.RunRecord]) -> dict[str, list[float]]:
-    """Each row's training seconds per run (the runs' ``wall_time_s``), the ensemble row excepted."""
+def run_summaries(records: Sequence[collect.RunRecord]) -> list[tuple[str, dict[str, Any]]]:
+    """(row label, ``summary.json``) of every trained run, the ensemble row excepted."""
+    return [(rec.label, json.loads((rec.run_dir / "summary.json").read_text())) for rec in records
+            if rec.label != ENSEMBLE_LABEL]
+
+
+def run_seconds(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, list[float]]:
+    """Each row's training seconds per run (the runs' ``wall_time_s``)."""
     seconds: dict[str, list[float]] = {}
-    for rec in records:
-        if rec.label != ENSEMBLE_LABEL:
-            seconds.setdefault(rec.label, []).append(json.loads((rec.run_dir / "summary.json").read_text())
-                                                     ["wall_time_s"])
+    for label, summary in runs:
+        seconds.setdefault(label, []).append(summary["wall_time_s"])
     return seconds
+
+
+def run_commits(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, int]:
+    """How many runs each commit trained, most first. A rerun reuses finished runs, and each holds the numbers of the
+    code that trained it, not of the invocation's commit."""
+    return dict(Counter(summary["env"].get("git_commit") or "unknown" for _, summary in runs).most_common())
 
 
 def previous_row_seconds(summaries: Sequence[Path], log: Callable[[str], None] = print
@@ -395,7 +406,8 @@ def run_demo(*, results: Path, work: Path, profile: str | None = None, workers: 
                                    "unimodal_visual": "visual-only model"}))
     timings["report_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - started
-    seconds = run_seconds(records)
+    runs = run_summaries(records)
+    seconds = run_seconds(runs)
     skipped = [r for r in sweep_document(demo, cache)["methods"] if r not in config.methods]
     summary = {"profile": profile or "full", "runs": len(jobs), "failed": sorted(report.failed),
                "rows_not_run": skipped,
@@ -411,6 +423,7 @@ def run_demo(*, results: Path, work: Path, profile: str | None = None, workers: 
                "convergence_trend": last_quarter_trend(runs_dir, [AUDIO, VISUAL, JOINT]),
                "aug": aug_diagnostics(records), "epochs": demo["defaults"]["train"]["epochs"],
                "seeds": list(config.seeds), "design": design_digest(demo), "commit": git_commit(),
+               "run_commits": run_commits(runs),
                "machine": machine_record(workers)}
     summary["targets"] = design_targets(summary, demo["targets"])
     if reference is not None:
@@ -461,6 +474,16 @@ def findings(summary: Mapping[str, Any], titles: Mapping[str, str]) -> list[str]
     return out
 
 
+def commits_line(summary: Mapping[str, Any]) -> str:
+    """Which code trained the runs: the invocation's commit, or the commits of reused runs too."""
+    commits = summary["run_commits"]
+    if list(commits) == [summary["commit"] or "unknown"]:
+        return "- code: every run was trained at this commit"
+    listed = ", ".join(f"`{c[:12]}` ({n} run{'s' * (n != 1)})" for c, n in commits.items())
+    return (f"- code: runs trained at {listed}; a rerun reuses finished runs, so their numbers are those of the code "
+            "that trained them (a new `--work` folder retrains every run at this commit)")
+
+
 def _readme(demo: Mapping[str, Any], summary: Mapping[str, Any], profile: str | None,
             titles: Mapping[str, str]) -> str:
     command = "augbench demo" + (f" --{profile}" if profile else "")
@@ -476,6 +499,7 @@ def _readme(demo: Mapping[str, Any], summary: Mapping[str, Any], profile: str | 
              "## Run", "",
              f"- command: `{command}`; commit `{summary['commit']}`; settings "
              f"`benchmarks/configs/demo/av_digits.yaml`" + (f", profile `{profile}`" if profile else ""),
+             commits_line(summary),
              f"- {summary['runs']} runs ({len(summary['failed'])} failed), {summary['epochs']} epochs, seeds "
              f"{summary['seeds']}; the runs took {summary['run_time_s']:.0f} s of training summed over runs "
              f"(whichever invocations trained them); this invocation {t['total_s']:.0f} s (generate "

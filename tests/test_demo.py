@@ -18,13 +18,16 @@ from benchmarks.config import build_config
 from benchmarks.demo import (
     DEMO_CONFIG,
     ENSEMBLE_LABEL,
+    commits_line,
     default_results,
     identical_rows,
     load_demo_config,
     longest_first,
     machine_record,
     previous_row_seconds,
+    run_commits,
     run_demo,
+    run_seconds,
     sweep_document,
     unstable_rows,
 )
@@ -169,6 +172,7 @@ def test_demo_smoke_end_to_end(tmp_path):
         assert title in table
     summary = json.loads((results / "summary.json").read_text())
     assert summary["runs"] == 4 and not summary["failed"]
+    assert summary["run_commits"] == {summary["commit"] or "unknown": 4}
     assert {"acc", "acc:audio", "acc:visual"} <= set(summary["rows"]["joint"])
     assert {"acc", "acc:audio", "acc:visual"} <= set(summary["rows"][ENSEMBLE_LABEL])
     assert summary["machine"]["threads_per_worker"] == 1
@@ -177,9 +181,23 @@ def test_demo_smoke_end_to_end(tmp_path):
     assert all(s > 0 for s in summary["row_run_s"].values())
     readme = (results / "README.md").read_text()
     assert "## Findings" in readme and "AUG reaches" in readme and "visual-only model" in readme
+    assert "- code: every run was trained at this commit" in readme
     assert [c["target"] for c in summary["targets"]] == ["imbalance", "headroom"], "one seed, one epoch: no more"
     assert "## Design targets" in readme and "reproduction" not in summary
     assert out["table"] == table
+
+
+def test_the_readme_names_the_commits_that_trained_reused_runs():
+    runs = [(label, {"env": {"git_commit": commit}, "wall_time_s": 2.0})
+            for label, commit in (("joint", "a" * 40), ("joint", "b" * 40), ("sum", "b" * 40), ("aug", None))]
+    commits = run_commits(runs)
+    assert commits == {"b" * 40: 2, "a" * 40: 1, "unknown": 1}
+    assert run_seconds(runs) == {"joint": [2.0, 2.0], "sum": [2.0], "aug": [2.0]}
+    line = commits_line({"commit": "b" * 40, "run_commits": commits})
+    assert f"`{'b' * 12}` (2 runs), `{'a' * 12}` (1 run), `unknown` (1 run)" in line and "reuses" in line
+    assert commits_line({"commit": "b" * 40, "run_commits": {"b" * 40: 4}}) == \
+        "- code: every run was trained at this commit"
+    assert "every run" in commits_line({"commit": None, "run_commits": {"unknown": 4}})
 
 
 def test_runs_start_longest_first_by_the_previous_summary(tmp_path):
