@@ -420,7 +420,7 @@ def run_demo(*, results: Path, work: Path, profile: str | None = None, workers: 
                "rows": {label: {k: [round(m, 4), round(sd, 4), n] for k, (m, sd, n) in row.items()}
                         for label, row in stats.items()},
                "identical_rows": identical, "unstable_rows": unstable_rows(records, order),
-               "convergence_trend": last_quarter_trend(runs_dir, [AUDIO, VISUAL, JOINT]),
+               "convergence_trend": last_quarter_trend([job.run_dir for job in jobs], [AUDIO, VISUAL, JOINT]),
                "aug": aug_diagnostics(records), "epochs": demo["defaults"]["train"]["epochs"],
                "seeds": list(config.seeds), "design": design_digest(demo), "commit": git_commit(),
                "run_commits": run_commits(runs),

@@ -25,15 +25,16 @@ COMPARABLE = ("profile", "seeds", "epochs", "design")
 MACHINE_KEYS = ("cpu_model", "torch_cpu_capability", "torch", "numpy")
 
 
-def last_quarter_trend(runs_dir: Path, labels: Sequence[str]) -> dict[str, dict[int, float]]:
+def last_quarter_trend(run_dirs: Sequence[Path], labels: Sequence[str]) -> dict[str, dict[int, float]]:
     """Row -> seed -> the change of validation accuracy over the last quarter of epochs, in accuracy units: the
     least-squares line through the epochs from the start of the last quarter to the last, times that span. Unlike the
-    difference of two epochs, one epoch's jitter moves it little. Runs with fewer than 4 validated epochs are left
-    out. Rows come in the order of ``labels``, seeds in ascending order."""
+    difference of two epochs, one epoch's jitter moves it little. Only the runs in ``run_dirs`` count: a work folder
+    also keeps runs of earlier settings, whose curves are not this demo's. Runs with fewer than 4 validated epochs are
+    left out. Rows come in the order of ``labels``, seeds in ascending order."""
     found: dict[str, dict[int, float]] = {}
-    for metrics in sorted(Path(runs_dir).rglob("metrics.jsonl")):
-        job_file = metrics.parent / "job.json"
-        if not job_file.exists():
+    for run_dir in run_dirs:
+        metrics, job_file = Path(run_dir) / "metrics.jsonl", Path(run_dir) / "job.json"
+        if not (metrics.exists() and job_file.exists()):
             continue
         job = json.loads(job_file.read_text())
         if job["label"] not in labels:

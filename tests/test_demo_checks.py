@@ -33,10 +33,13 @@ def test_last_quarter_trend_fits_a_line_over_the_last_quarter(tmp_path):
     _run(tmp_path, "a1", "joint", 1, [0.1, 0.2, 0.3, 0.4, 0.5, 0.70, 0.80, 0.70])  # jitter, no trend -> 0
     _run(tmp_path, "b0", "sum", 0, [0.1] * 8)                                      # not asked for
     _run(tmp_path, "c0", "unimodal_audio", 0, [0.1, 0.2, 0.3])                     # too short to judge
-    trend = last_quarter_trend(tmp_path, ["joint", "unimodal_audio"])
+    _run(tmp_path, "a9", "joint", 0, [0.1] * 7 + [0.9])                             # another setting's run
+    runs = [tmp_path / name for name in ("a0", "a1", "b0", "c0")]
+    trend = last_quarter_trend(runs, ["joint", "unimodal_audio"])
     assert set(trend) == {"joint"}
-    _run(tmp_path, "zz", "unimodal_audio", 1, [0.5] * 8)  # its folder sorts last; the order asked for wins
-    assert list(last_quarter_trend(tmp_path, ["unimodal_audio", "joint"])) == ["unimodal_audio", "joint"]
+    _run(tmp_path, "zz", "unimodal_audio", 1, [0.5] * 8)  # listed first; the order asked for wins
+    assert list(last_quarter_trend([tmp_path / "zz", *runs], ["unimodal_audio", "joint"])) == ["unimodal_audio",
+                                                                                                "joint"]
     assert trend["joint"][0] == pytest.approx(0.04, abs=1e-4)
     assert trend["joint"][1] == pytest.approx(0.0, abs=1e-4)
 
