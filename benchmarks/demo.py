@@ -402,8 +402,8 @@ def run_demo(*, results: Path, work: Path, profile: str | None = None, workers: 
                                    runs=[r.run_dir for r in records if r.label != ENSEMBLE_LABEL]))
     written.append(plots.plot_demo_bars(
         {r: {k: v[:2] for k, v in stats[r].items() if k.startswith("acc")} for r in order}, results / "bars.png",
-        titles=titles, references={ENSEMBLE_LABEL: "unimodal ensemble", "joint": titles.get("joint", "joint"),
-                                   "unimodal_visual": "visual-only model"}))
+        titles=titles, references={ENSEMBLE_LABEL: "unimodal ensemble", JOINT: titles.get(JOINT, JOINT),
+                                   VISUAL: "visual-only model"}))
     timings["report_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - started
     runs = run_summaries(records)
@@ -450,8 +450,8 @@ def findings(summary: Mapping[str, Any], titles: Mapping[str, str]) -> list[str]
     joint, visual = mean(JOINT), mean(VISUAL)
     leans = "leans on audio" if mean(JOINT, "acc:visual") < visual - 0.05 else "uses both modalities"
     out = [f"Joint training (Concat, {_pct(joint)}) {leans}: its visual head reaches "
-           f"{_pct(mean('joint', 'acc:visual'))} where a visual-only model reaches {_pct(visual)} (audio-only "
-           f"{_pct(mean('unimodal_audio'))})."]
+           f"{_pct(mean(JOINT, 'acc:visual'))} where a visual-only model reaches {_pct(visual)} (audio-only "
+           f"{_pct(mean(AUDIO))})."]
     if ENSEMBLE_LABEL in rows:
         ens = mean(ENSEMBLE_LABEL)
         methods = [r for r in rows if r not in REFERENCES and r != ENSEMBLE_LABEL
