@@ -159,8 +159,9 @@ def targets_markdown(checks: Sequence[Mapping[str, Any]], titles: Mapping[str, s
 
     lines = ["## Design targets", "",
              f"What the demo's settings were chosen for, measured on this run's {seeds} seed(s) (accuracy in points; "
-             "a mean over n seeds is uncertain by about its std / sqrt(n), and the demo config records the design "
-             "measured over more seeds):", "",
+             "a mean over n seeds is uncertain by about its std / sqrt(n); the settings were chosen on the data of "
+             "generator seed 0, and the demo config records the design measured over more seeds and on other "
+             "draws of the data, where the headroom differs):", "",
              "| target | measured | met |", "|---|---|---|"]
     for c in checks:
         measured = ", ".join(value(k, v, c["target"] != "seed spread") for k, v in c["measured"].items())
