@@ -29,6 +29,7 @@ import yaml
 
 from baselines.registry import list_methods
 from benchmarks.data_identity import SAME_DATA_HINT, recorded_identity
+from benchmarks.records import DamagedFileError, read_json
 
 METRIC_NAMES = {"acc": "Acc", "macro_f1": "Macro-F1", "map": "MAP"}
 PROTOCOL_CAPTIONS = {
@@ -82,6 +83,10 @@ class RunRecord:
         return out
 
 
+# What a table reads from every finished run's summary.json.
+SUMMARY_KEYS = ("method", "dataset", "seed", "protocols")
+
+
 def load_runs(root: Path) -> list[RunRecord]:
     """Every finished run (``DONE`` + ``summary.json``) under ``root``, sorted by folder."""
     root = Path(root)
@@ -93,19 +98,27 @@ def load_runs(root: Path) -> list[RunRecord]:
         run_dir = summary_path.parent
         if not (run_dir / "DONE").exists():
             continue
-        summary = json.loads(summary_path.read_text())
-        job = json.loads((run_dir / "job.json").read_text()) if (run_dir / "job.json").exists() else {}
+        summary = read_json(summary_path)
+        job = read_json(run_dir / "job.json", default={})
+        absent = [key for key in SUMMARY_KEYS if key not in summary]
+        if absent:
+            raise DamagedFileError(summary_path, f"it has no {', '.join(absent)}")
         method = summary["method"]
         missing = {}
-        if (run_dir / "missing_modality.json").exists():
-            for row in json.loads((run_dir / "missing_modality.json").read_text())["rates"]:
-                missing[float(row["rate"])] = row["metrics"]
+        for row in read_json(run_dir / "missing_modality.json", default={"rates": []})["rates"]:
+            missing[float(row["rate"])] = row["metrics"]
         records.append(RunRecord(run_dir=run_dir, label=job.get("label", method),
                                  title=job.get("title") or titles.get(method) or method, method=method,
                                  dataset=summary["dataset"], seed=int(summary["seed"]),
                                  protocols=summary["protocols"], missing=missing,
                                  data=recorded_identity(run_dir)))
     return records
+
+
+def unfinished_runs(root: Path) -> list[Path]:
+    """Run folders under ``root`` (each holds ``config.yaml``) without ``DONE``: still training, stopped or failed.
+    ``load_runs`` leaves them out; the table command counts them so that a missing seed is never silent."""
+    return sorted(path.parent for path in Path(root).rglob("config.yaml") if not (path.parent / "DONE").exists())
 
 
 def check_same_data(records: Sequence[RunRecord]) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from benchmarks.errors import UsageError
+from benchmarks.records import read_json
 from datasets.registry import get_dataset
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ def current_identity(cfg: RunConfig) -> dict[str, str]:
 
 def recorded_identity(run_dir: Path) -> dict[str, str] | None:
     path = Path(run_dir) / DATA_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return read_json(path, default=None)
 
 
 def _differences(recorded: dict[str, str], current: dict[str, str]) -> str:

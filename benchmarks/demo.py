@@ -48,7 +48,7 @@ from benchmarks.demo_checks import (
     targets_markdown,
 )
 from benchmarks.metrics import classification_metrics
-from benchmarks.records import atomic_write_text, read_jsonl
+from benchmarks.records import atomic_write_text, read_json, read_jsonl
 from benchmarks.run_folder import load_run_config
 from benchmarks.runner import CHECKPOINT, build_data, build_method, seed_everything
 from core.provenance import git_commit
@@ -284,7 +284,7 @@ def aug_diagnostics(records: Sequence[collect.RunRecord]) -> dict[str, Any] | No
 
 def run_summaries(records: Sequence[collect.RunRecord]) -> list[tuple[str, dict[str, Any]]]:
     """(row label, ``summary.json``) of every trained run, the ensemble row excepted."""
-    return [(rec.label, json.loads((rec.run_dir / "summary.json").read_text())) for rec in records
+    return [(rec.label, read_json(rec.run_dir / "summary.json")) for rec in records
             if rec.label != ENSEMBLE_LABEL]
 
 

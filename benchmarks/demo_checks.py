@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from benchmarks.records import read_jsonl
+from benchmarks.records import read_json, read_jsonl
 
 # The rows the design targets are measured on: the two unimodal references and joint training (Concat).
 AUDIO, VISUAL, JOINT = "unimodal_audio", "unimodal_visual", "joint"
@@ -36,7 +36,7 @@ def last_quarter_trend(run_dirs: Sequence[Path], labels: Sequence[str]) -> dict[
         metrics, job_file = Path(run_dir) / "metrics.jsonl", Path(run_dir) / "job.json"
         if not (metrics.exists() and job_file.exists()):
             continue
-        job = json.loads(job_file.read_text())
+        job = read_json(job_file)
         if job["label"] not in labels:
             continue
         vals = [r["val"]["acc"] for r in read_jsonl(metrics) if "val" in r]

@@ -13,7 +13,6 @@ evaluation). Results go to ``<run>/missing_modality.json``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 
 from benchmarks.data_identity import check_run_data, current_identity
-from benchmarks.records import write_json
+from benchmarks.records import read_json, write_json
 from benchmarks.run_folder import load_run_config
 from benchmarks.runner import CHECKPOINT, build_data, build_method, evaluate, seed_everything, select_device
 from core.data import Batch, BatchLoader, seed_for
@@ -131,7 +130,7 @@ def evaluate_missing(run_dir: Path, rates: Sequence[float] = DEFAULT_MISSING_RAT
         results.append({"rate": rate, "n_missing": int((codes >= 0).sum()),
                         "missing_by_modality": {m: int((codes == k).sum()) for k, m in enumerate(names)},
                         "metrics": metrics})
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = read_json(run_dir / "summary.json")
     out = {"split": split, "seed": seed, "checkpoint_epoch": state["epoch"], "n": loader.num_samples,
            "protocol": "each missing sample loses one modality chosen uniformly (input zeroed); nested sets across "
                        "rates; final checkpoint",

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -23,7 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from baselines.registry import list_methods
-from benchmarks.records import read_jsonl
+from benchmarks.records import read_json, read_jsonl
 
 SPLITS = ("val", "test")
 
@@ -98,7 +97,7 @@ def _sweep_curves(sweep_dir: Path) -> dict[str, dict[str, dict[str, list[list[fl
             continue
         with open(run_dir / "config.yaml") as f:
             cfg = yaml.safe_load(f)
-        job = json.loads((run_dir / "job.json").read_text()) if (run_dir / "job.json").exists() else {}
+        job = read_json(run_dir / "job.json", default={})
         dataset, label = cfg["dataset"], job.get("title") or titles.get(cfg["method"]) or cfg["method"]
         series = run_series(history)["accuracy"]
         for name, values in series.items():
@@ -143,7 +142,7 @@ def _demo_curves(sweep_dir: Path, runs: Collection[Path] | None = None) -> dict[
         run_dir = metrics.parent
         if not (run_dir / "job.json").exists() or (wanted is not None and run_dir.resolve() not in wanted):
             continue
-        label = json.loads((run_dir / "job.json").read_text())["label"]
+        label = read_json(run_dir / "job.json")["label"]
         tests = [r["test"] for r in read_jsonl(metrics) if "test" in r]
         if not tests:
             continue

@@ -16,9 +16,19 @@ from typing import Any
 
 import yaml
 
+from benchmarks.errors import UsageError
 from core.provenance import git_commit
 
 WANDB_MODES = ("online", "offline", "disabled")
+_REQUIRED = object()
+
+
+class DamagedFileError(UsageError):
+    """A run file that exists but does not parse (a copy cut short, a hand edit); the message names the file, where
+    json's own error names only a line and column."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"{path} is damaged: {problem}; restore it, or delete that run folder and train it again")
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -75,9 +85,29 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, sort_keys=True, default=_json_default) + "\n" for r in records))
 
 
+def read_json(path: Path, default: Any = _REQUIRED) -> Any:
+    """The JSON document in ``path``; ``default`` when given and the file is absent. A file that does not parse
+    raises ``DamagedFileError``."""
+    path = Path(path)
+    if default is not _REQUIRED and not path.is_file():
+        return default
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DamagedFileError(path, f"not valid JSON ({err})") from None
+
+
 def read_jsonl(path: Path) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """One record per non-empty line; a line that does not parse raises ``DamagedFileError`` naming it."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise DamagedFileError(path, f"line {number} is not valid JSON ({err})") from None
+    return records
 
 
 def _json_default(obj: Any) -> Any:

@@ -16,7 +16,6 @@ run killed at any point and resumed ends with the same metrics as an uninterrupt
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shlex
@@ -42,6 +41,7 @@ from benchmarks.records import (
     WandbSink,
     atomic_torch_save,
     environment,
+    read_json,
     read_jsonl,
     resolve_wandb_mode,
     write_json,
@@ -230,7 +230,7 @@ def _epoch_line(record: dict) -> str:
 
 def read_extensions(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / EXTENSIONS
-    return json.loads(path.read_text()) if path.exists() else []
+    return read_json(path, default=[])
 
 
 def recorded_config(run_dir: Path) -> dict[str, Any] | None:
@@ -320,7 +320,7 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
         run_hash = config_digest({**requested, "train": {**requested["train"], "epochs": original}})
     extending = recorded is not None and cfg.train.epochs > recorded["train"]["epochs"]
     if done and not extending:
-        return json.loads((run_dir / "summary.json").read_text())
+        return read_json(run_dir / "summary.json")
     check_data_parallel(cfg.method, ddp.world_size)
     identity = current_identity(cfg)
     if recorded is not None:

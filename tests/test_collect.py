@@ -150,6 +150,31 @@ def test_table_command_defaults_to_best_on_test_when_comparing_with_a_paper(runs
     assert main(["table", str(runs_dir / "nope")]) == 2
 
 
+def test_the_table_command_counts_the_unfinished_runs_it_leaves_out(runs_dir, capsys):
+    assert main(["table", str(runs_dir)]) == 0
+    captured = capsys.readouterr()
+    assert "| 9" not in captured.out and "(3)" in captured.out, "the unfinished seed 9 is not tabulated"
+    assert captured.err == ("note: 1 run folder(s) without DONE (training, stopped or failed) are left out of the "
+                            f"table, such as {runs_dir / 'cremad-aug-seed9-fixture'}\n")
+
+
+@pytest.mark.parametrize("damage", ["not json", "no keys"])
+def test_a_damaged_summary_is_an_error_naming_the_file(runs_dir, capsys, damage):
+    summary = runs_dir / "cremad-aug-seed1-fixture" / "summary.json"
+    summary.write_text('{"method": "aug", "proto' if damage == "not json" else '{"method": "aug", "seed": 1}')
+    assert main(["table", str(runs_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"{summary} is damaged: " in err and "delete that run folder and train it again" in err
+    assert ("not valid JSON" if damage == "not json" else "it has no dataset, protocols") in err
+
+
+def test_a_damaged_metrics_line_is_an_error_naming_the_file_and_line(runs_dir, capsys):
+    metrics = runs_dir / "cremad-aug-seed1-fixture" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + '{"epoch": 3, "te\n')
+    assert main(["plot", str(runs_dir)]) == 2
+    assert f"{metrics} is damaged: line 4 is not valid JSON" in capsys.readouterr().err
+
+
 def test_run_series_and_plots(runs_dir):
     run = runs_dir / "cremad-aug-seed0-fixture"
     history = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

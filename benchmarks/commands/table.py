@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from benchmarks.collect import (
@@ -21,6 +22,7 @@ from benchmarks.collect import (
     load_paper,
     load_runs,
     log_wandb_table,
+    unfinished_runs,
 )
 from benchmarks.records import WANDB_MODES, atomic_write_text
 
@@ -50,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
     table = build_table(load_runs(args.runs_dir), protocol=protocol, paper=paper, per_modality=args.per_modality,
                         missing=args.missing, datasets=order.get("datasets"), methods=order.get("methods"),
                         title=order.get("title"))
+    unfinished = unfinished_runs(args.runs_dir)
+    if unfinished:
+        print(f"note: {len(unfinished)} run folder(s) without DONE (training, stopped or failed) are left out of the "
+              f"table, such as {unfinished[0]}", file=sys.stderr)
     text = RENDERERS[args.format](table)
     if args.out:
         atomic_write_text(args.out, text)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -13,7 +12,7 @@ from baselines.networks import MODEL_HPARAMS
 from baselines.registry import get_method, list_methods
 from benchmarks.config import RUNNER_NAMESPACES, TRAIN_HPARAMS, RunConfig, build_config, merge_overrides, method_hparams
 from benchmarks.evaluate import RESULT_FILE
-from benchmarks.records import write_json, write_yaml
+from benchmarks.records import read_json, write_json, write_yaml
 from benchmarks.run_folder import config_sections
 from benchmarks.runner import CHECKPOINT
 from benchmarks.sweep.spec import EvaluateSpec, SweepConfig, SweepConfigError
@@ -273,4 +272,4 @@ def runs_phrase(n: int) -> str:
 def read_job_file(run_dir: Path) -> dict[str, Any]:
     """A run folder's ``job.json`` (empty when the run was not started by a sweep)."""
     path = Path(run_dir) / "job.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_json(path, default={})

@@ -6,13 +6,12 @@ Submitted job ids go to ``OUT/slurm_jobs.json``; a restart skips runs whose job 
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from benchmarks.records import write_json
+from benchmarks.records import read_json, write_json
 from benchmarks.sweep.expand import Job, write_sweep_record
 from benchmarks.sweep.spec import SweepConfig
 
@@ -128,7 +127,7 @@ def run_slurm(jobs: Sequence[Job], executor: Any, *, out: Path, config: SweepCon
     ``resubmit``.
     """
     record_path = Path(out) / "slurm_jobs.json"
-    record: dict[str, str] = json.loads(record_path.read_text()) if record_path.exists() else {}
+    record: dict[str, str] = read_json(record_path, default={})
     pending = [job for job in jobs if job.state() != "done"]
     if record and not resubmit:
         active = _active_slurm_jobs({j.name: record[j.name] for j in pending if j.name in record},
