@@ -14,6 +14,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import yaml
+
 from benchmarks.errors import UsageError
 from benchmarks.guard import ShadowedPackageError, check_packages
 from core.hparams import HParamError
@@ -73,8 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser(command).parse_args(argv)
         return int(args._run(args) or 0)
-    except (UsageError, HParamError, KeyError, FileNotFoundError, ValueError) as err:
+    except (UsageError, HParamError, KeyError, FileNotFoundError, ValueError, yaml.YAMLError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        if isinstance(err, yaml.YAMLError):  # a syntax error in a config: yaml names the file and line
+            message = " ".join(str(err).split())
         print(f"augbench {command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:

@@ -48,7 +48,7 @@ from benchmarks.demo_checks import (
     targets_markdown,
 )
 from benchmarks.metrics import classification_metrics
-from benchmarks.records import atomic_write_text, read_json, read_jsonl
+from benchmarks.records import atomic_write_text, read_checkpoint, read_json, read_jsonl
 from benchmarks.run_folder import load_run_config
 from benchmarks.runner import CHECKPOINT, build_data, build_method, seed_everything
 from core.provenance import git_commit
@@ -141,7 +141,7 @@ def _test_outputs(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor, int]:
     bundle = build_data(cfg)
     device = torch.device("cpu")
     method = build_method(cfg, bundle, device)
-    state = torch.load(run_dir / CHECKPOINT, map_location=device, weights_only=False)
+    state = read_checkpoint(run_dir / CHECKPOINT, map_location=device)
     method.load_checkpoint_state(state["method"])
     method.eval()
     loader = bundle.loader("test", batch_size=cfg.train.eval_batch_size, train=False, seed=cfg.train.seed,

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from benchmarks.data_identity import check_run_data, current_identity
-from benchmarks.records import read_json, write_json
+from benchmarks.records import read_checkpoint, read_json, write_json
 from benchmarks.run_folder import load_run_config
 from benchmarks.runner import CHECKPOINT, build_data, build_method, evaluate, seed_everything, select_device
 from core.data import Batch, BatchLoader, seed_for
@@ -115,7 +115,7 @@ def evaluate_missing(run_dir: Path, rates: Sequence[float] = DEFAULT_MISSING_RAT
     check_run_data(run_dir, current_identity(cfg), "evaluate it on that data")
     bundle = build_data(cfg)
     method = build_method(cfg, bundle, dev)
-    state = torch.load(ckpt, map_location=dev, weights_only=False)
+    state = read_checkpoint(ckpt, map_location=dev)
     method.load_checkpoint_state(state["method"])
     loader = bundle.loader(split, batch_size=batch_size or cfg.train.eval_batch_size, train=False,
                            seed=cfg.train.seed, device=dev)

@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any, Collection, Mapping, Sequence
 
 import numpy as np
-import yaml
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from baselines.registry import list_methods
-from benchmarks.records import read_json, read_jsonl
+from benchmarks.records import read_json, read_jsonl, read_yaml
 
 SPLITS = ("val", "test")
 
@@ -95,8 +94,7 @@ def _sweep_curves(sweep_dir: Path) -> dict[str, dict[str, dict[str, list[list[fl
         history = read_jsonl(metrics)
         if not history or not (run_dir / "config.yaml").exists():
             continue
-        with open(run_dir / "config.yaml") as f:
-            cfg = yaml.safe_load(f)
+        cfg = read_yaml(run_dir / "config.yaml")
         job = read_json(run_dir / "job.json", default={})
         dataset, label = cfg["dataset"], job.get("title") or titles.get(cfg["method"]) or cfg["method"]
         series = run_series(history)["accuracy"]

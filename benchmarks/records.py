@@ -97,6 +97,33 @@ def read_json(path: Path, default: Any = _REQUIRED) -> Any:
         raise DamagedFileError(path, f"not valid JSON ({err})") from None
 
 
+def read_yaml(path: Path) -> Any:
+    """The YAML document in a run file such as ``config.yaml``; one that does not parse raises ``DamagedFileError``."""
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise DamagedFileError(path, f"not valid YAML ({yaml_problem(err)})") from None
+
+
+def yaml_problem(err: Exception) -> str:
+    """A YAML error in one line: 'line N: problem' where yaml marks one (its own text spans several lines)."""
+    mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
+    return f"line {mark.line + 1}: {problem}" if mark is not None and problem else " ".join(str(err).split())
+
+
+def read_checkpoint(path: Path, map_location: Any, mmap: bool = False) -> dict[str, Any]:
+    """A run's checkpoint as saved by the runner (trusted: written by this code); one torch cannot read (cut short,
+    overwritten) raises ``DamagedFileError``."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise DamagedFileError(path, f"torch cannot load it ({str(err).splitlines()[0]})") from None
+
+
 def read_jsonl(path: Path) -> list[dict]:
     """One record per non-empty line; a line that does not parse raises ``DamagedFileError`` naming it."""
     records = []

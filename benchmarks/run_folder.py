@@ -9,9 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 from benchmarks.config import RunConfig, build_config, config_overrides
+from benchmarks.records import read_yaml
 
 
 def config_sections(as_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -36,5 +35,4 @@ def load_run_config(run_dir: Path) -> RunConfig:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} has no config.yaml; it is not a run folder")
-    with open(path) as f:
-        return run_config_from_dict(yaml.safe_load(f))
+    return run_config_from_dict(read_yaml(path))

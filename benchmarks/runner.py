@@ -27,7 +27,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import yaml
 from tqdm import tqdm
 
 from baselines.base import Loaders, Method, RowSelection, StepInfo, TrainContext
@@ -41,8 +40,10 @@ from benchmarks.records import (
     WandbSink,
     atomic_torch_save,
     environment,
+    read_checkpoint,
     read_json,
     read_jsonl,
+    read_yaml,
     resolve_wandb_mode,
     write_json,
     write_jsonl,
@@ -238,7 +239,7 @@ def recorded_config(run_dir: Path) -> dict[str, Any] | None:
     path = Path(run_dir) / "config.yaml"
     if not path.exists():
         return None
-    config = yaml.safe_load(path.read_text())
+    config = read_yaml(path)
     for extension in read_extensions(run_dir):
         config["train"]["epochs"] = extension["to_epochs"]
     return config
@@ -255,7 +256,7 @@ def _interrupted_message(run_dir: Path, epochs: int) -> str:
     metrics = run_dir / "metrics.jsonl"
     finished = len(read_jsonl(metrics)) if metrics.exists() else 0
     ckpt = run_dir / CHECKPOINT
-    resume_at = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)["epoch"] + 1 \
+    resume_at = read_checkpoint(ckpt, map_location="cpu", mmap=True)["epoch"] + 1 \
         if ckpt.exists() else 0
     where = f"during epoch {finished} (of epochs 0-{epochs - 1})" if finished < epochs else "after the last epoch"
     saved = f"epochs 0-{resume_at - 1} are checkpointed" if resume_at else "no epoch is checkpointed yet"
@@ -316,7 +317,7 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
     run_hash = cfg.digest()
     if recorded is not None:
         check_resume_config(run_dir, recorded, requested, extend_epochs=extend_epochs)
-        original = yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["epochs"]
+        original = read_yaml(run_dir / "config.yaml")["train"]["epochs"]
         run_hash = config_digest({**requested, "train": {**requested["train"], "epochs": original}})
     extending = recorded is not None and cfg.train.epochs > recorded["train"]["epochs"]
     if done and not extending:
@@ -341,7 +342,7 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
     history: list[dict] = []
     start_epoch, elapsed = 0, 0.0
     if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        state = read_checkpoint(ckpt_path, map_location=device)
         method.load_checkpoint_state(state["method"])
         set_rng_state(state["rng"])
         history, start_epoch, elapsed = state["history"], state["epoch"] + 1, state["elapsed"]

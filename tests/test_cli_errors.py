@@ -18,6 +18,7 @@ from benchmarks.cli import INTERRUPTED, main
 from benchmarks.config import build_config
 from benchmarks.records import atomic_torch_save, write_json
 from core.hparams import HParamError
+from tests.conftest import interrupted_run
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--set", "model.width=4", "--set", "model.blocks=[1,1,1,1]", "--set", "data.n_train=64",
@@ -65,6 +66,24 @@ def test_cuda_without_cuda_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert main(_train(tmp_path / "run", "--set", "train.device=cuda")) == 2
     _one_line_error(capsys, "train.device=cuda", "no CUDA device")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_config_with_a_yaml_syntax_error_is_one_line_naming_the_file_and_line(tmp_path, capsys):
+    config = tmp_path / "experiment.yaml"
+    config.write_text("method: joint\ndataset: synthetic\ntrain: {lr: 0.1\n")
+    assert main(["train", "--config", str(config), "--run-dir", str(tmp_path / "run")]) == 2
+    _one_line_error(capsys, str(config), "line 4")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("damaged", ["config.yaml", "checkpoint.pt"])
+def test_resuming_a_run_with_a_damaged_file_is_one_line_naming_it(tmp_path, capsys, damaged):
+    run = tmp_path / "run"
+    interrupted_run(run)
+    path = run / damaged
+    path.write_bytes(b"train: [unclosed\n" if damaged == "config.yaml" else path.read_bytes()[:100])
+    assert main(["train", "--run-dir", str(run), "--resume", "--wandb", "disabled", "--no-progress"]) == 2
+    _one_line_error(capsys, f"{path} is damaged: ", "delete that run folder and train it again")
 
 
 def test_ctrl_c_inside_torch_save_says_where_and_resumes_to_the_same_summary(tmp_path, capsys, monkeypatch):

@@ -12,9 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from benchmarks.evaluate import RESULT_FILE, evaluate_missing
+from benchmarks.records import read_yaml
 from benchmarks.run_folder import build_from_sections
 from benchmarks.runner import train_run
 from benchmarks.sweep.expand import read_job_file
@@ -27,8 +26,7 @@ def run_job(run_dir: Path, *, wandb_mode: str = "disabled", wandb_group: str | N
     ``job.json`` asks for one and it has not been written yet; returns the training summary. Under torchrun every
     rank trains and rank 0 alone evaluates."""
     run_dir = Path(run_dir)
-    with open(run_dir / "job.yaml") as f:
-        cfg = build_from_sections(yaml.safe_load(f))
+    cfg = build_from_sections(read_yaml(run_dir / "job.yaml"))
     summary = train_run(cfg, run_dir, resume=True, wandb_mode=wandb_mode, wandb_group=wandb_group, log=log)
     spec = read_job_file(run_dir).get("evaluate")
     if spec and int(os.environ.get("RANK", "0")) == 0 and not (run_dir / RESULT_FILE).exists():
