@@ -18,6 +18,7 @@ import yaml
 
 from benchmarks.errors import UsageError
 from benchmarks.guard import ShadowedPackageError, check_packages
+from core.errors import InputError
 from core.hparams import HParamError
 
 __all__ = ["COMMANDS", "UsageError", "build_parser", "command_help", "main"]
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser(command).parse_args(argv)
         return int(args._run(args) or 0)
-    except (UsageError, HParamError, KeyError, FileNotFoundError, ValueError, yaml.YAMLError) as err:
+    except (InputError, HParamError, KeyError, FileNotFoundError, ValueError, yaml.YAMLError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         if isinstance(err, yaml.YAMLError):  # a syntax error in a config: yaml names the file and line
             message = " ".join(str(err).split())

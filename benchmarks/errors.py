@@ -5,6 +5,8 @@ A module of its own so that the runner and the commands can raise them without i
 
 from __future__ import annotations
 
+from core.errors import InputError
 
-class UsageError(Exception):
+
+class UsageError(InputError):
     """A user error whose message is enough; printed without a traceback."""

@@ -29,9 +29,11 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+
+from core.errors import InputError
 
 CACHE_VERSION = 1
 INDEX_COLUMNS = ("row", "id", "split", "label", "label_name", "speaker", "duration_s", "frame_start", "frame_count",
@@ -39,7 +41,7 @@ INDEX_COLUMNS = ("row", "id", "split", "label", "label_name", "speaker", "durati
 TRAIN_SPLITS = ("clean", "full")
 
 
-class CacheError(RuntimeError):
+class CacheError(InputError, RuntimeError):
     """A cache folder that is missing, unfinished, ambiguous or from another dataset or format version."""
 
 
@@ -147,28 +149,55 @@ def open_cache(path: Path | str) -> Cache:
         hint = " (an interrupted prepare resumes when run again)" if path.with_name(path.name + ".partial").exists() \
             else ""
         raise CacheError(f"{path} is not a finished cache: no DONE file{hint}")
-    manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    manifest = read_manifest(path)
     if manifest.get("format") != CACHE_VERSION:
         raise CacheError(f"{path}: cache format {manifest.get('format')!r}, this code reads {CACHE_VERSION}; "
                          f"prepare again with --force")
-    index = read_index(path / "index.csv")
+    index = read_cache_file(path / "index.csv", read_index)
     arrays, starts, counts = {}, {}, {}
-    for spec in array_specs(manifest):
-        arrays[spec.name] = np.load(path / f"{spec.name}.npy", mmap_mode="r")
+    # A manifest that parses but lacks the keys naming its arrays is as damaged as one that does not parse.
+    for spec in read_cache_file(path / "manifest.json", lambda _: array_specs(manifest)):
+        arrays[spec.name] = read_cache_file(path / f"{spec.name}.npy", lambda f: np.load(f, mmap_mode="r"))
         if spec.ragged:
             start = path / f"{spec.name}_start.npy"
-            starts[spec.name], counts[spec.name] = (np.load(start), np.load(path / f"{spec.name}_count.npy")) \
+            starts[spec.name], counts[spec.name] = \
+                (read_cache_file(start, np.load), read_cache_file(path / f"{spec.name}_count.npy", np.load)) \
                 if start.is_file() else (index["frame_start"], index["frame_count"])
-    splits = {p.stem: np.load(p) for p in sorted((path / "splits").glob("*.npy"))}
-    return Cache(path, manifest, index, np.load(path / "labels.npy"), arrays, starts, counts, splits)
+    splits = {p.stem: read_cache_file(p, np.load) for p in sorted((path / "splits").glob("*.npy"))}
+    return Cache(path, manifest, index, read_cache_file(path / "labels.npy", np.load), arrays, starts, counts, splits)
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """A cache folder's ``manifest.json``."""
+    return read_cache_file(Path(folder) / "manifest.json", lambda f: json.loads(f.read_text(encoding="utf-8")))
+
+
+def read_cache_file(path: Path, read: Callable[[Path], Any]) -> Any:
+    """``read(path)``; a cache file that is missing, cut short or unparsable raises ``CacheError`` naming it (numpy's
+    and json's own errors name neither the file nor the remedy)."""
+    try:
+        return read(path)
+    except (OSError, EOFError, ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
+        raise CacheError(f"{path} is damaged ({type(err).__name__}: {err}); prepare the cache again with "
+                         f"--force") from None
+
+
+def _served(cache: Cache, name: str) -> np.ndarray:
+    """The rows of split ``name``, which the loaders cannot do without."""
+    if name in cache.splits:
+        return cache.splits[name]
+    why = ("it came out empty when the cache was prepared; check the split files it was built from"
+           if name in cache.manifest.get("empty_splits", ()) else "the file is missing; prepare the cache again with "
+           "--force")
+    raise CacheError(f"{cache.path / 'splits' / f'{name}.npy'}: no {name!r} split to serve ({why})")
 
 
 def served_splits(cache: Cache, train_split: str) -> dict[str, np.ndarray]:
     """train/val/test rows: ``clean`` trains on train minus val; ``full`` on all of train, and a validation split
     inside train is then left out. A missing or empty validation split is left out too, so no loader serves it."""
-    splits = {"train": cache.splits["train_noval"], "test": cache.splits["test"]}
+    splits = {"train": _served(cache, "train_noval"), "test": _served(cache, "test")}
     if train_split == "full":
-        splits["train"] = cache.splits["train"]
+        splits["train"] = _served(cache, "train")
     val = cache.splits.get("val")
     if val is not None and len(val) and not (train_split == "full" and np.isin(val, splits["train"]).any()):
         splits = {"train": splits["train"], "val": val, "test": splits["test"]}

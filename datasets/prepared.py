@@ -13,7 +13,6 @@ with what it reproduces; a cache folder is ``<recipe>-<hash8>``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
@@ -31,6 +30,7 @@ from datasets.cache import (
     default_cache_root,
     find_caches,
     open_cache,
+    read_manifest,
     served_splits,
 )
 from datasets.registry import Dataset
@@ -185,7 +185,7 @@ class PreparedDataset(Dataset):
         """The served cache's build: its options hash, the fingerprint of the raw media it was built from and the
         commit that built it. The knobs name a cache folder, not its contents: ``prepare --force`` after the media
         changed, or a cache deleted and built again (an empty ``data.cache`` finds whichever is there), keeps them."""
-        manifest = json.loads((cls.locate_cache(hp) / "manifest.json").read_text(encoding="utf-8"))
+        manifest = read_manifest(cls.locate_cache(hp))
         return {"cache_options_hash": str(manifest["options_hash"]),
                 "raw_fingerprint": str(manifest["raw_fingerprint"]),
                 "prepared_at_commit": str(manifest.get("git_commit"))}

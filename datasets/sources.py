@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from core.errors import InputError
+
 RAW_URL = "https://raw.githubusercontent.com"
 
 COMMITS = {
@@ -93,7 +95,7 @@ PINNED: tuple[PinnedFile, ...] = (
 )
 
 
-class SplitFileError(RuntimeError):
+class SplitFileError(InputError, RuntimeError):
     """A split file is missing, cannot be downloaded, or does not match its pinned SHA-256."""
 
 

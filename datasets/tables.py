@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from core.errors import InputError
 from datasets.sources import RAW_URL
 from datasets.splits import ParsedList, SplitRow, resolve_duplicates
 
 
-class PrepareError(RuntimeError):
+class PrepareError(InputError, RuntimeError):
     """``prepare`` cannot produce a valid cache; the message names the bad rows/files and what to do."""
 
 

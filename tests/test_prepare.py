@@ -353,6 +353,35 @@ def test_missing_cache_names_the_prepare_command(tmp_path):
         CremaD.build(hp)
 
 
+DAMAGES = {
+    "manifest.json": lambda path: path.write_text('{"format": 1, "arr'),
+    "index.csv": lambda path: path.write_text(path.read_text().replace("\n1,", "\nnot-a-row,", 1)),
+    "audio.npy": lambda path: path.write_bytes(path.read_bytes()[:1000]),
+    "labels.npy": lambda path: path.write_bytes(path.read_bytes()[:140]),
+    "splits/test.npy": lambda path: path.unlink(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DAMAGES))
+def test_a_damaged_cache_file_is_a_one_line_error_naming_it(built, tmp_path, capsys, name):
+    cache = tmp_path / built.name
+    shutil.copytree(built, cache)
+    DAMAGES[name](cache / name)
+    if name == "splits/test.npy":  # the folder opens, but there is no test split to serve
+        expected = rf"{cache / name}: no 'test' split to serve \(the file is missing; prepare the cache again"
+        shown = f"{cache / name}: no 'test' split to serve"
+    else:
+        expected = rf"{cache / name} is damaged \(.*\); prepare the cache again with --force"
+        shown = f"{cache / name} is damaged"
+    with pytest.raises(CacheError, match=expected):
+        CremaD.build(resolve("data", CremaD.HPARAMS, "cremad", {"cache": str(cache)}))
+    run = tmp_path / "run"
+    assert main(["train", "--method", "joint", "--dataset", "cremad", "--set", f"data.cache={cache}",
+                 "--run-dir", str(run), "--wandb", "disabled", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and shown in err, err
+
+
 def test_an_empty_validation_split_is_left_out_and_recorded(tmp_path):
     tree = make_vggsound(tmp_path / "raw", ("dog barking", "waterfall burbling"), seconds=1.0)
     opts = PrepareOptions(splits_dir=tree.splits_dir, frame_size=(12, 16), val_fraction=0.0)
