@@ -30,6 +30,7 @@ import yaml
 from baselines.registry import list_methods
 from benchmarks.data_identity import SAME_DATA_HINT, recorded_identity
 from benchmarks.records import DamagedFileError, read_json
+from benchmarks.run_folder import recorded_config
 
 METRIC_NAMES = {"acc": "Acc", "macro_f1": "Macro-F1", "map": "MAP"}
 PROTOCOL_CAPTIONS = {
@@ -44,6 +45,18 @@ PAPER_DIR = Path(__file__).resolve().parents[1] / "results" / "paper"
 
 class MixedDataError(ValueError):
     """Runs of one dataset in one table trained on different versions of its data."""
+
+
+class MixedRunsError(ValueError):
+    """Runs that would share a table row (label and dataset) but are not seeds of one config."""
+
+
+# Knobs that say where and how a run executes, not what it computes: the runs of one row may differ in them. The
+# cache folder is one: which data a run trained on is in its data.json, which ``check_same_data`` compares.
+EXECUTION_KEYS = frozenset({
+    "train.seed", "train.device", "train.checkpoint_every", "train.eval_batch_size", "data.cache", "data.cache_dir",
+    "data.prefetch", "data.resident", "data.eval_cache_mb", "data.compile_views",
+})
 
 
 class PaperFileError(ValueError):
@@ -65,6 +78,7 @@ class RunRecord:
     protocols: dict[str, Any]
     missing: dict[float, dict[str, Any]] = field(default_factory=dict)
     data: dict[str, str] | None = None
+    config: dict[str, Any] = field(default_factory=dict)
 
     def values(self, protocol: str) -> dict[str, float]:
         """Metric key -> value in [0, 1]: ``acc``/``macro_f1``/``map``, ``acc:<modality>`` and
@@ -111,7 +125,7 @@ def load_runs(root: Path) -> list[RunRecord]:
                                  title=job.get("title") or titles.get(method) or method, method=method,
                                  dataset=summary["dataset"], seed=int(summary["seed"]),
                                  protocols=summary["protocols"], missing=missing,
-                                 data=recorded_identity(run_dir)))
+                                 data=recorded_identity(run_dir), config=recorded_config(run_dir) or {}))
     return records
 
 
@@ -119,6 +133,43 @@ def unfinished_runs(root: Path) -> list[Path]:
     """Run folders under ``root`` (each holds ``config.yaml``) without ``DONE``: still training, stopped or failed.
     ``load_runs`` leaves them out; the table command counts them so that a missing seed is never silent."""
     return sorted(path.parent for path in Path(root).rglob("config.yaml") if not (path.parent / "DONE").exists())
+
+
+def _settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's config (``config.yaml`` plus extensions) as ``section.key`` -> value, without ``EXECUTION_KEYS``."""
+    flat = {}
+    for section, values in config.items():
+        for key, value in (values.items() if isinstance(values, Mapping) else [("", values)]):
+            name = f"{section}.{key}" if key else section
+            if name not in EXECUTION_KEYS:
+                flat[name] = value
+    return flat
+
+
+def check_one_config_per_row(records: Sequence[RunRecord]) -> None:
+    """Refuse a table row (label, dataset) whose runs are not the seeds of one config: a seed twice, or settings
+    that differ beyond ``EXECUTION_KEYS`` (variants trained with ``augbench train`` into one folder; a sweep rerun
+    into its folder after its settings changed). Its mean and std would otherwise mix configs as if they were seeds."""
+    rows: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
+    for rec in records:
+        if rec.config:
+            rows[(rec.label, rec.dataset)].append(rec)
+    hint = ("A row averages the seeds of one config: move the other runs to another folder, or give each variant "
+            "its own row (a sweep's grid or methods entries label them).")
+    for (label, dataset), recs in sorted(rows.items()):
+        first, seen = _settings(recs[0].config), {}
+        for rec in recs:
+            other = _settings(rec.config)
+            differ = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
+            if differ:
+                shown = ", ".join(f"{k} {first.get(k)!r} vs {other.get(k)!r}" for k in differ[:4])
+                more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
+                raise MixedRunsError(f"row {label!r} on {dataset} would average runs of different configs: "
+                                     f"{recs[0].run_dir} and {rec.run_dir} differ in {shown}{more}. {hint}")
+            if rec.seed in seen:
+                raise MixedRunsError(f"row {label!r} on {dataset} has seed {rec.seed} twice: {seen[rec.seed]} and "
+                                     f"{rec.run_dir}. {hint}")
+            seen[rec.seed] = rec.run_dir
 
 
 def check_same_data(records: Sequence[RunRecord]) -> None:
@@ -291,6 +342,7 @@ def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper:
     if not records:
         raise ValueError("no finished runs to tabulate")
     check_same_data(records)
+    check_one_config_per_row(records)
     groups: dict[tuple[str, str], list[tuple[int, dict[str, float]]]] = defaultdict(list)
     titles, method_of = {}, {}
     for rec in records:

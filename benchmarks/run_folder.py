@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from benchmarks.config import RunConfig, build_config, config_overrides
-from benchmarks.records import read_yaml
+from benchmarks.records import read_json, read_yaml
+
+EXTENSIONS = "extensions.json"
 
 
 def config_sections(as_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -36,3 +38,19 @@ def load_run_config(run_dir: Path) -> RunConfig:
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} has no config.yaml; it is not a run folder")
     return run_config_from_dict(read_yaml(path))
+
+
+def read_extensions(run_dir: Path) -> list[dict[str, Any]]:
+    """``extensions.json``: every ``--extend-epochs`` the run went through (none: empty)."""
+    return read_json(Path(run_dir) / EXTENSIONS, default=[])
+
+
+def recorded_config(run_dir: Path) -> dict[str, Any] | None:
+    """The config the run in ``run_dir`` trains under (``config.yaml`` plus its recorded extensions), or None."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        return None
+    config = read_yaml(path)
+    for extension in read_extensions(run_dir):
+        config["train"]["epochs"] = extension["to_epochs"]
+    return config

@@ -49,13 +49,13 @@ from benchmarks.records import (
     write_jsonl,
     write_yaml,
 )
+from benchmarks.run_folder import EXTENSIONS, read_extensions, recorded_config
 from core.data import BatchLoader
 from core.distributed import DistContext, init_from_env, shutdown
 from datasets.base import DataBundle
 from datasets.registry import get_dataset
 
 CHECKPOINT = "checkpoint.pt"
-EXTENSIONS = "extensions.json"
 
 
 class RunExistsError(UsageError, RuntimeError):
@@ -227,22 +227,6 @@ def _epoch_line(record: dict) -> str:
             uni = " ".join(f"{m} {v['acc']:.3f}" for m, v in record[split]["per_modality"].items())
             parts.append(f"{split} acc {record[split]['acc']:.3f} ({uni})")
     return " | ".join(parts)
-
-
-def read_extensions(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / EXTENSIONS
-    return read_json(path, default=[])
-
-
-def recorded_config(run_dir: Path) -> dict[str, Any] | None:
-    """The config the run in ``run_dir`` trains under (``config.yaml`` plus its recorded extensions), or None."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.exists():
-        return None
-    config = read_yaml(path)
-    for extension in read_extensions(run_dir):
-        config["train"]["epochs"] = extension["to_epochs"]
-    return config
 
 
 def resume_command(run_dir: Path) -> str:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
 from benchmarks.cli import main
-from benchmarks.collect import PaperFileError, build_table, load_paper, load_runs, render
+from benchmarks.collect import MixedRunsError, PaperFileError, build_table, load_paper, load_runs, render
 from benchmarks.plots import plot_run, plot_sweep, run_series
 from tests.numeric import approx64
 
@@ -173,6 +174,48 @@ def test_a_damaged_metrics_line_is_an_error_naming_the_file_and_line(runs_dir, c
     metrics.write_text(metrics.read_text() + '{"epoch": 3, "te\n')
     assert main(["plot", str(runs_dir)]) == 2
     assert f"{metrics} is damaged: line 4 is not valid JSON" in capsys.readouterr().err
+
+
+def _set_config(run: Path, **sections) -> None:
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    for section, values in sections.items():
+        config.setdefault(section, {}).update(values)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def test_a_row_of_runs_with_different_settings_is_refused_naming_them(runs_dir):
+    for seed in range(3):
+        _set_config(runs_dir / f"cremad-joint-seed{seed}-fixture", train={"lr": 0.01, "seed": seed})
+    _set_config(runs_dir / "cremad-joint-seed2-fixture", train={"lr": 0.1})
+    with pytest.raises(MixedRunsError, match=r"row 'joint' on cremad would average runs of different configs: "
+                                             r".*seed0-fixture and .*seed2-fixture differ in train.lr 0.01 vs 0.1"):
+        build_table(load_runs(runs_dir))
+
+
+def test_runs_that_differ_only_in_where_they_ran_share_a_row(runs_dir):
+    for seed in range(3):
+        _set_config(runs_dir / f"cremad-joint-seed{seed}-fixture",
+                    train={"lr": 0.01, "seed": seed, "device": ["cpu", "cuda", "auto"][seed]},
+                    data={"cache": f"/somewhere/{seed}/ogm-1234abcd", "resident": "auto" if seed else "memory"})
+    table = build_table(load_runs(runs_dir), protocol="clean")
+    (cells,) = [cells for title, cells in table.rows if title == "Concat"]
+    assert cells[0].n == 3 and cells[0].seeds == (0, 1, 2)
+
+
+def test_an_extended_seed_is_another_config(runs_dir):
+    for seed in range(3):
+        _set_config(runs_dir / f"cremad-joint-seed{seed}-fixture", train={"epochs": 10, "seed": seed})
+    (runs_dir / "cremad-joint-seed1-fixture" / "extensions.json").write_text(json.dumps(
+        [{"key": "train.epochs", "from_epochs": 10, "to_epochs": 20, "first_epoch": 10}]))
+    with pytest.raises(MixedRunsError, match="differ in train.epochs 10 vs 20"):
+        build_table(load_runs(runs_dir))
+
+
+def test_a_seed_twice_in_a_row_is_refused(runs_dir):
+    copy = runs_dir / "elsewhere" / "cremad-joint-seed1-fixture"
+    shutil.copytree(runs_dir / "cremad-joint-seed1-fixture", copy)
+    with pytest.raises(MixedRunsError, match=rf"row 'joint' on cremad has seed 1 twice: .*seed1-fixture and {copy}"):
+        build_table(load_runs(runs_dir))
 
 
 def test_run_series_and_plots(runs_dir):

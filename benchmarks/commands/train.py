@@ -42,7 +42,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # Imported here so that `augbench --help` and `augbench train --help` do not load torch.
     from benchmarks.config import build_config, config_overrides, load_config_file, merge_overrides
-    from benchmarks.runner import recorded_config, train_run
+    from benchmarks.run_folder import recorded_config
+    from benchmarks.runner import train_run
 
     resume = args.resume or args.extend_epochs is not None
     head, file_overrides = load_config_file(args.config) if args.config else ({}, {})
