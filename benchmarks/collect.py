@@ -146,30 +146,30 @@ def _settings(config: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def check_one_config_per_row(records: Sequence[RunRecord]) -> None:
-    """Refuse a table row (label, dataset) whose runs are not the seeds of one config: a seed twice, or settings
-    that differ beyond ``EXECUTION_KEYS`` (variants trained with ``augbench train`` into one folder; a sweep rerun
-    into its folder after its settings changed). Its mean and std would otherwise mix configs as if they were seeds."""
-    rows: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
-    for rec in records:
-        if rec.config:
-            rows[(rec.label, rec.dataset)].append(rec)
+def check_one_config_per_row(runs: Iterable[tuple[str, str, int, Path, Mapping[str, Any]]]) -> None:
+    """Refuse a row of a table or plot whose runs are not the seeds of one config: a seed twice, or settings that
+    differ beyond ``EXECUTION_KEYS`` (variants trained with ``augbench train`` into one folder; a sweep rerun into its
+    folder after its settings changed). Its mean and std would otherwise mix configs as if they were seeds.
+    ``runs``: (row label, dataset, seed, run folder, config) for every run that recorded its config."""
+    rows: dict[tuple[str, str], list[tuple[int, Path, dict[str, Any]]]] = defaultdict(list)
+    for label, dataset, seed, run_dir, config in runs:
+        rows[(label, dataset)].append((seed, run_dir, _settings(config)))
     hint = ("A row averages the seeds of one config: move the other runs to another folder, or give each variant "
             "its own row (a sweep's grid or methods entries label them).")
-    for (label, dataset), recs in sorted(rows.items()):
-        first, seen = _settings(recs[0].config), {}
-        for rec in recs:
-            other = _settings(rec.config)
+    for (label, dataset), members in sorted(rows.items()):
+        _, first_dir, first = members[0]
+        seen: dict[int, Path] = {}
+        for seed, run_dir, other in members:
             differ = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
             if differ:
                 shown = ", ".join(f"{k} {first.get(k)!r} vs {other.get(k)!r}" for k in differ[:4])
                 more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
                 raise MixedRunsError(f"row {label!r} on {dataset} would average runs of different configs: "
-                                     f"{recs[0].run_dir} and {rec.run_dir} differ in {shown}{more}. {hint}")
-            if rec.seed in seen:
-                raise MixedRunsError(f"row {label!r} on {dataset} has seed {rec.seed} twice: {seen[rec.seed]} and "
-                                     f"{rec.run_dir}. {hint}")
-            seen[rec.seed] = rec.run_dir
+                                     f"{first_dir} and {run_dir} differ in {shown}{more}. {hint}")
+            if seed in seen:
+                raise MixedRunsError(f"row {label!r} on {dataset} has seed {seed} twice: {seen[seed]} and "
+                                     f"{run_dir}. {hint}")
+            seen[seed] = run_dir
 
 
 def check_same_data(records: Sequence[RunRecord]) -> None:
@@ -342,7 +342,7 @@ def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper:
     if not records:
         raise ValueError("no finished runs to tabulate")
     check_same_data(records)
-    check_one_config_per_row(records)
+    check_one_config_per_row((r.label, r.dataset, r.seed, r.run_dir, r.config) for r in records if r.config)
     groups: dict[tuple[str, str], list[tuple[int, dict[str, float]]]] = defaultdict(list)
     titles, method_of = {}, {}
     for rec in records:

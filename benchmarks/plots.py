@@ -21,7 +21,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from baselines.registry import list_methods
-from benchmarks.records import read_json, read_jsonl, read_yaml
+from benchmarks.collect import check_one_config_per_row
+from benchmarks.records import read_json, read_jsonl
+from benchmarks.run_folder import recorded_config
 
 SPLITS = ("val", "test")
 
@@ -89,19 +91,22 @@ def _sweep_curves(sweep_dir: Path) -> dict[str, dict[str, dict[str, list[list[fl
     """dataset -> output (``fused`` or a modality) -> row label -> per-seed test-accuracy curves."""
     curves: dict[str, dict[str, dict[str, list[list[float]]]]] = defaultdict(lambda: defaultdict(dict))
     titles = {name: cls.title for name, cls in list_methods().items()}
+    found = []
     for metrics in sorted(Path(sweep_dir).rglob("metrics.jsonl")):
         run_dir = metrics.parent
         history = read_jsonl(metrics)
-        if not history or not (run_dir / "config.yaml").exists():
+        cfg = recorded_config(run_dir)
+        if not history or cfg is None:
             continue
-        cfg = read_yaml(run_dir / "config.yaml")
         job = read_json(run_dir / "job.json", default={})
         dataset, label = cfg["dataset"], job.get("title") or titles.get(cfg["method"]) or cfg["method"]
+        found.append((label, dataset, cfg["train"]["seed"], run_dir, cfg))
         series = run_series(history)["accuracy"]
         for name, values in series.items():
             split, _, modality = name.partition("/")
             if split == "test":
                 curves[dataset][modality or "fused"].setdefault(label, []).append(values)
+    check_one_config_per_row(found)
     return curves
 
 

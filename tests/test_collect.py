@@ -41,7 +41,7 @@ def write_run(root: Path, method: str, dataset: str, seed: int, values: tuple, d
                  for name, shift in (("paper", 0.0), ("clean", 0.05), ("last", 0.10))}
     (run / "summary.json").write_text(json.dumps({"method": method, "dataset": dataset, "seed": seed,
                                                   "protocols": protocols}))
-    (run / "config.yaml").write_text(yaml.safe_dump({"method": method, "dataset": dataset}))
+    (run / "config.yaml").write_text(yaml.safe_dump({"method": method, "dataset": dataset, "train": {"seed": seed}}))
     history = [{"epoch": e, "train": {"loss": 2.0 - e}, "test": _test_metrics(*(v - 0.1 * (2 - e) for v in values)),
                 "val": _test_metrics(*values), "diag": {"ratio": 1.0 + e, "learners_visual": e, "note": "text"}}
                for e in range(3)]
@@ -190,6 +190,8 @@ def test_a_row_of_runs_with_different_settings_is_refused_naming_them(runs_dir):
     with pytest.raises(MixedRunsError, match=r"row 'joint' on cremad would average runs of different configs: "
                                              r".*seed0-fixture and .*seed2-fixture differ in train.lr 0.01 vs 0.1"):
         build_table(load_runs(runs_dir))
+    with pytest.raises(MixedRunsError, match="differ in train.lr 0.01 vs 0.1"):
+        plot_sweep(runs_dir, runs_dir / "sweep.png")
 
 
 def test_runs_that_differ_only_in_where_they_ran_share_a_row(runs_dir):
