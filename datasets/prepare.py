@@ -48,7 +48,7 @@ import numpy as np
 from core.hparams import HParams
 from core.provenance import git_commit, library_versions
 from datasets.base import stratified_holdout
-from datasets.cache import CACHE_VERSION, ArraySpec, default_cache_root, options_hash, write_index
+from datasets.cache import CACHE_VERSION, ArraySpec, default_cache_root, options_hash, read_manifest, write_index
 from datasets.media import MediaError, is_lfs_pointer, lfs_error
 from datasets.prepared import PreparedDataset, Record
 from datasets.sources import FetchedFile, fetch_split_files
@@ -260,15 +260,14 @@ def prepare(dataset: type[PreparedDataset], raw: Path | str, out: Path | str | N
         shutil.rmtree(final, ignore_errors=True)
         shutil.rmtree(partial, ignore_errors=True)
     if (final / "DONE").is_file():
-        manifest = json.loads((final / "manifest.json").read_text(encoding="utf-8"))
+        manifest = read_manifest(final)
         if manifest["raw_fingerprint"] != fingerprint:
             raise PrepareError(f"{final} was built from different raw media (files changed since); pass --force to "
                                f"rebuild it")
         log(f"{final}: up to date ({manifest_summary(manifest)})")
         return final
 
-    if (partial / "DONE").is_file() and json.loads((partial / "manifest.json").read_text(encoding="utf-8")).get(
-            "raw_fingerprint") == fingerprint:
+    if (partial / "DONE").is_file() and read_manifest(partial).get("raw_fingerprint") == fingerprint:
         # Killed between writing DONE and the rename: the build is complete, only the rename is missing.
         return publish_cache(partial, final, log)
 
@@ -307,7 +306,7 @@ def publish_cache(partial: Path, final: Path, log: Callable[[str], None]) -> Pat
     shutil.rmtree(partial / "shards", ignore_errors=True)
     (partial / "plan.json").unlink(missing_ok=True)
     partial.rename(final)
-    manifest = json.loads((final / "manifest.json").read_text(encoding="utf-8"))
+    manifest = read_manifest(final)
     log(f"{final}: built ({manifest_summary(manifest)})")
     return final
 
