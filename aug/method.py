@@ -249,8 +249,9 @@ class AUG(Method):
             out = {m: self.modality_logits(m, self.encoders[m](batch[m]), gates).sum(dim=1).float()
                    for m in self.modalities}
         fused = sum(w * out[m] for w, m in zip(self.fusion, self.modalities))
-        # The runner reports the metrics of this second fusion beside the fused ones, so it costs no second pass.
-        alternatives = {"equal_fusion": sum(out.values())} if self.hp.log_equal_fusion else {}
+        # The runner reports the metrics of this second fusion beside the fused ones, so it costs no second pass. The
+        # mean, not the sum: mAP and confidence read softmax(logits), which a scale changes.
+        alternatives = {"equal_fusion": sum(out.values()) / len(out)} if self.hp.log_equal_fusion else {}
         return Prediction(fused, out, alternatives)
 
     def on_epoch_start(self, epoch: int, loaders: Loaders) -> None:

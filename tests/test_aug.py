@@ -316,6 +316,8 @@ def test_test_time_fusion_uses_the_published_weights(tiny_bundle):
         out = {m: method.modality_logits(m, method.encoders[m](batch[m]), None).sum(1) for m in ("audio", "visual")}
     close(pred.per_modality["audio"], out["audio"])
     close(pred.fused, 0.4 * out["audio"] + 0.6 * out["visual"])
+    # The diagnostic is the 0.5/0.5 fusion itself, not its double: mAP and confidence depend on the logits' scale.
+    close(pred.alternatives["equal_fusion"], 0.5 * (out["audio"] + out["visual"]))
     custom = build(tiny_bundle, fusion_weights=[0.5, 0.5])
     custom.eval()
     pred = custom.predict(batch)
