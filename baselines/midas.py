@@ -55,7 +55,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from baselines.base import FusionModel, Loaders, Method, Prediction, StepInfo, TrainContext
+from baselines.base import FusionModel, Loaders, Method, Prediction, StepInfo, TrainContext, loss_precision
 from baselines.registry import register
 from core.data import Batch, TaskSpec
 from core.hparams import HParam, HParams
@@ -96,13 +96,13 @@ def hard_sample_weights(h1: torch.Tensor, h2: torch.Tensor, perm: torch.Tensor) 
 def misaligned_loss(z_mis: torch.Tensor, labels: torch.Tensor, conf: torch.Tensor, alpha: torch.Tensor,
                     weight: torch.Tensor) -> torch.Tensor:
     """Per row: weight * -sum_m alpha_m c_m log softmax(z_mis)[label_m], shape (rows,)."""
-    log_p = torch.log_softmax(z_mis.float(), dim=1).gather(1, labels)
+    log_p = torch.log_softmax(loss_precision(z_mis), dim=1).gather(1, labels)
     return -weight * (alpha * conf * log_p).sum(dim=1)
 
 
 def normalised_fused_confidence(z_mis: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """p~[label_m] / (p~[label_1] + p~[label_2]) per row and modality, shape (rows, 2)."""
-    p = torch.softmax(z_mis.detach().float(), dim=1).gather(1, labels)
+    p = torch.softmax(loss_precision(z_mis.detach()), dim=1).gather(1, labels)
     return p / p.sum(dim=1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny)
 
 
@@ -161,7 +161,7 @@ class MIDAS(Method):
         y = batch["label"]
         with self.ctx.autocast():
             h, z, z_uni = self.model(self.inputs(batch))
-        loss_uni = {m: F.cross_entropy(v.float(), y) for m, v in z_uni.items()}
+        loss_uni = {m: F.cross_entropy(loss_precision(v), y) for m, v in z_uni.items()}
         if step.epoch < self.hp.warmup_epochs:
             loss = sum(loss_uni.values())
             self._step(loss)
@@ -171,17 +171,17 @@ class MIDAS(Method):
         perm = torch.randperm(y.shape[0], device=y.device)
         f1, f2, labels, keep = misaligned_rows(h[first], h[second], y, perm)
         with torch.no_grad():
-            probs = [torch.softmax(z_uni[m].detach().float(), dim=1) for m in self.modalities]
+            probs = [torch.softmax(loss_precision(z_uni[m].detach()), dim=1) for m in self.modalities]
             conf = confidence_labels(*probs, labels, perm)
-            weight = hard_sample_weights(h[first].detach().float(), h[second].detach().float(), perm)
+            weight = hard_sample_weights(loss_precision(h[first].detach()), loss_precision(h[second].detach()), perm)
         if not self.hp.hard_sample:
             weight = torch.ones_like(weight)
         with self.ctx.autocast():
             z_mis = self.model.head.fused(torch.cat([f1, f2], dim=1))
         per_row = misaligned_loss(z_mis, labels, conf, self.alpha.clone(), weight)
-        kept = keep.float()
+        kept = keep.to(per_row.dtype)
         loss_mis = (per_row * kept).sum() / kept.sum().clamp_min(1.0)
-        loss_align = F.cross_entropy(z.float(), y)
+        loss_align = F.cross_entropy(loss_precision(z), y)
         loss = loss_align + sum(loss_uni.values()) + self.hp.lam * loss_mis
         self._step(loss)
 

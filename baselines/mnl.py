@@ -112,7 +112,8 @@ class MNL(Method):
         loss.backward()
         self.optimizer.step()
         return {"loss": loss.item(), "loss_negative": loss_neg.item(),
-                f"guided_{b}": a_guides_b.float().mean().item(), f"guided_{a}": b_guides_a.float().mean().item()}
+                f"guided_{b}": a_guides_b.sum().item() / a_guides_b.numel(),
+                f"guided_{a}": b_guides_a.sum().item() / b_guides_a.numel()}
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> Prediction:

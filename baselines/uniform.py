@@ -18,7 +18,7 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
-from baselines.base import FusionMethod, StepInfo
+from baselines.base import FusionMethod, StepInfo, loss_precision
 from baselines.registry import register
 from core.data import Batch
 
@@ -30,9 +30,9 @@ def uniform_loss(z: torch.Tensor, z_uni: Mapping[str, torch.Tensor], labels: tor
     Returns:
         The total loss and its parts (``"fused"`` and one entry per modality) for logging.
     """
-    parts = {"fused": F.cross_entropy(z.float(), labels)}
+    parts = {"fused": F.cross_entropy(loss_precision(z), labels)}
     for m, logits in z_uni.items():
-        parts[m] = F.cross_entropy(logits.float(), labels)
+        parts[m] = F.cross_entropy(loss_precision(logits), labels)
     return torch.stack(list(parts.values())).sum(), parts
 
 

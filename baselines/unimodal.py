@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.base import Method, Prediction, StepInfo
+from baselines.base import Method, Prediction, StepInfo, loss_precision
 from baselines.networks import build_encoder, init_model
 from baselines.registry import register
 from core.hparams import HParam
@@ -41,7 +41,7 @@ class Unimodal(Method):
 
     def update(self, batch, step: StepInfo) -> dict[str, float]:
         with self.ctx.autocast():
-            loss = F.cross_entropy(self.head(self.encoder(batch[self.modality])).float(), batch["label"])
+            loss = F.cross_entropy(loss_precision(self.head(self.encoder(batch[self.modality]))), batch["label"])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
