@@ -76,9 +76,11 @@ def av_hparams(*, recipes: Sequence[str], recipe: str, recipe_doc: str, frames: 
                                          "Resize((S, S)) for evaluation (224 in OGM-GE, AUG, AMSS, PMR loaders)."),
         HParam("frames", frames, frames_doc),
         HParam("frame_rule", "segments", "How T frames are chosen from a clip's sorted 1 fps frames: 'segments' = "
-                                         "random frame of each of T segments for training, the middle one for "
-                                         "evaluation (MMPareto/KS loaders, AMSS AVE); 'first_k' = the first T "
-                                         "(what OGM-GE/AUG do on a listing, made deterministic by sorting).",
+                                         "T segments of n // T frames, a random frame of each for training, frame "
+                                         "i*seg + seg//2 for evaluation (BalanceBenchmark's CREMA-D loader, Data "
+                                         "Remixing); 'segments_ks' = the Kinetics-Sounds loaders' 1-based variant "
+                                         "(BalanceBenchmark KS_dataset.py); 'first_k' = the first T (what "
+                                         "OGM-GE/AUG do on a listing, made deterministic by sorting).",
                choices=FRAME_RULES),
     )
     return cache_hparams(recipes=recipes, recipe=recipe, recipe_doc=recipe_doc, serving=serving) + (

@@ -49,9 +49,12 @@ a fixed order (frame offsets, crop boxes, flips, audio starts), so CPU and GPU r
 flips and an interrupted epoch replays exactly; evaluation draws nothing. The batch keys starting with ``_`` that
 the gather fills stay on the host (``core.data.BatchLoader``), so choosing frames never waits for the device.
 
-Frame rules: ``segments`` splits a clip's n frames into T equal segments and takes a uniformly random frame of each
-(train) or its middle frame (test), i.e. index ``floor((i + u) * n / T)`` with u ~ U[0, 1) or u = 0.5, so clips
-with fewer than T frames repeat frames instead of failing; ``first_k`` takes frames 0..T-1 of the sorted list
+Frame rules (``frame_offsets``): ``segments`` splits a clip's n frames into T segments of ``seg = n // T`` frames
+(the last ``n % T`` frames are never read) and takes a uniformly random frame of each (train) or frame
+``i * seg + seg // 2`` (test), as BalanceBenchmark's CREMA-D loader does; ``segments_ks`` is the Kinetics-Sounds
+loaders' variant of it, written for 1-based frame files (test frame ``i * seg + max(seg // 2, 1)``, 1-based; frame
+1 for clips of at most 6 frames; never beyond frame 9); clips with fewer than T frames repeat frames instead of
+failing; ``first_k`` takes frames 0..T-1 of the sorted list
 (what OGM-GE/AUG/AMSS effectively do once their unused random index is ignored,
 docs/datasets/pitfalls.md#unsorted-listing), repeating the last frame of short clips.
 """
@@ -81,7 +84,10 @@ CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 CROP_ATTEMPTS = 10
 FLIP_PROB = 0.5
-FRAME_RULES = ("segments", "first_k")
+FRAME_RULES = ("segments", "segments_ks", "first_k")
+# ``segments_ks``: a clip of at most this many frames serves its first frame only; no offset beyond frame 9 (1-based).
+KS_SHORT_CLIP_FRAMES = 6
+KS_LAST_FRAME = 8
 RESAMPLE_MODES = ("pil", "fast", "exact")
 RESIDENT_MODES = ("auto", "none", "memory", "device")
 # Batch keys the gather step fills and AVAugment consumes; they stay on the host and methods never see them.
@@ -106,8 +112,8 @@ def frame_offsets(counts: torch.Tensor, num_frames: int, rule: str, train: bool,
     Args:
         counts: (B,) frames per clip (>= 1).
         num_frames: T frames to serve.
-        rule: ``segments`` or ``first_k`` (see the module docstring).
-        train: random frame per segment (True) or the middle one (False).
+        rule: one of ``FRAME_RULES`` (see the module docstring).
+        train: random frame per segment (True) or the rule's middle one (False).
         generator: CPU generator for the training draws.
     """
     counts = counts.to(torch.int64).cpu()
@@ -116,14 +122,23 @@ def frame_offsets(counts: torch.Tensor, num_frames: int, rule: str, train: bool,
     if bool((counts < 1).any()):
         raise ValueError("a clip with no frames reached the loader; prepare drops or rejects such clips")
     steps = torch.arange(num_frames, dtype=torch.int64)[None]
+    last = counts[:, None] - 1
     if rule == "first_k":
-        return torch.minimum(steps, counts[:, None] - 1)
+        return torch.minimum(steps, last)
+    seg = (counts // num_frames).clamp(min=1)[:, None]
     if train:
         u = torch.rand((len(counts), num_frames), generator=generator, dtype=torch.float64)
+        within = torch.floor(u * seg).to(torch.int64)
+    elif rule == "segments":
+        within = seg // 2
     else:
-        u = torch.full((len(counts), num_frames), 0.5, dtype=torch.float64)
-    pos = torch.floor((steps + u) * counts[:, None] / num_frames).to(torch.int64)
-    return torch.minimum(pos, counts[:, None] - 1)
+        within = (seg // 2).clamp(min=1) - 1
+    pos = steps * seg + within
+    if rule == "segments_ks":
+        # GeWu-Lab/BalanceBenchmark balancemm/datasets/KS_dataset.py (the OGM-GE KS loader's rule): 1-based
+        # frame_0000{t}.jpg with one digit, so t <= 9, and t = 1 for every frame of a clip with <= 6 frames.
+        pos = torch.where(counts[:, None] <= KS_SHORT_CLIP_FRAMES, 0, pos.clamp(max=KS_LAST_FRAME))
+    return torch.minimum(pos, last)
 
 
 def crop_boxes(n: int, height: int, width: int, generator: torch.Generator | None,

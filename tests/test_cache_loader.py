@@ -4,7 +4,6 @@ frame rules, RandomResizedCrop parameterisation, agreement with the per-sample m
 from __future__ import annotations
 
 import builtins
-import math
 import os
 import random
 
@@ -117,19 +116,53 @@ def test_evaluation_takes_the_middle_frame_of_each_segment(cache_path):
                                atol=5)
 
 
-def test_frame_offsets_rules():
-    counts = torch.tensor([1, 2, 3, 4, 5, 10])
-    middle = frame_offsets(counts, 3, "segments", False, None)
-    assert middle.tolist() == [[0, 0, 0], [0, 1, 1], [0, 1, 2], [0, 2, 3], [0, 2, 4], [1, 5, 8]]
+def published_segment_frames(n: int, t: int, rule: str, train: bool) -> list[set[int]]:
+    """The 0-based frames each of the T picks can read, written as the published loops (clamped to the clip).
+
+    segments: GeWu-Lab/BalanceBenchmark balancemm/datasets/cremad_dataset.py, ``seg = int(n / T)``, train
+    ``i*seg + randint(seg)``, test ``i*seg + seg//2``. segments_ks: its KS_dataset.py (1-based frame_0000{t}.jpg),
+    train ``randint(i*seg + 1, i*seg + seg)``, test ``i*seg + max(int(seg/2), 1)``, both 1 when n <= 6, capped at 9.
+    """
+    seg = max(int(n / t), 1)
+    picks = []
+    for i in range(t):
+        if rule == "segments":
+            frames = set(range(i * seg, i * seg + seg)) if train else {i * seg + seg // 2}
+        else:
+            one_based = set(range(i * seg + 1, i * seg + seg + 1)) if train else {i * seg + max(int(seg / 2), 1)}
+            frames = {min(f, 9) - 1 for f in one_based} if n > 6 else {0}
+        picks.append({min(f, n - 1) for f in frames})
+    return picks
+
+
+@pytest.mark.parametrize("rule", ["segments", "segments_ks"])
+def test_segment_rules_read_the_frames_the_published_loaders_read(rule):
+    counts = torch.arange(1, 16)
     g = torch.Generator().manual_seed(0)
-    drawn = torch.stack([frame_offsets(counts, 3, "segments", True, g) for _ in range(200)])
-    for i, n in enumerate(counts.tolist()):
-        for t in range(3):
-            lo, hi = math.floor(t * n / 3), max(math.ceil((t + 1) * n / 3) - 1, math.floor(t * n / 3))
-            values = set(drawn[:, i, t].tolist())
-            assert min(values) >= lo and max(values) <= hi, (n, t, values)
-            assert values == set(range(lo, hi + 1)) or n < 3
+    for t in (1, 2, 3, 4):
+        middle = frame_offsets(counts, t, rule, False, None)
+        drawn = torch.stack([frame_offsets(counts, t, rule, True, g) for _ in range(300)])
+        for row, n in enumerate(counts.tolist()):
+            assert [{v} for v in middle[row].tolist()] == published_segment_frames(n, t, rule, False), (n, t)
+            assert [set(drawn[:, row, i].tolist()) for i in range(t)] == published_segment_frames(n, t, rule, True)
+
+
+def test_segment_rules_on_ten_frame_clips_and_first_k():
+    ten = torch.tensor([10])
+    assert frame_offsets(ten, 3, "segments", False, None).tolist() == [[1, 4, 7]]
+    assert frame_offsets(ten, 3, "segments_ks", False, None).tolist() == [[0, 3, 6]]
+    counts = torch.tensor([1, 2, 3, 4, 5, 10])
+    g = torch.Generator().manual_seed(0)
     assert frame_offsets(counts, 2, "first_k", True, g).tolist() == [[0, 0], [0, 1], [0, 1], [0, 1], [0, 1], [0, 1]]
+
+
+def test_one_frame_segments_equal_the_middle_and_a_uniform_frame():
+    # T = 1 (CREMA-D in OGM-GE/AUG-style configs): the middle frame n // 2 and a frame uniform over the clip.
+    counts = torch.tensor([1, 2, 5, 10])
+    assert frame_offsets(counts, 1, "segments", False, None).flatten().tolist() == [0, 1, 2, 5]
+    g = torch.Generator().manual_seed(0)
+    drawn = torch.stack([frame_offsets(counts, 1, "segments", True, g) for _ in range(300)])
+    assert [set(drawn[:, i, 0].tolist()) for i in range(4)] == [set(range(n)) for n in (1, 2, 5, 10)]
 
 
 def test_crop_boxes_follow_torchvisions_parameterisation():
