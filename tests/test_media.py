@@ -138,6 +138,49 @@ def test_fbank_pads_then_normalises_like_the_ks_script(monkeypatch):
     assert calls["sample_frequency"] == 16000 and calls["frame_shift"] == 10.0 and not calls["use_energy"]
 
 
+def test_fbank_reads_channel_0_of_stereo_after_the_global_mean_like_torchaudio(monkeypatch, tmp_path):
+    # process_audio.py: waveform - waveform.mean() over every channel, then kaldi.fbank reads channel 0 (channel=-1).
+    import soundfile as sf
+
+    seen = {}
+
+    def fbank(wave, **kwargs):
+        seen["wave"] = wave.clone()
+        return torch.zeros((300, kwargs["num_mel_bins"]))
+
+    kaldi = types.SimpleNamespace(fbank=fbank)
+    monkeypatch.setitem(sys.modules, "torchaudio", types.SimpleNamespace(compliance=types.SimpleNamespace(
+        kaldi=kaldi)))
+    monkeypatch.setitem(sys.modules, "torchaudio.compliance", types.SimpleNamespace(kaldi=kaldi))
+    monkeypatch.setitem(sys.modules, "torchaudio.compliance.kaldi", kaldi)
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "torchaudio" else real_find_spec(name, *a))
+    left, right = tone(1.0) + 0.25, -0.5 * tone(1.0) - 0.1
+    path = tmp_path / "stereo.wav"
+    sf.write(path, np.stack([left, right], axis=1), 16000, subtype="FLOAT")
+    features_from_file(get_pipeline("kaldi_fbank1024"), path)
+    wave = seen["wave"].numpy()
+    assert wave.shape == (2, 16000)
+    np.testing.assert_allclose(wave[0], left - np.concatenate([left, right]).mean(), atol=1e-6)
+
+
+def test_stft_pipelines_average_stereo_channels_like_librosa(tmp_path):
+    import soundfile as sf
+
+    left, right = tone(2.0, 22050), 0.3 * tone(2.0, 22050)[::-1].copy()
+    stereo, mono = tmp_path / "stereo.wav", tmp_path / "mono.wav"
+    sf.write(stereo, np.stack([left, right], axis=1), 22050, subtype="FLOAT")
+    sf.write(mono, (left + right) / 2, 22050, subtype="FLOAT")
+    pipeline = get_pipeline("ogm_stft3s")
+    np.testing.assert_allclose(features_from_file(pipeline, stereo)[0], features_from_file(pipeline, mono)[0],
+                               atol=1e-5)
+    y, _ = load_waveform(stereo)
+    np.testing.assert_allclose(y, (left + right) / 2, atol=1e-7)
+
+
 def test_audio_track_of_an_mp4_decodes(tmp_path):
     path = tmp_path / "clip.mp4"
     write_video(path, 1.0, 5, 50, (24, 32), codec="mpeg4", audio_sr=16000)

@@ -194,7 +194,7 @@ def _decode_with_av(path: Path) -> tuple[np.ndarray, int]:
             raise MediaError(path, "corrupt audio", "no audio stream")
         stream = container.streams.audio[0]
         rate = stream.rate
-        # Planar float keeps every channel separate so we can average them the way librosa.to_mono does.
+        # Planar float keeps every channel separate: the fbank recipe reads channel 0, the others their mean.
         resampler = av.AudioResampler(format="fltp", layout=stream.layout.name, rate=rate)
         chunks = []
         for frame in container.decode(stream):
@@ -202,11 +202,22 @@ def _decode_with_av(path: Path) -> tuple[np.ndarray, int]:
         chunks.extend(f.to_ndarray() for f in resampler.resample(None))
     if not chunks:
         raise MediaError(path, "corrupt audio", "the audio stream decodes to no samples")
-    return np.concatenate(chunks, axis=1).mean(axis=0).astype(np.float32), int(rate)
+    return np.concatenate(chunks, axis=1).astype(np.float32, copy=False), int(rate)
 
 
 def load_waveform(path: Path | str) -> tuple[np.ndarray, int]:
-    """Decode ``path`` to a float32 mono waveform at its native rate.
+    """Decode ``path`` to a float32 mono waveform at its native rate: the mean of its channels, as ``librosa.load``
+    makes it (``librosa.to_mono``).
+
+    Raises:
+        MediaError: an LFS pointer, unreadable or empty audio (the message names the file).
+    """
+    data, rate = load_channels(path)
+    return np.ascontiguousarray(data.mean(axis=0, dtype=np.float32)), rate
+
+
+def load_channels(path: Path | str) -> tuple[np.ndarray, int]:
+    """Decode ``path`` to float32 (channels, samples) at its native rate, as ``torchaudio.load`` returns it.
 
     Raises:
         MediaError: an LFS pointer, unreadable or empty audio (the message names the file).
@@ -220,14 +231,14 @@ def load_waveform(path: Path | str) -> tuple[np.ndarray, int]:
     try:
         if path.suffix.lower() in SOUNDFILE_SUFFIXES:
             data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-            y = data.mean(axis=1, dtype=np.float32)
+            data = data.T
         else:
-            y, rate = _decode_with_av(path)
+            data, rate = _decode_with_av(path)
     except (sf.LibsndfileError, av.error.FFmpegError, RuntimeError, ValueError, OSError) as err:
         raise MediaError(path, "corrupt audio", f"cannot decode audio ({type(err).__name__}: {err})") from err
-    if y.size == 0:
+    if data.size == 0:
         raise MediaError(path, "corrupt audio", "empty audio (0 samples)")
-    return np.ascontiguousarray(y), int(rate)
+    return np.ascontiguousarray(data), int(rate)
 
 
 def repeat_to(y: np.ndarray, n: int) -> np.ndarray:
@@ -243,12 +254,14 @@ def require_backend(pipeline: AudioPipeline) -> None:
                                 f"extra: pip install 'augbench[audio]'")
 
 
-def _kaldi_fbank(pipeline: AudioPipeline, y: np.ndarray, sr: int) -> np.ndarray:
+def _kaldi_fbank(pipeline: AudioPipeline, channels: np.ndarray, sr: int) -> np.ndarray:
+    """``channels``: (C, N). As the KS script: the mean over every channel's samples is subtracted, then torchaudio's
+    fbank reads channel 0 (its default ``channel=-1`` means 0), so stereo is not averaged to mono here."""
     require_backend(pipeline)
     import torch
     from torchaudio.compliance import kaldi
 
-    wave = torch.from_numpy(y - y.mean())[None]
+    wave = torch.from_numpy(channels - channels.mean())
     fbank = kaldi.fbank(wave, htk_compat=True, sample_frequency=sr, use_energy=False, window_type="hanning",
                         num_mel_bins=pipeline.num_mel_bins, dither=0.0, frame_shift=pipeline.frame_shift_ms)
     fbank = fbank.numpy()
@@ -260,14 +273,22 @@ def _kaldi_fbank(pipeline: AudioPipeline, y: np.ndarray, sr: int) -> np.ndarray:
 
 
 def compute_features(pipeline: AudioPipeline, y: np.ndarray, sr: int) -> np.ndarray:
-    """Features of one mono waveform ``y`` at rate ``sr`` as float32 ``pipeline.output_shape()``."""
+    """Features of one waveform ``y`` at rate ``sr`` as float32 ``pipeline.output_shape()``.
+
+    ``y`` is mono (N,) or (channels, N); the librosa/SciPy pipelines use the mean of the channels, as ``librosa.load``
+    does, the fbank pipeline channel 0, as torchaudio's fbank does.
+    """
     import librosa
 
     if pipeline.kind == "kaldi_fbank":
+        channels = np.atleast_2d(y)
         if pipeline.sample_rate and sr != pipeline.sample_rate:
-            y = librosa.resample(y, orig_sr=sr, target_sr=pipeline.sample_rate, res_type=pipeline.res_type)
+            channels = librosa.resample(channels, orig_sr=sr, target_sr=pipeline.sample_rate,
+                                        res_type=pipeline.res_type)
             sr = pipeline.sample_rate
-        return _kaldi_fbank(pipeline, y, sr)
+        return _kaldi_fbank(pipeline, channels, sr)
+    if y.ndim == 2:
+        y = y.mean(axis=0, dtype=np.float32)
     if sr != pipeline.sample_rate:
         y = librosa.resample(y, orig_sr=sr, target_sr=pipeline.sample_rate, res_type=pipeline.res_type)
     y = repeat_to(np.asarray(y, dtype=np.float32), pipeline.num_samples)
@@ -293,5 +314,6 @@ def features_from_file(pipeline: AudioPipeline, path: Path | str) -> tuple[np.nd
     Returns:
         (features float32 ``output_shape()``, duration in seconds, whether the clip was under 1 s).
     """
-    y, sr = load_waveform(path)
-    return compute_features(pipeline, y, sr), len(y) / sr, len(y) < sr
+    channels, sr = load_channels(path)
+    n = channels.shape[1]
+    return compute_features(pipeline, channels, sr), n / sr, n < sr
