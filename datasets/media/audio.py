@@ -173,8 +173,9 @@ PIPELINES: dict[str, AudioPipeline] = {r.name: r for r in (
                           "the first 626 frames (test; published: random at test time too). Crop starts are "
                           "quantised to the 8 ms hop and the edge frames differ from an STFT of the cut signal"),
     AudioPipeline("kaldi_fbank1024", "kaldi_fbank", 0, 0.0,
-                follows="GitHub: GeWu-Lab/OGM-GE_CVPR2022, data/KineticSound/process_audio.py (torchaudio Kaldi "
-                        "fbank, 128 mel, 10 ms, hanning, htk_compat, no energy, no dither; pad/cut 1024; "
+                follows="GitHub: GeWu-Lab/OGM-GE_CVPR2022, data/KineticSound/process_audio.py (mean of every "
+                        "channel removed, torchaudio Kaldi fbank of channel 0, "
+                        "128 mel, 10 ms, hanning, htk_compat, no energy, no dither; pad/cut 1024; "
                         "(x + 4.503877) / (5.141276 * 2)); MMPareto/Diagnosing/BalanceBenchmark load its output",
                 deviation="none (the target length 1024 is the KS script's; CREMA-D's is unpublished)"),
 )}
