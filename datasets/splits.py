@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 DUPLICATE_POLICIES = ("first", "last", "drop")
+LINE_BREAK = re.compile(r"\r\n|\n|\r")
 
 
 class SplitParseError(ValueError):
@@ -92,7 +93,11 @@ def read_lines(path: Path) -> tuple[list[str], bool, str]:
     crlf = text.count("\r\n")
     lf = text.count("\n") - crlf
     endings = "none" if crlf + lf == 0 else "CRLF" if lf == 0 else "LF" if crlf == 0 else "mixed"
-    return text.splitlines(), bom, endings
+    # Only CR/LF end a line: str.splitlines would also break on U+2028, U+0085 or a form feed inside a tweet or title.
+    lines = LINE_BREAK.split(text)
+    if lines[-1] == "":
+        lines.pop()
+    return lines, bom, endings
 
 
 def _parse(path: Path, split_row, header: Sequence[str] | None, strict: bool) -> ParsedList:

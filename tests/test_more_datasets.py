@@ -127,6 +127,16 @@ def test_amss_tsv_reads_index_column_with_bom_and_crlf(tmp_path):
         parse_amss_tsv(path)
 
 
+@pytest.mark.parametrize("inside", ["\u2028", "\x85", "\x0c", "\x1e"])
+def test_a_unicode_line_separator_inside_a_field_keeps_the_row_whole(tmp_path, inside):
+    # Only CR/LF end rows (as pandas and csv read them); str.splitlines would cut the tweet in two.
+    path = tmp_path / "train.tsv"
+    path.write_text(f"Label\tString\tImageID\n1\tgreat day{inside}see you\t1.jpg\n0\tplain\t2.jpg\n", encoding="utf-8")
+    parsed = parse_amss_tsv(path)
+    assert [(r.label, r.line, r.fields) for r in parsed.rows] == [
+        ("1", 2, (f"great day{inside}see you", "1.jpg")), ("0", 3, ("plain", "2.jpg"))]
+
+
 def test_tombert_tsv_puts_the_target_into_the_sentence(tmp_path):
     header = "index\t#1 Label\t#2 ImageID\t#3 String\t#3 String"
     path = write_lines(tmp_path / "dev.tsv", [header, "12\t2\t55.jpg\t$T$ wins the cup\tRT Madrid",
