@@ -12,9 +12,10 @@ chosen frames (from the memory map, RAM or the device, ``data.resident``) and tr
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +39,8 @@ from datasets.prepared import PreparedDataset, Record, cache_hparams
 from datasets.tables import PrepareOptions, Sample
 
 VISUAL_SOURCES = ("auto", "video", "frames")
+# The manifest counts clips with fewer frames than this (the published loaders serve 1-3 frames per clip).
+FEW_FRAMES = 4
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,13 @@ class Layout:
         if unknown:
             raise ValueError(f"unknown layout setting(s) {unknown}; valid: {list(valid)}")
         return dataclasses.replace(self, **overrides)
+
+
+def few_frame_clips(frame_counts: Iterable[int]) -> dict[str, int]:
+    """Clips of 1 to ``FEW_FRAMES - 1`` frames by frame count: served with repeated frames when T exceeds their count
+    (the published loaders need 2-4 frames, or fail)."""
+    counts = Counter(n for n in frame_counts if n < FEW_FRAMES)
+    return {str(n): counts[n] for n in sorted(counts)}
 
 
 def av_hparams(*, recipes: Sequence[str], recipe: str, recipe_doc: str, frames: int, frames_doc: str,
@@ -205,7 +215,7 @@ class AVCacheDataset(PreparedDataset):
         if len(clip) < settings.min_frames:
             raise MediaError(visual_path, "too few frames", f"{len(clip)} frame(s) at {settings.per_second} fps, "
                                                             f"fewer than min_frames {settings.min_frames}")
-        return {"audio": half, "frames": clip}, {"duration_s": round(duration, 6), "short": short}
+        return {"audio": half, "frames": clip}, {"duration_s": round(duration, 6), "short": short, "frames": len(clip)}
 
     @classmethod
     def _visual_options(cls, settings: HParams) -> dict[str, Any]:
@@ -229,8 +239,10 @@ class AVCacheDataset(PreparedDataset):
             "layout": settings.layout,
             "policies": {"min_frames": settings.min_frames,
                          "short_audio": "clips shorter than 1 s are tiled until the audio pipeline's length",
-                         "frame_top_up": "none at prepare time; clips with fewer than T frames repeat frames at load"},
-            "counts": {"frames": totals["frames"], "short_audio_clips": sum(bool(f.get("short")) for f in facts)},
+                         "frame_top_up": "none at prepare time; clips with fewer than T frames repeat frames at load "
+                                         "(few_frame_clips counts the clips of 1 to 3 frames by frame count)"},
+            "counts": {"frames": totals["frames"], "short_audio_clips": sum(bool(f.get("short")) for f in facts),
+                       "few_frame_clips": few_frame_clips(f["frames"] for f in facts)},
         }
 
     @classmethod

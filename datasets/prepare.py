@@ -55,6 +55,9 @@ from datasets.sources import FetchedFile, fetch_split_files
 from datasets.splits import DUPLICATE_POLICIES
 from datasets.tables import Dropped, PrepareError, PrepareOptions, SplitTables
 
+# Counts every build has; the summary line also names a dataset's own counts (short audio, few-frame clips).
+GENERIC_COUNTS = ("total", "rows_read", "splits")
+
 
 @dataclass(frozen=True)
 class Build:
@@ -315,8 +318,14 @@ def manifest_summary(manifest: Mapping[str, Any]) -> str:
     splits = ", ".join(f"{k} {v['n']}" for k, v in manifest["counts"]["splits"].items())
     drops = manifest["dropped"]
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(drops["by_reason"].items()))
+    notes = "".join(f"; {name} {_count_text(value)}" for name, value in manifest["counts"].items()
+                    if name not in GENERIC_COUNTS and value)
     return f"{manifest['counts']['total']} samples: {splits}; dropped {drops['total']}" + \
-        (f" ({reasons})" if reasons else "")
+        (f" ({reasons})" if reasons else "") + notes
+
+
+def _count_text(value: Any) -> str:
+    return "(" + ", ".join(f"{k}: {v}" for k, v in value.items()) + ")" if isinstance(value, Mapping) else str(value)
 
 
 def _write_arrays(partial: Path, jobs: Sequence[ShardJob], specs: Sequence[ArraySpec],

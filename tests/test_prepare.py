@@ -23,7 +23,7 @@ from datasets.cache import CacheError, open_cache
 from datasets.cremad import CremaD
 from datasets.kinetics_sounds import KineticsSounds
 from datasets.media.audio import MissingExtraError, features_from_file
-from datasets.prepare import prepare
+from datasets.prepare import manifest_summary, prepare
 from datasets.tables import PrepareError, PrepareOptions
 from datasets.vggsound import VGGSound
 from tests.media_fixtures import (
@@ -89,6 +89,9 @@ def test_cremad_counts_label_map_splits_and_manifest(built, pristine):
     assert (built / "splits" / "val.txt").read_text().split() == pristine.ids("val")
     assert [EMOTIONS[x] for x in cache.labels] == [i.split("_")[2] for i in cache.index["id"]]
     assert m["audio"]["pad_mode"] == "constant" and m["audio"]["res_type"] == "soxr_hq"
+    # 1.3 / 2.5 / 3.2 s clips at 1 fps: 2, 3 and 4 frames; the clips under 4 frames are counted by frame count.
+    assert m["counts"]["few_frame_clips"] == {"2": 6, "3": 6} and m["counts"]["frames"] == 6 * (2 + 3 + 4)
+    assert "few_frame_clips (2: 6, 3: 6)" in manifest_summary(m)
     audio = cache.arrays["audio"]
     assert m["audio_shape"] == [257, 188] and audio.shape == (18, 257, 188) and audio.dtype == np.float16
     assert {"numpy", "librosa", "av", "torch", "scipy"} <= set(m["versions"]) and m["versions"]["librosa"]
