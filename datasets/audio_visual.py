@@ -12,6 +12,7 @@ chosen frames (from the memory map, RAM or the device, ``data.resident``) and tr
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,8 @@ from datasets.tables import PrepareOptions, Sample
 VISUAL_SOURCES = ("auto", "video", "frames")
 # The manifest counts clips with fewer frames than this (the published loaders serve 1-3 frames per clip).
 FEW_FRAMES = 4
+# OGM-GE's frame folders name their extraction rate: Image-01-FPS, Image-02-FPS...
+FRAME_FOLDER_RATE = re.compile(r"Image-(\d+)-FPS")
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,12 @@ class AVCacheDataset(PreparedDataset):
             raise ValueError(f"unknown visual source {opts.visual!r}; valid: {VISUAL_SOURCES}")
         visual = opts.visual if opts.visual != "auto" else \
             ("frames" if (raw / layout.frames_dir).is_dir() else "video")
+        folder_rate = FRAME_FOLDER_RATE.fullmatch(layout.frames_dir)
+        if visual == "frames" and folder_rate and int(folder_rate[1]) != opts.frames_per_second:
+            # Frame folders are read as extracted: --fps would only be recorded, not applied.
+            raise ValueError(f"--fps {opts.frames_per_second}: the frames come from {raw / layout.frames_dir}, which "
+                             f"holds {int(folder_rate[1])} frame(s) per second; extract from the videos instead "
+                             f"(--visual video) or name a folder of that rate (--layout frames_dir=...)")
         return HParams(f"{cls.NAME} prepare", {
             "audio": pipeline.params(), "layout": dataclasses.asdict(layout), "visual": visual,
             "frame_size": [int(x) for x in (opts.frame_size or cls.FRAME_SIZE)],

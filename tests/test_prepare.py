@@ -199,6 +199,13 @@ def test_extracted_frame_folders_in_either_naming(tmp_path, naming):
         np.testing.assert_allclose(reds, [second_level(k) for k in range(count)], atol=5)
 
 
+def test_fps_other_than_the_frame_folders_rate_is_refused_not_just_recorded(tmp_path):
+    # Image-01-FPS holds 1 fps frames: --fps 2 would be written to the manifest while 1 fps frames are stored.
+    tree = make_cremad(tmp_path / "raw", train_per_class=2, test_per_class=1, visual="frames")
+    with pytest.raises(ValueError, match=r"--fps 2: the frames come from .*Image-01-FPS.*--visual video"):
+        prepare(CremaD, tree.root, tmp_path / "cache", options(tree, frames_per_second=2), log=quiet)
+
+
 def test_corrupt_frame_in_a_folder_is_a_bad_item(tmp_path):
     tree = make_cremad(tmp_path / "raw", train_per_class=2, test_per_class=1, visual="frames")
     victim = tree.ids("train")[0]
