@@ -35,13 +35,16 @@ from datasets.augment import (
 from datasets.cache import ArraySpec, Cache
 from datasets.media import MediaError
 from datasets.media.audio import AudioPipeline, features_from_file, get_pipeline, require_backend
-from datasets.media.video import INTERPOLATION, extract_frames, load_frame_folder
+from datasets.media.video import INTERPOLATION, extract_frames, first_frame_size, load_frame_folder
 from datasets.prepared import PreparedDataset, Record, cache_hparams
 from datasets.tables import PrepareOptions, Sample
 
 VISUAL_SOURCES = ("auto", "video", "frames")
 # The manifest counts clips with fewer frames than this (the published loaders serve 1-3 frames per clip).
 FEW_FRAMES = 4
+# A stored frame keeps its source's aspect ratio within this fraction (CREMA-D's 480x360 -> 341x256 is off by 0.1%).
+ASPECT_TOLERANCE = 0.02
+SOURCE_SIZES_SHOWN = 8
 # OGM-GE's frame folders name their extraction rate: Image-01-FPS, Image-02-FPS...
 FRAME_FOLDER_RATE = re.compile(r"Image-(\d+)-FPS")
 
@@ -79,6 +82,17 @@ def few_frame_clips(frame_counts: Iterable[int]) -> dict[str, int]:
     (the published loaders need 2-4 frames, or fail)."""
     counts = Counter(n for n in frame_counts if n < FEW_FRAMES)
     return {str(n): counts[n] for n in sorted(counts)}
+
+
+def source_frame_sizes(sizes: Sequence[str | None], frame_size: Sequence[int]) -> dict[str, Any]:
+    """The source frame sizes ("HxW": clips, the most common first) and how many clips were resized from another
+    aspect ratio than the stored ``frame_size`` (H, W): the training crop sees those squeezed or stretched, while the
+    published loaders crop the source image (``augbench prepare --frame-size`` stores another aspect)."""
+    known = Counter(s for s in sizes if s)
+    target = frame_size[1] / frame_size[0]
+    other = sum(n for s, n in known.items()
+                if abs(int(s.split("x")[1]) / int(s.split("x")[0]) / target - 1) > ASPECT_TOLERANCE)
+    return {"source_frame_sizes": dict(known.most_common(SOURCE_SIZES_SHOWN)), "other_aspect_clips": other}
 
 
 def av_hparams(*, recipes: Sequence[str], recipe: str, recipe_doc: str, frames: int, frames_doc: str,
@@ -219,12 +233,16 @@ class AVCacheDataset(PreparedDataset):
         if not np.isfinite(half).all():
             raise MediaError(audio_path, "corrupt audio", "features overflow float16")
         size = tuple(settings.frame_size)
-        clip = load_frame_folder(visual_path, size) if settings.visual == "frames" else \
-            extract_frames(visual_path, size, settings.per_second)[0]
+        if settings.visual == "frames":
+            clip, source = load_frame_folder(visual_path, size), first_frame_size(visual_path)
+        else:
+            clip, info = extract_frames(visual_path, size, settings.per_second)
+            source = info["source_size"]
         if len(clip) < settings.min_frames:
             raise MediaError(visual_path, "too few frames", f"{len(clip)} frame(s) at {settings.per_second} fps, "
                                                             f"fewer than min_frames {settings.min_frames}")
-        return {"audio": half, "frames": clip}, {"duration_s": round(duration, 6), "short": short, "frames": len(clip)}
+        return {"audio": half, "frames": clip}, {"duration_s": round(duration, 6), "short": short, "frames": len(clip),
+                                                 "source_size": "x".join(map(str, source)) if source else None}
 
     @classmethod
     def _visual_options(cls, settings: HParams) -> dict[str, Any]:
@@ -248,10 +266,14 @@ class AVCacheDataset(PreparedDataset):
             "layout": settings.layout,
             "policies": {"min_frames": settings.min_frames,
                          "short_audio": "clips shorter than 1 s are tiled until the audio pipeline's length",
+                         "frame_resize": f"every frame is resized to frame_size {list(settings.frame_size)} (H, W); "
+                                         f"other_aspect_clips counts the clips whose source aspect ratio differs by "
+                                         f"more than {ASPECT_TOLERANCE:.0%}",
                          "frame_top_up": "none at prepare time; clips with fewer than T frames repeat frames at load "
                                          "(few_frame_clips counts the clips of 1 to 3 frames by frame count)"},
             "counts": {"frames": totals["frames"], "short_audio_clips": sum(bool(f.get("short")) for f in facts),
-                       "few_frame_clips": few_frame_clips(f["frames"] for f in facts)},
+                       "few_frame_clips": few_frame_clips(f["frames"] for f in facts),
+                       **source_frame_sizes([f["source_size"] for f in facts], settings.frame_size)},
         }
 
     @classmethod

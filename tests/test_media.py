@@ -210,7 +210,7 @@ def test_video_frames_are_counted_as_decoded_and_the_first_of_each_second_kept(t
     with av.open(str(path)) as container:
         assert container.streams.video[0].frames == 0, "FLV metadata has no frame count to trust"
     frames, info = extract_frames(path, (24, 32))
-    assert info == {"fps": 10, "decoded": 25}
+    assert info == {"fps": 10, "decoded": 25, "source_size": (48, 64)}
     assert frames.shape == (3, 24, 32, 3)
     np.testing.assert_allclose(frames[..., 0].mean(axis=(1, 2)), [second_level(k) for k in range(3)], atol=4)
     np.testing.assert_allclose(frames[..., 1].mean(), clip_code(3), atol=4)

@@ -92,6 +92,7 @@ def test_cremad_counts_label_map_splits_and_manifest(built, pristine):
     # 1.3 / 2.5 / 3.2 s clips at 1 fps: 2, 3 and 4 frames; the clips under 4 frames are counted by frame count.
     assert m["counts"]["few_frame_clips"] == {"2": 6, "3": 6} and m["counts"]["frames"] == 6 * (2 + 3 + 4)
     assert "few_frame_clips (2: 6, 3: 6)" in manifest_summary(m)
+    assert m["counts"]["source_frame_sizes"] == {"48x64": 18} and m["counts"]["other_aspect_clips"] == 0
     audio = cache.arrays["audio"]
     assert m["audio_shape"] == [257, 188] and audio.shape == (18, 257, 188) and audio.dtype == np.float16
     assert {"numpy", "librosa", "av", "torch", "scipy"} <= set(m["versions"]) and m["versions"]["librosa"]
@@ -197,6 +198,14 @@ def test_extracted_frame_folders_in_either_naming(tmp_path, naming):
         assert count == tree.frames[clip_id]
         reds = cache.arrays["frames"][start:start + count, ..., 0].mean(axis=(1, 2))
         np.testing.assert_allclose(reds, [second_level(k) for k in range(count)], atol=5)
+
+
+def test_frames_of_another_aspect_ratio_than_the_stored_one_are_counted(tmp_path):
+    # 16:9 frame folders stored at the 4:3 (24, 32): every clip's frames are squeezed, and the manifest says so.
+    tree = make_cremad(tmp_path / "raw", train_per_class=2, test_per_class=1, visual="frames", size=(36, 64))
+    m = open_cache(prepare(CremaD, tree.root, tmp_path / "cache", options(tree), log=quiet)).manifest
+    assert m["counts"]["source_frame_sizes"] == {"36x64": 18} and m["counts"]["other_aspect_clips"] == 18
+    assert "other_aspect_clips 18" in manifest_summary(m) and "2%" in m["policies"]["frame_resize"]
 
 
 def test_fps_other_than_the_frame_folders_rate_is_refused_not_just_recorded(tmp_path):

@@ -61,6 +61,20 @@ def load_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
         raise MediaError(path, "corrupt image", f"cannot decode image ({type(err).__name__}: {err})") from err
 
 
+def first_frame_size(folder: Path) -> tuple[int, int] | None:
+    """(H, W) of a frame folder's first image as stored on disk (read from its header), or None without images."""
+    from PIL import Image, UnidentifiedImageError
+
+    files = frame_files(folder)
+    if not files:
+        return None
+    try:
+        with Image.open(files[0]) as image:
+            return image.height, image.width
+    except (UnidentifiedImageError, OSError) as err:
+        raise MediaError(files[0], "corrupt image", f"cannot decode image ({type(err).__name__}: {err})") from err
+
+
 def load_frame_folder(folder: Path, size: tuple[int, int] | None) -> np.ndarray:
     """All frames of an extracted frame folder, naturally sorted, as uint8 ``(n, H, W, 3)``."""
     folder = Path(folder)
@@ -86,7 +100,8 @@ def extract_frames(path: Path, size: tuple[int, int] | None, per_second: int = 1
     """Decode a video and keep ``per_second`` frames of every second (1 = the first frame of each second).
 
     Returns:
-        (uint8 ``(n, H, W, 3)``, {"fps": int(fps) used for second boundaries, "decoded": frames decoded}).
+        (uint8 ``(n, H, W, 3)``, {"fps": int(fps) used for second boundaries, "decoded": frames decoded,
+        "source_size": (H, W) of the decoded frames before resizing, or None when none was kept}).
 
     Raises:
         MediaError: unreadable container, no video stream, or unknown frame rate.
@@ -98,6 +113,7 @@ def extract_frames(path: Path, size: tuple[int, int] | None, per_second: int = 1
         raise lfs_error(path)
     kept: list[np.ndarray] = []
     count = 0
+    source_size = None
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -109,9 +125,10 @@ def extract_frames(path: Path, size: tuple[int, int] | None, per_second: int = 1
                 raise MediaError(path, "corrupt video", f"frame rate unknown or below 1 ({rate})")
             for frame in container.decode(stream):
                 if kept_frame(count % fps, fps, per_second):
+                    source_size = source_size or (frame.height, frame.width)
                     kept.append(to_storage(frame.to_image(), size))
                 count += 1
     except (av.error.FFmpegError, OSError, ValueError) as err:
         raise MediaError(path, "corrupt video", f"cannot decode video ({type(err).__name__}: {err})") from err
     frames = np.stack(kept) if kept else np.zeros((0, *(size or (0, 0)), 3), dtype=np.uint8)
-    return frames, {"fps": fps, "decoded": count}
+    return frames, {"fps": fps, "decoded": count, "source_size": source_size}
