@@ -30,7 +30,7 @@ import yaml
 from baselines.registry import list_methods
 from benchmarks.data_identity import SAME_DATA_HINT, recorded_identity
 from benchmarks.records import DamagedFileError, read_json
-from benchmarks.run_folder import recorded_config
+from benchmarks.run_folder import MISSING_RESULT, missing_result_problem, read_extensions, recorded_config
 
 METRIC_NAMES = {"acc": "Acc", "macro_f1": "Macro-F1", "map": "MAP"}
 PROTOCOL_CAPTIONS = {
@@ -51,10 +51,15 @@ class MixedRunsError(ValueError):
     """Runs that would share a table row (label and dataset) but are not seeds of one config."""
 
 
+class StaleResultError(ValueError):
+    """A missing-modality result that does not describe its run's final checkpoint on the test split."""
+
+
 # Knobs that say where and how a run executes, not what it computes: the runs of one row may differ in them. The
-# cache folder is one: which data a run trained on is in its data.json, which ``check_same_data`` compares.
+# cache folder is one: which data a run trained on is in its data.json (the row compares the cache's options,
+# ``check_same_data`` its build). The eval batch size is not: MLA's official entropy gate is computed per batch.
 EXECUTION_KEYS = frozenset({
-    "train.seed", "train.device", "train.checkpoint_every", "train.eval_batch_size", "data.cache", "data.cache_dir",
+    "train.seed", "train.device", "train.checkpoint_every", "data.cache", "data.cache_dir",
     "data.prefetch", "data.resident", "data.eval_cache_mb", "data.compile_views",
 })
 
@@ -77,6 +82,8 @@ class RunRecord:
     seed: int
     protocols: dict[str, Any]
     missing: dict[float, dict[str, Any]] = field(default_factory=dict)
+    # Why ``missing`` cannot go into a table (an older checkpoint, another split), or None.
+    missing_problem: str | None = None
     data: dict[str, str] | None = None
     config: dict[str, Any] = field(default_factory=dict)
 
@@ -118,13 +125,13 @@ def load_runs(root: Path) -> list[RunRecord]:
         if absent:
             raise DamagedFileError(summary_path, f"it has no {', '.join(absent)}")
         method = summary["method"]
-        missing = {}
-        for row in read_json(run_dir / "missing_modality.json", default={"rates": []})["rates"]:
-            missing[float(row["rate"])] = row["metrics"]
+        result = read_json(run_dir / MISSING_RESULT, default={"rates": [], "split": "test"})
+        missing = {float(row["rate"]): row["metrics"] for row in result["rates"]}
+        problem = missing_result_problem(summary, result, split="test") if missing else None
         records.append(RunRecord(run_dir=run_dir, label=job.get("label", method),
                                  title=job.get("title") or titles.get(method) or method, method=method,
                                  dataset=summary["dataset"], seed=int(summary["seed"]),
-                                 protocols=summary["protocols"], missing=missing,
+                                 protocols=summary["protocols"], missing=missing, missing_problem=problem,
                                  data=recorded_identity(run_dir), config=recorded_config(run_dir) or {}))
     return records
 
@@ -135,14 +142,23 @@ def unfinished_runs(root: Path) -> list[Path]:
     return sorted(path.parent for path in Path(root).rglob("config.yaml") if not (path.parent / "DONE").exists())
 
 
-def _settings(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A run's config (``config.yaml`` plus extensions) as ``section.key`` -> value, without ``EXECUTION_KEYS``."""
+def _settings(config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
+    """What the seeds of one row must share, as ``section.key`` -> value: the run's config (``config.yaml`` plus
+    extensions) without ``EXECUTION_KEYS``; the epoch counts its extensions started from (a run extended from 2 to 6
+    epochs continued another schedule than a fresh 6-epoch run); the options of the cache it read (``data.json``;
+    whether two runs read the same build of one cache is ``check_same_data``'s)."""
     flat = {}
     for section, values in config.items():
         for key, value in (values.items() if isinstance(values, Mapping) else [("", values)]):
             name = f"{section}.{key}" if key else section
             if name not in EXECUTION_KEYS:
                 flat[name] = value
+    extensions = read_extensions(run_dir)
+    if extensions:
+        flat["train.extended_from"] = [extension["from_epochs"] for extension in extensions]
+    identity = recorded_identity(run_dir) or {}
+    if identity.get("cache_options_hash"):
+        flat["data.cache_options_hash"] = identity["cache_options_hash"]
     return flat
 
 
@@ -153,7 +169,7 @@ def check_one_config_per_row(runs: Iterable[tuple[str, str, int, Path, Mapping[s
     ``runs``: (row label, dataset, seed, run folder, config) for every run that recorded its config."""
     rows: dict[tuple[str, str], list[tuple[int, Path, dict[str, Any]]]] = defaultdict(list)
     for label, dataset, seed, run_dir, config in runs:
-        rows[(label, dataset)].append((seed, run_dir, _settings(config)))
+        rows[(label, dataset)].append((seed, run_dir, _settings(config, run_dir)))
     hint = ("A row averages the seeds of one config: move the other runs to another folder, or give each variant "
             "its own row (a sweep's grid or methods entries label them).")
     for (label, dataset), members in sorted(rows.items()):
@@ -322,6 +338,20 @@ def _ordered(found: Iterable[str], wanted: Sequence[str] | None) -> list[str]:
     return out
 
 
+def check_missing_results(records: Sequence[RunRecord]) -> None:
+    """Missing-modality columns report the final checkpoint on the test split: refuse a result of anything else.
+
+    Raises:
+        StaleResultError: naming the first such file, why, how many there are and what to do.
+    """
+    stale = [r for r in records if r.missing_problem]
+    if stale:
+        more = f" ({len(stale) - 1} more run(s) like it)" if len(stale) > 1 else ""
+        raise StaleResultError(f"{stale[0].run_dir / MISSING_RESULT}: {stale[0].missing_problem}{more}. Evaluate the "
+                               f"final checkpoint on the test split again: augbench evaluate RUN_DIR --split test, or "
+                               f"rerun the sweep, which does so")
+
+
 def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper: PaperTable | None = None,
                 metrics: Sequence[str] = ("acc", "macro_f1", "map"), per_modality: bool = False,
                 missing: bool = False, datasets: Sequence[str] | None = None, methods: Sequence[str] | None = None,
@@ -342,6 +372,8 @@ def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper:
     if not records:
         raise ValueError("no finished runs to tabulate")
     check_same_data(records)
+    if missing:
+        check_missing_results(records)
     check_one_config_per_row((r.label, r.dataset, r.seed, r.run_dir, r.config) for r in records if r.config)
     groups: dict[tuple[str, str], list[tuple[int, dict[str, float]]]] = defaultdict(list)
     titles, method_of = {}, {}

@@ -21,11 +21,10 @@ import torch
 
 from benchmarks.data_identity import check_run_data, current_identity
 from benchmarks.records import read_checkpoint, read_json, write_json
-from benchmarks.run_folder import load_run_config
+from benchmarks.run_folder import MISSING_RESULT, load_run_config
 from benchmarks.runner import CHECKPOINT, build_data, build_method, evaluate, seed_everything, select_device
 from core.data import Batch, BatchLoader, seed_for
 
-RESULT_FILE = "missing_modality.json"
 # AUG Table 5's rates; the default of `augbench evaluate` and of a sweep's `evaluate:` section.
 DEFAULT_MISSING_RATES = (0.0, 0.2, 0.5)
 
@@ -136,5 +135,5 @@ def evaluate_missing(run_dir: Path, rates: Sequence[float] = DEFAULT_MISSING_RAT
                        "rates; final checkpoint",
            "reference_last_epoch_acc": ((summary["protocols"]["last"].get(split) or {}).get("acc")),
            "rates": results}
-    write_json(run_dir / RESULT_FILE, out)
+    write_json(run_dir / MISSING_RESULT, out)
     return out

@@ -7,12 +7,40 @@ other.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from benchmarks.config import RunConfig, build_config, config_overrides
 from benchmarks.records import read_json, read_yaml
 
 EXTENSIONS = "extensions.json"
+# The missing-modality evaluation of a run's final checkpoint (benchmarks.evaluate).
+MISSING_RESULT = "missing_modality.json"
+
+
+def missing_result_problem(summary: Mapping[str, Any], result: Mapping[str, Any], *, split: str | None = None,
+                           seed: int | None = None, rates: Sequence[float] | None = None) -> str | None:
+    """Why ``result`` (a run's ``missing_modality.json``) does not describe the run whose ``summary.json`` is
+    ``summary``, or the evaluation asked for (``split``, ``seed``, ``rates`` where given); None when it does. It must
+    have evaluated the final checkpoint: a run extended after its evaluation has a newer one."""
+    final, evaluated = summary["protocols"]["last"]["epoch"], result.get("checkpoint_epoch")
+    if evaluated != final:
+        return (f"it evaluated the checkpoint of epoch {evaluated}, but the run's final epoch is {final} (the run was "
+                f"extended after it was evaluated)")
+    if split is not None and result.get("split") != split:
+        return f"it evaluated the {result.get('split')!r} split, not {split!r}"
+    if seed is not None and result.get("seed") != seed:
+        return f"its missing-modality seed is {result.get('seed')}, not {seed}"
+    found = sorted(float(row["rate"]) for row in result.get("rates", []))
+    if rates is not None and found != sorted(float(r) for r in rates):
+        return f"it holds the rates {found}, not {sorted(float(r) for r in rates)}"
+    return None
+
+
+def missing_evaluation_current(run_dir: Path, *, split: str, seed: int, rates: Sequence[float]) -> bool:
+    """Whether ``run_dir`` holds the missing-modality evaluation of its final checkpoint with these settings."""
+    result = read_json(Path(run_dir) / MISSING_RESULT, default=None)
+    return result is not None and missing_result_problem(read_json(Path(run_dir) / "summary.json"), result,
+                                                         split=split, seed=seed, rates=rates) is None
 
 
 def config_sections(as_dict: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,15 @@ import pytest
 import yaml
 
 from benchmarks.cli import main
-from benchmarks.collect import MixedRunsError, PaperFileError, build_table, load_paper, load_runs, render
+from benchmarks.collect import (
+    MixedRunsError,
+    PaperFileError,
+    StaleResultError,
+    build_table,
+    load_paper,
+    load_runs,
+    render,
+)
 from benchmarks.plots import plot_run, plot_sweep, run_series
 from tests.numeric import approx64
 
@@ -94,11 +102,16 @@ def test_cells_are_mean_and_sample_std_over_seeds_with_paper_and_best(runs_dir):
     assert clean.mean == approx64(57.0), "the protocol picks which epoch's test metrics enter the table"
 
 
-def test_per_modality_and_missing_columns(runs_dir):
-    run = runs_dir / "cremad-joint-seed0-fixture"
-    (run / "missing_modality.json").write_text(json.dumps({"rates": [
+def write_missing(run: Path, checkpoint_epoch: int = 2, split: str = "test") -> None:
+    (run / "missing_modality.json").write_text(json.dumps({"split": split, "seed": 0,
+                                                           "checkpoint_epoch": checkpoint_epoch, "rates": [
         {"rate": 0.0, "metrics": {"acc": 0.5, "macro_f1": 0.4, "map": 0.6}},
         {"rate": 0.2, "metrics": {"acc": 0.3, "macro_f1": 0.2, "map": 0.4}}]}))
+
+
+def test_per_modality_and_missing_columns(runs_dir):
+    run = runs_dir / "cremad-joint-seed0-fixture"
+    write_missing(run)
     table = build_table(load_runs(runs_dir), per_modality=True, datasets=["cremad"], methods=["joint"])
     assert [c.header for c in table.columns] == ["Acc", "Macro-F1", "MAP", "Acc (audio)", "Acc (visual)"]
     assert table.rows[0][1][3].mean == approx64(52.0)
@@ -211,6 +224,38 @@ def test_an_extended_seed_is_another_config(runs_dir):
         [{"key": "train.epochs", "from_epochs": 10, "to_epochs": 20, "first_epoch": 10}]))
     with pytest.raises(MixedRunsError, match="differ in train.epochs 10 vs 20"):
         build_table(load_runs(runs_dir))
+
+
+def test_an_extended_run_and_a_fresh_run_of_the_same_length_are_not_seeds_of_one_config(runs_dir):
+    # Extended from 10 to 20 epochs, the run continued a 10-epoch schedule; the fresh runs trained 20 from the start.
+    for seed in range(3):
+        _set_config(runs_dir / f"cremad-joint-seed{seed}-fixture", train={"epochs": 20, "seed": seed})
+    (runs_dir / "cremad-joint-seed1-fixture" / "extensions.json").write_text(json.dumps(
+        [{"key": "train.epochs", "from_epochs": 10, "to_epochs": 20, "first_epoch": 10}]))
+    with pytest.raises(MixedRunsError, match=r"differ in train.extended_from None vs \[10\]"):
+        build_table(load_runs(runs_dir))
+
+
+def test_seeds_read_from_caches_of_other_options_are_not_one_row(runs_dir):
+    # data.cache may differ (a path); the options the cache was built with (recipe, frame size...) may not.
+    for seed in range(3):
+        run = runs_dir / f"cremad-joint-seed{seed}-fixture"
+        _set_config(run, train={"seed": seed}, data={"cache": f"/caches/{seed}"})
+        identity = {"cache_options_hash": "aaaa1111" if seed < 2 else "bbbb2222", "raw_fingerprint": "f"}
+        (run / "data.json").write_text(json.dumps(identity))
+    with pytest.raises(MixedRunsError, match="differ in data.cache_options_hash 'aaaa1111' vs 'bbbb2222'"):
+        build_table(load_runs(runs_dir))
+
+
+@pytest.mark.parametrize("checkpoint_epoch, split, why", [
+    (1, "test", "evaluated the checkpoint of epoch 1, but the run's final epoch is 2"),
+    (2, "val", "evaluated the 'val' split, not 'test'")])
+def test_a_missing_modality_result_of_another_checkpoint_or_split_is_refused(runs_dir, checkpoint_epoch, split, why):
+    run = runs_dir / "cremad-joint-seed0-fixture"
+    write_missing(run, checkpoint_epoch, split)
+    with pytest.raises(StaleResultError, match=rf"{run / 'missing_modality.json'}: it {why}.*--split test"):
+        build_table(load_runs(runs_dir), missing=True)
+    assert build_table(load_runs(runs_dir)).rows, "the other columns do not read it"
 
 
 def test_a_seed_twice_in_a_row_is_refused(runs_dir):

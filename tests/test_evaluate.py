@@ -11,6 +11,7 @@ import torch
 from benchmarks.cli import main
 from benchmarks.config import build_config
 from benchmarks.evaluate import RunNotFinishedError, apply_missing, evaluate_missing, missing_plan, parse_rates
+from benchmarks.run_folder import MISSING_RESULT, missing_evaluation_current
 from benchmarks.runner import train_run
 from tests.conftest import tiny_overrides
 from tests.numeric import approx
@@ -52,3 +53,21 @@ def test_evaluate_missing_on_a_trained_run(tmp_path, capsys):
     assert sum(rates[1.0]["missing_by_modality"].values()) == 16
     assert "missing 25%" in capsys.readouterr().out
     assert evaluate_missing(run_dir, [0.25])["rates"][0]["metrics"] == rates[0.25]["metrics"], "deterministic"
+
+
+def test_extending_a_run_drops_its_missing_modality_result_and_a_stale_one_is_not_current(tmp_path):
+    run_dir = tmp_path / "run"
+    train_run(build_config("joint", "synthetic", tiny_overrides()), run_dir, log=lambda msg: None)
+    evaluate_missing(run_dir, [0.0])
+    assert missing_evaluation_current(run_dir, split="test", seed=0, rates=[0.0])
+    assert not missing_evaluation_current(run_dir, split="val", seed=0, rates=[0.0])
+    assert not missing_evaluation_current(run_dir, split="test", seed=1, rates=[0.0])
+    assert not missing_evaluation_current(run_dir, split="test", seed=0, rates=[0.0, 0.5])
+    old = (run_dir / MISSING_RESULT).read_text()
+    longer = tiny_overrides()
+    longer["train"]["epochs"] += 1
+    train_run(build_config("joint", "synthetic", longer), run_dir, resume=True, extend_epochs=True,
+              log=lambda msg: None)
+    assert not (run_dir / MISSING_RESULT).exists(), "it described the old final checkpoint"
+    (run_dir / MISSING_RESULT).write_text(old)  # a run extended before the file was dropped on extension
+    assert not missing_evaluation_current(run_dir, split="test", seed=0, rates=[0.0]), "a sweep evaluates it again"

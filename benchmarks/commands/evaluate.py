@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks.evaluate import DEFAULT_MISSING_RATES, RESULT_FILE, evaluate_missing, parse_rates
+from benchmarks.evaluate import DEFAULT_MISSING_RATES, evaluate_missing, parse_rates
+from benchmarks.run_folder import MISSING_RESULT
 
 HELP = "evaluate a finished run's final checkpoint with a fraction of samples missing one modality"
 
@@ -35,5 +36,5 @@ def run(args: argparse.Namespace) -> int:
         m = row["metrics"]
         print(f"missing {row['rate']:.0%}: acc {m['acc']:.4f}  macro_f1 {m['macro_f1']:.4f}  map {m['map']:.4f}  "
               f"({row['n_missing']}/{out['n']} samples missing a modality)")
-    print(f"wrote {args.run_dir / RESULT_FILE}")
+    print(f"wrote {args.run_dir / MISSING_RESULT}")
     return 0

@@ -11,9 +11,8 @@ from typing import Any, Callable, Mapping, Sequence
 from baselines.networks import MODEL_HPARAMS
 from baselines.registry import get_method, list_methods
 from benchmarks.config import RUNNER_NAMESPACES, TRAIN_HPARAMS, RunConfig, build_config, merge_overrides, method_hparams
-from benchmarks.evaluate import RESULT_FILE
 from benchmarks.records import read_json, write_json, write_yaml
-from benchmarks.run_folder import config_sections
+from benchmarks.run_folder import config_sections, missing_evaluation_current
 from benchmarks.runner import CHECKPOINT
 from benchmarks.sweep.spec import EvaluateSpec, SweepConfig, SweepConfigError
 from core.hparams import HParamError, resolve
@@ -48,7 +47,8 @@ class Job:
     def state(self) -> str:
         """``done`` (finished, follow-ups too), ``evaluate`` (trained, follow-up missing), ``resume`` or ``new``."""
         if (self.run_dir / "DONE").exists() and (self.run_dir / "summary.json").exists():
-            if self.evaluate and not (self.run_dir / RESULT_FILE).exists():
+            if self.evaluate and not missing_evaluation_current(self.run_dir, split=self.evaluate.split,
+                                                                seed=self.evaluate.seed, rates=self.evaluate.missing):
                 return "evaluate"
             return "done"
         return "resume" if (self.run_dir / CHECKPOINT).exists() else "new"

@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmarks.evaluate import RESULT_FILE, evaluate_missing
+from benchmarks.evaluate import evaluate_missing
 from benchmarks.records import read_yaml
-from benchmarks.run_folder import build_from_sections
+from benchmarks.run_folder import MISSING_RESULT, build_from_sections, missing_evaluation_current
 from benchmarks.runner import train_run
 from benchmarks.sweep.expand import read_job_file
 from benchmarks.sweep.spec import EvaluateSpec
@@ -28,11 +28,12 @@ def run_job(run_dir: Path, *, wandb_mode: str = "disabled", wandb_group: str | N
     run_dir = Path(run_dir)
     cfg = build_from_sections(read_yaml(run_dir / "job.yaml"))
     summary = train_run(cfg, run_dir, resume=True, wandb_mode=wandb_mode, wandb_group=wandb_group, log=log)
-    spec = read_job_file(run_dir).get("evaluate")
-    if spec and int(os.environ.get("RANK", "0")) == 0 and not (run_dir / RESULT_FILE).exists():
-        spec = EvaluateSpec.from_dict(spec, f"{run_dir / 'job.json'}: evaluate")
-        evaluate_missing(run_dir, spec.missing, split=spec.split, seed=spec.seed)
-        log(f"wrote {run_dir / RESULT_FILE}")
+    wanted = read_job_file(run_dir).get("evaluate")
+    if wanted and int(os.environ.get("RANK", "0")) == 0:
+        spec = EvaluateSpec.from_dict(wanted, f"{run_dir / 'job.json'}: evaluate")
+        if not missing_evaluation_current(run_dir, split=spec.split, seed=spec.seed, rates=spec.missing):
+            evaluate_missing(run_dir, spec.missing, split=spec.split, seed=spec.seed)
+            log(f"wrote {run_dir / MISSING_RESULT}")
     return summary
 
 
