@@ -12,6 +12,8 @@ import pytest
 import yaml
 
 from benchmarks.cli import main
+from benchmarks.sweep import parse_config
+from benchmarks.sweep.spec import SweepConfigError
 from tests.conftest import TINY_DATA, TINY_MODEL, TINY_TRAIN
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,3 +173,19 @@ def test_gpu_ids_are_those_this_process_sees(no_launch, tmp_path, monkeypatch, c
     assert main(["sweep", str(path), "--out", str(tmp_path / "out"), "--gpus", "0,1,2"]) == 2
     err = capsys.readouterr().err
     assert "GPU(s) [2] are not present; this process sees 2 CUDA device(s)" in err
+
+
+@pytest.mark.parametrize("place, patch", [
+    ("defaults", {"defaults": {"train": {"seed": 3}}}),
+    ("datasets.synthetic", {"datasets": {"synthetic": {"train": {"seed": 3}}}}),
+    ("methods.joint", {"methods": {"joint": {"train": {"seed": 3}}}}),
+    ("methods.joint.per_dataset.synthetic",
+     {"methods": {"joint": {"per_dataset": {"synthetic": {"train": {"seed": 3}}}}}}),
+    ("grid key", {"methods": {"joint": {"grid": {"train.seed": [3, 4]}}}}),
+])
+def test_a_seed_anywhere_but_the_seeds_list_is_refused_not_overwritten(place, patch):
+    # The seeds loop sets train.seed on every run; a seed elsewhere was listed as an override and then ignored.
+    doc = {"name": "test/seed", "seeds": [0, 1], "datasets": {"synthetic": {}}, "methods": {"joint": {}}}
+    doc.update(patch)
+    with pytest.raises(SweepConfigError, match=rf"{place}.*'seeds' list"):
+        parse_config(doc)

@@ -95,8 +95,17 @@ def _require_mapping(value: Any, where: str, key: str) -> dict:
     return dict(value)
 
 
+def _refuse_seed(sections: Mapping[str, Any], where: str, place: str) -> None:
+    """The top-level ``seeds`` list sets every run's seed; a ``train.seed`` anywhere else would be overwritten."""
+    if "seed" in (sections.get("train") or {}):
+        raise SweepConfigError(f"{where}: {place}.train.seed: set seeds with the top-level 'seeds' list (each run "
+                               f"gets one of them; a seed here would be ignored)")
+
+
 def check_grid(grid: Any, where: str, allowed: Sequence[str]) -> dict[str, list]:
     grid = _require_mapping(grid, where, "grid")
+    if "train.seed" in grid:
+        raise SweepConfigError(f"{where}: grid key 'train.seed': set seeds with the top-level 'seeds' list")
     for key, values in grid.items():
         namespace, dot, name = str(key).partition(".")
         if not dot or not name or namespace not in allowed:
@@ -127,6 +136,8 @@ def _check_method(label: str, entry: Any, datasets: Mapping[str, Any], where: st
                      - set(RUNNER_NAMESPACES) - {method})
         if bad:
             raise SweepConfigError(f"{where}: methods.{label}.per_dataset.{dataset}: unknown namespace(s) {bad}")
+        _refuse_seed(sections, where, f"methods.{label}.per_dataset.{dataset}")
+    _refuse_seed(entry, where, f"methods.{label}")
     check_grid(entry.get("grid"), f"{where}: methods.{label}", (*RUNNER_NAMESPACES, method))
     return entry
 
@@ -154,8 +165,7 @@ def parse_config(doc: Mapping[str, Any], path: Path | None = None) -> SweepConfi
         if ns not in RUNNER_NAMESPACES:
             raise SweepConfigError(f"{where}: defaults.{ns}: only runner namespaces {list(RUNNER_NAMESPACES)} "
                                    "apply to every run; put method knobs under methods.<name>")
-    if "seed" in defaults.get("train", {}):
-        raise SweepConfigError(f"{where}: set seeds with the top-level 'seeds' list, not defaults.train.seed")
+    _refuse_seed(defaults, where, "defaults")
     doc["datasets"] = _require_mapping(doc["datasets"], where, "datasets")
     for name, entry in doc["datasets"].items():
         entry = _require_mapping(entry, where, f"datasets.{name}")
@@ -163,6 +173,7 @@ def parse_config(doc: Mapping[str, Any], path: Path | None = None) -> SweepConfi
         if bad:
             raise SweepConfigError(f"{where}: datasets.{name}: unknown key(s) {bad}; valid: "
                                    f"{list(RUNNER_NAMESPACES) + list(DATASET_KEYS)}")
+        _refuse_seed(entry, where, f"datasets.{name}")
         doc["datasets"][name] = entry
     doc["methods"] = _require_mapping(doc["methods"], where, "methods")
     for label, entry in doc["methods"].items():
