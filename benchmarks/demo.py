@@ -127,7 +127,7 @@ def sweep_document(demo: Mapping[str, Any], cache: Path, methods: Sequence[str] 
             "methods": {label: rows[label] for label in ordered}}
 
 
-ENSEMBLE_TITLE = "Ensemble of the unimodal models (late fusion)"
+ENSEMBLE_TITLE = "Ensemble of the unimodal models (late fusion, final checkpoints)"
 REFERENCES = {AUDIO: "audio", VISUAL: "visual"}
 # Seed std of test accuracy above which the README says a row's mean does not rank its method [project].
 UNSTABLE_STD = 0.10
