@@ -112,6 +112,20 @@ def test_fbank_without_torchaudio_names_the_audio_extra(monkeypatch):
         compute_features(get_pipeline("kaldi_fbank1024"), tone(1.0), 16000)
 
 
+def fake_torchaudio(monkeypatch, fbank) -> None:
+    """torchaudio is an optional extra: a stand-in whose ``compliance.kaldi.fbank`` is ``fbank``."""
+    import importlib.util
+
+    kaldi = types.SimpleNamespace(fbank=fbank)
+    monkeypatch.setitem(sys.modules, "torchaudio", types.SimpleNamespace(compliance=types.SimpleNamespace(
+        kaldi=kaldi)))
+    monkeypatch.setitem(sys.modules, "torchaudio.compliance", types.SimpleNamespace(kaldi=kaldi))
+    monkeypatch.setitem(sys.modules, "torchaudio.compliance.kaldi", kaldi)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "torchaudio" else real_find_spec(name, *a))
+
+
 def test_fbank_pads_then_normalises_like_the_ks_script(monkeypatch):
     calls = {}
 
@@ -119,16 +133,7 @@ def test_fbank_pads_then_normalises_like_the_ks_script(monkeypatch):
         calls.update(kwargs, mean=float(wave.mean()))
         return torch.zeros((300, kwargs["num_mel_bins"]))
 
-    kaldi = types.SimpleNamespace(fbank=fbank)
-    monkeypatch.setitem(sys.modules, "torchaudio", types.SimpleNamespace(compliance=types.SimpleNamespace(
-        kaldi=kaldi)))
-    monkeypatch.setitem(sys.modules, "torchaudio.compliance", types.SimpleNamespace(kaldi=kaldi))
-    monkeypatch.setitem(sys.modules, "torchaudio.compliance.kaldi", kaldi)
-    import importlib.util
-
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: object() if name == "torchaudio" else real_find_spec(name, *a))
+    fake_torchaudio(monkeypatch, fbank)
     out = compute_features(get_pipeline("kaldi_fbank1024"), tone(1.0) + 0.2, 16000)
     assert out.shape == (1024, 128)
     # Zero fbank frames and zero padding both become (0 + 4.503877) / (5.141276 * 2) after normalising.
@@ -148,16 +153,7 @@ def test_fbank_reads_channel_0_of_stereo_after_the_global_mean_like_torchaudio(m
         seen["wave"] = wave.clone()
         return torch.zeros((300, kwargs["num_mel_bins"]))
 
-    kaldi = types.SimpleNamespace(fbank=fbank)
-    monkeypatch.setitem(sys.modules, "torchaudio", types.SimpleNamespace(compliance=types.SimpleNamespace(
-        kaldi=kaldi)))
-    monkeypatch.setitem(sys.modules, "torchaudio.compliance", types.SimpleNamespace(kaldi=kaldi))
-    monkeypatch.setitem(sys.modules, "torchaudio.compliance.kaldi", kaldi)
-    import importlib.util
-
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: object() if name == "torchaudio" else real_find_spec(name, *a))
+    fake_torchaudio(monkeypatch, fbank)
     left, right = tone(1.0) + 0.25, -0.5 * tone(1.0) - 0.1
     path = tmp_path / "stereo.wav"
     sf.write(path, np.stack([left, right], axis=1), 16000, subtype="FLOAT")
