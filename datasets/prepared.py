@@ -63,7 +63,9 @@ def cache_hparams(*, recipes: Sequence[str], recipe: str, recipe_doc: str,
         HParam("cache_dir", "", "Cache root: the cache is <cache_dir>/<dataset>/<recipe>-<hash8>/ as written by "
                                 "`augbench prepare`. Empty = $AUG_BENCH_CACHE, else ./cache."),
         HParam("cache", "", "Explicit cache folder; overrides cache_dir + recipe (needed when several caches of the "
-                            "same recipe exist, e.g. built with different options)."),
+                            "same recipe exist, e.g. built with different options). The cache's own recipe is used "
+                            "(its manifest.json names it), whatever data.recipe says; tables compare the cache "
+                            "options of a row's runs."),
         HParam("recipe", recipe, recipe_doc, choices=tuple(recipes)),
         *serving,
         HParam("train_split", "clean", "'clean': train on train minus the validation split and select on val "
