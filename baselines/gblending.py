@@ -12,14 +12,15 @@ Estimation (P9, P11), in ``on_epoch_start`` of every epoch e with e mod ``super_
 each head k, the current model is copied into a scratch model, the scratch optimizer's state is reset, and the copy is
 trained for ``estimate_epochs`` epochs on CE of the FUSED output with the other modalities' inputs zeroed (k = fused:
 nothing zeroed; P1 ``drop`` mode input). The training loss of the first and of the last of those epochs is recorded,
-and the held-out loss (same zeroing, eval mode) on the VALIDATION split right after each of them. Then
-g = L_val,end - L_val,start, O = (L_val,end - L_train,end) - (L_val,start - L_train,start), w_k = |g / O^2|,
+and the held-out loss (same zeroing, eval mode) on the VALIDATION split (``held_out_split``) right after each of
+them. Then g = L_val,end - L_val,start, O = (L_val,end - L_train,end) - (L_val,start - L_train,start), w_k = |g / O^2|,
 normalised to sum to 1 (a zero O is replaced by a tiny number; if every w_k is 0 the weights are uniform).
 
 Reductions: ``loss_reduction=mean`` (default, paper-consistent) averages the losses over samples;
 ``official_compat`` (= BB) sums batch-mean losses over batches, so the training and held-out losses have different
-scales (the training split has far more batches). BB also uses the TEST split as its "validation" set for CREMA-D and
-Kinetics-Sounds; this implementation always uses the validation split and fails if the dataset has none.
+scales (the training split has far more batches), and uses the TEST split as its "validation" set for CREMA-D and
+Kinetics-Sounds (``held_out_split=test``). By default the estimate never sees the test split, and a run whose data
+serves no validation split (``data.train_split=full`` trains on it) is refused before it starts.
 
 Cost: every ``super_epoch`` epochs, (M + 1) x ``estimate_epochs`` extra training epochs plus 2 (M + 1) held-out
 passes, i.e. about (M + 1) + 1 = 4 times joint training for M = 2 with the defaults. Memory: one scratch model, kept
@@ -83,10 +84,14 @@ class GBlending(FusionMethod):
         HParam("super_epoch", 10, "Re-estimate the weights every S epochs, epoch 0 included (BB super_epoch 10)."),
         HParam("estimate_epochs", 10, "Training epochs of each scratch copy per estimation (BB: = super_epoch); "
                                       ">= 2, since first and last epoch must differ."),
-        HParam("loss_reduction", "mean", "mean = per-sample average (paper-consistent, docs/methods/gblending.md); "
-                                         "sum = BB's sum of batch-mean losses over batches.", choices=("mean", "sum")),
+        HParam("loss_reduction", "mean", "mean = per-sample average (paper-consistent); sum = BB's sum of "
+                                         "batch-mean losses over batches.", choices=("mean", "sum")),
+        HParam("held_out_split", "val", "Split of the held-out losses: val (the estimate never sees test); test = "
+                                        "BB, whose 'validation' set on CREMA-D and KS is the test split.",
+               choices=("val", "test")),
     )
-    VARIANTS = {"official_compat": {"loss_reduction": "sum"}}
+    VARIANTS = {"official_compat": {"loss_reduction": "sum", "held_out_split": "test"}}
+    HELD_OUT_KEY = "held_out_split"
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)
@@ -134,9 +139,10 @@ class GBlending(FusionMethod):
 
     def estimate(self, epoch: int, loaders: Loaders) -> None:
         """Train one scratch copy per head and set the blend weights from its train/held-out losses."""
-        if loaders.val is None:
-            raise ValueError(f"gblending estimates its weights on a held-out split, but dataset "
-                             f"{self.task.dataset!r} has no 'val' split (the test split is never used)")
+        held_out = getattr(loaders, self.hp.held_out_split)
+        if held_out is None:
+            raise ValueError(f"gblending.held_out_split={self.hp.held_out_split!r}, but dataset "
+                             f"{self.task.dataset!r} serves no such split")
         scratch, n_est = self._scratch[0], self.hp.estimate_epochs
         max_steps = self.ctx.train_hp.max_steps_per_epoch
         losses, log = {}, {}
@@ -151,7 +157,7 @@ class GBlending(FusionMethod):
                 train_loss = self._epoch_loss(scratch, loaders.train.extra_pass(tag, max_steps), drop, True)
                 if j in (0, n_est - 1):
                     scratch.eval()
-                    record[j] = (train_loss, self._epoch_loss(scratch, loaders.val, drop, False))
+                    record[j] = (train_loss, self._epoch_loss(scratch, held_out, drop, False))
             (t0, v0), (t1, v1) = record[0], record[n_est - 1]
             losses[k] = (t0, t1, v0, v1)
             log[f"g_{k}"] = v1 - v0

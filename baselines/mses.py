@@ -106,6 +106,7 @@ class MSES(FusionMethod):
                                       "19, and runs the plain backward afterwards."),
     )
     VARIANTS: ClassVar[dict[str, dict[str, Any]]] = {"official_compat": {"eval_split": "test", "modulation_ends": 19}}
+    HELD_OUT_KEY = "eval_split"
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)

@@ -83,6 +83,7 @@ class MSLR(FusionMethod):
     HEAD = "sum"
     MODALITIES = (2,)
     VARIANTS = _VARIANTS
+    HELD_OUT_KEY = "eval_split"
     HPARAMS = (
         HParam("coeffs", [0.9, 1.1], "Initial multipliers in the dataset's modality order (audio 0.9, visual 1.1): "
                                      "AGM re-impl. run/CREMAD_main.py train, audio/visual_lr_init_coeff."),

@@ -86,7 +86,11 @@ class Relearning(FusionMethod):
         HParam("reinit_num", 3, "At most this many re-initialisations (ours.sh 3; BB 2)."),
         HParam("kmeans_n_init", 10, "KMeans restarts; scikit-learn < 1.4 default, which ours.py relied on "
                                     "[project pin, unverified]."),
+        HParam("diagnose_split", "val", "Held-out split of the purity diagnosis: val (ours.py: the validation part "
+                                        "of the train list); test = BB, whose 'validation' set is the test split.",
+               choices=("val", "test")),
     )
+    HELD_OUT_KEY = "diagnose_split"
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)
@@ -114,11 +118,12 @@ class Relearning(FusionMethod):
     def on_epoch_end(self, epoch: int, loaders: Loaders) -> dict[str, float]:
         if not self.due(epoch):
             return {}
-        if loaders.val is None:
-            raise ValueError(f"{self.name} diagnoses on a validation split, but dataset {self.task.dataset!r} "
-                             f"provides none")
+        held_out = getattr(loaders, self.hp.diagnose_split)
+        if held_out is None:
+            raise ValueError(f"relearning.diagnose_split={self.hp.diagnose_split!r}, but dataset "
+                             f"{self.task.dataset!r} serves no such split")
         train_h, train_y = self.split_features(loaders.train)
-        val_h, val_y = self.split_features(loaders.val)
+        val_h, val_y = self.split_features(held_out)
         k, n_init = self.task.num_classes, self.hp.kmeans_n_init
         diag = {}
         for m in self.modalities:

@@ -175,6 +175,23 @@ def build_method(cfg: RunConfig, bundle: DataBundle, device: torch.device,
     return method
 
 
+def check_held_out_split(cfg: RunConfig, bundle: DataBundle) -> None:
+    """Refuse, before training, a run whose method reads a split (``Method.HELD_OUT_KEY``) its data does not serve,
+    e.g. the validation split under ``data.train_split=full``; the method would otherwise fail at its first estimate.
+
+    Raises:
+        UsageError: naming the knob, the dataset and the two ways out.
+    """
+    key = get_method(cfg.method).HELD_OUT_KEY
+    split = cfg.method_hp[key] if key else None
+    if split and not len(bundle.splits.get(split, ())):
+        why = ("data.train_split=full trains on the validation rows" if cfg.data.get("train_split") == "full" else
+               "the data has none")
+        raise UsageError(f"{cfg.method}.{key}={split!r}, but {cfg.dataset} serves no {split!r} split here ({why}); "
+                         f"set {cfg.method}.{key}=test, as the published code does, or give the data a validation "
+                         f"split (data.train_split=clean)")
+
+
 def make_loaders(cfg: RunConfig, bundle: DataBundle, device: torch.device, rank: int = 0,
                  world_size: int = 1) -> Loaders:
     """The run's loaders; with ``world_size`` > 1 the training loader serves this rank's share of each global batch
@@ -187,7 +204,7 @@ def make_loaders(cfg: RunConfig, bundle: DataBundle, device: torch.device, rank:
     if world_size > 1:
         train.set_shard(rank, world_size)
     val = bundle.loader("val", batch_size=ebs, train=False, seed=seed, device=device) \
-        if "val" in bundle.splits else None
+        if len(bundle.splits.get("val", ())) else None
     test = bundle.loader("test", batch_size=ebs, train=False, seed=seed, device=device)
     return Loaders(train, val, test)
 
@@ -311,13 +328,14 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
     if recorded is not None:
         check_run_data(run_dir, identity)
     device = ddp.device(select_device(cfg.train.device))
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
+    bundle = build_data(cfg)
+    check_held_out_split(cfg, bundle)
     if ddp.is_main and recorded is None:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_yaml(run_dir / "config.yaml", requested)
         write_json(run_dir / DATA_FILE, identity)
 
-    seed_everything(cfg.train.seed, cfg.train.deterministic)
-    bundle = build_data(cfg)
     method = build_method(cfg, bundle, device, step_pre_hook=ddp.step_pre_hook)
     loaders = make_loaders(cfg, bundle, device, ddp.rank, ddp.world_size)
     method.ctx.loaders = loaders

@@ -292,8 +292,13 @@ def test_gblending_estimates_on_validation_only_and_leaves_the_model_alone(tiny_
     gb.blend.fill_(-1.0)
     gb.on_epoch_start(1, loaders_for(tiny_bundle))  # not a super-epoch boundary: no re-estimation
     assert gb.blend.tolist() == [-1.0, -1.0, -1.0]
-    with pytest.raises(ValueError, match="no 'val' split"):
+    with pytest.raises(ValueError, match="held_out_split='val', but dataset 'synthetic' serves no such split"):
         gb.on_epoch_start(2, loaders_for(tiny_bundle, val=False))
+    # BB's choice (official_compat): the held-out losses come from the test split, the same estimate otherwise.
+    bb = build("gblending", tiny_bundle, super_epoch=2, estimate_epochs=2, variant="official_compat")
+    assert bb.hp.held_out_split == "test" and bb.hp.loss_reduction == "sum"
+    bb.on_epoch_start(0, loaders_for(tiny_bundle, val=False))
+    assert sum(bb.weights().values()) == approx(1.0)
 
 
 def test_gblending_step_loss_is_the_weighted_sum_of_head_losses(tiny_bundle):

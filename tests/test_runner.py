@@ -15,8 +15,9 @@ import torch
 import yaml
 
 from benchmarks.config import build_config
+from benchmarks.errors import UsageError
 from benchmarks.runner import RunExistsError, lr_factor, select_protocols, train_run
-from tests.conftest import make_context, tiny_overrides
+from tests.conftest import TINY_DATA, make_context, tiny_overrides
 from tests.numeric import approx64
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,3 +126,19 @@ def test_sgd_steps_fused_over_parameters_equal_the_per_parameter_loop():
         reference.step()
     for a, b in zip([*fused, fused_late], [*loop, loop_late]):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("method, key", [("gblending", "held_out_split"), ("relearning", "diagnose_split"),
+                                         ("mses", "eval_split"), ("mslr", "eval_split")])
+def test_a_method_reading_a_split_the_data_lacks_is_refused_before_training(tmp_path, method, key):
+    # Without a validation split these failed at their first estimate or diagnosis, after training had begun.
+    overrides = tiny_overrides()
+    overrides["data"]["n_val"] = 0
+    run_dir = tmp_path / "run"
+    with pytest.raises(UsageError, match=rf"{method}.{key}='val', but synthetic serves no 'val' split .*"
+                                         rf"set {method}.{key}=test"):
+        train_run(build_config(method, "synthetic", overrides), run_dir, log=lambda msg: None)
+    assert not run_dir.exists(), "nothing is written for a refused run"
+    overrides[method] = {key: "test"}
+    summary = train_run(build_config(method, "synthetic", overrides), run_dir, log=lambda msg: None)
+    assert summary["protocols"]["last"]["test"]["n"] == TINY_DATA["n_test"]

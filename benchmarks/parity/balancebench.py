@@ -316,7 +316,8 @@ class GBlendingProject(Project):
         for epoch in range(GB_EPOCHS):
             part = self.batches[epoch * STEPS:(epoch + 1) * STEPS]
             m.train()
-            m.on_epoch_start(epoch, Loaders(train=Pass(part), val=self.val))  # type: ignore[arg-type]
+            # BB's held-out set (its "validation" is the test split; official_compat reads test).
+            m.on_epoch_start(epoch, Loaders(train=Pass(part), test=self.val))  # type: ignore[arg-type]
             if epoch % GB_SUPER == 0:
                 yield f"e{epoch}w"
             m.train()
