@@ -448,3 +448,7 @@ def test_configs_resolve_against_the_declared_knobs(dataset):
     if dataset == "cremad":
         assert (train.epochs, train.batch_size, train.lr_milestones) == (200, 64, [69, 139])
         assert aca_check_epochs(train.epochs, hp.aca_interval_epochs, False)[-1] == 179
+    # An explicit value would win over a variant's preset: the config leaves lambda to the gated preset's 0.2.
+    gated = resolve("aug", method_hparams(AUG), dataset, {**sections["aug"], "variant": "official_gated"},
+                    variants=AUG.VARIANTS)
+    assert gated.residual_lambda == 0.2 and gated.gate
