@@ -108,7 +108,8 @@ class OGM(FusionMethod):
     MODALITIES = (2,)
     HPARAMS = (
         HParam("alpha", 0.8, "Modulation strength. Official README: 0.8 for CREMA-D, 0.1 for VGGSound; no value is "
-                             "published for Kinetics-Sounds (tune 0.1/0.3/0.5/0.8 on validation, docs/methods/ogm.md).",
+                             "published for Kinetics-Sounds, which gets 0.8 untuned [project]; tune "
+                             "0.1/0.3/0.5/0.8 on validation.",
                per_dataset={"cremad": 0.8, "vggsound": 0.1}),
         HParam("mod_start", 0, "First modulated epoch, inclusive (official main.py --modulation_starts 0)."),
         HParam("mod_end", 50, "Last modulated epoch, inclusive (official main.py --modulation_ends 50)."),
