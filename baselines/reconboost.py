@@ -58,7 +58,7 @@ from baselines.base import Loaders, Method, Prediction, StepInfo, TrainContext, 
 from baselines.networks import build_encoders, init_model
 from baselines.registry import register
 from core.data import Batch, BatchLoader, TaskSpec
-from core.hparams import HParam, HParams
+from core.hparams import HParam, HParams, variant_param
 
 HEAD_HIDDEN = 256  # official models/dynamic_net.py, Head.fc1
 
@@ -133,7 +133,11 @@ class ReconBoost(Method):
              'arXiv 2405.09321')
     CODE = 'GitHub huacong/ReconBoost, train.py, main; models/dynamic_net.py, DynamicNet; schedule.py'
     MODALITIES = (2, 3)
+    VARIANTS = {"official_compat": {"ga_partner_second_pass": True, "pretrain_head_until_stage": True}}
     HPARAMS = (
+        variant_param(VARIANTS, "paper = one forward per step and the shared head from the start; official_compat "
+                                "= official train.py main (a second partner pass in train mode, pre-training "
+                                "classifiers kept until a learner's first stage)."),
         HParam("modality_epochs", 4, "Epochs of the modality step per stage (official --epochs_per_stage 4)."),
         HParam("correct_epochs", 4, "Epochs of the correction step per stage (official --correct_epoch 4); 0 skips "
                                     "correction."),
