@@ -246,7 +246,10 @@ def test_two_ranks_with_half_batches_take_the_single_process_steps(ranks, name):
         for kind in ("params", "buffers"):
             assert got[kind].keys() == want[kind].keys()
             for key, value in want[kind].items():
-                torch.testing.assert_close(got[kind][key], value, atol=1e-5, rtol=1e-5, msg=f"{name} {key}")
+                torch.testing.assert_close(got[kind][key], value, atol=1e-5, rtol=1e-5, msg=(
+                    f"{name} {key}: declared DATA_PARALLEL = 'exact', but two ranks with half batches step "
+                    f"differently from one process (unsynced batch statistics or per-rank random draws; see "
+                    f"docs/add-a-method.md, Data parallelism)"))
         for got_log, want_log in zip(got["logs"], want["logs"], strict=True):
             assert got_log.keys() == want_log.keys()
             for key, value in want_log.items():

@@ -186,5 +186,7 @@ def test_knob_tables_state_the_declared_defaults():
             elif stated != declared[knob]:
                 problems.append(f"{where}: {knob} states default/per-dataset {stated}, the code declares "
                                 f"{declared[knob]}")
-    problems += [f"{knob} has no row in a knob table under docs/methods/" for knob in sorted(set(declared) - rows)]
+    problems += [f"{knob} has no row in a knob table under docs/methods/ (a row like | `{knob}` | `<default as "
+                 f"Python writes it>` | <per-dataset defaults> | <source / meaning> |, see docs/add-a-method.md "
+                 f"section 7)" for knob in sorted(set(declared) - rows)]
     assert not problems, "\n".join(problems)
