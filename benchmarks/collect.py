@@ -371,6 +371,8 @@ def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper:
         raise ValueError(f"protocol {protocol!r} is not one of {list(PROTOCOL_CAPTIONS)}")
     if not records:
         raise ValueError("no finished runs to tabulate")
+    if missing and per_modality:
+        raise ValueError("missing-modality columns have no per-modality accuracies: drop --per-modality or --missing")
     check_same_data(records)
     if missing:
         check_missing_results(records)
@@ -412,8 +414,10 @@ def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper:
         for _, cells in rows:
             cells[j].best = top is not None and cells[j].mean is not None and round(cells[j].mean, 2) == round(top, 2)
     what = "missing-modality test accuracy" if missing else "test " + ", ".join(METRIC_NAMES[m] for m in metrics)
+    selection = ("each run's final checkpoint (the missing-modality evaluation)" if missing else
+                 PROTOCOL_CAPTIONS[protocol])
     caption = (f"{title or 'Results'}: {what} in %, mean ± sample std over seeds (n = seeds); best mean per column "
-               f"in bold. Protocol: {PROTOCOL_CAPTIONS[protocol]}.")
+               f"in bold. Protocol: {selection}.")
     if paper is not None:
         which = f"{paper.name}" + (f" {paper.table}" if paper.table else "")
         caption += (f" Paper = published value ({which}); Δ = ours − paper in points; † = not verified against "

@@ -119,6 +119,9 @@ def test_per_modality_and_missing_columns(runs_dir):
     assert [c.header for c in missing.columns] == ["Acc missing 0%", "Acc missing 20%"]
     assert [c.mean for c in missing.rows[0][1]] == approx64([50.0, 30.0])
     assert missing.rows[0][1][0].n == 1
+    assert "Protocol: each run's final checkpoint" in missing.caption, "not the protocol's epoch"
+    with pytest.raises(ValueError, match="drop --per-modality or --missing"):
+        build_table(load_runs(runs_dir), missing=True, per_modality=True)
 
 
 def test_sweep_labels_from_job_json_and_config_order(tmp_path):
