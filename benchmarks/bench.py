@@ -9,7 +9,8 @@
 - ``data``: the cache loader against the per-sample media loader (``benchmarks.bench_data``).
 Execution options come from the run configuration: ``train.amp`` (bf16 autocast on CUDA), ``model.channels_last``,
 ``train.compile`` (``baselines.networks.compile_encoders``) and the ``data.*`` serving knobs (``resident``,
-``resample``, ``prefetch``). Figures are benchmark results written to ``results/bench/``, never assertions in tests.
+``resample``, ``prefetch``). Figures are benchmark results (``augbench bench --publish`` records them in
+``results/bench/``), never assertions in tests.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""``augbench bench [data|step|epoch|all]``: speed figures written to ``results/bench/`` (JSON + Markdown).
+"""``augbench bench [data|step|epoch|all]``: speed figures (JSON + Markdown) written under ``runs/bench/``, or with
+``--publish`` to the committed ``results/bench/`` (as ``augbench demo``, a plain run never changes a tracked file).
 
 - ``data``: samples/s of the cache loader vs the per-sample media loader on the same files, one CPU thread, for the
   training and the test view. The cache is ``--cache DIR`` (raw media from its manifest or ``--raw``), or the
@@ -44,7 +45,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the encoders (train.compile=true)")
     p.add_argument("--set", dest="assignments", action="append", default=[], metavar="NS.KEY=VALUE")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--out", type=Path, default=Path("results/bench"))
+    p.add_argument("--out", type=Path, help="where the figures go (default: runs/bench; with --publish "
+                                            "results/bench)")
+    p.add_argument("--publish", action="store_true", help="write to the committed results/bench/ (record figures)")
     data = p.add_argument_group("data benchmark")
     data.add_argument("--cache", type=Path, help="a prepared cache folder to measure (also used by epoch)")
     data.add_argument("--raw", type=Path, help="the raw tree that cache was built from (default: its manifest's)")
@@ -138,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
     base = merge_overrides({ns: dict(v) for ns, v in shape.items()}, _execution(args), assignments)
     env = _machine(args.device)
     tag = f"{args.shape}-{'cuda' if 'cuda' in env['device'] else 'cpu'}"
+    args.out = args.out or Path("results/bench" if args.publish else "runs/bench")
     args.out.mkdir(parents=True, exist_ok=True)
     data = run_data(args, env, "cuda" if "cuda" in env["device"] else "cpu") if args.what in ("data", "all") else None
     if args.what in ("step", "all"):
