@@ -331,14 +331,14 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     bundle = build_data(cfg)
     check_held_out_split(cfg, bundle)
+    method = build_method(cfg, bundle, device, step_pre_hook=ddp.step_pre_hook)
+    loaders = make_loaders(cfg, bundle, device, ddp.rank, ddp.world_size)
+    method.ctx.loaders = loaders
+    # Only a run that could be built gets a folder: a refused knob or split leaves nothing behind.
     if ddp.is_main and recorded is None:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_yaml(run_dir / "config.yaml", requested)
         write_json(run_dir / DATA_FILE, identity)
-
-    method = build_method(cfg, bundle, device, step_pre_hook=ddp.step_pre_hook)
-    loaders = make_loaders(cfg, bundle, device, ddp.rank, ddp.world_size)
-    method.ctx.loaders = loaders
     ddp.broadcast_module(method)
 
     history: list[dict] = []
@@ -377,7 +377,7 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
         method.train()
         steps = len(loaders.train) if not max_steps else min(max_steps, len(loaders.train))
         logs = []
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False,
+        bar = tqdm(total=steps, desc=f"epoch {epoch} (of 0-{epochs - 1})", disable=not progress, leave=False,
                    file=sys.stderr)
         for i, batch in enumerate(loaders.train):
             if i >= steps:

@@ -142,3 +142,11 @@ def test_a_method_reading_a_split_the_data_lacks_is_refused_before_training(tmp_
     overrides[method] = {key: "test"}
     summary = train_run(build_config(method, "synthetic", overrides), run_dir, log=lambda msg: None)
     assert summary["protocols"]["last"]["test"]["n"] == TINY_DATA["n_test"]
+
+
+def test_a_method_that_refuses_its_knobs_leaves_no_run_folder(tmp_path):
+    overrides = tiny_overrides()
+    overrides["gblending"] = {"super_epoch": 0}
+    with pytest.raises(ValueError, match="super_epoch >= 1"):
+        train_run(build_config("gblending", "synthetic", overrides), tmp_path / "run", log=lambda msg: None)
+    assert not (tmp_path / "run").exists(), "a half-made folder would count as an unfinished run"
