@@ -23,6 +23,8 @@ from core.hparams import HParamError
 
 __all__ = ["COMMANDS", "UsageError", "build_parser", "command_help", "main"]
 
+DESCRIPTION = ("AUG-Bench: train AUG and the imbalanced-multimodal-learning baselines on one runner, sweep them over "
+               "seeds and datasets, and tabulate the results (augbench demo: the offline end-to-end demo)")
 COMMANDS = (
     "list",
     "train",
@@ -52,7 +54,7 @@ def command_help(name: str) -> str:
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The full parser of ``command`` (imported); every other command only appears with its help line."""
-    parser = argparse.ArgumentParser(prog="augbench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="augbench", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         if name != command:

@@ -23,7 +23,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--missing", type=_rates, default=list(DEFAULT_MISSING_RATES),
                    help="comma-separated fractions of samples that lose one modality (default "
                         f"{','.join(f'{r:g}' for r in DEFAULT_MISSING_RATES)})")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", help="split to evaluate (tables read only 'test'; default test)")
     p.add_argument("--seed", type=int, default=0, help="seed of which samples lose which modality")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: the run's train.device")
     p.add_argument("--batch-size", type=int, help="default: the run's train.eval_batch_size")

@@ -56,7 +56,10 @@ README_BLOCKS = {"methods": methods_markdown, "datasets": datasets_markdown}
 
 
 def _summary(doc: str | None) -> str:
-    return (doc or "").strip().splitlines()[0] if doc else ""
+    """A docstring's first sentence, whichever line it ends on (its first line can stop mid-sentence)."""
+    paragraph = " ".join((doc or "").strip().split("\n\n")[0].split())
+    end = paragraph.find(". ")
+    return paragraph if end < 0 else paragraph[:end + 1]
 
 
 def _knobs(namespace: str, params) -> list[str]:
