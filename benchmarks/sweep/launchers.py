@@ -233,6 +233,10 @@ def run_pool(jobs: Sequence[Job], *, workers: int = 1, threads_per_worker: int =
         for name, status, seconds, error in pool.imap_unordered(_pool_step, tasks):
             tracker.report.launched.append(name)
             tracker.finished(name, status, seconds, error)
+        # Let the workers exit on their own: the context's terminate() kills them with their multiprocessing
+        # semaphores still registered, which the resource tracker then reports as leaked at shutdown.
+        pool.close()
+        pool.join()
     tracker.write()
     return tracker.report
 
