@@ -144,6 +144,8 @@ def compare_runs(reference: Mapping[str, Any], summary: Mapping[str, Any], sourc
             outside[row] = [ref_mean, ref_std, new_mean]
     identical = sum(reference["rows"][r] == summary["rows"][r] for r in common)
     return {**head, "comparable": True, "rows": len(common), "identical": identical,
+            "only_here": [r for r in summary["rows"] if r not in reference["rows"]],
+            "only_there": [r for r in reference["rows"] if r not in summary["rows"]],
             "within_std": len(common) - len(outside), "outside_std": outside,
             "max_abs_delta": round(max(deltas), 4) if deltas else 0.0}
 
@@ -186,6 +188,11 @@ def reproduction_markdown(comparison: Mapping[str, Any] | None, titles: Mapping[
         text += (f" The runs differ in {', '.join(comparison['machine_differs'])}: float rounding then differs, and a "
                  "short high-lr schedule can move a row by about its seed spread; identical numbers are expected only "
                  "with the same CPU kind, kernels (torch_cpu_capability) and library versions.")
+    if comparison.get("only_here") or comparison.get("only_there"):
+        text += (" Rows not compared: " + "; ".join(
+            f"{label} {', '.join(titles.get(r, r) for r in comparison[key])}"
+            for key, label in (("only_here", "new in this run:"), ("only_there", "only in that run:"))
+            if comparison.get(key)) + ".")
     if comparison["unchecked"]:
         text += f" (That run does not record its {', '.join(comparison['unchecked'])}: not checked to be the same.)"
     if comparison["outside_std"]:

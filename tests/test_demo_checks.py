@@ -86,6 +86,8 @@ def test_compare_runs_counts_identical_rows_and_names_those_outside_the_std():
     assert out["outside_std"] == {"sum": [0.80, 0.01, 0.82]} and out["max_abs_delta"] == pytest.approx(0.02)
     text = "\n".join(reproduction_markdown(out, {"sum": "Sum"}))
     assert "1 of 3 rows identical" in text and "Sum 82.0% (was 80.0 ± 1.0)" in text and "CPU X" in text
+    assert out["only_here"] == ["new"] and out["only_there"] == [] and "Rows not compared: new in this run: New" in (
+        "\n".join(reproduction_markdown(out, {"new": "New"})))
     assert out["machine_differs"] == [] and "differ in" not in text
     rerun["machine"] = {**rerun["machine"], "torch_cpu_capability": "AVX512"}
     out = compare_runs(reference, rerun, "ref.json")
