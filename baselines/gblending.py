@@ -81,9 +81,10 @@ class GBlending(FusionMethod):
             'super_epoch_origin')
     HEAD = "concat"
     HPARAMS = (
-        HParam("super_epoch", 10, "Re-estimate the weights every S epochs, epoch 0 included (BB super_epoch 10)."),
+        HParam("super_epoch", 10, "Re-estimate the weights every S epochs, epoch 0 included (BB super_epoch 10).",
+               low=1),
         HParam("estimate_epochs", 10, "Training epochs of each scratch copy per estimation (BB: = super_epoch); "
-                                      ">= 2, since first and last epoch must differ."),
+                                      ">= 2, since first and last epoch must differ.", low=2),
         HParam("loss_reduction", "mean", "mean = per-sample average (paper-consistent); sum = BB's sum of "
                                          "batch-mean losses over batches.", choices=("mean", "sum")),
         HParam("held_out_split", "val", "Split of the held-out losses: val (the estimate never sees test); test = "
@@ -95,9 +96,6 @@ class GBlending(FusionMethod):
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)
-        if hp.super_epoch < 1 or hp.estimate_epochs < 2:
-            raise ValueError(f"gblending needs super_epoch >= 1 and estimate_epochs >= 2, got {hp.super_epoch} and "
-                             f"{hp.estimate_epochs}")
         self.heads = (*self.modalities, FUSED)
         # A tuple keeps the scratch copy out of the module tree: it is reloaded from self.model at every estimation,
         # so saving it would only double the checkpoint.

@@ -125,9 +125,10 @@ class OPM(FusionMethod):
     HEAD = "concat"
     HPARAMS = (
         HParam("q_base", 0.5, "Base drop probability of the dominant modality (official train_opm.sh --q_base 0.5; "
-                              "BB uses 0.4)."),
+                              "BB uses 0.4).", low=0, high=1),
         HParam("lam", 0.5, "lambda: gain of the discrepancy r_m on q_m (official train_opm.sh --lam 0.5)."),
-        HParam("p_exe", 0.7, "Probability that dropping is executed on a batch (official train_opm.sh --p_exe 0.7)."),
+        HParam("p_exe", 0.7, "Probability that dropping is executed on a batch (official train_opm.sh --p_exe 0.7).",
+               low=0, high=1),
         HParam("warmup_epochs", 6, "Epochs of plain joint training before dropping starts (official main.py: "
                                    "warm_up = 1 if epoch <= 5, so dropping starts at 0-based epoch 6; BB: 0)."),
         HParam("theta_gradient", False, "Give theta the official gradient on dropping steps: official "

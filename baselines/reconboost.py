@@ -138,9 +138,9 @@ class ReconBoost(Method):
         variant_param(VARIANTS, "paper = one forward per step and the shared head from the start; official_compat "
                                 "= official train.py main (a second partner pass in train mode, pre-training "
                                 "classifiers kept until a learner's first stage)."),
-        HParam("modality_epochs", 4, "Epochs of the modality step per stage (official --epochs_per_stage 4)."),
+        HParam("modality_epochs", 4, "Epochs of the modality step per stage (official --epochs_per_stage 4).", low=1),
         HParam("correct_epochs", 4, "Epochs of the correction step per stage (official --correct_epoch 4); 0 skips "
-                                    "correction."),
+                                    "correction.", low=0),
         HParam("w1", 5.0, "Weight of the CE term (official README, CREMA-D --weight1 5.0; AVE 4.0).",
                per_dataset={"ave": 4.0}),
         HParam("w2", 1.0, "Weight of the reconcilement term (official README --weight2 1.0)."),
@@ -169,9 +169,6 @@ class ReconBoost(Method):
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)
-        if hp.modality_epochs < 1 or hp.correct_epochs < 0:
-            raise ValueError(f"reconboost.modality_epochs must be >= 1 and correct_epochs >= 0, got "
-                             f"{hp.modality_epochs} and {hp.correct_epochs}")
         self.encoders = build_encoders(task, ctx.model_hp)
         dims = {m: enc.out_dim for m, enc in self.encoders.items()}
         if len(set(dims.values())) != 1:

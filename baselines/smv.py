@@ -108,7 +108,8 @@ class SMV(FusionMethod):
         HParam("level", "sample", "'sample' (sample_level.py, the AUG row) or 'modality' (modality_level.py).",
                choices=("sample", "modality")),
         HParam("warmup", 5, "Plain-CE epochs before the first resampling (--warmup 5, both scripts)."),
-        HParam("part_ratio", 0.2, "Modality level: fraction of training rows valued (--part_ratio 0.2; BB 0.2)."),
+        HParam("part_ratio", 0.2, "Modality level: fraction of training rows valued (--part_ratio 0.2; BB 0.2).",
+               low=0, high=1),
         HParam("modality_alpha", 1.0, "Modality level: scale of the resampled fraction (--alpha 1)."),
         HParam("modality_func", "linear", "Modality level: map from gap difference to fraction "
                                           "(AV_KS_Dataset_modality_level func, default 'linear').",

@@ -29,6 +29,7 @@ class HParam:
         doc: where the value comes from (paper, table, official code file) and what it does.
         per_dataset: dataset name -> default for that dataset.
         choices: allowed values, if the knob is categorical.
+        low, high: inclusive bounds of a numeric knob (a probability, an epoch count), checked when a value is set.
     """
 
     name: str
@@ -36,6 +37,8 @@ class HParam:
     doc: str
     per_dataset: Mapping[str, Any] = field(default_factory=dict)
     choices: tuple | None = None
+    low: float | None = None
+    high: float | None = None
 
     def default_for(self, dataset: str | None) -> Any:
         return self.per_dataset.get(dataset, self.default) if dataset is not None else self.default
@@ -71,6 +74,10 @@ class HParam:
             out = value
         if self.choices is not None and out not in self.choices:
             raise HParamError(f"{key}={out!r} is not one of {list(self.choices)}")
+        if isinstance(out, (int, float)) and not isinstance(out, bool) and (
+                (self.low is not None and out < self.low) or (self.high is not None and out > self.high)):
+            bounds = " and ".join(f"{op} {v}" for op, v in ((">=", self.low), ("<=", self.high)) if v is not None)
+            raise HParamError(f"{key} must be {bounds}, got {out!r}")
         return out
 
 

@@ -17,6 +17,7 @@ import yaml
 from benchmarks.config import build_config
 from benchmarks.errors import UsageError
 from benchmarks.runner import RunExistsError, lr_factor, select_protocols, train_run
+from core.hparams import HParamError
 from tests.conftest import TINY_DATA, make_context, tiny_overrides
 from tests.numeric import approx64
 
@@ -144,9 +145,21 @@ def test_a_method_reading_a_split_the_data_lacks_is_refused_before_training(tmp_
     assert summary["protocols"]["last"]["test"]["n"] == TINY_DATA["n_test"]
 
 
-def test_a_method_that_refuses_its_knobs_leaves_no_run_folder(tmp_path):
+def test_a_method_that_refuses_its_setting_leaves_no_run_folder(tmp_path):
+    # OGM supports two modalities; its constructor refuses three before the run has any file.
     overrides = tiny_overrides()
-    overrides["gblending"] = {"super_epoch": 0}
-    with pytest.raises(ValueError, match="super_epoch >= 1"):
-        train_run(build_config("gblending", "synthetic", overrides), tmp_path / "run", log=lambda msg: None)
+    overrides["data"]["modalities"] = 3
+    with pytest.raises(ValueError, match="supports \\(2,\\) modalities"):
+        train_run(build_config("ogm", "synthetic", overrides), tmp_path / "run", log=lambda msg: None)
     assert not (tmp_path / "run").exists(), "a half-made folder would count as an unfinished run"
+
+
+@pytest.mark.parametrize("method, knob, value, bound", [("gblending", "super_epoch", 0, ">= 1"),
+                                                         ("gblending", "estimate_epochs", 1, ">= 2"),
+                                                         ("reconboost", "modality_epochs", 0, ">= 1"),
+                                                         ("opm", "p_exe", 1.5, ">= 0 and <= 1")])
+def test_a_knob_outside_its_declared_bounds_is_refused_naming_it(method, knob, value, bound):
+    overrides = tiny_overrides()
+    overrides[method] = {knob: value}
+    with pytest.raises(HParamError, match=rf"{method}.{knob} must be {bound}, got {value}"):
+        build_config(method, "synthetic", overrides)
