@@ -422,6 +422,8 @@ def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper:
         which = f"{paper.name}" + (f" {paper.table}" if paper.table else "")
         caption += (f" Paper = published value ({which}); Δ = ours − paper in points; † = not verified against "
                     "the paper.")
+        if not any(cell.paper for _, cells in rows for cell in cells):
+            caption += f" No published value of {which} matches these datasets, rows and metrics."
     return Table(caption, columns, rows, paper is not None)
 
 

@@ -109,6 +109,15 @@ def write_missing(run: Path, checkpoint_epoch: int = 2, split: str = "test") -> 
         {"rate": 0.2, "metrics": {"acc": 0.3, "macro_f1": 0.2, "map": 0.4}}]}))
 
 
+def test_a_paper_table_that_matches_nothing_says_so(runs_dir):
+    paper = load_paper(PAPER, "table1")
+    matched = build_table(load_runs(runs_dir), paper=paper)
+    assert "No published value" not in matched.caption
+    unmatched = build_table(load_runs(runs_dir), paper=paper, metrics=["map"], datasets=["kinetics_sounds"])
+    assert all(cell.paper is None for _, cells in unmatched.rows for cell in cells)
+    assert "No published value of" in unmatched.caption
+
+
 def test_per_modality_and_missing_columns(runs_dir):
     run = runs_dir / "cremad-joint-seed0-fixture"
     write_missing(run)
