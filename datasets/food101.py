@@ -20,7 +20,6 @@ before resizing (nearest-neighbour either way).
 
 from __future__ import annotations
 
-import csv
 from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping
@@ -29,7 +28,7 @@ from core.hparams import HParam, HParams
 from datasets.image_text import ImageAugment, ImageTextDataset, find_image, image_text_settings
 from datasets.prepared import Recipe, cache_hparams
 from datasets.registry import register_dataset
-from datasets.splits import ParsedList, SplitRow, read_lines
+from datasets.splits import ParsedList, SplitRow, csv_line_fields, read_lines
 from datasets.tables import PrepareOptions, Sample, SplitTables, malformed_rows
 
 CLASSES = (
@@ -72,10 +71,13 @@ def parse_titles_csv(path: Path) -> tuple[ParsedList, int]:
     out = ParsedList(Path(path), bom=bom, line_endings=endings)
     order = (0, 1, 2)
     rejoined = 0
-    for number, fields in enumerate(csv.reader(lines), start=1):
-        text_line = lines[number - 1]
+    for number, text_line in enumerate(lines, start=1):
         if not text_line.strip():
             out.skipped.append((number, text_line, "blank line"))
+            continue
+        fields = csv_line_fields(text_line)
+        if fields is None:
+            out.skipped.append((number, text_line, "a quote opens and never closes on this line"))
             continue
         lowered = [f.strip().lower() for f in fields]
         if number == 1 and any(c in lowered for c in IMAGE_COLUMNS) and any(c in lowered for c in LABEL_COLUMNS):

@@ -181,6 +181,15 @@ def parse_ave_list(path: Path, *, strict: bool = True) -> ParsedList:
     return _parse(path, row, None, strict)
 
 
+def csv_line_fields(line: str) -> list[str] | None:
+    """One physical line's CSV fields, or None when a quote opens and never closes on it. A reader over the whole
+    file would join the following lines into that field, and the rows they hold would vanish without a count."""
+    try:
+        return next(csv.reader([line], strict=True), [])
+    except csv.Error:
+        return None
+
+
 def parse_vggsound_csv(path: Path, *, strict: bool = True) -> dict[str, ParsedList]:
     """``vggsound.csv``: ``ytid,start_seconds,label,split`` (no header; quoted labels may contain commas).
 
@@ -191,11 +200,11 @@ def parse_vggsound_csv(path: Path, *, strict: bool = True) -> dict[str, ParsedLi
     lines, bom, endings = read_lines(path)
     out: dict[str, ParsedList] = {}
     skipped: list[tuple[int, str, str]] = []
-    for number, fields in enumerate(csv.reader(lines), start=1):
-        text = lines[number - 1]
+    for number, text in enumerate(lines, start=1):
         if not text.strip():
             skipped.append((number, text, "blank line"))
             continue
+        fields = csv_line_fields(text) or []
         if len(fields) != 4 or not fields[0] or not fields[2] or fields[3].strip() not in ("train", "test"):
             message = f"{path}:{number}: expected 'ytid,start,label,train|test', got {text!r}"
             if strict:

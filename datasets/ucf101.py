@@ -245,9 +245,11 @@ class UCF101(PreparedDataset):
         if len(rgb) == 0:
             raise MediaError(raw / record.media["visual"], "too few frames", "no RGB frame")
         u, v = (frame_files(raw / record.media[k]) for k in ("flow_u", "flow_v"))
-        if len(u) != len(v) or not u:
+        if [p.stem for p in u] != [p.stem for p in v] or not u:
+            unpaired = sorted({p.stem for p in u} ^ {p.stem for p in v})[:3]
             raise MediaError(raw / record.media["flow_u"], "flow u/v mismatch",
-                             f"{len(u)} u and {len(v)} v flow frames; they must pair up and not be empty")
+                             f"{len(u)} u and {len(v)} v flow frames; each u frame pairs with the v frame of the same "
+                             f"name and none may be missing (unpaired: {unpaired})")
         keep = np.arange(len(u))
         if settings.flow_max_frames and len(u) > settings.flow_max_frames:
             keep = np.round(np.linspace(0, len(u) - 1, settings.flow_max_frames)).astype(int)

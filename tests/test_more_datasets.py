@@ -260,6 +260,16 @@ def test_an_epoch_over_the_caches_opens_no_media(prepared, monkeypatch):
             assert seen == len(bundle.splits[split])
 
 
+def test_food101_title_with_an_unclosed_quote_is_one_counted_row_not_the_rest_of_the_file(tmp_path):
+    path = write_lines(tmp_path / "train_titles.csv", [
+        "image_path,text,label", 'apple_pie_1.jpg,"Grandma\'s apple pie,apple_pie',
+        "apple_pie_2.jpg,Easy pie,apple_pie", "cheesecake_3.jpg,NY cheesecake,cheesecake"])
+    parsed, _ = parse_titles_csv(path)
+    assert [(r.id, r.line) for r in parsed.rows] == [("apple_pie_2.jpg", 3), ("cheesecake_3.jpg", 4)]
+    assert [(n, why) for n, _, why in parsed.skipped] == [
+        (1, "header"), (2, "a quote opens and never closes on this line")]
+
+
 def test_food101_titles_csv_header_quotes_and_unquoted_commas(tmp_path):
     path = write_lines(tmp_path / "train_titles.csv", ["Image_path,text,label", 'a_1.jpg,"fries, salt",apple_pie',
                                                        "b_2.jpg,too,many,commas,cheesecake", "only,two"])
@@ -412,6 +422,16 @@ def test_ucf101_label_orders_and_mismatched_numbers(tmp_path, vocab):
         build("ucf101", tree.root, tmp_path / "c", vocab)
     kept = open_cache(build("ucf101", tree.root, tmp_path / "c", vocab, skip_bad=True))
     assert kept.manifest["dropped"]["by_reason"] == {"label mismatch": 1}
+
+
+def test_ucf101_flow_u_and_v_pair_by_frame_name(tmp_path, vocab):
+    # Same counts, different frames: pairing by position would stack u frame 9 with v frame 10 without a word.
+    tree = make_ucf101(tmp_path / "raw")
+    flow_v = tree.root / "v" / tree.ids["train"][0].split("/")[1]
+    last = sorted(flow_v.iterdir())[-1]
+    last.rename(flow_v / "frame000010.jpg")
+    with pytest.raises(PrepareError, match=r"9 u and 9 v flow frames.*unpaired: \['frame000009', 'frame000010'\]"):
+        build("ucf101", tree.root, tmp_path / "c", vocab)
 
 
 def test_bb_segment_rule():

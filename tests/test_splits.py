@@ -113,6 +113,15 @@ def test_ave_splits_on_ampersand_only_and_duplicate_policies(tmp_path):
     assert first_appearance(r.label for r in parsed.rows)[0] == "Male speech, man speaking"
 
 
+def test_vggsound_row_with_an_unclosed_quote_is_named_not_merged_with_the_next(tmp_path):
+    path = tmp_path / "vggsound.csv"
+    path.write_text('aaa,10,"dog barking,train\nbbb,20,"cat, meowing",train\n', encoding="utf-8")
+    with pytest.raises(SplitParseError, match=r"vggsound.csv:1: expected"):
+        parse_vggsound_csv(path)
+    lenient = parse_vggsound_csv(path, strict=False)
+    assert [r.id for r in lenient["train"].rows] == ["bbb_20"] and [n for n, _, _ in lenient["train"].skipped] == [1]
+
+
 def test_vggsound_csv_keeps_quoted_commas(tmp_path):
     path = tmp_path / "vggsound.csv"
     path.write_text('---g-f_I2yQ,1,"people marching, parade",test\n--0PQM4-hqg,30,waterfall burbling,train\n')
