@@ -201,6 +201,13 @@ class WandbSink:
         if self.run is not None:
             self.run.log(flatten(record), step=record["epoch"])
 
+    def log_history(self, records: list[dict]) -> None:
+        """Send a resumed run's checkpointed epochs again. A kill loses the epochs W&B had not yet flushed (even ones
+        logged long before), while the checkpoint keeps them; W&B drops a step it already holds for this run id, so
+        the history it shows matches ``metrics.jsonl``."""
+        for record in records:
+            self.log_epoch(record)
+
     def log_summary(self, summary: dict) -> None:
         if self.run is not None:
             self.run.summary.update(flatten(summary))

@@ -361,6 +361,8 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
 
     sink = WandbSink(resolve_wandb_mode(wandb_mode), run_dir, cfg.as_dict(), cfg.run_name(run_hash),
                      group=wandb_group, log=log)
+    if ddp.is_main:
+        sink.log_history(history)
     epochs, max_steps = cfg.train.epochs, cfg.train.max_steps_per_epoch
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()

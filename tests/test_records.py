@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from benchmarks.config import build_config
 from benchmarks.records import atomic_write_text, resolve_wandb_mode
 from benchmarks.runner import train_run
-from tests.conftest import tiny_overrides
+from tests.conftest import interrupted_run, tiny_overrides
 
 
 def test_atomic_write_leaves_no_temporary_files(tmp_path):
@@ -52,3 +54,33 @@ def test_offline_wandb_run_prints_one_line_not_wandbs_console_output(tmp_path, m
     (hint,) = [line for line in lines if "W&B" in line]
     assert "wandb sync" in hint and str(tmp_path / "run" / "wandb") in hint
     assert len(lines) == 3, "two epoch lines and the W&B line"
+
+
+def test_a_resumed_run_sends_its_checkpointed_epochs_to_wandb_again(tmp_path, monkeypatch):
+    # A kill can lose epochs W&B had not flushed, though the checkpoint holds them: the resumed run logs them again
+    # (W&B drops steps it already has), so W&B's history ends with every epoch of metrics.jsonl.
+    import benchmarks.runner as runner
+
+    steps = []
+
+    class Recorder:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def log_epoch(self, record):
+            steps.append(record["epoch"])
+
+        def log_history(self, records):
+            steps.extend(r["epoch"] for r in records)
+
+        def log_summary(self, summary):
+            pass
+
+        def finish(self):
+            pass
+
+    cfg = interrupted_run(tmp_path / "run", epochs=3)
+    monkeypatch.setattr(runner, "WandbSink", Recorder)
+    train_run(cfg, tmp_path / "run", resume=True, log=lambda line: None)
+    logged = [r["epoch"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())]
+    assert steps == logged == [0, 1, 2]
