@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Collection, Mapping, Sequence
@@ -26,13 +27,16 @@ from benchmarks.records import read_json, read_jsonl
 from benchmarks.run_folder import recorded_config
 
 SPLITS = ("val", "test")
+# y-axis label of a run plot's panels; a diagnostic panel is labelled "value".
+PANEL_UNITS = {"accuracy": "accuracy", "loss": "training loss (epoch mean)", "train": "logged by update()"}
 
 
 def run_series(history: Sequence[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
     """Panel -> series -> one value per epoch (NaN where an epoch lacks it), from ``metrics.jsonl`` records.
 
-    Panels: ``accuracy`` (``val``/``test`` fused and ``<split>/<modality>``), ``loss`` (the mean training logs) and
-    one ``diag/<key>`` panel per numeric diagnostic.
+    Panels: ``accuracy`` (``val``/``test`` fused and ``<split>/<modality>``), ``loss`` (the mean training losses,
+    keys starting with ``loss``), ``train`` (any other value a method's ``update`` logs, e.g. OGM-GE's coefficients,
+    which would distort the loss axis) and one ``diag/<key>`` panel per numeric diagnostic.
     """
     panels: dict[str, dict[str, list[float]]] = defaultdict(dict)
     n = len(history)
@@ -49,7 +53,7 @@ def run_series(history: Sequence[dict[str, Any]]) -> dict[str, dict[str, list[fl
                 for modality, metrics in record[split].get("per_modality", {}).items():
                     put("accuracy", f"{split}/{modality}", i, metrics.get("acc"))
         for key, value in record.get("train", {}).items():
-            put("loss", key, i, value)
+            put("loss" if key.startswith("loss") else "train", key, i, value)
         for key, value in record.get("diag", {}).items():
             put(f"diag/{key}", key, i, value)
     return dict(panels)
@@ -78,9 +82,15 @@ def plot_run(run_dir: Path, out_png: Path | None = None) -> Path:
             ax.plot(epochs, values, style, marker="." if len(epochs) < 30 else None, label=name)
         ax.set_title(panel)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(PANEL_UNITS.get(panel, "value"))
         if len(series) > 1:
             ax.legend(fontsize="small")
-    fig.suptitle(run_dir.name)
+    config = recorded_config(run_dir) or {}
+    method = config.get("method")
+    title = list_methods()[method].title if method in list_methods() else method
+    fig.suptitle(f"{title} on {config.get('dataset')}, seed {config.get('train', {}).get('seed')}: {run_dir.name}"
+                 if method else run_dir.name)
     out = Path(out_png) if out_png else run_dir / "plots" / "curves.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
@@ -91,7 +101,7 @@ def _sweep_curves(sweep_dir: Path) -> dict[str, dict[str, dict[str, list[list[fl
     """dataset -> output (``fused`` or a modality) -> row label -> per-seed test-accuracy curves."""
     curves: dict[str, dict[str, dict[str, list[list[float]]]]] = defaultdict(lambda: defaultdict(dict))
     titles = {name: cls.title for name, cls in list_methods().items()}
-    found = []
+    found, series_of = [], []
     for metrics in sorted(Path(sweep_dir).rglob("metrics.jsonl")):
         run_dir = metrics.parent
         history = read_jsonl(metrics)
@@ -99,20 +109,38 @@ def _sweep_curves(sweep_dir: Path) -> dict[str, dict[str, dict[str, list[list[fl
         if not history or cfg is None:
             continue
         job = read_json(run_dir / "job.json", default={})
-        dataset, label = cfg["dataset"], job.get("title") or titles.get(cfg["method"]) or cfg["method"]
-        found.append((label, dataset, cfg["train"]["seed"], run_dir, cfg))
-        series = run_series(history)["accuracy"]
+        # Rows are the sweep's labels (two rows may run one method); the legend shows their titles.
+        dataset, row = cfg["dataset"], job.get("label") or cfg["method"]
+        title = job.get("title") or titles.get(cfg["method"]) or cfg["method"]
+        found.append((row, dataset, cfg["train"]["seed"], run_dir, cfg))
+        series_of.append((row, title, dataset, run_series(history)["accuracy"]))
+    check_one_config_per_row(found)
+    rows_titled: dict[str, set[str]] = defaultdict(set)
+    for row, title, _, _ in series_of:
+        rows_titled[title].add(row)
+    for row, title, dataset, series in series_of:
+        shown = title if len(rows_titled[title]) == 1 else f"{title} ({row})"
         for name, values in series.items():
             split, _, modality = name.partition("/")
             if split == "test":
-                curves[dataset][modality or "fused"].setdefault(label, []).append(values)
-    check_one_config_per_row(found)
+                curves[dataset][modality or "fused"].setdefault(shown, []).append(values)
     return curves
 
 
+def seed_mean(runs: Sequence[Sequence[float]]) -> np.ndarray:
+    """Per epoch, the mean over the runs that reached it (and have a value there); as long as the longest run."""
+    padded = np.full((len(runs), max(len(x) for x in runs)), np.nan)
+    for i, x in enumerate(runs):
+        padded[i, :len(x)] = x
+    with warnings.catch_warnings():  # an epoch no run has a value for stays NaN: a gap in the line
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(padded, axis=0)
+
+
 def plot_sweep(sweep_dir: Path, out_png: Path | None = None) -> Path:
-    """Per dataset (rows) and output (columns: fused, then each modality): test accuracy per epoch, one line per
-    method row, averaged over seeds (runs of different lengths are averaged over their common epochs)."""
+    """Per dataset (rows) and output (columns: fused, then each modality): test accuracy per epoch on one shared 0-1
+    axis, one line per method row, the mean over the seeds that reached each epoch (a row whose runs are unfinished
+    or of different lengths is drawn to its longest run; n counts its runs)."""
     sweep_dir = Path(sweep_dir)
     curves = _sweep_curves(sweep_dir)
     if not curves:
@@ -124,11 +152,14 @@ def plot_sweep(sweep_dir: Path, out_png: Path | None = None) -> Path:
         for c, output in enumerate(outputs[dataset]):
             ax = fig.add_subplot(rows, cols, r * cols + c + 1)
             for label, runs in sorted(curves[dataset][output].items()):
-                length = min(len(x) for x in runs)
-                mean = np.nanmean(np.array([x[:length] for x in runs]), axis=0)
-                ax.plot(range(length), mean, label=f"{label} (n={len(runs)})")
+                mean = seed_mean(runs)
+                ax.plot(range(len(mean)), mean, marker="." if len(mean) < 30 else None,
+                        label=f"{label} (n={len(runs)})")
             ax.set_title(f"{dataset}: {output} test acc")
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_ylabel("test accuracy")
+            ax.set_ylim(0, 1)
             ax.legend(fontsize="x-small")
     out = Path(out_png) if out_png else sweep_dir / "plots" / "sweep.png"
     out.parent.mkdir(parents=True, exist_ok=True)

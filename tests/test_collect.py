@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -20,7 +22,7 @@ from benchmarks.collect import (
     load_runs,
     render,
 )
-from benchmarks.plots import plot_run, plot_sweep, run_series
+from benchmarks.plots import _sweep_curves, plot_run, plot_sweep, run_series, seed_mean
 from tests.numeric import approx64
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -289,3 +291,26 @@ def test_run_series_and_plots(runs_dir):
     assert png == run / "plots" / "curves.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     sweep_png = plot_sweep(runs_dir, runs_dir / "sweep.png")
     assert sweep_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and sweep_png.stat().st_size > 10_000
+    # update()'s non-loss logs (OGM-GE's coefficients) get their own panel, not the loss axis.
+    coeffs = run_series([{"epoch": 0, "train": {"loss": 2.0, "loss_audio": 1.0, "coeff_audio": 0.3}}])
+    assert set(coeffs["loss"]) == {"loss", "loss_audio"} and coeffs["train"] == {"coeff_audio": [0.3]}
+
+
+def test_sweep_curves_average_the_seeds_that_reached_each_epoch():
+    # An unfinished seed no longer cuts its row to its own length (a 1-epoch seed hid a 3-epoch one).
+    assert seed_mean([[0.2, 0.4, 0.6], [0.4]]) == approx64([0.3, 0.4, 0.6])
+    assert np.isnan(seed_mean([[0.2, math.nan], [0.4]])[1])
+
+
+def test_a_sweep_plot_keeps_two_rows_of_one_method_apart(runs_dir):
+    # Two sweep rows of one method (labels aug and aug_tau) are two rows, not one row of mixed configs.
+    base = runs_dir / "cremad-aug-seed0-fixture"
+    other = runs_dir / "cremad-aug-seed0-tau"
+    shutil.copytree(base, other)
+    _set_config(other, aug={"tau": 0.1})
+    for run, label in ((base, "aug"), (other, "aug_tau"), (runs_dir / "cremad-aug-seed1-fixture", "aug")):
+        (run / "job.json").write_text(json.dumps({"label": label, "title": "AUG"}))
+    curves = _sweep_curves(runs_dir)["cremad"]["fused"]
+    # seeds 0 and 1, and the unfinished seed 9 (plots show runs in progress)
+    assert {k: len(v) for k, v in curves.items() if k.startswith("AUG")} == {"AUG (aug)": 3, "AUG (aug_tau)": 1}
+    assert plot_sweep(runs_dir, runs_dir / "two.png").exists()

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from benchmarks.cli import main
-from benchmarks.sweep import parse_config
+from benchmarks.sweep import expand, parse_config
 from benchmarks.sweep.spec import SweepConfigError
 from tests.conftest import TINY_DATA, TINY_MODEL, TINY_TRAIN
 
@@ -189,3 +189,14 @@ def test_a_seed_anywhere_but_the_seeds_list_is_refused_not_overwritten(place, pa
     doc.update(patch)
     with pytest.raises(SweepConfigError, match=rf"{place}.*'seeds' list"):
         parse_config(doc)
+
+
+def test_two_rows_of_one_method_get_distinct_default_titles(tmp_path):
+    # Both rows of a table were titled "AUG"; the one named after the method keeps it, the other adds its label.
+    config = parse_config({"name": "test/titles", "seeds": [0], "datasets": {"synthetic": {}},
+                           "methods": {"aug": {}, "aug_tau": {"method": "aug", "aug": {"tau": 0.1}}, "joint": {}}})
+    jobs = expand(config, tmp_path, log=lambda msg: None)
+    assert sorted({(j.label, j.title) for j in jobs}) == [
+        ("aug", "AUG"), ("aug_tau", "AUG (aug_tau)"), ("joint", "Concat")]
+    narrowed = expand(config, tmp_path, methods=["aug_tau"], log=lambda msg: None)
+    assert {j.title for j in narrowed} == {"AUG (aug_tau)"}, "the title does not depend on --methods"

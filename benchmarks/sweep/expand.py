@@ -177,6 +177,9 @@ def plan(config: SweepConfig, out: Path, *, seeds: Sequence[int] | None = None,
             if method in result.unregistered_methods or (only is not None and dataset not in only):
                 continue
             title = entry.get("title") or get_method(method).title or label
+            shared = sum(e.get("method", other) == method for other, e in config.methods.items()) > 1
+            if not entry.get("title") and label != method and shared:
+                title = f"{title} ({label})"  # two rows of one method must not share a title in tables
             per_dataset = (entry.get("per_dataset") or {}).get(dataset, {})
             for point in grid_points(top_grid, entry.get("grid") or {}):
                 suffix = _point_suffix(point)
