@@ -51,7 +51,7 @@ from benchmarks.metrics import classification_metrics
 from benchmarks.records import atomic_write_text, read_checkpoint, read_json, read_jsonl
 from benchmarks.run_folder import load_run_config
 from benchmarks.runner import CHECKPOINT, build_data, build_method, seed_everything
-from core.provenance import git_commit
+from core.provenance import cpu_model, git_commit
 from datasets.prepare import prepare
 from datasets.registry import get_dataset
 from datasets.tables import PrepareOptions
@@ -197,13 +197,7 @@ KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
 
 def machine_record(workers: int) -> dict[str, Any]:
     """What the numbers may depend on: library versions, the CPU and its kernel ISA, and the thread settings."""
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        model = names[0] if names else model
-    return {"cpu_model": model, "cpus": os.cpu_count(), "platform": platform.platform(),
+    return {"cpu_model": cpu_model(), "cpus": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "kernel_env": {key: os.environ[key] for key in KERNEL_ENV if key in os.environ}, "workers": workers,

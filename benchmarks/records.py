@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from benchmarks.errors import UsageError
-from core.provenance import git_commit
+from core.provenance import cpu_model, git_commit, git_dirty
 
 WANDB_MODES = ("online", "offline", "disabled")
 _REQUIRED = object()
@@ -154,10 +154,12 @@ def environment(device) -> dict[str, Any]:
     import torch
 
     env = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-           "platform": platform.platform(), "cpu_count": os.cpu_count(), "device": str(device),
-           "git_commit": git_commit()}
+           "platform": platform.platform(), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
+           "torch_threads": torch.get_num_threads(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+           "device": str(device), "git_commit": git_commit(), "git_dirty": git_dirty()}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
+        env["cudnn"] = torch.backends.cudnn.version()
     return env
 
 

@@ -52,6 +52,7 @@ from benchmarks.records import (
 from benchmarks.run_folder import EXTENSIONS, MISSING_RESULT, read_extensions, recorded_config
 from core.data import BatchLoader
 from core.distributed import DistContext, init_from_env, shutdown
+from core.provenance import git_commit, git_dirty
 from datasets.base import DataBundle
 from datasets.registry import get_dataset
 
@@ -342,15 +343,19 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
     ddp.broadcast_module(method)
 
     history: list[dict] = []
+    segments: list[dict] = []
     start_epoch, elapsed = 0, 0.0
     if resume and ckpt_path.exists():
         state = read_checkpoint(ckpt_path, map_location=device)
         method.load_checkpoint_state(state["method"])
         set_rng_state(state["rng"])
         history, start_epoch, elapsed = state["history"], state["epoch"] + 1, state["elapsed"]
+        segments = state.get("segments", [])
         if ddp.is_main:
             write_jsonl(run_dir / "metrics.jsonl", history)
         log(f"resuming {run_dir.name} at epoch {start_epoch}")
+    # Which code trained which epochs: a resumed run's earlier segments may come from another commit.
+    segments.append({"first_epoch": start_epoch, "git_commit": git_commit(), "git_dirty": git_dirty()})
     if extending and ddp.is_main:
         # DONE goes first: a crash in between leaves an unfinished run whose recorded epochs are still the old ones.
         (run_dir / "DONE").unlink(missing_ok=True)
@@ -405,14 +410,15 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
             continue
         if (epoch + 1) % max(cfg.train.checkpoint_every, 1) == 0 or epoch == epochs - 1:
             atomic_torch_save(ckpt_path, {"epoch": epoch, "method": method.checkpoint_state(), "rng": rng_state(),
-                                          "history": history, "elapsed": elapsed})
+                                          "history": history, "elapsed": elapsed, "segments": segments})
         write_jsonl(run_dir / "metrics.jsonl", history)
         sink.log_epoch(record)
         log(_epoch_line(record))
 
     summary = {"method": cfg.method, "dataset": cfg.dataset, "seed": cfg.train.seed, "epochs": epochs,
                "config_hash": run_hash, "protocols": select_protocols(history),
-               "data_parallel": type(method).DATA_PARALLEL, "wall_time_s": elapsed, "env": environment(device)}
+               "data_parallel": type(method).DATA_PARALLEL, "wall_time_s": elapsed, "env": environment(device),
+               "segments": segments}
     extensions = read_extensions(run_dir)
     if extensions:
         summary["extensions"] = extensions

@@ -1,9 +1,10 @@
-"""Where a cache came from, for its manifest: the code's git commit and the versions of the libraries that computed
-its arrays."""
+"""Where a cache or a run came from: the code's git commit (and whether the checkout had uncommitted changes), the
+versions of the libraries that computed it, and the CPU it ran on."""
 
 from __future__ import annotations
 
 import importlib.metadata
+import platform
 import subprocess
 from pathlib import Path
 
@@ -19,6 +20,26 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def git_dirty() -> bool | None:
+    """Whether tracked files of this checkout differ from its commit (``None`` outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                             timeout=5, cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux; what ``platform`` knows elsewhere)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def library_versions() -> dict[str, str | None]:

@@ -18,7 +18,7 @@ from benchmarks.config import build_config
 from benchmarks.errors import UsageError
 from benchmarks.runner import RunExistsError, lr_factor, select_protocols, train_run
 from core.hparams import HParamError
-from tests.conftest import TINY_DATA, make_context, tiny_overrides
+from tests.conftest import TINY_DATA, interrupted_run, make_context, tiny_overrides
 from tests.numeric import approx64
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,3 +163,12 @@ def test_a_knob_outside_its_declared_bounds_is_refused_naming_it(method, knob, v
     overrides[method] = {knob: value}
     with pytest.raises(HParamError, match=rf"{method}.{knob} must be {bound}, got {value}"):
         build_config(method, "synthetic", overrides)
+
+
+def test_the_summary_records_the_machine_and_which_code_trained_which_epochs(tmp_path):
+    cfg = interrupted_run(tmp_path / "run", epochs=3)
+    summary = train_run(cfg, tmp_path / "run", resume=True, log=lambda line: None)
+    assert [s["first_epoch"] for s in summary["segments"]] == [0, 1], "the killed segment is not forgotten"
+    assert all({"git_commit", "git_dirty"} <= set(s) for s in summary["segments"])
+    env = summary["env"]
+    assert env["cpu_model"] and env["torch_threads"] >= 1 and "torch_cpu_capability" in env and "git_dirty" in env
