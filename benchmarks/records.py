@@ -212,7 +212,7 @@ class WandbSink:
 
     def log_summary(self, summary: dict) -> None:
         if self.run is not None:
-            self.run.summary.update(flatten(summary))
+            self.run.summary.update(flatten(summary, lists=True))
 
     def finish(self) -> None:
         if self.run is None:
@@ -226,12 +226,16 @@ class WandbSink:
             self.log(f"W&B run: {where}")
 
 
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict, prefix: str = "", lists: bool = False) -> dict[str, Any]:
+    """Nested keys joined with ``/``; scalars kept, and with ``lists`` (the summary's extensions and segments) lists
+    as their JSON text."""
     out: dict[str, Any] = {}
     for key, value in d.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            out.update(flatten(value, f"{name}/"))
+            out.update(flatten(value, f"{name}/", lists))
         elif isinstance(value, (int, float, str, bool)) or value is None:
             out[name] = value
+        elif lists and isinstance(value, (list, tuple)):
+            out[name] = json.dumps(value)
     return out

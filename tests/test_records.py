@@ -7,7 +7,7 @@ import json
 import pytest
 
 from benchmarks.config import build_config
-from benchmarks.records import atomic_write_text, resolve_wandb_mode
+from benchmarks.records import atomic_write_text, flatten, resolve_wandb_mode
 from benchmarks.runner import train_run
 from tests.conftest import interrupted_run, tiny_overrides
 
@@ -84,3 +84,10 @@ def test_a_resumed_run_sends_its_checkpointed_epochs_to_wandb_again(tmp_path, mo
     train_run(cfg, tmp_path / "run", resume=True, log=lambda line: None)
     logged = [r["epoch"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())]
     assert steps == logged == [0, 1, 2]
+
+
+def test_the_wandb_summary_keeps_lists_as_json_and_history_keeps_scalars():
+    summary = {"protocols": {"last": {"epoch": 3}}, "extensions": [{"from_epochs": 2, "to_epochs": 4}]}
+    assert flatten(summary, lists=True) == {"protocols/last/epoch": 3,
+                                            "extensions": '[{"from_epochs": 2, "to_epochs": 4}]'}
+    assert flatten(summary) == {"protocols/last/epoch": 3}
