@@ -183,11 +183,21 @@ def parse_ave_list(path: Path, *, strict: bool = True) -> ParsedList:
 
 def csv_line_fields(line: str) -> list[str] | None:
     """One physical line's CSV fields, or None when a quote opens and never closes on it. A reader over the whole
-    file would join the following lines into that field, and the rows they hold would vanish without a count."""
+    file would join the following lines into that field, and the rows they hold would vanish without a count. Other
+    loose quoting (``"b"c``) is read as the csv module reads it by default."""
     try:
-        return next(csv.reader([line], strict=True), [])
+        return _strict_fields(line)
     except csv.Error:
+        pass
+    try:
+        _strict_fields(line + '"')  # closing the quote repairs the line: the quote was left open
         return None
+    except csv.Error:
+        return next(csv.reader([line]), [])
+
+
+def _strict_fields(line: str) -> list[str]:
+    return next(csv.reader([line], strict=True), [])
 
 
 def parse_vggsound_csv(path: Path, *, strict: bool = True) -> dict[str, ParsedList]:

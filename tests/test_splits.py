@@ -18,6 +18,7 @@ from datasets.prepare import validation_split
 from datasets.sources import PINNED, SplitFileError, fetch_split_files, pinned_files, sha256_file
 from datasets.splits import (
     SplitParseError,
+    csv_line_fields,
     duplicate_ids,
     first_appearance,
     natural_key,
@@ -111,6 +112,13 @@ def test_ave_splits_on_ampersand_only_and_duplicate_policies(tmp_path):
     drop, dropped = resolve_duplicates(parsed.rows, "drop")
     assert [r.id for r in drop] == ["id2", "id3"] and len(dropped) == 2
     assert first_appearance(r.label for r in parsed.rows)[0] == "Male speech, man speaking"
+
+
+def test_csv_line_fields_refuse_only_a_quote_left_open():
+    assert csv_line_fields('a,"b,d') is None and csv_line_fields('a,"x""y,z') is None
+    # Loose but closed quoting reads as the csv module's default reader reads it (as before this check).
+    assert csv_line_fields('a,"b"c,d') == ["a", "bc", "d"] and csv_line_fields('a,b"c,d') == ["a", 'b"c', "d"]
+    assert csv_line_fields('a,"x""y",z') == ["a", 'x"y', "z"] and csv_line_fields("") == []
 
 
 def test_vggsound_row_with_an_unclosed_quote_is_named_not_merged_with_the_next(tmp_path):
