@@ -156,7 +156,10 @@ def environment(device) -> dict[str, Any]:
     env = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
            "platform": platform.platform(), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
            "torch_threads": torch.get_num_threads(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-           "device": str(device), "git_commit": git_commit(), "git_dirty": git_dirty()}
+           "device": str(device), "git_commit": git_commit(), "git_dirty": git_dirty(),
+           # "warn_only": an op without a deterministic implementation warns (on stderr) instead of failing.
+           "deterministic_algorithms": ("off" if not torch.are_deterministic_algorithms_enabled() else "warn_only"
+                                        if torch.is_deterministic_algorithms_warn_only_enabled() else "strict")}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
         env["cudnn"] = torch.backends.cudnn.version()

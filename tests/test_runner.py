@@ -172,3 +172,4 @@ def test_the_summary_records_the_machine_and_which_code_trained_which_epochs(tmp
     assert all({"git_commit", "git_dirty"} <= set(s) for s in summary["segments"])
     env = summary["env"]
     assert env["cpu_model"] and env["torch_threads"] >= 1 and "torch_cpu_capability" in env and "git_dirty" in env
+    assert env["deterministic_algorithms"] == "warn_only", "train.deterministic is on by default, and only warns"
