@@ -272,6 +272,16 @@ class Method(nn.Module):
     def inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
         return {m: batch[m] for m in self.modalities}
 
+    def held_out_loader(self, loaders: Loaders) -> BatchLoader:
+        """The loader of the split named by the ``HELD_OUT_KEY`` knob; ``ValueError`` naming it if there is none (the
+        runner refuses such a run before training; this guards direct use)."""
+        key = self.HELD_OUT_KEY
+        split = self.hp[key]
+        loader = getattr(loaders, split)
+        if loader is None:
+            raise ValueError(f"{self.name}.{key}={split!r}, but dataset {self.task.dataset!r} serves no such split")
+        return loader
+
 
 def loss_precision(z: torch.Tensor) -> torch.Tensor:
     """Logits for a loss or score: half-precision autocast outputs promoted to float32, float64 kept (float64 runs,

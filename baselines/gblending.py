@@ -137,10 +137,7 @@ class GBlending(FusionMethod):
 
     def estimate(self, epoch: int, loaders: Loaders) -> None:
         """Train one scratch copy per head and set the blend weights from its train/held-out losses."""
-        held_out = getattr(loaders, self.hp.held_out_split)
-        if held_out is None:
-            raise ValueError(f"gblending.held_out_split={self.hp.held_out_split!r}, but dataset "
-                             f"{self.task.dataset!r} serves no such split")
+        held_out = self.held_out_loader(loaders)
         scratch, n_est = self._scratch[0], self.hp.estimate_epochs
         max_steps = self.ctx.train_hp.max_steps_per_epoch
         losses, log = {}, {}

@@ -143,10 +143,7 @@ class MSES(FusionMethod):
     @torch.no_grad()
     def modality_losses(self, loaders: Loaders) -> list[float]:
         """Per-sample mean CE of each z_m over the evaluation split, in eval mode."""
-        loader = loaders.val if self.hp.eval_split == "val" else loaders.test
-        if loader is None:
-            raise ValueError(f"mses.eval_split={self.hp.eval_split!r} but dataset {self.task.dataset!r} has no such "
-                             f"split")
+        loader = self.held_out_loader(loaders)
         self.eval()
         sums, n = torch.zeros(len(self.modalities), dtype=torch.float64, device=self.ctx.device), 0
         for batch in loader:

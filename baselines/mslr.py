@@ -144,10 +144,7 @@ class MSLR(FusionMethod):
         return {m: hits[m].item() / max(seen, 1) for m in self.modalities}
 
     def on_epoch_end(self, epoch: int, loaders: Loaders) -> dict[str, float]:
-        loader = loaders.val if self.hp.eval_split == "val" else loaders.test
-        if loader is None:
-            raise ValueError(f"mslr.eval_split={self.hp.eval_split!r} but dataset {self.task.dataset!r} has no such "
-                             "split; use mslr.eval_split=test (the AGM re-impl.) or a dataset with a validation split")
+        loader = self.held_out_loader(loaders)
         acc = self.unimodal_accuracy(loader)
         if self.hp.shared_accuracy:
             acc = {m: acc[self.modalities[-1]] for m in self.modalities}

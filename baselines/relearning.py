@@ -118,10 +118,7 @@ class Relearning(FusionMethod):
     def on_epoch_end(self, epoch: int, loaders: Loaders) -> dict[str, float]:
         if not self.due(epoch):
             return {}
-        held_out = getattr(loaders, self.hp.diagnose_split)
-        if held_out is None:
-            raise ValueError(f"relearning.diagnose_split={self.hp.diagnose_split!r}, but dataset "
-                             f"{self.task.dataset!r} serves no such split")
+        held_out = self.held_out_loader(loaders)
         train_h, train_y = self.split_features(loaders.train)
         val_h, val_y = self.split_features(held_out)
         k, n_init = self.task.num_classes, self.hp.kmeans_n_init
