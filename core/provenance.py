@@ -12,24 +12,25 @@ LIBRARIES = ("numpy", "scipy", "librosa", "soundfile", "soxr", "av", "pillow", "
              "transformers", "tokenizers")
 
 
-def git_commit() -> str | None:
-    """``git rev-parse HEAD`` of the checkout holding this code, or ``None`` outside a git checkout."""
+def _git(*args: str) -> str | None:
+    """Output of ``git <args>`` in the checkout holding this code, or ``None`` outside one (or without git)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5,
                              cwd=Path(__file__).resolve().parent)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_commit() -> str | None:
+    """``git rev-parse HEAD`` of the checkout holding this code, or ``None`` outside a git checkout."""
+    return (_git("rev-parse", "HEAD") or "").strip() or None
 
 
 def git_dirty() -> bool | None:
     """Whether tracked files of this checkout differ from its commit (``None`` outside a git checkout)."""
-    try:
-        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                             timeout=5, cwd=Path(__file__).resolve().parent)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return bool(out.stdout.strip()) if out.returncode == 0 else None
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return None if status is None else bool(status.strip())
 
 
 def cpu_model() -> str:
