@@ -35,7 +35,7 @@ from datasets.augment import (
 from datasets.cache import ArraySpec, Cache
 from datasets.media import MediaError
 from datasets.media.audio import AudioPipeline, features_from_file, get_pipeline, require_backend
-from datasets.media.video import INTERPOLATION, extract_frames, first_frame_size, load_frame_folder
+from datasets.media.video import INTERPOLATION, extract_frames, load_frame_folder
 from datasets.prepared import PreparedDataset, Record, cache_hparams
 from datasets.tables import PrepareOptions, Sample
 
@@ -233,11 +233,9 @@ class AVCacheDataset(PreparedDataset):
         if not np.isfinite(half).all():
             raise MediaError(audio_path, "corrupt audio", "features overflow float16")
         size = tuple(settings.frame_size)
-        if settings.visual == "frames":
-            clip, source = load_frame_folder(visual_path, size), first_frame_size(visual_path)
-        else:
-            clip, info = extract_frames(visual_path, size, settings.per_second)
-            source = info["source_size"]
+        clip, info = load_frame_folder(visual_path, size) if settings.visual == "frames" else \
+            extract_frames(visual_path, size, settings.per_second)
+        source = info["source_size"]
         if len(clip) < settings.min_frames:
             raise MediaError(visual_path, "too few frames", f"{len(clip)} frame(s) at {settings.per_second} fps, "
                                                             f"fewer than min_frames {settings.min_frames}")

@@ -219,12 +219,13 @@ def test_frame_folders_sort_numerically_whatever_the_listing_order(tmp_path, mon
     folder = tmp_path / "clip"
     names = write_frame_folder(folder, 12, 60, naming, (16, 16))
     assert [p.name for p in frame_files(folder)] == names
-    expected = load_frame_folder(folder, None)
+    expected, info = load_frame_folder(folder, None)
+    assert info == {"source_size": expected.shape[1:3]}
     real_listdir = os.listdir
     rng = np.random.default_rng(0)
     monkeypatch.setattr(os, "listdir", lambda p: list(rng.permutation(real_listdir(p))))
     assert [p.name for p in frame_files(folder)] == names
-    np.testing.assert_array_equal(load_frame_folder(folder, None), expected)
+    np.testing.assert_array_equal(load_frame_folder(folder, None)[0], expected)
     np.testing.assert_allclose(expected[..., 0].mean(axis=(1, 2)), [second_level(k) for k in range(12)], atol=4)
 
 

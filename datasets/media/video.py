@@ -61,33 +61,32 @@ def load_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
         raise MediaError(path, "corrupt image", f"cannot decode image ({type(err).__name__}: {err})") from err
 
 
-def first_frame_size(folder: Path) -> tuple[int, int] | None:
-    """(H, W) of a frame folder's first image as stored on disk (read from its header), or None without images."""
-    from PIL import Image, UnidentifiedImageError
+def _image_size(path: Path) -> tuple[int, int]:
+    """(H, W) of an image file from its header (the file has already been decoded once)."""
+    from PIL import Image
 
-    files = frame_files(folder)
-    if not files:
-        return None
-    try:
-        with Image.open(files[0]) as image:
-            return image.height, image.width
-    except (UnidentifiedImageError, OSError) as err:
-        raise MediaError(files[0], "corrupt image", f"cannot decode image ({type(err).__name__}: {err})") from err
+    with Image.open(path) as image:
+        return image.height, image.width
 
 
-def load_frame_folder(folder: Path, size: tuple[int, int] | None) -> np.ndarray:
-    """All frames of an extracted frame folder, naturally sorted, as uint8 ``(n, H, W, 3)``."""
+def load_frame_folder(folder: Path, size: tuple[int, int] | None) -> tuple[np.ndarray, dict]:
+    """All frames of an extracted frame folder, naturally sorted.
+
+    Returns:
+        (uint8 ``(n, H, W, 3)``, {"source_size": (H, W) of the first frame before resizing, or None without frames}),
+        as ``extract_frames`` returns a video's.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise MediaError(folder, "missing media", "frame folder missing")
     files = frame_files(folder)
     frames = [load_image(p, size) for p in files]
     if not frames:
-        return np.zeros((0, *(size or (0, 0)), 3), dtype=np.uint8)
+        return np.zeros((0, *(size or (0, 0)), 3), dtype=np.uint8), {"source_size": None}
     shapes = {f.shape for f in frames}
     if len(shapes) > 1:
         raise MediaError(folder, "corrupt image", f"frames of different sizes {sorted(shapes)}; give a storage size")
-    return np.stack(frames)
+    return np.stack(frames), {"source_size": _image_size(files[0])}
 
 
 def kept_frame(position_in_second: int, fps: int, per_second: int) -> bool:
