@@ -113,14 +113,12 @@ def load_runs(root: Path) -> list[RunRecord]:
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"runs folder {root} does not exist")
-    titles = {name: cls.title for name, cls in list_methods().items()}
     records = []
     for summary_path in sorted(root.rglob("summary.json")):
         run_dir = summary_path.parent
         if not (run_dir / "DONE").exists():
             continue
         summary = read_json(summary_path)
-        job = read_json(run_dir / "job.json", default={})
         absent = [key for key in SUMMARY_KEYS if key not in summary]
         if absent:
             raise DamagedFileError(summary_path, f"it has no {', '.join(absent)}")
@@ -128,12 +126,20 @@ def load_runs(root: Path) -> list[RunRecord]:
         result = read_json(run_dir / MISSING_RESULT, default={"rates": [], "split": "test"})
         missing = {float(row["rate"]): row["metrics"] for row in result["rates"]}
         problem = missing_result_problem(summary, result, split="test") if missing else None
-        records.append(RunRecord(run_dir=run_dir, label=job.get("label", method),
-                                 title=job.get("title") or titles.get(method) or method, method=method,
+        label, title = row_of(run_dir, method)
+        records.append(RunRecord(run_dir=run_dir, label=label, title=title, method=method,
                                  dataset=summary["dataset"], seed=int(summary["seed"]),
                                  protocols=summary["protocols"], missing=missing, missing_problem=problem,
                                  data=recorded_identity(run_dir), config=recorded_config(run_dir) or {}))
     return records
+
+
+def row_of(run_dir: Path, method: str) -> tuple[str, str]:
+    """A run's table or plot row: (label, title) from the sweep's ``job.json``, else the method's registry key and
+    title."""
+    job = read_json(Path(run_dir) / "job.json", default={})
+    registered = list_methods().get(method)
+    return job.get("label") or method, job.get("title") or (registered.title if registered else method)
 
 
 def unfinished_runs(root: Path) -> list[Path]:

@@ -21,8 +21,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from baselines.registry import list_methods
-from benchmarks.collect import check_one_config_per_row
+from benchmarks.collect import check_one_config_per_row, row_of
 from benchmarks.records import read_json, read_jsonl
 from benchmarks.run_folder import recorded_config
 
@@ -86,11 +85,9 @@ def plot_run(run_dir: Path, out_png: Path | None = None) -> Path:
         ax.set_ylabel(PANEL_UNITS.get(panel, "value"))
         if len(series) > 1:
             ax.legend(fontsize="small")
-    config = recorded_config(run_dir) or {}
-    method = config.get("method")
-    title = list_methods()[method].title if method in list_methods() else method
-    fig.suptitle(f"{title} on {config.get('dataset')}, seed {config.get('train', {}).get('seed')}: {run_dir.name}"
-                 if method else run_dir.name)
+    config = recorded_config(run_dir)
+    fig.suptitle(f"{row_of(run_dir, config['method'])[1]} on {config['dataset']}, seed {config['train']['seed']}: "
+                 f"{run_dir.name}" if config else run_dir.name)
     out = Path(out_png) if out_png else run_dir / "plots" / "curves.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
@@ -100,7 +97,6 @@ def plot_run(run_dir: Path, out_png: Path | None = None) -> Path:
 def _sweep_curves(sweep_dir: Path) -> dict[str, dict[str, dict[str, list[list[float]]]]]:
     """dataset -> output (``fused`` or a modality) -> row label -> per-seed test-accuracy curves."""
     curves: dict[str, dict[str, dict[str, list[list[float]]]]] = defaultdict(lambda: defaultdict(dict))
-    titles = {name: cls.title for name, cls in list_methods().items()}
     found, series_of = [], []
     for metrics in sorted(Path(sweep_dir).rglob("metrics.jsonl")):
         run_dir = metrics.parent
@@ -108,10 +104,9 @@ def _sweep_curves(sweep_dir: Path) -> dict[str, dict[str, dict[str, list[list[fl
         cfg = recorded_config(run_dir)
         if not history or cfg is None:
             continue
-        job = read_json(run_dir / "job.json", default={})
         # Rows are the sweep's labels (two rows may run one method); the legend shows their titles.
-        dataset, row = cfg["dataset"], job.get("label") or cfg["method"]
-        title = job.get("title") or titles.get(cfg["method"]) or cfg["method"]
+        row, title = row_of(run_dir, cfg["method"])
+        dataset = cfg["dataset"]
         found.append((row, dataset, cfg["train"]["seed"], run_dir, cfg))
         series_of.append((row, title, dataset, run_series(history)["accuracy"]))
     check_one_config_per_row(found)
