@@ -84,15 +84,15 @@ def few_frame_clips(frame_counts: Iterable[int]) -> dict[str, int]:
     return {str(n): counts[n] for n in sorted(counts)}
 
 
-def source_frame_sizes(sizes: Sequence[str | None], frame_size: Sequence[int]) -> dict[str, Any]:
+def source_frame_sizes(sizes: Sequence[Sequence[int] | None], frame_size: Sequence[int]) -> dict[str, Any]:
     """The source frame sizes ("HxW": clips, the most common first) and how many clips were resized from another
     aspect ratio than the stored ``frame_size`` (H, W): the training crop sees those squeezed or stretched, while the
     published loaders crop the source image (``augbench prepare --frame-size`` stores another aspect)."""
-    known = Counter(s for s in sizes if s)
+    known = Counter(tuple(s) for s in sizes if s)
     target = frame_size[1] / frame_size[0]
-    other = sum(n for s, n in known.items()
-                if abs(int(s.split("x")[1]) / int(s.split("x")[0]) / target - 1) > ASPECT_TOLERANCE)
-    return {"source_frame_sizes": dict(known.most_common(SOURCE_SIZES_SHOWN)), "other_aspect_clips": other}
+    other = sum(n for (h, w), n in known.items() if abs(w / h / target - 1) > ASPECT_TOLERANCE)
+    return {"source_frame_sizes": {f"{h}x{w}": n for (h, w), n in known.most_common(SOURCE_SIZES_SHOWN)},
+            "other_aspect_clips": other}
 
 
 def av_hparams(*, recipes: Sequence[str], recipe: str, recipe_doc: str, frames: int, frames_doc: str,
@@ -240,7 +240,7 @@ class AVCacheDataset(PreparedDataset):
             raise MediaError(visual_path, "too few frames", f"{len(clip)} frame(s) at {settings.per_second} fps, "
                                                             f"fewer than min_frames {settings.min_frames}")
         return {"audio": half, "frames": clip}, {"duration_s": round(duration, 6), "short": short, "frames": len(clip),
-                                                 "source_size": "x".join(map(str, source)) if source else None}
+                                                 "source_size": list(source) if source else None}
 
     @classmethod
     def _visual_options(cls, settings: HParams) -> dict[str, Any]:
