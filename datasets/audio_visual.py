@@ -32,9 +32,9 @@ from datasets.augment import (
     ROWS_KEY,
     AVAugment,
 )
-from datasets.cache import ArraySpec, Cache
+from datasets.cache import ArraySpec, Cache, CacheError
 from datasets.media import MediaError
-from datasets.media.audio import AudioPipeline, features_from_file, get_pipeline, require_backend
+from datasets.media.audio import PIPELINES, AudioPipeline, features_from_file, get_pipeline, require_backend
 from datasets.media.video import INTERPOLATION, extract_frames, load_frame_folder
 from datasets.prepared import PreparedDataset, Record, cache_hparams
 from datasets.tables import PrepareOptions, Sample
@@ -137,8 +137,22 @@ def av_hparams(*, recipes: Sequence[str], recipe: str, recipe_doc: str, frames: 
 
 
 def audio_pipeline(cache: Cache) -> AudioPipeline:
-    """The audio pipeline an audio-visual cache was computed with."""
-    return AudioPipeline(**cache.manifest["audio"])
+    """The audio pipeline an audio-visual cache was computed with.
+
+    Raises ``CacheError`` when the cache was built by an earlier version of that pipeline: its recorded ``follows``
+    and ``deviation`` text (part of the cache hash, changed whenever the computation changes) differ from this
+    code's, so ``augbench prepare`` would now build another cache, and training on this one would serve features
+    this code no longer computes."""
+    recorded = cache.manifest["audio"]
+    current = PIPELINES.get(recorded.get("name"))
+    if current is not None:
+        stale = [key for key in ("follows", "deviation") if recorded.get(key) != getattr(current, key)]
+        if stale:
+            raise CacheError(f"{cache.path}: built by an earlier version of the {current.name!r} audio pipeline "
+                             f"(recorded {stale[0]}: {recorded.get(stale[0])!r}; this code: "
+                             f"{getattr(current, stale[0])!r}); rebuild it with augbench prepare ... --force, "
+                             f"or build a new cache beside it and set data.cache")
+    return AudioPipeline(**recorded)
 
 
 def _first_existing(raw: Path, folder: str, names: Sequence[str], suffixes: Sequence[str], want_dir: bool

@@ -139,6 +139,20 @@ def test_second_prepare_is_a_no_op_and_force_rebuilds_byte_identical(built, pris
     assert {name: (built / name).read_bytes() for name in before} == before
 
 
+def test_a_cache_from_an_earlier_audio_pipeline_is_refused_at_training_time(built, tmp_path):
+    # The pipeline's recorded text is part of the cache hash, so prepare builds a new cache when the computation
+    # changes; the run must not keep serving the old cache found under the root either.
+    cache = tmp_path / built.name
+    shutil.copytree(built, cache)
+    manifest = json.loads((cache / "manifest.json").read_text(encoding="utf-8"))
+    manifest["audio"]["follows"] = "an earlier description of the computation"
+    (cache / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    with pytest.raises(CacheError, match=rf"{cache}: built by an earlier version of the '\w+' audio pipeline "
+                                         r"\(recorded follows: 'an earlier description.*--force"):
+        CremaD.build(resolve("data", CremaD.HPARAMS, "cremad", {"cache": str(cache)}))
+    CremaD.build(resolve("data", CremaD.HPARAMS, "cremad", {"cache": str(built)}))
+
+
 def test_changed_media_are_not_silently_reused(built, tree):
     wav = tree.root / "AudioWAV" / f"{first(tree)}.wav"
     wav.write_bytes(wav.read_bytes()[:-2000])
