@@ -189,7 +189,7 @@ COVERS = (f"{EPOCHS} epochs x {STEPS} steps (batch {BATCH}; audio step, visual s
           f"checks after epochs 0 and 1 (t_N = {CHECK}, plus the code's epoch-0 check); epoch 2 trains with the "
           f"added learners (residual loss, untrained added learners)")
 PAPER_DEFAULTS = {"register_new_learners": True, "aca_rule": "difference", "aca_check_after_first_epoch": False,
-                  "zero_grad_set_to_none": True, "residual_target": "per_learner_prob_sum"}
+                  "zero_grad_set_to_none": True}
 
 CASES = [
     Case(name="aug_official_compat", method="aug", hparams={"variant": "official_compat"}, repo=REPO,
