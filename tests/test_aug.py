@@ -20,7 +20,7 @@ from benchmarks.config import TRAIN_HPARAMS, build_config, load_config_file, met
 from benchmarks.runner import train_run
 from core.hparams import HParamError, resolve
 from datasets.registry import get_dataset
-from tests.conftest import TINY_DATA, first_batch, make_context, tiny_overrides
+from tests.conftest import TINY_DATA, first_batch, float64_default, make_context, tiny_overrides
 from tests.numeric import approx64, close
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -295,6 +295,16 @@ def test_gated_variant_takes_a_third_step_and_updates_the_running_scores(tiny_bu
     close(method.running, (s / s.flip(0)).float())
 
 
+def test_resume_keeps_the_gate_scores_in_the_run_dtype(tiny_bundle):
+    # A float64 parity run resumed from a checkpoint must not continue with float32-rounded gate scores.
+    with float64_default():
+        method = build(tiny_bundle, variant="official_gated")
+        method.running = torch.tensor([1 / 3, 3.0], dtype=torch.float64)
+        clone = build(tiny_bundle, variant="official_gated")
+        clone.load_checkpoint_state(copy.deepcopy(method.checkpoint_state()))
+    assert clone.running.dtype == torch.float64 and torch.equal(clone.running, method.running)
+
+
 @pytest.mark.parametrize("dataset, variant, lam", [
     ("cremad", "official_gated", 0.2), ("cremad", "official_compat", 0.5), ("kinetics_sounds", "official_gated", 0.2),
     ("cremad", "paper", 0.5)])
@@ -303,6 +313,15 @@ def test_gated_variant_uses_lambda_0_2_on_every_dataset(dataset, variant, lam):
     # "- 0.2 * criterion(add_fea, kl)"; the ungated train_CREMAD.py of ced44c6 uses 0.5.
     hp = resolve("aug", method_hparams(AUG), dataset, {"variant": variant}, variants=AUG.VARIANTS)
     assert hp.gate == (variant == "official_gated") and hp.residual_lambda == lam
+
+
+@pytest.mark.parametrize("variant, checks", [
+    ("official_compat", [0, 4, 9, 14, 19, 24, 29, 34, 39, 44]),  # the code's check = int(50 / 10)
+    ("official_gated", [0, 4, 9, 14, 19, 24, 29, 34, 39, 44]),
+    ("paper", [19, 39])])                                        # the paper's t_N = 20 on CREMA-D
+def test_official_variants_take_the_codes_aca_interval_at_any_epoch_count(tiny_bundle, variant, checks):
+    hp = resolve("aug", method_hparams(AUG), "cremad", {"variant": variant}, variants=AUG.VARIANTS)
+    assert sorted(AUG(tiny_bundle.task, hp, make_context(epochs=50)).check_epochs) == checks
 
 
 # --- prediction, configuration errors, three modalities --------------------------------------------------------------
