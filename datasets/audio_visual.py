@@ -107,7 +107,9 @@ def av_hparams(*, recipes: Sequence[str], recipe: str, recipe_doc: str, frames: 
                                          "i*seg + seg//2 for evaluation (BalanceBenchmark's CREMA-D loader, Data "
                                          "Remixing); 'segments_ks' = the Kinetics-Sounds loaders' 1-based variant "
                                          "(BalanceBenchmark KS_dataset.py); 'first_k' = the first T (what "
-                                         "OGM-GE/AUG do on a listing, made deterministic by sorting).",
+                                         "OGM-GE/AUG do on a listing, made deterministic by sorting); 'random_k' = "
+                                         "T distinct random frames in clip order for training, the first T for "
+                                         "evaluation (IPRM).",
                choices=FRAME_RULES),
     )
     return cache_hparams(recipes=recipes, recipe=recipe, recipe_doc=recipe_doc, serving=serving) + (

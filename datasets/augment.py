@@ -56,7 +56,8 @@ loaders' variant of it, written for 1-based frame files (test frame ``i * seg + 
 1 for clips of at most 6 frames; never beyond frame 9); clips with fewer than T frames repeat frames instead of
 failing; ``first_k`` takes frames 0..T-1 of the sorted list
 (what OGM-GE/AUG/AMSS effectively do once their unused random index is ignored,
-docs/datasets/pitfalls.md#unsorted-listing), repeating the last frame of short clips.
+docs/datasets/pitfalls.md#unsorted-listing), repeating the last frame of short clips; ``random_k`` takes T distinct
+random frames in clip order for training and the first T for evaluation (IPRM's CREMA-D loader).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 CROP_ATTEMPTS = 10
 FLIP_PROB = 0.5
-FRAME_RULES = ("segments", "segments_ks", "first_k")
+FRAME_RULES = ("segments", "segments_ks", "first_k", "random_k")
 # ``segments_ks``: a clip of at most this many frames serves its first frame only; no offset beyond frame 9 (1-based).
 KS_SHORT_CLIP_FRAMES = 6
 KS_LAST_FRAME = 8
@@ -123,8 +124,16 @@ def frame_offsets(counts: torch.Tensor, num_frames: int, rule: str, train: bool,
         raise ValueError("a clip with no frames reached the loader; prepare drops or rejects such clips")
     steps = torch.arange(num_frames, dtype=torch.int64)[None]
     last = counts[:, None] - 1
-    if rule == "first_k":
+    if rule == "first_k" or (rule == "random_k" and not train):
         return torch.minimum(steps, last)
+    if rule == "random_k":
+        # T distinct frames in clip order: the T smallest of per-frame uniform keys, frames beyond a clip's end keyed
+        # out; a clip with fewer than T frames serves all of them and repeats its last.
+        width = max(int(counts.max()), num_frames)
+        keys = torch.rand((len(counts), width), generator=generator, dtype=torch.float64)
+        keys[torch.arange(width)[None] > last] = math.inf
+        picked = keys.topk(num_frames, dim=1, largest=False).indices.sort(dim=1).values
+        return torch.minimum(picked, last)
     seg = (counts // num_frames).clamp(min=1)[:, None]
     if train:
         u = torch.rand((len(counts), num_frames), generator=generator, dtype=torch.float64)
@@ -713,7 +722,7 @@ class AVAugment:
         frames: the cache's uint8 (total_frames, H, W, 3) array (memory-mapped).
         num_frames: T frames per clip.
         image_size: S of the served (3, T, S, S).
-        frame_rule: ``segments`` or ``first_k``.
+        frame_rule: one of ``FRAME_RULES``.
         audio_frames: when > 0, serve a crop of this many audio time frames.
         audio: the cache's float16 (N, F, T) array; when given, batches carry only ``ROWS_KEY`` and the audio is
             gathered here (on the device when resident); without it a batch must carry ``audio`` already.

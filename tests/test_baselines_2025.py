@@ -22,7 +22,7 @@ from baselines.midas import (
     normalised_fused_confidence,
     weak_modality_update,
 )
-from benchmarks.config import TRAIN_HPARAMS, load_config_file, method_hparams
+from benchmarks.config import TRAIN_HPARAMS, build_config, load_config_file, method_hparams
 from core.data import ModalitySpec, TaskSpec
 from core.hparams import resolve
 from tests.conftest import build_with, first_batch, first_batch64, float64_default, freeze_steps, make_context
@@ -397,12 +397,20 @@ def test_midas_ablations_switch_the_weights_off(tiny_bundle):
 
 
 # --- shipped recipes ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("cls, expected", [(ARL, {"lr": 1e-3, "epochs": 100, "lr_milestones": [69, 149]}),
-                                           (IPRM, {"lr": 1e-2, "epochs": 100, "lr_milestones": [70]}),
-                                           (MIDAS, {"lr": 1e-3, "epochs": 70, "lr_milestones": [50]})])
-def test_recipe_configs_resolve_against_the_declared_knobs(cls, expected):
+@pytest.mark.parametrize("cls, expected, data", [
+    # ARL's CramedDataset: OGM-GE's 3 s front-end, --fps 1, the first frame; IPRM's: AUG's 20 s, two random frames.
+    (ARL, {"lr": 1e-3, "epochs": 100, "lr_milestones": [69, 149]},
+     {"recipe": "ogm", "frames": 1, "frame_rule": "first_k"}),
+    (IPRM, {"lr": 1e-2, "epochs": 100, "lr_milestones": [70]},
+     {"recipe": "aug", "frames": 2, "frame_rule": "random_k"}),
+    (MIDAS, {"lr": 1e-3, "epochs": 70, "lr_milestones": [50]}, None)])
+def test_recipe_configs_resolve_against_the_declared_knobs(cls, expected, data):
     head, sections = load_config_file(CONFIGS / cls.name / "cremad.yaml")
-    assert head == {"method": cls.name, "dataset": "cremad"} and set(sections) == {"train", cls.name}
+    assert head == {"method": cls.name, "dataset": "cremad"}
+    assert set(sections) == {"train", cls.name} | ({"data"} if data else set())
+    if data:
+        served = build_config(cls.name, "cremad", sections).data
+        assert {k: served[k] for k in data} == data
     train = resolve("train", TRAIN_HPARAMS, "cremad", sections["train"])
     assert {k: train[k] for k in expected} == expected
     assert (train.batch_size, train.momentum, train.weight_decay) == (64, 0.9, 1e-4)

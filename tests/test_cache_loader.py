@@ -156,6 +156,19 @@ def test_segment_rules_on_ten_frame_clips_and_first_k():
     assert frame_offsets(counts, 2, "first_k", True, g).tolist() == [[0, 0], [0, 1], [0, 1], [0, 1], [0, 1], [0, 1]]
 
 
+def test_random_k_draws_distinct_frames_in_clip_order_uniformly_and_the_first_k_at_test():
+    # IPRM's loader: np.random.choice(n, size=2, replace=False), sorted, for training; the first 2 for testing.
+    counts = torch.tensor([1, 2, 3, 5])
+    assert frame_offsets(counts, 2, "random_k", False, None).tolist() == [[0, 0], [0, 1], [0, 1], [0, 1]]
+    g = torch.Generator().manual_seed(0)
+    drawn = torch.stack([frame_offsets(counts, 2, "random_k", True, g) for _ in range(3000)])
+    assert drawn[:, 0].tolist() == [[0, 0]] * 3000 and drawn[:, 1].tolist() == [[0, 1]] * 3000
+    assert (drawn[:, 1:, 0] < drawn[:, 1:, 1]).all() and (drawn[:, 1:, 1] < counts[1:]).all()
+    pairs = torch.tensor([[a, b] for a in range(5) for b in range(a + 1, 5)])
+    share = (drawn[:, 3, None, :] == pairs[None]).all(-1).double().mean(0)
+    assert share.sum() == 1.0 and (share - 0.1).abs().max() < 0.02, share
+
+
 def test_one_frame_segments_equal_the_middle_and_a_uniform_frame():
     # T = 1 (CREMA-D in OGM-GE/AUG-style configs): the middle frame n // 2 and a frame uniform over the clip.
     counts = torch.tensor([1, 2, 5, 10])
