@@ -132,6 +132,10 @@ class Mosei(PreparedDataset):
                             recipe_doc="Prepared preset: 'unaligned' (BalanceBenchmark) or 'aligned'.")
 
     @classmethod
+    def modality_count(cls, hp: HParams) -> int:
+        return len(MODALITIES)
+
+    @classmethod
     def pickle_path(cls, raw: Path, settings: HParams) -> Path:
         path = raw / PICKLE_FILES["aligned" if settings.aligned else "unaligned"]
         if not path.is_file():

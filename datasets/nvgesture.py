@@ -228,6 +228,10 @@ class NVGesture(PreparedDataset):
     )
 
     @classmethod
+    def modality_count(cls, hp: HParams) -> int:
+        return 3  # rgb, flow, depth
+
+    @classmethod
     def split_files(cls, settings: HParams) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return (settings.train_list, settings.test_list), ()
 

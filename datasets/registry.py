@@ -40,6 +40,12 @@ class Dataset:
         raise NotImplementedError
 
     @classmethod
+    def modality_count(cls, hp: HParams) -> int:
+        """How many modalities these knobs serve, known before any data is read (a sweep checks it against each
+        method's ``MODALITIES``)."""
+        return 2
+
+    @classmethod
     def identity(cls, hp: HParams) -> dict[str, str]:
         """What makes the data these knobs serve, beyond the knobs themselves: a run records it and is never
         continued or reused on data whose identity differs (``benchmarks.data_identity``). Empty: the knobs alone

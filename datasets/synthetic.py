@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from core.data import ModalitySpec, TaskSpec
-from core.hparams import HParam
+from core.hparams import HParam, HParams
 from datasets.base import DataBundle
 from datasets.registry import Dataset, register_dataset
 
@@ -39,6 +39,10 @@ class Synthetic(Dataset):
         HParam("text_dim", 16, "Width of the third modality's feature vector."),
         HParam("seed", 0, "Data generation seed (independent of the run seed)."),
     )
+
+    @classmethod
+    def modality_count(cls, hp: HParams) -> int:
+        return hp.modalities
 
     @classmethod
     def build(cls, hp) -> DataBundle:

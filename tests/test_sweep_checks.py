@@ -13,7 +13,9 @@ import yaml
 
 from benchmarks.cli import main
 from benchmarks.sweep import expand, parse_config
-from benchmarks.sweep.spec import SweepConfigError
+from benchmarks.sweep.expand import plan
+from benchmarks.sweep.preflight import modality_problems
+from benchmarks.sweep.spec import SweepConfigError, load_config
 from tests.conftest import TINY_DATA, TINY_MODEL, TINY_TRAIN
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +48,7 @@ def test_table1_without_data_or_gpus_reports_once_grouped_and_starts_nothing(no_
     code = main(["sweep", str(TABLE1), "--gpus", "0,1,2,3", "--skip-missing", "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 2
-    assert "360 runs" in err and "nothing was launched" in err
+    assert "342 runs" in err and "nothing was launched" in err
     lines = err.splitlines()
     assert len(lines) <= 20, "one screen, grouped by dataset, not a line per run"
     for dataset in ("cremad", "kinetics_sounds", "vggsound", "twitter2015", "sarcasm", "nvgesture"):
@@ -70,6 +72,24 @@ def test_every_kind_of_problem_is_reported_together(no_launch, tmp_path, capsys)
     assert "methods.joint on cremad, synthetic" in err and "train.epochs" in err
     assert "cremad (2 runs): no prepared cremad cache" in err, "the valid ogm_ge row's cremad runs need data"
     assert not (tmp_path / "out").exists()
+
+
+def test_a_method_planned_on_a_dataset_with_more_modalities_than_it_supports_is_refused(no_launch, tmp_path, capsys):
+    three = {"data": {**TINY_DATA, "modalities": 3}}
+    path = write_config(tmp_path / "sweep.yaml", datasets={"synthetic": three}, methods={"joint": {}, "ogm_ge": {}})
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "ogm_ge on synthetic (2 runs): the method supports [2] modalities, the dataset serves 3" in err
+    assert "methods.ogm_ge.only_datasets" in err and "joint on" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_shipped_table_plans_each_method_only_on_datasets_it_supports():
+    for path in sorted((ROOT / "benchmarks" / "configs").glob("*/*.yaml")):
+        if "methods" not in yaml.safe_load(path.read_text()):
+            continue  # a single-run config
+        jobs = plan(load_config(path), Path("/nonexistent")).jobs
+        assert jobs and modality_problems(jobs) == [], path
 
 
 def test_skip_missing_leaves_out_unregistered_names_only(no_launch, tmp_path, capsys):

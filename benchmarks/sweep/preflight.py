@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from baselines.registry import get_method
 from benchmarks.sweep.expand import Job, Plan, runs_phrase
 from benchmarks.sweep.launchers import Launcher, LaunchOptions
 from datasets.registry import get_dataset
@@ -63,6 +64,21 @@ def data_problems(pending: Sequence[Job]) -> list[str]:
     return [f"{dataset} ({runs_phrase(n)}): {message}" for (dataset, message), n in problems.items()]
 
 
+def modality_problems(jobs: Sequence[Job]) -> list[str]:
+    """One line per (method, dataset) pair whose method does not support the dataset's number of modalities: its
+    runs would fail when the method is built. Leave the pair out with the method's ``only_datasets``."""
+    problems: dict[tuple[str, str, int, tuple[int, ...]], int] = {}
+    for job in jobs:
+        count = get_dataset(job.cfg.dataset).modality_count(job.cfg.data)
+        supported = get_method(job.cfg.method).MODALITIES
+        if count not in supported:
+            key = (job.label, job.cfg.dataset, count, supported)
+            problems[key] = problems.get(key, 0) + 1
+    return [f"{label} on {dataset} ({runs_phrase(n)}): the method supports {list(supported)} modalities, the dataset "
+            f"serves {count}; list the datasets it runs on in methods.{label.split(' ')[0]}.only_datasets"
+            for (label, dataset, count, supported), n in problems.items()]
+
+
 def check(plan: Plan, launcher: Launcher, opts: LaunchOptions, *, skip_missing: bool = False) -> Preflight:
     """Every problem that would make a run of ``plan`` fail or be left out unasked, grouped by kind."""
     result = Preflight()
@@ -73,6 +89,8 @@ def check(plan: Plan, launcher: Launcher, opts: LaunchOptions, *, skip_missing: 
         result.add("not registered (--skip-missing leaves them out)",
                    [f"unregistered {' and '.join(names)}"] if names else [])
     result.add("settings that do not resolve", plan.invalid)
+    result.add("methods planned on a dataset with a number of modalities they do not support",
+               modality_problems(pending))
     result.add("data missing (build it with augbench prepare, or point data.cache/data.cache_dir at it)",
                data_problems(pending))
     result.add("devices missing", launcher.device_problems(pending, opts))
