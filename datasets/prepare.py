@@ -274,7 +274,9 @@ def prepare(dataset: type[PreparedDataset], raw: Path | str, out: Path | str | N
         # Killed between writing DONE and the rename: the build is complete, only the rename is missing.
         return publish_cache(partial, final, log)
 
-    plan = {"options": options, "raw_fingerprint": fingerprint, "skip_bad": opts.skip_bad,
+    size = max(int(opts.shard_size or dataset.SHARD_SIZE), 1)
+    # The shard size decides which samples each finished shard holds, so a resume with another one must start over.
+    plan = {"options": options, "raw_fingerprint": fingerprint, "skip_bad": opts.skip_bad, "shard_size": size,
             "records": [[r.sample.split, r.sample.id, sorted(r.media.items())] for r in records]}
     plan_text = json.dumps(plan, sort_keys=True, default=str)
     if partial.exists() and (not (partial / "plan.json").is_file()
@@ -284,7 +286,6 @@ def prepare(dataset: type[PreparedDataset], raw: Path | str, out: Path | str | N
     partial.mkdir(parents=True, exist_ok=True)
     (partial / "plan.json").write_text(plan_text, encoding="utf-8")
 
-    size = max(int(opts.shard_size or dataset.SHARD_SIZE), 1)
     jobs = [ShardJob(partial / "shards" / f"{k:05d}", dataset, raw, tuple(records[start:start + size]),
                      conf.as_dict(), specs, opts.skip_bad) for k, start in enumerate(range(0, len(records), size))]
     pending = [job for job in jobs if not (job.folder / "DONE").is_file()]
@@ -354,12 +355,29 @@ def _write_arrays(partial: Path, jobs: Sequence[ShardJob], specs: Sequence[Array
     return offsets
 
 
+def _shard_meta(job: ShardJob) -> list[dict[str, Any]]:
+    """A finished shard's per-sample results, checked to be this shard's samples in order: records and results are
+    paired by position, so a shard made for other samples would give rows another clip's arrays and labels."""
+    path = job.folder / "meta.json"
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    found, wanted = [entry.get("pos") for entry in meta], [record.pos for record in job.records]
+    if found != wanted:
+        raise PrepareError(f"{path}: holds the results of samples {_span(found)}, but this build's shard "
+                           f"{job.folder.name} is samples {_span(wanted)}; it was made by another build. Pass --force "
+                           f"to rebuild from scratch")
+    return meta
+
+
+def _span(positions: Sequence[Any]) -> str:
+    return f"{positions[0]}..{positions[-1]} ({len(positions)})" if positions else "none"
+
+
 def _finalize(dataset: type[PreparedDataset], partial: Path, raw: Path, jobs: Sequence[ShardJob],
               tables: SplitTables, dropped: list[Dropped], rows_read: int, val_ids: set[str] | None,
               opts: PrepareOptions, build: Build) -> None:
     """Concatenate the shards into the final arrays and write index, splits, drops, manifest and DONE."""
     name = dataset.NAME
-    metas = [json.loads((job.folder / "meta.json").read_text(encoding="utf-8")) for job in jobs]
+    metas = [_shard_meta(job) for job in jobs]
     for job, meta in zip(jobs, metas):
         for record, entry in zip(job.records, meta):
             if "error" in entry:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -199,6 +200,47 @@ def test_interrupted_prepare_resumes_where_it_stopped(built, pristine, tmp_path,
     assert path.name == built.name and not partial.exists() and not (path / "shards").exists()
     for name in ("audio.npy", "frames.npy", "index.csv", "labels.npy"):
         assert (path / name).read_bytes() == (built / name).read_bytes()
+
+
+def interrupt_after(monkeypatch, clips: int) -> None:
+    """Make extraction stop with KeyboardInterrupt after ``clips`` clips, as a killed prepare does."""
+    calls = []
+
+    def interrupted(pipeline, path):
+        if len(calls) == clips:
+            raise KeyboardInterrupt
+        calls.append(path)
+        return features_from_file(pipeline, path)
+
+    monkeypatch.setattr(av, "features_from_file", interrupted)
+
+
+def test_resuming_with_another_shard_size_starts_over(built, pristine, tmp_path, monkeypatch):
+    # Shards of 2 finished 00000 and 00001; with shards of 4 those folders would stand for samples 0-7.
+    interrupt_after(monkeypatch, 4)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(CremaD, pristine.root, tmp_path, options(pristine, shard_size=2), log=quiet)
+    monkeypatch.undo()
+    lines = []
+    path = prepare(CremaD, pristine.root, tmp_path, options(pristine), log=lines.append)
+    assert any("discarding an unfinished build made with other inputs" in line for line in lines)
+    assert open_cache(path).manifest["counts"]["total"] == 18
+    for name in ("audio.npy", "frames.npy", "index.csv", "labels.npy"):
+        assert (path / name).read_bytes() == (built / name).read_bytes()
+
+
+def test_a_finished_shard_holding_other_samples_is_refused(pristine, tmp_path, monkeypatch):
+    interrupt_after(monkeypatch, 4)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(CremaD, pristine.root, tmp_path, options(pristine), log=quiet)
+    monkeypatch.undo()
+    (shard,) = (tmp_path / "cremad").glob("ogm-*.partial/shards/00000")
+    meta = json.loads((shard / "meta.json").read_text(encoding="utf-8"))
+    (shard / "meta.json").write_text(json.dumps([{**entry, "pos": entry["pos"] + 4} for entry in meta]))
+    where = re.escape(f"{shard / 'meta.json'}")
+    with pytest.raises(PrepareError, match=where + r": holds the results of samples 4..7 \(4\), but this build's "
+                                                   r"shard 00000 is samples 0..3 \(4\).*--force"):
+        prepare(CremaD, pristine.root, tmp_path, options(pristine), log=quiet)
 
 
 @pytest.mark.parametrize("naming", ["ogm", "mmpareto"])
