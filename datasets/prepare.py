@@ -8,7 +8,8 @@ Steps, each recorded in the manifest:
 2. **Parse.** The dataset's ``read_splits`` turns them into samples per base split (train/test, some also val), with
    its label map; duplicate ids follow the duplicate policy; rows with unknown labels are bad items.
 3. **Locate media.** Every sample's media must exist and must not be a Git LFS pointer. A fingerprint of the media
-   (path, size, mtime) guards against reusing a cache built from other media.
+   (path, size, mtime of each file, and of each file inside a frame folder) guards against reusing a cache built
+   from other media.
 4. **Extract** in shards of ``shard_size`` samples (optionally in worker processes): the dataset's ``load`` computes
    each sample's arrays once. Each shard writes its own files and then a ``DONE`` marker, so an interrupted run
    resumes at the first unfinished shard. Media ``load`` cannot use (corrupt, too few frames, ...) are bad items.
@@ -35,6 +36,7 @@ import hashlib
 import json
 import math
 import multiprocessing
+import os
 import shutil
 import stat
 from collections import Counter
@@ -87,13 +89,24 @@ class ShardJob:
 
 
 def media_fingerprint(raw: Path, records: Sequence[Record]) -> str:
-    """SHA-256 over (path, size, mtime) of every media file/folder: changes when the raw media are replaced."""
+    """SHA-256 over (path, size, mtime) of every media file, and of every file inside a media folder: changes when
+    the raw media are replaced."""
     digest = hashlib.sha256()
     for rel in sorted({p for r in records for p in r.media.values()}):
-        st = (raw / rel).stat()
-        size = st.st_size if stat.S_ISREG(st.st_mode) else 0
-        digest.update(f"{rel}\t{size}\t{st.st_mtime_ns}\n".encode())
+        path = raw / rel
+        st = path.stat()
+        if stat.S_ISDIR(st.st_mode):
+            # A folder's own mtime stays put when a frame inside is rewritten in place, so its files are looked at.
+            for entry in sorted(os.scandir(path), key=lambda e: e.name):
+                digest.update(_stat_line(f"{rel}/{entry.name}", entry.stat()))
+        else:
+            digest.update(_stat_line(rel, st))
     return digest.hexdigest()
+
+
+def _stat_line(rel: str, st: os.stat_result) -> bytes:
+    size = st.st_size if stat.S_ISREG(st.st_mode) else 0
+    return f"{rel}\t{size}\t{st.st_mtime_ns}\n".encode()
 
 
 def _check_shapes(job: ShardJob, record: Record, arrays: Mapping[str, np.ndarray]) -> None:
@@ -265,8 +278,8 @@ def prepare(dataset: type[PreparedDataset], raw: Path | str, out: Path | str | N
     if (final / "DONE").is_file():
         manifest = read_manifest(final)
         if manifest["raw_fingerprint"] != fingerprint:
-            raise PrepareError(f"{final} was built from different raw media (files changed since); pass --force to "
-                               f"rebuild it")
+            raise PrepareError(f"{final} was built from different raw media (files changed since, or the cache "
+                               f"predates fingerprinting the files inside frame folders); pass --force to rebuild it")
         log(f"{final}: up to date ({manifest_summary(manifest)})")
         return final
 

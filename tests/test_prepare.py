@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -200,6 +202,30 @@ def test_interrupted_prepare_resumes_where_it_stopped(built, pristine, tmp_path,
     assert path.name == built.name and not partial.exists() and not (path / "shards").exists()
     for name in ("audio.npy", "frames.npy", "index.csv", "labels.npy"):
         assert (path / name).read_bytes() == (built / name).read_bytes()
+
+
+def test_media_files_keep_their_fingerprint(built, pristine):
+    # The (path, size, mtime) line per media file is what every cache built from files already recorded.
+    index = open_cache(built).index
+    digest = hashlib.sha256()
+    for rel in sorted({*index["audio_path"], *index["visual_path"]}):
+        st = (pristine.root / rel).stat()
+        digest.update(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    assert open_cache(built).manifest["raw_fingerprint"] == digest.hexdigest()
+
+
+def test_a_frame_rewritten_inside_its_folder_is_noticed(tmp_path):
+    tree = make_cremad(tmp_path / "raw", train_per_class=1, test_per_class=1, visual="frames")
+    path = prepare(CremaD, tree.root, tmp_path / "cache", options(tree), log=quiet)
+    folder = tree.root / open_cache(path).index["visual_path"][0]
+    folder_times = folder.stat()
+    frame = sorted(folder.iterdir())[0]
+    frame.write_bytes(frame.read_bytes())
+    os.utime(frame, ns=(frame.stat().st_atime_ns, frame.stat().st_mtime_ns + 10**9))
+    # Rewriting a file in place leaves its folder's mtime as it was.
+    os.utime(folder, ns=(folder_times.st_atime_ns, folder_times.st_mtime_ns))
+    with pytest.raises(PrepareError, match="different raw media.*--force"):
+        prepare(CremaD, tree.root, tmp_path / "cache", options(tree), log=quiet)
 
 
 def interrupt_after(monkeypatch, clips: int) -> None:
