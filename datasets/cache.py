@@ -34,6 +34,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from core.errors import InputError
+from datasets.ram_copies import open_mapped
 
 CACHE_VERSION = 1
 INDEX_COLUMNS = ("row", "id", "split", "label", "label_name", "speaker", "duration_s", "frame_start", "frame_count",
@@ -157,7 +158,7 @@ def open_cache(path: Path | str) -> Cache:
     arrays, starts, counts = {}, {}, {}
     # A manifest that parses but lacks the keys naming its arrays is as damaged as one that does not parse.
     for spec in read_cache_file(path / "manifest.json", lambda _: array_specs(manifest)):
-        arrays[spec.name] = read_cache_file(path / f"{spec.name}.npy", lambda f: np.load(f, mmap_mode="r"))
+        arrays[spec.name] = read_cache_file(path / f"{spec.name}.npy", open_mapped)
         if spec.ragged:
             start = path / f"{spec.name}_start.npy"
             starts[spec.name], counts[spec.name] = \

@@ -3,9 +3,10 @@
 A sweep's pool worker (``--launcher pool``) and ``augbench demo`` train run after run on the same cache in one
 long-lived process. ``data.resident=memory`` (and ``auto`` on a CPU) loads the cache into RAM for each run; with
 these copies the first run of a process reads the files and the later ones reuse what it read. Copies are keyed by
-the file's identity (path, inode, size, modification time, offset, shape, dtype), so a cache rebuilt in place is
-read again, and only the most recently loaded cache's arrays are kept, so a worker that moves on to another cache
-does not hold two. The copies are read-only: batches only ever gather from them.
+the identity of the file an array maps (path, device, inode, size, modification time, offset, shape, dtype), taken
+when ``open_mapped`` maps it, so a cache rebuilt in place is read again, even by a bundle opened before the rebuild
+that still maps the old file; and only the most recently loaded cache's arrays are kept, so a worker that moves on
+to another cache does not hold two. The copies are read-only: batches only ever gather from them.
 """
 
 from __future__ import annotations
@@ -21,14 +22,29 @@ _COPIES: dict[tuple, np.ndarray] = {}
 _LOCK = threading.Lock()
 
 
+def open_mapped(path: os.PathLike | str) -> np.ndarray:
+    """``np.load(path, mmap_mode="r")``, with the identity of the file it maps recorded on the array for
+    ``file_key``. The path may name another file by the time the array is copied (a cache rebuilt in place), so the
+    identity is taken now; when the file is replaced while it is being mapped, none is recorded."""
+    before = _identity(path)
+    array = np.load(path, mmap_mode="r")
+    if isinstance(array, np.memmap) and _identity(path) == before:
+        array.file_identity = before
+    return array
+
+
+def _identity(path: os.PathLike | str) -> tuple:
+    stat = os.stat(path)
+    return os.fspath(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
 def file_key(array: np.ndarray) -> tuple | None:
-    """The identity of a whole memory-mapped ``.npy``/raw array, or None for anything else (an in-memory array, a
-    view of a map), which is then never shared."""
-    if not isinstance(array, np.memmap) or not isinstance(array.base, mmap.mmap) or array.filename is None:
+    """The identity of a whole array mapped by ``open_mapped``, or None for anything else (an in-memory array, a view
+    of a map, a map opened otherwise), which is then never shared."""
+    identity = getattr(array, "file_identity", None)
+    if identity is None or not isinstance(array, np.memmap) or not isinstance(array.base, mmap.mmap):
         return None
-    stat = os.stat(array.filename)
-    return (os.fspath(array.filename), stat.st_ino, stat.st_size, stat.st_mtime_ns, int(array.offset), array.shape,
-            array.dtype.str)
+    return (*identity, int(array.offset), array.shape, array.dtype.str)
 
 
 def held(arrays: Mapping[str, np.ndarray]) -> bool:

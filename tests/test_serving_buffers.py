@@ -226,7 +226,7 @@ def test_ram_copies_are_shared_per_file_read_only_and_only_for_the_last_cache(tm
         # Written beside and renamed over, as a cache is (a new inode each time).
         np.save(tmp_path / "partial.npy", values)
         os.replace(tmp_path / "partial.npy", tmp_path / f"{name}.npy")
-        return np.load(tmp_path / f"{name}.npy", mmap_mode="r")
+        return ram_copies.open_mapped(tmp_path / f"{name}.npy")
 
     def no_room(nbytes):
         raise MemoryError(f"no room for {nbytes} bytes")
@@ -236,7 +236,7 @@ def test_ram_copies_are_shared_per_file_read_only_and_only_for_the_last_cache(tm
     first = ram_copies.load({"a": original}, lambda nbytes: None)
     assert np.array_equal(first["a"], np.arange(6)) and not first["a"].flags.writeable
     asked = []
-    second = ram_copies.load({"a": np.load(tmp_path / "a.npy", mmap_mode="r")}, asked.append)
+    second = ram_copies.load({"a": ram_copies.open_mapped(tmp_path / "a.npy")}, asked.append)
     assert second["a"] is first["a"] and asked == [0]
     # The file rewritten in place is another file: read again.
     rewritten = mapped("a", np.arange(6, dtype=np.float16) + 1)
@@ -250,6 +250,29 @@ def test_ram_copies_are_shared_per_file_read_only_and_only_for_the_last_cache(tm
     assert not ram_copies.held({"view": other[1:]})
     with pytest.raises(MemoryError, match="no room"):
         ram_copies.load({"a": rewritten}, no_room)
+    ram_copies.clear()
+
+
+def test_a_map_opened_before_its_file_was_replaced_keeps_its_copy_apart(tmp_path):
+    # A bundle opened before prepare --force rebuilt the cache in place, first used after the rebuild: its copy holds
+    # the old file's data and must not be handed to a bundle that maps the new file.
+    np.save(tmp_path / "a.npy", np.zeros(4, np.float32))
+    old = ram_copies.open_mapped(tmp_path / "a.npy")
+    np.save(tmp_path / "partial.npy", np.ones(4, np.float32))
+    os.replace(tmp_path / "partial.npy", tmp_path / "a.npy")
+    ram_copies.clear()
+    assert np.array_equal(ram_copies.load({"a": old}, lambda nbytes: None)["a"], np.zeros(4))
+    new = ram_copies.open_mapped(tmp_path / "a.npy")
+    assert not ram_copies.held({"a": new})
+    assert np.array_equal(ram_copies.load({"a": new}, lambda nbytes: None)["a"], np.ones(4))
+    ram_copies.clear()
+
+
+def test_maps_opened_otherwise_are_copied_but_never_shared(tmp_path):
+    np.save(tmp_path / "a.npy", np.arange(3, dtype=np.float32))
+    ram_copies.clear()
+    ram_copies.load({"a": np.load(tmp_path / "a.npy", mmap_mode="r")}, lambda nbytes: None)
+    assert not ram_copies.held({"a": np.load(tmp_path / "a.npy", mmap_mode="r")})
     ram_copies.clear()
 
 
