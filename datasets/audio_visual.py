@@ -47,6 +47,8 @@ ASPECT_TOLERANCE = 0.02
 SOURCE_SIZES_SHOWN = 8
 # OGM-GE's frame folders name their extraction rate: Image-01-FPS, Image-02-FPS...
 FRAME_FOLDER_RATE = re.compile(r"Image-(\d+)-FPS")
+# The layout settings ``augbench prepare --layout`` may override.
+LAYOUT_SETTINGS = ("audio_dir", "video_dir", "frames_dir")
 
 
 @dataclass(frozen=True)
@@ -70,10 +72,9 @@ class Layout:
     frames_suffixes: tuple[str, ...] = ("",)
 
     def replace(self, overrides: Mapping[str, str]) -> "Layout":
-        valid = ("audio_dir", "video_dir", "frames_dir")
-        unknown = sorted(set(overrides) - set(valid))
+        unknown = sorted(set(overrides) - set(LAYOUT_SETTINGS))
         if unknown:
-            raise ValueError(f"unknown layout setting(s) {unknown}; valid: {list(valid)}")
+            raise ValueError(f"unknown layout setting(s) {unknown}; valid: {list(LAYOUT_SETTINGS)}")
         return dataclasses.replace(self, **overrides)
 
 
@@ -265,7 +266,12 @@ class AVCacheDataset(PreparedDataset):
 
     @classmethod
     def cache_options(cls, settings: HParams, specs: Sequence[ArraySpec]) -> dict[str, Any]:
-        return {"audio": settings.audio, "visual": cls._visual_options(settings)}
+        layout = {key: settings.layout[key] for key in LAYOUT_SETTINGS}
+        own = {key: getattr(cls.LAYOUT, key) for key in LAYOUT_SETTINGS}
+        # Media from another layout make another cache; the dataset's own layout is left out of the hash, so the
+        # caches built before the layout was hashed keep their names.
+        other_layout = {"layout": layout} if layout != own else {}
+        return {"audio": settings.audio, "visual": cls._visual_options(settings), **other_layout}
 
     @classmethod
     def manifest_entries(cls, settings: HParams, facts: Sequence[Mapping[str, Any]],

@@ -282,6 +282,24 @@ def test_extracted_frame_folders_in_either_naming(tmp_path, naming):
         np.testing.assert_allclose(reds, [second_level(k) for k in range(count)], atol=5)
 
 
+def test_frame_folders_of_another_layout_make_another_cache(tmp_path):
+    tree = make_cremad(tmp_path / "raw", train_per_class=1, test_per_class=1, visual="frames")
+    shutil.copytree(tree.root / "Image-01-FPS", tree.root / "Image-01-FPS-SE")
+    own = prepare(CremaD, tree.root, tmp_path / "cache", options(tree), log=quiet)
+    other = prepare(CremaD, tree.root, tmp_path / "cache", options(tree, layout={"frames_dir": "Image-01-FPS-SE"}),
+                    log=quiet)
+    assert other != own and (own / "DONE").is_file()
+    assert open_cache(other).index["visual_path"][0].startswith("Image-01-FPS-SE/")
+    # Naming the dataset's own folder is its own layout: the same cache.
+    assert prepare(CremaD, tree.root, tmp_path / "cache", options(tree, layout={"frames_dir": "Image-01-FPS"}),
+                   log=quiet) == own
+
+
+def test_the_default_layout_keeps_the_cache_name(built):
+    # The name this tree's cache had before the layout was hashed: a change would orphan every existing cache.
+    assert built.name == "ogm-34e9ac14"
+
+
 def test_frames_of_another_aspect_ratio_than_the_stored_one_are_counted(tmp_path):
     # 16:9 frame folders stored at the 4:3 (24, 32): every clip's frames are squeezed, and the manifest says so.
     tree = make_cremad(tmp_path / "raw", train_per_class=2, test_per_class=1, visual="frames", size=(36, 64))
