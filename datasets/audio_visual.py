@@ -96,6 +96,19 @@ def source_frame_sizes(sizes: Sequence[Sequence[int] | None], frame_size: Sequen
             "other_aspect_clips": other}
 
 
+def check_folder_rate(frames_dir: Path, per_second: int) -> None:
+    """Frame folders are read as extracted, so ``--fps`` would only be recorded, not applied: it must be the rate
+    the folder's name states (Image-NN-FPS), or 1, the rate of the published extractions, for a name that states
+    none."""
+    named = FRAME_FOLDER_RATE.search(frames_dir.name)
+    rate = int(named[1]) if named else 1
+    if rate != per_second:
+        holds = f"holds {rate} frame(s) per second" if named else \
+            "is taken to hold 1 frame per second (its name states no rate, as Image-NN-FPS does)"
+        raise ValueError(f"--fps {per_second}: the frames come from {frames_dir}, which {holds}; extract from the "
+                         f"videos instead (--visual video) or name a folder of that rate (--layout frames_dir=...)")
+
+
 def av_hparams(*, recipes: Sequence[str], recipe: str, recipe_doc: str, frames: int, frames_doc: str,
                image_size: int = 224) -> tuple[HParam, ...]:
     """The ``data.*`` knobs of an audio-visual dataset, with that dataset's defaults."""
@@ -204,12 +217,8 @@ class AVCacheDataset(PreparedDataset):
             raise ValueError(f"unknown visual source {opts.visual!r}; valid: {VISUAL_SOURCES}")
         visual = opts.visual if opts.visual != "auto" else \
             ("frames" if (raw / layout.frames_dir).is_dir() else "video")
-        folder_rate = FRAME_FOLDER_RATE.fullmatch(layout.frames_dir)
-        if visual == "frames" and folder_rate and int(folder_rate[1]) != opts.frames_per_second:
-            # Frame folders are read as extracted: --fps would only be recorded, not applied.
-            raise ValueError(f"--fps {opts.frames_per_second}: the frames come from {raw / layout.frames_dir}, which "
-                             f"holds {int(folder_rate[1])} frame(s) per second; extract from the videos instead "
-                             f"(--visual video) or name a folder of that rate (--layout frames_dir=...)")
+        if visual == "frames":
+            check_folder_rate(raw / layout.frames_dir, opts.frames_per_second)
         return HParams(f"{cls.NAME} prepare", {
             "audio": pipeline.params(), "layout": dataclasses.asdict(layout), "visual": visual,
             "frame_size": [int(x) for x in (opts.frame_size or cls.FRAME_SIZE)],

@@ -315,6 +315,16 @@ def test_fps_other_than_the_frame_folders_rate_is_refused_not_just_recorded(tmp_
         prepare(CremaD, tree.root, tmp_path / "cache", options(tree, frames_per_second=2), log=quiet)
 
 
+def test_fps_with_frame_folders_whose_name_states_no_rate_is_refused(tmp_path):
+    # Such folders are read as extracted and taken as 1 fps: --fps 2 would be recorded, not applied.
+    tree = make_cremad(tmp_path / "raw", train_per_class=1, test_per_class=1, visual="frames")
+    shutil.move(tree.root / "Image-01-FPS", tree.root / "frames")
+    with pytest.raises(ValueError, match=r"--fps 2: the frames come from .*frames, which is taken to hold 1 frame "
+                                         r"per second \(its name states no rate.*--visual video"):
+        prepare(CremaD, tree.root, tmp_path / "cache",
+                options(tree, frames_per_second=2, layout={"frames_dir": "frames"}), log=quiet)
+
+
 def test_corrupt_frame_in_a_folder_is_a_bad_item(tmp_path):
     tree = make_cremad(tmp_path / "raw", train_per_class=2, test_per_class=1, visual="frames")
     victim = tree.ids("train")[0]
