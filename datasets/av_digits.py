@@ -564,6 +564,7 @@ def generate(out_dir: str | Path, *, overwrite: bool = False, **params: Any) -> 
         HParamError: unknown or inconsistent parameters.
         ImportError: ``espeakng-loader``, ``av`` or ``scikit-learn`` is missing (the message names the extra).
         espeak.UnknownVoiceError: a voice or variant name eSpeak NG does not know.
+        espeak.EspeakError: eSpeak NG cannot load its voice data (a broken espeakng-loader install).
         FileExistsError: the target exists and ``overwrite`` is false.
     """
     loader = espeak.require_espeakng_loader()
@@ -699,7 +700,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         root = generate(out, overwrite=force, **args)
-    except (HParamError, espeak.UnknownVoiceError, FileExistsError, ImportError) as err:
+    except (HParamError, espeak.UnknownVoiceError, espeak.EspeakError, FileExistsError, ImportError) as err:
         parser.error(str(err))
     elapsed = time.perf_counter() - start
     counts = json.loads((root / "manifest.json").read_text())["counts"]

@@ -2,11 +2,12 @@
 
 The library and its voice data come from the pip package ``espeakng-loader`` (the ``[demo]`` extra), so no system
 package or root access is needed. The call sequence, measured with espeakng-loader 0.2.4:
-``espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path, 0)`` returns the sample rate (22,050 Hz), a synth callback
-collects int16 chunks, ``espeak_SetVoiceByName(b"<voice>+<variant>")`` selects the voice, ``espeak_SetParameter``
-sets rate and pitch, and ``espeak_Synth`` runs one utterance, calling the callback before it returns. The
-asynchronous ``AUDIO_OUTPUT_RETRIEVAL`` mode gives byte-identical clips (a whole AV-Digits tree compared), but its
-``espeak_Synchronize`` waits in 20 ms polls: about 20 ms a word against under 1 ms of synthesis.
+``espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path, espeakINITIALIZE_DONT_EXIT)`` returns the sample rate
+(22,050 Hz), a synth callback collects int16 chunks, ``espeak_SetVoiceByName(b"<voice>+<variant>")`` selects the
+voice, ``espeak_SetParameter`` sets rate and pitch, and ``espeak_Synth`` runs one utterance, calling the callback
+before it returns. The asynchronous ``AUDIO_OUTPUT_RETRIEVAL`` mode gives byte-identical clips (a whole AV-Digits
+tree compared), but its ``espeak_Synchronize`` waits in 20 ms polls: about 20 ms a word against under 1 ms of
+synthesis.
 
 Determinism. Measured with espeakng-loader 0.2.4: the same text, voice, rate and pitch give different samples
 (from about 0.1 s into the word) depending on what the library synthesised earlier in the process, even after
@@ -29,12 +30,17 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import InputError
+
 # English voices valid in espeakng-loader 0.2.4 (measured: espeak_SetVoiceByName returns 0 for each; "en-gb"
 # returns 2, the British voice is "en").
 ENGLISH_VOICES = ("en", "en-us", "en-029", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd",
                   "en-us-nyc")
 
 _AUDIO_OUTPUT_SYNCHRONOUS = 2  # espeak_AUDIO_OUTPUT: synthesise into the callback within espeak_Synth, no sound device
+# espeak_Initialize option: without it a missing or damaged data folder makes the library call C exit(1), killing the
+# process (a generator worker included) with no Python exception; with it the call returns a sample rate <= 0.
+_INITIALIZE_DONT_EXIT = 0x8000
 _CHARS_UTF8 = 1  # espeak_Synth flags
 _PARAM_RATE = 1  # espeak_PARAMETER espeakRATE, words per minute
 _PARAM_PITCH = 3  # espeak_PARAMETER espeakPITCH, 0..99
@@ -52,8 +58,12 @@ class UnknownVoiceError(ValueError):
     """A voice or variant name that eSpeak NG does not know."""
 
 
-class EspeakError(RuntimeError):
-    """eSpeak NG failed, or was used in a way that breaks reproducibility."""
+class EspeakError(InputError, RuntimeError):
+    """eSpeak NG failed, or was used in a way that breaks reproducibility.
+
+    An ``InputError`` because the message names the cause and the remedy (usually a broken espeakng-loader
+    install), so ``augbench`` prints it as one line.
+    """
 
 
 def require_espeakng_loader() -> Any:
@@ -85,7 +95,8 @@ class Espeak:
 
     Raises:
         EspeakError: if this process already loaded the library (a second instance, or a fork of a process that
-            used it); the library's global state would make the output depend on that history.
+            used it); the library's global state would make the output depend on that history. Also if the library
+            cannot load its voice data (a damaged espeakng-loader install).
     """
 
     def __init__(self, seed: int = 0) -> None:
@@ -112,9 +123,11 @@ class Espeak:
         lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
         lib.espeak_ng_SetRandSeed.restype = None
         self._lib = lib
-        self.sample_rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, self.data_path.encode(), 0)
+        self.sample_rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, self.data_path.encode(),
+                                                 _INITIALIZE_DONT_EXIT)
         if self.sample_rate <= 0:
-            raise EspeakError(f"espeak_Initialize failed with code {self.sample_rate} (data path {self.data_path})")
+            raise EspeakError(f"eSpeak NG could not load its voice data from {self.data_path} (espeak_Initialize "
+                              f"returned {self.sample_rate}); reinstall espeakng-loader")
         self._chunks: list[np.ndarray] = []
         # The C library calls back into this object for the library's lifetime, so the wrapper must stay referenced.
         self._callback = _SynthCallback(self._on_audio)

@@ -8,6 +8,7 @@ import io
 import json
 import multiprocessing
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -235,6 +236,66 @@ def test_cli_rejects_a_bad_knob_before_generating(tmp_path, capsys):
         av_digits.main(["--out", str(tmp_path), "--classes", "7"])
     assert exit_info.value.code == 2 and "classes" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+@pytest.fixture
+def broken_espeak_data(tmp_path, monkeypatch) -> Path:
+    """An eSpeak NG data folder with the variant names but no phoneme tables, as a damaged install leaves it."""
+    import espeakng_loader
+
+    data = tmp_path / "espeak-ng-data"
+    (data / "voices" / "!v").mkdir(parents=True)
+    for name in espeak.variant_names():
+        (data / "voices" / "!v" / name).touch()
+    monkeypatch.setattr(espeakng_loader, "get_data_path", lambda: str(data))
+    return data
+
+
+@pytest.fixture
+def deadline():
+    """Fail a test that hangs (a generator waiting on a dead worker) instead of blocking the suite."""
+    seconds = 120
+
+    def expire(signum, frame):
+        raise TimeoutError(f"still waiting after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def _construct_espeak() -> None:
+    try:
+        espeak.Espeak()
+    except espeak.EspeakError as err:
+        assert "could not load its voice data" in str(err), err
+        return
+    raise AssertionError("Espeak() started without its voice data")
+
+
+def test_espeak_without_its_data_raises_instead_of_exiting(broken_espeak_data):
+    # In a child process: loading eSpeak here would taint this test process for later generate() calls. Without
+    # espeakINITIALIZE_DONT_EXIT the library calls exit(1) there, so the child's exit code tells the two apart.
+    child = multiprocessing.get_context("fork").Process(target=_construct_espeak)
+    child.start()
+    child.join()
+    assert child.exitcode == 0
+
+
+def test_generate_without_espeak_data_fails_cleanly(tmp_path, broken_espeak_data, deadline):
+    with pytest.raises(espeak.EspeakError, match=re.escape(str(broken_espeak_data))):
+        av_digits.generate(tmp_path / "out", preset="tiny")
+    assert not (tmp_path / "out").exists()
+
+
+def test_demo_cli_reports_missing_espeak_data_in_one_line(tmp_path, broken_espeak_data, deadline, capsys):
+    from benchmarks.cli import main
+
+    assert main(["demo", "--smoke", "--work", str(tmp_path / "work"), "--results", str(tmp_path / "res")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and str(broken_espeak_data) in err, err
 
 
 def _load_twice() -> str:
