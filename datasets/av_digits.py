@@ -57,8 +57,10 @@ import shutil
 import sys
 import time
 from fractions import Fraction
+from multiprocessing.connection import Connection, wait
+from multiprocessing.pool import ExceptionWithTraceback
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import yaml
@@ -520,6 +522,73 @@ def _check_voices(voices: Sequence[str]) -> list[str]:
     return rejected
 
 
+class WorkerDiedError(RuntimeError):
+    """A generator worker process ended without returning its result (killed, crashed, or out of memory)."""
+
+
+def _run_and_send(fn: Callable[[Any], Any], task: Any, conn: Connection) -> None:
+    """Worker: send ``(True, fn(task))``, or ``(False, error)`` with the worker's traceback attached as its cause."""
+    try:
+        reply = (True, fn(task))
+    except Exception as err:
+        reply = (False, ExceptionWithTraceback(err, err.__traceback__))
+    conn.send(reply)
+    conn.close()
+
+
+def _start(context: multiprocessing.context.BaseContext, fn: Callable[[Any], Any], task: Any) -> tuple[Connection, Any]:
+    reader, writer = context.Pipe(duplex=False)
+    process = context.Process(target=_run_and_send, args=(fn, task, writer), daemon=True)
+    process.start()
+    # Only the child holds the writing end now, so its death (with or without a reply) wakes the reader.
+    writer.close()
+    return reader, process
+
+
+def _receive(reader: Connection, process: Any, what: str) -> Any:
+    try:
+        ok, value = reader.recv()
+    except EOFError:
+        process.join()
+        raise WorkerDiedError(f"the worker process for {what} died (exit code {process.exitcode}) without returning "
+                              "its result; if the system ran out of memory, pass fewer workers") from None
+    finally:
+        reader.close()
+    process.join()
+    if not ok:
+        raise value
+    return value
+
+
+def _map_in_fresh_processes(context: multiprocessing.context.BaseContext, fn: Callable[[Any], Any],
+                            tasks: Sequence[Any], workers: int, what: str = "shard") -> list[Any]:
+    """``[fn(t) for t in tasks]``, each call in a process of its own, at most ``workers`` at a time.
+
+    eSpeak NG keeps synthesis state that no call resets, so each task needs a fresh process. A
+    ``multiprocessing.Pool(maxtasksperchild=1)`` gives that, but it silently replaces a worker that dies and then
+    waits forever for the lost task; here a dead worker raises ``WorkerDiedError``. ``ProcessPoolExecutor`` would
+    raise too, but it refuses one task per process with fork, and spawn re-imports scipy and av for every shard.
+    """
+    results: list[Any] = [None] * len(tasks)
+    waiting = list(enumerate(tasks))[::-1]
+    running: dict[Connection, tuple[int, Any]] = {}
+    try:
+        while waiting or running:
+            while waiting and len(running) < workers:
+                index, task = waiting.pop()
+                reader, process = _start(context, fn, task)
+                running[reader] = (index, process)
+            for reader in wait(list(running)):
+                index, process = running.pop(reader)
+                results[index] = _receive(reader, process, f"{what} {index}" if len(tasks) > 1 else what)
+    finally:
+        for reader, (_, process) in running.items():
+            process.terminate()
+            process.join()
+            reader.close()
+    return results
+
+
 def _context() -> multiprocessing.context.BaseContext:
     # fork is cheap and the parent never loads eSpeak, so each child starts from a clean library; elsewhere spawn.
     return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
@@ -565,6 +634,7 @@ def generate(out_dir: str | Path, *, overwrite: bool = False, **params: Any) -> 
         ImportError: ``espeakng-loader``, ``av`` or ``scikit-learn`` is missing (the message names the extra).
         espeak.UnknownVoiceError: a voice or variant name eSpeak NG does not know.
         espeak.EspeakError: eSpeak NG cannot load its voice data (a broken espeakng-loader install).
+        WorkerDiedError: a worker process died without a result (killed, crashed, out of memory).
         FileExistsError: the target exists and ``overwrite`` is false.
     """
     loader = espeak.require_espeakng_loader()
@@ -585,8 +655,7 @@ def generate(out_dir: str | Path, *, overwrite: bool = False, **params: Any) -> 
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} already exists; pass overwrite=True (CLI: --force) to replace it")
     context = _context()
-    with context.Pool(1, maxtasksperchild=1) as pool:
-        rejected = pool.apply(_check_voices, (list(v["voices"]),))
+    [rejected] = _map_in_fresh_processes(context, _check_voices, [list(v["voices"])], 1, "the voice check")
     if rejected:
         raise espeak.UnknownVoiceError(f"eSpeak NG rejected voice(s) {rejected}; valid English voices: "
                                        f"{list(espeak.ENGLISH_VOICES)}")
@@ -601,8 +670,7 @@ def generate(out_dir: str | Path, *, overwrite: bool = False, **params: Any) -> 
             (tmp / sub).mkdir(parents=True)
         tasks = _shards(plan, v, tmp)
         workers = min(v["workers"] or _cpu_count(), len(tasks))
-        with context.Pool(workers, maxtasksperchild=1) as pool:
-            results = [r for shard in pool.imap(_render_shard, tasks) for r in shard]
+        results = [r for shard in _map_in_fresh_processes(context, _render_shard, tasks, workers) for r in shard]
         hashes = _write_tables(tmp, plan, v, results)
         for r in results:
             hashes.update({key: value for key, value in r.items() if "/" in key})

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import multiprocessing
+import os
 import re
 import signal
 import sys
@@ -296,6 +297,23 @@ def test_demo_cli_reports_missing_espeak_data_in_one_line(tmp_path, broken_espea
     assert main(["demo", "--smoke", "--work", str(tmp_path / "work"), "--results", str(tmp_path / "res")]) == 2
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1 and str(broken_espeak_data) in err, err
+
+
+def _square_unless_negative(x: int) -> int:
+    if x < 0:
+        if x == -1:
+            raise ValueError("negative")
+        os._exit(-x)
+    return x * x
+
+
+def test_fresh_process_map_keeps_order_and_raises_on_a_failed_or_dead_worker():
+    context = multiprocessing.get_context("fork")
+    assert av_digits._map_in_fresh_processes(context, _square_unless_negative, [3, 1, 2, 4], 2) == [9, 1, 4, 16]
+    with pytest.raises(ValueError, match="negative"):
+        av_digits._map_in_fresh_processes(context, _square_unless_negative, [1, -1, 2], 2)
+    with pytest.raises(av_digits.WorkerDiedError, match="shard 1 died .*exit code 3"):
+        av_digits._map_in_fresh_processes(context, _square_unless_negative, [1, -3, 2], 2)
 
 
 def _load_twice() -> str:
