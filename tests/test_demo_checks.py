@@ -69,6 +69,16 @@ def test_design_targets_report_each_target_met_or_missed():
     assert "Unimodal (audio) 3.4" in lines and "+37.0" in lines
 
 
+def test_converged_is_the_mean_size_of_the_seeds_trends_so_opposite_trends_do_not_cancel():
+    summary = _summary(joint={"acc": (0.85, 0.0, 1)})
+    summary["convergence_trend"] = {"joint": {0: 0.10, 1: -0.10}, "unimodal_audio": {0: -0.01, 1: 0.01}}
+    [converged] = design_targets(summary, TARGETS)
+    assert converged["measured"] == pytest.approx({"joint": 0.10, "unimodal_audio": 0.01})
+    assert not converged["met"], "seeds moving +10 and -10 points have not converged"
+    lines = "\n".join(targets_markdown([converged], {"joint": "Concat"}, 2))
+    assert "size of the least-squares trend, mean over seeds" in lines and "Concat 10.0" in lines
+
+
 def test_design_targets_skip_what_the_run_cannot_show():
     one_seed = _summary(joint={"acc": (0.5, 0.0, 1)}, unimodal_audio={"acc": (0.6, 0.0, 1)})
     assert design_targets(one_seed, TARGETS) == [], "no ensemble, no visual row, no curves, no spread over one seed"
