@@ -128,11 +128,13 @@ def compare_runs(reference: Mapping[str, Any], summary: Mapping[str, Any], sourc
     identical in every number, how many have a mean test accuracy within the reference's reported std (with one seed
     the std is 0, so only identical rows count), and the rows outside it. Runs whose profile, seeds, epochs or
     settings digest differ are not compared (``comparable`` false, ``differs`` names the fields); a field the
-    reference does not record (older summaries have no digest) is listed in ``unchecked``."""
+    reference does not record (older summaries have no digest) is listed in ``unchecked``. How many of this run's
+    runs it trained and how many it reused from ``runs_dir`` come along, for ``reuse_note``."""
     differs = [k for k in COMPARABLE if k in reference and reference[k] != summary.get(k)]
     head = {"source": source, "reference_commit": reference.get("commit"),
             "reference_machine": {k: reference.get("machine", {}).get(k) for k in MACHINE_KEYS},
             "unchecked": [k for k in COMPARABLE if k not in reference],
+            **{k: summary.get(k) for k in ("runs_trained", "runs_reused", "runs_dir")},
             "machine_differs": [k for k in MACHINE_KEYS
                                 if reference.get("machine", {}).get(k) != summary.get("machine", {}).get(k)]}
     if differs:
@@ -175,6 +177,20 @@ def targets_markdown(checks: Sequence[Mapping[str, Any]], titles: Mapping[str, s
     return lines + [""]
 
 
+def reuse_note(comparison: Mapping[str, Any]) -> str:
+    """The opening of the comparison when this invocation reused finished runs: their rows are the earlier numbers
+    read again, so agreeing with them reproduces nothing."""
+    reused, trained = comparison.get("runs_reused") or 0, comparison.get("runs_trained") or 0
+    if not reused:
+        return ""
+    where = f"{reused} finished run{'s' * (reused != 1)} from `{comparison['runs_dir']}`"
+    if not trained:
+        return (f"This invocation trained no run: it reused {where}: not an independent reproduction (a new `--work` "
+                "folder retrains every run). ")
+    return (f"This invocation trained {trained} run{'s' * (trained != 1)} and reused {where}: the rows of the reused "
+            "runs are not independently reproduced. ")
+
+
 def reproduction_markdown(comparison: Mapping[str, Any] | None, titles: Mapping[str, str]) -> list[str]:
     """README lines: how this run compares with the run it was checked against."""
     if comparison is None:
@@ -185,9 +201,10 @@ def reproduction_markdown(comparison: Mapping[str, Any] | None, titles: Mapping[
     lines = ["## Against an earlier run", ""]
     if not comparison["comparable"]:
         return lines + [f"Not compared with {against}: it differs in {', '.join(comparison['differs'])}.", ""]
-    text = (f"Compared with {against}: {comparison['identical']} of {comparison['rows']} rows identical in every "
-            f"number, {comparison['within_std']} with a mean test accuracy within that run's reported std; the "
-            f"largest difference of a row's mean accuracy is {100 * comparison['max_abs_delta']:.2f} points.")
+    text = (f"{reuse_note(comparison)}Compared with {against}: {comparison['identical']} of {comparison['rows']} rows "
+            f"identical in every number, {comparison['within_std']} with a mean test accuracy within that run's "
+            f"reported std; the largest difference of a row's mean accuracy is "
+            f"{100 * comparison['max_abs_delta']:.2f} points.")
     if comparison.get("machine_differs"):
         text += (f" The runs differ in {', '.join(comparison['machine_differs'])}: float rounding then differs, and a "
                  "short high-lr schedule can move a row by about its seed spread; identical numbers are expected only "

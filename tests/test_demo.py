@@ -171,7 +171,7 @@ def test_demo_smoke_end_to_end(tmp_path):
     for title in ("Concat", "Unimodal (visual)", "AUG", "Ensemble of the unimodal models"):
         assert title in table
     summary = json.loads((results / "summary.json").read_text())
-    assert summary["runs"] == 4 and not summary["failed"]
+    assert summary["runs"] == summary["runs_trained"] == 4 and summary["runs_reused"] == 0 and not summary["failed"]
     assert summary["run_commits"] == {summary["commit"] or "unknown": 4}
     assert {"acc", "acc:audio", "acc:visual"} <= set(summary["rows"]["joint"])
     assert {"acc", "acc:audio", "acc:visual"} <= set(summary["rows"][ENSEMBLE_LABEL])
@@ -198,6 +198,24 @@ def test_the_readme_names_the_commits_that_trained_reused_runs():
     assert commits_line({"commit": "b" * 40, "run_commits": {"b" * 40: 4}}) == \
         "- code: every run was trained at this commit"
     assert "every run" in commits_line({"commit": None, "run_commits": {"unknown": 4}})
+    assert commits_line({"commit": "b" * 40, "run_commits": {"b" * 40: 4}, "runs_reused": 4, "runs_dir": "w"}) == \
+        "- code: every run was trained at this commit (4 of them by an earlier invocation, reused from `w`)"
+
+
+def test_a_rerun_that_reuses_every_run_says_it_reproduced_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    published = default_results("smoke", publish=True)
+    for _ in range(2):
+        run_demo(results=published, work=tmp_path / "work", profile="smoke", workers=1, methods=["joint"],
+                 log=lambda line: None)
+    summary = json.loads((published / "summary.json").read_text())
+    runs_dir = str(tmp_path / "work" / "runs" / "smoke")
+    assert (summary["runs_trained"], summary["runs_reused"], summary["runs_dir"]) == (0, 1, runs_dir)
+    assert summary["reproduction"]["identical"] == 1
+    readme = (published / "README.md").read_text()
+    assert f"reused 1 finished run from `{runs_dir}`: not an independent reproduction" in readme
+    assert f"this invocation trained 0 and reused 1 finished in `{runs_dir}`" in readme
+    assert "reused from" in readme.split("- code:")[1].splitlines()[0]
 
 
 def test_runs_start_longest_first_by_the_previous_summary(tmp_path):
