@@ -52,6 +52,13 @@ def last_quarter_trend(run_dirs: Sequence[Path], labels: Sequence[str]) -> dict[
     return {label: dict(sorted(found[label].items())) for label in labels if label in found}
 
 
+def imbalanced(gap: float, targets: Mapping[str, float]) -> bool:
+    """Whether joint training under-uses the visual modality: its visual head is at least ``targets["imbalance"]``
+    below the visual-only model (``gap``, in accuracy units). The design target and the README's findings both ask
+    this, so they cannot disagree."""
+    return gap >= targets["imbalance"]
+
+
 def _check(name: str, text: str, measured: Mapping[str, float], met: bool) -> dict[str, Any]:
     return {"target": name, "text": text, "measured": dict(measured), "met": bool(met)}
 
@@ -77,10 +84,9 @@ def design_targets(summary: Mapping[str, Any], targets: Mapping[str, float]) -> 
                              "last quarter of epochs (size of the least-squares trend, mean over seeds)", measured,
                              all(v <= limit for v in measured.values())))
     if {JOINT, VISUAL} <= set(rows) and "acc:visual" in rows[JOINT]:
-        limit = targets["imbalance"]
         gap = mean(VISUAL) - mean(JOINT, "acc:visual")
-        checks.append(_check("imbalance", f"joint training's visual head at least {100 * limit:.0f} points below the "
-                             "visual-only model", {"gap": gap}, gap >= limit))
+        checks.append(_check("imbalance", f"joint training's visual head at least {100 * targets['imbalance']:.0f} "
+                             "points below the visual-only model", {"gap": gap}, imbalanced(gap, targets)))
     if {JOINT, ENSEMBLE_LABEL} <= set(rows):
         limit = targets["headroom"]
         headroom = mean(ENSEMBLE_LABEL) - mean(JOINT)

@@ -20,6 +20,7 @@ from benchmarks.demo import (
     ENSEMBLE_LABEL,
     commits_line,
     default_results,
+    findings,
     identical_rows,
     load_demo_config,
     longest_first,
@@ -216,6 +217,15 @@ def test_a_rerun_that_reuses_every_run_says_it_reproduced_nothing(tmp_path, monk
     assert f"reused 1 finished run from `{runs_dir}`: not an independent reproduction" in readme
     assert f"this invocation trained 0 and reused 1 finished in `{runs_dir}`" in readme
     assert "reused from" in readme.split("- code:")[1].splitlines()[0]
+
+
+@pytest.mark.parametrize("visual_head,leans", [(0.68, False), (0.64, True)])
+def test_findings_call_joint_training_audio_leaning_by_the_configs_imbalance_target(visual_head, leans):
+    rows = {"unimodal_audio": {"acc": [0.8, 0.0, 1]}, "unimodal_visual": {"acc": [0.75, 0.0, 1]},
+            "joint": {"acc": [0.85, 0.0, 1], "acc:visual": [visual_head, 0.0, 1]}}
+    targets = load_demo_config()["targets"]
+    [first] = findings({"rows": rows, "identical_rows": {}}, {}, targets)
+    assert ("leans on audio" in first) is leans, f"gap {0.75 - visual_head:.2f}, target {targets['imbalance']}"
 
 
 def test_runs_start_longest_first_by_the_previous_summary(tmp_path):
