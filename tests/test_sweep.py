@@ -25,6 +25,7 @@ from benchmarks.sweep import (
     local_slots,
     make_executor,
     parse_config,
+    plan,
     run_local,
     run_slurm,
     worker_command,
@@ -111,6 +112,22 @@ def test_shipped_configs_resolve_every_registered_section(path):
     assert set(missing) <= {"method ml_lstm", "dataset twitter2015", "dataset sarcasm", "dataset nvgesture"}
     assert str(path.relative_to(ROOT)) in config.doc["command"], "the config states its own exact command"
     assert config.doc["paper"] and config.protocol in ("paper", "clean", "last")
+
+
+def test_balancebenchmark_runs_follow_its_global_optimiser_and_schedule(tmp_path):
+    # BB @4909c17 configs/global_config.yaml: SGD 1e-3, momentum 0.9, wd 1e-4, StepLR(30, 0.1) stepped per epoch.
+    # Its ReconBoost trainer runs, per epoch and modality, one boosting and one correction pass with that optimiser.
+    jobs = plan(load_config(ROOT / "benchmarks" / "configs" / "balancebenchmark" / "results.yaml"), tmp_path).jobs
+    for job in jobs:
+        train = job.cfg.train
+        assert (train.lr, train.momentum, train.weight_decay) == (1e-3, 0.9, 1e-4)
+        if job.cfg.method == "reconboost":
+            hp = job.cfg.method_hp
+            assert (hp.m_lr, hp.e_lr, hp.weight_decay) == (1e-3, 1e-3, 1e-4)
+            assert (hp.modality_epochs, hp.correct_epochs, hp.pretrain) == (1, 1, False)
+            assert (train.epochs, train.lr_milestones) == (70 * 2 * 2, [30 * 4, 60 * 4])
+        else:
+            assert (train.epochs, train.lr_milestones) == (70, [30, 60])
 
 
 def test_local_slots_split_gpus_into_groups_and_cpu_workers(monkeypatch):
