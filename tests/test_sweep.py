@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from benchmarks.cli import main
-from benchmarks.config import build_config
+from benchmarks.config import build_config, load_config_file
 from benchmarks.runner import train_run
 from benchmarks.sweep import (
     Job,
@@ -128,6 +128,20 @@ def test_balancebenchmark_runs_follow_its_global_optimiser_and_schedule(tmp_path
             assert (train.epochs, train.lr_milestones) == (70 * 2 * 2, [30 * 4, 60 * 4])
         else:
             assert (train.epochs, train.lr_milestones) == (70, [30, 60])
+
+
+@pytest.mark.parametrize("dataset", ["cremad", "kinetics_sounds", "vggsound", "twitter2015", "sarcasm", "nvgesture"])
+def test_table1_trains_aug_as_its_single_run_recipe_does(tmp_path, dataset):
+    # The per-dataset AUG recipes and AUG Table 1 state one setting each; a table must not drift from its recipe.
+    recipe_head, recipe = load_config_file(ROOT / "benchmarks" / "configs" / "aug" / f"{dataset}.yaml")
+    single = build_config("aug", dataset, recipe)
+    (job,) = [j for j in plan(load_config(ROOT / "benchmarks" / "configs" / "aug_neurips25" / "table1.yaml"), tmp_path,
+                              seeds=[0], methods=["aug"], datasets=[dataset]).jobs]
+    keys = ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "lr_milestones", "lr_gamma")
+    assert {k: job.cfg.train[k] for k in keys} == {k: single.train[k] for k in keys}
+    assert job.cfg.method_hp.as_dict() == single.method_hp.as_dict()
+    data = ("recipe", "frames", "frame_rule") if dataset in ("cremad", "kinetics_sounds", "vggsound") else ()
+    assert {k: job.cfg.data[k] for k in data} == {k: single.data[k] for k in data}
 
 
 def test_local_slots_split_gpus_into_groups_and_cpu_workers(monkeypatch):
