@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -27,9 +30,11 @@ from benchmarks.sweep import (
     parse_config,
     plan,
     run_local,
+    run_pool,
     run_slurm,
     worker_command,
 )
+from benchmarks.sweep.launchers import _pool_step
 from core.hparams import HParamError
 from tests.conftest import TINY_DATA, TINY_MODEL, TINY_TRAIN
 
@@ -243,3 +248,28 @@ def test_slurm_launcher_job_spec_and_debug_execution(tmp_path, monkeypatch):
     assert json.loads((out / "slurm_jobs.json").read_text()) == {jobs[0].name: str(handle.job_id)}
     assert run_slurm(jobs, debug, out=out, log=lambda msg: None) == [], "finished runs are not submitted again"
     assert hasattr(handle.submission().function, "checkpoint"), "jobs requeue on time-out and resume"
+
+
+def _step_killing_sum_runs(task: tuple) -> tuple:
+    """A pool step whose worker is SIGKILLed (as by the OOM killer) on the ``sum`` run; other runs train."""
+    if "-sum-" in task[0]:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _pool_step(task)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIGKILL")
+def test_pool_worker_killed_mid_run_fails_that_run_and_the_others_go_on(tmp_path, monkeypatch):
+    monkeypatch.setattr("benchmarks.sweep.launchers._pool_step", _step_killing_sum_runs)
+    config = parse_config(tiny_config(seeds=[0], methods={"sum": {}, "joint": {}},
+                                      defaults={"model": dict(TINY_MODEL), "data": dict(TINY_DATA),
+                                                "train": {**TINY_TRAIN, "epochs": 1}}))
+    jobs = expand(config, tmp_path / "out")
+    lines, reports = [], []
+    sweep = threading.Thread(target=lambda: reports.append(run_pool(jobs, workers=1, log=lines.append)), daemon=True)
+    sweep.start()
+    sweep.join(timeout=180)
+    assert not sweep.is_alive(), f"the pool sweep hangs after its worker died: {lines}"
+    (sum_run,) = [job.name for job in jobs if "-sum-" in job.name]
+    assert reports[0].failed == {sum_run: -signal.SIGKILL}
+    assert any(f"FAILED {sum_run} (exit -9)" in line for line in lines), lines
+    assert [job.state() for job in jobs if job.name != sum_run] == ["done"]

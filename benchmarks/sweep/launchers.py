@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -217,10 +218,59 @@ def _pool_step(task: tuple[str, str, str | None]) -> tuple[str, int, float, str]
     return run_dir.name, 0, time.monotonic() - start, ""
 
 
+def _pool_worker(conn: Connection, threads: int, step: Callable[[tuple[str, str, str | None]], tuple]) -> None:
+    """A pool worker's life: ``step`` each task the parent sends until it sends None."""
+    _pool_init(threads)
+    while (task := conn.recv()) is not None:
+        conn.send(step(task))
+
+
+class _PoolWorker:
+    """One long-lived worker process, its pipe, and the run it is on (None while idle).
+
+    The parent watches each worker's own process, so a worker that dies mid-run (SIGKILL, OOM, ``os._exit``) is
+    attributed to its run and replaced; ``multiprocessing.Pool`` would replace it too but wait forever for the lost
+    task's result.
+    """
+
+    def __init__(self, ctx: Any, threads: int) -> None:
+        self.conn, child = ctx.Pipe()
+        # `_pool_step` is looked up now, not bound at import, so tests can hand workers a step that dies.
+        self.proc = ctx.Process(target=_pool_worker, args=(child, threads, _pool_step), daemon=True)
+        self.proc.start()
+        child.close()
+        self.task: tuple[str, str, str | None] | None = None
+        self.started = 0.0
+
+    def give(self, task: tuple[str, str, str | None]) -> None:
+        self.task, self.started = task, time.monotonic()
+        self.conn.send(task)
+
+    def result(self) -> tuple[str, int, float, str]:
+        """The finished task's (name, status, seconds, error); a dead worker's run fails with its exit code."""
+        name = Path(self.task[0]).name
+        try:
+            return self.conn.recv()
+        except EOFError:
+            self.proc.join()
+            code = self.proc.exitcode or 1
+            return name, code, time.monotonic() - self.started, f"the worker process died (exit {code})"
+        finally:
+            self.task = None
+
+    def stop(self) -> None:
+        # Let the worker exit on its own, so that its exit handlers run and its logs are flushed.
+        if self.proc.is_alive():
+            self.conn.send(None)
+        self.proc.join()
+        self.conn.close()
+
+
 def run_pool(jobs: Sequence[Job], *, workers: int = 1, threads_per_worker: int = 1, out: Path | None = None,
              config: SweepConfig | None = None, wandb_mode: str = "disabled", wandb_group: str | None = None,
              log: Log = print) -> LaunchReport:
-    """Run the unfinished ``jobs`` in ``workers`` long-lived processes, one run at a time each."""
+    """Run the unfinished ``jobs`` in ``workers`` long-lived processes, one run at a time each; a run whose worker
+    dies is reported failed with the worker's exit code, and a fresh worker takes the next run."""
     tracker = _Tracker(jobs, out, config, log)
     queue = tracker.pending()
     for job in queue:
@@ -229,16 +279,37 @@ def run_pool(jobs: Sequence[Job], *, workers: int = 1, threads_per_worker: int =
         "process(es)")
     tasks = [(str(job.run_dir), wandb_mode, wandb_group) for job in queue]
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(workers, initializer=_pool_init, initargs=(threads_per_worker,)) as pool:
-        for name, status, seconds, error in pool.imap_unordered(_pool_step, tasks):
-            tracker.report.launched.append(name)
-            tracker.finished(name, status, seconds, error)
-        # Let the workers exit on their own: the context's terminate() kills them with their multiprocessing
-        # semaphores still registered, which the resource tracker then reports as leaked at shutdown.
-        pool.close()
-        pool.join()
+    pool = [_PoolWorker(ctx, threads_per_worker) for _ in range(min(workers, len(tasks)))]
+    try:
+        _drive_pool(pool, tasks, tracker, lambda: _PoolWorker(ctx, threads_per_worker))
+    except BaseException:
+        for worker in pool:
+            worker.proc.terminate()
+        raise
+    for worker in pool:
+        worker.stop()
     tracker.write()
     return tracker.report
+
+
+def _drive_pool(pool: list[_PoolWorker], tasks: list[tuple[str, str, str | None]], tracker: _Tracker,
+                spawn: Callable[[], _PoolWorker]) -> None:
+    """Hand ``tasks`` to idle workers until every one has a result, replacing workers that die."""
+    while tasks or any(worker.task for worker in pool):
+        for i, worker in enumerate(pool):
+            if worker.task is None and tasks:
+                if not worker.proc.is_alive():
+                    worker.stop()
+                    pool[i] = worker = spawn()
+                worker.give(tasks.pop(0))
+        busy = [worker for worker in pool if worker.task]
+        # A result or a death: a dead worker's pipe reads as closed, so waiting on the pipes alone is enough.
+        ready = wait([worker.conn for worker in busy])
+        for worker in busy:
+            if worker.conn in ready:
+                name, status, seconds, error = worker.result()
+                tracker.report.launched.append(name)
+                tracker.finished(name, status, seconds, error)
 
 
 # --- the registry -----------------------------------------------------------------------------------------------
