@@ -30,6 +30,7 @@ from benchmarks.sweep import (
     parse_config,
     plan,
     run_local,
+    run_lock,
     run_pool,
     run_slurm,
     worker_command,
@@ -273,3 +274,20 @@ def test_pool_worker_killed_mid_run_fails_that_run_and_the_others_go_on(tmp_path
     assert reports[0].failed == {sum_run: -signal.SIGKILL}
     assert any(f"FAILED {sum_run} (exit -9)" in line for line in lines), lines
     assert [job.state() for job in jobs if job.name != sum_run] == ["done"]
+
+
+def test_a_run_another_process_holds_fails_clearly_and_is_left_untouched(tmp_path):
+    config = parse_config(tiny_config(seeds=[0], methods={"joint": {}},
+                                      defaults={"model": dict(TINY_MODEL), "data": dict(TINY_DATA),
+                                                "train": {**TINY_TRAIN, "epochs": 1}}))
+    (job,) = expand(config, tmp_path / "out")
+    job.write_files()
+    lines = []
+    with run_lock(job.run_dir):
+        report = run_pool([job], workers=1, log=lines.append)
+    assert list(report.failed) == [job.name]
+    (failed,) = [line for line in lines if "FAILED" in line]
+    assert f"run folder {job.run_dir} is in use by another process (pid {os.getpid()} on" in failed
+    assert job.state() == "new"
+    assert sorted(p.name for p in job.run_dir.iterdir()) == [".lock", "job.json", "job.yaml", "train.log"]
+    assert (job.run_dir / "train.log").read_text() == ""

@@ -70,10 +70,10 @@ from benchmarks.sweep.launchers import (
 from benchmarks.sweep.preflight import Preflight, PreflightError, check
 from benchmarks.sweep.slurm import SlurmOptions, SlurmUnavailableError, TrainJob, make_executor, run_slurm
 from benchmarks.sweep.spec import EvaluateSpec, SweepConfig, SweepConfigError, load_config, parse_config
-from benchmarks.sweep.worker import run_job, worker_command
+from benchmarks.sweep.worker import RunBusyError, run_job, run_lock, worker_command
 
 __all__ = ["EvaluateSpec", "Job", "LAUNCHERS", "LaunchOptions", "LaunchReport", "Launcher", "MissingEntriesError",
-           "Plan", "Preflight", "PreflightError", "SlurmOptions", "SlurmUnavailableError", "SweepBusyError",
-           "SweepConfig", "SweepConfigError", "SweepLock", "TrainJob", "check", "check_config", "expand",
-           "load_config", "local_slots", "make_executor", "missing_entries", "parse_config", "plan", "run_job",
-           "run_local", "run_pool", "run_slurm", "worker_command", "write_sweep_record"]
+           "Plan", "Preflight", "PreflightError", "RunBusyError", "SlurmOptions", "SlurmUnavailableError",
+           "SweepBusyError", "SweepConfig", "SweepConfigError", "SweepLock", "TrainJob", "check", "check_config",
+           "expand", "load_config", "local_slots", "make_executor", "missing_entries", "parse_config", "plan",
+           "run_job", "run_local", "run_lock", "run_pool", "run_slurm", "worker_command", "write_sweep_record"]

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.records import WANDB_MODES
-from benchmarks.sweep.worker import run_job
+from benchmarks.sweep.worker import RunBusyError, run_job
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,7 +17,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wandb", choices=WANDB_MODES, default="disabled")
     parser.add_argument("--wandb-group")
     args = parser.parse_args(argv)
-    run_job(args.run_dir, wandb_mode=args.wandb, wandb_group=args.wandb_group)
+    try:
+        run_job(args.run_dir, wandb_mode=args.wandb, wandb_group=args.wandb_group)
+    except RunBusyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

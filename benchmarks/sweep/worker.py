@@ -3,14 +3,20 @@ evaluation from ``job.json``. Everything it needs is in the run folder, which th
 
 ``python -m benchmarks.sweep RUN_DIR`` (``worker_command``) is the local launcher's child, under ``torchrun`` for
 several GPUs; the pool launcher calls ``run_job`` in its worker processes and the Slurm launcher in its jobs.
+
+``run_job`` holds ``RUN_DIR/.lock`` while it trains and evaluates, so two launchers (a local sweep and a Slurm
+array, or a restarted sweep and an orphaned rank of the killed one) never write one run folder at once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import socket
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from benchmarks.evaluate import evaluate_missing
 from benchmarks.records import read_yaml
@@ -20,16 +26,51 @@ from benchmarks.sweep.expand import read_job_file
 from benchmarks.sweep.spec import EvaluateSpec
 
 
+class RunBusyError(RuntimeError):
+    """Another process holds the run folder's lock: it is training or evaluating that run now."""
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``run_dir/.lock`` for as long as this process works on the run. The kernel drops
+    it when the process dies, however it dies, so a stale lock never blocks a resume."""
+    path = Path(run_dir) / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "holder unknown"
+            raise RunBusyError(f"run folder {run_dir} is in use by another process ({holder}); not started. Wait "
+                               "for it to finish or stop it, then run the sweep again to resume") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
 def run_job(run_dir: Path, *, wandb_mode: str = "disabled", wandb_group: str | None = None,
             log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train the run in ``run_dir`` (resuming; a finished run is not trained again), then its evaluation if its
     ``job.json`` asks for one and it has not been written yet; returns the training summary. Under torchrun every
-    rank trains and rank 0 alone evaluates."""
+    rank trains and rank 0 alone evaluates. Rank 0 holds the run's lock throughout (the other ranks write nothing);
+    raises ``RunBusyError`` before touching the folder when another process holds it."""
     run_dir = Path(run_dir)
+    with run_lock(run_dir) if _rank() == 0 else contextlib.nullcontext():
+        return _train_and_evaluate(run_dir, wandb_mode, wandb_group, log)
+
+
+def _train_and_evaluate(run_dir: Path, wandb_mode: str, wandb_group: str | None,
+                        log: Callable[[str], None]) -> dict[str, Any]:
     cfg = build_from_sections(read_yaml(run_dir / "job.yaml"))
     summary = train_run(cfg, run_dir, resume=True, wandb_mode=wandb_mode, wandb_group=wandb_group, log=log)
     wanted = read_job_file(run_dir).get("evaluate")
-    if wanted and int(os.environ.get("RANK", "0")) == 0:
+    if wanted and _rank() == 0:
         spec = EvaluateSpec.from_dict(wanted, f"{run_dir / 'job.json'}: evaluate")
         if not missing_evaluation_current(run_dir, split=spec.split, seed=spec.seed, rates=spec.missing):
             evaluate_missing(run_dir, spec.missing, split=spec.split, seed=spec.seed)
