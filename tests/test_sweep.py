@@ -18,12 +18,17 @@ from benchmarks.cli import main
 from benchmarks.config import build_config, load_config_file
 from benchmarks.runner import train_run
 from benchmarks.sweep import (
+    LAUNCHERS,
     Job,
+    LaunchOptions,
     MissingEntriesError,
     SlurmOptions,
+    SweepBusyError,
     SweepConfigError,
+    SweepLock,
     check_config,
     expand,
+    launchers,
     load_config,
     local_slots,
     make_executor,
@@ -291,3 +296,33 @@ def test_a_run_another_process_holds_fails_clearly_and_is_left_untouched(tmp_pat
     assert job.state() == "new"
     assert sorted(p.name for p in job.run_dir.iterdir()) == [".lock", "job.json", "job.yaml", "train.log"]
     assert (job.run_dir / "train.log").read_text() == ""
+
+
+def test_slurm_submission_refuses_a_folder_a_local_sweep_drives(tmp_path, monkeypatch):
+    monkeypatch.setattr("benchmarks.sweep.launchers.run_slurm", lambda *a, **k: pytest.fail("submitted"))
+    config = parse_config(tiny_config(seeds=[0]))
+    out = tmp_path / "out"
+    with SweepLock(out), pytest.raises(SweepBusyError, match="another sweep is running"):
+        LAUNCHERS["slurm"].start(expand(config, out), out, config, LaunchOptions(), lambda line: None)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG")
+def test_torchrun_children_are_stopped_with_sigterm_which_torchrun_forwards_to_its_ranks(tmp_path, monkeypatch):
+    started = []
+
+    class Done:
+        returncode = 0
+
+        def __init__(self, cmd, **kwargs):
+            started.append((cmd, kwargs["preexec_fn"]))
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr("subprocess.Popen", Done)
+    jobs = expand(parse_config(tiny_config(seeds=[0], methods={"joint": {}})), tmp_path)
+    run_local(jobs, gpus=[0, 1], gpus_per_run=2, log=lambda line: None, poll_s=0)
+    run_local(jobs, workers=1, log=lambda line: None, poll_s=0)
+    (torchrun, torchrun_preexec), (single, single_preexec) = started
+    assert "torch.distributed.run" in torchrun and "torch.distributed.run" not in single
+    assert torchrun_preexec is launchers._stop_ranks_with_parent and single_preexec is launchers._die_with_parent

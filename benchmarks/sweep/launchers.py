@@ -3,13 +3,14 @@
 
 - ``local``: a ``python -m benchmarks.sweep RUN_DIR`` subprocess per run, one per GPU (``--gpus``; torchrun on K GPUs
   with ``--gpus-per-run K``) or ``--workers N`` CPU processes, logging to ``<run>/train.log``. On Linux children die
-  with the sweep (``PR_SET_PDEATHSIG``).
+  with the sweep (``PR_SET_PDEATHSIG``; torchrun gets SIGTERM, which it passes on to its ranks).
 - ``pool``: ``--workers N`` long-lived processes, one run at a time each; no interpreter start-up per run, for
   sweeps of many short CPU runs (the demo).
 - ``slurm``: ``benchmarks.sweep.slurm``.
 
-Local and pool sweeps hold a lock on ``OUT/.sweep.lock`` so that two sweeps never drive the same folder, and
-mirror run states into ``OUT/sweep.json`` after each run.
+Local and pool sweeps hold a lock on ``OUT/.sweep.lock`` so that two sweeps never drive the same folder (Slurm
+holds it while submitting), and mirror run states into ``OUT/sweep.json`` after each run. Whatever the launcher,
+a run is trained under its own ``RUN_DIR/.lock`` (``worker.run_lock``).
 """
 
 from __future__ import annotations
@@ -122,12 +123,18 @@ class _Tracker:
 
 # --- local: a subprocess per run -------------------------------------------------------------------------------
 
-def _die_with_parent() -> None:
-    """Child side of ``Popen``: get SIGKILL when the sweep process dies, so a killed sweep leaves no orphan run
+def _die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Child side of ``Popen``: get ``sig`` when the sweep process dies, so a killed sweep leaves no orphan run
     writing a folder that the restarted sweep would launch again."""
     libc = ctypes.CDLL(None, use_errno=True)
     pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    libc.prctl(pr_set_pdeathsig, sig)
+
+
+def _stop_ranks_with_parent() -> None:
+    """``_die_with_parent`` for torchrun: SIGTERM, which it forwards to its ranks before exiting. SIGKILL would
+    reach torchrun alone and leave the ranks, its grandchildren, training on as orphans."""
+    _die_with_parent(signal.SIGTERM)
 
 
 def local_slots(workers: int, gpus: Sequence[int] | None, gpus_per_run: int = 1,
@@ -161,7 +168,9 @@ def run_local(jobs: Sequence[Job], *, workers: int = 1, gpus: Sequence[int] | No
     log(f"{len(jobs)} runs: {len(tracker.report.skipped)} finished, {len(queue)} to run on {len(slots)} slot(s)")
     free = list(range(len(slots)))
     running: dict[int, tuple[Job, subprocess.Popen, float]] = {}
-    preexec = _die_with_parent if sys.platform.startswith("linux") else None
+    preexec = None
+    if sys.platform.startswith("linux"):
+        preexec = _stop_ranks_with_parent if gpus and gpus_per_run > 1 else _die_with_parent
     try:
         while queue or running:
             while queue and free:
@@ -362,11 +371,13 @@ def _start_pool(jobs: Sequence[Job], out: Path, config: SweepConfig, opts: Launc
 
 def _start_slurm(jobs: Sequence[Job], out: Path, config: SweepConfig, opts: LaunchOptions, log: Log) -> LaunchReport:
     check_finished_runs([job for job in jobs if job.state() == "done"])
-    out.mkdir(parents=True, exist_ok=True)
-    executor = make_executor(out / ".submitit", opts.slurm, name=f"augbench-{out.name}")
-    handles = run_slurm(jobs, executor, out=out, config=config, wandb_mode=opts.wandb_mode,
-                        wandb_group=opts.wandb_group, gpus_per_run=opts.slurm.gpus_per_run, resubmit=opts.resubmit,
-                        log=log)
+    # Not while a local or pool sweep drives this folder, nor another submission rewrites slurm_jobs.json; runs
+    # that still collide later (a job that starts while a local sweep trains its run) meet the run's own lock.
+    with SweepLock(out):
+        executor = make_executor(out / ".submitit", opts.slurm, name=f"augbench-{out.name}")
+        handles = run_slurm(jobs, executor, out=out, config=config, wandb_mode=opts.wandb_mode,
+                            wandb_group=opts.wandb_group, gpus_per_run=opts.slurm.gpus_per_run,
+                            resubmit=opts.resubmit, log=log)
     log(f"submitted {len(handles)} job(s); run this command again to resume or to skip finished runs")
     return LaunchReport(skipped=[j.name for j in jobs if j.state() == "done"],
                         launched=[str(h.job_id) for h in handles])
