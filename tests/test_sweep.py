@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -326,3 +327,34 @@ def test_torchrun_children_are_stopped_with_sigterm_which_torchrun_forwards_to_i
     (torchrun, torchrun_preexec), (single, single_preexec) = started
     assert "torch.distributed.run" in torchrun and "torch.distributed.run" not in single
     assert torchrun_preexec is launchers._stop_ranks_with_parent and single_preexec is launchers._die_with_parent
+
+
+class _FakeExecutor:
+    """Records what ``run_slurm`` submits; job ids count from 9000."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.submitted = folder, []
+
+    def batch(self):
+        return contextlib.nullcontext()
+
+    def submit(self, fn):
+        self.submitted.append(fn.run_dir.name)
+        return type("Handle", (), {"job_id": str(9000 + len(self.submitted))})()
+
+
+def test_slurm_jobs_in_any_unfinished_or_unknown_state_are_not_submitted_again(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    jobs = expand(parse_config(tiny_config()), out)
+    states = dict(zip([job.name for job in jobs], ["PREEMPTED", "UNKNOWN", "CANCELLED by 17"]))
+    out.mkdir()
+    (out / "slurm_jobs.json").write_text(json.dumps({name: str(i) for i, name in enumerate(states)}))
+    monkeypatch.setattr("benchmarks.sweep.slurm._slurm_state",
+                        lambda folder, job_id: states[list(states)[int(job_id)]].split()[0])
+    executor, lines = _FakeExecutor(tmp_path / "submitit"), []
+    run_slurm(jobs, executor, out=out, log=lines.append)
+    assert executor.submitted == [jobs[2].name, jobs[3].name], "cancelled and never-submitted runs only"
+    assert any("UNKNOWN (sacct failed" in line and jobs[1].name in line and "--resubmit" in line for line in lines)
+    executor = _FakeExecutor(tmp_path / "submitit")
+    run_slurm(jobs, executor, out=out, resubmit=True, log=lines.append)
+    assert executor.submitted == [job.name for job in jobs]

@@ -15,8 +15,11 @@ from benchmarks.records import read_json, write_json
 from benchmarks.sweep.expand import Job, write_sweep_record
 from benchmarks.sweep.spec import SweepConfig
 
-# Slurm states in which a submitted job may still write its run folder.
-ACTIVE_SLURM_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING")
+# Slurm states after which a job writes nothing more. Every other state (PENDING, RUNNING, PREEMPTED, REQUEUED,
+# READY, ..., and UNKNOWN: sacct failed or no longer knows the job) counts as active, since listing the active ones
+# instead would resubmit a live job under any state the list forgot.
+FINISHED_SLURM_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
+                         "DEADLINE")
 
 
 class SlurmUnavailableError(RuntimeError):
@@ -108,14 +111,21 @@ class TrainJob:
         return _submitit().helpers.DelayedSubmission(self, *args, **kwargs)
 
 
-def _active_slurm_jobs(record: Mapping[str, str], folder: Path) -> set[str]:
-    submitit = _submitit()
-    active = set()
-    for run, job_id in record.items():
-        state = submitit.SlurmJob(folder=str(folder), job_id=str(job_id)).state
-        if state.split()[0] in ACTIVE_SLURM_STATES:
-            active.add(run)
-    return active
+def _slurm_state(folder: Path, job_id: str) -> str:
+    """The job's Slurm state word (``CANCELLED by 123`` -> ``CANCELLED``); submitit answers UNKNOWN when sacct fails."""
+    state = _submitit().SlurmJob(folder=str(folder), job_id=str(job_id)).state
+    return (state.split() or ["UNKNOWN"])[0]
+
+
+def _active_slurm_jobs(record: Mapping[str, str], folder: Path, log: Callable[[str], None]) -> set[str]:
+    """The runs of ``record`` whose job may still write its run folder, saying which ones Slurm could not tell."""
+    states = {run: _slurm_state(folder, job_id) for run, job_id in record.items()}
+    unknown = sorted(run for run, state in states.items() if state == "UNKNOWN")
+    if unknown:
+        log(f"the Slurm state of {len(unknown)} recorded job(s) is UNKNOWN (sacct failed or no longer knows them; "
+            f"e.g. job {record[unknown[0]]} of {unknown[0]}); not submitted again in case they still run. Check "
+            "with squeue/sacct, then use --resubmit to submit them anyway")
+    return {run for run, state in states.items() if state not in FINISHED_SLURM_STATES}
 
 
 def run_slurm(jobs: Sequence[Job], executor: Any, *, out: Path, config: SweepConfig | None = None,
@@ -131,9 +141,10 @@ def run_slurm(jobs: Sequence[Job], executor: Any, *, out: Path, config: SweepCon
     pending = [job for job in jobs if job.state() != "done"]
     if record and not resubmit:
         active = _active_slurm_jobs({j.name: record[j.name] for j in pending if j.name in record},
-                                    Path(executor.folder))
+                                    Path(executor.folder), log)
         if active:
-            log(f"{len(active)} run(s) still queued or running on Slurm; not submitted again (--resubmit to force)")
+            log(f"{len(active)} run(s) may still be queued or running on Slurm; not submitted again (--resubmit to "
+                "force)")
         pending = [job for job in pending if job.name not in active]
     log(f"{len(jobs)} runs: {len(jobs) - len(pending)} finished or active, submitting {len(pending)}")
     submitted = []
