@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from benchmarks.cli import main
+from benchmarks.collect import build_table, load_runs
 from benchmarks.config import build_config, load_config_file
 from benchmarks.runner import train_run
 from benchmarks.sweep import (
@@ -358,3 +359,18 @@ def test_slurm_jobs_in_any_unfinished_or_unknown_state_are_not_submitted_again(t
     executor = _FakeExecutor(tmp_path / "submitit")
     run_slurm(jobs, executor, out=out, resubmit=True, log=lines.append)
     assert executor.submitted == [job.name for job in jobs]
+
+
+def test_renaming_a_row_moves_its_finished_runs_with_it(tmp_path):
+    defaults = {"model": dict(TINY_MODEL), "data": dict(TINY_DATA), "train": {**TINY_TRAIN, "epochs": 1}}
+    out = tmp_path / "out"
+    (first,) = expand(parse_config(tiny_config(seeds=[0], methods={"joint": {}}, defaults=defaults)), out)
+    assert not run_pool([first], workers=1, log=lambda line: None).failed
+    renamed = expand(parse_config(tiny_config(seeds=[0, 1], methods={"concat": {"method": "joint"}},
+                                              defaults=defaults)), out)
+    assert renamed[0].run_dir == first.run_dir, "same config, same run"
+    report = run_pool(renamed, workers=1, log=lambda line: None)
+    assert report.skipped == [first.name] and not report.failed
+    assert json.loads((first.run_dir / "job.json").read_text())["label"] == "concat"
+    (row,) = build_table(load_runs(out), protocol="clean").rows
+    assert {cell.n for cell in row[1]} == {2}

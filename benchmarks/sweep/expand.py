@@ -73,6 +73,12 @@ class Job:
         reads; written by the sweep parent before launching."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_yaml(self.run_dir / "job.yaml", self.sections())
+        self.write_job_file()
+
+    def write_job_file(self) -> None:
+        """``job.json`` alone: the row a table files the run under. Rewritten for finished runs too, so that a row
+        renamed in the config moves its finished seeds with it; the config, and so the run's identity, is
+        untouched."""
         doc = {"label": self.label, "title": self.title, "sweep": self.sweep, "method": self.cfg.method,
                "dataset": self.cfg.dataset, "seed": self.cfg.train.seed, **self.info}
         if self.evaluate:

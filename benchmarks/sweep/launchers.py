@@ -103,6 +103,9 @@ class _Tracker:
     def pending(self) -> list[Job]:
         done = {job.name for job in self.jobs if job.state() == "done"}
         check_finished_runs([job for job in self.jobs if job.name in done])
+        for job in self.jobs:
+            if job.name in done:
+                job.write_job_file()
         self.report.skipped = [job.name for job in self.jobs if job.name in done]
         return [job for job in self.jobs if job.name not in done]
 

@@ -155,6 +155,11 @@ def run_slurm(jobs: Sequence[Job], executor: Any, *, out: Path, config: SweepCon
                 submitted.append(executor.submit(TrainJob(job.run_dir, wandb_mode, wandb_group, gpus_per_run)))
     for job, handle in zip(pending, submitted):
         record[job.name] = str(handle.job_id)
+    submitted_names = {job.name for job in pending}
+    for job in jobs:
+        # Finished and still-active runs too: a row renamed in the config moves them with it.
+        if job.name not in submitted_names and job.run_dir.is_dir():
+            job.write_job_file()
     write_json(record_path, record)
     if config is not None:
         write_sweep_record(out, config, jobs)
