@@ -25,11 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-import yaml
-
 from baselines.registry import list_methods
 from benchmarks.data_identity import SAME_DATA_HINT, recorded_identity
-from benchmarks.records import DamagedFileError, read_json
+from benchmarks.records import DamagedFileError, read_config_yaml, read_json
 from benchmarks.run_folder import MISSING_RESULT, missing_result_problem, read_extensions, recorded_config
 
 METRIC_NAMES = {"acc": "Acc", "macro_f1": "Macro-F1", "map": "MAP"}
@@ -576,8 +574,7 @@ def log_wandb_table(table: Table, mode: str, *, project: str = "augbench", group
 
 def config_order(config_path: Path) -> dict[str, Any]:
     """Row/column order, protocol, paper and title of an experiment config, for ``augbench table --config``."""
-    with open(config_path) as f:
-        doc = yaml.safe_load(f) or {}
+    doc = read_config_yaml(config_path) or {}
     if not isinstance(doc, Mapping) or "methods" not in doc or "datasets" not in doc:
         raise ValueError(f"{config_path}: not an experiment config (needs methods and datasets)")
     return {"methods": list(doc["methods"]), "datasets": list(doc["datasets"]), "protocol": doc.get("protocol"),

@@ -19,6 +19,7 @@ import yaml
 from baselines.networks import MODEL_HPARAMS
 from baselines.registry import get_method
 from benchmarks.errors import UsageError
+from benchmarks.records import DuplicateKeyError, read_config_yaml
 from core.hparams import HParam, HParamError, HParams, resolve, variant_param
 from datasets.registry import get_dataset
 
@@ -153,8 +154,10 @@ def load_config_file(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, An
         train: {lr: 0.001, epochs: 100}
         ogm_ge: {alpha: 0.8}
     """
-    with open(path) as f:
-        doc = yaml.safe_load(f) or {}
+    try:
+        doc = read_config_yaml(path) or {}
+    except DuplicateKeyError as err:
+        raise HParamError(str(err)) from None
     if not isinstance(doc, dict):
         raise HParamError(f"{path}: expected a mapping at the top level")
     head = {k: doc.pop(k) for k in ("method", "dataset") if k in doc}

@@ -12,7 +12,7 @@ import platform
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Hashable
 
 import yaml
 
@@ -103,6 +103,36 @@ def read_yaml(path: Path) -> Any:
         return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise DamagedFileError(path, f"not valid YAML ({yaml_problem(err)})") from None
+
+
+class DuplicateKeyError(ValueError):
+    """A hand-written config gives one key twice in a mapping."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice in one mapping: plain YAML keeps the last one silently, so
+    a config would run with the settings of the first quietly dropped."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *defaults' entries may be overridden on purpose
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, Hashable) and key in first_line:
+                raise DuplicateKeyError(f"{key_node.start_mark.name}:{line}: key {key!r} is given twice in one "
+                                        f"mapping (first on line {first_line[key]}); YAML would silently keep only "
+                                        "the last")
+            first_line[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def read_config_yaml(path: Path) -> Any:
+    """A hand-written config file (a sweep's or a run's); a key given twice in one mapping raises
+    ``DuplicateKeyError`` naming the file and line."""
+    with open(path, encoding="utf-8") as f:
+        return yaml.load(f, Loader=_UniqueKeyLoader)
 
 
 def yaml_problem(err: Exception) -> str:

@@ -12,10 +12,13 @@ import pytest
 import yaml
 
 from benchmarks.cli import main
+from benchmarks.config import load_config_file
+from benchmarks.records import read_config_yaml
 from benchmarks.sweep import expand, parse_config
 from benchmarks.sweep.expand import plan
 from benchmarks.sweep.preflight import modality_problems
 from benchmarks.sweep.spec import SweepConfigError, load_config
+from core.hparams import HParamError
 from tests.conftest import TINY_DATA, TINY_MODEL, TINY_TRAIN
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -220,3 +223,18 @@ def test_two_rows_of_one_method_get_distinct_default_titles(tmp_path):
         ("aug", "AUG"), ("aug_tau", "AUG (aug_tau)"), ("joint", "Concat")]
     narrowed = expand(config, tmp_path, methods=["aug_tau"], log=lambda msg: None)
     assert {j.title for j in narrowed} == {"AUG (aug_tau)"}, "the title does not depend on --methods"
+
+
+def test_a_key_given_twice_in_a_config_is_refused_with_file_and_line(tmp_path):
+    path = write_config(tmp_path / "sweep.yaml")
+    path.write_text(path.read_text().replace("protocol: clean\n", "protocol: clean\nprotocol: paper\n"))
+    line = path.read_text().splitlines().index("protocol: paper") + 1
+    with pytest.raises(SweepConfigError, match=f"{path}:{line}: key 'protocol' is given twice"):
+        load_config(path)
+    run = tmp_path / "run.yaml"
+    run.write_text("method: joint\ntrain:\n  lr: 0.1\n  epochs: 3\n  lr: 0.2\n")
+    with pytest.raises(HParamError, match=f"{run}:5: key 'lr' is given twice"):
+        load_config_file(run)
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("a: &base {x: 1}\nb:\n  <<: *base\n  x: 2\n")
+    assert read_config_yaml(merged) == {"a": {"x": 1}, "b": {"x": 2}}, "overriding a merged key is no duplicate"

@@ -6,10 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import yaml
-
 from benchmarks.config import RUNNER_NAMESPACES
 from benchmarks.evaluate import DEFAULT_MISSING_RATES, check_rates
+from benchmarks.records import DuplicateKeyError, read_config_yaml
 
 PROTOCOLS = ("paper", "clean", "last")
 SWEEP_KEYS = ("name", "title", "paper", "table", "protocol", "seeds", "command", "source", "notes", "defaults",
@@ -188,6 +187,8 @@ def load_config(path: Path) -> SweepConfig:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"sweep config {path} does not exist")
-    with open(path) as f:
-        doc = yaml.safe_load(f)
+    try:
+        doc = read_config_yaml(path)
+    except DuplicateKeyError as err:
+        raise SweepConfigError(str(err)) from None
     return parse_config(doc, path)
