@@ -238,3 +238,10 @@ def test_a_key_given_twice_in_a_config_is_refused_with_file_and_line(tmp_path):
     merged = tmp_path / "merged.yaml"
     merged.write_text("a: &base {x: 1}\nb:\n  <<: *base\n  x: 2\n")
     assert read_config_yaml(merged) == {"a": {"x": 1}, "b": {"x": 2}}, "overriding a merged key is no duplicate"
+
+
+def test_a_misspelt_evaluation_split_is_refused_before_anything_trains(no_launch, tmp_path, capsys):
+    path = write_config(tmp_path / "sweep.yaml", evaluate={"missing": [0, 0.5], "split": "tset"})
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "evaluate.split must be one of ['train', 'val', 'test'], got 'tset'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

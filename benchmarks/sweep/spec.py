@@ -16,6 +16,7 @@ SWEEP_KEYS = ("name", "title", "paper", "table", "protocol", "seeds", "command",
 METHOD_KEYS = ("method", "title", "only_datasets", "per_dataset", "grid", "notes")
 DATASET_KEYS = ("notes",)
 EVALUATE_KEYS = ("missing", "split", "seed")
+EVALUATE_SPLITS = ("train", "val", "test")
 
 
 class SweepConfigError(ValueError):
@@ -49,7 +50,11 @@ class EvaluateSpec:
         seed = doc.get("seed", 0)
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise SweepConfigError(f"{where}.seed must be an integer, got {seed!r}")
-        return cls(missing, str(doc.get("split", "test")), seed)
+        # Checked here, not by the evaluation: that runs after training, so a typo would fail every run at the end.
+        split = doc.get("split", "test")
+        if split not in EVALUATE_SPLITS:
+            raise SweepConfigError(f"{where}.split must be one of {list(EVALUATE_SPLITS)}, got {split!r}")
+        return cls(missing, split, seed)
 
 
 @dataclass
