@@ -374,3 +374,14 @@ def test_renaming_a_row_moves_its_finished_runs_with_it(tmp_path):
     assert json.loads((first.run_dir / "job.json").read_text())["label"] == "concat"
     (row,) = build_table(load_runs(out), protocol="clean").rows
     assert {cell.n for cell in row[1]} == {2}
+
+
+def test_table_without_config_reports_the_protocol_the_sweep_recorded(tmp_path, capsys):
+    defaults = {"model": dict(TINY_MODEL), "data": dict(TINY_DATA), "train": {**TINY_TRAIN, "epochs": 1}}
+    out = tmp_path / "out"
+    jobs = expand(parse_config(tiny_config(seeds=[0], methods={"joint": {}}, protocol="last", defaults=defaults)), out)
+    assert not run_pool(jobs, workers=1, log=lambda line: None).failed
+    assert main(["table", str(out)]) == 0
+    assert "Protocol: last epoch" in capsys.readouterr().out
+    assert main(["table", str(out), "--protocol", "clean"]) == 0
+    assert "Protocol: clean" in capsys.readouterr().out

@@ -12,11 +12,13 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Sequence
 
 from benchmarks.collect import (
     FORMATS,
     PROTOCOL_CAPTIONS,
     RENDERERS,
+    RunRecord,
     build_table,
     config_order,
     load_paper,
@@ -24,7 +26,7 @@ from benchmarks.collect import (
     log_wandb_table,
     unfinished_runs,
 )
-from benchmarks.records import WANDB_MODES, atomic_write_text
+from benchmarks.records import WANDB_MODES, atomic_write_text, read_json
 
 HELP = "tabulate finished runs: mean ± std over seeds per method x dataset x metric, with published numbers"
 
@@ -36,7 +38,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--paper-table", help="which table of the paper file (e.g. table1)")
     p.add_argument("--format", choices=FORMATS, default="md")
     p.add_argument("--protocol", choices=tuple(PROTOCOL_CAPTIONS),
-                   help="epoch selection; default: the config's, else 'paper' with --paper, else 'clean'")
+                   help="epoch selection; default: the config's (--config, else the one its runs record), else "
+                        "'paper' with --paper, else 'clean'")
     p.add_argument("--per-modality", action="store_true", help="add per-modality accuracy columns")
     p.add_argument("--missing", action="store_true", help="missing-modality accuracies (augbench evaluate --missing)")
     p.add_argument("--out", type=Path, help="write the table here instead of printing it")
@@ -44,12 +47,21 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wandb-group", help="W&B group for the table run")
 
 
+def recorded_protocol(records: Sequence[RunRecord]) -> str | None:
+    """The protocol that every run's ``job.json`` records (its sweep config's), or None when they disagree or a
+    run records none, so that a sweep's table follows its config even without ``--config``."""
+    found = {read_json(record.run_dir / "job.json", default={}).get("protocol") for record in records}
+    return found.pop() if len(found) == 1 else None
+
+
 def run(args: argparse.Namespace) -> int:
     order = config_order(args.config) if args.config else {}
     paper_name = args.paper or order.get("paper")
     paper = load_paper(paper_name, args.paper_table or order.get("table")) if paper_name else None
-    protocol = args.protocol or order.get("protocol") or ("paper" if paper else "clean")
-    table = build_table(load_runs(args.runs_dir), protocol=protocol, paper=paper, per_modality=args.per_modality,
+    records = load_runs(args.runs_dir)
+    protocol = (args.protocol or order.get("protocol") or recorded_protocol(records)
+                or ("paper" if paper else "clean"))
+    table = build_table(records, protocol=protocol, paper=paper, per_modality=args.per_modality,
                         missing=args.missing, datasets=order.get("datasets"), methods=order.get("methods"),
                         title=order.get("title"))
     unfinished = unfinished_runs(args.runs_dir)
