@@ -245,3 +245,10 @@ def test_a_misspelt_evaluation_split_is_refused_before_anything_trains(no_launch
     assert main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 2
     assert "evaluate.split must be one of ['train', 'val', 'test'], got 'tset'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_only_datasets_is_refused_not_a_row_without_runs():
+    doc = {"name": "test/only", "seeds": [0], "datasets": {"synthetic": {}},
+           "methods": {"joint": {"only_datasets": []}, "sum": {}}}
+    with pytest.raises(SweepConfigError, match=r"methods.joint.only_datasets must be a non-empty list.*got \[\]"):
+        parse_config(doc)

@@ -128,9 +128,10 @@ def _check_method(label: str, entry: Any, datasets: Mapping[str, Any], where: st
         raise SweepConfigError(f"{where}: methods.{label}: unknown key(s) {bad}; valid: {sorted(allowed)} "
                                f"(the method's own namespace is {method!r})")
     only = entry.get("only_datasets")
-    if only is not None and (not isinstance(only, list) or set(only) - set(datasets)):
-        raise SweepConfigError(f"{where}: methods.{label}.only_datasets must list datasets of this config "
-                               f"({sorted(datasets)}), got {only!r}")
+    # An empty list would plan no run of the row at all, without a word; leaving the key out means every dataset.
+    if only is not None and (not isinstance(only, list) or not only or set(only) - set(datasets)):
+        raise SweepConfigError(f"{where}: methods.{label}.only_datasets must be a non-empty list of datasets of this "
+                               f"config ({sorted(datasets)}), got {only!r}")
     per_dataset = _require_mapping(entry.get("per_dataset"), where, f"methods.{label}.per_dataset")
     for dataset, sections in per_dataset.items():
         if dataset not in datasets:
