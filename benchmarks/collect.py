@@ -141,9 +141,11 @@ def row_of(run_dir: Path, method: str) -> tuple[str, str]:
 
 
 def unfinished_runs(root: Path) -> list[Path]:
-    """Run folders under ``root`` (each holds ``config.yaml``) without ``DONE``: still training, stopped or failed.
-    ``load_runs`` leaves them out; the table command counts them so that a missing seed is never silent."""
-    return sorted(path.parent for path in Path(root).rglob("config.yaml") if not (path.parent / "DONE").exists())
+    """Run folders under ``root`` without ``DONE``: still training, stopped or failed. ``load_runs`` leaves them out;
+    the table command counts them so that a missing seed is never silent. A sweep's run that failed before its first
+    epoch holds only the ``job.yaml`` its sweep wrote, so that marks a run folder too."""
+    folders = {path.parent for name in ("config.yaml", "job.yaml") for path in Path(root).rglob(name)}
+    return sorted(folder for folder in folders if not (folder / "DONE").exists())
 
 
 def _settings(config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:

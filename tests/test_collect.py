@@ -186,6 +186,14 @@ def test_the_table_command_counts_the_unfinished_runs_it_leaves_out(runs_dir, ca
                             f"table, such as {runs_dir / 'cremad-aug-seed9-fixture'}\n")
 
 
+def test_a_sweep_run_that_never_started_counts_as_unfinished(runs_dir, capsys):
+    never = runs_dir / "cremad-aug-seed0-never"
+    never.mkdir()
+    (never / "job.yaml").write_text("method: aug\n")
+    assert main(["table", str(runs_dir)]) == 0
+    assert "note: 2 run folder(s) without DONE" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("damage", ["not json", "no keys"])
 def test_a_damaged_summary_is_an_error_naming_the_file(runs_dir, capsys, damage):
     summary = runs_dir / "cremad-aug-seed1-fixture" / "summary.json"
