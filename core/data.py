@@ -220,6 +220,14 @@ class BatchLoader:
     def generator(self, purpose: str) -> torch.Generator:
         return torch.Generator().manual_seed(seed_for(self.seed, self.epoch, purpose))
 
+    def _augment_generator(self) -> torch.Generator:
+        """Per-sample augmentation draws (flips, crops, frames): a rank's own stream under data parallelism, or
+        every rank would repeat rank 0's draws on its part of the global batch. A single process keeps the
+        unranked seed, so its runs stay as they were."""
+        if self.world_size == 1:
+            return self.generator("augment")
+        return torch.Generator().manual_seed(seed_for(self.seed, self.epoch, "augment", self.rank))
+
     def __iter__(self) -> Iterator[Batch]:
         if self.prefetch:
             return prefetched(self._batches(), self.prefetch, self.device)
@@ -227,7 +235,7 @@ class BatchLoader:
 
     def _batches(self) -> Iterator[Batch]:
         order = self._order()
-        aug_gen = self.generator("augment")
+        aug_gen = self._augment_generator()
         pin = self.device.type == "cuda"
         for start in range(0, len(self), 1):
             pos = order[start * self.batch_size:(start + 1) * self.batch_size]

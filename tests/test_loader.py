@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.data import BatchLoader
+from core.data import BatchLoader, seed_for
 from datasets.base import stratified_holdout
 
 N = 100
@@ -93,3 +93,25 @@ def test_derived_pass_is_in_order_over_the_whole_split_and_extra_pass_restores_t
     assert len(tagged) == 2 and ld.epoch == 5
     ld.set_epoch(-1)
     assert tagged == [b["index"].tolist() for b in list(ld)[:2]]
+
+
+def draw_augment(batch, generator, train):
+    """A per-sample random draw, as the datasets' flips and crops take one."""
+    batch["u"] = torch.rand(len(batch["index"]), generator=generator)
+    return batch
+
+
+def augment_draws(rank: int, world: int) -> dict[int, float]:
+    shard = loader(20 // world, train=True, augment=draw_augment)
+    if world > 1:
+        shard.set_shard(rank, world)
+    return {int(i): float(u) for batch in shard for i, u in zip(batch["index"], batch["u"])}
+
+
+def test_data_parallel_ranks_draw_their_own_augmentations_and_a_single_process_keeps_its_stream():
+    first, second = augment_draws(0, 2), augment_draws(1, 2)
+    assert first.keys().isdisjoint(second.keys()) and len(first) + len(second) == N, "one shared shuffle"
+    assert len(set(first.values()) | set(second.values())) == N, "rank 1 must not repeat rank 0's draws"
+    single = loader(20, train=True, augment=draw_augment)
+    expected = torch.rand(20, generator=torch.Generator().manual_seed(seed_for(7, 0, "augment")))
+    torch.testing.assert_close(next(iter(single))["u"], expected, rtol=0, atol=0)
