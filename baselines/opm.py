@@ -158,18 +158,28 @@ class OPM(FusionMethod):
             q = opm_drop_probabilities(torch.stack([scores[m] for m in self.modalities]), self.hp.q_base,
                                        self.hp.lam)
             logs = {f"q_{m}": q[i].item() for i, m in enumerate(self.modalities)}
+            keep = None
             if bool(torch.rand(()) < self.hp.p_exe):
                 h, keep, _ = drop_features(h, q, self.hp.theta_gradient)
-                if not bool(keep.any()):
-                    return {**logs, "kept": 0.0}
                 h = {m: v[keep] for m, v in h.items()}
                 labels = labels[keep]
-                logs["kept"] = keep.float().mean().item()
-            else:
-                logs["kept"] = 1.0
+            logs["kept"] = 1.0 if keep is None else keep.float().mean().item()
+            if not self._kept_anywhere(labels):
+                return logs
             z, _ = head(h)
-            loss = F.cross_entropy(loss_precision(z), labels)
+            loss = F.cross_entropy(loss_precision(z), labels) if len(labels) else None
         self.optimizer.zero_grad(set_to_none=True)
+        if loss is None:
+            # Ranks draw their own drops: this one kept nothing, but the others step, and the pre-step average needs
+            # every rank (its missing gradients count as zeros).
+            self.optimizer.step()
+            return logs
         loss.backward()
         self.optimizer.step()
         return {"loss": loss.item(), **logs}
+
+    def _kept_anywhere(self, labels: torch.Tensor) -> bool:
+        """Whether any rank kept a sample: the step is skipped only when no rank has one, and every rank must call
+        this, dropping or not, so that the collectives line up."""
+        count = torch.tensor([float(len(labels))], device=labels.device)
+        return bool(self.ctx.all_reduce_sum(count).item() > 0)

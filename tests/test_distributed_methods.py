@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+import baselines.opm as opm
 import benchmarks.runner as runner
 from baselines.base import Loaders, Method, StepInfo, TrainContext
 from baselines.networks import MODEL_HPARAMS
@@ -173,6 +174,30 @@ def selection_checks(ddp: DistContext, rank: int) -> dict:
     return out
 
 
+def opm_idle_rank_checks(hook, rank: int) -> dict:
+    """One OPM dropping step in which rank 1's own drops keep no sample while rank 0 keeps all of its."""
+    cls = get_method("opm")
+    base = make_context(epochs=1, lr=LR)
+    ctx = TrainContext(device=base.device, epochs=1, train_hp=base.train_hp, model_hp=MODEL_HP, step_pre_hook=hook)
+    torch.manual_seed(0)
+    hp = resolve("opm", method_hparams(cls), TASK.dataset, {"warmup_epochs": 0, "p_exe": 1.0}, variants=cls.VARIANTS)
+    method = cls(TASK, hp, ctx).train()
+    before = {n: p.detach().clone() for n, p in method.named_parameters()}
+
+    def drop_features(h, q, theta_gradient):
+        rows = next(iter(h.values())).shape[0]
+        return h, torch.full((rows,), rank == 0), None
+
+    real, opm.drop_features = opm.drop_features, drop_features
+    try:
+        logs = method.update(next(iter(loaders(rank, WORLD).train)), StepInfo(epoch=0, step=0, steps_per_epoch=1,
+                                                                                 epochs=1))
+    finally:
+        opm.drop_features = real
+    return {"logs": logs, "before": before,
+            "after": {n: p.detach().clone() for n, p in method.named_parameters()}}
+
+
 def _worker(rank: int, port: int, tmp: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
                       LOCAL_RANK=str(rank), WANDB_MODE="disabled", GLOO_SOCKET_IFNAME="lo")
@@ -180,7 +205,8 @@ def _worker(rank: int, port: int, tmp: str) -> None:
     ddp, created = init_from_env("cpu")
     ctx = make_context()
     ctx.step_pre_hook = ddp.step_pre_hook
-    out = {"api": api_checks(ctx, rank), "rows": selection_checks(ddp, rank)}
+    out = {"api": api_checks(ctx, rank), "rows": selection_checks(ddp, rank),
+           "opm_idle": opm_idle_rank_checks(ddp.step_pre_hook, rank)}
     for name in EXACT:
         out[name] = {"exact": train(name, TrainContext, ddp.step_pre_hook, rank, WORLD)}
         if name in SENSITIVE:
@@ -232,6 +258,14 @@ def test_ranks_that_select_different_rows_are_stopped(ranks):
     for out in ranks:
         assert out["rows"]["order"] and "select different training rows" in out["rows"]["order"]
         assert out["rows"]["length"] and "select different training rows" in out["rows"]["length"]
+
+
+def test_an_opm_rank_that_keeps_no_sample_still_joins_the_step(ranks):
+    first, second = (out["opm_idle"] for out in ranks)
+    assert second["logs"]["kept"] == 0.0 and "loss" not in second["logs"] and first["logs"]["kept"] == 1.0
+    for name, value in first["after"].items():
+        torch.testing.assert_close(second["after"][name], value, rtol=0, atol=0, msg=name)
+    assert any(not torch.equal(first["before"][n], v) for n, v in first["after"].items()), "rank 0's samples step"
 
 
 def test_exact_methods_include_the_synchronised_ones():
