@@ -50,7 +50,7 @@ from benchmarks.records import (
     write_yaml,
 )
 from benchmarks.run_folder import EXTENSIONS, MISSING_RESULT, read_extensions, recorded_config
-from core.data import BatchLoader
+from core.data import BatchLoader, seed_for
 from core.distributed import DistContext, init_from_env, shutdown
 from core.provenance import git_commit, git_dirty
 from datasets.base import DataBundle
@@ -91,6 +91,18 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
+def seed_rank(seed: int, ddp: DistContext, *parts: object) -> None:
+    """Give a data-parallel rank its own global RNG stream (dropout masks, per-sample drops, permutations), after
+    rank 0's initial model went to every rank: with the run seed alone every rank would repeat rank 0's draws on its
+    own slice. A single process keeps the stream ``seed_everything`` started."""
+    if not ddp.enabled:
+        return
+    rank_seed = seed_for(seed, "rank", ddp.rank, *parts)
+    random.seed(rank_seed)
+    np.random.seed(rank_seed % (1 << 32))
+    torch.manual_seed(rank_seed)
+
+
 def lr_factor(epoch: int, milestones: list[int], gamma: float) -> float:
     return gamma ** sum(epoch >= m for m in milestones)
 
@@ -100,6 +112,17 @@ def rng_state() -> dict[str, Any]:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def restore_rng(state: dict[str, Any], seed: int, ddp: DistContext, epoch: int) -> None:
+    """Restore this rank's RNG state from a checkpoint. Checkpoints keep every rank's state (``rng_ranks``); one
+    without them (a single process, or written before they were kept) holds rank 0's only, and a rank it lacks
+    draws a fresh stream for the resumed epoch rather than replay rank 0's."""
+    states = state.get("rng_ranks") or [state["rng"]]
+    if ddp.rank < len(states):
+        set_rng_state(states[ddp.rank])
+    else:
+        seed_rank(seed, ddp, "resume", epoch)
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -341,6 +364,7 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
         write_yaml(run_dir / "config.yaml", requested)
         write_json(run_dir / DATA_FILE, identity)
     ddp.broadcast_module(method)
+    seed_rank(cfg.train.seed, ddp)
 
     history: list[dict] = []
     segments: list[dict] = []
@@ -348,7 +372,7 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
     if resume and ckpt_path.exists():
         state = read_checkpoint(ckpt_path, map_location=device)
         method.load_checkpoint_state(state["method"])
-        set_rng_state(state["rng"])
+        restore_rng(state, cfg.train.seed, ddp, state["epoch"] + 1)
         history, start_epoch, elapsed = state["history"], state["epoch"] + 1, state["elapsed"]
         segments = state.get("segments", [])
         if ddp.is_main:
@@ -406,11 +430,17 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
         record["time"] = {"train_s": train_time, "epoch_s": time.perf_counter() - t0}
         history.append(record)
         elapsed += record["time"]["epoch_s"]
+        checkpoint = (epoch + 1) % max(cfg.train.checkpoint_every, 1) == 0 or epoch == epochs - 1
+        # Every rank takes part in gathering the RNG states; only rank 0 writes.
+        rng_ranks = ddp.gather_to_main(rng_state()) if checkpoint else None
         if not ddp.is_main:
             continue
-        if (epoch + 1) % max(cfg.train.checkpoint_every, 1) == 0 or epoch == epochs - 1:
-            atomic_torch_save(ckpt_path, {"epoch": epoch, "method": method.checkpoint_state(), "rng": rng_state(),
-                                          "history": history, "elapsed": elapsed, "segments": segments})
+        if checkpoint:
+            saved = {"epoch": epoch, "method": method.checkpoint_state(), "rng": rng_ranks[0], "history": history,
+                     "elapsed": elapsed, "segments": segments}
+            if ddp.enabled:
+                saved["rng_ranks"] = rng_ranks
+            atomic_torch_save(ckpt_path, saved)
         write_jsonl(run_dir / "metrics.jsonl", history)
         sink.log_epoch(record)
         log(_epoch_line(record))

@@ -11,10 +11,13 @@ Methods own their optimizer steps (several per batch for AUG and MLA, gradient e
   ``train.batch_size`` samples of a single process's batch i; the runner checks that every rank selected the same
   rows. A method's extra passes over the training loader (``extra_pass``) are sharded the same way, while its
   private passes (``derived``) are not: every rank makes the whole pass, in global batches by default;
-- rank 0's initial parameters and buffers are broadcast to every rank; before each evaluation the BatchNorm running
-  statistics are averaged over ranks (the other tensors are broadcast from rank 0), and after every epoch's
-  ``on_epoch_end`` everything is broadcast from rank 0 again (method buffers follow rank 0, and a method whose epoch
-  hook changed its structure differently on two ranks is reported instead of deadlocking);
+- rank 0's initial parameters and buffers are broadcast to every rank, after which each rank reseeds its global RNG
+  from ``(seed, "rank", r)`` (dropout masks and other global draws differ per rank, as in a single process they
+  differ per sample; checkpoints keep every rank's RNG state) and the training loader draws rank r's augmentations
+  from its own stream; before each evaluation the BatchNorm running statistics are averaged over ranks (the other
+  tensors are broadcast from rank 0), and after every epoch's ``on_epoch_end`` everything is broadcast from rank 0
+  again (method buffers follow rank 0, and a method whose epoch hook changed its structure differently on two ranks
+  is reported instead of deadlocking);
 - every rank evaluates the full val/test splits with identical weights (simple and deterministic); only rank 0
   writes files and logs.
 
@@ -133,6 +136,15 @@ class DistContext:
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
+
+    def gather_to_main(self, obj: Any) -> list[Any] | None:
+        """Every rank's ``obj`` (picklable), in rank order, on rank 0; None on the other ranks. Every rank must call
+        it. A single process gets ``[obj]``."""
+        if not self.enabled:
+            return [obj]
+        gathered: list[Any] | None = [None] * self.world_size if self.is_main else None
+        dist.gather_object(obj, gathered, dst=0)
+        return gathered
 
 
 def env_world() -> tuple[int, int, int]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -13,10 +15,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+import benchmarks.runner as runner
 from baselines.base import StepInfo
+from baselines.registry import get_method
 from benchmarks.config import build_config
-from benchmarks.runner import build_data, build_method, make_loaders, train_run
-from core.distributed import init_from_env, shutdown
+from benchmarks.runner import build_data, build_method, make_loaders, restore_rng, rng_state, train_run
+from core.distributed import DistContext, init_from_env, shutdown
 from tests.conftest import make_context, tiny_overrides
 from tests.numeric import close
 
@@ -119,3 +123,102 @@ def test_two_gloo_ranks_average_gradients_shard_data_and_agree_on_parameters(tmp
     assert summary["world_size"] == 2 and (tmp_path / "run" / "DONE").exists()
     assert summary["protocols"] == json.loads(json.dumps(second["summary"]["protocols"])), \
         "rank 1 evaluates the same model on the full split"
+
+
+def digest(tensor: torch.Tensor) -> str:
+    return hashlib.sha1(tensor.detach().cpu().numpy().tobytes()).hexdigest()
+
+
+def _spy_on_updates(seen: list[dict]) -> Callable:
+    """Record, at every training step of joint, the global RNG state, the parameters and the logs; returns the
+    unspied ``update`` to put back."""
+    cls = get_method("joint")
+    real = cls.update
+
+    def update(self, batch, step):
+        params = torch.cat([p.detach().reshape(-1) for p in self.parameters()])
+        entry = {"epoch": step.epoch, "rng": digest(torch.get_rng_state()), "params": digest(params)}
+        entry["logs"] = real(self, batch, step)
+        seen.append(entry)
+        return entry["logs"]
+
+    cls.update = update
+    return real
+
+
+def _stop_at_epoch(epoch: int) -> None:
+    """Make every rank fail at the start of ``epoch``, after the previous epoch's checkpoint (like a kill)."""
+    real = runner.lr_factor
+
+    def lr_factor(e, *args):
+        if e == epoch:
+            raise RuntimeError("stop")
+        return real(e, *args)
+
+    runner.lr_factor = lr_factor
+
+
+def _runs_worker(rank: int, port: int, tmp: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
+                      LOCAL_RANK=str(rank), WANDB_MODE="disabled", GLOO_SOCKET_IFNAME="lo")
+    torch.set_num_threads(1)
+    _, created = init_from_env("cpu")
+    overrides = tiny_overrides()
+    overrides["train"]["epochs"] = 2
+    cfg = build_config("joint", "synthetic", overrides)
+    out: dict = {"full": [], "resumed": []}
+    real_update = _spy_on_updates(out["full"])
+    train_run(cfg, Path(tmp) / "full", log=lambda msg: None)
+    real_lr_factor = runner.lr_factor
+    _stop_at_epoch(1)
+    try:
+        train_run(cfg, Path(tmp) / "cut", log=lambda msg: None)
+    except RuntimeError as err:
+        out["stopped"] = str(err)
+    runner.lr_factor = real_lr_factor
+    get_method("joint").update = real_update
+    _spy_on_updates(out["resumed"])
+    train_run(cfg, Path(tmp) / "cut", resume=True, log=lambda msg: None)
+    torch.save(out, Path(tmp) / f"rank{rank}.pt")
+    dist.barrier()
+    shutdown(created)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> tuple[Path, list[dict]]:
+    """Two gloo ranks: a 2-epoch joint run, and the same run stopped after epoch 0 and resumed."""
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("needs torch.distributed gloo")
+    tmp = tmp_path_factory.mktemp("ddp_runs")
+    torch.multiprocessing.spawn(_runs_worker, args=(_free_port(), str(tmp)), nprocs=WORLD, join=True)
+    return tmp, [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+def test_ranks_start_from_one_model_but_draw_their_own_random_streams(runs):
+    _, (first, second) = runs
+    assert first["full"][0]["params"] == second["full"][0]["params"], "rank 0's initial model on every rank"
+    assert len(first["full"]) == len(second["full"]) > 0
+    for a, b in zip(first["full"], second["full"]):
+        assert a["params"] == b["params"], "averaged gradients keep the ranks equal"
+        assert a["rng"] != b["rng"], "dropout masks and per-sample draws must differ between ranks"
+
+
+def test_resume_restores_every_rank_its_own_random_state(runs):
+    tmp, ranks = runs
+    assert all(out["stopped"] == "stop" for out in ranks)
+    assert len(torch.load(tmp / "cut" / "checkpoint.pt", weights_only=False)["rng_ranks"]) == WORLD
+    for out in ranks:
+        full = [e["rng"] for e in out["full"] if e["epoch"] == 1]
+        assert [e["rng"] for e in out["resumed"]] == full, "the resumed epoch replays this rank's stream"
+    resumed = json.loads((tmp / "cut" / "summary.json").read_text())["protocols"]
+    assert resumed == json.loads((tmp / "full" / "summary.json").read_text())["protocols"]
+
+
+def test_an_old_checkpoint_restores_its_one_state_on_rank_0_and_a_fresh_stream_elsewhere():
+    torch.manual_seed(3)
+    saved = rng_state()
+    expected = torch.rand(4)
+    restore_rng({"rng": saved}, 0, DistContext(0, 2, 0), epoch=1)
+    torch.testing.assert_close(torch.rand(4), expected, rtol=0, atol=0)
+    restore_rng({"rng": saved}, 0, DistContext(1, 2, 1), epoch=1)
+    assert not torch.equal(torch.rand(4), expected), "rank 1 must not replay rank 0's stream"
