@@ -251,13 +251,17 @@ def check_data_parallel(method: str, world_size: int) -> None:
                            f"process instead of torchrun with {world_size} processes")
 
 
-def _mean_logs(logs: list[dict[str, float]]) -> dict[str, float]:
+def _mean_logs(logs: list[dict[str, float]], ddp: DistContext = DistContext()) -> dict[str, float]:
+    """The epoch's mean of every logged key over all steps of all ranks: rank 0's steps alone saw 1/W of the data.
+    Every rank must call it."""
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
     for entry in logs:
         for k, v in entry.items():
             sums[k] += float(v)
             counts[k] += 1
+    if ddp.enabled:
+        sums, counts = ddp.sum_by_key(sums), ddp.sum_by_key(counts)
     return {k: sums[k] / counts[k] for k in sums}
 
 
@@ -420,7 +424,7 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
         bar.close()
         train_time = time.perf_counter() - t0
         ddp.sync_for_eval(method)
-        record: dict[str, Any] = {"epoch": epoch, "lr": cfg.train.lr * factor, "train": _mean_logs(logs)}
+        record: dict[str, Any] = {"epoch": epoch, "lr": cfg.train.lr * factor, "train": _mean_logs(logs, ddp)}
         if loaders.val is not None:
             record["val"] = evaluate(method, loaders.val, bundle.task.num_classes)
         record["test"] = evaluate(method, loaders.test, bundle.task.num_classes)

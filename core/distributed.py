@@ -137,6 +137,20 @@ class DistContext:
         if self.enabled:
             dist.barrier()
 
+    def sum_by_key(self, values: dict[str, float]) -> dict[str, float]:
+        """Sum ``values`` key by key over ranks, a key missing on a rank counting 0 (a method may log a key on some
+        steps only); the keys keep the order in which rank 0, then the others, first hold them. Every rank must call
+        it; a single process gets its own values back."""
+        if not self.enabled:
+            return dict(values)
+        held: list[Any] = [None] * self.world_size
+        dist.all_gather_object(held, list(values))
+        keys = list(dict.fromkeys(k for rank_keys in held for k in rank_keys))
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+        sums = torch.tensor([float(values.get(k, 0.0)) for k in keys], dtype=torch.float64, device=device)
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+        return dict(zip(keys, sums.tolist()))
+
     def gather_to_main(self, obj: Any) -> list[Any] | None:
         """Every rank's ``obj`` (picklable), in rank order, on rank 0; None on the other ranks. Every rank must call
         it. A single process gets ``[obj]``."""

@@ -214,6 +214,16 @@ def test_resume_restores_every_rank_its_own_random_state(runs):
     assert resumed == json.loads((tmp / "full" / "summary.json").read_text())["protocols"]
 
 
+def test_recorded_train_loss_is_the_mean_over_every_rank(runs):
+    tmp, ranks = runs
+    recorded = [json.loads(line)["train"]["loss"] for line in (tmp / "full" / "metrics.jsonl").read_text().splitlines()]
+    for epoch, value in enumerate(recorded):
+        losses = [e["logs"]["loss"] for out in ranks for e in out["full"] if e["epoch"] == epoch]
+        assert value == pytest.approx(sum(losses) / len(losses), rel=1e-12)
+        own = [e["logs"]["loss"] for e in ranks[0]["full"] if e["epoch"] == epoch]
+        assert value != pytest.approx(sum(own) / len(own), rel=1e-9), "rank 0's steps alone are not the epoch"
+
+
 def test_an_old_checkpoint_restores_its_one_state_on_rank_0_and_a_fresh_stream_elsewhere():
     torch.manual_seed(3)
     saved = rng_state()
