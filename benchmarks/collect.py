@@ -165,13 +165,26 @@ def _settings(config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
     identity = recorded_identity(run_dir) or {}
     if identity.get("cache_options_hash"):
         flat["data.cache_options_hash"] = identity["cache_options_hash"]
+    flat["world_size"] = _world_size(run_dir)
     return flat
+
+
+def _world_size(run_dir: Path) -> int | list[int]:
+    """How many data-parallel ranks trained the run (``summary.json``; the ranks of each resumed segment when they
+    differ). W ranks are not a seed of one process: BatchNorm normalises each rank's slice, ``n mod W`` training
+    samples are left out, and an ``approximate`` method takes other steps. A summary from before ranks were
+    recorded is one process unless it says otherwise."""
+    summary = read_json(Path(run_dir) / "summary.json", default={})
+    whole = summary.get("world_size", 1)
+    sizes = sorted({segment.get("world_size", whole) for segment in summary.get("segments", [])} | {whole})
+    return sizes[0] if len(sizes) == 1 else sizes
 
 
 def check_one_config_per_row(runs: Iterable[tuple[str, str, int, Path, Mapping[str, Any]]]) -> None:
     """Refuse a row of a table or plot whose runs are not the seeds of one config: a seed twice, or settings that
     differ beyond ``EXECUTION_KEYS`` (variants trained with ``augbench train`` into one folder; a sweep rerun into its
-    folder after its settings changed). Its mean and std would otherwise mix configs as if they were seeds.
+    folder after its settings changed), or another number of data-parallel ranks (``world_size``). Its mean and std
+    would otherwise mix configs as if they were seeds.
     ``runs``: (row label, dataset, seed, run folder, config) for every run that recorded its config."""
     rows: dict[tuple[str, str], list[tuple[int, Path, dict[str, Any]]]] = defaultdict(list)
     for label, dataset, seed, run_dir, config in runs:

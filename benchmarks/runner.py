@@ -383,7 +383,8 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
             write_jsonl(run_dir / "metrics.jsonl", history)
         log(f"resuming {run_dir.name} at epoch {start_epoch}")
     # Which code trained which epochs: a resumed run's earlier segments may come from another commit.
-    segments.append({"first_epoch": start_epoch, "git_commit": git_commit(), "git_dirty": git_dirty()})
+    segments.append({"first_epoch": start_epoch, "git_commit": git_commit(), "git_dirty": git_dirty(),
+                     "world_size": ddp.world_size})
     if extending and ddp.is_main:
         # DONE goes first: a crash in between leaves an unfinished run whose recorded epochs are still the old ones.
         (run_dir / "DONE").unlink(missing_ok=True)
@@ -451,13 +452,11 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
 
     summary = {"method": cfg.method, "dataset": cfg.dataset, "seed": cfg.train.seed, "epochs": epochs,
                "config_hash": run_hash, "protocols": select_protocols(history),
-               "data_parallel": type(method).DATA_PARALLEL, "wall_time_s": elapsed, "env": environment(device),
-               "segments": segments}
+               "data_parallel": type(method).DATA_PARALLEL, "world_size": ddp.world_size, "wall_time_s": elapsed,
+               "env": environment(device), "segments": segments}
     extensions = read_extensions(run_dir)
     if extensions:
         summary["extensions"] = extensions
-    if ddp.enabled:
-        summary["world_size"] = ddp.world_size
     if ddp.is_main:
         write_json(run_dir / "summary.json", summary)
         (run_dir / "DONE").write_text("")

@@ -239,6 +239,28 @@ def test_runs_that_differ_only_in_where_they_ran_share_a_row(runs_dir):
     assert cells[0].n == 3 and cells[0].seeds == (0, 1, 2)
 
 
+def _set_world_size(run: Path, world_size: int, segments: list[int] | None = None) -> None:
+    summary = json.loads((run / "summary.json").read_text())
+    summary["world_size"] = world_size
+    if segments:
+        summary["segments"] = [{"first_epoch": i, "world_size": w} for i, w in enumerate(segments)]
+    (run / "summary.json").write_text(json.dumps(summary))
+
+
+def test_seeds_trained_on_another_number_of_ranks_are_not_one_row(runs_dir):
+    # seed 0's summary predates world_size (one process); seed 1 records it.
+    _set_world_size(runs_dir / "cremad-joint-seed1-fixture", 1)
+    _set_world_size(runs_dir / "cremad-joint-seed2-fixture", 2)
+    with pytest.raises(MixedRunsError, match=r"row 'joint' on cremad would average runs of different configs: "
+                                             r".*seed0-fixture and .*seed2-fixture differ in world_size 1 vs 2"):
+        build_table(load_runs(runs_dir))
+    _set_world_size(runs_dir / "cremad-joint-seed2-fixture", 1, segments=[2, 1])
+    with pytest.raises(MixedRunsError, match=r"seed2-fixture differ in world_size 1 vs \[1, 2\]"):
+        build_table(load_runs(runs_dir))
+    _set_world_size(runs_dir / "cremad-joint-seed2-fixture", 1, segments=[1, 1])
+    build_table(load_runs(runs_dir))
+
+
 def test_an_extended_seed_is_another_config(runs_dir):
     for seed in range(3):
         _set_config(runs_dir / f"cremad-joint-seed{seed}-fixture", train={"epochs": 10, "seed": seed})

@@ -121,6 +121,7 @@ def test_two_gloo_ranks_average_gradients_shard_data_and_agree_on_parameters(tmp
 
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["world_size"] == 2 and (tmp_path / "run" / "DONE").exists()
+    assert [segment["world_size"] for segment in summary["segments"]] == [2]
     assert summary["protocols"] == json.loads(json.dumps(second["summary"]["protocols"])), \
         "rank 1 evaluates the same model on the full split"
 

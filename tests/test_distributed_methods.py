@@ -314,4 +314,7 @@ def test_summary_records_the_data_parallel_level(tmp_path):
     cfg = build_config("pmr", "synthetic", overrides)
     summary = runner.train_run(cfg, tmp_path / "run", log=lambda line: None)
     assert summary["data_parallel"] == "approximate"
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["data_parallel"] == "approximate"
+    recorded = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert recorded["data_parallel"] == "approximate"
+    assert recorded["world_size"] == 1 and [s["world_size"] for s in recorded["segments"]] == [1], \
+        "a table tells one process from data-parallel runs by the recorded number of ranks"
