@@ -26,7 +26,9 @@ over the subset only); at sample level an epoch grows to at most 7x the rows (6 
 
 Deviations: the valuation pass serves evaluation transforms (the code's pass reads the training dataset with its
 random crops); the modality-level pass evaluates only the drawn subset (the code evaluates every row but uses only
-the subset). Randomness is seeded from (run seed, epoch) so a resumed run redraws the same subset and copies.
+the subset). Randomness is seeded from (run seed, epoch) so a resumed run redraws the same subset and copies. Under
+data parallelism (``approximate``) every step is the global batch's, but W ranks leave the last n mod W expanded rows
+of the epoch's order untrained, and the expanded count varies by epoch.
 """
 
 from __future__ import annotations
@@ -103,7 +105,7 @@ class SMV(FusionMethod):
             'code/modality_level.py (execute_modulation), code/datasets/dataloader.py')
     HEAD = "concat"
     MODALITIES = (2,)
-    DATA_PARALLEL = "exact"  # valuation passes see every row with the same model; batch-mean loss
+    DATA_PARALLEL = "approximate"  # exact steps, but an epoch's expanded rows vary in number: n mod W go untrained
     HPARAMS = (
         HParam("level", "sample", "'sample' (sample_level.py, the AUG row) or 'modality' (modality_level.py).",
                choices=("sample", "modality")),
