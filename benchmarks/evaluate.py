@@ -7,8 +7,8 @@ applied generically to the batch, so every method is evaluated the same way). On
 (uniform over the dataset's modalities). The first round(r·N) samples of the permutation are the missing ones, so
 the missing sets are nested across rates and a sample always loses the same modality. Metrics come from the same
 ``evaluate`` the runner uses, on the *final* checkpoint (the last epoch, not the best-on-test epoch), so rate 0
-reproduces the run's last-epoch test metrics (unless a method's ``on_epoch_end`` changed the model after that last
-evaluation). Results go to ``<run>/missing_modality.json``.
+reproduces the run's last-epoch test metrics; when it does not (a method's ``on_epoch_end`` changed the model after
+that last evaluation), the evaluation is refused rather than recorded. Results go to ``<run>/missing_modality.json``.
 """
 
 from __future__ import annotations
@@ -31,6 +31,23 @@ DEFAULT_MISSING_RATES = (0.0, 0.2, 0.5)
 
 class RunNotFinishedError(ValueError):
     """The run folder has no finished run (no ``DONE``/``checkpoint.pt``)."""
+
+
+class CheckpointMismatchError(ValueError):
+    """The final checkpoint does not score what the run recorded for its last epoch."""
+
+
+def check_reference(run_dir: Path, split: str, results: Sequence[dict[str, Any]], recorded: float | None,
+                    n: int) -> None:
+    """Rate 0 must reproduce the run's recorded last-epoch accuracy (to within half a sample), or the checkpoint is
+    not the model those metrics came from and every missing rate would describe another model."""
+    at_zero = [r["metrics"]["acc"] for r in results if r["rate"] == 0]
+    if recorded is None or not at_zero or abs(at_zero[0] - recorded) <= 0.5 / max(n, 1):
+        return
+    raise CheckpointMismatchError(
+        f"{run_dir}: the final checkpoint scores {at_zero[0]:.4f} {split} accuracy with nothing missing, but the run "
+        f"recorded {recorded:.4f} for its last epoch: the method changed the model after that evaluation (an "
+        f"on_epoch_end step in the last epoch), so no missing-modality result is written")
 
 
 def parse_rates(text: str) -> list[float]:
@@ -130,10 +147,11 @@ def evaluate_missing(run_dir: Path, rates: Sequence[float] = DEFAULT_MISSING_RAT
                         "missing_by_modality": {m: int((codes == k).sum()) for k, m in enumerate(names)},
                         "metrics": metrics})
     summary = read_json(run_dir / "summary.json")
+    reference = (summary["protocols"]["last"].get(split) or {}).get("acc")
+    check_reference(run_dir, split, results, reference, loader.num_samples)
     out = {"split": split, "seed": seed, "checkpoint_epoch": state["epoch"], "n": loader.num_samples,
            "protocol": "each missing sample loses one modality chosen uniformly (input zeroed); nested sets across "
                        "rates; final checkpoint",
-           "reference_last_epoch_acc": ((summary["protocols"]["last"].get(split) or {}).get("acc")),
-           "rates": results}
+           "reference_last_epoch_acc": reference, "rates": results}
     write_json(run_dir / MISSING_RESULT, out)
     return out

@@ -10,7 +10,14 @@ import torch
 
 from benchmarks.cli import main
 from benchmarks.config import build_config
-from benchmarks.evaluate import RunNotFinishedError, apply_missing, evaluate_missing, missing_plan, parse_rates
+from benchmarks.evaluate import (
+    CheckpointMismatchError,
+    RunNotFinishedError,
+    apply_missing,
+    evaluate_missing,
+    missing_plan,
+    parse_rates,
+)
 from benchmarks.run_folder import MISSING_RESULT, missing_evaluation_current
 from benchmarks.runner import train_run
 from tests.conftest import tiny_overrides
@@ -53,6 +60,19 @@ def test_evaluate_missing_on_a_trained_run(tmp_path, capsys):
     assert sum(rates[1.0]["missing_by_modality"].values()) == 16
     assert "missing 25%" in capsys.readouterr().out
     assert evaluate_missing(run_dir, [0.25])["rates"][0]["metrics"] == rates[0.25]["metrics"], "deterministic"
+
+
+def test_a_checkpoint_that_does_not_reproduce_the_last_epoch_is_refused_not_recorded(tmp_path):
+    # Re-learning re-initialises its encoders in on_epoch_end, after the last epoch's evaluation when its interval
+    # divides the run: the final checkpoint is then another model than the one the last-epoch metrics describe.
+    overrides = tiny_overrides()
+    overrides["relearning"] = {"reinit_epoch": 1}
+    run_dir = tmp_path / "run"
+    train_run(build_config("relearning", "synthetic", overrides), run_dir, log=lambda msg: None)
+    with pytest.raises(CheckpointMismatchError, match=rf"{run_dir}: the final checkpoint scores .* but the run "
+                                                      r"recorded .* for its last epoch"):
+        evaluate_missing(run_dir, [0.0, 0.5])
+    assert not (run_dir / MISSING_RESULT).exists()
 
 
 def test_extending_a_run_drops_its_missing_modality_result_and_a_stale_one_is_not_current(tmp_path):
