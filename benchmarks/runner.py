@@ -94,8 +94,9 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 def seed_rank(seed: int, ddp: DistContext, *parts: object) -> None:
     """Give a data-parallel rank its own global RNG stream (dropout masks, per-sample drops, permutations), after
     rank 0's initial model went to every rank: with the run seed alone every rank would repeat rank 0's draws on its
-    own slice. A single process keeps the stream ``seed_everything`` started."""
-    if not ddp.enabled:
+    own slice. Rank 0, like a single process, keeps the stream ``seed_everything`` started, so what rank 0 draws and
+    broadcasts (AUG's new learners, for one) is what one process would draw."""
+    if not ddp.enabled or ddp.rank == 0:
         return
     rank_seed = seed_for(seed, "rank", ddp.rank, *parts)
     random.seed(rank_seed)

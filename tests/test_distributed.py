@@ -19,7 +19,16 @@ import benchmarks.runner as runner
 from baselines.base import StepInfo
 from baselines.registry import get_method
 from benchmarks.config import build_config
-from benchmarks.runner import build_data, build_method, make_loaders, restore_rng, rng_state, train_run
+from benchmarks.runner import (
+    build_data,
+    build_method,
+    make_loaders,
+    restore_rng,
+    rng_state,
+    seed_everything,
+    seed_rank,
+    train_run,
+)
 from core.distributed import DistContext, init_from_env, shutdown
 from tests.conftest import make_context, tiny_overrides
 from tests.numeric import close
@@ -223,6 +232,19 @@ def test_recorded_train_loss_is_the_mean_over_every_rank(runs):
         assert value == pytest.approx(sum(losses) / len(losses), rel=1e-12)
         own = [e["logs"]["loss"] for e in ranks[0]["full"] if e["epoch"] == epoch]
         assert value != pytest.approx(sum(own) / len(own), rel=1e-9), "rank 0's steps alone are not the epoch"
+
+
+def test_rank_0_keeps_the_single_process_stream_and_other_ranks_get_their_own():
+    # What rank 0 draws and broadcasts (AUG's new learners, say) must be what one process would draw.
+    seed_everything(5, False)
+    single = torch.rand(4)
+    draws = []
+    for rank in (0, 1):
+        seed_everything(5, False)
+        seed_rank(5, DistContext(rank, 2, rank))
+        draws.append(torch.rand(4))
+    torch.testing.assert_close(draws[0], single, rtol=0, atol=0)
+    assert not torch.equal(draws[1], single)
 
 
 def test_an_old_checkpoint_restores_its_one_state_on_rank_0_and_a_fresh_stream_elsewhere():
