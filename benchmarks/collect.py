@@ -165,16 +165,21 @@ def _settings(config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
     identity = recorded_identity(run_dir) or {}
     if identity.get("cache_options_hash"):
         flat["data.cache_options_hash"] = identity["cache_options_hash"]
-    flat["world_size"] = _world_size(run_dir)
+    world_size = _world_size(run_dir)
+    if world_size is not None:
+        flat["world_size"] = world_size
     return flat
 
 
-def _world_size(run_dir: Path) -> int | list[int]:
+def _world_size(run_dir: Path) -> int | list[int] | None:
     """How many data-parallel ranks trained the run (``summary.json``; the ranks of each resumed segment when they
-    differ). W ranks are not a seed of one process: BatchNorm normalises each rank's slice, ``n mod W`` training
-    samples are left out, and an ``approximate`` method takes other steps. A summary from before ranks were
-    recorded is one process unless it says otherwise."""
-    summary = read_json(Path(run_dir) / "summary.json", default={})
+    differ); None for a run still in its first invocation (no summary yet), which a plot of a running sweep shows.
+    W ranks are not a seed of one process: BatchNorm normalises each rank's slice, ``n mod W`` training samples are
+    left out, and an ``approximate`` method takes other steps. A summary from before ranks were recorded is one
+    process unless it says otherwise."""
+    summary = read_json(Path(run_dir) / "summary.json", default=None)
+    if summary is None:
+        return None
     whole = summary.get("world_size", 1)
     sizes = sorted({segment.get("world_size", whole) for segment in summary.get("segments", [])} | {whole})
     return sizes[0] if len(sizes) == 1 else sizes
@@ -194,8 +199,14 @@ def check_one_config_per_row(runs: Iterable[tuple[str, str, int, Path, Mapping[s
     for (label, dataset), members in sorted(rows.items()):
         _, first_dir, first = members[0]
         seen: dict[int, Path] = {}
+        ranks = {str(c["world_size"]): d for _, d, c in members if "world_size" in c}
+        if len(ranks) > 1:
+            shown = " vs ".join(f"{size} ({run_dir})" for size, run_dir in sorted(ranks.items()))
+            raise MixedRunsError(f"row {label!r} on {dataset} would average runs trained on different numbers of "
+                                 f"data-parallel ranks: world_size {shown}. {hint}")
         for seed, run_dir, other in members:
-            differ = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
+            # world_size is compared above, among the runs that know it (a run in its first invocation does not yet)
+            differ = sorted(k for k in (first.keys() | other.keys()) - {"world_size"} if first.get(k) != other.get(k))
             if differ:
                 shown = ", ".join(f"{k} {first.get(k)!r} vs {other.get(k)!r}" for k in differ[:4])
                 more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""

@@ -18,6 +18,7 @@ from benchmarks.collect import (
     PaperFileError,
     StaleResultError,
     build_table,
+    check_one_config_per_row,
     load_paper,
     load_runs,
     render,
@@ -251,14 +252,30 @@ def test_seeds_trained_on_another_number_of_ranks_are_not_one_row(runs_dir):
     # seed 0's summary predates world_size (one process); seed 1 records it.
     _set_world_size(runs_dir / "cremad-joint-seed1-fixture", 1)
     _set_world_size(runs_dir / "cremad-joint-seed2-fixture", 2)
-    with pytest.raises(MixedRunsError, match=r"row 'joint' on cremad would average runs of different configs: "
-                                             r".*seed0-fixture and .*seed2-fixture differ in world_size 1 vs 2"):
+    with pytest.raises(MixedRunsError, match=r"row 'joint' on cremad would average runs trained on different "
+                                             r"numbers of data-parallel ranks: world_size 1 \(.*\) vs 2 "
+                                             r"\(.*seed2-fixture\)"):
         build_table(load_runs(runs_dir))
     _set_world_size(runs_dir / "cremad-joint-seed2-fixture", 1, segments=[2, 1])
-    with pytest.raises(MixedRunsError, match=r"seed2-fixture differ in world_size 1 vs \[1, 2\]"):
+    with pytest.raises(MixedRunsError, match=r"world_size 1 \(.*\) vs \[1, 2\] \(.*seed2-fixture\)"):
         build_table(load_runs(runs_dir))
     _set_world_size(runs_dir / "cremad-joint-seed2-fixture", 1, segments=[1, 1])
     build_table(load_runs(runs_dir))
+
+
+def test_a_run_still_in_its_first_invocation_is_not_taken_for_one_process(runs_dir):
+    # A plot of a running 2-rank sweep: seed 2 has no summary.json yet, so its world size is unknown, not 1.
+    for seed in (0, 1):
+        _set_world_size(runs_dir / f"cremad-joint-seed{seed}-fixture", 2)
+    (runs_dir / "cremad-joint-seed2-fixture" / "summary.json").unlink()
+    check_one_config_per_row(("joint", "cremad", seed, runs_dir / f"cremad-joint-seed{seed}-fixture",
+                              yaml.safe_load((runs_dir / f"cremad-joint-seed{seed}-fixture" / "config.yaml")
+                                             .read_text())) for seed in (2, 0, 1))
+    _set_world_size(runs_dir / "cremad-joint-seed1-fixture", 1)
+    with pytest.raises(MixedRunsError, match="world_size 1"):
+        check_one_config_per_row(("joint", "cremad", seed, runs_dir / f"cremad-joint-seed{seed}-fixture",
+                                  yaml.safe_load((runs_dir / f"cremad-joint-seed{seed}-fixture" / "config.yaml")
+                                                 .read_text())) for seed in (2, 0, 1))
 
 
 def test_an_extended_seed_is_another_config(runs_dir):
