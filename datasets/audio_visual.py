@@ -46,7 +46,7 @@ FEW_FRAMES = 4
 ASPECT_TOLERANCE = 0.02
 SOURCE_SIZES_SHOWN = 8
 # OGM-GE's frame folders name their extraction rate: Image-01-FPS, Image-02-FPS...
-FRAME_FOLDER_RATE = re.compile(r"Image-(\d+)-FPS")
+FRAME_FOLDER_RATE = re.compile(r"Image-(\d+)-FPS", re.IGNORECASE)
 # The layout settings ``augbench prepare --layout`` may override.
 LAYOUT_SETTINGS = ("audio_dir", "video_dir", "frames_dir")
 
@@ -100,7 +100,8 @@ def check_folder_rate(frames_dir: Path, per_second: int) -> None:
     """Frame folders are read as extracted, so ``--fps`` would only be recorded, not applied: it must be the rate
     the folder's name states (Image-NN-FPS), or 1, the rate of the published extractions, for a name that states
     none."""
-    named = FRAME_FOLDER_RATE.search(frames_dir.name)
+    # any part of the path may state the rate (Image-02-FPS/train), in either case
+    named = next((m for part in reversed(frames_dir.parts) if (m := FRAME_FOLDER_RATE.search(part))), None)
     rate = int(named[1]) if named else 1
     if rate != per_second:
         holds = f"holds {rate} frame(s) per second" if named else \

@@ -98,7 +98,8 @@ def media_fingerprint(raw: Path, records: Sequence[Record]) -> str:
         if stat.S_ISDIR(st.st_mode):
             # A folder's own mtime stays put when a frame inside is rewritten in place, so its files are looked at.
             for entry in sorted(os.scandir(path), key=lambda e: e.name):
-                digest.update(_stat_line(f"{rel}/{entry.name}", entry.stat()))
+                # lstat: a dangling link is recorded (the frame loader skips it) instead of stopping prepare
+                digest.update(_stat_line(f"{rel}/{entry.name}", entry.stat(follow_symlinks=False)))
         else:
             digest.update(_stat_line(rel, st))
     return digest.hexdigest()

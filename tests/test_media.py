@@ -100,6 +100,10 @@ def test_pipeline_overrides_are_checked():
         pipeline.replace({"n_fft": "512"})
     with pytest.raises(ValueError, match="pad_mode"):
         pipeline.replace({"pad_mode": "zeros"})
+    # The description is the code's: training compares it to detect caches of an earlier pipeline version.
+    for key in ("follows", "deviation", "name"):
+        with pytest.raises(ValueError, match=f"unknown audio pipeline parameter '{key}'"):
+            pipeline.replace({key: "my own words"})
 
 
 def test_fbank_without_torchaudio_names_the_audio_extra(monkeypatch):

@@ -27,7 +27,8 @@ from datasets.cremad import CremaD
 from datasets.kinetics_sounds import KineticsSounds
 from datasets.media.audio import MissingExtraError, features_from_file
 from datasets.prepare import manifest_summary, prepare
-from datasets.tables import PrepareError, PrepareOptions
+from datasets.prepared import Record
+from datasets.tables import PrepareError, PrepareOptions, Sample
 from datasets.vggsound import VGGSound
 from tests.media_fixtures import (
     EMOTIONS,
@@ -323,6 +324,23 @@ def test_fps_with_frame_folders_whose_name_states_no_rate_is_refused(tmp_path):
                                          r"per second \(its name states no rate.*--visual video"):
         prepare(CremaD, tree.root, tmp_path / "cache",
                 options(tree, frames_per_second=2, layout={"frames_dir": "frames"}), log=quiet)
+
+
+def test_the_rate_may_be_stated_by_any_part_of_the_frame_folder_path_in_either_case():
+    av.check_folder_rate(Path("raw/Image-02-FPS/train"), 2)
+    av.check_folder_rate(Path("raw/image-02-fps"), 2)
+    av.check_folder_rate(Path("raw/Image-01-FPS-SE"), 1)
+    with pytest.raises(ValueError, match="holds 1 frame"):
+        av.check_folder_rate(Path("raw/Image-01-FPS/train"), 2)
+
+
+def test_a_dangling_link_in_a_frame_folder_is_fingerprinted_not_fatal(tmp_path):
+    folder = tmp_path / "Image-01-FPS" / "clip"
+    folder.mkdir(parents=True)
+    (folder / "00001.jpg").write_bytes(b"x")
+    (folder / "00002.jpg").symlink_to(tmp_path / "gone.jpg")
+    record = Record(0, Sample("clip", "train", 0, "NEU", "train.csv:1"), {"visual": "Image-01-FPS/clip"})
+    assert len(prep.media_fingerprint(tmp_path, [record])) == 64
 
 
 def test_corrupt_frame_in_a_folder_is_a_bad_item(tmp_path):

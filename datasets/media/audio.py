@@ -126,9 +126,12 @@ class AudioPipeline:
         """A copy with some parameters replaced; unknown names and ill-typed values are errors naming the key."""
         table = {f.name: f for f in dataclasses.fields(self)}
         values: dict[str, Any] = {}
+        # The name and its description belong to the code: training compares a cache's recorded description with
+        # the pipeline's to detect caches built by an earlier version of it (the manifest records the overrides).
+        fixed = {"name", "follows", "deviation"}
         for key, value in overrides.items():
-            if key not in table or key == "name":
-                raise ValueError(f"unknown audio pipeline parameter {key!r}; valid: {sorted(set(table) - {'name'})}")
+            if key not in table or key in fixed:
+                raise ValueError(f"unknown audio pipeline parameter {key!r}; valid: {sorted(set(table) - fixed)}")
             current = getattr(self, key)
             kind = type(current)
             if kind is bool:
