@@ -82,6 +82,8 @@ class RunRecord:
     missing: dict[float, dict[str, Any]] = field(default_factory=dict)
     # Why ``missing`` cannot go into a table (an older checkpoint, another split), or None.
     missing_problem: str | None = None
+    # The seed that chose which samples lose which modality (``augbench evaluate --seed``).
+    missing_seed: int | None = None
     data: dict[str, str] | None = None
     config: dict[str, Any] = field(default_factory=dict)
 
@@ -128,6 +130,7 @@ def load_runs(root: Path) -> list[RunRecord]:
         records.append(RunRecord(run_dir=run_dir, label=label, title=title, method=method,
                                  dataset=summary["dataset"], seed=int(summary["seed"]),
                                  protocols=summary["protocols"], missing=missing, missing_problem=problem,
+                                 missing_seed=result.get("seed") if missing else None,
                                  data=recorded_identity(run_dir), config=recorded_config(run_dir) or {}))
     return records
 
@@ -369,10 +372,12 @@ def _ordered(found: Iterable[str], wanted: Sequence[str] | None) -> list[str]:
 
 
 def check_missing_results(records: Sequence[RunRecord]) -> None:
-    """Missing-modality columns report the final checkpoint on the test split: refuse a result of anything else.
+    """Missing-modality columns report the final checkpoint on the test split, every run of a row sampled with one
+    seed and one list of rates: refuse a result of anything else.
 
     Raises:
-        StaleResultError: naming the first such file, why, how many there are and what to do.
+        StaleResultError: naming the first such file, why, how many there are and what to do; or the row and the
+            evaluations it would mix.
     """
     stale = [r for r in records if r.missing_problem]
     if stale:
@@ -380,6 +385,17 @@ def check_missing_results(records: Sequence[RunRecord]) -> None:
         raise StaleResultError(f"{stale[0].run_dir / MISSING_RESULT}: {stale[0].missing_problem}{more}. Evaluate the "
                                f"final checkpoint on the test split again: augbench evaluate RUN_DIR --split test, or "
                                f"rerun the sweep, which does so")
+    plans: dict[tuple[str, str], dict[tuple[Any, tuple[float, ...]], Path]] = defaultdict(dict)
+    for r in records:
+        if r.missing:
+            plans[(r.label, r.dataset)][(r.missing_seed, tuple(sorted(r.missing)))] = r.run_dir
+    for (label, dataset), found in sorted(plans.items()):
+        if len(found) > 1:
+            shown = "; ".join(f"seed {seed}, rates {list(rates)} ({run_dir / MISSING_RESULT})"
+                              for (seed, rates), run_dir in sorted(found.items(), key=str))
+            raise StaleResultError(f"row {label!r} on {dataset} would average missing-modality results of different "
+                                   f"evaluations: {shown}. Evaluate its runs with one --seed and one --missing list "
+                                   f"(rerunning the sweep does so)")
 
 
 def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper: PaperTable | None = None,
@@ -408,10 +424,10 @@ def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper:
         check_missing_results(records)
     check_one_config_per_row((r.label, r.dataset, r.seed, r.run_dir, r.config) for r in records if r.config)
     groups: dict[tuple[str, str], list[tuple[int, dict[str, float]]]] = defaultdict(list)
-    titles, method_of = {}, {}
+    titles = {}
     for rec in records:
         groups[(rec.label, rec.dataset)].append((rec.seed, rec.values(protocol)))
-        titles[rec.label], method_of[rec.label] = rec.title, rec.method
+        titles[rec.label] = rec.title
     dataset_order = _ordered({d for _, d in groups}, datasets)
     label_order = _ordered({label for label, _ in groups}, methods)
     columns = []
@@ -435,7 +451,8 @@ def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper:
                 cell = Cell(mean=statistics.fmean(values), std=statistics.stdev(values) if len(values) > 1 else None,
                             n=len(values), seeds=tuple(sorted(s for s, _ in runs)))
             if paper is not None:
-                cell.paper = paper.lookup(col.dataset, (label, method_of[label]), col.metric)
+                # by the row label only: another row of the same method (a variant) is not the published one
+                cell.paper = paper.lookup(col.dataset, (label,), col.metric)
             cells.append(cell)
         rows.append((titles[label], cells))
     for j in range(len(columns)):

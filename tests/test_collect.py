@@ -105,11 +105,36 @@ def test_cells_are_mean_and_sample_std_over_seeds_with_paper_and_best(runs_dir):
     assert clean.mean == approx64(57.0), "the protocol picks which epoch's test metrics enter the table"
 
 
-def write_missing(run: Path, checkpoint_epoch: int = 2, split: str = "test") -> None:
-    (run / "missing_modality.json").write_text(json.dumps({"split": split, "seed": 0,
-                                                           "checkpoint_epoch": checkpoint_epoch, "rates": [
-        {"rate": 0.0, "metrics": {"acc": 0.5, "macro_f1": 0.4, "map": 0.6}},
-        {"rate": 0.2, "metrics": {"acc": 0.3, "macro_f1": 0.2, "map": 0.4}}]}))
+def write_missing(run: Path, checkpoint_epoch: int = 2, split: str = "test", seed: int = 0,
+                  rates: tuple[float, ...] = (0.0, 0.2)) -> None:
+    metrics = {0.0: {"acc": 0.5, "macro_f1": 0.4, "map": 0.6}, 0.2: {"acc": 0.3, "macro_f1": 0.2, "map": 0.4},
+               0.5: {"acc": 0.2, "macro_f1": 0.1, "map": 0.3}}
+    (run / "missing_modality.json").write_text(json.dumps({"split": split, "seed": seed,
+                                                           "checkpoint_epoch": checkpoint_epoch,
+                                                           "rates": [{"rate": r, "metrics": metrics[r]}
+                                                                     for r in rates]}))
+
+
+def test_a_row_of_missing_modality_results_from_different_evaluations_is_refused(runs_dir):
+    write_missing(runs_dir / "cremad-joint-seed0-fixture")
+    write_missing(runs_dir / "cremad-joint-seed1-fixture", seed=7)
+    with pytest.raises(StaleResultError, match=r"row 'joint' on cremad would average missing-modality results of "
+                                               r"different evaluations: seed 0, rates \[0.0, 0.2\].*seed 7"):
+        build_table(load_runs(runs_dir), missing=True)
+    write_missing(runs_dir / "cremad-joint-seed1-fixture", rates=(0.0, 0.2, 0.5))
+    with pytest.raises(StaleResultError, match=r"rates \[0.0, 0.2, 0.5\]"):
+        build_table(load_runs(runs_dir), missing=True)
+    write_missing(runs_dir / "cremad-joint-seed1-fixture")
+    assert build_table(load_runs(runs_dir), missing=True, methods=["joint"], datasets=["cremad"]).rows[0][1][0].n == 2
+
+
+def test_a_published_value_goes_to_its_row_label_only(tmp_path):
+    # Another row of the same method (a variant, labelled by a sweep) is not the row the paper published.
+    write_run(tmp_path, "joint", "cremad", 0, (0.6, 0.6, 0.6), job={"label": "joint_variant", "title": "Variant"})
+    write_run(tmp_path, "joint", "cremad", 1, (0.6, 0.6, 0.6), job={"label": "joint", "title": "Concat"})
+    table = build_table(load_runs(tmp_path), paper=load_paper(PAPER, "table1"), metrics=["acc"])
+    assert {title: cells[0].paper and cells[0].paper.value for title, cells in table.rows} == {
+        "Variant": None, "Concat": 65.07}
 
 
 def test_a_paper_table_that_matches_nothing_says_so(runs_dir):
