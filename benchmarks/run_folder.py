@@ -6,15 +6,67 @@ other.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import os
+import socket
+import warnings
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from benchmarks.config import RunConfig, build_config, config_overrides
 from benchmarks.records import read_json, read_yaml
+from core.errors import InputError
 
 EXTENSIONS = "extensions.json"
 # The missing-modality evaluation of a run's final checkpoint (benchmarks.evaluate).
 MISSING_RESULT = "missing_modality.json"
+# Filesystems that do not implement flock (some Lustre and NFS mounts) answer with one of these.
+NO_FLOCK = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP)
+
+
+class RunBusyError(InputError, RuntimeError):
+    """Another process holds the run folder's lock: it is training or evaluating that run now."""
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``run_dir/.lock`` for as long as this process works on the run. The kernel drops
+    it when the process dies, however it dies, so a stale lock never blocks a resume. On a filesystem without flock
+    the run goes ahead unlocked, with a warning."""
+    fd = os.open(Path(run_dir) / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "holder unknown"
+            raise RunBusyError(f"run folder {run_dir} is in use by another process ({holder}); not started. Wait "
+                               "for it to finish or stop it, then start it again to resume") from None
+        except OSError as err:
+            if err.errno not in NO_FLOCK:
+                raise
+            warnings.warn(f"{run_dir}: this filesystem has no flock ({err.strerror}); nothing stops a second "
+                          "process from writing this run folder meanwhile", stacklevel=3)
+        else:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+def data_parallel_rank() -> int:
+    """This process's rank under torchrun (``RANK``), 0 otherwise."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def rank0_run_lock(run_dir: Path) -> contextlib.AbstractContextManager:
+    """``run_lock`` on rank 0 of an existing run folder, which alone writes it; nothing elsewhere (the other ranks,
+    or a run whose folder its first invocation creates)."""
+    if data_parallel_rank() != 0 or not Path(run_dir).is_dir():
+        return contextlib.nullcontext()
+    return run_lock(run_dir)
 
 
 def missing_result_problem(summary: Mapping[str, Any], result: Mapping[str, Any], *, split: str | None = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import multiprocessing
 import os
@@ -300,6 +301,30 @@ def test_a_run_another_process_holds_fails_clearly_and_is_left_untouched(tmp_pat
     assert (job.run_dir / "train.log").read_text() == ""
 
 
+def test_train_and_evaluate_commands_respect_the_run_lock(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    common = ["--method", "joint", "--dataset", "synthetic", "--run-dir", str(run_dir), "--wandb", "disabled",
+              "--no-progress", "--epochs", "1", "--set", "model.width=4", "--set", "model.blocks=[1,1,1,1]",
+              "--set", "data.n_train=32"]
+    assert main(["train", *common]) == 0
+    before = (run_dir / "metrics.jsonl").read_text()
+    with run_lock(run_dir):
+        assert main(["train", *common, "--extend-epochs", "3"]) == 2
+        assert main(["evaluate", str(run_dir), "--missing", "0"]) == 2
+    assert capsys.readouterr().err.count(f"run folder {run_dir} is in use by another process") == 2
+    assert (run_dir / "metrics.jsonl").read_text() == before and not (run_dir / "missing_modality.json").exists()
+
+
+def test_a_filesystem_without_flock_runs_unlocked_with_a_warning(tmp_path, monkeypatch):
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr("fcntl.flock", no_flock)
+    with pytest.warns(UserWarning, match="this filesystem has no flock"):
+        with run_lock(tmp_path):
+            pass
+
+
 def test_slurm_submission_refuses_a_folder_a_local_sweep_drives(tmp_path, monkeypatch):
     monkeypatch.setattr("benchmarks.sweep.launchers.run_slurm", lambda *a, **k: pytest.fail("submitted"))
     config = parse_config(tiny_config(seeds=[0]))
@@ -347,18 +372,34 @@ class _FakeExecutor:
 def test_slurm_jobs_in_any_unfinished_or_unknown_state_are_not_submitted_again(tmp_path, monkeypatch):
     out = tmp_path / "out"
     jobs = expand(parse_config(tiny_config()), out)
-    states = dict(zip([job.name for job in jobs], ["PREEMPTED", "UNKNOWN", "CANCELLED by 17"]))
+    states = dict(zip([job.name for job in jobs], ["REQUEUED", "UNKNOWN", "PREEMPTED"]))
     out.mkdir()
     (out / "slurm_jobs.json").write_text(json.dumps({name: str(i) for i, name in enumerate(states)}))
     monkeypatch.setattr("benchmarks.sweep.slurm._slurm_state",
                         lambda folder, job_id: states[list(states)[int(job_id)]].split()[0])
     executor, lines = _FakeExecutor(tmp_path / "submitit"), []
     run_slurm(jobs, executor, out=out, log=lines.append)
-    assert executor.submitted == [jobs[2].name, jobs[3].name], "cancelled and never-submitted runs only"
+    assert executor.submitted == [jobs[2].name, jobs[3].name], "preempted and never-submitted runs only"
     assert any("UNKNOWN (sacct failed" in line and jobs[1].name in line and "--resubmit" in line for line in lines)
     executor = _FakeExecutor(tmp_path / "submitit")
     run_slurm(jobs, executor, out=out, resubmit=True, log=lines.append)
     assert executor.submitted == [job.name for job in jobs]
+
+
+def test_a_finished_run_another_sweep_filed_keeps_its_row_there(tmp_path):
+    defaults = {"model": dict(TINY_MODEL), "data": dict(TINY_DATA), "train": {**TINY_TRAIN, "epochs": 1}}
+    out = tmp_path / "out"
+    (first,) = expand(parse_config(tiny_config(name="test/a", seeds=[0], methods={"joint": {}}, defaults=defaults)),
+                      out)
+    assert not run_pool([first], workers=1, log=lambda line: None).failed
+    (other,) = expand(parse_config(tiny_config(name="test/b", seeds=[0], methods={"concat": {"method": "joint"}},
+                                               defaults=defaults)), out)
+    lines = []
+    assert run_pool([other], workers=1, log=lines.append).skipped == [other.name]
+    assert json.loads((first.run_dir / "job.json").read_text())["label"] == "joint"
+    assert any("finished under sweep 'test/a'" in line for line in lines)
+    with pytest.raises(ValueError, match="--workers must be >= 1, got 0"):
+        run_pool([other], workers=0)
 
 
 def test_renaming_a_row_moves_its_finished_runs_with_it(tmp_path):

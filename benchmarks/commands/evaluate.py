@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from benchmarks.evaluate import DEFAULT_MISSING_RATES, evaluate_missing, parse_rates
-from benchmarks.run_folder import MISSING_RESULT
+from benchmarks.run_folder import MISSING_RESULT, rank0_run_lock
 
 HELP = "evaluate a finished run's final checkpoint with a fraction of samples missing one modality"
 
@@ -30,8 +30,9 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = evaluate_missing(args.run_dir, args.missing, split=args.split, seed=args.seed, device=args.device,
-                           batch_size=args.batch_size)
+    with rank0_run_lock(args.run_dir):
+        out = evaluate_missing(args.run_dir, args.missing, split=args.split, seed=args.seed, device=args.device,
+                               batch_size=args.batch_size)
     for row in out["rates"]:
         m = row["metrics"]
         print(f"missing {row['rate']:.0%}: acc {m['acc']:.4f}  macro_f1 {m['macro_f1']:.4f}  map {m['map']:.4f}  "

@@ -42,7 +42,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # Imported here so that `augbench --help` and `augbench train --help` do not load torch.
     from benchmarks.config import build_config, config_overrides, load_config_file, merge_overrides
-    from benchmarks.run_folder import recorded_config
+    from benchmarks.run_folder import rank0_run_lock, recorded_config
     from benchmarks.runner import train_run
 
     resume = args.resume or args.extend_epochs is not None
@@ -68,8 +68,9 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--extend-epochs: {run_dir} holds no run to extend")
         cfg = build_config(method, dataset, merge_overrides(overrides, {"train": {"epochs": args.extend_epochs}}))
     print(f"run directory: {run_dir}")
-    summary = train_run(cfg, run_dir, resume=resume, extend_epochs=args.extend_epochs is not None,
-                        wandb_mode=args.wandb, wandb_group=args.wandb_group, progress=not args.no_progress)
+    with rank0_run_lock(run_dir):
+        summary = train_run(cfg, run_dir, resume=resume, extend_epochs=args.extend_epochs is not None,
+                            wandb_mode=args.wandb, wandb_group=args.wandb_group, progress=not args.no_progress)
     brief = {name: {"epoch": p["epoch"], "test_acc": (p.get("test") or {}).get("acc")}
              for name, p in summary["protocols"].items()}
     print(json.dumps(brief, indent=2))

@@ -46,6 +46,7 @@ checkpoint every epoch, so a sweep killed at any point and started again loses a
 flight.
 """
 
+from benchmarks.run_folder import RunBusyError, run_lock
 from benchmarks.sweep.expand import (
                                      Job,
                                      MissingEntriesError,
@@ -70,7 +71,7 @@ from benchmarks.sweep.launchers import (
 from benchmarks.sweep.preflight import Preflight, PreflightError, check
 from benchmarks.sweep.slurm import SlurmOptions, SlurmUnavailableError, TrainJob, make_executor, run_slurm
 from benchmarks.sweep.spec import EvaluateSpec, SweepConfig, SweepConfigError, load_config, parse_config
-from benchmarks.sweep.worker import RunBusyError, run_job, run_lock, worker_command
+from benchmarks.sweep.worker import run_job, worker_command
 
 __all__ = ["EvaluateSpec", "Job", "LAUNCHERS", "LaunchOptions", "LaunchReport", "Launcher", "MissingEntriesError",
            "Plan", "Preflight", "PreflightError", "RunBusyError", "SlurmOptions", "SlurmUnavailableError",

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from benchmarks.records import WANDB_MODES
-from benchmarks.sweep.worker import RunBusyError, run_job
+from benchmarks.run_folder import RunBusyError
+from benchmarks.sweep.worker import run_job
 
 
 def main(argv: list[str] | None = None) -> int:

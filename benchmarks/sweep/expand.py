@@ -75,10 +75,18 @@ class Job:
         write_yaml(self.run_dir / "job.yaml", self.sections())
         self.write_job_file()
 
+    def relabel(self) -> str | None:
+        """Rewrite an existing run's ``job.json`` so that a row renamed in this sweep's config moves its finished
+        seeds with it (the config, and so the run's identity, is untouched). A run that another sweep filed (same
+        settings, same ``--out``) keeps its row there; returns that sweep's name, else None."""
+        owner = read_job_file(self.run_dir).get("sweep")
+        if owner not in (None, self.sweep):
+            return owner
+        self.write_job_file()
+        return None
+
     def write_job_file(self) -> None:
-        """``job.json`` alone: the row a table files the run under. Rewritten for finished runs too, so that a row
-        renamed in the config moves its finished seeds with it; the config, and so the run's identity, is
-        untouched."""
+        """``job.json`` alone: the row a table files the run under."""
         doc = {"label": self.label, "title": self.title, "sweep": self.sweep, "method": self.cfg.method,
                "dataset": self.cfg.dataset, "seed": self.cfg.train.seed, **self.info}
         if self.evaluate:

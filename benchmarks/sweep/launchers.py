@@ -10,7 +10,7 @@
 
 Local and pool sweeps hold a lock on ``OUT/.sweep.lock`` so that two sweeps never drive the same folder (Slurm
 holds it while submitting), and mirror run states into ``OUT/sweep.json`` after each run. Whatever the launcher,
-a run is trained under its own ``RUN_DIR/.lock`` (``worker.run_lock``).
+a run is trained under its own ``RUN_DIR/.lock`` (``benchmarks.run_folder.run_lock``).
 """
 
 from __future__ import annotations
@@ -104,8 +104,9 @@ class _Tracker:
         done = {job.name for job in self.jobs if job.state() == "done"}
         check_finished_runs([job for job in self.jobs if job.name in done])
         for job in self.jobs:
-            if job.name in done:
-                job.write_job_file()
+            owner = job.relabel() if job.name in done else None
+            if owner:
+                self.log(f"{job.name}: finished under sweep {owner!r}, whose row keeps it; reused here as done")
         self.report.skipped = [job.name for job in self.jobs if job.name in done]
         return [job for job in self.jobs if job.name not in done]
 
@@ -283,6 +284,8 @@ def run_pool(jobs: Sequence[Job], *, workers: int = 1, threads_per_worker: int =
              log: Log = print) -> LaunchReport:
     """Run the unfinished ``jobs`` in ``workers`` long-lived processes, one run at a time each; a run whose worker
     dies is reported failed with the worker's exit code, and a fresh worker takes the next run."""
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
     tracker = _Tracker(jobs, out, config, log)
     queue = tracker.pending()
     for job in queue:

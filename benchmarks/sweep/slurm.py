@@ -15,11 +15,12 @@ from benchmarks.records import read_json, write_json
 from benchmarks.sweep.expand import Job, write_sweep_record
 from benchmarks.sweep.spec import SweepConfig
 
-# Slurm states after which a job writes nothing more. Every other state (PENDING, RUNNING, PREEMPTED, REQUEUED,
-# READY, ..., and UNKNOWN: sacct failed or no longer knows the job) counts as active, since listing the active ones
-# instead would resubmit a live job under any state the list forgot.
+# Slurm states after which a job writes nothing more (PREEMPTED and REVOKED are terminal too; a requeued job shows
+# PENDING or REQUEUED). Every other state (PENDING, RUNNING, REQUEUED, READY, ..., and UNKNOWN: sacct failed or no
+# longer knows the job) counts as active, since listing the active ones instead would resubmit a live job under any
+# state the list forgot.
 FINISHED_SLURM_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
-                         "DEADLINE")
+                         "DEADLINE", "PREEMPTED", "REVOKED")
 
 
 class SlurmUnavailableError(RuntimeError):
@@ -159,7 +160,7 @@ def run_slurm(jobs: Sequence[Job], executor: Any, *, out: Path, config: SweepCon
     for job in jobs:
         # Finished and still-active runs too: a row renamed in the config moves them with it.
         if job.name not in submitted_names and job.run_dir.is_dir():
-            job.write_job_file()
+            job.relabel()
     write_json(record_path, record)
     if config is not None:
         write_sweep_record(out, config, jobs)

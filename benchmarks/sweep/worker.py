@@ -10,48 +10,22 @@ array, or a restarted sweep and an orphaned rank of the killed one) never write 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
-import socket
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from benchmarks.evaluate import evaluate_missing
 from benchmarks.records import read_yaml
-from benchmarks.run_folder import MISSING_RESULT, build_from_sections, missing_evaluation_current
+from benchmarks.run_folder import (
+    MISSING_RESULT,
+    build_from_sections,
+    data_parallel_rank,
+    missing_evaluation_current,
+    rank0_run_lock,
+)
 from benchmarks.runner import train_run
 from benchmarks.sweep.expand import read_job_file
 from benchmarks.sweep.spec import EvaluateSpec
-
-
-class RunBusyError(RuntimeError):
-    """Another process holds the run folder's lock: it is training or evaluating that run now."""
-
-
-@contextlib.contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``run_dir/.lock`` for as long as this process works on the run. The kernel drops
-    it when the process dies, however it dies, so a stale lock never blocks a resume."""
-    path = Path(run_dir) / ".lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "holder unknown"
-            raise RunBusyError(f"run folder {run_dir} is in use by another process ({holder}); not started. Wait "
-                               "for it to finish or stop it, then run the sweep again to resume") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
-        yield
-    finally:
-        os.close(fd)
-
-
-def _rank() -> int:
-    return int(os.environ.get("RANK", "0"))
 
 
 def run_job(run_dir: Path, *, wandb_mode: str = "disabled", wandb_group: str | None = None,
@@ -61,7 +35,7 @@ def run_job(run_dir: Path, *, wandb_mode: str = "disabled", wandb_group: str | N
     rank trains and rank 0 alone evaluates. Rank 0 holds the run's lock throughout (the other ranks write nothing);
     raises ``RunBusyError`` before touching the folder when another process holds it."""
     run_dir = Path(run_dir)
-    with run_lock(run_dir) if _rank() == 0 else contextlib.nullcontext():
+    with rank0_run_lock(run_dir):
         return _train_and_evaluate(run_dir, wandb_mode, wandb_group, log)
 
 
@@ -70,7 +44,7 @@ def _train_and_evaluate(run_dir: Path, wandb_mode: str, wandb_group: str | None,
     cfg = build_from_sections(read_yaml(run_dir / "job.yaml"))
     summary = train_run(cfg, run_dir, resume=True, wandb_mode=wandb_mode, wandb_group=wandb_group, log=log)
     wanted = read_job_file(run_dir).get("evaluate")
-    if wanted and _rank() == 0:
+    if wanted and data_parallel_rank() == 0:
         spec = EvaluateSpec.from_dict(wanted, f"{run_dir / 'job.json'}: evaluate")
         if not missing_evaluation_current(run_dir, split=spec.split, seed=spec.seed, rates=spec.missing):
             evaluate_missing(run_dir, spec.missing, split=spec.split, seed=spec.seed)
