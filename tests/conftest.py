@@ -14,6 +14,7 @@ from baselines.base import Loaders, TrainContext  # noqa: E402
 from baselines.networks import MODEL_HPARAMS  # noqa: E402
 from benchmarks.config import TRAIN_HPARAMS, build_config, method_hparams  # noqa: E402
 from benchmarks.runner import train_run  # noqa: E402
+from core.distributed import DistContext, init_from_env  # noqa: E402
 from core.hparams import resolve  # noqa: E402
 from datasets.registry import get_dataset  # noqa: E402
 
@@ -98,3 +99,11 @@ def freeze_steps(method):
     """Keep the gradients ``update`` leaves behind by turning the optimizer step into a no-op."""
     method.optimizer.step = lambda *args, **kwargs: None
     return method
+
+
+def join_gloo(rank: int, port: int, world: int) -> tuple[DistContext, bool]:
+    """In a spawned test process: join a ``world``-rank gloo group on this machine as ``rank``, one thread each."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), WANDB_MODE="disabled", GLOO_SOCKET_IFNAME="lo")
+    torch.set_num_threads(1)
+    return init_from_env("cpu")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import socket
 from pathlib import Path
 from typing import Callable
@@ -29,8 +28,8 @@ from benchmarks.runner import (
     seed_rank,
     train_run,
 )
-from core.distributed import DistContext, init_from_env, shutdown
-from tests.conftest import make_context, tiny_overrides
+from core.distributed import DistContext, shutdown
+from tests.conftest import join_gloo, make_context, tiny_overrides
 from tests.numeric import close
 
 WORLD = 2
@@ -48,10 +47,7 @@ def crafted_problem() -> tuple[nn.Linear, torch.Tensor, torch.Tensor]:
 
 
 def _worker(rank: int, port: int, tmp: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      LOCAL_RANK=str(rank), WANDB_MODE="disabled", GLOO_SOCKET_IFNAME="lo")
-    torch.set_num_threads(1)
-    ddp, created = init_from_env("cpu")
+    ddp, created = join_gloo(rank, port, WORLD)
     out: dict = {}
 
     # 1. Crafted case: the averaged gradient of two half-batches is the full-batch gradient.
@@ -169,10 +165,7 @@ def _stop_at_epoch(epoch: int) -> None:
 
 
 def _runs_worker(rank: int, port: int, tmp: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      LOCAL_RANK=str(rank), WANDB_MODE="disabled", GLOO_SOCKET_IFNAME="lo")
-    torch.set_num_threads(1)
-    _, created = init_from_env("cpu")
+    _, created = join_gloo(rank, port, WORLD)
     overrides = tiny_overrides()
     overrides["train"]["epochs"] = 2
     cfg = build_config("joint", "synthetic", overrides)

@@ -13,7 +13,6 @@ comparisons is sensitive to what it pins.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Iterable
 
@@ -31,9 +30,9 @@ from baselines.registry import get_method, list_methods
 from benchmarks.config import build_config, method_hparams
 from benchmarks.runner import apply_selection, check_data_parallel
 from core.data import BatchLoader, ModalitySpec, TaskSpec
-from core.distributed import DistContext, RankDivergenceError, init_from_env, shutdown
+from core.distributed import DistContext, RankDivergenceError, shutdown
 from core.hparams import resolve
-from tests.conftest import make_context, tiny_overrides
+from tests.conftest import join_gloo, make_context, tiny_overrides
 from tests.test_distributed import WORLD, _free_port
 
 BATCH = 8
@@ -206,10 +205,7 @@ def opm_idle_rank_checks(hook, rank: int) -> dict:
 
 
 def _worker(rank: int, port: int, tmp: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      LOCAL_RANK=str(rank), WANDB_MODE="disabled", GLOO_SOCKET_IFNAME="lo")
-    torch.set_num_threads(1)
-    ddp, created = init_from_env("cpu")
+    ddp, created = join_gloo(rank, port, WORLD)
     ctx = make_context()
     ctx.step_pre_hook = ddp.step_pre_hook
     out = {"api": api_checks(ctx, rank), "rows": selection_checks(ddp, rank),
