@@ -602,14 +602,16 @@ def render(records: Sequence[RunRecord], fmt: str = "md", paper: PaperTable | No
     return RENDERERS[fmt](build_table(records, protocol=protocol, paper=paper, **options))
 
 
-def log_wandb_table(table: Table, mode: str, *, project: str = "augbench", group: str | None = None,
+def log_wandb_table(table: Table, mode: str, runs_dir: Path, *, project: str = "augbench", group: str | None = None,
                     name: str = "table") -> None:
-    """Log the table (its CSV columns) as a W&B Table; ``disabled`` does nothing and never imports wandb."""
+    """Log the table (its CSV columns) as a W&B Table, W&B's files under ``runs_dir/wandb`` and its console output
+    off, as for training runs; ``disabled`` does nothing and never imports wandb."""
     if mode == "disabled":
         return
     import wandb  # lazily: W&B is an optional sink
 
-    run = wandb.init(project=project, group=group, job_type="table", name=name, mode=mode, reinit=True)
+    run = wandb.init(project=project, group=group, job_type="table", name=name, mode=mode, dir=str(runs_dir),
+                     reinit="finish_previous", settings=wandb.Settings(silent=True, console="off"))
     run.log({name: wandb.Table(columns=_csv_header(table), data=_csv_rows(table))})
     run.summary["caption"] = table.caption
     run.finish()

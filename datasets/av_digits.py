@@ -762,7 +762,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for p in HPARAMS:
         choices = f" Choices: {', '.join(map(str, p.choices))}." if p.choices else ""
         parser.add_argument(f"--{p.name}", type=_parse_value, default=argparse.SUPPRESS,
-                            help=f"{p.doc}{choices} Default: {p.default!r}.")
+                            # argparse formats help with %: a literal one ("about 66%") must be doubled
+                            help=f"{p.doc}{choices} Default: {p.default!r}.".replace("%", "%%"))
     args = vars(parser.parse_args(argv))
     out, force = args.pop("out"), args.pop("force")
     start = time.perf_counter()

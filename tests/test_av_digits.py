@@ -375,3 +375,10 @@ def test_dominance_presets_order_linear_probes(tmp_path, dominance, stronger):
     accuracy = {"audio": _probe_accuracy(audio, labels, test), "image": _probe_accuracy(image, labels, test)}
     weaker = "image" if stronger == "audio" else "audio"
     assert accuracy[stronger] - accuracy[weaker] >= 0.20, accuracy
+
+
+def test_the_generator_help_lists_every_knob(capsys):
+    # A knob's help with a literal % ("about 66%") once made argparse fail to format --help.
+    with pytest.raises(SystemExit) as stop:
+        av_digits.main(["--help"])
+    assert stop.value.code == 0 and "--image_noise_sigma" in capsys.readouterr().out

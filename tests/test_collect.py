@@ -204,6 +204,22 @@ def test_table_command_defaults_to_best_on_test_when_comparing_with_a_paper(runs
     assert main(["table", str(runs_dir / "nope")]) == 2
 
 
+def test_the_missing_table_says_which_finished_runs_have_no_result(runs_dir, capsys):
+    write_missing(runs_dir / "cremad-joint-seed0-fixture")
+    assert main(["table", str(runs_dir), "--missing"]) == 0
+    assert "finished run(s) have no missing-modality result and show '–'" in capsys.readouterr().err
+
+
+def test_a_table_logged_to_wandb_keeps_its_files_with_the_runs_and_its_console_quiet(runs_dir, tmp_path, monkeypatch,
+                                                                                     capsys):
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    assert main(["table", str(runs_dir), "--wandb", "offline"]) == 0
+    assert (runs_dir / "wandb").is_dir() and not (cwd / "wandb").exists()
+    assert "wandb" not in capsys.readouterr().err.replace(str(runs_dir), "")
+
+
 def test_the_table_command_counts_the_unfinished_runs_it_leaves_out(runs_dir, capsys):
     assert main(["table", str(runs_dir)]) == 0
     captured = capsys.readouterr()

@@ -168,9 +168,13 @@ def test_example_sweep_needs_no_data_and_runs_end_to_end(tmp_path, capsys):
     assert "3 launched, 0 already finished, 0 failed" in capsys.readouterr().out
     assert len(list(out.glob("*/missing_modality.json"))) == 3
     assert main(["table", str(out), "--config", str(EXAMPLE)]) == 0
-    table = capsys.readouterr().out
+    captured = capsys.readouterr()
+    table = captured.out
     for title in ("Unimodal (visual)", "Concat", "AUG"):
         assert title in table
+    # --set train.epochs=1 made other runs than the config's, and the other rows were not run: both are said
+    assert "3 of the 3 runs were trained with settings other than synthetic_sweep.yaml's" in table
+    assert "synthetic_sweep.yaml rows with no finished run, not shown: " in captured.err
     assert main(["table", str(out), "--config", str(EXAMPLE), "--missing"]) == 0
     assert "missing 50%" in capsys.readouterr().out
     readme = (ROOT / "README.md").read_text()

@@ -68,11 +68,49 @@ def run(args: argparse.Namespace) -> int:
     if unfinished:
         print(f"note: {len(unfinished)} run folder(s) without DONE (training, stopped or failed) are left out of the "
               f"table, such as {unfinished[0]}", file=sys.stderr)
+    for line in _coverage_notes(records, args.config, order, args.missing):
+        print(f"note: {line}", file=sys.stderr)
+    if args.config:
+        foreign = runs_outside_config(records, args.config)
+        if foreign:
+            table.caption += (f" {len(foreign)} of the {len(records)} runs were trained with settings other than "
+                              f"{args.config.name}'s (command-line overrides or another config), such as "
+                              f"{foreign[0].name}: they are not that configuration's numbers.")
     text = RENDERERS[args.format](table)
     if args.out:
         atomic_write_text(args.out, text)
         print(f"wrote {args.out}")
     else:
         print(text, end="")
-    log_wandb_table(table, args.wandb or os.environ.get("WANDB_MODE") or "disabled", group=args.wandb_group)
+    log_wandb_table(table, args.wandb or os.environ.get("WANDB_MODE") or "disabled", args.runs_dir,
+                    group=args.wandb_group)
     return 0
+
+
+def runs_outside_config(records: Sequence[RunRecord], config: Path) -> list[Path]:
+    """The runs whose folder (named by the hash of the run's whole config) is none of the config's planned runs:
+    trained with ``--set`` overrides, by another config, or by hand."""
+    from benchmarks.sweep import load_config, plan  # only here: the sweep machinery is not needed to tabulate
+
+    planned = {job.cfg.run_name() for job in plan(load_config(config), Path(".")).jobs}
+    return [r.run_dir for r in records if r.run_dir.name not in planned]
+
+
+def _coverage_notes(records: Sequence[RunRecord], config: Path | None, order: dict, missing: bool) -> list[str]:
+    """What the table leaves blank, said rather than silently dropped: the config's rows and datasets without a
+    finished run, and (``--missing``) finished runs without a missing-modality result."""
+    notes = []
+    if config:
+        found_rows, found_datasets = {r.label for r in records}, {r.dataset for r in records}
+        rows = [m for m in order["methods"] if m not in found_rows]
+        datasets = [d for d in order["datasets"] if d not in found_datasets]
+        if rows:
+            notes.append(f"{config.name} rows with no finished run, not shown: {', '.join(rows)}")
+        if datasets:
+            notes.append(f"{config.name} datasets with no finished run, not shown: {', '.join(datasets)}")
+    if missing:
+        absent = [r.run_dir for r in records if not r.missing]
+        if absent:
+            notes.append(f"{len(absent)} finished run(s) have no missing-modality result and show '–', such as "
+                         f"{absent[0]}: run augbench evaluate RUN_DIR (or rerun the sweep with its evaluate: section)")
+    return notes
