@@ -202,9 +202,9 @@ def markdown_data(rows: list[dict[str, Any]], caption: str) -> str:
                      f"{r['host_speedup']:.0f} | {r['resample'] if r['train'] else '–'} | {r['resident']} |")
     stages = list(dict.fromkeys(k for r in rows for k in r["profile_ms_per_sample"]))
     passes, batches = (rows[0]["rounds"], rows[0]["batches"]) if rows else (0, 0)
-    profile = (f"Serving profile, ms per sample (one extra pass of the cache loader per round, {passes} in all, each "
-               f"of {batches} batches with every stage timed; the median per stage; CPU time on a CPU, wall time on "
-               "CUDA):")
+    profile = (f"Serving profile, ms per sample ({passes} extra passes of the cache loader after the timed rounds, "
+               f"as many as there were rounds, each of {batches} batches with every stage timed; the median per "
+               "stage; CPU time on a CPU, wall time on CUDA):")
     lines += ["", profile, "",
               "| view | " + " | ".join(stages) + " |", "|---|" + "---:|" * len(stages)]
     for r in rows:

@@ -387,7 +387,8 @@ def test_bench_data_on_a_prepared_cache_writes_json_and_markdown(cache_path, tmp
     assert "data.resample=exact" in table.splitlines()[0]
     assert table.count("\n| ") == 6 and "train (random crop + flip)" in table and "test (Resize" in table
     assert "Serving profile, ms per sample" in table and "| floor / cache |" in table
-    assert "per round, 1 in all, each of 1 batches" in table
+    assert "1 extra passes of the cache loader after the timed rounds, as many as there were rounds, each of 1 " \
+           "batches" in table
 
 
 def test_bench_data_profile_is_the_median_of_one_pass_per_round(cache_path, monkeypatch):
@@ -412,23 +413,32 @@ def test_bench_data_generates_and_reuses_a_jpeg_tree(tmp_path, capsys):
     assert "generating" not in capsys.readouterr().out.split("data loaders")[-1]
 
 
+def test_bench_data_refuses_a_prefetch_thread_that_would_bill_the_other_loaders(tmp_path, capsys):
+    assert main(["bench", "data", "--set", "data.prefetch=2", "--out", str(tmp_path)]) == 2
+    assert "data.prefetch runs a background thread" in capsys.readouterr().err
+
+
 def test_bench_step_and_epoch_write_json_and_markdown(tmp_path, capsys):
     out = tmp_path / "bench"
     tiny = ["--set", "model.width=4", "--set", "model.blocks=[1,1,1,1]", "--set", "data.n_train=32",
             "--set", "data.audio_shape=[1,16,16]", "--set", "data.visual_shape=[3,1,16,16]", "--device", "cpu",
             "--out", str(out)]
     assert main(["bench", "step", "--methods", "aug", "joint", "--repeats", "1", *tiny]) == 0
-    rows = json.loads((out / "step-small-cpu.json").read_text())["rows"]
+    # figures of other settings go beside the defaults': the --set values are hashed into the name
+    (step,) = out.glob("step-small-cpu-set-*.json")
+    rows = json.loads(step.read_text())["rows"]
     assert [r["method"] for r in rows] == ["joint", "aug"] and rows[0]["ratio_to_joint"] == 1.0
-    assert rows[1]["ratio_to_joint"] > 0 and "| AUG (`aug`) |" in (out / "step-small-cpu.md").read_text()
-    assert main(["bench", "epoch", "--amp", "--channels-last", *tiny]) == 0
-    (row,) = json.loads((out / "epoch-aug-synthetic-small-cpu.json").read_text())["rows"]
+    step_md = step.with_suffix(".md").read_text()
+    assert rows[1]["ratio_to_joint"] > 0 and "| AUG (`aug`) |" in step_md and "model.width=4" in step_md
+    assert main(["bench", "epoch", "--amp", "--channels-last", "--epoch-repeats", "1", *tiny]) == 0
+    (epoch,) = out.glob("epoch-aug-synthetic-small-cpu-amp-channels_last-set-*.json")
+    (row,) = json.loads(epoch.read_text())["rows"]
     assert row["amp"] and row["channels_last"] and row["batches"] == 2
     assert row["epoch_over_model"] == approx64(row["epoch_s"] / row["model_only_s"])
     assert row["step_s"] == approx64(row["epoch_s"] / 2) and row["samples_per_s"] == approx64(32 / row["epoch_s"])
     assert row["projected_cremad_run_s"] == approx64(200 * 6698 * row["epoch_s"] / 32)
-    assert "200 CREMA-D epochs, min" in (out / "epoch-aug-synthetic-small-cpu.md").read_text()
-    table = (out / "epoch-aug-synthetic-small-cpu.md").read_text()
+    table = epoch.with_suffix(".md").read_text()
+    assert "200 CREMA-D epochs, min" in table and "amp, channels_last" in table
     assert "| aug | synthetic | width 4, blocks [1, 1, 1, 1] | 2 × 16 |" in table
 
 

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import platform
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels-last", action="store_true", help="model.channels_last=true")
     p.add_argument("--compile", action="store_true", help="torch.compile the encoders (train.compile=true)")
     p.add_argument("--set", dest="assignments", action="append", default=[], metavar="NS.KEY=VALUE")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=5, help="timed steps per method of the step benchmark")
+    p.add_argument("--epoch-repeats", type=int, default=2, help="timed epochs (and model-only passes) of the epoch "
+                                                                "benchmark; the best counts")
     p.add_argument("--out", type=Path, help="where the figures go (default: runs/bench; with --publish "
                                             "results/bench)")
     p.add_argument("--publish", action="store_true", help="write to the committed results/bench/ (record figures)")
@@ -78,6 +81,18 @@ def _execution(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return {"train": train, **({"model": {"channels_last": True}} if args.channels_last else {})}
 
 
+def _settings_tag(args: argparse.Namespace) -> tuple[str, str]:
+    """(file-name suffix, caption phrase) of the execution settings beyond the defaults (--amp, --channels-last,
+    --compile, --set), so that figures of other settings go beside the defaults' instead of replacing them."""
+    flags = [name for name, on in (("amp", args.amp), ("channels_last", args.channels_last),
+                                   ("compile", args.compile)) if on]
+    sets = sorted(a for a in args.assignments if not a.startswith("data."))
+    # --set values can hold any character: the name carries a short hash of them, the caption and JSON the values
+    digest = hashlib.sha256("\n".join(sets).encode()).hexdigest()[:6] if sets else ""
+    suffix = "".join(f"-{f}" for f in flags) + (f"-set-{digest}" if sets else "")
+    return suffix, (f"; {', '.join(flags + sets)}" if flags or sets else "")
+
+
 def _data_cache(args: argparse.Namespace, data_overrides: dict[str, Any]) -> Path:
     if args.cache is not None:
         return args.cache
@@ -90,6 +105,11 @@ def _data_cache(args: argparse.Namespace, data_overrides: dict[str, Any]) -> Pat
 
 def run_data(args: argparse.Namespace, env: dict, tag: str) -> tuple[list[dict[str, Any]], Path]:
     overrides = parse_assignments(args.assignments).get("data", {})
+    if overrides.get("prefetch"):
+        # One timed thread: a prefetching thread would keep working during the other loaders' timing windows and
+        # charge them the cache loader's work.
+        raise ValueError("augbench bench data times one thread; data.prefetch runs a background thread whose work "
+                         "would be charged to the other loaders: leave it at 0 here")
     cache = _data_cache(args, overrides)
     serving = {k: v for k, v in overrides.items() if k not in ("cache", "cache_dir")}
     device = "cuda" if "cuda" in env["device"] else "cpu"
@@ -140,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
     assignments = parse_assignments(args.assignments)
     base = merge_overrides({ns: dict(v) for ns, v in shape.items()}, _execution(args), assignments)
     env = _machine(args.device)
+    suffix, settings = _settings_tag(args)
     tag = f"{args.shape}-{'cuda' if 'cuda' in env['device'] else 'cpu'}"
     args.out = args.out or Path("results/bench" if args.publish else "runs/bench")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -148,9 +169,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"per-step time, shape {args.shape}, device {env['device']}:")
         rows = bench_steps(base, args.methods, repeats=args.repeats)
         caption = (f"Per-step time on shape '{args.shape}' ({env['device']}, {env.get('gpu', env['processor'])}, "
-                   f"torch {env['torch']}, {env['torch_threads']} threads, commit {env['git_commit']})")
-        write_json(args.out / f"step-{tag}.json", {"rows": rows, "env": env, "shape": shape})
-        atomic_write_text(args.out / f"step-{tag}.md", markdown_steps(rows, caption))
+                   f"torch {env['torch']}, {env['torch_threads']} threads, commit {env['git_commit']}{settings})")
+        write_json(args.out / f"step-{tag}{suffix}.json", {"rows": rows, "env": env, "settings": base})
+        atomic_write_text(args.out / f"step-{tag}{suffix}.md", markdown_steps(rows, caption))
         print(markdown_steps(rows, caption))
     if args.what in ("epoch", "all"):
         dataset, cache_dir = epoch_target(args, data)
@@ -161,12 +182,13 @@ def run(args: argparse.Namespace) -> int:
             overrides = merge_overrides(_execution(args), cache, assignments)
         cfg = build_config(args.epoch_method, dataset, overrides)
         print(f"epoch time, {args.epoch_method} on {dataset}:")
-        row = bench_epoch(cfg)
+        row = bench_epoch(cfg, repeats=args.epoch_repeats)
         caption = (f"Epoch vs model-only time ({env['device']}, {env.get('gpu', env['processor'])}, "
-                   f"torch {env['torch']}, {env['torch_threads']} threads, commit {env['git_commit']})")
+                   f"torch {env['torch']}, {env['torch_threads']} threads, commit {env['git_commit']}{settings})")
         name = dataset if dataset == "synthetic" else f"{dataset}-{cfg.data.recipe}"
-        epoch_tag = tag if dataset == "synthetic" else tag.split("-", 1)[1]
-        write_json(args.out / f"epoch-{args.epoch_method}-{name}-{epoch_tag}.json", {"rows": [row], "env": env})
+        epoch_tag = (tag if dataset == "synthetic" else tag.split("-", 1)[1]) + suffix
+        write_json(args.out / f"epoch-{args.epoch_method}-{name}-{epoch_tag}.json",
+                   {"rows": [row], "env": env, "settings": cfg.as_dict()})
         atomic_write_text(args.out / f"epoch-{args.epoch_method}-{name}-{epoch_tag}.md",
                           markdown_epoch([row], caption))
         print(markdown_epoch([row], caption))
