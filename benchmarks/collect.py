@@ -91,7 +91,10 @@ class RunRecord:
         """Metric key -> value in [0, 1]: ``acc``/``macro_f1``/``map``, ``acc:<modality>`` and
         ``acc@missing=<rate>`` (the latter from the final checkpoint, whatever the protocol)."""
         if protocol not in self.protocols:
-            raise KeyError(f"{self.run_dir}: summary has no protocol {protocol!r}; it has {sorted(self.protocols)}")
+            why = (" (a run with no validation split, e.g. data.train_split=full, has no 'clean' protocol)"
+                   if protocol == "clean" else "")
+            raise KeyError(f"{self.run_dir}: summary has no protocol {protocol!r}; it has {sorted(self.protocols)}"
+                           f"{why}")
         test = self.protocols[protocol].get("test") or {}
         out = {k: float(test[k]) for k in METRIC_NAMES if k in test}
         for modality, metrics in (test.get("per_modality") or {}).items():
