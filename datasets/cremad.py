@@ -106,8 +106,10 @@ class CremaD(AVCacheDataset):
                 detail = "; ".join(f"{len(v)} id(s) {k} (e.g. {v[:3]})" for k, v in problems.items())
                 raise PrepareError(f"my_train.csv and val.csv must partition train.csv exactly: {detail}")
             tables.val_ids = val.ids
-            tables.val_source = ("published my_train.csv / val.csv partition of train.csv (GitHub: GeWu-Lab/"
-                                 "Diagnosing_Relearning_ECCV2024, code/dataset/cremad/)")
+            # split_files (pinned or custom) says whether these are the published files
+            tables.val_source = ("my_train.csv / val.csv partition of train.csv (published by GitHub: GeWu-Lab/"
+                                 "Diagnosing_Relearning_ECCV2024, code/dataset/cremad/; the manifest's split_files "
+                                 "says whether these are those files)")
         label_source = {"ogm": "hard-coded OGM-GE map (== stat.csv order)", "stat": "stat.csv order",
                         "sorted": "sorted(stat.csv) (MMPareto, Diagnosing)"}[opts.label_order]
         actors = {split: {s.speaker for s in samples} for split, samples in tables.splits.items()}
