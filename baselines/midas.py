@@ -136,8 +136,10 @@ class MIDAS(Method):
         HParam("lam", 1.0, "Weight lambda of L_mis: App. A.3 '5 for the Kinetics-Sounds dataset, and 1 for others' "
                            "(Table 6 sweeps 0.5-20).", per_dataset={"kinetics_sounds": 5.0}),
         HParam("eta", 0.05, "Step size of the weak-modality weight update: App. A.3 'eta of 5e-2 for all datasets'."),
-        HParam("warmup_epochs", 5, "E_w of Algorithm 1: epochs < warmup_epochs train only the unimodal losses. The "
-                                   "paper gives no value; 5 is this project's choice."),
+        HParam("warmup_epochs", 5, "Warm-up epochs: the first warmup_epochs epochs train only the unimodal losses. "
+                                   "Algorithm 1 warms up while epoch < E_w over epochs counted from 1, i.e. E_w - 1 "
+                                   "epochs, so this is E_w - 1. The paper gives no value; 5 is this project's "
+                                   "choice."),
         HParam("weak_modality", True, "Weak-modality weighting (§3.4); false = alpha fixed at 1 (Table 2 'WM')."),
         HParam("hard_sample", True, "Hard-sample weighting (§3.5); false = weight 1 (Table 2 'HS')."),
         HParam("update_signal", "difference", "Weak-modality update signal: 'difference' = batch-mean difference "
