@@ -47,7 +47,8 @@ def check_reference(run_dir: Path, split: str, results: Sequence[dict[str, Any]]
     raise CheckpointMismatchError(
         f"{run_dir}: the final checkpoint scores {at_zero[0]:.4f} {split} accuracy with nothing missing, but the run "
         f"recorded {recorded:.4f} for its last epoch: the method changed the model after that evaluation (an "
-        f"on_epoch_end step in the last epoch), so no missing-modality result is written")
+        f"on_epoch_end step in the last epoch), or this evaluation computes otherwise than training's did (another "
+        f"device or precision: evaluate with the run's own --device), so no missing-modality result is written")
 
 
 def parse_rates(text: str) -> list[float]:
@@ -137,7 +138,8 @@ def evaluate_missing(run_dir: Path, rates: Sequence[float] = DEFAULT_MISSING_RAT
                            seed=cfg.train.seed, device=dev)
     loader.set_epoch(state["epoch"])
     names = bundle.task.names
-    plans = missing_plan(loader.num_samples, rates, len(names), seed)
+    # rate 0 is always evaluated: it must reproduce the run's recorded last epoch (check_reference)
+    plans = missing_plan(loader.num_samples, sorted({0.0, *map(float, rates)}), len(names), seed)
     results = []
     for rate, codes in plans.items():
         code_of_row = torch.full((int(bundle.labels.shape[0]),), -1, dtype=torch.int64)
@@ -149,6 +151,7 @@ def evaluate_missing(run_dir: Path, rates: Sequence[float] = DEFAULT_MISSING_RAT
     summary = read_json(run_dir / "summary.json")
     reference = (summary["protocols"]["last"].get(split) or {}).get("acc")
     check_reference(run_dir, split, results, reference, loader.num_samples)
+    results = [r for r in results if r["rate"] in {float(x) for x in rates}]
     out = {"split": split, "seed": seed, "checkpoint_epoch": state["epoch"], "n": loader.num_samples,
            "protocol": "each missing sample loses one modality chosen uniformly (input zeroed); nested sets across "
                        "rates; final checkpoint",

@@ -10,6 +10,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import shutil
 import socket
 import warnings
 from pathlib import Path
@@ -61,12 +62,23 @@ def data_parallel_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def rank0_run_lock(run_dir: Path) -> contextlib.AbstractContextManager:
-    """``run_lock`` on rank 0 of an existing run folder, which alone writes it; nothing elsewhere (the other ranks,
-    or a run whose folder its first invocation creates)."""
-    if data_parallel_rank() != 0 or not Path(run_dir).is_dir():
-        return contextlib.nullcontext()
-    return run_lock(run_dir)
+@contextlib.contextmanager
+def rank0_run_lock(run_dir: Path) -> Iterator[None]:
+    """``run_lock`` on rank 0, which alone writes the run folder; nothing on the other ranks. A fresh run's folder is
+    made to hold the lock, and removed again if the run wrote nothing into it (it failed before its first file),
+    so that a half-made folder never looks like a run."""
+    if data_parallel_rank() != 0:
+        yield
+        return
+    run_dir = Path(run_dir)
+    fresh = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with run_lock(run_dir):
+            yield
+    finally:
+        if fresh and {p.name for p in run_dir.iterdir()} <= {".lock"}:
+            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def missing_result_problem(summary: Mapping[str, Any], result: Mapping[str, Any], *, split: str | None = None,

@@ -106,7 +106,9 @@ def test_ctrl_c_inside_torch_save_says_where_and_resumes_to_the_same_summary(tmp
                           f"Resume at epoch 1 with: augbench train --run-dir {run} --resume")
     assert "KeyboardInterrupt" not in err
     monkeypatch.setattr(torch, "save", real_save)
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "config.yaml", "data.json", "metrics.jsonl"], \
+    # .lock: the run folder's lock file (released with the process), not a temporary file
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "checkpoint.pt", "config.yaml", "data.json",
+                                                     "metrics.jsonl"], \
         "no temporary file left behind"
     assert torch.load(run / "checkpoint.pt", weights_only=False)["epoch"] == 0, "the previous checkpoint is intact"
 

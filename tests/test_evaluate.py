@@ -72,6 +72,8 @@ def test_a_checkpoint_that_does_not_reproduce_the_last_epoch_is_refused_not_reco
     with pytest.raises(CheckpointMismatchError, match=rf"{run_dir}: the final checkpoint scores .* but the run "
                                                       r"recorded .* for its last epoch"):
         evaluate_missing(run_dir, [0.0, 0.5])
+    with pytest.raises(CheckpointMismatchError):
+        evaluate_missing(run_dir, [0.5])  # rate 0 is checked even when not asked for
     assert not (run_dir / MISSING_RESULT).exists()
 
 

@@ -19,6 +19,7 @@ import yaml
 from benchmarks.cli import main
 from benchmarks.collect import build_table, load_runs
 from benchmarks.config import build_config, load_config_file
+from benchmarks.run_folder import RunBusyError, rank0_run_lock
 from benchmarks.runner import train_run
 from benchmarks.sweep import (
     LAUNCHERS,
@@ -313,6 +314,33 @@ def test_train_and_evaluate_commands_respect_the_run_lock(tmp_path, capsys):
         assert main(["evaluate", str(run_dir), "--missing", "0"]) == 2
     assert capsys.readouterr().err.count(f"run folder {run_dir} is in use by another process") == 2
     assert (run_dir / "metrics.jsonl").read_text() == before and not (run_dir / "missing_modality.json").exists()
+
+
+def test_a_fresh_run_folder_is_locked_from_the_start_and_removed_if_nothing_was_written(tmp_path):
+    run_dir = tmp_path / "fresh"
+    with rank0_run_lock(run_dir):
+        assert (run_dir / ".lock").exists()
+        with pytest.raises(RunBusyError, match=f"run folder {run_dir} is in use"):
+            with rank0_run_lock(run_dir):
+                pass
+    assert not run_dir.exists(), "a run that wrote nothing leaves no folder"
+    with rank0_run_lock(run_dir):
+        (run_dir / "config.yaml").write_text("x")
+    assert (run_dir / "config.yaml").exists()
+
+
+def test_a_run_another_sweep_filed_keeps_its_row_when_this_sweep_evaluates_it(tmp_path):
+    out = tmp_path / "out"
+    (mine,) = expand(parse_config(tiny_config(name="test/a", seeds=[0], methods={"joint": {}})), out)
+    mine.write_files()
+    evaluate = {"missing": [0.0, 0.5]}
+    (theirs,) = expand(parse_config(tiny_config(name="test/b", seeds=[0], methods={"concat": {"method": "joint"}},
+                                                evaluate=evaluate)), out)
+    theirs.write_files()
+    job = json.loads((mine.run_dir / "job.json").read_text())
+    assert (job["label"], job["sweep"], job["evaluate"]["missing"]) == ("joint", "test/a", [0.0, 0.5])
+    (mine.run_dir / "job.json").write_text('{"label": "jo')  # damaged: rewritten whole, not fatal
+    assert mine.relabel() is None and json.loads((mine.run_dir / "job.json").read_text())["label"] == "joint"
 
 
 def test_a_filesystem_without_flock_runs_unlocked_with_a_warning(tmp_path, monkeypatch):

@@ -182,6 +182,19 @@ def test_example_sweep_needs_no_data_and_runs_end_to_end(tmp_path, capsys):
     assert section.index(str(EXAMPLE.relative_to(ROOT))) < section.index("aug_neurips25/table1.yaml")
 
 
+def test_runs_with_the_configs_settings_are_its_own_whatever_their_folder_or_seed(tmp_path):
+    from benchmarks.collect import RunRecord
+    from benchmarks.commands.table import runs_outside_config
+
+    job = plan(load_config(EXAMPLE), tmp_path).jobs[0]
+    own = job.cfg.as_dict()
+    reseeded = {**own, "train": {**own["train"], "seed": 99}}
+    other = {**own, "train": {**own["train"], "epochs": own["train"]["epochs"] + 1}}
+    records = [RunRecord(tmp_path / name, job.label, job.title, job.cfg.method, job.cfg.dataset, 0, {}, config=cfg)
+               for name, cfg in (("by-hand", own), ("seed-99", reseeded), ("longer", other))]
+    assert runs_outside_config(records, EXAMPLE) == [tmp_path / "longer"]
+
+
 def test_evaluate_does_not_import_the_sweep():
     """``benchmarks.evaluate`` reads run folders through ``benchmarks.run_folder``; the sweep imports evaluate, never
     the other way round (a fresh interpreter, since this one has both loaded)."""

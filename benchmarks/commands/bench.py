@@ -86,7 +86,8 @@ def _settings_tag(args: argparse.Namespace) -> tuple[str, str]:
     --compile, --set), so that figures of other settings go beside the defaults' instead of replacing them."""
     flags = [name for name, on in (("amp", args.amp), ("channels_last", args.channels_last),
                                    ("compile", args.compile)) if on]
-    sets = sorted(a for a in args.assignments if not a.startswith("data."))
+    # where the cache lies is not a setting of the figures; everything else is
+    sets = sorted(a for a in args.assignments if not a.startswith(("data.cache=", "data.cache_dir=")))
     # --set values can hold any character: the name carries a short hash of them, the caption and JSON the values
     digest = hashlib.sha256("\n".join(sets).encode()).hexdigest()[:6] if sets else ""
     suffix = "".join(f"-{f}" for f in flags) + (f"-set-{digest}" if sets else "")

@@ -26,6 +26,7 @@ from benchmarks.collect import (
     log_wandb_table,
     unfinished_runs,
 )
+from benchmarks.config import config_digest
 from benchmarks.records import WANDB_MODES, atomic_write_text, read_json
 
 HELP = "tabulate finished runs: mean ± std over seeds per method x dataset x metric, with published numbers"
@@ -88,12 +89,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def runs_outside_config(records: Sequence[RunRecord], config: Path) -> list[Path]:
-    """The runs whose folder (named by the hash of the run's whole config) is none of the config's planned runs:
-    trained with ``--set`` overrides, by another config, or by hand."""
+    """The runs whose recorded settings, the seed aside, are none of the config's planned runs': trained with
+    ``--set`` overrides or by another config (a run trained by hand into a folder of its own name is the config's
+    when its settings are)."""
     from benchmarks.sweep import load_config, plan  # only here: the sweep machinery is not needed to tabulate
 
-    planned = {job.cfg.run_name() for job in plan(load_config(config), Path(".")).jobs}
-    return [r.run_dir for r in records if r.run_dir.name not in planned]
+    planned = {_settings_digest(job.cfg.as_dict()) for job in plan(load_config(config), Path(".")).jobs}
+    return [r.run_dir for r in records if not r.config or _settings_digest(r.config) not in planned]
+
+
+def _settings_digest(config: dict) -> str:
+    """The hash of a run's config without its seed: the seeds of one row share it."""
+    train = {k: v for k, v in (config.get("train") or {}).items() if k != "seed"}
+    return config_digest({**config, "train": train})
 
 
 def _coverage_notes(records: Sequence[RunRecord], config: Path | None, order: dict, missing: bool) -> list[str]:
@@ -102,7 +110,8 @@ def _coverage_notes(records: Sequence[RunRecord], config: Path | None, order: di
     notes = []
     if config:
         found_rows, found_datasets = {r.label for r in records}, {r.dataset for r in records}
-        rows = [m for m in order["methods"] if m not in found_rows]
+        # a grid row's runs carry "label [ns.key=value]"
+        rows = [m for m in order["methods"] if not any(f == m or f.startswith(f"{m} [") for f in found_rows)]
         datasets = [d for d in order["datasets"] if d not in found_datasets]
         if rows:
             notes.append(f"{config.name} rows with no finished run, not shown: {', '.join(rows)}")

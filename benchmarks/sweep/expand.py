@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping, Sequence
 from baselines.networks import MODEL_HPARAMS
 from baselines.registry import get_method, list_methods
 from benchmarks.config import RUNNER_NAMESPACES, TRAIN_HPARAMS, RunConfig, build_config, merge_overrides, method_hparams
-from benchmarks.records import read_json, write_json, write_yaml
+from benchmarks.records import DamagedFileError, read_json, write_json, write_yaml
 from benchmarks.run_folder import config_sections, missing_evaluation_current
 from benchmarks.runner import CHECKPOINT
 from benchmarks.sweep.spec import EvaluateSpec, SweepConfig, SweepConfigError
@@ -73,25 +73,31 @@ class Job:
         reads; written by the sweep parent before launching."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_yaml(self.run_dir / "job.yaml", self.sections())
-        self.write_job_file()
+        self.relabel()
 
     def relabel(self) -> str | None:
-        """Rewrite an existing run's ``job.json`` so that a row renamed in this sweep's config moves its finished
-        seeds with it (the config, and so the run's identity, is untouched). A run that another sweep filed (same
-        settings, same ``--out``) keeps its row there; returns that sweep's name, else None."""
-        owner = read_job_file(self.run_dir).get("sweep")
+        """Write the run's ``job.json``: a row renamed in this sweep's config moves the run's finished seeds with it
+        (the config, and so the run's identity, is untouched). A run that another sweep filed (same settings, same
+        ``--out``) keeps its row there, and takes only this sweep's follow-up evaluation; returns that sweep's
+        name, else None."""
+        try:
+            current = read_job_file(self.run_dir)
+        except DamagedFileError:
+            current = {}  # rewritten whole, as a run without one
+        owner = current.get("sweep")
+        doc = self.job_record()
         if owner not in (None, self.sweep):
-            return owner
-        self.write_job_file()
-        return None
+            doc = {**doc, **{k: current[k] for k in ("label", "title", "sweep") if k in current}}
+        write_json(self.run_dir / "job.json", doc)
+        return owner if owner not in (None, self.sweep) else None
 
-    def write_job_file(self) -> None:
-        """``job.json`` alone: the row a table files the run under."""
+    def job_record(self) -> dict[str, Any]:
+        """``job.json``'s content for this sweep: the row a table files the run under, and its follow-up."""
         doc = {"label": self.label, "title": self.title, "sweep": self.sweep, "method": self.cfg.method,
                "dataset": self.cfg.dataset, "seed": self.cfg.train.seed, **self.info}
         if self.evaluate:
             doc["evaluate"] = self.evaluate.as_dict()
-        write_json(self.run_dir / "job.json", doc)
+        return doc
 
 
 def grid_points(*grids: Mapping[str, list]) -> list[dict[str, dict[str, Any]]]:
