@@ -95,6 +95,13 @@ def test_every_shipped_table_plans_each_method_only_on_datasets_it_supports():
         assert jobs and modality_problems(jobs) == [], path
 
 
+def test_a_bad_command_line_value_is_blamed_on_the_set_not_on_a_row(no_launch, tmp_path, capsys):
+    path = write_config(tmp_path / "sweep.yaml")
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out"), "--set", "train.epochs=0"]) == 2
+    err = capsys.readouterr().err
+    assert "--set train.epochs on synthetic:" in err and "methods.joint" not in err
+
+
 def test_skip_missing_leaves_out_unregistered_names_only(no_launch, tmp_path, capsys):
     path = write_config(tmp_path / "sweep.yaml", datasets={"synthetic": {"data": dict(TINY_DATA)}, "cremad": {}},
                         methods={"joint": {}, "nope": {}})

@@ -177,6 +177,7 @@ def plan(config: SweepConfig, out: Path, *, seeds: Sequence[int] | None = None,
     dataset_names = [d for d in dataset_names if not datasets or d in set(datasets)]
     method_of = {label: config.methods[label].get("method", label) for label in labels}
     _check_assignments(assignments, set(method_of.values()))
+    set_keys = [f"{ns}.{key}" for ns, values in assignments.items() for key in values]
     missing_methods, missing_datasets = missing_entries(config)
     result = Plan([], [m for m in missing_methods if m in method_of.values()],
                   [d for d in missing_datasets if d in dataset_names], [])
@@ -213,9 +214,11 @@ def plan(config: SweepConfig, out: Path, *, seeds: Sequence[int] | None = None,
                     try:
                         cfg = build_config(method, dataset, layers)
                     except HParamError as err:
-                        errors.setdefault((f"methods.{label}", str(err)), [])
-                        if dataset not in errors[(f"methods.{label}", str(err))]:
-                            errors[(f"methods.{label}", str(err))].append(dataset)
+                        # a value given on the command line is the culprit wherever it lands
+                        where = next((f"--set {key}" for key in set_keys if key in str(err)), f"methods.{label}")
+                        errors.setdefault((where, str(err)), [])
+                        if dataset not in errors[(where, str(err))]:
+                            errors[(where, str(err))].append(dataset)
                         continue
                     if cfg.run_name() in seen:
                         raise SweepConfigError(f"{config.where()}: rows {seen[cfg.run_name()]!r} and {row!r} resolve "
