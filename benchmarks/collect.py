@@ -154,17 +154,24 @@ def unfinished_runs(root: Path) -> list[Path]:
     return sorted(folder for folder in folders if not (folder / "DONE").exists())
 
 
-def _settings(config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
-    """What the seeds of one row must share, as ``section.key`` -> value: the run's config (``config.yaml`` plus
-    extensions) without ``EXECUTION_KEYS``; the epoch counts its extensions started from (a run extended from 2 to 6
-    epochs continued another schedule than a fresh 6-epoch run); the options of the cache it read (``data.json``;
-    whether two runs read the same build of one cache is ``check_same_data``'s)."""
+def config_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A config (``RunConfig.as_dict()`` or a run's ``config.yaml``) as ``section.key`` -> value without
+    ``EXECUTION_KEYS``: what the seeds of one row share."""
     flat = {}
     for section, values in config.items():
         for key, value in (values.items() if isinstance(values, Mapping) else [("", values)]):
             name = f"{section}.{key}" if key else section
             if name not in EXECUTION_KEYS:
                 flat[name] = value
+    return flat
+
+
+def _settings(config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
+    """What the seeds of one row must share, as ``section.key`` -> value: the run's config (``config.yaml`` plus
+    extensions) without ``EXECUTION_KEYS``; the epoch counts its extensions started from (a run extended from 2 to 6
+    epochs continued another schedule than a fresh 6-epoch run); the options of the cache it read (``data.json``;
+    whether two runs read the same build of one cache is ``check_same_data``'s)."""
+    flat = config_settings(config)
     extensions = read_extensions(run_dir)
     if extensions:
         flat["train.extended_from"] = [extension["from_epochs"] for extension in extensions]

@@ -194,8 +194,8 @@ def test_runs_with_the_configs_settings_are_its_own_whatever_their_folder_or_see
     from benchmarks.commands.table import runs_outside_config
 
     job = plan(load_config(EXAMPLE), tmp_path).jobs[0]
-    own = job.cfg.as_dict()
-    reseeded = {**own, "train": {**own["train"], "seed": 99}}
+    own = yaml.safe_load(yaml.safe_dump(job.cfg.as_dict()))  # as config.yaml records it
+    reseeded = {**own, "train": {**own["train"], "seed": 99, "device": "cpu"}}  # seed and device: not settings
     other = {**own, "train": {**own["train"], "epochs": own["train"]["epochs"] + 1}}
     records = [RunRecord(tmp_path / name, job.label, job.title, job.cfg.method, job.cfg.dataset, 0, {}, config=cfg)
                for name, cfg in (("by-hand", own), ("seed-99", reseeded), ("longer", other))]

@@ -9,6 +9,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -21,12 +22,12 @@ from benchmarks.collect import (
     RunRecord,
     build_table,
     config_order,
+    config_settings,
     load_paper,
     load_runs,
     log_wandb_table,
     unfinished_runs,
 )
-from benchmarks.config import config_digest
 from benchmarks.records import WANDB_MODES, atomic_write_text, read_json
 
 HELP = "tabulate finished runs: mean ± std over seeds per method x dataset x metric, with published numbers"
@@ -89,19 +90,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def runs_outside_config(records: Sequence[RunRecord], config: Path) -> list[Path]:
-    """The runs whose recorded settings, the seed aside, are none of the config's planned runs': trained with
-    ``--set`` overrides or by another config (a run trained by hand into a folder of its own name is the config's
-    when its settings are)."""
+    """The runs whose recorded settings (what a row's seeds share: no seed, device or cache path) are none of the
+    config's planned runs': trained with ``--set`` overrides or by another config. A run trained by hand into a
+    folder of its own name is the config's when its settings are."""
     from benchmarks.sweep import load_config, plan  # only here: the sweep machinery is not needed to tabulate
 
-    planned = {_settings_digest(job.cfg.as_dict()) for job in plan(load_config(config), Path(".")).jobs}
-    return [r.run_dir for r in records if not r.config or _settings_digest(r.config) not in planned]
+    def key(run_config: dict) -> str:
+        return json.dumps(config_settings(run_config), sort_keys=True, default=str)
 
-
-def _settings_digest(config: dict) -> str:
-    """The hash of a run's config without its seed: the seeds of one row share it."""
-    train = {k: v for k, v in (config.get("train") or {}).items() if k != "seed"}
-    return config_digest({**config, "train": train})
+    planned = {key(job.cfg.as_dict()) for job in plan(load_config(config), Path(".")).jobs}
+    return [r.run_dir for r in records if not r.config or key(r.config) not in planned]
 
 
 def _coverage_notes(records: Sequence[RunRecord], config: Path | None, order: dict, missing: bool) -> list[str]:
