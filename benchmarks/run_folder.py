@@ -18,6 +18,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from benchmarks.config import RunConfig, build_config, config_overrides
 from benchmarks.records import read_json, read_yaml
+from core.distributed import env_world
 from core.errors import InputError
 
 EXTENSIONS = "extensions.json"
@@ -57,17 +58,12 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def data_parallel_rank() -> int:
-    """This process's rank under torchrun (``RANK``), 0 otherwise."""
-    return int(os.environ.get("RANK", "0"))
-
-
 @contextlib.contextmanager
 def rank0_run_lock(run_dir: Path) -> Iterator[None]:
     """``run_lock`` on rank 0, which alone writes the run folder; nothing on the other ranks. A fresh run's folder is
     made to hold the lock, and removed again if the run wrote nothing into it (it failed before its first file),
     so that a half-made folder never looks like a run."""
-    if data_parallel_rank() != 0:
+    if env_world()[0] != 0:
         yield
         return
     run_dir = Path(run_dir)

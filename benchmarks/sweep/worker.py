@@ -19,13 +19,13 @@ from benchmarks.records import read_yaml
 from benchmarks.run_folder import (
     MISSING_RESULT,
     build_from_sections,
-    data_parallel_rank,
     missing_evaluation_current,
     rank0_run_lock,
 )
 from benchmarks.runner import train_run
 from benchmarks.sweep.expand import read_job_file
 from benchmarks.sweep.spec import EvaluateSpec
+from core.distributed import env_world
 
 
 def run_job(run_dir: Path, *, wandb_mode: str = "disabled", wandb_group: str | None = None,
@@ -44,7 +44,7 @@ def _train_and_evaluate(run_dir: Path, wandb_mode: str, wandb_group: str | None,
     cfg = build_from_sections(read_yaml(run_dir / "job.yaml"))
     summary = train_run(cfg, run_dir, resume=True, wandb_mode=wandb_mode, wandb_group=wandb_group, log=log)
     wanted = read_job_file(run_dir).get("evaluate")
-    if wanted and data_parallel_rank() == 0:
+    if wanted and env_world()[0] == 0:
         spec = EvaluateSpec.from_dict(wanted, f"{run_dir / 'job.json'}: evaluate")
         if not missing_evaluation_current(run_dir, split=spec.split, seed=spec.seed, rates=spec.missing):
             evaluate_missing(run_dir, spec.missing, split=spec.split, seed=spec.seed)
