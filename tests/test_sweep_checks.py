@@ -145,6 +145,15 @@ def test_dry_run_lists_folder_method_dataset_seed_overrides_and_done_partial_new
     assert sorted(p.name for p in out.iterdir()) == sorted([done.name, partial.name]), "a dry run writes nothing"
 
 
+def test_dry_run_header_names_the_set_values_that_replace_the_defaults(no_launch, tmp_path, capsys):
+    path = write_config(tmp_path / "sweep.yaml")
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out"), "--dry-run", "--set", "model.width=2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    defaults = next(x for x in lines if x.startswith("defaults (every run): "))
+    assert "model.width=4" in defaults
+    assert lines[lines.index(defaults) + 1] == "--set (every run, over the config's settings): model.width=2"
+
+
 def test_slurm_without_sbatch_is_one_line_and_a_nonzero_exit(no_launch, tmp_path, monkeypatch, capsys):
     pytest.importorskip("submitit")
     monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))

@@ -90,12 +90,15 @@ def flat_settings(sections: Mapping[str, Mapping[str, Any]]) -> str:
     return " ".join(f"{ns}.{key}={_value(v)}" for ns, values in sections.items() for key, v in values.items())
 
 
-def listing(jobs: Sequence[Job], config: SweepConfig, out: Path) -> str:
-    """The dry run's table: the shared settings, then one line per run with its state, cell, folder and its row's
-    settings."""
+def listing(jobs: Sequence[Job], config: SweepConfig, out: Path,
+            assignments: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """The dry run's table: the shared settings (the config's defaults, then the ``--set`` values that replace them
+    and every row's), then one line per run with its state, cell, folder and its row's settings."""
     lines = [f"sweep {config.name} ({config.where()}) -> {out}"]
     if config.doc.get("defaults"):
         lines.append(f"defaults (every run): {flat_settings(config.doc['defaults'])}")
+    if assignments:
+        lines.append(f"--set (every run, over the config's settings): {flat_settings(assignments)}")
     for dataset in sorted({job.cfg.dataset for job in jobs}, key=list(config.datasets).index):
         settings = {ns: v for ns, v in config.datasets[dataset].items() if ns != "notes"}
         if settings:
@@ -128,8 +131,9 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError("--gpus-per-run > 1 needs --gpus (the GPU ids to group), e.g. --gpus 0,1,2,3")
     config = load_config(args.config)
     out = args.out or default_out(config.name)
+    assignments = parse_assignments(args.assignments)
     cells = plan(config, out, seeds=args.seeds, methods=args.methods, datasets=args.datasets,
-                 assignments=parse_assignments(args.assignments))
+                 assignments=assignments)
     if args.skip_missing and (cells.unregistered_methods or cells.unregistered_datasets):
         print(f"skipping unregistered method(s) {cells.unregistered_methods} and dataset(s) "
               f"{cells.unregistered_datasets}")
@@ -143,7 +147,7 @@ def _run(args: argparse.Namespace) -> int:
     problems = check(cells, launcher, opts, skip_missing=args.skip_missing)
     if args.dry_run:
         problems.add("launcher", [unavailable] if unavailable else [])
-        print(listing(cells.jobs, config, out))
+        print(listing(cells.jobs, config, out, assignments))
     if problems:
         raise PreflightError(problems.report(len(cells.jobs), config.where(), dry_run=args.dry_run))
     if args.dry_run:
