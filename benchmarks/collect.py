@@ -479,6 +479,9 @@ def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper:
         which = f"{paper.name}" + (f" {paper.table}" if paper.table else "")
         caption += (f" Paper = published value ({which}); Δ = ours − paper in points; † = not verified against "
                     "the paper.")
+        if missing:
+            caption += (" The 0% column is each run's final checkpoint; where a published 0% value is a best epoch "
+                        "on test (AUG's Table 5 repeats its Table 1), Δ includes that selection.")
         if not any(cell.paper for _, cells in rows for cell in cells):
             caption += f" No published value of {which} matches these datasets, rows and metrics."
     return Table(caption, columns, rows, paper is not None)

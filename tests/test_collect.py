@@ -157,6 +157,10 @@ def test_per_modality_and_missing_columns(runs_dir):
     assert [c.mean for c in missing.rows[0][1]] == approx64([50.0, 30.0])
     assert missing.rows[0][1][0].n == 1
     assert "Protocol: each run's final checkpoint" in missing.caption, "not the protocol's epoch"
+    assert "0% column" not in missing.caption, "no published values to compare"
+    compared = build_table(load_runs(runs_dir), missing=True, datasets=["cremad"], methods=["joint"],
+                           paper=load_paper(PAPER, "table1"))
+    assert "Δ includes that selection" in compared.caption
     with pytest.raises(ValueError, match="drop --per-modality or --missing"):
         build_table(load_runs(runs_dir), missing=True, per_modality=True)
 
