@@ -84,13 +84,18 @@ def column(header: Sequence[str], names: Sequence[str], path: Path) -> int:
 def parse_amss_tsv(path: Path, *, strict: bool = True) -> ParsedList:
     """AMSS ``annotations/{train,test}.tsv`` (``pd.read_csv(sep='\\t')``, columns ``Label``, ``String``,
     ``ImageID``; ``AMSS_IT/MyDataset.py``). Rows become ``SplitRow(id, label, line, (text, image_id))``; the id is
-    the row's index column when the file has one (an unnamed or ``index`` first column, as pandas writes it), else
-    ``L<line>``."""
+    the row's index column when the file has one (an unnamed or ``index`` first column, as pandas writes it) and its
+    values are unique, else ``L<line>``. A repeated index (a frame written after ``pd.concat`` without
+    ``reset_index``) names different rows, not duplicates: ``pd.read_csv`` reads them all, and so do we."""
     header, rows, out = read_table(path, "\t")
     label_col = column(header, ("Label",), path)
     text_col = column(header, ("String",), path)
     image_col = column(header, ("ImageID",), path)
     id_col = 0 if header[0].lower() in ("", "index", "unnamed: 0") else None
+    if id_col is not None:
+        index = [fields[0].strip() for _, fields in rows]
+        if len(set(index)) < len(index):
+            id_col = None
     for number, fields in rows:
         try:
             if len(fields) != len(header):
@@ -107,14 +112,21 @@ def parse_amss_tsv(path: Path, *, strict: bool = True) -> ParsedList:
     return out
 
 
+# The TomBERT release's headers (jefferyYu/TomBERT @31bc79f, absa_data/twitter2015): train.tsv and dev.tsv name
+# five columns; test.tsv's header leaves out "#1 Label" although its rows carry the label in the same position.
+# TomBERT's own reader (run_multimodal_classifier.py, _create_examples) skips the header and reads by position.
+TOMBERT_HEADERS = (("index", "#1 label", "#2 imageid", "#3 string", "#3 string"),
+                   ("index", "#1 imageid", "#2 string", "#2 string"))
+
+
 def parse_tombert_tsv(path: Path, *, strict: bool = True) -> ParsedList:
-    """The TomBERT Twitter-2015 release: header ``index  #1 Label  #2 ImageID  #3 String  #3 String``; the first
-    String holds the sentence with the ``$T$`` target placeholder, the second the target. Our conversion (AMSS's is
-    not published): one sample per row, text = sentence with ``$T$`` replaced by the target, id = ``index``."""
+    """The TomBERT Twitter-2015 release: rows ``index  label  ImageID  sentence  target`` under one of
+    ``TOMBERT_HEADERS``; the sentence holds the ``$T$`` target placeholder. Our conversion (AMSS's is not published):
+    one sample per row, text = sentence with ``$T$`` replaced by the target, id = ``index``."""
     header, rows, out = read_table(path, "\t")
-    if len(header) != 5 or header[1].lower() != "#1 label" or header[2].lower() != "#2 imageid":
-        raise SplitParseError(f"{path}: header {header} is not the TomBERT one ('index', '#1 Label', '#2 ImageID', "
-                              f"'#3 String', '#3 String')")
+    if tuple(h.lower() for h in header) not in TOMBERT_HEADERS:
+        raise SplitParseError(f"{path}: header {header} is not a TomBERT one: "
+                              f"{' or '.join(repr(h) for h in TOMBERT_HEADERS)} (case-insensitive)")
     for number, fields in rows:
         try:
             if len(fields) != 5:
@@ -133,10 +145,11 @@ def parse_tombert_tsv(path: Path, *, strict: bool = True) -> ParsedList:
 
 
 def tsv_format(path: Path) -> str:
-    """``tombert`` or ``amss``, from the header line."""
+    """``tombert`` (a header whose first column is ``index`` and whose others are TomBERT's ``#<n> Name``) or
+    ``amss``, from the header line."""
     lines, _, _ = read_lines(path)
-    first = next((line for line in lines if line.strip()), "")
-    return "tombert" if "#1 Label" in first else "amss"
+    first = [f.strip() for f in next((line for line in lines if line.strip()), "").split("\t")]
+    return "tombert" if first[0].lower() == "index" and all(re.match(r"#\d ", f) for f in first[1:]) else "amss"
 
 
 # ---------------------------------------------------------------------------------------------------------------------

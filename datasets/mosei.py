@@ -36,6 +36,7 @@ from datasets.cache import ArraySpec, Cache
 from datasets.media import MediaError
 from datasets.prepared import PreparedDataset, Recipe, Record, cache_hparams
 from datasets.registry import register_dataset
+from datasets.sources import sha256_file
 from datasets.splits import SplitParseError, SplitRow
 from datasets.tables import Dropped, PrepareOptions, Sample, SplitTables
 
@@ -170,8 +171,9 @@ class Mosei(PreparedDataset):
                                       SplitRow(sid, str(value), i, (key, str(i)))))
         tables.val_source = "published valid split of the pickle"
         shapes = {name: list(np.shape(doc["train"][key])[1:]) for name, key in MODALITIES}
+        # The pickle is the split file too; it is not pinned, so the manifest records which one was read.
         tables.info = {"acc2": settings.acc2, "zero_labels_dropped": zeros, "feature_shapes": shapes,
-                       "pickle": path.name}
+                       "pickle": path.name, "pickle_sha256": sha256_file(path)}
         return tables
 
     @classmethod

@@ -21,12 +21,13 @@ from core.hparams import resolve
 from datasets.cache import open_cache
 from datasets.food101 import CLASSES as FOOD_CLASSES
 from datasets.food101 import Food101, parse_titles_csv
-from datasets.image_text import ImageAugment, clean_text, load_tokenizer, parse_amss_tsv, parse_tombert_tsv
+from datasets.image_text import ImageAugment, clean_text, load_tokenizer, parse_amss_tsv, parse_tombert_tsv, tsv_format
 from datasets.mosei import Mosei
 from datasets.nvgesture import NVGesture, crop_clips, parse_nvgesture_list
 from datasets.prepare import prepare
 from datasets.registry import get_dataset
 from datasets.sarcasm import Sarcasm
+from datasets.sources import sha256_file
 from datasets.splits import SplitParseError
 from datasets.tables import PrepareError, PrepareOptions
 from datasets.twitter2015 import Twitter2015
@@ -125,6 +126,32 @@ def test_amss_tsv_reads_index_column_with_bom_and_crlf(tmp_path):
     write_lines(path, ["Label\tString\tImageID", "1\tno image"])
     with pytest.raises(SplitParseError, match=r"train.tsv:2: expected 3 tab-separated fields"):
         parse_amss_tsv(path)
+
+
+def test_a_repeated_pandas_index_is_not_an_id_and_every_row_is_kept(tmp_path):
+    # A frame written after pd.concat without reset_index repeats its index; pd.read_csv still reads every row.
+    rows = ["\tLabel\tString\tImageID", "0\t0\tfirst\t1.jpg", "1\t1\tsecond\t2.jpg", "0\t1\tthird\t3.jpg",
+            "1\t0\tfourth\t4.jpg"]
+    files = {n: write_lines(tmp_path / n, rows) for n in ("train.tsv", "test.tsv")}
+    assert [r.id for r in parse_amss_tsv(files["test.tsv"]).rows] == ["L2", "L3", "L4", "L5"]
+    tables = Sarcasm.read_splits(files, tmp_path, PrepareOptions(), None)
+    assert len(tables.splits["test"]) == 4 and not tables.dropped
+
+
+def test_the_tombert_test_file_whose_header_omits_the_label_column_is_read_by_position(tmp_path):
+    # jefferyYu/TomBERT @31bc79f absa_data/twitter2015/test.tsv: four header names over five-field rows.
+    rows = ["1\t1\t74960.jpg\tPractice one , follow $T$ !\tOklahoma", "2\t2\t1739565.jpg\t$T$ is a contender\tLydia"]
+    full, short = "index\t#1 Label\t#2 ImageID\t#3 String\t#3 String", "index\t#1 ImageID\t#2 String\t#2 String"
+    files = {name: write_lines(tmp_path / name, [header, *rows])
+             for name, header in (("train.tsv", full), ("dev.tsv", full), ("test.tsv", short))}
+    assert tsv_format(files["test.tsv"]) == "tombert"
+    tables = Twitter2015.read_splits(files, tmp_path, PrepareOptions(), None)
+    test = tables.splits["test"]
+    assert [(s.label, s.row.fields) for s in test] == [
+        (1, ("Practice one , follow Oklahoma !", "74960.jpg")), (2, ("Lydia is a contender", "1739565.jpg"))]
+    write_lines(files["test.tsv"], ["index\t#1 ImageID\t#2 String", *rows])
+    with pytest.raises(SplitParseError, match="is not a TomBERT one"):
+        parse_tombert_tsv(files["test.tsv"])
 
 
 @pytest.mark.parametrize("inside", ["\u2028", "\x85", "\x0c", "\x1e"])
@@ -321,6 +348,7 @@ def test_mosei_splits_acc2_policies_and_audio_inf(prepared, tmp_path, vocab):
     assert {s: v["n"] for s, v in m["counts"]["splits"].items()} == {"train": 10, "val": 5, "test": 5,
                                                                      "train_noval": 10}
     assert m["val_source"].startswith("published valid") and m["settings"]["acc2"] == "zero_positive"
+    assert m["info"]["pickle_sha256"] == sha256_file(tree.root / m["info"]["pickle"])
     y = np.asarray(tree.labels["train"])
     assert list(cache.labels[cache.splits["train"]]) == list((y >= 0).astype(int)), "zero sentiment is positive"
     audio = cache.arrays["audio"]
