@@ -20,7 +20,7 @@ import io
 import json
 import math
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -32,7 +32,8 @@ from benchmarks.run_folder import MISSING_RESULT, missing_result_problem, read_e
 
 METRIC_NAMES = {"acc": "Acc", "macro_f1": "Macro-F1", "map": "MAP"}
 PROTOCOL_CAPTIONS = {
-    "paper": "best-on-test (optimistic): each run's epoch with the best test accuracy, as the published code selects",
+    "paper": "best-on-test (optimistic): each run's epoch with the best test accuracy, as the published code selects "
+             "(tied epochs: the earliest)",
     "clean": "clean: test metrics at each run's best-validation epoch",
     "last": "last epoch: test metrics after the final epoch",
 }
@@ -370,14 +371,25 @@ class Table:
     with_paper: bool
 
 
+def under_label(found: str, wanted: str) -> bool:
+    """A grid row "label [ns.key=v]" belongs to its label."""
+    return found == wanted or found.startswith(f"{wanted} [")
+
+
+def shown_in_table(record: RunRecord, datasets: Sequence[str] | None, methods: Sequence[str] | None) -> bool:
+    """Whether ``build_table`` with these ``datasets`` and ``methods`` shows ``record``'s row and column."""
+    return ((not datasets or any(under_label(record.dataset, d) for d in datasets))
+            and (not methods or any(under_label(record.label, m) for m in methods)))
+
+
 def _ordered(found: Iterable[str], wanted: Sequence[str] | None) -> list[str]:
-    """``wanted``'s order (a grid row "label [ns.key=v]" sorts under its label), else alphabetical."""
+    """``wanted``'s order (a grid row sorts under its label), else alphabetical."""
     found = set(found)
     if not wanted:
         return sorted(found)
     out = []
     for x in wanted:
-        out += sorted(f for f in found if f == x or f.startswith(f"{x} ["))
+        out += sorted(f for f in found if under_label(f, x))
     return out
 
 
@@ -440,6 +452,10 @@ def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper:
         titles[rec.label] = rec.title
     dataset_order = _ordered({d for _, d in groups}, datasets)
     label_order = _ordered({label for label, _ in groups}, methods)
+    shared = Counter(titles[label] for label in label_order)
+    # Two rows under one title (runs of two sweeps tabulated together) would read as one method twice.
+    row_titles = {label: f"{titles[label]} ({label})" if shared[titles[label]] > 1 else titles[label]
+                  for label in label_order}
     columns = []
     for dataset in dataset_order:
         keys = set().union(*(v for (_, d), runs in groups.items() if d == dataset for _, v in runs))
@@ -464,7 +480,7 @@ def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper:
                 # by the row label only: another row of the same method (a variant) is not the published one
                 cell.paper = paper.lookup(col.dataset, (label,), col.metric)
             cells.append(cell)
-        rows.append((titles[label], cells))
+        rows.append((row_titles[label], cells))
     for j in range(len(columns)):
         means = [cells[j].mean for _, cells in rows if cells[j].mean is not None]
         top = max(means, default=None)
@@ -535,12 +551,14 @@ def _render_md(table: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
+TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$", "{": r"\{",
+               "}": r"\}", "^": r"\textasciicircum{}", "~": r"\textasciitilde{}", "Δ": r"$\Delta$", "†": r"$^\dagger$",
+               "–": "--", "±": r"$\pm$", "−": "$-$"}
+
+
 def _tex_escape(text: str) -> str:
-    for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
-                       ("$", r"\$"), ("{", r"\{"), ("}", r"\}"), ("Δ", r"$\Delta$"), ("†", r"$^\dagger$"),
-                       ("–", "--"), ("±", r"$\pm$"), ("−", "$-$")):
-        text = text.replace(char, repl)
-    return text
+    # One pass: replacing characters one after another would escape the braces of an earlier replacement.
+    return "".join(TEX_ESCAPES.get(char, char) for char in text)
 
 
 def _render_tex(table: Table) -> str:

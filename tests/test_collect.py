@@ -17,6 +17,7 @@ from benchmarks.collect import (
     MixedRunsError,
     PaperFileError,
     StaleResultError,
+    _tex_escape,
     build_table,
     check_one_config_per_row,
     load_paper,
@@ -406,3 +407,20 @@ def test_a_sweep_plot_keeps_two_rows_of_one_method_apart(runs_dir):
     # seeds 0 and 1, and the unfinished seed 9 (plots show runs in progress)
     assert {k: len(v) for k, v in curves.items() if k.startswith("AUG")} == {"AUG (aug)": 3, "AUG (aug_tau)": 1}
     assert plot_sweep(runs_dir, runs_dir / "two.png").exists()
+
+
+def test_two_rows_under_one_title_are_told_apart_by_their_labels(runs_dir):
+    # runs of two sweeps tabulated from one folder: rows 'aug' and 'aug_tau', both titled AUG
+    other = runs_dir / "cremad-aug-seed0-tau"
+    shutil.copytree(runs_dir / "cremad-aug-seed0-fixture", other)
+    _set_config(other, aug={"tau": 0.1})
+    for run, label in ((runs_dir / "cremad-aug-seed0-fixture", "aug"), (other, "aug_tau"),
+                       (runs_dir / "cremad-aug-seed1-fixture", "aug")):
+        (run / "job.json").write_text(json.dumps({"label": label, "title": "AUG"}))
+    titles = [t for t, _ in build_table(load_runs(runs_dir), metrics=("acc",)).rows]
+    assert titles == ["AUG (aug)", "AUG (aug_tau)", "Concat"]
+
+
+def test_tex_escapes_every_special_character_once():
+    assert _tex_escape(r"a\b {c} x^2 ~y 5% Δ") == (r"a\textbackslash{}b \{c\} x\textasciicircum{}2 \textasciitilde{}y "
+                                                    r"5\% $\Delta$")

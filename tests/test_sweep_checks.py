@@ -189,13 +189,33 @@ def test_example_sweep_needs_no_data_and_runs_end_to_end(tmp_path, capsys):
     for title in ("Unimodal (visual)", "Concat", "AUG"):
         assert title in table
     # --set train.epochs=1 made other runs than the config's, and the other rows were not run: both are said
-    assert "3 of the 3 runs were trained with settings other than synthetic_sweep.yaml's" in table
+    assert "3 of the 3 runs shown were trained with settings other than synthetic_sweep.yaml's" in table
     assert "synthetic_sweep.yaml rows with no finished run, not shown: " in captured.err
     assert main(["table", str(out), "--config", str(EXAMPLE), "--missing"]) == 0
     assert "missing 50%" in capsys.readouterr().out
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## Reproduce paper tables"):]
     assert section.index(str(EXAMPLE.relative_to(ROOT))) < section.index("aug_neurips25/table1.yaml")
+
+
+def test_a_config_table_names_the_runs_of_rows_it_does_not_list_and_counts_only_runs_shown(tmp_path, capsys):
+    from tests.test_collect import write_run
+
+    jobs = [j for j in plan(load_config(EXAMPLE), tmp_path).jobs if j.label == "joint"]
+    for job in jobs:  # the config's own joint runs, as a sweep writes them
+        run = write_run(tmp_path, "joint", "synthetic", job.cfg.train.seed, (0.6, 0.6, 0.6),
+                        job={"label": job.label, "title": job.title})
+        (run / "config.yaml").write_text(yaml.safe_dump(job.cfg.as_dict()))
+        other = job.cfg.as_dict()  # another sweep's row filed into the same folder
+        other["train"]["lr"] *= 10
+        run = write_run(tmp_path / "other", "joint", "synthetic", job.cfg.train.seed, (0.9, 0.9, 0.9),
+                        job={"label": "joint_lr", "title": "Concat (lr x10)"})
+        (run / "config.yaml").write_text(yaml.safe_dump(other))
+    assert main(["table", str(tmp_path), "--config", str(EXAMPLE)]) == 0
+    out = capsys.readouterr()
+    assert "Concat (lr x10)" not in out.out and "settings other than" not in out.out, "the shown runs are the config's"
+    assert (f"{len(jobs)} finished run(s) of rows or datasets that synthetic_sweep.yaml does not list are not shown"
+            in out.err and "rows: joint_lr" in out.err)
 
 
 def test_runs_with_the_configs_settings_are_its_own_whatever_their_folder_or_seed(tmp_path):

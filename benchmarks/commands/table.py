@@ -26,6 +26,8 @@ from benchmarks.collect import (
     load_paper,
     load_runs,
     log_wandb_table,
+    shown_in_table,
+    under_label,
     unfinished_runs,
 )
 from benchmarks.records import WANDB_MODES, atomic_write_text, read_json
@@ -70,12 +72,13 @@ def run(args: argparse.Namespace) -> int:
     if unfinished:
         print(f"note: {len(unfinished)} run folder(s) without DONE (training, stopped or failed) are left out of the "
               f"table, such as {unfinished[0]}", file=sys.stderr)
-    for line in _coverage_notes(records, args.config, order, args.missing):
+    shown = [r for r in records if shown_in_table(r, order.get("datasets"), order.get("methods"))]
+    for line in _coverage_notes(records, shown, args.config, order, args.missing):
         print(f"note: {line}", file=sys.stderr)
     if args.config:
-        foreign = runs_outside_config(records, args.config)
+        foreign = runs_outside_config(shown, args.config)
         if foreign:
-            table.caption += (f" {len(foreign)} of the {len(records)} runs were trained with settings other than "
+            table.caption += (f" {len(foreign)} of the {len(shown)} runs shown were trained with settings other than "
                               f"{args.config.name}'s (command-line overrides or another config), such as "
                               f"{foreign[0].name}: they are not that configuration's numbers.")
     text = RENDERERS[args.format](table)
@@ -102,21 +105,30 @@ def runs_outside_config(records: Sequence[RunRecord], config: Path) -> list[Path
     return [r.run_dir for r in records if not r.config or key(r.config) not in planned]
 
 
-def _coverage_notes(records: Sequence[RunRecord], config: Path | None, order: dict, missing: bool) -> list[str]:
-    """What the table leaves blank, said rather than silently dropped: the config's rows and datasets without a
-    finished run, and (``--missing``) finished runs without a missing-modality result."""
+def _coverage_notes(records: Sequence[RunRecord], shown: Sequence[RunRecord], config: Path | None, order: dict,
+                    missing: bool) -> list[str]:
+    """What the table leaves out or blank, said rather than silently dropped: finished runs of rows or datasets the
+    config does not list, the config's rows and datasets without a finished run, and (``--missing``) finished runs
+    without a missing-modality result."""
     notes = []
+    shown_dirs = {r.run_dir for r in shown}
+    if config and len(shown) < len(records):
+        hidden = [r for r in records if r.run_dir not in shown_dirs]
+        rows = sorted({r.label for r in hidden if r.label not in {s.label for s in shown}})
+        datasets = sorted({r.dataset for r in hidden if r.dataset not in {s.dataset for s in shown}})
+        notes.append(f"{len(hidden)} finished run(s) of rows or datasets that {config.name} does not list are not "
+                     f"shown, such as {hidden[0].run_dir}" + (f"; rows: {', '.join(rows)}" if rows else "")
+                     + (f"; datasets: {', '.join(datasets)}" if datasets else ""))
     if config:
         found_rows, found_datasets = {r.label for r in records}, {r.dataset for r in records}
-        # a grid row's runs carry "label [ns.key=value]"
-        rows = [m for m in order["methods"] if not any(f == m or f.startswith(f"{m} [") for f in found_rows)]
+        rows = [m for m in order["methods"] if not any(under_label(f, m) for f in found_rows)]
         datasets = [d for d in order["datasets"] if d not in found_datasets]
         if rows:
             notes.append(f"{config.name} rows with no finished run, not shown: {', '.join(rows)}")
         if datasets:
             notes.append(f"{config.name} datasets with no finished run, not shown: {', '.join(datasets)}")
     if missing:
-        absent = [r.run_dir for r in records if not r.missing]
+        absent = [r.run_dir for r in shown if not r.missing]
         if absent:
             notes.append(f"{len(absent)} finished run(s) have no missing-modality result and show '–', such as "
                          f"{absent[0]}: run augbench evaluate RUN_DIR (or rerun the sweep with its evaluate: section)")
