@@ -87,12 +87,14 @@ def design_targets(summary: Mapping[str, Any], targets: Mapping[str, float]) -> 
         gap = mean(VISUAL) - mean(JOINT, "acc:visual")
         checks.append(_check("imbalance", f"joint training's visual head at least {100 * targets['imbalance']:.0f} "
                              "points below the visual-only model", {"gap": gap}, imbalanced(gap, targets)))
-    if {JOINT, ENSEMBLE_LABEL} <= set(rows):
+    final = summary.get("rows_final", {})
+    if {JOINT, ENSEMBLE_LABEL} <= set(final):
+        # The ensemble fuses the unimodal models' final checkpoints, so joint training counts at its final epoch too.
         limit = targets["headroom"]
-        headroom = mean(ENSEMBLE_LABEL) - mean(JOINT)
+        headroom = final[ENSEMBLE_LABEL]["acc"][0] - final[JOINT]["acc"][0]
         checks.append(_check("headroom", f"the late-fusion ensemble of the unimodal models at least "
-                             f"{100 * limit:.0f} points above joint training", {"headroom": headroom},
-                             headroom >= limit))
+                             f"{100 * limit:.0f} points above joint training (both at the final epoch)",
+                             {"headroom": headroom}, headroom >= limit))
     spread = {row: rows[row]["acc"][1] for row in (AUDIO, VISUAL, JOINT) if row in rows and rows[row]["acc"][2] > 1}
     if spread:
         limit = targets["reference_std"]

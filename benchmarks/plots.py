@@ -197,7 +197,8 @@ def plot_demo(sweep_dir: Path, out_png: Path, order: Sequence[str] | None = None
               titles: Mapping[str, str] | None = None, references: Mapping[str, float] | None = None,
               runs: Collection[Path] | None = None) -> Path:
     """One panel per method row: test accuracy (%) of the fused output and of each modality's head per epoch, mean
-    over seeds, with the seeds' range shaded. Every panel shares the same linear axes; one legend names the lines.
+    over the seeds that reached each epoch, with the seeds' range shaded. Every panel shares the same linear axes;
+    one legend names the lines.
     ``references``: modality -> accuracy in [0, 1] of the model trained on that modality alone, drawn as a dashed
     line of the modality's colour in every panel (a head below its line is under-trained). ``runs``: plot only these
     run folders (default: every finished or unfinished run under ``sweep_dir``)."""
@@ -213,12 +214,14 @@ def plot_demo(sweep_dir: Path, out_png: Path, order: Sequence[str] | None = None
     for k, label in enumerate(labels):
         ax = axes[k // cols][k % cols]
         for name, runs in curves[label].items():
-            length = min(len(x) for x in runs)
-            values = 100 * np.array([x[:length] for x in runs])
-            epochs = np.arange(1, length + 1)
+            # A seed still training ends early: each epoch averages the seeds that reached it, as plot_sweep does.
+            padded = 100 * np.array([np.pad(np.asarray(x, dtype=np.float64), (0, max(map(len, runs)) - len(x)),
+                                            constant_values=np.nan) for x in runs])
+            epochs = np.arange(padded.shape[1])  # 0-based, as metrics.jsonl and the run and sweep plots number them
             color, legend = _output_style(name)
-            (line,) = ax.plot(epochs, values.mean(axis=0), color=color, marker="." if length < 25 else None)
-            ax.fill_between(epochs, values.min(axis=0), values.max(axis=0), color=color, alpha=0.15, linewidth=0)
+            (line,) = ax.plot(epochs, seed_mean(runs) * 100, color=color, marker="." if len(epochs) < 25 else None)
+            ax.fill_between(epochs, np.nanmin(padded, axis=0), np.nanmax(padded, axis=0), color=color, alpha=0.15,
+                            linewidth=0)
             seen.setdefault(legend, line)
         for name, acc in (references or {}).items():
             color, legend = _output_style(name)
@@ -236,7 +239,8 @@ def plot_demo(sweep_dir: Path, out_png: Path, order: Sequence[str] | None = None
         axes[rows - 1][c].set_xlabel("epoch", fontsize="small")
         axes[rows - 1][c].xaxis.set_tick_params(labelbottom=True)
     fig.legend(list(seen.values()), list(seen), loc="outside upper center", ncols=len(seen), fontsize="small",
-               title="test accuracy, mean over seeds (band: min-max over seeds); dashed: a unimodal model's final mean",
+               title="test accuracy, mean over seeds (band: min-max over seeds); dashed: a unimodal model's mean at "
+                     "the final epoch",
                title_fontsize="small")
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ from benchmarks.collect import (
     load_runs,
     render,
 )
-from benchmarks.plots import _sweep_curves, plot_run, plot_sweep, run_series, seed_mean
+from benchmarks.plots import _sweep_curves, plot_demo, plot_run, plot_sweep, run_series, seed_mean
 from tests.numeric import approx64
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -424,3 +424,19 @@ def test_two_rows_under_one_title_are_told_apart_by_their_labels(runs_dir):
 def test_tex_escapes_every_special_character_once():
     assert _tex_escape(r"a\b {c} x^2 ~y 5% Δ") == (r"a\textbackslash{}b \{c\} x\textasciicircum{}2 \textasciitilde{}y "
                                                     r"5\% $\Delta$")
+
+
+def test_demo_curves_average_the_seeds_that_reached_each_epoch_numbered_as_recorded(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    figures = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, *args, **kwargs: figures.append(self))
+    for seed, accs in ((0, (0.6, 0.6, 0.6)), (1, (0.4, 0.4, 0.4))):  # test acc 0.4, 0.5, 0.6 and 0.2
+        run = write_run(tmp_path, "joint", "cremad", seed, accs, job={"label": "joint", "title": "Concat"})
+    # seed 1 is still training: one epoch written
+    (run / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text().splitlines()[0] + "\n")
+    (run / "DONE").unlink()
+    plot_demo(tmp_path, tmp_path / "curves.png")
+    [fused] = [line for ax in figures[0].axes for line in ax.lines if line.get_color() == "black"]
+    assert list(fused.get_xdata()) == [0, 1, 2], "0-based, as metrics.jsonl and the run plot number epochs"
+    assert list(fused.get_ydata()) == approx64([30.0, 50.0, 60.0]), "epochs 1-2 from the seed that reached them"

@@ -57,11 +57,15 @@ def test_design_targets_report_each_target_met_or_missed():
                        joint={"acc": (0.85, 0.015, 3), "acc:visual": (0.38, 0.04, 3)},
                        ensemble={"acc": (0.90, 0.008, 3)})
     summary["convergence_trend"] = {"joint": {0: 0.0, 1: 0.01}, "unimodal_visual": {0: 0.05, 1: 0.0, 2: 0.02}}
+    # the ensemble fuses final checkpoints: headroom compares final epochs, not joint's best-validation epoch
+    summary["rows_final"] = {"joint": {"acc": [0.85, 0.01, 3]}, "ensemble": {"acc": [0.90, 0.008, 3]}}
+    summary["rows"]["joint"]["acc"] = [0.84, 0.015, 3]
     checks = {c["target"]: c for c in design_targets(summary, TARGETS)}
     assert checks["converged"]["measured"] == pytest.approx({"joint": 0.005, "unimodal_visual": 0.07 / 3})
     assert not checks["converged"]["met"], "visual's mean trend 2.3 points exceeds 2"
     assert checks["imbalance"]["met"] and checks["imbalance"]["measured"]["gap"] == pytest.approx(0.37)
     assert checks["headroom"]["met"] and checks["headroom"]["measured"]["headroom"] == pytest.approx(0.05)
+    assert "(both at the final epoch)" in checks["headroom"]["text"]
     assert checks["seed spread"]["measured"] == {"unimodal_audio": 0.034, "unimodal_visual": 0.022, "joint": 0.015}
     assert not checks["seed spread"]["met"]
     lines = "\n".join(targets_markdown(list(checks.values()), {"unimodal_audio": "Unimodal (audio)"}, 3))
