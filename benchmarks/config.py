@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import yaml
 
 from baselines.networks import MODEL_HPARAMS
-from baselines.registry import get_method
+from baselines.registry import get_method, list_methods
 from benchmarks.errors import UsageError
 from benchmarks.records import DuplicateKeyError, read_config_yaml
 from core.hparams import HParam, HParamError, HParams, resolve, variant_param
@@ -137,12 +137,20 @@ def build_config(method: str, dataset: str, overrides: Mapping[str, Mapping[str,
 
 
 def merge_overrides(*layers: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    """Later layers win, key by key. A method ``variant`` chosen on a later layer also wins over the keys its preset
+    sets that an earlier layer gave (a recipe file's paper values under ``--set aug.variant=official_gated``): the
+    earlier values are dropped so that the preset applies; a key given on the variant's own layer or after it stays."""
     out: dict[str, dict[str, Any]] = {}
     for layer in layers:
         for ns, values in (layer or {}).items():
             if not isinstance(values, Mapping):
                 raise HParamError(f"config section {ns!r} must be a mapping of keys to values, got {values!r}")
-            out.setdefault(ns, {}).update(values)
+            section = out.setdefault(ns, {})
+            if isinstance(values.get("variant"), str) and ns in list_methods():
+                for key in get_method(ns).VARIANTS.get(values["variant"], {}):
+                    if key not in values:
+                        section.pop(key, None)
+            section.update(values)
     return out
 
 

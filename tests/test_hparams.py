@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from core.hparams import HParam, HParamError, parse_assignments, resolve, variant_param
@@ -50,3 +52,16 @@ def test_parse_assignments():
     for bad in ("alpha=0.8", "ogm_ge.alpha", "a.b.c=1"):
         with pytest.raises(HParamError):
             parse_assignments([bad])
+
+
+def test_a_variant_chosen_on_a_later_layer_wins_over_the_earlier_layers_keys_its_preset_sets():
+    from benchmarks.config import build_config, load_config_file, merge_overrides
+
+    _, recipe = load_config_file(Path(__file__).resolve().parents[1] / "benchmarks/configs/aug/sarcasm.yaml")
+    assert recipe["aug"]["aca_interval_epochs"] == 1, "the recipe sets the paper's t_N"
+    chosen = merge_overrides(recipe, parse_assignments(["aug.variant=official_compat"]))
+    assert build_config("aug", "sarcasm", chosen).method_hp.aca_interval_epochs == 0, "the variant's preset applies"
+    both = merge_overrides(recipe, parse_assignments(["aug.variant=official_compat", "aug.aca_interval_epochs=3"]))
+    assert build_config("aug", "sarcasm", both).method_hp.aca_interval_epochs == 3, "a key on the variant's layer stays"
+    after = merge_overrides({"aug": {"variant": "official_compat"}}, {"aug": {"aca_interval_epochs": 2}})
+    assert after["aug"] == {"variant": "official_compat", "aca_interval_epochs": 2}, "a later key stays"
