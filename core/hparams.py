@@ -8,6 +8,7 @@ ill-typed values are errors that name the key and the valid alternatives; nothin
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -45,33 +46,7 @@ class HParam:
 
     def coerce(self, namespace: str, value: Any) -> Any:
         key = f"{namespace}.{self.name}"
-        kind = type(self.default)
-        if self.default is None or value is None:
-            out = value
-        elif kind is bool:
-            if not isinstance(value, bool):
-                raise HParamError(f"{key} expects true/false, got {value!r}")
-            out = value
-        elif kind is int:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-                raise HParamError(f"{key} expects an integer, got {value!r}")
-            out = int(value)
-        elif kind is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise HParamError(f"{key} expects a number, got {value!r}")
-            out = float(value)
-        elif kind in (list, tuple):
-            if not isinstance(value, (list, tuple)):
-                raise HParamError(f"{key} expects a list, got {value!r}")
-            out = list(value)
-        elif kind is dict:
-            if not isinstance(value, dict):
-                raise HParamError(f"{key} expects a mapping, got {value!r}")
-            out = dict(value)
-        else:
-            if not isinstance(value, kind):
-                raise HParamError(f"{key} expects {kind.__name__}, got {value!r}")
-            out = value
+        out = _typed(key, self.default, value)
         if self.choices is not None and out not in self.choices:
             raise HParamError(f"{key}={out!r} is not one of {list(self.choices)}")
         if isinstance(out, (int, float)) and not isinstance(out, bool) and (
@@ -79,6 +54,43 @@ class HParam:
             bounds = " and ".join(f"{op} {v}" for op, v in ((">=", self.low), ("<=", self.high)) if v is not None)
             raise HParamError(f"{key} must be {bounds}, got {out!r}")
         return out
+
+
+def _typed(key: str, default: Any, value: Any) -> Any:
+    """``value`` as the type of ``default`` (any type when ``default`` is None), or an error naming ``key``."""
+    kind = type(default)
+    if default is None or value is None:
+        out = value
+    elif kind is bool:
+        if not isinstance(value, bool):
+            raise HParamError(f"{key} expects true/false, got {value!r}")
+        out = value
+    elif kind is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                isinstance(value, float) and not value.is_integer()):
+            raise HParamError(f"{key} expects an integer, got {value!r}")
+        out = int(value)
+    elif kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            raise HParamError(f"{key} expects a number, got {value!r}")
+        out = float(value)
+    elif kind in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise HParamError(f"{key} expects a list, got {value!r}")
+        # Elements take the type of the default's (when they share one): [1, 1] for [1.0, 1.0] is the same
+        # setting (one config hash), and a string element where numbers belong is an error here, not in training.
+        kinds = {type(x) for x in default}
+        element = default[0] if len(kinds) == 1 and kinds <= {bool, int, float, str} else None
+        out = [_typed(f"{key}[{i}]", element, x) for i, x in enumerate(value)]
+    elif kind is dict:
+        if not isinstance(value, dict):
+            raise HParamError(f"{key} expects a mapping, got {value!r}")
+        out = dict(value)
+    else:
+        if not isinstance(value, kind):
+            raise HParamError(f"{key} expects {kind.__name__}, got {value!r}")
+        out = value
+    return out
 
 
 class HParams(Mapping[str, Any]):
@@ -141,6 +153,16 @@ def variant_param(variants: Mapping[str, Mapping[str, Any]], doc: str) -> HParam
     return HParam("variant", "paper", doc, choices=("paper", *variants))
 
 
+def _scientific(value: Any) -> Any:
+    """YAML reads "1e-3" as a string; scientific notation on the command line is a float."""
+    if isinstance(value, str) and value.strip() and any(c in value.lower() for c in "e."):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
 def parse_assignments(items: Iterable[str]) -> dict[str, dict[str, Any]]:
     """``["ogm_ge.alpha=0.8", "train.lr=1e-3"]`` -> ``{"ogm_ge": {"alpha": 0.8}, "train": {"lr": 0.001}}``.
 
@@ -153,11 +175,6 @@ def parse_assignments(items: Iterable[str]) -> dict[str, dict[str, Any]]:
         if not sep or not dot or not namespace or not name or "." in name:
             raise HParamError(f"bad --set {item!r}: expected NAMESPACE.KEY=VALUE, e.g. ogm_ge.alpha=0.8")
         value = yaml.safe_load(raw) if raw.strip() else ""
-        # YAML reads "1e-3" as a string; accept scientific notation as a float.
-        if isinstance(value, str):
-            try:
-                value = float(value) if any(c in value.lower() for c in "e.") and value.strip() else value
-            except ValueError:
-                pass
-        out.setdefault(namespace, {})[name] = value
+        out.setdefault(namespace, {})[name] = [_scientific(v) for v in value] if isinstance(value, list) else \
+            _scientific(value)
     return out

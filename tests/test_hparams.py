@@ -65,3 +65,21 @@ def test_a_variant_chosen_on_a_later_layer_wins_over_the_earlier_layers_keys_its
     assert build_config("aug", "sarcasm", both).method_hp.aca_interval_epochs == 3, "a key on the variant's layer stays"
     after = merge_overrides({"aug": {"variant": "official_compat"}}, {"aug": {"aca_interval_epochs": 2}})
     assert after["aug"] == {"variant": "official_compat", "aca_interval_epochs": 2}, "a later key stays"
+
+
+def test_list_elements_take_the_defaults_element_type_so_equal_settings_hash_alike():
+    from benchmarks.config import build_config
+
+    ints = build_config("remix", "synthetic", {"remix": {"remix_weights": [1, 1]}})
+    floats = build_config("remix", "synthetic", {"remix": {"remix_weights": [1.0, 1.0]}})
+    assert ints.method_hp.remix_weights == [1.0, 1.0] and all(type(w) is float for w in ints.method_hp.remix_weights)
+    assert ints.run_name() == floats.run_name()
+    with pytest.raises(HParamError, match=r"m.milestones\[1\] expects an integer, got 'x'"):
+        resolve("m", DECLARED, None, {"milestones": [3, "x"]})
+    assert parse_assignments(["remix.warmup_weights=[5e-1, 1e-1]"]) == {"remix": {"warmup_weights": [0.5, 0.1]}}
+
+
+@pytest.mark.parametrize("key", ["alpha", "steps"])
+def test_nan_is_refused_naming_the_key(key):
+    with pytest.raises(HParamError, match=f"m.{key} expects"):
+        resolve("m", DECLARED, None, {key: float("nan")})
