@@ -340,15 +340,17 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
     if done and not resume:
         raise RunExistsError(f"{run_dir} holds a finished run; pass --resume to reuse it (or --extend-epochs N "
                              "to train it further), or train into another --out / --run-dir")
-    if ckpt_path.exists() and not resume:
+    # An unfinished run stopped before its first checkpoint still has its config, metrics and W&B id: a fresh start
+    # there would take them over under other settings.
+    if (ckpt_path.exists() or (run_dir / "config.yaml").exists()) and not resume:
         raise RunExistsError(f"{run_dir} holds an unfinished run; continue it with: {resume_command(run_dir)}")
     requested = cfg.as_dict()
     recorded = recorded_config(run_dir) if resume else None
     run_hash = cfg.digest()
     if recorded is not None:
         check_resume_config(run_dir, recorded, requested, extend_epochs=extend_epochs)
-        original = read_yaml(run_dir / "config.yaml")["train"]["epochs"]
-        run_hash = config_digest({**requested, "train": {**requested["train"], "epochs": original}})
+        # The recorded config names the run (an equal request may differ in form, e.g. 1 for 1.0).
+        run_hash = config_digest(read_yaml(run_dir / "config.yaml"))
     extending = recorded is not None and cfg.train.epochs > recorded["train"]["epochs"]
     if done and not extending:
         return read_json(run_dir / "summary.json")

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from benchmarks.config import build_config
+from benchmarks.config import build_config, merge_overrides
 from benchmarks.errors import UsageError
 from benchmarks.runner import RunExistsError, lr_factor, select_protocols, train_run
 from core.hparams import HParamError
@@ -47,6 +47,19 @@ def test_existing_run_is_not_silently_overwritten(tmp_path):
     with pytest.raises(RunExistsError):
         train_run(cfg, tmp_path / "run")
     assert train_run(cfg, tmp_path / "run", resume=True)["protocols"] == json.loads(json.dumps(first["protocols"]))
+
+
+def test_a_run_stopped_before_its_first_checkpoint_is_not_taken_over_by_a_fresh_start(tmp_path):
+    # killed in epoch 0 with checkpoint_every > 1: config.yaml and data.json exist, checkpoint.pt does not
+    cfg = build_config("joint", "synthetic", tiny_overrides())
+    train_run(cfg, tmp_path / "run")
+    (tmp_path / "run" / "checkpoint.pt").unlink()
+    for name in ("DONE", "summary.json"):
+        (tmp_path / "run" / name).unlink()
+    other = build_config("joint", "synthetic", merge_overrides(tiny_overrides(), {"train": {"lr": 0.05}}))
+    with pytest.raises(RunExistsError, match="holds an unfinished run; continue it with: augbench train --run-dir"):
+        train_run(other, tmp_path / "run")
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["lr"] == cfg.train.lr
 
 
 def test_protocols_select_best_test_best_val_and_last():
