@@ -30,7 +30,7 @@ Cost: one no-grad pass over the training rows at ``duc_start``; stage 2 trains o
 backward). Per-modality outputs are the unimodal heads.
 
 Deviations: the stage split of one run is a project rule (stage 2 = the last min(stage2_epochs, E // 2) epochs; the
-code runs 150 + 20 epochs as separate scripts); the stage-2 optimizer follows the run's lr schedule instead of
+code runs 150 + 20 epochs as separate scripts; a run extended after reaching stage 2 spends its extra epochs there); the stage-2 optimizer follows the run's lr schedule instead of
 restarting at lr 1e-3; the effective-dimension pass uses evaluation transforms (the code: training transforms,
 batch size 1); weights follow ``model.init`` (the code's stage 1 keeps PyTorch default init). The code's recipe is
 SGD lr 1e-3, batch 16, StepLR(70, 0.1).
@@ -163,7 +163,9 @@ class DIMML(Method):
         self.duc_ready.fill_(True)
 
     def on_epoch_start(self, epoch: int, loaders: Loaders) -> None:
-        self.stage2.fill_(epoch >= self.stage1_epochs)
+        # Once reached, stage 2 stays: a run extended with --extend-epochs moves the split later, and would otherwise
+        # train the encoders again after the fusion stage; its extra epochs train the fusion head.
+        self.stage2.fill_(bool(self.stage2) or epoch >= self.stage1_epochs)
         if epoch >= self.hp.duc_start and not bool(self.duc_ready) and not bool(self.stage2):
             self.compute_duc_dims(loaders.train)
 

@@ -233,6 +233,9 @@ def test_dimml_stages_train_disjoint_parameters(tiny_bundle):
     assert bool(method.stage2)
     assert all(torch.equal(v, method.state_dict()[k]) for k, v in frozen.items())
     assert not all(torch.equal(a, b) for a, b in zip(fusion_before, method.fusion.parameters()))
+    method.ctx.epochs = 4  # --extend-epochs: the split moves to epoch 2, but the run already reached stage 2
+    method.on_epoch_start(2, loaders)
+    assert bool(method.stage2), "extended epochs stay in the fusion stage instead of training the encoders again"
 
 
 def test_dimml_steps_in_float64_without_rounding_to_float32(tiny_bundle):
