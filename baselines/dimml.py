@@ -30,10 +30,10 @@ Cost: one no-grad pass over the training rows at ``duc_start``; stage 2 trains o
 backward). Per-modality outputs are the unimodal heads.
 
 Deviations: the stage split of one run is a project rule (stage 2 = the last min(stage2_epochs, E // 2) epochs; the
-code runs 150 + 20 epochs as separate scripts; a run extended after reaching stage 2 spends its extra epochs there); the stage-2 optimizer follows the run's lr schedule instead of
-restarting at lr 1e-3; the effective-dimension pass uses evaluation transforms (the code: training transforms,
-batch size 1); weights follow ``model.init`` (the code's stage 1 keeps PyTorch default init). The code's recipe is
-SGD lr 1e-3, batch 16, StepLR(70, 0.1).
+code runs 150 + 20 epochs as separate scripts; a run extended after reaching stage 2 spends its extra epochs there);
+the stage-2 optimizer follows the run's lr schedule instead of restarting at lr 1e-3; the effective-dimension pass
+uses evaluation transforms (the code: training transforms, batch size 1); weights follow ``model.init`` (the code's
+stage 1 keeps PyTorch default init). The code's recipe is SGD lr 1e-3, batch 16, StepLR(70, 0.1).
 """
 
 from __future__ import annotations

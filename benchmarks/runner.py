@@ -52,7 +52,6 @@ from benchmarks.records import (
 from benchmarks.run_folder import EXTENSIONS, MISSING_RESULT, read_extensions, recorded_config
 from core.data import BatchLoader, seed_for
 from core.distributed import DistContext, init_from_env, shutdown
-from core.provenance import git_commit, git_dirty
 from datasets.base import DataBundle
 from datasets.registry import get_dataset
 
@@ -385,9 +384,9 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
         if ddp.is_main:
             write_jsonl(run_dir / "metrics.jsonl", history)
         log(f"resuming {run_dir.name} at epoch {start_epoch}")
-    # Which code trained which epochs: a resumed run's earlier segments may come from another commit.
-    segments.append({"first_epoch": start_epoch, "git_commit": git_commit(), "git_dirty": git_dirty(),
-                     "world_size": ddp.world_size})
+    # Which code and machine trained which epochs: a resumed run's earlier segments may come from another commit,
+    # library version, thread count or device (the summary's env is the last segment's).
+    segments.append({"first_epoch": start_epoch, "world_size": ddp.world_size, **environment(device)})
     if extending and ddp.is_main:
         # DONE goes first: a crash in between leaves an unfinished run whose recorded epochs are still the old ones.
         (run_dir / "DONE").unlink(missing_ok=True)

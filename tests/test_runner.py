@@ -182,7 +182,7 @@ def test_the_summary_records_the_machine_and_which_code_trained_which_epochs(tmp
     cfg = interrupted_run(tmp_path / "run", epochs=3)
     summary = train_run(cfg, tmp_path / "run", resume=True, log=lambda line: None)
     assert [s["first_epoch"] for s in summary["segments"]] == [0, 1], "the killed segment is not forgotten"
-    assert all({"git_commit", "git_dirty"} <= set(s) for s in summary["segments"])
+    assert all({"git_commit", "git_dirty", "torch", "torch_threads", "device"} <= set(s) for s in summary["segments"])
     env = summary["env"]
     assert env["cpu_model"] and env["torch_threads"] >= 1 and "torch_cpu_capability" in env and "git_dirty" in env
     assert env["deterministic_algorithms"] == "warn_only", "train.deterministic is on by default, and only warns"
