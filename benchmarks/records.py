@@ -228,9 +228,20 @@ class WandbSink:
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
         atomic_write_text(id_file, run_id)
         # finish_previous: a process that trains several runs (the sweep pool) closes the last one first.
-        self.run = wandb.init(project=project, group=group, name=name, id=run_id, resume="allow", mode=mode,
+        def start(mode: str) -> Any:
+            return wandb.init(project=project, group=group, name=name, id=run_id, resume="allow", mode=mode,
                               dir=str(run_dir), config=config, reinit="finish_previous",
                               settings=wandb.Settings(silent=True, console="off"))
+        try:
+            self.run = start(mode)
+        except (wandb.errors.CommError, wandb.errors.AuthenticationError) as err:
+            if mode != "online":
+                raise
+            # Credentials but no reachable server (a compute node, an outage): the run still trains and logs;
+            # `wandb sync` uploads it later under the same id.
+            log(f"W&B server unreachable ({type(err).__name__}: {err}); logging offline instead")
+            self.mode = "offline"
+            self.run = start("offline")
 
     def log_epoch(self, record: dict) -> None:
         if self.run is not None:

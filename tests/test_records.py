@@ -91,3 +91,24 @@ def test_the_wandb_summary_keeps_lists_as_json_and_history_keeps_scalars():
     assert flatten(summary, lists=True) == {"protocols/last/epoch": 3,
                                             "extensions": '[{"from_epochs": 2, "to_epochs": 4}]'}
     assert flatten(summary) == {"protocols/last/epoch": 3}
+
+
+def test_an_unreachable_wandb_server_falls_back_to_offline_logging(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    from benchmarks.records import WandbSink
+
+    modes, real_init = [], wandb.init
+
+    def init(**kwargs):
+        modes.append(kwargs["mode"])
+        if kwargs["mode"] == "online":
+            raise wandb.errors.CommError("Network error (ConnectionError), entering retry loop.")
+        return real_init(**kwargs)
+
+    monkeypatch.setattr(wandb, "init", init)
+    lines = []
+    sink = WandbSink("online", tmp_path, {"train": {"lr": 0.1}}, "run-x", log=lines.append)
+    sink.log_epoch({"epoch": 0, "test": {"acc": 0.5}})
+    sink.finish()
+    assert modes == ["online", "offline"] and sink.mode == "offline"
+    assert "logging offline instead" in lines[0] and "wandb sync" in lines[-1]
