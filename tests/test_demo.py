@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,7 +15,7 @@ from baselines.registry import list_methods
 from benchmarks import collect, sweep
 from benchmarks import demo as demo_module
 from benchmarks.commands import demo as demo_command
-from benchmarks.config import build_config
+from benchmarks.config import build_config, method_hparams
 from benchmarks.demo import (
     DEMO_CONFIG,
     ENSEMBLE_LABEL,
@@ -56,6 +57,25 @@ def test_demo_config_covers_every_registered_method_and_profiles_merge(tmp_path)
     assert list(rows)[:3] == ["unimodal_audio", "unimodal_visual", "joint"] and list(rows)[-1] == "aug"
     with pytest.raises(ValueError, match="not demo rows"):
         sweep_document(full, tmp_path, methods=["nope"])
+
+
+# Knobs whose names read like epoch counts but need no demo schedule, and why.
+NOT_EPOCH_SCHEDULES = {
+    ("agm", "mod_start"): "0: modulation from the first epoch", ("ogm", "mod_start"): "0: from the first epoch",
+    ("ogm_ge", "mod_start"): "0: from the first epoch", ("pmr", "mod_start"): "0: from the first epoch",
+    ("dimml", "stage2_epochs"): "capped at half the run", ("lfm", "fit_epochs"): "the fitted curve's horizon",
+    ("mses", "modulation_ends"): "-1: the whole run", ("mslr", "modulation_ends"): "-1: the whole run",
+    ("relearning", "reinit_num"): "a count of re-initialisations", ("greedy", "window"): "batches, not epochs"}
+EPOCH_LIKE = re.compile(r"epoch|warmup|patience|window|t_grow|reinit|start|stage|interval|ends")
+
+
+def test_every_epoch_like_knob_of_a_registered_method_is_scheduled_or_exempt():
+    # A new method's warm-up published for 100-200 epochs would otherwise never act in the demo, unnoticed.
+    found = {(name, p.name) for name, cls in list_methods().items() for p in method_hparams(cls)
+             if EPOCH_LIKE.search(p.name) and isinstance(p.default, (int, float)) and not isinstance(p.default, bool)}
+    listed = {(m, k) for m, knobs in EPOCH_KNOBS.items() for k in knobs} | set(NOT_EPOCH_SCHEDULES)
+    assert not found - listed, (f"epoch-count knobs {sorted(found - listed)}: give each a fraction in the demo "
+                                "config's schedule: and EPOCH_KNOBS, or a reason in NOT_EPOCH_SCHEDULES")
 
 
 @pytest.mark.parametrize("profile", [None, "quick"])
