@@ -8,10 +8,10 @@ file is listed and registers exactly one method. ``register`` refuses a class th
 
 from __future__ import annotations
 
-import importlib
 from typing import TypeVar
 
 from baselines.base import DATA_PARALLEL_LEVELS, Method
+from core.listed_modules import import_listed
 
 METHOD_MODULES = (
     "baselines.joint",
@@ -84,7 +84,7 @@ def _load_all() -> None:
     global _loaded
     if not _loaded:
         for module in METHOD_MODULES:
-            importlib.import_module(module)
+            import_listed(module, "METHOD_MODULES in baselines/registry.py")
         _loaded = True
 
 

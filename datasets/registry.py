@@ -6,10 +6,10 @@ A dataset class declares ``NAME``, ``DESCRIPTION`` and its ``data.*`` knobs (``H
 
 from __future__ import annotations
 
-import importlib
 from typing import ClassVar
 
 from core.hparams import HParam, HParams
+from core.listed_modules import import_listed
 from datasets.base import DataBundle
 
 DATASET_MODULES = (
@@ -73,7 +73,7 @@ def list_datasets() -> dict[str, type[Dataset]]:
     global _loaded
     if not _loaded:
         for module in DATASET_MODULES:
-            importlib.import_module(module)
+            import_listed(module, "DATASET_MODULES in datasets/registry.py")
         _loaded = True
     return dict(sorted(_DATASETS.items()))
 

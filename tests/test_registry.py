@@ -103,3 +103,18 @@ def test_register_refuses_a_method_without_a_data_parallel_level():
         with pytest.raises(ValueError, match=f"{cls.name}.*must declare DATA_PARALLEL as one of"):
             register(cls)
         assert cls.name not in list_methods()
+
+
+def test_a_listed_module_without_its_file_is_one_line_naming_the_tuple_and_the_file(tmp_path, monkeypatch):
+    from core.listed_modules import ListedModuleError, import_listed, listed_source
+
+    for check in (import_listed, listed_source):
+        with pytest.raises(ListedModuleError, match=r"METHOD_MODULES in baselines/registry.py lists "
+                                                    r"'baselines.fixedwieght', but there is no file "
+                                                    r"baselines/fixedwieght.py"):
+            check("baselines.fixedwieght", "METHOD_MODULES in baselines/registry.py")
+    # a listed module whose own import fails keeps its error: that is not a naming mistake
+    (tmp_path / "broken_listed.py").write_text("import no_such_dependency_here\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModuleNotFoundError, match="no_such_dependency_here"):
+        import_listed("broken_listed", "X")

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import ast
-import importlib.util
 import sys
 from pathlib import Path
 from typing import Any
+
+from core.listed_modules import listed_source
 
 # The generated parity report the README's methods table reads and links to, relative to the repository root.
 PARITY_RESULTS = Path("results/parity")
@@ -70,13 +71,13 @@ def _knobs(namespace: str, params) -> list[str]:
     return lines
 
 
-def _source(module: str) -> ast.Module:
-    return ast.parse(Path(importlib.util.find_spec(module).origin).read_text())
+def _source(module: str, listed_in: str) -> ast.Module:
+    return ast.parse(listed_source(module, listed_in).read_text())
 
 
-def _registered(module: str, decorator: str) -> list[dict[str, Any]]:
+def _registered(module: str, decorator: str, listed_in: str) -> list[dict[str, Any]]:
     """The literal class attributes (plus the module docstring) of each class in ``module`` under ``@decorator``."""
-    tree = _source(module)
+    tree = _source(module, listed_in)
     out = []
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and any(isinstance(d, ast.Name) and d.id == decorator
@@ -93,7 +94,7 @@ def _registered(module: str, decorator: str) -> list[dict[str, Any]]:
 
 
 def _module_list(registry: str, name: str) -> tuple[str, ...]:
-    for node in _source(registry).body:
+    for node in _source(registry, "the registries").body:
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
             return ast.literal_eval(node.value)
     raise LookupError(f"{registry} has no literal {name}")
@@ -104,12 +105,12 @@ def static_listing() -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]
     entry is not literal there (inherited, computed)."""
     methods, datasets = [], []
     for module in _module_list("baselines.registry", "METHOD_MODULES"):
-        for attrs in _registered(module, "register"):
+        for attrs in _registered(module, "register", "METHOD_MODULES in baselines/registry.py"):
             if not isinstance(attrs.get("name"), str) or not isinstance(attrs.get("title"), str):
                 return None
             methods.append((attrs["name"], attrs["title"], _summary(attrs["module_doc"])))
     for module in _module_list("datasets.registry", "DATASET_MODULES"):
-        for attrs in _registered(module, "register_dataset"):
+        for attrs in _registered(module, "register_dataset", "DATASET_MODULES in datasets/registry.py"):
             if not isinstance(attrs.get("NAME"), str) or not isinstance(attrs.get("DESCRIPTION"), str):
                 return None
             datasets.append((attrs["NAME"], attrs["DESCRIPTION"]))
