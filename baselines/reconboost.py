@@ -42,8 +42,24 @@ BatchNorm statistics move; each is run once per step (the official code runs the
 the GA partner is the learner of the previous stage. BB (``balancemm/trainer/ReconBoost_trainer.py``) alternates one
 boosting and one correction epoch per modality per epoch with a single Linear head and no pre-training.
 
+Variant ``bb``: ReconBoost as GitHub GeWu-Lab/BalanceBenchmark runs it (commit 4c1482f,
+``balancemm/trainer/ReconBoost_trainer.py`` ``ReconBoostTrainer``; model ``balancemm/models/avclassify_model.py``
+``BaseClassifierReconBoostModel``). One BB epoch is, for every modality m in the encoder order (fit, l.77-87),
+``T_epochs`` boosting passes of m (``training_step1``) then ``T_epochs`` correction passes (``training_step2``): with
+``modality_epochs = correct_epochs = T_epochs`` that is M stages of this schedule, so one runner epoch is one pass and
+BB's epoch-wise StepLR maps to ``train.lr_milestones`` at multiples of 2 * M * T_epochs. The differences from the paper
+default, each its own knob: one optimizer over every parameter for both steps, built from ``train.*`` and never reset
+(``shared_optimizer``; fit passes the same optimizer to every ``train_loop``, stepped at l.245 and l.291); under BB's
+torch 1.12.1 (README Installation), ``zero_grad()`` leaves zero gradients, so a learner that once had a gradient keeps
+taking momentum and weight-decay steps while another modality boosts (``zero_grads_persist``); the head is the single
+Linear ``SharedHead.fc_out`` (``head: linear``); every learner is in F from the first step (``ensemble_from_start``: the
+model sums all other modalities, there is no ``DynamicNet.add``); beta starts at 0.01 (avclassify_model.py l.742); the
+GA term, and with it the partner's second train-mode forward, starts in BB's epoch 1 (l.340, ``ga_after_first_round``);
+no pre-training. Evaluation: BB validates after its epoch (after the last correction pass); the runner evaluates
+after every pass.
+
 Cost: modality step = one grad forward of f_m plus no_grad forwards of the other learners; correction = joint
-training. Optimizers: M modality + 1 correction (+ M pre-training).
+training. Optimizers: M modality + 1 correction (+ M pre-training); variant bb: one.
 """
 
 from __future__ import annotations
@@ -133,11 +149,20 @@ class ReconBoost(Method):
              'arXiv 2405.09321')
     CODE = 'GitHub huacong/ReconBoost, train.py, main; models/dynamic_net.py, DynamicNet; schedule.py'
     MODALITIES = (2, 3)
-    VARIANTS = {"official_compat": {"ga_partner_second_pass": True, "pretrain_head_until_stage": True}}
+    VARIANTS = {"official_compat": {"ga_partner_second_pass": True, "pretrain_head_until_stage": True},
+                # BB 4c1482f: configs/trainer_config.yaml ReconBoost (T_epochs 1, weight1 5, weight2 1, alpha 0.5),
+                # balancemm/models/avclassify_model.py l.742 (boost_rate 0.01), ReconBoost_trainer.py (the rest).
+                "bb": {"pretrain": False, "modality_epochs": 1, "correct_epochs": 1, "w1": 5.0, "w2": 1.0,
+                       "alpha": 0.5, "boost_rate": 0.01, "ga_partner_second_pass": True, "head": "linear",
+                       "shared_optimizer": True, "zero_grads_persist": True, "ensemble_from_start": True,
+                       "ga_after_first_round": True}}
     HPARAMS = (
         variant_param(VARIANTS, "paper = one forward per step and the shared head from the start; official_compat "
                                 "= official train.py main (a second partner pass in train mode, pre-training "
-                                "classifiers kept until a learner's first stage)."),
+                                "classifiers kept until a learner's first stage); bb = GitHub "
+                                "GeWu-Lab/BalanceBenchmark 4c1482f balancemm/trainer/ReconBoost_trainer.py (one "
+                                "optimizer for both steps, a Linear head, every learner in F from the start, beta "
+                                "0.01, GA from BB's epoch 1, no pre-training)."),
         HParam("modality_epochs", 4, "Epochs of the modality step per stage (official --epochs_per_stage 4).", low=1),
         HParam("correct_epochs", 4, "Epochs of the correction step per stage (official --correct_epoch 4); 0 skips "
                                     "correction.", low=0),
@@ -165,6 +190,30 @@ class ReconBoost(Method):
                                  "recipe); false = BB's setting. Report both (docs/methods/reconboost.md)."),
         HParam("pretrain_epochs", 20, "Unimodal pre-training epochs per encoder [project]: the official run lengths "
                                       "are not published (checkpoints picked on test at epochs 21/87)."),
+        HParam("head", "mlp", "mlp = the official shared Head (models/dynamic_net.py: Linear d -> 256, ReLU, Linear "
+                              "256 -> K); linear = BB's SharedHead, one Linear d -> K (GitHub "
+                              "GeWu-Lab/BalanceBenchmark 4c1482f, balancemm/models/fusion_arch.py SharedHead.fc_out, "
+                              "applied to each encoder by avclassify_model.py modality_model).",
+               choices=("mlp", "linear")),
+        HParam("shared_optimizer", False, "false = one optimizer per modality step and one for correction, each phase "
+                                          "starting fresh (official train.py); true = BB 4c1482f "
+                                          "ReconBoost_trainer.py: the single train.* optimizer over every parameter "
+                                          "(encoders, head, beta) steps both phases and keeps its state across them "
+                                          "(m_lr, e_lr and weight_decay are then unused)."),
+        HParam("zero_grads_persist", False, "Only with shared_optimizer. false = a parameter without a gradient in "
+                                            "this step is skipped by the optimizer (torch >= 2.0 zero_grad sets "
+                                            "None); true = BB's torch 1.12.1 (BB 4c1482f README Installation, "
+                                            "pip install torch==1.12.1), whose zero_grad() in ReconBoost_trainer.py "
+                                            "l.247/l.293 leaves zeros: every parameter that once had a gradient "
+                                            "keeps taking momentum and weight-decay steps in later phases that do "
+                                            "not train it."),
+        HParam("ensemble_from_start", False, "false = a learner joins F when its first modality step ends (official "
+                                             "DynamicNet.add); true = BB 4c1482f avclassify_model.py "
+                                             "BaseClassifierReconBoostModel.forward: F sums every learner from the "
+                                             "first step."),
+        HParam("ga_after_first_round", False, "false = the GA term (and the partner's second pass) from stage 1 "
+                                              "(official train.py); true = BB 4c1482f ReconBoost_trainer.py "
+                                              "training_step1 (l.340): none in BB's epoch 0, i.e. before stage M."),
     )
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
@@ -175,19 +224,31 @@ class ReconBoost(Method):
             raise ValueError(f"ReconBoost's shared head needs equal feature widths, got {dims} for dataset "
                              f"{task.dataset!r}")
         d = next(iter(dims.values()))
-        self.head = nn.Sequential(nn.Linear(d, HEAD_HIDDEN), nn.ReLU(inplace=True),
-                                  nn.Linear(HEAD_HIDDEN, task.num_classes))
+        if hp.head == "linear":
+            self.head: nn.Module = nn.Linear(d, task.num_classes)
+        else:
+            self.head = nn.Sequential(nn.Linear(d, HEAD_HIDDEN), nn.ReLU(inplace=True),
+                                      nn.Linear(HEAD_HIDDEN, task.num_classes))
         if hp.pretrain:
             self.pretrain_heads = nn.ModuleDict({m: nn.Linear(d, task.num_classes) for m in self.modalities})
         init_model(self, ctx.model_hp)
         self.beta = nn.Parameter(torch.tensor(float(hp.boost_rate)))
-        self.register_buffer("members", torch.tensor([hp.pretrain] * len(self.modalities)))
+        self.register_buffer("members", torch.tensor([hp.pretrain or hp.ensemble_from_start] * len(self.modalities)))
         self.to(ctx.device)
         head = list(self.head.parameters())
-        self.modality_opts = [ctx.make_optimizer(list(self.encoders[m].parameters()) + head, lr=hp.m_lr,
-                                                 weight_decay=hp.weight_decay) for m in self.modalities]
-        self.correct_opt = ctx.make_optimizer(list(self.encoders.parameters()) + head + [self.beta], lr=hp.e_lr,
-                                              weight_decay=hp.weight_decay)
+        if hp.shared_optimizer:
+            # BB's create_optimizer(model, ...) covers modality_encoder, fusion_module and boost_rate.
+            self.shared_params = list(self.encoders.parameters()) + head + [self.beta]
+            self.shared_opt = ctx.make_optimizer(self.shared_params)
+            # Which parameters have had a gradient: under zero_grads_persist they keep a zero one from then on.
+            self.register_buffer("had_grad", torch.zeros(len(self.shared_params), dtype=torch.bool, device=ctx.device))
+            self.modality_opts = [self.shared_opt] * len(self.modalities)
+            self.correct_opt = self.shared_opt
+        else:
+            self.modality_opts = [ctx.make_optimizer(list(self.encoders[m].parameters()) + head, lr=hp.m_lr,
+                                                     weight_decay=hp.weight_decay) for m in self.modalities]
+            self.correct_opt = ctx.make_optimizer(list(self.encoders.parameters()) + head + [self.beta],
+                                                  lr=hp.e_lr, weight_decay=hp.weight_decay)
         self.pretrain_opts = [ctx.make_optimizer(list(self.encoders[m].parameters())
                                                  + list(self.pretrain_heads[m].parameters()))
                               for m in self.modalities] if hp.pretrain else []
@@ -230,8 +291,8 @@ class ReconBoost(Method):
         hp, n = self.hp, len(self.modalities)
         self.position = stage_at(epoch, hp.modality_epochs, hp.correct_epochs, n)
         self.members.copy_(torch.tensor(ensemble_members(epoch, hp.modality_epochs, hp.correct_epochs, n,
-                                                         hp.pretrain)))
-        if self.position.phase_epoch == 0:
+                                                         hp.pretrain or hp.ensemble_from_start)))
+        if self.position.phase_epoch == 0 and not hp.shared_optimizer:
             opt = self.modality_opts[self.position.modality] if self.position.phase == "modality" \
                 else self.correct_opt
             opt.state.clear()
@@ -244,12 +305,11 @@ class ReconBoost(Method):
                 z = self.ensemble({m: self.learner(m, batch[m]) for i, m in enumerate(self.modalities)
                                    if self.members[i]})
             loss = F.cross_entropy(z, labels)
-            self.correct_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.correct_opt.step()
+            self.step_optimizer(self.correct_opt, loss)
             return {"loss": loss.item(), "beta": self.beta.item()}
         m = self.modalities[pos.modality]
-        partner = self.modalities[(pos.stage - 1) % len(self.modalities)] if pos.stage >= 1 else None
+        first_ga = len(self.modalities) if self.hp.ga_after_first_round else 1
+        partner = self.modalities[(pos.stage - 1) % len(self.modalities)] if pos.stage >= first_ga else None
         with torch.no_grad(), self.ctx.autocast():
             other = {j: self.learner(j, batch[j]) for i, j in enumerate(self.modalities)
                      if j != m and (self.members[i] or j == partner)}
@@ -266,12 +326,23 @@ class ReconBoost(Method):
             logs["ga"] = ga.item()
             if self.hp.ga_grad:
                 loss = loss + self.hp.alpha * ga
-        opt = self.modality_opts[pos.modality]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        self.step_optimizer(self.modality_opts[pos.modality], loss)
         logs["loss"] = loss.item()
         return logs
+
+    def step_optimizer(self, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+        """backward and one step of ``opt``. With ``zero_grads_persist`` every parameter that has had a gradient
+        gets a zero one where this loss gives it none, as BB's torch 1.12.1 ``zero_grad()`` leaves it; the flags are a
+        buffer, so a resumed run steps the same parameters."""
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.hp.shared_optimizer and self.hp.zero_grads_persist:
+            now = torch.tensor([p.grad is not None for p in self.shared_params], device=self.had_grad.device)
+            self.had_grad |= now
+            for p, had in zip(self.shared_params, self.had_grad.tolist()):
+                if had and p.grad is None:
+                    p.grad = torch.zeros_like(p)
+        opt.step()
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> Prediction:

@@ -267,6 +267,77 @@ def test_reconboost_steps_train_only_their_parameters(tiny_bundle):
     assert rb.position.modality == 1 and "ga" in rb.update(batch, step(2))
 
 
+def test_reconboost_bb_one_optimizer_carries_momentum_and_steps_the_idle_encoder(tiny_bundle):
+    """Variant bb (BB 4c1482f ReconBoost_trainer.py): one optimizer for both steps, never reset; under BB's torch 1.12.1
+    zero_grad, the encoder that is not boosting takes the step of a zero gradient: buf <- 0.9 buf + wd p, p <- p - lr
+    buf."""
+    rb = build("reconboost", tiny_bundle, variant="bb")
+    audio, visual = tiny_bundle.task.names[:2]
+    assert rb.modality_opts == [rb.shared_opt, rb.shared_opt] and rb.correct_opt is rb.shared_opt
+    assert isinstance(rb.head, nn.Linear) and rb.beta.item() == approx(0.01)
+    loaders, batch = loaders_for(tiny_bundle), first_batch(tiny_bundle)
+    rb.train()
+    rb.on_epoch_start(0, loaders)   # BB epoch 0: boosting audio against F_-a = beta f_v (a member from the start)
+    assert rb.members.tolist() == [True, True]
+    visual0 = params_of(rb.encoders[visual])
+    logs = rb.update(batch, step(0))
+    assert "ga" not in logs and same(visual0, params_of(rb.encoders[visual])) and rb.beta.item() == approx(0.01)
+    rb.on_epoch_start(1, loaders)   # correction: the same optimizer, its momentum kept
+    state_before = {p: s["momentum_buffer"].clone() for p, s in rb.shared_opt.state.items()}
+    assert rb.head.weight in state_before
+    rb.update(batch, step(1))
+    rb.on_epoch_start(2, loaders)   # boosting visual: audio is idle
+    assert rb.shared_opt.state, "the phase boundary must not clear the optimizer state"
+    group = rb.shared_opt.param_groups[0]
+    lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
+    idle = {n: (p.detach().clone(), rb.shared_opt.state[p]["momentum_buffer"].clone())
+            for n, p in rb.encoders[audio].named_parameters()}
+    head_buf = rb.shared_opt.state[rb.head.weight]["momentum_buffer"].clone()
+    head_w = rb.head.weight.detach().clone()
+    grads = []
+    hook = rb.head.weight.register_hook(lambda g: grads.append(g.detach().clone()))
+    logs = rb.update(batch, step(2))
+    hook.remove()
+    assert "ga" not in logs   # BB's epoch 0 has no GA term (ReconBoost_trainer.py l.340)
+    for n, p in rb.encoders[audio].named_parameters():
+        p0, buf0 = idle[n]
+        buf = mu * buf0 + wd * p0
+        close(rb.shared_opt.state[p]["momentum_buffer"], buf)
+        close(p.detach(), p0 - lr * buf)
+    # The head's momentum carried over from the correction step: buf = mu buf_old + (grad + wd w).
+    (grad,) = grads
+    assert grad.abs().sum() > 0 and head_buf.abs().sum() > 0
+    close(rb.shared_opt.state[rb.head.weight]["momentum_buffer"], mu * head_buf + grad + wd * head_w)
+    close(rb.head.weight.detach(), head_w - lr * (mu * head_buf + grad + wd * head_w))
+    rb.on_epoch_start(4, loaders)   # BB epoch 1: boosting audio with the GA term against visual
+    assert "ga" in rb.update(batch, step(4))
+
+    # torch >= 2.0's zero_grad (zero_grads_persist: false): the idle encoder is left alone.
+    skip = build("reconboost", tiny_bundle, variant="bb", zero_grads_persist=False)
+    skip.train()
+    for epoch in range(2):
+        skip.on_epoch_start(epoch, loaders)
+        skip.update(batch, step(epoch))
+    skip.on_epoch_start(2, loaders)
+    before = params_of(skip.encoders[audio])
+    skip.update(batch, step(2))
+    assert same(before, params_of(skip.encoders[audio]))
+
+
+def test_reconboost_bb_learners_share_one_linear_head_and_predict_beta_times_their_sum(tiny_bundle):
+    rb = build("reconboost", tiny_bundle, variant="bb")
+    rb.eval()
+    batch = first_batch(tiny_bundle)
+    rb.on_epoch_start(0, loaders_for(tiny_bundle))
+    with torch.no_grad():
+        z = {m: F.linear(rb.encoders[m](batch[m]), rb.head.weight, rb.head.bias) for m in tiny_bundle.task.names}
+    pred = rb.predict(batch)
+    for m, zm in z.items():
+        close(pred.per_modality[m], zm)
+    close(pred.fused, 0.01 * sum(z.values()))
+    assert build("reconboost", tiny_bundle).head[0].out_features == 256   # the paper default keeps the MLP head
+
+
 # --- G-Blending ----------------------------------------------------------------------------------------------------
 
 def test_gblending_weights_from_given_losses():
