@@ -37,6 +37,20 @@ def test_a_killed_and_resumed_run_ends_like_the_straight_run(name, tmp_path):
     overrides = tiny_overrides()
     overrides["train"].update(epochs=EPOCHS, checkpoint_every=CHECKPOINT_EVERY)
     overrides.update(scaled_schedule(SCHEDULE.get(name, {}), name, EPOCHS))
+    _killed_and_resumed(name, overrides, tmp_path)
+
+
+# Variants that keep training state of their own: ReconBoost bb's one optimizer and its had-gradient flags, which decide
+# which idle parameters take a zero-gradient step after the resume.
+@pytest.mark.parametrize("name, hp", [("reconboost", {"variant": "bb"})], ids=["reconboost-bb"])
+def test_a_killed_and_resumed_variant_run_ends_like_the_straight_run(name, hp, tmp_path):
+    overrides = tiny_overrides()
+    overrides["train"].update(epochs=EPOCHS, checkpoint_every=CHECKPOINT_EVERY)
+    overrides[name] = dict(hp)
+    _killed_and_resumed(name, overrides, tmp_path)
+
+
+def _killed_and_resumed(name: str, overrides: dict, tmp_path) -> None:
     cfg = build_config(name, "synthetic", overrides)
     straight = train_run(cfg, tmp_path / "straight", log=lambda _: None)
 
