@@ -20,12 +20,16 @@ The run crosses both stages: stage 0 trains audio with the visual learner still 
 (``pretrain_head_until_stage``), stage 1 trains visual with the GA term against audio, whose second train-mode
 forward moves its batch-norm statistics again (``ga_partner_second_pass``); each phase starts a fresh SGD. The
 ensemble's member order changes after ``DynamicNet.add`` (rounding only).
+
+The case ``reconboost_bb`` checks the variant bb against GitHub GeWu-Lab/BalanceBenchmark's ``ReconBoostTrainer``
+instead (``BB_NOTES`` below).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import sys
 import tempfile
@@ -38,6 +42,9 @@ import torch
 from torch import nn
 
 from baselines.base import Loaders, StepInfo
+from benchmarks.parity.balancebench import COMMIT as BB_COMMIT
+from benchmarks.parity.balancebench import REPO as BB_REPO
+from benchmarks.parity.balancebench import Hub, Metrics, SilentLogger, bb_encoder, stubbed_imports
 from benchmarks.parity.core import (
     Case,
     Checkpoint,
@@ -51,8 +58,10 @@ from benchmarks.parity.core import (
     load_mapped,
     module_snapshot,
     patch,
+    quantities,
     resnet_name,
 )
+from benchmarks.runner import lr_factor
 
 STAGES, STEPS, BATCH = 2, 2, 8
 NUM_CLASSES = 6
@@ -235,3 +244,175 @@ CASES = [
          deviations={"ga_partner_second_pass": False, "pretrain_head_until_stage": False},
          project=Project, official=Official, notes=__doc__),
 ]
+
+
+# --- reconboost_bb: the variant bb against BalanceBenchmark's ReconBoostTrainer ---------------------------------------
+BB_NOTES = """
+reconboost_bb (variant bb) runs GitHub GeWu-Lab/BalanceBenchmark's ``ReconBoostTrainer.fit`` unmodified
+(``balancemm/trainer/ReconBoost_trainer.py``: per BB epoch ``model.train()``, then for audio and visual ``train_loop``,
+i.e. T_epochs boosting passes of ``training_step1`` and T_epochs correction passes of ``training_step2`` with the one
+optimizer, then the scheduler's step) on ``balancemm/models/avclassify_model.py`` ``BaseClassifierReconBoostModel``
+(ResNet-18 encoders, ``fusion: shared``, i.e. ``SharedHead.fc_out``). Each pass over BB's ``train_loader`` is one
+project epoch and serves that epoch's batches.
+
+Harness, as for the other BalanceBenchmark cases (benchmarks/parity/balancebench.py): the same import stubs (Lightning,
+dynaconf and the other packages the project does not install, ``balancemm.evaluation.complex``), the trainer made
+without ``BaseTrainer.__init__`` (Fabric) and given the attributes fit and train_loop read (a Fabric callback hub whose
+``setup_dataloaders`` returns the loader, one-step gradient accumulation, no progress bar, a metrics stub, a validation
+loop that reports nothing, no checkpoint saving), and ``resnet`` bound to ``resnet_process`` on the model instance. Both
+sides use SGD (momentum 0.9, weight decay 1e-4, lr 1e-2); the scheduler is StepLR(step_size 1, gamma 0.1) on the
+official side, stepped by fit after each BB epoch, and ``train.lr_milestones`` at the first pass of BB epoch 1 on the
+project side (the runner's lr factor, set before each epoch), so the lr drop lands mid-run; the lr is compared as
+``q/lr``. BB's own initial boost_rate (0.01) is kept, not loaded from the project. BB's README (Installation) installs
+torch 1.12.1, whose ``Optimizer.zero_grad()`` sets gradients to zero rather than None; the installed torch defaults to
+None, so the official optimizer's ``zero_grad`` is called with ``set_to_none=False`` (torch 1.12.1's behaviour;
+``zero_grads_persist: false`` is the installed torch's and is one of the case's flips).
+
+The run is 2 BB epochs (8 passes): BB epoch 0 without the GA term, BB epoch 1 with it (the partner's second train-mode
+forward moves its BN statistics), every learner in F from the first step with beta 0.01, the optimizer's momentum
+carried across every phase boundary, the idle encoder stepped by its zero gradient while the other one boosts, and the
+lr decay between the BB epochs.
+"""
+
+BB_EPOCHS, BB_LR = 2, 1e-2
+BB_PASSES = BB_EPOCHS * 2 * 2          # per BB epoch: 2 modalities x (1 boosting + 1 correction pass)
+BB_HPARAMS = {"variant": "bb"}
+
+
+def bb_official_name(name: str) -> str | None:
+    """``BaseClassifierReconBoostModel`` entry -> the project's ``ReconBoost`` entry."""
+    for m in ("audio", "visual"):
+        prefix = f"modality_encoder.{m}."
+        if name.startswith(prefix):
+            return f"encoders.{m}.trunk." + resnet_name(name[len(prefix):])
+    if name.startswith("fusion_module.fc_out."):
+        return "head." + name[len("fusion_module.fc_out."):]
+    if name == "boost_rate":
+        return "beta"
+    raise KeyError(f"unmapped BaseClassifierReconBoostModel entry {name!r}")
+
+
+def bb_project_name(name: str) -> str | None:
+    """``members`` and ``had_grad`` are the project's bookkeeping (BB keeps neither: every learner is always in F and
+    torch keeps the zero gradients); they act through the parameters and optimizer state."""
+    return None if name in ("members", "had_grad") else name
+
+
+def lr_quantity(opt: torch.optim.Optimizer) -> Snapshot:
+    return quantities({"lr": opt.param_groups[0]["lr"]})
+
+
+class BBProject:
+    def __init__(self, case: Case, overrides: Mapping[str, Any]) -> None:
+        task = av_task("cremad", NUM_CLASSES)
+        self.method = build_method(case.method, task, {**case.hparams, **overrides}, epochs=BB_PASSES, lr=BB_LR)
+        self.batches = av_batches(task, BB_PASSES * STEPS, BATCH, seed=4)
+        # BB's StepLR(1) after each BB epoch = a milestone at the first pass of every later BB epoch.
+        self.milestones = [e * BB_PASSES // BB_EPOCHS for e in range(1, BB_EPOCHS)]
+
+    def steps(self) -> Iterator[str]:
+        rb = self.method
+        for epoch in range(BB_PASSES):
+            rb.ctx.set_lr_factor(lr_factor(epoch, self.milestones, 0.1))   # as benchmarks/runner.py does
+            rb.train()
+            rb.on_epoch_start(epoch, Loaders(None))   # type: ignore[arg-type]  # no pre-training
+            for k in range(STEPS):
+                rb.update(self.batches[epoch * STEPS + k], StepInfo(epoch, k, STEPS, BB_PASSES))
+                yield f"e{epoch}s{k}"
+
+    def snapshot(self) -> Snapshot:
+        rb = self.method
+        opt = rb.modality_opts[0] if rb.hp.shared_optimizer else \
+            rb.modality_opts[rb.position.modality] if rb.position.phase == "modality" else rb.correct_opt
+        return {**module_snapshot(rb, [opt], bb_project_name), **lr_quantity(opt)}
+
+
+class BBPasses:
+    """BB's ``train_loader``: pass p over it serves the project's epoch p."""
+
+    def __init__(self, batches: list[dict], checkpoint: Checkpoint) -> None:
+        self.batches, self.checkpoint, self.passes = batches, checkpoint, 0
+
+    def __len__(self) -> int:
+        return STEPS
+
+    def __iter__(self) -> Iterator[dict]:
+        p, self.passes = self.passes, self.passes + 1
+        yield from EpochLoader(self.batches[p * STEPS:(p + 1) * STEPS], p, self.checkpoint, dict)
+
+
+class FabricHub(Hub):
+    """Fabric as fit uses it: no callbacks, the loader as given."""
+
+    def setup_dataloaders(self, loader: Any, **kwargs: Any) -> Any:
+        return loader
+
+
+class BBMetrics(Metrics):
+    """fit also clears the train-set metrics after every BB epoch."""
+
+    def ClearAll(self) -> None:  # noqa: N802  # BB's name
+        pass
+
+
+class BBLogger(SilentLogger):
+    handlers: list = []
+
+
+class BBOfficial:
+    def __init__(self, case: Case, root: Path, project: BBProject) -> None:
+        with stubbed_imports(), cpu_patches(), patch(sys, "stdout", io.StringIO()):
+            trainer_mod, model_mod = import_official(root, "balancemm.trainer.ReconBoost_trainer",
+                                                     "balancemm.models.avclassify_model")
+            model = model_mod.BaseClassifierReconBoostModel({
+                "n_classes": NUM_CLASSES, "fusion": "shared", "device": " ",
+                "encoders": {"audio": bb_encoder("audio"), "visual": bb_encoder("visual")},
+                "modality_size": {"audio": 512, "visual": 512}})
+        model.resnet = model.resnet_process   # the released encoder_process calls self.resnet (balancebench.py)
+        # The project's weights, except boost_rate: BB's own initial 0.01 is compared with the project's beta.
+        load_mapped(model, project.method.state_dict(),
+                    lambda n: None if n == "boost_rate" else bb_official_name(n))
+        self.model = model
+        cls = trainer_mod.ReconBoostTrainer
+        trainer = cls.__new__(cls)
+        # configs/trainer_config.yaml ReconBoost; the rest is what BaseTrainer.__init__ would set.
+        for key, value in {"alpha": 0.5, "modulation_starts": 0, "modulation_ends": 80, "T_epochs": 1,
+                           "weight1": 5, "weight2": 1, "fabric": FabricHub(), "PrecisionCalculatorType": BBMetrics,
+                           "max_epochs": BB_EPOCHS, "current_epoch": 0, "global_step": 0, "grad_accum_steps": 1,
+                           "limit_train_batches": float("inf"), "limit_val_batches": float("inf"),
+                           "should_stop": False, "should_train": True, "validation_frequency": 1,
+                           "should_save": False, "use_distributed_sampler": False, "checkpoint_dir": None,
+                           "_current_train_return": None}.items():
+            setattr(trainer, key, value)
+        trainer.progbar_wrapper = lambda iterable, total, **kwargs: iterable
+        trainer._format_iterable = lambda *args: None
+        # fit validates after every BB epoch (model.eval(), no_grad forwards: no state moves); the project's
+        # evaluation is the runner's, so the validation loop reports nothing here.
+        trainer.val_loop = lambda model, loader, limit_batches: (0.0, {})
+        self.trainer = trainer
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=BB_LR, momentum=0.9, weight_decay=1e-4)
+        # BB's torch 1.12.1: zero_grad() fills zeros (BB_NOTES).
+        self.optimizer.zero_grad = functools.partial(torch.optim.SGD.zero_grad, self.optimizer, set_to_none=False)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=1, gamma=0.1)
+        self.batches = project.batches
+
+    def run(self, checkpoint: Checkpoint) -> None:
+        with cpu_patches(), patch(sys, "stdout", io.StringIO()):
+            self.trainer.fit(self.model, BBPasses(self.batches, checkpoint), None, self.optimizer, self.scheduler,
+                             BBLogger(), None)
+
+    def snapshot(self) -> Snapshot:
+        return {**module_snapshot(self.model, [self.optimizer], bb_official_name), **lr_quantity(self.optimizer)}
+
+
+CASES.append(
+    Case(name="reconboost_bb", method="reconboost", hparams=BB_HPARAMS, repo=BB_REPO, commit=BB_COMMIT,
+         entry="balancemm/trainer/ReconBoost_trainer.py ReconBoostTrainer.fit/train_loop/training_step1/"
+               "training_step2; balancemm/models/avclassify_model.py BaseClassifierReconBoostModel (fusion shared)",
+         covers=f"{BB_EPOCHS} BB epochs = {BB_PASSES} passes x {STEPS} steps (batch {BATCH}): per BB epoch boosting "
+                "audio, correction, boosting visual, correction with one SGD whose momentum carries across phases "
+                "(the idle encoder stepped by its zero gradient); GA term and the partner's second forward from BB "
+                "epoch 1; lr x0.1 after BB epoch 0; every parameter, BN buffer, momentum buffer and the lr each step",
+         deviations={"shared_optimizer": False, "zero_grads_persist": False, "ensemble_from_start": False,
+                     "ga_after_first_round": False, "ga_partner_second_pass": False, "boost_rate": 1.0},
+         project=BBProject, official=BBOfficial, notes=BB_NOTES.strip()))
