@@ -131,14 +131,15 @@ def test_shipped_configs_resolve_every_registered_section(path):
 
 def test_balancebenchmark_runs_follow_its_global_optimiser_and_schedule(tmp_path):
     # BB @4909c17 configs/global_config.yaml: SGD 1e-3, momentum 0.9, wd 1e-4, StepLR(30, 0.1) stepped per epoch.
-    # Its ReconBoost trainer runs, per epoch and modality, one boosting and one correction pass with that optimiser.
+    # Its ReconBoost trainer runs, per epoch and modality, one boosting and one correction pass with that optimiser
+    # (variant bb: the train.* optimiser, shared by both steps).
     jobs = plan(load_config(ROOT / "benchmarks" / "configs" / "balancebenchmark" / "results.yaml"), tmp_path).jobs
     for job in jobs:
         train = job.cfg.train
         assert (train.lr, train.momentum, train.weight_decay) == (1e-3, 0.9, 1e-4)
         if job.cfg.method == "reconboost":
             hp = job.cfg.method_hp
-            assert (hp.m_lr, hp.e_lr, hp.weight_decay) == (1e-3, 1e-3, 1e-4)
+            assert hp.variant == "bb" and hp.shared_optimizer and hp.head == "linear"
             assert (hp.modality_epochs, hp.correct_epochs, hp.pretrain) == (1, 1, False)
             assert (train.epochs, train.lr_milestones) == (70 * 2 * 2, [30 * 4, 60 * 4])
         else:
