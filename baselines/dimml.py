@@ -171,7 +171,7 @@ class DIMML(Method):
 
     def update(self, batch: Batch, step: StepInfo) -> dict[str, float]:
         y = batch["label"]
-        if step.epoch >= self.stage1_epochs:
+        if bool(self.stage2):  # set by on_epoch_start, and kept once reached
             self.encoders.eval()
             with torch.no_grad(), self.ctx.autocast():
                 h = self.features(batch)

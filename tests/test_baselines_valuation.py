@@ -233,9 +233,12 @@ def test_dimml_stages_train_disjoint_parameters(tiny_bundle):
     assert bool(method.stage2)
     assert all(torch.equal(v, method.state_dict()[k]) for k, v in frozen.items())
     assert not all(torch.equal(a, b) for a, b in zip(fusion_before, method.fusion.parameters()))
-    method.ctx.epochs = 4  # --extend-epochs: the split moves to epoch 2, but the run already reached stage 2
+    method.ctx.epochs = 10  # --extend-epochs: the split moves to epoch 5, but the run already reached stage 2
     method.on_epoch_start(2, loaders)
-    assert bool(method.stage2), "extended epochs stay in the fusion stage instead of training the encoders again"
+    frozen = {k: v.clone() for k, v in method.state_dict().items() if not k.startswith("fusion.")}
+    method.update(batch, StepInfo(2, 0, 1, 10))
+    assert bool(method.stage2), "extended epochs stay in the fusion stage"
+    assert all(torch.equal(v, method.state_dict()[k]) for k, v in frozen.items()), "encoders trained again"
 
 
 def test_dimml_steps_in_float64_without_rounding_to_float32(tiny_bundle):
