@@ -113,9 +113,10 @@ class AUG(Method):
                                               "(PyTorch >= 2.0); false = PyTorch 1.11 zero-fill as the code ran "
                                               "(docs/methods/README.md#multi-step)."),
         HParam("modality_order", [], "Per-modality step order; empty = the dataset's declared order (audio first, "
-                                     "as train_audio_video)."),
+                                     "as train_audio_video).", element=str),
         HParam("fusion_weights", [], "Test-time weights w_m, dataset order; empty = the code's 0.4/0.6 (2 "
-                                     "modalities, --merge_alpha) or 0.33/0.33/0.34 (3); not in the paper."),
+                                     "modalities, --merge_alpha) or 0.33/0.33/0.34 (3); not in the paper.",
+               element=float),
         HParam("three_modal_threshold", 0.4, "ACA with 3 modalities: grow every m with S_m / sum_{j!=m} S_j below "
                                              "this (train_NVGesture.py --lam 0.4; no rule in the paper)."),
         HParam("learner_dim", 256, "Width of every weak learner and the shared head's input (AudioVideo.py: "

@@ -36,7 +36,7 @@ TRAIN_HPARAMS = (
     HParam("weight_decay", 1e-4, "docs/methods/README.md#optimiser-recipes: weight decay 1e-4."),
     HParam("lr_milestones", [], "Epochs at whose start lr is multiplied by lr_gamma. AUG's StepLR(70) stepped at "
                                 "epoch start decays at epochs 69 and 139 (docs/methods/aug.md#hyperparameters).",
-           per_dataset={"cremad": [69, 139], "kinetics_sounds": [69]}),
+           per_dataset={"cremad": [69, 139], "kinetics_sounds": [69]}, element=int),
     HParam("lr_gamma", 0.1, "LR decay factor at each milestone (StepLR gamma 0.1)."),
     HParam("seed", 0, "Run seed: Python, NumPy and torch generators and the loaders' per-epoch generators."),
     HParam("deterministic", True, "true: torch deterministic algorithms (warn-only) and no cuDNN autotuning; false: "
@@ -146,8 +146,10 @@ def merge_overrides(*layers: Mapping[str, Mapping[str, Any]] | None) -> dict[str
             if not isinstance(values, Mapping):
                 raise HParamError(f"config section {ns!r} must be a mapping of keys to values, got {values!r}")
             section = out.setdefault(ns, {})
-            if isinstance(values.get("variant"), str) and ns in list_methods():
-                for key in get_method(ns).VARIANTS.get(values["variant"], {}):
+            variant = values.get("variant")
+            # Only a change of variant: naming the one already chosen again keeps the keys given with it.
+            if isinstance(variant, str) and variant != section.get("variant") and ns in list_methods():
+                for key in get_method(ns).VARIANTS.get(variant, {}):
                     if key not in values:
                         section.pop(key, None)
             section.update(values)

@@ -31,6 +31,8 @@ class HParam:
         per_dataset: dataset name -> default for that dataset.
         choices: allowed values, if the knob is categorical.
         low, high: inclusive bounds of a numeric knob (a probability, an epoch count), checked when a value is set.
+        element: the type of a list knob's elements (int, float, str, bool); needed only when the default is empty,
+            otherwise its elements' type is used.
     """
 
     name: str
@@ -40,13 +42,14 @@ class HParam:
     choices: tuple | None = None
     low: float | None = None
     high: float | None = None
+    element: type | None = None
 
     def default_for(self, dataset: str | None) -> Any:
         return self.per_dataset.get(dataset, self.default) if dataset is not None else self.default
 
     def coerce(self, namespace: str, value: Any) -> Any:
         key = f"{namespace}.{self.name}"
-        out = _typed(key, self.default, value)
+        out = _typed(key, self.default, value, self.element)
         if self.choices is not None and out not in self.choices:
             raise HParamError(f"{key}={out!r} is not one of {list(self.choices)}")
         if isinstance(out, (int, float)) and not isinstance(out, bool) and (
@@ -56,8 +59,9 @@ class HParam:
         return out
 
 
-def _typed(key: str, default: Any, value: Any) -> Any:
-    """``value`` as the type of ``default`` (any type when ``default`` is None), or an error naming ``key``."""
+def _typed(key: str, default: Any, value: Any, element: type | None = None) -> Any:
+    """``value`` as the type of ``default`` (any type when ``default`` is None), a list's elements as ``element`` or
+    else as the default's elements, or an error naming ``key``."""
     kind = type(default)
     if default is None or value is None:
         out = value
@@ -79,9 +83,9 @@ def _typed(key: str, default: Any, value: Any) -> Any:
             raise HParamError(f"{key} expects a list, got {value!r}")
         # Elements take the type of the default's (when they share one): [1, 1] for [1.0, 1.0] is the same
         # setting (one config hash), and a string element where numbers belong is an error here, not in training.
-        kinds = {type(x) for x in default}
-        element = default[0] if len(kinds) == 1 and kinds <= {bool, int, float, str} else None
-        out = [_typed(f"{key}[{i}]", element, x) for i, x in enumerate(value)]
+        kinds = {element} if element is not None else {type(x) for x in default}
+        like = kinds.pop()() if len(kinds) == 1 and kinds <= {bool, int, float, str} else None
+        out = [_typed(f"{key}[{i}]", like, x) for i, x in enumerate(value)]
     elif kind is dict:
         if not isinstance(value, dict):
             raise HParamError(f"{key} expects a mapping, got {value!r}")

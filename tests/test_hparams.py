@@ -65,6 +65,8 @@ def test_a_variant_chosen_on_a_later_layer_wins_over_the_earlier_layers_keys_its
     assert build_config("aug", "sarcasm", both).method_hp.aca_interval_epochs == 3, "a key on the variant's layer stays"
     after = merge_overrides({"aug": {"variant": "official_compat"}}, {"aug": {"aca_interval_epochs": 2}})
     assert after["aug"] == {"variant": "official_compat", "aca_interval_epochs": 2}, "a later key stays"
+    again = merge_overrides(both, {"aug": {"variant": "official_compat"}})  # e.g. --extend-epochs repeating --set
+    assert again["aug"]["aca_interval_epochs"] == 3, "naming the chosen variant again is no change of variant"
 
 
 def test_list_elements_take_the_defaults_element_type_so_equal_settings_hash_alike():
@@ -83,3 +85,14 @@ def test_list_elements_take_the_defaults_element_type_so_equal_settings_hash_ali
 def test_nan_is_refused_naming_the_key(key):
     with pytest.raises(HParamError, match=f"m.{key} expects"):
         resolve("m", DECLARED, None, {key: float("nan")})
+
+
+def test_a_list_knob_with_an_empty_default_types_its_elements_as_declared():
+    from benchmarks.config import build_config
+
+    ints = build_config("aug", "cremad", {"aug": {"fusion_weights": [1, 1]}})
+    assert ints.run_name() == build_config("aug", "cremad", {"aug": {"fusion_weights": [1.0, 1.0]}}).run_name()
+    with pytest.raises(HParamError, match=r"aug.fusion_weights\[0\] expects a number, got 'x'"):
+        build_config("aug", "cremad", {"aug": {"fusion_weights": ["x", "y"]}})
+    with pytest.raises(HParamError, match=r"train.lr_milestones\[0\] expects an integer, got 2.5"):
+        build_config("joint", "synthetic", {"train": {"lr_milestones": [2.5]}})
