@@ -457,8 +457,9 @@ def findings(summary: Mapping[str, Any], titles: Mapping[str, str], targets: Map
     joint, visual, audio = mean(JOINT), mean(VISUAL), mean(AUDIO)
     visual_gap, audio_gap = visual - mean(JOINT, "acc:visual"), audio - mean(JOINT, "acc:audio")
     # Leaning on audio means the visual head lags while the audio head keeps up; both lagging is under-training.
-    leans = ("under-trains both heads" if imbalanced(audio_gap, targets) and imbalanced(visual_gap, targets) else
-             "leans on audio" if imbalanced(visual_gap, targets) else "uses both modalities")
+    lags = (imbalanced(audio_gap, targets), imbalanced(visual_gap, targets))
+    leans = {(True, True): "under-trains both heads", (False, True): "leans on audio",
+             (True, False): "leans on visual", (False, False): "uses both modalities"}[lags]
     out = [f"Joint training (Concat, {_pct(joint)}) {leans}: its visual head reaches "
            f"{_pct(mean(JOINT, 'acc:visual'))} where a visual-only model reaches {_pct(visual)}, its audio head "
            f"{_pct(mean(JOINT, 'acc:audio'))} where an audio-only model reaches {_pct(audio)}."]

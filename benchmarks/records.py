@@ -234,7 +234,7 @@ class WandbSink:
                               settings=wandb.Settings(silent=True, console="off"))
         try:
             self.run = start(mode)
-        except (wandb.errors.CommError, wandb.errors.AuthenticationError) as err:
+        except wandb.errors.CommError as err:  # not AuthenticationError: a bad key needs fixing, not a later sync
             if mode != "online":
                 raise
             # Credentials but no reachable server (a compute node, an outage): the run still trains and logs;

@@ -241,7 +241,8 @@ def test_a_rerun_that_reuses_every_run_says_it_reproduced_nothing(tmp_path, monk
 
 @pytest.mark.parametrize("visual_head,audio_head,verdict", [(0.68, 0.78, "uses both modalities"),
                                                              (0.64, 0.78, "leans on audio"),
-                                                             (0.64, 0.69, "under-trains both heads")])
+                                                             (0.64, 0.69, "under-trains both heads"),
+                                                             (0.74, 0.50, "leans on visual")])
 def test_findings_call_joint_training_audio_leaning_by_the_configs_imbalance_target(visual_head, audio_head, verdict):
     rows = {"unimodal_audio": {"acc": [0.8, 0.0, 1]}, "unimodal_visual": {"acc": [0.75, 0.0, 1]},
             "joint": {"acc": [0.85, 0.0, 1], "acc:visual": [visual_head, 0.0, 1], "acc:audio": [audio_head, 0.0, 1]}}

@@ -151,7 +151,8 @@ def test_dry_run_header_names_the_set_values_that_replace_the_defaults(no_launch
     lines = capsys.readouterr().out.splitlines()
     defaults = next(x for x in lines if x.startswith("defaults (every run): "))
     assert "model.width=4" in defaults
-    assert lines[lines.index(defaults) + 1] == "--set (every run, over the config's settings): model.width=2"
+    header = "--set (over the config's settings; a method's keys on its rows): model.width=2"
+    assert lines[lines.index(defaults) + 1] == header
 
 
 def test_slurm_without_sbatch_is_one_line_and_a_nonzero_exit(no_launch, tmp_path, monkeypatch, capsys):

@@ -98,7 +98,7 @@ def listing(jobs: Sequence[Job], config: SweepConfig, out: Path,
     if config.doc.get("defaults"):
         lines.append(f"defaults (every run): {flat_settings(config.doc['defaults'])}")
     if assignments:
-        lines.append(f"--set (every run, over the config's settings): {flat_settings(assignments)}")
+        lines.append(f"--set (over the config's settings; a method's keys on its rows): {flat_settings(assignments)}")
     for dataset in sorted({job.cfg.dataset for job in jobs}, key=list(config.datasets).index):
         settings = {ns: v for ns, v in config.datasets[dataset].items() if ns != "notes"}
         if settings:
