@@ -29,6 +29,7 @@ joint training (one K x K layer).
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -68,9 +69,11 @@ def block_mass(z_uni: list[torch.Tensor]) -> torch.Tensor:
     return p.reshape(len(p), len(z_uni), -1).sum(2).mean(0)
 
 
-def dependence_flags(z_uni: list[torch.Tensor], sigma: float) -> torch.Tensor:
-    """Per modality: whether its block's batch-mean mass exceeds sigma."""
-    return block_mass(z_uni) > sigma
+def dependence_flags(z_uni: list[torch.Tensor], sigma: float,
+                     reduce: Callable[[torch.Tensor], torch.Tensor] = lambda mass: mass) -> torch.Tensor:
+    """Per modality: whether its block's batch-mean mass (after ``reduce``: the mean over data-parallel ranks)
+    exceeds sigma."""
+    return reduce(block_mass(z_uni)) > sigma
 
 
 @register
@@ -121,8 +124,8 @@ class AMCo(Method):
         self.optimizer.step()
         with torch.no_grad():
             # The global batch's mean over equal rank slices, so every rank masks the same modality next step.
-            mass = self.ctx.all_reduce_mean(block_mass([z.detach() for z in z_uni]))
-            self.dependent.copy_(mass > self.hp.sigma)
+            self.dependent.copy_(dependence_flags([z.detach() for z in z_uni], self.hp.sigma,
+                                                  self.ctx.all_reduce_mean))
         return {"loss": loss.item(), "mask_ratio": ratio,
                 **{f"dependent_{m}": float(self.dependent[i]) for i, m in enumerate(self.modalities)}}
 

@@ -396,3 +396,20 @@ def test_amco_masks_only_the_dependent_modality_and_bb_compat_drops_linear_star(
     compat.eval()
     pred = compat.predict(batch)
     close(pred.fused, sum(pred.per_modality.values()))
+
+
+# --- Unimodal reference -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("modality", ["audio", "visual"])
+def test_unimodal_reads_and_reports_only_its_modality(tiny_bundle, modality):
+    method = build("unimodal", tiny_bundle, modality=modality)
+    method.eval()
+    batch = first_batch(tiny_bundle)
+    other = next(m for m in ("audio", "visual") if m != modality)
+    with torch.no_grad():
+        before = method.predict(batch)
+        changed = method.predict({**batch, other: torch.randn_like(batch[other])})
+        moved = method.predict({**batch, modality: torch.randn_like(batch[modality])})
+    assert set(before.per_modality) == {modality}
+    assert torch.equal(before.fused, changed.fused), f"the {other} input must not matter"
+    assert not torch.allclose(before.fused, moved.fused), f"the {modality} input must"

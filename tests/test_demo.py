@@ -196,6 +196,7 @@ def test_demo_smoke_end_to_end(tmp_path):
     assert summary["run_commits"] == {summary["commit"] or "unknown": 4}
     assert {"acc", "acc:audio", "acc:visual"} <= set(summary["rows"]["joint"])
     assert {"acc", "acc:audio", "acc:visual"} <= set(summary["rows"][ENSEMBLE_LABEL])
+    assert "acc:visual" in summary["rows"]["unimodal_visual"] and "acc:audio" not in summary["rows"]["unimodal_visual"]
     assert summary["machine"]["threads_per_worker"] == 1
     assert {"extra_learners", "score_ratio", "fusion_weights", "equal_fusion_acc"} <= set(summary["aug"])
     assert set(summary["row_run_s"]) == {"unimodal_audio", "unimodal_visual", "joint", "aug"}

@@ -57,3 +57,13 @@ def test_film_conditions_visual_on_audio():
     h = features(dims)
     gamma, beta = head.film(h["audio"]).chunk(2, dim=1)
     close(head(h)[0], head.out(gamma * h["visual"] + beta))
+
+
+def test_gated_head_gates_the_last_modality_by_a_sigmoid_of_the_others():
+    dims = {"audio": 8, "visual": 6}
+    head = build_head("gated", dims, K)
+    h = features(dims)
+    expected = head.out(torch.sigmoid(head.fc_x(h["audio"])) * head.fc_y(h["visual"]))
+    close(head(h)[0], expected)
+    tanh_gate = head.out(torch.tanh(head.fc_x(h["audio"])) * head.fc_y(h["visual"]))
+    assert not torch.allclose(expected, tanh_gate), "the crafted features tell sigmoid from tanh"

@@ -28,7 +28,7 @@ def test_wandb_mode_resolution(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_API_KEY", "x")
     assert resolve_wandb_mode(None) == "online"
     assert resolve_wandb_mode("disabled") == "disabled"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"W&B mode 'sometimes' is not one of"):
         resolve_wandb_mode("sometimes")
 
 
