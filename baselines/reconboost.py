@@ -218,6 +218,9 @@ class ReconBoost(Method):
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)
+        if hp.zero_grads_persist and not hp.shared_optimizer:
+            raise ValueError("reconboost.zero_grads_persist needs reconboost.shared_optimizer=true (the per-phase "
+                             "optimizers start fresh, so nothing persists); set both, or neither")
         self.encoders = build_encoders(task, ctx.model_hp)
         dims = {m: enc.out_dim for m, enc in self.encoders.items()}
         if len(set(dims.values())) != 1:

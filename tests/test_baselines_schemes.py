@@ -286,6 +286,7 @@ def test_reconboost_bb_one_optimizer_carries_momentum_and_steps_the_idle_encoder
     state_before = {p: s["momentum_buffer"].clone() for p, s in rb.shared_opt.state.items()}
     assert rb.head.weight in state_before
     rb.update(batch, step(1))
+    assert rb.beta.item() != approx(0.01), "the correction step trains beta in the one optimizer"
     rb.on_epoch_start(2, loaders)   # boosting visual: audio is idle
     assert rb.shared_opt.state, "the phase boundary must not clear the optimizer state"
     group = rb.shared_opt.param_groups[0]
@@ -322,6 +323,8 @@ def test_reconboost_bb_one_optimizer_carries_momentum_and_steps_the_idle_encoder
     before = params_of(skip.encoders[audio])
     skip.update(batch, step(2))
     assert same(before, params_of(skip.encoders[audio]))
+    with pytest.raises(ValueError, match="zero_grads_persist needs reconboost.shared_optimizer"):
+        build("reconboost", tiny_bundle, zero_grads_persist=True)
 
 
 def test_reconboost_bb_learners_share_one_linear_head_and_predict_beta_times_their_sum(tiny_bundle):
