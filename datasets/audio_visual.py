@@ -40,6 +40,11 @@ from datasets.prepared import PreparedDataset, Record, cache_hparams
 from datasets.tables import PrepareOptions, Sample
 
 VISUAL_SOURCES = ("auto", "video", "frames")
+# What part of each clip a recipe stores (its ``segment`` setting).
+SEGMENTS = {"whole": "the whole clip",
+            "event": "each row's annotated event, seconds Start..End: audio samples [Start, End) s (the second at "
+                     "Start when Start == End) tiled to the pipeline's length, frames of seconds Start..End (PMR "
+                     "data/AVE/video_preprocessing.py extractWav_SE, video2frame_update_SE)"}
 # The manifest counts clips with fewer frames than this (the published loaders serve 1-3 frames per clip).
 FEW_FRAMES = 4
 # A stored frame keeps its source's aspect ratio within this fraction (CREMA-D's 480x360 -> 341x256 is off by 0.1%).
@@ -220,10 +225,13 @@ class AVCacheDataset(PreparedDataset):
             ("frames" if (raw / layout.frames_dir).is_dir() else "video")
         if visual == "frames":
             check_folder_rate(raw / layout.frames_dir, opts.frames_per_second)
+        segment = chosen.get("segment", "whole")
+        if segment not in SEGMENTS:
+            raise ValueError(f"{cls.NAME} recipe {recipe!r}: segment {segment!r} is not one of {tuple(SEGMENTS)}")
         return HParams(f"{cls.NAME} prepare", {
             "audio": pipeline.params(), "layout": dataclasses.asdict(layout), "visual": visual,
             "frame_size": [int(x) for x in (opts.frame_size or cls.FRAME_SIZE)],
-            "per_second": opts.frames_per_second, "min_frames": min_frames})
+            "per_second": opts.frames_per_second, "min_frames": min_frames, "segment": segment})
 
     @classmethod
     def locate(cls, raw: Path, sample: Sample, settings: HParams) -> tuple[dict[str, str], dict[str, Any]]:
@@ -255,13 +263,20 @@ class AVCacheDataset(PreparedDataset):
     @classmethod
     def load(cls, raw: Path, record: Record, settings: HParams) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         audio_path, visual_path = raw / record.media["audio"], raw / record.media["visual"]
-        features, duration, short = features_from_file(AudioPipeline(**settings.audio), audio_path)
+        segment = tuple(record.extra["segment"]) if "segment" in record.extra else None
+        # Audio [Start, End) s; Start == End, where PMR's cut would be empty, keeps the one second at Start.
+        window = (segment[0], max(segment[1], segment[0] + 1)) if segment is not None else None
+        features, duration, short = features_from_file(AudioPipeline(**settings.audio), audio_path, window)
         half = features.astype(np.float16)
         if not np.isfinite(half).all():
             raise MediaError(audio_path, "corrupt audio", "features overflow float16")
         size = tuple(settings.frame_size)
         clip, info = load_frame_folder(visual_path, size) if settings.visual == "frames" else \
             extract_frames(visual_path, size, settings.per_second)
+        if segment is not None:
+            # The frames of seconds Start..End, both included (PMR video2frame_update_SE: start_t <= n <= end_t).
+            second = np.arange(len(clip)) // settings.per_second
+            clip = clip[(second >= segment[0]) & (second <= segment[1])]
         source = info["source_size"]
         if len(clip) < settings.min_frames:
             raise MediaError(visual_path, "too few frames", f"{len(clip)} frame(s) at {settings.per_second} fps, "
@@ -281,7 +296,9 @@ class AVCacheDataset(PreparedDataset):
         # Media from another layout make another cache; the dataset's own layout is left out of the hash, so the
         # caches built before the layout was hashed keep their names.
         other_layout = {"layout": layout} if layout != own else {}
-        return {"audio": settings.audio, "visual": cls._visual_options(settings), **other_layout}
+        # Likewise the segment: whole clips keep the names the caches had before segments existed.
+        segment = {"segment": settings.segment} if settings.segment != "whole" else {}
+        return {"audio": settings.audio, "visual": cls._visual_options(settings), **other_layout, **segment}
 
     @classmethod
     def manifest_entries(cls, settings: HParams, facts: Sequence[Mapping[str, Any]],
@@ -294,7 +311,7 @@ class AVCacheDataset(PreparedDataset):
                        "frame_order": "natural numeric sort of frame file names (folders); decode order (videos)",
                        "second_boundaries": "int(average frame rate) decoded frames, as OGM-GE's int(CAP_PROP_FPS)"},
             "layout": settings.layout,
-            "policies": {"min_frames": settings.min_frames,
+            "policies": {"min_frames": settings.min_frames, "segment": SEGMENTS[settings.segment],
                          "short_audio": "clips shorter than 1 s are tiled until the audio pipeline's length",
                          "frame_resize": f"every frame is resized to frame_size {list(settings.frame_size)} (H, W); "
                                          f"other_aspect_clips counts the clips whose source aspect ratio differs by "

@@ -8,8 +8,11 @@ Raw layout (``AVE_Dataset``, GitHub: GeWu-Lab/OGM-GE_CVPR2022, issue #9)::
 
 Split files (docs/datasets/README.md#pinned-split-files): PMR's ``trainSet.txt``/``valSet.txt``/``testSet.txt`` (3,339 /
 402 / 402 rows ``Category&VideoID&Quality&Start&End``, LF; class names contain commas). The published validation list is
-the validation split. The whole clip is used; Start/End (the event segment) are kept in the split files only, as in
-the PMR and AMSS loaders.
+the validation split. Recipe ``pmr`` (the default) stores each row's event segment, as the PMR and AMSS loaders read
+it (``Audio-1004-SE``, ``Image-01-FPS-SE``, made by PMR ``data/AVE/video_preprocessing.py``): the audio of seconds
+[Start, End) tiled to 10 s, the 1-fps frames of seconds Start..End (1,108 train, 144 val and 141 test rows have a
+segment shorter than the clip). PMR then tops a segment up to 10 frames with random frames of it (unseeded); here a
+clip with fewer than T frames repeats frames at load. The ``ogm`` and ``fbank`` recipes store the whole clip.
 
 Label map: first appearance in ``testSet.txt`` (PMR and AMSS loaders), declared in ``CLASSES`` and checked against
 the file. Duplicates: 27 ids repeat in ``trainSet.txt`` and 1 in ``valSet.txt``, always with different labels;
@@ -22,18 +25,18 @@ from __future__ import annotations
 
 from itertools import combinations
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 from core.hparams import HParams
 from datasets.audio_visual import AVCacheDataset, Layout, av_hparams
 from datasets.prepared import Recipe
 from datasets.registry import register_dataset
-from datasets.splits import duplicate_ids, first_appearance, parse_ave_list
-from datasets.tables import PrepareError, PrepareOptions, SplitTables
+from datasets.splits import ave_segment, duplicate_ids, first_appearance, parse_ave_list
+from datasets.tables import PrepareError, PrepareOptions, Sample, SplitTables
 
 RECIPES = {
-    "pmr": Recipe("PMR/AMSS AVE audio (Audio-1004): 16 kHz, 10 s, scipy spectrogram, log, z-score -> 257x1004",
-                  {"audio": "pmr_spec10s"}),
+    "pmr": Recipe("PMR/AMSS AVE (Audio-1004-SE, Image-01-FPS-SE): each row's event segment; 16 kHz, tiled to 10 s, "
+                  "scipy spectrogram, log, z-score -> 257x1004", {"audio": "pmr_spec10s", "segment": "event"}),
     "ogm": Recipe("OGM-GE-style STFT: 22.05 kHz, 3 s, STFT 512/353, log -> 257x188", {"audio": "ogm_stft3s"}),
     "fbank": Recipe("Kaldi fbank 1024x128 (needs the [audio] extra)", {"audio": "kaldi_fbank1024"}),
 }
@@ -54,7 +57,7 @@ class AVE(AVCacheDataset):
     RECIPES = RECIPES
     DEFAULT_RECIPE = "pmr"
     SPLIT_FILES = tuple(FILES.values())
-    LAYOUT = Layout(None, (), "AVE", (".mp4",), "Image-01-FPS")
+    LAYOUT = Layout(None, (".wav",), "AVE", (".mp4",), "Image-01-FPS")  # WAVs only with --audio-dir
     LABEL_ORDERS = ("test_first_appearance",)
     HPARAMS = av_hparams(
         recipes=tuple(RECIPES), recipe="pmr",
@@ -79,6 +82,16 @@ class AVE(AVCacheDataset):
             "rows": {FILES[s]: {"lines": len(p.rows), "unique_ids": len(ids[s]),
                                 "repeated_ids": len(duplicate_ids(p.rows))} for s, p in parsed.items()},
             "ids_in_two_splits": {f"{a}&{b}": len(ids[a] & ids[b]) for a, b in combinations(FILES, 2)},
-            "segment": "whole clip; Start/End not applied (as the PMR and AMSS loaders)",
+            "segments": {FILES[s]: {"shorter_than_clip": sum(ave_segment(r) != (0, 10) for r in p.rows),
+                                    "start_equals_end_read_as_one_second": sum(r.fields[3] == r.fields[4]
+                                                                               for r in p.rows)}
+                         for s, p in parsed.items()},
         }
         return tables
+
+    @classmethod
+    def locate(cls, raw: Path, sample: Sample, settings: HParams) -> tuple[dict[str, str], dict[str, Any]]:
+        media, extra = super().locate(raw, sample, settings)
+        if settings.segment == "event":
+            extra = {**extra, "segment": ave_segment(sample.row)}
+        return media, extra

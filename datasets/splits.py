@@ -172,13 +172,25 @@ def parse_ks_json(path: Path) -> tuple[list[str], dict[str, dict]]:
 
 
 def parse_ave_list(path: Path, *, strict: bool = True) -> ParsedList:
-    """AVE lists: ``Category&VideoID&Quality&Start&End``; split on ``&`` only (class names contain commas)."""
+    """AVE lists: ``Category&VideoID&Quality&Start&End``; split on ``&`` only (class names contain commas). Start and
+    End are whole seconds with Start <= End (the event segment, ``ave_segment``)."""
     def row(text: str, number: int) -> SplitRow:
         fields = tuple(text.split("&"))
         if len(fields) != 5 or not fields[0] or not fields[1]:
             raise SplitParseError(f"expected 5 '&'-separated fields, got {len(fields)}")
-        return SplitRow(fields[1], fields[0], number, fields)
+        out = SplitRow(fields[1], fields[0], number, fields)
+        ave_segment(out)
+        return out
     return _parse(path, row, None, strict)
+
+
+def ave_segment(row: SplitRow) -> tuple[int, int]:
+    """An AVE row's event segment (Start, End) in whole seconds, Start <= End (one row of the published trainSet.txt
+    has ``0&0``)."""
+    start, end = row.fields[3].strip(), row.fields[4].strip()
+    if not (start.isdigit() and end.isdigit() and int(start) <= int(end)):
+        raise SplitParseError(f"Start&End must be whole seconds with Start <= End, got {start!r}&{end!r}")
+    return int(start), int(end)
 
 
 def csv_line_fields(line: str) -> list[str] | None:

@@ -251,3 +251,26 @@ def test_pipeline_table_is_complete():
     assert {"ogm_stft3s", "aug_stft20s", "amss_stft10s_35k", "pmr_spec10s", "vgg_stft10s",
             "kaldi_fbank1024"} <= set(PIPELINES)
     assert all(r.follows for r in PIPELINES.values())
+
+
+def test_pmr_event_segment_equals_extract_wav_se_written_out(tmp_path):
+    # PMR data/AVE/video_preprocessing.py extractWav_SE: samples[sr*start:sr*end], tiled 10x (again if short), cut to
+    # 10 s, clipped, scipy spectrogram(nperseg 512, noverlap 353), log(+1e-7), z-score.
+    import librosa
+    from scipy import signal
+
+    path = tmp_path / "clip.wav"
+    write_wav(path, 6.0, sr=16000, freq=410.0)
+    samples, rate = librosa.load(str(path), sr=16000)
+    cut = samples[16000 * 2:16000 * 4]
+    resamples = np.tile(cut, 10)
+    resamples = np.tile(resamples, 10)[:160000] if resamples.shape[0] < 160000 else resamples[:160000]
+    resamples = np.clip(resamples, -1.0, 1.0)
+    _, _, spectrogram = signal.spectrogram(resamples, rate, nperseg=512, noverlap=353)
+    spectrogram = np.log(np.abs(spectrogram) + 1e-7)
+    reference = (spectrogram - spectrogram.mean()) / (spectrogram.std() + 1e-9)
+    features, _, short = features_from_file(get_pipeline("pmr_spec10s"), path, (2, 4))
+    np.testing.assert_allclose(features, reference, rtol=0, atol=1e-4)  # float32 z-scored log-magnitudes
+    assert not short
+    with pytest.raises(MediaError, match="nothing in the window"):
+        features_from_file(get_pipeline("pmr_spec10s"), path, (7, 9))

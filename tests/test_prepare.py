@@ -168,11 +168,11 @@ def test_changed_media_are_not_silently_reused(built, tree):
 def test_interrupted_prepare_resumes_where_it_stopped(built, pristine, tmp_path, monkeypatch):
     calls = []
 
-    def interrupted(pipeline, path):
+    def interrupted(pipeline, path, window=None):
         if len(calls) == 6:
             raise KeyboardInterrupt
         calls.append(path)
-        return features_from_file(pipeline, path)
+        return features_from_file(pipeline, path, window)
 
     monkeypatch.setattr(av, "features_from_file", interrupted)
     with pytest.raises(KeyboardInterrupt):
@@ -184,8 +184,8 @@ def test_interrupted_prepare_resumes_where_it_stopped(built, pristine, tmp_path,
         CremaD.build(hp)
 
     calls.clear()
-    monkeypatch.setattr(av, "features_from_file", lambda pipeline, path: calls.append(path) or
-                        features_from_file(pipeline, path))
+    monkeypatch.setattr(av, "features_from_file", lambda pipeline, path, window=None: calls.append(path) or
+                        features_from_file(pipeline, path, window))
     real_publish = prep.publish_cache
 
     def killed_before_rename(partial, final, log):
@@ -233,11 +233,11 @@ def interrupt_after(monkeypatch, clips: int) -> None:
     """Make extraction stop with KeyboardInterrupt after ``clips`` clips, as a killed prepare does."""
     calls = []
 
-    def interrupted(pipeline, path):
+    def interrupted(pipeline, path, window=None):
         if len(calls) == clips:
             raise KeyboardInterrupt
         calls.append(path)
-        return features_from_file(pipeline, path)
+        return features_from_file(pipeline, path, window)
 
     monkeypatch.setattr(av, "features_from_file", interrupted)
 
@@ -583,6 +583,38 @@ def test_ave_audio_from_the_mp4_first_appearance_labels_and_duplicates(tmp_path)
     assert m["layout"]["audio_dir"] is None and cache.index["audio_path"][0].startswith("AVE/")
     audio = cache.arrays["audio"]
     assert np.isfinite(audio[:].astype(np.float32)).all() and audio.shape[1:] == (257, 98)
+
+
+def test_ave_pmr_recipe_stores_each_rows_event_segment_and_ogm_the_whole_clip(tmp_path):
+    # PMR and AMSS read Audio-1004-SE / Image-01-FPS-SE: audio of seconds [Start, End) tiled, frames of Start..End.
+    tree = make_ave(tmp_path / "raw", AVE.CLASSES, seconds=6.0, train_dup=False)
+    test = tree.splits_dir / "testSet.txt"
+    lines = test.read_text().splitlines()
+    lines[0] = lines[0].replace("&0&10", "&2&4")
+    lines[1] = lines[1].replace("&0&10", "&3&3")  # Start == End: the one second at Start
+    test.write_text("\n".join(lines) + "\n")
+    opts = PrepareOptions(splits_dir=tree.splits_dir, frame_size=(12, 16), shard_size=32)
+    event = open_cache(prepare(AVE, tree.root, tmp_path / "cache", opts, log=quiet))
+    whole = open_cache(prepare(AVE, tree.root, tmp_path / "cache", dataclasses.replace(opts, recipe="ogm"),
+                               log=quiet))
+    assert event.manifest["policies"]["segment"].startswith("each row's annotated event")
+    assert event.manifest["info"]["segments"]["testSet.txt"] == {"shorter_than_clip": 2,
+                                                                 "start_equals_end_read_as_one_second": 1}
+    first, second = tree.ids("test")[:2]
+    rows = {clip: int(np.flatnonzero(event.index["id"] == clip)[0]) for clip in (first, second)}
+    assert event.index["frame_count"][rows[first]] == 3 and event.index["frame_count"][rows[second]] == 1
+    start = event.starts["frames"][rows[first]]
+    reds = event.arrays["frames"][start:start + 3, :, :, 0].mean(axis=(1, 2))
+    np.testing.assert_allclose(reds, [second_level(k) for k in (2, 3, 4)], atol=4)  # uint8 levels through a codec
+    pipeline = audio_pipeline(event)
+    path = tree.root / "AVE" / f"{first}.mp4"
+    np.testing.assert_array_equal(event.arrays["audio"][rows[first]],
+                                  features_from_file(pipeline, path, (2, 4))[0].astype(np.float16))
+    assert not np.array_equal(event.arrays["audio"][rows[first]],
+                              features_from_file(pipeline, path)[0].astype(np.float16))
+    whole_rows = {clip: int(np.flatnonzero(whole.index["id"] == clip)[0]) for clip in (first, second)}
+    assert whole.index["frame_count"][whole_rows[first]] == 6
+    assert whole.manifest["policies"]["segment"] == "the whole clip"
 
 
 def test_vggsound_quoted_labels_mp4_frame_folders_and_padded_names(tmp_path):

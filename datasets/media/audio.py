@@ -276,13 +276,19 @@ def _kaldi_fbank(pipeline: AudioPipeline, channels: np.ndarray, sr: int) -> np.n
     return ((fbank[:n] - pipeline.norm_mean) / pipeline.norm_std).astype(np.float32)
 
 
-def compute_features(pipeline: AudioPipeline, y: np.ndarray, sr: int) -> np.ndarray:
+def compute_features(pipeline: AudioPipeline, y: np.ndarray, sr: int,
+                     window: tuple[int, int] | None = None) -> np.ndarray:
     """Features of one waveform ``y`` at rate ``sr`` as float32 ``pipeline.output_shape()``.
 
     ``y`` is mono (N,) or (channels, N); the librosa/SciPy pipelines use the mean of the channels, as ``librosa.load``
-    does, the fbank pipeline channel 0, as torchaudio's fbank does.
+    does, the fbank pipeline channel 0, as torchaudio's fbank does. ``window`` = (start, end) in whole seconds keeps
+    only the samples ``[sr * start, sr * end)`` at the pipeline's rate, before the tiling (PMR's AVE event segments,
+    ``extractWav_SE``).
     """
     import librosa
+
+    def cut(x: np.ndarray, rate: int) -> np.ndarray:
+        return x[..., rate * window[0]:rate * window[1]] if window is not None else x
 
     if pipeline.kind == "kaldi_fbank":
         channels = np.atleast_2d(y)
@@ -290,12 +296,12 @@ def compute_features(pipeline: AudioPipeline, y: np.ndarray, sr: int) -> np.ndar
             channels = librosa.resample(channels, orig_sr=sr, target_sr=pipeline.sample_rate,
                                         res_type=pipeline.res_type)
             sr = pipeline.sample_rate
-        return _kaldi_fbank(pipeline, channels, sr)
+        return _kaldi_fbank(pipeline, cut(channels, sr), sr)
     if y.ndim == 2:
         y = y.mean(axis=0, dtype=np.float32)
     if sr != pipeline.sample_rate:
         y = librosa.resample(y, orig_sr=sr, target_sr=pipeline.sample_rate, res_type=pipeline.res_type)
-    y = repeat_to(np.asarray(y, dtype=np.float32), pipeline.num_samples)
+    y = repeat_to(cut(np.asarray(y, dtype=np.float32), pipeline.sample_rate), pipeline.num_samples)
     if pipeline.clip:
         y = np.clip(y, -1.0, 1.0)
     if pipeline.kind == "stft":
@@ -312,12 +318,19 @@ def compute_features(pipeline: AudioPipeline, y: np.ndarray, sr: int) -> np.ndar
     return np.asarray(out, dtype=np.float32)
 
 
-def features_from_file(pipeline: AudioPipeline, path: Path | str) -> tuple[np.ndarray, float, bool]:
-    """Decode ``path`` and compute its features.
+def features_from_file(pipeline: AudioPipeline, path: Path | str,
+                       window: tuple[int, int] | None = None) -> tuple[np.ndarray, float, bool]:
+    """Decode ``path`` and compute its features (of the seconds in ``window`` only, when given).
 
     Returns:
-        (features float32 ``output_shape()``, duration in seconds, whether the clip was under 1 s).
+        (features float32 ``output_shape()``, duration in seconds, whether the clip (or its window) was under 1 s).
+
+    Raises:
+        MediaError: the window holds no audio (the clip ends before it starts).
     """
     channels, sr = load_channels(path)
     n = channels.shape[1]
-    return compute_features(pipeline, channels, sr), n / sr, n < sr
+    kept = n if window is None else max(0, min(n, sr * window[1]) - sr * window[0])
+    if kept == 0:
+        raise MediaError(Path(path), "too short", f"{n / sr:.2f} s of audio: nothing in the window {window} s")
+    return compute_features(pipeline, channels, sr, window), n / sr, kept < sr
