@@ -28,6 +28,7 @@ from datasets.kinetics_sounds import KineticsSounds
 from datasets.media.audio import MissingExtraError, features_from_file
 from datasets.prepare import manifest_summary, prepare
 from datasets.prepared import Record
+from datasets.splits import SplitRow
 from datasets.tables import PrepareError, PrepareOptions, Sample
 from datasets.vggsound import VGGSound
 from tests.media_fixtures import (
@@ -40,6 +41,7 @@ from tests.media_fixtures import (
     write_lfs_pointer,
     write_lines,
     write_video,
+    write_wav,
 )
 
 FRAME = (24, 32)
@@ -634,3 +636,15 @@ def test_vggsound_quoted_labels_mp4_frame_folders_and_padded_names(tmp_path):
     assert batch["audio"].shape == (3, 1, 129, 626) and batch["visual"].shape == (3, 3, 3, 8, 8)
     with pytest.raises(CacheError, match="holds dataset 'vggsound'"):
         CremaD.build(resolve("data", CremaD.HPARAMS, "cremad", {"cache": str(cache.path)}))
+
+
+def test_ave_audio_dir_takes_the_extracted_wavs(tmp_path):
+    tree = make_ave(tmp_path / "raw", AVE.CLASSES, train_dup=False)
+    clip = tree.ids("test")[0]
+    write_wav(tree.root / "Audios" / f"{clip}.wav", 1.0)
+    opts = PrepareOptions(splits_dir=tree.splits_dir, layout={"audio_dir": "Audios"})
+    settings = AVE.resolve_settings("pmr", {}, opts, tree.root)
+    sample = Sample(clip, "test", 0, AVE.CLASSES[0], "testSet.txt:1", clip,
+                    SplitRow(clip, AVE.CLASSES[0], 1, (AVE.CLASSES[0], clip, "good", "0", "10")))
+    media, extra = AVE.locate(tree.root, sample, settings)
+    assert media["audio"] == f"Audios/{clip}.wav" and extra == {"segment": (0, 10)}
