@@ -29,11 +29,13 @@ from datasets.splits import SplitRow, parse_ks_json, parse_ks_list
 from datasets.tables import PrepareError, PrepareOptions, RowError, SplitTables
 
 RECIPES = {
+    # min_frames 4: the loaders keep a clip only with len(os.listdir(frames)) > 3 (GitHub njustkmg/TPAMI-AMSS
+    # AMSS/MyDataset.py, KS branch; GeWu-Lab/BalanceBenchmark balancemm/datasets/KS_dataset.py).
     "aug": Recipe("AUG/AMSS KS audio (docs/methods/README.md#front-ends): 35.4 kHz, 10 s, STFT 512/353, log -> "
-                  "257x1003",
-                  {"audio": "amss_stft10s_35k"}),
-    "fbank": Recipe("OGM-GE KS script / BalanceBenchmark / InfoReg: Kaldi fbank 1024x128 (needs the [audio] extra)",
-                    {"audio": "kaldi_fbank1024"}),
+                  "257x1003; clips with at least 4 frames",
+                  {"audio": "amss_stft10s_35k", "min_frames": 4}),
+    "fbank": Recipe("OGM-GE KS script / BalanceBenchmark / InfoReg: Kaldi fbank 1024x128 (needs the [audio] extra); "
+                    "clips with at least 4 frames", {"audio": "kaldi_fbank1024", "min_frames": 4}),
 }
 
 

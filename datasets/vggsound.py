@@ -31,8 +31,9 @@ from datasets.splits import parse_vggsound_csv
 from datasets.tables import PrepareError, PrepareOptions, SplitTables
 
 RECIPES = {
-    "ogm": Recipe("OGM-GE VGGSound audio: 16 kHz, 10 s, STFT 256/128, log; 5 s crop (129x626) served per batch",
-                  {"audio": "vgg_stft10s"}),
+    # min_frames 4: OGM-GE dataset/VGGSoundDataset.py keeps a clip only with len(os.listdir(frames)) > 3.
+    "ogm": Recipe("OGM-GE VGGSound audio: 16 kHz, 10 s, STFT 256/128, log; 5 s crop (129x626) served per batch; "
+                  "clips with at least 4 frames", {"audio": "vgg_stft10s", "min_frames": 4}),
 }
 
 

@@ -648,3 +648,12 @@ def test_ave_audio_dir_takes_the_extracted_wavs(tmp_path):
                     SplitRow(clip, AVE.CLASSES[0], 1, (AVE.CLASSES[0], clip, "good", "0", "10")))
     media, extra = AVE.locate(tree.root, sample, settings)
     assert media["audio"] == f"Audios/{clip}.wav" and extra == {"segment": (0, 10)}
+
+
+@pytest.mark.parametrize("dataset, recipe", [(KineticsSounds, "aug"), (KineticsSounds, "fbank"), (VGGSound, "ogm")])
+def test_ks_and_vggsound_recipes_keep_clips_of_more_than_3_frames_as_their_loaders(dataset, recipe, tmp_path,
+                                                                                  monkeypatch):
+    # AMSS MyDataset.py / BalanceBenchmark KS_dataset.py / OGM-GE VGGSoundDataset.py: len(os.listdir(frames)) > 3
+    monkeypatch.setattr(av, "require_backend", lambda pipeline: None)  # fbank's torchaudio is not needed to resolve
+    settings = dataset.resolve_settings(recipe, {}, PrepareOptions(visual="video"), tmp_path)
+    assert settings.min_frames == 4
