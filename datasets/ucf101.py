@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -255,7 +255,18 @@ class UCF101(PreparedDataset):
             keep = np.round(np.linspace(0, len(u) - 1, settings.flow_max_frames)).astype(int)
         flow = np.stack([np.stack([load_image(u[k], size)[..., 0], load_image(v[k], size)[..., 0]], -1)
                          for k in keep])
-        return {"visual": rgb, "flow": flow}, {}
+        return {"visual": rgb, "flow": flow}, {"rgb_frames": len(rgb), "flow_frames": len(u)}
+
+    @classmethod
+    def manifest_entries(cls, settings: HParams, facts: Sequence[Mapping[str, Any]],
+                         totals: Mapping[str, int]) -> dict[str, Any]:
+        # Kept and served by repeating frames; BalanceBenchmark's loader would fail on them (a frame file it expects
+        # is missing), so they are counted.
+        return {**super().manifest_entries(settings, facts, totals),
+                "counts": {"rgb_clips_under_rgb_frames": sum(f["rgb_frames"] < settings.rgb_frames for f in facts),
+                           "flow_clips_under_3_frames": sum(f["flow_frames"] < FRAMES_SERVED for f in facts)},
+                "policies": {"short_clips": f"clips with fewer than rgb_frames {settings.rgb_frames} RGB frames or "
+                                            f"{FRAMES_SERVED} flow frames are kept and repeat frames at load"}}
 
     @classmethod
     def deviations(cls, settings: HParams) -> list[str]:

@@ -452,6 +452,18 @@ def test_ucf101_label_orders_and_mismatched_numbers(tmp_path, vocab):
     assert kept.manifest["dropped"]["by_reason"] == {"label mismatch": 1}
 
 
+def test_ucf101_counts_the_clips_too_short_for_its_frame_picks(tmp_path, vocab):
+    # Kept and served by repeating frames, where BalanceBenchmark's loader would miss a frame file: counted, not silent.
+    short = open_cache(build("ucf101", make_ucf101(tmp_path / "raw", rgb_frames=2, flow_frames=2).root,
+                             tmp_path / "cache", vocab))
+    counts = short.manifest["counts"]
+    assert counts["rgb_clips_under_rgb_frames"] == counts["flow_clips_under_3_frames"] == len(short) > 0
+    assert "repeat frames at load" in short.manifest["policies"]["short_clips"]
+    full = open_cache(build("ucf101", make_ucf101(tmp_path / "raw2").root, tmp_path / "cache2", vocab))
+    full_counts = full.manifest["counts"]
+    assert full_counts["rgb_clips_under_rgb_frames"] == full_counts["flow_clips_under_3_frames"] == 0
+
+
 def test_ucf101_flow_u_and_v_pair_by_frame_name(tmp_path, vocab):
     # Same counts, different frames: pairing by position would stack u frame 9 with v frame 10 without a word.
     tree = make_ucf101(tmp_path / "raw")
