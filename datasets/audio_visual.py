@@ -304,15 +304,17 @@ class AVCacheDataset(PreparedDataset):
     def manifest_entries(cls, settings: HParams, facts: Sequence[Mapping[str, Any]],
                          totals: Mapping[str, int]) -> dict[str, Any]:
         pipeline = AudioPipeline(**settings.audio)
+        short_audio = ("fbank frames zero-padded or cut to target_frames" if pipeline.kind == "kaldi_fbank" else
+                       "clips shorter than 1 s are tiled until the audio pipeline's length")
         return {
-            "audio": settings.audio, "audio_shape": list(pipeline.output_shape()),
+            "audio": settings.audio, "audio_applied": pipeline.applied(), "audio_shape": list(pipeline.output_shape()),
             "served_audio_shape": list(pipeline.served_shape()),
             "visual": {**cls._visual_options(settings),
                        "frame_order": "natural numeric sort of frame file names (folders); decode order (videos)",
                        "second_boundaries": "int(average frame rate) decoded frames, as OGM-GE's int(CAP_PROP_FPS)"},
             "layout": settings.layout,
             "policies": {"min_frames": settings.min_frames, "segment": SEGMENTS[settings.segment],
-                         "short_audio": "clips shorter than 1 s are tiled until the audio pipeline's length",
+                         "short_audio": short_audio,
                          "frame_resize": f"every frame is resized to frame_size {list(settings.frame_size)} (H, W); "
                                          f"other_aspect_clips counts the clips whose source aspect ratio differs by "
                                          f"more than {ASPECT_TOLERANCE:.0%}",

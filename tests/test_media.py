@@ -274,3 +274,15 @@ def test_pmr_event_segment_equals_extract_wav_se_written_out(tmp_path):
     assert not short
     with pytest.raises(MediaError, match="nothing in the window"):
         features_from_file(get_pipeline("pmr_spec10s"), path, (7, 9))
+
+
+def test_a_parameter_the_pipeline_kind_does_not_read_is_refused_and_left_out_of_what_is_applied():
+    pmr, fbank = get_pipeline("pmr_spec10s"), get_pipeline("kaldi_fbank1024")
+    with pytest.raises(ValueError, match=r"'pmr_spec10s' \(scipy_spectrogram\) does not read 'window'"):
+        pmr.replace({"window": "hamming"})
+    with pytest.raises(ValueError, match=r"\(kaldi_fbank\) does not read 'n_fft'"):
+        fbank.replace({"n_fft": 1024})
+    assert pmr.applied()["window"].startswith("tukey(0.25)") and "pad_mode" not in pmr.applied()
+    assert {"n_fft", "hop_length", "seconds", "log"}.isdisjoint(fbank.applied())
+    assert fbank.applied()["num_mel_bins"] == 128
+    assert get_pipeline("ogm_stft3s").replace({"pad_mode": "reflect"}).applied()["pad_mode"] == "reflect"

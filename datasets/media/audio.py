@@ -32,6 +32,12 @@ from core.extras import MissingExtraError
 from datasets.media import MediaError, is_lfs_pointer, lfs_error
 
 AUDIO_KINDS = ("stft", "scipy_spectrogram", "kaldi_fbank")
+_FBANK_ONLY = ("num_mel_bins", "frame_shift_ms", "target_frames", "norm_mean", "norm_std")
+# The parameters each kind never reads: a value given for one could not change the features, so ``replace`` refuses
+# it and the manifest's ``audio_applied`` leaves them out.
+UNUSED_BY_KIND = {"stft": _FBANK_ONLY, "scipy_spectrogram": ("window", "center", "pad_mode", *_FBANK_ONLY),
+                  "kaldi_fbank": ("seconds", "n_fft", "hop_length", "window", "center", "pad_mode", "log", "log_eps",
+                                  "clip", "zscore")}
 PAD_MODES = ("constant", "reflect", "edge", "symmetric", "wrap")
 SOUNDFILE_SUFFIXES = (".wav", ".flac", ".ogg")
 
@@ -122,6 +128,13 @@ class AudioPipeline:
         """Every parameter, for the manifest and the cache hash."""
         return dataclasses.asdict(self)
 
+    def applied(self) -> dict[str, Any]:
+        """The parameters this kind reads, with what it applies where that is not a parameter (scipy's window)."""
+        out = {k: v for k, v in self.params().items() if k not in UNUSED_BY_KIND[self.kind]}
+        if self.kind == "scipy_spectrogram":
+            out["window"] = "tukey(0.25), scipy.signal.spectrogram's default"
+        return out
+
     def replace(self, overrides: Mapping[str, Any]) -> "AudioPipeline":
         """A copy with some parameters replaced; unknown names and ill-typed values are errors naming the key."""
         table = {f.name: f for f in dataclasses.fields(self)}
@@ -132,6 +145,9 @@ class AudioPipeline:
         for key, value in overrides.items():
             if key not in table or key in fixed:
                 raise ValueError(f"unknown audio pipeline parameter {key!r}; valid: {sorted(set(table) - fixed)}")
+            if key in UNUSED_BY_KIND[self.kind]:
+                raise ValueError(f"audio pipeline {self.name!r} ({self.kind}) does not read {key!r}, so setting it "
+                                 f"would change the cache's name but not its features")
             current = getattr(self, key)
             kind = type(current)
             if kind is bool:
