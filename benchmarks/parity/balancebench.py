@@ -241,6 +241,15 @@ class Official:
         self.order = getattr(project.method, "removal_order", None)
         self.masks = [amco_mask(project.method, e, k) for e in range(EPOCHS) for k in range(STEPS)]
 
+    def shuffle_mask(self, x: np.ndarray) -> None:
+        """AMCoTrainer's ``np.random.shuffle`` of the class mask it built: the project's draw replaces only the order.
+        How many classes the official schedule masks stays the official code's, and must agree."""
+        mask = self.masks.pop(0)
+        if sorted(x.tolist()) != sorted(mask.tolist()):
+            raise RuntimeError(f"AMCo's class mask: the official schedule masks {int((x == 0).sum())} of {len(x)} "
+                               f"classes, the project {int((mask == 0).sum())}")
+        x[:] = mask
+
     def run(self, checkpoint: Checkpoint) -> None:
         self.model.train()
         for epoch in range(EPOCHS):
@@ -248,7 +257,7 @@ class Official:
             loader = EpochLoader(self.batches[epoch * STEPS:(epoch + 1) * STEPS], epoch, checkpoint, dict)
             order = list(reversed(self.order(epoch))) if self.order else None
             with cpu_patches(), patch(random, "shuffle", lambda x, order=order: x.__setitem__(slice(None), order)), \
-                    patch(np.random, "shuffle", lambda x: x.__setitem__(slice(None), self.masks.pop(0))), \
+                    patch(np.random, "shuffle", self.shuffle_mask), \
                     patch(torch.Tensor, "expand", keep_row):
                 self.trainer.train_loop(self.model, self.optimizer, loader)
 

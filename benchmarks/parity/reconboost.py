@@ -165,12 +165,13 @@ class Official:
         self.own_fc: dict[str, nn.Module] = {}
         self.ensemble: Any = None
         self.optimizers: list[torch.optim.Optimizer] = []
-        hp = project.method.hp
+        # train.py's argparse defaults (the official values, not the project's, so that a project default that drifts
+        # from them shows); only the stage lengths are the case's, shortened on both sides.
         self.args = argparse.Namespace(
-            dataset="CREMAD", dataset_path="", n_class=NUM_CLASSES, batch_size=BATCH, boost_rate=hp.boost_rate,
-            n_worker=0, epochs_per_stage=1, correct_epoch=1, common_space=True, use_lr=True, m_lr=hp.m_lr,
-            e_lr=hp.e_lr, use_br=True, use_pretrain=True, m1ckpt="", m2ckpt="", use_ga=True, weight1=hp.w1,
-            weight2=hp.w2, alpha=hp.alpha, use_tensorboard=True)
+            dataset="CREMAD", dataset_path="", n_class=NUM_CLASSES, batch_size=BATCH, boost_rate=1.0,
+            n_worker=0, epochs_per_stage=1, correct_epoch=1, common_space=True, use_lr=True, m_lr=0.01,
+            e_lr=0.01, use_br=True, use_pretrain=True, m1ckpt="", m2ckpt="", use_ga=True, weight1=5.0,
+            weight2=1.0, alpha=0.5, use_tensorboard=True)
         self.batches = project.batches
 
         harness = self
