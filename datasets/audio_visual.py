@@ -44,7 +44,8 @@ VISUAL_SOURCES = ("auto", "video", "frames")
 SEGMENTS = {"whole": "the whole clip",
             "event": "each row's annotated event, seconds Start..End: audio samples [Start, End) s (the second at "
                      "Start when Start == End) tiled to the pipeline's length, frames of seconds Start..End (PMR "
-                     "data/AVE/video_preprocessing.py extractWav_SE, video2frame_update_SE)"}
+                     "data/AVE/video_preprocessing.py extractWav_SE, video2frame_update_SE, at 1 fps; at a higher "
+                     "--fps, the kept frames of those whole seconds)"}
 # The manifest counts clips with fewer frames than this (the published loaders serve 1-3 frames per clip).
 FEW_FRAMES = 4
 # A stored frame keeps its source's aspect ratio within this fraction (CREMA-D's 480x360 -> 341x256 is off by 0.1%).
@@ -228,6 +229,10 @@ class AVCacheDataset(PreparedDataset):
         segment = chosen.get("segment", "whole")
         if segment not in SEGMENTS:
             raise ValueError(f"{cls.NAME} recipe {recipe!r}: segment {segment!r} is not one of {tuple(SEGMENTS)}")
+        if segment == "event" and visual == "frames" and layout.frames_dir.rstrip("/").endswith("-SE"):
+            # PMR's -SE folders hold a segment already, topped up with random frames: positions are not seconds.
+            raise ValueError(f"recipe {recipe!r} cuts each clip to its event segment itself: give the whole-clip "
+                             f"frame folders (e.g. Image-01-FPS), not {layout.frames_dir!r}")
         return HParams(f"{cls.NAME} prepare", {
             "audio": pipeline.params(), "layout": dataclasses.asdict(layout), "visual": visual,
             "frame_size": [int(x) for x in (opts.frame_size or cls.FRAME_SIZE)],
@@ -305,7 +310,8 @@ class AVCacheDataset(PreparedDataset):
                          totals: Mapping[str, int]) -> dict[str, Any]:
         pipeline = AudioPipeline(**settings.audio)
         short_audio = ("fbank frames zero-padded or cut to target_frames" if pipeline.kind == "kaldi_fbank" else
-                       "clips shorter than 1 s are tiled until the audio pipeline's length")
+                       "clips (or event segments) with under 1 s of audio are tiled until the audio pipeline's "
+                       "length; index duration_s is the source clip's length")
         return {
             "audio": settings.audio, "audio_applied": pipeline.applied(), "audio_shape": list(pipeline.output_shape()),
             "served_audio_shape": list(pipeline.served_shape()),
@@ -332,7 +338,23 @@ class AVCacheDataset(PreparedDataset):
 
     # --- serving -----------------------------------------------------------------------------------------------------
     @classmethod
+    def check_recipe_current(cls, cache: Cache) -> None:
+        """Refuse a cache built before its recipe stored event segments or a minimum frame count (its manifest's
+        policies have no ``segment``) when the recipe now asks for them: it holds other samples or other media than
+        ``augbench prepare`` builds for that recipe today."""
+        policies, recipe = cache.manifest.get("policies", {}), cls.RECIPES.get(cache.manifest.get("recipe"))
+        if recipe is None or "segment" in policies:
+            return
+        segment, min_frames = recipe.settings.get("segment", "whole"), recipe.settings.get("min_frames", 1)
+        if segment != "whole" or policies.get("min_frames", 1) < min_frames:
+            raise CacheError(f"{cache.path}: built before recipe {cache.manifest['recipe']!r} stored "
+                             f"{'event segments' if segment != 'whole' else f'only clips of >= {min_frames} frames'}; "
+                             f"build the recipe's cache again with augbench prepare (a new folder beside this one) "
+                             f"and set data.cache to it, or remove this one")
+
+    @classmethod
     def serve(cls, cache: Cache, hp: HParams) -> tuple[TaskSpec, Gather, Augment]:
+        cls.check_recipe_current(cache)
         if hp.eval_cache_mb < 0 or hp.prefetch < 0:
             raise ValueError(f"data.eval_cache_mb={hp.eval_cache_mb} and data.prefetch={hp.prefetch} must be >= 0")
         pipeline = audio_pipeline(cache)

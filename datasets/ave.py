@@ -61,7 +61,8 @@ class AVE(AVCacheDataset):
     LABEL_ORDERS = ("test_first_appearance",)
     HPARAMS = av_hparams(
         recipes=tuple(RECIPES), recipe="pmr",
-        recipe_doc="Audio front-end preset: 'pmr' (PMR/AMSS Audio-1004, 257x1004), 'ogm', 'fbank'.",
+        recipe_doc="Prepared preset: 'pmr' (PMR/AMSS Audio-1004-SE / Image-01-FPS-SE: each row's event segment, "
+                   "257x1004), 'ogm', 'fbank' (whole clips).",
         frames=3, frames_doc="T frames per clip: 3 in PMR (num_frame); AMSS's AVE loader uses 1.")
 
     @classmethod

@@ -260,8 +260,8 @@ class UCF101(PreparedDataset):
     @classmethod
     def manifest_entries(cls, settings: HParams, facts: Sequence[Mapping[str, Any]],
                          totals: Mapping[str, int]) -> dict[str, Any]:
-        # Kept and served by repeating frames; BalanceBenchmark's loader would fail on them (a frame file it expects
-        # is missing), so they are counted.
+        # Kept and served by repeating frames, where BalanceBenchmark's loader would not serve them as it does other
+        # clips (a missing RGB frame file; random.randint on an empty range for flow in training), so they are counted.
         return {**super().manifest_entries(settings, facts, totals),
                 "counts": {"rgb_clips_under_rgb_frames": sum(f["rgb_frames"] < settings.rgb_frames for f in facts),
                            "flow_clips_under_3_frames": sum(f["flow_frames"] < FRAMES_SERVED for f in facts)},

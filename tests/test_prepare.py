@@ -657,3 +657,24 @@ def test_ks_and_vggsound_recipes_keep_clips_of_more_than_3_frames_as_their_loade
     monkeypatch.setattr(av, "require_backend", lambda pipeline: None)  # fbank's torchaudio is not needed to resolve
     settings = dataset.resolve_settings(recipe, {}, PrepareOptions(visual="video"), tmp_path)
     assert settings.min_frames == 4
+
+
+def test_a_cache_built_before_its_recipe_stored_event_segments_is_refused_at_training(tmp_path):
+    tree = make_ave(tmp_path / "raw", AVE.CLASSES, train_dup=False)
+    opts = PrepareOptions(splits_dir=tree.splits_dir, frame_size=(12, 16), audio={"seconds": 1.0}, shard_size=64)
+    path = prepare(AVE, tree.root, tmp_path / "cache", opts, log=quiet)
+    hp = resolve("data", AVE.HPARAMS, "ave", {"cache": str(path), "image_size": 8})
+    AVE.build(hp)  # current: served
+    manifest = json.loads((path / "manifest.json").read_text())
+    del manifest["policies"]["segment"]  # as written before the recipe stored segments
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CacheError, match="built before recipe 'pmr' stored event segments; build the recipe's cache"):
+        AVE.build(hp)
+
+
+def test_the_event_segment_recipe_refuses_frame_folders_already_cut_to_segments(tmp_path):
+    (tmp_path / "Image-01-FPS-SE").mkdir()
+    opts = PrepareOptions(layout={"frames_dir": "Image-01-FPS-SE"}, visual="frames")
+    with pytest.raises(ValueError, match="give the whole-clip frame folders .e.g. Image-01-FPS., not .Image-01-FPS-SE"):
+        AVE.resolve_settings("pmr", {}, opts, tmp_path)
+    assert AVE.resolve_settings("ogm", {}, opts, tmp_path).segment == "whole"
