@@ -46,8 +46,9 @@ Variant ``bb``: ReconBoost as GitHub GeWu-Lab/BalanceBenchmark runs it (commit 4
 ``balancemm/trainer/ReconBoost_trainer.py`` ``ReconBoostTrainer``; model ``balancemm/models/avclassify_model.py``
 ``BaseClassifierReconBoostModel``). One BB epoch is, for every modality m in the encoder order (fit, l.77-87),
 ``T_epochs`` boosting passes of m (``training_step1``) then ``T_epochs`` correction passes (``training_step2``): with
-``modality_epochs = correct_epochs = T_epochs`` that is M stages of this schedule, so one runner epoch is one pass and
-BB's epoch-wise StepLR maps to ``train.lr_milestones`` at multiples of 2 * M * T_epochs. The differences from the paper
+``modality_epochs = correct_epochs = T_epochs`` that is M stages of this schedule, so one runner epoch is one pass, one
+BB epoch is 2 * M * T_epochs passes, and BB's StepLR(s) maps to ``train.lr_milestones`` at multiples of
+s * 2 * M * T_epochs. The differences from the paper
 default, each its own knob: one optimizer over every parameter for both steps, built from ``train.*`` and never reset
 (``shared_optimizer``; fit passes the same optimizer to every ``train_loop``, stepped at l.245 and l.291); under BB's
 torch 1.12.1 (README Installation), ``zero_grad()`` leaves zero gradients, so a learner that once had a gradient keeps

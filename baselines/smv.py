@@ -22,7 +22,8 @@ rebuilt from the original rows every epoch (``select_rows``, extra key ``zero_mo
 modality i's features), every expanded row is trained once per epoch, and their count is logged as ``smv_samples``.
 
 Cost: one no-grad pass (three head evaluations) over the training rows per epoch after warm-up (modality level:
-over the subset only); at sample level an epoch grows to at most 7x the rows (6 extra copies per row).
+over the subset only); at sample level an epoch grows to at most 5x the rows (4
+extra copies per row, when the full prediction is wrong).
 
 Deviations: the valuation pass serves evaluation transforms (the code's pass reads the training dataset with its
 random crops); the modality-level pass evaluates only the drawn subset (the code evaluates every row but uses only
