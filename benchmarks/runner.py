@@ -126,11 +126,13 @@ def restore_rng(state: dict[str, Any], seed: int, ddp: DistContext, epoch: int) 
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the generators; the states come back on the CPU, where torch requires them, even from a checkpoint read
+    with ``map_location`` a GPU."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 @torch.no_grad()

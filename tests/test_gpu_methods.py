@@ -79,3 +79,13 @@ def test_float32_steps_on_cuda_equal_the_cpu_steps(name, no_tf32):
     assert params["cpu"].keys() == params["cuda"].keys()
     for key, value in params["cpu"].items():
         torch.testing.assert_close(params["cuda"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_a_run_on_cuda_resumes_from_its_checkpoint(tmp_path):
+    # The checkpoint is read onto the GPU; its RNG states must go back to the CPU to be restored.
+    overrides = merge_overrides(tiny_overrides(), {"train": {"device": "cuda", "epochs": 1}})
+    train_run(build_config("joint", "synthetic", overrides), tmp_path / "run", log=quiet)
+    extended = build_config("joint", "synthetic", merge_overrides(overrides, {"train": {"epochs": 2}}))
+    resumed = train_run(extended, tmp_path / "run", resume=True, extend_epochs=True, log=quiet)
+    assert [s["first_epoch"] for s in resumed["segments"]] == [0, 1]
+    assert 0.0 <= resumed["protocols"]["last"]["test"]["acc"] <= 1.0

@@ -16,7 +16,7 @@ import yaml
 
 from benchmarks.config import build_config, merge_overrides
 from benchmarks.errors import UsageError
-from benchmarks.runner import RunExistsError, lr_factor, select_protocols, train_run
+from benchmarks.runner import RunExistsError, lr_factor, rng_state, select_protocols, set_rng_state, train_run
 from core.hparams import HParamError
 from tests.conftest import TINY_DATA, interrupted_run, make_context, tiny_overrides
 from tests.numeric import approx64
@@ -186,3 +186,19 @@ def test_the_summary_records_the_machine_and_which_code_trained_which_epochs(tmp
     env = summary["env"]
     assert env["cpu_model"] and env["torch_threads"] >= 1 and "torch_cpu_capability" in env and "git_dirty" in env
     assert env["deterministic_algorithms"] == "warn_only", "train.deterministic is on by default, and only warns"
+
+
+def test_rng_states_read_back_onto_another_device_are_restored_from_the_cpu():
+    # A checkpoint read with map_location a GPU moves the saved states there; torch takes them only on the CPU.
+    class OnDevice:
+        def __init__(self, tensor: torch.Tensor) -> None:
+            self.tensor = tensor
+
+        def cpu(self) -> torch.Tensor:
+            return self.tensor
+
+    saved = rng_state()
+    expected = torch.rand(3)
+    torch.rand(5)
+    set_rng_state({**saved, "torch": OnDevice(saved["torch"])})
+    assert torch.equal(torch.rand(3), expected)
