@@ -201,7 +201,9 @@ class ReconBoost(Method):
                                           "ReconBoost_trainer.py: the single train.* optimizer over every parameter "
                                           "(encoders, head, beta) steps both phases and keeps its state across them "
                                           "(m_lr, e_lr and weight_decay are then unused)."),
-        HParam("zero_grads_persist", False, "Only with shared_optimizer. false = a parameter without a gradient in "
+        HParam("zero_grads_persist", False, "Only with shared_optimizer (ignored otherwise: the per-phase optimizers "
+                                            "start fresh, so nothing persists, and the bb parity case flips "
+                                            "shared_optimizer alone). false = a parameter without a gradient in "
                                             "this step is skipped by the optimizer (torch >= 2.0 zero_grad sets "
                                             "None); true = BB's torch 1.12.1 (BB 4c1482f README Installation, "
                                             "pip install torch==1.12.1), whose zero_grad() in ReconBoost_trainer.py "
@@ -219,9 +221,6 @@ class ReconBoost(Method):
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)
-        if hp.zero_grads_persist and not hp.shared_optimizer:
-            raise ValueError("reconboost.zero_grads_persist needs reconboost.shared_optimizer=true (the per-phase "
-                             "optimizers start fresh, so nothing persists); set both, or neither")
         self.encoders = build_encoders(task, ctx.model_hp)
         dims = {m: enc.out_dim for m, enc in self.encoders.items()}
         if len(set(dims.values())) != 1:
