@@ -346,11 +346,12 @@ class AVCacheDataset(PreparedDataset):
         if recipe is None or "segment" in policies:
             return
         segment, min_frames = recipe.settings.get("segment", "whole"), recipe.settings.get("min_frames", 1)
-        if segment != "whole" or policies.get("min_frames", 1) < min_frames:
+        # The old default was 1 frame: another recorded value was chosen with --min-frames and is kept.
+        if segment != "whole" or policies.get("min_frames", 1) == 1 < min_frames:
             raise CacheError(f"{cache.path}: built before recipe {cache.manifest['recipe']!r} stored "
                              f"{'event segments' if segment != 'whole' else f'only clips of >= {min_frames} frames'}; "
-                             f"build the recipe's cache again with augbench prepare (a new folder beside this one) "
-                             f"and set data.cache to it, or remove this one")
+                             f"build the recipe's cache again with augbench prepare (it goes to a new folder beside "
+                             f"this one; set data.cache to it) and remove this one")
 
     @classmethod
     def serve(cls, cache: Cache, hp: HParams) -> tuple[TaskSpec, Gather, Augment]:

@@ -678,3 +678,19 @@ def test_the_event_segment_recipe_refuses_frame_folders_already_cut_to_segments(
     with pytest.raises(ValueError, match="give the whole-clip frame folders .e.g. Image-01-FPS., not .Image-01-FPS-SE"):
         AVE.resolve_settings("pmr", {}, opts, tmp_path)
     assert AVE.resolve_settings("ogm", {}, opts, tmp_path).segment == "whole"
+
+
+def test_an_old_cache_built_with_an_explicit_min_frames_is_kept(tmp_path):
+    # Before the 4-frame rule the default was 1: a recorded 2 or 3 was chosen with --min-frames and stays valid.
+    tree = make_kinetics_sounds(tmp_path / "raw", KineticsSounds.CLASSES, train_per_class=1)
+    opts = PrepareOptions(splits_dir=tree.splits_dir, frame_size=(12, 16), audio={"seconds": 1.0}, min_frames=2,
+                          shard_size=64)
+    path = prepare(KineticsSounds, tree.root, tmp_path / "cache", opts, log=quiet)
+    manifest = json.loads((path / "manifest.json").read_text())
+    del manifest["policies"]["segment"]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    KineticsSounds.check_recipe_current(open_cache(path))
+    manifest["policies"]["min_frames"] = 1
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CacheError, match="only clips of >= 4 frames"):
+        KineticsSounds.check_recipe_current(open_cache(path))
