@@ -240,6 +240,22 @@ class Official:
         self.batches = project.batches
         self.order = getattr(project.method, "removal_order", None)
         self.masks = [amco_mask(project.method, e, k) for e in range(EPOCHS) for k in range(STEPS)]
+        if case.method == "amco":
+            self.check_mask_ratio(project.method.hp.eps)
+
+    def check_mask_ratio(self, eps: float) -> None:
+        """Compare the mask ratio pt AMCoTrainer passes to training_step at every step with the project's schedule: the
+        mask counts agree whenever int(pt * K) does, which a drifted eps can keep for the few steps covered."""
+        official_step, ratios = self.trainer.training_step, [mask_ratio(e, k, eps) for e in range(EPOCHS)
+                                                                  for k in range(STEPS)]
+
+        def training_step(*args: Any, pt: float, **kwargs: Any) -> Any:
+            expected = ratios.pop(0)
+            if abs(pt - expected) > 1e-12:
+                raise RuntimeError(f"AMCo's mask ratio: the official schedule gives {pt!r}, the project {expected!r}")
+            return official_step(*args, pt=pt, **kwargs)
+
+        self.trainer.training_step = training_step
 
     def shuffle_mask(self, x: np.ndarray) -> None:
         """AMCoTrainer's ``np.random.shuffle`` of the class mask it built: the project's draw replaces only the order.
