@@ -29,6 +29,7 @@ from baselines.registry import list_methods
 from benchmarks.data_identity import SAME_DATA_HINT, recorded_identity
 from benchmarks.records import DamagedFileError, read_config_yaml, read_json
 from benchmarks.run_folder import MISSING_RESULT, missing_result_problem, read_extensions, recorded_config
+from datasets.sources import pinned_files
 
 METRIC_NAMES = {"acc": "Acc", "macro_f1": "Macro-F1", "map": "MAP"}
 PROTOCOL_CAPTIONS = {
@@ -87,6 +88,8 @@ class RunRecord:
     missing_seed: int | None = None
     data: dict[str, str] | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    # Split files with a published (pinned) version whose cache was prepared from other bytes.
+    custom_splits: tuple[str, ...] = ()
 
     def values(self, protocol: str) -> dict[str, float]:
         """Metric key -> value in [0, 1]: ``acc``/``macro_f1``/``map``, ``acc:<modality>`` and
@@ -135,8 +138,16 @@ def load_runs(root: Path) -> list[RunRecord]:
                                  dataset=summary["dataset"], seed=int(summary["seed"]),
                                  protocols=summary["protocols"], missing=missing, missing_problem=problem,
                                  missing_seed=result.get("seed") if missing else None,
-                                 data=recorded_identity(run_dir), config=recorded_config(run_dir) or {}))
+                                 data=recorded_identity(run_dir), config=recorded_config(run_dir) or {},
+                                 custom_splits=custom_pinned_splits(summary)))
     return records
+
+
+def custom_pinned_splits(summary: Mapping[str, Any]) -> tuple[str, ...]:
+    """The split files of a run's cache that have a published version (pinned) but were other bytes (custom)."""
+    pinned = pinned_files(summary["dataset"])
+    return tuple(sorted(name for name, status in (summary.get("split_files") or {}).items()
+                        if status == "custom" and name in pinned))
 
 
 def row_of(run_dir: Path, method: str) -> tuple[str, str]:
@@ -500,6 +511,13 @@ def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper:
                         "on test (AUG's Table 5 repeats its Table 1), Δ includes that selection.")
         if not any(cell.paper for _, cells in rows for cell in cells):
             caption += f" No published value of {which} matches these datasets, rows and metrics."
+        shown = [r for r in records if r.label in row_titles and r.dataset in dataset_order]
+        custom = [r for r in shown if r.custom_splits]
+        if custom:
+            names = sorted({name for r in custom for name in r.custom_splits})
+            caption += (f" {len(custom)} of the {len(shown)} runs trained on a cache prepared from split files other "
+                        f"than the published ones ({', '.join(names)}), such as {custom[0].run_dir.name}: their "
+                        f"samples are not the paper's.")
     return Table(caption, columns, rows, paper is not None)
 
 

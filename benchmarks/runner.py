@@ -457,7 +457,8 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
     summary = {"method": cfg.method, "dataset": cfg.dataset, "seed": cfg.train.seed, "epochs": epochs,
                "config_hash": run_hash, "protocols": select_protocols(history),
                "data_parallel": type(method).DATA_PARALLEL, "world_size": ddp.world_size, "wall_time_s": elapsed,
-               "env": environment(device), "segments": segments}
+               "env": environment(device), "segments": segments,
+               "split_files": bundle.info.get("split_files", {})}
     extensions = read_extensions(run_dir)
     if extensions:
         summary["extensions"] = extensions

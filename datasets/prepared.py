@@ -178,7 +178,10 @@ class PreparedDataset(Dataset):
             raise CacheError(f"{cache.path} holds dataset {manifest['dataset']!r}, not {cls.NAME!r}")
         task, gather, augment = cls.serve(cache, hp)
         info = {"cache": str(cache.path), "recipe": manifest["recipe"], "counts": manifest["counts"],
-                "dropped": manifest["dropped"], "val_source": manifest["val_source"]}
+                "dropped": manifest["dropped"], "val_source": manifest["val_source"],
+                # pinned (the published file) or custom, per split file: what a run says it was compared on
+                "split_files": {name: record.get("status", "unknown") if isinstance(record, dict) else "unknown"
+                                for name, record in manifest.get("split_files", {}).items()}}
         return DataBundle(task, cache.labels, served_splits(cache, hp.train_split), gather, augment, info,
                           prefetch=cls.prefetch(hp))
 

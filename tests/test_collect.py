@@ -440,3 +440,17 @@ def test_demo_curves_average_the_seeds_that_reached_each_epoch_numbered_as_recor
     [fused] = [line for ax in figures[0].axes for line in ax.lines if line.get_color() == "black"]
     assert list(fused.get_xdata()) == [0, 1, 2], "0-based, as metrics.jsonl and the run plot number epochs"
     assert list(fused.get_ydata()) == approx64([30.0, 50.0, 60.0]), "epochs 1-2 from the seed that reached them"
+
+
+def test_a_paper_table_says_which_runs_trained_on_split_files_other_than_the_published_ones(runs_dir):
+    run = runs_dir / "cremad-joint-seed0-fixture"
+    summary = json.loads((run / "summary.json").read_text())
+    # train.csv was a local file other than the pinned OGM-GE one; vggsound.csv has no pinned version at all
+    summary["split_files"] = {"train.csv": "custom", "test.csv": "pinned", "vggsound.csv": "custom"}
+    (run / "summary.json").write_text(json.dumps(summary))
+    records = load_runs(runs_dir)
+    assert next(r for r in records if r.run_dir == run).custom_splits == ("train.csv",)
+    caption = build_table(records, paper=load_paper(PAPER, "table1")).caption
+    assert "1 of the 7 runs trained on a cache prepared from split files other than the published ones (train.csv)" \
+        in caption
+    assert "split files other" not in build_table(records).caption, "no paper, nothing to compare with"

@@ -517,6 +517,8 @@ def test_each_dataset_trains_joint_and_aug(prepared, tmp_path, name):
         last = summary["protocols"]["last"]["test"]
         assert 0.0 <= last["acc"] <= 1.0 and set(last["per_modality"]) == set(get_dataset(name).build(
             data_hp(name, cache)).task.names)
+        statuses = {n: r["status"] for n, r in json.loads((cache / "manifest.json").read_text())["split_files"].items()}
+        assert summary["split_files"] == statuses, "the run says which split files its cache was prepared from"
 
 
 def test_a_cache_prepared_without_validation_split_trains_without_a_val_loader(tmp_path, vocab):
