@@ -511,7 +511,7 @@ def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper:
                         "on test (AUG's Table 5 repeats its Table 1), Δ includes that selection.")
         if not any(cell.paper for _, cells in rows for cell in cells):
             caption += f" No published value of {which} matches these datasets, rows and metrics."
-        shown = [r for r in records if r.label in row_titles and r.dataset in dataset_order]
+        shown = [r for r in records if shown_in_table(r, datasets, methods)]
         custom = [r for r in shown if r.custom_splits]
         if custom:
             names = sorted({name for r in custom for name in r.custom_splits})

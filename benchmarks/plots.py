@@ -122,14 +122,19 @@ def _sweep_curves(sweep_dir: Path) -> dict[str, dict[str, dict[str, list[list[fl
     return curves
 
 
-def seed_mean(runs: Sequence[Sequence[float]]) -> np.ndarray:
-    """Per epoch, the mean over the runs that reached it (and have a value there); as long as the longest run."""
+def padded_runs(runs: Sequence[Sequence[float]]) -> np.ndarray:
+    """``(runs, longest)`` float64, NaN after each run's last epoch."""
     padded = np.full((len(runs), max(len(x) for x in runs)), np.nan)
     for i, x in enumerate(runs):
         padded[i, :len(x)] = x
+    return padded
+
+
+def seed_mean(runs: Sequence[Sequence[float]]) -> np.ndarray:
+    """Per epoch, the mean over the runs that reached it (and have a value there); as long as the longest run."""
     with warnings.catch_warnings():  # an epoch no run has a value for stays NaN: a gap in the line
         warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(padded, axis=0)
+        return np.nanmean(padded_runs(runs), axis=0)
 
 
 def plot_sweep(sweep_dir: Path, out_png: Path | None = None) -> Path:
@@ -215,8 +220,7 @@ def plot_demo(sweep_dir: Path, out_png: Path, order: Sequence[str] | None = None
         ax = axes[k // cols][k % cols]
         for name, runs in curves[label].items():
             # A seed still training ends early: each epoch averages the seeds that reached it, as plot_sweep does.
-            padded = 100 * np.array([np.pad(np.asarray(x, dtype=np.float64), (0, max(map(len, runs)) - len(x)),
-                                            constant_values=np.nan) for x in runs])
+            padded = 100 * padded_runs(runs)
             epochs = np.arange(padded.shape[1])  # 0-based, as metrics.jsonl and the run and sweep plots number them
             color, legend = _output_style(name)
             (line,) = ax.plot(epochs, seed_mean(runs) * 100, color=color, marker="." if len(epochs) < 25 else None)

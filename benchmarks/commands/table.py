@@ -114,8 +114,8 @@ def _coverage_notes(records: Sequence[RunRecord], shown: Sequence[RunRecord], co
     shown_dirs = {r.run_dir for r in shown}
     if config and len(shown) < len(records):
         hidden = [r for r in records if r.run_dir not in shown_dirs]
-        rows = sorted({r.label for r in hidden if r.label not in {s.label for s in shown}})
-        datasets = sorted({r.dataset for r in hidden if r.dataset not in {s.dataset for s in shown}})
+        rows = sorted({r.label for r in hidden} - {s.label for s in shown})
+        datasets = sorted({r.dataset for r in hidden} - {s.dataset for s in shown})
         notes.append(f"{len(hidden)} finished run(s) of rows or datasets that {config.name} does not list are not "
                      f"shown, such as {hidden[0].run_dir}" + (f"; rows: {', '.join(rows)}" if rows else "")
                      + (f"; datasets: {', '.join(datasets)}" if datasets else ""))
