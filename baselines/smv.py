@@ -17,9 +17,10 @@ players: v_full = 2 [full correct], v_m = [m-only correct], phi_a = (v_a + v_ful
 zeroing the *other* modality's features (so the copies train m alone). ``smv.level: modality`` values a random
 ``part_ratio`` subset drawn with replacement (the code's ``np.random.choice``), takes gap_m = 1 - mean(phi_m) and adds
 int(d * N) copies of rows drawn with replacement, d = |gap_a - gap_v| * 2/3 * alpha (``linear``; ``tanh`` and
-``square`` as in the dataset class), all flagged to zero the modality with the smaller gap. The expanded row list is
-rebuilt from the original rows every epoch (``select_rows``, extra key ``zero_modality``: 0 = none, i+1 = zero
-modality i's features), every expanded row is trained once per epoch, and their count is logged as ``smv_samples``.
+``square`` as in the dataset class), all flagged to zero the modality with the smaller gap (``modality_form: bb``:
+BalanceBenchmark's sizes, see ``modality_level_rows``). The expanded row list is rebuilt from the original rows every
+epoch (``select_rows``, extra key ``zero_modality``: 0 = none, i+1 = zero modality i's features), every expanded row
+is trained once per epoch, and their count is logged as ``smv_samples``.
 
 Cost: one no-grad pass (three head evaluations) over the training rows per epoch after warm-up (modality level:
 over the subset only); at sample level an epoch grows to at most 5x the rows (4
@@ -69,11 +70,15 @@ def sample_level_rows(rows: np.ndarray, phi_first: np.ndarray, phi_second: np.nd
 
 
 def modality_level_rows(rows: np.ndarray, mean_phi_first: float, mean_phi_second: float, alpha: float, func: str,
-                        rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+                        rng: np.random.Generator, form: str = "official") -> tuple[np.ndarray, np.ndarray]:
     """``AV_KS_Dataset_modality_level``: int(d * N) extra rows, drawn with replacement, zeroing the modality with
-    the smaller gap 1 - mean(phi)."""
+    the smaller gap 1 - mean(phi). ``form="bb"`` is BalanceBenchmark's ``create_dataset_modality_level``: |gap
+    difference| summed over both ordered pairs (d doubled), drawn from the first N - N mod 64 rows, and every drawn
+    row added twice, once zeroing that modality and once whole."""
     gap_first, gap_second = 1.0 - mean_phi_first, 1.0 - mean_phi_second
     base = abs(gap_first - gap_second) / 3.0 * 2.0
+    if form == "bb":
+        base *= 2.0
     if func == "linear":
         d = base * alpha
     elif func == "tanh":
@@ -82,10 +87,18 @@ def modality_level_rows(rows: np.ndarray, mean_phi_first: float, mean_phi_second
         d = base ** 1.5 * alpha
     else:
         raise ValueError(f"smv.modality_func={func!r} is not one of linear, tanh, square")
-    extra = rows[rng.choice(len(rows), int(d * len(rows)))]
+    pool = bb_pool(len(rows)) if form == "bb" else len(rows)
+    extra = rows[rng.choice(pool, int(d * pool))]
     code = 2 if gap_first > gap_second else 1
-    return np.concatenate([rows, extra]), np.concatenate([np.zeros(len(rows), np.int64),
-                                                          np.full(len(extra), code)])
+    codes = np.full(len(extra), code)
+    if form == "bb":
+        extra, codes = np.repeat(extra, 2), np.stack([codes, np.zeros_like(codes)], 1).ravel()
+    return np.concatenate([rows, extra]), np.concatenate([np.zeros(len(rows), np.int64), codes])
+
+
+def bb_pool(n: int) -> int:
+    """BalanceBenchmark values and resamples only the first n - n mod 64 rows (its batch size, hard-coded there)."""
+    return n - n % 64
 
 
 def zero_flagged(h: dict[str, torch.Tensor], names: tuple[str, ...], codes: torch.Tensor | None
@@ -117,10 +130,19 @@ class SMV(FusionMethod):
         HParam("modality_func", "linear", "Modality level: map from gap difference to fraction "
                                           "(AV_KS_Dataset_modality_level func, default 'linear').",
                choices=("linear", "tanh", "square")),
+        HParam("modality_form", "official", "Modality level: official = AV_KS_Dataset_modality_level; bb = "
+                                            "BalanceBenchmark's create_dataset_modality_level (4909c17): twice the "
+                                            "fraction, each drawn row added zeroed and whole, rows n - n mod 64 "
+                                            "left out of the draws; linear only (its tanh and square branches "
+                                            "call the gap dict and fail).",
+               choices=("official", "bb")),
     )
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)
+        if hp.level == "modality" and hp.modality_form == "bb" and hp.modality_func != "linear":
+            raise ValueError(f"smv.modality_form=bb runs only modality_func=linear (BalanceBenchmark's "
+                             f"{hp.modality_func} branch fails), got {hp.modality_func!r}")
         self._diag: dict[str, float] = {}
 
     @torch.no_grad()
@@ -152,12 +174,17 @@ class SMV(FusionMethod):
             new_rows, codes = sample_level_rows(rows, phi_first, phi_second)
         else:
             rng = np.random.default_rng(seed_for(self.ctx.train_hp.seed, epoch, "smv_modality"))
-            drawn = rng.choice(len(rows), int(len(rows) * self.hp.part_ratio))
+            pool = bb_pool(len(rows)) if self.hp.modality_form == "bb" else len(rows)
+            if pool == 0:
+                raise ValueError(f"smv.modality_form=bb values the first n - n mod 64 training rows, and this split "
+                                 f"has {len(rows)} (BalanceBenchmark would divide by zero)")
+            drawn = rng.choice(pool, int(pool * self.hp.part_ratio))
             unique, inverse = np.unique(drawn, return_inverse=True)
             phi_u = self.valuate(train, rows[unique])
             phi_first, phi_second = phi_u[0][inverse], phi_u[1][inverse]
             new_rows, codes = modality_level_rows(rows, float(phi_first.mean()), float(phi_second.mean()),
-                                                  self.hp.modality_alpha, self.hp.modality_func, rng)
+                                                  self.hp.modality_alpha, self.hp.modality_func, rng,
+                                                  self.hp.modality_form)
         first, second = self.modalities
         self._diag = {"smv_samples": float(len(new_rows)), f"smv_phi_{first}": float(phi_first.mean()),
                       f"smv_phi_{second}": float(phi_second.mean())}

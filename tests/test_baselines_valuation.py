@@ -152,6 +152,26 @@ def test_smv_modality_level_resamples_towards_the_smaller_contribution():
     assert set(codes[10:].tolist()) == {1}
 
 
+def test_smv_modality_level_bb_form_doubles_the_fraction_and_adds_whole_copies():
+    rows, codes = modality_level_rows(np.arange(130), 0.2, 0.8, 1.0, "linear", np.random.default_rng(0), "bb")
+    # BB: |gap difference| over both ordered pairs, d = 2 * 0.6 * 2/3 = 0.8 of the first 128 rows (130 - 130 mod 64)
+    # -> 102 drawn rows, each once zeroing visual (code 2) and once whole (code 0).
+    extra, extra_codes = rows[130:], codes[130:]
+    assert len(extra) == 2 * 102 and extra_codes.tolist() == [2, 0] * 102
+    np.testing.assert_array_equal(extra[0::2], extra[1::2])
+    assert extra.max() < 128
+
+
+def test_smv_bb_form_refuses_the_functions_bb_cannot_run(tiny_bundle):
+    with pytest.raises(ValueError, match="modality_form=bb runs only modality_func=linear"):
+        build("smv", tiny_bundle, level="modality", modality_form="bb", modality_func="tanh")
+    method = build("smv", tiny_bundle, level="modality", modality_form="bb", warmup=0)
+    loaders = loaders_for(tiny_bundle)
+    few = Loaders(loaders.train.derived(loaders.train.base_rows[:40], train=True, seed=0))
+    with pytest.raises(ValueError, match="first n - n mod 64 training rows, and this split has 40"):
+        method.select_rows(0, few)
+
+
 def test_smv_resamples_the_loader_and_zeroes_flagged_features(tiny_bundle):
     method = build("smv", tiny_bundle, warmup=0)
     loaders = loaders_for(tiny_bundle)
