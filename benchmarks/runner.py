@@ -366,6 +366,9 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
     method = build_method(cfg, bundle, device, step_pre_hook=ddp.step_pre_hook)
     loaders = make_loaders(cfg, bundle, device, ddp.rank, ddp.world_size)
     method.ctx.loaders = loaders
+    # Every rank has made its checks on the folder above before rank 0 writes into it: a rank still checking would
+    # otherwise find the config just written and refuse the run as someone else's.
+    ddp.barrier()
     # Only a run that could be built gets a folder: a refused knob or split leaves nothing behind.
     if ddp.is_main and recorded is None:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import socket
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -17,6 +19,7 @@ from torch import nn
 import benchmarks.runner as runner
 from baselines.base import StepInfo
 from baselines.registry import get_method
+from benchmarks.cli import main as cli_main
 from benchmarks.config import build_config
 from benchmarks.runner import (
     build_data,
@@ -185,6 +188,42 @@ def _runs_worker(rank: int, port: int, tmp: str) -> None:
     torch.save(out, Path(tmp) / f"rank{rank}.pt")
     dist.barrier()
     shutdown(created)
+
+
+def _lagging_worker(rank: int, port: int, tmp: str) -> None:
+    _, created = join_gloo(rank, port, WORLD)
+    if rank == 1:
+        time.sleep(3.0)  # a rank slower to start (page cache, a busy core) than rank 0 is to write config.yaml
+    overrides = tiny_overrides()
+    overrides["train"]["epochs"] = 1
+    train_run(build_config("joint", "synthetic", overrides), Path(tmp) / "run", log=lambda msg: None)
+    (Path(tmp) / f"rank{rank}.done").touch()
+    shutdown(created)
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed gloo")
+def test_a_rank_that_starts_late_trains_the_run_rank_0_has_begun(tmp_path):
+    torch.multiprocessing.spawn(_lagging_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    assert sorted(p.name for p in tmp_path.glob("rank*.done")) == ["rank0.done", "rank1.done"]
+    assert (tmp_path / "run" / "DONE").exists()
+
+
+def _cli_worker(rank: int, port: int, tmp: str) -> None:
+    _, created = join_gloo(rank, port, WORLD)
+    args = ["train", "--method", "joint", "--dataset", "synthetic", "--epochs", "1", "--out", str(Path(tmp) / "runs"),
+            "--wandb", "disabled", "--no-progress", "--set", "model.width=4", "--set", "model.blocks=[1,1,1,1]",
+            "--set", "data.n_train=32"]
+    with open(Path(tmp) / f"rank{rank}.out", "w") as out, contextlib.redirect_stdout(out):
+        assert cli_main(args) == 0
+    shutdown(created)
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed gloo")
+def test_the_train_command_reports_once_under_torchrun(tmp_path):
+    torch.multiprocessing.spawn(_cli_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    assert (tmp_path / "rank1.out").read_text() == ""
+    report = (tmp_path / "rank0.out").read_text()
+    assert report.startswith("run directory: ") and '"clean"' in report
 
 
 @pytest.fixture(scope="module")

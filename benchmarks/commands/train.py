@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from benchmarks.config import build_config, config_overrides, load_config_file, merge_overrides
     from benchmarks.run_folder import rank0_run_lock, recorded_config
     from benchmarks.runner import train_run
+    from core.distributed import env_world
 
     resume = args.resume or args.extend_epochs is not None
     head, file_overrides = load_config_file(args.config) if args.config else ({}, {})
@@ -67,11 +68,17 @@ def run(args: argparse.Namespace) -> int:
         if recorded_config(run_dir) is None:
             raise UsageError(f"--extend-epochs: {run_dir} holds no run to extend")
         cfg = build_config(method, dataset, merge_overrides(overrides, {"train": {"epochs": args.extend_epochs}}))
-    print(f"run directory: {run_dir}")
+    # Under torchrun every rank runs this command; rank 0 reports for all of them.
+    report = print if env_world()[0] == 0 else _silent
+    report(f"run directory: {run_dir}")
     with rank0_run_lock(run_dir):
         summary = train_run(cfg, run_dir, resume=resume, extend_epochs=args.extend_epochs is not None,
                             wandb_mode=args.wandb, wandb_group=args.wandb_group, progress=not args.no_progress)
     brief = {name: {"epoch": p["epoch"], "test_acc": (p.get("test") or {}).get("acc")}
              for name, p in summary["protocols"].items()}
-    print(json.dumps(brief, indent=2))
+    report(json.dumps(brief, indent=2))
     return 0
+
+
+def _silent(*args: object) -> None:
+    """What ranks other than 0 print."""
