@@ -121,7 +121,9 @@ class BSS(FusionMethod):
     CODE = ("GitHub njustkmg/IJCAI25-BSS @495b94e, CREMA-D/train-SPL.py (assign_weights, __main__); "
             "CREMA-D/train-CL.py (model_evaluate, __main__)")
     HEAD = "separate"
-    DATA_PARALLEL = "exact"  # batch-mean loss; every rank measures all training rows with the same weights
+    # The learning scheduler's steps are the single process's (batch-mean loss, every rank measures all rows with
+    # the same weights); the heuristic pacing serves int(N * fraction) rows, so n mod W of them go untrained.
+    DATA_PARALLEL = "approximate"  # heuristic pacing: an epoch's row count need not divide by the rank count
     HPARAMS = (
         HParam("scheduler", "learning", "learning = per-epoch weighted permutation (train-SPL.py, the paper's full "
                                         "method); heuristic = fixed easy-to-hard order with a root pacing function "
