@@ -96,17 +96,21 @@ def modality_level_rows(rows: np.ndarray, mean_phi_first: float, mean_phi_second
     return np.concatenate([rows, extra]), np.concatenate([np.zeros(len(rows), np.int64), codes])
 
 
+BB_BATCH = 64  # BalanceBenchmark's valuation batch size, hard-coded there
+
+
 def bb_pool(n: int) -> int:
-    """BalanceBenchmark values and resamples only the first n - n mod 64 rows (its batch size, hard-coded there)."""
-    return n - n % 64
+    """BalanceBenchmark values and resamples only the first n - n mod 64 rows (its drop_last valuation pass)."""
+    return n - n % BB_BATCH
 
 
 def zero_flagged(h: dict[str, torch.Tensor], names: tuple[str, ...], codes: torch.Tensor | None
                  ) -> dict[str, torch.Tensor]:
-    """Zero modality i's features on the rows whose code is i+1 (the model's ``drop`` branch)."""
+    """Zero modality i's features (or inputs, any shape with rows first) on the rows whose code is i+1 (the model's
+    ``drop`` branch)."""
     if codes is None:
         return h
-    return {m: h[m] * (codes != i + 1).to(h[m].dtype)[:, None] for i, m in enumerate(names)}
+    return {m: h[m] * (codes != i + 1).to(h[m].dtype).view(-1, *[1] * (h[m].dim() - 1)) for i, m in enumerate(names)}
 
 
 @register
@@ -131,10 +135,11 @@ class SMV(FusionMethod):
                                           "(AV_KS_Dataset_modality_level func, default 'linear').",
                choices=("linear", "tanh", "square")),
         HParam("modality_form", "official", "Modality level: official = AV_KS_Dataset_modality_level; bb = "
-                                            "BalanceBenchmark's create_dataset_modality_level (4909c17): twice the "
-                                            "fraction, each drawn row added zeroed and whole, rows n - n mod 64 "
-                                            "left out of the draws; linear only (its tanh and square branches "
-                                            "call the gap dict and fail).",
+                                            "BalanceBenchmark's Sample trainer (4909c17): inputs zeroed instead of "
+                                            "features, values of the first 64 rows only, twice the fraction, each "
+                                            "drawn row added zeroed and whole, rows n - n mod 64 left out of the "
+                                            "draws; linear only (its tanh and square branches call the gap dict "
+                                            "and fail).",
                choices=("official", "bb")),
     )
 
@@ -143,21 +148,29 @@ class SMV(FusionMethod):
         if hp.level == "modality" and hp.modality_form == "bb" and hp.modality_func != "linear":
             raise ValueError(f"smv.modality_form=bb runs only modality_func=linear (BalanceBenchmark's "
                              f"{hp.modality_func} branch fails), got {hp.modality_func!r}")
+        # BalanceBenchmark's modality level zeroes a modality's input (SampleDataset, forward's padding); the
+        # official code zeroes its features.
+        self._zero_inputs = hp.level == "modality" and hp.modality_form == "bb"
         self._diag: dict[str, float] = {}
 
     @torch.no_grad()
     def valuate(self, loader: BatchLoader, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """phi of each modality for ``rows`` (in that order), from an eval-mode pass with features zeroed."""
+        """phi of each modality for ``rows`` (in that order), from an eval-mode pass with features (``bb``: inputs)
+        zeroed."""
         first, second = self.modalities
         pass_loader = loader.derived(rows, batch_size=self.ctx.train_hp.eval_batch_size)
         self.model.eval()
         correct = {"full": [], first: [], second: []}
         for batch in pass_loader:
             with self.ctx.autocast():
-                h = self.model.features(self.inputs(batch))
-                outs = {"full": self.model.head(h)[0],
-                        first: self.model.head({first: h[first], second: torch.zeros_like(h[second])})[0],
-                        second: self.model.head({first: torch.zeros_like(h[first]), second: h[second]})[0]}
+                x = self.inputs(batch)
+                h = self.model.features(x)
+
+                def only(m: str) -> torch.Tensor:
+                    kept = {k: v if k == m else torch.zeros_like(v) for k, v in (x if self._zero_inputs else h).items()}
+                    return self.model.head(self.model.features(kept) if self._zero_inputs else kept)[0]
+
+                outs = {"full": self.model.head(h)[0], first: only(first), second: only(second)}
             for key, z in outs.items():
                 correct[key].append((z.argmax(1) == batch["label"]).cpu().numpy())
         self.model.train()
@@ -179,6 +192,10 @@ class SMV(FusionMethod):
                 raise ValueError(f"smv.modality_form=bb values the first n - n mod 64 training rows, and this split "
                                  f"has {len(rows)} (BalanceBenchmark would divide by zero)")
             drawn = rng.choice(pool, int(pool * self.hp.part_ratio))
+            if self.hp.modality_form == "bb":
+                # BB's valuation caches the first batch's predictions and never clears the cache: training row j
+                # gets the value of row j mod 64, the first batch of its unshuffled 64-row pass.
+                drawn = drawn % BB_BATCH
             unique, inverse = np.unique(drawn, return_inverse=True)
             phi_u = self.valuate(train, rows[unique])
             phi_first, phi_second = phi_u[0][inverse], phi_u[1][inverse]
@@ -192,7 +209,11 @@ class SMV(FusionMethod):
 
     def update(self, batch: Batch, step: StepInfo) -> dict[str, float]:
         with self.ctx.autocast():
-            h = zero_flagged(self.model.features(self.inputs(batch)), self.modalities, batch.get("zero_modality"))
+            codes = batch.get("zero_modality")
+            if self._zero_inputs:
+                h = self.model.features(zero_flagged(self.inputs(batch), self.modalities, codes))
+            else:
+                h = zero_flagged(self.model.features(self.inputs(batch)), self.modalities, codes)
             z, _ = self.model.head(h)
             loss = F.cross_entropy(loss_precision(z), batch["label"])
         self.optimizer.zero_grad(set_to_none=True)

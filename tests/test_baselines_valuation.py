@@ -31,8 +31,10 @@ from baselines.smv import (
 )
 from baselines.umt import umt_loss
 from benchmarks.config import method_hparams
+from core.data import seed_for
 from core.hparams import resolve
-from tests.conftest import first_batch, first_batch64, float64_default, make_context
+from datasets.registry import get_dataset
+from tests.conftest import TINY_DATA, first_batch, first_batch64, float64_default, make_context
 from tests.numeric import approx, approx64, close
 
 
@@ -170,6 +172,65 @@ def test_smv_bb_form_refuses_the_functions_bb_cannot_run(tiny_bundle):
     few = Loaders(loaders.train.derived(loaders.train.base_rows[:40], train=True, seed=0))
     with pytest.raises(ValueError, match="first n - n mod 64 training rows, and this split has 40"):
         method.select_rows(0, few)
+
+
+def test_smv_bb_form_values_the_first_batch_with_inputs_zeroed(monkeypatch):
+    cls = get_dataset("synthetic")
+    bundle = cls.build(resolve("data", cls.HPARAMS, "synthetic", {**TINY_DATA, "n_train": 190}))
+    method = build("smv", bundle, level="modality", modality_form="bb", warmup=0)
+    loaders = loaders_for(bundle)
+    rows = loaders.train.base_rows
+    assert len(rows) == 190
+    valued = []
+    real = method.valuate
+    monkeypatch.setattr(method, "valuate", lambda loader, r: valued.append(r) or real(loader, r))
+    selection = method.select_rows(0, loaders)
+    # BB's prediction cache keeps the first batch: the draws from the first 128 rows (190 - 190 mod 64) are valued
+    # as the rows at their positions mod 64.
+    drawn = np.random.default_rng(seed_for(method.ctx.train_hp.seed, 0, "smv_modality")).choice(128, int(128 * 0.2))
+    assert valued[0].tolist() == rows[np.unique(drawn % 64)].tolist()
+    assert set(selection.rows[len(rows):].tolist()) <= set(rows[:len(rows) - len(rows) % 64].tolist())
+    # The valuation drops a modality at its input: the encoders see zeros, and the values follow from three passes.
+    few = valued[0][:8]
+    batch = next(iter(loaders.train.derived(few, batch_size=8)))
+    seen = []
+    features = method.model.features
+    monkeypatch.setattr(method.model, "features", lambda inputs: seen.append(inputs) or features(inputs))
+    got = real(loaders.train, few)
+    assert any(not s["visual"].any() and s["audio"].any() for s in seen)
+    assert any(not s["audio"].any() and s["visual"].any() for s in seen)
+    method.model.eval()
+    with torch.no_grad():
+        x = method.inputs(batch)
+
+        def correct(inputs: dict) -> np.ndarray:
+            return (method.model.head(features(inputs))[0].argmax(1) == batch["label"]).numpy()
+
+        zeros = {m: torch.zeros_like(v) for m, v in x.items()}
+        want = shapley_contributions(correct(x), correct({"audio": x["audio"], "visual": zeros["visual"]}),
+                                     correct({"audio": zeros["audio"], "visual": x["visual"]}))
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_smv_bb_form_trains_copies_with_the_flagged_input_zeroed(tiny_bundle):
+    method = build("smv", tiny_bundle, level="modality", modality_form="bb", warmup=0)
+    method.train()
+    batch = first_batch(tiny_bundle)
+    n = len(batch["label"])
+    flagged = torch.arange(n) < n // 2
+    batch["zero_modality"] = flagged.long()  # zero audio on the first half of the rows
+    x = method.inputs(batch)
+    keep = (~flagged).float()
+    with torch.no_grad():
+        z_input, _ = method.model.head(method.model.features({"audio": x["audio"] * keep.view(-1, 1, 1, 1),
+                                                              "visual": x["visual"]}))
+        h = method.model.features(x)
+        z_feature, _ = method.model.head({"audio": h["audio"] * keep[:, None], "visual": h["visual"]})
+    want = F.cross_entropy(z_input, batch["label"]).item()
+    # With the other rows in the batch, zeroed inputs do not give zero features: the two forms differ here.
+    assert abs(want - F.cross_entropy(z_feature, batch["label"]).item()) > 1e-4
+    assert method.update(batch, StepInfo(0, 0, 1, 2))["loss"] == want
 
 
 def test_smv_resamples_the_loader_and_zeroes_flagged_features(tiny_bundle):
