@@ -122,8 +122,8 @@ class BSS(FusionMethod):
             "CREMA-D/train-CL.py (model_evaluate, __main__)")
     HEAD = "separate"
     # The learning scheduler's steps are the single process's (batch-mean loss, every rank measures all rows with
-    # the same weights); the heuristic pacing serves int(N * fraction) rows, so n mod W of them go untrained.
-    DATA_PARALLEL = "approximate"  # heuristic pacing: an epoch's row count need not divide by the rank count
+    # the same weights).
+    DATA_PARALLEL = "approximate"  # heuristic pacing: int(N * fraction) rows, n mod W of them untrained
     HPARAMS = (
         HParam("scheduler", "learning", "learning = per-epoch weighted permutation (train-SPL.py, the paper's full "
                                         "method); heuristic = fixed easy-to-hard order with a root pacing function "

@@ -327,14 +327,14 @@ def _record_extension(run_dir: Path, from_epochs: int, to_epochs: int, first_epo
     write_json(run_dir / EXTENSIONS, read_extensions(run_dir) + [entry])
 
 
-def _quiet(*args: Any, **kwargs: Any) -> None:
+def quiet(*args: Any, **kwargs: Any) -> None:
     """The log of ranks other than 0."""
 
 
 def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool, extend_epochs: bool,
                wandb_mode: str | None, wandb_group: str | None, progress: bool, log) -> dict[str, Any]:
     if not ddp.is_main:
-        log, progress, wandb_mode = _quiet, False, "disabled"
+        log, progress, wandb_mode = quiet, False, "disabled"
     run_dir = Path(run_dir)
     ckpt_path = run_dir / CHECKPOINT
     done = (run_dir / "DONE").exists() and (run_dir / "summary.json").exists()

@@ -312,7 +312,7 @@ def _largest_gap(got: dict, want: dict) -> float:
 
 
 @pytest.mark.parametrize("name", SELECTING)
-def test_row_selecting_methods_are_exact_over_full_epochs_only_where_declared(ranks, name):
+def test_row_selecting_methods_match_one_process_over_full_epochs_unless_their_row_count_varies(ranks, name):
     want = train(name, TrainContext, None, 0, 1, True, N_TRAIN_FULL)
     gap = max(_largest_gap(out["full"][name], want) for out in ranks)
     if name in APPROXIMATE_ROWS:

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     # Imported here so that `augbench --help` and `augbench train --help` do not load torch.
     from benchmarks.config import build_config, config_overrides, load_config_file, merge_overrides
     from benchmarks.run_folder import rank0_run_lock, recorded_config
-    from benchmarks.runner import train_run
+    from benchmarks.runner import quiet, train_run
     from core.distributed import env_world
 
     resume = args.resume or args.extend_epochs is not None
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--extend-epochs: {run_dir} holds no run to extend")
         cfg = build_config(method, dataset, merge_overrides(overrides, {"train": {"epochs": args.extend_epochs}}))
     # Under torchrun every rank runs this command; rank 0 reports for all of them.
-    report = print if env_world()[0] == 0 else _silent
+    report = print if env_world()[0] == 0 else quiet
     report(f"run directory: {run_dir}")
     with rank0_run_lock(run_dir):
         summary = train_run(cfg, run_dir, resume=resume, extend_epochs=args.extend_epochs is not None,
@@ -78,7 +78,3 @@ def run(args: argparse.Namespace) -> int:
              for name, p in summary["protocols"].items()}
     report(json.dumps(brief, indent=2))
     return 0
-
-
-def _silent(*args: object) -> None:
-    """What ranks other than 0 print."""
