@@ -43,7 +43,7 @@ TRAIN_HPARAMS = (
                                   "cuDNN autotuning picks the fastest convolution algorithms for the fixed input "
                                   "shapes (faster on GPU; results then vary from run to run) [project]."),
     HParam("device", "auto", "'auto' = cuda when available, else cpu.", choices=("auto", "cpu", "cuda")),
-    HParam("amp", False, "bf16 autocast on CUDA (no effect on CPU)."),
+    HParam("amp", False, "bf16 autocast (CUDA; also on the CPU, where it is usually slower)."),
     HParam("compile", False, "torch.compile every modality encoder in place (baselines.networks.compile_encoders; "
                              "parameter names and checkpoints unchanged). Off: compiling costs minutes, which pays "
                              "off only on long GPU runs [project]."),

@@ -66,6 +66,10 @@ class DeviceUnavailableError(UsageError, RuntimeError):
     """``train.device`` names a device this machine does not have."""
 
 
+class TrainingDiverged(UsageError, RuntimeError):
+    """An epoch's mean training loss is not finite: the run stops before recording it."""
+
+
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C during a run; the message says where it stopped and how to resume."""
 
@@ -433,6 +437,12 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
         train_time = time.perf_counter() - t0
         ddp.sync_for_eval(method)
         record: dict[str, Any] = {"epoch": epoch, "lr": cfg.train.lr * factor, "train": _mean_logs(logs, ddp)}
+        # Evaluating and tabulating a model trained on NaN would pass for a result; every rank sees the same mean.
+        if not np.isfinite(record["train"].get("loss", 0.0)):
+            raise TrainingDiverged(f"{cfg.method} diverged in epoch {epoch} of {run_dir}: its mean training loss is "
+                                   f"{record['train']['loss']} (a learning rate too high for it, or bf16 trouble "
+                                   f"with train.amp); the run stops unrecorded, keeping the checkpoint of its last "
+                                   f"checkpointed epoch; train with other settings into another folder")
         if loaders.val is not None:
             record["val"] = evaluate(method, loaders.val, bundle.task.num_classes)
         record["test"] = evaluate(method, loaders.test, bundle.task.num_classes)

@@ -14,9 +14,18 @@ import pytest
 import torch
 import yaml
 
+from baselines.registry import get_method
 from benchmarks.config import build_config, merge_overrides
 from benchmarks.errors import UsageError
-from benchmarks.runner import RunExistsError, lr_factor, rng_state, select_protocols, set_rng_state, train_run
+from benchmarks.runner import (
+    RunExistsError,
+    TrainingDiverged,
+    lr_factor,
+    rng_state,
+    select_protocols,
+    set_rng_state,
+    train_run,
+)
 from core.hparams import HParamError
 from tests.conftest import TINY_DATA, interrupted_run, make_context, tiny_overrides
 from tests.numeric import approx64
@@ -202,3 +211,21 @@ def test_rng_states_read_back_onto_another_device_are_restored_from_the_cpu():
     torch.rand(5)
     set_rng_state({**saved, "torch": OnDevice(saved["torch"])})
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_run_whose_training_loss_turns_nan_stops_unrecorded(tmp_path, monkeypatch):
+    joint = get_method("joint")
+    real = joint.update
+
+    def update(self, batch, step):
+        logs = real(self, batch, step)
+        return {**logs, "loss": float("nan")} if step.epoch == 1 else logs
+
+    monkeypatch.setattr(joint, "update", update)
+    overrides = tiny_overrides()
+    overrides["train"].update(epochs=3, checkpoint_every=1)
+    with pytest.raises(TrainingDiverged, match=r"joint diverged in epoch 1 of .*run: its mean training loss is nan"):
+        train_run(build_config("joint", "synthetic", overrides), tmp_path / "run", log=lambda *_: None)
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [0]
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["epoch"] == 0
+    assert not (tmp_path / "run" / "DONE").exists()
