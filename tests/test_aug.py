@@ -187,6 +187,23 @@ def test_aca_sigma_moves_the_balance_point():
     assert aca_decision((60.0, 50.0), 100, "ratio", sigma=1.3, tau=0.01, threshold=0.4) == [0]
 
 
+@pytest.mark.parametrize("sums, count, rule, sigma, grown", [
+    # tau = 1/4, every quantity a power-of-two fraction, so d and rho land exactly on the dead zone's edges.
+    ((3.0, 2.0), 4, "difference", 1.0, []),    # d = 3/4 - 2/4 = +tau: strict, no learner
+    ((1.0, 2.0), 4, "difference", 1.0, []),    # d = -tau
+    ((2.0, 2.0), 4, "difference", 0.5, []),    # d = 2/4 - 0.5 * 2/4 = +tau with sigma != 1
+    ((1.0, 4.0), 4, "difference", 0.5, []),    # d = 1/4 - 0.5 * 4/4 = -tau
+    ((3.25, 2.0), 4, "difference", 1.0, [1]),  # d = 5/16 just outside
+    ((0.75, 2.0), 4, "difference", 1.0, [0]),  # d = -5/16
+    ((5.0, 4.0), 4, "ratio", 1.0, []),         # rho = 5/4 = sigma + tau
+    ((3.0, 4.0), 4, "ratio", 1.0, []),         # rho = 3/4 = sigma - tau
+    ((5.5, 4.0), 4, "ratio", 1.0, [1]),
+    ((2.5, 4.0), 4, "ratio", 1.0, [0]),
+])
+def test_aca_dead_zone_edges_add_no_learner(sums, count, rule, sigma, grown):
+    assert aca_decision(sums, count, rule, sigma=sigma, tau=0.25, threshold=0.4) == grown
+
+
 @pytest.mark.parametrize("sums, grown", [
     ((10.0, 30.0, 40.0), [0]),         # rho = 0.14, 0.6, 1.0
     ((10.0, 12.0, 40.0), [0, 1]),      # two weak modalities each get one learner at the same check
@@ -210,6 +227,71 @@ def record_steps(method: AUG, watch: torch.nn.Parameter) -> list[torch.Tensor]:
 
     method.optimizer.step = counting_step
     return snapshots
+
+
+def record_learner_logits(method: AUG) -> dict[str, torch.Tensor]:
+    """Hook each modality's learner stack to rebuild its per-learner logits H(phi_k(h)), (B, n + 1, K), by hand, from
+    copies of the learners and the shared head as they are at that modality's forward (before its step)."""
+    logits: dict[str, torch.Tensor] = {}
+
+    def hook(modality):
+        def rebuild(stack, args):
+            (h,) = args
+            layers, head = copy.deepcopy(stack.layers), copy.deepcopy(method.head)
+            with torch.no_grad():
+                logits[modality] = torch.stack([head(F.relu(layer(h))) for layer in layers], 1)
+        return rebuild
+
+    for m in method.modalities:
+        method.learners[m].register_forward_pre_hook(hook(m))
+    return logits
+
+
+def true_class_sum(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(z, 1).gather(1, y[:, None]).sum()
+
+
+def test_confidence_score_is_the_whole_ensembles_true_class_probability(tiny_bundle):
+    # S_m sums softmax(z_all)[y] over the batch, z_all the sum of ALL of m's learners' logits from the training
+    # forward before m's step (docs/methods/aug.md#aca): not learner 0's logits, nor the previous ensemble's.
+    method = build(tiny_bundle)
+    method.add_learner("audio")
+    method.add_learner("audio")
+    method.add_learner("visual")
+    method.train()
+    logits = record_learner_logits(method)
+    batch = first_batch(tiny_bundle)
+    y = batch["label"]
+    method.update(batch, STEP)
+    assert set(logits) == {"audio", "visual"} and logits["audio"].shape[1] == 3 and logits["visual"].shape[1] == 2
+    expected = torch.stack([true_class_sum(logits[m].sum(1), y) for m in method.modalities])
+    # Computed in float32 (the logits' dtype), accumulated in float64: compared at float32 tolerance.
+    close(method.score_sum, expected, dtype=torch.float32)
+    assert method.count == len(y)
+    for m, s in zip(method.modalities, expected):  # the wrong readings miss by far more than the tolerance
+        z = logits[m]
+        assert abs(true_class_sum(z[:, 0], y) - s) > 1e-3 * s, m
+        assert abs(true_class_sum(z[:, :-1].sum(1), y) - s) > 1e-3 * s, m
+
+
+def test_epoch_start_resets_the_accumulators(tiny_bundle):
+    method = build(tiny_bundle)
+    method.train()
+    batch = first_batch(tiny_bundle)
+    y = batch["label"]
+    method.update(batch, STEP)
+    assert method.count == len(y) and bool((method.score_sum > 0).all())
+    method.on_epoch_start(1, loaders(tiny_bundle))
+    assert method.count == 0
+    for name in ("score_sum", "loss_sum", "ce_sum"):
+        assert torch.count_nonzero(getattr(method, name)) == 0, name
+    logits = record_learner_logits(method)
+    logs = method.update(batch, STEP)
+    assert method.count == len(y), "the new epoch counts only its own batch"
+    # float32 computations accumulated in float64: float32 tolerance.
+    close(method.score_sum, torch.stack([true_class_sum(logits[m].sum(1), y) for m in method.modalities]),
+          dtype=torch.float32)
+    close(method.loss_sum, torch.tensor([logs[f"loss_{m}"] * len(y) for m in method.modalities]), dtype=torch.float32)
 
 
 def test_shared_head_is_stepped_once_per_modality_and_visual_sees_the_updated_head(tiny_bundle):
@@ -378,6 +460,17 @@ def test_epoch_end_diagnostics_and_decision(tiny_bundle):
     assert diag["score_difference"] == approx64(0.2)
     diag = method.on_epoch_end(1, data)
     assert diag["aca_check"] == 1.0 and diag["added/visual"] == 1.0 and diag["extra_learners/visual"] == 1.0
+
+
+def test_score_difference_diagnostic_weighs_the_visual_score_by_sigma(tiny_bundle):
+    method = build(tiny_bundle, epochs=4, aca_interval_epochs=2, sigma=0.5)
+    data = loaders(tiny_bundle)
+    method.on_epoch_start(0, data)
+    method.score_sum = torch.tensor([60.0, 40.0], dtype=torch.float64)
+    method.count = 100
+    diag = method.on_epoch_end(0, data)
+    assert diag["score_difference"] == approx64(0.4)  # (60 - 0.5 * 40) / 100
+    assert diag["score_ratio"] == approx64(1.5), "the ratio diagnostic has no sigma"
 
 
 # --- checkpoints and end-to-end ---------------------------------------------------------------------------------------
