@@ -42,14 +42,28 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# The stream order of each round, repeating every three rounds. A stream can run slower right after another (the
+# cache loader measured 3150-3200 samples/s right after the media loader, 3860-4170 in a second cache stream), so a
+# fixed order would charge one stream its predecessor's after-effects in every round.
+# Over one cycle each stream follows each other stream exactly once, counting the turn from one round into the next
+# and from the last round back to the first (which the warm-up's order stands in for before round 0).
+ROUND_ORDERS = (("cache", "floor", "host", "media"), ("floor", "media", "host", "cache"),
+                ("host", "floor", "cache", "media"))
+
+
+def round_order(index: int) -> tuple[str, ...]:
+    """The streams in the order round ``index`` times them (``ROUND_ORDERS``, cyclic)."""
+    return ROUND_ORDERS[index % len(ROUND_ORDERS)]
+
+
 class _Timed:
     """A batch stream timed in slices: ``take(count)`` times the next ``count`` batches (restarting the stream when it
     ends) and adds them to the totals, so that several streams can be timed in interleaved rounds. Both the wall time
     and the process's CPU time (``time.process_time``: every thread of the process, a prefetch thread included) are
     summed."""
 
-    def __init__(self, start: Callable[[], Iterator], device: torch.device | None = None) -> None:
-        self.start, self.device = start, device or torch.device("cpu")
+    def __init__(self, name: str, start: Callable[[], Iterator], device: torch.device | None = None) -> None:
+        self.name, self.start, self.device = name, start, device or torch.device("cpu")
         self.iterator = start()
         self.samples, self.seconds, self.cpu_seconds = 0, 0.0, 0.0
 
@@ -187,10 +201,13 @@ def benchmark_data(prepared_dir: Path | str, *, raw_dir: Path | str | None = Non
     After a warm epoch of the cache loader (the cache is then in RAM or the page cache, the test-time views are
     kept), ``rounds`` rounds each time ``batches`` batches of: the cache loader, its bandwidth floor
     (``_floor_batches``), the host share of a CUDA batch (``_host_batches``) and the media loader, interleaved so
-    that a shared or throttled machine slows all alike and the ratios hold. Every rate and ratio is reported in the
-    process's CPU time (``cpu_*``: what the work costs, whatever share of the machine the process got) and in wall
-    time; on CUDA the wall figures count (the device's time is no CPU time). Further passes, one per round, profile
-    the stages (median over the passes).
+    that a shared or throttled machine slows all alike and the ratios hold. The order changes from round to round
+    (``ROUND_ORDERS``, a cycle of three): over each three rounds every stream runs right after each other stream
+    exactly once, so that no stream is always timed right after the same one (the one before can slow it); with a
+    multiple of three rounds every stream had every predecessor equally often. Every rate and ratio is reported in
+    the process's CPU time (``cpu_*``: what the work costs, whatever share of the machine the process got) and in
+    wall time; on CUDA the wall figures count (the device's time is no CPU time). Further passes, one per round,
+    profile the stages (median over the passes).
 
     Args:
         prepared_dir: a finished cache folder.
@@ -235,15 +252,18 @@ def benchmark_data(prepared_dir: Path | str, *, raw_dir: Path | str | None = Non
                              seed=seed)
         media_loader = torch.utils.data.DataLoader(media, batch_size=batch_size, shuffle=train, num_workers=0,
                                                    generator=torch.Generator().manual_seed(seed))
-        streams = {"cache": _Timed(lambda: iter(loader), target),
-                   "floor": _Timed(_floor_batches(loader, augment, starts, counts, hp.frames)),
-                   "host": _Timed(lambda: _host_batches(loader, augment, starts, counts, hp.frames, train, seed)),
-                   "media": _Timed(lambda: iter(media_loader))}
-        for stream in streams.values():
-            stream.skip(warmup)
-        for _ in range(rounds):
-            for stream in streams.values():
-                stream.take(batches)
+        streams = {"cache": _Timed("cache", lambda: iter(loader), target),
+                   "floor": _Timed("floor", _floor_batches(loader, augment, starts, counts, hp.frames)),
+                   "host": _Timed("host", lambda: _host_batches(loader, augment, starts, counts, hp.frames, train,
+                                                                seed)),
+                   "media": _Timed("media", lambda: iter(media_loader))}
+        # The warm-up ends on the last stream of the cycle, so round 0's first stream follows the one it follows
+        # when the cycle repeats.
+        for name in round_order(-1):
+            streams[name].skip(warmup)
+        for index in range(rounds):
+            for name in round_order(index):
+                streams[name].take(batches)
         # One pass of a few batches moved by up to half between invocations on a shared machine; the median of one
         # pass per round follows the interleaved rates.
         passes = [_profile(loader, augment, batches, target) for _ in range(rounds)]
