@@ -186,7 +186,7 @@ def markdown_epoch(rows: list[dict[str, Any]], caption: str) -> str:
 
 def markdown_data(rows: list[dict[str, Any]], caption: str) -> str:
     """The data benchmark's rates and ratios in CPU time, the wall-time ratios alongside, then each view's serving
-    profile (ms per sample)."""
+    profile (ms per sample) with the timed rounds' ms per sample beside its total."""
     note = ("Rates and ratios in the process's CPU time (time not given to this process on a shared machine does "
             "not count); the same ratios in wall time in the last ratio column.")
     header = ("| view | cache loader samples/s | per-sample media loader samples/s | cache / media | "
@@ -200,15 +200,44 @@ def markdown_data(rows: list[dict[str, Any]], caption: str) -> str:
                      f"{cpu['floor']:.0f} | {r['cpu_floor_ratio']:.2f} | {cpu['host']:.0f} | "
                      f"{r['cpu_host_speedup']:.0f} | {r['speedup']:.1f}, {r['floor_ratio']:.2f}, "
                      f"{r['host_speedup']:.0f} | {r['resample'] if r['train'] else '–'} | {r['resident']} |")
-    stages = list(dict.fromkeys(k for r in rows for k in r["profile_ms_per_sample"]))
+    lines += ["", *_profile_table(rows)]
+    return "\n".join(lines) + "\n"
+
+
+# The CPU training view's fused stage: it reads the frames itself, so the "frame gather" before it only looks up the
+# frame array (datasets/augment.py AVAugment.visual).
+FUSED_CROP = "crop/resize+flip+conversion+normalisation"
+
+
+def timed_ms_per_sample(row: dict[str, Any]) -> float:
+    """The cache loader's ms per sample in the data benchmark's timed rounds, on the profile's clock (CPU time on a
+    CPU, wall time on CUDA), so that it can stand beside the profile's total."""
+    rate = row["cache_samples_per_s"] if row["device"].startswith("cuda") else row["cpu_samples_per_s"]["cache"]
+    return 1e3 / rate
+
+
+def _profile_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The serving profile's caption and table, the timed rounds' ms per sample beside the profile's total."""
+    found = dict.fromkeys(k for r in rows for k in r["profile_ms_per_sample"])
+    stages = [k for k in found if k != "total"] + ["total"]
+    fused = FUSED_CROP in found
+    labels = {"total": "profile total", **({"frame gather": "frame gather (array lookup only)"} if fused else {})}
     passes, batches = (rows[0]["rounds"], rows[0]["batches"]) if rows else (0, 0)
-    profile = (f"Serving profile, ms per sample ({passes} extra passes of the cache loader after the timed rounds, "
+    caption = (f"Serving profile, ms per sample ({passes} extra passes of the cache loader after the timed rounds, "
                f"as many as there were rounds, each of {batches} batches with every stage timed; the median per "
-               "stage; CPU time on a CPU, wall time on CUDA):")
-    lines += ["", profile, "",
-              "| view | " + " | ".join(stages) + " |", "|---|" + "---:|" * len(stages)]
+               "stage; CPU time on a CPU, wall time on CUDA). The passes are separate from the timed rounds: "
+               "`python overhead` (the Python between the timed stages) and `loader` (the loader's own work) are the "
+               "remainders of a pass's own time, so the stages add up to the profile's total (up to the medians), "
+               "not to the timed rounds' figure; `timed ms / sample` is the timed rounds' (1000 / the cache loader's "
+               "samples/s above, on the same clock as the profile).")
+    if fused:
+        caption += (f" In the training view's fused `{FUSED_CROP}` stage the frames are read inside that stage: "
+                    "`frame gather` there only looks up the frame array, so its near-zero figure is not the cost "
+                    "of reading the frames.")
+    header = [labels.get(k, k) for k in stages] + ["timed ms / sample"]
+    lines = [caption, "", "| view | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
     for r in rows:
         view = "train" if r["train"] else "test"
         cells = [f"{r['profile_ms_per_sample'][k]:.3f}" if k in r["profile_ms_per_sample"] else "–" for k in stages]
-        lines.append(f"| {view} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        lines.append(f"| {view} | " + " | ".join(cells + [f"{timed_ms_per_sample(r):.3f}"]) + " |")
+    return lines

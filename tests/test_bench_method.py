@@ -10,6 +10,7 @@ from itertools import permutations
 import pytest
 
 from benchmarks import bench_data
+from benchmarks.bench import markdown_data, timed_ms_per_sample
 from datasets.cremad import CremaD
 from datasets.prepare import prepare
 from datasets.tables import PrepareOptions
@@ -37,3 +38,29 @@ def test_every_stream_follows_every_other_equally_often(cache_path, monkeypatch)
     # Every timed batch's predecessor, the warm-up's last stream before round 0's first.
     after = Counter(zip(pulled[len(STREAMS) - 1:], timed))
     assert after == Counter(permutations(STREAMS, 2)), "each stream right after each other one, once"
+
+
+def data_row(train: bool, device: str = "cpu") -> dict:
+    """A data benchmark row as ``benchmark_data`` returns it, with round figures."""
+    stages = ({"audio gather+conversion": 0.1, "frame gather": 0.0, "crop/resize+flip+conversion+normalisation": 0.15}
+              if train else {"audio gather+conversion": 0.1, "view gather+conversion+normalisation": 0.05})
+    profile = {**stages, "python overhead": 0.02, "loader": 0.01}
+    profile["total"] = sum(profile.values())
+    return {"train": train, "device": device, "cpu_samples_per_s": {"cache": 4000.0, "media": 100.0, "floor": 8000.0,
+                                                                   "host": 16000.0},
+            "cache_samples_per_s": 2000.0, "cpu_speedup": 40.0, "cpu_floor_ratio": 2.0, "cpu_host_speedup": 160.0,
+            "speedup": 40.0, "floor_ratio": 2.0, "host_speedup": 160.0, "resample": "pil", "resident": "auto",
+            "profile_ms_per_sample": profile, "rounds": 3, "batches": 5}
+
+
+def test_the_data_profile_stands_beside_the_timed_rate_and_says_what_its_frame_gather_is():
+    table = markdown_data([data_row(True), data_row(False)], "caption")
+    header, _, train, test = table.split("\n\n")[-1].splitlines()
+    cells = [c.strip() for c in header.strip("|").split("|")]
+    assert cells[-2:] == ["profile total", "timed ms / sample"]
+    # 1000 / 4000 samples/s of CPU time; the profile's own total beside it
+    assert train.endswith("| 0.280 | 0.250 |") and test.endswith("| 0.180 | 0.250 |")
+    assert "The passes are separate from the timed rounds" in table and "remainders of a pass's own time" in table
+    assert "frame gather (array lookup only)" in cells and "read inside that stage" in table
+    # On CUDA both are wall time: 1000 / 2000 samples/s.
+    assert timed_ms_per_sample(data_row(True, "cuda:0")) == 0.5
