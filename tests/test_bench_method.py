@@ -10,7 +10,14 @@ from itertools import permutations
 import pytest
 
 from benchmarks import bench_data
-from benchmarks.bench import markdown_data, timed_ms_per_sample
+from benchmarks.bench import (
+    SHAPES,
+    markdown_data,
+    markdown_epoch,
+    projects_to_cremad,
+    timed_ms_per_sample,
+)
+from benchmarks.config import build_config
 from datasets.cremad import CremaD
 from datasets.prepare import prepare
 from datasets.tables import PrepareOptions
@@ -64,3 +71,21 @@ def test_the_data_profile_stands_beside_the_timed_rate_and_says_what_its_frame_g
     assert "frame gather (array lookup only)" in cells and "read inside that stage" in table
     # On CUDA both are wall time: 1000 / 2000 samples/s.
     assert timed_ms_per_sample(data_row(True, "cuda:0")) == 0.5
+
+
+def epoch_row(projected: float | None) -> dict:
+    return {"method": "aug", "dataset": "synthetic", "model": "width 8, blocks [2, 2, 2, 2]", "batches": 8,
+            "batch_size": 16, "data": {}, "epoch_s": 1.0, "model_only_s": 1.0, "loader_only_s": 0.0,
+            "epoch_over_model": 1.0, "step_s": 0.125, "samples_per_s": 128.0, "projected_cremad_run_s": projected}
+
+
+def test_only_an_epoch_on_cremad_inputs_is_projected_to_a_cremad_run():
+    assert not projects_to_cremad(build_config("aug", "synthetic", SHAPES["small"])), "toy shapes say nothing"
+    assert projects_to_cremad(build_config("aug", "synthetic", SHAPES["cremad"]))
+    assert projects_to_cremad(build_config("aug", "cremad", {})), "a CREMA-D cache"
+    assert not projects_to_cremad(build_config("aug", "av_digits", {}))
+    table = markdown_epoch([epoch_row(None), epoch_row(1200.0)], "caption")
+    header, _, toy, cremad = table.splitlines()[2:]
+    assert "CREMA-D epochs, min (training steps only, evaluation excluded" in header
+    assert toy.endswith("| 128 | – |") and cremad.endswith("| 128 | 20.0 |")
+

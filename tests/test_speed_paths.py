@@ -436,9 +436,9 @@ def test_bench_step_and_epoch_write_json_and_markdown(tmp_path, capsys):
     assert row["amp"] and row["channels_last"] and row["batches"] == 2
     assert row["epoch_over_model"] == approx64(row["epoch_s"] / row["model_only_s"])
     assert row["step_s"] == approx64(row["epoch_s"] / 2) and row["samples_per_s"] == approx64(32 / row["epoch_s"])
-    assert row["projected_cremad_run_s"] == approx64(200 * 6698 * row["epoch_s"] / 32)
+    assert row["projected_cremad_run_s"] is None, "a toy shape's epoch is not projected to a CREMA-D run"
     table = epoch.with_suffix(".md").read_text()
-    assert "200 CREMA-D epochs, min" in table and "amp, channels_last" in table
+    assert "200 CREMA-D epochs, min" in table and "amp, channels_last" in table and table.endswith("| – |\n")
     assert "| aug | synthetic | width 4, blocks [1, 1, 1, 1] | 2 × 16 |" in table
 
 
