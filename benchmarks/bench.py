@@ -23,6 +23,7 @@ import torch
 
 from baselines.base import Loaders, StepInfo
 from baselines.registry import list_methods
+from benchmarks.bench_data import load_average
 from benchmarks.config import RunConfig, build_config
 from benchmarks.runner import build_data, build_method, make_loaders, seed_everything, select_device
 
@@ -119,7 +120,7 @@ def bench_steps(overrides: dict, methods: list[str] | None = None, repeats: int 
                 step = min(step, timer.median(repeats, warmup))
         step = base if timer is joint else step
         rows.append({"method": name, "title": type(timer.method).title, "step_s": step, "joint_step_s": base,
-                     "ratio_to_joint": step / base, "device": str(timer.device)})
+                     "ratio_to_joint": step / base, "device": str(timer.device), "load_average": load_average()})
         log(f"  {name:<14} {step * 1e3:9.1f} ms/step  {step / base:5.2f} x joint")
     return rows
 
@@ -168,7 +169,7 @@ def bench_epoch(cfg: RunConfig, log: Callable[[str], None] = print, repeats: int
            "epoch_over_model": t_full / t_model, "step_s": t_full / n,
            "samples_per_s": loaders.train.num_samples / t_full,
            # Training steps only (evaluation passes excluded), at this epoch's per-sample time.
-           "projected_cremad_run_s": projected}
+           "projected_cremad_run_s": projected, "load_average": load_average()}
     projection = (f"; {PROJECTED_EPOCHS} CREMA-D epochs ({CREMAD_TRAIN_CLIPS} clips, training only) projected "
                   f"{projected / 60:.1f} min" if projected is not None else "")
     log(f"  epoch {t_full:.2f}s, model-only {t_model:.2f}s, loader-only {t_loader:.2f}s "
@@ -178,10 +179,14 @@ def bench_epoch(cfg: RunConfig, log: Callable[[str], None] = print, repeats: int
 
 
 def markdown_steps(rows: list[dict[str, Any]], caption: str) -> str:
-    lines = [f"**{caption}**", "", "| method | ms / step | × joint |", "|---|---:|---:|"]
+    """Each method's ms per step beside the ``joint`` ms per step of the rounds interleaved with it, the ratio's
+    denominator (re-timed for every row)."""
+    lines = [f"**{caption}**", "", "| method | ms / step | joint ms / step, same rounds | × joint |",
+             "|---|---:|---:|---:|"]
     for r in rows:
         ratio = f"{r['ratio_to_joint']:.2f}" if r["ratio_to_joint"] is not None else "–"
-        lines.append(f"| {r['title']} (`{r['method']}`) | {r['step_s'] * 1e3:.1f} | {ratio} |")
+        lines.append(f"| {r['title']} (`{r['method']}`) | {r['step_s'] * 1e3:.1f} | {r['joint_step_s'] * 1e3:.1f} | "
+                     f"{ratio} |")
     return "\n".join(lines) + "\n"
 
 

@@ -284,10 +284,10 @@ def benchmark_data(prepared_dir: Path | str, *, raw_dir: Path | str | None = Non
             "recipe": cache.manifest["recipe"], "audio_shape": cache.manifest["served_audio_shape"],
             "visual_source": cache.manifest["visual"]["source"], "stored_frame": cache.manifest["visual"]["frame_size"],
             "image_size": hp.image_size, "frames": hp.frames, "resample": hp.resample, "resident": hp.resident,
-            "compile_views": hp.compile_views, "device": str(target), "load_average": _load_average()}
+            "compile_views": hp.compile_views, "device": str(target), "load_average": load_average()}
 
 
-def _load_average() -> list[float] | None:
+def load_average() -> list[float] | None:
     """The 1/5/15-minute load averages while measuring (a shared machine shows here), where the OS reports them."""
     try:
         return [round(x, 2) for x in os.getloadavg()]

@@ -14,6 +14,7 @@ from benchmarks.bench import (
     SHAPES,
     markdown_data,
     markdown_epoch,
+    markdown_steps,
     projects_to_cremad,
     timed_ms_per_sample,
 )
@@ -89,3 +90,10 @@ def test_only_an_epoch_on_cremad_inputs_is_projected_to_a_cremad_run():
     assert "CREMA-D epochs, min (training steps only, evaluation excluded" in header
     assert toy.endswith("| 128 | – |") and cremad.endswith("| 128 | 20.0 |")
 
+
+def test_the_step_table_shows_the_joint_time_each_ratio_divides_by():
+    rows = [{"method": "joint", "title": "Joint", "step_s": 0.010, "joint_step_s": 0.010, "ratio_to_joint": 1.0},
+            {"method": "aug", "title": "AUG", "step_s": 0.030, "joint_step_s": 0.012, "ratio_to_joint": 2.5}]
+    table = markdown_steps(rows, "caption").splitlines()
+    assert table[2] == "| method | ms / step | joint ms / step, same rounds | × joint |"
+    assert table[4:] == ["| Joint (`joint`) | 10.0 | 10.0 | 1.00 |", "| AUG (`aug`) | 30.0 | 12.0 | 2.50 |"]

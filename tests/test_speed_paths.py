@@ -430,10 +430,12 @@ def test_bench_step_and_epoch_write_json_and_markdown(tmp_path, capsys):
     assert [r["method"] for r in rows] == ["joint", "aug"] and rows[0]["ratio_to_joint"] == 1.0
     step_md = step.with_suffix(".md").read_text()
     assert rows[1]["ratio_to_joint"] > 0 and "| AUG (`aug`) |" in step_md and "model.width=4" in step_md
+    assert f"| {rows[1]['joint_step_s'] * 1e3:.1f} | {rows[1]['ratio_to_joint']:.2f} |" in step_md
+    assert len(rows[1]["load_average"]) == 3 and f"load average {rows[1]['load_average']} at the end" in step_md
     assert main(["bench", "epoch", "--amp", "--channels-last", "--epoch-repeats", "1", *tiny]) == 0
     (epoch,) = out.glob("epoch-aug-synthetic-small-cpu-amp-channels_last-set-*.json")
     (row,) = json.loads(epoch.read_text())["rows"]
-    assert row["amp"] and row["channels_last"] and row["batches"] == 2
+    assert row["amp"] and row["channels_last"] and row["batches"] == 2 and len(row["load_average"]) == 3
     assert row["epoch_over_model"] == approx64(row["epoch_s"] / row["model_only_s"])
     assert row["step_s"] == approx64(row["epoch_s"] / 2) and row["samples_per_s"] == approx64(32 / row["epoch_s"])
     assert row["projected_cremad_run_s"] is None, "a toy shape's epoch is not projected to a CREMA-D run"

@@ -171,7 +171,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"per-step time, shape {args.shape}, device {env['device']}:")
         rows = bench_steps(base, args.methods, repeats=args.repeats)
         caption = (f"Per-step time on shape '{args.shape}' ({env['device']}, {env.get('gpu', env['processor'])}, "
-                   f"torch {env['torch']}, {env['torch_threads']} threads, commit {env['git_commit']}{settings})")
+                   f"torch {env['torch']}, {env['torch_threads']} threads, load average {rows[-1]['load_average']} "
+                   f"at the end, commit {env['git_commit']}{settings})")
         write_json(args.out / f"step-{tag}{suffix}.json", {"rows": rows, "env": env, "settings": base})
         atomic_write_text(args.out / f"step-{tag}{suffix}.md", markdown_steps(rows, caption))
         print(markdown_steps(rows, caption))
@@ -186,7 +187,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"epoch time, {args.epoch_method} on {dataset}:")
         row = bench_epoch(cfg, repeats=args.epoch_repeats)
         caption = (f"Epoch vs model-only time ({env['device']}, {env.get('gpu', env['processor'])}, "
-                   f"torch {env['torch']}, {env['torch_threads']} threads, commit {env['git_commit']}{settings})")
+                   f"torch {env['torch']}, {env['torch_threads']} threads, load average {row['load_average']} at the "
+                   f"end, commit {env['git_commit']}{settings})")
         name = dataset if dataset == "synthetic" else f"{dataset}-{cfg.data.recipe}"
         epoch_tag = (tag if dataset == "synthetic" else tag.split("-", 1)[1]) + suffix
         write_json(args.out / f"epoch-{args.epoch_method}-{name}-{epoch_tag}.json",
