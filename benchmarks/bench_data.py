@@ -11,14 +11,17 @@ evaluation after the first epoch's finds the test-time frame views computed (``d
 
 ``bench_tree`` makes a tree to measure when no prepared cache is given: AV-Digits generated in CREMA-D's layout,
 its 1 fps frames extracted to JPEG folders the way OGM-GE's ``data/CREMAD/video_preprocessing.py`` writes them
-(``Image-01-FPS/<id>/{absolute frame index:05d}.jpg``, docs/datasets/pitfalls.md), prepared as ``cremad`` so that the
-cache stores and serves CREMA-D's sizes (frames 256x341 -> 224, the recipe's spectrogram). Figures are benchmark
-results, never test assertions.
+(``Image-01-FPS/<id>/{absolute frame index:05d}.jpg``, docs/datasets/pitfalls.md) at CREMA-D's video size, 480x360
+(AV-Digits renders 160x120: the frames are upscaled, so the media loader decodes and resizes as many pixels per
+frame as on CREMA-D, though of smoother pictures), prepared as ``cremad`` so that the cache stores and serves
+CREMA-D's sizes (frames 256x341 -> 224, the recipe's spectrogram). Figures are benchmark results, never test
+assertions.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -35,6 +38,9 @@ from datasets.registry import get_dataset
 
 # cv2.imwrite's default JPEG quality, which OGM-GE's frame extraction uses.
 JPEG_QUALITY = 95
+# CREMA-D's video frames (VideoFlash/*.flv: flv1, 480x360, 30 fps) as (H, W), the size of the bench tree's JPEGs: the
+# per-sample loader's decoding and resizing cost grows with it.
+CREMAD_FRAME_SIZE = (360, 480)
 
 
 def _sync(device: torch.device) -> None:
@@ -295,39 +301,57 @@ def load_average() -> list[float] | None:
         return None
 
 
-def extract_jpeg_frames(raw: Path, video_dir: str = "VideoFlash", frames_dir: str = "Image-01-FPS",
-                        log: Callable[[str], None] = print) -> int:
-    """Write the first frame of every second of each ``raw/video_dir/*`` video to ``raw/frames_dir/<id>/`` as
-    ``{absolute frame index:05d}.jpg`` (OGM-GE ``video2frame_update``, docs/datasets/pitfalls.md); returns the clips
-    written.
+def _jpeg_size(folder: Path) -> tuple[int, int] | None:
+    """(H, W) of the first JPEG in ``folder``, None when it holds none."""
+    from PIL import Image
 
-    A clip whose folder exists already is skipped, so an interrupted extraction resumes.
+    first = min(folder.glob("*.jpg"), default=None)
+    if first is None:
+        return None
+    with Image.open(first) as image:
+        return image.height, image.width
+
+
+def extract_jpeg_frames(raw: Path, video_dir: str = "VideoFlash", frames_dir: str = "Image-01-FPS",
+                        size: tuple[int, int] = CREMAD_FRAME_SIZE, log: Callable[[str], None] = print) -> int:
+    """Write the first frame of every second of each ``raw/video_dir/*`` video, resized to ``size`` (H, W), to
+    ``raw/frames_dir/<id>/`` as ``{absolute frame index:05d}.jpg`` (OGM-GE ``video2frame_update``,
+    docs/datasets/pitfalls.md); returns the clips written.
+
+    A clip whose folder holds frames of ``size`` already is skipped, so an interrupted extraction resumes; a folder of
+    another size (a tree extracted before the frames were made CREMA-D's size) is extracted again, so that the figures
+    never silently come from smaller frames.
     """
     from PIL import Image
 
     from datasets.media.video import extract_frames
 
     videos = sorted(p for p in (raw / video_dir).iterdir() if p.is_file())
-    written = 0
+    written, replaced = 0, 0
     for video in videos:
         folder = raw / frames_dir / video.stem
-        if folder.is_dir():
+        if folder.is_dir() and _jpeg_size(folder) == tuple(size):
             continue
-        frames, info = extract_frames(video, None, 1)
+        frames, info = extract_frames(video, size, 1)
         partial = folder.with_name(folder.name + ".partial")
         partial.mkdir(parents=True, exist_ok=True)
         for k, frame in enumerate(frames):
             Image.fromarray(frame).save(partial / f"{k * info['fps']:05d}.jpg", quality=JPEG_QUALITY)
+        if folder.is_dir():
+            shutil.rmtree(folder)
+            replaced += 1
         partial.rename(folder)
         written += 1
-    log(f"extracted 1 fps JPEG frames of {written} clips into {raw / frames_dir}")
+    again = f" ({replaced} of them again: their frames were not {size[1]}x{size[0]})" if replaced else ""
+    log(f"extracted 1 fps {size[1]}x{size[0]} JPEG frames of {written} clips into {raw / frames_dir}{again}")
     return written
 
 
 def bench_tree(work: Path, *, preset: str = "small", recipe: str = "aug", workers: int = 0,
                log: Callable[[str], None] = print, **generate_params: Any) -> Path:
     """A prepared cache to benchmark, made once under ``work`` and reused: AV-Digits (``preset``) generated into
-    ``work/data``, JPEG frame folders extracted, prepared as ``cremad`` with ``recipe`` into ``work/cache``.
+    ``work/data``, JPEG frame folders extracted at CREMA-D's frame size, prepared as ``cremad`` with ``recipe`` into
+    ``work/cache`` (built again when frames were extracted again).
 
     Returns:
         The finished cache folder.
@@ -341,8 +365,9 @@ def bench_tree(work: Path, *, preset: str = "small", recipe: str = "aug", worker
     if not raw.is_dir():
         log(f"generating AV-Digits ({preset}) into {raw}")
         generate(work / "data", preset=preset, **({"workers": workers} if workers else {}), **generate_params)
-    extract_jpeg_frames(raw, log=log)
+    # A cache built before frames were (re)written is stale: prepare refuses one built from other media unless forced.
+    force = extract_jpeg_frames(raw, log=log) > 0
     opts = PrepareOptions(recipe=recipe, splits_dir=raw / "annotations", label_order="stat", visual="frames",
-                          workers=workers)
-    # prepare reuses a finished cache built from the same media and options.
+                          workers=workers, force=force)
+    # Otherwise prepare reuses a finished cache built from the same media and options.
     return prepare(get_dataset("cremad"), raw, work / "cache", opts, log=log)

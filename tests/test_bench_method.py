@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from collections import Counter
 from itertools import permutations
+from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from benchmarks import bench_data
 from benchmarks.bench import (
@@ -97,3 +99,31 @@ def test_the_step_table_shows_the_joint_time_each_ratio_divides_by():
     table = markdown_steps(rows, "caption").splitlines()
     assert table[2] == "| method | ms / step | joint ms / step, same rounds | × joint |"
     assert table[4:] == ["| Joint (`joint`) | 10.0 | 10.0 | 1.00 |", "| AUG (`aug`) | 30.0 | 12.0 | 2.50 |"]
+
+
+def jpeg_sizes(folder: Path) -> set[tuple[int, int]]:
+    """(W, H) of every JPEG in a clip folder."""
+    sizes = set()
+    for path in folder.glob("*.jpg"):
+        with Image.open(path) as image:
+            sizes.add(image.size)
+    return sizes
+
+
+def test_the_bench_tree_has_cremad_sized_frames_and_extracts_an_older_tree_again(tmp_path):
+    logged: list[str] = []
+    cache = bench_data.bench_tree(tmp_path, preset="tiny", recipe="ogm", log=logged.append)
+    clips = sorted((tmp_path / "data" / "AV-Digits" / "Image-01-FPS").iterdir())
+    assert {size for clip in clips for size in jpeg_sizes(clip)} == {(480, 360)}, "CREMA-D's video size"
+    # A clip extracted at AV-Digits' own 160x120, as before the frames were made CREMA-D's size.
+    for path in clips[0].glob("*.jpg"):
+        with Image.open(path) as image:
+            image.resize((160, 120)).save(path)
+    logged.clear()
+    assert bench_data.bench_tree(tmp_path, preset="tiny", recipe="ogm", log=logged.append) == cache
+    assert jpeg_sizes(clips[0]) == {(480, 360)}
+    assert "JPEG frames of 1 clips" in logged[0] and "1 of them again" in logged[0]
+    assert any(line.startswith(f"{cache}: built") for line in logged), "the cache of the old frames is rebuilt"
+    logged.clear()
+    bench_data.bench_tree(tmp_path, preset="tiny", recipe="ogm", log=logged.append)
+    assert "JPEG frames of 0 clips" in logged[0] and f"{cache}: up to date" in logged[-1]
