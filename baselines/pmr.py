@@ -28,7 +28,8 @@ official code falls back to z_m = z for its logging; evaluation here uses the sh
 
 Cost: a B x K distance matrix per modality per step, plus a no-grad pass over 10% of the training batches per epoch.
 
-BB (``balancemm/trainer/PMR_trainer.py``) uses alpha 0.6, mu 0.5 and modulation epochs 0-80, with the same rule.
+BB (``balancemm/trainer/PMR_trainer.py``) uses alpha 0.6, mu 0.5 and modulation epochs 0-80, with the same rule;
+it smooths the prototypes one epoch earlier (``ema_from: 0``).
 
 Backbone (``backbone`` knob; variant ``official_compat``): the official ``models/basic_model.py`` ``AVClassifier``
 builds ``models/backbone.py`` ``resnet18`` with its default ``compress=True``, which inserts a bottleneck between
@@ -148,6 +149,10 @@ class PMR(FusionMethod):
                per_dataset={"cremad": 2.0}),
         HParam("mu", 0.2, "Prototype EMA coefficient on the old prototypes (official --momentum_coef 0.2; CREMA-D "
                           "bash.sh 0.0; BB 0.5).", per_dataset={"cremad": 0.0}),
+        HParam("ema_from", 1, "First epoch after which the new prototypes are smoothed with the old: 1 = official "
+                              "(calculate_prototype(epoch) after epoch e, smoothing for e > 0); 0 = BB, whose "
+                              "PMR_trainer computes them at epoch e's start, smoothing for e > 0, so the prototypes "
+                              "after epoch 0 already blend with the untrained model's.", low=0),
         HParam("mod_start", 0, "First epoch with the prototypical term, inclusive (official --modulation_starts 0)."),
         HParam("mod_end", 100, "Last epoch with the prototypical term, inclusive (official default 100; CREMA-D "
                                "bash.sh 70; BB 80).", per_dataset={"cremad": 70}),
@@ -210,7 +215,7 @@ class PMR(FusionMethod):
             self.update_prototypes(loaders.train, ema=False)
 
     def on_epoch_end(self, epoch: int, loaders: Loaders) -> dict[str, float]:
-        self.update_prototypes(loaders.train, ema=epoch >= 1)
+        self.update_prototypes(loaders.train, ema=epoch >= self.hp.ema_from)
         return {}
 
     def update(self, batch: Batch, step: StepInfo) -> dict[str, float]:

@@ -412,6 +412,21 @@ def test_pmr_prototypes_use_the_first_tenth_of_batches_then_ema(tiny_bundle):
     assert bool(clone.prototypes_ready)
 
 
+def test_pmr_bb_smooths_the_prototypes_after_epoch_0_already(tiny_bundle):
+    pmr = build("pmr", tiny_bundle, mu=0.5, ema_from=0)
+    pmr.model.features = lambda x: dict(x)
+    d = pmr.prototypes("audio").shape[1]
+
+    def loaders(value):
+        feats = value * torch.ones(4, d)
+        return Loaders(train=[{"audio": feats, "visual": -feats, "label": torch.tensor([0, 1, 2, 3])}])
+
+    pmr.on_epoch_start(0, loaders(1.0))  # the untrained model's prototypes: 1
+    pmr.on_epoch_end(0, loaders(10.0))
+    # BB's prototypes for epoch 1 = 0.5 * 10 + 0.5 * 1 (the official code keeps 10 until after epoch 1).
+    close(pmr.prototypes("audio"), torch.full((4, d), 5.5))
+
+
 def test_pmr_prototypes_logits_and_loss_stay_float64_in_float64_runs(tiny_bundle):
     with float64_default():
         pmr = build("pmr", tiny_bundle)
