@@ -31,7 +31,9 @@ MODEL_HPARAMS = (
     HParam("mlp_hidden", 256, "Hidden width of the MLP encoder for vector/sequence features [project]."),
     HParam("feature_dim", 512, "Output width of MLP/sequence encoders, matching ResNet-18's 512 [project]."),
     HParam("init", "ogm", "Weight init: 'ogm' = OGM-GE utils.weight_init (Kaiming conv, Xavier linear, BN 1/0), "
-                          "used by OGM-GE/AUG/LFM; 'torch' = PyTorch defaults.", choices=("ogm", "torch")),
+                          "used by OGM-GE/AUG/LFM; 'bb' = BalanceBenchmark's resnet_arch (Kaiming conv, BN weight "
+                          "N(1, 0.02) and bias 0, linears left at PyTorch's default); 'torch' = PyTorch defaults.",
+           choices=("ogm", "bb", "torch")),
     HParam("channels_last", False, "Run conv trunks in channels_last memory format (faster on recent GPUs)."),
     HParam("image_encoder", "resnet18", "Encoder of 'frames' modalities with T = 1 (images): 'resnet18' = the shared "
                                         "trunk above; 'resnet50' = torchvision ResNet-50 (AUG paper for Twitter and "
@@ -217,6 +219,16 @@ def weight_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def bb_weight_init(module: nn.Module) -> None:
+    """BalanceBenchmark's ``resnet_arch.ResNet.__init__`` (4909c17): Kaiming-normal convs, BN weight N(1, 0.02) and
+    bias 0; its fusion and unimodal heads are plain ``nn.Linear`` with PyTorch's default init."""
+    if isinstance(module, nn.Conv2d):
+        nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, mean=1.0, std=0.02)
+        nn.init.zeros_(module.bias)
+
+
 def apply_unless_kept(module: nn.Module, fn) -> None:
     """``module.apply(fn)`` (same post-order, so the same random draws) minus every subtree whose root sets
     ``keeps_weights = True``: pretrained bodies (BERT, ImageNet ResNet-50) keep their weights."""
@@ -230,6 +242,8 @@ def apply_unless_kept(module: nn.Module, fn) -> None:
 def init_model(model: nn.Module, model_hp) -> None:
     if model_hp.init == "ogm":
         apply_unless_kept(model, weight_init)
+    elif model_hp.init == "bb":
+        apply_unless_kept(model, bb_weight_init)
 
 
 def compile_encoders(model: nn.Module, mode: str = "default") -> list[str]:

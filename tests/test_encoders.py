@@ -184,3 +184,18 @@ def test_stem_max_pool_equals_max_pool2d_in_evaluation_and_training(shape, dtype
     nn.functional.max_pool2d(ref, 3, 2, 1).backward(torch.ones_like(expected))
     out.backward(torch.ones_like(expected))
     assert torch.equal(out.detach(), expected) and torch.equal(ours.grad, ref.grad)
+
+
+def test_bb_init_draws_bn_weights_around_one_and_leaves_linears_at_the_torch_default():
+    torch.manual_seed(0)
+    trunk = nn.Sequential(nn.Conv2d(3, 64, 3), nn.BatchNorm2d(64), nn.Linear(64, 6))
+    default_linear = nn.Linear(64, 6)
+    init_model(trunk, model_hp(init="bb"))
+    bn, linear = trunk[1], trunk[2]
+    # BalanceBenchmark's resnet_arch: BN weight ~ N(1, 0.02), bias 0 (a draw, not OGM-GE's constant 1).
+    assert bool((bn.weight != 1).any()) and abs(bn.weight.mean().item() - 1) < 0.01
+    assert 0.01 < bn.weight.std().item() < 0.03 and torch.count_nonzero(bn.bias) == 0
+    # nn.Linear's default: uniform in +-1/sqrt(fan_in), biases included (OGM-GE's init zeroes them).
+    bound = 1 / 64 ** 0.5
+    assert torch.count_nonzero(linear.bias) == 6 and linear.weight.abs().max().item() <= bound
+    assert linear.weight.std().item() == pytest.approx(default_linear.weight.std().item(), rel=0.2)
