@@ -35,8 +35,9 @@ and an epoch-level learned sampler). Official behaviour kept as a variant, ``off
 ``measure_mode: train`` runs the measuring pass with BatchNorm in training mode (batch statistics, and the running
 statistics updated) and in training-size batches, as the scripts do (``net.train()`` in the measurer, which reads the
 training rows in order with ``batch_size=args.batch_size``); the default measures in eval mode (evaluation batches).
+The scripts drop each epoch's last partial batch, as ``train.drop_last: true`` does (the CREMA-D recipe sets it).
 Deviations: the measuring pass serves evaluation transforms (the scripts read the training dataset with its random
-augmentation); the runner keeps the last partial batch (the scripts use ``drop_last=True``); the Twitter SPL script
+augmentation); the Twitter SPL script
 scores s = sim - l, the opposite sign of every other script, and is not followed; NVGesture's SPL script omits the
 +0.01 (``weight_floor`` knob). Randomness (the permutation) is seeded from (run seed, epoch), so a resumed run draws
 the same sequence; the heuristic order is part of the checkpoint.

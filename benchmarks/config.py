@@ -47,6 +47,9 @@ TRAIN_HPARAMS = (
     HParam("compile", False, "torch.compile every modality encoder in place (baselines.networks.compile_encoders; "
                              "parameter names and checkpoints unchanged). Off: compiling costs minutes, which pays "
                              "off only on long GPU runs [project]."),
+    HParam("drop_last", False, "Drop each epoch's last partial training batch (evaluation never drops): the AUG, "
+                               "OGM-GE and PMR loaders keep it; BalanceBenchmark's global_config and the BSS, ARL "
+                               "and DGL scripts drop it (DataLoader drop_last=True)."),
     HParam("max_steps_per_epoch", 0, "Cap on training batches per epoch (0 = the whole split); for smoke runs."),
     HParam("checkpoint_every", 1, "Write a resumable checkpoint every N epochs (the last epoch always)."),
 )

@@ -230,7 +230,8 @@ def make_loaders(cfg: RunConfig, bundle: DataBundle, device: torch.device, rank:
     if bs % world_size:
         raise ValueError(f"train.batch_size={bs} is the global batch and must be divisible by the {world_size} "
                          "data-parallel processes")
-    train = bundle.loader("train", batch_size=bs // world_size, train=True, seed=seed, device=device)
+    train = bundle.loader("train", batch_size=bs // world_size, train=True, seed=seed, device=device,
+                          drop_last=cfg.train.drop_last)
     if world_size > 1:
         train.set_shard(rank, world_size)
     val = bundle.loader("val", batch_size=ebs, train=False, seed=seed, device=device) \

@@ -229,3 +229,21 @@ def test_a_run_whose_training_loss_turns_nan_stops_unrecorded(tmp_path, monkeypa
     assert [json.loads(line)["epoch"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [0]
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["epoch"] == 0
     assert not (tmp_path / "run" / "DONE").exists()
+
+
+@pytest.mark.parametrize("drop_last, steps", [(False, 3), (True, 2)])
+def test_train_drop_last_drops_each_epochs_partial_batch(tmp_path, monkeypatch, drop_last, steps):
+    joint = get_method("joint")
+    real, sizes = joint.update, []
+
+    def update(self, batch, step):
+        sizes.append(len(batch["label"]))
+        return real(self, batch, step)
+
+    monkeypatch.setattr(joint, "update", update)
+    overrides = merge_overrides(tiny_overrides(), {"data": {"n_train": 40}, "train": {"epochs": 1,
+                                                                                   "drop_last": drop_last}})
+    summary = train_run(build_config("joint", "synthetic", overrides), tmp_path / "run", log=lambda *_: None)
+    # 40 rows in batches of 16: 16, 16 and a partial 8, which drop_last leaves out; evaluation still sees every row.
+    assert sizes == [16, 16, 8][:steps]
+    assert summary["protocols"]["last"]["test"]["acc"] is not None
