@@ -225,11 +225,6 @@ def markdown_data(rows: list[dict[str, Any]], caption: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-# The CPU training view's fused stage: it reads the frames itself, so the "frame gather" before it only looks up the
-# frame array (datasets/augment.py AVAugment.visual).
-FUSED_CROP = "crop/resize+flip+conversion+normalisation"
-
-
 def timed_ms_per_sample(row: dict[str, Any]) -> float:
     """The cache loader's ms per sample in the data benchmark's timed rounds, on the profile's clock (CPU time on a
     CPU, wall time on CUDA), so that it can stand beside the profile's total."""
@@ -241,8 +236,6 @@ def _profile_table(rows: list[dict[str, Any]]) -> list[str]:
     """The serving profile's caption and table, the timed rounds' ms per sample beside the profile's total."""
     found = dict.fromkeys(k for r in rows for k in r["profile_ms_per_sample"])
     stages = [k for k in found if k != "total"] + ["total"]
-    fused = FUSED_CROP in found
-    labels = {"total": "profile total", **({"frame gather": "frame gather (array lookup only)"} if fused else {})}
     passes, batches = (rows[0]["rounds"], rows[0]["batches"]) if rows else (0, 0)
     caption = (f"Serving profile, ms per sample ({passes} extra passes of the cache loader after the timed rounds, "
                f"as many as there were rounds, each of {batches} batches with every stage timed; the median per "
@@ -251,11 +244,7 @@ def _profile_table(rows: list[dict[str, Any]]) -> list[str]:
                "remainders of a pass's own time, so the stages add up to the profile's total (up to the medians), "
                "not to the timed rounds' figure; `timed ms / sample` is the timed rounds' (1000 / the cache loader's "
                "samples/s above, on the same clock as the profile).")
-    if fused:
-        caption += (f" In the training view's fused `{FUSED_CROP}` stage the frames are read inside that stage: "
-                    "`frame gather` there only looks up the frame array, so its near-zero figure is not the cost "
-                    "of reading the frames.")
-    header = [labels.get(k, k) for k in stages] + ["timed ms / sample"]
+    header = [{"total": "profile total"}.get(k, k) for k in stages] + ["timed ms / sample"]
     lines = [caption, "", "| view | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
     for r in rows:
         view = "train" if r["train"] else "test"

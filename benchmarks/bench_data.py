@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -358,16 +359,20 @@ def bench_tree(work: Path, *, preset: str = "small", recipe: str = "aug", worker
     """
     from datasets.av_digits import ROOT_NAME, generate
     from datasets.prepare import prepare
-    from datasets.tables import PrepareOptions
+    from datasets.tables import PrepareOptions, StaleCacheError
 
     work = Path(work)
     raw = work / "data" / ROOT_NAME
     if not raw.is_dir():
         log(f"generating AV-Digits ({preset}) into {raw}")
         generate(work / "data", preset=preset, **({"workers": workers} if workers else {}), **generate_params)
-    # A cache built before frames were (re)written is stale: prepare refuses one built from other media unless forced.
-    force = extract_jpeg_frames(raw, log=log) > 0
+    extract_jpeg_frames(raw, log=log)
     opts = PrepareOptions(recipe=recipe, splits_dir=raw / "annotations", label_order="stat", visual="frames",
-                          workers=workers, force=force)
-    # Otherwise prepare reuses a finished cache built from the same media and options.
-    return prepare(get_dataset("cremad"), raw, work / "cache", opts, log=log)
+                          workers=workers)
+    # prepare reuses a finished cache built from the same media and options. One built from frames since rewritten
+    # (in this run or in one that stopped before preparing) is refused; the bench owns this tree, so it rebuilds it.
+    try:
+        return prepare(get_dataset("cremad"), raw, work / "cache", opts, log=log)
+    except StaleCacheError as err:
+        log(f"rebuilding the bench cache: {err}")
+        return prepare(get_dataset("cremad"), raw, work / "cache", replace(opts, force=True), log=log)

@@ -838,9 +838,10 @@ class AVAugment:
             boxes = crop_boxes(b * t, height, width, generator)
             flip = torch.rand(b * t, generator=generator) < FLIP_PROB
             if self.resample == "pil" and self._crops_on_cpu(device):
-                with self._stage("frame gather", device):
+                # The fused kernel reads the frames itself: this stage only looks the array up.
+                with self._stage("frame array lookup", device):
                     frames = self.arrays.source("frames", device)
-                with self._stage("crop/resize+flip+conversion+normalisation", device):
+                with self._stage("frame read+crop/resize+flip+conversion+normalisation", device):
                     return resized_crop_pil_normalized(frames, torch.from_numpy(index), boxes, clips, flip=flip)
             if self.resample == "pil":
                 crops = self._train_pil(index, boxes, flip, device)

@@ -55,7 +55,7 @@ from datasets.media import MediaError, is_lfs_pointer, lfs_error
 from datasets.prepared import PreparedDataset, Record
 from datasets.sources import FetchedFile, fetch_split_files
 from datasets.splits import DUPLICATE_POLICIES
-from datasets.tables import Dropped, PrepareError, PrepareOptions, SplitTables
+from datasets.tables import Dropped, PrepareError, PrepareOptions, SplitTables, StaleCacheError
 
 # Counts every build has; the summary line also names a dataset's own counts (short audio, few-frame clips).
 GENERIC_COUNTS = ("total", "rows_read", "splits")
@@ -279,7 +279,7 @@ def prepare(dataset: type[PreparedDataset], raw: Path | str, out: Path | str | N
     if (final / "DONE").is_file():
         manifest = read_manifest(final)
         if manifest["raw_fingerprint"] != fingerprint:
-            raise PrepareError(f"{final} was built from different raw media (files changed since, or the cache "
+            raise StaleCacheError(f"{final} was built from different raw media (files changed since, or the cache "
                                f"predates fingerprinting the files inside frame folders); pass --force to rebuild it")
         log(f"{final}: up to date ({manifest_summary(manifest)})")
         return final

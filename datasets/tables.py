@@ -20,6 +20,10 @@ class PrepareError(InputError, RuntimeError):
     """``prepare`` cannot produce a valid cache; the message names the bad rows/files and what to do."""
 
 
+class StaleCacheError(PrepareError):
+    """A finished cache of the same options was built from raw media that have changed since."""
+
+
 class RowError(ValueError):
     """A split row that cannot become a sample (e.g. an unknown label); ``kind`` is the drop reason category."""
 
