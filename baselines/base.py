@@ -194,8 +194,9 @@ class Method(nn.Module):
         HPARAMS: the method's knobs, declared once with their sources.
         VARIANTS: named presets, e.g. ``{"official_compat": {...}}``; adds a ``variant`` knob ("paper" default).
         MODALITIES: the numbers of modalities the method supports.
-        HELD_OUT_KEY: the knob naming the split (``val``/``test``) the method's hooks read besides train, if any;
-            the runner refuses a run whose data does not serve that split before training starts.
+        HELD_OUT_KEY: the knob naming the split (``val``/``test``) the method's hooks read besides train, if any
+            (another value of it, e.g. UMT's ``final``, reads none); the runner refuses a run whose data does not
+            serve that split before training starts.
         DATA_PARALLEL: required, one of ``DATA_PARALLEL_LEVELS``, with a comment saying why. ``"exact"``: W ranks
             with B/W samples each take the single-process steps and decisions on the global batch B (up to
             BatchNorm batch statistics, see ``core.distributed``); ``"approximate"``: something in its step

@@ -20,10 +20,14 @@ Cost: M extra trainings of ``teacher_epochs`` epochs before epoch 0, and M teach
 
 ``umt.teacher_mode``: ``eval`` (default; frozen teachers use their running BN statistics) or ``train`` (preset
 ``bb_compat``: BalanceBenchmark never switches its loaded teachers to eval mode, so their BN layers use batch
-statistics under no_grad).
+statistics under no_grad). ``umt.teacher_select``: ``final`` (default) distils the teachers' last weights; ``val`` or
+``test`` (preset ``bb_compat``: ``test``) those of each teacher's epoch with the best accuracy on that split, as BB
+loads its unimodal runs' best-"validation" checkpoints (its test split on CREMA-D and KS).
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +44,20 @@ def umt_loss(z: torch.Tensor, labels: torch.Tensor, h: dict[str, torch.Tensor], 
              scale: float) -> torch.Tensor:
     """CE(z, y) + s sum_m MSE(h_teacher_m, h_m) (element-mean MSE)."""
     return F.cross_entropy(z, labels) + scale * sum(F.mse_loss(h[m], h_teacher[m]) for m in h_teacher)
+
+
+@torch.no_grad()
+def teacher_accuracy(teacher: "Teacher", loader: BatchLoader, modality: str, ctx: TrainContext) -> float:
+    """The teacher's accuracy over ``loader`` in eval mode; it is left in train mode, as it trains on."""
+    teacher.eval()
+    correct = total = 0
+    for batch in loader:
+        with ctx.autocast():
+            _, logits = teacher(batch[modality])
+        correct += int((logits.argmax(1) == batch["label"]).sum())
+        total += len(batch["label"])
+    teacher.train()
+    return correct / max(total, 1)
 
 
 class Teacher(nn.Module):
@@ -66,7 +84,7 @@ class UMT(FusionMethod):
     CODE = ('BalanceBenchmark (GitHub GeWu-Lab/BalanceBenchmark @4909c17), balancemm/trainer/UMT_trainer.py, '
             'UMTTrainer.training_step')
     HEAD = "concat"
-    VARIANTS = {"bb_compat": {"teacher_mode": "train"}}
+    VARIANTS = {"bb_compat": {"teacher_mode": "train", "teacher_select": "test"}}
     HPARAMS = (
         HParam("scale", 10.0, "s on the feature-distillation MSE (BB trainer_config UMT scaling 10; sweep 0.1, 1, "
                               "10, 50)."),
@@ -75,7 +93,13 @@ class UMT(FusionMethod):
         HParam("teacher_mode", "eval", "Mode of the frozen teachers during distillation: 'eval' (frozen, running BN "
                                        "statistics) or 'train' (BB leaves them in train mode).",
                choices=("eval", "train")),
+        HParam("teacher_select", "final", "Teacher weights distilled: 'final' = after the teacher's last epoch; "
+                                          "'val'/'test' = its epoch with the best accuracy on that split, the first "
+                                          "of equals (BB loads its unimodal run's checkpoint, saved at each new best "
+                                          "'validation' accuracy, which is the test split on CREMA-D and KS).",
+               choices=("final", "val", "test")),
     )
+    HELD_OUT_KEY = "teacher_select"
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)
@@ -85,12 +109,16 @@ class UMT(FusionMethod):
         self.register_buffer("teachers_ready", torch.tensor(False, device=ctx.device))
         self._teacher_diag: dict[str, float] = {}
 
-    def train_teachers(self, loader: BatchLoader) -> dict[str, float]:
-        """Step 1: train every teacher alone with CE; returns each teacher's last-epoch mean loss."""
+    def train_teachers(self, loaders: Loaders) -> dict[str, float]:
+        """Step 1: train every teacher alone with CE, keeping its final or best held-out weights
+        (``teacher_select``); returns each teacher's last-epoch mean loss (and the epoch kept)."""
         hp = self.ctx.train_hp
         epochs = self.hp.teacher_epochs or self.ctx.epochs
+        loader = loaders.train
+        held_out = self.held_out_loader(loaders) if self.hp.teacher_select != "final" else None
         out = {}
         for m, teacher in self.teachers.items():
+            best = (-1.0, -1, None)  # accuracy, epoch, weights
             opt = self.teacher_optimizers[m]
             own = loader.derived(train=True, seed=seed_for(loader.seed, "umt_teacher", m))
             steps = min(hp.max_steps_per_epoch, len(own)) if hp.max_steps_per_epoch else len(own)
@@ -112,13 +140,20 @@ class UMT(FusionMethod):
                     opt.step()
                     total += loss.item()
                 out[f"umt_teacher_loss_{m}"] = total / max(steps, 1)
+                if held_out is not None:
+                    acc = teacher_accuracy(teacher, held_out, m, self.ctx)
+                    if acc > best[0]:
+                        best = (acc, epoch, copy.deepcopy(teacher.state_dict()))
+            if held_out is not None:
+                teacher.load_state_dict(best[2])
+                out[f"umt_teacher_epoch_{m}"] = float(best[1])
         self.ctx.set_lr_factor(self.ctx.lr_factor)
         self.teachers_ready.fill_(True)
         return out
 
     def on_epoch_start(self, epoch: int, loaders: Loaders) -> None:
         if not bool(self.teachers_ready):
-            self._teacher_diag = self.train_teachers(loaders.train)
+            self._teacher_diag = self.train_teachers(loaders)
 
     def on_epoch_end(self, epoch: int, loaders: Loaders) -> dict[str, float]:
         diag, self._teacher_diag = self._teacher_diag, {}

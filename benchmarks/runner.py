@@ -214,7 +214,7 @@ def check_held_out_split(cfg: RunConfig, bundle: DataBundle) -> None:
     """
     key = get_method(cfg.method).HELD_OUT_KEY
     split = cfg.method_hp[key] if key else None
-    if split and not len(bundle.splits.get(split, ())):
+    if split in ("val", "test") and not len(bundle.splits.get(split, ())):
         why = ("data.train_split=full trains on the validation rows" if cfg.data.get("train_split") == "full" else
                "the data has none")
         raise UsageError(f"{cfg.method}.{key}={split!r}, but {cfg.dataset} serves no {split!r} split here ({why}); "

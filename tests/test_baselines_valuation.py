@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from baselines import umt
 from baselines.amco import class_mask, dependence_flags, mask_ratio
 from baselines.base import Loaders, StepInfo
 from baselines.dimml import certainty_fusion, duc_loss, effective_dims
@@ -416,6 +417,42 @@ def test_umt_trains_teachers_once_and_freezes_them(tiny_bundle):
     method.update(first_batch(tiny_bundle), StepInfo(0, 0, 1, 2))
     assert all(torch.equal(a, b) for a, b in zip(trained, method.teachers.parameters()))
     assert all(g["lr"] == g["initial_lr"] for opt in method.ctx.optimizers for g in opt.param_groups)
+
+
+def test_umt_bb_compat_distils_each_teachers_best_test_epoch(tiny_bundle, monkeypatch):
+    method = build("umt", tiny_bundle, teacher_epochs=3, variant="bb_compat")
+    assert method.hp.teacher_select == "test"
+    loaders = loaders_for(tiny_bundle)
+    scores = {"audio": iter([0.5, 0.75, 0.75]), "visual": iter([0.25, 0.25, 0.5])}
+    kept = {}
+
+    def accuracy(teacher, loader, modality, ctx):
+        assert loader is loaders.test
+        kept.setdefault(modality, []).append({k: v.clone() for k, v in teacher.state_dict().items()})
+        return next(scores[modality])
+
+    monkeypatch.setattr(umt, "teacher_accuracy", accuracy)
+    method.on_epoch_start(0, loaders)
+    # Audio peaks at epoch 1 (the tie at epoch 2 keeps the first), visual at its last epoch 2.
+    diag = method.on_epoch_end(0, loaders)
+    assert diag["umt_teacher_epoch_audio"] == 1.0 and diag["umt_teacher_epoch_visual"] == 2.0
+    for m, epoch in (("audio", 1), ("visual", 2)):
+        for k, v in method.teachers[m].state_dict().items():
+            assert torch.equal(v, kept[m][epoch][k]), (m, k)
+    assert any(not torch.equal(v, kept["audio"][2][k]) for k, v in method.teachers["audio"].state_dict().items())
+
+
+def test_umt_teacher_accuracy_scores_the_teacher_in_eval_mode_and_trains_it_on(tiny_bundle):
+    method = build("umt", tiny_bundle)
+    teacher = method.teachers["audio"]
+    teacher.train()
+    batches = list(loaders_for(tiny_bundle).test)
+    with torch.no_grad():
+        teacher.eval()
+        want = sum(int((teacher(b["audio"])[1].argmax(1) == b["label"]).sum()) for b in batches)
+        teacher.train()
+    n = sum(len(b["label"]) for b in batches)
+    assert umt.teacher_accuracy(teacher, batches, "audio", method.ctx) == want / n and teacher.training
 
 
 # --- MBSD -------------------------------------------------------------------------------------------------------------
