@@ -188,6 +188,17 @@ def _first_existing(raw: Path, folder: str, names: Sequence[str], suffixes: Sequ
     return None
 
 
+def min_frames_stale(policies: Mapping[str, Any], wanted: int) -> bool:
+    """Whether a cache's recorded ``min_frames`` came from its recipe and differs from the recipe's ``wanted`` now
+    (the recipe changed since); a value chosen with ``--min-frames`` is kept."""
+    recorded, source = policies.get("min_frames", 1), policies.get("min_frames_from")
+    if source is None:
+        # Manifests from before min_frames_from: the default was 1 frame until recipes set their own minimum, so a
+        # recorded 1 below the recipe's is taken as that old default; another value was chosen with --min-frames.
+        return recorded == 1 < wanted
+    return source == "recipe" and recorded != wanted
+
+
 class AVCacheDataset(PreparedDataset):
     """Base of the cache-backed audio-visual datasets; see the module docstring.
 
@@ -236,7 +247,8 @@ class AVCacheDataset(PreparedDataset):
         return HParams(f"{cls.NAME} prepare", {
             "audio": pipeline.params(), "layout": dataclasses.asdict(layout), "visual": visual,
             "frame_size": [int(x) for x in (opts.frame_size or cls.FRAME_SIZE)],
-            "per_second": opts.frames_per_second, "min_frames": min_frames, "segment": segment})
+            "per_second": opts.frames_per_second, "min_frames": min_frames,
+            "min_frames_from": "recipe" if opts.min_frames is None else "--min-frames", "segment": segment})
 
     @classmethod
     def locate(cls, raw: Path, sample: Sample, settings: HParams) -> tuple[dict[str, str], dict[str, Any]]:
@@ -319,7 +331,8 @@ class AVCacheDataset(PreparedDataset):
                        "frame_order": "natural numeric sort of frame file names (folders); decode order (videos)",
                        "second_boundaries": "int(average frame rate) decoded frames, as OGM-GE's int(CAP_PROP_FPS)"},
             "layout": settings.layout,
-            "policies": {"min_frames": settings.min_frames, "segment": SEGMENTS[settings.segment],
+            "policies": {"min_frames": settings.min_frames, "min_frames_from": settings.min_frames_from,
+                         "segment": SEGMENTS[settings.segment],
                          "short_audio": short_audio,
                          "frame_resize": f"every frame is resized to frame_size {list(settings.frame_size)} (H, W); "
                                          f"other_aspect_clips counts the clips whose source aspect ratio differs by "
@@ -339,17 +352,17 @@ class AVCacheDataset(PreparedDataset):
     # --- serving -----------------------------------------------------------------------------------------------------
     @classmethod
     def check_recipe_current(cls, cache: Cache) -> None:
-        """Refuse a cache built before its recipe stored event segments or a minimum frame count (its manifest's
-        policies have no ``segment``) when the recipe now asks for them: it holds other samples or other media than
-        ``augbench prepare`` builds for that recipe today."""
+        """Refuse a cache built before its recipe stored event segments (its manifest's policies have no
+        ``segment``) or its recipe's current minimum frame count (``min_frames_stale``): it holds other samples or
+        other media than ``augbench prepare`` builds for that recipe today."""
         policies, recipe = cache.manifest.get("policies", {}), cls.RECIPES.get(cache.manifest.get("recipe"))
-        if recipe is None or "segment" in policies:
+        if recipe is None:
             return
         segment, min_frames = recipe.settings.get("segment", "whole"), recipe.settings.get("min_frames", 1)
-        # The old default was 1 frame: another recorded value was chosen with --min-frames and is kept.
-        if segment != "whole" or policies.get("min_frames", 1) == 1 < min_frames:
-            raise CacheError(f"{cache.path}: built before recipe {cache.manifest['recipe']!r} stored "
-                             f"{'event segments' if segment != 'whole' else f'only clips of >= {min_frames} frames'}; "
+        old_segments = segment != "whole" and "segment" not in policies
+        if old_segments or min_frames_stale(policies, min_frames):
+            stored = "event segments" if old_segments else f"only clips of >= {min_frames} frames"
+            raise CacheError(f"{cache.path}: built before recipe {cache.manifest['recipe']!r} stored {stored}; "
                              f"build the recipe's cache again with augbench prepare (it goes to a new folder beside "
                              f"this one; set data.cache to it) and remove this one")
 

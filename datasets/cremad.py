@@ -43,8 +43,11 @@ RECIPES = {
                   "512/353, log -> 257x1250", {"audio": "aug_stft20s"}),
     "pmr": Recipe("PMR CREMA-D audio: 16 kHz, 10 s, scipy spectrogram, log, z-score -> 257x1004",
                   {"audio": "pmr_spec10s"}),
-    "fbank": Recipe("MMPareto/Diagnosing/BalanceBenchmark: Kaldi fbank 1024x128 (needs the [audio] extra)",
-                    {"audio": "kaldi_fbank1024"}),
+    # min_frames 2: BalanceBenchmark's cremad_dataset.py keeps a clip only with len(os.listdir(frames)) >= fps (2),
+    # and the 2-frame training draws of MMPareto's and Diagnosing's av_dataset.py (random.randint(i*seg + 1, i*seg +
+    # seg), seg = 0) fail on a 1-frame folder, so none of these loaders trains on a 1-frame clip.
+    "fbank": Recipe("MMPareto/Diagnosing/BalanceBenchmark: Kaldi fbank 1024x128 (needs the [audio] extra); clips "
+                    "with at least 2 frames", {"audio": "kaldi_fbank1024", "min_frames": 2}),
 }
 
 

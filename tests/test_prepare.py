@@ -22,7 +22,7 @@ from core.hparams import resolve
 from datasets.audio_visual import audio_pipeline
 from datasets.ave import AVE
 from datasets.base import stratified_holdout
-from datasets.cache import CacheError, open_cache
+from datasets.cache import Cache, CacheError, open_cache
 from datasets.cremad import CremaD
 from datasets.kinetics_sounds import KineticsSounds
 from datasets.media.audio import MissingExtraError, features_from_file
@@ -650,13 +650,16 @@ def test_ave_audio_dir_takes_the_extracted_wavs(tmp_path):
     assert media["audio"] == f"Audios/{clip}.wav" and extra == {"segment": (0, 10)}
 
 
-@pytest.mark.parametrize("dataset, recipe", [(KineticsSounds, "aug"), (KineticsSounds, "fbank"), (VGGSound, "ogm")])
-def test_ks_and_vggsound_recipes_keep_clips_of_more_than_3_frames_as_their_loaders(dataset, recipe, tmp_path,
-                                                                                  monkeypatch):
-    # AMSS MyDataset.py / BalanceBenchmark KS_dataset.py / OGM-GE VGGSoundDataset.py: len(os.listdir(frames)) > 3
+@pytest.mark.parametrize("dataset, recipe, least", [(KineticsSounds, "aug", 4), (KineticsSounds, "fbank", 4),
+                                                    (VGGSound, "ogm", 4), (CremaD, "fbank", 2), (CremaD, "ogm", 1)])
+def test_recipes_keep_the_clips_their_loaders_keep(dataset, recipe, least, tmp_path, monkeypatch):
+    # AMSS MyDataset.py / BalanceBenchmark KS_dataset.py / OGM-GE VGGSoundDataset.py: len(os.listdir(frames)) > 3;
+    # BalanceBenchmark cremad_dataset.py: len(os.listdir(frames)) >= fps, fps 2 in its dataset_config.yaml.
     monkeypatch.setattr(av, "require_backend", lambda pipeline: None)  # fbank's torchaudio is not needed to resolve
     settings = dataset.resolve_settings(recipe, {}, PrepareOptions(visual="video"), tmp_path)
-    assert settings.min_frames == 4
+    assert settings.min_frames == least and settings.min_frames_from == "recipe"
+    chosen = dataset.resolve_settings(recipe, {}, PrepareOptions(visual="video", min_frames=1), tmp_path)
+    assert chosen.min_frames == 1 and chosen.min_frames_from == "--min-frames"
 
 
 def test_a_cache_built_before_its_recipe_stored_event_segments_is_refused_at_training(tmp_path):
@@ -687,10 +690,35 @@ def test_an_old_cache_built_with_an_explicit_min_frames_is_kept(tmp_path):
                           shard_size=64)
     path = prepare(KineticsSounds, tree.root, tmp_path / "cache", opts, log=quiet)
     manifest = json.loads((path / "manifest.json").read_text())
-    del manifest["policies"]["segment"]
+    del manifest["policies"]["segment"], manifest["policies"]["min_frames_from"]
     (path / "manifest.json").write_text(json.dumps(manifest))
     KineticsSounds.check_recipe_current(open_cache(path))
     manifest["policies"]["min_frames"] = 1
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CacheError, match="only clips of >= 4 frames"):
         KineticsSounds.check_recipe_current(open_cache(path))
+
+
+def relabelled(path: Path, recipe: str, **policies) -> Cache:
+    """The cache at ``path`` with its manifest's recipe and policies rewritten (a policy set to None is removed)."""
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["recipe"] = recipe
+    manifest["policies"].update(policies)
+    manifest["policies"] = {k: v for k, v in manifest["policies"].items() if v is not None}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    return open_cache(path)
+
+
+def test_a_cremad_fbank_cache_kept_by_the_old_1_frame_default_is_refused_at_training(tree, tmp_path):
+    # fbank needs torchaudio, so an ogm cache stands in for it; only the manifest's recipe and policies are read.
+    path = prepare(CremaD, tree.root, tmp_path / "cache", options(tree), log=quiet)
+    policies = open_cache(path).manifest["policies"]
+    assert (policies["min_frames"], policies["min_frames_from"]) == (1, "recipe")
+    CremaD.check_recipe_current(open_cache(path))
+    stale = "built before recipe 'fbank' stored only clips of >= 2 frames; build the recipe's cache"
+    with pytest.raises(CacheError, match=stale):
+        CremaD.check_recipe_current(relabelled(path, "fbank"))
+    with pytest.raises(CacheError, match=stale):  # a manifest from before min_frames_from, segment already recorded
+        CremaD.check_recipe_current(relabelled(path, "fbank", min_frames_from=None))
+    CremaD.check_recipe_current(relabelled(path, "fbank", min_frames=1, min_frames_from="--min-frames"))
+    CremaD.check_recipe_current(relabelled(path, "fbank", min_frames=2, min_frames_from="recipe"))
