@@ -51,10 +51,10 @@ the gather fills stay on the host (``core.data.BatchLoader``), so choosing frame
 
 Frame rules (``frame_offsets``): ``segments`` splits a clip's n frames into T segments of ``seg = n // T`` frames
 (the last ``n % T`` frames are never read) and takes a uniformly random frame of each (train) or frame
-``i * seg + seg // 2`` (test), as BalanceBenchmark's CREMA-D loader does; ``segments_ks`` is the Kinetics-Sounds
-loaders' variant of it, written for 1-based frame files (test frame ``i * seg + max(seg // 2, 1)``, 1-based; frame
-1 for clips of at most 6 frames; never beyond frame 9); clips with fewer than T frames repeat frames instead of
-failing; ``first_k`` takes frames 0..T-1 of the sorted list
+``i * seg + seg // 2`` (test), as BalanceBenchmark's CREMA-D loader does; ``segments_ks`` is BalanceBenchmark's
+Kinetics-Sounds variant of it, written for 1-based frame files (test frame ``i * seg + max(seg // 2, 1)``, 1-based;
+frame 1 for clips of at most 6 frames; training draws never beyond frame 9); clips with fewer than T frames repeat
+frames instead of failing; ``first_k`` takes frames 0..T-1 of the sorted list
 (what OGM-GE/AUG/AMSS effectively do once their unused random index is ignored,
 docs/datasets/pitfalls.md#unsorted-listing), repeating the last frame of short clips; ``random_k`` takes T distinct
 random frames in clip order for training and the first T for evaluation (IPRM's CREMA-D loader).
@@ -86,7 +86,8 @@ CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 CROP_ATTEMPTS = 10
 FLIP_PROB = 0.5
 FRAME_RULES = ("segments", "segments_ks", "first_k", "random_k")
-# ``segments_ks``: a clip of at most this many frames serves its first frame only; no offset beyond frame 9 (1-based).
+# ``segments_ks``: a clip of at most this many frames serves its first frame only; no training draw beyond frame 9
+# (1-based).
 KS_SHORT_CLIP_FRAMES = 6
 KS_LAST_FRAME = 8
 RESAMPLE_MODES = ("pil", "fast", "exact")
@@ -144,9 +145,10 @@ def frame_offsets(counts: torch.Tensor, num_frames: int, rule: str, train: bool,
         within = (seg // 2).clamp(min=1) - 1
     pos = steps * seg + within
     if rule == "segments_ks":
-        # GeWu-Lab/BalanceBenchmark balancemm/datasets/KS_dataset.py (the OGM-GE KS loader's rule): 1-based
-        # frame_0000{t}.jpg with one digit, so t <= 9, and t = 1 for every frame of a clip with <= 6 frames.
-        pos = torch.where(counts[:, None] <= KS_SHORT_CLIP_FRAMES, 0, pos.clamp(max=KS_LAST_FRAME))
+        # GeWu-Lab/BalanceBenchmark balancemm/datasets/KS_dataset.py: 1-based frame_0000{t}.jpg, t = 1 for every
+        # frame of a clip with <= 6 frames, and only the training draw is capped at t = 9 (its test index is not).
+        capped = pos.clamp(max=KS_LAST_FRAME) if train else pos
+        pos = torch.where(counts[:, None] <= KS_SHORT_CLIP_FRAMES, 0, capped)
     return torch.minimum(pos, last)
 
 

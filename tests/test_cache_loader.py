@@ -121,7 +121,7 @@ def published_segment_frames(n: int, t: int, rule: str, train: bool) -> list[set
 
     segments: GeWu-Lab/BalanceBenchmark balancemm/datasets/cremad_dataset.py, ``seg = int(n / T)``, train
     ``i*seg + randint(seg)``, test ``i*seg + seg//2``. segments_ks: its KS_dataset.py (1-based frame_0000{t}.jpg),
-    train ``randint(i*seg + 1, i*seg + seg)``, test ``i*seg + max(int(seg/2), 1)``, both 1 when n <= 6, capped at 9.
+    train ``randint(i*seg + 1, i*seg + seg)`` capped at 9, test ``i*seg + max(int(seg/2), 1)``, both 1 when n <= 6.
     """
     seg = max(int(n / t), 1)
     picks = []
@@ -130,7 +130,8 @@ def published_segment_frames(n: int, t: int, rule: str, train: bool) -> list[set
             frames = set(range(i * seg, i * seg + seg)) if train else {i * seg + seg // 2}
         else:
             one_based = set(range(i * seg + 1, i * seg + seg + 1)) if train else {i * seg + max(int(seg / 2), 1)}
-            frames = {min(f, 9) - 1 for f in one_based} if n > 6 else {0}
+            capped = {min(f, 9) for f in one_based} if train else one_based
+            frames = {f - 1 for f in capped} if n > 6 else {0}
         picks.append({min(f, n - 1) for f in frames})
     return picks
 
@@ -151,6 +152,16 @@ def test_segment_rules_on_ten_frame_clips_and_first_k():
     ten = torch.tensor([10])
     assert frame_offsets(ten, 3, "segments", False, None).tolist() == [[1, 4, 7]]
     assert frame_offsets(ten, 3, "segments_ks", False, None).tolist() == [[0, 3, 6]]
+
+
+def test_segments_ks_caps_only_the_training_draw_at_frame_9_as_balancebenchmark():
+    # KS_dataset.py, 12 frames: seg 4; test t = i*4 + max(int(4/2), 1) = 2, 6, 10 (1-based), uncapped -> 1, 5, 9;
+    # training t = randint(9, 12) for the last pick, then t >= 10 -> 9, so always 0-based 8.
+    twelve = torch.tensor([12])
+    assert frame_offsets(twelve, 3, "segments_ks", False, None).tolist() == [[1, 5, 9]]
+    g = torch.Generator().manual_seed(0)
+    drawn = torch.cat([frame_offsets(twelve, 3, "segments_ks", True, g) for _ in range(200)])
+    assert set(drawn[:, 2].tolist()) == {8}
     counts = torch.tensor([1, 2, 3, 4, 5, 10])
     g = torch.Generator().manual_seed(0)
     assert frame_offsets(counts, 2, "first_k", True, g).tolist() == [[0, 0], [0, 1], [0, 1], [0, 1], [0, 1], [0, 1]]
