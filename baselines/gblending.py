@@ -20,7 +20,16 @@ Reductions: ``loss_reduction=mean`` (default, paper-consistent) averages the los
 ``official_compat`` (= BB) sums batch-mean losses over batches, so the training and held-out losses have different
 scales (the training split has far more batches), and uses the TEST split as its "validation" set for CREMA-D and
 Kinetics-Sounds (``held_out_split=test``). By default the estimate never sees the test split, and a run whose data
-serves no validation split (``data.train_split=full`` trains on it) is refused before it starts.
+serves no validation split (``data.train_split=full`` trains on it) is refused before it starts. BB's sums run over
+its loaders' batches (``balancemm/utils/data_utils.py``: the test loader has the training batch size, and both drop
+the last partial batch), so under ``sum`` the scratch epochs skip the training split's partial last batch and the
+held-out pass is re-cut into batches of the training batch's rows, its remainder dropped.
+
+Scratch lr (``scratch_lr``): the paper does not give it. By default the scratch copies train at the lr the schedule
+gives the epoch they start (they estimate how the next ``super_epoch`` epochs of training would go); BB
+(``balancemm/train.py``) builds its scratch optimizer once, attaches no scheduler to it and reloads its initial state
+for every head, so its copies always train at the base lr (``scratch_lr=base``, set beside ``official_compat`` to
+reproduce BB).
 
 Cost: every ``super_epoch`` epochs, (M + 1) x ``estimate_epochs`` extra training epochs plus 2 (M + 1) held-out
 passes, i.e. about (M + 1) + 1 = 4 times joint training for M = 2 with the defaults. Memory: one scratch model, kept
@@ -31,7 +40,7 @@ scratch optimizer whose state is cleared after each estimation.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +78,18 @@ def blending_weights(losses: Mapping[str, tuple[float, float, float, float]]) ->
     return {k: w / total for k, w in raw.items()}
 
 
+def rebatch(batches: Iterable[Batch], rows: int, keys: Iterable[str]) -> Iterator[Batch]:
+    """``batches`` (only ``keys``) re-cut, in order, into batches of exactly ``rows`` rows, the remainder dropped: a
+    loader of batch size ``rows`` with ``drop_last``, as BB's test loader."""
+    pending: Batch = {}
+    for batch in batches:
+        batch = {k: torch.cat([pending[k], batch[k]]) if pending else batch[k] for k in keys}
+        start = 0
+        while len(batch["label"]) - start >= rows:
+            yield {k: v[start:start + rows] for k, v in batch.items()}
+            start += rows
+        pending = {k: v[start:] for k, v in batch.items()} if start < len(batch["label"]) else {}
+
 
 @register
 class GBlending(FusionMethod):
@@ -90,6 +111,10 @@ class GBlending(FusionMethod):
         HParam("held_out_split", "val", "Split of the held-out losses: val (the estimate never sees test); test = "
                                         "BB, whose 'validation' set on CREMA-D and KS is the test split.",
                choices=("val", "test")),
+        HParam("scratch_lr", "schedule", "lr of the scratch copies: schedule = the epoch's scheduled lr; base = BB "
+                                         "(balancemm/train.py: temp_optimizer has no scheduler and is reloaded from "
+                                         "its initial state for every head), always train.lr.",
+               choices=("schedule", "base")),
     )
     VARIANTS = {"official_compat": {"loss_reduction": "sum", "held_out_split": "test"}}
     HELD_OUT_KEY = "held_out_split"
@@ -111,29 +136,59 @@ class GBlending(FusionMethod):
         if epoch % self.hp.super_epoch == 0:
             self.estimate(epoch, loaders)
 
-    def _epoch_loss(self, model: FusionModel, batches: Iterable[Batch], drop: list[str], train: bool) -> float:
-        """Mean (or BB's batch-sum) fused CE over one pass; trains the scratch model when ``train``."""
-        weighted, summed, n = 0.0, 0.0, 0
+    def _fused_loss(self, model: FusionModel, batch: Batch, drop: list[str]) -> torch.Tensor:
+        with self.ctx.autocast():
+            _, z, _ = model(self.inputs(batch), drop=drop, mode="input")
+            return F.cross_entropy(loss_precision(z), batch["label"])
+
+    def _train_epoch(self, model: FusionModel, batches: Iterable[Batch], drop: list[str]) -> tuple[float, int]:
+        """One scratch training epoch: its mean (or BB's batch-sum) fused CE, and the rows of its first global batch.
+
+        Under ``sum`` a batch smaller than the first (the split's remainder) is skipped, as BB's drop_last loader never
+        serves it; data-parallel ranks hold equal remainders, so they skip alike."""
+        weighted, summed, n, rows = 0.0, 0.0, 0, 0
         for batch in batches:
-            with torch.set_grad_enabled(train), self.ctx.autocast():
-                _, z, _ = model(self.inputs(batch), drop=drop, mode="input")
-                loss = F.cross_entropy(loss_precision(z), batch["label"])
-            if train:
-                self.scratch_optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.scratch_optimizer.step()
             b = len(batch["label"])
+            rows = rows or b
+            if self.hp.loss_reduction == "sum" and b < rows:
+                continue
+            loss = self._fused_loss(model, batch, drop)
+            self.scratch_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.scratch_optimizer.step()
             weighted, summed, n = weighted + loss.item() * b, summed + loss.item(), n + b
         if n == 0:
             raise ValueError("gblending: an estimation pass saw no batches")
-        if train:
-            # Data-parallel ranks trained on their parts of each global batch: the global batches' figures, so
-            # every rank sets the same weights (identity in one process).
-            device = self.blend.device
-            weighted, n = self.ctx.all_reduce_sum(torch.tensor([weighted, n], dtype=torch.float64,
-                                                                device=device)).tolist()
-            summed = self.ctx.all_reduce_mean(torch.tensor(summed, dtype=torch.float64, device=device)).item()
+        # Data-parallel ranks trained on their parts of each global batch: the global batches' figures, so every rank
+        # sets the same weights (identity in one process).
+        device = self.blend.device
+        weighted, n, rows = self.ctx.all_reduce_sum(torch.tensor([weighted, n, rows], dtype=torch.float64,
+                                                                 device=device)).tolist()
+        summed = self.ctx.all_reduce_mean(torch.tensor(summed, dtype=torch.float64, device=device)).item()
+        return (weighted / n if self.hp.loss_reduction == "mean" else summed), int(rows)
+
+    def _held_out_loss(self, model: FusionModel, batches: Iterable[Batch], drop: list[str], rows: int) -> float:
+        """Mean (or BB's batch-sum) fused CE over the held-out split; every rank makes the whole pass. BB's sum runs
+        over its test loader's batches, which have the training batch's ``rows`` and drop the remainder."""
+        if self.hp.loss_reduction == "sum":
+            batches = rebatch(batches, rows, (*self.modalities, "label"))
+        weighted, summed, n = 0.0, 0.0, 0
+        with torch.no_grad():
+            for batch in batches:
+                loss, b = self._fused_loss(model, batch, drop).item(), len(batch["label"])
+                weighted, summed, n = weighted + loss * b, summed + loss, n + b
+        if n == 0:
+            raise ValueError(f"gblending: the held-out pass saw no batches (under loss_reduction=sum they are BB's "
+                             f"batches of the training batch's {rows} rows)")
         return weighted / n if self.hp.loss_reduction == "mean" else summed
+
+    def _reset_scratch_optimizer(self) -> None:
+        """Clear the scratch optimizer's state; under ``scratch_lr=base`` also undo the runner's schedule, which
+        rescales every optimizer made by ``make_optimizer`` (BB reloads its unscheduled initial state dict)."""
+        self.scratch_optimizer.state.clear()
+        if self.hp.scratch_lr == "base":
+            for group in self.scratch_optimizer.param_groups:
+                group["lr"] = group["initial_lr"]
 
     def estimate(self, epoch: int, loaders: Loaders) -> None:
         """Train one scratch copy per head and set the blend weights from its train/held-out losses."""
@@ -143,16 +198,16 @@ class GBlending(FusionMethod):
         losses, log = {}, {}
         for i, k in enumerate(self.heads):
             scratch.load_state_dict(self.model.state_dict())
-            self.scratch_optimizer.state.clear()
+            self._reset_scratch_optimizer()
             drop = [m for m in self.modalities if m != k] if k != FUSED else []
             record = {}
             for j in range(n_est):
                 scratch.train()
                 tag = -1 - ((epoch // self.hp.super_epoch * len(self.heads) + i) * n_est + j)
-                train_loss = self._epoch_loss(scratch, loaders.train.extra_pass(tag, max_steps), drop, True)
+                train_loss, rows = self._train_epoch(scratch, loaders.train.extra_pass(tag, max_steps), drop)
                 if j in (0, n_est - 1):
                     scratch.eval()
-                    record[j] = (train_loss, self._epoch_loss(scratch, held_out, drop, False))
+                    record[j] = (train_loss, self._held_out_loss(scratch, held_out, drop, rows))
             (t0, v0), (t1, v1) = record[0], record[n_est - 1]
             losses[k] = (t0, t1, v0, v1)
             log[f"g_{k}"] = v1 - v0

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.base import Loaders, StepInfo
-from baselines.gblending import FUSED, blend_weight, blending_weights
+from baselines.gblending import FUSED, blend_weight, blending_weights, rebatch
 from baselines.greedy import MMTM, GreedyNet, bdr_gap, curation_target, speed_ratio
 from baselines.mla import entropy_gate, owm_update
 from baselines.mses import should_stop, smoothed_loss
@@ -371,6 +371,55 @@ def test_gblending_estimates_on_validation_only_and_leaves_the_model_alone(tiny_
     assert bb.hp.held_out_split == "test" and bb.hp.loss_reduction == "sum"
     bb.on_epoch_start(0, loaders_for(tiny_bundle, val=False))
     assert sum(bb.weights().values()) == approx(1.0)
+
+
+@pytest.mark.parametrize("scratch_lr, lr", [("schedule", 0.01 * 0.1), ("base", 0.01)])
+def test_gblending_scratch_copies_train_at_the_scheduled_or_bbs_base_lr(tiny_bundle, scratch_lr, lr):
+    # BB (balancemm/train.py) gives its temp_optimizer no scheduler and reloads its initial state for every head: the
+    # scratch copies keep train.lr (0.01 here) after the main lr decayed, where the runner rescales every optimizer.
+    gb = build("gblending", tiny_bundle, super_epoch=2, estimate_epochs=2, scratch_lr=scratch_lr)
+    gb.ctx.set_lr_factor(0.1)  # the runner's schedule after one decay, set before on_epoch_start
+    seen, scratch_step = [], gb.scratch_optimizer.step
+
+    def record(*args, **kwargs):
+        seen.extend(g["lr"] for g in gb.scratch_optimizer.param_groups)
+        return scratch_step(*args, **kwargs)
+
+    gb.scratch_optimizer.step = record
+    gb.on_epoch_start(0, loaders_for(tiny_bundle))
+    assert len(seen) == 3 * 2 * 4 and all(v == approx64(lr) for v in seen)  # 3 heads x 2 epochs x 4 batches
+    assert gb.optimizer.param_groups[0]["lr"] == approx64(0.01 * 0.1)  # the main optimizer keeps its schedule
+
+
+def test_rebatch_recuts_in_order_and_drops_the_remainder():
+    batches = [{"label": torch.arange(a, b), "audio": torch.arange(a, b).float()[:, None], "_meta": "x"}
+               for a, b in ((0, 5), (5, 8), (8, 14))]
+    out = list(rebatch(batches, 4, ("audio", "label")))
+    assert [b["label"].tolist() for b in out] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]  # 12, 13 dropped
+    assert all(set(b) == {"audio", "label"} and torch.equal(b["audio"][:, 0], b["label"].float()) for b in out)
+    assert list(rebatch(batches[:1], 6, ("label",))) == []
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_gblending_sum_runs_over_bbs_drop_last_batches(tiny_bundle, reduction):
+    # BB's loaders (data_utils.py) serve the test split in batches of the training batch size and drop the last
+    # partial batch of both; 64 training rows in batches of 12 leave 4, 16 test rows served in batches of 10 hold one.
+    gb = build("gblending", tiny_bundle, super_epoch=2, estimate_epochs=2, held_out_split="test",
+               loss_reduction=reduction)
+    seen = []
+    gb._scratch[0].register_forward_pre_hook(lambda module, args: seen.append((module.training, args[0]["audio"])))
+    loaders = Loaders(tiny_bundle.loader("train", batch_size=12, train=True, seed=0), None,
+                      tiny_bundle.loader("test", batch_size=10, train=False, seed=0))
+    gb.on_epoch_start(0, loaders)
+    train_rows = [len(a) for training, a in seen if training]
+    held_out = [a for training, a in seen if not training]
+    if reduction == "sum":
+        assert train_rows == [12] * 5 * 2 * 3  # 5 full batches x 2 epochs x 3 heads, the 4-row remainder skipped
+        assert len(held_out) == 2 * 3 and all(len(a) == 12 for a in held_out)
+        assert torch.equal(held_out[0], first_batch(tiny_bundle, "test", batch_size=12)["audio"])
+    else:
+        assert train_rows == [12, 12, 12, 12, 12, 4] * 2 * 3
+        assert [len(a) for a in held_out] == [10, 6] * 2 * 3
 
 
 def test_gblending_step_loss_is_the_weighted_sum_of_head_losses(tiny_bundle):
