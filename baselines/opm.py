@@ -20,14 +20,19 @@ epochs 0-5 are plain joint training):
    Official deviation (``theta_gradient``, variant ``official_compat``): the official backward returns theta as
    theta's own gradient and q is built from the confidence sums without detaching them (only W and b are), so the
    encoders also receive theta * d(theta)/d(params); the default keeps the paper's constant rescale.
+   BB's form (``balancemm/trainer/OPM_trainer.py``): with ``rescale=bb`` the confidence sums come
+   from the unimodal logits with the live W and b and the features are divided by (1 - theta + 1e-5) as a plain
+   tensor operation, so autograd differentiates the loss through theta into the encoders, W and b; with
+   ``ratio_form=bb`` r_1 = tanh(relu(s_1 / (s_2 + 1e-5) - 1)) and, through BB's in-place division,
+   r_2 = tanh(relu(s_2 / (s_1 / (s_2 + 1e-5) + 1e-5) - 1)), so both modalities can be dropped on one step.
 4. L = CE(z, y) on the kept samples. Nothing is dropped at evaluation.
 
 Cost: as joint training. Randomness: the execution draw uses the global CPU generator, the masks the generator of the
 features' device; the runner seeds and checkpoints both.
 
 Defaults follow the official script (``code/scripts/train_opm.sh``: q_base 0.5, lambda 0.5, p_exe 0.7). BB
-(``balancemm/trainer/OPM_trainer.py``) uses q_base 0.4 and no warm-up. The official recipe (KS: AdamW lr 5e-5,
-wd 0.01, StepLR(40), 100 epochs, batch 32) belongs to the run config, not to this method.
+(``balancemm/trainer/OPM_trainer.py``) uses q_base 0.4 and no warm-up. The official recipe
+(KS: AdamW lr 5e-5, wd 0.01, StepLR(40), 100 epochs, batch 32) belongs to the run config, not to this method.
 """
 
 from __future__ import annotations
@@ -38,10 +43,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from baselines.base import FusionMethod, StepInfo, confidence_scores, loss_precision
+from baselines.base import FusionMethod, StepInfo, TrainContext, confidence_scores, loss_precision
 from baselines.registry import register
-from core.data import Batch
-from core.hparams import HParam, variant_param
+from core.data import Batch, TaskSpec
+from core.hparams import HParam, HParams, variant_param
+
+# BB's OPM_trainer.py adds 1e-5 to the ratios' denominators (its comment: without it the GPU memory explodes) and to
+# Modality_drop.execute_drop's 1 - theta.
+BB_EPS = 1e-5
 
 
 class FeatureRescale(torch.autograd.Function):
@@ -64,20 +73,31 @@ class FeatureRescale(torch.autograd.Function):
         return grad * scale, None, ctx.theta
 
 
-def opm_drop_probabilities(scores: torch.Tensor, q_base: float, lam: float) -> torch.Tensor:
+def bb_ratios(scores: torch.Tensor) -> torch.Tensor:
+    """BB's score ratios (``OPM_trainer.py`` ``training_step``): ``ratios[m] = scores[m]`` then
+    ``ratios[m] /= (scores[other] + 1e-5)`` divides ``scores[m]`` itself in place, so the second modality's ratio
+    divides by the first one's ratio, s_2 / (s_1 / (s_2 + 1e-5) + 1e-5), not by s_1."""
+    first = scores[0] / (scores[1] + BB_EPS)
+    return torch.stack([first, scores[1] / (first + BB_EPS)])
+
+
+def opm_drop_probabilities(scores: torch.Tensor, q_base: float, lam: float, bb_ratio: bool = False
+                           ) -> torch.Tensor:
     """OPM's q = (q_1, q_2) from the confidence sums s = (s_1, s_2) (official ``calcu_q``).
 
     Args:
         scores: (2,) tensor of batch confidence sums.
         q_base: base drop probability.
         lam: lambda, the gain on the discrepancy r_m.
+        bb_ratio: use BB's ratios (``bb_ratios``) instead of s_m / s_other.
 
     Returns:
-        (2,) tensor of drop probabilities in [0, 1]; zero for the non-dominant modality.
+        (2,) tensor of drop probabilities in [0, 1]; zero where r_m = 0 (for the official ratios, the non-dominant
+        modality).
     """
     if scores.shape != (2,):
         raise ValueError(f"OPM's discrepancy is defined for 2 modalities, got scores of shape {tuple(scores.shape)}")
-    r = torch.tanh(torch.relu(scores / scores.flip(0) - 1))
+    r = torch.tanh(torch.relu((bb_ratios(scores) if bb_ratio else scores / scores.flip(0)) - 1))
     q = torch.where(r > 0, q_base * (1 + lam * r), torch.zeros_like(r))
     return q.clamp(0.0, 1.0)
 
@@ -95,19 +115,38 @@ def drop_features(h: Mapping[str, torch.Tensor], q: torch.Tensor, theta_gradient
     Returns:
         (dropped and rescaled features, keep mask (B,) of samples with at least one modality left, theta).
     """
-    names = list(h)
-    first = h[names[0]]
+    theta, mask = theta_and_mask(h, q)
+    first = next(iter(h.values()))
+    scale = (1 / (1 - theta)).to(device=first.device, dtype=first.dtype)
+    out = {m: FeatureRescale.apply(h[m] * mask[:, i:i + 1], scale, theta if theta_gradient and i == 0 else None)
+           for i, m in enumerate(h)}
+    return out, mask.sum(dim=1) > 0, theta
+
+
+def bb_drop_features(h: Mapping[str, torch.Tensor], q: torch.Tensor
+                     ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """BB's ``Modality_drop.execute_drop``: as ``drop_features``, but the features are divided by
+    (1 - theta + ``BB_EPS``) as a plain tensor operation, so autograd runs through theta into whatever ``q`` was
+    built from."""
+    theta, mask = theta_and_mask(h, q)
+    first = next(iter(h.values()))
+    denominator = (1 - theta + BB_EPS).to(device=first.device, dtype=first.dtype)
+    out = {m: h[m] * mask[:, i:i + 1] / denominator for i, m in enumerate(h)}
+    return out, mask.sum(dim=1) > 0, theta
+
+
+def theta_and_mask(h: Mapping[str, torch.Tensor], q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """theta = sum_m d_m q_m / sum_m d_m (keeping q's graph) and the per-sample keep mask (B, M), drawn with
+    probability 1 - q_m from the features' device generator."""
+    first = next(iter(h.values()))
     q = loss_precision(q)
-    dims = torch.tensor([h[m].shape[1] for m in names], dtype=q.dtype, device=q.device)
+    dims = torch.tensor([v.shape[1] for v in h.values()], dtype=q.dtype, device=q.device)
     theta = (dims * q).sum() / dims.sum()
     if not bool(theta < 1):
         raise ValueError(f"OPM drop probabilities {q.tolist()} give theta={theta.item():.3f}; the 1/(1-theta) "
                          "rescale needs theta < 1")
-    mask = (torch.rand(first.shape[0], len(names), device=first.device) < (1 - q).to(first.device)).to(first.dtype)
-    scale = (1 / (1 - theta)).to(device=first.device, dtype=first.dtype)
-    out = {m: FeatureRescale.apply(h[m] * mask[:, i:i + 1], scale, theta if theta_gradient and i == 0 else None)
-           for i, m in enumerate(names)}
-    return out, mask.sum(dim=1) > 0, theta
+    mask = (torch.rand(first.shape[0], len(h), device=first.device) < (1 - q).to(first.device)).to(first.dtype)
+    return theta, mask
 
 
 _VARIANTS = {"official_compat": {"theta_gradient": True}}
@@ -136,10 +175,38 @@ class OPM(FusionMethod):
                                         "theta's gradient, and calcu_q fills q from the non-detached confidence "
                                         "sums, so the encoders get an extra theta * d(theta)/d(params). False = the "
                                         "paper's constant rescale."),
+        HParam("rescale", "custom", "custom = the official custom_autograd rescale by 1/(1 - theta) (theta's "
+                                    "gradient as theta_gradient says); bb = BB's OPM_trainer.py: scores from the "
+                                    "live W and b, features divided by (1 - theta + 1e-5), autograd through theta "
+                                    "(needs theta_gradient false).", choices=("custom", "bb")),
+        HParam("ratio_form", "official", "official = r_m from s_m / s_other; bb = BB's OPM_trainer.py, whose "
+                                         "in-place division makes the second modality's ratio s_2 / "
+                                         "(s_1 / (s_2 + 1e-5) + 1e-5): it is dropped roughly whenever s_2^2 > s_1.",
+               choices=("official", "bb")),
         variant_param(_VARIANTS, "paper = constant 1/(1 - theta) rescale; official_compat = the official "
                                  "theta gradient (theta_gradient=True)."),
     )
     VARIANTS = _VARIANTS
+
+    def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
+        super().__init__(task, hp, ctx)
+        if self.hp.rescale == "bb" and self.hp.theta_gradient:
+            raise ValueError("opm.rescale=bb differentiates through theta by autograd; it excludes the official "
+                             "theta_gradient=true")
+
+    def drop_probabilities(self, h: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        """q from the batch's split-head confidence sums: constants by default; keeping their graph for the official
+        theta gradient (only W and b detached) and for BB (nothing detached)."""
+        head, bb = self.model.head, self.hp.rescale == "bb"
+        weight, bias = (head.fc.weight, head.fc.bias) if bb else (head.fc.weight.detach(), head.fc.bias.detach())
+        z_split = head.split_logits(h, weight, bias)
+        if self.hp.theta_gradient or bb:
+            scores = {m: torch.softmax(loss_precision(z), dim=1).gather(1, labels[:, None]).sum()
+                      for m, z in z_split.items()}
+        else:
+            scores = confidence_scores(z_split, labels)
+        return opm_drop_probabilities(torch.stack([scores[m] for m in self.modalities]), self.hp.q_base,
+                                      self.hp.lam, self.hp.ratio_form == "bb")
 
     def update(self, batch: Batch, step: StepInfo) -> dict[str, float]:
         if step.epoch < self.hp.warmup_epochs:
@@ -148,19 +215,14 @@ class OPM(FusionMethod):
         head = self.model.head
         with self.ctx.autocast():
             h = self.model.features(self.inputs(batch))
-            z_split = head.split_logits(h, head.fc.weight.detach(), head.fc.bias.detach())
-            if self.hp.theta_gradient:
-                # Official calcu_q: q is built from confidence sums that keep their graph (only W and b detached).
-                scores = {m: torch.softmax(loss_precision(z), dim=1).gather(1, labels[:, None]).sum()
-                          for m, z in z_split.items()}
-            else:
-                scores = confidence_scores(z_split, labels)
-            q = opm_drop_probabilities(torch.stack([scores[m] for m in self.modalities]), self.hp.q_base,
-                                       self.hp.lam)
+            q = self.drop_probabilities(h, labels)
             logs = {f"q_{m}": q[i].item() for i, m in enumerate(self.modalities)}
             keep = None
             if bool(torch.rand(()) < self.hp.p_exe):
-                h, keep, _ = drop_features(h, q, self.hp.theta_gradient)
+                if self.hp.rescale == "bb":
+                    h, keep, _ = bb_drop_features(h, q)
+                else:
+                    h, keep, _ = drop_features(h, q, self.hp.theta_gradient)
                 h = {m: v[keep] for m, v in h.items()}
                 labels = labels[keep]
             logs["kept"] = 1.0 if keep is None else keep.float().mean().item()

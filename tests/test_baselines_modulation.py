@@ -15,7 +15,7 @@ from baselines.agm import GradScale, agm_coefficients, modality_losses, shapley_
 from baselines.base import Loaders, StepInfo
 from baselines.heads import SumHead
 from baselines.ogm import modulate_gradients, ogm_coefficients
-from baselines.opm import FeatureRescale, drop_features, opm_drop_probabilities
+from baselines.opm import FeatureRescale, bb_ratios, drop_features, opm_drop_probabilities
 from baselines.pmr import CompressRecover, prototype_logits, weaker_modality
 from baselines.registry import get_method
 from benchmarks.config import method_hparams
@@ -231,6 +231,110 @@ def test_opm_theta_gradient_adds_the_official_theta_term_to_the_encoder_gradient
         close(seen[name], g if g is not None else torch.zeros_like(seen[name]), msg=name)
     extra = max((o - p).abs().max().item() for o, p in zip(official, plain) if o is not None)
     assert extra > 1e-6  # the theta term is visible in the encoder gradients
+
+
+# BB's OPM (trainer_config.yaml: q_base 0.4, alpha 0.5, modulation_starts 0), dropping executed on every step.
+BB_OPM = {"q_base": 0.4, "lam": 0.5, "p_exe": 1.0, "warmup_epochs": 0, "rescale": "bb", "ratio_form": "bb"}
+
+
+def bb_training_step(h, fc, label, q_base, alpha, draw_mask):
+    """BB's OPMTrainer.training_step (GeWu-Lab/BalanceBenchmark @4909c17, balancemm/trainer/OPM_trainer.py) with
+    Unimodality_Calculate's concat branch and Modality_drop.execute_drop, line for line on given features; only the
+    Bernoulli mask comes from ``draw_mask(q)`` (B, M). Returns (loss, theta, mask)."""
+    softmax, relu, tanh = nn.Softmax(dim=1), nn.ReLU(inplace=True), nn.Tanh()
+    modality_list = list(h)
+    uni_res, now_size = {}, 0
+    for modality in modality_list:
+        size = h[modality].shape[1]
+        uni_res[modality] = (torch.mm(h[modality], torch.transpose(fc.weight[:, now_size:now_size + size], 0, 1))
+                             + fc.bias / len(modality_list))
+        now_size += size
+    scores, ratios, coeffs = {}, {}, {}
+    for modality in modality_list:
+        scores[modality] = sum([softmax(uni_res[modality])[i][label[i]] for i in range(uni_res[modality].shape[0])])
+    for modality in modality_list:
+        ratios[modality] = scores[modality]
+        for modality_another in modality_list:
+            if modality_another == modality:
+                continue
+            ratios[modality] /= (scores[modality_another] + 1e-5)
+            ratios[modality] = tanh(relu(ratios[modality] - 1))
+
+    def clip(a, b, c):
+        return a if b < a else c if c < b else b
+
+    for modality in modality_list:
+        coeffs[modality] = q_base * (1 + alpha * ratios[modality]) if ratios[modality] > 0 else 0
+        coeffs[modality] = clip(coeffs[modality], 0.0, 1.0)
+    d_sum = sum(h[m].shape[1] for m in modality_list)
+    theta = sum(h[m].shape[1] * coeffs[m] for m in modality_list) / d_sum
+    mask = draw_mask([coeffs[m] for m in modality_list])
+    cleaned = {}
+    for idx, modality in enumerate(modality_list):
+        cleaned_fea = torch.mul(h[modality], mask[:, idx:idx + 1].expand(-1, h[modality].shape[1]))
+        cleaned[modality] = cleaned_fea / (1 - theta + 1e-5)
+    update_flag = torch.sum(mask, dim=1) > 0
+    out = fc(torch.cat([cleaned[m][update_flag] for m in modality_list], 1))
+    return nn.CrossEntropyLoss()(out, label[update_flag]), theta, mask
+
+
+def test_opm_bb_ratios_divide_the_second_score_by_the_first_ratio():
+    # BB: ratios[m] = scores[m]; ratios[m] /= ... divides scores[m] in place, which the second modality then reads.
+    r = bb_ratios(torch.tensor([20.0, 10.0], dtype=torch.float64))
+    first = 20 / (10 + 1e-5)
+    assert r.tolist() == [approx(first), approx(10 / (first + 1e-5))]
+    q = opm_drop_probabilities(torch.tensor([20.0, 10.0]), q_base=0.4, lam=0.5, bb_ratio=True)
+    assert q.tolist() == [approx(0.4 * (1 + 0.5 * math.tanh(first - 1))),
+                          approx(0.4 * (1 + 0.5 * math.tanh(10 / first - 1)))]  # both dropped
+    assert opm_drop_probabilities(torch.tensor([20.0, 10.0]), 0.4, 0.5)[1].item() == 0.0  # official: dominant only
+    assert opm_drop_probabilities(torch.tensor([20.0, 3.0]), 0.4, 0.5, bb_ratio=True)[1].item() == 0.0  # 9 < 20
+
+
+def test_opm_bb_form_matches_a_literal_port_of_bbs_training_step(tiny_bundle):
+    # Gradients on the features, W and b (and so every parameter) of one executed dropping step, against BB's code.
+    with float64_default():
+        opm = build("opm", tiny_bundle, **BB_OPM)
+        batch = first_batch64(tiny_bundle)
+        ref = copy.deepcopy(opm.model)
+        seen, features, h_seen = capture_grads_at_step(opm), opm.model.features, {}
+
+        def keep_feature_grads(inputs):
+            h = features(inputs)
+            for m, v in h.items():
+                v.retain_grad()
+                h_seen[m] = v
+            return h
+
+        opm.model.features = keep_feature_grads
+        torch.manual_seed(3)
+        opm.update(batch, step(epoch=0))
+        torch.manual_seed(3)
+        torch.rand(())  # the execution draw
+        h = ref.features(opm.inputs(batch))
+        loss, theta, mask = bb_training_step(
+            h, ref.head.fc, batch["label"], 0.4, 0.5,
+            lambda q: (torch.rand(len(batch["label"]), 2) < 1 - torch.tensor([torch.as_tensor(v).item() for v in q])
+                       ).double())
+        params = dict(ref.named_parameters())
+        grads = torch.autograd.grad(loss, [*h.values(), *params.values()], allow_unused=True)
+    assert torch.as_tensor(theta).item() > 0 and not mask.bool().all()  # an executed step that drops features
+    for m, g in zip(h, grads):
+        close(h_seen[m].grad, g, msg=m)
+    for (name, p), g in zip(params.items(), grads[len(h):]):
+        close(seen[name], g if g is not None else torch.zeros_like(p), msg=name)
+    # The theta path is visible: the official constant rescale, same q and draws, gives other gradients.
+    with float64_default():
+        custom = build("opm", tiny_bundle, **{**BB_OPM, "rescale": "custom"})
+        constant = capture_grads_at_step(custom)
+        torch.manual_seed(3)
+        custom.update(batch, step(epoch=0))
+    for name in ("head.fc.weight", "head.fc.bias", "encoders.visual.trunk.stages.3.0.conv2.weight"):
+        assert (constant[name] - seen[name]).abs().max().item() > 1e-6, name
+
+
+def test_opm_bb_rescale_excludes_the_official_theta_gradient(tiny_bundle):
+    with pytest.raises(ValueError, match="excludes the official theta_gradient=true"):
+        build("opm", tiny_bundle, rescale="bb", theta_gradient=True)
 
 
 # --- AGM -------------------------------------------------------------------------------------------------------------
