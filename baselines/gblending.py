@@ -28,8 +28,7 @@ held-out pass is re-cut into batches of the training batch's rows, its remainder
 Scratch lr (``scratch_lr``): the paper does not give it. By default the scratch copies train at the lr the schedule
 gives the epoch they start (they estimate how the next ``super_epoch`` epochs of training would go); BB
 (``balancemm/train.py``) builds its scratch optimizer once, attaches no scheduler to it and reloads its initial state
-for every head, so its copies always train at the base lr (``scratch_lr=base``, set beside ``official_compat`` to
-reproduce BB).
+for every head, so its copies always train at the base lr (``scratch_lr=base``, part of ``official_compat``).
 
 Cost: every ``super_epoch`` epochs, (M + 1) x ``estimate_epochs`` extra training epochs plus 2 (M + 1) held-out
 passes, i.e. about (M + 1) + 1 = 4 times joint training for M = 2 with the defaults. Memory: one scratch model, kept
@@ -116,7 +115,7 @@ class GBlending(FusionMethod):
                                          "its initial state for every head), always train.lr.",
                choices=("schedule", "base")),
     )
-    VARIANTS = {"official_compat": {"loss_reduction": "sum", "held_out_split": "test"}}
+    VARIANTS = {"official_compat": {"loss_reduction": "sum", "held_out_split": "test", "scratch_lr": "base"}}
     HELD_OUT_KEY = "held_out_split"
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
