@@ -192,9 +192,12 @@ class BatchLoader:
         ``train=True`` and its own ``seed``, a private shuffled training pass (teachers, pre-training). It is never
         sharded: under data parallelism every rank makes the whole pass, by default in global batches (this
         loader's batch size times the number of ranks), so every rank takes the single-process steps."""
+        # A private training pass drops its partial batch when the run does (train.drop_last), as the published
+        # codes' teacher and pre-training loaders share the main loader's settings; evaluation passes never drop.
         return BatchLoader(self.base_rows if rows is None else rows, self.labels, self.gather,
                            batch_size=batch_size or self.batch_size * self.world_size, train=train,
-                           seed=self.seed if seed is None else seed, device=self.device, augment=self.augment)
+                           seed=self.seed if seed is None else seed, device=self.device, augment=self.augment,
+                           drop_last=train and self.drop_last)
 
     def extra_pass(self, tag: int, max_steps: int = 0) -> Iterator[Batch]:
         """One more training pass with the shuffle and augmentation of epoch ``tag`` (negative tags never collide

@@ -26,7 +26,8 @@ from benchmarks.runner import (
     set_rng_state,
     train_run,
 )
-from core.hparams import HParamError
+from core.hparams import HParamError, resolve
+from datasets.registry import get_dataset
 from tests.conftest import TINY_DATA, interrupted_run, make_context, tiny_overrides
 from tests.numeric import approx64
 
@@ -229,6 +230,14 @@ def test_a_run_whose_training_loss_turns_nan_stops_unrecorded(tmp_path, monkeypa
     assert [json.loads(line)["epoch"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [0]
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["epoch"] == 0
     assert not (tmp_path / "run" / "DONE").exists()
+
+
+def test_a_private_training_pass_drops_its_partial_batch_with_the_run_and_evaluation_passes_never():
+    cls = get_dataset("synthetic")
+    bundle = cls.build(resolve("data", cls.HPARAMS, "synthetic", {**TINY_DATA, "n_train": 40}))
+    train = bundle.loader("train", batch_size=16, train=True, seed=0, drop_last=True)
+    assert [len(b["label"]) for b in train.derived(train=True, seed=1)] == [16, 16]
+    assert [len(b["label"]) for b in train.derived(batch_size=16)] == [16, 16, 8]
 
 
 @pytest.mark.parametrize("drop_last, steps", [(False, 3), (True, 2)])
