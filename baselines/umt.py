@@ -16,7 +16,8 @@ The teachers are submodules, so they and a ``teachers_ready`` flag are in every 
 retrain them. Their optimizers are created up front (one per modality, checkpointed like any other) and are idle
 after step 1.
 
-Cost: M extra trainings of ``teacher_epochs`` epochs before epoch 0, and M teacher forwards per step.
+Cost: M extra trainings of ``teacher_epochs`` epochs before epoch 0 (with ``teacher_select`` val/test, one pass over
+that split per teacher epoch), and M teacher forwards per step.
 
 ``umt.teacher_mode``: ``eval`` (default; frozen teachers use their running BN statistics) or ``train`` (preset
 ``bb_compat``: BalanceBenchmark never switches its loaded teachers to eval mode, so their BN layers use batch

@@ -7,9 +7,9 @@
 - ``epoch``: one training epoch through the real loader (gather + transfer + augmentation + updates) against the same
   updates on batches already materialised on the device (model-only time). The ratio is the pipeline overhead.
 - ``data``: the cache loader against the per-sample media loader (``benchmarks.bench_data``).
-Execution options come from the run configuration: ``train.amp`` (bf16 autocast on CUDA), ``model.channels_last``,
-``train.compile`` (``baselines.networks.compile_encoders``) and the ``data.*`` serving knobs (``resident``,
-``resample``, ``prefetch``). Figures are benchmark results (``augbench bench --publish`` records them in
+Execution options come from the run configuration: ``train.amp`` (bf16 autocast, on the CPU too),
+``model.channels_last``, ``train.compile`` (``baselines.networks.compile_encoders``) and the ``data.*`` serving knobs
+(``resident``, ``resample``, ``prefetch``). Figures are benchmark results (``augbench bench --publish`` records them in
 ``results/bench/``), never assertions in tests.
 """
 

@@ -60,6 +60,15 @@ def test_method_trains_a_step_and_predicts(name, tiny_bundle):
     torch.testing.assert_close(clone.predict(batch).fused, method.predict(batch).fused, rtol=0, atol=0)
 
 
+def test_train_amp_autocasts_to_bf16_on_the_cpu_and_float32_without_it():
+    linear, x = torch.nn.Linear(4, 2), torch.randn(3, 4)
+    for amp, dtype in ((True, torch.bfloat16), (False, torch.float32)):
+        ctx = make_context()
+        ctx.amp = amp
+        with ctx.autocast():
+            assert linear(x).dtype == dtype, amp
+
+
 AMP_EPOCHS = 5
 
 

@@ -41,7 +41,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="synthetic",
                    help="dataset for the epoch benchmark and, when not synthetic, the prepared cache for data")
     p.add_argument("--epoch-method", default="aug", help="method for the epoch benchmark")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (train.amp=true)")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (train.amp=true; on a CPU too, usually slower)")
     p.add_argument("--channels-last", action="store_true", help="model.channels_last=true")
     p.add_argument("--compile", action="store_true", help="torch.compile the encoders (train.compile=true)")
     p.add_argument("--set", dest="assignments", action="append", default=[], metavar="NS.KEY=VALUE")

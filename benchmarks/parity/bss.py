@@ -21,9 +21,9 @@ permutation. The loop's accuracy log goes to a temporary folder.
 Compared at ``e<epoch>.rows``: the BatchNorm statistics the train-mode measurer moved, and as quantities SPL's
 sampling probabilities ``q/p`` (all rows) and the epoch's sequence ``q/rows``; CL's full curriculum order ``q/order``,
 the pacing fraction ``q/fraction`` and the epoch's rows ``q/rows`` (the order's prefix). The project's training loader
-drops the last partial batch as the scripts do (the runner keeps it: a documented deviation of the runner, not a
-knob). Other documented deviations do not apply to this setting: the harness has no augmentation (evaluation
-transforms in the measurer), the Twitter and NVGesture scoring variants belong to other scripts.
+drops the last partial batch as the scripts do (``train.drop_last``, which the BSS recipe sets). Other documented
+deviations do not apply to this setting: the harness has no augmentation (evaluation transforms in the measurer), the
+Twitter and NVGesture scoring variants belong to other scripts.
 """
 
 from __future__ import annotations
