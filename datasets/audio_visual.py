@@ -126,8 +126,8 @@ def av_hparams(*, recipes: Sequence[str], recipe: str, recipe_doc: str, frames: 
         HParam("frame_rule", "segments", "How T frames are chosen from a clip's sorted 1 fps frames: 'segments' = "
                                          "T segments of n // T frames, a random frame of each for training, frame "
                                          "i*seg + seg//2 for evaluation (BalanceBenchmark's CREMA-D loader, Data "
-                                         "Remixing); 'segments_ks' = the Kinetics-Sounds loaders' 1-based variant "
-                                         "(BalanceBenchmark KS_dataset.py); 'first_k' = the first T (what "
+                                         "Remixing); 'segments_ks' = BalanceBenchmark KS_dataset.py's 1-based "
+                                         "variant, its training draws capped at frame 9; 'first_k' = the first T (what "
                                          "OGM-GE/AUG do on a listing, made deterministic by sorting); 'random_k' = "
                                          "T distinct random frames in clip order for training, the first T for "
                                          "evaluation (IPRM).",
@@ -362,9 +362,12 @@ class AVCacheDataset(PreparedDataset):
         old_segments = segment != "whole" and "segment" not in policies
         if old_segments or min_frames_stale(policies, min_frames):
             stored = "event segments" if old_segments else f"only clips of >= {min_frames} frames"
+            keep = "" if old_segments else (f" (to keep its {policies.get('min_frames', 1)}-frame minimum instead, "
+                                            f"prepare it again with --min-frames {policies.get('min_frames', 1)} "
+                                            f"--force)")
             raise CacheError(f"{cache.path}: built before recipe {cache.manifest['recipe']!r} stored {stored}; "
                              f"build the recipe's cache again with augbench prepare (it goes to a new folder beside "
-                             f"this one; set data.cache to it) and remove this one")
+                             f"this one; set data.cache to it) and remove this one{keep}")
 
     @classmethod
     def serve(cls, cache: Cache, hp: HParams) -> tuple[TaskSpec, Gather, Augment]:

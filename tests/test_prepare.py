@@ -718,7 +718,8 @@ def test_a_cremad_fbank_cache_kept_by_the_old_1_frame_default_is_refused_at_trai
     stale = "built before recipe 'fbank' stored only clips of >= 2 frames; build the recipe's cache"
     with pytest.raises(CacheError, match=stale):
         CremaD.check_recipe_current(relabelled(path, "fbank"))
-    with pytest.raises(CacheError, match=stale):  # a manifest from before min_frames_from, segment already recorded
+    with pytest.raises(CacheError, match=stale + r".*keep its 1-frame minimum instead, prepare it again with "
+                       r"--min-frames 1 --force"):  # a manifest from before min_frames_from, segment already recorded
         CremaD.check_recipe_current(relabelled(path, "fbank", min_frames_from=None))
     CremaD.check_recipe_current(relabelled(path, "fbank", min_frames=1, min_frames_from="--min-frames"))
     CremaD.check_recipe_current(relabelled(path, "fbank", min_frames=2, min_frames_from="recipe"))
