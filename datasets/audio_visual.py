@@ -199,6 +199,16 @@ def min_frames_stale(policies: Mapping[str, Any], wanted: int) -> bool:
     return source == "recipe" and recorded != wanted
 
 
+def check_distinct_frames(cache: Cache, counts: np.ndarray, hp: HParams) -> None:
+    """``random_k`` draws T distinct frames (IPRM's ``np.random.choice(n, T, replace=False)``, which fails on a clip of
+    fewer): refuse a cache holding such clips instead of serving repeated frames."""
+    short = int((counts < hp.frames).sum()) if hp.frame_rule == "random_k" else 0
+    if short:
+        raise CacheError(f"{cache.path}: data.frame_rule=random_k draws {hp.frames} distinct frames per clip, but "
+                         f"{short} clip(s) have fewer; prepare the cache with --min-frames {hp.frames} --skip-bad "
+                         f"(the published loader cannot read them either), or choose another data.frame_rule")
+
+
 class AVCacheDataset(PreparedDataset):
     """Base of the cache-backed audio-visual datasets; see the module docstring.
 
@@ -381,6 +391,7 @@ class AVCacheDataset(PreparedDataset):
                          ModalitySpec("visual", "frames", (3, hp.frames, hp.image_size, hp.image_size))),
                         cache.classes)
         starts, counts = cache.starts["frames"], cache.counts["frames"]
+        check_distinct_frames(cache, counts, hp)
 
         def gather(rows: np.ndarray) -> dict[str, torch.Tensor]:
             # Row metadata only: AVAugment reads audio and frames where the arrays are resident (host or device).

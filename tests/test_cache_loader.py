@@ -15,7 +15,7 @@ from benchmarks.bench_data import benchmark_data
 from core.hparams import resolve
 from datasets.audio_visual import audio_pipeline
 from datasets.augment import IMAGENET_MEAN, IMAGENET_STD, AVAugment, crop_boxes, frame_offsets, resize, resized_crop
-from datasets.cache import open_cache
+from datasets.cache import CacheError, open_cache
 from datasets.cremad import CremaD
 from datasets.media_loader import MediaDataset, items_from_cache
 from datasets.prepare import prepare
@@ -157,6 +157,18 @@ def test_segment_rules_on_ten_frame_clips_and_first_k():
     counts = torch.tensor([1, 2, 3, 4, 5, 10])
     g = torch.Generator().manual_seed(0)
     assert frame_offsets(counts, 2, "first_k", True, g).tolist() == [[0, 0], [0, 1], [0, 1], [0, 1], [0, 1], [0, 1]]
+
+
+def test_random_k_refuses_a_cache_with_clips_of_fewer_frames_than_it_draws(cache_path):
+    # The fixture's clips have 2, 3, 4 and 5 frames.
+    assert bundle(cache_path, frames=2, frame_rule="random_k").task.modalities[1].shape[1] == 2
+    counts = open_cache(cache_path).counts["frames"]
+    short = int((counts < 3).sum())
+    assert short > 0
+    with pytest.raises(CacheError, match=rf"random_k draws 3 distinct frames per clip, but {short} clip\(s\) have "
+                                         r"fewer; prepare the cache with --min-frames 3 --skip-bad"):
+        bundle(cache_path, frames=3, frame_rule="random_k")
+    bundle(cache_path, frames=3, frame_rule="first_k")  # the other rules repeat a short clip's last frame
 
 
 def test_random_k_draws_distinct_frames_in_clip_order_uniformly_and_the_first_k_at_test():
