@@ -206,7 +206,8 @@ def check_distinct_frames(cache: Cache, counts: np.ndarray, hp: HParams) -> None
     if short:
         raise CacheError(f"{cache.path}: data.frame_rule=random_k draws {hp.frames} distinct frames per clip, but "
                          f"{short} clip(s) have fewer; prepare the cache with --min-frames {hp.frames} --skip-bad "
-                         f"(the published loader cannot read them either), or choose another data.frame_rule")
+                         f"(the published loader cannot read them either; it goes to a new folder: set data.cache to "
+                         f"it), or choose another data.frame_rule")
 
 
 class AVCacheDataset(PreparedDataset):
