@@ -190,6 +190,84 @@ def test_a_perturbed_coefficient_fails_the_golden_check(monkeypatch):
     assert any(k.startswith("param/model.encoders") for k in records[0].failed)
 
 
+# --- the official sides run with the official configurations' values, not the project's ------------------------------
+def _drift_defaults(monkeypatch, method: str, drifted: dict) -> None:
+    """Replace the declared (and per-dataset) defaults of ``method``'s knobs, as a drifted project default would."""
+    import dataclasses
+
+    from baselines.registry import get_method
+
+    cls = get_method(method)
+    params = tuple(dataclasses.replace(h, default=drifted[h.name], per_dataset={}) if h.name in drifted else h
+                   for h in cls.HPARAMS)
+    assert {h.name for h in params} >= set(drifted)
+    monkeypatch.setattr(cls, "HPARAMS", params)
+
+
+def _stub_official(monkeypatch, module) -> None:
+    """Stand-ins for the official modules (no clone needed): every class the harness builds is a small module; the
+    weight map is skipped. What the harness hands the official code is what is checked."""
+    import types
+
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__()
+            self.net, self.classifier, self.fusion_module = nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 2)
+
+    fake = types.SimpleNamespace(AVClassifier=Net, AClassifier=Net, VClassifier=Net, KMeans=None)
+    monkeypatch.setattr(module, "import_official", lambda root, *names: [fake for _ in names])
+    monkeypatch.setattr(module, "load_mapped", lambda *args, **kwargs: None)
+
+
+def _official_inputs(case_name: str, module, project):
+    official = CASES[case_name].official(CASES[case_name], Path("unused"), project)
+    if module.__name__.endswith("relearning"):
+        a = official.args
+        return {**{k: getattr(a, k) for k in ("dataset", "n_classes", "move_lambda", "reinit_epoch", "reinit_num")},
+                "kmeans_n_init": official.n_init}
+    out = {"temperature": official.temperature, "weight": official.weight}
+    if hasattr(official, "stage2_args"):
+        out["stage2_temperature"] = official.stage2_args.temperature
+    return out
+
+
+@pytest.mark.parametrize("case_name, method, drifted, expected", [
+    ("relearning", "relearning", {"move_lambda": 2.0, "kmeans_n_init": 1, "reinit_epoch": 7, "reinit_num": 5},
+     {"dataset": "CREMAD", "n_classes": 6, "move_lambda": 3.0, "reinit_epoch": 1, "reinit_num": 1,
+      "kmeans_n_init": 10}),
+    ("dimml", "dimml", {"duc_temperature": 10.0, "align_weight": 2.0}, {"temperature": 50.0, "weight": 1.0}),
+    ("dimml_stage2", "dimml", {"duc_temperature": 10.0, "align_weight": 2.0, "fusion_temperature": 3.0},
+     {"temperature": 50.0, "weight": 1.0, "stage2_temperature": 1.0}),
+])
+def test_a_drifted_project_default_reaches_the_project_side_only(monkeypatch, case_name, method, drifted, expected):
+    # The official side must take the official configuration's values (ours.sh / run.sh, the argparse defaults), so
+    # that a project default drifting from them shows as a difference; the project side takes the project's defaults.
+    import importlib
+
+    module = importlib.import_module(f"benchmarks.parity.{method}")
+    case = CASES[case_name]
+    _stub_official(monkeypatch, module)
+    assert _official_inputs(case_name, module, case.project(case, {})) == expected
+    _drift_defaults(monkeypatch, method, drifted)
+    project = case.project(case, {})
+    schedule = {"reinit_epoch", "reinit_num"}   # the case's shortened schedule, on both sides
+    assert {k: getattr(project.method.hp, k) for k in set(drifted) - schedule} == {
+        k: v for k, v in drifted.items() if k not in schedule}
+    assert _official_inputs(case_name, module, project) == expected
+
+
+@pytest.mark.slow
+def test_a_drifted_relearning_default_fails_the_golden_check(monkeypatch):
+    # The project side of the relearning case runs with the project's move_lambda (it used to pin 3), so a drifted
+    # default shows in the purity-gap strengths at the diagnosis.
+    _drift_defaults(monkeypatch, "relearning", {"move_lambda": 2.0})
+    records = _check("relearning")
+    assert records[-1].label == "e1.reinit" and "q/alpha" in records[-1].failed
+    assert not any(r.failed for r in records[:-1])
+
+
 # --- the CLI and the generated report ---------------------------------------------------------------------------------
 def test_cli_names_the_missing_clone(tmp_path, capsys):
     assert main(["parity", "ogm_ge", "--official-root", str(tmp_path)]) == 2

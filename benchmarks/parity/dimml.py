@@ -11,6 +11,12 @@ keeps both project epochs in stage 1 (stage 2, the separate script ``main_CFT_st
 calls are no-ops here. The stubbed packages (librosa, TensorBoard) belong to the dataset modules and logging that the
 training step does not use. The effective dimensions are compared as ``q/duc_dims``; the project's untrained fusion
 head and stage flags have no official counterpart in stage 1 and are left out.
+
+The official side runs with the official CREMA-D configuration's values, not the project's, so that a project default
+that drifts from them shows: ``OFFICIAL_DUC_TEMPERATURE`` (``run.sh``: ``main_CFT.py --dataset CREMAD --temperature
+50``) and ``OFFICIAL_WEIGHT`` (``main_CFT.py``'s ``--weight`` default 1, which ``run.sh`` keeps), passed to
+``train_epoch`` as ``main`` passes ``args.temperature`` and ``args.weight``; the project side runs with its resolved
+CREMA-D defaults (``duc_temperature``, ``align_weight``). Only the schedule (``duc_start``, the epochs) is the case's.
 """
 
 from __future__ import annotations
@@ -47,6 +53,9 @@ from benchmarks.parity.core import (
 EPOCHS, STEPS, BATCH = 2, 2, 8
 STAGE2_EPOCHS = 2
 LR, NUM_CLASSES, DUC_EPOCH = 1e-3, 6, 20
+# The official CREMA-D settings (fanyunfeng-bit/DI-MML run.sh @83b9b7a and the scripts' argparse defaults):
+# main_CFT.py --temperature 50 (DUC) and --weight 1 (default); main_CFT_stage2.py --temperature 1 (certainty weighting).
+OFFICIAL_DUC_TEMPERATURE, OFFICIAL_WEIGHT, OFFICIAL_FUSION_TEMPERATURE = 50.0, 1.0, 1.0
 FEATURES = 512
 OPTIONAL = ("torch.utils.tensorboard", "librosa")
 
@@ -122,8 +131,9 @@ class Official:
         self.batches = project.batches
         self.indices: tuple[list[int], list[int]] = ([], [])
         self.duc_ready = False   # get_indices has run
-        self.temperature = project.method.hp.duc_temperature
-        self.weight = project.method.hp.align_weight
+        # main passes args.temperature and args.weight: the official values, not the project's.
+        self.temperature = OFFICIAL_DUC_TEMPERATURE
+        self.weight = OFFICIAL_WEIGHT
 
     def rows(self) -> list[tuple[torch.Tensor, ...]]:
         """``main``'s ``indice_dataloader``: the training rows at batch size 1."""
@@ -170,7 +180,8 @@ script's one ``nn.CrossEntropyLoss`` call per step), and after each stage-2 epoc
 held-out batch: the audio, visual and fusion-head logits and the certainty-weighted fused logits are read from its
 ``nn.Softmax(dim=1)`` calls (out1, out2, out3, out, in that order) and compared with the project's ``predict``
 (``q/valid_fused``, ``q/valid_audio``, ``q/valid_visual``) and its fusion head (``q/valid_fusion_head``); the returned
-accuracy is ``q/acc_fused``; ``args.temperature`` is the project's ``fusion_temperature`` (CREMA-D: 1). The shared
+accuracy is ``q/acc_fused``; ``args.temperature`` is the official CREMA-D value ``OFFICIAL_FUSION_TEMPERATURE``
+(``run.sh``: ``main_CFT_stage2.py --temperature 1``), not the project's ``fusion_temperature``. The shared
 head W_s and the stage-1 optimizer state, which the stage-2 script no longer holds (``main_CFT.py`` does not save
 W_s), are compared with the stage-1 run's final values, which nothing changes afterwards. The stage flags are
 compared as buffers: ``duc_ready`` (``get_indices`` has run) and ``stage2`` (the stage-2 script runs). The fusion
@@ -178,8 +189,8 @@ head has no official counterpart before the switch and is left out there.
 
 No knob to flip: the documented deviations that touch stage 2 are not knobs (the stage split of one run; the stage-2
 lr following the run's schedule instead of restarting at 1e-3, which with no lr milestone is 1e-3 on both sides
-here), and ``fusion_temperature`` is the official CREMA-D value (3, the AVE value, first differs at e2valid in
-``q/valid_fused``).
+here), and the project's CREMA-D ``fusion_temperature`` default is the official CREMA-D value (a drifted one, e.g. 3,
+the AVE value, first differs at e2valid in ``q/valid_fused``).
 """
 
 
@@ -236,7 +247,7 @@ class Stage2Official(Official):
         with cpu_patches(OPTIONAL):
             [self.stage2_main] = import_official(root, "main_CFT_stage2")
         self.stage2_args = argparse.Namespace(dataset="CREMAD", embed_dim=FEATURES, fusion_method="concat",
-                                              learning_rate=LR, temperature=project.method.hp.fusion_temperature)
+                                              learning_rate=LR, temperature=OFFICIAL_FUSION_TEMPERATURE)
         # Built now from the project's initial concat head; the stage-2 script builds it at its start, untrained.
         self.fusion_model = self.stage2_main.AVClassifier(self.stage2_args)
         load_mapped(nn.ModuleDict({"fusion_module": self.fusion_model.fusion_module}), project.method.state_dict(),
