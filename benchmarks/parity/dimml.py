@@ -53,7 +53,8 @@ from benchmarks.parity.core import (
 EPOCHS, STEPS, BATCH = 2, 2, 8
 STAGE2_EPOCHS = 2
 LR, NUM_CLASSES, DUC_EPOCH = 1e-3, 6, 20
-# The official CREMA-D settings (fanyunfeng-bit/DI-MML run.sh @83b9b7a and the scripts' argparse defaults):
+# The official CREMA-D settings (fanyunfeng-bit/DI-MML @83b9b7a: run.sh and the README's CREMA-D training commands,
+# which agree, and the scripts' argparse defaults):
 # main_CFT.py --temperature 50 (DUC) and --weight 1 (default); main_CFT_stage2.py --temperature 1 (certainty weighting).
 OFFICIAL_DUC_TEMPERATURE, OFFICIAL_WEIGHT, OFFICIAL_FUSION_TEMPERATURE = 50.0, 1.0, 1.0
 FEATURES = 512
