@@ -39,7 +39,7 @@ scratch optimizer whose state is cleared after each estimation.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -77,7 +77,7 @@ def blending_weights(losses: Mapping[str, tuple[float, float, float, float]]) ->
     return {k: w / total for k, w in raw.items()}
 
 
-def rebatch(batches: Iterable[Batch], rows: int, keys: Iterable[str]) -> Iterator[Batch]:
+def rebatch(batches: Iterable[Batch], rows: int, keys: Sequence[str]) -> Iterator[Batch]:
     """``batches`` (only ``keys``) re-cut, in order, into batches of exactly ``rows`` rows, the remainder dropped: a
     loader of batch size ``rows`` with ``drop_last``, as BB's test loader."""
     pending: Batch = {}

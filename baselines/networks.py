@@ -239,11 +239,13 @@ def apply_unless_kept(module: nn.Module, fn) -> None:
     fn(module)
 
 
+# model.init -> the function applied to every module; "torch" keeps PyTorch's defaults.
+INITS = {"ogm": weight_init, "bb": bb_weight_init}
+
+
 def init_model(model: nn.Module, model_hp) -> None:
-    if model_hp.init == "ogm":
-        apply_unless_kept(model, weight_init)
-    elif model_hp.init == "bb":
-        apply_unless_kept(model, bb_weight_init)
+    if model_hp.init in INITS:
+        apply_unless_kept(model, INITS[model_hp.init])
 
 
 def compile_encoders(model: nn.Module, mode: str = "default") -> list[str]:

@@ -175,10 +175,10 @@ class OPM(FusionMethod):
                                         "theta's gradient, and calcu_q fills q from the non-detached confidence "
                                         "sums, so the encoders get an extra theta * d(theta)/d(params). False = the "
                                         "paper's constant rescale."),
-        HParam("rescale", "custom", "custom = the official custom_autograd rescale by 1/(1 - theta) (theta's "
+        HParam("rescale", "official", "official = the official custom_autograd rescale by 1/(1 - theta) (theta's "
                                     "gradient as theta_gradient says); bb = BB's OPM_trainer.py: scores from the "
                                     "live W and b, features divided by (1 - theta + 1e-5), autograd through theta "
-                                    "(needs theta_gradient false).", choices=("custom", "bb")),
+                                    "(needs theta_gradient false).", choices=("official", "bb")),
         HParam("ratio_form", "official", "official = r_m from s_m / s_other; bb = BB's OPM_trainer.py, whose "
                                          "in-place division makes the second modality's ratio s_2 / "
                                          "(s_1 / (s_2 + 1e-5) + 1e-5): it is dropped roughly whenever s_2^2 > s_1.",

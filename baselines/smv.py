@@ -44,6 +44,8 @@ from baselines.registry import register
 from core.data import Batch, BatchLoader, TaskSpec, seed_for
 from core.hparams import HParam, HParams
 
+BB_BATCH = 64  # BalanceBenchmark's valuation batch size, hard-coded there
+
 
 def shapley_contributions(correct_full: np.ndarray, correct_first: np.ndarray, correct_second: np.ndarray
                           ) -> tuple[np.ndarray, np.ndarray]:
@@ -70,14 +72,14 @@ def sample_level_rows(rows: np.ndarray, phi_first: np.ndarray, phi_second: np.nd
 
 
 def modality_level_rows(rows: np.ndarray, mean_phi_first: float, mean_phi_second: float, alpha: float, func: str,
-                        rng: np.random.Generator, form: str = "official") -> tuple[np.ndarray, np.ndarray]:
+                        rng: np.random.Generator, bb: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``AV_KS_Dataset_modality_level``: int(d * N) extra rows, drawn with replacement, zeroing the modality with
-    the smaller gap 1 - mean(phi). ``form="bb"`` is BalanceBenchmark's ``create_dataset_modality_level``: |gap
+    the smaller gap 1 - mean(phi). ``bb`` is BalanceBenchmark's ``create_dataset_modality_level``: |gap
     difference| summed over both ordered pairs (d doubled), drawn from the first N - N mod 64 rows, and every drawn
     row added twice, once zeroing that modality and once whole."""
     gap_first, gap_second = 1.0 - mean_phi_first, 1.0 - mean_phi_second
     base = abs(gap_first - gap_second) / 3.0 * 2.0
-    if form == "bb":
+    if bb:
         base *= 2.0
     if func == "linear":
         d = base * alpha
@@ -87,16 +89,13 @@ def modality_level_rows(rows: np.ndarray, mean_phi_first: float, mean_phi_second
         d = base ** 1.5 * alpha
     else:
         raise ValueError(f"smv.modality_func={func!r} is not one of linear, tanh, square")
-    pool = bb_pool(len(rows)) if form == "bb" else len(rows)
+    pool = bb_pool(len(rows)) if bb else len(rows)
     extra = rows[rng.choice(pool, int(d * pool))]
     code = 2 if gap_first > gap_second else 1
     codes = np.full(len(extra), code)
-    if form == "bb":
+    if bb:
         extra, codes = np.repeat(extra, 2), np.stack([codes, np.zeros_like(codes)], 1).ravel()
     return np.concatenate([rows, extra]), np.concatenate([np.zeros(len(rows), np.int64), codes])
-
-
-BB_BATCH = 64  # BalanceBenchmark's valuation batch size, hard-coded there
 
 
 def bb_pool(n: int) -> int:
@@ -137,20 +136,20 @@ class SMV(FusionMethod):
         HParam("modality_form", "official", "Modality level: official = AV_KS_Dataset_modality_level; bb = "
                                             "BalanceBenchmark's Sample trainer (4909c17): inputs zeroed instead of "
                                             "features, values of the first 64 rows only, twice the fraction, each "
-                                            "drawn row added zeroed and whole, rows n - n mod 64 left out of the "
-                                            "draws; linear only (its tanh and square branches call the gap dict "
+                                            "drawn row added zeroed and whole, the last n mod 64 rows never valued "
+                                            "or drawn; linear only (its tanh and square branches call the gap dict "
                                             "and fail).",
                choices=("official", "bb")),
     )
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)
-        if hp.level == "modality" and hp.modality_form == "bb" and hp.modality_func != "linear":
+        # BalanceBenchmark's modality level: among its differences, it zeroes a modality's input (SampleDataset,
+        # forward's padding) where the official code zeroes its features.
+        self._bb = hp.level == "modality" and hp.modality_form == "bb"
+        if self._bb and hp.modality_func != "linear":
             raise ValueError(f"smv.modality_form=bb runs only modality_func=linear (BalanceBenchmark's "
                              f"{hp.modality_func} branch fails), got {hp.modality_func!r}")
-        # BalanceBenchmark's modality level zeroes a modality's input (SampleDataset, forward's padding); the
-        # official code zeroes its features.
-        self._zero_inputs = hp.level == "modality" and hp.modality_form == "bb"
         self._diag: dict[str, float] = {}
 
     @torch.no_grad()
@@ -165,16 +164,17 @@ class SMV(FusionMethod):
             with self.ctx.autocast():
                 x = self.inputs(batch)
                 h = self.model.features(x)
-
-                def only(m: str) -> torch.Tensor:
-                    kept = {k: v if k == m else torch.zeros_like(v) for k, v in (x if self._zero_inputs else h).items()}
-                    return self.model.head(self.model.features(kept) if self._zero_inputs else kept)[0]
-
-                outs = {"full": self.model.head(h)[0], first: only(first), second: only(second)}
+                outs = {"full": self.model.head(h)[0], first: self._logits_keeping(first, x, h),
+                        second: self._logits_keeping(second, x, h)}
             for key, z in outs.items():
                 correct[key].append((z.argmax(1) == batch["label"]).cpu().numpy())
         self.model.train()
         return shapley_contributions(*(np.concatenate(correct[k]) for k in ("full", first, second)))
+
+    def _logits_keeping(self, m: str, x: dict[str, torch.Tensor], h: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Fused logits with every modality but ``m`` zeroed: its features, or (``bb``) its input."""
+        kept = {k: v if k == m else torch.zeros_like(v) for k, v in (x if self._bb else h).items()}
+        return self.model.head(self.model.features(kept) if self._bb else kept)[0]
 
     def select_rows(self, epoch: int, loaders: Loaders) -> RowSelection | None:
         train = loaders.train
@@ -187,12 +187,12 @@ class SMV(FusionMethod):
             new_rows, codes = sample_level_rows(rows, phi_first, phi_second)
         else:
             rng = np.random.default_rng(seed_for(self.ctx.train_hp.seed, epoch, "smv_modality"))
-            pool = bb_pool(len(rows)) if self.hp.modality_form == "bb" else len(rows)
+            pool = bb_pool(len(rows)) if self._bb else len(rows)
             if pool == 0:
                 raise ValueError(f"smv.modality_form=bb values the first n - n mod 64 training rows, and this split "
                                  f"has {len(rows)} (BalanceBenchmark would divide by zero)")
             drawn = rng.choice(pool, int(pool * self.hp.part_ratio))
-            if self.hp.modality_form == "bb":
+            if self._bb:
                 # BB's valuation caches the first batch's predictions and never clears the cache: training row j
                 # gets the value of row j mod 64, the first batch of its unshuffled 64-row pass.
                 drawn = drawn % BB_BATCH
@@ -200,8 +200,7 @@ class SMV(FusionMethod):
             phi_u = self.valuate(train, rows[unique])
             phi_first, phi_second = phi_u[0][inverse], phi_u[1][inverse]
             new_rows, codes = modality_level_rows(rows, float(phi_first.mean()), float(phi_second.mean()),
-                                                  self.hp.modality_alpha, self.hp.modality_func, rng,
-                                                  self.hp.modality_form)
+                                                  self.hp.modality_alpha, self.hp.modality_func, rng, self._bb)
         first, second = self.modalities
         self._diag = {"smv_samples": float(len(new_rows)), f"smv_phi_{first}": float(phi_first.mean()),
                       f"smv_phi_{second}": float(phi_second.mean())}
@@ -210,7 +209,7 @@ class SMV(FusionMethod):
     def update(self, batch: Batch, step: StepInfo) -> dict[str, float]:
         with self.ctx.autocast():
             codes = batch.get("zero_modality")
-            if self._zero_inputs:
+            if self._bb:
                 h = self.model.features(zero_flagged(self.inputs(batch), self.modalities, codes))
             else:
                 h = zero_flagged(self.model.features(self.inputs(batch)), self.modalities, codes)

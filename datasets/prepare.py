@@ -280,7 +280,8 @@ def prepare(dataset: type[PreparedDataset], raw: Path | str, out: Path | str | N
         manifest = read_manifest(final)
         if manifest["raw_fingerprint"] != fingerprint:
             raise StaleCacheError(f"{final} was built from different raw media (files changed since, or the cache "
-                               f"predates fingerprinting the files inside frame folders); pass --force to rebuild it")
+                                  f"predates fingerprinting the files inside frame folders); pass --force to rebuild "
+                                  f"it")
         log(f"{final}: up to date ({manifest_summary(manifest)})")
         return final
 

@@ -324,7 +324,7 @@ def test_opm_bb_form_matches_a_literal_port_of_bbs_training_step(tiny_bundle):
         close(seen[name], g if g is not None else torch.zeros_like(p), msg=name)
     # The theta path is visible: the official constant rescale, same q and draws, gives other gradients.
     with float64_default():
-        custom = build("opm", tiny_bundle, **{**BB_OPM, "rescale": "custom"})
+        custom = build("opm", tiny_bundle, **{**BB_OPM, "rescale": "official"})
         constant = capture_grads_at_step(custom)
         torch.manual_seed(3)
         custom.update(batch, step(epoch=0))

@@ -156,7 +156,7 @@ def test_smv_modality_level_resamples_towards_the_smaller_contribution():
 
 
 def test_smv_modality_level_bb_form_doubles_the_fraction_and_adds_whole_copies():
-    rows, codes = modality_level_rows(np.arange(130), 0.2, 0.8, 1.0, "linear", np.random.default_rng(0), "bb")
+    rows, codes = modality_level_rows(np.arange(130), 0.2, 0.8, 1.0, "linear", np.random.default_rng(0), bb=True)
     # BB: |gap difference| over both ordered pairs, d = 2 * 0.6 * 2/3 = 0.8 of the first 128 rows (130 - 130 mod 64)
     # -> 102 drawn rows, each once zeroing visual (code 2) and once whole (code 0).
     extra, extra_codes = rows[130:], codes[130:]

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from benchmarks.bench import SHAPES, bench_epoch, bench_steps, markdown_data, markdown_epoch, markdown_steps
-from benchmarks.bench_data import bench_tree, benchmark_data
+from benchmarks.bench_data import ROUND_ORDERS, bench_tree, benchmark_data
 from benchmarks.config import build_config, merge_overrides
 from benchmarks.records import atomic_write_text, environment, write_json
 from core.hparams import parse_assignments, resolve
@@ -61,8 +61,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     data.add_argument("--recipe", default="aug", help="audio recipe of a generated tree's cache (AUG's is 'aug')")
     data.add_argument("--batch-size", type=int, default=32, help="samples per batch of the data benchmark")
     data.add_argument("--batches", type=int, default=5, help="timed batches per loader per round")
-    data.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the data benchmark (the stream "
-                                                            "order cycles every 3 rounds: use a multiple of 3)")
+    data.add_argument("--rounds", type=int, default=len(ROUND_ORDERS),
+                      help=f"interleaved rounds of the data benchmark (the stream order cycles every "
+                           f"{len(ROUND_ORDERS)} rounds: use a multiple of {len(ROUND_ORDERS)})")
 
 
 def _machine(device: str) -> dict:
@@ -137,8 +138,8 @@ def run_data(args: argparse.Namespace, env: dict, tag: str) -> tuple[list[dict[s
                f"{'x'.join(map(str, first['audio_shape']))}, frames stored {'x'.join(map(str, first['stored_frame']))}"
                f" from {first['visual_source']}, served {first['image_size']}, T={first['frames']}, batch "
                f"{args.batch_size}{settings_note}), one CPU thread, {args.rounds} interleaved rounds of "
-               f"{args.batches} batches after a warm epoch (stream order cycling every 3 rounds), cache loader on "
-               f"{device} ({env.get('gpu', env['processor'])}, {env['cpu_count']} CPUs, load average "
+               f"{args.batches} batches after a warm epoch (stream order cycling every {len(ROUND_ORDERS)} rounds), "
+               f"cache loader on {device} ({env.get('gpu', env['processor'])}, {env['cpu_count']} CPUs, load average "
                f"{first['load_average']} at the end, torch {env['torch']}, commit {env['git_commit']})")
     write_json(args.out / f"data-{name}-{tag}{settings}.json", {"rows": rows, "env": env, "cache": str(cache)})
     atomic_write_text(args.out / f"data-{name}-{tag}{settings}.md", markdown_data(rows, caption))
