@@ -275,14 +275,21 @@ class Method(nn.Module):
     def inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
         return {m: batch[m] for m in self.modalities}
 
+    @classmethod
+    def held_out_split(cls, hp: HParams) -> str | None:
+        """The split the ``HELD_OUT_KEY`` knob names in ``hp``, or None where the method reads none (no such knob,
+        or a value that names no split, such as UMT's ``final``)."""
+        split = hp[cls.HELD_OUT_KEY] if cls.HELD_OUT_KEY else None
+        return split if split in ("val", "test") else None
+
     def held_out_loader(self, loaders: Loaders) -> BatchLoader:
         """The loader of the split named by the ``HELD_OUT_KEY`` knob; ``ValueError`` naming it if there is none (the
         runner refuses such a run before training; this guards direct use)."""
-        key = self.HELD_OUT_KEY
-        split = self.hp[key]
-        loader = getattr(loaders, split)
+        key, split = self.HELD_OUT_KEY, self.held_out_split(self.hp)
+        loader = getattr(loaders, split) if split else None
         if loader is None:
-            raise ValueError(f"{self.name}.{key}={split!r}, but dataset {self.task.dataset!r} serves no such split")
+            raise ValueError(f"{self.name}.{key}={self.hp[key]!r}, but dataset {self.task.dataset!r} serves no such "
+                             f"split")
         return loader
 
 

@@ -116,7 +116,7 @@ class UMT(FusionMethod):
         hp = self.ctx.train_hp
         epochs = self.hp.teacher_epochs or self.ctx.epochs
         loader = loaders.train
-        held_out = self.held_out_loader(loaders) if self.hp.teacher_select != "final" else None
+        held_out = self.held_out_loader(loaders) if self.held_out_split(self.hp) else None
         out = {}
         for m, teacher in self.teachers.items():
             best = (-1.0, -1, None)  # accuracy, epoch, weights

@@ -212,9 +212,9 @@ def check_held_out_split(cfg: RunConfig, bundle: DataBundle) -> None:
     Raises:
         UsageError: naming the knob, the dataset and the two ways out.
     """
-    key = get_method(cfg.method).HELD_OUT_KEY
-    split = cfg.method_hp[key] if key else None
-    if split in ("val", "test") and not len(bundle.splits.get(split, ())):
+    cls = get_method(cfg.method)
+    key, split = cls.HELD_OUT_KEY, cls.held_out_split(cfg.method_hp)
+    if split and not len(bundle.splits.get(split, ())):
         why = ("data.train_split=full trains on the validation rows" if cfg.data.get("train_split") == "full" else
                "the data has none")
         raise UsageError(f"{cfg.method}.{key}={split!r}, but {cfg.dataset} serves no {split!r} split here ({why}); "
