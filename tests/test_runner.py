@@ -168,6 +168,18 @@ def test_a_method_reading_a_split_the_data_lacks_is_refused_before_training(tmp_
     assert summary["protocols"]["last"]["test"]["n"] == TINY_DATA["n_test"]
 
 
+def test_a_held_out_knob_value_that_names_no_split_reads_none(tmp_path):
+    # UMT's teacher_select: 'final' reads no split, 'val' and 'test' do.
+    umt = get_method("umt")
+    assert umt.held_out_split(build_config("umt", "synthetic", tiny_overrides()).method_hp) is None
+    for split in ("val", "test"):
+        overrides = merge_overrides(tiny_overrides(), {"umt": {"teacher_select": split}})
+        assert umt.held_out_split(build_config("umt", "synthetic", overrides).method_hp) == split
+    overrides = merge_overrides(tiny_overrides(), {"umt": {"teacher_select": "val"}, "data": {"n_val": 0}})
+    with pytest.raises(UsageError, match=r"umt.teacher_select='val', but synthetic serves no 'val' split"):
+        train_run(build_config("umt", "synthetic", overrides), tmp_path / "run", log=lambda msg: None)
+
+
 def test_a_method_that_refuses_its_setting_leaves_no_run_folder(tmp_path):
     # OGM supports two modalities; its constructor refuses three before the run has any file.
     overrides = tiny_overrides()
