@@ -132,9 +132,14 @@ def padded_runs(runs: Sequence[Sequence[float]]) -> np.ndarray:
 
 def seed_mean(runs: Sequence[Sequence[float]]) -> np.ndarray:
     """Per epoch, the mean over the runs that reached it (and have a value there); as long as the longest run."""
+    return column_mean(padded_runs(runs))
+
+
+def column_mean(padded: np.ndarray) -> np.ndarray:
+    """Per column (epoch) of ``padded_runs``' array, the mean of the runs with a value there."""
     with warnings.catch_warnings():  # an epoch no run has a value for stays NaN: a gap in the line
         warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(padded_runs(runs), axis=0)
+        return np.nanmean(padded, axis=0)
 
 
 def plot_sweep(sweep_dir: Path, out_png: Path | None = None) -> Path:
@@ -223,7 +228,7 @@ def plot_demo(sweep_dir: Path, out_png: Path, order: Sequence[str] | None = None
             padded = 100 * padded_runs(runs)
             epochs = np.arange(padded.shape[1])  # 0-based, as metrics.jsonl and the run and sweep plots number them
             color, legend = _output_style(name)
-            (line,) = ax.plot(epochs, seed_mean(runs) * 100, color=color, marker="." if len(epochs) < 25 else None)
+            (line,) = ax.plot(epochs, column_mean(padded), color=color, marker="." if len(epochs) < 25 else None)
             ax.fill_between(epochs, np.nanmin(padded, axis=0), np.nanmax(padded, axis=0), color=color, alpha=0.15,
                             linewidth=0)
             seen.setdefault(legend, line)

@@ -195,15 +195,28 @@ def bb_encoder(modality: str) -> dict:
     return {"name": "ResNet18", "if_pretrain": False, "pretrain_path": "", "modality": modality}
 
 
-def bb_model(cls: type) -> Any:
-    """The two-modality concat classifier with the workarounds of the module docstring."""
+def bb_model(cls: type, fusion: str = "concat") -> Any:
+    """The two-modality classifier (``fusion``: BB's fusion module name) with the workarounds of the module
+    docstring."""
     with patch(sys, "stdout", io.StringIO()):
-        model = cls({"n_classes": NUM_CLASSES, "fusion": "concat", "device": " ",
+        model = cls({"n_classes": NUM_CLASSES, "fusion": fusion, "device": " ",
                      "encoders": {"audio": bb_encoder("audio"), "visual": bb_encoder("visual")},
                      "modality_size": {"audio": 512, "visual": 512}})
     model.resnet = model.resnet_process
     model.Unimodality_Calculate = lambda: model.unimodality_calculate()[1]
     return model
+
+
+def bb_trainer(cls: type, settings: Mapping[str, Any]) -> Any:
+    """A BB trainer made without ``BaseTrainer.__init__`` (Fabric, loggers): ``settings`` (its trainer_config block
+    and what ``__init__`` would set) on top of a fresh loop's bookkeeping, without a progress bar."""
+    trainer = cls.__new__(cls)
+    for key, value in {"should_stop": False, "global_step": 0, "grad_accum_steps": 1, "_current_train_return": None,
+                       **settings}.items():
+        setattr(trainer, key, value)
+    trainer.progbar_wrapper = lambda iterable, total, **kwargs: iterable
+    trainer._format_iterable = lambda *args: None
+    return trainer
 
 
 class Official:
@@ -213,14 +226,7 @@ class Official:
             trainer_mod, model_mod = import_official(root, f"balancemm.trainer.{trainer_module}",
                                                      "balancemm.models.avclassify_model")
         cls = getattr(trainer_mod, trainer_module.replace("_trainer", "Trainer"))
-        self.trainer = cls.__new__(cls)
-        for key, value in method_dict.items():
-            setattr(self.trainer, key, value)
-        self.trainer.fabric, self.trainer.PrecisionCalculatorType = Hub(), Metrics
-        self.trainer.progbar_wrapper = lambda iterable, total, **kwargs: iterable
-        self.trainer._format_iterable = lambda *args: None
-        self.trainer.should_stop, self.trainer.global_step, self.trainer.grad_accum_steps = False, 0, 1
-        self.trainer._current_train_return = None
+        self.trainer = bb_trainer(cls, {**method_dict, "fabric": Hub(), "PrecisionCalculatorType": Metrics})
         self.model = bb_model(getattr(model_mod, model_class))
         load_mapped(self.model, project.method.state_dict(), official_name)
         self.teachers = {}

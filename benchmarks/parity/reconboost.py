@@ -44,7 +44,7 @@ from torch import nn
 from baselines.base import Loaders, StepInfo
 from benchmarks.parity.balancebench import COMMIT as BB_COMMIT
 from benchmarks.parity.balancebench import REPO as BB_REPO
-from benchmarks.parity.balancebench import Hub, Metrics, SilentLogger, bb_encoder, stubbed_imports
+from benchmarks.parity.balancebench import Hub, Metrics, SilentLogger, bb_model, bb_trainer, stubbed_imports
 from benchmarks.parity.core import (
     Case,
     Checkpoint,
@@ -57,6 +57,7 @@ from benchmarks.parity.core import (
     import_official,
     load_mapped,
     module_snapshot,
+    name_map,
     patch,
     quantities,
     resnet_name,
@@ -87,8 +88,10 @@ def official_name(name: str) -> str | None:
 
 
 def project_name(name: str) -> str | None:
-    """``members`` is the project's bookkeeping (the official ensemble list); compared through the outputs."""
-    return None if name == "members" else name
+    """``members`` and ``had_grad`` are the project's bookkeeping (the official ensemble list; under ``variant: bb``
+    the zero gradients torch keeps, which BB does not store); they act through the outputs, parameters and optimizer
+    state."""
+    return None if name in ("members", "had_grad") else name
 
 
 class Project:
@@ -280,23 +283,11 @@ BB_PASSES = BB_EPOCHS * 2 * 2          # per BB epoch: 2 modalities x (1 boostin
 BB_HPARAMS = {"variant": "bb"}
 
 
-def bb_official_name(name: str) -> str | None:
-    """``BaseClassifierReconBoostModel`` entry -> the project's ``ReconBoost`` entry."""
-    for m in ("audio", "visual"):
-        prefix = f"modality_encoder.{m}."
-        if name.startswith(prefix):
-            return f"encoders.{m}.trunk." + resnet_name(name[len(prefix):])
-    if name.startswith("fusion_module.fc_out."):
-        return "head." + name[len("fusion_module.fc_out."):]
-    if name == "boost_rate":
-        return "beta"
-    raise KeyError(f"unmapped BaseClassifierReconBoostModel entry {name!r}")
-
-
-def bb_project_name(name: str) -> str | None:
-    """``members`` and ``had_grad`` are the project's bookkeeping (BB keeps neither: every learner is always in F and
-    torch keeps the zero gradients); they act through the parameters and optimizer state."""
-    return None if name in ("members", "had_grad") else name
+# ``BaseClassifierReconBoostModel`` entry -> the project's ``ReconBoost`` entry.
+bb_official_name = name_map((*((f"modality_encoder.{m}.", f"encoders.{m}.trunk.", resnet_name)
+                                for m in ("audio", "visual")),
+                             ("fusion_module.fc_out.", "head.", None), ("boost_rate", "beta", None)),
+                            "BaseClassifierReconBoostModel")
 
 
 def lr_quantity(opt: torch.optim.Optimizer) -> Snapshot:
@@ -325,7 +316,7 @@ class BBProject:
         rb = self.method
         opt = rb.modality_opts[0] if rb.hp.shared_optimizer else \
             rb.modality_opts[rb.position.modality] if rb.position.phase == "modality" else rb.correct_opt
-        return {**module_snapshot(rb, [opt], bb_project_name), **lr_quantity(opt)}
+        return {**module_snapshot(rb, [opt], project_name), **lr_quantity(opt)}
 
 
 class BBPasses:
@@ -365,28 +356,18 @@ class BBOfficial:
         with stubbed_imports(), cpu_patches(), patch(sys, "stdout", io.StringIO()):
             trainer_mod, model_mod = import_official(root, "balancemm.trainer.ReconBoost_trainer",
                                                      "balancemm.models.avclassify_model")
-            model = model_mod.BaseClassifierReconBoostModel({
-                "n_classes": NUM_CLASSES, "fusion": "shared", "device": " ",
-                "encoders": {"audio": bb_encoder("audio"), "visual": bb_encoder("visual")},
-                "modality_size": {"audio": 512, "visual": 512}})
-        model.resnet = model.resnet_process   # the released encoder_process calls self.resnet (balancebench.py)
+        model = bb_model(model_mod.BaseClassifierReconBoostModel, fusion="shared")
         # The project's weights, except boost_rate: BB's own initial 0.01 is compared with the project's beta.
         load_mapped(model, project.method.state_dict(),
                     lambda n: None if n == "boost_rate" else bb_official_name(n))
         self.model = model
-        cls = trainer_mod.ReconBoostTrainer
-        trainer = cls.__new__(cls)
         # configs/trainer_config.yaml ReconBoost; the rest is what BaseTrainer.__init__ would set.
-        for key, value in {"alpha": 0.5, "modulation_starts": 0, "modulation_ends": 80, "T_epochs": 1,
-                           "weight1": 5, "weight2": 1, "fabric": FabricHub(), "PrecisionCalculatorType": BBMetrics,
-                           "max_epochs": BB_EPOCHS, "current_epoch": 0, "global_step": 0, "grad_accum_steps": 1,
-                           "limit_train_batches": float("inf"), "limit_val_batches": float("inf"),
-                           "should_stop": False, "should_train": True, "validation_frequency": 1,
-                           "should_save": False, "use_distributed_sampler": False, "checkpoint_dir": None,
-                           "_current_train_return": None}.items():
-            setattr(trainer, key, value)
-        trainer.progbar_wrapper = lambda iterable, total, **kwargs: iterable
-        trainer._format_iterable = lambda *args: None
+        trainer = bb_trainer(trainer_mod.ReconBoostTrainer, {
+            "alpha": 0.5, "modulation_starts": 0, "modulation_ends": 80, "T_epochs": 1, "weight1": 5, "weight2": 1,
+            "fabric": FabricHub(), "PrecisionCalculatorType": BBMetrics, "max_epochs": BB_EPOCHS, "current_epoch": 0,
+            "limit_train_batches": float("inf"), "limit_val_batches": float("inf"), "should_train": True,
+            "validation_frequency": 1, "should_save": False, "use_distributed_sampler": False,
+            "checkpoint_dir": None})
         # fit validates after every BB epoch (model.eval(), no_grad forwards: no state moves); the project's
         # evaluation is the runner's, so the validation loop reports nothing here.
         trainer.val_loop = lambda model, loader, limit_batches: (0.0, {})
