@@ -60,8 +60,7 @@ def project_name(name: str) -> str | None:
 class Project:
     def __init__(self, case: Case, overrides: Mapping[str, Any]) -> None:
         task = av_task("cremad", NUM_CLASSES)
-        self.method = build_method(case.method, task, {"alpha": ALPHA, "mod_end": MOD_END, **case.hparams,
-                                                       **overrides}, epochs=EPOCHS, lr=LR)
+        self.method = build_method(case.method, task, {**case.hparams, **overrides}, epochs=EPOCHS, lr=LR)
         self.batches = av_batches(task, EPOCHS * STEPS, BATCH, seed=3)
         self.values: dict[str, Any] = {}
 
@@ -217,7 +216,7 @@ REPO = "lihong2303/AGM_ICCV2023"
 COMMIT = "5a65542c70b1c7c15c5df291e77fa9cf2bbb9549"
 
 CASES = [
-    Case(name="agm", method="agm", hparams={}, repo=REPO, commit=COMMIT,
+    Case(name="agm", method="agm", hparams={"alpha": ALPHA, "mod_end": MOD_END}, repo=REPO, commit=COMMIT,
          entry="run/CREMAD_main.py train (--methods AGM, late_fusion); model/CREMAD_net.py GradMod",
          covers=f"{EPOCHS} epochs x {STEPS} steps (batch {BATCH}); modulation window official 1-based epochs "
                 f"0-{MOD_END + 1} (project mod_end {MOD_END}), so epoch {MOD_END + 1} (0-based) runs past its end "

@@ -76,8 +76,7 @@ official_name = name_map((*AV_TRUNKS, FC_OUT), "AVClassifier_AUXI_Weight")
 class Project(StepProject):
     def __init__(self, case: Case, overrides: Mapping[str, Any]) -> None:
         task = av_task("cremad", NUM_CLASSES)
-        method = build_method(case.method, task, {"gamma": GAMMA, "temperature": T, "start_epoch": START,
-                                                  **case.hparams, **overrides}, epochs=EPOCHS, lr=LR)
+        method = build_method(case.method, task, {**case.hparams, **overrides}, epochs=EPOCHS, lr=LR)
         super().__init__(method, av_batches(task, EPOCHS * STEPS, BATCH, seed=5), EPOCHS, STEPS)
         with torch.no_grad():
             # A confident audio classifier: its entropy share (~0.1) falls below the 0.3 floor, the visual one's
@@ -190,7 +189,9 @@ class Official:
 REPO = "shicaiwei123/ICCV2025-ARL"
 COMMIT = "358af4f6782781ac3821527beae3321e77f9d31e"
 CASES = [
-    Case(name="arl_official_code", method="arl", hparams={"variant": "official_code"}, repo=REPO, commit=COMMIT,
+    Case(name="arl_official_code", method="arl",
+         hparams={"variant": "official_code", "gamma": GAMMA, "temperature": T, "start_epoch": START},
+         repo=REPO, commit=COMMIT,
          entry="main_arl_variance.py train_epoch (concat, --T 8, --gamma 4, --start 0); models/basic_model.py "
                "AVClassifier_AUXI_Weight, models/backbone.py ResNet_weight + GradScale, models/fusion_modules.py "
                "ConcatFusion_AUXI",

@@ -73,7 +73,7 @@ def ungated_name(name: str) -> str | None:
 class Project:
     def __init__(self, case: Case, overrides: Mapping[str, Any]) -> None:
         task = av_task("cremad", NUM_CLASSES)
-        self.method = build_method("aug", task, {"aca_interval_epochs": CHECK, **case.hparams, **overrides},
+        self.method = build_method("aug", task, {**case.hparams, **overrides},
                                    epochs=EPOCHS, lr=LR)
         self.batches = av_batches(task, EPOCHS * STEPS, BATCH, seed=1)
         self.values: dict[str, Any] = {}
@@ -192,11 +192,13 @@ PAPER_DEFAULTS = {"register_new_learners": True, "aca_rule": "difference", "aca_
                   "zero_grad_set_to_none": True}
 
 CASES = [
-    Case(name="aug_official_compat", method="aug", hparams={"variant": "official_compat"}, repo=REPO,
+    Case(name="aug_official_compat", method="aug",
+         hparams={"variant": "official_compat", "aca_interval_epochs": CHECK}, repo=REPO,
          commit="841d079eff52a1f381d15da3a702ac8440e9db61",
          entry="train_CREMAD.py train_audio_video; model/AudioVideo.py AVGBShareClassifier (add_layer, classfier)",
          covers=COVERS, project=Project, official=Official, deviations=PAPER_DEFAULTS, notes=__doc__),
-    Case(name="aug_official_gated", method="aug", hparams={"variant": "official_gated"}, repo=REPO,
+    Case(name="aug_official_gated", method="aug",
+         hparams={"variant": "official_gated", "aca_interval_epochs": CHECK}, repo=REPO,
          commit="966dbf514c84763e229defcae66d59f1b12cddfc",
          entry="train_CREMAD.py train_audio_video (gated, lambda 0.2); model/AudioVideo.py AVGBShareClassifier "
                "(w_network)",

@@ -60,7 +60,7 @@ class Project(StepProject):
 
     def __init__(self, case: Case, overrides: Mapping[str, Any]) -> None:
         task = av_task("cremad", NUM_CLASSES)
-        method = build_method(case.method, task, {"alpha": ALPHA, **case.hparams, **overrides},
+        method = build_method(case.method, task, {**case.hparams, **overrides},
                             epochs=EPOCHS, lr=LR)
         super().__init__(method, av_batches(task, EPOCHS * STEPS, BATCH, seed=3), EPOCHS, STEPS)
 
@@ -127,7 +127,7 @@ class Official:
 REPO = "shicaiwei123/ICCV2025-GDL"
 COMMIT = "b72a55f0fe1bd7fde6354fda9613e2a88a2d695e"
 CASES = [
-    Case(name="dgl", method="dgl", hparams={}, repo=REPO, commit=COMMIT,
+    Case(name="dgl", method="dgl", hparams={"alpha": ALPHA}, repo=REPO, commit=COMMIT,
          entry="main_dgl.py train_epoch (concat); models/basic_model.py AVClassifier_DGL, "
                "models/fusion_modules.py ConcatFusion_DGL",
          covers=f"{EPOCHS} epochs x {STEPS} steps (batch {BATCH}), alpha {ALPHA}: both gradient truncations and "

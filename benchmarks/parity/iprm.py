@@ -70,7 +70,7 @@ class Project(StepProject):
 
     def __init__(self, case: Case, overrides: Mapping[str, Any]) -> None:
         task = av_task("cremad", NUM_CLASSES)
-        method = build_method(case.method, task, {"alpha": ALPHA, **case.hparams, **overrides}, epochs=EPOCHS, lr=LR)
+        method = build_method(case.method, task, {**case.hparams, **overrides}, epochs=EPOCHS, lr=LR)
         super().__init__(method, av_batches(task, EPOCHS * STEPS, BATCH, seed=5), EPOCHS, STEPS)
         self.held_out = av_batches(task, 1, BATCH, seed=6)[0]
 
@@ -159,7 +159,7 @@ class Official:
 REPO = "njustkmg/IJCAI25-IPRM"
 COMMIT = "0bb457fe69320948bf37061c836b516bbcb236e9"
 CASES = [
-    Case(name="iprm", method="iprm", hparams={}, repo=REPO, commit=COMMIT,
+    Case(name="iprm", method="iprm", hparams={"alpha": ALPHA}, repo=REPO, commit=COMMIT,
          entry="main_av.py train_epoch / valid (slerp, compute_kl_divergence); models/models.py Mixup_AVClassifier",
          covers=f"{EPOCHS} epochs x {STEPS} steps (batch {BATCH}), alpha {ALPHA}: every step's probe (EMA of the "
                 f"module-level weight lists, first step at 1/2), KL-rebalanced weights and the geodesic-mixup loss; "

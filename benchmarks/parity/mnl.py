@@ -49,7 +49,7 @@ class Project(StepProject):
 
     def __init__(self, case: Case, overrides: Mapping[str, Any]) -> None:
         task = av_task("cremad", NUM_CLASSES)
-        method = build_method(case.method, task, {"weight": WEIGHT, **case.hparams, **overrides},
+        method = build_method(case.method, task, {**case.hparams, **overrides},
                             epochs=EPOCHS, lr=LR)
         super().__init__(method, av_batches(task, EPOCHS * STEPS, BATCH, seed=5), EPOCHS, STEPS)
 
@@ -107,7 +107,7 @@ class Official:
 
 
 CASES = [
-    Case(name="mnl", method="mnl", hparams={}, repo="BaoquanGong/Multimodal-Negative-Learning",
+    Case(name="mnl", method="mnl", hparams={"weight": WEIGHT}, repo="BaoquanGong/Multimodal-Negative-Learning",
          commit="64cea5624d5894ade5f087ec8d72623b0adb9f13",
          entry="train_latefusion.py model_forward (mode='train') in train()'s loop; the late-fusion model is a "
                "stand-in with MultimodalLateFusionClf's interface",

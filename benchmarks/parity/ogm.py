@@ -56,7 +56,7 @@ class Project(StepProject):
 
     def __init__(self, case: Case, overrides: Mapping[str, Any]) -> None:
         task = av_task("cremad", NUM_CLASSES)
-        method = build_method(case.method, task, {"mod_end": MOD_END, **case.hparams, **overrides},
+        method = build_method(case.method, task, {**case.hparams, **overrides},
                             epochs=EPOCHS, lr=LR)
         super().__init__(method, av_batches(task, EPOCHS * STEPS, BATCH, seed=2), EPOCHS, STEPS)
 
@@ -115,10 +115,10 @@ COVERS = (f"{EPOCHS} epochs x {STEPS} steps (batch {BATCH}); modulation window e
           f"{MOD_END}), so epoch {MOD_END + 1} runs past its end; coefficients every step")
 
 CASES = [
-    Case(name="ogm_ge", method="ogm_ge", hparams={}, repo=REPO, commit=COMMIT,
+    Case(name="ogm_ge", method="ogm_ge", hparams={"mod_end": MOD_END}, repo=REPO, commit=COMMIT,
          entry="main.py train_epoch (--modulation OGM_GE, concat); models/basic_model.py AVClassifier",
          covers=COVERS, project=Project, official=Official, notes=__doc__),
-    Case(name="ogm", method="ogm", hparams={}, repo=REPO, commit=COMMIT,
+    Case(name="ogm", method="ogm", hparams={"mod_end": MOD_END}, repo=REPO, commit=COMMIT,
          entry="main.py train_epoch (--modulation OGM, concat); models/basic_model.py AVClassifier",
          covers=COVERS, project=Project, official=Official, notes=__doc__),
 ]

@@ -73,8 +73,7 @@ def draws(step: int) -> tuple[torch.Tensor, torch.Tensor]:
 class Project:
     def __init__(self, case: Case, overrides: Mapping[str, Any]) -> None:
         task = av_task("kinetics_sounds", NUM_CLASSES)
-        self.method = build_method(case.method, task, {"q_base": Q_BASE, "lam": LAM, "p_exe": P_EXE,
-                                                       **case.hparams, **overrides},
+        self.method = build_method(case.method, task, {**case.hparams, **overrides},
                                    epochs=FIRST_EPOCH + EPOCHS, lr=LR)
         self.batches = av_batches(task, EPOCHS * STEPS, BATCH, seed=7)
         self.values: dict[str, Any] = {}
@@ -170,7 +169,8 @@ REPO = "GeWu-Lab/BML_TPAMI2024"
 COMMIT = "4b3aa4fd841856c4acbebf48549e6c59fbf7635e"
 
 CASES = [
-    Case(name="opm_official_compat", method="opm", hparams={"variant": "official_compat"}, repo=REPO, commit=COMMIT,
+    Case(name="opm_official_compat", method="opm",
+         hparams={"variant": "official_compat", "q_base": Q_BASE, "lam": LAM, "p_exe": P_EXE}, repo=REPO, commit=COMMIT,
          entry="code/main.py train (--use_adam_drop, concat); code/models/Classifier.py Classifier, calcu_q, "
                "Modality_drop.execute_drop, custom_autograd",
          covers=f"epochs {FIRST_EPOCH}-{FIRST_EPOCH + EPOCHS - 1} x {STEPS} steps (batch {BATCH}): the last warm-up "

@@ -83,8 +83,7 @@ class Project:
         task = TaskSpec(dataset="cremad", num_classes=NUM_CLASSES,
                         modalities=(ModalitySpec("audio", "spectrogram", (1, SIZE, SIZE)),
                                     ModalitySpec("visual", "frames", (3, 1, SIZE, SIZE))))
-        hparams = {"alpha": ALPHA, "mu": MU, "mod_end": MOD_END, "head": "concat", **case.hparams, **overrides}
-        self.method = build_method(case.method, task, hparams, epochs=EPOCHS, lr=LR)
+        self.method = build_method(case.method, task, {**case.hparams, **overrides}, epochs=EPOCHS, lr=LR)
         self.batches = batches(task)
         self.values: dict[str, Any] = {}
 
@@ -174,7 +173,9 @@ COVERS = (f"{EPOCHS} epochs x {STEPS} steps (batch {NUM_CLASSES}, lr {LR}); prot
           f"epoch {MOD_END + 1} runs past its end; prototype-confidence ratio every step inside the window")
 
 CASES = [
-    Case(name="pmr_official_compat", method="pmr", hparams={"variant": "official_compat"}, repo=REPO, commit=COMMIT,
+    Case(name="pmr_official_compat", method="pmr",
+         hparams={"variant": "official_compat", "alpha": ALPHA, "mu": MU, "mod_end": MOD_END, "head": "concat"},
+         repo=REPO, commit=COMMIT,
          entry="main_Prototype_grad.py train_epoch, calculate_prototype (--modulation Proto, concat); "
                "models/basic_model.py AVClassifier (models/backbone.py resnet18, compress=True)",
          covers=COVERS, project=Project, official=Official, deviations={"backbone": "resnet18"}, notes=__doc__),

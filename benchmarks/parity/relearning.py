@@ -90,9 +90,9 @@ class Data:
 class Project:
     def __init__(self, case: Case, overrides: Mapping[str, Any]) -> None:
         self.data = Data()
-        # The project's resolved defaults but for the case's shortened schedule (no official value is passed in).
-        hp = {"reinit_epoch": REINIT_EPOCH, "reinit_num": REINIT_NUM, **case.hparams, **overrides}
-        self.method = build_method(case.method, self.data.task, hp, epochs=EPOCHS, lr=LR)
+        # The project's resolved defaults but for the case's shortened schedule (case.hparams; no official value is
+        # passed in).
+        self.method = build_method(case.method, self.data.task, {**case.hparams, **overrides}, epochs=EPOCHS, lr=LR)
         self.loaders = Loaders(self.data.loader(self.data.train), self.data.loader(self.data.val), None)
         self.values: dict[str, Any] = {}
 
@@ -168,7 +168,9 @@ class Official:
 
 
 CASES = [
-    Case(name="relearning", method="relearning", hparams={}, repo="GeWu-Lab/Diagnosing_Relearning_ECCV2024",
+    Case(name="relearning", method="relearning",
+         hparams={"reinit_epoch": REINIT_EPOCH, "reinit_num": REINIT_NUM},
+         repo="GeWu-Lab/Diagnosing_Relearning_ECCV2024",
          commit="025085ea82ed784c6ab6e5fb1b08bfe498dd0fc7",
          entry="code/ours.py train_epoch, get_feature, reinit_score, reinit; code/models/models.py AVClassifier",
          covers=f"{EPOCHS} epochs x {ROWS // BATCH} steps (batch {BATCH}); diagnosis and re-initialisation after "

@@ -108,7 +108,7 @@ class Project:
 
     def __init__(self, case: Case, overrides: Mapping[str, Any]) -> None:
         self.data = Data()
-        self.method = build_method(case.method, self.data.task, {"warmup": WARMUP, **case.hparams, **overrides},
+        self.method = build_method(case.method, self.data.task, {**case.hparams, **overrides},
                                    epochs=EPOCHS, lr=LR)
         self.loaders = Loaders(self.data.loader())
         self.values: dict[str, Any] = {}
@@ -263,7 +263,7 @@ class Official:
 
 
 CASES = [
-    Case(name="remix", method="remix", hparams={}, repo="MatthewMaxy/Remix_ICML2025",
+    Case(name="remix", method="remix", hparams={"warmup": WARMUP}, repo="MatthewMaxy/Remix_ICML2025",
          commit="80898aa0ad8077af535e7ade4b4583525592956f",
          entry="train.py train_epoch, remix, kl_divergence, special_train_epoch (main's epoch loop); "
                "models/models.py AVClassifier; datasets/dataloader.py AV_CD_Dataset_Remix",

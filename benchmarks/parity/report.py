@@ -62,14 +62,17 @@ def render(directory: Path) -> str:
         "are then flipped one at a time on top of the official variant; each must show a difference (its "
         "signature: the first step and quantities where it diverges; a maximum of inf means a quantity exists on one "
         "side only, such as the momentum of a newly registered learner). Golden records of the official side are in "
-        "`tests/golden/parity/`; `tests/test_parity.py` replays the project side against them."),
+        "`tests/golden/parity/`; `tests/test_parity.py` replays the project side against them. Beside each "
+        "method are the knobs its case sets: the variant, and values the official run is given too (mostly "
+        "schedules shortened so that a few steps cross every decision point); every other knob is the project's "
+        "default."),
         "",
-        ("| case | method / variant | official code (commit) | steps and decision points | max difference | "
-         "status | documented deviations (paper default) |"),
+        ("| case | method (knobs the case sets) | official code (commit) | steps and decision points | "
+         "max difference | status | documented deviations (paper default) |"),
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        variant = ", ".join(f"{k}={v}" for k, v in r["hparams"].items()) or "default"
+        variant = ", ".join(f"{k}={v}" for k, v in r["hparams"].items()) or "project defaults"
         deviations = "<br>".join(_deviation_text(d) for d in r["deviations"])
         if not deviations:
             documented = r.get("documented_deviations", {})

@@ -88,7 +88,7 @@ class Data:
 class Project:
     def __init__(self, case: Case, overrides: Mapping[str, Any]) -> None:
         self.data = Data()
-        self.method = build_method(case.method, self.data.task, {"warmup": WARMUP, **case.hparams, **overrides},
+        self.method = build_method(case.method, self.data.task, {**case.hparams, **overrides},
                                    epochs=EPOCHS, lr=LR)
         self.loaders = Loaders(self.data.loader(), None, None)
         self.values: dict[str, Any] = {}
@@ -209,7 +209,7 @@ class Official:
 
 
 CASES = [
-    Case(name="smv", method="smv", hparams={"level": "sample"},
+    Case(name="smv", method="smv", hparams={"level": "sample", "warmup": WARMUP},
          repo="GeWu-Lab/Valuate-and-Enhance-Multimodal-Cooperation",
          commit="7ed12b07ee7d233aa835089185c909aaa3ff6b1e",
          entry="code/sample_level.py warmup_epoch, train_epoch, execute_modulation; code/models/models.py "
