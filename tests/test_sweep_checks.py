@@ -306,3 +306,19 @@ def test_an_empty_only_datasets_is_refused_not_a_row_without_runs():
            "methods": {"joint": {"only_datasets": []}, "sum": {}}}
     with pytest.raises(SweepConfigError, match=r"methods.joint.only_datasets must be a non-empty list.*got \[\]"):
         parse_config(doc)
+
+
+@pytest.mark.parametrize("patch, seeds, message", [
+    ({"seeds": [0, 0, 1]}, None, r"seeds \[0, 0, 1\] names seed\(s\) \[0\] more than once"),
+    ({}, [1, 1], r"--seeds \[1, 1\] names seed\(s\) \[1\] more than once"),
+    ({"grid": {"train.lr": [0.1, 0.1]}}, None, r"grid\['train.lr'\] lists \[0.1\] more than once"),
+    ({"methods": {"joint": {"grid": {"train.lr": [1, 1.0]}}}}, None,
+     r"methods.joint: grid\['train.lr'\] lists \[1.0\] more than once"),
+])
+def test_a_repeated_seed_or_grid_value_is_named_not_reported_as_two_rows_of_one_run(tmp_path, patch, seeds, message):
+    # Each planned the same run twice, which the planner reported as "rows 'joint' and 'joint' resolve to the same run".
+    doc = {"name": "test/repeats", "seeds": [0, 1], "datasets": {"synthetic": {"data": dict(TINY_DATA)}},
+           "defaults": {"model": dict(TINY_MODEL), "train": dict(TINY_TRAIN)}, "methods": {"joint": {}}}
+    doc.update(patch)
+    with pytest.raises(SweepConfigError, match=message):
+        expand(parse_config(doc), tmp_path, seeds=seeds, log=lambda msg: None)

@@ -14,7 +14,7 @@ from benchmarks.config import RUNNER_NAMESPACES, TRAIN_HPARAMS, RunConfig, build
 from benchmarks.records import DamagedFileError, read_json, write_json, write_yaml
 from benchmarks.run_folder import config_sections, missing_evaluation_current
 from benchmarks.runner import CHECKPOINT
-from benchmarks.sweep.spec import EvaluateSpec, SweepConfig, SweepConfigError
+from benchmarks.sweep.spec import EvaluateSpec, SweepConfig, SweepConfigError, repeated
 from core.hparams import HParamError, resolve
 from datasets.registry import get_dataset, list_datasets
 
@@ -176,6 +176,9 @@ def plan(config: SweepConfig, out: Path, *, seeds: Sequence[int] | None = None,
     labels = [label for label in labels if not methods or label in set(methods)]
     dataset_names = [d for d in dataset_names if not datasets or d in set(datasets)]
     method_of = {label: config.methods[label].get("method", label) for label in labels}
+    if repeated(seeds or []):
+        raise SweepConfigError(f"--seeds {list(seeds)} names seed(s) {repeated(seeds)} more than once; give each "
+                               "seed once")
     _check_assignments(assignments, set(method_of.values()))
     set_keys = [f"{ns}.{key}" for ns, values in assignments.items() for key in values]
     missing_methods, missing_datasets = missing_entries(config)

@@ -106,6 +106,16 @@ def _refuse_seed(sections: Mapping[str, Any], where: str, place: str) -> None:
                                f"gets one of them; a seed here would be ignored)")
 
 
+def repeated(values: Sequence[Any]) -> list[Any]:
+    """The values that occur more than once in ``values`` (by ``==``: 1 and 1.0 are one value), in order. Each would
+    plan the same run twice, which the planner could only report as two rows resolving to one run."""
+    twice: list[Any] = []
+    for i, value in enumerate(values):
+        if value in values[:i] and value not in twice:
+            twice.append(value)
+    return twice
+
+
 def check_grid(grid: Any, where: str, allowed: Sequence[str]) -> dict[str, list]:
     grid = _require_mapping(grid, where, "grid")
     if "train.seed" in grid:
@@ -116,6 +126,9 @@ def check_grid(grid: Any, where: str, allowed: Sequence[str]) -> dict[str, list]
             raise SweepConfigError(f"{where}: grid key {key!r} must be NAMESPACE.KEY with NAMESPACE in {list(allowed)}")
         if not isinstance(values, list) or not values:
             raise SweepConfigError(f"{where}: grid[{key!r}] must be a non-empty list, got {values!r}")
+        if repeated(values):
+            raise SweepConfigError(f"{where}: grid[{key!r}] lists {repeated(values)} more than once; list each value "
+                                   "once")
     return grid
 
 
@@ -165,6 +178,9 @@ def parse_config(doc: Mapping[str, Any], path: Path | None = None) -> SweepConfi
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
                                                              for s in seeds):
         raise SweepConfigError(f"{where}: seeds must be a non-empty list of integers, got {seeds!r}")
+    if repeated(seeds):
+        raise SweepConfigError(f"{where}: seeds {seeds} names seed(s) {repeated(seeds)} more than once; list each "
+                               "seed once")
     defaults = _require_mapping(doc.get("defaults"), where, "defaults")
     for ns in defaults:
         if ns not in RUNNER_NAMESPACES:
