@@ -322,3 +322,15 @@ def test_a_repeated_seed_or_grid_value_is_named_not_reported_as_two_rows_of_one_
     doc.update(patch)
     with pytest.raises(SweepConfigError, match=message):
         expand(parse_config(doc), tmp_path, seeds=seeds, log=lambda msg: None)
+
+
+@pytest.mark.parametrize("grids", [{"grid": {"train.lr": [0.1]}},
+                                   {"methods": {"joint": {"grid": {"train.lr": [0.1]}}}}])
+def test_set_on_a_key_a_grid_sets_is_refused(tmp_path, grids):
+    # --set won over the grid point while the row label still read "joint [train.lr=0.1]".
+    doc = {"name": "test/set-grid", "seeds": [0], "datasets": {"synthetic": {"data": dict(TINY_DATA)}},
+           "defaults": {"model": dict(TINY_MODEL), "train": dict(TINY_TRAIN)}, "methods": {"joint": {}}}
+    doc.update(grids)
+    where = "grid" if "grid" in grids else "methods.joint.grid"
+    with pytest.raises(SweepConfigError, match=rf"--set train.lr: .*'s {where} sets train.lr per row"):
+        expand(parse_config(doc), tmp_path, assignments={"train": {"lr": 0.5}}, log=lambda msg: None)

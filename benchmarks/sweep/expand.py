@@ -134,6 +134,18 @@ def _check_assignments(assignments: Mapping[str, Mapping[str, Any]], methods: se
         raise SweepConfigError("use --seeds to choose seeds, not --set train.seed")
 
 
+def _refuse_set_on_grid(set_keys: Sequence[str], config: SweepConfig, labels: Sequence[str]) -> None:
+    """A ``--set`` value wins over a grid point's, while the row label still shows the grid's value: the table would
+    name a setting the runs did not train with."""
+    grids = {"grid": config.doc.get("grid") or {}}
+    grids.update({f"methods.{label}.grid": config.methods[label].get("grid") or {} for label in labels})
+    for key in set_keys:
+        gridded = [where for where, grid in grids.items() if key in grid]
+        if gridded:
+            raise SweepConfigError(f"--set {key}: {config.where()}'s {', '.join(gridded)} sets {key} per row; change "
+                                   "the grid's values instead")
+
+
 def missing_entries(config: SweepConfig) -> tuple[list[str], list[str]]:
     """(methods, datasets) named by the config that are not registered."""
     registered_methods, registered_datasets = set(list_methods()), set(list_datasets())
@@ -181,6 +193,7 @@ def plan(config: SweepConfig, out: Path, *, seeds: Sequence[int] | None = None,
                                "seed once")
     _check_assignments(assignments, set(method_of.values()))
     set_keys = [f"{ns}.{key}" for ns, values in assignments.items() for key in values]
+    _refuse_set_on_grid(set_keys, config, labels)
     missing_methods, missing_datasets = missing_entries(config)
     result = Plan([], [m for m in missing_methods if m in method_of.values()],
                   [d for d in missing_datasets if d in dataset_names], [])
