@@ -28,7 +28,13 @@ from typing import Any, Iterable, Mapping, Sequence
 from baselines.registry import list_methods
 from benchmarks.data_identity import SAME_DATA_HINT, recorded_identity
 from benchmarks.records import DamagedFileError, read_config_yaml, read_json
-from benchmarks.run_folder import MISSING_RESULT, missing_result_problem, read_extensions, recorded_config
+from benchmarks.run_folder import (
+    MISSING_RESULT,
+    missing_result_problem,
+    rate_percent,
+    read_extensions,
+    recorded_config,
+)
 from datasets.sources import pinned_files
 
 METRIC_NAMES = {"acc": "Acc", "macro_f1": "Macro-F1", "map": "MAP"}
@@ -354,7 +360,7 @@ class Column:
             return f"{METRIC_NAMES[base]} ({rest})"
         base, _, rate = self.metric.partition("@missing=")
         if rate:
-            return f"{METRIC_NAMES[base]} missing {float(rate):.0%}"
+            return f"{METRIC_NAMES[base]} missing {rate_percent(rate)}"
         return METRIC_NAMES[self.metric]
 
 

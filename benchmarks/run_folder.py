@@ -28,6 +28,12 @@ MISSING_RESULT = "missing_modality.json"
 NO_FLOCK = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP)
 
 
+def rate_percent(rate: float) -> str:
+    """A missing-modality rate as a percentage that tells distinct rates apart (0.005 is 0.5%, not 0%; 0.125 is
+    12.5%, not 12% like 0.12)."""
+    return f"{float(rate) * 100:g}%"
+
+
 class RunBusyError(InputError, RuntimeError):
     """Another process holds the run folder's lock: it is training or evaluating that run now."""
 

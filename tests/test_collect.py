@@ -14,6 +14,7 @@ import yaml
 
 from benchmarks.cli import main
 from benchmarks.collect import (
+    Column,
     MixedRunsError,
     PaperFileError,
     StaleResultError,
@@ -145,6 +146,12 @@ def test_a_paper_table_that_matches_nothing_says_so(runs_dir):
     unmatched = build_table(load_runs(runs_dir), paper=paper, metrics=["map"], datasets=["kinetics_sounds"])
     assert all(cell.paper is None for _, cells in unmatched.rows for cell in cells)
     assert "No published value of" in unmatched.caption
+
+
+def test_missing_rate_headers_tell_distinct_rates_apart():
+    # The headers were f"{rate:.0%}": 0.005 read "0%" like 0, and 0.125 read "12%" like 0.12.
+    headers = [Column("cremad", f"acc@missing={rate:g}").header for rate in (0, 0.005, 0.12, 0.125, 0.2)]
+    assert headers == ["Acc missing 0%", "Acc missing 0.5%", "Acc missing 12%", "Acc missing 12.5%", "Acc missing 20%"]
 
 
 def test_per_modality_and_missing_columns(runs_dir):

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from benchmarks.evaluate import DEFAULT_MISSING_RATES, evaluate_missing, parse_rates
-from benchmarks.run_folder import MISSING_RESULT, rank0_run_lock
+from benchmarks.run_folder import MISSING_RESULT, rank0_run_lock, rate_percent
 
 HELP = "evaluate a finished run's final checkpoint with a fraction of samples missing one modality"
 
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
                                batch_size=args.batch_size)
     for row in out["rates"]:
         m = row["metrics"]
-        print(f"missing {row['rate']:.0%}: acc {m['acc']:.4f}  macro_f1 {m['macro_f1']:.4f}  map {m['map']:.4f}  "
-              f"({row['n_missing']}/{out['n']} samples missing a modality)")
+        print(f"missing {rate_percent(row['rate'])}: acc {m['acc']:.4f}  macro_f1 {m['macro_f1']:.4f}  "
+              f"map {m['map']:.4f}  ({row['n_missing']}/{out['n']} samples missing a modality)")
     print(f"wrote {args.run_dir / MISSING_RESULT}")
     return 0
