@@ -105,7 +105,11 @@ class RunRecord:
                    if protocol == "clean" else "")
             raise KeyError(f"{self.run_dir}: summary has no protocol {protocol!r}; it has {sorted(self.protocols)}"
                            f"{why}")
-        test = self.protocols[protocol].get("test") or {}
+        test = self.protocols[protocol].get("test")
+        if not isinstance(test, Mapping):
+            # a run that adds nothing to any cell would leave its row a seed short without a word
+            raise DamagedFileError(self.run_dir / "summary.json", f"protocols.{protocol}.test is "
+                                   f"{json.dumps(test)}, not the test metrics of the {protocol!r} protocol")
         out = {k: float(test[k]) for k in METRIC_NAMES if k in test}
         for modality, metrics in (test.get("per_modality") or {}).items():
             for k in METRIC_NAMES:
@@ -132,12 +136,14 @@ def load_runs(root: Path) -> list[RunRecord]:
         if not (run_dir / "DONE").exists():
             continue
         summary = read_json(summary_path)
-        absent = [key for key in SUMMARY_KEYS if key not in summary]
-        if absent:
-            raise DamagedFileError(summary_path, f"it has no {', '.join(absent)}")
+        check_summary(summary_path, summary)
         method = summary["method"]
         result = read_json(run_dir / MISSING_RESULT, default={"rates": [], "split": "test"})
-        missing = {float(row["rate"]): row["metrics"] for row in result["rates"]}
+        missing = missing_metrics(run_dir / MISSING_RESULT, result)
+        last = summary["protocols"].get("last")
+        if missing and not (isinstance(last, Mapping) and "epoch" in last):
+            raise DamagedFileError(summary_path, f"protocols.last.epoch is missing; it says which checkpoint "
+                                   f"{MISSING_RESULT} must have evaluated")
         problem = missing_result_problem(summary, result, split="test") if missing else None
         label, title = row_of(run_dir, method)
         records.append(RunRecord(run_dir=run_dir, label=label, title=title, method=method,
@@ -147,6 +153,64 @@ def load_runs(root: Path) -> list[RunRecord]:
                                  data=recorded_identity(run_dir), config=recorded_config(run_dir) or {},
                                  custom_splits=custom_pinned_splits(summary)))
     return records
+
+
+def check_summary(path: Path, summary: Mapping[str, Any]) -> None:
+    """Refuse a ``summary.json`` a table cannot read as its runner wrote it, naming the key: ``SUMMARY_KEYS`` absent,
+    a seed that is not an integer, or a test metric that is not a fraction (``check_fraction``)."""
+    absent = [key for key in SUMMARY_KEYS if key not in summary]
+    if absent:
+        raise DamagedFileError(path, f"it has no {', '.join(absent)}")
+    seed = summary["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise DamagedFileError(path, f"seed is {json.dumps(seed)}, not an integer")
+    if not isinstance(summary["protocols"], Mapping):
+        raise DamagedFileError(path, f"protocols is {json.dumps(summary['protocols'])}, not a mapping of protocols")
+    for name, entry in summary["protocols"].items():
+        if not isinstance(entry, Mapping):
+            raise DamagedFileError(path, f"protocols.{name} is {json.dumps(entry)}, not a mapping")
+        # A null test is refused where a table reads that protocol (RunRecord.values): a run of a dataset without a
+        # test split records its protocols' test as null.
+        test = entry.get("test")
+        if isinstance(test, Mapping):
+            check_metrics(path, f"protocols.{name}.test", test, required=("acc",))
+            for modality, metrics in (test.get("per_modality") or {}).items():
+                check_metrics(path, f"protocols.{name}.test.per_modality.{modality}", metrics)
+
+
+def check_metrics(path: Path, where: str, metrics: Any, required: Sequence[str] = ()) -> None:
+    """Every ``METRIC_NAMES`` key of ``metrics`` (``where`` in ``path``) is a fraction, and ``required`` are there."""
+    if not isinstance(metrics, Mapping):
+        raise DamagedFileError(path, f"{where} is {json.dumps(metrics)}, not a mapping of metrics")
+    absent = [k for k in required if k not in metrics]
+    if absent:
+        raise DamagedFileError(path, f"{where} has no {', '.join(absent)}")
+    for k in METRIC_NAMES:
+        if k in metrics:
+            check_fraction(path, f"{where}.{k}", metrics[k])
+
+
+def check_fraction(path: Path, key: str, value: Any) -> float:
+    """``value`` as a number in [0, 1], else ``DamagedFileError`` naming ``key``: a NaN would make a column's best
+    mean depend on the order of its rows, a percentage (60.0) would show as 6000.00, a null or a string would fail
+    without naming the file."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise DamagedFileError(path, f"{key} is {json.dumps(value)}, not a number in [0, 1]")
+    return float(value)
+
+
+def missing_metrics(path: Path, result: Mapping[str, Any]) -> dict[float, dict[str, Any]]:
+    """Rate -> metrics of a ``missing_modality.json``, every rate and metric checked (``check_fraction``)."""
+    rates = result.get("rates")
+    if not isinstance(rates, list):
+        raise DamagedFileError(path, f"rates is {json.dumps(rates)}, not a list")
+    out = {}
+    for i, row in enumerate(rates):
+        if not isinstance(row, Mapping) or "rate" not in row:
+            raise DamagedFileError(path, f"rates[{i}] has no rate")
+        check_metrics(path, f"rates[{i}].metrics", row.get("metrics"), required=tuple(METRIC_NAMES))
+        out[check_fraction(path, f"rates[{i}].rate", row["rate"])] = row["metrics"]
+    return out
 
 
 def custom_pinned_splits(summary: Mapping[str, Any]) -> tuple[str, ...]:

@@ -26,6 +26,7 @@ from benchmarks.collect import (
     render,
 )
 from benchmarks.plots import _sweep_curves, plot_demo, plot_run, plot_sweep, run_series, seed_mean
+from benchmarks.run_folder import MISSING_RESULT
 from tests.numeric import approx64
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -256,6 +257,57 @@ def test_a_damaged_summary_is_an_error_naming_the_file(runs_dir, capsys, damage)
     err = capsys.readouterr().err
     assert f"{summary} is damaged: " in err and "delete that run folder and train it again" in err
     assert ("not valid JSON" if damage == "not json" else "it has no dataset, protocols") in err
+
+
+def _edit_json(path: Path, edit) -> None:
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("edit, problem", [
+    # NaN: the column's best mean depended on the order of its rows
+    (lambda s: s["protocols"]["paper"]["test"].update(map=float("nan")), "protocols.paper.test.map is NaN, not a "
+                                                                         "number in [0, 1]"),
+    (lambda s: s["protocols"]["clean"]["test"].update(acc=float("inf")), "protocols.clean.test.acc is Infinity"),
+    (lambda s: s["protocols"]["paper"]["test"].update(acc=None), "protocols.paper.test.acc is null"),  # TypeError
+    (lambda s: s["protocols"]["paper"]["test"].update(acc=60.0), "protocols.paper.test.acc is 60.0"),  # 6000.00
+    (lambda s: s["protocols"]["paper"]["test"]["per_modality"]["audio"].update(acc="0.5"),
+     'protocols.paper.test.per_modality.audio.acc is "0.5"'),
+    (lambda s: s["protocols"]["paper"]["test"].pop("acc"), "protocols.paper.test has no acc"),
+    (lambda s: s.update(seed="zero"), 'seed is "zero", not an integer'),  # was a bare ValueError
+    (lambda s: s.update(seed=0.7), "seed is 0.7, not an integer"),  # was silently seed 0
+    (lambda s: s.update(protocols=[]), "protocols is [], not a mapping"),
+    # the run added nothing to any cell: its row was a seed short without a word
+    (lambda s: s["protocols"]["paper"].update(test=None), "protocols.paper.test is null, not the test metrics"),
+    (lambda s: s["protocols"]["paper"].pop("test"), "protocols.paper.test is null, not the test metrics"),
+])
+def test_a_summary_with_a_bad_value_is_an_error_naming_the_file_and_key(runs_dir, capsys, edit, problem):
+    summary = runs_dir / "cremad-aug-seed1-fixture" / "summary.json"
+    _edit_json(summary, edit)
+    assert main(["table", str(runs_dir), "--protocol", "paper"]) == 2
+    err = capsys.readouterr().err
+    assert f"{summary} is damaged: {problem}" in err
+
+
+@pytest.mark.parametrize("edit, damaged, problem", [
+    (lambda r: r["rates"][1]["metrics"].pop("macro_f1"), MISSING_RESULT, "rates[1].metrics has no macro_f1"),
+    (lambda r: r["rates"][0].pop("rate"), MISSING_RESULT, "rates[0] has no rate"),
+    (lambda r: r["rates"][1].update(rate=20), MISSING_RESULT, "rates[1].rate is 20, not a number in [0, 1]"),
+    (lambda r: r.pop("rates"), MISSING_RESULT, "rates is null, not a list"),
+    (None, "summary.json", "protocols.last.epoch is missing"),
+])
+def test_a_bad_missing_modality_result_is_an_error_naming_the_file_and_key(runs_dir, capsys, edit, damaged,
+                                                                           problem):
+    # Each was a bare KeyError naming neither file nor key.
+    run = runs_dir / "cremad-joint-seed0-fixture"
+    write_missing(run)
+    if edit is None:
+        _edit_json(run / "summary.json", lambda s: s["protocols"].pop("last"))
+    else:
+        _edit_json(run / MISSING_RESULT, edit)
+    assert main(["table", str(runs_dir), "--missing"]) == 2
+    assert f"{run / damaged} is damaged: {problem}" in capsys.readouterr().err
 
 
 def test_a_damaged_metrics_line_is_an_error_naming_the_file_and_line(runs_dir, capsys):
