@@ -145,12 +145,17 @@ def load_runs(root: Path) -> list[RunRecord]:
             raise DamagedFileError(summary_path, f"protocols.last.epoch is missing; it says which checkpoint "
                                    f"{MISSING_RESULT} must have evaluated")
         problem = missing_result_problem(summary, result, split="test") if missing else None
+        config = recorded_config(run_dir)
+        if config is None:
+            # without it the run's settings cannot be compared with its row's other seeds
+            raise DamagedFileError(run_dir / "config.yaml", "a finished run (DONE and summary.json) has no "
+                                   "config.yaml")
         label, title = row_of(run_dir, method)
         records.append(RunRecord(run_dir=run_dir, label=label, title=title, method=method,
                                  dataset=summary["dataset"], seed=int(summary["seed"]),
                                  protocols=summary["protocols"], missing=missing, missing_problem=problem,
                                  missing_seed=result.get("seed") if missing else None,
-                                 data=recorded_identity(run_dir), config=recorded_config(run_dir) or {},
+                                 data=recorded_identity(run_dir), config=config,
                                  custom_splits=custom_pinned_splits(summary)))
     return records
 
@@ -285,22 +290,25 @@ def check_one_config_per_row(runs: Iterable[tuple[str, str, int, Path, Mapping[s
     differ beyond ``EXECUTION_KEYS`` (variants trained with ``augbench train`` into one folder; a sweep rerun into its
     folder after its settings changed), or another number of data-parallel ranks (``world_size``). Its mean and std
     would otherwise mix configs as if they were seeds.
-    ``runs``: (row label, dataset, seed, run folder, config) for every run that recorded its config."""
-    rows: dict[tuple[str, str], list[tuple[int, Path, dict[str, Any]]]] = defaultdict(list)
+    ``runs``: (row label, dataset, seed, run folder, config) for every run of the table or plot; an empty config (a
+    row computed from other runs, such as the demo's unimodal ensemble) has only its seeds checked."""
+    rows: dict[tuple[str, str], list[tuple[int, Path, dict[str, Any] | None]]] = defaultdict(list)
     for label, dataset, seed, run_dir, config in runs:
-        rows[(label, dataset)].append((seed, run_dir, _settings(config, run_dir)))
+        rows[(label, dataset)].append((seed, run_dir, _settings(config, run_dir) if config else None))
     hint = ("A row averages the seeds of one config: move the other runs to another folder, or give each variant "
             "its own row (a sweep's grid or methods entries label them).")
     for (label, dataset), members in sorted(rows.items()):
-        _, first_dir, first = members[0]
+        configured = [(d, c) for _, d, c in members if c is not None]
         seen: dict[int, Path] = {}
-        ranks = {str(c["world_size"]): d for _, d, c in members if "world_size" in c}
+        ranks = {str(c["world_size"]): d for d, c in configured if "world_size" in c}
         if len(ranks) > 1:
             shown = " vs ".join(f"{size} ({run_dir})" for size, run_dir in sorted(ranks.items()))
             raise MixedRunsError(f"row {label!r} on {dataset} would average runs trained on different numbers of "
                                  f"data-parallel ranks: world_size {shown}. {hint}")
+        first_dir, first = configured[0] if configured else (None, {})
         for seed, run_dir, other in members:
             # world_size is compared above, among the runs that know it (a run in its first invocation does not yet)
+            other = first if other is None else other  # a run without a config: only its seed is checked
             differ = sorted(k for k in (first.keys() | other.keys()) - {"world_size"} if first.get(k) != other.get(k))
             if differ:
                 shown = ", ".join(f"{k} {first.get(k)!r} vs {other.get(k)!r}" for k in differ[:4])
@@ -525,7 +533,7 @@ def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper:
     check_same_data(records)
     if missing:
         check_missing_results(records)
-    check_one_config_per_row((r.label, r.dataset, r.seed, r.run_dir, r.config) for r in records if r.config)
+    check_one_config_per_row((r.label, r.dataset, r.seed, r.run_dir, r.config) for r in records)
     groups: dict[tuple[str, str], list[tuple[int, dict[str, float]]]] = defaultdict(list)
     titles = {}
     for rec in records:

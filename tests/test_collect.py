@@ -17,6 +17,7 @@ from benchmarks.collect import (
     Column,
     MixedRunsError,
     PaperFileError,
+    RunRecord,
     StaleResultError,
     _tex_escape,
     build_table,
@@ -257,6 +258,24 @@ def test_a_damaged_summary_is_an_error_naming_the_file(runs_dir, capsys, damage)
     err = capsys.readouterr().err
     assert f"{summary} is damaged: " in err and "delete that run folder and train it again" in err
     assert ("not valid JSON" if damage == "not json" else "it has no dataset, protocols") in err
+
+
+def test_a_finished_run_without_its_config_is_damaged_not_averaged_with_its_seeds_twin(tmp_path, capsys):
+    # Only runs with a config were checked for a repeated seed: this one and its copy made a cell of n=2 from one seed.
+    write_run(tmp_path, "joint", "cremad", 0, (0.60, 0.5, 0.7))
+    copy = write_run(tmp_path / "copy", "joint", "cremad", 0, (0.70, 0.5, 0.7))
+    (copy / "config.yaml").unlink()
+    assert main(["table", str(tmp_path)]) == 2
+    assert (f"{copy / 'config.yaml'} is damaged: a finished run (DONE and summary.json) has no config.yaml"
+            in capsys.readouterr().err)
+
+
+def test_a_repeated_seed_is_refused_in_rows_without_a_config(runs_dir):
+    # Rows computed from other runs (the demo's ensemble) carry no config; their seeds were never compared.
+    twins = [RunRecord(run_dir=runs_dir / name, label="ensemble", title="Ensemble", method="ensemble",
+                       dataset="cremad", seed=0, protocols={"paper": {"test": {"acc": 0.5}}}) for name in "ab"]
+    with pytest.raises(MixedRunsError, match="row 'ensemble' on cremad has seed 0 twice"):
+        build_table(load_runs(runs_dir) + twins)
 
 
 def _edit_json(path: Path, edit) -> None:
