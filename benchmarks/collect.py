@@ -234,11 +234,13 @@ def row_of(run_dir: Path, method: str) -> tuple[str, str]:
 
 
 def unfinished_runs(root: Path) -> list[Path]:
-    """Run folders under ``root`` without ``DONE``: still training, stopped or failed. ``load_runs`` leaves them out;
-    the table command counts them so that a missing seed is never silent. A sweep's run that failed before its first
-    epoch holds only the ``job.yaml`` its sweep wrote, so that marks a run folder too."""
-    folders = {path.parent for name in ("config.yaml", "job.yaml") for path in Path(root).rglob(name)}
-    return sorted(folder for folder in folders if not (folder / "DONE").exists())
+    """Run folders under ``root`` without ``DONE`` or without ``summary.json``: still training, stopped or failed
+    (a run killed between writing them). ``load_runs`` leaves them out; the table command counts them so that a
+    missing seed is never silent. A sweep's run that failed before its first epoch holds only the ``job.yaml`` its
+    sweep wrote, so that marks a run folder too."""
+    folders = {path.parent for name in ("config.yaml", "job.yaml", "DONE") for path in Path(root).rglob(name)}
+    return sorted(folder for folder in folders
+                  if not (folder / "DONE").exists() or not (folder / "summary.json").exists())
 
 
 def config_settings(config: Mapping[str, Any]) -> dict[str, Any]:

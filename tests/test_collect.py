@@ -238,8 +238,8 @@ def test_the_table_command_counts_the_unfinished_runs_it_leaves_out(runs_dir, ca
     assert main(["table", str(runs_dir)]) == 0
     captured = capsys.readouterr()
     assert "| 9" not in captured.out and "(3)" in captured.out, "the unfinished seed 9 is not tabulated"
-    assert captured.err == ("note: 1 run folder(s) without DONE (training, stopped or failed) are left out of the "
-                            f"table, such as {runs_dir / 'cremad-aug-seed9-fixture'}\n")
+    assert captured.err == ("note: 1 run folder(s) without DONE or summary.json (training, stopped or failed) are "
+                            f"left out of the table, such as {runs_dir / 'cremad-aug-seed9-fixture'}\n")
 
 
 def test_a_sweep_run_that_never_started_counts_as_unfinished(runs_dir, capsys):
@@ -247,7 +247,16 @@ def test_a_sweep_run_that_never_started_counts_as_unfinished(runs_dir, capsys):
     never.mkdir()
     (never / "job.yaml").write_text("method: aug\n")
     assert main(["table", str(runs_dir)]) == 0
-    assert "note: 2 run folder(s) without DONE" in capsys.readouterr().err
+    assert "note: 2 run folder(s) without DONE or summary.json" in capsys.readouterr().err
+
+
+def test_a_run_with_done_but_no_summary_counts_as_unfinished(runs_dir, capsys):
+    # It was neither tabulated nor counted: its row was a seed short without a word. The runner resumes such a run.
+    (runs_dir / "cremad-joint-seed2-fixture" / "summary.json").unlink()
+    assert main(["table", str(runs_dir)]) == 0
+    err = capsys.readouterr().err
+    assert "note: 2 run folder(s) without DONE or summary.json" in err
+    assert str(runs_dir / "cremad-aug-seed9-fixture") in err
 
 
 @pytest.mark.parametrize("damage", ["not json", "no keys"])

@@ -70,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
                         title=order.get("title"))
     unfinished = unfinished_runs(args.runs_dir)
     if unfinished:
-        print(f"note: {len(unfinished)} run folder(s) without DONE (training, stopped or failed) are left out of the "
-              f"table, such as {unfinished[0]}", file=sys.stderr)
+        print(f"note: {len(unfinished)} run folder(s) without DONE or summary.json (training, stopped or failed) "
+              f"are left out of the table, such as {unfinished[0]}", file=sys.stderr)
     shown = [r for r in records if shown_in_table(r, order.get("datasets"), order.get("methods"))]
     for line in _coverage_notes(records, shown, args.config, order, args.missing):
         print(f"note: {line}", file=sys.stderr)
