@@ -96,6 +96,8 @@ class RunRecord:
     config: dict[str, Any] = field(default_factory=dict)
     # Split files with a published (pinned) version whose cache was prepared from other bytes.
     custom_splits: tuple[str, ...] = ()
+    # summary.json's env: which commit trained the run, and whether its tree had uncommitted changes.
+    env: dict[str, Any] = field(default_factory=dict)
 
     def values(self, protocol: str) -> dict[str, float]:
         """Metric key -> value in [0, 1]: ``acc``/``macro_f1``/``map``, ``acc:<modality>`` and
@@ -156,7 +158,7 @@ def load_runs(root: Path) -> list[RunRecord]:
                                  protocols=summary["protocols"], missing=missing, missing_problem=problem,
                                  missing_seed=result.get("seed") if missing else None,
                                  data=recorded_identity(run_dir), config=config,
-                                 custom_splits=custom_pinned_splits(summary)))
+                                 custom_splits=custom_pinned_splits(summary), env=summary.get("env") or {}))
     return records
 
 
@@ -285,6 +287,25 @@ def _world_size(run_dir: Path) -> int | list[int] | None:
     whole = summary.get("world_size", 1)
     sizes = sorted({segment.get("world_size", whole) for segment in summary.get("segments", [])} | {whole})
     return sizes[0] if len(sizes) == 1 else sizes
+
+
+def commit_counts(envs: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """How many runs each commit trained (their summaries' ``env``), most first; ``unknown`` where a run recorded
+    none."""
+    return dict(Counter(env.get("git_commit") or "unknown" for env in envs).most_common())
+
+
+def mixed_code_notes(rows: Mapping[str, Sequence[RunRecord]]) -> list[str]:
+    """One line per row (name -> its runs) whose runs were trained by more than one commit or by a tree with
+    uncommitted changes: its mean is then not the number of one version of the code."""
+    notes = []
+    for name, runs in rows.items():
+        commits = commit_counts(r.env for r in runs)
+        dirty = sum(bool(r.env.get("git_dirty")) for r in runs)
+        if len(commits) > 1 or dirty:
+            notes.append(f"row {name}: {len(runs)} runs from {len(commits)} commit{'s' * (len(commits) != 1)}"
+                         + (f" ({dirty} with uncommitted changes)" if dirty else ""))
+    return notes
 
 
 def check_one_config_per_row(runs: Iterable[tuple[str, str, int, Path, Mapping[str, Any]]]) -> None:
@@ -460,6 +481,8 @@ class Table:
     columns: list[Column]
     rows: list[tuple[str, list[Cell]]]
     with_paper: bool
+    # ``mixed_code_notes`` of the rows shown; the caption says them too.
+    code_notes: list[str] = field(default_factory=list)
 
 
 def under_label(found: str, wanted: str) -> bool:
@@ -537,9 +560,11 @@ def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper:
         check_missing_results(records)
     check_one_config_per_row((r.label, r.dataset, r.seed, r.run_dir, r.config) for r in records)
     groups: dict[tuple[str, str], list[tuple[int, dict[str, float]]]] = defaultdict(list)
+    members: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
     titles = {}
     for rec in records:
         groups[(rec.label, rec.dataset)].append((rec.seed, rec.values(protocol)))
+        members[(rec.label, rec.dataset)].append(rec)
         titles[rec.label] = rec.title
     dataset_order = _ordered({d for _, d in groups}, datasets)
     label_order = _ordered({label for label, _ in groups}, methods)
@@ -598,7 +623,12 @@ def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper:
             caption += (f" {len(custom)} of the {len(shown)} runs trained on a cache prepared from split files other "
                         f"than the published ones ({', '.join(names)}), such as {custom[0].run_dir.name}: their "
                         f"samples are not the paper's.")
-    return Table(caption, columns, rows, paper is not None)
+    code_notes = mixed_code_notes({f"{row_titles[label]}/{dataset}": members[(label, dataset)]
+                                   for label in label_order for dataset in dataset_order
+                                   if (label, dataset) in members})
+    if code_notes:
+        caption += f" Rows trained by more than one commit or with uncommitted changes: {'; '.join(code_notes)}."
+    return Table(caption, columns, rows, paper is not None, code_notes)
 
 
 # --- rendering (one table model, three formats) ------------------------------------------------------------------

@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -298,7 +297,7 @@ def run_seconds(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, list
 def run_commits(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, int]:
     """How many runs each commit trained, most first. A rerun reuses finished runs, and each holds the numbers of the
     code that trained it, not of the invocation's commit."""
-    return dict(Counter(summary["env"].get("git_commit") or "unknown" for _, summary in runs).most_common())
+    return collect.commit_counts(summary["env"] for _, summary in runs)
 
 
 def previous_row_seconds(summaries: Sequence[Path], log: Callable[[str], None] = print

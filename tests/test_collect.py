@@ -269,6 +269,22 @@ def test_a_damaged_summary_is_an_error_naming_the_file(runs_dir, capsys, damage)
     assert ("not valid JSON" if damage == "not json" else "it has no dataset, protocols") in err
 
 
+def test_a_row_whose_runs_come_from_several_commits_or_a_dirty_tree_is_noted(runs_dir, capsys):
+    # Runs of different code were averaged into one row without a word.
+    for seed, (commit, dirty) in enumerate([("aaaa111", False), ("bbbb222", False), ("cccc333", True)]):
+        _edit_json(runs_dir / f"cremad-joint-seed{seed}-fixture" / "summary.json",
+                   lambda s: s.update(env={"git_commit": commit, "git_dirty": dirty}))
+    for seed in (0, 1):
+        _edit_json(runs_dir / f"cremad-aug-seed{seed}-fixture" / "summary.json",
+                   lambda s: s.update(env={"git_commit": "aaaa111", "git_dirty": False}))
+    note = "row Concat/cremad: 3 runs from 3 commits (1 with uncommitted changes)"
+    assert main(["table", str(runs_dir)]) == 0
+    captured = capsys.readouterr()
+    assert f"note: {note}\n" in captured.err
+    assert f"with uncommitted changes: {note}." in captured.out.splitlines()[0]
+    assert "row AUG" not in captured.err + captured.out, "AUG's runs come from one clean commit"
+
+
 def test_a_finished_run_without_its_config_is_damaged_not_averaged_with_its_seeds_twin(tmp_path, capsys):
     # Only runs with a config were checked for a repeated seed: this one and its copy made a cell of n=2 from one seed.
     write_run(tmp_path, "joint", "cremad", 0, (0.60, 0.5, 0.7))

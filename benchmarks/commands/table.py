@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {len(unfinished)} run folder(s) without DONE or summary.json (training, stopped or failed) "
               f"are left out of the table, such as {unfinished[0]}", file=sys.stderr)
     shown = [r for r in records if shown_in_table(r, order.get("datasets"), order.get("methods"))]
-    for line in _coverage_notes(records, shown, args.config, order, args.missing):
+    for line in _coverage_notes(records, shown, args.config, order, args.missing) + table.code_notes:
         print(f"note: {line}", file=sys.stderr)
     if args.config:
         foreign = runs_outside_config(shown, args.config)
