@@ -38,6 +38,8 @@ from benchmarks.run_folder import (
 from datasets.sources import pinned_files
 
 METRIC_NAMES = {"acc": "Acc", "macro_f1": "Macro-F1", "map": "MAP"}
+# After the title of a row whose runs select or tune on the test split (``reads_test``).
+TEST_SPLIT_MARK = "‡"
 PROTOCOL_CAPTIONS = {
     "paper": "best-on-test (optimistic): each run's epoch with the best test accuracy, as the published code selects "
              "(tied epochs: the earliest)",
@@ -287,6 +289,15 @@ def _world_size(run_dir: Path) -> int | list[int] | None:
     whole = summary.get("world_size", 1)
     sizes = sorted({segment.get("world_size", whole) for segment in summary.get("segments", [])} | {whole})
     return sizes[0] if len(sizes) == 1 else sizes
+
+
+def reads_test(record: RunRecord) -> bool:
+    """Whether the run's training read the test split: its method's held-out knob (``Method.held_out_split``: MSES's
+    and MSLR's eval_split, G-Blending's held_out_split, Relearning's diagnose_split, UMT's teacher_select) named
+    test in its config."""
+    cls = list_methods().get(record.method)
+    hp = (record.config.get("hparams") or {}).get(record.method) or {}
+    return cls is not None and cls.HELD_OUT_KEY in hp and cls.held_out_split(hp) == "test"
 
 
 def commit_counts(envs: Iterable[Mapping[str, Any]]) -> dict[str, int]:
@@ -568,6 +579,10 @@ def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper:
         titles[rec.label] = rec.title
     dataset_order = _ordered({d for _, d in groups}, datasets)
     label_order = _ordered({label for label, _ in groups}, methods)
+    # The paper protocol's caption says it selects on test; any other would present these rows as clean.
+    on_test = set() if protocol == "paper" and not missing else {
+        label for (label, dataset), runs in members.items()
+        if label in label_order and dataset in dataset_order and any(map(reads_test, runs))}
     shared = Counter(titles[label] for label in label_order)
     # Two rows under one title (runs of two sweeps tabulated together) would read as one method twice.
     row_titles = {label: f"{titles[label]} ({label})" if shared[titles[label]] > 1 else titles[label]
@@ -596,7 +611,7 @@ def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper:
                 # by the row label only: another row of the same method (a variant) is not the published one
                 cell.paper = paper.lookup(col.dataset, (label,), col.metric)
             cells.append(cell)
-        rows.append((row_titles[label], cells))
+        rows.append((row_titles[label] + (f" {TEST_SPLIT_MARK}" if label in on_test else ""), cells))
     for j in range(len(columns)):
         means = [cells[j].mean for _, cells in rows if cells[j].mean is not None]
         top = max(means, default=None)
@@ -607,6 +622,9 @@ def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper:
                  PROTOCOL_CAPTIONS[protocol])
     caption = (f"{title or 'Results'}: {what} in %, mean ± sample std over seeds (n = seeds); best mean per column "
                f"in bold. Protocol: {selection}.")
+    if on_test:
+        caption += (f" {TEST_SPLIT_MARK} = the method selects or tunes on the test split during training (its "
+                    f"held-out split knob is test), so these numbers are not clean.")
     if paper is not None:
         which = f"{paper.name}" + (f" {paper.table}" if paper.table else "")
         caption += (f" Paper = published value ({which}); Δ = ours − paper in points; † = not verified against "
@@ -681,7 +699,7 @@ def _render_md(table: Table) -> str:
 
 TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$", "{": r"\{",
                "}": r"\}", "^": r"\textasciicircum{}", "~": r"\textasciitilde{}", "Δ": r"$\Delta$", "†": r"$^\dagger$",
-               "–": "--", "±": r"$\pm$", "−": "$-$"}
+               "‡": r"$^\ddagger$", "–": "--", "±": r"$\pm$", "−": "$-$"}
 
 
 def _tex_escape(text: str) -> str:

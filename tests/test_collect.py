@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
+from baselines.registry import list_methods
 from benchmarks.cli import main
 from benchmarks.collect import (
     Column,
@@ -283,6 +284,24 @@ def test_a_row_whose_runs_come_from_several_commits_or_a_dirty_tree_is_noted(run
     assert f"note: {note}\n" in captured.err
     assert f"with uncommitted changes: {note}." in captured.out.splitlines()[0]
     assert "row AUG" not in captured.err + captured.out, "AUG's runs come from one clean commit"
+
+
+@pytest.mark.parametrize("method, knob", [("mses", "eval_split"), ("gblending", "held_out_split"),
+                                          ("relearning", "diagnose_split"), ("umt", "teacher_select")])
+def test_rows_that_select_or_tune_on_test_are_marked_unless_the_protocol_is_best_on_test(tmp_path, method, knob):
+    # Under the clean protocol such rows were presented as clean.
+    for seed in (0, 1):
+        run = write_run(tmp_path, method, "cremad", seed, (0.6, 0.5, 0.7))
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        (run / "config.yaml").write_text(yaml.safe_dump({**config, "hparams": {method: {knob: "test"}}}))
+    write_run(tmp_path, "joint", "cremad", 0, (0.6, 0.5, 0.7))
+    records = load_runs(tmp_path)
+    for protocol, marked in (("clean", True), ("last", True), ("paper", False)):
+        table = build_table(records, protocol=protocol)
+        marks = {title.removesuffix(" ‡"): title.endswith(" ‡") for title, _ in table.rows}
+        assert marks == {list_methods()[method].title: marked, "Concat": False}, protocol
+        assert ("‡ = the method selects or tunes on the test split" in table.caption) == marked
+    assert r"$^\ddagger$" in render(records, "tex", protocol="clean")
 
 
 def test_a_finished_run_without_its_config_is_damaged_not_averaged_with_its_seeds_twin(tmp_path, capsys):
