@@ -66,7 +66,8 @@ class Case:
     Attributes:
         name: case id (golden file stem, CLI argument), e.g. ``aug_official_compat``.
         method: registry name of the project's method.
-        hparams: the project's method knobs for this case (normally ``{"variant": ...}``).
+        hparams: every method knob the case sets (the variant; values the official run is given too, such as a
+            shortened schedule); the report lists them beside the method.
         repo: official ``owner/name`` on GitHub; ``clone`` is its folder name under ``--official-root``.
         folder: overrides that folder name (a second checkout at another commit).
         commit: the official commit the case was written and recorded against.
