@@ -38,6 +38,9 @@ from benchmarks.run_folder import (
 from datasets.sources import pinned_files
 
 METRIC_NAMES = {"acc": "Acc", "macro_f1": "Macro-F1", "map": "MAP"}
+# How far above 1 a recorded fraction may be: average precision sums its recall steps in floating point, so a perfect
+# ranking can give 1.0000000000000002.
+FRACTION_SLACK = 1e-9
 # After the title of a row whose runs select or tune on the test split (``reads_test``).
 TEST_SPLIT_MARK = "‡"
 PROTOCOL_CAPTIONS = {
@@ -156,7 +159,7 @@ def load_runs(root: Path) -> list[RunRecord]:
                                    "config.yaml")
         label, title = row_of(run_dir, method)
         records.append(RunRecord(run_dir=run_dir, label=label, title=title, method=method,
-                                 dataset=summary["dataset"], seed=int(summary["seed"]),
+                                 dataset=summary["dataset"], seed=summary["seed"],
                                  protocols=summary["protocols"], missing=missing, missing_problem=problem,
                                  missing_seed=result.get("seed") if missing else None,
                                  data=recorded_identity(run_dir), config=config,
@@ -178,8 +181,8 @@ def check_summary(path: Path, summary: Mapping[str, Any]) -> None:
     for name, entry in summary["protocols"].items():
         if not isinstance(entry, Mapping):
             raise DamagedFileError(path, f"protocols.{name} is {json.dumps(entry)}, not a mapping")
-        # A null test is refused where a table reads that protocol (RunRecord.values): a run of a dataset without a
-        # test split records its protocols' test as null.
+        # A null or absent test (an edited or old summary) is refused only where a table reads that protocol
+        # (RunRecord.values), so the other protocols stay readable.
         test = entry.get("test")
         if isinstance(test, Mapping):
             check_metrics(path, f"protocols.{name}.test", test, required=("acc",))
@@ -203,7 +206,7 @@ def check_fraction(path: Path, key: str, value: Any) -> float:
     """``value`` as a number in [0, 1], else ``DamagedFileError`` naming ``key``: a NaN would make a column's best
     mean depend on the order of its rows, a percentage (60.0) would show as 6000.00, a null or a string would fail
     without naming the file."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1 + FRACTION_SLACK:
         raise DamagedFileError(path, f"{key} is {json.dumps(value)}, not a number in [0, 1]")
     return float(value)
 
@@ -242,7 +245,7 @@ def unfinished_runs(root: Path) -> list[Path]:
     (a run killed between writing them). ``load_runs`` leaves them out; the table command counts them so that a
     missing seed is never silent. A sweep's run that failed before its first epoch holds only the ``job.yaml`` its
     sweep wrote, so that marks a run folder too."""
-    folders = {path.parent for name in ("config.yaml", "job.yaml", "DONE") for path in Path(root).rglob(name)}
+    folders = {path.parent for name in ("config.yaml", "job.yaml") for path in Path(root).rglob(name)}
     return sorted(folder for folder in folders
                   if not (folder / "DONE").exists() or not (folder / "summary.json").exists())
 
@@ -307,16 +310,42 @@ def commit_counts(envs: Iterable[Mapping[str, Any]]) -> dict[str, int]:
 
 
 def mixed_code_notes(rows: Mapping[str, Sequence[RunRecord]]) -> list[str]:
-    """One line per row (name -> its runs) whose runs were trained by more than one commit or by a tree with
-    uncommitted changes: its mean is then not the number of one version of the code."""
-    notes = []
-    for name, runs in rows.items():
-        commits = commit_counts(r.env for r in runs)
-        dirty = sum(bool(r.env.get("git_dirty")) for r in runs)
-        if len(commits) > 1 or dirty:
-            notes.append(f"row {name}: {len(runs)} runs from {len(commits)} commit{'s' * (len(commits) != 1)}"
-                         + (f" ({dirty} with uncommitted changes)" if dirty else ""))
-    return notes
+    """Where the code behind a table's numbers is not one commit (rows: name -> its runs): one line for the whole
+    table when all its runs share one commit with uncommitted changes, else one line per row whose runs were trained
+    by more than one commit, by a tree with uncommitted changes, or partly without a recorded commit. Such a mean is
+    not the number of one version of the code."""
+    everything = [r for runs in rows.values() for r in runs]
+    whole = _code_of(everything)
+    if whole is None:
+        return []
+    commits, _, dirty = _code_counts(everything)
+    if len(commits) == 1 and dirty == len(everything):
+        return [f"all {_runs(len(everything))}: commit {next(iter(commits))[:12]} with uncommitted changes"]
+    return [f"row {name}: {note}" for name, runs in rows.items() if (note := _code_of(runs)) is not None]
+
+
+def _code_counts(runs: Sequence[RunRecord]) -> tuple[dict[str, int], int, int]:
+    """(runs per recorded commit, runs without a recorded commit, runs trained with uncommitted changes)."""
+    commits = commit_counts(r.env for r in runs if r.env.get("git_commit"))
+    return commits, sum(not r.env.get("git_commit") for r in runs), sum(bool(r.env.get("git_dirty")) for r in runs)
+
+
+def _code_of(runs: Sequence[RunRecord]) -> str | None:
+    """What mixes the code of ``runs`` in words; None where one commit (or no recorded one) trained them all cleanly.
+    Runs without any recorded commit predate the record and are not a mix by themselves."""
+    commits, unknown, dirty = _code_counts(runs)
+    if len(commits) <= 1 and (unknown == 0 or not commits) and not dirty:
+        return None
+    parts = [f"{_runs(len(runs))} from {len(commits)} commit{'s' * (len(commits) != 1)}"]
+    if unknown and commits:
+        parts.append(f"{unknown} without a recorded commit")
+    if dirty:
+        parts.append(f"{dirty} with uncommitted changes")
+    return ", ".join(parts)
+
+
+def _runs(n: int) -> str:
+    return f"{n} run{'s' * (n != 1)}"
 
 
 def check_one_config_per_row(runs: Iterable[tuple[str, str, int, Path, Mapping[str, Any]]]) -> None:
@@ -581,7 +610,7 @@ def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper:
     label_order = _ordered({label for label, _ in groups}, methods)
     # The paper protocol's caption says it selects on test; any other would present these rows as clean.
     on_test = set() if protocol == "paper" and not missing else {
-        label for (label, dataset), runs in members.items()
+        (label, dataset) for (label, dataset), runs in members.items()
         if label in label_order and dataset in dataset_order and any(map(reads_test, runs))}
     shared = Counter(titles[label] for label in label_order)
     # Two rows under one title (runs of two sweeps tabulated together) would read as one method twice.
@@ -611,7 +640,8 @@ def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper:
                 # by the row label only: another row of the same method (a variant) is not the published one
                 cell.paper = paper.lookup(col.dataset, (label,), col.metric)
             cells.append(cell)
-        rows.append((row_titles[label] + (f" {TEST_SPLIT_MARK}" if label in on_test else ""), cells))
+        marked = any(label == marked_label for marked_label, _ in on_test)
+        rows.append((row_titles[label] + (f" {TEST_SPLIT_MARK}" if marked else ""), cells))
     for j in range(len(columns)):
         means = [cells[j].mean for _, cells in rows if cells[j].mean is not None]
         top = max(means, default=None)
@@ -623,8 +653,10 @@ def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper:
     caption = (f"{title or 'Results'}: {what} in %, mean ± sample std over seeds (n = seeds); best mean per column "
                f"in bold. Protocol: {selection}.")
     if on_test:
+        where = "; ".join(f"{row_titles[label]} on {dataset}" for label in label_order for dataset in dataset_order
+                          if (label, dataset) in on_test)
         caption += (f" {TEST_SPLIT_MARK} = the method selects or tunes on the test split during training (its "
-                    f"held-out split knob is test), so these numbers are not clean.")
+                    f"held-out split knob is test: {where}), so these numbers are not clean.")
     if paper is not None:
         which = f"{paper.name}" + (f" {paper.table}" if paper.table else "")
         caption += (f" Paper = published value ({which}); Δ = ours − paper in points; † = not verified against "
@@ -645,7 +677,7 @@ def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper:
                                    for label in label_order for dataset in dataset_order
                                    if (label, dataset) in members})
     if code_notes:
-        caption += f" Rows trained by more than one commit or with uncommitted changes: {'; '.join(code_notes)}."
+        caption += f" Trained by more than one commit or with uncommitted changes: {'; '.join(code_notes)}."
     return Table(caption, columns, rows, paper is not None, code_notes)
 
 

@@ -182,7 +182,8 @@ def ensemble_records(records: Sequence[collect.RunRecord]) -> list[collect.RunRe
         first = next(iter(refs.values()))
         out.append(collect.RunRecord(run_dir=first.run_dir.parent, label=ENSEMBLE_LABEL, title=ENSEMBLE_TITLE,
                                      method=ENSEMBLE_LABEL, dataset=first.dataset, seed=seed,
-                                     protocols={"clean": protocol, "paper": protocol, "last": protocol}))
+                                     protocols={"clean": protocol, "paper": protocol, "last": protocol},
+                                     env=first.env))
     return out
 
 
@@ -429,6 +430,7 @@ def run_demo(*, results: Path, work: Path, profile: str | None = None, workers: 
                "aug": aug_diagnostics(records), "epochs": demo["defaults"]["train"]["epochs"],
                "seeds": list(config.seeds), "design": design_digest(demo), "commit": git_commit(),
                "run_commits": run_commits(runs),
+               "runs_dirty": sum(bool(summary["env"].get("git_dirty")) for _, summary in runs),
                "machine": machine_record(workers)}
     summary["targets"] = design_targets(summary, demo["targets"])
     if reference is not None:
@@ -487,15 +489,19 @@ def findings(summary: Mapping[str, Any], titles: Mapping[str, str], targets: Map
 
 
 def commits_line(summary: Mapping[str, Any]) -> str:
-    """Which code trained the runs: the invocation's commit, or the commits of reused runs too."""
+    """Which code trained the runs: the invocation's commit, or the commits of reused runs too, and how many runs
+    a tree with uncommitted changes trained (not the commit's code)."""
     commits = summary["run_commits"]
+    dirty = summary.get("runs_dirty", 0)
+    changes = f"; {dirty} of the runs with uncommitted changes" if dirty else ""
     if list(commits) == [summary["commit"] or "unknown"]:
         reused = summary.get("runs_reused", 0)
         return "- code: every run was trained at this commit" + (
-            f" ({reused} of them by an earlier invocation, reused from `{summary['runs_dir']}`)" if reused else "")
+            f" ({reused} of them by an earlier invocation, reused from `{summary['runs_dir']}`)" if reused else ""
+        ) + changes
     listed = ", ".join(f"`{c[:12]}` ({n} run{'s' * (n != 1)})" for c, n in commits.items())
     return (f"- code: runs trained at {listed}; a rerun reuses finished runs, so their numbers are those of the code "
-            "that trained them (a new `--work` folder retrains every run at this commit)")
+            f"that trained them (a new `--work` folder retrains every run at this commit){changes}")
 
 
 def _readme(demo: Mapping[str, Any], summary: Mapping[str, Any], profile: str | None,

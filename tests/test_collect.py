@@ -26,6 +26,7 @@ from benchmarks.collect import (
     load_paper,
     load_runs,
     render,
+    unfinished_runs,
 )
 from benchmarks.plots import _sweep_curves, plot_demo, plot_run, plot_sweep, run_series, seed_mean
 from benchmarks.run_folder import MISSING_RESULT
@@ -278,12 +279,25 @@ def test_a_row_whose_runs_come_from_several_commits_or_a_dirty_tree_is_noted(run
     for seed in (0, 1):
         _edit_json(runs_dir / f"cremad-aug-seed{seed}-fixture" / "summary.json",
                    lambda s: s.update(env={"git_commit": "aaaa111", "git_dirty": False}))
-    note = "row Concat/cremad: 3 runs from 3 commits (1 with uncommitted changes)"
+    note = "row Concat/cremad: 3 runs from 3 commits, 1 with uncommitted changes"
     assert main(["table", str(runs_dir)]) == 0
     captured = capsys.readouterr()
     assert f"note: {note}\n" in captured.err
     assert f"with uncommitted changes: {note}." in captured.out.splitlines()[0]
     assert "row AUG" not in captured.err + captured.out, "AUG's runs come from one clean commit"
+
+
+def test_one_dirty_commit_behind_every_run_is_one_note_and_a_partly_recorded_row_is_named(runs_dir):
+    # Every row of a table trained from one dirty tree gave one note per row; a run without a recorded commit (from
+    # before the record) was counted as a commit of its own.
+    for run in sorted(runs_dir.glob("*/summary.json")):
+        _edit_json(run, lambda s: s.update(env={"git_commit": "aaaa111", "git_dirty": True}))
+    records = load_runs(runs_dir)
+    assert build_table(records).code_notes == [f"all {len(records)} runs: commit aaaa111 with uncommitted changes"]
+    _edit_json(runs_dir / "cremad-joint-seed0-fixture" / "summary.json", lambda s: s.update(env={}))
+    notes = build_table(load_runs(runs_dir)).code_notes
+    assert "row Concat/cremad: 3 runs from 1 commit, 1 without a recorded commit, 2 with uncommitted changes" in notes
+    assert len(notes) == len({(r.label, r.dataset) for r in records})
 
 
 @pytest.mark.parametrize("method, knob", [("mses", "eval_split"), ("gblending", "held_out_split"),
@@ -302,6 +316,17 @@ def test_rows_that_select_or_tune_on_test_are_marked_unless_the_protocol_is_best
         assert marks == {list_methods()[method].title: marked, "Concat": False}, protocol
         assert ("‡ = the method selects or tunes on the test split" in table.caption) == marked
     assert r"$^\ddagger$" in render(records, "tex", protocol="clean")
+
+
+def test_the_caption_names_the_datasets_whose_runs_read_the_test_split(tmp_path):
+    # The mark covers a whole row; its clean datasets' cells read as tuned on test too unless the caption says which.
+    for dataset, split in (("cremad", "test"), ("kinetics_sounds", "val")):
+        run = write_run(tmp_path, "mses", dataset, 0, (0.6, 0.5, 0.7))
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        (run / "config.yaml").write_text(yaml.safe_dump({**config, "hparams": {"mses": {"eval_split": split}}}))
+    caption = build_table(load_runs(tmp_path), protocol="clean").caption
+    title = list_methods()["mses"].title
+    assert f"held-out split knob is test: {title} on cremad)" in caption
 
 
 def test_a_finished_run_without_its_config_is_damaged_not_averaged_with_its_seeds_twin(tmp_path, capsys):
@@ -351,6 +376,24 @@ def test_a_summary_with_a_bad_value_is_an_error_naming_the_file_and_key(runs_dir
     assert main(["table", str(runs_dir), "--protocol", "paper"]) == 2
     err = capsys.readouterr().err
     assert f"{summary} is damaged: {problem}" in err
+
+
+def test_an_average_precision_rounded_above_one_is_read(runs_dir, capsys):
+    # average_precision sums recall steps in floating point: a perfect ranking can record 1.0000000000000002, which
+    # the range check refused as damage (retraining gives the same number).
+    summary = runs_dir / "cremad-aug-seed1-fixture" / "summary.json"
+    _edit_json(summary, lambda s: s["protocols"]["paper"]["test"].update(map=1.0000000000000002))
+    assert main(["table", str(runs_dir), "--protocol", "paper"]) == 0
+    record = next(r for r in load_runs(runs_dir) if r.run_dir == summary.parent)
+    assert record.values("paper")["map"] == 1.0000000000000002
+
+
+def test_a_prepared_cache_beside_the_runs_is_not_an_unfinished_run(runs_dir):
+    # A cache's DONE file marked a run folder, so the demo's --work folder counted its caches as unfinished runs.
+    cache = runs_dir / "data-1" / "cache" / "av_digits" / "ogm-1"
+    cache.mkdir(parents=True)
+    (cache / "DONE").write_text("")
+    assert cache not in unfinished_runs(runs_dir)
 
 
 @pytest.mark.parametrize("edit, damaged, problem", [

@@ -222,6 +222,9 @@ def test_the_readme_names_the_commits_that_trained_reused_runs():
     assert "every run" in commits_line({"commit": None, "run_commits": {"unknown": 4}})
     assert commits_line({"commit": "b" * 40, "run_commits": {"b" * 40: 4}, "runs_reused": 4, "runs_dir": "w"}) == \
         "- code: every run was trained at this commit (4 of them by an earlier invocation, reused from `w`)"
+    # A run trained from a tree with uncommitted changes is not the commit's code; the line said every run was.
+    assert commits_line({"commit": "b" * 40, "run_commits": {"b" * 40: 4}, "runs_dirty": 3}) == \
+        "- code: every run was trained at this commit; 3 of the runs with uncommitted changes"
 
 
 def test_a_rerun_that_reuses_every_run_says_it_reproduced_nothing(tmp_path, monkeypatch):
