@@ -60,6 +60,9 @@ from datasets.tables import Dropped, PrepareError, PrepareOptions, SplitTables, 
 # Counts every build has; the summary line also names a dataset's own counts (short audio, few-frame clips).
 GENERIC_COUNTS = ("total", "rows_read", "splits")
 
+# Where a user finds how to get a dataset and the raw layout prepare reads.
+LAYOUT_HELP = "docs/datasets/README.md links each dataset's page: where to get it and the raw layout it must have"
+
 
 @dataclass(frozen=True)
 class Build:
@@ -157,6 +160,11 @@ def _bad_summary(dataset: str, bad: Sequence[Dropped]) -> str:
 def check_bad(dataset: str, bad: Sequence[Dropped], rows: int, opts: PrepareOptions) -> None:
     if not bad:
         return
+    if len(bad) == rows:
+        # Every item bad is a wrong folder or layout, not damaged media: --skip-bad would only drop them all.
+        raise PrepareError(f"{_bad_summary(dataset, bad)}\nnone of the {rows} items could be read: --raw is not a "
+                           f"{dataset} folder in its raw layout, or the layout's folders are named otherwise "
+                           f"({LAYOUT_HELP})")
     if not opts.skip_bad:
         raise PrepareError(f"{_bad_summary(dataset, bad)}\nFix them, or pass --skip-bad to drop and record them in "
                            f"dropped.csv")
@@ -238,7 +246,7 @@ def prepare(dataset: type[PreparedDataset], raw: Path | str, out: Path | str | N
     opts = opts or PrepareOptions()
     raw = Path(raw)
     if not raw.is_dir():
-        raise FileNotFoundError(f"raw {dataset.NAME} folder {raw} not found")
+        raise FileNotFoundError(f"raw {dataset.NAME} folder {raw} not found ({LAYOUT_HELP})")
     root = Path(out) if out is not None else default_cache_root()
     name = dataset.NAME
     recipe = opts.recipe or dataset.DEFAULT_RECIPE

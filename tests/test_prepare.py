@@ -430,6 +430,19 @@ def test_an_empty_class_is_always_an_error(tree, tmp_path):
         prepare(CremaD, tree.root, tmp_path / "cache", options(tree, skip_bad=True), log=quiet)
 
 
+@pytest.mark.parametrize("skip_bad", [False, True])
+def test_a_raw_folder_without_the_layout_says_so_not_fix_every_item(tree, tmp_path, skip_bad):
+    # An empty or wrong --raw listed one missing video per clip and advised --skip-bad, which then failed with
+    # "class(es) have no train samples".
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(PrepareError, match=r"none of the \d+ items could be read: --raw is not a cremad folder") as err:
+        prepare(CremaD, empty, tmp_path / "cache", options(tree, skip_bad=skip_bad), log=quiet)
+    assert "docs/datasets/README.md" in str(err.value) and "--skip-bad" not in str(err.value)
+    with pytest.raises(FileNotFoundError, match="docs/datasets/README.md links each dataset's page"):
+        prepare(CremaD, tmp_path / "absent", tmp_path / "cache", options(tree), log=quiet)
+
+
 def test_max_drop_fraction(tree, tmp_path):
     break_missing(tree)
     with pytest.raises(PrepareError, match="max-drop-fraction"):
