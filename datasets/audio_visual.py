@@ -53,7 +53,7 @@ ASPECT_TOLERANCE = 0.02
 SOURCE_SIZES_SHOWN = 8
 # OGM-GE's frame folders name their extraction rate: Image-01-FPS, Image-02-FPS...
 FRAME_FOLDER_RATE = re.compile(r"Image-(\d+)-FPS", re.IGNORECASE)
-# The layout settings ``augbench prepare --layout`` may override.
+# The layout settings ``augbench prepare --audio-dir/--video-dir/--frames-dir`` override.
 LAYOUT_SETTINGS = ("audio_dir", "video_dir", "frames_dir")
 
 
@@ -113,7 +113,7 @@ def check_folder_rate(frames_dir: Path, per_second: int) -> None:
         holds = f"holds {rate} frame(s) per second" if named else \
             "is taken to hold 1 frame per second (its name states no rate, as Image-NN-FPS does)"
         raise ValueError(f"--fps {per_second}: the frames come from {frames_dir}, which {holds}; extract from the "
-                         f"videos instead (--visual video) or name a folder of that rate (--layout frames_dir=...)")
+                         f"videos instead (--visual video) or name a folder of that rate (--frames-dir DIR)")
 
 
 def av_hparams(*, recipes: Sequence[str], recipe: str, recipe_doc: str, frames: int, frames_doc: str,
