@@ -33,7 +33,7 @@ from datasets.augment import (
     AVAugment,
 )
 from datasets.cache import ArraySpec, Cache, CacheError
-from datasets.media import MediaError
+from datasets.media import MISSING_MEDIA, MediaError
 from datasets.media.audio import PIPELINES, AudioPipeline, features_from_file, get_pipeline, require_backend
 from datasets.media.video import INTERPOLATION, extract_frames, load_frame_folder
 from datasets.prepared import PreparedDataset, Record, cache_hparams
@@ -273,13 +273,13 @@ class AVCacheDataset(PreparedDataset):
             visual = _first_existing(raw, layout.video_dir, names, layout.video_suffixes, want_dir=False)
             expected = raw / layout.video_dir / f"{names[0]}{layout.video_suffixes[0]}"
         if visual is None:
-            raise MediaError(expected, "missing media", f"{settings.visual} not found for {sample.id}")
+            raise MediaError(expected, MISSING_MEDIA, f"{settings.visual} not found for {sample.id}")
         # Datasets distributed as videos only (AVE) take the audio track of the video file.
         audio_dir, audio_suffixes = (layout.audio_dir, layout.audio_suffixes) if layout.audio_dir is not None \
             else (layout.video_dir, layout.video_suffixes)
         audio = _first_existing(raw, audio_dir, names, audio_suffixes, want_dir=False)
         if audio is None:
-            raise MediaError(raw / audio_dir / f"{names[0]}{audio_suffixes[0]}", "missing media",
+            raise MediaError(raw / audio_dir / f"{names[0]}{audio_suffixes[0]}", MISSING_MEDIA,
                              f"audio not found for {sample.id}")
         return {"audio": audio.relative_to(raw).as_posix(), "visual": visual.relative_to(raw).as_posix()}, {}
 

@@ -25,7 +25,7 @@ from core.data import Augment, Batch, Gather, ModalitySpec, TaskSpec
 from core.extras import require_transformers
 from core.hparams import HParam, HParams
 from datasets.cache import ArraySpec, Cache
-from datasets.media import MediaError
+from datasets.media import MISSING_MEDIA, MediaError
 from datasets.media.video import load_image
 from datasets.prepared import PreparedDataset, Recipe, Record
 from datasets.splits import ParsedList, SplitParseError, SplitRow, read_lines
@@ -199,7 +199,7 @@ def find_image(raw: Path, folder: str, name: str) -> Path:
     for path in candidates:
         if path.is_file():
             return path
-    raise MediaError(candidates[0], "missing media", f"image {name!r} not found under {raw / folder}")
+    raise MediaError(candidates[0], MISSING_MEDIA, f"image {name!r} not found under {raw / folder}")
 
 
 def rotate_nearest(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:

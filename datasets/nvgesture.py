@@ -45,7 +45,7 @@ from core.data import Augment, Batch, Gather, ModalitySpec, TaskSpec
 from core.hparams import HParam, HParams
 from datasets.augment import IMAGENET_MEAN, IMAGENET_STD
 from datasets.cache import ArraySpec, Cache
-from datasets.media import MediaError
+from datasets.media import MISSING_MEDIA, MediaError
 from datasets.prepared import PreparedDataset, Recipe, Record, cache_hparams
 from datasets.registry import register_dataset
 from datasets.splits import ParsedList, SplitParseError, SplitRow, read_lines
@@ -262,7 +262,7 @@ class NVGesture(PreparedDataset):
                  "flow": f"{settings.flow_dir}/{sample.split}/{position}.npy"}
         for role, rel in media.items():
             if not (raw / rel).is_file():
-                raise MediaError(raw / rel, "missing media", f"{role} of {sample.id} not found")
+                raise MediaError(raw / rel, MISSING_MEDIA, f"{role} of {sample.id} not found")
         windows = {"rgb": (int(c_start), int(c_end)), "depth": (int(d_start), int(d_end))}
         return media, {"windows": windows}
 

@@ -51,7 +51,7 @@ from core.hparams import HParams
 from core.provenance import git_commit, library_versions
 from datasets.base import stratified_holdout
 from datasets.cache import CACHE_VERSION, ArraySpec, default_cache_root, options_hash, read_manifest, write_index
-from datasets.media import MediaError, is_lfs_pointer, lfs_error
+from datasets.media import MISSING_MEDIA, MediaError, is_lfs_pointer, lfs_error
 from datasets.prepared import PreparedDataset, Record
 from datasets.sources import FetchedFile, fetch_split_files
 from datasets.splits import DUPLICATE_POLICIES
@@ -160,17 +160,22 @@ def _bad_summary(dataset: str, bad: Sequence[Dropped]) -> str:
 def check_bad(dataset: str, bad: Sequence[Dropped], rows: int, opts: PrepareOptions) -> None:
     if not bad:
         return
-    if len(bad) == rows:
-        # Every item bad is a wrong folder or layout, not damaged media: --skip-bad would only drop them all.
-        raise PrepareError(f"{_bad_summary(dataset, bad)}\nnone of the {rows} items could be read: --raw is not a "
-                           f"{dataset} folder in its raw layout, or the layout's folders are named otherwise "
-                           f"({LAYOUT_HELP})")
     if not opts.skip_bad:
         raise PrepareError(f"{_bad_summary(dataset, bad)}\nFix them, or pass --skip-bad to drop and record them in "
                            f"dropped.csv")
     if len(bad) > opts.max_drop_fraction * rows:
         raise PrepareError(f"{_bad_summary(dataset, bad)}\nthat is more than --max-drop-fraction "
                            f"{opts.max_drop_fraction} of {rows} rows")
+
+
+def check_raw_layout(dataset: str, raw: Path, records: Sequence[Record], dropped: Sequence[Dropped]) -> None:
+    """Refuse a ``--raw`` folder where no split row found its media: the wrong folder or another layout, not damaged
+    media, which --skip-bad would only drop to the last item."""
+    bad = [d for d in dropped if d.bad]
+    if not records and bad and all(d.kind == MISSING_MEDIA for d in bad):
+        raise PrepareError(f"{_bad_summary(dataset, bad)}\nno media found for any of the split files' rows: "
+                           f"{raw} is not a {dataset} folder in its raw layout, or the layout's folders are named "
+                           f"otherwise ({LAYOUT_HELP})")
 
 
 def check_classes(dataset: str, classes: Sequence[str], labels_by_split: Mapping[str, np.ndarray]) -> None:
@@ -269,6 +274,7 @@ def prepare(dataset: type[PreparedDataset], raw: Path | str, out: Path | str | N
     val_ids, val_source, val_record = validation_split(tables, opts)
 
     records, dropped = _locate(dataset, raw, tables, conf)
+    check_raw_layout(name, raw, records, dropped)
     rows_read = len(records) + len(dropped)
     check_bad(name, [d for d in dropped if d.bad], rows_read, opts)
     check_classes(name, tables.classes, _labels_by_split(r.sample for r in records))

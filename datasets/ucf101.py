@@ -44,7 +44,7 @@ from core.data import Augment, Batch, Gather, ModalitySpec, TaskSpec
 from core.hparams import HParam, HParams
 from datasets.augment import IMAGENET_MEAN, IMAGENET_STD
 from datasets.cache import ArraySpec, Cache
-from datasets.media import MediaError
+from datasets.media import MISSING_MEDIA, MediaError
 from datasets.media.video import extract_frames, frame_files, load_image
 from datasets.prepared import PreparedDataset, Recipe, Record, cache_hparams
 from datasets.registry import register_dataset
@@ -225,7 +225,7 @@ class UCF101(PreparedDataset):
         for role, rel in media.items():
             path = raw / rel
             if not (path.is_file() if role == "visual" and settings.rgb_source == "video" else path.is_dir()):
-                raise MediaError(path, "missing media", f"{role} of {sample.id} not found")
+                raise MediaError(path, MISSING_MEDIA, f"{role} of {sample.id} not found")
         return media, {}
 
     @classmethod

@@ -436,11 +436,23 @@ def test_a_raw_folder_without_the_layout_says_so_not_fix_every_item(tree, tmp_pa
     # "class(es) have no train samples".
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(PrepareError, match=r"none of the \d+ items could be read: --raw is not a cremad folder") as err:
+    # A repeated row is a policy drop, not a bad item: the check must not count it as an item read.
+    rows = (tree.splits_dir / "train.csv").read_text().splitlines()
+    write_lines(tree.splits_dir / "train.csv", rows + rows[-1:], crlf=True)
+    with pytest.raises(PrepareError, match=f"no media found for any of the split files' rows: {empty} is not a cremad "
+                                           "folder") as err:
         prepare(CremaD, empty, tmp_path / "cache", options(tree, skip_bad=skip_bad), log=quiet)
     assert "docs/datasets/README.md" in str(err.value) and "--skip-bad" not in str(err.value)
     with pytest.raises(FileNotFoundError, match="docs/datasets/README.md links each dataset's page"):
         prepare(CremaD, tmp_path / "absent", tmp_path / "cache", options(tree), log=quiet)
+
+
+def test_every_item_undecodable_in_the_right_folder_is_not_called_a_wrong_folder(tree, tmp_path):
+    for path in (tree.root / "VideoFlash").glob("*.flv"):
+        write_lfs_pointer(path)
+    with pytest.raises(PrepareError, match="git lfs pull") as err:
+        prepare(CremaD, tree.root, tmp_path / "cache", options(tree), log=quiet)
+    assert "is not a cremad folder" not in str(err.value)
 
 
 def test_max_drop_fraction(tree, tmp_path):

@@ -12,6 +12,10 @@ from pathlib import Path
 LFS_HEADER = b"version https://git-lfs.github.com/spec/v1"
 
 
+# MediaError.kind of a file or folder that is not there (prepare tells a wrong --raw folder by it).
+MISSING_MEDIA = "missing media"
+
+
 class MediaError(Exception):
     """A media file or folder that cannot be used.
 

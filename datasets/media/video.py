@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.media import MediaError, is_lfs_pointer, lfs_error
+from datasets.media import MISSING_MEDIA, MediaError, is_lfs_pointer, lfs_error
 from datasets.splits import natural_key
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -78,7 +78,7 @@ def load_frame_folder(folder: Path, size: tuple[int, int] | None) -> tuple[np.nd
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise MediaError(folder, "missing media", "frame folder missing")
+        raise MediaError(folder, MISSING_MEDIA, "frame folder missing")
     files = frame_files(folder)
     frames = [load_image(p, size) for p in files]
     if not frames:
