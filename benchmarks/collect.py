@@ -314,6 +314,8 @@ def mixed_code_notes(rows: Mapping[str, Sequence[RunRecord]]) -> list[str]:
     table when all its runs share one commit with uncommitted changes, else one line per row whose runs were trained
     by more than one commit, by a tree with uncommitted changes, or partly without a recorded commit. Such a mean is
     not the number of one version of the code."""
+    # A row computed from other runs (no config: the demo's ensemble) is their code, noted in their own rows.
+    rows = {name: [r for r in runs if r.config] for name, runs in rows.items()}
     everything = [r for runs in rows.values() for r in runs]
     whole = _code_of(everything)
     if whole is None:
@@ -321,7 +323,7 @@ def mixed_code_notes(rows: Mapping[str, Sequence[RunRecord]]) -> list[str]:
     commits, _, dirty = _code_counts(everything)
     if len(commits) == 1 and dirty == len(everything):
         return [f"all {_runs(len(everything))}: commit {next(iter(commits))[:12]} with uncommitted changes"]
-    return [f"row {name}: {note}" for name, runs in rows.items() if (note := _code_of(runs)) is not None]
+    return [f"row {name}: {note}" for name, runs in rows.items() if runs and (note := _code_of(runs)) is not None]
 
 
 def _code_counts(runs: Sequence[RunRecord]) -> tuple[dict[str, int], int, int]:
@@ -336,9 +338,12 @@ def _code_of(runs: Sequence[RunRecord]) -> str | None:
     commits, unknown, dirty = _code_counts(runs)
     if len(commits) <= 1 and (unknown == 0 or not commits) and not dirty:
         return None
-    parts = [f"{_runs(len(runs))} from {len(commits)} commit{'s' * (len(commits) != 1)}"]
-    if unknown and commits:
-        parts.append(f"{unknown} without a recorded commit")
+    if commits:
+        parts = [f"{_runs(len(runs))} from {len(commits)} commit{'s' * (len(commits) != 1)}"]
+        if unknown:
+            parts.append(f"{unknown} without a recorded commit")
+    else:
+        parts = [f"{_runs(len(runs))} without a recorded commit"]
     if dirty:
         parts.append(f"{dirty} with uncommitted changes")
     return ", ".join(parts)
@@ -653,8 +658,8 @@ def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper:
     caption = (f"{title or 'Results'}: {what} in %, mean ± sample std over seeds (n = seeds); best mean per column "
                f"in bold. Protocol: {selection}.")
     if on_test:
-        where = "; ".join(f"{row_titles[label]} on {dataset}" for label in label_order for dataset in dataset_order
-                          if (label, dataset) in on_test)
+        where = "; ".join(f"{row_titles[label]} on " + " and ".join(d for d in dataset_order if (label, d) in on_test)
+                          for label in label_order if any((label, d) in on_test for d in dataset_order))
         caption += (f" {TEST_SPLIT_MARK} = the method selects or tunes on the test split during training (its "
                     f"held-out split knob is test: {where}), so these numbers are not clean.")
     if paper is not None:
@@ -677,7 +682,7 @@ def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper:
                                    for label in label_order for dataset in dataset_order
                                    if (label, dataset) in members})
     if code_notes:
-        caption += f" Trained by more than one commit or with uncommitted changes: {'; '.join(code_notes)}."
+        caption += f" Code behind the numbers, where not one commit: {'; '.join(code_notes)}."
     return Table(caption, columns, rows, paper is not None, code_notes)
 
 

@@ -182,8 +182,7 @@ def ensemble_records(records: Sequence[collect.RunRecord]) -> list[collect.RunRe
         first = next(iter(refs.values()))
         out.append(collect.RunRecord(run_dir=first.run_dir.parent, label=ENSEMBLE_LABEL, title=ENSEMBLE_TITLE,
                                      method=ENSEMBLE_LABEL, dataset=first.dataset, seed=seed,
-                                     protocols={"clean": protocol, "paper": protocol, "last": protocol},
-                                     env=first.env))
+                                     protocols={"clean": protocol, "paper": protocol, "last": protocol}))
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -283,7 +284,7 @@ def test_a_row_whose_runs_come_from_several_commits_or_a_dirty_tree_is_noted(run
     assert main(["table", str(runs_dir)]) == 0
     captured = capsys.readouterr()
     assert f"note: {note}\n" in captured.err
-    assert f"with uncommitted changes: {note}." in captured.out.splitlines()[0]
+    assert f"where not one commit: {note}." in captured.out.splitlines()[0]
     assert "row AUG" not in captured.err + captured.out, "AUG's runs come from one clean commit"
 
 
@@ -293,11 +294,19 @@ def test_one_dirty_commit_behind_every_run_is_one_note_and_a_partly_recorded_row
     for run in sorted(runs_dir.glob("*/summary.json")):
         _edit_json(run, lambda s: s.update(env={"git_commit": "aaaa111", "git_dirty": True}))
     records = load_runs(runs_dir)
-    assert build_table(records).code_notes == [f"all {len(records)} runs: commit aaaa111 with uncommitted changes"]
+    # A row computed from other runs (no config, as the demo's ensemble) is their code, not more runs.
+    derived = dataclasses.replace(records[0], label="ensemble", config={}, env={})
+    assert build_table([*records, derived]).code_notes == [
+        f"all {len(records)} runs: commit aaaa111 with uncommitted changes"]
     _edit_json(runs_dir / "cremad-joint-seed0-fixture" / "summary.json", lambda s: s.update(env={}))
     notes = build_table(load_runs(runs_dir)).code_notes
     assert "row Concat/cremad: 3 runs from 1 commit, 1 without a recorded commit, 2 with uncommitted changes" in notes
     assert len(notes) == len({(r.label, r.dataset) for r in records})
+    # A tree with no commit yet records changes without a commit.
+    for run in sorted(runs_dir.glob("*/summary.json")):
+        _edit_json(run, lambda s: s.update(env={"git_commit": None, "git_dirty": True}))
+    assert "row Concat/cremad: 3 runs without a recorded commit, 3 with uncommitted changes" in build_table(
+        load_runs(runs_dir)).code_notes
 
 
 @pytest.mark.parametrize("method, knob", [("mses", "eval_split"), ("gblending", "held_out_split"),
@@ -320,13 +329,17 @@ def test_rows_that_select_or_tune_on_test_are_marked_unless_the_protocol_is_best
 
 def test_the_caption_names_the_datasets_whose_runs_read_the_test_split(tmp_path):
     # The mark covers a whole row; its clean datasets' cells read as tuned on test too unless the caption says which.
-    for dataset, split in (("cremad", "test"), ("kinetics_sounds", "val")):
-        run = write_run(tmp_path, "mses", dataset, 0, (0.6, 0.5, 0.7))
+    for method, knob, dataset, split in (("mses", "eval_split", "cremad", "test"),
+                                         ("mses", "eval_split", "kinetics_sounds", "val"),
+                                         ("umt", "teacher_select", "cremad", "test"),
+                                         ("umt", "teacher_select", "kinetics_sounds", "test")):
+        run = write_run(tmp_path, method, dataset, 0, (0.6, 0.5, 0.7))
         config = yaml.safe_load((run / "config.yaml").read_text())
-        (run / "config.yaml").write_text(yaml.safe_dump({**config, "hparams": {"mses": {"eval_split": split}}}))
+        (run / "config.yaml").write_text(yaml.safe_dump({**config, "hparams": {method: {knob: split}}}))
     caption = build_table(load_runs(tmp_path), protocol="clean").caption
-    title = list_methods()["mses"].title
-    assert f"held-out split knob is test: {title} on cremad)" in caption
+    titles = {name: list_methods()[name].title for name in ("mses", "umt")}
+    assert (f"held-out split knob is test: {titles['mses']} on cremad; {titles['umt']} on cremad and kinetics_sounds)"
+            in caption)
 
 
 def test_a_finished_run_without_its_config_is_damaged_not_averaged_with_its_seeds_twin(tmp_path, capsys):

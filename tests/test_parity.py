@@ -283,7 +283,7 @@ def test_cli_rejects_an_unknown_case(tmp_path, capsys):
 def test_results_readme_is_generated_from_the_case_files():
     directory = Path(__file__).resolve().parents[1] / "results" / "parity"
     for name, case in CASES.items():
-        # The report reads the case files, so a case whose knobs changed without a rerun would be listed stale.
+        # The report reads the case files, so a case whose knobs changed without a rerun would show its old ones.
         recorded = json.loads((directory / f"{name}.json").read_text())
         assert (recorded["hparams"], recorded["commit"]) == (dict(case.hparams), case.commit), name
     assert (directory / "README.md").read_text() == report.render(directory)

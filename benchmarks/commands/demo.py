@@ -13,13 +13,14 @@ HELP = "offline end-to-end demo on AV-Digits: every method, tables and plots (un
 def configure(p: argparse.ArgumentParser) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true",
-                      help="one seed, 3/8 of the training clips, half the test clips, 8 epochs (1-2 minutes on 2 cores)")
+                      help="one seed, 3/8 of the training clips, half the test clips, 8 epochs (1-2 min on 2 cores)")
     mode.add_argument("--smoke", action="store_true", help="tiny data, one seed, one epoch (CI)")
     p.add_argument("--results", type=Path, help="where tables and plots go (default: runs/demo/results, or "
                                                 "runs/demo-<profile>/results for --quick/--smoke)")
     p.add_argument("--publish", action="store_true", help="write tables and plots to the tracked results/demo "
                                                           "(results/demo-<profile>) instead of under runs/")
-    p.add_argument("--work", type=Path, default=Path("runs/demo-work"), help="data, cache and run folders (default runs/demo-work)")
+    p.add_argument("--work", type=Path, default=Path("runs/demo-work"),
+                   help="data, cache and run folders (default: %(default)s)")
     p.add_argument("--workers", type=int, default=2, help="training processes (one thread each)")
     p.add_argument("--methods", nargs="+", help="only these rows (default: every registered method)")
 

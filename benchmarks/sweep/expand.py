@@ -142,7 +142,8 @@ def _refuse_set_on_grid(set_keys: Sequence[str], config: SweepConfig, labels: Se
     for key in set_keys:
         gridded = [where for where, grid in grids.items() if key in grid]
         if gridded:
-            raise SweepConfigError(f"--set {key}: {' and '.join(gridded)} of {config.where()} set {key} per row; "
+            verb = "sets" if len(gridded) == 1 else "set"
+            raise SweepConfigError(f"--set {key}: {' and '.join(gridded)} of {config.where()} {verb} {key} per row; "
                                    "change the grid's values instead")
 
 
