@@ -173,7 +173,7 @@ class AGM(FusionMethod):
         self.model.eval()
         for size in range(1, len(names)):
             for subset in combinations(names, size):
-                _, z, _ = self.model(x, drop=[n for n in names if n not in subset], mode="input")
+                _, z, _ = self.model(x, drop=[n for n in names if n not in subset])
                 outputs[frozenset(subset)] = loss_precision(z)
         self.model.train(was_training)
         return outputs

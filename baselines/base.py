@@ -326,7 +326,7 @@ def zero_grad(params: Iterable[nn.Parameter], set_to_none: bool = True) -> None:
 
 
 class FusionModel(nn.Module):
-    """Encoders + one fusion head, with P1's ``drop`` option (zero the named modalities' inputs or features)."""
+    """Encoders + one fusion head, with P1's ``drop`` option (zero the named modalities' inputs)."""
 
     def __init__(self, task: TaskSpec, model_hp: HParams, head: str,
                  head_factory: Callable[[dict[str, int], int], nn.Module] | None = None) -> None:
@@ -338,15 +338,9 @@ class FusionModel(nn.Module):
                                                                                           task.num_classes)
         init_model(self, model_hp)
 
-    def features(self, x: Mapping[str, torch.Tensor], drop: Iterable[str] = (), mode: str = "input"
-                 ) -> dict[str, torch.Tensor]:
+    def features(self, x: Mapping[str, torch.Tensor], drop: Iterable[str] = ()) -> dict[str, torch.Tensor]:
         drop = set(drop)
-        h = {}
-        for m in self.names:
-            inp = torch.zeros_like(x[m]) if (m in drop and mode == "input") else x[m]
-            feat = self.encoders[m](inp)
-            h[m] = torch.zeros_like(feat) if (m in drop and mode == "feature") else feat
-        return h
+        return {m: self.encoders[m](torch.zeros_like(x[m]) if m in drop else x[m]) for m in self.names}
 
     def unimodal_logits(self, h: Mapping[str, torch.Tensor], z_uni: dict[str, torch.Tensor] | None
                         ) -> dict[str, torch.Tensor]:
@@ -360,9 +354,9 @@ class FusionModel(nn.Module):
             out[m] = self.head(masked)[0]
         return out
 
-    def forward(self, x: Mapping[str, torch.Tensor], drop: Iterable[str] = (), mode: str = "input"
+    def forward(self, x: Mapping[str, torch.Tensor], drop: Iterable[str] = ()
                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor] | None]:
-        h = self.features(x, drop, mode)
+        h = self.features(x, drop)
         z, z_uni = self.head(h)
         return h, z, z_uni
 

@@ -137,7 +137,7 @@ class GBlending(FusionMethod):
 
     def _fused_loss(self, model: FusionModel, batch: Batch, drop: list[str]) -> torch.Tensor:
         with self.ctx.autocast():
-            _, z, _ = model(self.inputs(batch), drop=drop, mode="input")
+            _, z, _ = model(self.inputs(batch), drop=drop)
             return F.cross_entropy(loss_precision(z), batch["label"])
 
     def _train_epoch(self, model: FusionModel, batches: Iterable[Batch], drop: list[str]) -> tuple[float, int]:

@@ -19,7 +19,7 @@ every epoch:
    changes but for near-ties within ~1e-8.)
 2. Reassembling (``special_train_epoch``): the second modality's subset is trained first, then the first's, each
    shuffled, in batches of that subset alone. A row of modality m's subset is trained with the other modality's
-   features zeroed (``forward(mode=...)``) and loss CE(z) + gamma_m CE(z_m).
+   features zeroed (the official model's ``forward(mode=...)``) and loss CE(z) + gamma_m CE(z_m).
 
 The selection is one ordered row list (``RowSelection(shuffle=False)``) with a per-row extra ``remix_modality`` (the
 index of the modality that trains the row); ``update`` zeroes the other modalities' features and weights the losses
@@ -163,7 +163,8 @@ class Remix(FusionMethod):
             codes = batch[EXTRA_KEY].long()
             with self.ctx.autocast():
                 h = self.model.features(self.inputs(batch))
-                # A row trains only its assigned modality: the other one's features are zeroed (forward(mode=...)).
+                # A row trains only its assigned modality: the other one's features are zeroed (the official
+                # model's forward(mode=...)).
                 h = {m: v * (codes == i).to(v.dtype)[:, None] for i, (m, v) in enumerate(h.items())}
                 z, z_uni = self.model.head(h)
             loss = remix_loss(z, z_uni, labels, codes, self.hp.remix_weights)
