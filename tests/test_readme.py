@@ -26,3 +26,17 @@ def test_generated_tables_are_current(block):
 def test_readme_commands_exist():
     used = set(re.findall(r"^augbench (\w+)", README.read_text(), re.M))
     assert used and used <= set(COMMANDS), f"README uses unknown subcommands {used - set(COMMANDS)}"
+
+
+def test_the_methods_table_says_whose_behaviour_each_variant_reproduces():
+    # The column was headed "official behaviour" while BalanceBenchmark's presets (mmcosine's bb: s = 15) stood in it.
+    from benchmarks.commands.list import methods_markdown
+
+    table = methods_markdown().splitlines()
+
+    def row(name: str) -> str:
+        return next(line for line in table if f" | `{name}` | " in line)
+
+    assert "`mmcosine.variant=bb` (BalanceBenchmark: scale=15.0)" in row("mmcosine")
+    assert "`aug.variant=official_compat` (official code: " in row("aug")
+    assert "none (the paper default is the official code's)" in row("agm")

@@ -27,17 +27,24 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--markdown", choices=("methods", "datasets"), help="print a README table (generated)")
 
 
+def variant_source(name: str) -> str:
+    """Whose behaviour a variant preset reproduces, by the registry's naming: ``bb*`` BalanceBenchmark's trainer,
+    every other preset the method's official code."""
+    return "BalanceBenchmark" if name.startswith("bb") else "official code"
+
+
 def methods_markdown() -> str:
     """The README's methods table, generated from the registry so that it cannot drift from the code."""
     from baselines.registry import list_methods
     from benchmarks.parity.report import method_statuses
 
     parity = method_statuses(ROOT / PARITY_RESULTS)
-    lines = ["| method | `--method` | paper | official code | official behaviour | "
+    lines = ["| method | `--method` | paper | official code | variants beside the paper default | "
              f"[parity with the official code]({PARITY_RESULTS.as_posix()}/README.md) |", "|---|---|---|---|---|---|"]
     for name, cls in list_methods().items():
-        variants = "; ".join(f"`{name}.variant={v}` ({', '.join(f'{k}={val}' for k, val in preset.items())})"
-                             for v, preset in cls.VARIANTS.items()) or "same as paper default"
+        variants = "; ".join(f"`{name}.variant={v}` ({variant_source(v)}: "
+                             f"{', '.join(f'{k}={val}' for k, val in preset.items())})"
+                             for v, preset in cls.VARIANTS.items()) or "none (the paper default is the official code's)"
         lines.append(f"| {cls.title} | `{name}` | {cls.PAPER} | {cls.CODE} | {variants} | "
                      f"{parity.get(name, 'not checked')} |")
     return "\n".join(lines) + "\n"
