@@ -80,7 +80,7 @@ class AUG(Method):
                            "residual_lambda": 0.2, "aca_interval_epochs": 0},
     }
     HPARAMS = (
-        variant_param(VARIANTS, "paper = the paper (docs/methods/aug.md#paper-vs-code 'project default'); "
+        variant_param(VARIANTS, "paper = the paper (docs/methods/aug.md#paper-vs-code, column 'default (`paper`)'); "
                                 "official_compat = "
                                 "train_CREMAD.py on the default branch; official_gated = the gated train_CREMAD.py / "
                                 "train_KS.py / train_NVGesture.py of commit 966dbf5 (lambda 0.2)."),
@@ -125,8 +125,8 @@ class AUG(Method):
                               "docs/methods/aug.md#gated."),
         HParam("gate_lr_scale", 0.1, "Gate learning rate relative to train.lr (train_KS.py: lr_adjust / 10)."),
         HParam("log_equal_fusion", True, "Also log val/test accuracy with equal fusion weights "
-                                         "(docs/methods/aug.md#aca: "
-                                         "'also log alpha = 0.5 as a diagnostic') [project]."),
+                                         "(docs/methods/aug.md#aca: equal-weight fusion evaluated as a diagnostic) "
+                                         "[project]."),
     )
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:

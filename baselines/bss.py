@@ -27,7 +27,7 @@ CREMA-D, which evaluates z_a + z_v only (``unimodal_sum``); ``head`` evaluates t
 
 Cost: joint training with unimodal heads (one forward, one backward per step), plus one no-grad pass over the
 training rows before the first epoch (heuristic) or before every epoch (learning). The heuristic scheduler trains on
-fewer rows in the first T_grow epochs (10% of them in epoch 0).
+fewer rows in the first T_grow epochs (about 19% of them in epoch 0 at the defaults, every row from epoch T_grow - 1).
 
 The paper's full text could not be read while writing this module; it follows the official scripts, which agree with
 the abstract (a measurer from correlation and information criteria, a curriculum from balanced to imbalanced samples,
@@ -133,8 +133,9 @@ class BSS(FusionMethod):
                per_dataset={"cremad": 0.1}),
         HParam("unimodal_weight", 1.0, "w_u on sum_m CE(z_m) in the loss and the measurer (scripts: 1; CREMA-D "
                                        "scripts: 0.9).", per_dataset={"cremad": 0.9}),
-        HParam("lambda_0", 0.1, "Heuristic: initial data fraction of the root pacing function (train-CL.py "
-                                "lambda_0 = 0.1, every dataset)."),
+        HParam("lambda_0", 0.1, "Heuristic: lambda_0 of the root pacing function, the fraction it starts from before "
+                                "epoch 0's step (epoch 0 trains sqrt((1 - l0^2) / T_grow + l0^2) of the rows) "
+                                "(train-CL.py lambda_0 = 0.1, every dataset)."),
         HParam("t_grow", 40, "Heuristic: epochs until the whole training set is used (train-CL.py T_grow = 40)."),
         HParam("weight_floor", 0.01, "Learning: added to every weight 1 - s (train-SPL.py + 1e-2; NVGesture "
                                      "script: 0).", per_dataset={"nvgesture": 0.0}),

@@ -213,7 +213,8 @@ class ReconBoost(Method):
         HParam("ensemble_from_start", False, "false = a learner joins F when its first modality step ends (official "
                                              "DynamicNet.add); true = BB 4c1482f avclassify_model.py "
                                              "BaseClassifierReconBoostModel.forward: F sums every learner from the "
-                                             "first step."),
+                                             "first step. Only without pretrain: with pre-training every learner is "
+                                             "in F from the start either way."),
         HParam("ga_after_first_round", False, "false = the GA term (and the partner's second pass) from stage 1 "
                                               "(official train.py); true = BB 4c1482f ReconBoost_trainer.py "
                                               "training_step1 (l.340): none in BB's epoch 0, i.e. before stage M."),
