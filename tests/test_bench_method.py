@@ -136,3 +136,11 @@ def test_the_bench_tree_has_cremad_sized_frames_and_extracts_an_older_tree_again
     assert bench_data.bench_tree(tmp_path, preset="tiny", recipe="ogm", log=logged.append) == cache
     assert any(line.startswith("rebuilding the bench cache") for line in logged)
     assert any(line.startswith(f"{cache}: built") for line in logged)
+
+
+def test_a_figure_measured_with_uncommitted_changes_says_so():
+    # The tables named only the commit, while the demo and result tables flag a dirty tree.
+    from benchmarks.commands.bench import code_of
+
+    assert code_of({"git_commit": "abc", "git_dirty": True}) == "abc with uncommitted changes"
+    assert code_of({"git_commit": "abc", "git_dirty": False}) == "abc"

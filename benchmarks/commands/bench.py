@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import platform
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,12 @@ def _data_cache(args: argparse.Namespace, data_overrides: dict[str, Any]) -> Pat
     return bench_tree(work, preset=args.preset, recipe=args.recipe)
 
 
+def code_of(env: Mapping[str, Any]) -> str:
+    """The commit a figure was measured at, and whether the tree had uncommitted changes (then not that commit's
+    code)."""
+    return f"{env['git_commit']}" + (" with uncommitted changes" if env.get("git_dirty") else "")
+
+
 def run_data(args: argparse.Namespace, env: dict, tag: str) -> tuple[list[dict[str, Any]], Path]:
     overrides = parse_assignments(args.assignments).get("data", {})
     if overrides.get("prefetch"):
@@ -140,7 +147,7 @@ def run_data(args: argparse.Namespace, env: dict, tag: str) -> tuple[list[dict[s
                f"{args.batch_size}{settings_note}), one CPU thread, {args.rounds} interleaved rounds of "
                f"{args.batches} batches after a warm epoch (stream order cycling every {len(ROUND_ORDERS)} rounds), "
                f"cache loader on {device} ({env.get('gpu', env['processor'])}, {env['cpu_count']} CPUs, load average "
-               f"{first['load_average']} at the end, torch {env['torch']}, commit {env['git_commit']})")
+               f"{first['load_average']} at the end, torch {env['torch']}, commit {code_of(env)})")
     write_json(args.out / f"data-{name}-{tag}{settings}.json", {"rows": rows, "env": env, "cache": str(cache)})
     atomic_write_text(args.out / f"data-{name}-{tag}{settings}.md", markdown_data(rows, caption))
     print(markdown_data(rows, caption))
@@ -173,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
         rows = bench_steps(base, args.methods, repeats=args.repeats)
         caption = (f"Per-step time on shape '{args.shape}' ({env['device']}, {env.get('gpu', env['processor'])}, "
                    f"torch {env['torch']}, {env['torch_threads']} threads, load average {rows[-1]['load_average']} "
-                   f"at the end, commit {env['git_commit']}{settings})")
+                   f"at the end, commit {code_of(env)}{settings})")
         write_json(args.out / f"step-{tag}{suffix}.json", {"rows": rows, "env": env, "settings": base})
         atomic_write_text(args.out / f"step-{tag}{suffix}.md", markdown_steps(rows, caption))
         print(markdown_steps(rows, caption))
@@ -189,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
         row = bench_epoch(cfg, repeats=args.epoch_repeats)
         caption = (f"Epoch vs model-only time ({env['device']}, {env.get('gpu', env['processor'])}, "
                    f"torch {env['torch']}, {env['torch_threads']} threads, load average {row['load_average']} at the "
-                   f"end, commit {env['git_commit']}{settings})")
+                   f"end, commit {code_of(env)}{settings})")
         name = dataset if dataset == "synthetic" else f"{dataset}-{cfg.data.recipe}"
         epoch_tag = (tag if dataset == "synthetic" else tag.split("-", 1)[1]) + suffix
         write_json(args.out / f"epoch-{args.epoch_method}-{name}-{epoch_tag}.json",
