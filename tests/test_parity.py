@@ -275,6 +275,13 @@ def test_cli_names_the_missing_clone(tmp_path, capsys):
     assert str(tmp_path / "OGM-GE_CVPR2022") in err and "GeWu-Lab/OGM-GE_CVPR2022" in err and "343dc1d" in err
 
 
+def test_golden_replay_with_a_report_dir_but_no_flip_says_it_writes_nothing(tmp_path, capsys):
+    # It wrote nothing there without a word.
+    assert main(["parity", "ogm", "--golden", "--report-dir", str(tmp_path)]) == 0
+    assert f"writes no report without --flip; {tmp_path} is left as it is" in capsys.readouterr().out
+    assert not any(tmp_path.iterdir())
+
+
 def test_cli_rejects_an_unknown_case(tmp_path, capsys):
     assert main(["parity", "nosuch", "--official-root", str(tmp_path)]) == 2
     assert "no parity case or method 'nosuch'" in capsys.readouterr().err

@@ -42,6 +42,8 @@ def _progress(rec) -> None:
 def run(args: argparse.Namespace) -> int:
     cases = get_cases(args.cases)
     if args.golden:
+        if not args.flip and args.report_dir != REPORT_DIR:
+            print(f"note: --golden writes no report without --flip; {args.report_dir} is left as it is")
         return _golden(cases, args.golden_dir, args.report_dir if args.flip else None)
     if args.official_root is None:
         raise ValueError("--official-root DIR is required (a folder with the official clones), or use --golden")
