@@ -27,7 +27,8 @@ CREMA-D, which evaluates z_a + z_v only (``unimodal_sum``); ``head`` evaluates t
 
 Cost: joint training with unimodal heads (one forward, one backward per step), plus one no-grad pass over the
 training rows before the first epoch (heuristic) or before every epoch (learning). The heuristic scheduler trains on
-fewer rows in the first T_grow epochs (about 19% of them in epoch 0 at the defaults, every row from epoch T_grow - 1).
+fewer rows in the first T_grow - 1 epochs (about 19% of them in epoch 0 at the defaults; every row from epoch
+T_grow - 1).
 
 The paper's full text could not be read while writing this module; it follows the official scripts, which agree with
 the abstract (a measurer from correlation and information criteria, a curriculum from balanced to imbalanced samples,

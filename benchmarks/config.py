@@ -113,9 +113,9 @@ class RunConfig:
 def method_hparams(method_cls) -> tuple[HParam, ...]:
     declared = tuple(method_cls.HPARAMS)
     if method_cls.VARIANTS and not any(p.name == "variant" for p in declared):
-        declared += (variant_param(method_cls.VARIANTS, "paper = the paper; official_* names reproduce the official "
-                                                        "code, bb* names BalanceBenchmark's trainer (see the method's "
-                                                        "docstring)."),)
+        declared += (variant_param(method_cls.VARIANTS, "paper = the paper; other names reproduce released code, "
+                                                        "which the method's docstring names (bb* names: "
+                                                        "BalanceBenchmark's trainer)."),)
     return declared
 
 

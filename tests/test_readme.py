@@ -39,4 +39,6 @@ def test_the_methods_table_says_whose_behaviour_each_variant_reproduces():
 
     assert "`mmcosine.variant=bb` (BalanceBenchmark: scale=15.0)" in row("mmcosine")
     assert "`aug.variant=official_compat` (official code: " in row("aug")
-    assert "none (the paper default is the official code's)" in row("agm")
+    assert "`gblending.variant=official_compat` (BalanceBenchmark: " in row("gblending")
+    assert "`mses.variant=official_compat` (re-implementation: " in row("mses")
+    assert row("agm").split(" | ")[4] == "none"

@@ -27,10 +27,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--markdown", choices=("methods", "datasets"), help="print a README table (generated)")
 
 
-def variant_source(name: str) -> str:
-    """Whose behaviour a variant preset reproduces, by the registry's naming: ``bb*`` BalanceBenchmark's trainer,
-    every other preset the method's official code."""
-    return "BalanceBenchmark" if name.startswith("bb") else "official code"
+def variant_source(cls: type, name: str) -> str:
+    """Whose behaviour a variant preset reproduces: ``bb*`` presets BalanceBenchmark's trainer, any other preset the
+    code the method's ``CODE`` names (BalanceBenchmark, a third-party re-implementation, or the official code)."""
+    if name.startswith("bb") or cls.CODE.startswith(("BalanceBenchmark", "BB re-implementation")):
+        return "BalanceBenchmark"
+    return "re-implementation" if cls.CODE.startswith("Re-implementation") else "official code"
 
 
 def methods_markdown() -> str:
@@ -42,9 +44,9 @@ def methods_markdown() -> str:
     lines = ["| method | `--method` | paper | official code | variants beside the paper default | "
              f"[parity with the official code]({PARITY_RESULTS.as_posix()}/README.md) |", "|---|---|---|---|---|---|"]
     for name, cls in list_methods().items():
-        variants = "; ".join(f"`{name}.variant={v}` ({variant_source(v)}: "
+        variants = "; ".join(f"`{name}.variant={v}` ({variant_source(cls, v)}: "
                              f"{', '.join(f'{k}={val}' for k, val in preset.items())})"
-                             for v, preset in cls.VARIANTS.items()) or "none (the paper default is the official code's)"
+                             for v, preset in cls.VARIANTS.items()) or "none"
         lines.append(f"| {cls.title} | `{name}` | {cls.PAPER} | {cls.CODE} | {variants} | "
                      f"{parity.get(name, 'not checked')} |")
     return "\n".join(lines) + "\n"
