@@ -12,7 +12,7 @@ import platform
 import sys
 import uuid
 from pathlib import Path
-from typing import Any, Hashable
+from typing import Any, Callable, Hashable
 
 import yaml
 
@@ -241,11 +241,26 @@ class WandbSink:
             # `wandb sync` uploads it later under the same id.
             log(f"W&B server unreachable ({type(err).__name__}: {err}); logging offline instead")
             self.mode = "offline"
+            wandb.teardown()  # the failed online start still holds the run id in wandb's service ("run ID is in use")
             self.run = start("offline")
 
+    def _guarded(self, what: str, call: Callable[[Any], Any]) -> None:
+        """``call(run)``; a W&B failure (its service died, a full disk) stops W&B logging, never the training:
+        metrics.jsonl and summary.json keep every epoch."""
+        if self.run is None:
+            return
+        try:
+            call(self.run)
+        except Exception as err:  # noqa: BLE001 - whatever W&B raises, the run must go on
+            self.run = None
+            self.log(f"W&B logging stopped ({what}: {type(err).__name__}: {err}); metrics.jsonl and summary.json "
+                     "keep every epoch")
+
     def log_epoch(self, record: dict) -> None:
-        if self.run is not None:
-            self.run.log(flatten(record), step=record["epoch"])
+        # commit: with an explicit step W&B holds a row back until the next step arrives (one epoch behind, and lost
+        # at a kill until the resume sends it again).
+        self._guarded(f"epoch {record['epoch']}",
+                      lambda run: run.log(flatten(record), step=record["epoch"], commit=True))
 
     def log_history(self, records: list[dict]) -> None:
         """Send a resumed run's checkpointed epochs again. A kill loses the epochs W&B had not yet flushed (even ones
@@ -255,14 +270,16 @@ class WandbSink:
             self.log_epoch(record)
 
     def log_summary(self, summary: dict) -> None:
-        if self.run is not None:
-            self.run.summary.update(flatten(summary, lists=True))
+        self._guarded("summary", lambda run: run.summary.update(flatten(summary, lists=True)))
 
-    def finish(self) -> None:
+    def finish(self, exit_code: int | None = None) -> None:
+        """Close the run; ``exit_code`` 1 marks it failed in W&B (an interrupted or crashed training)."""
         if self.run is None:
             return
         where = self.run.settings.sync_dir if self.mode == "offline" else self.run.url
-        self.run.finish()
+        self._guarded("finish", lambda run: run.finish(exit_code=exit_code))
+        if self.run is None:
+            return
         self.run = None
         if self.mode == "offline":
             self.log(f"W&B run saved offline; upload it with: wandb sync {where}")

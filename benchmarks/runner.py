@@ -407,79 +407,84 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
 
     sink = WandbSink(resolve_wandb_mode(wandb_mode), run_dir, cfg.as_dict(), cfg.run_name(run_hash),
                      group=wandb_group, log=log)
-    if ddp.is_main:
-        sink.log_history(history)
-    epochs, max_steps = cfg.train.epochs, cfg.train.max_steps_per_epoch
-    for epoch in range(start_epoch, epochs):
-        t0 = time.perf_counter()
-        factor = lr_factor(epoch, cfg.train.lr_milestones, cfg.train.lr_gamma)
-        method.ctx.set_lr_factor(factor)
-        for loader in (loaders.train, loaders.val, loaders.test):
-            if loader is not None:
-                loader.set_epoch(epoch)
-        loaders.train._serve()  # epoch hooks see the split's rows, not last epoch's selection
-        method.train()
-        method.on_epoch_start(epoch, loaders)
-        apply_selection(loaders.train, method.select_rows(epoch, loaders))
-        ddp.check_same_rows(loaders.train.rows)
-        method.train()
-        steps = len(loaders.train) if not max_steps else min(max_steps, len(loaders.train))
-        logs = []
-        bar = tqdm(total=steps, desc=f"epoch {epoch} (of 0-{epochs - 1})", disable=not progress, leave=False,
-                   file=sys.stderr)
-        for i, batch in enumerate(loaders.train):
-            if i >= steps:
-                break
-            logs.append(method.update(batch, StepInfo(epoch, i, steps, epochs)))
-            bar.update(1)
-            if logs[-1]:
-                bar.set_postfix({k: f"{v:.3f}" for k, v in list(logs[-1].items())[:3]})
-        bar.close()
-        train_time = time.perf_counter() - t0
-        ddp.sync_for_eval(method)
-        record: dict[str, Any] = {"epoch": epoch, "lr": cfg.train.lr * factor, "train": _mean_logs(logs, ddp)}
-        # Evaluating and tabulating a model trained on NaN would pass for a result; every rank sees the same mean.
-        if not np.isfinite(record["train"].get("loss", 0.0)):
-            raise TrainingDiverged(f"{cfg.method} diverged in epoch {epoch} of {run_dir}: its mean training loss is "
-                                   f"{record['train']['loss']} (a learning rate too high for it, or bf16 trouble "
-                                   f"with train.amp); the run stops unrecorded, keeping the checkpoint of its last "
-                                   f"checkpointed epoch; train with other settings into another folder")
-        if loaders.val is not None:
-            record["val"] = evaluate(method, loaders.val, bundle.task.num_classes)
-        record["test"] = evaluate(method, loaders.test, bundle.task.num_classes)
-        method.train()
-        record["diag"] = method.on_epoch_end(epoch, loaders) or {}
-        ddp.broadcast_module(method)
-        record["time"] = {"train_s": train_time, "epoch_s": time.perf_counter() - t0}
-        history.append(record)
-        elapsed += record["time"]["epoch_s"]
-        checkpoint = (epoch + 1) % max(cfg.train.checkpoint_every, 1) == 0 or epoch == epochs - 1
-        # Every rank takes part in gathering the RNG states; only rank 0 writes.
-        rng_ranks = ddp.gather_to_main(rng_state()) if checkpoint else None
-        if not ddp.is_main:
-            continue
-        if checkpoint:
-            saved = {"epoch": epoch, "method": method.checkpoint_state(), "rng": rng_ranks[0], "history": history,
-                     "elapsed": elapsed, "segments": segments}
-            if ddp.enabled:
-                saved["rng_ranks"] = rng_ranks
-            atomic_torch_save(ckpt_path, saved)
-        write_jsonl(run_dir / "metrics.jsonl", history)
-        sink.log_epoch(record)
-        log(_epoch_line(record))
+    try:
+        if ddp.is_main:
+            sink.log_history(history)
+        epochs, max_steps = cfg.train.epochs, cfg.train.max_steps_per_epoch
+        for epoch in range(start_epoch, epochs):
+            t0 = time.perf_counter()
+            factor = lr_factor(epoch, cfg.train.lr_milestones, cfg.train.lr_gamma)
+            method.ctx.set_lr_factor(factor)
+            for loader in (loaders.train, loaders.val, loaders.test):
+                if loader is not None:
+                    loader.set_epoch(epoch)
+            loaders.train._serve()  # epoch hooks see the split's rows, not last epoch's selection
+            method.train()
+            method.on_epoch_start(epoch, loaders)
+            apply_selection(loaders.train, method.select_rows(epoch, loaders))
+            ddp.check_same_rows(loaders.train.rows)
+            method.train()
+            steps = len(loaders.train) if not max_steps else min(max_steps, len(loaders.train))
+            logs = []
+            bar = tqdm(total=steps, desc=f"epoch {epoch} (of 0-{epochs - 1})", disable=not progress, leave=False,
+                       file=sys.stderr)
+            for i, batch in enumerate(loaders.train):
+                if i >= steps:
+                    break
+                logs.append(method.update(batch, StepInfo(epoch, i, steps, epochs)))
+                bar.update(1)
+                if logs[-1]:
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in list(logs[-1].items())[:3]})
+            bar.close()
+            train_time = time.perf_counter() - t0
+            ddp.sync_for_eval(method)
+            record: dict[str, Any] = {"epoch": epoch, "lr": cfg.train.lr * factor, "train": _mean_logs(logs, ddp)}
+            # Evaluating and tabulating a model trained on NaN would pass for a result; every rank sees the same mean.
+            if not np.isfinite(record["train"].get("loss", 0.0)):
+                raise TrainingDiverged(f"{cfg.method} diverged in epoch {epoch} of {run_dir}: its mean training loss "
+                                       f"is {record['train']['loss']} (a learning rate too high for it, or bf16 "
+                                       f"trouble with train.amp); the run stops unrecorded, keeping the checkpoint of "
+                                       f"its last checkpointed epoch; train with other settings into another folder")
+            if loaders.val is not None:
+                record["val"] = evaluate(method, loaders.val, bundle.task.num_classes)
+            record["test"] = evaluate(method, loaders.test, bundle.task.num_classes)
+            method.train()
+            record["diag"] = method.on_epoch_end(epoch, loaders) or {}
+            ddp.broadcast_module(method)
+            record["time"] = {"train_s": train_time, "epoch_s": time.perf_counter() - t0}
+            history.append(record)
+            elapsed += record["time"]["epoch_s"]
+            checkpoint = (epoch + 1) % max(cfg.train.checkpoint_every, 1) == 0 or epoch == epochs - 1
+            # Every rank takes part in gathering the RNG states; only rank 0 writes.
+            rng_ranks = ddp.gather_to_main(rng_state()) if checkpoint else None
+            if not ddp.is_main:
+                continue
+            if checkpoint:
+                saved = {"epoch": epoch, "method": method.checkpoint_state(), "rng": rng_ranks[0], "history": history,
+                         "elapsed": elapsed, "segments": segments}
+                if ddp.enabled:
+                    saved["rng_ranks"] = rng_ranks
+                atomic_torch_save(ckpt_path, saved)
+            write_jsonl(run_dir / "metrics.jsonl", history)
+            sink.log_epoch(record)
+            log(_epoch_line(record))
 
-    summary = {"method": cfg.method, "dataset": cfg.dataset, "seed": cfg.train.seed, "epochs": epochs,
-               "config_hash": run_hash, "protocols": select_protocols(history),
-               "data_parallel": type(method).DATA_PARALLEL, "world_size": ddp.world_size, "wall_time_s": elapsed,
-               "env": environment(device), "segments": segments,
-               "split_files": bundle.info.get("split_files", {})}
-    extensions = read_extensions(run_dir)
-    if extensions:
-        summary["extensions"] = extensions
-    if ddp.is_main:
-        write_json(run_dir / "summary.json", summary)
-        (run_dir / "DONE").write_text("")
-    sink.log_summary(summary)
-    sink.finish()
+        summary = {"method": cfg.method, "dataset": cfg.dataset, "seed": cfg.train.seed, "epochs": epochs,
+                   "config_hash": run_hash, "protocols": select_protocols(history),
+                   "data_parallel": type(method).DATA_PARALLEL, "world_size": ddp.world_size, "wall_time_s": elapsed,
+                   "env": environment(device), "segments": segments,
+                   "split_files": bundle.info.get("split_files", {})}
+        extensions = read_extensions(run_dir)
+        if extensions:
+            summary["extensions"] = extensions
+        if ddp.is_main:
+            write_json(run_dir / "summary.json", summary)
+            (run_dir / "DONE").write_text("")
+        sink.log_summary(summary)
+        sink.finish()
+    except BaseException:
+        # An interrupt, a divergence or a crash: W&B would otherwise close the run at exit as finished (code 0).
+        sink.finish(exit_code=1)
+        raise
     ddp.barrier()
     return summary

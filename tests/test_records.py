@@ -76,7 +76,7 @@ def test_a_resumed_run_sends_its_checkpointed_epochs_to_wandb_again(tmp_path, mo
         def log_summary(self, summary):
             pass
 
-        def finish(self):
+        def finish(self, exit_code=None):
             pass
 
     cfg = interrupted_run(tmp_path / "run", epochs=3)
@@ -97,7 +97,7 @@ def test_an_unreachable_wandb_server_falls_back_to_offline_logging(tmp_path, mon
     wandb = pytest.importorskip("wandb")
     from benchmarks.records import WandbSink
 
-    modes, real_init = [], wandb.init
+    modes, real_init, real_teardown = [], wandb.init, wandb.teardown
 
     def init(**kwargs):
         modes.append(kwargs["mode"])
@@ -105,10 +105,75 @@ def test_an_unreachable_wandb_server_falls_back_to_offline_logging(tmp_path, mon
             raise wandb.errors.CommError("Network error (ConnectionError), entering retry loop.")
         return real_init(**kwargs)
 
+    def teardown(*args, **kwargs):
+        # The failed online start still held the run id in wandb's service: the offline start was refused with
+        # "run ID is in use" (a mocked init never showed it).
+        modes.append("teardown")
+        return real_teardown(*args, **kwargs)
+
     monkeypatch.setattr(wandb, "init", init)
+    monkeypatch.setattr(wandb, "teardown", teardown)
     lines = []
     sink = WandbSink("online", tmp_path, {"train": {"lr": 0.1}}, "run-x", log=lines.append)
     sink.log_epoch({"epoch": 0, "test": {"acc": 0.5}})
     sink.finish()
-    assert modes == ["online", "offline"] and sink.mode == "offline"
+    assert modes == ["online", "teardown", "offline"] and sink.mode == "offline"
     assert "logging offline instead" in lines[0] and "wandb sync" in lines[-1]
+
+
+class BrokenRun:
+    """A W&B run whose service has died."""
+
+    def log(self, *args, **kwargs):
+        raise ConnectionResetError("Connection lost")
+
+    def finish(self, *args, **kwargs):
+        raise ConnectionResetError("Connection lost")
+
+
+def test_a_wandb_failure_mid_run_stops_wandb_logging_not_the_training(tmp_path, monkeypatch):
+    # W&B's service dying at epoch 123 of a 300-epoch run raised out of the epoch loop: the run died unrecorded.
+    import benchmarks.runner as runner
+    from benchmarks.records import WandbSink
+
+    class Broken(WandbSink):
+        def __init__(self, mode, run_dir, config, name, group=None, log=print):
+            super().__init__("disabled", run_dir, config, name, group=group, log=log)
+            self.mode, self.run = "offline", BrokenRun()
+
+    monkeypatch.setattr(runner, "WandbSink", Broken)
+    lines: list[str] = []
+    summary = train_run(build_config("joint", "synthetic", tiny_overrides()), tmp_path / "run", log=lines.append)
+    assert (tmp_path / "run" / "DONE").exists() and summary["epochs"] == 2
+    (stopped,) = [line for line in lines if "W&B" in line]
+    assert stopped.startswith("W&B logging stopped (epoch 0: ConnectionResetError: Connection lost)")
+
+
+def test_a_run_that_stops_with_an_error_is_closed_in_wandb_as_failed(tmp_path, monkeypatch):
+    # W&B closed an interrupted or diverged run at process exit with exit code 0: it showed as finished.
+    import benchmarks.runner as runner
+    from baselines.registry import get_method
+    from benchmarks.runner import TrainingDiverged
+
+    codes = []
+
+    class Recorder:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def log_epoch(self, record):
+            pass
+
+        def log_history(self, records):
+            pass
+
+        def finish(self, exit_code=None):
+            codes.append(exit_code)
+
+    joint = get_method("joint")
+    real = joint.update
+    monkeypatch.setattr(joint, "update", lambda self, batch, step: {**real(self, batch, step), "loss": float("nan")})
+    monkeypatch.setattr(runner, "WandbSink", Recorder)
+    with pytest.raises(TrainingDiverged):
+        train_run(build_config("joint", "synthetic", tiny_overrides()), tmp_path / "run", log=lambda line: None)
+    assert codes == [1]
