@@ -209,6 +209,12 @@ def resolve_wandb_mode(requested: str | None) -> str:
     return "online" if has_key else "offline"
 
 
+def cannot_start(mode: str, err: Exception) -> UsageError:
+    return UsageError(f"W&B could not start its {mode} run ({type(err).__name__}: {err}); fix that, or train with "
+                      "--wandb offline (upload later with wandb sync) or --wandb disabled; a run folder it left is "
+                      "continued with --resume")
+
+
 class WandbSink:
     """Logs config, per-epoch metrics and the summary to W&B. ``disabled`` never imports wandb.
 
@@ -236,13 +242,15 @@ class WandbSink:
             self.run = start(mode)
         except wandb.errors.CommError as err:  # not AuthenticationError: a bad key needs fixing, not a later sync
             if mode != "online":
-                raise
+                raise cannot_start(mode, err) from err
             # Credentials but no reachable server (a compute node, an outage): the run still trains and logs;
             # `wandb sync` uploads it later under the same id.
             log(f"W&B server unreachable ({type(err).__name__}: {err}); logging offline instead")
             self.mode = "offline"
             wandb.teardown()  # the failed online start still holds the run id in wandb's service ("run ID is in use")
             self.run = start("offline")
+        except wandb.errors.Error as err:  # no API key, a rejected key, a bad setting: a traceback said nothing more
+            raise cannot_start(mode, err) from err
 
     def _guarded(self, what: str, call: Callable[[Any], Any]) -> None:
         """``call(run)``; a W&B failure (its service died, a full disk) stops W&B logging, never the training:

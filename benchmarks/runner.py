@@ -340,6 +340,7 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
                wandb_mode: str | None, wandb_group: str | None, progress: bool, log) -> dict[str, Any]:
     if not ddp.is_main:
         log, progress, wandb_mode = quiet, False, "disabled"
+    wandb_mode = resolve_wandb_mode(wandb_mode)   # a bad mode is refused before the run gets a folder
     run_dir = Path(run_dir)
     ckpt_path = run_dir / CHECKPOINT
     done = (run_dir / "DONE").exists() and (run_dir / "summary.json").exists()
@@ -405,7 +406,7 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
         _record_extension(run_dir, recorded["train"]["epochs"], cfg.train.epochs, start_epoch)
         log(f"extending {run_dir.name} from {recorded['train']['epochs']} to {cfg.train.epochs} epochs")
 
-    sink = WandbSink(resolve_wandb_mode(wandb_mode), run_dir, cfg.as_dict(), cfg.run_name(run_hash),
+    sink = WandbSink(wandb_mode, run_dir, cfg.as_dict(), cfg.run_name(run_hash),
                      group=wandb_group, log=log)
     try:
         if ddp.is_main:

@@ -177,3 +177,25 @@ def test_a_run_that_stops_with_an_error_is_closed_in_wandb_as_failed(tmp_path, m
     with pytest.raises(TrainingDiverged):
         train_run(build_config("joint", "synthetic", tiny_overrides()), tmp_path / "run", log=lambda line: None)
     assert codes == [1]
+
+
+def test_wandb_that_cannot_start_is_one_line_naming_the_way_out(tmp_path, monkeypatch):
+    # No API key under WANDB_MODE=online ended in wandb's traceback.
+    wandb = pytest.importorskip("wandb")
+    from benchmarks.errors import UsageError
+    from benchmarks.records import WandbSink
+
+    def init(**kwargs):
+        raise wandb.errors.UsageError("No API key configured. Use `wandb login` to log in.")
+
+    monkeypatch.setattr(wandb, "init", init)
+    with pytest.raises(UsageError, match=r"W&B could not start its online run \(UsageError: No API key configured.*"
+                                         r"--wandb offline .* or --wandb disabled"):
+        WandbSink("online", tmp_path, {}, "run-x", log=lambda line: None)
+
+
+def test_a_bad_wandb_mode_is_refused_before_the_run_has_a_folder(tmp_path):
+    # It was refused after config.yaml was written, and the rerun then met "holds an unfinished run".
+    with pytest.raises(ValueError, match="W&B mode 'dryrun' is not one of"):
+        train_run(build_config("joint", "synthetic", tiny_overrides()), tmp_path / "run", wandb_mode="dryrun")
+    assert not (tmp_path / "run").exists()
