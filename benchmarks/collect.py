@@ -27,7 +27,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from baselines.registry import list_methods
 from benchmarks.data_identity import SAME_DATA_HINT, recorded_identity
-from benchmarks.records import DamagedFileError, read_config_yaml, read_json
+from benchmarks.records import DamagedFileError, cannot_start, read_config_yaml, read_json
 from benchmarks.run_folder import (
     MISSING_RESULT,
     missing_result_problem,
@@ -817,18 +817,35 @@ def render(records: Sequence[RunRecord], fmt: str = "md", paper: PaperTable | No
 
 
 def log_wandb_table(table: Table, mode: str, runs_dir: Path, *, project: str = "augbench", group: str | None = None,
-                    name: str = "table") -> None:
-    """Log the table (its CSV columns) as a W&B Table, W&B's files under ``runs_dir/wandb`` and its console output
-    off, as for training runs; ``disabled`` does nothing and never imports wandb."""
+                    name: str = "table") -> str | None:
+    """Log the table (its CSV columns, numbers as numbers so that W&B sorts and plots them) as a W&B Table, W&B's
+    files under ``runs_dir/wandb`` and its console output off, as for training runs; return where the run is (its
+    offline folder or URL). ``disabled`` does nothing and never imports wandb."""
     if mode == "disabled":
-        return
+        return None
     import wandb  # lazily: W&B is an optional sink
 
-    run = wandb.init(project=project, group=group, job_type="table", name=name, mode=mode, dir=str(runs_dir),
-                     reinit="finish_previous", settings=wandb.Settings(silent=True, console="off"))
-    run.log({name: wandb.Table(columns=_csv_header(table), data=_csv_rows(table))})
+    try:
+        run = wandb.init(project=project, group=group, job_type="table", name=name, mode=mode, dir=str(runs_dir),
+                         reinit="finish_previous", settings=wandb.Settings(silent=True, console="off"))
+    except wandb.errors.Error as err:
+        raise cannot_start(mode, err) from err
+    rows = [[_number_or_text(value) for value in row] for row in _csv_rows(table)]
+    run.log({name: wandb.Table(columns=_csv_header(table), data=rows)})
     run.summary["caption"] = table.caption
+    where = run.settings.sync_dir if mode == "offline" else run.url
     run.finish()
+    return where
+
+
+def _number_or_text(value: str) -> float | str | None:
+    """A CSV cell for W&B: empty -> None, a number -> float, anything else as it is."""
+    if value == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
 def config_order(config_path: Path) -> dict[str, Any]:

@@ -234,7 +234,20 @@ def test_a_table_logged_to_wandb_keeps_its_files_with_the_runs_and_its_console_q
     monkeypatch.chdir(cwd)
     assert main(["table", str(runs_dir), "--wandb", "offline"]) == 0
     assert (runs_dir / "wandb").is_dir() and not (cwd / "wandb").exists()
-    assert "wandb" not in capsys.readouterr().err.replace(str(runs_dir), "")
+    # wandb's console stays quiet; the one line is where the run is and how to upload it (nothing said so before).
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "wandb" in line.replace(str(runs_dir), "")]
+    assert line.startswith(f"W&B table run: {runs_dir / 'wandb'}") and "(upload it with: wandb sync " in line
+
+
+def test_a_wandb_table_holds_numbers_and_a_wandb_mode_that_is_none_is_refused(runs_dir, monkeypatch, capsys):
+    # The cells were strings ("37.5000", ""), which W&B sorts as text and cannot plot; WANDB_MODE=dryrun was taken
+    # as offline here while train refuses it.
+    from benchmarks.collect import _number_or_text
+
+    assert [_number_or_text(v) for v in ("37.5000", "", "3", "Concat", "true")] == [37.5, None, 3.0, "Concat", "true"]
+    monkeypatch.setenv("WANDB_MODE", "dryrun")
+    assert main(["table", str(runs_dir)]) == 2
+    assert "W&B mode 'dryrun' is not one of" in capsys.readouterr().err
 
 
 def test_the_table_command_counts_the_unfinished_runs_it_leaves_out(runs_dir, capsys):

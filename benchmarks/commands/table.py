@@ -30,7 +30,7 @@ from benchmarks.collect import (
     under_label,
     unfinished_runs,
 )
-from benchmarks.records import WANDB_MODES, atomic_write_text, read_json
+from benchmarks.records import WANDB_MODES, atomic_write_text, read_json, resolve_wandb_mode
 
 HELP = "tabulate finished runs: mean ± std over seeds per method x dataset x metric, with published numbers"
 
@@ -59,6 +59,9 @@ def recorded_protocol(records: Sequence[RunRecord]) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Off unless asked for (--wandb or WANDB_MODE); a WANDB_MODE that is no mode is refused before any work, not
+    # taken as offline.
+    mode = resolve_wandb_mode(args.wandb) if args.wandb or os.environ.get("WANDB_MODE") else "disabled"
     order = config_order(args.config) if args.config else {}
     paper_name = args.paper or order.get("paper")
     paper = load_paper(paper_name, args.paper_table or order.get("table")) if paper_name else None
@@ -87,8 +90,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}")
     else:
         print(text, end="")
-    log_wandb_table(table, args.wandb or os.environ.get("WANDB_MODE") or "disabled", args.runs_dir,
-                    group=args.wandb_group)
+    where = log_wandb_table(table, mode, args.runs_dir, group=args.wandb_group)
+    if where is not None:
+        print(f"W&B table run: {where}" + (f" (upload it with: wandb sync {where})" if mode == "offline" else ""),
+              file=sys.stderr)
     return 0
 
 
