@@ -209,6 +209,12 @@ def resolve_wandb_mode(requested: str | None) -> str:
     return "online" if has_key else "offline"
 
 
+def wandb_project(project: str | None = None) -> str:
+    """``project``, else ``WANDB_PROJECT`` (which wandb itself reads, so a user's setting must not be overridden),
+    else ``augbench``."""
+    return project or os.environ.get("WANDB_PROJECT") or "augbench"
+
+
 def cannot_start(mode: str, err: Exception) -> UsageError:
     return UsageError(f"W&B could not start its {mode} run ({type(err).__name__}: {err}); fix that, or train with "
                       "--wandb offline (upload later with wandb sync) or --wandb disabled; a run folder it left is "
@@ -222,7 +228,7 @@ class WandbSink:
     sink says in one line where the run is and, offline, how to upload it. Errors still reach the log file under
     ``wandb/``."""
 
-    def __init__(self, mode: str, run_dir: Path, config: dict, name: str, project: str = "augbench",
+    def __init__(self, mode: str, run_dir: Path, config: dict, name: str, project: str | None = None,
                  group: str | None = None, log=print) -> None:
         self.run, self.mode, self.log = None, mode, log
         if mode == "disabled":
@@ -235,8 +241,8 @@ class WandbSink:
         atomic_write_text(id_file, run_id)
         # finish_previous: a process that trains several runs (the sweep pool) closes the last one first.
         def start(mode: str) -> Any:
-            return wandb.init(project=project, group=group, name=name, id=run_id, resume="allow", mode=mode,
-                              dir=str(run_dir), config=config, reinit="finish_previous",
+            return wandb.init(project=wandb_project(project), group=group, name=name, id=run_id, resume="allow",
+                              mode=mode, dir=str(run_dir), config=config, reinit="finish_previous",
                               settings=wandb.Settings(silent=True, console="off"))
         try:
             self.run = start(mode)

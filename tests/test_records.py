@@ -199,3 +199,13 @@ def test_a_bad_wandb_mode_is_refused_before_the_run_has_a_folder(tmp_path):
     with pytest.raises(ValueError, match="W&B mode 'dryrun' is not one of"):
         train_run(build_config("joint", "synthetic", tiny_overrides()), tmp_path / "run", wandb_mode="dryrun")
     assert not (tmp_path / "run").exists()
+
+
+def test_wandb_project_comes_from_wandb_project_when_set(monkeypatch):
+    # The project was hard-coded to augbench, silently overriding a user's WANDB_PROJECT.
+    from benchmarks.records import wandb_project
+
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    assert wandb_project() == "augbench"
+    monkeypatch.setenv("WANDB_PROJECT", "mine")
+    assert wandb_project() == "mine" and wandb_project("given") == "given"
