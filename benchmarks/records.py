@@ -235,14 +235,19 @@ class WandbSink:
             return
         import wandb  # lazily: W&B is a sink, never a requirement of training
 
+        # A sweep's run: its row label is a tag (rows of one method, such as the two unimodal references, told
+        # apart), and a resume by hand keeps the sweep's group.
+        job = read_json(run_dir / "job.json", default={})
+        group = group or job.get("sweep")
+        tags = [job["label"]] if job.get("label") else None
         id_file = run_dir / "wandb_id.txt"
         # The id is ours (not wandb.util's, which moved between releases) and persists so --resume continues the run.
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
         atomic_write_text(id_file, run_id)
         # finish_previous: a process that trains several runs (the sweep pool) closes the last one first.
         def start(mode: str) -> Any:
-            return wandb.init(project=wandb_project(project), group=group, name=name, id=run_id, resume="allow",
-                              mode=mode, dir=str(run_dir), config=config, reinit="finish_previous",
+            return wandb.init(project=wandb_project(project), group=group, tags=tags, name=name, id=run_id,
+                              resume="allow", mode=mode, dir=str(run_dir), config=config, reinit="finish_previous",
                               settings=wandb.Settings(silent=True, console="off"))
         try:
             self.run = start(mode)

@@ -209,3 +209,18 @@ def test_wandb_project_comes_from_wandb_project_when_set(monkeypatch):
     assert wandb_project() == "augbench"
     monkeypatch.setenv("WANDB_PROJECT", "mine")
     assert wandb_project() == "mine" and wandb_project("given") == "given"
+
+
+def test_a_sweep_run_is_tagged_with_its_row_and_keeps_its_sweep_group_when_resumed_by_hand(tmp_path, monkeypatch):
+    # Rows of one method (the two unimodal references) were told apart only by a config key in W&B, and a resume by
+    # hand (no --wandb-group) dropped the sweep's group.
+    wandb = pytest.importorskip("wandb")
+    from benchmarks.records import WandbSink
+
+    seen = {}
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: seen.update(kwargs))
+    (tmp_path / "job.json").write_text(json.dumps({"label": "unimodal_audio", "sweep": "demo/av_digits"}))
+    WandbSink("offline", tmp_path, {}, "run-x", log=lambda line: None)
+    assert seen["tags"] == ["unimodal_audio"] and seen["group"] == "demo/av_digits"
+    WandbSink("offline", tmp_path, {}, "run-x", group="given", log=lambda line: None)
+    assert seen["group"] == "given"
