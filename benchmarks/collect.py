@@ -27,7 +27,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from baselines.registry import list_methods
 from benchmarks.data_identity import SAME_DATA_HINT, recorded_identity
-from benchmarks.records import DamagedFileError, cannot_start, read_config_yaml, read_json, wandb_project
+from benchmarks.records import DamagedFileError, read_config_yaml, read_json, start_wandb
 from benchmarks.run_folder import (
     MISSING_RESULT,
     missing_result_problem,
@@ -816,7 +816,7 @@ def render(records: Sequence[RunRecord], fmt: str = "md", paper: PaperTable | No
     return RENDERERS[fmt](build_table(records, protocol=protocol, paper=paper, **options))
 
 
-def log_wandb_table(table: Table, mode: str, runs_dir: Path, *, project: str | None = None, group: str | None = None,
+def log_wandb_table(table: Table, mode: str, runs_dir: Path, *, group: str | None = None,
                     name: str = "table") -> str | None:
     """Log the table (its CSV columns, numbers as numbers so that W&B sorts and plots them) as a W&B Table, W&B's
     files under ``runs_dir/wandb`` and its console output off, as for training runs; return where the run is (its
@@ -825,12 +825,8 @@ def log_wandb_table(table: Table, mode: str, runs_dir: Path, *, project: str | N
         return None
     import wandb  # lazily: W&B is an optional sink
 
-    try:
-        run = wandb.init(project=wandb_project(project), group=group, job_type="table", name=name, mode=mode,
-                         dir=str(runs_dir), reinit="finish_previous",
-                         settings=wandb.Settings(silent=True, console="off"))
-    except wandb.errors.Error as err:
-        raise cannot_start(mode, err) from err
+    run = start_wandb(mode, "fix that, or tabulate with --wandb offline or --wandb disabled", group=group,
+                      job_type="table", name=name, dir=str(runs_dir))
     rows = [[_number_or_text(value) for value in row] for row in _csv_rows(table)]
     run.log({name: wandb.Table(columns=_csv_header(table), data=rows)})
     run.summary["caption"] = table.caption

@@ -6,6 +6,7 @@ torch, numpy and wandb are imported only where they are used, so that commands w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -209,16 +210,33 @@ def resolve_wandb_mode(requested: str | None) -> str:
     return "online" if has_key else "offline"
 
 
-def wandb_project(project: str | None = None) -> str:
-    """``project``, else ``WANDB_PROJECT`` (which wandb itself reads, so a user's setting must not be overridden),
-    else ``augbench``."""
-    return project or os.environ.get("WANDB_PROJECT") or "augbench"
+def wandb_project() -> str:
+    """``WANDB_PROJECT`` (which wandb itself reads, so a user's setting must not be overridden), else ``augbench``."""
+    return os.environ.get("WANDB_PROJECT") or "augbench"
 
 
-def cannot_start(mode: str, err: Exception) -> UsageError:
-    return UsageError(f"W&B could not start its {mode} run ({type(err).__name__}: {err}); fix that, or train with "
-                      "--wandb offline (upload later with wandb sync) or --wandb disabled; a run folder it left is "
-                      "continued with --resume")
+def one_line(err: Exception) -> str:
+    """An exception as one line (W&B's messages run over several)."""
+    return f"{type(err).__name__}: {' '.join(str(err).split())}"
+
+
+def start_wandb(mode: str, way_out: str, *, fallback: bool = False, **kwargs: Any) -> Any:
+    """``wandb.init`` with the suite's settings (project, its console output off, a process that starts several runs
+    closing the last one first). A run that cannot start is a one-line ``UsageError`` ending with ``way_out``; with
+    ``fallback`` an unreachable server (online) is raised as wandb's ``CommError`` for the caller to log offline."""
+    import wandb  # lazily: W&B is a sink, never a requirement of training
+
+    try:
+        return wandb.init(project=wandb_project(), mode=mode, reinit="finish_previous",
+                          settings=wandb.Settings(silent=True, console="off"), **kwargs)
+    except wandb.errors.CommError as err:
+        # AuthenticationError is a CommError too, but a bad key needs fixing, not a later sync.
+        if fallback and mode == "online" and not isinstance(err, wandb.errors.AuthenticationError):
+            raise
+        problem: Exception = err
+    except (wandb.errors.Error, ValueError) as err:  # ValueError: pydantic's check of a WANDB_* setting
+        problem = err
+    raise UsageError(f"W&B could not start its {mode} run ({one_line(problem)}); {way_out}") from problem
 
 
 class WandbSink:
@@ -228,12 +246,12 @@ class WandbSink:
     sink says in one line where the run is and, offline, how to upload it. Errors still reach the log file under
     ``wandb/``."""
 
-    def __init__(self, mode: str, run_dir: Path, config: dict, name: str, project: str | None = None,
-                 group: str | None = None, log=print) -> None:
+    def __init__(self, mode: str, run_dir: Path, config: dict, name: str, group: str | None = None,
+                 log=print) -> None:
         self.run, self.mode, self.log = None, mode, log
         if mode == "disabled":
             return
-        import wandb  # lazily: W&B is a sink, never a requirement of training
+        import wandb
 
         # A sweep's run: its row label is a tag (rows of one method, such as the two unimodal references, told
         # apart), and a resume by hand keeps the sweep's group.
@@ -244,42 +262,42 @@ class WandbSink:
         # The id is ours (not wandb.util's, which moved between releases) and persists so --resume continues the run.
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
         atomic_write_text(id_file, run_id)
-        # finish_previous: a process that trains several runs (the sweep pool) closes the last one first.
+        other = "--wandb offline (upload later with wandb sync) or --wandb disabled" if mode == "online" else \
+            "--wandb disabled"
+        way_out = f"fix that, or train with {other}; --resume continues the run folder it left"
+
         def start(mode: str) -> Any:
-            return wandb.init(project=wandb_project(project), group=group, tags=tags, name=name, id=run_id,
-                              resume="allow", mode=mode, dir=str(run_dir), config=config, reinit="finish_previous",
-                              settings=wandb.Settings(silent=True, console="off"))
+            return start_wandb(mode, way_out, fallback=True, group=group, tags=tags, name=name, id=run_id,
+                               resume="allow", dir=str(run_dir), config=config)
         try:
             self.run = start(mode)
-        except wandb.errors.CommError as err:  # not AuthenticationError: a bad key needs fixing, not a later sync
-            if mode != "online":
-                raise cannot_start(mode, err) from err
+        except wandb.errors.CommError as err:
             # Credentials but no reachable server (a compute node, an outage): the run still trains and logs;
             # `wandb sync` uploads it later under the same id.
-            log(f"W&B server unreachable ({type(err).__name__}: {err}); logging offline instead")
+            log(f"W&B server unreachable ({one_line(err)}); logging offline instead")
             self.mode = "offline"
             wandb.teardown()  # the failed online start still holds the run id in wandb's service ("run ID is in use")
             self.run = start("offline")
-        except wandb.errors.Error as err:  # no API key, a rejected key, a bad setting: a traceback said nothing more
-            raise cannot_start(mode, err) from err
 
     def _guarded(self, what: str, call: Callable[[Any], Any]) -> None:
         """``call(run)``; a W&B failure (its service died, a full disk) stops W&B logging, never the training:
-        metrics.jsonl and summary.json keep every epoch."""
+        metrics.jsonl and summary.json keep every epoch. Only W&B's calls run here: an error in the suite's own data
+        must surface, not pass for W&B's."""
         if self.run is None:
             return
         try:
             call(self.run)
         except Exception as err:  # noqa: BLE001 - whatever W&B raises, the run must go on
-            self.run = None
-            self.log(f"W&B logging stopped ({what}: {type(err).__name__}: {err}); metrics.jsonl and summary.json "
-                     "keep every epoch")
+            run, self.run = self.run, None
+            self.log(f"W&B logging stopped ({what}: {one_line(err)}); metrics.jsonl and summary.json keep every "
+                     "epoch")
+            with contextlib.suppress(Exception):  # else wandb closes it at exit as finished
+                run.finish(exit_code=1)
 
     def log_epoch(self, record: dict) -> None:
-        # commit: with an explicit step W&B holds a row back until the next step arrives (one epoch behind, and lost
-        # at a kill until the resume sends it again).
-        self._guarded(f"epoch {record['epoch']}",
-                      lambda run: run.log(flatten(record), step=record["epoch"], commit=True))
+        # commit: the row goes out now, not held back until the next step arrives (one epoch late).
+        data = flatten(record)
+        self._guarded(f"epoch {record['epoch']}", lambda run: run.log(data, step=record["epoch"], commit=True))
 
     def log_history(self, records: list[dict]) -> None:
         """Send a resumed run's checkpointed epochs again. A kill loses the epochs W&B had not yet flushed (even ones
@@ -289,7 +307,8 @@ class WandbSink:
             self.log_epoch(record)
 
     def log_summary(self, summary: dict) -> None:
-        self._guarded("summary", lambda run: run.summary.update(flatten(summary, lists=True)))
+        data = flatten(summary, lists=True)
+        self._guarded("summary", lambda run: run.summary.update(data))
 
     def finish(self, exit_code: int | None = None) -> None:
         """Close the run; ``exit_code`` 1 marks it failed in W&B (an interrupted or crashed training)."""

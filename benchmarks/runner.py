@@ -338,9 +338,9 @@ def quiet(*args: Any, **kwargs: Any) -> None:
 
 def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool, extend_epochs: bool,
                wandb_mode: str | None, wandb_group: str | None, progress: bool, log) -> dict[str, Any]:
+    wandb_mode = resolve_wandb_mode(wandb_mode)   # every rank refuses a bad mode, before the run gets a folder
     if not ddp.is_main:
         log, progress, wandb_mode = quiet, False, "disabled"
-    wandb_mode = resolve_wandb_mode(wandb_mode)   # a bad mode is refused before the run gets a folder
     run_dir = Path(run_dir)
     ckpt_path = run_dir / CHECKPOINT
     done = (run_dir / "DONE").exists() and (run_dir / "summary.json").exists()

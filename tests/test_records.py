@@ -208,7 +208,50 @@ def test_wandb_project_comes_from_wandb_project_when_set(monkeypatch):
     monkeypatch.delenv("WANDB_PROJECT", raising=False)
     assert wandb_project() == "augbench"
     monkeypatch.setenv("WANDB_PROJECT", "mine")
-    assert wandb_project() == "mine" and wandb_project("given") == "given"
+    assert wandb_project() == "mine"
+
+
+def test_a_rejected_api_key_is_an_error_not_taken_for_an_unreachable_server(tmp_path, monkeypatch):
+    # AuthenticationError is a CommError: a bad key fell back to offline logging as if the server were unreachable.
+    wandb = pytest.importorskip("wandb")
+    from benchmarks.errors import UsageError
+    from benchmarks.records import WandbSink
+
+    def init(**kwargs):
+        raise wandb.errors.AuthenticationError("WANDB_API_KEY invalid:\nAPI key must have 40+ characters, has 3.")
+
+    monkeypatch.setattr(wandb, "init", init)
+    with pytest.raises(UsageError, match=r"\(AuthenticationError: WANDB_API_KEY invalid: API key must have 40\+ "
+                                         r"characters, has 3\.\); fix that, or train with --wandb offline"):
+        WandbSink("online", tmp_path, {}, "run-x", log=lambda line: None)
+
+
+def test_an_error_in_the_suites_own_data_is_not_taken_for_a_wandb_failure(tmp_path):
+    # The summary was flattened inside the W&B guard, so a TypeError of the suite's own passed for W&B stopping.
+    import numpy as np
+
+    from benchmarks.records import WandbSink
+
+    class Run:
+        summary: dict = {}
+
+    sink = WandbSink("disabled", tmp_path, {}, "run-x", log=lambda line: None)
+    sink.run = Run()
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        sink.log_summary({"segments": [{"threads": np.int64(4)}]})
+
+
+def test_a_table_whose_wandb_run_cannot_start_says_how_to_tabulate(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    from benchmarks.collect import Table, log_wandb_table
+    from benchmarks.errors import UsageError
+
+    def init(**kwargs):
+        raise wandb.errors.UsageError("No API key configured.")
+
+    monkeypatch.setattr(wandb, "init", init)
+    with pytest.raises(UsageError, match="or tabulate with --wandb offline or --wandb disabled"):
+        log_wandb_table(Table("caption", [], [], False), "online", tmp_path)
 
 
 def test_a_sweep_run_is_tagged_with_its_row_and_keeps_its_sweep_group_when_resumed_by_hand(tmp_path, monkeypatch):
