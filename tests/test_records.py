@@ -56,12 +56,8 @@ def test_offline_wandb_run_prints_one_line_not_wandbs_console_output(tmp_path, m
     assert len(lines) == 3, "two epoch lines and the W&B line"
 
 
-def test_a_resumed_run_sends_its_checkpointed_epochs_to_wandb_again(tmp_path, monkeypatch):
-    # A kill can lose epochs W&B had not flushed, though the checkpoint holds them: the resumed run logs them again
-    # (W&B drops steps it already has), so W&B's history ends with every epoch of metrics.jsonl.
-    import benchmarks.runner as runner
-
-    steps = []
+def recording_sink(steps: list, codes: list) -> type:
+    """A stand-in for WandbSink that records the epochs the runner sends and the exit codes it closes with."""
 
     class Recorder:
         def __init__(self, *args, **kwargs):
@@ -77,7 +73,18 @@ def test_a_resumed_run_sends_its_checkpointed_epochs_to_wandb_again(tmp_path, mo
             pass
 
         def finish(self, exit_code=None):
-            pass
+            codes.append(exit_code)
+
+    return Recorder
+
+
+def test_a_resumed_run_sends_its_checkpointed_epochs_to_wandb_again(tmp_path, monkeypatch):
+    # A kill can lose epochs W&B had not flushed, though the checkpoint holds them: the resumed run logs them again
+    # (W&B drops steps it already has), so W&B's history ends with every epoch of metrics.jsonl.
+    import benchmarks.runner as runner
+
+    steps: list[int] = []
+    Recorder = recording_sink(steps, [])
 
     cfg = interrupted_run(tmp_path / "run", epochs=3)
     monkeypatch.setattr(runner, "WandbSink", Recorder)
@@ -155,20 +162,8 @@ def test_a_run_that_stops_with_an_error_is_closed_in_wandb_as_failed(tmp_path, m
     from baselines.registry import get_method
     from benchmarks.runner import TrainingDiverged
 
-    codes = []
-
-    class Recorder:
-        def __init__(self, *args, **kwargs):
-            pass
-
-        def log_epoch(self, record):
-            pass
-
-        def log_history(self, records):
-            pass
-
-        def finish(self, exit_code=None):
-            codes.append(exit_code)
+    codes: list[int | None] = []
+    Recorder = recording_sink([], codes)
 
     joint = get_method("joint")
     real = joint.update
@@ -179,19 +174,28 @@ def test_a_run_that_stops_with_an_error_is_closed_in_wandb_as_failed(tmp_path, m
     assert codes == [1]
 
 
-def test_wandb_that_cannot_start_is_one_line_naming_the_way_out(tmp_path, monkeypatch):
+@pytest.mark.parametrize("error, text, shown", [
     # No API key under WANDB_MODE=online ended in wandb's traceback.
+    ("UsageError", "No API key configured. Use `wandb login` to log in.",
+     "UsageError: No API key configured. Use `wandb login` to log in."),
+    # AuthenticationError is a CommError: a bad key fell back to offline logging as if the server were unreachable.
+    ("AuthenticationError", "WANDB_API_KEY invalid:\nAPI key must have 40+ characters, has 3.",
+     "AuthenticationError: WANDB_API_KEY invalid: API key must have 40+ characters, has 3."),
+])
+def test_wandb_that_cannot_start_is_one_line_naming_the_way_out(tmp_path, monkeypatch, error, text, shown):
     wandb = pytest.importorskip("wandb")
     from benchmarks.errors import UsageError
     from benchmarks.records import WandbSink
 
     def init(**kwargs):
-        raise wandb.errors.UsageError("No API key configured. Use `wandb login` to log in.")
+        raise getattr(wandb.errors, error)(text)
 
     monkeypatch.setattr(wandb, "init", init)
-    with pytest.raises(UsageError, match=r"W&B could not start its online run \(UsageError: No API key configured.*"
-                                         r"--wandb offline .* or --wandb disabled"):
+    with pytest.raises(UsageError) as err:
         WandbSink("online", tmp_path, {}, "run-x", log=lambda line: None)
+    assert str(err.value) == (f"W&B could not start its online run ({shown}); fix that, or train with --wandb offline "
+                              "(upload later with wandb sync) or --wandb disabled; --resume continues the run folder "
+                              "it left")
 
 
 def test_a_bad_wandb_mode_is_refused_before_the_run_has_a_folder(tmp_path):
@@ -209,21 +213,6 @@ def test_wandb_project_comes_from_wandb_project_when_set(monkeypatch):
     assert wandb_project() == "augbench"
     monkeypatch.setenv("WANDB_PROJECT", "mine")
     assert wandb_project() == "mine"
-
-
-def test_a_rejected_api_key_is_an_error_not_taken_for_an_unreachable_server(tmp_path, monkeypatch):
-    # AuthenticationError is a CommError: a bad key fell back to offline logging as if the server were unreachable.
-    wandb = pytest.importorskip("wandb")
-    from benchmarks.errors import UsageError
-    from benchmarks.records import WandbSink
-
-    def init(**kwargs):
-        raise wandb.errors.AuthenticationError("WANDB_API_KEY invalid:\nAPI key must have 40+ characters, has 3.")
-
-    monkeypatch.setattr(wandb, "init", init)
-    with pytest.raises(UsageError, match=r"\(AuthenticationError: WANDB_API_KEY invalid: API key must have 40\+ "
-                                         r"characters, has 3\.\); fix that, or train with --wandb offline"):
-        WandbSink("online", tmp_path, {}, "run-x", log=lambda line: None)
 
 
 def test_an_error_in_the_suites_own_data_is_not_taken_for_a_wandb_failure(tmp_path):
