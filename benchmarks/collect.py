@@ -27,7 +27,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from baselines.registry import list_methods
 from benchmarks.data_identity import SAME_DATA_HINT, recorded_identity
-from benchmarks.records import DamagedFileError, read_config_yaml, read_json, start_wandb
+from benchmarks.records import DamagedFileError, read_config_yaml, read_json, runs_phrase, start_wandb
 from benchmarks.run_folder import (
     MISSING_RESULT,
     missing_result_problem,
@@ -317,13 +317,12 @@ def mixed_code_notes(rows: Mapping[str, Sequence[RunRecord]]) -> list[str]:
     # A row computed from other runs (no config: the demo's ensemble) is their code, noted in their own rows.
     rows = {name: [r for r in runs if r.config] for name, runs in rows.items()}
     everything = [r for runs in rows.values() for r in runs]
-    whole = _code_of(everything)
-    if whole is None:
+    if _code_mix(everything) is None:
         return []
-    commits, _, dirty = _code_counts(everything)
-    if len(commits) == 1 and dirty == len(everything):
-        return [f"all {_runs(len(everything))}: commit {next(iter(commits))[:12]} with uncommitted changes"]
-    return [f"row {name}: {note}" for name, runs in rows.items() if runs and (note := _code_of(runs)) is not None]
+    commits, unknown, dirty = _code_counts(everything)
+    if len(commits) == 1 and not unknown and dirty == len(everything):
+        return [f"all {runs_phrase(len(everything))}: commit {next(iter(commits))[:12]} with uncommitted changes"]
+    return [f"row {name}: {note}" for name, runs in rows.items() if runs and (note := _code_mix(runs)) is not None]
 
 
 def _code_counts(runs: Sequence[RunRecord]) -> tuple[dict[str, int], int, int]:
@@ -332,25 +331,21 @@ def _code_counts(runs: Sequence[RunRecord]) -> tuple[dict[str, int], int, int]:
     return commits, sum(not r.env.get("git_commit") for r in runs), sum(bool(r.env.get("git_dirty")) for r in runs)
 
 
-def _code_of(runs: Sequence[RunRecord]) -> str | None:
+def _code_mix(runs: Sequence[RunRecord]) -> str | None:
     """What mixes the code of ``runs`` in words; None where one commit (or no recorded one) trained them all cleanly.
     Runs without any recorded commit predate the record and are not a mix by themselves."""
     commits, unknown, dirty = _code_counts(runs)
     if len(commits) <= 1 and (unknown == 0 or not commits) and not dirty:
         return None
     if commits:
-        parts = [f"{_runs(len(runs))} from {len(commits)} commit{'s' * (len(commits) != 1)}"]
+        parts = [f"{runs_phrase(len(runs))} from {len(commits)} commit{'s' * (len(commits) != 1)}"]
         if unknown:
             parts.append(f"{unknown} without a recorded commit")
     else:
-        parts = [f"{_runs(len(runs))} without a recorded commit"]
+        parts = [f"{runs_phrase(len(runs))} without a recorded commit"]
     if dirty:
         parts.append(f"{dirty} with uncommitted changes")
     return ", ".join(parts)
-
-
-def _runs(n: int) -> str:
-    return f"{n} run{'s' * (n != 1)}"
 
 
 def check_one_config_per_row(runs: Iterable[tuple[str, str, int, Path, Mapping[str, Any]]]) -> None:

@@ -203,11 +203,16 @@ def resolve_wandb_mode(requested: str | None) -> str:
     mode = requested or os.environ.get("WANDB_MODE")
     if mode:
         if mode not in WANDB_MODES:
-            raise ValueError(f"W&B mode {mode!r} is not one of {WANDB_MODES}")
+            where = "W&B mode" if requested else "WANDB_MODE"
+            raise ValueError(f"{where} {mode!r} is not one of {WANDB_MODES}")
         return mode
     netrc = Path.home() / ".netrc"
     has_key = bool(os.environ.get("WANDB_API_KEY")) or (netrc.exists() and "api.wandb.ai" in netrc.read_text())
     return "online" if has_key else "offline"
+
+
+def runs_phrase(n: int) -> str:
+    return f"{n} run{'s' if n != 1 else ''}"
 
 
 def wandb_project() -> str:
@@ -229,14 +234,12 @@ def start_wandb(mode: str, way_out: str, *, fallback: bool = False, **kwargs: An
     try:
         return wandb.init(project=wandb_project(), mode=mode, reinit="finish_previous",
                           settings=wandb.Settings(silent=True, console="off"), **kwargs)
-    except wandb.errors.CommError as err:
-        # AuthenticationError is a CommError too, but a bad key needs fixing, not a later sync.
-        if fallback and mode == "online" and not isinstance(err, wandb.errors.AuthenticationError):
-            raise
-        problem: Exception = err
     except (wandb.errors.Error, ValueError) as err:  # ValueError: pydantic's check of a WANDB_* setting
-        problem = err
-    raise UsageError(f"W&B could not start its {mode} run ({one_line(problem)}); {way_out}") from problem
+        # An AuthenticationError is a CommError too, but a bad key needs fixing, not a later sync.
+        unreachable = isinstance(err, wandb.errors.CommError) and not isinstance(err, wandb.errors.AuthenticationError)
+        if fallback and mode == "online" and unreachable:
+            raise
+        raise UsageError(f"W&B could not start its {mode} run ({one_line(err)}); {way_out}") from err
 
 
 class WandbSink:
@@ -247,28 +250,22 @@ class WandbSink:
     ``wandb/``."""
 
     def __init__(self, mode: str, run_dir: Path, config: dict, name: str, group: str | None = None,
-                 log=print) -> None:
+                 tags: list[str] | None = None, log=print) -> None:
         self.run, self.mode, self.log = None, mode, log
         if mode == "disabled":
             return
         import wandb
 
-        # A sweep's run: its row label is a tag (rows of one method, such as the two unimodal references, told
-        # apart), and a resume by hand keeps the sweep's group.
-        job = read_json(run_dir / "job.json", default={})
-        group = group or job.get("sweep")
-        tags = [job["label"]] if job.get("label") else None
         id_file = run_dir / "wandb_id.txt"
         # The id is ours (not wandb.util's, which moved between releases) and persists so --resume continues the run.
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
         atomic_write_text(id_file, run_id)
-        other = "--wandb offline (upload later with wandb sync) or --wandb disabled" if mode == "online" else \
-            "--wandb disabled"
-        way_out = f"fix that, or train with {other}; --resume continues the run folder it left"
-
         def start(mode: str) -> Any:
-            return start_wandb(mode, way_out, fallback=True, group=group, tags=tags, name=name, id=run_id,
-                               resume="allow", dir=str(run_dir), config=config)
+            other = "--wandb offline (upload later with wandb sync) or --wandb disabled" if mode == "online" else \
+                "--wandb disabled"
+            return start_wandb(mode, f"fix that, or train with {other}; --resume continues the run folder it left",
+                               fallback=True, group=group, tags=tags, name=name, id=run_id, resume="allow",
+                               dir=str(run_dir), config=config)
         try:
             self.run = start(mode)
         except wandb.errors.CommError as err:
@@ -279,20 +276,30 @@ class WandbSink:
             wandb.teardown()  # the failed online start still holds the run id in wandb's service ("run ID is in use")
             self.run = start("offline")
 
-    def _guarded(self, what: str, call: Callable[[Any], Any]) -> None:
-        """``call(run)``; a W&B failure (its service died, a full disk) stops W&B logging, never the training:
-        metrics.jsonl and summary.json keep every epoch. Only W&B's calls run here: an error in the suite's own data
-        must surface, not pass for W&B's."""
+    def __enter__(self) -> WandbSink:
+        return self
+
+    def __exit__(self, error_type: type | None, *_: Any) -> bool:
+        # A training stopped by an error or Ctrl-C is closed as failed: W&B would close it at exit as finished.
+        self.finish(exit_code=1 if error_type is not None else None)
+        return False
+
+    def _guarded(self, what: str, call: Callable[[Any], Any]) -> bool:
+        """``call(run)``, False where W&B failed (its service died, a full disk): that stops W&B logging, never the
+        training; metrics.jsonl and summary.json keep every epoch. Only W&B's calls run here: an error in the
+        suite's own data must surface, not pass for W&B's."""
         if self.run is None:
-            return
+            return False
         try:
             call(self.run)
+            return True
         except Exception as err:  # noqa: BLE001 - whatever W&B raises, the run must go on
             run, self.run = self.run, None
             self.log(f"W&B logging stopped ({what}: {one_line(err)}); metrics.jsonl and summary.json keep every "
                      "epoch")
             with contextlib.suppress(Exception):  # else wandb closes it at exit as finished
                 run.finish(exit_code=1)
+            return False
 
     def log_epoch(self, record: dict) -> None:
         # commit: the row goes out now, not held back until the next step arrives (one epoch late).
@@ -315,10 +322,10 @@ class WandbSink:
         if self.run is None:
             return
         where = self.run.settings.sync_dir if self.mode == "offline" else self.run.url
-        self._guarded("finish", lambda run: run.finish(exit_code=exit_code))
-        if self.run is None:
-            return
+        closed = self._guarded("finish", lambda run: run.finish(exit_code=exit_code))
         self.run = None
+        if not closed:
+            return
         if self.mode == "offline":
             self.log(f"W&B run saved offline; upload it with: wandb sync {where}")
         else:

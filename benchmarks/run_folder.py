@@ -148,3 +148,9 @@ def recorded_config(run_dir: Path) -> dict[str, Any] | None:
     for extension in read_extensions(run_dir):
         config["train"]["epochs"] = extension["to_epochs"]
     return config
+
+
+def read_job_file(run_dir: Path) -> dict[str, Any]:
+    """A run folder's ``job.json`` (empty when the run was not started by a sweep)."""
+    path = Path(run_dir) / "job.json"
+    return read_json(path, default={})

@@ -49,7 +49,7 @@ from benchmarks.records import (
     write_jsonl,
     write_yaml,
 )
-from benchmarks.run_folder import EXTENSIONS, MISSING_RESULT, read_extensions, recorded_config
+from benchmarks.run_folder import EXTENSIONS, MISSING_RESULT, read_extensions, read_job_file, recorded_config
 from core.data import BatchLoader, seed_for
 from core.distributed import DistContext, init_from_env, shutdown
 from datasets.base import DataBundle
@@ -406,9 +406,11 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
         _record_extension(run_dir, recorded["train"]["epochs"], cfg.train.epochs, start_epoch)
         log(f"extending {run_dir.name} from {recorded['train']['epochs']} to {cfg.train.epochs} epochs")
 
-    sink = WandbSink(wandb_mode, run_dir, cfg.as_dict(), cfg.run_name(run_hash),
-                     group=wandb_group, log=log)
-    try:
+    # A sweep's run: its row label is a tag (rows of one method, such as the two unimodal references, told apart),
+    # and a resume by hand keeps the sweep's group.
+    job = read_job_file(run_dir)
+    with WandbSink(wandb_mode, run_dir, cfg.as_dict(), cfg.run_name(run_hash), group=wandb_group or job.get("sweep"),
+                   tags=[job["label"]] if job.get("label") else None, log=log) as sink:
         if ddp.is_main:
             sink.log_history(history)
         epochs, max_steps = cfg.train.epochs, cfg.train.max_steps_per_epoch
@@ -482,10 +484,5 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
             write_json(run_dir / "summary.json", summary)
             (run_dir / "DONE").write_text("")
         sink.log_summary(summary)
-        sink.finish()
-    except BaseException:
-        # An interrupt, a divergence or a crash: W&B would otherwise close the run at exit as finished (code 0).
-        sink.finish(exit_code=1)
-        raise
     ddp.barrier()
     return summary

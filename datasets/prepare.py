@@ -168,10 +168,9 @@ def check_bad(dataset: str, bad: Sequence[Dropped], rows: int, opts: PrepareOpti
                            f"{opts.max_drop_fraction} of {rows} rows")
 
 
-def check_raw_layout(dataset: str, raw: Path, records: Sequence[Record], dropped: Sequence[Dropped]) -> None:
+def check_raw_layout(dataset: str, raw: Path, records: Sequence[Record], bad: Sequence[Dropped]) -> None:
     """Refuse a ``--raw`` folder where no split row found its media: the wrong folder or another layout, not damaged
     media, which --skip-bad would only drop to the last item."""
-    bad = [d for d in dropped if d.bad]
     if not records and bad and all(d.kind == MISSING_MEDIA for d in bad):
         raise PrepareError(f"{_bad_summary(dataset, bad)}\nno media found for any of the split files' rows: "
                            f"{raw} is not a {dataset} folder in its raw layout, or the layout's folders are named "
@@ -274,9 +273,10 @@ def prepare(dataset: type[PreparedDataset], raw: Path | str, out: Path | str | N
     val_ids, val_source, val_record = validation_split(tables, opts)
 
     records, dropped = _locate(dataset, raw, tables, conf)
-    check_raw_layout(name, raw, records, dropped)
+    bad = [d for d in dropped if d.bad]
+    check_raw_layout(name, raw, records, bad)
     rows_read = len(records) + len(dropped)
-    check_bad(name, [d for d in dropped if d.bad], rows_read, opts)
+    check_bad(name, bad, rows_read, opts)
     check_classes(name, tables.classes, _labels_by_split(r.sample for r in records))
 
     specs = tuple(dataset.arrays(conf, tables.info))

@@ -247,7 +247,7 @@ def test_a_wandb_table_holds_numbers_and_a_wandb_mode_that_is_none_is_refused(ru
     assert [_number_or_text(v) for v in ("37.5000", "", "3", "Concat", "true")] == [37.5, None, 3.0, "Concat", "true"]
     monkeypatch.setenv("WANDB_MODE", "dryrun")
     assert main(["table", str(runs_dir)]) == 2
-    assert "W&B mode 'dryrun' is not one of" in capsys.readouterr().err
+    assert "WANDB_MODE 'dryrun' is not one of" in capsys.readouterr().err
 
 
 def test_the_table_command_counts_the_unfinished_runs_it_leaves_out(runs_dir, capsys):
@@ -314,6 +314,12 @@ def test_one_dirty_commit_behind_every_run_is_one_note_and_a_partly_recorded_row
     _edit_json(runs_dir / "cremad-joint-seed0-fixture" / "summary.json", lambda s: s.update(env={}))
     notes = build_table(load_runs(runs_dir)).code_notes
     assert "row Concat/cremad: 3 runs from 1 commit, 1 without a recorded commit, 2 with uncommitted changes" in notes
+    # A run without a commit but with changes made the whole-table note name a commit it never had.
+    for run in sorted(runs_dir.glob("*/summary.json")):
+        _edit_json(run, lambda s: s.update(env={"git_commit": "aaaa111", "git_dirty": True}))
+    _edit_json(runs_dir / "cremad-joint-seed0-fixture" / "summary.json", lambda s: s.update(env={"git_dirty": True}))
+    notes = build_table(load_runs(runs_dir)).code_notes
+    assert notes and not any(note.startswith("all ") for note in notes)
     assert len(notes) == len({(r.label, r.dataset) for r in records})
     # A tree with no commit yet records changes without a commit.
     for run in sorted(runs_dir.glob("*/summary.json")):

@@ -57,23 +57,26 @@ def test_offline_wandb_run_prints_one_line_not_wandbs_console_output(tmp_path, m
 
 
 def recording_sink(steps: list, codes: list) -> type:
-    """A stand-in for WandbSink that records the epochs the runner sends and the exit codes it closes with."""
+    """The runner's WandbSink over a stand-in W&B run that records the steps logged and the exit code it is closed
+    with."""
+    from types import SimpleNamespace
 
-    class Recorder:
-        def __init__(self, *args, **kwargs):
-            pass
+    from benchmarks.records import WandbSink
 
-        def log_epoch(self, record):
-            steps.append(record["epoch"])
+    class Run:
+        summary: dict = {}
+        settings = SimpleNamespace(sync_dir="wandb/offline-run")
 
-        def log_history(self, records):
-            steps.extend(r["epoch"] for r in records)
-
-        def log_summary(self, summary):
-            pass
+        def log(self, data, step, commit):
+            steps.append(step)
 
         def finish(self, exit_code=None):
             codes.append(exit_code)
+
+    class Recorder(WandbSink):
+        def __init__(self, mode, run_dir, config, name, group=None, tags=None, log=print):
+            super().__init__("disabled", run_dir, config, name, log=log)
+            self.mode, self.run = "offline", Run()
 
     return Recorder
 
@@ -144,8 +147,8 @@ def test_a_wandb_failure_mid_run_stops_wandb_logging_not_the_training(tmp_path, 
     from benchmarks.records import WandbSink
 
     class Broken(WandbSink):
-        def __init__(self, mode, run_dir, config, name, group=None, log=print):
-            super().__init__("disabled", run_dir, config, name, group=group, log=log)
+        def __init__(self, mode, run_dir, config, name, group=None, tags=None, log=print):
+            super().__init__("disabled", run_dir, config, name, log=log)
             self.mode, self.run = "offline", BrokenRun()
 
     monkeypatch.setattr(runner, "WandbSink", Broken)
@@ -205,16 +208,6 @@ def test_a_bad_wandb_mode_is_refused_before_the_run_has_a_folder(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_wandb_project_comes_from_wandb_project_when_set(monkeypatch):
-    # The project was hard-coded to augbench, silently overriding a user's WANDB_PROJECT.
-    from benchmarks.records import wandb_project
-
-    monkeypatch.delenv("WANDB_PROJECT", raising=False)
-    assert wandb_project() == "augbench"
-    monkeypatch.setenv("WANDB_PROJECT", "mine")
-    assert wandb_project() == "mine"
-
-
 def test_an_error_in_the_suites_own_data_is_not_taken_for_a_wandb_failure(tmp_path):
     # The summary was flattened inside the W&B guard, so a TypeError of the suite's own passed for W&B stopping.
     import numpy as np
@@ -246,13 +239,51 @@ def test_a_table_whose_wandb_run_cannot_start_says_how_to_tabulate(tmp_path, mon
 def test_a_sweep_run_is_tagged_with_its_row_and_keeps_its_sweep_group_when_resumed_by_hand(tmp_path, monkeypatch):
     # Rows of one method (the two unimodal references) were told apart only by a config key in W&B, and a resume by
     # hand (no --wandb-group) dropped the sweep's group.
+    import benchmarks.runner as runner
+    from benchmarks.records import WandbSink
+
+    seen = []
+
+    class Seen(WandbSink):
+        def __init__(self, mode, run_dir, config, name, group=None, tags=None, log=print):
+            seen.append((group, tags))
+            super().__init__("disabled", run_dir, config, name, log=log)
+
+    monkeypatch.setattr(runner, "WandbSink", Seen)
+    for run, group in (("a", None), ("b", "given")):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "job.json").write_text(json.dumps({"label": "unimodal_audio", "sweep": "demo/av_digits"}))
+        train_run(build_config("joint", "synthetic", tiny_overrides()), tmp_path / run, wandb_group=group,
+                  log=lambda line: None)
+    assert seen == [("demo/av_digits", ["unimodal_audio"]), ("given", ["unimodal_audio"])]
+
+
+def test_the_wandb_project_is_wandb_project_when_set(tmp_path, monkeypatch):
+    # The project was hard-coded to augbench, silently overriding a user's WANDB_PROJECT.
     wandb = pytest.importorskip("wandb")
     from benchmarks.records import WandbSink
 
     seen = {}
     monkeypatch.setattr(wandb, "init", lambda **kwargs: seen.update(kwargs))
-    (tmp_path / "job.json").write_text(json.dumps({"label": "unimodal_audio", "sweep": "demo/av_digits"}))
+    monkeypatch.setenv("WANDB_PROJECT", "mine")
     WandbSink("offline", tmp_path, {}, "run-x", log=lambda line: None)
-    assert seen["tags"] == ["unimodal_audio"] and seen["group"] == "demo/av_digits"
-    WandbSink("offline", tmp_path, {}, "run-x", group="given", log=lambda line: None)
-    assert seen["group"] == "given"
+    assert seen["project"] == "mine"
+    monkeypatch.delenv("WANDB_PROJECT")
+    WandbSink("offline", tmp_path, {}, "run-x", log=lambda line: None)
+    assert seen["project"] == "augbench"
+
+
+def test_a_failing_offline_retry_names_the_way_out_of_offline(tmp_path, monkeypatch):
+    # The retry's error advised --wandb offline, the mode that had just failed.
+    wandb = pytest.importorskip("wandb")
+    from benchmarks.errors import UsageError
+    from benchmarks.records import WandbSink
+
+    def init(**kwargs):
+        raise (wandb.errors.CommError("no route") if kwargs["mode"] == "online" else wandb.errors.Error("disk full"))
+
+    monkeypatch.setattr(wandb, "init", init)
+    monkeypatch.setattr(wandb, "teardown", lambda *args, **kwargs: None)
+    with pytest.raises(UsageError, match=r"its offline run \(Error: disk full\); fix that, or train with --wandb "
+                                         r"disabled;"):
+        WandbSink("online", tmp_path, {}, "run-x", log=lambda line: None)

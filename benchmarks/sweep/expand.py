@@ -11,8 +11,8 @@ from typing import Any, Callable, Mapping, Sequence
 from baselines.networks import MODEL_HPARAMS
 from baselines.registry import get_method, list_methods
 from benchmarks.config import RUNNER_NAMESPACES, TRAIN_HPARAMS, RunConfig, build_config, merge_overrides, method_hparams
-from benchmarks.records import DamagedFileError, read_json, write_json, write_yaml
-from benchmarks.run_folder import config_sections, missing_evaluation_current
+from benchmarks.records import DamagedFileError, write_json, write_yaml
+from benchmarks.run_folder import config_sections, missing_evaluation_current, read_job_file
 from benchmarks.runner import CHECKPOINT
 from benchmarks.sweep.spec import EvaluateSpec, SweepConfig, SweepConfigError, repeated
 from core.hparams import HParamError, resolve
@@ -189,8 +189,8 @@ def plan(config: SweepConfig, out: Path, *, seeds: Sequence[int] | None = None,
     labels = [label for label in labels if not methods or label in set(methods)]
     dataset_names = [d for d in dataset_names if not datasets or d in set(datasets)]
     method_of = {label: config.methods[label].get("method", label) for label in labels}
-    if repeated(seeds or []):
-        raise SweepConfigError(f"--seeds {list(seeds)} names seed(s) {repeated(seeds)} more than once; give each "
+    if twice := repeated(seeds or []):
+        raise SweepConfigError(f"--seeds {list(seeds)} names seed(s) {twice} more than once; give each "
                                "seed once")
     _check_assignments(assignments, set(method_of.values()))
     set_keys = [f"{ns}.{key}" for ns, values in assignments.items() for key in values]
@@ -308,11 +308,3 @@ def write_sweep_record(out: Path, config: SweepConfig, jobs: Sequence[Job],
                   "seed": j.cfg.train.seed, "state": j.state(), **results.get(j.name, {})} for j in jobs]})
 
 
-def runs_phrase(n: int) -> str:
-    return f"{n} run{'s' if n != 1 else ''}"
-
-
-def read_job_file(run_dir: Path) -> dict[str, Any]:
-    """A run folder's ``job.json`` (empty when the run was not started by a sweep)."""
-    path = Path(run_dir) / "job.json"
-    return read_json(path, default={})

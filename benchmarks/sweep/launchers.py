@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from benchmarks.data_identity import check_finished_runs
-from benchmarks.sweep.expand import Job, runs_phrase, write_sweep_record
+from benchmarks.records import runs_phrase
+from benchmarks.sweep.expand import Job, write_sweep_record
 from benchmarks.sweep.slurm import SlurmOptions, make_executor, run_slurm, slurm_unavailable
 from benchmarks.sweep.spec import SweepConfig
 from benchmarks.sweep.worker import run_job, worker_command

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from baselines.registry import get_method
-from benchmarks.sweep.expand import Job, Plan, runs_phrase
+from benchmarks.records import runs_phrase
+from benchmarks.sweep.expand import Job, Plan
 from benchmarks.sweep.launchers import Launcher, LaunchOptions
 from datasets.registry import get_dataset
 

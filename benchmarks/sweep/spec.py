@@ -126,8 +126,8 @@ def check_grid(grid: Any, where: str, allowed: Sequence[str]) -> dict[str, list]
             raise SweepConfigError(f"{where}: grid key {key!r} must be NAMESPACE.KEY with NAMESPACE in {list(allowed)}")
         if not isinstance(values, list) or not values:
             raise SweepConfigError(f"{where}: grid[{key!r}] must be a non-empty list, got {values!r}")
-        if repeated(values):
-            raise SweepConfigError(f"{where}: grid[{key!r}] lists {repeated(values)} more than once; list each value "
+        if twice := repeated(values):
+            raise SweepConfigError(f"{where}: grid[{key!r}] lists {twice} more than once; list each value "
                                    "once")
     return grid
 
@@ -178,8 +178,8 @@ def parse_config(doc: Mapping[str, Any], path: Path | None = None) -> SweepConfi
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
                                                              for s in seeds):
         raise SweepConfigError(f"{where}: seeds must be a non-empty list of integers, got {seeds!r}")
-    if repeated(seeds):
-        raise SweepConfigError(f"{where}: seeds {seeds} names seed(s) {repeated(seeds)} more than once; list each "
+    if twice := repeated(seeds):
+        raise SweepConfigError(f"{where}: seeds {seeds} names seed(s) {twice} more than once; list each "
                                "seed once")
     defaults = _require_mapping(doc.get("defaults"), where, "defaults")
     for ns in defaults:

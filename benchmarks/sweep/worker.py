@@ -21,9 +21,9 @@ from benchmarks.run_folder import (
     build_from_sections,
     missing_evaluation_current,
     rank0_run_lock,
+    read_job_file,
 )
 from benchmarks.runner import train_run
-from benchmarks.sweep.expand import read_job_file
 from benchmarks.sweep.spec import EvaluateSpec
 from core.distributed import env_world
 
