@@ -27,7 +27,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from baselines.registry import list_methods
 from benchmarks.data_identity import SAME_DATA_HINT, recorded_identity
-from benchmarks.records import DamagedFileError, read_config_yaml, read_json, runs_phrase, start_wandb
+from benchmarks.records import DamagedFileError, read_config_yaml, read_json, runs_phrase
 from benchmarks.run_folder import (
     MISSING_RESULT,
     missing_result_problem,
@@ -769,7 +769,7 @@ def _render_tex(table: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _csv_header(table: Table) -> list[str]:
+def csv_header(table: Table) -> list[str]:
     head = ["method"]
     for col in table.columns:
         fields = ["mean", "std", "n"] + (["paper", "paper_verified", "diff"] if table.with_paper else [])
@@ -777,7 +777,7 @@ def _csv_header(table: Table) -> list[str]:
     return head
 
 
-def _csv_rows(table: Table) -> list[list[str]]:
+def csv_rows(table: Table) -> list[list[str]]:
     rows = []
     for title, cells in table.rows:
         row = [title]
@@ -795,8 +795,8 @@ def _csv_rows(table: Table) -> list[list[str]]:
 def _render_csv(table: Table) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(_csv_header(table))
-    writer.writerows(_csv_rows(table))
+    writer.writerow(csv_header(table))
+    writer.writerows(csv_rows(table))
     return buf.getvalue()
 
 
@@ -809,35 +809,6 @@ def render(records: Sequence[RunRecord], fmt: str = "md", paper: PaperTable | No
     if fmt not in RENDERERS:
         raise ValueError(f"format {fmt!r} is not one of {list(RENDERERS)}")
     return RENDERERS[fmt](build_table(records, protocol=protocol, paper=paper, **options))
-
-
-def log_wandb_table(table: Table, mode: str, runs_dir: Path, *, group: str | None = None,
-                    name: str = "table") -> str | None:
-    """Log the table (its CSV columns, numbers as numbers so that W&B sorts and plots them) as a W&B Table, W&B's
-    files under ``runs_dir/wandb`` and its console output off, as for training runs; return where the run is (its
-    offline folder or URL). ``disabled`` does nothing and never imports wandb."""
-    if mode == "disabled":
-        return None
-    import wandb  # lazily: W&B is an optional sink
-
-    run = start_wandb(mode, "fix that, or tabulate with --wandb offline or --wandb disabled", group=group,
-                      job_type="table", name=name, dir=str(runs_dir))
-    rows = [[_number_or_text(value) for value in row] for row in _csv_rows(table)]
-    run.log({name: wandb.Table(columns=_csv_header(table), data=rows)})
-    run.summary["caption"] = table.caption
-    where = run.settings.sync_dir if mode == "offline" else run.url
-    run.finish()
-    return where
-
-
-def _number_or_text(value: str) -> float | str | None:
-    """A CSV cell for W&B: empty -> None, a number -> float, anything else as it is."""
-    if value == "":
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        return value
 
 
 def config_order(config_path: Path) -> dict[str, Any]:

@@ -242,7 +242,7 @@ def test_a_table_logged_to_wandb_keeps_its_files_with_the_runs_and_its_console_q
 def test_a_wandb_table_holds_numbers_and_a_wandb_mode_that_is_none_is_refused(runs_dir, monkeypatch, capsys):
     # The cells were strings ("37.5000", ""), which W&B sorts as text and cannot plot; WANDB_MODE=dryrun was taken
     # as offline here while train refuses it.
-    from benchmarks.collect import _number_or_text
+    from benchmarks.commands.table import _number_or_text
 
     assert [_number_or_text(v) for v in ("37.5000", "", "3", "Concat", "true")] == [37.5, None, 3.0, "Concat", "true"]
     monkeypatch.setenv("WANDB_MODE", "dryrun")

@@ -225,7 +225,8 @@ def test_an_error_in_the_suites_own_data_is_not_taken_for_a_wandb_failure(tmp_pa
 
 def test_a_table_whose_wandb_run_cannot_start_says_how_to_tabulate(tmp_path, monkeypatch):
     wandb = pytest.importorskip("wandb")
-    from benchmarks.collect import Table, log_wandb_table
+    from benchmarks.collect import Table
+    from benchmarks.commands.table import log_wandb_table
     from benchmarks.errors import UsageError
 
     def init(**kwargs):

@@ -20,17 +20,19 @@ from benchmarks.collect import (
     PROTOCOL_CAPTIONS,
     RENDERERS,
     RunRecord,
+    Table,
     build_table,
     config_order,
     config_settings,
+    csv_header,
+    csv_rows,
     load_paper,
     load_runs,
-    log_wandb_table,
     shown_in_table,
     under_label,
     unfinished_runs,
 )
-from benchmarks.records import WANDB_MODES, atomic_write_text, read_json, resolve_wandb_mode
+from benchmarks.records import WANDB_MODES, atomic_write_text, read_json, resolve_wandb_mode, start_wandb
 
 HELP = "tabulate finished runs: mean ± std over seeds per method x dataset x metric, with published numbers"
 
@@ -138,3 +140,31 @@ def _coverage_notes(records: Sequence[RunRecord], shown: Sequence[RunRecord], co
             notes.append(f"{len(absent)} finished run(s) have no missing-modality result and show '–', such as "
                          f"{absent[0]}: run augbench evaluate RUN_DIR (or rerun the sweep with its evaluate: section)")
     return notes
+
+
+def log_wandb_table(table: Table, mode: str, runs_dir: Path, group: str | None = None) -> str | None:
+    """Log the table (its CSV columns, numbers as numbers so that W&B sorts and plots them) as a W&B Table, W&B's
+    files under ``runs_dir/wandb`` and its console output off, as for training runs; return where the run is (its
+    offline folder or URL). ``disabled`` does nothing and never imports wandb."""
+    if mode == "disabled":
+        return None
+    import wandb  # lazily: W&B is an optional sink
+
+    run = start_wandb(mode, "fix that, or tabulate with --wandb offline or --wandb disabled", group=group,
+                      job_type="table", name="table", dir=str(runs_dir))
+    rows = [[_number_or_text(value) for value in row] for row in csv_rows(table)]
+    run.log({"table": wandb.Table(columns=csv_header(table), data=rows)})
+    run.summary["caption"] = table.caption
+    where = run.settings.sync_dir if mode == "offline" else run.url
+    run.finish()
+    return where
+
+
+def _number_or_text(value: str) -> float | str | None:
+    """A CSV cell for W&B: empty -> None, a number -> float, anything else as it is."""
+    if value == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return value
