@@ -370,9 +370,10 @@ def check_one_config_per_row(runs: Iterable[tuple[str, str, int, Path, Mapping[s
                                  f"data-parallel ranks: world_size {shown}. {hint}")
         first_dir, first = configured[0] if configured else (None, {})
         for seed, run_dir, other in members:
-            # world_size is compared above, among the runs that know it (a run in its first invocation does not yet)
-            other = first if other is None else other  # a run without a config: only its seed is checked
-            differ = sorted(k for k in (first.keys() | other.keys()) - {"world_size"} if first.get(k) != other.get(k))
+            # world_size is compared above, among the runs that know it (a run in its first invocation does not yet);
+            # a run without a config (a row computed from other runs) has only its seed checked.
+            differ = [] if other is None else sorted(
+                k for k in (first.keys() | other.keys()) - {"world_size"} if first.get(k) != other.get(k))
             if differ:
                 shown = ", ".join(f"{k} {first.get(k)!r} vs {other.get(k)!r}" for k in differ[:4])
                 more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
@@ -609,9 +610,13 @@ def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper:
     dataset_order = _ordered({d for _, d in groups}, datasets)
     label_order = _ordered({label for label, _ in groups}, methods)
     # The paper protocol's caption says it selects on test; any other would present these rows as clean.
-    on_test = set() if protocol == "paper" and not missing else {
-        (label, dataset) for (label, dataset), runs in members.items()
-        if label in label_order and dataset in dataset_order and any(map(reads_test, runs))}
+    # label -> the datasets, in column order, whose runs of that row read the test split during training.
+    on_test: dict[str, list[str]] = {}
+    if protocol != "paper" or missing:
+        for label in label_order:
+            read = [d for d in dataset_order if any(map(reads_test, members.get((label, d), [])))]
+            if read:
+                on_test[label] = read
     shared = Counter(titles[label] for label in label_order)
     # Two rows under one title (runs of two sweeps tabulated together) would read as one method twice.
     row_titles = {label: f"{titles[label]} ({label})" if shared[titles[label]] > 1 else titles[label]
@@ -640,8 +645,7 @@ def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper:
                 # by the row label only: another row of the same method (a variant) is not the published one
                 cell.paper = paper.lookup(col.dataset, (label,), col.metric)
             cells.append(cell)
-        marked = any(label == marked_label for marked_label, _ in on_test)
-        rows.append((row_titles[label] + (f" {TEST_SPLIT_MARK}" if marked else ""), cells))
+        rows.append((row_titles[label] + (f" {TEST_SPLIT_MARK}" if label in on_test else ""), cells))
     for j in range(len(columns)):
         means = [cells[j].mean for _, cells in rows if cells[j].mean is not None]
         top = max(means, default=None)
@@ -653,8 +657,7 @@ def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper:
     caption = (f"{title or 'Results'}: {what} in %, mean ± sample std over seeds (n = seeds); best mean per column "
                f"in bold. Protocol: {selection}.")
     if on_test:
-        where = "; ".join(f"{row_titles[label]} on " + " and ".join(d for d in dataset_order if (label, d) in on_test)
-                          for label in label_order if any((label, d) in on_test for d in dataset_order))
+        where = "; ".join(f"{row_titles[label]} on {' and '.join(read)}" for label, read in on_test.items())
         caption += (f" {TEST_SPLIT_MARK} = the method selects or tunes on the test split during training (its "
                     f"held-out split knob is test: {where}), so these numbers are not clean.")
     if paper is not None:
