@@ -754,14 +754,16 @@ def _parse_value(text: str) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point: ``python -m datasets.av_digits --out DIR [--preset ...] [--<knob> VALUE ...]``."""
+    """Command-line entry point: ``python -m datasets.av_digits --out DIR [--preset ...] [--<knob-name> VALUE ...]``."""
     parser = argparse.ArgumentParser(prog="python -m datasets.av_digits",
                                      description="Generate the AV-Digits demo dataset in CREMA-D's raw layout.")
     parser.add_argument("--out", required=True, type=Path, help=f"parent folder; the data goes to OUT/{ROOT_NAME}")
     parser.add_argument("--force", action="store_true", help=f"replace an existing OUT/{ROOT_NAME}")
     for p in HPARAMS:
         choices = f" Choices: {', '.join(map(str, p.choices))}." if p.choices else ""
-        parser.add_argument(f"--{p.name}", type=_parse_value, default=argparse.SUPPRESS,
+        # hyphenated like augbench's own flags; the knob's own name (underscored) is accepted too
+        spellings = dict.fromkeys([f"--{p.name.replace('_', '-')}", f"--{p.name}"])
+        parser.add_argument(*spellings, dest=p.name, type=_parse_value, default=argparse.SUPPRESS,
                             # argparse formats help with %: a literal one ("about 66%") must be doubled
                             help=f"{p.doc}{choices} Default: {p.default!r}.".replace("%", "%%"))
     args = vars(parser.parse_args(argv))

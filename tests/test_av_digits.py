@@ -381,4 +381,18 @@ def test_the_generator_help_lists_every_knob(capsys):
     # A knob's help with a literal % ("about 66%") once made argparse fail to format --help.
     with pytest.raises(SystemExit) as stop:
         av_digits.main(["--help"])
-    assert stop.value.code == 0 and "--image_noise_sigma" in capsys.readouterr().out
+    assert stop.value.code == 0 and "--image-noise-sigma" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag", ["--train-speakers", "--train_speakers"])
+def test_the_generator_takes_a_knob_hyphenated_like_augbench_or_by_its_name(flag, monkeypatch):
+    class Generated(Exception):
+        """Stops main() at the generator, carrying the knobs it was given."""
+
+    def generate(out, overwrite, **knobs):
+        raise Generated(knobs)
+
+    monkeypatch.setattr(av_digits, "generate", generate)
+    with pytest.raises(Generated) as stop:
+        av_digits.main(["--out", "x", flag, "5"])
+    assert stop.value.args[0] == {"train_speakers": 5}
