@@ -780,26 +780,40 @@ def csv_header(table: Table) -> list[str]:
     return head
 
 
-def csv_rows(table: Table) -> list[list[str]]:
+def table_values(table: Table) -> list[list[str | float | int | bool | None]]:
+    """The rows of ``csv_header``'s columns as values (None where a cell has none), for the CSV and for W&B."""
     rows = []
     for title, cells in table.rows:
-        row = [title]
+        row: list[str | float | int | bool | None] = [title]
         for cell in cells:
-            row += ["" if cell.mean is None else f"{cell.mean:.4f}", "" if cell.std is None else f"{cell.std:.4f}",
-                    str(cell.n)]
+            row += [cell.mean, cell.std, cell.n]
             if table.with_paper:
-                row += ["" if cell.paper is None else f"{cell.paper.value:.2f}",
-                        "" if cell.paper is None else str(cell.paper.verified).lower(),
-                        "" if cell.diff is None else f"{cell.diff:.4f}"]
+                row += [None if cell.paper is None else cell.paper.value,
+                        None if cell.paper is None else cell.paper.verified, cell.diff]
         rows.append(row)
     return rows
+
+
+def _csv_text(value: str | float | int | bool | None, field: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.2f}" if field == "paper" else f"{value:.4f}"  # published numbers carry 2 decimals
+    return str(value)
+
+
+def _csv_rows(table: Table) -> list[list[str]]:
+    fields = [name.rsplit("/", 1)[-1] for name in csv_header(table)]
+    return [[_csv_text(value, field) for value, field in zip(row, fields)] for row in table_values(table)]
 
 
 def _render_csv(table: Table) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(csv_header(table))
-    writer.writerows(csv_rows(table))
+    writer.writerows(_csv_rows(table))
     return buf.getvalue()
 
 

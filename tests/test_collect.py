@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -16,6 +18,7 @@ import yaml
 from baselines.registry import list_methods
 from benchmarks.cli import main
 from benchmarks.collect import (
+    RENDERERS,
     Column,
     MixedRunsError,
     PaperFileError,
@@ -24,9 +27,11 @@ from benchmarks.collect import (
     _tex_escape,
     build_table,
     check_one_config_per_row,
+    csv_header,
     load_paper,
     load_runs,
     render,
+    table_values,
     unfinished_runs,
 )
 from benchmarks.plots import _sweep_curves, plot_demo, plot_run, plot_sweep, run_series, seed_mean
@@ -242,9 +247,16 @@ def test_a_table_logged_to_wandb_keeps_its_files_with_the_runs_and_its_console_q
 def test_a_wandb_table_holds_numbers_and_a_wandb_mode_that_is_none_is_refused(runs_dir, monkeypatch, capsys):
     # The cells were strings ("37.5000", ""), which W&B sorts as text and cannot plot; WANDB_MODE=dryrun was taken
     # as offline here while train refuses it.
-    from benchmarks.commands.table import _number_or_text
-
-    assert [_number_or_text(v) for v in ("37.5000", "", "3", "Concat", "true")] == [37.5, None, 3.0, "Concat", "true"]
+    table = build_table(load_runs(runs_dir), protocol="paper", paper=load_paper(PAPER, "table1"))
+    values = {row[0]: row[1:] for row in table_values(table)}
+    csv_cells = {row[0]: row[1:] for row in list(csv.reader(io.StringIO(RENDERERS["csv"](table))))[1:]}
+    fields = ("mean", "std", "n", "paper", "paper_verified", "diff")
+    assert csv_header(table)[1:7] == [f"cremad/acc/{f}" for f in fields]
+    for title, row in values.items():
+        mean, std, n, paper, verified, diff = row[:6]
+        assert isinstance(mean, float) and isinstance(std, float) and type(n) is int and isinstance(verified, bool)
+        assert csv_cells[title][:6] == [f"{mean:.4f}", f"{std:.4f}", str(n), f"{paper:.2f}", str(verified).lower(),
+                                        f"{diff:.4f}"]
     monkeypatch.setenv("WANDB_MODE", "dryrun")
     assert main(["table", str(runs_dir)]) == 2
     assert "WANDB_MODE 'dryrun' is not one of" in capsys.readouterr().err

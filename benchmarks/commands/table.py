@@ -25,10 +25,10 @@ from benchmarks.collect import (
     config_order,
     config_settings,
     csv_header,
-    csv_rows,
     load_paper,
     load_runs,
     shown_in_table,
+    table_values,
     under_label,
     unfinished_runs,
 )
@@ -152,19 +152,10 @@ def log_wandb_table(table: Table, mode: str, runs_dir: Path, group: str | None =
 
     run = start_wandb(mode, "fix that, or tabulate with --wandb offline or --wandb disabled", group=group,
                       job_type="table", name="table", dir=str(runs_dir))
-    rows = [[_number_or_text(value) for value in row] for row in csv_rows(table)]
-    run.log({"table": wandb.Table(columns=csv_header(table), data=rows)})
+    run.log({"table": wandb.Table(columns=csv_header(table), data=table_values(table))})
     run.summary["caption"] = table.caption
     where = run.settings.sync_dir if mode == "offline" else run.url
     run.finish()
     return where
 
 
-def _number_or_text(value: str) -> float | str | None:
-    """A CSV cell for W&B: empty -> None, a number -> float, anything else as it is."""
-    if value == "":
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        return value
