@@ -101,8 +101,9 @@ class RunRecord:
     config: dict[str, Any] = field(default_factory=dict)
     # Split files with a published (pinned) version whose cache was prepared from other bytes.
     custom_splits: tuple[str, ...] = ()
-    # summary.json's env: which commit trained the run, and whether its tree had uncommitted changes.
-    env: dict[str, Any] = field(default_factory=dict)
+    # The environments that trained the run (``trained_by``): which commits, and whether a tree had uncommitted
+    # changes.
+    envs: tuple[dict[str, Any], ...] = ()
 
     def values(self, protocol: str) -> dict[str, float]:
         """Metric key -> value in [0, 1]: ``acc``/``macro_f1``/``map``, ``acc:<modality>`` and
@@ -163,7 +164,7 @@ def load_runs(root: Path) -> list[RunRecord]:
                                  protocols=summary["protocols"], missing=missing, missing_problem=problem,
                                  missing_seed=result.get("seed") if missing else None,
                                  data=recorded_identity(run_dir), config=config,
-                                 custom_splits=custom_pinned_splits(summary), env=summary.get("env") or {}))
+                                 custom_splits=custom_pinned_splits(summary), envs=trained_by(summary)))
     return records
 
 
@@ -303,10 +304,29 @@ def reads_test(record: RunRecord) -> bool:
     return cls is not None and cls.HELD_OUT_KEY in hp and cls.held_out_split(hp) == "test"
 
 
-def commit_counts(envs: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-    """How many runs each commit trained (their summaries' ``env``), most first; ``unknown`` where a run recorded
-    none."""
-    return dict(Counter(env.get("git_commit") or "unknown" for env in envs).most_common())
+def trained_by(summary: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
+    """The environments that trained a run: each of its invocations' (``segments``) and the final one (``env``). A
+    run resumed on other code holds numbers of every commit that trained it, not only of the last."""
+    segments = [s for s in summary.get("segments") or [] if isinstance(s, dict)]
+    return (*segments, summary.get("env") or {})
+
+
+def _commits(envs: Iterable[Mapping[str, Any]]) -> set[str]:
+    return {env["git_commit"] for env in envs if env.get("git_commit")}
+
+
+def had_changes(envs: Iterable[Mapping[str, Any]]) -> bool:
+    """Whether any invocation of a run (``trained_by``) ran with uncommitted changes."""
+    return any(env.get("git_dirty") for env in envs)
+
+
+def commit_counts(runs: Iterable[Iterable[Mapping[str, Any]]]) -> dict[str, int]:
+    """How many runs each commit trained (``trained_by`` of each run), most first; a run resumed on other code counts
+    for each of its commits; ``unknown`` where a run recorded none."""
+    counts: Counter[str] = Counter()
+    for envs in runs:
+        counts.update(_commits(envs) or {"unknown"})
+    return dict(counts.most_common())
 
 
 def mixed_code_notes(rows: Mapping[str, Sequence[RunRecord]]) -> list[str]:
@@ -327,8 +347,8 @@ def mixed_code_notes(rows: Mapping[str, Sequence[RunRecord]]) -> list[str]:
 
 def _code_counts(runs: Sequence[RunRecord]) -> tuple[dict[str, int], int, int]:
     """(runs per recorded commit, runs without a recorded commit, runs trained with uncommitted changes)."""
-    commits = commit_counts(r.env for r in runs if r.env.get("git_commit"))
-    return commits, sum(not r.env.get("git_commit") for r in runs), sum(bool(r.env.get("git_dirty")) for r in runs)
+    commits = commit_counts(r.envs for r in runs if _commits(r.envs))
+    return commits, sum(not _commits(r.envs) for r in runs), sum(had_changes(r.envs) for r in runs)
 
 
 def _code_mix(runs: Sequence[RunRecord]) -> str | None:

@@ -297,7 +297,7 @@ def run_seconds(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, list
 def run_commits(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, int]:
     """How many runs each commit trained, most first. A rerun reuses finished runs, and each holds the numbers of the
     code that trained it, not of the invocation's commit."""
-    return collect.commit_counts(summary["env"] for _, summary in runs)
+    return collect.commit_counts(collect.trained_by(summary) for _, summary in runs)
 
 
 def previous_row_seconds(summaries: Sequence[Path], log: Callable[[str], None] = print
@@ -429,7 +429,7 @@ def run_demo(*, results: Path, work: Path, profile: str | None = None, workers: 
                "aug": aug_diagnostics(records), "epochs": demo["defaults"]["train"]["epochs"],
                "seeds": list(config.seeds), "design": design_digest(demo), "commit": git_commit(),
                "run_commits": run_commits(runs),
-               "runs_dirty": sum(bool(summary["env"].get("git_dirty")) for _, summary in runs),
+               "runs_dirty": sum(collect.had_changes(collect.trained_by(summary)) for _, summary in runs),
                "machine": machine_record(workers)}
     summary["targets"] = design_targets(summary, demo["targets"])
     if reference is not None:

@@ -27,14 +27,17 @@ from benchmarks.collect import (
     _tex_escape,
     build_table,
     check_one_config_per_row,
+    commit_counts,
     csv_header,
     load_paper,
     load_runs,
     render,
     table_values,
+    trained_by,
     unfinished_runs,
 )
 from benchmarks.plots import _sweep_curves, plot_demo, plot_run, plot_sweep, run_series, seed_mean
+from benchmarks.records import read_json
 from benchmarks.run_folder import MISSING_RESULT
 from tests.numeric import approx64
 
@@ -313,6 +316,22 @@ def test_a_row_whose_runs_come_from_several_commits_or_a_dirty_tree_is_noted(run
     assert "row AUG" not in captured.err + captured.out, "AUG's runs come from one clean commit"
 
 
+def test_a_run_resumed_on_other_code_counts_for_every_commit_that_trained_it(runs_dir):
+    # The table read only the final env: a run trained for its first epochs by another commit (or a dirty tree) and
+    # resumed at the row's commit passed as that commit's.
+    clean = {"git_commit": "aaaa111", "git_dirty": False}
+    for run in sorted(runs_dir.glob("*/summary.json")):
+        _edit_json(run, lambda s: s.update(env=clean, segments=[{"first_epoch": 0, **clean}]))
+    assert build_table(load_runs(runs_dir)).code_notes == []
+    resumed = runs_dir / "cremad-joint-seed1-fixture" / "summary.json"
+    _edit_json(resumed, lambda s: s.update(segments=[{"first_epoch": 0, "git_commit": "bbbb222", "git_dirty": True},
+                                                     {"first_epoch": 3, **clean}]))
+    assert build_table(load_runs(runs_dir)).code_notes == [
+        "row Concat/cremad: 3 runs from 2 commits, 1 with uncommitted changes"]
+    assert commit_counts(trained_by(read_json(path)) for path in sorted(runs_dir.glob("cremad-joint-*/summary.json"))) == {
+        "aaaa111": 3, "bbbb222": 1}
+
+
 def test_one_dirty_commit_behind_every_run_is_one_note_and_a_partly_recorded_row_is_named(runs_dir):
     # Every row of a table trained from one dirty tree gave one note per row; a run without a recorded commit (from
     # before the record) was counted as a commit of its own.
@@ -320,7 +339,7 @@ def test_one_dirty_commit_behind_every_run_is_one_note_and_a_partly_recorded_row
         _edit_json(run, lambda s: s.update(env={"git_commit": "aaaa111", "git_dirty": True}))
     records = load_runs(runs_dir)
     # A row computed from other runs (no config, as the demo's ensemble) is their code, not more runs.
-    derived = dataclasses.replace(records[0], label="ensemble", config={}, env={})
+    derived = dataclasses.replace(records[0], label="ensemble", config={}, envs=())
     assert build_table([*records, derived]).code_notes == [
         f"all {len(records)} runs: commit aaaa111 with uncommitted changes"]
     _edit_json(runs_dir / "cremad-joint-seed0-fixture" / "summary.json", lambda s: s.update(env={}))
