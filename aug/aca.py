@@ -97,6 +97,8 @@ def gate_targets(running: torch.Tensor) -> torch.Tensor:
     (``train_NVGesture.py``): each modality 0 if its score against the others exceeds 0.5, else 1.
     """
     if running.numel() == 2:
-        audio_off = bool(running[0] > 1.0)
-        return torch.tensor([0.0, 1.0] if audio_off else [1.0, 0.0], device=running.device)
+        # [0, 1] or [1, 0] made on the device (in torch.tensor's dtype): choosing between two host lists read the
+        # score back and copied the list from pageable memory, two waits for the device before the gate's step.
+        audio_off = (running[:1] > 1.0).to(torch.get_default_dtype())
+        return torch.cat([1.0 - audio_off, audio_off])
     return (running <= 0.5).float()

@@ -217,7 +217,9 @@ class AUG(Method):
             losses[i] = loss.detach()
             ensemble_ce[i] = F.cross_entropy(z_all.detach(), y)
             confidence[i] = confidence_scores({m: z_all}, y)[m]
-        size = torch.tensor([len(y)], dtype=torch.float64, device=y.device)
+        # A fill on the device, not torch.tensor of a host list: that copies from pageable memory and waits for
+        # the device to finish the step.
+        size = torch.full((1,), len(y), dtype=torch.float64, device=y.device)
         batch_stats = torch.cat([confidence, losses.double() * size, ensemble_ce.double() * size, size])
         # Data-parallel ranks train on disjoint slices: summing them makes ACA and the gate see the global batch,
         # so every rank grows the same learners (identity in a single process).
@@ -226,7 +228,9 @@ class AUG(Method):
         self.score_sum += confidence
         self.loss_sum += loss_sums
         self.ce_sum += ce_sums
-        self.count += int(size.item())
+        # The global batch's size: summed over ranks when data-parallel, this rank's own batch (no device read) in
+        # one process.
+        self.count += int(size.item()) if self.ctx.data_parallel else len(y)
         if self.gate is not None:
             self._gate_step(confidence, step.step)
         # The official loop deletes every gradient at the end of an iteration, whatever zero_grad left behind.
