@@ -165,7 +165,42 @@ def open_cache(path: Path | str) -> Cache:
                 (read_cache_file(start, np.load), read_cache_file(path / f"{spec.name}_count.npy", np.load)) \
                 if start.is_file() else (index["frame_start"], index["frame_count"])
     splits = {p.stem: read_cache_file(p, np.load) for p in sorted((path / "splits").glob("*.npy"))}
-    return Cache(path, manifest, index, read_cache_file(path / "labels.npy", np.load), arrays, starts, counts, splits)
+    cache = Cache(path, manifest, index, read_cache_file(path / "labels.npy", np.load), arrays, starts, counts,
+                  splits)
+    check_cache_rows(cache)
+    return cache
+
+
+def _mismatch(path: Path, problem: str) -> CacheError:
+    return CacheError(f"{path}: {problem}; the cache's files come from different builds or one was cut short, so "
+                      f"prepare the cache again with --force")
+
+
+def check_cache_rows(cache: Cache) -> None:
+    """Every file of ``cache`` describes the same N samples. Each file can parse on its own and still disagree with
+    the others (an ``index.csv`` cut at a line end, a ``labels.npy`` copied from another build): served, such a cache
+    trains on wrong labels without a word, or fails with a bare IndexError in the middle of an epoch."""
+    n, path = len(cache.labels), cache.path
+    if len(cache.index["label"]) != n:
+        raise _mismatch(path, f"index.csv has {len(cache.index['label'])} rows, labels.npy has {n}")
+    wrong = np.flatnonzero(cache.index["label"] != cache.labels)
+    if len(wrong):
+        row = int(wrong[0])
+        raise _mismatch(path / "labels.npy", f"row {row} ({cache.index['id'][row]}) has label {cache.labels[row]}, "
+                                             f"index.csv says {cache.index['label'][row]} ({len(wrong)} row(s) differ)")
+    for name, array in cache.arrays.items():
+        if name in cache.starts:
+            start, count = cache.starts[name], cache.counts[name]
+            if len(start) != n or len(count) != n:
+                raise _mismatch(path / f"{name}_start.npy", f"offsets for {len(start)}/{len(count)} samples, not {n}")
+            if n and int((start + count).max()) > len(array):
+                raise _mismatch(path / f"{name}.npy", f"{len(array)} rows, but the offsets reach "
+                                                      f"{int((start + count).max())}")
+        elif len(array) != n:
+            raise _mismatch(path / f"{name}.npy", f"{len(array)} rows, but labels.npy has {n}")
+    for name, rows in cache.splits.items():
+        if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= n):
+            raise _mismatch(path / "splits" / f"{name}.npy", f"row indices reach {int(rows.max())}, outside 0..{n - 1}")
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:

@@ -304,3 +304,31 @@ def test_benchmark_data_reports_both_loaders(cache_path):
     assert sum(v for k, v in profile.items() if k != "total") == pytest.approx(profile["total"], rel=1e-6)
     assert result["dataset"] == "cremad" and result["visual_source"] == "video"
     assert torch.get_num_threads() == threads
+
+
+def _damage(folder, edit: str) -> str:
+    """Make one cache file disagree with the others while it still parses; return the file the error must name."""
+    labels = np.load(folder / "labels.npy")
+    if edit == "index cut at a line end":
+        lines = (folder / "index.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+        (folder / "index.csv").write_text("".join(lines[:5]), encoding="utf-8")
+        return str(folder)
+    if edit == "labels from another build":
+        np.save(folder / "labels.npy", (labels + 1) % 6)
+        return str(folder / "labels.npy")
+    np.save(folder / "splits" / "test.npy", np.load(folder / "splits" / "test.npy") + len(labels))
+    return str(folder / "splits" / "test.npy")
+
+
+@pytest.mark.parametrize("edit", ["index cut at a line end", "labels from another build", "split rows out of range"])
+def test_a_cache_whose_files_disagree_is_refused_naming_the_file(cache_path, tmp_path, edit):
+    # Each damaged file parses on its own: served, the cache would train on wrong labels without a word, or stop
+    # with a bare IndexError in the middle of an epoch.
+    import shutil
+
+    folder = tmp_path / "cache"
+    shutil.copytree(cache_path, folder)
+    named = _damage(folder, edit)
+    with pytest.raises(CacheError, match="prepare the cache again with --force") as err:
+        open_cache(folder)
+    assert named in str(err.value)
