@@ -454,6 +454,7 @@ def _finalize(dataset: type[PreparedDataset], partial: Path, raw: Path, jobs: Se
         "policies": {"duplicates": opts.duplicates, "skip_bad": opts.skip_bad,
                      "max_drop_fraction": opts.max_drop_fraction, **own.get("policies", {})},
         "counts": {"total": len(kept), "rows_read": rows_read, **own.get("counts", {}),
+                   "ids_in_two_splits": ids_in_two_splits(ids, split_of),
                    "splits": {s: {"n": int(len(r)), "per_class": dict(zip(classes, np.bincount(
                        labels[r], minlength=len(classes)).tolist()))} for s, r in splits.items()}},
         "empty_splits": empty,
@@ -465,6 +466,18 @@ def _finalize(dataset: type[PreparedDataset], partial: Path, raw: Path, jobs: Se
     (partial / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n",
                                            encoding="utf-8")
     (partial / "DONE").touch()
+
+
+def ids_in_two_splits(ids: Sequence[str], split_of: np.ndarray) -> dict[str, int]:
+    """``{"train&test": k}``: kept ids listed in two base splits, pairs with none left out. Such a sample is scored on
+    after training on it, so the count goes into the manifest and the build line: AVE publishes a few, but in a custom
+    split file it is a mistake that inflates test accuracy without a word."""
+    members: dict[str, set[str]] = {}
+    for sample_id, split in zip(ids, split_of):
+        members.setdefault(str(split), set()).add(sample_id)
+    names = sorted(members)
+    pairs = {f"{a}&{b}": len(members[a] & members[b]) for i, a in enumerate(names) for b in names[i + 1:]}
+    return {pair: n for pair, n in pairs.items() if n}
 
 
 def write_split_records(partial: Path, ids: Sequence[str], split_of: np.ndarray, split_names: Iterable[str],

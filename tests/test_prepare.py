@@ -748,3 +748,20 @@ def test_a_cremad_fbank_cache_kept_by_the_old_1_frame_default_is_refused_at_trai
         CremaD.check_recipe_current(relabelled(path, "fbank", min_frames_from=None))
     CremaD.check_recipe_current(relabelled(path, "fbank", min_frames=1, min_frames_from="--min-frames"))
     CremaD.check_recipe_current(relabelled(path, "fbank", min_frames=2, min_frames_from="recipe"))
+
+
+def test_an_id_listed_in_train_and_test_is_counted_in_the_manifest_and_the_build_line(tmp_path):
+    # A test clip that is also trained on inflates test accuracy; the split files allow it (AVE publishes a few), so
+    # it is not an error, but it must not go unsaid.
+    tree = make_cremad(tmp_path / "raw", train_per_class=1, test_per_class=1, visual="frames")
+    leaked = tree.clips["train"][0]
+    rows = [f"{i},{e}" for i, e in tree.clips["test"] + [leaked]]
+    write_lines(tree.splits_dir / "test.csv", rows, crlf=True)
+    lines = []
+    cache = prepare(CremaD, tree.root, tmp_path / "cache", options(tree, val_fraction=0.0), log=lines.append)
+    assert open_cache(cache).manifest["counts"]["ids_in_two_splits"] == {"test&train": 1}
+    assert "ids_in_two_splits (test&train: 1)" in lines[-1]
+
+
+def test_a_build_without_shared_ids_records_none(built):
+    assert open_cache(built).manifest["counts"]["ids_in_two_splits"] == {}
