@@ -186,6 +186,20 @@ def check_classes(dataset: str, classes: Sequence[str], labels_by_split: Mapping
                                f"scored on an empty class")
 
 
+def check_parsed_classes(dataset: str, tables: SplitTables, opts: PrepareOptions) -> None:
+    """Every class has train and test rows in the split files. When one has none because its rows are bad (an
+    unknown label), the bad rows are the error: "class NEU has no test samples" alone sends the user looking for a
+    missing class instead of the misspelt label on a named line."""
+    samples = [s for split in tables.splits.values() for s in split]
+    try:
+        check_classes(dataset, tables.classes, _labels_by_split(samples))
+    except PrepareError:
+        bad = [d for d in tables.dropped if d.bad]
+        if bad and not opts.skip_bad:
+            check_bad(dataset, bad, len(samples) + len(tables.dropped), opts)
+        raise
+
+
 def _labels_by_split(samples: Iterable[Any]) -> dict[str, np.ndarray]:
     samples = list(samples)
     return {s: np.asarray([x.label for x in samples if x.split == s], dtype=np.int64) for s in ("train", "test")}
@@ -269,7 +283,7 @@ def prepare(dataset: type[PreparedDataset], raw: Path | str, out: Path | str | N
         files = fetch_split_files(name, required + optional, root / name / ".split_files", local_dir=local,
                                   base_url=opts.splits_url, optional=optional, strict=opts.strict_splits, log=log)
     tables = dataset.read_splits({n: f.path for n, f in files.items()}, raw, opts, conf)
-    check_classes(name, tables.classes, _labels_by_split(s for split in tables.splits.values() for s in split))
+    check_parsed_classes(name, tables, opts)
     val_ids, val_source, val_record = validation_split(tables, opts)
 
     records, dropped = _locate(dataset, raw, tables, conf)

@@ -765,3 +765,17 @@ def test_an_id_listed_in_train_and_test_is_counted_in_the_manifest_and_the_build
 
 def test_a_build_without_shared_ids_records_none(built):
     assert open_cache(built).manifest["counts"]["ids_in_two_splits"] == {}
+
+
+def test_a_misspelt_label_that_empties_its_class_is_reported_as_the_bad_row(tmp_path):
+    # With one test clip per class, a misspelt label leaves its class without test rows; the error must name the
+    # row and its label, not only the class that came out empty.
+    tree = make_cremad(tmp_path / "raw", train_per_class=1, test_per_class=1, visual="frames")
+    first, label = tree.clips["test"][0]
+    rows = [f"{first},{label.lower()}"] + [f"{i},{e}" for i, e in tree.clips["test"][1:]]
+    write_lines(tree.splits_dir / "test.csv", rows, crlf=True)
+    with pytest.raises(PrepareError, match=rf"test\.csv:1 {first}: unknown label '{label.lower()}'"):
+        prepare(CremaD, tree.root, tmp_path / "cache", options(tree, val_fraction=0.0), log=quiet)
+    # Dropping it with --skip-bad still leaves the class empty, which is then the error.
+    with pytest.raises(PrepareError, match=rf"class\(es\) \['{label}'\] have no test samples"):
+        prepare(CremaD, tree.root, tmp_path / "cache", options(tree, val_fraction=0.0, skip_bad=True), log=quiet)
