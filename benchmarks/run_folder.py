@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from benchmarks.config import RunConfig, build_config, config_overrides
-from benchmarks.records import read_json, read_yaml
+from benchmarks.records import DamagedFileError, read_json, read_yaml
 from core.distributed import env_world
 from core.errors import InputError
 
@@ -131,7 +131,26 @@ def load_run_config(run_dir: Path) -> RunConfig:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} has no config.yaml; it is not a run folder")
-    return run_config_from_dict(read_yaml(path))
+    return run_config_from_dict(read_run_config_yaml(path))
+
+
+RUN_CONFIG_KEYS = ("method", "dataset", "train", "model", "data")
+
+
+def read_run_config_yaml(path: Path, required: Sequence[str] = RUN_CONFIG_KEYS) -> dict[str, Any]:
+    """A run's ``config.yaml`` (``RunConfig.as_dict()``) with at least the ``required`` keys. One that parses as YAML
+    but is not such a mapping (a list, a file cut to its first lines) is damaged: read on, it failed with a bare
+    TypeError or KeyError naming no file. Tables need only some keys, so they ask for none."""
+    config = read_yaml(path)
+    if not isinstance(config, dict):
+        raise DamagedFileError(path, f"expected the run's config mapping, got {type(config).__name__}")
+    missing = [k for k in required if k not in config]
+    if missing:
+        raise DamagedFileError(path, f"no {', '.join(missing)} key(s)")
+    bad = [k for k in ("train", "model", "data") if k in config and not isinstance(config[k], dict)]
+    if bad:
+        raise DamagedFileError(path, f"{', '.join(bad)} must be mapping(s) of keys to values")
+    return config
 
 
 def read_extensions(run_dir: Path) -> list[dict[str, Any]]:
@@ -139,12 +158,13 @@ def read_extensions(run_dir: Path) -> list[dict[str, Any]]:
     return read_json(Path(run_dir) / EXTENSIONS, default=[])
 
 
-def recorded_config(run_dir: Path) -> dict[str, Any] | None:
-    """The config the run in ``run_dir`` trains under (``config.yaml`` plus its recorded extensions), or None."""
+def recorded_config(run_dir: Path, required: Sequence[str] = ()) -> dict[str, Any] | None:
+    """The config the run in ``run_dir`` trains under (``config.yaml`` plus its recorded extensions), or None;
+    ``required``: the keys it must have (``read_run_config_yaml``)."""
     path = Path(run_dir) / "config.yaml"
     if not path.exists():
         return None
-    config = read_yaml(path)
+    config = read_run_config_yaml(path, required)
     for extension in read_extensions(run_dir):
         config["train"]["epochs"] = extension["to_epochs"]
     return config

@@ -86,6 +86,21 @@ def test_resuming_a_run_with_a_damaged_file_is_one_line_naming_it(tmp_path, caps
     _one_line_error(capsys, f"{path} is damaged: ", "delete that run folder and train it again")
 
 
+@pytest.mark.parametrize("text", ["- method: joint\n", "method: joint\ndataset: synthetic\n", "train: 5\n"])
+@pytest.mark.parametrize("command", ["resume", "evaluate"])
+def test_a_run_config_that_parses_but_is_not_a_run_config_is_damaged(tmp_path, capsys, text, command):
+    # YAML that parses (a list, a file cut after two keys) used to end in a bare TypeError/KeyError naming no file.
+    run = tmp_path / "run"
+    interrupted_run(run)
+    (run / "DONE").touch()  # evaluate reads finished runs only
+    path = run / "config.yaml"
+    path.write_text(text)
+    argv = ["train", "--run-dir", str(run), "--resume", "--wandb", "disabled", "--no-progress"] \
+        if command == "resume" else ["evaluate", str(run)]
+    assert main(argv) == 2
+    _one_line_error(capsys, f"{path} is damaged: ", "delete that run folder and train it again")
+
+
 def test_ctrl_c_inside_torch_save_says_where_and_resumes_to_the_same_summary(tmp_path, capsys, monkeypatch):
     reference = tmp_path / "reference"
     assert main(_train(reference, "--epochs", "3")) == 0

@@ -42,7 +42,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # Imported here so that `augbench --help` and `augbench train --help` do not load torch.
     from benchmarks.config import build_config, config_overrides, load_config_file, merge_overrides
-    from benchmarks.run_folder import rank0_run_lock, recorded_config
+    from benchmarks.run_folder import RUN_CONFIG_KEYS, rank0_run_lock, recorded_config
     from benchmarks.runner import quiet, train_run
     from core.distributed import env_world
 
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     shortcuts = {"train": {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None}}
     overrides = merge_overrides(file_overrides, parse_assignments(args.assignments), shortcuts)
     if not method and not dataset and resume and args.run_dir:
-        recorded = recorded_config(args.run_dir)
+        recorded = recorded_config(args.run_dir, RUN_CONFIG_KEYS)
         if recorded is None:
             raise UsageError(f"{args.run_dir} holds no run to resume (no config.yaml); give --method and --dataset "
                              "to start one")
