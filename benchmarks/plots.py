@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from benchmarks.collect import check_one_config_per_row, row_of
+from benchmarks.errors import UsageError
 from benchmarks.records import read_json, read_jsonl
 from benchmarks.run_folder import recorded_config
 
@@ -72,6 +73,9 @@ def plot_run(run_dir: Path, out_png: Path | None = None) -> Path:
     history = read_jsonl(metrics)
     epochs = [r["epoch"] for r in history]
     panels = run_series(history)
+    if not panels:  # an empty file (killed before its first epoch ended) leaves nothing to draw
+        raise UsageError(f"{metrics} holds no epoch's metrics to plot (no epoch finished yet, or the file was "
+                         "emptied)")
     rows, cols = _grid(len(panels))
     fig = Figure(figsize=(5 * cols, 3.4 * rows), layout="constrained")
     for k, (panel, series) in enumerate(panels.items()):

@@ -682,3 +682,14 @@ def test_a_paper_table_says_which_runs_trained_on_split_files_other_than_the_pub
     assert "1 of the 7 runs trained on a cache prepared from split files other than the published ones (train.csv)" \
         in caption
     assert "split files other" not in build_table(records).caption, "no paper, nothing to compare with"
+
+
+@pytest.mark.parametrize("text", ["", '{"epoch": 0}\n'])
+def test_plotting_a_run_with_no_epoch_metrics_names_the_file(tmp_path, capsys, text):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(text)
+    assert main(["plot", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and str(run / "metrics.jsonl") in err and "no epoch" in err
+    assert not (run / "plots").exists()
