@@ -131,9 +131,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def read_config_yaml(path: Path) -> Any:
     """A hand-written config file (a sweep's or a run's); a key given twice in one mapping raises
-    ``DuplicateKeyError`` naming the file and line."""
-    with open(path, encoding="utf-8") as f:
-        return yaml.load(f, Loader=_UniqueKeyLoader)
+    ``DuplicateKeyError`` naming the file and line. A folder or a file that is not UTF-8 text raises ``UsageError``
+    naming the file (Python's own errors name neither the file nor, for the encoding, what to do)."""
+    if Path(path).is_dir():
+        raise UsageError(f"{path} is a folder, not a config file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.load(f, Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
 
 
 def yaml_problem(err: Exception) -> str:

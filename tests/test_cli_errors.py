@@ -76,6 +76,18 @@ def test_a_config_with_a_yaml_syntax_error_is_one_line_naming_the_file_and_line(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("what", ["folder", "latin-1"])
+def test_a_config_that_is_a_folder_or_not_utf8_is_one_line_naming_it(tmp_path, capsys, what):
+    config = tmp_path / "experiment.yaml"
+    if what == "folder":
+        config.mkdir()
+    else:
+        config.write_bytes(b"method: joint\ndataset: synthetic\ntitle: caf\xe9\n")
+    assert main(["train", "--config", str(config), "--run-dir", str(tmp_path / "run")]) == 2
+    _one_line_error(capsys, str(config), "folder" if what == "folder" else "not UTF-8")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("damaged", ["config.yaml", "checkpoint.pt"])
 def test_resuming_a_run_with_a_damaged_file_is_one_line_naming_it(tmp_path, capsys, damaged):
     run = tmp_path / "run"
