@@ -38,7 +38,8 @@ TRAIN_HPARAMS = (
                                 "epoch start decays at epochs 69 and 139 (docs/methods/aug.md#hyperparameters).",
            per_dataset={"cremad": [69, 139], "kinetics_sounds": [69]}, element=int),
     HParam("lr_gamma", 0.1, "LR decay factor at each milestone (StepLR gamma 0.1)."),
-    HParam("seed", 0, "Run seed: Python, NumPy and torch generators and the loaders' per-epoch generators."),
+    HParam("seed", 0, "Run seed: Python, NumPy and torch generators and the loaders' per-epoch generators; 0 to "
+                      "2**32 - 1, the range NumPy's global seed takes.", low=0, high=2**32 - 1),
     HParam("deterministic", True, "true: torch deterministic algorithms (warn-only) and no cuDNN autotuning; false: "
                                   "cuDNN autotuning picks the fastest convolution algorithms for the fixed input "
                                   "shapes (faster on GPU; results then vary from run to run) [project]."),

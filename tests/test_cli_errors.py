@@ -61,6 +61,13 @@ def test_other_train_knobs_are_bounded(key, value):
         build_config("joint", "synthetic", {"train": {key: value}})
 
 
+@pytest.mark.parametrize("seed", ["-1", "99999999999"])
+def test_a_seed_numpy_cannot_take_is_refused_naming_the_key_and_range(tmp_path, capsys, seed):
+    assert main(_train(tmp_path / "run", "--set", f"train.seed={seed}")) == 2
+    _one_line_error(capsys, "train.seed must be >= 0 and <= 4294967295", seed)
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_cuda_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert main(_train(tmp_path / "run", "--set", "train.device=cuda")) == 2
