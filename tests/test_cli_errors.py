@@ -68,6 +68,14 @@ def test_a_seed_numpy_cannot_take_is_refused_naming_the_key_and_range(tmp_path, 
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("shortcut,key", [("--epochs", "epochs"), ("--seed", "seed")])
+def test_a_shortcut_and_a_set_of_the_same_key_must_agree(tmp_path, capsys, shortcut, key):
+    assert main(_train(tmp_path / "run", shortcut, "1", "--set", f"train.{key}=2")) == 2
+    _one_line_error(capsys, f"{shortcut} 1", f"--set train.{key}=2")
+    assert not (tmp_path / "run").exists()
+    assert main(_train(tmp_path / "run", shortcut, "1", "--set", f"train.{key}=1", "--epochs", "1")) == 0
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_cuda_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert main(_train(tmp_path / "run", "--set", "train.device=cuda")) == 2

@@ -22,8 +22,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", help="registered method name (see `augbench list`)")
     p.add_argument("--dataset", help="registered dataset name")
     p.add_argument("--config", type=Path, help="YAML with method/dataset and namespace sections")
-    p.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=N")
-    p.add_argument("--seed", type=int, help="shortcut for --set train.seed=N")
+    p.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=N (a --set of it must agree)")
+    p.add_argument("--seed", type=int, help="shortcut for --set train.seed=N (a --set of it must agree)")
     p.add_argument("--set", dest="assignments", action="append", default=[], metavar="NS.KEY=VALUE",
                    help="override a hyperparameter, e.g. --set ogm_ge.alpha=0.8 (repeatable)")
     p.add_argument("--out", type=Path, default=Path("runs"), help="parent folder of the run directory")
@@ -39,6 +39,17 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the per-batch progress bar")
 
 
+def shortcuts(args: argparse.Namespace, assignments: dict[str, dict]) -> dict[str, dict]:
+    """``--epochs``/``--seed`` as train overrides. Given together with a ``--set`` of the same key and another value,
+    one of the two would be dropped without a word, so that is refused."""
+    given = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None}
+    for key, value in given.items():
+        assigned = assignments.get("train", {}).get(key, value)
+        if assigned != value:
+            raise UsageError(f"--{key} {value} and --set train.{key}={assigned} set the same key; give one of them")
+    return {"train": given}
+
+
 def run(args: argparse.Namespace) -> int:
     # Imported here so that `augbench --help` and `augbench train --help` do not load torch.
     from benchmarks.config import build_config, config_overrides, load_config_file, merge_overrides
@@ -50,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
     head, file_overrides = load_config_file(args.config) if args.config else ({}, {})
     method = args.method or head.get("method")
     dataset = args.dataset or head.get("dataset")
-    shortcuts = {"train": {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None}}
-    overrides = merge_overrides(file_overrides, parse_assignments(args.assignments), shortcuts)
+    assignments = parse_assignments(args.assignments)
+    overrides = merge_overrides(file_overrides, assignments, shortcuts(args, assignments))
     if not method and not dataset and resume and args.run_dir:
         recorded = recorded_config(args.run_dir, RUN_CONFIG_KEYS)
         if recorded is None:
