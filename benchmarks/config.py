@@ -20,7 +20,7 @@ from baselines.networks import MODEL_HPARAMS
 from baselines.registry import get_method, list_methods
 from benchmarks.errors import UsageError
 from benchmarks.records import DuplicateKeyError, read_config_yaml
-from core.hparams import HParam, HParamError, HParams, resolve, variant_param
+from core.hparams import HParam, HParamError, HParams, check_range, resolve, variant_param
 from datasets.registry import get_dataset
 
 TRAIN_HPARAMS = (
@@ -72,9 +72,7 @@ class ConfigMismatchError(UsageError):
 
 def check_train_bounds(train: HParams) -> None:
     for name, (bound, inclusive) in TRAIN_BOUNDS.items():
-        value = train[name]
-        if value < bound or (value == bound and not inclusive):
-            raise HParamError(f"train.{name} must be {'>=' if inclusive else '>'} {bound}, got {value!r}")
+        check_range(f"train.{name}", train[name], bound, None, open_low=not inclusive)
     bad = [m for m in train.lr_milestones if isinstance(m, bool) or not isinstance(m, int) or m < 0]
     if bad:
         raise HParamError(f"train.lr_milestones must be epoch numbers >= 0, got {list(train.lr_milestones)!r}")

@@ -52,11 +52,21 @@ class HParam:
         out = _typed(key, self.default, value, self.element)
         if self.choices is not None and out not in self.choices:
             raise HParamError(f"{key}={out!r} is not one of {list(self.choices)}")
-        if isinstance(out, (int, float)) and not isinstance(out, bool) and (
-                (self.low is not None and out < self.low) or (self.high is not None and out > self.high)):
-            bounds = " and ".join(f"{op} {v}" for op, v in ((">=", self.low), ("<=", self.high)) if v is not None)
-            raise HParamError(f"{key} must be {bounds}, got {out!r}")
+        if isinstance(out, (int, float)) and not isinstance(out, bool) and (self.low, self.high) != (None, None):
+            check_range(key, out, self.low, self.high)
         return out
+
+
+def check_range(key: str, value: float, low: float | None, high: float | None, *, open_low: bool = False) -> None:
+    """A bounded knob's value within ``low``..``high`` (``low`` itself excluded with ``open_low``) and finite, or an
+    error naming ``key`` and the range. Finite because an infinite lr or decay factor passes a lower bound and then
+    trains on NaN without a word."""
+    finite = not isinstance(value, float) or math.isfinite(value)
+    inside = (low is None or value > low or (value == low and not open_low)) and (high is None or value <= high)
+    if not (finite and inside):
+        bounds = " and ".join(f"{op} {v}" for op, v in ((">" if open_low else ">=", low), ("<=", high))
+                              if v is not None)
+        raise HParamError(f"{key} must be {'' if finite else 'a finite number '}{bounds}, got {value!r}")
 
 
 def _typed(key: str, default: Any, value: Any, element: type | None = None) -> Any:

@@ -24,20 +24,20 @@ class Synthetic(Dataset):
     NAME = "synthetic"
     DESCRIPTION = "tiny random audio/visual(/text) tensors with a dominance knob, for tests and smoke runs"
     HPARAMS = (
-        HParam("num_classes", 4, "Number of classes."),
+        HParam("num_classes", 4, "Number of classes (at least 2).", low=2),
         HParam("n_train", 256, "Training samples."),
         HParam("n_val", 64, "Validation samples (clean protocol)."),
         HParam("n_test", 64, "Test samples."),
         HParam("modalities", 2, "2 = audio + visual; 3 adds a 'text' feature vector.", choices=(2, 3)),
         HParam("dominant", "audio", "Which modality gets strong_reliability; 'none' gives all the weak one.",
                choices=("audio", "visual", "text", "none")),
-        HParam("strong_reliability", 0.95, "P(the dominant modality shows its own class prototype)."),
-        HParam("weak_reliability", 0.5, "P(a non-dominant modality shows its own class prototype)."),
-        HParam("noise", 1.0, "Std of the additive Gaussian noise; prototypes have unit variance."),
+        HParam("strong_reliability", 0.95, "P(the dominant modality shows its own class prototype).", low=0, high=1),
+        HParam("weak_reliability", 0.5, "P(a non-dominant modality shows its own class prototype).", low=0, high=1),
+        HParam("noise", 1.0, "Std of the additive Gaussian noise; prototypes have unit variance.", low=0),
         HParam("audio_shape", [1, 16, 24], "Spectrogram shape (1, F, T)."),
         HParam("visual_shape", [3, 1, 16, 16], "Frames shape (3, T, H, W)."),
         HParam("text_dim", 16, "Width of the third modality's feature vector."),
-        HParam("seed", 0, "Data generation seed (independent of the run seed)."),
+        HParam("seed", 0, "Data generation seed (independent of the run seed).", low=0),
     )
 
     @classmethod

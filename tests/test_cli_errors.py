@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from benchmarks import records
 from benchmarks.cli import INTERRUPTED, main
 from benchmarks.config import build_config
 from benchmarks.records import atomic_torch_save, write_json
-from core.hparams import HParamError
+from core.hparams import HParamError, parse_assignments
 from tests.conftest import interrupted_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +60,20 @@ def test_epochs_below_one_are_refused_when_the_config_is_resolved(tmp_path, caps
 def test_other_train_knobs_are_bounded(key, value):
     with pytest.raises(HParamError, match=f"train.{key} must be"):
         build_config("joint", "synthetic", {"train": {key: value}})
+
+
+@pytest.mark.parametrize("assignment,message", [
+    ("train.lr_gamma=.inf", "train.lr_gamma must be a finite number > 0, got inf"),
+    ("train.lr=1e999", "train.lr must be a finite number > 0, got inf"),
+    ("train.weight_decay=-.inf", "train.weight_decay must be a finite number >= 0, got -inf"),
+    ("data.strong_reliability=5", "data.strong_reliability must be >= 0 and <= 1, got 5.0"),
+    ("data.noise=-1", "data.noise must be >= 0, got -1.0"),
+    ("data.noise=.inf", "data.noise must be a finite number >= 0, got inf"),
+    ("data.num_classes=0", "data.num_classes must be >= 2, got 0"),
+])
+def test_bounded_knobs_refuse_infinite_and_out_of_range_values(assignment, message):
+    with pytest.raises(HParamError, match=re.escape(message)):
+        build_config("joint", "synthetic", parse_assignments([assignment]))
 
 
 @pytest.mark.parametrize("seed", ["-1", "99999999999"])
