@@ -168,6 +168,12 @@ def parse_ks_json(path: Path) -> tuple[list[str], dict[str, dict]]:
     if not isinstance(doc, dict) or not isinstance(doc.get("labels"), list) or not isinstance(doc.get("database"),
                                                                                                  dict):
         raise SplitParseError(f"{path}: expected an object with a 'labels' list and a 'database' mapping")
+    # Each row's label is checked against its entry's "label", which a string or list entry cannot hold.
+    bad = {key: type(entry).__name__ for key, entry in doc["database"].items() if not isinstance(entry, dict)}
+    if bad:
+        key, kind = next(iter(bad.items()))
+        raise SplitParseError(f"{path}: database entry {key!r} is {kind}, not an object with 'subset' and 'label' "
+                              f"({len(bad)} such entries)")
     return [str(x) for x in doc["labels"]], doc["database"]
 
 

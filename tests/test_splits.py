@@ -3,6 +3,7 @@ pinned sources (SHA-256 table, download through a file:// URL, tampering)."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from collections import Counter
@@ -93,6 +94,14 @@ def test_ks_non_integer_label_is_an_error(tmp_path):
     path.write_text("abc_1,10,four\n")
     with pytest.raises(SplitParseError, match="my_test.txt:1.*'four'"):
         parse_ks_list(path)
+
+
+def test_ks_json_database_entry_that_is_not_an_object_is_named(tmp_path):
+    path = tmp_path / "KS.json"
+    path.write_text(json.dumps({"labels": ["a"], "database": {"abc_1": {"subset": "training", "label": "a"},
+                                                              "abc_2": "training"}}))
+    with pytest.raises(SplitParseError, match=f"{re.escape(str(path))}: database entry 'abc_2' is str"):
+        parse_ks_json(path)
 
 
 def test_ave_splits_on_ampersand_only_and_duplicate_policies(tmp_path):
