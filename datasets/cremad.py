@@ -27,14 +27,14 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from core.hparams import HParams
 from datasets.audio_visual import AVCacheDataset, Layout, av_hparams
 from datasets.prepared import Recipe
 from datasets.registry import register_dataset
-from datasets.splits import parse_class_list, parse_label_csv
-from datasets.tables import PrepareError, PrepareOptions, SplitTables
+from datasets.splits import ParsedList, parse_class_list, parse_label_csv
+from datasets.tables import PrepareError, PrepareOptions, Sample, SplitTables
 
 RECIPES = {
     "ogm": Recipe("OGM-GE/AGM/InfoReg/AMSS CREMA-D audio: 22.05 kHz, 3 s, STFT 512/353, log -> 257x188",
@@ -49,6 +49,32 @@ RECIPES = {
     "fbank": Recipe("MMPareto/Diagnosing/BalanceBenchmark: Kaldi fbank 1024x128 (needs the [audio] extra); clips "
                     "with at least 2 frames", {"audio": "kaldi_fbank1024", "min_frames": 2}),
 }
+
+
+def check_partition(train: ParsedList, samples: Sequence[Sample], my_train: ParsedList, val: ParsedList) -> None:
+    """``my_train.csv`` and ``val.csv`` list every id of ``train.csv`` once, with its label there (``samples``: the
+    train rows kept). A repeated row or another label is an error, not collapsed or overridden: either means the
+    files are not the published partition, whose validation scores would then not be comparable."""
+    train_ids, fit_ids, val_ids = set(train.ids), set(my_train.ids), set(val.ids)
+    problems = {"id(s) in both my_train.csv and val.csv": sorted(fit_ids & val_ids),
+                "id(s) in my_train.csv/val.csv but not train.csv": sorted((fit_ids | val_ids) - train_ids),
+                "id(s) in train.csv but in neither my_train.csv nor val.csv": sorted(train_ids - fit_ids - val_ids)}
+    kept = {s.id: s for s in samples}
+    for part in (my_train, val):
+        first: dict[str, int] = {}
+        for row in part.rows:
+            if row.id in first:
+                problems.setdefault(f"row(s) repeating an id in {part.path.name}", []).append(
+                    f"{part.where(row)} {row.id} (first on line {first[row.id]})")
+            first.setdefault(row.id, row.line)
+            sample = kept.get(row.id)
+            if sample is not None and row.label != sample.label_name:
+                problems.setdefault("row(s) whose label differs from train.csv's", []).append(
+                    f"{part.where(row)} {row.id} {row.label} but {sample.where} {sample.label_name}")
+    problems = {k: v for k, v in problems.items() if v}
+    if problems:
+        detail = "; ".join(f"{len(v)} {k} (e.g. {v[:3]})" for k, v in problems.items())
+        raise PrepareError(f"my_train.csv and val.csv must partition train.csv exactly: {detail}")
 
 
 @register_dataset
@@ -100,14 +126,7 @@ class CremaD(AVCacheDataset):
                                f"{' and '.join(cls.OPTIONAL_SPLIT_FILES)}")
         if have:
             my_train, val = parse_label_csv(files["my_train.csv"]), parse_label_csv(files["val.csv"])
-            train_ids, fit_ids, val_ids = set(parsed["train"].ids), set(my_train.ids), set(val.ids)
-            problems = {"in both my_train.csv and val.csv": fit_ids & val_ids,
-                        "in my_train.csv/val.csv but not train.csv": (fit_ids | val_ids) - train_ids,
-                        "in train.csv but in neither my_train.csv nor val.csv": train_ids - fit_ids - val_ids}
-            problems = {k: sorted(v) for k, v in problems.items() if v}
-            if problems:
-                detail = "; ".join(f"{len(v)} id(s) {k} (e.g. {v[:3]})" for k, v in problems.items())
-                raise PrepareError(f"my_train.csv and val.csv must partition train.csv exactly: {detail}")
+            check_partition(parsed["train"], tables.splits["train"], my_train, val)
             tables.val_ids = val.ids
             # split_files (pinned or custom) says whether these are the published files
             tables.val_source = ("my_train.csv / val.csv partition of train.csv (published by GitHub: GeWu-Lab/"

@@ -469,6 +469,27 @@ def test_validation_partition_must_be_exact(tree, tmp_path):
         prepare(CremaD, tree.root, tmp_path / "cache", options(tree), log=quiet)
 
 
+def _cremad_split_files(folder: Path, my_train: list[str]) -> dict[str, Path]:
+    rows = {"train.csv": ["1001_A_NEU_XX,NEU", "1002_A_HAP_XX,HAP", "1003_A_SAD_XX,SAD"],
+            "test.csv": ["1004_A_NEU_XX,NEU"], "stat.csv": list(EMOTIONS), "my_train.csv": my_train,
+            "val.csv": ["1003_A_SAD_XX,SAD"]}
+    for name, lines in rows.items():
+        write_lines(folder / name, lines, crlf=False)
+    return {name: folder / name for name in rows}
+
+
+@pytest.mark.parametrize("my_train,expected", [
+    (["1001_A_NEU_XX,NEU", "1002_A_HAP_XX,ANG"], "1 row(s) whose label differs from train.csv's "
+                                                 "(e.g. ['my_train.csv:2 1002_A_HAP_XX ANG but train.csv:2 HAP'])"),
+    (["1001_A_NEU_XX,NEU", "1002_A_HAP_XX,HAP", "1001_A_NEU_XX,NEU"],
+     "1 row(s) repeating an id in my_train.csv (e.g. ['my_train.csv:3 1001_A_NEU_XX (first on line 1)'])"),
+])
+def test_validation_partition_rows_must_match_train_csv_once(tmp_path, my_train, expected):
+    files = _cremad_split_files(tmp_path, my_train)
+    with pytest.raises(PrepareError, match=re.escape(expected)):
+        CremaD.read_splits(files, tmp_path, PrepareOptions(label_order="ogm"), None)
+
+
 def test_other_label_orders(tree, tmp_path):
     path = prepare(CremaD, tree.root, tmp_path / "cache", options(tree, label_order="sorted"), log=quiet)
     cache = open_cache(path)
