@@ -328,8 +328,8 @@ def test_a_run_resumed_on_other_code_counts_for_every_commit_that_trained_it(run
                                                      {"first_epoch": 3, **clean}]))
     assert build_table(load_runs(runs_dir)).code_notes == [
         "row Concat/cremad: 3 runs from 2 commits, 1 with uncommitted changes"]
-    assert commit_counts(trained_by(read_json(path)) for path in sorted(runs_dir.glob("cremad-joint-*/summary.json"))) == {
-        "aaaa111": 3, "bbbb222": 1}
+    joint_runs = sorted(runs_dir.glob("cremad-joint-*/summary.json"))
+    assert commit_counts(trained_by(read_json(path)) for path in joint_runs) == {"aaaa111": 3, "bbbb222": 1}
 
 
 def test_one_dirty_commit_behind_every_run_is_one_note_and_a_partly_recorded_row_is_named(runs_dir):
