@@ -312,7 +312,9 @@ def trained_by(summary: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
 
 
 def _commits(envs: Iterable[Mapping[str, Any]]) -> set[str]:
-    return {env["git_commit"] for env in envs if env.get("git_commit")}
+    """The commits behind a run's invocations, ``unknown`` for one that recorded none: an invocation run outside a
+    git checkout is code of no known commit even when the run was finished at one."""
+    return {env.get("git_commit") or "unknown" for env in envs} or {"unknown"}
 
 
 def had_changes(envs: Iterable[Mapping[str, Any]]) -> bool:
@@ -325,7 +327,7 @@ def commit_counts(runs: Iterable[Iterable[Mapping[str, Any]]]) -> dict[str, int]
     for each of its commits; ``unknown`` where a run recorded none."""
     counts: Counter[str] = Counter()
     for envs in runs:
-        counts.update(_commits(envs) or {"unknown"})
+        counts.update(_commits(envs))
     return dict(counts.most_common())
 
 
@@ -346,9 +348,11 @@ def mixed_code_notes(rows: Mapping[str, Sequence[RunRecord]]) -> list[str]:
 
 
 def _code_counts(runs: Sequence[RunRecord]) -> tuple[dict[str, int], int, int]:
-    """(runs per recorded commit, runs without a recorded commit, runs trained with uncommitted changes)."""
-    commits = commit_counts(r.envs for r in runs if _commits(r.envs))
-    return commits, sum(not _commits(r.envs) for r in runs), sum(had_changes(r.envs) for r in runs)
+    """(runs per recorded commit, runs with an invocation without a recorded commit, runs trained with uncommitted
+    changes)."""
+    commits = commit_counts(r.envs for r in runs)
+    return ({c: n for c, n in commits.items() if c != "unknown"}, commits.get("unknown", 0),
+            sum(had_changes(r.envs) for r in runs))
 
 
 def _code_mix(runs: Sequence[RunRecord]) -> str | None:

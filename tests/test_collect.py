@@ -332,6 +332,20 @@ def test_a_run_resumed_on_other_code_counts_for_every_commit_that_trained_it(run
     assert commit_counts(trained_by(read_json(path)) for path in joint_runs) == {"aaaa111": 3, "bbbb222": 1}
 
 
+def test_a_run_resumed_at_a_commit_after_training_outside_git_is_not_that_commits(runs_dir):
+    # Its first epochs ran outside a git checkout (no commit recorded): counting only the recorded commits passed it
+    # as the commit that finished it, in the table's note and in the demo's code line.
+    clean = {"git_commit": "aaaa111", "git_dirty": False}
+    for run in sorted(runs_dir.glob("*/summary.json")):
+        _edit_json(run, lambda s: s.update(env=clean, segments=[{"first_epoch": 0, **clean}]))
+    resumed = runs_dir / "cremad-joint-seed1-fixture" / "summary.json"
+    _edit_json(resumed, lambda s: s.update(segments=[{"first_epoch": 0, "git_commit": None, "git_dirty": None},
+                                                     {"first_epoch": 3, **clean}]))
+    assert build_table(load_runs(runs_dir)).code_notes == [
+        "row Concat/cremad: 3 runs from 1 commit, 1 without a recorded commit"]
+    assert commit_counts([trained_by(read_json(resumed))]) == {"aaaa111": 1, "unknown": 1}
+
+
 def test_one_dirty_commit_behind_every_run_is_one_note_and_a_partly_recorded_row_is_named(runs_dir):
     # Every row of a table trained from one dirty tree gave one note per row; a run without a recorded commit (from
     # before the record) was counted as a commit of its own.
