@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from benchmarks import records
 from benchmarks.cli import INTERRUPTED, main
@@ -137,6 +138,21 @@ def test_a_run_config_that_parses_but_is_not_a_run_config_is_damaged(tmp_path, c
     (run / "DONE").touch()  # evaluate reads finished runs only
     path = run / "config.yaml"
     path.write_text(text)
+    argv = ["train", "--run-dir", str(run), "--resume", "--wandb", "disabled", "--no-progress"] \
+        if command == "resume" else ["evaluate", str(run)]
+    assert main(argv) == 2
+    _one_line_error(capsys, f"{path} is damaged: ", "delete that run folder and train it again")
+
+
+@pytest.mark.parametrize("edit", [{"hparams": [1]}, {"hparams": {"joint": 3}}, {"method": ["joint"]}])
+@pytest.mark.parametrize("command", ["resume", "evaluate"])
+def test_a_run_config_with_an_ill_typed_hparams_or_method_is_damaged(tmp_path, capsys, edit, command):
+    # Every other key whole: these ended in a bare AttributeError/TypeError naming no file.
+    run = tmp_path / "run"
+    cfg = interrupted_run(run)
+    (run / "DONE").touch()  # evaluate reads finished runs only
+    path = run / "config.yaml"
+    path.write_text(yaml.safe_dump({**cfg.as_dict(), **edit}))
     argv = ["train", "--run-dir", str(run), "--resume", "--wandb", "disabled", "--no-progress"] \
         if command == "resume" else ["evaluate", str(run)]
     assert main(argv) == 2
