@@ -193,11 +193,12 @@ def check_parsed_classes(dataset: str, tables: SplitTables, opts: PrepareOptions
     samples = [s for split in tables.splits.values() for s in split]
     try:
         check_classes(dataset, tables.classes, _labels_by_split(samples))
-    except PrepareError:
+    except PrepareError as err:
         bad = [d for d in tables.dropped if d.bad]
-        if bad and not opts.skip_bad:
-            check_bad(dataset, bad, len(samples) + len(tables.dropped), opts)
-        raise
+        if not bad:
+            raise
+        dropped = " (dropped by --skip-bad)" if opts.skip_bad else ""
+        raise PrepareError(f"{_bad_summary(dataset, bad)}{dropped}\n{err}") from None
 
 
 def _labels_by_split(samples: Iterable[Any]) -> dict[str, np.ndarray]:
@@ -482,6 +483,9 @@ def _finalize(dataset: type[PreparedDataset], partial: Path, raw: Path, jobs: Se
     (partial / "DONE").touch()
 
 
+BASE_SPLIT_ORDER = ("train", "val", "test")
+
+
 def ids_in_two_splits(ids: Sequence[str], split_of: np.ndarray) -> dict[str, int]:
     """``{"train&test": k}``: kept ids listed in two base splits, pairs with none left out. Such a sample is scored on
     after training on it, so the count goes into the manifest and the build line: AVE publishes a few, but in a custom
@@ -489,7 +493,8 @@ def ids_in_two_splits(ids: Sequence[str], split_of: np.ndarray) -> dict[str, int
     members: dict[str, set[str]] = {}
     for sample_id, split in zip(ids, split_of):
         members.setdefault(str(split), set()).add(sample_id)
-    names = sorted(members)
+    # train, val, test first, as the datasets name pairs themselves (AVE's published-file counts: "train&test")
+    names = sorted(members, key=lambda s: (BASE_SPLIT_ORDER.index(s) if s in BASE_SPLIT_ORDER else 3, s))
     pairs = {f"{a}&{b}": len(members[a] & members[b]) for i, a in enumerate(names) for b in names[i + 1:]}
     return {pair: n for pair, n in pairs.items() if n}
 

@@ -780,8 +780,8 @@ def test_an_id_listed_in_train_and_test_is_counted_in_the_manifest_and_the_build
     write_lines(tree.splits_dir / "test.csv", rows, crlf=True)
     lines = []
     cache = prepare(CremaD, tree.root, tmp_path / "cache", options(tree, val_fraction=0.0), log=lines.append)
-    assert open_cache(cache).manifest["counts"]["ids_in_two_splits"] == {"test&train": 1}
-    assert "ids_in_two_splits (test&train: 1)" in lines[-1]
+    assert open_cache(cache).manifest["counts"]["ids_in_two_splits"] == {"train&test": 1}
+    assert "ids_in_two_splits (train&test: 1)" in lines[-1]
 
 
 def test_a_build_without_shared_ids_records_none(built):
@@ -797,6 +797,8 @@ def test_a_misspelt_label_that_empties_its_class_is_reported_as_the_bad_row(tmp_
     write_lines(tree.splits_dir / "test.csv", rows, crlf=True)
     with pytest.raises(PrepareError, match=rf"test\.csv:1 {first}: unknown label '{label.lower()}'"):
         prepare(CremaD, tree.root, tmp_path / "cache", options(tree, val_fraction=0.0), log=quiet)
-    # Dropping it with --skip-bad still leaves the class empty, which is then the error.
-    with pytest.raises(PrepareError, match=rf"class\(es\) \['{label}'\] have no test samples"):
+    # Dropping it with --skip-bad still leaves the class empty, which is then the error, with the row it dropped.
+    with pytest.raises(PrepareError) as err:
         prepare(CremaD, tree.root, tmp_path / "cache", options(tree, val_fraction=0.0, skip_bad=True), log=quiet)
+    assert f"test.csv:1 {first}: unknown label" in str(err.value) and "(dropped by --skip-bad)" in str(err.value)
+    assert f"class(es) ['{label}'] have no test samples" in str(err.value)
