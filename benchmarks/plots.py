@@ -12,10 +12,11 @@
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Collection, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -98,15 +99,17 @@ def plot_run(run_dir: Path, out_png: Path | None = None) -> Path:
     return out
 
 
-def _sweep_curves(sweep_dir: Path) -> dict[str, dict[str, dict[str, list[list[float]]]]]:
-    """dataset -> output (``fused`` or a modality) -> row label -> per-seed test-accuracy curves."""
+def _sweep_curves(sweep_dir: Path) -> tuple[dict[str, dict[str, dict[str, list[list[float]]]]], list[Path]]:
+    """(dataset -> output (``fused`` or a modality) -> row label -> per-seed test-accuracy curves, the run folders
+    with nothing to draw yet: no finished epoch or no config.yaml)."""
     curves: dict[str, dict[str, dict[str, list[list[float]]]]] = defaultdict(lambda: defaultdict(dict))
-    found, series_of = [], []
+    found, series_of, undrawn = [], [], []
     for metrics in sorted(Path(sweep_dir).rglob("metrics.jsonl")):
         run_dir = metrics.parent
         history = read_jsonl(metrics)
         cfg = recorded_config(run_dir)
         if not history or cfg is None:
+            undrawn.append(run_dir)
             continue
         # Rows are the sweep's labels (two rows may run one method); the legend shows their titles.
         row, title = row_of(run_dir, cfg["method"])
@@ -123,7 +126,7 @@ def _sweep_curves(sweep_dir: Path) -> dict[str, dict[str, dict[str, list[list[fl
             split, _, modality = name.partition("/")
             if split == "test":
                 curves[dataset][modality or "fused"].setdefault(shown, []).append(values)
-    return curves
+    return curves, undrawn
 
 
 def padded_runs(runs: Sequence[Sequence[float]]) -> np.ndarray:
@@ -146,12 +149,20 @@ def column_mean(padded: np.ndarray) -> np.ndarray:
         return np.nanmean(padded, axis=0)
 
 
-def plot_sweep(sweep_dir: Path, out_png: Path | None = None) -> Path:
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def plot_sweep(sweep_dir: Path, out_png: Path | None = None, log: Callable[[str], None] = _to_stderr) -> Path:
     """Per dataset (rows) and output (columns: fused, then each modality): test accuracy per epoch on one shared 0-1
     axis, one line per method row, the mean over the seeds that reached each epoch (a row whose runs are unfinished
-    or of different lengths is drawn to its longest run; n counts its runs)."""
+    or of different lengths is drawn to its longest run; n counts its runs). Run folders with nothing to draw yet are
+    counted in a note through ``log``, so that a row's n is not short without a word."""
     sweep_dir = Path(sweep_dir)
-    curves = _sweep_curves(sweep_dir)
+    curves, undrawn = _sweep_curves(sweep_dir)
+    if undrawn:
+        log(f"note: {len(undrawn)} run folder(s) with no finished epoch or no config.yaml are not drawn, such as "
+            f"{undrawn[0]}")
     if not curves:
         raise FileNotFoundError(f"no run with metrics.jsonl under {sweep_dir}")
     outputs = {ds: ["fused"] + sorted(k for k in per if k != "fused") for ds, per in curves.items()}

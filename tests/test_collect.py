@@ -645,10 +645,20 @@ def test_a_sweep_plot_keeps_two_rows_of_one_method_apart(runs_dir):
     _set_config(other, aug={"tau": 0.1})
     for run, label in ((base, "aug"), (other, "aug_tau"), (runs_dir / "cremad-aug-seed1-fixture", "aug")):
         (run / "job.json").write_text(json.dumps({"label": label, "title": "AUG"}))
-    curves = _sweep_curves(runs_dir)["cremad"]["fused"]
+    curves = _sweep_curves(runs_dir)[0]["cremad"]["fused"]
     # seeds 0 and 1, and the unfinished seed 9 (plots show runs in progress)
     assert {k: len(v) for k, v in curves.items() if k.startswith("AUG")} == {"AUG (aug)": 3, "AUG (aug_tau)": 1}
     assert plot_sweep(runs_dir, runs_dir / "two.png").exists()
+
+
+def test_a_sweep_plot_counts_the_runs_it_has_nothing_to_draw_for(runs_dir):
+    # A run killed before its first epoch ended (an empty metrics.jsonl) left its row's n one short without a word.
+    started = runs_dir / "cremad-joint-seed3-started"
+    shutil.copytree(runs_dir / "cremad-joint-seed2-fixture", started)
+    (started / "metrics.jsonl").write_text("")
+    notes: list[str] = []
+    assert plot_sweep(runs_dir, runs_dir / "sweep.png", log=notes.append).exists()
+    assert notes == [f"note: 1 run folder(s) with no finished epoch or no config.yaml are not drawn, such as {started}"]
 
 
 def test_two_rows_under_one_title_are_told_apart_by_their_labels(runs_dir):
