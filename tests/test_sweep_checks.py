@@ -335,3 +335,11 @@ def test_set_on_a_key_a_grid_sets_is_refused(tmp_path, grids):
     message = rf"--set train.lr: {where} of sweep config 'test/set-grid' sets train.lr"
     with pytest.raises(SweepConfigError, match=message):
         expand(parse_config(doc), tmp_path, assignments={"train": {"lr": 0.5}}, log=lambda msg: None)
+
+
+def test_a_folder_given_as_the_sweep_config_is_named_as_a_folder(tmp_path):
+    # It said "does not exist" of a folder that exists (most often the sweep's output folder, given in its place).
+    with pytest.raises(FileNotFoundError, match=f"sweep config {tmp_path} is a folder, not a config file"):
+        load_config(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")

@@ -208,7 +208,9 @@ def parse_config(doc: Mapping[str, Any], path: Path | None = None) -> SweepConfi
 def load_config(path: Path) -> SweepConfig:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"sweep config {path} does not exist")
+        # a folder is most often a sweep's output folder given where its config belongs
+        raise FileNotFoundError(f"sweep config {path} is a folder, not a config file" if path.is_dir() else
+                                f"sweep config {path} does not exist")
     try:
         doc = read_config_yaml(path)
     except DuplicateKeyError as err:
