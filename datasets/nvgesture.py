@@ -60,7 +60,7 @@ def parse_nvgesture_list(path: Path) -> ParsedList:
     color start, color end, depth folder, depth start, depth end))``.
 
     The list position counts the non-blank lines before this one; it names the flow file (AMSS's ``idx``).
-    Malformed lines are kept in ``skipped`` with the reason, and still take a position.
+    Malformed lines (a key given twice among them) are kept in ``skipped`` with the reason, and still take a position.
     """
     lines, bom, endings = read_lines(path)
     out = ParsedList(Path(path), bom=bom, line_endings=endings)
@@ -76,6 +76,8 @@ def parse_nvgesture_list(path: Path) -> ParsedList:
                 key, sep, value = token.partition(":")
                 if not sep:
                     raise SplitParseError(f"token {token!r} is not key:value")
+                if key in fields:
+                    raise SplitParseError(f"key {key!r} given twice")
                 fields[key] = value.split(":")
             missing = [k for k in ("path", *SENSORS, "label") if k not in fields]
             if missing:

@@ -390,6 +390,21 @@ def test_nvgesture_lists_use_one_based_labels_and_line_positions(tmp_path):
     assert reasons[0] == "blank line" and "missing ['color']" in reasons[1] and "not 1..25" in reasons[2]
 
 
+def test_nvgesture_line_naming_a_key_twice_is_a_counted_bad_row_not_its_last_value(tmp_path, vocab):
+    # "label:1 ... label:7" used to keep label 7 without a word; the line is malformed, named by file and line.
+    good = "path:./Video_data/class_01/subject1_r0 depth:sk_depth:5:85 color:sk_color:5:85 duo_left:d:1:2 label:1"
+    path = write_lines(tmp_path / "nvgesture_train_correct_v2.lst", [good, good.replace("r0", "r1") + " label:7"])
+    parsed = parse_nvgesture_list(path)
+    assert [r.id for r in parsed.rows] == ["./Video_data/class_01/subject1_r0"]
+    assert [(line, reason) for line, _, reason in parsed.skipped] == [(2, "key 'label' given twice")]
+    tree = make_nvgesture(tmp_path / "raw")
+    lst = tree.root / "nvgesture_train_correct_v2.lst"
+    lines = lst.read_text().splitlines()
+    lst.write_text("\n".join([lines[0] + " label:3", *lines[1:]]) + "\n")
+    with pytest.raises(PrepareError, match=r"nvgesture_train_correct_v2.lst:1.*key 'label' given twice"):
+        build("nvgesture", tree.root, tmp_path / "cache", vocab)
+
+
 def test_nvgesture_cache_starts_at_the_list_frame_and_serves_shared_windows(prepared):
     tree, cache_dir = prepared("nvgesture")
     cache = open_cache(cache_dir)
