@@ -62,14 +62,15 @@ def parse_titles_csv(path: Path) -> tuple[ParsedList, int]:
     """``texts/<phase>_titles.csv``: ``image name, title, class`` per row, quoted as CSV, header optional.
 
     A first row whose fields name the columns (BalanceBenchmark's ``Image_path,text,label``) is a header and maps
-    them by name; otherwise the order is (image, text, class). Rows with more fields than the header (unquoted commas
-    in a title) keep the first field as image and the last as class and rejoin the middle with commas; they are
-    counted in ``skipped`` only if they have fewer than 3 fields. Rows are ``SplitRow(image name, class, line,
-    (title, image name))``; the count of rejoined rows comes with them.
+    them by name; otherwise the order is (image, text, class). A row with more fields than the header (3 without one)
+    has unquoted commas in its title: the fields before the title column are read from the start, those after it from
+    the end, and the surplus is rejoined into the title with commas. A row with fewer fields than that is counted in
+    ``skipped``. Rows are ``SplitRow(image name, class, line, (title, image name))``; the count of rejoined rows comes
+    with them.
     """
     lines, bom, endings = read_lines(path)
     out = ParsedList(Path(path), bom=bom, line_endings=endings)
-    order = (0, 1, 2)
+    order, width, expected = (0, 1, 2), 3, "'image,title,class'"
     rejoined = 0
     for number, text_line in enumerate(lines, start=1):
         if not text_line.strip():
@@ -86,14 +87,15 @@ def parse_titles_csv(path: Path) -> tuple[ParsedList, int]:
             if None in found:
                 out.skipped.append((number, text_line, f"header {fields} lacks an image, text or label column"))
                 continue
-            order = tuple(found)
+            order, width, expected = tuple(found), len(fields), repr(",".join(f.strip() for f in fields))
             out.skipped.append((number, text_line, "header"))
             continue
-        if len(fields) < 3:
-            out.skipped.append((number, text_line, f"expected 'image,title,class', got {len(fields)} field(s)"))
+        if len(fields) < width:
+            out.skipped.append((number, text_line, f"expected {expected}, got {len(fields)} field(s)"))
             continue
-        if len(fields) > 3 and order == (0, 1, 2):
-            fields = [fields[0], ",".join(fields[1:-1]), fields[-1]]
+        if len(fields) > width:
+            title, extra = order[1], len(fields) - width
+            fields = [*fields[:title], ",".join(fields[title:title + extra + 1]), *fields[title + extra + 1:]]
             rejoined += 1
         image, title, label = (fields[i].strip() for i in order)
         if not image or not label:

@@ -309,6 +309,21 @@ def test_food101_titles_csv_header_quotes_and_unquoted_commas(tmp_path):
     assert clean_text("RT #tasty soup http://t.co/x more") == "tasty soup "
 
 
+def test_food101_header_in_another_order_or_wider_keeps_whole_titles_and_counts_short_rows(tmp_path):
+    # Under a named header the surplus fields of a row are its title's commas, wherever the title column is; the
+    # title used to be cut at the first comma (columns reordered) or the row crashed with an IndexError (4 columns).
+    reordered = write_lines(tmp_path / "train_titles.csv", ["label,image_path,text", "pho,p_1.jpg,beef, rice noodles"])
+    parsed, rejoined = parse_titles_csv(reordered)
+    assert [(r.id, r.label, r.fields[0]) for r in parsed.rows] == [("p_1.jpg", "pho", "beef, rice noodles")]
+    assert rejoined == 1
+    wider = write_lines(tmp_path / "test_titles.csv", ["id,image_path,text,label", "7,p_2.jpg,soup, hot,pho",
+                                                       "p_3.jpg,soup,pho"])
+    parsed, rejoined = parse_titles_csv(wider)
+    assert [(r.id, r.label, r.fields[0]) for r in parsed.rows] == [("p_2.jpg", "pho", "soup, hot")] and rejoined == 1
+    assert [(n, why) for n, _, why in parsed.skipped] == [
+        (1, "header"), (3, "expected 'id,image_path,text,label', got 3 field(s)")]
+
+
 def test_food101_label_map_is_sorted_and_independent_of_folders(prepared, vocab, tmp_path):
     assert len(FOOD_CLASSES) == 101 and list(FOOD_CLASSES) == sorted(FOOD_CLASSES)
     assert FOOD_CLASSES.index("cheese_plate") < FOOD_CLASSES.index("cheesecake")
