@@ -335,6 +335,9 @@ class TsvImageTextDataset(ImageTextDataset):
     is used and recorded (AMSS reads only train and test).
     """
 
+    # ids are each TSV's own index column or line number: id 0 of train.tsv and id 0 of test.tsv are two rows
+    IDS_NAME_SAMPLES = False
+
     SPLITS_IN_RAW = "annotations"
     SPLIT_FILES = ("train.tsv", "test.tsv")
     OPTIONAL_SPLIT_FILES = ("dev.tsv",)

@@ -120,6 +120,8 @@ class Mosei(PreparedDataset):
     }
     DEFAULT_RECIPE = "unaligned"
     SHARD_SIZE = 1024
+    # ids are "<split>-<row>" positions in the pickle: they never repeat between splits, so nothing to count
+    IDS_NAME_SAMPLES = False
     SETTINGS = (
         HParam("aligned", False, "Read mosei_senti_data.pkl (aligned) instead of mosei_senti_data_noalign.pkl."),
         HParam("acc2", "zero_positive", "Binary labels: 'zero_positive' = BalanceBenchmark acc2 (y < 0 -> 0, else 1; "

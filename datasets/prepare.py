@@ -469,7 +469,7 @@ def _finalize(dataset: type[PreparedDataset], partial: Path, raw: Path, jobs: Se
         "policies": {"duplicates": opts.duplicates, "skip_bad": opts.skip_bad,
                      "max_drop_fraction": opts.max_drop_fraction, **own.get("policies", {})},
         "counts": {"total": len(kept), "rows_read": rows_read, **own.get("counts", {}),
-                   "ids_in_two_splits": ids_in_two_splits(ids, split_of),
+                   **({"ids_in_two_splits": ids_in_two_splits(ids, split_of)} if dataset.IDS_NAME_SAMPLES else {}),
                    "splits": {s: {"n": int(len(r)), "per_class": dict(zip(classes, np.bincount(
                        labels[r], minlength=len(classes)).tolist()))} for s, r in splits.items()}},
         "empty_splits": empty,

@@ -90,6 +90,9 @@ class PreparedDataset(Dataset):
             the files pinned in ``datasets.sources`` unless ``--splits`` is given.
         LABEL_ORDERS: accepted ``--label-order`` values, the first being the default.
         SHARD_SIZE: samples per resumable shard (small for datasets with large samples).
+        IDS_NAME_SAMPLES: whether an id names the same sample in every split file (a clip or image name), so that an
+            id listed in two splits is one sample trained and scored on (counted as ``ids_in_two_splits``); False
+            where ids are each file's own row numbers.
     """
 
     CLASSES: ClassVar[tuple[str, ...]] = ()
@@ -101,6 +104,7 @@ class PreparedDataset(Dataset):
     SPLITS_IN_RAW: ClassVar[str | None] = ""
     LABEL_ORDERS: ClassVar[tuple[str, ...]] = ("declared",)
     SHARD_SIZE: ClassVar[int] = 64
+    IDS_NAME_SAMPLES: ClassVar[bool] = True
 
     # --- prepare: what a subclass supplies ---------------------------------------------------------------------------
     @classmethod

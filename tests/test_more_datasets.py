@@ -182,6 +182,8 @@ def test_twitter_cache_holds_amss_token_ids_and_resized_images(tmp_path, vocab, 
     cache = open_cache(build("twitter2015", tree.root, tmp_path / "cache", vocab))
     m = cache.manifest
     assert m["val_source"] == "published dev.tsv" and m["info"]["formats"]["train.tsv"] == fmt
+    # Row numbers repeat between the TSVs ("0" in train and test, amss); they are not one sample in two splits.
+    assert "ids_in_two_splits" not in m["counts"]
     assert {s: v["n"] for s, v in m["counts"]["splits"].items()} == {"train": 12, "val": 3, "test": 6,
                                                                      "train_noval": 12}
     assert cache.arrays["text"].dtype == np.int32 and cache.arrays["text"].shape == (21, 12)
