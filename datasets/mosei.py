@@ -87,17 +87,41 @@ def _read_feature_pickle(path: str, size: int, mtime_ns: int) -> dict[str, dict[
         raise SplitParseError(f"{path}: missing split(s) {missing}; it has {sorted(doc)}")
     for split in SPLITS:
         part = doc[split]
+        if not isinstance(part, dict):
+            raise SplitParseError(f"{path}: split {split!r} should be a dict of arrays, got {type(part).__name__}")
         keys = [k for _, k in MODALITIES] + ["labels"]
         absent = [k for k in keys if k not in part]
         if absent:
             raise SplitParseError(f"{path}: split {split!r} lacks {absent}; it has {sorted(part)}")
-        sizes = {k: len(part[k]) for k in keys}
+        keys += ["id"] if "id" in part else []
+        sizes = {k: _sample_count(path, split, k, part[k]) for k in keys}
         if len(set(sizes.values())) != 1:
             raise SplitParseError(f"{path}: split {split!r} has different sample counts per key {sizes}")
         for _, key in MODALITIES:
-            if np.asarray(part[key]).ndim != 3:
+            if _array(path, split, key, part[key]).ndim != 3:
                 raise SplitParseError(f"{path}: {split}/{key} should be (N, L, D), got shape {np.shape(part[key])}")
+        labels = _array(path, split, "labels", part["labels"])
+        # one sentiment score per sample (the release's (N, 1, 1)): a wider label array would be read from its
+        # first column only
+        if labels.dtype.kind not in "biuf" or labels.size != len(labels):
+            raise SplitParseError(f"{path}: {split}/labels should hold one number per sample, got dtype "
+                                  f"{labels.dtype} and shape {labels.shape}")
     return doc
+
+
+def _sample_count(path: str, split: str, key: str, value: Any) -> int:
+    try:
+        return len(value)
+    except TypeError:
+        raise SplitParseError(f"{path}: {split}/{key} should hold one entry per sample, got "
+                              f"{type(value).__name__}") from None
+
+
+def _array(path: str, split: str, key: str, value: Any) -> np.ndarray:
+    try:
+        return np.asarray(value)
+    except ValueError as err:  # ragged lists of arrays
+        raise SplitParseError(f"{path}: {split}/{key} is not one array ({err})") from None
 
 
 def video_id(part: Mapping[str, Any], i: int) -> str:
@@ -155,7 +179,7 @@ class Mosei(PreparedDataset):
         zeros = 0
         for key, split in SPLITS.items():
             part = doc[key]
-            y = np.asarray(part["labels"], dtype=np.float64).reshape(len(part["labels"]), -1)[:, 0]
+            y = np.asarray(part["labels"], dtype=np.float64).reshape(-1)  # one score per sample (checked)
             samples = tables.splits.setdefault(split, [])
             for i, value in enumerate(y):
                 sid, where = f"{split}-{i:05d}", f"{path.name}:{key}[{i}]"

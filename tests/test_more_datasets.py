@@ -391,6 +391,26 @@ def test_mosei_pickle_holding_other_objects_is_refused(tmp_path, vocab):
         build("mosei", tmp_path / "raw", tmp_path / "cache", vocab)
 
 
+@pytest.mark.parametrize("damage, message", [
+    (lambda doc: doc.update(test=None), "split 'test' should be a dict of arrays, got NoneType"),
+    (lambda doc: doc["train"].update(labels=np.ones((10, 3), np.float32)),
+     r"train/labels should hold one number per sample, got dtype float32 and shape \(10, 3\)"),
+    (lambda doc: doc["train"].update(labels=np.array(["pos"] * 10)), "train/labels should hold one number per sample"),
+    (lambda doc: doc["train"].update(id=doc["train"]["id"][:4]), "different sample counts per key"),
+    (lambda doc: doc["train"].update(audio=5), "train/audio should hold one entry per sample, got int"),
+])
+def test_a_mosei_pickle_with_an_ill_typed_entry_names_its_split_and_key(tmp_path, vocab, damage, message):
+    # Each ended in a bare numpy/Python error naming no key (a (10, 3) label array was read from column 0 silently).
+    tree = make_mosei(tmp_path / "raw")
+    with tree.extra["path"].open("rb") as f:
+        doc = pickle.load(f)
+    damage(doc)
+    with tree.extra["path"].open("wb") as f:
+        pickle.dump(doc, f, protocol=4)
+    with pytest.raises(SplitParseError, match=message):
+        build("mosei", tree.root, tmp_path / "cache", vocab)
+
+
 # --- NVGesture ---------------------------------------------------------------------------------------------------
 
 
