@@ -150,9 +150,10 @@ def read_run_config_yaml(path: Path, required: Sequence[str] = RUN_CONFIG_KEYS) 
     names = [k for k in ("method", "dataset") if k in config and not isinstance(config[k], str)]
     if names:
         raise DamagedFileError(path, f"{', '.join(names)} must be name(s)")
+    bad = [k for k in ("train", "model", "data") if k in config and not isinstance(config[k], dict)]
     hparams = config.get("hparams", {})
-    bad = [k for k in ("train", "model", "data") if k in config and not isinstance(config[k], dict)] + \
-        ([] if isinstance(hparams, dict) and all(isinstance(v, dict) for v in hparams.values()) else ["hparams"])
+    if not (isinstance(hparams, dict) and all(isinstance(v, dict) for v in hparams.values())):
+        bad.append("hparams")
     if bad:
         raise DamagedFileError(path, f"{', '.join(bad)} must be mapping(s) of keys to values")
     return config
