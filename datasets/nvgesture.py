@@ -48,7 +48,7 @@ from datasets.cache import ArraySpec, Cache
 from datasets.media import MISSING_MEDIA, MediaError
 from datasets.prepared import PreparedDataset, Recipe, Record, cache_hparams
 from datasets.registry import register_dataset
-from datasets.splits import ParsedList, SplitParseError, SplitRow, read_lines
+from datasets.splits import ParsedList, SplitParseError, SplitRow, is_whole_number, read_lines
 from datasets.tables import PrepareOptions, Sample, SplitTables, malformed_rows
 
 CLASSES = tuple(f"class_{i:02d}" for i in range(1, 26))
@@ -83,12 +83,12 @@ def parse_nvgesture_list(path: Path) -> ParsedList:
             if missing:
                 raise SplitParseError(f"missing {missing}")
             label = fields["label"][0]
-            if not label.isdigit() or not 1 <= int(label) <= len(CLASSES):
+            if not is_whole_number(label) or not 1 <= int(label) <= len(CLASSES):
                 raise SplitParseError(f"label {label!r} is not 1..{len(CLASSES)}")
             sensor = []
             for key in SENSORS:
                 value = fields[key]
-                if len(value) != 3 or not value[1].isdigit() or not value[2].isdigit():
+                if len(value) != 3 or not is_whole_number(value[1]) or not is_whole_number(value[2]):
                     raise SplitParseError(f"{key} should be <folder>:<start>:<end>, got {':'.join(value)!r}")
                 sensor += value
             out.rows.append(SplitRow(":".join(fields["path"]), label, number, (str(index), *sensor)))

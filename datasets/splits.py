@@ -30,6 +30,12 @@ DUPLICATE_POLICIES = ("first", "last", "drop")
 LINE_BREAK = re.compile(r"\r\n|\n|\r")
 
 
+def is_whole_number(text: str) -> bool:
+    """``text`` is one or more ASCII digits. ``str.isdigit`` also accepts characters such as "²", which ``int`` then
+    rejects with a bare ValueError, and decimal digits of other scripts, which ``int`` reads as numbers."""
+    return text.isascii() and text.isdigit()
+
+
 class SplitParseError(ValueError):
     """A split file that cannot be decoded, or a row that does not fit the file's format."""
 
@@ -153,7 +159,7 @@ def parse_ks_list(path: Path, *, strict: bool = True) -> ParsedList:
         fields = tuple(f for f in _KS_SPLIT.split(text.strip()) if f)
         if len(fields) not in (2, 3):
             raise SplitParseError(f"expected '<id>[,<n>],<label_int>', got {len(fields)} field(s)")
-        if not fields[-1].isdigit():
+        if not is_whole_number(fields[-1]):
             raise SplitParseError(f"label {fields[-1]!r} is not a non-negative integer")
         return SplitRow(fields[0], fields[-1], number, fields)
     return _parse(path, row, None, strict)
@@ -194,7 +200,7 @@ def ave_segment(row: SplitRow) -> tuple[int, int]:
     """An AVE row's event segment (Start, End) in whole seconds, Start <= End (one row of the published trainSet.txt
     has ``0&0``)."""
     start, end = row.fields[3].strip(), row.fields[4].strip()
-    if not (start.isdigit() and end.isdigit() and int(start) <= int(end)):
+    if not (is_whole_number(start) and is_whole_number(end) and int(start) <= int(end)):
         raise SplitParseError(f"Start&End must be whole seconds with Start <= End, got {start!r}&{end!r}")
     return int(start), int(end)
 

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 
 from core.errors import InputError
 from datasets.sources import RAW_URL
-from datasets.splits import ParsedList, SplitRow, resolve_duplicates
+from datasets.splits import ParsedList, SplitRow, is_whole_number, resolve_duplicates
 
 
 class PrepareError(InputError, RuntimeError):
@@ -161,5 +161,5 @@ def indexed_label(classes: Sequence[str]) -> Callable[[SplitRow], str]:
     other value is returned as written and then reported as an unknown label."""
     def name(row: SplitRow) -> str:
         text = row.label.strip()
-        return classes[int(text)] if text.isdigit() and int(text) < len(classes) else text
+        return classes[int(text)] if is_whole_number(text) and int(text) < len(classes) else text
     return name

@@ -48,7 +48,7 @@ from datasets.media import MISSING_MEDIA, MediaError
 from datasets.media.video import extract_frames, frame_files, load_image
 from datasets.prepared import PreparedDataset, Recipe, Record, cache_hparams
 from datasets.registry import register_dataset
-from datasets.splits import ParsedList, SplitParseError, SplitRow, read_lines
+from datasets.splits import ParsedList, SplitParseError, SplitRow, is_whole_number, read_lines
 from datasets.tables import Dropped, PrepareOptions, Sample, SplitTables, malformed_rows
 
 FRAMES_SERVED = 3
@@ -62,7 +62,7 @@ def parse_class_index(path: Path) -> list[tuple[int, str]]:
         if not text.strip():
             continue
         fields = text.split()
-        if len(fields) != 2 or not fields[0].isdigit():
+        if len(fields) != 2 or not is_whole_number(fields[0]):
             raise SplitParseError(f"{path}:{number}: expected '<number> <ClassName>', got {text!r}")
         out.append((int(fields[0]), fields[1]))
     for what, values in (("number", [n for n, _ in out]), ("class", [c for _, c in out])):
@@ -87,7 +87,7 @@ def parse_video_list(path: Path, labelled: bool) -> ParsedList:
             continue
         fields = text.split()
         expected = 2 if labelled else 1
-        if len(fields) != expected or "/" not in fields[0] or (labelled and not fields[1].isdigit()):
+        if len(fields) != expected or "/" not in fields[0] or (labelled and not is_whole_number(fields[1])):
             out.skipped.append((number, text, f"expected '<Class>/<video>.avi{' <number>' if labelled else ''}'"))
             continue
         video = fields[0]

@@ -27,7 +27,7 @@ from core.hparams import HParams
 from datasets.audio_visual import AVCacheDataset, Layout, av_hparams
 from datasets.prepared import Recipe
 from datasets.registry import register_dataset
-from datasets.splits import parse_vggsound_csv
+from datasets.splits import is_whole_number, parse_vggsound_csv
 from datasets.tables import PrepareError, PrepareOptions, SplitTables
 
 RECIPES = {
@@ -54,7 +54,7 @@ class VGGSound(AVCacheDataset):
     @classmethod
     def media_names(cls, sample_id: str) -> tuple[str, ...]:
         ytid, _, start = sample_id.rpartition("_")
-        padded = f"{ytid}_{int(start):06d}" if start.isdigit() else sample_id
+        padded = f"{ytid}_{int(start):06d}" if is_whole_number(start) else sample_id
         return (sample_id,) if padded == sample_id else (sample_id, padded)
 
     @classmethod

@@ -15,13 +15,17 @@ import pytest
 from datasets.ave import AVE
 from datasets.cremad import CremaD
 from datasets.kinetics_sounds import KineticsSounds
+from datasets.nvgesture import parse_nvgesture_list
 from datasets.prepare import validation_split
 from datasets.sources import PINNED, SplitFileError, fetch_split_files, pinned_files, sha256_file
 from datasets.splits import (
     SplitParseError,
+    SplitRow,
+    ave_segment,
     csv_line_fields,
     duplicate_ids,
     first_appearance,
+    is_whole_number,
     natural_key,
     parse_ave_list,
     parse_class_list,
@@ -31,7 +35,8 @@ from datasets.splits import (
     parse_vggsound_csv,
     resolve_duplicates,
 )
-from datasets.tables import PrepareOptions
+from datasets.tables import PrepareOptions, indexed_label
+from datasets.ucf101 import parse_class_index, parse_video_list
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "splits"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/splits not present")
@@ -281,3 +286,34 @@ def test_real_ave_lists_duplicates_and_label_order():
     assert {s: len(v) for s, v in tables.splits.items()} == {"train": 3285, "val": 400, "test": 402}
     assert Counter(d.kind for d in tables.dropped) == {"duplicate id": 56}
     assert tables.info["ids_in_two_splits"] == {"train&val": 10, "train&test": 8, "val&test": 0}
+
+
+@pytest.mark.parametrize("text, ok", [("12", True), ("0", True), ("", False), ("²", False), ("١", False),
+                                      ("-1", False), ("1.0", False)])
+def test_whole_numbers_are_ascii_digits_only(text, ok):
+    assert is_whole_number(text) is ok
+
+
+def test_superscript_and_other_script_digits_are_malformed_rows_not_bare_errors(tmp_path):
+    # "²".isdigit() is True but int("²") raises a bare ValueError; "١" (Arabic-Indic one) was silently read as 1.
+    ks = tmp_path / "my_train.txt"
+    ks.write_text("abc_1,10,²\n")
+    with pytest.raises(SplitParseError, match="my_train.txt:1.*'²'"):
+        parse_ks_list(ks)
+    with pytest.raises(SplitParseError, match="Start&End"):
+        ave_segment(SplitRow("v", "Church bell", 1, ("Church bell", "v", "good", "0", "١")))
+    index = tmp_path / "classInd.txt"
+    index.write_text("1 ApplyEyeMakeup\n² ApplyLipstick\n")
+    with pytest.raises(SplitParseError, match=r"classInd.txt:2: expected '<number> <ClassName>'"):
+        parse_class_index(index)
+    videos = tmp_path / "trainlist01.txt"
+    videos.write_text("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi ١\n")
+    assert [(line, reason) for line, _, reason in parse_video_list(videos, labelled=True).skipped] == [
+        (1, "expected '<Class>/<video>.avi <number>'")]
+    gestures = tmp_path / "nvgesture_train_correct_v2.lst"
+    good = "path:./Video_data/class_01/subject1_r0 depth:sk_depth:5:85 color:sk_color:5:85 duo_left:d:1:2 label:1"
+    gestures.write_text("\n".join([good.replace("label:1", "label:²"), good.replace("5:85", "5:8⁵", 1)]) + "\n")
+    reasons = [reason for _, _, reason in parse_nvgesture_list(gestures).skipped]
+    assert "label '²' is not 1..25" in reasons[0] and "depth should be <folder>:<start>:<end>" in reasons[1]
+    name = indexed_label(("negative", "neutral", "positive"))
+    assert name(SplitRow("1", "²", 1, ())) == "²" and name(SplitRow("1", "2", 1, ())) == "positive"
