@@ -100,6 +100,10 @@ def _read_feature_pickle(path: str, size: int, mtime_ns: int) -> dict[str, dict[
         for _, key in MODALITIES:
             if _array(path, split, key, part[key]).ndim != 3:
                 raise SplitParseError(f"{path}: {split}/{key} should be (N, L, D), got shape {np.shape(part[key])}")
+            # the cache holds one (L, D) per modality, read from the train split
+            shape, train_shape = np.shape(part[key])[1:], np.shape(doc["train"][key])[1:]
+            if shape != train_shape:
+                raise SplitParseError(f"{path}: {split}/{key} has samples of shape {shape}, train/{key} {train_shape}")
         labels = _array(path, split, "labels", part["labels"])
         # one sentiment score per sample (the release's (N, 1, 1)): a wider label array would be read from its
         # first column only

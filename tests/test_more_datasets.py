@@ -398,6 +398,9 @@ def test_mosei_pickle_holding_other_objects_is_refused(tmp_path, vocab):
     (lambda doc: doc["train"].update(labels=np.array(["pos"] * 10)), "train/labels should hold one number per sample"),
     (lambda doc: doc["train"].update(id=doc["train"]["id"][:4]), "different sample counts per key"),
     (lambda doc: doc["train"].update(audio=5), "train/audio should hold one entry per sample, got int"),
+    # the cache's feature shape comes from train: a test split of other widths failed at load, naming one sample
+    (lambda doc: doc["test"].update(vision=doc["test"]["vision"][:, :, :-1]),
+     r"test/vision has samples of shape \(\d+, \d+\), train/vision \(\d+, \d+\)"),
 ])
 def test_a_mosei_pickle_with_an_ill_typed_entry_names_its_split_and_key(tmp_path, vocab, damage, message):
     # Each ended in a bare numpy/Python error naming no key (a (10, 3) label array was read from column 0 silently).
