@@ -99,10 +99,10 @@ class MMTM(nn.Module):
         gates = {m: torch.sigmoid(self.excite[m](e)) for m in self.names}
         if self.training:
             with torch.no_grad():
-                n = self.steps.item()
+                # the step count stays a device tensor: reading it would wait for the GPU in every MMTM block
                 for m in self.names:
                     avg = getattr(self, f"avg_{m}")
-                    avg.copy_((loss_precision(gates[m].detach()).mean(0) + avg * n) / (n + 1))
+                    avg.copy_((loss_precision(gates[m].detach()).mean(0) + avg * self.steps) / (self.steps + 1))
                 self.steps += 1
         if care is not None:
             gates[care] = getattr(self, f"avg_{care}").to(gates[care].dtype).expand_as(gates[care])

@@ -24,3 +24,11 @@ def test_aug_step_reads_only_its_logged_losses(tiny_bundle):
     for variant in ("paper", "official_gated"):
         reads = steady_step_reads("aug", tiny_bundle, variant=variant)
         assert [what for what, _ in reads] == ["tolist"], (variant, reads)
+
+
+def test_greedy_mmtm_running_average_reads_nothing(tiny_bundle):
+    # Each MMTM block read its step count with .item() to update the running gate average: 4 reads per forward.
+    # Left: whether it is curating (a host decision, as in the official callback), the speeds for that decision, and
+    # the two logged values.
+    reads = steady_step_reads("greedy", tiny_bundle)
+    assert [what for what, _ in reads] == ["__bool__", "tolist", "item", "item"], reads
