@@ -215,7 +215,7 @@ class AVCacheDataset(PreparedDataset):
 
     Attributes:
         LAYOUT: where the media live under the raw root.
-        FRAME_SIZE: stored frame (H, W); docs/datasets/cache.md#behaviour: short side 256, CREMA-D's 4:3 -> 256x341.
+        FRAME_SIZE: stored frame (H, W); docs/datasets/recipes.md#visual: short side 256, CREMA-D's 4:3 -> 256x341.
     """
 
     SPLITS_IN_RAW: ClassVar[str | None] = None
