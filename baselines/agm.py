@@ -62,6 +62,7 @@ from baselines.base import (
     StepInfo,
     TrainContext,
     loss_precision,
+    read_logs,
 )
 from baselines.registry import register
 from core.data import Batch, TaskSpec
@@ -200,7 +201,7 @@ class AGM(FusionMethod):
         if any(bool((g.abs() > self.hp.clip_trigger).any()) for g in head_grads):
             nn.utils.clip_grad_norm_(self.model.parameters(), self.hp.clip_norm)
         self.optimizer.step()
-        return {"loss": loss.item(), **{f"k_{m}": k[i].item() for i, m in enumerate(self.modalities)}}
+        return read_logs({"loss": loss, **{f"k_{m}": k[i] for i, m in enumerate(self.modalities)}})
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> Prediction:

@@ -43,6 +43,7 @@ from baselines.base import (
     StepInfo,
     TrainContext,
     loss_precision,
+    read_logs,
 )
 from baselines.networks import init_model
 from baselines.registry import register
@@ -126,8 +127,8 @@ class AMCo(Method):
             # The global batch's mean over equal rank slices, so every rank masks the same modality next step.
             self.dependent.copy_(dependence_flags([z.detach() for z in z_uni], self.hp.sigma,
                                                   self.ctx.all_reduce_mean))
-        return {"loss": loss.item(), "mask_ratio": ratio,
-                **{f"dependent_{m}": float(self.dependent[i]) for i, m in enumerate(self.modalities)}}
+        return read_logs({"loss": loss, "mask_ratio": ratio,
+                          **{f"dependent_{m}": self.dependent[i] for i, m in enumerate(self.modalities)}})
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> Prediction:

@@ -62,6 +62,7 @@ from baselines.base import (
     StepInfo,
     TrainContext,
     loss_precision,
+    read_logs,
 )
 from baselines.registry import register
 from core.data import Batch, TaskSpec
@@ -170,18 +171,17 @@ class ARL(Method):
         params = list(self.model.parameters())
         # The scaling is linear and the clip uses the global norm: both must act on the global batch's gradient.
         self.ctx.sync_gradients(params)
-        logs: dict[str, float] = {}
+        logs: dict[str, torch.Tensor] = {}
         if active:
             for m, w in self.gradient_weights(z_uni).items():
                 for p in self.model.encoders[m].parameters():
                     if p.grad is not None:
                         p.grad.mul_(1 + w)
-                logs[f"w_{m}"] = float(w)
+                logs[f"w_{m}"] = w
         if self.hp.clip_norm > 0:
             nn.utils.clip_grad_norm_(params, self.hp.clip_norm)
         self.optimizer.step()
-        return {"loss": loss.item(), "loss_fused": loss_f.item(),
-                **{f"loss_{m}": v.item() for m, v in loss_uni.items()}, **logs}
+        return read_logs({"loss": loss, "loss_fused": loss_f, **{f"loss_{m}": v for m, v in loss_uni.items()}, **logs})
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> Prediction:

@@ -299,6 +299,19 @@ def loss_precision(z: torch.Tensor) -> torch.Tensor:
     return z.to(torch.promote_types(z.dtype, torch.float32))
 
 
+def read_logs(values: Mapping[str, torch.Tensor | float]) -> dict[str, float]:
+    """A step's logged values as floats, in the given key order, read from the device at once.
+
+    Tensor values (each of one element) are stacked and read with a single ``.tolist()``; an ``.item()`` per value
+    would make the host wait for the GPU once per value. Python numbers pass through as ``float``.
+    """
+    keys = [k for k, v in values.items() if isinstance(v, torch.Tensor)]
+    # float64 holds every float32, bfloat16 and float16 value exactly: the floats are those .item() gave.
+    stacked = torch.stack([values[k].detach().reshape(()).double() for k in keys]) if keys else torch.zeros(0)
+    read = dict(zip(keys, stacked.tolist()))
+    return {k: read[k] if k in read else float(v) for k, v in values.items()}
+
+
 def confidence_scores(logits: Mapping[str, torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
     """docs/methods/README.md#confidence-score: s_m = sum over the batch of softmax(z_m)[y], under no_grad, vectorised
     with ``gather``, in ``loss_precision``."""

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from baselines.base import FusionMethod, Loaders, StepInfo, TrainContext, loss_precision
+from baselines.base import FusionMethod, Loaders, StepInfo, TrainContext, loss_precision, read_logs
 from baselines.registry import register
 from core.data import Batch, TaskSpec, seed_for
 from core.hparams import HParam, HParams
@@ -97,4 +97,4 @@ class CML(FusionMethod):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return {"loss": loss.item(), "penalty": penalty.item()}
+        return read_logs({"loss": loss, "penalty": penalty})

@@ -43,6 +43,7 @@ from baselines.base import (
     StepInfo,
     TrainContext,
     loss_precision,
+    read_logs,
 )
 from baselines.registry import register
 from core.data import Batch, TaskSpec
@@ -99,8 +100,8 @@ class DGL(Method):
         if self.hp.clip_norm > 0:
             nn.utils.clip_grad_norm_(params, self.hp.clip_norm)
         self.optimizer.step()
-        return {"loss": loss_f.item() + self.hp.alpha * sum(v.item() for v in loss_uni.values()),
-                "loss_fused": loss_f.item(), **{f"loss_{m}": v.item() for m, v in loss_uni.items()}}
+        logs = read_logs({"loss_fused": loss_f, **{f"loss_{m}": v for m, v in loss_uni.items()}})
+        return {"loss": logs["loss_fused"] + self.hp.alpha * sum(logs[f"loss_{m}"] for m in loss_uni), **logs}
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> Prediction:

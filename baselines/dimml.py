@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.base import Loaders, Method, Prediction, StepInfo, TrainContext, loss_precision
+from baselines.base import Loaders, Method, Prediction, StepInfo, TrainContext, loss_precision, read_logs
 from baselines.heads import ConcatHead
 from baselines.networks import build_encoders, init_model
 from baselines.registry import register
@@ -187,16 +187,16 @@ class DIMML(Method):
         uni = sum(F.cross_entropy(self.heads[m](h[m]), y) for m in self.modalities)
         shared = sum(F.cross_entropy(self.shared(h[m]), y) for m in self.modalities)
         loss = uni + self.hp.align_weight * shared
-        logs = {"ce_unimodal": uni.item(), "ce_shared": shared.item()}
+        logs = {"ce_unimodal": uni, "ce_shared": shared}
         if step.epoch >= self.hp.duc_start and bool(self.duc_ready):
             first, second = self.modalities
             duc = duc_loss(h[first], h[second], self.duc_dims[0], self.duc_dims[1], self.hp.duc_temperature)
             loss = loss + duc
-            logs["duc"] = duc.item()
+            logs["duc"] = duc
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return {"loss": loss.item(), **logs}
+        return read_logs({"loss": loss, **logs})
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> Prediction:

@@ -51,6 +51,7 @@ from baselines.base import (
     StepInfo,
     TrainContext,
     loss_precision,
+    read_logs,
 )
 from baselines.registry import register
 from core.data import Batch, TaskSpec
@@ -226,7 +227,7 @@ class GBlending(FusionMethod):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return {"loss": loss.item(), **{f"loss_{k}": v.item() for k, v in parts.items()}}
+        return read_logs({"loss": loss, **{f"loss_{k}": v for k, v in parts.items()}})
 
     def on_epoch_end(self, epoch: int, loaders: Loaders) -> dict[str, float]:
         diag = {f"w_{k}": w for k, w in self.weights().items()}

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.base import Method, Prediction, StepInfo, TrainContext, loss_precision
+from baselines.base import Method, Prediction, StepInfo, TrainContext, loss_precision, read_logs
 from baselines.heads import ConcatHead
 from baselines.networks import ResNetTrunk, init_model
 from baselines.registry import register
@@ -228,7 +228,7 @@ class Greedy(Method):
         loss.backward()
         self.after_backward(step.epoch)
         self.optimizer.step()
-        return {"loss": loss.item(), "d_bdr": self.d_bdr.item(), "curating": float(care is not None)}
+        return read_logs({"loss": loss, "d_bdr": self.d_bdr, "curating": float(care is not None)})
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> Prediction:

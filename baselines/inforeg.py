@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.base import FusionMethod, Loaders, StepInfo, TrainContext, confidence_scores, loss_precision
+from baselines.base import FusionMethod, Loaders, StepInfo, TrainContext, confidence_scores, loss_precision, read_logs
 from baselines.registry import register
 from core.data import Batch, TaskSpec
 from core.hparams import HParam, HParams
@@ -140,7 +140,7 @@ class InfoReg(FusionMethod):
         for acc, w in zip(self.fim, self.fim_weights):
             acc.addcmul_(w.grad, w.grad)
         self.optimizer.step()
-        return {"loss": loss.item(), **{f"beta_{m}": b.item() for m, b in zip(self.modalities, betas)}}
+        return read_logs({"loss": loss, **{f"beta_{m}": b for m, b in zip(self.modalities, betas)}})
 
     def on_epoch_end(self, epoch: int, loaders: Loaders) -> dict[str, float]:
         trace = float(sum(acc.mean() for acc in self.fim)) if self.fim else 0.0

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.base import Method, Prediction, StepInfo, TrainContext, loss_precision
+from baselines.base import Method, Prediction, StepInfo, TrainContext, loss_precision, read_logs
 from baselines.networks import build_encoders, init_model
 from baselines.registry import register
 from core.data import Batch, TaskSpec
@@ -142,11 +142,10 @@ class IPRM(Method):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        logs = {"loss": loss.item(), "loss_mixup": loss_mix.item(), **{f"loss_{m}": v.item() for m, v in
-                                                                          loss_uni.items()}}
+        logs = {"loss": loss, "loss_mixup": loss_mix, **{f"loss_{m}": v for m, v in loss_uni.items()}}
         for p, (i, j) in enumerate(self.pairs):
-            logs[f"lam_hat_{i}_{i}+{j}"], logs[f"lam_hat_{j}_{i}+{j}"] = self.lam_hat[p].tolist()
-        return logs
+            logs[f"lam_hat_{i}_{i}+{j}"], logs[f"lam_hat_{j}_{i}+{j}"] = self.lam_hat[p]
+        return read_logs(logs)
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> Prediction:

@@ -52,6 +52,7 @@ from baselines.base import (
     StepInfo,
     TrainContext,
     loss_precision,
+    read_logs,
 )
 from baselines.registry import register
 from core.data import Batch, BatchLoader, TaskSpec, seed_for
@@ -187,7 +188,7 @@ class LFM(Method):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return {"loss": loss.item(), "ce": ce.item(), "align": al.item(), "alpha_cls": cls}
+        return read_logs({"loss": loss, "ce": ce, "align": al, "alpha_cls": cls})
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> Prediction:

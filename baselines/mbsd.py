@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from baselines.base import FusionMethod, StepInfo, loss_precision
+from baselines.base import FusionMethod, StepInfo, loss_precision, read_logs
 from baselines.registry import register
 from core.data import Batch
 from core.hparams import HParam
@@ -77,4 +77,4 @@ class MBSD(FusionMethod):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return {"loss": loss.item(), "ce": ce.item(), "w_mean": w.mean().item()}
+        return read_logs({"loss": loss, "ce": ce, "w_mean": w.mean()})

@@ -55,7 +55,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from baselines.base import FusionModel, Loaders, Method, Prediction, StepInfo, TrainContext, loss_precision
+from baselines.base import FusionModel, Loaders, Method, Prediction, StepInfo, TrainContext, loss_precision, read_logs
 from baselines.registry import register
 from core.data import Batch, TaskSpec
 from core.hparams import HParam, HParams
@@ -167,7 +167,7 @@ class MIDAS(Method):
         if step.epoch < self.hp.warmup_epochs:
             loss = sum(loss_uni.values())
             self._step(loss)
-            return {"loss": loss.item(), **{f"loss_{m}": v.item() for m, v in loss_uni.items()}}
+            return read_logs({"loss": loss, **{f"loss_{m}": v for m, v in loss_uni.items()}})
 
         first, second = self.modalities
         perm = torch.randperm(y.shape[0], device=y.device)
@@ -194,9 +194,9 @@ class MIDAS(Method):
             if sums[-1] > 0:
                 self.alpha.copy_(weak_modality_update(self.alpha, sums[:2] / sums[-1], sums[2:4] / sums[-1],
                                                       self.hp.eta, self.hp.update_signal))
-        return {"loss": loss.item(), "loss_align": loss_align.item(), "loss_mis": loss_mis.item(),
-                "misaligned_kept": kept.mean().item(), **{f"loss_{m}": v.item() for m, v in loss_uni.items()},
-                **{f"alpha_{m}": a for m, a in zip(self.modalities, self.alpha.tolist())}}
+        return read_logs({"loss": loss, "loss_align": loss_align, "loss_mis": loss_mis, "misaligned_kept": kept.mean(),
+                          **{f"loss_{m}": v for m, v in loss_uni.items()},
+                          **{f"alpha_{m}": a for m, a in zip(self.modalities, self.alpha)}})
 
     def _step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.base import Method, Prediction, StepInfo, TrainContext, loss_precision
+from baselines.base import Method, Prediction, StepInfo, TrainContext, loss_precision, read_logs
 from baselines.networks import build_encoders, init_model
 from baselines.registry import register
 from core.data import Batch, TaskSpec
@@ -176,9 +176,10 @@ class MLA(Method):
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=self.hp.zero_grad_set_to_none)
             self.turns += 1
-            logs[f"loss_{m}"] = loss.item()
+            logs[f"loss_{m}"] = loss.detach()
         # Official code deletes every gradient after the last turn (so zero-filled ones do not leak into the next).
         self.optimizer.zero_grad(set_to_none=True)
+        logs = read_logs(logs)
         weights = self.fixed_weights()
         logs["loss"] = sum(weights[m] * logs[f"loss_{m}"] for m in self.modalities)
         return logs

@@ -51,7 +51,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from baselines.base import FusionModel, Method, Prediction, StepInfo, TrainContext, loss_precision
+from baselines.base import FusionModel, Method, Prediction, StepInfo, TrainContext, loss_precision, read_logs
 from baselines.registry import register
 from core.data import Batch, TaskSpec
 from core.hparams import HParam, HParams, variant_param
@@ -168,7 +168,7 @@ class MMPareto(Method):
         for m in self.modalities:
             g_mm[m], start = g_all[start:start + len(enc[m])], start + len(enc[m])
 
-        logs: dict[str, float] = {}
+        logs: dict[str, torch.Tensor] = {}
         new_grads: list[torch.Tensor] = []
         for m, g in zip(self.modalities, g_uni):
             g_u = g[:len(enc[m])]
@@ -177,7 +177,7 @@ class MMPareto(Method):
             pair = (g_sum, g_sum) if self.hp.capture == "accumulated" else (g_mm[m], g_u)
             k0, k1, cos = pareto_weights(*pair)
             new_grads += mmpareto_encoder_grads(*pair, g_sum, k0, k1, self.hp.gamma)
-            logs[f"cos_{m}"], logs[f"k_mm_{m}"] = cos.item(), k0.item()
+            logs[f"cos_{m}"], logs[f"k_mm_{m}"] = cos.detach(), k0.detach()
 
         self.optimizer.zero_grad(set_to_none=True)
         for p, g in zip(flat + head, new_grads + head_grads):
@@ -185,8 +185,8 @@ class MMPareto(Method):
         self.ctx.sync_gradients(flat + head, how="equal")
         self.optimizer.step()
         total = loss_mm + sum(loss_uni.values())
-        return {"loss": total.item(), "loss_fused": loss_mm.item(),
-                **{f"loss_{m}": v.item() for m, v in loss_uni.items()}, **logs}
+        return read_logs({"loss": total, "loss_fused": loss_mm, **{f"loss_{m}": v for m, v in loss_uni.items()},
+                          **logs})
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> Prediction:

@@ -44,6 +44,7 @@ from baselines.base import (
     StepInfo,
     TrainContext,
     loss_precision,
+    read_logs,
 )
 from baselines.registry import register
 from core.data import Batch, TaskSpec
@@ -111,9 +112,10 @@ class MNL(Method):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return {"loss": loss.item(), "loss_negative": loss_neg.item(),
-                f"guided_{b}": a_guides_b.sum().item() / a_guides_b.numel(),
-                f"guided_{a}": b_guides_a.sum().item() / b_guides_a.numel()}
+        # Counts are exact in float64, so dividing there gives the quotient that dividing the read count gave.
+        return read_logs({"loss": loss, "loss_negative": loss_neg,
+                          f"guided_{b}": a_guides_b.sum().double() / a_guides_b.numel(),
+                          f"guided_{a}": b_guides_a.sum().double() / b_guides_a.numel()})
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> Prediction:

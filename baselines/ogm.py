@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.base import FusionMethod, StepInfo, confidence_scores, conv_weights, loss_precision
+from baselines.base import FusionMethod, StepInfo, confidence_scores, conv_weights, loss_precision, read_logs
 from baselines.registry import register
 from core.data import Batch
 from core.hparams import HParam
@@ -149,4 +149,4 @@ class OGM(FusionMethod):
                 # Ranks' RNG streams need not agree (e.g. augmentation draws); rank 0's noise is the single-process one.
                 self.ctx.sync_gradients([p for params in edited.values() for p in params], how="main")
         self.optimizer.step()
-        return {"loss": loss.item(), **{f"coeff_{m}": k.item() for m, k in coeffs.items()}}
+        return read_logs({"loss": loss, **{f"coeff_{m}": k for m, k in coeffs.items()}})

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from baselines.base import FusionMethod, StepInfo, TrainContext, confidence_scores, loss_precision
+from baselines.base import FusionMethod, StepInfo, TrainContext, confidence_scores, loss_precision, read_logs
 from baselines.registry import register
 from core.data import Batch, TaskSpec
 from core.hparams import HParam, HParams, variant_param
@@ -216,7 +216,7 @@ class OPM(FusionMethod):
         with self.ctx.autocast():
             h = self.model.features(self.inputs(batch))
             q = self.drop_probabilities(h, labels)
-            logs = {f"q_{m}": q[i].item() for i, m in enumerate(self.modalities)}
+            logs = {f"q_{m}": q[i].detach() for i, m in enumerate(self.modalities)}
             keep = None
             if bool(torch.rand(()) < self.hp.p_exe):
                 if self.hp.rescale == "bb":
@@ -225,9 +225,9 @@ class OPM(FusionMethod):
                     h, keep, _ = drop_features(h, q, self.hp.theta_gradient)
                 h = {m: v[keep] for m, v in h.items()}
                 labels = labels[keep]
-            logs["kept"] = 1.0 if keep is None else keep.float().mean().item()
+            logs["kept"] = 1.0 if keep is None else keep.float().mean()
             if not self._kept_anywhere(labels):
-                return logs
+                return read_logs(logs)
             z, _ = head(h)
             loss = F.cross_entropy(loss_precision(z), labels) if len(labels) else None
         self.optimizer.zero_grad(set_to_none=True)
@@ -235,10 +235,10 @@ class OPM(FusionMethod):
             # Ranks draw their own drops: this one kept nothing, but the others step, and the pre-step average needs
             # every rank (its missing gradients count as zeros).
             self.optimizer.step()
-            return logs
+            return read_logs(logs)
         loss.backward()
         self.optimizer.step()
-        return {"loss": loss.item(), **logs}
+        return read_logs({"loss": loss, **logs})
 
     def _kept_anywhere(self, labels: torch.Tensor) -> bool:
         """Whether any rank kept a sample: the step is skipped only when no rank has one, and every rank must call

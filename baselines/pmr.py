@@ -63,6 +63,7 @@ from baselines.base import (
     TrainContext,
     confidence_scores,
     loss_precision,
+    read_logs,
 )
 from baselines.networks import FramesEncoder, SpectrogramEncoder, init_model
 from baselines.registry import register
@@ -220,7 +221,7 @@ class PMR(FusionMethod):
 
     def update(self, batch: Batch, step: StepInfo) -> dict[str, float]:
         labels = batch["label"]
-        logs: dict[str, float] = {}
+        logs: dict[str, torch.Tensor] = {}
         with self.ctx.autocast():
             h, z, _ = self.model(self.inputs(batch))
             loss = F.cross_entropy(loss_precision(z), labels)
@@ -231,10 +232,10 @@ class PMR(FusionMethod):
                 if weak is not None:
                     proto_loss = F.cross_entropy(pi[weak], labels)
                     loss = loss + self.hp.alpha * proto_loss
-                    logs["proto_loss"] = proto_loss.item()
+                    logs["proto_loss"] = proto_loss.detach()
                 first, second = self.modalities
-                logs["proto_ratio"] = (scores[first] / scores[second]).item()
+                logs["proto_ratio"] = scores[first] / scores[second]
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return {"loss": loss.item(), **logs}
+        return read_logs({"loss": loss, **logs})

@@ -71,7 +71,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.base import Loaders, Method, Prediction, StepInfo, TrainContext, loss_precision
+from baselines.base import Loaders, Method, Prediction, StepInfo, TrainContext, loss_precision, read_logs
 from baselines.networks import build_encoders, init_model
 from baselines.registry import register
 from core.data import Batch, BatchLoader, TaskSpec
@@ -310,7 +310,7 @@ class ReconBoost(Method):
                                    if self.members[i]})
             loss = F.cross_entropy(z, labels)
             self.step_optimizer(self.correct_opt, loss)
-            return {"loss": loss.item(), "beta": self.beta.item()}
+            return read_logs({"loss": loss, "beta": self.beta})
         m = self.modalities[pos.modality]
         first_ga = len(self.modalities) if self.hp.ga_after_first_round else 1
         partner = self.modalities[(pos.stage - 1) % len(self.modalities)] if pos.stage >= first_ga else None
@@ -321,18 +321,18 @@ class ReconBoost(Method):
         with self.ctx.autocast():
             z_m = self.learner(m, batch[m])
         loss, _ = reconciled_loss(z_m, labels, f_rest, self.hp.w1, self.hp.w2)
-        logs = {"loss_boost": loss.item()}
+        logs = {"loss_boost": loss.detach()}
         if partner is not None:
             if self.hp.ga_partner_second_pass and self.members[self.modalities.index(partner)]:
                 with torch.no_grad(), self.ctx.autocast():
                     other[partner] = self.learner(partner, batch[partner])
             ga = ga_term(z_m, other[partner], self.hp.ga_grad)
-            logs["ga"] = ga.item()
+            logs["ga"] = ga.detach()
             if self.hp.ga_grad:
                 loss = loss + self.hp.alpha * ga
         self.step_optimizer(self.modality_opts[pos.modality], loss)
-        logs["loss"] = loss.item()
-        return logs
+        logs["loss"] = loss
+        return read_logs(logs)
 
     def step_optimizer(self, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
         """backward and one step of ``opt``. With ``zero_grads_persist`` every parameter that has had a gradient

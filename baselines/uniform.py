@@ -18,7 +18,7 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
-from baselines.base import FusionMethod, StepInfo, loss_precision
+from baselines.base import FusionMethod, StepInfo, loss_precision, read_logs
 from baselines.registry import register
 from core.data import Batch
 
@@ -55,4 +55,4 @@ class Uniform(FusionMethod):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return {"loss": loss.item(), **{f"loss_{k}": v.item() for k, v in parts.items()}}
+        return read_logs({"loss": loss, **{f"loss_{k}": v for k, v in parts.items()}})

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from baselines.base import StepInfo
+import pytest
+import torch
+
+from baselines.base import StepInfo, read_logs
 from baselines.registry import list_methods
 from tests.conftest import build_with, first_batch
 from tests.syncs import host_reads
@@ -29,6 +32,49 @@ def test_aug_step_reads_only_its_logged_losses(tiny_bundle):
 def test_greedy_mmtm_running_average_reads_nothing(tiny_bundle):
     # Each MMTM block read its step count with .item() to update the running gate average: 4 reads per forward.
     # Left: whether it is curating (a host decision, as in the official callback), the speeds for that decision, and
-    # the two logged values.
+    # the logged values (one read_logs read).
     reads = steady_step_reads("greedy", tiny_bundle)
-    assert [what for what, _ in reads] == ["__bool__", "tolist", "item", "item"], reads
+    assert [what for what, _ in reads] == ["__bool__", "tolist", "tolist"], reads
+
+
+def test_read_logs_reads_every_value_at_once():
+    values = {"z": torch.tensor(0.1), "a": torch.tensor([1 / 3], dtype=torch.bfloat16), "m": 0.25}
+    with host_reads() as reads:
+        logs = read_logs(values)
+    assert [what for what, _ in reads] == ["tolist"], reads
+    assert list(logs) == ["z", "a", "m"]
+    # The float32 and bfloat16 values exactly, as .item() gives them.
+    assert logs == {"z": 0.10000000149011612, "a": 0.333984375, "m": 0.25}
+    assert all(type(v) is float for v in logs.values())
+
+
+# Each read its logged values one .item() (or float(), .tolist()) at a time; now they come in one read_logs tolist.
+# What is left decides something on the host: a branch, a clip, a curation or drop, a projection's first turn.
+@pytest.mark.parametrize("name, hp, left", [
+    ("agm", {}, ["__bool__", "tolist"]),
+    ("amco", {}, ["__bool__", "__bool__", "tolist"]),
+    ("arl", {}, ["tolist"]),
+    ("arl", {"start_epoch": -1}, ["tolist"]),
+    ("cml", {}, ["tolist"]),
+    ("dgl", {}, ["tolist"]),
+    ("dimml", {}, ["__bool__", "tolist"]),
+    ("gblending", {}, ["tolist"]),
+    ("inforeg", {}, ["tolist"]),
+    ("iprm", {}, ["tolist"]),
+    ("lfm", {}, ["tolist"]),
+    ("mbsd", {}, ["tolist"]),
+    ("midas", {}, ["tolist"]),
+    ("midas", {"warmup_epochs": 0}, ["__bool__", "__int__", "tolist"]),
+    ("mla", {}, ["item", "item", "tolist"]),
+    ("mmpareto", {}, ["tolist"]),
+    ("mnl", {}, ["tolist"]),
+    ("ogm", {}, ["tolist"]),
+    ("ogm_ge", {}, ["tolist"]),
+    ("opm", {"warmup_epochs": 0, "p_exe": 1.0}, ["__bool__", "tensor", "__bool__", "tensor", "item", "tolist"]),
+    ("pmr", {}, ["item", "tolist"]),
+    ("reconboost", {}, ["__bool__", "__bool__", "tolist"]),
+    ("uniform", {}, ["tolist"]),
+])
+def test_step_reads_its_logged_values_at_once(tiny_bundle, name, hp, left):
+    reads = steady_step_reads(name, tiny_bundle, **hp)
+    assert [what for what, _ in reads] == left, reads
