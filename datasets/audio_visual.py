@@ -24,6 +24,7 @@ import torch
 from core.data import Augment, Gather, ModalitySpec, TaskSpec
 from core.hparams import HParam, HParams, resolve
 from datasets.augment import (
+    CROP_SCALE,
     FRAME_COUNT_KEY,
     FRAME_RULES,
     FRAME_START_KEY,
@@ -122,6 +123,9 @@ def av_hparams(*, recipes: Sequence[str], recipe: str, recipe_doc: str, frames: 
     serving = (
         HParam("image_size", image_size, "S of the served visual (3, T, S, S): RandomResizedCrop(S) for training, "
                                          "Resize((S, S)) for evaluation (224 in OGM-GE, AUG, AMSS, PMR loaders)."),
+        HParam("crop_scale", list(CROP_SCALE), "RandomResizedCrop's range of the training crop's share of the frame "
+                                               "area: torchvision's default (0.08, 1), which the OGM-GE, AUG, AMSS "
+                                               "and PMR loaders use (docs/datasets/recipes.md#image-transforms)."),
         HParam("frames", frames, frames_doc),
         HParam("frame_rule", "segments", "How T frames are chosen from a clip's sorted 1 fps frames: 'segments' = "
                                          "T segments of n // T frames, a random frame of each for training, frame "
@@ -404,7 +408,7 @@ class AVCacheDataset(PreparedDataset):
                             frame_rule=hp.frame_rule, audio_frames=pipeline.serve_frames, audio=cache.arrays["audio"],
                             resample=hp.resample, resident=hp.resident,
                             eval_cache_frames=int(hp.eval_cache_mb * 2**20) // view_bytes,
-                            compile_views=hp.compile_views)
+                            compile_views=hp.compile_views, crop_scale=hp.crop_scale)
         return task, gather, augment
 
     @classmethod

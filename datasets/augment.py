@@ -7,7 +7,8 @@
    (``frame_offsets``), each with one sorted fancy index into the cache arrays (``CacheArrays``: memory-mapped, in
    RAM, or resident on the batch's device, where the gather is a device ``index_select`` and nothing is copied from
    the host);
-2. train: RandomResizedCrop with torchvision's parameterisation (scale (0.08, 1), ratio (3/4, 4/3), 10 attempts,
+2. train: RandomResizedCrop with torchvision's parameterisation (scale ``data.crop_scale``, by default (0.08, 1),
+   ratio (3/4, 4/3), 10 attempts,
    then the centre-crop fallback; ``crop_boxes``), then a horizontal flip with probability 0.5, both drawn per frame
    as the published loaders transform each frame separately (GitHub: GeWu-Lab/OGM-GE_CVPR2022,
    ``dataset/CramedDataset.py``). The crop is resampled by one of three filters (``data.resample``):
@@ -70,7 +71,7 @@ import time
 import warnings
 from collections import OrderedDict
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -734,15 +735,19 @@ class AVAugment:
         eval_cache_frames: test-time frame views kept at most (``EvalViews``).
         compile_views: on a CPU, serve batches of kept test-time views with the compiled kernel
             (``normalized_views_compiled``) instead of one eager conversion per view; the same bits.
+        crop_scale: RandomResizedCrop's range of the crop's share of the frame area.
     """
 
     def __init__(self, frames: np.ndarray, *, num_frames: int, image_size: int, frame_rule: str = "segments",
                  audio_frames: int = 0, audio: np.ndarray | None = None, resample: str = "pil",
-                 resident: str = "none", eval_cache_frames: int = 0, compile_views: bool = False) -> None:
+                 resident: str = "none", eval_cache_frames: int = 0, compile_views: bool = False,
+                 crop_scale: Sequence[float] = CROP_SCALE) -> None:
         if frame_rule not in FRAME_RULES:
             raise ValueError(f"unknown frame rule {frame_rule!r}; valid: {FRAME_RULES}")
         if resample not in RESAMPLE_MODES:
             raise ValueError(f"data.resample={resample!r} is not one of {RESAMPLE_MODES}")
+        if len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1] <= 1:
+            raise ValueError(f"data.crop_scale={list(crop_scale)} must be two area fractions 0 < low <= high <= 1")
         if num_frames < 1 or image_size < 1:
             raise ValueError(f"num_frames and image_size must be >= 1, got {num_frames} and {image_size}")
         arrays = {"frames": frames} if audio is None else {"frames": frames, "audio": audio}
@@ -754,6 +759,7 @@ class AVAugment:
         self.frame_rule = frame_rule
         self.audio_frames = audio_frames
         self.resample = resample
+        self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
         self.compile_views = compile_views
         # Set to a ``StageTimes`` to profile the serving stages (``augbench bench data``).
         self.times: StageTimes | None = None
@@ -837,7 +843,7 @@ class AVAugment:
         clips = self.ring.get("visual", (b, 3, t, s, s), torch.float32, device)
         if train:
             height, width = self.frame_size
-            boxes = crop_boxes(b * t, height, width, generator)
+            boxes = crop_boxes(b * t, height, width, generator, scale=self.crop_scale)
             flip = torch.rand(b * t, generator=generator) < FLIP_PROB
             if self.resample == "pil" and self._crops_on_cpu(device):
                 # The fused kernel reads the frames itself: this stage only looks the array up.

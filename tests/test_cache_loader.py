@@ -210,6 +210,23 @@ def test_crop_boxes_follow_torchvisions_parameterisation():
     assert abs(ratio.log().mean() - (ref[:, 3].double() / ref[:, 2]).log().mean()) < 0.02
 
 
+def test_data_crop_scale_bounds_the_training_crops(cache_path, monkeypatch):
+    h, w = 48, 64
+    frac = {scale: (lambda b: (b[:, 2] * b[:, 3]).double() / (h * w))(
+        crop_boxes(4000, h, w, torch.Generator().manual_seed(1), scale=scale)) for scale in ((0.08, 1.0), (0.5, 1.0))}
+    assert frac[(0.08, 1.0)].min() < 0.1 and frac[(0.5, 1.0)].min() > 0.47, "rounded sides: a little under 0.5"
+    import datasets.augment as augment
+    seen = []
+    original = augment.crop_boxes
+    monkeypatch.setattr(augment, "crop_boxes", lambda *a, **k: seen.append(k.get("scale")) or original(*a, **k))
+    for data, scale in ((bundle(cache_path), (0.08, 1.0)), (bundle(cache_path, crop_scale=[0.5, 1.0]), (0.5, 1.0))):
+        next(iter(data.loader("train", batch_size=3, train=True, seed=0)))
+        assert seen.pop() == scale
+    for bad in ([0.0, 1.0], [0.9, 0.5], [0.5, 1.5], [0.5]):
+        with pytest.raises(ValueError, match=r"data\.crop_scale=.* must be two area fractions"):
+            bundle(cache_path, crop_scale=bad)
+
+
 def test_crop_falls_back_to_the_centre_when_no_attempt_fits():
     boxes = crop_boxes(50, 4, 100, torch.Generator().manual_seed(0))
     assert (boxes == torch.tensor([0, (100 - 5) // 2, 4, 5])).all(), "ratio clamped to 4/3: 4 x round(5.33)"
