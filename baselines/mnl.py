@@ -112,10 +112,13 @@ class MNL(Method):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        # Counts are exact in float64, so dividing there gives the quotient that dividing the read count gave.
-        return read_logs({"loss": loss, "loss_negative": loss_neg,
-                          f"guided_{b}": a_guides_b.sum().double() / a_guides_b.numel(),
-                          f"guided_{a}": b_guides_a.sum().double() / b_guides_a.numel()})
+        # The counts are read and divided on the host: CUDA divides a tensor by a Python number as a multiplication by
+        # its reciprocal, which can differ from the quotient in the last bit.
+        logs = read_logs({"loss": loss, "loss_negative": loss_neg, f"guided_{b}": a_guides_b.sum(),
+                          f"guided_{a}": b_guides_a.sum()})
+        logs[f"guided_{b}"] /= a_guides_b.numel()
+        logs[f"guided_{a}"] /= b_guides_a.numel()
+        return logs
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> Prediction:
