@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -92,6 +93,14 @@ class MMTM(nn.Module):
         for m, d in dims.items():
             self.register_buffer(f"avg_{m}", torch.zeros(d))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        # ``steps`` on the host, so the average divides by a Python int as before without a device read per forward
+        # (dividing by the device tensor instead changes the last bit on CUDA, which divides by a Python number
+        # through its reciprocal); None after a checkpoint load until the next forward reads ``steps`` once.
+        self._host_steps: int | None = 0
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._host_steps = None
 
     def forward(self, squeezed: dict[str, torch.Tensor], care: str | None = None) -> dict[str, torch.Tensor]:
         """Gates (B, d_m) from the channel means; the cared-for modality gets its running average instead."""
@@ -99,11 +108,14 @@ class MMTM(nn.Module):
         gates = {m: torch.sigmoid(self.excite[m](e)) for m in self.names}
         if self.training:
             with torch.no_grad():
-                # the step count stays a device tensor: reading it would wait for the GPU in every MMTM block
+                if self._host_steps is None:
+                    self._host_steps = int(self.steps)
+                n = self._host_steps
                 for m in self.names:
                     avg = getattr(self, f"avg_{m}")
-                    avg.copy_((loss_precision(gates[m].detach()).mean(0) + avg * self.steps) / (self.steps + 1))
+                    avg.copy_((loss_precision(gates[m].detach()).mean(0) + avg * n) / (n + 1))
                 self.steps += 1
+                self._host_steps = n + 1
         if care is not None:
             gates[care] = getattr(self, f"avg_{care}").to(gates[care].dtype).expand_as(gates[care])
         return gates

@@ -78,3 +78,25 @@ def test_read_logs_reads_every_value_at_once():
 def test_step_reads_its_logged_values_at_once(tiny_bundle, name, hp, left):
     reads = steady_step_reads(name, tiny_bundle, **hp)
     assert [what for what, _ in reads] == left, reads
+
+
+def test_greedy_mmtm_step_count_survives_a_checkpoint_with_one_read():
+    # The running average divides by the step count held on the host; a loaded block reads the count once.
+    from baselines.greedy import MMTM
+
+    torch.manual_seed(0)
+    inputs = [{"a": torch.rand(4, 8), "v": torch.rand(4, 6)} for _ in range(4)]
+    trained = MMTM({"a": 8, "v": 6}, ratio=4).train()
+    for x in inputs[:3]:
+        trained(x)
+    loaded = MMTM({"a": 8, "v": 6}, ratio=4).train()
+    loaded.load_state_dict(trained.state_dict())
+    with host_reads() as reads:
+        loaded(inputs[3])
+    trained(inputs[3])
+    assert [what for what, _ in reads] == ["__int__"], reads
+    assert int(loaded.steps) == 4
+    assert torch.equal(loaded.avg_a, trained.avg_a) and torch.equal(loaded.avg_v, trained.avg_v)
+    gates = [trained.excite["a"](torch.relu(trained.squeeze(torch.cat([x["a"], x["v"]], 1)))).sigmoid() for x in inputs]
+    expected = sum(g.mean(0) for g in gates) / 4
+    torch.testing.assert_close(trained.avg_a, expected, rtol=1e-6, atol=1e-7)
