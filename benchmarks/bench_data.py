@@ -256,7 +256,7 @@ def benchmark_data(prepared_dir: Path | str, *, raw_dir: Path | str | None = Non
         items = items_from_cache(cache, bundle.splits[split], raw_dir)
         media = MediaDataset(items, audio_pipeline(cache), num_frames=hp.frames, image_size=hp.image_size, train=train,
                              frame_rule=hp.frame_rule, frames_per_second=cache.manifest["visual"]["per_second"],
-                             seed=seed)
+                             seed=seed, crop_scale=hp.crop_scale)
         media_loader = torch.utils.data.DataLoader(media, batch_size=batch_size, shuffle=train, num_workers=0,
                                                    generator=torch.Generator().manual_seed(seed))
         streams = {"cache": _Timed("cache", lambda: iter(loader), target),

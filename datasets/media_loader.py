@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from datasets.augment import IMAGENET_MEAN, IMAGENET_STD, frame_offsets
+from datasets.augment import CROP_SCALE, IMAGENET_MEAN, IMAGENET_STD, frame_offsets
 from datasets.cache import Cache
 from datasets.media.audio import AudioPipeline, features_from_file
 from datasets.media.video import extract_frames, frame_files
@@ -65,10 +65,12 @@ class MediaDataset(torch.utils.data.Dataset):
         frame_rule: ``segments`` or ``first_k`` (as the cache loader).
         frames_per_second: frames kept per second when decoding a video.
         seed: seed of this dataset's frame-choice generator.
+        crop_scale: RandomResizedCrop's area range (``data.crop_scale``).
     """
 
     def __init__(self, items: list[MediaItem], pipeline: AudioPipeline, *, num_frames: int, image_size: int,
-                 train: bool, frame_rule: str = "segments", frames_per_second: int = 1, seed: int = 0) -> None:
+                 train: bool, frame_rule: str = "segments", frames_per_second: int = 1, seed: int = 0,
+                 crop_scale: tuple[float, float] = CROP_SCALE) -> None:
         from torchvision import transforms
 
         self.items = items
@@ -80,7 +82,7 @@ class MediaDataset(torch.utils.data.Dataset):
         self.generator = torch.Generator().manual_seed(seed)
         normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
         if train:
-            self.transform = transforms.Compose([transforms.RandomResizedCrop(image_size),
+            self.transform = transforms.Compose([transforms.RandomResizedCrop(image_size, scale=tuple(crop_scale)),
                                                  transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize])
         else:
             self.transform = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor(),
