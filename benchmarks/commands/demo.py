@@ -13,7 +13,7 @@ HELP = "offline end-to-end demo on AV-Digits: every method, tables and plots (un
 def configure(p: argparse.ArgumentParser) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true",
-                      help="one seed, 3/8 of the training clips, half the test clips, 8 epochs (1-2 min on 2 cores)")
+                      help="one seed, half the training and test clips, 16 epochs (1-2 min on 2 cores)")
     mode.add_argument("--smoke", action="store_true", help="tiny data, one seed, one epoch (CI)")
     p.add_argument("--results", type=Path, help="where tables and plots go (default: runs/demo/results, or "
                                                 "runs/demo-<profile>/results for --quick/--smoke)")
