@@ -8,10 +8,10 @@
    RAM, or resident on the batch's device, where the gather is a device ``index_select`` and nothing is copied from
    the host);
 2. train: RandomResizedCrop with torchvision's parameterisation (scale ``data.crop_scale``, by default (0.08, 1),
-   ratio (3/4, 4/3), 10 attempts,
-   then the centre-crop fallback; ``crop_boxes``), then a horizontal flip with probability 0.5, both drawn per frame
-   as the published loaders transform each frame separately (GitHub: GeWu-Lab/OGM-GE_CVPR2022,
-   ``dataset/CramedDataset.py``). The crop is resampled by one of three filters (``data.resample``):
+   ratio (3/4, 4/3), 10 attempts, then the centre-crop fallback; ``crop_boxes``), then a horizontal flip with
+   probability 0.5, both drawn per frame as the published loaders transform each frame separately (GitHub:
+   GeWu-Lab/OGM-GE_CVPR2022, ``dataset/CramedDataset.py``). The crop is resampled by one of three filters
+   (``data.resample``):
 
    - ``pil`` (default): PIL's antialiased bilinear filter on the uint8 crop, rounded to uint8, then the flip on the
      uint8 rows (``resized_crop_pil``): what the published PIL pipeline computes, and the cheapest on a CPU, since
