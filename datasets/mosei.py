@@ -98,12 +98,14 @@ def _read_feature_pickle(path: str, size: int, mtime_ns: int) -> dict[str, dict[
         if len(set(sizes.values())) != 1:
             raise SplitParseError(f"{path}: split {split!r} has different sample counts per key {sizes}")
         for _, key in MODALITIES:
-            if _array(path, split, key, part[key]).ndim != 3:
-                raise SplitParseError(f"{path}: {split}/{key} should be (N, L, D), got shape {np.shape(part[key])}")
-            # the cache holds one (L, D) per modality, read from the train split
-            shape, train_shape = np.shape(part[key])[1:], np.shape(doc["train"][key])[1:]
-            if shape != train_shape:
-                raise SplitParseError(f"{path}: {split}/{key} has samples of shape {shape}, train/{key} {train_shape}")
+            features = _array(path, split, key, part[key])
+            if features.ndim != 3:
+                raise SplitParseError(f"{path}: {split}/{key} should be (N, L, D), got shape {features.shape}")
+            # the cache holds one (L, D) per modality, read from the train split (checked first)
+            train_shape = np.shape(doc["train"][key])[1:]
+            if features.shape[1:] != train_shape:
+                raise SplitParseError(f"{path}: {split}/{key} has samples of shape {features.shape[1:]}, "
+                                      f"train/{key} {train_shape}")
         labels = _array(path, split, "labels", part["labels"])
         # one sentiment score per sample (the release's (N, 1, 1)): a wider label array would be read from its
         # first column only

@@ -218,7 +218,12 @@ def test_data_crop_scale_bounds_the_training_crops(cache_path, monkeypatch):
     import datasets.augment as augment
     seen = []
     original = augment.crop_boxes
-    monkeypatch.setattr(augment, "crop_boxes", lambda *a, **k: seen.append(k.get("scale")) or original(*a, **k))
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("scale"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(augment, "crop_boxes", recording)
     for data, scale in ((bundle(cache_path), (0.08, 1.0)), (bundle(cache_path, crop_scale=[0.5, 1.0]), (0.5, 1.0))):
         next(iter(data.loader("train", batch_size=3, train=True, seed=0)))
         assert seen.pop() == scale
