@@ -20,24 +20,25 @@ from baselines.networks import MODEL_HPARAMS
 from baselines.registry import get_method, list_methods
 from benchmarks.errors import UsageError
 from benchmarks.records import DuplicateKeyError, read_config_yaml
-from core.hparams import HParam, HParamError, HParams, check_range, resolve, variant_param
+from core.hparams import HParam, HParamError, HParams, resolve, variant_param
 from datasets.registry import get_dataset
 
 TRAIN_HPARAMS = (
     HParam("epochs", 10, "Training epochs. docs/methods/README.md#optimiser-recipes shared recipe: CREMA-D 200, KS "
                          "100.",
-           per_dataset={"cremad": 200, "kinetics_sounds": 100}),
-    HParam("batch_size", 64, "Training batch size (docs/methods/README.md#optimiser-recipes: 64 for CREMA-D and KS)."),
-    HParam("eval_batch_size", 256, "Evaluation batch size; evaluation never drops samples."),
+           per_dataset={"cremad": 200, "kinetics_sounds": 100}, low=1),
+    HParam("batch_size", 64, "Training batch size (docs/methods/README.md#optimiser-recipes: 64 for CREMA-D and KS).",
+           low=1),
+    HParam("eval_batch_size", 256, "Evaluation batch size; evaluation never drops samples.", low=1),
     HParam("optimizer", "sgd", "docs/methods/README.md#optimiser-recipes: SGD for the A/V "
                                "datasets.", choices=("sgd", "adam", "adamw")),
-    HParam("lr", 1e-2, "docs/methods/README.md#optimiser-recipes (AUG recipe): lr 1e-2."),
-    HParam("momentum", 0.9, "docs/methods/README.md#optimiser-recipes: SGD momentum 0.9."),
-    HParam("weight_decay", 1e-4, "docs/methods/README.md#optimiser-recipes: weight decay 1e-4."),
+    HParam("lr", 1e-2, "docs/methods/README.md#optimiser-recipes (AUG recipe): lr 1e-2.", low=0, open_low=True),
+    HParam("momentum", 0.9, "docs/methods/README.md#optimiser-recipes: SGD momentum 0.9.", low=0),
+    HParam("weight_decay", 1e-4, "docs/methods/README.md#optimiser-recipes: weight decay 1e-4.", low=0),
     HParam("lr_milestones", [], "Epochs at whose start lr is multiplied by lr_gamma. AUG's StepLR(70) stepped at "
                                 "epoch start decays at epochs 69 and 139 (docs/methods/aug.md#hyperparameters).",
-           per_dataset={"cremad": [69, 139], "kinetics_sounds": [69]}, element=int),
-    HParam("lr_gamma", 0.1, "LR decay factor at each milestone (StepLR gamma 0.1)."),
+           per_dataset={"cremad": [69, 139], "kinetics_sounds": [69]}, element=int, low=0),
+    HParam("lr_gamma", 0.1, "LR decay factor at each milestone (StepLR gamma 0.1).", low=0, open_low=True),
     HParam("seed", 0, "Run seed: Python, NumPy and torch generators and the loaders' per-epoch generators; 0 to "
                       "2**32 - 1, the range NumPy's global seed takes.", low=0, high=2**32 - 1),
     HParam("deterministic", True, "true: torch deterministic algorithms (warn-only) and no cuDNN autotuning; false: "
@@ -51,31 +52,16 @@ TRAIN_HPARAMS = (
     HParam("drop_last", False, "Drop each epoch's last partial training batch (evaluation never drops): the AUG, "
                                "OGM-GE and PMR loaders keep it; BalanceBenchmark's global_config and the BSS, ARL "
                                "and DGL scripts drop it (DataLoader drop_last=True)."),
-    HParam("max_steps_per_epoch", 0, "Cap on training batches per epoch (0 = the whole split); for smoke runs."),
-    HParam("checkpoint_every", 1, "Write a resumable checkpoint every N epochs (the last epoch always)."),
+    HParam("max_steps_per_epoch", 0, "Cap on training batches per epoch (0 = the whole split); for smoke runs.",
+           low=0),
+    HParam("checkpoint_every", 1, "Write a resumable checkpoint every N epochs (the last epoch always).", low=1),
 )
-
-# Lower bounds of the numeric train.* knobs, checked when a config is resolved (an epoch count of 0 would otherwise
-# surface as an IndexError after the data is built). (bound, inclusive)
-TRAIN_BOUNDS = {
-    "epochs": (1, True), "batch_size": (1, True), "eval_batch_size": (1, True), "lr": (0, False),
-    "momentum": (0, True), "weight_decay": (0, True), "lr_gamma": (0, False), "max_steps_per_epoch": (0, True),
-    "checkpoint_every": (1, True),
-}
 
 RUNNER_NAMESPACES = ("train", "model", "data")
 
 
 class ConfigMismatchError(UsageError):
     """``--resume`` with a config that differs from the one the run was trained with."""
-
-
-def check_train_bounds(train: HParams) -> None:
-    for name, (bound, inclusive) in TRAIN_BOUNDS.items():
-        check_range(f"train.{name}", train[name], bound, None, open_low=not inclusive)
-    bad = [m for m in train.lr_milestones if isinstance(m, bool) or not isinstance(m, int) or m < 0]
-    if bad:
-        raise HParamError(f"train.lr_milestones must be epoch numbers >= 0, got {list(train.lr_milestones)!r}")
 
 
 def config_digest(as_dict: Mapping[str, Any]) -> str:
@@ -129,10 +115,8 @@ def build_config(method: str, dataset: str, overrides: Mapping[str, Mapping[str,
     if unknown:
         raise HParamError(f"unknown hyperparameter namespace(s) {unknown} for method {method!r}; valid: "
                           f"{sorted(valid)}")
-    train = resolve("train", TRAIN_HPARAMS, dataset, overrides.get("train"))
-    check_train_bounds(train)
     return RunConfig(
-        method=method, dataset=dataset, train=train,
+        method=method, dataset=dataset, train=resolve("train", TRAIN_HPARAMS, dataset, overrides.get("train")),
         model=resolve("model", MODEL_HPARAMS, dataset, overrides.get("model")),
         data=resolve("data", dataset_cls.HPARAMS, dataset, overrides.get("data")),
         method_hp=resolve(method, method_hparams(method_cls), dataset, overrides.get(method),

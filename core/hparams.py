@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import yaml
 
@@ -30,7 +30,11 @@ class HParam:
         doc: where the value comes from (paper, table, official code file) and what it does.
         per_dataset: dataset name -> default for that dataset.
         choices: allowed values, if the knob is categorical.
-        low, high: inclusive bounds of a numeric knob (a probability, an epoch count), checked when a value is set.
+        low, high: inclusive bounds of a numeric knob (a probability, an epoch count), or of each element of a list
+            knob (lr milestones), checked when a value is set.
+        open_low: ``low`` itself is excluded (a learning rate must be > 0).
+        check: a constraint that bounds cannot state (a pair's length and order), called as ``check(key, value)``
+            on the typed value when one is set; raises ``HParamError`` naming ``key``.
         element: the type of a list knob's elements (int, float, str, bool); needed only when the default is empty,
             otherwise its elements' type is used.
     """
@@ -43,6 +47,8 @@ class HParam:
     low: float | None = None
     high: float | None = None
     element: type | None = None
+    open_low: bool = False
+    check: Callable[[str, Any], None] | None = None
 
     def default_for(self, dataset: str | None) -> Any:
         return self.per_dataset.get(dataset, self.default) if dataset is not None else self.default
@@ -52,8 +58,12 @@ class HParam:
         out = _typed(key, self.default, value, self.element)
         if self.choices is not None and out not in self.choices:
             raise HParamError(f"{key}={out!r} is not one of {list(self.choices)}")
-        if isinstance(out, (int, float)) and not isinstance(out, bool) and (self.low, self.high) != (None, None):
-            check_range(key, out, self.low, self.high)
+        if (self.low, self.high) != (None, None):
+            for i, x in enumerate(out) if isinstance(out, list) else [(None, out)]:
+                if isinstance(x, (int, float)) and not isinstance(x, bool):
+                    check_range(key if i is None else f"{key}[{i}]", x, self.low, self.high, open_low=self.open_low)
+        if self.check is not None:
+            self.check(key, out)
         return out
 
 

@@ -32,6 +32,7 @@ from datasets.augment import (
     RESIDENT_MODES,
     ROWS_KEY,
     AVAugment,
+    check_crop_scale,
 )
 from datasets.cache import ArraySpec, Cache, CacheError
 from datasets.media import MISSING_MEDIA, MediaError
@@ -122,11 +123,13 @@ def av_hparams(*, recipes: Sequence[str], recipe: str, recipe_doc: str, frames: 
     """The ``data.*`` knobs of an audio-visual dataset, with that dataset's defaults."""
     serving = (
         HParam("image_size", image_size, "S of the served visual (3, T, S, S): RandomResizedCrop(S) for training, "
-                                         "Resize((S, S)) for evaluation (224 in OGM-GE, AUG, AMSS, PMR loaders)."),
+                                         "Resize((S, S)) for evaluation (224 in OGM-GE, AUG, AMSS, PMR loaders).",
+               low=1),
         HParam("crop_scale", list(CROP_SCALE), "RandomResizedCrop's range of the training crop's share of the frame "
                                                "area: torchvision's default (0.08, 1), which the OGM-GE, AUG, AMSS "
-                                               "and PMR loaders use (docs/datasets/recipes.md#image-transforms)."),
-        HParam("frames", frames, frames_doc),
+                                               "and PMR loaders use (docs/datasets/recipes.md#image-transforms).",
+               check=check_crop_scale),
+        HParam("frames", frames, frames_doc, low=1),
         HParam("frame_rule", "segments", "How T frames are chosen from a clip's sorted 1 fps frames: 'segments' = "
                                          "T segments of n // T frames, a random frame of each for training, frame "
                                          "i*seg + seg//2 for evaluation (BalanceBenchmark's CREMA-D loader, Data "

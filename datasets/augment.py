@@ -78,6 +78,7 @@ import torch
 import torch.nn.functional as F
 
 from core.data import Batch
+from core.hparams import HParamError
 from datasets import ram_copies
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -106,6 +107,12 @@ AUTO_RAM_SHARE = 0.5
 RING_DEPTH = 4
 # Host -> device copies of whole arrays go in chunks of this many bytes, so no giant pageable staging buffer is made.
 COPY_CHUNK_BYTES = 256 << 20
+
+
+def check_crop_scale(key: str, scale: Sequence[float]) -> None:
+    """RandomResizedCrop's area range: two fractions 0 < low <= high <= 1, or an error naming ``key``."""
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+        raise HParamError(f"{key}={list(scale)} must be two area fractions 0 < low <= high <= 1")
 
 
 def frame_offsets(counts: torch.Tensor, num_frames: int, rule: str, train: bool,
@@ -746,8 +753,7 @@ class AVAugment:
             raise ValueError(f"unknown frame rule {frame_rule!r}; valid: {FRAME_RULES}")
         if resample not in RESAMPLE_MODES:
             raise ValueError(f"data.resample={resample!r} is not one of {RESAMPLE_MODES}")
-        if len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1] <= 1:
-            raise ValueError(f"data.crop_scale={list(crop_scale)} must be two area fractions 0 < low <= high <= 1")
+        check_crop_scale("data.crop_scale", crop_scale)
         if num_frames < 1 or image_size < 1:
             raise ValueError(f"num_frames and image_size must be >= 1, got {num_frames} and {image_size}")
         arrays = {"frames": frames} if audio is None else {"frames": frames, "audio": audio}

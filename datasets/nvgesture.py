@@ -210,7 +210,7 @@ class NVGesture(PreparedDataset):
     SETTINGS = (
         HParam("train_list", "nvgesture_train_correct_v2.lst", "Train list under the raw root (AMSS's name)."),
         HParam("test_list", "nvgesture_test_correct_v2.lst", "Test list under the raw root (AMSS's name)."),
-        HParam("frames", 80, "Frames read per clip from the start frame (AMSS: an 80-frame container)."),
+        HParam("frames", 80, "Frames read per clip from the start frame (AMSS: an 80-frame container).", low=1),
         HParam("frame_size", 256, "Stored S x S frames (AMSS: cv2.resize to 256 x 256)."),
         HParam("flow_dir", "Video_data/flow_data", "Flow folder: <flow_dir>/<train|test>/<list position>.npy."),
         HParam("flow_channels", 2, "Channels of the flow arrays (x and y displacement)."),

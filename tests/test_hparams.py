@@ -96,3 +96,21 @@ def test_a_list_knob_with_an_empty_default_types_its_elements_as_declared():
         build_config("aug", "cremad", {"aug": {"fusion_weights": ["x", "y"]}})
     with pytest.raises(HParamError, match=r"train.lr_milestones\[0\] expects an integer, got 2.5"):
         build_config("joint", "synthetic", {"train": {"lr_milestones": [2.5]}})
+
+
+def test_bounds_apply_to_each_element_of_a_list_and_an_open_low_excludes_the_bound():
+    declared = (HParam("lr", 0.1, "a rate", low=0, open_low=True), HParam("steps", [2], "epochs", low=0, high=9),
+                HParam("pair", [0.5, 1.0], "ordered", check=_ordered_pair))
+    assert resolve("m", declared, None, {"lr": 1e-9, "steps": [0, 9], "pair": [0.2, 0.2]}).as_dict() == {
+        "lr": 1e-9, "steps": [0, 9], "pair": [0.2, 0.2]}
+    with pytest.raises(HParamError, match=r"m.lr must be > 0, got 0.0"):
+        resolve("m", declared, None, {"lr": 0})
+    with pytest.raises(HParamError, match=r"m.steps\[1\] must be >= 0 and <= 9, got 10"):
+        resolve("m", declared, None, {"steps": [3, 10]})
+    with pytest.raises(HParamError, match=r"m.pair=\[0.9, 0.1\] is not an ordered pair"):
+        resolve("m", declared, None, {"pair": [0.9, 0.1]})
+
+
+def _ordered_pair(key, value):
+    if len(value) != 2 or value[0] > value[1]:
+        raise HParamError(f"{key}={value} is not an ordered pair")

@@ -343,3 +343,21 @@ def test_a_folder_given_as_the_sweep_config_is_named_as_a_folder(tmp_path):
         load_config(tmp_path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("dataset, section, message", [
+    ("synthetic", {"train": {"epochs": 0}}, r"train.epochs must be >= 1, got 0"),
+    ("synthetic", {"train": {"lr": 0.0}}, r"train.lr must be > 0, got 0.0"),
+    ("synthetic", {"train": {"lr_milestones": [4, -1]}}, r"train.lr_milestones\[1\] must be >= 0, got -1"),
+    ("cremad", {"data": {"crop_scale": [0.8, 0.5]}}, r"data.crop_scale=\[0.8, 0.5\] must be two area fractions"),
+    ("cremad", {"data": {"image_size": 0}}, r"data.image_size must be >= 1, got 0"),
+])
+def test_a_value_out_of_its_knobs_range_is_refused_by_the_sweep_check_naming_row_and_key(dataset, section, message):
+    # These were checked only when the run itself started (the train bounds) or built its data (the data knobs):
+    # a sweep then trained every other run before the bad one failed.
+    from benchmarks.sweep.expand import check_config
+
+    config = parse_config({"name": "test/bounds", "seeds": [0], "datasets": {dataset: {}},
+                           "methods": {"joint": {}, "bad": {"method": "joint", **section}}})
+    with pytest.raises(HParamError, match=rf"methods.bad on {dataset}: {message}"):
+        check_config(config)
