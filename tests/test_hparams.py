@@ -114,3 +114,14 @@ def test_bounds_apply_to_each_element_of_a_list_and_an_open_low_excludes_the_bou
 def _ordered_pair(key, value):
     if len(value) != 2 or value[0] > value[1]:
         raise HParamError(f"{key}={value} is not an ordered pair")
+
+
+def test_null_stays_a_value_of_an_unbounded_knob_only():
+    declared = (HParam("name", "x", "free"), HParam("rate", 0.1, "bounded", low=0),
+                HParam("steps", [2], "bounded list", low=0), HParam("free", [1], "unbounded list"))
+    assert resolve("m", declared, None, {"name": None, "free": [None]}).as_dict() == {
+        "name": None, "rate": 0.1, "steps": [2], "free": [None]}
+    with pytest.raises(HParamError, match=r"m.rate expects a number, got None"):
+        resolve("m", declared, None, {"rate": None})
+    with pytest.raises(HParamError, match=r"m.steps\[0\] expects an integer, got None"):
+        resolve("m", declared, None, {"steps": [None]})
