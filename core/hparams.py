@@ -55,10 +55,7 @@ class HParam:
 
     def coerce(self, namespace: str, value: Any) -> Any:
         key = f"{namespace}.{self.name}"
-        # null stays a value of an unbounded knob, but not of one with bounds or a check: they would skip it (or fail
-        # on it with a TypeError), and the run would then fail on it mid-way instead of here.
-        out = _typed(key, self.default, value, self.element,
-                     nullable=(self.low, self.high) == (None, None) and self.check is None)
+        out = _typed(key, self.default, value, self.element)
         if self.choices is not None and out not in self.choices:
             raise HParamError(f"{key}={out!r} is not one of {list(self.choices)}")
         if (self.low, self.high) != (None, None):
@@ -82,12 +79,13 @@ def check_range(key: str, value: float, low: float | None, high: float | None, *
         raise HParamError(f"{key} must be {'' if finite else 'a finite number '}{bounds}, got {value!r}")
 
 
-def _typed(key: str, default: Any, value: Any, element: type | None = None, *, nullable: bool = True) -> Any:
+def _typed(key: str, default: Any, value: Any, element: type | None = None) -> Any:
     """``value`` as the type of ``default`` (any type when ``default`` is None), a list's elements as ``element`` or
-    else as the default's elements, or an error naming ``key``. ``None`` (YAML null) passes as itself, a list's
-    elements included, unless not ``nullable``."""
+    else as the default's elements, or an error naming ``key``. YAML null is a value only of a knob whose default is
+    None: elsewhere it would pass the bounds unchecked, read as false in a boolean test (``deterministic: null``) and
+    fail mid-run where a number is used."""
     kind = type(default)
-    if default is None or (value is None and nullable):
+    if default is None:
         out = value
     elif kind is bool:
         if not isinstance(value, bool):
@@ -109,7 +107,7 @@ def _typed(key: str, default: Any, value: Any, element: type | None = None, *, n
         # setting (one config hash), and a string element where numbers belong is an error here, not in training.
         kinds = {element} if element is not None else {type(x) for x in default}
         like = kinds.pop()() if len(kinds) == 1 and kinds <= {bool, int, float, str} else None
-        out = [_typed(f"{key}[{i}]", like, x, nullable=nullable) for i, x in enumerate(value)]
+        out = [_typed(f"{key}[{i}]", like, x) for i, x in enumerate(value)]
     elif kind is dict:
         if not isinstance(value, dict):
             raise HParamError(f"{key} expects a mapping, got {value!r}")

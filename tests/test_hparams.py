@@ -116,11 +116,13 @@ def _ordered_pair(key, value):
         raise HParamError(f"{key}={value} is not an ordered pair")
 
 
-def test_null_stays_a_value_of_an_unbounded_knob_only():
-    declared = (HParam("name", "x", "free"), HParam("rate", 0.1, "bounded", low=0),
-                HParam("steps", [2], "bounded list", low=0), HParam("free", [1], "unbounded list"))
-    assert resolve("m", declared, None, {"name": None, "free": [None]}).as_dict() == {
-        "name": None, "rate": 0.1, "steps": [2], "free": [None]}
+def test_null_is_a_value_only_of_a_knob_whose_default_is_none():
+    declared = (HParam("anything", None, "any type"), HParam("rate", 0.1, "bounded", low=0),
+                HParam("steps", [2], "bounded list", low=0), HParam("flag", True, "a bool"))
+    assert resolve("m", declared, None, {"anything": None}).as_dict() == {
+        "anything": None, "rate": 0.1, "steps": [2], "flag": True}
+    with pytest.raises(HParamError, match=r"m.flag expects true/false, got None"):
+        resolve("m", declared, None, {"flag": None})
     with pytest.raises(HParamError, match=r"m.rate expects a number, got None"):
         resolve("m", declared, None, {"rate": None})
     with pytest.raises(HParamError, match=r"m.steps\[0\] expects an integer, got None"):

@@ -351,8 +351,8 @@ def test_a_folder_given_as_the_sweep_config_is_named_as_a_folder(tmp_path):
     ("synthetic", {"train": {"lr_milestones": [4, -1]}}, r"train.lr_milestones\[1\] must be >= 0, got -1"),
     ("cremad", {"data": {"crop_scale": [0.8, 0.5]}}, r"data.crop_scale=\[0.8, 0.5\] must be two area fractions"),
     ("cremad", {"data": {"image_size": 0}}, r"data.image_size must be >= 1, got 0"),
-    # null passes the type check of any knob; a bounded or checked one refuses it (the run failed on it mid-way, or
-    # the crop check raised a TypeError that no caller reports)
+    # null, a value only of knobs whose default is None, passed the type check of every knob: the run failed on it
+    # mid-way, or the crop check raised a TypeError that no caller reports
     ("synthetic", {"train": {"epochs": None}}, r"train.epochs expects an integer, got None"),
     ("synthetic", {"train": {"lr_milestones": [4, None]}}, r"train.lr_milestones\[1\] expects an integer, got None"),
     ("cremad", {"data": {"crop_scale": None}}, r"data.crop_scale expects a list, got None"),
