@@ -147,6 +147,16 @@ def test_identical_rows_flags_a_row_equal_to_an_earlier_one_in_every_seed():
     assert identical_rows(records, ["mses", "sum", "ogm"]) == {"sum": "mses"}
 
 
+def test_a_row_equal_only_at_the_best_validation_epoch_has_an_effect():
+    # The mechanism acts after the selected epoch: clean numbers equal, best-on-test and last ones not. Both tables
+    # would title the row "no effect: = Sum" while the best-on-test table shows other numbers for it.
+    records = [_record(label, s, a) for label in ("sum", "ogm") for s, a in ((0, 0.5), (1, 0.6))]
+    for rec in records:
+        later = {"test": {"acc": 0.7 if rec.label == "ogm" else 0.65, "macro_f1": 0.7}}
+        rec.protocols.update(paper=later, last=later)
+    assert identical_rows(records, ["sum", "ogm"]) == {}
+
+
 def test_unstable_rows_lists_rows_whose_seeds_disagree_by_more_than_the_threshold():
     records = [_record("agm", s, a) for s, a in ((0, 0.39), (1, 0.49), (2, 0.85))]  # std 0.24
     records += [_record("ogm", s, a) for s, a in ((2, 0.87), (0, 0.66), (1, 0.80))]  # std 0.107, seeds unsorted
