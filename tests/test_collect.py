@@ -120,6 +120,13 @@ def test_cells_are_mean_and_sample_std_over_seeds_with_paper_and_best(runs_dir):
     assert clean.mean == approx64(57.0), "the protocol picks which epoch's test metrics enter the table"
 
 
+def test_the_caption_states_how_tied_epochs_are_selected(runs_dir):
+    # benchmarks.runner.select_protocols takes the earliest of tied epochs, on validation as on test accuracy.
+    records = load_runs(runs_dir)
+    for protocol in ("paper", "clean"):
+        assert "(tied epochs: the earliest)" in build_table(records, protocol=protocol).caption
+
+
 def write_missing(run: Path, checkpoint_epoch: int = 2, split: str = "test", seed: int = 0,
                   rates: tuple[float, ...] = (0.0, 0.2)) -> None:
     metrics = {0.0: {"acc": 0.5, "macro_f1": 0.4, "map": 0.6}, 0.2: {"acc": 0.3, "macro_f1": 0.2, "map": 0.4},
