@@ -147,7 +147,9 @@ def parse_class_list(path: Path) -> list[str]:
     return names
 
 
-_KS_SPLIT = re.compile(r"[,\s]+")
+# One comma (spaces around it allowed) or a run of whitespace separates two fields. A run of commas must not: it would
+# merge an empty field away, so that "<id>,10," (label missing) read as label 10 and ",10,4" as id "10".
+_KS_SPLIT = re.compile(r"\s*,\s*|\s+")
 
 
 def parse_ks_list(path: Path, *, strict: bool = True) -> ParsedList:
@@ -156,9 +158,10 @@ def parse_ks_list(path: Path, *, strict: bool = True) -> ParsedList:
     The label is the last field and must be a non-negative integer; ``SplitRow.label`` keeps it as text.
     """
     def row(text: str, number: int) -> SplitRow:
-        fields = tuple(f for f in _KS_SPLIT.split(text.strip()) if f)
-        if len(fields) not in (2, 3):
-            raise SplitParseError(f"expected '<id>[,<n>],<label_int>', got {len(fields)} field(s)")
+        fields = tuple(_KS_SPLIT.split(text.strip()))
+        if len(fields) not in (2, 3) or not all(fields):
+            raise SplitParseError(f"expected '<id>[,<n>],<label_int>', got {len(fields)} field(s)"
+                                  f"{'' if all(fields) else ', one of them empty'}")
         if not is_whole_number(fields[-1]):
             raise SplitParseError(f"label {fields[-1]!r} is not a non-negative integer")
         return SplitRow(fields[0], fields[-1], number, fields)

@@ -94,6 +94,15 @@ def test_ks_rows_comma_or_space_with_or_without_middle_field(tmp_path, line):
     assert (row.id, row.label) == ("--4-0ihtnBU_000058_000068", "4")
 
 
+@pytest.mark.parametrize("line", ["abc_000001_000011,10,", ",10,4", "abc_000001_000011,,4"])
+def test_ks_row_with_an_empty_field_is_an_error_not_a_shifted_row(tmp_path, line):
+    # "<id>,10," has lost its label: merging the empty field away read the middle field 10 as the label.
+    path = tmp_path / "my_train.txt"
+    path.write_bytes((line + "\r\n").encode())
+    with pytest.raises(SplitParseError, match="my_train.txt:1.*empty"):
+        parse_ks_list(path)
+
+
 def test_ks_non_integer_label_is_an_error(tmp_path):
     path = tmp_path / "my_test.txt"
     path.write_text("abc_1,10,four\n")
