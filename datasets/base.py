@@ -33,16 +33,25 @@ class DataBundle:
                            prefetch=self.prefetch)
 
 
-def stratified_holdout(rows: Sequence[int], labels: np.ndarray, fraction: float, seed: int
-                       ) -> tuple[np.ndarray, np.ndarray]:
-    """Split ``rows`` into (kept, held_out) with ``fraction`` of every class held out, reproducibly for ``seed``."""
+def stratified_holdout(rows: Sequence[int], labels: np.ndarray, fraction: float, seed: int,
+                       groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``rows`` into (kept, held_out) with ``fraction`` of every class held out, reproducibly for ``seed``.
+
+    With ``groups`` (a key per row), whole groups are held out: ``fraction`` of each class's groups, so clips that
+    share a source (one actor and scene) never sit on both sides, which would let validation reward memorising it.
+    """
     rows = np.asarray(rows, dtype=np.int64)
     rng = np.random.default_rng(seed)
     held: list[np.ndarray] = []
     for label in np.unique(labels[rows]):
         members = rows[labels[rows] == label]
-        take = int(round(fraction * len(members)))
-        held.append(rng.permutation(members)[:take])
+        if groups is None:
+            take = int(round(fraction * len(members)))
+            held.append(rng.permutation(members)[:take])
+            continue
+        names = np.unique(groups[members])
+        chosen = rng.permutation(names)[:int(round(fraction * len(names)))]
+        held.append(members[np.isin(groups[members], chosen)])
     held_rows = np.sort(np.concatenate(held)) if held else np.empty(0, dtype=np.int64)
     kept = np.setdiff1d(rows, held_rows)
     return kept, held_rows

@@ -216,10 +216,15 @@ def validation_split(tables: SplitTables, opts: PrepareOptions) -> tuple[set[str
         raise ValueError(f"val_fraction must be in [0, 1) (0 = no validation split), got {opts.val_fraction}")
     train = tables.splits["train"]
     labels = np.asarray([s.label for s in train], dtype=np.int64)
-    _, held = stratified_holdout(np.arange(len(train)), labels, opts.val_fraction, opts.val_seed)
+    record: dict[str, Any] = {"fraction": opts.val_fraction, "seed": opts.val_seed}
+    groups = None
+    if tables.val_group is not None:
+        key, record["groups"] = tables.val_group
+        groups = np.asarray([key(s) for s in train])
+    _, held = stratified_holdout(np.arange(len(train)), labels, opts.val_fraction, opts.val_seed, groups)
+    whole = f" by whole {record['groups']}" if groups is not None else ""
     return ({train[i].id for i in held},
-            f"stratified hold-out of train (fraction {opts.val_fraction}, seed {opts.val_seed})",
-            {"fraction": opts.val_fraction, "seed": opts.val_seed})
+            f"stratified hold-out of train{whole} (fraction {opts.val_fraction}, seed {opts.val_seed})", record)
 
 
 def _locate(dataset: type[PreparedDataset], raw: Path, tables: SplitTables, settings: HParams

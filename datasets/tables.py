@@ -119,6 +119,8 @@ class SplitTables:
         val_ids: published validation ids, a subset of train (CREMA-D ``val.csv``); ``None`` = hold-out (or a
             ``val`` base split).
         val_source: how the validation split was obtained, for the manifest.
+        val_group: for a hold-out, the key of the clips that must be held out together (UCF-101: class and gNN
+            group, one actor and scene), with its description for the manifest; ``None`` = single clips.
         info: extra facts for the manifest (label map source, duplicate and overlap counts, parse skips).
     """
 
@@ -127,6 +129,7 @@ class SplitTables:
     dropped: list[Dropped] = field(default_factory=list)
     val_ids: list[str] | None = None
     val_source: str = ""
+    val_group: tuple[Callable[[Sample], str], str] | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
     def add(self, parsed: ParsedList, split: str, *, label_name: Callable[[SplitRow], str], duplicates: str,

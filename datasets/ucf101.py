@@ -16,7 +16,9 @@ split 1 has 9,537 / 3,783 videos [R]). Label map: ``sorted`` (default, BalanceBe
 ``classInd`` names; labels come from the class folder in the path) or ``classind`` (the file's own numbering).
 ``classInd`` is the class list, the data-defined analogue of CREMA-D's ``stat.csv``. A train row whose number
 disagrees with its class folder is a bad item. Validation: none is published (``validation: false``), so a
-stratified, seeded hold-out of train is used and recorded.
+stratified, seeded hold-out of train is used and recorded, of whole groups (``_gNN_``: the clips of one actor and
+scene, which the published splits keep apart) so that validation clips never share a group with training clips; a
+clip whose name has no group is held out on its own (counted as ``train_clips_without_group``).
 
 Prepare (recipe ``bb``): the first ``rgb_frames`` (6: BalanceBenchmark only ever reads ``frame_00001`` ..
 ``frame_00006``) RGB frames in natural file-name order and every flow frame (u and v must pair up), all resized to
@@ -33,6 +35,7 @@ ImageNet-normalised, flow scaled to [0, 1] without normalisation (``a_norm`` fal
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -51,6 +54,8 @@ from datasets.registry import register_dataset
 from datasets.splits import ParsedList, SplitParseError, SplitRow, is_whole_number, read_lines
 from datasets.tables import Dropped, PrepareOptions, Sample, SplitTables, malformed_rows
 
+# ``v_<Class>_g08_c01``: clip 1 of group 8, the videos of one actor and scene (the published splits keep groups apart).
+CLIP_GROUP = re.compile(r"_g(\d+)_c\d+$")
 FRAMES_SERVED = 3
 
 
@@ -99,6 +104,12 @@ def parse_video_list(path: Path, labelled: bool) -> ParsedList:
 def clip_name(row: SplitRow) -> str:
     """BalanceBenchmark's name: the basename before its first dot."""
     return row.fields[0].split("/")[1].split(".")[0]
+
+
+def clip_group(sample: Sample) -> str:
+    """The hold-out unit of a train clip: its class and gNN group, or the clip itself when its name has no group."""
+    match = CLIP_GROUP.search(clip_name(sample.row))
+    return f"{sample.label_name}/g{int(match[1])}" if match else sample.id
 
 
 def bb_offsets(counts: torch.Tensor, pool: torch.Tensor, train: bool, generator: torch.Generator | None
@@ -210,9 +221,12 @@ class UCF101(PreparedDataset):
                 parsed.rows = agree
             tables.add(parsed, split, label_name=lambda r: r.label, duplicates=opts.duplicates)
             skipped[name] = dict(Counter(reason for _, _, reason in parsed.skipped))
+        tables.val_group = (clip_group, "gNN groups of a class")
         tables.info = {"label_map_source": {"sorted": "sorted classInd.txt names (BalanceBenchmark)",
                                             "classind": "classInd.txt numbering"}[opts.label_order],
-                       "split": n, "skipped_lines": skipped}
+                       "split": n, "skipped_lines": skipped,
+                       "train_clips_without_group": sum(not CLIP_GROUP.search(clip_name(s.row))
+                                                        for s in tables.splits.get("train", []))}
         return tables
 
     @classmethod

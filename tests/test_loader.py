@@ -80,6 +80,14 @@ def test_stratified_holdout_is_per_class_and_seeded():
     assert np.array_equal(held, stratified_holdout(np.arange(100), labels, 0.2, seed=3)[1])
 
 
+def test_a_grouped_holdout_takes_whole_groups_per_class():
+    labels = np.repeat(np.arange(2), 30)
+    groups = np.array([f"{c}/g{i // 3}" for c, i in zip(labels, np.tile(np.arange(30), 2))])
+    kept, held = stratified_holdout(np.arange(60), labels, 0.2, seed=1, groups=groups)
+    assert set(groups[held]).isdisjoint(groups[kept]) and np.bincount(labels[held]).tolist() == [6, 6]
+    assert len(set(groups[held])) == 4, "2 of each class's 10 groups"
+
+
 def test_derived_pass_is_in_order_over_the_whole_split_and_extra_pass_restores_the_epoch():
     ld = loader(16, train=True)
     ld._serve(np.arange(10))

@@ -9,6 +9,7 @@ import json
 import math
 import pickle
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ from datasets.food101 import Food101, parse_titles_csv
 from datasets.image_text import ImageAugment, clean_text, load_tokenizer, parse_amss_tsv, parse_tombert_tsv, tsv_format
 from datasets.mosei import Mosei
 from datasets.nvgesture import NVGesture, crop_clips, parse_nvgesture_list
-from datasets.prepare import prepare
+from datasets.prepare import prepare, validation_split
 from datasets.registry import get_dataset
 from datasets.sarcasm import Sarcasm
 from datasets.sources import sha256_file
@@ -505,6 +506,25 @@ def test_ucf101_label_orders_and_mismatched_numbers(tmp_path, vocab):
         build("ucf101", tree.root, tmp_path / "c", vocab)
     kept = open_cache(build("ucf101", tree.root, tmp_path / "c", vocab, skip_bad=True))
     assert kept.manifest["dropped"]["by_reason"] == {"label mismatch": 1}
+
+
+def test_ucf101_validation_holds_out_whole_groups(tmp_path):
+    # A hold-out of single clips put clips of one gNN group (one actor and scene) into both train and validation:
+    # on a list like split 1's, every held-out clip shared its group with a training clip.
+    lists = tmp_path / "lists"
+    write_lines(lists / "classInd.txt", ["1 Archery", "2 Basketball"], "\r\n")
+    rows = [f"{c}/v_{c}_g{g:02d}_c{k:02d}.avi {n}" for n, c in ((1, "Archery"), (2, "Basketball"))
+            for g in range(8, 16) for k in range(1, 4)]
+    write_lines(lists / "trainlist01.txt", rows + ["Archery/v_Archery_x.avi 1"], "\r\n")
+    write_lines(lists / "testlist01.txt", ["Archery/v_Archery_g01_c01.avi"], "\r\n")
+    files = {name: lists / name for name in ("classInd.txt", "trainlist01.txt", "testlist01.txt")}
+    tables = UCF101.read_splits(files, tmp_path, PrepareOptions(label_order="sorted"), SimpleNamespace(split=1))
+    val, source, record = validation_split(tables, PrepareOptions(val_fraction=0.25, val_seed=0))
+    group = {s.id: s.id.rsplit("_c", 1)[0] for s in tables.splits["train"]}
+    assert {group[i] for i in val}.isdisjoint(group[i] for i in set(group) - val)
+    assert sum(i.startswith("Basketball/") for i in val) == 6, "2 of Basketball's 8 groups, 3 clips each"
+    assert record == {"fraction": 0.25, "seed": 0, "groups": "gNN groups of a class"}
+    assert "by whole gNN groups of a class" in source and tables.info["train_clips_without_group"] == 1
 
 
 def test_ucf101_counts_the_clips_too_short_for_its_frame_picks(tmp_path, vocab):
