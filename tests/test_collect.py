@@ -228,6 +228,7 @@ def test_shipped_paper_files_load():
 
 
 def test_table_command_defaults_to_best_on_test_when_comparing_with_a_paper(runs_dir, capsys, tmp_path):
+    shutil.rmtree(runs_dir / "cremad-aug-seed9-fixture")  # unfinished: the command's caption would say so
     assert main(["table", str(runs_dir), "--paper", str(PAPER), "--paper-table", "table1"]) == 0
     out = capsys.readouterr().out
     assert out == render(load_runs(runs_dir), "md", paper=load_paper(PAPER, "table1"), protocol="paper")
@@ -278,6 +279,8 @@ def test_the_table_command_counts_the_unfinished_runs_it_leaves_out(runs_dir, ca
     assert "| 9" not in captured.out and "(3)" in captured.out, "the unfinished seed 9 is not tabulated"
     assert captured.err == ("note: 1 run folder(s) without DONE or summary.json (training, stopped or failed) are "
                             f"left out of the table, such as {runs_dir / 'cremad-aug-seed9-fixture'}\n")
+    assert ("1 unfinished run folder(s) (training, stopped or failed) are not counted, such as "
+            "cremad-aug-seed9-fixture.") in captured.out, "a table file read later says so too"
 
 
 def test_a_sweep_run_that_never_started_counts_as_unfinished(runs_dir, capsys):

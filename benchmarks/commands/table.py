@@ -77,6 +77,9 @@ def run(args: argparse.Namespace) -> int:
     if unfinished:
         print(f"note: {len(unfinished)} run folder(s) without DONE or summary.json (training, stopped or failed) "
               f"are left out of the table, such as {unfinished[0]}", file=sys.stderr)
+        # Also in the table itself: a table file read later would otherwise show only a smaller n.
+        table.caption += (f" {len(unfinished)} unfinished run folder(s) (training, stopped or failed) are not counted, "
+                          f"such as {unfinished[0].name}.")
     shown = [r for r in records if shown_in_table(r, order.get("datasets"), order.get("methods"))]
     for line in _coverage_notes(records, shown, args.config, order, args.missing) + table.code_notes:
         print(f"note: {line}", file=sys.stderr)
