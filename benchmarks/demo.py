@@ -12,7 +12,7 @@ only redraws the report.
 Reproducibility: the runs are seeded and use deterministic algorithms; the thread count is fixed at one per worker
 (a count derived from the machine changes the order of float reductions, which a short, high-learning-rate schedule
 amplifies into different results); AV-Digits generation is byte-identical for a seed (``datasets.av_digits``).
-A row whose every seed equals an earlier row's is flagged as having no effect.
+A row whose every seed equals an earlier row's, under every protocol, is flagged as having no effect.
 """
 
 from __future__ import annotations
