@@ -38,7 +38,8 @@ def stratified_holdout(rows: Sequence[int], labels: np.ndarray, fraction: float,
     """Split ``rows`` into (kept, held_out) with ``fraction`` of every class held out, reproducibly for ``seed``.
 
     With ``groups`` (a key per row), whole groups are held out: ``fraction`` of each class's groups, so clips that
-    share a source (one actor and scene) never sit on both sides, which would let validation reward memorising it.
+    share a source (one actor and scene) never sit on both sides, which would let validation reward memorising it;
+    at least one group of every class stays in train.
     """
     rows = np.asarray(rows, dtype=np.int64)
     rng = np.random.default_rng(seed)
@@ -50,7 +51,9 @@ def stratified_holdout(rows: Sequence[int], labels: np.ndarray, fraction: float,
             held.append(rng.permutation(members)[:take])
             continue
         names = np.unique(groups[members])
-        chosen = rng.permutation(names)[:int(round(fraction * len(names)))]
+        # Groups are coarse: round(fraction * groups) may be every group of a class (1 group at fraction > 0.5, 2 at
+        # >= 0.75), which would leave the class without training clips; one group always stays in train.
+        chosen = rng.permutation(names)[:min(int(round(fraction * len(names))), len(names) - 1)]
         held.append(members[np.isin(groups[members], chosen)])
     held_rows = np.sort(np.concatenate(held)) if held else np.empty(0, dtype=np.int64)
     kept = np.setdiff1d(rows, held_rows)

@@ -88,6 +88,19 @@ def test_a_grouped_holdout_takes_whole_groups_per_class():
     assert len(set(groups[held])) == 4, "2 of each class's 10 groups"
 
 
+def test_a_grouped_holdout_keeps_a_training_group_in_every_class():
+    # One group of 7 clips per class at fraction 0.6: round(0.6 * 1 group) = 1 held out every clip of the class, so
+    # the class vanished from train_noval while prepare succeeded (clips alone kept 3 of the 7).
+    labels = np.repeat(np.arange(3), 7)
+    groups = np.array([f"{c}/g8" for c in labels])
+    kept, held = stratified_holdout(np.arange(21), labels, 0.6, seed=0, groups=groups)
+    assert np.unique(labels[kept]).tolist() == [0, 1, 2] and len(held) == 0
+    two = np.array([f"{c}/g{8 + i % 2}" for c, i in zip(labels, np.tile(np.arange(7), 3))])
+    kept, held = stratified_holdout(np.arange(21), labels, 0.75, seed=0, groups=two)
+    assert np.unique(labels[kept]).tolist() == [0, 1, 2], "round(0.75 * 2 groups) = 2 held out both"
+    assert len(set(two[held])) == 3 and set(two[held]).isdisjoint(two[kept])
+
+
 def test_derived_pass_is_in_order_over_the_whole_split_and_extra_pass_restores_the_epoch():
     ld = loader(16, train=True)
     ld._serve(np.arange(10))
