@@ -39,7 +39,7 @@ def stratified_holdout(rows: Sequence[int], labels: np.ndarray, fraction: float,
 
     With ``groups`` (a key per row), whole groups are held out: ``fraction`` of each class's groups, so clips that
     share a source (one actor and scene) never sit on both sides, which would let validation reward memorising it;
-    at least one group of every class stays in train.
+    at least one group of every class stays in train, and one is held out of a class with two or more.
     """
     rows = np.asarray(rows, dtype=np.int64)
     rng = np.random.default_rng(seed)
@@ -52,8 +52,11 @@ def stratified_holdout(rows: Sequence[int], labels: np.ndarray, fraction: float,
             continue
         names = np.unique(groups[members])
         # Groups are coarse: round(fraction * groups) may be every group of a class (1 group at fraction > 0.5, 2 at
-        # >= 0.75), which would leave the class without training clips; one group always stays in train.
-        chosen = rng.permutation(names)[:min(int(round(fraction * len(names))), len(names) - 1)]
+        # >= 0.75), which would leave the class without training clips, or none of up to 5 groups at 0.1, which
+        # would leave it without validation clips. One group always stays in train, and one is held out where a
+        # class has two or more.
+        take = max(int(round(fraction * len(names))), 1 if fraction > 0 else 0)
+        chosen = rng.permutation(names)[:min(take, len(names) - 1)]
         held.append(members[np.isin(groups[members], chosen)])
     held_rows = np.sort(np.concatenate(held)) if held else np.empty(0, dtype=np.int64)
     kept = np.setdiff1d(rows, held_rows)

@@ -101,6 +101,16 @@ def test_a_grouped_holdout_keeps_a_training_group_in_every_class():
     assert len(set(two[held])) == 3 and set(two[held]).isdisjoint(two[kept])
 
 
+def test_a_grouped_holdout_gives_every_class_with_two_groups_a_validation_group():
+    # round(0.1 * groups) is 0 up to 5 groups: a list with 5 groups of 5 clips per class got no validation at all
+    # (the cache then has no 'val' split and no clean protocol), where single clips held out 2 of each class's 25.
+    labels = np.repeat(np.arange(3), 25)
+    groups = np.array([f"{c}/g{i // 5}" for c, i in zip(labels, np.tile(np.arange(25), 3))])
+    kept, held = stratified_holdout(np.arange(75), labels, 0.1, seed=0, groups=groups)
+    assert np.bincount(labels[held]).tolist() == [5, 5, 5] and set(groups[held]).isdisjoint(groups[kept])
+    assert len(stratified_holdout(np.arange(75), labels, 0.0, seed=0, groups=groups)[1]) == 0, "0 = no validation"
+
+
 def test_derived_pass_is_in_order_over_the_whole_split_and_extra_pass_restores_the_epoch():
     ld = loader(16, train=True)
     ld._serve(np.arange(10))
