@@ -4,6 +4,7 @@ comparison and the CLI's errors."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -146,6 +147,23 @@ def test_every_case_has_a_golden_record_with_its_official_commit():
         assert data["live_passed"], f"{name} did not match the official code when it was recorded"
 
 
+def test_each_cpu_kinds_records_are_of_known_cases_and_matched_the_official_code_on_that_kind():
+    kinds = [d for d in GOLDEN.iterdir() if d.is_dir()]
+    for path in (p for d in kinds for p in d.glob("*.pt")):
+        data = golden.load(path)
+        assert data["case"] == path.stem and data["commit"] == CASES[path.stem].commit and data["live_passed"]
+        assert path.parent.name == re.sub(r"[^a-z0-9]+", "-", data["cpu"].lower()).strip("-"), path
+
+
+def test_a_record_of_this_cpu_kind_is_preferred(tmp_path, monkeypatch):
+    monkeypatch.setattr(golden, "cpu_model", lambda: "Intel(R) Xeon(R) Processor")
+    case = CASES["smv"]
+    assert golden.record_path(tmp_path, case) == tmp_path / "smv.pt"
+    (tmp_path / "intel-r-xeon-r-processor").mkdir()
+    (tmp_path / "intel-r-xeon-r-processor" / "smv.pt").touch()
+    assert golden.record_path(tmp_path, case) == tmp_path / "intel-r-xeon-r-processor" / "smv.pt"
+
+
 @pytest.mark.parametrize("name", sorted(n for n, c in CASES.items() if c.deviations))
 def test_each_documented_deviation_is_the_paper_defaults_value(name):
     # The report lists these as the paper default's departures from the official code; a value the default does not
@@ -156,7 +174,7 @@ def test_each_documented_deviation_is_the_paper_defaults_value(name):
 
 
 def _check(name: str, limit: int | None = None, step_hook=None):
-    records = golden.check(CASES[name], GOLDEN / f"{name}.pt", limit=limit, step_hook=step_hook)
+    records = golden.check(CASES[name], golden.record_path(GOLDEN, CASES[name]), limit=limit, step_hook=step_hook)
     assert records, name
     return records
 
@@ -173,7 +191,7 @@ def test_every_step_matches_the_golden_record(name):
     records = _check(name)
     bad = [r for r in records if r.failed]
     assert not bad, f"{name} drifts from its golden record at {bad[0].label}: {bad[0].failed[:4]}"
-    assert len(records) == len(golden.load(GOLDEN / f"{name}.pt")["labels"])
+    assert len(records) == len(golden.load(golden.record_path(GOLDEN, CASES[name]))["labels"])
 
 
 def test_a_perturbed_coefficient_fails_the_golden_check(monkeypatch):
