@@ -225,8 +225,7 @@ class UCF101(PreparedDataset):
         tables.info = {"label_map_source": {"sorted": "sorted classInd.txt names (BalanceBenchmark)",
                                             "classind": "classInd.txt numbering"}[opts.label_order],
                        "split": n, "skipped_lines": skipped,
-                       "train_clips_without_group": sum(not CLIP_GROUP.search(clip_name(s.row))
-                                                        for s in tables.splits.get("train", []))}
+                       "train_clips_without_group": sum(clip_group(s) == s.id for s in tables.splits.get("train", []))}
         return tables
 
     @classmethod

@@ -4,7 +4,6 @@ comparison and the CLI's errors."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -152,7 +151,7 @@ def test_each_cpu_kinds_records_are_of_known_cases_and_matched_the_official_code
     for path in (p for d in kinds for p in d.glob("*.pt")):
         data = golden.load(path)
         assert data["case"] == path.stem and data["commit"] == CASES[path.stem].commit and data["live_passed"]
-        assert path.parent.name == re.sub(r"[^a-z0-9]+", "-", data["cpu"].lower()).strip("-"), path
+        assert path.parent.name == golden.cpu_kind(data["cpu"]), path
 
 
 def test_a_record_of_this_cpu_kind_is_preferred(tmp_path, monkeypatch):

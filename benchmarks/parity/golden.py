@@ -62,9 +62,9 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def cpu_kind() -> str:
-    """This machine's CPU model as a folder name (``intel-r-xeon-r-processor``)."""
-    return re.sub(r"[^a-z0-9]+", "-", cpu_model().lower()).strip("-")
+def cpu_kind(model: str | None = None) -> str:
+    """A CPU model (this machine's by default) as a folder name (``intel-r-xeon-r-processor``)."""
+    return re.sub(r"[^a-z0-9]+", "-", (model or cpu_model()).lower()).strip("-")
 
 
 def record_path(directory: Path, case: Case) -> Path:
