@@ -13,7 +13,8 @@ Formats:
 - Kinetics-Sounds: ``<id>,10,<label_int>`` (OGM-GE), also space-separated and without the middle field
   (BalanceBenchmark/InfoReg read ``name = item[0]``, ``label = int(item[-1])``). ``KS.json``: ``labels`` + ``database``.
 - AVE: ``Category&VideoID&Quality&Start&End``; class names contain commas, so only ``&`` separates.
-- VGGSound: ``vggsound.csv`` rows ``ytid,start_seconds,label,split`` read with a CSV reader (quoted commas).
+- VGGSound: ``vggsound.csv`` rows ``ytid,start_seconds,label,split`` read with a CSV reader (quoted commas); the
+  start is digits (``30``, or zero-padded ``000030``).
 """
 
 from __future__ import annotations
@@ -242,8 +243,9 @@ def parse_vggsound_csv(path: Path, *, strict: bool = True) -> dict[str, ParsedLi
             skipped.append((number, text, "blank line"))
             continue
         fields = csv_line_fields(text) or []
-        if len(fields) != 4 or not fields[0] or not fields[2] or fields[3].strip() not in ("train", "test"):
-            message = f"{path}:{number}: expected 'ytid,start,label,train|test', got {text!r}"
+        problem = _vggsound_row_problem(fields)
+        if problem:
+            message = f"{path}:{number}: {problem}, got {text!r}"
             if strict:
                 raise SplitParseError(message)
             skipped.append((number, text, message))
@@ -254,6 +256,17 @@ def parse_vggsound_csv(path: Path, *, strict: bool = True) -> dict[str, ParsedLi
     for parsed in out.values():
         parsed.skipped = list(skipped)
     return out
+
+
+def _vggsound_row_problem(fields: list[str]) -> str | None:
+    """Why a ``vggsound.csv`` row is refused, or None. The start is part of the clip name, so one that is not a whole
+    number of seconds would only surface later as "missing media"; the published file writes it unpadded (``30``),
+    other copies zero-pad it (``000030``), and both are digits."""
+    if len(fields) != 4 or not fields[0] or not fields[2] or fields[3].strip() not in ("train", "test"):
+        return "expected 'ytid,start,label,train|test'"
+    if not is_whole_number(fields[1].strip()):
+        return f"start_seconds (field 2) {fields[1]!r} is not a whole number of seconds"
+    return None
 
 
 def first_appearance(labels: Iterable[str]) -> list[str]:

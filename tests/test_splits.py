@@ -161,6 +161,25 @@ def test_vggsound_csv_keeps_quoted_commas(tmp_path):
     assert [r.id for r in parsed["train"].rows] == ["--0PQM4-hqg_30"]
 
 
+@pytest.mark.parametrize("start", ["", "abc", " ", "-30", "30.0", "²"])
+def test_vggsound_row_whose_start_is_not_whole_seconds_is_refused_at_parse_time(tmp_path, start):
+    # The start is part of the clip name: such a row used to pass and surface only as "missing media" in prepare.
+    path = tmp_path / "vggsound.csv"
+    path.write_text(f"aaa,10,dog barking,train\nbbb,{start},cat meowing,train\n", encoding="utf-8")
+    with pytest.raises(SplitParseError, match=rf"vggsound.csv:2: start_seconds \(field 2\) {re.escape(repr(start))} "):
+        parse_vggsound_csv(path)
+    lenient = parse_vggsound_csv(path, strict=False)
+    assert [r.id for r in lenient["train"].rows] == ["aaa_10"] and [n for n, _, _ in lenient["train"].skipped] == [2]
+
+
+def test_vggsound_start_as_published_or_zero_padded_is_kept_as_written(tmp_path):
+    path = tmp_path / "vggsound.csv"
+    path.write_text("---g-f_I2yQ,1,people marching,test\n--0PQM4-hqg,000030,waterfall burbling,train\n"
+                    "--56QUhyDQM,0,playing tennis,train\n", encoding="utf-8")
+    parsed = parse_vggsound_csv(path)
+    assert parsed["train"].ids == ["--0PQM4-hqg_000030", "--56QUhyDQM_0"] and parsed["test"].ids == ["---g-f_I2yQ_1"]
+
+
 def test_natural_key_orders_numbers_and_breaks_ties_by_name():
     names = ["frame_000010.jpg", "frame_00009.jpg", "frame_1.jpg", "00030.jpg", "00000.jpg", "1.jpg", "01.jpg"]
     assert sorted(names, key=natural_key) == ["00000.jpg", "01.jpg", "1.jpg", "00030.jpg", "frame_1.jpg",
