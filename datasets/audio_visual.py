@@ -57,6 +57,10 @@ SOURCE_SIZES_SHOWN = 8
 FRAME_FOLDER_RATE = re.compile(r"Image-(\d+)-FPS", re.IGNORECASE)
 # The layout settings ``augbench prepare --audio-dir/--video-dir/--frames-dir`` override.
 LAYOUT_SETTINGS = ("audio_dir", "video_dir", "frames_dir")
+# Stands for a row's split in a layout folder: published trees keep train and test media apart, OGM-GE's VGGSound in
+# train-audios/train-set and test-audios/test-set (dataset/VGGSoundDataset.py), AMSS's Kinetics-Sounds in
+# train_img/Image-01-FPS and test_img/Image-01-FPS (AMSS/MyDataset.py).
+SPLIT_FIELD = "{split}"
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,8 @@ class Layout:
         video_suffixes: video file suffixes to try.
         frames_dir: folder of per-clip frame folders (used instead of videos when it exists, or on request).
         frames_suffixes: suffixes of frame folder names (OGM-GE's VGGSound folders keep ``.mp4``).
+
+    A folder may contain ``{split}`` (``SPLIT_FIELD``), which ``for_split`` replaces with a row's split.
     """
 
     audio_dir: str | None
@@ -84,6 +90,11 @@ class Layout:
         if unknown:
             raise ValueError(f"unknown layout setting(s) {unknown}; valid: {list(LAYOUT_SETTINGS)}")
         return dataclasses.replace(self, **overrides)
+
+    def for_split(self, split: str) -> "Layout":
+        """The folders of one split's media: ``{split}`` replaced by ``split`` (a folder without it is shared)."""
+        return dataclasses.replace(self, **{key: folder.replace(SPLIT_FIELD, split) for key in LAYOUT_SETTINGS
+                                            if (folder := getattr(self, key)) is not None})
 
 
 def few_frame_clips(frame_counts: Iterable[int]) -> dict[str, int]:
@@ -251,8 +262,9 @@ class AVCacheDataset(PreparedDataset):
             raise ValueError(f"min_frames must be >= 1 (a clip without frames cannot be served), got {min_frames}")
         if opts.visual not in VISUAL_SOURCES:
             raise ValueError(f"unknown visual source {opts.visual!r}; valid: {VISUAL_SOURCES}")
-        visual = opts.visual if opts.visual != "auto" else \
-            ("frames" if (raw / layout.frames_dir).is_dir() else "video")
+        # With {split} in the name there is one frames folder per split; every dataset here has train and test rows.
+        frames_found = any((raw / layout.for_split(split).frames_dir).is_dir() for split in ("train", "test"))
+        visual = opts.visual if opts.visual != "auto" else ("frames" if frames_found else "video")
         if visual == "frames":
             check_folder_rate(raw / layout.frames_dir, opts.frames_per_second)
         segment = chosen.get("segment", "whole")
@@ -271,7 +283,7 @@ class AVCacheDataset(PreparedDataset):
     @classmethod
     def locate(cls, raw: Path, sample: Sample, settings: HParams) -> tuple[dict[str, str], dict[str, Any]]:
         """The sample's audio file and video file / frame folder; ``MediaError`` if missing."""
-        layout = Layout(**settings.layout)
+        layout = Layout(**settings.layout).for_split(sample.split)
         names = cls.media_names(sample.id)
         if settings.visual == "frames":
             visual = _first_existing(raw, layout.frames_dir, names, layout.frames_suffixes, want_dir=True)

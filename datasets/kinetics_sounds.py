@@ -8,6 +8,9 @@ WAV as the published pipelines do; folder names are settable with ``--audio-dir/
     video/<id>.mp4         frames extracted at 1 fps by ``prepare``, or instead
     Image-01-FPS/<id>/     already extracted frames (``frame_00001.jpg``..., any numeric naming)
 
+AMSS keeps the splits apart (``train_img/Image-01-FPS/<id>/``, ``test_img/...``): ``{split}`` in a folder name stands
+for a row's split (docs/datasets/kinetics_sounds.md).
+
 Split files (docs/datasets/README.md#pinned-split-files): OGM-GE's ``my_train.txt``/``my_test.txt`` (14,799 / 2,597 rows
 ``<id>,10,<label>``, CRLF) and BML's ``KS.json``, whose ``labels`` list is the label map: integer label i is
 ``labels[i]`` (alphabetical); each row's label is checked against ``KS.json["database"]`` where the id is listed.

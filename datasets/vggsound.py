@@ -7,6 +7,9 @@ Raw layout (the OGM-GE pipeline: ``data/VGGSound/mp4_to_wav.py`` and ``video_pre
     Image-01-FPS/<ytid>_<start>.mp4/    extracted frames (OGM-GE keeps ``.mp4`` in the folder name; a folder
                                         without it is accepted too)
 
+OGM-GE's own tree keeps train and test media apart (``train-audios/train-set/``, ``test-audios/test-set/``, ...):
+``{split}`` in ``--audio-dir/--video-dir/--frames-dir`` stands for a row's split (docs/datasets/vggsound.md).
+
 Clip names are ``f"{ytid}_{start}"`` with the start as written in the CSV; a zero-padded ``_000030`` file name is
 also found. Split file: ``vggsound.csv`` (``ytid,start_seconds,label,split``, no header) from the VGGSound page. It
 is not pinned here (not in any pinned repository, docs/datasets/vggsound.md), so ``prepare`` needs ``--splits DIR``

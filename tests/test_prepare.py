@@ -684,6 +684,31 @@ def test_vggsound_quoted_labels_mp4_frame_folders_and_padded_names(tmp_path):
         CremaD.build(resolve("data", CremaD.HPARAMS, "cremad", {"cache": str(cache.path)}))
 
 
+def test_vggsound_prepares_from_ogm_ges_tree_of_separate_train_and_test_folders(tmp_path):
+    # OGM-GE dataset/VGGSoundDataset.py reads <split>-audios/<split>-set/<id>.wav and
+    # <split>-videos/<split>-set-img/Image-01-FPS/<id>.mp4/; "{split}" in a layout folder names them.
+    tree = make_vggsound(tmp_path / "raw", ("dog barking", "waterfall burbling"), seconds=1.0)
+    opts = PrepareOptions(splits_dir=tree.splits_dir, frame_size=(12, 16), shard_size=32)
+    flat = open_cache(prepare(VGGSound, tree.root, tmp_path / "cache", opts, log=quiet))
+    for split in ("train", "test"):
+        for clip in tree.ids(split):
+            for old, new in ((f"audio/{clip}.wav", f"{split}-audios/{split}-set/{clip}.wav"),
+                             (f"Image-01-FPS/{clip}.mp4", f"{split}-videos/{split}-set-img/Image-01-FPS/{clip}.mp4")):
+                (tree.root / new).parent.mkdir(parents=True, exist_ok=True)
+                (tree.root / old).rename(tree.root / new)
+    layout = {"audio_dir": "{split}-audios/{split}-set", "frames_dir": "{split}-videos/{split}-set-img/Image-01-FPS"}
+    split = open_cache(prepare(VGGSound, tree.root, tmp_path / "cache", dataclasses.replace(opts, layout=layout),
+                               log=quiet))
+    assert split.manifest["visual"]["source"] == "frames" and split.path != flat.path
+    assert list(split.index["id"]) == list(flat.index["id"])
+    test = int(np.flatnonzero(split.index["split"] == "test")[0])
+    clip = split.index["id"][test]
+    assert split.index["audio_path"][test] == f"test-audios/test-set/{clip}.wav"
+    assert split.index["visual_path"][test] == f"test-videos/test-set-img/Image-01-FPS/{clip}.mp4"
+    for name in ("audio", "frames"):
+        assert np.array_equal(split.arrays[name], flat.arrays[name])
+
+
 def test_ave_audio_dir_takes_the_extracted_wavs(tmp_path):
     tree = make_ave(tmp_path / "raw", AVE.CLASSES, train_dup=False)
     clip = tree.ids("test")[0]
