@@ -55,7 +55,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--visual", choices=VISUAL_SOURCES, default="auto",
                    help="frames from videos or from extracted frame folders (auto: folders when present)")
     for kind in ("audio", "video", "frames"):
-        p.add_argument(f"--{kind}-dir", help=f"{kind} folder under the raw root (default: the dataset's layout)")
+        p.add_argument(f"--{kind}-dir", help=f"{kind} folder under the raw root (default: the dataset's layout); "
+                                             "{split} in it stands for each row's split, for trees that keep the "
+                                             "splits apart")
     p.add_argument("--min-frames", type=int, help="clips with fewer 1 fps frames are bad items (default: the recipe's)")
     p.add_argument("--label-order", default="", help="label map convention (CREMA-D: ogm | stat | sorted)")
     p.add_argument("--duplicates", choices=DUPLICATE_POLICIES, default="first", help="repeated ids within a split")
