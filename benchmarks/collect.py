@@ -4,8 +4,9 @@
 ``job.json`` for the row label); ``build_table`` groups them into rows = method rows (the registered class's
 ``title``, or the sweep row's title) and columns = datasets x metrics; ``render`` formats that one table as Markdown,
 CSV or LaTeX. Cells are percentages: "mean ± std (n)" with the sample standard deviation (ddof 1) over the n seeds; a
-single seed shows no std. With a paper file (``results/paper/<paper>.csv``), each cell gets the published value
-(† = not verified against the paper, see ``results/paper/README.md``) and the difference ours − paper in points.
+single seed shows no std; the bold marks a column's best method, not a reference row (``RunRecord.reference``). With a
+paper file (``results/paper/<paper>.csv``), each cell gets the published value († = not verified against the paper,
+see ``results/paper/README.md``) and the difference ours − paper in points.
 
 The caption names the protocol, i.e. which epoch's test metrics a run contributes (``benchmarks.runner.
 select_protocols``): ``paper`` = best-on-test (optimistic, as the published code selects), ``clean`` = the best
@@ -107,6 +108,9 @@ class RunRecord:
     # The environments that trained the run (``trained_by``): which commits, and whether a tree had uncommitted
     # changes.
     envs: tuple[dict[str, Any], ...] = ()
+    # A reference computed from other runs (the demo's late fusion of the unimodal models' final checkpoints), not a
+    # method whose epoch the table's protocol selected: its row is shown for comparison but never marked best.
+    reference: bool = False
 
     def values(self, protocol: str) -> dict[str, float]:
         """Metric key -> value in [0, 1]: ``acc``/``macro_f1``/``map``, ``acc:<modality>`` and
@@ -673,16 +677,24 @@ def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper:
                 cell.paper = paper.lookup(col.dataset, (label,), col.metric)
             cells.append(cell)
         rows.append((row_titles[label] + (f" {TEST_SPLIT_MARK}" if label in on_test else ""), cells))
+    # The bold ranks the methods under the caption's protocol; a reference row (RunRecord.reference) only stands beside
+    # them: the demo's ensemble of final checkpoints was bolded above the best-validation visual-only model.
+    reference_labels = {r.label for r in records if r.reference}
+    references = [label for label in label_order if label in reference_labels]
+    ranked = [cells for label, (_, cells) in zip(label_order, rows) if label not in reference_labels]
     for j in range(len(columns)):
-        means = [cells[j].mean for _, cells in rows if cells[j].mean is not None]
+        means = [cells[j].mean for cells in ranked if cells[j].mean is not None]
         top = max(means, default=None)
-        for _, cells in rows:
+        for cells in ranked:
             cells[j].best = top is not None and cells[j].mean is not None and round(cells[j].mean, 2) == round(top, 2)
     what = "missing-modality test accuracy" if missing else "test " + ", ".join(METRIC_NAMES[m] for m in metrics)
     selection = ("each run's final checkpoint (the missing-modality evaluation)" if missing else
                  PROTOCOL_CAPTIONS[protocol])
     caption = (f"{title or 'Results'}: {what} in %, mean ± sample std over seeds (n = seeds); best mean per column "
                f"in bold. Protocol: {selection}.")
+    if references:
+        caption += (" Reference rows, computed from other runs rather than selected under this protocol, are not "
+                    f"ranked: {'; '.join(row_titles[label] for label in references)}.")
     if on_test:
         where = "; ".join(f"{row_titles[label]} on {' and '.join(read)}" for label, read in on_test.items())
         caption += (f" {TEST_SPLIT_MARK} = the method selects or tunes on the test split during training (its "

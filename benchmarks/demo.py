@@ -162,7 +162,8 @@ def _test_outputs(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor, int]:
 def ensemble_records(records: Sequence[collect.RunRecord]) -> list[collect.RunRecord]:
     """Per seed, the late-fusion ensemble of the separately trained unimodal models: the mean of their softmax
     outputs on test, from each model's final checkpoint. It is the headroom a balancing method could reach: each
-    modality trained to its own optimum, then fused. Seeds lacking either reference are skipped."""
+    modality trained to its own optimum, then fused. Seeds lacking either reference are skipped. The records are
+    references (``RunRecord.reference``): final checkpoints whatever a table's protocol, so never a column's best."""
     by_seed: dict[int, dict[str, collect.RunRecord]] = {}
     for rec in records:
         if rec.label in REFERENCES:
@@ -182,7 +183,8 @@ def ensemble_records(records: Sequence[collect.RunRecord]) -> list[collect.RunRe
         first = next(iter(refs.values()))
         out.append(collect.RunRecord(run_dir=first.run_dir.parent, label=ENSEMBLE_LABEL, title=ENSEMBLE_TITLE,
                                      method=ENSEMBLE_LABEL, dataset=first.dataset, seed=seed,
-                                     protocols={"clean": protocol, "paper": protocol, "last": protocol}))
+                                     protocols={"clean": protocol, "paper": protocol, "last": protocol},
+                                     reference=True))
     return out
 
 

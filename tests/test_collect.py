@@ -434,6 +434,22 @@ def test_a_repeated_seed_is_refused_in_rows_without_a_config(runs_dir):
         build_table(load_runs(runs_dir) + twins)
 
 
+def test_a_reference_row_is_shown_but_never_bold(runs_dir):
+    # A row computed from other runs (the demo's late fusion of final checkpoints) took the bold from the methods
+    # selected under the caption's protocol.
+    references = [RunRecord(run_dir=runs_dir, label="ensemble", title="Ensemble", method="ensemble",
+                            dataset="cremad", seed=seed, protocols={"paper": {"test": {"acc": 0.99}}}, reference=True)
+                  for seed in (0, 1)]
+    table = build_table(load_runs(runs_dir) + references, protocol="paper")
+    acc = [(c.dataset, c.metric) for c in table.columns].index(("cremad", "acc"))
+    rows = dict(table.rows)
+    assert rows["Ensemble"][acc].mean == approx64(99.0) and not rows["Ensemble"][acc].best
+    assert rows["AUG"][acc].best, "the best method takes the bold"
+    assert ("Reference rows, computed from other runs rather than selected under this protocol, are not ranked: "
+            "Ensemble.") in table.caption
+    assert "Reference rows" not in build_table(load_runs(runs_dir), protocol="paper").caption
+
+
 def _edit_json(path: Path, edit) -> None:
     doc = json.loads(path.read_text())
     edit(doc)

@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 import yaml
 
 from baselines.registry import list_methods
@@ -164,6 +165,28 @@ def test_unstable_rows_lists_rows_whose_seeds_disagree_by_more_than_the_threshol
     assert unstable_rows(records, ["joint", "ogm", "agm"]) == {"ogm": [0.66, 0.8, 0.87], "agm": [0.39, 0.49, 0.85]}
     assert unstable_rows(records, ["joint", "ogm", "agm"], threshold=0.2) == {"agm": [0.39, 0.49, 0.85]}
     assert unstable_rows(records[:1], ["agm"]) == {}, "one seed has no spread"
+
+
+def test_neither_demo_table_bolds_the_ensemble_of_final_checkpoints(monkeypatch):
+    # Its Acc (visual) 85.19 (final checkpoints) was bolded in table_clean.md above the visual-only model's 85.00
+    # (best-validation epoch), the protocol the caption names.
+    labels = torch.tensor([0, 1, 0, 1])
+    outputs = {"unimodal_audio": torch.tensor([[0.6, 0.4], [0.6, 0.4], [0.6, 0.4], [0.6, 0.4]]),
+               "unimodal_visual": torch.eye(2)[labels]}
+    monkeypatch.setattr(demo_module, "_test_outputs", lambda run_dir: (outputs[run_dir.name], labels, 2))
+    tests = {"unimodal_audio": {"acc": 0.5, "per_modality": {"audio": {"acc": 0.5}}},
+             "unimodal_visual": {"acc": 0.75, "per_modality": {"visual": {"acc": 0.75}}},
+             "joint": {"acc": 0.6, "per_modality": {"audio": {"acc": 0.4}, "visual": {"acc": 0.3}}}}
+    records = [collect.RunRecord(run_dir=Path("runs") / label, label=label, title=label, method=label,
+                                 dataset="av_digits", seed=0, protocols={p: {"test": test} for p in ("clean", "paper")})
+               for label, test in tests.items()]
+    records += demo_module.ensemble_records(records)
+    for protocol in ("clean", "paper"):
+        table = collect.build_table(records, protocol=protocol, metrics=("acc",), per_modality=True)
+        visual = [c.metric for c in table.columns].index("acc:visual")
+        bold = [title for title, cells in table.rows if cells[visual].best]
+        assert dict(table.rows)[demo_module.ENSEMBLE_TITLE][visual].mean == 100.0
+        assert bold == ["unimodal_visual"], protocol
 
 
 def test_results_go_under_runs_unless_published():
