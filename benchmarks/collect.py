@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from baselines.registry import list_methods
 from benchmarks.data_identity import SAME_DATA_HINT, recorded_identity
-from benchmarks.records import DamagedFileError, read_config_yaml, read_json, runs_phrase
+from benchmarks.records import DamagedFileError, read_config_yaml, read_json, read_yaml, runs_phrase
 from benchmarks.run_folder import (
     MISSING_RESULT,
     missing_result_problem,
@@ -251,11 +251,26 @@ def row_of(run_dir: Path, method: str) -> tuple[str, str]:
 def unfinished_runs(root: Path) -> list[Path]:
     """Run folders under ``root`` without ``DONE`` or without ``summary.json``: still training, stopped or failed
     (a run killed between writing them). ``load_runs`` leaves them out; the table command counts them so that a
-    missing seed is never silent. A sweep's run that failed before its first epoch holds only the ``job.yaml`` its
-    sweep wrote, so that marks a run folder too."""
+    missing seed is never silent, in its caption those of its own rows (``unfinished_row``). A sweep's run that failed
+    before its first epoch holds only the ``job.yaml`` its sweep wrote, so that marks a run folder too."""
     folders = {path.parent for name in ("config.yaml", "job.yaml") for path in Path(root).rglob(name)}
     return sorted(folder for folder in folders
                   if not (folder / "DONE").exists() or not (folder / "summary.json").exists())
+
+
+def unfinished_row(run_dir: Path) -> tuple[str | None, str | None]:
+    """The (row label, dataset) an unfinished run folder (``unfinished_runs``) would add a seed to once finished, as
+    ``row_of`` files it: from its sweep's ``job.json``, else its ``config.yaml`` or the sweep's ``job.yaml``; None for
+    what they do not say. A file that does not parse says nothing: the table reads no other file of such a run, and
+    must not fail on it."""
+    try:
+        job = read_json(run_dir / "job.json", default={})
+        config = next((read_yaml(path) for path in (run_dir / "config.yaml", run_dir / "job.yaml") if path.is_file()),
+                      {})
+    except DamagedFileError:
+        return None, None
+    job, config = (doc if isinstance(doc, Mapping) else {} for doc in (job, config))
+    return job.get("label") or config.get("method"), job.get("dataset") or config.get("dataset")
 
 
 def config_settings(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -277,10 +277,39 @@ def test_the_table_command_counts_the_unfinished_runs_it_leaves_out(runs_dir, ca
     assert main(["table", str(runs_dir)]) == 0
     captured = capsys.readouterr()
     assert "| 9" not in captured.out and "(3)" in captured.out, "the unfinished seed 9 is not tabulated"
-    assert captured.err == ("note: 1 run folder(s) without DONE or summary.json (training, stopped or failed) are "
-                            f"left out of the table, such as {runs_dir / 'cremad-aug-seed9-fixture'}\n")
-    assert ("1 unfinished run folder(s) (training, stopped or failed) are not counted, such as "
-            "cremad-aug-seed9-fixture.") in captured.out, "a table file read later says so too"
+    note = ("1 unfinished run folder(s) of the rows shown (without DONE or summary.json: training, stopped or failed) "
+            "are not counted, such as ")
+    assert captured.err == f"note: {note}{runs_dir / 'cremad-aug-seed9-fixture'}\n"
+    assert f"{note}cremad-aug-seed9-fixture." in captured.out, "a table file read later says so too"
+
+
+def test_the_table_counts_only_the_unfinished_runs_of_its_own_rows(runs_dir, tmp_path, capsys):
+    # With --config the caption counted every unfinished folder under the runs folder, of rows the table leaves out
+    # too, and stderr said they were "left out of the table".
+    config = tmp_path / "joint.yaml"
+    config.write_text(yaml.safe_dump({"name": "fixture", "seeds": [0, 1, 2], "datasets": {"cremad": {}},
+                                      "methods": {"joint": {}}}))
+    write_run(runs_dir, "joint", "kinetics_sounds", 1, (0.1, 0.1, 0.1), done=False)  # a column the config leaves out
+    assert main(["table", str(runs_dir), "--config", str(config)]) == 0
+    captured = capsys.readouterr()
+    assert "Concat" in captured.out and "AUG" not in captured.out
+    assert "unfinished" not in captured.out, "the unfinished aug and kinetics_sounds runs are not in this table"
+    assert ("note: 2 unfinished run folder(s) of rows or datasets not in the table, such as "
+            f"{runs_dir / 'cremad-aug-seed9-fixture'}\n") in captured.err
+    assert "of the rows shown" not in captured.err
+    write_run(runs_dir, "joint", "cremad", 7, (0.1, 0.1, 0.1), done=False)
+    assert main(["table", str(runs_dir), "--config", str(config)]) == 0
+    captured = capsys.readouterr()
+    assert "1 unfinished run folder(s) of the rows shown" in captured.out
+    assert f"1 unfinished run folder(s) of the rows shown (without DONE or summary.json: training, stopped or " \
+           f"failed) are not counted, such as {runs_dir / 'cremad-joint-seed7-fixture'}\n" in captured.err
+
+
+def test_an_unfinished_run_whose_files_do_not_parse_counts_as_the_tables(runs_dir, capsys):
+    # The table reads no other file of an unfinished run; its row unknown, it is counted rather than dropped.
+    (runs_dir / "cremad-aug-seed9-fixture" / "config.yaml").write_text("method: [aug\n")
+    assert main(["table", str(runs_dir)]) == 0
+    assert "1 unfinished run folder(s) of the rows shown" in capsys.readouterr().out
 
 
 def test_a_sweep_run_that_never_started_counts_as_unfinished(runs_dir, capsys):
@@ -288,7 +317,7 @@ def test_a_sweep_run_that_never_started_counts_as_unfinished(runs_dir, capsys):
     never.mkdir()
     (never / "job.yaml").write_text("method: aug\n")
     assert main(["table", str(runs_dir)]) == 0
-    assert "note: 2 run folder(s) without DONE or summary.json" in capsys.readouterr().err
+    assert "note: 2 unfinished run folder(s) of the rows shown" in capsys.readouterr().err
 
 
 def test_a_run_with_done_but_no_summary_counts_as_unfinished(runs_dir, capsys):
@@ -296,7 +325,7 @@ def test_a_run_with_done_but_no_summary_counts_as_unfinished(runs_dir, capsys):
     (runs_dir / "cremad-joint-seed2-fixture" / "summary.json").unlink()
     assert main(["table", str(runs_dir)]) == 0
     err = capsys.readouterr().err
-    assert "note: 2 run folder(s) without DONE or summary.json" in err
+    assert "note: 2 unfinished run folder(s) of the rows shown" in err
     assert str(runs_dir / "cremad-aug-seed9-fixture") in err
 
 

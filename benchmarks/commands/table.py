@@ -30,6 +30,7 @@ from benchmarks.collect import (
     shown_in_table,
     table_values,
     under_label,
+    unfinished_row,
     unfinished_runs,
 )
 from benchmarks.records import WANDB_MODES, atomic_write_text, read_json, resolve_wandb_mode, start_wandb
@@ -73,14 +74,15 @@ def run(args: argparse.Namespace) -> int:
     table = build_table(records, protocol=protocol, paper=paper, per_modality=args.per_modality,
                         missing=args.missing, datasets=order.get("datasets"), methods=order.get("methods"),
                         title=order.get("title"))
-    unfinished = unfinished_runs(args.runs_dir)
-    if unfinished:
-        print(f"note: {len(unfinished)} run folder(s) without DONE or summary.json (training, stopped or failed) "
-              f"are left out of the table, such as {unfinished[0]}", file=sys.stderr)
-        # Also in the table itself: a table file read later would otherwise show only a smaller n.
-        table.caption += (f" {len(unfinished)} unfinished run folder(s) (training, stopped or failed) are not counted, "
-                          f"such as {unfinished[0].name}.")
     shown = [r for r in records if shown_in_table(r, order.get("datasets"), order.get("methods"))]
+    unfinished, elsewhere = split_unfinished(unfinished_runs(args.runs_dir), shown)
+    if unfinished:
+        print(f"note: {unfinished_note(len(unfinished), unfinished[0])}", file=sys.stderr)
+        # Also in the table itself: a table file read later would otherwise show only a smaller n.
+        table.caption += f" {unfinished_note(len(unfinished), unfinished[0].name)}."
+    if elsewhere:
+        print(f"note: {len(elsewhere)} unfinished run folder(s) of rows or datasets not in the table, such as "
+              f"{elsewhere[0]}", file=sys.stderr)
     for line in _coverage_notes(records, shown, args.config, order, args.missing) + table.code_notes:
         print(f"note: {line}", file=sys.stderr)
     if args.config:
@@ -100,6 +102,27 @@ def run(args: argparse.Namespace) -> int:
         print(f"W&B table run: {where}" + (f" (upload it with: wandb sync {where})" if mode == "offline" else ""),
               file=sys.stderr)
     return 0
+
+
+def split_unfinished(unfinished: Sequence[Path], shown: Sequence[RunRecord]) -> tuple[list[Path], list[Path]]:
+    """``unfinished`` run folders as (those that would add a seed to a row and dataset of the table, the others):
+    ``shown`` are the table's runs. A run of a row that ``--config`` leaves out, or of one with no finished run yet,
+    makes no n of the table smaller. A folder that does not say its row or dataset counts as the table's: a missing
+    seed is never silent."""
+    rows, datasets = {r.label for r in shown}, {r.dataset for r in shown}
+    ours, others = [], []
+    for run_dir in unfinished:
+        label, dataset = unfinished_row(run_dir)
+        in_table = (label is None or label in rows) and (dataset is None or dataset in datasets)
+        (ours if in_table else others).append(run_dir)
+    return ours, others
+
+
+def unfinished_note(count: int, example: Path | str) -> str:
+    """One wording for stderr (``example``: the folder's path) and the caption (its name), so that both count the
+    same runs in the same words."""
+    return (f"{count} unfinished run folder(s) of the rows shown (without DONE or summary.json: training, stopped or "
+            f"failed) are not counted, such as {example}")
 
 
 def runs_outside_config(records: Sequence[RunRecord], config: Path) -> list[Path]:
