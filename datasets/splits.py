@@ -262,7 +262,8 @@ def _vggsound_row_problem(fields: list[str]) -> str | None:
     """Why a ``vggsound.csv`` row is refused, or None. The start is part of the clip name, so one that is not a whole
     number of seconds would only surface later as "missing media"; the published file writes it unpadded (``30``),
     other copies zero-pad it (``000030``), and both are digits."""
-    if len(fields) != 4 or not fields[0] or not fields[2] or fields[3].strip() not in ("train", "test"):
+    # Stripped, as the row is read: a blank ytid or label would make a clip "_30" or a class "".
+    if len(fields) != 4 or not fields[0].strip() or not fields[2].strip() or fields[3].strip() not in ("train", "test"):
         return "expected 'ytid,start,label,train|test'"
     if not is_whole_number(fields[1].strip()):
         return f"start_seconds (field 2) {fields[1]!r} is not a whole number of seconds"

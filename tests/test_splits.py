@@ -172,6 +172,15 @@ def test_vggsound_row_whose_start_is_not_whole_seconds_is_refused_at_parse_time(
     assert [r.id for r in lenient["train"].rows] == ["aaa_10"] and [n for n, _, _ in lenient["train"].skipped] == [2]
 
 
+@pytest.mark.parametrize("row", ["  ,30,cat meowing,train", 'bbb,30," ",train'])
+def test_vggsound_row_with_a_blank_ytid_or_label_is_refused(tmp_path, row):
+    # The fields are stripped when read: a blank ytid passed as clip "_30", a blank label as a class "".
+    path = tmp_path / "vggsound.csv"
+    path.write_text(f"aaa,10,dog barking,train\n{row}\n", encoding="utf-8")
+    with pytest.raises(SplitParseError, match=r"vggsound.csv:2: expected 'ytid,start,label,train\|test'"):
+        parse_vggsound_csv(path)
+
+
 def test_vggsound_start_as_published_or_zero_padded_is_kept_as_written(tmp_path):
     path = tmp_path / "vggsound.csv"
     path.write_text("---g-f_I2yQ,1,people marching,test\n--0PQM4-hqg,000030,waterfall burbling,train\n"
