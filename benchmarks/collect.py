@@ -270,7 +270,9 @@ def unfinished_row(run_dir: Path) -> tuple[str | None, str | None]:
     except DamagedFileError:
         return None, None
     job, config = (doc if isinstance(doc, Mapping) else {} for doc in (job, config))
-    return job.get("label") or config.get("method"), job.get("dataset") or config.get("dataset")
+    label, dataset = job.get("label") or config.get("method"), job.get("dataset") or config.get("dataset")
+    # A value that is no name (a list, a mapping) says nothing either.
+    return (label if isinstance(label, str) else None), (dataset if isinstance(dataset, str) else None)
 
 
 def config_settings(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -312,6 +312,13 @@ def test_an_unfinished_run_whose_files_do_not_parse_counts_as_the_tables(runs_di
     assert "1 unfinished run folder(s) of the rows shown" in capsys.readouterr().out
 
 
+def test_an_unfinished_run_whose_row_is_not_a_name_counts_as_the_tables(runs_dir, capsys):
+    # A config.yaml that parses but names no method (a list): the table failed with "unhashable type".
+    (runs_dir / "cremad-aug-seed9-fixture" / "config.yaml").write_text("method: [aug]\ndataset: {cremad: 1}\n")
+    assert main(["table", str(runs_dir)]) == 0
+    assert "1 unfinished run folder(s) of the rows shown" in capsys.readouterr().out
+
+
 def test_a_sweep_run_that_never_started_counts_as_unfinished(runs_dir, capsys):
     never = runs_dir / "cremad-aug-seed0-never"
     never.mkdir()
