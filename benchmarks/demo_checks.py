@@ -66,8 +66,8 @@ def _check(name: str, text: str, measured: Mapping[str, float], met: bool) -> di
 def design_targets(summary: Mapping[str, Any], targets: Mapping[str, float]) -> list[dict[str, Any]]:
     """The demo's design targets (``targets`` from its config), each with what this run measured and whether it was
     met: the references and joint converge, joint under-uses the visual modality, the unimodal ensemble leaves
-    headroom over joint training, and the references and joint vary little between seeds. A target whose rows were
-    not run is left out."""
+    headroom over joint training, and the references and joint vary little between seeds (with, under
+    ``final_epoch``, the same spread at the final epoch). A target whose rows were not run is left out."""
     rows = summary["rows"]
 
     def mean(row: str, key: str = "acc") -> float:
@@ -98,9 +98,15 @@ def design_targets(summary: Mapping[str, Any], targets: Mapping[str, float]) -> 
     spread = {row: rows[row]["acc"][1] for row in (AUDIO, VISUAL, JOINT) if row in rows and rows[row]["acc"][2] > 1}
     if spread:
         limit = targets["reference_std"]
-        checks.append(_check("seed spread", f"test accuracy of the references and joint training varies by at most "
-                             f"{100 * limit:.0f} points between seeds (sample std)", spread,
-                             all(v <= limit for v in spread.values())))
+        check = _check("seed spread", f"test accuracy of the references and joint training varies by at most "
+                       f"{100 * limit:.0f} points between seeds (sample std, at the epoch the table reports)", spread,
+                       all(v <= limit for v in spread.values()))
+        # Shown beside it, not judged: the table's epoch is chosen on a few validation speakers, which adds spread of
+        # its own; the same runs' final epochs tell that part from the training's.
+        at_final = {row: final[row]["acc"][1] for row in spread if row in final and final[row]["acc"][2] > 1}
+        if at_final:
+            check["final_epoch"] = at_final
+        checks.append(check)
     return checks
 
 
@@ -181,6 +187,9 @@ def targets_markdown(checks: Sequence[Mapping[str, Any]], titles: Mapping[str, s
              "| target | measured | met |", "|---|---|---|"]
     for c in checks:
         measured = ", ".join(value(k, v, c["target"] in SIGNED_TARGETS) for k, v in c["measured"].items())
+        if c.get("final_epoch"):
+            at_final = ", ".join(value(k, v, False) for k, v in c["final_epoch"].items())
+            measured += f" (final epoch, not judged: {at_final})"
         lines.append(f"| {c['target']}: {c['text']} | {measured} | {'yes' if c['met'] else '**no**'} |")
     return lines + [""]
 

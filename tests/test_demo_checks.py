@@ -58,7 +58,8 @@ def test_design_targets_report_each_target_met_or_missed():
                        ensemble={"acc": (0.90, 0.008, 3)})
     summary["convergence_trend"] = {"joint": {0: 0.0, 1: 0.01}, "unimodal_visual": {0: 0.05, 1: 0.0, 2: 0.02}}
     # the ensemble fuses final checkpoints: headroom compares final epochs, not joint's best-validation epoch
-    summary["rows_final"] = {"joint": {"acc": [0.85, 0.01, 3]}, "ensemble": {"acc": [0.90, 0.008, 3]}}
+    summary["rows_final"] = {"joint": {"acc": [0.85, 0.01, 3]}, "ensemble": {"acc": [0.90, 0.008, 3]},
+                             "unimodal_audio": {"acc": [0.76, 0.012, 3]}}
     summary["rows"]["joint"]["acc"] = [0.84, 0.015, 3]
     checks = {c["target"]: c for c in design_targets(summary, TARGETS)}
     assert checks["converged"]["measured"] == pytest.approx({"joint": 0.005, "unimodal_visual": 0.07 / 3})
@@ -68,9 +69,12 @@ def test_design_targets_report_each_target_met_or_missed():
     assert "(both at the final epoch)" in checks["headroom"]["text"]
     assert checks["seed spread"]["measured"] == {"unimodal_audio": 0.034, "unimodal_visual": 0.022, "joint": 0.015}
     assert not checks["seed spread"]["met"]
+    # The final epoch's spread is shown beside the judged one (the rows that have a final-epoch record), never judged.
+    assert checks["seed spread"]["final_epoch"] == {"unimodal_audio": 0.012, "joint": 0.01}
     lines = "\n".join(targets_markdown(list(checks.values()), {"unimodal_audio": "Unimodal (audio)"}, 3))
     assert "this run's 3 seed(s)" in lines and "| **no** |" in lines
     assert "Unimodal (audio) 3.4" in lines and "+37.0" in lines
+    assert "joint 1.5 (final epoch, not judged: Unimodal (audio) 1.2, joint 1.0) | **no** |" in lines
 
 
 def test_converged_is_the_mean_size_of_the_seeds_trends_so_opposite_trends_do_not_cancel():
