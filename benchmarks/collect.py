@@ -328,6 +328,12 @@ def reads_test(record: RunRecord) -> bool:
     return cls is not None and cls.HELD_OUT_KEY in hp and cls.held_out_split(hp) == "test"
 
 
+def served_subset(record: RunRecord) -> bool:
+    """Whether the run trained and was tested on a per-class subset of its dataset (``data.subset``): a smoke run."""
+    data = record.config.get("data")
+    return isinstance(data, Mapping) and bool(data.get("subset"))
+
+
 def trained_by(summary: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
     """The environments that trained a run: each of its invocations' (``segments``) and the final one (``env``). A
     run resumed on other code holds numbers of every commit that trained it, not only of the last."""
@@ -716,6 +722,11 @@ def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper:
         where = "; ".join(f"{row_titles[label]} on {' and '.join(read)}" for label, read in on_test.items())
         caption += (f" {TEST_SPLIT_MARK} = the method selects or tunes on the test split during training (its "
                     f"held-out split knob is test: {where}), so these numbers are not clean.")
+    on_subset = [f"{row_titles[label]} on {dataset}" for label in label_order for dataset in dataset_order
+                 if any(map(served_subset, members.get((label, dataset), [])))]
+    if on_subset:
+        caption += (" Trained and tested on a per-class subset of the data (data.subset: smoke runs, not results): "
+                    f"{'; '.join(on_subset)}.")
     if paper is not None:
         which = f"{paper.name}" + (f" {paper.table}" if paper.table else "")
         caption += (f" Paper = published value ({which}); Δ = ours − paper in points; † = not verified against "

@@ -238,3 +238,12 @@ def served_splits(cache: Cache, train_split: str) -> dict[str, np.ndarray]:
     if val is not None and len(val) and not (train_split == "full" and np.isin(val, splits["train"]).any()):
         splits = {"train": splits["train"], "val": val, "test": splits["test"]}
     return splits
+
+
+def first_per_class(rows: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """The first ``n`` of ``rows`` of each class (``labels[row]``), in their order: the same subset every run."""
+    classes = labels[rows]
+    order = np.argsort(classes, kind="stable")
+    ordered = classes[order]
+    rank = np.arange(len(order)) - np.searchsorted(ordered, ordered, side="left")
+    return rows[np.sort(order[rank < n])]

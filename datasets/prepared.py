@@ -29,6 +29,7 @@ from datasets.cache import (
     CacheError,
     default_cache_root,
     find_caches,
+    first_per_class,
     open_cache,
     read_manifest,
     served_splits,
@@ -73,6 +74,9 @@ def cache_hparams(*, recipes: Sequence[str], recipe: str, recipe_doc: str,
                                        "published train list "
                                        "(protocol A); a validation split inside train is then left out.",
                choices=TRAIN_SPLITS),
+        HParam("subset", 0, "Serve at most this many samples of each class in every split (the first ones in the "
+                            "cache's order; 0 = all): a small real-data subset for smoke runs and CI, whose accuracies "
+                            "are not results. The project's choice, no paper's.", low=0),
     )
 
 
@@ -186,8 +190,11 @@ class PreparedDataset(Dataset):
                 # pinned (the published file) or custom, per split file: what a run says it was compared on
                 "split_files": {name: record.get("status", "unknown") if isinstance(record, dict) else "unknown"
                                 for name, record in manifest.get("split_files", {}).items()}}
-        return DataBundle(task, cache.labels, served_splits(cache, hp.train_split), gather, augment, info,
-                          prefetch=cls.prefetch(hp))
+        splits = served_splits(cache, hp.train_split)
+        if hp.subset:
+            splits = {name: first_per_class(rows, cache.labels, hp.subset) for name, rows in splits.items()}
+            info["subset"] = {"per_class": hp.subset, "served": {name: len(rows) for name, rows in splits.items()}}
+        return DataBundle(task, cache.labels, splits, gather, augment, info, prefetch=cls.prefetch(hp))
 
     @classmethod
     def identity(cls, hp: HParams) -> dict[str, str]:

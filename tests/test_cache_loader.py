@@ -15,7 +15,7 @@ from benchmarks.bench_data import benchmark_data
 from core.hparams import resolve
 from datasets.audio_visual import audio_pipeline
 from datasets.augment import IMAGENET_MEAN, IMAGENET_STD, AVAugment, crop_boxes, frame_offsets, resize, resized_crop
-from datasets.cache import CacheError, open_cache
+from datasets.cache import CacheError, first_per_class, open_cache
 from datasets.cremad import CremaD
 from datasets.media_loader import MediaDataset, items_from_cache
 from datasets.prepare import prepare
@@ -67,6 +67,30 @@ def test_clean_and_full_training_splits(cache_path):
     assert (len(clean.splits["train"]), len(clean.splits["val"]), len(clean.splits["test"])) == (6, 6, 6)
     assert len(full.splits["train"]) == 12 and "val" not in full.splits, "val.csv is part of the full train list"
     assert not set(clean.splits["train"].tolist()) & set(clean.splits["val"].tolist())
+
+
+def test_first_per_class_keeps_each_class_first_rows_in_their_order():
+    labels = np.array([2, 0, 2, 1, 0, 2, 0, 1])
+    rows = np.array([7, 6, 5, 4, 3, 2, 1, 0])  # classes 1, 0, 2, 0, 1, 2, 0, 2
+    assert first_per_class(rows, labels, 1).tolist() == [7, 6, 5]
+    assert first_per_class(rows, labels, 2).tolist() == [7, 6, 5, 4, 3, 2]
+    assert first_per_class(rows, labels, 10).tolist() == rows.tolist()
+    assert first_per_class(rows[:0], labels, 2).tolist() == []
+
+
+def test_subset_serves_at_most_n_samples_per_class_of_every_split(cache_path):
+    whole, smoke = bundle(cache_path, train_split="full"), bundle(cache_path, train_split="full", subset=1)
+    assert set(smoke.splits) == set(whole.splits)
+    for name, rows in whole.splits.items():
+        classes = whole.labels[rows]
+        # the first row of each class in the split's order, nothing else
+        expected = [int(row) for i, row in enumerate(rows) if classes[i] not in classes[:i]]
+        assert smoke.splits[name].tolist() == expected, name
+    assert len(smoke.splits["train"]) < len(whole.splits["train"]), "the full train list has classes of 2 samples"
+    assert smoke.info["subset"] == {"per_class": 1, "served": {k: len(v) for k, v in smoke.splits.items()}}
+    assert "subset" not in whole.info
+    with pytest.raises(ValueError, match="subset"):
+        bundle(cache_path, subset=-1)
 
 
 def test_an_epoch_touches_no_media_file(cache_path, monkeypatch):

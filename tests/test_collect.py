@@ -486,6 +486,15 @@ def test_a_reference_row_is_shown_but_never_bold(runs_dir):
     assert "Reference rows" not in build_table(load_runs(runs_dir), protocol="paper").caption
 
 
+def test_rows_trained_on_a_per_class_subset_are_named_in_the_caption(runs_dir):
+    records = load_runs(runs_dir)
+    assert "subset" not in build_table(records, protocol="paper").caption
+    smoke = [dataclasses.replace(r, config={**r.config, "data": {**r.config.get("data", {}), "subset": 4}})
+             if r.label == "aug" else r for r in records]
+    assert "Trained and tested on a per-class subset of the data (data.subset: smoke runs, not results): AUG on " \
+           "cremad; AUG on kinetics_sounds." in build_table(smoke, protocol="paper").caption
+
+
 def _edit_json(path: Path, edit) -> None:
     doc = json.loads(path.read_text())
     edit(doc)
