@@ -222,6 +222,24 @@ def check_held_out_split(cfg: RunConfig, bundle: DataBundle) -> None:
                          f"split (data.train_split=clean)")
 
 
+def check_training_batches(cfg: RunConfig, train: BatchLoader, world_size: int = 1) -> None:
+    """Refuse, before training, a run whose training split gives no batch in an epoch (fewer rows than
+    ``train.batch_size`` under ``train.drop_last``, or than the data-parallel ranks, e.g. a small ``data.subset``):
+    every epoch would train no step and the run would finish as DONE, an untrained model tabulated as a result.
+
+    Raises:
+        UsageError: naming the rows, the batch size and the ways out.
+    """
+    if len(train):
+        return
+    rows = len(train.rows)
+    why = (f"fewer than its {world_size} data-parallel ranks" if rows < world_size else
+           f"fewer than one batch of train.batch_size={cfg.train.batch_size} with train.drop_last=true")
+    raise UsageError(f"{cfg.dataset} serves {rows} training rows, {why}: an epoch would take no training step; "
+                     f"lower train.batch_size, set train.drop_last=false, train on fewer ranks or serve more rows "
+                     f"(e.g. a larger data.subset)")
+
+
 def make_loaders(cfg: RunConfig, bundle: DataBundle, device: torch.device, rank: int = 0,
                  world_size: int = 1) -> Loaders:
     """The run's loaders; with ``world_size`` > 1 the training loader serves this rank's share of each global batch
@@ -371,6 +389,7 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
     check_held_out_split(cfg, bundle)
     method = build_method(cfg, bundle, device, step_pre_hook=ddp.step_pre_hook)
     loaders = make_loaders(cfg, bundle, device, ddp.rank, ddp.world_size)
+    check_training_batches(cfg, loaders.train, ddp.world_size)
     method.ctx.loaders = loaders
     # Every rank has made its checks on the folder above before rank 0 writes into it: a rank still checking would
     # otherwise find the config just written and refuse the run as someone else's.

@@ -168,6 +168,21 @@ def test_a_method_reading_a_split_the_data_lacks_is_refused_before_training(tmp_
     assert summary["protocols"]["last"]["test"]["n"] == TINY_DATA["n_test"]
 
 
+@pytest.mark.parametrize("data, train", [({"n_train": 12}, {"batch_size": 16, "drop_last": True}),
+                                         ({"n_train": 16}, {"batch_size": 32, "drop_last": True})])
+def test_a_run_whose_training_split_gives_no_batch_is_refused_before_training(tmp_path, data, train):
+    # A training split smaller than one batch under train.drop_last (data.subset makes one of a few samples per
+    # class): every epoch trained no step, and the run finished as DONE, an untrained model tabulated as a result.
+    overrides = merge_overrides(tiny_overrides(), {"data": data, "train": {"epochs": 1, **train}})
+    run_dir = tmp_path / "run"
+    with pytest.raises(UsageError, match=rf"serves {data['n_train']} training rows.*no training step.*drop_last"):
+        train_run(build_config("joint", "synthetic", overrides), run_dir, log=lambda msg: None)
+    assert not run_dir.exists(), "nothing is written for a refused run"
+    overrides["train"]["drop_last"] = False
+    summary = train_run(build_config("joint", "synthetic", overrides), run_dir, log=lambda msg: None)
+    assert summary["protocols"]["last"]["test"]["acc"] is not None
+
+
 def test_a_held_out_knob_value_that_names_no_split_reads_none(tmp_path):
     # UMT's teacher_select: 'final' reads no split, 'val' and 'test' do.
     umt = get_method("umt")
