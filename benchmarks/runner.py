@@ -496,6 +496,9 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
                    "data_parallel": type(method).DATA_PARALLEL, "world_size": ddp.world_size, "wall_time_s": elapsed,
                    "env": environment(device), "segments": segments,
                    "split_files": bundle.info.get("split_files", {})}
+        if "subset" in bundle.info:
+            # data.subset: numbers of a few samples per class (a smoke run), said beside them
+            summary["subset"] = bundle.info["subset"]
         extensions = read_extensions(run_dir)
         if extensions:
             summary["extensions"] = extensions

@@ -4,6 +4,7 @@ frame rules, RandomResizedCrop parameterisation, agreement with the per-sample m
 from __future__ import annotations
 
 import builtins
+import json
 import os
 import random
 
@@ -12,6 +13,8 @@ import pytest
 import torch
 
 from benchmarks.bench_data import benchmark_data
+from benchmarks.config import build_config
+from benchmarks.runner import train_run
 from core.hparams import resolve
 from datasets.audio_visual import audio_pipeline
 from datasets.augment import IMAGENET_MEAN, IMAGENET_STD, AVAugment, crop_boxes, frame_offsets, resize, resized_crop
@@ -20,6 +23,7 @@ from datasets.cremad import CremaD
 from datasets.media_loader import MediaDataset, items_from_cache
 from datasets.prepare import prepare
 from datasets.tables import PrepareOptions
+from tests.conftest import TINY_MODEL
 from tests.media_fixtures import make_cremad, second_level
 
 SIZE = 16
@@ -91,6 +95,19 @@ def test_subset_serves_at_most_n_samples_per_class_of_every_split(cache_path):
     assert "subset" not in whole.info
     with pytest.raises(ValueError, match="subset"):
         bundle(cache_path, subset=-1)
+
+
+def test_a_run_on_a_subset_says_so_in_its_summary(cache_path, tmp_path):
+    # The summary holds the run's numbers (and goes to W&B as the run's summary): it says they come from a subset.
+    overrides = {"model": dict(TINY_MODEL), "data": {"cache": str(cache_path), "image_size": SIZE, "subset": 1},
+                 "train": {"epochs": 1, "batch_size": 4, "eval_batch_size": 8, "max_steps_per_epoch": 1}}
+    summary = train_run(build_config("joint", "cremad", overrides), tmp_path / "smoke", log=lambda line: None)
+    served = {name: len(rows) for name, rows in bundle(cache_path, subset=1).splits.items()}
+    assert summary["subset"] == {"per_class": 1, "served": served}
+    assert json.loads((tmp_path / "smoke" / "summary.json").read_text())["subset"] == summary["subset"]
+    overrides["data"]["subset"] = 0
+    assert "subset" not in train_run(build_config("joint", "cremad", overrides), tmp_path / "full",
+                                     log=lambda line: None)
 
 
 def test_an_epoch_touches_no_media_file(cache_path, monkeypatch):
