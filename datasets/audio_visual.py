@@ -165,7 +165,8 @@ def av_hparams(*, recipes: Sequence[str], recipe: str, recipe_doc: str, frames: 
                                    "loaded once into RAM; 'device' = copied once to the training device (no "
                                    "per-batch host->device copy); 'auto' = 'device' on CUDA when the arrays take at "
                                    "most half of its free memory, else 'memory' when they take at most half of the "
-                                   "available RAM, else 'none' [project].", choices=RESIDENT_MODES),
+                                   "available RAM, else 'none'; 'none' under data.subset [project].",
+               choices=RESIDENT_MODES),
         HParam("eval_cache_mb", 2048, "Test-time Resize((S, S)) frame views are computed once and kept, up to this "
                                       "many MiB of uint8 (0 = resize on every use) [project]."),
         HParam("compile_views", False, "On a CPU, serve the kept test-time views with one kernel that torch.compile "
@@ -419,9 +420,12 @@ class AVCacheDataset(PreparedDataset):
                     FRAME_COUNT_KEY: torch.from_numpy(counts[rows])}
 
         view_bytes = hp.image_size * hp.image_size * 3
+        # A subset (data.subset) serves a few rows of each class: copying the whole cache into RAM or onto the GPU for
+        # them would cost a smoke run more than it saves.
+        resident = "none" if hp.subset and hp.resident == "auto" else hp.resident
         augment = AVAugment(cache.arrays["frames"], num_frames=hp.frames, image_size=hp.image_size,
                             frame_rule=hp.frame_rule, audio_frames=pipeline.serve_frames, audio=cache.arrays["audio"],
-                            resample=hp.resample, resident=hp.resident,
+                            resample=hp.resample, resident=resident,
                             eval_cache_frames=int(hp.eval_cache_mb * 2**20) // view_bytes,
                             compile_views=hp.compile_views, crop_scale=hp.crop_scale)
         return task, gather, augment

@@ -221,6 +221,16 @@ def test_resident_auto_loads_the_cache_into_ram_when_it_fits(cache_path, monkeyp
     assert len(asked) == 1, "decided once, not checked again for every batch"
 
 
+def test_resident_auto_leaves_the_cache_mapped_under_a_subset(cache_path, monkeypatch):
+    # A smoke run on a few rows of each class copied the whole cache into RAM (or onto the GPU) first.
+    monkeypatch.setattr(augment, "_available_ram", lambda: 1 << 40)
+    smoke = bundle(cache_path, resident="auto", subset=1)
+    next(iter(smoke.loader("train", batch_size=2, train=True, seed=0)))
+    assert smoke.augment.arrays.mode == "none" and not smoke.augment.arrays._loaded
+    assert all(isinstance(a, np.memmap) for a in smoke.augment.arrays.host.values())
+    assert bundle(cache_path, resident="memory", subset=1).augment.arrays.mode == "memory", "an explicit mode holds"
+
+
 def test_ram_copies_are_shared_per_file_read_only_and_only_for_the_last_cache(tmp_path):
     def mapped(name, values):
         # Written beside and renamed over, as a cache is (a new inode each time).
