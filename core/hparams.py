@@ -19,6 +19,10 @@ class HParamError(ValueError):
     """An unknown hyperparameter key, or a value of the wrong type or outside its choices."""
 
 
+# ``HParam.absent_value`` of a knob that every run records.
+ALWAYS_RECORDED = object()
+
+
 @dataclass(frozen=True)
 class HParam:
     """One knob.
@@ -37,6 +41,10 @@ class HParam:
             on the typed value when one is set; raises ``HParamError`` naming ``key``.
         element: the type of a list knob's elements (int, float, str, bool); needed only when the default is empty,
             otherwise its elements' type is used.
+        absent_value: for a knob added after runs were recorded without it, the value those runs ran with (the
+            behaviour before the knob). While a run's value equals it, the knob stays out of the run's record
+            (``HParams.as_dict``: config.yaml, the run hash, resume and table comparisons), so adding the knob
+            neither renames the earlier runs' folders nor sets them apart from new ones.
     """
 
     name: str
@@ -49,6 +57,7 @@ class HParam:
     element: type | None = None
     open_low: bool = False
     check: Callable[[str, Any], None] | None = None
+    absent_value: Any = ALWAYS_RECORDED
 
     def default_for(self, dataset: str | None) -> Any:
         return self.per_dataset.get(dataset, self.default) if dataset is not None else self.default
@@ -122,9 +131,11 @@ def _typed(key: str, default: Any, value: Any, element: type | None = None) -> A
 class HParams(Mapping[str, Any]):
     """Resolved, read-only values of one namespace; readable as ``hp.alpha`` or ``hp["alpha"]``."""
 
-    def __init__(self, namespace: str, values: Mapping[str, Any]) -> None:
+    def __init__(self, namespace: str, values: Mapping[str, Any], absent: Mapping[str, Any] | None = None) -> None:
         self._namespace = namespace
         self._values = dict(values)
+        # name -> HParam.absent_value of the knobs that runs recorded before them lack
+        self._absent = dict(absent or {})
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -148,7 +159,10 @@ class HParams(Mapping[str, Any]):
         return f"HParams({self._namespace!r}, {self._values!r})"
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self._values)
+        """The values a run records: all but a knob at its ``HParam.absent_value`` (0 is not False here)."""
+        return {name: value for name, value in self._values.items()
+                if not (name in self._absent and type(value) is type(self._absent[name])
+                        and value == self._absent[name])}
 
 
 def resolve(namespace: str, declared: Iterable[HParam], dataset: str | None,
@@ -171,7 +185,8 @@ def resolve(namespace: str, declared: Iterable[HParam], dataset: str | None,
             values[name] = value
     for name, value in overrides.items():
         values[name] = table[name].coerce(namespace, value)
-    return HParams(namespace, values)
+    return HParams(namespace, values, {name: p.absent_value for name, p in table.items()
+                                       if p.absent_value is not ALWAYS_RECORDED})
 
 
 def variant_param(variants: Mapping[str, Mapping[str, Any]], doc: str) -> HParam:

@@ -76,7 +76,8 @@ def cache_hparams(*, recipes: Sequence[str], recipe: str, recipe_doc: str,
                choices=TRAIN_SPLITS),
         HParam("subset", 0, "Serve at most this many samples of each class in every split (the first ones in the "
                             "cache's order; 0 = all): a small real-data subset for smoke runs and CI, whose accuracies "
-                            "are not results. The project's choice, no paper's.", low=0),
+                            "are not results. The project's choice, no paper's. Added after runs were recorded "
+                            "without it: a run at 0 does not record it.", low=0, absent_value=0),
     )
 
 

@@ -44,6 +44,20 @@ def test_zero_and_false_are_honoured():
     assert (hp.alpha, hp.flag, hp.steps) == (0.0, False, 0)
 
 
+def test_a_knob_at_its_absent_value_stays_out_of_the_record():
+    # Runs recorded before a knob existed lack it; one run at that value must record the same, or adding the knob
+    # renames every earlier run's folder and sets it apart from new runs.
+    declared = (*DECLARED, HParam("subset", 0, "added later", absent_value=0),
+                HParam("gate", False, "added later, a bool", absent_value=False))
+    assert resolve("ns", declared, None).as_dict() == resolve("ns", DECLARED, None).as_dict()
+    hp = resolve("ns", declared, None, {"subset": 4})
+    assert hp.as_dict()["subset"] == 4 and hp.subset == 4 and "gate" not in hp.as_dict()
+    assert resolve("ns", declared, None, {"gate": True}).as_dict()["gate"] is True
+    assert resolve("ns", declared, None).subset == 0, "still served as a value"
+    # 0 and False are equal in Python but not the same value of a knob: only the declared one is left out.
+    assert resolve("ns", (HParam("n", 1, "int", absent_value=False),), None, {"n": 0}).as_dict() == {"n": 0}
+
+
 def test_parse_assignments():
     out = parse_assignments(["ogm_ge.alpha=0.8", "train.lr=1e-3", "train.lr_milestones=[69, 139]",
                              "aug.variant=official_compat", "aug.register_new_learners=false"])

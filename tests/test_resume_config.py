@@ -99,3 +99,15 @@ def test_extend_epochs_trains_a_finished_run_further_and_records_it(tmp_path, ca
     assert _train(run, *base, "--extend-epochs", "1") == 2
     assert "only add epochs" in capsys.readouterr().err
     assert len(json.loads((run / "extensions.json").read_text())) == 1
+
+
+def test_a_run_recorded_before_data_subset_existed_keeps_its_name_and_resumes(tmp_path):
+    # data.subset was added after prepared-dataset runs were recorded: their config.yaml lacks it.
+    whole, smoke = build_config("joint", "cremad"), build_config("joint", "cremad", {"data": {"subset": 4}})
+    recorded = whole.as_dict()
+    assert "subset" not in recorded["data"], "a run at the value before the knob records what it recorded then"
+    assert whole.digest() == build_config("joint", "cremad", {"data": {"subset": 0}}).digest()
+    check_resume_config(tmp_path, recorded, build_config("joint", "cremad", {"data": {"subset": 0}}).as_dict())
+    assert smoke.as_dict()["data"]["subset"] == 4 and smoke.digest() != whole.digest()
+    with pytest.raises(ConfigMismatchError, match="data.subset: '<absent>' in the run, 4 now"):
+        check_resume_config(tmp_path, recorded, smoke.as_dict())
