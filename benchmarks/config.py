@@ -20,8 +20,8 @@ from baselines.networks import MODEL_HPARAMS
 from baselines.registry import get_method, list_methods
 from benchmarks.errors import UsageError
 from benchmarks.records import DuplicateKeyError, read_config_yaml
-from core.hparams import HParam, HParamError, HParams, resolve, variant_param
-from datasets.registry import get_dataset
+from core.hparams import ALWAYS_RECORDED, HParam, HParamError, HParams, resolve, variant_param
+from datasets.registry import get_dataset, list_datasets
 
 TRAIN_HPARAMS = (
     HParam("epochs", 10, "Training epochs. docs/methods/README.md#optimiser-recipes shared recipe: CREMA-D 200, KS "
@@ -162,11 +162,24 @@ def load_config_file(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, An
 
 
 def config_overrides(as_dict: Mapping[str, Any]) -> tuple[str, str, dict[str, dict[str, Any]]]:
-    """``RunConfig.as_dict()`` (or a run's ``config.yaml``) -> (method, dataset, overrides for ``build_config``)."""
-    method = as_dict["method"]
+    """``RunConfig.as_dict()`` (or a run's ``config.yaml``) -> (method, dataset, overrides for ``build_config``).
+
+    A knob with an ``absent_value`` that the record lacks ran at that value (``HParams.as_dict`` leaves it out
+    there), which need not be its default, its per-dataset default or its variant's preset: it is given back
+    explicitly, so that the rebuilt config is the recorded one."""
+    method, dataset = as_dict["method"], as_dict["dataset"]
     sections = {ns: dict(as_dict[ns]) for ns in RUNNER_NAMESPACES}
     sections[method] = dict(as_dict.get("hparams", {}).get(method, {}))
-    return method, as_dict["dataset"], sections
+    declared = {"train": TRAIN_HPARAMS, "model": MODEL_HPARAMS}
+    if dataset in list_datasets():
+        declared["data"] = get_dataset(dataset).HPARAMS
+    if method in list_methods():
+        declared[method] = method_hparams(get_method(method))
+    for ns, params in declared.items():
+        for p in params:
+            if p.absent_value is not ALWAYS_RECORDED and p.name not in sections[ns]:
+                sections[ns][p.name] = p.absent_value
+    return method, dataset, sections
 
 
 def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -10,6 +11,7 @@ import yaml
 from benchmarks.cli import main
 from benchmarks.config import ConfigMismatchError, build_config, check_resume_config
 from benchmarks.runner import train_run
+from core.hparams import HParam
 from tests.conftest import interrupted_run, tiny_overrides
 
 TINY = ["--set", "model.width=4", "--set", "model.blocks=[1,1,1,1]", "--set", "data.n_train=64",
@@ -111,3 +113,32 @@ def test_a_run_recorded_before_data_subset_existed_keeps_its_name_and_resumes(tm
     assert smoke.as_dict()["data"]["subset"] == 4 and smoke.digest() != whole.digest()
     with pytest.raises(ConfigMismatchError, match="data.subset: '<absent>' in the run, 4 now"):
         check_resume_config(tmp_path, recorded, smoke.as_dict())
+
+
+@pytest.mark.parametrize("where, knob, record", [
+    # a knob whose new default is not the behaviour before it (runs without it ran at absent_value)
+    ("data", HParam("gate", True, "added later, on by default", absent_value=False), {}),
+    # a knob whose per-dataset default is not the value before it
+    ("data", HParam("count", 0, "added later", per_dataset={"synthetic": 3}, absent_value=0), {}),
+    # a knob that a variant's preset sets, turned back to the value before it
+    ("greedy", HParam("gate", False, "added later", absent_value=False), {"variant": "bb"}),
+])
+def test_a_record_without_a_knob_reads_back_at_its_absent_value(monkeypatch, where, knob, record):
+    # A record lacks the knob when its run ran at absent_value (before the knob, or set to it since): reading the
+    # record back (evaluate, resume with --run-dir alone, a sweep's job.yaml) must rebuild that value, not the
+    # default or a variant's preset, or the run is evaluated or resumed under another config.
+    from baselines.registry import get_method
+    from benchmarks.run_folder import run_config_from_dict
+    from datasets.registry import get_dataset
+
+    owner = get_dataset("synthetic") if where == "data" else get_method("greedy")
+    monkeypatch.setattr(owner, "HPARAMS", (*owner.HPARAMS, knob))
+    if where == "greedy":
+        monkeypatch.setattr(owner, "VARIANTS", {"bb": {**owner.VARIANTS["bb"], knob.name: True}})
+    cfg = build_config("greedy", "synthetic", {where: {**record, knob.name: knob.absent_value}})
+    section = cfg.as_dict()["data"] if where == "data" else cfg.as_dict()["hparams"]["greedy"]
+    assert knob.name not in section
+    rebuilt = run_config_from_dict(cfg.as_dict())
+    hp = rebuilt.data if where == "data" else rebuilt.method_hp
+    assert hp[knob.name] == knob.absent_value and rebuilt.digest() == cfg.digest()
+    check_resume_config(Path("run"), cfg.as_dict(), rebuilt.as_dict())
