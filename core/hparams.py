@@ -59,6 +59,16 @@ class HParam:
     check: Callable[[str, Any], None] | None = None
     absent_value: Any = ALWAYS_RECORDED
 
+    def __post_init__(self) -> None:
+        # as_dict compares a run's typed value with absent_value by type too (0 is not False): absent_value=1 on a
+        # float knob (runs hold 1.0) or () on a list knob would never match, and every earlier run would be renamed.
+        if self.absent_value is not ALWAYS_RECORDED:
+            try:
+                typed = _typed(self.name, self.default, self.absent_value, self.element)
+            except HParamError as err:
+                raise HParamError(f"absent_value of knob {self.name!r}: {err}") from None
+            object.__setattr__(self, "absent_value", typed)
+
     def default_for(self, dataset: str | None) -> Any:
         return self.per_dataset.get(dataset, self.default) if dataset is not None else self.default
 

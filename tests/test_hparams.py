@@ -55,7 +55,17 @@ def test_a_knob_at_its_absent_value_stays_out_of_the_record():
     assert resolve("ns", declared, None, {"gate": True}).as_dict()["gate"] is True
     assert resolve("ns", declared, None).subset == 0, "still served as a value"
     # 0 and False are equal in Python but not the same value of a knob: only the declared one is left out.
-    assert resolve("ns", (HParam("n", 1, "int", absent_value=False),), None, {"n": 0}).as_dict() == {"n": 0}
+    assert resolve("ns", (HParam("n", None, "any type", absent_value=False),), None, {"n": 0}).as_dict() == {"n": 0}
+
+
+def test_absent_value_is_a_value_of_its_knob():
+    # Runs hold typed values (1.0 for a float knob, a list for a list knob): an absent_value of another type would
+    # never equal them, so every earlier run would be recorded anew and renamed. It is typed like a set value, or
+    # refused where it cannot be one.
+    assert resolve("ns", (HParam("scale", 1.0, "float", absent_value=1),), None).as_dict() == {}
+    assert resolve("ns", (HParam("steps", [], "list", element=int, absent_value=()),), None).as_dict() == {}
+    with pytest.raises(HParamError, match="absent_value of knob 'n'.*expects an integer"):
+        HParam("n", 1, "int", absent_value=False)
 
 
 def test_parse_assignments():
