@@ -115,6 +115,13 @@ HPARAMS = (
                                "(docs/datasets/av_digits.md#sizes tiny: 4)."),
     HParam("val_speakers", None, "Train speakers moved to val.csv in the clean protocol; None picks "
            "round(train_speakers * test_clips / train_clips), so val is about as large as test, as in CREMA-D."),
+    HParam("val_only_speakers", 0, "Extra speakers whose clips join train.csv only to be val.csv's (the clean "
+                                   "protocol's validation split), drawn after every other draw from random streams "
+                                   "of their own, so the training and test clips stay byte-identical: a larger "
+                                   "validation set without another draw of training speakers "
+                                   "(docs/datasets/av_digits.md#content); the project's choice."),
+    HParam("val_only_clips", 0, "Clips of the val_only_speakers in all, the same number of each class where it "
+                                "divides (docs/datasets/av_digits.md#content)."),
     HParam("train_clips", 48, "Clips in train.csv (docs/datasets/av_digits.md#sizes tiny: 48)."),
     HParam("test_clips", 24, "Clips in test.csv (docs/datasets/av_digits.md#sizes tiny: 24)."),
     HParam("class_balance", "uniform", "Per-class clip counts: uniform, or cremad (CREMA-D's counts, "
@@ -222,6 +229,11 @@ def _validate(v: Mapping[str, Any]) -> None:
                       "needs a clip")
     if v["val_speakers"] is not None and not 1 <= v["val_speakers"] < v["train_speakers"]:
         raise bad("val_speakers", f"must be between 1 and train_speakers - 1 = {v['train_speakers'] - 1}")
+    if v["val_only_speakers"] < 0:
+        raise bad("val_only_speakers", "must be >= 0")
+    if v["val_only_clips"] < v["val_only_speakers"] or (v["val_only_clips"] > 0) != (v["val_only_speakers"] > 0):
+        raise bad("val_only_clips", f"every one of the val_only_speakers ({v['val_only_speakers']}) needs a clip, "
+                  "and val-only clips need val-only speakers")
     if v["class_balance"] == "cremad" and v["classes"] != 6:
         raise bad("class_balance", "CREMA-D's class counts exist for 6 classes only")
     if not 1.0 <= v["min_duration_s"] <= v["max_duration_s"] <= 6.0:
@@ -315,12 +327,50 @@ def _plan(v: Mapping[str, Any]) -> dict[str, Any]:
         speaker_parts.append(rng.permutation(members)[np.arange(len(digits)) % len(members)])
         split_parts.append(np.full(len(digits), split))
     digit, speaker, split = np.concatenate(digit_parts), np.concatenate(speaker_parts), np.concatenate(split_parts)
-    n = len(digit)
-    take = _cumcount(speaker * k + digit)
+    ids = _clip_ids(spk_id, speaker, digit, codes)
+    clips = _clip_draws(rng, len(digit), v)
+
+    # Images: stratified, seeded train/test pools; each (split, digit) walks through its shuffled pool.
+    bunch = load_digits()
+    rng = _rng(seed, "images")
+    in_test = np.zeros(len(bunch.target), bool)
+    for d in range(10):
+        members = rng.permutation(np.flatnonzero(bunch.target == d))
+        in_test[members[:round(v["image_test_fraction"] * len(members))]] = True
+    image_index = np.empty(len(digit), np.int64)
+    position = _cumcount((split == "test") * k + digit)
+    for s, pool_mask in (("train", ~in_test), ("test", in_test)):
+        for d in range(k):
+            rows = np.flatnonzero((split == s) & (digit == d))
+            pool = rng.permutation(np.flatnonzero(pool_mask & (bunch.target == d)))
+            image_index[rows] = pool[position[rows] % len(pool)]
+    noise = _rng(seed, "image_noise").standard_normal((len(digit), 8, 8))
+
+    plan = {"codes": codes, "pairs": pairs, "in_test_pool": in_test, "spk_id": spk_id, "spk_pair": spk_pair,
+            "spk_split": spk_split, "spk_clean": spk_clean, "spk_rate": spk_rate, "spk_pitch": spk_pitch,
+            "id": ids, "digit": digit, "speaker": speaker, "split": split, "image_index": image_index,
+            "noise": noise, **clips}
+    if v["val_only_speakers"]:
+        for name, extra in _val_only(v, plan, train_pairs, bunch.target).items():
+            plan[name] = np.concatenate([plan[name], extra])
+    plan["rate"] = plan["spk_rate"][plan["speaker"]] + plan.pop("jitter_rate")
+    plan["pitch"] = plan["spk_pitch"][plan["speaker"]] + plan.pop("jitter_pitch")
+    plan["image"] = np.clip(bunch.images[plan["image_index"]] + v["image_noise_sigma"] * plan.pop("noise"),
+                            0.0, 16.0).astype(np.float32)
+    return plan
+
+
+def _clip_ids(spk_id: np.ndarray, speaker: np.ndarray, digit: np.ndarray, codes: Sequence[str]) -> np.ndarray:
+    """CREMA-D-style ids ``<speaker>_<take>_<code>_XX``: a speaker's takes of one digit counted in clip order."""
+    take = _cumcount(speaker * len(codes) + digit)
     if take.max() >= _MAX_TAKES:
         raise HParamError(f"more than {_MAX_TAKES} takes of one digit by one speaker; add speakers")
-    ids = np.array([f"{s}_{t}_{codes[d]}_{LEVEL}" for s, t, d in zip(spk_id[speaker], _base36(take), digit)])
+    return np.array([f"{s}_{t}_{codes[d]}_{LEVEL}" for s, t, d in zip(spk_id[speaker], _base36(take), digit)])
 
+
+def _clip_draws(rng: np.random.Generator, n: int, v: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Per-clip jitter, gain, length, onset, placement and noise seed of ``n`` clips, drawn from ``rng`` in this
+    order (the order is part of the output)."""
     jitter_rate = rng.integers(-v["rate_jitter"], v["rate_jitter"] + 1, n)
     jitter_pitch = rng.integers(-v["pitch_jitter"], v["pitch_jitter"] + 1, n)
     gain_db = rng.uniform(*v["gain_db_range"], n)
@@ -332,41 +382,52 @@ def _plan(v: Mapping[str, Any]) -> dict[str, Any]:
     offset_x = MARKER_CLEARANCE + (rng.random(n) * (WIDTH - TILE - MARKER_CLEARANCE - (seconds - 1) * dx + 1))
     offset_y = rng.random(n) * (HEIGHT - TILE - (seconds - 1) * dy + 1)
     noise_seed = rng.integers(0, 2 ** 63, n)
+    return {"jitter_rate": jitter_rate, "jitter_pitch": jitter_pitch, "gain_db": gain_db, "n_frames": n_frames,
+            "onset_u": onset_u, "offset_x": offset_x.astype(np.int64), "offset_y": offset_y.astype(np.int64),
+            "noise_seed": noise_seed}
 
-    # Images: stratified, seeded train/test pools; each (split, digit) walks through its shuffled pool.
-    bunch = load_digits()
-    rng = _rng(seed, "images")
-    in_test = np.zeros(len(bunch.target), bool)
-    for d in range(10):
-        members = rng.permutation(np.flatnonzero(bunch.target == d))
-        in_test[members[:round(v["image_test_fraction"] * len(members))]] = True
-    image_index = np.empty(n, np.int64)
-    position = _cumcount((split == "test") * k + digit)
-    for s, pool_mask in (("train", ~in_test), ("test", in_test)):
-        for d in range(k):
-            rows = np.flatnonzero((split == s) & (digit == d))
-            pool = rng.permutation(np.flatnonzero(pool_mask & (bunch.target == d)))
-            image_index[rows] = pool[position[rows] % len(pool)]
-    noise = _rng(seed, "image_noise").standard_normal((n, 8, 8))
-    image = np.clip(bunch.images[image_index] + v["image_noise_sigma"] * noise, 0.0, 16.0)
 
-    return {
-        "codes": codes, "pairs": pairs, "in_test_pool": in_test,
-        "spk_id": spk_id, "spk_pair": spk_pair, "spk_split": spk_split, "spk_clean": spk_clean,
-        "spk_rate": spk_rate, "spk_pitch": spk_pitch,
-        "id": ids, "digit": digit, "speaker": speaker, "split": split,
-        "rate": spk_rate[speaker] + jitter_rate, "pitch": spk_pitch[speaker] + jitter_pitch,
-        "gain_db": gain_db, "n_frames": n_frames, "onset_u": onset_u,
-        "offset_x": offset_x.astype(np.int64), "offset_y": offset_y.astype(np.int64),
-        "noise_seed": noise_seed, "image_index": image_index, "image": image.astype(np.float32),
-    }
+def _val_only(v: Mapping[str, Any], plan: Mapping[str, Any], train_pairs: np.ndarray,
+              targets: np.ndarray) -> dict[str, np.ndarray]:
+    """The val-only speakers and their clips, every draw from streams of their own, so that no draw of the rest of
+    the dataset changes: speakers numbered after the others, on training (voice, variant) pairs the training
+    speakers leave unused where there are enough (validation stays as near training as the val speakers drawn from
+    it), their images from the training pool."""
+    seed, k, n_x, n_spk = v["seed"], v["classes"], v["val_only_speakers"], len(plan["spk_id"])
+    rng = _rng(seed, "val_only_speakers")
+    unused = np.array([p for p in train_pairs if p not in set(plan["spk_pair"][:v["train_speakers"]].tolist())])
+    candidates = unused if len(unused) >= n_x else train_pairs
+    digit = np.repeat(np.arange(k), v["val_only_clips"] // k + (np.arange(k) < v["val_only_clips"] % k))
+    extra = {"spk_id": FIRST_SPEAKER + n_spk + np.arange(n_x),
+             "spk_pair": rng.permutation(candidates)[np.arange(n_x) % len(candidates)],
+             "spk_split": np.full(n_x, "train"), "spk_clean": np.full(n_x, "val", dtype="<U8"),
+             "spk_rate": rng.integers(v["rate_range"][0], v["rate_range"][1] + 1, n_x),
+             "spk_pitch": rng.integers(v["pitch_range"][0], v["pitch_range"][1] + 1, n_x),
+             "digit": digit, "speaker": n_spk + rng.permutation(n_x)[np.arange(len(digit)) % n_x],
+             "split": np.full(len(digit), "train")}
+    spk_id = np.concatenate([plan["spk_id"], extra["spk_id"]])
+    extra["id"] = _clip_ids(spk_id, extra["speaker"], digit, plan["codes"])
+    extra |= _clip_draws(rng, len(digit), v)
+    rng = _rng(seed, "val_only_images")
+    image_index = np.empty(len(digit), np.int64)
+    for d in range(k):
+        rows = np.flatnonzero(digit == d)
+        pool = rng.permutation(np.flatnonzero(~plan["in_test_pool"] & (targets == d)))
+        image_index[rows] = pool[np.arange(len(rows)) % len(pool)]
+    extra["image_index"] = image_index
+    extra["noise"] = _rng(seed, "val_only_image_noise").standard_normal((len(digit), 8, 8))
+    return extra
 
 
 def _shards(plan: Mapping[str, Any], v: Mapping[str, Any], tmp: Path) -> list[dict[str, Any]]:
-    """Fixed groups of SPEAKERS_PER_SHARD speakers (in speaker-id order), clips sorted by id within a shard."""
+    """Fixed groups of SPEAKERS_PER_SHARD speakers (in speaker-id order), clips sorted by id within a shard. The
+    val-only speakers (numbered last) come in shards after the others', which keep their speakers and eSpeak seeds."""
     spk_order = np.argsort(plan["spk_id"])
     shard_of_speaker = np.empty(len(spk_order), np.int64)
     shard_of_speaker[spk_order] = np.arange(len(spk_order)) // SPEAKERS_PER_SHARD
+    others = v["train_speakers"] + v["test_speakers"]
+    first_extra_shard = -(-others // SPEAKERS_PER_SHARD)
+    shard_of_speaker[others:] = first_extra_shard + np.arange(v["val_only_speakers"]) // SPEAKERS_PER_SHARD
     clip_shard = shard_of_speaker[plan["speaker"]]
     order = np.lexsort((plan["id"], clip_shard))
     bounds = np.flatnonzero(np.r_[True, clip_shard[order][1:] != clip_shard[order][:-1], True])
@@ -694,8 +755,11 @@ def _write_tables(root: Path, plan: Mapping[str, Any], v: Mapping[str, Any],
         onset[r["row"]], utterance[r["row"]], n_frames[r["row"]] = r["onset_s"], r["utterance_s"], r["n_frames"]
     clean = plan["spk_clean"][plan["speaker"]]
     # Split files list clips in a seeded random order, as OGM-GE's do; the clean partition keeps train.csv's order.
+    # Val-only clips (last in the plan) follow the others in train.csv, in an order of their own.
+    others = n - v["val_only_clips"]
     rng = _rng(v["seed"], "order")
-    rows = {s: rng.permutation(np.flatnonzero(split == s)) for s in ("train", "test")}
+    rows = {s: rng.permutation(np.flatnonzero(split[:others] == s)) for s in ("train", "test")}
+    rows["train"] = np.concatenate([rows["train"], others + _rng(v["seed"], "val_only_order").permutation(n - others)])
     label = [codes[d] for d in plan["digit"]]
     files: dict[str, bytes] = {
         "annotations/train.csv": _csv_text([(ids[i], label[i]) for i in rows["train"]], "\r\n").encode(),

@@ -208,6 +208,44 @@ def test_presets_then_explicit_knobs():
         av_digits.resolve_params(train_clips=4)
 
 
+def test_val_only_speakers_add_validation_clips_and_change_no_other_file(tiny, tmp_path):
+    # A larger validation set without another draw of training speakers: every file of the tree without them, media
+    # and split files, is byte-identical, and the new clips join train.csv only to be val.csv's.
+    wider = av_digits.generate(tmp_path, preset="tiny", seed=0, val_only_speakers=2, val_only_clips=13)
+    before, after = (json.loads((root / "manifest.json").read_text())["files"] for root in (tiny, wider))
+    changed = {"annotations/train.csv", "annotations/val.csv", "speakers.csv", "meta.csv",
+               "processedResults/summaryTable.csv"}
+    assert {name: h for name, h in after.items() if name in before and name not in changed} == \
+           {name: h for name, h in before.items() if name not in changed}
+    assert len(after) == len(before) + 2 * 13
+    ann = {root: {name: _rows(root / "annotations" / f"{name}.csv", "\r\n" if name == "train" else "\n")
+                  for name in ("train", "val")} for root in (tiny, wider)}
+    extra = ann[wider]["train"][len(ann[tiny]["train"]):]
+    assert ann[wider]["train"][:len(ann[tiny]["train"])] == ann[tiny]["train"] and len(extra) == 13
+    assert ann[wider]["val"] == ann[tiny]["val"] + extra, "val.csv keeps train.csv's order"
+    counts = np.bincount([OGM_MAP[label] for _, label in extra], minlength=6)
+    assert counts.tolist() == [3, 2, 2, 2, 2, 2], "as many of each class as divides, the remainder first"
+    with open(wider / "speakers.csv", newline="") as f:
+        speakers = list(csv.DictReader(f))
+    new = [r for r in speakers if r["speaker"] in {clip[:4] for clip, _ in extra}]
+    assert [(r["speaker"], r["split"], r["clean_split"]) for r in new] == [("2013", "train", "val"),
+                                                                          ("2014", "train", "val")]
+    test_pairs = {(r["voice"], r["variant"]) for r in speakers if r["split"] == "test"}
+    assert test_pairs.isdisjoint((r["voice"], r["variant"]) for r in new), "timbres of the training side"
+    meta = {r["id"]: r for r in _meta(wider)}
+    test_images = {int(r["image_index"]) for r in meta.values() if r["split"] == "test"}
+    assert test_images.isdisjoint(int(meta[clip]["image_index"]) for clip, _ in extra)
+
+
+def test_val_only_clips_need_val_only_speakers_and_one_each():
+    with pytest.raises(HParamError, match="val_only_clips"):
+        av_digits.resolve_params(val_only_clips=4)
+    with pytest.raises(HParamError, match="val_only_clips"):
+        av_digits.resolve_params(val_only_speakers=3, val_only_clips=2)
+    with pytest.raises(HParamError, match="val_only_speakers"):
+        av_digits.resolve_params(val_only_speakers=-1)
+
+
 # --- determinism and failures -----------------------------------------------------------------------------------------
 
 def test_same_seed_gives_identical_files_whatever_the_worker_count(tiny, tmp_path):
