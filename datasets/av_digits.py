@@ -229,11 +229,14 @@ def _validate(v: Mapping[str, Any]) -> None:
                       "needs a clip")
     if v["val_speakers"] is not None and not 1 <= v["val_speakers"] < v["train_speakers"]:
         raise bad("val_speakers", f"must be between 1 and train_speakers - 1 = {v['train_speakers'] - 1}")
-    if v["val_only_speakers"] < 0:
-        raise bad("val_only_speakers", "must be >= 0")
-    if v["val_only_clips"] < v["val_only_speakers"] or (v["val_only_clips"] > 0) != (v["val_only_speakers"] > 0):
-        raise bad("val_only_clips", f"every one of the val_only_speakers ({v['val_only_speakers']}) needs a clip, "
-                  "and val-only clips need val-only speakers")
+    for name in ("val_only_speakers", "val_only_clips"):
+        if v[name] < 0:
+            raise bad(name, "must be >= 0")
+    if v["val_only_clips"] < v["val_only_speakers"]:
+        raise bad("val_only_clips", f"fewer clips than val_only_speakers={v['val_only_speakers']}; every speaker "
+                  "needs a clip")
+    if v["val_only_clips"] and not v["val_only_speakers"]:
+        raise bad("val_only_clips", "val-only clips need val_only_speakers >= 1")
     if v["class_balance"] == "cremad" and v["classes"] != 6:
         raise bad("class_balance", "CREMA-D's class counts exist for 6 classes only")
     if not 1.0 <= v["min_duration_s"] <= v["max_duration_s"] <= 6.0:
@@ -360,11 +363,13 @@ def _plan(v: Mapping[str, Any]) -> dict[str, Any]:
     return plan
 
 
-def _clip_ids(spk_id: np.ndarray, speaker: np.ndarray, digit: np.ndarray, codes: Sequence[str]) -> np.ndarray:
-    """CREMA-D-style ids ``<speaker>_<take>_<code>_XX``: a speaker's takes of one digit counted in clip order."""
+def _clip_ids(spk_id: np.ndarray, speaker: np.ndarray, digit: np.ndarray, codes: Sequence[str],
+              more: str = "speakers") -> np.ndarray:
+    """CREMA-D-style ids ``<speaker>_<take>_<code>_XX``: a speaker's takes of one digit counted in clip order;
+    ``more`` names what to add when a speaker has too many."""
     take = _cumcount(speaker * len(codes) + digit)
     if take.max() >= _MAX_TAKES:
-        raise HParamError(f"more than {_MAX_TAKES} takes of one digit by one speaker; add speakers")
+        raise HParamError(f"more than {_MAX_TAKES} takes of one digit by one speaker; add {more}")
     return np.array([f"{s}_{t}_{codes[d]}_{LEVEL}" for s, t, d in zip(spk_id[speaker], _base36(take), digit)])
 
 
@@ -406,7 +411,7 @@ def _val_only(v: Mapping[str, Any], plan: Mapping[str, Any], train_pairs: np.nda
              "digit": digit, "speaker": n_spk + rng.permutation(n_x)[np.arange(len(digit)) % n_x],
              "split": np.full(len(digit), "train")}
     spk_id = np.concatenate([plan["spk_id"], extra["spk_id"]])
-    extra["id"] = _clip_ids(spk_id, extra["speaker"], digit, plan["codes"])
+    extra["id"] = _clip_ids(spk_id, extra["speaker"], digit, plan["codes"], "val_only_speakers")
     extra |= _clip_draws(rng, len(digit), v)
     rng = _rng(seed, "val_only_images")
     image_index = np.empty(len(digit), np.int64)

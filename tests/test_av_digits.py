@@ -246,6 +246,23 @@ def test_val_only_clips_need_val_only_speakers_and_one_each():
         av_digits.resolve_params(val_only_speakers=-1)
 
 
+def test_val_only_knob_messages_name_the_problem():
+    # Each message says what is wrong with the value given, not a catch-all of the rules.
+    with pytest.raises(HParamError, match=r"val_only_clips=-1: must be >= 0"):
+        av_digits.resolve_params(val_only_clips=-1)
+    with pytest.raises(HParamError, match=r"val_only_clips=4: val-only clips need val_only_speakers >= 1"):
+        av_digits.resolve_params(val_only_clips=4)
+    with pytest.raises(HParamError, match=r"val_only_clips=2: fewer clips than val_only_speakers=3"):
+        av_digits.resolve_params(val_only_speakers=3, val_only_clips=2)
+
+
+def test_too_many_val_only_takes_name_the_val_only_speakers():
+    # The take limit is per speaker and digit; for val-only clips the fix is more val-only speakers.
+    v = av_digits.resolve_params(preset="tiny", val_only_speakers=1, val_only_clips=6 * av_digits._MAX_TAKES + 1)
+    with pytest.raises(HParamError, match="add val_only_speakers"):
+        av_digits._plan(v)
+
+
 # --- determinism and failures -----------------------------------------------------------------------------------------
 
 def test_same_seed_gives_identical_files_whatever_the_worker_count(tiny, tmp_path):
