@@ -10,13 +10,14 @@ yuv420p, MP3 track), ``annotations/{train,test}.csv`` (OGM-GE bytes: no header, 
 ``manifest.json`` (parameters, counts, SHA-256 of every file) describe what was generated.
 
 Content (docs/datasets/av_digits.md#content). A speaker is (voice, variant, base rate, base pitch); the (voice, variant)
-pairs are partitioned between train and test, and ``val`` takes whole train speakers, so every split boundary is
-speaker-disjoint. Each clip jitters rate and pitch, applies a gain, places the trimmed utterance at a random onset
-inside a clip of uniform length, optionally adds white noise at ``audio_snr_db``, and resamples 22,050 -> 16,000 Hz with
-``scipy.signal.resample_poly(320, 441)``. The image comes from the split's own stratified image pool (train and test
-images are disjoint), gets Gaussian pixel noise once per clip, is upscaled x12 and placed on a mid-grey frame; it
-moves by ``motion_px`` each second, and a 6x6 top-left block of grey level 40*(k+1) marks second k. The dominance
-presets (docs/datasets/av_digits.md#dominance) set ``image_noise_sigma`` and ``audio_snr_db``.
+pairs are partitioned between train and test, and ``val`` takes whole train speakers (plus any validation-only speakers,
+``val_only_speakers``), so every split boundary is speaker-disjoint. Each clip jitters rate and pitch, applies a gain,
+places the trimmed utterance at a random onset inside a clip of uniform length, optionally adds white noise at
+``audio_snr_db``, and resamples 22,050 -> 16,000 Hz with ``scipy.signal.resample_poly(320, 441)``. The image comes from
+the split's own stratified image pool (train and test images are disjoint), gets Gaussian pixel noise once per clip, is
+upscaled x12 and placed on a mid-grey frame; it moves by ``motion_px`` each second, and a 6x6 top-left block of grey
+level 40*(k+1) marks second k. The dominance presets (docs/datasets/av_digits.md#dominance) set ``image_noise_sigma``
+and ``audio_snr_db``.
 
 Determinism. Same parameters, seed and library versions give byte-identical files. All random draws are made up
 front in the parent from per-purpose generators seeded by ``(seed, purpose)``. eSpeak NG's output depends on the
@@ -119,7 +120,8 @@ HPARAMS = (
                                    "protocol's validation split), drawn after every other draw from random streams "
                                    "of their own, so the training and test clips stay byte-identical: a larger "
                                    "validation set without another draw of training speakers "
-                                   "(docs/datasets/av_digits.md#content); the project's choice."),
+                                   "(docs/datasets/av_digits.md#content); the project's choice. Under "
+                                   "data.train_split=full, which trains on all of train.csv, they are trained on."),
     HParam("val_only_clips", 0, "Clips of the val_only_speakers in all, the same number of each class where it "
                                 "divides (docs/datasets/av_digits.md#content)."),
     HParam("train_clips", 48, "Clips in train.csv (docs/datasets/av_digits.md#sizes tiny: 48)."),
@@ -395,12 +397,13 @@ def _clip_draws(rng: np.random.Generator, n: int, v: Mapping[str, Any]) -> dict[
 def _val_only(v: Mapping[str, Any], plan: Mapping[str, Any], train_pairs: np.ndarray,
               targets: np.ndarray) -> dict[str, np.ndarray]:
     """The val-only speakers and their clips, every draw from streams of their own, so that no draw of the rest of
-    the dataset changes: speakers numbered after the others, on training (voice, variant) pairs the training
-    speakers leave unused where there are enough (validation stays as near training as the val speakers drawn from
-    it), their images from the training pool."""
+    the dataset changes: speakers numbered after the others, on training-side (voice, variant) pairs that no training
+    speaker uses where there are enough (voices unheard in training, like the val speakers' own), else on any
+    training-side pair; their images from the training pool."""
     seed, k, n_x, n_spk = v["seed"], v["classes"], v["val_only_speakers"], len(plan["spk_id"])
     rng = _rng(seed, "val_only_speakers")
-    unused = np.array([p for p in train_pairs if p not in set(plan["spk_pair"][:v["train_speakers"]].tolist())])
+    used = set(plan["spk_pair"][:v["train_speakers"]].tolist())
+    unused = np.array([p for p in train_pairs if p not in used])
     candidates = unused if len(unused) >= n_x else train_pairs
     digit = np.repeat(np.arange(k), v["val_only_clips"] // k + (np.arange(k) < v["val_only_clips"] % k))
     extra = {"spk_id": FIRST_SPEAKER + n_spk + np.arange(n_x),
