@@ -109,18 +109,29 @@ def build_config(method: str, dataset: str, overrides: Mapping[str, Mapping[str,
     """Resolve all namespaces; an override for an unknown namespace or key is an error."""
     overrides = {ns: dict(v) for ns, v in (overrides or {}).items()}
     method_cls = get_method(method)
-    dataset_cls = get_dataset(dataset)
+    get_dataset(dataset)  # an unregistered dataset is an error here, naming the registered ones
     valid = set(RUNNER_NAMESPACES) | {method}
     unknown = sorted(set(overrides) - valid)
     if unknown:
         raise HParamError(f"unknown hyperparameter namespace(s) {unknown} for method {method!r}; valid: "
                           f"{sorted(valid)}")
+    knobs = declared_knobs(method, dataset)
     return RunConfig(
-        method=method, dataset=dataset, train=resolve("train", TRAIN_HPARAMS, dataset, overrides.get("train")),
-        model=resolve("model", MODEL_HPARAMS, dataset, overrides.get("model")),
-        data=resolve("data", dataset_cls.HPARAMS, dataset, overrides.get("data")),
-        method_hp=resolve(method, method_hparams(method_cls), dataset, overrides.get(method),
-                          variants=method_cls.VARIANTS))
+        method=method, dataset=dataset, train=resolve("train", knobs["train"], dataset, overrides.get("train")),
+        model=resolve("model", knobs["model"], dataset, overrides.get("model")),
+        data=resolve("data", knobs["data"], dataset, overrides.get("data")),
+        method_hp=resolve(method, knobs[method], dataset, overrides.get(method), variants=method_cls.VARIANTS))
+
+
+def declared_knobs(method: str, dataset: str) -> dict[str, tuple[HParam, ...]]:
+    """Namespace -> its declared knobs: the runner's (train, model), and the dataset's (data) and method's where they
+    are registered."""
+    out = {"train": TRAIN_HPARAMS, "model": MODEL_HPARAMS}
+    if dataset in list_datasets():
+        out["data"] = tuple(get_dataset(dataset).HPARAMS)
+    if method in list_methods():
+        out[method] = method_hparams(get_method(method))
+    return out
 
 
 def merge_overrides(*layers: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
@@ -170,12 +181,7 @@ def config_overrides(as_dict: Mapping[str, Any]) -> tuple[str, str, dict[str, di
     method, dataset = as_dict["method"], as_dict["dataset"]
     sections = {ns: dict(as_dict[ns]) for ns in RUNNER_NAMESPACES}
     sections[method] = dict(as_dict.get("hparams", {}).get(method, {}))
-    declared = {"train": TRAIN_HPARAMS, "model": MODEL_HPARAMS}
-    if dataset in list_datasets():
-        declared["data"] = get_dataset(dataset).HPARAMS
-    if method in list_methods():
-        declared[method] = method_hparams(get_method(method))
-    for ns, params in declared.items():
+    for ns, params in declared_knobs(method, dataset).items():
         for p in params:
             if p.absent_value is not ALWAYS_RECORDED and p.name not in sections[ns]:
                 sections[ns][p.name] = p.absent_value
