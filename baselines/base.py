@@ -35,10 +35,6 @@ class StepInfo:
     steps_per_epoch: int
     epochs: int
 
-    @property
-    def global_step(self) -> int:
-        return self.epoch * self.steps_per_epoch + self.step
-
 
 @dataclass
 class Prediction:
