@@ -14,7 +14,7 @@ from torch import nn
 from baselines.agm import GradScale, agm_coefficients, modality_losses, shapley_outputs
 from baselines.base import Loaders, StepInfo
 from baselines.heads import SumHead
-from baselines.ogm import modulate_gradients, ogm_coefficients
+from baselines.ogm import modulate_gradients, modulated_params, ogm_coefficients
 from baselines.opm import FeatureRescale, bb_ratios, drop_features, opm_drop_probabilities
 from baselines.pmr import CompressRecover, prototype_logits, weaker_modality
 from baselines.registry import get_method
@@ -114,6 +114,15 @@ def test_ogm_ge_adds_noise_to_both_encoders_and_nothing_else(tiny_bundle):
     for name, g in raw.items():
         if g.dim() != 4:
             torch.testing.assert_close(edited[name], g, rtol=0, atol=0)
+
+
+def test_ogm_edits_only_conv_kernels_by_default_and_every_matrix_with_non_1d():
+    # An encoder with a Linear layer tells the official conv4d filter from BB's non_1d one (a ResNet trunk has only
+    # 4-D and 1-D tensors, where the two agree).
+    conv, norm, fc = nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Linear(4, 3)
+    encoder = nn.Sequential(conv, norm, fc)
+    assert [id(p) for p in modulated_params(encoder, "conv4d")] == [id(conv.weight)]
+    assert [id(p) for p in modulated_params(encoder, "non_1d")] == [id(conv.weight), id(fc.weight)]
 
 
 def test_ogm_window_is_inclusive(tiny_bundle):
