@@ -361,6 +361,16 @@ def test_agm_coefficient_direction_and_cap():
     assert k3.tolist() == pytest.approx([math.exp(1 - v) for v in r], rel=1e-5)
 
 
+def test_agm_modality_loss_floors_the_true_class_probability_at_1e_8():
+    # s_m = mean_i -log max(p_i[y_i], 1e-8) (official CREMAD_main.py): a sample whose true class has probability
+    # e^-100 counts -log 1e-8 = 18.42..., not 100.
+    phi = {"audio": torch.tensor([[100.0, 0.0], [0.0, 0.0]]), "visual": torch.tensor([[0.0, 3.0], [0.0, 0.0]])}
+    s = modality_losses(phi, torch.tensor([1, 0]))
+    floor = -math.log(1e-8)
+    expected = torch.tensor([(floor + math.log(2)) / 2, (math.log(1 + math.exp(-3)) + math.log(2)) / 2])
+    close(s, expected)
+
+
 def test_agm_hooks_route_scaled_gradients_to_each_pass():
     torch.manual_seed(0)
     z_full, z_ao, z_vo = (torch.randn(4, 3, requires_grad=True) for _ in range(3))
