@@ -535,6 +535,25 @@ def test_pmr_prototypes_use_the_first_tenth_of_batches_then_ema(tiny_bundle):
     assert bool(clone.prototypes_ready)
 
 
+def test_pmr_class_absent_from_the_prototype_batches_keeps_its_previous_prototype(tiny_bundle):
+    # A class with no sample in the first tenth of the batches keeps its prototype, smoothed or not: the EMA blends
+    # the old prototype with itself, never with a zero class mean.
+    pmr = build("pmr", tiny_bundle, mu=0.2)
+    pmr.model.features = lambda x: dict(x)
+    d = pmr.prototypes("audio").shape[1]
+
+    def loaders(value, labels):
+        feats = value * torch.ones(len(labels), d)
+        return Loaders(train=[{"audio": feats, "visual": -feats, "label": torch.tensor(labels)}])
+
+    pmr.on_epoch_start(0, loaders(3.0, [0, 1, 2, 3]))
+    pmr.on_epoch_end(0, loaders(5.0, [0, 1, 2]))  # replaced (no EMA after epoch 0); class 3 absent
+    close(pmr.prototypes("audio")[:, 0], torch.tensor([5.0, 5.0, 5.0, 3.0]))
+    pmr.on_epoch_end(1, loaders(10.0, [0, 1, 2]))  # EMA: 0.8 * 10 + 0.2 * 5 for the seen classes
+    close(pmr.prototypes("audio")[:, 0], torch.tensor([9.0, 9.0, 9.0, 3.0]))
+    close(pmr.prototypes("visual")[3], torch.full((d,), -3.0))
+
+
 def test_pmr_bb_smooths_the_prototypes_after_epoch_0_already(tiny_bundle):
     pmr = build("pmr", tiny_bundle, mu=0.5, ema_from=0)
     pmr.model.features = lambda x: dict(x)
