@@ -441,6 +441,8 @@ def test_greedy_speed_bdr_and_curation_decision_from_crafted_norms():
     assert curation_target(d, 0.01) == 1  # BDR_0 < BDR_1: care for modality 1
     assert curation_target(0.5, 0.01) == 0
     assert curation_target(0.005, 0.01) is None
+    # Curation starts only when |d| exceeds epsilon strictly (official: abs(d) > epsilon).
+    assert curation_target(0.01, 0.01) is None and curation_target(-0.01, 0.01) is None
     assert bdr_gap([0.0, 1.0], [1.0, 1.0]) == 0.0
 
 
