@@ -63,6 +63,9 @@ def test_owm_update_on_crafted_r():
     k = P @ r.t()
     raw = P - k @ k.t() / (0.01 + (r @ k).item())
     close(owm_update(P, r, a=0.01), raw / raw.norm())
+    # BB / official form: k k^T divided elementwise by a + k r, the (d, d) outer product k r = [[3, 6], [2.5, 5]].
+    raw = torch.tensor([[2 - 9 / 3.01, 0.5 - 7.5 / 6.01], [0.5 - 7.5 / 2.51, 1 - 6.25 / 5.01]])
+    close(owm_update(P, r, a=0.01, form="bb"), raw / raw.norm())
 
 
 def test_mla_projection_changes_the_head_gradient_and_is_identity_when_disabled(tiny_bundle):
@@ -88,6 +91,44 @@ def test_mla_projection_changes_the_head_gradient_and_is_identity_when_disabled(
     mla.head.weight.grad = grad.clone()
     mla.project_head_grad(feats, a=0.1)
     close(mla.head.weight.grad, grad)
+
+
+def test_mla_bb_projection_adds_the_gradient_times_the_transposed_projector(tiny_bundle):
+    # BB's form: grad += grad P^T with the outer-product denominator. From a P that is no longer symmetric (as after
+    # two BB updates: the elementwise division by k r breaks the symmetry) P^T and P differ.
+    torch.manual_seed(1)
+    feats = torch.randn(8, 32)
+    grad = torch.randn(4, 32)
+    start = torch.eye(32) + 0.05 * torch.randn(32, 32)
+    mla = build("mla", tiny_bundle, projection_form="bb")
+    mla.P.copy_(start)
+    mla.turns.fill_(1)
+    mla.head.weight.grad = grad.clone()
+    mla.project_head_grad(feats, a=0.1)
+    P = owm_update(start, feats.mean(0, keepdim=True), 0.1, "bb")
+    close(mla.P, P)
+    close(mla.head.weight.grad, grad + grad @ P.t())
+    assert not torch.allclose(grad @ P.t(), grad @ P, **tol(torch.float32)), "the crafted P is not symmetric"
+
+
+def test_mla_projection_regulariser_is_a_tenth_to_the_power_one_plus_the_epoch_fraction(tiny_bundle, monkeypatch):
+    # a = 0.1^(1 + batch_idx / len(loader)) (GSPlugin.before_update): step 2 of 4 gives 0.1^1.5. The first turn of
+    # training is not projected, so only the visual turn updates P.
+    from baselines import mla as mla_module
+
+    seen = []
+    original = mla_module.owm_update
+
+    def record(P, r, a, form="paper"):
+        seen.append(a)
+        return original(P, r, a, form)
+
+    monkeypatch.setattr(mla_module, "owm_update", record)
+    mla = build("mla", tiny_bundle)
+    mla.update(first_batch(tiny_bundle), step(i=2))
+    assert seen == [approx64(0.1 ** 1.5)]
+    mla.update(first_batch(tiny_bundle), step(epoch=3, i=0))
+    assert seen[1:] == [approx64(0.1), approx64(0.1)]
 
 
 def test_mla_fixed_fusion_uses_the_official_training_weight_0_55(tiny_bundle):
