@@ -155,6 +155,14 @@ def test_smv_modality_level_resamples_towards_the_smaller_contribution():
     assert set(codes[10:].tolist()) == {1}
 
 
+@pytest.mark.parametrize("func, extra", [("tanh", 66), ("square", 50)])
+def test_smv_modality_level_tanh_and_square_maps_truncate_the_row_count(func, extra):
+    # AV_KS_Dataset_modality_level: base = |gap_a - gap_v| * 2/3 = 0.4 here, alpha = 2; tanh: d = tanh(alpha * base)
+    # = 0.664..., square: d = base^1.5 * alpha = 0.506...; int(d * N) rows, truncated (50.6 -> 50).
+    rows, codes = modality_level_rows(np.arange(100), 0.2, 0.8, 2.0, func, np.random.default_rng(0))
+    assert len(rows) == 100 + extra and codes.tolist() == [0] * 100 + [2] * extra
+
+
 def test_smv_modality_level_bb_form_doubles_the_fraction_and_adds_whole_copies():
     rows, codes = modality_level_rows(np.arange(130), 0.2, 0.8, 1.0, "linear", np.random.default_rng(0), bb=True)
     # BB: |gap difference| over both ordered pairs, d = 2 * 0.6 * 2/3 = 0.8 of the first 128 rows (130 - 130 mod 64)
