@@ -427,6 +427,31 @@ def test_umt_trains_teachers_once_and_freezes_them(tiny_bundle):
     assert all(g["lr"] == g["initial_lr"] for opt in method.ctx.optimizers for g in opt.param_groups)
 
 
+def test_umt_teachers_follow_the_runs_lr_milestones(tiny_bundle):
+    # Each teacher epoch e trains at lr * gamma^(number of milestones <= e), as the run itself would.
+    cls = get_method("umt")
+    hp = resolve("umt", method_hparams(cls), tiny_bundle.task.dataset, {"teacher_epochs": 3}, variants=cls.VARIANTS)
+    torch.manual_seed(0)
+    method = cls(tiny_bundle.task, hp, make_context(epochs=3, lr_milestones=[1, 2], lr_gamma=0.1))
+    lr = method.ctx.train_hp.lr
+    seen = {m: [] for m in method.modalities}
+    for m, opt in method.teacher_optimizers.items():
+        original = opt.step
+
+        def record(*args, _m=m, _opt=opt, _step=original, **kwargs):
+            seen[_m].append(_opt.param_groups[0]["lr"])
+            return _step(*args, **kwargs)
+
+        opt.step = record
+    method.on_epoch_start(0, loaders_for(tiny_bundle))
+    steps = len(seen["audio"]) // 3
+    assert steps > 0
+    for m in method.modalities:
+        assert seen[m] == [approx64(lr)] * steps + [approx64(0.1 * lr)] * steps + [approx64(0.01 * lr)] * steps, m
+    # The run's own schedule is restored afterwards.
+    assert all(g["lr"] == g["initial_lr"] for opt in method.ctx.optimizers for g in opt.param_groups)
+
+
 def test_umt_bb_compat_distils_each_teachers_best_test_epoch(tiny_bundle, monkeypatch):
     method = build("umt", tiny_bundle, teacher_epochs=3, variant="bb_compat")
     assert method.hp.teacher_select == "test"
