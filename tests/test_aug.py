@@ -21,7 +21,7 @@ from benchmarks.runner import train_run
 from core.hparams import HParamError, resolve
 from datasets.registry import get_dataset
 from tests.conftest import TINY_DATA, first_batch, float64_default, make_context, tiny_overrides
-from tests.numeric import approx64, close
+from tests.numeric import approx, approx64, close
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "benchmarks" / "configs" / "aug"
@@ -272,6 +272,28 @@ def test_confidence_score_is_the_whole_ensembles_true_class_probability(tiny_bun
         z = logits[m]
         assert abs(true_class_sum(z[:, 0], y) - s) > 1e-3 * s, m
         assert abs(true_class_sum(z[:, :-1].sum(1), y) - s) > 1e-3 * s, m
+
+
+def test_ensemble_ce_diagnostic_is_the_whole_ensembles_cross_entropy(tiny_bundle):
+    # ensemble_ce/m (and its gap) reads CE(z_all, y) of the training forward, comparable across learner counts: not
+    # learner 0's CE, nor the boosting loss.
+    method = build(tiny_bundle)
+    method.add_learner("audio")
+    method.add_learner("visual")
+    method.train()
+    logits = record_learner_logits(method)
+    batch = first_batch(tiny_bundle)
+    y = batch["label"]
+    logs = method.update(batch, STEP)
+    expected = torch.stack([F.cross_entropy(logits[m].sum(1), y) for m in method.modalities])
+    # float32 CE accumulated in float64 as CE * batch size: float32 tolerance.
+    close(method.ce_sum, expected * len(y), dtype=torch.float32)
+    for m, ce in zip(method.modalities, expected):  # the wrong readings miss by far more than the tolerance
+        assert abs(F.cross_entropy(logits[m][:, 0], y) - ce) > 1e-3 * ce, m
+        assert abs(logs[f"loss_{m}"] - ce) > 1e-3 * ce, m
+    diag = method.on_epoch_end(0, loaders(tiny_bundle))
+    assert diag["ensemble_ce/audio"] == approx(expected[0].item())
+    assert diag["ensemble_ce_gap"] == approx((expected[0] - expected[1]).item())
 
 
 def test_epoch_start_resets_the_accumulators(tiny_bundle):
