@@ -484,6 +484,20 @@ def test_epoch_end_diagnostics_and_decision(tiny_bundle):
     assert diag["aca_check"] == 1.0 and diag["added/visual"] == 1.0 and diag["extra_learners/visual"] == 1.0
 
 
+@pytest.mark.parametrize("sums, grown", [([51.5, 50.0], {"audio": 0, "visual": 1}), ([50.5, 50.0], None)])
+def test_paper_aca_at_epoch_end_compares_the_per_sample_scores_with_tau(tiny_bundle, sums, grown):
+    # s_m = S_m / N with N the epoch's sample count: (51.5 - 50) / 100 = 0.015 > tau = 0.01 grows visual;
+    # (50.5 - 50) / 100 = 0.005 is inside the dead zone (the wrong N, e.g. 2N or a batch count, flips one of them).
+    method = build(tiny_bundle, epochs=4, aca_interval_epochs=2)
+    data = loaders(tiny_bundle)
+    method.on_epoch_start(1, data)
+    method.score_sum = torch.tensor(sums, dtype=torch.float64)
+    method.count = 100
+    diag = method.on_epoch_end(1, data)
+    assert diag["aca_check"] == 1.0
+    assert method.extra_learners() == (grown or {"audio": 0, "visual": 0})
+
+
 def test_score_difference_diagnostic_weighs_the_visual_score_by_sigma(tiny_bundle):
     method = build(tiny_bundle, epochs=4, aca_interval_epochs=2, sigma=0.5)
     data = loaders(tiny_bundle)
