@@ -149,6 +149,33 @@ def test_remix_update_trains_only_the_assigned_modality(tiny_bundle):
     assert audio and any(torch.count_nonzero(g) > 0 for g in audio)
 
 
+def test_remix_weights_apply_to_the_modalities_in_the_dataset_order(tiny_bundle, monkeypatch):
+    # warmup_weights / remix_weights list the first (audio) then the second modality's weight; the defaults are
+    # symmetric, so asymmetric ones are needed to see the order.
+    from baselines import remix as remix_module
+
+    method = build("remix", tiny_bundle, warmup=1, warmup_weights=[0.25, 1.5], remix_weights=[2.0, 0.5])
+    method.train()
+    batch = first_batch(tiny_bundle)
+    y = batch["label"]
+    with torch.no_grad():  # the same train-mode forward the step takes (batch statistics; running ones unused)
+        _, z, z_uni = method.model(method.inputs(batch))
+    expected = (F.cross_entropy(z, y) + 0.25 * F.cross_entropy(z_uni["audio"], y)
+                + 1.5 * F.cross_entropy(z_uni["visual"], y))
+    assert method.update(batch, step_at(0))["loss"] == pytest.approx(expected.item(), rel=1e-5, abs=1e-6)
+    seen = []
+    original = remix_module.remix_loss
+
+    def record(z, z_uni, labels, codes, gammas):
+        seen.append(list(gammas))
+        return original(z, z_uni, labels, codes, gammas)
+
+    monkeypatch.setattr(remix_module, "remix_loss", record)
+    batch[EXTRA_KEY] = torch.arange(len(y)) % 2
+    method.update(batch, step_at(1))
+    assert seen == [[2.0, 0.5]]
+
+
 def test_remix_update_on_a_mixed_batch_trains_both_unimodal_heads(tiny_bundle):
     method = build("remix", tiny_bundle, warmup=1)
     batch = first_batch(tiny_bundle)
