@@ -445,6 +445,11 @@ def test_test_time_fusion_uses_the_published_weights(tiny_bundle):
     custom.eval()
     pred = custom.predict(batch)
     close(pred.fused, 0.5 * (pred.per_modality["audio"] + pred.per_modality["visual"]))
+    # The weights follow the dataset's modality order, whatever order the per-modality steps take.
+    reordered = build(tiny_bundle, modality_order=["visual", "audio"])
+    reordered.eval()
+    pred = reordered.predict(batch)
+    close(pred.fused, 0.4 * pred.per_modality["audio"] + 0.6 * pred.per_modality["visual"])
 
 
 def test_bad_fusion_weights_and_order_name_the_key(tiny_bundle):
