@@ -131,6 +131,10 @@ def evaluate_missing(run_dir: Path, rates: Sequence[float] = DEFAULT_MISSING_RAT
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     check_run_data(run_dir, current_identity(cfg), "evaluate it on that data")
     bundle = build_data(cfg)
+    if split in bundle.splits and not len(bundle.splits[split]):
+        # (an unknown split name is refused by bundle.loader, naming the splits there are)
+        raise ValueError(f"{run_dir}: {cfg.dataset} serves no {split!r} rows to this run (e.g. no validation split "
+                         f"under data.train_split=full), so there is nothing to evaluate; choose another --split")
     method = build_method(cfg, bundle, dev)
     state = read_checkpoint(ckpt, map_location=dev)
     method.load_checkpoint_state(state["method"])

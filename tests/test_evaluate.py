@@ -93,3 +93,16 @@ def test_extending_a_run_drops_its_missing_modality_result_and_a_stale_one_is_no
     assert not (run_dir / MISSING_RESULT).exists(), "it described the old final checkpoint"
     (run_dir / MISSING_RESULT).write_text(old)  # a run extended before the file was dropped on extension
     assert not missing_evaluation_current(run_dir, split="test", seed=0, rates=[0.0]), "a sweep evaluates it again"
+
+
+def test_a_split_the_run_does_not_serve_is_refused_naming_the_run_and_split(tmp_path):
+    # A run without a validation split (data.train_split=full, here n_val=0): --split val used to fail deep in the
+    # metrics with "torch.cat(): expected a non-empty list of Tensors", naming neither the run nor the split.
+    overrides = tiny_overrides()
+    overrides["data"]["n_val"] = 0
+    run_dir = tmp_path / "run"
+    train_run(build_config("joint", "synthetic", overrides), run_dir, log=lambda msg: None)
+    with pytest.raises(ValueError, match=rf"{run_dir}.*no 'val' rows"):
+        evaluate_missing(run_dir, [0.5], split="val", device="cpu")
+    assert not (run_dir / MISSING_RESULT).exists()
+
