@@ -122,6 +122,11 @@ def evaluate_missing(run_dir: Path, rates: Sequence[float] = DEFAULT_MISSING_RAT
         batch_size: evaluation batch size; default the run's ``train.eval_batch_size``.
     """
     run_dir = Path(run_dir)
+    # Refused before any work: the implicit rate 0 (check_reference) would let an empty list pass, and a bad rate
+    # would be reported beside a 0 the caller never gave.
+    check_rates(rates)
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     ckpt = run_dir / CHECKPOINT
     if not (run_dir / "DONE").exists() or not ckpt.exists():
         raise RunNotFinishedError(f"{run_dir} holds no finished run (needs DONE and {CHECKPOINT}); the "
@@ -138,8 +143,8 @@ def evaluate_missing(run_dir: Path, rates: Sequence[float] = DEFAULT_MISSING_RAT
     method = build_method(cfg, bundle, dev)
     state = read_checkpoint(ckpt, map_location=dev)
     method.load_checkpoint_state(state["method"])
-    loader = bundle.loader(split, batch_size=batch_size or cfg.train.eval_batch_size, train=False,
-                           seed=cfg.train.seed, device=dev)
+    batch_size = cfg.train.eval_batch_size if batch_size is None else batch_size
+    loader = bundle.loader(split, batch_size=batch_size, train=False, seed=cfg.train.seed, device=dev)
     loader.set_epoch(state["epoch"])
     names = bundle.task.names
     # rate 0 is always evaluated: it must reproduce the run's recorded last epoch (check_reference)

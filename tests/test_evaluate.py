@@ -106,3 +106,21 @@ def test_a_split_the_run_does_not_serve_is_refused_naming_the_run_and_split(tmp_
         evaluate_missing(run_dir, [0.5], split="val", device="cpu")
     assert not (run_dir / MISSING_RESULT).exists()
 
+
+def test_bad_rates_and_batch_sizes_are_refused_before_any_work(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    train_run(build_config("joint", "synthetic", tiny_overrides()), run_dir, log=lambda msg: None)
+    # an empty rate list (the implicit rate 0 made it pass) wrote a result with no rates in it
+    with pytest.raises(ValueError, match=r"\[0, 1\], got \[\]"):
+        evaluate_missing(run_dir, [], device="cpu")
+    # the message showed the implicit 0 the caller never gave: "got [0.0, 1.5]"
+    with pytest.raises(ValueError, match=r"got \[1\.5\]"):
+        evaluate_missing(run_dir, [1.5], device="cpu")
+    assert not (run_dir / MISSING_RESULT).exists()
+    # --batch-size 0 was taken as "not given" and silently evaluated with train.eval_batch_size
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(run_dir), "--batch-size", "0", "--device", "cpu"])
+    assert "--batch-size" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="batch_size"):
+        evaluate_missing(run_dir, [0.5], device="cpu", batch_size=0)
+    assert not (run_dir / MISSING_RESULT).exists()
