@@ -130,10 +130,13 @@ class RunRecord:
             for k in METRIC_NAMES:
                 if k in metrics:
                     out[f"{k}:{modality}"] = float(metrics[k])
-        for rate, metrics in self.missing.items():
-            for k in METRIC_NAMES:
-                out[f"{k}@missing={rate:g}"] = float(metrics[k])
-        return out
+        return {**out, **self.missing_values()}
+
+    def missing_values(self) -> dict[str, float]:
+        """``<metric>@missing=<rate>`` -> value in [0, 1]: the final checkpoint's, which no protocol selects (a run
+        without a validation split, and so without ``clean``, has them too)."""
+        return {f"{k}@missing={rate:g}": float(metrics[k]) for rate, metrics in self.missing.items()
+                for k in METRIC_NAMES}
 
 
 # What a table reads from every finished run's summary.json.
@@ -658,7 +661,7 @@ def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper:
     members: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
     titles = {}
     for rec in records:
-        groups[(rec.label, rec.dataset)].append((rec.seed, rec.values(protocol)))
+        groups[(rec.label, rec.dataset)].append((rec.seed, rec.missing_values() if missing else rec.values(protocol)))
         members[(rec.label, rec.dataset)].append(rec)
         titles[rec.label] = rec.title
     dataset_order = _ordered({d for _, d in groups}, datasets)

@@ -788,3 +788,20 @@ def test_plotting_a_run_with_no_epoch_metrics_names_the_file(tmp_path, capsys, t
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and str(run / "metrics.jsonl") in err and "no epoch" in err
     assert not (run / "plots").exists()
+
+
+def test_the_missing_table_of_runs_without_a_validation_split_needs_no_protocol(tmp_path, capsys):
+    # Runs trained with data.train_split=full have no 'clean' protocol; missing-modality columns read only the final
+    # checkpoint's missing_modality.json, yet the default protocol (clean) made the table fail on "summary has no
+    # protocol 'clean'".
+    for seed in (0, 1):
+        run = write_run(tmp_path, "joint", "cremad", seed, (0.6, 0.5, 0.7))
+        summary = json.loads((run / "summary.json").read_text())
+        del summary["protocols"]["clean"]
+        (run / "summary.json").write_text(json.dumps(summary))
+        write_missing(run)
+    assert main(["table", str(tmp_path), "--missing", "--format", "csv"]) == 0
+    out = capsys.readouterr().out
+    assert "cremad/acc@missing=0/mean" in out and "Concat,50.0000,0.0000,2,30.0000,0.0000,2" in out
+    table = build_table(load_runs(tmp_path), protocol="clean", missing=True)
+    assert [c.mean for c in table.rows[0][1]] == approx64([50.0, 30.0])
