@@ -240,7 +240,7 @@ def test_table_command_defaults_to_best_on_test_when_comparing_with_a_paper(runs
 def test_the_missing_table_says_which_finished_runs_have_no_result(runs_dir, capsys):
     write_missing(runs_dir / "cremad-joint-seed0-fixture")
     assert main(["table", str(runs_dir), "--missing"]) == 0
-    assert "finished run(s) have no missing-modality result and show '–'" in capsys.readouterr().err
+    assert "finished run(s) of the rows shown have no missing-modality result" in capsys.readouterr().err
 
 
 def test_a_table_logged_to_wandb_keeps_its_files_with_the_runs_and_its_console_quiet(runs_dir, tmp_path, monkeypatch,
@@ -805,3 +805,17 @@ def test_the_missing_table_of_runs_without_a_validation_split_needs_no_protocol(
     assert "cremad/acc@missing=0/mean" in out and "Concat,50.0000,0.0000,2,30.0000,0.0000,2" in out
     table = build_table(load_runs(tmp_path), protocol="clean", missing=True)
     assert [c.mean for c in table.rows[0][1]] == approx64([50.0, 30.0])
+
+
+def test_the_missing_table_file_says_which_runs_its_cells_leave_out(runs_dir, tmp_path, capsys):
+    # Concat on cremad has 3 finished seeds, one evaluated: its cells are n=1. The note went to stderr only and said
+    # those runs "show '–'", while the table file showed a bare (1) that a reader could not tell from a 1-seed row.
+    write_missing(runs_dir / "cremad-joint-seed0-fixture")
+    out = tmp_path / "missing.md"
+    assert main(["table", str(runs_dir), "--missing", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    caption = out.read_text().splitlines()[0]
+    assert "| **50.00 (1)** |" in out.read_text()
+    for text in (err, caption):
+        assert "6 finished run(s) of the rows shown have no missing-modality result and are not counted" in text
+    assert "show '–'" not in err

@@ -80,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {unfinished_note(len(unfinished), unfinished[0])}", file=sys.stderr)
         # Also in the table itself: a table file read later would otherwise show only a smaller n.
         table.caption += f" {unfinished_note(len(unfinished), unfinished[0].name)}."
+    if args.missing:
+        absent = [r for r in shown if not r.missing]
+        if absent:
+            table.caption += f" {no_result_note(len(absent), absent[0].run_dir.name)}."
     if elsewhere:
         print(f"note: {len(elsewhere)} unfinished run folder(s) of rows or datasets not in the table, such as "
               f"{elsewhere[0]}", file=sys.stderr)
@@ -163,9 +167,16 @@ def _coverage_notes(records: Sequence[RunRecord], shown: Sequence[RunRecord], co
     if missing:
         absent = [r.run_dir for r in shown if not r.missing]
         if absent:
-            notes.append(f"{len(absent)} finished run(s) have no missing-modality result and show '–', such as "
-                         f"{absent[0]}: run augbench evaluate RUN_DIR (or rerun the sweep with its evaluate: section)")
+            notes.append(f"{no_result_note(len(absent), absent[0])}: run augbench evaluate RUN_DIR (or rerun the "
+                         f"sweep with its evaluate: section)")
     return notes
+
+
+def no_result_note(count: int, example: Path | str) -> str:
+    """Finished runs left out of ``--missing`` cells, in the words of stderr (``example``: the folder's path) and of
+    the caption (its name): a cell's n is otherwise short without a word in the table file."""
+    return (f"{count} finished run(s) of the rows shown have no missing-modality result and are not counted (a cell "
+            f"with none shows '–'), such as {example}")
 
 
 def log_wandb_table(table: Table, mode: str, runs_dir: Path, group: str | None = None) -> str | None:
