@@ -153,6 +153,17 @@ def _to_stderr(line: str) -> None:
     print(line, file=sys.stderr)
 
 
+# A sweep plot's line styles: matplotlib's 10 colours, then again dashed, dotted and dash-dotted (40 rows apart).
+ROW_LINESTYLES = ("-", "--", ":", "-.")
+
+
+def row_styles(labels: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """Row label -> (colour, line style), one style per row and the same in every panel; a panel's own colour cycle
+    would repeat after 10 rows and shift where a row has no line (a unimodal row has no head of the other
+    modality)."""
+    return {label: (f"C{i % 10}", ROW_LINESTYLES[i // 10 % len(ROW_LINESTYLES)]) for i, label in enumerate(labels)}
+
+
 def plot_sweep(sweep_dir: Path, out_png: Path | None = None, log: Callable[[str], None] = _to_stderr) -> Path:
     """Per dataset (rows) and output (columns: fused, then each modality): test accuracy per epoch on one shared 0-1
     axis, one line per method row, the mean over the seeds that reached each epoch (a row whose runs are unfinished
@@ -167,20 +178,24 @@ def plot_sweep(sweep_dir: Path, out_png: Path | None = None, log: Callable[[str]
         raise FileNotFoundError(f"no run with metrics.jsonl under {sweep_dir}")
     outputs = {ds: ["fused"] + sorted(k for k in per if k != "fused") for ds, per in curves.items()}
     rows, cols = len(curves), max(len(v) for v in outputs.values())
-    fig = Figure(figsize=(4.5 * cols, 3.4 * rows), layout="constrained")
+    style = row_styles(sorted({label for per in curves.values() for lines in per.values() for label in lines}))
+    # Each panel's legend stands beside it, a line per row: a row of panels is as tall as its longest legend.
+    entries = max(len(lines) for per in curves.values() for lines in per.values())
+    fig = Figure(figsize=(7 * cols, max(3.4, 0.9 + 0.16 * entries) * rows), layout="constrained")
     for r, dataset in enumerate(sorted(curves)):
         for c, output in enumerate(outputs[dataset]):
             ax = fig.add_subplot(rows, cols, r * cols + c + 1)
             for label, runs in sorted(curves[dataset][output].items()):
                 mean = seed_mean(runs)
-                ax.plot(range(len(mean)), mean, marker="." if len(mean) < 30 else None,
-                        label=f"{label} (n={len(runs)})")
+                color, linestyle = style[label]
+                ax.plot(range(len(mean)), mean, color=color, linestyle=linestyle,
+                        marker="." if len(mean) < 30 else None, label=f"{label} (n={len(runs)})")
             ax.set_title(f"{dataset}: {output} test acc")
             ax.set_xlabel("epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel("test accuracy")
             ax.set_ylim(0, 1)
-            ax.legend(fontsize="x-small")
+            ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     out = Path(out_png) if out_png else sweep_dir / "plots" / "sweep.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)

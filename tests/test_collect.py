@@ -819,3 +819,52 @@ def test_the_missing_table_file_says_which_runs_its_cells_leave_out(runs_dir, tm
     for text in (err, caption):
         assert "6 finished run(s) of the rows shown have no missing-modality result and are not counted" in text
     assert "show '–'" not in err
+
+
+def _captured_figures(monkeypatch) -> list:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figures = []
+
+    def capture(self, *args, **kwargs):
+        FigureCanvasAgg(self).draw()  # lays the figure out as savefig would
+        figures.append(self)
+
+    monkeypatch.setattr(Figure, "savefig", capture)
+    return figures
+
+
+def test_every_sweep_row_has_its_own_line_style_the_same_in_every_panel_and_a_visible_legend(tmp_path,
+                                                                                               monkeypatch):
+    # AUG's Table 1 sweep has 22 rows: matplotlib's 10-colour cycle drew rows 1, 11 and 21 alike, and each panel
+    # restarted the cycle, so a row missing from one panel (a unimodal row has no head of the other modality)
+    # shifted every later row's colour there; the 22-entry legends ran off the figure.
+    from matplotlib.colors import to_hex
+
+    figures = _captured_figures(monkeypatch)
+    for i in range(22):
+        run = write_run(tmp_path / f"r{i:02d}", "joint", "cremad", 0, (0.3 + 0.02 * i,) * 3,
+                        job={"label": f"row{i:02d}", "title": f"Row {i:02d}"})
+        if i == 0:  # an audio-only row
+            history = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+            for record in history:
+                for split in ("val", "test"):
+                    del record[split]["per_modality"]["visual"]
+            (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    plot_sweep(tmp_path, tmp_path / "sweep.png")
+    [fig] = figures
+    styles: dict[str, set] = {}
+    for ax in fig.axes:
+        drawn = [(line.get_label().split(" (n=")[0], (to_hex(line.get_color()), line.get_linestyle()))
+                 for line in ax.lines]
+        assert len({style for _, style in drawn}) == len(drawn), f"{ax.get_title()}: two rows drawn alike"
+        for label, style in drawn:
+            styles.setdefault(label, set()).add(style)
+    assert len(styles) == 22 and all(len(s) == 1 for s in styles.values()), "a row changes style between panels"
+    legends = [ax.get_legend() for ax in fig.axes] + fig.legends
+    for legend in filter(None, legends):
+        box, page = legend.get_window_extent(), fig.bbox
+        assert page.x0 <= box.x0 and box.x1 <= page.x1 + 1 and page.y0 <= box.y0 and box.y1 <= page.y1 + 1
+    shown = {text.get_text().split(" (n=")[0] for legend in filter(None, legends) for text in legend.get_texts()}
+    assert shown == set(styles), "every line has a legend entry"
