@@ -86,7 +86,7 @@ def plot_run(run_dir: Path, out_png: Path | None = None) -> Path:
             ax.plot(epochs, values, style, marker="." if len(epochs) < 30 else None, label=name)
         ax.set_title(panel)
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.set_ylabel(PANEL_UNITS.get(panel, "value"))
         if len(series) > 1:
             ax.legend(fontsize="small")
@@ -192,7 +192,7 @@ def plot_sweep(sweep_dir: Path, out_png: Path | None = None, log: Callable[[str]
                         marker="." if len(mean) < 30 else None, label=f"{label} (n={len(runs)})")
             ax.set_title(f"{dataset}: {output} test acc")
             ax.set_xlabel("epoch")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
             ax.set_ylabel("test accuracy")
             ax.set_ylim(0, 1)
             ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
@@ -267,7 +267,7 @@ def plot_demo(sweep_dir: Path, out_png: Path, order: Sequence[str] | None = None
             seen.setdefault(f"{name}-only model", ax.axhline(100 * acc, color=color, linestyle="--", linewidth=0.8))
         ax.set_title(titles.get(label, label), fontsize="small")
         ax.set_ylim(0, 100)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize="x-small")
     for k in range(len(labels), rows * cols):

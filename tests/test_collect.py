@@ -868,3 +868,19 @@ def test_every_sweep_row_has_its_own_line_style_the_same_in_every_panel_and_a_vi
         assert page.x0 <= box.x0 and box.x1 <= page.x1 + 1 and page.y0 <= box.y0 and box.y1 <= page.y1 + 1
     shown = {text.get_text().split(" (n=")[0] for legend in filter(None, legends) for text in legend.get_texts()}
     assert shown == set(styles), "every line has a legend entry"
+
+
+def test_a_one_epoch_run_has_whole_epoch_ticks(runs_dir, monkeypatch):
+    # With one epoch the x range is [-0.05, 0.05]: MaxNLocator(integer=True) found fewer than 2 integers there and
+    # fell back to ticks at -0.045, -0.03, ..., fractional epochs (a smoke run, or any run after its first epoch).
+    figures = _captured_figures(monkeypatch)
+    for run in runs_dir.glob("*-fixture"):
+        (run / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text().splitlines()[0] + "\n")
+    plot_run(runs_dir / "cremad-aug-seed0-fixture")
+    plot_sweep(runs_dir, runs_dir / "sweep.png")
+    assert len(figures) == 2
+    for fig in figures:
+        for ax in fig.axes:
+            low, high = ax.get_xlim()
+            ticks = [t for t in ax.get_xticks() if low <= t <= high]
+            assert ticks == [0.0], f"{ax.get_title()}: epoch ticks {ticks}"
