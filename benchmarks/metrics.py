@@ -6,7 +6,7 @@
   for a class with no positives; the AUG/LFM code definition otherwise);
 - conf: mean true-class softmax probability, the per-sample form of the confidence score
   (docs/methods/README.md#confidence-score); the ratio of two modalities' ``conf`` is the imbalance diagnostic plotted
-  by the demo.
+  by ``augbench plot`` (a run's curves).
 """
 
 from __future__ import annotations

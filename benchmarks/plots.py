@@ -1,6 +1,7 @@
 """Training curves as PNG files (matplotlib's Agg canvas; no display, no pyplot state).
 
-- ``plot_run(run_dir)``: fused and per-modality accuracy per epoch on val and test, the training loss, and every
+- ``plot_run(run_dir)``: fused and per-modality accuracy per epoch on val and test, each modality's confidence
+  (``conf``) and, with two modalities, their ratio (the imbalance diagnostic), the training loss, and every
   numeric series the method logged from ``on_epoch_end`` (the ``diag`` entries of ``metrics.jsonl``: AUG's learner
   counts and confidence scores, OGM's ratios, ...), one panel each.
 - ``plot_sweep(sweep_dir)``: per dataset, the test accuracy of the fused output and of each modality over epochs,
@@ -29,13 +30,17 @@ from benchmarks.run_folder import recorded_config
 
 SPLITS = ("val", "test")
 # y-axis label of a run plot's panels; a diagnostic panel is labelled "value".
-PANEL_UNITS = {"accuracy": "accuracy", "loss": "training loss (epoch mean)", "train": "logged by update()"}
+PANEL_UNITS = {"accuracy": "accuracy", "confidence": "mean true-class probability",
+               "confidence ratio": "ratio of the modalities' conf", "loss": "training loss (epoch mean)",
+               "train": "logged by update()"}
 
 
 def run_series(history: Sequence[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
     """Panel -> series -> one value per epoch (NaN where an epoch lacks it), from ``metrics.jsonl`` records.
 
-    Panels: ``accuracy`` (``val``/``test`` fused and ``<split>/<modality>``), ``loss`` (the mean training losses,
+    Panels: ``accuracy`` (``val``/``test`` fused and ``<split>/<modality>``), ``confidence`` (each modality's
+    ``conf``, ``<split>/<modality>``) and, with two modalities, ``confidence ratio`` (``<split> <first>/<second>``, the
+    imbalance diagnostic, docs/methods/README.md#metrics), ``loss`` (the mean training losses,
     keys starting with ``loss``), ``train`` (any other value a method's ``update`` logs, e.g. OGM-GE's coefficients,
     which would distort the loss axis) and one ``diag/<key>`` panel per numeric diagnostic.
     """
@@ -51,8 +56,13 @@ def run_series(history: Sequence[dict[str, Any]]) -> dict[str, dict[str, list[fl
         for split in SPLITS:
             if split in record:
                 put("accuracy", split, i, record[split].get("acc"))
-                for modality, metrics in record[split].get("per_modality", {}).items():
+                per_modality = record[split].get("per_modality", {})
+                for modality, metrics in per_modality.items():
                     put("accuracy", f"{split}/{modality}", i, metrics.get("acc"))
+                    put("confidence", f"{split}/{modality}", i, metrics.get("conf"))
+                conf = [metrics.get("conf") for metrics in per_modality.values()]
+                if len(conf) == 2 and all(isinstance(c, (int, float)) for c in conf) and conf[1]:
+                    put("confidence ratio", f"{split} {'/'.join(per_modality)}", i, conf[0] / conf[1])
         for key, value in record.get("train", {}).items():
             put("loss" if key.startswith("loss") else "train", key, i, value)
         for key, value in record.get("diag", {}).items():

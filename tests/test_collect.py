@@ -884,3 +884,31 @@ def test_a_one_epoch_run_has_whole_epoch_ticks(runs_dir, monkeypatch):
             low, high = ax.get_xlim()
             ticks = [t for t in ax.get_xticks() if low <= t <= high]
             assert ticks == [0.0], f"{ax.get_title()}: epoch ticks {ticks}"
+
+
+def test_the_run_plot_draws_the_modalities_confidence_and_its_ratio(tmp_path, monkeypatch):
+    # docs/methods/README.md#metrics: "the ratio of two modalities' conf is the imbalance diagnostic plotted by
+    # augbench plot"; the run plot drew accuracies, losses and diagnostics only.
+    def split(a: float, v: float) -> dict:
+        return {"acc": 0.5, "conf": (a + v) / 2, "per_modality": {"audio": {"acc": 0.5, "conf": a},
+                                                                  "visual": {"acc": 0.4, "conf": v}}}
+
+    history = [{"epoch": e, "train": {"loss": 1.0}, "val": split(0.2 * (e + 1), 0.1), "test": split(0.3, 0.2)}
+               for e in range(2)]
+    series = run_series(history)
+    assert series["confidence"]["val/audio"] == approx64([0.2, 0.4])
+    assert series["confidence"]["test/visual"] == [0.2] * 2
+    assert series["confidence ratio"] == {"val audio/visual": approx64([2.0, 4.0]),
+                                          "test audio/visual": approx64([1.5, 1.5])}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    figures = _captured_figures(monkeypatch)
+    plot_run(run)
+    axes = {ax.get_title(): ax for ax in figures[0].axes}
+    assert axes["confidence ratio"].get_ylabel() and axes["confidence"].get_ylabel() == "mean true-class probability"
+    assert {t.get_text() for t in axes["confidence ratio"].get_legend().get_texts()} == {"val audio/visual",
+                                                                                         "test audio/visual"}
+    # three modalities: per-modality confidence, no single ratio
+    three = [{"epoch": 0, "test": {"acc": 0.5, "per_modality": {m: {"acc": 0.5, "conf": 0.3} for m in "abc"}}}]
+    assert "confidence ratio" not in run_series(three) and len(run_series(three)["confidence"]) == 3
