@@ -8,7 +8,8 @@ applied generically to the batch, so every method is evaluated the same way). On
 the missing sets are nested across rates and a sample always loses the same modality. Metrics come from the same
 ``evaluate`` the runner uses, on the *final* checkpoint (the last epoch, not the best-on-test epoch), so rate 0
 reproduces the run's last-epoch test metrics; when it does not (a method's ``on_epoch_end`` changed the model after
-that last evaluation), the evaluation is refused rather than recorded. Results go to ``<run>/missing_modality.json``.
+that last evaluation), the evaluation is refused rather than recorded. Results go to ``<run>/missing_modality.json``
+(the test split, which tables read) or ``<run>/missing_modality-<split>.json``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 
 from benchmarks.data_identity import check_run_data, current_identity
 from benchmarks.records import read_checkpoint, read_json, write_json
-from benchmarks.run_folder import MISSING_RESULT, load_run_config
+from benchmarks.run_folder import load_run_config, missing_result_file
 from benchmarks.runner import CHECKPOINT, build_data, build_method, evaluate, seed_everything, select_device
 from core.data import Batch, BatchLoader, seed_for
 
@@ -111,7 +112,8 @@ class _MissingLoader:
 
 def evaluate_missing(run_dir: Path, rates: Sequence[float] = DEFAULT_MISSING_RATES, *, split: str = "test",
                      seed: int = 0, device: str | None = None, batch_size: int | None = None) -> dict[str, Any]:
-    """Evaluate a finished run's final checkpoint with missing modalities and write ``missing_modality.json``.
+    """Evaluate a finished run's final checkpoint with missing modalities and write its result file
+    (``missing_result_file(split)``).
 
     Args:
         run_dir: a run folder holding ``DONE``, ``config.yaml`` and ``checkpoint.pt``.
@@ -165,5 +167,5 @@ def evaluate_missing(run_dir: Path, rates: Sequence[float] = DEFAULT_MISSING_RAT
            "protocol": "each missing sample loses one modality chosen uniformly (input zeroed); nested sets across "
                        "rates; final checkpoint",
            "reference_last_epoch_acc": reference, "rates": results}
-    write_json(run_dir / MISSING_RESULT, out)
+    write_json(run_dir / missing_result_file(split), out)
     return out

@@ -22,7 +22,8 @@ from core.distributed import env_world
 from core.errors import InputError
 
 EXTENSIONS = "extensions.json"
-# The missing-modality evaluation of a run's final checkpoint (benchmarks.evaluate).
+# The missing-modality evaluation of a run's final checkpoint on the test split (benchmarks.evaluate; tables read
+# it); another split's goes to ``missing_result_file(split)``, so evaluating it keeps the test result.
 MISSING_RESULT = "missing_modality.json"
 # Filesystems that do not implement flock (some Lustre and NFS mounts) answer with one of these.
 NO_FLOCK = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP)
@@ -102,9 +103,14 @@ def missing_result_problem(summary: Mapping[str, Any], result: Mapping[str, Any]
     return None
 
 
+def missing_result_file(split: str) -> str:
+    """The file name of a run's missing-modality evaluation of ``split``: ``MISSING_RESULT`` for test."""
+    return MISSING_RESULT if split == "test" else f"missing_modality-{split}.json"
+
+
 def missing_evaluation_current(run_dir: Path, *, split: str, seed: int, rates: Sequence[float]) -> bool:
     """Whether ``run_dir`` holds the missing-modality evaluation of its final checkpoint with these settings."""
-    result = read_json(Path(run_dir) / MISSING_RESULT, default=None)
+    result = read_json(Path(run_dir) / missing_result_file(split), default=None)
     return result is not None and missing_result_problem(read_json(Path(run_dir) / "summary.json"), result,
                                                          split=split, seed=seed, rates=rates) is None
 

@@ -49,7 +49,14 @@ from benchmarks.records import (
     write_jsonl,
     write_yaml,
 )
-from benchmarks.run_folder import EXTENSIONS, MISSING_RESULT, read_extensions, read_job_file, recorded_config
+from benchmarks.run_folder import (
+    EXTENSIONS,
+    MISSING_RESULT,
+    missing_result_file,
+    read_extensions,
+    read_job_file,
+    recorded_config,
+)
 from core.data import BatchLoader, seed_for
 from core.distributed import DistContext, init_from_env, shutdown
 from datasets.base import DataBundle
@@ -420,8 +427,9 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
     if extending and ddp.is_main:
         # DONE goes first: a crash in between leaves an unfinished run whose recorded epochs are still the old ones.
         (run_dir / "DONE").unlink(missing_ok=True)
-        # It evaluated the old final checkpoint; a sweep evaluates the new one again.
-        (run_dir / MISSING_RESULT).unlink(missing_ok=True)
+        # They evaluated the old final checkpoint; a sweep evaluates the new one again.
+        for result in (run_dir / MISSING_RESULT, *run_dir.glob(missing_result_file("*"))):
+            result.unlink(missing_ok=True)
         _record_extension(run_dir, recorded["train"]["epochs"], cfg.train.epochs, start_epoch)
         log(f"extending {run_dir.name} from {recorded['train']['epochs']} to {cfg.train.epochs} epochs")
 

@@ -18,7 +18,7 @@ from benchmarks.evaluate import (
     missing_plan,
     parse_rates,
 )
-from benchmarks.run_folder import MISSING_RESULT, missing_evaluation_current
+from benchmarks.run_folder import MISSING_RESULT, missing_evaluation_current, missing_result_file
 from benchmarks.runner import train_run
 from tests.conftest import tiny_overrides
 from tests.numeric import approx
@@ -124,3 +124,21 @@ def test_bad_rates_and_batch_sizes_are_refused_before_any_work(tmp_path, capsys)
     with pytest.raises(ValueError, match="batch_size"):
         evaluate_missing(run_dir, [0.5], device="cpu", batch_size=0)
     assert not (run_dir / MISSING_RESULT).exists()
+
+
+def test_another_splits_result_has_its_own_file_and_keeps_the_test_result(tmp_path):
+    # Evaluating --split val wrote missing_modality.json too, replacing the test result that tables read; the table
+    # then refused the run until it was evaluated on test again.
+    run_dir = tmp_path / "run"
+    train_run(build_config("joint", "synthetic", tiny_overrides()), run_dir, log=lambda msg: None)
+    test_result = evaluate_missing(run_dir, [0.5])
+    assert evaluate_missing(run_dir, [0.5], split="val")["split"] == "val"
+    assert json.loads((run_dir / MISSING_RESULT).read_text()) == json.loads(json.dumps(test_result))
+    assert json.loads((run_dir / missing_result_file("val")).read_text())["split"] == "val"
+    assert missing_evaluation_current(run_dir, split="test", seed=0, rates=[0.5])
+    assert missing_evaluation_current(run_dir, split="val", seed=0, rates=[0.5])
+    longer = tiny_overrides()
+    longer["train"]["epochs"] += 1
+    train_run(build_config("joint", "synthetic", longer), run_dir, resume=True, extend_epochs=True,
+              log=lambda msg: None)
+    assert not list(run_dir.glob("missing_modality*.json")), "both described the old final checkpoint"

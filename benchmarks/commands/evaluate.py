@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from benchmarks.evaluate import DEFAULT_MISSING_RATES, evaluate_missing, parse_rates
-from benchmarks.run_folder import MISSING_RESULT, rank0_run_lock, rate_percent
+from benchmarks.run_folder import missing_result_file, rank0_run_lock, rate_percent
 
 HELP = "evaluate a finished run's final checkpoint with a fraction of samples missing one modality"
 
@@ -33,7 +33,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--missing", type=_rates, default=list(DEFAULT_MISSING_RATES),
                    help="comma-separated fractions of samples that lose one modality (default "
                         f"{','.join(f'{r:g}' for r in DEFAULT_MISSING_RATES)})")
-    p.add_argument("--split", default="test", help="split to evaluate (tables read only 'test'; default test)")
+    p.add_argument("--split", default="test",
+                   help="split to evaluate (default test, the one tables read; another split's result goes to "
+                        "missing_modality-<split>.json beside it)")
     p.add_argument("--seed", type=int, default=0, help="seed of which samples lose which modality")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: the run's train.device")
     p.add_argument("--batch-size", type=_positive, help="default: the run's train.eval_batch_size")
@@ -47,5 +49,5 @@ def run(args: argparse.Namespace) -> int:
         m = row["metrics"]
         print(f"missing {rate_percent(row['rate'])}: acc {m['acc']:.4f}  macro_f1 {m['macro_f1']:.4f}  "
               f"map {m['map']:.4f}  ({row['n_missing']}/{out['n']} samples missing a modality)")
-    print(f"wrote {args.run_dir / MISSING_RESULT}")
+    print(f"wrote {args.run_dir / missing_result_file(args.split)}")
     return 0

@@ -17,9 +17,9 @@ from typing import Any, Callable
 from benchmarks.evaluate import evaluate_missing
 from benchmarks.records import read_yaml
 from benchmarks.run_folder import (
-    MISSING_RESULT,
     build_from_sections,
     missing_evaluation_current,
+    missing_result_file,
     rank0_run_lock,
     read_job_file,
 )
@@ -48,7 +48,7 @@ def _train_and_evaluate(run_dir: Path, wandb_mode: str, wandb_group: str | None,
         spec = EvaluateSpec.from_dict(wanted, f"{run_dir / 'job.json'}: evaluate")
         if not missing_evaluation_current(run_dir, split=spec.split, seed=spec.seed, rates=spec.missing):
             evaluate_missing(run_dir, spec.missing, split=spec.split, seed=spec.seed)
-            log(f"wrote {run_dir / MISSING_RESULT}")
+            log(f"wrote {run_dir / missing_result_file(spec.split)}")
     return summary
 
 
