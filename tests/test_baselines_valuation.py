@@ -278,6 +278,14 @@ def test_dimml_effective_dims_from_per_dimension_nearest_class_mean():
     assert effective_dims(feats, labels, 2, chunk=3).tolist() == [True, False, True]
 
 
+def test_dimml_effective_dims_are_strictly_above_the_mean_rate():
+    labels = torch.tensor([0, 0, 1, 1])
+    # Per-dimension hit rates 1, 1/2 (equal class means: every row goes to class 0) and 3/4 (row 3's 0.3 is nearer
+    # class 0's mean 0.2 than class 1's 0.65). The mean rate is exactly 3/4: dim 2 sits on it and is not effective.
+    feats = torch.tensor([[0.0, 1.0, 0.0], [0.2, -1.0, 0.4], [1.0, 1.0, 1.0], [0.8, -1.0, 0.3]])
+    assert effective_dims(feats, labels, 2).tolist() == [True, False, False]
+
+
 def test_dimml_duc_loss_matches_the_per_sample_ratio_and_is_unidirectional():
     gen = torch.Generator().manual_seed(0)
     h_a = torch.randn(4, 6, generator=gen, requires_grad=True)
@@ -302,6 +310,9 @@ def test_dimml_certainty_weighting():
     z1, z2 = probs_as_logits([[0.9, 0.1]]), probs_as_logits([[0.6, 0.4]])
     w = torch.softmax(torch.tensor([0.9, 0.6], dtype=torch.float64), dim=0)
     close(certainty_fusion([z1, z2], 1.0), w[0] * z1 + w[1] * z2)
+    # The temperature divides the certainties (AVE's 3 flattens the weights towards 1/2).
+    w = torch.softmax(torch.tensor([0.9, 0.6], dtype=torch.float64) / 3.0, dim=0)
+    close(certainty_fusion([z1, z2], 3.0), w[0] * z1 + w[1] * z2)
 
 
 def test_dimml_stages_train_disjoint_parameters(tiny_bundle):
@@ -547,6 +558,13 @@ def test_amco_masks_only_the_dependent_modality_and_bb_compat_drops_linear_star(
     compat.eval()
     pred = compat.predict(batch)
     close(pred.fused, sum(pred.per_modality.values()))
+
+
+def test_amco_dependence_flags_restart_false_every_epoch(tiny_bundle):
+    method = build("amco", tiny_bundle)
+    method.dependent.copy_(torch.tensor([True, True]))
+    method.on_epoch_start(1, loaders_for(tiny_bundle))
+    assert method.dependent.tolist() == [False, False]
 
 
 # --- Unimodal reference -----------------------------------------------------------------------------------------------
