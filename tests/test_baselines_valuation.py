@@ -582,3 +582,10 @@ def test_unimodal_reads_and_reports_only_its_modality(tiny_bundle, modality):
     assert set(before.per_modality) == {modality}
     assert torch.equal(before.fused, changed.fused), f"the {other} input must not matter"
     assert not torch.allclose(before.fused, moved.fused), f"the {modality} input must"
+
+
+def test_unimodal_defaults_to_the_datasets_first_modality(tiny_bundle):
+    method = build("unimodal", tiny_bundle)
+    assert tiny_bundle.task.names[0] == "audio" and method.modality == "audio"
+    method.eval()
+    assert set(method.predict(first_batch(tiny_bundle)).per_modality) == {"audio"}

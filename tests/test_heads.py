@@ -1,11 +1,20 @@
-"""Fusion heads: shapes for 2 and 3 modalities and the split-head identity."""
+"""Fusion heads: shapes for 2 and 3 modalities, the split-head identity, and the plain-CE step of the Concat, Sum
+and Weight rows built on them."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+import torch.nn.functional as F
 
+from baselines.base import StepInfo
 from baselines.heads import build_head
+from baselines.registry import get_method
+from benchmarks.config import method_hparams
+from core.hparams import resolve
+from tests.conftest import first_batch, make_context
 from tests.numeric import close
 
 K = 5
@@ -67,3 +76,27 @@ def test_gated_head_gates_the_last_modality_by_a_sigmoid_of_the_others():
     close(head(h)[0], expected)
     tanh_gate = head.out(torch.tanh(head.fc_x(h["audio"])) * head.fc_y(h["visual"]))
     assert not torch.allclose(expected, tanh_gate), "the crafted features tell sigmoid from tanh"
+
+
+@pytest.mark.parametrize("name, head", [("joint", "concat"), ("sum", "sum"), ("weight", "weight")])
+def test_fusion_rows_step_on_the_plain_cross_entropy_of_their_heads_fused_logits(name, head, tiny_bundle):
+    cls = get_method(name)
+    torch.manual_seed(0)
+    method = cls(tiny_bundle.task, resolve(name, method_hparams(cls), tiny_bundle.task.dataset, {}), make_context())
+    assert method.HEAD == head
+    method.train()
+    batch = first_batch(tiny_bundle)
+    ref = copy.deepcopy(method.model)
+    seen = {}
+    method.optimizer.step = lambda *a, **k: seen.update(
+        {n: p.grad.clone() for n, p in method.model.named_parameters() if p.grad is not None})
+    logs = method.update(batch, StepInfo(epoch=0, step=0, steps_per_epoch=4, epochs=2))
+    _, z, _ = ref(method.inputs(batch))
+    loss = F.cross_entropy(z, batch["label"])
+    loss.backward()
+    expected = {n: p.grad for n, p in ref.named_parameters() if p.grad is not None}
+    # Every parameter learns, the weight head's mixing vector included.
+    assert set(seen) == set(expected) == {n for n, _ in ref.named_parameters()}
+    assert logs["loss"] == pytest.approx(loss.item(), rel=1e-5, abs=1e-6)
+    for n, g in expected.items():
+        close(seen[n], g, msg=n)
