@@ -281,6 +281,11 @@ def test_mslr_multipliers_from_accuracy_histories():
     assert memory["visual"] == [0.4, 0.5, 0.6, 0.3, 0.4]
 
 
+def test_mslr_ratio_keeps_its_value_over_an_all_zero_memory():
+    # A modality that never scored: r_m stays where it was (here 1.3), it is not reset to 1.
+    assert mslr_step([0.0] * 5, 0.5, 1.3, window=5) == (1.3, [0.0, 0.0, 0.0, 0.0, 0.5])
+
+
 def test_mslr_update_scales_each_modality_group(tiny_bundle):
     method = freeze_steps(build_with(MSLR, tiny_bundle))
     method.ratios = {"audio": 2.0, "visual": 0.5}
