@@ -281,6 +281,25 @@ def test_reconboost_stage_schedule_is_a_function_of_the_epoch():
     assert ensemble_members(0, 4, 4, 2, pretrained=True) == [True, True]
 
 
+def test_reconboost_phase_optimizers_restart_at_the_start_of_their_phase_only(tiny_bundle):
+    rb = build("reconboost", tiny_bundle, pretrain=False)  # 4 modality epochs, then 4 correction epochs per stage
+    loaders = loaders_for(tiny_bundle)
+    p = next(rb.encoders["audio"].parameters())
+    rb.modality_opts[0].state[p]["momentum_buffer"] = torch.ones_like(p)
+    rb.on_epoch_start(0, loaders)
+    assert p not in rb.modality_opts[0].state, "stage 0's modality phase starts with a fresh optimizer"
+    rb.modality_opts[0].state[p]["momentum_buffer"] = torch.ones_like(p)
+    rb.correct_opt.state[p]["momentum_buffer"] = torch.ones_like(p)
+    for epoch in (1, 2, 3):
+        rb.on_epoch_start(epoch, loaders)
+        assert p in rb.modality_opts[0].state, f"epoch {epoch} is inside the phase: its momentum carries on"
+    rb.on_epoch_start(4, loaders)
+    assert p not in rb.correct_opt.state and p in rb.modality_opts[0].state
+    rb.correct_opt.state[p]["momentum_buffer"] = torch.ones_like(p)
+    rb.on_epoch_start(5, loaders)
+    assert p in rb.correct_opt.state
+
+
 def test_reconboost_ga_term_has_zero_gradient_in_compat_and_flows_with_ga_grad():
     z = torch.tensor([[2.0, 0.0, -1.0]], requires_grad=True)
     partner = torch.tensor([[0.0, 1.0, 0.0]], requires_grad=True)
