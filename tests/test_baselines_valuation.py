@@ -286,6 +286,14 @@ def test_dimml_effective_dims_are_strictly_above_the_mean_rate():
     assert effective_dims(feats, labels, 2).tolist() == [True, False, False]
 
 
+def test_dimml_a_class_absent_from_the_rows_is_never_the_nearest_mean():
+    labels = torch.tensor([0, 0, 1, 1])  # K = 3: class 2 has no rows
+    # Dim 0: row 0's -0.1 is nearer 0 (what an absent class's mean would be) than its class mean -0.3, yet scores a
+    # hit; rates 1, 1, 1/2 (dim 2: equal means, every row to class 0).
+    feats = torch.tensor([[-0.1, 0.0, 1.0], [-0.5, 0.0, -1.0], [1.0, 1.0, 1.0], [1.0, 1.0, -1.0]])
+    assert effective_dims(feats, labels, 3).tolist() == [True, True, False]
+
+
 def test_dimml_duc_loss_matches_the_per_sample_ratio_and_is_unidirectional():
     gen = torch.Generator().manual_seed(0)
     h_a = torch.randn(4, 6, generator=gen, requires_grad=True)
