@@ -597,3 +597,11 @@ def test_unimodal_defaults_to_the_datasets_first_modality(tiny_bundle):
     assert tiny_bundle.task.names[0] == "audio" and method.modality == "audio"
     method.eval()
     assert set(method.predict(first_batch(tiny_bundle)).per_modality) == {"audio"}
+
+
+def test_unimodal_head_gets_the_projects_weight_init(tiny_bundle):
+    # model.init = ogm (OGM-GE weight_init): Xavier-normal Linear weights with zero bias, applied after the build, so
+    # the head does not keep torch's uniform default (whose bias is never all zero).
+    method = build("unimodal", tiny_bundle)
+    assert method.ctx.model_hp.init == "ogm"
+    assert not method.head.bias.any()
