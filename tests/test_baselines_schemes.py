@@ -642,6 +642,17 @@ def test_mses_stop_applies_inside_the_official_1_based_window(tiny_bundle, varia
 
 
 
+def test_mses_reload_keeps_the_runs_scheduled_lr_not_the_snapshots(tiny_bundle):
+    ms = build("mses", tiny_bundle, patience=1)
+    ms.modality_losses = lambda loaders: [1.0, 1.0]  # never improves after epoch 0: both stop at epoch 2
+    ms.on_epoch_end(0, None)  # snapshot at lr factor 1
+    ms.on_epoch_end(1, None)
+    ms.ctx.set_lr_factor(0.1)  # the runner's schedule has decayed since
+    ms.on_epoch_end(2, None)
+    assert ms.stopped.all()
+    assert [g["lr"] for g in ms.optimizer.param_groups] == [g["initial_lr"] * 0.1 for g in ms.optimizer.param_groups]
+
+
 def test_mses_in_float64_reports_float64_training_and_validation_losses(tiny_bundle):
     with float64_default():
         ms = build("mses", tiny_bundle)
