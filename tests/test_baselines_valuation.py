@@ -323,6 +323,22 @@ def test_dimml_certainty_weighting():
     close(certainty_fusion([z1, z2], 3.0), w[0] * z1 + w[1] * z2)
 
 
+def test_dimml_predicts_the_unimodal_heads_and_adds_the_fusion_head_only_in_stage_2(tiny_bundle):
+    method = build("dimml", tiny_bundle)
+    method.eval()
+    batch = first_batch(tiny_bundle)
+    with torch.no_grad():
+        h = method.features(batch)
+        z_uni = [method.heads[m](h[m]) for m in method.modalities]
+        z_fusion = method.fusion(h)[0]
+        stage1 = method.predict(batch).fused
+        method.stage2.fill_(True)
+        stage2 = method.predict(batch).fused
+    t = method.hp.fusion_temperature
+    close(stage1, certainty_fusion(z_uni, t))
+    close(stage2, certainty_fusion([*z_uni, z_fusion], t))
+
+
 def test_dimml_stages_train_disjoint_parameters(tiny_bundle):
     method = build("dimml", tiny_bundle, duc_start=0)
     loaders = loaders_for(tiny_bundle)
