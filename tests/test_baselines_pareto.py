@@ -313,16 +313,25 @@ def test_mslr_step_in_float64_reports_the_float64_loss(tiny_bundle):
     assert logs["loss"] == expected   # a float32 loss would differ from the float64 one at ~1e-8
 
 
-def test_mslr_official_compat_stops_modulating_after_epoch_19(tiny_bundle):
+@pytest.mark.parametrize("epoch, factor", [(19, 0.9 * 2.0), (20, 1.0)])
+def test_mslr_official_compat_stops_modulating_after_epoch_19(tiny_bundle, epoch, factor):
     method = freeze_steps(build_with(MSLR, tiny_bundle, variant="official_compat"))
     assert (method.hp.eval_split, method.hp.shared_accuracy) == ("test", True)
     method.ratios = {"audio": 2.0, "visual": 2.0}
     batch = first_batch(tiny_bundle)
-    method.update(batch, StepInfo(epoch=20, step=0, steps_per_epoch=4, epochs=30))
+    method.update(batch, StepInfo(epoch=epoch, step=0, steps_per_epoch=4, epochs=30))
     _, z, _ = method.model(method.inputs(batch))
     params = method.groups["audio"]
     grads = torch.autograd.grad(F.cross_entropy(z, batch["label"]), params)
-    torch.testing.assert_close(params[0].grad, grads[0], rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(params[0].grad, factor * grads[0], rtol=1e-4, atol=1e-7)
+
+
+def test_mslr_shared_accuracy_gives_every_modality_the_last_modalitys_accuracy(tiny_bundle):
+    method = build_with(MSLR, tiny_bundle, shared_accuracy=True, memory=1)
+    method.unimodal_accuracy = lambda loader: {"audio": 0.25, "visual": 0.5}
+    val = tiny_bundle.loader("val", batch_size=32, train=False, seed=0)
+    diag = method.on_epoch_end(0, Loaders(train=val, val=val, test=None))
+    assert diag["mslr_acc_audio"] == diag["mslr_acc_visual"] == 0.5 and method.memory["audio"] == [0.5]
 
 
 def test_mslr_epoch_end_reads_validation_and_checkpoints_its_memory(tiny_bundle):
