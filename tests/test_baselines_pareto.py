@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from baselines.base import Loaders, StepInfo
 from baselines.cml import CML, cml_loss
@@ -243,6 +244,18 @@ def test_inforeg_update_adds_proximal_term_and_accumulates_fim(tiny_bundle):
     assert diag["inforeg_fim_trace"] == pytest.approx(sum(w.grad.pow(2).mean().item() for w in method.fim_weights),
                                                       rel=1e-5)
     assert method.traces == [diag["inforeg_fim_trace"]]
+
+
+def test_inforeg_traces_the_first_modalitys_encoder_and_re_anchors_every_epoch(tiny_bundle):
+    method = build_with(InfoReg, tiny_bundle)
+    audio = [mod.weight for mod in method.model.encoders["audio"].modules() if isinstance(mod, (nn.Conv2d, nn.Linear))]
+    assert audio and [id(w) for w in method.fim_weights] == [id(w) for w in audio]
+    with torch.no_grad():
+        for p in method.encoder_params["visual"]:
+            p.add_(1.0)  # stands in for an epoch of training
+    method.on_epoch_start(1, None)
+    for p, p0 in zip(method.encoder_params["visual"], method.anchor["visual"]):
+        assert torch.equal(p0, p.detach()), "theta_0 is the encoder at the start of this epoch"
 
 
 def test_inforeg_step_in_float64_reports_the_float64_loss(tiny_bundle):

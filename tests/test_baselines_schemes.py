@@ -642,6 +642,15 @@ def test_mses_stop_applies_inside_the_official_1_based_window(tiny_bundle, varia
 
 
 
+def test_mses_smooths_with_the_previous_raw_loss_not_the_previous_smoothed_one(tiny_bundle):
+    ms = build("mses", tiny_bundle)
+    history = iter([[1.0, 1.0], [0.8, 1.0], [0.9, 1.0]])
+    ms.modality_losses = lambda loaders: next(history)
+    smoothed = [ms.on_epoch_end(epoch, None)["smoothed_ce_audio"] for epoch in range(3)]
+    # 0.6 * 0.8 + 0.4 * 0.9 at epoch 2; chaining the smoothed 0.92 would give 0.912.
+    assert smoothed == approx64([1.0, 0.92, 0.84])
+
+
 def test_mses_reload_keeps_the_runs_scheduled_lr_not_the_snapshots(tiny_bundle):
     ms = build("mses", tiny_bundle, patience=1)
     ms.modality_losses = lambda loaders: [1.0, 1.0]  # never improves after epoch 0: both stop at epoch 2
