@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines import umt
+from baselines import dimml, umt
 from baselines.amco import class_mask, dependence_flags, mask_ratio
 from baselines.base import Loaders, StepInfo
 from baselines.dimml import certainty_fusion, duc_loss, effective_dims
@@ -337,6 +337,19 @@ def test_dimml_predicts_the_unimodal_heads_and_adds_the_fusion_head_only_in_stag
     t = method.hp.fusion_temperature
     close(stage1, certainty_fusion(z_uni, t))
     close(stage2, certainty_fusion([*z_uni, z_fusion], t))
+
+
+def test_dimml_duc_dims_are_each_modalitys_effective_dims_minus_the_others(tiny_bundle, monkeypatch):
+    method = build("dimml", tiny_bundle)
+    d = method.duc_dims.shape[1]
+    audio = torch.arange(d) % 2 == 0  # even dims
+    visual = torch.arange(d) % 3 == 0  # multiples of 3: dims 0, 6, ... are effective for both
+    masks = iter([audio, visual])
+    monkeypatch.setattr(dimml, "effective_dims", lambda features, labels, num_classes: next(masks))
+    method.compute_duc_dims(loaders_for(tiny_bundle).train)
+    assert method.duc_dims[0].tolist() == (audio & ~visual).tolist()
+    assert method.duc_dims[1].tolist() == (visual & ~audio).tolist()
+    assert not method.duc_dims[0][0] and not method.duc_dims[1][0]
 
 
 def test_dimml_stages_train_disjoint_parameters(tiny_bundle):
