@@ -280,6 +280,10 @@ def test_bss_sampling_probabilities_hand_values():
     np.testing.assert_allclose(sampling_probabilities(SIM, LOSS, 0.01), w / w.sum(), rtol=1e-12, atol=0)
     constant = sampling_probabilities(np.ones(3), np.ones(3), 0.01)  # no information: uniform, not NaN
     np.testing.assert_allclose(constant, np.full(3, 1.0 / 3.0), rtol=1e-12, atol=0)
+    # A constant similarity column normalises to 0 (not 1): w = 1 - loss_n + 0.01 = (1.01, 0.51, 0.01).
+    w = np.array([1.01, 0.51, 0.01])
+    np.testing.assert_allclose(sampling_probabilities(np.full(3, 0.7), np.array([0.0, 0.5, 1.0]), 0.01), w / w.sum(),
+                               rtol=1e-12, atol=0)
 
 
 def test_bss_weighted_permutation_draws_first_rows_by_probability():

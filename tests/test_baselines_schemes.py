@@ -309,6 +309,9 @@ def test_reconboost_ga_term_has_zero_gradient_in_compat_and_flows_with_ga_grad()
     assert flowing.item() == approx(compat.item())
     flowing.backward()
     assert z.grad.abs().sum() > 0 and partner.grad is None
+    # The MSE is a mean over B x K entries: softmaxes (1/2, 1/2) and (0.9, 0.1) differ by 0.4 in both classes.
+    half, peaked = torch.tensor([[0.5, 0.5]]).log(), torch.tensor([[0.9, 0.1]]).log()
+    assert ga_term(half, peaked, flow=False).item() == approx(0.16)
 
 
 def test_reconboost_steps_train_only_their_parameters(tiny_bundle):
