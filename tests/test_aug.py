@@ -251,18 +251,23 @@ def true_class_sum(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.softmax(z, 1).gather(1, y[:, None]).sum()
 
 
+def step_with_learners(bundle, added: list[str]) -> tuple[AUG, dict[str, torch.Tensor], torch.Tensor, dict]:
+    """A method with learners added to ``added``'s modalities after one training step on the first batch: the
+    method, each modality's recorded learner logits, the labels and the step's logs."""
+    method = build(bundle)
+    for modality in added:
+        method.add_learner(modality)
+    method.train()
+    logits = record_learner_logits(method)
+    batch = first_batch(bundle)
+    logs = method.update(batch, STEP)
+    return method, logits, batch["label"], logs
+
+
 def test_confidence_score_is_the_whole_ensembles_true_class_probability(tiny_bundle):
     # S_m sums softmax(z_all)[y] over the batch, z_all the sum of ALL of m's learners' logits from the training
     # forward before m's step (docs/methods/aug.md#aca): not learner 0's logits, nor the previous ensemble's.
-    method = build(tiny_bundle)
-    method.add_learner("audio")
-    method.add_learner("audio")
-    method.add_learner("visual")
-    method.train()
-    logits = record_learner_logits(method)
-    batch = first_batch(tiny_bundle)
-    y = batch["label"]
-    method.update(batch, STEP)
+    method, logits, y, _ = step_with_learners(tiny_bundle, ["audio", "audio", "visual"])
     assert set(logits) == {"audio", "visual"} and logits["audio"].shape[1] == 3 and logits["visual"].shape[1] == 2
     expected = torch.stack([true_class_sum(logits[m].sum(1), y) for m in method.modalities])
     # Computed in float32 (the logits' dtype), accumulated in float64: compared at float32 tolerance.
@@ -277,14 +282,7 @@ def test_confidence_score_is_the_whole_ensembles_true_class_probability(tiny_bun
 def test_ensemble_ce_diagnostic_is_the_whole_ensembles_cross_entropy(tiny_bundle):
     # ensemble_ce/m (and its gap) reads CE(z_all, y) of the training forward, comparable across learner counts: not
     # learner 0's CE, nor the boosting loss.
-    method = build(tiny_bundle)
-    method.add_learner("audio")
-    method.add_learner("visual")
-    method.train()
-    logits = record_learner_logits(method)
-    batch = first_batch(tiny_bundle)
-    y = batch["label"]
-    logs = method.update(batch, STEP)
+    method, logits, y, logs = step_with_learners(tiny_bundle, ["audio", "visual"])
     expected = torch.stack([F.cross_entropy(logits[m].sum(1), y) for m in method.modalities])
     # float32 CE accumulated in float64 as CE * batch size: float32 tolerance.
     close(method.ce_sum, expected * len(y), dtype=torch.float32)
