@@ -204,3 +204,34 @@ def test_odd_selection_leaves_one_row_out_and_ranks_run_equal_steps():
     parts = [[b["index"].tolist() for b in shard] for shard in shards]
     assert [len(p) for p in parts] == [3, 3] and [len(b) for b in parts[0]] == [4, 4, 3]
     assert sorted(sum(parts[0] + parts[1], [])) == selection[:22].tolist()
+
+
+def test_the_last_partial_global_batch_is_split_into_contiguous_rank_parts():
+    # 23 rows, 2 ranks of 4: two full global batches of 8, then positions 16-21 (22 is the n mod W row left out).
+    # As for the full ones, rank r takes the r-th of the W equal parts of that last global batch, not every W-th row.
+    shards = [loader(4, rank, 2) for rank in range(2)]
+    for shard in shards:
+        shard._serve(np.arange(100, 100 + N), shuffle=False)
+    parts = [[(b["index"] - 100).tolist() for b in shard] for shard in shards]
+    assert parts[0] == [[0, 1, 2, 3], [8, 9, 10, 11], [16, 17, 18]]
+    assert parts[1] == [[4, 5, 6, 7], [12, 13, 14, 15], [19, 20, 21]]
+
+
+class SubsetAfterHooks(get_method("joint")):  # type: ignore[misc]
+    """Serves 8 rows each epoch and records the rows its epoch-start hook sees."""
+
+    seen: list[int] = []
+
+    def on_epoch_start(self, epoch, loaders):
+        SubsetAfterHooks.seen.append(len(loaders.train.rows))
+        return super().on_epoch_start(epoch, loaders)
+
+    def select_rows(self, epoch, loaders):
+        return RowSelection(loaders.train.base_rows[:8])
+
+
+def test_epoch_hooks_see_the_splits_rows_not_last_epochs_selection(monkeypatch, tmp_path):
+    SubsetAfterHooks.seen = []
+    log = run(monkeypatch, tmp_path, "joint", SubsetAfterHooks, epochs=3)
+    assert SubsetAfterHooks.seen == [64, 64, 64], "epoch 1's hook would see epoch 0's 8 selected rows"
+    assert [len(np.concatenate(log["fed"][e])) for e in range(3)] == [8, 8, 8]
