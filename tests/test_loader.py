@@ -126,6 +126,17 @@ def test_derived_pass_is_in_order_over_the_whole_split_and_extra_pass_restores_t
     assert tagged == [b["index"].tolist() for b in list(ld)[:2]]
 
 
+def test_a_derived_pass_of_a_sharded_loader_is_unsharded_in_global_batches():
+    # Under data parallelism every rank makes a method's whole pass with the single-process batches: rank 1's loader of
+    # 8 per rank (global 16) derives evaluation batches of 16 over all rows in order, and a private training pass of 16.
+    ld = loader(8, train=True)
+    ld.set_shard(1, 2)
+    ordered = [b["index"].tolist() for b in ld.derived()]
+    assert [len(b) for b in ordered] == [16] * 6 + [4] and sum(ordered, []) == list(range(N))
+    private = ld.derived(train=True, seed=5)
+    assert private.batch_size == 16 and private.world_size == 1 and len(private) == 7
+
+
 def draw_augment(batch, generator, train):
     """A per-sample random draw, as the datasets' flips and crops take one."""
     batch["u"] = torch.rand(len(batch["index"]), generator=generator)
