@@ -14,12 +14,15 @@ import pytest
 import torch
 import yaml
 
+import benchmarks.runner as runner
 from baselines.registry import get_method
 from benchmarks.config import build_config, merge_overrides
 from benchmarks.errors import UsageError
 from benchmarks.runner import (
     RunExistsError,
     TrainingDiverged,
+    build_method,
+    evaluate,
     lr_factor,
     rng_state,
     select_protocols,
@@ -241,18 +244,19 @@ def test_rng_states_read_back_onto_another_device_are_restored_from_the_cpu():
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_a_run_whose_training_loss_turns_nan_stops_unrecorded(tmp_path, monkeypatch):
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf"])
+def test_a_run_whose_training_loss_turns_nan_stops_unrecorded(tmp_path, monkeypatch, bad):
     joint = get_method("joint")
     real = joint.update
 
     def update(self, batch, step):
         logs = real(self, batch, step)
-        return {**logs, "loss": float("nan")} if step.epoch == 1 else logs
+        return {**logs, "loss": float(bad)} if step.epoch == 1 else logs
 
     monkeypatch.setattr(joint, "update", update)
     overrides = tiny_overrides()
     overrides["train"].update(epochs=3, checkpoint_every=1)
-    with pytest.raises(TrainingDiverged, match=r"joint diverged in epoch 1 of .*run: its mean training loss is nan"):
+    with pytest.raises(TrainingDiverged, match=rf"joint diverged in epoch 1 of .*run: its mean training loss is {bad}"):
         train_run(build_config("joint", "synthetic", overrides), tmp_path / "run", log=lambda *_: None)
     assert [json.loads(line)["epoch"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [0]
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["epoch"] == 0
@@ -283,3 +287,106 @@ def test_train_drop_last_drops_each_epochs_partial_batch(tmp_path, monkeypatch, 
     # 40 rows in batches of 16: 16, 16 and a partial 8, which drop_last leaves out; evaluation still sees every row.
     assert sizes == [16, 16, 8][:steps]
     assert summary["protocols"]["last"]["test"]["acc"] is not None
+
+
+def test_checkpoints_follow_checkpoint_every_and_the_last_epoch_is_always_saved(tmp_path, monkeypatch):
+    saved = []
+    real = runner.atomic_torch_save
+
+    def save(path, obj):
+        saved.append(obj["epoch"])
+        real(path, obj)
+
+    monkeypatch.setattr(runner, "atomic_torch_save", save)
+    overrides = merge_overrides(tiny_overrides(), {"train": {"epochs": 5, "checkpoint_every": 2}})
+    train_run(build_config("joint", "synthetic", overrides), tmp_path / "run", log=lambda *_: None)
+    # After every 2nd epoch (1 and 3), and after the last (4) whatever the cadence.
+    assert saved == [1, 3, 4]
+
+
+def test_each_epoch_records_and_trains_at_its_scheduled_learning_rate(tmp_path, monkeypatch):
+    joint = get_method("joint")
+    real, lrs = joint.update, []
+
+    def update(self, batch, step):
+        if step.step == 0:
+            lrs.append([g["lr"] for opt in self.ctx.optimizers for g in opt.param_groups])
+        return real(self, batch, step)
+
+    monkeypatch.setattr(joint, "update", update)
+    overrides = merge_overrides(tiny_overrides(), {"train": {"epochs": 4, "lr": 0.5, "lr_milestones": [1, 3],
+                                                             "lr_gamma": 0.1}})
+    train_run(build_config("joint", "synthetic", overrides), tmp_path / "run", log=lambda *_: None)
+    recorded = [json.loads(line)["lr"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    # lr * gamma ** (milestones passed), as float64 products of the configured values.
+    expected = [0.5, 0.5 * 0.1, 0.5 * 0.1, 0.5 * 0.1 ** 2]
+    assert recorded == approx64(expected)
+    assert [sorted(set(group)) for group in lrs] == [[approx64(x)] for x in expected]
+
+
+@pytest.mark.parametrize("max_steps, steps", [(2, 2), (10, 3)])
+def test_a_step_knows_the_epochs_step_count_whatever_max_steps_per_epoch_allows(tmp_path, monkeypatch, max_steps,
+                                                                                steps):
+    joint = get_method("joint")
+    real, seen = joint.update, []
+
+    def update(self, batch, step):
+        seen.append((step.step, step.steps_per_epoch))
+        return real(self, batch, step)
+
+    monkeypatch.setattr(joint, "update", update)
+    # 40 rows in batches of 16 give 3 steps: a larger max_steps_per_epoch is no step count.
+    overrides = merge_overrides(tiny_overrides(), {"data": {"n_train": 40},
+                                                   "train": {"epochs": 1, "max_steps_per_epoch": max_steps}})
+    train_run(build_config("joint", "synthetic", overrides), tmp_path / "run", log=lambda *_: None)
+    assert seen == [(i, steps) for i in range(steps)]
+
+
+def test_a_resumed_runs_wall_time_is_every_recorded_epochs_time(tmp_path):
+    cfg = interrupted_run(tmp_path / "run", epochs=3)
+    summary = train_run(cfg, tmp_path / "run", resume=True, log=lambda line: None)
+    epochs = [json.loads(line)["time"]["epoch_s"] for line in (tmp_path / "run" / "metrics.jsonl").read_text()
+              .splitlines()]
+    # The same float64 additions in the same order, so equal to float64 rounding.
+    assert len(epochs) == 3 and summary["wall_time_s"] == approx64(sum(epochs))
+
+
+class _Rows:
+    """An evaluation loader that serves the batches of ``loader`` with ``edit(i, batch)`` applied to batch i."""
+
+    def __init__(self, loader, edit):
+        self.loader, self.edit = loader, edit
+        self.num_samples = loader.num_samples
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):
+            out = self.edit(i, dict(batch))
+            if out is not None:
+                yield out
+
+
+def test_evaluation_refuses_a_pass_that_misses_or_repeats_a_row(tiny_bundle):
+    method = build_method(build_config("joint", "synthetic", tiny_overrides()), tiny_bundle, torch.device("cpu"))
+    test = tiny_bundle.loader("test", batch_size=4, train=False, seed=0)
+    k = tiny_bundle.task.num_classes
+    assert evaluate(method, test, k)["n"] == test.num_samples == 16
+
+    def repeat(i, batch):  # batch 1 serves batch 0's rows again: as many rows, 4 of them twice
+        if i == 1:
+            first = next(iter(test))
+            batch = {**first}
+        return batch
+
+    with pytest.raises(RuntimeError, match=r"evaluation saw 16 rows \(12 unique\) of 16"):
+        evaluate(method, _Rows(test, repeat), k)
+    with pytest.raises(RuntimeError, match=r"evaluation saw 12 rows \(12 unique\) of 16"):
+        evaluate(method, _Rows(test, lambda i, batch: None if i == 3 else batch), k)
+
+
+    class Again(_Rows):  # every row, then batch 0 once more
+        def __iter__(self):
+            yield from super().__iter__()
+            yield next(iter(self.loader))
+
+    with pytest.raises(RuntimeError, match=r"evaluation saw 20 rows \(16 unique\) of 16"):
+        evaluate(method, Again(test, lambda i, batch: batch), k)
