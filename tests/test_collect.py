@@ -120,6 +120,25 @@ def test_cells_are_mean_and_sample_std_over_seeds_with_paper_and_best(runs_dir):
     assert clean.mean == approx64(57.0), "the protocol picks which epoch's test metrics enter the table"
 
 
+def _records(accs: dict[str, tuple[float, ...]], root: Path) -> list[RunRecord]:
+    """Config-less runs of one dataset: row label -> its seeds' test accuracies (fractions)."""
+    return [RunRecord(run_dir=root / f"{label}{seed}", label=label, title=label.upper(), method=label,
+                      dataset="cremad", seed=seed, protocols={"paper": {"test": {"acc": acc}}})
+            for label, values in accs.items() for seed, acc in enumerate(values)]
+
+
+def test_a_cell_is_the_arithmetic_mean_of_skewed_seeds_not_their_median(tmp_path):
+    # 60, 61 and 68: mean 63, median 61; sample std sqrt(((-3)^2 + (-2)^2 + 5^2) / 2) = sqrt(19).
+    cell = dict(build_table(_records({"a": (0.60, 0.61, 0.68)}, tmp_path)).rows)["A"][0]
+    assert cell.mean == approx64(63.0) and cell.std == approx64(math.sqrt(19.0)) and cell.n == 3
+
+
+def test_means_equal_at_the_shown_two_decimals_share_the_bold(tmp_path):
+    # 70.001 and 70.004 both show as 70.00: the bold marks both; 69.99 shows lower and is not bold.
+    table = build_table(_records({"a": (0.70001,), "b": (0.70004,), "c": (0.6999,)}, tmp_path))
+    assert [(title, cells[0].best) for title, cells in table.rows] == [("A", True), ("B", True), ("C", False)]
+
+
 def test_the_caption_states_how_tied_epochs_are_selected(runs_dir):
     # benchmarks.runner.select_protocols takes the earliest of tied epochs, on validation as on test accuracy.
     records = load_runs(runs_dir)
