@@ -7,7 +7,7 @@ import json
 import pytest
 
 from benchmarks.config import build_config
-from benchmarks.records import atomic_write_text, flatten, resolve_wandb_mode
+from benchmarks.records import atomic_write_text, flatten, read_jsonl, resolve_wandb_mode
 from benchmarks.runner import train_run
 from tests.conftest import interrupted_run, tiny_overrides
 
@@ -101,6 +101,18 @@ def test_the_wandb_summary_keeps_lists_as_json_and_history_keeps_scalars():
     assert flatten(summary, lists=True) == {"protocols/last/epoch": 3,
                                             "extensions": '[{"from_epochs": 2, "to_epochs": 4}]'}
     assert flatten(summary) == {"protocols/last/epoch": 3}
+
+
+def test_lists_inside_a_nested_summary_section_are_kept_as_json_too():
+    summary = {"run": {"segments": [{"first_epoch": 0}], "seed": 1}}
+    assert flatten(summary, lists=True) == {"run/segments": '[{"first_epoch": 0}]', "run/seed": 1}
+    assert flatten(summary) == {"run/seed": 1}
+
+
+def test_blank_lines_of_a_metrics_file_are_no_records(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 0}\n\n{"epoch": 1}\n  \n')
+    assert read_jsonl(path) == [{"epoch": 0}, {"epoch": 1}]
 
 
 def test_an_unreachable_wandb_server_falls_back_to_offline_logging(tmp_path, monkeypatch):
