@@ -187,6 +187,19 @@ def selection_checks(ddp: DistContext, rank: int) -> dict:
     return out
 
 
+def eval_sync_checks(ddp: DistContext, rank: int) -> dict:
+    """A model whose BatchNorm statistics and weights differ per rank, after the runner's pre-evaluation sync."""
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0 + rank)
+        model[1].running_mean.copy_(torch.tensor([1.0, 2.0]) * (1 + 2 * rank))
+        model[1].running_var.fill_(1.0 + 2.0 * rank)
+        model[1].num_batches_tracked.fill_(3 + rank)
+    ddp.sync_for_eval(model)
+    return {"weight": model[0].weight.detach().clone(), "running_mean": model[1].running_mean.clone(),
+            "running_var": model[1].running_var.clone(), "batches": int(model[1].num_batches_tracked)}
+
+
 def opm_idle_rank_checks(hook, rank: int) -> dict:
     """One OPM dropping step in which rank 1's own drops keep no sample while rank 0 keeps all of its."""
     cls = get_method("opm")
@@ -215,7 +228,7 @@ def _worker(rank: int, port: int, tmp: str) -> None:
     ddp, created = join_gloo(rank, port, WORLD)
     ctx = make_context()
     ctx.step_pre_hook = ddp.step_pre_hook
-    out = {"api": api_checks(ctx, rank), "rows": selection_checks(ddp, rank),
+    out = {"api": api_checks(ctx, rank), "rows": selection_checks(ddp, rank), "eval_sync": eval_sync_checks(ddp, rank),
            "opm_idle": opm_idle_rank_checks(ddp.step_pre_hook, rank)}
     out["full"] = {name: train(name, TrainContext, ddp.step_pre_hook, rank, WORLD, True, N_TRAIN_FULL)
                    for name in SELECTING}
@@ -270,6 +283,15 @@ def test_ranks_that_select_different_rows_are_stopped(ranks):
     for out in ranks:
         assert out["rows"]["order"] and "select different training rows" in out["rows"]["order"]
         assert out["rows"]["length"] and "select different training rows" in out["rows"]["length"]
+
+
+def test_ranks_evaluate_with_averaged_batchnorm_statistics_and_rank_0s_other_tensors(ranks):
+    for out in (r["eval_sync"] for r in ranks):
+        # Means of (1, 2) and (3, 6), and of 1 and 3: sums and halves of small integers, exact in float32.
+        torch.testing.assert_close(out["running_mean"], torch.tensor([2.0, 4.0]), rtol=0, atol=0)
+        torch.testing.assert_close(out["running_var"], torch.full((2,), 2.0), rtol=0, atol=0)
+        torch.testing.assert_close(out["weight"], torch.ones(2, 2), rtol=0, atol=0, msg="rank 0's weights")
+        assert out["batches"] == 3, "rank 0's step count"
 
 
 def test_an_opm_rank_that_keeps_no_sample_still_joins_the_step(ranks):
