@@ -10,11 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
 import benchmarks.runner as runner
+from baselines.base import Prediction
 from baselines.registry import get_method
 from benchmarks.config import build_config, merge_overrides
 from benchmarks.errors import UsageError
@@ -29,6 +31,7 @@ from benchmarks.runner import (
     set_rng_state,
     train_run,
 )
+from core.data import BatchLoader
 from core.hparams import HParamError, resolve
 from datasets.registry import get_dataset
 from tests.conftest import TINY_DATA, interrupted_run, make_context, tiny_overrides
@@ -390,3 +393,31 @@ def test_evaluation_refuses_a_pass_that_misses_or_repeats_a_row(tiny_bundle):
 
     with pytest.raises(RuntimeError, match=r"evaluation saw 20 rows \(16 unique\) of 16"):
         evaluate(method, Again(test, lambda i, batch: batch), k)
+
+
+class _Scripted:
+    """A method whose logits are fixed functions of the rows: fused always right, audio always class 0, visual right on
+    rows 4-5 (the last batch) and the next class elsewhere, and an alternative fusion right on rows 0-2 and class 0
+    elsewhere."""
+
+    def eval(self):
+        return self
+
+    def predict(self, batch):
+        y, i = batch["label"], batch["index"]
+        one_hot = lambda c: torch.nn.functional.one_hot(c, 3).float() * 3  # noqa: E731
+        return Prediction(fused=one_hot(y), per_modality={"audio": one_hot(torch.zeros_like(y)),
+                                                          "visual": one_hot(torch.where(i >= 4, y, (y + 1) % 3))},
+                          alternatives={"equal": one_hot(torch.where(i < 3, y, 0))})
+
+
+def test_evaluation_scores_each_modality_and_alternative_on_its_own_logits():
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    loader = BatchLoader(np.arange(6), labels, lambda rows: {}, batch_size=4, train=False, seed=0)
+    out = evaluate(_Scripted(), loader, 3)
+    assert out["n"] == 6 and out["acc"] == 1.0
+    per_modality = out["per_modality"]
+    assert per_modality["audio"]["acc"] == approx64(2 / 6) and per_modality["visual"]["acc"] == approx64(2 / 6)
+    # audio: class 0 has TP 2, 2 true and 6 predicted -> F1 4/8; classes 1 and 2 have F1 0.
+    assert per_modality["audio"]["macro_f1"] == approx64(0.5 / 3)
+    assert out["alternatives"]["equal"]["acc"] == approx64(4 / 6)
