@@ -39,6 +39,9 @@ def test_training_order_is_seeded_per_epoch_and_reproducible():
     a.set_epoch(1)
     assert [x["index"].tolist() for x in a] != first
     assert sorted(sum(first, [])) == list(range(N))
+    # The permutation is the epoch's own "shuffle" stream, not the one the batch augmentation draws from.
+    expected = torch.randperm(N, generator=torch.Generator().manual_seed(seed_for(7, 1, "shuffle")))
+    assert [sorted(x["index"].tolist()) for x in a] == [sorted(b.tolist()) for b in expected.split(10)]
 
 
 def test_batches_carry_matching_labels_and_data():
