@@ -277,6 +277,10 @@ def test_rank_0_keeps_the_single_process_stream_and_other_ranks_get_their_own():
         draws.append(torch.rand(4))
     torch.testing.assert_close(draws[0], single, rtol=0, atol=0)
     assert not torch.equal(draws[1], single)
+    # With more ranks, each rank other than 0 draws its own stream, not one shared by all of them.
+    seed_everything(5, False)
+    seed_rank(5, DistContext(2, 3, 2))
+    assert not torch.equal(torch.rand(4), draws[1])
 
 
 def test_an_old_checkpoint_restores_its_one_state_on_rank_0_and_a_fresh_stream_elsewhere():
