@@ -134,9 +134,9 @@ def test_a_cell_is_the_arithmetic_mean_of_skewed_seeds_not_their_median(tmp_path
 
 
 def test_means_equal_at_the_shown_two_decimals_share_the_bold(tmp_path):
-    # 70.001 and 70.004 both show as 70.00: the bold marks both; 69.99 shows lower and is not bold.
-    table = build_table(_records({"a": (0.70001,), "b": (0.70004,), "c": (0.6999,)}, tmp_path))
-    assert [(title, cells[0].best) for title, cells in table.rows] == [("A", True), ("B", True), ("C", False)]
+    # 70.001 and 70.004 both show as 70.00: the bold marks both; 69.99, the first row, shows lower and is not bold.
+    table = build_table(_records({"a": (0.6999,), "b": (0.70001,), "c": (0.70004,)}, tmp_path))
+    assert [(title, cells[0].best) for title, cells in table.rows] == [("A", False), ("B", True), ("C", True)]
 
 
 def test_the_caption_states_how_tied_epochs_are_selected(runs_dir):
@@ -224,6 +224,11 @@ def test_sweep_labels_from_job_json_and_config_order(tmp_path):
 def test_paper_files_are_checked(tmp_path):
     merged = load_paper(PAPER)
     assert merged.lookup("cremad", ["joint"], "acc").verified, "equal values across tables merge, verified wins"
+    later = tmp_path / "later.csv"
+    header = ",".join(("paper", "table", "page", "dataset", "method", "row", "metric", "value", "verified", "source"))
+    later.write_text(f"{header}\np,t1,1,cremad,aug,AUG,acc,85.15,false,s\np,t2,2,cremad,aug,AUG,acc,85.150,true,s\n")
+    value = load_paper(later).lookup("cremad", ["aug"], "acc")
+    assert value.verified and value.table == "t2", "a verified value wins over an unverified one listed before it"
     bad = tmp_path / "bad.csv"
     bad.write_text(PAPER.read_text().replace("65.07,false", "64.00,false"))
     with pytest.raises(PaperFileError, match="--paper-table"):
