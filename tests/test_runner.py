@@ -82,9 +82,9 @@ def test_protocols_select_best_test_best_val_and_last():
     def rec(epoch, val, test):
         return {"epoch": epoch, "val": {"acc": val}, "test": {"acc": test}}
 
-    history = [rec(0, 0.5, 0.4), rec(1, 0.7, 0.5), rec(2, 0.6, 0.9), rec(3, 0.7, 0.6)]
+    history = [rec(0, 0.5, 0.4), rec(1, 0.7, 0.5), rec(2, 0.6, 0.9), rec(3, 0.7, 0.9)]
     out = select_protocols(history)
-    assert out["paper"]["epoch"] == 2 and out["paper"]["test"]["acc"] == 0.9
+    assert out["paper"]["epoch"] == 2 and out["paper"]["test"]["acc"] == 0.9, "test ties go to the earliest too"
     assert out["clean"]["epoch"] == 1 and out["clean"]["test"]["acc"] == 0.5, "ties go to the earliest epoch"
     assert out["last"]["epoch"] == 3
 
@@ -421,3 +421,20 @@ def test_evaluation_scores_each_modality_and_alternative_on_its_own_logits():
     # audio: class 0 has TP 2, 2 true and 6 predicted -> F1 4/8; classes 1 and 2 have F1 0.
     assert per_modality["audio"]["macro_f1"] == approx64(0.5 / 3)
     assert out["alternatives"]["equal"]["acc"] == approx64(4 / 6)
+
+
+def test_an_epochs_logged_values_are_their_mean_over_the_steps_that_logged_them(tmp_path, monkeypatch):
+    joint = get_method("joint")
+    real = joint.update
+
+    def update(self, batch, step):
+        real(self, batch, step)
+        # Losses 0, 1, 2 over the 3 steps; "gate" logged by step 0 only.
+        return {"loss": float(step.step), **({"gate": 4.0} if step.step == 0 else {})}
+
+    monkeypatch.setattr(joint, "update", update)
+    overrides = merge_overrides(tiny_overrides(), {"data": {"n_train": 40}, "train": {"epochs": 1}})
+    train_run(build_config("joint", "synthetic", overrides), tmp_path / "run", log=lambda *_: None)
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    # float64 sums and divisions of small integers: exact.
+    assert record["train"] == {"loss": 1.0, "gate": 4.0}
