@@ -32,6 +32,9 @@ def test_missing_plan_is_seeded_nested_and_loses_one_modality_per_sample():
     assert 200 < int((large == 0).sum()) < 300, "the lost modality is drawn uniformly"
     assert np.array_equal(missing_plan(1000, [0.5], 2, seed=0)[0.5], large)
     assert not np.array_equal(missing_plan(1000, [0.5], 2, seed=1)[0.5], large)
+    # round(r * N) samples, not its floor: 20% of 9 is 1.8 -> 2, 60% of 9 is 5.4 -> 5.
+    odd = missing_plan(9, [0.2, 0.6, 1.0], num_modalities=2, seed=0)
+    assert [int((odd[r] >= 0).sum()) for r in (0.2, 0.6, 1.0)] == [2, 5, 9]
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         parse_rates("0,1.5")
 
