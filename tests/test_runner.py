@@ -26,6 +26,7 @@ from benchmarks.runner import (
     build_method,
     evaluate,
     lr_factor,
+    make_loaders,
     rng_state,
     select_protocols,
     set_rng_state,
@@ -438,3 +439,11 @@ def test_an_epochs_logged_values_are_their_mean_over_the_steps_that_logged_them(
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     # float64 sums and divisions of small integers: exact.
     assert record["train"] == {"loss": 1.0, "gate": 4.0}
+
+
+def test_a_global_batch_that_the_ranks_cannot_share_equally_is_refused(tiny_bundle):
+    # train.batch_size is the global batch: 15 over 2 ranks would silently train batches of 14.
+    cfg = build_config("joint", "synthetic", merge_overrides(tiny_overrides(), {"train": {"batch_size": 15}}))
+    with pytest.raises(ValueError, match=r"train.batch_size=15 is the global batch and must be divisible by the 2"):
+        make_loaders(cfg, tiny_bundle, torch.device("cpu"), rank=0, world_size=2)
+    assert make_loaders(cfg, tiny_bundle, torch.device("cpu")).train.batch_size == 15
