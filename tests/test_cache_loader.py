@@ -225,6 +225,17 @@ def test_random_k_draws_distinct_frames_in_clip_order_uniformly_and_the_first_k_
     assert share.sum() == 1.0 and (share - 0.1).abs().max() < 0.02, share
 
 
+def test_training_draws_each_segments_frame_independently():
+    # 30 frames in 3 segments of 10: "a uniformly random frame of each" segment (datasets/augment.py) is one draw per
+    # segment; one offset shared by the segments would serve frames t, t + 10, t + 20 of every clip.
+    g = torch.Generator().manual_seed(0)
+    drawn = torch.cat([frame_offsets(torch.tensor([30]), 3, "segments", True, g) for _ in range(400)])
+    within = drawn - torch.tensor([0, 10, 20])
+    assert all(set(within[:, s].tolist()) == set(range(10)) for s in range(3))
+    same = (within[:, 0] == within[:, 1]).double().mean()
+    assert 0.05 < same < 0.2, f"two independent uniform draws of 10 agree 1 time in 10, not {same:.2f}"
+
+
 def test_one_frame_segments_equal_the_middle_and_a_uniform_frame():
     # T = 1 (CREMA-D in OGM-GE/AUG-style configs): the middle frame n // 2 and a frame uniform over the clip.
     counts = torch.tensor([1, 2, 5, 10])
