@@ -286,3 +286,121 @@ def test_a_parameter_the_pipeline_kind_does_not_read_is_refused_and_left_out_of_
     assert {"n_fft", "hop_length", "seconds", "log"}.isdisjoint(fbank.applied())
     assert fbank.applied()["num_mel_bins"] == 128
     assert get_pipeline("ogm_stft3s").replace({"pad_mode": "reflect"}).applied()["pad_mode"] == "reflect"
+
+
+def loud_tone(seconds: float, sr: int) -> np.ndarray:
+    """A tone that peaks at 1.5 in its second half: clipping to [-1, 1] changes the spectrogram."""
+    t = np.arange(int(round(seconds * sr))) / sr
+    y = 0.4 * np.sin(2 * np.pi * 330 * t) + 0.05 * np.sin(2 * np.pi * 2100 * t)
+    y[len(y) // 2:] *= 3.75
+    return y.astype(np.float32)
+
+
+# The published STFT steps written out with their own numbers: (rate, seconds, n_fft, hop) and Hann, centred, constant
+# padding, log(|S| + 1e-7) (OGM-GE/AUG CramedDataset, AMSS VADataset's on-the-fly path, OGM-GE VGGSoundDataset).
+@pytest.mark.parametrize("name, rate, seconds, n_fft, hop", [("ogm_stft3s", 22050, 3, 512, 353),
+                                                            ("aug_stft20s", 22050, 20, 512, 353),
+                                                            ("amss_stft10s_35k", 35400, 10, 512, 353),
+                                                            ("vgg_stft10s", 16000, 10, 256, 128)])
+def test_stft_pipelines_equal_their_published_steps_written_out(name, rate, seconds, n_fft, hop):
+    import librosa
+
+    y = loud_tone(1.3, 22050)
+    resampled = librosa.resample(y, orig_sr=22050, target_sr=rate, res_type="soxr_hq") if rate != 22050 else y
+    tiled = np.clip(np.tile(resampled, seconds)[:rate * seconds], -1.0, 1.0)
+    reference = np.log(np.abs(librosa.stft(tiled, n_fft=n_fft, hop_length=hop, window="hann", center=True,
+                                           pad_mode="constant")) + 1e-7)
+    out = compute_features(get_pipeline(name), y, 22050)
+    assert np.abs(resampled).max() > 1.2, "the fixture must exercise the clip to [-1, 1]"
+    np.testing.assert_allclose(out, reference, rtol=0, atol=1e-3)
+
+
+def test_fbank_keeps_the_native_rate_pads_at_the_end_and_cuts_the_first_1024_frames(monkeypatch):
+    # process_audio.py: torchaudio.load at the file's rate (no resampling), fbank, then
+    # p = 1024 - n; p > 0: ZeroPad2d((0, 0, 0, p)) (frames appended at the end); p < 0: fbank[0:1024].
+    seen = {}
+
+    def fbank(wave, **kwargs):
+        seen.update(kwargs, samples=wave.shape[-1])
+        frames = seen["frames"]
+        return torch.arange(frames * 128, dtype=torch.float32).reshape(frames, 128) / (frames * 128)
+
+    fake_torchaudio(monkeypatch, fbank)
+    pipeline = get_pipeline("kaldi_fbank1024")
+    mean, std = -4.503877, 5.141276 * 2
+    seen["frames"] = 300
+    out = compute_features(pipeline, tone(1.0, 44100), 44100)
+    assert seen["sample_frequency"] == 44100 and seen["samples"] == 44100, "fbank reads the native rate"
+    values = np.arange(300 * 128, dtype=np.float32).reshape(300, 128) / (300 * 128)
+    np.testing.assert_allclose(out[:300], (values - mean) / std, rtol=1e-6)
+    np.testing.assert_allclose(out[300:], -mean / std, rtol=1e-6)
+    seen["frames"] = 1500
+    out = compute_features(pipeline, tone(1.0, 8000), 8000)
+    assert seen["sample_frequency"] == 8000 and seen["samples"] == 8000
+    values = np.arange(1500 * 128, dtype=np.float32).reshape(1500, 128) / (1500 * 128)
+    np.testing.assert_allclose(out, (values[:1024] - mean) / std, rtol=1e-6)
+
+
+@pytest.mark.parametrize("seconds, window, short", [(0.9, None, True), (1.0, None, False), (1.7, None, False),
+                                                    (6.0, (5, 9), False), (5.5, (5, 9), True)])
+def test_short_is_under_one_second_of_the_clip_or_of_its_window(tmp_path, seconds, window, short):
+    path = tmp_path / "clip.wav"
+    write_wav(path, seconds, sr=16000)
+    features, duration, is_short = features_from_file(get_pipeline("pmr_spec10s"), path, window)
+    assert features.shape == (257, 1004) and duration == pytest.approx(seconds)
+    assert is_short is short
+
+
+def published_kept_frames(n: int, fps: float, per_second: int) -> list[int]:
+    """GitHub: GeWu-Lab/OGM-GE_CVPR2022, data/CREMAD/video_preprocessing.py, video2frame_update, written out."""
+    fps = int(fps)
+    frame_interval = int(fps / per_second)
+    kept, frame_id = [], 0
+    for count in range(n):
+        if count % fps == 0:
+            frame_id = 0
+        if frame_id < frame_interval * per_second and frame_id % frame_interval == 0:
+            kept.append(count)
+        frame_id += 1
+    return kept
+
+
+@pytest.mark.parametrize("rate, per_second", [("30000/1001", 1), (11, 2), (10, 3), (25, 2)])
+def test_extracted_frames_are_the_published_ones_for_any_rate(tmp_path, rate, per_second):
+    # 29.97 fps counts seconds of int(29.97) = 29 frames; when fps is not a multiple of per_second the frames past
+    # int(fps / per_second) * per_second in a second are not kept.
+    from fractions import Fraction
+
+    import av
+
+    rate = Fraction(rate)
+    path = tmp_path / "clip.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=rate)
+        stream.height, stream.width, stream.pix_fmt = 16, 16, "yuv420p"
+        for i in range(70):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.full((16, 16, 3), 3 * i, np.uint8),
+                                                                   format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    with av.open(str(path)) as container:
+        decoded = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])])
+    frames, info = extract_frames(path, None, per_second=per_second)
+    assert info["fps"] == int(rate) and info["decoded"] == 70
+    np.testing.assert_array_equal(frames, decoded[published_kept_frames(70, rate, per_second)])
+
+
+def test_stored_frames_are_resized_with_pil_bilinear(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    Image.fromarray(image).save(folder / "00000.png")
+    Image.fromarray(image[::-1]).save(folder / "00030.PNG")
+    frames, info = load_frame_folder(folder, (24, 32))
+    assert info == {"source_size": (60, 80)} and len(frames) == 2, "image suffixes are matched in any case"
+    reference = np.asarray(Image.fromarray(image).resize((32, 24), Image.BILINEAR))
+    np.testing.assert_array_equal(frames[0], reference)
