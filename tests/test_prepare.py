@@ -29,7 +29,7 @@ from datasets.media.audio import MissingExtraError, features_from_file
 from datasets.prepare import manifest_summary, prepare
 from datasets.prepared import Record
 from datasets.splits import SplitRow
-from datasets.tables import PrepareError, PrepareOptions, Sample
+from datasets.tables import Dropped, PrepareError, PrepareOptions, Sample
 from datasets.vggsound import VGGSound
 from tests.media_fixtures import (
     EMOTIONS,
@@ -462,6 +462,16 @@ def test_max_drop_fraction(tree, tmp_path):
                 log=quiet)
 
 
+def test_max_drop_fraction_stops_only_above_the_fraction():
+    bad = [Dropped(f"c{i}", "train", "missing media", "gone", f"train.csv:{i}", bad=True) for i in range(3)]
+    opts = PrepareOptions(skip_bad=True, max_drop_fraction=0.1)
+    prep.check_bad("cremad", bad[:2], 20, opts)  # 2 of 20 = exactly 0.1: kept
+    with pytest.raises(PrepareError, match="more than --max-drop-fraction 0.1 of 20 rows"):
+        prep.check_bad("cremad", bad, 20, opts)
+    with pytest.raises(PrepareError, match="pass --skip-bad"):
+        prep.check_bad("cremad", bad[:1], 20, PrepareOptions())
+
+
 def test_validation_partition_must_be_exact(tree, tmp_path):
     val = tree.clips["val"]
     write_lines(tree.splits_dir / "val.csv", [f"{i},{e}" for i, e in val] + ["9999_XXX_NEU_XX,NEU"], crlf=False)
@@ -626,6 +636,10 @@ def test_ave_audio_from_the_mp4_first_appearance_labels_and_duplicates(tmp_path)
     dropped = read_csv(cache.path / "dropped.csv")
     assert [(d["id"], d["reason"]) for d in dropped] == [(tree.ids("train")[0], "duplicate id")]
     assert m["info"]["rows"]["trainSet.txt"] == {"lines": 29, "unique_ids": 28, "repeated_ids": 1}
+    # every line read is kept or dropped, the duplicate dropped by policy included; 'first' keeps the first label
+    assert m["counts"]["rows_read"] == 29 + 28 + 28 and m["counts"]["total"] == 84 and m["dropped"]["total"] == 1
+    train_row = int(np.flatnonzero((cache.index["id"] == tree.ids("train")[0]) & (cache.index["split"] == "train"))[0])
+    assert cache.labels[train_row] == 0
     test_rows = cache.splits["test"]
     assert cache.labels[test_rows].tolist() == list(range(28))
     assert m["layout"]["audio_dir"] is None and cache.index["audio_path"][0].startswith("AVE/")
@@ -827,3 +841,27 @@ def test_a_misspelt_label_that_empties_its_class_is_reported_as_the_bad_row(tmp_
         prepare(CremaD, tree.root, tmp_path / "cache", options(tree, val_fraction=0.0, skip_bad=True), log=quiet)
     assert f"test.csv:1 {first}: unknown label" in str(err.value) and "(dropped by --skip-bad)" in str(err.value)
     assert f"class(es) ['{label}'] have no test samples" in str(err.value)
+
+
+def test_event_segment_at_two_frames_per_second_keeps_the_kept_frames_of_those_seconds(tmp_path):
+    # 2 fps: the kept frames of the whole seconds Start..End (2, 3, 4), two per second, and audio [2, 4) s
+    # (under 1 s of it in a 4.5 s clip cut at (4, 9) is reported short).
+    clip = "v0000000001"
+    write_video(tmp_path / "AVE" / f"{clip}.mp4", 6.0, 10, 90, (24, 32), codec="mpeg4", audio_sr=16000)
+    write_video(tmp_path / "AVE" / "short.mp4", 4.5, 10, 90, (24, 32), codec="mpeg4", audio_sr=16000)
+    opts = PrepareOptions(frames_per_second=2, visual="video", frame_size=(12, 16))
+    settings = AVE.resolve_settings("pmr", {}, opts, tmp_path)
+    facts = []
+    for name, (start, end), frames in ((clip, (2, 4), 6), ("short", (4, 9), 1)):
+        row = SplitRow(name, AVE.CLASSES[0], 1, (AVE.CLASSES[0], name, "good", str(start), str(end)))
+        sample = Sample(name, "test", 0, AVE.CLASSES[0], "testSet.txt:1", "", row)
+        media, extra = AVE.locate(tmp_path, sample, settings)
+        arrays, fact = AVE.load(tmp_path, Record(0, sample, media, extra), settings)
+        assert len(arrays["frames"]) == fact["frames"] == frames
+        facts.append(fact)
+        if name == clip:
+            reds = arrays["frames"][..., 0].mean(axis=(1, 2))
+            np.testing.assert_allclose(reds, [second_level(k) for k in (2, 2, 3, 3, 4, 4)], atol=4)
+    assert [f["short"] for f in facts] == [False, True]
+    entries = AVE.manifest_entries(settings, facts, {"frames": 7})
+    assert entries["counts"]["short_audio_clips"] == 1
