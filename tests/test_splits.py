@@ -37,6 +37,7 @@ from datasets.splits import (
 )
 from datasets.tables import PrepareOptions, indexed_label
 from datasets.ucf101 import parse_class_index, parse_video_list
+from datasets.vggsound import VGGSound
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "splits"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/splits not present")
@@ -110,6 +111,27 @@ def test_ks_non_integer_label_is_an_error(tmp_path):
         parse_ks_list(path)
 
 
+def test_ks_labels_index_ks_json_and_rows_it_contradicts_or_exceeds_are_bad_rows(tmp_path):
+    # Integer label i is KS.json["labels"][i]; a row whose id KS.json lists under another class, or whose label is
+    # past the 31 classes, is a bad row naming the line (never another class, never an IndexError).
+    classes = list(KineticsSounds.CLASSES)
+    database = {"aaaaaaaaaaa_000001_000011": {"subset": "training", "label": classes[4]},
+                "bbbbbbbbbbb_000002_000012": {"subset": "training", "label": classes[7]},
+                "ccccccccccc_1": {"subset": "training", "label": classes[30]}}
+    (tmp_path / "KS.json").write_text(json.dumps({"labels": classes, "database": database}))
+    (tmp_path / "my_train.txt").write_bytes(b"aaaaaaaaaaa_000001_000011,10,4\r\nbbbbbbbbbbb_000002_000012,10,8\r\n"
+                                            b"ddddddddddd_000003_000013,10,31\r\n")
+    (tmp_path / "my_test.txt").write_bytes(b"ccccccccccc_1,10,30\r\n")
+    tables = KineticsSounds.read_splits({n: tmp_path / n for n in KineticsSounds.SPLIT_FILES}, tmp_path,
+                                        PrepareOptions(), None)
+    assert [(s.id, s.label, s.label_name) for s in tables.splits["train"]] == [
+        ("aaaaaaaaaaa_000001_000011", 4, "dribbling_basketball")]
+    assert [(s.id, s.label) for s in tables.splits["test"]] == [("ccccccccccc_1", 30)]
+    assert [(d.id, d.kind, d.where, d.bad) for d in tables.dropped] == [
+        ("bbbbbbbbbbb_000002_000012", "label mismatch", "my_train.txt:2", True),
+        ("ddddddddddd_000003_000013", "unknown label", "my_train.txt:3", True)]
+
+
 def test_ks_json_database_entry_that_is_not_an_object_is_named(tmp_path):
     path = tmp_path / "KS.json"
     path.write_text(json.dumps({"labels": ["a"], "database": {"abc_1": {"subset": "training", "label": "a"},
@@ -151,6 +173,17 @@ def test_vggsound_row_with_an_unclosed_quote_is_named_not_merged_with_the_next(t
         parse_vggsound_csv(path)
     lenient = parse_vggsound_csv(path, strict=False)
     assert [r.id for r in lenient["train"].rows] == ["bbb_20"] and [n for n, _, _ in lenient["train"].skipped] == [1]
+
+
+def test_vggsound_label_map_is_the_sorted_labels_of_every_row_whatever_the_split(tmp_path):
+    # Not OGM-GE's first appearance among downloaded rows: every row of the CSV, train and test, sorted.
+    (tmp_path / "vggsound.csv").write_text('yt0,30,"people marching, parade",test\nyt1,0,dog barking,train\n'
+                                           'yt2,10,airplane,test\nyt3,20,"people marching, parade",train\n')
+    tables = VGGSound.read_splits({"vggsound.csv": tmp_path / "vggsound.csv"}, tmp_path, PrepareOptions(), None)
+    assert tables.classes == ("airplane", "dog barking", "people marching, parade")
+    assert [(s.id, s.label) for s in tables.splits["test"]] == [("yt0_30", 2), ("yt2_10", 0)]
+    assert [(s.id, s.label) for s in tables.splits["train"]] == [("yt1_0", 1), ("yt3_20", 2)]
+    assert not tables.dropped
 
 
 def test_vggsound_csv_keeps_quoted_commas(tmp_path):
