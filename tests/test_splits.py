@@ -385,5 +385,11 @@ def test_superscript_and_other_script_digits_are_malformed_rows_not_bare_errors(
     gestures.write_text("\n".join([good.replace("label:1", "label:²"), good.replace("5:85", "5:8⁵", 1)]) + "\n")
     reasons = [reason for _, _, reason in parse_nvgesture_list(gestures).skipped]
     assert "label '²' is not 1..25" in reasons[0] and "depth should be <folder>:<start>:<end>" in reasons[1]
+    # labels are 1-based: 0 and 26 are refused (0 - 1 would silently index the last class)
+    gestures.write_text("\n".join([good.replace("label:1", "label:0"), good.replace("label:1", "label:26"), good]))
+    parsed = parse_nvgesture_list(gestures)
+    assert [(line, reason) for line, _, reason in parsed.skipped] == [(1, "label '0' is not 1..25"),
+                                                                      (2, "label '26' is not 1..25")]
+    assert [(r.label, r.fields[0]) for r in parsed.rows] == [("1", "2")]
     name = indexed_label(("negative", "neutral", "positive"))
     assert name(SplitRow("1", "²", 1, ())) == "²" and name(SplitRow("1", "2", 1, ())) == "positive"
