@@ -22,7 +22,15 @@ from core.hparams import resolve
 from datasets.cache import open_cache
 from datasets.food101 import CLASSES as FOOD_CLASSES
 from datasets.food101 import Food101, parse_titles_csv
-from datasets.image_text import ImageAugment, clean_text, load_tokenizer, parse_amss_tsv, parse_tombert_tsv, tsv_format
+from datasets.image_text import (
+    ImageAugment,
+    clean_text,
+    load_tokenizer,
+    parse_amss_tsv,
+    parse_tombert_tsv,
+    token_ids,
+    tsv_format,
+)
 from datasets.mosei import Mosei
 from datasets.nvgesture import NVGesture, crop_clips, parse_nvgesture_list
 from datasets.prepare import prepare, validation_split
@@ -45,6 +53,7 @@ from tests.more_fixtures import (
     make_mosei,
     make_nvgesture,
     make_ucf101,
+    write_image,
     write_lines,
     write_vocab,
 )
@@ -174,6 +183,18 @@ def test_tombert_tsv_puts_the_target_into_the_sentence(tmp_path):
     assert parsed.skipped[-1][0] == 3 and "$T$" in parsed.skipped[-1][2]
     with pytest.raises(SplitParseError, match="dev.tsv:3"):
         parse_tombert_tsv(path)
+
+
+def test_long_texts_keep_their_first_tokens(vocab):
+    # AMSS get_tokenized: tokenize(text)[:max_seq_len]; BalanceBenchmark: truncation=True keeps [CLS] + the first
+    # max_len - 2 tokens + [SEP].
+    tokenizer = load_tokenizer(str(vocab))
+    words = "sad bad awful plain okay fine happy great love the a cat dog is was today"
+    ids = tokenizer.convert_tokens_to_ids(words.split())
+    np.testing.assert_array_equal(token_ids(tokenizer, words, 5, False), ids[:5])
+    np.testing.assert_array_equal(token_ids(tokenizer, "sad bad", 5, False), ids[:2] + [0, 0, 0])
+    np.testing.assert_array_equal(token_ids(tokenizer, words, 5, True),
+                                  [tokenizer.cls_token_id, *ids[:3], tokenizer.sep_token_id])
 
 
 @pytest.mark.parametrize("fmt", ["amss", "tombert"])
@@ -342,6 +363,25 @@ def test_food101_label_map_is_sorted_and_independent_of_folders(prepared, vocab,
         build("food101", tree.root, tmp_path / "declared", vocab, label_order="declared")
 
 
+def test_food101_csv_label_order_is_sorted_not_first_appearance_and_images_come_from_the_rows_phase(tmp_path):
+    # BalanceBenchmark: classes = sorted class folder names; images from images/<phase>/<label>/<name>.
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "train_titles.csv").write_text("image_path,text,label\ncheesecake_1.jpg,a cake,cheesecake\n"
+                                            "apple_pie_2.jpg,a pie,apple_pie\n")
+    (texts / "test_titles.csv").write_text("image_path,text,label\ncheese_plate_3.jpg,cheese,cheese_plate\n"
+                                           "apple_pie_4.jpg,pie,apple_pie\n")
+    files = {n: texts / n for n in Food101.SPLIT_FILES}
+    tables = Food101.read_splits(files, tmp_path, PrepareOptions(label_order="csv"), None)
+    assert tables.classes == ("apple_pie", "cheese_plate", "cheesecake")
+    assert [(s.id, s.label) for s in tables.splits["train"]] == [("cheesecake_1.jpg", 2), ("apple_pie_2.jpg", 0)]
+    test = tables.splits["test"][1]
+    for phase in ("train", "test"):
+        write_image(tmp_path / "images" / phase / "apple_pie" / "apple_pie_4.jpg", CLASS_COLOURS[0])
+    path = Food101.image_path(tmp_path, test, SimpleNamespace(image_dir="images"))
+    assert path == tmp_path / "images" / "test" / "apple_pie" / "apple_pie_4.jpg"
+
+
 def test_food101_training_rotates_and_flips_per_batch_evaluation_does_not():
     images = torch.zeros(4, 8, 8, 3, dtype=torch.uint8)
     images[:, :2, :2] = 255
@@ -357,6 +397,23 @@ def test_food101_training_rotates_and_flips_per_batch_evaluation_does_not():
 
 
 # --- CMU-MOSEI ---------------------------------------------------------------------------------------------------
+
+
+def test_mosei_only_audio_minus_inf_is_zeroed_other_non_finite_features_are_bad_items(tmp_path, vocab):
+    # BalanceBenchmark zeroes audio -inf only; NaN or +inf in audio, or -inf in vision or text, would be trained on as
+    # 0 without a word.
+    tree = make_mosei(tmp_path / "raw")
+    path = tree.extra["path"]
+    doc = pickle.loads(path.read_bytes())
+    doc["train"]["audio"][1, 2, 5] = np.nan
+    doc["train"]["audio"][2, 0, 0] = np.inf
+    doc["train"]["vision"][3, 1, 1] = -np.inf
+    doc["train"]["text"][4, 0, 2] = -np.inf
+    path.write_bytes(pickle.dumps(doc, protocol=4))
+    cache = open_cache(build("mosei", tree.root, tmp_path / "cache", vocab, skip_bad=True))
+    dropped = {row["id"]: row["reason"] for row in csv.DictReader((cache.path / "dropped.csv").open())}
+    assert dropped == {f"train-{i:05d}": "non-finite features" for i in (1, 2, 3, 4)}
+    assert (cache.arrays["audio"][cache.splits["train"][0], 0, :3] == 0).all(), "-inf -> 0 (BalanceBenchmark)"
 
 
 def test_mosei_splits_acc2_policies_and_audio_inf(prepared, tmp_path, vocab):
@@ -547,6 +604,17 @@ def test_ucf101_flow_u_and_v_pair_by_frame_name(tmp_path, vocab):
     last.rename(flow_v / "frame000010.jpg")
     with pytest.raises(PrepareError, match=r"9 u and 9 v flow frames.*unpaired: \['frame000009', 'frame000010'\]"):
         build("ucf101", tree.root, tmp_path / "c", vocab)
+
+
+def test_ucf101_flow_max_frames_keeps_evenly_spaced_pairs(tmp_path, vocab):
+    # 9 flow pairs, 4 kept: frames round(linspace(0, 8, 4)) = 0, 3, 5, 8 of the sorted pairs, u and v of the same frame.
+    tree = make_ucf101(tmp_path / "raw")
+    cache = open_cache(build("ucf101", tree.root, tmp_path / "cache", vocab, {"flow_max_frames": 4}))
+    assert (cache.counts["flow"] == 4).all()
+    first = cache.starts["flow"][0]
+    u, v = cache.arrays["flow"][first:first + 4, 4, 4].T.astype(int)
+    np.testing.assert_allclose(u, [128 + 10 + 10 * k for k in (0, 3, 5, 8)], atol=3)
+    np.testing.assert_allclose(v, [128 - 10 - 10 * k for k in (0, 3, 5, 8)], atol=3)
 
 
 def test_bb_segment_rule():
