@@ -17,6 +17,7 @@ from datasets.media.audio import (
     compute_features,
     features_from_file,
     get_pipeline,
+    load_channels,
     load_waveform,
 )
 from datasets.media.video import extract_frames, frame_files, load_frame_folder
@@ -188,6 +189,31 @@ def test_audio_track_of_an_mp4_decodes(tmp_path):
     assert sr == 16000 and 0.95 < len(y) / sr < 1.2 and 0.1 < np.abs(y).max() < 0.5
 
 
+def test_stereo_audio_track_of_an_mp4_keeps_both_channels_and_averages_them(tmp_path):
+    # AVE's audio comes from the MP4's (stereo) track: librosa.load averages the channels, the fbank reads channel 0.
+    import av
+
+    sr, path = 16000, tmp_path / "stereo.mp4"
+    t = np.arange(sr) / sr
+    stereo = np.stack([0.3 * np.sin(2 * np.pi * 300 * t), 0.1 * np.sin(2 * np.pi * 1200 * t)]).astype(np.float32)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("aac", rate=sr)
+        stream.layout = "stereo"
+        for start in range(0, sr, 1024):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(stereo[:, start:start + 1024]), format="fltp",
+                                               layout="stereo")
+            frame.sample_rate, frame.pts = sr, start
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    channels, rate = load_channels(path)
+    assert rate == sr and channels.shape[0] == 2
+    np.testing.assert_allclose(np.abs(channels).max(axis=1), [0.3, 0.1], atol=0.05)
+    y, _ = load_waveform(path)
+    np.testing.assert_allclose(y, channels.mean(axis=0), atol=1e-7)
+
+
 def test_corrupt_and_lfs_audio_are_media_errors(tmp_path):
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
@@ -313,6 +339,16 @@ def test_stft_pipelines_equal_their_published_steps_written_out(name, rate, seco
     out = compute_features(get_pipeline(name), y, 22050)
     assert np.abs(resampled).max() > 1.2, "the fixture must exercise the clip to [-1, 1]"
     np.testing.assert_allclose(out, reference, rtol=0, atol=1e-3)
+
+
+def test_a_clip_longer_than_the_pipeline_keeps_its_first_seconds():
+    # np.tile(x, 3)[:66150] of a 4 s clip: its first 3 s, not a later or centred window.
+    import librosa
+
+    y = loud_tone(4.0, 22050)
+    reference = np.log(np.abs(librosa.stft(np.clip(y[:66150], -1.0, 1.0), n_fft=512, hop_length=353,
+                                           pad_mode="constant")) + 1e-7)
+    np.testing.assert_allclose(compute_features(get_pipeline("ogm_stft3s"), y, 22050), reference, rtol=0, atol=1e-3)
 
 
 def test_fbank_keeps_the_native_rate_pads_at_the_end_and_cuts_the_first_1024_frames(monkeypatch):
