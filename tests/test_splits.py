@@ -79,6 +79,23 @@ def test_malformed_row_names_file_and_line_or_is_reported(tmp_path):
         (2, "expected '<id>"), (3, "blank line")]
 
 
+@pytest.mark.parametrize("line", ["1017_IWW_HAP_XX,HAP,NEU", "1017_IWW_HAP_XX,,HAP", "1017_IWW_HAP_XX.flv HAP"])
+def test_a_row_with_other_than_two_fields_is_malformed_not_read_by_position(tmp_path, line):
+    # A third field (or MLA's space-separated "<id>.flv Sad") is another format: never take field 2 as the label.
+    path = tmp_path / "train.csv"
+    path.write_bytes(f"1088_IOM_NEU_XX,NEU\r\n{line}\r\n".encode())
+    with pytest.raises(SplitParseError, match=r"train.csv:2: expected '<id>,<label>'"):
+        parse_label_csv(path)
+
+
+@pytest.mark.parametrize("line", ["Church bell&c---zaDCTaE&good&0&10&3", "Church bell&c---zaDCTaE&good&0"])
+def test_an_ave_row_with_other_than_five_fields_is_malformed(tmp_path, line):
+    path = tmp_path / "trainSet.txt"
+    path.write_text(f"Bark&abc&good&0&10\n{line}\n")
+    with pytest.raises(SplitParseError, match=r"trainSet.txt:2: expected 5 '&'-separated fields"):
+        parse_ave_list(path)
+
+
 def test_stat_csv_with_bom_and_crlf(tmp_path):
     path = tmp_path / "stat.csv"
     path.write_bytes("\ufeffNEU\r\nHAP\r\nSAD\r\nFEA\r\nDIS\r\nANG\r\n".encode())
