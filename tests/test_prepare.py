@@ -25,6 +25,7 @@ from datasets.base import stratified_holdout
 from datasets.cache import Cache, CacheError, open_cache
 from datasets.cremad import CremaD
 from datasets.kinetics_sounds import KineticsSounds
+from datasets.media import MediaError
 from datasets.media.audio import MissingExtraError, features_from_file
 from datasets.prepare import manifest_summary, prepare
 from datasets.prepared import Record
@@ -493,6 +494,7 @@ def _cremad_split_files(folder: Path, my_train: list[str]) -> dict[str, Path]:
                                                  "(e.g. ['my_train.csv:2 1002_A_HAP_XX ANG but train.csv:2 HAP'])"),
     (["1001_A_NEU_XX,NEU", "1002_A_HAP_XX,HAP", "1001_A_NEU_XX,NEU"],
      "1 row(s) repeating an id in my_train.csv (e.g. ['my_train.csv:3 1001_A_NEU_XX (first on line 1)'])"),
+    (["1001_A_NEU_XX,NEU"], "1 id(s) in train.csv but in neither my_train.csv nor val.csv (e.g. ['1002_A_HAP_XX'])"),
 ])
 def test_validation_partition_rows_must_match_train_csv_once(tmp_path, my_train, expected):
     files = _cremad_split_files(tmp_path, my_train)
@@ -865,3 +867,15 @@ def test_event_segment_at_two_frames_per_second_keeps_the_kept_frames_of_those_s
     assert [f["short"] for f in facts] == [False, True]
     entries = AVE.manifest_entries(settings, facts, {"frames": 7})
     assert entries["counts"]["short_audio_clips"] == 1
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+def test_audio_features_beyond_float16_are_a_bad_item_not_stored_as_inf(tmp_path, monkeypatch):
+    settings = CremaD.resolve_settings("ogm", {}, PrepareOptions(visual="video"), tmp_path)
+    monkeypatch.setattr(av, "features_from_file",
+                        lambda pipeline, path, window: (np.full((257, 188), 7e4, np.float32), 3.0, False))
+    record = Record(0, Sample("clip", "train", 0, "NEU", "train.csv:1"),
+                    {"audio": "AudioWAV/clip.wav", "visual": "VideoFlash/clip.flv"})
+    with pytest.raises(MediaError, match="features overflow float16") as err:
+        CremaD.load(tmp_path, record, settings)
+    assert err.value.kind == "corrupt audio"
