@@ -35,7 +35,7 @@ from datasets.splits import (
     parse_vggsound_csv,
     resolve_duplicates,
 )
-from datasets.tables import PrepareOptions, indexed_label
+from datasets.tables import PrepareError, PrepareOptions, indexed_label
 from datasets.ucf101 import parse_class_index, parse_video_list
 from datasets.vggsound import VGGSound
 
@@ -94,6 +94,27 @@ def test_an_ave_row_with_other_than_five_fields_is_malformed(tmp_path, line):
     path.write_text(f"Bark&abc&good&0&10\n{line}\n")
     with pytest.raises(SplitParseError, match=r"trainSet.txt:2: expected 5 '&'-separated fields"):
         parse_ave_list(path)
+
+
+def test_ave_label_order_is_first_appearance_in_the_test_list_only(tmp_path):
+    # PMR/AMSS: classes in order of first appearance in testSet.txt; trainSet.txt and valSet.txt may list them in any
+    # order.
+    classes = list(AVE.CLASSES)
+    for name, order in (("trainSet.txt", classes[::-1]), ("valSet.txt", classes[1:] + classes[:1]),
+                        ("testSet.txt", classes)):
+        (tmp_path / name).write_text("".join(f"{c}&{name[:2]}{i:04d}&good&0&10\n" for i, c in enumerate(order)))
+    tables = AVE.read_splits({n: tmp_path / n for n in AVE.SPLIT_FILES}, tmp_path, PrepareOptions(), None)
+    assert tables.classes == AVE.CLASSES
+    assert [s.label for s in tables.splits["train"]] == list(range(27, -1, -1))
+    (tmp_path / "testSet.txt").write_text("".join(f"{c}&te{i:04d}&good&0&10\n" for i, c in enumerate(classes[::-1])))
+    with pytest.raises(PrepareError, match="first appearance of classes in testSet.txt"):
+        AVE.read_splits({n: tmp_path / n for n in AVE.SPLIT_FILES}, tmp_path, PrepareOptions(), None)
+
+
+def test_the_ogm_label_map_needs_exactly_the_six_cremad_codes():
+    assert CremaD.label_map(["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"], "ogm", "stat.csv") == CremaD.CLASSES
+    with pytest.raises(PrepareError, match="--label-order stat"):
+        CremaD.label_map(["NEU", "HAP", "SAD", "FEA", "DIS", "CAL"], "ogm", "stat.csv")
 
 
 def test_stat_csv_with_bom_and_crlf(tmp_path):
