@@ -88,6 +88,10 @@ def test_cremad_counts_label_map_splits_and_manifest(built, pristine):
     m = cache.manifest
     assert (built / "DONE").is_file() and built.name.startswith("ogm-")
     assert m["counts"]["rows_read"] == 18 and m["counts"]["total"] == 18 and m["dropped"]["total"] == 0
+    # the documented layout: labels and split rows int64, audio float16 (N, F, T), frames uint8, ragged int64 offsets
+    assert cache.labels.dtype == np.int64 and all(rows.dtype == np.int64 for rows in cache.splits.values())
+    assert cache.arrays["audio"].dtype == np.float16 and cache.arrays["frames"].dtype == np.uint8
+    assert cache.starts["frames"].dtype == cache.counts["frames"].dtype == np.int64
     assert {s: v["n"] for s, v in m["counts"]["splits"].items()} == {"train": 12, "test": 6, "val": 6,
                                                                      "train_noval": 6}
     assert m["classes"] == ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"] and m["label_order"] == "ogm"
@@ -879,3 +883,17 @@ def test_audio_features_beyond_float16_are_a_bad_item_not_stored_as_inf(tmp_path
     with pytest.raises(MediaError, match="features overflow float16") as err:
         CremaD.load(tmp_path, record, settings)
     assert err.value.kind == "corrupt audio"
+
+
+def test_few_frame_clips_counts_every_clip_under_four_frames_one_frame_clips_included():
+    assert av.few_frame_clips([1, 4, 2, 1, 9, 3, 2]) == {"1": 2, "2": 2, "3": 1}
+    assert av.few_frame_clips([4, 5]) == {}
+
+
+def test_validation_rows_come_from_train_only_even_when_an_id_is_also_a_test_id(tmp_path):
+    # A custom split file may list a clip in train and test; holding it out of train must not put its test row in val.
+    ids, split_of = ["a", "b", "a", "c"], np.asarray(["train", "train", "test", "test"])
+    splits, empty = prep.write_split_records(tmp_path, ids, split_of, ("train", "test"), {"a"}, [], [])
+    assert {name: rows.tolist() for name, rows in splits.items()} == {
+        "train": [0, 1], "test": [2, 3], "val": [0], "train_noval": [1]}
+    assert empty == [] and (tmp_path / "splits" / "val.txt").read_text() == "a\n"
