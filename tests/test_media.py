@@ -259,6 +259,18 @@ def test_frame_folders_sort_numerically_whatever_the_listing_order(tmp_path, mon
     np.testing.assert_allclose(expected[..., 0].mean(axis=(1, 2)), [second_level(k) for k in range(12)], atol=4)
 
 
+def test_frames_of_different_sizes_need_a_storage_size(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "clip"
+    write_frame_folder(folder, 2, 60, "ogm", (16, 16))
+    Image.fromarray(np.zeros((12, 16, 3), np.uint8)).save(folder / "00090.png")
+    with pytest.raises(MediaError, match="frames of different sizes") as err:
+        load_frame_folder(folder, None)
+    assert err.value.kind == "corrupt image"
+    assert load_frame_folder(folder, (8, 8))[0].shape == (3, 8, 8, 3)
+
+
 def test_lexicographic_order_would_be_wrong():
     names = [FRAME_NAMINGS["ks"](i, 1) for i in range(12)]
     assert sorted(names) != names, "the fixture must exercise frame_000010 < frame_00009 as strings"

@@ -37,10 +37,10 @@ from datasets.prepare import prepare, validation_split
 from datasets.registry import get_dataset
 from datasets.sarcasm import Sarcasm
 from datasets.sources import sha256_file
-from datasets.splits import SplitParseError
-from datasets.tables import PrepareError, PrepareOptions
+from datasets.splits import SplitParseError, SplitRow
+from datasets.tables import PrepareError, PrepareOptions, Sample
 from datasets.twitter2015 import Twitter2015
-from datasets.ucf101 import UCF101, bb_offsets, parse_class_index
+from datasets.ucf101 import UCF101, bb_offsets, clip_group, parse_class_index
 from tests.conftest import TINY_TRAIN
 from tests.more_fixtures import (
     CLASS_COLOURS,
@@ -615,6 +615,17 @@ def test_ucf101_flow_max_frames_keeps_evenly_spaced_pairs(tmp_path, vocab):
     u, v = cache.arrays["flow"][first:first + 4, 4, 4].T.astype(int)
     np.testing.assert_allclose(u, [128 + 10 + 10 * k for k in (0, 3, 5, 8)], atol=3)
     np.testing.assert_allclose(v, [128 - 10 - 10 * k for k in (0, 3, 5, 8)], atol=3)
+
+
+def test_ucf101_hold_out_unit_is_the_class_and_its_group():
+    # gNN numbers restart in every class: g08 of ApplyEyeMakeup and g08 of Archery are different actors and scenes.
+    def sample(path: str, label: str) -> Sample:
+        return Sample(path.rsplit(".", 1)[0], "train", 0, label, "trainlist01.txt:1", "",
+                      SplitRow(path.rsplit(".", 1)[0], label, 1, (path, "1")))
+
+    assert clip_group(sample("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi", "ApplyEyeMakeup")) == "ApplyEyeMakeup/g8"
+    assert clip_group(sample("Archery/v_Archery_g08_c03.avi", "Archery")) == "Archery/g8"
+    assert clip_group(sample("Archery/odd_name.avi", "Archery")) == "Archery/odd_name"
 
 
 def test_bb_segment_rule():
