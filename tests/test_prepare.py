@@ -92,6 +92,9 @@ def test_cremad_counts_label_map_splits_and_manifest(built, pristine):
     assert cache.labels.dtype == np.int64 and all(rows.dtype == np.int64 for rows in cache.splits.values())
     assert cache.arrays["audio"].dtype == np.float16 and cache.arrays["frames"].dtype == np.uint8
     assert cache.starts["frames"].dtype == cache.counts["frames"].dtype == np.int64
+    # index.csv names each row's class as the label map does, and CREMA-D's is the EEE field of its id
+    assert list(cache.index["label_name"]) == [cache.classes[label] for label in cache.labels] == \
+        [clip.split("_")[2] for clip in cache.index["id"]]
     assert {s: v["n"] for s, v in m["counts"]["splits"].items()} == {"train": 12, "test": 6, "val": 6,
                                                                      "train_noval": 6}
     assert m["classes"] == ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"] and m["label_order"] == "ogm"
@@ -897,3 +900,11 @@ def test_validation_rows_come_from_train_only_even_when_an_id_is_also_a_test_id(
     assert {name: rows.tolist() for name, rows in splits.items()} == {
         "train": [0, 1], "test": [2, 3], "val": [0], "train_noval": [1]}
     assert empty == [] and (tmp_path / "splits" / "val.txt").read_text() == "a\n"
+
+
+def test_auto_visual_source_finds_split_frame_folders_of_either_split(tmp_path):
+    # AMSS keeps test_img/Image-01-FPS apart from train_img/...: frames of one split present means frame folders.
+    (tmp_path / "test_img" / "Image-01-FPS").mkdir(parents=True)
+    opts = PrepareOptions(layout={"frames_dir": "{split}_img/Image-01-FPS"})
+    assert KineticsSounds.resolve_settings("aug", {}, opts, tmp_path).visual == "frames"
+    assert KineticsSounds.resolve_settings("aug", {}, PrepareOptions(), tmp_path).visual == "video"
