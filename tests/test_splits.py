@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from datasets import sources
 from datasets.ave import AVE
 from datasets.cremad import CremaD
 from datasets.kinetics_sounds import KineticsSounds
@@ -314,6 +315,103 @@ def test_local_split_files_that_differ_are_recorded_or_refused(tmp_path):
         fetch_split_files("cremad", ["stat.csv"], tmp_path / "dest", local_dir=local, strict=True)
     with pytest.raises(SplitFileError, match="train.csv not found"):
         fetch_split_files("cremad", ["train.csv"], tmp_path / "dest", local_dir=local)
+
+
+def _synthetic_pin(monkeypatch, tmp_path, data: bytes, sha256: str | None = None):
+    """Replace the pinned table by one CREMA-D ``test.csv`` whose raw URL is served from a ``file://`` mirror."""
+    pin = sources.PinnedFile("cremad", "test.csv", "GeWu-Lab/OGM-GE_CVPR2022", "data/CREMAD/test.csv",
+                             sha256 or sources.sha256_bytes(data), 1, len(data))
+    monkeypatch.setattr(sources, "PINNED", (pin,))
+    mirror = tmp_path / "mirror"
+    served = mirror / pin.repo / pin.commit / pin.path
+    served.parent.mkdir(parents=True)
+    served.write_bytes(data)
+    return pin, mirror.as_uri(), served
+
+
+def test_rejected_download_leaves_nothing_and_names_the_url(tmp_path, monkeypatch):
+    good = b"1088_IOM_NEU_XX,NEU\r\n"
+    pin, base, served = _synthetic_pin(monkeypatch, tmp_path, good)
+    served.write_bytes(good.replace(b"\r\n", b"\n"))
+    dest = tmp_path / "dest"
+    with pytest.raises(SplitFileError, match="does not match the pinned") as err:
+        fetch_split_files("cremad", ["test.csv"], dest, base_url=base)
+    assert pin.url(base) in str(err.value)
+    assert not (dest / "test.csv").exists(), "a file that failed its checksum must not be left where prepare reads"
+
+
+def test_download_compares_the_whole_sha256_not_a_prefix(tmp_path, monkeypatch):
+    data = b"1088_IOM_NEU_XX,NEU\r\n"
+    digest = sources.sha256_bytes(data)
+    near = digest[:-1] + ("0" if digest[-1] != "0" else "1")
+    _, base, _ = _synthetic_pin(monkeypatch, tmp_path, data, sha256=near)
+    with pytest.raises(SplitFileError, match="does not match the pinned"):
+        fetch_split_files("cremad", ["test.csv"], tmp_path / "dest", base_url=base)
+
+
+def test_stale_copy_in_dest_is_rehashed_and_replaced(tmp_path, monkeypatch):
+    data = b"1088_IOM_NEU_XX,NEU\r\n"
+    pin, base, _ = _synthetic_pin(monkeypatch, tmp_path, data)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "test.csv").write_bytes(b"1088_IOM_NEU_XX,HAP\r\n")  # a partial or edited copy from an earlier run
+    got = fetch_split_files("cremad", ["test.csv"], dest, base_url=base)["test.csv"]
+    assert (dest / "test.csv").read_bytes() == data
+    assert got.record() == {"sha256": pin.sha256, "origin": pin.url(base), "status": "pinned"}
+    again = fetch_split_files("cremad", ["test.csv"], dest, base_url=tmp_path.as_uri() + "/nowhere")["test.csv"]
+    assert again.record() == {"sha256": pin.sha256, "origin": pin.url(tmp_path.as_uri() + "/nowhere"),
+                              "status": "pinned"}, "a verified copy already in dest is reused without downloading"
+
+
+def test_failed_download_is_a_split_file_error_naming_the_url(tmp_path, monkeypatch):
+    pin, base, served = _synthetic_pin(monkeypatch, tmp_path, b"x\n")
+    served.unlink()
+    with pytest.raises(SplitFileError, match="cannot download") as err:
+        fetch_split_files("cremad", ["test.csv"], tmp_path / "dest", base_url=base)
+    assert pin.url(base) in str(err.value) and "--splits DIR" in str(err.value)
+
+
+def test_unpinned_names_without_splits_dir_are_refused_or_skipped_if_optional(tmp_path):
+    with pytest.raises(SplitFileError, match="cremad: extra.csv has no pinned download"):
+        fetch_split_files("cremad", ["extra.csv"], tmp_path / "dest", base_url=tmp_path.as_uri())
+    assert fetch_split_files("cremad", ["extra.csv"], tmp_path / "dest", base_url=tmp_path.as_uri(),
+                             optional=["extra.csv"]) == {}
+
+
+def test_local_custom_file_records_its_own_sha256_and_path(tmp_path):
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "stat.csv").write_text("NEU\nHAP\n")
+    (local / "mine.csv").write_text("a,b\n")
+    got = fetch_split_files("cremad", ["stat.csv", "mine.csv"], tmp_path / "dest", local_dir=local, log=lambda _: None)
+    for name in ("stat.csv", "mine.csv"):
+        assert got[name].record() == {"sha256": sha256_file(local / name), "origin": str(local / name),
+                                      "status": "custom"}
+        assert got[name].path == tmp_path / "dest" / name and got[name].path.read_bytes() == (local / name).read_bytes()
+    with pytest.raises(SplitFileError) as err:
+        fetch_split_files("cremad", ["stat.csv"], tmp_path / "dest", local_dir=local, strict=True)
+    assert str(err.value).startswith(f"{local / 'stat.csv'}: SHA-256 {sha256_file(local / 'stat.csv')}")
+    with pytest.raises(SplitFileError) as err:
+        fetch_split_files("cremad", ["train.csv"], tmp_path / "dest", local_dir=local)
+    assert str(local / "train.csv") in str(err.value)
+
+
+def test_local_copy_matching_its_pin_is_pinned_even_when_strict(tmp_path, monkeypatch):
+    data = b"1088_IOM_NEU_XX,NEU\r\n"
+    pin, _, _ = _synthetic_pin(monkeypatch, tmp_path, data)
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "test.csv").write_bytes(data)
+    notes = []
+    got = fetch_split_files("cremad", ["test.csv"], tmp_path / "dest", local_dir=local, strict=True, log=notes.append)
+    assert got["test.csv"].record() == {"sha256": pin.sha256, "origin": str(local / "test.csv"), "status": "pinned"}
+    assert not notes
+    in_place = fetch_split_files("cremad", ["test.csv"], local, local_dir=local, strict=True)["test.csv"]
+    assert in_place.path == local / "test.csv" and in_place.path.read_bytes() == data
+    digest = sources.sha256_bytes(data)
+    _synthetic_pin(monkeypatch, tmp_path / "near", data, sha256=digest[:-1] + ("0" if digest[-1] != "0" else "1"))
+    near = fetch_split_files("cremad", ["test.csv"], tmp_path / "dest", local_dir=local, log=notes.append)
+    assert near["test.csv"].status == "custom" and "differs from the pinned" in notes[0]
 
 
 # --- the real published files ----------------------------------------------------------------------------------
