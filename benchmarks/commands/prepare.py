@@ -45,7 +45,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--splits", type=Path, help="read the split files from this folder instead of downloading them")
     p.add_argument("--splits-url", default=RAW_URL, help="base URL replacing raw.githubusercontent.com (a mirror)")
     p.add_argument("--strict-splits", action="store_true",
-                   help="refuse local split files whose SHA-256 differs from the pinned published ones")
+                   help="refuse local split files whose SHA-256 differs from the pinned published ones, or that "
+                        "have no pinned version (such as VGGSound's list)")
     p.add_argument("--audio", dest="audio", action="append", default=[], type=_assignment, metavar="KEY=VALUE",
                    help="override an audio pipeline parameter, e.g. --audio seconds=5 (repeatable)")
     p.add_argument("--pad-mode", choices=PAD_MODES,
