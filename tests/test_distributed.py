@@ -31,7 +31,7 @@ from benchmarks.runner import (
     seed_rank,
     train_run,
 )
-from core.distributed import DistContext, shutdown
+from core.distributed import DistContext, env_world, shutdown
 from tests.conftest import join_gloo, make_context, tiny_overrides
 from tests.numeric import close
 
@@ -291,3 +291,21 @@ def test_an_old_checkpoint_restores_its_one_state_on_rank_0_and_a_fresh_stream_e
     torch.testing.assert_close(torch.rand(4), expected, rtol=0, atol=0)
     restore_rng({"rng": saved}, 0, DistContext(1, 2, 1), epoch=1)
     assert not torch.equal(torch.rand(4), expected), "rank 1 must not replay rank 0's stream"
+
+
+def test_env_world_reads_rank_world_size_and_local_rank_from_torchrun(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert env_world() == (0, 1, 0), "no torchrun: a single process"
+    # A second node: the global rank is not the local one.
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert env_world() == (3, 4, 1)
+    monkeypatch.delenv("LOCAL_RANK")
+    assert env_world() == (3, 4, 3), "without LOCAL_RANK the local rank is the rank"
+    for rank, world in (("4", "4"), ("-1", "4"), ("0", "0")):
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("WORLD_SIZE", world)
+        with pytest.raises(ValueError, match=f"RANK={rank}, WORLD_SIZE={world}"):
+            env_world()

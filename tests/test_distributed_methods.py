@@ -30,7 +30,7 @@ from baselines.registry import get_method, list_methods
 from benchmarks.config import build_config, method_hparams
 from benchmarks.runner import apply_selection, check_data_parallel
 from core.data import BatchLoader, ModalitySpec, TaskSpec
-from core.distributed import DistContext, RankDivergenceError, shutdown
+from core.distributed import DistContext, RankDivergenceError, check_same_structure, shutdown
 from core.hparams import resolve
 from tests.conftest import join_gloo, make_context, tiny_overrides
 from tests.test_distributed import WORLD, _free_port
@@ -173,6 +173,32 @@ def api_checks(ctx: TrainContext, rank: int) -> dict:
     return out
 
 
+def exchange_checks(ctx: TrainContext, ddp: DistContext, rank: int) -> dict:
+    """Gradients of two dtypes in one step, a synced gradient accumulated in place before a second step, rank-keyed
+    log sums and a structure that differs in size only."""
+    out = {}
+    f, e = nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    opt = ctx.make_optimizer([f, e], lr=1.0, momentum=0.0, weight_decay=0.0)
+    f.grad, e.grad = torch.full((2,), 1.0 + 2 * rank), torch.full((2,), 1.0 + 2 * rank, dtype=torch.float64)
+    opt.step()
+    out["float32"], out["float64"] = f.detach().clone(), e.detach().clone()
+    d = nn.Parameter(torch.zeros(2))
+    opt = ctx.make_optimizer([d], lr=1.0, momentum=0.0, weight_decay=0.0)
+    d.grad = torch.full((2,), 1.0 + 2 * rank)
+    ctx.sync_gradients([d])
+    opt.step()
+    d.grad.fill_(1.0 + 2 * rank)  # the same tensor, refilled per rank (zero_grad(set_to_none=False) + backward)
+    opt.step()
+    out["second_step"] = d.detach().clone()
+    out["sums"] = ddp.sum_by_key({"a": 1.0, "c": 5.0} if rank == 0 else {"b": 2.0, "a": 3.0})
+    try:
+        check_same_structure(nn.Linear(2, 1 + rank))
+        out["sizes"] = None
+    except RankDivergenceError as err:
+        out["sizes"] = str(err)
+    return out
+
+
 def selection_checks(ddp: DistContext, rank: int) -> dict:
     """What the runner's cross-rank check of the epoch's training rows makes of equal and different selections."""
     out = {}
@@ -229,7 +255,7 @@ def _worker(rank: int, port: int, tmp: str) -> None:
     ctx = make_context()
     ctx.step_pre_hook = ddp.step_pre_hook
     out = {"api": api_checks(ctx, rank), "rows": selection_checks(ddp, rank), "eval_sync": eval_sync_checks(ddp, rank),
-           "opm_idle": opm_idle_rank_checks(ddp.step_pre_hook, rank)}
+           "opm_idle": opm_idle_rank_checks(ddp.step_pre_hook, rank), "exchange": exchange_checks(ctx, ddp, rank)}
     out["full"] = {name: train(name, TrainContext, ddp.step_pre_hook, rank, WORLD, True, N_TRAIN_FULL)
                    for name in SELECTING}
     for name in EXACT:
@@ -277,6 +303,26 @@ def test_sync_gradients_averages_or_takes_rank0_and_exempts_only_unchanged_gradi
     torch.testing.assert_close(first["a_after_step"], torch.full((2,), -2.0), rtol=0, atol=0)
     torch.testing.assert_close(second["a_after_step"], torch.full((2,), -3.0), rtol=0, atol=0,
                                msg="a synced gradient is skipped")
+
+
+def test_every_dtype_bucket_is_averaged_and_a_sync_exempts_one_step_only(ranks):
+    for out in (r["exchange"] for r in ranks):
+        # Means of 1 and 3: exact in float32 and float64.
+        torch.testing.assert_close(out["float32"], torch.full((2,), -2.0), rtol=0, atol=0)
+        torch.testing.assert_close(out["float64"], torch.full((2,), -2.0, dtype=torch.float64), rtol=0, atol=0,
+                                   msg="the float64 bucket is averaged too")
+        torch.testing.assert_close(out["second_step"], torch.full((2,), -4.0), rtol=0, atol=0,
+                                   msg="a step ends the exemption: the refilled gradient is averaged")
+
+
+def test_sum_by_key_sums_keys_some_ranks_lack_in_rank_0s_order_first(ranks):
+    for out in (r["exchange"] for r in ranks):
+        assert list(out["sums"].items()) == [("a", 4.0), ("c", 5.0), ("b", 2.0)]
+
+
+def test_ranks_whose_tensors_differ_in_size_only_are_stopped(ranks):
+    for out in (r["exchange"] for r in ranks):
+        assert out["sizes"] and "parameter tensors 2..2, elements 3..6" in out["sizes"]
 
 
 def test_ranks_that_select_different_rows_are_stopped(ranks):
