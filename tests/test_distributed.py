@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import benchmarks.runner as runner
+import core.distributed as distributed
 from baselines.base import StepInfo
 from baselines.registry import get_method
 from benchmarks.cli import main as cli_main
@@ -309,3 +310,21 @@ def test_env_world_reads_rank_world_size_and_local_rank_from_torchrun(monkeypatc
         monkeypatch.setenv("WORLD_SIZE", world)
         with pytest.raises(ValueError, match=f"RANK={rank}, WORLD_SIZE={world}"):
             env_world()
+
+
+@pytest.mark.parametrize("call", ["broadcast_module", "sync_for_eval"])
+def test_ranks_compare_their_structure_before_any_collective_that_copies_a_module(monkeypatch, call):
+    # Collectives over tensors that differ in number or size hang or corrupt silently on the other ranks, so the
+    # structure check must come first; exercised on one process with the collectives recorded.
+    calls = []
+
+    def diverged(module):
+        calls.append("check")
+        raise distributed.RankDivergenceError("rank 1 holds other tensors")
+
+    monkeypatch.setattr(distributed, "check_same_structure", diverged)
+    for name in ("broadcast", "all_reduce"):
+        monkeypatch.setattr(distributed.dist, name, lambda *args, _name=name, **kwargs: calls.append(_name))
+    with pytest.raises(distributed.RankDivergenceError, match="rank 1 holds other tensors"):
+        getattr(DistContext(rank=0, world_size=2), call)(nn.Linear(2, 2))
+    assert calls == ["check"]
