@@ -415,7 +415,10 @@ def run_demo(*, results: Path, work: Path, profile: str | None = None, workers: 
     summary = {"profile": profile or "full", "runs": len(jobs), "failed": sorted(report.failed),
                # Runs finished by an earlier invocation are reused, not retrained: agreeing with an earlier run then
                # shows nothing about reproducibility, so the README says how many of each.
-               "runs_trained": len(report.launched), "runs_reused": len(report.skipped), "runs_dir": str(runs_dir),
+               "runs_trained": len(report.launched), "runs_reused": len(report.skipped),
+               # Below the work folder: an absolute path would publish this machine's folders and mean nothing to a
+               # reader of the committed report.
+               "runs_dir": runs_dir.relative_to(work).as_posix(),
                "rows_not_run": skipped,
                "timings_s": {k: round(v, 1) for k, v in timings.items()},
                # Training time the runs took, whichever invocation trained them (a rerun reuses finished runs).
@@ -500,7 +503,8 @@ def commits_line(summary: Mapping[str, Any]) -> str:
     if list(commits) == [summary["commit"] or "unknown"]:
         reused = summary.get("runs_reused", 0)
         return "- code: every run was trained at this commit" + (
-            f" ({reused} of them by an earlier invocation, reused from `{summary['runs_dir']}`)" if reused else ""
+            f" ({reused} of them by an earlier invocation, reused from the work folder's `{summary['runs_dir']}`)"
+            if reused else ""
         ) + changes
     listed = ", ".join(f"`{c[:12]}` ({n} run{'s' * (n != 1)})" for c, n in commits.items())
     return (f"- code: runs trained at {listed}; a rerun reuses finished runs, so their numbers are those of the code "
@@ -524,7 +528,8 @@ def _readme(demo: Mapping[str, Any], summary: Mapping[str, Any], profile: str | 
              f"`benchmarks/configs/demo/av_digits.yaml`" + (f", profile `{profile}`" if profile else ""),
              commits_line(summary),
              f"- {summary['runs']} runs ({len(summary['failed'])} failed; this invocation trained "
-             f"{summary['runs_trained']} and reused {summary['runs_reused']} finished in `{summary['runs_dir']}`), "
+             f"{summary['runs_trained']} and reused {summary['runs_reused']} finished in the work folder's "
+             f"`{summary['runs_dir']}`), "
              f"{summary['epochs']} epochs, seeds "
              f"{summary['seeds']}; the runs took {summary['run_time_s']:.0f} s of training summed over runs "
              f"(whichever invocations trained them); this invocation {t['total_s']:.0f} s (generate "

@@ -200,7 +200,7 @@ def reuse_note(comparison: Mapping[str, Any]) -> str:
     reused, trained = comparison.get("runs_reused") or 0, comparison.get("runs_trained") or 0
     if not reused:
         return ""
-    where = f"{reused} finished run{'s' * (reused != 1)} from `{comparison['runs_dir']}`"
+    where = f"{reused} finished run{'s' * (reused != 1)} from the work folder's `{comparison['runs_dir']}`"
     if not trained:
         return (f"This invocation trained no run: it reused {where}: not an independent reproduction (a new `--work` "
                 "folder retrains every run). ")

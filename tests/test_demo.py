@@ -253,8 +253,9 @@ def test_the_readme_names_the_commits_that_trained_reused_runs():
     assert commits_line({"commit": "b" * 40, "run_commits": {"b" * 40: 4}}) == \
         "- code: every run was trained at this commit"
     assert "every run" in commits_line({"commit": None, "run_commits": {"unknown": 4}})
-    assert commits_line({"commit": "b" * 40, "run_commits": {"b" * 40: 4}, "runs_reused": 4, "runs_dir": "w"}) == \
-        "- code: every run was trained at this commit (4 of them by an earlier invocation, reused from `w`)"
+    reused = {"commit": "b" * 40, "run_commits": {"b" * 40: 4}, "runs_reused": 4, "runs_dir": "runs/full"}
+    assert commits_line(reused) == ("- code: every run was trained at this commit (4 of them by an earlier invocation, "
+                                     "reused from the work folder's `runs/full`)")
     # A run trained from a tree with uncommitted changes is not the commit's code; the line said every run was.
     assert commits_line({"commit": "b" * 40, "run_commits": {"b" * 40: 4}, "runs_dirty": 3}) == \
         "- code: every run was trained at this commit; 3 of the runs with uncommitted changes"
@@ -267,12 +268,12 @@ def test_a_rerun_that_reuses_every_run_says_it_reproduced_nothing(tmp_path, monk
         run_demo(results=published, work=tmp_path / "work", profile="smoke", workers=1, methods=["joint"],
                  log=lambda line: None)
     summary = json.loads((published / "summary.json").read_text())
-    runs_dir = str(tmp_path / "work" / "runs" / "smoke")
-    assert (summary["runs_trained"], summary["runs_reused"], summary["runs_dir"]) == (0, 1, runs_dir)
+    assert (summary["runs_trained"], summary["runs_reused"], summary["runs_dir"]) == (0, 1, "runs/smoke")
     assert summary["reproduction"]["identical"] == 1
     readme = (published / "README.md").read_text()
-    assert f"reused 1 finished run from `{runs_dir}`: not an independent reproduction" in readme
-    assert f"this invocation trained 0 and reused 1 finished in `{runs_dir}`" in readme
+    assert "reused 1 finished run from the work folder's `runs/smoke`: not an independent reproduction" in readme
+    assert "this invocation trained 0 and reused 1 finished in the work folder's `runs/smoke`" in readme
+    assert str(tmp_path) not in readme + json.dumps(summary), "the published report names no folder of this machine"
     assert "reused from" in readme.split("- code:")[1].splitlines()[0]
 
 

@@ -115,13 +115,14 @@ def test_compare_runs_counts_identical_rows_and_names_those_outside_the_std():
 
 def test_a_comparison_of_reused_runs_says_it_is_not_an_independent_reproduction():
     reference = _summary(joint={"acc": (0.85, 0.02, 3)})
-    rerun = {**json.loads(json.dumps(reference)), "runs_trained": 0, "runs_reused": 3, "runs_dir": "w/runs/full"}
+    rerun = {**json.loads(json.dumps(reference)), "runs_trained": 0, "runs_reused": 3, "runs_dir": "runs/full"}
     text = "\n".join(reproduction_markdown(compare_runs(reference, rerun, "ref.json"), {}))
-    assert "reused 3 finished runs from `w/runs/full`: not an independent reproduction" in text
+    assert "reused 3 finished runs from the work folder's `runs/full`: not an independent reproduction" in text
     assert "1 of 1 rows identical" in text
     partly = {**rerun, "runs_trained": 1, "runs_reused": 2}
     text = "\n".join(reproduction_markdown(compare_runs(reference, partly, "ref.json"), {}))
-    assert "trained 1 run and reused 2 finished runs from `w/runs/full`" in text and "not independently" in text
+    assert "trained 1 run and reused 2 finished runs from the work folder's `runs/full`" in text
+    assert "not independently" in text
     fresh = {**rerun, "runs_trained": 3, "runs_reused": 0}
     assert "reused" not in "\n".join(reproduction_markdown(compare_runs(reference, fresh, "ref.json"), {}))
 
