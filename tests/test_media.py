@@ -19,8 +19,15 @@ from datasets.media.audio import (
     get_pipeline,
     load_channels,
     load_waveform,
+    repeat_last_second,
 )
-from datasets.media.video import extract_frames, frame_files, load_frame_folder
+from datasets.media.video import (
+    extract_frames,
+    frame_files,
+    load_frame_folder,
+    mid_second_indices,
+    top_up_indices,
+)
 from tests.media_fixtures import (
     FRAME_NAMINGS,
     clip_code,
@@ -39,7 +46,7 @@ def tone(seconds: float, sr: int = 16000) -> np.ndarray:
 
 @pytest.mark.parametrize("name, shape", [("ogm_stft3s", (257, 188)), ("aug_stft20s", (257, 1250)),
                                          ("amss_stft10s_35k", (257, 1003)), ("pmr_spec10s", (257, 1004)),
-                                         ("vgg_stft10s", (129, 1251))])
+                                         ("vgg_stft10s", (129, 1251)), ("bml_stft10s_44k", (257, 1003))])
 def test_pipeline_shapes_match_the_published_pipelines(name, shape):
     pipeline = get_pipeline(name)
     out = compute_features(pipeline, tone(1.5), 16000)
@@ -287,7 +294,7 @@ def test_corrupt_frame_is_a_media_error(tmp_path):
 
 def test_pipeline_table_is_complete():
     assert {"ogm_stft3s", "aug_stft20s", "amss_stft10s_35k", "pmr_spec10s", "vgg_stft10s",
-            "kaldi_fbank1024"} <= set(PIPELINES)
+            "kaldi_fbank1024", "bml_stft10s_44k"} <= set(PIPELINES)
     assert all(r.follows for r in PIPELINES.values())
 
 
@@ -413,27 +420,34 @@ def published_kept_frames(n: int, fps: float, per_second: int) -> list[int]:
     return kept
 
 
+def write_counting_video(path, rate, n: int) -> np.ndarray:
+    """An MPEG-4 video of ``n`` frames at ``rate``, frame i of colour (3 * (i % 85), 60 * (i // 85), 0), distinct up to
+    340 frames; returns its decoded frames."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=rate)
+        stream.height, stream.width, stream.pix_fmt = 16, 16, "yuv420p"
+        for i in range(n):
+            colour = np.array([3 * (i % 85), 60 * (i // 85), 0], np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.broadcast_to(colour, (16, 16, 3)).copy(),
+                                                                   format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])])
+
+
 @pytest.mark.parametrize("rate, per_second", [("30000/1001", 1), (11, 2), (10, 3), (25, 2)])
 def test_extracted_frames_are_the_published_ones_for_any_rate(tmp_path, rate, per_second):
     # 29.97 fps counts seconds of int(29.97) = 29 frames; when fps is not a multiple of per_second the frames past
     # int(fps / per_second) * per_second in a second are not kept.
     from fractions import Fraction
 
-    import av
-
     rate = Fraction(rate)
     path = tmp_path / "clip.mp4"
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("mpeg4", rate=rate)
-        stream.height, stream.width, stream.pix_fmt = 16, 16, "yuv420p"
-        for i in range(70):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.full((16, 16, 3), 3 * i, np.uint8),
-                                                                   format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    with av.open(str(path)) as container:
-        decoded = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])])
+    decoded = write_counting_video(path, rate, 70)
     frames, info = extract_frames(path, None, per_second=per_second)
     assert info["fps"] == int(rate) and info["decoded"] == 70
     np.testing.assert_array_equal(frames, decoded[published_kept_frames(70, rate, per_second)])
@@ -452,3 +466,151 @@ def test_stored_frames_are_resized_with_pil_bilinear(tmp_path):
     assert info == {"source_size": (60, 80)} and len(frames) == 2, "image suffixes are matched in any case"
     reference = np.asarray(Image.fromarray(image).resize((32, 24), Image.BILINEAR))
     np.testing.assert_array_equal(frames[0], reference)
+
+
+def published_wav_fixed(wav: np.ndarray, seconds: int, sr: int) -> np.ndarray:
+    """GitHub: GeWu-Lab/AV_preprocess_tool, audio_2_frames.py, wav_fixed, written out: append wav[start:end], the last
+    partial second (the last second when there is none), while the length is at most seconds * sr; cut."""
+    target = seconds * sr
+    end = len(wav)
+    start = end - len(wav) % sr
+    if start == end:
+        start = end - sr
+    out = wav
+    while len(out) <= target:
+        out = np.concatenate([out, wav[start:end]])
+    return out[:target]
+
+
+@pytest.mark.parametrize("length, sr, n", [(23, 10, 100), (20, 10, 100), (4, 10, 100), (130, 10, 100),
+                                           (100, 10, 100), (95, 10, 100), (91, 10, 100)])
+def test_repeat_last_second_equals_wav_fixed(length, sr, n):
+    # 2.3 s: the last 0.3 s repeated; 2.0 s: the last whole second; 0.4 s: the whole clip; 13 s: the first 10 s;
+    # exactly 10 s and 9.5 s (one 0.5 s append reaches 10 s exactly; the published loop appends once more, then cuts).
+    y = np.arange(1, length + 1, dtype=np.float32)
+    out = repeat_last_second(y, n, sr)
+    np.testing.assert_array_equal(out, published_wav_fixed(y, n // sr, sr))
+    assert len(out) == n
+
+
+def test_repeat_last_second_repeats_only_the_tail():
+    y = np.arange(23, dtype=np.float32)  # 2.3 s at 10 Hz: the partial second is samples 20, 21, 22
+    out = repeat_last_second(y, 40, 10)
+    np.testing.assert_array_equal(out[:23], y)
+    np.testing.assert_array_equal(out[23:], np.tile([20.0, 21.0, 22.0], 6)[:17])
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("seconds, sr", [(2.3, 44100), (10.6, 44100), (3.0, 44100), (1.7, 22050)])
+def test_bml_pipeline_equals_av_preprocess_tool_written_out(tmp_path, seconds, sr):
+    # audio_2_frames.py audio_extract: librosa.load(sr=44100), wav_fixed(wav, 10, sr), abs(stft(wav, 512,
+    # hop_length=440, window='hann', center=True, pad_mode='reflect')): no clip to [-1, 1], no log.
+    import librosa
+
+    path = tmp_path / "clip.wav"
+    write_wav(path, seconds, sr=sr, freq=523.0)
+    wav, rate = librosa.load(str(path), sr=44100)
+    reference = np.abs(librosa.stft(published_wav_fixed(wav, 10, rate), n_fft=512, hop_length=440, window="hann",
+                                    center=True, pad_mode="reflect"))
+    features, duration, short = features_from_file(get_pipeline("bml_stft10s_44k"), path)
+    assert features.shape == reference.shape == (257, 1003) and features.dtype == np.float32
+    assert duration == pytest.approx(seconds) and not short
+    # float32 magnitudes up to about 150 (a 0.3-amplitude tone under a 512-point Hann window)
+    np.testing.assert_allclose(features, reference, rtol=0, atol=1e-3)
+    assert features.min() >= 0, "magnitudes, not log-magnitudes"
+
+
+def test_bml_pipeline_frames_equal_a_numpy_dft_of_the_repeated_clip():
+    # Independent of librosa's STFT: frame t is |rfft(hann(512) * x[440 t - 256 : 440 t + 256])| of the clip reflected
+    # at both ends; the periodic Hann window is librosa's 'hann' (scipy.signal.get_window, fftbins=True).
+    sr = 44100
+    y = loud_tone(2.3, sr)
+    out = compute_features(get_pipeline("bml_stft10s_44k"), y, sr)
+    x = np.pad(repeat_last_second(y, 10 * sr, sr).astype(np.float64), 256, mode="reflect")
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(512) / 512)
+    for t in (0, 1, 500, 522, 1002):  # both padded edges, the first repeat (2.3 s = frame 230), the end
+        frame = np.abs(np.fft.rfft(window * x[440 * t:440 * t + 512]))
+        np.testing.assert_allclose(out[:, t], frame, rtol=1e-4, atol=1e-3)
+    # A 1.5-amplitude 330 Hz tone peaks at about 1.5 * sum(window) / 2 = 192; clipped to [-1, 1] it would stay under
+    # 150. BML's tool does not clip.
+    assert np.abs(y).max() > 1.2 and out.max() > 180, "the [-1, 1] clip is not applied"
+
+
+def test_the_repeat_rule_is_a_checked_parameter_that_keeps_existing_cache_names():
+    ogm, bml = get_pipeline("ogm_stft3s"), get_pipeline("bml_stft10s_44k")
+    # The cache hash reads params(): a 'tile' pipeline records no 'repeat', as before the parameter existed.
+    assert "repeat" not in ogm.params() and ogm.applied()["repeat"] == "tile"
+    assert bml.params()["repeat"] == "last_second" and not bml.log and not bml.clip
+    assert ogm.replace({"repeat": "last_second"}).params()["repeat"] == "last_second"
+    with pytest.raises(ValueError, match="repeat 'cycle' is not one of"):
+        ogm.replace({"repeat": "cycle"})
+    with pytest.raises(ValueError, match=r"\(kaldi_fbank\) does not read 'repeat'"):
+        get_pipeline("kaldi_fbank1024").replace({"repeat": "last_second"})
+
+
+@pytest.mark.parametrize("fps, total, expected", [
+    (30, 300, [14, 44, 74, 104, 134, 164, 194, 224, 254, 284]),
+    # 25 fps: positions 12.5, 37.5... round half to even -> 12, 38, 62, 88 (1-based)
+    (25, 100, [11, 37, 61, 87]),
+    (30000 / 1001, 300, [14, 44, 74, 104, 134, 164, 194, 224, 254, 284]),
+    (30, 14, []),  # under half a second: round(14 / 30) = 0 seconds
+    (30, 15, []),  # exactly half a second: round(0.5) = 0 too (ties to even)
+    (30, 16, [14]),
+    (30, 75, [14, 44]),  # 2.5 s: round(2.5) = 2 seconds (ties to even)
+    (30, 76, [14, 44, 74]),
+    (24000 / 1001, 48, [11, 35]),
+])
+def test_mid_second_indices_are_av_preprocess_tools(fps, total, expected):
+    assert mid_second_indices(total, fps) == expected
+
+
+@pytest.mark.parametrize("rate, n", [("25", 100), ("30000/1001", 95), ("30", 76), ("10", 25)])
+def test_hdf5_mid_extraction_keeps_the_middle_frame_of_each_second(tmp_path, rate, n):
+    from fractions import Fraction
+
+    path = tmp_path / "clip.mp4"
+    decoded = write_counting_video(path, Fraction(rate), n)
+    frames, info = extract_frames(path, None, extraction="frames_hdf5_mid")
+    wanted = mid_second_indices(n, float(Fraction(rate)))
+    assert info == {"fps": float(Fraction(rate)), "decoded": n, "source_size": (16, 16)}
+    np.testing.assert_array_equal(frames, decoded[wanted])
+    assert len(frames) == round(n / float(Fraction(rate)))
+
+
+def test_hdf5_mid_extraction_refuses_what_it_cannot_reproduce(tmp_path):
+    path = tmp_path / "slow.mp4"
+    write_counting_video(path, 1, 5)
+    with pytest.raises(MediaError, match=r"slow.mp4: frames_hdf5_mid .* 2-100 fps only, not 1") as err:
+        extract_frames(path, None, extraction="frames_hdf5_mid")
+    assert err.value.kind == "unsupported video"
+    with pytest.raises(ValueError, match="one frame per second; got per_second 2"):
+        extract_frames(path, None, per_second=2, extraction="frames_hdf5_mid")
+    with pytest.raises(KeyError, match="unknown frame extraction 'frames_random'"):
+        extract_frames(path, None, extraction="frames_random")
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42 truncated")
+    with pytest.raises(MediaError, match="bad.mp4: cannot decode video") as err:
+        extract_frames(bad, None, extraction="frames_hdf5_mid")
+    assert err.value.kind == "corrupt video"
+
+
+@pytest.mark.parametrize("total, kept, expected", [
+    (45, [0, 30], [22]),  # 1.5 s at 30 fps: the middle (22nd) of the 43 frames not kept, 1-29 and 31-44
+    (40, [0], [10, 30]),  # the middles of two equal runs of the 39 free frames (1-19 -> 10, 20-39 -> 30)
+    (2, [0], [0, 0]),  # a 2-frame video: frame 0 twice, as PMR saves frame 0 under the missing names
+    (90, [0, 30, 60], []),
+])
+def test_top_up_indices_are_evenly_spaced_over_the_free_frames(total, kept, expected):
+    assert top_up_indices(total, kept, 3) == expected
+
+
+@pytest.mark.parametrize("n, kept", [(13, [0, 6, 10]), (2, [0, 0, 0]), (25, [0, 10, 20]), (35, [0, 10, 20, 30])])
+def test_pmr_extraction_tops_up_to_3_frames(tmp_path, n, kept):
+    # 1.3 s at 10 fps keeps frames 0 and 10 at 1 fps; the free frames are 1-9, 11, 12, the middle one 6.
+    path = tmp_path / "clip.mp4"
+    decoded = write_counting_video(path, 10, n)
+    frames, info = extract_frames(path, None, extraction="frames_1fps_min3")
+    assert info == {"fps": 10, "decoded": n, "source_size": (16, 16)}
+    np.testing.assert_array_equal(frames, decoded[kept])
+    # Deterministic: the same frames on every extraction (PMR draws them with an unseeded np.random.randint).
+    np.testing.assert_array_equal(extract_frames(path, None, extraction="frames_1fps_min3")[0], frames)

@@ -11,7 +11,8 @@ Shared steps and their reasons:
   ``load`` default ``soxr_hq`` unless overridden. So the result equals ``librosa.load(path, sr=...)`` for WAV input.
 - Repeat: the published code repeats with ``np.tile(x, k)[:k * sr]``, which comes out short for clips under 1 s. We
   tile until the target length is reached: identical whenever the published form reaches it, full length otherwise
-  (``short`` is reported so the manifest counts such clips, docs/datasets/pitfalls.md#short-clips).
+  (``short`` is reported so the manifest counts such clips, docs/datasets/pitfalls.md#short-clips). BML's tool repeats
+  only the clip's last partial second instead (``repeat="last_second"``, ``repeat_last_second``).
 - STFT padding: ``pad_mode`` is always passed explicitly. librosa changed its default from ``reflect`` to
   ``constant`` in 0.9.0 (docs/datasets/pitfalls.md#librosa); the default here is ``constant``, what the AUG/AMSS
   environment (librosa 0.10.1, GitHub: njustkmg/TPAMI-AMSS, ``env.yml``) computed. Only the first and last frames depend
@@ -37,9 +38,12 @@ _FBANK_ONLY = ("num_mel_bins", "frame_shift_ms", "target_frames", "norm_mean", "
 # it and the manifest's ``audio_applied`` leaves them out.
 UNUSED_BY_KIND = {"stft": _FBANK_ONLY, "scipy_spectrogram": ("window", "center", "pad_mode", *_FBANK_ONLY),
                   "kaldi_fbank": ("seconds", "n_fft", "hop_length", "window", "center", "pad_mode", "log", "log_eps",
-                                  "clip", "zscore")}
+                                  "clip", "zscore", "repeat")}
 PAD_MODES = ("constant", "reflect", "edge", "symmetric", "wrap")
 SOUNDFILE_SUFFIXES = (".wav", ".flac", ".ogg")
+# How a clip shorter than ``seconds`` is lengthened: ``tile`` the whole clip (OGM-GE and most loaders), or
+# ``last_second``: repeat its last partial second (GitHub: GeWu-Lab/AV_preprocess_tool, audio_2_frames.py, wav_fixed).
+REPEAT_RULES = ("tile", "last_second")
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,7 @@ class AudioPipeline:
         log_eps: the epsilon inside the log.
         clip: clip the waveform to [-1, 1] after repeating (as published).
         zscore: per-clip ``(x - mean) / (std + 1e-9)`` after the log (PMR).
+        repeat: how a short clip reaches ``seconds`` (``REPEAT_RULES``).
         res_type: ``librosa.resample`` method.
         num_mel_bins: fbank mel bins.
         frame_shift_ms: fbank frame shift.
@@ -84,6 +89,7 @@ class AudioPipeline:
     log_eps: float = 1e-7
     clip: bool = True
     zscore: bool = False
+    repeat: str = "tile"
     res_type: str = "soxr_hq"
     num_mel_bins: int = 128
     frame_shift_ms: float = 10.0
@@ -99,6 +105,8 @@ class AudioPipeline:
             raise ValueError(f"audio pipeline {self.name!r}: unknown kind {self.kind!r}; valid: {AUDIO_KINDS}")
         if self.pad_mode not in PAD_MODES:
             raise ValueError(f"audio pipeline {self.name!r}: pad_mode {self.pad_mode!r} is not one of {PAD_MODES}")
+        if self.repeat not in REPEAT_RULES:
+            raise ValueError(f"audio pipeline {self.name!r}: repeat {self.repeat!r} is not one of {REPEAT_RULES}")
         if self.kind != "kaldi_fbank" and (self.seconds <= 0 or self.sample_rate <= 0):
             raise ValueError(f"audio pipeline {self.name!r}: {self.kind} needs seconds > 0 and sample_rate > 0 for a "
                              f"fixed output shape")
@@ -125,12 +133,16 @@ class AudioPipeline:
         return (f, self.serve_frames) if self.serve_frames else (f, t)
 
     def params(self) -> dict[str, Any]:
-        """Every parameter, for the manifest and the cache hash."""
-        return dataclasses.asdict(self)
+        """Every parameter, for the manifest and the cache hash; ``repeat`` only when it is not ``tile``, so that the
+        caches built before the parameter existed keep their names."""
+        out = dataclasses.asdict(self)
+        if out["repeat"] == "tile":
+            del out["repeat"]
+        return out
 
     def applied(self) -> dict[str, Any]:
         """The parameters this kind reads, with what it applies where that is not a parameter (scipy's window)."""
-        out = {k: v for k, v in self.params().items() if k not in UNUSED_BY_KIND[self.kind]}
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k not in UNUSED_BY_KIND[self.kind]}
         if self.kind == "scipy_spectrogram":
             out["window"] = "tukey(0.25), scipy.signal.spectrogram's default"
         return out
@@ -191,6 +203,13 @@ PIPELINES: dict[str, AudioPipeline] = {r.name: r for r in (
                 deviation="the 5 s window is a 626-frame crop of the cached 10 s STFT, drawn per batch (train) or "
                           "the first 626 frames (test; published: random at test time too). Crop starts are "
                           "quantised to the 8 ms hop and the edge frames differ from an STFT of the cut signal"),
+    AudioPipeline("bml_stft10s_44k", "stft", 44100, 10.0, n_fft=512, hop_length=440, pad_mode="reflect", log=False,
+                clip=False, repeat="last_second",
+                follows="GitHub: GeWu-Lab/AV_preprocess_tool, audio_2_frames.py::audio_extract "
+                        "(librosa.load(sr=44100), wav_fixed(wav, 10, sr): the last partial second repeated to 10 s, "
+                        "abs(stft(512, hop 440, hann, center, pad_mode reflect)), no log, no clip -> 257x1003); read "
+                        "as <id>.pkl by GitHub: GeWu-Lab/BML_TPAMI2024, code/dataset/KS.py",
+                deviation="none"),
     AudioPipeline("kaldi_fbank1024", "kaldi_fbank", 0, 0.0,
                 follows="GitHub: GeWu-Lab/OGM-GE_CVPR2022, data/KineticSound/process_audio.py (mean of every "
                         "channel removed, torchaudio Kaldi fbank of channel 0, "
@@ -267,6 +286,15 @@ def repeat_to(y: np.ndarray, n: int) -> np.ndarray:
     return np.tile(y, reps)[:n]
 
 
+def repeat_last_second(y: np.ndarray, n: int, sr: int) -> np.ndarray:
+    """AV_preprocess_tool's ``wav_fixed``: append the clip's last partial second (its last whole second when the length
+    is a multiple of ``sr``; the whole clip when under 1 s) until it has at least ``n`` samples, then cut to ``n``.
+    (The published loop appends once more when the length hits ``n`` exactly; the cut removes it.)"""
+    tail = len(y) % sr or sr
+    reps = max(-(-(n - len(y)) // tail), 0)
+    return np.concatenate([y, np.tile(y[len(y) - tail:], reps)])[:n]
+
+
 def require_backend(pipeline: AudioPipeline) -> None:
     """Fail early, naming the extra to install, when ``pipeline`` needs an optional library that is missing."""
     if pipeline.kind == "kaldi_fbank" and importlib.util.find_spec("torchaudio") is None:
@@ -317,7 +345,9 @@ def compute_features(pipeline: AudioPipeline, y: np.ndarray, sr: int,
         y = y.mean(axis=0, dtype=np.float32)
     if sr != pipeline.sample_rate:
         y = librosa.resample(y, orig_sr=sr, target_sr=pipeline.sample_rate, res_type=pipeline.res_type)
-    y = repeat_to(cut(np.asarray(y, dtype=np.float32), pipeline.sample_rate), pipeline.num_samples)
+    y = cut(np.asarray(y, dtype=np.float32), pipeline.sample_rate)
+    y = repeat_to(y, pipeline.num_samples) if pipeline.repeat == "tile" else \
+        repeat_last_second(y, pipeline.num_samples, pipeline.sample_rate)
     if pipeline.clip:
         y = np.clip(y, -1.0, 1.0)
     if pipeline.kind == "stft":

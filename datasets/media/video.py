@@ -8,6 +8,16 @@ published loop's ``CAP_PROP_FRAME_COUNT`` bound is not trusted. The published sc
 and the loaders read it back; here the decoded frame goes straight to storage (no JPEG round trip, a declared
 deviation).
 
+Two other extraction rules (``EXTRACTIONS``) choose other frames of the decoded video:
+
+- ``frames_1fps_min3`` (PMR, GitHub: fanyunfeng-bit/Modal-Imbalance-PMR, ``data/CREMAD/video_preprocessing.py``,
+  ``video2frame_update(min_save_frame=3)``): as ``frames_1fps``, then a clip with fewer than 3 kept frames gets extra
+  ones. PMR draws them at random (``np.random.randint``, unseeded); here they are evenly spaced over the frames not
+  kept (``top_up_indices``), so that a rebuild gives the same cache.
+- ``frames_hdf5_mid`` (BML's hdf5 frames, GitHub: GeWu-Lab/AV_preprocess_tool, ``video_2_frame.py``,
+  ``extract_frames``): the middle frame of each second (``mid_second_indices``). It needs the clip's frame count before
+  choosing, so the video is decoded twice.
+
 From a folder (``Image-01-FPS/<clip>/`` and friends): every image file, in natural numeric order of the file names,
 so ``00000.jpg``/``00030.jpg``, ``frame_00001.jpg``, ``frame_000010.jpg`` vs ``frame_00009.jpg`` and unpadded names all
 sort by their numbers, never by directory listing order (docs/datasets/pitfalls.md, items 1-3).
@@ -19,7 +29,10 @@ the published transforms apply to PIL images.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -95,22 +108,98 @@ def kept_frame(position_in_second: int, fps: int, per_second: int) -> bool:
     return position_in_second < interval * per_second and position_in_second % interval == 0
 
 
-def extract_frames(path: Path, size: tuple[int, int] | None, per_second: int = 1) -> tuple[np.ndarray, dict]:
-    """Decode a video and keep ``per_second`` frames of every second (1 = the first frame of each second).
+@dataclass(frozen=True)
+class Extraction:
+    """A rule choosing which decoded frames of a video are stored (``EXTRACTIONS``); recipes name one.
+
+    Attributes:
+        name: registry key.
+        follows: the published extraction reproduced.
+        deviation: what differs from it, and why ("" = nothing beyond the shared JPEG round trip).
+    """
+
+    name: str
+    follows: str
+    deviation: str = ""
+
+
+FIRST_OF_SECOND = "frames_1fps"
+PMR_TOP_UP = "frames_1fps_min3"
+MID_OF_SECOND = "frames_hdf5_mid"
+# PMR's extractImage calls video2frame_update(..., min_save_frame=3) (data/CREMAD/video_preprocessing.py): its loader
+# draws num_frame = 3 frames without replacement (dataset/CramedDataset.py), which fails on fewer.
+PMR_MIN_FRAMES = 3
+# Frame rates at which the published hdf5 extraction reads the frames it computes: below 2 fps the first position
+# rounds to 0 and moviepy's reader restarts, shifting every later frame; above 100 fps a jump of over 100 frames
+# restarts the reader at frame 1 (video_2_frame.py read_frame calls reader.initialize() without a start time).
+MID_RATES = (2, 100)
+EXTRACTIONS = {e.name: e for e in (
+    Extraction(FIRST_OF_SECOND, "GitHub: GeWu-Lab/OGM-GE_CVPR2022, data/CREMAD/video_preprocessing.py, "
+                                "video2frame_update: the first frame of every int(fps) decoded frames"),
+    Extraction(PMR_TOP_UP, "GitHub: fanyunfeng-bit/Modal-Imbalance-PMR, data/CREMAD/video_preprocessing.py, "
+                           "video2frame_update(min_save_frame=3): the first frame of every second, then clips with "
+                           "fewer than 3 are topped up to 3",
+               "the top-up frames are evenly spaced over the frames not kept (PMR draws them with an unseeded "
+               "np.random.randint, so its folders differ run to run)"),
+    Extraction(MID_OF_SECOND, "GitHub: GeWu-Lab/AV_preprocess_tool, video_2_frame.py, extract_frames (fps_count 1): "
+                              "the middle frame of each second, round(total / fps) seconds; read as <id>.hdf5 by "
+                              "GitHub: GeWu-Lab/BML_TPAMI2024, code/dataset/KS.py",
+               "the frame count is the decoded one (moviepy 1.x estimates it from the container duration, "
+               "int(duration * fps) + 1)"),
+)}
+
+
+def get_extraction(name: str) -> Extraction:
+    if name not in EXTRACTIONS:
+        raise KeyError(f"unknown frame extraction {name!r}; valid: {sorted(EXTRACTIONS)}")
+    return EXTRACTIONS[name]
+
+
+def mid_second_indices(total: int, fps: float) -> list[int]:
+    """0-based indices of the frames AV_preprocess_tool's ``extract_frames`` keeps from ``total`` frames at ``fps``
+    (within ``MID_RATES``).
+
+    Second i's frame is at position ``round((0.5 + i) * fps)`` (Python's round: ties to even, so 25 fps gives 12, 38,
+    62, 88...) for ``i < round(total / fps)``; positions count from 1, as moviepy 1.x's reader does (it has read frame
+    1 when opened), so the 0-based index is one less: 14, 44, 74... at 30 and 29.97 fps. The published code also wraps
+    a position past the last frame into the last partial second, which never happens at one frame per second: the
+    last position, round((round(total / fps) - 0.5) * fps), is at most ``total``.
+    """
+    return [round((0.5 + i) * fps) - 1 for i in range(round(total / fps))]
+
+
+def top_up_indices(total: int, kept: Sequence[int], minimum: int) -> list[int]:
+    """The frame indices added to a clip of ``total`` frames whose kept frames (``kept``) are fewer than ``minimum``.
+
+    They are the middle frames of equal runs of the frames not kept (PMR draws them at random). A video of fewer than
+    ``minimum`` frames gets frame 0 repeated, as PMR saves frame 0 under the missing names.
+    """
+    need = minimum - len(kept)
+    if need <= 0:
+        return []
+    if total < minimum:
+        return [0] * need
+    taken = set(kept)
+    free = [i for i in range(total) if i not in taken]
+    return [free[(2 * j + 1) * len(free) // (2 * need)] for j in range(need)]
+
+
+def _decode(path: Path, size: tuple[int, int] | None, keep: Callable[[int, Fraction], bool]
+            ) -> tuple[dict[int, np.ndarray], Fraction, int, tuple[int, int] | None]:
+    """One decoding pass over ``path``: the frames whose index ``keep(index, rate)`` accepts, at the storage ``size``.
 
     Returns:
-        (uint8 ``(n, H, W, 3)``, {"fps": int(fps) used for second boundaries, "decoded": frames decoded,
-        "source_size": (H, W) of the decoded frames before resizing, or None when none was kept}).
+        (index -> uint8 (H, W, 3), the stream's frame rate, frames decoded, (H, W) of the source frames or None when
+        none was kept).
 
     Raises:
         MediaError: unreadable container, no video stream, or unknown frame rate.
     """
     import av
 
-    path = Path(path)
     if is_lfs_pointer(path):
         raise lfs_error(path)
-    kept: list[np.ndarray] = []
+    kept: dict[int, np.ndarray] = {}
     count = 0
     source_size = None
     try:
@@ -119,15 +208,61 @@ def extract_frames(path: Path, size: tuple[int, int] | None, per_second: int = 1
                 raise MediaError(path, "corrupt video", "no video stream")
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-            fps = int(rate) if rate else 0
-            if fps < 1:
+            if not rate or rate < 1:
                 raise MediaError(path, "corrupt video", f"frame rate unknown or below 1 ({rate})")
             for frame in container.decode(stream):
-                if kept_frame(count % fps, fps, per_second):
+                if keep(count, rate):
                     source_size = source_size or (frame.height, frame.width)
-                    kept.append(to_storage(frame.to_image(), size))
+                    kept[count] = to_storage(frame.to_image(), size)
                 count += 1
     except (av.error.FFmpegError, OSError, ValueError) as err:
         raise MediaError(path, "corrupt video", f"cannot decode video ({type(err).__name__}: {err})") from err
-    frames = np.stack(kept) if kept else np.zeros((0, *(size or (0, 0)), 3), dtype=np.uint8)
-    return frames, {"fps": fps, "decoded": count, "source_size": source_size}
+    return kept, Fraction(rate), count, source_size
+
+
+def _stack(frames: Sequence[np.ndarray], size: tuple[int, int] | None) -> np.ndarray:
+    return np.stack(frames) if frames else np.zeros((0, *(size or (0, 0)), 3), dtype=np.uint8)
+
+
+def extract_frames(path: Path, size: tuple[int, int] | None, per_second: int = 1,
+                   extraction: str = FIRST_OF_SECOND) -> tuple[np.ndarray, dict]:
+    """Decode a video and keep the frames the ``extraction`` rule chooses, in time order: by default ``per_second``
+    frames of every second (1 = the first frame of each second).
+
+    Returns:
+        (uint8 ``(n, H, W, 3)``, {"fps": the frame rate the rule used (int(fps) for second boundaries, the exact rate
+        for ``frames_hdf5_mid``), "decoded": frames decoded, "source_size": (H, W) of the decoded frames before
+        resizing, or None when none was kept}).
+
+    Raises:
+        MediaError: unreadable container, no video stream, or unknown frame rate.
+        ValueError: ``frames_hdf5_mid`` with ``per_second`` other than 1 (the published rule has one frame per
+            second).
+        KeyError: an unknown rule.
+    """
+    path = Path(path)
+    get_extraction(extraction)
+    if extraction == MID_OF_SECOND:
+        if per_second != 1:
+            raise ValueError(f"{MID_OF_SECOND} keeps one frame per second; got per_second {per_second}")
+        _, rate, total, _ = _decode(path, size, lambda index, rate: False)
+        if not MID_RATES[0] <= rate <= MID_RATES[1]:
+            raise MediaError(path, "unsupported video", f"{MID_OF_SECOND} reproduces the published frames at "
+                                                        f"{MID_RATES[0]}-{MID_RATES[1]} fps only, not {float(rate):g}")
+        wanted = set(mid_second_indices(total, float(rate)))
+        kept, rate, count, source_size = _decode(path, size, lambda index, rate: index in wanted)
+        info = {"fps": float(rate), "decoded": count, "source_size": source_size}
+        return _stack([kept[i] for i in sorted(kept)], size), info
+    kept, rate, count, source_size = _decode(
+        path, size, lambda index, rate: kept_frame(index % int(rate), int(rate), per_second))
+    order = sorted(kept)
+    # A video that decodes to no frame has nothing to top up with (PMR's own read fails on it): min_frames drops it.
+    if extraction == PMR_TOP_UP and 0 < len(kept) < PMR_MIN_FRAMES:
+        extra = top_up_indices(count, order, PMR_MIN_FRAMES)
+        # A second pass for the few short clips that need one; frame 0, which a short video repeats, is kept already.
+        wanted = set(extra) - set(kept)
+        more, _, _, _ = _decode(path, size, lambda index, rate: index in wanted)
+        kept.update(more)
+        order = sorted(order + extra)
+    info = {"fps": int(rate), "decoded": count, "source_size": source_size}
+    return _stack([kept[i] for i in order], size), info
