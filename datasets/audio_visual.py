@@ -3,7 +3,8 @@ cache holds two arrays, ``audio`` float16 (F, T) spectrograms computed by the re
 uint8 (H, W, 3) at 1 fps, ragged (clip i owns ``frame_count[i]`` frames from ``frame_start[i]``).
 
 A subclass declares the raw layout (``LAYOUT``), the split files and how to read them (``read_splits``), and its
-recipes (``Recipe(doc, {"audio": <pipeline name>})``); the audio pipeline parameters, frame size, frame rate and
+recipes (``Recipe(doc, {"audio": <pipeline name>})``, optionally ``"extraction"``: which frames of a video are stored,
+``datasets.media.video.EXTRACTIONS``); the audio pipeline parameters, frame size, frame rate and
 frame source are ``augbench prepare`` options (``--audio KEY=VALUE``, ``--frame-size``, ``--fps``, ``--visual``,
 ``--min-frames``). ``serve`` hands a batch's rows and frame ranges to ``AVAugment``, which reads the audio rows and
 chosen frames (from the memory map, RAM or the device, ``data.resident``) and transforms them per batch on the device.
@@ -37,7 +38,17 @@ from datasets.augment import (
 from datasets.cache import ArraySpec, Cache, CacheError
 from datasets.media import MISSING_MEDIA, MediaError
 from datasets.media.audio import PIPELINES, AudioPipeline, features_from_file, get_pipeline, require_backend
-from datasets.media.video import INTERPOLATION, extract_frames, load_frame_folder
+from datasets.media.video import (
+    EXTRACTIONS,
+    FIRST_OF_SECOND,
+    INTERPOLATION,
+    MID_OF_SECOND,
+    PMR_MIN_FRAMES,
+    PMR_TOP_UP,
+    extract_frames,
+    get_extraction,
+    load_frame_folder,
+)
 from datasets.prepared import PreparedDataset, Record, cache_hparams
 from datasets.tables import PrepareOptions, Sample
 
@@ -218,6 +229,34 @@ def min_frames_stale(policies: Mapping[str, Any], wanted: int) -> bool:
     return source == "recipe" and recorded != wanted
 
 
+def extraction_record(settings: HParams) -> dict[str, str]:
+    """The manifest's record of which frames of a video were stored: the recipe's extraction rule and what it follows,
+    or that frame folders were read as extracted (no rule can choose other frames from them)."""
+    if settings.visual != "video":
+        return {"name": "none", "follows": "frame folders are read as extracted; the recipe's rule "
+                                           f"{settings.extraction!r} applies to videos (--visual video)"}
+    return {"name": settings.extraction, "follows": EXTRACTIONS[settings.extraction].follows}
+
+
+def frame_top_up(settings: HParams) -> str:
+    """The manifest's account of what happens to clips with few frames."""
+    at_load = ("clips with fewer than T frames repeat frames at load (few_frame_clips counts the clips of 1 to 3 "
+               "frames by frame count)")
+    if settings.visual == "video" and settings.extraction == PMR_TOP_UP:
+        return (f"clips with fewer than {PMR_MIN_FRAMES} frames at 1 fps are topped up to {PMR_MIN_FRAMES} at "
+                f"extraction with evenly spaced frames (PMR: random ones); then " + at_load)
+    return "none at prepare time; " + at_load
+
+
+def recorded_extraction(manifest: Mapping[str, Any]) -> str:
+    """The extraction rule a cache's frames were chosen by: caches from frame folders, and those built before rules
+    were recorded, hold the first frame of each second or whatever the folders held ("none")."""
+    visual = manifest.get("visual", {})
+    if visual.get("source") != "video":
+        return "none"
+    return visual.get("extraction", {}).get("name", FIRST_OF_SECOND)
+
+
 def check_distinct_frames(cache: Cache, counts: np.ndarray, hp: HParams) -> None:
     """``random_k`` draws T distinct frames (IPRM's ``np.random.choice(n, T, replace=False)``, which fails on a clip of
     fewer): refuse a cache holding such clips instead of serving repeated frames."""
@@ -268,6 +307,10 @@ class AVCacheDataset(PreparedDataset):
         visual = opts.visual if opts.visual != "auto" else ("frames" if frames_found else "video")
         if visual == "frames":
             check_folder_rate(raw / layout.frames_dir, opts.frames_per_second)
+        extraction = get_extraction(chosen.get("extraction", FIRST_OF_SECOND)).name
+        if extraction == MID_OF_SECOND and opts.frames_per_second != 1:
+            raise ValueError(f"recipe {recipe!r} stores the middle frame of each second ({MID_OF_SECOND}); --fps "
+                             f"{opts.frames_per_second} would be recorded, not applied")
         segment = chosen.get("segment", "whole")
         if segment not in SEGMENTS:
             raise ValueError(f"{cls.NAME} recipe {recipe!r}: segment {segment!r} is not one of {tuple(SEGMENTS)}")
@@ -279,7 +322,8 @@ class AVCacheDataset(PreparedDataset):
             "audio": pipeline.params(), "layout": dataclasses.asdict(layout), "visual": visual,
             "frame_size": [int(x) for x in (opts.frame_size or cls.FRAME_SIZE)],
             "per_second": opts.frames_per_second, "min_frames": min_frames,
-            "min_frames_from": "recipe" if opts.min_frames is None else "--min-frames", "segment": segment})
+            "min_frames_from": "recipe" if opts.min_frames is None else "--min-frames", "segment": segment,
+            "extraction": extraction})
 
     @classmethod
     def locate(cls, raw: Path, sample: Sample, settings: HParams) -> tuple[dict[str, str], dict[str, Any]]:
@@ -320,7 +364,7 @@ class AVCacheDataset(PreparedDataset):
             raise MediaError(audio_path, "corrupt audio", "features overflow float16")
         size = tuple(settings.frame_size)
         clip, info = load_frame_folder(visual_path, size) if settings.visual == "frames" else \
-            extract_frames(visual_path, size, settings.per_second)
+            extract_frames(visual_path, size, settings.per_second, settings.extraction)
         if segment is not None:
             # The frames of seconds Start..End, both included (PMR video2frame_update_SE: start_t <= n <= end_t).
             second = np.arange(len(clip)) // settings.per_second
@@ -334,8 +378,12 @@ class AVCacheDataset(PreparedDataset):
 
     @classmethod
     def _visual_options(cls, settings: HParams) -> dict[str, Any]:
+        # The extraction rule only applies to videos, and the first-of-second rule is left out so that the caches
+        # built before rules existed keep their names; another rule makes another cache.
+        applied = settings.visual == "video" and settings.extraction != FIRST_OF_SECOND
         return {"source": settings.visual, "frame_size": list(settings.frame_size), "per_second": settings.per_second,
-                "min_frames": settings.min_frames, "interpolation": INTERPOLATION}
+                "min_frames": settings.min_frames, "interpolation": INTERPOLATION,
+                **({"extraction": settings.extraction} if applied else {})}
 
     @classmethod
     def cache_options(cls, settings: HParams, specs: Sequence[ArraySpec]) -> dict[str, Any]:
@@ -358,7 +406,7 @@ class AVCacheDataset(PreparedDataset):
         return {
             "audio": settings.audio, "audio_applied": pipeline.applied(), "audio_shape": list(pipeline.output_shape()),
             "served_audio_shape": list(pipeline.served_shape()),
-            "visual": {**cls._visual_options(settings),
+            "visual": {**cls._visual_options(settings), "extraction": extraction_record(settings),
                        "frame_order": "natural numeric sort of frame file names (folders); decode order (videos)",
                        "second_boundaries": "int(average frame rate) decoded frames, as OGM-GE's int(CAP_PROP_FPS)"},
             "layout": settings.layout,
@@ -368,8 +416,7 @@ class AVCacheDataset(PreparedDataset):
                          "frame_resize": f"every frame is resized to frame_size {list(settings.frame_size)} (H, W); "
                                          f"other_aspect_clips counts the clips whose source aspect ratio differs by "
                                          f"more than {ASPECT_TOLERANCE:.0%}",
-                         "frame_top_up": "none at prepare time; clips with fewer than T frames repeat frames at load "
-                                         "(few_frame_clips counts the clips of 1 to 3 frames by frame count)"},
+                         "frame_top_up": frame_top_up(settings)},
             "counts": {"frames": totals["frames"], "short_audio_clips": sum(bool(f.get("short")) for f in facts),
                        "few_frame_clips": few_frame_clips(f["frames"] for f in facts),
                        **source_frame_sizes([f["source_size"] for f in facts], settings.frame_size)},
@@ -377,20 +424,29 @@ class AVCacheDataset(PreparedDataset):
 
     @classmethod
     def deviations(cls, settings: HParams) -> list[str]:
-        video = "video frames go to storage without the published JPEG round trip" if settings.visual == "video" else ""
-        return [d for d in (settings.audio["deviation"], video) if d]
+        video = settings.visual == "video"
+        jpeg = "video frames go to storage without the published JPEG round trip" if video else ""
+        rule = EXTRACTIONS[settings.extraction].deviation if video else ""
+        return [d for d in (settings.audio["deviation"], jpeg, rule) if d]
 
     # --- serving -----------------------------------------------------------------------------------------------------
     @classmethod
     def check_recipe_current(cls, cache: Cache) -> None:
         """Refuse a cache built before its recipe stored event segments (its manifest's policies have no
-        ``segment``) or its recipe's current minimum frame count (``min_frames_stale``): it holds other samples or
-        other media than ``augbench prepare`` builds for that recipe today."""
+        ``segment``), its recipe's current minimum frame count (``min_frames_stale``) or its current extraction rule
+        (frames decoded from videos by another rule, e.g. a ``pmr`` CREMA-D cache from before the top-up): it holds
+        other samples or other media than ``augbench prepare`` builds for that recipe today."""
         policies, recipe = cache.manifest.get("policies", {}), cls.RECIPES.get(cache.manifest.get("recipe"))
         if recipe is None:
             return
         segment, min_frames = recipe.settings.get("segment", "whole"), recipe.settings.get("min_frames", 1)
         old_segments = segment != "whole" and "segment" not in policies
+        extraction, recorded = recipe.settings.get("extraction", FIRST_OF_SECOND), recorded_extraction(cache.manifest)
+        if recorded not in ("none", extraction):
+            raise CacheError(f"{cache.path}: its frames were chosen by {recorded!r}, but recipe "
+                             f"{cache.manifest['recipe']!r} now extracts {extraction!r}; build the recipe's cache "
+                             f"again with augbench prepare (it goes to a new folder beside this one; set data.cache to "
+                             f"it) and remove this one")
         if old_segments or min_frames_stale(policies, min_frames):
             stored = "event segments" if old_segments else f"only clips of >= {min_frames} frames"
             keep = "" if old_segments else (f" (to keep its {policies.get('min_frames', 1)}-frame minimum instead, "

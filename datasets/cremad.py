@@ -41,8 +41,10 @@ RECIPES = {
                   {"audio": "ogm_stft3s"}),
     "aug": Recipe("AUG/LFM CREMA-D audio (GitHub: njustkmg/NeurIPS25-AUG, dataset/CREMA.py): 22.05 kHz, 20 s, STFT "
                   "512/353, log -> 257x1250", {"audio": "aug_stft20s"}),
-    "pmr": Recipe("PMR CREMA-D audio: 16 kHz, 10 s, scipy spectrogram, log, z-score -> 257x1004",
-                  {"audio": "pmr_spec10s"}),
+    # PMR trains on 3 frames (bash.sh --num_frame 3) and its extraction tops up the clips of fewer (about 1 in 7 CREMA-D
+    # clips has 2 frames at 1 fps), with random frames; frames_1fps_min3 takes evenly spaced ones instead.
+    "pmr": Recipe("PMR CREMA-D audio: 16 kHz, 10 s, scipy spectrogram, log, z-score -> 257x1004; frames at 1 fps, "
+                  "topped up to 3 per clip", {"audio": "pmr_spec10s", "extraction": "frames_1fps_min3"}),
     # min_frames 2: BalanceBenchmark's cremad_dataset.py keeps a clip only with len(os.listdir(frames)) >= fps (2),
     # and the 2-frame training draws of MMPareto's and Diagnosing's av_dataset.py (random.randint(i*seg + 1, i*seg +
     # seg), seg = 0) fail on a 1-frame folder, so none of these loaders trains on a 1-frame clip.

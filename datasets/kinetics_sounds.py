@@ -39,6 +39,11 @@ RECIPES = {
                   {"audio": "amss_stft10s_35k", "min_frames": 4}),
     "fbank": Recipe("OGM-GE KS script / BalanceBenchmark / InfoReg: Kaldi fbank 1024x128 (needs the [audio] extra); "
                     "clips with at least 4 frames", {"audio": "kaldi_fbank1024", "min_frames": 4}),
+    # min_frames stays 1: BML's loader (GitHub: GeWu-Lab/BML_TPAMI2024, code/dataset/KS.py) reads clip[0],
+    # clip[(n - 1) // 2] and clip[n - 1], which every clip of at least 1 frame has.
+    "bml": Recipe("BML (GeWu-Lab/AV_preprocess_tool): 44.1 kHz, last partial second repeated to 10 s, |STFT 512/440| "
+                  "without log -> 257x1003; the middle frame of each second",
+                  {"audio": "bml_stft10s_44k", "extraction": "frames_hdf5_mid"}),
 }
 
 
@@ -63,7 +68,8 @@ class KineticsSounds(AVCacheDataset):
         recipes=tuple(RECIPES), recipe="aug",
         recipe_doc="Audio front-end preset (docs/methods/README.md#front-ends): 'aug' (35.4 kHz, 10 s -> 257x1003) for "
                    "AUG tables, "
-                   "'fbank' (1024x128) for the OGM-GE/BalanceBenchmark family.",
+                   "'fbank' (1024x128) for the OGM-GE/BalanceBenchmark family, 'bml' (44.1 kHz |STFT| -> 257x1003, "
+                   "middle frame of each second) for BML.",
         frames=3, frames_doc="T frames per clip: 3 in the KS loaders ('evenly pick 3 frames', GitHub: GeWu-Lab/"
                              "Valuate-and-Enhance-Multimodal-Cooperation, issue #1) and AMSS.")
 

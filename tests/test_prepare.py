@@ -26,7 +26,8 @@ from datasets.cache import Cache, CacheError, open_cache
 from datasets.cremad import CremaD
 from datasets.kinetics_sounds import KineticsSounds
 from datasets.media import MediaError
-from datasets.media.audio import MissingExtraError, features_from_file
+from datasets.media.audio import MissingExtraError, features_from_file, get_pipeline
+from datasets.media.video import extract_frames
 from datasets.prepare import manifest_summary, prepare
 from datasets.prepared import Record
 from datasets.splits import SplitRow
@@ -908,3 +909,85 @@ def test_auto_visual_source_finds_split_frame_folders_of_either_split(tmp_path):
     opts = PrepareOptions(layout={"frames_dir": "{split}_img/Image-01-FPS"})
     assert KineticsSounds.resolve_settings("aug", {}, opts, tmp_path).visual == "frames"
     assert KineticsSounds.resolve_settings("aug", {}, PrepareOptions(), tmp_path).visual == "video"
+
+
+# --- recipes with their own frame extraction ----------------------------------------------------------------------
+
+def test_cremad_pmr_tops_up_the_videos_of_2_frames_to_3(tmp_path):
+    # PMR extracts with video2frame_update(min_save_frame=3) and trains on 3 frames; a 1.3 s clip at 10 fps keeps
+    # frames 0 and 10 at 1 fps and gets frame 6, the middle of the 11 frames not kept, which shows second 0.
+    tree = make_cremad(tmp_path / "raw")
+    path = prepare(CremaD, tree.root, tmp_path / "cache", options(tree, recipe="pmr"), log=quiet)
+    cache = open_cache(path)
+    topped = 0
+    for row, clip_id in enumerate(cache.index["id"]):
+        start, count = cache.index["frame_start"][row], cache.index["frame_count"][row]
+        seconds = [0, 0, 1] if tree.frames[clip_id] == 2 else list(range(tree.frames[clip_id]))
+        topped += tree.frames[clip_id] == 2
+        assert count == len(seconds) >= 3
+        clip = cache.arrays["frames"][start:start + count].astype(float)
+        np.testing.assert_allclose(clip[..., 0].mean(axis=(1, 2)), [second_level(k) for k in seconds], atol=5)
+    assert topped == 6, "the fixture must hold 2-frame clips"
+    m = cache.manifest
+    assert m["visual"]["extraction"]["name"] == "frames_1fps_min3" and "min_save_frame=3" in \
+        m["visual"]["extraction"]["follows"]
+    assert "topped up to 3 at extraction with evenly spaced frames" in m["policies"]["frame_top_up"]
+    assert any("unseeded np.random.randint" in d for d in m["deviations"])
+    CremaD.build(resolve("data", CremaD.HPARAMS, "cremad", {"cache": str(path), "frames": 3}))
+
+
+def test_a_cremad_pmr_cache_of_videos_extracted_before_the_top_up_is_renamed_and_refused(tree, tmp_path):
+    opts = PrepareOptions(visual="video")
+    pmr = CremaD.resolve_settings("pmr", {}, opts, tree.root)
+    ogm = CremaD.resolve_settings("ogm", {}, opts, tree.root)
+    # The rule is part of the cache options, so prepare builds a new folder rather than reusing the old cache...
+    assert CremaD.cache_options(pmr, ())["visual"] == {**CremaD.cache_options(ogm, ())["visual"],
+                                                       "extraction": "frames_1fps_min3"}
+    # ...and frame folders, which no rule re-extracts, keep the name they had.
+    folders = CremaD.resolve_settings("pmr", {}, PrepareOptions(visual="frames"), tree.root)
+    assert "extraction" not in CremaD.cache_options(folders, ())["visual"]
+    # An old cache still found under the root is refused at training instead of served.
+    path = prepare(CremaD, tree.root, tmp_path / "cache", options(tree, recipe="pmr"), log=quiet)
+    CremaD.check_recipe_current(open_cache(path))
+    manifest = json.loads((path / "manifest.json").read_text())
+    del manifest["visual"]["extraction"]  # as written before extraction rules were recorded
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CacheError, match=r"its frames were chosen by 'frames_1fps', but recipe 'pmr' now extracts "
+                                         r"'frames_1fps_min3'; build the recipe's cache again"):
+        CremaD.build(resolve("data", CremaD.HPARAMS, "cremad", {"cache": str(path)}))
+    manifest["visual"]["source"] = "frames"  # frame folders are read as extracted, whatever the recipe's rule
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    CremaD.check_recipe_current(open_cache(path))
+
+
+def test_kinetics_sounds_bml_stores_the_bml_spectrogram_and_the_middle_frame_of_each_second(tmp_path):
+    # 2.5 s at 10 fps: round(2.5) = 2 seconds, frames 4 and 14 (frames_1fps would keep 0, 10 and 20).
+    tree = make_kinetics_sounds(tmp_path / "raw", KineticsSounds.CLASSES, train_per_class=1, visual="video",
+                                seconds=2.5)
+    opts = PrepareOptions(recipe="bml", splits_dir=tree.splits_dir, frame_size=(12, 16), shard_size=64)
+    path = prepare(KineticsSounds, tree.root, tmp_path / "cache", opts, log=quiet)
+    cache = open_cache(path)
+    assert cache.arrays["audio"].shape[1:] == (257, 1003) and cache.index["frame_count"].tolist() == [2] * len(cache)
+    pipeline = get_pipeline("bml_stft10s_44k")
+    for row in (0, len(cache) - 1):
+        reference, _, _ = features_from_file(pipeline, tree.root / cache.index["audio_path"][row])
+        np.testing.assert_allclose(cache.arrays["audio"][row].astype(np.float32), reference, rtol=1e-3, atol=1e-2)
+        start = cache.index["frame_start"][row]
+        frames, _ = extract_frames(tree.root / cache.index["visual_path"][row], (12, 16), extraction="frames_hdf5_mid")
+        np.testing.assert_array_equal(cache.arrays["frames"][start:start + 2], frames)
+    m = cache.manifest
+    assert m["audio"]["name"] == "bml_stft10s_44k" and m["audio"]["repeat"] == "last_second"
+    assert m["visual"]["extraction"]["name"] == "frames_hdf5_mid" and "int(duration * fps) + 1" in " ".join(
+        m["deviations"])
+    data = KineticsSounds.build(resolve("data", KineticsSounds.HPARAMS, "kinetics_sounds", {"cache": str(path)}))
+    assert data.task.modalities[0].shape == (1, 257, 1003)
+
+
+def test_the_bml_recipe_refuses_another_frame_rate_and_records_frame_folders_as_read(tmp_path):
+    with pytest.raises(ValueError, match=r"recipe 'bml' stores the middle frame of each second .*--fps 2"):
+        KineticsSounds.resolve_settings("bml", {}, PrepareOptions(visual="video", frames_per_second=2), tmp_path)
+    folders = KineticsSounds.resolve_settings("bml", {}, PrepareOptions(visual="frames"), tmp_path)
+    entries = KineticsSounds.manifest_entries(folders, [], {"frames": 0})
+    assert entries["visual"]["extraction"]["name"] == "none" and "(--visual video)" in \
+        entries["visual"]["extraction"]["follows"]
+    assert not any("moviepy" in d for d in KineticsSounds.deviations(folders))
