@@ -243,9 +243,16 @@ def frame_top_up(settings: HParams) -> str:
     at_load = ("clips with fewer than T frames repeat frames at load (few_frame_clips counts the clips of 1 to 3 "
                "frames by frame count)")
     if settings.visual == "video" and settings.extraction == PMR_TOP_UP:
-        return (f"clips with fewer than {PMR_MIN_FRAMES} frames at 1 fps are topped up to {PMR_MIN_FRAMES} at "
-                f"extraction with evenly spaced frames (PMR: random ones); then " + at_load)
+        return (f"clips with fewer than {PMR_MIN_FRAMES} kept frames are topped up to {PMR_MIN_FRAMES} at extraction "
+                f"with evenly spaced frames (PMR: random ones); then " + at_load)
     return "none at prepare time; " + at_load
+
+
+def second_boundaries(settings: HParams) -> str:
+    """The manifest's account of where a video's seconds start, which the extraction rule decides."""
+    if settings.visual == "video" and settings.extraction == MID_OF_SECOND:
+        return "the exact average frame rate: second i's frame is round((i + 0.5) * fps) - 1, as AV_preprocess_tool"
+    return "int(average frame rate) decoded frames, as OGM-GE's int(CAP_PROP_FPS)"
 
 
 def recorded_extraction(manifest: Mapping[str, Any]) -> str:
@@ -408,7 +415,7 @@ class AVCacheDataset(PreparedDataset):
             "served_audio_shape": list(pipeline.served_shape()),
             "visual": {**cls._visual_options(settings), "extraction": extraction_record(settings),
                        "frame_order": "natural numeric sort of frame file names (folders); decode order (videos)",
-                       "second_boundaries": "int(average frame rate) decoded frames, as OGM-GE's int(CAP_PROP_FPS)"},
+                       "second_boundaries": second_boundaries(settings)},
             "layout": settings.layout,
             "policies": {"min_frames": settings.min_frames, "min_frames_from": settings.min_frames_from,
                          "segment": SEGMENTS[settings.segment],

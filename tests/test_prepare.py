@@ -932,6 +932,7 @@ def test_cremad_pmr_tops_up_the_videos_of_2_frames_to_3(tmp_path):
     assert m["visual"]["extraction"]["name"] == "frames_1fps_min3" and "min_save_frame=3" in \
         m["visual"]["extraction"]["follows"]
     assert "topped up to 3 at extraction with evenly spaced frames" in m["policies"]["frame_top_up"]
+    assert m["visual"]["second_boundaries"].startswith("int(average frame rate)")
     assert any("unseeded np.random.randint" in d for d in m["deviations"])
     CremaD.build(resolve("data", CremaD.HPARAMS, "cremad", {"cache": str(path), "frames": 3}))
 
@@ -979,6 +980,7 @@ def test_kinetics_sounds_bml_stores_the_bml_spectrogram_and_the_middle_frame_of_
     assert m["audio"]["name"] == "bml_stft10s_44k" and m["audio"]["repeat"] == "last_second"
     assert m["visual"]["extraction"]["name"] == "frames_hdf5_mid" and "int(duration * fps) + 1" in " ".join(
         m["deviations"])
+    assert "round((i + 0.5) * fps) - 1" in m["visual"]["second_boundaries"]
     data = KineticsSounds.build(resolve("data", KineticsSounds.HPARAMS, "kinetics_sounds", {"cache": str(path)}))
     assert data.task.modalities[0].shape == (1, 257, 1003)
 

@@ -224,6 +224,28 @@ def _stack(frames: Sequence[np.ndarray], size: tuple[int, int] | None) -> np.nda
     return np.stack(frames) if frames else np.zeros((0, *(size or (0, 0)), 3), dtype=np.uint8)
 
 
+def _middle_of_each_second(path: Path, size: tuple[int, int] | None) -> tuple[np.ndarray, dict]:
+    """``frames_hdf5_mid``: one pass to count the frames, which the published positions depend on, one to keep them."""
+    _, rate, total, _ = _decode(path, size, lambda index, rate: False)
+    if not MID_RATES[0] <= rate <= MID_RATES[1]:
+        raise MediaError(path, "unsupported video", f"{MID_OF_SECOND} reproduces the published frames at "
+                                                    f"{MID_RATES[0]}-{MID_RATES[1]} fps only, not {float(rate):g}")
+    wanted = set(mid_second_indices(total, float(rate)))
+    kept, rate, count, source_size = _decode(path, size, lambda index, rate: index in wanted)
+    return _stack([kept[i] for i in sorted(kept)], size), {"fps": float(rate), "decoded": count,
+                                                           "source_size": source_size}
+
+
+def _top_up(path: Path, size: tuple[int, int] | None, kept: dict[int, np.ndarray], total: int) -> list[np.ndarray]:
+    """``frames_1fps_min3``: the kept frames plus the ``top_up_indices`` ones, in time order. A second pass reads the
+    added frames; only the few short clips that need them pay for it."""
+    extra = top_up_indices(total, sorted(kept), PMR_MIN_FRAMES)
+    # Frame 0, which a video of fewer than 3 frames repeats, is always kept already.
+    wanted = set(extra) - set(kept)
+    more, _, _, _ = _decode(path, size, lambda index, rate: index in wanted)
+    return [{**kept, **more}[i] for i in sorted([*kept, *extra])]
+
+
 def extract_frames(path: Path, size: tuple[int, int] | None, per_second: int = 1,
                    extraction: str = FIRST_OF_SECOND) -> tuple[np.ndarray, dict]:
     """Decode a video and keep the frames the ``extraction`` rule chooses, in time order: by default ``per_second``
@@ -235,7 +257,8 @@ def extract_frames(path: Path, size: tuple[int, int] | None, per_second: int = 1
         resizing, or None when none was kept}).
 
     Raises:
-        MediaError: unreadable container, no video stream, or unknown frame rate.
+        MediaError: unreadable container, no video stream, unknown frame rate (or one ``frames_hdf5_mid`` cannot
+            reproduce).
         ValueError: ``frames_hdf5_mid`` with ``per_second`` other than 1 (the published rule has one frame per
             second).
         KeyError: an unknown rule.
@@ -245,24 +268,10 @@ def extract_frames(path: Path, size: tuple[int, int] | None, per_second: int = 1
     if extraction == MID_OF_SECOND:
         if per_second != 1:
             raise ValueError(f"{MID_OF_SECOND} keeps one frame per second; got per_second {per_second}")
-        _, rate, total, _ = _decode(path, size, lambda index, rate: False)
-        if not MID_RATES[0] <= rate <= MID_RATES[1]:
-            raise MediaError(path, "unsupported video", f"{MID_OF_SECOND} reproduces the published frames at "
-                                                        f"{MID_RATES[0]}-{MID_RATES[1]} fps only, not {float(rate):g}")
-        wanted = set(mid_second_indices(total, float(rate)))
-        kept, rate, count, source_size = _decode(path, size, lambda index, rate: index in wanted)
-        info = {"fps": float(rate), "decoded": count, "source_size": source_size}
-        return _stack([kept[i] for i in sorted(kept)], size), info
+        return _middle_of_each_second(path, size)
     kept, rate, count, source_size = _decode(
         path, size, lambda index, rate: kept_frame(index % int(rate), int(rate), per_second))
-    order = sorted(kept)
     # A video that decodes to no frame has nothing to top up with (PMR's own read fails on it): min_frames drops it.
-    if extraction == PMR_TOP_UP and 0 < len(kept) < PMR_MIN_FRAMES:
-        extra = top_up_indices(count, order, PMR_MIN_FRAMES)
-        # A second pass for the few short clips that need one; frame 0, which a short video repeats, is kept already.
-        wanted = set(extra) - set(kept)
-        more, _, _, _ = _decode(path, size, lambda index, rate: index in wanted)
-        kept.update(more)
-        order = sorted(order + extra)
-    info = {"fps": int(rate), "decoded": count, "source_size": source_size}
-    return _stack([kept[i] for i in order], size), info
+    frames = _top_up(path, size, kept, count) if extraction == PMR_TOP_UP and 0 < len(kept) < PMR_MIN_FRAMES else \
+        [kept[i] for i in sorted(kept)]
+    return _stack(frames, size), {"fps": int(rate), "decoded": count, "source_size": source_size}
