@@ -159,7 +159,10 @@ def av_hparams(*, recipes: Sequence[str], recipe: str, recipe_doc: str, frames: 
                                          "variant, its training draws capped at frame 9; 'first_k' = the first T (what "
                                          "OGM-GE/AUG do on a listing, made deterministic by sorting); 'random_k' = "
                                          "T distinct random frames in clip order for training, the first T for "
-                                         "evaluation (IPRM).",
+                                         "evaluation (IPRM); 'bml_ks' = stored frames n-1, (n-1)//2 - 1 and n-2 "
+                                         "(wrapping), in that order, for training and evaluation, T = 3 only (GitHub "
+                                         "GeWu-Lab/BML_TPAMI2024 code/dataset/KS.py with its loader.py's hdf5 "
+                                         "indexing).",
                choices=FRAME_RULES),
     )
     return cache_hparams(recipes=recipes, recipe=recipe, recipe_doc=recipe_doc, serving=serving) + (

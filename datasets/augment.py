@@ -58,7 +58,9 @@ frame 1 for clips of at most 6 frames; training draws never beyond frame 9); cli
 frames instead of failing; ``first_k`` takes frames 0..T-1 of the sorted list
 (what OGM-GE/AUG/AMSS effectively do once their unused random index is ignored,
 docs/datasets/pitfalls.md#unsorted-listing), repeating the last frame of short clips; ``random_k`` takes T distinct
-random frames in clip order for training and the first T for evaluation (IPRM's CREMA-D loader).
+random frames in clip order for training and the first T for evaluation (IPRM's CREMA-D loader); ``bml_ks`` serves
+the 3 frames BML's Kinetics-Sounds loader reads, stored frames n-1, ((n-1)//2 - 1) mod n and (n-2) mod n in that
+order, for training and evaluation alike (``bml_ks_offsets``).
 """
 
 from __future__ import annotations
@@ -87,7 +89,9 @@ CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 CROP_ATTEMPTS = 10
 FLIP_PROB = 0.5
-FRAME_RULES = ("segments", "segments_ks", "first_k", "random_k")
+FRAME_RULES = ("segments", "segments_ks", "first_k", "random_k", "bml_ks")
+# ``bml_ks``: GeWu-Lab/BML_TPAMI2024 code/dataset/KS.py picks three frames of a clip, whatever else is configured.
+BML_KS_FRAMES = 3
 # ``segments_ks``: a clip of at most this many frames serves its first frame only; no training draw beyond frame 9
 # (1-based).
 KS_SHORT_CLIP_FRAMES = 6
@@ -115,6 +119,29 @@ def check_crop_scale(key: str, scale: Sequence[float]) -> None:
         raise HParamError(f"{key}={list(scale)} must be two area fractions 0 < low <= high <= 1")
 
 
+def check_frame_rule(rule: str, num_frames: int) -> None:
+    """A known rule serving T = ``num_frames`` frames, or an error naming the ``data.*`` keys."""
+    if rule not in FRAME_RULES:
+        raise HParamError(f"data.frame_rule={rule!r} is not one of {list(FRAME_RULES)}")
+    if rule == "bml_ks" and num_frames != BML_KS_FRAMES:
+        # The published loader defines only its three picks; any other T would be this project's invention.
+        raise HParamError(f"data.frame_rule=bml_ks serves the {BML_KS_FRAMES} frames BML's KS.py reads; set "
+                          f"data.frames={BML_KS_FRAMES} (got {num_frames}) or choose another data.frame_rule")
+
+
+def bml_ks_offsets(counts: torch.Tensor) -> torch.Tensor:
+    """(B, 3) offsets BML's KS loader reads from each clip's n stored frames, in its order, training and test alike.
+
+    GeWu-Lab/BML_TPAMI2024 code/dataset/KS.py (``KSDataset.__loading``) keeps ``clip[0]``, ``clip[int((n-1)/2)]``
+    and ``clip[n-1]``; its ``dataset/loader.py`` (``VideoLoaderHDF5``) builds ``clip[i]`` from hdf5 entry ``i - 1``,
+    which h5py reads as the last entry for i = 0, so every pick is one stored frame earlier, wrapping around: a
+    10-frame clip serves stored frames 9, 3 and 8.
+    """
+    n = counts[:, None]
+    picks = torch.cat([torch.zeros_like(n), (n - 1) // 2, n - 1], dim=1)
+    return torch.remainder(picks - 1, n)
+
+
 def frame_offsets(counts: torch.Tensor, num_frames: int, rule: str, train: bool,
                   generator: torch.Generator | None) -> torch.Tensor:
     """Offsets (B, T) into each clip's sorted frames.
@@ -127,10 +154,11 @@ def frame_offsets(counts: torch.Tensor, num_frames: int, rule: str, train: bool,
         generator: CPU generator for the training draws.
     """
     counts = counts.to(torch.int64).cpu()
-    if rule not in FRAME_RULES:
-        raise ValueError(f"unknown frame rule {rule!r}; valid: {FRAME_RULES}")
+    check_frame_rule(rule, num_frames)
     if bool((counts < 1).any()):
         raise ValueError("a clip with no frames reached the loader; prepare drops or rejects such clips")
+    if rule == "bml_ks":
+        return bml_ks_offsets(counts)
     steps = torch.arange(num_frames, dtype=torch.int64)[None]
     last = counts[:, None] - 1
     if rule == "first_k" or (rule == "random_k" and not train):
@@ -749,8 +777,7 @@ class AVAugment:
                  audio_frames: int = 0, audio: np.ndarray | None = None, resample: str = "pil",
                  resident: str = "none", eval_cache_frames: int = 0, compile_views: bool = False,
                  crop_scale: Sequence[float] = CROP_SCALE) -> None:
-        if frame_rule not in FRAME_RULES:
-            raise ValueError(f"unknown frame rule {frame_rule!r}; valid: {FRAME_RULES}")
+        check_frame_rule(frame_rule, num_frames)
         if resample not in RESAMPLE_MODES:
             raise ValueError(f"data.resample={resample!r} is not one of {RESAMPLE_MODES}")
         check_crop_scale("data.crop_scale", crop_scale)

@@ -225,6 +225,42 @@ def test_random_k_draws_distinct_frames_in_clip_order_uniformly_and_the_first_k_
     assert share.sum() == 1.0 and (share - 0.1).abs().max() < 0.02, share
 
 
+def published_bml_frames(n: int) -> list[int]:
+    """The stored frames BML's KS loader serves, written as its steps: GeWu-Lab/BML_TPAMI2024 dataset/loader.py
+    VideoLoaderHDF5 appends hdf5 entry ``i - 1`` for i in range(n) (h5py reads -1 as the last entry), then KS.py
+    keeps ``clip[0], clip[int((n-1)/2)], clip[n-1]``."""
+    stored = list(range(n))
+    clip = [stored[i - 1] for i in range(n)]
+    return [clip[0], clip[int((n - 1) / 2)], clip[n - 1]]
+
+
+def test_bml_ks_serves_the_frames_bml_reads_in_its_order_for_training_and_test():
+    counts = torch.arange(1, 25)
+    expected = [published_bml_frames(n) for n in counts.tolist()]
+    g = torch.Generator().manual_seed(0)
+    assert frame_offsets(counts, 3, "bml_ks", False, None).tolist() == expected
+    assert frame_offsets(counts, 3, "bml_ks", True, g).tolist() == expected
+    # the middle pick rounds down and the loader's shift wraps: not first/middle/last of the stored frames
+    assert expected[9] == [9, 3, 8] and expected[10] == [10, 4, 9]
+    assert expected[:3] == [[0, 0, 0], [1, 1, 0], [2, 0, 1]]
+
+
+def test_bml_ks_serves_its_frames_and_refuses_other_frame_counts(cache_path):
+    for t in (1, 2, 4):
+        with pytest.raises(ValueError, match=rf"data.frame_rule=bml_ks serves the 3 frames BML's KS.py reads; set "
+                                             rf"data.frames=3 \(got {t}\)"):
+            frame_offsets(torch.tensor([10]), t, "bml_ks", False, None)
+    with pytest.raises(ValueError, match=r"data.frames=3 \(got 2\)"):
+        bundle(cache_path, frames=2, frame_rule="bml_ks")
+    counts = open_cache(cache_path).index["frame_count"]
+    for train in (False, True):
+        loader = bundle(cache_path, frames=3, frame_rule="bml_ks").loader("train", batch_size=4, train=train, seed=0)
+        for batch in loader:
+            expected = [[second_level(f) for f in published_bml_frames(n)] for n in counts[batch["index"].numpy()]]
+            # training crops a random part of each uniform frame: its mean level stays the frame's
+            np.testing.assert_allclose(reds(batch["visual"]), expected, atol=5)
+
+
 def test_training_draws_each_segments_frame_independently():
     # 30 frames in 3 segments of 10: "a uniformly random frame of each" segment (datasets/augment.py) is one draw per
     # segment; one offset shared by the segments would serve frames t, t + 10, t + 20 of every clip.
