@@ -43,8 +43,6 @@ from datasets.media.video import (
     FIRST_OF_SECOND,
     INTERPOLATION,
     MID_OF_SECOND,
-    PMR_MIN_FRAMES,
-    PMR_TOP_UP,
     extract_frames,
     get_extraction,
     load_frame_folder,
@@ -245,9 +243,11 @@ def frame_top_up(settings: HParams) -> str:
     """The manifest's account of what happens to clips with few frames."""
     at_load = ("clips with fewer than T frames repeat frames at load (few_frame_clips counts the clips of 1 to 3 "
                "frames by frame count)")
-    if settings.visual == "video" and settings.extraction == PMR_TOP_UP:
-        return (f"clips with fewer than {PMR_MIN_FRAMES} kept frames are topped up to {PMR_MIN_FRAMES} at extraction "
-                f"with evenly spaced frames (PMR: random ones); then " + at_load)
+    minimum = get_extraction(settings.extraction).minimum
+    if settings.visual == "video" and minimum:
+        source = " of the event segment's seconds [Start, End)" if settings.segment == "event" else ""
+        return (f"clips with fewer than {minimum} kept frames are topped up to {minimum} at extraction with evenly "
+                f"spaced frames{source} (PMR: random ones); then " + at_load)
     return "none at prepare time; " + at_load
 
 
@@ -373,12 +373,15 @@ class AVCacheDataset(PreparedDataset):
         if not np.isfinite(half).all():
             raise MediaError(audio_path, "corrupt audio", "features overflow float16")
         size = tuple(settings.frame_size)
-        clip, info = load_frame_folder(visual_path, size) if settings.visual == "frames" else \
-            extract_frames(visual_path, size, settings.per_second, settings.extraction)
-        if segment is not None:
-            # The frames of seconds Start..End, both included (PMR video2frame_update_SE: start_t <= n <= end_t).
-            second = np.arange(len(clip)) // settings.per_second
-            clip = clip[(second >= segment[0]) & (second <= segment[1])]
+        if settings.visual == "frames":
+            clip, info = load_frame_folder(visual_path, size)
+            if segment is not None:
+                # The frames of seconds Start..End, both included (PMR video2frame_update_SE: start_t <= n <= end_t).
+                second = np.arange(len(clip)) // settings.per_second
+                clip = clip[(second >= segment[0]) & (second <= segment[1])]
+        else:
+            # The extraction cuts the segment itself: a rule that tops a clip up draws from the segment's frames.
+            clip, info = extract_frames(visual_path, size, settings.per_second, settings.extraction, segment)
         source = info["source_size"]
         if len(clip) < settings.min_frames:
             raise MediaError(visual_path, "too few frames", f"{len(clip)} frame(s) at {settings.per_second} fps, "

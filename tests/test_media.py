@@ -27,6 +27,7 @@ from datasets.media.video import (
     load_frame_folder,
     mid_second_indices,
     top_up_indices,
+    top_up_span,
 )
 from tests.media_fixtures import (
     FRAME_NAMINGS,
@@ -583,8 +584,10 @@ def test_hdf5_mid_extraction_refuses_what_it_cannot_reproduce(tmp_path):
     with pytest.raises(MediaError, match=r"slow.mp4: frames_hdf5_mid .* 2-100 fps only, not 1") as err:
         extract_frames(path, None, extraction="frames_hdf5_mid")
     assert err.value.kind == "unsupported video"
-    with pytest.raises(ValueError, match="one frame per second; got per_second 2"):
+    with pytest.raises(ValueError, match="one frame of every second of the whole clip; got per_second 2"):
         extract_frames(path, None, per_second=2, extraction="frames_hdf5_mid")
+    with pytest.raises(ValueError, match=r"whole clip; got per_second 1, seconds \(2, 4\)"):
+        extract_frames(path, None, extraction="frames_hdf5_mid", seconds=(2, 4))
     with pytest.raises(KeyError, match="unknown frame extraction 'frames_random'"):
         extract_frames(path, None, extraction="frames_random")
     bad = tmp_path / "bad.mp4"
@@ -602,6 +605,42 @@ def test_hdf5_mid_extraction_refuses_what_it_cannot_reproduce(tmp_path):
 ])
 def test_top_up_indices_are_evenly_spaced_over_the_free_frames(total, kept, expected):
     assert top_up_indices(total, kept, 3) == expected
+
+
+@pytest.mark.parametrize("total, kept, span, expected", [
+    # a 1 s AVE event [2, 3] at 25 fps keeps frames 50 and 75; 8 more from second 2's 24 free frames, 51-74
+    (250, [50, 75], range(50, 75), [52, 55, 58, 61, 64, 67, 70, 73]),
+    (45, [40], range(40, 45), [41, 42, 43, 44]),  # fewer free frames than missing: all of them, none twice
+    (30, [0], range(0, 1), []),  # nothing free in the segment
+    (8, [2], range(2, 4), [0] * 9),  # a video of fewer than 10 frames: frame 0 of the video, as PMR saves it
+])
+def test_top_up_indices_within_a_segment(total, kept, span, expected):
+    assert top_up_indices(total, kept, 10, span) == expected
+
+
+def test_top_up_span_is_the_segments_seconds_start_to_end_excluded():
+    # PMR video2frame_update_SE: randint(start_t * fps, end_t * fps)
+    assert top_up_span(250, 25, (2, 3)) == range(50, 75)
+    assert top_up_span(250, 25, (0, 10)) == range(0, 250)
+    assert top_up_span(250, 25, (3, 3)) == range(75, 100), "Start == End: second Start, as its audio"
+    assert top_up_span(240, 25, (9, 10)) == range(225, 240), "only the frames the video has"
+    assert top_up_span(250, 25, None) is None
+
+
+def test_pmr_ave_extraction_keeps_the_segments_seconds_and_tops_up_to_10_from_them(tmp_path):
+    path = tmp_path / "clip.mp4"
+    decoded = write_counting_video(path, 10, 45)
+    # seconds 1..2 keep frames 10 and 20; 8 of the 9 free frames of [10, 20), evenly spaced, all but 15
+    frames, info = extract_frames(path, None, extraction="frames_1fps_min10", seconds=(1, 2))
+    np.testing.assert_array_equal(frames, decoded[[10, 11, 12, 13, 14, 16, 17, 18, 19, 20]])
+    assert info == {"fps": 10, "decoded": 45, "source_size": (16, 16)}
+    np.testing.assert_array_equal(extract_frames(path, None, seconds=(1, 2))[0], decoded[[10, 20]])
+    # whole clip (video2frame_update(min_save_frame=10)): 0, 10, ..., 40 and 5 of the 40 others
+    whole, _ = extract_frames(path, None, extraction="frames_1fps_min10")
+    np.testing.assert_array_equal(whole, decoded[[0, 5, 10, 14, 20, 23, 30, 32, 40, 41]])
+    # the segment cut is per second of int(fps) frames, the top-up never leaves the segment
+    tail, _ = extract_frames(path, None, extraction="frames_1fps_min10", seconds=(4, 9))
+    np.testing.assert_array_equal(tail, decoded[40:45])
 
 
 @pytest.mark.parametrize("n, kept", [(13, [0, 6, 10]), (2, [0, 0, 0]), (25, [0, 10, 20]), (35, [0, 10, 20, 30])])

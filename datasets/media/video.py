@@ -8,12 +8,15 @@ published loop's ``CAP_PROP_FRAME_COUNT`` bound is not trusted. The published sc
 and the loaders read it back; here the decoded frame goes straight to storage (no JPEG round trip, a declared
 deviation).
 
-Two other extraction rules (``EXTRACTIONS``) choose other frames of the decoded video:
+Other extraction rules (``EXTRACTIONS``) choose other frames of the decoded video:
 
 - ``frames_1fps_min3`` (PMR, GitHub: fanyunfeng-bit/Modal-Imbalance-PMR, ``data/CREMAD/video_preprocessing.py``,
   ``video2frame_update(min_save_frame=3)``): as ``frames_1fps``, then a clip with fewer than 3 kept frames gets extra
   ones. PMR draws them at random (``np.random.randint``, unseeded); here they are evenly spaced over the frames not
   kept (``top_up_indices``), so that a rebuild gives the same cache.
+- ``frames_1fps_min10`` (PMR's AVE, ``data/AVE/video_preprocessing.py``, ``video2frame_update_SE(min_save_frame=10)``):
+  the same with 10 frames; on an event segment (``seconds``) the extra frames come from the segment's seconds
+  [Start, End) (``top_up_span``), as PMR draws them.
 - ``frames_hdf5_mid`` (BML's hdf5 frames, GitHub: GeWu-Lab/AV_preprocess_tool, ``video_2_frame.py``,
   ``extract_frames``): the middle frame of each second (``mid_second_indices``). It needs the clip's frame count before
   choosing, so the video is decoded twice.
@@ -116,19 +119,25 @@ class Extraction:
         name: registry key.
         follows: the published extraction reproduced.
         deviation: what differs from it, and why ("" = nothing beyond the shared JPEG round trip).
+        minimum: frames a clip with fewer kept frames is topped up to (0 = none).
     """
 
     name: str
     follows: str
     deviation: str = ""
+    minimum: int = 0
 
 
 FIRST_OF_SECOND = "frames_1fps"
 PMR_TOP_UP = "frames_1fps_min3"
+PMR_AVE_TOP_UP = "frames_1fps_min10"
 MID_OF_SECOND = "frames_hdf5_mid"
 # PMR's extractImage calls video2frame_update(..., min_save_frame=3) (data/CREMAD/video_preprocessing.py): its loader
 # draws num_frame = 3 frames without replacement (dataset/CramedDataset.py), which fails on fewer.
 PMR_MIN_FRAMES = 3
+# PMR's AVE extractImage_SE calls video2frame_update_SE(..., min_save_frame=10) (data/AVE/video_preprocessing.py); its
+# AVE loader (dataset/AVEDataset.py) reads the first num_frame files of the folder, which fails on fewer.
+PMR_AVE_MIN_FRAMES = 10
 # Frame rates at which the published hdf5 extraction reads the frames it computes: below 2 fps the first position
 # rounds to 0 and moviepy's reader restarts, shifting every later frame; above 100 fps a jump of over 100 frames
 # restarts the reader at frame 1 (video_2_frame.py read_frame calls reader.initialize() without a start time).
@@ -140,7 +149,16 @@ EXTRACTIONS = {e.name: e for e in (
                            "video2frame_update(min_save_frame=3): the first frame of every second, then clips with "
                            "fewer than 3 are topped up to 3",
                "the top-up frames are evenly spaced over the frames not kept (PMR draws them with an unseeded "
-               "np.random.randint, so its folders differ run to run)"),
+               "np.random.randint, so its folders differ run to run)", PMR_MIN_FRAMES),
+    Extraction(PMR_AVE_TOP_UP, "GitHub: fanyunfeng-bit/Modal-Imbalance-PMR, data/AVE/video_preprocessing.py, "
+                               "video2frame_update_SE(min_save_frame=10): the first frame of every second of the "
+                               "event segment's seconds Start..End, then segments with fewer than 10 are topped up to "
+                               "10 with frames of its seconds [Start, End) (video2frame_update(min_save_frame=10) on "
+                               "whole clips)",
+               "the top-up frames are evenly spaced over the frames not kept (PMR draws them with an unseeded "
+               "np.random.randint, so its folders differ run to run); a segment with Start == End tops up from "
+               "second Start, one past the video's end from the frames that exist (PMR's draw fails on both), and "
+               "one with fewer frames left than missing keeps them all (PMR's loop never ends)", PMR_AVE_MIN_FRAMES),
     Extraction(MID_OF_SECOND, "GitHub: GeWu-Lab/AV_preprocess_tool, video_2_frame.py, extract_frames (fps_count 1): "
                               "the middle frame of each second, round(total / fps) seconds; read as <id>.hdf5 by "
                               "GitHub: GeWu-Lab/BML_TPAMI2024, code/dataset/KS.py",
@@ -168,11 +186,13 @@ def mid_second_indices(total: int, fps: float) -> list[int]:
     return [round((0.5 + i) * fps) - 1 for i in range(round(total / fps))]
 
 
-def top_up_indices(total: int, kept: Sequence[int], minimum: int) -> list[int]:
+def top_up_indices(total: int, kept: Sequence[int], minimum: int, span: range | None = None) -> list[int]:
     """The frame indices added to a clip of ``total`` frames whose kept frames (``kept``) are fewer than ``minimum``.
 
-    They are the middle frames of equal runs of the frames not kept (PMR draws them at random). A video of fewer than
-    ``minimum`` frames gets frame 0 repeated, as PMR saves frame 0 under the missing names.
+    They are the middle frames of equal runs of the frames of ``span`` (default: the whole video) not kept; PMR draws
+    them at random. A span with no more free frames than missing gives all of them (PMR draws distinct frames until
+    it has enough, which never ends there). A video of fewer than ``minimum`` frames gets frame 0 repeated, as PMR
+    saves frame 0 under the missing names.
     """
     need = minimum - len(kept)
     if need <= 0:
@@ -180,8 +200,26 @@ def top_up_indices(total: int, kept: Sequence[int], minimum: int) -> list[int]:
     if total < minimum:
         return [0] * need
     taken = set(kept)
-    free = [i for i in range(total) if i not in taken]
+    free = [i for i in (range(total) if span is None else span) if i not in taken]
+    if len(free) <= need:
+        return free
     return [free[(2 * j + 1) * len(free) // (2 * need)] for j in range(need)]
+
+
+def top_up_span(total: int, fps: int, seconds: tuple[int, int] | None) -> range | None:
+    """The frames a clip is topped up from: the whole video (None), or an event segment's seconds [Start, End), as
+    PMR's video2frame_update_SE draws ``randint(start_t * fps, end_t * fps)``; Start == End, where that draw fails,
+    takes second Start (as the audio of such a segment), and frames past the video's end do not exist."""
+    if seconds is None:
+        return None
+    start, end = seconds
+    return range(start * fps, min(max(end, start + 1) * fps, total))
+
+
+def _in_seconds(second: int, seconds: tuple[int, int] | None) -> bool:
+    """Whether a frame of ``second`` belongs to the event segment ``seconds`` (Start..End, both included, as PMR's
+    video2frame_update_SE ``start_t <= num_count <= end_t``), or to the whole clip (None)."""
+    return seconds is None or seconds[0] <= second <= seconds[1]
 
 
 def _decode(path: Path, size: tuple[int, int] | None, keep: Callable[[int, Fraction], bool]
@@ -236,20 +274,22 @@ def _middle_of_each_second(path: Path, size: tuple[int, int] | None) -> tuple[np
                                                            "source_size": source_size}
 
 
-def _top_up(path: Path, size: tuple[int, int] | None, kept: dict[int, np.ndarray], total: int) -> list[np.ndarray]:
-    """``frames_1fps_min3``: the kept frames plus the ``top_up_indices`` ones, in time order. A second pass reads the
-    added frames; only the few short clips that need them pay for it."""
-    extra = top_up_indices(total, sorted(kept), PMR_MIN_FRAMES)
-    # Frame 0, which a video of fewer than 3 frames repeats, is always kept already.
+def _top_up(path: Path, size: tuple[int, int] | None, kept: dict[int, np.ndarray], total: int, minimum: int,
+            span: range | None) -> list[np.ndarray]:
+    """The kept frames plus the ``top_up_indices`` ones, in time order. A second pass reads the added frames; only
+    the short clips that need them pay for it."""
+    extra = top_up_indices(total, sorted(kept), minimum, span)
     wanted = set(extra) - set(kept)
     more, _, _, _ = _decode(path, size, lambda index, rate: index in wanted)
     return [{**kept, **more}[i] for i in sorted([*kept, *extra])]
 
 
 def extract_frames(path: Path, size: tuple[int, int] | None, per_second: int = 1,
-                   extraction: str = FIRST_OF_SECOND) -> tuple[np.ndarray, dict]:
+                   extraction: str = FIRST_OF_SECOND, seconds: tuple[int, int] | None = None
+                   ) -> tuple[np.ndarray, dict]:
     """Decode a video and keep the frames the ``extraction`` rule chooses, in time order: by default ``per_second``
-    frames of every second (1 = the first frame of each second).
+    frames of every second (1 = the first frame of each second); with ``seconds`` (an event segment, Start..End),
+    only those of seconds Start to End, both included.
 
     Returns:
         (uint8 ``(n, H, W, 3)``, {"fps": the frame rate the rule used (int(fps) for second boundaries, the exact rate
@@ -260,18 +300,20 @@ def extract_frames(path: Path, size: tuple[int, int] | None, per_second: int = 1
         MediaError: unreadable container, no video stream, unknown frame rate (or one ``frames_hdf5_mid`` cannot
             reproduce).
         ValueError: ``frames_hdf5_mid`` with ``per_second`` other than 1 (the published rule has one frame per
-            second).
+            second) or with ``seconds`` (it stores whole clips).
         KeyError: an unknown rule.
     """
     path = Path(path)
-    get_extraction(extraction)
+    minimum = get_extraction(extraction).minimum
     if extraction == MID_OF_SECOND:
-        if per_second != 1:
-            raise ValueError(f"{MID_OF_SECOND} keeps one frame per second; got per_second {per_second}")
+        if per_second != 1 or seconds is not None:
+            raise ValueError(f"{MID_OF_SECOND} keeps one frame of every second of the whole clip; got per_second "
+                             f"{per_second}, seconds {seconds}")
         return _middle_of_each_second(path, size)
     kept, rate, count, source_size = _decode(
-        path, size, lambda index, rate: kept_frame(index % int(rate), int(rate), per_second))
-    # A video that decodes to no frame has nothing to top up with (PMR's own read fails on it): min_frames drops it.
-    frames = _top_up(path, size, kept, count) if extraction == PMR_TOP_UP and 0 < len(kept) < PMR_MIN_FRAMES else \
-        [kept[i] for i in sorted(kept)]
+        path, size, lambda index, rate: kept_frame(index % int(rate), int(rate), per_second)
+        and _in_seconds(index // int(rate), seconds))
+    # A clip with no kept frame has nothing to top up with (PMR's own read fails on it): min_frames drops it.
+    frames = _top_up(path, size, kept, count, minimum, top_up_span(count, int(rate), seconds)) \
+        if 0 < len(kept) < minimum else [kept[i] for i in sorted(kept)]
     return _stack(frames, size), {"fps": int(rate), "decoded": count, "source_size": source_size}
