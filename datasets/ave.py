@@ -11,8 +11,8 @@ Split files (docs/datasets/README.md#pinned-split-files): PMR's ``trainSet.txt``
 the validation split. Recipe ``pmr`` (the default) stores each row's event segment, as the PMR and AMSS loaders read
 it (``Audio-1004-SE``, ``Image-01-FPS-SE``, made by PMR ``data/AVE/video_preprocessing.py``): the audio of seconds
 [Start, End) tiled to 10 s, the 1-fps frames of seconds Start..End (1,108 train, 144 val and 141 test rows have a
-segment shorter than the clip). PMR then tops a segment up to 10 frames with random frames of it (unseeded); here a
-clip with fewer than T frames repeats frames at load. The ``ogm`` and ``fbank`` recipes store the whole clip.
+segment shorter than the clip), topped up to 10 frames of seconds [Start, End) (``frames_1fps_min10``: evenly spaced,
+where PMR's are random and unseeded). The ``ogm`` and ``fbank`` recipes store the whole clip.
 
 Label map: first appearance in ``testSet.txt`` (PMR and AMSS loaders), declared in ``CLASSES`` and checked against
 the file. Duplicates: 27 ids repeat in ``trainSet.txt`` and 1 in ``valSet.txt``, always with different labels;
@@ -35,8 +35,12 @@ from datasets.splits import ave_segment, duplicate_ids, first_appearance, parse_
 from datasets.tables import PrepareError, PrepareOptions, Sample, SplitTables
 
 RECIPES = {
-    "pmr": Recipe("PMR/AMSS AVE (Audio-1004-SE, Image-01-FPS-SE): each row's event segment; 16 kHz, tiled to 10 s, "
-                  "scipy spectrogram, log, z-score -> 257x1004", {"audio": "pmr_spec10s", "segment": "event"}),
+    # PMR extracts Image-01-FPS-SE with video2frame_update_SE(min_save_frame=10) (data/AVE/video_preprocessing.py):
+    # segments of fewer than 10 frames at 1 fps (the 1 s events keep 2) get random frames of the segment;
+    # frames_1fps_min10 takes evenly spaced ones instead.
+    "pmr": Recipe("PMR/AMSS AVE (Audio-1004-SE, Image-01-FPS-SE): each row's event segment, its frames topped up to "
+                  "10; 16 kHz, tiled to 10 s, scipy spectrogram, log, z-score -> 257x1004",
+                  {"audio": "pmr_spec10s", "segment": "event", "extraction": "frames_1fps_min10"}),
     "ogm": Recipe("OGM-GE-style STFT: 22.05 kHz, 3 s, STFT 512/353, log -> 257x188", {"audio": "ogm_stft3s"}),
     "fbank": Recipe("Kaldi fbank 1024x128 (needs the [audio] extra)", {"audio": "kaldi_fbank1024"}),
 }

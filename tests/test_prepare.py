@@ -658,7 +658,8 @@ def test_ave_audio_from_the_mp4_first_appearance_labels_and_duplicates(tmp_path)
 
 
 def test_ave_pmr_recipe_stores_each_rows_event_segment_and_ogm_the_whole_clip(tmp_path):
-    # PMR and AMSS read Audio-1004-SE / Image-01-FPS-SE: audio of seconds [Start, End) tiled, frames of Start..End.
+    # PMR and AMSS read Audio-1004-SE / Image-01-FPS-SE: audio of seconds [Start, End) tiled, frames of Start..End,
+    # topped up to 10 from the frames of seconds [Start, End) (at the fixture's 2 fps: the second frame of each).
     tree = make_ave(tmp_path / "raw", AVE.CLASSES, seconds=6.0, train_dup=False)
     test = tree.splits_dir / "testSet.txt"
     lines = test.read_text().splitlines()
@@ -674,10 +675,10 @@ def test_ave_pmr_recipe_stores_each_rows_event_segment_and_ogm_the_whole_clip(tm
                                                                  "start_equals_end_read_as_one_second": 1}
     first, second = tree.ids("test")[:2]
     rows = {clip: int(np.flatnonzero(event.index["id"] == clip)[0]) for clip in (first, second)}
-    assert event.index["frame_count"][rows[first]] == 3 and event.index["frame_count"][rows[second]] == 1
+    assert event.index["frame_count"][rows[first]] == 5 and event.index["frame_count"][rows[second]] == 2
     start = event.starts["frames"][rows[first]]
-    reds = event.arrays["frames"][start:start + 3, :, :, 0].mean(axis=(1, 2))
-    np.testing.assert_allclose(reds, [second_level(k) for k in (2, 3, 4)], atol=4)  # uint8 levels through a codec
+    reds = event.arrays["frames"][start:start + 5, :, :, 0].mean(axis=(1, 2))
+    np.testing.assert_allclose(reds, [second_level(k) for k in (2, 2, 3, 3, 4)], atol=4)  # uint8 levels via a codec
     pipeline = audio_pipeline(event)
     path = tree.root / "AVE" / f"{first}.mp4"
     np.testing.assert_array_equal(event.arrays["audio"][rows[first]],
@@ -854,15 +855,16 @@ def test_a_misspelt_label_that_empties_its_class_is_reported_as_the_bad_row(tmp_
 
 
 def test_event_segment_at_two_frames_per_second_keeps_the_kept_frames_of_those_seconds(tmp_path):
-    # 2 fps: the kept frames of the whole seconds Start..End (2, 3, 4), two per second, and audio [2, 4) s
-    # (under 1 s of it in a 4.5 s clip cut at (4, 9) is reported short).
+    # 2 fps: the kept frames of the whole seconds Start..End (2, 3, 4), two per second, topped up to 10 with 4
+    # frames of seconds [2, 4) (23, 28, 33, 38 at 10 fps), and audio [2, 4) s (under 1 s of it in a 4.5 s clip cut at
+    # (4, 9) is reported short; its one kept frame, 40, gets the 4 frames after it, all the segment has).
     clip = "v0000000001"
     write_video(tmp_path / "AVE" / f"{clip}.mp4", 6.0, 10, 90, (24, 32), codec="mpeg4", audio_sr=16000)
     write_video(tmp_path / "AVE" / "short.mp4", 4.5, 10, 90, (24, 32), codec="mpeg4", audio_sr=16000)
     opts = PrepareOptions(frames_per_second=2, visual="video", frame_size=(12, 16))
     settings = AVE.resolve_settings("pmr", {}, opts, tmp_path)
     facts = []
-    for name, (start, end), frames in ((clip, (2, 4), 6), ("short", (4, 9), 1)):
+    for name, (start, end), frames in ((clip, (2, 4), 10), ("short", (4, 9), 5)):
         row = SplitRow(name, AVE.CLASSES[0], 1, (AVE.CLASSES[0], name, "good", str(start), str(end)))
         sample = Sample(name, "test", 0, AVE.CLASSES[0], "testSet.txt:1", "", row)
         media, extra = AVE.locate(tmp_path, sample, settings)
@@ -871,7 +873,7 @@ def test_event_segment_at_two_frames_per_second_keeps_the_kept_frames_of_those_s
         facts.append(fact)
         if name == clip:
             reds = arrays["frames"][..., 0].mean(axis=(1, 2))
-            np.testing.assert_allclose(reds, [second_level(k) for k in (2, 2, 3, 3, 4, 4)], atol=4)
+            np.testing.assert_allclose(reds, [second_level(k) for k in (2, 2, 2, 2, 3, 3, 3, 3, 4, 4)], atol=4)
     assert [f["short"] for f in facts] == [False, True]
     entries = AVE.manifest_entries(settings, facts, {"frames": 7})
     assert entries["counts"]["short_audio_clips"] == 1
@@ -959,6 +961,35 @@ def test_a_cremad_pmr_cache_of_videos_extracted_before_the_top_up_is_renamed_and
     manifest["visual"]["source"] = "frames"  # frame folders are read as extracted, whatever the recipe's rule
     (path / "manifest.json").write_text(json.dumps(manifest))
     CremaD.check_recipe_current(open_cache(path))
+
+
+def test_ave_pmr_records_its_10_frame_top_up_and_refuses_a_cache_extracted_before_it(tmp_path):
+    # 6 s at 2 fps, segment 0..10: frames 0, 2, ..., 10 kept, then 4 of the 6 others of the video's seconds 0-5.
+    tree = make_ave(tmp_path / "raw", AVE.CLASSES, seconds=6.0, train_dup=False)
+    opts = PrepareOptions(splits_dir=tree.splits_dir, frame_size=(12, 16), audio={"seconds": 1.0}, shard_size=64)
+    pmr = AVE.resolve_settings("pmr", {}, dataclasses.replace(opts, visual="video"), tree.root)
+    ogm = AVE.resolve_settings("ogm", {}, dataclasses.replace(opts, visual="video"), tree.root)
+    assert AVE.cache_options(pmr, ())["visual"] == {**AVE.cache_options(ogm, ())["visual"],
+                                                    "extraction": "frames_1fps_min10"}
+    path = prepare(AVE, tree.root, tmp_path / "cache", opts, log=quiet)
+    cache = open_cache(path)
+    assert cache.index["frame_count"].tolist() == [10] * len(cache)
+    m = cache.manifest
+    assert m["visual"]["extraction"]["name"] == "frames_1fps_min10"
+    assert "data/AVE/video_preprocessing.py, video2frame_update_SE(min_save_frame=10)" in \
+        m["visual"]["extraction"]["follows"]
+    assert m["policies"]["frame_top_up"].startswith("clips with fewer than 10 kept frames are topped up to 10 at "
+                                                    "extraction with evenly spaced frames of the event segment's "
+                                                    "seconds [Start, End) (PMR: random ones)")
+    assert any("unseeded np.random.randint" in d and "Start == End" in d for d in m["deviations"])
+    hp = resolve("data", AVE.HPARAMS, "ave", {"cache": str(path), "image_size": 8})
+    AVE.build(hp)
+    manifest = json.loads((path / "manifest.json").read_text())
+    del manifest["visual"]["extraction"]  # as written before the recipe topped segments up
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CacheError, match=r"its frames were chosen by 'frames_1fps', but recipe 'pmr' now extracts "
+                                         r"'frames_1fps_min10'; build the recipe's cache again"):
+        AVE.build(hp)
 
 
 def test_kinetics_sounds_bml_stores_the_bml_spectrogram_and_the_middle_frame_of_each_second(tmp_path):
