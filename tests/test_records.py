@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -300,3 +301,157 @@ def test_a_failing_offline_retry_names_the_way_out_of_offline(tmp_path, monkeypa
     with pytest.raises(UsageError, match=r"its offline run \(Error: disk full\); fix that, or train with --wandb "
                                          r"disabled;"):
         WandbSink("online", tmp_path, {}, "run-x", log=lambda line: None)
+
+
+def test_the_wandb_flag_wins_over_wandb_mode_and_a_bad_wandb_mode_is_named_as_such(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert resolve_wandb_mode("disabled") == "disabled", "--wandb wins over WANDB_MODE"
+    assert resolve_wandb_mode(None) == "online", "WANDB_MODE wins over the credentials check"
+    monkeypatch.setenv("WANDB_MODE", "dryrun")
+    with pytest.raises(ValueError, match=r"^WANDB_MODE 'dryrun' is not one of"):
+        resolve_wandb_mode(None)
+    assert resolve_wandb_mode("offline") == "offline", "a bad WANDB_MODE is not looked at under --wandb"
+
+
+def test_wandb_credentials_in_netrc_mean_online_and_other_hosts_do_not(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    (tmp_path / ".netrc").write_text("machine github.com\n  login me\n  password secret\n")
+    assert resolve_wandb_mode(None) == "offline", "another host's credentials are not W&B's"
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password key\n")
+    assert resolve_wandb_mode(None) == "online"
+
+
+def test_a_sink_starts_wandb_with_the_runs_settings_and_keeps_its_id_for_resume(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    from benchmarks.records import WandbSink
+
+    seen: list[dict] = []
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: seen.append(kwargs))
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    WandbSink("offline", tmp_path, {"train": {"lr": 0.1}}, "run-x", group="g", tags=["t"], log=lambda line: None)
+    run_id = (tmp_path / "wandb_id.txt").read_text()
+    assert len(run_id) == 12 and int(run_id, 16) >= 0
+    WandbSink("offline", tmp_path, {}, "run-x", log=lambda line: None)  # --resume: the same W&B run
+    first, again = seen
+    assert first["id"] == again["id"] == run_id and (tmp_path / "wandb_id.txt").read_text() == run_id
+    assert (first["mode"], first["resume"], first["reinit"]) == ("offline", "allow", "finish_previous")
+    assert (first["project"], first["dir"], first["name"], first["group"], first["tags"], first["config"]) == (
+        "augbench", str(tmp_path), "run-x", "g", ["t"], {"train": {"lr": 0.1}})
+    assert first["settings"].silent and first["settings"].console == "off"
+
+
+def test_a_disabled_sink_starts_nothing_and_writes_nothing(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    from benchmarks.records import WandbSink
+
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: pytest.fail("wandb.init under --wandb disabled"))
+    lines: list[str] = []
+    with WandbSink("disabled", tmp_path, {}, "run-x", log=lines.append) as sink:
+        sink.log_epoch({"epoch": 0, "loss": 1.0})
+        sink.log_summary({"epochs": 1})
+    assert sink.run is None and list(tmp_path.iterdir()) == [] and lines == []
+
+
+def test_an_offline_start_that_cannot_reach_wandbs_service_is_a_usage_error_not_a_second_fallback(tmp_path,
+                                                                                                   monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    from benchmarks.errors import UsageError
+    from benchmarks.records import WandbSink
+
+    modes = []
+
+    def init(**kwargs):
+        modes.append(kwargs["mode"])
+        raise wandb.errors.CommError("socket closed")
+
+    monkeypatch.setattr(wandb, "init", init)
+    monkeypatch.setattr(wandb, "teardown", lambda *args, **kwargs: modes.append("teardown"))
+    with pytest.raises(UsageError, match=r"its offline run \(CommError: socket closed\); fix that, or train with "
+                                         r"--wandb disabled;"):
+        WandbSink("offline", tmp_path, {}, "run-x", log=lambda line: None)
+    assert modes == ["offline"]
+
+
+class RecordingRun:
+    """A stand-in W&B run that keeps what the sink sends it."""
+
+    settings = SimpleNamespace(sync_dir="wandb/offline-run-x")
+
+    def __init__(self):
+        self.logged, self.summary, self.finished = [], {}, []
+
+    def log(self, data, step, commit):
+        self.logged.append((data, step, commit))
+
+    def finish(self, exit_code=None):
+        self.finished.append(exit_code)
+
+
+def sink_over(run, tmp_path, lines):
+    from benchmarks.records import WandbSink
+
+    sink = WandbSink("disabled", tmp_path, {}, "run-x", log=lines.append)
+    sink.mode, sink.run = "offline", run
+    return sink
+
+
+def test_the_sink_logs_each_epoch_flattened_at_its_step_and_the_summary_with_lists_as_json(tmp_path):
+    run, lines = RecordingRun(), []
+    sink = sink_over(run, tmp_path, lines)
+    sink.log_epoch({"epoch": 3, "test": {"acc": 0.5, "loss": None}, "lr": 0.1, "tags": ["x"]})
+    sink.log_history([{"epoch": 0, "lr": 1.0}, {"epoch": 1, "lr": 2.0}])
+    sink.log_summary({"best": {"acc": 0.6, "at": None}, "extensions": [1, 2], "shape": (3, 4)})
+    # commit=True: each row goes out at once, not held back until the next step arrives.
+    assert run.logged == [({"epoch": 3, "test/acc": 0.5, "test/loss": None, "lr": 0.1}, 3, True),
+                          ({"epoch": 0, "lr": 1.0}, 0, True), ({"epoch": 1, "lr": 2.0}, 1, True)]
+    assert run.summary == {"best/acc": 0.6, "best/at": None, "extensions": "[1, 2]", "shape": "[3, 4]"}
+    sink.finish()
+    sink.finish()
+    assert run.finished == [None], "closed once"
+    assert lines == ["W&B run saved offline; upload it with: wandb sync wandb/offline-run-x"]
+
+
+def test_a_failing_wandb_call_closes_the_run_as_failed_once_and_gives_no_upload_hint(tmp_path):
+    class LogFails(RecordingRun):
+        def log(self, data, step, commit):
+            raise ConnectionResetError("Connection lost")
+
+    class FinishFails(RecordingRun):
+        def finish(self, exit_code=None):
+            super().finish(exit_code)
+            raise OSError("disk full")
+
+    run, lines = LogFails(), []
+    sink = sink_over(run, tmp_path, lines)
+    sink.log_epoch({"epoch": 0})
+    sink.log_epoch({"epoch": 1})
+    sink.finish()
+    assert run.finished == [1] and sink.run is None
+    assert len(lines) == 1 and lines[0].startswith("W&B logging stopped (epoch 0: ConnectionResetError")
+    run, lines = FinishFails(), []
+    sink_over(run, tmp_path, lines).finish()
+    assert run.finished == [None, 1]
+    assert len(lines) == 1 and lines[0].startswith("W&B logging stopped (finish: OSError: disk full)")
+
+
+def test_a_training_run_sends_each_epoch_and_its_summary_to_wandb(tmp_path, monkeypatch):
+    import benchmarks.runner as runner
+    from benchmarks.records import WandbSink
+
+    runs: list[RecordingRun] = []
+
+    class Recorder(WandbSink):
+        def __init__(self, mode, run_dir, config, name, group=None, tags=None, log=print):
+            super().__init__("disabled", run_dir, config, name, log=log)
+            self.mode, self.run = "offline", RecordingRun()
+            runs.append(self.run)
+
+    monkeypatch.setattr(runner, "WandbSink", Recorder)
+    summary = train_run(build_config("joint", "synthetic", tiny_overrides()), tmp_path / "run", log=lambda line: None)
+    (run,) = runs
+    assert [step for _, step, _ in run.logged] == [0, 1] and run.finished == [None]
+    assert run.summary == flatten(summary, lists=True) and run.summary["epochs"] == 2
