@@ -333,6 +333,19 @@ def test_crop_positions_reach_every_offset_of_the_frame():
 def test_crop_falls_back_to_the_centre_when_no_attempt_fits():
     boxes = crop_boxes(50, 4, 100, torch.Generator().manual_seed(0))
     assert (boxes == torch.tensor([0, (100 - 5) // 2, 4, 5])).all(), "ratio clamped to 4/3: 4 x round(5.33)"
+    tall = crop_boxes(50, 100, 4, torch.Generator().manual_seed(0))
+    assert (tall == torch.tensor([(100 - 5) // 2, 0, 5, 4])).all(), "ratio clamped to 3/4: round(5.33) x 4"
+
+
+def test_crop_scale_bounds_the_area_from_above_and_a_drawn_box_may_span_a_whole_side():
+    h, w = 48, 64
+    top, left, bh, bw = crop_boxes(4000, h, w, torch.Generator().manual_seed(3), scale=(0.1, 0.3)).T
+    frac = (bh * bw).double() / (h * w)
+    assert frac.max() < 0.33 and frac.min() > 0.08, "rounded sides: a little over 0.3 at most"
+    # A box that fits may span one whole side of a square frame (torchvision accepts w <= W and h <= H), short of
+    # the fallback, which spans both.
+    top, left, bh, bw = crop_boxes(4000, 48, 48, torch.Generator().manual_seed(3)).T
+    assert ((bw == 48) & (bh < 48)).any() and ((bh == 48) & (bw < 48)).any()
 
 
 def test_resized_crop_matches_torchvision_resampling():
