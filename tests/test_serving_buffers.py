@@ -96,6 +96,17 @@ def test_pil_crop_float_branch_used_on_cuda_is_within_one_level_of_the_integer_k
     assert (integer.int() - floating.int()).abs().max() <= 1 and floating.dtype == torch.uint8
 
 
+def test_pil_crop_float_branch_is_the_float_filter_rounded_and_keeps_white_and_black_frames():
+    frames, boxes = frames_and_boxes("noise", n=6)
+    frames[0], frames[1] = 255, 0
+    floating = resized_crop_pil(frames, torch.arange(6), boxes, 20, integer=False)
+    assert bool((floating[0] == 255).all()) and bool((floating[1] == 0).all())
+    for i, (top, left, h, w) in enumerate(boxes.tolist()):
+        crop = frames[i, top:top + h, left:left + w].permute(2, 0, 1)[None].float()
+        ref = F.interpolate(crop, size=(20, 20), mode="bilinear", align_corners=False, antialias=True)[0]
+        assert torch.equal(floating[i], ref.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0))
+
+
 def test_cpu_crops_normalised_one_at_a_time_equal_the_batch_conversion():
     """Each crop converted and normalised on its own, straight into the served (B, 3, T, S, S) batch, is bit-identical
     to cropping the whole batch to uint8 and converting it at once (and the flips land on the same crops)."""
@@ -149,6 +160,30 @@ def test_cpu_audio_is_converted_row_by_row_to_the_exact_float_of_the_cached_rows
     assert torch.equal(serve(), torch.from_numpy(audio[rows.numpy(), :, :3]).float()[:, None])
 
 
+def test_served_views_are_torchvisions_imagenet_normalisation_of_the_image_in_0_1():
+    from torchvision.transforms import functional as TF
+
+    images = torch.randint(0, 256, (2, 3, 4, 5), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    # The published transforms: ToTensor (x / 255), then Normalize with the ImageNet statistics.
+    ref = TF.normalize(images.float() / 255, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    torch.testing.assert_close(augment.normalize(images.float()), ref, atol=1e-5, rtol=0)
+    clips = normalize_into(torch.empty(2, 3, 1, 4, 5), images[:, :, None])
+    torch.testing.assert_close(clips, ref[:, :, None], atol=1e-5, rtol=0)
+
+
+def test_training_views_are_flipped_with_probability_one_half():
+    # Columns brighten left to right, so any crop of a frame rises across the served view unless it was mirrored.
+    ramp = (torch.arange(32, dtype=torch.uint8) * 8).view(1, 1, 32, 1).expand(1, 32, 32, 3).contiguous()
+    aug = AVAugment(ramp.numpy(), num_frames=1, image_size=8, frame_rule="first_k")
+    n = 400
+    batch = {"audio": torch.zeros(n, 1, 2, 2, dtype=torch.float16), "label": torch.zeros(n, dtype=torch.int64),
+             "_frame_start": torch.zeros(n, dtype=torch.int64), "_frame_count": torch.ones(n, dtype=torch.int64)}
+    visual = aug(batch, torch.Generator().manual_seed(0), True)["visual"][:, 0, 0]
+    left, right = visual[..., 0].mean(-1), visual[..., -1].mean(-1)
+    assert bool(((left < right) | (left > right)).all()), "every view rises or falls across"
+    assert 0.42 < (left > right).double().mean() < 0.58
+
+
 # --- reused buffers ---------------------------------------------------------------------------------------------
 
 def test_ring_reuses_a_buffer_only_once_nothing_holds_it():
@@ -164,6 +199,41 @@ def test_ring_reuses_a_buffer_only_once_nothing_holds_it():
     del view, second
     assert ring.get("x", (4, 3), torch.float32, torch.device("cpu")).data_ptr() == ptr
     assert ring.get("x", (5, 3), torch.float32, torch.device("cpu")).shape == (5, 3)
+
+
+def test_a_reused_buffer_is_busy_again_while_its_new_batch_is_held():
+    ring = BufferRing()
+    cpu = torch.device("cpu")
+    first = ring.get("x", (4,), torch.float32, cpu)
+    ptr = first.data_ptr()
+    del first
+    again = ring.get("x", (4,), torch.float32, cpu)
+    assert again.data_ptr() == ptr
+    assert ring.get("x", (4,), torch.float32, cpu).data_ptr() != ptr, "the reused buffer is held again"
+    del again
+    assert ring.get("x", (4,), torch.float32, cpu).data_ptr() == ptr
+
+
+def test_ring_keeps_the_newest_depth_buffers_per_key_and_the_newest_keys():
+    cpu = torch.device("cpu")
+    ring = BufferRing(depth=2)
+    a, b, c = (ring.get("x", (2,), torch.float32, cpu) for _ in range(3))
+    assert ring.allocations == 3
+    del a
+    held = ring.get("x", (2,), torch.float32, cpu)
+    assert ring.allocations == 4, "the oldest buffer was forgotten once a third was made"
+    del b, held
+    ring.get("x", (2,), torch.float32, cpu)
+    assert ring.allocations == 4, "the second one is kept"
+    ring = BufferRing(keys=2)
+    for name in ("x", "y", "z"):
+        ring.get(name, (2,), torch.float32, cpu)
+    ring.get("z", (2,), torch.float32, cpu)
+    assert ring.allocations == 3
+    ring.get("x", (2,), torch.float32, cpu)
+    assert ring.allocations == 4, "the least recently used key was forgotten"
+    ring.get("z", (2,), torch.float32, cpu)
+    assert ring.allocations == 4, "asking for x again forgot y, not z (used after y)"
 
 
 def test_ring_waits_for_a_pending_copy_before_reusing_a_buffer():
