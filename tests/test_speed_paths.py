@@ -149,6 +149,13 @@ def crops_by(resample: str, frames: torch.Tensor, boxes: torch.Tensor) -> torch.
     return crop(frames.permute(0, 3, 1, 2).float(), boxes, SIZE)
 
 
+def test_frames_are_read_in_the_order_asked_for():
+    frames = torch.randint(0, 256, (5, 4, 6, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(8))
+    aug = AVAugment(frames.numpy(), num_frames=1, image_size=SIZE)
+    for index in ([3, 0, 2], [2, 0, 2], [0, 1, 4]):
+        assert torch.equal(aug.read_frames(np.array(index), torch.device("cpu")), frames[index]), index
+
+
 @pytest.mark.parametrize("resample", ["pil", "fast", "exact"])
 def test_training_view_is_the_drawn_crop_flipped_as_drawn_and_normalised(resample):
     frames = smooth_images(2, 24, 32, seed=3).permute(0, 2, 3, 1).round().to(torch.uint8)
@@ -190,6 +197,35 @@ def test_eval_views_are_computed_once_and_equal_the_uint8_resize(monkeypatch):
     # The uint8 kernel is the float antialiased resize rounded, as PIL rounds each resized frame.
     as_float = resize(frames.permute(0, 3, 1, 2).float(), SIZE).permute(0, 2, 3, 1)
     assert (resize_uint8(frames, SIZE).float() - as_float).abs().max() <= 1.01
+
+
+def test_eval_views_keep_at_most_the_frames_there_are_and_serve_unkept_repeats_in_order():
+    frames = torch.randint(0, 256, (10, 24, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(6))
+
+    def resized(rows):
+        return resize_uint8(frames[torch.from_numpy(rows)], SIZE).permute(0, 3, 1, 2)
+
+    roomy = EvalViews(frames.numpy(), SIZE, capacity=10**6)
+    assert torch.equal(roomy.take(np.arange(10)), resized(np.arange(10)))
+    assert roomy.used == 10 and roomy.table.shape[0] == 10, "the table is no larger than the frames"
+    none = EvalViews(frames.numpy(), SIZE, capacity=-1)
+    index = np.array([9, 1, 9, 4])
+    assert torch.equal(none.take(index), resized(index))
+    assert none.table is None and none.used == 0 and none.kept_slots(index) is None
+
+
+def test_frames_stored_at_the_served_size_are_served_as_they_are():
+    frames = torch.randint(0, 256, (10, SIZE, SIZE, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(7))
+    views = EvalViews(frames.numpy(), SIZE, capacity=10)
+    index = np.array([7, 2, 2, 5])
+    assert torch.equal(views.take(index), frames[torch.from_numpy(index)].permute(0, 3, 1, 2))
+    assert views.table is None and views.kept_slots(index) is None, "nothing to keep: the frames are the views"
+    aug = AVAugment(frames.numpy(), num_frames=2, image_size=SIZE, frame_rule="first_k", eval_cache_frames=10)
+    batch = {"audio": torch.zeros(2, 1, 2, 2, dtype=torch.float16), "label": torch.zeros(2, dtype=torch.int64),
+             "_frame_start": torch.tensor([7, 2]), "_frame_count": torch.tensor([2, 3])}
+    visual = aug(batch, torch.Generator().manual_seed(0), False)["visual"]
+    expected = augment.normalize(frames[[7, 8, 2, 3]].permute(0, 3, 1, 2).float())
+    torch.testing.assert_close(visual, expected.view(2, 2, 3, SIZE, SIZE).transpose(1, 2), atol=0, rtol=0)
 
 
 def test_kept_evaluation_views_normalised_one_at_a_time_equal_the_batch_conversion(cache_path):
