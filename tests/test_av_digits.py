@@ -223,6 +223,8 @@ def test_val_only_speakers_add_validation_clips_and_change_no_other_file(tiny, t
     extra = ann[wider]["train"][len(ann[tiny]["train"]):]
     assert ann[wider]["train"][:len(ann[tiny]["train"])] == ann[tiny]["train"] and len(extra) == 13
     assert ann[wider]["val"] == ann[tiny]["val"] + extra, "val.csv keeps train.csv's order"
+    extra_labels = [OGM_MAP[label] for _, label in extra]
+    assert extra_labels != sorted(extra_labels), "the val-only clips are shuffled among themselves too"
     counts = np.bincount([OGM_MAP[label] for _, label in extra], minlength=6)
     assert counts.tolist() == [3, 2, 2, 2, 2, 2], "as many of each class as divides, the remainder first"
     with open(wider / "speakers.csv", newline="") as f:
@@ -451,3 +453,103 @@ def test_the_generator_takes_a_knob_hyphenated_like_augbench_or_by_its_name(flag
     with pytest.raises(Generated) as stop:
         av_digits.main(["--out", "x", flag, "5"])
     assert stop.value.args[0] == {"train_speakers": 5}
+
+
+# --- the plan: each knob does what docs/datasets/av_digits.md says ----------------------------------------------------
+
+def _plan(**knobs) -> dict:
+    return av_digits._plan(av_digits.resolve_params(**knobs))
+
+
+def _speaker_pairs(plan: dict, split: str) -> set:
+    return set(plan["spk_pair"][:len(plan["spk_split"])][plan["spk_split"] == split].tolist())
+
+
+@pytest.mark.parametrize("variants, train, test, pairs", [
+    (["f1", "f2", "f3", "f4"], 6, 2, (3, 1)),  # pairs partitioned in proportion to the speakers
+    (["f1", "f2", "f3"], 9, 1, (2, 1)),        # a test share that rounds to no pair still gets one
+    (["f1", "f2"], 1, 3, (1, 1)),              # ... and so does a train share that rounds to none
+])
+def test_voice_variant_pairs_are_partitioned_between_splits_in_proportion(variants, train, test, pairs):
+    plan = _plan(voices=["en"], variants=variants, train_speakers=train, test_speakers=test, train_clips=2 * train,
+                 test_clips=2 * test)
+    used = {s: _speaker_pairs(plan, s) for s in ("train", "test")}
+    assert used["train"].isdisjoint(used["test"])
+    assert (len(used["train"]), len(used["test"])) == pairs, "speakers cycle over every pair of their split"
+
+
+def test_speaker_ranges_and_per_clip_jitter():
+    plan = _plan(rate_range=[150, 150], pitch_range=[40, 40], rate_jitter=10, pitch_jitter=5)
+    assert set(plan["spk_rate"].tolist()) == {150} and set(plan["spk_pitch"].tolist()) == {40}, "ranges are inclusive"
+    assert plan["rate"].min() == 140 and plan["rate"].max() == 160, "jitter goes both ways, +/- rate_jitter"
+    assert plan["pitch"].min() == 35 and plan["pitch"].max() == 45
+    wide = _plan(preset="small")
+    assert (wide["spk_rate"].min(), wide["spk_rate"].max()) == (120, 200)
+    assert (wide["spk_pitch"].min(), wide["spk_pitch"].max()) == (20, 80)
+
+
+def test_speaker_ids_carry_no_split_information():
+    # Ids are a seeded permutation: the test speakers are not simply the last ids, for some seed at least.
+    plans = [_plan(seed=seed) for seed in range(3)]
+    assert not all(set(p["spk_id"][p["spk_split"] == "test"].tolist()) == set(range(2009, 2013)) for p in plans)
+
+
+def test_val_speakers_default_to_about_the_test_set_size():
+    for knobs, expected in (({}, 4), ({"train_clips": 96}, 2), ({"test_clips": 200}, 7), ({"val_speakers": 1}, 1)):
+        plan = _plan(**knobs)
+        clean = plan["spk_clean"]
+        assert (clean == "val").sum() == expected, knobs
+        assert set(clean[plan["spk_split"] == "test"]) == {"test"}
+
+
+def test_each_split_draws_its_images_from_its_own_pool_without_repeats():
+    plan = _plan(val_only_speakers=2, val_only_clips=12)
+    in_test = plan["in_test_pool"][plan["image_index"]]
+    assert in_test[plan["split"] == "test"].all() and not in_test[plan["split"] == "train"].any()
+    n = len(plan["id"])
+    for rows in (np.arange(48), np.arange(48, 72), np.arange(72, n)):  # train, test, val-only clips
+        for d in range(6):
+            chosen = plan["image_index"][rows][plan["digit"][rows] == d]
+            assert len(set(chosen.tolist())) == len(chosen), "each (split, digit) walks through its shuffled pool"
+
+
+def test_pixel_noise_has_the_knobs_sigma_and_zero_noise_keeps_the_digit():
+    from sklearn.datasets import load_digits
+
+    images = load_digits().images
+    clean = _plan(image_noise_sigma=0.0)
+    assert np.array_equal(clean["image"], images[clean["image_index"]]), "sigma 0: the 0-16 digit unchanged"
+    noisy = _plan(image_noise_sigma=1.0)
+    original = images[noisy["image_index"]]
+    mid = (original >= 4) & (original <= 12)  # far from the clipping at 0 and 16
+    residual = (noisy["image"] - original)[mid]
+    assert abs(residual.std() - 1.0) < 0.08 and abs(residual.mean()) < 0.08
+    assert noisy["image"].min() == 0.0 and noisy["image"].max() == 16.0, "clipped to the 0-16 scale"
+
+
+def test_per_clip_gain_duration_placement_and_noise_seeds_span_their_ranges():
+    plan = _plan(preset="small")
+    assert -6.0 <= plan["gain_db"].min() < -5.5 and -0.5 < plan["gain_db"].max() <= 0.0
+    assert (plan["n_frames"].min(), plan["n_frames"].max()) == (39, 90), "uniform 1.3-3.0 s, both ends reachable"
+    assert 0 <= plan["onset_u"].min() < 0.01 and 0.99 < plan["onset_u"].max() < 1
+    seconds = -(-plan["n_frames"] // 30)
+    dx, dy = 4, 2
+    assert plan["offset_x"].min() == 16 and plan["offset_y"].min() == 0, "the digit stays off the marker"
+    for s in np.unique(seconds):
+        x, y = plan["offset_x"][seconds == s], plan["offset_y"][seconds == s]
+        assert x.max() == 160 - 96 - (s - 1) * dx and y.max() == 120 - 96 - (s - 1) * dy, "in the frame, to its edge"
+    assert len(set(plan["noise_seed"].tolist())) == len(plan["noise_seed"])
+
+
+def test_val_only_speakers_take_training_side_pairs_no_training_speaker_uses():
+    plan = _plan(val_only_speakers=2, val_only_clips=6)
+    n_tr, others = 8, 12
+    extra = set(plan["spk_pair"][others:].tolist())
+    assert extra.isdisjoint(plan["spk_pair"][:n_tr].tolist()) and extra.isdisjoint(_speaker_pairs(plan, "test"))
+    # Exactly as many unused training-side pairs as val-only speakers: they are the ones taken.
+    for seed in range(3):
+        few = _plan(voices=["en"], variants=["f1", "f2", "f3", "f4"], train_speakers=2, test_speakers=1,
+                    train_clips=6, test_clips=3, val_only_speakers=1, val_only_clips=6, seed=seed)
+        train_side = set(range(4)) - _speaker_pairs(few, "test")
+        assert few["spk_pair"][3] in train_side - set(few["spk_pair"][:2].tolist()), seed
+
