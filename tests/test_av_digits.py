@@ -553,3 +553,94 @@ def test_val_only_speakers_take_training_side_pairs_no_training_speaker_uses():
         train_side = set(range(4)) - _speaker_pairs(few, "test")
         assert few["spk_pair"][3] in train_side - set(few["spk_pair"][:2].tolist()), seed
 
+
+# --- audio rendering: trimming, full scale, reproducible noise -------------------------------------------------------
+
+def test_trim_cuts_only_the_quiet_padding_at_either_end():
+    samples = np.array([0, 16, -16, 17, 0, 3, -400, 16, 0], np.int16)
+    assert av_digits._trim(samples).tolist() == [17, 0, 3, -400]
+    assert len(av_digits._trim(np.array([16, -16, 0], np.int16))) == 0
+
+
+def test_render_audio_is_full_scale_and_its_noise_follows_the_seed():
+    pcm, _ = av_digits._render_audio(np.array([1.0, -1.0, 2.0]), 3, 0.0, 0.0, None, 0)
+    assert pcm.tolist() == [32767, -32767, 32767], "full scale saturates, never wraps"
+    noisy = [av_digits._render_audio(np.full(100, 0.1), 400, 0.5, 0.0, 10.0, seed)[0] for seed in (7, 7, 8)]
+    assert np.array_equal(noisy[0], noisy[1]) and not np.array_equal(noisy[0], noisy[2])
+
+
+# --- a noisy tree: the SNR knob end to end, meta, media details -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def noisy(tmp_path_factory) -> Path:
+    return av_digits.generate(tmp_path_factory.mktemp("avd-noisy"), preset="tiny", seed=1, train_speakers=2,
+                              test_speakers=1, train_clips=6, test_clips=3, audio_snr_db=10.0, image_noise_sigma=2.5)
+
+
+def test_measured_snr_of_a_generated_clip_matches_the_knob(noisy):
+    meta = _meta(noisy)
+    assert {(r["audio_snr_db"], r["image_noise_sigma"]) for r in meta} == {("10", "2.5")}
+    for row in meta:
+        samples, _ = soundfile.read(noisy / "AudioWAV" / f"{row['id']}.wav", dtype="float64")
+        start = round(float(row["onset_s"]) * 16000)
+        stop = start + round(float(row["utterance_s"]) * 16000)
+        noise = np.mean(np.r_[samples[:start], samples[stop:]] ** 2)
+        speech = np.mean(samples[start:stop] ** 2) - noise
+        assert abs(10 * np.log10(speech / noise) - 10.0) < 0.5, row["id"]
+
+
+def test_wav_length_is_exactly_the_clips_frames_and_nothing_saturates(tiny):
+    for row in _meta(tiny):
+        samples, _ = soundfile.read(tiny / "AudioWAV" / f"{row['id']}.wav", dtype="int16")
+        assert len(samples) == round(float(row["duration_s"]) * 16000)
+        assert np.abs(samples.astype(int)).max() < 32767, "the gain is -6..0 dB: eSpeak's peak stays below full scale"
+
+
+def test_flv_keyframe_every_second_and_mp3_track_as_long_as_the_wav(tiny):
+    for row in _meta(tiny)[:4]:
+        with av.open(str(tiny / "VideoFlash" / f"{row['id']}.flv")) as container:
+            packets = [p for p in container.demux(video=0) if p.size]
+        assert [i for i, p in enumerate(packets) if p.is_keyframe] == list(range(0, len(packets), 30))
+        with av.open(str(tiny / "VideoFlash" / f"{row['id']}.flv")) as container:
+            mp3_s = sum(f.samples for f in container.decode(audio=0)) / 22050
+        assert 0 <= mp3_s - float(row["duration_s"]) < 0.1, "the MP3 mirrors the WAV (plus encoder padding)"
+
+
+def test_split_files_list_clips_in_a_shuffled_order(tiny):
+    for name in ("train", "test"):
+        labels = [OGM_MAP[label] for _, label in _rows(tiny / "annotations" / f"{name}.csv", "\r\n")]
+        assert labels != sorted(labels), f"{name}.csv is shuffled, as OGM-GE's are, not in class blocks"
+
+
+def _long_utterance_espeak(seconds: float):
+    class FakeEspeak:
+        """Stands in for eSpeak NG in the forked workers: every word lasts ``seconds``."""
+
+        sample_rate = 22050
+
+        def __init__(self, seed: int = 0) -> None:
+            pass
+
+        def set_voice(self, voice: str, variant: str | None = None) -> None:
+            pass
+
+        def synthesize(self, text: str, rate: int, pitch: int) -> np.ndarray:
+            return np.full(round(seconds * self.sample_rate), 8000, np.int16)
+
+    return FakeEspeak
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fake reaches the workers through fork")
+def test_an_utterance_longer_than_its_clip_lengthens_it_within_its_second_or_fails(tmp_path, monkeypatch):
+    knobs = {"preset": "tiny", "train_speakers": 2, "test_speakers": 1, "train_clips": 4, "test_clips": 2,
+             "min_duration_s": 1.05, "max_duration_s": 1.5, "mp3_track": False}
+    monkeypatch.setattr(espeak, "Espeak", _long_utterance_espeak(1.4))
+    root = av_digits.generate(tmp_path / "ok", **knobs)
+    meta = _meta(root)
+    assert all(float(r["duration_s"]) >= float(r["utterance_s"]) == pytest.approx(1.4, abs=1e-3) for r in meta)
+    assert min(float(r["duration_s"]) for r in meta) == pytest.approx(1.4), "lengthened just enough"
+    monkeypatch.setattr(espeak, "Espeak", _long_utterance_espeak(2.5))
+    with pytest.raises(ValueError, match="does not fit its"):
+        av_digits.generate(tmp_path / "fail", **knobs)
+    assert not (tmp_path / "fail").exists() or not list((tmp_path / "fail").iterdir())
+
