@@ -644,3 +644,65 @@ def test_an_utterance_longer_than_its_clip_lengthens_it_within_its_second_or_fai
         av_digits.generate(tmp_path / "fail", **knobs)
     assert not (tmp_path / "fail").exists() or not list((tmp_path / "fail").iterdir())
 
+
+# --- eSpeak NG wrapper: every argument reaches the library ------------------------------------------------------------
+
+def _f0(samples: np.ndarray, rate: int) -> float:
+    """Fundamental frequency (Hz) of the loudest 0.1 s, by autocorrelation over 60-400 Hz."""
+    x = samples.astype(np.float64)
+    loudest = int(np.argmax(np.convolve(x ** 2, np.ones(rate // 20), "same")))
+    segment = x[max(0, loudest - rate // 20):loudest + rate // 20]
+    segment = segment - segment.mean()
+    corr = np.correlate(segment, segment, "full")[len(segment) - 1:]
+    lo, hi = rate // 400, rate // 60
+    return rate / (lo + int(np.argmax(corr[lo:hi])))
+
+
+def _espeak_observations() -> dict:
+    engine = espeak.Espeak()
+    out = {}
+    try:
+        engine.synthesize("one", 150, 50)
+    except espeak.EspeakError as err:
+        out["before_voice"] = str(err)
+    try:
+        engine.set_voice("en", "nosuchvariant")
+    except espeak.UnknownVoiceError as err:
+        out["bad_variant"] = str(err)
+    engine.set_voice("en", "f1")
+    out["limits_ok"] = [len(engine.synthesize("one", r, p)) > 0 for r, p in ((80, 0), (450, 99))]
+    out["limits_refused"] = []
+    for r, p in ((79, 50), (451, 50), (150, -1), (150, 100)):
+        try:
+            engine.synthesize("one", r, p)
+        except ValueError:
+            out["limits_refused"].append((r, p))
+    out["f0_by_pitch"] = [_f0(engine.synthesize("zero", 150, p), engine.sample_rate) for p in (10, 90)]
+    out["length_by_rate"] = [len(engine.synthesize("seven", r, 50)) for r in (100, 300, 300)]
+    engine.set_voice("en", "m1")
+    out["f0_male"] = _f0(engine.synthesize("zero", 150, 50), engine.sample_rate)
+    engine.set_voice("en", "f1")
+    out["f0_female"] = _f0(engine.synthesize("zero", 150, 50), engine.sample_rate)
+    return out
+
+
+def test_espeak_applies_voice_variant_rate_and_pitch_and_checks_them():
+    # In a child process: loading eSpeak here would taint this test process for later generate() calls.
+    with multiprocessing.get_context("fork").Pool(1, maxtasksperchild=1) as pool:
+        seen = pool.apply(_espeak_observations)
+    assert "call set_voice before synthesize" in seen["before_voice"]
+    assert "'nosuchvariant'" in seen["bad_variant"]
+    assert seen["limits_ok"] == [True, True] and seen["limits_refused"] == [(79, 50), (451, 50), (150, -1), (150, 100)]
+    low, high = seen["f0_by_pitch"]
+    assert high > 1.8 * low, seen["f0_by_pitch"]
+    slow, fast, again = seen["length_by_rate"]
+    assert slow > 2 * fast and abs(again - fast) < 0.1 * fast, "each call returns its own utterance only"
+    assert seen["f0_female"] > 1.5 * seen["f0_male"], "the variant reaches eSpeak"
+
+
+def test_variant_names_of_a_missing_data_folder_name_the_folder(tmp_path):
+    with pytest.raises(espeak.EspeakError, match=re.escape(str(tmp_path / "voices" / "!v"))):
+        espeak.variant_names(tmp_path)
+    (tmp_path / "voices" / "!v" / "sub").mkdir(parents=True)
+    (tmp_path / "voices" / "!v" / "f9").touch()
+    assert espeak.variant_names(tmp_path) == ("f9",)
