@@ -153,3 +153,43 @@ def test_load_reference_reports_unreadable_summaries_and_skips_them(tmp_path):
     assert len(notes) == 3 and "no 'rows' mapping" in notes[2]
     (tmp_path / "ok.json").write_text(json.dumps({"rows": {}}))
     assert load_reference(tmp_path / "ok.json", notes.append) == {"rows": {}} and len(notes) == 3
+
+
+def test_last_quarter_of_few_epochs_is_one_epoch_fitted_from_the_one_before(tmp_path):
+    # 4 epochs: the last quarter is epoch 3, fitted from epoch 2: a rise before that is no trend.
+    _run(tmp_path, "a0", "joint", 0, [0.1, 0.5, 0.6, 0.6])
+    assert last_quarter_trend([tmp_path / "a0"], ["joint"]) == {"joint": {0: 0.0}}
+
+
+def test_design_targets_met_exactly_at_their_limits():
+    # Values exact in binary, so each measure equals its limit: every target is "at most" / "at least", inclusive.
+    limits = {"trend": 0.25, "imbalance": 0.125, "headroom": 0.25, "reference_std": 0.25}
+    summary = _summary(unimodal_visual={"acc": (0.75, 0.25, 3)}, joint={"acc": (0.5, 0.25, 3),
+                                                                        "acc:visual": (0.625, 0.0, 3)})
+    summary["convergence_trend"] = {"joint": {0: 0.25, 1: -0.25}}
+    summary["rows_final"] = {"joint": {"acc": [0.5, 0.0, 1]}, "ensemble": {"acc": [0.75, 0.0, 1]}}
+    checks = {c["target"]: c for c in design_targets(summary, limits)}
+    assert checks["converged"]["measured"] == {"joint": 0.25} and checks["converged"]["met"]
+    assert checks["imbalance"]["measured"] == {"gap": 0.125} and checks["imbalance"]["met"]
+    assert checks["headroom"]["measured"] == {"headroom": 0.25} and checks["headroom"]["met"]
+    spread = checks["seed spread"]
+    assert spread["measured"] == {"unimodal_visual": 0.25, "joint": 0.25} and spread["met"]
+    assert "final_epoch" not in spread, "a final-epoch row of one seed has no spread to show"
+    lines = "\n".join(targets_markdown([checks["headroom"], checks["imbalance"]], {}, 3))
+    assert "| +25.0 | yes |" in lines and "| +12.5 | yes |" in lines, "gap and headroom are shown bare and signed"
+
+
+def test_compare_runs_counts_a_row_at_exactly_the_std_within_and_identical_only_in_every_number():
+    reference = _summary(joint={"acc": (0.5, 0.25, 3)}, sum={"acc": (0.5, 0.125, 3)})
+    rerun = _summary(joint={"acc": (0.75, 0.25, 3)}, sum={"acc": (0.5, 0.25, 3)})
+    out = compare_runs(reference, rerun, "ref.json")
+    assert out["within_std"] == 2 and out["outside_std"] == {}
+    assert out["identical"] == 0, "the same mean with another std is not an identical row"
+
+
+def test_reproduction_text_names_rows_only_in_the_reference_and_a_single_reused_run():
+    reference = _summary(joint={"acc": (0.85, 0.02, 3)}, sum={"acc": (0.8, 0.01, 3)})
+    rerun = {**_summary(joint={"acc": (0.85, 0.02, 3)}), "runs_trained": 2, "runs_reused": 1, "runs_dir": "w"}
+    text = "\n".join(reproduction_markdown(compare_runs(reference, rerun, "ref.json"), {"sum": "Sum"}))
+    assert "Rows not compared: only in that run: Sum." in text
+    assert "trained 2 runs and reused 1 finished run from `w`" in text
