@@ -574,7 +574,7 @@ def test_render_audio_is_full_scale_and_its_noise_follows_the_seed():
 @pytest.fixture(scope="module")
 def noisy(tmp_path_factory) -> Path:
     return av_digits.generate(tmp_path_factory.mktemp("avd-noisy"), preset="tiny", seed=1, train_speakers=2,
-                              test_speakers=1, train_clips=6, test_clips=3, audio_snr_db=10.0, image_noise_sigma=2.5)
+                              test_speakers=1, train_clips=6, test_clips=6, audio_snr_db=10.0, image_noise_sigma=2.5)
 
 
 def test_measured_snr_of_a_generated_clip_matches_the_knob(noisy):
@@ -610,6 +610,29 @@ def test_split_files_list_clips_in_a_shuffled_order(tiny):
     for name in ("train", "test"):
         labels = [OGM_MAP[label] for _, label in _rows(tiny / "annotations" / f"{name}.csv", "\r\n")]
         assert labels != sorted(labels), f"{name}.csv is shuffled, as OGM-GE's are, not in class blocks"
+
+
+def test_the_av_digits_entry_prepares_the_tree_with_its_documented_defaults(noisy, tmp_path):
+    # docs/datasets/av_digits.md#layout: the tree's own split files, frames at the native 120x160, the ogm (3 s)
+    # recipe, stat.csv label order (label == digit), 64x64 served frames, one frame per clip.
+    from datasets.prepare import prepare
+    from datasets.registry import get_dataset
+    from datasets.tables import PrepareOptions
+
+    entry = get_dataset("av_digits")
+    cache = prepare(entry, noisy, tmp_path, PrepareOptions(workers=1), log=lambda line: None)
+    manifest = json.loads((cache / "manifest.json").read_text())
+    assert manifest["recipe"] == "ogm" and manifest["label_order"] == "stat"
+    assert manifest["visual"]["frame_size"] == [120, 160]
+    assert manifest["counts"]["source_frame_sizes"] == {"120x160": 12}
+    assert all(record["status"] == "custom" and record["origin"].startswith(str(noisy / "annotations"))
+               for record in manifest["split_files"].values())
+    with open(cache / "index.csv", newline="") as f:
+        index = list(csv.DictReader(f))
+    digit = {row["id"]: row["digit"] for row in _meta(noisy)}
+    assert len(index) == 12 and all(row["label"] == digit[row["id"]] for row in index)
+    defaults = {p.name: p.default for p in entry.HPARAMS}
+    assert (defaults["recipe"], defaults["image_size"], defaults["frames"]) == ("ogm", 64, 1)
 
 
 def _long_utterance_espeak(seconds: float):
