@@ -189,7 +189,7 @@ def test_compare_runs_counts_a_row_at_exactly_the_std_within_and_identical_only_
 
 def test_reproduction_text_names_rows_only_in_the_reference_and_a_single_reused_run():
     reference = _summary(joint={"acc": (0.85, 0.02, 3)}, sum={"acc": (0.8, 0.01, 3)})
-    rerun = {**_summary(joint={"acc": (0.85, 0.02, 3)}), "runs_trained": 2, "runs_reused": 1, "runs_dir": "w"}
+    rerun = {**_summary(joint={"acc": (0.85, 0.02, 3)}), "runs_trained": 2, "runs_reused": 1, "runs_dir": "runs/full"}
     text = "\n".join(reproduction_markdown(compare_runs(reference, rerun, "ref.json"), {"sum": "Sum"}))
     assert "Rows not compared: only in that run: Sum." in text
-    assert "trained 2 runs and reused 1 finished run from `w`" in text
+    assert "trained 2 runs and reused 1 finished run from the work folder's `runs/full`" in text
