@@ -597,10 +597,29 @@ def test_hdf5_mid_extraction_refuses_what_it_cannot_reproduce(tmp_path):
     assert err.value.kind == "corrupt video"
 
 
+@pytest.mark.parametrize("rate, n, kept", [(2, 5, [0, 2]), (100, 120, [49])])
+def test_hdf5_mid_extraction_accepts_both_ends_of_its_rates(tmp_path, rate, n, kept):
+    # MID_RATES is inclusive: 2 fps keeps 1-based positions 1 and 3 of round(2.5) = 2 seconds, 100 fps position 50.
+    path = tmp_path / "clip.mp4"
+    decoded = write_counting_video(path, rate, n)
+    frames, info = extract_frames(path, None, extraction="frames_hdf5_mid")
+    assert info["fps"] == rate
+    np.testing.assert_array_equal(frames, decoded[kept])
+
+
+def test_hdf5_mid_extraction_refuses_a_rate_just_above_100(tmp_path):
+    path = tmp_path / "fast.mp4"
+    write_counting_video(path, 101, 3)
+    with pytest.raises(MediaError, match="not 101") as err:
+        extract_frames(path, None, extraction="frames_hdf5_mid")
+    assert err.value.kind == "unsupported video"
+
+
 @pytest.mark.parametrize("total, kept, expected", [
     (45, [0, 30], [22]),  # 1.5 s at 30 fps: the middle (22nd) of the 43 frames not kept, 1-29 and 31-44
     (40, [0], [10, 30]),  # the middles of two equal runs of the 39 free frames (1-19 -> 10, 20-39 -> 30)
     (2, [0], [0, 0]),  # a 2-frame video: frame 0 twice, as PMR saves frame 0 under the missing names
+    (3, [0], [1, 2]),  # exactly 3 frames: drawn from the video (PMR repeats frame 0 only when video_frames < 3)
     (90, [0, 30, 60], []),
 ])
 def test_top_up_indices_are_evenly_spaced_over_the_free_frames(total, kept, expected):
@@ -613,6 +632,7 @@ def test_top_up_indices_are_evenly_spaced_over_the_free_frames(total, kept, expe
     (45, [40], range(40, 45), [41, 42, 43, 44]),  # fewer free frames than missing: all of them, none twice
     (30, [0], range(0, 1), []),  # nothing free in the segment
     (8, [2], range(2, 4), [0] * 9),  # a video of fewer than 10 frames: frame 0 of the video, as PMR saves it
+    (10, [0, 5], range(0, 10), [1, 2, 3, 4, 6, 7, 8, 9]),  # exactly 10 frames: its own, not frame 0 repeated
 ])
 def test_top_up_indices_within_a_segment(total, kept, span, expected):
     assert top_up_indices(total, kept, 10, span) == expected
@@ -641,6 +661,15 @@ def test_pmr_ave_extraction_keeps_the_segments_seconds_and_tops_up_to_10_from_th
     # the segment cut is per second of int(fps) frames, the top-up never leaves the segment
     tail, _ = extract_frames(path, None, extraction="frames_1fps_min10", seconds=(4, 9))
     np.testing.assert_array_equal(tail, decoded[40:45])
+
+
+def test_a_segment_past_the_videos_end_keeps_no_frame_and_is_not_topped_up(tmp_path):
+    # 0.5 s at 10 fps, seconds 3..4: nothing kept, and nothing to top up with (min_frames drops the clip), even though
+    # the video has fewer than 10 frames (frame 0 repeated applies only to a segment with a kept frame).
+    path = tmp_path / "clip.mp4"
+    write_counting_video(path, 10, 5)
+    frames, info = extract_frames(path, None, extraction="frames_1fps_min10", seconds=(3, 4))
+    assert len(frames) == 0 and info == {"fps": 10, "decoded": 5, "source_size": None}
 
 
 @pytest.mark.parametrize("n, kept", [(13, [0, 6, 10]), (2, [0, 0, 0]), (25, [0, 10, 20]), (35, [0, 10, 20, 30])])
