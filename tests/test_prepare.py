@@ -40,6 +40,7 @@ from tests.media_fixtures import (
     make_kinetics_sounds,
     make_vggsound,
     second_level,
+    write_frame_folder,
     write_lfs_pointer,
     write_lines,
     write_video,
@@ -1024,3 +1025,41 @@ def test_the_bml_recipe_refuses_another_frame_rate_and_records_frame_folders_as_
     assert entries["visual"]["extraction"]["name"] == "none" and "(--visual video)" in \
         entries["visual"]["extraction"]["follows"]
     assert not any("moviepy" in d for d in KineticsSounds.deviations(folders))
+
+
+def test_frame_folders_read_as_extracted_get_no_rules_top_up_or_boundaries_in_the_manifest(tmp_path):
+    # A rule applies to videos only: a pmr CREMA-D cache of frame folders is not topped up, and a bml one's seconds
+    # are the folders' files, not AV_preprocess_tool's middle frames.
+    pmr = CremaD.resolve_settings("pmr", {}, PrepareOptions(visual="frames"), tmp_path)
+    assert CremaD.manifest_entries(pmr, [], {"frames": 0})["policies"]["frame_top_up"].startswith(
+        "none at prepare time")
+    bml = KineticsSounds.resolve_settings("bml", {}, PrepareOptions(visual="frames"), tmp_path)
+    assert KineticsSounds.manifest_entries(bml, [], {"frames": 0})["visual"]["second_boundaries"].startswith(
+        "int(average frame rate)")
+
+
+def test_a_video_cache_of_a_recipe_without_a_rule_is_current(tmp_path):
+    # A recipe naming no extraction extracts frames_1fps: its video caches, recorded or from before rules were
+    # recorded, are served; only another recorded rule is refused.
+    policies = {"segment": "the whole clip", "min_frames": 1, "min_frames_from": "--min-frames"}
+
+    def cache(manifest):
+        return Cache(tmp_path, manifest, {}, np.zeros(0), {}, {}, {}, {})
+
+    for visual in ({"source": "video", "extraction": {"name": "frames_1fps"}}, {"source": "video"}):
+        CremaD.check_recipe_current(cache({"recipe": "ogm", "visual": visual, "policies": policies}))
+    with pytest.raises(CacheError, match="chosen by 'frames_1fps_min3', but recipe 'ogm' now extracts 'frames_1fps'"):
+        CremaD.check_recipe_current(cache({"recipe": "ogm", "policies": policies, "visual": {
+            "source": "video", "extraction": {"name": "frames_1fps_min3"}}}))
+
+
+def test_an_event_segment_of_a_frame_folder_keeps_the_files_of_seconds_start_to_end(tmp_path):
+    # Whole-clip Image-01-FPS folders cut at load: files of seconds 2 and 3 of a 6-file folder (Start..End included).
+    write_frame_folder(tmp_path / "Image-01-FPS" / "clip", 6, 90, size=(12, 16))
+    write_wav(tmp_path / "AVE" / "clip.wav", 6.0)
+    settings = AVE.resolve_settings("pmr", {}, PrepareOptions(visual="frames", frame_size=(12, 16)), tmp_path)
+    record = Record(0, Sample("clip", "test", 0, AVE.CLASSES[0], "testSet.txt:1"),
+                    {"audio": "AVE/clip.wav", "visual": "Image-01-FPS/clip"}, {"segment": [2, 3]})
+    arrays, fact = AVE.load(tmp_path, record, settings)
+    np.testing.assert_allclose(arrays["frames"][..., 0].mean(axis=(1, 2)), [second_level(2), second_level(3)], atol=4)
+    assert fact["frames"] == 2
