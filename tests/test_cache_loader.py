@@ -245,6 +245,11 @@ def test_bml_ks_serves_the_frames_bml_reads_in_its_order_for_training_and_test()
     assert expected[:3] == [[0, 0, 0], [1, 1, 0], [2, 0, 1]]
 
 
+def test_an_unknown_frame_rule_is_refused_naming_the_key():
+    with pytest.raises(ValueError, match=r"data.frame_rule='middle' is not one of \['segments'"):
+        frame_offsets(torch.tensor([10]), 3, "middle", False, None)
+
+
 def test_bml_ks_serves_its_frames_and_refuses_other_frame_counts(cache_path):
     for t in (1, 2, 4):
         with pytest.raises(ValueError, match=rf"data.frame_rule=bml_ks serves the 3 frames BML's KS.py reads; set "
