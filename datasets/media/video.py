@@ -313,7 +313,9 @@ def extract_frames(path: Path, size: tuple[int, int] | None, per_second: int = 1
     kept, rate, count, source_size = _decode(
         path, size, lambda index, rate: kept_frame(index % int(rate), int(rate), per_second)
         and _in_seconds(index // int(rate), seconds))
-    # A clip with no kept frame has nothing to top up with (PMR's own read fails on it): min_frames drops it.
+    # A clip with no kept frame (an empty video, a segment past the video's end) is not topped up: min_frames drops
+    # it. PMR would store copies of frame 0 for a segment past the end of a video shorter than its minimum, which
+    # AVE's 10 s clips never are.
     frames = _top_up(path, size, kept, count, minimum, top_up_span(count, int(rate), seconds)) \
         if 0 < len(kept) < minimum else [kept[i] for i in sorted(kept)]
     return _stack(frames, size), {"fps": int(rate), "decoded": count, "source_size": source_size}
