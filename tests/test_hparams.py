@@ -151,3 +151,39 @@ def test_null_is_a_value_only_of_a_knob_whose_default_is_none():
         resolve("m", declared, None, {"rate": None})
     with pytest.raises(HParamError, match=r"m.steps\[0\] expects an integer, got None"):
         resolve("m", declared, None, {"steps": [None]})
+
+
+def test_a_whole_float_for_an_int_knob_is_stored_as_an_int_so_it_hashes_alike():
+    hp = resolve("m", DECLARED, None, {"steps": 3.0})
+    assert hp.steps == 3 and type(hp.steps) is int
+    assert hp.as_dict() == resolve("m", DECLARED, None, {"steps": 3}).as_dict()
+    assert repr(hp.as_dict()["steps"]) == "3"
+
+
+def test_a_list_knob_with_a_mixed_type_default_takes_any_elements():
+    declared = (HParam("mix", [1, "a"], "mixed elements"),)
+    assert resolve("m", declared, None, {"mix": ["x", 2.5]}).mix == ["x", 2.5]
+
+
+def test_an_unknown_variant_is_refused_naming_the_choices():
+    declared = DECLARED + (variant_param(VARIANTS, "doc"),)
+    with pytest.raises(HParamError, match=r"m.variant='oficial_compat' is not one of \['paper', 'official_compat'\]"):
+        resolve("m", declared, None, {"variant": "oficial_compat"}, variants=VARIANTS)
+
+
+def test_a_variant_preset_setting_an_undeclared_key_is_an_error():
+    declared = DECLARED + (variant_param({"bad": {"nope": 1}}, "doc"),)
+    with pytest.raises(HParamError, match="variant 'bad' of 'm' sets undeclared key 'nope'"):
+        resolve("m", declared, None, {"variant": "bad"}, variants={"bad": {"nope": 1}})
+
+
+def test_set_reads_a_signed_leading_dot_decimal_as_a_number():
+    # YAML leaves "-.5" a string; a number knob would then refuse what Python reads as -0.5.
+    assert parse_assignments(["m.alpha=-.5", "m.milestones=[-.5]"]) == {"m": {"alpha": -0.5, "milestones": [-0.5]}}
+
+
+def test_a_methods_per_dataset_default_reaches_the_run_config():
+    from benchmarks.config import build_config
+
+    assert build_config("agm", "cremad").method_hp.alpha == 1.5, "AGM's CREMA-D alpha"
+    assert build_config("agm", "synthetic").method_hp.alpha == 1.0

@@ -142,3 +142,16 @@ def test_a_record_without_a_knob_reads_back_at_its_absent_value(monkeypatch, whe
     hp = rebuilt.data if where == "data" else rebuilt.method_hp
     assert hp[knob.name] == knob.absent_value and rebuilt.digest() == cfg.digest()
     check_resume_config(Path("run"), cfg.as_dict(), rebuilt.as_dict())
+
+
+def test_a_method_or_dataset_mismatch_is_named_alone_before_the_keys_it_changes():
+    recorded = {"method": "a", "dataset": "d", "hparams": {"a": {f"k{i}": i for i in range(10)}}}
+    requested = {"method": "b", "dataset": "d", "hparams": {"b": {}}}
+    with pytest.raises(ConfigMismatchError, match=r"different config; method: 'a' in the run, 'b' now \(and 10 more\)"):
+        check_resume_config("R", recorded, requested)
+
+
+def test_values_are_compared_as_config_yaml_reads_them_back():
+    # config.yaml holds lists; a config built in memory may hold a tuple of the same values: no difference.
+    recorded = {"method": "a", "dataset": "d", "train": {"pair": [1, 2]}}
+    check_resume_config("R", recorded, {"method": "a", "dataset": "d", "train": {"pair": (1, 2)}})
