@@ -33,7 +33,8 @@ def test_variant_preset_then_overrides():
 
 
 @pytest.mark.parametrize("key,value", [("steps", 2.5), ("steps", "3"), ("flag", 1), ("alpha", "x"),
-                                       ("rule", "sum"), ("milestones", 5)])
+                                       ("rule", "sum"), ("milestones", 5),
+                                       ("alpha", True)])
 def test_ill_typed_values_fail_naming_the_key(key, value):
     with pytest.raises(HParamError, match=f"m.{key}"):
         resolve("m", DECLARED, None, {key: value})
@@ -187,3 +188,40 @@ def test_a_methods_per_dataset_default_reaches_the_run_config():
 
     assert build_config("agm", "cremad").method_hp.alpha == 1.5, "AGM's CREMA-D alpha"
     assert build_config("agm", "synthetic").method_hp.alpha == 1.0
+
+
+def test_a_string_or_mapping_knob_refuses_a_value_of_another_type():
+    declared = (HParam("name", "x", "a free string"), HParam("table", {}, "a mapping"))
+    assert resolve("m", declared, None, {"name": "y", "table": {"a": 1}}).as_dict() == {"name": "y", "table": {"a": 1}}
+    with pytest.raises(HParamError, match=r"m.name expects str, got 3"):
+        resolve("m", declared, None, {"name": 3})
+    with pytest.raises(HParamError, match=r"m.table expects a mapping, got \[\['a', 1\]\]"):
+        resolve("m", declared, None, {"table": [["a", 1]]})
+
+
+def test_set_strips_the_key_and_keeps_an_empty_value_a_string():
+    assert parse_assignments([" m.alpha =0.8", "m.rule="]) == {"m": {"alpha": 0.8, "rule": ""}}
+
+
+def test_the_shared_recipe_per_dataset_reaches_train():
+    from benchmarks.config import build_config
+
+    cremad, synthetic = build_config("joint", "cremad").train, build_config("joint", "synthetic").train
+    assert (cremad.epochs, cremad.lr_milestones) == (200, [69, 139])
+    assert (synthetic.epochs, synthetic.lr_milestones) == (10, [])
+
+
+def test_a_config_section_that_is_not_a_mapping_is_an_error():
+    from benchmarks.config import merge_overrides
+
+    with pytest.raises(HParamError, match="config section 'train' must be a mapping"):
+        merge_overrides({"train": 5})
+
+
+def test_the_config_digest_is_eight_hex_digits_of_the_sorted_json():
+    import hashlib
+
+    from benchmarks.config import config_digest
+
+    expected = hashlib.sha256(b'{"a": [1, 2], "b": 1}').hexdigest()[:8]
+    assert config_digest({"b": 1, "a": [1, 2]}) == expected and len(expected) == 8

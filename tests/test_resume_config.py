@@ -155,3 +155,16 @@ def test_values_are_compared_as_config_yaml_reads_them_back():
     # config.yaml holds lists; a config built in memory may hold a tuple of the same values: no difference.
     recorded = {"method": "a", "dataset": "d", "train": {"pair": [1, 2]}}
     check_resume_config("R", recorded, {"method": "a", "dataset": "d", "train": {"pair": (1, 2)}})
+
+
+def test_the_mismatch_lists_at_most_shown_keys_and_counts_the_rest():
+    recorded = {"method": "a", "dataset": "d", "train": {f"k{i}": i for i in range(5)}}
+    one = json.loads(json.dumps(recorded))
+    one["train"]["k0"] = 9
+    with pytest.raises(ConfigMismatchError) as err:
+        check_resume_config("R", recorded, one)
+    assert "train.k0: 0 in the run, 9 now. Refusing" in str(err.value) and "more" not in str(err.value)
+    every = {**recorded, "train": {f"k{i}": i + 1 for i in range(5)}}
+    with pytest.raises(ConfigMismatchError) as err:
+        check_resume_config("R", recorded, every, shown=2)
+    assert "train.k1: 1 in the run, 2 now (and 3 more)" in str(err.value) and "train.k2" not in str(err.value)
