@@ -11,7 +11,7 @@ import pytest
 
 from baselines.base import DATA_PARALLEL_LEVELS, Method
 from baselines.registry import METHOD_MODULES, UnknownMethodError, get_method, list_methods, register
-from benchmarks.config import build_config
+from benchmarks.config import build_config, method_hparams
 from core.hparams import HParamError
 from datasets.registry import UnknownDatasetError, get_dataset
 
@@ -118,3 +118,17 @@ def test_a_listed_module_without_its_file_is_one_line_naming_the_tuple_and_the_f
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ModuleNotFoundError, match="no_such_dependency_here"):
         import_listed("broken_listed", "X")
+
+
+def test_every_variant_preset_sets_declared_knobs_to_valid_typed_values():
+    # resolve() applies a preset's values as written (only overrides are coerced): an int where a float knob's runs
+    # hold floats, or a value outside the knob's choices or bounds, would train unchecked and change the run's hash
+    # when its record is read back as overrides (evaluate, resume with --run-dir alone).
+    for name in list_methods():
+        cls = get_method(name)
+        table = {p.name: p for p in method_hparams(cls)}
+        for variant, preset in cls.VARIANTS.items():
+            for key, value in preset.items():
+                assert key in table, f"{name} variant {variant!r} sets undeclared {key!r}"
+                typed = table[key].coerce(name, value)
+                assert repr(typed) == repr(value), f"{name} variant {variant!r}: {key}={value!r} reads back {typed!r}"
