@@ -225,3 +225,20 @@ def test_the_config_digest_is_eight_hex_digits_of_the_sorted_json():
 
     expected = hashlib.sha256(b'{"a": [1, 2], "b": 1}').hexdigest()[:8]
     assert config_digest({"b": 1, "a": [1, 2]}) == expected and len(expected) == 8
+
+
+def test_a_variant_chosen_by_default_or_per_dataset_applies_its_preset():
+    declared = DECLARED + (HParam("variant", "paper", "doc", per_dataset={"ks": "official_compat"},
+                                  choices=("paper", "official_compat")),)
+    assert resolve("m", declared, "ks", variants=VARIANTS).rule == "ratio", "the dataset's variant preset applies"
+    assert resolve("m", declared, "cremad", variants=VARIANTS).rule == "difference"
+
+
+def test_a_record_read_back_gives_no_value_for_an_always_recorded_knob_it_lacks():
+    from benchmarks.config import build_config, config_overrides
+
+    record = build_config("joint", "synthetic").as_dict()
+    del record["train"]["amp"]
+    method, dataset, sections = config_overrides(record)
+    assert (method, dataset) == ("joint", "synthetic") and "amp" not in sections["train"]
+    assert build_config(method, dataset, sections).train.amp is False

@@ -168,3 +168,8 @@ def test_the_mismatch_lists_at_most_shown_keys_and_counts_the_rest():
     with pytest.raises(ConfigMismatchError) as err:
         check_resume_config("R", recorded, every, shown=2)
     assert "train.k1: 1 in the run, 2 now (and 3 more)" in str(err.value) and "train.k2" not in str(err.value)
+
+
+def test_a_method_and_dataset_mismatch_names_the_method_first():
+    with pytest.raises(ConfigMismatchError, match=r"different config; method: 'a' in the run, 'b' now; dataset: 'd'"):
+        check_resume_config("R", {"method": "a", "dataset": "d"}, {"method": "b", "dataset": "e"})
