@@ -455,3 +455,46 @@ def test_table_without_config_reports_the_protocol_the_sweep_recorded(tmp_path, 
     assert "Protocol: last epoch" in capsys.readouterr().out
     assert main(["table", str(out), "--protocol", "clean"]) == 0
     assert "Protocol: clean" in capsys.readouterr().out
+
+
+def test_a_run_is_done_only_with_both_markers_and_its_follow_up_evaluation(tmp_path):
+    from benchmarks.runner import CHECKPOINT
+
+    plain, followed = (expand(parse_config(tiny_config(seeds=[0], methods={"joint": {}}, **extra)), tmp_path / name)[0]
+                       for name, extra in (("plain", {}), ("followed", {"evaluate": {"missing": [0.0, 0.5]}})))
+    for job in (plain, followed):
+        job.run_dir.mkdir(parents=True)
+        (job.run_dir / "DONE").write_text("")
+        assert job.state() == "new", "DONE without summary.json is not a finished run"
+        (job.run_dir / "DONE").unlink()
+        (job.run_dir / "summary.json").write_text("{}")
+        assert job.state() == "new", "summary.json without DONE is not a finished run"
+        (job.run_dir / CHECKPOINT).write_bytes(b"")
+        assert job.state() == "resume"
+        (job.run_dir / "DONE").write_text("")
+    assert plain.state() == "done"
+    assert followed.state() == "evaluate", "trained but its missing-modality evaluation is not written yet"
+
+
+def test_per_dataset_settings_beat_the_row_and_grids_combine_every_key(tmp_path):
+    from benchmarks.sweep.expand import grid_points
+
+    assert grid_points({"train.lr": [0.1, 0.2]}, {"model.width": [2, 4]}) == [
+        {"train": {"lr": lr}, "model": {"width": w}} for lr in (0.1, 0.2) for w in (2, 4)]
+    with pytest.raises(SweepConfigError, match="given twice"):
+        grid_points({"train.lr": [0.1]}, {"train.lr": [0.2]})
+    config = parse_config(tiny_config(seeds=[0], methods={"joint": {
+        "train": {"lr": 0.02}, "per_dataset": {"synthetic": {"train": {"lr": 0.03}}}}}))
+    (job,) = expand(config, tmp_path)
+    assert job.cfg.train.lr == 0.03, "a row's per-dataset entry overrides the row's own settings on that dataset"
+
+
+def test_unregistered_datasets_are_left_out_or_ignored_when_filtered_away(tmp_path):
+    config = parse_config(tiny_config(datasets={"synthetic": {}, "not_a_dataset": {}}))
+    with pytest.raises(MissingEntriesError, match="not_a_dataset"):
+        expand(config, tmp_path)
+    skipped = expand(config, tmp_path, skip_missing=True, log=lambda line: None)
+    filtered = expand(config, tmp_path, datasets=["synthetic"])
+    for jobs in (skipped, filtered):
+        assert sorted((j.cfg.dataset, j.cfg.method, j.cfg.train.seed) for j in jobs) == [
+            ("synthetic", m, s) for m in ("joint", "sum") for s in (0, 1)]
