@@ -498,3 +498,14 @@ def test_unregistered_datasets_are_left_out_or_ignored_when_filtered_away(tmp_pa
     for jobs in (skipped, filtered):
         assert sorted((j.cfg.dataset, j.cfg.method, j.cfg.train.seed) for j in jobs) == [
             ("synthetic", m, s) for m in ("joint", "sum") for s in (0, 1)]
+
+
+def test_a_trained_run_whose_evaluation_is_missing_is_launched_again_not_skipped(tmp_path):
+    config = parse_config(tiny_config(seeds=[0], evaluate={"missing": [0.0, 0.5]}))
+    trained, new = expand(config, tmp_path)
+    trained.run_dir.mkdir(parents=True)
+    (trained.run_dir / "DONE").write_text("")
+    (trained.run_dir / "summary.json").write_text("{}")
+    tracker = launchers._Tracker([trained, new], None, None, lambda line: None)
+    assert [job.name for job in tracker.pending()] == [trained.name, new.name]
+    assert tracker.report.skipped == []
