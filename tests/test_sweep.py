@@ -509,3 +509,35 @@ def test_a_trained_run_whose_evaluation_is_missing_is_launched_again_not_skipped
     tracker = launchers._Tracker([trained, new], None, None, lambda line: None)
     assert [job.name for job in tracker.pending()] == [trained.name, new.name]
     assert tracker.report.skipped == []
+
+
+def test_preflight_checks_only_unfinished_runs(tmp_path, monkeypatch):
+    from benchmarks.sweep.preflight import check
+
+    monkeypatch.setattr(launchers, "cuda_device_count", lambda: 0)
+    config = parse_config(tiny_config(defaults={"model": dict(TINY_MODEL), "data": dict(TINY_DATA),
+                                                "train": {**TINY_TRAIN, "device": "cuda"}}))
+    planned = plan(config, tmp_path)
+    assert check(planned, LAUNCHERS["pool"], LaunchOptions()), "unfinished cuda runs on a machine without one"
+    for job in planned.jobs:
+        job.run_dir.mkdir(parents=True)
+        (job.run_dir / "DONE").write_text("")
+        (job.run_dir / "summary.json").write_text("{}")
+    assert not check(planned, LAUNCHERS["pool"], LaunchOptions()).groups, "finished runs need no device"
+
+
+def test_a_pool_worker_that_exits_0_without_a_result_fails_its_run():
+    class Conn:
+        def recv(self):
+            raise EOFError
+
+    class Proc:
+        exitcode = 0
+
+        def join(self):
+            pass
+
+    worker = launchers._PoolWorker.__new__(launchers._PoolWorker)
+    worker.conn, worker.proc, worker.task, worker.started = Conn(), Proc(), ("/x/run-a", "disabled", None), 0.0
+    name, status, _, error = worker.result()
+    assert (name, status) == ("run-a", 1) and "died" in error and worker.task is None
