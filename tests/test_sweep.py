@@ -541,3 +541,12 @@ def test_a_pool_worker_that_exits_0_without_a_result_fails_its_run():
     worker.conn, worker.proc, worker.task, worker.started = Conn(), Proc(), ("/x/run-a", "disabled", None), 0.0
     name, status, _, error = worker.result()
     assert (name, status) == ("run-a", 1) and "died" in error and worker.task is None
+
+
+def test_seeds_default_to_seed_0_and_only_datasets_must_name_datasets_of_the_config(tmp_path):
+    doc = tiny_config()
+    del doc["seeds"]
+    jobs = expand(parse_config(doc), tmp_path)
+    assert sorted((j.cfg.method, j.cfg.train.seed) for j in jobs) == [("joint", 0), ("sum", 0)]
+    with pytest.raises(SweepConfigError, match=r"methods\.joint\.only_datasets must be a non-empty list"):
+        parse_config(tiny_config(methods={"joint": {"only_datasets": ["cremad"]}, "sum": {}}))
