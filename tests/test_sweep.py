@@ -550,3 +550,10 @@ def test_seeds_default_to_seed_0_and_only_datasets_must_name_datasets_of_the_con
     assert sorted((j.cfg.method, j.cfg.train.seed) for j in jobs) == [("joint", 0), ("sum", 0)]
     with pytest.raises(SweepConfigError, match=r"methods\.joint\.only_datasets must be a non-empty list"):
         parse_config(tiny_config(methods={"joint": {"only_datasets": ["cremad"]}, "sum": {}}))
+
+
+def test_method_knobs_are_refused_in_the_top_level_grid_and_defaults():
+    with pytest.raises(SweepConfigError, match=r"grid key 'ogm_ge\.alpha' must be NAMESPACE\.KEY"):
+        parse_config(tiny_config(grid={"ogm_ge.alpha": [0.1, 0.2]}))
+    with pytest.raises(SweepConfigError, match=r"defaults\.ogm_ge: only runner namespaces"):
+        parse_config(tiny_config(defaults={"ogm_ge": {"alpha": 0.1}}))
