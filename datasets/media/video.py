@@ -142,21 +142,21 @@ PMR_AVE_MIN_FRAMES = 10
 # rounds to 0 and moviepy's reader restarts, shifting every later frame; above 100 fps a jump of over 100 frames
 # restarts the reader at frame 1 (video_2_frame.py read_frame calls reader.initialize() without a start time).
 MID_RATES = (2, 100)
+_EVEN_TOP_UP = ("the top-up frames are evenly spaced over the frames not kept (PMR draws them with an unseeded "
+                "np.random.randint, so its folders differ run to run)")
 EXTRACTIONS = {e.name: e for e in (
     Extraction(FIRST_OF_SECOND, "GitHub: GeWu-Lab/OGM-GE_CVPR2022, data/CREMAD/video_preprocessing.py, "
                                 "video2frame_update: the first frame of every int(fps) decoded frames"),
     Extraction(PMR_TOP_UP, "GitHub: fanyunfeng-bit/Modal-Imbalance-PMR, data/CREMAD/video_preprocessing.py, "
                            "video2frame_update(min_save_frame=3): the first frame of every second, then clips with "
                            "fewer than 3 are topped up to 3",
-               "the top-up frames are evenly spaced over the frames not kept (PMR draws them with an unseeded "
-               "np.random.randint, so its folders differ run to run)", PMR_MIN_FRAMES),
+               _EVEN_TOP_UP, PMR_MIN_FRAMES),
     Extraction(PMR_AVE_TOP_UP, "GitHub: fanyunfeng-bit/Modal-Imbalance-PMR, data/AVE/video_preprocessing.py, "
                                "video2frame_update_SE(min_save_frame=10): the first frame of every second of the "
                                "event segment's seconds Start..End, then segments with fewer than 10 are topped up to "
                                "10 with frames of its seconds [Start, End) (video2frame_update(min_save_frame=10) on "
                                "whole clips)",
-               "the top-up frames are evenly spaced over the frames not kept (PMR draws them with an unseeded "
-               "np.random.randint, so its folders differ run to run); a segment with Start == End tops up from "
+               _EVEN_TOP_UP + "; a segment with Start == End tops up from "
                "second Start, one past the video's end from the frames that exist (PMR's draw fails on both), and "
                "one with fewer frames left than missing keeps them all (PMR's loop never ends)", PMR_AVE_MIN_FRAMES),
     Extraction(MID_OF_SECOND, "GitHub: GeWu-Lab/AV_preprocess_tool, video_2_frame.py, extract_frames (fps_count 1): "
