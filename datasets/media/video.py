@@ -18,8 +18,9 @@ Other extraction rules (``EXTRACTIONS``) choose other frames of the decoded vide
   the same with 10 frames; on an event segment (``seconds``) the extra frames come from the segment's seconds
   [Start, End) (``top_up_span``), as PMR draws them.
 - ``frames_hdf5_mid`` (BML's hdf5 frames, GitHub: GeWu-Lab/AV_preprocess_tool, ``video_2_frame.py``,
-  ``extract_frames``): the middle frame of each second (``mid_second_indices``). It needs the clip's frame count before
-  choosing, so the video is decoded twice.
+  ``extract_frames``): the middle frame of each second (``mid_second_indices``). How many seconds count depends on the
+  clip's frame count, known only once it is decoded: every second's middle frame is kept on the way and the extra
+  ones dropped at the end.
 
 From a folder (``Image-01-FPS/<clip>/`` and friends): every image file, in natural numeric order of the file names,
 so ``00000.jpg``/``00030.jpg``, ``frame_00001.jpg``, ``frame_000010.jpg`` vs ``frame_00009.jpg`` and unpadded names all
@@ -262,16 +263,23 @@ def _stack(frames: Sequence[np.ndarray], size: tuple[int, int] | None) -> np.nda
     return np.stack(frames) if frames else np.zeros((0, *(size or (0, 0)), 3), dtype=np.uint8)
 
 
+def _is_mid_of_second(index: int, fps: float) -> bool:
+    """Whether 0-based frame ``index`` is the middle frame of some second (``mid_second_indices`` without its bound on
+    the number of seconds): that second is the one holding the 1-based position ``index + 1`` or a neighbour."""
+    second = int((index + 1) // fps)
+    return any(round((0.5 + s) * fps) - 1 == index for s in (second - 1, second, second + 1) if s >= 0)
+
+
 def _middle_of_each_second(path: Path, size: tuple[int, int] | None) -> tuple[np.ndarray, dict]:
-    """``frames_hdf5_mid``: one pass to count the frames, which the published positions depend on, one to keep them."""
-    _, rate, total, _ = _decode(path, size, lambda index, rate: False)
+    """``frames_hdf5_mid`` in one decoding pass: the middle frame of every second is kept as it goes by, and those of
+    seconds beyond ``round(total / fps)``, which the frame count decides only at the end, are dropped after."""
+    kept, rate, total, source_size = _decode(path, size, lambda index, rate: _is_mid_of_second(index, float(rate)))
     if not MID_RATES[0] <= rate <= MID_RATES[1]:
         raise MediaError(path, "unsupported video", f"{MID_OF_SECOND} reproduces the published frames at "
                                                     f"{MID_RATES[0]}-{MID_RATES[1]} fps only, not {float(rate):g}")
-    wanted = set(mid_second_indices(total, float(rate)))
-    kept, rate, count, source_size = _decode(path, size, lambda index, rate: index in wanted)
-    return _stack([kept[i] for i in sorted(kept)], size), {"fps": float(rate), "decoded": count,
-                                                           "source_size": source_size}
+    wanted = mid_second_indices(total, float(rate))
+    return _stack([kept[i] for i in wanted], size), {"fps": float(rate), "decoded": total,
+                                                     "source_size": source_size if wanted else None}
 
 
 def _top_up(path: Path, size: tuple[int, int] | None, kept: dict[int, np.ndarray], total: int, minimum: int,
