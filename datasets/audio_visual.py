@@ -45,6 +45,7 @@ from datasets.media.video import (
     MID_OF_SECOND,
     extract_frames,
     get_extraction,
+    in_segment,
     load_frame_folder,
 )
 from datasets.prepared import PreparedDataset, Record, cache_hparams
@@ -376,9 +377,7 @@ class AVCacheDataset(PreparedDataset):
         if settings.visual == "frames":
             clip, info = load_frame_folder(visual_path, size)
             if segment is not None:
-                # The frames of seconds Start..End, both included (PMR video2frame_update_SE: start_t <= n <= end_t).
-                second = np.arange(len(clip)) // settings.per_second
-                clip = clip[(second >= segment[0]) & (second <= segment[1])]
+                clip = clip[in_segment(np.arange(len(clip)) // settings.per_second, segment)]
         else:
             # The extraction cuts the segment itself: a rule that tops a clip up draws from the segment's frames.
             clip, info = extract_frames(visual_path, size, settings.per_second, settings.extraction, segment)

@@ -217,10 +217,11 @@ def top_up_span(total: int, fps: int, seconds: tuple[int, int] | None) -> range 
     return range(start * fps, min(max(end, start + 1) * fps, total))
 
 
-def _in_seconds(second: int, seconds: tuple[int, int] | None) -> bool:
-    """Whether a frame of ``second`` belongs to the event segment ``seconds`` (Start..End, both included, as PMR's
-    video2frame_update_SE ``start_t <= num_count <= end_t``), or to the whole clip (None)."""
-    return seconds is None or seconds[0] <= second <= seconds[1]
+def in_segment(second, seconds: tuple[int, int] | None):
+    """Whether frames of ``second`` (an int, or an integer array for a mask) belong to the event segment ``seconds``
+    (Start..End, both included, as PMR's video2frame_update_SE ``start_t <= num_count <= end_t``), or to the whole
+    clip (None)."""
+    return True if seconds is None else (seconds[0] <= second) & (second <= seconds[1])
 
 
 def _decode(path: Path, size: tuple[int, int] | None, keep: Callable[[int, Fraction], bool]
@@ -320,7 +321,7 @@ def extract_frames(path: Path, size: tuple[int, int] | None, per_second: int = 1
         return _middle_of_each_second(path, size)
     kept, rate, count, source_size = _decode(
         path, size, lambda index, rate: kept_frame(index % int(rate), int(rate), per_second)
-        and _in_seconds(index // int(rate), seconds))
+        and in_segment(index // int(rate), seconds))
     # A clip with no kept frame (an empty video, a segment past the video's end) is not topped up: min_frames drops
     # it. PMR would store copies of frame 0 for a segment past the end of a video shorter than its minimum, which
     # AVE's 10 s clips never are.
