@@ -192,7 +192,10 @@ def resolve(namespace: str, declared: Iterable[HParam], dataset: str | None,
         for name, value in preset.items():
             if name not in table:
                 raise HParamError(f"variant {variant!r} of {namespace!r} sets undeclared key {name!r}")
-            values[name] = value
+            try:
+                values[name] = table[name].coerce(namespace, value)
+            except HParamError as err:
+                raise HParamError(f"variant {variant!r} of {namespace!r}: {err}") from None
     for name, value in overrides.items():
         values[name] = table[name].coerce(namespace, value)
     return HParams(namespace, values, {name: p.absent_value for name, p in table.items()

@@ -178,6 +178,21 @@ def test_a_variant_preset_setting_an_undeclared_key_is_an_error():
         resolve("m", declared, None, {"variant": "bad"}, variants={"bad": {"nope": 1}})
 
 
+@pytest.mark.parametrize("key,value,error", [("steps", 2.5, "m.steps expects"),
+                                             ("rule", "sum", "m.rule='sum' is not one"),
+                                             ("flag", 1, "m.flag expects true/false")])
+def test_a_variant_preset_value_is_typed_and_checked_like_an_override(key, value, error):
+    declared = DECLARED + (variant_param({"bad": {key: value}}, "doc"),)
+    with pytest.raises(HParamError, match=f"variant 'bad' of 'm': {error}"):
+        resolve("m", declared, None, {"variant": "bad"}, variants={"bad": {key: value}})
+
+
+def test_a_variant_preset_int_for_a_float_knob_resolves_to_the_float():
+    declared = DECLARED + (variant_param({"v": {"alpha": 1}}, "doc"),)
+    alpha = resolve("m", declared, None, {"variant": "v"}, variants={"v": {"alpha": 1}}).alpha
+    assert isinstance(alpha, float) and alpha == 1.0
+
+
 def test_set_reads_a_signed_leading_dot_decimal_as_a_number():
     # YAML leaves "-.5" a string; a number knob would then refuse what Python reads as -0.5.
     assert parse_assignments(["m.alpha=-.5", "m.milestones=[-.5]"]) == {"m": {"alpha": -0.5, "milestones": [-0.5]}}
