@@ -25,7 +25,9 @@ import torch
 from core.data import Augment, Gather, ModalitySpec, TaskSpec
 from core.hparams import HParam, HParams, resolve
 from datasets.augment import (
+    CROP_PER,
     CROP_SCALE,
+    EVAL_VIEWS,
     FRAME_COUNT_KEY,
     FRAME_RULES,
     FRAME_START_KEY,
@@ -144,12 +146,31 @@ def av_hparams(*, recipes: Sequence[str], recipe: str, recipe_doc: str, frames: 
     """The ``data.*`` knobs of an audio-visual dataset, with that dataset's defaults."""
     serving = (
         HParam("image_size", image_size, "S of the served visual (3, T, S, S): RandomResizedCrop(S) for training, "
-                                         "Resize((S, S)) for evaluation (224 in OGM-GE, AUG, AMSS, PMR loaders).",
+                                         "the data.eval_view for evaluation (224 in OGM-GE, AUG, AMSS, PMR "
+                                         "loaders).",
                low=1),
         HParam("crop_scale", list(CROP_SCALE), "RandomResizedCrop's range of the training crop's share of the frame "
                                                "area: torchvision's default (0.08, 1), which the OGM-GE, AUG, AMSS "
                                                "and PMR loaders use (docs/datasets/recipes.md#image-transforms).",
                check=check_crop_scale),
+        HParam("crop_per", "frame", "How often the training crop box and horizontal flip are drawn: 'frame' = for "
+                                    "every frame, as the OGM-GE, AUG, PMR and BalanceBenchmark loaders apply their "
+                                    "torchvision Compose to each frame (e.g. GitHub GeWu-Lab/OGM-GE_CVPR2022 "
+                                    "dataset/CramedDataset.py); 'clip' = once per clip, the same box and flip on its "
+                                    "T frames, as BML does (GitHub GeWu-Lab/BML_TPAMI2024 code/dataset/KS.py "
+                                    "KSDataset.__loading calls randomize_parameters once per clip; "
+                                    "code/dataset/spatial_transforms.py RandomResizedCrop, RandomHorizontalFlip). "
+                                    "Added after runs were recorded without it: a run at 'frame' does not record it.",
+               choices=CROP_PER, absent_value="frame"),
+        HParam("eval_view", "resize", "The evaluation view of a stored frame: 'resize' = Resize((S, S)), squeezing "
+                                      "it to S x S (the OGM-GE, AUG, AMSS, PMR loaders); 'short_side_center' = "
+                                      "Resize(S) of the short side (long side int(S * long / short), truncated), then "
+                                      "CenterCrop(S) (offsets int(round((h - S) / 2)), halves to even), as BML "
+                                      "evaluates (GitHub GeWu-Lab/BML_TPAMI2024 code/dataset/spatial_transforms.py "
+                                      "get_val_spatial_transforms, with torchvision 0.14's Resize and CenterCrop on "
+                                      "PIL images). Added after runs were recorded without it: a run at 'resize' "
+                                      "does not record it.",
+               choices=EVAL_VIEWS, absent_value="resize"),
         HParam("frames", frames, frames_doc, low=1),
         HParam("frame_rule", "segments", "How T frames are chosen from a clip's sorted 1 fps frames: 'segments' = "
                                          "T segments of n // T frames, a random frame of each for training, frame "
@@ -180,8 +201,8 @@ def av_hparams(*, recipes: Sequence[str], recipe: str, recipe_doc: str, frames: 
                                    "most half of its free memory, else 'memory' when they take at most half of the "
                                    "available RAM, else 'none'; 'none' under data.subset [project].",
                choices=RESIDENT_MODES),
-        HParam("eval_cache_mb", 2048, "Test-time Resize((S, S)) frame views are computed once and kept, up to this "
-                                      "many MiB of uint8 (0 = resize on every use) [project]."),
+        HParam("eval_cache_mb", 2048, "Test-time frame views (data.eval_view) are computed once and kept, up to "
+                                      "this many MiB of uint8 (0 = resize on every use) [project]."),
         HParam("compile_views", False, "On a CPU, serve the kept test-time views with one kernel that torch.compile "
                                        "generates (gather, uint8->float32 conversion and normalisation in a single "
                                        "pass; bit-identical values, about half the time of the per-view eager path); "
@@ -495,7 +516,8 @@ class AVCacheDataset(PreparedDataset):
                             frame_rule=hp.frame_rule, audio_frames=pipeline.serve_frames, audio=cache.arrays["audio"],
                             resample=hp.resample, resident=resident,
                             eval_cache_frames=int(hp.eval_cache_mb * 2**20) // view_bytes,
-                            compile_views=hp.compile_views, crop_scale=hp.crop_scale)
+                            compile_views=hp.compile_views, crop_scale=hp.crop_scale, crop_per=hp.crop_per,
+                            eval_view=hp.eval_view)
         return task, gather, augment
 
     @classmethod

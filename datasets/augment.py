@@ -10,8 +10,9 @@
 2. train: RandomResizedCrop with torchvision's parameterisation (scale ``data.crop_scale``, by default (0.08, 1),
    ratio (3/4, 4/3), 10 attempts, then the centre-crop fallback; ``crop_boxes``), then a horizontal flip with
    probability 0.5, both drawn per frame as the published loaders transform each frame separately (GitHub:
-   GeWu-Lab/OGM-GE_CVPR2022, ``dataset/CramedDataset.py``). The crop is resampled by one of three filters
-   (``data.resample``):
+   GeWu-Lab/OGM-GE_CVPR2022, ``dataset/CramedDataset.py``), or with ``data.crop_per: clip`` once per clip and
+   applied to its T frames, as BML does (GitHub: GeWu-Lab/BML_TPAMI2024, ``code/dataset/KS.py``,
+   ``KSDataset.__loading``). The crop is resampled by one of three filters (``data.resample``):
 
    - ``pil`` (default): PIL's antialiased bilinear filter on the uint8 crop, rounded to uint8, then the flip on the
      uint8 rows (``resized_crop_pil``): what the published PIL pipeline computes, and the cheapest on a CPU, since
@@ -28,10 +29,12 @@
    - ``exact``: PIL's antialiased bilinear filter as separable per-sample weight matrices (``resized_crop``) in
      float32, equal to torchvision's ``resized_crop(..., antialias=True)`` up to float rounding (no uint8 rounding).
 
-   Evaluation: ``Resize((S, S))`` with the antialiased bilinear filter on uint8 frames, rounded to uint8 as PIL does
-   in the published pipeline; each frame's view is computed once on the CPU and kept (``EvalViews``), so later
-   evaluations are one gather and a conversion (on a CPU: each kept view converted and normalised straight into the
-   served batch, ``normalized_views_into``), and CPU and GPU runs serve identical evaluation batches;
+   Evaluation (``data.eval_view``): ``Resize((S, S))`` with the antialiased bilinear filter on uint8 frames,
+   rounded to uint8 as PIL does in the published pipeline, or ``short_side_center``: BML's ``Resize(S)`` of the short
+   side then ``CenterCrop(S)`` (``short_side_center_uint8``); each frame's view is computed once on the CPU and kept
+   (``EvalViews``), so later evaluations are one gather and a conversion (on a CPU: each kept view converted and
+   normalised straight into the served batch, ``normalized_views_into``), and CPU and GPU runs serve identical
+   evaluation batches;
 3. converts to float32 and applies ImageNet normalisation, into the served float32 (B, 3, T, S, S) ``visual``: on a
    CPU each ``pil`` crop as soon as it is made, while it is in cache (``resized_crop_pil_normalized``), elsewhere the
    whole batch at once; both give the same bits;
@@ -97,6 +100,8 @@ BML_KS_FRAMES = 3
 KS_SHORT_CLIP_FRAMES = 6
 KS_LAST_FRAME = 8
 RESAMPLE_MODES = ("pil", "fast", "exact")
+CROP_PER = ("frame", "clip")
+EVAL_VIEWS = ("resize", "short_side_center")
 RESIDENT_MODES = ("auto", "none", "memory", "device")
 # Batch keys the gather step fills and AVAugment consumes; they stay on the host and methods never see them.
 ROWS_KEY = "_rows"
@@ -284,17 +289,44 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
-def resize_uint8(frames: torch.Tensor, size: int) -> torch.Tensor:
-    """``Resize((size, size))`` of uint8 (N, H, W, 3) frames -> uint8 (N, size, size, 3), antialiased bilinear.
+def resize_uint8(frames: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """``Resize((size, size))`` (or to ``size`` = (h, w)) of uint8 (N, H, W, 3) frames -> uint8 (N, h, w, 3),
+    antialiased bilinear.
 
     Runs torch's uint8 channels-last kernel (the PIL-style fixed-point path), which rounds to uint8 as the
     published PIL pipeline does, about 5x faster on a CPU than the float kernel.
     """
-    if frames.shape[1:3] == (size, size):
+    shape = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(frames.shape[1:3]) == shape:
         return frames
-    out = F.interpolate(frames.permute(0, 3, 1, 2), size=(size, size), mode="bilinear", align_corners=False,
+    out = F.interpolate(frames.permute(0, 3, 1, 2), size=shape, mode="bilinear", align_corners=False,
                         antialias=True)
     return out.permute(0, 2, 3, 1).contiguous()
+
+
+def short_side_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """(h, w) of ``Resize(size)`` with an int size: the short side becomes ``size``, the long side
+    ``int(size * long / short)``, truncated (torchvision ``functional._compute_resized_output_size``, which BML's
+    torchvision 0.14 ``Resize`` uses: a 256x341 frame becomes 112x149)."""
+    if height <= width:
+        return size, int(size * width / height)
+    return int(size * height / width), size
+
+
+def short_side_center_uint8(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """BML's evaluation view of uint8 (N, H, W, 3) frames -> uint8 (N, size, size, 3): ``Resize(size)`` of the short
+    side (``short_side_shape``, antialiased bilinear as PIL's ``resize``), then ``CenterCrop(size)``, whose offsets
+    ``int(round((h - size) / 2))`` round halves to even as Python's ``round`` does in torchvision
+    ``functional.center_crop`` (GitHub: GeWu-Lab/BML_TPAMI2024, ``code/dataset/spatial_transforms.py``,
+    ``get_val_spatial_transforms``)."""
+    h, w = short_side_shape(frames.shape[1], frames.shape[2], size)
+    top, left = int(round((h - size) / 2)), int(round((w - size) / 2))
+    return resize_uint8(frames, (h, w))[:, top:top + size, left:left + size].contiguous()
+
+
+def eval_view_uint8(frames: torch.Tensor, size: int, view: str) -> torch.Tensor:
+    """The ``data.eval_view`` of uint8 (N, H, W, 3) frames -> uint8 (N, size, size, 3)."""
+    return short_side_center_uint8(frames, size) if view == "short_side_center" else resize_uint8(frames, size)
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -684,8 +716,8 @@ class CacheArrays:
 
 
 class EvalViews:
-    """Test-time ``Resize((S, S))`` views of cached frames (uint8, kept channels first), each computed once on the
-    CPU and then kept.
+    """Test-time views (``Resize((S, S))``, or BML's short-side resize and centre crop) of cached frames (uint8, kept
+    channels first), each computed once on the CPU and then kept.
 
     Evaluation visits the same frames every epoch (the selection rule is deterministic), so after the first pass an
     evaluation batch is one gather from this table. At most ``capacity`` frames are kept; frames beyond that are
@@ -695,11 +727,15 @@ class EvalViews:
         frames: the cache's uint8 (total_frames, H, W, 3) array (host).
         size: S.
         capacity: frames to keep at most (0 = keep none).
+        view: one of ``EVAL_VIEWS`` (``data.eval_view``).
     """
 
-    def __init__(self, frames: np.ndarray, size: int, capacity: int) -> None:
+    def __init__(self, frames: np.ndarray, size: int, capacity: int, view: str = "resize") -> None:
+        if view not in EVAL_VIEWS:
+            raise HParamError(f"data.eval_view={view!r} is not one of {list(EVAL_VIEWS)}")
         self.frames = frames
         self.size = size
+        self.view = view
         self.capacity = max(0, min(int(capacity), len(frames)))
         self.identity = tuple(frames.shape[1:3]) == (size, size)
         self.slot = np.full(len(frames), -1, dtype=np.int64)
@@ -738,7 +774,7 @@ class EvalViews:
     def _store(self, missing: np.ndarray) -> tuple[np.ndarray, torch.Tensor | None]:
         """Resize ``missing`` (sorted, unique) frames and keep as many as fit; returns the frames not kept and their
         views (None when all were kept)."""
-        fresh = resize_uint8(torch.from_numpy(np.ascontiguousarray(self.frames[missing])), self.size)
+        fresh = eval_view_uint8(torch.from_numpy(np.ascontiguousarray(self.frames[missing])), self.size, self.view)
         fresh = fresh.permute(0, 3, 1, 2).contiguous()
         keep = min(len(missing), self.capacity - self.used)
         if keep > 0:
@@ -771,13 +807,18 @@ class AVAugment:
         compile_views: on a CPU, serve batches of kept test-time views with the compiled kernel
             (``normalized_views_compiled``) instead of one eager conversion per view; the same bits.
         crop_scale: RandomResizedCrop's range of the crop's share of the frame area.
+        crop_per: one of ``CROP_PER``: a crop box and flip drawn for every frame, or one per clip for its T frames.
+        eval_view: one of ``EVAL_VIEWS``: the test-time view (``EvalViews``).
     """
 
     def __init__(self, frames: np.ndarray, *, num_frames: int, image_size: int, frame_rule: str = "segments",
                  audio_frames: int = 0, audio: np.ndarray | None = None, resample: str = "pil",
                  resident: str = "none", eval_cache_frames: int = 0, compile_views: bool = False,
-                 crop_scale: Sequence[float] = CROP_SCALE) -> None:
+                 crop_scale: Sequence[float] = CROP_SCALE, crop_per: str = "frame", eval_view: str = "resize"
+                 ) -> None:
         check_frame_rule(frame_rule, num_frames)
+        if crop_per not in CROP_PER:
+            raise HParamError(f"data.crop_per={crop_per!r} is not one of {list(CROP_PER)}")
         if resample not in RESAMPLE_MODES:
             raise ValueError(f"data.resample={resample!r} is not one of {RESAMPLE_MODES}")
         check_crop_scale("data.crop_scale", crop_scale)
@@ -785,7 +826,7 @@ class AVAugment:
             raise ValueError(f"num_frames and image_size must be >= 1, got {num_frames} and {image_size}")
         arrays = {"frames": frames} if audio is None else {"frames": frames, "audio": audio}
         self.arrays = CacheArrays(arrays, resident)
-        self.eval_views = EvalViews(frames, image_size, eval_cache_frames)
+        self.eval_views = EvalViews(frames, image_size, eval_cache_frames, eval_view)
         self.frame_size = tuple(frames.shape[1:3])
         self.num_frames = num_frames
         self.image_size = image_size
@@ -793,6 +834,7 @@ class AVAugment:
         self.audio_frames = audio_frames
         self.resample = resample
         self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
+        self.crop_per = crop_per
         self.compile_views = compile_views
         # Set to a ``StageTimes`` to profile the serving stages (``augbench bench data``).
         self.times: StageTimes | None = None
@@ -876,8 +918,12 @@ class AVAugment:
         clips = self.ring.get("visual", (b, 3, t, s, s), torch.float32, device)
         if train:
             height, width = self.frame_size
-            boxes = crop_boxes(b * t, height, width, generator, scale=self.crop_scale)
-            flip = torch.rand(b * t, generator=generator) < FLIP_PROB
+            draws = b if self.crop_per == "clip" else b * t
+            boxes = crop_boxes(draws, height, width, generator, scale=self.crop_scale)
+            flip = torch.rand(draws, generator=generator) < FLIP_PROB
+            if self.crop_per == "clip":
+                # Every path below takes one box and flip per frame; a clip's frames are consecutive in ``index``.
+                boxes, flip = boxes.repeat_interleave(t, dim=0), flip.repeat_interleave(t)
             if self.resample == "pil" and self._crops_on_cpu(device):
                 # The fused kernel reads the frames itself: this stage only looks the array up.
                 with self._stage("frame array lookup", device):
