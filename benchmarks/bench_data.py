@@ -114,7 +114,8 @@ def _floor_batches(loader: Any, augment: AVAugment, starts: np.ndarray, counts: 
     normalisation or collation: what serving a float32 batch costs at least. Returns a function starting such an
     epoch."""
     audio = augment.arrays.host_source("audio")
-    views = EvalViews(augment.eval_views.frames, augment.image_size, capacity=len(augment.eval_views.frames))
+    views = EvalViews(augment.eval_views.frames, augment.image_size, capacity=len(augment.eval_views.frames),
+                      view=augment.eval_views.view)
     order = loader._order()
     plan = []
     for first in range(0, len(order), loader.batch_size):
@@ -256,7 +257,7 @@ def benchmark_data(prepared_dir: Path | str, *, raw_dir: Path | str | None = Non
         items = items_from_cache(cache, bundle.splits[split], raw_dir)
         media = MediaDataset(items, audio_pipeline(cache), num_frames=hp.frames, image_size=hp.image_size, train=train,
                              frame_rule=hp.frame_rule, frames_per_second=cache.manifest["visual"]["per_second"],
-                             seed=seed, crop_scale=hp.crop_scale)
+                             seed=seed, crop_scale=hp.crop_scale, crop_per=hp.crop_per, eval_view=hp.eval_view)
         media_loader = torch.utils.data.DataLoader(media, batch_size=batch_size, shuffle=train, num_workers=0,
                                                    generator=torch.Generator().manual_seed(seed))
         streams = {"cache": _Timed("cache", lambda: iter(loader), target),

@@ -4,8 +4,10 @@
 ``dataset/CramedDataset.py``) and its descendants do: decode the audio file and compute the audio pipeline's
 features, list the clip's frames, decode the chosen JPEGs (or decode the video when no frame folder exists) and run
 torchvision's PIL transforms on each frame (train: RandomResizedCrop(S), RandomHorizontalFlip, ToTensor, ImageNet
-Normalize; test: Resize((S, S)), ToTensor, Normalize). It differs from the published code only where those were
-bugs: frames are chosen from the *sorted* listing with the same rule as the cache loader (``segments`` or
+Normalize; test: Resize((S, S)), ToTensor, Normalize), or BML's serving when asked (``crop_per: clip``: one crop box
+and flip per clip, GitHub: GeWu-Lab/BML_TPAMI2024 ``code/dataset/KS.py``; ``eval_view: short_side_center``:
+Resize(S), CenterCrop(S), its ``code/dataset/spatial_transforms.py``). It differs from the published code only where
+those were bugs: frames are chosen from the *sorted* listing with the same rule as the cache loader (``segments`` or
 ``first_k``), and the audio pipeline is the cached one. It is used to check that the cache reproduces on-the-fly
 features, and by ``benchmarks.bench_data`` to measure what the cache saves. Training never uses it.
 """
@@ -19,7 +21,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from datasets.augment import CROP_SCALE, IMAGENET_MEAN, IMAGENET_STD, frame_offsets
+from core.hparams import HParamError
+from datasets.augment import (
+    CROP_PER,
+    CROP_SCALE,
+    EVAL_VIEWS,
+    FLIP_PROB,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    frame_offsets,
+)
 from datasets.cache import Cache
 from datasets.media.audio import AudioPipeline, features_from_file
 from datasets.media.video import extract_frames, frame_files
@@ -66,13 +77,20 @@ class MediaDataset(torch.utils.data.Dataset):
         frames_per_second: frames kept per second when decoding a video.
         seed: seed of this dataset's frame-choice generator.
         crop_scale: RandomResizedCrop's area range (``data.crop_scale``).
+        crop_per: ``frame`` or ``clip`` (``data.crop_per``).
+        eval_view: ``resize`` or ``short_side_center`` (``data.eval_view``).
     """
 
     def __init__(self, items: list[MediaItem], pipeline: AudioPipeline, *, num_frames: int, image_size: int,
                  train: bool, frame_rule: str = "segments", frames_per_second: int = 1, seed: int = 0,
-                 crop_scale: tuple[float, float] = CROP_SCALE) -> None:
+                 crop_scale: tuple[float, float] = CROP_SCALE, crop_per: str = "frame",
+                 eval_view: str = "resize") -> None:
         from torchvision import transforms
 
+        if crop_per not in CROP_PER:
+            raise HParamError(f"data.crop_per={crop_per!r} is not one of {list(CROP_PER)}")
+        if eval_view not in EVAL_VIEWS:
+            raise HParamError(f"data.eval_view={eval_view!r} is not one of {list(EVAL_VIEWS)}")
         self.items = items
         self.pipeline = pipeline
         self.num_frames = num_frames
@@ -80,13 +98,16 @@ class MediaDataset(torch.utils.data.Dataset):
         self.frame_rule = frame_rule
         self.frames_per_second = frames_per_second
         self.generator = torch.Generator().manual_seed(seed)
-        normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+        self.per_clip = train and crop_per == "clip"
+        self.crop = transforms.RandomResizedCrop(image_size, scale=tuple(crop_scale))
+        self.finish = transforms.Compose([transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
         if train:
-            self.transform = transforms.Compose([transforms.RandomResizedCrop(image_size, scale=tuple(crop_scale)),
-                                                 transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize])
+            views = [self.crop, transforms.RandomHorizontalFlip()]
+        elif eval_view == "short_side_center":
+            views = [transforms.Resize(image_size), transforms.CenterCrop(image_size)]
         else:
-            self.transform = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor(),
-                                                 normalize])
+            views = [transforms.Resize((image_size, image_size))]
+        self.transform = transforms.Compose([*views, self.finish])
 
     def __len__(self) -> int:
         return len(self.items)
@@ -117,6 +138,21 @@ class MediaDataset(torch.utils.data.Dataset):
             start = int(torch.randint(0, features.shape[1] - crop + 1, (1,), generator=self.generator)) \
                 if self.train else 0
             features = features[:, start:start + crop]
-        visual = torch.stack([self.transform(image) for image in self._frames(item)]).permute(1, 0, 2, 3)
+        images = self._frames(item)
+        views = self._clip_views(images) if self.per_clip else [self.transform(image) for image in images]
+        visual = torch.stack(views).permute(1, 0, 2, 3)
         return {"audio": features[None], "visual": visual, "label": torch.tensor(item.label),
                 "index": torch.tensor(item.row)}
+
+    def _clip_views(self, images: list) -> list[torch.Tensor]:
+        """One RandomResizedCrop box and one flip draw for all of a clip's frames (torch's global generator, as the
+        per-frame transforms draw), as BML's ``randomize_parameters`` fixes them once per clip."""
+        from torchvision.transforms import functional as TF
+
+        box = self.crop.get_params(images[0], self.crop.scale, self.crop.ratio)
+        mirror = bool(torch.rand(1) < FLIP_PROB)
+        views = []
+        for image in images:
+            view = TF.resized_crop(image, *box, self.crop.size, self.crop.interpolation, antialias=True)
+            views.append(self.finish(TF.hflip(view) if mirror else view))
+        return views

@@ -407,6 +407,30 @@ def test_cache_agrees_with_the_per_sample_media_loader(cache_path):
     assert train_item["visual"].shape == (3, 2, SIZE, SIZE)
 
 
+def test_per_sample_media_loader_serves_bmls_views_when_asked(cache_path, monkeypatch):
+    from torchvision import transforms
+
+    cache = open_cache(cache_path)
+    rows = bundle(cache_path).splits["test"]
+    items, pipeline = items_from_cache(cache, rows), audio_pipeline(cache)
+    batch = next(iter(bundle(cache_path, frames=2, eval_view="short_side_center").loader(
+        "test", batch_size=len(rows), train=False, seed=0)))
+    media = MediaDataset(items, pipeline, num_frames=2, image_size=SIZE, train=False, eval_view="short_side_center")
+    by_row = {int(r): i for i, r in enumerate(batch["index"])}
+    for item in (media[i] for i in range(len(media))):
+        torch.testing.assert_close(batch["visual"][by_row[int(item["index"])]], item["visual"], atol=0.08, rtol=0)
+    draws = []
+    real = transforms.RandomResizedCrop.get_params
+    monkeypatch.setattr(transforms.RandomResizedCrop, "get_params",
+                        staticmethod(lambda *a: draws.append(1) or real(*a)))
+    for crop_per, per_item in (("clip", 1), ("frame", 3)):
+        draws.clear()
+        MediaDataset(items[:2], pipeline, num_frames=3, image_size=SIZE, train=True, crop_per=crop_per)[1]
+        assert len(draws) == per_item, crop_per
+    with pytest.raises(ValueError, match=r"data\.crop_per='video' is not one of"):
+        MediaDataset(items, pipeline, num_frames=2, image_size=SIZE, train=True, crop_per="video")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_batches_are_the_same_on_cpu_and_gpu(cache_path):
