@@ -407,6 +407,32 @@ def test_short_is_under_one_second_of_the_clip_or_of_its_window(tmp_path, second
     assert is_short is short
 
 
+def stepped_tone(seconds: float, sr: int) -> np.ndarray:
+    """A tone whose frequency changes every second (300 + 150 k Hz in second k): which seconds a cut keeps shows."""
+    t = np.arange(int(round(seconds * sr))) / sr
+    return (0.3 * np.sin(2 * np.pi * (300 + 150 * np.floor(t)) * t)).astype(np.float32)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_pmr_event_segment_of_a_48khz_track_is_cut_after_resampling_to_16khz(tmp_path):
+    # AVE's tracks are 44.1/48 kHz. extractWav_SE: librosa.load(sr=16000) of the whole file, then
+    # samples[16000 * start:16000 * end] (End excluded), and spectrogram(resamples, rate) with rate = 16000.
+    import librosa
+    import soundfile as sf
+    from scipy import signal
+
+    path = tmp_path / "clip.wav"
+    sf.write(path, stepped_tone(6.0, 48000), 48000, subtype="FLOAT")
+    samples, rate = librosa.load(str(path), sr=16000)
+    resamples = np.clip(np.tile(samples[16000 * 2:16000 * 4], 10)[:160000], -1.0, 1.0)
+    _, _, spectrogram = signal.spectrogram(resamples, rate, nperseg=512, noverlap=353)
+    spectrogram = np.log(np.abs(spectrogram) + 1e-7)
+    reference = (spectrogram - spectrogram.mean()) / (spectrogram.std() + 1e-9)
+    features, duration, short = features_from_file(get_pipeline("pmr_spec10s"), path, (2, 4))
+    np.testing.assert_allclose(features, reference, rtol=0, atol=1e-3)  # float32 z-scored log-power
+    assert duration == pytest.approx(6.0) and not short
+
+
 def published_kept_frames(n: int, fps: float, per_second: int) -> list[int]:
     """GitHub: GeWu-Lab/OGM-GE_CVPR2022, data/CREMAD/video_preprocessing.py, video2frame_update, written out."""
     fps = int(fps)
