@@ -433,6 +433,28 @@ def test_pmr_event_segment_of_a_48khz_track_is_cut_after_resampling_to_16khz(tmp
     assert duration == pytest.approx(6.0) and not short
 
 
+def test_an_uncentred_stft_override_frames_the_signal_without_padding():
+    # center=False: frame t is |rfft(hann(512) * x[353 t : 353 t + 512])| of the tiled, clipped clip, 186 frames.
+    pipeline = get_pipeline("ogm_stft3s").replace({"center": False})
+    y = loud_tone(1.3, 22050)
+    out = compute_features(pipeline, y, 22050)
+    assert out.shape == pipeline.output_shape() == (257, 1 + (66150 - 512) // 353)
+    x = np.clip(np.tile(y.astype(np.float64), 3)[:66150], -1.0, 1.0)
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(512) / 512)
+    for t in (0, 1, 81, 185):
+        frame = np.abs(np.fft.rfft(window * x[353 * t:353 * t + 512]))
+        loud = frame > 1e-2  # float32 log-magnitudes, compared where rounding cannot dominate
+        np.testing.assert_allclose(out[loud, t], np.log(frame[loud] + 1e-7), rtol=0, atol=1e-3)
+
+
+def test_fractional_seconds_round_to_the_nearest_sample_and_a_crop_may_span_the_cache():
+    assert 2.01 * 16000 < 32160 and get_pipeline("pmr_spec10s").replace({"seconds": 2.01}).num_samples == 32160
+    vgg = get_pipeline("vgg_stft10s")
+    assert vgg.replace({"serve_frames": 1251}).served_shape() == (129, 1251)
+    with pytest.raises(ValueError, match="serve_frames 1252 exceeds the cached 1251 frames"):
+        vgg.replace({"serve_frames": 1252})
+
+
 def published_kept_frames(n: int, fps: float, per_second: int) -> list[int]:
     """GitHub: GeWu-Lab/OGM-GE_CVPR2022, data/CREMAD/video_preprocessing.py, video2frame_update, written out."""
     fps = int(fps)
