@@ -455,6 +455,47 @@ def test_fractional_seconds_round_to_the_nearest_sample_and_a_crop_may_span_the_
         vgg.replace({"serve_frames": 1252})
 
 
+def test_decoded_audio_is_float32_like_librosa_load_and_torchaudio_load(tmp_path):
+    import soundfile as sf
+
+    path = tmp_path / "stereo.wav"
+    sf.write(path, np.stack([tone(0.5), tone(0.5)[::-1]], axis=1), 16000, subtype="PCM_16")
+    channels, _ = load_channels(path)
+    mono, _ = load_waveform(path)
+    assert channels.dtype == mono.dtype == np.float32 and channels.shape == (2, 8000)
+
+
+def test_fbank_overrides_reach_torchaudio_after_resampling(monkeypatch):
+    seen = {}
+
+    def fbank(wave, **kwargs):
+        seen.update(kwargs, samples=wave.shape[-1], dtype=wave.dtype)
+        return torch.zeros((300, kwargs["num_mel_bins"]))
+
+    fake_torchaudio(monkeypatch, fbank)
+    pipeline = get_pipeline("kaldi_fbank1024").replace({"sample_rate": 16000, "num_mel_bins": 64,
+                                                         "frame_shift_ms": 20.0})
+    out = compute_features(pipeline, tone(1.0, 44100), 44100)
+    assert out.shape == pipeline.output_shape() == (1024, 64)
+    assert seen["sample_frequency"] == 16000 and seen["samples"] == 16000, "fbank reads the resampled audio"
+    assert seen["num_mel_bins"] == 64 and seen["frame_shift"] == 20.0
+    assert seen["dtype"] == torch.float32, "torchaudio.load's dtype: the mean is subtracted in float32"
+
+
+def test_fbank_of_an_event_segment_keeps_its_seconds_of_every_channel(monkeypatch):
+    seen = {}
+
+    def fbank(wave, **kwargs):
+        seen["wave"] = wave.clone()
+        return torch.zeros((300, kwargs["num_mel_bins"]))
+
+    fake_torchaudio(monkeypatch, fbank)
+    channels = np.stack([stepped_tone(4.0, 8000), 0.5 * stepped_tone(4.0, 8000) + 0.1])
+    compute_features(get_pipeline("kaldi_fbank1024"), channels, 8000, (1, 3))
+    segment = channels[:, 8000:24000]
+    np.testing.assert_allclose(seen["wave"].numpy(), segment - segment.mean(), atol=1e-6)
+
+
 def published_kept_frames(n: int, fps: float, per_second: int) -> list[int]:
     """GitHub: GeWu-Lab/OGM-GE_CVPR2022, data/CREMAD/video_preprocessing.py, video2frame_update, written out."""
     fps = int(fps)
