@@ -284,9 +284,12 @@ def plot_demo(sweep_dir: Path, out_png: Path, order: Sequence[str] | None = None
         axes[k // cols][k % cols].set_visible(False)
     for r in range(rows):
         axes[r][0].set_ylabel("test accuracy (%)", fontsize="small")
+    # Each column's epoch axis goes on its lowest panel: where the last row is short, on the row above (the bottom
+    # row's empty places are hidden, and the shared x axis keeps tick labels off every panel but the one named here).
     for c in range(cols):
-        axes[rows - 1][c].set_xlabel("epoch", fontsize="small")
-        axes[rows - 1][c].xaxis.set_tick_params(labelbottom=True)
+        lowest = axes[(len(labels) - 1 - c) // cols][c]
+        lowest.set_xlabel("epoch", fontsize="small")
+        lowest.xaxis.set_tick_params(labelbottom=True)
     fig.legend(list(seen.values()), list(seen), loc="outside upper center", ncols=len(seen), fontsize="small",
                title="test accuracy, mean over seeds (band: min-max over seeds); dashed: a unimodal model's mean at "
                      "the final epoch",

@@ -936,3 +936,40 @@ def test_the_run_plot_draws_the_modalities_confidence_and_its_ratio(tmp_path, mo
     # three modalities: per-modality confidence, no single ratio
     three = [{"epoch": 0, "test": {"acc": 0.5, "per_modality": {m: {"acc": 0.5, "conf": 0.3} for m in "abc"}}}]
     assert "confidence ratio" not in run_series(three) and len(run_series(three)["confidence"]) == 3
+
+
+def test_demo_curves_name_every_line_label_every_axis_and_share_one_linear_scale(tmp_path, monkeypatch):
+    # Eight rows in six columns: columns 3-6 end on the first row, whose x tick labels the shared axis hides. The
+    # epoch label and ticks went to the hidden panels of the second row, so four panels had no epoch axis at all.
+    from matplotlib.colors import to_hex
+
+    figures = _captured_figures(monkeypatch)
+    for i in range(8):
+        for seed, acc in ((0, 0.6), (1, 0.5), (2, 0.3)) if i == 0 else ((0, 0.5),):
+            write_run(tmp_path / f"r{i}", "joint", "cremad", seed, (acc,) * 3, job={"label": f"row{i}"})
+    order = ["row7"] + [f"row{i}" for i in range(7)]
+    plot_demo(tmp_path, tmp_path / "curves.png", order=order, titles={f"row{i}": f"Row {i}" for i in range(8)},
+              references={"audio": 0.55, "visual": 0.45})
+    [fig] = figures
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == [f"Row {i}" for i in (7, *range(7))], "titles, in the given order"
+    for ax in panels:
+        assert ax.get_ylim() == (0, 100) and ax.get_yscale() == ax.get_xscale() == "linear"
+        assert ax.get_xlim() == panels[0].get_xlim()
+        refs = sorted(line.get_ydata()[0] for line in ax.lines if line.get_linestyle() == "--")
+        assert refs == approx64([45.0, 55.0]), "the unimodal models' accuracy in %, dashed"
+    # Row 0: seeds' test accuracy at epochs 0-2 is (40, 50, 60), (30, 40, 50) and (10, 20, 30); the band is min-max.
+    fused_band = panels[1].collections[0].get_paths()[0].vertices[:, 1]
+    assert {10.0, 20.0, 30.0, 40.0, 50.0, 60.0} <= set(np.round(fused_band, 9))
+    assert (fused_band.min(), fused_band.max()) == approx64((10.0, 60.0))
+    for ax in (panels[0], panels[6]):
+        assert ax.get_ylabel() == "test accuracy (%)"
+    # The lowest panel of each column: Row 5 and Row 6 on the second row, Row 1-Row 4 (columns 3-6) on the first.
+    for ax in (panels[6], panels[7], *panels[2:6]):
+        assert ax.get_xlabel() == "epoch", ax.get_title()
+        assert [t.get_text() for t in ax.get_xticklabels() if t.get_visible() and t.get_text()], ax.get_title()
+    [legend] = fig.legends
+    colours = {text.get_text(): to_hex(handle.get_color()) for text, handle in zip(legend.get_texts(),
+                                                                                     legend.legend_handles)}
+    assert colours == {"fused output": "#000000", "audio head": to_hex("tab:blue"), "visual head": to_hex("tab:orange"),
+                       "audio-only model": to_hex("tab:blue"), "visual-only model": to_hex("tab:orange")}
