@@ -36,7 +36,7 @@ from benchmarks.collect import (
     trained_by,
     unfinished_runs,
 )
-from benchmarks.plots import _sweep_curves, plot_demo, plot_run, plot_sweep, run_series, seed_mean
+from benchmarks.plots import _sweep_curves, plot_demo, plot_demo_bars, plot_run, plot_sweep, run_series, seed_mean
 from benchmarks.records import read_json
 from benchmarks.run_folder import MISSING_RESULT
 from tests.numeric import approx64
@@ -973,3 +973,46 @@ def test_demo_curves_name_every_line_label_every_axis_and_share_one_linear_scale
                                                                                      legend.legend_handles)}
     assert colours == {"fused output": "#000000", "audio head": to_hex("tab:blue"), "visual head": to_hex("tab:orange"),
                        "audio-only model": to_hex("tab:blue"), "visual-only model": to_hex("tab:orange")}
+
+
+def test_demo_bars_show_fused_and_head_accuracy_with_the_seeds_std_under_display_names(tmp_path, monkeypatch):
+    from matplotlib.colors import to_hex
+
+    figures = _captured_figures(monkeypatch)
+    stats = {"unimodal_audio": {"acc": (0.6, 0.02), "acc:audio": (0.6, 0.02)},
+             "ensemble": {"acc": (0.9, 0.01), "acc:audio": (0.6, 0.02), "acc:visual": (0.8, 0.03)},
+             "joint": {"acc": (0.7, 0.05), "acc:audio": (0.55, 0.04), "acc:visual": (0.4, 0.1)}}
+    plot_demo_bars(stats, tmp_path / "bars.png", titles={"unimodal_audio": "Unimodal (audio)", "joint": "Concat"},
+                   references={"ensemble": "unimodal ensemble", "joint": "joint training"})
+    [fig] = figures
+    [ax] = fig.axes
+    ticks = sorted(zip(ax.get_yticks(), (t.get_text() for t in ax.get_yticklabels())), reverse=True)
+    assert [name for _, name in ticks] == ["Unimodal (audio)", "ensemble", "Concat"], "titles, top to bottom"
+    assert ax.get_xlim() == (0, 100) and ax.get_xscale() == "linear" and "mean ± std over seeds" in ax.get_xlabel()
+    row_y = {name: y for y, name in ticks}
+    bars = {}
+    for container in ax.containers:
+        if not hasattr(container, "patches"):
+            continue
+        colour = {"fused output": "black", "audio head": "tab:blue", "visual head": "tab:orange"}[container.get_label()]
+        assert {to_hex(p.get_facecolor()) for p in container.patches} == {to_hex(colour)}
+        [errors] = container.errorbar.lines[2]
+        bars[container.get_label()] = [(p.get_width(), p.get_y() + p.get_height() / 2, seg.reshape(-1, 2)[:, 0])
+                                       for p, seg in zip(container.patches, errors.get_segments())]
+    assert set(bars) == {"fused output", "audio head", "visual head"}
+    expected = {"fused output": [(60, 2), (90, 1), (70, 5)], "audio head": [None, (60, 2), (55, 4)],
+                "visual head": [None, (80, 3), (40, 10)]}
+    for output, rows in expected.items():
+        for (width, y, ends), title, want in zip(bars[output], row_y, rows):
+            assert abs(y - row_y[title]) < 0.5, f"{output} of {title} drawn beside another row"
+            if want is None:  # a one-modality row's head is its fused output, drawn once
+                assert np.isnan(width) and not len(ends), f"{output} of {title}"
+            else:
+                mean, std = want
+                assert width == approx64(mean), f"{output} of {title}"
+                assert sorted(ends) == approx64([mean - std, mean + std]), "error bar: mean ± std"
+    refs = {line.get_label(): line.get_xdata()[0] for line in ax.lines if not line.get_label().startswith("_")}
+    assert refs == approx64({"unimodal ensemble": 90.0, "joint training": 70.0})
+    [legend] = fig.legends
+    assert {t.get_text() for t in legend.get_texts()} == {"fused output", "audio head", "visual head",
+                                                          "unimodal ensemble", "joint training"}
