@@ -20,6 +20,7 @@ from benchmarks.config import build_config, method_hparams
 from benchmarks.demo import (
     DEMO_CONFIG,
     ENSEMBLE_LABEL,
+    aug_diagnostics,
     commits_line,
     default_results,
     findings,
@@ -28,13 +29,16 @@ from benchmarks.demo import (
     longest_first,
     machine_record,
     previous_row_seconds,
+    row_stats,
     run_commits,
     run_demo,
     run_seconds,
+    scaled_schedule,
     sweep_document,
     unstable_rows,
 )
 from tests.conftest import TINY_DATA, TINY_MODEL
+from tests.numeric import approx, approx64
 
 # Knobs that count epochs (or epochs of patience): each must fire within the demo's schedule.
 EPOCH_KNOBS = {"arl": ["start_epoch"], "bss": ["t_grow"], "dimml": ["duc_start"],
@@ -240,6 +244,13 @@ def test_demo_smoke_end_to_end(tmp_path):
     assert [c["target"] for c in summary["targets"]] == ["imbalance", "headroom"], "one seed, one epoch: no more"
     assert "## Design targets" in readme and "reproduction" not in summary
     assert out["table"] == table
+    # The ensemble recomputes each unimodal model's final checkpoint on test: its heads score what those models scored
+    # at their last epoch, and its row follows theirs.
+    ensemble = summary["rows"][ENSEMBLE_LABEL]
+    assert ensemble["acc:audio"] == summary["rows_final"]["unimodal_audio"]["acc"]
+    assert ensemble["acc:visual"] == summary["rows_final"]["unimodal_visual"]["acc"]
+    shown = [line.split(" | ")[0].lstrip("| ") for line in table.splitlines()[4:] if line.startswith("| ")]
+    assert shown == ["Unimodal (audio)", "Unimodal (visual)", demo_module.ENSEMBLE_TITLE, "Concat", "AUG"]
 
 
 def test_the_readme_names_the_commits_that_trained_reused_runs():
@@ -331,3 +342,158 @@ def test_demo_numbers_do_not_depend_on_the_worker_count_or_run_order(tmp_path, m
     assert rep["comparable"] and rep["rows"] == rep["identical"] == 2 and rep["outside_std"] == {}
     assert "2 of 2 rows identical" in (tmp_path / "r2" / "README.md").read_text()
 
+
+
+def test_scaled_schedule_rounds_the_fraction_of_the_run_with_a_floor():
+    knobs = {"warmup": 0.25, "start": [0.01, 2], "tiny": 0.01}
+    assert scaled_schedule(knobs, "m", 30) == {"m": {"warmup": 8, "start": 2, "tiny": 1}}, "7.5 rounds to 8; 0.3 to 1"
+    assert scaled_schedule({"start": [0.5, 2]}, "m", 30) == {"m": {"start": 15}}
+    assert scaled_schedule({}, "m", 30) == {}
+
+
+def test_machine_record_keeps_the_worker_count_it_is_given():
+    rec = machine_record(workers=3)
+    assert rec["workers"] == 3 and rec["threads_per_worker"] == 1 and rec["deterministic_algorithms"] is True
+
+
+def test_a_row_whose_seed_std_equals_the_threshold_is_not_unstable():
+    # "varies by more than" the threshold; 0.25, 0.5, 0.75 have a sample std of exactly 0.25.
+    records = [_record("agm", s, a) for s, a in ((0, 0.25), (1, 0.5), (2, 0.75))]
+    assert unstable_rows(records, ["agm"], threshold=0.25) == {}
+    assert unstable_rows(records, ["agm"], threshold=0.2499) == {"agm": [0.25, 0.5, 0.75]}
+
+
+def test_row_stats_are_the_mean_sample_std_and_count_over_seeds_of_the_protocol_asked_for():
+    records = [_record("joint", s, a) for s, a in ((0, 0.5), (1, 0.6), (2, 0.9))]
+    records += [_record("sum", 0, 0.7)]
+    for rec in records:
+        rec.protocols["last"] = {"test": {"acc": 0.1, "macro_f1": 0.1}}
+    stats = row_stats(records)
+    mean, std, n = stats["joint"]["acc"]
+    assert (mean, std, n) == (approx64(2.0 / 3), approx64(0.2081665999466133), 3), "sample std (ddof 1), not median"
+    assert stats["joint"]["acc:audio"] == (approx64(2.0 / 3), approx64(0.2081665999466133), 3)
+    assert stats["sum"]["acc"] == (approx64(0.7), 0.0, 1), "one seed: no spread, not NaN"
+    assert row_stats(records, protocol="last")["joint"]["acc"] == (approx64(0.1), approx64(0.0), 3)
+
+
+def test_aug_diagnostics_read_the_last_epoch_and_the_clean_protocol_mean_over_seeds(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo_module, "load_run_config",
+                        lambda run_dir: SimpleNamespace(method_hp=SimpleNamespace(fusion_weights=[0.3, 0.7])))
+    records = []
+    for seed, (audio, visual, ratio, acc, equal) in enumerate(((0, 4, 1.2, 0.8, 0.75), (0, 6, 1.5, 0.7, 0.6),
+                                                                (3, 11, 2.1, 0.96, 0.66))):
+        run = tmp_path / f"aug-{seed}"
+        run.mkdir()
+        history = [{"epoch": 0, "diag": {"extra_learners/audio": 50, "extra_learners/visual": 50, "score_ratio": 9.0}},
+                   {"epoch": 1, "diag": {"extra_learners/audio": audio, "extra_learners/visual": visual,
+                                         "score_ratio": ratio}}]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+        clean = {"acc": acc, "alternatives": {"equal_fusion": {"acc": equal}}}
+        paper = {"acc": 0.99, "alternatives": {"equal_fusion": {"acc": 0.99}}}
+        records.append(collect.RunRecord(run_dir=run, label="aug", title="AUG", method="aug", dataset="av_digits",
+                                         seed=seed, protocols={"clean": {"test": clean}, "paper": {"test": paper}}))
+    records.append(_record("joint", 0, 0.5))
+    diag = aug_diagnostics(records)
+    assert diag == {"extra_learners": {"audio": approx64(1.0), "visual": approx64(7.0)}, "score_ratio": approx64(1.6),
+                    "fusion_weights": [0.3, 0.7], "weighted_acc": approx64(0.82), "equal_fusion_acc": approx64(0.67)}
+    assert aug_diagnostics(records[-1:]) is None
+
+
+def _findings_summary(ensemble_final: float) -> dict:
+    rows = {"unimodal_audio": {"acc": [0.8, 0.01, 3]}, "unimodal_visual": {"acc": [0.92, 0.01, 3]},
+            # MSES equals Sum in every seed and comes first; the ensemble and the visual-only model beat every method.
+            "mses": {"acc": [0.86, 0.02, 3]}, "aug": {"acc": [0.83, 0.02, 3]},
+            "joint": {"acc": [0.85, 0.03, 3], "acc:visual": [0.6, 0.05, 3], "acc:audio": [0.78, 0.04, 3]},
+            "sum": {"acc": [0.86, 0.02, 3]}, "ensemble": {"acc": [0.95, 0.01, 3]}}
+    final = {"joint": {"acc": [0.87, 0.01, 3]}, "ensemble": {"acc": [ensemble_final, 0.01, 3]}}
+    aug = {"extra_learners": {"audio": 1 / 3, "visual": 29 / 3}, "score_ratio": 1.2783, "fusion_weights": [0.4, 0.6],
+           "weighted_acc": 0.83, "equal_fusion_acc": 0.8}
+    return {"rows": rows, "rows_final": final, "identical_rows": {"mses": "sum"}, "aug": aug}
+
+
+def test_the_findings_sentences_carry_each_number_from_its_own_row():
+    titles = {"mses": "MSES", "sum": "Sum", "aug": "AUG"}
+    lines = findings(_findings_summary(0.95), titles, load_demo_config()["targets"])
+    assert lines == [
+        "Joint training (Concat, 85.0%) leans on audio: its visual head reaches 60.0% where a visual-only model "
+        "reaches 92.0%, its audio head 78.0% where an audio-only model reaches 80.0%.",
+        "Averaging the two separately trained unimodal models gives 95.0%, +8.0 points against joint training (both "
+        "at the final epoch; joint 87.0%): that is the headroom balancing methods compete for, and the best method "
+        "here, Sum, reaches 86.0%.",
+        "AUG reaches 83.0%, below joint training: it added 0.3 audio, 9.7 visual learner(s) on average (final "
+        "train-score ratio audio/visual 1.28), and its fixed 0.4/0.6 audio/visual test-time weights, chosen for "
+        "CREMA-D, give 83.0% where equal weights give 80.0%."]
+    for ens, points in ((0.86, "-1.0"), (0.87, "+0.0")):
+        headroom = findings(_findings_summary(ens), titles, load_demo_config()["targets"])[1]
+        assert f"{points} points" in headroom and "so this run shows no headroom for balancing" in headroom
+    summary = _findings_summary(0.95)
+    summary["rows"]["aug"]["acc"][0] = 0.9
+    assert "AUG reaches 90.0%, above joint training" in findings(summary, titles, load_demo_config()["targets"])[2]
+
+
+def test_the_commits_line_counts_uncommitted_runs_when_several_commits_trained_them():
+    line = commits_line({"commit": "b" * 40, "run_commits": {"b" * 40: 3, "a" * 40: 1}, "runs_dirty": 2})
+    assert line.startswith(f"- code: runs trained at `{'b' * 12}` (3 runs), `{'a' * 12}` (1 run)")
+    assert line.endswith("; 2 of the runs with uncommitted changes")
+
+
+def test_previous_row_seconds_skips_a_summary_with_no_row_times(tmp_path):
+    empty, good = tmp_path / "empty.json", tmp_path / "good.json"
+    empty.write_text(json.dumps({"row_run_s": {}}))
+    good.write_text(json.dumps({"row_run_s": {"joint": 14.2}}))
+    assert previous_row_seconds([empty, good], lambda line: None) == ({"joint": 14.2}, good)
+
+
+def test_the_ensemble_averages_the_softmax_outputs_of_each_seeds_final_unimodal_models(monkeypatch):
+    # Sample 0: the mean (0.475, 0.3, 0.225) picks class 0 where the product picks 1; sample 1: the mean picks class 1
+    # where the most confident model (a max) picks 0. Audio alone picks 0 twice, visual alone 1 twice.
+    labels = torch.tensor([0, 1])
+    outputs = {"unimodal_audio": torch.tensor([[0.9, 0.1, 0.0], [0.5, 0.4, 0.1]]),
+               "unimodal_visual": torch.tensor([[0.05, 0.5, 0.45], [0.1, 0.45, 0.45]])}
+    monkeypatch.setattr(demo_module, "_test_outputs", lambda run_dir: (outputs[run_dir.parent.name], labels, 3))
+    records = [collect.RunRecord(run_dir=Path("runs") / label / str(seed), label=label, title=label, method="unimodal",
+                                 dataset="av_digits", seed=seed, protocols={})
+               for label, seed in (("unimodal_audio", 2), ("unimodal_visual", 2), ("unimodal_audio", 1),
+                                   ("joint", 1), ("unimodal_audio", 0), ("unimodal_visual", 0))]
+    ensembles = demo_module.ensemble_records(records)
+    assert [r.seed for r in ensembles] == [0, 2], "seed 1 has no visual-only model"
+    for rec in ensembles:
+        assert (rec.label, rec.reference, sorted(rec.protocols)) == (ENSEMBLE_LABEL, True, ["clean", "last", "paper"])
+        assert rec.protocols["clean"] is rec.protocols["paper"] is rec.protocols["last"]
+        test = rec.values("last")
+        assert test["acc"] == 1.0 and test["acc:audio"] == test["acc:visual"] == 0.5
+        # the true class's mean probability, (0.475 + 0.425) / 2: float32 softmax outputs
+        assert rec.protocols["last"]["test"]["conf"] == approx(0.45), "softmax mean, not product or max"
+
+
+def _readme_summary() -> dict:
+    machine = {"cpu_model": "Test CPU", "cpus": 2, "torch_cpu_capability": "AVX2",
+               "kernel_env": {"ATEN_CPU_CAPABILITY": "avx2"}, "torch": "9.9", "numpy": "8.8", "workers": 2,
+               "threads_per_worker": 1}
+    return {**_findings_summary(0.95), "commit": "c" * 40, "run_commits": {"c" * 40: 6}, "runs_dirty": 0,
+            "runs_reused": 2, "runs_dir": "runs/full", "runs": 6, "failed": ["agm-seed0"], "runs_trained": 4,
+            "epochs": 30, "seeds": [0, 1], "run_time_s": 1234.4, "rows_not_run": ["ogm", "pmr"],
+            "timings_s": {"total_s": 1500.2, "generate_s": 11.0, "prepare_s": 22.0, "train_s": 1400.0,
+                          "report_s": 33.0},
+            "machine": machine, "unstable_rows": {"agm": [0.39, 0.49, 0.85]}, "targets": []}
+
+
+def test_the_demo_readme_states_each_number_where_it_belongs():
+    demo = {**load_demo_config(), "title": "Demo title", "defaults": {"train": {"lr": 0.05, "epochs": 30}}}
+    titles = {"mses": "MSES", "sum": "Sum", "agm": "AGM"}
+    text = demo_module._readme(demo, _readme_summary(), None, titles)
+    assert text.startswith("# Demo title\n") and "(Profile" not in text and "`augbench demo`;" in text
+    assert ("- 6 runs (1 failed; this invocation trained 4 and reused 2 finished in the work folder's `runs/full`), "
+            "30 epochs, seeds [0, 1]; the runs took 1234 s of training summed over runs (whichever invocations trained "
+            "them); this invocation 1500 s (generate 11 s, prepare 22 s, train 1400 s, report 33 s)\n") in text
+    assert "\n- **partial**: only some rows were run (`--methods`); not run: ogm, pmr\n" in text
+    assert ("\n- machine: Test CPU (2 CPUs, kernels AVX2 (set by ATEN_CPU_CAPABILITY)), torch 9.9, numpy 8.8, 2 worker "
+            "process(es) x 1 thread, deterministic algorithms\n") in text
+    assert "so they are not results of their own: MSES = Sum.\n" in text
+    assert ("varies by more than 10 points (sample std) between seeds at the demo's shared settings (SGD, lr 0.05 for "
+            "every method, 30 epochs), so their means do not rank them (accuracy per seed): AGM 39.0/49.0/85.0%.\n"
+            in text)
+    quick = demo_module._readme(demo, {**_readme_summary(), "rows_not_run": [], "identical_rows": {},
+                                       "unstable_rows": {}}, "quick", titles)
+    assert "(Profile `quick`: a shortened run" in quick and "`augbench demo --quick`;" in quick
+    assert "partial" not in quick and "## Rows without an effect" not in quick and "vary between seeds" not in quick
