@@ -497,3 +497,12 @@ def test_the_demo_readme_states_each_number_where_it_belongs():
                                        "unstable_rows": {}}, "quick", titles)
     assert "(Profile `quick`: a shortened run" in quick and "`augbench demo --quick`;" in quick
     assert "partial" not in quick and "## Rows without an effect" not in quick and "vary between seeds" not in quick
+
+
+def test_the_demo_sweep_has_the_configs_seeds_and_one_row_per_method_and_unimodal_reference(tmp_path):
+    demo = load_demo_config()
+    doc = sweep_document(demo, tmp_path / "cache")
+    assert set(doc["methods"]) == (set(list_methods()) - {"unimodal"}) | {"unimodal_audio", "unimodal_visual"}
+    assert doc["seeds"] == demo["seeds"] == [0, 1, 2] and doc["defaults"]["data"]["cache"] == str(tmp_path / "cache")
+    picked = sweep_document(demo, tmp_path, methods=["aug", "joint", "unimodal_visual"])["methods"]
+    assert list(picked) == ["unimodal_visual", "joint", "aug"], "the demo's row order, not the order asked for"
