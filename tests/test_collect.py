@@ -886,6 +886,8 @@ def test_every_sweep_row_has_its_own_line_style_the_same_in_every_panel_and_a_vi
         for label, style in drawn:
             styles.setdefault(label, set()).add(style)
     assert len(styles) == 22 and all(len(s) == 1 for s in styles.values()), "a row changes style between panels"
+    for ax in fig.axes:
+        assert (ax.get_ylim(), ax.get_ylabel(), ax.get_xlabel()) == ((0, 1), "test accuracy", "epoch"), ax.get_title()
     legends = [ax.get_legend() for ax in fig.axes] + fig.legends
     for legend in filter(None, legends):
         box, page = legend.get_window_extent(), fig.bbox
@@ -1016,3 +1018,12 @@ def test_demo_bars_show_fused_and_head_accuracy_with_the_seeds_std_under_display
     [legend] = fig.legends
     assert {t.get_text() for t in legend.get_texts()} == {"fused output", "audio head", "visual head",
                                                           "unimodal ensemble", "joint training"}
+
+
+def test_the_demo_curves_draw_only_the_runs_they_are_given(tmp_path, monkeypatch):
+    # The demo passes the runs of its own rows: a stale row left in the work folder is no panel of the figure.
+    figures = _captured_figures(monkeypatch)
+    kept = write_run(tmp_path / "kept", "joint", "cremad", 0, (0.5,) * 3, job={"label": "joint"})
+    write_run(tmp_path / "stale", "sum", "cremad", 0, (0.5,) * 3, job={"label": "sum"})
+    plot_demo(tmp_path, tmp_path / "curves.png", runs=[kept])
+    assert [ax.get_title() for ax in figures[0].axes if ax.get_visible()] == ["joint"]
