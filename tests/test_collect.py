@@ -1027,3 +1027,24 @@ def test_the_demo_curves_draw_only_the_runs_they_are_given(tmp_path, monkeypatch
     write_run(tmp_path / "stale", "sum", "cremad", 0, (0.5,) * 3, job={"label": "sum"})
     plot_demo(tmp_path, tmp_path / "curves.png", runs=[kept])
     assert [ax.get_title() for ax in figures[0].axes if ax.get_visible()] == ["joint"]
+
+
+def test_a_sweep_plot_draws_each_rows_mean_over_its_seeds(tmp_path, monkeypatch):
+    figures = _captured_figures(monkeypatch)
+    for seed, acc in ((0, 0.6), (1, 0.4)):
+        write_run(tmp_path, "joint", "cremad", seed, (acc,) * 3, job={"label": "joint", "title": "Concat"})
+    plot_sweep(tmp_path, tmp_path / "sweep.png")
+    [fused] = [line for ax in figures[0].axes if ax.get_title() == "cremad: fused test acc" for line in ax.lines]
+    assert fused.get_label() == "Concat (n=2)" and list(fused.get_ydata()) == approx64([0.3, 0.4, 0.5])
+
+
+def test_the_demo_curves_share_both_axes_across_panels(tmp_path, monkeypatch):
+    # A row whose runs stopped after one epoch keeps the others' epoch range, so panels compare at a glance.
+    figures = _captured_figures(monkeypatch)
+    write_run(tmp_path / "a", "joint", "cremad", 0, (0.5,) * 3, job={"label": "joint"})
+    short = write_run(tmp_path / "b", "sum", "cremad", 0, (0.5,) * 3, job={"label": "sum"})
+    (short / "metrics.jsonl").write_text((short / "metrics.jsonl").read_text().splitlines()[0] + "\n")
+    plot_demo(tmp_path, tmp_path / "curves.png")
+    first, second = figures[0].axes
+    assert first.get_shared_x_axes().joined(first, second) and first.get_shared_y_axes().joined(first, second)
+    assert first.get_xlim() == second.get_xlim() and first.get_ylim() == second.get_ylim() == (0, 100)
