@@ -506,3 +506,9 @@ def test_the_demo_sweep_has_the_configs_seeds_and_one_row_per_method_and_unimoda
     assert doc["seeds"] == demo["seeds"] == [0, 1, 2] and doc["defaults"]["data"]["cache"] == str(tmp_path / "cache")
     picked = sweep_document(demo, tmp_path, methods=["aug", "joint", "unimodal_visual"])["methods"]
     assert list(picked) == ["unimodal_visual", "joint", "aug"], "the demo's row order, not the order asked for"
+
+
+def test_machine_record_names_the_kernel_choice_set_in_the_environment(monkeypatch):
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert machine_record(workers=1)["kernel_env"] == {"ATEN_CPU_CAPABILITY": "avx2"}
