@@ -512,3 +512,9 @@ def test_machine_record_names_the_kernel_choice_set_in_the_environment(monkeypat
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     assert machine_record(workers=1)["kernel_env"] == {"ATEN_CPU_CAPABILITY": "avx2"}
+
+
+def test_findings_need_both_unimodal_references():
+    # `--methods joint unimodal_audio` runs no visual-only model: no finding can be stated, rather than a KeyError.
+    rows = {"unimodal_audio": {"acc": [0.8, 0.0, 1]}, "joint": {"acc": [0.85, 0.0, 1]}}
+    assert findings({"rows": rows, "identical_rows": {}}, {}, load_demo_config()["targets"]) == []
