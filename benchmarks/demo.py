@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -328,6 +329,68 @@ def default_results(profile: str | None, publish: bool) -> Path:
     return Path("results") / name if publish else Path("runs") / name / "results"
 
 
+@dataclass
+class ShownRows:
+    """What the demo's tables and plots show: the rows in order, their display names, the titles shown (a row equal
+    to an earlier one in every number marked "no effect"), those rows, each row's statistics over seeds at its
+    best-validation epoch (``stats``) and, for the references, joint training and their ensemble, at the final
+    epoch (``final``), and the files written."""
+
+    order: list[str]
+    names: dict[str, str]
+    titles: dict[str, str]
+    identical: dict[str, str]
+    stats: dict[str, dict[str, tuple]]
+    final: dict[str, dict[str, tuple]]
+    written: list[Path]
+
+
+def write_report(records: list[collect.RunRecord], methods: Sequence[str], runs_dir: Path, results: Path,
+                 title: str) -> ShownRows:
+    """The demo's tables (clean and paper protocols, Markdown and CSV), ``curves.png`` and ``bars.png`` from its
+    ``records`` (the runs and the ensemble row), in the order of ``methods`` with the ensemble after the two unimodal
+    references; the records take the titles shown."""
+    names = {r.label: r.title for r in records}
+    order = [r for r in methods if r in names]
+    order = order[:2] + ([ENSEMBLE_LABEL] if ENSEMBLE_LABEL in names else []) + order[2:]
+    identical = identical_rows(records, order)
+    titles = dict(names)
+    for label, other in identical.items():
+        titles[label] = f"{names[label]} [no effect: = {names[other]}]"
+    for rec in records:
+        rec.title = titles[rec.label]
+    results.mkdir(parents=True, exist_ok=True)
+    written = []
+    for protocol in ("clean", "paper"):
+        for fmt in ("md", "csv"):
+            text = collect.render(records, fmt, protocol=protocol, metrics=("acc", "macro_f1"), per_modality=True,
+                                  methods=order, title=title)
+            path = results / f"table_{protocol}.{fmt}"
+            atomic_write_text(path, text)
+            written.append(path)
+    stats = row_stats(records)
+    final = row_stats([r for r in records if r.label in FINAL_ROWS], protocol="last")
+    written.append(plots.plot_demo(runs_dir, results / "curves.png", order=order, titles=titles,
+                                   references={m: final[r]["acc"][0] for r, m in REFERENCES.items() if r in final},
+                                   runs=[r.run_dir for r in records if r.label != ENSEMBLE_LABEL]))
+    written.append(plots.plot_demo_bars(
+        {r: {k: v[:2] for k, v in stats[r].items() if k.startswith("acc")} for r in order}, results / "bars.png",
+        titles=titles, references={ENSEMBLE_LABEL: "unimodal ensemble", JOINT: titles.get(JOINT, JOINT),
+                                   VISUAL: "visual-only model"}))
+    return ShownRows(order, names, titles, identical, stats, final, written)
+
+
+def rounded_rows(stats: Mapping[str, Mapping[str, tuple]]) -> dict[str, dict[str, list]]:
+    """``row_stats`` as summary.json keeps them: [mean, std, n], rounded to 4 decimals."""
+    return {label: {k: [round(m, 4), round(sd, 4), n] for k, (m, sd, n) in row.items()} for label, row in stats.items()}
+
+
+def mean_row_seconds(seconds: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    """Mean seconds per run of each row, to the millisecond: the next demo starts the longest rows first
+    (``longest_first``), and a smoke run on a fast machine takes a few hundredths of a second."""
+    return {label: round(float(np.mean(v)), 3) for label, v in seconds.items()}
+
+
 def run_demo(*, results: Path, work: Path, profile: str | None = None, workers: int = 2,
              methods: Sequence[str] | None = None, config_path: Path = DEMO_CONFIG,
              log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -379,34 +442,8 @@ def run_demo(*, results: Path, work: Path, profile: str | None = None, workers: 
     wanted = {job.run_dir.resolve() for job in jobs}
     records = [r for r in collect.load_runs(runs_dir) if r.run_dir.resolve() in wanted]
     records += ensemble_records(records)
-    names = {r.label: r.title for r in records}
-    order = [r for r in config.methods if r in names]
-    order = order[:2] + ([ENSEMBLE_LABEL] if ENSEMBLE_LABEL in names else []) + order[2:]
-    identical = identical_rows(records, order)
-    titles = dict(names)
-    for label, other in identical.items():
-        titles[label] = f"{names[label]} [no effect: = {names[other]}]"
-    for rec in records:
-        rec.title = titles[rec.label]
     results = Path(results)
-    results.mkdir(parents=True, exist_ok=True)
-    written = []
-    for protocol in ("clean", "paper"):
-        for fmt in ("md", "csv"):
-            text = collect.render(records, fmt, protocol=protocol, metrics=("acc", "macro_f1"), per_modality=True,
-                                  methods=order, title=demo["title"])
-            path = results / f"table_{protocol}.{fmt}"
-            atomic_write_text(path, text)
-            written.append(path)
-    stats = row_stats(records)
-    final = row_stats([r for r in records if r.label in FINAL_ROWS], protocol="last")
-    written.append(plots.plot_demo(runs_dir, results / "curves.png", order=order, titles=titles,
-                                   references={m: final[r]["acc"][0] for r, m in REFERENCES.items() if r in final},
-                                   runs=[r.run_dir for r in records if r.label != ENSEMBLE_LABEL]))
-    written.append(plots.plot_demo_bars(
-        {r: {k: v[:2] for k, v in stats[r].items() if k.startswith("acc")} for r in order}, results / "bars.png",
-        titles=titles, references={ENSEMBLE_LABEL: "unimodal ensemble", JOINT: titles.get(JOINT, JOINT),
-                                   VISUAL: "visual-only model"}))
+    shown = write_report(records, config.methods, runs_dir, results, demo["title"])
     timings["report_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - started
     runs = run_summaries(records)
@@ -423,15 +460,11 @@ def run_demo(*, results: Path, work: Path, profile: str | None = None, workers: 
                "timings_s": {k: round(v, 1) for k, v in timings.items()},
                # Training time the runs took, whichever invocation trained them (a rerun reuses finished runs).
                "run_time_s": round(sum(map(sum, seconds.values())), 1),
-               # Mean seconds per run of each row: the next demo starts the longest rows first (longest_first).
-               # Milliseconds kept: a smoke run on a fast machine takes a few hundredths of a second.
-               "row_run_s": {label: round(float(np.mean(v)), 3) for label, v in seconds.items()},
-               "rows": {label: {k: [round(m, 4), round(sd, 4), n] for k, (m, sd, n) in row.items()}
-                        for label, row in stats.items()},
+               "row_run_s": mean_row_seconds(seconds),
+               "rows": rounded_rows(shown.stats),
                # The ensemble exists only for the final checkpoints: what it is compared with is final too.
-               "rows_final": {label: {k: [round(m, 4), round(sd, 4), n] for k, (m, sd, n) in row.items()}
-                              for label, row in final.items()},
-               "identical_rows": identical, "unstable_rows": unstable_rows(records, order),
+               "rows_final": rounded_rows(shown.final),
+               "identical_rows": shown.identical, "unstable_rows": unstable_rows(records, shown.order),
                "convergence_trend": last_quarter_trend([job.run_dir for job in jobs], [AUDIO, VISUAL, JOINT]),
                "aug": aug_diagnostics(records), "epochs": demo["defaults"]["train"]["epochs"],
                "seeds": list(config.seeds), "design": design_digest(demo), "commit": git_commit(),
@@ -441,10 +474,10 @@ def run_demo(*, results: Path, work: Path, profile: str | None = None, workers: 
     summary["targets"] = design_targets(summary, demo["targets"])
     if reference is not None:
         summary["reproduction"] = compare_runs(reference, summary, str(published))
-        log(reproduction_markdown(summary["reproduction"], titles)[2])
+        log(reproduction_markdown(summary["reproduction"], shown.titles)[2])
     atomic_write_text(results / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    atomic_write_text(results / "README.md", _readme(demo, summary, profile, names))
-    written += [results / "summary.json", results / "README.md"]
+    atomic_write_text(results / "README.md", _readme(demo, summary, profile, shown.names))
+    written = [*shown.written, results / "summary.json", results / "README.md"]
     return {"written": written, "summary": summary, "table": (results / "table_clean.md").read_text()}
 
 

@@ -518,3 +518,53 @@ def test_findings_need_both_unimodal_references():
     # `--methods joint unimodal_audio` runs no visual-only model: no finding can be stated, rather than a KeyError.
     rows = {"unimodal_audio": {"acc": [0.8, 0.0, 1]}, "joint": {"acc": [0.85, 0.0, 1]}}
     assert findings({"rows": rows, "identical_rows": {}}, {}, load_demo_config()["targets"]) == []
+
+
+def test_the_report_shows_best_validation_rows_and_final_epoch_references_in_the_demos_order(tmp_path, monkeypatch):
+    # Every row scores 0.1 lower at its final epoch than at its best-validation epoch, so a statistic taken from
+    # the wrong protocol shows; "mses" equals "sum" in every number and is marked as having no effect.
+    def record(label: str, seed: int, acc: float) -> collect.RunRecord:
+        def test(a: float) -> dict:
+            heads = {m: {"acc": a, "macro_f1": a} for m in ("audio", "visual")}
+            return {"test": {"acc": a, "macro_f1": a, "per_modality": heads}}
+        return collect.RunRecord(run_dir=tmp_path / f"{label}-{seed}", label=label, title=label.title(),
+                                 method=label, dataset="av_digits", seed=seed,
+                                 protocols={"clean": test(acc), "paper": test(acc), "last": test(acc - 0.1)})
+
+    accs = {"unimodal_audio": 0.6, "unimodal_visual": 0.8, "joint": 0.7, "sum": 0.5, "mses": 0.5,
+            ENSEMBLE_LABEL: 0.9}
+    records = [record(label, seed, acc + 0.02 * seed) for label, acc in accs.items() for seed in (0, 1)]
+    drawn = {}
+
+    def curves(runs_dir: Path, path: Path, **kw) -> Path:
+        drawn["curves"] = kw
+        return path
+
+    def bars(rows: dict, path: Path, **kw) -> Path:
+        drawn["bars"] = rows
+        return path
+
+    monkeypatch.setattr(demo_module.plots, "plot_demo", curves)
+    monkeypatch.setattr(demo_module.plots, "plot_demo_bars", bars)
+    shown = demo_module.write_report(records, ["unimodal_audio", "unimodal_visual", "joint", "sum", "mses"],
+                                     tmp_path, tmp_path / "results", "Demo")
+
+    assert shown.order == ["unimodal_audio", "unimodal_visual", ENSEMBLE_LABEL, "joint", "sum", "mses"]
+    assert shown.identical == {"mses": "sum"}
+    assert shown.titles["mses"] == "Mses [no effect: = Sum]" and shown.names["mses"] == "Mses"
+    assert "Mses [no effect: = Sum]" in (tmp_path / "results" / "table_clean.md").read_text()
+    assert shown.stats["joint"]["acc"][0] == approx64(0.71) and shown.final["joint"]["acc"][0] == approx64(0.61)
+    assert set(shown.final) == {"unimodal_audio", "unimodal_visual", "joint", ENSEMBLE_LABEL}
+    assert drawn["curves"]["references"] == {"audio": approx64(0.51), "visual": approx64(0.71)}, "final epoch"
+    assert [p.name for p in drawn["curves"]["runs"]] == [f"{label}-{s}" for label in accs if label != ENSEMBLE_LABEL
+                                                         for s in (0, 1)]
+    assert list(drawn["bars"]) == shown.order
+    assert drawn["bars"]["joint"]["acc"] == (approx64(0.71), approx64(0.01414213562373095)), "best-validation epoch"
+    assert [p.name for p in shown.written] == ["table_clean.md", "table_clean.csv", "table_paper.md",
+                                               "table_paper.csv", "curves.png", "bars.png"]
+
+
+def test_summary_rows_keep_mean_std_and_count_rounded_and_each_rows_mean_run_seconds():
+    assert demo_module.rounded_rows({"joint": {"acc": (0.123456, 0.0212345, 3)}}) == {"joint": {"acc": [0.1235,
+                                                                                                       0.0212, 3]}}
+    assert demo_module.mean_row_seconds({"joint": [1.0, 2.0, 6.0], "sum": [0.0123]}) == {"joint": 3.0, "sum": 0.012}
