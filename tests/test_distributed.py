@@ -294,6 +294,20 @@ def test_an_old_checkpoint_restores_its_one_state_on_rank_0_and_a_fresh_stream_e
     assert not torch.equal(torch.rand(4), expected), "rank 1 must not replay rank 0's stream"
 
 
+def test_a_rank_an_old_checkpoint_lacks_resumes_on_the_stream_of_its_rank_and_epoch():
+    # Seeded afresh, not left wherever the process's stream stood: two resumes of one checkpoint draw alike.
+    rank1 = DistContext(1, 2, 1)
+    seed_rank(0, rank1, "resume", 1)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    saved = rng_state()
+    torch.rand(7)
+    restore_rng({"rng": saved}, 0, rank1, epoch=1)
+    torch.testing.assert_close(torch.rand(4), expected, rtol=0, atol=0)
+    restore_rng({"rng": saved}, 0, rank1, epoch=2)
+    assert not torch.equal(torch.rand(4), expected), "another resumed epoch draws another stream"
+
+
 def test_env_world_reads_rank_world_size_and_local_rank_from_torchrun(monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
