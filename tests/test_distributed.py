@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import random
 import socket
 import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -282,6 +284,18 @@ def test_rank_0_keeps_the_single_process_stream_and_other_ranks_get_their_own():
     seed_everything(5, False)
     seed_rank(5, DistContext(2, 3, 2))
     assert not torch.equal(torch.rand(4), draws[1])
+
+
+def test_every_rank_draws_its_own_python_and_numpy_streams_too():
+    # Per-sample drops and permutations may come from random or numpy rather than torch.
+    draws = []
+    for rank, world in ((0, 1), (0, 2), (1, 2), (2, 3)):
+        seed_everything(5, False)
+        seed_rank(5, DistContext(rank, world, rank))
+        draws.append((random.random(), float(np.random.rand())))
+    assert draws[1] == draws[0], "rank 0 keeps the single-process streams"
+    for stream in zip(*draws[1:]):
+        assert len(set(stream)) == 3, "rank 0, rank 1 of 2 and rank 2 of 3 each draw their own"
 
 
 def test_an_old_checkpoint_restores_its_one_state_on_rank_0_and_a_fresh_stream_elsewhere():
