@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -259,6 +260,34 @@ def test_rng_states_read_back_onto_another_device_are_restored_from_the_cpu():
     torch.rand(5)
     set_rng_state({**saved, "torch": OnDevice(saved["torch"])})
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_rng_states_restore_the_python_numpy_and_torch_streams():
+    saved = rng_state()
+    expected = (random.random(), float(np.random.rand()), torch.rand(2).tolist())
+    random.random(), np.random.rand(), torch.rand(5)
+    set_rng_state(saved)
+    assert (random.random(), float(np.random.rand()), torch.rand(2).tolist()) == expected
+
+
+def test_a_resumed_run_draws_from_the_global_generators_what_the_straight_run_drew(tmp_path, monkeypatch):
+    # Dropout masks and a method's own draws come from the process's generators: a resume must go on from the state
+    # checkpointed after its last epoch, not from the fresh seed.
+    joint = get_method("joint")
+    real, draws = joint.update, []
+
+    def update(self, batch, step):
+        if step.step == 0:
+            draws.append((step.epoch, random.random(), float(np.random.rand()), torch.rand(1).item()))
+        return real(self, batch, step)
+
+    monkeypatch.setattr(joint, "update", update)
+    overrides = merge_overrides(tiny_overrides(), {"train": {"epochs": 3}})
+    train_run(build_config("joint", "synthetic", overrides), tmp_path / "straight", log=lambda *_: None)
+    straight, draws[:] = list(draws), []
+    cfg = interrupted_run(tmp_path / "run", epochs=3)
+    train_run(cfg, tmp_path / "run", resume=True, log=lambda *_: None)
+    assert draws == straight and [d[0] for d in draws] == [0, 1, 2]
 
 
 @pytest.mark.parametrize("bad", ["nan", "inf", "-inf"])
