@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -25,6 +26,8 @@ from benchmarks.runner import (
     RunExistsError,
     TrainingDiverged,
     build_method,
+    check_held_out_split,
+    check_training_batches,
     evaluate,
     lr_factor,
     make_loaders,
@@ -202,6 +205,30 @@ def test_a_run_whose_training_split_gives_no_batch_is_refused_before_training(tm
     overrides["train"]["drop_last"] = False
     summary = train_run(build_config("joint", "synthetic", overrides), run_dir, log=lambda msg: None)
     assert summary["protocols"]["last"]["test"]["acc"] is not None
+
+
+@pytest.mark.parametrize("rows, drop_last, why", [
+    (1, False, "fewer than its 2 data-parallel ranks"),
+    (2, True, "fewer than one batch of train.batch_size=16 with train.drop_last=true")])
+def test_a_training_split_that_gives_no_rank_a_batch_says_why(rows, drop_last, why):
+    # As many rows as ranks is one row each: a batch unless drop_last drops it.
+    cfg = build_config("joint", "synthetic", merge_overrides(tiny_overrides(), {"train": {"drop_last": drop_last}}))
+    train = BatchLoader(np.arange(rows), np.zeros(rows), lambda picked: {}, batch_size=8, train=True, seed=0,
+                        drop_last=drop_last)
+    train.set_shard(0, 2)
+    with pytest.raises(UsageError, match=rf"synthetic serves {rows} training rows, {why}: an epoch would take no"):
+        check_training_batches(cfg, train, world_size=2)
+
+
+@pytest.mark.parametrize("train_split, why", [("full", r"data.train_split=full trains on the validation rows"),
+                                              ("clean", r"the data has none")])
+def test_a_refused_held_out_split_says_why_the_data_lacks_it(train_split, why):
+    cfg = build_config("gblending", "synthetic", tiny_overrides())
+    cfg = SimpleNamespace(method=cfg.method, method_hp=cfg.method_hp, dataset="cremad",
+                          data={"train_split": train_split})
+    bundle = SimpleNamespace(splits={"train": np.arange(4), "val": np.arange(0), "test": np.arange(2)})
+    with pytest.raises(UsageError, match=rf"cremad serves no 'val' split here \({why}\); set gblending"):
+        check_held_out_split(cfg, bundle)
 
 
 def test_a_held_out_knob_value_that_names_no_split_reads_none(tmp_path):
