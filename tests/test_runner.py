@@ -516,3 +516,16 @@ def test_a_global_batch_that_the_ranks_cannot_share_equally_is_refused(tiny_bund
     with pytest.raises(ValueError, match=r"train.batch_size=15 is the global batch and must be divisible by the 2"):
         make_loaders(cfg, tiny_bundle, torch.device("cpu"), rank=0, world_size=2)
     assert make_loaders(cfg, tiny_bundle, torch.device("cpu")).train.batch_size == 15
+
+
+def test_the_run_evaluates_every_row_in_order_with_evaluation_transforms_whatever_the_epoch(tiny_bundle):
+    cfg = build_config("joint", "synthetic", merge_overrides(tiny_overrides(), {"train": {"eval_batch_size": 8}}))
+    loaders = make_loaders(cfg, tiny_bundle, torch.device("cpu"))
+    for loader, split in ((loaders.val, "val"), (loaders.test, "test")):
+        assert not loader.train, f"{split} must not take training augmentation"
+        for epoch in (0, 3):
+            loader.set_epoch(epoch)
+            batches = [b["index"].tolist() for b in loader]
+            assert [len(b) for b in batches] == [8, 8]
+            assert sum(batches, []) == tiny_bundle.splits[split].tolist()
+
