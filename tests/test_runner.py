@@ -18,13 +18,14 @@ import torch
 import yaml
 
 import benchmarks.runner as runner
-from baselines.base import Prediction
+from baselines.base import Prediction, RowSelection
 from baselines.registry import get_method
 from benchmarks.config import build_config, merge_overrides
 from benchmarks.errors import UsageError
 from benchmarks.runner import (
     RunExistsError,
     TrainingDiverged,
+    apply_selection,
     build_method,
     check_held_out_split,
     check_training_batches,
@@ -528,4 +529,14 @@ def test_the_run_evaluates_every_row_in_order_with_evaluation_transforms_whateve
             batches = [b["index"].tolist() for b in loader]
             assert [len(b) for b in batches] == [8, 8]
             assert sum(batches, []) == tiny_bundle.splits[split].tolist()
+
+
+def test_select_rows_must_return_a_row_selection_or_none(tiny_bundle):
+    # Bare rows would otherwise be ignored and the epoch served every row as if the method had selected none.
+    train = tiny_bundle.loader("train", batch_size=16, train=True, seed=0)
+    apply_selection(train, RowSelection(train.base_rows[:3]))
+    with pytest.raises(TypeError, match="select_rows must return a RowSelection or None, got ndarray"):
+        apply_selection(train, train.base_rows[:5])
+    apply_selection(train, None)
+    assert train.num_samples == len(train.base_rows)
 
