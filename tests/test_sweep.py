@@ -354,6 +354,18 @@ def test_a_filesystem_without_flock_runs_unlocked_with_a_warning(tmp_path, monke
             pass
 
 
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EIO])
+def test_a_flock_failure_other_than_no_flock_support_is_raised_not_run_unlocked(tmp_path, monkeypatch, code):
+    def failing_flock(fd, op):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr("fcntl.flock", failing_flock)
+    with pytest.raises(OSError) as raised:
+        with run_lock(tmp_path):
+            pytest.fail("the run went ahead unlocked")
+    assert raised.value.errno == code
+
+
 def test_slurm_submission_refuses_a_folder_a_local_sweep_drives(tmp_path, monkeypatch):
     monkeypatch.setattr("benchmarks.sweep.launchers.run_slurm", lambda *a, **k: pytest.fail("submitted"))
     config = parse_config(tiny_config(seeds=[0]))
