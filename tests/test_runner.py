@@ -540,3 +540,37 @@ def test_select_rows_must_return_a_row_selection_or_none(tiny_bundle):
     apply_selection(train, None)
     assert train.num_samples == len(train.base_rows)
 
+
+def test_each_epoch_trains_in_its_own_shuffle_of_the_training_rows(tmp_path, monkeypatch, tiny_bundle):
+    joint = get_method("joint")
+    real, orders = joint.update, {}
+
+    def update(self, batch, step):
+        orders.setdefault(step.epoch, []).extend(batch["index"].tolist())
+        return real(self, batch, step)
+
+    monkeypatch.setattr(joint, "update", update)
+    overrides = merge_overrides(tiny_overrides(), {"train": {"epochs": 3}})
+    train_run(build_config("joint", "synthetic", overrides), tmp_path / "run", log=lambda *_: None)
+    train = tiny_bundle.loader("train", batch_size=16, train=True, seed=0)
+    for epoch in range(3):
+        train.set_epoch(epoch)
+        assert orders[epoch] == [i for b in train for i in b["index"].tolist()]
+    assert len({tuple(order) for order in orders.values()}) == 3
+
+
+def test_each_epochs_records_are_the_scores_of_its_model_on_the_val_and_test_rows(tmp_path):
+    # Val and test of different sizes, so that one split scored in place of the other shows.
+    overrides = merge_overrides(tiny_overrides(), {"data": {"n_val": 24}, "train": {"epochs": 1}})
+    cfg = build_config("joint", "synthetic", overrides)
+    train_run(cfg, tmp_path / "run", log=lambda *_: None)
+    (record,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    bundle = runner.build_data(cfg)
+    method = build_method(cfg, bundle, torch.device("cpu"))
+    method.load_checkpoint_state(torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["method"])
+    loaders = make_loaders(cfg, bundle, torch.device("cpu"))
+    assert (record["val"]["n"], record["test"]["n"]) == (24, TINY_DATA["n_test"])
+    for split, loader in (("val", loaders.val), ("test", loaders.test)):
+        expected = json.loads(json.dumps(evaluate(method, loader, bundle.task.num_classes)))
+        assert record[split] == expected, split
+
