@@ -8,6 +8,7 @@ import json
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -352,6 +353,16 @@ def test_a_filesystem_without_flock_runs_unlocked_with_a_warning(tmp_path, monke
     with pytest.warns(UserWarning, match="this filesystem has no flock"):
         with run_lock(tmp_path):
             pass
+
+
+def test_a_busy_run_folder_names_the_process_holding_it_and_nothing_an_earlier_holder_left(tmp_path):
+    (tmp_path / ".lock").write_text("pid 99999999 on a-host-with-a-long-name-that-ran-this-run-before\n")
+    with run_lock(tmp_path):
+        with pytest.raises(RunBusyError) as busy:
+            with run_lock(tmp_path):
+                pass
+    holder = f"pid {os.getpid()} on {socket.gethostname()}"
+    assert f"is in use by another process ({holder}); not started" in str(busy.value)
 
 
 @pytest.mark.parametrize("code", [errno.EACCES, errno.EIO])
