@@ -574,3 +574,13 @@ def test_each_epochs_records_are_the_scores_of_its_model_on_the_val_and_test_row
         expected = json.loads(json.dumps(evaluate(method, loader, bundle.task.num_classes)))
         assert record[split] == expected, split
 
+
+def test_epoch_end_hooks_run_in_training_mode_after_the_evaluation(tmp_path, monkeypatch):
+    # A hook that trains (re-estimates, grows a learner) would otherwise take its steps with dropout and batch-norm
+    # updates off, as evaluation left them.
+    joint = get_method("joint")
+    modes = []
+    monkeypatch.setattr(joint, "on_epoch_end", lambda self, epoch, loaders: modes.append(self.training))
+    train_run(build_config("joint", "synthetic", tiny_overrides()), tmp_path / "run", log=lambda *_: None)
+    assert modes == [True, True]
+
