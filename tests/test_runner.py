@@ -584,3 +584,24 @@ def test_epoch_end_hooks_run_in_training_mode_after_the_evaluation(tmp_path, mon
     train_run(build_config("joint", "synthetic", tiny_overrides()), tmp_path / "run", log=lambda *_: None)
     assert modes == [True, True]
 
+
+def test_a_resume_takes_metrics_back_to_the_checkpointed_epochs_before_training_on(tmp_path):
+    # Killed after epoch 2 was logged, with its last checkpoint after epoch 1: epoch 2 is trained again, and until
+    # then metrics.jsonl must not hold a record the checkpoint does not have.
+    cfg = build_config("joint", "synthetic", merge_overrides(tiny_overrides(), {"train": {"epochs": 4,
+                                                                                          "checkpoint_every": 2}}))
+
+    def stop_at(prefix):
+        def log(line):
+            if line.startswith(prefix):
+                raise RuntimeError("stop")
+        return log
+
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="stop"):
+        train_run(cfg, run, log=stop_at("epoch 2"))
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
+    with pytest.raises(RuntimeError, match="stop"):
+        train_run(cfg, run, resume=True, log=stop_at("resuming"))
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+
