@@ -605,3 +605,22 @@ def test_a_resume_takes_metrics_back_to_the_checkpointed_epochs_before_training_
         train_run(cfg, run, resume=True, log=stop_at("resuming"))
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1]
 
+
+def test_an_extension_stopped_before_its_first_new_epoch_resumes_to_the_extended_run(tmp_path):
+    # Extending drops DONE before anything else: the old summary and DONE left together would pass for the
+    # finished extended run, and the resume would hand back the shorter run's summary.
+    run = tmp_path / "run"
+    cfg = build_config("joint", "synthetic", tiny_overrides())
+    train_run(cfg, run, log=lambda *_: None)
+    longer = build_config("joint", "synthetic", merge_overrides(tiny_overrides(), {"train": {"epochs": 3}}))
+
+    def stop(line):
+        if line.startswith("extending"):
+            raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError, match="stop"):
+        train_run(longer, run, resume=True, extend_epochs=True, log=stop)
+    assert not (run / "DONE").exists()
+    summary = train_run(longer, run, resume=True, log=lambda *_: None)
+    assert summary["epochs"] == 3 and summary["protocols"]["last"]["epoch"] == 2
+
