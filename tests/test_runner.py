@@ -624,3 +624,25 @@ def test_an_extension_stopped_before_its_first_new_epoch_resumes_to_the_extended
     summary = train_run(longer, run, resume=True, log=lambda *_: None)
     assert summary["epochs"] == 3 and summary["protocols"]["last"]["epoch"] == 2
 
+
+def test_the_summary_carries_the_datas_split_files_and_subset(tmp_path, monkeypatch):
+    # Prepared datasets name their split files' state, and data.subset marks a smoke run; both travel with the
+    # numbers into the summary that tables read.
+    real = runner.build_data
+    split_files = {"train": "verified", "test": "unknown"}
+    subset = {"per_class": 4, "rows": {"train": 8, "val": 8, "test": 8}}
+
+    def build_data(cfg):
+        bundle = real(cfg)
+        bundle.info.update(split_files=split_files, subset=subset)
+        return bundle
+
+    monkeypatch.setattr(runner, "build_data", build_data)
+    summary = train_run(build_config("joint", "synthetic", tiny_overrides()), tmp_path / "run", log=lambda *_: None)
+    on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (summary["split_files"], summary["subset"]) == (on_disk["split_files"], on_disk["subset"]) == \
+        (split_files, subset)
+    monkeypatch.setattr(runner, "build_data", real)
+    assert "subset" not in train_run(build_config("joint", "synthetic", tiny_overrides()), tmp_path / "whole",
+                                     log=lambda *_: None)
+
