@@ -646,3 +646,13 @@ def test_the_summary_carries_the_datas_split_files_and_subset(tmp_path, monkeypa
     assert "subset" not in train_run(build_config("joint", "synthetic", tiny_overrides()), tmp_path / "whole",
                                      log=lambda *_: None)
 
+
+def test_an_interruption_after_the_last_epoch_is_not_placed_inside_one(tmp_path):
+    # Ctrl-C after the last epoch's record and checkpoint, before summary.json and DONE.
+    run = tmp_path / "run"
+    assert runner._interrupted_message(run, 2) == f"interrupted before the run started; nothing was written to {run}"
+    train_run(build_config("joint", "synthetic", tiny_overrides()), run, log=lambda *_: None)
+    assert runner._interrupted_message(run, 2) == (
+        f"interrupted after the last epoch; epochs 0-1 are checkpointed in {run}. Resume at epoch 2 with: "
+        f"augbench train --run-dir {run} --resume")
+
