@@ -211,6 +211,36 @@ def test_a_rank_that_starts_late_trains_the_run_rank_0_has_begun(tmp_path):
     assert (tmp_path / "run" / "DONE").exists()
 
 
+def _hook_worker(rank: int, port: int, tmp: str) -> None:
+    _, created = join_gloo(rank, port, WORLD)
+    joint, starts = get_method("joint"), []
+    real = joint.update
+
+    def on_epoch_end(self, epoch, loaders):
+        with torch.no_grad():
+            next(self.parameters()).add_(float(rank + 1))
+
+    def update(self, batch, step):
+        if step.step == 0:
+            starts.append(torch.cat([p.detach().flatten() for p in self.parameters()]))
+        return real(self, batch, step)
+
+    joint.on_epoch_end, joint.update = on_epoch_end, update
+    train_run(build_config("joint", "synthetic", tiny_overrides()), Path(tmp) / "run", log=lambda msg: None)
+    torch.save(starts, Path(tmp) / f"rank{rank}.pt")
+    shutdown(created)
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed gloo")
+def test_the_model_an_epoch_end_hook_leaves_on_rank_0_goes_to_every_rank(tmp_path):
+    # A hook may change the model differently on each rank (AUG grows a learner from rank 0's draws); the next
+    # epoch must start from rank 0's model everywhere.
+    torch.multiprocessing.spawn(_hook_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    first, second = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD))
+    assert len(first) == len(second) == 2
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
 def _cli_worker(rank: int, port: int, tmp: str) -> None:
     _, created = join_gloo(rank, port, WORLD)
     args = ["train", "--method", "joint", "--dataset", "synthetic", "--epochs", "1", "--out", str(Path(tmp) / "runs"),
