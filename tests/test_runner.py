@@ -656,3 +656,9 @@ def test_an_interruption_after_the_last_epoch_is_not_placed_inside_one(tmp_path)
         f"interrupted after the last epoch; epochs 0-1 are checkpointed in {run}. Resume at epoch 2 with: "
         f"augbench train --run-dir {run} --resume")
 
+
+def test_an_evaluation_of_a_method_without_alternative_fusions_records_none(tiny_bundle):
+    method = build_method(build_config("joint", "synthetic", tiny_overrides()), tiny_bundle, torch.device("cpu"))
+    out = evaluate(method, tiny_bundle.loader("test", batch_size=8, train=False, seed=0), tiny_bundle.task.num_classes)
+    assert "alternatives" not in out and set(out["per_modality"]) == {"audio", "visual"}
+
