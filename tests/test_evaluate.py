@@ -18,7 +18,12 @@ from benchmarks.evaluate import (
     missing_plan,
     parse_rates,
 )
-from benchmarks.run_folder import MISSING_RESULT, missing_evaluation_current, missing_result_file
+from benchmarks.run_folder import (
+    MISSING_RESULT,
+    missing_evaluation_current,
+    missing_result_file,
+    missing_result_problem,
+)
 from benchmarks.runner import train_run
 from tests.conftest import tiny_overrides
 from tests.numeric import approx
@@ -145,3 +150,12 @@ def test_another_splits_result_has_its_own_file_and_keeps_the_test_result(tmp_pa
     train_run(build_config("joint", "synthetic", longer), run_dir, resume=True, extend_epochs=True,
               log=lambda msg: None)
     assert not list(run_dir.glob("missing_modality*.json")), "both described the old final checkpoint"
+
+
+def test_a_result_holds_the_rates_asked_for_in_whatever_order_they_are_asked():
+    summary = {"protocols": {"last": {"epoch": 4}}}
+    result = {"checkpoint_epoch": 4, "split": "test", "seed": 0, "rates": [{"rate": 0.5}, {"rate": 0.0}]}
+    assert missing_result_problem(summary, result, split="test", seed=0, rates=[0.5, 0.0]) is None
+    assert missing_result_problem(summary, result, rates=[0, 0.5]) is None
+    assert missing_result_problem(summary, result, rates=[0.0, 0.3]) == "it holds the rates [0.0, 0.5], not [0.0, 0.3]"
+
