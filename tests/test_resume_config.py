@@ -10,6 +10,8 @@ import yaml
 
 from benchmarks.cli import main
 from benchmarks.config import ConfigMismatchError, build_config, check_resume_config
+from benchmarks.records import write_json, write_yaml
+from benchmarks.run_folder import EXTENSIONS, recorded_config
 from benchmarks.runner import train_run
 from core.hparams import HParam
 from tests.conftest import interrupted_run, tiny_overrides
@@ -173,3 +175,13 @@ def test_the_mismatch_lists_at_most_shown_keys_and_counts_the_rest():
 def test_a_method_and_dataset_mismatch_names_the_method_first():
     with pytest.raises(ConfigMismatchError, match=r"different config; method: 'a' in the run, 'b' now; dataset: 'd'"):
         check_resume_config("R", {"method": "a", "dataset": "d"}, {"method": "b", "dataset": "e"})
+
+
+def test_a_run_extended_twice_trains_under_its_last_extension(tmp_path):
+    write_yaml(tmp_path / "config.yaml", build_config("joint", "synthetic", tiny_overrides()).as_dict())
+    assert recorded_config(tmp_path)["train"]["epochs"] == 2
+    write_json(tmp_path / EXTENSIONS, [{"key": "train.epochs", "from_epochs": 2, "to_epochs": 3, "first_epoch": 2},
+                                       {"key": "train.epochs", "from_epochs": 3, "to_epochs": 5, "first_epoch": 3}])
+    assert recorded_config(tmp_path)["train"]["epochs"] == 5
+    assert recorded_config(tmp_path / "elsewhere") is None
+
