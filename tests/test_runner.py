@@ -662,3 +662,16 @@ def test_an_evaluation_of_a_method_without_alternative_fusions_records_none(tiny
     out = evaluate(method, tiny_bundle.loader("test", batch_size=8, train=False, seed=0), tiny_bundle.task.num_classes)
     assert "alternatives" not in out and set(out["per_modality"]) == {"audio", "visual"}
 
+
+def test_seeding_sets_both_process_wide_determinism_switches_either_way():
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.benchmark)
+    try:
+        runner.seed_everything(0, False)
+        assert torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
+        runner.seed_everything(0, True)
+        assert not torch.backends.cudnn.benchmark and torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark = before[2]
+
