@@ -158,4 +158,3 @@ def test_a_result_holds_the_rates_asked_for_in_whatever_order_they_are_asked():
     assert missing_result_problem(summary, result, split="test", seed=0, rates=[0.5, 0.0]) is None
     assert missing_result_problem(summary, result, rates=[0, 0.5]) is None
     assert missing_result_problem(summary, result, rates=[0.0, 0.3]) == "it holds the rates [0.0, 0.5], not [0.0, 0.3]"
-

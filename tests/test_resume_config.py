@@ -184,4 +184,3 @@ def test_a_run_extended_twice_trains_under_its_last_extension(tmp_path):
                                        {"key": "train.epochs", "from_epochs": 3, "to_epochs": 5, "first_epoch": 3}])
     assert recorded_config(tmp_path)["train"]["epochs"] == 5
     assert recorded_config(tmp_path / "elsewhere") is None
-

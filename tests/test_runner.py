@@ -674,4 +674,3 @@ def test_seeding_sets_both_process_wide_determinism_switches_either_way():
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
         torch.backends.cudnn.benchmark = before[2]
-
