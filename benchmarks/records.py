@@ -120,8 +120,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *defaults' entries may be overridden on purpose
                 continue
             key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):  # yaml's own error below names the file and line
+                continue
             line = key_node.start_mark.line + 1
-            if isinstance(key, Hashable) and key in first_line:
+            if key in first_line:
                 raise DuplicateKeyError(f"{key_node.start_mark.name}:{line}: key {key!r} is given twice in one "
                                         f"mapping (first on line {first_line[key]}); YAML would silently keep only "
                                         "the last")

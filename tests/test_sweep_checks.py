@@ -294,6 +294,15 @@ def test_a_key_given_twice_in_a_config_is_refused_with_file_and_line(tmp_path):
     assert read_config_yaml(merged) == {"a": {"x": 1}, "b": {"x": 2}}, "overriding a merged key is no duplicate"
 
 
+def test_a_config_with_a_list_for_a_key_is_one_line_naming_the_file_and_line(tmp_path, capsys):
+    # The duplicate-key check hashed the key first: a bare TypeError and a traceback naming no file.
+    path = tmp_path / "sweep.yaml"
+    path.write_text("name: x\n? [a, b]\n: 1\n")
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "found unhashable key" in err and f'in "{path}", line 2' in err
+
+
 def test_a_misspelt_evaluation_split_is_refused_before_anything_trains(no_launch, tmp_path, capsys):
     path = write_config(tmp_path / "sweep.yaml", evaluate={"missing": [0, 0.5], "split": "tset"})
     assert main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 2
