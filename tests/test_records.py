@@ -3,12 +3,32 @@
 from __future__ import annotations
 
 import json
+import re
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
+import torch
+import yaml
 
+from benchmarks import records
 from benchmarks.config import build_config
-from benchmarks.records import atomic_write_text, flatten, read_jsonl, resolve_wandb_mode
+from benchmarks.records import (
+    DamagedFileError,
+    atomic_write_text,
+    flatten,
+    read_checkpoint,
+    read_config_yaml,
+    read_json,
+    read_jsonl,
+    read_yaml,
+    resolve_wandb_mode,
+    runs_phrase,
+    write_json,
+    write_jsonl,
+    write_yaml,
+    yaml_problem,
+)
 from benchmarks.runner import train_run
 from tests.conftest import interrupted_run, tiny_overrides
 
@@ -455,3 +475,78 @@ def test_a_training_run_sends_each_epoch_and_its_summary_to_wandb(tmp_path, monk
     (run,) = runs
     assert [step for _, step, _ in run.logged] == [0, 1] and run.finished == [None]
     assert run.summary == flatten(summary, lists=True) and run.summary["epochs"] == 2
+
+
+def test_an_atomic_write_stopped_by_ctrl_c_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    path = tmp_path / "summary.json"
+    atomic_write_text(path, "old")
+
+    def interrupted(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(records.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_text(path, "new")
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+    assert path.read_text() == "old"
+
+
+def test_json_files_are_written_with_sorted_keys_so_reruns_diff_clean(tmp_path):
+    write_json(tmp_path / "a.json", {"b": 1, "a": {"d": 2, "c": 3}})
+    assert (tmp_path / "a.json").read_text() == '{\n  "a": {\n    "c": 3,\n    "d": 2\n  },\n  "b": 1\n}\n'
+
+
+def test_an_optional_json_file_that_is_a_folder_reads_as_absent(tmp_path):
+    (tmp_path / "job.json").mkdir()
+    assert read_json(tmp_path / "job.json", default={}) == {}
+
+
+@pytest.mark.parametrize("read", [read_json, read_yaml])
+def test_a_run_file_that_is_not_utf8_is_damaged_naming_it(tmp_path, read):
+    path = tmp_path / "summary.json"
+    path.write_bytes(b'{"seed": "caf\xe9"}\n')
+    with pytest.raises(DamagedFileError, match=f"^{re.escape(str(path))} is damaged: not valid (JSON|YAML)"):
+        read(path)
+
+
+def test_a_config_with_a_list_for_a_key_is_yamls_own_error_with_its_line(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text("name: x\n? [a, b]\n: 1\n")
+    with pytest.raises(yaml.YAMLError, match="found unhashable key") as caught:
+        read_config_yaml(path)
+    assert yaml_problem(caught.value) == "line 2: found unhashable key"
+
+
+@pytest.mark.parametrize("data", [b"", b"version https://git-lfs.github.com/spec/v1\nsize 12\n"])
+def test_an_empty_checkpoint_or_one_that_is_no_pickle_is_damaged_naming_it(tmp_path, data):
+    # Cut to nothing (EOFError) or replaced by a git-lfs pointer (UnpicklingError); torch names no file.
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(data)
+    with pytest.raises(DamagedFileError, match=f"^{re.escape(str(path))} is damaged: torch cannot load it"):
+        read_checkpoint(path, "cpu")
+
+
+def test_an_atomic_write_reaches_the_disk_before_it_replaces_the_old_file(tmp_path, monkeypatch):
+    # Without the fsync a power cut after the rename can leave an empty file where the old one was.
+    calls, fsync, replace = [], records.os.fsync, records.os.replace
+    monkeypatch.setattr(records.os, "fsync", lambda fd: (calls.append("fsync"), fsync(fd))[1])
+    monkeypatch.setattr(records.os, "replace", lambda *a: (calls.append("replace"), replace(*a))[1])
+    atomic_write_text(tmp_path / "a.txt", "one")
+    assert calls == ["fsync", "replace"]
+
+
+def test_json_records_hold_paths_numpy_scalars_and_tensors_as_plain_values(tmp_path):
+    record = {"run_dir": tmp_path, "loss": np.float32(0.5), "epoch": np.int64(3), "rates": torch.tensor([0.0, 0.5])}
+    plain = {"run_dir": str(tmp_path), "loss": 0.5, "epoch": 3, "rates": [0.0, 0.5]}
+    write_json(tmp_path / "a.json", record)
+    write_jsonl(tmp_path / "a.jsonl", [record])
+    assert read_json(tmp_path / "a.json") == plain and read_jsonl(tmp_path / "a.jsonl") == [plain]
+
+
+def test_yaml_run_files_are_written_with_sorted_keys(tmp_path):
+    write_yaml(tmp_path / "a.yaml", {"train": {"lr": 0.1, "epochs": 3}, "method": "joint"})
+    assert (tmp_path / "a.yaml").read_text() == "method: joint\ntrain:\n  epochs: 3\n  lr: 0.1\n"
+
+
+def test_runs_are_counted_in_the_plural_but_for_one():
+    assert [runs_phrase(n) for n in (0, 1, 2)] == ["0 runs", "1 run", "2 runs"]
