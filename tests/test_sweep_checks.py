@@ -287,7 +287,7 @@ def test_a_key_given_twice_in_a_config_is_refused_with_file_and_line(tmp_path):
         load_config(path)
     run = tmp_path / "run.yaml"
     run.write_text("method: joint\ntrain:\n  lr: 0.1\n  epochs: 3\n  lr: 0.2\n")
-    with pytest.raises(HParamError, match=f"{run}:5: key 'lr' is given twice"):
+    with pytest.raises(HParamError, match=rf"{run}:5: key 'lr' is given twice in one mapping \(first on line 3\)"):
         load_config_file(run)
     merged = tmp_path / "merged.yaml"
     merged.write_text("a: &base {x: 1}\nb:\n  <<: *base\n  x: 2\n")
