@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import multiprocessing
 import os
@@ -580,3 +581,23 @@ def test_method_knobs_are_refused_in_the_top_level_grid_and_defaults():
         parse_config(tiny_config(grid={"ogm_ge.alpha": [0.1, 0.2]}))
     with pytest.raises(SweepConfigError, match=r"defaults\.ogm_ge: only runner namespaces"):
         parse_config(tiny_config(defaults={"ogm_ge": {"alpha": 0.1}}))
+
+
+def test_a_lock_held_before_its_holder_wrote_its_name_is_busy_with_the_holder_unknown(tmp_path):
+    fd = os.open(tmp_path / ".lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RunBusyError, match=r"is in use by another process \(holder unknown\); not started"):
+            with run_lock(tmp_path):
+                pass
+    finally:
+        os.close(fd)
+
+
+def test_ranks_other_than_0_neither_make_nor_lock_the_run_folder(tmp_path, monkeypatch):
+    busy, fresh = tmp_path / "busy", tmp_path / "fresh"
+    busy.mkdir()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with run_lock(busy), rank0_run_lock(busy), rank0_run_lock(fresh):
+        assert not fresh.exists()
