@@ -19,6 +19,7 @@ from benchmarks import records
 from benchmarks.cli import INTERRUPTED, main
 from benchmarks.config import build_config
 from benchmarks.records import atomic_torch_save, write_json
+from benchmarks.run_folder import load_run_config
 from core.hparams import HParamError, parse_assignments
 from tests.conftest import interrupted_run
 
@@ -129,7 +130,7 @@ def test_resuming_a_run_with_a_damaged_file_is_one_line_naming_it(tmp_path, caps
     _one_line_error(capsys, f"{path} is damaged: ", "delete that run folder and train it again")
 
 
-@pytest.mark.parametrize("text", ["- method: joint\n", "method: joint\ndataset: synthetic\n", "train: 5\n"])
+@pytest.mark.parametrize("text", ["- method: joint\n", "method: joint\ndataset: synthetic\n", "train: 5\n", ""])
 @pytest.mark.parametrize("command", ["resume", "evaluate"])
 def test_a_run_config_that_parses_but_is_not_a_run_config_is_damaged(tmp_path, capsys, text, command):
     # YAML that parses (a list, a file cut after two keys) used to end in a bare TypeError/KeyError naming no file.
@@ -144,7 +145,7 @@ def test_a_run_config_that_parses_but_is_not_a_run_config_is_damaged(tmp_path, c
     _one_line_error(capsys, f"{path} is damaged: ", "delete that run folder and train it again")
 
 
-@pytest.mark.parametrize("edit", [{"hparams": [1]}, {"hparams": {"joint": 3}}, {"method": ["joint"]}])
+@pytest.mark.parametrize("edit", [{"hparams": [1]}, {"hparams": {"joint": 3}}, {"method": ["joint"]}, {"data": 3}])
 @pytest.mark.parametrize("command", ["resume", "evaluate"])
 def test_a_run_config_with_an_ill_typed_hparams_or_method_is_damaged(tmp_path, capsys, edit, command):
     # Every other key whole: these ended in a bare AttributeError/TypeError naming no file.
@@ -242,3 +243,8 @@ def test_ctrl_c_in_any_command_is_one_line_and_exit_130(monkeypatch, capsys):
     monkeypatch.setattr(list_command, "run", ctrl_c)
     assert main(["list"]) == INTERRUPTED
     _one_line_error(capsys, "augbench list: interrupted")
+
+
+def test_a_folder_without_config_yaml_is_no_run_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"^{re.escape(str(tmp_path))} has no config.yaml; it is not a run"):
+        load_run_config(tmp_path)
