@@ -159,7 +159,8 @@ def read_checkpoint(path: Path, map_location: Any, mmap: bool = False) -> dict[s
 
     try:
         return torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+    # Overwritten bytes reach torch's legacy pickle reader, which fails with whichever error its first opcodes raise.
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, OverflowError) as err:
         raise DamagedFileError(path, f"torch cannot load it ({str(err).splitlines()[0]})") from None
 
 

@@ -517,9 +517,11 @@ def test_a_config_with_a_list_for_a_key_is_yamls_own_error_with_its_line(tmp_pat
     assert yaml_problem(caught.value) == "line 2: found unhashable key"
 
 
-@pytest.mark.parametrize("data", [b"", b"version https://git-lfs.github.com/spec/v1\nsize 12\n"])
+@pytest.mark.parametrize("data", [b"", b"version https://git-lfs.github.com/spec/v1\nsize 12\n", b"g\xa3\n",
+                                  b"\x82\x05", b"\x95" + b"\xff" * 8])
 def test_an_empty_checkpoint_or_one_that_is_no_pickle_is_damaged_naming_it(tmp_path, data):
-    # Cut to nothing (EOFError) or replaced by a git-lfs pointer (UnpicklingError); torch names no file.
+    # Cut to nothing (EOFError), replaced by a git-lfs pointer (UnpicklingError) or by bytes whose first pickle
+    # opcodes fail otherwise (UnicodeDecodeError, ValueError, OverflowError); torch names no file.
     path = tmp_path / "checkpoint.pt"
     path.write_bytes(data)
     with pytest.raises(DamagedFileError, match=f"^{re.escape(str(path))} is damaged: torch cannot load it"):
