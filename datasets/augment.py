@@ -124,10 +124,16 @@ def check_crop_scale(key: str, scale: Sequence[float]) -> None:
         raise HParamError(f"{key}={list(scale)} must be two area fractions 0 < low <= high <= 1")
 
 
+def check_choice(key: str, value: str, choices: Sequence[str]) -> None:
+    """A serving knob's value among its ``choices``, or an error naming ``key``: the constructors that take these knobs
+    directly (not through a resolved config) check them too."""
+    if value not in choices:
+        raise HParamError(f"{key}={value!r} is not one of {list(choices)}")
+
+
 def check_frame_rule(rule: str, num_frames: int) -> None:
     """A known rule serving T = ``num_frames`` frames, or an error naming the ``data.*`` keys."""
-    if rule not in FRAME_RULES:
-        raise HParamError(f"data.frame_rule={rule!r} is not one of {list(FRAME_RULES)}")
+    check_choice("data.frame_rule", rule, FRAME_RULES)
     if rule == "bml_ks" and num_frames != BML_KS_FRAMES:
         # The published loader defines only its three picks; any other T would be this project's invention.
         raise HParamError(f"data.frame_rule=bml_ks serves the {BML_KS_FRAMES} frames BML's KS.py reads; set "
@@ -731,8 +737,7 @@ class EvalViews:
     """
 
     def __init__(self, frames: np.ndarray, size: int, capacity: int, view: str = "resize") -> None:
-        if view not in EVAL_VIEWS:
-            raise HParamError(f"data.eval_view={view!r} is not one of {list(EVAL_VIEWS)}")
+        check_choice("data.eval_view", view, EVAL_VIEWS)
         self.frames = frames
         self.size = size
         self.view = view
@@ -817,8 +822,7 @@ class AVAugment:
                  crop_scale: Sequence[float] = CROP_SCALE, crop_per: str = "frame", eval_view: str = "resize"
                  ) -> None:
         check_frame_rule(frame_rule, num_frames)
-        if crop_per not in CROP_PER:
-            raise HParamError(f"data.crop_per={crop_per!r} is not one of {list(CROP_PER)}")
+        check_choice("data.crop_per", crop_per, CROP_PER)
         if resample not in RESAMPLE_MODES:
             raise ValueError(f"data.resample={resample!r} is not one of {RESAMPLE_MODES}")
         check_crop_scale("data.crop_scale", crop_scale)

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.hparams import HParamError
 from datasets.augment import (
     CROP_PER,
     CROP_SCALE,
@@ -29,6 +28,7 @@ from datasets.augment import (
     FLIP_PROB,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    check_choice,
     frame_offsets,
 )
 from datasets.cache import Cache
@@ -87,10 +87,8 @@ class MediaDataset(torch.utils.data.Dataset):
                  eval_view: str = "resize") -> None:
         from torchvision import transforms
 
-        if crop_per not in CROP_PER:
-            raise HParamError(f"data.crop_per={crop_per!r} is not one of {list(CROP_PER)}")
-        if eval_view not in EVAL_VIEWS:
-            raise HParamError(f"data.eval_view={eval_view!r} is not one of {list(EVAL_VIEWS)}")
+        check_choice("data.crop_per", crop_per, CROP_PER)
+        check_choice("data.eval_view", eval_view, EVAL_VIEWS)
         self.items = items
         self.pipeline = pipeline
         self.num_frames = num_frames
