@@ -657,6 +657,17 @@ def test_an_interruption_after_the_last_epoch_is_not_placed_inside_one(tmp_path)
         f"augbench train --run-dir {run} --resume")
 
 
+def test_the_interruption_message_maps_the_checkpoint_instead_of_reading_it_into_memory(tmp_path, monkeypatch):
+    # It only needs the epoch; a full-size checkpoint (hundreds of MB) read into RAM would delay the Ctrl-C exit.
+    run = tmp_path / "run"
+    train_run(build_config("joint", "synthetic", tiny_overrides()), run, log=lambda *_: None)
+    calls = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: calls.append(kw) or real_load(*a, **kw))
+    assert "Resume at epoch 2" in runner._interrupted_message(run, 2)
+    assert [kw["mmap"] for kw in calls] == [True]
+
+
 def test_an_evaluation_of_a_method_without_alternative_fusions_records_none(tiny_bundle):
     method = build_method(build_config("joint", "synthetic", tiny_overrides()), tiny_bundle, torch.device("cpu"))
     out = evaluate(method, tiny_bundle.loader("test", batch_size=8, train=False, seed=0), tiny_bundle.task.num_classes)
