@@ -37,7 +37,9 @@ from benchmarks.demo import (
     sweep_document,
     unstable_rows,
 )
-from tests.conftest import TINY_DATA, TINY_MODEL
+from benchmarks.metrics import classification_metrics
+from benchmarks.runner import train_run
+from tests.conftest import TINY_DATA, TINY_MODEL, tiny_overrides
 from tests.numeric import approx, approx64
 
 # Knobs that count epochs (or epochs of patience): each must fire within the demo's schedule.
@@ -464,6 +466,19 @@ def test_the_ensemble_averages_the_softmax_outputs_of_each_seeds_final_unimodal_
         assert test["acc"] == 1.0 and test["acc:audio"] == test["acc:visual"] == 0.5
         # the true class's mean probability, (0.475 + 0.425) / 2: float32 softmax outputs
         assert rec.protocols["last"]["test"]["conf"] == approx(0.45), "softmax mean, not product or max"
+
+
+def test_a_runs_test_outputs_are_its_final_models_softmax_in_row_order(tmp_path):
+    # The ensemble's inputs, read back from a finished run's final checkpoint, score what the run recorded for its
+    # last epoch: the true class's mean probability pins the softmax of the logits, accuracy the label order.
+    run = tmp_path / "run"
+    train_run(build_config("joint", "synthetic", tiny_overrides()), run, log=lambda *_: None)
+    probs, labels, classes = demo_module._test_outputs(run)
+    recorded = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["test"]
+    assert probs.sum(dim=1) == approx(torch.ones(len(labels))) and len(labels) == recorded["n"]
+    again = classification_metrics(torch.log(probs), labels, classes)
+    assert again["acc"] == recorded["acc"]
+    assert again["conf"] == pytest.approx(recorded["conf"], abs=1e-6)
 
 
 def _readme_summary() -> dict:
