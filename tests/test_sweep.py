@@ -21,7 +21,8 @@ import yaml
 from benchmarks.cli import main
 from benchmarks.collect import build_table, load_runs
 from benchmarks.config import build_config, load_config_file
-from benchmarks.run_folder import RunBusyError, rank0_run_lock
+from benchmarks.records import write_yaml
+from benchmarks.run_folder import RunBusyError, config_sections, rank0_run_lock
 from benchmarks.runner import train_run
 from benchmarks.sweep import (
     LAUNCHERS,
@@ -47,8 +48,9 @@ from benchmarks.sweep import (
     worker_command,
 )
 from benchmarks.sweep.launchers import _pool_step
+from benchmarks.sweep.worker import run_job
 from core.hparams import HParamError
-from tests.conftest import TINY_DATA, TINY_MODEL, TINY_TRAIN
+from tests.conftest import TINY_DATA, TINY_MODEL, TINY_TRAIN, interrupted_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for p in (ROOT / "benchmarks" / "configs").glob("*/*.yaml")
@@ -601,3 +603,17 @@ def test_ranks_other_than_0_neither_make_nor_lock_the_run_folder(tmp_path, monke
     monkeypatch.setenv("RANK", "1")
     with run_lock(busy), rank0_run_lock(busy), rank0_run_lock(fresh):
         assert not fresh.exists()
+
+
+def test_a_sweep_worker_resumes_an_interrupted_run_instead_of_starting_it_again(tmp_path):
+    # A launcher restarted after a kill hands the worker a run folder holding its first epoch: the worker must train
+    # on from the checkpoint, keeping that epoch's record as it was.
+    run = tmp_path / "run"
+    cfg = interrupted_run(run, epochs=3)
+    write_yaml(run / "job.yaml", config_sections(cfg.as_dict()))
+    first = (run / "metrics.jsonl").read_text().splitlines()
+    lines = []
+    run_job(run, log=lines.append)
+    records = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in records] == [0, 1, 2] and records[:1] == first
+    assert not any(line.startswith("epoch 0") for line in lines), "epoch 0 trained again"
