@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks import evaluate as evaluate_module
 from benchmarks.cli import main
+from benchmarks.commands import evaluate as evaluate_command
 from benchmarks.config import build_config
 from benchmarks.evaluate import (
     CheckpointMismatchError,
@@ -24,8 +26,8 @@ from benchmarks.run_folder import (
     missing_result_file,
     missing_result_problem,
 )
-from benchmarks.runner import train_run
-from tests.conftest import tiny_overrides
+from benchmarks.runner import build_data, train_run
+from tests.conftest import interrupted_run, tiny_overrides
 from tests.numeric import approx
 
 
@@ -158,3 +160,100 @@ def test_a_result_holds_the_rates_asked_for_in_whatever_order_they_are_asked():
     assert missing_result_problem(summary, result, split="test", seed=0, rates=[0.5, 0.0]) is None
     assert missing_result_problem(summary, result, rates=[0, 0.5]) is None
     assert missing_result_problem(summary, result, rates=[0.0, 0.3]) == "it holds the rates [0.0, 0.5], not [0.0, 0.3]"
+
+
+def test_a_seeds_missing_samples_are_spread_over_the_split_and_fixed_across_versions():
+    # The missing samples are a random draw, not the split's first rows (some datasets list rows by class) ...
+    missing = np.flatnonzero(missing_plan(1000, [0.2], num_modalities=2, seed=0)[0.2] >= 0)
+    assert 60 < int((missing < 500).sum()) < 140
+    # ... and a seed keeps naming the same samples and modalities: a result file is current by its seed alone.
+    plans = missing_plan(8, [0.25, 0.5], num_modalities=3, seed=0)
+    assert plans[0.25].tolist() == [-1, -1, -1, 0, 0, -1, -1, -1]
+    assert plans[0.5].tolist() == [1, -1, -1, 0, 0, -1, -1, 1]
+
+
+def test_parse_rates_takes_spaces_and_a_trailing_comma_and_names_bad_text():
+    assert parse_rates(" 0, 0.2,0.5,") == [0.0, 0.2, 0.5]
+    with pytest.raises(ValueError, match=r"comma-separated fractions.*'0,x'"):
+        parse_rates("0,x")
+
+
+def test_the_planned_dataset_rows_lose_the_planned_modality(tmp_path, monkeypatch):
+    # The plan is over positions in the split; the loader's batches carry dataset rows (the test split's rows come
+    # after train and val), so a mask looked up by position or by place in the batch zeroes other samples.
+    run_dir = tmp_path / "run"
+    cfg = build_config("joint", "synthetic", tiny_overrides())
+    train_run(cfg, run_dir, log=lambda msg: None)
+    test_rows = build_data(cfg).splits["test"]
+    assert test_rows.min() > 0, "positions and rows differ"
+    # the reference is the last epoch, never the best-on-test one
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["protocols"]["paper"]["test"]["acc"] = -1.0
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    real_evaluate, real_select_device, seen, devices = evaluate_module.evaluate, evaluate_module.select_device, [], []
+
+    def spy(method, loader, num_classes):
+        order, codes, sizes = [], {}, []
+        for batch in loader:
+            sizes.append(len(batch["index"]))
+            for row, a, v in zip(batch["index"].tolist(), batch["audio"].flatten(1), batch["visual"].flatten(1)):
+                assert not (a.eq(0).all() and v.eq(0).all()), "a sample loses one modality, never both"
+                order.append(row)
+                codes[row] = 0 if a.eq(0).all() else 1 if v.eq(0).all() else -1
+        seen.append((order, codes, sizes, torch.rand(1).item()))
+        return real_evaluate(method, loader, num_classes)
+
+    def select_device(name):
+        devices.append(name)
+        return real_select_device("cpu")
+
+    monkeypatch.setattr(evaluate_module, "evaluate", spy)
+    monkeypatch.setattr(evaluate_module, "select_device", select_device)
+    out = evaluate_missing(run_dir, [0.5, 1.0], seed=3, device="cpu", batch_size=5)
+    assert devices == ["cpu"]
+    plans = missing_plan(len(test_rows), [0.0, 0.5, 1.0], num_modalities=2, seed=3)
+    assert [codes for _, codes, _, _ in seen] == [dict(zip(test_rows.tolist(), plans[r].tolist())) for r in plans]
+    assert all(order == test_rows.tolist() for order, _, _, _ in seen), "every row once, in order, unshuffled"
+    assert all(sizes == [5, 5, 5, 1] for _, _, sizes, _ in seen), "the batch size asked for"
+    assert out["n"] == len(test_rows) == 16
+    assert out["reference_last_epoch_acc"] == summary["protocols"]["last"]["test"]["acc"]
+    by_rate = {row["rate"]: row for row in out["rates"]}
+    assert list(by_rate) == [0.5, 1.0] and by_rate[0.5]["n_missing"] == 8
+    lost = by_rate[1.0]["missing_by_modality"]
+    assert lost == {"audio": int((plans[1.0] == 0).sum()), "visual": int((plans[1.0] == 1).sum())}
+    assert min(lost.values()) > 0, "both modalities are lost"
+    # the process's random state before the call does not reach the evaluation (methods may draw in predict)
+    draws = [draw for _, _, _, draw in seen]
+    seen.clear()
+    torch.manual_seed(12345)
+    evaluate_missing(run_dir, [0.5, 1.0], seed=3, device="cpu", batch_size=5)
+    assert [draw for _, _, _, draw in seen] == draws
+
+
+def test_an_interrupted_run_is_not_evaluated(tmp_path):
+    # its checkpoint is not the final one
+    run_dir = tmp_path / "run"
+    interrupted_run(run_dir)
+    with pytest.raises(RunNotFinishedError, match=rf"{run_dir} holds no finished run"):
+        evaluate_missing(run_dir, [0.5])
+    assert not list(run_dir.glob("missing_modality*.json"))
+
+
+def test_the_cli_passes_its_options_and_reports_each_rate(tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def fake(run_dir, rates, **options):
+        calls.append((run_dir, rates, options))
+        return {"n": 10, "rates": [{"rate": r, "n_missing": round(10 * r),
+                                    "metrics": {"acc": 1 - r, "macro_f1": 0.5, "map": 0.25}} for r in rates]}
+
+    monkeypatch.setattr(evaluate_command, "evaluate_missing", fake)
+    assert main(["evaluate", str(tmp_path)]) == 0
+    assert calls[-1] == (tmp_path, [0.0, 0.2, 0.5], {"split": "test", "seed": 0, "device": None, "batch_size": None})
+    assert f"wrote {tmp_path / MISSING_RESULT}" in capsys.readouterr().out
+    assert main(["evaluate", str(tmp_path), "--missing", "0.5,0.125", "--split", "val", "--seed", "3", "--device",
+                 "cpu", "--batch-size", "7"]) == 0
+    assert calls[-1] == (tmp_path, [0.5, 0.125], {"split": "val", "seed": 3, "device": "cpu", "batch_size": 7})
+    out = capsys.readouterr().out
+    assert "missing 50%: acc 0.5000  macro_f1 0.5000  map 0.2500  (5/10 samples missing a modality)" in out
+    assert "missing 12.5%: acc 0.8750" in out and f"wrote {tmp_path / 'missing_modality-val.json'}" in out
