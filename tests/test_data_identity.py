@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+from benchmarks import data_identity
 from benchmarks.collect import MixedDataError, RunRecord, build_table, load_runs
 from benchmarks.config import build_config
-from benchmarks.data_identity import DATA_FILE, DataChangedError, check_finished_runs, stale_runs
+from benchmarks.data_identity import DATA_FILE, DataChangedError, check_finished_runs, check_run_data, stale_runs
 from benchmarks.evaluate import evaluate_missing
 from benchmarks.runner import train_run
 from benchmarks.sweep import expand, parse_config, run_local
@@ -127,3 +129,42 @@ def test_a_table_never_mixes_runs_of_two_builds_of_one_cache():
     with pytest.raises(MixedDataError, match=r"runs of cremad trained on 2 builds of the same cache.*1 run\(s\) such "
                                              r"as e on .*\"new\".*delete those runs' data.json"):
         build_table([*runs, _record("e", 4, new)], protocol="clean")
+
+
+def test_a_key_on_one_side_only_is_a_difference(tmp_path):
+    # a dataset that reports a key the run did not record (or no longer reports one it did) serves other data
+    (tmp_path / DATA_FILE).write_text(json.dumps({"cache_options_hash": "a"}))
+    check_run_data(tmp_path, {"cache_options_hash": "a"})
+    with pytest.raises(DataChangedError, match=rf"^{tmp_path} was trained on other data than its cache now holds "
+                                               r"\(raw_fingerprint: '<absent>' in the run, 'f' now\); refusing to "
+                                               r"continue it\. Retrain"):
+        check_run_data(tmp_path, {"cache_options_hash": "a", "raw_fingerprint": "f"})
+    with pytest.raises(DataChangedError, match=r"\(cache_options_hash: 'a' in the run, '<absent>' now\); refusing "
+                                               r"to evaluate it"):
+        check_run_data(tmp_path, {}, "evaluate it")
+
+
+def test_each_data_config_is_checked_against_its_own_identity(tmp_path, monkeypatch):
+    # identities are looked up once per dataset *and data settings*: two caches of one dataset are two identities
+    monkeypatch.setattr(Synthetic, "identity", classmethod(lambda cls, hp: {"n_train": str(hp.n_train)}))
+    jobs = []
+    for n_train in (32, 64):
+        overrides = tiny_overrides()
+        overrides["data"]["n_train"] = n_train
+        run_dir = tmp_path / f"n{n_train}"
+        run_dir.mkdir()
+        (run_dir / DATA_FILE).write_text(json.dumps({"n_train": str(n_train)}))
+        jobs.append(SimpleNamespace(name=f"n{n_train}", run_dir=run_dir,
+                                    cfg=build_config("joint", "synthetic", overrides)))
+    assert stale_runs(jobs) == []
+    (jobs[1].run_dir / DATA_FILE).write_text(json.dumps({"n_train": "32"}))
+    assert stale_runs(jobs) == ["n64 (n_train: '32' in the run, '64' now)"]
+
+
+def test_one_stale_run_stops_a_sweep_and_a_long_list_is_cut(monkeypatch):
+    monkeypatch.setattr(data_identity, "stale_runs", lambda jobs: list(jobs))
+    check_finished_runs([])
+    with pytest.raises(DataChangedError, match=r"^1 finished run\(s\) were trained on .* datasets: r0\. Retrain"):
+        check_finished_runs(["r0"])
+    with pytest.raises(DataChangedError, match=r"^7 finished run\(s\) .*: r0; r1; r2; r3; r4 \(and 2 more\)\. Retrain"):
+        check_finished_runs([f"r{i}" for i in range(7)])
