@@ -166,5 +166,7 @@ def test_one_stale_run_stops_a_sweep_and_a_long_list_is_cut(monkeypatch):
     check_finished_runs([])
     with pytest.raises(DataChangedError, match=r"^1 finished run\(s\) were trained on .* datasets: r0\. Retrain"):
         check_finished_runs(["r0"])
+    with pytest.raises(DataChangedError, match=r"^5 finished run\(s\) .*: r0; r1; r2; r3; r4\. Retrain"):
+        check_finished_runs([f"r{i}" for i in range(5)])
     with pytest.raises(DataChangedError, match=r"^7 finished run\(s\) .*: r0; r1; r2; r3; r4 \(and 2 more\)\. Retrain"):
         check_finished_runs([f"r{i}" for i in range(7)])
