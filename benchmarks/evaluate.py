@@ -8,8 +8,9 @@ applied generically to the batch, so every method is evaluated the same way). On
 the missing sets are nested across rates and a sample always loses the same modality. Metrics come from the same
 ``evaluate`` the runner uses, on the *final* checkpoint (the last epoch, not the best-on-test epoch), so rate 0
 reproduces the run's last-epoch test metrics; when it does not (a method's ``on_epoch_end`` changed the model after
-that last evaluation), the evaluation is refused rather than recorded. Results go to ``<run>/missing_modality.json``
-(the test split, which tables read) or ``<run>/missing_modality-<split>.json``.
+that last evaluation), the evaluation is refused rather than recorded (for the train split, which training does
+not evaluate, that check is made on test). Results go to ``<run>/missing_modality.json`` (the test split, which
+tables read) or ``<run>/missing_modality-<split>.json``.
 """
 
 from __future__ import annotations
@@ -38,12 +39,11 @@ class CheckpointMismatchError(ValueError):
     """The final checkpoint does not score what the run recorded for its last epoch."""
 
 
-def check_reference(run_dir: Path, split: str, results: Sequence[dict[str, Any]], recorded: float | None,
-                    n: int) -> None:
+def check_reference(run_dir: Path, split: str, results: Sequence[dict[str, Any]], recorded: float, n: int) -> None:
     """Rate 0 must reproduce the run's recorded last-epoch accuracy (to within half a sample), or the checkpoint is
     not the model those metrics came from and every missing rate would describe another model."""
     at_zero = [r["metrics"]["acc"] for r in results if r["rate"] == 0]
-    if recorded is None or not at_zero or abs(at_zero[0] - recorded) <= 0.5 / max(n, 1):
+    if not at_zero or abs(at_zero[0] - recorded) <= 0.5 / max(n, 1):
         return
     raise CheckpointMismatchError(
         f"{run_dir}: the final checkpoint scores {at_zero[0]:.4f} {split} accuracy with nothing missing, but the run "
@@ -159,9 +159,17 @@ def evaluate_missing(run_dir: Path, rates: Sequence[float] = DEFAULT_MISSING_RAT
         results.append({"rate": rate, "n_missing": int((codes >= 0).sum()),
                         "missing_by_modality": {m: int((codes == k).sum()) for k, m in enumerate(names)},
                         "metrics": metrics})
-    summary = read_json(run_dir / "summary.json")
-    reference = (summary["protocols"]["last"].get(split) or {}).get("acc")
-    check_reference(run_dir, split, results, reference, loader.num_samples)
+    last = read_json(run_dir / "summary.json")["protocols"]["last"]
+    reference = (last.get(split) or {}).get("acc")
+    if reference is None:
+        # Training records no metrics of this split (train), so the checkpoint is checked on test, which every epoch
+        # evaluates: a checkpoint that is another model than the recorded one is refused for every split.
+        test = bundle.loader("test", batch_size=batch_size, train=False, seed=cfg.train.seed, device=dev)
+        test.set_epoch(state["epoch"])
+        at_zero = {"rate": 0.0, "metrics": evaluate(method, test, bundle.task.num_classes)}
+        check_reference(run_dir, "test", [at_zero], last["test"]["acc"], test.num_samples)
+    else:
+        check_reference(run_dir, split, results, reference, loader.num_samples)
     results = [r for r in results if r["rate"] in {float(x) for x in rates}]
     out = {"split": split, "seed": seed, "checkpoint_epoch": state["epoch"], "n": loader.num_samples,
            "protocol": "each missing sample loses one modality chosen uniformly (input zeroed); nested sets across "

@@ -84,7 +84,11 @@ def test_a_checkpoint_that_does_not_reproduce_the_last_epoch_is_refused_not_reco
         evaluate_missing(run_dir, [0.0, 0.5])
     with pytest.raises(CheckpointMismatchError):
         evaluate_missing(run_dir, [0.5])  # rate 0 is checked even when not asked for
-    assert not (run_dir / MISSING_RESULT).exists()
+    # Training records no train-split metrics to compare with, and the check was skipped: --split train wrote a result
+    # of this other model. The checkpoint is now checked on test first.
+    with pytest.raises(CheckpointMismatchError, match=rf"{run_dir}: the final checkpoint scores .* test accuracy"):
+        evaluate_missing(run_dir, [0.5], split="train")
+    assert not list(run_dir.glob("missing_modality*.json"))
 
 
 def test_extending_a_run_drops_its_missing_modality_result_and_a_stale_one_is_not_current(tmp_path):
@@ -145,6 +149,8 @@ def test_another_splits_result_has_its_own_file_and_keeps_the_test_result(tmp_pa
     assert evaluate_missing(run_dir, [0.5], split="val")["split"] == "val"
     assert json.loads((run_dir / MISSING_RESULT).read_text()) == json.loads(json.dumps(test_result))
     assert json.loads((run_dir / missing_result_file("val")).read_text())["split"] == "val"
+    train_result = evaluate_missing(run_dir, [0.5], split="train")
+    assert train_result["n"] == 64 and train_result["reference_last_epoch_acc"] is None, "training records no train acc"
     assert missing_evaluation_current(run_dir, split="test", seed=0, rates=[0.5])
     assert missing_evaluation_current(run_dir, split="val", seed=0, rates=[0.5])
     longer = tiny_overrides()
