@@ -66,6 +66,9 @@ def check_rates(rates: Sequence[float]) -> None:
     bad = [r for r in rates if not 0.0 <= r <= 1.0]
     if not rates or bad:
         raise ValueError(f"missing rates must be fractions in [0, 1], got {list(rates)}")
+    # A rate is evaluated and written once: a result asked for with a repeat would never count as current.
+    if len({float(r) for r in rates}) != len(rates):
+        raise ValueError(f"missing rates must differ from each other, got {list(rates)}")
 
 
 def missing_plan(n: int, rates: Sequence[float], num_modalities: int, seed: int) -> dict[float, np.ndarray]:

@@ -27,6 +27,7 @@ from benchmarks.run_folder import (
     missing_result_problem,
 )
 from benchmarks.runner import build_data, train_run
+from benchmarks.sweep.spec import EvaluateSpec, SweepConfigError
 from tests.conftest import interrupted_run, tiny_overrides
 from tests.numeric import approx
 
@@ -263,3 +264,14 @@ def test_the_cli_passes_its_options_and_reports_each_rate(tmp_path, monkeypatch,
     out = capsys.readouterr().out
     assert "missing 50%: acc 0.5000  macro_f1 0.5000  map 0.2500  (5/10 samples missing a modality)" in out
     assert "missing 12.5%: acc 0.8750" in out and f"wrote {tmp_path / 'missing_modality-val.json'}" in out
+
+
+def test_a_repeated_rate_is_refused(tmp_path):
+    # A rate is evaluated and written once, so a sweep whose evaluate.missing repeated one never found its result
+    # current ("it holds the rates [0.5], not [0.5, 0.5]") and evaluated the finished run again at every launch.
+    with pytest.raises(ValueError, match=r"rates must differ from each other, got \[0\.5, 0\.2, 0\.5\]"):
+        parse_rates("0.5,0.2,0.5")
+    with pytest.raises(SweepConfigError, match=r"evaluate\.missing: .*must differ"):
+        EvaluateSpec.from_dict({"missing": [0, 0.0]})
+    with pytest.raises(ValueError, match="must differ"):
+        evaluate_missing(tmp_path / "run", [0.5, 0.5])
