@@ -223,6 +223,7 @@ def test_the_planned_dataset_rows_lose_the_planned_modality(tmp_path, monkeypatc
     assert all(order == test_rows.tolist() for order, _, _, _ in seen), "every row once, in order, unshuffled"
     assert all(sizes == [5, 5, 5, 1] for _, _, sizes, _ in seen), "the batch size asked for"
     assert out["n"] == len(test_rows) == 16
+    assert json.loads((run_dir / MISSING_RESULT).read_text())["seed"] == out["seed"] == 3, "the seed it ran with"
     assert out["reference_last_epoch_acc"] == summary["protocols"]["last"]["test"]["acc"]
     by_rate = {row["rate"]: row for row in out["rates"]}
     assert list(by_rate) == [0.5, 1.0] and by_rate[0.5]["n_missing"] == 8
