@@ -179,11 +179,30 @@ def load_runs(root: Path) -> list[RunRecord]:
 
 
 def check_summary(path: Path, summary: Mapping[str, Any]) -> None:
-    """Refuse a ``summary.json`` a table cannot read as its runner wrote it, naming the key: ``SUMMARY_KEYS`` absent,
-    a seed that is not an integer, or a test metric that is not a fraction (``check_fraction``)."""
+    """Refuse a ``summary.json`` a table cannot read as its runner wrote it, naming the key: no mapping,
+    ``SUMMARY_KEYS`` absent, a method or dataset that is no name, a seed that is not an integer, or a test metric that
+    is not a fraction (``check_fraction``)."""
+    if not isinstance(summary, Mapping):
+        raise DamagedFileError(path, f"it is {json.dumps(summary)}, not the run's summary mapping")
     absent = [key for key in SUMMARY_KEYS if key not in summary]
     if absent:
         raise DamagedFileError(path, f"it has no {', '.join(absent)}")
+    for key in ("method", "dataset"):
+        # a list or a mapping here failed later as an unhashable row key, naming no file
+        if not isinstance(summary[key], str):
+            raise DamagedFileError(path, f"{key} is {json.dumps(summary[key])}, not a name")
+    # What the table reads beside SUMMARY_KEYS where the runner wrote it (trained_by, _world_size,
+    # custom_pinned_splits); another shape failed there, naming no file.
+    for key in ("env", "split_files"):
+        if summary.get(key) is not None and not isinstance(summary[key], Mapping):
+            raise DamagedFileError(path, f"{key} is {json.dumps(summary[key])}, not a mapping")
+    segments = summary.get("segments") or []
+    if not isinstance(segments, list) or not all(isinstance(segment, Mapping) for segment in segments):
+        raise DamagedFileError(path, f"segments is {json.dumps(segments)}, not a list of invocations")
+    for where, entry in [("", summary)] + [(f"segments[{i}].", segment) for i, segment in enumerate(segments)]:
+        size = entry.get("world_size", 1)
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise DamagedFileError(path, f"{where}world_size is {json.dumps(size)}, not an integer")
     seed = summary["seed"]
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise DamagedFileError(path, f"seed is {json.dumps(seed)}, not an integer")
@@ -197,7 +216,11 @@ def check_summary(path: Path, summary: Mapping[str, Any]) -> None:
         test = entry.get("test")
         if isinstance(test, Mapping):
             check_metrics(path, f"protocols.{name}.test", test, required=("acc",))
-            for modality, metrics in (test.get("per_modality") or {}).items():
+            per_modality = test.get("per_modality") or {}
+            if not isinstance(per_modality, Mapping):
+                raise DamagedFileError(path, f"protocols.{name}.test.per_modality is {json.dumps(per_modality)}, not "
+                                       "a mapping of modalities")
+            for modality, metrics in per_modality.items():
                 check_metrics(path, f"protocols.{name}.test.per_modality.{modality}", metrics)
 
 
@@ -224,6 +247,8 @@ def check_fraction(path: Path, key: str, value: Any) -> float:
 
 def missing_metrics(path: Path, result: Mapping[str, Any]) -> dict[float, dict[str, Any]]:
     """Rate -> metrics of a ``missing_modality.json``, every rate and metric checked (``check_fraction``)."""
+    if not isinstance(result, Mapping):
+        raise DamagedFileError(path, f"it is {json.dumps(result)}, not the mapping of an evaluation")
     rates = result.get("rates")
     if not isinstance(rates, list):
         raise DamagedFileError(path, f"rates is {json.dumps(rates)}, not a list")
@@ -245,8 +270,15 @@ def custom_pinned_splits(summary: Mapping[str, Any]) -> tuple[str, ...]:
 
 def row_of(run_dir: Path, method: str) -> tuple[str, str]:
     """A run's table or plot row: (label, title) from the sweep's ``job.json``, else the method's registry key and
-    title."""
-    job = read_json(Path(run_dir) / "job.json", default={})
+    title. A ``job.json`` that is no mapping, or whose label or title is no name, is damaged."""
+    path = Path(run_dir) / "job.json"
+    job = read_json(path, default={})
+    if not isinstance(job, Mapping):
+        raise DamagedFileError(path, f"it is {json.dumps(job)}, not the mapping of a sweep's job")
+    for key in ("label", "title"):
+        # a list or a mapping here failed later as an unhashable row key, naming no file
+        if job.get(key) is not None and not isinstance(job[key], str):
+            raise DamagedFileError(path, f"{key} is {json.dumps(job[key])}, not a name")
     registered = list_methods().get(method)
     return job.get("label") or method, job.get("title") or (registered.title if registered else method)
 

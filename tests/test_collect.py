@@ -541,6 +541,17 @@ def _edit_json(path: Path, edit) -> None:
     # the run added nothing to any cell: its row was a seed short without a word
     (lambda s: s["protocols"]["paper"].update(test=None), "protocols.paper.test is null, not the test metrics"),
     (lambda s: s["protocols"]["paper"].pop("test"), "protocols.paper.test is null, not the test metrics"),
+    # each of these was a bare TypeError or AttributeError naming no file
+    (lambda s: s.update(method=["aug"]), 'method is ["aug"], not a name'),
+    (lambda s: s.update(dataset={"name": "cremad"}), 'dataset is {"name": "cremad"}, not a name'),
+    (lambda s: s["protocols"]["paper"]["test"].update(per_modality=["audio"]),
+     'protocols.paper.test.per_modality is ["audio"], not a mapping of modalities'),
+    (lambda s: s.update(env=["abc"]), 'env is ["abc"], not a mapping'),
+    (lambda s: s.update(split_files=["train.csv"]), 'split_files is ["train.csv"], not a mapping'),
+    (lambda s: s.update(segments=[3]), "segments is [3], not a list of invocations"),
+    (lambda s: s.update(segments={"first_epoch": 0}), 'segments is {"first_epoch": 0}, not a list of invocations'),
+    (lambda s: s.update(world_size=[1, 2]), "world_size is [1, 2], not an integer"),
+    (lambda s: s.update(segments=[{"first_epoch": 0, "world_size": "2"}]), 'segments[0].world_size is "2", not an'),
 ])
 def test_a_summary_with_a_bad_value_is_an_error_naming_the_file_and_key(runs_dir, capsys, edit, problem):
     summary = runs_dir / "cremad-aug-seed1-fixture" / "summary.json"
@@ -548,6 +559,24 @@ def test_a_summary_with_a_bad_value_is_an_error_naming_the_file_and_key(runs_dir
     assert main(["table", str(runs_dir), "--protocol", "paper"]) == 2
     err = capsys.readouterr().err
     assert f"{summary} is damaged: {problem}" in err
+
+
+@pytest.mark.parametrize("name, text, problem", [
+    ("summary.json", "null", "it is null, not the run's summary mapping"),
+    ("summary.json", "5", "it is 5, not the run's summary mapping"),
+    ("summary.json", '[{"method": "aug"}]', "it is [{\"method\": \"aug\"}], not the run's summary mapping"),
+    ("job.json", "[]", "it is [], not the mapping of a sweep's job"),
+    ("job.json", '{"label": ["aug"]}', 'label is ["aug"], not a name'),
+    ("job.json", '{"title": {"en": "AUG"}}', 'title is {"en": "AUG"}, not a name'),
+    (MISSING_RESULT, '["rates"]', 'it is ["rates"], not the mapping of an evaluation'),
+])
+def test_a_run_file_of_another_shape_is_an_error_naming_the_file(runs_dir, capsys, name, text, problem):
+    # Each was a bare TypeError or AttributeError (an unhashable row label, .get of a list) naming no file.
+    run = runs_dir / "cremad-aug-seed1-fixture"
+    write_missing(run)
+    (run / name).write_text(text)
+    assert main(["table", str(runs_dir), "--missing"]) == 2
+    assert f"{run / name} is damaged: {problem}" in capsys.readouterr().err
 
 
 def test_an_average_precision_rounded_above_one_is_read(runs_dir, capsys):
