@@ -19,6 +19,7 @@ from baselines.registry import list_methods
 from benchmarks.cli import main
 from benchmarks.collect import (
     RENDERERS,
+    TEST_SPLIT_MARK,
     Column,
     MixedRunsError,
     PaperFileError,
@@ -28,12 +29,14 @@ from benchmarks.collect import (
     build_table,
     check_one_config_per_row,
     commit_counts,
+    config_order,
     csv_header,
     load_paper,
     load_runs,
     render,
     table_values,
     trained_by,
+    unfinished_row,
     unfinished_runs,
 )
 from benchmarks.plots import _sweep_curves, plot_demo, plot_demo_bars, plot_run, plot_sweep, run_series, seed_mean
@@ -187,6 +190,21 @@ def test_a_paper_table_that_matches_nothing_says_so(runs_dir):
     assert "No published value of" in unmatched.caption
 
 
+def test_a_runs_values_are_each_metric_per_modality_and_at_each_missing_rate(tmp_path):
+    # demo.row_stats and identical_rows read every key of values(); the tables show only the per-modality accuracy, so
+    # a per-modality macro-F1 read from its accuracy, or the missing-modality results left out, passed them.
+    test = {"acc": 0.6, "macro_f1": 0.5, "map": 0.7,
+            "per_modality": {"audio": {"acc": 0.4, "macro_f1": 0.3, "map": 0.2}}}
+    record = RunRecord(run_dir=tmp_path, label="a", title="A", method="a", dataset="cremad", seed=0,
+                       protocols={"clean": {"test": test}},
+                       missing={0.0: {"acc": 0.6, "macro_f1": 0.5, "map": 0.7},
+                                0.005: {"acc": 0.1, "macro_f1": 0.05, "map": 0.15}})
+    assert record.values("clean") == {
+        "acc": 0.6, "macro_f1": 0.5, "map": 0.7, "acc:audio": 0.4, "macro_f1:audio": 0.3, "map:audio": 0.2,
+        "acc@missing=0": 0.6, "macro_f1@missing=0": 0.5, "map@missing=0": 0.7,
+        "acc@missing=0.005": 0.1, "macro_f1@missing=0.005": 0.05, "map@missing=0.005": 0.15}
+
+
 def test_missing_rate_headers_tell_distinct_rates_apart():
     # The headers were f"{rate:.0%}": 0.005 read "0%" like 0, and 0.125 read "12%" like 0.12.
     headers = [Column("cremad", f"acc@missing={rate:g}").header for rate in (0, 0.005, 0.12, 0.125, 0.2)]
@@ -239,6 +257,13 @@ def test_paper_files_are_checked(tmp_path):
         load_paper(bad)
     with pytest.raises(PaperFileError, match="no published numbers for 'nope'"):
         load_paper("nope")
+    bad.write_text(PAPER.read_text().replace("85.15,false", "85.15,"))
+    with pytest.raises(PaperFileError, match=r"bad.csv:3: verified must be true or false, got ''"):
+        load_paper(bad)
+    # a path that exists is read as given, whatever its suffix
+    other = tmp_path / "numbers.txt"
+    other.write_text(PAPER.read_text())
+    assert load_paper(other, "table1").lookup("cremad", ["joint"], "acc").value == 65.07
 
 
 def test_shipped_paper_files_load():
@@ -329,6 +354,14 @@ def test_the_table_counts_only_the_unfinished_runs_of_its_own_rows(runs_dir, tmp
            f"failed) are not counted, such as {runs_dir / 'cremad-joint-seed7-fixture'}\n" in captured.err
 
 
+def test_an_unfinished_sweep_run_is_filed_under_its_sweep_row_not_its_method(tmp_path):
+    run = write_run(tmp_path, "joint", "cremad", 0, (0.5, 0.5, 0.5), done=False,
+                    job={"label": "joint_v", "dataset": "kinetics_sounds"})
+    assert unfinished_row(run) == ("joint_v", "kinetics_sounds")
+    (run / "job.json").unlink()
+    assert unfinished_row(run) == ("joint", "cremad")
+
+
 def test_an_unfinished_run_whose_files_do_not_parse_counts_as_the_tables(runs_dir, capsys):
     # The table reads no other file of an unfinished run; its row unknown, it is counted rather than dropped.
     (runs_dir / "cremad-aug-seed9-fixture" / "config.yaml").write_text("method: [aug\n")
@@ -384,6 +417,16 @@ def test_a_row_whose_runs_come_from_several_commits_or_a_dirty_tree_is_noted(run
     assert f"note: {note}\n" in captured.err
     assert f"where not one commit: {note}." in captured.out.splitlines()[0]
     assert "row AUG" not in captured.err + captured.out, "AUG's runs come from one clean commit"
+
+
+def test_one_commit_partly_dirty_is_noted_per_row_even_for_a_single_run(runs_dir):
+    # One commit behind every run, changes in some: a note per row with changes (a one-run row too), not "all".
+    for run in sorted(runs_dir.glob("*/summary.json")):
+        dirty = run.parent.name in ("cremad-joint-seed1-fixture", "kinetics_sounds-aug-seed0-fixture")
+        _edit_json(run, lambda s: s.update(env={"git_commit": "aaaa111", "git_dirty": dirty}))
+    assert build_table(load_runs(runs_dir)).code_notes == [
+        "row AUG/kinetics_sounds: 1 run from 1 commit, 1 with uncommitted changes",
+        "row Concat/cremad: 3 runs from 1 commit, 1 with uncommitted changes"]
 
 
 def test_a_run_resumed_on_other_code_counts_for_every_commit_that_trained_it(runs_dir):
@@ -476,6 +519,28 @@ def test_the_caption_names_the_datasets_whose_runs_read_the_test_split(tmp_path)
             in caption)
 
 
+def test_a_knob_that_names_no_split_is_not_marked_as_reading_test(tmp_path):
+    # UMT's teacher_select=final distils the final checkpoints: no split is read, so the row is clean.
+    for seed in (0, 1):
+        run = write_run(tmp_path, "umt", "cremad", seed, (0.6, 0.5, 0.7))
+        _set_config(run, hparams={"umt": {"teacher_select": "final"}})
+    write_run(tmp_path, "joint", "kinetics_sounds", 0, (0.6, 0.5, 0.7))  # a dataset without UMT runs
+    table = build_table(load_runs(tmp_path), protocol="clean")
+    assert [title for title, _ in table.rows] == ["Concat", list_methods()["umt"].title]
+    assert TEST_SPLIT_MARK not in table.caption
+
+
+def test_the_missing_table_marks_rows_that_read_the_test_split_under_any_protocol(runs_dir):
+    # Its cells are the final checkpoint's, not the best-on-test epoch's that the paper protocol's caption owns up to.
+    for seed in (0, 1):
+        run = write_run(runs_dir / "umt", "umt", "cremad", seed, (0.6, 0.5, 0.7))
+        _set_config(run, hparams={"umt": {"teacher_select": "test"}})
+        write_missing(run)
+    table = build_table(load_runs(runs_dir), protocol="paper", missing=True)
+    assert dict(table.rows).keys() >= {f"{list_methods()['umt'].title} {TEST_SPLIT_MARK}", "Concat"}
+    assert f"{TEST_SPLIT_MARK} = the method selects or tunes on the test split" in table.caption
+
+
 def test_a_finished_run_without_its_config_is_damaged_not_averaged_with_its_seeds_twin(tmp_path, capsys):
     # Only runs with a config were checked for a repeated seed: this one and its copy made a cell of n=2 from one seed.
     write_run(tmp_path, "joint", "cremad", 0, (0.60, 0.5, 0.7))
@@ -517,6 +582,10 @@ def test_rows_trained_on_a_per_class_subset_are_named_in_the_caption(runs_dir):
              if r.label == "aug" else r for r in records]
     assert "Trained and tested on a per-class subset of the data (data.subset: smoke runs, not results): AUG on " \
            "cremad; AUG on kinetics_sounds." in build_table(smoke, protocol="paper").caption
+    # data.subset 0 (every run's config.yaml records it) serves the whole dataset; one smoke row is named too.
+    one = [dataclasses.replace(r, config={**r.config, "data": {"subset": 0 if r.label == "joint" else 4}})
+           if r.label == "joint" or r.dataset == "kinetics_sounds" else r for r in records]
+    assert "(data.subset: smoke runs, not results): AUG on kinetics_sounds." in build_table(one).caption
 
 
 def _edit_json(path: Path, edit) -> None:
@@ -537,10 +606,15 @@ def _edit_json(path: Path, edit) -> None:
     (lambda s: s["protocols"]["paper"]["test"].pop("acc"), "protocols.paper.test has no acc"),
     (lambda s: s.update(seed="zero"), 'seed is "zero", not an integer'),  # was a bare ValueError
     (lambda s: s.update(seed=0.7), "seed is 0.7, not an integer"),  # was silently seed 0
+    # JSON's true is no seed 1 and no accuracy of 100%
+    (lambda s: s.update(seed=True), "seed is true, not an integer"),
+    (lambda s: s["protocols"]["paper"]["test"].update(acc=True), "protocols.paper.test.acc is true, not a number"),
     (lambda s: s.update(protocols=[]), "protocols is [], not a mapping"),
     # the run added nothing to any cell: its row was a seed short without a word
     (lambda s: s["protocols"]["paper"].update(test=None), "protocols.paper.test is null, not the test metrics"),
     (lambda s: s["protocols"]["paper"].pop("test"), "protocols.paper.test is null, not the test metrics"),
+    (lambda s: s["protocols"]["paper"].update(test=[0.6]), "protocols.paper.test is [0.6], not the test metrics"),
+    (lambda s: s["protocols"].update(paper=[]), "protocols.paper is [], not a mapping"),
     # each of these was a bare TypeError or AttributeError naming no file
     (lambda s: s.update(method=["aug"]), 'method is ["aug"], not a name'),
     (lambda s: s.update(dataset={"name": "cremad"}), 'dataset is {"name": "cremad"}, not a name'),
@@ -603,6 +677,7 @@ def test_a_prepared_cache_beside_the_runs_is_not_an_unfinished_run(runs_dir):
     (lambda r: r["rates"][1].update(rate=20), MISSING_RESULT, "rates[1].rate is 20, not a number in [0, 1]"),
     (lambda r: r.pop("rates"), MISSING_RESULT, "rates is null, not a list"),
     (None, "summary.json", "protocols.last.epoch is missing"),
+    ("no epoch", "summary.json", "protocols.last.epoch is missing"),
 ])
 def test_a_bad_missing_modality_result_is_an_error_naming_the_file_and_key(runs_dir, capsys, edit, damaged,
                                                                            problem):
@@ -611,6 +686,8 @@ def test_a_bad_missing_modality_result_is_an_error_naming_the_file_and_key(runs_
     write_missing(run)
     if edit is None:
         _edit_json(run / "summary.json", lambda s: s["protocols"].pop("last"))
+    elif edit == "no epoch":
+        _edit_json(run / "summary.json", lambda s: s["protocols"]["last"].pop("epoch"))
     else:
         _edit_json(run / MISSING_RESULT, edit)
     assert main(["table", str(runs_dir), "--missing"]) == 2
@@ -631,6 +708,14 @@ def _set_config(run: Path, **sections) -> None:
     (run / "config.yaml").write_text(yaml.safe_dump(config))
 
 
+def test_one_row_label_over_two_methods_is_refused_naming_the_method(tmp_path):
+    # config.yaml's top-level keys are settings under their own names ("method", not "method.").
+    write_run(tmp_path, "joint", "cremad", 0, (0.6, 0.5, 0.7), job={"label": "base"})
+    write_run(tmp_path, "unimodal", "cremad", 1, (0.6, 0.5, 0.7), job={"label": "base"})
+    with pytest.raises(MixedRunsError, match="differ in method 'joint' vs 'unimodal'. A row averages"):
+        build_table(load_runs(tmp_path))
+
+
 def test_a_row_of_runs_with_different_settings_is_refused_naming_them(runs_dir):
     for seed in range(3):
         _set_config(runs_dir / f"cremad-joint-seed{seed}-fixture", train={"lr": 0.01, "seed": seed})
@@ -642,14 +727,35 @@ def test_a_row_of_runs_with_different_settings_is_refused_naming_them(runs_dir):
         plot_sweep(runs_dir, runs_dir / "sweep.png")
 
 
+def test_a_refused_row_names_four_differing_settings_and_counts_the_rest(runs_dir):
+    _set_config(runs_dir / "cremad-joint-seed2-fixture", train={"a": 1, "b": 2, "c": 3, "d": 4, "e": 5, "f": 6})
+    with pytest.raises(MixedRunsError, match=r"differ in train.a None vs 1, train.b None vs 2, train.c None vs 3, "
+                                             r"train.d None vs 4 and 2 more\. A row"):
+        build_table(load_runs(runs_dir))
+
+
 def test_runs_that_differ_only_in_where_they_ran_share_a_row(runs_dir):
     for seed in range(3):
         _set_config(runs_dir / f"cremad-joint-seed{seed}-fixture",
-                    train={"lr": 0.01, "seed": seed, "device": ["cpu", "cuda", "auto"][seed]},
-                    data={"cache": f"/somewhere/{seed}/ogm-1234abcd", "resident": "auto" if seed else "memory"})
+                    train={"lr": 0.01, "seed": seed, "device": ["cpu", "cuda", "auto"][seed],
+                           "checkpoint_every": seed + 1},
+                    data={"cache": f"/somewhere/{seed}/ogm-1234abcd", "resident": "auto" if seed else "memory",
+                          "cache_dir": f"/caches/{seed}", "prefetch": seed, "eval_cache_mb": 100 * seed,
+                          "compile_views": bool(seed), "eval_batch_size": 64})
     table = build_table(load_runs(runs_dir), protocol="clean")
     (cells,) = [cells for title, cells in table.rows if title == "Concat"]
     assert cells[0].n == 3 and cells[0].seeds == (0, 1, 2)
+    # a cell's seeds in numeric order, whatever the folders' order (seed10 sorts before seed9)
+    for seed in (10, 9):
+        write_run(runs_dir, "unimodal", "cremad", seed, (0.5, 0.5, 0.5))
+    (cells,) = [cells for title, cells in build_table(load_runs(runs_dir)).rows if title == "Unimodal"]
+    assert cells[0].seeds == (9, 10)
+    # The eval batch size is a setting (MLA's official entropy gate is computed per batch); so is the training split.
+    for data, differ in (({"eval_batch_size": 32}, "data.eval_batch_size 64 vs 32"),
+                         ({"eval_batch_size": 64, "train_split": "full"}, "data.train_split None vs 'full'")):
+        _set_config(runs_dir / "cremad-joint-seed2-fixture", data=data)
+        with pytest.raises(MixedRunsError, match=f"differ in {differ}"):
+            build_table(load_runs(runs_dir))
 
 
 def _set_world_size(run: Path, world_size: int, segments: list[int] | None = None) -> None:
@@ -673,6 +779,13 @@ def test_seeds_trained_on_another_number_of_ranks_are_not_one_row(runs_dir):
         build_table(load_runs(runs_dir))
     _set_world_size(runs_dir / "cremad-joint-seed2-fixture", 1, segments=[1, 1])
     build_table(load_runs(runs_dir))
+
+
+def test_a_summary_from_before_ranks_were_recorded_is_one_process(runs_dir):
+    # Seeds 0 and 1 predate world_size; seed 2 trained on 2 ranks. Reading the old ones as "unknown" averaged them.
+    _set_world_size(runs_dir / "cremad-joint-seed2-fixture", 2)
+    with pytest.raises(MixedRunsError, match=r"world_size 1 \(.*\) vs 2 \(.*seed2-fixture\)"):
+        build_table(load_runs(runs_dir))
 
 
 def test_a_run_still_in_its_first_invocation_is_not_taken_for_one_process(runs_dir):
@@ -729,6 +842,14 @@ def test_a_missing_modality_result_of_another_checkpoint_or_split_is_refused(run
     with pytest.raises(StaleResultError, match=rf"{run / 'missing_modality.json'}: it {why}.*--split test"):
         build_table(load_runs(runs_dir), missing=True)
     assert build_table(load_runs(runs_dir)).rows, "the other columns do not read it"
+
+
+def test_stale_missing_modality_results_are_counted_beside_the_first(runs_dir):
+    for name in ("cremad-joint-seed0-fixture", "cremad-joint-seed1-fixture", "cremad-aug-seed0-fixture"):
+        write_missing(runs_dir / name, checkpoint_epoch=1)
+    with pytest.raises(StaleResultError, match=r"cremad-aug-seed0-fixture/missing_modality.json: it evaluated the "
+                                               r"checkpoint of epoch 1, .* \(2 more run\(s\) like it\)\. Evaluate"):
+        build_table(load_runs(runs_dir), missing=True)
 
 
 def test_a_seed_twice_in_a_row_is_refused(runs_dir):
@@ -797,6 +918,45 @@ def test_two_rows_under_one_title_are_told_apart_by_their_labels(runs_dir):
     assert titles == ["AUG (aug)", "AUG (aug_tau)", "Concat"]
 
 
+def test_a_config_row_takes_its_grid_rows_sorted_and_no_label_that_only_starts_like_it(tmp_path):
+    labels = ("aug [aug.tau=0.3]", "aug [aug.tau=0.1]", "aug_v", "aug [aug.tau=0.5]", "augx", "aug [aug.tau=0.2]",
+              "aug [aug.tau=0.4]")
+    for i, label in enumerate(labels):
+        write_run(tmp_path / str(i), "aug", "cremad", 0, (0.5, 0.5, 0.5), job={"label": label, "title": label})
+    rows = [title for title, _ in build_table(load_runs(tmp_path), methods=["aug"], metrics=("acc",)).rows]
+    assert rows == [f"aug [aug.tau=0.{i}]" for i in range(1, 6)]
+
+
+def test_a_markdown_row_title_keeps_its_bar_out_of_the_columns(tmp_path):
+    text = render(_records({"a|b": (0.5,)}, tmp_path), "md")
+    assert text.splitlines()[-1] == r"| A\|B | **50.00 (1)** |"
+
+
+def test_an_unknown_format_or_protocol_is_refused_naming_the_choices(tmp_path):
+    records = _records({"a": (0.5,)}, tmp_path)
+    with pytest.raises(ValueError, match=r"format 'html' is not one of \['md', 'csv', 'tex'\]"):
+        render(records, "html")
+    with pytest.raises(ValueError, match=r"protocol 'best' is not one of \['paper', 'clean', 'last'\]"):
+        build_table(records, protocol="best")
+
+
+def test_the_difference_to_the_paper_is_of_the_unrounded_mean(tmp_path):
+    # 62.004 shows as 62.00; the CSV's diff (4 decimals) is 62.004 - 65.07, not 62.00 - 65.07.
+    records = [dataclasses.replace(r, label="joint") for r in _records({"joint": (0.62004,)}, tmp_path)]
+    cell = build_table(records, paper=load_paper(PAPER, "table1")).rows[0][1][0]
+    assert cell.paper.value == 65.07 and cell.diff == approx64(62.004 - 65.07)
+
+
+def test_an_experiment_configs_title_goes_before_its_name(tmp_path):
+    config = tmp_path / "experiment.yaml"
+    config.write_text(yaml.safe_dump({"name": "short", "title": "Long title", "methods": ["joint"],
+                                      "datasets": ["cremad"], "protocol": "clean"}))
+    assert config_order(config) == {"methods": ["joint"], "datasets": ["cremad"], "protocol": "clean",
+                                    "paper": None, "table": None, "title": "Long title"}
+    config.write_text(yaml.safe_dump({"name": "short", "methods": ["joint"], "datasets": ["cremad"]}))
+    assert config_order(config)["title"] == "short"
+
+
 def test_tex_escapes_every_special_character_once():
     assert _tex_escape(r"a\b {c} x^2 ~y 5% Δ") == (r"a\textbackslash{}b \{c\} x\textasciicircum{}2 \textasciitilde{}y "
                                                     r"5\% $\Delta$")
@@ -830,6 +990,12 @@ def test_a_paper_table_says_which_runs_trained_on_split_files_other_than_the_pub
     assert "1 of the 7 runs trained on a cache prepared from split files other than the published ones (train.csv)" \
         in caption
     assert "split files other" not in build_table(records).caption, "no paper, nothing to compare with"
+    # A table of some datasets counts and names the custom runs among the runs it shows, not among all it read.
+    ks = runs_dir / "kinetics_sounds-aug-seed0-fixture"
+    _edit_json(ks / "summary.json", lambda s: s.update(split_files={"my_train.txt": "custom"}))
+    caption = build_table(load_runs(runs_dir), paper=load_paper(PAPER, "table1"), datasets=["kinetics_sounds"]).caption
+    assert ("1 of the 2 runs trained on a cache prepared from split files other than the published ones "
+            "(my_train.txt), such as kinetics_sounds-aug-seed0-fixture:") in caption
 
 
 @pytest.mark.parametrize("text", ["", '{"epoch": 0}\n'])
