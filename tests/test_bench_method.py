@@ -7,11 +7,14 @@ from __future__ import annotations
 from collections import Counter
 from itertools import permutations
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+import torch
 from PIL import Image
 
-from benchmarks import bench_data
+from benchmarks import bench, bench_data
 from benchmarks.bench import (
     SHAPES,
     markdown_data,
@@ -21,10 +24,13 @@ from benchmarks.bench import (
     timed_ms_per_sample,
 )
 from benchmarks.config import build_config
+from benchmarks.runner import build_method
 from datasets.cremad import CremaD
 from datasets.prepare import prepare
 from datasets.tables import PrepareOptions
+from tests.conftest import TINY_DATA, TINY_MODEL
 from tests.media_fixtures import make_cremad
+from tests.numeric import approx64
 
 STREAMS = ("cache", "floor", "host", "media")
 
@@ -144,3 +150,103 @@ def test_a_figure_measured_with_uncommitted_changes_says_so():
 
     assert code_of({"git_commit": "abc", "git_dirty": True}) == "abc with uncommitted changes"
     assert code_of({"git_commit": "abc", "git_dirty": False}) == "abc"
+
+
+# --- the clocks and the arithmetic of the figures, on scripted clocks -----------------------------------------
+
+def test_time_calls_times_each_call_after_the_warm_up_on_the_wall_clock(monkeypatch):
+    wall = [0.0]
+    calls: list[int] = []
+
+    def fn():
+        calls.append(len(calls))
+        wall[0] += len(calls)  # the n-th call takes n seconds
+
+    # The process's CPU time stands still: a step's time is the wall time a training run waits for it.
+    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=lambda: wall[0], process_time=lambda: 0.0))
+    assert bench.time_calls(fn, torch.device("cpu"), repeats=3, warmup=2) == [3.0, 4.0, 5.0]
+    assert len(calls) == 5
+
+
+class ScriptedTimer:
+    """A ``StepTimer`` stand-in whose medians are scripted per method, in the order they are asked for."""
+
+    script: dict[str, list[float]] = {}
+    built: list[tuple[str, Any, int]] = []
+
+    def __init__(self, name: str, overrides: dict, batches: list | None, count: int) -> None:
+        self.name, self.batches, self.device = name, batches if batches is not None else ["b"] * count, "cpu"
+        self.method = type("Method", (), {"title": name.upper()})()
+        ScriptedTimer.built.append((name, batches, count))
+
+    def median(self, repeats: int, warmup: int) -> float:
+        return self.script[self.name].pop(0)
+
+
+def test_step_ratios_divide_the_fastest_round_by_the_fastest_joint_round_of_the_same_rounds(monkeypatch):
+    # joint's first median is the process's warm-up (fastest here, so counting it would show); then three rounds
+    # for joint's own row, three for aug's.
+    ScriptedTimer.script = {"joint": [0.5, 4.0, 3.0, 5.0, 6.0, 2.0, 7.0], "aug": [10.0, 8.0, 9.0]}
+    ScriptedTimer.built = []
+    monkeypatch.setattr(bench, "StepTimer", ScriptedTimer)
+    rows = bench.bench_steps({}, ["aug", "joint"], repeats=4, warmup=1, rounds=3, log=lambda _: None)
+    assert [(r["method"], r["title"], r["step_s"], r["joint_step_s"], r["ratio_to_joint"]) for r in rows] == [
+        ("joint", "JOINT", 3.0, 3.0, 1.0), ("aug", "AUG", 8.0, 2.0, 4.0)]
+    assert all(not left for left in ScriptedTimer.script.values())
+    # joint's batches are drawn once (warm-up + timed steps of a round) and every method steps through them
+    assert ScriptedTimer.built == [("joint", None, 5), ("aug", ["b"] * 5, 0)]
+
+
+def test_a_step_timer_cycles_through_its_batches_at_the_step_of_the_epoch_they_stand_for():
+    tiny = {"model": TINY_MODEL, "data": TINY_DATA, "train": {"batch_size": 16}}
+    timer = bench.StepTimer("joint", tiny, None, 3)
+    assert len(timer.batches) == 3 and timer.steps_per_epoch == 4  # 64 rows in batches of 16
+    seen: list[tuple[int, int]] = []
+    timer.method.update = lambda batch, info: seen.append((next(i for i, b in enumerate(timer.batches) if b is batch),
+                                                           info.step))
+    for _ in range(6):
+        timer.one()
+    assert seen == [(0, 0), (1, 1), (2, 2), (0, 3), (1, 0), (2, 1)]
+
+
+def test_an_epoch_is_projected_only_when_both_inputs_have_cremads_shapes():
+    cremad = SHAPES["cremad"]["data"]
+    for changed in ({"audio_shape": [1, 64, 128]}, {"visual_shape": [3, 1, 64, 64]}):
+        cfg = build_config("aug", "synthetic", {"data": {**cremad, **changed}})
+        assert not projects_to_cremad(cfg), changed
+
+
+def scripted_epoch(cache_path, monkeypatch, times: dict[str, list[float]], **train) -> tuple[dict, list]:
+    """``bench_epoch`` of ``joint`` on the CREMA-D cache with ``time_calls`` answering from ``times`` (nothing
+    timed) and every ``update`` noted: the row, and the timings and updates in the order they happened."""
+    events: list = []
+
+    def scripted(fn, device, repeats, warmup):
+        events.append((fn.__name__, repeats, warmup))
+        return [times[fn.__name__].pop(0) for _ in range(repeats)]
+
+    def counted(*args, **kwargs):
+        method = build_method(*args, **kwargs)
+        update = method.update
+        method.update = lambda batch, info: (events.append("update"), update(batch, info))
+        return method
+
+    monkeypatch.setattr(bench, "time_calls", scripted)
+    monkeypatch.setattr(bench, "build_method", counted)
+    cfg = build_config("joint", "cremad", {"data": {"cache": str(cache_path), "image_size": 16, "frames": 1},
+                                           "model": TINY_MODEL, "train": {"batch_size": 4, **train}})
+    return bench.bench_epoch(cfg, log=lambda _: None, repeats=2), events
+
+
+def test_epoch_figures_take_the_best_timed_epoch_after_an_untimed_one(cache_path, monkeypatch):
+    times = {"loader_only": [0.5, 0.25], "full_epoch": [3.0, 2.0], "model_only": [1.0, 1.5]}
+    row, events = scripted_epoch(cache_path, monkeypatch, times)
+    assert (row["batches"], row["samples"]) == (2, 6)  # 6 training clips in batches of 4
+    # One epoch through the loader and one on the resident batches untimed first, then the two interleaved.
+    assert events == [("loader_only", 2, 1), *["update"] * 4, ("full_epoch", 1, 0), ("model_only", 1, 0),
+                      ("full_epoch", 1, 0), ("model_only", 1, 0)]
+    assert (row["loader_only_s"], row["epoch_s"], row["model_only_s"]) == (0.25, 2.0, 1.0)
+    assert row["epoch_over_model"] == 2.0 and row["step_s"] == 1.0 and row["samples_per_s"] == 3.0
+    assert row["projected_cremad_run_s"] == approx64(200 * 6698 * 2.0 / 6)
+    table = markdown_epoch([row], "caption").splitlines()[-1]
+    assert "| 2.00 | 1.00 | 0.25 | 2.00 | 1000.0 | 3 | " in table, "epoch, model-only, loader-only, ratio, ms, rate"
