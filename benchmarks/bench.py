@@ -145,6 +145,8 @@ def bench_epoch(cfg: RunConfig, log: Callable[[str], None] = print, repeats: int
             method.update(batch, StepInfo(0, i, n, cfg.train.epochs))
 
     resident = list(loaders.train)
+    # What an epoch trains on: under train.drop_last fewer samples than the split holds.
+    samples = sum(len(batch["label"]) for batch in resident)
 
     def model_only() -> None:
         for i, batch in enumerate(resident):
@@ -159,15 +161,15 @@ def bench_epoch(cfg: RunConfig, log: Callable[[str], None] = print, repeats: int
         t_full = min(t_full, time_calls(full_epoch, device, 1, 0)[0])
         t_model = min(t_model, time_calls(model_only, device, 1, 0)[0])
     data = {k: cfg.data.as_dict()[k] for k in ("resident", "resample", "prefetch") if k in cfg.data.as_dict()}
-    projected = (PROJECTED_EPOCHS * CREMAD_TRAIN_CLIPS * t_full / loaders.train.num_samples
+    projected = (PROJECTED_EPOCHS * CREMAD_TRAIN_CLIPS * t_full / samples
                  if projects_to_cremad(cfg) else None)
     out = {"method": cfg.method, "dataset": cfg.dataset, "device": str(device), "batches": n,
-           "samples": loaders.train.num_samples, "batch_size": cfg.train.batch_size, "amp": cfg.train.amp,
+           "samples": samples, "batch_size": cfg.train.batch_size, "amp": cfg.train.amp,
            "channels_last": cfg.model.channels_last, "compile": cfg.train.compile,
            "model": f"width {cfg.model.width}, blocks {list(cfg.model.blocks)}", "data": data,
            "loader_only_s": t_loader, "epoch_s": t_full, "model_only_s": t_model,
            "epoch_over_model": t_full / t_model, "step_s": t_full / n,
-           "samples_per_s": loaders.train.num_samples / t_full,
+           "samples_per_s": samples / t_full,
            # Training steps only (evaluation passes excluded), at this epoch's per-sample time.
            "projected_cremad_run_s": projected, "load_average": load_average()}
     projection = (f"; {PROJECTED_EPOCHS} CREMA-D epochs ({CREMAD_TRAIN_CLIPS} clips, training only) projected "

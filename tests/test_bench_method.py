@@ -250,3 +250,11 @@ def test_epoch_figures_take_the_best_timed_epoch_after_an_untimed_one(cache_path
     assert row["projected_cremad_run_s"] == approx64(200 * 6698 * 2.0 / 6)
     table = markdown_epoch([row], "caption").splitlines()[-1]
     assert "| 2.00 | 1.00 | 0.25 | 2.00 | 1000.0 | 3 | " in table, "epoch, model-only, loader-only, ratio, ms, rate"
+
+
+def test_an_epoch_that_drops_its_partial_batch_is_rated_on_the_samples_it_trained_on(cache_path, monkeypatch):
+    # The rate and the projection divided by the split's 6 rows while the epoch trained on one batch of 4.
+    times = {"loader_only": [1.0, 1.0], "full_epoch": [2.0, 2.0], "model_only": [1.0, 1.0]}
+    row, _ = scripted_epoch(cache_path, monkeypatch, times, drop_last=True)
+    assert (row["batches"], row["samples"], row["samples_per_s"]) == (1, 4, 2.0)
+    assert row["projected_cremad_run_s"] == approx64(200 * 6698 * 2.0 / 4)
