@@ -163,8 +163,9 @@ def bench_epoch(cfg: RunConfig, log: Callable[[str], None] = print, repeats: int
     data = {k: cfg.data.as_dict()[k] for k in ("resident", "resample", "prefetch") if k in cfg.data.as_dict()}
     projected = (PROJECTED_EPOCHS * CREMAD_TRAIN_CLIPS * t_full / samples
                  if projects_to_cremad(cfg) else None)
-    out = {"method": cfg.method, "dataset": cfg.dataset, "device": str(device), "batches": n,
-           "samples": samples, "batch_size": cfg.train.batch_size, "amp": cfg.train.amp,
+    # A cache serves its own recipe, whatever data.recipe says (synthetic data has none).
+    out = {"method": cfg.method, "dataset": cfg.dataset, "recipe": bundle.info.get("recipe"), "device": str(device),
+           "batches": n, "samples": samples, "batch_size": cfg.train.batch_size, "amp": cfg.train.amp,
            "channels_last": cfg.model.channels_last, "compile": cfg.train.compile,
            "model": f"width {cfg.model.width}, blocks {list(cfg.model.blocks)}", "data": data,
            "loader_only_s": t_loader, "epoch_s": t_full, "model_only_s": t_model,
@@ -200,7 +201,8 @@ def markdown_epoch(rows: list[dict[str, Any]], caption: str) -> str:
     for r in rows:
         serving = ", ".join(f"{k}={v}" for k, v in r.get("data", {}).items()) or "–"
         projected = r["projected_cremad_run_s"]
-        lines.append(f"| {r['method']} | {r['dataset']} | {r['model']} | {r['batches']} × {r['batch_size']} | "
+        dataset = f"{r['dataset']} (recipe {r['recipe']})" if r.get("recipe") else r["dataset"]
+        lines.append(f"| {r['method']} | {dataset} | {r['model']} | {r['batches']} × {r['batch_size']} | "
                      f"{serving} | {r['epoch_s']:.2f} | {r['model_only_s']:.2f} | {r['loader_only_s']:.2f} | "
                      f"{r['epoch_over_model']:.2f} | {r['step_s'] * 1e3:.1f} | {r['samples_per_s']:.0f} | "
                      f"{f'{projected / 60:.1f}' if projected is not None else '–'} |")

@@ -492,3 +492,17 @@ def test_bench_all_at_the_cremad_shape_times_the_epoch_on_the_measured_cache(tmp
     assert epoch_target(parse(["bench", "all"]), measured) == ("synthetic", None)
     assert epoch_target(parse(["bench", "all", "--shape", "cremad", "--dataset", "ks"]), measured) == ("ks", None)
     assert epoch_target(parse(["bench", "epoch", "--shape", "cremad"]), None) == ("synthetic", None)
+
+
+def test_bench_epoch_on_a_cache_is_filed_under_the_recipe_the_cache_was_built_with(cache_path, tmp_path):
+    # The fixture's cache is an `ogm` one; the config's data.recipe stays CREMA-D's default `aug`, which the name
+    # took, so an ogm cache's figures replaced an aug cache's.
+    out = tmp_path / "bench"
+    tiny = ["--set", "model.width=4", "--set", "model.blocks=[1,1,1,1]", "--set", "data.image_size=16",
+            "--set", "data.frames=1", "--set", "train.batch_size=4"]
+    assert main(["bench", "epoch", "--dataset", "cremad", "--cache", str(cache_path), "--epoch-method", "joint",
+                 "--epoch-repeats", "1", "--device", "cpu", "--out", str(out), *tiny]) == 0
+    (epoch,) = out.glob("epoch-*.json")
+    assert epoch.name.startswith("epoch-joint-cremad-ogm-cpu-set-"), epoch.name
+    (row,) = json.loads(epoch.read_text())["rows"]
+    assert row["recipe"] == "ogm" and "| joint | cremad (recipe ogm) |" in epoch.with_suffix(".md").read_text()

@@ -197,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
         caption = (f"Epoch vs model-only time ({env['device']}, {env.get('gpu', env['processor'])}, "
                    f"torch {env['torch']}, {env['torch_threads']} threads, load average {row['load_average']} at the "
                    f"end, commit {code_of(env)}{settings})")
-        name = dataset if dataset == "synthetic" else f"{dataset}-{cfg.data.recipe}"
+        name = f"{dataset}-{row['recipe']}" if row["recipe"] else dataset
         epoch_tag = (tag if dataset == "synthetic" else tag.split("-", 1)[1]) + suffix
         write_json(args.out / f"epoch-{args.epoch_method}-{name}-{epoch_tag}.json",
                    {"rows": [row], "env": env, "settings": cfg.as_dict()})
