@@ -4,6 +4,7 @@ Nothing here times anything."""
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from itertools import permutations
 from pathlib import Path
@@ -258,3 +259,30 @@ def test_an_epoch_that_drops_its_partial_batch_is_rated_on_the_samples_it_traine
     row, _ = scripted_epoch(cache_path, monkeypatch, times, drop_last=True)
     assert (row["batches"], row["samples"], row["samples_per_s"]) == (1, 4, 2.0)
     assert row["projected_cremad_run_s"] == approx64(200 * 6698 * 2.0 / 4)
+
+
+def settings_tag(*argv: str) -> tuple[str, str]:
+    from benchmarks.cli import build_parser
+    from benchmarks.commands.bench import _settings_tag
+
+    return _settings_tag(build_parser("bench").parse_args(["bench", *argv]))
+
+
+def test_figures_of_other_settings_are_named_and_captioned_by_them():
+    digest = hashlib.sha256(b"data.resample=exact\nmodel.width=4").hexdigest()[:6]
+    assert settings_tag("--compile", "--amp", "--set", "model.width=4", "--set", "data.resample=exact") == (
+        f"-amp-compile-set-{digest}", "; amp, compile, data.resample=exact, model.width=4")
+    assert settings_tag("--channels-last") == ("-channels_last", "; channels_last")
+    assert settings_tag("--set", "a.b=1", "--set", "c.d=2") == settings_tag("--set", "c.d=2", "--set", "a.b=1")
+    # Where the cache lies is no setting of the figures: the defaults' names.
+    assert settings_tag("--set", "data.cache_dir=/x", "--set", "data.cache=/y/z") == ("", "")
+
+
+def test_the_execution_flags_reach_the_run_configuration():
+    from benchmarks.cli import build_parser
+    from benchmarks.commands.bench import _execution
+
+    parse = build_parser("bench").parse_args
+    assert _execution(parse(["bench", "--device", "cpu"])) == {"train": {"device": "cpu"}}
+    assert _execution(parse(["bench", "--amp", "--compile", "--channels-last"])) == {
+        "train": {"device": "auto", "amp": True, "compile": True}, "model": {"channels_last": True}}
