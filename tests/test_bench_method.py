@@ -286,3 +286,11 @@ def test_the_execution_flags_reach_the_run_configuration():
     assert _execution(parse(["bench", "--device", "cpu"])) == {"train": {"device": "cpu"}}
     assert _execution(parse(["bench", "--amp", "--compile", "--channels-last"])) == {
         "train": {"device": "auto", "amp": True, "compile": True}, "model": {"channels_last": True}}
+
+
+def test_a_key_set_twice_is_named_by_the_value_in_force():
+    # The last --set of a key wins; both values went into a sorted name, so 4-then-8 and 8-then-4 (widths 8 and 4)
+    # wrote the same files and captions.
+    wide, narrow = (settings_tag("--set", f"model.width={a}", "--set", f"model.width={b}") for a, b in ((4, 8), (8, 4)))
+    assert wide == settings_tag("--set", "model.width=8") and narrow == settings_tag("--set", "model.width=4")
+    assert wide[0] != narrow[0]

@@ -89,8 +89,9 @@ def _settings_tag(args: argparse.Namespace) -> tuple[str, str]:
     --compile, --set), so that figures of other settings go beside the defaults' instead of replacing them."""
     flags = [name for name, on in (("amp", args.amp), ("channels_last", args.channels_last),
                                    ("compile", args.compile)) if on]
-    # where the cache lies is not a setting of the figures; everything else is
-    sets = sorted(a for a in args.assignments if not a.startswith(("data.cache=", "data.cache_dir=")))
+    # the last --set of a key is the one in force; where the cache lies is not a setting of the figures
+    last = {a.partition("=")[0].strip(): a for a in args.assignments}
+    sets = sorted(a for key, a in last.items() if key not in ("data.cache", "data.cache_dir"))
     # --set values can hold any character: the name carries a short hash of them, the caption and JSON the values
     digest = hashlib.sha256("\n".join(sets).encode()).hexdigest()[:6] if sets else ""
     suffix = "".join(f"-{f}" for f in flags) + (f"-set-{digest}" if sets else "")
