@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -26,7 +27,11 @@ from benchmarks.bench import (
 )
 from benchmarks.config import build_config
 from benchmarks.runner import build_method
+from core.hparams import resolve
+from datasets.augment import frame_offsets
+from datasets.cache import open_cache
 from datasets.cremad import CremaD
+from datasets.media_loader import MediaDataset
 from datasets.prepare import prepare
 from datasets.tables import PrepareOptions
 from tests.conftest import TINY_DATA, TINY_MODEL
@@ -243,6 +248,7 @@ def test_epoch_figures_take_the_best_timed_epoch_after_an_untimed_one(cache_path
     times = {"loader_only": [0.5, 0.25], "full_epoch": [3.0, 2.0], "model_only": [1.0, 1.5]}
     row, events = scripted_epoch(cache_path, monkeypatch, times)
     assert (row["batches"], row["samples"]) == (2, 6)  # 6 training clips in batches of 4
+    assert set(row["data"]) == {"resident", "resample", "prefetch"}, "the serving knobs measured"
     # One epoch through the loader and one on the resident batches untimed first, then the two interleaved.
     assert events == [("loader_only", 2, 1), *["update"] * 4, ("full_epoch", 1, 0), ("model_only", 1, 0),
                       ("full_epoch", 1, 0), ("model_only", 1, 0)]
@@ -294,3 +300,159 @@ def test_a_key_set_twice_is_named_by_the_value_in_force():
     wide, narrow = (settings_tag("--set", f"model.width={a}", "--set", f"model.width={b}") for a, b in ((4, 8), (8, 4)))
     assert wide == settings_tag("--set", "model.width=8") and narrow == settings_tag("--set", "model.width=4")
     assert wide[0] != narrow[0]
+
+
+def test_the_data_table_puts_each_cpu_and_wall_figure_in_its_own_column():
+    # CPU-time and wall-time ratios differ here, as they do on a loaded machine.
+    rows = [{**data_row(train), "speedup": 20.0, "floor_ratio": 1.5, "host_speedup": 90.0} for train in (True, False)]
+    table = markdown_data(rows, "caption").splitlines()
+    assert table[6:8] == [
+        "| train (random crop + flip) | 4000 | 100.0 | 40.0 | 8000 | 2.00 | 16000 | 160 | 20.0, 1.50, 90 | pil "
+        "| auto |",
+        "| test (Resize, views kept) | 4000 | 100.0 | 40.0 | 8000 | 2.00 | 16000 | 160 | 20.0, 1.50, 90 | – | auto |"]
+    profile = "\n".join(table)
+    assert "(3 extra passes of the cache loader" in profile and "each of 5 batches" in profile
+    assert [line.split(" | ")[0] for line in table[-2:]] == ["| train", "| test"]
+
+
+def test_a_timed_stream_sums_the_wall_and_cpu_time_of_its_batches_and_restarts_at_its_end(monkeypatch):
+    wall, cpu = [0.0], [0.0]
+    monkeypatch.setattr(bench_data, "time", SimpleNamespace(perf_counter=lambda: wall[0], process_time=lambda: cpu[0]))
+    starts: list[int] = []
+
+    def start():
+        starts.append(len(starts))
+        for size in (2, 3):
+            wall[0], cpu[0] = wall[0] + 1.0, cpu[0] + 0.25  # a batch: 1 s of wall time, 0.25 s of CPU time
+            yield {"label": [0] * size}
+
+    stream = bench_data._Timed("s", start)
+    stream.skip(1)  # untimed
+    stream.take(3)  # 3 samples, then the stream restarts: 2, 3
+    assert (stream.samples, stream.seconds, stream.cpu_seconds, len(starts)) == (8, 3.0, 0.75, 2)
+    assert (stream.rate, stream.cpu_rate) == (8 / 3.0, 8 / 0.75)
+
+
+class ScriptedLoader:
+    """Batches of 4 samples, each 1 s of the loader's own work and 3 s in ``augment``, 2 s of them in the stage
+    ``crop`` (CPU time; the wall clock runs twice as fast)."""
+
+    def __init__(self, clock: dict[str, float], stages: SimpleNamespace, batches: int) -> None:
+        self.clock, self.stages, self.batches = clock, stages, batches
+        self.augment = self.inner
+
+    def tick(self, seconds: float) -> None:
+        self.clock["cpu"] += seconds
+        self.clock["wall"] += 2 * seconds
+
+    def inner(self, batch: dict, generator: Any, train: bool) -> dict:
+        self.tick(3.0)
+        self.stages.times.seconds["crop"] = self.stages.times.seconds.get("crop", 0.0) + 2.0
+        return batch
+
+    def __iter__(self):
+        for _ in range(self.batches):
+            self.tick(1.0)
+            yield self.augment({"label": [0] * 4}, None, True)
+
+
+@pytest.mark.parametrize("device, scale", [("cpu", 1), ("cuda", 2)])
+def test_the_serving_profile_splits_a_pass_into_stages_and_remainders_per_sample(monkeypatch, device, scale):
+    clock = {"cpu": 0.0, "wall": 0.0}
+    monkeypatch.setattr(bench_data, "time", SimpleNamespace(perf_counter=lambda: clock["wall"],
+                                                            process_time=lambda: clock["cpu"]))
+    stages = SimpleNamespace(times=None)
+    loader = ScriptedLoader(clock, stages, batches=2)
+    # 3 batches asked, 2 served: 8 samples, ms per sample. CPU time on a CPU, wall time on CUDA; the stage's own
+    # clock (StageTimes) is the same in both.
+    profile = bench_data._profile(loader, stages, 3, torch.device(device))
+    assert profile == {"crop": 500.0, "python overhead": (6 * scale - 4) * 125.0, "loader": 2 * scale * 125.0,
+                       "total": 8 * scale * 125.0}
+    assert loader.augment == loader.inner and stages.times is None, "the loader is left as it was"
+
+
+def test_every_data_rate_and_ratio_comes_from_its_own_streams_clock(cache_path, monkeypatch):
+    wall = {"cache": 1000.0, "media": 10.0, "floor": 3000.0, "host": 7000.0}
+    cpu = {"cache": 2000.0, "media": 40.0, "floor": 5000.0, "host": 9000.0}
+    monkeypatch.setattr(bench_data._Timed, "rate", property(lambda stream: wall[stream.name]))
+    monkeypatch.setattr(bench_data._Timed, "cpu_rate", property(lambda stream: cpu[stream.name]))
+    row = bench_data.benchmark_data(cache_path, batch_size=2, batches=1, rounds=1)
+    assert row["cpu_samples_per_s"] == cpu and {name: row[f"{name}_samples_per_s"] for name in wall} == wall
+    assert (row["cpu_speedup"], row["cpu_floor_ratio"], row["cpu_host_speedup"]) == (50.0, 2.5, 225.0)
+    assert (row["speedup"], row["floor_ratio"], row["host_speedup"]) == (100.0, 3.0, 700.0)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_the_data_streams_are_timed_on_one_thread_after_a_warm_epoch_in_the_view_asked_for(cache_path, monkeypatch,
+                                                                                           train):
+    from core.data import BatchLoader
+
+    served, seen, media = [0], [], []
+    batches = BatchLoader.__iter__
+
+    def counted(self):
+        for batch in batches(self):
+            served[0] += 1
+            yield batch
+
+    take = bench_data._Timed.take
+    monkeypatch.setattr(BatchLoader, "__iter__", counted)
+    monkeypatch.setattr(bench_data._Timed, "take",
+                        lambda self, n: (seen.append((self.name, served[0], torch.get_num_threads())), take(self, n)))
+    monkeypatch.setattr(bench_data, "MediaDataset",
+                        lambda *args, **kw: media.append(kw["train"]) or MediaDataset(*args, **kw))
+    split = "train" if train else "test"
+    row = bench_data.benchmark_data(cache_path, split=split, train=train, batch_size=2, batches=1, rounds=1, warmup=0)
+    first = next(count for name, count, _ in seen if name == "cache")
+    assert first == -(-len(CremaD.build(resolve("data", CremaD.HPARAMS, "cremad", {"cache": str(cache_path)}))
+                             .splits[split]) // 2), "a whole untimed epoch of the cache loader first"
+    assert {threads for *_, threads in seen} == {1} and row["threads"] == 1
+    assert media == [train], "the media loader serves the same view"
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_the_host_share_gathers_what_a_cuda_batch_of_the_view_needs(cache_path, monkeypatch, train):
+    data = CremaD.build(resolve("data", CremaD.HPARAMS, "cremad", {"cache": str(cache_path), "frames": 2,
+                                                                    "image_size": 16}))
+    augment, cache = data.augment, open_cache(cache_path)
+    starts, counts = cache.starts["frames"], cache.counts["frames"]
+    loader = data.loader("train", batch_size=4, train=train, seed=0)
+    taken: list[tuple[str, np.ndarray]] = []
+    monkeypatch.setattr(augment.arrays, "take", lambda name, index, *rest: taken.append((name, np.asarray(index))))
+    monkeypatch.setattr(augment.eval_views, "take", lambda index, out=None: taken.append(("views", index)))
+    batches = list(bench_data._host_batches(loader, augment, starts, counts, 2, train, seed=0))
+    assert [name for name, _ in taken] == ["audio", "frames" if train else "views"] * len(batches)
+    for batch, (_, rows), (_, index) in zip(batches, taken[::2], taken[1::2]):
+        assert np.array_equal(rows, batch["label"]) and np.array_equal(rows, np.sort(rows))
+        if train:  # the distinct frames of the clips' draws, each inside its clip
+            assert np.array_equal(index, np.unique(index))
+            assert all(((starts[rows] <= i) & (i < starts[rows] + counts[rows])).any() for i in index)
+        else:  # the test view's fixed frames
+            offsets = frame_offsets(torch.from_numpy(counts[rows]), 2, augment.frame_rule, False, None).numpy()
+            assert np.array_equal(index, (starts[rows][:, None] + offsets).reshape(-1))
+
+
+def test_the_data_files_and_caption_name_the_settings_of_the_rounds_measured(cache_path, tmp_path, monkeypatch):
+    from benchmarks.cli import main
+    from benchmarks.commands import bench as command
+
+    calls: list[dict] = []
+
+    def measured(cache, **kwargs):
+        calls.append(kwargs)
+        return {**data_row(kwargs["train"]), "dataset": "cremad", "recipe": "ogm", "audio_shape": [1, 8, 9],
+                "stored_frame": [24, 32], "visual_source": "video", "image_size": 16, "frames": 2,
+                "load_average": [float(len(calls))] * 3}
+
+    monkeypatch.setattr(command, "benchmark_data", measured)
+    out = tmp_path / "bench"
+    assert main(["bench", "data", "--cache", str(cache_path), "--out", str(out), "--rounds", "6", "--batches", "2",
+                 "--batch-size", "3", "--device", "cpu", "--set", "data.cache_dir=/elsewhere",
+                 "--set", "data.resident=memory"]) == 0
+    assert [(c["split"], c["train"], c["rounds"], c["batches"], c["batch_size"], c["data"]) for c in calls] == [
+        ("train", True, 6, 2, 3, {"resident": "memory"}), ("test", False, 6, 2, 3, {"resident": "memory"})]
+    # Named by the serving setting, not by where the caches lie.
+    assert sorted(p.name for p in out.iterdir()) == ["data-cremad-ogm-cpu-resident-memory.json",
+                                                      "data-cremad-ogm-cpu-resident-memory.md"]
+    caption = (out / "data-cremad-ogm-cpu-resident-memory.md").read_text().splitlines()[0]
+    assert "batch 3, data.resident=memory)" in caption and "6 interleaved rounds of 2 batches" in caption
