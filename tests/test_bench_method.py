@@ -456,3 +456,4 @@ def test_the_data_files_and_caption_name_the_settings_of_the_rounds_measured(cac
                                                       "data-cremad-ogm-cpu-resident-memory.md"]
     caption = (out / "data-cremad-ogm-cpu-resident-memory.md").read_text().splitlines()[0]
     assert "batch 3, data.resident=memory)" in caption and "6 interleaved rounds of 2 batches" in caption
+    assert "load average [2.0, 2.0, 2.0] at the end" in caption, "measured after the second view, the last"

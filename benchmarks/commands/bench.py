@@ -148,7 +148,7 @@ def run_data(args: argparse.Namespace, env: dict, tag: str) -> tuple[list[dict[s
                f"{args.batch_size}{settings_note}), one CPU thread, {args.rounds} interleaved rounds of "
                f"{args.batches} batches after a warm epoch (stream order cycling every {len(ROUND_ORDERS)} rounds), "
                f"cache loader on {device} ({env.get('gpu', env['processor'])}, {env['cpu_count']} CPUs, load average "
-               f"{first['load_average']} at the end, torch {env['torch']}, commit {code_of(env)})")
+               f"{rows[-1]['load_average']} at the end, torch {env['torch']}, commit {code_of(env)})")
     write_json(args.out / f"data-{name}-{tag}{settings}.json", {"rows": rows, "env": env, "cache": str(cache)})
     atomic_write_text(args.out / f"data-{name}-{tag}{settings}.md", markdown_data(rows, caption))
     print(markdown_data(rows, caption))
