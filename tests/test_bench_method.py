@@ -457,3 +457,37 @@ def test_the_data_files_and_caption_name_the_settings_of_the_rounds_measured(cac
     caption = (out / "data-cremad-ogm-cpu-resident-memory.md").read_text().splitlines()[0]
     assert "batch 3, data.resident=memory)" in caption and "6 interleaved rounds of 2 batches" in caption
     assert "load average [2.0, 2.0, 2.0] at the end" in caption, "measured after the second view, the last"
+
+
+def scripted_command(monkeypatch, measured: Path) -> list:
+    """``augbench bench`` with every benchmark scripted (the data benchmark "measures" ``measured``) on a CUDA
+    machine's record: each benchmark's call, in order."""
+    from benchmarks.commands import bench as command
+
+    calls: list = []
+    monkeypatch.setattr(command, "run_data", lambda args, env, tag: calls.append(("data", tag)) or (
+        [{"dataset": "cremad"}], measured))
+    monkeypatch.setattr(command, "bench_steps", lambda base, methods, repeats: calls.append(
+        ("step", base["train"], methods, repeats)) or [{"load_average": None}])
+    monkeypatch.setattr(command, "bench_epoch", lambda cfg, repeats: calls.append(
+        ("epoch", cfg.dataset, cfg.data.cache, cfg.train.amp, repeats)) or {"load_average": None, "recipe": "aug"})
+    monkeypatch.setattr(command, "markdown_steps", lambda rows, caption: "")
+    monkeypatch.setattr(command, "markdown_epoch", lambda rows, caption: "")
+    monkeypatch.setattr(command, "_machine", lambda device: {"device": "cuda:0", "gpu": "GPU", "processor": "x",
+                                                             "torch": "2", "torch_threads": 1, "git_commit": "abc"})
+    return calls
+
+
+def test_bench_all_hands_each_benchmark_its_options(tmp_path, monkeypatch):
+    from benchmarks.cli import main
+
+    measured = tmp_path / "cache" / "cremad" / "aug-1234"
+    calls = scripted_command(monkeypatch, measured)
+    assert main(["bench", "all", "--shape", "cremad", "--device", "cpu", "--amp", "--methods", "aug", "--repeats", "3",
+                 "--epoch-repeats", "4", "--out", str(tmp_path / "out")]) == 0
+    assert calls == [("data", "cuda"), ("step", {"batch_size": 64, "device": "cpu", "amp": True}, ["aug"], 3),
+                     ("epoch", "cremad", str(measured), True, 4)]
+    # The device the machine record names, in each file's name.
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "epoch-aug-cremad-aug-cuda-amp.json", "epoch-aug-cremad-aug-cuda-amp.md", "step-cremad-cuda-amp.json",
+        "step-cremad-cuda-amp.md"]
