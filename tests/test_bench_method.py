@@ -491,3 +491,15 @@ def test_bench_all_hands_each_benchmark_its_options(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "epoch-aug-cremad-aug-cuda-amp.json", "epoch-aug-cremad-aug-cuda-amp.md", "step-cremad-cuda-amp.json",
         "step-cremad-cuda-amp.md"]
+
+
+def test_the_cremad_shape_epoch_trains_on_the_cache_the_data_benchmark_measured(tmp_path, monkeypatch):
+    # --cache is what the data benchmark measures, but a --set data.cache replaced it for the epoch, which then
+    # timed another cache than the data table beside it.
+    from benchmarks.cli import main
+
+    measured = tmp_path / "cache" / "cremad" / "aug-1234"
+    calls = scripted_command(monkeypatch, measured)
+    assert main(["bench", "all", "--shape", "cremad", "--cache", str(measured), "--set", "data.cache=/elsewhere",
+                 "--out", str(tmp_path / "out")]) == 0
+    assert calls[-1][:3] == ("epoch", "cremad", str(measured))

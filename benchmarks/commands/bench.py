@@ -191,7 +191,8 @@ def run(args: argparse.Namespace) -> int:
             overrides = base
         else:
             cache = {"data": {"cache": str(cache_dir)}} if cache_dir is not None else {}
-            overrides = merge_overrides(_execution(args), cache, assignments)
+            # the cache given or just measured wins over --set data.cache, as it does for the data benchmark
+            overrides = merge_overrides(_execution(args), assignments, cache)
         cfg = build_config(args.epoch_method, dataset, overrides)
         print(f"epoch time, {args.epoch_method} on {dataset}:")
         row = bench_epoch(cfg, repeats=args.epoch_repeats)
