@@ -333,6 +333,27 @@ def test_a_timed_stream_sums_the_wall_and_cpu_time_of_its_batches_and_restarts_a
     assert (stream.rate, stream.cpu_rate) == (8 / 3.0, 8 / 0.75)
 
 
+def test_a_stream_on_cuda_is_timed_until_the_device_has_done_its_batches(monkeypatch):
+    wall = [0.0]
+    monkeypatch.setattr(bench_data, "time", SimpleNamespace(perf_counter=lambda: wall[0], process_time=lambda: 0.0))
+    synced: list[str] = []
+
+    def sync(device):  # the device finishing the work queued so far: 5 s
+        synced.append(device.type)
+        wall[0] += 5.0
+
+    def start():
+        while True:
+            wall[0] += 1.0
+            yield {"label": [0, 0]}
+
+    monkeypatch.setattr(bench_data, "_sync", sync)
+    stream = bench_data._Timed("cache", start, torch.device("cuda"))
+    stream.take(2)
+    # What was queued before the take is not its time; what its two batches queued is.
+    assert (stream.seconds, stream.samples, synced) == (7.0, 4, ["cuda", "cuda"])
+
+
 class ScriptedLoader:
     """Batches of 4 samples, each 1 s of the loader's own work and 3 s in ``augment``, 2 s of them in the stage
     ``crop`` (CPU time; the wall clock runs twice as fast)."""
