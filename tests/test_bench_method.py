@@ -515,10 +515,18 @@ def test_bench_all_hands_each_benchmark_its_options(tmp_path, monkeypatch):
                  "--epoch-repeats", "4", "--out", str(tmp_path / "out")]) == 0
     assert calls == [("data", "cuda"), ("step", {"batch_size": 64, "device": "cpu", "amp": True}, ["aug"], 3),
                      ("epoch", "cremad", str(measured), True, 4)]
-    # The device the machine record names, in each file's name.
+    # The device the machine record names, in each file's name; a subset of methods beside the every-method table.
+    subset = f"methods-{hashlib.sha256(b'aug').hexdigest()[:6]}"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "epoch-aug-cremad-aug-cuda-amp.json", "epoch-aug-cremad-aug-cuda-amp.md", "step-cremad-cuda-amp.json",
-        "step-cremad-cuda-amp.md"]
+        "epoch-aug-cremad-aug-cuda-amp.json", "epoch-aug-cremad-aug-cuda-amp.md", f"step-cremad-cuda-amp-{subset}.json",
+        f"step-cremad-cuda-amp-{subset}.md"]
+    assert main(["bench", "step", "--shape", "cremad", "--device", "cpu", "--amp", "--methods", "pmr", "aug",
+                 "--out", str(tmp_path / "out")]) == 0
+    assert main(["bench", "step", "--shape", "cremad", "--device", "cpu", "--amp", "--out", str(tmp_path / "out")]) == 0
+    steps = sorted(p.name for p in (tmp_path / "out").glob("step-*.md"))
+    pair = f"methods-{hashlib.sha256(b'aug pmr').hexdigest()[:6]}"
+    assert steps == sorted(["step-cremad-cuda-amp.md", f"step-cremad-cuda-amp-{subset}.md",
+                            f"step-cremad-cuda-amp-{pair}.md"]), "in any order, two methods are one subset"
 
 
 def test_the_cremad_shape_epoch_trains_on_the_cache_the_data_benchmark_measured(tmp_path, monkeypatch):

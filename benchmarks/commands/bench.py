@@ -182,8 +182,11 @@ def run(args: argparse.Namespace) -> int:
         caption = (f"Per-step time on shape '{args.shape}' ({env['device']}, {env.get('gpu', env['processor'])}, "
                    f"torch {env['torch']}, {env['torch_threads']} threads, load average {rows[-1]['load_average']} "
                    f"at the end, commit {code_of(env)}{settings})")
-        write_json(args.out / f"step-{tag}{suffix}.json", {"rows": rows, "env": env, "settings": base})
-        atomic_write_text(args.out / f"step-{tag}{suffix}.md", markdown_steps(rows, caption))
+        # A subset's table goes beside the every-method one instead of replacing it; its rows name the methods.
+        subset = f"-methods-{hashlib.sha256(' '.join(sorted(args.methods)).encode()).hexdigest()[:6]}" \
+            if args.methods else ""
+        write_json(args.out / f"step-{tag}{suffix}{subset}.json", {"rows": rows, "env": env, "settings": base})
+        atomic_write_text(args.out / f"step-{tag}{suffix}{subset}.md", markdown_steps(rows, caption))
         print(markdown_steps(rows, caption))
     if args.what in ("epoch", "all"):
         dataset, cache_dir = epoch_target(args, data)
