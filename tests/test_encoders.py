@@ -199,3 +199,171 @@ def test_bb_init_draws_bn_weights_around_one_and_leaves_linears_at_the_torch_def
     bound = 1 / 64 ** 0.5
     assert torch.count_nonzero(linear.bias) == 6 and linear.weight.abs().max().item() <= bound
     assert linear.weight.std().item() == pytest.approx(default_linear.weight.std().item(), rel=0.2)
+
+
+def test_frames_encoder_pools_clips_as_ogm_ge_does():
+    # OGM-GE models/basic_model.py: the trunk runs on frames folded into the batch, the maps are viewed back to
+    # (B, T, C, H', W'), permuted to (B, C, T, H', W') and adaptive_avg_pool3d'ed. Built here frame by frame, so a
+    # fold or unfold in the wrong order (which T = 1 cannot show) or another pooling over time fails.
+    torch.manual_seed(0)
+    encoder = FramesEncoder(4, (1, 1, 1, 1)).eval()
+    x = torch.randn(2, 3, 3, 32, 32)
+    x[:, :, 1] *= 3.0   # frames on different scales: a max over time is not their mean
+    with torch.no_grad():
+        maps = torch.stack([encoder.trunk(x[:, :, t]) for t in range(3)], dim=2)
+        expected = torch.flatten(nn.functional.adaptive_avg_pool3d(maps, 1), 1)
+        close(encoder(x), expected)
+        assert not torch.allclose(encoder(x), encoder(x[:, :, :1]), **tol(torch.float32)), "every frame counts"
+
+
+def test_resnet50_averages_a_clips_frames_per_sample():
+    torch.manual_seed(0)
+    encoder = ResNet50Encoder(pretrained=False, proj_dim=0).eval()
+    x = torch.randn(2, 3, 3, 32, 32)
+    with torch.no_grad():
+        expected = torch.stack([encoder.net(x[:, :, t]) for t in range(3)], dim=1).mean(dim=1)
+        close(encoder(x), expected)
+
+
+def test_default_model_knobs_build_torchvisions_resnet18_trunks():
+    import torchvision.models as tvm
+
+    hp = resolve("model", MODEL_HPARAMS, "cremad", {})
+    reference = {k: v.shape for k, v in tvm.resnet18().state_dict().items() if not k.startswith("fc.")}
+    for spec, channels in ((ModalitySpec("visual", "frames", (3, 1, 32, 32)), 3),
+                           (ModalitySpec("audio", "spectrogram", (1, 32, 32)), 1)):
+        encoder = build_encoder(spec, hp)
+        assert encoder.out_dim == 512
+        shapes = {k: v.shape for k, v in encoder.trunk.state_dict().items()}
+        # torchvision names conv1/bn1/layerN; the trunk stem.0/stem.1/stages.N-1. OGM-GE's audio stem takes 1 channel.
+        renamed = {k.replace("stem.0.", "conv1.").replace("stem.1.", "bn1.")
+                   .replace("stages.0.", "layer1.").replace("stages.1.", "layer2.")
+                   .replace("stages.2.", "layer3.").replace("stages.3.", "layer4."): v for k, v in shapes.items()}
+        assert renamed == {**reference, "conv1.weight": torch.Size([64, channels, 7, 7])}
+    with pytest.raises(ValueError, match="4 stage depths"):
+        build_encoder(ModalitySpec("audio", "spectrogram", (1, 32, 32)), model_hp(blocks=[2, 2, 2]))
+
+
+def test_image_and_clip_encoders_follow_their_own_knobs():
+    hp = model_hp(image_encoder="resnet50", video_encoder="resnet18")
+    assert isinstance(build_encoder(ModalitySpec("image", "frames", (3, 1, 32, 32)), hp), ResNet50Encoder)
+    assert isinstance(build_encoder(ModalitySpec("clip", "frames", (3, 4, 32, 32)), hp), FramesEncoder)
+
+
+def test_model_defaults_are_the_cited_ones():
+    sarcasm = resolve("model", MODEL_HPARAMS, "sarcasm", {})
+    assert (sarcasm.image_encoder, sarcasm.image_pretrained, sarcasm.proj_dim, sarcasm.text_pretrained) == \
+        ("resnet50", True, 256, True)
+    default = resolve("model", MODEL_HPARAMS, None, {})
+    assert default.text_attention_mask is True and default.text_pool == "pooler"
+    # BalanceBenchmark's MOSEI encoder_config.yaml: n_features 512, dim 1024, n_head 4, n_layers 2.
+    mosei = resolve("model", MODEL_HPARAMS, "mosei", {})
+    assert (mosei.seq_hidden, mosei.seq_dim, mosei.seq_heads, mosei.seq_layers) == (512, 1024, 4, 2)
+
+
+def test_ogm_init_draws_kaiming_normal_fan_out_convs_xavier_normal_linears_and_unit_batchnorm():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 64, 5), nn.BatchNorm2d(64), nn.Linear(300, 600))
+    model[1].weight.data.fill_(3.0)
+    init_model(model, model_hp(init="ogm"))
+    conv, bn, linear = model
+    # fan_out = 64 * 25 (fan_in would be 4 * 25: a 4x larger std).
+    assert conv.weight.std().item() == pytest.approx((2 / (64 * 25)) ** 0.5, rel=0.05)
+    assert torch.equal(bn.weight, torch.ones(64)) and torch.count_nonzero(bn.bias) == 0
+    std = (2 / (300 + 600)) ** 0.5
+    assert linear.weight.std().item() == pytest.approx(std, rel=0.05)
+    # A normal draw passes xavier_uniform_'s bound sqrt(3) * std (about 8% of 180,000 draws do).
+    assert linear.weight.abs().max().item() > 3 ** 0.5 * std
+
+
+def test_mlp_encoder_mean_pools_sequences_and_ends_in_a_relu():
+    torch.manual_seed(0)
+    encoder = build_encoder(ModalitySpec("feat", "sequence", (5, 7)), model_hp(mlp_hidden=6, feature_dim=4))
+    x = torch.randn(3, 5, 7)
+    close(encoder(x), encoder(x.mean(dim=1)))
+    lin1, lin2 = encoder.net[0], encoder.net[2]
+    with torch.no_grad():
+        lin2.bias[:2] = -50.0   # two outputs negative before the last ReLU
+        close(encoder(x), torch.relu(lin2(torch.relu(lin1(x.mean(dim=1))))))
+        assert torch.count_nonzero(encoder(x)[:, :2]) == 0
+
+
+def test_bert_pools_cls_and_masked_mean_and_reports_its_projected_width():
+    torch.manual_seed(0)
+    encoder = build_encoder(TOKENS, model_hp(text_pool="cls")).eval()
+    ids = torch.tensor([[5, 8, 11, 7, 0, 0], [0, 0, 0, 0, 0, 0]])
+    with torch.no_grad():
+        hidden = encoder.bert(input_ids=ids, attention_mask=(ids != 0).long()).last_hidden_state
+        close(encoder(ids), hidden[:, 0])
+        mean = build_encoder(TOKENS, model_hp(text_pool="mean")).eval()
+        mean.load_state_dict(encoder.state_dict())
+        out = mean(ids)
+        close(out[0], hidden[0, :4].mean(0))
+        # A row of padding only has no token to average: zeros, not 0/0.
+        assert torch.equal(out[1], torch.zeros(16))
+    assert build_encoder(TOKENS, model_hp(proj_dim=5)).out_dim == 5
+    # The last valid id passes; the vocabulary size itself is refused before BERT's embedding fails on it.
+    encoder(torch.tensor([[len(VOCAB) - 1]]))
+    with pytest.raises(ValueError, match="outside the BERT vocabulary"):
+        encoder(torch.tensor([[len(VOCAB)]]))
+
+
+def test_embedding_text_encoder_reports_its_width_and_survives_an_all_padding_row():
+    encoder = build_encoder(TOKENS, model_hp(text_encoder="embedding", mlp_hidden=4, feature_dim=3))
+    out = encoder(torch.tensor([[3, 4, 0], [0, 0, 0]]))
+    assert encoder.out_dim == 3 and out.shape == (2, 3) and bool(torch.isfinite(out).all())
+
+
+def test_i3d_keeps_time_through_the_stem_pool_and_halves_it_from_stage_two():
+    torch.manual_seed(0)
+    encoder = build_encoder(ModalitySpec("clip", "frames", (3, 8, 32, 32)), model_hp(video_encoder="i3d")).eval()
+    conv = encoder.stem[0]
+    assert conv.kernel_size == (5, 7, 7) and conv.stride == (2, 2, 2)
+    spike = torch.zeros(1, 1, 4, 8, 8)
+    spike[0, 0, 0, 3, 3] = 1.0
+    assert torch.count_nonzero(encoder.stem[3](spike)[:, :, 1:]) == 0, "the stem max-pool is 1 frame deep"
+    x = torch.randn(2, 3, 8, 64, 64)
+    with torch.no_grad():
+        h = encoder.stem(x)
+        shapes = []
+        for stage in encoder.stages:
+            h = stage(h)
+            shapes.append(tuple(h.shape[1:]))
+            assert bool((h >= 0).all()), "every block ends in a ReLU"
+        assert shapes == [(4, 4, 16, 16), (8, 2, 8, 8), (16, 1, 4, 4), (32, 1, 2, 2)]
+        close(encoder(x), h.mean(dim=(2, 3, 4)))   # an average over 4 positions, not their maximum
+    # Kaiming normal with fan_out = out_channels * kernel volume.
+    wide = I3DEncoder(3, width=64, blocks=(1, 1, 1, 1))
+    weight = wide.stages[3][0].conv1.weight
+    assert weight.std().item() == pytest.approx((2 / (512 * 27)) ** 0.5, rel=0.05)
+
+
+def test_resnet50_features_are_the_pooled_relu_maps_without_torchvisions_fc():
+    torch.manual_seed(0)
+    encoder = ResNet50Encoder(pretrained=False, proj_dim=0).eval()
+    with torch.no_grad():
+        out = encoder(torch.randn(2, 3, 1, 32, 32))
+    assert out.shape == (2, 2048) and bool((out >= 0).all())
+
+
+def test_sequence_encoders_read_the_last_gru_layer_and_run_balancebenchmarks_post_norm_layers():
+    spec = ModalitySpec("audio", "sequence", (7, 10))
+    torch.manual_seed(0)
+    x = torch.randn(3, 7, 10)
+    gru = build_encoder(spec, model_hp(sequence_encoder="gru", feature_dim=6, seq_layers=2))
+    assert gru.gru.num_layers == 2
+    close(gru(x), gru.gru(x)[0][:, -1])   # the top layer's output at the last step is h_n[-1], not h_n[0]
+    bb = build_encoder(spec, model_hp(sequence_encoder="transformer", seq_hidden=8, seq_dim=12, seq_heads=2,
+                                      seq_layers=1))
+    layer = bb.encoder.layers[0]
+    assert layer.activation is nn.functional.relu and layer.linear1.out_features == 8
+    # Post-norm: the output is the last LayerNorm's (weight 1, bias 0 at init), zero mean and unit variance per step.
+    bb.eval()
+    with torch.no_grad():
+        out = bb.encoder(bb.lift(bb.embed(x)))
+    close(out.mean(-1), torch.zeros(3, 7), atol=1e-5)
+    close(out.var(-1, unbiased=False), torch.ones(3, 7), atol=1e-3)
+    # Dropout 0.1 in training: two passes differ; evaluation is deterministic.
+    bb.train()
+    assert not torch.equal(bb(x), bb(x))
+    assert layer.dropout.p == 0.1
