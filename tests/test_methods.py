@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from baselines.base import StepInfo
+from baselines.base import StepInfo, zero_grad
 from baselines.registry import list_methods
 from benchmarks.config import build_config, merge_overrides, method_hparams
 from benchmarks.demo import load_demo_config, scaled_schedule
@@ -87,3 +87,21 @@ def test_method_trains_through_the_runner_with_bf16_autocast_and_channels_last_o
     assert summary["protocols"]["last"]["test"]["per_modality"]
     epochs = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
     assert len(epochs) == AMP_EPOCHS and all(math.isfinite(e["train"]["loss"]) for e in epochs), epochs
+
+
+def test_zero_grad_clears_every_gradient_past_a_missing_one_either_way():
+    for set_to_none in (True, False):
+        a, b, c = (torch.nn.Parameter(torch.ones(2)) for _ in range(3))
+        a.grad, c.grad = torch.ones(2), torch.ones(2)   # b has none
+        zero_grad([b, a, c], set_to_none=set_to_none)
+        for p in (a, c):
+            assert (p.grad is None) if set_to_none else torch.equal(p.grad, torch.zeros(2))
+        assert b.grad is None
+
+
+def test_a_checkpoint_with_another_number_of_optimizers_is_refused(tiny_bundle):
+    method = build("joint", tiny_bundle, make_context())
+    state = method.checkpoint_state()
+    state["optimizers"] = [*state["optimizers"], state["optimizers"][0]]
+    with pytest.raises(RuntimeError, match="checkpoint has 2 optimizers, method 'joint' built 1"):
+        build("joint", tiny_bundle, make_context()).load_checkpoint_state(state)

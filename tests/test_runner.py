@@ -177,6 +177,23 @@ def test_sgd_steps_fused_over_parameters_equal_the_per_parameter_loop():
         assert torch.equal(a, b)
 
 
+def test_optimizers_keep_each_groups_own_lr_under_the_schedule_and_refuse_unknown_options():
+    ctx = make_context(lr=0.1, momentum=0.9, weight_decay=1e-4)
+    ctx.lr_factor = 0.5   # an optimizer built mid-run starts at the scheduled lr (powers of two: exact products)
+    a, b, c, d = (torch.nn.Parameter(torch.zeros(2)) for _ in range(4))
+    first = ctx.make_optimizer([{"params": [a]}, {"params": [b], "lr": 0.02}])
+    second = ctx.make_optimizer([c], lr=0.3, momentum=0.0)
+    assert [g["initial_lr"] for g in first.param_groups] == [0.1, 0.02]
+    assert [g["lr"] for g in first.param_groups] == [0.05, 0.01]
+    assert first.defaults["momentum"] == 0.9 and second.defaults["momentum"] == 0.0
+    ctx.add_param_group(second, [d], lr=0.2)
+    assert second.param_groups[1]["lr"] == 0.1
+    ctx.set_lr_factor(0.25)
+    assert [g["lr"] for opt in (first, second) for g in opt.param_groups] == [0.025, 0.005, 0.075, 0.05]
+    with pytest.raises(TypeError, match="nesterov"):
+        ctx.make_optimizer([torch.nn.Parameter(torch.zeros(1))], nesterov=True)
+
+
 @pytest.mark.parametrize("method, key", [("gblending", "held_out_split"), ("relearning", "diagnose_split"),
                                          ("mses", "eval_split"), ("mslr", "eval_split")])
 def test_a_method_reading_a_split_the_data_lacks_is_refused_before_training(tmp_path, method, key):

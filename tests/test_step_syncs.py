@@ -38,13 +38,14 @@ def test_greedy_mmtm_running_average_reads_nothing(tiny_bundle):
 
 
 def test_read_logs_reads_every_value_at_once():
-    values = {"z": torch.tensor(0.1), "a": torch.tensor([1 / 3], dtype=torch.bfloat16), "m": 0.25}
+    values = {"z": torch.tensor(0.1), "a": torch.tensor([1 / 3], dtype=torch.bfloat16), "m": 0.25,
+              "d": torch.tensor(1 / 3, dtype=torch.float64)}
     with host_reads() as reads:
         logs = read_logs(values)
     assert [what for what, _ in reads] == ["tolist"], reads
-    assert list(logs) == ["z", "a", "m"]
-    # The float32 and bfloat16 values exactly, as .item() gives them.
-    assert logs == {"z": 0.10000000149011612, "a": 0.333984375, "m": 0.25}
+    assert list(logs) == ["z", "a", "m", "d"]
+    # The float32, bfloat16 and float64 values exactly, as .item() gives them (float64 runs log float64 losses).
+    assert logs == {"z": 0.10000000149011612, "a": 0.333984375, "m": 0.25, "d": 1 / 3}
     assert all(type(v) is float for v in logs.values())
 
 
