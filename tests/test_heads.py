@@ -100,3 +100,61 @@ def test_fusion_rows_step_on_the_plain_cross_entropy_of_their_heads_fused_logits
     assert logs["loss"] == pytest.approx(loss.item(), rel=1e-5, abs=1e-6)
     for n, g in expected.items():
         close(seen[n], g, msg=n)
+
+
+def test_film_and_gated_heads_condition_the_last_modality_on_all_the_others():
+    dims = {"audio": 8, "visual": 6, "text": 3}
+    h = features(dims)
+    for kind in ("film", "gated"):
+        head = build_head(kind, dims, K)
+        changed = {**h, "visual": h["visual"] + 1.0}
+        assert not torch.allclose(head(changed)[0], head(h)[0]), f"{kind}: the middle modality conditions too"
+    # OGM-GE fusion_modules.GatedFusion: dim=512 between the gate and the output layer.
+    assert build_head("gated", {"audio": 8, "visual": 6}, K).fc_x.out_features == 512
+
+
+def test_separate_heads_train_the_encoders_through_the_unimodal_logits_too():
+    dims = {"audio": 8, "visual": 6}
+    head = build_head("separate", dims, K)
+    h = {n: v.clone().requires_grad_() for n, v in features(dims).items()}
+    _, z_uni = head(h)
+    z_uni["audio"].sum().backward()
+    close(h["audio"].grad, head.uni["audio"].weight.sum(0).expand(4, -1))
+
+
+@pytest.mark.parametrize("name", ["joint", "film", "gated"])
+def test_predict_reports_the_heads_own_unimodal_logits_or_the_others_zeroed(name, tiny_bundle):
+    cls = get_method(name)
+    torch.manual_seed(0)
+    method = cls(tiny_bundle.task, resolve(name, method_hparams(cls), tiny_bundle.task.dataset, {}), make_context())
+    method.eval()
+    with torch.no_grad():
+        for module in method.model.head.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.bias.uniform_(-1.0, 1.0)   # OGM-GE's init zeroes them, so b / M would equal b
+    batch = first_batch(tiny_bundle)
+    pred = method.predict(batch)
+    with torch.no_grad():
+        h = method.model.features(method.inputs(batch))
+        head = method.model.head
+        close(pred.fused, head(h)[0])
+        for m in h:
+            if head.has_unimodal:
+                expected = head.split_logits(h)[m]   # the concat head's W_m h_m + b / M, not its full bias
+            else:
+                expected = head({n: (v if n == m else torch.zeros_like(v)) for n, v in h.items()})[0]
+            close(pred.per_modality[m], expected, msg=m)
+        assert not torch.allclose(pred.per_modality["audio"], pred.per_modality["visual"])
+
+
+def test_fusion_model_zeroes_only_the_dropped_inputs_and_starts_from_ogm_ges_init(tiny_bundle):
+    torch.manual_seed(0)
+    method = get_method("joint")(tiny_bundle.task, resolve("joint", method_hparams(get_method("joint")),
+                                                           tiny_bundle.task.dataset, {}), make_context())
+    model = method.model.eval()
+    x = method.inputs(first_batch(tiny_bundle))
+    with torch.no_grad():
+        h = model.features(x, drop=["audio"])
+        close(h["audio"], model.encoders["audio"](torch.zeros_like(x["audio"])))
+        close(h["visual"], model.encoders["visual"](x["visual"]))
+    assert torch.count_nonzero(model.head.fc.bias) == 0, "weight_init zeroes the head's bias"
