@@ -339,11 +339,12 @@ def test_a_run_another_sweep_filed_keeps_its_row_when_this_sweep_evaluates_it(tm
     (mine,) = expand(parse_config(tiny_config(name="test/a", seeds=[0], methods={"joint": {}})), out)
     mine.write_files()
     evaluate = {"missing": [0.0, 0.5]}
-    (theirs,) = expand(parse_config(tiny_config(name="test/b", seeds=[0], methods={"concat": {"method": "joint"}},
-                                                evaluate=evaluate)), out)
+    (theirs,) = expand(parse_config(tiny_config(name="test/b", seeds=[0], evaluate=evaluate,
+                                                methods={"concat": {"method": "joint", "title": "Concat (b)"}})), out)
     theirs.write_files()
     job = json.loads((mine.run_dir / "job.json").read_text())
-    assert (job["label"], job["sweep"], job["evaluate"]["missing"]) == ("joint", "test/a", [0.0, 0.5])
+    assert (job["label"], job["title"], job["sweep"], job["evaluate"]["missing"]) == (
+        "joint", "Concat", "test/a", [0.0, 0.5])
     (mine.run_dir / "job.json").write_text('{"label": "jo')  # damaged: rewritten whole, not fatal
     assert mine.relabel() is None and json.loads((mine.run_dir / "job.json").read_text())["label"] == "joint"
 
@@ -513,6 +514,35 @@ def test_per_dataset_settings_beat_the_row_and_grids_combine_every_key(tmp_path)
         "train": {"lr": 0.02}, "per_dataset": {"synthetic": {"train": {"lr": 0.03}}}}}))
     (job,) = expand(config, tmp_path)
     assert job.cfg.train.lr == 0.03, "a row's per-dataset entry overrides the row's own settings on that dataset"
+
+
+def test_grid_keys_of_one_namespace_all_reach_every_run_and_its_row_label(tmp_path):
+    from benchmarks.sweep.expand import grid_points
+
+    assert grid_points({"train.lr": [0.1, 0.2], "train.epochs": [1]}) == [
+        {"train": {"lr": 0.1, "epochs": 1}}, {"train": {"lr": 0.2, "epochs": 1}}]
+    config = parse_config(tiny_config(seeds=[0], methods={"joint": {
+        "grid": {"train.lr": [0.1, 0.2], "train.epochs": [1, 2]}}}))
+    jobs = expand(config, tmp_path)
+    assert sorted((j.label, j.cfg.train.lr, j.cfg.train.epochs) for j in jobs) == [
+        (f"joint [train.lr={lr},train.epochs={epochs}]", lr, epochs) for lr in (0.1, 0.2) for epochs in (1, 2)]
+
+
+def test_a_grid_point_beats_the_per_dataset_entry_and_set_beats_both_row_layers(tmp_path):
+    # The row label names the grid's value, so the run must train with it; a command-line value wins over the config.
+    gridded = parse_config(tiny_config(seeds=[0], methods={"joint": {
+        "grid": {"train.lr": [0.1, 0.2]}, "per_dataset": {"synthetic": {"train": {"lr": 0.3}}}}}))
+    assert [(j.label, j.cfg.train.lr) for j in expand(gridded, tmp_path)] == [
+        ("joint [train.lr=0.1]", 0.1), ("joint [train.lr=0.2]", 0.2)]
+    per_dataset = parse_config(tiny_config(seeds=[0], methods={"joint": {
+        "train": {"lr": 0.02}, "per_dataset": {"synthetic": {"train": {"lr": 0.03}}}}}))
+    (job,) = expand(per_dataset, tmp_path, assignments={"train": {"lr": 0.5}})
+    assert job.cfg.train.lr == 0.5 and job.overrides["train"]["lr"] == 0.5
+
+
+def test_a_renamed_row_alone_on_its_method_keeps_the_registered_title(tmp_path):
+    config = parse_config(tiny_config(seeds=[0], methods={"concat": {"method": "joint"}, "sum": {}}))
+    assert sorted((j.label, j.title) for j in expand(config, tmp_path)) == [("concat", "Concat"), ("sum", "Sum")]
 
 
 def test_unregistered_datasets_are_left_out_or_ignored_when_filtered_away(tmp_path):

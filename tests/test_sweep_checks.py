@@ -376,3 +376,12 @@ def test_a_value_out_of_its_knobs_range_is_refused_by_the_sweep_check_naming_row
                            "methods": {"joint": {}, "bad": {"method": "joint", **section}}})
     with pytest.raises(HParamError, match=rf"methods.bad on {dataset}: {message}"):
         check_config(config)
+
+
+def test_the_sweep_check_resolves_a_rows_per_dataset_settings():
+    from benchmarks.sweep.expand import check_config
+
+    config = parse_config({"name": "test/bounds", "seeds": [0], "datasets": {"synthetic": {}},
+                           "methods": {"joint": {"per_dataset": {"synthetic": {"train": {"epochs": 0}}}}}})
+    with pytest.raises(HParamError, match=r"methods.joint on synthetic: train.epochs must be >= 1, got 0"):
+        check_config(config)
