@@ -173,6 +173,98 @@ def test_local_slots_split_gpus_into_groups_and_cpu_workers(monkeypatch):
         local_slots(1, [0, 1, 2], gpus_per_run=2)
 
 
+def test_local_slots_share_the_cpus_among_workers_and_refuse_zero_workers_or_group_size(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert local_slots(3, None) == [{"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}] * 3
+    assert local_slots(16, None)[0]["OMP_NUM_THREADS"] == "1", "more workers than cores still get one thread each"
+    with pytest.raises(ValueError, match="--workers must be >= 1, got 0"):
+        local_slots(0, None)
+    with pytest.raises(ValueError, match="groups of --gpus-per-run 0"):
+        local_slots(1, [0, 1], gpus_per_run=0)
+
+
+class _ExitedRun:
+    """A run's subprocess that has already exited with the code ``codes`` gives its run folder."""
+
+    codes: dict[str, int] = {}
+    started: list["_ExitedRun"] = []
+
+    def __init__(self, cmd, **kwargs):
+        self.cmd, self.env = cmd, kwargs["env"]
+        self.run = Path(cmd[cmd.index("benchmarks.sweep") + 1]).name
+        self.returncode = self.codes[self.run]
+        self.started.append(self)
+
+    def poll(self):
+        return self.returncode
+
+
+def test_local_runs_get_their_slots_devices_in_order_and_each_failure_names_its_run_code_and_log(tmp_path,
+                                                                                                 monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,6")
+    monkeypatch.setattr("subprocess.Popen", _ExitedRun)
+    monkeypatch.setattr(_ExitedRun, "started", [])
+    out = tmp_path / "out"
+    config = parse_config(tiny_config())
+    done, killed, failed, ok = jobs = expand(config, out)
+    done.run_dir.mkdir(parents=True)
+    (done.run_dir / "DONE").write_text("")
+    (done.run_dir / "summary.json").write_text("{}")
+    killed.run_dir.mkdir(parents=True)
+    (killed.run_dir / "train.log").write_text("the interrupted attempt\n")
+    monkeypatch.setattr(_ExitedRun, "codes", {killed.name: -signal.SIGKILL, failed.name: 3, ok.name: 0})
+    polls = []
+
+    def sleep(seconds):
+        # every run exits at once, so a sweep still polling after many rounds has lost a slot
+        polls.append(seconds)
+        assert len(polls) < 50, "the sweep stopped handing runs to its freed slots"
+
+    monkeypatch.setattr(launchers.time, "sleep", sleep)
+    lines = []
+    report = run_local(jobs, gpus=[1, 0], out=out, config=config, log=lines.append, poll_s=0)
+    assert report.launched == [killed.name, failed.name, ok.name] and report.skipped == [done.name]
+    assert [p.env["CUDA_VISIBLE_DEVICES"] for p in _ExitedRun.started] == ["6", "5", "6"], "the slot's GPU wins"
+    assert report.failed == {killed.name: -signal.SIGKILL, failed.name: 3}, "a signal is a failure too"
+    assert f"[1/3] FAILED {killed.name} (exit -9): see {killed.run_dir / 'train.log'}" in lines
+    assert f"[2/3] FAILED {failed.name} (exit 3): see {failed.run_dir / 'train.log'}" in lines
+    log = (killed.run_dir / "train.log").read_text()
+    assert log.startswith("the interrupted attempt\n$ ") and "benchmarks.sweep" in log, "a relaunch appends"
+    runs = {r["run"]: r for r in json.loads((out / "sweep.json").read_text())["runs"]}
+    assert [runs[job.name].get("returncode") for job in jobs] == [None, -signal.SIGKILL, 3, 0]
+
+    _ExitedRun.started.clear()
+    run_local([ok], workers=2, gpus_per_run=2, threads_per_worker=1, log=lambda line: None, poll_s=0)
+    (cpu,) = _ExitedRun.started
+    assert "torch.distributed.run" not in cpu.cmd and cpu.env["OMP_NUM_THREADS"] == "1", "no GPUs: one process"
+
+
+def test_a_local_sweep_that_fails_to_start_a_run_stops_the_runs_it_started(tmp_path, monkeypatch):
+    started = []
+
+    class Running:
+        def __init__(self, cmd, **kwargs):
+            if started:
+                raise OSError(errno.EAGAIN, "fork failed")
+            self.stopped = self.waited = False
+            started.append(self)
+
+        def poll(self):
+            return None
+
+        def terminate(self):
+            self.stopped = True
+
+        def wait(self):
+            self.waited = True
+
+    monkeypatch.setattr("subprocess.Popen", Running)
+    jobs = expand(parse_config(tiny_config(seeds=[0])), tmp_path)
+    with pytest.raises(OSError, match="fork failed"):
+        run_local(jobs, workers=2, threads_per_worker=1, log=lambda line: None, poll_s=0)
+    assert [(p.stopped, p.waited) for p in started] == [(True, True)]
+
+
 def _sweep_parent(jobs: list[Job]) -> None:
     run_local(jobs, workers=1, threads_per_worker=1, log=lambda msg: None, poll_s=0.05)
 
