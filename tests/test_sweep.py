@@ -507,13 +507,18 @@ class _FakeExecutor:
     """Records what ``run_slurm`` submits; job ids count from 9000."""
 
     def __init__(self, folder: Path) -> None:
-        self.folder, self.submitted = folder, []
+        self.folder, self.submitted, self.tasks, self.batched = folder, [], [], False
 
+    @contextlib.contextmanager
     def batch(self):
-        return contextlib.nullcontext()
+        self.batched = True
+        yield
+        self.batched = False
 
     def submit(self, fn):
+        assert self.batched, "a run submitted as a job of its own, not as a task of the sweep's array"
         self.submitted.append(fn.run_dir.name)
+        self.tasks.append(fn)
         return type("Handle", (), {"job_id": str(9000 + len(self.submitted))})()
 
 
@@ -532,6 +537,69 @@ def test_slurm_jobs_in_any_unfinished_or_unknown_state_are_not_submitted_again(t
     executor = _FakeExecutor(tmp_path / "submitit")
     run_slurm(jobs, executor, out=out, resubmit=True, log=lines.append)
     assert executor.submitted == [job.name for job in jobs]
+
+
+def test_slurm_submits_every_unfinished_run_as_one_array_and_records_each_runs_own_job(tmp_path, monkeypatch):
+    from benchmarks.runner import CHECKPOINT
+
+    out = tmp_path / "out"
+    config = parse_config(tiny_config())
+    done, resumed, new, active = jobs = expand(config, out)
+    for job in (done, resumed):
+        job.run_dir.mkdir(parents=True)
+    (done.run_dir / "DONE").write_text("")
+    (done.run_dir / "summary.json").write_text("{}")
+    (resumed.run_dir / CHECKPOINT).write_bytes(b"")
+    (out / "slurm_jobs.json").write_text(json.dumps({active.name: "77", done.name: "5"}))
+    monkeypatch.setattr("benchmarks.sweep.slurm._slurm_state",
+                        lambda folder, job_id: {"77": "RUNNING", "5": "COMPLETED"}[job_id])
+    executor = _FakeExecutor(tmp_path / "submitit")
+    run_slurm(jobs, executor, out=out, config=config, wandb_mode="offline", gpus_per_run=2, log=lambda line: None)
+    assert executor.submitted == [resumed.name, new.name], "a run with a checkpoint is submitted to resume"
+    assert [(t.run_dir, t.wandb_mode, t.gpus_per_run) for t in executor.tasks] == [
+        (resumed.run_dir, "offline", 2), (new.run_dir, "offline", 2)]
+    assert json.loads((out / "slurm_jobs.json").read_text()) == {
+        active.name: "77", done.name: "5", resumed.name: "9001", new.name: "9002"}
+    assert (new.run_dir / "job.yaml").exists(), "a task reads its run's config from the folder"
+    assert json.loads((done.run_dir / "job.json").read_text())["label"] == done.label
+    states = {r["run"]: r["state"] for r in json.loads((out / "sweep.json").read_text())["runs"]}
+    assert states == {done.name: "done", resumed.name: "resume", new.name: "new", active.name: "new"}
+
+
+def _sbatch_script(tmp_path: Path, monkeypatch, options: SlurmOptions, **extra) -> list[str]:
+    submitit = pytest.importorskip("submitit")
+    monkeypatch.setattr(submitit.slurm.slurm.SlurmExecutor, "affinity", classmethod(lambda cls: 1))
+    executor = make_executor(tmp_path / "submitit", options, name="augbench-test")
+    return submitit.slurm.slurm._make_sbatch_string(command="CMD", folder=str(tmp_path),
+                                                    **executor._executor.parameters, **extra).splitlines()
+
+
+def test_slurm_script_arrays_the_runs_asks_one_gpu_by_default_and_writes_only_the_options_given(tmp_path, monkeypatch):
+    lines = _sbatch_script(tmp_path, monkeypatch, SlurmOptions(qos="high", constraint="a100", mem_gb=None),
+                           map_count=100)
+    for flag in ("--array=0-99%64", "--gpus-per-node=1", "--ntasks-per-node=1", "--qos=high", "--constraint=a100"):
+        assert f"#SBATCH {flag}" in lines, flag
+    assert not any(line.startswith("#SBATCH --mem") for line in lines), "no memory request unless one is given"
+    cpu = _sbatch_script(tmp_path, monkeypatch, SlurmOptions(gpus_per_run=0))
+    sbatch = [line for line in cpu if line.startswith("#SBATCH")]
+    assert "#SBATCH --ntasks-per-node=1" in sbatch and not any("gpus" in line for line in sbatch)
+
+
+def test_a_slurm_task_trains_its_run_with_the_sweeps_wandb_settings_and_requeues_itself(tmp_path, monkeypatch):
+    submitit = pytest.importorskip("submitit")
+    from types import SimpleNamespace
+
+    from benchmarks.sweep.slurm import TrainJob, _slurm_state
+
+    calls = []
+    monkeypatch.setattr("benchmarks.sweep.worker.run_job", lambda run_dir, **kwargs: calls.append((run_dir, kwargs)))
+    task = TrainJob(tmp_path / "run", "offline", "g")
+    assert task() == str(tmp_path / "run")
+    assert calls == [(tmp_path / "run", {"wandb_mode": "offline", "wandb_group": "g"})]
+    assert task.checkpoint().function is task, "a requeued job trains the same run on"
+    states = {"1": "CANCELLED by 123", "2": ""}
+    monkeypatch.setattr(submitit, "SlurmJob", lambda folder, job_id: SimpleNamespace(state=states[job_id]))
+    assert (_slurm_state(tmp_path, "1"), _slurm_state(tmp_path, "2")) == ("CANCELLED", "UNKNOWN")
 
 
 def test_a_finished_run_another_sweep_filed_keeps_its_row_there(tmp_path):
