@@ -232,6 +232,9 @@ def test_local_runs_get_their_slots_devices_in_order_and_each_failure_names_its_
     assert log.startswith("the interrupted attempt\n$ ") and "benchmarks.sweep" in log, "a relaunch appends"
     runs = {r["run"]: r for r in json.loads((out / "sweep.json").read_text())["runs"]}
     assert [runs[job.name].get("returncode") for job in jobs] == [None, -signal.SIGKILL, 3, 0]
+    (out / "sweep.json").unlink()
+    run_local([done], out=out, config=config, log=lambda line: None, poll_s=0)
+    assert [r["state"] for r in json.loads((out / "sweep.json").read_text())["runs"]] == ["done"], "nothing to run"
 
     _ExitedRun.started.clear()
     run_local([ok], workers=2, gpus_per_run=2, threads_per_worker=1, log=lambda line: None, poll_s=0)
