@@ -232,6 +232,7 @@ def test_local_runs_get_their_slots_devices_in_order_and_each_failure_names_its_
     assert log.startswith("the interrupted attempt\n$ ") and "benchmarks.sweep" in log, "a relaunch appends"
     runs = {r["run"]: r for r in json.loads((out / "sweep.json").read_text())["runs"]}
     assert [runs[job.name].get("returncode") for job in jobs] == [None, -signal.SIGKILL, 3, 0]
+    assert all(runs[job.name]["seconds"] >= 0 for job in (killed, failed, ok))
     (out / "sweep.json").unlink()
     run_local([done], out=out, config=config, log=lambda line: None, poll_s=0)
     assert [r["state"] for r in json.loads((out / "sweep.json").read_text())["runs"]] == ["done"], "nothing to run"
@@ -556,8 +557,9 @@ def test_slurm_submits_every_unfinished_run_as_one_array_and_records_each_runs_o
     (out / "slurm_jobs.json").write_text(json.dumps({active.name: "77", done.name: "5"}))
     monkeypatch.setattr("benchmarks.sweep.slurm._slurm_state",
                         lambda folder, job_id: {"77": "RUNNING", "5": "COMPLETED"}[job_id])
-    executor = _FakeExecutor(tmp_path / "submitit")
-    run_slurm(jobs, executor, out=out, config=config, wandb_mode="offline", gpus_per_run=2, log=lambda line: None)
+    executor, lines = _FakeExecutor(tmp_path / "submitit"), []
+    run_slurm(jobs, executor, out=out, config=config, wandb_mode="offline", gpus_per_run=2, log=lines.append)
+    assert "4 runs: 2 finished or active, submitting 2" in lines
     assert executor.submitted == [resumed.name, new.name], "a run with a checkpoint is submitted to resume"
     assert [(t.run_dir, t.wandb_mode, t.gpus_per_run) for t in executor.tasks] == [
         (resumed.run_dir, "offline", 2), (new.run_dir, "offline", 2)]
@@ -567,6 +569,24 @@ def test_slurm_submits_every_unfinished_run_as_one_array_and_records_each_runs_o
     assert json.loads((done.run_dir / "job.json").read_text())["label"] == done.label
     states = {r["run"]: r["state"] for r in json.loads((out / "sweep.json").read_text())["runs"]}
     assert states == {done.name: "done", resumed.name: "resume", new.name: "new", active.name: "new"}
+
+
+def test_the_slurm_launcher_names_its_jobs_after_the_output_folder_and_logs_under_it(tmp_path, monkeypatch):
+    made, executors = [], []
+
+    def executor(folder, options, name):
+        made.append((folder, options.gpus_per_run, name))
+        executors.append(_FakeExecutor(folder))
+        return executors[-1]
+
+    monkeypatch.setattr(launchers, "make_executor", executor)
+    out = tmp_path / "out"
+    config = parse_config(tiny_config(seeds=[0]))
+    jobs = expand(config, out)
+    opts = LaunchOptions(slurm=SlurmOptions(gpus_per_run=2))
+    report = LAUNCHERS["slurm"].start(jobs, out, config, opts, lambda line: None)
+    assert made == [(out / ".submitit", 2, "augbench-out")] and report.launched == ["9001", "9002"]
+    assert [task.gpus_per_run for task in executors[0].tasks] == [2, 2], "each task gets the Slurm job's GPUs"
 
 
 def _sbatch_script(tmp_path: Path, monkeypatch, options: SlurmOptions, **extra) -> list[str]:
@@ -689,6 +709,10 @@ def test_grid_keys_of_one_namespace_all_reach_every_run_and_its_row_label(tmp_pa
     jobs = expand(config, tmp_path)
     assert sorted((j.label, j.cfg.train.lr, j.cfg.train.epochs) for j in jobs) == [
         (f"joint [train.lr={lr},train.epochs={epochs}]", lr, epochs) for lr in (0.1, 0.2) for epochs in (1, 2)]
+    both = parse_config(tiny_config(seeds=[0], grid={"train.epochs": [1, 2]}, methods={"joint": {
+        "grid": {"train.lr": [0.1]}}}))
+    assert sorted((j.label, j.cfg.train.epochs) for j in expand(both, tmp_path)) == [
+        ("joint [train.epochs=1,train.lr=0.1]", 1), ("joint [train.epochs=2,train.lr=0.1]", 2)]
 
 
 def test_a_grid_point_beats_the_per_dataset_entry_and_set_beats_both_row_layers(tmp_path):
