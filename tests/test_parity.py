@@ -99,6 +99,33 @@ def test_a_quantity_on_one_side_only_is_a_difference():
     assert rec.failed == ["optim/w/momentum_buffer"] and rec.max_diff == float("inf")
 
 
+def _f64(*values):
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def test_two_empty_snapshots_are_an_error_naming_the_step_not_a_match():
+    with pytest.raises(ValueError, match="at e0s1: neither side has anything to compare"):
+        compare("e0s1", {}, {})
+
+
+def test_nan_matches_only_nan_at_the_same_place():
+    nan = float("nan")
+    assert compare("x", {"a": _f64(nan, 1.0)}, {"a": _f64(nan, 1.0)}).failed == []
+    for project, official in ((_f64(nan, 1.0), _f64(1.0, 1.0)), (_f64(1.0, 1.0), _f64(nan, 1.0)),
+                              (_f64(nan, 1.0), _f64(1.0, nan))):
+        rec = compare("x", {"a": project, "b": _f64(0.0)}, {"a": official, "b": _f64(1e-12)})
+        assert rec.failed == ["a"] and (rec.worst, rec.max_diff) == ("a", float("inf"))
+
+
+def test_infinity_matches_only_the_same_infinity():
+    inf = float("inf")
+    assert compare("x", {"a": _f64(inf, -inf)}, {"a": _f64(inf, -inf)}).failed == []
+    assert compare("x", {"a": _f64(inf, -inf)}, {"a": _f64(inf, -inf).float()}).failed == []
+    for project, official in ((1.0, inf), (-inf, inf), (inf, 1.0), (inf, -inf)):
+        rec = compare("x", {"a": _f64(project)}, {"a": _f64(official)})
+        assert rec.failed == ["a"] and rec.max_diff == inf
+
+
 def test_run_case_names_a_schedule_mismatch(tmp_path):
     (tmp_path / "fake").mkdir()
     with pytest.raises(RuntimeError, match="'e0s1'.*'e0.aca'"):

@@ -120,8 +120,16 @@ def max_differences(project: Snapshot, official: Snapshot, label: str) -> dict[s
         p = project[key]
         if p.shape != o.shape:
             raise ValueError(f"at {label}: {key} has shape {tuple(p.shape)} (project) vs {tuple(o.shape)} (official)")
-        out[key] = 0.0 if _identical(p, o) else float((p.double() - o.double()).abs().max()) if o.numel() else 0.0
+        out[key] = 0.0 if _identical(p, o) or not o.numel() else float(_differences(p, o).max())
     return out
+
+
+def _differences(p: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+    """|p - o| per element, where equal infinities and NaN on both sides count as 0 and NaN on one side as inf: a
+    NaN difference would drop out of the step's maximum (NaN compares False), and inf - inf is NaN."""
+    p, o = p.double(), o.double()
+    same = (p == o) | (torch.isnan(p) & torch.isnan(o))
+    return torch.where(same, 0.0, (p - o).abs()).nan_to_num(nan=math.inf, posinf=math.inf)
 
 
 def _identical(p: torch.Tensor, o: torch.Tensor) -> bool:
@@ -131,15 +139,15 @@ def _identical(p: torch.Tensor, o: torch.Tensor) -> bool:
 
 
 def within_tolerance(project: Snapshot, official: Snapshot) -> list[str]:
-    """Keys where some element misses |p - o| <= ATOL + RTOL |o| (or is NaN on one side only), or that only one
-    side has."""
+    """Keys where some element misses |p - o| <= ATOL + RTOL |o| (or is NaN or infinite on one side only, or an
+    infinity of the other sign), or that only one side has."""
     bad = sorted(set(official) ^ set(project))
     for key, o in official.items():
         if key not in project or _identical(project[key], o):
             continue
-        p, o = project[key].double(), o.double()
-        ok = (p - o).abs() <= ATOL + RTOL * o.abs()
-        ok |= torch.isnan(p) & torch.isnan(o)
+        # isclose, not the bare inequality: against an infinite official value the bound is inf, so any project
+        # value, finite or the other infinity, would pass it.
+        ok = torch.isclose(project[key].double(), o.double(), rtol=RTOL, atol=ATOL, equal_nan=True)
         if not bool(ok.all()):
             bad.append(key)
     return bad
@@ -174,6 +182,8 @@ class ParityResult:
 
 def compare(label: str, project: Snapshot, official: Snapshot) -> StepRecord:
     diffs = max_differences(project, official, label)
+    if not diffs:
+        raise ValueError(f"at {label}: neither side has anything to compare")
     worst = max(diffs, key=diffs.get)
     return StepRecord(label, diffs[worst], worst, within_tolerance(project, official))
 
