@@ -4,6 +4,7 @@ comparison and the CLI's errors."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from baselines.ogm import OGM
 from benchmarks.cli import main
 from benchmarks.config import build_config, method_hparams
 from benchmarks.parity import get_cases, golden, report
-from benchmarks.parity.core import Case, compare, run_case
+from benchmarks.parity.core import Case, ParityResult, StepRecord, compare, quantities, run_case
 from core.hparams import resolve
 from tests.conftest import first_batch64, float64_default, make_context
 
@@ -103,6 +104,30 @@ def _f64(*values):
     return torch.tensor(values, dtype=torch.float64)
 
 
+def test_the_tolerance_is_atol_plus_rtol_of_the_official_value_inclusive():
+    # 1e6 + 1e-4 is 1e-10 |1e6| away from 1e6 (plus ATOL's 1e-10): inside; twice that: outside.
+    assert compare("x", {"a": _f64(1e-10, 1e6 + 9e-5)}, {"a": _f64(0.0, 1e6)}).failed == []
+    assert compare("x", {"a": _f64(0.0, 1e6 + 2e-4)}, {"a": _f64(0.0, 1e6)}).failed == ["a"]
+    assert compare("x", {"a": _f64(0.0, 1e6 - 2e-4)}, {"a": _f64(0.0, 1e6)}).failed == ["a"]
+
+
+def test_max_difference_is_the_largest_element_of_every_key():
+    rec = compare("x", {"a": _f64(1.0, 2.0, 3.0), "b": _f64(5.0), "c": _f64(0.0, 0.0)},
+                  {"a": _f64(1.0, 2.5, 3.0), "b": _f64(5.75), "c": _f64(0.0, 0.0)})
+    assert (rec.max_diff, rec.worst, rec.failed) == (0.75, "b", ["a", "b"])
+    assert compare("x", {"a": _f64(1.0, 2.0, 3.0)}, {"a": _f64(1.0, 2.5, 3.0)}).max_diff == 0.5
+
+
+def test_a_key_the_project_side_lacks_is_a_difference():
+    rec = compare("e0s0", {"param/w": torch.zeros(2)}, {"param/w": torch.zeros(2), "q/alpha": torch.zeros(1)})
+    assert rec.failed == ["q/alpha"] and rec.max_diff == float("inf") and rec.worst == "q/alpha"
+
+
+def test_a_shape_mismatch_is_an_error_naming_the_key_not_a_broadcast():
+    with pytest.raises(ValueError, match=r"at e0s1: param/w has shape \(3,\) \(project\) vs \(1, 3\)"):
+        compare("e0s1", {"param/w": torch.zeros(3)}, {"param/w": torch.zeros(1, 3)})
+
+
 def test_two_empty_snapshots_are_an_error_naming_the_step_not_a_match():
     with pytest.raises(ValueError, match="at e0s1: neither side has anything to compare"):
         compare("e0s1", {}, {})
@@ -110,7 +135,7 @@ def test_two_empty_snapshots_are_an_error_naming_the_step_not_a_match():
 
 def test_nan_matches_only_nan_at_the_same_place():
     nan = float("nan")
-    assert compare("x", {"a": _f64(nan, 1.0)}, {"a": _f64(nan, 1.0)}).failed == []
+    assert compare("x", {"a": _f64(nan, 1.0)}, {"a": _f64(nan, 1.0)}) == StepRecord("x", 0.0, "a", [])
     for project, official in ((_f64(nan, 1.0), _f64(1.0, 1.0)), (_f64(1.0, 1.0), _f64(nan, 1.0)),
                               (_f64(nan, 1.0), _f64(1.0, nan))):
         rec = compare("x", {"a": project, "b": _f64(0.0)}, {"a": official, "b": _f64(1e-12)})
@@ -120,10 +145,41 @@ def test_nan_matches_only_nan_at_the_same_place():
 def test_infinity_matches_only_the_same_infinity():
     inf = float("inf")
     assert compare("x", {"a": _f64(inf, -inf)}, {"a": _f64(inf, -inf)}).failed == []
-    assert compare("x", {"a": _f64(inf, -inf)}, {"a": _f64(inf, -inf).float()}).failed == []
+    assert compare("x", {"a": _f64(inf, -inf)}, {"a": _f64(inf, -inf).float()}) == StepRecord("x", 0.0, "a", [])
     for project, official in ((1.0, inf), (-inf, inf), (inf, 1.0), (inf, -inf)):
         rec = compare("x", {"a": _f64(project)}, {"a": _f64(official)})
         assert rec.failed == ["a"] and rec.max_diff == inf
+
+
+def test_a_run_passes_only_if_every_step_passed_and_there_was_one():
+    ok, bad = StepRecord("e0s0", 1e-12, "param/w", []), StepRecord("e0s1", 0.5, "param/w", ["param/w"])
+    case = _fake_case(0.0)
+    result = ParityResult(case, [ok, bad, StepRecord("e0s2", 1e-13, "param/w", [])])
+    assert not result.passed and result.first_failure is bad and result.max_diff == 0.5
+    assert ParityResult(case, [ok]).passed and ParityResult(case, [ok]).first_failure is None
+    assert ParityResult(case, [bad, ok]).first_failure is bad
+    empty = ParityResult(case, [])
+    assert not empty.passed and math.isnan(empty.max_diff)
+    assert report.summary(empty, [])["status"] == "no steps"
+
+
+def test_stop_at_difference_stops_only_at_a_difference(tmp_path):
+    (tmp_path / "fake").mkdir()
+    assert len(run_case(_fake_case(1e-13), tmp_path, stop_at_difference=True).records) == 2
+    result = run_case(_fake_case(1e-8), tmp_path, stop_at_difference=True)
+    assert [r.label for r in result.records] == ["e0s0"] and not result.passed
+
+
+def test_run_case_names_a_project_side_that_runs_on(tmp_path):
+    (tmp_path / "fake").mkdir()
+    with pytest.raises(RuntimeError, match="official run ended while the project side continues at 'e0s2'"):
+        run_case(_fake_case(0.0, project_labels=("e0s0", "e0s1", "e0s2")), tmp_path)
+
+
+def test_quantities_keep_every_element_in_float64():
+    q = quantities({"coeff": torch.tensor([[0.5, 2.0]], dtype=torch.float32), "loss": 1.5})
+    assert list(q) == ["q/coeff", "q/loss"] and all(v.dtype == torch.float64 for v in q.values())
+    assert q["q/coeff"].tolist() == [0.5, 2.0] and q["q/loss"].tolist() == [1.5]
 
 
 def test_run_case_names_a_schedule_mismatch(tmp_path):
@@ -157,6 +213,112 @@ def test_a_partial_golden_record_steps_through_the_labels_it_left_out(tmp_path):
     assert [r.label for r in records] == ["e0s1", "e1s1"] and not any(r.failed for r in records)
     with pytest.raises(RuntimeError, match="reached None where the record has 'e1s1'"):
         golden.check(case(labels[:3]), path)
+
+
+def test_cpu_kind_is_a_clean_folder_name():
+    assert golden.cpu_kind(" AMD EPYC 7B13 64-Core Processor (x) ") == "amd-epyc-7b13-64-core-processor-x"
+
+
+def test_records_are_made_and_replayed_on_one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with golden.one_thread():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_fingerprint_layout():
+    x = torch.arange(5, dtype=torch.float32)
+    w = torch.cos(torch.arange(5, dtype=torch.float64))
+    expected = torch.tensor([2.0, 6.0, float((torch.arange(5.0, dtype=torch.float64) * w).mean()), 0.0, 2.0, 4.0],
+                            dtype=torch.float64)
+    torch.testing.assert_close(golden.fingerprint(x), expected, rtol=0, atol=1e-15)
+    assert golden.fingerprint(torch.zeros(0, 3)).tolist() == [0.0] * 6   # one row of the (quantities, 6) matrix
+
+
+def test_a_record_keeps_the_official_values_and_whether_the_live_run_matched(tmp_path):
+    (tmp_path / "fake").mkdir()
+    path, result = golden.record(_fake_case(1e-8), tmp_path, tmp_path / "golden")
+    assert not result.passed and golden.load(path)["live_passed"] is False
+    # The record is the official side's (offset 1e-8): a project side with that offset matches it, ours does not.
+    shifted = Case(**{**_fake_case(0.0).__dict__, "project": lambda case, overrides: _Side(1e-8)})
+    assert [r.failed for r in golden.check(shifted, path)] == [[], []]
+    assert golden.check(_fake_case(0.0), path)[0].failed == ["param/w"]
+
+
+def test_a_record_of_another_case_commit_or_format_is_refused(tmp_path):
+    (tmp_path / "fake").mkdir()
+    path, _ = golden.record(_fake_case(0.0), tmp_path, tmp_path / "golden")
+    for changed in ({"name": "other"}, {"commit": "1" * 40}):
+        with pytest.raises(ValueError, match="records case 'fake' at 0000000"):
+            golden.check(Case(**{**_fake_case(0.0).__dict__, **changed}), path)
+    data = torch.load(path, weights_only=False)
+    torch.save({k: v for k, v in data.items() if k != "format"}, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="old.pt: golden record format None, expected 2"):
+        golden.load(tmp_path / "old.pt")
+
+
+def test_a_golden_check_refuses_steps_out_of_the_recorded_order(tmp_path):
+    (tmp_path / "fake").mkdir()
+    path, _ = golden.record(_fake_case(0.0), tmp_path, tmp_path / "golden")
+    # The values would match step by step (both sides count up); the labels are the schedule and must agree.
+    with pytest.raises(RuntimeError, match="reached 'e0s1' where the record has 'e0s0'"):
+        golden.check(_fake_case(0.0, project_labels=("e0s1", "e0s0")), path)
+    labels = ("e0s0", "e0s1", "e1s0", "e1s1")
+    partial = Case(**{**_fake_case(0.0).__dict__, "golden_labels": ("e0s1", "e1s1"),
+                      "project": lambda c, o: _Side(0.0, labels),
+                      "official": lambda c, root, project: _Side(0.0, labels)})
+    path, _ = golden.record(partial, tmp_path, tmp_path / "partial")
+    early = Case(**{**partial.__dict__, "project": lambda c, o: _Side(0.0, ("e0s0", "e1s1", "e0s1", "e1s0", "e1s1"))})
+    with pytest.raises(RuntimeError, match="reached 'e1s1' where the record has 'e0s1'"):
+        golden.check(early, path)
+
+
+def test_the_step_hook_runs_before_each_golden_comparison(tmp_path):
+    (tmp_path / "fake").mkdir()
+    path, _ = golden.record(_fake_case(0.0), tmp_path, tmp_path / "golden")
+    seen = []
+    assert not any(r.failed for r in golden.check(_fake_case(0.0), path, step_hook=lambda side: seen.append(side)))
+    assert len(seen) == 2
+    records = golden.check(_fake_case(0.0), path, step_hook=lambda side: side.value.add_(1e-8))
+    assert records[0].failed == ["param/w", "q/coeff"]
+
+
+class _Reordering(_Side):
+    """A side whose snapshot lists its keys in the other order at every second step."""
+
+    def snapshot(self):
+        snap = super().snapshot()
+        return dict(reversed(snap.items())) if int(self.value[0]) % 2 == 0 else snap
+
+
+def test_a_golden_record_pairs_each_fingerprint_with_its_key_whatever_the_order(tmp_path):
+    (tmp_path / "fake").mkdir()
+    case = Case(**{**_fake_case(0.0).__dict__, "project": lambda c, o: _Reordering(0.0),
+                   "official": lambda c, root, project: _Reordering(0.0)})
+    path, _ = golden.record(case, tmp_path, tmp_path / "golden")
+    assert golden.load(path)["steps"]["e0s1"]["index"].tolist() == [1, 0]
+    assert [r.failed for r in golden.check(case, path)] == [[], []]
+
+
+def test_a_key_the_golden_record_lacks_is_a_difference(tmp_path):
+    (tmp_path / "fake").mkdir()
+    path, _ = golden.record(_fake_case(0.0), tmp_path, tmp_path / "golden")
+
+    class Extra(_Side):
+        def snapshot(self):
+            return {**super().snapshot(), "optim/w/momentum_buffer": torch.zeros(3, dtype=torch.float64)}
+
+    records = golden.check(Case(**{**_fake_case(0.0).__dict__, "project": lambda c, o: Extra(0.0)}), path)
+    assert records[0].failed == ["optim/w/momentum_buffer"] and records[0].max_diff == float("inf")
+
+
+def test_worst_is_the_largest_step_difference():
+    records = [StepRecord("a", 1e-12, "w", []), StepRecord("b", 3e-11, "w", []), StepRecord("c", 2e-12, "w", [])]
+    assert golden.worst(records) == 3e-11 and math.isnan(golden.worst([]))
 
 
 # --- golden records: the project's methods against the official code's recorded steps ------------------------------
@@ -349,3 +511,33 @@ def test_methods_table_cell_lists_each_case_of_a_method(tmp_path):
                                                            "max_diff": diff}))
     cells = report.method_statuses(tmp_path)
     assert cells == {"a": "`a_x` match (6e-12)<br>`a_y` differs from e6s0 (6e-01)", "b": "`b` match (0e+00)"}
+
+
+def _result(*records, case_name="fake"):
+    return ParityResult(Case(**{**_fake_case(0.0).__dict__, "name": case_name, "deviations": {"beta": 0.5}}),
+                        list(records), {})
+
+
+def test_report_summary_and_signature_of_a_run():
+    steps = [StepRecord("e0s0", 1e-12, "param/w", []),
+             StepRecord("e0s1", 0.25, "param/w", ["param/w", "q/gamma", "buffer/b", "q/alpha", "optim/w/m"]),
+             StepRecord("e0s2", 0.75, "param/v", ["param/v"])]
+    result = _result(*steps)
+    data = report.summary(result, [("beta", 0.5, result), ("gamma", 1, _result(steps[0]))])
+    assert data["status"] == "differs from e0s1" and data["max_diff"] == 0.75
+    assert [s["label"] for s in data["steps"]] == ["e0s0", "e0s1", "e0s2"]
+    assert data["deviations"][0] == {"knob": "beta", "value": 0.5, "first_divergence": "e0s1", "max_diff": 0.25,
+                                     "quantities": ["q/alpha", "q/gamma", "buffer/b", "optim/w/m"], "diverging": 5}
+    assert data["deviations"][1] == {"knob": "gamma", "value": 1, "first_divergence": None, "max_diff": 1e-12,
+                                     "quantities": []}
+    assert report.summary(_result(steps[0]), [])["status"] == "match"
+
+
+def test_report_writes_a_case_file_into_a_new_folder_and_renders_it(tmp_path):
+    steps = [StepRecord("e0s0", 1e-12, "param/w", []), StepRecord("e0s1", 0.5, "q/alpha", ["q/alpha"])]
+    data = report.summary(_result(*steps), [("beta", 0.5, _result(*steps))])
+    path = report.write_summary(tmp_path / "new", data)
+    assert path == tmp_path / "new" / "fake.json" and json.loads(path.read_text()) == data
+    text = report.render(tmp_path / "new")
+    assert "| 2 checkpoints: two steps | 5.0e-01 | differs from e0s1 |" in text
+    assert "`beta=0.5`: from e0s1 (`q/alpha`; max 5.0e-01)" in text
