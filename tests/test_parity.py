@@ -277,6 +277,14 @@ def test_a_golden_check_refuses_steps_out_of_the_recorded_order(tmp_path):
         golden.check(early, path)
 
 
+def test_a_full_golden_check_names_a_project_side_that_runs_on(tmp_path):
+    (tmp_path / "fake").mkdir()
+    path, _ = golden.record(_fake_case(0.0), tmp_path, tmp_path / "golden")
+    longer = _fake_case(0.0, project_labels=("e0s0", "e0s1", "e0s2"))
+    with pytest.raises(RuntimeError, match="record ends at 'e0s1' while the project side continues at 'e0s2'"):
+        golden.check(longer, path)
+    assert [r.failed for r in golden.check(longer, path, limit=1)] == [[]]
+
 def test_the_step_hook_runs_before_each_golden_comparison(tmp_path):
     (tmp_path / "fake").mkdir()
     path, _ = golden.record(_fake_case(0.0), tmp_path, tmp_path / "golden")

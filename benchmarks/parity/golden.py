@@ -143,7 +143,13 @@ def check(case: Case, path: Path, limit: int | None = None, step_hook: Callable[
             recorded = {data["keys"][i]: v for i, v in zip(step["index"].tolist(), step["values"].unbind())}
             out.append(compare(label, fingerprints(project.snapshot()), recorded))
             if out[-1].failed:
-                break
+                return out
+        # A full record ends where the official run did (the live run refuses a project side that goes on); a
+        # partial one may have left out the labels after its last.
+        leftover = next(steps, None) if limit is None and not case.golden_labels else None
+        if leftover is not None:
+            raise RuntimeError(f"{case.name}: the record ends at {labels[-1]!r} while the project side continues at "
+                               f"{leftover!r}")
     return out
 
 
