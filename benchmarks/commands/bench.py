@@ -93,9 +93,13 @@ def _settings_tag(args: argparse.Namespace) -> tuple[str, str]:
     last = {a.partition("=")[0].strip(): a for a in args.assignments}
     sets = sorted(a for key, a in last.items() if key not in ("data.cache", "data.cache_dir"))
     # --set values can hold any character: the name carries a short hash of them, the caption and JSON the values
-    digest = hashlib.sha256("\n".join(sets).encode()).hexdigest()[:6] if sets else ""
-    suffix = "".join(f"-{f}" for f in flags) + (f"-set-{digest}" if sets else "")
+    suffix = "".join(f"-{f}" for f in flags) + (f"-set-{_short_hash(sets)}" if sets else "")
     return suffix, (f"; {', '.join(flags + sets)}" if flags or sets else "")
+
+
+def _short_hash(values: list[str], sep: str = "\n") -> str:
+    """Six hex digits naming a list of settings in a file name (the caption and JSON carry the values)."""
+    return hashlib.sha256(sep.join(values).encode()).hexdigest()[:6]
 
 
 def _data_cache(args: argparse.Namespace, data_overrides: dict[str, Any]) -> Path:
@@ -183,8 +187,7 @@ def run(args: argparse.Namespace) -> int:
                    f"torch {env['torch']}, {env['torch_threads']} threads, load average {rows[-1]['load_average']} "
                    f"at the end, commit {code_of(env)}{settings})")
         # A subset's table goes beside the every-method one instead of replacing it; its rows name the methods.
-        subset = f"-methods-{hashlib.sha256(' '.join(sorted(args.methods)).encode()).hexdigest()[:6]}" \
-            if args.methods else ""
+        subset = f"-methods-{_short_hash(sorted(args.methods), sep=' ')}" if args.methods else ""
         write_json(args.out / f"step-{tag}{suffix}{subset}.json", {"rows": rows, "env": env, "settings": base})
         atomic_write_text(args.out / f"step-{tag}{suffix}{subset}.md", markdown_steps(rows, caption))
         print(markdown_steps(rows, caption))
