@@ -120,7 +120,8 @@ def bench_steps(overrides: dict, methods: list[str] | None = None, repeats: int 
                 step = min(step, timer.median(repeats, warmup))
         step = base if timer is joint else step
         rows.append({"method": name, "title": type(timer.method).title, "step_s": step, "joint_step_s": base,
-                     "ratio_to_joint": step / base, "device": str(timer.device), "load_average": load_average()})
+                     "ratio_to_joint": step / base, "device": str(timer.device), "repeats": repeats,
+                     "warmup": warmup, "rounds": rounds, "load_average": load_average()})
         log(f"  {name:<14} {step * 1e3:9.1f} ms/step  {step / base:5.2f} x joint")
     return rows
 
@@ -168,7 +169,7 @@ def bench_epoch(cfg: RunConfig, log: Callable[[str], None] = print, repeats: int
            "batches": n, "samples": samples, "batch_size": cfg.train.batch_size, "amp": cfg.train.amp,
            "channels_last": cfg.model.channels_last, "compile": cfg.train.compile,
            "model": f"width {cfg.model.width}, blocks {list(cfg.model.blocks)}", "data": data,
-           "loader_only_s": t_loader, "epoch_s": t_full, "model_only_s": t_model,
+           "loader_only_s": t_loader, "epoch_s": t_full, "model_only_s": t_model, "repeats": repeats,
            "epoch_over_model": t_full / t_model, "step_s": t_full / n,
            "samples_per_s": samples / t_full,
            # Training steps only (evaluation passes excluded), at this epoch's per-sample time.

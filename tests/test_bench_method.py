@@ -198,6 +198,7 @@ def test_step_ratios_divide_the_fastest_round_by_the_fastest_joint_round_of_the_
     rows = bench.bench_steps({}, ["aug", "joint"], repeats=4, warmup=1, rounds=3, log=lambda _: None)
     assert [(r["method"], r["title"], r["step_s"], r["joint_step_s"], r["ratio_to_joint"]) for r in rows] == [
         ("joint", "JOINT", 3.0, 3.0, 1.0), ("aug", "AUG", 8.0, 2.0, 4.0)]
+    assert all((r["repeats"], r["warmup"], r["rounds"]) == (4, 1, 3) for r in rows)
     assert all(not left for left in ScriptedTimer.script.values())
     # joint's batches are drawn once (warm-up + timed steps of a round) and every method steps through them
     assert ScriptedTimer.built == [("joint", None, 5), ("aug", ["b"] * 5, 0)]
@@ -252,7 +253,7 @@ def test_epoch_figures_take_the_best_timed_epoch_after_an_untimed_one(cache_path
     assert set(row["data"]) == {"resident", "resample", "prefetch"}, "the serving knobs measured"
     # One epoch through the loader and one on the resident batches untimed first, then the two interleaved.
     assert events == [("loader_only", 3, 1), *["update"] * 4, *[("full_epoch", 1, 0), ("model_only", 1, 0)] * 3]
-    assert (row["loader_only_s"], row["epoch_s"], row["model_only_s"]) == (0.25, 2.0, 1.0)
+    assert (row["loader_only_s"], row["epoch_s"], row["model_only_s"], row["repeats"]) == (0.25, 2.0, 1.0, 3)
     assert row["epoch_over_model"] == 2.0 and row["step_s"] == 1.0 and row["samples_per_s"] == 3.0
     assert row["projected_cremad_run_s"] == approx64(200 * 6698 * 2.0 / 6)
     table = markdown_epoch([row], "caption").splitlines()[-1]
@@ -496,11 +497,13 @@ def scripted_command(monkeypatch, measured: Path) -> list:
     monkeypatch.setattr(command, "run_data", lambda args, env, tag: calls.append(("data", tag)) or (
         [{"dataset": "cremad"}], measured))
     monkeypatch.setattr(command, "bench_steps", lambda base, methods, repeats: calls.append(
-        ("step", base["train"], methods, repeats)) or [{"load_average": None}])
+        ("step", base["train"], methods, repeats)) or [{"load_average": None, "repeats": repeats, "warmup": 2,
+                                                         "rounds": 3}])
     monkeypatch.setattr(command, "bench_epoch", lambda cfg, repeats: calls.append(
-        ("epoch", cfg.dataset, cfg.data.cache, cfg.train.amp, repeats)) or {"load_average": None, "recipe": "aug"})
-    monkeypatch.setattr(command, "markdown_steps", lambda rows, caption: "")
-    monkeypatch.setattr(command, "markdown_epoch", lambda rows, caption: "")
+        ("epoch", cfg.dataset, cfg.data.cache, cfg.train.amp, repeats)) or {"load_average": None, "recipe": "aug",
+                                                                            "repeats": repeats})
+    monkeypatch.setattr(command, "markdown_steps", lambda rows, caption: calls.append(("caption", caption)) or "")
+    monkeypatch.setattr(command, "markdown_epoch", lambda rows, caption: calls.append(("caption", caption)) or "")
     monkeypatch.setattr(command, "_machine", lambda device: {"device": "cuda:0", "gpu": "GPU", "processor": "x",
                                                              "torch": "2", "torch_threads": 1, "git_commit": "abc"})
     return calls
@@ -513,8 +516,13 @@ def test_bench_all_hands_each_benchmark_its_options(tmp_path, monkeypatch):
     calls = scripted_command(monkeypatch, measured)
     assert main(["bench", "all", "--shape", "cremad", "--device", "cpu", "--amp", "--methods", "aug", "--repeats", "3",
                  "--epoch-repeats", "4", "--out", str(tmp_path / "out")]) == 0
-    assert calls == [("data", "cuda"), ("step", {"batch_size": 64, "device": "cpu", "amp": True}, ["aug"], 3),
-                     ("epoch", "cremad", str(measured), True, 4)]
+    captions = [c[1] for c in calls if c[0] == "caption"]
+    assert [c for c in calls if c[0] != "caption"] == [
+        ("data", "cuda"), ("step", {"batch_size": 64, "device": "cpu", "amp": True}, ["aug"], 3),
+        ("epoch", "cremad", str(measured), True, 4)]
+    # How often each figure was timed, in the table's caption (the ratios' noise depends on it).
+    assert "fastest of 3 interleaved rounds, each the median of 3 steps after 2 warm-up" in captions[0]
+    assert "best of 4 interleaved epochs" in captions[-1]
     # The device the machine record names, in each file's name; a subset of methods beside the every-method table.
     subset = f"methods-{hashlib.sha256(b'aug').hexdigest()[:6]}"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
@@ -538,4 +546,4 @@ def test_the_cremad_shape_epoch_trains_on_the_cache_the_data_benchmark_measured(
     calls = scripted_command(monkeypatch, measured)
     assert main(["bench", "all", "--shape", "cremad", "--cache", str(measured), "--set", "data.cache=/elsewhere",
                  "--out", str(tmp_path / "out")]) == 0
-    assert calls[-1][:3] == ("epoch", "cremad", str(measured))
+    assert [c for c in calls if c[0] == "epoch"][-1][:3] == ("epoch", "cremad", str(measured))

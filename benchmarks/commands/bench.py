@@ -183,9 +183,11 @@ def run(args: argparse.Namespace) -> int:
     if args.what in ("step", "all"):
         print(f"per-step time, shape {args.shape}, device {env['device']}:")
         rows = bench_steps(base, args.methods, repeats=args.repeats)
+        timing = (f"fastest of {rows[0]['rounds']} interleaved rounds, each the median of {rows[0]['repeats']} steps "
+                  f"after {rows[0]['warmup']} warm-up")
         caption = (f"Per-step time on shape '{args.shape}' ({env['device']}, {env.get('gpu', env['processor'])}, "
-                   f"torch {env['torch']}, {env['torch_threads']} threads, load average {rows[-1]['load_average']} "
-                   f"at the end, commit {code_of(env)}{settings})")
+                   f"torch {env['torch']}, {env['torch_threads']} threads, {timing}, load average "
+                   f"{rows[-1]['load_average']} at the end, commit {code_of(env)}{settings})")
         # A subset's table goes beside the every-method one instead of replacing it; its rows name the methods.
         subset = f"-methods-{_short_hash(sorted(args.methods), sep=' ')}" if args.methods else ""
         write_json(args.out / f"step-{tag}{suffix}{subset}.json", {"rows": rows, "env": env, "settings": base})
@@ -203,8 +205,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"epoch time, {args.epoch_method} on {dataset}:")
         row = bench_epoch(cfg, repeats=args.epoch_repeats)
         caption = (f"Epoch vs model-only time ({env['device']}, {env.get('gpu', env['processor'])}, "
-                   f"torch {env['torch']}, {env['torch_threads']} threads, load average {row['load_average']} at the "
-                   f"end, commit {code_of(env)}{settings})")
+                   f"torch {env['torch']}, {env['torch_threads']} threads, best of {row['repeats']} interleaved "
+                   f"epochs and model-only passes, load average {row['load_average']} at the end, commit "
+                   f"{code_of(env)}{settings})")
         name = f"{dataset}-{row['recipe']}" if row["recipe"] else dataset
         epoch_tag = (tag if dataset == "synthetic" else tag.split("-", 1)[1]) + suffix
         write_json(args.out / f"epoch-{args.epoch_method}-{name}-{epoch_tag}.json",
