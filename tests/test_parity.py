@@ -360,6 +360,26 @@ def test_a_record_of_this_cpu_kind_is_preferred(tmp_path, monkeypatch):
     assert golden.record_path(tmp_path, case) == tmp_path / "intel-r-xeon-r-processor" / "smv.pt"
 
 
+def test_a_new_record_never_replaces_the_shared_record_of_another_cpu(tmp_path, monkeypatch):
+    (tmp_path / "fake").mkdir()
+    golden_dir, case = tmp_path / "golden", _fake_case(0.0)
+    monkeypatch.setattr(golden, "cpu_model", lambda: "AMD EPYC 7B13")
+    shared, _ = golden.record(case, tmp_path, golden_dir)
+    assert shared == golden_dir / "fake.pt"  # the first record of a case is the shared one
+    assert golden.record(case, tmp_path, golden_dir)[0] == shared  # re-recorded on the CPU it was made on
+    monkeypatch.setattr(golden, "cpu_model", lambda: "Intel(R) Xeon(R) Processor")
+    own = golden_dir / "intel-r-xeon-r-processor" / "fake.pt"
+    assert golden.record(case, tmp_path, golden_dir)[0] == own
+    assert golden.load(shared)["cpu"] == "AMD EPYC 7B13" and golden.load(own)["cpu"] == "Intel(R) Xeon(R) Processor"
+    assert golden.record(case, tmp_path, golden_dir)[0] == own  # from now on this kind's own record
+    # A shared record from before records named their CPU stays as it is too.
+    data = golden.load(shared)
+    torch.save({k: v for k, v in data.items() if k != "cpu"}, shared)
+    monkeypatch.setattr(golden, "cpu_model", lambda: "AMD EPYC 7B13")
+    assert golden.record(case, tmp_path, golden_dir)[0] == golden_dir / "amd-epyc-7b13" / "fake.pt"
+    assert "cpu" not in golden.load(shared)
+
+
 @pytest.mark.parametrize("name", sorted(n for n, c in CASES.items() if c.deviations))
 def test_each_documented_deviation_is_the_paper_defaults_value(name):
     # The report lists these as the paper default's departures from the official code; a value the default does not

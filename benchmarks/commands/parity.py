@@ -28,7 +28,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("cases", nargs="*", help=f"case or method names (default: all; known: {', '.join(all_cases())})")
     p.add_argument("--official-root", type=Path, help="folder holding the clones of the official repositories")
     p.add_argument("--flip", action="store_true", help="also flip each documented deviation alone")
-    p.add_argument("--record", action="store_true", help="store the official side as golden records")
+    p.add_argument("--record", action="store_true", help="store the official side as golden records (in this CPU "
+                   "model's own folder where the shared record was made on another)")
     p.add_argument("--golden", action="store_true", help="replay the project side against the golden records")
     p.add_argument("--golden-dir", type=Path, default=GOLDEN_DIR)
     p.add_argument("--report-dir", type=Path, default=REPORT_DIR)

@@ -76,6 +76,16 @@ def record_path(directory: Path, case: Case) -> Path:
     return kind if kind.is_file() else Path(directory) / f"{case.name}.pt"
 
 
+def record_target(directory: Path, case: Case) -> Path:
+    """Where ``--record`` stores the case on this CPU: its replay record (``record_path``) unless that is a shared
+    record made on another CPU model (records from before the CPU was stored count as another's), which would then
+    no longer match where it was made; this CPU kind's own record then."""
+    path = record_path(directory, case)
+    if path.is_file() and path.parent == Path(directory) and load(path).get("cpu") != cpu_model():
+        return Path(directory) / cpu_kind() / f"{case.name}.pt"
+    return path
+
+
 def record(case: Case, root: Path, directory: Path) -> tuple[Path, Any]:
     """Run the case against the official clone, store the official fingerprints, return (path, parity result)."""
     steps: dict[str, dict[str, Any]] = {}
@@ -90,7 +100,7 @@ def record(case: Case, root: Path, directory: Path) -> tuple[Path, Any]:
 
     with one_thread():
         result = run_case(case, root, record=keep)
-    path = record_path(directory, case)
+    path = record_target(directory, case)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"format": FORMAT, "case": case.name, "method": case.method, "hparams": dict(case.hparams),
                 "repo": case.repo, "commit": case.commit, "labels": list(steps), "keys": list(keys), "steps": steps,
