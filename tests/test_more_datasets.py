@@ -25,15 +25,20 @@ from datasets.food101 import Food101, parse_titles_csv
 from datasets.image_text import (
     ImageAugment,
     clean_text,
+    find_image,
     load_tokenizer,
     parse_amss_tsv,
     parse_tombert_tsv,
+    rotate_nearest,
     token_ids,
     tsv_format,
+    unquote,
 )
+from datasets.media import MediaError
 from datasets.mosei import Mosei
 from datasets.nvgesture import NVGesture, crop_clips, parse_nvgesture_list
 from datasets.prepare import prepare, validation_split
+from datasets.prepared import Record
 from datasets.registry import get_dataset
 from datasets.sarcasm import Sarcasm
 from datasets.sources import sha256_file
@@ -394,6 +399,156 @@ def test_food101_training_rotates_and_flips_per_batch_evaluation_does_not():
                                                                          torch.Generator().manual_seed(3), True)
     corners = flipped["visual"][:, 0, 0, 0, [0, -1]]
     assert {tuple(c.tolist()) for c in corners} <= {(1.0, 0.0), (0.0, 1.0)}
+
+
+def test_unquote_reads_whole_quoted_fields_as_pandas_does():
+    assert unquote('""') == "" and unquote('"a ""b"" c"') == 'a "b" c'
+    assert unquote('"') == '"' and unquote('a"') == 'a"' and unquote('"a') == '"a', "not wrapped: as written"
+
+
+def test_amss_tsv_header_spacing_padded_fields_and_bad_rows_per_line(tmp_path):
+    # pandas writes "Unnamed: 0" for an index column re-saved without a name; padded header names still match.
+    path = write_lines(tmp_path / "train.tsv", [
+        "Unnamed: 0\t Label\tString \tImageID", "5\t 1 \tgood day\t 1.jpg ", "   ", "6\t0\ttext\t2.jpg\textra",
+        "7\t\ttext\t3.jpg", "8\t1\ttext\t", "\t1\tno index\t4.jpg"])
+    parsed = parse_amss_tsv(path, strict=False)
+    assert [(r.id, r.label, r.line, r.fields) for r in parsed.rows] == [
+        ("5", "1", 2, ("good day", "1.jpg")), ("L7", "1", 7, ("no index", "4.jpg"))]
+    assert [(n, why) for n, _, why in parsed.skipped] == [
+        (1, "header"), (3, "blank line"),
+        (4, "expected 4 tab-separated fields (['Unnamed: 0', 'Label', 'String', 'ImageID']), got 5"),
+        (5, "empty Label or ImageID"), (6, "empty Label or ImageID")]
+    write_lines(path, ["index\tLabel\tString\tImageID", "12\t0\tx\t9.jpg"])
+    assert [r.id for r in parse_amss_tsv(path).rows] == ["12"]
+    path.write_bytes(b"\n\n")
+    with pytest.raises(SplitParseError, match=r"train.tsv: empty file, expected a header line"):
+        parse_amss_tsv(path)
+
+
+def test_tombert_rows_are_stripped_checked_and_deduplicated_by_policy(tmp_path):
+    header = "index\t#1 Label\t#2 ImageID\t#3 String\t#3 String"
+    train = write_lines(tmp_path / "train.tsv", [
+        header, "1\t0\t1.jpg\t$T$ and $T$ again\tRT Madrid", "", "1\t2\t2.jpg\t$T$ wins\tX",
+        " 3 \t 1 \t 3.jpg \t $T$ ok \t Y ", "4\t1\t4.jpg\t$T$ x\tZ\textra", "\t1\t5.jpg\t$T$\tW", "6\t1\t\t$T$\tW",
+        "7\t3\t7.jpg\t$T$\tW"])
+    test = write_lines(tmp_path / "test.tsv", ["index\t#1 ImageID\t#2 String\t#2 String", "9\t2\t9.jpg\t$T$\tV"])
+    parsed = parse_tombert_tsv(train, strict=False)
+    assert [(r.id, r.label, r.fields) for r in parsed.rows] == [
+        ("1", "0", ("RT Madrid and RT Madrid again", "1.jpg")), ("1", "2", ("X wins", "2.jpg")),
+        ("3", "1", ("Y ok", "3.jpg")), ("7", "3", ("W", "7.jpg"))]
+    tables = Twitter2015.read_splits({"train.tsv": train, "test.tsv": test}, tmp_path,
+                                     PrepareOptions(duplicates="last"), None)
+    assert [(s.id, s.label, s.where) for s in tables.splits["train"]] == [("1", 2, "train.tsv:4"),
+                                                                          ("3", 1, "train.tsv:5")]
+    # label 3 of three classes is an unknown label, not an IndexError; the blank line is no bad row
+    assert [(d.where, d.kind, d.bad) for d in tables.dropped] == [
+        ("train.tsv:6", "malformed row", True), ("train.tsv:7", "malformed row", True),
+        ("train.tsv:8", "malformed row", True), ("train.tsv:2", "duplicate id", False),
+        ("train.tsv:9", "unknown label", True)]
+    assert tables.info["skipped_lines"]["train.tsv"] == {
+        "header": 1, "blank line": 1, "expected 5 tab-separated fields, got 6": 1,
+        "empty index, label or ImageID": 2}
+
+
+def test_tsv_format_reads_the_first_non_blank_line_and_needs_every_tombert_name(tmp_path):
+    tombert = "index\t#1 Label\t#2 ImageID\t#3 String\t#3 String"
+    assert tsv_format(write_lines(tmp_path / "a.tsv", ["", tombert])) == "tombert"
+    assert tsv_format(write_lines(tmp_path / "b.tsv", [tombert.replace("index", "id")])) == "amss"
+    assert tsv_format(write_lines(tmp_path / "c.tsv", ["index\t#1 Label\tString\tImageID"])) == "amss"
+
+
+def test_clean_text_drops_only_a_leading_retweet_mark_urls_and_hashes():
+    assert clean_text("I RT this") == "I RT this" and clean_text("RTX 4090 #gpu") == "RTX 4090 gpu"
+    assert clean_text("#RT great") == "RT great", "the retweet mark is dropped before '#'"
+    assert clean_text("see https://t.co/x now") == "see " and clean_text("a http://x.co/1\nnext") == "a next"
+
+
+def test_the_lowercase_setting_reaches_the_tokenizer_and_amss_text_is_not_cleaned(tmp_path, vocab):
+    # AMSS tokenises the raw tweet ("rt" is in the tiny vocabulary); only Food-101's recipe cleans.
+    assert load_tokenizer(str(vocab), False).tokenize("Happy") == ["[UNK]"]
+    write_image(tmp_path / "images" / "1.jpg", CLASS_COLOURS[0])
+    sample = Sample("1", "train", 0, "not_sarcastic", "train.tsv:2", row=SplitRow("1", "0", 2, ("RT Happy", "1.jpg")))
+    settings = {"tokenizer": str(vocab), "max_len": 4, "special_tokens": False, "image_size": 4}
+    tokenizer = load_tokenizer(str(vocab))
+    rt, happy, unk = tokenizer.convert_tokens_to_ids(["rt", "happy", "[UNK]"])
+    for lowercase, expected in ((True, [rt, happy, 0, 0]), (False, [unk, unk, 0, 0])):
+        hp = SimpleNamespace(**settings, lowercase=lowercase, clean_text=False)
+        media, extra = Sarcasm.locate(tmp_path, sample, SimpleNamespace(image_dir="images"))
+        arrays, _ = Sarcasm.load(tmp_path, Record(0, sample, media, extra), hp)
+        assert arrays["text"].tolist() == expected and arrays["visual"].shape == (4, 4, 3)
+
+
+def test_find_image_tries_suffixes_for_bare_names_and_skips_folders(tmp_path):
+    (tmp_path / "images" / "7.jpg").mkdir(parents=True)
+    write_image(tmp_path / "images" / "7.png", CLASS_COLOURS[0])
+    assert find_image(tmp_path, "images", "7") == tmp_path / "images" / "7.png"
+    with pytest.raises(MediaError, match=r"image '7.jpg' not found"):
+        find_image(tmp_path, "images", "7.jpg")
+
+
+
+def test_rotation_matches_torchvision_nearest_rotation():
+    functional = pytest.importorskip("torchvision.transforms.functional")
+    images = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    angles = torch.tensor([30.0, -30.0, 17.3, 90.0, -4.1])
+    ours = rotate_nearest(images, angles)
+    for image, angle, out in zip(images, angles, ours):
+        expected = functional.rotate(image, float(angle), interpolation=functional.InterpolationMode.NEAREST)
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+def test_training_augment_draws_angles_in_both_directions_then_flips_half():
+    # BalanceBenchmark: RandomRotation(30) = U(-30, 30) degrees, then RandomHorizontalFlip(p=0.5); replayed from the
+    # same generator draws, on an image without symmetry so a transposed layout shows too.
+    images = torch.randint(0, 256, (64, 8, 8, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    mean, std = (0.1, 0.2, 0.3), (0.5, 0.6, 0.7)
+    augment = ImageAugment("visual", mean, std, rotate_degrees=30.0, flip=True)
+    out = augment({"visual": images.clone()}, torch.Generator().manual_seed(5), True)["visual"][:, :, 0]
+    draws = torch.Generator().manual_seed(5)
+    angles = (torch.rand(64, generator=draws) * 2.0 - 1.0) * 30.0
+    flips = torch.rand(64, generator=draws) < 0.5
+    assert (angles < 0).any() and (angles > 0).any() and 0 < int(flips.sum()) < 64
+    expected = rotate_nearest(images.permute(0, 3, 1, 2).float() / 255.0, angles)
+    expected = torch.where(flips[:, None, None, None], expected.flip(-1), expected)
+    expected = (expected - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+def test_image_text_defaults_are_the_published_recipes():
+    amss = {h.name: h.default for h in Twitter2015.SETTINGS}
+    assert {k: amss[k] for k in ("tokenizer", "lowercase", "max_len", "special_tokens", "clean_text",
+                                 "image_size")} == {"tokenizer": "bert-base-uncased", "lowercase": True,
+                                                    "max_len": 128, "special_tokens": False, "clean_text": False,
+                                                    "image_size": 224}
+    assert {h.name: h.default for h in Sarcasm.SETTINGS} == {**amss, "image_dir": "images"}
+    food = {h.name: h.default for h in Food101.SETTINGS}
+    assert (food["max_len"], food["special_tokens"], food["clean_text"], food["image_size"]) == (40, True, True, 224)
+    serving = {name: {h.name: h.default for h in get_dataset(name).HPARAMS} for name in ("food101", "sarcasm")}
+    assert serving["food101"]["mean"] == [0.485, 0.456, 0.406] and serving["food101"]["std"] == [0.229, 0.224, 0.225]
+    assert (serving["food101"]["rotate_degrees"], serving["food101"]["flip"]) == (30.0, True)
+    np.testing.assert_allclose(serving["sarcasm"]["mean"], [0.4846, 0.4989, 0.5307], atol=5e-5, rtol=0)
+    np.testing.assert_allclose(serving["sarcasm"]["std"], [0.2440, 0.2487, 0.2574], atol=5e-5, rtol=0)
+    np.testing.assert_allclose(Twitter2015.HPARAMS[-2].default, [0.42455, 0.44051, 0.47076], atol=0, rtol=0)
+    np.testing.assert_allclose(Twitter2015.HPARAMS[-1].default, [0.24485, 0.24617, 0.25451], atol=0, rtol=0)
+    assert Twitter2015.CLASSES == ("negative", "neutral", "positive")
+    assert Sarcasm.CLASSES == ("not_sarcastic", "sarcastic")
+    augment = Food101.augment(resolve("data", Food101.HPARAMS, "food101", {}))
+    assert (augment.rotate_degrees, augment.flip) == (30.0, True)
+
+
+
+def test_food101_read_splits_counts_bad_rows_duplicates_and_rejoined_titles(tmp_path):
+    texts = tmp_path / "texts"
+    train = write_lines(texts / "train_titles.csv", ["image_path,text,label", "p_1.jpg,soup,pho", "p_1.jpg,soup 2,pho",
+                                                     "short,pho", "a_2.jpg,pie, warm,apple_pie"])
+    test = write_lines(texts / "test_titles.csv", ["image_path,text,label", "p_3.jpg,soup,pho"])
+    tables = Food101.read_splits({"train_titles.csv": train, "test_titles.csv": test}, tmp_path,
+                                 PrepareOptions(label_order="csv", duplicates="last"), None)
+    assert [(s.id, s.where) for s in tables.splits["train"]] == [("p_1.jpg", "train_titles.csv:3"),
+                                                                 ("a_2.jpg", "train_titles.csv:5")]
+    assert [(d.where, d.kind, d.bad) for d in tables.dropped] == [
+        ("train_titles.csv:4", "malformed row", True), ("train_titles.csv:2", "duplicate id", False)]
+    assert tables.info["num_classes"] == 2 and tables.info["rows_with_rejoined_commas"] == {"train": 1, "test": 0}
 
 
 # --- CMU-MOSEI ---------------------------------------------------------------------------------------------------
