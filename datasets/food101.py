@@ -61,27 +61,29 @@ RECIPES = {
 def parse_titles_csv(path: Path) -> tuple[ParsedList, int]:
     """``texts/<phase>_titles.csv``: ``image name, title, class`` per row, quoted as CSV, header optional.
 
-    A first row whose fields name the columns (BalanceBenchmark's ``Image_path,text,label``) is a header and maps
-    them by name; otherwise the order is (image, text, class). A row with more fields than the header (3 without one)
-    has unquoted commas in its title: the fields before the title column are read from the start, those after it from
-    the end, and the surplus is rejoined into the title with commas. A row with fewer fields than that is counted in
-    ``skipped``. Rows are ``SplitRow(image name, class, line, (title, image name))``; the count of rejoined rows comes
-    with them.
+    A first non-blank row (pandas skips blank lines before the header) whose fields name the columns
+    (BalanceBenchmark's ``Image_path,text,label``) is a header and maps them by name; otherwise the order is (image,
+    text, class). A row with more fields than the header (3 without one) has unquoted commas in its title: the fields
+    before the title column are read from the start, those after it from the end, and the surplus is rejoined into
+    the title with commas. A row with fewer fields than that is counted in ``skipped``. Rows are ``SplitRow(image
+    name, class, line, (title, image name))``; the count of rejoined rows comes with them.
     """
     lines, bom, endings = read_lines(path)
     out = ParsedList(Path(path), bom=bom, line_endings=endings)
     order, width, expected = (0, 1, 2), 3, "'image,title,class'"
     rejoined = 0
+    first_row = True
     for number, text_line in enumerate(lines, start=1):
         if not text_line.strip():
             out.skipped.append((number, text_line, "blank line"))
             continue
+        may_be_header, first_row = first_row, False
         fields = csv_line_fields(text_line)
         if fields is None:
             out.skipped.append((number, text_line, "a quote opens and never closes on this line"))
             continue
         lowered = [f.strip().lower() for f in fields]
-        if number == 1 and any(c in lowered for c in IMAGE_COLUMNS) and any(c in lowered for c in LABEL_COLUMNS):
+        if may_be_header and any(c in lowered for c in IMAGE_COLUMNS) and any(c in lowered for c in LABEL_COLUMNS):
             found = [next((lowered.index(c) for c in names if c in lowered), None)
                      for names in (IMAGE_COLUMNS, TEXT_COLUMNS, LABEL_COLUMNS)]
             if None in found:

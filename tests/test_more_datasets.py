@@ -537,6 +537,22 @@ def test_image_text_defaults_are_the_published_recipes():
 
 
 
+def test_food101_titles_header_after_a_blank_line_other_column_names_and_padded_fields(tmp_path):
+    # pandas skips blank lines before the header; the header read as a row made "label" a class of its own
+    # under --label-order csv.
+    path = write_lines(tmp_path / "train_titles.csv", [
+        "", " image_name , title , class ", " x_1.jpg , a title , pho ", "x_2.jpg,no class,", ",no image,pho",
+        "image_path,text,label"])
+    parsed, _ = parse_titles_csv(path)
+    assert [(r.id, r.label, r.line, r.fields) for r in parsed.rows] == [
+        ("x_1.jpg", "pho", 3, ("a title", "x_1.jpg")), ("image_path", "label", 6, ("text", "image_path"))]
+    assert [(n, why) for n, _, why in parsed.skipped] == [
+        (1, "blank line"), (2, "header"), (4, "empty image name or class"), (5, "empty image name or class")]
+    write_lines(path, ["image_path,label", "x.jpg,pho"])
+    assert [why for _, _, why in parse_titles_csv(path)[0].skipped] == [
+        "header ['image_path', 'label'] lacks an image, text or label column", "expected 'image,title,class', "
+        "got 2 field(s)"]
+
 def test_food101_read_splits_counts_bad_rows_duplicates_and_rejoined_titles(tmp_path):
     texts = tmp_path / "texts"
     train = write_lines(texts / "train_titles.csv", ["image_path,text,label", "p_1.jpg,soup,pho", "p_1.jpg,soup 2,pho",
