@@ -193,7 +193,10 @@ def token_ids(tokenizer: Any, text: str, max_len: int, special_tokens: bool) -> 
 
 
 def find_image(raw: Path, folder: str, name: str) -> Path:
-    """``<raw>/<folder>/<name>``, also trying image suffixes when ``name`` has none; ``MediaError`` if missing."""
+    """``<raw>/<folder>/<name>``, also trying image suffixes when ``name`` has none; ``MediaError`` if missing or if
+    ``name`` is absolute or climbs out with ``..`` (the cache records media relative to the raw root)."""
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise MediaError(raw / folder, "image outside its folder", f"image {name!r} points outside {raw / folder}")
     base = raw / folder / name
     candidates = [base] if Path(name).suffix else [base.with_name(base.name + s) for s in IMAGE_SUFFIXES]
     for path in candidates:

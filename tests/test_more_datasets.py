@@ -486,6 +486,22 @@ def test_find_image_tries_suffixes_for_bare_names_and_skips_folders(tmp_path):
         find_image(tmp_path, "images", "7.jpg")
 
 
+def test_an_image_id_outside_the_image_folder_is_a_bad_item_naming_its_row(tmp_path, vocab):
+    # An absolute ImageID outside the raw root crashed prepare with a bare ValueError from Path.relative_to.
+    tree = make_image_text(tmp_path / "raw", image_dir="images", classes=2, per_class={"train": 4, "test": 2})
+    outside = tmp_path / "elsewhere.jpg"
+    write_image(outside, CLASS_COLOURS[0])
+    tsv = tree.root / "annotations" / "train.tsv"
+    lines = tsv.read_text().splitlines()
+    write_lines(tsv, [lines[0], lines[1].replace("1000.jpg", str(outside)),
+                      lines[2].replace("1001.jpg", "../../elsewhere.jpg"), *lines[3:]])
+    with pytest.raises(PrepareError) as err:
+        build("sarcasm", tree.root, tmp_path / "cache", vocab)
+    assert "2 bad item(s) in sarcasm" in str(err.value) and "train.tsv:2" in str(err.value) and \
+        "train.tsv:3" in str(err.value) and "points outside" in str(err.value)
+    with pytest.raises(MediaError, match="outside"):
+        find_image(tree.root, "images", str(outside))
+
 
 def test_rotation_matches_torchvision_nearest_rotation():
     functional = pytest.importorskip("torchvision.transforms.functional")
@@ -536,7 +552,6 @@ def test_image_text_defaults_are_the_published_recipes():
     assert (augment.rotate_degrees, augment.flip) == (30.0, True)
 
 
-
 def test_food101_titles_header_after_a_blank_line_other_column_names_and_padded_fields(tmp_path):
     # pandas skips blank lines before the header; the header read as a row made "label" a class of its own
     # under --label-order csv.
@@ -552,6 +567,7 @@ def test_food101_titles_header_after_a_blank_line_other_column_names_and_padded_
     assert [why for _, _, why in parse_titles_csv(path)[0].skipped] == [
         "header ['image_path', 'label'] lacks an image, text or label column", "expected 'image,title,class', "
         "got 2 field(s)"]
+
 
 def test_food101_read_splits_counts_bad_rows_duplicates_and_rejoined_titles(tmp_path):
     texts = tmp_path / "texts"
