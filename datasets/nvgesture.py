@@ -21,7 +21,8 @@ container; frames past the list's end frame or the video's end stay zero, as the
 (PIL bilinear; AMSS uses OpenCV's non-antialiased ``INTER_LINEAR``, a declared deviation) and stored as uint8: RGB
 (80, 256, 256, 3), depth one channel (80, 256, 256), taken from the blue channel as OpenCV's ``frame[..., 0]`` of a
 BGR frame. Flow is stored as given (first ``frames`` steps, zero-padded; resized bilinearly only if its size differs
-from the storage size, a declared deviation), float16.
+from the storage size, a declared deviation), float16; a clip whose flow holds NaN or inf, or exceeds the storage
+dtype, is a bad item.
 
 Serving (per batch, on the device): train takes one random 224 crop and one random 64-frame window per clip, shared
 by the three modalities; evaluation takes the centre crop of all 80 frames. RGB is scaled to [0, 1] and
@@ -285,6 +286,9 @@ class NVGesture(PreparedDataset):
             # OpenCV's frame[..., 0] of a BGR frame is blue: index 2 of RGB.
             out[role] = clip if role == "rgb" else np.ascontiguousarray(clip[..., 2])
         flow = read_flow(raw / record.media["flow"], f, s, settings.flow_channels)
+        # before the range check: NaN compares false there and would reach every batch holding this clip
+        if not np.isfinite(flow).all():
+            raise MediaError(raw / record.media["flow"], "non-finite features", "flow holds NaN or inf")
         if np.abs(flow).max(initial=0.0) > np.finfo(settings.flow_dtype).max:
             raise MediaError(raw / record.media["flow"], "feature overflow", f"flow exceeds {settings.flow_dtype}")
         out["flow"] = flow.astype(settings.flow_dtype)

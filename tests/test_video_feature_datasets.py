@@ -148,3 +148,18 @@ def test_nvgesture_flow_beyond_its_storage_dtype_is_a_bad_item_and_float32_keeps
     arrays, _ = NVGesture.load(tree.root, nv_record(tree), settings)
     assert arrays["flow"].dtype == np.float32 and arrays["flow"][2, 3, 4, 1] == 1e6
 
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_nvgesture_non_finite_flow_is_a_bad_item(tmp_path, value):
+    # A NaN slipped past the overflow check (NaN > max is false) into the cache and every batch holding that clip;
+    # an inf was reported as "exceeds float16" even when stored as float32.
+    tree = make_nvgesture(tmp_path / "raw", classes=1, per_class={"train": 1}, flow_size=20)
+    flow_file = tree.root / "Video_data" / "flow_data" / "train" / "0.npy"
+    flow = np.load(flow_file)
+    flow[3, 4, 1, 2] = value
+    np.save(flow_file, flow)
+    for dtype in ("float16", "float32"):
+        settings = SimpleNamespace(frames=8, frame_size=20, flow_channels=2, flow_dtype=dtype)
+        with pytest.raises(MediaError, match="0.npy: flow holds NaN or inf") as err:
+            NVGesture.load(tree.root, nv_record(tree), settings)
+        assert err.value.kind == "non-finite features"
