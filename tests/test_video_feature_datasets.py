@@ -9,11 +9,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from core.hparams import resolve
 from datasets.cache import open_cache
 from datasets.media import MediaError
-from datasets.nvgesture import NVGesture, read_clip, read_flow
+from datasets.nvgesture import NVGesture, NVGestureAugment, read_clip, read_flow
 from datasets.prepare import prepare
 from datasets.prepared import Record
 from datasets.tables import PrepareOptions
@@ -163,3 +164,105 @@ def test_nvgesture_non_finite_flow_is_a_bad_item(tmp_path, value):
         with pytest.raises(MediaError, match="0.npy: flow holds NaN or inf") as err:
             NVGesture.load(tree.root, nv_record(tree), settings)
         assert err.value.kind == "non-finite features"
+
+
+# --- NVGesture: serving ------------------------------------------------------------------------------------------
+
+
+def nv_clips(b: int, frames: int, size: int) -> dict:
+    """Stored-layout clips coding positions: rgb = (t, y, x), flow = (100 t + y, x), depth = 10 y + x."""
+    t, y, x = np.meshgrid(np.arange(frames), np.arange(size), np.arange(size), indexing="ij")
+    rgb = np.stack([t, y, x], -1).astype(np.uint8)
+    flow = np.stack([100 * t + y, x], -1).astype(np.float16)
+    depth = (10 * y + x).astype(np.uint8)
+    return {"rgb": torch.from_numpy(np.repeat(rgb[None], b, 0)), "flow": torch.from_numpy(np.repeat(flow[None], b, 0)),
+            "depth": torch.from_numpy(np.repeat(depth[None], b, 0))}
+
+
+def nv_expected(clips: dict, i: int, start: int, length: int, top: int, left: int, size: int, flip: bool) -> dict:
+    """Clip ``i`` of ``clips`` cut by hand: frames [start, start + length), rows and columns from (top, left), as served
+    (C, T, size, size) before scaling."""
+    out = {}
+    for name, x in clips.items():
+        x = x[i] if x[i].dim() == 4 else x[i][..., None]
+        x = x[start:start + length, top:top + size, left:left + size].permute(3, 0, 1, 2).float()
+        out[name] = x.flip(-1) if flip else x
+    return out
+
+
+def nv_unscale(batch: dict) -> dict:
+    """Served values back to stored ones (mean 0, std 1 in these tests)."""
+    return {"rgb": batch["rgb"] * 255.0, "flow": batch["flow"], "depth": batch["depth"] * 255.0}
+
+
+def test_nvgesture_evaluation_serves_the_centre_crop_of_every_frame_scaled_per_modality():
+    # stored 10, crop 6: the centre box starts at row and column 2; all 8 frames; depth / 255, flow as stored.
+    mean, std = [0.5, 0.25, 0.125], [2.0, 4.0, 0.5]
+    augment = NVGestureAugment(nv_hp(crop_size=6, train_frames=5, mean=mean, std=std), 10, 8)
+    clips = nv_clips(2, 8, 10)
+    out = augment(dict(clips), torch.Generator().manual_seed(0), False)
+    want = nv_expected(clips, 1, 0, 8, 2, 2, 6, False)
+    assert out["rgb"].shape == (2, 3, 8, 6, 6) and out["flow"].shape == (2, 2, 8, 6, 6)
+    assert out["depth"].shape == (2, 1, 8, 6, 6)
+    rgb = (want["rgb"] / 255.0 - torch.tensor(mean).view(3, 1, 1, 1)) / torch.tensor(std).view(3, 1, 1, 1)
+    torch.testing.assert_close(out["rgb"][1], rgb, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(out["flow"][1], want["flow"], rtol=0, atol=0)
+    torch.testing.assert_close(out["depth"][1], want["depth"] / 255.0, rtol=1e-6, atol=1e-7)
+
+
+def nv_train(b: int, seed: int = 0, **hp):
+    hparams = nv_hp(crop_size=6, train_frames=5, mean=[0.0] * 3, std=[1.0] * 3, **hp)
+    clips = nv_clips(b, 8, 10)
+    out = NVGestureAugment(hparams, 10, 8)(dict(clips), torch.Generator().manual_seed(seed), True)
+    return clips, nv_unscale(out)
+
+
+def test_nvgesture_training_shares_one_window_and_crop_per_clip_and_reaches_every_offset():
+    clips, out = nv_train(300)
+    starts, tops, lefts = (out["rgb"][:, c, 0, 0, 0].round().long() for c in range(3))
+    for i in range(300):
+        want = nv_expected(clips, i, int(starts[i]), 5, int(tops[i]), int(lefts[i]), 6, False)
+        for name in ("rgb", "flow", "depth"):
+            torch.testing.assert_close(out[name][i], want[name], rtol=0, atol=1e-4, msg=f"{name} of clip {i}")
+    # 8 frames, window 5: starts 0..3; 10 x 10, crop 6: rows and columns 0..4, drawn independently
+    assert set(starts.tolist()) == set(range(4)) and set(tops.tolist()) == set(lefts.tolist()) == set(range(5))
+    assert (tops != lefts).any()
+
+
+def test_nvgesture_training_flip_mirrors_columns_of_all_three_modalities_together():
+    clips, out = nv_train(64, flip=True)
+    flipped = []
+    for i in range(64):
+        start, top = int(out["rgb"][i, 0, 0, 0, 0].round()), int(out["rgb"][i, 1, 0, 0, 0].round())
+        columns = out["rgb"][i, 2, 0, 0].round().long()
+        left, flip = int(columns.min()), bool(columns[0] > columns[-1])
+        want = nv_expected(clips, i, start, 5, top, left, 6, flip)
+        for name in ("rgb", "flow", "depth"):
+            torch.testing.assert_close(out[name][i], want[name], rtol=0, atol=1e-4, msg=f"{name} of clip {i}")
+        flipped.append(flip)
+    assert 10 < sum(flipped) < 54
+    _, plain = nv_train(64)
+    assert all(bool(c[0] < c[-1]) for c in plain["rgb"][:, 2, 0, 0]), "flip is off by default (AMSS: p = 0)"
+
+
+def test_nvgesture_flow_full_clip_keeps_every_flow_frame_in_training_and_in_the_task():
+    clips, out = nv_train(8, flow_full_clip=True)
+    assert out["rgb"].shape == (8, 3, 5, 6, 6) and out["depth"].shape == (8, 1, 5, 6, 6)
+    assert out["flow"].shape == (8, 2, 8, 6, 6)
+    for i in range(8):
+        top, left = (int(out["rgb"][i, c, 0, 0, 0].round()) for c in (1, 2))
+        torch.testing.assert_close(out["flow"][i], nv_expected(clips, i, 0, 8, top, left, 6, False)["flow"], rtol=0,
+                                   atol=0)
+    cache = SimpleNamespace(arrays={k: v.numpy() for k, v in nv_clips(2, 8, 10).items()}, classes=("a", "b"))
+    for full, flow_frames in ((False, 5), (True, 8)):
+        task, _, _ = NVGesture.serve(cache, nv_hp(crop_size=6, train_frames=5, flow_full_clip=full))
+        assert [m.shape for m in task.modalities] == [(3, 5, 6, 6), (2, flow_frames, 6, 6), (1, 5, 6, 6)]
+
+
+def test_nvgesture_crop_and_window_may_equal_the_stored_clip_but_not_exceed_it():
+    out = NVGestureAugment(nv_hp(crop_size=10, train_frames=8), 10, 8)(nv_clips(2, 8, 10), torch.Generator(), True)
+    assert out["rgb"].shape == (2, 3, 8, 10, 10)
+    for overrides in ({"crop_size": 11, "train_frames": 8}, {"crop_size": 10, "train_frames": 9}):
+        with pytest.raises(ValueError, match=r"data.crop_size=\d+ / data.train_frames=\d+ exceed the cache's "
+                                             r"10 x 10 frames / 8 frames"):
+            NVGestureAugment(nv_hp(**overrides), 10, 8)
