@@ -4,6 +4,7 @@ the MOSEI pickle's splits, recipes and checks."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,8 +18,10 @@ from datasets.media import MediaError
 from datasets.nvgesture import NVGesture, NVGestureAugment, read_clip, read_flow
 from datasets.prepare import prepare
 from datasets.prepared import Record
+from datasets.splits import SplitRow
 from datasets.tables import PrepareOptions
-from tests.more_fixtures import frame_level, make_nvgesture, write_lines
+from datasets.ucf101 import UCF101, UCFAugment, bb_offsets, clip_name
+from tests.more_fixtures import frame_level, make_nvgesture, make_ucf101, write_avi, write_lines
 
 NV_SETTINGS = {"frames": 8, "frame_size": 20}
 
@@ -266,3 +269,141 @@ def test_nvgesture_crop_and_window_may_equal_the_stored_clip_but_not_exceed_it()
         with pytest.raises(ValueError, match=r"data.crop_size=\d+ / data.train_frames=\d+ exceed the cache's "
                                              r"10 x 10 frames / 8 frames"):
             NVGestureAugment(nv_hp(**overrides), 10, 8)
+
+
+# --- UCF-101 -----------------------------------------------------------------------------------------------------
+
+
+def ucf_hp(**overrides):
+    return resolve("data", UCF101.HPARAMS, "ucf101", overrides)
+
+
+def ucf_stores(visual_frames: int, flow_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ragged stores (n, 4, 5, C) coding positions: visual = (frame g, y, x), flow = (10 g + x, 100 + 10 y + x)."""
+    g, y, x = np.meshgrid(np.arange(max(visual_frames, flow_frames)), np.arange(4), np.arange(5), indexing="ij")
+    visual = np.stack([g, y, x], -1)[:visual_frames].astype(np.uint8)
+    flow = np.stack([10 * g + x, 100 + 10 * y + x], -1)[:flow_frames].astype(np.uint8)
+    return visual, flow
+
+
+def ucf_batch(visual_counts, flow_counts) -> dict:
+    def starts(counts):
+        return torch.tensor(np.concatenate([[0], np.cumsum(counts)[:-1]]), dtype=torch.long)
+
+    return {"label": torch.zeros(len(visual_counts), dtype=torch.long),
+            "_visual_start": starts(visual_counts), "_visual_count": torch.tensor(visual_counts),
+            "_flow_start": starts(flow_counts), "_flow_count": torch.tensor(flow_counts)}
+
+
+def test_ucf101_evaluation_picks_segment_middles_from_file_num_for_rgb_and_the_clips_frames_for_flow():
+    # RGB segments come from rgb_file_num (6) whatever the clip holds: a 4-frame clip gives 0, 2, 3 (clamped), not the
+    # 0, 1, 2 of its own count; flow segments from the clip's count, seg >= 1: 2 frames give 0, 1, 1 and 3 give 0, 1, 2.
+    visual_counts, flow_counts = [6, 6, 4, 6], [9, 2, 3, 5]
+    visual, flow = ucf_stores(sum(visual_counts), sum(flow_counts))
+    mean, std = [0.5, 0.25, 0.125], [2.0, 4.0, 0.5]
+    out = UCFAugment(ucf_hp(mean=mean, std=std), visual, flow)(ucf_batch(visual_counts, flow_counts),
+                                                               torch.Generator().manual_seed(0), False)
+    assert out["visual"].shape == (4, 3, 3, 4, 5) and out["flow"].shape == (4, 2, 3, 4, 5)
+    picks = {"visual": ([0, 2, 4], [6, 8, 10], [12, 14, 15], [16, 18, 20]),
+             "flow": ([0, 3, 6], [9, 10, 10], [11, 12, 13], [14, 15, 16])}
+    for i in range(4):
+        want = torch.from_numpy(visual[picks["visual"][i]]).permute(3, 0, 1, 2).float() / 255.0
+        want = (want - torch.tensor(mean).view(3, 1, 1, 1)) / torch.tensor(std).view(3, 1, 1, 1)
+        torch.testing.assert_close(out["visual"][i], want, rtol=1e-6, atol=1e-6, msg=f"visual of clip {i}")
+        want = torch.from_numpy(flow[picks["flow"][i]]).permute(3, 0, 1, 2).float() / 255.0
+        torch.testing.assert_close(out["flow"][i], want, rtol=1e-6, atol=1e-7, msg=f"flow of clip {i}")
+
+
+def test_bb_segment_rule_for_pools_under_six():
+    for pool, evaluation in ((2, [0, 1, 1]), (3, [0, 1, 2]), (5, [0, 1, 2]), (7, [0, 2, 4])):
+        n = torch.tensor([pool])
+        assert bb_offsets(n, n, False, None).tolist() == [evaluation], f"{pool} frames"
+    five, two = torch.tensor([5] * 20), torch.tensor([2] * 20)
+    assert (bb_offsets(five, five, True, torch.Generator().manual_seed(0)) == torch.tensor([0, 1, 2])).all(), \
+        "seg 1: randint(i + 1, i + 1)"
+    assert (bb_offsets(two, two, True, torch.Generator().manual_seed(0)) == torch.tensor([0, 1, 1])).all()
+
+
+def test_ucf101_training_flips_each_frame_on_its_own_and_flow_u_and_v_together():
+    visual, flow = ucf_stores(6, 9)
+    out = UCFAugment(ucf_hp(mean=[0.0] * 3, std=[1.0] * 3), visual, flow)(
+        ucf_batch([6] * 64, [9] * 64) | {"_visual_start": torch.zeros(64, dtype=torch.long),
+                                         "_flow_start": torch.zeros(64, dtype=torch.long)},
+        torch.Generator().manual_seed(0), True)
+    flips = {"visual": [], "flow": []}
+    for i in range(64):
+        for k in range(3):
+            served = (out["visual"][i, :, k] * 255).round().to(torch.uint8)
+            g = int(served[0, 0, 0])
+            assert 2 * k <= g <= 2 * k + 1, "RGB frame from its segment of 6"
+            flipped = bool(served[2, 0, 0] == 4)
+            want = torch.from_numpy(visual[g]).permute(2, 0, 1)
+            assert torch.equal(served, want.flip(-1) if flipped else want)
+            flips["visual"].append(flipped)
+            served = (out["flow"][i, :, k] * 255).round().to(torch.uint8)
+            g = int(served[0, 0, 0]) // 10
+            assert 3 * k <= g <= 3 * k + 2, "flow frame from its segment of 9"
+            flipped = bool(served[1, 0, 0] % 10 == 4)
+            want = torch.from_numpy(flow[g]).permute(2, 0, 1)
+            assert torch.equal(served, want.flip(-1) if flipped else want), "u and v flipped together"
+            flips["flow"].append(flipped)
+    for name, seen in flips.items():
+        per_clip = np.asarray(seen).reshape(64, 3)
+        assert 0.3 < per_clip.mean() < 0.7 and (per_clip.min(1) != per_clip.max(1)).any(), f"{name}: per frame"
+    plain = UCFAugment(ucf_hp(flip=False), visual, flow)(ucf_batch([6] * 8, [9] * 8) | {
+        "_visual_start": torch.zeros(8, dtype=torch.long), "_flow_start": torch.zeros(8, dtype=torch.long)},
+        torch.Generator().manual_seed(0), True)
+    assert (plain["flow"][:, 1, :, 0, 0] < plain["flow"][:, 1, :, 0, -1]).all(), "flip=False: no frame mirrored"
+
+
+def test_ucf101_rgb_from_videos_keeps_the_first_frame_of_each_second_up_to_rgb_frames(tmp_path):
+    # 16 frames at 2 fps: 8 seconds whose first frames are 0, 2, .., 14; the first 6 are kept.
+    tree = make_ucf101(tmp_path / "raw", per_class={"train": 1, "test": 1})
+    for split in ("train", "test"):
+        for clip in tree.ids[split]:
+            folder, name = clip.split("/")
+            write_avi(tree.root / "UCF-101" / folder / f"{name}.avi", 16, green=50, size=(12, 16), fps=2)
+            shutil.rmtree(tree.root / "ucf101-frames-1fps" / "video-set" / name)
+    cache = open_cache(prepare(UCF101, tree.root, tmp_path / "cache", PrepareOptions(val_fraction=0.0),
+                               {"frame_size": 16, "rgb_source": "video"}, log=quiet))
+    assert (cache.counts["visual"] == 6).all()
+    first = cache.starts["visual"][0]
+    assert [int(v) for v in cache.arrays["visual"][first:first + 6, 4, 4, 0]] == [frame_level(k)
+                                                                                 for k in range(0, 12, 2)]
+    assert any("decoded from the videos" in d for d in cache.manifest["deviations"])
+
+
+def test_ucf101_clip_name_is_the_basename_before_its_first_dot():
+    row = SplitRow("Archery/v_Archery_g01_c01.part", "Archery", 1, ("Archery/v_Archery_g01_c01.part.avi", "1"))
+    assert clip_name(row) == "v_Archery_g01_c01"
+
+
+def test_ucf101_classind_order_follows_the_numbers_not_the_lines(tmp_path):
+    lists = tmp_path / "lists"
+    write_lines(lists / "classInd.txt", ["2 Archery", "3 Basketball", "1 Zumba"], "\r\n")
+    write_lines(lists / "trainlist01.txt", ["Zumba/v_Zumba_g01_c01.avi 1", "Archery/v_Archery_g01_c01.avi 2"], "\r\n")
+    write_lines(lists / "testlist01.txt", ["Basketball/v_Basketball_g02_c01.avi"], "\r\n")
+    files = {name: lists / name for name in ("classInd.txt", "trainlist01.txt", "testlist01.txt")}
+    tables = UCF101.read_splits(files, tmp_path, PrepareOptions(label_order="classind"), SimpleNamespace(split=1))
+    assert tables.classes == ("Zumba", "Archery", "Basketball")
+    assert [s.label for s in tables.splits["train"]] == [0, 1] and tables.splits["test"][0].label == 2
+    by_name = UCF101.read_splits(files, tmp_path, PrepareOptions(label_order="sorted"), SimpleNamespace(split=1))
+    assert by_name.classes == ("Archery", "Basketball", "Zumba")
+
+
+@pytest.mark.parametrize("empty, kind, message", [
+    ("visual", "too few frames", "no RGB frame"),
+    ("flow", "flow u/v mismatch", r"0 u and 0 v flow frames"),
+])
+def test_ucf101_an_empty_frame_folder_is_a_bad_item(tmp_path, empty, kind, message):
+    tree = make_ucf101(tmp_path / "raw", per_class={"train": 1})
+    name = tree.ids["train"][0].split("/")[1]
+    media = {"visual": f"ucf101-frames-1fps/video-set/{name}", "flow_u": f"u/{name}", "flow_v": f"v/{name}"}
+    for role, rel in media.items():
+        if role.startswith(empty):
+            for frame in (tree.root / rel).iterdir():
+                frame.unlink()
+    settings = SimpleNamespace(frame_size=16, rgb_source="frames", rgb_frames=6, flow_max_frames=0)
+    with pytest.raises(MediaError, match=message) as err:
+        UCF101.load(tree.root, Record(0, None, media), settings)
+    assert err.value.kind == kind and name in err.value.path
