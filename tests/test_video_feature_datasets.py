@@ -4,6 +4,8 @@ the MOSEI pickle's splits, recipes and checks."""
 
 from __future__ import annotations
 
+import os
+import pickle
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,13 +17,14 @@ import torch
 from core.hparams import resolve
 from datasets.cache import open_cache
 from datasets.media import MediaError
+from datasets.mosei import Mosei, read_feature_pickle
 from datasets.nvgesture import NVGesture, NVGestureAugment, read_clip, read_flow
 from datasets.prepare import prepare
 from datasets.prepared import Record
-from datasets.splits import SplitRow
+from datasets.splits import SplitParseError, SplitRow
 from datasets.tables import PrepareOptions
 from datasets.ucf101 import UCF101, UCFAugment, bb_offsets, clip_name
-from tests.more_fixtures import frame_level, make_nvgesture, make_ucf101, write_avi, write_lines
+from tests.more_fixtures import frame_level, make_mosei, make_nvgesture, make_ucf101, write_avi, write_lines
 
 NV_SETTINGS = {"frames": 8, "frame_size": 20}
 
@@ -407,3 +410,93 @@ def test_ucf101_an_empty_frame_folder_is_a_bad_item(tmp_path, empty, kind, messa
     with pytest.raises(MediaError, match=message) as err:
         UCF101.load(tree.root, Record(0, None, media), settings)
     assert err.value.kind == kind and name in err.value.path
+
+
+# --- CMU-MOSEI ---------------------------------------------------------------------------------------------------
+
+
+def mosei_settings(**overrides) -> SimpleNamespace:
+    return SimpleNamespace(**{"aligned": False, "acc2": "zero_positive", "feature_dtype": "float16", **overrides})
+
+
+def rewrite(path: Path, change) -> None:
+    with path.open("rb") as f:
+        doc = pickle.load(f)
+    change(doc)
+    with path.open("wb") as f:
+        pickle.dump(doc, f, protocol=4)
+
+
+def test_mosei_valid_is_the_validation_split_and_test_the_test_split(tmp_path):
+    tree = make_mosei(tmp_path, sizes={"train": 5, "valid": 3, "test": 4})
+    rewrite(tree.extra["path"], lambda doc: doc["test"].pop("id"))
+    tables = Mosei.read_splits({}, tmp_path, PrepareOptions(), mosei_settings())
+    assert {s: len(v) for s, v in tables.splits.items()} == {"train": 5, "val": 3, "test": 4}
+    val, test = tables.splits["val"], tables.splits["test"]
+    assert [s.id for s in val] == ["val-00000", "val-00001", "val-00002"] and val[2].where.endswith(":valid[2]")
+    assert [s.label for s in test] == [0, 0, 1, 1] and test[3].where == "mosei_senti_data_noalign.pkl:test[3]"
+    assert [s.speaker for s in val] == ["vid0", "vid1", "vid2"] and {s.speaker for s in test} == {""}, "no id: none"
+
+
+def test_mosei_aligned_recipe_reads_the_aligned_pickle(tmp_path):
+    make_mosei(tmp_path, sizes={"train": 2, "valid": 1, "test": 1}, aligned=True)
+    tables = Mosei.read_splits({}, tmp_path, PrepareOptions(), mosei_settings(aligned=True))
+    assert tables.info["pickle"] == "mosei_senti_data.pkl" and len(tables.splits["train"]) == 2
+    with pytest.raises(SplitParseError, match="mosei_senti_data_noalign.pkl not found"):
+        Mosei.read_splits({}, tmp_path, PrepareOptions(), mosei_settings())
+
+
+def test_mosei_a_non_finite_label_is_a_bad_item_not_a_negative(tmp_path):
+    tree = make_mosei(tmp_path, sizes={"train": 5, "valid": 1, "test": 1})
+
+    def damage(doc):
+        doc["train"]["labels"][3, 0, 0] = np.nan
+
+    rewrite(tree.extra["path"], damage)
+    tables = Mosei.read_splits({}, tmp_path, PrepareOptions(), mosei_settings())
+    assert [s.id for s in tables.splits["train"]] == ["train-00000", "train-00001", "train-00002", "train-00004"]
+    [dropped] = tables.dropped
+    assert (dropped.id, dropped.kind, dropped.bad, dropped.where) == (
+        "train-00003", "bad label", True, "mosei_senti_data_noalign.pkl:train[3]")
+
+
+def test_mosei_features_beyond_float16_are_a_bad_item_that_float32_keeps(tmp_path):
+    tree = make_mosei(tmp_path, sizes={"train": 3, "valid": 1, "test": 1})
+
+    def damage(doc):
+        doc["train"]["vision"][1, 2, 3] = 1e5
+
+    rewrite(tree.extra["path"], damage)
+    record = Record(0, None, {"features": tree.extra["path"].name}, {"key": "train", "index": 1})
+    with pytest.raises(MediaError, match=r"train/vision\[1\] exceeds float16; prepare with feature_dtype=float32") \
+            as err:
+        Mosei.load(tmp_path, record, mosei_settings())
+    assert err.value.kind == "feature overflow"
+    arrays, _ = Mosei.load(tmp_path, record, mosei_settings(feature_dtype="float32"))
+    assert arrays["visual"].dtype == np.float32 and arrays["visual"][2, 3] == 1e5
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda doc: doc.clear() or doc.update(train=[1, 2]), "expected a dict with keys"),
+    (lambda doc: doc.pop("valid"), r"missing split\(s\) \['valid'\]; it has \['test', 'train'\]"),
+    (lambda doc: doc["test"].pop("text"), r"split 'test' lacks \['text'\]"),
+    (lambda doc: doc["valid"].update(audio=doc["valid"]["audio"][:, 0]), r"valid/audio should be \(N, L, D\)"),
+])
+def test_a_mosei_pickle_of_the_wrong_structure_names_the_split_and_key(tmp_path, damage, message):
+    tree = make_mosei(tmp_path, sizes={"train": 3, "valid": 2, "test": 2})
+    if "expected a dict" in message:
+        with tree.extra["path"].open("wb") as f:
+            pickle.dump([1, 2], f, protocol=4)
+    else:
+        rewrite(tree.extra["path"], damage)
+    with pytest.raises(SplitParseError, match=message):
+        Mosei.read_splits({}, tmp_path, PrepareOptions(), mosei_settings())
+
+
+def test_mosei_pickle_is_read_again_when_the_file_changes(tmp_path):
+    tree = make_mosei(tmp_path, sizes={"train": 3, "valid": 1, "test": 1})
+    path = tree.extra["path"]
+    assert len(read_feature_pickle(str(path))["train"]["labels"]) == 3
+    make_mosei(tmp_path, sizes={"train": 4, "valid": 1, "test": 1})
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert len(read_feature_pickle(str(path))["train"]["labels"]) == 4
