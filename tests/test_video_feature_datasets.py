@@ -37,22 +37,30 @@ def nv_hp(**overrides):
     return resolve("data", NVGesture.HPARAMS, "nvgesture", overrides)
 
 
-def write_coloured_avi(path: Path, frames: int, size: tuple[int, int] = (24, 32)) -> None:
-    """Lossless FFV1 AVI whose frame k has red ``frame_level(k)`` and blue ``frame_level(k) + 5`` (depth reads blue)."""
+def write_frames_avi(path: Path, images: list[np.ndarray]) -> None:
+    """Lossless FFV1 AVI of the given RGB frames."""
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as out:
         stream = out.add_stream("ffv1", rate=30)
-        stream.height, stream.width = size
+        stream.height, stream.width = images[0].shape[:2]
         stream.pix_fmt = "bgr0"
-        for k in range(frames):
-            img = np.zeros((*size, 3), dtype=np.uint8)
-            img[..., 0], img[..., 2] = frame_level(k), frame_level(k) + 5
+        for img in images:
             for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
+
+
+def write_coloured_avi(path: Path, frames: int, size: tuple[int, int] = (24, 32)) -> None:
+    """Frame k has red ``frame_level(k)`` and blue ``frame_level(k) + 5`` (depth reads blue)."""
+    images = []
+    for k in range(frames):
+        img = np.zeros((*size, 3), dtype=np.uint8)
+        img[..., 0], img[..., 2] = frame_level(k), frame_level(k) + 5
+        images.append(img)
+    write_frames_avi(path, images)
 
 
 # --- NVGesture: prepare ------------------------------------------------------------------------------------------
@@ -89,17 +97,12 @@ def test_nvgesture_a_window_past_the_end_of_the_video_is_too_few_frames(tmp_path
 
 
 def test_nvgesture_frames_are_resized_with_pil_bilinear(tmp_path):
-    import av
     from PIL import Image
 
     path = tmp_path / "sk_color.avi"
     ramp = np.zeros((4, 8, 3), dtype=np.uint8)
     ramp[..., 0] = np.arange(8) * 30
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("ffv1", rate=30)
-        stream.height, stream.width, stream.pix_fmt = 4, 8, "bgr0"
-        for packet in [*stream.encode(av.VideoFrame.from_ndarray(ramp, format="rgb24")), *stream.encode()]:
-            out.mux(packet)
+    write_frames_avi(path, [ramp])
     expected = np.asarray(Image.fromarray(ramp).resize((6, 6), Image.BILINEAR))
     np.testing.assert_array_equal(read_clip(path, 0, 1, 1, 6)[0], expected)
     assert len(np.unique(expected[0, :, 0])) == 6, "a ramp nearest-neighbour resizing would not give"
@@ -500,3 +503,12 @@ def test_mosei_pickle_is_read_again_when_the_file_changes(tmp_path):
     make_mosei(tmp_path, sizes={"train": 4, "valid": 1, "test": 1})
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
     assert len(read_feature_pickle(str(path))["train"]["labels"]) == 4
+
+
+def test_mosei_exclude_zero_counts_the_zeros_of_every_split_in_the_manifest_info(tmp_path):
+    make_mosei(tmp_path, sizes={"train": 5, "valid": 3, "test": 4})  # labels -2, -0.5, 0, 0.5, 2, ...: one 0 each
+    tables = Mosei.read_splits({}, tmp_path, PrepareOptions(), mosei_settings(acc2="exclude_zero"))
+    assert tables.info["zero_labels_dropped"] == 3 and tables.info["acc2"] == "exclude_zero"
+    assert {s: len(v) for s, v in tables.splits.items()} == {"train": 4, "val": 2, "test": 3}
+    assert {d.id for d in tables.dropped} == {"train-00002", "val-00002", "test-00002"}
+    assert not any(d.bad for d in tables.dropped), "dropped by policy, not bad items"
