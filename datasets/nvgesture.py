@@ -21,8 +21,8 @@ container; frames past the list's end frame or the video's end stay zero, as the
 (PIL bilinear; AMSS uses OpenCV's non-antialiased ``INTER_LINEAR``, a declared deviation) and stored as uint8: RGB
 (80, 256, 256, 3), depth one channel (80, 256, 256), taken from the blue channel as OpenCV's ``frame[..., 0]`` of a
 BGR frame. Flow is stored as given (first ``frames`` steps, zero-padded; resized bilinearly only if its size differs
-from the storage size, a declared deviation), float16; a clip whose flow holds NaN or inf, or exceeds the storage
-dtype, is a bad item.
+from the storage size, a declared deviation), float16; a clip whose flow has no step, holds NaN or inf, or exceeds
+the storage dtype, is a bad item.
 
 Serving (per batch, on the device): train takes one random 224 crop and one random 64-frame window per clip, shared
 by the three modalities; evaluation takes the centre crop of all 80 frames. RGB is scaled to [0, 1] and
@@ -134,9 +134,14 @@ def read_flow(path: Path, frames: int, size: int, channels: int) -> np.ndarray:
         flow = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
         raise MediaError(path, "corrupt flow", f"cannot read a NumPy array ({type(err).__name__}: {err})") from err
-    if flow.ndim != 4 or flow.shape[2] != channels:
-        raise MediaError(path, "corrupt flow", f"expected (H, W, {channels}, T) as AMSS permutes it, got "
-                                               f"{flow.shape}")
+    if not isinstance(flow, np.ndarray):  # np.load opens a .npz archive whatever the file is named
+        flow.close()
+        raise MediaError(path, "corrupt flow", f"expected one NumPy array, got {type(flow).__name__}")
+    if flow.ndim != 4 or flow.shape[2] != channels or not flow.shape[0] * flow.shape[1]:
+        raise MediaError(path, "corrupt flow", f"expected (H, W, {channels}, T) as AMSS permutes it, H and W > 0, "
+                                               f"got {flow.shape}")
+    if flow.shape[3] == 0:
+        raise MediaError(path, "too few frames", "no flow step")
     clip = torch.from_numpy(np.ascontiguousarray(flow[..., :frames], dtype=np.float32)).permute(3, 2, 0, 1)
     if clip.shape[-2:] != (size, size):
         clip = torch.nn.functional.interpolate(clip, size=(size, size), mode="bilinear", align_corners=False)

@@ -136,6 +136,22 @@ def test_nvgesture_flow_of_the_wrong_rank_or_channels_is_corrupt_flow(tmp_path, 
     assert err.value.kind == "corrupt flow"
 
 
+def test_nvgesture_flow_without_steps_rows_or_columns_or_not_an_array_is_a_bad_item(tmp_path):
+    # No steps was served as a clip of zero motion without a word; no rows or columns crashed in interpolate with a
+    # bare RuntimeError, and a .npz archive (np.load reads one whatever the name) with a bare AttributeError.
+    for shape, kind, message in (((5, 5, 2, 0), "too few frames", "0.npy: no flow step"),
+                                 ((0, 5, 2, 3), "corrupt flow", r"0.npy: expected \(H, W, 2, T\).*got \(0, 5, 2, 3\)")):
+        np.save(tmp_path / "0.npy", np.ones(shape, dtype=np.float32))
+        with pytest.raises(MediaError, match=message) as err:
+            read_flow(tmp_path / "0.npy", 4, 5, 2)
+        assert err.value.kind == kind
+    with (tmp_path / "1.npy").open("wb") as f:
+        np.savez(f, flow=np.ones((5, 5, 2, 3), dtype=np.float32))
+    with pytest.raises(MediaError, match="1.npy: expected one NumPy array, got NpzFile") as err:
+        read_flow(tmp_path / "1.npy", 4, 5, 2)
+    assert err.value.kind == "corrupt flow"
+
+
 def nv_record(tree, split: str = "train") -> Record:
     sample_id = tree.ids[split][0]
     folder = sample_id[2:]
