@@ -25,7 +25,7 @@ from core.data import Augment, Batch, Gather, ModalitySpec, TaskSpec
 from core.extras import require_transformers
 from core.hparams import HParam, HParams
 from datasets.cache import ArraySpec, Cache
-from datasets.media import MISSING_MEDIA, MediaError
+from datasets.media import MISSING_MEDIA, MediaError, check_inside
 from datasets.media.video import load_image
 from datasets.prepared import PreparedDataset, Recipe, Record
 from datasets.splits import ParsedList, SplitParseError, SplitRow, read_lines
@@ -195,8 +195,7 @@ def token_ids(tokenizer: Any, text: str, max_len: int, special_tokens: bool) -> 
 def find_image(raw: Path, folder: str, name: str) -> Path:
     """``<raw>/<folder>/<name>``, also trying image suffixes when ``name`` has none; ``MediaError`` if missing or if
     ``name`` is absolute or climbs out with ``..`` (the cache records media relative to the raw root)."""
-    if Path(name).is_absolute() or ".." in Path(name).parts:
-        raise MediaError(raw / folder, "image outside its folder", f"image {name!r} points outside {raw / folder}")
+    check_inside(raw / folder, name)
     base = raw / folder / name
     candidates = [base] if Path(name).suffix else [base.with_name(base.name + s) for s in IMAGE_SUFFIXES]
     for path in candidates:

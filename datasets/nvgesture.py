@@ -46,7 +46,7 @@ from core.data import Augment, Batch, Gather, ModalitySpec, TaskSpec
 from core.hparams import HParam, HParams
 from datasets.augment import IMAGENET_MEAN, IMAGENET_STD
 from datasets.cache import ArraySpec, Cache
-from datasets.media import MISSING_MEDIA, MediaError
+from datasets.media import MISSING_MEDIA, MediaError, check_inside
 from datasets.prepared import PreparedDataset, Recipe, Record, cache_hparams
 from datasets.registry import register_dataset
 from datasets.splits import ParsedList, SplitParseError, SplitRow, is_whole_number, read_lines
@@ -266,6 +266,7 @@ class NVGesture(PreparedDataset):
     def locate(cls, raw: Path, sample: Sample, settings: HParams) -> tuple[dict[str, str], dict[str, Any]]:
         position, color, c_start, c_end, depth, d_start, d_end = sample.row.fields
         folder = clip_folder(sample.id)
+        check_inside(raw, folder)
         media = {"rgb": f"{folder}/{color}.avi", "depth": f"{folder}/{depth}.avi",
                  "flow": f"{settings.flow_dir}/{sample.split}/{position}.npy"}
         for role, rel in media.items():

@@ -730,6 +730,19 @@ def test_nvgesture_missing_flow_is_a_bad_item(tmp_path, vocab):
         build("nvgesture", tree.root, tmp_path / "cache", vocab)
 
 
+def test_an_nvgesture_clip_path_outside_the_raw_root_is_a_bad_item(tmp_path, vocab):
+    # raw / "/abs/clip" is "/abs/clip": an absolute path: value read another tree's videos into the cache.
+    tree = make_nvgesture(tmp_path / "raw", per_class={"train": 3, "test": 1})
+    lst = tree.root / "nvgesture_test_correct_v2.lst"
+    lines = lst.read_text().splitlines()
+    write_lines(lst, [lines[0].replace("path:./", f"path:{tree.root}/"), lines[1].replace("path:./", "path:../raw/"),
+                      *lines[2:]])
+    with pytest.raises(PrepareError) as err:
+        build("nvgesture", tree.root, tmp_path / "cache", vocab)
+    assert "2 bad item(s) in nvgesture" in str(err.value) and "points outside" in str(err.value)
+    assert "nvgesture_test_correct_v2.lst:1" in str(err.value) and "nvgesture_test_correct_v2.lst:2" in str(err.value)
+
+
 # --- UCF-101 -----------------------------------------------------------------------------------------------------
 
 

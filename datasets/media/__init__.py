@@ -16,6 +16,10 @@ LFS_HEADER = b"version https://git-lfs.github.com/spec/v1"
 MISSING_MEDIA = "missing media"
 
 
+# MediaError.kind of a name in a list that leads out of the folder its media must come from.
+OUTSIDE_FOLDER = "media outside its folder"
+
+
 class MediaError(Exception):
     """A media file or folder that cannot be used.
 
@@ -30,6 +34,13 @@ class MediaError(Exception):
         self.path = str(path)
         self.kind = kind
         self.reason = reason
+
+
+def check_inside(folder: Path, name: str) -> None:
+    """``MediaError`` where ``name``, read from a list, is absolute or climbs out of ``folder`` with ``..``: the cache
+    records media relative to the raw root, and a list must not make prepare read files elsewhere."""
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise MediaError(Path(folder), OUTSIDE_FOLDER, f"{name!r} points outside {folder}")
 
 
 def is_lfs_pointer(path: Path | str) -> bool:
