@@ -729,3 +729,63 @@ def test_variant_names_of_a_missing_data_folder_name_the_folder(tmp_path):
     (tmp_path / "voices" / "!v" / "sub").mkdir(parents=True)
     (tmp_path / "voices" / "!v" / "f9").touch()
     assert espeak.variant_names(tmp_path) == ("f9",)
+
+
+# --- knob validation: each rule rejects just past its boundary and accepts the boundary itself ------------------------
+
+@pytest.mark.parametrize("knobs, message", [
+    ({"train_speakers": 0}, r"train_speakers=0: needs at least one speaker"),
+    ({"test_speakers": 0}, r"test_speakers=0: needs at least one speaker"),
+    ({"train_clips": 7}, r"train_clips=7: fewer clips than train_speakers=8"),
+    ({"test_clips": 3}, r"test_clips=3: fewer clips than test_speakers=4"),
+    ({"val_speakers": 0}, r"val_speakers=0: must be between 1 and train_speakers - 1 = 7"),
+    ({"val_speakers": 8}, r"val_speakers=8: must be between 1"),
+    ({"min_duration_s": 0.9}, r"max_duration_s=3.0: need 1.0 <= min_duration_s \(0.9\)"),
+    ({"max_duration_s": 6.5}, r"max_duration_s=6.5: need 1.0 <= min_duration_s"),
+    ({"min_duration_s": 2.0, "max_duration_s": 1.5}, r"max_duration_s=1.5"),
+    ({"rate_range": [89, 200]}, r"rate_range=\[89, 200\]: need \[low, high\] within \[90, 440\]"),
+    ({"rate_range": [120, 441]}, r"rate_range"),
+    ({"rate_range": [200, 120]}, r"rate_range"),
+    ({"rate_range": [120]}, r"rate_range"),
+    ({"pitch_range": [4, 80]}, r"pitch_range=\[4, 80\]: need \[low, high\] within \[5, 94\]"),
+    ({"pitch_range": [20, 95]}, r"pitch_range"),
+    ({"gain_db_range": [-6.0, 0.5]}, r"gain_db_range=\[-6.0, 0.5\]: need \[low, high\] with low <= high <= 0 dB"),
+    ({"gain_db_range": [-3.0, -6.0]}, r"gain_db_range"),
+    ({"image_noise_sigma": -0.5}, r"image_noise_sigma=-0.5: must be >= 0"),
+    ({"image_test_fraction": 0.0}, r"image_test_fraction=0.0: must be strictly between 0 and 1"),
+    ({"image_test_fraction": 1.0}, r"image_test_fraction=1.0"),
+    ({"voices": ["en"], "variants": ["f1"]}, r"voices=\['en'\]: need at least two \(voice, variant\) pairs"),
+    ({"motion_px": [25, 2]}, r"motion_px=\[25, 2\]: the digit must stay inside the 160x120 frame for 3 s"),
+    ({"motion_px": [4, 13]}, r"motion_px=\[4, 13\]"),
+    ({"motion_px": [-1, 2]}, r"motion_px=\[-1, 2\]"),
+    ({"motion_px": [25, 2], "max_duration_s": 2.5}, r"motion_px=\[25, 2\]: .* for 3 s"),  # a started second counts
+    ({"video_qscale": 0}, r"video_qscale=0: FLV1 quantisers run from 1 to 31"),
+    ({"video_qscale": 32}, r"video_qscale=32"),
+    ({"workers": -1}, r"workers=-1: must be >= 0"),
+    ({"audio_snr_db": True}, r"audio_snr_db expects a number or None, got True"),
+    ({"audio_snr_db": "10"}, r"audio_snr_db expects a number or None"),
+    ({"val_speakers": "2"}, r"val_speakers expects a number or None"),
+])
+def test_each_knob_rule_rejects_a_value_past_its_bound_and_names_it(knobs, message):
+    with pytest.raises(HParamError, match=message):
+        av_digits.resolve_params(**knobs)
+
+
+@pytest.mark.parametrize("knobs", [
+    {"train_clips": 8}, {"test_clips": 4}, {"val_speakers": 1}, {"val_speakers": 7},
+    {"min_duration_s": 1.0}, {"max_duration_s": 6.0}, {"min_duration_s": 2.0, "max_duration_s": 2.0},
+    {"rate_range": [90, 440]}, {"pitch_range": [5, 94]}, {"rate_range": [80, 450], "rate_jitter": 0},
+    {"gain_db_range": [0.0, 0.0]}, {"image_noise_sigma": 0.0}, {"voices": ["en"], "variants": ["f1", "f2"]},
+    {"motion_px": [24, 12]}, {"motion_px": [0, 0]}, {"motion_px": [48, 24], "max_duration_s": 2.0},
+    {"video_qscale": 1}, {"video_qscale": 31}, {"workers": 0},
+])
+def test_each_knob_rule_accepts_its_boundary(knobs):
+    v = av_digits.resolve_params(**knobs)
+    assert all(v[name] == value for name, value in knobs.items())
+
+
+def test_an_integer_snr_is_stored_as_a_float():
+    # The manifest records the knob; 3 and 3.0 are one setting and must write the same bytes.
+    v = av_digits.resolve_params(audio_snr_db=3)
+    assert v["audio_snr_db"] == 3.0 and isinstance(v["audio_snr_db"], float)
+
