@@ -214,6 +214,12 @@ def resolve_params(**params: Any) -> dict[str, Any]:
             raise HParamError(f"av_digits.{name} expects a number or None, got {values[name]!r}")
     if values["audio_snr_db"] is not None:
         values["audio_snr_db"] = float(values["audio_snr_db"])
+        if not math.isfinite(values["audio_snr_db"]):
+            raise HParamError(f"av_digits.audio_snr_db expects a finite number or None, got {values['audio_snr_db']!r}")
+    if values["val_speakers"] is not None:
+        if not float(values["val_speakers"]).is_integer():
+            raise HParamError(f"av_digits.val_speakers expects an integer or None, got {values['val_speakers']!r}")
+        values["val_speakers"] = int(values["val_speakers"])
     _validate(values)
     return values
 
@@ -253,8 +259,15 @@ def _validate(v: Mapping[str, Any]) -> None:
         raise bad("image_noise_sigma", "must be >= 0")
     if not 0 < v["image_test_fraction"] < 1:
         raise bad("image_test_fraction", "must be strictly between 0 and 1")
+    for name in ("voices", "variants"):
+        repeated = sorted({x for x in v[name] if v[name].count(x) > 1})
+        if repeated:
+            # Equal (voice, variant) pairs could fall on both sides of the train/test partition.
+            raise bad(name, f"{repeated} given more than once; every (voice, variant) pair must be distinct")
     if len(v["voices"]) * len(v["variants"]) < 2:
         raise bad("voices", "need at least two (voice, variant) pairs to keep train and test speakers disjoint")
+    if len(v["motion_px"]) != 2:
+        raise bad("motion_px", "need [x, y] pixels per second")
     seconds = int(np.ceil(v["max_duration_s"]))
     dx, dy = v["motion_px"]
     if MARKER_CLEARANCE + TILE + (seconds - 1) * dx > WIDTH or TILE + (seconds - 1) * dy > HEIGHT or min(dx, dy) < 0:
@@ -342,6 +355,11 @@ def _plan(v: Mapping[str, Any]) -> dict[str, Any]:
     for d in range(10):
         members = rng.permutation(np.flatnonzero(bunch.target == d))
         in_test[members[:round(v["image_test_fraction"] * len(members))]] = True
+    for d in range(k):
+        for pool, mask in (("test", in_test), ("training", ~in_test)):
+            if not (mask & (bunch.target == d)).any():
+                raise HParamError(f"av_digits.image_test_fraction={v['image_test_fraction']!r}: leaves no {pool} image "
+                                  f"of digit {d} (of {(bunch.target == d).sum()})")
     image_index = np.empty(len(digit), np.int64)
     position = _cumcount((split == "test") * k + digit)
     for s, pool_mask in (("train", ~in_test), ("test", in_test)):

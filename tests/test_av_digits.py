@@ -789,3 +789,39 @@ def test_an_integer_snr_is_stored_as_a_float():
     v = av_digits.resolve_params(audio_snr_db=3)
     assert v["audio_snr_db"] == 3.0 and isinstance(v["audio_snr_db"], float)
 
+
+@pytest.mark.parametrize("knobs, message", [
+    # numpy refused these deep in the plan ("expected a sequence of integers", "not enough values to unpack")
+    ({"val_speakers": 2.5}, r"val_speakers expects an integer or None, got 2.5"),
+    ({"motion_px": [4]}, r"motion_px=\[4\]: need \[x, y\]"),
+    ({"motion_px": [4, 2, 1]}, r"motion_px=\[4, 2, 1\]: need \[x, y\]"),
+    # NaN would pass every comparison and write NaN noise as arbitrary int16 samples
+    ({"audio_snr_db": float("nan")}, r"audio_snr_db expects a finite number or None, got nan"),
+    ({"audio_snr_db": float("-inf")}, r"audio_snr_db expects a finite number or None"),
+])
+def test_ill_formed_knobs_are_refused_with_their_name(knobs, message):
+    with pytest.raises(HParamError, match=message):
+        av_digits.resolve_params(**knobs)
+
+
+def test_a_whole_number_val_speakers_is_an_integer():
+    # YAML and the CLI may give 2.0; rng.choice refused it as a count.
+    v = av_digits.resolve_params(val_speakers=2.0)
+    assert v["val_speakers"] == 2 and isinstance(v["val_speakers"], int)
+    assert (av_digits._plan(v)["spk_clean"] == "val").sum() == 2
+
+
+@pytest.mark.parametrize("knobs", [{"voices": ["en", "en"], "variants": ["f1"]},
+                                   {"voices": ["en"], "variants": ["f1", "f2", "f1"]}])
+def test_repeated_voices_or_variants_are_refused(knobs):
+    # A repeated name made two equal (voice, variant) pairs, one of which could land in train and the other in test:
+    # both splits then spoke with the same timbre, against the speaker-disjoint promise.
+    with pytest.raises(HParamError, match=r"(voices|variants)=.*: .*more than once"):
+        av_digits.resolve_params(**knobs)
+
+
+@pytest.mark.parametrize("fraction, pool", [(0.001, "test"), (0.999, "training")])
+def test_an_image_fraction_that_empties_a_pool_is_refused(fraction, pool):
+    # The image walk indexed an empty pool: an IndexError that named no knob.
+    with pytest.raises(HParamError, match=rf"image_test_fraction={fraction}: .*no {pool} image of digit 0"):
+        _plan(image_test_fraction=fraction)
