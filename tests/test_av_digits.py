@@ -4,6 +4,7 @@ determinism."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import multiprocessing
@@ -218,6 +219,10 @@ def test_val_only_speakers_add_validation_clips_and_change_no_other_file(tiny, t
     assert {name: h for name, h in after.items() if name in before and name not in changed} == \
            {name: h for name, h in before.items() if name not in changed}
     assert len(after) == len(before) + 2 * 13
+    # the val-only clips' order comes from a stream of its own ("val_only_order"), pinned for this seed
+    assert {name: after[name][:16] for name in ("annotations/train.csv", "annotations/val.csv", "speakers.csv")} == {
+        "annotations/train.csv": "de01a017e6dac8df", "annotations/val.csv": "7a0befb8f3eb5436",
+        "speakers.csv": "7ccf8e478e3419d4"}
     ann = {root: {name: _rows(root / "annotations" / f"{name}.csv", "\r\n" if name == "train" else "\n")
                   for name in ("train", "val")} for root in (tiny, wider)}
     extra = ann[wider]["train"][len(ann[tiny]["train"]):]
@@ -692,6 +697,8 @@ def _espeak_observations() -> dict:
         engine.set_voice("en", "nosuchvariant")
     except espeak.UnknownVoiceError as err:
         out["bad_variant"] = str(err)
+    engine.set_voice("en")
+    out["plain_voice"] = engine.voice
     engine.set_voice("en", "f1")
     out["limits_ok"] = [len(engine.synthesize("one", r, p)) > 0 for r, p in ((80, 0), (450, 99))]
     out["limits_refused"] = []
@@ -715,6 +722,7 @@ def test_espeak_applies_voice_variant_rate_and_pitch_and_checks_them():
         seen = pool.apply(_espeak_observations)
     assert "call set_voice before synthesize" in seen["before_voice"]
     assert "'nosuchvariant'" in seen["bad_variant"]
+    assert seen["plain_voice"] == "en", "no variant: the voice name alone"
     assert seen["limits_ok"] == [True, True] and seen["limits_refused"] == [(79, 50), (451, 50), (150, -1), (150, 100)]
     low, high = seen["f0_by_pitch"]
     assert high > 1.8 * low, seen["f0_by_pitch"]
@@ -825,3 +833,289 @@ def test_an_image_fraction_that_empties_a_pool_is_refused(fraction, pool):
     # The image walk indexed an empty pool: an IndexError that named no knob.
     with pytest.raises(HParamError, match=rf"image_test_fraction={fraction}: .*no {pool} image of digit 0"):
         _plan(image_test_fraction=fraction)
+
+
+# --- determinism: every random stream pinned for one seed -------------------------------------------------------------
+
+def _digest(array: np.ndarray) -> str:
+    array = np.ascontiguousarray(array)
+    return hashlib.sha256(f"{array.dtype.str}{array.shape}".encode() + array.tobytes()).hexdigest()[:16]
+
+
+# Every draw of the tiny plan with val-only speakers (seed 0). The published demo's bytes follow from these: a change
+# here (a reordered draw, a stream seeded for another purpose, a new numpy stream) changes every tree generated before.
+PLAN_DIGESTS = {
+    "digit": "b281d9dec84b0a37", "gain_db": "7394593b146da70d", "id": "b9a34ab92748a7d0", "image": "e7ac905483949ae5",
+    "image_index": "e06aa5f0f883b01c", "in_test_pool": "5739ab46cb735383", "n_frames": "f83fa4dcf65c2b11",
+    "noise_seed": "e1c613de368fa9aa", "offset_x": "17a6113e524a3a2c", "offset_y": "f76d5c1175111808",
+    "onset_u": "835a03ad746f898c", "pitch": "64d738beee5265a9", "rate": "b3c14655d5a8c521",
+    "speaker": "fe35d5589bece050", "spk_clean": "04264f5b91f67a22", "spk_id": "9d610b9c2f6fd4b8",
+    "spk_pair": "64ad7fb79091fae9", "spk_pitch": "b188c2816ba1b5bb", "spk_rate": "ac1692775d120e92",
+    "spk_split": "2b5b8f1b459f6c0d", "split": "13cda7f53fc0e181",
+}
+
+
+def test_every_draw_of_the_plan_is_pinned_for_a_seed():
+    plan = _plan(preset="tiny", seed=0, val_only_speakers=2, val_only_clips=13)
+    assert {name: _digest(plan[name]) for name in PLAN_DIGESTS} == PLAN_DIGESTS
+    assert set(plan) - set(PLAN_DIGESTS) == {"codes", "pairs"}, "a new plan entry needs a digest here"
+
+
+def test_the_split_files_of_a_seed_are_pinned(tiny):
+    # These files depend on the plan and the "order" stream only, not on eSpeak or the encoders.
+    files = json.loads((tiny / "manifest.json").read_text())["files"]
+    assert {name: files[name][:16] for name in (
+        "annotations/my_train.csv", "annotations/stat.csv", "annotations/test.csv", "annotations/train.csv",
+        "annotations/val.csv", "processedResults/summaryTable.csv", "speakers.csv")} == {
+        "annotations/my_train.csv": "fa2230ff732588f1", "annotations/stat.csv": "827044c2e7dae878",
+        "annotations/test.csv": "da135713cc3e555c", "annotations/train.csv": "30b98a2dec57d07a",
+        "annotations/val.csv": "f4575de81e80472e", "processedResults/summaryTable.csv": "abbae228e3f253c1",
+        "speakers.csv": "2c34def2e99c21e8"}
+
+
+def test_each_speaker_gets_a_near_equal_share_of_its_splits_clips():
+    plan = _plan(train_clips=50, test_clips=22)
+    counts = np.bincount(plan["speaker"], minlength=12)
+    for members, total in ((slice(0, 8), 50), (slice(8, 12), 22)):
+        assert counts[members].sum() == total and counts[members].max() - counts[members].min() <= 1, counts
+
+
+def test_ten_class_mode_uses_the_zer_to_nin_codes():
+    assert av_digits.class_codes(10) == ("ZER", "ONE", "TWO", "THR", "FOU", "FIV", "SIX", "SEV", "EIG", "NIN")
+    with pytest.raises(ValueError, match="6 or 10 classes, not 7"):
+        av_digits.class_codes(7)
+    plan = _plan(classes=10, train_clips=20, test_clips=10)
+    assert sorted(set(plan["digit"].tolist())) == list(range(10))
+    assert all(clip.split("_")[2] == av_digits.CODES_10[d] for clip, d in zip(plan["id"], plan["digit"]))
+
+
+def test_takes_are_three_base36_characters():
+    assert av_digits._base36(np.array([0, 35, 36, 46655])) == ["000", "00Z", "010", "ZZZ"]
+
+
+# --- shards: fixed groups of speakers, each with its own eSpeak seed --------------------------------------------------
+
+def _shard_knobs(**more) -> dict:
+    return {"preset": "tiny", "train_speakers": 5, "test_speakers": 2, "train_clips": 10, "test_clips": 4, **more}
+
+
+def test_shards_group_four_speakers_by_id_and_keep_val_only_speakers_apart(tmp_path):
+    # 7 speakers fill one shard and part of another; the val-only speakers must not join that one, or its eSpeak
+    # call sequence (and so every training clip in it) would change when they are added.
+    v = av_digits.resolve_params(**_shard_knobs(val_only_speakers=2, val_only_clips=4))
+    plan = av_digits._plan(v)
+    tasks = av_digits._shards(plan, v, tmp_path)
+    speaker_ids = plan["spk_id"][plan["speaker"]]
+    assert [sorted(set(speaker_ids[t["rows"]].tolist())) for t in tasks] == [
+        [2001, 2002, 2003, 2004], [2005, 2006, 2007], [2008, 2009]]
+    assert sorted(np.concatenate([t["rows"] for t in tasks]).tolist()) == list(range(len(plan["id"])))
+    for task in tasks:
+        assert task["id"] == sorted(task["id"]) == plan["id"][task["rows"]].tolist(), "clips in id order"
+    seeds = [t["espeak_seed"] for t in tasks]
+    assert len(set(seeds)) == 3 and all(0 <= s < 2 ** 31 for s in seeds)
+    v0 = av_digits.resolve_params(**_shard_knobs())
+    without = av_digits._shards(av_digits._plan(v0), v0, tmp_path)
+    assert [(t["id"], t["espeak_seed"]) for t in without] == [(t["id"], t["espeak_seed"]) for t in tasks[:2]]
+    v1 = av_digits.resolve_params(**_shard_knobs(seed=1))
+    assert not {t["espeak_seed"] for t in av_digits._shards(av_digits._plan(v1), v1, tmp_path)} & set(seeds)
+
+
+# --- rendering through a recording stand-in for eSpeak NG -------------------------------------------------------------
+
+def _recording_espeak(log: Path, value: int):
+    class RecordingEspeak:
+        """Stands in for eSpeak NG in the forked workers: logs every call, every word lasts 0.5 s at ``value``."""
+
+        sample_rate = 22050
+
+        def __init__(self, seed: int = 0) -> None:
+            self.seed, self.voice = seed, None
+
+        def set_voice(self, voice: str, variant: str | None = None) -> None:
+            self.voice = f"{voice}+{variant}"
+
+        def synthesize(self, text: str, rate: int, pitch: int) -> np.ndarray:
+            with open(log, "a") as f:
+                f.write(f"{os.getpid()} {self.seed} {self.voice} {text} {rate} {pitch}\n")
+            return np.full(self.sample_rate // 2, value, np.int16)
+
+    return RecordingEspeak
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fake reaches the workers through fork")
+def test_each_clip_is_spoken_as_planned_in_one_fresh_engine_per_shard(tmp_path, monkeypatch):
+    log = tmp_path / "calls.log"
+    monkeypatch.setattr(espeak, "Espeak", _recording_espeak(log, 32767))
+    root = av_digits.generate(tmp_path / "out", workers=2, mp3_track=False, gain_db_range=[0.0, 0.0],
+                              **_shard_knobs(val_only_speakers=2, val_only_clips=4))
+    meta = _meta(root)
+    with open(root / "speakers.csv", newline="") as f:
+        voice = {r["speaker"]: f"{r['voice']}+{r['variant']}" for r in csv.DictReader(f)}
+    shard_of = {s: (int(s) - 2001) // 4 if int(s) <= 2007 else 2 for s in voice}  # val-only 2008-2009 apart
+    expected: dict[int, list] = {}
+    for row in sorted(meta, key=lambda r: r["id"]):
+        expected.setdefault(shard_of[row["speaker"]], []).append(
+            (voice[row["speaker"]], av_digits.DIGIT_WORDS[int(row["digit"])], row["rate"], row["pitch"]))
+    calls: dict[str, list] = {}
+    seeds: dict[str, set] = {}
+    for pid, seed, *call in (line.split() for line in log.read_text().splitlines()):
+        calls.setdefault(pid, []).append(tuple(call))
+        seeds.setdefault(pid, set()).add(seed)
+    assert sorted(calls.values()) == sorted(expected.values()), "voice, word, rate and pitch per clip, in id order"
+    assert all(len(s) == 1 for s in seeds.values()) and len(set.union(*seeds.values())) == 3, "a seed per shard"
+    for row in meta:
+        samples, _ = soundfile.read(root / "AudioWAV" / f"{row['id']}.wav", dtype="int16")
+        start = round(float(row["onset_s"]) * 16000)
+        assert float(row["utterance_s"]) == pytest.approx(0.5, abs=1e-4)
+        # eSpeak's int16 full scale is 32768, so a steady 32767 reads 32767/32768 and is written back as 32766
+        assert np.median(samples[start:start + 8000]) == 32766, row["id"]
+        with av.open(str(root / "VideoFlash" / f"{row['id']}.flv")) as container:
+            assert not container.streams.audio, "mp3_track=False writes no audio track"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fake reaches the workers through fork")
+def test_an_existing_tree_is_kept_unless_overwritten_and_a_stale_partial_is_replaced(tmp_path, monkeypatch):
+    monkeypatch.setattr(espeak, "Espeak", _long_utterance_espeak(0.5))
+    knobs = _shard_knobs(mp3_track=False)
+    (tmp_path / "AV-Digits").mkdir()
+    (tmp_path / "AV-Digits" / "mine.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match=r"AV-Digits already exists; pass overwrite=True"):
+        av_digits.generate(tmp_path, **knobs)
+    assert (tmp_path / "AV-Digits" / "mine.txt").read_text() == "keep"
+    stale = tmp_path / ".AV-Digits.partial" / "AudioWAV"  # left by an interrupted run
+    stale.mkdir(parents=True)
+    (stale / "old.wav").write_bytes(b"old")
+    root = av_digits.generate(tmp_path, overwrite=True, **knobs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["AV-Digits"]
+    on_disk = {p.relative_to(root).as_posix(): p for p in root.rglob("*") if p.is_file()}
+    files = json.loads((root / "manifest.json").read_text())["files"]
+    assert set(files) == set(on_disk) - {"manifest.json"}, "nothing stale or foreign in the tree"
+    _assert_manifest_counts_match_the_split_files(root)  # uneven: 3 my_train / 2 val speakers, classes 2 or 1 clips
+    assert all(hashlib.sha256(on_disk[name].read_bytes()).hexdigest() == h for name, h in files.items())
+
+
+def _assert_manifest_counts_match_the_split_files(root: Path) -> None:
+    manifest = json.loads((root / "manifest.json").read_text())
+    for name in ("train", "test", "my_train", "val"):
+        rows = _rows(root / "annotations" / f"{name}.csv", "\r\n" if name in ("train", "test") else "\n")
+        assert manifest["counts"][name] == {
+            "clips": len(rows), "speakers": len({clip[:4] for clip, _ in rows}),
+            "per_class": {code: sum(label == code for _, label in rows) for code in av_digits.CODES_6}}, name
+
+
+def test_manifest_counts_speakers_and_meta_agree_with_the_plan(tiny):
+    _assert_manifest_counts_match_the_split_files(tiny)
+    plan = _plan(preset="tiny", seed=0)
+    with open(tiny / "speakers.csv", newline="") as f:
+        speakers = list(csv.DictReader(f))
+    assert [int(r["speaker"]) for r in speakers] == sorted(plan["spk_id"].tolist())
+    for r in speakers:
+        s = int(np.flatnonzero(plan["spk_id"] == int(r["speaker"]))[0])
+        assert (r["voice"], r["variant"]) == plan["pairs"][plan["spk_pair"][s]]
+        assert (int(r["base_rate"]), int(r["base_pitch"])) == (plan["spk_rate"][s], plan["spk_pitch"][s])
+        assert (r["split"], r["clean_split"]) == (plan["spk_split"][s], plan["spk_clean"][s])
+    meta = _meta(tiny)
+    assert [r["id"] for r in meta] == sorted(plan["id"].tolist())
+    for r in meta:
+        i = int(np.flatnonzero(plan["id"] == r["id"])[0])
+        assert (r["split"], int(r["digit"]), int(r["image_index"]), int(r["rate"]), int(r["pitch"])) == (
+            plan["split"][i], plan["digit"][i], plan["image_index"][i], plan["rate"][i], plan["pitch"][i])
+        assert (int(r["offset_x"]), int(r["offset_y"]), r["gain_db"]) == (
+            plan["offset_x"][i], plan["offset_y"][i], f"{plan['gain_db'][i]:.4f}")
+        assert r["clean_split"] == plan["spk_clean"][plan["speaker"][i]]
+
+
+# --- rendering details: rounding, trimming, the quantiser -------------------------------------------------------------
+
+def test_samples_and_pixels_round_to_the_nearest_level_and_trim_keeps_a_full_scale_edge():
+    pcm, _ = av_digits._render_audio(np.array([0.5, -0.5, 0.25]), 3, 0.0, 0.0, None, 0)
+    assert pcm.tolist() == [16384, -16384, 8192]
+    frame = av_digits._second_frames(np.full((8, 8), 1.0), 1, 16, 0, (0, 0))[0]
+    assert int(frame[0, 16]) == 16, "1/16 of 255 is 15.94"
+    # abs() of int16 -32768 wraps to -32768, so a full-scale negative sample looked quiet
+    assert av_digits._trim(np.array([0, -32768, 5, 0], np.int16)).tolist() == [-32768]
+
+
+def test_video_qscale_reaches_the_encoder():
+    image = np.random.default_rng(0).uniform(0, 16, (8, 8))
+    frames = av_digits._second_frames(image, 30, 40, 10, (0, 0))
+    fine, coarse = (av_digits._encode_flv(frames, 30, None, q) for q in (1, 31))
+    assert len(coarse) < len(fine) / 2
+    with av.open(io.BytesIO(fine)) as container:
+        decoded = next(container.decode(video=0)).to_ndarray(format="gray").astype(int)
+    assert np.abs(decoded[:6, :6] - 40).max() <= 2, "qscale 1 keeps the marker within 2 grey levels"
+
+
+# --- eSpeak NG: the seed reaches the library; a forked child names its parent -----------------------------------------
+
+def _speak_six(seed: int) -> bytes:
+    engine = espeak.Espeak(seed=seed)
+    engine.set_voice("en", "f5")  # a breathy default variant: its noise source follows the seed
+    return engine.synthesize("six", 150, 50).tobytes()
+
+
+def test_espeak_seed_reaches_the_library():
+    # One fresh process per call: the library's output depends on what it synthesised before.
+    context = multiprocessing.get_context("fork")
+    takes = []
+    for seed in (1, 1, 2):
+        with context.Pool(1, maxtasksperchild=1) as pool:
+            takes.append(pool.apply(_speak_six, (seed,)))
+    assert takes[0] == takes[1] and takes[0] != takes[2]
+
+
+def _load_then_fork(conn) -> None:
+    espeak.Espeak()
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            espeak.Espeak()
+            message = "no error"
+        except espeak.EspeakError as err:
+            message = str(err)
+        os.write(writer, message.encode())
+        os._exit(0)
+    os.close(writer)
+    os.waitpid(child, 0)
+    conn.send((os.getpid(), os.read(reader, 4096).decode()))
+
+
+def test_espeak_in_a_fork_of_a_process_that_loaded_it_names_the_parent():
+    context = multiprocessing.get_context("fork")
+    reader, writer = context.Pipe(duplex=False)
+    process = context.Process(target=_load_then_fork, args=(writer,))
+    process.start()
+    parent, message = reader.recv()
+    process.join()
+    assert f"already loaded by parent process {parent}" in message
+
+
+@pytest.mark.parametrize("text, value", [("None", None), ("none", None), ("10", 10), ("2.5", 2.5),
+                                         ("[4, 2]", [4, 2]), ("en-us", "en-us")])
+def test_the_generator_cli_parses_values_as_yaml_with_none(text, value, monkeypatch):
+    class Generated(Exception):
+        """Stops main() at the generator, carrying the knobs it was given."""
+
+    def generate(out, overwrite, **knobs):
+        raise Generated(knobs)
+
+    monkeypatch.setattr(av_digits, "generate", generate)
+    with pytest.raises(Generated) as stop:
+        av_digits.main(["--out", "x", "--audio-snr-db", text])
+    assert stop.value.args[0] == {"audio_snr_db": value}
+
+
+@pytest.mark.parametrize("module, package", [("av", "av"), ("sklearn", "scikit-learn")])
+def test_a_missing_demo_package_is_named_with_the_extra(tmp_path, monkeypatch, module, package):
+    monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(ImportError, match=rf"needs the '{package}' package, which is missing; .*\[demo\]"):
+        av_digits.generate(tmp_path, preset="tiny")
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_refuses_to_replace_a_tree_without_force(tmp_path, capsys):
+    (tmp_path / "AV-Digits").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        av_digits.main(["--out", str(tmp_path)])
+    assert exit_info.value.code == 2 and "already exists; pass overwrite=True (CLI: --force)" in capsys.readouterr().err
