@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -662,11 +663,11 @@ def _long_utterance_espeak(seconds: float):
 def test_an_utterance_longer_than_its_clip_lengthens_it_within_its_second_or_fails(tmp_path, monkeypatch):
     knobs = {"preset": "tiny", "train_speakers": 2, "test_speakers": 1, "train_clips": 4, "test_clips": 2,
              "min_duration_s": 1.05, "max_duration_s": 1.5, "mp3_track": False}
-    monkeypatch.setattr(espeak, "Espeak", _long_utterance_espeak(1.4))
+    monkeypatch.setattr(espeak, "Espeak", _long_utterance_espeak(1.41))  # 42.3 frames: a partial frame to round up
     root = av_digits.generate(tmp_path / "ok", **knobs)
     meta = _meta(root)
-    assert all(float(r["duration_s"]) >= float(r["utterance_s"]) == pytest.approx(1.4, abs=1e-3) for r in meta)
-    assert min(float(r["duration_s"]) for r in meta) == pytest.approx(1.4), "lengthened just enough"
+    assert all(float(r["duration_s"]) >= float(r["utterance_s"]) == pytest.approx(1.41, abs=1e-3) for r in meta)
+    assert min(float(r["duration_s"]) for r in meta) == pytest.approx(43 / 30, abs=1e-4), "lengthened just enough"
     monkeypatch.setattr(espeak, "Espeak", _long_utterance_espeak(2.5))
     with pytest.raises(ValueError, match="does not fit its"):
         av_digits.generate(tmp_path / "fail", **knobs)
@@ -1119,3 +1120,38 @@ def test_cli_refuses_to_replace_a_tree_without_force(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         av_digits.main(["--out", str(tmp_path)])
     assert exit_info.value.code == 2 and "already exists; pass overwrite=True (CLI: --force)" in capsys.readouterr().err
+
+
+def _fail_or_sleep(seconds: float) -> float:
+    if seconds < 0:
+        raise ValueError("failed at once")
+    time.sleep(seconds)
+    return seconds
+
+
+def test_a_failed_worker_stops_its_running_siblings():
+    context = multiprocessing.get_context("fork")
+    start = time.monotonic()
+    with pytest.raises(ValueError, match="failed at once"):
+        av_digits._map_in_fresh_processes(context, _fail_or_sleep, [30.0, -1.0], 2)
+    assert time.monotonic() - start < 10 and not multiprocessing.active_children(), "the 30 s sibling was stopped"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fake reaches the workers through fork")
+def test_a_voice_that_says_nothing_names_the_clip(tmp_path, monkeypatch):
+    monkeypatch.setattr(espeak, "Espeak", _recording_espeak(tmp_path / "calls.log", 16))  # all at the trim level
+    with pytest.raises(espeak.EspeakError, match=r"voice '[^']+\+[^']+' produced no audio for '\w+' \(clip 20\d\d_"):
+        av_digits.generate(tmp_path / "out", mp3_track=False, **_shard_knobs())
+    assert not (tmp_path / "out" / "AV-Digits").exists()
+
+
+def _busy_interval(seconds: float) -> tuple[float, float]:
+    start = time.monotonic()  # system-wide on Linux, so comparable across the worker processes
+    time.sleep(seconds)
+    return start, time.monotonic()
+
+
+def test_fresh_process_map_runs_at_most_workers_at_a_time():
+    intervals = av_digits._map_in_fresh_processes(multiprocessing.get_context("fork"), _busy_interval, [0.2] * 4, 2)
+    overlap = max(sum(start <= t < end for start, end in intervals) for t, _ in intervals)
+    assert overlap == 2, intervals
