@@ -245,6 +245,11 @@ def _validate(v: Mapping[str, Any]) -> None:
                   "needs a clip")
     if v["val_only_clips"] and not v["val_only_speakers"]:
         raise bad("val_only_clips", "val-only clips need val_only_speakers >= 1")
+    n_speakers = v["train_speakers"] + v["test_speakers"] + v["val_only_speakers"]
+    if FIRST_SPEAKER + n_speakers - 1 > 9999:
+        raise bad("train_speakers", f"train_speakers + test_speakers + val_only_speakers = {v['train_speakers']} + "
+                  f"{v['test_speakers']} + {v['val_only_speakers']} = {n_speakers} speakers; at most "
+                  f"{9999 - FIRST_SPEAKER + 1} keep CREMA-D's four-digit ids from {FIRST_SPEAKER}")
     if v["class_balance"] == "cremad" and v["classes"] != 6:
         raise bad("class_balance", "CREMA-D's class counts exist for 6 classes only")
     if not 1.0 <= v["min_duration_s"] <= v["max_duration_s"] <= 6.0:

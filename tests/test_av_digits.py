@@ -1155,3 +1155,13 @@ def test_fresh_process_map_runs_at_most_workers_at_a_time():
     intervals = av_digits._map_in_fresh_processes(multiprocessing.get_context("fork"), _busy_interval, [0.2] * 4, 2)
     overlap = max(sum(start <= t < end for start, end in intervals) for t, _ in intervals)
     assert overlap == 2, intervals
+
+
+def test_speaker_ids_stay_four_digits():
+    # Ids are SSSS_TTT_CCC_XX from speaker 2001 on; an 8000th speaker would get the five-digit id 10000.
+    v = av_digits.resolve_params(train_speakers=7990, train_clips=7990, test_speakers=4, val_only_speakers=5,
+                                 val_only_clips=5)
+    assert v["train_speakers"] + v["test_speakers"] + v["val_only_speakers"] == 9999 - 2001 + 1
+    with pytest.raises(HParamError, match=r"train_speakers=7991: .* = 8000 speakers; at most 7999 keep"):
+        av_digits.resolve_params(train_speakers=7991, train_clips=7991, test_speakers=4, val_only_speakers=5,
+                                 val_only_clips=5)
