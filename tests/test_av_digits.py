@@ -1165,3 +1165,17 @@ def test_speaker_ids_stay_four_digits():
     with pytest.raises(HParamError, match=r"train_speakers=7991: .* = 8000 speakers; at most 7999 keep"):
         av_digits.resolve_params(train_speakers=7991, train_clips=7991, test_speakers=4, val_only_speakers=5,
                                  val_only_clips=5)
+
+
+@pytest.mark.parametrize("argv, overwrite", [([], False), (["--force"], True)])
+def test_the_generator_cli_passes_force_as_overwrite(argv, overwrite, monkeypatch):
+    class Generated(Exception):
+        """Stops main() at the generator, carrying its out folder and overwrite flag."""
+
+    def generate(out, overwrite, **knobs):
+        raise Generated(out, overwrite, knobs)
+
+    monkeypatch.setattr(av_digits, "generate", generate)
+    with pytest.raises(Generated) as stop:
+        av_digits.main(["--out", "x", *argv])
+    assert stop.value.args == (Path("x"), overwrite, {})
