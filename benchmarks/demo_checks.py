@@ -127,12 +127,31 @@ def read_summary(path: Path, log: Callable[[str], None] = print) -> dict[str, An
     return data
 
 
+def _mean_and_std(stats: Any) -> bool:
+    """Whether a summary row holds its accuracy as [mean, std, ...] numbers, as ``compare_runs`` reads it."""
+    acc = stats.get("acc") if isinstance(stats, dict) else None
+    return (isinstance(acc, list) and len(acc) >= 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in acc[:2]))
+
+
 def load_reference(path: Path, log: Callable[[str], None] = print) -> dict[str, Any] | None:
-    """A previous demo's summary to compare against (``read_summary``), or None; one without a ``rows`` mapping is
-    reported and not compared with."""
+    """A previous demo's summary to compare against (``read_summary``), or None; one without a ``rows`` mapping, with
+    a row whose accuracy is not [mean, std, n], or with a ``machine`` that is not a mapping is reported and not
+    compared with."""
     data = read_summary(path, log)
-    if data is not None and not isinstance(data.get("rows"), dict):
+    if data is None:
+        return None
+    if not isinstance(data.get("rows"), dict):
         log(f"note: not comparing with {path}: not a demo summary (no 'rows' mapping)")
+        return None
+    # Checked here, before the runs train: compare_runs meets such a row only after the whole demo has trained, and
+    # its bare TypeError/KeyError then lost the report.
+    bad = [row for row, stats in data["rows"].items() if not _mean_and_std(stats)]
+    if bad:
+        log(f"note: not comparing with {path}: rows {bad} have no 'acc' [mean, std, n]")
+        return None
+    if not isinstance(data.get("machine", {}), dict):
+        log(f"note: not comparing with {path}: its 'machine' is not a mapping")
         return None
     return data
 

@@ -193,3 +193,26 @@ def test_reproduction_text_names_rows_only_in_the_reference_and_a_single_reused_
     text = "\n".join(reproduction_markdown(compare_runs(reference, rerun, "ref.json"), {"sum": "Sum"}))
     assert "Rows not compared: only in that run: Sum." in text
     assert "trained 2 runs and reused 1 finished run from the work folder's `runs/full`" in text
+
+
+def test_load_reference_skips_a_summary_it_cannot_compare_with_and_says_which_rows(tmp_path):
+    # compare_runs reads each common row's acc[:2] after the whole demo has trained: a row without [mean, std] there
+    # raised a bare TypeError or KeyError and the report was lost.
+    notes = []
+    for name, doc in (("scalar.json", {"rows": {"joint": {"acc": 0.85}, "sum": {"acc": [0.8, 0.01, 3]}}}),
+                      ("no-acc.json", {"rows": {"joint": {"macro_f1": [0.8, 0.01, 3]}}}),
+                      ("short.json", {"rows": {"joint": {"acc": [0.8]}}}),
+                      ("text.json", {"rows": {"joint": {"acc": ["0.8", "0.01", 3]}}}),
+                      ("row-list.json", {"rows": {"joint": [0.8, 0.01, 3]}}),
+                      ("machine.json", {"rows": {"joint": {"acc": [0.8, 0.01, 3]}}, "machine": "CPU X"})):
+        (tmp_path / name).write_text(json.dumps(doc))
+        assert load_reference(tmp_path / name, notes.append) is None, name
+    assert len(notes) == 6 and all(str(tmp_path) in note for note in notes)
+    assert "['joint']" in notes[0] and "'acc' [mean, std, n]" in notes[0] and "machine" in notes[5]
+    (tmp_path / "list-rows.json").write_text(json.dumps({"rows": [1, 2]}))
+    assert load_reference(tmp_path / "list-rows.json", notes.append) is None and "no 'rows' mapping" in notes[-1]
+    (tmp_path / "latin1.json").write_bytes(b'{"rows": {"caf\xe9": 1}}')
+    assert load_reference(tmp_path / "latin1.json", notes.append) is None and "UnicodeDecodeError" in notes[-1]
+    good = {"rows": {"joint": {"acc": [0.8, 0, 3], "acc:visual": [0.5, 0.1, 3]}}, "machine": {"cpu_model": "X"}}
+    (tmp_path / "good.json").write_text(json.dumps(good))
+    assert load_reference(tmp_path / "good.json", notes.append) == good and len(notes) == 8
