@@ -195,6 +195,23 @@ def test_reproduction_text_names_rows_only_in_the_reference_and_a_single_reused_
     assert "trained 2 runs and reused 1 finished run from the work folder's `runs/full`" in text
 
 
+def test_last_quarter_trend_skips_runs_without_files_and_keeps_four_decimals_in_seed_order(tmp_path):
+    # A job the pool never started has no folder files; seeds come back ascending whatever the folders' order.
+    _run(tmp_path, "s2", "joint", 2, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.6123, 0.6246])  # +0.0123 per epoch
+    _run(tmp_path, "s0", "joint", 0, [0.5] * 8)
+    (tmp_path / "metrics-only").mkdir()
+    (tmp_path / "metrics-only" / "metrics.jsonl").write_text(json.dumps({"epoch": 0, "val": {"acc": 0.5}}) + "\n")
+    runs = [tmp_path / "never-started", tmp_path / "metrics-only", tmp_path / "s2", tmp_path / "s0"]
+    trend = last_quarter_trend(runs, ["joint"])
+    assert list(trend["joint"]) == [0, 2]
+    assert trend["joint"][2] == 0.0246 and trend["joint"][0] == 0.0
+
+
+def test_design_targets_leave_out_the_imbalance_of_a_joint_row_without_a_visual_head():
+    summary = _summary(unimodal_visual={"acc": (0.75, 0.0, 1)}, joint={"acc": (0.85, 0.0, 1)})
+    assert design_targets(summary, TARGETS) == []
+
+
 def test_load_reference_skips_a_summary_it_cannot_compare_with_and_says_which_rows(tmp_path):
     # compare_runs reads each common row's acc[:2] after the whole demo has trained: a row without [mean, std] there
     # raised a bare TypeError or KeyError and the report was lost.
@@ -216,3 +233,23 @@ def test_load_reference_skips_a_summary_it_cannot_compare_with_and_says_which_ro
     good = {"rows": {"joint": {"acc": [0.8, 0, 3], "acc:visual": [0.5, 0.1, 3]}}, "machine": {"cpu_model": "X"}}
     (tmp_path / "good.json").write_text(json.dumps(good))
     assert load_reference(tmp_path / "good.json", notes.append) == good and len(notes) == 8
+
+
+def test_compare_runs_flags_a_row_below_the_reference_and_refuses_another_profile():
+    reference = _summary(joint={"acc": (0.85, 0.02, 3)}, sum={"acc": (0.80, 0.01, 3)})
+    rerun = _summary(joint={"acc": (0.85, 0.02, 3)}, sum={"acc": (0.7777, 0.01, 3)})
+    rerun["commit"] = "fade"
+    out = compare_runs(reference, rerun, "ref.json")
+    assert out["outside_std"] == {"sum": [0.80, 0.01, 0.7777]}, "a fall counts as much as a rise"
+    assert out["max_abs_delta"] == 0.0223 and out["reference_commit"] == "c0ffee"
+    text = "\n".join(reproduction_markdown(out, {}))
+    assert "`ref.json` (commit `c0ffee`, CPU X" in text and "difference of a row's mean accuracy is 2.23 points" in text
+    disjoint = compare_runs(reference, _summary(new={"acc": (0.5, 0.0, 3)}), "ref.json")
+    assert (disjoint["rows"], disjoint["max_abs_delta"]) == (0, 0.0)
+    quick = {**_summary(joint={"acc": (0.85, 0.02, 3)}), "profile": "quick"}
+    out = compare_runs(reference, quick, "ref.json")
+    assert not out["comparable"] and out["differs"] == ["profile"]
+
+
+def test_the_readme_has_no_target_or_comparison_section_when_there_is_none():
+    assert targets_markdown([], {}, 3) == [] and reproduction_markdown(None, {}) == []
