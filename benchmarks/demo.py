@@ -519,7 +519,7 @@ def findings(summary: Mapping[str, Any], titles: Mapping[str, str], targets: Map
     if aug and "aug" in rows:
         learners = ", ".join(f"{v:.1f} {m}" for m, v in aug["extra_learners"].items())
         weights = "/".join(f"{w:g}" for w in aug["fusion_weights"])
-        verdict = "above" if mean("aug") > joint else "below"
+        verdict = "above" if mean("aug") > joint else "below" if mean("aug") < joint else "level with"
         out.append(f"AUG reaches {_pct(mean('aug'))}, {verdict} joint training: it added {learners} learner(s) on "
                    f"average (final train-score ratio audio/visual {aug['score_ratio']:.2f}), and its fixed "
                    f"{weights} audio/visual test-time weights, chosen for CREMA-D, give {_pct(aug['weighted_acc'])} "

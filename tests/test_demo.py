@@ -583,3 +583,11 @@ def test_summary_rows_keep_mean_std_and_count_rounded_and_each_rows_mean_run_sec
     assert demo_module.rounded_rows({"joint": {"acc": (0.123456, 0.0212345, 3)}}) == {"joint": {"acc": [0.1235,
                                                                                                        0.0212, 3]}}
     assert demo_module.mean_row_seconds({"joint": [1.0, 2.0, 6.0], "sum": [0.0123]}) == {"joint": 3.0, "sum": 0.012}
+
+
+def test_the_aug_finding_calls_an_aug_row_equal_to_joint_training_level_with_it():
+    # AUG at joint training's mean read "AUG reaches 85.0%, below joint training" beside a Concat of 85.0%.
+    summary = _findings_summary(0.95)
+    summary["rows"]["aug"]["acc"][0] = summary["rows"]["joint"]["acc"][0]
+    aug = findings(summary, {}, load_demo_config()["targets"])[2]
+    assert aug.startswith("AUG reaches 85.0%, level with joint training: it added")
