@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -591,3 +592,119 @@ def test_the_aug_finding_calls_an_aug_row_equal_to_joint_training_level_with_it(
     summary["rows"]["aug"]["acc"][0] = summary["rows"]["joint"]["acc"][0]
     aug = findings(summary, {}, load_demo_config()["targets"])[2]
     assert aug.startswith("AUG reaches 85.0%, level with joint training: it added")
+
+
+def test_an_unknown_demo_profile_is_refused_with_the_profiles_there_are():
+    with pytest.raises(ValueError, match=r"no demo profile 'fast'; it has \['quick', 'smoke'\]"):
+        load_demo_config(profile="fast")
+
+
+def test_the_design_digest_follows_every_design_setting_and_nothing_else():
+    demo = load_demo_config()
+    digest = demo_module.design_digest(demo)
+    assert re.fullmatch(r"[0-9a-f]{8}", digest)
+    for key in ("generate", "prepare", "defaults", "rows", "schedule", "seeds"):
+        assert demo_module.design_digest({**demo, key: "other"}) != digest, key
+    # The title, the targets and the command do not change a number: two such runs are comparable.
+    same = {**demo, "title": "another title", "targets": {}, "command": "augbench demo --x", "name": "other"}
+    assert demo_module.design_digest(same) == digest
+
+
+def test_scaled_schedule_takes_a_fraction_and_floor_given_as_a_tuple():
+    assert scaled_schedule({"start": (0.01, 3)}, "m", 30) == {"m": {"start": 3}}
+
+
+def test_machine_record_counts_this_machines_cpus(monkeypatch):
+    monkeypatch.setattr(demo_module.os, "cpu_count", lambda: 64)
+    assert machine_record(workers=1)["cpus"] == 64
+
+
+def test_identical_rows_do_not_depend_on_the_order_a_record_lists_its_protocols():
+    first = _record("sum", 0, 0.5)
+    second = _record("mses", 0, 0.5)
+    later = {"test": {"acc": 0.7, "macro_f1": 0.7}}
+    first.protocols = {"clean": first.protocols["clean"], "last": later}
+    second.protocols = {"last": later, "clean": second.protocols["clean"]}
+    assert identical_rows([first, second], ["sum", "mses"]) == {"mses": "sum"}
+
+
+def test_unstable_rows_keep_each_seeds_accuracy_to_four_decimals():
+    records = [_record("agm", s, a) for s, a in ((0, 0.39128), (1, 0.85871))]
+    assert unstable_rows(records, ["agm"]) == {"agm": [0.3913, 0.8587]}
+
+
+def test_aug_diagnostics_name_the_published_weights_and_leave_unrecorded_numbers_nan(tmp_path, monkeypatch):
+    # An empty aug.fusion_weights runs the code's 0.4/0.6; a run that logged no score ratio or equal-weight fusion
+    # has none to average (NaN, not 0).
+    from aug.method import PUBLISHED_FUSION
+
+    monkeypatch.setattr(demo_module, "load_run_config",
+                        lambda run_dir: SimpleNamespace(method_hp=SimpleNamespace(fusion_weights=[])))
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"epoch": 0, "diag": {"extra_learners/audio": 2}}) + "\n")
+    rec = collect.RunRecord(run_dir=tmp_path, label="aug", title="AUG", method="aug", dataset="av_digits", seed=0,
+                            protocols={"clean": {"test": {"acc": 0.8}}})
+    diag = aug_diagnostics([rec])
+    assert diag["fusion_weights"] == PUBLISHED_FUSION[2] == [0.4, 0.6]
+    assert diag["extra_learners"] == {"audio": 2.0} and diag["weighted_acc"] == approx64(0.8)
+    assert math.isnan(diag["score_ratio"]) and math.isnan(diag["equal_fusion_acc"])
+
+
+def test_run_summaries_read_every_run_but_the_ensemble(monkeypatch):
+    # The ensemble row has no summary.json of its own (its run_dir is the runs folder): the run times and commits
+    # count the runs that trained.
+    seen = []
+    monkeypatch.setattr(demo_module, "read_json", lambda path: seen.append(path) or {"wall_time_s": 1.0})
+    records = [_record("joint", 0, 0.5), _record(ENSEMBLE_LABEL, 0, 0.9)]
+    assert demo_module.run_summaries(records) == [("joint", {"wall_time_s": 1.0})]
+    assert seen == [Path("joint") / "summary.json"]
+
+
+def test_the_ensemble_record_sits_in_the_runs_folder_with_its_inputs_dataset_and_per_modality_softmax(monkeypatch):
+    labels = torch.tensor([0, 1])
+    outputs = {"unimodal_audio": torch.tensor([[0.9, 0.1], [0.6, 0.4]]),
+               "unimodal_visual": torch.tensor([[0.05, 0.95], [0.55, 0.45]])}
+    monkeypatch.setattr(demo_module, "_test_outputs", lambda run_dir: (outputs[run_dir.name[:-6]], labels, 2))
+    records = [collect.RunRecord(run_dir=Path("runs") / f"{label}-seed0", label=label, title=label,
+                                 method="unimodal", dataset="av_digits_v2", seed=0, protocols={})
+               for label in ("unimodal_audio", "unimodal_visual")]
+    [ensemble] = demo_module.ensemble_records(records)
+    assert (ensemble.run_dir, ensemble.dataset) == (Path("runs"), "av_digits_v2")
+    heads = ensemble.protocols["last"]["test"]["per_modality"]
+    # Each model's own softmax outputs, scored as they are: the true class's mean probability.
+    assert heads["audio"]["conf"] == approx((0.9 + 0.4) / 2) and heads["visual"]["conf"] == approx((0.05 + 0.45) / 2)
+
+
+def test_the_report_of_a_run_without_both_references_has_no_ensemble_row(tmp_path, monkeypatch):
+    drawn = {}
+    monkeypatch.setattr(demo_module.plots, "plot_demo", lambda runs_dir, path, **kw: path)
+    monkeypatch.setattr(demo_module.plots, "plot_demo_bars",
+                        lambda rows, path, **kw: drawn.update(rows=rows, **kw) or path)
+    records = [_record(label, s, a + 0.1 * s) for label, a in (("unimodal_visual", 0.6), ("joint", 0.5))
+               for s in (0, 1)]
+    for rec in records:
+        rec.protocols.update(paper=rec.protocols["clean"], last=rec.protocols["clean"])
+    shown = demo_module.write_report(records, ["unimodal_audio", "unimodal_visual", "joint"], tmp_path,
+                                     tmp_path / "results", "Demo")
+    assert shown.order == ["unimodal_visual", "joint"] and list(drawn["rows"]) == shown.order
+    assert drawn["references"] == {ENSEMBLE_LABEL: "unimodal ensemble", "joint": "Joint",
+                                   "unimodal_visual": "visual-only model"}
+
+
+def test_the_aug_finding_prints_the_fusion_weights_as_given():
+    summary = _findings_summary(0.95)
+    summary["aug"]["fusion_weights"] = [0.25, 0.75]
+    aug = findings(summary, {}, load_demo_config()["targets"])[2]
+    assert "its fixed 0.25/0.75 audio/visual test-time weights" in aug
+
+
+def test_the_commits_line_of_runs_without_a_recorded_commit_at_a_checkout_without_one():
+    assert commits_line({"commit": None, "run_commits": {"unknown": 4}}) == \
+        "- code: every run was trained at this commit"
+
+
+def test_the_readme_names_no_kernel_override_that_was_not_set():
+    demo = {**load_demo_config(), "defaults": {"train": {"lr": 0.05, "epochs": 30}}}
+    summary = _readme_summary()
+    summary["machine"] = {**summary["machine"], "kernel_env": {"ONEDNN_MAX_CPU_ISA": "AVX2"}}
+    text = demo_module._readme(demo, summary, None, {})
+    assert "\n- machine: Test CPU (2 CPUs, kernels AVX2), torch 9.9" in text
