@@ -686,6 +686,10 @@ def test_the_report_of_a_run_without_both_references_has_no_ensemble_row(tmp_pat
     shown = demo_module.write_report(records, ["unimodal_audio", "unimodal_visual", "joint"], tmp_path,
                                      tmp_path / "results", "Demo")
     assert shown.order == ["unimodal_visual", "joint"] and list(drawn["rows"]) == shown.order
+    # Bars show accuracies only (fused and per head); the tables carry macro-F1 too.
+    assert set(drawn["rows"]["joint"]) == {"acc", "acc:audio"}
+    header = (tmp_path / "results" / "table_clean.csv").read_text().splitlines()[0].split(",")
+    assert "av_digits/macro_f1/mean" in header and "av_digits/acc:audio/mean" in header
     assert drawn["references"] == {ENSEMBLE_LABEL: "unimodal ensemble", "joint": "Joint",
                                    "unimodal_visual": "visual-only model"}
 
@@ -798,3 +802,28 @@ def test_the_demo_summary_records_what_this_invocation_ran_reused_and_measured(t
     rep = summary["reproduction"]
     assert rep["source"] == "results/demo-smoke/summary.json" and rep["comparable"]
     assert (rep["rows"], rep["outside_std"]) == (2, {"unimodal_audio": [0.5, 0.0, 0.51]})
+
+
+def test_the_best_method_finding_quotes_its_best_validation_mean_even_for_joint_training():
+    summary = _findings_summary(0.95)
+    summary["rows"]["joint"]["acc"][0] = 0.88  # above every method; its final epoch is 0.87
+    headroom = findings(summary, {"joint": "Concat"}, load_demo_config()["targets"])[1]
+    assert headroom.endswith("the best method here, Concat, reaches 88.0%.")
+
+
+def test_the_demo_readme_carries_the_targets_over_its_seeds_the_comparison_and_the_thread_count():
+    demo = {**load_demo_config(), "defaults": {"train": {"lr": 0.05, "epochs": 30}}}
+    summary = _readme_summary()
+    summary["machine"] = {**summary["machine"], "threads_per_worker": 2}
+    summary["targets"] = [{"target": "headroom", "text": "ensemble above joint", "measured": {"headroom": 0.05},
+                           "met": True}]
+    summary["reproduction"] = {"source": "ref.json", "reference_commit": "abc", "comparable": False,
+                               "differs": ["seeds"], "reference_machine": {k: "?" for k in
+                                                                           ("cpu_model", "torch_cpu_capability",
+                                                                            "torch", "numpy")}}
+    text = demo_module._readme(demo, summary, None, {})
+    assert "2 worker process(es) x 2 thread" in text and "measured on this run's 2 seed(s)" in text
+    assert "| headroom: ensemble above joint | +5.0 | yes |" in text
+    assert "## Against an earlier run\n\nNot compared with `ref.json` (commit `abc`" in text
+    few = demo_module._readme(demo, {**summary, "rows": {"joint": {"acc": [0.5, 0.0, 1]}}}, None, {})
+    assert "## Findings\n\n(too few rows for findings)\n" in few

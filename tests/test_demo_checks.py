@@ -253,3 +253,14 @@ def test_compare_runs_flags_a_row_below_the_reference_and_refuses_another_profil
 
 def test_the_readme_has_no_target_or_comparison_section_when_there_is_none():
     assert targets_markdown([], {}, 3) == [] and reproduction_markdown(None, {}) == []
+
+
+def test_imbalance_is_judged_by_the_configs_target_and_identical_means_every_number_of_a_row():
+    summary = _summary(unimodal_visual={"acc": (0.75, 0.0, 1)},
+                       joint={"acc": (0.8, 0.0, 1), "acc:visual": (0.63, 0.0, 1)})
+    [imbalance] = design_targets(summary, {**TARGETS, "imbalance": 0.15})
+    assert imbalance["measured"]["gap"] == pytest.approx(0.12) and not imbalance["met"]
+    reference = _summary(joint={"acc": (0.5, 0.25, 3), "acc:visual": (0.4, 0.1, 3)})
+    rerun = _summary(joint={"acc": (0.5, 0.25, 3), "acc:visual": (0.41, 0.1, 3)})
+    out = compare_runs(reference, rerun, "ref.json")
+    assert (out["identical"], out["within_std"]) == (0, 1), "a head's accuracy differs"
