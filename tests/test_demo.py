@@ -469,7 +469,7 @@ def test_the_ensemble_averages_the_softmax_outputs_of_each_seeds_final_unimodal_
         assert rec.protocols["last"]["test"]["conf"] == approx(0.45), "softmax mean, not product or max"
 
 
-def test_a_runs_test_outputs_are_its_final_models_softmax_in_row_order(tmp_path):
+def test_a_runs_test_outputs_are_its_final_models_softmax_in_row_order(tmp_path, monkeypatch):
     # The ensemble's inputs, read back from a finished run's final checkpoint, score what the run recorded for its
     # last epoch: the true class's mean probability pins the softmax of the logits, accuracy the label order.
     run = tmp_path / "run"
@@ -480,6 +480,18 @@ def test_a_runs_test_outputs_are_its_final_models_softmax_in_row_order(tmp_path)
     again = classification_metrics(torch.log(probs), labels, classes)
     assert again["acc"] == recorded["acc"]
     assert again["conf"] == pytest.approx(recorded["conf"], abs=1e-6)
+    # Rows come back in index order whatever order the loader yields them in: the ensemble averages two models'
+    # outputs row by row.
+    build = demo_module.build_data
+
+    def reversed_test_split(cfg):
+        bundle = build(cfg)
+        bundle.splits = {**bundle.splits, "test": bundle.splits["test"][::-1].copy()}
+        return bundle
+
+    monkeypatch.setattr(demo_module, "build_data", reversed_test_split)
+    probs_again, labels_again, _ = demo_module._test_outputs(run)
+    assert torch.equal(labels_again, labels) and probs_again == approx(probs)
 
 
 def _readme_summary() -> dict:
