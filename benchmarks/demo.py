@@ -465,7 +465,10 @@ def run_demo(*, results: Path, work: Path, profile: str | None = None, workers: 
                # The ensemble exists only for the final checkpoints: what it is compared with is final too.
                "rows_final": rounded_rows(shown.final),
                "identical_rows": shown.identical, "unstable_rows": unstable_rows(records, shown.order),
-               "convergence_trend": last_quarter_trend([job.run_dir for job in jobs], [AUDIO, VISUAL, JOINT]),
+               # The finished runs only, as the tables: a run that failed part-way leaves a curve that stops
+               # mid-training.
+               "convergence_trend": last_quarter_trend([r.run_dir for r in records if not r.reference],
+                                                       [AUDIO, VISUAL, JOINT]),
                "aug": aug_diagnostics(records), "epochs": demo["defaults"]["train"]["epochs"],
                "seeds": list(config.seeds), "design": design_digest(demo), "commit": git_commit(),
                "run_commits": run_commits(runs),

@@ -726,9 +726,10 @@ def test_the_readme_names_no_kernel_override_that_was_not_set():
     assert "\n- machine: Test CPU (2 CPUs, kernels AVX2), torch 9.9" in text
 
 
-def test_the_demo_summary_records_what_this_invocation_ran_reused_and_measured(tmp_path, monkeypatch):
-    """run_demo's summary.json from stubbed stages (no data, no training): the smoke end-to-end test has one seed, one
-    epoch, no failure and nothing reused, so it cannot tell most of these fields from a wrong one."""
+def _stubbed_demo(tmp_path: Path, monkeypatch, unfinished: frozenset = frozenset()) -> tuple:
+    """run_demo from stubbed stages (no data, no training) over rows joint and unimodal_audio, seeds 0 and 1; the
+    runs in ``unfinished`` (label, seed) leave a curve but no finished record. Returns (run_demo's result, the demo
+    config, the jobs the pool got, the log lines, the results folder)."""
     monkeypatch.chdir(tmp_path)
     doc = yaml.safe_load(DEMO_CONFIG.read_text())
     doc["profiles"]["smoke"]["seeds"] = [0, 1]
@@ -784,6 +785,7 @@ def test_the_demo_summary_records_what_this_invocation_ran_reused_and_measured(t
     monkeypatch.setattr(demo_module.sweep, "run_pool", pool)
     monkeypatch.setattr(demo_module.collect, "load_runs", lambda runs_dir: [
         record(job.run_dir, job.label, job.cfg.train.seed, accs[job.label, job.cfg.train.seed]) for job in pooled
+        if (job.label, job.cfg.train.seed) not in unfinished
     ] + [record(stray, "joint", 7, 0.1)])
     monkeypatch.setattr(demo_module, "ensemble_records", lambda records: [])
     monkeypatch.setattr(demo_module.plots, "plot_demo", lambda runs_dir, path, **kw: path)
@@ -791,6 +793,13 @@ def test_the_demo_summary_records_what_this_invocation_ran_reused_and_measured(t
     notes = []
     out = run_demo(results=results, work=work, profile="smoke", workers=1, methods=["joint", "unimodal_audio"],
                    config_path=config_path, log=notes.append)
+    return out, demo, pooled, notes, results
+
+
+def test_the_demo_summary_records_what_this_invocation_ran_reused_and_measured(tmp_path, monkeypatch):
+    # The smoke end-to-end runs have one seed, one epoch, no failure and nothing reused: they cannot tell most of
+    # these fields from a wrong one.
+    out, demo, pooled, notes, results = _stubbed_demo(tmp_path, monkeypatch)
 
     summary = out["summary"]
     assert json.loads((results / "summary.json").read_text()) == json.loads(json.dumps(summary))
@@ -839,3 +848,11 @@ def test_the_demo_readme_carries_the_targets_over_its_seeds_the_comparison_and_t
     assert "## Against an earlier run\n\nNot compared with `ref.json` (commit `abc`" in text
     few = demo_module._readme(demo, {**summary, "rows": {"joint": {"acc": [0.5, 0.0, 1]}}}, None, {})
     assert "## Findings\n\n(too few rows for findings)\n" in few
+
+
+def test_the_convergence_target_reads_only_the_curves_of_finished_runs(tmp_path, monkeypatch):
+    # A run that failed part-way leaves a curve of its first epochs, no row of the table: its "last quarter" is
+    # mid-training, and it read as this demo's rows not converging.
+    summary = _stubbed_demo(tmp_path, monkeypatch, unfinished=frozenset({("joint", 1)}))[0]["summary"]
+    assert summary["rows"]["joint"]["acc"][2] == 1
+    assert summary["convergence_trend"] == {"unimodal_audio": {0: 0.0, 1: 0.0}, "joint": {0: 0.0}}
