@@ -311,7 +311,9 @@ def previous_row_seconds(summaries: Sequence[Path], log: Callable[[str], None] =
     scheduling hint: an unreadable file is reported and skipped (``read_summary``)."""
     for path in summaries:
         seconds = (read_summary(path, log) or {}).get("row_run_s")
-        if isinstance(seconds, dict) and seconds:
+        # Numbers only: longest_first negates each, and a null there stopped the demo with a TypeError naming no file.
+        if isinstance(seconds, dict) and seconds and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in seconds.values()):
             return seconds, path
     return {}, None
 

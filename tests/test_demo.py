@@ -856,3 +856,11 @@ def test_the_convergence_target_reads_only_the_curves_of_finished_runs(tmp_path,
     summary = _stubbed_demo(tmp_path, monkeypatch, unfinished=frozenset({("joint", 1)}))[0]["summary"]
     assert summary["rows"]["joint"]["acc"][2] == 1
     assert summary["convergence_trend"] == {"unimodal_audio": {0: 0.0, 1: 0.0}, "joint": {0: 0.0}}
+
+
+def test_previous_row_seconds_skip_a_summary_whose_row_times_are_not_numbers(tmp_path):
+    # longest_first negates each time: a null there stopped the demo with "bad operand type for unary -".
+    odd, good = tmp_path / "odd.json", tmp_path / "good.json"
+    odd.write_text(json.dumps({"row_run_s": {"joint": None, "sum": 3.0}}))
+    good.write_text(json.dumps({"row_run_s": {"joint": 14.2, "sum": 3}}))
+    assert previous_row_seconds([odd, good], lambda line: None) == ({"joint": 14.2, "sum": 3}, good)
