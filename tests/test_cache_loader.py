@@ -7,6 +7,7 @@ import builtins
 import json
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -494,3 +495,133 @@ def test_a_cache_whose_files_disagree_is_refused_naming_the_file(cache_path, tmp
     with pytest.raises(CacheError, match="prepare the cache again with --force") as err:
         open_cache(folder)
     assert named in str(err.value)
+
+
+def _copy(cache_path, tmp_path):
+    import shutil
+
+    folder = tmp_path / "cremad" / cache_path.name
+    shutil.copytree(cache_path, folder)
+    return folder
+
+
+@pytest.mark.parametrize("edit", ["frames offsets of another build", "frames one row short", "audio one row short",
+                                  "split row one past the end", "negative split row"])
+def test_a_cache_off_by_one_row_is_refused_naming_the_file(cache_path, tmp_path, edit):
+    # The smallest disagreements: one sample too few, one offset too far, a row index just outside 0..N-1 (a
+    # negative one would silently serve the last sample).
+    folder = _copy(cache_path, tmp_path)
+    n = len(np.load(folder / "labels.npy"))
+    if edit == "frames offsets of another build":
+        named = folder / "frames_start.npy"
+        np.save(folder / "frames_count.npy", np.load(folder / "frames_count.npy")[:-1])
+    elif edit == "frames one row short":
+        named = folder / "frames.npy"
+        reach = int((np.load(folder / "frames_start.npy") + np.load(folder / "frames_count.npy")).max())
+        np.save(named, np.load(named)[:reach - 1])
+    elif edit == "audio one row short":
+        named = folder / "audio.npy"
+        np.save(named, np.load(named)[:n - 1])
+    else:
+        named = folder / "splits" / "test.npy"
+        rows = np.load(named)
+        rows[0] = n if edit == "split row one past the end" else -1
+        np.save(named, rows)
+    with pytest.raises(CacheError, match="prepare the cache again with --force") as err:
+        open_cache(folder)
+    assert str(named) in str(err.value)
+
+
+def test_a_cache_of_another_format_version_or_index_layout_is_refused(cache_path, tmp_path):
+    folder = _copy(cache_path, tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "format": 2}), encoding="utf-8")
+    with pytest.raises(CacheError, match=r"cache format 2, this code reads 1; prepare again with --force"):
+        open_cache(folder)
+    (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    index = (folder / "index.csv").read_text(encoding="utf-8")
+    (folder / "index.csv").write_text(index.replace("label_name", "class_name", 1), encoding="utf-8")
+    with pytest.raises(CacheError, match=r"index.csv: columns .*class_name.* differ from"):
+        open_cache(folder)
+
+
+def test_damaged_split_and_manifest_files_are_refused_naming_them(cache_path, tmp_path):
+    folder = _copy(cache_path, tmp_path)
+    val = folder / "splits" / "val.npy"
+    val.write_bytes(val.read_bytes()[:100])
+    with pytest.raises(CacheError, match=rf"{val} is damaged"):
+        open_cache(folder)
+    folder = _copy(cache_path, tmp_path / "again")
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    del manifest["arrays"], manifest["audio_shape"]  # parses, but names no arrays
+    (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    with pytest.raises(CacheError, match=rf"{folder / 'manifest.json'} is damaged \(KeyError"):
+        open_cache(folder)
+
+
+def test_index_columns_are_typed_and_duration_is_a_float_nan_when_unmeasured(cache_path):
+    index = open_cache(cache_path).index
+    assert index["duration_s"].dtype == np.float64 and index["label"].dtype == np.int64
+    assert index["frame_start"].dtype == np.int64 and index["id"].dtype == object
+
+
+def test_an_unfinished_cache_is_refused_with_the_resume_hint_only_when_a_partial_build_exists(cache_path, tmp_path):
+    folder = _copy(cache_path, tmp_path)
+    (folder / "DONE").unlink()
+    with pytest.raises(CacheError, match=r"no DONE file$"):
+        open_cache(folder)
+    folder.with_name(folder.name + ".partial").mkdir()
+    with pytest.raises(CacheError, match=r"no DONE file \(an interrupted prepare resumes when run again\)"):
+        open_cache(folder)
+
+
+def test_only_finished_caches_of_the_recipe_are_found_and_several_are_refused(cache_path, tmp_path, monkeypatch):
+    from datasets.cache import default_cache_root, find_caches
+
+    folder = _copy(cache_path, tmp_path)
+    root, recipe = tmp_path, folder.name.split("-")[0]
+    # a build killed between DONE and its rename, an unfinished one, another recipe's: none is a cache to serve
+    for name in (f"{folder.name}.partial", f"{recipe}-00000000", "pmr-11111111"):
+        (root / "cremad" / name).mkdir()
+    (root / "cremad" / f"{folder.name}.partial" / "DONE").touch()
+    (root / "cremad" / "pmr-11111111" / "DONE").touch()
+    assert find_caches(root, "cremad", recipe) == [folder]
+    monkeypatch.setenv("AUG_BENCH_CACHE", str(root))
+    assert default_cache_root() == root
+    hp = resolve("data", CremaD.HPARAMS, "cremad", {"recipe": recipe})
+    assert CremaD.locate_cache(hp) == folder
+    (root / "cremad" / f"{recipe}-00000000" / "DONE").touch()
+    with pytest.raises(ValueError, match="several cremad caches .* set data.cache"):
+        CremaD.locate_cache(hp)
+    monkeypatch.delenv("AUG_BENCH_CACHE")
+    assert default_cache_root() == Path("cache")
+    with pytest.raises(FileNotFoundError, match="is not a finished cache"):
+        CremaD.locate_cache(resolve("data", CremaD.HPARAMS, "cremad", {"cache": str(root / "cremad" / "pmr-none")}))
+
+
+def test_options_hash_is_eight_hex_digits_independent_of_key_order():
+    from datasets.cache import options_hash
+
+    # It names the cache folders already built: another length or key order would orphan them.
+    assert options_hash({"a": 1, "b": [2, 3]}) == options_hash({"b": [2, 3], "a": 1}) == "fd28b174"
+    assert options_hash({"a": 1, "b": [3, 2]}) != options_hash({"a": 1, "b": [2, 3]})
+
+
+def _splits_cache(**splits):
+    from datasets.cache import Cache
+
+    return Cache(Path("c"), {"empty_splits": []}, {}, np.zeros(10, dtype=np.int64), {}, {}, {},
+                 {name: np.asarray(rows, dtype=np.int64) for name, rows in splits.items()})
+
+
+def test_full_training_serves_a_validation_split_from_outside_train_and_leaves_out_one_inside():
+    from datasets.cache import served_splits
+
+    outside = _splits_cache(train=[0, 1, 2, 3], train_noval=[0, 1, 2, 3], val=[4, 5], test=[6, 7])
+    assert served_splits(outside, "full")["val"].tolist() == [4, 5]
+    assert served_splits(outside, "clean")["val"].tolist() == [4, 5]
+    partly = _splits_cache(train=[0, 1, 2, 3], train_noval=[0, 1, 2], val=[3, 4], test=[6, 7])
+    assert "val" not in served_splits(partly, "full"), "one validation row is trained on"
+    assert served_splits(partly, "clean")["val"].tolist() == [3, 4]
+    empty = _splits_cache(train=[0, 1], train_noval=[0, 1], val=[], test=[6, 7])
+    assert list(served_splits(empty, "clean")) == ["train", "test"]
