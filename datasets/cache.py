@@ -199,8 +199,10 @@ def check_cache_rows(cache: Cache) -> None:
         elif len(array) != n:
             raise _mismatch(path / f"{name}.npy", f"{len(array)} rows, but labels.npy has {n}")
     for name, rows in cache.splits.items():
-        if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= n):
-            raise _mismatch(path / "splits" / f"{name}.npy", f"row indices reach {int(rows.max())}, outside 0..{n - 1}")
+        outside = rows[(rows < 0) | (rows >= n)]
+        if len(outside):
+            # name the offending index: a negative one leaves the maximum in range
+            raise _mismatch(path / "splits" / f"{name}.npy", f"row index {int(outside[0])} is outside 0..{n - 1}")
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:

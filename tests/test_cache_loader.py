@@ -530,6 +530,8 @@ def test_a_cache_off_by_one_row_is_refused_naming_the_file(cache_path, tmp_path,
     with pytest.raises(CacheError, match="prepare the cache again with --force") as err:
         open_cache(folder)
     assert str(named) in str(err.value)
+    if "split row" in edit:
+        assert f"row index {rows[0]} is outside 0..{n - 1}" in str(err.value)
 
 
 def test_a_cache_of_another_format_version_or_index_layout_is_refused(cache_path, tmp_path):
