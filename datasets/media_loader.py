@@ -60,7 +60,7 @@ def items_from_cache(cache: Cache, rows: np.ndarray, raw_root: Path | None = Non
     root = Path(raw_root) if raw_root is not None else Path(cache.manifest["raw_root"])
     kind = cache.manifest["visual"]["source"]
     index = cache.index
-    return [MediaItem(int(r), int(index["label"][r]), root / index["audio_path"][r], root / index["visual_path"][r],
+    return [MediaItem(int(r), int(cache.labels[0]), root / index["audio_path"][r], root / index["visual_path"][r],
                       kind) for r in rows]
 
 

@@ -50,7 +50,7 @@ def file_key(array: np.ndarray) -> tuple | None:
 def held(arrays: Mapping[str, np.ndarray]) -> bool:
     """Whether every one of ``arrays`` already has a copy in RAM (loading them then needs no new memory)."""
     with _LOCK:
-        return all(key in _COPIES for key in map(file_key, arrays.values()))
+        return all(key is not None and key in _COPIES for key in map(file_key, arrays.values()))
 
 
 def load(arrays: Mapping[str, np.ndarray], check_room: Callable[[int], None]) -> dict[str, np.ndarray]:

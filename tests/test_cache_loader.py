@@ -627,3 +627,32 @@ def test_full_training_serves_a_validation_split_from_outside_train_and_leaves_o
     assert served_splits(partly, "clean")["val"].tolist() == [3, 4]
     empty = _splits_cache(train=[0, 1], train_noval=[0, 1], val=[], test=[6, 7])
     assert list(served_splits(empty, "clean")) == ["train", "test"]
+
+
+def test_a_bundle_records_the_caches_build_and_refuses_another_datasets_cache(cache_path, tmp_path):
+    manifest = json.loads((cache_path / "manifest.json").read_text(encoding="utf-8"))
+    info = bundle(cache_path).info
+    assert info["cache"] == str(cache_path) and info["val_source"] == manifest["val_source"]
+    # what the run says it was compared on: each split file pinned or custom, "unknown" where the manifest lacks it
+    assert info["split_files"] == {name: record["status"] for name, record in manifest["split_files"].items()}
+    assert info["split_files"]["stat.csv"] == "pinned" and info["split_files"]["test.csv"] == "custom"
+    folder = _copy(cache_path, tmp_path)
+    manifest["split_files"]["test.csv"] = "sha256 only"
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "dataset": "vggsound"}), encoding="utf-8")
+    with pytest.raises(CacheError, match=rf"{folder} holds dataset 'vggsound', not 'cremad'"):
+        bundle(folder)
+    (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    assert bundle(folder).info["split_files"]["test.csv"] == "unknown"
+
+
+def test_data_cache_dir_names_the_root_and_a_missing_data_cache_says_how_to_build_it(cache_path, tmp_path,
+                                                                                    monkeypatch):
+    folder = _copy(cache_path, tmp_path / "root")
+    monkeypatch.setenv("AUG_BENCH_CACHE", str(tmp_path / "elsewhere"))
+    recipe = folder.name.split("-")[0]
+    hp = resolve("data", CremaD.HPARAMS, "cremad", {"cache_dir": str(tmp_path / "root"), "recipe": recipe})
+    assert CremaD.locate_cache(hp) == folder
+    missing = tmp_path / "out" / "cremad" / f"{recipe}-12345678"
+    root = tmp_path / "out"
+    with pytest.raises(FileNotFoundError, match=rf"build it with: augbench prepare cremad .* --out {root} "):
+        CremaD.locate_cache(resolve("data", CremaD.HPARAMS, "cremad", {"cache": str(missing)}))
