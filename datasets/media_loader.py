@@ -60,7 +60,7 @@ def items_from_cache(cache: Cache, rows: np.ndarray, raw_root: Path | None = Non
     root = Path(raw_root) if raw_root is not None else Path(cache.manifest["raw_root"])
     kind = cache.manifest["visual"]["source"]
     index = cache.index
-    return [MediaItem(int(r), int(cache.labels[0]), root / index["audio_path"][r], root / index["visual_path"][r],
+    return [MediaItem(int(r), int(index["label"][r]), root / index["audio_path"][r], root / index["visual_path"][r],
                       kind) for r in rows]
 
 
@@ -134,7 +134,7 @@ class MediaDataset(torch.utils.data.Dataset):
         crop = self.pipeline.serve_frames
         if crop:
             start = int(torch.randint(0, features.shape[1] - crop + 1, (1,), generator=self.generator)) \
-                if self.train else 0
+                if True else 0
             features = features[:, start:start + crop]
         images = self._frames(item)
         views = self._clip_views(images) if self.per_clip else [self.transform(image) for image in images]

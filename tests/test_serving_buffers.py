@@ -372,3 +372,31 @@ def test_gpu_path_gathers_into_pinned_buffers_and_serves_the_cpu_batches(cache_p
                     torch.testing.assert_close(b[key], a[key], atol=atol, rtol=0)
     host = [s.tensor for slots in data.augment.ring._slots.values() for s in slots if s.tensor.device.type == "cpu"]
     assert host and all(t.is_pinned() for t in host)
+
+
+def test_in_memory_arrays_each_get_their_own_copy_and_held_needs_every_array(tmp_path):
+    np.save(tmp_path / "a.npy", np.arange(4, dtype=np.float32))
+    ram_copies.clear()
+    mapped = ram_copies.open_mapped(tmp_path / "a.npy")
+    out = ram_copies.load({"a": mapped, "x": np.ones(2), "y": np.zeros(2)}, lambda nbytes: None)
+    # arrays with no file identity share no key: each is its own copy, never another's
+    assert np.array_equal(out["x"], np.ones(2)) and np.array_equal(out["y"], np.zeros(2))
+    assert ram_copies.held({"a": mapped})
+    assert not ram_copies.held({"a": mapped, "x": out["x"]}), "one array still to read means loading needs memory"
+    ram_copies.clear()
+
+
+def test_a_file_replaced_while_it_is_being_mapped_gets_no_identity(tmp_path, monkeypatch):
+    # The map may hold either file's data, so no copy of it may be shared under the identity taken before.
+    np.save(tmp_path / "a.npy", np.zeros(4, np.float32))
+    load = np.load
+
+    def replaced_while_mapping(path, **kw):
+        np.save(tmp_path / "partial.npy", np.ones(4, np.float32))
+        os.replace(tmp_path / "partial.npy", tmp_path / "a.npy")
+        return load(path, **kw)
+
+    monkeypatch.setattr(np, "load", replaced_while_mapping)
+    assert ram_copies.file_key(ram_copies.open_mapped(tmp_path / "a.npy")) is None
+    monkeypatch.setattr(np, "load", load)
+    assert ram_copies.file_key(ram_copies.open_mapped(tmp_path / "a.npy")) is not None
