@@ -134,7 +134,7 @@ class MediaDataset(torch.utils.data.Dataset):
         crop = self.pipeline.serve_frames
         if crop:
             start = int(torch.randint(0, features.shape[1] - crop + 1, (1,), generator=self.generator)) \
-                if True else 0
+                if self.train else 0
             features = features[:, start:start + crop]
         images = self._frames(item)
         views = self._clip_views(images) if self.per_clip else [self.transform(image) for image in images]

@@ -656,3 +656,51 @@ def test_data_cache_dir_names_the_root_and_a_missing_data_cache_says_how_to_buil
     root = tmp_path / "out"
     with pytest.raises(FileNotFoundError, match=rf"build it with: augbench prepare cremad .* --out {root} "):
         CremaD.locate_cache(resolve("data", CremaD.HPARAMS, "cremad", {"cache": str(missing)}))
+
+
+def _media_item(monkeypatch, **kw):
+    """A per-sample loader item over a synthetic clip: audio features whose every time frame holds its own index
+    (10 frames, served 4 at a time), and frames of 16x32 whose left 4 columns are black, the rest white."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from datasets import media_loader
+    from datasets.media_loader import MediaItem
+
+    features = np.tile(np.arange(10, dtype=np.float32), (3, 1))
+    monkeypatch.setattr(media_loader, "features_from_file", lambda pipeline, path: (features, 1.0, False))
+    pixels = np.full((16, 32, 3), 255, np.uint8)
+    pixels[:, :4] = 0
+    monkeypatch.setattr(MediaDataset, "_frames", lambda self, item: [Image.fromarray(pixels)] * self.num_frames)
+    item = MediaItem(5, 1, Path("a.wav"), Path("v"), "frames")
+    return MediaDataset([item], SimpleNamespace(serve_frames=4), num_frames=1, image_size=8, **kw)
+
+
+def test_per_sample_media_loader_views_and_audio_crop(monkeypatch):
+    squeezed = _media_item(monkeypatch, train=False)[0]
+    assert squeezed["audio"][0, 0].tolist() == [0, 1, 2, 3], "evaluation serves the first frames"
+    assert (int(squeezed["index"]), int(squeezed["label"])) == (5, 1), "the cache row, not the item's position"
+    assert squeezed["visual"].shape == (3, 1, 8, 8) and squeezed["visual"][0, 0, :, 0].max() < 0
+    assert squeezed["visual"][0, 0, :, -1].min() > 2, "resize((S, S)) keeps the whole frame, squeezed"
+    centre = _media_item(monkeypatch, train=False, eval_view="short_side_center")[0]["visual"]
+    assert centre.min() > 2, "the short side resized to S and the centre S x S cut: the black border is outside it"
+    torch.manual_seed(0)
+    clip = _media_item(monkeypatch, train=False, crop_per="clip")[0]["visual"]
+    assert torch.equal(clip, squeezed["visual"]), "crop_per draws crops for training only"
+    train = _media_item(monkeypatch, train=True)
+    starts = {int(train[0]["audio"][0, 0, 0]) for _ in range(80)}
+    assert starts == set(range(7)), "every start 0..10-4, the last window included"
+
+
+def test_per_sample_media_loader_takes_the_crop_scale_and_decodes_videos_at_the_frame_rate_asked(monkeypatch):
+    from datasets import media_loader
+    from datasets.media_loader import MediaItem
+
+    rates = []
+    monkeypatch.setattr(media_loader, "extract_frames",
+                        lambda path, size, fps: rates.append(fps) or (np.zeros((4, 6, 6, 3), np.uint8), None))
+    media = MediaDataset([MediaItem(0, 0, Path("a.wav"), Path("v.mp4"), "video")], None, num_frames=2, image_size=4,
+                         train=True, frames_per_second=3, crop_scale=(0.3, 0.5))
+    assert media.crop.scale == (0.3, 0.5)
+    assert len(media._frames(media.items[0])) == 2 and rates == [3]
