@@ -704,3 +704,20 @@ def test_per_sample_media_loader_takes_the_crop_scale_and_decodes_videos_at_the_
                          train=True, frames_per_second=3, crop_scale=(0.3, 0.5))
     assert media.crop.scale == (0.3, 0.5)
     assert len(media._frames(media.items[0])) == 2 and rates == [3]
+
+
+def test_a_subclass_dataset_serves_its_ancestors_cache(cache_path):
+    from datasets.av_digits_cache import AVDigits
+
+    # AV-Digits is served from a cache prepared as CREMA-D (its manifest names cremad)
+    assert AVDigits.family() == {AVDigits.NAME, "cremad"} and CremaD.family() == {"cremad"}
+    hp = resolve("data", AVDigits.HPARAMS, AVDigits.NAME, {"cache": str(cache_path), "image_size": SIZE})
+    assert len(AVDigits.build(hp).splits["test"]) == len(bundle(cache_path).splits["test"])
+
+
+def test_a_cache_of_no_samples_passes_the_row_checks():
+    from datasets.cache import Cache, check_cache_rows
+
+    empty = np.zeros(0, dtype=np.int64)
+    check_cache_rows(Cache(Path("c"), {}, {"label": empty, "id": empty.astype(object)}, empty,
+                           {"frames": np.zeros((0, 2, 2, 3), np.uint8)}, {"frames": empty}, {"frames": empty}, {}))
