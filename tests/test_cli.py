@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import yaml
+
 from benchmarks.cli import main
+from benchmarks.config import build_config
+from benchmarks.records import write_yaml
 
 
 def test_list_names_methods_and_datasets(capsys):
@@ -31,3 +36,78 @@ def test_bad_override_is_an_error_not_a_traceback(tmp_path, capsys):
     assert "unknown hyperparameter(s) ['joint.alpha']" in capsys.readouterr().err
     assert main(["train", "--method", "nope", "--dataset", "synthetic", "--out", str(tmp_path)]) == 2
     assert "valid methods" in capsys.readouterr().err
+
+
+@pytest.fixture
+def fake_train_run(monkeypatch):
+    """``benchmarks.runner.train_run`` replaced by one that records what ``augbench train`` passed it."""
+    from benchmarks import runner
+
+    calls = []
+
+    def fake(cfg, run_dir, **options):
+        calls.append((cfg, run_dir, options))
+        return {"protocols": {"clean": {"epoch": 2, "test": {"acc": 0.75}}, "paper": {"epoch": 1}}}
+
+    monkeypatch.setattr(runner, "train_run", fake)
+    return calls
+
+
+def test_train_passes_its_options_to_the_runner(tmp_path, fake_train_run, capsys):
+    assert main(["train", "--method", "joint", "--dataset", "synthetic", "--epochs", "3", "--seed", "5",
+                 "--out", str(tmp_path), "--set", "train.lr=0.25"]) == 0
+    cfg, run_dir, options = fake_train_run[-1]
+    assert (cfg.method, cfg.dataset, cfg.train.epochs, cfg.train.seed, cfg.train.lr) == ("joint", "synthetic", 3, 5,
+                                                                                          0.25)
+    assert run_dir == tmp_path / cfg.run_name()
+    assert options == {"resume": False, "extend_epochs": False, "wandb_mode": None, "wandb_group": None,
+                       "progress": True}
+    out = capsys.readouterr().out
+    assert f"run directory: {run_dir}" in out
+    assert json.loads(out[out.index("{"):]) == {"clean": {"epoch": 2, "test_acc": 0.75},
+                                                "paper": {"epoch": 1, "test_acc": None}}
+
+    assert main(["train", "--method", "joint", "--dataset", "synthetic", "--run-dir", str(tmp_path / "r"),
+                 "--resume", "--wandb", "offline", "--wandb-group", "g", "--no-progress"]) == 0
+    assert fake_train_run[-1][1:] == (tmp_path / "r", {"resume": True, "extend_epochs": False, "wandb_mode": "offline",
+                                                       "wandb_group": "g", "progress": False})
+
+
+def test_the_command_line_wins_over_the_config_file(tmp_path, fake_train_run):
+    config = tmp_path / "experiment.yaml"
+    config.write_text(yaml.safe_dump({"method": "joint", "dataset": "synthetic",
+                                      "train": {"lr": 0.5, "epochs": 7, "seed": 1}, "model": {"width": 4}}))
+    assert main(["train", "--config", str(config), "--out", str(tmp_path)]) == 0
+    cfg = fake_train_run[-1][0]
+    assert (cfg.method, cfg.train.lr, cfg.train.epochs, cfg.train.seed, cfg.model.width) == ("joint", 0.5, 7, 1, 4)
+    assert main(["train", "--config", str(config), "--out", str(tmp_path), "--method", "ogm_ge",
+                 "--set", "train.lr=0.125", "--epochs", "2", "--seed", "3"]) == 0
+    cfg = fake_train_run[-1][0]
+    assert (cfg.method, cfg.train.lr, cfg.train.epochs, cfg.train.seed, cfg.model.width) == ("ogm_ge", 0.125, 2, 3, 4)
+
+
+def test_resume_with_the_run_dir_alone_reads_its_config_under_the_command_lines_settings(tmp_path, fake_train_run):
+    run = tmp_path / "run"
+    run.mkdir()
+    recorded = build_config("joint", "synthetic", {"train": {"epochs": 4, "lr": 0.5}, "model": {"width": 4}})
+    write_yaml(run / "config.yaml", recorded.as_dict())
+    assert main(["train", "--run-dir", str(run), "--resume"]) == 0
+    cfg, run_dir, options = fake_train_run[-1]
+    assert cfg.as_dict() == recorded.as_dict() and run_dir == run and options["resume"]
+    # A differing setting must reach the runner, which refuses it: the recorded one may not silently win.
+    assert main(["train", "--run-dir", str(run), "--resume", "--set", "train.lr=0.125"]) == 0
+    assert fake_train_run[-1][0].train.lr == 0.125
+    assert main(["train", "--run-dir", str(run), "--extend-epochs", "9"]) == 0
+    cfg, _, options = fake_train_run[-1]
+    assert cfg.train.epochs == 9 and cfg.train.lr == 0.5 and options["resume"] and options["extend_epochs"]
+
+
+def test_extend_epochs_of_a_folder_without_a_run_is_refused_before_training(tmp_path, fake_train_run, capsys):
+    assert main(["train", "--run-dir", str(tmp_path / "none"), "--extend-epochs", "9"]) == 2
+    assert "holds no run to resume" in capsys.readouterr().err
+    assert main(["train", "--method", "joint", "--dataset", "synthetic", "--run-dir", str(tmp_path / "none"),
+                 "--extend-epochs", "9"]) == 2
+    assert f"--extend-epochs: {tmp_path / 'none'} holds no run to extend" in capsys.readouterr().err
+    assert main(["train", "--method", "joint", "--run-dir", str(tmp_path / "none")]) == 2
+    assert "give --method and --dataset" in capsys.readouterr().err
+    assert not fake_train_run and not (tmp_path / "none").exists()
