@@ -1063,3 +1063,63 @@ def test_an_event_segment_of_a_frame_folder_keeps_the_files_of_seconds_start_to_
     arrays, fact = AVE.load(tmp_path, record, settings)
     np.testing.assert_allclose(arrays["frames"][..., 0].mean(axis=(1, 2)), [second_level(2), second_level(3)], atol=4)
     assert fact["frames"] == 2
+
+
+@pytest.fixture
+def fake_prepare(monkeypatch):
+    """``prepare`` as ``augbench prepare`` calls it, replaced by one that records its arguments."""
+    from benchmarks.commands import prepare as command
+
+    calls = []
+
+    def fake(dataset, raw, out, opts, settings):
+        calls.append((dataset, raw, out, opts, settings))
+        return out
+
+    monkeypatch.setattr(command, "prepare", fake)
+    return calls
+
+
+def test_cli_prepare_passes_every_option(tmp_path, fake_prepare, capsys, monkeypatch):
+    monkeypatch.delenv("AUG_BENCH_DATA", raising=False)
+    assert main(["prepare", "cremad", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "cache"),
+                 "--recipe", "ogm", "--splits", str(tmp_path / "splits"), "--splits-url", "https://mirror",
+                 "--strict-splits", "--audio", "seconds=5", "--audio", "n_mels=[64]", "--audio", "note=",
+                 "--pad-mode", "reflect", "--frame-size", "24", "32", "--fps", "2", "--visual", "frames",
+                 "--audio-dir", "A/{split}", "--frames-dir", "F", "--min-frames", "3", "--label-order", "stat",
+                 "--duplicates", "drop", "--val-fraction", "0.25", "--val-seed", "7", "--skip-bad",
+                 "--max-drop-fraction", "0.5", "--force", "--workers", "2", "--shard-size", "9",
+                 "--option", "tokenizer=bert", "--option", "max_len=16"]) == 0
+    dataset, raw, out, opts, settings = fake_prepare[-1]
+    assert dataset is CremaD and raw == tmp_path / "raw" and out == tmp_path / "cache"
+    assert opts == PrepareOptions(
+        recipe="ogm", audio={"seconds": 5, "n_mels": [64], "note": "", "pad_mode": "reflect"},
+        layout={"audio_dir": "A/{split}", "frames_dir": "F"}, frame_size=(24, 32), frames_per_second=2,
+        visual="frames", min_frames=3, label_order="stat", duplicates="drop", val_fraction=0.25, val_seed=7,
+        skip_bad=True, max_drop_fraction=0.5, force=True, workers=2, shard_size=9,
+        splits_dir=tmp_path / "splits", splits_url="https://mirror", strict_splits=True)
+    assert settings == {"tokenizer": "bert", "max_len": 16}
+    assert capsys.readouterr().out.strip() == str(tmp_path / "cache")
+
+    monkeypatch.setenv("AUG_BENCH_DATA", str(tmp_path / "data"))
+    assert main(["prepare", "cremad"]) == 0
+    _, raw, out, opts, settings = fake_prepare[-1]
+    assert raw == tmp_path / "data" / "cremad" and out is None and settings == {}
+    assert opts == PrepareOptions(splits_url=opts.splits_url) and opts.splits_url.startswith("https://")
+
+
+def test_cli_prepare_without_raw_or_aug_bench_data_names_both(tmp_path, fake_prepare, capsys, monkeypatch):
+    monkeypatch.delenv("AUG_BENCH_DATA", raising=False)
+    assert main(["prepare", "cremad"]) == 2
+    assert "give --raw DIR (or set AUG_BENCH_DATA" in capsys.readouterr().err and not fake_prepare
+
+
+@pytest.mark.parametrize("flag", ["--audio", "--option"])
+@pytest.mark.parametrize("value", ["seconds", "=5", "seconds=[1"])
+def test_cli_prepare_refuses_a_bad_assignment_naming_the_option_and_text(fake_prepare, capsys, flag, value):
+    # A value that is not YAML ended in yaml's own message about "<unicode string>", naming neither.
+    with pytest.raises(SystemExit) as exit_:
+        main(["prepare", "cremad", "--raw", "raw", flag, value])
+    assert exit_.value.code == 2 and not fake_prepare
+    err = capsys.readouterr().err
+    assert f"argument {flag}: " in err and repr(value) in err and "<unicode string>" not in err

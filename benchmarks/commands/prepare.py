@@ -33,7 +33,13 @@ def _assignment(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), yaml.safe_load(value) if value.strip() else ""
+    if not value.strip():
+        return key.strip(), ""
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        # yaml's own message names only "<unicode string>": not which option or text was wrong.
+        raise argparse.ArgumentTypeError(f"{text!r}: the value is not valid YAML") from None
 
 
 def configure(p: argparse.ArgumentParser) -> None:
