@@ -16,6 +16,7 @@ import yaml
 from baselines.registry import list_methods
 from benchmarks import collect, sweep
 from benchmarks import demo as demo_module
+from benchmarks.cli import main
 from benchmarks.commands import demo as demo_command
 from benchmarks.config import build_config, method_hparams
 from benchmarks.demo import (
@@ -864,3 +865,43 @@ def test_previous_row_seconds_skip_a_summary_whose_row_times_are_not_numbers(tmp
     odd.write_text(json.dumps({"row_run_s": {"joint": None, "sum": 3.0}}))
     good.write_text(json.dumps({"row_run_s": {"joint": 14.2, "sum": 3}}))
     assert previous_row_seconds([odd, good], lambda line: None) == ({"joint": 14.2, "sum": 3}, good)
+
+
+@pytest.fixture
+def fake_run_demo(monkeypatch):
+    """``run_demo`` as ``augbench demo`` calls it, replaced by one that records its arguments (``calls``) and
+    reports the runs in ``failed`` as failed."""
+    fake = SimpleNamespace(calls=[], failed=[])
+
+    def run_demo(**options):
+        fake.calls.append(options)
+        return {"table": "TABLE", "written": [Path("a.md"), Path("b.png")], "summary": {"failed": list(fake.failed)}}
+
+    monkeypatch.setattr(demo_command, "run_demo", run_demo)
+    return fake
+
+
+def test_cli_passes_its_options_to_run_demo_and_exits_1_when_a_run_failed(fake_run_demo, capsys):
+    assert main(["demo"]) == 0
+    assert fake_run_demo.calls[-1] == {"results": Path("runs/demo/results"), "work": Path("runs/demo-work"),
+                                 "profile": None, "workers": 2, "methods": None}
+    assert capsys.readouterr().out == "TABLE\nwrote a.md, b.png\n"
+    assert main(["demo", "--quick", "--publish", "--work", "w", "--workers", "3", "--methods", "joint", "aug"]) == 0
+    assert fake_run_demo.calls[-1] == {"results": Path("results/demo-quick"), "work": Path("w"), "profile": "quick",
+                                 "workers": 3, "methods": ["joint", "aug"]}
+    assert main(["demo", "--smoke", "--results", "r"]) == 0
+    assert fake_run_demo.calls[-1]["results"] == Path("r") and fake_run_demo.calls[-1]["profile"] == "smoke"
+    fake_run_demo.failed.append("one-run")
+    assert main(["demo", "--smoke"]) == 1
+
+
+def test_cli_refuses_publish_with_results_and_no_workers_before_any_work(fake_run_demo, capsys):
+    # --publish with --results ended in SystemExit(1) out of main(), not the usage exit 2 of every other command.
+    assert main(["demo", "--publish", "--results", "r"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "augbench demo: error: --publish writes results/demo; drop --results or --publish"
+    # --workers 0 was refused by the training pool only after the data were generated and prepared.
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--smoke", "--workers", "0"])
+    assert exit_.value.code == 2 and "argument --workers: must be >= 1, got 0" in capsys.readouterr().err
+    assert not fake_run_demo.calls

@@ -6,8 +6,19 @@ import argparse
 from pathlib import Path
 
 from benchmarks.demo import default_results, run_demo
+from benchmarks.errors import UsageError
 
 HELP = "offline end-to-end demo on AV-Digits: every method, tables and plots (under runs/; --publish: results/demo)"
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -21,14 +32,15 @@ def configure(p: argparse.ArgumentParser) -> None:
                                                           "(results/demo-<profile>) instead of under runs/")
     p.add_argument("--work", type=Path, default=Path("runs/demo-work"),
                    help="data, cache and run folders (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=2, help="training processes (one thread each)")
+    # Checked here: the training pool refuses 0 only after the data were generated and prepared (minutes).
+    p.add_argument("--workers", type=_positive, default=2, help="training processes (one thread each)")
     p.add_argument("--methods", nargs="+", help="only these rows (default: every registered method)")
 
 
 def run(args: argparse.Namespace) -> int:
     profile = "quick" if args.quick else "smoke" if args.smoke else None
     if args.publish and args.results:
-        raise SystemExit("augbench demo: --publish writes results/demo; drop --results or --publish")
+        raise UsageError("--publish writes results/demo; drop --results or --publish")
     results = args.results or default_results(profile, args.publish)
     out = run_demo(results=results, work=args.work, profile=profile, workers=args.workers, methods=args.methods)
     print(out["table"])
