@@ -385,3 +385,68 @@ def test_the_sweep_check_resolves_a_rows_per_dataset_settings():
                            "methods": {"joint": {"per_dataset": {"synthetic": {"train": {"epochs": 0}}}}}})
     with pytest.raises(HParamError, match=r"methods.joint on synthetic: train.epochs must be >= 1, got 0"):
         check_config(config)
+
+
+@pytest.fixture
+def fake_launch(monkeypatch):
+    """``augbench sweep``'s preflight check and local launcher replaced by ones that record what they were given;
+    the launcher reports the run names in ``failed`` as failed."""
+    from types import SimpleNamespace
+
+    from benchmarks.commands import sweep as command
+    from benchmarks.sweep import LaunchReport, Preflight
+
+    fake = SimpleNamespace(checked=[], started=[], failed=[])
+
+    def check(cells, launcher, opts, *, skip_missing=False):
+        fake.checked.append((cells, opts, skip_missing))
+        return Preflight()
+
+    def start(jobs, out, config, opts, log):
+        fake.started.append((jobs, out, config, opts))
+        return LaunchReport(launched=[j.name for j in jobs], failed={name: 1 for name in fake.failed})
+
+    launcher = SimpleNamespace(help="fake", unavailable=lambda: None, start=start)
+    monkeypatch.setattr(command, "check", check)
+    monkeypatch.setitem(command.LAUNCHERS, "local", launcher)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    return fake
+
+
+def test_sweep_passes_its_filters_and_launch_options(fake_launch, tmp_path, capsys):
+    path = write_config(tmp_path / "sweep.yaml", seeds=[0, 1, 2], methods={"joint": {}, "sum": {}, "ogm_ge": {}})
+    out = tmp_path / "out"
+    assert main(["sweep", str(path), "--out", str(out), "--seeds", "4", "5", "--methods", "joint", "ogm_ge",
+                 "--set", "train.lr=0.25", "--gpus", "0,1", "--gpus-per-run", "2", "--workers", "3",
+                 "--threads-per-worker", "2", "--skip-missing", "--wandb", "offline", "--wandb-group", "g",
+                 "--resubmit", "--time", "30", "--partition", "p", "--cpus-per-task", "4", "--mem-gb", "16",
+                 "--account", "a", "--qos", "q", "--constraint", "c", "--array-parallelism", "5"]) == 0
+    (cells, opts, skip_missing), = fake_launch.checked
+    (jobs, started_out, config, started_opts), = fake_launch.started
+    assert skip_missing and started_out == out and started_opts is opts and jobs == cells.jobs
+    assert sorted((j.label, j.cfg.train.seed, j.cfg.train.lr) for j in jobs) == [
+        ("joint", 4, 0.25), ("joint", 5, 0.25), ("ogm_ge", 4, 0.25), ("ogm_ge", 5, 0.25)]
+    assert (opts.workers, opts.gpus, opts.gpus_per_run, opts.threads_per_worker, opts.resubmit) == (3, [0, 1], 2, 2,
+                                                                                                   True)
+    assert (opts.wandb_mode, opts.wandb_group) == ("offline", "g")
+    s = opts.slurm
+    assert (s.partition, s.time_min, s.gpus_per_run, s.cpus_per_task, s.mem_gb, s.account, s.qos, s.constraint,
+            s.array_parallelism) == ("p", 30, 2, 4, 16, "a", "q", "c", 5)
+    assert capsys.readouterr().out.strip().endswith("4 launched, 0 already finished, 0 failed")
+
+
+def test_sweep_defaults_and_exit_1_when_a_run_failed(fake_launch, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = write_config(tmp_path / "sweep.yaml", datasets={"synthetic": {"data": dict(TINY_DATA)}, "cremad": {}})
+    assert main(["sweep", str(path), "--datasets", "synthetic"]) == 0
+    (cells, opts, skip_missing), = fake_launch.checked
+    jobs, out, config, _ = fake_launch.started[-1]
+    assert out == Path("runs") / "test_checks" and not skip_missing
+    assert sorted((j.label, j.cfg.dataset, j.cfg.train.seed) for j in jobs) == [
+        ("joint", "synthetic", 0), ("joint", "synthetic", 1), ("sum", "synthetic", 0), ("sum", "synthetic", 1)]
+    assert (opts.workers, opts.gpus, opts.gpus_per_run, opts.threads_per_worker, opts.resubmit) == (1, None, 1, None,
+                                                                                                   False)
+    assert opts.wandb_group == "test/checks"
+    fake_launch.failed.append("x")
+    assert main(["sweep", str(path), "--datasets", "synthetic"]) == 1
+    assert capsys.readouterr().out.strip().endswith("4 launched, 0 already finished, 1 failed")
