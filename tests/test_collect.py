@@ -1243,3 +1243,12 @@ def test_the_demo_curves_share_both_axes_across_panels(tmp_path, monkeypatch):
     first, second = figures[0].axes
     assert first.get_shared_x_axes().joined(first, second) and first.get_shared_y_axes().joined(first, second)
     assert first.get_xlim() == second.get_xlim() and first.get_ylim() == second.get_ylim() == (0, 100)
+
+
+def test_table_refuses_a_paper_table_without_a_paper(runs_dir, capsys, tmp_path):
+    # Ignored before: the table came out without the published numbers it was asked for, and exit 0.
+    assert main(["table", str(runs_dir), "--paper-table", "table1", "--out", str(tmp_path / "t.md")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("augbench table: error: --paper-table table1 names a table of the paper file: give --paper (or a "
+                   "--config that names a paper)")
+    assert not (tmp_path / "t.md").exists()

@@ -33,6 +33,7 @@ from benchmarks.collect import (
     unfinished_row,
     unfinished_runs,
 )
+from benchmarks.errors import UsageError
 from benchmarks.records import WANDB_MODES, atomic_write_text, read_json, resolve_wandb_mode, start_wandb
 
 HELP = "tabulate finished runs: mean ± std over seeds per method x dataset x metric, with published numbers"
@@ -67,6 +68,10 @@ def run(args: argparse.Namespace) -> int:
     mode = resolve_wandb_mode(args.wandb) if args.wandb or os.environ.get("WANDB_MODE") else "disabled"
     order = config_order(args.config) if args.config else {}
     paper_name = args.paper or order.get("paper")
+    if args.paper_table and not paper_name:
+        # Otherwise ignored: the table came out without the published numbers it was asked for, without a word.
+        raise UsageError(f"--paper-table {args.paper_table} names a table of the paper file: give --paper (or a "
+                         "--config that names a paper)")
     paper = load_paper(paper_name, args.paper_table or order.get("table")) if paper_name else None
     records = load_runs(args.runs_dir)
     protocol = (args.protocol or order.get("protocol") or recorded_protocol(records)
