@@ -1252,3 +1252,34 @@ def test_table_refuses_a_paper_table_without_a_paper(runs_dir, capsys, tmp_path)
     assert err == ("augbench table: error: --paper-table table1 names a table of the paper file: give --paper (or a "
                    "--config that names a paper)")
     assert not (tmp_path / "t.md").exists()
+
+
+def test_table_command_passes_its_options_and_follows_the_protocol_every_run_records(runs_dir, monkeypatch, capsys):
+    from benchmarks.collect import build_table
+    from benchmarks.commands import table as command
+
+    calls = []
+
+    def recording_build_table(records, **options):
+        calls.append(options)
+        return build_table(records, **options)
+
+    monkeypatch.setattr(command, "build_table", recording_build_table)
+    monkeypatch.setattr(command, "log_wandb_table", lambda table, mode, where, group=None: calls.append((mode, group)))
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    shutil.rmtree(runs_dir / "cremad-aug-seed9-fixture")
+    finished = sorted(p for p in runs_dir.iterdir() if (p / "DONE").exists())
+    (finished[0] / "job.json").write_text(json.dumps({"protocol": "paper"}))
+    # One run's job.json is not every run's: the table stays on the default protocol.
+    assert main(["table", str(runs_dir), "--per-modality", "--wandb-group", "g", "--wandb", "offline"]) == 0
+    options, logged = calls[-2:]
+    assert (options["protocol"], options["per_modality"], options["missing"]) == ("clean", True, False)
+    assert logged == ("offline", "g")
+    for run in finished:
+        (run / "job.json").write_text(json.dumps({"protocol": "paper"}))
+    assert main(["table", str(runs_dir)]) == 0
+    options, logged = calls[-2:]
+    assert (options["protocol"], options["per_modality"], logged) == ("paper", False, ("disabled", None))
+    assert main(["table", str(runs_dir), "--protocol", "clean"]) == 0
+    assert calls[-2]["protocol"] == "clean"
+    capsys.readouterr()
