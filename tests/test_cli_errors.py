@@ -248,3 +248,17 @@ def test_ctrl_c_in_any_command_is_one_line_and_exit_130(monkeypatch, capsys):
 def test_a_folder_without_config_yaml_is_no_run_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"^{re.escape(str(tmp_path))} has no config.yaml; it is not a run"):
         load_run_config(tmp_path)
+
+
+@pytest.mark.parametrize("error", [KeyError("unknown method 'x'; valid methods: a, b"), ValueError("bad value"),
+                                   FileNotFoundError("runs/x has no config.yaml")])
+def test_an_expected_error_in_any_command_is_its_message_alone_and_exit_2(monkeypatch, capsys, error):
+    # str() of a KeyError is its message in quotes (with any quote inside escaped): printed as is, it misquoted.
+    from benchmarks.commands import list as list_command
+
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(list_command, "run", fail)
+    assert main(["list"]) == 2
+    assert capsys.readouterr().err == f"augbench list: error: {error.args[0]}\n"
