@@ -1283,3 +1283,20 @@ def test_table_command_passes_its_options_and_follows_the_protocol_every_run_rec
     assert main(["table", str(runs_dir), "--protocol", "clean"]) == 0
     assert calls[-2]["protocol"] == "clean"
     capsys.readouterr()
+
+
+def test_plot_command_plots_a_run_or_a_sweep_into_out(tmp_path, monkeypatch, capsys):
+    import benchmarks.plots
+
+    calls = []
+    monkeypatch.setattr(benchmarks.plots, "plot_run", lambda path, out: calls.append(("run", path, out)) or "r.png")
+    monkeypatch.setattr(benchmarks.plots, "plot_sweep", lambda path, out: calls.append(("sweep", path, out)) or "s.png")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("")
+    assert main(["plot", str(run), "--out", str(tmp_path / "c.png")]) == 0
+    assert main(["plot", str(tmp_path)]) == 0
+    assert calls == [("run", run, tmp_path / "c.png"), ("sweep", tmp_path, None)]
+    assert capsys.readouterr().out == "wrote r.png\nwrote s.png\n"
+    assert main(["plot", str(run / "metrics.jsonl")]) == 2
+    assert f"{run / 'metrics.jsonl'} is not a folder" in capsys.readouterr().err and len(calls) == 2
