@@ -111,3 +111,20 @@ def test_extend_epochs_of_a_folder_without_a_run_is_refused_before_training(tmp_
     assert main(["train", "--method", "joint", "--run-dir", str(tmp_path / "none")]) == 2
     assert "give --method and --dataset" in capsys.readouterr().err
     assert not fake_train_run and not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("block", ["methods", "datasets"])
+def test_list_markdown_prints_the_block_asked_for(capsys, block):
+    from benchmarks.commands.list import README_BLOCKS
+
+    assert main(["list", "--markdown", block]) == 0
+    assert capsys.readouterr().out == README_BLOCKS[block]()
+
+
+def test_a_listing_summary_is_the_docstrings_whole_first_sentence():
+    from benchmarks.commands.list import _summary
+
+    assert _summary("Joint training of both\nencoders. Then more.\n\nOther paragraph.") == \
+        "Joint training of both encoders."
+    assert _summary("No full stop here\n\nNext. Paragraph.") == "No full stop here"
+    assert _summary(None) == ""
