@@ -106,20 +106,24 @@ def scaled_schedule(fractions: Mapping[str, Any], method: str, epochs: int) -> d
     return {method: {knob: scale(value) for knob, value in fractions.items()}} if fractions else {}
 
 
-def sweep_document(demo: Mapping[str, Any], cache: Path, methods: Sequence[str] | None = None) -> dict[str, Any]:
-    """The sweep config of the demo: every registered method (``unimodal`` as its audio and visual rows)."""
-    registered = [m for m in list_methods() if m != "unimodal"]
-    rows: dict[str, Any] = {}
-    for label, entry in demo["rows"].items():
-        rows[label] = dict(entry)
+def demo_rows(demo: Mapping[str, Any], methods: Sequence[str] | None = None) -> dict[str, Any]:
+    """Row label -> its method settings: every registered method (``unimodal`` as its audio and visual rows), or
+    only ``methods`` (a name that is no row is refused)."""
+    rows: dict[str, Any] = {label: dict(entry) for label, entry in demo["rows"].items()}
     epochs = demo["defaults"]["train"]["epochs"]
-    for name in registered:
+    for name in (m for m in list_methods() if m != "unimodal"):
         rows[name] = scaled_schedule(demo.get("schedule", {}).get(name, {}), name, epochs)
     if methods:
         unknown = sorted(set(methods) - set(rows))
         if unknown:
             raise ValueError(f"--methods {unknown} are not demo rows; rows: {sorted(rows)}")
         rows = {k: v for k, v in rows.items() if k in methods}
+    return rows
+
+
+def sweep_document(demo: Mapping[str, Any], cache: Path, methods: Sequence[str] | None = None) -> dict[str, Any]:
+    """The sweep config of the demo: its rows (``demo_rows``) on ``cache``."""
+    rows = demo_rows(demo, methods)
     ordered = [r for r in FIRST_ROWS if r in rows] + sorted(r for r in rows if r not in FIRST_ROWS and r != "aug")
     ordered += ["aug"] if "aug" in rows else []
     defaults = merge_overrides(demo["defaults"], {"data": {"cache": str(cache)}})
@@ -399,6 +403,7 @@ def run_demo(*, results: Path, work: Path, profile: str | None = None, workers: 
     """Run the demo; returns what it wrote. See the module docstring."""
     started = time.perf_counter()
     demo = load_demo_config(config_path, profile)
+    demo_rows(demo, methods)  # a misspelt --methods is refused before minutes of data generation, not after
     work = Path(work)
     timings: dict[str, float] = {}
 

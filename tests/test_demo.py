@@ -68,6 +68,16 @@ def test_demo_config_covers_every_registered_method_and_profiles_merge(tmp_path)
         sweep_document(full, tmp_path, methods=["nope"])
 
 
+def test_a_misspelt_row_is_refused_before_the_data_is_generated(tmp_path, monkeypatch):
+    import datasets.av_digits
+
+    monkeypatch.setattr(datasets.av_digits, "generate", lambda *a, **k: pytest.fail("generated before the check"))
+    with pytest.raises(ValueError, match=r"--methods \['jiont'\] are not demo rows"):
+        run_demo(results=tmp_path / "r", work=tmp_path / "w", profile="smoke", methods=["joint", "jiont"],
+                 log=lambda line: None)
+    assert not (tmp_path / "w").exists()
+
+
 # Knobs whose names read like epoch counts but need no demo schedule, and why.
 NOT_EPOCH_SCHEDULES = {
     ("agm", "mod_start"): "0: modulation from the first epoch", ("ogm", "mod_start"): "0: from the first epoch",
