@@ -252,6 +252,16 @@ def test_gpu_ids_are_those_this_process_sees(no_launch, tmp_path, monkeypatch, c
     assert "GPU(s) [2] are not present; this process sees 2 CUDA device(s)" in err
 
 
+@pytest.mark.parametrize("gpus", [",", " ", "0,0", "1,-1", "0,a"])
+def test_a_gpu_list_that_is_empty_repeats_an_id_or_is_no_id_is_a_usage_error(no_launch, tmp_path, gpus, capsys):
+    # "," ran every run without a GPU and "0,0" two at once on GPU 0, both without a word.
+    path = write_config(tmp_path / "sweep.yaml")
+    with pytest.raises(SystemExit) as exit_:
+        main(["sweep", str(path), "--out", str(tmp_path / "out"), "--gpus", gpus])
+    assert exit_.value.code == 2
+    assert f"--gpus expects a comma-separated list of distinct GPU ids, got {gpus!r}" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("place, patch", [
     ("defaults", {"defaults": {"train": {"seed": 3}}}),
     ("datasets.synthetic", {"datasets": {"synthetic": {"train": {"seed": 3}}}}),

@@ -39,10 +39,15 @@ HELP = "run an experiment config (all methods x datasets x seeds) locally or on 
 
 
 def _gpus(text: str) -> list[int]:
+    # An empty list would run on no GPU and a repeated id two runs on one GPU, both without a word.
+    bad = argparse.ArgumentTypeError(f"--gpus expects a comma-separated list of distinct GPU ids, got {text!r}")
     try:
-        return [int(g) for g in text.split(",") if g.strip()]
+        ids = [int(g) for g in text.split(",") if g.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--gpus expects a comma-separated list of GPU ids, got {text!r}") from None
+        raise bad from None
+    if not ids or len(set(ids)) != len(ids) or min(ids) < 0:
+        raise bad
+    return ids
 
 
 def configure(p: argparse.ArgumentParser) -> None:
