@@ -7,18 +7,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import datasets.audio_visual as av
+from core.hparams import HParams
 from datasets.ave import AVE
+from datasets.cache import CacheError
 from datasets.cremad import CremaD
 from datasets.kinetics_sounds import KineticsSounds
 from datasets.media import MediaError
-from datasets.media.audio import AudioPipeline
+from datasets.media.audio import AudioPipeline, features_from_file, get_pipeline
+from datasets.prepared import Record
 from datasets.splits import SplitRow
 from datasets.tables import PrepareError, PrepareOptions, Sample
 from datasets.vggsound import VGGSound
-from tests.media_fixtures import EMOTIONS, write_lines
+from tests.media_fixtures import EMOTIONS, second_level, write_frame_folder, write_lines, write_wav
 
 
 def resolved(dataset, recipe: str, tmp_path: Path, monkeypatch, **opts):
@@ -246,3 +250,88 @@ def test_vggsound_without_test_rows_is_an_error(tmp_path):
     write_lines(tmp_path / "vggsound.csv", ["a,1,dog barking,train"], crlf=False)
     with pytest.raises(PrepareError, match=r"no rows for split\(s\) \['test'\]"):
         VGGSound.read_splits({"vggsound.csv": tmp_path / "vggsound.csv"}, tmp_path, PrepareOptions(), None)
+
+
+# --- loading an event segment ---------------------------------------------------------------------------------------
+
+def ave_record(segment: list[int], folder: str) -> Record:
+    return Record(0, Sample("clip", "test", 0, AVE.CLASSES[0], "testSet.txt:1"),
+                  {"audio": "AVE/clip.wav", "visual": f"{folder}/clip"}, {"segment": segment})
+
+
+def test_an_event_segment_of_a_2_fps_frame_folder_keeps_both_frames_of_each_second(tmp_path):
+    write_frame_folder(tmp_path / "Image-02-FPS" / "clip", 12, 90, size=(12, 16))
+    write_wav(tmp_path / "AVE" / "clip.wav", 6.0)
+    opts = PrepareOptions(visual="frames", frame_size=(12, 16), frames_per_second=2,
+                          layout={"frames_dir": "Image-02-FPS"})
+    settings = AVE.resolve_settings("pmr", {}, opts, tmp_path)
+    arrays, fact = AVE.load(tmp_path, ave_record([2, 3], "Image-02-FPS"), settings)
+    # files 4..7 hold seconds 2 and 3 (the fixture's file k has red second_level(k))
+    np.testing.assert_allclose(arrays["frames"][..., 0].mean(axis=(1, 2)), [second_level(k) for k in range(4, 8)],
+                               atol=4)
+    assert fact["frames"] == 4
+
+
+def test_an_event_whose_start_equals_its_end_takes_the_audio_of_that_one_second(tmp_path):
+    write_frame_folder(tmp_path / "Image-01-FPS" / "clip", 6, 90, size=(12, 16))
+    write_wav(tmp_path / "AVE" / "clip.wav", 6.0)
+    settings = AVE.resolve_settings("pmr", {}, PrepareOptions(visual="frames", frame_size=(12, 16)), tmp_path)
+    arrays, fact = AVE.load(tmp_path, ave_record([3, 3], "Image-01-FPS"), settings)
+    pipeline = AudioPipeline(**settings.audio)
+    expected = features_from_file(pipeline, tmp_path / "AVE" / "clip.wav", (3, 4))[0].astype(np.float16)
+    np.testing.assert_array_equal(arrays["audio"], expected)
+    assert fact["frames"] == 1
+
+
+def test_event_segments_and_whole_clips_make_different_caches(tmp_path):
+    (tmp_path / "Image-01-FPS").mkdir()
+    event = AVE.resolve_settings("pmr", {}, PrepareOptions(visual="frames"), tmp_path)
+    assert AVE.cache_options(event, ())["segment"] == "event"
+    whole = AVE.resolve_settings("ogm", {}, PrepareOptions(visual="frames"), tmp_path)
+    assert "segment" not in AVE.cache_options(whole, ())
+
+
+# --- caches built by earlier code -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("policies, wanted, stale", [
+    ({"min_frames": 1}, 4, True),  # before min_frames_from, 1 was the old default
+    ({"min_frames": 2}, 4, False),  # another value was chosen with --min-frames
+    ({"min_frames": 1}, 1, False),
+    ({"min_frames": 1, "min_frames_from": "--min-frames"}, 4, False),
+    ({"min_frames": 2, "min_frames_from": "recipe"}, 4, True),
+    ({"min_frames": 4, "min_frames_from": "recipe"}, 4, False),
+])
+def test_a_recorded_min_frames_is_stale_only_when_the_recipe_chose_another(policies, wanted, stale):
+    assert av.min_frames_stale(policies, wanted) is stale
+
+
+@pytest.mark.parametrize("visual, name", [
+    ({}, "none"),
+    ({"source": "frames"}, "none"),
+    ({"source": "video"}, "frames_1fps"),  # built before rules were recorded
+    ({"source": "video", "extraction": {"name": "frames_1fps_min3"}}, "frames_1fps_min3"),
+])
+def test_the_extraction_rule_a_cache_was_built_by(visual, name):
+    assert av.recorded_extraction({"visual": visual}) == name
+
+
+class FakeCache:
+    def __init__(self, manifest=None):
+        self.path = Path("cache")
+        self.manifest = manifest or {}
+
+
+def test_random_k_refuses_only_clips_of_fewer_frames_than_it_draws():
+    hp = {"frames": 3, "frame_rule": "random_k"}
+    av.check_distinct_frames(FakeCache(), np.array([3, 5]), HParams("data", hp))
+    with pytest.raises(CacheError, match="1 clip.s. have fewer"):
+        av.check_distinct_frames(FakeCache(), np.array([2, 3, 5]), HParams("data", hp))
+    av.check_distinct_frames(FakeCache(), np.array([1, 2]), HParams("data", {**hp, "frame_rule": "segments"}))
+
+
+@pytest.mark.parametrize("key", ["follows", "deviation"])
+def test_a_cache_of_an_earlier_audio_pipeline_version_is_refused(key):
+    recorded = get_pipeline("ogm_stft3s").params()
+    assert av.audio_pipeline(FakeCache({"audio": recorded})).name == "ogm_stft3s"
+    with pytest.raises(CacheError, match=f"recorded {key}"):
+        av.audio_pipeline(FakeCache({"audio": {**recorded, key: "an earlier text"}}))
