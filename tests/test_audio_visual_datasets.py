@@ -5,6 +5,7 @@ media are looked for (tiny generated split files and media trees, CPU only)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -335,3 +336,23 @@ def test_a_cache_of_an_earlier_audio_pipeline_version_is_refused(key):
     assert av.audio_pipeline(FakeCache({"audio": recorded})).name == "ogm_stft3s"
     with pytest.raises(CacheError, match=f"recorded {key}"):
         av.audio_pipeline(FakeCache({"audio": {**recorded, key: "an earlier text"}}))
+
+
+def test_the_manifest_counts_short_audio_clips_and_tops_up_only_videos(tmp_path):
+    (tmp_path / "Image-01-FPS").mkdir()
+    facts = [{"short": True, "frames": 2, "source_size": [360, 480]},
+             {"short": False, "frames": 5, "source_size": None}]
+    for visual, top_up in (("video", "clips with fewer than 3 kept frames are topped up to 3"),
+                           ("frames", "none at prepare time")):
+        settings = CremaD.resolve_settings("pmr", {}, PrepareOptions(visual=visual), tmp_path)
+        entries = CremaD.manifest_entries(settings, facts, {"frames": 7})
+        assert entries["counts"]["short_audio_clips"] == 1 and entries["counts"]["few_frame_clips"] == {"2": 1}
+        assert entries["policies"]["frame_top_up"].startswith(top_up)
+
+
+def test_cremad_a_third_row_of_an_id_names_the_first_line_of_that_id(tmp_path):
+    files = cremad_files(tmp_path)
+    write_lines(files["my_train.csv"], ["1001_A_NEU_XX,NEU", "1002_A_HAP_XX,HAP", "1001_A_NEU_XX,NEU",
+                                        "1001_A_NEU_XX,NEU"], crlf=False)
+    with pytest.raises(PrepareError, match=re.escape("my_train.csv:4 1001_A_NEU_XX (first on line 1)")):
+        CremaD.read_splits(files, tmp_path, PrepareOptions(label_order="ogm"), None)
