@@ -721,3 +721,9 @@ def test_a_cache_of_no_samples_passes_the_row_checks():
     empty = np.zeros(0, dtype=np.int64)
     check_cache_rows(Cache(Path("c"), {}, {"label": empty, "id": empty.astype(object)}, empty,
                            {"frames": np.zeros((0, 2, 2, 3), np.uint8)}, {"frames": empty}, {"frames": empty}, {}))
+
+
+@pytest.mark.parametrize("subset, resident, mode", [(1, "auto", "none"), (1, "memory", "memory"), (0, "auto", "auto")])
+def test_a_subset_keeps_the_cache_memory_mapped_unless_asked_otherwise(cache_path, subset, resident, mode):
+    # A smoke run on a few rows per class would spend more copying the whole cache into RAM than it saves.
+    assert bundle(cache_path, subset=subset, resident=resident).augment.arrays.mode == mode
