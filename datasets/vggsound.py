@@ -11,9 +11,10 @@ OGM-GE's own tree keeps train and test media apart (``train-audios/train-set/``,
 ``{split}`` in ``--audio-dir/--video-dir/--frames-dir`` stands for a row's split (docs/datasets/vggsound.md).
 
 Clip names are ``f"{ytid}_{start}"`` with the start as written in the CSV; a zero-padded ``_000030`` file name is
-also found. Split file: ``vggsound.csv`` (``ytid,start_seconds,label,split``, no header) from the VGGSound page. It
-is not pinned here (not in any pinned repository, docs/datasets/vggsound.md), so ``prepare`` needs ``--splits DIR``
-holding it; its SHA-256 is recorded in the manifest.
+also found, and an unpadded ``_30`` one for a CSV that pads the start. Split file: ``vggsound.csv``
+(``ytid,start_seconds,label,split``, no header) from the VGGSound page. It is not pinned here (not in any pinned
+repository, docs/datasets/vggsound.md), so ``prepare`` needs ``--splits DIR`` holding it; its SHA-256 is recorded in
+the manifest.
 
 Label map: the sorted distinct labels of the whole CSV. This replaces OGM-GE's "first appearance among rows whose
 media exist", which changes with every partial download (docs/datasets/pitfalls.md#label-order (d)); the map is written
@@ -57,8 +58,11 @@ class VGGSound(AVCacheDataset):
     @classmethod
     def media_names(cls, sample_id: str) -> tuple[str, ...]:
         ytid, _, start = sample_id.rpartition("_")
-        padded = f"{ytid}_{int(start):06d}" if is_whole_number(start) else sample_id
-        return (sample_id,) if padded == sample_id else (sample_id, padded)
+        if not is_whole_number(start):
+            return (sample_id,)
+        # The start as written, then zero-padded (other codebases' names), then unpadded (the published file's names,
+        # for a copy of vggsound.csv that pads it).
+        return tuple(dict.fromkeys((sample_id, f"{ytid}_{int(start):06d}", f"{ytid}_{int(start)}")))
 
     @classmethod
     def read_splits(cls, files: Mapping[str, Path], raw: Path, opts: PrepareOptions, settings: HParams

@@ -116,8 +116,19 @@ def test_vggsound_takes_a_frame_folder_named_without_mp4_and_never_a_file_of_the
 
 def test_vggsound_media_names_try_the_start_as_written_then_zero_padded_to_six_digits():
     assert VGGSound.media_names("a_b_30") == ("a_b_30", "a_b_000030")
-    assert VGGSound.media_names("a_b_000030") == ("a_b_000030",)
     assert VGGSound.media_names("a_b_x") == ("a_b_x",)
+    assert VGGSound.media_names("a_b_0") == ("a_b_0", "a_b_000000")
+
+
+def test_vggsound_a_zero_padded_start_in_the_csv_finds_media_named_by_the_published_unpadded_start(tmp_path):
+    # Copies of vggsound.csv that zero-pad the start (000030) name clips that the published file names a_b_30.
+    assert VGGSound.media_names("a_b_000030") == ("a_b_000030", "a_b_30")
+    (tmp_path / "audio").mkdir()
+    (tmp_path / "audio" / "a_b_30.wav").write_bytes(b"x")
+    (tmp_path / "Image-01-FPS" / "a_b_30.mp4").mkdir(parents=True)
+    settings = VGGSound.resolve_settings("ogm", {}, PrepareOptions(visual="frames"), tmp_path)
+    media, _ = VGGSound.locate(tmp_path, vgg_sample("a_b_000030"), settings)
+    assert media == {"audio": "audio/a_b_30.wav", "visual": "Image-01-FPS/a_b_30.mp4"}
 
 
 def test_a_missing_medium_names_the_path_looked_for(tmp_path):
