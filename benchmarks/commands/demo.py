@@ -5,20 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from benchmarks.commands import positive_int
 from benchmarks.demo import default_results, run_demo
 from benchmarks.errors import UsageError
 
 HELP = "offline end-to-end demo on AV-Digits: every method, tables and plots (under runs/; --publish: results/demo)"
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -33,7 +24,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work", type=Path, default=Path("runs/demo-work"),
                    help="data, cache and run folders (default: %(default)s)")
     # Checked here: the training pool refuses 0 only after the data were generated and prepared (minutes).
-    p.add_argument("--workers", type=_positive, default=2, help="training processes (one thread each)")
+    p.add_argument("--workers", type=positive_int, default=2, help="training processes (one thread each)")
     p.add_argument("--methods", nargs="+", help="only these rows (default: every registered method)")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from benchmarks.commands import positive_int
 from benchmarks.evaluate import DEFAULT_MISSING_RATES, evaluate_missing, parse_rates
 from benchmarks.run_folder import missing_result_file, rank0_run_lock, rate_percent
 
@@ -18,16 +19,6 @@ def _rates(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", type=Path, help="a finished run folder")
     p.add_argument("--missing", type=_rates, default=list(DEFAULT_MISSING_RATES),
@@ -38,7 +29,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "missing_modality-<split>.json beside it)")
     p.add_argument("--seed", type=int, default=0, help="seed of which samples lose which modality")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: the run's train.device")
-    p.add_argument("--batch-size", type=_positive, help="default: the run's train.eval_batch_size")
+    p.add_argument("--batch-size", type=positive_int, help="default: the run's train.eval_batch_size")
 
 
 def run(args: argparse.Namespace) -> int:
