@@ -187,10 +187,7 @@ def check_summary(path: Path, summary: Mapping[str, Any]) -> None:
     absent = [key for key in SUMMARY_KEYS if key not in summary]
     if absent:
         raise DamagedFileError(path, f"it has no {', '.join(absent)}")
-    for key in ("method", "dataset"):
-        # a list or a mapping here failed later as an unhashable row key, naming no file
-        if not isinstance(summary[key], str):
-            raise DamagedFileError(path, f"{key} is {json.dumps(summary[key])}, not a name")
+    check_names(path, summary, ("method", "dataset"))
     # What the table reads beside SUMMARY_KEYS where the runner wrote it (trained_by, _world_size,
     # custom_pinned_splits); another shape failed there, naming no file.
     for key in ("env", "split_files"):
@@ -236,6 +233,15 @@ def check_metrics(path: Path, where: str, metrics: Any, required: Sequence[str] 
             check_fraction(path, f"{where}.{k}", metrics[k])
 
 
+def check_names(path: Path, entry: Mapping[str, Any], keys: Sequence[str], optional: bool = False) -> None:
+    """Each of ``keys`` a string (or absent/null with ``optional``): a list or a mapping there failed later as an
+    unhashable row key, naming no file."""
+    for key in keys:
+        value = entry.get(key)
+        if not isinstance(value, str) and not (optional and value is None):
+            raise DamagedFileError(path, f"{key} is {json.dumps(value)}, not a name")
+
+
 def check_fraction(path: Path, key: str, value: Any) -> float:
     """``value`` as a number in [0, 1], else ``DamagedFileError`` naming ``key``: a NaN would make a column's best
     mean depend on the order of its rows, a percentage (60.0) would show as 6000.00, a null or a string would fail
@@ -275,10 +281,7 @@ def row_of(run_dir: Path, method: str) -> tuple[str, str]:
     job = read_json(path, default={})
     if not isinstance(job, Mapping):
         raise DamagedFileError(path, f"it is {json.dumps(job)}, not the mapping of a sweep's job")
-    for key in ("label", "title"):
-        # a list or a mapping here failed later as an unhashable row key, naming no file
-        if job.get(key) is not None and not isinstance(job[key], str):
-            raise DamagedFileError(path, f"{key} is {json.dumps(job[key])}, not a name")
+    check_names(path, job, ("label", "title"), optional=True)
     registered = list_methods().get(method)
     return job.get("label") or method, job.get("title") or (registered.title if registered else method)
 
