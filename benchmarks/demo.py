@@ -52,6 +52,7 @@ from benchmarks.metrics import classification_metrics
 from benchmarks.records import atomic_write_text, read_checkpoint, read_json, read_jsonl
 from benchmarks.run_folder import load_run_config
 from benchmarks.runner import CHECKPOINT, build_data, build_method, seed_everything
+from core.hparams import is_number
 from core.provenance import cpu_model, git_commit
 from datasets.prepare import prepare
 from datasets.registry import get_dataset
@@ -316,8 +317,7 @@ def previous_row_seconds(summaries: Sequence[Path], log: Callable[[str], None] =
     for path in summaries:
         seconds = (read_summary(path, log) or {}).get("row_run_s")
         # Numbers only: longest_first negates each, and a null there stopped the demo with a TypeError naming no file.
-        if isinstance(seconds, dict) and seconds and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in seconds.values()):
+        if isinstance(seconds, dict) and seconds and all(is_number(v) for v in seconds.values()):
             return seconds, path
     return {}, None
 

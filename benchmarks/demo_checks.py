@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from benchmarks.records import read_json, read_jsonl
+from core.hparams import is_number
 
 # The rows the design targets are measured on: the two unimodal references and joint training (Concat).
 AUDIO, VISUAL, JOINT = "unimodal_audio", "unimodal_visual", "joint"
@@ -130,8 +131,7 @@ def read_summary(path: Path, log: Callable[[str], None] = print) -> dict[str, An
 def _mean_and_std(stats: Any) -> bool:
     """Whether a summary row holds its accuracy as [mean, std, ...] numbers, as ``compare_runs`` reads it."""
     acc = stats.get("acc") if isinstance(stats, dict) else None
-    return (isinstance(acc, list) and len(acc) >= 2
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in acc[:2]))
+    return isinstance(acc, list) and len(acc) >= 2 and all(is_number(v) for v in acc[:2])
 
 
 def load_reference(path: Path, log: Callable[[str], None] = print) -> dict[str, Any] | None:

@@ -79,11 +79,16 @@ class HParam:
             raise HParamError(f"{key}={out!r} is not one of {list(self.choices)}")
         if (self.low, self.high) != (None, None):
             for i, x in enumerate(out) if isinstance(out, list) else [(None, out)]:
-                if isinstance(x, (int, float)) and not isinstance(x, bool):
+                if is_number(x):
                     check_range(key if i is None else f"{key}[{i}]", x, self.low, self.high, open_low=self.open_low)
         if self.check is not None:
             self.check(key, out)
         return out
+
+
+def is_number(value: Any) -> bool:
+    """An int or a float, not a bool (which Python counts as an int, and JSON and YAML give as true/false)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def check_range(key: str, value: float, low: float | None, high: float | None, *, open_low: bool = False) -> None:

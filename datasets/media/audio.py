@@ -30,6 +30,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from core.extras import MissingExtraError
+from core.hparams import is_number
 from datasets.media import MediaError, is_lfs_pointer, lfs_error
 
 AUDIO_KINDS = ("stft", "scipy_spectrogram", "kaldi_fbank")
@@ -167,7 +168,7 @@ class AudioPipeline:
             elif kind is int:
                 ok = isinstance(value, int) and not isinstance(value, bool)
             elif kind is float:
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+                ok = is_number(value)
                 value = float(value) if ok else value
             else:
                 ok = isinstance(value, kind)
