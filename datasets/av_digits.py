@@ -228,9 +228,13 @@ def _validate(v: Mapping[str, Any]) -> None:
     def bad(name: str, why: str) -> HParamError:
         return HParamError(f"av_digits.{name}={v[name]!r}: {why}")
 
-    for name in ("train_speakers", "test_speakers"):
-        if v[name] < 1:
-            raise bad(name, "needs at least one speaker")
+    if v["train_speakers"] < 2:
+        # One speaker would leave val.csv empty (val speakers are train speakers moved out), and the clean
+        # protocol would then pick no epoch at all.
+        raise bad("train_speakers", "needs at least two speakers: one or more to train on, one or more moved to "
+                  "val.csv")
+    if v["test_speakers"] < 1:
+        raise bad("test_speakers", "needs at least one speaker")
     for split in ("train", "test"):
         if v[f"{split}_clips"] < v[f"{split}_speakers"]:
             raise bad(f"{split}_clips", f"fewer clips than {split}_speakers={v[f'{split}_speakers']}; every speaker "

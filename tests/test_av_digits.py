@@ -743,7 +743,8 @@ def test_variant_names_of_a_missing_data_folder_name_the_folder(tmp_path):
 # --- knob validation: each rule rejects just past its boundary and accepts the boundary itself ------------------------
 
 @pytest.mark.parametrize("knobs, message", [
-    ({"train_speakers": 0}, r"train_speakers=0: needs at least one speaker"),
+    ({"train_speakers": 1}, r"train_speakers=1: needs at least two speakers: one or more to train on, one or more "
+                            r"moved to val.csv"),
     ({"test_speakers": 0}, r"test_speakers=0: needs at least one speaker"),
     ({"train_clips": 7}, r"train_clips=7: fewer clips than train_speakers=8"),
     ({"test_clips": 3}, r"test_clips=3: fewer clips than test_speakers=4"),
@@ -782,6 +783,7 @@ def test_each_knob_rule_rejects_a_value_past_its_bound_and_names_it(knobs, messa
 
 @pytest.mark.parametrize("knobs", [
     {"train_clips": 8}, {"test_clips": 4}, {"val_speakers": 1}, {"val_speakers": 7},
+    {"train_speakers": 2, "val_speakers": 1}, {"test_speakers": 1},
     {"min_duration_s": 1.0}, {"max_duration_s": 6.0}, {"min_duration_s": 2.0, "max_duration_s": 2.0},
     {"rate_range": [90, 440]}, {"pitch_range": [5, 94]}, {"rate_range": [80, 450], "rate_jitter": 0},
     {"gain_db_range": [0.0, 0.0]}, {"image_noise_sigma": 0.0}, {"voices": ["en"], "variants": ["f1", "f2"]},
