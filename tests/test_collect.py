@@ -1282,6 +1282,19 @@ def test_table_command_passes_its_options_and_follows_the_protocol_every_run_rec
     assert (options["protocol"], options["per_modality"], logged) == ("paper", False, ("disabled", None))
     assert main(["table", str(runs_dir), "--protocol", "clean"]) == 0
     assert calls[-2]["protocol"] == "clean"
+    # A --config's protocol wins over the one the runs record, and --protocol over both.
+    config = runs_dir.parent / "experiment.yaml"
+    experiment = {"name": "fixture", "methods": {"aug": {}, "joint": {}}, "datasets": {"cremad": {}}}
+    config.write_text(yaml.safe_dump({**experiment, "protocol": "clean"}))
+    assert main(["table", str(runs_dir), "--config", str(config)]) == 0
+    assert calls[-2]["protocol"] == "clean"
+    for run in finished:
+        (run / "job.json").write_text(json.dumps({"protocol": "clean"}))
+    config.write_text(yaml.safe_dump({**experiment, "protocol": "paper"}))
+    assert main(["table", str(runs_dir), "--config", str(config), "--protocol", "clean"]) == 0
+    assert calls[-2]["protocol"] == "clean"
+    assert main(["table", str(runs_dir), "--config", str(config)]) == 0
+    assert calls[-2]["protocol"] == "paper"
     capsys.readouterr()
 
 
