@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
 
-from core.data import BatchLoader, seed_for
+from core.data import BatchLoader, ModalitySpec, TaskSpec, seed_for
 from datasets.base import stratified_holdout
 
 N = 100
@@ -160,3 +162,111 @@ def test_data_parallel_ranks_draw_their_own_augmentations_and_a_single_process_k
     single = loader(20, train=True, augment=draw_augment)
     expected = torch.rand(20, generator=torch.Generator().manual_seed(seed_for(7, 0, "augment")))
     torch.testing.assert_close(next(iter(single))["u"], expected, rtol=0, atol=0)
+
+
+def test_bad_loader_arguments_are_refused_naming_the_argument():
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        loader(0, train=True)
+    with pytest.raises(ValueError, match="prefetch must be >= 0, got -1"):
+        loader(8, train=True, prefetch=-1)
+
+
+def test_modality_kinds_are_checked_and_an_unknown_modality_names_the_dataset():
+    with pytest.raises(ValueError, match="modality 'audio': unknown kind 'spectogram'"):
+        ModalitySpec("audio", "spectogram", (1, 4, 4))
+    task = TaskSpec("toy", 3, (ModalitySpec("audio", "spectrogram", (1, 4, 4)),))
+    assert task.modality("audio").shape == (1, 4, 4)
+    with pytest.raises(KeyError, match=r"dataset 'toy' has no modality 'visual'; it has \('audio',\)"):
+        task.modality("visual")
+
+
+def test_seeds_are_fixed_across_processes_and_versions():
+    # Every shuffle and augmentation draw is seeded from seed_for: a change of its value would make a resumed or
+    # re-run experiment draw other batches than the ones it recorded.
+    assert seed_for(7, 0, "shuffle") == 8436713462465617017
+    assert seed_for(0) == 7165777869350885009
+
+
+def test_served_rows_are_refused_unless_a_1d_integer_array_and_extras_cannot_take_loader_keys():
+    ld = loader(8, train=True)
+    with pytest.raises(ValueError, match="1-D integer array.*dtype float64"):
+        ld._serve(np.array([1.5, 2.0]))
+    with pytest.raises(ValueError, match=r"1-D integer array, got shape \(2, 2\)"):
+        ld._serve(np.array([[1, 2], [3, 4]]))
+    for key in ("label", "_rows"):
+        with pytest.raises(ValueError, match=f"extra '{key}' would overwrite"):
+            ld._serve(np.array([1, 2]), extras={key: np.zeros(2)})
+    with pytest.raises(ValueError, match="extras need rows"):
+        ld._serve(None, extras={"weight": np.zeros(N)})
+    assert ld.num_samples == N and not ld.extras, "a refused selection leaves the split's rows served"
+
+
+def test_the_splits_rows_can_be_served_in_order_and_extras_are_a_copy():
+    ld = loader(8, train=True)
+    ld._serve(shuffle=False)
+    assert torch.cat([b["index"] for b in ld]).tolist() == list(range(N))
+    ld._serve(np.arange(4), extras={"weight": np.ones(4)})
+    ld.extras["weight"] = np.zeros(4)
+    assert next(iter(ld))["weight"].tolist() == [1.0] * 4
+
+
+def test_only_training_loaders_are_sharded_and_the_rank_must_be_in_the_world():
+    with pytest.raises(ValueError, match="only training loaders are sharded"):
+        loader(8, train=False).set_shard(0, 2)
+    for rank, world in ((2, 2), (-1, 2), (0, 0)):
+        with pytest.raises(ValueError, match=f"bad shard rank={rank} world_size={world}"):
+            loader(8, train=True).set_shard(rank, world)
+
+
+def test_drop_last_serves_only_full_training_batches():
+    ld = loader(32, train=True, drop_last=True)
+    sizes = [len(b["index"]) for b in ld]
+    assert sizes == [32, 32, 32] and len(ld) == 3, "100 rows: the last 4 are left out this epoch"
+
+
+def record_train_flag(batch, generator, train):
+    batch["train"] = torch.full((len(batch["index"]),), train)
+    return batch
+
+
+def test_augment_is_told_whether_the_loader_trains_and_derived_passes_keep_its_settings():
+    assert next(iter(loader(8, train=True, augment=record_train_flag)))["train"].all()
+    assert not next(iter(loader(8, train=False, augment=record_train_flag)))["train"].any()
+    ld = loader(32, train=True, drop_last=True, augment=record_train_flag, device="meta")
+    evaluation = list(ld.derived())
+    assert [len(b["index"]) for b in evaluation] == [32, 32, 32, 4], "an evaluation pass never drops"
+    assert evaluation[0]["index"].device.type == "meta" and not evaluation[0]["train"].any()
+    private = list(ld.derived(train=True, seed=3))
+    assert [len(b["index"]) for b in private] == [32, 32, 32], "a private training pass drops as the run does"
+
+
+def test_prefetch_prepares_batches_ahead_but_at_most_depth_ahead():
+    gathered = []
+
+    def counting_gather(rows):
+        gathered.append(rows[0])
+        return gather(rows)
+
+    ld = BatchLoader(np.arange(N), np.zeros(N), counting_gather, batch_size=10, train=False, seed=0, prefetch=3)
+    batches = iter(ld)
+    assert next(batches)["index"][0].item() == 0
+    deadline = time.monotonic() + 10
+    while len(gathered) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    # one batch served, three waiting in the queue, and the producer may hold one more it could not queue yet
+    assert 4 <= len(gathered) <= 5
+    assert [b["index"][0].item() for b in batches] == list(range(10, N, 10))
+
+
+def test_a_shuffled_batch_reads_its_rows_front_to_back():
+    # Memory-mapped cache arrays are read fastest in file order; the batch holds the same rows either way.
+    asked = []
+
+    def recording_gather(rows):
+        asked.append(rows.tolist())
+        return gather(rows)
+
+    ld = BatchLoader(np.arange(N), np.zeros(N), recording_gather, batch_size=10, train=True, seed=7)
+    assert [b["index"].tolist() for b in ld] == asked
+    assert all(rows == sorted(rows) for rows in asked) and sorted(sum(asked, [])) == list(range(N))
