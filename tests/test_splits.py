@@ -20,6 +20,7 @@ from datasets.nvgesture import parse_nvgesture_list
 from datasets.prepare import validation_split
 from datasets.sources import PINNED, SplitFileError, fetch_split_files, pinned_files, sha256_file
 from datasets.splits import (
+    ParsedList,
     SplitParseError,
     SplitRow,
     ave_segment,
@@ -36,7 +37,7 @@ from datasets.splits import (
     parse_vggsound_csv,
     resolve_duplicates,
 )
-from datasets.tables import PrepareError, PrepareOptions, indexed_label
+from datasets.tables import PrepareError, PrepareOptions, SplitTables, indexed_label
 from datasets.ucf101 import parse_class_index, parse_video_list
 from datasets.vggsound import VGGSound
 
@@ -529,3 +530,17 @@ def test_superscript_and_other_script_digits_are_malformed_rows_not_bare_errors(
     assert [(r.label, r.fields[0]) for r in parsed.rows] == [("1", "2")]
     name = indexed_label(("negative", "neutral", "positive"))
     assert name(SplitRow("1", "²", 1, ())) == "²" and name(SplitRow("1", "2", 1, ())) == "positive"
+
+
+def test_split_tables_append_every_list_of_a_split_and_an_unknown_label_lists_at_most_ten_classes(tmp_path):
+    classes = tuple(f"c{i}" for i in range(11))
+    tables = SplitTables(classes)
+    first = ParsedList(tmp_path / "a.txt", [SplitRow("x1", "c0", 1, ("x1", "c0")), SplitRow("x2", "c10", 2, ())])
+    second = ParsedList(tmp_path / "b.txt", [SplitRow("x3", "c11", 1, ()), SplitRow("x4", "c1", 2, ())])
+    for parsed in (first, second):
+        tables.add(parsed, "train", label_name=lambda r: r.label, duplicates="first")
+    assert [(s.id, s.label, s.where) for s in tables.splits["train"]] == [
+        ("x1", 0, "a.txt:1"), ("x2", 10, "a.txt:2"), ("x4", 1, "b.txt:2")], "the second list adds to the first"
+    [bad] = tables.dropped
+    assert (bad.id, bad.kind, bad.where, bad.bad) == ("x3", "unknown label", "b.txt:1", True)
+    assert bad.detail == "unknown label 'c11'; valid: ['c0', 'c1', 'c2', 'c3', 'c4', 'c5', 'c6', 'c7', 'c8', 'c9'] ..."
