@@ -29,3 +29,11 @@ def test_shadowing_datasets_package_gives_a_clear_message(tmp_path):
     assert out.returncode == 2
     assert "is not AUG-Bench's datasets package" in out.stderr and "virtual environment" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_missing_transformers_package_names_the_extra_that_installs_it(monkeypatch):
+    from core.extras import MissingExtraError, require_transformers
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # what `import transformers` meets when not installed
+    with pytest.raises(MissingExtraError, match=r"pip install 'augbench\[text\]' \(or set model.text_encoder="):
+        require_transformers()

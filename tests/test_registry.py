@@ -118,6 +118,10 @@ def test_a_listed_module_without_its_file_is_one_line_naming_the_tuple_and_the_f
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ModuleNotFoundError, match="no_such_dependency_here"):
         import_listed("broken_listed", "X")
+    # a folder of that name without the module file is still no module file to register from
+    (tmp_path / "folder_listed").mkdir()
+    with pytest.raises(ListedModuleError, match="lists 'folder_listed', but there is no file folder_listed.py"):
+        listed_source("folder_listed", "X")
 
 
 def test_every_variant_preset_sets_declared_knobs_to_valid_typed_values():
