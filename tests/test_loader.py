@@ -240,7 +240,7 @@ def test_augment_is_told_whether_the_loader_trains_and_derived_passes_keep_its_s
     assert [len(b["index"]) for b in private] == [32, 32, 32], "a private training pass drops as the run does"
 
 
-def test_prefetch_prepares_batches_ahead_but_at_most_depth_ahead():
+def test_prefetch_prepares_batches_at_most_depth_ahead_and_stops_reading_when_the_loop_is_left():
     gathered = []
 
     def counting_gather(rows):
@@ -257,6 +257,11 @@ def test_prefetch_prepares_batches_ahead_but_at_most_depth_ahead():
     # one batch served, three waiting in the queue, and the producer may hold one more it could not queue yet
     assert 4 <= len(gathered) <= 5
     assert [b["index"][0].item() for b in batches] == list(range(10, N, 10))
+    # leaving the loop early (extra_pass's max_steps) stops the producer: it does not read the rest of the epoch
+    gathered.clear()
+    for _ in ld:
+        break
+    assert len(gathered) <= 5
 
 
 def test_a_shuffled_batch_reads_its_rows_front_to_back():
