@@ -1313,3 +1313,79 @@ def test_plot_command_plots_a_run_or_a_sweep_into_out(tmp_path, monkeypatch, cap
     assert capsys.readouterr().out == "wrote r.png\nwrote s.png\n"
     assert main(["plot", str(run / "metrics.jsonl")]) == 2
     assert f"{run / 'metrics.jsonl'} is not a folder" in capsys.readouterr().err and len(calls) == 2
+
+
+def test_run_series_leaves_a_gap_where_an_epoch_lacks_a_value_and_skips_flags():
+    # An epoch without a value is a gap in the line (NaN), not a drop to 0; a true/false flag is no curve.
+    history = [{"epoch": 0, "test": {"acc": 0.5}, "diag": {"frozen": True}},
+               {"epoch": 1, "test": {"acc": 0.6}, "diag": {"frozen": False, "ratio": 2.0}}]
+    series = run_series(history)
+    assert "diag/frozen" not in series
+    assert math.isnan(series["diag/ratio"]["ratio"][0]) and series["diag/ratio"]["ratio"][1] == 2.0
+
+
+def test_a_modality_with_zero_confidence_leaves_the_ratio_undefined_at_that_epoch():
+    def split(v: float) -> dict:
+        return {"acc": 0.5, "per_modality": {"audio": {"acc": 0.5, "conf": 0.4}, "visual": {"acc": 0.1, "conf": v}}}
+
+    series = run_series([{"epoch": e, "test": split(v)} for e, v in enumerate((0.0, 0.2))])
+    [ratio] = series["confidence ratio"].values()
+    assert math.isnan(ratio[0]) and ratio[1] == approx64(2.0)
+
+
+def test_the_run_plot_labels_every_panel_and_names_the_run_by_its_display_title(runs_dir, monkeypatch):
+    figures = _captured_figures(monkeypatch)
+    plot_run(runs_dir / "cremad-aug-seed1-fixture")
+    [fig] = figures
+    title = list_methods()["aug"].title
+    assert title != "aug" and fig.get_suptitle() == f"{title} on cremad, seed 1: cremad-aug-seed1-fixture"
+    for ax in fig.axes:
+        assert (ax.get_xlabel(), ax.get_xscale(), ax.get_yscale()) == ("epoch", "linear", "linear"), ax.get_title()
+    accuracy = next(ax for ax in fig.axes if ax.get_title() == "accuracy")
+    styles = {line.get_label(): line.get_linestyle() for line in accuracy.lines}
+    assert styles == {"val": "--", "val/audio": "--", "val/visual": "--", "test": "-", "test/audio": "-",
+                      "test/visual": "-"}, "validation dashed, test solid"
+
+
+def test_a_sweep_plot_puts_each_datasets_fused_output_first_and_colours_rows_in_label_order(tmp_path, monkeypatch):
+    from matplotlib.colors import to_hex
+
+    figures = _captured_figures(monkeypatch)
+    for i in (11, 3, 0, 10, 7):
+        write_run(tmp_path / str(i), "joint", "cremad", 0, (0.5,) * 3, job={"label": f"r{i:02d}", "title": f"R{i:02d}"})
+    plot_sweep(tmp_path, tmp_path / "sweep.png")
+    [fig] = figures
+    assert [ax.get_title() for ax in fig.axes] == ["cremad: fused test acc", "cremad: audio test acc",
+                                                   "cremad: visual test acc"]
+    # colours follow the sorted labels, so a row keeps its colour from one plot of the sweep to the next
+    styles = {line.get_label(): (to_hex(line.get_color()), line.get_linestyle()) for line in fig.axes[0].lines}
+    assert styles == {f"R{i:02d} (n=1)": (to_hex(f"C{k}"), "-") for k, i in enumerate((0, 3, 7, 10, 11))}
+
+
+def test_the_demo_curves_draw_the_rows_runs_beside_one_with_no_epoch_yet(tmp_path, monkeypatch):
+    figures = _captured_figures(monkeypatch)
+    write_run(tmp_path / "a", "joint", "cremad", 0, (0.6,) * 3, job={"label": "joint"})
+    started = write_run(tmp_path / "b", "joint", "cremad", 1, (0.6,) * 3, job={"label": "joint"})
+    (started / "metrics.jsonl").write_text("")
+    plot_demo(tmp_path, tmp_path / "curves.png")
+    [fused] = [line for line in figures[0].axes[0].lines if line.get_color() == "black"]
+    assert list(fused.get_ydata()) == approx64([40.0, 50.0, 60.0])
+
+
+def test_demo_bars_of_a_row_sit_side_by_side_on_its_tick_fused_on_top_with_three_reference_lines(tmp_path,
+                                                                                                monkeypatch):
+    figures = _captured_figures(monkeypatch)
+    stats = {row: {"acc": (acc, 0.01), "acc:audio": (0.5, 0.01), "acc:visual": (0.4, 0.01)}
+             for row, acc in (("a", 0.6), ("b", 0.7), ("c", 0.8))}
+    plot_demo_bars(stats, tmp_path / "bars.png", references={"a": "ref a", "b": "ref b", "c": "ref c"})
+    [ax] = figures[0].axes
+    ticks = dict(zip((t.get_text() for t in ax.get_yticklabels()), ax.get_yticks()))
+    bars = [c for c in ax.containers if hasattr(c, "patches")]
+    assert [c.get_label() for c in bars] == ["fused output", "audio head", "visual head"]
+    for i, row in enumerate(stats):
+        patches = [c.patches[i] for c in bars]
+        lows, highs = [p.get_y() for p in patches], [p.get_y() + p.get_height() for p in patches]
+        assert (min(lows) + max(highs)) / 2 == approx64(ticks[row]), f"{row}'s bars are centred on its tick"
+        assert highs[0] == approx64(ticks[row] + 0.4) and lows == approx64(sorted(lows, reverse=True)), row
+    refs = {line.get_label(): line.get_xdata()[0] for line in ax.lines if not line.get_label().startswith("_")}
+    assert refs == approx64({"ref a": 60.0, "ref b": 70.0, "ref c": 80.0})
