@@ -111,21 +111,22 @@ def plot_run(run_dir: Path, out_png: Path | None = None) -> Path:
 
 def _sweep_curves(sweep_dir: Path) -> tuple[dict[str, dict[str, dict[str, list[list[float]]]]], list[Path]]:
     """(dataset -> output (``fused`` or a modality) -> row label -> per-seed test-accuracy curves, the run folders
-    with nothing to draw yet: no finished epoch or no config.yaml)."""
+    with nothing to draw yet: no test accuracy in metrics.jsonl (no finished epoch) or no config.yaml)."""
     curves: dict[str, dict[str, dict[str, list[list[float]]]]] = defaultdict(lambda: defaultdict(dict))
     found, series_of, undrawn = [], [], []
     for metrics in sorted(Path(sweep_dir).rglob("metrics.jsonl")):
         run_dir = metrics.parent
-        history = read_jsonl(metrics)
         cfg = recorded_config(run_dir)
-        if not history or cfg is None:
+        accuracy = run_series(read_jsonl(metrics)).get("accuracy", {})
+        # Only test accuracy is drawn: records without it (none, or a validation split's alone) have no line.
+        if cfg is None or not any(name.partition("/")[0] == "test" for name in accuracy):
             undrawn.append(run_dir)
             continue
         # Rows are the sweep's labels (two rows may run one method); the legend shows their titles.
         row, title = row_of(run_dir, cfg["method"])
         dataset = cfg["dataset"]
         found.append((row, dataset, cfg["train"]["seed"], run_dir, cfg))
-        series_of.append((row, title, dataset, run_series(history)["accuracy"]))
+        series_of.append((row, title, dataset, accuracy))
     check_one_config_per_row(found)
     rows_titled: dict[str, set[str]] = defaultdict(set)
     for row, title, _, _ in series_of:

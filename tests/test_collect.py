@@ -1389,3 +1389,16 @@ def test_demo_bars_of_a_row_sit_side_by_side_on_its_tick_fused_on_top_with_three
         assert highs[0] == approx64(ticks[row] + 0.4) and lows == approx64(sorted(lows, reverse=True)), row
     refs = {line.get_label(): line.get_xdata()[0] for line in ax.lines if not line.get_label().startswith("_")}
     assert refs == approx64({"ref a": 60.0, "ref b": 70.0, "ref c": 80.0})
+
+
+def test_a_sweep_plot_counts_the_runs_without_config_or_test_accuracy(runs_dir, capsys):
+    # Records without test accuracy failed the whole plot with "augbench plot: error: accuracy" (naming neither the
+    # file nor the problem), or with a validation accuracy left the run out of its row's n without a word.
+    no_config = runs_dir / "cremad-aug-seed0-fixture"
+    (no_config / "config.yaml").unlink()
+    (runs_dir / "cremad-joint-seed0-fixture" / "metrics.jsonl").write_text('{"epoch": 0, "val": {"acc": 0.5}}\n')
+    (runs_dir / "cremad-joint-seed1-fixture" / "metrics.jsonl").write_text('{"epoch": 0, "train": {"loss": 1.0}}\n')
+    assert main(["plot", str(runs_dir)]) == 0
+    assert (f"note: 3 run folder(s) with no finished epoch or no config.yaml are not drawn, such as {no_config}"
+            in capsys.readouterr().err)
+    assert len(_sweep_curves(runs_dir)[0]["cremad"]["fused"]["Concat"]) == 1, "seed 2 alone"
