@@ -98,7 +98,8 @@ def plot_run(run_dir: Path, out_png: Path | None = None) -> Path:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.set_ylabel(PANEL_UNITS.get(panel, "value"))
-        if len(series) > 1:
+        # A diagnostic's panel is titled by its one key; another panel's single line still needs its split or key.
+        if not panel.startswith("diag/"):
             ax.legend(fontsize="small")
     config = recorded_config(run_dir)
     fig.suptitle(f"{row_of(run_dir, config['method'])[1]} on {config['dataset']}, seed {config['train']['seed']}: "

@@ -1402,3 +1402,22 @@ def test_a_sweep_plot_counts_the_runs_without_config_or_test_accuracy(runs_dir, 
     assert (f"note: 3 run folder(s) with no finished epoch or no config.yaml are not drawn, such as {no_config}"
             in capsys.readouterr().err)
     assert len(_sweep_curves(runs_dir)[0]["cremad"]["fused"]["Concat"]) == 1, "seed 2 alone"
+
+
+def test_every_line_of_a_run_plot_is_named_by_its_panels_legend_or_title(tmp_path, monkeypatch):
+    # A run without a validation split drew one unnamed line in a panel: "confidence ratio" showed the test split's
+    # ratio and "train" a method's only coefficient with no legend, so neither the split nor the key was named.
+    history = [{"epoch": e, "train": {"loss": 1.0, "coeff_audio": 0.5}, "diag": {"ratio": 1.0},
+                "test": {"acc": 0.5, "per_modality": {m: {"acc": 0.5, "conf": 0.4} for m in ("audio", "visual")}}}
+               for e in range(2)]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    figures = _captured_figures(monkeypatch)
+    plot_run(run)
+    titles = {ax.get_title() for ax in figures[0].axes}
+    assert {"confidence ratio", "train", "diag/ratio"} <= titles
+    for ax in figures[0].axes:
+        named = {t.get_text() for t in ax.get_legend().get_texts()} if ax.get_legend() else set()
+        for line in ax.lines:
+            assert line.get_label() in named or ax.get_title() == f"diag/{line.get_label()}", ax.get_title()
