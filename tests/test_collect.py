@@ -8,6 +8,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -1331,6 +1332,10 @@ def test_a_modality_with_zero_confidence_leaves_the_ratio_undefined_at_that_epoc
     series = run_series([{"epoch": e, "test": split(v)} for e, v in enumerate((0.0, 0.2))])
     [ratio] = series["confidence ratio"].values()
     assert math.isnan(ratio[0]) and ratio[1] == approx64(2.0)
+    # one modality without a conf (a metrics.jsonl of an older run): its confidence is drawn, no ratio
+    record = {"epoch": 0, "test": {"acc": 0.5, "per_modality": {"audio": {"acc": 0.5}, "visual": {"conf": 0.2}}}}
+    assert "confidence ratio" not in run_series([record]) and run_series([record])["confidence"] == {
+        "test/visual": [0.2]}
 
 
 def test_the_run_plot_labels_every_panel_and_names_the_run_by_its_display_title(runs_dir, monkeypatch):
@@ -1421,3 +1426,25 @@ def test_every_line_of_a_run_plot_is_named_by_its_panels_legend_or_title(tmp_pat
         named = {t.get_text() for t in ax.get_legend().get_texts()} if ax.get_legend() else set()
         for line in ax.lines:
             assert line.get_label() in named or ax.get_title() == f"diag/{line.get_label()}", ax.get_title()
+
+
+def test_a_sweep_plot_of_datasets_with_different_modalities_draws_each_datasets_outputs(tmp_path, monkeypatch):
+    figures = _captured_figures(monkeypatch)
+    write_run(tmp_path, "joint", "cremad", 0, (0.5,) * 3)
+    audio_only = write_run(tmp_path, "joint", "esc50", 0, (0.5,) * 3)
+    history = [json.loads(x) for x in (audio_only / "metrics.jsonl").read_text().splitlines()]
+    for record in history:
+        for split in ("val", "test"):
+            del record[split]["per_modality"]["visual"]
+    (audio_only / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    plot_sweep(tmp_path, tmp_path / "sweep.png")
+    assert [ax.get_title() for ax in figures[0].axes] == [f"{ds}: {out} test acc" for ds, outs in
+                                                          (("cremad", ("fused", "audio", "visual")),
+                                                           ("esc50", ("fused", "audio"))) for out in outs]
+    # a dataset per row of panels, as wide as the dataset with the most outputs: no panel drawn over another
+    assert [ax.get_subplotspec().get_geometry() for ax in figures[0].axes] == [(2, 3, k, k) for k in (0, 1, 2, 3, 4)]
+
+
+def test_plotting_a_folder_without_metrics_says_it_is_no_run_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{tmp_path} has no metrics.jsonl (not a run folder")):
+        plot_run(tmp_path)
