@@ -166,8 +166,16 @@ def read_run_config_yaml(path: Path, required: Sequence[str] = RUN_CONFIG_KEYS) 
 
 
 def read_extensions(run_dir: Path) -> list[dict[str, Any]]:
-    """``extensions.json``: every ``--extend-epochs`` the run went through (none: empty)."""
-    return read_json(Path(run_dir) / EXTENSIONS, default=[])
+    """``extensions.json``: every ``--extend-epochs`` the run went through (none: empty). One that parses but is not
+    a list of extensions with their epoch counts (a hand edit) is damaged: read on, it failed with a bare TypeError or
+    KeyError naming no file."""
+    path = Path(run_dir) / EXTENSIONS
+    extensions = read_json(path, default=[])
+    if not (isinstance(extensions, list) and all(
+            isinstance(e, dict) and all(type(e.get(k)) is int for k in ("from_epochs", "to_epochs"))
+            for e in extensions)):
+        raise DamagedFileError(path, "expected a list of extensions, each with its integer from_epochs and to_epochs")
+    return extensions
 
 
 def recorded_config(run_dir: Path, required: Sequence[str] = ()) -> dict[str, Any] | None:

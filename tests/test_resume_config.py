@@ -10,7 +10,7 @@ import yaml
 
 from benchmarks.cli import main
 from benchmarks.config import ConfigMismatchError, build_config, check_resume_config
-from benchmarks.records import write_json, write_yaml
+from benchmarks.records import DamagedFileError, write_json, write_yaml
 from benchmarks.run_folder import EXTENSIONS, recorded_config
 from benchmarks.runner import train_run
 from core.hparams import HParam
@@ -184,3 +184,13 @@ def test_a_run_extended_twice_trains_under_its_last_extension(tmp_path):
                                        {"key": "train.epochs", "from_epochs": 3, "to_epochs": 5, "first_epoch": 3}])
     assert recorded_config(tmp_path)["train"]["epochs"] == 5
     assert recorded_config(tmp_path / "elsewhere") is None
+
+
+@pytest.mark.parametrize("text", ['{"to_epochs": 5}', '[{"key": "train.epochs"}]',
+                                  '[{"from_epochs": 2, "to_epochs": "5"}]', '[5]'])
+def test_an_extensions_file_that_parses_but_lists_no_extensions_is_damaged_naming_it(tmp_path, text):
+    # It ended in a bare TypeError or KeyError naming no file, in a resume, an evaluation or a table.
+    write_yaml(tmp_path / "config.yaml", build_config("joint", "synthetic", tiny_overrides()).as_dict())
+    (tmp_path / EXTENSIONS).write_text(text)
+    with pytest.raises(DamagedFileError, match=rf"^{tmp_path / EXTENSIONS} is damaged: expected a list of extensions"):
+        recorded_config(tmp_path)
