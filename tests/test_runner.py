@@ -702,3 +702,111 @@ def test_seeding_sets_both_process_wide_determinism_switches_either_way():
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
         torch.backends.cudnn.benchmark = before[2]
+
+
+@pytest.mark.parametrize("cuda", [True, False])
+def test_train_device_auto_takes_the_gpu_when_there_is_one_and_cuda_without_one_is_refused(monkeypatch, cuda):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert runner.select_device("auto") == torch.device("cuda" if cuda else "cpu")
+    assert runner.select_device("cpu") == torch.device("cpu")
+    if cuda:
+        assert runner.select_device("cuda") == torch.device("cuda")
+    else:
+        with pytest.raises(runner.DeviceUnavailableError, match="train.device=cuda but torch sees no CUDA device"):
+            runner.select_device("cuda")
+
+
+def test_seeding_restarts_the_python_numpy_and_torch_streams_from_the_seed(monkeypatch):
+    # Methods draw from all three (per-sample drops, permutations, dropout): a run is reproducible only if the seed
+    # restarts each one.
+    def draws():
+        return random.random(), float(np.random.rand()), torch.rand(1).item()
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.benchmark, torch.utils.deterministic.fill_uninitialized_memory)
+    try:
+        runner.seed_everything(7, False)
+        first = draws()
+        assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+        runner.seed_everything(7, True)
+        # cuBLAS is deterministic only with a fixed workspace, which must be set before its first call.
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert draws() == first
+        runner.seed_everything(8, False)
+        assert all(a != b for a, b in zip(draws(), first))
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark, torch.utils.deterministic.fill_uninitialized_memory = before[2:]
+
+
+def test_evaluation_scores_the_model_in_eval_mode_and_leaves_its_weights_and_statistics_alone(tiny_bundle):
+    # In training mode, dropout would score a random sub-network and batch norm would normalise by each evaluation
+    # batch and fold the val/test rows into its running statistics, which the next epoch then trains with.
+    method = build_method(build_config("joint", "synthetic", tiny_overrides()), tiny_bundle, torch.device("cpu"))
+    method.train()
+    before = {k: v.clone() for k, v in method.state_dict().items()}
+    test = tiny_bundle.loader("test", batch_size=4, train=False, seed=0)
+    first = evaluate(method, test, tiny_bundle.task.num_classes)
+    assert not method.training
+    after = method.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    method.train()
+    assert evaluate(method, test, tiny_bundle.task.num_classes) == first
+
+
+def test_a_finished_run_that_lost_its_summary_resumes_to_the_same_summary(tmp_path):
+    # DONE alone is no finished run: resuming writes summary.json again from the last checkpoint, training nothing.
+    run = tmp_path / "run"
+    cfg = build_config("joint", "synthetic", tiny_overrides())
+    first = json.loads(json.dumps(train_run(cfg, run, log=lambda *_: None)))
+    (run / "summary.json").unlink()
+    lines = []
+    again = train_run(cfg, run, resume=True, log=lines.append)
+    assert lines == [f"resuming {run.name} at epoch 2"], "no epoch is trained again"
+    assert json.loads((run / "summary.json").read_text())["protocols"] == again["protocols"] == first["protocols"]
+
+
+def test_an_epoch_line_shows_each_splits_fused_and_per_modality_accuracy_and_nan_for_a_loss_never_logged():
+    # A method that logs no loss must not read as one that reached a loss of 0.
+    def split(acc, audio, visual):
+        return {"acc": acc, "per_modality": {"audio": {"acc": audio}, "visual": {"acc": visual}}}
+
+    record = {"epoch": 3, "train": {}, "val": split(0.5, 0.25, 0.125), "test": split(0.75, 0.5, 0.375)}
+    assert runner._epoch_line(record) == ("epoch 3 | loss nan | val acc 0.500 (audio 0.250 visual 0.125) | "
+                                          "test acc 0.750 (audio 0.500 visual 0.375)")
+    del record["val"]
+    record["train"]["loss"] = 1.25
+    assert runner._epoch_line(record) == "epoch 3 | loss 1.2500 | test acc 0.750 (audio 0.500 visual 0.375)"
+
+
+def test_an_interruption_before_the_first_checkpoint_says_the_resume_starts_at_epoch_0(tmp_path):
+    # checkpoint_every=2: epoch 0 is recorded in metrics.jsonl but not checkpointed, so a resume trains it again.
+    run = tmp_path / "run"
+    cfg = build_config("joint", "synthetic", merge_overrides(tiny_overrides(), {"train": {"epochs": 3,
+                                                                                          "checkpoint_every": 2}}))
+
+    def stop(line):
+        if line.startswith("epoch 0"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(runner.RunInterrupted) as stopped:
+        train_run(cfg, run, log=stop)
+    assert str(stopped.value) == (f"interrupted during epoch 1 (of epochs 0-2); no epoch is checkpointed yet in {run}. "
+                                  f"Resume at epoch 0 with: augbench train --run-dir {run} --resume")
+
+
+def test_the_ranks_training_batches_together_are_the_single_process_global_batches(tiny_bundle):
+    # train.batch_size is the global batch: under 2 ranks each trains on half of it, not a whole batch of its own.
+    cfg = build_config("joint", "synthetic", tiny_overrides())
+    single = _train_batches(cfg, tiny_bundle)
+    ranks = [_train_batches(cfg, tiny_bundle, rank, 2) for rank in (0, 1)]
+    assert [len(b) for b in single] == [16] * 4 and [len(b) for r in ranks for b in r] == [8] * 8
+    assert [sorted(a + b) for a, b in zip(*ranks)] == [sorted(b) for b in single]
+
+
+def _train_batches(cfg, bundle, rank=0, world_size=1):
+    """The row indices of each batch that ``rank`` of ``world_size`` trains on in epoch 1."""
+    train = make_loaders(cfg, bundle, torch.device("cpu"), rank, world_size).train
+    train.set_epoch(1)
+    return [batch["index"].tolist() for batch in train]
