@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from benchmarks.cli import main
-from benchmarks.config import ConfigMismatchError, build_config, check_resume_config
+from benchmarks.config import ConfigMismatchError, build_config, check_resume_config, merge_overrides
 from benchmarks.records import DamagedFileError, write_json, write_yaml
 from benchmarks.run_folder import EXTENSIONS, recorded_config
 from benchmarks.runner import train_run
@@ -194,3 +194,32 @@ def test_an_extensions_file_that_parses_but_lists_no_extensions_is_damaged_namin
     (tmp_path / EXTENSIONS).write_text(text)
     with pytest.raises(DamagedFileError, match=rf"^{tmp_path / EXTENSIONS} is damaged: expected a list of extensions"):
         recorded_config(tmp_path)
+
+
+def test_a_run_extended_twice_records_both_extensions_and_a_finished_resume_rewrites_nothing(tmp_path):
+    run = tmp_path / "run"
+
+    def cfg(epochs):
+        return build_config("joint", "synthetic", merge_overrides(tiny_overrides(), {"train": {"epochs": epochs}}))
+
+    train_run(cfg(1), run, log=lambda *_: None)
+    train_run(cfg(2), run, resume=True, extend_epochs=True, log=lambda *_: None)
+    summary = train_run(cfg(3), run, resume=True, extend_epochs=True, log=lambda *_: None)
+    assert [(e["from_epochs"], e["to_epochs"], e["first_epoch"]) for e in summary["extensions"]] == \
+        [(1, 2, 1), (2, 3, 2)]
+    on_disk = (run / "summary.json").read_bytes()
+    assert json.loads(on_disk)["extensions"] == summary["extensions"]
+    lines = []
+    assert train_run(cfg(3), run, resume=True, log=lines.append) == json.loads(on_disk)
+    assert lines == [] and (run / "summary.json").read_bytes() == on_disk, "a finished run is handed back as is"
+
+
+def test_an_unfinished_run_extended_on_resume_records_the_extension_from_its_next_epoch(tmp_path):
+    # Killed after epoch 0 of 3 and resumed with 4: its config.yaml still says 3, so the run's own config (what a
+    # later resume, evaluation or table reads) holds the 4 only through extensions.json.
+    run = tmp_path / "run"
+    interrupted_run(run, epochs=3)
+    longer = build_config("joint", "synthetic", merge_overrides(tiny_overrides(), {"train": {"epochs": 4}}))
+    summary = train_run(longer, run, resume=True, extend_epochs=True, log=lambda *_: None)
+    assert [(e["from_epochs"], e["to_epochs"], e["first_epoch"]) for e in summary["extensions"]] == [(3, 4, 1)]
+    assert summary["protocols"]["last"]["epoch"] == 3 and recorded_config(run)["train"]["epochs"] == 4
