@@ -167,6 +167,8 @@ def test_a_result_holds_the_rates_asked_for_in_whatever_order_they_are_asked():
     assert missing_result_problem(summary, result, split="test", seed=0, rates=[0.5, 0.0]) is None
     assert missing_result_problem(summary, result, rates=[0, 0.5]) is None
     assert missing_result_problem(summary, result, rates=[0.0, 0.3]) == "it holds the rates [0.0, 0.5], not [0.0, 0.3]"
+    # rates given as none at all are asked for too, unlike rates not given
+    assert missing_result_problem(summary, result, rates=[]) == "it holds the rates [0.0, 0.5], not []"
 
 
 def test_a_seeds_missing_samples_are_spread_over_the_split_and_fixed_across_versions():
