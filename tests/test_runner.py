@@ -810,3 +810,45 @@ def _train_batches(cfg, bundle, rank=0, world_size=1):
     train = make_loaders(cfg, bundle, torch.device("cpu"), rank, world_size).train
     train.set_epoch(1)
     return [batch["index"].tolist() for batch in train]
+
+
+def test_a_method_whose_steps_log_no_loss_is_not_taken_for_a_diverged_one(tmp_path, monkeypatch):
+    # Divergence is read from a logged loss; a method that logs none has nothing to diverge on.
+    joint = get_method("joint")
+    real = joint.update
+
+    def update(self, batch, step):
+        real(self, batch, step)
+        return {}
+
+    monkeypatch.setattr(joint, "update", update)
+    overrides = merge_overrides(tiny_overrides(), {"train": {"epochs": 1}})
+    summary = train_run(build_config("joint", "synthetic", overrides), tmp_path / "run", log=lambda *_: None)
+    (record,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert record["train"] == {} and summary["protocols"]["last"]["epoch"] == 0
+
+
+def test_epoch_hooks_and_steps_run_in_training_mode_whatever_mode_the_hook_before_left(tmp_path, monkeypatch):
+    # A hook that scores rows (eval mode, as a method's own estimate does) in on_epoch_end or select_rows must not
+    # leave the next hook or the epoch's steps without dropout and batch-norm updates.
+    joint = get_method("joint")
+    real, modes = joint.update, []
+
+    def on_epoch_start(self, epoch, loaders):
+        modes.append(("start", self.training))
+
+    def select_rows(self, epoch, loaders):
+        self.eval()
+
+    def update(self, batch, step):
+        modes.append(("step", self.training))
+        return real(self, batch, step)
+
+    def on_epoch_end(self, epoch, loaders):
+        self.eval()
+
+    for name, hook in (("on_epoch_start", on_epoch_start), ("select_rows", select_rows), ("update", update),
+                       ("on_epoch_end", on_epoch_end)):
+        monkeypatch.setattr(joint, name, hook)
+    train_run(build_config("joint", "synthetic", tiny_overrides()), tmp_path / "run", log=lambda *_: None)
+    assert modes == ([("start", True)] + [("step", True)] * 4) * 2
