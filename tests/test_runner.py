@@ -852,3 +852,11 @@ def test_epoch_hooks_and_steps_run_in_training_mode_whatever_mode_the_hook_befor
         monkeypatch.setattr(joint, name, hook)
     train_run(build_config("joint", "synthetic", tiny_overrides()), tmp_path / "run", log=lambda *_: None)
     assert modes == ([("start", True)] + [("step", True)] * 4) * 2
+
+
+def test_an_epoch_end_hook_that_returns_nothing_records_empty_diagnostics(tmp_path, monkeypatch):
+    # Plots and the demo read record["diag"] as a mapping; a hook without diagnostics must not record null there.
+    monkeypatch.setattr(get_method("joint"), "on_epoch_end", lambda self, epoch, loaders: None)
+    train_run(build_config("joint", "synthetic", tiny_overrides()), tmp_path / "run", log=lambda *_: None)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [record["diag"] for record in records] == [{}, {}]
