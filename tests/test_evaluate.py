@@ -169,6 +169,8 @@ def test_a_result_holds_the_rates_asked_for_in_whatever_order_they_are_asked():
     assert missing_result_problem(summary, result, rates=[0.0, 0.3]) == "it holds the rates [0.0, 0.5], not [0.0, 0.3]"
     # rates given as none at all are asked for too, unlike rates not given
     assert missing_result_problem(summary, result, rates=[]) == "it holds the rates [0.0, 0.5], not []"
+    # a result of another split (copied or renamed into this split's file) is not this split's
+    assert missing_result_problem(summary, result, split="val") == "it evaluated the 'test' split, not 'val'"
 
 
 def test_a_seeds_missing_samples_are_spread_over_the_split_and_fixed_across_versions():
