@@ -308,7 +308,10 @@ def plot_demo_bars(stats: Mapping[str, Mapping[str, tuple[float, float]]], out_p
     the seeds' standard deviation as error bars. ``stats``: row -> ``acc`` / ``acc:<modality>`` -> (mean, std) in
     [0, 1], in display order (top to bottom). ``references``: row -> line label; those rows' fused means are drawn as
     vertical lines across the chart (at most three)."""
-    titles = titles or {}
+    titles, references = titles or {}, references or {}
+    if len(references) > len(REFERENCE_STYLES):
+        # zip() below would drop the extra ones without a word.
+        raise ValueError(f"at most {len(REFERENCE_STYLES)} reference lines have a style; got {list(references)}")
     labels = list(stats)
     outputs = ["fused"] + sorted({k.split(":", 1)[1] for row in stats.values() for k in row if ":" in k})
     height = 0.8 / len(outputs)
@@ -324,7 +327,7 @@ def plot_demo_bars(stats: Mapping[str, Mapping[str, tuple[float, float]]], out_p
         color, legend = _output_style(output)
         ax.barh(y + (len(outputs) / 2 - j - 0.5) * height, mean, height, xerr=std, color=color, alpha=0.8,
                 label=legend, error_kw={"elinewidth": 0.8, "capsize": 1.5})
-    for (row, name), (color, style) in zip((references or {}).items(), REFERENCE_STYLES):
+    for (row, name), (color, style) in zip(references.items(), REFERENCE_STYLES):
         if row in stats and "acc" in stats[row]:
             ax.axvline(100 * stats[row]["acc"][0], color=color, linestyle=style, linewidth=1.2, label=name)
     ax.set_yticks(y, [titles.get(r, r) for r in labels], fontsize="small")

@@ -1394,6 +1394,10 @@ def test_demo_bars_of_a_row_sit_side_by_side_on_its_tick_fused_on_top_with_three
         assert highs[0] == approx64(ticks[row] + 0.4) and lows == approx64(sorted(lows, reverse=True)), row
     refs = {line.get_label(): line.get_xdata()[0] for line in ax.lines if not line.get_label().startswith("_")}
     assert refs == approx64({"ref a": 60.0, "ref b": 70.0, "ref c": 80.0})
+    # A fourth reference has no line style: refused, not dropped from the chart without a word.
+    with pytest.raises(ValueError, match=r"at most 3 reference lines have a style; got \['a', 'b', 'c', 'd'\]"):
+        plot_demo_bars({**stats, "d": stats["a"]}, tmp_path / "bars4.png",
+                       references={"a": "ref a", "b": "ref b", "c": "ref c", "d": "ref d"})
 
 
 def test_a_sweep_plot_counts_the_runs_without_config_or_test_accuracy(runs_dir, capsys):
