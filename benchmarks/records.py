@@ -165,15 +165,22 @@ def read_checkpoint(path: Path, map_location: Any, mmap: bool = False) -> dict[s
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """One record per non-empty line; a line that does not parse raises ``DamagedFileError`` naming it."""
+    """One record (a JSON object) per non-empty line; a line that is not UTF-8, does not parse or is no object
+    raises ``DamagedFileError`` naming it."""
     records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
+    # Bytes, decoded line by line: a text-mode reader decodes ahead in blocks, so its error names no line.
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            if raw.strip():
                 try:
-                    records.append(json.loads(line))
+                    record = json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError as err:
+                    raise DamagedFileError(path, f"line {number} is not UTF-8 text ({err.reason})") from None
                 except json.JSONDecodeError as err:
                     raise DamagedFileError(path, f"line {number} is not valid JSON ({err})") from None
+                if not isinstance(record, dict):
+                    raise DamagedFileError(path, f"line {number} is not a JSON object ({raw.decode().strip()[:40]})")
+                records.append(record)
     return records
 
 

@@ -552,3 +552,22 @@ def test_yaml_run_files_are_written_with_sorted_keys(tmp_path):
 
 def test_runs_are_counted_in_the_plural_but_for_one():
     assert [runs_phrase(n) for n in (0, 1, 2)] == ["0 runs", "1 run", "2 runs"]
+
+
+def test_a_metrics_file_that_is_not_utf8_is_damaged_naming_the_line(tmp_path):
+    # It ended in a bare UnicodeDecodeError naming neither the file nor the line.
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b'{"epoch": 0}\n{"epoch": 1, "note": "caf\xe9"}\n')
+    with pytest.raises(DamagedFileError, match=f"^{re.escape(str(path))} is damaged: line 2 is not UTF-8 text"):
+        read_jsonl(path)
+
+
+@pytest.mark.parametrize("line", ["3", "[0, 1]", '"epoch"', "null"])
+def test_a_metrics_line_that_is_json_but_no_record_is_damaged_naming_it(tmp_path, line):
+    # It was returned as a record, and the reader then failed with a bare TypeError ('int' object is not
+    # subscriptable) naming no file.
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(f'{{"epoch": 0}}\n{line}\n')
+    with pytest.raises(DamagedFileError, match=f"^{re.escape(str(path))} is damaged: line 2 is not a JSON object"):
+        read_jsonl(path)
+
