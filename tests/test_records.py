@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from types import SimpleNamespace
 
@@ -571,3 +572,146 @@ def test_a_metrics_line_that_is_json_but_no_record_is_damaged_naming_it(tmp_path
     with pytest.raises(DamagedFileError, match=f"^{re.escape(str(path))} is damaged: line 2 is not a JSON object"):
         read_jsonl(path)
 
+
+
+def test_an_atomic_write_creates_the_missing_folders_of_its_path(tmp_path):
+    atomic_write_text(tmp_path / "runs" / "a" / "summary.json", "{}")
+    assert (tmp_path / "runs" / "a" / "summary.json").read_text() == "{}"
+
+
+def test_atomic_writes_take_their_permissions_from_the_umask_and_leave_it_as_it_was(tmp_path):
+    # A umask of 027 (a shared machine's "group may read, others nothing") must give rw-r-----, as open() does.
+    before = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "one")
+        records.atomic_torch_save(tmp_path / "b.pt", {"v": 1})
+        assert os.umask(0o027) == 0o027, "the process umask is left as it was"
+        atomic_write_text(tmp_path / "c.txt", "two")
+    finally:
+        os.umask(before)
+    assert [(tmp_path / name).stat().st_mode & 0o777 for name in ("a.txt", "b.pt", "c.txt")] == [0o640] * 3
+
+
+def test_text_files_are_written_as_utf8(tmp_path):
+    atomic_write_text(tmp_path / "README.md", "café: ✓")
+    assert (tmp_path / "README.md").read_bytes() == "café: ✓".encode("utf-8")
+
+
+def test_a_required_json_file_that_is_absent_is_an_error_naming_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "summary.json"))):
+        read_json(tmp_path / "summary.json")
+
+
+def test_a_checkpoint_is_read_onto_the_device_asked_for(tmp_path):
+    records.atomic_torch_save(tmp_path / "checkpoint.pt", {"epoch": 3, "w": torch.ones(2)})
+    state = read_checkpoint(tmp_path / "checkpoint.pt", map_location="meta")
+    assert state["epoch"] == 3 and state["w"].device.type == "meta"
+
+
+def test_the_environment_records_this_machine_and_this_process_settings(monkeypatch):
+    from core.provenance import cpu_model, git_commit, git_dirty
+
+    threads = torch.get_num_threads()
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    seen = {}
+    try:
+        torch.set_num_threads(3)
+        for enabled, warn_only in ((False, False), (True, True), (True, False)):
+            torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+            seen[(enabled, warn_only)] = records.environment(torch.device("cpu"))
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+    assert [env["deterministic_algorithms"] for env in seen.values()] == ["off", "warn_only", "strict"]
+    env = seen[(False, False)]
+    assert env["torch_threads"] == 3 and env["cpu_count"] == os.cpu_count() and env["device"] == "cpu"
+    assert (env["cpu_model"], env["git_commit"], env["git_dirty"]) == (cpu_model(), git_commit(), git_dirty())
+    assert "gpu" not in env and "cudnn" not in env
+
+
+def test_the_environment_of_a_cuda_run_names_the_gpu_and_cudnn(monkeypatch):
+    # A CPU-only test: torch's CUDA queries are stood in for; the record must name the GPU the run used.
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: f"Test GPU {device.index}")
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 90100)
+    env = records.environment(torch.device("cuda", 1))
+    assert (env["device"], env["gpu"], env["cudnn"]) == ("cuda:1", "Test GPU 1", 90100)
+    assert "gpu" not in records.environment(torch.device("mps")), "an Apple GPU is no CUDA device to query"
+
+
+def test_a_table_whose_wandb_server_is_unreachable_is_one_line_naming_the_way_out(tmp_path, monkeypatch):
+    # Only a training run falls back to offline logging; a table's run that cannot reach the server is an error.
+    wandb = pytest.importorskip("wandb")
+    from benchmarks.collect import Table
+    from benchmarks.commands.table import log_wandb_table
+    from benchmarks.errors import UsageError
+
+    def init(**kwargs):
+        raise wandb.errors.CommError("Network error (ConnectionError)")
+
+    monkeypatch.setattr(wandb, "init", init)
+    with pytest.raises(UsageError, match=r"its online run \(CommError: Network error \(ConnectionError\)\)"):
+        log_wandb_table(Table("caption", [], [], False), "online", tmp_path)
+
+
+def test_a_bad_wandb_setting_is_one_line_naming_the_way_out(tmp_path, monkeypatch):
+    # wandb checks its WANDB_* settings with pydantic, which raises a ValueError, not one of wandb's errors.
+    wandb = pytest.importorskip("wandb")
+    from benchmarks.errors import UsageError
+    from benchmarks.records import WandbSink
+
+    def init(**kwargs):
+        raise ValueError("1 validation error for Settings\nx_stats_sampling_interval\n  Input should be a number")
+
+    monkeypatch.setattr(wandb, "init", init)
+    with pytest.raises(UsageError, match=r"its offline run \(ValueError: 1 validation error for Settings "
+                                         r"x_stats_sampling_interval Input should be a number\); fix that"):
+        WandbSink("offline", tmp_path, {}, "run-x", log=lambda line: None)
+
+
+def test_a_hand_edited_wandb_id_file_resumes_the_same_run(tmp_path, monkeypatch):
+    # An editor's final newline must not make it another W&B run.
+    wandb = pytest.importorskip("wandb")
+    from benchmarks.records import WandbSink
+
+    seen: list[dict] = []
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: seen.append(kwargs))
+    (tmp_path / "wandb_id.txt").write_text("0123456789ab\n")
+    WandbSink("offline", tmp_path, {}, "run-x", log=lambda line: None)
+    assert seen[0]["id"] == "0123456789ab"
+
+
+def test_an_online_run_names_its_url_when_it_closes(tmp_path):
+    run, lines = RecordingRun(), []
+    run.url = "https://wandb.ai/me/augbench/runs/0123456789ab"
+    sink = sink_over(run, tmp_path, lines)
+    sink.mode = "online"
+    sink.finish()
+    assert lines == ["W&B run: https://wandb.ai/me/augbench/runs/0123456789ab"]
+
+
+def test_a_config_that_is_not_utf8_names_the_byte_to_fix(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_bytes(b"name: x\ntitle: caf\xe9\n")
+    with pytest.raises(records.UsageError, match=rf"^{re.escape(str(path))} is not UTF-8 text \(invalid continuation "
+                                                 r"byte at byte 18\); save it as UTF-8$"):
+        read_config_yaml(path)
+
+
+def test_a_checkpoint_save_cut_short_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    # torch.save writes as it pickles: a kill half-way must leave the previous epoch's checkpoint, not half of one.
+    path = tmp_path / "checkpoint.pt"
+    records.atomic_torch_save(path, {"epoch": 1})
+    real_save = torch.save
+
+    def cut_short(obj, f):
+        real_save(obj, f)
+        with open(f, "r+b") as out:
+            out.truncate(10)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        records.atomic_torch_save(path, {"epoch": 2})
+    monkeypatch.undo()
+    assert read_checkpoint(path, "cpu") == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
