@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -37,3 +39,26 @@ def test_a_missing_transformers_package_names_the_extra_that_installs_it(monkeyp
     monkeypatch.setitem(sys.modules, "transformers", None)  # what `import transformers` meets when not installed
     with pytest.raises(MissingExtraError, match=r"pip install 'augbench\[text\]' \(or set model.text_encoder="):
         require_transformers()
+
+
+@pytest.mark.parametrize("name", ["core", "aug", "baselines", "benchmarks", "datasets"])
+def test_each_of_our_packages_shadowed_is_refused_naming_the_impostors_file(tmp_path, monkeypatch, name):
+    from benchmarks.guard import ShadowedPackageError, check_packages
+
+    impostor = types.ModuleType(name)
+    impostor.__file__ = str(tmp_path / name / "__init__.py")
+    monkeypatch.setitem(sys.modules, name, impostor)
+    with pytest.raises(ShadowedPackageError, match=rf"'import {name}' resolved to '{re.escape(impostor.__file__)}', "
+                                                   rf"which is not AUG-Bench's {name} package"):
+        check_packages()
+
+
+def test_a_package_that_answers_every_attribute_is_not_taken_for_ours(tmp_path, monkeypatch):
+    # A lazily loading package (module-level __getattr__) has an __aug_bench__ too: only the value True is ours.
+    from benchmarks.guard import ShadowedPackageError, check_packages
+
+    impostor = types.ModuleType("datasets")
+    impostor.__getattr__ = lambda attribute: object()
+    monkeypatch.setitem(sys.modules, "datasets", impostor)
+    with pytest.raises(ShadowedPackageError, match="is not AUG-Bench's datasets package"):
+        check_packages()
