@@ -29,7 +29,8 @@ def git_commit() -> str | None:
 
 def git_dirty() -> bool | None:
     """Whether tracked files of this checkout differ from its commit (``None`` outside a git checkout)."""
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    # --no-optional-locks: a status that refreshed the index would take .git/index.lock in the user's checkout.
+    status = _git("--no-optional-locks", "status", "--porcelain", "--untracked-files=no")
     return None if status is None else bool(status.strip())
 
 

@@ -4,6 +4,7 @@ installed libraries."""
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import re
 import shutil
 import subprocess
@@ -91,3 +92,14 @@ def test_library_versions_name_each_library_and_none_for_one_not_installed(monke
     monkeypatch.setattr(provenance, "LIBRARIES", ("numpy", "surely-not-an-installed-distribution"))
     assert library_versions() == {"numpy": importlib.metadata.version("numpy"),
                                   "surely-not-an-installed-distribution": None}
+
+
+def test_recording_whether_the_checkout_is_dirty_writes_nothing_into_it(checkout):
+    # `git status` refreshes the index under .git/index.lock: a user's own git command at that moment failed with
+    # "index.lock: File exists", and a status killed at the timeout left the lock behind for good.
+    tracked = checkout / "tracked.txt"
+    later = tracked.stat().st_mtime + 60
+    os.utime(tracked, (later, later))  # a new mtime, the same content: a plain status rewrites the index
+    index = (checkout / ".git" / "index").read_bytes()
+    assert git_dirty() is False
+    assert (checkout / ".git" / "index").read_bytes() == index
