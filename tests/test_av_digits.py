@@ -474,7 +474,7 @@ def _speaker_pairs(plan: dict, split: str) -> set:
 @pytest.mark.parametrize("variants, train, test, pairs", [
     (["f1", "f2", "f3", "f4"], 6, 2, (3, 1)),  # pairs partitioned in proportion to the speakers
     (["f1", "f2", "f3"], 9, 1, (2, 1)),        # a test share that rounds to no pair still gets one
-    (["f1", "f2"], 1, 3, (1, 1)),              # ... and so does a train share that rounds to none
+    (["f1", "f2"], 2, 6, (1, 1)),              # ... and so does a train share that rounds to none
 ])
 def test_voice_variant_pairs_are_partitioned_between_splits_in_proportion(variants, train, test, pairs):
     plan = _plan(voices=["en"], variants=variants, train_speakers=train, test_speakers=test, train_clips=2 * train,
