@@ -137,6 +137,49 @@ def test_ogm_sum_head_option(tiny_bundle):
     assert math.isfinite(ogm.update(first_batch(tiny_bundle), step())["loss"])
 
 
+
+def test_ogm_update_uses_the_alpha_knob_on_the_split_head_confidence_ratio(tiny_bundle):
+    batch = first_batch(tiny_bundle)
+    ogm = build("ogm", tiny_bundle, alpha=0.3)
+    with torch.no_grad():
+        _, _, z_uni = copy.deepcopy(ogm.model)(ogm.inputs(batch))
+    s = {m: torch.softmax(z_uni[m], 1)[torch.arange(16), batch["label"]].sum().item() for m in ("audio", "visual")}
+    rho_v = s["visual"] / s["audio"]
+    logs = ogm.update(batch, step(epoch=0))
+    dominant, rho = ("visual", rho_v) if rho_v > 1 else ("audio", 1 / rho_v)
+    assert logs[f"coeff_{dominant}"] == approx(1 - math.tanh(0.3 * rho))   # alpha 0.8 would give another k
+    assert logs[f"coeff_{'audio' if dominant == 'visual' else 'visual'}"] == 1.0
+
+
+@pytest.mark.parametrize("epoch, modulated", [(1, False), (2, True), (4, True), (5, False)])
+def test_ogm_update_edits_gradients_in_the_inclusive_window_only(tiny_bundle, epoch, modulated):
+    # The step's epoch, not a neighbour, decides: mod_start and mod_end are modulated, the epochs beside them not.
+    batch = first_batch(tiny_bundle)
+    plain = build("ogm", tiny_bundle, mod_start=100, mod_end=100)
+    raw = capture_grads_at_step(plain)
+    plain.update(batch, step(epoch=epoch))
+    ogm = build("ogm", tiny_bundle, mod_start=2, mod_end=4)
+    seen = capture_grads_at_step(ogm)
+    logs = ogm.update(batch, step(epoch=epoch))
+    k = {m: logs[f"coeff_{m}"] for m in ("audio", "visual")}
+    dominant = min(k, key=k.get)
+    assert k[dominant] < 1.0
+    convs = [n for n, g in raw.items() if n.startswith(f"encoders.{dominant}.") and g.dim() == 4]
+    assert convs
+    for name in convs:
+        close(seen[name], k[dominant] * raw[name] if modulated else raw[name])
+
+
+def test_ogm_edit_skips_a_kernel_without_gradient():
+    # An encoder kernel the loss did not reach (an unused branch) keeps no gradient; the edit must not fail on it.
+    used, unused = nn.Conv2d(1, 1, 2), nn.Conv2d(1, 1, 2)
+    for noise in (False, True):
+        used.weight.grad = torch.ones_like(used.weight)
+        modulate_gradients([unused.weight, used.weight], torch.tensor(0.5), noise=noise)
+        assert unused.weight.grad is None
+        if not noise:
+            close(used.weight.grad, torch.full_like(used.weight, 0.5))
+
 # --- OPM -------------------------------------------------------------------------------------------------------------
 
 def test_opm_drop_probability_for_given_scores():
