@@ -516,6 +516,15 @@ def test_pmr_prototype_logits_are_negative_euclidean_distances():
     close(prototype_logits(h, c), -torch.tensor([[0.0, 3.0, 4.0], [5.0, 4.0, 3.0]]))
 
 
+
+def test_pmr_prototype_logits_are_exact_for_a_feature_on_its_prototype():
+    # More than 25 rows would make cdist's default take the |x|^2 + |c|^2 - 2 x.c shortcut, whose float32 rounding
+    # at |x| ~ 1e3 leaves a distance of order 1 where the feature sits on the prototype.
+    torch.manual_seed(0)
+    c = 100.0 * torch.randn(4, 64)
+    h = c[torch.arange(32) % 4]
+    close(prototype_logits(h, c)[torch.arange(32), torch.arange(32) % 4], torch.zeros(32), rtol=0, atol=0)
+
 def test_pmr_extra_term_goes_to_the_weaker_modality():
     assert weaker_modality({"audio": torch.tensor(6.0), "visual": torch.tensor(3.0)}) == "visual"
     assert weaker_modality({"audio": torch.tensor(2.0), "visual": torch.tensor(3.0)}) == "audio"
@@ -543,6 +552,15 @@ def test_pmr_step_loss_is_ce_plus_alpha_prototype_ce_of_the_weaker_modality(tiny
     outside = build("pmr", tiny_bundle, mod_end=-1)
     assert "proto_ratio" not in outside.update(batch, step(epoch=0))
 
+
+
+@pytest.mark.parametrize("epoch, inside", [(1, False), (2, True), (4, True), (5, False)])
+def test_pmr_prototype_term_applies_in_the_inclusive_window_only(tiny_bundle, epoch, inside):
+    batch = first_batch(tiny_bundle)
+    pmr = build("pmr", tiny_bundle, mod_start=2, mod_end=4)
+    pmr.on_epoch_start(0, Loaders(train=[batch]))
+    logs = pmr.update(batch, step(epoch=epoch))
+    assert ("proto_ratio" in logs) == inside
 
 def test_pmr_prototypes_use_the_first_tenth_of_batches_then_ema(tiny_bundle):
     pmr = build("pmr", tiny_bundle, mu=0.2)
@@ -577,6 +595,20 @@ def test_pmr_prototypes_use_the_first_tenth_of_batches_then_ema(tiny_bundle):
     close(clone.prototypes("audio"), pmr.prototypes("audio"))
     assert bool(clone.prototypes_ready)
 
+
+
+def test_pmr_prototypes_use_floor_of_a_tenth_of_the_batches(tiny_bundle):
+    # 19 batches: floor(19 / 10) = 1 batch counts, so class 3 (only in the second batch) is never seen.
+    pmr = build("pmr", tiny_bundle)
+    pmr.model.features = lambda x: dict(x)
+    d = pmr.prototypes("audio").shape[1]
+
+    def batch(value, labels):
+        feats = value * torch.ones(len(labels), d)
+        return {"audio": feats, "visual": -feats, "label": torch.tensor(labels)}
+
+    pmr.on_epoch_start(0, Loaders(train=[batch(1.0, [0, 1, 2])] + [batch(7.0, [3, 3, 3])] * 18))
+    close(pmr.prototypes("audio")[:, 0], torch.tensor([1.0, 1.0, 1.0, 0.0]))
 
 def test_pmr_class_absent_from_the_prototype_batches_keeps_its_previous_prototype(tiny_bundle):
     # A class with no sample in the first tenth of the batches keeps its prototype, smoothed or not: the EMA blends
