@@ -477,6 +477,73 @@ def test_agm_running_mean_is_updated_after_k_and_checkpointed(tiny_bundle):
 
 
 
+def agm_grads(bundle, shrink_features=False, **hp):
+    """The gradients one AGM step hands to the optimizer (after any clipping), on the first batch."""
+    agm = build("agm", bundle, **hp)
+    if shrink_features:  # small features make the head's weight gradient small beside its bias gradient
+        for encoder in agm.model.encoders.values():
+            encoder.register_forward_hook(lambda module, args, out: 0.01 * out)
+    seen = capture_grads_at_step(agm)
+    agm.update(first_batch(bundle), step())
+    return seen
+
+
+def test_agm_clips_every_gradient_to_clip_norm_when_a_head_weight_gradient_exceeds_the_trigger(tiny_bundle):
+    raw = agm_grads(tiny_bundle, clip_trigger=1e9)
+    assert raw["head.fc.weight"].abs().max() > 0.1
+    clipped = agm_grads(tiny_bundle, clip_trigger=0.1, clip_norm=1e-3)
+    norm = torch.sqrt(sum((g.double() ** 2).sum() for g in raw.values())).item()
+    assert norm > 1.0   # so neither the default bound 1.0 nor no clipping gives the 1e-3 one
+    for name, g in raw.items():   # clip_grad_norm_: g * max_norm / (total norm + 1e-6), over all parameters
+        close(clipped[name], g * (1e-3 / (norm + 1e-6)), msg=name)
+
+
+def test_agm_clip_trigger_reads_the_head_weight_gradient_not_the_bias(tiny_bundle):
+    raw = agm_grads(tiny_bundle, shrink_features=True, clip_trigger=1e9)
+    assert raw["head.fc.bias"].abs().max() > 0.02 > raw["head.fc.weight"].abs().max()
+    kept = agm_grads(tiny_bundle, shrink_features=True, clip_trigger=0.02, clip_norm=1e-3)
+    for name, g in raw.items():
+        torch.testing.assert_close(kept[name], g, rtol=0, atol=0, msg=name)
+
+
+def test_agm_next_step_trains_batchnorm_after_the_eval_mode_subset_passes(tiny_bundle):
+    # The unimodal passes run in eval mode; the model must be back in train mode for the next step's full pass.
+    batch = first_batch(tiny_bundle)
+    agm = build("agm", tiny_bundle)
+    agm.train()
+    agm.update(batch, step())
+    assert agm.model.training
+    stats = {n: b.clone() for n, b in agm.model.named_buffers() if n.endswith("running_mean")}
+    agm.update(batch, step(i=1))
+    assert all(not torch.equal(b, stats[n]) for n, b in agm.model.named_buffers() if n in stats)
+
+
+def test_agm_hooks_keep_the_last_coefficients_after_the_window(tiny_bundle):
+    # Official update_scale runs only inside the window; after it the hooks keep the last k, not 1.
+    batch = first_batch(tiny_bundle)
+    agm = build("agm", tiny_bundle, mod_start=0, mod_end=0)
+    last = agm.update(batch, step(epoch=0))
+    after = agm.update(batch, step(epoch=1, i=1))
+    for m in ("audio", "visual"):
+        assert agm.scalers[m].scale.item() == approx(last[f"k_{m}"]) and last[f"k_{m}"] != 1.0
+        assert after[f"k_{m}"] != last[f"k_{m}"]
+
+
+def test_agm_running_mean_averages_every_iteration_since_training_began(tiny_bundle, monkeypatch):
+    losses = [torch.tensor([1.0 + 0.1 * i, 2.0 - 0.05 * i]) for i in range(13)]
+    feed = iter(losses)
+    monkeypatch.setattr("baselines.agm.modality_losses", lambda phi, labels: next(feed))
+    batch = first_batch(tiny_bundle)
+    agm = build("agm", tiny_bundle)
+    for i, s in enumerate(losses):
+        logs = agm.update(batch, step(epoch=i // 4, i=i % 4))
+        previous = torch.stack(losses[:i]).mean(0) if i else torch.zeros(2)
+        expected = agm_coefficients(s, previous, agm.hp.alpha)
+        assert [logs["k_audio"], logs["k_visual"]] == [approx(v) for v in expected.tolist()], i
+    close(agm.loss_mean, torch.stack(losses).mean(0))
+    assert int(agm.iterations) == 13
+
+
 def test_agm_step_in_float64_keeps_float64_outputs_and_losses(tiny_bundle):
     with float64_default():
         agm = build("agm", tiny_bundle)
