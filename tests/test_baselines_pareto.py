@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.base import Loaders, StepInfo
+from baselines.base import Loaders, Prediction, StepInfo
 from baselines.cml import CML, cml_loss
 from baselines.inforeg import (
     InfoReg,
@@ -360,6 +360,51 @@ def test_mslr_epoch_end_reads_validation_and_checkpoints_its_memory(tiny_bundle)
     with pytest.raises(ValueError, match="eval_split"):
         method.on_epoch_end(1, Loaders(train=val, val=None, test=val))
 
+
+
+def test_mslr_unimodal_accuracy_counts_each_modalitys_own_hits_over_all_samples(tiny_bundle):
+    # Two batches of 3 and 1 samples: accuracy is hits / samples (not per batch), from z_m (not the fused logits).
+    method = build_with(MSLR, tiny_bundle)
+    batches = [{"label": torch.tensor([0, 1, 2])}, {"label": torch.tensor([3])}]
+    outputs = iter([
+        Prediction(fused=F.one_hot(torch.tensor([0, 1, 2]), 4).float(),
+                   per_modality={"audio": F.one_hot(torch.tensor([0, 0, 0]), 4).float(),
+                                 "visual": F.one_hot(torch.tensor([0, 1, 1]), 4).float()}),
+        Prediction(fused=F.one_hot(torch.tensor([3]), 4).float(),
+                   per_modality={"audio": F.one_hot(torch.tensor([3]), 4).float(),
+                                 "visual": F.one_hot(torch.tensor([0]), 4).float()}),
+    ])
+    method.predict = lambda batch: next(outputs)
+    assert method.unimodal_accuracy(batches) == {"audio": 0.5, "visual": 0.5}
+
+
+def test_mslr_unimodal_accuracy_is_measured_in_eval_mode_and_leaves_training_on(tiny_bundle):
+    method = build_with(MSLR, tiny_bundle)
+    val = tiny_bundle.loader("val", batch_size=32, train=False, seed=0)
+    method.eval()
+    batch = next(iter(val))
+    pred = method.predict(batch)
+    labels = batch["label"]
+    expected = {m: (pred.per_modality[m].argmax(1) == labels).sum().item() / len(labels) for m in ("audio", "visual")}
+    method.train()
+    stats = {n: b.clone() for n, b in method.named_buffers()}
+    assert method.unimodal_accuracy([batch]) == expected
+    assert method.training and all(torch.equal(b, stats[n]) for n, b in method.named_buffers())
+
+
+def test_mslr_memory_coeffs_and_ratios_are_knobs_and_survive_checkpoints(tiny_bundle):
+    method = build_with(MSLR, tiny_bundle, memory=2, coeffs=[0.5, 2.0])
+    accs = iter([{"audio": 0.2, "visual": 0.4}, {"audio": 0.4, "visual": 0.4}, {"audio": 0.6, "visual": 0.2}])
+    method.unimodal_accuracy = lambda loader: next(accs)
+    loaders = Loaders(train=None, val=[], test=None)
+    for epoch in range(3):
+        diag = method.on_epoch_end(epoch, loaders)
+    # r = acc(2) / mean(acc(0), acc(1)) with a 2-epoch memory; c = coeff * r.
+    assert method.ratios == {"audio": approx64(2.0), "visual": approx64(0.5)}
+    assert (diag["mslr_coeff_audio"], diag["mslr_coeff_visual"]) == (approx64(1.0), approx64(1.0))
+    clone = build_with(MSLR, tiny_bundle, memory=2, coeffs=[0.5, 2.0])
+    clone.load_checkpoint_state(method.checkpoint_state())
+    assert clone.ratios == method.ratios and clone.memory == method.memory
 
 # --- MMCosine -----------------------------------------------------------------------------------------------------
 def test_mmcosine_logits_are_scaled_cosines():
