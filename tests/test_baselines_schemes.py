@@ -3,6 +3,7 @@ reconboost.md, gblending.md, greedy.md, mses-mslr.md#mses)."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -643,6 +644,58 @@ def test_mses_stop_applies_inside_the_official_1_based_window(tiny_bundle, varia
     assert audio and all((g.abs().sum() == 0) == zeroed for g in audio)
     assert any(g.abs().sum() > 0 for n, g in seen.items() if ".visual" in n)
 
+
+
+@pytest.mark.parametrize("stop_mode, moves", [("zero_grad", True), ("freeze", False)])
+def test_mses_stop_mode_decides_whether_weight_decay_still_moves_a_stopped_modality(tiny_bundle, stop_mode, moves):
+    # zero_grad (AGM re-impl.): a zero gradient, so SGD's weight decay still shrinks the stopped parameters;
+    # freeze: no gradient, so the optimizer skips them.
+    ms = build("mses", tiny_bundle, stop_mode=stop_mode)
+    assert ms.optimizer.param_groups[0]["weight_decay"] > 0
+    ms.stopped[0] = True
+    audio = {n: p.detach().clone() for n, p in ms.model.named_parameters() if n.startswith("encoders.audio.")}
+    ms.update(first_batch(tiny_bundle), step())
+    after = dict(ms.model.named_parameters())
+    assert any(not torch.equal(after[n], p) for n, p in audio.items()) == moves
+
+
+def test_mses_smoothing_is_a_knob(tiny_bundle):
+    ms = build("mses", tiny_bundle, smoothing=0.3)
+    history = iter([[1.0, 1.0], [0.5, 1.0]])
+    ms.modality_losses = lambda loaders: next(history)
+    smoothed = [ms.on_epoch_end(epoch, None)["smoothed_ce_audio"] for epoch in range(2)]
+    assert smoothed == approx64([1.0, 0.3 * 1.0 + 0.7 * 0.5])
+
+
+def test_mses_validation_losses_are_taken_in_eval_mode_and_leave_training_on(tiny_bundle):
+    ms = build("mses", tiny_bundle)
+    batch = first_batch(tiny_bundle, "val")
+    reference = copy.deepcopy(ms.model).eval()
+    with torch.no_grad():
+        _, _, z_uni = reference(ms.inputs(batch))
+    expected = [F.cross_entropy(z_uni[m], batch["label"]).item() for m in ms.modalities]
+    ms.train()
+    stats = {n: b.clone() for n, b in ms.model.named_buffers()}
+    raw = ms.modality_losses(Loaders(train=None, val=[batch], test=None))
+    assert raw == [approx(v) for v in expected]   # float32 CE, summed in float64 then divided
+    assert ms.training and all(torch.equal(b, stats[n]) for n, b in ms.model.named_buffers())
+
+
+def test_mses_stop_reloads_the_optimizer_state_of_the_best_epoch(tiny_bundle):
+    # The full snapshot: SGD's momentum buffers rewind with the parameters.
+    ms = build("mses", tiny_bundle, patience=1)
+    ms.modality_losses = lambda loaders: [1.0, 1.0]   # best at epoch 0: both stop at epoch 2
+    batch = first_batch(tiny_bundle)
+    ms.update(batch, step())
+    ms.on_epoch_end(0, None)
+    saved = {k: v["momentum_buffer"].clone() for k, v in ms.optimizer.state_dict()["state"].items()}
+    assert saved
+    ms.update(batch, step(epoch=1))
+    ms.on_epoch_end(1, None)
+    ms.on_epoch_end(2, None)
+    assert ms.stopped.all()
+    state = ms.optimizer.state_dict()["state"]
+    assert all(torch.equal(state[k]["momentum_buffer"], v) for k, v in saved.items())
 
 
 def test_mses_smooths_with_the_previous_raw_loss_not_the_previous_smoothed_one(tiny_bundle):
