@@ -61,6 +61,14 @@ def test_ogm_coefficient_suppresses_only_the_dominant_modality():
     assert k["audio"].item() == pytest.approx(1 - math.tanh(0.8), abs=1e-6) and k["visual"].item() == 1.0
 
 
+def test_ogm_and_pmr_ratios_refuse_other_than_two_modalities():
+    three = {m: torch.tensor(1.0) for m in ("audio", "visual", "text")}
+    with pytest.raises(ValueError, match="OGM's ratio is defined for 2 modalities"):
+        ogm_coefficients(three, alpha=0.8)
+    with pytest.raises(ValueError, match="PMR's ratio is defined for 2 modalities"):
+        weaker_modality(three)
+
+
 def test_ogm_scales_exactly_the_encoder_conv_weights_and_adds_no_noise(tiny_bundle):
     batch = first_batch(tiny_bundle)
     plain = build("ogm", tiny_bundle, mod_start=5, mod_end=9)
@@ -402,6 +410,13 @@ def test_agm_coefficient_direction_and_cap():
     k3 = agm_coefficients(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2.0, 2.0, 2.0]), alpha=1.0)
     r = [math.exp(1.5 * (2 - s)) for s in (1.0, 2.0, 3.0)]
     assert k3.tolist() == pytest.approx([math.exp(1 - v) for v in r], rel=1e-5)
+
+
+def test_agm_exponent_is_capped_above_only():
+    # min(r_bar - r, 10): a modality far ahead of its running mean gets k -> 0, not exp(-10 alpha).
+    k = agm_coefficients(torch.tensor([0.0, 10.0]), torch.tensor([1.0, 1.0]), alpha=1.0)
+    assert k[0].item() == 0.0   # r_a = e^10: exp(1 - e^10) underflows to 0
+    assert k[1].item() == approx(math.exp(1 - math.exp(-10.0)))
 
 
 def test_agm_modality_loss_floors_the_true_class_probability_at_1e_8():

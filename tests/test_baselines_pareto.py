@@ -301,6 +301,11 @@ def test_mslr_ratio_keeps_its_value_over_an_all_zero_memory():
     assert mslr_step([0.0] * 5, 0.5, 1.3, window=5) == (1.3, [0.0, 0.0, 0.0, 0.0, 0.5])
 
 
+def test_mslr_refuses_coeffs_of_another_length_naming_the_knob(tiny_bundle):
+    with pytest.raises(ValueError, match=r"mslr.coeffs needs one value per modality"):
+        build_with(MSLR, tiny_bundle, coeffs=[0.9])
+
+
 def test_mslr_update_scales_each_modality_group(tiny_bundle):
     method = freeze_steps(build_with(MSLR, tiny_bundle))
     method.ratios = {"audio": 2.0, "visual": 0.5}
