@@ -12,13 +12,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.agm import GradScale, agm_coefficients, modality_losses, shapley_outputs
-from baselines.base import Loaders, StepInfo
+from baselines.base import Loaders, StepInfo, TrainContext
 from baselines.heads import SumHead
+from baselines.networks import MODEL_HPARAMS
 from baselines.ogm import modulate_gradients, modulated_params, ogm_coefficients
 from baselines.opm import FeatureRescale, bb_ratios, drop_features, opm_drop_probabilities
 from baselines.pmr import CompressRecover, prototype_logits, weaker_modality
 from baselines.registry import get_method
 from benchmarks.config import method_hparams
+from core.data import ModalitySpec, TaskSpec
 from core.hparams import resolve
 from datasets.registry import get_dataset
 from tests.conftest import TINY_DATA, first_batch, first_batch64, float64_default, make_context
@@ -133,6 +135,31 @@ def test_ogm_edits_only_conv_kernels_by_default_and_every_matrix_with_non_1d():
     assert [id(p) for p in modulated_params(encoder, "non_1d")] == [id(conv.weight), id(fc.weight)]
 
 
+@pytest.mark.parametrize("grad_params", ["conv4d", "non_1d"])
+def test_ogm_update_edits_mlp_encoder_matrices_only_with_non_1d(grad_params):
+    # Feature-vector encoders (MLPs) have no conv kernels: the official filter edits nothing, BB's every matrix.
+    task = TaskSpec("vectors", 3, (ModalitySpec("audio", "vector", (6,)), ModalitySpec("visual", "vector", (5,))))
+    model_hp = resolve("model", MODEL_HPARAMS, None, {"mlp_hidden": 8, "feature_dim": 6})
+    torch.manual_seed(0)
+    batch = {"audio": torch.randn(8, 6), "visual": torch.randn(8, 5), "label": torch.arange(8) % 3}
+
+    def grads(**hp):
+        ogm_hp = resolve("ogm", method_hparams(get_method("ogm")), "vectors", {"grad_params": grad_params, **hp})
+        torch.manual_seed(0)
+        ogm = get_method("ogm")(task, ogm_hp, TrainContext(torch.device("cpu"), 2, make_context().train_hp, model_hp))
+        seen = capture_grads_at_step(ogm)
+        return seen, ogm.update(batch, step())
+
+    raw, _ = grads(mod_start=100, mod_end=100)
+    edited, logs = grads()
+    matrices = [n for n, g in raw.items() if n.startswith("encoders.") and g.dim() == 2]
+    assert matrices and not any(g.dim() == 4 for g in raw.values())
+    for name, g in raw.items():
+        k = logs[f"coeff_{name.split('.')[1]}"] if name in matrices and grad_params == "non_1d" else 1.0
+        close(edited[name], k * g, msg=name)
+    assert min(logs["coeff_audio"], logs["coeff_visual"]) < 1.0
+
+
 def test_ogm_window_is_inclusive(tiny_bundle):
     ogm = build("ogm", tiny_bundle, mod_start=2, mod_end=4)
     assert [ogm.modulating(e) for e in range(6)] == [False, False, True, True, True, False]
@@ -143,7 +170,6 @@ def test_ogm_sum_head_option(tiny_bundle):
     ogm = build("ogm_ge", tiny_bundle, head="sum")
     assert isinstance(ogm.model.head, SumHead)
     assert math.isfinite(ogm.update(first_batch(tiny_bundle), step())["loss"])
-
 
 
 def test_ogm_update_uses_the_alpha_knob_on_the_split_head_confidence_ratio(tiny_bundle):
@@ -187,6 +213,7 @@ def test_ogm_edit_skips_a_kernel_without_gradient():
         assert unused.weight.grad is None
         if not noise:
             close(used.weight.grad, torch.full_like(used.weight, 0.5))
+
 
 # --- OPM -------------------------------------------------------------------------------------------------------------
 
@@ -491,7 +518,6 @@ def test_agm_running_mean_is_updated_after_k_and_checkpointed(tiny_bundle):
     assert int(clone.iterations) == 1 and clone.scalers["visual"].scale.item() == approx(logs["k_visual"])
 
 
-
 def agm_grads(bundle, shrink_features=False, **hp):
     """The gradients one AGM step hands to the optimizer (after any clipping), on the first batch."""
     agm = build("agm", bundle, **hp)
@@ -598,7 +624,6 @@ def test_pmr_prototype_logits_are_negative_euclidean_distances():
     close(prototype_logits(h, c), -torch.tensor([[0.0, 3.0, 4.0], [5.0, 4.0, 3.0]]))
 
 
-
 def test_pmr_prototype_logits_are_exact_for_a_feature_on_its_prototype():
     # More than 25 rows would make cdist's default take the |x|^2 + |c|^2 - 2 x.c shortcut, whose float32 rounding
     # at |x| ~ 1e3 leaves a distance of order 1 where the feature sits on the prototype.
@@ -633,7 +658,6 @@ def test_pmr_step_loss_is_ce_plus_alpha_prototype_ce_of_the_weaker_modality(tiny
     assert logs["loss"] == pytest.approx(expected.item(), rel=1e-5)
     outside = build("pmr", tiny_bundle, mod_end=-1)
     assert "proto_ratio" not in outside.update(batch, step(epoch=0))
-
 
 
 @pytest.mark.parametrize("epoch, inside", [(1, False), (2, True), (4, True), (5, False)])
@@ -676,7 +700,6 @@ def test_pmr_prototypes_use_the_first_tenth_of_batches_then_ema(tiny_bundle):
     clone.load_checkpoint_state(pmr.checkpoint_state())
     close(clone.prototypes("audio"), pmr.prototypes("audio"))
     assert bool(clone.prototypes_ready)
-
 
 
 def test_pmr_prototypes_use_floor_of_a_tenth_of_the_batches(tiny_bundle):

@@ -366,7 +366,6 @@ def test_mslr_epoch_end_reads_validation_and_checkpoints_its_memory(tiny_bundle)
         method.on_epoch_end(1, Loaders(train=val, val=None, test=val))
 
 
-
 def test_mslr_unimodal_accuracy_counts_each_modalitys_own_hits_over_all_samples(tiny_bundle):
     # Two batches of 3 and 1 samples: accuracy is hits / samples (not per batch), from z_m (not the fused logits).
     method = build_with(MSLR, tiny_bundle)

@@ -645,7 +645,6 @@ def test_mses_stop_applies_inside_the_official_1_based_window(tiny_bundle, varia
     assert any(g.abs().sum() > 0 for n, g in seen.items() if ".visual" in n)
 
 
-
 @pytest.mark.parametrize("stop_mode, moves", [("zero_grad", True), ("freeze", False)])
 def test_mses_stop_mode_decides_whether_weight_decay_still_moves_a_stopped_modality(tiny_bundle, stop_mode, moves):
     # zero_grad (AGM re-impl.): a zero gradient, so SGD's weight decay still shrinks the stopped parameters;
