@@ -129,6 +129,9 @@ def test_learner_parameter_counts():
     assert sum(p.numel() for p in layer.parameters()) == 131_328
     assert torch.count_nonzero(layer.bias) == 0 and layer.weight.std().item() == pytest.approx(
         math.sqrt(2 / (512 + 256)), rel=0.05), "Xavier-normal weight, zero bias"
+    # Normal, not uniform (the same std): a uniform weight never exceeds sqrt(3) std, a normal one does for 8.3 %.
+    beyond = (layer.weight.abs() > math.sqrt(3) * math.sqrt(2 / (512 + 256))).float().mean().item()
+    assert beyond == pytest.approx(0.083, abs=0.01)
 
 
 def test_gate_scales_only_the_extra_learners():
@@ -199,6 +202,10 @@ def test_aca_sigma_moves_the_balance_point():
     ((3.0, 4.0), 4, "ratio", 1.0, []),         # rho = 3/4 = sigma - tau
     ((5.5, 4.0), 4, "ratio", 1.0, [1]),
     ((2.5, 4.0), 4, "ratio", 1.0, [0]),
+    ((3.0, 4.0), 4, "ratio", 0.5, []),         # rho = 3/4 = sigma + tau with sigma != 1
+    ((1.0, 4.0), 4, "ratio", 0.5, []),         # rho = 1/4 = sigma - tau
+    ((3.5, 4.0), 4, "ratio", 0.5, [1]),
+    ((0.5, 4.0), 4, "ratio", 0.5, [0]),
 ])
 def test_aca_dead_zone_edges_add_no_learner(sums, count, rule, sigma, grown):
     assert aca_decision(sums, count, rule, sigma=sigma, tau=0.25, threshold=0.4) == grown
@@ -471,6 +478,11 @@ def test_three_modalities_step_each_modality_and_use_the_nvgesture_weights():
     assert method.extra_learners() == {"audio": 1, "visual": 1, "text": 0}
     assert diag["added/audio"] == 1.0 and diag["added/text"] == 0.0
     assert diag["score_rho/audio"] == approx64(10 / 52)
+    method.eval()
+    pred = method.predict(first_batch(bundle))
+    out = pred.per_modality
+    close(pred.fused, 0.33 * out["audio"] + 0.33 * out["visual"] + 0.34 * out["text"])
+    close(pred.alternatives["equal_fusion"], (out["audio"] + out["visual"] + out["text"]) / 3)
 
 
 def test_epoch_end_diagnostics_and_decision(tiny_bundle):
@@ -603,3 +615,156 @@ def test_configs_resolve_against_the_declared_knobs(dataset):
     gated = resolve("aug", method_hparams(AUG), dataset, {**sections["aug"], "variant": "official_gated"},
                     variants=AUG.VARIANTS)
     assert gated.residual_lambda == 0.2 and gated.gate
+
+
+# --- second audit: pins no test held (docs/methods/aug.md) -----------------------------------------------------------
+@pytest.mark.parametrize("rule", ["difference", "ratio"])
+def test_aca_without_confidence_in_a_modality_adds_no_learner(rule):
+    # A zero epoch sum (no training forward counted for that modality) is "no data", not an infinitely weak or strong
+    # modality: no learner, and no division by zero in the ratio rule.
+    for sums in ((5.0, 0.0), (0.0, 5.0)):
+        assert aca_decision(sums, 10, rule, sigma=1.0, tau=0.01, threshold=0.4) == []
+
+
+def test_aca_three_modalities_threshold_is_strict():
+    # rho_audio = 1 / (2 + 2) = 1/4, exactly the threshold: not below it (docs/methods/aug.md#aca: rho_m < 0.4).
+    assert aca_decision((1.0, 2.0, 2.0), 4, "ratio", sigma=1.0, tau=0.01, threshold=0.25) == []
+    assert aca_decision((0.96875, 2.0, 2.0), 4, "ratio", sigma=1.0, tau=0.01, threshold=0.25) == [0]
+
+
+@pytest.mark.parametrize("variant, expected", [
+    # docs/methods/aug.md#paper-vs-code rows 1, 2, 4, 6, 10, 11 and #gated (lambda 0.2 in every gated script).
+    ("paper", dict(register_new_learners=True, aca_rule="difference", aca_check_after_first_epoch=False,
+                   zero_grad_set_to_none=True, residual_target="ensemble_softmax", gate=False)),
+    ("official_compat", dict(register_new_learners=False, aca_rule="ratio", aca_check_after_first_epoch=True,
+                             zero_grad_set_to_none=False, residual_target="ensemble_softmax", gate=False,
+                             aca_interval_epochs=0)),
+    ("official_gated", dict(register_new_learners=False, aca_rule="ratio", aca_check_after_first_epoch=True,
+                            zero_grad_set_to_none=False, residual_target="ensemble_softmax", gate=True,
+                            residual_lambda=0.2, aca_interval_epochs=0)),
+])
+def test_variants_select_the_documented_column(variant, expected):
+    hp = resolve("aug", method_hparams(AUG), "synthetic", {"variant": variant}, variants=AUG.VARIANTS)
+    assert {k: getattr(hp, k) for k in expected} == expected
+    # Shared by every variant: sigma, tau (paper, all datasets), the NVGesture cut-off, the learner width
+    # (AudioVideo.py) and the gate's lr (train_KS.py: lr / 10).
+    assert (hp.sigma, hp.tau, hp.three_modal_threshold, hp.learner_dim, hp.gate_lr_scale) == (1.0, 0.01, 0.4, 256, 0.1)
+
+
+def test_grown_learner_takes_the_stacks_dtype():
+    # A learner added to a float64 (parity) or GPU model must live where the others do, or the stacked forward fails.
+    stack = LearnerStack(8, 6).double()
+    layer = stack.grow()
+    assert layer.weight.dtype == torch.float64 and layer.bias.dtype == torch.float64
+    assert stack(torch.randn(3, 8, dtype=torch.float64)).shape == (3, 2, 6)
+
+
+def test_loss_of_bfloat16_logits_is_computed_in_float32():
+    # Under autocast the logits arrive in bfloat16; the three CE terms must not be computed (and returned) in bfloat16.
+    torch.manual_seed(6)
+    z = torch.randn(8, 3, 5).to(torch.bfloat16)
+    y = torch.randint(0, 5, (8,))
+    loss, z_all = sustained_boosting_loss(z, y, 0.5)
+    expected, _ = sustained_boosting_loss(z.float(), y, 0.5)
+    assert loss.dtype == torch.float32 and z_all.dtype == torch.float32
+    close(loss, expected)
+
+
+def test_modality_order_sets_the_step_order_and_each_modalitys_statistics_stay_its_own(tiny_bundle):
+    # aug.modality_order=[visual, audio]: visual is forwarded and stepped first, audio sees the head after visual's
+    # step; the confidence sums and the logged losses stay in the dataset's order.
+    method = build(tiny_bundle, modality_order=["visual", "audio"])
+    method.add_learner("audio")
+    method.train()
+    logits = record_learner_logits(method)
+    order = []
+    for m in method.modalities:
+        method.learners[m].register_forward_pre_hook(lambda mod, args, m=m: order.append(m))
+    batch = first_batch(tiny_bundle)
+    y = batch["label"]
+    logs = method.update(batch, STEP)
+    assert order == ["visual", "audio"]
+    expected = torch.stack([true_class_sum(logits[m].sum(1), y) for m in method.modalities])
+    close(method.score_sum, expected, dtype=torch.float32)
+    assert logs["loss_audio"] != approx(logs["loss_visual"])
+    close(method.loss_sum, torch.tensor([logs["loss_audio"], logs["loss_visual"]]) * len(y), dtype=torch.float32)
+
+
+def test_gate_step_fits_the_previous_scores_to_the_updated_scores_targets(tiny_bundle):
+    # docs/methods/aug.md#gated: step k's running score is (T + k S) over the other modality's, S the epoch's sum
+    # including this batch; the gate's MSE takes g(previous running score) to the targets of the updated one.
+    method = build(tiny_bundle, variant="official_gated")
+    method.add_learner("visual")
+    method.train()
+    batch = first_batch(tiny_bundle)
+    method.update(batch, STEP)
+    first = method.score_sum.clone()
+    # The previous scores on the other side of the balance point, so that their targets are not the updated ones'.
+    method.running = method.running.flip(0)
+    previous = method.running.clone()
+    gate = copy.deepcopy(method.gate)
+    grads = []
+    step = method.optimizer.step
+
+    def record(*args, **kwargs):
+        grads.append([None if p.grad is None else p.grad.clone() for p in method.gate.parameters()])
+        return step(*args, **kwargs)
+
+    method.optimizer.step = record
+    method.update(batch, StepInfo(epoch=0, step=1, steps_per_epoch=4, epochs=2))
+    batch_sums = method.score_sum - first
+    u = batch_sums + 1 * method.score_sum
+    close(method.running, (u / u.flip(0)).float())
+    assert not torch.equal(gate_targets(previous), gate_targets(method.running))
+    F.mse_loss(gate(previous), gate_targets(method.running)).backward()
+    assert all(g is None for g in grads[0] + grads[1]), "the modality steps leave the gate alone"
+    for actual, param in zip(grads[2], gate.parameters()):
+        close(actual, param.grad)
+
+
+def test_gated_prediction_scales_the_extra_learners_by_the_last_gate_values(tiny_bundle):
+    # docs/methods/aug.md#gated: test time uses the last gate values.
+    method = build(tiny_bundle, variant="official_gated")
+    method.add_learner("visual")
+    method.running = torch.tensor([1.5, 1 / 1.5])
+    method.eval()
+    batch = first_batch(tiny_bundle)
+    pred = method.predict(batch)
+    gates = method.gate_values()
+    with torch.no_grad():
+        h = method.encoders["visual"](batch["visual"])
+        z = learner_logits(method.learners["visual"], method.head, h)
+    close(pred.per_modality["visual"], z[:, 0] + gates[1] * z[:, 1])
+    assert (z[:, 1] * (1 - gates[1])).abs().max() > 1e-3, "an ungated prediction would differ"
+    diag = method.on_epoch_end(0, loaders(tiny_bundle))
+    assert [diag["gate/audio"], diag["gate/visual"]] == approx(gates.tolist())
+
+
+def test_epoch_loss_diagnostics_are_per_sample_means_and_their_gap(tiny_bundle):
+    method = build(tiny_bundle, epochs=4, aca_interval_epochs=2)
+    data = loaders(tiny_bundle)
+    method.on_epoch_start(0, data)
+    method.loss_sum = torch.tensor([30.0, 20.0], dtype=torch.float64)
+    method.count = 100
+    diag = method.on_epoch_end(0, data)
+    assert (diag["train_loss/audio"], diag["train_loss/visual"]) == (approx64(0.3), approx64(0.2))
+    assert diag["loss_gap"] == approx64(0.1), "L^a - L^v: positive when audio's loss is the larger"
+
+
+def test_a_checkpoint_with_learners_of_an_unknown_modality_is_refused_by_name(tiny_bundle):
+    method = build(tiny_bundle)
+    state = method.extra_state()
+    with pytest.raises(RuntimeError, match=r"modalities \['text'\]"):
+        method.load_extra_state({**state, "history": ["audio", "text"]})
+    assert method.extra_learners() == {"audio": 0, "visual": 0}, "nothing grown before the refusal"
+
+
+def test_checkpoint_restores_the_epoch_accumulators(tiny_bundle):
+    method = build(tiny_bundle)
+    method.train()
+    method.update(first_batch(tiny_bundle), STEP)
+    clone = build(tiny_bundle)
+    clone.load_checkpoint_state(copy.deepcopy(method.checkpoint_state()))
+    assert clone.count == method.count
+    for name in ("score_sum", "loss_sum", "ce_sum"):
+        assert torch.equal(getattr(clone, name), getattr(method, name)), name
