@@ -768,3 +768,23 @@ def test_checkpoint_restores_the_epoch_accumulators(tiny_bundle):
     assert clone.count == method.count
     for name in ("score_sum", "loss_sum", "ce_sum"):
         assert torch.equal(getattr(clone, name), getattr(method, name)), name
+
+
+def test_a_checkpoint_extending_a_grown_model_adds_only_the_missing_learners(tiny_bundle):
+    method = build(tiny_bundle)
+    method.add_learner("visual")
+    state = {**method.extra_state(), "history": ["visual", "audio", "visual"]}
+    method.load_extra_state(state)
+    assert method.history == ["visual", "audio", "visual"]
+    assert method.extra_learners() == {"audio": 1, "visual": 2}
+
+
+def test_mixed_precision_prediction_returns_float32_logits(tiny_bundle):
+    # Under bf16 autocast the metrics (softmax, mAP) and the fusion must read float32 logits, not bfloat16 ones.
+    method = build(tiny_bundle)
+    method.add_learner("audio")
+    method.ctx.amp = True
+    method.eval()
+    pred = method.predict(first_batch(tiny_bundle))
+    assert pred.fused.dtype == torch.float32 and pred.alternatives["equal_fusion"].dtype == torch.float32
+    assert {z.dtype for z in pred.per_modality.values()} == {torch.float32}
