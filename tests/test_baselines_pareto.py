@@ -26,7 +26,7 @@ from baselines.uniform import Uniform, uniform_loss
 from core.hparams import resolve
 from datasets.registry import get_dataset
 from tests.conftest import TINY_DATA, build_with, first_batch, first_batch64, float64_default, freeze_steps
-from tests.numeric import approx, approx64, close
+from tests.numeric import approx, approx64, close, tol
 
 STEP = StepInfo(epoch=0, step=0, steps_per_epoch=4, epochs=2)
 
@@ -130,6 +130,25 @@ def test_mmpareto_rescales_each_tensor_to_the_summed_norm_then_applies_gamma():
     close(out[1], 1.5 * t(6.0, 2.0))
 
 
+
+@pytest.mark.parametrize("scale", [1e-9, 1e6])
+def test_mmpareto_rule_is_scale_free_at_tiny_and_large_gradients(scale):
+    # Weights, rescale and gamma are homogeneous in the gradients: a late-training bias gradient of norm ~1e-9 gets the
+    # same rule as one of norm 1 (no floor on |new| but float32's smallest normal, which only guards 0 / 0).
+    g_mm = [t(1.0, 0.0), t(4.0, 0.0)]
+    g_u = [t(-1.0, 2.0), t(0.0, 4.0)]
+    g_sum = [a + b for a, b in zip(g_mm, g_u)]
+    k0, k1, cos = pareto_weights(g_mm, g_u)
+    unit = mmpareto_encoder_grads(g_mm, g_u, g_sum, k0, k1, gamma=1.5)
+    scaled = [[scale * g for g in gs] for gs in (g_mm, g_u, g_sum)]
+    k0s, k1s, coss = pareto_weights(*scaled[:2])
+    close(k0s, k0)
+    # The cosine itself is F.cosine_similarity's, whose eps (as in the official code) shrinks it at tiny norms; only
+    # its sign, which picks the branch, enters the rule.
+    assert (coss.item() > 0) == (cos.item() > 0)
+    for got, want in zip(mmpareto_encoder_grads(*scaled, k0s, k1s, gamma=1.5), unit):
+        close(got, scale * want, rtol=1e-5, atol=0.0)
+
 def check_rule_gradients(bundle):
     """``update`` leaves the rule's gradient on every encoder (from that encoder's own g_mm and g_u) and the summed
     gradient on the heads."""
@@ -146,8 +165,9 @@ def check_rule_gradients(bundle):
         enc = list(method.model.encoders[m].parameters())
         g_mm = torch.autograd.grad(losses["fused"], enc, retain_graph=True)
         g_u = torch.autograd.grad(losses[m], enc, retain_graph=True)
-        k0, k1, _ = pareto_weights(g_mm, g_u)
+        k0, k1, cos = pareto_weights(g_mm, g_u)
         close(k0, logs[f"k_mm_{m}"])
+        close(cos, logs[f"cos_{m}"])
         expected = mmpareto_encoder_grads(g_mm, g_u, [a + b for a, b in zip(g_mm, g_u)], k0, k1, 1.5)
         for p, g in zip(enc, expected):
             # Two forwards and backwards through the encoder in float32: a reordered reduction, not one op.
@@ -186,7 +206,25 @@ def test_mmpareto_losses_stay_float64_in_float64_runs(tiny_bundle):
     y = batch["label"]
     assert logs["loss_fused"] == F.cross_entropy(z, y).item()   # float32 would differ at ~1e-8
     assert all(logs[f"loss_{m}"] == F.cross_entropy(v, y).item() for m, v in z_uni.items())
+    # The logged loss is the summed objective L_mm + sum_m L_m whose gradients the rule combines.
+    expected = F.cross_entropy(z, y) + sum(F.cross_entropy(v, y) for v in z_uni.values())
+    assert logs["loss"] == approx64(expected.item())
     assert prediction.fused.dtype == torch.float64
+
+
+def test_mmpareto_predicts_the_fused_head_and_each_separate_unimodal_head(tiny_bundle):
+    # Test-time output is the multimodal head's logits (official AVClassifier's fusion output), not a sum with the
+    # unimodal heads, which are reported per modality.
+    method = build_with(MMPareto, tiny_bundle)
+    method.eval()
+    batch = first_batch(tiny_bundle)
+    prediction = method.predict(batch)
+    with torch.no_grad():
+        _, z, z_uni = method.model(method.inputs(batch))
+    close(prediction.fused, z)
+    for m in tiny_bundle.task.names:
+        close(prediction.per_modality[m], z_uni[m])
+    assert not torch.allclose(z, sum(z_uni.values()), **tol(torch.float32)), "the two readings must differ here"
 
 
 def test_mmpareto_applies_the_rule_per_encoder_with_three_modalities():
