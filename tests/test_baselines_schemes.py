@@ -559,6 +559,27 @@ def test_greedy_curation_starts_in_the_second_epoch_by_default(tiny_bundle):
     assert gr.curating and gr.caring.item() == 0
 
 
+
+@pytest.mark.parametrize("caring, care", [(0, "audio"), (1, "visual")])
+def test_greedy_update_in_curation_trains_with_the_cared_for_modalitys_running_average_gates(tiny_bundle, caring,
+                                                                                             care):
+    gr = build("greedy", tiny_bundle)
+    gr.train()
+    batch = first_batch(tiny_bundle)
+    gr.update(batch, step())  # one step outside curation, so the running averages are not the initial zeros
+    gr.curating.fill_(True)
+    gr.caring.fill_(caring)
+    twin = copy.deepcopy(gr.net)
+    with torch.no_grad():
+        cared = F.cross_entropy(twin(gr.inputs(batch), care)[0], batch["label"]).item()
+        live = F.cross_entropy(copy.deepcopy(gr.net)(gr.inputs(batch))[0], batch["label"]).item()
+    logs = gr.update(batch, step())
+    assert logs["curating"] == 1.0
+    assert logs["loss"] == approx(cared)
+    assert abs(cared - live) > 1e-4, "the running averages must change the output here"
+    gr.curating.fill_(False)
+    assert gr.update(batch, step())["curating"] == 0.0
+
 def test_greedy_speeds_and_running_averages_stay_float64():
     # A float32 cast here moved float64 parity runs by ~1e-8.
     w = nn.Parameter(torch.tensor([1 / 3, 2 / 7], dtype=torch.float64))
