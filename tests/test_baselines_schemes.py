@@ -4,6 +4,7 @@ reconboost.md, gblending.md, greedy.md, mses-mslr.md#mses)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -22,7 +23,8 @@ from baselines.registry import get_method
 from benchmarks.config import method_hparams
 from core.data import ModalitySpec, TaskSpec
 from core.hparams import resolve
-from tests.conftest import TINY_MODEL, first_batch, first_batch64, float64_default, make_context
+from datasets.registry import get_dataset
+from tests.conftest import TINY_DATA, TINY_MODEL, first_batch, first_batch64, float64_default, make_context
 from tests.numeric import approx, approx64, close, tol
 
 
@@ -140,6 +142,42 @@ def test_mla_fixed_fusion_uses_the_official_training_weight_0_55(tiny_bundle):
     pred = mla.predict(batch)
     close(pred.fused, 0.55 * pred.per_modality["audio"] + 0.45 * pred.per_modality["visual"])
 
+
+
+def test_mla_update_projects_each_turns_head_gradient_with_that_turns_features_before_its_step(tiny_bundle):
+    # Official train_epoch (--gs_flag): backward, GSPlugin.before_update(head, features of this modality), step. The
+    # first turn of training is not projected; the visual turn's P is built from the visual features.
+    mla = build("mla", tiny_bundle)
+    batch = first_batch(tiny_bundle)
+    h = {m: mla.encoders[m](batch[m]) for m in mla.modalities}
+    raw = {m: torch.autograd.grad(F.cross_entropy(mla.head(h[m]), batch["label"]), mla.head.weight)[0]
+           for m in mla.modalities}
+    seen = []
+    mla.optimizer.step = lambda: seen.append(mla.head.weight.grad.clone())
+    logs = mla.update(batch, step(i=0))
+    audio, visual = mla.modalities
+    P = owm_update(torch.eye(h[visual].shape[1]), h[visual].detach().mean(0, keepdim=True), a=0.1)
+    # Same float32 forward and backward as update's, reduced in another order.
+    close(seen[0], raw[audio], rtol=1e-4, atol=1e-7)
+    close(mla.P, P, rtol=1e-4, atol=1e-7)
+    close(seen[1], raw[visual] @ P.t(), rtol=1e-4, atol=1e-8)
+    # The logged loss is the fixed-fusion weighting of the two turns' losses (0.55 / 0.45).
+    assert logs["loss"] == approx64(0.55 * logs[f"loss_{audio}"] + 0.45 * logs[f"loss_{visual}"])
+
+
+def test_mla_fixed_fusion_with_three_modalities_weights_them_in_the_dataset_order():
+    cls = get_dataset("synthetic")
+    bundle = cls.build(resolve("data", cls.HPARAMS, "synthetic", {**TINY_DATA, "modalities": 3}))
+    hp = resolve("mla", method_hparams(get_method("mla")), "synthetic", {"fusion": "fixed"})
+    # The text MLP's feature width set to the conv trunks' 8 x width, as the shared head needs.
+    ctx = dataclasses.replace(make_context(), model_hp=resolve("model", MODEL_HPARAMS, None,
+                                                                {**TINY_MODEL, "feature_dim": 32}))
+    mla = get_method("mla")(bundle.task, hp, ctx)
+    mla.eval()
+    pred = mla.predict(first_batch(bundle))
+    z = pred.per_modality
+    # Official --a_alpha 0.35, --v_alpha 0.25, --t_alpha 0.4.
+    close(pred.fused, 0.35 * z["audio"] + 0.25 * z["visual"] + 0.4 * z["text"])
 
 def test_mla_entropy_gate_per_sample_and_per_batch():
     z_a = torch.tensor([[8.0, 0.0, 0.0], [0.0, 0.0, 0.0]])  # sample 0 confident, sample 1 uniform
