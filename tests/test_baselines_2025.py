@@ -3,6 +3,7 @@ characteristic computation on hand-computed values, then a few check the wiring 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -22,10 +23,21 @@ from baselines.midas import (
     normalised_fused_confidence,
     weak_modality_update,
 )
+from baselines.networks import MODEL_HPARAMS
 from benchmarks.config import TRAIN_HPARAMS, build_config, load_config_file, method_hparams
 from core.data import ModalitySpec, TaskSpec
 from core.hparams import resolve
-from tests.conftest import build_with, first_batch, first_batch64, float64_default, freeze_steps, make_context
+from datasets.registry import get_dataset
+from tests.conftest import (
+    TINY_DATA,
+    TINY_MODEL,
+    build_with,
+    first_batch,
+    first_batch64,
+    float64_default,
+    freeze_steps,
+    make_context,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "benchmarks" / "configs"
 
@@ -169,6 +181,17 @@ def test_iprm_slerp_is_the_geodesic_mixup_of_the_normalised_features():
     torch.testing.assert_close(out, torch.tensor([[math.cos(angle), math.sin(angle)]]), rtol=1e-5, atol=1e-6)
 
 
+
+def test_iprm_slerp_of_parallel_features_is_finite():
+    # x'.x' of a normalised float32 row can round to 1 + 2^-23 (this row does), where acos is NaN; the cosine is
+    # clamped to [-1, 1], so two modalities with parallel features mix to a finite vector instead of NaN logits.
+    x = torch.tensor([[1.5409960746765137, -0.293428897857666, -2.1787893772125244, 0.5684312582015991,
+                       -1.0845223665237427, -1.3985954523086548, 0.40334683656692505, 0.8380263447761536]])
+    n = F.normalize(x, dim=1)
+    assert (n * n).sum().item() > 1.0, "the crafted row must overshoot 1 in float32"
+    out = slerp(x, 2 * x, torch.tensor(0.6), torch.tensor(0.4))
+    assert torch.isfinite(out).all()
+
 def test_iprm_probe_gives_the_larger_weight_to_the_modality_closer_to_the_fused_prediction():
     z_mix = torch.tensor([[0.0, 0.0]])
     z_a = torch.tensor([[math.log(3.0), 0.0]])  # p = (3/4, 1/4)
@@ -253,6 +276,37 @@ def test_iprm_steps_and_predicts_in_float64(tiny_bundle):
     assert logs["loss"] == pytest.approx(expected, rel=1e-13)
     assert method.lam_hat[0].tolist() == pytest.approx(lam_hat.tolist(), rel=1e-13)
 
+
+
+def test_iprm_three_modalities_sum_the_pair_losses_and_predict_the_mean_pair_head():
+    # main_trimodal.py --mixup_method tri_cls: one mixup head per pair, each pair's CE added to the loss; valid()
+    # adds the mean of the three pair heads to the unimodal sum.
+    cls = get_dataset("synthetic")
+    bundle = cls.build(resolve("data", cls.HPARAMS, "synthetic", {**TINY_DATA, "modalities": 3}))
+    hp = resolve("iprm", method_hparams(IPRM), "synthetic", {})
+    # The text MLP's feature width set to the conv trunks' 8 x width, as the geodesic mixup needs.
+    ctx = dataclasses.replace(make_context(), model_hp=resolve("model", MODEL_HPARAMS, None,
+                                                                {**TINY_MODEL, "feature_dim": 32}))
+    torch.manual_seed(0)
+    method = freeze_steps(IPRM(bundle.task, hp, ctx))
+    assert method.pairs == (("audio", "visual"), ("audio", "text"), ("visual", "text"))
+    batch = first_batch(bundle)
+    y = batch["label"]
+    logs = method.update(batch, StepInfo(epoch=0, step=0, steps_per_epoch=4, epochs=2))
+    with torch.no_grad():
+        h = {m: method.encoders[m](batch[m]) for m in method.modalities}
+        pair_ce = [F.cross_entropy(method.mixup_heads[f"{i}+{j}"](slerp(h[i], h[j], *method.lam_hat[p])), y).item()
+                   for p, (i, j) in enumerate(method.pairs)]
+    assert logs["loss_mixup"] == pytest.approx(sum(pair_ce), rel=1e-5)
+    method.lam.copy_(torch.tensor([[0.7, 0.3], [0.6, 0.4], [0.2, 0.8]]))
+    method.eval()
+    pred = method.predict(batch)
+    with torch.no_grad():
+        h = {m: method.encoders[m](batch[m]) for m in method.modalities}
+        z_uni = {m: method.uni_heads[m](h[m]) for m in method.modalities}
+        z_mix = [method.mixup_heads[f"{i}+{j}"](slerp(h[i], h[j], *method.lam[p]))
+                 for p, (i, j) in enumerate(method.pairs)]
+    torch.testing.assert_close(pred.fused, sum(z_uni.values()) + sum(z_mix) / 3, rtol=1e-5, atol=1e-6)
 
 def test_iprm_needs_equal_feature_widths():
     # The spectrogram trunk gives 8 x width = 32 features, the vector MLP feature_dim = 512 (the default).
