@@ -126,6 +126,38 @@ def test_lfm_learnable_removes_the_holdout_and_predicts_the_half_sum(tiny_bundle
     assert method.checkpoint_state()["model"]["alpha_align"] == method.alpha_align
 
 
+
+def test_lfm_learnable_serves_the_first_hvp_rows_of_the_holdout_with_evaluation_transforms(tiny_bundle):
+    method = build("lfm", tiny_bundle, schedule="learnable")
+    loaders = loaders_for(tiny_bundle)
+    _, held = method.holdout_rows(loaders.train)
+    seen = []
+    augment = loaders.train.augment
+
+    def record(batch, generator, train):
+        seen.append((batch["label"].tolist(), train))
+        return augment(batch, generator, train)
+
+    loaders.train.augment = record
+    method.train()
+    method.on_epoch_start(0, loaders)
+    assert seen == [(loaders.train.labels[held[:8]].tolist(), False)]
+    assert method.training, "the model is back in train mode for the epoch's steps"
+
+
+def test_lfm_holdout_of_the_whole_train_split_is_refused(tiny_bundle):
+    method = build("lfm", tiny_bundle, schedule="learnable", holdout=64)
+    with pytest.raises(ValueError, match=r"lfm.holdout=64 leaves no training rows \(train split has 64\)"):
+        method.select_rows(0, loaders_for(tiny_bundle))
+
+
+@pytest.mark.parametrize("schedule", ["fitted", "learnable"])
+def test_lfm_epoch_end_reports_the_classification_weight(tiny_bundle, schedule):
+    method = build("lfm", tiny_bundle, epochs=100, schedule=schedule)
+    method.alpha_align.fill_(0.8)
+    expected = fitted_alpha_cls(2 * 30) if schedule == "fitted" else 1 - 0.8
+    assert method.on_epoch_end(30, None)["lfm_alpha_cls"] == approx(expected)
+
 # --- SMV --------------------------------------------------------------------------------------------------------------
 
 def test_smv_contributions_and_copies_from_crafted_predictions():
