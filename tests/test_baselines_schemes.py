@@ -587,6 +587,19 @@ def test_greedy_curation_mode_follows_the_official_state_machine(tiny_bundle):
     assert next(gaps) == 0.0
 
 
+
+def test_greedy_resumes_mid_curation_with_the_steps_left_in_its_window(tiny_bundle):
+    # A run killed inside a curation window resumes with the window's remaining steps, not a fresh window.
+    gr = build("greedy", tiny_bundle, window=3)
+    gr.measure = lambda: 1.0
+    for _ in range(3):  # enter curation, then two of its three steps
+        gr.after_backward(epoch=1)
+    resumed = build("greedy", tiny_bundle, window=3)
+    resumed.load_checkpoint_state(gr.checkpoint_state())
+    assert resumed.curating and resumed.caring.item() == 0
+    resumed.after_backward(epoch=1)
+    assert not resumed.curating, "the third step of the window ends it"
+
 def test_greedy_curation_starts_in_the_second_epoch_by_default(tiny_bundle):
     # The official callback's starting_epoch=2 counts epochs from 1 (src/framework.py Model.train_loop).
     gr = build("greedy", tiny_bundle)
