@@ -151,12 +151,14 @@ class AGM(FusionMethod):
                per_dataset={"cremad": 1.5}),
         HParam("mod_start", 0, "First modulated epoch, inclusive, 0-based (the official loop counts from 1: "
                                "official s = s - 1 here). The author's window starts at 0 (lihongcs/AGM issue #10), "
-                               "i.e. at the first epoch."),
+                               "i.e. at the first epoch.", low=0),
         HParam("mod_end", 1499, "Last modulated epoch, inclusive, 0-based: the author's CREMA-D window 0-1500 "
                                 "(lihongcs/AGM issues #3, #10; 'a continuous process of modulation', i.e. every epoch) "
                                 "on the official 1-based epochs ends at 0-based epoch 1499."),
-        HParam("clip_trigger", 1.0, "Clip when some |fusion-head weight gradient| exceeds this (official train)."),
-        HParam("clip_norm", 1.0, "Total gradient-norm bound applied when triggered (official train: max_norm=1.0)."),
+        HParam("clip_trigger", 1.0, "Clip when some |fusion-head weight gradient| exceeds this (official train).",
+               low=0.0),
+        HParam("clip_norm", 1.0, "Total gradient-norm bound applied when triggered (official train: max_norm=1.0).",
+               low=0.0, open_low=True),
     )
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:

@@ -88,8 +88,9 @@ class AMCo(Method):
             '(AMCoTrainer), balancemm/models/avclassify_model.py (BaseClassifier_AMCoModel)')
     VARIANTS = {"bb_compat": {"linear_star": False}}
     HPARAMS = (
-        HParam("sigma", 0.5, "Dependence threshold on a modality's softmax block mass (BB trainer_config sigma)."),
-        HParam("eps", 0.3, "Mask-ratio ramp length in l units (BB trainer_config eps)."),
+        HParam("sigma", 0.5, "Dependence threshold on a modality's softmax block mass (BB trainer_config sigma).",
+               low=0.0, high=1.0),
+        HParam("eps", 0.3, "Mask-ratio ramp length in l units (BB trainer_config eps).", low=0.0, open_low=True),
         HParam("linear_star", True, "Apply linear_star to the summed logits (docs/methods/balancebenchmark.md#amco); "
                                     "BB discards its output (bb_compat: false)."),
     )

@@ -67,7 +67,7 @@ class DGL(Method):
                              "and cramed_dgl.sh --alpha 4 (a second line runs 5; the README notes the best value "
                              "depends on the software stack). Tune on validation elsewhere."),
         HParam("clip_norm", 40.0, "Global gradient-norm clip every step; 0 disables. Official main_dgl.py "
-                                  "nn.utils.clip_grad_norm_(max_norm=40)."),
+                                  "nn.utils.clip_grad_norm_(max_norm=40).", low=0.0),
     )
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:

@@ -179,12 +179,12 @@ class Greedy(Method):
             'MMTM_mitigate (A/V placement: BB balancemm/models/avclassify_model.py, BaseClassifier_GreedyModel)')
     MODALITIES = (2,)
     HPARAMS = (
-        HParam("epsilon", 0.01, "Curation threshold on |d| (official configs; BB 0.001)."),
-        HParam("window", 5, "Curation steps per trigger (official curation_windowsize 5; BB window_size 5)."),
+        HParam("epsilon", 0.01, "Curation threshold on |d| (official configs; BB 0.001).", low=0.0),
+        HParam("window", 5, "Curation steps per trigger (official curation_windowsize 5; BB window_size 5).", low=1),
         HParam("starting_epoch", 1, "First epoch with curation, counted from 0 (official Bias_Mitigation_Strong "
                                     "starting_epoch=2 counts from 1: Model.train_loop runs epochs 1..n; BB has none, "
-                                    "i.e. 0)."),
-        HParam("ratio", 4, "MMTM reduction ratio: hidden = 2 (d_0 + d_1) / ratio (BB and official ratio 4)."),
+                                    "i.e. 0).", low=0),
+        HParam("ratio", 4, "MMTM reduction ratio: hidden = 2 (d_0 + d_1) / ratio (BB and official ratio 4).", low=1),
         HParam("mmtm_stages", [1, 2, 3, 4], "ResNet stages followed by an MMTM block: BB's A/V model uses 1-4; the "
                                             "official ModelNet40 model (src/model.py, MMTM_MVCNN) uses 2-4."),
     )

@@ -93,7 +93,7 @@ class InfoReg(FusionMethod):
         HParam("k_threshold", 0.05, "Regulate only while the prime-window indicator k exceeds this (official main.py "
                                     "train_epoch, 'k > 0.05')."),
         HParam("window", 10, "Prime-window length in epochs: tr_1 = mean of the last 10 FIM traces; the official "
-                             "history starts with 10 zeros (main.py main, audio_trace_list)."),
+                             "history starts with 10 zeros (main.py main, audio_trace_list).", low=1),
         HParam("trace_modality", "", "Encoder whose FIM trace defines k; empty = the dataset's first modality "
                                      "(audio, as in official main.py fim_audio)."),
     )

@@ -87,7 +87,8 @@ class IPRM(Method):
     DATA_PARALLEL = "exact"  # the probe's KLs are all-reduced batch means; the loss is a batch mean
     HPARAMS = (
         HParam("alpha", 0.8, "EMA weight of the previous mixup weights: l = alpha l_prev + (1 - alpha) l_hat_prev. "
-                             "Official README commands pass --alpha 0.8 (a required flag) for CREMA-D and NVGesture."),
+                             "Official README commands pass --alpha 0.8 (a required flag) for CREMA-D and NVGesture.",
+               low=0.0, high=1.0),
     )
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:

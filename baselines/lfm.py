@@ -119,7 +119,8 @@ class LFM(Method):
         HParam("hvp_samples", 8, "Learnable: the first rows of the hold-out used each epoch (half_size = 16 // 2)."),
         HParam("alpha_align_init", 0.95, "Learnable: initial alpha_al (cls_k = [0.05, 0.95])."),
         HParam("alpha_lr", 1e-4, "Learnable: lr_alpha (getAlpha_Learnable default 1e-4)."),
-        HParam("alpha_lr_halve_every", 20, "Learnable: lr_alpha halves at epochs 20, 40, ... (epoch % 20 == 0)."),
+        HParam("alpha_lr_halve_every", 20, "Learnable: lr_alpha halves at epochs 20, 40, ... (epoch % 20 == 0).",
+               low=1),
         HParam("alpha_clip", [0.05, 0.95], "Learnable: alpha_al is clipped to this range (getAlpha_Learnable)."),
     )
 

@@ -54,7 +54,8 @@ class MMCosine(FusionMethod):
     VARIANTS = _VARIANTS
     HPARAMS = (
         HParam("scale", 10.0, "Cosine scale s: 10 in the official README example (main_CD.py --scaling 10); "
-                              "BalanceBenchmark configs/trainer_config.yaml uses 15 (variant 'bb')."),
+                              "BalanceBenchmark configs/trainer_config.yaml uses 15 (variant 'bb').",
+               low=0.0, open_low=True),
         variant_param(_VARIANTS, "paper = the official code's README setting (s = 10); bb = BalanceBenchmark's "
                                  "MMCosine_trainer setting (s = 15), for BB's table."),
     )

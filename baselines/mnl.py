@@ -85,7 +85,7 @@ class MNL(Method):
     HPARAMS = (
         HParam("weight", 0.7, "lambda, the weight of the guide's non-target probabilities in the weak modality's soft "
                               "target: official --weight1 default 0.7 (train_MVSA_latefusion.sh keeps it). Tune on "
-                              "validation elsewhere."),
+                              "validation elsewhere.", low=0.0),
     )
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:

@@ -88,7 +88,7 @@ class MSLR(FusionMethod):
         HParam("coeffs", [0.9, 1.1], "Initial multipliers in the dataset's modality order (audio 0.9, visual 1.1): "
                                      "AGM re-impl. run/CREMAD_main.py train, audio/visual_lr_init_coeff."),
         HParam("memory", 5, "Epochs of unimodal accuracy remembered; r_m = 1 until they are stored (AGM re-impl. "
-                            "CREMAD_main, audio_lr_memory; docs/methods/mses-mslr.md#mslr)."),
+                            "CREMAD_main, audio_lr_memory; docs/methods/mses-mslr.md#mslr).", low=1),
         HParam("eval_split", "val", "Split whose unimodal accuracy drives r_m: 'val' = paper-consistent project "
                                     "default; 'test' = the AGM re-impl.", choices=("val", "test")),
         HParam("shared_accuracy", False, "Use the last (visual) modality's accuracy for every modality, reproducing "

@@ -83,11 +83,11 @@ class Relearning(FusionMethod):
     HPARAMS = (
         HParam("move_lambda", 3.0, "lambda in alpha = tanh(lambda * purity gap) (ours.sh --move_lambda 3)."),
         HParam("reinit_epoch", 20, "Diagnose after every epoch e > 0 with e % reinit_epoch == 0 (ours.sh 20; BB 20 "
-                                   "at 4909c17, 15 from ed3c41a on)."),
+                                   "at 4909c17, 15 from ed3c41a on).", low=1),
         HParam("reinit_num", 3, "At most this many re-initialisations (ours.sh 3; BB 4 at 4909c17, 2 from ed3c41a "
-                                "on)."),
+                                "on).", low=0),
         HParam("kmeans_n_init", 10, "KMeans restarts; scikit-learn < 1.4 default, which ours.py relied on "
-                                    "[project pin, unverified]."),
+                                    "[project pin, unverified].", low=1),
         HParam("diagnose_split", "val", "Held-out split of the purity diagnosis: val (ours.py: the validation part "
                                         "of the train list); test = BB, whose 'validation' set is the test split.",
                choices=("val", "test")),

@@ -108,7 +108,7 @@ class Remix(FusionMethod):
     MODALITIES = (2,)
     DATA_PARALLEL = "exact"  # batch-mean loss with per-row masks; every rank computes the same assignment
     HPARAMS = (
-        HParam("warmup", 10, "Epochs of joint training before the first remix (--warmup 10, run_train.sh)."),
+        HParam("warmup", 10, "Epochs of joint training before the first remix (--warmup 10, run_train.sh).", low=0),
         HParam("warmup_weights", [0.5, 0.5], "Warm-up weights of the first and second unimodal CE (--alpha 0.5 "
                                              "audio, --beta 0.5 video)."),
         HParam("remix_weights", [1.0, 1.0], "gamma of the first and second modality's unimodal CE after warm-up "

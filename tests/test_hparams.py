@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -257,3 +258,49 @@ def test_a_record_read_back_gives_no_value_for_an_always_recorded_knob_it_lacks(
     method, dataset, sections = config_overrides(record)
     assert (method, dataset) == ("joint", "synthetic") and "amp" not in sections["train"]
     assert build_config(method, dataset, sections).train.amp is False
+
+
+# Method knobs whose meaning rules values out, each with a value just past its bound (the error check_range gives)
+# and, where the bound is inclusive, the bound itself, which a run may set. Unbounded, greedy.window=0 never ended
+# curation, greedy.ratio=0 divided by zero building the model, relearning.reinit_epoch=0 and
+# lfm.alpha_lr_halve_every=0 took an epoch modulo 0, and a zero temperature or scale divided logits by zero.
+METHOD_BOUNDS = [
+    ("greedy", "epsilon", -0.001, "greedy.epsilon must be >= 0.0, got -0.001", 0.0),
+    ("greedy", "window", 0, "greedy.window must be >= 1, got 0", 1),
+    ("greedy", "starting_epoch", -1, "greedy.starting_epoch must be >= 0, got -1", 0),
+    ("greedy", "ratio", 0, "greedy.ratio must be >= 1, got 0", 1),
+    ("agm", "mod_start", -1, "agm.mod_start must be >= 0, got -1", 0),
+    ("agm", "clip_trigger", -0.5, "agm.clip_trigger must be >= 0.0, got -0.5", 0.0),
+    ("agm", "clip_norm", 0.0, "agm.clip_norm must be > 0.0, got 0.0", None),
+    ("amco", "sigma", -0.1, "amco.sigma must be >= 0.0 and <= 1.0, got -0.1", 0.0),
+    ("amco", "sigma", 1.1, "amco.sigma must be >= 0.0 and <= 1.0, got 1.1", 1.0),
+    ("amco", "eps", 0.0, "amco.eps must be > 0.0, got 0.0", None),
+    ("dgl", "clip_norm", -1.0, "dgl.clip_norm must be >= 0.0, got -1.0", 0.0),
+    ("dimml", "duc_start", -1, "dimml.duc_start must be >= 0, got -1", 0),
+    ("dimml", "duc_temperature", 0.0, "dimml.duc_temperature must be > 0.0, got 0.0", None),
+    ("dimml", "stage2_epochs", -1, "dimml.stage2_epochs must be >= 0, got -1", 0),
+    ("dimml", "fusion_temperature", 0.0, "dimml.fusion_temperature must be > 0.0, got 0.0", None),
+    ("inforeg", "window", 0, "inforeg.window must be >= 1, got 0", 1),
+    ("iprm", "alpha", -0.1, "iprm.alpha must be >= 0.0 and <= 1.0, got -0.1", 0.0),
+    ("iprm", "alpha", 1.5, "iprm.alpha must be >= 0.0 and <= 1.0, got 1.5", 1.0),
+    ("mmcosine", "scale", 0.0, "mmcosine.scale must be > 0.0, got 0.0", None),
+    ("mnl", "weight", -0.1, "mnl.weight must be >= 0.0, got -0.1", 0.0),
+    ("remix", "warmup", -1, "remix.warmup must be >= 0, got -1", 0),
+    ("relearning", "reinit_epoch", 0, "relearning.reinit_epoch must be >= 1, got 0", 1),
+    ("relearning", "reinit_num", -1, "relearning.reinit_num must be >= 0, got -1", 0),
+    ("relearning", "kmeans_n_init", 0, "relearning.kmeans_n_init must be >= 1, got 0", 1),
+    ("lfm", "alpha_lr_halve_every", 0, "lfm.alpha_lr_halve_every must be >= 1, got 0", 1),
+    ("mslr", "memory", 0, "mslr.memory must be >= 1, got 0", 1),
+    ("bss", "t_grow", 0, "bss.t_grow must be >= 1, got 0", 1),
+]
+
+
+@pytest.mark.parametrize("method, knob, bad, message, boundary", METHOD_BOUNDS,
+                         ids=[f"{m}.{k}={v}" for m, k, v, _, _ in METHOD_BOUNDS])
+def test_method_knob_bounds(method, knob, bad, message, boundary):
+    from benchmarks.config import build_config
+
+    with pytest.raises(HParamError, match=f"^{re.escape(message)}$"):
+        build_config(method, "cremad", {method: {knob: bad}})
+    if boundary is not None:
+        assert build_config(method, "cremad", {method: {knob: boundary}}).method_hp[knob] == boundary
