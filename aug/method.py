@@ -96,13 +96,13 @@ class AUG(Method):
                                                       "docs/methods/aug.md#paper-vs-code, row 6.",
                choices=RESIDUAL_TARGETS),
         HParam("sigma", 1.0, "ACA balance point sigma (paper: 1.0 for all datasets; code: --lam 1.0)."),
-        HParam("tau", 0.01, "ACA dead-zone half-width tau (paper: 0.01; code: the 0.01 in lam +- 0.01)."),
+        HParam("tau", 0.01, "ACA dead-zone half-width tau (paper: 0.01; code: the 0.01 in lam +- 0.01).", low=0),
         HParam("aca_rule", "difference", "Two-modality ACA test: s_a - sigma*s_v vs +-tau (paper) or S_a/S_v vs "
                                          "sigma +- tau (code), docs/methods/aug.md#aca.", choices=ACA_RULES),
         HParam("aca_interval_epochs", 0, "t_N in epochs (paper: 20 CREMA-D, 10 KS/VGGSound/NVGesture, 5 Twitter, "
                                          "1 Sarcasm); 0 = the code's max(epochs // 10, 1).",
                per_dataset={"cremad": 20, "kinetics_sounds": 10, "vggsound": 10, "nvgesture": 10,
-                            "twitter2015": 5, "sarcasm": 1}),
+                            "twitter2015": 5, "sarcasm": 1}, low=0),
         HParam("aca_check_after_first_epoch", False, "Also run ACA after epoch 0, as the code does "
                                                      "((epoch+1) % check == 0 or epoch == 0), "
                                                      "docs/methods/aug.md#aca."),

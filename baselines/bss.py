@@ -136,7 +136,7 @@ class BSS(FusionMethod):
                                        "scripts: 0.9).", per_dataset={"cremad": 0.9}),
         HParam("lambda_0", 0.1, "Heuristic: lambda_0 of the root pacing function, the fraction it starts from before "
                                 "epoch 0's step (epoch 0 trains sqrt((1 - l0^2) / T_grow + l0^2) of the rows) "
-                                "(train-CL.py lambda_0 = 0.1, every dataset)."),
+                                "(train-CL.py lambda_0 = 0.1, every dataset).", low=0, high=1),
         HParam("t_grow", 40, "Heuristic: epochs until the whole training set is used (train-CL.py T_grow = 40).",
                low=1),
         HParam("weight_floor", 0.01, "Learning: added to every weight 1 - s (train-SPL.py + 1e-2; NVGesture "

@@ -113,7 +113,8 @@ class LFM(Method):
                                      "'learnable' hypergradient (Crema_epoch_learnable.py).",
                choices=("fitted", "learnable")),
         HParam("fit_epochs", 200, "Epoch count the fitted polynomial was fitted for (CREMA-D, 200). A run of E epochs "
-                                  "evaluates it at e*fit_epochs/E [project, flagged]; E=200 gives the code exactly."),
+                                  "evaluates it at e*fit_epochs/E [project, flagged]; E=200 gives the code exactly.",
+               low=1),
         HParam("holdout", 16, "Learnable: training rows held out and removed from training "
                               "(Crema_epoch_learnable.py, randperm(n)[:16])."),
         HParam("hvp_samples", 8, "Learnable: the first rows of the hold-out used each epoch (half_size = 16 // 2)."),

@@ -139,7 +139,7 @@ class MIDAS(Method):
         HParam("warmup_epochs", 5, "Warm-up epochs: the first warmup_epochs epochs train only the unimodal losses. "
                                    "Algorithm 1 warms up while epoch < E_w over epochs counted from 1, i.e. E_w - 1 "
                                    "epochs, so this is E_w - 1. The paper gives no value; 5 is this project's "
-                                   "choice."),
+                                   "choice.", low=0),
         HParam("weak_modality", True, "Weak-modality weighting (§3.4); false = alpha fixed at 1 (Table 2 'WM')."),
         HParam("hard_sample", True, "Hard-sample weighting (§3.5); false = weight 1 (Table 2 'HS')."),
         HParam("update_signal", "difference", "Weak-modality update signal: 'difference' = batch-mean difference "

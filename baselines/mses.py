@@ -93,8 +93,10 @@ class MSES(FusionMethod):
     HEAD = "sum"
     MODALITIES = (2, 3)
     HPARAMS = (
-        HParam("patience", 80, "Stop a modality when epoch - best epoch > patience (AGM re-impl. CREMAD_main.py)."),
-        HParam("smoothing", 0.6, "Weight of the previous raw loss in the smoothed loss (AGM re-impl.: 0.6/0.4)."),
+        HParam("patience", 80, "Stop a modality when epoch - best epoch > patience (AGM re-impl. CREMAD_main.py).",
+               low=0),
+        HParam("smoothing", 0.6, "Weight of the previous raw loss in the smoothed loss (AGM re-impl.: 0.6/0.4).",
+               low=0, high=1),
         HParam("eval_split", "val", "Split of the per-modality CE: val (clean protocol); test = the AGM "
                                     "re-implementation's choice.", choices=("val", "test")),
         HParam("stop_mode", "zero_grad", "zero_grad = multiply a stopped modality's gradients by 0 (AGM re-impl.; "

@@ -169,7 +169,8 @@ class OPM(FusionMethod):
         HParam("p_exe", 0.7, "Probability that dropping is executed on a batch (official train_opm.sh --p_exe 0.7).",
                low=0, high=1),
         HParam("warmup_epochs", 6, "Epochs of plain joint training before dropping starts (official main.py: "
-                                   "warm_up = 1 if epoch <= 5, so dropping starts at 0-based epoch 6; BB: 0)."),
+                                   "warm_up = 1 if epoch <= 5, so dropping starts at 0-based epoch 6; BB: 0).",
+               low=0),
         HParam("theta_gradient", False, "Give theta the official gradient on dropping steps: official "
                                         "code/models/Classifier.py custom_autograd.backward returns theta itself as "
                                         "theta's gradient, and calcu_q fills q from the non-detached confidence "

@@ -126,7 +126,7 @@ class SMV(FusionMethod):
     HPARAMS = (
         HParam("level", "sample", "'sample' (sample_level.py, the AUG row) or 'modality' (modality_level.py).",
                choices=("sample", "modality")),
-        HParam("warmup", 5, "Plain-CE epochs before the first resampling (--warmup 5, both scripts)."),
+        HParam("warmup", 5, "Plain-CE epochs before the first resampling (--warmup 5, both scripts).", low=0),
         HParam("part_ratio", 0.2, "Modality level: fraction of training rows valued (--part_ratio 0.2; BB 0.2).",
                low=0, high=1),
         HParam("modality_alpha", 1.0, "Modality level: scale of the resampled fraction (--alpha 1)."),

@@ -292,6 +292,16 @@ METHOD_BOUNDS = [
     ("lfm", "alpha_lr_halve_every", 0, "lfm.alpha_lr_halve_every must be >= 1, got 0", 1),
     ("mslr", "memory", 0, "mslr.memory must be >= 1, got 0", 1),
     ("bss", "t_grow", 0, "bss.t_grow must be >= 1, got 0", 1),
+    ("bss", "lambda_0", 1.5, "bss.lambda_0 must be >= 0 and <= 1, got 1.5", 1.0),
+    ("aug", "tau", -0.01, "aug.tau must be >= 0, got -0.01", 0.0),
+    ("aug", "aca_interval_epochs", -1, "aug.aca_interval_epochs must be >= 0, got -1", 0),
+    ("mses", "patience", -1, "mses.patience must be >= 0, got -1", 0),
+    ("mses", "smoothing", 1.2, "mses.smoothing must be >= 0 and <= 1, got 1.2", 1.0),
+    ("smv", "warmup", -1, "smv.warmup must be >= 0, got -1", 0),
+    ("opm", "warmup_epochs", -1, "opm.warmup_epochs must be >= 0, got -1", 0),
+    ("midas", "warmup_epochs", -1, "midas.warmup_epochs must be >= 0, got -1", 0),
+    ("umt", "teacher_epochs", -1, "umt.teacher_epochs must be >= 0, got -1", 0),
+    ("lfm", "fit_epochs", 0, "lfm.fit_epochs must be >= 1, got 0", 1),
 ]
 
 
