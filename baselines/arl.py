@@ -125,13 +125,13 @@ class ARL(Method):
         HParam("temperature", 4.0, "T in softmax(T [d_v q_a, d_a q_v]): paper §4 'T is set 8, 4, 4, 4, 4 for "
                                    "CREMA-D, AVE, KS, MOSI and UCF101' (official --T: cramed_arl.sh 8, ks/ave_arl.sh "
                                    "4).",
-               per_dataset={"cremad": 8.0}),
+               per_dataset={"cremad": 8.0}, low=0, open_low=True),
         HParam("start_epoch", 5, "Warm-up: ARL weights and gamma apply from epoch index > start_epoch (0-based); "
                                  "before, L = CE + sum of unimodal CEs, unscaled. Official --start default 5."),
         HParam("entropy_floor", 0.3, "Floor on each normalised entropy share before inverting it: official "
-                                     "main_arl_variance.py torch.clamp(H_n, 0.3)."),
+                                     "main_arl_variance.py torch.clamp(H_n, 0.3).", low=0, open_low=True),
         HParam("clip_norm", 40.0, "Global gradient-norm clip every step; 0 disables. Official "
-                                  "nn.utils.clip_grad_norm_(max_norm=40)."),
+                                  "nn.utils.clip_grad_norm_(max_norm=40).", low=0),
         HParam("coefficients", "asymmetric", "'asymmetric' = the ARL weights softmax(T [d_v q_a, d_a q_v]); 'fixed' "
                                              "= 0.5 on every modality, what the released train_epoch applies (the "
                                              "computed weights are never assigned).", choices=("asymmetric", "fixed")),

@@ -117,7 +117,8 @@ class LFM(Method):
                low=1),
         HParam("holdout", 16, "Learnable: training rows held out and removed from training "
                               "(Crema_epoch_learnable.py, randperm(n)[:16])."),
-        HParam("hvp_samples", 8, "Learnable: the first rows of the hold-out used each epoch (half_size = 16 // 2)."),
+        HParam("hvp_samples", 8, "Learnable: the first rows of the hold-out used each epoch (half_size = 16 // 2).",
+               low=1),
         HParam("alpha_align_init", 0.95, "Learnable: initial alpha_al (cls_k = [0.05, 0.95])."),
         HParam("alpha_lr", 1e-4, "Learnable: lr_alpha (getAlpha_Learnable default 1e-4)."),
         HParam("alpha_lr_halve_every", 20, "Learnable: lr_alpha halves at epochs 20, 40, ... (epoch % 20 == 0).",

@@ -26,10 +26,11 @@ from core.hparams import HParam
 
 MODEL_HPARAMS = (
     HParam("width", 64, "ResNet stem width; 64 is ResNet-18 (docs/methods/README.md#encoders). Feature dim = "
-                        "8 x width."),
-    HParam("blocks", [2, 2, 2, 2], "BasicBlocks per stage; [2,2,2,2] is ResNet-18 (docs/methods/README.md#encoders)."),
-    HParam("mlp_hidden", 256, "Hidden width of the MLP encoder for vector/sequence features [project]."),
-    HParam("feature_dim", 512, "Output width of MLP/sequence encoders, matching ResNet-18's 512 [project]."),
+                        "8 x width.", low=1),
+    HParam("blocks", [2, 2, 2, 2], "BasicBlocks per stage; [2,2,2,2] is ResNet-18 (docs/methods/README.md#encoders).",
+           low=1),
+    HParam("mlp_hidden", 256, "Hidden width of the MLP encoder for vector/sequence features [project].", low=1),
+    HParam("feature_dim", 512, "Output width of MLP/sequence encoders, matching ResNet-18's 512 [project].", low=1),
     HParam("init", "ogm", "Weight init: 'ogm' = OGM-GE utils.weight_init (Kaiming conv, Xavier linear, BN 1/0), "
                           "used by OGM-GE/AUG/LFM; 'bb' = BalanceBenchmark's resnet_arch (Kaiming conv, BN weight "
                           "N(1, 0.02) and bias 0, linears left at PyTorch's default); 'torch' = PyTorch defaults.",

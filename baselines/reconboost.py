@@ -184,13 +184,16 @@ class ReconBoost(Method):
                                                    "the correction step) until its first modality stage sets "
                                                    "model.fc = net_ensemble.head."),
         HParam("boost_rate", 1.0, "Initial beta of F = beta * sum f_m (official --boost_rate 1.0)."),
-        HParam("m_lr", 0.01, "Learning rate of the modality step (official README --m_lr 0.01)."),
-        HParam("e_lr", 0.01, "Learning rate of the correction step (official README --e_lr 0.01)."),
-        HParam("weight_decay", 5e-4, "Weight decay of both steps (official train.py, SGD weight_decay=5e-4)."),
+        HParam("m_lr", 0.01, "Learning rate of the modality step (official README --m_lr 0.01).", low=0,
+               open_low=True),
+        HParam("e_lr", 0.01, "Learning rate of the correction step (official README --e_lr 0.01).", low=0,
+               open_low=True),
+        HParam("weight_decay", 5e-4, "Weight decay of both steps (official train.py, SGD weight_decay=5e-4).",
+               low=0),
         HParam("pretrain", True, "Unimodal pre-training of the encoders (official --use_pretrain, the README "
                                  "recipe); false = BB's setting. Report both (docs/methods/reconboost.md)."),
         HParam("pretrain_epochs", 20, "Unimodal pre-training epochs per encoder [project]: the official run lengths "
-                                      "are not published (checkpoints picked on test at epochs 21/87)."),
+                                      "are not published (checkpoints picked on test at epochs 21/87).", low=0),
         HParam("head", "mlp", "mlp = the official shared Head (models/dynamic_net.py: Linear d -> 256, ReLU, Linear "
                               "256 -> K); linear = BB's SharedHead, one Linear d -> K (GitHub "
                               "GeWu-Lab/BalanceBenchmark 4c1482f, balancemm/models/fusion_arch.py SharedHead.fc_out, "

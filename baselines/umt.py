@@ -88,7 +88,7 @@ class UMT(FusionMethod):
     VARIANTS = {"bb_compat": {"teacher_mode": "train", "teacher_select": "test"}}
     HPARAMS = (
         HParam("scale", 10.0, "s on the feature-distillation MSE (BB trainer_config UMT scaling 10, read from "
-                              "c7d2ae5 on; 4909c17's trainer weights it by alpha = 1; sweep 0.1, 1, 10, 50)."),
+                              "c7d2ae5 on; 4909c17's trainer weights it by alpha = 1; sweep 0.1, 1, 10, 50).", low=0),
         HParam("teacher_epochs", 0, "Epochs per unimodal teacher; 0 = train.epochs (BB trains its unimodal runs "
                                     "with the main recipe).", low=0),
         HParam("teacher_mode", "eval", "Mode of the frozen teachers during distillation: 'eval' (frozen, running BN "

@@ -302,7 +302,30 @@ METHOD_BOUNDS = [
     ("midas", "warmup_epochs", -1, "midas.warmup_epochs must be >= 0, got -1", 0),
     ("umt", "teacher_epochs", -1, "umt.teacher_epochs must be >= 0, got -1", 0),
     ("lfm", "fit_epochs", 0, "lfm.fit_epochs must be >= 1, got 0", 1),
+    ("lfm", "hvp_samples", 0, "lfm.hvp_samples must be >= 1, got 0", 1),
+    ("arl", "temperature", 0.0, "arl.temperature must be > 0, got 0.0", None),
+    ("arl", "entropy_floor", 0.0, "arl.entropy_floor must be > 0, got 0.0", None),
+    ("arl", "clip_norm", -1.0, "arl.clip_norm must be >= 0, got -1.0", 0.0),
+    ("reconboost", "m_lr", 0.0, "reconboost.m_lr must be > 0, got 0.0", None),
+    ("reconboost", "e_lr", 0.0, "reconboost.e_lr must be > 0, got 0.0", None),
+    ("reconboost", "weight_decay", -1e-4, "reconboost.weight_decay must be >= 0, got -0.0001", 0.0),
+    ("reconboost", "pretrain_epochs", -1, "reconboost.pretrain_epochs must be >= 0, got -1", 0),
+    ("umt", "scale", -1.0, "umt.scale must be >= 0, got -1.0", 0.0),
 ]
+
+
+@pytest.mark.parametrize("knob, bad, message", [
+    ("width", 0, "model.width must be >= 1, got 0"),
+    ("blocks", [2, 0, 2, 2], "model.blocks[1] must be >= 1, got 0"),
+    ("mlp_hidden", 0, "model.mlp_hidden must be >= 1, got 0"),
+    ("feature_dim", 0, "model.feature_dim must be >= 1, got 0"),
+])
+def test_model_sizes_are_at_least_one(knob, bad, message):
+    from benchmarks.config import build_config
+
+    with pytest.raises(HParamError, match=f"^{re.escape(message)}$"):
+        build_config("joint", "cremad", {"model": {knob: bad}})
+    assert build_config("joint", "cremad", {"model": {knob: [1] * 4 if knob == "blocks" else 1}}).model[knob]
 
 
 @pytest.mark.parametrize("method, knob, bad, message, boundary", METHOD_BOUNDS,
