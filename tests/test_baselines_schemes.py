@@ -819,3 +819,57 @@ def test_mses_with_both_stopped_takes_no_steps_and_snapshots_survive_checkpoints
     before = params_of(ms.model)
     assert ms.update(first_batch(tiny_bundle), step()) == {}
     assert same(before, params_of(ms.model))
+
+
+def test_reconboost_ga_grad_adds_alpha_times_the_ga_term_to_the_boosting_loss(tiny_bundle):
+    # Stage 1 boosts the second modality with the first (stage 0's learner) as the GA partner.
+    loaders, batch = loaders_for(tiny_bundle), first_batch(tiny_bundle)
+    for ga_grad, alpha in ((True, 0.3), (False, 0.3)):
+        rb = build("reconboost", tiny_bundle, pretrain=False, modality_epochs=1, correct_epochs=0, ga_grad=ga_grad,
+                   alpha=alpha)
+        rb.train()
+        rb.on_epoch_start(1, loaders)
+        logs = rb.update(batch, step(1))
+        assert logs["ga"] > 0
+        # ga_grad=false is the official detached term: logged, never added.
+        expected = logs["loss_boost"] + (alpha * logs["ga"] if ga_grad else 0.0)
+        assert logs["loss"] == approx(expected)
+
+
+def test_reconboost_modality_and_correction_optimizers_take_m_lr_and_e_lr(tiny_bundle):
+    rb = build("reconboost", tiny_bundle, m_lr=0.02, e_lr=0.005, weight_decay=1e-3)
+    for opt in rb.modality_opts:
+        assert [(g["lr"], g["weight_decay"]) for g in opt.param_groups] == [(approx64(0.02), approx64(1e-3))]
+    assert [(g["lr"], g["weight_decay"]) for g in rb.correct_opt.param_groups] == [(approx64(0.005), approx64(1e-3))]
+
+
+def test_gblending_weights_fall_back_to_uniform_when_a_loss_is_not_finite():
+    # A diverged scratch copy (nan held-out loss) must not poison the blend with nan weights.
+    losses = {"audio": (2.0, 1.0, 2.0, float("nan")), "visual": (2.0, 1.8, 2.0, 1.9), FUSED: (2.0, 0.5, 2.0, 1.8)}
+    assert blending_weights(losses) == {k: approx64(1 / 3) for k in losses}
+
+
+def test_gblending_rebatch_cuts_one_large_batch_into_several():
+    batches = [{"label": torch.arange(0, 9)}, {"label": torch.arange(9, 11)}]
+    out = [b["label"].tolist() for b in rebatch(batches, 3, ("label",))]
+    assert out == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]  # 9, 10 dropped
+
+
+def test_gblending_mean_losses_weight_each_batch_by_its_rows(tiny_bundle):
+    # 64 training rows in batches of 12 leave a 4-row batch: the mean is over rows, not over batch means.
+    gb = build("gblending", tiny_bundle)
+    scratch = gb._scratch[0]
+    scratch.load_state_dict(gb.model.state_dict())
+    for group in gb.scratch_optimizer.param_groups:
+        group["lr"] = 0.0  # the copy stays put, so the losses can be recomputed
+    batches = list(tiny_bundle.loader("train", batch_size=12, train=False, seed=0))
+    assert [len(b["label"]) for b in batches] == [12] * 5 + [4]
+    scratch.eval()  # no batch-norm statistics move: the recomputation sees the same model
+    with torch.no_grad():
+        per_row = torch.cat([F.cross_entropy(scratch(gb.inputs(b), drop=["visual"])[1], b["label"], reduction="none")
+                             for b in batches])
+    train_loss, rows = gb._train_epoch(scratch, batches, ["visual"])
+    held_out = gb._held_out_loss(scratch, batches, ["visual"], rows)
+    assert rows == 12
+    assert train_loss == approx(per_row.mean().item())
+    assert held_out == approx(per_row.mean().item())
