@@ -253,6 +253,9 @@ def test_opm_drop_features_masks_rescales_and_flags_empty_samples():
     out, keep, _ = drop_features({m: v.detach() for m, v in h.items()}, torch.tensor([0.8, 0.8]))
     both_gone = (out["audio"].abs().sum(1) == 0) & (out["visual"].abs().sum(1) == 0)
     assert both_gone.any() and torch.equal(keep, ~both_gone)
+    # theta = 1 (every feature dropped for sure) has no finite 1/(1 - theta) rescale: refused, not inf features.
+    with pytest.raises(ValueError, match="theta=1.000"):
+        drop_features({m: v.detach() for m, v in h.items()}, torch.tensor([1.0, 1.0]))
 
 
 def test_opm_step_in_float64_keeps_float64_theta_and_loss(tiny_bundle):

@@ -311,6 +311,20 @@ def test_inforeg_step_in_float64_reports_the_float64_loss(tiny_bundle):
     assert logs["loss"] == expected   # a float32 loss would differ from the float64 one at ~1e-8
 
 
+def test_inforeg_each_epoch_starts_with_k_from_the_traces_so_far(tiny_bundle):
+    method = build_with(InfoReg, tiny_bundle)
+    method.on_epoch_start(0, None)
+    assert method.k == 1.0   # no history yet: regulate from the start
+    method.fim = [torch.full_like(w, 2.0) for w in method.fim_weights]
+    trace = method.on_epoch_end(0, None)["inforeg_fim_trace"]
+    assert trace == approx64(2.0 * len(method.fim_weights))
+    method.fim = [torch.full_like(w, 4.0) for w in method.fim_weights]
+    method.on_epoch_end(1, None)
+    method.on_epoch_start(2, None)
+    # Padded history [0]*10 + [t, 2t]: tr1 = 3t/10, tr2 = t/10, k = 2/3.
+    assert method.k == approx64(2 / 3)
+
+
 def test_inforeg_trace_history_survives_checkpoint(tiny_bundle):
     method = build_with(InfoReg, tiny_bundle)
     method.traces = [2.0, 4.0]

@@ -318,6 +318,14 @@ def test_dimml_effective_dims_are_strictly_above_the_mean_rate():
     assert effective_dims(feats, labels, 2).tolist() == [True, False, False]
 
 
+def test_dimml_effective_dims_use_each_class_mean_over_its_own_rows():
+    labels = torch.tensor([0, 0, 0, 1])
+    # Dim 0: class means 0 and 4 (three rows and one), every row nearest its own: rate 1. Sums divided by all four
+    # rows (0 and 1) would send the row at 1 to class 1: rate 3/4. Dim 1: equal means, rate 3/4 (ties to class 0).
+    feats = torch.tensor([[-1.0, 1.0], [0.0, -1.0], [1.0, 0.0], [4.0, 0.0]])
+    assert effective_dims(feats, labels, 2).tolist() == [True, False]
+
+
 def test_dimml_a_class_absent_from_the_rows_is_never_the_nearest_mean():
     labels = torch.tensor([0, 0, 1, 1])  # K = 3: class 2 has no rows
     # Dim 0: row 0's -0.1 is nearer 0 (what an absent class's mean would be) than its class mean -0.3, yet scores a
@@ -409,6 +417,25 @@ def test_dimml_stages_train_disjoint_parameters(tiny_bundle):
     method.update(batch, StepInfo(2, 0, 1, 10))
     assert bool(method.stage2), "extended epochs stay in the fusion stage"
     assert all(torch.equal(v, method.state_dict()[k]) for k, v in frozen.items()), "encoders trained again"
+
+
+def test_dimml_stage1_loss_weights_the_shared_head_terms_by_align_weight(tiny_bundle):
+    method = build("dimml", tiny_bundle, align_weight=0.25)
+    method.train()
+    logs = method.update(first_batch(tiny_bundle), StepInfo(0, 0, 1, 2))
+    assert "duc" not in logs
+    assert logs["loss"] == approx(logs["ce_unimodal"] + 0.25 * logs["ce_shared"])
+
+
+def test_dimml_duc_dims_pass_runs_in_eval_mode_and_returns_to_training(tiny_bundle):
+    # main_CFT.py get_indices runs model.eval(): the pass must not move batch-norm statistics.
+    method = build("dimml", tiny_bundle, duc_start=0)
+    method.train()
+    before = {k: v.clone() for k, v in method.state_dict().items() if "running" in k}
+    assert before
+    method.on_epoch_start(0, loaders_for(tiny_bundle))
+    assert bool(method.duc_ready) and method.training and all(m.training for m in method.modules())
+    assert all(torch.equal(v, method.state_dict()[k]) for k, v in before.items())
 
 
 def test_dimml_steps_in_float64_without_rounding_to_float32(tiny_bundle):
