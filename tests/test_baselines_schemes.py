@@ -873,3 +873,42 @@ def test_gblending_mean_losses_weight_each_batch_by_its_rows(tiny_bundle):
     assert rows == 12
     assert train_loss == approx(per_row.mean().item())
     assert held_out == approx(per_row.mean().item())
+
+
+def test_reconboost_stage_0_runs_no_learner_outside_the_ensemble(tiny_bundle):
+    # Official DynamicNet runs only its members: before visual joins, its batch-norm statistics stay put.
+    rb = build("reconboost", tiny_bundle, pretrain=False, modality_epochs=1, correct_epochs=1)
+    rb.train()
+    rb.on_epoch_start(0, loaders_for(tiny_bundle))
+    other = tiny_bundle.task.names[1]
+    before = {k: v.clone() for k, v in rb.encoders[other].state_dict().items() if "running" in k}
+    assert before
+    rb.update(first_batch(tiny_bundle), step(0))
+    assert all(torch.equal(v, rb.encoders[other].state_dict()[k]) for k, v in before.items())
+
+
+def test_reconboost_pretrains_every_encoder_once_at_epoch_0(tiny_bundle):
+    rb = build("reconboost", tiny_bundle, pretrain=True, pretrain_epochs=1)
+    loaders = loaders_for(tiny_bundle)
+    before = {m: params_of(rb.encoders[m]) for m in tiny_bundle.task.names}
+    rb.on_epoch_start(1, loaders)   # not epoch 0: no pre-training
+    assert all(same(before[m], params_of(rb.encoders[m])) for m in before)
+    rb.on_epoch_start(0, loaders)
+    assert not any(same(before[m], params_of(rb.encoders[m])) for m in before)
+    assert not any(opt.state for opt in rb.pretrain_opts)
+
+
+def test_reconboost_each_phase_starts_its_own_optimizer_fresh(tiny_bundle):
+    rb = build("reconboost", tiny_bundle, pretrain=False, modality_epochs=1, correct_epochs=1)
+    rb.train()
+    loaders, batch = loaders_for(tiny_bundle), first_batch(tiny_bundle)
+    for epoch in range(4):   # stage 0 (audio, correct), stage 1 (visual, correct): every optimizer has state
+        rb.on_epoch_start(epoch, loaders)
+        rb.update(batch, step(epoch))
+        diag = rb.on_epoch_end(epoch, loaders)
+        assert diag["stage"] == epoch // 2 and diag["modality_step"] == float(epoch % 2 == 0)
+    assert all(opt.state for opt in (*rb.modality_opts, rb.correct_opt))
+    rb.on_epoch_start(4, loaders)   # stage 2 boosts audio again: its optimizer starts fresh, the others keep theirs
+    assert not rb.modality_opts[0].state and rb.modality_opts[1].state and rb.correct_opt.state
+    rb.on_epoch_start(5, loaders)
+    assert not rb.correct_opt.state and rb.modality_opts[1].state
