@@ -463,6 +463,7 @@ def test_gblending_estimates_on_validation_only_and_leaves_the_model_alone(tiny_
     assert sum(w.values()) == approx(1.0) and w != {k: approx(1 / 3) for k in w}
     assert same(before, params_of(gb.model)) and not gb.scratch_optimizer.state
     assert "g_audio" in gb.on_epoch_end(0, None)
+    assert "g_audio" not in gb.on_epoch_end(1, None)   # logged once, at the epoch that estimated
     gb.blend.fill_(-1.0)
     gb.on_epoch_start(1, loaders_for(tiny_bundle))  # not a super-epoch boundary: no re-estimation
     assert gb.blend.tolist() == [-1.0, -1.0, -1.0]

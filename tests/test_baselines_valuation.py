@@ -438,6 +438,12 @@ def test_dimml_duc_dims_pass_runs_in_eval_mode_and_returns_to_training(tiny_bund
     assert all(torch.equal(v, method.state_dict()[k]) for k, v in before.items())
 
 
+def test_dimml_fusion_stage_trains_at_the_runs_lr(tiny_bundle):
+    # docs/methods/dimml.md: stage 2 keeps the run's lr schedule rather than main_CFT_stage2.py's restart at 1e-3.
+    method = build("dimml", tiny_bundle)
+    assert [g["lr"] for g in method.fusion_optimizer.param_groups] == [g["lr"] for g in method.optimizer.param_groups]
+
+
 def test_dimml_steps_in_float64_without_rounding_to_float32(tiny_bundle):
     with float64_default():
         method = build("dimml", tiny_bundle)
