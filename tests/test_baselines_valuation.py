@@ -444,6 +444,17 @@ def test_dimml_fusion_stage_trains_at_the_runs_lr(tiny_bundle):
     assert [g["lr"] for g in method.fusion_optimizer.param_groups] == [g["lr"] for g in method.optimizer.param_groups]
 
 
+def test_dimml_stage2_loss_is_the_concat_heads_ce_on_frozen_features(tiny_bundle):
+    method = build("dimml", tiny_bundle)
+    method.train()
+    method.stage2.fill_(True)
+    batch = first_batch(tiny_bundle)
+    method.encoders.eval()
+    with torch.no_grad():
+        expected = F.cross_entropy(method.fusion(method.features(batch))[0], batch["label"]).item()
+    assert method.update(batch, StepInfo(1, 0, 1, 2))["loss"] == approx(expected)
+
+
 def test_dimml_steps_in_float64_without_rounding_to_float32(tiny_bundle):
     with float64_default():
         method = build("dimml", tiny_bundle)
