@@ -4,19 +4,22 @@ dataset's modalities; AUG grows learners by the old NVGesture rule (docs/methods
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
 from aug.method import AUG
-from baselines.base import Loaders
+from baselines.base import Loaders, StepInfo
+from baselines.networks import MODEL_HPARAMS
+from baselines.reconboost import ga_term
 from baselines.registry import list_methods
 from benchmarks.config import build_config, method_hparams
 from benchmarks.runner import train_run
 from core.hparams import resolve
 from datasets.registry import get_dataset
-from tests.conftest import TINY_DATA, make_context, tiny_overrides
+from tests.conftest import TINY_DATA, TINY_MODEL, make_context, tiny_overrides
 from tests.numeric import approx64
 
 THREE = sorted(n for n, c in list_methods().items() if 3 in c.MODALITIES)
@@ -88,3 +91,43 @@ def test_aug_three_modal_threshold_and_default_fusion_weights():
     method.count = 60
     method.on_epoch_end(0, loaders)
     assert method.extra_learners() == {"audio": 0, "visual": 0, "text": 0}, "0.2 is not below 0.2"
+
+
+def three_modal_reconboost(**hp):
+    cls = get_dataset("synthetic")
+    bundle = cls.build(resolve("data", cls.HPARAMS, "synthetic", {**TINY_DATA, "modalities": 3}))
+    rb_cls = list_methods()["reconboost"]
+    method_hp = resolve("reconboost", method_hparams(rb_cls), "synthetic",
+                        {"pretrain": False, "modality_epochs": 1, "correct_epochs": 0, **hp}, variants=rb_cls.VARIANTS)
+    ctx = make_context(epochs=6)
+    # Equal feature widths for the shared head, as three_modal_overrides sets them.
+    ctx = dataclasses.replace(ctx, model_hp=resolve("model", MODEL_HPARAMS, None, {**TINY_MODEL, "feature_dim": 32}))
+    torch.manual_seed(0)
+    return rb_cls(bundle.task, method_hp, ctx), bundle
+
+
+def test_reconboost_ga_partner_is_the_previous_stages_learner_with_three_modalities():
+    rb, bundle = three_modal_reconboost()
+    rb.eval()   # fixed batch-norm statistics: the learners' outputs can be recomputed
+    loaders = Loaders(bundle.loader("train", batch_size=16, train=True, seed=0))
+    batch = next(iter(bundle.loader("train", batch_size=16, train=False, seed=0)))
+    names = bundle.task.names
+    rb.on_epoch_start(2, loaders)   # stage 2 boosts the third modality; stage 1 trained the second
+    with torch.no_grad():
+        z = {m: rb.learner(m, batch[m]) for m in names}
+    logs = rb.update(batch, StepInfo(epoch=2, step=0, steps_per_epoch=1, epochs=6))
+    assert logs["ga"] == approx64(ga_term(z[names[2]], z[names[1]], False).item())
+    assert logs["ga"] != approx64(ga_term(z[names[2]], z[names[0]], False).item())
+
+
+def test_reconboost_bb_ga_waits_for_a_full_round_of_three_modalities():
+    # BB's epoch 0 is stages 0..M-1: with three modalities the GA term starts at stage 3, not 2.
+    rb, bundle = three_modal_reconboost(ga_after_first_round=True)
+    rb.train()
+    loaders = Loaders(bundle.loader("train", batch_size=16, train=True, seed=0))
+    batch = next(iter(bundle.loader("train", batch_size=16, train=False, seed=0)))
+    seen = {}
+    for epoch in range(4):
+        rb.on_epoch_start(epoch, loaders)
+        seen[epoch] = "ga" in rb.update(batch, StepInfo(epoch=epoch, step=0, steps_per_epoch=1, epochs=6))
+    assert seen == {0: False, 1: False, 2: False, 3: True}
