@@ -452,6 +452,23 @@ def test_midas_ablations_switch_the_weights_off(tiny_bundle):
     assert params["lam"].default_for("kinetics_sounds") == 5.0 and params["lam"].default_for("cremad") == 1.0
 
 
+
+def test_midas_predicts_the_fused_classifier_and_each_unimodal_classifier(tiny_bundle):
+    # Prediction is g_f(f) on the aligned features; the per-modality outputs are the unimodal classifiers' logits.
+    method = build_with(MIDAS, tiny_bundle)
+    batch = first_batch(tiny_bundle)
+    with torch.no_grad():
+        h, _, _ = method.model(method.inputs(batch))
+        fused = method.model.head.fused(torch.cat([h["audio"], h["visual"]], dim=1))
+        uni = {m: method.model.head.uni[m](h[m]) for m in ("audio", "visual")}
+    pred = method.predict(batch)
+    torch.testing.assert_close(pred.fused, fused, rtol=1e-5, atol=1e-6)
+    assert set(pred.per_modality) == {"audio", "visual"}
+    for m in ("audio", "visual"):
+        torch.testing.assert_close(pred.per_modality[m], uni[m], rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(pred.per_modality[m], fused, rtol=1e-3, atol=1e-4)
+
+
 # --- shipped recipes ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("cls, expected, data", [
     # ARL's CramedDataset: OGM-GE's 3 s front-end, --fps 1, the first frame; IPRM's: AUG's 20 s, two random frames.
