@@ -576,6 +576,46 @@ def test_umt_teachers_follow_the_runs_lr_milestones(tiny_bundle):
     assert all(g["lr"] == g["initial_lr"] for opt in method.ctx.optimizers for g in opt.param_groups)
 
 
+
+@pytest.mark.parametrize("teacher_epochs, max_steps, epochs_run, steps_run", [(0, 0, 3, None), (2, 1, 2, 1)])
+def test_umt_teachers_train_the_runs_epochs_by_default_and_its_step_cap(tiny_bundle, teacher_epochs, max_steps,
+                                                                        epochs_run, steps_run):
+    # teacher_epochs 0 means the run's own epoch count (BB trains its unimodal runs with the main recipe), and each
+    # teacher epoch stops at the run's max_steps_per_epoch like a run's epoch does.
+    cls = get_method("umt")
+    hp = resolve("umt", method_hparams(cls), tiny_bundle.task.dataset, {"teacher_epochs": teacher_epochs},
+                 variants=cls.VARIANTS)
+    torch.manual_seed(0)
+    method = cls(tiny_bundle.task, hp, make_context(epochs=3, max_steps_per_epoch=max_steps))
+    loaders = loaders_for(tiny_bundle)
+    steps_run = steps_run or len(loaders.train)
+    assert steps_run < len(loaders.train) or max_steps == 0
+    counts = dict.fromkeys(method.modalities, 0)
+    for m, opt in method.teacher_optimizers.items():
+        original = opt.step
+
+        def count(*args, _m=m, _step=original, **kwargs):
+            counts[_m] += 1
+            return _step(*args, **kwargs)
+
+        opt.step = count
+    method.on_epoch_start(0, loaders)
+    assert counts == dict.fromkeys(method.modalities, epochs_run * steps_run)
+
+
+@pytest.mark.parametrize("mode, teacher_training", [({}, False), ({"variant": "bb_compat"}, True)])
+def test_umt_distils_features_of_teachers_in_the_chosen_mode(tiny_bundle, mode, teacher_training):
+    # Default: frozen teachers in eval mode (running BN statistics); bb_compat: BB never calls eval() on them.
+    method = build("umt", tiny_bundle, teacher_epochs=1, **mode)
+    method.teachers_ready.fill_(True)
+    method.train()
+    modes = []
+    for teacher in method.teachers.values():
+        teacher.register_forward_hook(lambda mod, args, out: modes.append(mod.training))
+    method.update(first_batch(tiny_bundle), StepInfo(0, 0, 1, 2))
+    assert modes == [teacher_training] * len(method.teachers)
+
+
 def test_umt_bb_compat_distils_each_teachers_best_test_epoch(tiny_bundle, monkeypatch):
     method = build("umt", tiny_bundle, teacher_epochs=3, variant="bb_compat")
     assert method.hp.teacher_select == "test"
