@@ -129,8 +129,19 @@ def test_remix_select_rows_none_in_warmup_then_one_ordered_epoch(tiny_bundle, mo
     np.testing.assert_array_equal(np.sort(selection.rows[n_visual:]), np.sort(rows[assigned == 0]))
     again = method.select_rows(2, loaders)
     np.testing.assert_array_equal(again.rows, selection.rows)  # seeded by (seed, epoch): a resume redraws it
+    # The official code reshuffles each subset every epoch: the next epoch serves the same subsets in a new order.
+    later = method.select_rows(3, loaders)
+    np.testing.assert_array_equal(later.extras[EXTRA_KEY], codes)
+    assert not np.array_equal(later.rows, selection.rows)
     assert method.on_epoch_end(2, loaders) == {"remix_rows_audio": float(len(rows) - n_visual),
                                                "remix_rows_visual": float(n_visual)}
+
+
+
+def test_remix_defaults_are_the_official_run_script():
+    # scripts/run_train.sh: --warmup 10, --alpha 0.5 --beta 0.5 (warm-up unimodal CE), --gamma1/--gamma2 1.
+    params = {p.name: p.default for p in get_method("remix").HPARAMS}
+    assert params == {"warmup": 10, "warmup_weights": [0.5, 0.5], "remix_weights": [1.0, 1.0]}
 
 
 def test_remix_update_trains_only_the_assigned_modality(tiny_bundle):
