@@ -290,6 +290,33 @@ def test_smv_resamples_the_loader_and_zeroes_flagged_features(tiny_bundle):
     assert any(p.grad is not None and p.grad.any() for p in method.model.encoders["visual"].parameters())
 
 
+
+def test_smv_select_rows_resamples_from_the_valuation_and_logs_each_modalitys_mean_value(tiny_bundle, monkeypatch):
+    method = build("smv", tiny_bundle, warmup=1)
+    loaders = loaders_for(tiny_bundle)
+    rows = loaders.train.base_rows
+    assert method.select_rows(0, loaders) is None
+    assert method.on_epoch_end(0, loaders) == {"smv_samples": float(len(rows))}
+    n = len(rows)
+    phi_a = np.where(np.arange(n) % 2 == 0, -0.5, 1.0)  # even rows: 3 audio-alone copies
+    phi_v = np.where(np.arange(n) % 4 == 0, 0.5, 1.5)   # every fourth row: 1 visual-alone copy
+    monkeypatch.setattr(method, "valuate", lambda loader, r: (phi_a, phi_v))
+    selection = method.select_rows(1, loaders)
+    want_rows, want_codes = sample_level_rows(rows, phi_a, phi_v)
+    np.testing.assert_array_equal(selection.rows, want_rows)
+    np.testing.assert_array_equal(selection.extras["zero_modality"], want_codes)
+    assert method.on_epoch_end(1, loaders) == {"smv_samples": float(len(want_rows)),
+                                               "smv_phi_audio": approx64(phi_a.mean()),
+                                               "smv_phi_visual": approx64(phi_v.mean())}
+
+
+def test_smv_defaults_are_the_official_scripts():
+    # sample_level.py / modality_level.py: --warmup 5, --part_ratio 0.2, --alpha 1; the dataset class's 'linear'.
+    params = {p.name: p.default for p in get_method("smv").HPARAMS}
+    assert params == {"level": "sample", "warmup": 5, "part_ratio": 0.2, "modality_alpha": 1.0,
+                      "modality_func": "linear", "modality_form": "official"}
+
+
 def test_smv_step_in_float64_reports_the_float64_loss(tiny_bundle):
     with float64_default():
         method = build("smv", tiny_bundle)
