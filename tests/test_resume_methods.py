@@ -42,7 +42,13 @@ def test_a_killed_and_resumed_run_ends_like_the_straight_run(name, tmp_path):
 
 # Variants that keep training state of their own: ReconBoost bb's one optimizer and its had-gradient flags, which decide
 # which idle parameters take a zero-gradient step after the resume.
-@pytest.mark.parametrize("name, hp", [("reconboost", {"variant": "bb"})], ids=["reconboost-bb"])
+@pytest.mark.parametrize("name, hp", [
+    ("reconboost", {"variant": "bb"}),
+    # alpha carried across epochs must come back from the checkpoint, not restart at 1.
+    ("midas", {"alpha_reset": "never", "warmup_epochs": 2}),
+    # the valued subset and the drawn copies are redrawn from (seed, epoch).
+    ("smv", {"level": "modality", "warmup": 2}),
+], ids=["reconboost-bb", "midas-alpha-never", "smv-modality"])
 def test_a_killed_and_resumed_variant_run_ends_like_the_straight_run(name, hp, tmp_path):
     overrides = tiny_overrides()
     overrides["train"].update(epochs=EPOCHS, checkpoint_every=CHECKPOINT_EVERY)
