@@ -641,6 +641,33 @@ def test_umt_distils_features_of_teachers_in_the_chosen_mode(tiny_bundle, mode, 
         teacher.register_forward_hook(lambda mod, args, out: modes.append(mod.training))
     method.update(first_batch(tiny_bundle), StepInfo(0, 0, 1, 2))
     assert modes == [teacher_training] * len(method.teachers)
+    # Teachers are frozen: the distillation loss leaves no gradient on them.
+    assert all(p.grad is None for p in method.teachers.parameters())
+
+
+def test_umt_teachers_train_in_train_mode_even_after_an_eval_pass(tiny_bundle):
+    method = build("umt", tiny_bundle, teacher_epochs=1)
+    method.eval()
+    modes = set()
+    for teacher in method.teachers.values():
+        teacher.register_forward_hook(lambda mod, args, out: modes.add(mod.training))
+    method.on_epoch_start(0, loaders_for(tiny_bundle))
+    assert modes == {True}
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_umt_teacher_select_scores_the_named_split(tiny_bundle, monkeypatch, split):
+    method = build("umt", tiny_bundle, teacher_epochs=1, teacher_select=split)
+    loaders = loaders_for(tiny_bundle)
+    seen = []
+
+    def accuracy(teacher, loader, modality, ctx):
+        seen.append(loader)
+        return 0.5
+
+    monkeypatch.setattr(umt, "teacher_accuracy", accuracy)
+    method.on_epoch_start(0, loaders)
+    assert seen and all(loader is getattr(loaders, split) for loader in seen)
 
 
 def test_umt_bb_compat_distils_each_teachers_best_test_epoch(tiny_bundle, monkeypatch):
