@@ -280,6 +280,7 @@ def test_smv_resamples_the_loader_and_zeroes_flagged_features(tiny_bundle):
     method.train()
     method.on_epoch_start(0, loaders)
     selection = method.select_rows(0, loaders)
+    assert method.model.training  # the eval-mode valuation pass hands the model back in train mode
     codes = selection.extras["zero_modality"]
     assert len(selection.rows) == len(codes) > 64 and (codes[:64] == 0).all()
     assert method.on_epoch_end(0, loaders)["smv_samples"] == len(selection.rows)
@@ -628,6 +629,10 @@ def test_umt_teachers_train_the_runs_epochs_by_default_and_its_step_cap(tiny_bun
         opt.step = count
     method.on_epoch_start(0, loaders)
     assert counts == dict.fromkeys(method.modalities, epochs_run * steps_run)
+    # The logged teacher loss is the last epoch's mean CE per step, not the sum over its steps.
+    diag = method.on_epoch_end(0, loaders)
+    for m in method.modalities:
+        assert 0 < diag[f"umt_teacher_loss_{m}"] < 1.5 * math.log(tiny_bundle.task.num_classes), (m, diag)
 
 
 @pytest.mark.parametrize("mode, teacher_training", [({}, False), ({"variant": "bb_compat"}, True)])
