@@ -450,6 +450,8 @@ def test_midas_ablations_switch_the_weights_off(tiny_bundle):
     assert method.alpha.tolist() == [1.0, 1.0]
     params = {p.name: p for p in MIDAS.HPARAMS}
     assert params["lam"].default_for("kinetics_sounds") == 5.0 and params["lam"].default_for("cremad") == 1.0
+    # Algorithm 1 line 9 restarts alpha every epoch; §3.4's text gives the plain difference as the update signal.
+    assert params["alpha_reset"].default == "epoch" and params["update_signal"].default == "difference"
 
 
 
