@@ -311,6 +311,23 @@ def test_smv_select_rows_resamples_from_the_valuation_and_logs_each_modalitys_me
                                                "smv_phi_visual": approx64(phi_v.mean())}
 
 
+
+def test_smv_modality_level_averages_values_over_the_draw_with_its_repeats(tiny_bundle, monkeypatch):
+    # modality_level.py draws the valued subset with replacement and averages over the draw: a row drawn twice
+    # counts twice in mean(phi_m), though it is valued once.
+    method = build("smv", tiny_bundle, warmup=0, level="modality", part_ratio=1.0)
+    loaders = loaders_for(tiny_bundle)
+    rows = loaders.train.base_rows
+    monkeypatch.setattr(method, "valuate", lambda loader, r: ((r % 3 == 0) * 1.0, (r % 2 == 0) * 0.5))
+    method.select_rows(0, loaders)
+    rng = np.random.default_rng(seed_for(method.ctx.train_hp.seed, 0, "smv_modality"))
+    drawn = rows[rng.choice(len(rows), len(rows))]
+    assert len(np.unique(drawn)) < len(drawn)
+    diag = method.on_epoch_end(0, loaders)
+    assert diag["smv_phi_audio"] == approx64((drawn % 3 == 0).mean())
+    assert diag["smv_phi_visual"] == approx64(0.5 * (drawn % 2 == 0).mean())
+
+
 def test_smv_defaults_are_the_official_scripts():
     # sample_level.py / modality_level.py: --warmup 5, --part_ratio 0.2, --alpha 1; the dataset class's 'linear'.
     params = {p.name: p.default for p in get_method("smv").HPARAMS}
