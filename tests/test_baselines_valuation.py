@@ -692,6 +692,13 @@ def test_umt_teacher_select_scores_the_named_split(tiny_bundle, monkeypatch, spl
     assert seen and all(loader is getattr(loaders, split) for loader in seen)
 
 
+
+def test_umt_defaults_follow_balancebenchmark():
+    # BB: scaling 10, unimodal teacher runs with the main recipe (teacher_epochs 0 = the run's epochs).
+    params = {p.name: p.default for p in get_method("umt").HPARAMS}
+    assert params == {"scale": 10.0, "teacher_epochs": 0, "teacher_mode": "eval", "teacher_select": "final"}
+
+
 def test_umt_bb_compat_distils_each_teachers_best_test_epoch(tiny_bundle, monkeypatch):
     method = build("umt", tiny_bundle, teacher_epochs=3, variant="bb_compat")
     assert method.hp.teacher_select == "test"
