@@ -222,6 +222,20 @@ def _scientific(value: Any) -> Any:
     return value
 
 
+def command_line_value(text: str, where: str) -> Any:
+    """A command-line value as YAML (``true``, ``0.8``, ``[69, 139]``, a string; empty text is ""). Text that is not
+    YAML is an ``HParamError`` starting with ``where``: yaml's own message names only "<unicode string>"."""
+    if not text.strip():
+        return ""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at column {mark.column + 1}" if mark is not None else ""
+        raise HParamError(f"{where}: the value is not valid YAML ({getattr(err, 'problem', None) or 'unparsable'}"
+                          f"{at})") from None
+
+
 def parse_assignments(items: Iterable[str]) -> dict[str, dict[str, Any]]:
     """``["ogm_ge.alpha=0.8", "train.lr=1e-3"]`` -> ``{"ogm_ge": {"alpha": 0.8}, "train": {"lr": 0.001}}``.
 
@@ -233,7 +247,7 @@ def parse_assignments(items: Iterable[str]) -> dict[str, dict[str, Any]]:
         namespace, dot, name = key.strip().partition(".")
         if not sep or not dot or not namespace or not name or "." in name:
             raise HParamError(f"bad --set {item!r}: expected NAMESPACE.KEY=VALUE, e.g. ogm_ge.alpha=0.8")
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = command_line_value(raw, f"bad --set {item!r}")
         out.setdefault(namespace, {})[name] = [_scientific(v) for v in value] if isinstance(value, list) else \
             _scientific(value)
     return out

@@ -78,6 +78,11 @@ def test_parse_assignments():
     for bad in ("alpha=0.8", "ogm_ge.alpha", "a.b.c=1"):
         with pytest.raises(HParamError):
             parse_assignments([bad])
+    # yaml's own message named only "<unicode string>", not the --set item.
+    with pytest.raises(HParamError, match=r"^bad --set 'train.lr_milestones=\[1,': the value is not valid YAML "
+                                          r"\(.* at column 4\)$"):
+        parse_assignments(["train.lr_milestones=[1,"])
+    assert parse_assignments(["aug.modality_order="]) == {"aug": {"modality_order": ""}}
 
 
 def test_a_variant_chosen_on_a_later_layer_wins_over_the_earlier_layers_keys_its_preset_sets():

@@ -14,8 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
-
+from core.hparams import HParamError, command_line_value
 from datasets.audio_visual import VISUAL_SOURCES
 from datasets.cache import CacheError
 from datasets.media.audio import PAD_MODES, MissingExtraError
@@ -33,13 +32,10 @@ def _assignment(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    if not value.strip():
-        return key.strip(), ""
     try:
-        return key.strip(), yaml.safe_load(value)
-    except yaml.YAMLError:
-        # yaml's own message names only "<unicode string>": not which option or text was wrong.
-        raise argparse.ArgumentTypeError(f"{text!r}: the value is not valid YAML") from None
+        return key.strip(), command_line_value(value, repr(text))
+    except HParamError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def configure(p: argparse.ArgumentParser) -> None:
