@@ -67,14 +67,27 @@ def test_design_targets_report_each_target_met_or_missed():
     assert checks["imbalance"]["met"] and checks["imbalance"]["measured"]["gap"] == pytest.approx(0.37)
     assert checks["headroom"]["met"] and checks["headroom"]["measured"]["headroom"] == pytest.approx(0.05)
     assert "(both at the final epoch)" in checks["headroom"]["text"]
-    assert checks["seed spread"]["measured"] == {"unimodal_audio": 0.034, "unimodal_visual": 0.022, "joint": 0.015}
+    assert checks["seed spread"]["measured"] == {"unimodal_audio": 0.034, "unimodal_visual": 0.022, "ensemble": 0.008,
+                                                 "joint": 0.015}
     assert not checks["seed spread"]["met"]
-    # The final epoch's spread is shown beside the judged one (the rows that have a final-epoch record), never judged.
+    # The final epoch's spread is shown beside the judged one (the rows that have a final-epoch record), never judged;
+    # the ensemble fuses final checkpoints, so its final-epoch spread would repeat the judged one.
     assert checks["seed spread"]["final_epoch"] == {"unimodal_audio": 0.012, "joint": 0.01}
     lines = "\n".join(targets_markdown(list(checks.values()), {"unimodal_audio": "Unimodal (audio)"}, 3))
     assert "this run's 3 seed(s)" in lines and "| **no** |" in lines
     assert "Unimodal (audio) 3.4" in lines and "+37.0" in lines
     assert "joint 1.5 (final epoch, not judged: Unimodal (audio) 1.2, joint 1.0) | **no** |" in lines
+
+
+def test_the_seed_spread_target_judges_the_ensemble_row_too():
+    # References and joint steady; the ensemble of the unimodal models, a reference row of the table, is not.
+    summary = _summary(unimodal_audio={"acc": (0.64, 0.007, 3)}, unimodal_visual={"acc": (0.86, 0.007, 3)},
+                       ensemble={"acc": (0.77, 0.026, 3)}, joint={"acc": (0.70, 0.011, 3)})
+    spread = {c["target"]: c for c in design_targets(summary, TARGETS)}["seed spread"]
+    assert spread["measured"]["ensemble"] == 0.026 and not spread["met"]
+    assert "ensemble" in spread["text"]
+    summary["rows"]["ensemble"]["acc"] = [0.77, 0.02, 3]
+    assert {c["target"]: c for c in design_targets(summary, TARGETS)}["seed spread"]["met"]
 
 
 def test_converged_is_the_mean_size_of_the_seeds_trends_so_opposite_trends_do_not_cancel():
