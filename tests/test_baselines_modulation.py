@@ -550,6 +550,18 @@ def test_agm_clip_trigger_reads_the_head_weight_gradient_not_the_bias(tiny_bundl
         torch.testing.assert_close(kept[name], g, rtol=0, atol=0, msg=name)
 
 
+def test_agm_clip_triggers_only_above_the_threshold_not_at_it(tiny_bundle):
+    # "exceeds": a head weight gradient entry exactly equal to clip_trigger leaves every gradient as it is.
+    raw = agm_grads(tiny_bundle, clip_trigger=1e9)
+    largest = raw["head.fc.weight"].abs().max().item()
+    kept = agm_grads(tiny_bundle, clip_trigger=largest, clip_norm=1e-3)
+    for name, g in raw.items():
+        torch.testing.assert_close(kept[name], g, rtol=0, atol=0, msg=name)
+    below = torch.nextafter(torch.tensor(largest), torch.tensor(0.0)).item()   # the next float32 down
+    clipped = agm_grads(tiny_bundle, clip_trigger=below, clip_norm=1e-3)
+    assert not torch.equal(clipped["head.fc.weight"], raw["head.fc.weight"]), "just below the largest entry clips"
+
+
 def test_agm_next_step_trains_batchnorm_after_the_eval_mode_subset_passes(tiny_bundle):
     # The unimodal passes run in eval mode; the model must be back in train mode for the next step's full pass.
     batch = first_batch(tiny_bundle)
