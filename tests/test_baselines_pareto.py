@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.base import Loaders, Prediction, StepInfo
+from baselines.base import Loaders, Prediction, StepInfo, TrainContext
 from baselines.cml import CML, cml_loss
 from baselines.inforeg import (
     InfoReg,
@@ -22,10 +22,21 @@ from baselines.inforeg import (
 from baselines.mmcosine import MMCosine, cosine_logits
 from baselines.mmpareto import MMPareto, mmpareto_encoder_grads, pareto_weights
 from baselines.mslr import MSLR, mslr_multipliers, mslr_step
+from baselines.networks import MODEL_HPARAMS
 from baselines.uniform import Uniform, uniform_loss
+from benchmarks.config import method_hparams
+from core.data import ModalitySpec, TaskSpec
 from core.hparams import resolve
 from datasets.registry import get_dataset
-from tests.conftest import TINY_DATA, build_with, first_batch, first_batch64, float64_default, freeze_steps
+from tests.conftest import (
+    TINY_DATA,
+    build_with,
+    first_batch,
+    first_batch64,
+    float64_default,
+    freeze_steps,
+    make_context,
+)
 from tests.numeric import approx, approx64, close, tol
 
 STEP = StepInfo(epoch=0, step=0, steps_per_epoch=4, epochs=2)
@@ -294,6 +305,23 @@ def test_inforeg_traces_the_first_modalitys_encoder_and_re_anchors_every_epoch(t
     method.on_epoch_start(1, None)
     for p, p0 in zip(method.encoder_params["visual"], method.anchor["visual"]):
         assert torch.equal(p0, p.detach()), "theta_0 is the encoder at the start of this epoch"
+
+
+def test_inforeg_traces_the_linear_layers_of_an_mlp_encoder():
+    # Feature-vector datasets have MLP encoders: their Linear weights (not biases) are the traced layers.
+    task = TaskSpec("vectors", 3, (ModalitySpec("audio", "vector", (6,)), ModalitySpec("visual", "vector", (5,))))
+    model_hp = resolve("model", MODEL_HPARAMS, None, {"mlp_hidden": 8, "feature_dim": 6})
+    hp = resolve("inforeg", method_hparams(InfoReg), "vectors", {})
+    torch.manual_seed(0)
+    method = InfoReg(task, hp, TrainContext(torch.device("cpu"), 2, make_context().train_hp, model_hp))
+    linears = [mod.weight for mod in method.model.encoders["audio"].modules() if isinstance(mod, nn.Linear)]
+    assert len(linears) == 2 and [id(w) for w in method.fim_weights] == [id(w) for w in linears]
+    method.on_epoch_start(0, None)
+    batch = {"audio": torch.randn(8, 6), "visual": torch.randn(8, 5), "label": torch.arange(8) % 3}
+    method.update(batch, STEP)
+    for acc, w in zip(method.fim, linears):
+        close(acc, w.grad ** 2)
+    assert method.on_epoch_end(0, None)["inforeg_fim_trace"] > 0
 
 
 def test_inforeg_step_in_float64_reports_the_float64_loss(tiny_bundle):
