@@ -3,6 +3,7 @@ dimml.md, relearning.md, balancebenchmark.md)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -757,6 +758,25 @@ def test_mbsd_weight_is_not_detached():
     w, _, _ = mbsd_terms(z_a, z_v, torch.tensor([0]))
     w.sum().backward()
     assert z_a.grad.abs().sum() > 0
+
+
+def test_mbsd_under_bf16_autocast_computes_every_loss_term_in_float32(tiny_bundle):
+    # The autocast forward returns bf16 logits; each cross-entropy and the MBSD terms must see them as float32.
+    method = build("mbsd", tiny_bundle)
+    method.ctx = dataclasses.replace(method.ctx, amp=True)
+    method.optimizer.step = lambda *args, **kwargs: None
+    seen = []
+    method.model.register_forward_hook(lambda module, args, out: seen.append(out))
+    batch = first_batch(tiny_bundle)
+    logs = method.update(batch, StepInfo(epoch=0, step=0, steps_per_epoch=1, epochs=2))
+    _, z, z_uni = seen[-1]
+    assert z.dtype == torch.bfloat16, "the step ran under autocast"
+    y = batch["label"]
+    z, z_a, z_v = z.float(), z_uni["audio"].float(), z_uni["visual"].float()
+    w, rs, kl = mbsd_terms(z_a, z_v, y)
+    ce = F.cross_entropy(z, y) + F.cross_entropy(z_a, y) + F.cross_entropy(z_v, y)
+    assert logs["ce"] == pytest.approx(ce.item(), rel=1e-6)
+    assert logs["loss"] == pytest.approx((ce + (w * rs).mean() + (w * kl).mean()).item(), rel=1e-6)
 
 
 # --- AMCo -------------------------------------------------------------------------------------------------------------
