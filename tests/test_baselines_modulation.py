@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from baselines import opm as opm_module
 from baselines.agm import GradScale, agm_coefficients, modality_losses, shapley_outputs
 from baselines.base import Loaders, StepInfo, TrainContext
 from baselines.heads import SumHead
@@ -281,6 +282,25 @@ def test_opm_drops_only_after_warmup_and_never_at_test(tiny_bundle):
     opm.eval()
     _, z, _ = opm.model(opm.inputs(batch))
     close(opm.predict(batch).fused, z)
+
+
+@pytest.mark.parametrize("rescale", ["official", "bb"])
+def test_opm_logs_the_fraction_of_the_batch_it_kept(tiny_bundle, monkeypatch, rescale):
+    # A drop that leaves 5 of the 16 samples (the others lost both modalities): "kept" is 5/16, and the loss is over
+    # those 5.
+    keep = torch.zeros(16, dtype=torch.bool)
+    keep[[0, 3, 4, 9, 15]] = True
+    for name in ("drop_features", "bb_drop_features"):
+        monkeypatch.setattr(opm_module, name, lambda h, q, *args: (h, keep, None))
+    batch = first_batch(tiny_bundle)
+    opm = build("opm", tiny_bundle, p_exe=1.0, rescale=rescale)
+    opm.optimizer.step = lambda *args, **kwargs: None
+    logs = opm.update(batch, step(epoch=6))
+    assert logs["kept"] == approx(5 / 16)
+    with torch.no_grad():   # train mode, as in the step: batch statistics over all 16, before the drop
+        _, z, _ = opm.model(opm.inputs(batch))
+    assert logs["loss"] == approx(F.cross_entropy(z[keep], batch["label"][keep]).item())
+    assert build("opm", tiny_bundle, p_exe=0.0).update(batch, step(epoch=6))["kept"] == 1.0
 
 
 @pytest.mark.parametrize("theta_gradient", [True, False])
