@@ -913,3 +913,34 @@ def test_reconboost_each_phase_starts_its_own_optimizer_fresh(tiny_bundle):
     assert not rb.modality_opts[0].state and rb.modality_opts[1].state and rb.correct_opt.state
     rb.on_epoch_start(5, loaders)
     assert not rb.correct_opt.state and rb.modality_opts[1].state
+
+
+def spy_extra_passes(loader) -> list[int]:
+    """The epoch tags of the private training passes a method draws from ``loader`` (each tag is a shuffle)."""
+    tags, real = [], loader.extra_pass
+
+    def record(tag, max_steps=0):
+        tags.append(tag)
+        return real(tag, max_steps)
+
+    loader.extra_pass = record
+    return tags
+
+
+def test_gblending_scratch_epochs_each_draw_their_own_shuffle(tiny_bundle):
+    # Every scratch epoch of every head of every estimation is another pass over the data (BB's loader reshuffles each
+    # epoch), never one of the runner's epochs (tags >= 0).
+    gb = build("gblending", tiny_bundle, super_epoch=2, estimate_epochs=2)
+    loaders = loaders_for(tiny_bundle)
+    tags = spy_extra_passes(loaders.train)
+    gb.on_epoch_start(0, loaders)
+    gb.on_epoch_start(2, loaders)
+    assert len(tags) == 2 * 3 * 2 and len(set(tags)) == len(tags) and max(tags) < 0
+
+
+def test_reconboost_pretraining_epochs_each_draw_their_own_shuffle(tiny_bundle):
+    rb = build("reconboost", tiny_bundle, pretrain=True, pretrain_epochs=2)
+    loaders = loaders_for(tiny_bundle)
+    tags = spy_extra_passes(loaders.train)
+    rb.on_epoch_start(0, loaders)
+    assert len(tags) == 2 * 2 and len(set(tags)) == len(tags) and max(tags) < 0
