@@ -367,3 +367,53 @@ def test_sequence_encoders_read_the_last_gru_layer_and_run_balancebenchmarks_pos
     bb.train()
     assert not torch.equal(bb(x), bb(x))
     assert layer.dropout.p == 0.1
+
+
+# --- the shared ResNet-18 trunk computes torchvision's ResNet-18 ------------------------------------------------------
+def _torchvision_name(key: str) -> str:
+    return (key.replace("stem.0.", "conv1.").replace("stem.1.", "bn1.").replace("stages.0.", "layer1.")
+            .replace("stages.1.", "layer2.").replace("stages.2.", "layer3.").replace("stages.3.", "layer4."))
+
+
+def _torchvision_maps(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+    return net.layer4(net.layer3(net.layer2(net.layer1(x))))
+
+
+def test_resnet18_trunk_computes_torchvisions_resnet18_maps_and_batchnorm_statistics():
+    # docs/methods/README.md#encoders: model.width=64, blocks=[2,2,2,2] is exactly torchvision's ResNet-18 (OGM-GE's
+    # backbone). Same weights, same input: the same maps in training (max_pool2d, batch statistics, the running
+    # statistics' momentum) and in evaluation (StemMaxPool's fast path, running statistics), so a stem stride or
+    # padding, a stage stride, a ReLU, a BatchNorm eps/momentum or the pool's window that differs shows. The state
+    # dict's shapes (test above) cannot tell those apart.
+    import torchvision.models as tvm
+
+    from baselines.networks import ResNetTrunk
+
+    torch.manual_seed(0)
+    trunk = ResNetTrunk(3).double()
+    with torch.no_grad():
+        for module in trunk.modules():
+            if isinstance(module, nn.BatchNorm2d):   # affine and running statistics away from 1/0
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 2.0)
+    ref = tvm.resnet18().double()
+    ref.load_state_dict({**{_torchvision_name(k): v for k, v in trunk.state_dict().items()},
+                         "fc.weight": ref.fc.weight, "fc.bias": ref.fc.bias})
+    x = torch.randn(2, 3, 45, 38, dtype=torch.float64)   # odd sizes: a padding or stride off by one changes shapes
+    trunk.train()
+    ref.train()
+    maps = trunk(x.clone().requires_grad_())
+    with torch.no_grad():
+        expected = _torchvision_maps(ref, x)
+    assert maps.shape == expected.shape == (2, 512, 2, 2)
+    close(maps.detach(), expected)
+    ours, theirs = trunk.state_dict(), ref.state_dict()
+    for key, value in ours.items():   # running means/vars after one step: torchvision's momentum 0.1
+        close(value, theirs[_torchvision_name(key)], msg=key)
+    trunk.eval()
+    ref.eval()
+    with torch.no_grad():
+        close(trunk(x), _torchvision_maps(ref, x))
