@@ -417,3 +417,37 @@ def test_resnet18_trunk_computes_torchvisions_resnet18_maps_and_batchnorm_statis
     ref.eval()
     with torch.no_grad():
         close(trunk(x), _torchvision_maps(ref, x))
+
+
+def test_spectrogram_encoder_averages_the_trunks_map_over_frequency_and_time():
+    # OGM-GE models/basic_model.py: a_feature = F.adaptive_avg_pool2d(a, 1), a mean (not a max) over (F', T').
+    torch.manual_seed(0)
+    encoder = build_encoder(ModalitySpec("audio", "spectrogram", (1, 40, 36)), model_hp(width=4, blocks=[1, 1, 1, 1]))
+    encoder.eval()
+    x = torch.randn(2, 1, 40, 36)
+    with torch.no_grad():
+        maps = encoder.trunk(x)
+        assert maps.shape[2:] == (2, 2)
+        close(encoder(x), maps.mean(dim=(2, 3)))
+
+
+def test_bb_init_draws_kaiming_normal_fan_out_convs_and_torch_init_keeps_pytorchs_defaults():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 64, 5), nn.BatchNorm2d(64), nn.Linear(300, 600))
+    init_model(model, model_hp(init="bb"))
+    # BalanceBenchmark resnet_arch: kaiming_normal_(mode="fan_out", nonlinearity="relu"), fan_out = 64 * 25.
+    assert model[0].weight.std().item() == pytest.approx((2 / (64 * 25)) ** 0.5, rel=0.05)
+    # model.init=torch: nothing is re-drawn (OGM-GE's rule would zero the linear bias and set BN weights to 1).
+    model = nn.Sequential(nn.Conv2d(4, 64, 5), nn.BatchNorm2d(64), nn.Linear(300, 600))
+    with torch.no_grad():
+        model[1].weight.fill_(3.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    init_model(model, model_hp(init="torch"))
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_mlp_encoder_hidden_and_output_widths_follow_their_knobs():
+    encoder = build_encoder(ModalitySpec("feat", "vector", (7,)), model_hp(mlp_hidden=6, feature_dim=4))
+    assert (encoder.net[0].in_features, encoder.net[0].out_features) == (7, 6)
+    assert (encoder.net[2].in_features, encoder.net[2].out_features, encoder.out_dim) == (6, 4, 4)
