@@ -15,7 +15,7 @@ from baselines.registry import get_method
 from benchmarks.config import method_hparams
 from core.hparams import resolve
 from tests.conftest import first_batch, make_context
-from tests.numeric import close
+from tests.numeric import close, tol
 
 K = 5
 
@@ -78,7 +78,8 @@ def test_gated_head_gates_the_last_modality_by_a_sigmoid_of_the_others():
     assert not torch.allclose(expected, tanh_gate), "the crafted features tell sigmoid from tanh"
 
 
-@pytest.mark.parametrize("name, head", [("joint", "concat"), ("sum", "sum"), ("weight", "weight")])
+@pytest.mark.parametrize("name, head", [("joint", "concat"), ("sum", "sum"), ("weight", "weight"), ("film", "film"),
+                                        ("gated", "gated")])
 def test_fusion_rows_step_on_the_plain_cross_entropy_of_their_heads_fused_logits(name, head, tiny_bundle):
     cls = get_method(name)
     torch.manual_seed(0)
@@ -158,3 +159,56 @@ def test_fusion_model_zeroes_only_the_dropped_inputs_and_starts_from_ogm_ges_ini
         close(h["audio"], model.encoders["audio"](torch.zeros_like(x["audio"])))
         close(h["visual"], model.encoders["visual"](x["visual"]))
     assert torch.count_nonzero(model.head.fc.bias) == 0, "weight_init zeroes the head's bias"
+
+
+# --- the separate heads' fused logits, each step's own gradients, predict under autocast ------------------------------
+def test_separate_heads_fuse_the_concatenation_in_the_declared_order():
+    # MMPareto code/models/models.py AVClassifier: fusion over torch.cat((a, v), 1), audio first.
+    dims = {"audio": 8, "visual": 6, "text": 3}
+    head = build_head("separate", dims, K)
+    h = features(dims)
+    z, z_uni = head(h)
+    w, b = head.fused.weight, head.fused.bias
+    close(z, h["audio"] @ w[:, :8].t() + h["visual"] @ w[:, 8:14].t() + h["text"] @ w[:, 14:].t() + b)
+    for n in dims:
+        close(z_uni[n], head.uni[n](h[n]), msg=n)
+
+
+@pytest.mark.parametrize("name", ["joint", "sum", "weight", "film", "gated", "uniform", "unimodal"])
+def test_each_update_steps_on_its_own_batchs_gradients_not_an_accumulation(name, tiny_bundle):
+    # zero_grad before every backward: with the step frozen (the parameters stay), the same batch twice gives the same
+    # gradients twice, not twice the gradient.
+    cls = get_method(name)
+    torch.manual_seed(0)
+    method = cls(tiny_bundle.task, resolve(name, method_hparams(cls), tiny_bundle.task.dataset, {}), make_context())
+    method.train()
+    batch = first_batch(tiny_bundle)
+    seen = []
+    method.optimizer.step = lambda *a, **k: seen.append(
+        {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None})
+    for step in range(2):
+        method.update(batch, StepInfo(epoch=0, step=step, steps_per_epoch=4, epochs=2))
+    assert len(seen) == 2 and set(seen[0]) == set(seen[1]) and seen[0]
+    for n, g in seen[0].items():
+        close(seen[1][n], g, msg=n)
+
+
+@pytest.mark.parametrize("name", ["joint", "gated", "unimodal"])
+def test_predict_runs_under_the_runs_autocast(name, tiny_bundle):
+    # train.amp: evaluation takes the bf16 autocast path that training takes (TrainContext.autocast), not float32.
+    cls = get_method(name)
+    torch.manual_seed(0)
+    ctx = make_context()
+    ctx.amp = True
+    method = cls(tiny_bundle.task, resolve(name, method_hparams(cls), tiny_bundle.task.dataset, {}), ctx)
+    method.eval()
+    batch = first_batch(tiny_bundle)
+    pred = method.predict(batch)
+    again = method.predict(batch).fused
+    ctx.amp = False
+    full = method.predict(batch).fused
+    assert pred.fused.dtype == torch.float32
+    assert torch.equal(pred.fused, again), "deterministic"
+    assert not torch.allclose(pred.fused, full, **tol(torch.float32)), "bf16 autocast, not a float32 forward"
+    # The same outputs up to bf16 rounding compounded through the tiny network's layers.
+    close(pred.fused, full, rtol=5e-2, atol=5e-2)
