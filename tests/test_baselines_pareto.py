@@ -4,6 +4,7 @@ characteristic computation, then a few check the wiring inside ``update``."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -64,6 +65,27 @@ def test_uniform_loss_is_fused_ce_plus_each_unimodal_ce():
 def test_uniform_uses_separate_heads(tiny_bundle):
     method = build_with(Uniform, tiny_bundle)
     assert set(method.model.head.uni) == {"audio", "visual"}
+
+
+def test_uniform_steps_on_the_gradients_of_the_fused_ce_plus_every_unimodal_ce(tiny_bundle):
+    # MMPareto code/uniform_baseline.py train_epoch: loss = CE(out) + CE(out_a) + CE(out_v), one backward; every
+    # head and both encoders learn from it (no term detached).
+    torch.manual_seed(0)
+    method = freeze_steps(build_with(Uniform, tiny_bundle))
+    method.train()
+    batch = first_batch(tiny_bundle)
+    ref = copy.deepcopy(method.model)
+    logs = method.update(batch, StepInfo(epoch=0, step=0, steps_per_epoch=4, epochs=2))
+    _, z, z_uni = ref(method.inputs(batch))
+    y = batch["label"]
+    loss = F.cross_entropy(z, y) + sum(F.cross_entropy(v, y) for v in z_uni.values())
+    loss.backward()
+    assert logs["loss"] == approx(loss.item())
+    assert logs["loss_fused"] == approx(F.cross_entropy(z, y).item())
+    grads = {n: p.grad for n, p in method.model.named_parameters() if p.grad is not None}
+    assert set(grads) == {n for n, _ in ref.named_parameters()}
+    for n, p in ref.named_parameters():
+        close(grads[n], p.grad, msg=n)
 
 
 # --- MMPareto -----------------------------------------------------------------------------------------------------

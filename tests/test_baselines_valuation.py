@@ -3,6 +3,7 @@ dimml.md, relearning.md, balancebenchmark.md)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -845,6 +846,25 @@ def test_unimodal_defaults_to_the_datasets_first_modality(tiny_bundle):
     assert tiny_bundle.task.names[0] == "audio" and method.modality == "audio"
     method.eval()
     assert set(method.predict(first_batch(tiny_bundle)).per_modality) == {"audio"}
+
+
+@pytest.mark.parametrize("modality", ["audio", "visual"])
+def test_unimodal_steps_on_the_ce_of_its_head_over_its_own_encoder(tiny_bundle, modality):
+    method = build("unimodal", tiny_bundle, modality=modality)
+    method.optimizer.step = lambda *a, **k: None
+    method.train()
+    batch = first_batch(tiny_bundle)
+    encoder, head = copy.deepcopy(method.encoder), copy.deepcopy(method.head)
+    logs = method.update(batch, StepInfo(0, 0, 4, 2))
+    loss = F.cross_entropy(head(encoder(batch[modality])), batch["label"])
+    loss.backward()
+    assert logs["loss"] == approx(loss.item())
+    ref = dict([*(("encoder." + n, p) for n, p in encoder.named_parameters()),
+                *(("head." + n, p) for n, p in head.named_parameters())])
+    grads = {n: p.grad for n, p in method.named_parameters() if p.grad is not None}
+    assert set(grads) == set(ref), "the encoder learns with the head"
+    for n, p in ref.items():
+        close(grads[n], p.grad, msg=n)
 
 
 def test_unimodal_head_gets_the_projects_weight_init(tiny_bundle):
