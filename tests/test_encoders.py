@@ -451,3 +451,15 @@ def test_mlp_encoder_hidden_and_output_widths_follow_their_knobs():
     encoder = build_encoder(ModalitySpec("feat", "vector", (7,)), model_hp(mlp_hidden=6, feature_dim=4))
     assert (encoder.net[0].in_features, encoder.net[0].out_features) == (7, 6)
     assert (encoder.net[2].in_features, encoder.net[2].out_features, encoder.out_dim) == (6, 4, 4)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_model_channels_last_hands_the_frame_trunk_channels_last_input(channels_last):
+    # (A 1-channel spectrogram is channels_last-contiguous either way, so only frames can show the knob.)
+    spec = ModalitySpec("visual", "frames", (3, 2, 32, 32))
+    encoder = build_encoder(spec, model_hp(width=4, blocks=[1, 1, 1, 1], channels_last=channels_last))
+    seen = []
+    encoder.trunk.register_forward_pre_hook(
+        lambda _, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    encoder(torch.randn(2, *spec.shape))
+    assert seen == [channels_last]

@@ -194,6 +194,14 @@ def test_optimizers_keep_each_groups_own_lr_under_the_schedule_and_refuse_unknow
         ctx.make_optimizer([torch.nn.Parameter(torch.zeros(1))], nesterov=True)
 
 
+@pytest.mark.parametrize("kind, cls", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
+def test_adam_optimizers_are_the_configured_kind_with_the_configured_weight_decay(kind, cls):
+    ctx = make_context(lr=0.1, optimizer=kind, weight_decay=0.03)
+    opt = ctx.make_optimizer([torch.nn.Parameter(torch.zeros(2))])
+    assert type(opt) is cls and opt.defaults["weight_decay"] == 0.03
+    assert ctx.make_optimizer([torch.nn.Parameter(torch.zeros(2))], weight_decay=0.5).defaults["weight_decay"] == 0.5
+
+
 @pytest.mark.parametrize("method, key", [("gblending", "held_out_split"), ("relearning", "diagnose_split"),
                                          ("mses", "eval_split"), ("mslr", "eval_split")])
 def test_a_method_reading_a_split_the_data_lacks_is_refused_before_training(tmp_path, method, key):
