@@ -463,3 +463,17 @@ def test_model_channels_last_hands_the_frame_trunk_channels_last_input(channels_
         lambda _, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
     encoder(torch.randn(2, *spec.shape))
     assert seen == [channels_last]
+
+
+@pytest.mark.parametrize("in_planes, planes, stride", [(4, 4, 1), (4, 8, 2)])
+def test_i3d_block_adds_its_identity_or_projection_shortcut_before_the_last_relu(in_planes, planes, stride):
+    from baselines.encoders import BasicBlock3d
+
+    torch.manual_seed(0)
+    block = BasicBlock3d(in_planes, planes, stride).eval()
+    x = torch.randn(2, in_planes, 4, 6, 6)
+    with torch.no_grad():
+        branch = block.bn2(block.conv2(torch.relu(block.bn1(block.conv1(x)))))
+        shortcut = x if block.down is None else block.down[1](block.down[0](x))
+        assert (block.down is None) == (stride == 1 and in_planes == planes)
+        close(block(x), torch.relu(branch + shortcut))
