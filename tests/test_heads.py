@@ -212,3 +212,24 @@ def test_predict_runs_under_the_runs_autocast(name, tiny_bundle):
     assert not torch.allclose(pred.fused, full, **tol(torch.float32)), "bf16 autocast, not a float32 forward"
     # The same outputs up to bf16 rounding compounded through the tiny network's layers.
     close(pred.fused, full, rtol=5e-2, atol=5e-2)
+
+
+def test_a_dropped_modality_is_a_zero_input_not_zero_features(tiny_bundle):
+    # FusionModel's drop (P1, AGM, G-Blending's unimodal passes): the encoder sees zeros; its features of a zero input
+    # are not zero once BatchNorm has a shift (at OGM-GE's init they happen to be, which hides the difference).
+    torch.manual_seed(0)
+    method = get_method("joint")(tiny_bundle.task, resolve("joint", method_hparams(get_method("joint")),
+                                                           tiny_bundle.task.dataset, {}), make_context())
+    model = method.model.eval()
+    with torch.no_grad():
+        for module in model.encoders["audio"].modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.bias.uniform_(0.1, 0.5)
+        x = method.inputs(first_batch(tiny_bundle))
+        expected = model.encoders["audio"](torch.zeros_like(x["audio"]))
+        assert bool(expected.abs().sum() > 0)
+        h = model.features(x, drop=["audio"])
+        close(h["audio"], expected)
+        close(h["visual"], model.encoders["visual"](x["visual"]))
+        _, z, _ = model(x, drop=["audio"])
+        close(z, model.head(h)[0])
