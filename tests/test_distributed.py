@@ -386,3 +386,61 @@ def test_ranks_compare_their_structure_before_any_collective_that_copies_a_modul
     with pytest.raises(distributed.RankDivergenceError, match="rank 1 holds other tensors"):
         getattr(DistContext(rank=0, world_size=2), call)(nn.Linear(2, 2))
     assert calls == ["check"]
+
+
+# --- joining the group and choosing the device (one process, the collectives' entry points recorded) -----------------
+def test_a_cpu_run_joins_with_gloo_even_where_cuda_is_available(monkeypatch):
+    # train.device=cpu on a GPU machine: NCCL cannot reduce CPU tensors, so the group must be gloo; otherwise NCCL.
+    joined = []
+    for name, value in (("RANK", "3"), ("WORLD_SIZE", "4"), ("LOCAL_RANK", "1")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group",
+                        lambda backend, **kwargs: joined.append((backend, kwargs["rank"], kwargs["world_size"])))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for device in ("cpu", "auto", "cuda"):
+        ctx, created = distributed.init_from_env(device)
+        assert created and ctx == DistContext(3, 4, 1), device
+    assert joined == [("gloo", 3, 4), ("nccl", 3, 4), ("nccl", 3, 4)]
+
+
+def test_a_rank_trains_on_its_local_gpu_not_the_one_its_global_rank_names(monkeypatch):
+    # Rank 3 of 4 on a second node of two GPUs each is local rank 1: cuda:3 does not exist there.
+    pinned = []
+    monkeypatch.setattr(torch.cuda, "set_device", pinned.append)
+    assert DistContext(3, 4, 1).device(torch.device("cuda")) == torch.device("cuda", 1)
+    assert pinned == [1]
+    assert DistContext(3, 4, 1).device(torch.device("cpu")) == torch.device("cpu")
+    assert DistContext().device(torch.device("cuda")) == torch.device("cuda"), "a single process keeps its device"
+    assert pinned == [1]
+
+
+def test_the_runner_broadcasts_checks_rows_and_syncs_for_evaluation_at_their_points(tmp_path, monkeypatch):
+    # Rank 0's model goes to every rank before the first step and again after every epoch hook (which may change it
+    # per rank); the epoch's rows are compared before its steps; the ranks' models are made one before evaluating.
+    # Recorded on one process whose context stands in for a rank's.
+    events: list = []
+
+    class Recording(DistContext):
+        def broadcast_module(self, module):
+            events.append("broadcast")
+
+        def sync_for_eval(self, module):
+            events.append("sync_for_eval")
+
+        def check_same_rows(self, rows):
+            events.append(("rows", len(rows)))
+
+    joint = get_method("joint")
+    real_update, real_end, real_evaluate = joint.update, joint.on_epoch_end, runner.evaluate
+    monkeypatch.setattr(runner, "init_from_env", lambda device: (Recording(), False))
+    monkeypatch.setattr(joint, "update", lambda self, batch, step: events.append("update") or real_update(
+        self, batch, step))
+    monkeypatch.setattr(joint, "on_epoch_end", lambda self, epoch, loaders: events.append("on_epoch_end") or real_end(
+        self, epoch, loaders))
+    monkeypatch.setattr(runner, "evaluate", lambda *args: events.append("evaluate") or real_evaluate(*args))
+    overrides = tiny_overrides()
+    overrides["train"].update(epochs=2, max_steps_per_epoch=2)
+    train_run(build_config("joint", "synthetic", overrides), tmp_path / "run", log=lambda msg: None)
+    epoch = [("rows", 64), "update", "update", "sync_for_eval", "evaluate", "evaluate", "on_epoch_end", "broadcast"]
+    assert events == ["broadcast", *epoch, *epoch]
