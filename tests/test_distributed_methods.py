@@ -123,13 +123,13 @@ def build(case: str, ctx_cls: type[TrainContext], hook) -> Method:
 def train(name: str, ctx_cls: type[TrainContext], hook, rank: int, world: int, full_epochs: bool = False,
           n_train: int | None = None) -> dict:
     """Two epochs of at most STEPS updates each (every batch with ``full_epochs``), as the runner drives them; final
-    parameters, buffers and logs."""
+    parameters, buffers and logs, and what the epoch hook reports."""
     method = build(name, ctx_cls, hook)
     data = loaders(rank, world, n_train)
     method.ctx.loaders = data
     # Ranks' RNG streams differ on purpose: OGM-GE must take rank 0's noise, which a single process seeded 100 draws.
     torch.manual_seed(100 + rank)
-    logs = []
+    logs, diags = [], []
     for epoch in range(EPOCHS):
         for loader in (data.train, data.val, data.test):
             loader.set_epoch(epoch)
@@ -143,10 +143,10 @@ def train(name: str, ctx_cls: type[TrainContext], hook, rank: int, world: int, f
                 break
             logs.append(method.update(batch, StepInfo(epoch=epoch, step=i, steps_per_epoch=steps, epochs=EPOCHS)))
         if epoch < EPOCHS - 1:
-            method.on_epoch_end(epoch, data)
+            diags.append(method.on_epoch_end(epoch, data) or {})
     return {"params": {n: p.detach().clone() for n, p in method.named_parameters()},
             "buffers": {n: b.clone() for n, b in method.named_buffers() if b.is_floating_point()},
-            "logs": [{k: v for k, v in log.items() if k.startswith(GLOBAL_LOGS)} for log in logs]}
+            "logs": [{k: v for k, v in log.items() if k.startswith(GLOBAL_LOGS)} for log in logs], "diag": diags}
 
 
 def api_checks(ctx: TrainContext, rank: int) -> dict:
@@ -164,10 +164,13 @@ def api_checks(ctx: TrainContext, rank: int) -> dict:
     out["main"] = c.grad.clone()
     # Against the contract, a synced gradient is now edited per rank: a skipped average leaves the ranks apart.
     a.grad.add_(rank)
-    # A gradient created anew after its sync is not exempt: the hook averages it.
+    # A gradient created anew after its sync is not exempt: the hook averages it, even while the synced tensor lives on
+    # (a method that kept it).
+    kept = b.grad
     b.grad = torch.full((2,), 2.0 * rank)
     opt.step()
     out["a_after_step"], out["b_after_step"] = a.detach().clone(), b.detach().clone()
+    del kept
     stats = torch.tensor([1.0 + rank, 3.0])
     out["sum"], out["mean_stat"] = ctx.all_reduce_sum(stats.clone()), ctx.all_reduce_mean(stats.clone())
     return out
@@ -226,6 +229,19 @@ def eval_sync_checks(ddp: DistContext, rank: int) -> dict:
             "running_var": model[1].running_var.clone(), "batches": int(model[1].num_batches_tracked)}
 
 
+def broadcast_checks(ddp: DistContext, rank: int) -> dict:
+    """A model whose weights and BatchNorm buffers differ per rank, after the runner's broadcast of rank 0's model
+    (before training and after every epoch hook, which may have changed a method's buffers on one rank only)."""
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0 + rank)
+        model[1].running_mean.fill_(1.0 + 2 * rank)
+        model[1].num_batches_tracked.fill_(3 + rank)
+    ddp.broadcast_module(model)
+    return {"weight": model[0].weight.detach().clone(), "running_mean": model[1].running_mean.clone(),
+            "batches": int(model[1].num_batches_tracked)}
+
+
 def opm_idle_rank_checks(hook, rank: int) -> dict:
     """One OPM dropping step in which rank 1's own drops keep no sample while rank 0 keeps all of its."""
     cls = get_method("opm")
@@ -255,7 +271,8 @@ def _worker(rank: int, port: int, tmp: str) -> None:
     ctx = make_context()
     ctx.step_pre_hook = ddp.step_pre_hook
     out = {"api": api_checks(ctx, rank), "rows": selection_checks(ddp, rank), "eval_sync": eval_sync_checks(ddp, rank),
-           "opm_idle": opm_idle_rank_checks(ddp.step_pre_hook, rank), "exchange": exchange_checks(ctx, ddp, rank)}
+           "opm_idle": opm_idle_rank_checks(ddp.step_pre_hook, rank), "exchange": exchange_checks(ctx, ddp, rank),
+           "broadcast": broadcast_checks(ddp, rank)}
     out["full"] = {name: train(name, TrainContext, ddp.step_pre_hook, rank, WORLD, True, N_TRAIN_FULL)
                    for name in SELECTING}
     for name in EXACT:
@@ -340,6 +357,13 @@ def test_ranks_evaluate_with_averaged_batchnorm_statistics_and_rank_0s_other_ten
         assert out["batches"] == 3, "rank 0's step count"
 
 
+def test_the_broadcast_of_rank_0s_model_copies_its_buffers_too(ranks):
+    for out in (r["broadcast"] for r in ranks):
+        torch.testing.assert_close(out["weight"], torch.ones(2, 2), rtol=0, atol=0)
+        torch.testing.assert_close(out["running_mean"], torch.ones(2), rtol=0, atol=0, msg="rank 0's buffer")
+        assert out["batches"] == 3, "rank 0's step count"
+
+
 def test_an_opm_rank_that_keeps_no_sample_still_joins_the_step(ranks):
     first, second = (out["opm_idle"] for out in ranks)
     assert second["logs"]["kept"] == 0.0 and "loss" not in second["logs"] and first["logs"]["kept"] == 1.0
@@ -368,6 +392,11 @@ def test_two_ranks_with_half_batches_take_the_single_process_steps(ranks, name):
             assert got_log.keys() == want_log.keys()
             for key, value in want_log.items():
                 assert got_log[key] == pytest.approx(value, abs=1e-5), (name, key)
+        # What the epoch hooks report (AUG's scores and losses per sample of the epoch) is the global batches' too.
+        for got_diag, want_diag in zip(got["diag"], want["diag"], strict=True):
+            assert got_diag.keys() == want_diag.keys()
+            for key, value in want_diag.items():
+                assert got_diag[key] == pytest.approx(value, abs=1e-5, nan_ok=True), (name, "diag", key)
     if name in SENSITIVE:
         local = ranks[0][name]["local"]["params"]
         gap = max((local[n] - v).abs().max().item() for n, v in want["params"].items())
