@@ -25,6 +25,7 @@ from torch import nn
 import baselines.opm as opm
 import benchmarks.runner as runner
 from baselines.base import Loaders, Method, StepInfo, TrainContext
+from baselines.midas import weak_modality_update
 from baselines.networks import MODEL_HPARAMS
 from baselines.registry import get_method, list_methods
 from benchmarks.config import build_config, method_hparams
@@ -63,6 +64,8 @@ OVERRIDES = {
     "dgl": {"clip_norm": 0.05},
     # Pacing that keeps int(50 * fraction) rows, odd in some epochs.
     "bss:heuristic": {"scheduler": "heuristic"},
+    # Past the warm-up: the weak-modality weights are updated from the first step.
+    "midas": {"warmup_epochs": 0},
 }
 # Full epochs of the exact methods that choose the epoch's rows, and of the approximate ones whose row count varies:
 # 50 training rows make SMV's expanded list odd in its second epoch and BSS's heuristic pacing keep an odd count (n mod
@@ -371,6 +374,29 @@ def test_an_opm_rank_that_keeps_no_sample_still_joins_the_step(ranks):
         torch.testing.assert_close(second["after"][name], value, rtol=0, atol=0, msg=name)
     assert any(not torch.equal(first["before"][n], v) for n, v in first["after"].items()), "rank 0's samples step"
 
+
+
+
+def test_midas_weights_its_weak_modality_from_every_ranks_statistics():
+    # MIDAS is approximate (misaligned pairs come from each rank's slice), but its weak-modality weight alpha must come
+    # from the global batch's statistics. One process stands in for rank 0 of two: its all_reduce_sum adds a crafted
+    # rank 1's sums (4 kept pairs, audio confidence 0.1 and visual 0.9 each, fused confidences 0), making audio weak.
+    reduced = []
+
+    class TwoRanks(TrainContext):
+        def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+            tensor += torch.tensor([0.4, 3.6, 0.0, 0.0, 4.0], dtype=tensor.dtype)
+            reduced.append(tensor.clone())
+            return tensor
+
+    method = build("midas", TwoRanks, None)
+    torch.manual_seed(0)
+    method.update(next(iter(loaders(0, 1).train)), StepInfo(epoch=0, step=0, steps_per_epoch=1, epochs=EPOCHS))
+    (sums,) = reduced
+    expected = weak_modality_update(torch.ones_like(method.alpha), sums[:2] / sums[-1], sums[2:4] / sums[-1],
+                                    method.hp.eta, method.hp.update_signal)
+    assert expected[0] > 1 and expected[1] == 1, "the crafted sums raise the audio weight"
+    torch.testing.assert_close(method.alpha, expected, rtol=0, atol=0)
 
 def test_exact_methods_include_the_synchronised_ones():
     assert set(SENSITIVE) <= set(EXACT) and len(EXACT) >= 10
