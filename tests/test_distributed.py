@@ -187,7 +187,8 @@ def _runs_worker(rank: int, port: int, tmp: str) -> None:
     runner.lr_factor = real_lr_factor
     get_method("joint").update = real_update
     _spy_on_updates(out["resumed"])
-    train_run(cfg, Path(tmp) / "cut", resume=True, log=lambda msg: None)
+    out["resume_log"] = []
+    train_run(cfg, Path(tmp) / "cut", resume=True, log=out["resume_log"].append)
     torch.save(out, Path(tmp) / f"rank{rank}.pt")
     dist.barrier()
     shutdown(created)
@@ -287,6 +288,12 @@ def test_resume_restores_every_rank_its_own_random_state(runs):
         assert [e["rng"] for e in out["resumed"]] == full, "the resumed epoch replays this rank's stream"
     resumed = json.loads((tmp / "cut" / "summary.json").read_text())["protocols"]
     assert resumed == json.loads((tmp / "full" / "summary.json").read_text())["protocols"]
+
+
+def test_only_rank_0_logs_a_resumed_run(runs):
+    _, (first, second) = runs
+    assert first["resume_log"][0] == "resuming cut at epoch 1" and len(first["resume_log"]) == 2, "and epoch 1's line"
+    assert second["resume_log"] == [], "the other ranks are quiet"
 
 
 def test_recorded_train_loss_is_the_mean_over_every_rank(runs):
