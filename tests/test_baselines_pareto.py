@@ -587,3 +587,56 @@ def test_cml_penalty_is_differentiable_and_order_is_seeded(tiny_bundle):
     orders = [method.removal_order(e) for e in range(8)]
     assert all(sorted(o) == ["audio", "visual"] for o in orders) and len(set(orders)) == 2
     assert orders == [build_with(CML, tiny_bundle).removal_order(e) for e in range(8)]
+
+
+# --- CML: the chain's penalty over a batch, and the wiring of update ----------------------------------------------
+def test_cml_penalty_clamps_each_links_batch_sum_against_the_previous_chain_element():
+    # Three modalities, zero bias, two classes with logits (x, 0): conf = sigmoid(|x|). Removal order a, b.
+    # Sample 1: parts (1, -1, 2): z = 2, z_p1 = 1, z_p2 = 2.
+    # Sample 2: parts (-2, 0.5, 1): z = -0.5, z_p1 = 1.5, z_p2 = 1.
+    def logits(*xs):
+        return torch.stack([t(*xs), torch.zeros(len(xs))], dim=1)
+    parts = {"a": logits(1.0, -2.0), "b": logits(-1.0, 0.5), "c": logits(2.0, 1.0)}
+    z = sum(parts.values()).clone().requires_grad_()
+    y = torch.tensor([0, 1])
+    loss, penalty = cml_loss(z, parts, torch.zeros(2), ("a", "b", "c"), y, lam=0.1)
+    # Link 1 gains (s(1) - s(2), s(1.5) - s(0.5)) sum to 0.045 > 0 although sample 1's gain is negative (the batch sum
+    # is clamped, not each sample); link 2 compares z_p2 with z_p1, not with z: (s(2) - s(1), s(1) - s(1.5)), sum 0.063.
+    # The two links telescope to sum_b [conf(z_p2) - conf(z)] = s(1) - s(0.5).
+    assert penalty.item() == approx(sigmoid(1.0) - sigmoid(0.5))
+    # The batch-mean CEs averaged over the chain plus lambda times the batch-summed penalty.
+    ce = sum(F.cross_entropy(logits(*xs), y).item() for xs in ((2.0, -0.5), (1.0, 1.5), (2.0, 1.0)))
+    assert loss.item() == approx(ce / 3 + 0.1 * (sigmoid(1.0) - sigmoid(0.5)))
+    penalty.backward()
+    # Not detached anywhere: d penalty / d z = conf'(z_p2) - conf'(z), 0 for sample 1 (|x| = 2 at both ends); for
+    # sample 2, d/dx [s(|x + 1.5|) - s(|x|)] at x = -0.5 is s'(1) + s'(0.5) on class 0 (the opposite on class 1).
+    g = sigmoid(1.0) * (1 - sigmoid(1.0)) + sigmoid(0.5) * (1 - sigmoid(0.5))
+    close(z.grad, t(0.0, 0.0, g, -g).reshape(2, 2))
+
+
+def test_cml_update_trains_the_chain_of_the_epochs_order_with_the_configured_lambda(tiny_bundle):
+    torch.manual_seed(0)
+    method = freeze_steps(build_with(CML, tiny_bundle, lam=0.7))
+    assert method.removal_order(2) != method.removal_order(0)
+    for epoch in (2, 4):
+        method.on_epoch_start(epoch, None)
+        assert method.order == method.removal_order(epoch)
+    assert method.order == ("audio", "visual")
+    head = method.model.head
+    with torch.no_grad():
+        # Audio's part turned against visual's makes its removal raise the confidence, so the penalty (and lambda)
+        # matters on this batch.
+        head.fc.weight[:, slice(*head.bounds["audio"])] *= -0.3
+    batch = first_batch(tiny_bundle)
+    _, z, z_uni = method.model(method.inputs(batch))
+    loss, penalty = cml_loss(z, z_uni, head.fc.bias, method.order, batch["label"], lam=0.7)
+    assert penalty.item() > 0.05
+    params = list(method.model.parameters())
+    reference = dict(zip(params, torch.autograd.grad(loss, params)))
+    logs = method.update(batch, STEP)
+    assert logs["loss"] == approx(loss.item()) and logs["penalty"] == approx(penalty.item())
+    # Every parameter, the head's bias included (its b / M re-added in each z_p carries gradient): a forward and
+    # backward through the tiny network, a few float32 ulps more than TOL.
+    for p in params:
+        torch.testing.assert_close(p.grad, reference[p], rtol=1e-4, atol=1e-6)
+    assert {p.name: p.default for p in CML.HPARAMS} == {"lam": 0.1}  # BB trainer_config CML.lam
