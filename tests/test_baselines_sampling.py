@@ -33,6 +33,7 @@ from baselines.remix import (
 )
 from benchmarks.config import build_config, load_config_file, method_hparams
 from benchmarks.runner import apply_selection
+from core.data import seed_for
 from core.hparams import resolve
 from tests.conftest import first_batch, first_batch64, float64_default, make_context
 
@@ -415,6 +416,68 @@ def test_bss_per_dataset_defaults_and_fused_output(tiny_bundle):
     torch.testing.assert_close(outputs["sum_all"].fused, outputs["head"].fused + uni["audio"] + uni["visual"],
                                rtol=1e-6, atol=1e-6)
 
+
+
+# --- BSS: selections in the loader's rows, the knobs select_rows reads, the logged diagnostics, the measurer --------
+
+def reversed_loaders(bundle) -> Loaders:
+    """Loaders whose training split lists its rows in reverse, so positions and dataset rows differ."""
+    train = bundle.loader("train", batch_size=16, train=True, seed=0)
+    return Loaders(train.derived(train.base_rows[::-1].copy(), train=True), None, None)
+
+
+def test_bss_curriculum_keeps_tied_rows_in_row_order():
+    # 64 rows of two difficulty levels: numpy's default (introsort) argsort reorders the ties beyond 16 elements.
+    loss = np.tile([1.0, 0.0], 32)
+    order = curriculum_order(np.zeros(64), loss)
+    np.testing.assert_array_equal(order, np.concatenate([np.arange(1, 64, 2), np.arange(0, 64, 2)]))
+
+
+def test_bss_heuristic_selects_loader_rows_with_its_pacing_knobs_and_logs_them(tiny_bundle):
+    method = build("bss", tiny_bundle, scheduler="heuristic", lambda_0=0.5, t_grow=10)
+    loaders = reversed_loaders(tiny_bundle)
+    rows = loaders.train.base_rows
+    sim, loss = crafted_measure(method, len(rows), [])
+    selection = method.select_rows(2, loaders)
+    fraction = math.sqrt(0.75 / 10 * 3 + 0.25)  # lambda_0 = 0.5, T_grow = 10, epoch 2
+    assert fraction == pytest.approx(pacing(2, 0.5, 10), rel=1e-12)
+    expected = rows[curriculum_order(sim, loss)][:int(64 * fraction)]
+    np.testing.assert_array_equal(selection.rows, expected)
+    assert method.on_epoch_end(2, loaders) == {"bss_fraction": pytest.approx(fraction, rel=1e-12),
+                                               "bss_samples": float(len(expected))}
+
+
+def test_bss_learning_permutes_loader_rows_with_its_weight_floor_and_logs_the_scores(tiny_bundle):
+    method = build("bss", tiny_bundle, weight_floor=0.5)
+    loaders = reversed_loaders(tiny_bundle)
+    rows = loaders.train.base_rows
+    sim, loss = crafted_measure(method, len(rows), [])
+    selection = method.select_rows(3, loaders)
+    probs = sampling_probabilities(sim, loss, 0.5)
+    generator = torch.Generator().manual_seed(seed_for(method.ctx.train_hp.seed, 3, "bss_sequence"))
+    np.testing.assert_array_equal(selection.rows, rows[weighted_permutation(probs, generator)])
+    logs = method.on_epoch_end(3, loaders)
+    assert logs == {"bss_samples": 64.0, "bss_similarity": pytest.approx(sim.mean(), rel=1e-12),
+                    "bss_p_max": pytest.approx(probs.max(), rel=1e-12)}
+    assert probs.max() != pytest.approx(sampling_probabilities(sim, loss, 0.01).max(), rel=1e-3)
+    floor = next(p for p in get_method("bss").HPARAMS if p.name == "weight_floor")
+    assert floor.default_for("nvgesture") == 0.0 and floor.default_for("cremad") == 0.01  # NVGesture: no +0.01
+
+
+def test_bss_measure_scores_each_loader_row_in_order_with_the_loss_weights(tiny_bundle):
+    method = build("bss", tiny_bundle, fused_weight=0.3, unimodal_weight=0.6)
+    loaders = reversed_loaders(tiny_bundle)
+    rows = loaders.train.base_rows
+    sim, loss = method.measure(loaders)
+    assert method.model.training
+    method.eval()  # eval-mode BatchNorm: one batch of every row gives the same per-row values
+    batch = next(iter(loaders.train.derived(rows, batch_size=len(rows))))
+    np.testing.assert_array_equal(batch["index"].numpy(), rows)
+    with torch.no_grad():
+        _, z, z_uni = method.model(method.inputs(batch))
+    # The network's forward in batches of 32 against one of 64: float32 ulps of the logits.
+    np.testing.assert_allclose(sim, pairwise_similarity(z_uni).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(loss, sample_losses(z, z_uni, batch["label"], 0.3, 0.6).numpy(), rtol=1e-5, atol=1e-6)
 
 # --- published recipes --------------------------------------------------------------------------------------------
 
