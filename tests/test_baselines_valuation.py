@@ -37,7 +37,7 @@ from benchmarks.config import method_hparams
 from core.data import seed_for
 from core.hparams import resolve
 from datasets.registry import get_dataset
-from tests.conftest import TINY_DATA, first_batch, first_batch64, float64_default, make_context
+from tests.conftest import TINY_DATA, first_batch, first_batch64, float64_default, freeze_steps, make_context
 from tests.numeric import approx, approx64, close
 
 
@@ -823,6 +823,66 @@ def test_amco_dependence_flags_restart_false_every_epoch(tiny_bundle):
     method.on_epoch_start(1, loaders_for(tiny_bundle))
     assert method.dependent.tolist() == [False, False]
 
+
+
+def test_amco_class_mask_zeroes_the_generators_first_positions():
+    positions = torch.randperm(8, generator=torch.Generator().manual_seed(3))[:4]
+    mask = class_mask(8, 0.5, torch.Generator().manual_seed(3))
+    assert sorted(torch.nonzero(mask == 0).flatten().tolist()) == sorted(positions.tolist())
+    # Random positions: other draws zero other classes.
+    assert len({tuple(class_mask(8, 0.5, torch.Generator().manual_seed(s)).tolist()) for s in range(6)}) > 1
+
+
+def test_amco_flag_needs_the_reduced_mass_strictly_above_sigma():
+    equal = [torch.zeros(2, 2), torch.zeros(2, 2)]  # block masses exactly 1/2
+    assert dependence_flags(equal, 0.5).tolist() == [False, False]
+    assert dependence_flags(equal, 0.49).tolist() == [True, True]
+    # The threshold reads the reduced (all-ranks mean) mass, not this rank's.
+    assert dependence_flags(equal, 0.5, reduce=lambda mass: mass + torch.tensor([0.1, 0.0])).tolist() == [True, False]
+
+
+@pytest.mark.parametrize("dependent, sigma, flags", [
+    ("visual", 0.6, [True, False]),   # masking visual lifts audio's block mass above sigma (0.56 unmasked)
+    ("audio", 0.54, [False, False]),  # masking audio drops its mass below sigma (0.56 unmasked; above 0.5)
+])
+def test_amco_update_trains_on_the_steps_seeded_mask_and_flags_from_the_masked_logits(tiny_bundle, dependent, sigma,
+                                                                                        flags):
+    method = freeze_steps(build("amco", tiny_bundle, eps=0.6, sigma=sigma))
+    batch, y = first_batch(tiny_bundle), first_batch(tiny_bundle)["label"]
+    method.train()
+    method.dependent.copy_(torch.tensor([dependent == "audio", dependent == "visual"]))
+    with torch.no_grad():
+        _, _, z = method.model(method.inputs(batch))
+    # Epoch 1, step 1: l = 0.1, ratio sin(pi/2 * 0.1 / 0.6) with eps = 0.6 (0.5 with the default eps); one class of 4.
+    ratio = math.sin(math.pi / 12)
+    mask = class_mask(4, ratio, torch.Generator().manual_seed(seed_for(method.ctx.train_hp.seed, 1, 1, "amco_mask")))
+    assert int((mask == 0).sum()) == 1
+    masked = {m: z[m] * mask if m == dependent else z[m] for m in ("audio", "visual")}  # only the dependent one
+    with torch.no_grad():
+        expected = (F.cross_entropy(method.linear_star(masked["audio"] + masked["visual"]), y)
+                    + sum(F.cross_entropy(v, y) for v in masked.values())).item()
+    assert dependence_flags(list(masked.values()), sigma).tolist() == flags
+    assert dependence_flags([z["audio"], z["visual"]], sigma).tolist() != flags  # unmasked logits flag otherwise
+    logs = method.update(batch, StepInfo(epoch=1, step=1, steps_per_epoch=8, epochs=4))
+    assert logs["mask_ratio"] == approx64(ratio)
+    assert logs["loss"] == approx(expected)
+    assert method.dependent.tolist() == flags
+    assert [logs["dependent_audio"], logs["dependent_visual"]] == [float(f) for f in flags]
+
+
+def test_amco_default_trains_and_predicts_through_linear_star(tiny_bundle):
+    method = build("amco", tiny_bundle)
+    assert (method.hp.sigma, method.hp.eps, method.hp.linear_star) == (0.5, 0.3, True)  # BB trainer_config
+    assert not method.linear_star.bias.any(), "the project's init (ogm: zero bias), not torch's default"
+    batch = first_batch(tiny_bundle)
+    method.eval()
+    pred = method.predict(batch)
+    with torch.no_grad():
+        close(pred.fused, method.linear_star(sum(pred.per_modality.values())))
+    before = method.linear_star.weight.detach().clone()
+    method.train()
+    method.update(batch, StepInfo(epoch=0, step=0, steps_per_epoch=8, epochs=4))
+    assert not torch.equal(method.linear_star.weight, before), "linear_star is trained by the optimizer"
 
 # --- Unimodal reference -----------------------------------------------------------------------------------------------
 
