@@ -165,6 +165,39 @@ def test_arl_defaults_follow_the_paper_per_dataset():
     assert ARL.MODALITIES == (2,) and ARL.DATA_PARALLEL == "exact"
 
 
+
+def test_arl_gradient_weights_use_the_configured_temperature_and_entropy_floor(tiny_bundle):
+    # Entropy shares of Z_A / Z_V are 0.61 / 0.39: a floor of 0.45 binds on visual, the default 0.3 does not.
+    method = build_with(ARL, tiny_bundle, temperature=6.0, entropy_floor=0.45)
+    z_uni = {"audio": Z_A, "visual": Z_V}
+    weights = method.gradient_weights(z_uni)
+    w, _, q = arl_weights(modality_statistics(z_uni), 6.0, 0.45)
+    s = 1 / (1 + math.exp(-2.0))
+    share_a = entropy(0.75, 0.25) / (entropy(0.75, 0.25) + entropy(s, 1 - s))
+    assert q[1].item() == pytest.approx((1 / 0.45) / (1 / 0.45 + 1 / share_a), rel=1e-6)  # visual's share floored
+    torch.testing.assert_close(torch.stack([weights["audio"], weights["visual"]]), w, rtol=1e-6, atol=1e-7)
+    assert not torch.allclose(w, arl_weights(modality_statistics(z_uni), 6.0, 0.3)[0], rtol=1e-3, atol=0)
+
+
+def test_arl_predicts_the_fused_head_and_the_shared_classifiers_unimodal_logits(tiny_bundle):
+    torch.manual_seed(0)
+    method = build_with(ARL, tiny_bundle)
+    method.eval()
+    batch = first_batch(tiny_bundle)
+    pred = method.predict(batch)
+    with torch.no_grad():
+        h = method.model.features(method.inputs(batch))
+        z = method.model.head(h)[0]
+    torch.testing.assert_close(pred.fused, z, rtol=0, atol=0)
+    torch.testing.assert_close(pred.per_modality, method.forward_all(batch)[1], rtol=0, atol=0)
+
+
+def test_arl_defaults_follow_the_official_script():
+    defaults = {p.name: p.default for p in ARL.HPARAMS}
+    # --start 5, torch.clamp(H_n, 0.3), clip_grad_norm_(max_norm=40); the paper's asymmetric weights by default.
+    assert {k: defaults[k] for k in ("gamma", "start_epoch", "entropy_floor", "clip_norm", "coefficients")} == {
+        "gamma": 4.0, "start_epoch": 5, "entropy_floor": 0.3, "clip_norm": 40.0, "coefficients": "asymmetric"}
+
 # --- IPRM ---------------------------------------------------------------------------------------------------------
 def test_iprm_slerp_is_the_geodesic_mixup_of_the_normalised_features():
     x, y = torch.tensor([[3.0, 0.0]]), torch.tensor([[0.0, 2.0]])
