@@ -70,6 +70,40 @@ def test_dgl_keeps_float64_losses(tiny_bundle):
     assert z.dtype == torch.float64 and all(v.dtype == torch.float64 for v in z_uni.values())
 
 
+def test_dgl_logs_the_fused_and_unimodal_losses_and_their_weighted_total(tiny_bundle):
+    method = freeze_steps(build_with(DGL, tiny_bundle, alpha=3.0))
+    batch = first_batch(tiny_bundle)
+    y = batch["label"]
+    with torch.no_grad():
+        z, z_uni = method.forward_all(batch)
+    expected = {"loss_fused": F.cross_entropy(z, y).item(),
+                **{f"loss_{m}": F.cross_entropy(v, y).item() for m, v in z_uni.items()}}
+    logs = method.update(batch, STEP)
+    assert set(logs) == {"loss", *expected}
+    for key, value in expected.items():
+        assert logs[key] == pytest.approx(value, rel=1e-6)
+    total = expected["loss_fused"] + 3.0 * (expected["loss_audio"] + expected["loss_visual"])
+    assert logs["loss"] == pytest.approx(total, rel=1e-6)
+
+
+def test_dgl_predict_is_the_concat_head_on_both_features_and_the_zero_masked_unimodal_logits(tiny_bundle):
+    method = build_with(DGL, tiny_bundle)
+    with torch.no_grad():   # a non-zero bias, so that a per-modality logit that drops or halves it shows
+        method.model.head.fc.bias.copy_(torch.linspace(-1.0, 1.0, method.model.head.fc.bias.numel()))
+    method.eval()
+    batch = first_batch(tiny_bundle)
+    before = {k: v.clone() for k, v in method.state_dict().items()}
+    pred = method.predict(batch)
+    with torch.no_grad():
+        h, z, _ = method.model(method.inputs(batch))
+        fc = method.model.head.fc
+    torch.testing.assert_close(pred.fused, z, rtol=0, atol=0)
+    for m, (a, b) in method.model.head.bounds.items():
+        torch.testing.assert_close(pred.per_modality[m], h[m] @ fc.weight[:, a:b].t() + fc.bias, rtol=1e-5, atol=1e-6)
+    assert set(pred.per_modality) == {"audio", "visual"}
+    assert all(torch.equal(v, before[k]) for k, v in method.state_dict().items())
+
+
 # --- MNL ----------------------------------------------------------------------------------------------------------
 def test_mnl_guidance_goes_from_the_modality_with_the_larger_margin_and_confidence():
     y = torch.tensor([0, 2, 0])
@@ -136,3 +170,83 @@ def test_mnl_keeps_float64_logits(tiny_bundle):
     batch = first_batch64(tiny_bundle)
     z, z_uni = method.forward_all(batch)
     assert z.dtype == torch.float64 and all(v.dtype == torch.float64 for v in z_uni.values())
+
+
+# --- MNL: ties, the weight knob, the logs and predict (mutation audit) ------------------------------------------------
+def test_mnl_ties_go_to_the_second_modality_and_a_split_criterion_guides_nobody():
+    # The released rule: the first modality guides where xi_a > xi_b and p_a[y] > p_b[y] (both strict), the second
+    # where xi_a <= xi_b and p_a[y] <= p_b[y] (both inclusive). Label 0 everywhere; the fused z makes j = 1 in all rows.
+    y = torch.zeros(5, dtype=torch.long)
+    z = torch.tensor([[0.0, 1.0, -1.0]]).repeat(5, 1)
+    z_a = torch.tensor([[1.0, 0.0, 0.0],        # row 0: z_a == z_b, margins and confidences tie
+                        [1.0, 0.0, -50.0],      # row 1: margins tie (1 = 1), p_a[y] > p_b[y]
+                        [0.0, -200.0, -100.0],  # row 2: p[y] == 1 on both sides, xi_a = 200 > xi_b = 100
+                        [1.0, 0.0, 0.5],        # row 3: margins tie, p_a[y] < p_b[y]
+                        [0.0, -100.0, -200.0]])  # row 4: p[y] == 1 on both sides, xi_a = 100 < xi_b = 200
+    z_b = torch.tensor([[1.0, 0.0, 0.0],
+                        [1.0, 0.0, 0.5],
+                        [0.0, -100.0, -200.0],
+                        [1.0, 0.0, -50.0],
+                        [0.0, -200.0, -100.0]])
+    a_guides_b, b_guides_a = guidance_masks(z_a, z_b, z, y)
+    assert a_guides_b.tolist() == [False] * 5
+    assert b_guides_a.tolist() == [True, False, False, True, True]
+
+
+def test_mnl_update_takes_the_weight_knob_and_logs_the_losses_and_guided_shares(tiny_bundle):
+    weight = 0.3   # not the default, so that a hard-coded 0.7 shows
+    torch.manual_seed(0)   # an init whose batch guides unequal shares both ways, whatever ran before
+    method = freeze_steps(build_with(MNL, tiny_bundle, weight=weight))
+    batch = first_batch(tiny_bundle)
+    y = batch["label"]
+    z, z_uni = method.forward_all(batch)
+    a_guides_b, b_guides_a = guidance_masks(z_uni["audio"], z_uni["visual"], z, y)
+    assert a_guides_b.any() and b_guides_a.any(), "the batch must guide both ways for this test to see a swap"
+    ce = (F.cross_entropy(z, y) + F.cross_entropy(z_uni["audio"], y) + F.cross_entropy(z_uni["visual"], y)).item()
+    reference = mnl_reference_loss(z_uni["audio"], z_uni["visual"], y, weight)
+    params = list(method.model.parameters())
+    grads = torch.autograd.grad(reference, params, allow_unused=True)
+    logs = method.update(batch, STEP)
+    assert logs["loss"] == pytest.approx(reference.item(), rel=1e-6)
+    assert logs["loss_negative"] == pytest.approx(reference.item() - ce, rel=1e-5)
+    # guided_<m>: the share of the batch in which modality m is the weak (guided) one.
+    assert logs["guided_visual"] == a_guides_b.float().mean().item()
+    assert logs["guided_audio"] == b_guides_a.float().mean().item()
+    assert logs["guided_visual"] != logs["guided_audio"], "equal shares could not tell the names apart"
+    for p, g in zip(params, grads):
+        torch.testing.assert_close(p.grad, g if g is not None else torch.zeros_like(p), rtol=1e-4, atol=1e-6)
+
+
+def test_mnl_predict_is_the_mean_of_the_unimodal_logits_and_leaves_the_model_alone(tiny_bundle):
+    method = build_with(MNL, tiny_bundle)
+    method.eval()
+    batch = first_batch(tiny_bundle)
+    before = {k: v.clone() for k, v in method.state_dict().items()}
+    pred = method.predict(batch)
+    _, _, z_uni = method.model(method.inputs(batch))
+    for m in ("audio", "visual"):
+        torch.testing.assert_close(pred.per_modality[m], z_uni[m], rtol=0, atol=0)
+    torch.testing.assert_close(pred.fused, (z_uni["audio"] + z_uni["visual"]) / 2, rtol=0, atol=0)
+    assert all(torch.equal(v, before[k]) for k, v in method.state_dict().items())
+
+
+# --- the released defaults (mutation audit) --------------------------------------------------------------------------
+def test_defaults_are_the_released_codes(tiny_bundle):
+    # The parity cases pin their own values, so a drifted default would show nowhere else: DGL cramed_dgl.sh --alpha 4
+    # and main_dgl.py clip_grad_norm_(max_norm=40); MNL --weight1 0.7.
+    dgl = build_with(DGL, tiny_bundle).hp
+    assert (dgl.alpha, dgl.clip_norm) == (4.0, 40.0)
+    assert build_with(MNL, tiny_bundle).hp.weight == 0.7
+
+
+# --- bf16 autocast: the losses see float32 logits (mutation audit) ----------------------------------------------------
+@pytest.mark.parametrize("cls", [DGL, MNL], ids=["dgl", "mnl"])
+def test_bf16_autocast_logits_reach_the_losses_and_predictions_in_float32(cls, tiny_bundle):
+    method = build_with(cls, tiny_bundle)
+    method.ctx.amp = True   # the CPU takes the bf16 autocast branch a GPU run takes
+    batch = first_batch(tiny_bundle)
+    z, z_uni = method.forward_all(batch)
+    assert z.dtype == torch.float32 and all(v.dtype == torch.float32 for v in z_uni.values())
+    pred = method.predict(batch)
+    assert pred.fused.dtype == torch.float32 and all(v.dtype == torch.float32 for v in pred.per_modality.values())
+    assert math.isfinite(method.update(batch, STEP)["loss"])
