@@ -547,6 +547,61 @@ def test_mmcosine_step_in_float64_keeps_float64_logits(tiny_bundle):
     assert abs(logs["loss"] - expected) < 1e-13   # float32 logits would differ at ~1e-8
 
 
+def test_mmcosine_step_gradients_are_those_of_ce_on_the_summed_cosine_logits(tiny_bundle):
+    # Both the features and the head's weight learn through the cosines; the bias takes no gradient.
+    method = freeze_steps(build_with(MMCosine, tiny_bundle, scale=7.0))
+    batch = first_batch(tiny_bundle)
+    h = method.model.features(method.inputs(batch))
+    fc = method.model.head.fc
+    z = cosine_logits(h, fc.weight, method.model.head.bounds, 7.0)
+    loss = F.cross_entropy(z["audio"] + z["visual"], batch["label"])
+    params = [p for p in method.model.parameters() if p is not fc.bias]
+    reference = torch.autograd.grad(loss, params)
+    logs = method.update(batch, StepInfo(0, 0, 1, 1))
+    assert logs["loss"] == approx(loss.item())
+    assert fc.bias.grad is None or not fc.bias.grad.any()
+    for p, g in zip(params, reference):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
+
+
+def test_mmcosine_predicts_the_scaled_cosines_per_modality(tiny_bundle):
+    method = build_with(MMCosine, tiny_bundle, scale=7.0)
+    method.eval()
+    batch = first_batch(tiny_bundle)
+    pred = method.predict(batch)
+    with torch.no_grad():
+        h = method.model.features(method.inputs(batch))
+        z = cosine_logits(h, method.model.head.fc.weight, method.model.head.bounds, 7.0)
+    for m in ("audio", "visual"):
+        close(pred.per_modality[m], z[m])
+    close(pred.fused, z["audio"] + z["visual"])
+
+
+def test_mmcosine_sums_all_three_modalities(tiny_bundle):
+    cls = get_dataset("synthetic")
+    bundle = cls.build(resolve("data", cls.HPARAMS, "synthetic", {**TINY_DATA, "modalities": 3}))
+    method = build_with(MMCosine, bundle)
+    method.eval()
+    batch = first_batch(bundle)
+    pred = method.predict(batch)
+    assert set(pred.per_modality) == {"audio", "visual", "text"}
+    close(pred.fused, sum(pred.per_modality.values()))
+    with torch.no_grad():
+        h = method.model.features(method.inputs(batch))
+        z = cosine_logits(h, method.model.head.fc.weight, method.model.head.bounds, 10.0)
+    close(pred.per_modality["text"], z["text"])
+
+
+def test_mmcosine_bf16_autocast_gives_float32_logits(tiny_bundle):
+    method = build_with(MMCosine, tiny_bundle)
+    method.ctx.amp = True   # the CPU takes the bf16 autocast branch a GPU run takes
+    batch = first_batch(tiny_bundle)
+    z, z_uni = method.logits(batch)
+    assert z.dtype == torch.float32 and all(v.dtype == torch.float32 for v in z_uni.values())
+    pred = method.predict(batch)
+    assert pred.fused.dtype == torch.float32 and all(v.dtype == torch.float32 for v in pred.per_modality.values())
+
+
 # --- CML ----------------------------------------------------------------------------------------------------------
 def test_cml_loss_and_penalty_on_crafted_logits():
     bias = t(0.4, -0.2)
