@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines import dimml, umt
+from baselines import dimml, relearning, umt
 from baselines.amco import class_mask, dependence_flags, mask_ratio
 from baselines.base import Loaders, StepInfo
 from baselines.dimml import certainty_fusion, duc_loss, effective_dims
@@ -25,7 +25,7 @@ from baselines.lfm import (
 )
 from baselines.mbsd import mbsd_terms
 from baselines.registry import get_method
-from baselines.relearning import interpolate_, purity, reinit_strength
+from baselines.relearning import cluster_purity, interpolate_, purity, reinit_strength
 from baselines.smv import (
     copy_counts,
     modality_level_rows,
@@ -573,6 +573,100 @@ def test_relearning_diagnoses_float64_features_in_a_float64_run(tiny_bundle):
     for m in method.modalities:   # KMeans keeps float32 input in float32, which would move the purities
         assert feats[m].dtype == np.float64 and np.array_equal(feats[m], expected[m].numpy())
     assert np.array_equal(labels, batch["label"].numpy())
+
+
+def test_relearning_clusters_minmax_scaled_features():
+    # Label = the sign of a narrow feature; a second feature of 1000x the range is noise. Scaled to [-1, 1], two
+    # clusters split along the label (purity 1); unscaled, along the noise (about 1/2).
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 40)
+    features = np.stack([rng.uniform(0, 1000, 80), np.where(labels == 1, 0.01, -0.01)], axis=1)
+    assert cluster_purity(features, labels, 2, 10) == 1.0
+
+
+def test_relearning_kmeans_takes_k_the_fixed_seed_and_the_restart_knob(monkeypatch):
+    import sklearn.cluster
+
+    seen = []
+    real = sklearn.cluster.KMeans
+
+    def spy(**kwargs):
+        seen.append(kwargs)
+        return real(**kwargs)
+
+    monkeypatch.setattr(sklearn.cluster, "KMeans", spy)
+    cluster_purity(np.arange(12.0).reshape(6, 2), np.array([0, 1, 2, 0, 1, 2]), 3, 4)
+    assert seen == [{"n_clusters": 3, "random_state": 0, "n_init": 4}]
+
+
+def test_relearning_diagnosis_per_modality(tiny_bundle, monkeypatch):
+    # Stubbed purities (train, val) per modality, in the order the diagnosis asks: each encoder moves towards its own
+    # initial copy by tanh(lambda |gap|), the head is left alone, and the logs name the splits.
+    method = build("relearning", tiny_bundle, reinit_epoch=1, reinit_num=1, move_lambda=2.0)
+    init = {m: [p.clone() for p in method.model.encoders[m].parameters()] for m in method.modalities}
+    purities = iter([0.9, 0.5, 0.8, 0.75])   # audio train, audio val, visual train, visual val
+    monkeypatch.setattr(relearning, "cluster_purity", lambda *args: next(purities))
+    seen_modes = []
+    features = method.model.features
+    monkeypatch.setattr(method.model, "features", lambda *a, **k: seen_modes.append(method.model.training)
+                        or features(*a, **k))
+    with torch.no_grad():
+        for p in method.model.parameters():
+            p.add_(0.5)
+    before = {k: v.clone() for k, v in method.model.state_dict().items()}
+    diag = method.on_epoch_end(1, loaders_for(tiny_bundle))
+    expected = {"audio": (0.9, 0.5, math.tanh(2.0 * 0.4)), "visual": (0.8, 0.75, math.tanh(2.0 * 0.05))}
+    for m, (p_train, p_val, alpha) in expected.items():
+        assert diag[f"relearn_purity_train_{m}"] == p_train and diag[f"relearn_purity_val_{m}"] == p_val
+        assert diag[f"relearn_alpha_{m}"] == approx64(alpha)
+        for (name, p), p0, in zip(method.model.encoders[m].named_parameters(), init[m]):
+            close(p.detach(), alpha * p0 + (1 - alpha) * before[f"encoders.{m}.{name}"])
+    for name, v in method.model.head.state_dict().items():
+        assert torch.equal(v, before[f"head.{name}"])
+    assert seen_modes and not any(seen_modes), "the diagnosis reads features in eval mode"
+    assert method.model.training, "training resumes in train mode"
+
+
+def test_relearning_reads_every_training_row_once_in_order(tiny_bundle):
+    method = build("relearning", tiny_bundle)
+    train = loaders_for(tiny_bundle).train
+    feats, labels = method.split_features(train)
+    assert np.array_equal(labels, train.labels[train.base_rows])
+    assert all(len(v) == len(train.base_rows) for v in feats.values())
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_relearning_diagnoses_on_the_split_its_knob_names(tiny_bundle, split):
+    method = build("relearning", tiny_bundle, reinit_epoch=1, reinit_num=1, diagnose_split=split)
+    loaders = loaders_for(tiny_bundle)
+    read = []
+    split_features = method.split_features
+    method.split_features = lambda loader: read.append(loader) or split_features(loader)
+    method.on_epoch_end(1, loaders)
+    assert read == [loaders.train, getattr(loaders, split)]
+
+
+def test_relearning_initial_copy_is_taken_at_construction_and_restored_from_a_checkpoint(tiny_bundle):
+    method = build("relearning", tiny_bundle, reinit_epoch=1, reinit_num=2)
+    init = {k: v.clone() for k, v in method.model.encoders.state_dict().items()}
+    with torch.no_grad():
+        for p in method.model.encoders.parameters():
+            p.add_(0.5)
+    method.on_epoch_end(1, loaders_for(tiny_bundle))
+    assert all(torch.equal(v, init[k]) for k, v in method.theta_init.state_dict().items())
+    torch.manual_seed(1)   # another initialisation, whose own copy the checkpoint must replace
+    hp = resolve("relearning", method_hparams(get_method("relearning")), "synthetic", {})
+    clone = get_method("relearning")(tiny_bundle.task, hp, make_context())
+    assert not all(torch.equal(v, init[k]) for k, v in clone.theta_init.state_dict().items())
+    clone.load_checkpoint_state(method.checkpoint_state())
+    assert all(torch.equal(v, init[k]) for k, v in clone.theta_init.state_dict().items())
+
+
+def test_relearning_bf16_autocast_diagnosis_features_are_float32(tiny_bundle):
+    method = build("relearning", tiny_bundle)
+    method.ctx.amp = True   # the CPU takes the bf16 autocast branch a GPU run takes
+    feats, _ = method.split_features(loaders_for(tiny_bundle).val)
+    assert all(v.dtype == np.float32 for v in feats.values())
 
 
 # --- UMT --------------------------------------------------------------------------------------------------------------
