@@ -131,12 +131,19 @@ class ResNetTrunk(nn.Module):
         return self.stages(self.stem(x))
 
 
+def channels_last_trunk(trunk: ResNetTrunk, channels_last: bool) -> ResNetTrunk:
+    """The trunk with its conv weights in channels_last when asked. A convolution's output layout follows its input's
+    or its weight's; a 1-channel input (a spectrogram) is contiguous in both layouts and counts as the default one,
+    so with the weights left as they were, the audio trunk would run in the default layout throughout."""
+    return trunk.to(memory_format=torch.channels_last) if channels_last else trunk
+
+
 class SpectrogramEncoder(nn.Module):
     """Audio: (B, 1, F, T) -> trunk with 1 input channel -> 2-D adaptive average pool -> (B, d)."""
 
     def __init__(self, width: int, blocks: tuple[int, ...], channels_last: bool = False) -> None:
         super().__init__()
-        self.trunk = ResNetTrunk(1, width, blocks)
+        self.trunk = channels_last_trunk(ResNetTrunk(1, width, blocks), channels_last)
         self.out_dim = self.trunk.out_dim
         self.channels_last = channels_last
 
@@ -156,7 +163,7 @@ class FramesEncoder(nn.Module):
     def __init__(self, width: int, blocks: tuple[int, ...], channels_last: bool = False, in_channels: int = 3
                  ) -> None:
         super().__init__()
-        self.trunk = ResNetTrunk(in_channels, width, blocks)
+        self.trunk = channels_last_trunk(ResNetTrunk(in_channels, width, blocks), channels_last)
         self.out_dim = self.trunk.out_dim
         self.channels_last = channels_last
 

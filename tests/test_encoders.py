@@ -454,15 +454,24 @@ def test_mlp_encoder_hidden_and_output_widths_follow_their_knobs():
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_model_channels_last_hands_the_frame_trunk_channels_last_input(channels_last):
-    # (A 1-channel spectrogram is channels_last-contiguous either way, so only frames can show the knob.)
-    spec = ModalitySpec("visual", "frames", (3, 2, 32, 32))
+@pytest.mark.parametrize("spec", [ModalitySpec("visual", "frames", (3, 2, 32, 32)),
+                                  ModalitySpec("audio", "spectrogram", (1, 32, 24))], ids=["frames", "spectrogram"])
+def test_model_channels_last_runs_every_trunk_stage_in_channels_last(spec, channels_last):
+    # A 1-channel spectrogram is contiguous in both layouts, so converting the input alone left the audio trunk in
+    # the default layout: what each stage receives shows the layout the trunk runs in.
     encoder = build_encoder(spec, model_hp(width=4, blocks=[1, 1, 1, 1], channels_last=channels_last))
     seen = []
-    encoder.trunk.register_forward_pre_hook(
-        lambda _, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
-    encoder(torch.randn(2, *spec.shape))
-    assert seen == [channels_last]
+    for stage in encoder.trunk.stages:
+        stage.register_forward_pre_hook(lambda _, args: seen.append(
+            args[0].is_contiguous(memory_format=torch.channels_last) and not args[0].is_contiguous()))
+    x = torch.randn(2, *spec.shape)
+    encoder(x)
+    assert seen == [channels_last] * 4
+    reference = build_encoder(spec, model_hp(width=4, blocks=[1, 1, 1, 1]))
+    reference.load_state_dict(encoder.state_dict())
+    # The layout changes the kernels (their float32 rounding), not what they compute; in eval mode, as batch
+    # statistics of 2 samples would magnify the rounding.
+    close(encoder.eval()(x), reference.eval()(x), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("in_planes, planes, stride", [(4, 4, 1), (4, 8, 2)])
