@@ -114,24 +114,17 @@ def test_film_and_gated_heads_condition_the_last_modality_on_all_the_others():
     assert build_head("gated", {"audio": 8, "visual": 6}, K).fc_x.out_features == 512
 
 
-def test_sum_heads_unimodal_logits_carry_gradients_to_their_features():
-    # OGM-GE SumFusion returns x_out, y_out, out undetached: a loss on a summand trains its encoder.
+@pytest.mark.parametrize("kind, unimodal_layers", [("sum", "heads"), ("separate", "uni")])
+def test_unimodal_logits_carry_gradients_to_their_own_features(kind, unimodal_layers):
+    # OGM-GE SumFusion returns x_out, y_out, out undetached: a loss on a summand trains its encoder (and the
+    # separate heads' unimodal logits train theirs).
     dims = {"audio": 8, "visual": 6}
-    head = build_head("sum", dims, K)
+    head = build_head(kind, dims, K)
     h = {n: v.clone().requires_grad_() for n, v in features(dims).items()}
     _, z_uni = head(h)
     z_uni["audio"].sum().backward()
-    close(h["audio"].grad, head.heads["audio"].weight.sum(0).expand(4, -1))
+    close(h["audio"].grad, getattr(head, unimodal_layers)["audio"].weight.sum(0).expand(4, -1))
     assert h["visual"].grad is None
-
-
-def test_separate_heads_train_the_encoders_through_the_unimodal_logits_too():
-    dims = {"audio": 8, "visual": 6}
-    head = build_head("separate", dims, K)
-    h = {n: v.clone().requires_grad_() for n, v in features(dims).items()}
-    _, z_uni = head(h)
-    z_uni["audio"].sum().backward()
-    close(h["audio"].grad, head.uni["audio"].weight.sum(0).expand(4, -1))
 
 
 @pytest.mark.parametrize("name", ["joint", "film", "gated"])
