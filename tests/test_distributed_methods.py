@@ -402,6 +402,26 @@ def test_midas_weights_its_weak_modality_from_every_ranks_statistics():
     assert expected[0] > 1 and expected[1] == 1, "the crafted sums raise the audio weight"
     torch.testing.assert_close(method.alpha, expected, rtol=0, atol=0)
 
+
+def test_amco_flags_dependence_from_every_ranks_block_mass():
+    # One process stands in for rank 0 of two: its all_reduce_mean averages in a crafted rank 1 whose whole mass sits
+    # on the block this rank finds below sigma, so the reduced flags are the opposite of this rank's own.
+    local, reduced = [], []
+
+    class TwoRanks(TrainContext):
+        def all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
+            local.append(tensor.clone())
+            tensor = (tensor + (tensor <= 0.5).to(tensor.dtype)) / 2
+            reduced.append(tensor.clone())
+            return tensor
+
+    method = build("amco", TwoRanks, None)
+    method.update(next(iter(loaders(0, 1).train)), StepInfo(epoch=0, step=0, steps_per_epoch=1, epochs=EPOCHS))
+    (mine,), (mass,) = local, reduced
+    assert method.hp.sigma == 0.5 and not torch.equal(mine > 0.5, mass > 0.5), "the crafted rank turns the flags"
+    assert method.dependent.tolist() == (mass > 0.5).tolist()
+
+
 def test_exact_methods_include_the_synchronised_ones():
     assert set(SENSITIVE) <= set(EXACT) and len(EXACT) >= 10
 
