@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import pytest
 import torch
@@ -56,3 +56,9 @@ def approx(expected: Any, dtype: torch.dtype = torch.float32, **override: float)
 def approx64(expected: Any, **override: float) -> Any:
     """``approx`` for values the code computes in float64 (Python floats, float64 buffers)."""
     return approx(expected, torch.float64, **override)
+
+
+def assert_float32_logits(fused: torch.Tensor, per_modality: Mapping[str, torch.Tensor]) -> None:
+    """Logits that reach a loss or a metric are float32, bf16 autocast or not."""
+    assert fused.dtype == torch.float32, fused.dtype
+    assert all(v.dtype == torch.float32 for v in per_modality.values()), {m: v.dtype for m, v in per_modality.items()}

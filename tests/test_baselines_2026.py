@@ -13,6 +13,7 @@ from baselines.base import StepInfo
 from baselines.dgl import DGL
 from baselines.mnl import MNL, guidance_masks, negative_learning_term
 from tests.conftest import build_with, first_batch, first_batch64, freeze_steps
+from tests.numeric import assert_float32_logits
 
 STEP = StepInfo(epoch=0, step=0, steps_per_epoch=4, epochs=10)
 
@@ -245,8 +246,7 @@ def test_bf16_autocast_logits_reach_the_losses_and_predictions_in_float32(cls, t
     method = build_with(cls, tiny_bundle)
     method.ctx.amp = True   # the CPU takes the bf16 autocast branch a GPU run takes
     batch = first_batch(tiny_bundle)
-    z, z_uni = method.forward_all(batch)
-    assert z.dtype == torch.float32 and all(v.dtype == torch.float32 for v in z_uni.values())
+    assert_float32_logits(*method.forward_all(batch))
     pred = method.predict(batch)
-    assert pred.fused.dtype == torch.float32 and all(v.dtype == torch.float32 for v in pred.per_modality.values())
+    assert_float32_logits(pred.fused, pred.per_modality)
     assert math.isfinite(method.update(batch, STEP)["loss"])

@@ -38,7 +38,7 @@ from tests.conftest import (
     freeze_steps,
     make_context,
 )
-from tests.numeric import approx, approx64, close, tol
+from tests.numeric import approx, approx64, assert_float32_logits, close, tol
 
 STEP = StepInfo(epoch=0, step=0, steps_per_epoch=4, epochs=2)
 
@@ -596,10 +596,9 @@ def test_mmcosine_bf16_autocast_gives_float32_logits(tiny_bundle):
     method = build_with(MMCosine, tiny_bundle)
     method.ctx.amp = True   # the CPU takes the bf16 autocast branch a GPU run takes
     batch = first_batch(tiny_bundle)
-    z, z_uni = method.logits(batch)
-    assert z.dtype == torch.float32 and all(v.dtype == torch.float32 for v in z_uni.values())
+    assert_float32_logits(*method.logits(batch))
     pred = method.predict(batch)
-    assert pred.fused.dtype == torch.float32 and all(v.dtype == torch.float32 for v in pred.per_modality.values())
+    assert_float32_logits(pred.fused, pred.per_modality)
 
 
 # --- CML ----------------------------------------------------------------------------------------------------------

@@ -225,6 +225,12 @@ def test_resnet50_averages_a_clips_frames_per_sample():
         close(encoder(x), expected)
 
 
+# torchvision names conv1/bn1/layerN; the trunk stem.0/stem.1/stages.N-1.
+def _torchvision_name(key: str) -> str:
+    return (key.replace("stem.0.", "conv1.").replace("stem.1.", "bn1.").replace("stages.0.", "layer1.")
+            .replace("stages.1.", "layer2.").replace("stages.2.", "layer3.").replace("stages.3.", "layer4."))
+
+
 def test_default_model_knobs_build_torchvisions_resnet18_trunks():
     import torchvision.models as tvm
 
@@ -234,11 +240,8 @@ def test_default_model_knobs_build_torchvisions_resnet18_trunks():
                            (ModalitySpec("audio", "spectrogram", (1, 32, 32)), 1)):
         encoder = build_encoder(spec, hp)
         assert encoder.out_dim == 512
-        shapes = {k: v.shape for k, v in encoder.trunk.state_dict().items()}
-        # torchvision names conv1/bn1/layerN; the trunk stem.0/stem.1/stages.N-1. OGM-GE's audio stem takes 1 channel.
-        renamed = {k.replace("stem.0.", "conv1.").replace("stem.1.", "bn1.")
-                   .replace("stages.0.", "layer1.").replace("stages.1.", "layer2.")
-                   .replace("stages.2.", "layer3.").replace("stages.3.", "layer4."): v for k, v in shapes.items()}
+        renamed = {_torchvision_name(k): v.shape for k, v in encoder.trunk.state_dict().items()}
+        # OGM-GE's audio stem takes 1 channel.
         assert renamed == {**reference, "conv1.weight": torch.Size([64, channels, 7, 7])}
     with pytest.raises(ValueError, match="4 stage depths"):
         build_encoder(ModalitySpec("audio", "spectrogram", (1, 32, 32)), model_hp(blocks=[2, 2, 2]))
@@ -370,11 +373,6 @@ def test_sequence_encoders_read_the_last_gru_layer_and_run_balancebenchmarks_pos
 
 
 # --- the shared ResNet-18 trunk computes torchvision's ResNet-18 ------------------------------------------------------
-def _torchvision_name(key: str) -> str:
-    return (key.replace("stem.0.", "conv1.").replace("stem.1.", "bn1.").replace("stages.0.", "layer1.")
-            .replace("stages.1.", "layer2.").replace("stages.2.", "layer3.").replace("stages.3.", "layer4."))
-
-
 def _torchvision_maps(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
     return net.layer4(net.layer3(net.layer2(net.layer1(x))))
