@@ -602,6 +602,8 @@ def _edit_json(path: Path, edit) -> None:
     (lambda s: s["protocols"]["clean"]["test"].update(acc=float("inf")), "protocols.clean.test.acc is Infinity"),
     (lambda s: s["protocols"]["paper"]["test"].update(acc=None), "protocols.paper.test.acc is null"),  # TypeError
     (lambda s: s["protocols"]["paper"]["test"].update(acc=60.0), "protocols.paper.test.acc is 60.0"),  # 6000.00
+    # the slack above 1 is for float rounding only: 100.1% is no accuracy
+    (lambda s: s["protocols"]["paper"]["test"].update(acc=1.001), "protocols.paper.test.acc is 1.001, not a number"),
     (lambda s: s["protocols"]["paper"]["test"]["per_modality"]["audio"].update(acc="0.5"),
      'protocols.paper.test.per_modality.audio.acc is "0.5"'),
     (lambda s: s["protocols"]["paper"]["test"].pop("acc"), "protocols.paper.test has no acc"),
