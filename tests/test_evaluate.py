@@ -16,6 +16,7 @@ from benchmarks.evaluate import (
     CheckpointMismatchError,
     RunNotFinishedError,
     apply_missing,
+    check_reference,
     evaluate_missing,
     missing_plan,
     parse_rates,
@@ -280,3 +281,12 @@ def test_a_repeated_rate_is_refused(tmp_path):
         EvaluateSpec.from_dict({"missing": [0, 0.0]})
     with pytest.raises(ValueError, match="must differ"):
         evaluate_missing(tmp_path / "run", [0.5, 0.5])
+
+
+def test_rate_zero_must_reproduce_the_last_epoch_to_within_half_a_sample():
+    # 10 samples: one sample more right (0.6 vs 0.5) is another model; 0.54 (a float difference) is the same one.
+    at_zero = [{"rate": 0.0, "metrics": {"acc": 0.54}}, {"rate": 0.5, "metrics": {"acc": 0.1}}]
+    check_reference("run", "test", at_zero, recorded=0.5, n=10)
+    with pytest.raises(CheckpointMismatchError, match=r"run: the final checkpoint scores 0\.6000 test accuracy .* "
+                                                      r"recorded 0\.5000"):
+        check_reference("run", "test", [{"rate": 0.0, "metrics": {"acc": 0.6}}], recorded=0.5, n=10)
