@@ -212,6 +212,16 @@ def test_missing_rate_headers_tell_distinct_rates_apart():
     assert headers == ["Acc missing 0%", "Acc missing 0.5%", "Acc missing 12%", "Acc missing 12.5%", "Acc missing 20%"]
 
 
+def test_missing_rate_columns_go_in_numeric_order(tmp_path):
+    # Sorted as text, the key of 0.00005 ("acc@missing=5e-05") came after that of 0.2.
+    rates = {0.2: 0.3, 0.0: 0.5, 0.00005: 0.4}
+    record = RunRecord(run_dir=tmp_path, label="a", title="A", method="a", dataset="cremad", seed=0, protocols={},
+                       missing={rate: {"acc": acc, "macro_f1": acc, "map": acc} for rate, acc in rates.items()})
+    table = build_table([record], missing=True)
+    assert [c.metric for c in table.columns] == ["acc@missing=0", "acc@missing=5e-05", "acc@missing=0.2"]
+    assert [c.mean for c in table.rows[0][1]] == approx64([50.0, 40.0, 30.0])
+
+
 def test_per_modality_and_missing_columns(runs_dir):
     run = runs_dir / "cremad-joint-seed0-fixture"
     write_missing(run)
