@@ -1037,6 +1037,11 @@ def test_the_missing_table_of_runs_without_a_validation_split_needs_no_protocol(
     assert "cremad/acc@missing=0/mean" in out and "Concat,50.0000,0.0000,2,30.0000,0.0000,2" in out
     table = build_table(load_runs(tmp_path), protocol="clean", missing=True)
     assert [c.mean for c in table.rows[0][1]] == approx64([50.0, 30.0])
+    # Its accuracy columns under that protocol are refused naming the run and why, not a bare KeyError 'clean'.
+    assert main(["table", str(tmp_path), "--protocol", "clean"]) == 2
+    err = capsys.readouterr().err
+    assert (f"{tmp_path / 'cremad-joint-seed0-fixture'}: summary has no protocol 'clean'; it has ['last', 'paper'] "
+            "(a run with no validation split") in err
 
 
 def test_the_missing_table_file_says_which_runs_its_cells_leave_out(runs_dir, tmp_path, capsys):
