@@ -180,6 +180,12 @@ def test_a_published_value_goes_to_its_row_label_only(tmp_path):
     table = build_table(load_runs(tmp_path), paper=load_paper(PAPER, "table1"), metrics=["acc"])
     assert {title: cells[0].paper and cells[0].paper.value for title, cells in table.rows} == {
         "Variant": None, "Concat": 65.07}
+    # nor by its title, even one that spells the published row's method key
+    (tmp_path / "cremad-joint-seed0-fixture" / "job.json").write_text(json.dumps({"label": "joint_variant",
+                                                                               "title": "joint"}))
+    table = build_table(load_runs(tmp_path), paper=load_paper(PAPER, "table1"), metrics=["acc"])
+    assert {title: cells[0].paper and cells[0].paper.value for title, cells in table.rows} == {
+        "joint": None, "Concat": 65.07}
 
 
 def test_a_paper_table_that_matches_nothing_says_so(runs_dir):
