@@ -771,3 +771,14 @@ def test_pmr_extraction_tops_up_to_3_frames(tmp_path, n, kept):
     np.testing.assert_array_equal(frames, decoded[kept])
     # Deterministic: the same frames on every extraction (PMR draws them with an unseeded np.random.randint).
     np.testing.assert_array_equal(extract_frames(path, None, extraction="frames_1fps_min3")[0], frames)
+
+
+def test_audio_with_no_samples_is_a_media_error_naming_the_file(tmp_path):
+    import soundfile as sf
+
+    empty = tmp_path / "empty.wav"
+    sf.write(str(empty), np.zeros((0, 2), np.float32), 16000)
+    for load in (load_waveform, load_channels):
+        with pytest.raises(MediaError, match="empty.wav.*0 samples") as err:
+            load(empty)
+        assert err.value.kind == "corrupt audio"
