@@ -782,3 +782,17 @@ def test_audio_with_no_samples_is_a_media_error_naming_the_file(tmp_path):
         with pytest.raises(MediaError, match="empty.wav.*0 samples") as err:
             load(empty)
         assert err.value.kind == "corrupt audio"
+
+
+def test_pmr_z_score_divides_by_the_population_std_of_the_clip():
+    # Few enough values (5 bins x 3 frames) that n - 1 in place of n would change every value by 3.5 %.
+    from scipy import signal
+
+    pipeline = get_pipeline("pmr_spec10s").replace({"seconds": 0.001, "n_fft": 8, "hop_length": 4})
+    y = np.random.default_rng(0).uniform(-0.5, 0.5, 16).astype(np.float32)
+    _, _, spec = signal.spectrogram(y, fs=16000, nperseg=8, noverlap=4)
+    log = np.log(spec + 1e-7)
+    expected = (log - log.mean()) / (np.sqrt(((log - log.mean()) ** 2).sum() / log.size) + 1e-9)
+    out = compute_features(pipeline, y, 16000)
+    assert out.shape == (5, 3) and out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
