@@ -796,3 +796,12 @@ def test_pmr_z_score_divides_by_the_population_std_of_the_clip():
     out = compute_features(pipeline, y, 16000)
     assert out.shape == (5, 3) and out.dtype == np.float32
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_an_lfs_pointer_among_the_frames_is_an_lfs_pointer_error_naming_it(tmp_path):
+    folder = tmp_path / "clip"
+    write_frame_folder(folder, 2, 60, "ogm", (16, 16))
+    write_lfs_pointer(folder / "00060.jpg")
+    with pytest.raises(MediaError, match="00060.jpg") as err:
+        load_frame_folder(folder, None)
+    assert err.value.kind == "lfs pointer"
