@@ -15,3 +15,15 @@ def test_a_clip_with_no_frames_is_an_error_for_every_rule(rule, train):
     counts = torch.tensor([4, 0, 5])
     with pytest.raises(ValueError, match="no frames"):
         frame_offsets(counts, 3, rule, train, torch.Generator().manual_seed(0))
+
+
+# segments_ks on 9 frames: segments of 3, so its cap at the 9th frame never binds.
+@pytest.mark.parametrize(("rule", "frames"), [("segments", 12), ("segments_ks", 9)])
+def test_training_draws_every_frame_of_a_segment_equally_often(rule, frames):
+    # The published loaders draw randint over a segment's frames: uniform, the first and last frame included.
+    seg = frames // 3
+    g = torch.Generator().manual_seed(0)
+    drawn = torch.cat([frame_offsets(torch.tensor([frames] * 100), 3, rule, True, g) for _ in range(40)])
+    for i in range(3):
+        share = torch.bincount(drawn[:, i] - seg * i, minlength=seg).double() / len(drawn)
+        assert share.tolist() == pytest.approx([1 / seg] * seg, abs=0.03)
