@@ -805,3 +805,13 @@ def test_an_lfs_pointer_among_the_frames_is_an_lfs_pointer_error_naming_it(tmp_p
     with pytest.raises(MediaError, match="00060.jpg") as err:
         load_frame_folder(folder, None)
     assert err.value.kind == "lfs pointer"
+
+
+def test_a_segment_keeps_the_frames_of_its_seconds_counted_in_whole_seconds_of_frames(tmp_path):
+    # 10 fps, 2 frames a second (positions 0 and 5 of each second): seconds 2..3 are frames 20-39, so the kept frames
+    # are 20, 25, 30 and 35; frame 15, at 1.5 s, belongs to second 1.
+    path = tmp_path / "clip.mp4"
+    decoded = write_counting_video(path, 10, 60)
+    frames, info = extract_frames(path, None, per_second=2, seconds=(2, 3))
+    assert info["decoded"] == 60
+    np.testing.assert_array_equal(frames, decoded[[20, 25, 30, 35]])
