@@ -232,6 +232,15 @@ def test_the_shared_recipe_per_dataset_reaches_train():
     assert (synthetic.epochs, synthetic.lr_milestones) == (10, [])
 
 
+def test_the_kinetics_sounds_recipe_and_an_override_over_a_dataset_default():
+    from benchmarks.config import build_config
+
+    ks = build_config("joint", "kinetics_sounds").train
+    assert (ks.epochs, ks.lr_milestones, ks.batch_size, ks.lr) == (100, [69], 64, 1e-2)
+    given = build_config("joint", "kinetics_sounds", {"train": {"epochs": 7, "lr_milestones": [3]}}).train
+    assert (given.epochs, given.lr_milestones) == (7, [3])
+
+
 def test_a_config_section_that_is_not_a_mapping_is_an_error():
     from benchmarks.config import merge_overrides
 
