@@ -351,3 +351,23 @@ def test_method_knob_bounds(method, knob, bad, message, boundary):
         build_config(method, "cremad", {method: {knob: bad}})
     if boundary is not None:
         assert build_config(method, "cremad", {method: {knob: boundary}}).method_hp[knob] == boundary
+
+
+def test_train_lr_and_gamma_exclude_zero_and_the_seed_stops_at_numpys_largest():
+    from benchmarks.config import build_config
+
+    for knob in ("lr", "lr_gamma"):
+        with pytest.raises(HParamError, match=f"^train.{knob} must be > 0, got 0.0$"):
+            build_config("joint", "synthetic", {"train": {knob: 0}})
+    assert build_config("joint", "synthetic", {"train": {"seed": 2**32 - 1}}).train.seed == 2**32 - 1
+    with pytest.raises(HParamError, match=r"^train.seed must be >= 0 and <= 4294967295, got 4294967296$"):
+        build_config("joint", "synthetic", {"train": {"seed": 2**32}})
+
+
+def test_an_unknown_or_another_methods_namespace_is_refused_naming_it():
+    from benchmarks.config import build_config
+
+    with pytest.raises(HParamError, match=r"unknown hyperparameter namespace\(s\) \['trian'\]"):
+        build_config("joint", "synthetic", {"trian": {"lr": 0.1}})
+    with pytest.raises(HParamError, match=r"unknown hyperparameter namespace\(s\) \['ogm_ge'\]"):
+        build_config("joint", "synthetic", {"ogm_ge": {"alpha": 0.1}})
