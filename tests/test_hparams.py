@@ -371,3 +371,14 @@ def test_an_unknown_or_another_methods_namespace_is_refused_naming_it():
         build_config("joint", "synthetic", {"trian": {"lr": 0.1}})
     with pytest.raises(HParamError, match=r"unknown hyperparameter namespace\(s\) \['ogm_ge'\]"):
         build_config("joint", "synthetic", {"ogm_ge": {"alpha": 0.1}})
+
+
+def test_an_infinite_value_is_refused_even_inside_a_one_sided_bound():
+    # inf passes "> 0" and then trains on NaN; YAML and --set read ".inf" as a float.
+    from benchmarks.config import build_config
+
+    (lr,) = parse_assignments(["train.lr=.inf"])["train"].values()
+    with pytest.raises(HParamError, match=r"^train.lr must be a finite number > 0, got inf$"):
+        build_config("joint", "synthetic", {"train": {"lr": lr}})
+    with pytest.raises(HParamError, match=r"^train.weight_decay must be a finite number >= 0, got inf$"):
+        build_config("joint", "synthetic", {"train": {"weight_decay": float("inf")}})
