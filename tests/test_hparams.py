@@ -382,3 +382,13 @@ def test_an_infinite_value_is_refused_even_inside_a_one_sided_bound():
         build_config("joint", "synthetic", {"train": {"lr": lr}})
     with pytest.raises(HParamError, match=r"^train.weight_decay must be a finite number >= 0, got inf$"):
         build_config("joint", "synthetic", {"train": {"weight_decay": float("inf")}})
+
+
+def test_a_misspelt_key_is_refused_naming_it_and_the_valid_keys():
+    from benchmarks.config import build_config
+
+    with pytest.raises(HParamError, match=re.escape("unknown hyperparameter(s) ['m.alpah']; valid keys for 'm': "
+                                                    "['alpha', 'flag', 'milestones', 'rule', 'steps']")):
+        resolve("m", DECLARED, None, {"alpah": 0.1, "steps": 2})
+    with pytest.raises(HParamError, match=re.escape("unknown hyperparameter(s) ['train.learning_rate']")):
+        build_config("joint", "synthetic", {"train": {"learning_rate": 0.1}})
