@@ -460,3 +460,22 @@ def test_sweep_defaults_and_exit_1_when_a_run_failed(fake_launch, tmp_path, caps
     fake_launch.failed.append("x")
     assert main(["sweep", str(path), "--datasets", "synthetic"]) == 1
     assert capsys.readouterr().out.strip().endswith("4 launched, 0 already finished, 1 failed")
+
+
+@pytest.mark.parametrize("patch, where", [({"grid": {"train.lr": []}}, ""),
+                                          ({"methods": {"joint": {"grid": {"train.lr": []}}}}, "methods.joint: ")])
+def test_an_empty_grid_list_is_refused_not_a_row_without_runs(patch, where):
+    # The cartesian product over an empty list has no point: the row (or, top-level, the whole sweep) would plan
+    # no run at all, without a word.
+    doc = {"name": "test/empty-grid", "seeds": [0], "datasets": {"synthetic": {}}, "methods": {"joint": {}}}
+    doc.update(patch)
+    with pytest.raises(SweepConfigError, match=rf"{where}grid\['train.lr'\] must be a non-empty list, got \[\]"):
+        parse_config(doc)
+
+
+def test_an_evaluate_section_fills_the_keys_it_leaves_out_with_the_documented_defaults():
+    doc = {"name": "test/evaluate", "seeds": [0], "datasets": {"synthetic": {}}, "methods": {"joint": {}},
+           "evaluate": {"split": "val"}}
+    assert parse_config(doc).evaluate.as_dict() == {"missing": [0.0, 0.2, 0.5], "split": "val", "seed": 0}
+    doc["evaluate"] = {"missing": [0, 0.5]}
+    assert parse_config(doc).evaluate.as_dict() == {"missing": [0.0, 0.5], "split": "test", "seed": 0}
