@@ -479,3 +479,12 @@ def test_an_evaluate_section_fills_the_keys_it_leaves_out_with_the_documented_de
     assert parse_config(doc).evaluate.as_dict() == {"missing": [0.0, 0.2, 0.5], "split": "val", "seed": 0}
     doc["evaluate"] = {"missing": [0, 0.5]}
     assert parse_config(doc).evaluate.as_dict() == {"missing": [0.0, 0.5], "split": "test", "seed": 0}
+
+
+def test_a_per_dataset_entry_for_a_dataset_the_config_lacks_is_refused_naming_it():
+    # A misspelt dataset there would leave the row's settings for the real dataset unapplied, without a word.
+    doc = {"name": "test/per-dataset", "seeds": [0], "datasets": {"synthetic": {}},
+           "methods": {"joint": {"per_dataset": {"synthtic": {"train": {"lr": 0.5}}}}}}
+    with pytest.raises(SweepConfigError, match=r"methods.joint.per_dataset.synthtic: not a dataset of this config "
+                                               r"\(\['synthetic'\]\)"):
+        parse_config(doc)
