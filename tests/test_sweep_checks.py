@@ -501,3 +501,10 @@ def test_a_bad_protocol_or_evaluate_value_is_refused_before_anything_trains(patc
     doc.update(patch)
     with pytest.raises(SweepConfigError, match=message):
         parse_config(doc)
+
+
+def test_set_train_seed_is_refused_pointing_to_seeds():
+    # The seeds loop sets train.seed last: a --set seed would be listed as an override and then ignored.
+    doc = {"name": "test/set-seed", "seeds": [0, 1], "datasets": {"synthetic": {}}, "methods": {"joint": {}}}
+    with pytest.raises(SweepConfigError, match=r"^use --seeds to choose seeds, not --set train.seed$"):
+        expand(parse_config(doc), Path("unused"), assignments={"train": {"seed": 3}}, log=lambda msg: None)
