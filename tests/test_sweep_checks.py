@@ -508,3 +508,12 @@ def test_set_train_seed_is_refused_pointing_to_seeds():
     doc = {"name": "test/set-seed", "seeds": [0, 1], "datasets": {"synthetic": {}}, "methods": {"joint": {}}}
     with pytest.raises(SweepConfigError, match=r"^use --seeds to choose seeds, not --set train.seed$"):
         expand(parse_config(doc), Path("unused"), assignments={"train": {"seed": 3}}, log=lambda msg: None)
+
+
+def test_sweep_slurm_options_default_to_a_day_8_cpus_64_gb_and_64_jobs_at_once(fake_launch, tmp_path):
+    path = write_config(tmp_path / "sweep.yaml", seeds=[0], methods={"joint": {}})
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 0
+    (_, opts, _), = fake_launch.checked
+    s = opts.slurm
+    assert (s.partition, s.time_min, s.gpus_per_run, s.cpus_per_task, s.mem_gb, s.account, s.qos, s.constraint,
+            s.array_parallelism) == (None, 1440, 1, 8, 64, None, None, None, 64)
