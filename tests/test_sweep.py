@@ -589,6 +589,18 @@ def test_the_slurm_launcher_names_its_jobs_after_the_output_folder_and_logs_unde
     assert [task.gpus_per_run for task in executors[0].tasks] == [2, 2], "each task gets the Slurm job's GPUs"
 
 
+def test_the_slurm_launcher_reports_finished_runs_as_skipped_and_submits_only_the_rest(tmp_path, monkeypatch):
+    monkeypatch.setattr(launchers, "make_executor", lambda folder, options, name: _FakeExecutor(folder))
+    out = tmp_path / "out"
+    config = parse_config(tiny_config(seeds=[0]))
+    done, rest = expand(config, out)
+    done.run_dir.mkdir(parents=True)
+    (done.run_dir / "DONE").write_text("")
+    (done.run_dir / "summary.json").write_text("{}")
+    report = LAUNCHERS["slurm"].start([done, rest], out, config, LaunchOptions(), lambda line: None)
+    assert (report.skipped, report.launched, report.failed) == ([done.name], ["9001"], {})
+
+
 def _sbatch_script(tmp_path: Path, monkeypatch, options: SlurmOptions, **extra) -> list[str]:
     submitit = pytest.importorskip("submitit")
     monkeypatch.setattr(submitit.slurm.slurm.SlurmExecutor, "affinity", classmethod(lambda cls: 1))
