@@ -698,6 +698,19 @@ def test_a_run_is_done_only_with_both_markers_and_its_follow_up_evaluation(tmp_p
     assert followed.state() == "evaluate", "trained but its missing-modality evaluation is not written yet"
 
 
+def test_a_follow_up_evaluation_counts_only_with_the_sweeps_split_seed_and_rates(tmp_path):
+    (job,) = expand(parse_config(tiny_config(seeds=[0], methods={"joint": {}},
+                                             evaluate={"missing": [0, 0.5], "split": "val", "seed": 1})), tmp_path)
+    job.run_dir.mkdir(parents=True)
+    (job.run_dir / "DONE").write_text("")
+    (job.run_dir / "summary.json").write_text(json.dumps({"protocols": {"last": {"epoch": 2}}}))
+    result = {"checkpoint_epoch": 2, "split": "val", "seed": 1, "rates": [{"rate": 0.0}, {"rate": 0.5}]}
+    for change, state in (({}, "done"), ({"seed": 0}, "evaluate"), ({"rates": [{"rate": 0.0}]}, "evaluate"),
+                          ({"checkpoint_epoch": 1}, "evaluate")):
+        (job.run_dir / "missing_modality-val.json").write_text(json.dumps({**result, **change}))
+        assert job.state() == state, change
+
+
 def test_per_dataset_settings_beat_the_row_and_grids_combine_every_key(tmp_path):
     from benchmarks.sweep.expand import grid_points
 
