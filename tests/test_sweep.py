@@ -601,6 +601,14 @@ def test_the_slurm_launcher_reports_finished_runs_as_skipped_and_submits_only_th
     assert (report.skipped, report.launched, report.failed) == ([done.name], ["9001"], {})
 
 
+def test_local_gpu_ids_outside_the_visible_range_are_named_including_negative_ones(tmp_path, monkeypatch):
+    # A negative id would index CUDA_VISIBLE_DEVICES from its end and run on a device nobody listed.
+    monkeypatch.setattr(launchers, "cuda_device_count", lambda: 2)
+    (job,) = expand(parse_config(tiny_config(seeds=[0], methods={"joint": {}})), tmp_path)
+    problems = launchers._local_device_problems([job], LaunchOptions(gpus=[-1, 1, 2]))
+    assert problems == ["--gpus -1,1,2: GPU(s) [-1, 2] are not present; this process sees 2 CUDA device(s)"]
+
+
 def _sbatch_script(tmp_path: Path, monkeypatch, options: SlurmOptions, **extra) -> list[str]:
     submitit = pytest.importorskip("submitit")
     monkeypatch.setattr(submitit.slurm.slurm.SlurmExecutor, "affinity", classmethod(lambda cls: 1))
