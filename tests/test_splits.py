@@ -126,6 +126,17 @@ def test_stat_csv_with_bom_and_crlf(tmp_path):
     assert parse_class_list(path) == ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"]
 
 
+def test_stat_csv_listing_a_class_twice_or_none_is_refused_naming_it(tmp_path):
+    # A repeated code would add a seventh output class under --label-order stat/sorted.
+    path = tmp_path / "stat.csv"
+    path.write_bytes(b"NEU\r\nHAP\r\nNEU \r\nSAD\r\n")
+    with pytest.raises(SplitParseError, match=r"stat\.csv: class\(es\) listed twice: \['NEU'\]"):
+        parse_class_list(path)
+    path.write_bytes(b"\xef\xbb\xbf\r\n \r\n")
+    with pytest.raises(SplitParseError, match="no class names"):
+        parse_class_list(path)
+
+
 @pytest.mark.parametrize("line", ["--4-0ihtnBU_000058_000068,10,4", "--4-0ihtnBU_000058_000068 10 4",
                                   "--4-0ihtnBU_000058_000068,4", "--4-0ihtnBU_000058_000068 4"])
 def test_ks_rows_comma_or_space_with_or_without_middle_field(tmp_path, line):
