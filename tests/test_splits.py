@@ -256,6 +256,17 @@ def test_vggsound_row_whose_start_is_not_whole_seconds_is_refused_at_parse_time(
     assert [r.id for r in lenient["train"].rows] == ["aaa_10"] and [n for n, _, _ in lenient["train"].skipped] == [2]
 
 
+@pytest.mark.parametrize("split", ["val", "Train", "training", ""])
+def test_vggsound_row_of_a_split_other_than_train_or_test_is_refused_not_left_out(tmp_path, split):
+    # prepare reads only the train and test lists: a row of another split value would vanish without a count.
+    path = tmp_path / "vggsound.csv"
+    path.write_text(f"aaa,10,dog barking,train\nbbb,30,cat meowing,{split}\nccc,5,dog barking,test\n")
+    with pytest.raises(SplitParseError, match=r"vggsound.csv:2: expected 'ytid,start,label,train\|test'"):
+        parse_vggsound_csv(path)
+    lenient = parse_vggsound_csv(path, strict=False)
+    assert sorted(lenient) == ["test", "train"] and [n for n, _, _ in lenient["test"].skipped] == [2]
+
+
 @pytest.mark.parametrize("row", ["  ,30,cat meowing,train", 'bbb,30," ",train'])
 def test_vggsound_row_with_a_blank_ytid_or_label_is_refused(tmp_path, row):
     # The fields are stripped when read: a blank ytid passed as clip "_30", a blank label as a class "".
