@@ -440,6 +440,24 @@ def test_an_empty_class_is_always_an_error(tree, tmp_path):
         prepare(CremaD, tree.root, tmp_path / "cache", options(tree, skip_bad=True), log=quiet)
 
 
+def test_a_class_emptied_by_media_dropped_at_extraction_is_an_error(tmp_path, monkeypatch):
+    # The media of the only ANG test clip exist but cannot be decoded: only extraction finds it bad, after the
+    # split-file and media-location checks passed, and --skip-bad must not leave ANG unscored.
+    tree = make_cremad(tmp_path / "raw", train_per_class=1, test_per_class=1, visual="frames")
+    victim = next(i for i, e in tree.clips["test"] if e == "ANG")
+
+    def load(cls, raw, record, settings):  # decoding stood in for: only which clip fails matters here
+        if record.sample.id == victim:
+            raise MediaError(raw / record.media["audio"], "corrupt audio", "cannot be decoded")
+        audio = np.zeros(get_pipeline("ogm_stft3s").output_shape(), np.float16)
+        return {"audio": audio, "frames": np.zeros((1, *FRAME, 3), np.uint8)}, \
+            {"duration_s": 1.0, "short": False, "frames": 1, "source_size": None}
+    monkeypatch.setattr(CremaD, "load", classmethod(load))
+    with pytest.raises(PrepareError, match=r"class\(es\) \['ANG'\] have no test samples"):
+        prepare(CremaD, tree.root, tmp_path / "cache", options(tree, skip_bad=True), log=quiet)
+    assert not [p for p in (tmp_path / "cache" / "cremad").glob("ogm-*") if (p / "DONE").exists()]
+
+
 @pytest.mark.parametrize("skip_bad", [False, True])
 def test_a_raw_folder_without_the_layout_says_so_not_fix_every_item(tree, tmp_path, skip_bad):
     # An empty or wrong --raw listed one missing video per clip and advised --skip-bad, which then failed with
