@@ -483,6 +483,16 @@ def test_every_item_undecodable_in_the_right_folder_is_not_called_a_wrong_folder
     assert "is not a cremad folder" not in str(err.value)
 
 
+def test_a_right_folder_with_some_media_missing_and_the_rest_undecodable_lists_the_items(tree, tmp_path):
+    # Only a folder where every item is missing is the wrong folder; one missing file among LFS pointers is damage.
+    for path in (tree.root / "VideoFlash").glob("*.flv"):
+        write_lfs_pointer(path)
+    (tree.root / "AudioWAV" / f"{first(tree)}.wav").unlink()
+    with pytest.raises(PrepareError, match="18 bad item") as err:
+        prepare(CremaD, tree.root, tmp_path / "cache", options(tree), log=quiet)
+    assert "is not a cremad folder" not in str(err.value) and f"{first(tree)}.wav" in str(err.value)
+
+
 def test_max_drop_fraction(tree, tmp_path):
     break_missing(tree)
     with pytest.raises(PrepareError, match="max-drop-fraction"):
