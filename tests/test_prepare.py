@@ -440,19 +440,38 @@ def test_an_empty_class_is_always_an_error(tree, tmp_path):
         prepare(CremaD, tree.root, tmp_path / "cache", options(tree, skip_bad=True), log=quiet)
 
 
+def stub_extraction(monkeypatch, fail: str = "") -> None:
+    """CREMA-D's ``load`` stood in for by blank arrays, ``fail`` a clip that cannot be decoded: for the cases where
+    only which clips extraction keeps matters."""
+    def load(cls, raw, record, settings):
+        if record.sample.id == fail:
+            raise MediaError(raw / record.media["audio"], "corrupt audio", "cannot be decoded")
+        audio = np.zeros(get_pipeline("ogm_stft3s").output_shape(), np.float16)
+        return {"audio": audio, "frames": np.zeros((1, *FRAME, 3), np.uint8)}, \
+            {"duration_s": 1.0, "short": False, "frames": 1, "source_size": None}
+    monkeypatch.setattr(CremaD, "load", classmethod(load))
+
+
+def test_a_duplicate_dropped_by_policy_is_counted_as_dropped_not_bad(tree, tmp_path, monkeypatch, capsys):
+    stub_extraction(monkeypatch)
+    rows = (tree.splits_dir / "test.csv").read_text().splitlines()
+    write_lines(tree.splits_dir / "test.csv", rows + rows[:1], crlf=True)
+    path = prepare(CremaD, tree.root, tmp_path / "cache", options(tree), log=print)
+    manifest = open_cache(path).manifest
+    assert manifest["dropped"] == {"total": 1, "bad": 0, "by_reason": {"duplicate id": 1}}
+    assert manifest["counts"]["total"] == 18 and manifest["counts"]["rows_read"] == 19
+    assert [(d["id"], d["split"], d["reason"], d["where"]) for d in read_csv(path / "dropped.csv")] == [
+        (tree.ids("test")[0], "test", "duplicate id", "test.csv:7")]
+    assert "dropped 1 (duplicate id 1)" in capsys.readouterr().out
+
+
 def test_a_class_emptied_by_media_dropped_at_extraction_is_an_error(tmp_path, monkeypatch):
     # The media of the only ANG test clip exist but cannot be decoded: only extraction finds it bad, after the
     # split-file and media-location checks passed, and --skip-bad must not leave ANG unscored.
     tree = make_cremad(tmp_path / "raw", train_per_class=1, test_per_class=1, visual="frames")
     victim = next(i for i, e in tree.clips["test"] if e == "ANG")
 
-    def load(cls, raw, record, settings):  # decoding stood in for: only which clip fails matters here
-        if record.sample.id == victim:
-            raise MediaError(raw / record.media["audio"], "corrupt audio", "cannot be decoded")
-        audio = np.zeros(get_pipeline("ogm_stft3s").output_shape(), np.float16)
-        return {"audio": audio, "frames": np.zeros((1, *FRAME, 3), np.uint8)}, \
-            {"duration_s": 1.0, "short": False, "frames": 1, "source_size": None}
-    monkeypatch.setattr(CremaD, "load", classmethod(load))
+    stub_extraction(monkeypatch, fail=victim)
     with pytest.raises(PrepareError, match=r"class\(es\) \['ANG'\] have no test samples"):
         prepare(CremaD, tree.root, tmp_path / "cache", options(tree, skip_bad=True), log=quiet)
     assert not [p for p in (tmp_path / "cache" / "cremad").glob("ogm-*") if (p / "DONE").exists()]
