@@ -217,6 +217,27 @@ def test_interrupted_prepare_resumes_where_it_stopped(built, pristine, tmp_path,
         assert (path / name).read_bytes() == (built / name).read_bytes()
 
 
+def test_a_complete_build_left_unrenamed_is_not_published_after_its_media_changed(tree, tmp_path, monkeypatch):
+    loaded = []
+    stub_extraction(monkeypatch, loaded=loaded)
+    real_publish = prep.publish_cache
+
+    def killed_before_rename(partial, final, log):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(prep, "publish_cache", killed_before_rename)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(CremaD, tree.root, tmp_path, options(tree), log=quiet)
+    (partial,) = (tmp_path / "cremad").glob("ogm-*.partial")
+    old = json.loads((partial / "manifest.json").read_text())["raw_fingerprint"]
+    wav = tree.root / "AudioWAV" / f"{first(tree)}.wav"
+    wav.write_bytes(wav.read_bytes() + b"\0\0")  # the clip was replaced after that build
+    monkeypatch.setattr(prep, "publish_cache", real_publish)
+    loaded.clear()
+    path = prepare(CremaD, tree.root, tmp_path, options(tree), log=quiet)
+    assert sorted(loaded) == sorted(tree.ids("train") + tree.ids("test")), "every clip is extracted again"
+    assert open_cache(path).manifest["raw_fingerprint"] != old
+
+
 def test_media_files_keep_their_fingerprint(built, pristine):
     # The (path, size, mtime) line per media file is what every cache built from files already recorded.
     index = open_cache(built).index
@@ -440,10 +461,12 @@ def test_an_empty_class_is_always_an_error(tree, tmp_path):
         prepare(CremaD, tree.root, tmp_path / "cache", options(tree, skip_bad=True), log=quiet)
 
 
-def stub_extraction(monkeypatch, fail: str = "") -> None:
-    """CREMA-D's ``load`` stood in for by blank arrays, ``fail`` a clip that cannot be decoded: for the cases where
-    only which clips extraction keeps matters."""
+def stub_extraction(monkeypatch, fail: str = "", loaded: list | None = None) -> None:
+    """CREMA-D's ``load`` stood in for by blank arrays, ``fail`` a clip that cannot be decoded, ``loaded`` collecting
+    the ids extracted: for the cases where only which clips extraction sees and keeps matters."""
     def load(cls, raw, record, settings):
+        if loaded is not None:
+            loaded.append(record.sample.id)
         if record.sample.id == fail:
             raise MediaError(raw / record.media["audio"], "corrupt audio", "cannot be decoded")
         audio = np.zeros(get_pipeline("ogm_stft3s").output_shape(), np.float16)
