@@ -668,6 +668,42 @@ def test_a_damaged_cache_file_is_a_one_line_error_naming_it(built, tmp_path, cap
     assert len(err.splitlines()) == 1 and shown in err, err
 
 
+class _Hashed(Exception):
+    pass
+
+
+def cache_name_of(monkeypatch, dataset, raw: Path, opts: PrepareOptions, root: Path) -> str:
+    """The options hash that names the cache ``prepare`` would build, without extracting anything."""
+    real = prep.options_hash
+
+    def stop(options):
+        raise _Hashed(real(options))
+    monkeypatch.setattr(prep, "options_hash", stop)
+    with pytest.raises(_Hashed) as got:
+        prepare(dataset, raw, root, opts, log=quiet)
+    monkeypatch.setattr(prep, "options_hash", real)
+    return str(got.value)
+
+
+def test_every_input_that_changes_the_samples_or_splits_names_another_cache(pristine, tmp_path, monkeypatch):
+    # A finished cache with the same name is reused as is: an input left out of the name would serve the old rows.
+    root = tmp_path / "cache"
+    base = cache_name_of(monkeypatch, CremaD, pristine.root, options(pristine), root)
+    assert cache_name_of(monkeypatch, CremaD, pristine.root, options(pristine), root) == base
+    assert cache_name_of(monkeypatch, CremaD, pristine.root, options(pristine, duplicates="last"), root) != base
+    edited = tmp_path / "splits"
+    shutil.copytree(pristine.splits_dir, edited)
+    rows = (edited / "test.csv").read_bytes().splitlines(keepends=True)
+    (edited / "test.csv").write_bytes(b"".join(rows[::-1]))  # same rows, other bytes: another list file
+    assert cache_name_of(monkeypatch, CremaD, pristine.root, options(pristine, splits_dir=edited), root) != base
+    # Without a published validation list the hold-out's fraction and seed choose the val rows.
+    tree = make_vggsound(tmp_path / "raw", ("dog barking", "waterfall burbling"), seconds=0.5)
+    opts = PrepareOptions(splits_dir=tree.splits_dir, frame_size=(12, 16))
+    names = {cache_name_of(monkeypatch, VGGSound, tree.root, dataclasses.replace(opts, **kw), root)
+             for kw in ({}, {"val_seed": 1}, {"val_fraction": 0.5})}
+    assert len(names) == 3
+
+
 def test_an_empty_validation_split_is_left_out_and_recorded(tmp_path):
     tree = make_vggsound(tmp_path / "raw", ("dog barking", "waterfall burbling"), seconds=1.0)
     opts = PrepareOptions(splits_dir=tree.splits_dir, frame_size=(12, 16), val_fraction=0.0)
