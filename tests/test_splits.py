@@ -37,7 +37,7 @@ from datasets.splits import (
     parse_vggsound_csv,
     resolve_duplicates,
 )
-from datasets.tables import PrepareError, PrepareOptions, SplitTables, indexed_label
+from datasets.tables import PrepareError, PrepareOptions, SplitTables, indexed_label, malformed_rows
 from datasets.ucf101 import parse_class_index, parse_video_list
 from datasets.vggsound import VGGSound
 
@@ -566,3 +566,16 @@ def test_split_tables_append_every_list_of_a_split_and_an_unknown_label_lists_at
     [bad] = tables.dropped
     assert (bad.id, bad.kind, bad.where, bad.bad) == ("x3", "unknown label", "b.txt:1", True)
     assert bad.detail == "unknown label 'c11'; valid: ['c0', 'c1', 'c2', 'c3', 'c4', 'c5', 'c6', 'c7', 'c8', 'c9'] ..."
+
+
+def test_malformed_rows_are_the_format_errors_only_and_an_index_of_k_is_an_unknown_label(tmp_path):
+    parsed = ParsedList(tmp_path / "train.tsv", skipped=[(1, "id\tlabel", "header"), (3, "", "blank line"),
+                                                         (4, "x", "expected 2 fields")])
+    assert [(d.id, d.split, d.kind, d.where, d.bad) for d in malformed_rows(parsed, "train")] == [
+        ("L4", "train", "malformed row", "train.tsv:4", True)]
+    # An index one past the last class is a bad row naming it, not an IndexError halfway through prepare.
+    tables = SplitTables(("negative", "neutral", "positive"))
+    rows = ParsedList(tmp_path / "test.tsv", [SplitRow("a", "2", 1, ()), SplitRow("b", "3", 2, ())])
+    tables.add(rows, "test", label_name=indexed_label(tables.classes), duplicates="first")
+    assert [(s.id, s.label) for s in tables.splits["test"]] == [("a", 2)]
+    assert [(d.id, d.kind, d.where) for d in tables.dropped] == [("b", "unknown label", "test.tsv:2")]
