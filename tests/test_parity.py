@@ -261,6 +261,26 @@ def test_a_record_of_another_case_commit_or_format_is_refused(tmp_path):
         golden.load(tmp_path / "old.pt")
 
 
+def test_a_record_of_another_method_repo_or_knobs_is_refused(tmp_path):
+    # A knob that acts only after the first steps would otherwise pass the quick check against a stale record.
+    (tmp_path / "fake").mkdir()
+    path, _ = golden.record(_fake_case(0.0), tmp_path, tmp_path / "golden")
+    for changed in ({"method": "ogm"}, {"repo": "owner/other"}, {"hparams": {"alpha": 0.5}}):
+        with pytest.raises(ValueError, match="fake.pt records 'fake' as .*record it again"):
+            golden.check(Case(**{**_fake_case(0.0).__dict__, **changed}), path, limit=1)
+
+
+def test_a_golden_check_that_would_compare_nothing_is_refused(tmp_path):
+    (tmp_path / "fake").mkdir()
+    path, _ = golden.record(_fake_case(0.0), tmp_path, tmp_path / "golden")
+    with pytest.raises(ValueError, match=r"fake.pt: nothing to compare \(the record has 2 labels, limit 0\)"):
+        golden.check(_fake_case(0.0), path, limit=0)
+    data = golden.load(path)
+    torch.save({**data, "labels": [], "keys": [], "steps": {}}, tmp_path / "empty.pt")
+    with pytest.raises(ValueError, match=r"empty.pt: nothing to compare \(the record has 0 labels, limit None\)"):
+        golden.check(_fake_case(0.0), tmp_path / "empty.pt")
+
+
 def test_a_golden_check_refuses_steps_out_of_the_recorded_order(tmp_path):
     (tmp_path / "fake").mkdir()
     path, _ = golden.record(_fake_case(0.0), tmp_path, tmp_path / "golden")

@@ -134,7 +134,14 @@ def check(case: Case, path: Path, limit: int | None = None, step_hook: Callable[
     if data["case"] != case.name or data["commit"] != case.commit:
         raise ValueError(f"{path} records case {data['case']!r} at {data['commit'][:7]}, not {case.name!r} at "
                          f"{case.commit[:7]}")
+    # A knob changed since the recording may only act after the steps a check covers, and would then pass unseen.
+    recorded_as = {"method": data["method"], "repo": data["repo"], "hparams": data["hparams"]}
+    if recorded_as != {"method": case.method, "repo": case.repo, "hparams": dict(case.hparams)}:
+        raise ValueError(f"{path} records {case.name!r} as {recorded_as}, the case is now method {case.method!r}, "
+                         f"repo {case.repo!r}, hparams {dict(case.hparams)}; record it again")
     labels = data["labels"][:limit]
+    if not labels:
+        raise ValueError(f"{path}: nothing to compare (the record has {len(data['labels'])} labels, limit {limit})")
     out: list[StepRecord] = []
     with float64(), one_thread():
         project = case.project(case, dict(overrides or {}))
