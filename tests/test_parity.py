@@ -215,6 +215,14 @@ def test_a_partial_golden_record_steps_through_the_labels_it_left_out(tmp_path):
         golden.check(case(labels[:3]), path)
 
 
+def test_a_golden_label_the_run_never_reaches_is_an_error_not_a_shorter_record(tmp_path):
+    (tmp_path / "fake").mkdir()
+    case = Case(**{**_fake_case(0.0).__dict__, "golden_labels": ("e0s1", "e1s1")})
+    with pytest.raises(ValueError, match=r"fake: the run never reached the golden labels \['e1s1'\]"):
+        golden.record(case, tmp_path, tmp_path / "golden")
+    assert not (tmp_path / "golden" / "fake.pt").exists()
+
+
 def test_cpu_kind_is_a_clean_folder_name():
     assert golden.cpu_kind(" AMD EPYC 7B13 64-Core Processor (x) ") == "amd-epyc-7b13-64-core-processor-x"
 

@@ -100,6 +100,9 @@ def record(case: Case, root: Path, directory: Path) -> tuple[Path, Any]:
 
     with one_thread():
         result = run_case(case, root, record=keep)
+    missing = [label for label in case.golden_labels if label not in steps]
+    if missing:
+        raise ValueError(f"{case.name}: the run never reached the golden labels {missing}; nothing was recorded")
     path = record_target(directory, case)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"format": FORMAT, "case": case.name, "method": case.method, "hparams": dict(case.hparams),
