@@ -305,6 +305,14 @@ def test_a_golden_check_refuses_steps_out_of_the_recorded_order(tmp_path):
         golden.check(early, path)
 
 
+def test_a_full_golden_check_refuses_a_checkpoint_the_record_does_not_have(tmp_path):
+    # The live run refuses a project side with an extra checkpoint; only a partial record may step over labels.
+    (tmp_path / "fake").mkdir()
+    path, _ = golden.record(_fake_case(0.0), tmp_path, tmp_path / "golden")
+    with pytest.raises(RuntimeError, match="reached 'e0.aca' where the record has 'e0s1'"):
+        golden.check(_fake_case(0.0, project_labels=("e0s0", "e0.aca", "e0s1")), path)
+
+
 def test_a_full_golden_check_names_a_project_side_that_runs_on(tmp_path):
     (tmp_path / "fake").mkdir()
     path, _ = golden.record(_fake_case(0.0), tmp_path, tmp_path / "golden")
