@@ -17,7 +17,18 @@ from baselines.ogm import OGM
 from benchmarks.cli import main
 from benchmarks.config import build_config, method_hparams
 from benchmarks.parity import get_cases, golden, report
-from benchmarks.parity.core import Case, ParityResult, StepRecord, compare, quantities, run_case
+from benchmarks.parity.core import (
+    Case,
+    EpochLoader,
+    ParityResult,
+    StepRecord,
+    compare,
+    load_mapped,
+    name_map,
+    quantities,
+    resnet_name,
+    run_case,
+)
 from core.hparams import resolve
 from tests.conftest import first_batch64, float64_default, make_context
 
@@ -365,6 +376,43 @@ def test_worst_is_the_largest_step_difference():
     assert golden.worst(records) == 3e-11 and math.isnan(golden.worst([]))
 
 
+# --- the weight map and the official loop's checkpoints ---------------------------------------------------------------
+def test_epoch_loader_reports_every_step_after_it_ran_and_seeds_before_serving():
+    events = []
+    loader = EpochLoader([{"x": 0}, {"x": 1}, {"x": 2}], 1, lambda label: events.append(label),
+                         convert=lambda b: (b["x"],), before_step=lambda step: events.append(step))
+    for (x,) in loader:
+        events.append(f"ran {x}")
+    assert len(loader) == 3
+    assert events == [3, "ran 0", "e1s0", 4, "ran 1", "e1s1", 5, "ran 2", "e1s2"]
+
+
+def test_name_map_takes_the_first_matching_rule_and_refuses_an_unmapped_entry():
+    rename = name_map((("audio_net.", "model.a.", resnet_name), ("audio_net_extra.", "never.", None),
+                       ("aux.", None, None), ("fc.", "model.head.", None)), "Net")
+    assert rename("audio_net.layer3.1.bn2.weight") == "model.a.stages.2.1.bn2.weight"
+    assert rename("audio_net.bn1.running_mean") == "model.a.stem.1.running_mean"
+    assert rename("aux.weight") is None and rename("fc.bias") == "model.head.bias"
+    with pytest.raises(KeyError, match="unmapped Net entry 'head.weight'"):
+        rename("head.weight")
+
+
+def test_load_mapped_copies_every_official_entry_and_refuses_a_missing_or_misshapen_one():
+    official = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3))
+    source = {"m.lin.weight": torch.full((3, 2), 2.0), "m.lin.bias": torch.full((3,), 3.0),
+              "m.bn.weight": torch.full((3,), 4.0), "m.bn.bias": torch.full((3,), 5.0),
+              "m.bn.running_mean": torch.full((3,), 6.0), "m.bn.running_var": torch.full((3,), 7.0)}
+    rename = name_map((("0.", "m.lin.", None), ("1.num_batches_tracked", None, None), ("1.", "m.bn.", None)), "Seq")
+    load_mapped(official, source, rename)
+    assert {k: v.unique().tolist() for k, v in official.state_dict().items()} == {
+        "0.weight": [2.0], "0.bias": [3.0], "1.weight": [4.0], "1.bias": [5.0], "1.running_mean": [6.0],
+        "1.running_var": [7.0], "1.num_batches_tracked": [0]}
+    with pytest.raises(KeyError, match="'1.running_var' maps to 'm.bn.running_var', which the project model"):
+        load_mapped(official, {k: v for k, v in source.items() if k != "m.bn.running_var"}, rename)
+    with pytest.raises(ValueError, match=r"official '0.weight' \(3, 2\) vs project 'm.lin.weight' \(2, 3\)"):
+        load_mapped(official, {**source, "m.lin.weight": torch.zeros(2, 3)}, rename)
+
+
 # --- golden records: the project's methods against the official code's recorded steps ------------------------------
 GOLDEN = Path(__file__).parent / "golden" / "parity"
 CASES = {c.name: c for c in get_cases()}
@@ -372,7 +420,8 @@ RECORDED = sorted(p.stem for p in GOLDEN.glob("*.pt"))
 
 
 def test_every_case_has_a_golden_record_with_its_official_commit():
-    assert RECORDED, f"no golden parity records in {GOLDEN}"
+    # The replay tests run over the records: a case without one would go unchecked without a word.
+    assert RECORDED == sorted(CASES), f"cases without a golden record: {sorted(set(CASES) - set(RECORDED))}"
     for name in RECORDED:
         data = golden.load(GOLDEN / f"{name}.pt")
         assert data["case"] == name and data["commit"] == CASES[name].commit and data["repo"] == CASES[name].repo
@@ -555,6 +604,40 @@ def test_golden_replay_with_a_report_dir_but_no_flip_says_it_writes_nothing(tmp_
 def test_cli_rejects_an_unknown_case(tmp_path, capsys):
     assert main(["parity", "nosuch", "--official-root", str(tmp_path)]) == 2
     assert "no parity case or method 'nosuch'" in capsys.readouterr().err
+
+
+def _cli_cases(monkeypatch, *cases: Case) -> None:
+    from benchmarks.commands import parity as command
+
+    monkeypatch.setattr(command, "get_cases", lambda names: list(cases))
+
+
+def test_cli_exit_status_and_report_say_which_case_differs_or_compared_nothing(tmp_path, monkeypatch, capsys):
+    (tmp_path / "fake").mkdir()
+    same, drifted = _fake_case(1e-13), Case(**{**_fake_case(1e-8).__dict__, "name": "drifted"})
+    silent = Case(**{**_fake_case(0.0, project_labels=()).__dict__, "name": "silent",
+                     "official": lambda case, root, project: _Side(0.0, ())})
+    args = ["parity", "--official-root", str(tmp_path), "--report-dir", str(tmp_path / "report")]
+    _cli_cases(monkeypatch, same)
+    assert main(args) == 0
+    for bad, status in ((drifted, "differs from e0s0"), (silent, "no steps")):
+        _cli_cases(monkeypatch, bad)
+        assert main(args) == 1, bad.name
+        assert json.loads((tmp_path / "report" / f"{bad.name}.json").read_text())["status"] == status
+    assert json.loads((tmp_path / "report" / "fake.json").read_text())["status"] == "match"
+    out = capsys.readouterr().out
+    assert "MATCH: max |diff| 9.99e-14" in out and "DIFFERS: max |diff| 1.00e-08" in out
+
+
+def test_cli_golden_replay_exits_1_naming_the_first_difference(tmp_path, monkeypatch, capsys):
+    (tmp_path / "fake").mkdir()
+    golden.record(_fake_case(0.0), tmp_path, tmp_path / "golden")
+    drifted = Case(**{**_fake_case(0.0).__dict__, "project": lambda case, overrides: _Side(1e-8)})
+    for case, code, said in ((_fake_case(0.0), 0, "fake: matches its golden record over 2 checkpoints"),
+                             (drifted, 1, "fake: DIFFERS at e0s0 (param/w) its golden record over 1 checkpoints")):
+        _cli_cases(monkeypatch, case)
+        assert main(["parity", "--golden", "--golden-dir", str(tmp_path / "golden")]) == code
+        assert said in capsys.readouterr().out
 
 
 def test_results_readme_is_generated_from_the_case_files():
