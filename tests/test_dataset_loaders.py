@@ -1,0 +1,90 @@
+"""UCF-101, NVGesture, CMU-MOSEI, Food-101 and the image-text loaders: parsing rules, label maps and reader checks
+that the tests of tests/test_more_datasets.py and tests/test_video_feature_datasets.py leave open (each found by a
+small change to the loader that every other test let pass)."""
+
+from __future__ import annotations
+
+import pickle
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from datasets.food101 import parse_titles_csv
+from datasets.media import MediaError
+from datasets.mosei import Mosei
+from datasets.nvgesture import NVGesture, read_flow
+from datasets.splits import SplitParseError
+from datasets.ucf101 import UCF101, parse_class_index
+from tests.more_fixtures import write_lines
+
+
+def defaults(cls) -> dict:
+    return {h.name: h.default for h in (*cls.SETTINGS, *cls.HPARAMS)}
+
+
+def test_video_and_feature_defaults_are_the_published_recipes():
+    # Every test sets these explicitly to tiny values, so a changed default reached every real run unseen.
+    ucf = defaults(UCF101)
+    assert {k: ucf[k] for k in ("split", "rgb_source", "rgb_frames", "flow_max_frames", "frame_size", "rgb_file_num",
+                                "flip", "mean", "std")} == {
+        "split": 1, "rgb_source": "frames", "rgb_frames": 6, "flow_max_frames": 0, "frame_size": 224,
+        "rgb_file_num": 6, "flip": True, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    assert (ucf["flow_u_dir"], ucf["flow_v_dir"]) == ("u", "v")
+    nv = defaults(NVGesture)
+    assert {k: nv[k] for k in ("train_list", "test_list", "frames", "frame_size", "flow_dir", "flow_channels",
+                               "crop_size", "train_frames", "flip", "mean", "std")} == {
+        "train_list": "nvgesture_train_correct_v2.lst", "test_list": "nvgesture_test_correct_v2.lst", "frames": 80,
+        "frame_size": 256, "flow_dir": "Video_data/flow_data", "flow_channels": 2, "crop_size": 224,
+        "train_frames": 64, "flip": False, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    assert len(NVGesture.CLASSES) == 25
+    mosei = defaults(Mosei)
+    assert (mosei["aligned"], mosei["acc2"], Mosei.DEFAULT_RECIPE) == (False, "zero_positive", "unaligned")
+
+
+# --- UCF-101 -----------------------------------------------------------------------------------------------------
+
+
+def test_ucf101_class_index_line_with_a_third_field_is_refused_not_read_as_its_first_word(tmp_path):
+    # "2 Apply Eye" was read as class "Apply": a class name silently cut at its first space.
+    path = write_lines(tmp_path / "classInd.txt", ["1 Archery", "2 Apply Eye"], "\r\n")
+    with pytest.raises(SplitParseError, match=r"classInd.txt:2: expected '<number> <ClassName>'"):
+        parse_class_index(path)
+
+
+def test_ucf101_short_clip_counts_stop_exactly_at_rgb_frames_and_three_flow_frames():
+    # A clip with exactly rgb_frames RGB frames or 3 flow frames is served like any other: counting it as short
+    # overstated the clips that repeat frames.
+    settings = SimpleNamespace(rgb_frames=6, flow_max_frames=0, rgb_source="frames", as_dict=dict)
+    facts = [{"rgb_frames": 6, "flow_frames": 3}, {"rgb_frames": 5, "flow_frames": 2}, {"rgb_frames": 7,
+                                                                                         "flow_frames": 4}]
+    counts = UCF101.manifest_entries(settings, facts, {})["counts"]
+    assert counts == {"rgb_clips_under_rgb_frames": 1, "flow_clips_under_3_frames": 1}
+
+
+# --- Food-101 ----------------------------------------------------------------------------------------------------
+
+
+def test_food101_headerless_first_row_titled_like_an_image_column_is_a_sample_not_a_header(tmp_path):
+    # A header names an image AND a label column: a first row whose title is just "Image" was taken for a header
+    # and lost (skipped as a header without a text column).
+    path = write_lines(tmp_path / "train_titles.csv", ["apple_pie_1.jpg,Image,apple_pie", "pho_2.jpg,Soup,pho"])
+    parsed, _ = parse_titles_csv(path)
+    assert [(r.id, r.label, r.fields[0], r.line) for r in parsed.rows] == [
+        ("apple_pie_1.jpg", "apple_pie", "Image", 1), ("pho_2.jpg", "pho", "Soup", 2)]
+    assert parsed.skipped == []
+
+
+# --- NVGesture ---------------------------------------------------------------------------------------------------
+
+
+def test_nvgesture_flow_that_is_a_pickle_or_a_torch_save_file_is_corrupt_flow_not_read(tmp_path):
+    # A .npy that is a pickled dict (np.load's pickle fall-back) or torch.save's zip archive is no flow array.
+    (tmp_path / "0.npy").write_bytes(pickle.dumps({"flow": np.ones((5, 5, 2, 3), np.float32)}))
+    np.save(tmp_path / "1.npy", np.array({"flow": 1}, dtype=object), allow_pickle=True)
+    torch.save(torch.ones(5, 5, 2, 3), tmp_path / "2.npy")
+    for name, message in (("0.npy", "pickled"), ("1.npy", "allow_pickle=False"), ("2.npy", "got NpzFile")):
+        with pytest.raises(MediaError, match=message) as err:
+            read_flow(tmp_path / name, 4, 5, 2)
+        assert err.value.kind == "corrupt flow" and name in err.value.path
