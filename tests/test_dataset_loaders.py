@@ -5,6 +5,7 @@ small change to the loader that every other test let pass)."""
 from __future__ import annotations
 
 import pickle
+import wave
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,8 +15,9 @@ import torch
 from datasets.food101 import parse_titles_csv
 from datasets.media import MediaError
 from datasets.mosei import Mosei
-from datasets.nvgesture import NVGesture, read_flow
+from datasets.nvgesture import NVGesture, parse_nvgesture_list, read_clip, read_flow
 from datasets.splits import SplitParseError
+from datasets.tables import PrepareOptions
 from datasets.ucf101 import UCF101, parse_class_index
 from tests.more_fixtures import write_lines
 
@@ -88,3 +90,48 @@ def test_nvgesture_flow_that_is_a_pickle_or_a_torch_save_file_is_corrupt_flow_no
         with pytest.raises(MediaError, match=message) as err:
             read_flow(tmp_path / name, 4, 5, 2)
         assert err.value.kind == "corrupt flow" and name in err.value.path
+
+
+def test_nvgesture_label_zero_is_a_bad_line_not_the_last_class(tmp_path):
+    # Labels are 1-based: "label:0" read as CLASSES[-1] trained a bad line as class_25.
+    good = "path:./Video_data/class_01/subject1_r0 depth:sk_depth:5:85 color:sk_color:5:85 duo_left:d:1:2 label:1"
+    path = write_lines(tmp_path / "nvgesture_train_correct_v2.lst", [good, good.replace("label:1", "label:0")])
+    parsed = parse_nvgesture_list(path)
+    assert [r.line for r in parsed.rows] == [1]
+    assert [(line, reason) for line, _, reason in parsed.skipped] == [(2, "label '0' is not 1..25")]
+
+
+def test_nvgesture_lists_label_order_is_by_class_number_not_first_appearance(tmp_path):
+    line = "path:./Video_data/class_{n:02d}/subject{s}_r0 depth:sk_depth:1:9 color:sk_color:1:9 label:{n}"
+    write_lines(tmp_path / "train.lst", [line.format(n=3, s=1), line.format(n=1, s=2)])
+    write_lines(tmp_path / "test.lst", [line.format(n=7, s=3)])
+    files = {"train.lst": tmp_path / "train.lst", "test.lst": tmp_path / "test.lst"}
+    tables = NVGesture.read_splits(files, tmp_path, PrepareOptions(label_order="lists"),
+                                   SimpleNamespace(train_list="train.lst", test_list="test.lst"))
+    assert tables.classes == ("class_01", "class_03", "class_07")
+    assert [s.label for s in tables.splits["train"]] == [1, 0] and tables.splits["test"][0].label == 2
+
+
+def test_nvgesture_sensor_window_must_be_folder_start_end_with_whole_numbers(tmp_path):
+    # A non-numeric or extra window field was accepted by the list parser and crashed prepare later, naming no line.
+    good = "path:./Video_data/class_01/subject1_r0 depth:sk_depth:5:85 color:sk_color:5:85 label:1"
+    path = write_lines(tmp_path / "nvgesture_test_correct_v2.lst", [
+        good, good.replace("color:sk_color:5:85", "color:sk_color:x:85"),
+        good.replace("depth:sk_depth:5:85", "depth:sk_depth:5:85:90")])
+    parsed = parse_nvgesture_list(path)
+    assert [r.line for r in parsed.rows] == [1]
+    assert [(line, reason) for line, _, reason in parsed.skipped] == [
+        (2, "color should be <folder>:<start>:<end>, got 'sk_color:x:85'"),
+        (3, "depth should be <folder>:<start>:<end>, got 'sk_depth:5:85:90'")]
+
+
+def test_nvgesture_a_sensor_file_without_a_video_stream_is_corrupt_video(tmp_path):
+    # An audio file under a sensor's .avi name crashed with a bare IndexError instead of a bad item naming the file.
+    with wave.open(str(tmp_path / "sk_color.avi"), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(np.zeros(800, np.int16).tobytes())
+    with pytest.raises(MediaError, match="sk_color.avi: no video stream") as err:
+        read_clip(tmp_path / "sk_color.avi", 0, 4, 4, 8)
+    assert err.value.kind == "corrupt video"
