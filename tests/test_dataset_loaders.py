@@ -55,6 +55,16 @@ def test_ucf101_class_index_line_with_a_third_field_is_refused_not_read_as_its_f
         parse_class_index(path)
 
 
+@pytest.mark.parametrize("lines, message", [
+    (["1 Archery", "2 Basketball", "3 Archery"], r"class\(s\) listed twice: \['Archery'\]"),
+    (["1 Archery", "2 Basketball", "2 Bowling"], r"number\(s\) listed twice: \[2\]"),
+])
+def test_ucf101_class_index_listing_a_class_or_number_twice_is_refused(tmp_path, lines, message):
+    # A name listed twice would give two label indices to one class folder, a number twice two classes to one number.
+    with pytest.raises(SplitParseError, match=message):
+        parse_class_index(write_lines(tmp_path / "classInd.txt", lines, "\r\n"))
+
+
 def test_ucf101_short_clip_counts_stop_exactly_at_rgb_frames_and_three_flow_frames():
     # A clip with exactly rgb_frames RGB frames or 3 flow frames is served like any other: counting it as short
     # overstated the clips that repeat frames.
