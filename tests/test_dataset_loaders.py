@@ -88,6 +88,16 @@ def test_food101_headerless_first_row_titled_like_an_image_column_is_a_sample_no
     assert parsed.skipped == []
 
 
+def test_food101_a_header_repeated_below_the_first_is_a_row_as_pandas_reads_it(tmp_path):
+    # pandas takes only the first line as the header; a second header line is a row whose class "text" is then a
+    # named bad row, not a silent second header that remaps the columns of every row below it.
+    path = write_lines(tmp_path / "train_titles.csv", ["image_path,text,label", "label,image_path,text",
+                                                       "p_2.jpg,Soup,pho"])
+    parsed, _ = parse_titles_csv(path)
+    assert [(r.line, r.id, r.label) for r in parsed.rows] == [(2, "label", "text"), (3, "p_2.jpg", "pho")]
+    assert [(n, why) for n, _, why in parsed.skipped] == [(1, "header")]
+
+
 # --- NVGesture ---------------------------------------------------------------------------------------------------
 
 
