@@ -5,6 +5,7 @@ small change to the loader that every other test let pass)."""
 from __future__ import annotations
 
 import pickle
+import shutil
 import wave
 from types import SimpleNamespace
 
@@ -13,13 +14,13 @@ import pytest
 import torch
 
 from datasets.food101 import parse_titles_csv
-from datasets.media import MediaError
+from datasets.media import MISSING_MEDIA, MediaError
 from datasets.mosei import Mosei
 from datasets.nvgesture import NVGesture, parse_nvgesture_list, read_clip, read_flow
-from datasets.splits import SplitParseError
-from datasets.tables import PrepareOptions
+from datasets.splits import SplitParseError, SplitRow
+from datasets.tables import PrepareOptions, Sample
 from datasets.ucf101 import UCF101, parse_class_index
-from tests.more_fixtures import write_lines
+from tests.more_fixtures import make_ucf101, write_lines
 
 
 def defaults(cls) -> dict:
@@ -132,6 +133,18 @@ def test_nvgesture_lists_label_order_is_by_class_number_not_first_appearance(tmp
     assert [s.label for s in tables.splits["train"]] == [1, 0] and tables.splits["test"][0].label == 2
 
 
+def test_nvgesture_skipped_list_lines_are_counted_by_file_and_reason(tmp_path):
+    line = "path:./Video_data/class_01/subject{s}_r0 depth:sk_depth:1:9 color:sk_color:1:9 label:{n}"
+    write_lines(tmp_path / "train.lst", [line.format(n=1, s=1), "", line.format(n=26, s=2), line.format(n=0, s=3)])
+    write_lines(tmp_path / "test.lst", [line.format(n=1, s=4)])
+    files = {"train.lst": tmp_path / "train.lst", "test.lst": tmp_path / "test.lst"}
+    tables = NVGesture.read_splits(files, tmp_path, PrepareOptions(label_order="declared"),
+                                   SimpleNamespace(train_list="train.lst", test_list="test.lst"))
+    assert tables.info["skipped_lines"] == {"train.lst": {"blank line": 1, "label '26' is not 1..25": 1,
+                                                          "label '0' is not 1..25": 1}, "test.lst": {}}
+    assert sorted(d.where for d in tables.dropped) == ["train.lst:3", "train.lst:4"]
+
+
 def test_nvgesture_sensor_window_must_be_folder_start_end_with_whole_numbers(tmp_path):
     # A non-numeric or extra window field was accepted by the list parser and crashed prepare later, naming no line.
     good = "path:./Video_data/class_01/subject1_r0 depth:sk_depth:5:85 color:sk_color:5:85 label:1"
@@ -155,3 +168,34 @@ def test_nvgesture_a_sensor_file_without_a_video_stream_is_corrupt_video(tmp_pat
     with pytest.raises(MediaError, match="sk_color.avi: no video stream") as err:
         read_clip(tmp_path / "sk_color.avi", 0, 4, 4, 8)
     assert err.value.kind == "corrupt video"
+
+
+# --- UCF-101: media and line counts ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("role, folder", [("visual", "ucf101-frames-1fps/video-set"), ("flow_u", "u"), ("flow_v", "v")])
+def test_ucf101_a_clip_missing_one_media_folder_is_missing_media_naming_the_role(tmp_path, role, folder):
+    tree = make_ucf101(tmp_path / "raw", per_class={"train": 1, "test": 1})
+    name = tree.ids["train"][0].split("/")[1]
+    shutil.rmtree(tree.root / folder / name)
+    row = SplitRow(tree.ids["train"][0], tree.ids["train"][0].split("/")[0], 1, (f"{tree.ids['train'][0]}.avi", "1"))
+    sample = Sample(row.id, "train", 0, row.label, "trainlist01.txt:1", "", row)
+    settings = SimpleNamespace(rgb_source="frames", rgb_dir="ucf101-frames-1fps/video-set", video_dir="UCF-101",
+                               flow_u_dir="u", flow_v_dir="v")
+    with pytest.raises(MediaError, match=f"{role} of {row.id} not found") as err:
+        UCF101.locate(tree.root, sample, settings)
+    assert err.value.kind == MISSING_MEDIA and err.value.path.endswith(f"{folder}/{name}")
+
+
+def test_ucf101_skipped_list_lines_are_counted_by_file_and_reason(tmp_path):
+    lists = tmp_path / "lists"
+    write_lines(lists / "classInd.txt", ["1 Archery"], "\r\n")
+    write_lines(lists / "trainlist01.txt", ["Archery/v_Archery_g01_c01.avi 1", "", "Archery/v_Archery_g02_c01.avi",
+                                            "v_Archery_g03_c01.avi 1"], "\r\n")
+    write_lines(lists / "testlist01.txt", ["Archery/v_Archery_g04_c01.avi"], "\r\n")
+    files = {name: lists / name for name in ("classInd.txt", "trainlist01.txt", "testlist01.txt")}
+    tables = UCF101.read_splits(files, tmp_path, PrepareOptions(label_order="sorted"), SimpleNamespace(split=1))
+    assert tables.info["skipped_lines"] == {
+        "trainlist01.txt": {"blank line": 1, "expected '<Class>/<video>.avi <number>'": 2}, "testlist01.txt": {}}
+    assert sorted((d.where, d.bad) for d in tables.dropped) == [("trainlist01.txt:3", True),
+                                                                ("trainlist01.txt:4", True)]
