@@ -277,3 +277,23 @@ def test_imbalance_is_judged_by_the_configs_target_and_identical_means_every_num
     rerun = _summary(joint={"acc": (0.5, 0.25, 3), "acc:visual": (0.41, 0.1, 3)})
     out = compare_runs(reference, rerun, "ref.json")
     assert (out["identical"], out["within_std"]) == (0, 1), "a head's accuracy differs"
+
+
+def test_the_trend_reads_the_last_epoch_of_a_curve_written_as_the_runner_writes_it(tmp_path):
+    # The runner writes one line per finished epoch and nothing after: the last line is the last epoch. 8 epochs, a
+    # rise only at the last: the fit through epochs 5-7 (0.5, 0.5, 0.9) has slope 0.2 per epoch, times 2 epochs.
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "job.json").write_text(json.dumps({"label": "joint", "seed": 0}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "val": {"acc": v}}) + "\n"
+                                               for e, v in enumerate([0.5] * 7 + [0.9])))
+    assert last_quarter_trend([run], ["joint"])["joint"][0] == pytest.approx(0.4, abs=1e-4)
+
+
+def test_a_reference_without_a_design_digest_is_not_compared_across_epoch_counts():
+    # Older summaries record no digest; the epoch count is then what tells a 16-epoch run from a 4-epoch one.
+    reference = _summary(joint={"acc": (0.85, 0.02, 3)})
+    del reference["design"]
+    shorter = {**_summary(joint={"acc": (0.85, 0.02, 3)}), "epochs": 4}
+    out = compare_runs(reference, shorter, "ref.json")
+    assert not out["comparable"] and out["differs"] == ["epochs"]
