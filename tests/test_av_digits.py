@@ -1181,3 +1181,23 @@ def test_the_generator_cli_passes_force_as_overwrite(argv, overwrite, monkeypatc
     with pytest.raises(Generated) as stop:
         av_digits.main(["--out", "x", *argv])
     assert stop.value.args == (Path("x"), overwrite, {})
+
+
+def test_val_only_speakers_without_enough_unused_pairs_stay_on_the_training_side():
+    # 4 pairs, 2 of them test-side; both training-side pairs are taken by the training speakers, so 3 val-only
+    # speakers must share training-side pairs: never a test speaker's voice, which would join val to test.
+    for seed in range(3):
+        plan = _plan(voices=["en"], variants=["f1", "f2", "f3", "f4"], train_speakers=4, test_speakers=4,
+                     train_clips=8, test_clips=8, val_only_speakers=3, val_only_clips=6, seed=seed)
+        test_side = _speaker_pairs(plan, "test")
+        assert len(test_side) == 2, seed
+        assert set(plan["spk_pair"][8:].tolist()) <= set(range(4)) - test_side, seed
+
+
+def test_the_dominance_presets_set_the_documented_pixel_noise_and_snr():
+    # docs/datasets/av_digits.md#dominance: image sigma and audio SNR (None = clean) of each preset.
+    documented = {"audio-dominant": (8.0, None), "balanced": (8.0, 5.0), "visual-dominant": (0.0, 0.0),
+                  "clean": (0.0, None)}
+    for dominance, knobs in documented.items():
+        v = av_digits.resolve_params(dominance=dominance)
+        assert (v["image_noise_sigma"], v["audio_snr_db"]) == knobs, dominance
