@@ -915,3 +915,9 @@ def test_cli_refuses_publish_with_results_and_no_workers_before_any_work(fake_ru
         main(["demo", "--smoke", "--workers", "0"])
     assert exit_.value.code == 2 and "argument --workers: must be >= 1, got 0" in capsys.readouterr().err
     assert not fake_run_demo.calls
+
+
+def test_the_commits_line_names_a_single_commit_other_than_this_checkouts():
+    # Every run reused from an earlier commit: one commit, not this one, so not "trained at this commit".
+    line = commits_line({"commit": "b" * 40, "run_commits": {"a" * 40: 4}, "runs_reused": 4, "runs_dir": "runs/full"})
+    assert line.startswith(f"- code: runs trained at `{'a' * 12}` (4 runs);") and "every run was" not in line
