@@ -1201,3 +1201,15 @@ def test_the_dominance_presets_set_the_documented_pixel_noise_and_snr():
     for dominance, knobs in documented.items():
         v = av_digits.resolve_params(dominance=dominance)
         assert (v["image_noise_sigma"], v["audio_snr_db"]) == knobs, dominance
+
+
+def test_a_digits_pixel_levels_map_linearly_onto_0_to_255():
+    # 15/16 of 255 is 239.06: the 0-16 scale maps to 0-255, not 16 grey levels a step.
+    frame = av_digits._second_frames(np.full((8, 8), 15.0), 1, 16, 0, (0, 0))[0]
+    assert int(frame[0, 16]) == 239 and int(frame[95, 111]) == 239
+
+
+def test_no_clip_is_planned_longer_than_max_duration():
+    # 1.02 s is 30.6 frames: a drawn length of 1.019 s rounds to 31 frames, past the longest clip allowed.
+    plan = _plan(min_duration_s=1.0, max_duration_s=1.02, seed=1)
+    assert plan["n_frames"].min() >= 30 and plan["n_frames"].max() == 30
