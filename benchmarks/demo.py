@@ -180,6 +180,10 @@ def ensemble_records(records: Sequence[collect.RunRecord]) -> list[collect.RunRe
             continue
         outputs = {m: _test_outputs(rec.run_dir) for m, rec in refs.items()}
         labels, classes = next(iter(outputs.values()))[1:]
+        # Averaging needs the same test rows in the same order; models of other data would fuse unrelated samples.
+        if any(not torch.equal(other, labels) or n != classes for _, other, n in outputs.values()):
+            raise ValueError(f"seed {seed}: the unimodal runs {[str(rec.run_dir) for rec in refs.values()]} "
+                             "were not evaluated on the same test rows and classes; their ensemble is undefined")
         test = classification_metrics(torch.log(sum(p for p, _, _ in outputs.values()) / len(outputs)), labels,
                                       classes)
         test["per_modality"] = {m: classification_metrics(torch.log(p), labels, classes) for m, (p, _, _) in

@@ -480,6 +480,20 @@ def test_the_ensemble_averages_the_softmax_outputs_of_each_seeds_final_unimodal_
         assert rec.protocols["last"]["test"]["conf"] == approx(0.45), "softmax mean, not product or max"
 
 
+def test_an_ensemble_of_runs_evaluated_on_other_test_rows_is_refused_naming_them(monkeypatch):
+    # Same shapes, other labels: the mean would fuse unrelated samples into a number that looks like a result.
+    outputs = {"unimodal_audio": (torch.full((2, 3), 1 / 3), torch.tensor([0, 1]), 3),
+               "unimodal_visual": (torch.full((2, 3), 1 / 3), torch.tensor([1, 0]), 3)}
+    monkeypatch.setattr(demo_module, "_test_outputs", lambda run_dir: outputs[run_dir.parent.name])
+    records = [collect.RunRecord(run_dir=Path("runs") / label / "0", label=label, title=label, method="unimodal",
+                                 dataset="av_digits", seed=0, protocols={})
+               for label in ("unimodal_audio", "unimodal_visual")]
+    with pytest.raises(ValueError, match=r"seed 0: the unimodal runs .*runs/unimodal_visual/0.* same test rows"):
+        demo_module.ensemble_records(records)
+    outputs["unimodal_visual"] = (torch.full((2, 3), 1 / 3), torch.tensor([0, 1]), 3)
+    assert [rec.seed for rec in demo_module.ensemble_records(records)] == [0]
+
+
 def test_a_runs_test_outputs_are_its_final_models_softmax_in_row_order(tmp_path, monkeypatch):
     # The ensemble's inputs, read back from a finished run's final checkpoint, score what the run recorded for its
     # last epoch: the true class's mean probability pins the softmax of the logits, accuracy the label order.
