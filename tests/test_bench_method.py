@@ -547,3 +547,85 @@ def test_the_cremad_shape_epoch_trains_on_the_cache_the_data_benchmark_measured(
     assert main(["bench", "all", "--shape", "cremad", "--cache", str(measured), "--set", "data.cache=/elsewhere",
                  "--out", str(tmp_path / "out")]) == 0
     assert [c for c in calls if c[0] == "epoch"][-1][:3] == ("epoch", "cremad", str(measured))
+
+
+def test_time_calls_starts_each_clock_after_the_queued_work_and_stops_it_after_the_calls_own(monkeypatch):
+    # Each call takes 1 s of host time and queues 5 s of device work, which a synchronisation waits for.
+    wall, queued = [0.0], [0.0]
+
+    def fn():
+        wall[0] += 1.0
+        queued[0] += 5.0
+
+    def sync(device):
+        wall[0] += queued[0]
+        queued[0] = 0.0
+
+    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=lambda: wall[0], process_time=lambda: 0.0))
+    monkeypatch.setattr(bench, "_sync", sync)
+    # Neither the warm-up's queued 10 s nor an unfinished call's device time may land in (or leave) a timing.
+    assert bench.time_calls(fn, torch.device("cuda"), repeats=2, warmup=2) == [6.0, 6.0]
+
+
+def test_a_step_time_is_the_median_of_the_timed_steps(monkeypatch):
+    asked: list[tuple[int, int]] = []
+
+    def scripted(fn, device, repeats, warmup):
+        asked.append((repeats, warmup))
+        return [1.0, 9.0, 2.0]  # one slow outlier: the mean would be 4
+
+    monkeypatch.setattr(bench, "time_calls", scripted)
+    timer = bench.StepTimer.__new__(bench.StepTimer)
+    timer.device = torch.device("cpu")
+    assert timer.median(3, 2) == 2.0 and asked == [(3, 2)]
+
+
+def test_the_serving_profile_is_the_median_of_one_pass_per_round(cache_path, monkeypatch):
+    passes = [{"crop": 1.0, "total": 3.0}, {"crop": 10.0, "total": 30.0}, {"crop": 2.0, "total": 6.0}]
+    asked: list[int] = []
+
+    def scripted(loader, augment, batches, device):
+        asked.append(batches)
+        return passes[len(asked) - 1]
+
+    monkeypatch.setattr(bench_data, "_profile", scripted)
+    row = bench_data.benchmark_data(cache_path, batch_size=2, batches=1, rounds=3)
+    assert asked == [1, 1, 1], "one pass of the timed rounds' batch count per round"
+    assert row["profile_ms_per_sample"] == {"crop": 2.0, "total": 6.0}
+
+
+def test_figures_go_to_runs_bench_unless_published(tmp_path, monkeypatch):
+    from benchmarks.cli import main
+
+    scripted_command(monkeypatch, tmp_path / "unused")
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "step", "--device", "cpu"]) == 0
+    assert sorted(p.name for p in (tmp_path / "runs" / "bench").iterdir()) == ["step-small-cuda.json",
+                                                                                "step-small-cuda.md"]
+    assert not (tmp_path / "results").exists(), "a plain run never writes the committed figures"
+    assert main(["bench", "step", "--device", "cpu", "--publish"]) == 0
+    assert sorted(p.name for p in (tmp_path / "results" / "bench").iterdir()) == ["step-small-cuda.json",
+                                                                                   "step-small-cuda.md"]
+
+
+def test_the_data_benchmark_refuses_a_prefetch_thread_before_measuring(cache_path, tmp_path, monkeypatch, capsys):
+    from benchmarks.cli import main
+    from benchmarks.commands import bench as command
+
+    measured: list = []
+    monkeypatch.setattr(command, "benchmark_data", lambda *args, **kwargs: measured.append(kwargs))
+    assert main(["bench", "data", "--cache", str(cache_path), "--set", "data.prefetch=2",
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "data.prefetch" in err and "Traceback" not in err
+    assert not measured and not list((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("device, cuda, recorded", [("auto", True, "cuda"), ("auto", False, "cpu"),
+                                                     ("cpu", True, "cpu"), ("cuda", False, "cuda")])
+def test_the_machine_record_names_the_device_the_figures_run_on(monkeypatch, device, cuda, recorded):
+    from benchmarks.commands import bench as command
+
+    monkeypatch.setattr(command.torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(command, "environment", lambda where: {"device": str(where)})
+    assert command._machine(device)["device"] == recorded
