@@ -128,3 +128,43 @@ def test_a_listing_summary_is_the_docstrings_whole_first_sentence():
         "Joint training of both encoders."
     assert _summary("No full stop here\n\nNext. Paragraph.") == "No full stop here"
     assert _summary(None) == ""
+
+
+def test_list_names_every_registered_method_and_dataset(capsys):
+    from baselines.registry import list_methods
+    from datasets.registry import list_datasets
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    methods, datasets = out.split("datasets:\n")
+    assert {line.split()[0] for line in methods.splitlines()[1:]} == set(list_methods())
+    assert {line.split()[0] for line in datasets.splitlines()} == set(list_datasets())
+
+
+def test_list_verbose_shows_every_knob_with_its_default_under_its_owner(capsys):
+    from baselines.networks import MODEL_HPARAMS
+    from baselines.registry import list_methods
+    from benchmarks.config import TRAIN_HPARAMS, method_hparams
+    from datasets.registry import list_datasets
+
+    assert main(["list", "-v"]) == 0
+    owners: dict[str, list[str]] = {}
+    owner = None
+    for line in capsys.readouterr().out.splitlines():
+        if not line.startswith(" "):
+            owner = line.rstrip(":")
+        elif not line.startswith("      "):
+            owner = line.split()[0]
+        else:
+            owners.setdefault(owner, []).append(line.strip().split("  # ")[0])
+
+    def knobs(namespace, params):
+        return [f"{namespace}.{p.name} = {p.default!r}" + (f" per-dataset {dict(p.per_dataset)}" if p.per_dataset
+                                                            else "") for p in params]
+
+    expected = {name: knobs(name, method_hparams(cls)) for name, cls in list_methods().items()}
+    expected |= {name: knobs("data", cls.HPARAMS) for name, cls in list_datasets().items()}
+    expected["runner"] = knobs("train", TRAIN_HPARAMS) + knobs("model", MODEL_HPARAMS)
+    assert owners == {name: lines for name, lines in expected.items() if lines}
+    # ARL's temperature: 4 by default, 8 on CREMA-D (the paper's §4).
+    assert "arl.temperature = 4.0 per-dataset {'cremad': 8.0}" in owners["arl"]
