@@ -262,3 +262,21 @@ def test_an_expected_error_in_any_command_is_its_message_alone_and_exit_2(monkey
     monkeypatch.setattr(list_command, "run", fail)
     assert main(["list"]) == 2
     assert capsys.readouterr().err == f"augbench list: error: {error.args[0]}\n"
+
+
+@pytest.mark.parametrize("what,flag", [("step", "--repeats"), ("epoch", "--epoch-repeats"), ("data", "--batch-size"),
+                                       ("data", "--batches"), ("data", "--rounds")])
+def test_a_bench_count_below_one_is_refused_naming_the_argument_before_anything_runs(monkeypatch, capsys, what, flag):
+    # 0 timed steps, epochs, batches or rounds ended in a ZeroDivisionError or IndexError traceback, or in an
+    # "empty data" error naming no argument, after the benchmark had been set up.
+    from benchmarks.commands import bench as command
+
+    ran: list[str] = []
+    for name in ("run_data", "bench_steps", "bench_epoch"):
+        monkeypatch.setattr(command, name, lambda *args, name=name, **kwargs: ran.append(name))
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", what, flag, "0", "--device", "cpu"])
+    assert exit_.value.code == 2 and not ran
+    err = capsys.readouterr().err
+    assert f"argument {flag}: must be >= 1, got 0" in err and "Traceback" not in err
+

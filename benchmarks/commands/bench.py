@@ -24,6 +24,7 @@ import torch
 
 from benchmarks.bench import SHAPES, bench_epoch, bench_steps, markdown_data, markdown_epoch, markdown_steps
 from benchmarks.bench_data import ROUND_ORDERS, bench_tree, benchmark_data
+from benchmarks.commands import positive_int
 from benchmarks.config import build_config, merge_overrides
 from benchmarks.records import atomic_write_text, environment, write_json
 from core.hparams import parse_assignments, resolve
@@ -46,9 +47,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels-last", action="store_true", help="model.channels_last=true")
     p.add_argument("--compile", action="store_true", help="torch.compile the encoders (train.compile=true)")
     p.add_argument("--set", dest="assignments", action="append", default=[], metavar="NS.KEY=VALUE")
-    p.add_argument("--repeats", type=int, default=5, help="timed steps per method of the step benchmark")
-    p.add_argument("--epoch-repeats", type=int, default=2, help="timed epochs (and model-only passes) of the epoch "
-                                                                "benchmark; the best counts")
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed steps per method of the step benchmark")
+    p.add_argument("--epoch-repeats", type=positive_int, default=2,
+                   help="timed epochs (and model-only passes) of the epoch benchmark; the best counts")
     p.add_argument("--out", type=Path, help="where the figures go (default: runs/bench; with --publish "
                                             "results/bench)")
     p.add_argument("--publish", action="store_true", help="write to the committed results/bench/ (record figures)")
@@ -60,9 +61,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     data.add_argument("--preset", default="small", choices=("tiny", "small", "cremad"),
                       help="AV-Digits size preset of a generated tree")
     data.add_argument("--recipe", default="aug", help="audio recipe of a generated tree's cache (AUG's is 'aug')")
-    data.add_argument("--batch-size", type=int, default=32, help="samples per batch of the data benchmark")
-    data.add_argument("--batches", type=int, default=5, help="timed batches per loader per round")
-    data.add_argument("--rounds", type=int, default=len(ROUND_ORDERS),
+    data.add_argument("--batch-size", type=positive_int, default=32, help="samples per batch of the data benchmark")
+    data.add_argument("--batches", type=positive_int, default=5, help="timed batches per loader per round")
+    data.add_argument("--rounds", type=positive_int, default=len(ROUND_ORDERS),
                       help=f"interleaved rounds of the data benchmark (the stream order cycles every "
                            f"{len(ROUND_ORDERS)} rounds: use a multiple of {len(ROUND_ORDERS)})")
 
