@@ -280,3 +280,17 @@ def test_a_bench_count_below_one_is_refused_naming_the_argument_before_anything_
     err = capsys.readouterr().err
     assert f"argument {flag}: must be >= 1, got 0" in err and "Traceback" not in err
 
+
+@pytest.mark.parametrize("argv", [["--frame-size", "0", "24"], ["--frame-size", "24", "-3"], ["--shard-size", "0"]])
+def test_a_prepare_size_below_one_is_refused_naming_the_argument_before_anything_runs(monkeypatch, capsys, argv):
+    # A frame size of 0 was blamed on the first image ("cannot decode image") after the split files were read; a
+    # shard size of 0 silently became the dataset's default.
+    from benchmarks.commands import prepare as command
+
+    ran: list = []
+    monkeypatch.setattr(command, "prepare", lambda *args: ran.append(args))
+    with pytest.raises(SystemExit) as exit_:
+        main(["prepare", "cremad", "--raw", "raw", *argv])
+    assert exit_.value.code == 2 and not ran
+    err = capsys.readouterr().err
+    assert f"argument {argv[0]}: must be >= 1, got " in err and "Traceback" not in err

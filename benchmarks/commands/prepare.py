@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from benchmarks.commands import positive_int
 from core.hparams import HParamError, command_line_value
 from datasets.audio_visual import VISUAL_SOURCES
 from datasets.cache import CacheError
@@ -53,7 +54,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="override an audio pipeline parameter, e.g. --audio seconds=5 (repeatable)")
     p.add_argument("--pad-mode", choices=PAD_MODES,
                    help="librosa STFT pad_mode (recorded; default: the audio pipeline's)")
-    p.add_argument("--frame-size", type=int, nargs=2, metavar=("H", "W"), help="stored frame size")
+    p.add_argument("--frame-size", type=positive_int, nargs=2, metavar=("H", "W"), help="stored frame size")
     p.add_argument("--fps", type=int, default=1, help="frames kept per second of video (default 1)")
     p.add_argument("--visual", choices=VISUAL_SOURCES, default="auto",
                    help="frames from videos or from extracted frame folders (auto: folders when present)")
@@ -72,7 +73,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-drop-fraction", type=float, default=1.0, help="with --skip-bad: stop above this fraction")
     p.add_argument("--force", action="store_true", help="rebuild even if a finished cache exists")
     p.add_argument("--workers", type=int, default=0, help="extraction processes (0 = this process)")
-    p.add_argument("--shard-size", type=int, help="samples per resumable shard (default: the dataset's)")
+    p.add_argument("--shard-size", type=positive_int, help="samples per resumable shard (default: the dataset's)")
     p.add_argument("--option", action="append", default=[], type=_assignment, metavar="KEY=VALUE",
                    help="a prepare-time setting of the image-text, feature and clip datasets (their SETTINGS, see "
                         "each dataset module), e.g. --option tokenizer=bert-base-uncased (repeatable)")
