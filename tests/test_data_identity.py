@@ -170,3 +170,43 @@ def test_one_stale_run_stops_a_sweep_and_a_long_list_is_cut(monkeypatch):
         check_finished_runs([f"r{i}" for i in range(5)])
     with pytest.raises(DataChangedError, match=r"^7 finished run\(s\) .*: r0; r1; r2; r3; r4 \(and 2 more\)\. Retrain"):
         check_finished_runs([f"r{i}" for i in range(7)])
+
+
+def test_two_datasets_with_the_same_data_settings_are_each_checked_against_their_own_identity(tmp_path, monkeypatch):
+    # av_digits is served from a cache prepared as cremad and takes the same data.* knobs: identical settings of the
+    # two still name two caches (one under each dataset's folder), so one's identity must never stand for the other's.
+    from datasets.av_digits_cache import AVDigits
+
+    monkeypatch.setattr(CremaD, "identity", classmethod(lambda cls, hp: {"raw_fingerprint": "cremad"}))
+    monkeypatch.setattr(AVDigits, "identity", classmethod(lambda cls, hp: {"raw_fingerprint": "digits"}))
+    settings = SimpleNamespace(as_dict=lambda: {"cache_dir": "cache", "recipe": "ogm"})
+    jobs = []
+    for name in ("cremad", "av_digits"):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        (run_dir / DATA_FILE).write_text(json.dumps({"raw_fingerprint": "digits"}))
+        jobs.append(SimpleNamespace(name=name, run_dir=run_dir, cfg=SimpleNamespace(dataset=name, data=settings)))
+    assert stale_runs(jobs) == ["cremad (raw_fingerprint: 'digits' in the run, 'cremad' now)"]
+    assert stale_runs(jobs[::-1]) == ["cremad (raw_fingerprint: 'digits' in the run, 'cremad' now)"]
+
+
+def test_only_a_missing_cache_exempts_a_finished_run_from_the_check(tmp_path, monkeypatch):
+    # A cache that is there but cannot be read is no evidence that the run's data is still served: the error stands.
+    def unreadable(cls, hp):
+        raise PermissionError("manifest.json: permission denied")
+
+    monkeypatch.setattr(Synthetic, "identity", classmethod(unreadable))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / DATA_FILE).write_text(json.dumps({"cache_options_hash": "a"}))
+    job = SimpleNamespace(name="run", run_dir=run_dir, cfg=build_config("joint", "synthetic", tiny_overrides()))
+    with pytest.raises(PermissionError, match="permission denied"):
+        stale_runs([job])
+
+
+def test_an_empty_record_is_a_record(tmp_path):
+    # A run of data without identity records {}; a dataset that reports one now serves other data than it did.
+    (tmp_path / DATA_FILE).write_text("{}")
+    check_run_data(tmp_path, {})
+    with pytest.raises(DataChangedError, match=r"\(raw_fingerprint: '<absent>' in the run, 'f' now\)"):
+        check_run_data(tmp_path, {"raw_fingerprint": "f"})
