@@ -13,7 +13,14 @@ from baselines.base import DATA_PARALLEL_LEVELS, Method
 from baselines.registry import METHOD_MODULES, UnknownMethodError, get_method, list_methods, register
 from benchmarks.config import build_config, method_hparams
 from core.hparams import HParamError
-from datasets.registry import UnknownDatasetError, get_dataset
+from datasets.registry import (
+    DATASET_MODULES,
+    Dataset,
+    UnknownDatasetError,
+    get_dataset,
+    list_datasets,
+    register_dataset,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SUPPORT_MODULES = {"__init__", "base", "registry", "hparams", "networks", "heads", "encoders"}
@@ -60,6 +67,36 @@ def test_unknown_dataset_lists_valid_names():
     with pytest.raises(UnknownDatasetError) as err:
         get_dataset("no_such_dataset")
     assert "synthetic" in str(err.value)
+
+
+def test_unknown_dataset_message_lists_every_registered_name_sorted():
+    names = {cls.NAME for cls in list_datasets().values()}
+    assert {"synthetic", "cremad", "av_digits", "ucf101"} <= names
+    with pytest.raises(UnknownDatasetError) as err:
+        get_dataset("cremadd")
+    assert str(err.value) == f"unknown dataset 'cremadd'; valid datasets: {', '.join(sorted(names))}"
+
+
+def test_every_dataset_file_is_listed_and_every_listed_module_registers_a_dataset():
+    # an unlisted file's dataset would be unknown by name; a listed module must register what it defines
+    registering = {f"datasets.{p.stem}" for p in (ROOT / "datasets").glob("*.py")
+                   if re.search(r"^@register_dataset$", p.read_text(), re.M)}
+    assert registering == set(DATASET_MODULES)
+    modules = {cls.__module__ for cls in list_datasets().values()}
+    assert modules == set(DATASET_MODULES)
+
+
+def test_a_second_dataset_under_a_taken_name_is_refused_and_the_first_kept():
+    from datasets.synthetic import Synthetic
+
+    class Impostor(Dataset):
+        NAME = "synthetic"
+
+    with pytest.raises(ValueError, match="dataset name 'synthetic' registered twice"):
+        register_dataset(Impostor)
+    assert get_dataset("synthetic") is Synthetic
+    assert register_dataset(Synthetic) is Synthetic, "registering the same class again is a no-op"
+    assert get_dataset("synthetic") is Synthetic
 
 
 def test_duplicate_method_name_is_rejected():
