@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from core.data import BatchLoader, ModalitySpec, TaskSpec, seed_for
-from datasets.base import stratified_holdout
+from datasets.base import DataBundle, stratified_holdout
 
 N = 100
 
@@ -83,6 +83,28 @@ def test_stratified_holdout_is_per_class_and_seeded():
     assert len(held) == 20 and np.bincount(labels[held]).tolist() == [5, 5, 5, 5]
     assert np.intersect1d(kept, held).size == 0 and len(kept) + len(held) == 100
     assert np.array_equal(held, stratified_holdout(np.arange(100), labels, 0.2, seed=3)[1])
+
+
+def test_the_holdout_rounds_each_class_to_the_nearest_count_and_draws_by_seed():
+    # 0.1 of 27 clips is 2.7: 3 held out per class, not the 2 that truncation gives
+    labels = np.repeat(np.arange(2), 27)
+    draws = [stratified_holdout(np.arange(54), labels, 0.1, seed=s)[1] for s in range(4)]
+    assert all(np.bincount(labels[held]).tolist() == [3, 3] for held in draws)
+    assert len({tuple(held) for held in draws}) == 4, "another seed holds out other clips"
+    assert all(held.tolist() == sorted(held.tolist()) for held in draws)
+
+
+def test_a_bundle_serves_its_splits_rows_with_the_loader_settings_asked():
+    bundle = DataBundle(TaskSpec("toy", 3, (ModalitySpec("audio", "spectrogram", (1, 1, 1)),)), np.arange(N) % 3,
+                        {"train": np.arange(10, 30), "test": np.arange(5)}, gather, prefetch=2)
+    ld = bundle.loader("train", batch_size=8, train=True, seed=7, drop_last=True)
+    assert ld.drop_last and ld.prefetch == 2 and len(ld) == 2
+    served = torch.cat([b["index"] for b in ld]).tolist()
+    assert len(served) == 16 and len(set(served)) == 16 and set(served) <= set(range(10, 30))
+    assert torch.cat([b["index"] for b in bundle.loader("test", batch_size=2, train=False, seed=0)]).tolist() == \
+        list(range(5))
+    with pytest.raises(KeyError, match=r"dataset 'toy' has no split 'val'; it has \['test', 'train'\]"):
+        bundle.loader("val", batch_size=8, train=False, seed=0)
 
 
 def test_a_grouped_holdout_takes_whole_groups_per_class():
