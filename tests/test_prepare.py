@@ -177,6 +177,11 @@ def test_changed_media_are_not_silently_reused(built, tree):
         prepare(CremaD, tree.root, built.parent.parent, options(tree), log=quiet)
 
 
+def killed_before_rename(partial, final, log):
+    """Stands in for ``publish_cache``: the build stops after its last shard, before the rename that publishes it."""
+    raise KeyboardInterrupt
+
+
 def test_interrupted_prepare_resumes_where_it_stopped(built, pristine, tmp_path, monkeypatch):
     calls = []
 
@@ -199,10 +204,6 @@ def test_interrupted_prepare_resumes_where_it_stopped(built, pristine, tmp_path,
     monkeypatch.setattr(av, "features_from_file", lambda pipeline, path, window=None: calls.append(path) or
                         features_from_file(pipeline, path, window))
     real_publish = prep.publish_cache
-
-    def killed_before_rename(partial, final, log):
-        raise KeyboardInterrupt
-
     monkeypatch.setattr(prep, "publish_cache", killed_before_rename)
     with pytest.raises(KeyboardInterrupt):
         prepare(CremaD, pristine.root, tmp_path, options(pristine), log=quiet)
@@ -221,9 +222,6 @@ def test_a_complete_build_left_unrenamed_is_not_published_after_its_media_change
     loaded = []
     stub_extraction(monkeypatch, loaded=loaded)
     real_publish = prep.publish_cache
-
-    def killed_before_rename(partial, final, log):
-        raise KeyboardInterrupt
     monkeypatch.setattr(prep, "publish_cache", killed_before_rename)
     with pytest.raises(KeyboardInterrupt):
         prepare(CremaD, tree.root, tmp_path, options(tree), log=quiet)
