@@ -620,7 +620,8 @@ def test_split_files_list_clips_in_a_shuffled_order(tiny):
 
 def test_the_av_digits_entry_prepares_the_tree_with_its_documented_defaults(noisy, tmp_path):
     # docs/datasets/av_digits.md#layout: the tree's own split files, frames at the native 120x160, the ogm (3 s)
-    # recipe, stat.csv label order (label == digit), 64x64 served frames, one frame per clip.
+    # recipe, stat.csv label order (label == digit). The served defaults are pinned in tests/test_av_digits_cache.py,
+    # which runs without the media extras this file needs.
     from datasets.prepare import prepare
     from datasets.registry import get_dataset
     from datasets.tables import PrepareOptions
@@ -637,8 +638,6 @@ def test_the_av_digits_entry_prepares_the_tree_with_its_documented_defaults(nois
         index = list(csv.DictReader(f))
     digit = {row["id"]: row["digit"] for row in _meta(noisy)}
     assert len(index) == 12 and all(row["label"] == digit[row["id"]] for row in index)
-    defaults = {p.name: p.default for p in entry.HPARAMS}
-    assert (defaults["recipe"], defaults["image_size"], defaults["frames"]) == ("ogm", 64, 1)
 
 
 def _long_utterance_espeak(seconds: float):
