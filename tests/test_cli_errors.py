@@ -281,10 +281,21 @@ def test_a_bench_count_below_one_is_refused_naming_the_argument_before_anything_
     assert f"argument {flag}: must be >= 1, got 0" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("argv", [["--frame-size", "0", "24"], ["--frame-size", "24", "-3"], ["--shard-size", "0"]])
-def test_a_prepare_size_below_one_is_refused_naming_the_argument_before_anything_runs(monkeypatch, capsys, argv):
+@pytest.mark.parametrize("argv, refusal", [
+    (["--frame-size", "0", "24"], "must be >= 1, got 0"), (["--frame-size", "24", "-3"], "must be >= 1, got -3"),
+    (["--shard-size", "0"], "must be >= 1, got 0"), (["--fps", "0"], "must be >= 1, got 0"),
+    (["--min-frames", "0"], "must be >= 1, got 0"), (["--workers", "-1"], "must be >= 0, got -1"),
+    (["--workers", "two"], "expected a whole number, got 'two'"),
+    (["--val-fraction", "1"], "must be in [0, 1), got 1.0"),
+    (["--val-fraction", "-0.1"], "must be in [0, 1), got -0.1"),
+    (["--val-fraction", "nan"], "expected a number, got 'nan'"),
+    (["--max-drop-fraction", "-1"], "must be in [0, 1], got -1.0"),
+    (["--max-drop-fraction", "1.5"], "must be in [0, 1], got 1.5")])
+def test_a_prepare_count_or_fraction_out_of_range_is_refused_naming_the_argument_before_anything_runs(
+        monkeypatch, capsys, argv, refusal):
     # A frame size of 0 was blamed on the first image ("cannot decode image") after the split files were read; a
-    # shard size of 0 silently became the dataset's default.
+    # shard size of 0 silently became the dataset's default; --workers -1 ran in this process, --max-drop-fraction -1
+    # stopped at the first drop and --val-fraction 1.5 failed only once the split files had been read.
     from benchmarks.commands import prepare as command
 
     ran: list = []
@@ -293,4 +304,18 @@ def test_a_prepare_size_below_one_is_refused_naming_the_argument_before_anything
         main(["prepare", "cremad", "--raw", "raw", *argv])
     assert exit_.value.code == 2 and not ran
     err = capsys.readouterr().err
-    assert f"argument {argv[0]}: must be >= 1, got " in err and "Traceback" not in err
+    assert f"argument {argv[0]}: {refusal}" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("flag, value, field, parsed", [
+    ("--workers", "0", "workers", 0), ("--val-fraction", "0", "val_fraction", 0.0),
+    ("--max-drop-fraction", "0", "max_drop_fraction", 0.0), ("--max-drop-fraction", "1", "max_drop_fraction", 1.0),
+    ("--fps", "1", "frames_per_second", 1), ("--min-frames", "1", "min_frames", 1)])
+def test_the_bounds_of_prepare_counts_and_fractions_reach_the_preparation(monkeypatch, capsys, flag, value, field,
+                                                                           parsed):
+    from benchmarks.commands import prepare as command
+
+    ran: list = []
+    monkeypatch.setattr(command, "prepare", lambda *args: ran.append(args) or "cache")
+    assert main(["prepare", "cremad", "--raw", "raw", flag, value]) == 0
+    assert getattr(ran[0][3], field) == parsed

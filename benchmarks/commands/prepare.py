@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from benchmarks.commands import positive_int
+from benchmarks.commands import fraction, holdout_fraction, nonnegative_int, positive_int
 from core.hparams import HParamError, command_line_value
 from datasets.audio_visual import VISUAL_SOURCES
 from datasets.cache import CacheError
@@ -55,24 +55,25 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pad-mode", choices=PAD_MODES,
                    help="librosa STFT pad_mode (recorded; default: the audio pipeline's)")
     p.add_argument("--frame-size", type=positive_int, nargs=2, metavar=("H", "W"), help="stored frame size")
-    p.add_argument("--fps", type=int, default=1, help="frames kept per second of video (default 1)")
+    p.add_argument("--fps", type=positive_int, default=1, help="frames kept per second of video (default 1)")
     p.add_argument("--visual", choices=VISUAL_SOURCES, default="auto",
                    help="frames from videos or from extracted frame folders (auto: folders when present)")
     for kind in ("audio", "video", "frames"):
         p.add_argument(f"--{kind}-dir", help=f"{kind} folder under the raw root (default: the dataset's layout); "
                                              "{split} in it stands for each row's split, for trees that keep the "
                                              "splits apart")
-    p.add_argument("--min-frames", type=int, help="clips with fewer 1 fps frames are bad items (default: the recipe's)")
+    p.add_argument("--min-frames", type=positive_int,
+                   help="clips with fewer 1 fps frames are bad items (default: the recipe's)")
     p.add_argument("--label-order", default="", help="label map convention (CREMA-D: ogm | stat | sorted)")
     p.add_argument("--duplicates", choices=DUPLICATE_POLICIES, default="first", help="repeated ids within a split")
-    p.add_argument("--val-fraction", type=float, default=0.1,
+    p.add_argument("--val-fraction", type=holdout_fraction, default=0.1,
                    help="hold-out fraction when no validation list (0 = no validation split)")
     p.add_argument("--val-seed", type=int, default=0, help="seed of that hold-out")
     p.add_argument("--skip-bad", action="store_true",
                    help="drop bad items (missing/corrupt media, unknown labels, ...) and record them, not stop")
-    p.add_argument("--max-drop-fraction", type=float, default=1.0, help="with --skip-bad: stop above this fraction")
+    p.add_argument("--max-drop-fraction", type=fraction, default=1.0, help="with --skip-bad: stop above this fraction")
     p.add_argument("--force", action="store_true", help="rebuild even if a finished cache exists")
-    p.add_argument("--workers", type=int, default=0, help="extraction processes (0 = this process)")
+    p.add_argument("--workers", type=nonnegative_int, default=0, help="extraction processes (0 = this process)")
     p.add_argument("--shard-size", type=positive_int, help="samples per resumable shard (default: the dataset's)")
     p.add_argument("--option", action="append", default=[], type=_assignment, metavar="KEY=VALUE",
                    help="a prepare-time setting of the image-text, feature and clip datasets (their SETTINGS, see "
