@@ -189,9 +189,9 @@ def test_neither_demo_table_bolds_the_ensemble_of_final_checkpoints(monkeypatch)
     # Its Acc (visual) 85.19 (final checkpoints) was bolded in table_clean.md above the visual-only model's 85.00
     # (best-validation epoch), the protocol the caption names.
     labels = torch.tensor([0, 1, 0, 1])
-    outputs = {"unimodal_audio": torch.tensor([[0.6, 0.4], [0.6, 0.4], [0.6, 0.4], [0.6, 0.4]]),
-               "unimodal_visual": torch.eye(2)[labels]}
-    monkeypatch.setattr(demo_module, "_test_outputs", lambda run_dir: (outputs[run_dir.name], labels, 2))
+    outputs = {"unimodal_audio": torch.tensor([[0.4, 0.0], [0.4, 0.0], [0.4, 0.0], [0.4, 0.0]], dtype=torch.float64),
+               "unimodal_visual": 5.0 * torch.eye(2, dtype=torch.float64)[labels]}
+    monkeypatch.setattr(demo_module, "_final_outputs", lambda run_dir, split: (outputs[run_dir.name], labels, 2))
     tests = {"unimodal_audio": {"acc": 0.5, "per_modality": {"audio": {"acc": 0.5}}},
              "unimodal_visual": {"acc": 0.75, "per_modality": {"visual": {"acc": 0.75}}},
              "joint": {"acc": 0.6, "per_modality": {"audio": {"acc": 0.4}, "visual": {"acc": 0.3}}}}
@@ -321,6 +321,11 @@ def test_the_headroom_finding_compares_the_ensemble_with_joint_trainings_final_e
     final = {"joint": {"acc": [0.87, 0.0, 1]}, "ensemble": {"acc": [0.9, 0.0, 1]}}
     lines = findings({"rows": rows, "rows_final": final, "identical_rows": {}}, {}, load_demo_config()["targets"])
     assert "gives 90.0%, +3.0 points against joint training (both at the final epoch; joint 87.0%)" in lines[1]
+    calibrated = {"rows": rows, "rows_final": final, "identical_rows": {},
+                  "ensemble_temperatures": {"audio": 2.4449, "visual": 0.7263}}
+    assert findings(calibrated, {}, load_demo_config()["targets"])[1].startswith(
+        "Averaging the two separately trained unimodal models (each calibrated on the validation split; mean "
+        "temperature audio 2.44, visual 0.73) gives 90.0%")
 
 
 def test_runs_start_longest_first_by_the_previous_summary(tmp_path):
@@ -458,13 +463,35 @@ def test_previous_row_seconds_skips_a_summary_with_no_row_times(tmp_path):
     assert previous_row_seconds([empty, good], lambda line: None) == ({"joint": 14.2}, good)
 
 
-def test_the_ensemble_averages_the_softmax_outputs_of_each_seeds_final_unimodal_models(monkeypatch):
-    # Sample 0: the mean (0.475, 0.3, 0.225) picks class 0 where the product picks 1; sample 1: the mean picks class 1
-    # where the most confident model (a max) picks 0. Audio alone picks 0 twice, visual alone 1 twice.
-    labels = torch.tensor([0, 1])
-    outputs = {"unimodal_audio": torch.tensor([[0.9, 0.1, 0.0], [0.5, 0.4, 0.1]]),
-               "unimodal_visual": torch.tensor([[0.05, 0.5, 0.45], [0.1, 0.45, 0.45]])}
-    monkeypatch.setattr(demo_module, "_test_outputs", lambda run_dir: (outputs[run_dir.parent.name], labels, 3))
+def test_the_temperature_minimises_the_cross_entropy_it_is_fitted_on():
+    # Two classes, every logit pair (m, -m) and a share q of labels 0: the cross-entropy of softmax(z / T) is least
+    # where sigmoid(2m / T) = q, that is T = 2m / logit(q).
+    for margin, zeros, ones in ((1.0, 3, 1), (4.0, 3, 1), (0.5, 9, 1), (3.0, 1, 3)):
+        logits = torch.tensor([[margin, -margin]] * (zeros + ones), dtype=torch.float64)
+        labels = torch.tensor([0] * zeros + [1] * ones)
+        expected = 2 * margin / math.log(zeros / ones)
+        if expected < 0:  # the logits point the wrong way more often than not: no positive temperature fits
+            assert demo_module.fit_temperature(logits, labels) == approx(1e3, rel=1e-9)
+        else:
+            assert demo_module.fit_temperature(logits, labels) == approx(expected, rel=1e-9)
+    # A split the logits separate perfectly has no finite optimum: the search stops at its bound.
+    separated = torch.tensor([[2.0, -2.0], [-2.0, 2.0]], dtype=torch.float64)
+    assert demo_module.fit_temperature(separated, torch.tensor([0, 1])) == approx(1e-3, rel=1e-9)
+
+
+def test_the_ensemble_averages_softmax_outputs_calibrated_on_validation_of_each_seeds_final_unimodal_models(
+        monkeypatch):
+    # Validation: the audio model says (4, 0) and is right 3 times in 4, so its temperature is 4 / ln 3; the visual
+    # model says (1, -1), right 3 times in 4, temperature 2 / ln 3. On the test sample (label 1) audio says (4, 0) and
+    # visual (0, 3): the plain mean of softmax outputs picks class 0 (0.514), the calibrated mean class 1, with
+    # probability (0.25 + 3^1.5 / (1 + 3^1.5)) / 2.
+    val_labels, test_labels = torch.tensor([0, 0, 0, 1]), torch.tensor([1])
+    outputs = {("unimodal_audio", "val"): torch.tensor([[4.0, 0.0]] * 4, dtype=torch.float64),
+               ("unimodal_visual", "val"): torch.tensor([[1.0, -1.0]] * 4, dtype=torch.float64),
+               ("unimodal_audio", "test"): torch.tensor([[4.0, 0.0]], dtype=torch.float64),
+               ("unimodal_visual", "test"): torch.tensor([[0.0, 3.0]], dtype=torch.float64)}
+    monkeypatch.setattr(demo_module, "_final_outputs", lambda run_dir, split: (
+        outputs[run_dir.parent.name, split], val_labels if split == "val" else test_labels, 2))
     records = [collect.RunRecord(run_dir=Path("runs") / label / str(seed), label=label, title=label, method="unimodal",
                                  dataset="av_digits", seed=seed, protocols={})
                for label, seed in (("unimodal_audio", 2), ("unimodal_visual", 2), ("unimodal_audio", 1),
@@ -474,37 +501,47 @@ def test_the_ensemble_averages_the_softmax_outputs_of_each_seeds_final_unimodal_
     for rec in ensembles:
         assert (rec.label, rec.reference, sorted(rec.protocols)) == (ENSEMBLE_LABEL, True, ["clean", "last", "paper"])
         assert rec.protocols["clean"] is rec.protocols["paper"] is rec.protocols["last"]
+        assert rec.protocols["last"]["temperatures"] == {"audio": approx(4 / math.log(3), rel=1e-9),
+                                                         "visual": approx(2 / math.log(3), rel=1e-9)}
         test = rec.values("last")
-        assert test["acc"] == 1.0 and test["acc:audio"] == test["acc:visual"] == 0.5
-        # the true class's mean probability, (0.475 + 0.425) / 2: float32 softmax outputs
-        assert rec.protocols["last"]["test"]["conf"] == approx(0.45), "softmax mean, not product or max"
+        assert test["acc"] == 1.0 and test["acc:audio"] == 0.0 and test["acc:visual"] == 1.0
+        assert rec.protocols["last"]["test"]["conf"] == approx((0.25 + 3 ** 1.5 / (1 + 3 ** 1.5)) / 2, rel=1e-9)
+    assert demo_module.ensemble_temperatures(ensembles) == approx({"audio": 4 / math.log(3),
+                                                                   "visual": 2 / math.log(3)}, rel=1e-9)
+    assert demo_module.ensemble_temperatures([]) == {}
 
 
-def test_an_ensemble_of_runs_evaluated_on_other_test_rows_is_refused_naming_them(monkeypatch):
-    # Same shapes, other labels: the mean would fuse unrelated samples into a number that looks like a result.
-    outputs = {"unimodal_audio": (torch.full((2, 3), 1 / 3), torch.tensor([0, 1]), 3),
-               "unimodal_visual": (torch.full((2, 3), 1 / 3), torch.tensor([1, 0]), 3)}
-    monkeypatch.setattr(demo_module, "_test_outputs", lambda run_dir: outputs[run_dir.parent.name])
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_an_ensemble_of_runs_evaluated_on_other_rows_is_refused_naming_them(monkeypatch, split):
+    # Same shapes, other labels: the mean (or a temperature fitted on validation) would fuse unrelated samples into a
+    # number that looks like a result.
+    labels = {("unimodal_audio", "val"): [0, 1], ("unimodal_audio", "test"): [0, 1],
+              ("unimodal_visual", "val"): [0, 1], ("unimodal_visual", "test"): [0, 1]}
+    labels["unimodal_visual", split] = [1, 0]
+    monkeypatch.setattr(demo_module, "_final_outputs", lambda run_dir, part: (
+        torch.zeros(2, 3, dtype=torch.float64), torch.tensor(labels[run_dir.parent.name, part]), 3))
     records = [collect.RunRecord(run_dir=Path("runs") / label / "0", label=label, title=label, method="unimodal",
                                  dataset="av_digits", seed=0, protocols={})
                for label in ("unimodal_audio", "unimodal_visual")]
-    with pytest.raises(ValueError, match=r"seed 0: the unimodal runs .*runs/unimodal_visual/0.* same test rows"):
+    with pytest.raises(ValueError, match=rf"seed 0: the unimodal runs .*runs/unimodal_visual/0.* same {split} rows"):
         demo_module.ensemble_records(records)
-    outputs["unimodal_visual"] = (torch.full((2, 3), 1 / 3), torch.tensor([0, 1]), 3)
+    labels["unimodal_visual", split] = [0, 1]
     assert [rec.seed for rec in demo_module.ensemble_records(records)] == [0]
 
 
-def test_a_runs_test_outputs_are_its_final_models_softmax_in_row_order(tmp_path, monkeypatch):
+def test_a_runs_final_outputs_are_its_final_models_logits_in_row_order(tmp_path, monkeypatch):
     # The ensemble's inputs, read back from a finished run's final checkpoint, score what the run recorded for its
-    # last epoch: the true class's mean probability pins the softmax of the logits, accuracy the label order.
+    # last epoch: the true class's mean probability pins the logits, accuracy the label order.
     run = tmp_path / "run"
     train_run(build_config("joint", "synthetic", tiny_overrides()), run, log=lambda *_: None)
-    probs, labels, classes = demo_module._test_outputs(run)
+    logits, labels, classes = demo_module._final_outputs(run, "test")
     recorded = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["test"]
-    assert probs.sum(dim=1) == approx(torch.ones(len(labels))) and len(labels) == recorded["n"]
-    again = classification_metrics(torch.log(probs), labels, classes)
+    assert logits.dtype == torch.float64 and len(labels) == recorded["n"]
+    again = classification_metrics(logits, labels, classes)
     assert again["acc"] == recorded["acc"]
     assert again["conf"] == pytest.approx(recorded["conf"], abs=1e-6)
+    val_logits, val_labels, _ = demo_module._final_outputs(run, "val")
+    assert len(val_labels) == json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["val"]["n"]
     # Rows come back in index order whatever order the loader yields them in: the ensemble averages two models'
     # outputs row by row.
     build = demo_module.build_data
@@ -515,8 +552,24 @@ def test_a_runs_test_outputs_are_its_final_models_softmax_in_row_order(tmp_path,
         return bundle
 
     monkeypatch.setattr(demo_module, "build_data", reversed_test_split)
-    probs_again, labels_again, _ = demo_module._test_outputs(run)
-    assert torch.equal(labels_again, labels) and probs_again == approx(probs)
+    logits_again, labels_again, _ = demo_module._final_outputs(run, "test")
+    assert torch.equal(labels_again, labels) and logits_again == approx(logits)
+
+
+def test_an_ensemble_input_without_validation_rows_is_refused_naming_the_run(tmp_path, monkeypatch):
+    # The temperatures are fitted on validation; a run whose data has none cannot be calibrated.
+    run = tmp_path / "run"
+    train_run(build_config("joint", "synthetic", tiny_overrides()), run, log=lambda *_: None)
+    build = demo_module.build_data
+
+    def no_validation(cfg):
+        bundle = build(cfg)
+        bundle.splits = {k: v for k, v in bundle.splits.items() if k != "val"}
+        return bundle
+
+    monkeypatch.setattr(demo_module, "build_data", no_validation)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(run))}: its data has no 'val' rows"):
+        demo_module._final_outputs(run, "val")
 
 
 def _readme_summary() -> dict:
@@ -698,16 +751,16 @@ def test_run_summaries_read_every_run_but_the_ensemble(monkeypatch):
 
 def test_the_ensemble_record_sits_in_the_runs_folder_with_its_inputs_dataset_and_per_modality_softmax(monkeypatch):
     labels = torch.tensor([0, 1])
-    outputs = {"unimodal_audio": torch.tensor([[0.9, 0.1], [0.6, 0.4]]),
-               "unimodal_visual": torch.tensor([[0.05, 0.95], [0.55, 0.45]])}
-    monkeypatch.setattr(demo_module, "_test_outputs", lambda run_dir: (outputs[run_dir.name[:-6]], labels, 2))
+    outputs = {"unimodal_audio": torch.log(torch.tensor([[0.9, 0.1], [0.6, 0.4]], dtype=torch.float64)),
+               "unimodal_visual": torch.log(torch.tensor([[0.05, 0.95], [0.55, 0.45]], dtype=torch.float64))}
+    monkeypatch.setattr(demo_module, "_final_outputs", lambda run_dir, split: (outputs[run_dir.name[:-6]], labels, 2))
     records = [collect.RunRecord(run_dir=Path("runs") / f"{label}-seed0", label=label, title=label,
                                  method="unimodal", dataset="av_digits_v2", seed=0, protocols={})
                for label in ("unimodal_audio", "unimodal_visual")]
     [ensemble] = demo_module.ensemble_records(records)
     assert (ensemble.run_dir, ensemble.dataset) == (Path("runs"), "av_digits_v2")
     heads = ensemble.protocols["last"]["test"]["per_modality"]
-    # Each model's own softmax outputs, scored as they are: the true class's mean probability.
+    # Each model's own softmax outputs, scored as they are (uncalibrated): the true class's mean probability.
     assert heads["audio"]["conf"] == approx((0.9 + 0.4) / 2) and heads["visual"]["conf"] == approx((0.05 + 0.45) / 2)
 
 
