@@ -212,8 +212,9 @@ def ensemble_records(records: Sequence[collect.RunRecord]) -> list[collect.RunRe
     for seed, refs in sorted(by_seed.items()):
         if len(refs) != len(REFERENCES):
             continue
-        outputs = {m: {split: _final_outputs(rec.run_dir, split) for split in ("val", "test")}
-                   for m, rec in refs.items()}
+        # In REFERENCES' order whatever the records' order, so the temperatures read audio then visual everywhere.
+        outputs = {m: {split: _final_outputs(refs[m].run_dir, split) for split in ("val", "test")}
+                   for m in REFERENCES.values()}
         for split in ("val", "test"):
             labels, classes = next(iter(outputs.values()))[split][1:]
             # Fusing needs the same rows in the same order; models of other data would fuse unrelated samples.

@@ -495,9 +495,11 @@ def test_the_ensemble_averages_softmax_outputs_calibrated_on_validation_of_each_
     records = [collect.RunRecord(run_dir=Path("runs") / label / str(seed), label=label, title=label, method="unimodal",
                                  dataset="av_digits", seed=seed, protocols={})
                for label, seed in (("unimodal_audio", 2), ("unimodal_visual", 2), ("unimodal_audio", 1),
-                                   ("joint", 1), ("unimodal_audio", 0), ("unimodal_visual", 0))]
+                                   ("joint", 1), ("unimodal_visual", 0), ("unimodal_audio", 0))]
     ensembles = demo_module.ensemble_records(records)
     assert [r.seed for r in ensembles] == [0, 2], "seed 1 has no visual-only model"
+    # Audio first whatever order the runs come in (seed 0 lists visual first): the findings name them in this order.
+    assert [list(r.protocols["last"]["temperatures"]) for r in ensembles] == [["audio", "visual"]] * 2
     for rec in ensembles:
         assert (rec.label, rec.reference, sorted(rec.protocols)) == (ENSEMBLE_LABEL, True, ["clean", "last", "paper"])
         assert rec.protocols["clean"] is rec.protocols["paper"] is rec.protocols["last"]
