@@ -513,6 +513,17 @@ def test_the_ensemble_averages_softmax_outputs_calibrated_on_validation_of_each_
     assert demo_module.ensemble_temperatures([]) == {}
 
 
+def test_the_summarys_temperatures_are_each_modalitys_mean_over_the_ensembles_seeds():
+    def row(label, seed, temperatures):
+        return collect.RunRecord(run_dir=Path("runs"), label=label, title=label, method=label, dataset="av_digits",
+                                 seed=seed, protocols={"last": {"temperatures": temperatures}}, reference=True)
+
+    records = [row(ENSEMBLE_LABEL, 0, {"audio": 2.0, "visual": 0.5}), row("joint", 0, {"audio": 9.0, "visual": 9.0}),
+               row(ENSEMBLE_LABEL, 1, {"audio": 3.0, "visual": 0.75}),
+               row(ENSEMBLE_LABEL, 2, {"audio": 2.5, "visual": 1.0})]
+    assert demo_module.ensemble_temperatures(records) == {"audio": 2.5, "visual": 0.75}
+
+
 @pytest.mark.parametrize("split", ["val", "test"])
 def test_an_ensemble_of_runs_evaluated_on_other_rows_is_refused_naming_them(monkeypatch, split):
     # Same shapes, other labels: the mean (or a temperature fitted on validation) would fuse unrelated samples into a
