@@ -142,31 +142,35 @@ FINAL_ROWS = (AUDIO, VISUAL, JOINT, ENSEMBLE_LABEL)
 UNSTABLE_STD = 0.10
 
 
-def _final_outputs(run_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Logits (float64, rows in index order), labels and class count of a finished run's final checkpoint on
-    ``split``."""
+def _final_outputs(run_dir: Path, splits: Sequence[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor, int]]:
+    """Split -> logits (float64, rows in index order), labels and class count of a finished run's final checkpoint
+    on that split, for each of ``splits`` (the data and the model are built once)."""
     cfg = load_run_config(run_dir)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     check_run_data(run_dir, current_identity(cfg), "evaluate it on that data")
     bundle = build_data(cfg)
-    if not len(bundle.splits.get(split, ())):
-        raise ValueError(f"{run_dir}: its data has no {split!r} rows; the demo's ensemble needs them")
+    for split in splits:
+        if not len(bundle.splits.get(split, ())):
+            raise ValueError(f"{run_dir}: its data has no {split!r} rows; the demo's ensemble needs them")
     device = torch.device("cpu")
     method = build_method(cfg, bundle, device)
     state = read_checkpoint(run_dir / CHECKPOINT, map_location=device)
     method.load_checkpoint_state(state["method"])
     method.eval()
-    loader = bundle.loader(split, batch_size=cfg.train.eval_batch_size, train=False, seed=cfg.train.seed,
-                           device=device)
-    loader.set_epoch(state["epoch"])
-    logits, labels, rows = [], [], []
-    with torch.no_grad():
-        for batch in loader:
-            logits.append(method.predict(batch).fused.double())
-            labels.append(batch["label"])
-            rows.append(batch["index"])
-    order = torch.argsort(torch.cat(rows))
-    return torch.cat(logits)[order], torch.cat(labels)[order], bundle.task.num_classes
+    out = {}
+    for split in splits:
+        loader = bundle.loader(split, batch_size=cfg.train.eval_batch_size, train=False, seed=cfg.train.seed,
+                               device=device)
+        loader.set_epoch(state["epoch"])
+        logits, labels, rows = [], [], []
+        with torch.no_grad():
+            for batch in loader:
+                logits.append(method.predict(batch).fused.double())
+                labels.append(batch["label"])
+                rows.append(batch["index"])
+        order = torch.argsort(torch.cat(rows))
+        out[split] = (torch.cat(logits)[order], torch.cat(labels)[order], bundle.task.num_classes)
+    return out
 
 
 # Search range of the inverse temperature (log scale) and golden-section steps: 60 steps narrow the bracket of width
@@ -213,8 +217,7 @@ def ensemble_records(records: Sequence[collect.RunRecord]) -> list[collect.RunRe
         if len(refs) != len(REFERENCES):
             continue
         # In REFERENCES' order whatever the records' order, so the temperatures read audio then visual everywhere.
-        outputs = {m: {split: _final_outputs(refs[m].run_dir, split) for split in ("val", "test")}
-                   for m in REFERENCES.values()}
+        outputs = {m: _final_outputs(refs[m].run_dir, ("val", "test")) for m in REFERENCES.values()}
         for split in ("val", "test"):
             labels, classes = next(iter(outputs.values()))[split][1:]
             # Fusing needs the same rows in the same order; models of other data would fuse unrelated samples.

@@ -191,7 +191,8 @@ def test_neither_demo_table_bolds_the_ensemble_of_final_checkpoints(monkeypatch)
     labels = torch.tensor([0, 1, 0, 1])
     outputs = {"unimodal_audio": torch.tensor([[0.4, 0.0], [0.4, 0.0], [0.4, 0.0], [0.4, 0.0]], dtype=torch.float64),
                "unimodal_visual": 5.0 * torch.eye(2, dtype=torch.float64)[labels]}
-    monkeypatch.setattr(demo_module, "_final_outputs", lambda run_dir, split: (outputs[run_dir.name], labels, 2))
+    monkeypatch.setattr(demo_module, "_final_outputs", lambda run_dir, splits: {
+        split: (outputs[run_dir.name], labels, 2) for split in splits})
     tests = {"unimodal_audio": {"acc": 0.5, "per_modality": {"audio": {"acc": 0.5}}},
              "unimodal_visual": {"acc": 0.75, "per_modality": {"visual": {"acc": 0.75}}},
              "joint": {"acc": 0.6, "per_modality": {"audio": {"acc": 0.4}, "visual": {"acc": 0.3}}}}
@@ -490,8 +491,9 @@ def test_the_ensemble_averages_softmax_outputs_calibrated_on_validation_of_each_
                ("unimodal_visual", "val"): torch.tensor([[1.0, -1.0]] * 4, dtype=torch.float64),
                ("unimodal_audio", "test"): torch.tensor([[4.0, 0.0]], dtype=torch.float64),
                ("unimodal_visual", "test"): torch.tensor([[0.0, 3.0]], dtype=torch.float64)}
-    monkeypatch.setattr(demo_module, "_final_outputs", lambda run_dir, split: (
-        outputs[run_dir.parent.name, split], val_labels if split == "val" else test_labels, 2))
+    monkeypatch.setattr(demo_module, "_final_outputs", lambda run_dir, splits: {
+        split: (outputs[run_dir.parent.name, split], val_labels if split == "val" else test_labels, 2)
+        for split in splits})
     records = [collect.RunRecord(run_dir=Path("runs") / label / str(seed), label=label, title=label, method="unimodal",
                                  dataset="av_digits", seed=seed, protocols={})
                for label, seed in (("unimodal_audio", 2), ("unimodal_visual", 2), ("unimodal_audio", 1),
@@ -531,8 +533,9 @@ def test_an_ensemble_of_runs_evaluated_on_other_rows_is_refused_naming_them(monk
     labels = {("unimodal_audio", "val"): [0, 1], ("unimodal_audio", "test"): [0, 1],
               ("unimodal_visual", "val"): [0, 1], ("unimodal_visual", "test"): [0, 1]}
     labels["unimodal_visual", split] = [1, 0]
-    monkeypatch.setattr(demo_module, "_final_outputs", lambda run_dir, part: (
-        torch.zeros(2, 3, dtype=torch.float64), torch.tensor(labels[run_dir.parent.name, part]), 3))
+    monkeypatch.setattr(demo_module, "_final_outputs", lambda run_dir, splits: {
+        part: (torch.zeros(2, 3, dtype=torch.float64), torch.tensor(labels[run_dir.parent.name, part]), 3)
+        for part in splits})
     records = [collect.RunRecord(run_dir=Path("runs") / label / "0", label=label, title=label, method="unimodal",
                                  dataset="av_digits", seed=0, protocols={})
                for label in ("unimodal_audio", "unimodal_visual")]
@@ -547,13 +550,16 @@ def test_a_runs_final_outputs_are_its_final_models_logits_in_row_order(tmp_path,
     # last epoch: the true class's mean probability pins the logits, accuracy the label order.
     run = tmp_path / "run"
     train_run(build_config("joint", "synthetic", tiny_overrides()), run, log=lambda *_: None)
-    logits, labels, classes = demo_module._final_outputs(run, "test")
+    outputs = demo_module._final_outputs(run, ("test", "val"))
+    logits, labels, classes = outputs["test"]
     recorded = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["test"]
     assert logits.dtype == torch.float64 and len(labels) == recorded["n"]
     again = classification_metrics(logits, labels, classes)
     assert again["acc"] == recorded["acc"]
     assert again["conf"] == pytest.approx(recorded["conf"], abs=1e-6)
-    val_logits, val_labels, _ = demo_module._final_outputs(run, "val")
+    val_logits, val_labels, _ = outputs["val"]
+    # One build serves both splits: reading validation first leaves the test logits as they are alone.
+    assert torch.equal(demo_module._final_outputs(run, ("val", "test"))["test"][0], logits)
     assert len(val_labels) == json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["val"]["n"]
     # Rows come back in index order whatever order the loader yields them in: the ensemble averages two models'
     # outputs row by row.
@@ -565,7 +571,7 @@ def test_a_runs_final_outputs_are_its_final_models_logits_in_row_order(tmp_path,
         return bundle
 
     monkeypatch.setattr(demo_module, "build_data", reversed_test_split)
-    logits_again, labels_again, _ = demo_module._final_outputs(run, "test")
+    logits_again, labels_again, _ = demo_module._final_outputs(run, ("test",))["test"]
     assert torch.equal(labels_again, labels) and logits_again == approx(logits)
 
 
@@ -582,7 +588,7 @@ def test_an_ensemble_input_without_validation_rows_is_refused_naming_the_run(tmp
 
     monkeypatch.setattr(demo_module, "build_data", no_validation)
     with pytest.raises(ValueError, match=rf"{re.escape(str(run))}: its data has no 'val' rows"):
-        demo_module._final_outputs(run, "val")
+        demo_module._final_outputs(run, ("test", "val"))
 
 
 def _readme_summary() -> dict:
@@ -766,7 +772,8 @@ def test_the_ensemble_record_sits_in_the_runs_folder_with_its_inputs_dataset_and
     labels = torch.tensor([0, 1])
     outputs = {"unimodal_audio": torch.log(torch.tensor([[0.9, 0.1], [0.6, 0.4]], dtype=torch.float64)),
                "unimodal_visual": torch.log(torch.tensor([[0.05, 0.95], [0.55, 0.45]], dtype=torch.float64))}
-    monkeypatch.setattr(demo_module, "_final_outputs", lambda run_dir, split: (outputs[run_dir.name[:-6]], labels, 2))
+    monkeypatch.setattr(demo_module, "_final_outputs", lambda run_dir, splits: {
+        split: (outputs[run_dir.name[:-6]], labels, 2) for split in splits})
     records = [collect.RunRecord(run_dir=Path("runs") / f"{label}-seed0", label=label, title=label,
                                  method="unimodal", dataset="av_digits_v2", seed=0, protocols={})
                for label in ("unimodal_audio", "unimodal_visual")]
