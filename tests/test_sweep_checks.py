@@ -517,3 +517,32 @@ def test_sweep_slurm_options_default_to_a_day_8_cpus_64_gb_and_64_jobs_at_once(f
     s = opts.slurm
     assert (s.partition, s.time_min, s.gpus_per_run, s.cpus_per_task, s.mem_gb, s.account, s.qos, s.constraint,
             s.array_parallelism) == (None, 1440, 1, 8, 64, None, None, None, 64)
+
+
+@pytest.mark.parametrize("argv, refusal", [
+    (["--workers", "0"], "must be >= 1, got 0"), (["--threads-per-worker", "0"], "must be >= 1, got 0"),
+    (["--threads-per-worker", "-1"], "must be >= 1, got -1"), (["--gpus-per-run", "-1"], "must be >= 0, got -1"),
+    (["--time", "0"], "must be >= 1, got 0"), (["--cpus-per-task", "0"], "must be >= 1, got 0"),
+    (["--mem-gb", "-4"], "must be >= 0, got -4"), (["--array-parallelism", "0"], "must be >= 1, got 0"),
+    (["--workers", "2.5"], "expected a whole number, got '2.5'")])
+def test_a_sweep_count_out_of_range_is_refused_naming_the_argument_before_anything_is_planned(
+        fake_launch, tmp_path, capsys, argv, refusal):
+    # --workers 0 and --threads-per-worker -1 passed the dry run's checks: the first failed only once the sweep
+    # started, the second gave every run OMP_NUM_THREADS=-1; --threads-per-worker 0 silently meant the default, and
+    # a negative --gpus-per-run silently submitted CPU jobs.
+    path = write_config(tmp_path / "sweep.yaml", seeds=[0], methods={"joint": {}})
+    with pytest.raises(SystemExit) as exit_:
+        main(["sweep", str(path), "--out", str(tmp_path / "out"), *argv])
+    assert exit_.value.code == 2 and not fake_launch.checked and not fake_launch.started
+    err = capsys.readouterr().err
+    assert f"argument {argv[0]}: {refusal}" in err and "Traceback" not in err
+
+
+def test_zero_gpus_per_run_and_zero_memory_reach_the_slurm_options(fake_launch, tmp_path):
+    # 0 GPUs per run submits CPU jobs; 0 GB is Slurm's "all of a node's memory".
+    path = write_config(tmp_path / "sweep.yaml", seeds=[0], methods={"joint": {}})
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out"), "--gpus-per-run", "0", "--mem-gb", "0"]) == 0
+    (_, opts, _), = fake_launch.checked
+    assert (opts.slurm.gpus_per_run, opts.slurm.mem_gb) == (0, 0)
+    params = opts.slurm.parameters("x")
+    assert params["mem_gb"] == 0 and params["tasks_per_node"] == 1 and "gpus_per_node" not in params

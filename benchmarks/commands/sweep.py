@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from benchmarks.cli import UsageError
+from benchmarks.commands import nonnegative_int, positive_int
 from benchmarks.records import WANDB_MODES, resolve_wandb_mode
 from benchmarks.sweep import (
     LAUNCHERS,
@@ -56,9 +57,10 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="; ".join(f"{name}: {launcher.help}" for name, launcher in LAUNCHERS.items()))
     p.add_argument("--out", type=Path, help="sweep folder (default: runs/<config name>)")
     p.add_argument("--gpus", type=_gpus, help="local: GPU ids to keep busy, one run each, e.g. 0,1,2,3")
-    p.add_argument("--gpus-per-run", type=int, default=1, help="GPUs per run (data-parallel via torchrun when > 1)")
-    p.add_argument("--workers", type=int, default=1, help="local without --gpus, pool: concurrent CPU runs")
-    p.add_argument("--threads-per-worker", type=int, help="CPU runs: OMP/MKL threads each (default: cores/N)")
+    p.add_argument("--gpus-per-run", type=nonnegative_int, default=1,
+                   help="GPUs per run (data-parallel via torchrun when > 1; slurm: 0 submits CPU jobs)")
+    p.add_argument("--workers", type=positive_int, default=1, help="local without --gpus, pool: concurrent CPU runs")
+    p.add_argument("--threads-per-worker", type=positive_int, help="CPU runs: OMP/MKL threads each (default: cores/N)")
     p.add_argument("--dry-run", action="store_true",
                    help="list the runs (state, dataset, method, seed, folder, overrides) and the checks; start nothing")
     p.add_argument("--seeds", type=int, nargs="+", help="replace the config's seeds")
@@ -72,13 +74,13 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wandb-group", help="W&B group of all runs (default: the config name)")
     slurm = p.add_argument_group("slurm launcher")
     slurm.add_argument("--partition")
-    slurm.add_argument("--time", type=int, default=24 * 60, help="minutes per job (jobs requeue and resume)")
-    slurm.add_argument("--cpus-per-task", type=int, default=8)
-    slurm.add_argument("--mem-gb", type=int, default=64)
+    slurm.add_argument("--time", type=positive_int, default=24 * 60, help="minutes per job (jobs requeue and resume)")
+    slurm.add_argument("--cpus-per-task", type=positive_int, default=8)
+    slurm.add_argument("--mem-gb", type=nonnegative_int, default=64, help="0: all of a node's memory (Slurm's --mem=0)")
     slurm.add_argument("--account")
     slurm.add_argument("--qos")
     slurm.add_argument("--constraint")
-    slurm.add_argument("--array-parallelism", type=int, default=64, help="jobs of the array running at once")
+    slurm.add_argument("--array-parallelism", type=positive_int, default=64, help="jobs of the array running at once")
     slurm.add_argument("--resubmit", action="store_true", help="submit runs whose earlier job is still active")
 
 
