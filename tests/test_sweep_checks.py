@@ -522,7 +522,7 @@ def test_sweep_slurm_options_default_to_a_day_8_cpus_64_gb_and_64_jobs_at_once(f
 @pytest.mark.parametrize("argv, refusal", [
     (["--workers", "0"], "must be >= 1, got 0"), (["--threads-per-worker", "0"], "must be >= 1, got 0"),
     (["--threads-per-worker", "-1"], "must be >= 1, got -1"), (["--gpus-per-run", "-1"], "must be >= 0, got -1"),
-    (["--time", "0"], "must be >= 1, got 0"), (["--cpus-per-task", "0"], "must be >= 1, got 0"),
+    (["--time", "-1"], "must be >= 0, got -1"), (["--cpus-per-task", "0"], "must be >= 1, got 0"),
     (["--mem-gb", "-4"], "must be >= 0, got -4"), (["--array-parallelism", "0"], "must be >= 1, got 0"),
     (["--workers", "2.5"], "expected a whole number, got '2.5'")])
 def test_a_sweep_count_out_of_range_is_refused_naming_the_argument_before_anything_is_planned(
@@ -538,11 +538,13 @@ def test_a_sweep_count_out_of_range_is_refused_naming_the_argument_before_anythi
     assert f"argument {argv[0]}: {refusal}" in err and "Traceback" not in err
 
 
-def test_zero_gpus_per_run_and_zero_memory_reach_the_slurm_options(fake_launch, tmp_path):
-    # 0 GPUs per run submits CPU jobs; 0 GB is Slurm's "all of a node's memory".
+def test_zero_gpus_per_run_memory_and_time_reach_the_slurm_options(fake_launch, tmp_path):
+    # 0 GPUs per run submits CPU jobs; 0 GB is Slurm's "all of a node's memory", 0 minutes its "no time limit".
     path = write_config(tmp_path / "sweep.yaml", seeds=[0], methods={"joint": {}})
-    assert main(["sweep", str(path), "--out", str(tmp_path / "out"), "--gpus-per-run", "0", "--mem-gb", "0"]) == 0
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out"), "--gpus-per-run", "0", "--mem-gb", "0",
+                 "--time", "0"]) == 0
     (_, opts, _), = fake_launch.checked
-    assert (opts.slurm.gpus_per_run, opts.slurm.mem_gb) == (0, 0)
+    assert (opts.slurm.gpus_per_run, opts.slurm.mem_gb, opts.slurm.time_min) == (0, 0, 0)
     params = opts.slurm.parameters("x")
-    assert params["mem_gb"] == 0 and params["tasks_per_node"] == 1 and "gpus_per_node" not in params
+    assert params["mem_gb"] == 0 and params["timeout_min"] == 0 and params["tasks_per_node"] == 1
+    assert "gpus_per_node" not in params

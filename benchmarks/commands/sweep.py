@@ -74,7 +74,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wandb-group", help="W&B group of all runs (default: the config name)")
     slurm = p.add_argument_group("slurm launcher")
     slurm.add_argument("--partition")
-    slurm.add_argument("--time", type=positive_int, default=24 * 60, help="minutes per job (jobs requeue and resume)")
+    slurm.add_argument("--time", type=nonnegative_int, default=24 * 60,
+                       help="minutes per job (jobs requeue and resume; 0: no limit, Slurm's --time=0)")
     slurm.add_argument("--cpus-per-task", type=positive_int, default=8)
     slurm.add_argument("--mem-gb", type=nonnegative_int, default=64, help="0: all of a node's memory (Slurm's --mem=0)")
     slurm.add_argument("--account")
