@@ -11,10 +11,20 @@ concat head (z_m = W[:, slice_m] h_m + b/M; the gradient flows into that slice, 
 Estimation (P9, P11), in ``on_epoch_start`` of every epoch e with e mod ``super_epoch`` = 0 (epoch 0 included): for
 each head k, the current model is copied into a scratch model, the scratch optimizer's state is reset, and the copy is
 trained for ``estimate_epochs`` epochs on CE of the FUSED output with the other modalities' inputs zeroed (k = fused:
-nothing zeroed; P1 ``drop`` mode input). The training loss of the first and of the last of those epochs is recorded,
-and the held-out loss (same zeroing, eval mode) on the VALIDATION split (``held_out_split``) right after each of
-them. Then g = L_val,end - L_val,start, O = (L_val,end - L_train,end) - (L_val,start - L_train,start), w_k = |g / O^2|,
-normalised to sum to 1 (a zero O is replaced by a tiny number; if every w_k is 0 the weights are uniform).
+nothing zeroed; P1 ``drop`` mode input). Then g = L_val,end - L_val,start, O = (L_val,end - L_train,end) -
+(L_val,start - L_train,start), w_k = |g / O^2|, normalised to sum to 1 (a zero O is replaced by a tiny number; if every
+w_k is 0 the weights are uniform). The held-out losses are on the VALIDATION split (``held_out_split``), with the same
+zeroing, in eval mode.
+
+Where the interval starts (``interval_start``): the paper defines the overfitting O_N = L_val,N - L_train,N at epoch
+(checkpoint) N and takes G and O between checkpoints N and N + n (its Fig. 3; online G-Blend re-estimates from the
+current checkpoint every super-epoch), so by default (``checkpoint``) the start losses are those of the copy before its
+first scratch step and the end losses those after its last, both training and held-out losses measured alike: one
+evaluation pass over every training row and one over the held-out rows. BB records the training loss accumulated
+during the first and the last scratch epoch and the held-out loss right after each (``first_epoch``), so its interval
+starts one epoch late; at a high lr the first epoch's held-out loss can be several times its start value, which then
+sets the weights (the AV-Digits demo at lr 0.1: 0.97-0.99 of the weight on the audio head, the one that overfits, in
+2 of 3 seeds).
 
 Reductions: ``loss_reduction=mean`` (default, paper-consistent) averages the losses over samples;
 ``official_compat`` (= BB) sums batch-mean losses over batches, so the training and held-out losses have different
@@ -30,10 +40,11 @@ gives the epoch they start (they estimate how the next ``super_epoch`` epochs of
 (``balancemm/train.py``) builds its scratch optimizer once, attaches no scheduler to it and reloads its initial state
 for every head, so its copies always train at the base lr (``scratch_lr=base``, part of ``official_compat``).
 
-Cost: every ``super_epoch`` epochs, (M + 1) x ``estimate_epochs`` extra training epochs plus 2 (M + 1) held-out
-passes, i.e. about (M + 1) + 1 = 4 times joint training for M = 2 with the defaults. Memory: one scratch model, kept
-outside the module tree (it is reloaded from the model at every estimation, so checkpoints do not carry it), and one
-scratch optimizer whose state is cleared after each estimation.
+Cost: every ``super_epoch`` epochs, (M + 1) x ``estimate_epochs`` extra training epochs plus 2 (M + 1) held-out passes
+(under ``checkpoint`` also 2 (M + 1) evaluation passes over the training rows), i.e. about (M + 1) + 1 = 4 times joint
+training for M = 2 with the defaults. Memory: one scratch model, kept outside the module tree (it is reloaded from the
+model at every estimation, so checkpoints do not carry it), and one scratch optimizer whose state is cleared after
+each estimation.
 """
 
 from __future__ import annotations
@@ -111,12 +122,19 @@ class GBlending(FusionMethod):
         HParam("held_out_split", "val", "Split of the held-out losses: val (the estimate never sees test); test = "
                                         "BB, whose 'validation' set on CREMA-D and KS is the test split.",
                choices=("val", "test")),
+        HParam("interval_start", "checkpoint",
+               "Start of the interval G and O are measured over: checkpoint = the copy before its first scratch step "
+               "(the paper: overfitting defined at epoch N, G and O between checkpoints N and N + n), training and "
+               "held-out losses both from evaluation passes at either end; first_epoch = BB (GBlending_trainer.py, "
+               "super_epoch_origin): the training loss accumulated during the first and the last scratch epoch, the "
+               "held-out loss after each.", choices=("checkpoint", "first_epoch")),
         HParam("scratch_lr", "schedule", "lr of the scratch copies: schedule = the epoch's scheduled lr; base = BB "
                                          "(balancemm/train.py: temp_optimizer has no scheduler and is reloaded from "
                                          "its initial state for every head), always train.lr.",
                choices=("schedule", "base")),
     )
-    VARIANTS = {"official_compat": {"loss_reduction": "sum", "held_out_split": "test", "scratch_lr": "base"}}
+    VARIANTS = {"official_compat": {"loss_reduction": "sum", "held_out_split": "test", "scratch_lr": "base",
+                                    "interval_start": "first_epoch"}}
     HELD_OUT_KEY = "held_out_split"
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
@@ -167,9 +185,10 @@ class GBlending(FusionMethod):
         summed = self.ctx.all_reduce_mean(torch.tensor(summed, dtype=torch.float64, device=device)).item()
         return (weighted / n if self.hp.loss_reduction == "mean" else summed), int(rows)
 
-    def _held_out_loss(self, model: FusionModel, batches: Iterable[Batch], drop: list[str], rows: int) -> float:
-        """Mean (or BB's batch-sum) fused CE over the held-out split; every rank makes the whole pass. BB's sum runs
-        over its test loader's batches, which have the training batch's ``rows`` and drop the remainder."""
+    def _eval_loss(self, model: FusionModel, batches: Iterable[Batch], drop: list[str], rows: int) -> float:
+        """Mean (or BB's batch-sum) fused CE over a split (the held-out one, or the training rows under
+        ``interval_start=checkpoint``), in eval mode; every rank makes the whole pass. BB's sum runs over its test
+        loader's batches, which have the training batch's ``rows`` and drop the remainder."""
         if self.hp.loss_reduction == "sum":
             batches = rebatch(batches, rows, (*self.modalities, "label"))
         weighted, summed, n = 0.0, 0.0, 0
@@ -178,7 +197,7 @@ class GBlending(FusionMethod):
                 loss, b = self._fused_loss(model, batch, drop).item(), len(batch["label"])
                 weighted, summed, n = weighted + loss * b, summed + loss, n + b
         if n == 0:
-            raise ValueError(f"gblending: the held-out pass saw no batches (under loss_reduction=sum they are BB's "
+            raise ValueError(f"gblending: an evaluation pass saw no batches (under loss_reduction=sum they are BB's "
                              f"batches of the training batch's {rows} rows)")
         return weighted / n if self.hp.loss_reduction == "mean" else summed
 
@@ -195,20 +214,31 @@ class GBlending(FusionMethod):
         held_out = self.held_out_loader(loaders)
         scratch, n_est = self._scratch[0], self.hp.estimate_epochs
         max_steps = self.ctx.train_hp.max_steps_per_epoch
+        at_checkpoints = self.hp.interval_start == "checkpoint"
+        # Every training row once, evaluation transforms: the training loss of the copy as it stands.
+        train_rows = loaders.train.derived() if at_checkpoints else None
         losses, log = {}, {}
         for i, k in enumerate(self.heads):
             scratch.load_state_dict(self.model.state_dict())
             self._reset_scratch_optimizer()
             drop = [m for m in self.modalities if m != k] if k != FUSED else []
-            record = {}
+            if at_checkpoints:
+                scratch.eval()
+                # Under loss_reduction=sum the passes are cut into the global training batch's rows, as at the end.
+                global_batch = loaders.train.batch_size * loaders.train.world_size
+                start = (self._eval_loss(scratch, train_rows, drop, global_batch),
+                         self._eval_loss(scratch, held_out, drop, global_batch))
             for j in range(n_est):
                 scratch.train()
                 tag = -1 - ((epoch // self.hp.super_epoch * len(self.heads) + i) * n_est + j)
                 train_loss, rows = self._train_epoch(scratch, loaders.train.extra_pass(tag, max_steps), drop)
-                if j in (0, n_est - 1):
+                if j == 0 and not at_checkpoints:
                     scratch.eval()
-                    record[j] = (train_loss, self._held_out_loss(scratch, held_out, drop, rows))
-            (t0, v0), (t1, v1) = record[0], record[n_est - 1]
+                    start = (train_loss, self._eval_loss(scratch, held_out, drop, rows))
+            scratch.eval()
+            if at_checkpoints:
+                train_loss = self._eval_loss(scratch, train_rows, drop, rows)
+            (t0, v0), (t1, v1) = start, (train_loss, self._eval_loss(scratch, held_out, drop, rows))
             losses[k] = (t0, t1, v0, v1)
             log[f"g_{k}"] = v1 - v0
             log[f"o_{k}"] = (v1 - t1) - (v0 - t0)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from baselines import gblending
 from baselines.base import Loaders, StepInfo
 from baselines.gblending import FUSED, blend_weight, blending_weights, rebatch
 from baselines.greedy import MMTM, GreedyNet, bdr_gap, curation_target, speed_ratio
@@ -471,7 +472,7 @@ def test_gblending_estimates_on_validation_only_and_leaves_the_model_alone(tiny_
         gb.on_epoch_start(2, loaders_for(tiny_bundle, val=False))
     # BB's choice (official_compat): the held-out losses come from the test split, the same estimate otherwise.
     bb = build("gblending", tiny_bundle, super_epoch=2, estimate_epochs=2, variant="official_compat")
-    assert bb.hp.held_out_split == "test" and bb.hp.loss_reduction == "sum"
+    assert (bb.hp.held_out_split, bb.hp.loss_reduction, bb.hp.interval_start) == ("test", "sum", "first_epoch")
     bb.on_epoch_start(0, loaders_for(tiny_bundle, val=False))
     assert sum(bb.weights().values()) == approx(1.0)
 
@@ -508,7 +509,7 @@ def test_gblending_sum_runs_over_bbs_drop_last_batches(tiny_bundle, reduction):
     # BB's loaders (data_utils.py) serve the test split in batches of the training batch size and drop the last
     # partial batch of both; 64 training rows in batches of 12 leave 4, 16 test rows served in batches of 10 hold one.
     gb = build("gblending", tiny_bundle, super_epoch=2, estimate_epochs=2, held_out_split="test",
-               loss_reduction=reduction)
+               loss_reduction=reduction, interval_start="first_epoch")
     seen = []
     gb._scratch[0].register_forward_pre_hook(lambda module, args: seen.append((module.training, args[0]["audio"])))
     loaders = Loaders(tiny_bundle.loader("train", batch_size=12, train=True, seed=0), None,
@@ -523,6 +524,40 @@ def test_gblending_sum_runs_over_bbs_drop_last_batches(tiny_bundle, reduction):
     else:
         assert train_rows == [12, 12, 12, 12, 12, 4] * 2 * 3
         assert [len(a) for a in held_out] == [10, 6] * 2 * 3
+
+
+def _mean_ce(gb, model, bundle, split, drop):
+    """Fused CE of ``model`` in eval mode over every row of ``split`` with ``drop`` zeroed, averaged over rows."""
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([F.cross_entropy(model(gb.inputs(b), drop=drop)[1], b["label"], reduction="none")
+                          for b in bundle.loader(split, batch_size=16, train=False, seed=0)]).mean().item()
+
+
+@pytest.mark.parametrize("interval_start", ["checkpoint", "first_epoch"])
+def test_gblending_measures_its_interval_from_the_checkpoint_or_from_bbs_first_epoch(tiny_bundle, monkeypatch,
+                                                                                    interval_start):
+    # The paper takes G and O between checkpoints N and N + n: the start losses are the unmodified model's, the
+    # training loss included, and the end losses the trained copy's, measured alike. BB starts after the first scratch
+    # epoch, with the training loss accumulated during it (a running loss in train mode, which no eval pass gives).
+    gb = build("gblending", tiny_bundle, super_epoch=2, estimate_epochs=2, interval_start=interval_start)
+    seen = {}
+    monkeypatch.setattr(gblending, "blending_weights", lambda losses: seen.update(losses) or {k: 1 / 3 for k in losses})
+    start = {k: (_mean_ce(gb, gb.model, tiny_bundle, "train", drop), _mean_ce(gb, gb.model, tiny_bundle, "val", drop))
+             for k, drop in (("audio", ["visual"]), ("visual", ["audio"]), (FUSED, []))}
+    gb.on_epoch_start(0, loaders_for(tiny_bundle))
+    scratch = gb._scratch[0]   # the copy of the last head estimated, the fused one, as its scratch epochs left it
+    t0, t1, v0, v1 = seen[FUSED]
+    assert v1 == approx(_mean_ce(gb, scratch, tiny_bundle, "val", []))
+    for k, (train_ce, val_ce) in start.items():
+        if interval_start == "checkpoint":
+            assert (seen[k][0], seen[k][2]) == (approx(train_ce), approx(val_ce))
+        else:
+            assert seen[k][0] != approx(train_ce) and seen[k][2] != approx(val_ce)
+    if interval_start == "checkpoint":
+        assert t1 == approx(_mean_ce(gb, scratch, tiny_bundle, "train", []))
+    else:
+        assert t1 != approx(_mean_ce(gb, scratch, tiny_bundle, "train", []))
 
 
 def test_gblending_step_loss_is_the_weighted_sum_of_head_losses(tiny_bundle):
@@ -870,7 +905,7 @@ def test_gblending_mean_losses_weight_each_batch_by_its_rows(tiny_bundle):
         per_row = torch.cat([F.cross_entropy(scratch(gb.inputs(b), drop=["visual"])[1], b["label"], reduction="none")
                              for b in batches])
     train_loss, rows = gb._train_epoch(scratch, batches, ["visual"])
-    held_out = gb._held_out_loss(scratch, batches, ["visual"], rows)
+    held_out = gb._eval_loss(scratch, batches, ["visual"], rows)
     assert rows == 12
     assert train_loss == approx(per_row.mean().item())
     assert held_out == approx(per_row.mean().item())
