@@ -116,7 +116,7 @@ class GBlending(FusionMethod):
         HParam("super_epoch", 10, "Re-estimate the weights every S epochs, epoch 0 included (BB super_epoch 10).",
                low=1),
         HParam("estimate_epochs", 10, "Training epochs of each scratch copy per estimation (BB: = super_epoch); "
-                                      ">= 2, since first and last epoch must differ.", low=2),
+                                      ">= 2, since BB's first_epoch start needs a first and a last epoch.", low=2),
         HParam("loss_reduction", "mean", "mean = per-sample average (paper-consistent); sum = BB's sum of "
                                          "batch-mean losses over batches.", choices=("mean", "sum")),
         HParam("held_out_split", "val", "Split of the held-out losses: val (the estimate never sees test); test = "
