@@ -401,8 +401,9 @@ class GBlendingOfficial(Official):
 
 
 GBLENDING_NOTES = """
-G-Blending: the variant official_compat (loss_reduction=sum) is BB's: GBlendingTrainer.super_epoch_origin sums
-batch-mean losses over batches. BB's fit (Fabric) is replaced by its epoch loop in the harness (GBlendingOfficial);
+G-Blending: the variant official_compat (loss_reduction=sum, interval_start=first_epoch) is BB's:
+GBlendingTrainer.super_epoch_origin sums batch-mean losses over batches and measures from the end of the first scratch
+epoch. BB's fit (Fabric) is replaced by its epoch loop in the harness (GBlendingOfficial);
 both sides estimate on the same held-out batches (BB passes its val_loader, the test split for CREMA-D; the project
 always uses the validation split) and train each scratch copy on the epoch's training batches. Not exercised here:
 scratch_lr=base (the lr is constant on both sides) and the sum form's dropped partial batches (every batch, held-out
