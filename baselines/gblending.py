@@ -215,7 +215,8 @@ class GBlending(FusionMethod):
         scratch, n_est = self._scratch[0], self.hp.estimate_epochs
         max_steps = self.ctx.train_hp.max_steps_per_epoch
         at_checkpoints = self.hp.interval_start == "checkpoint"
-        # Every training row once, evaluation transforms: the training loss of the copy as it stands.
+        # Every training row once, evaluation transforms, in global training batches: the training loss of the copy
+        # as it stands (under loss_reduction=sum the start's passes are cut into those batches, as the end's are).
         train_rows = loaders.train.derived() if at_checkpoints else None
         losses, log = {}, {}
         for i, k in enumerate(self.heads):
@@ -224,10 +225,8 @@ class GBlending(FusionMethod):
             drop = [m for m in self.modalities if m != k] if k != FUSED else []
             if at_checkpoints:
                 scratch.eval()
-                # Under loss_reduction=sum the passes are cut into the global training batch's rows, as at the end.
-                global_batch = loaders.train.batch_size * loaders.train.world_size
-                start = (self._eval_loss(scratch, train_rows, drop, global_batch),
-                         self._eval_loss(scratch, held_out, drop, global_batch))
+                start = (self._eval_loss(scratch, train_rows, drop, train_rows.batch_size),
+                         self._eval_loss(scratch, held_out, drop, train_rows.batch_size))
             for j in range(n_est):
                 scratch.train()
                 tag = -1 - ((epoch // self.hp.super_epoch * len(self.heads) + i) * n_est + j)
