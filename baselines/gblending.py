@@ -20,11 +20,12 @@ Where the interval starts (``interval_start``): the paper defines the overfittin
 (checkpoint) N and takes G and O between checkpoints N and N + n (its Fig. 3; online G-Blend re-estimates from the
 current checkpoint every super-epoch), so by default (``checkpoint``) the start losses are those of the copy before its
 first scratch step and the end losses those after its last, both training and held-out losses measured alike: one
-evaluation pass over every training row and one over the held-out rows. BB records the training loss accumulated
-during the first and the last scratch epoch and the held-out loss right after each (``first_epoch``), so its interval
-starts one epoch late; at a high lr the first epoch's held-out loss can be several times its start value, which then
-sets the weights (the AV-Digits demo at lr 0.1: 0.97-0.99 of the weight on the audio head, the one that overfits, in
-2 of 3 seeds).
+evaluation pass over every training row and one over the held-out rows (MultiBench's re-implementation,
+``training_structures/gradient_blend.py``, measures at the same two points, in train mode). BB records the training
+loss accumulated during the first and the last scratch epoch and the held-out loss right after each (``first_epoch``),
+so its interval starts one epoch late; at a high lr the first epoch's held-out loss can be several times its start
+value, which then sets the weights (the AV-Digits demo at lr 0.1: 0.97-0.99 of the weight on the audio head, the one
+that overfits, in 2 of 3 seeds).
 
 Reductions: ``loss_reduction=mean`` (default, paper-consistent) averages the losses over samples;
 ``official_compat`` (= BB) sums batch-mean losses over batches, so the training and held-out losses have different
