@@ -237,6 +237,7 @@ class GBlending(FusionMethod):
                     start = (train_loss, self._eval_loss(scratch, held_out, drop, rows))
             scratch.eval()
             if at_checkpoints:
+                rows = train_rows.batch_size  # the start's cut, not the scratch epochs' first batch: ends alike
                 train_loss = self._eval_loss(scratch, train_rows, drop, rows)
             (t0, v0), (t1, v1) = start, (train_loss, self._eval_loss(scratch, held_out, drop, rows))
             losses[k] = (t0, t1, v0, v1)
