@@ -1,8 +1,9 @@
 """UMT: uni-modal teachers distilling features into joint training, as in BalanceBenchmark
 (docs/methods/balancebenchmark.md#umt).
 
-Paper: Chenzhuang Du et al., "On Uni-Modal Feature Learning in Supervised Multi-Modal Learning", ICML 2023
-(citation details unverified). Followed: BalanceBenchmark (GitHub GeWu-Lab/BalanceBenchmark, commit 4909c17,
+Paper: Chenzhuang Du, Jiaye Teng, Tingle Li, Yichen Liu, Tianyuan Yuan, Yue Wang, Yang Yuan, Hang Zhao, "On
+Uni-Modal Feature Learning in Supervised Multi-Modal Learning", ICML 2023 (arXiv 2305.01233; OpenReview HNbwCYFOZM).
+Followed: BalanceBenchmark (GitHub GeWu-Lab/BalanceBenchmark, commit 4909c17,
 ``balancemm/trainer/UMT_trainer.py``, ``UMTTrainer.training_step``); the authors' own code was not reviewed.
 
 1. Train one unimodal teacher per modality (encoder + Linear head, CE), for ``umt.teacher_epochs`` epochs over the
@@ -80,8 +81,8 @@ class UMT(FusionMethod):
     name = "umt"
     title = "UMT"
     DATA_PARALLEL = "exact"  # teachers trained on every rank over the whole split in global batches
-    PAPER = ('Chenzhuang Du et al., "On Uni-Modal Feature Learning in Supervised Multi-Modal Learning", ICML 2023 '
-             '(citation details unverified)')
+    PAPER = ('Chenzhuang Du et al., "On Uni-Modal Feature Learning in Supervised Multi-Modal Learning", ICML 2023, '
+             'arXiv 2305.01233')
     CODE = ('BalanceBenchmark (GitHub GeWu-Lab/BalanceBenchmark @4909c17), balancemm/trainer/UMT_trainer.py, '
             'UMTTrainer.training_step')
     HEAD = "concat"
