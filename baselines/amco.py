@@ -1,7 +1,9 @@
 """AMCo: adaptive mask co-optimisation, as in BalanceBenchmark (docs/methods/balancebenchmark.md#amco).
 
-Paper: listed in BalanceBenchmark as AMCo (Zhou et al., 2023); presumably Ying Zhou et al., "Adaptive Mask
-Co-Optimization for Modal Dependence in Multimodal Learning", ICASSP 2023 [citation unverified, paper not read].
+Paper: listed in BalanceBenchmark as AMCo (Zhou et al., 2023): Ying Zhou, Xuefeng Liang, ShiQuan Zheng, Huijun Xuan,
+Takatsune Kumada, "Adaptive Mask Co-Optimization for Modal Dependence in Multimodal Learning", ICASSP 2023
+(doi 10.1109/ICASSP49357.2023.10096641; the citation checked against the publisher's record, whose abstract names
+the module AMCo; the paper itself not read).
 Followed: BalanceBenchmark (GitHub GeWu-Lab/BalanceBenchmark, commit 4909c17, ``balancemm/trainer/AMCo_trainer.py``,
 ``AMCoTrainer.train_loop`` / ``training_step``, and ``balancemm/models/avclassify_model.py``,
 ``BaseClassifier_AMCoModel``).
@@ -83,7 +85,7 @@ class AMCo(Method):
     title = "AMCo"
     DATA_PARALLEL = "exact"  # dependence flags from the all-reduced block mass; masks seeded per step
     PAPER = ('Ying Zhou et al., "Adaptive Mask Co-Optimization for Modal Dependence in Multimodal Learning", '
-             'ICASSP 2023 (as listed in BalanceBenchmark; citation unverified)')
+             'ICASSP 2023, doi 10.1109/ICASSP49357.2023.10096641')
     CODE = ('BalanceBenchmark (GitHub GeWu-Lab/BalanceBenchmark @4909c17), balancemm/trainer/AMCo_trainer.py '
             '(AMCoTrainer), balancemm/models/avclassify_model.py (BaseClassifier_AMCoModel)')
     VARIANTS = {"bb_compat": {"linear_star": False}}
