@@ -1,7 +1,9 @@
 """LFM: facilitating multimodal classification via dynamically learning the modality gap (docs/methods/lfm.md).
 
-Paper: Yang Yang et al., "Facilitating Multimodal Classification via Dynamically Learning Modality Gap", NeurIPS 2024
-(author list and arXiv id not verified). Official code: GitHub njustkmg/NeurIPS24-LFM, ``Crema_epoch.py``
+Paper: Yang Yang, Fengqiang Wan, Qing-Yuan Jiang, Yi Xu, "Facilitating Multimodal Classification via Dynamically
+Learning Modality Gap", NeurIPS 2024 (Advances in NeurIPS 37, pp. 62108-62122; proceedings page
+``71b17f00017da0d73823ccf7fbce2d4f-Abstract-Conference``; authors and pages as the authors' lab page and later papers
+cite them; no arXiv id in any source checked). Official code: GitHub njustkmg/NeurIPS24-LFM, ``Crema_epoch.py``
 (``train_audio_video``, ``getAlpha_Learnable_Fitted``, ``Alignment``), ``Crema_epoch_learnable.py``
 (``getAlpha_Learnable``) and ``model/AudioVideo.py`` (``AVClassifier``).
 
@@ -103,7 +105,7 @@ class LFM(Method):
     name = "lfm"
     title = "LFM"
     PAPER = ('Yang Yang et al., "Facilitating Multimodal Classification via Dynamically Learning Modality Gap", '
-             'NeurIPS 2024 (author list and arXiv id unverified)')
+             'NeurIPS 2024')
     CODE = ('GitHub njustkmg/NeurIPS24-LFM, Crema_epoch.py (train_audio_video, getAlpha_Learnable_Fitted, Alignment); '
             'Crema_epoch_learnable.py (getAlpha_Learnable)')
     MODALITIES = (2,)
