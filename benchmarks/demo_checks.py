@@ -8,6 +8,7 @@ summary, the generated README and the tests see the same numbers.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -201,10 +202,14 @@ def targets_markdown(checks: Sequence[Mapping[str, Any]], titles: Mapping[str, s
         number = f"{100 * v:+.1f}" if signed else f"{100 * v:.1f}"
         return number if key in ("gap", "headroom") else f"{titles.get(key, key)} {number}"
 
+    # A sample std's standard error is about std / sqrt(2 (n - 1)) for normal data: over 3 seeds a row whose true
+    # std is 1.5 points shows more than 2 in about one run of six, which a reader of a "no" needs to know.
+    spread = (f", and a std over {seeds} seeds by about {100 / math.sqrt(2 * (seeds - 1)):.0f}% of itself"
+              if seeds > 1 else "")
     lines = ["## Design targets", "",
              f"What the demo's settings were chosen for, measured on this run's {seeds} seed(s) (accuracy in points; "
-             "a mean over n seeds is uncertain by about its std / sqrt(n); the settings were chosen on the data of "
-             "generator seed 0, and the demo config records the design measured over more seeds and on other "
+             f"a mean over n seeds is uncertain by about its std / sqrt(n){spread}; the settings were chosen on the "
+             "data of generator seed 0, and the demo config records the design measured over more seeds and on other "
              "draws of the data, where the headroom differs):", "",
              "| target | measured | met |", "|---|---|---|"]
     for c in checks:

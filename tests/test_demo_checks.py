@@ -75,6 +75,7 @@ def test_design_targets_report_each_target_met_or_missed():
     assert checks["seed spread"]["final_epoch"] == {"unimodal_audio": 0.012, "joint": 0.01}
     lines = "\n".join(targets_markdown(list(checks.values()), {"unimodal_audio": "Unimodal (audio)"}, 3))
     assert "this run's 3 seed(s)" in lines and "| **no** |" in lines
+    assert "a std over 3 seeds by about 50% of itself" in lines, "1 / sqrt(2 (3 - 1)) = 0.5"
     assert "Unimodal (audio) 3.4" in lines and "+37.0" in lines
     assert "joint 1.5 (final epoch, not judged: Unimodal (audio) 1.2, joint 1.0) | **no** |" in lines
 
@@ -98,6 +99,8 @@ def test_converged_is_the_mean_size_of_the_seeds_trends_so_opposite_trends_do_no
     assert not converged["met"], "seeds moving +10 and -10 points have not converged"
     lines = "\n".join(targets_markdown([converged], {"joint": "Concat"}, 2))
     assert "size of the least-squares trend, mean over seeds" in lines and "Concat 10.0" in lines
+    assert "a std over 2 seeds by about 71% of itself" in lines
+    assert "of itself" not in "\n".join(targets_markdown([converged], {}, 1)), "one seed has no std to qualify"
 
 
 def test_design_targets_skip_what_the_run_cannot_show():
