@@ -202,6 +202,13 @@ class GBlending(FusionMethod):
                              f"batches of the training batch's {rows} rows)")
         return weighted / n if self.hp.loss_reduction == "mean" else summed
 
+    def _checkpoint_losses(self, model: FusionModel, train_rows: Iterable[Batch], held_out: Iterable[Batch],
+                           drop: list[str]) -> tuple[float, float]:
+        """Training and held-out loss of ``model`` as it stands (``interval_start=checkpoint``): both ends of the
+        interval are measured alike, under ``loss_reduction=sum`` cut into the global training batch."""
+        rows = train_rows.batch_size
+        return self._eval_loss(model, train_rows, drop, rows), self._eval_loss(model, held_out, drop, rows)
+
     def _reset_scratch_optimizer(self) -> None:
         """Clear the scratch optimizer's state; under ``scratch_lr=base`` also undo the runner's schedule, which
         rescales every optimizer made by ``make_optimizer`` (BB reloads its unscheduled initial state dict)."""
@@ -226,8 +233,7 @@ class GBlending(FusionMethod):
             drop = [m for m in self.modalities if m != k] if k != FUSED else []
             if at_checkpoints:
                 scratch.eval()
-                start = (self._eval_loss(scratch, train_rows, drop, train_rows.batch_size),
-                         self._eval_loss(scratch, held_out, drop, train_rows.batch_size))
+                start = self._checkpoint_losses(scratch, train_rows, held_out, drop)
             for j in range(n_est):
                 scratch.train()
                 tag = -1 - ((epoch // self.hp.super_epoch * len(self.heads) + i) * n_est + j)
@@ -236,10 +242,9 @@ class GBlending(FusionMethod):
                     scratch.eval()
                     start = (train_loss, self._eval_loss(scratch, held_out, drop, rows))
             scratch.eval()
-            if at_checkpoints:
-                rows = train_rows.batch_size  # the start's cut, not the scratch epochs' first batch: ends alike
-                train_loss = self._eval_loss(scratch, train_rows, drop, rows)
-            (t0, v0), (t1, v1) = start, (train_loss, self._eval_loss(scratch, held_out, drop, rows))
+            end = (self._checkpoint_losses(scratch, train_rows, held_out, drop) if at_checkpoints
+                   else (train_loss, self._eval_loss(scratch, held_out, drop, rows)))
+            (t0, v0), (t1, v1) = start, end
             losses[k] = (t0, t1, v0, v1)
             log[f"g_{k}"] = v1 - v0
             log[f"o_{k}"] = (v1 - t1) - (v0 - t0)
