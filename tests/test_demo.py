@@ -992,6 +992,17 @@ def test_cli_passes_its_options_to_run_demo_and_exits_1_when_a_run_failed(fake_r
     assert main(["demo", "--smoke"]) == 1
 
 
+def test_cli_help_describes_each_profile_from_the_demo_config(tmp_path):
+    # The --quick help said 16 epochs for a day after the profile went to 12.
+    assert demo_command.profile_help("quick") == "1 seed, 240 training / 180 test clips, 12 epochs"
+    assert demo_command.profile_help("smoke") == "1 seed, 48 training / 24 test clips, 1 epoch"
+    doc = yaml.safe_load(demo_module.DEMO_CONFIG.read_text())
+    doc["profiles"]["quick"]["seeds"], doc["profiles"]["quick"]["defaults"]["train"]["epochs"] = [0, 1], 1
+    edited = tmp_path / "demo.yaml"
+    edited.write_text(yaml.safe_dump(doc))
+    assert demo_command.profile_help("quick", edited) == "2 seeds, 240 training / 180 test clips, 1 epoch"
+
+
 def test_cli_refuses_publish_with_results_and_no_workers_before_any_work(fake_run_demo, capsys):
     # --publish with --results ended in SystemExit(1) out of main(), not the usage exit 2 of every other command.
     assert main(["demo", "--publish", "--results", "r"]) == 2

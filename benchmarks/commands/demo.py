@@ -6,17 +6,25 @@ import argparse
 from pathlib import Path
 
 from benchmarks.commands import positive_int
-from benchmarks.demo import default_results, run_demo
+from benchmarks.demo import DEMO_CONFIG, default_results, load_demo_config, run_demo
 from benchmarks.errors import UsageError
 
 HELP = "offline end-to-end demo on AV-Digits: every method, tables and plots (under runs/; --publish: results/demo)"
 
 
+def profile_help(profile: str, path: Path = DEMO_CONFIG) -> str:
+    """What a profile trains, read from the demo config so the help cannot drift from it."""
+    demo = load_demo_config(path, profile)
+    seeds, gen, epochs = len(demo["seeds"]), demo["generate"], demo["defaults"]["train"]["epochs"]
+    return (f"{seeds} seed{'s' * (seeds != 1)}, {gen['train_clips']} training / {gen['test_clips']} test clips, "
+            f"{epochs} epoch{'s' * (epochs != 1)}")
+
+
 def configure(p: argparse.ArgumentParser) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true",
-                      help="one seed, half the training and test clips, 16 epochs (1-2 min on 2 cores)")
-    mode.add_argument("--smoke", action="store_true", help="tiny data, one seed, one epoch (CI)")
+                      help=f"a first look: {profile_help('quick')} (about 2 minutes on 2 cores)")
+    mode.add_argument("--smoke", action="store_true", help=f"a pipeline check (CI): {profile_help('smoke')}")
     p.add_argument("--results", type=Path, help="where tables and plots go (default: runs/demo/results, or "
                                                 "runs/demo-<profile>/results for --quick/--smoke)")
     p.add_argument("--publish", action="store_true", help="write tables and plots to the tracked results/demo "
