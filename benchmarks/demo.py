@@ -140,6 +140,9 @@ REFERENCES = {AUDIO: "audio", VISUAL: "visual"}
 FINAL_ROWS = (AUDIO, VISUAL, JOINT, ENSEMBLE_LABEL)
 # Seed std of test accuracy above which the README says a row's mean does not rank its method [project].
 UNSTABLE_STD = 0.10
+# How far a run's final-epoch test accuracy may lie below the epoch the table reports before the README names the
+# run [project]: the best-validation epoch can hide a model that collapsed later.
+DEGRADED_DROP = 0.10
 
 
 def _final_outputs(run_dir: Path, splits: Sequence[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor, int]]:
@@ -300,6 +303,20 @@ def unstable_rows(records: Sequence[collect.RunRecord], order: Sequence[str], pr
         if len(accs) > 1 and float(np.std(accs, ddof=1)) > threshold:
             out[label] = [round(a, 4) for a in accs]
     return out
+
+
+def degraded_runs(records: Sequence[collect.RunRecord], order: Sequence[str], protocol: str = "clean",
+                  threshold: float = DEGRADED_DROP) -> dict[str, list[dict[str, float]]]:
+    """Row -> its runs (in seed order) whose final-epoch test accuracy lies more than ``threshold`` below the
+    accuracy of the epoch ``protocol`` reports: the table shows an earlier, better model than the one training
+    ended with (a collapse after the selected epoch)."""
+    out: dict[str, list[dict[str, float]]] = {}
+    for rec in sorted((r for r in records if not r.reference and r.label in order), key=lambda r: r.seed):
+        reported, final = rec.values(protocol)["acc"], rec.values("last")["acc"]
+        if reported - final > threshold:
+            out.setdefault(rec.label, []).append({"seed": rec.seed, "epoch": rec.protocols[protocol]["epoch"],
+                                                  "reported": round(reported, 4), "final": round(final, 4)})
+    return {label: out[label] for label in order if label in out}
 
 
 def row_stats(records: Sequence[collect.RunRecord], protocol: str = "clean") -> dict[str, dict[str, tuple]]:
@@ -524,6 +541,7 @@ def run_demo(*, results: Path, work: Path, profile: str | None = None, workers: 
                # The ensemble exists only for the final checkpoints: what it is compared with is final too.
                "rows_final": rounded_rows(shown.final),
                "identical_rows": shown.identical, "unstable_rows": unstable_rows(records, shown.order),
+               "degraded_runs": degraded_runs(records, shown.order),
                # The finished runs only, as the tables: a run that failed part-way leaves a curve that stops
                # mid-training.
                "convergence_trend": last_quarter_trend([r.run_dir for r in records if not r.reference],
@@ -658,6 +676,14 @@ def _readme(demo: Mapping[str, Any], summary: Mapping[str, Any], profile: str | 
                   f"{train['epochs']} epochs), so their means do not rank them (accuracy per seed): "
                   + "; ".join(f"{titles.get(r, r)} " + "/".join(f"{100 * a:.1f}" for a in accs) + "%"
                               for r, accs in summary["unstable_rows"].items()) + ".", ""]
+    if summary.get("degraded_runs"):
+        lines += ["## Runs that ended far below the epoch the table reports", "",
+                  f"The table reports each run at its best-validation epoch; these runs ended training more than "
+                  f"{100 * DEGRADED_DROP:.0f} points of test accuracy below it, so the method's final model is worse "
+                  f"than its row says (test accuracy at the reported epoch, then at the final epoch): "
+                  + "; ".join(f"{titles.get(r, r)} seed {run['seed']} {100 * run['reported']:.1f}% (epoch "
+                              f"{run['epoch']}), {100 * run['final']:.1f}%"
+                              for r, runs in summary["degraded_runs"].items() for run in runs) + ".", ""]
     lines += ["## Files", "",
               "`table_clean.md`/`.csv` (test metrics at each run's best-validation epoch; the conclusions), "
               "`table_paper.md`/`.csv` (best test epoch, optimistic, as the published code selects), `bars.png` "

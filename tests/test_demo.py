@@ -25,6 +25,7 @@ from benchmarks.demo import (
     aug_diagnostics,
     commits_line,
     default_results,
+    degraded_runs,
     findings,
     identical_rows,
     load_demo_config,
@@ -183,6 +184,27 @@ def test_unstable_rows_lists_rows_whose_seeds_disagree_by_more_than_the_threshol
     assert unstable_rows(records, ["joint", "ogm", "agm"]) == {"ogm": [0.66, 0.8, 0.87], "agm": [0.39, 0.49, 0.85]}
     assert unstable_rows(records, ["joint", "ogm", "agm"], threshold=0.2) == {"agm": [0.39, 0.49, 0.85]}
     assert unstable_rows(records[:1], ["agm"]) == {}, "one seed has no spread"
+
+
+def _run(label: str, seed: int, epoch: int, reported: float, final: float) -> collect.RunRecord:
+    rec = _record(label, seed, reported)
+    rec.protocols["clean"]["epoch"] = epoch
+    rec.protocols["last"] = {"epoch": 31, "test": {"acc": final, "macro_f1": final}}
+    return rec
+
+
+def test_degraded_runs_names_the_runs_that_ended_far_below_their_reported_epoch():
+    # A Data Remixing seed reported 65.6% from epoch 5 and ended at chance (16.7%): the table hid the collapse.
+    records = [_run("remix", seed, epoch, reported, final)
+               for seed, epoch, reported, final in ((2, 30, 0.683, 0.675), (1, 5, 0.656, 0.167), (0, 23, 0.831, 0.803))]
+    records += [_run("joint", 0, 12, 0.75, 0.6499), _run("joint", 1, 12, 0.75, 0.65)]  # 10.01 and 10.0 points
+    records += [_run("agm", 0, 3, 0.5, 0.1)]  # a row not shown
+    ensemble = _run("ensemble", 0, 31, 0.9, 0.5)
+    ensemble.reference = True
+    assert degraded_runs([*records, ensemble], ["ensemble", "joint", "remix"]) == {
+        "joint": [{"seed": 0, "epoch": 12, "reported": 0.75, "final": 0.6499}],
+        "remix": [{"seed": 1, "epoch": 5, "reported": 0.656, "final": 0.167}]}
+    assert degraded_runs(records, ["remix"], threshold=0.5) == {}
 
 
 def test_neither_demo_table_bolds_the_ensemble_of_final_checkpoints(monkeypatch):
@@ -600,7 +622,9 @@ def _readme_summary() -> dict:
             "epochs": 30, "seeds": [0, 1], "run_time_s": 1234.4, "rows_not_run": ["ogm", "pmr"],
             "timings_s": {"total_s": 1500.2, "generate_s": 11.0, "prepare_s": 22.0, "train_s": 1400.0,
                           "report_s": 33.0},
-            "machine": machine, "unstable_rows": {"agm": [0.39, 0.49, 0.85]}, "targets": []}
+            "machine": machine, "unstable_rows": {"agm": [0.39, 0.49, 0.85]}, "targets": [],
+            "degraded_runs": {"agm": [{"seed": 1, "epoch": 5, "reported": 0.656, "final": 0.1667},
+                                      {"seed": 2, "epoch": 7, "reported": 0.6, "final": 0.4}]}}
 
 
 def test_the_demo_readme_states_each_number_where_it_belongs():
@@ -618,10 +642,14 @@ def test_the_demo_readme_states_each_number_where_it_belongs():
     assert ("varies by more than 10 points (sample std) between seeds at the demo's shared settings (SGD, lr 0.05 for "
             "every method, 30 epochs), so their means do not rank them (accuracy per seed): AGM 39.0/49.0/85.0%.\n"
             in text)
+    assert ("these runs ended training more than 10 points of test accuracy below it, so the method's final model is "
+            "worse than its row says (test accuracy at the reported epoch, then at the final epoch): AGM seed 1 65.6% "
+            "(epoch 5), 16.7%; AGM seed 2 60.0% (epoch 7), 40.0%.\n") in text
     quick = demo_module._readme(demo, {**_readme_summary(), "rows_not_run": [], "identical_rows": {},
-                                       "unstable_rows": {}}, "quick", titles)
+                                       "unstable_rows": {}, "degraded_runs": {}}, "quick", titles)
     assert "(Profile `quick`: a shortened run" in quick and "`augbench demo --quick`;" in quick
     assert "partial" not in quick and "## Rows without an effect" not in quick and "vary between seeds" not in quick
+    assert "## Runs that ended far below" not in quick
 
 
 def test_the_demo_sweep_has_the_configs_seeds_and_one_row_per_method_and_unimodal_reference(tmp_path):
