@@ -306,11 +306,11 @@ def unstable_rows(records: Sequence[collect.RunRecord], order: Sequence[str], pr
 
 
 def degraded_runs(records: Sequence[collect.RunRecord], order: Sequence[str], protocol: str = "clean",
-                  threshold: float = DEGRADED_DROP) -> dict[str, list[dict[str, float]]]:
+                  threshold: float = DEGRADED_DROP) -> dict[str, list[dict[str, Any]]]:
     """Row -> its runs (in seed order) whose final-epoch test accuracy lies more than ``threshold`` below the
     accuracy of the epoch ``protocol`` reports: the table shows an earlier, better model than the one training
     ended with (a collapse after the selected epoch)."""
-    out: dict[str, list[dict[str, float]]] = {}
+    out: dict[str, list[dict[str, Any]]] = {}
     for rec in sorted((r for r in records if not r.reference and r.label in order), key=lambda r: r.seed):
         reported, final = rec.values(protocol)["acc"], rec.values("last")["acc"]
         if reported - final > threshold:

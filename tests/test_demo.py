@@ -197,7 +197,7 @@ def test_degraded_runs_names_the_runs_that_ended_far_below_their_reported_epoch(
     # A Data Remixing seed reported 65.6% from epoch 5 and ended at chance (16.7%): the table hid the collapse.
     records = [_run("remix", seed, epoch, reported, final)
                for seed, epoch, reported, final in ((2, 30, 0.683, 0.675), (1, 5, 0.656, 0.167), (0, 23, 0.831, 0.803))]
-    records += [_run("joint", 0, 12, 0.75, 0.6499), _run("joint", 1, 12, 0.75, 0.65)]  # 10.01 and 10.0 points
+    records += [_run("joint", 0, 12, 0.75, 0.6499), _run("joint", 1, 12, 0.75, 0.65)]  # 10.01 points: named; 10.0: not
     records += [_run("agm", 0, 3, 0.5, 0.1)]  # a row not shown
     ensemble = _run("ensemble", 0, 31, 0.9, 0.5)
     ensemble.reference = True
