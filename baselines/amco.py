@@ -23,9 +23,11 @@ Evaluation: z = linear_star(sum_m z_m) without masks; per-modality outputs are t
 ``amco.linear_star``: the default trains and evaluates z = linear_star(sum_m mask_m z_m), as BB's model defines it.
 In BalanceBenchmark's code the layer's output is computed and then overwritten by ``Unimodality_Calculate`` both in
 training and in evaluation, so BB effectively trains and evaluates z = sum_m mask_m z_m with an unused
-``linear_star``: preset ``bb_compat`` (``linear_star: false``). BB's later trainer (commit 4c1482f) trains on
-``linear_star``'s output, i.e. the default, which ``augbench parity amco`` checks step by step. Cost: none beyond
-joint training (one K x K layer).
+``linear_star``: preset ``bb_compat`` (``linear_star: false``). BB's later model (commit 4c1482f) trains on
+``linear_star``'s output, i.e. the default, which ``augbench parity amco`` checks step by step; its evaluation,
+though, still scores the plain sum: ``validation_step`` runs the forward and then ``unimodality_calculate``, which
+overwrites the output with sum_m z_m. The default evaluates the model it trained; preset ``bb_4c1482f``
+(``eval_linear_star: false``) scores as that commit does. Cost: none beyond joint training (one K x K layer).
 """
 
 from __future__ import annotations
@@ -88,13 +90,15 @@ class AMCo(Method):
              'ICASSP 2023, doi 10.1109/ICASSP49357.2023.10096641')
     CODE = ('BalanceBenchmark (GitHub GeWu-Lab/BalanceBenchmark @4909c17), balancemm/trainer/AMCo_trainer.py '
             '(AMCoTrainer), balancemm/models/avclassify_model.py (BaseClassifier_AMCoModel)')
-    VARIANTS = {"bb_compat": {"linear_star": False}}
+    VARIANTS = {"bb_compat": {"linear_star": False}, "bb_4c1482f": {"eval_linear_star": False}}
     HPARAMS = (
         HParam("sigma", 0.5, "Dependence threshold on a modality's softmax block mass (BB trainer_config sigma).",
                low=0.0, high=1.0),
         HParam("eps", 0.3, "Mask-ratio ramp length in l units (BB trainer_config eps).", low=0.0, open_low=True),
         HParam("linear_star", True, "Apply linear_star to the summed logits (docs/methods/balancebenchmark.md#amco); "
                                     "BB discards its output (bb_compat: false)."),
+        HParam("eval_linear_star", True, "With linear_star: evaluate through it too, as trained; false = BB commit "
+                                         "4c1482f, which trains through it but scores the plain sum (bb_4c1482f)."),
     )
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
@@ -106,9 +110,10 @@ class AMCo(Method):
         self.optimizer = ctx.make_optimizer(self.parameters())
         self.register_buffer("dependent", torch.zeros(len(self.modalities), dtype=torch.bool, device=ctx.device))
 
-    def fuse(self, z_uni: list[torch.Tensor]) -> torch.Tensor:
+    def fuse(self, z_uni: list[torch.Tensor], evaluating: bool = False) -> torch.Tensor:
         z = sum(z_uni)
-        return self.linear_star(z) if self.hp.linear_star else z
+        through = self.hp.linear_star and (self.hp.eval_linear_star or not evaluating)
+        return self.linear_star(z) if through else z
 
     def on_epoch_start(self, epoch: int, loaders: Loaders) -> None:
         self.dependent.zero_()
@@ -138,4 +143,4 @@ class AMCo(Method):
         with self.ctx.autocast():
             _, _, z_split = self.model(self.inputs(batch))
         z_uni = {m: loss_precision(z_split[m]) for m in self.modalities}
-        return Prediction(self.fuse(list(z_uni.values())), z_uni)
+        return Prediction(self.fuse(list(z_uni.values()), evaluating=True), z_uni)

@@ -977,6 +977,27 @@ def test_amco_default_trains_and_predicts_through_linear_star(tiny_bundle):
     method.update(batch, StepInfo(epoch=0, step=0, steps_per_epoch=8, epochs=4))
     assert not torch.equal(method.linear_star.weight, before), "linear_star is trained by the optimizer"
 
+
+def test_amco_bb_4c1482f_trains_through_linear_star_but_scores_the_plain_sum(tiny_bundle):
+    method = build("amco", tiny_bundle, variant="bb_4c1482f")
+    assert (method.hp.linear_star, method.hp.eval_linear_star) == (True, False)
+    batch, y = first_batch(tiny_bundle), first_batch(tiny_bundle)["label"]
+    method.eval()
+    pred = method.predict(batch)
+    close(pred.fused, sum(pred.per_modality.values()))
+    with torch.no_grad():
+        assert not torch.allclose(pred.fused, method.linear_star(pred.fused)), "the crafted check must tell them apart"
+    # Training still goes through linear_star: the loss of a step is CE(linear_star(sum z)) + sum CE(z_m) (epoch 0:
+    # mask ratio 0, nothing masked).
+    method = freeze_steps(method)
+    method.train()
+    with torch.no_grad():
+        _, _, z = method.model(method.inputs(batch))
+        expected = (F.cross_entropy(method.linear_star(z["audio"] + z["visual"]), y)
+                    + sum(F.cross_entropy(v, y) for v in z.values())).item()
+    logs = method.update(batch, StepInfo(epoch=0, step=0, steps_per_epoch=8, epochs=4))
+    assert logs["loss"] == approx(expected)
+
 # --- Unimodal reference -----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("modality", ["audio", "visual"])
