@@ -168,6 +168,21 @@ def check_bad(dataset: str, bad: Sequence[Dropped], rows: int, opts: PrepareOpti
                            f"{opts.max_drop_fraction} of {rows} rows")
 
 
+def check_reused_drops(cache: Path, manifest: Mapping[str, Any], opts: PrepareOptions) -> None:
+    """A finished cache answers a later ``prepare`` only under a bad-item policy that would have built it. Items that
+    fail only while extracting (a corrupt frame) are found by a build, not before a reuse, so without this a strict
+    ``prepare`` would be served a cache built with --skip-bad, minus the items it dropped."""
+    bad, rows = manifest["dropped"]["bad"], manifest["counts"]["rows_read"]
+    if not bad:
+        return
+    lacks = f"{cache} lacks {bad} bad item(s) (listed in {cache / 'dropped.csv'})"
+    if not opts.skip_bad:
+        raise PrepareError(f"{lacks}, dropped by the --skip-bad build that made it; pass --skip-bad to use it, or fix "
+                           f"the media and pass --force to rebuild")
+    if bad > opts.max_drop_fraction * rows:
+        raise PrepareError(f"{lacks}: more than --max-drop-fraction {opts.max_drop_fraction} of {rows} rows")
+
+
 def check_raw_layout(dataset: str, raw: Path, records: Sequence[Record], bad: Sequence[Dropped]) -> None:
     """Refuse a ``--raw`` folder where no split row found its media: the wrong folder or another layout, not damaged
     media, which --skip-bad would only drop to the last item."""
@@ -316,6 +331,7 @@ def prepare(dataset: type[PreparedDataset], raw: Path | str, out: Path | str | N
             raise StaleCacheError(f"{final} was built from different raw media (files changed since, or the cache "
                                   f"predates fingerprinting the files inside frame folders); pass --force to rebuild "
                                   f"it")
+        check_reused_drops(final, manifest, opts)
         log(f"{final}: up to date ({manifest_summary(manifest)})")
         return final
 

@@ -382,6 +382,16 @@ def test_corrupt_frame_in_a_folder_is_a_bad_item(tmp_path):
         prepare(CremaD, tree.root, tmp_path / "cache", options(tree), log=quiet)
     cache = open_cache(prepare(CremaD, tree.root, tmp_path / "cache", options(tree, skip_bad=True), log=quiet))
     assert cache.manifest["dropped"]["by_reason"] == {"corrupt image": 1} and victim not in set(cache.index["id"])
+    # The bad frame is found only by extracting, which a reuse skips: the cache built with --skip-bad is not served to
+    # a prepare whose policy would have refused it.
+    with pytest.raises(PrepareError, match=r"lacks 1 bad item\(s\) \(listed in .*dropped.csv\), dropped by the "
+                                           r"--skip-bad build"):
+        prepare(CremaD, tree.root, tmp_path / "cache", options(tree), log=quiet)
+    with pytest.raises(PrepareError, match="more than --max-drop-fraction 0.05 of 18 rows"):
+        prepare(CremaD, tree.root, tmp_path / "cache", options(tree, skip_bad=True, max_drop_fraction=0.05),
+                log=quiet)
+    assert prepare(CremaD, tree.root, tmp_path / "cache", options(tree, skip_bad=True, max_drop_fraction=0.06),
+                   log=quiet) == cache.path
 
 
 # --- bad input ---------------------------------------------------------------------------------------------------
