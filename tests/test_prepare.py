@@ -374,6 +374,18 @@ def test_a_dangling_link_in_a_frame_folder_is_fingerprinted_not_fatal(tmp_path):
     assert len(prep.media_fingerprint(tmp_path, [record])) == 64
 
 
+def test_a_frame_whose_link_is_dangling_is_a_bad_item_not_a_shorter_clip(tmp_path):
+    tree = make_cremad(tmp_path / "raw", train_per_class=2, test_per_class=1, visual="frames")
+    victim = tree.ids("train")[0]
+    frame = tree.root / "Image-01-FPS" / victim / "00010.jpg"
+    frame.unlink()
+    frame.symlink_to(tmp_path / "gone.jpg")
+    with pytest.raises(PrepareError, match=f"train.csv:1 \\({victim}\\).*00010.jpg.*image missing"):
+        prepare(CremaD, tree.root, tmp_path / "cache", options(tree), log=quiet)
+    cache = open_cache(prepare(CremaD, tree.root, tmp_path / "cache", options(tree, skip_bad=True), log=quiet))
+    assert cache.manifest["dropped"]["by_reason"] == {"missing media": 1} and victim not in set(cache.index["id"])
+
+
 def test_corrupt_frame_in_a_folder_is_a_bad_item(tmp_path):
     tree = make_cremad(tmp_path / "raw", train_per_class=2, test_per_class=1, visual="frames")
     victim = tree.ids("train")[0]

@@ -48,9 +48,11 @@ INTERPOLATION = "PIL bilinear (antialiased when downscaling)"
 
 
 def frame_files(folder: Path) -> list[Path]:
-    """Image files of ``folder`` in natural numeric order of their names (never directory listing order)."""
+    """Image files of ``folder`` in natural numeric order of their names (never directory listing order). A link
+    whose target is gone stays listed, so that loading it fails as a bad item: left out, it would shorten the clip
+    without a count and shift every later frame's position (and so its second)."""
     folder = Path(folder)
-    names = [n for n in os.listdir(folder) if Path(n).suffix.lower() in IMAGE_SUFFIXES and (folder / n).is_file()]
+    names = [n for n in os.listdir(folder) if Path(n).suffix.lower() in IMAGE_SUFFIXES and not (folder / n).is_dir()]
     return [folder / n for n in sorted(names, key=natural_key)]
 
 
@@ -68,6 +70,8 @@ def load_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
     """Decode one image file to uint8 ``(H, W, 3)``; a truncated or unreadable file raises ``MediaError``."""
     from PIL import Image, UnidentifiedImageError
 
+    if not path.exists():
+        raise MediaError(path, MISSING_MEDIA, "image missing (a link to a file that is gone?)")
     if is_lfs_pointer(path):
         raise lfs_error(path)
     try:
