@@ -37,12 +37,20 @@ def stratified_holdout(rows: Sequence[int], labels: np.ndarray, fraction: float,
                        groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Split ``rows`` into (kept, held_out) with ``fraction`` of every class held out, reproducibly for ``seed``.
 
-    With ``groups`` (a key per row), whole groups are held out: ``fraction`` of each class's groups, so clips that
-    share a source (one actor and scene) never sit on both sides, which would let validation reward memorising it;
-    at least one group of every class stays in train, and one is held out of a class with two or more.
+    With ``groups`` (a key per row), whole groups are held out, so rows that share a source never sit on both sides,
+    which would let validation reward memorising it. Groups within one class each (UCF-101's actor-and-scene groups):
+    ``fraction`` of each class's groups; at least one group of every class stays in train, and one is held out of a
+    class with two or more. Groups whose rows span classes (one tweet's image with several targets, one subject
+    performing every gesture) cannot be split per class: ``fraction`` of all groups, at least one and never all,
+    drawn at random, so the classes are held out in proportion only on average.
+
+    Raises:
+        ValueError: holding out whole groups that span classes left a class without training rows.
     """
     rows = np.asarray(rows, dtype=np.int64)
     rng = np.random.default_rng(seed)
+    if groups is not None and groups_span_classes(groups[rows], labels[rows]):
+        return _whole_group_holdout(rows, labels, fraction, rng, groups)
     held: list[np.ndarray] = []
     for label in np.unique(labels[rows]):
         members = rows[labels[rows] == label]
@@ -60,4 +68,23 @@ def stratified_holdout(rows: Sequence[int], labels: np.ndarray, fraction: float,
         held.append(members[np.isin(groups[members], chosen)])
     held_rows = np.sort(np.concatenate(held)) if held else np.empty(0, dtype=np.int64)
     kept = np.setdiff1d(rows, held_rows)
+    return kept, held_rows
+
+
+def groups_span_classes(groups: np.ndarray, labels: np.ndarray) -> bool:
+    """Whether some group has rows of two classes."""
+    return len(set(zip(groups.tolist(), labels.tolist()))) > len(set(groups.tolist()))
+
+
+def _whole_group_holdout(rows: np.ndarray, labels: np.ndarray, fraction: float, rng: np.random.Generator,
+                         groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    names = np.unique(groups[rows])
+    take = max(int(round(fraction * len(names))), 1 if fraction > 0 else 0)
+    chosen = rng.permutation(names)[:min(take, len(names) - 1)]
+    held_rows = np.sort(rows[np.isin(groups[rows], chosen)])
+    kept = np.setdiff1d(rows, held_rows)
+    lost = sorted(set(labels[rows].tolist()) - set(labels[kept].tolist()))
+    if lost:
+        raise ValueError(f"holding out {len(chosen)} whole group(s) of {len(names)} left class(es) {lost} without "
+                         f"training rows; choose another validation seed or fraction")
     return kept, held_rows

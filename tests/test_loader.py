@@ -115,6 +115,37 @@ def test_a_grouped_holdout_takes_whole_groups_per_class():
     assert len(set(groups[held])) == 4, "2 of each class's 10 groups"
 
 
+def test_groups_that_span_classes_are_held_out_whole_from_all_groups():
+    # 20 subjects each performing all 4 classes 3 times: a per-class choice of subjects would hold out some of a
+    # subject's clips and train on the rest.
+    subjects = np.repeat(np.arange(20), 12)
+    labels = np.tile(np.repeat(np.arange(4), 3), 20)
+    groups = np.array([f"subject{k}" for k in subjects])
+    kept, held = stratified_holdout(np.arange(240), labels, 0.1, seed=2, groups=groups)
+    assert len(set(groups[held])) == 2 and set(groups[held]).isdisjoint(groups[kept])
+    assert np.bincount(labels[held]).tolist() == [6, 6, 6, 6] and len(kept) + len(held) == 240
+    assert not np.array_equal(held, stratified_holdout(np.arange(240), labels, 0.1, seed=3, groups=groups)[1])
+    # Never every group, even at a fraction that rounds to all of them.
+    assert len(set(groups[stratified_holdout(np.arange(240), labels, 0.99, seed=0, groups=groups)[1]])) == 19
+
+
+def test_a_whole_group_holdout_that_empties_a_class_of_training_rows_is_an_error():
+    # Class 2 lives only in image b (beside a class-0 row): the draws that hold out b are refused, the others kept.
+    labels = np.array([0, 1, 0, 2, 1, 0])
+    groups = np.array(["a", "a", "b", "b", "c", "c"])
+    held_out = set()
+    for seed in range(12):
+        try:
+            kept, held = stratified_holdout(np.arange(6), labels, 0.3, seed=seed, groups=groups)
+        except ValueError as err:
+            assert "1 whole group(s) of 3 left class(es) [2] without training rows" in str(err)
+            held_out.add("b")
+            continue
+        assert len(set(groups[held])) == 1 and sorted(set(labels[kept])) == [0, 1, 2]
+        held_out |= set(groups[held])
+    assert held_out == {"a", "b", "c"}, "every group is drawn by some seed"
+
+
 def test_a_grouped_holdout_keeps_a_training_group_in_every_class():
     # One group of 7 clips per class at fraction 0.6: round(0.6 * 1 group) = 1 held out every clip of the class, so
     # the class vanished from train_noval while prepare succeeded (clips alone kept 3 of the 7).
