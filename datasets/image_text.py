@@ -333,8 +333,8 @@ class TsvImageTextDataset(ImageTextDataset):
         <IMAGE_DIR>/<ImageID>                           images
 
     Each TSV may instead be in the TomBERT release format (``parse_tombert_tsv``), detected from its header. Labels
-    are class indices. With ``dev.tsv`` that list is the validation split; otherwise a stratified hold-out of train
-    is used and recorded (AMSS reads only train and test).
+    are class indices. With ``dev.tsv`` that list is the validation split; otherwise a seeded hold-out of train by
+    whole images (every row of one ImageID on one side) is used and recorded (AMSS reads only train and test).
     """
 
     # ids are each TSV's own index column or line number: id 0 of train.tsv and id 0 of test.tsv are two rows
@@ -360,6 +360,9 @@ class TsvImageTextDataset(ImageTextDataset):
             skipped[name] = dict(Counter(reason for _, _, reason in parsed.skipped))
         if "val" in tables.splits:
             tables.val_source = "published dev.tsv"
+        # One tweet is one row per target in Twitter-2015, all sharing its text and image: held out by rows, a tweet
+        # would sit on both sides, and validation would reward memorising it.
+        tables.val_group = (lambda sample: sample.row.fields[1], "images")
         tables.info = {"label_map_source": "declared CLASSES; the files hold class indices", "formats": formats,
                        "skipped_lines": skipped}
         return tables

@@ -14,7 +14,9 @@ Raw layout::
 Labels are 1-based in the lists; class i is ``class_{i:02d}`` (the ``Video_data`` folder names); ``--label-order
 lists`` keeps only the classes the lists use (for subsets), in label order. The sample id is
 the ``path:`` value; ``speaker`` is the subject. Validation: none is published (1,050 / 482 clips [R]), so a
-stratified, seeded hold-out of train is used and recorded.
+seeded hold-out of train by whole subjects is used and recorded: the dataset's paper split train and test by
+subject (Molchanov et al., CVPR 2016), so validation does too (held out by clips, it would score subjects the model
+trained on).
 
 Prepare (recipe ``amss``): each sensor reads ``frames`` (80) frames from the list's start frame, as AMSS's 80-frame
 container; frames past the list's end frame or the video's end stay zero, as there. Frames are resized to 256 x 256
@@ -256,6 +258,7 @@ class NVGesture(PreparedDataset):
             tables.dropped += malformed_rows(p, split)
             tables.add(p, split, label_name=lambda r: CLASSES[int(r.label) - 1], duplicates=opts.duplicates,
                        speaker=lambda r: Path(r.id).name.split("_")[0])
+        tables.val_group = (lambda sample: sample.speaker, "subjects")
         tables.info = {"label_map_source": {"declared": "list label N (1-based) -> class_NN",
                                             "lists": "the labels present in the two lists, in order"}[opts.label_order],
                        "skipped_lines": {p.path.name: dict(Counter(reason for _, _, reason in p.skipped))

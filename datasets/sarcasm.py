@@ -8,7 +8,7 @@ reads (GitHub: njustkmg/TPAMI-AMSS, ``AMSS_IT/MyHelper.py``)::
     images/<ImageID>
 
 Split sizes as published: 19,816 / 2,410 / 2,409 [R]; AMSS reads only train and test, so without ``dev.tsv`` the
-validation split is a stratified, seeded hold-out of train. The original release's Python-literal ``.txt`` lists are
+validation split is a seeded hold-out of train by whole images. The original release's Python-literal ``.txt`` lists are
 not read: convert them to the TSV layout first. Recipe ``amss`` as for Twitter-2015 (128 WordPiece tokens without
 [CLS]/[SEP], ``Resize((224, 224))``, no augmentation); normalisation uses AMSS's fall-through statistics, which
 ``MyHelper.py`` applies to every dataset it does not name (Sarcasm included).

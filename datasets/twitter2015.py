@@ -10,8 +10,9 @@ README points to)::
     twitter2015_images/<ImageID>
 
 Split sizes as published: 3,179 / 1,122 / 1,037 [R]. AMSS reads only train and test, so without ``dev.tsv`` the
-validation split is a stratified, seeded hold-out of train recorded in the manifest. TomBERT rows are converted as
-documented in ``datasets.image_text.parse_tombert_tsv`` (AMSS's own conversion is unpublished).
+validation split is a seeded hold-out of train by whole images (a tweet's rows, one per target, share its image),
+recorded in the manifest. TomBERT rows are converted as documented in ``datasets.image_text.parse_tombert_tsv``
+(AMSS's own conversion is unpublished).
 
 Recipe ``amss`` (the only one): ``bert-base-uncased`` WordPiece, lower-cased, truncated to 128 tokens, zero-padded,
 **no [CLS]/[SEP]** (AMSS ``MyDataset.get_tokenized``, ``--max_seq_len`` 128); images PIL ``Resize((224, 224))``,

@@ -174,10 +174,11 @@ def write_avi(path: Path, frames: int, green: int, size: tuple[int, int] = (24, 
 
 
 def make_nvgesture(root: Path, classes: int = 3, per_class: dict[str, int] | None = None, frames: int = 12,
-                   start: int = 2, flow_size: int = 20) -> Tree:
+                   start: int = 2, flow_size: int = 20, subjects: int = 0) -> Tree:
     """NVGesture in AMSS's layout: ``nvgesture_{train,test}_correct_v2.lst`` (1-based labels), videos
     ``Video_data/class_NN/subjectS_rR/sk_{color,depth}.avi`` and flow ``Video_data/flow_data/{train,test}/<i>.npy``
-    of shape (H, W, 2, T). Every sensor window starts at frame ``start``."""
+    of shape (H, W, 2, T). Every sensor window starts at frame ``start``. Clip i is by subject i, or with
+    ``subjects`` by subject i % subjects (so every subject performs every class)."""
     per_class = per_class or {"train": 3, "test": 2}
     tree = Tree(root)
     for split, n in per_class.items():
@@ -185,7 +186,8 @@ def make_nvgesture(root: Path, classes: int = 3, per_class: dict[str, int] | Non
         tree.labels[split], tree.ids[split] = [], []
         for i in range(n * classes):
             label = i % classes
-            rel = f"./Video_data/class_{label + 1:02d}/subject{i}_r{0 if split == 'train' else 1}"
+            rel = f"./Video_data/class_{label + 1:02d}/" + (f"subject{i % subjects}_r{i}" if subjects
+                                                             else f"subject{i}_r{0 if split == 'train' else 1}")
             clip = root / rel
             write_avi(clip / "sk_color.avi", frames + start, green=40 + 60 * label)
             write_avi(clip / "sk_depth.avi", frames + start, green=40 + 60 * label)

@@ -225,6 +225,38 @@ def test_twitter_cache_holds_amss_token_ids_and_resized_images(tmp_path, vocab, 
     assert image.shape == (16, 16, 3) and abs(int(image[-1, -1, 0]) - CLASS_COLOURS[0][0]) <= 12  # JPEG
 
 
+def held_out_groups(cache_dir: Path, key) -> tuple[set, set]:
+    """(groups of the validation rows, groups of the rows trained on) of a cache, by ``key`` of a row id."""
+    cache = open_cache(cache_dir)
+    return tuple({key(str(cache.index["id"][i])) for i in cache.splits[name]} for name in ("val", "train_noval"))
+
+
+def test_twitter_without_dev_tsv_holds_out_whole_images(tmp_path, vocab):
+    # One tweet is one row per target, sharing its image: rows 2j and 2j+1 of train.tsv share image j (and differ in
+    # label). Held out by rows, half of a tweet would be validated on after training on the other half.
+    tree = make_image_text(tmp_path / "raw", image_dir="twitter2015_images", classes=3,
+                           per_class={"train": 8, "test": 2})
+    tsv = tree.root / "annotations" / "train.tsv"
+    lines = tsv.read_text().splitlines()
+    rows = [line.split("\t") for line in lines[1:]]
+    image_of = {row[0]: rows[int(row[0]) // 2 * 2][3] for row in rows}
+    tsv.write_text("\n".join([lines[0], *("\t".join([*row[:3], image_of[row[0]]]) for row in rows)]) + "\n")
+    cache_dir = build("twitter2015", tree.root, tmp_path / "cache", vocab)
+    val, trained = held_out_groups(cache_dir, image_of.get)
+    assert len(val) == 3 and val.isdisjoint(trained), "a quarter of 12 images, each wholly on one side"
+    assert open_cache(cache_dir).manifest["val"]["groups"] == "images"
+
+
+def test_nvgesture_holds_out_whole_subjects(tmp_path, vocab):
+    # The published lists split the subjects; held out by clips, validation would score subjects trained on.
+    tree = make_nvgesture(tmp_path / "raw", per_class={"train": 4, "test": 1}, subjects=4)
+    cache_dir = build("nvgesture", tree.root, tmp_path / "cache", vocab)
+    val, trained = held_out_groups(cache_dir, lambda clip: Path(clip).name.split("_")[0])
+    assert len(val) == 1 and len(trained) == 3, "a quarter of 4 subjects, each performing every class"
+    assert open_cache(cache_dir).manifest["val"]["groups"] == "subjects"
+    assert len(open_cache(cache_dir).splits["val"]) == 3
+
+
 def test_image_text_batches_are_normalised_with_the_dataset_statistics(prepared):
     _, cache = prepared("twitter2015")
     bundle, batch = batch_of("twitter2015", cache)
