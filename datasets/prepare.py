@@ -49,7 +49,7 @@ import numpy as np
 
 from core.hparams import HParams
 from core.provenance import git_commit, library_versions
-from datasets.base import stratified_holdout
+from datasets.base import groups_span_classes, stratified_holdout
 from datasets.cache import CACHE_VERSION, ArraySpec, default_cache_root, options_hash, read_manifest, write_index
 from datasets.media import MISSING_MEDIA, MediaError, is_lfs_pointer, lfs_error
 from datasets.prepared import PreparedDataset, Record
@@ -237,9 +237,11 @@ def validation_split(tables: SplitTables, opts: PrepareOptions) -> tuple[set[str
         key, record["groups"] = tables.val_group
         groups = np.asarray([key(s) for s in train])
     _, held = stratified_holdout(np.arange(len(train)), labels, opts.val_fraction, opts.val_seed, groups)
-    whole = f" by whole {record['groups']}" if groups is not None else ""
-    return ({train[i].id for i in held},
-            f"stratified hold-out of train{whole} (fraction {opts.val_fraction}, seed {opts.val_seed})", record)
+    kind = "stratified hold-out of train"
+    if groups is not None:
+        spanning = groups_span_classes(groups, labels)
+        kind = f"{'hold-out' if spanning else kind} of train by whole {record['groups']}"
+    return {train[i].id for i in held}, f"{kind} (fraction {opts.val_fraction}, seed {opts.val_seed})", record
 
 
 def _locate(dataset: type[PreparedDataset], raw: Path, tables: SplitTables, settings: HParams

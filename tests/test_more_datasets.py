@@ -244,7 +244,9 @@ def test_twitter_without_dev_tsv_holds_out_whole_images(tmp_path, vocab):
     cache_dir = build("twitter2015", tree.root, tmp_path / "cache", vocab)
     val, trained = held_out_groups(cache_dir, image_of.get)
     assert len(val) == 3 and val.isdisjoint(trained), "a quarter of 12 images, each wholly on one side"
-    assert open_cache(cache_dir).manifest["val"]["groups"] == "images"
+    manifest = open_cache(cache_dir).manifest
+    assert manifest["val"]["groups"] == "images"
+    assert manifest["val_source"] == "hold-out of train by whole images (fraction 0.25, seed 0)", "not stratified"
 
 
 def test_nvgesture_holds_out_whole_subjects(tmp_path, vocab):
