@@ -389,6 +389,10 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
     extending = recorded is not None and cfg.train.epochs > recorded["train"]["epochs"]
     if done and not extending:
         return read_json(run_dir / "summary.json")
+    if done and not ckpt_path.exists():
+        # Without it the extension would train from epoch 0 and still be recorded as the finished run extended.
+        raise RunExistsError(f"{run_dir} holds a finished run whose {CHECKPOINT} is gone, so it cannot be trained "
+                             f"further; train {cfg.train.epochs} epochs into another --out / --run-dir")
     check_data_parallel(cfg.method, ddp.world_size)
     identity = current_identity(cfg)
     if recorded is not None:

@@ -105,6 +105,20 @@ def test_extend_epochs_trains_a_finished_run_further_and_records_it(tmp_path, ca
     assert len(json.loads((run / "extensions.json").read_text())) == 1
 
 
+def test_extending_a_finished_run_whose_checkpoint_is_gone_is_refused_and_changes_nothing(tmp_path, capsys):
+    # It used to train from epoch 0 and record the result as the 2-epoch run extended to 3.
+    run = tmp_path / "run"
+    base = ["--method", "joint", "--dataset", "synthetic", "--epochs", "2", *TINY]
+    assert _train(run, *base) == 0
+    (run / "checkpoint.pt").unlink()
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert _train(run, *base, "--extend-epochs", "3") == 2
+    err = capsys.readouterr().err
+    assert "holds a finished run whose checkpoint.pt is gone, so it cannot be trained further" in err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
 def test_a_run_recorded_before_data_subset_existed_keeps_its_name_and_resumes(tmp_path):
     # data.subset was added after prepared-dataset runs were recorded: their config.yaml lacks it.
     whole, smoke = build_config("joint", "cremad"), build_config("joint", "cremad", {"data": {"subset": 4}})
