@@ -219,6 +219,26 @@ def test_a_config_table_names_the_runs_of_rows_it_does_not_list_and_counts_only_
             in out.err and "rows: joint_lr" in out.err)
 
 
+def test_a_config_table_names_the_planned_runs_it_lacks_and_the_seeds_it_does_not_plan(tmp_path, capsys):
+    # A cell's n alone said neither: seed 1 never trained and seed 7 counted as the config's gave "(2)" for joint.
+    from tests.test_collect import write_run
+
+    job = next(j for j in plan(load_config(EXAMPLE), tmp_path).jobs if j.label == "joint" and j.cfg.train.seed == 0)
+    for seed in (0, 7):
+        run = write_run(tmp_path, "joint", "synthetic", seed, (0.6, 0.6, 0.6),
+                        job={"label": job.label, "title": job.title})
+        recorded = job.cfg.as_dict()
+        recorded["train"]["seed"] = seed
+        (run / "config.yaml").write_text(yaml.safe_dump(recorded))
+    assert main(["table", str(tmp_path), "--config", str(EXAMPLE)]) == 0
+    out = capsys.readouterr()
+    absent = "9 of the 10 runs synthetic_sweep.yaml plans are not among the finished runs, such as"
+    extra = "seed(s) [7], which synthetic_sweep.yaml does not list, are counted"
+    assert absent in out.err and extra in out.err
+    assert absent in out.out and extra in out.out, "the table file says it too"
+    assert "(2)" in out.out
+
+
 def test_runs_with_the_configs_settings_are_its_own_whatever_their_folder_or_seed(tmp_path):
     from benchmarks.collect import RunRecord
     from benchmarks.commands.table import runs_outside_config

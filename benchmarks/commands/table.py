@@ -95,6 +95,9 @@ def run(args: argparse.Namespace) -> int:
     for line in _coverage_notes(records, shown, args.config, order, args.missing) + table.code_notes:
         print(f"note: {line}", file=sys.stderr)
     if args.config:
+        for note in seed_notes(shown, args.config):
+            print(f"note: {note}", file=sys.stderr)
+            table.caption += f" {note[0].upper()}{note[1:]}."
         foreign = runs_outside_config(shown, args.config)
         if foreign:
             table.caption += (f" {len(foreign)} of the {len(shown)} runs shown were trained with settings other than "
@@ -145,6 +148,30 @@ def runs_outside_config(records: Sequence[RunRecord], config: Path) -> list[Path
 
     planned = {key(job.cfg.as_dict()) for job in plan(load_config(config), Path(".")).jobs}
     return [r.run_dir for r in records if not r.config or key(r.config) not in planned]
+
+
+def seed_notes(records: Sequence[RunRecord], config: Path) -> list[str]:
+    """What the cells' n does not tell: the config's planned runs (settings and seed) with no finished run among
+    ``records`` (not started, unfinished or failed), and the seeds of runs counted with the config's settings that
+    its ``seeds`` do not list (run by hand, or left from an earlier seed list)."""
+    from benchmarks.sweep import load_config, plan  # only here: the sweep machinery is not needed to tabulate
+
+    def key(run_config: dict) -> str:
+        return json.dumps(config_settings(run_config), sort_keys=True, default=str)
+
+    sweep = load_config(config)
+    jobs = plan(sweep, Path(".")).jobs
+    planned = {(key(job.cfg.as_dict()), job.cfg.train.seed): job for job in jobs}
+    found = {(key(r.config), r.config["train"]["seed"]) for r in records if r.config}
+    absent = [job for k, job in planned.items() if k not in found]
+    extra = sorted({seed for k, seed in found if k in {k for k, _ in planned} and seed not in sweep.seeds})
+    notes = []
+    if absent:
+        notes.append(f"{len(absent)} of the {len(jobs)} runs {config.name} plans are not among the finished runs, "
+                     f"such as {absent[0].title} on {absent[0].cfg.dataset} seed {absent[0].cfg.train.seed}")
+    if extra:
+        notes.append(f"runs of seed(s) {extra}, which {config.name} does not list, are counted")
+    return notes
 
 
 def _coverage_notes(records: Sequence[RunRecord], shown: Sequence[RunRecord], config: Path | None, order: dict,
