@@ -594,12 +594,14 @@ class Column:
 
 @dataclass
 class Cell:
-    """Mean/std/n in percent over seeds, the published value, and whether the mean is the column's best."""
+    """Mean/std/n in percent over seeds, each seed's value (in seed order), the published value, and whether the mean
+    is the column's best."""
 
     mean: float | None = None
     std: float | None = None
     n: int = 0
     seeds: tuple[int, ...] = ()
+    values: tuple[float, ...] = ()
     paper: PaperValue | None = None
     best: bool = False
 
@@ -730,9 +732,10 @@ def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper:
             runs = [(seed, v[col.metric] * 100) for seed, v in groups.get((label, col.dataset), []) if col.metric in v]
             cell = Cell()
             if runs:
+                runs.sort()
                 values = [x for _, x in runs]
                 cell = Cell(mean=statistics.fmean(values), std=statistics.stdev(values) if len(values) > 1 else None,
-                            n=len(values), seeds=tuple(sorted(s for s, _ in runs)))
+                            n=len(values), seeds=tuple(s for s, _ in runs), values=tuple(values))
             if paper is not None:
                 # by the row label only: another row of the same method (a variant) is not the published one
                 cell.paper = paper.lookup(col.dataset, (label,), col.metric)
@@ -880,18 +883,21 @@ def _render_tex(table: Table) -> str:
 def csv_header(table: Table) -> list[str]:
     head = ["method"]
     for col in table.columns:
-        fields = ["mean", "std", "n"] + (["paper", "paper_verified", "diff"] if table.with_paper else [])
+        fields = ["mean", "std", "n", "per_seed"] + (["paper", "paper_verified", "diff"] if table.with_paper else [])
         head += [f"{col.dataset}/{col.metric}/{f}" for f in fields]
     return head
 
 
 def table_values(table: Table) -> list[list[str | float | int | bool | None]]:
-    """The rows of ``csv_header``'s columns as values (None where a cell has none), for the CSV and for W&B."""
+    """The rows of ``csv_header``'s columns as values (None where a cell has none), for the CSV and for W&B. A cell's
+    ``per_seed`` is ``seed:value`` pairs in seed order, space-separated: what a mean and std summarise, for checks
+    and other statistics."""
     rows = []
     for title, cells in table.rows:
         row: list[str | float | int | bool | None] = [title]
         for cell in cells:
-            row += [cell.mean, cell.std, cell.n]
+            per_seed = " ".join(f"{seed}:{value:.4f}" for seed, value in zip(cell.seeds, cell.values)) or None
+            row += [cell.mean, cell.std, cell.n, per_seed]
             if table.with_paper:
                 row += [None if cell.paper is None else cell.paper.value,
                         None if cell.paper is None else cell.paper.verified, cell.diff]

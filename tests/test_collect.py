@@ -10,6 +10,7 @@ import math
 import os
 import re
 import shutil
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -327,13 +328,16 @@ def test_a_wandb_table_holds_numbers_and_a_wandb_mode_that_is_none_is_refused(ru
     table = build_table(load_runs(runs_dir), protocol="paper", paper=load_paper(PAPER, "table1"))
     values = {row[0]: row[1:] for row in table_values(table)}
     csv_cells = {row[0]: row[1:] for row in list(csv.reader(io.StringIO(RENDERERS["csv"](table))))[1:]}
-    fields = ("mean", "std", "n", "paper", "paper_verified", "diff")
-    assert csv_header(table)[1:7] == [f"cremad/acc/{f}" for f in fields]
+    fields = ("mean", "std", "n", "per_seed", "paper", "paper_verified", "diff")
+    assert csv_header(table)[1:8] == [f"cremad/acc/{f}" for f in fields]
     for title, row in values.items():
-        mean, std, n, paper, verified, diff = row[:6]
+        mean, std, n, per_seed, paper, verified, diff = row[:7]
         assert isinstance(mean, float) and isinstance(std, float) and type(n) is int and isinstance(verified, bool)
-        assert csv_cells[title][:6] == [f"{mean:.4f}", f"{std:.4f}", str(n), f"{paper:.2f}", str(verified).lower(),
-                                        f"{diff:.4f}"]
+        assert csv_cells[title][:7] == [f"{mean:.4f}", f"{std:.4f}", str(n), per_seed, f"{paper:.2f}",
+                                        str(verified).lower(), f"{diff:.4f}"]
+        seeds, seed_values = zip(*(pair.split(":") for pair in per_seed.split()))
+        assert list(seeds) == sorted(seeds, key=int) and len(seeds) == n
+        assert statistics.fmean(map(float, seed_values)) == pytest.approx(mean, abs=1e-4)
     monkeypatch.setenv("WANDB_MODE", "dryrun")
     assert main(["table", str(runs_dir)]) == 2
     assert "WANDB_MODE 'dryrun' is not one of" in capsys.readouterr().err
@@ -1040,7 +1044,8 @@ def test_the_missing_table_of_runs_without_a_validation_split_needs_no_protocol(
         write_missing(run)
     assert main(["table", str(tmp_path), "--missing", "--format", "csv"]) == 0
     out = capsys.readouterr().out
-    assert "cremad/acc@missing=0/mean" in out and "Concat,50.0000,0.0000,2,30.0000,0.0000,2" in out
+    assert "cremad/acc@missing=0/mean" in out
+    assert "Concat,50.0000,0.0000,2,0:50.0000 1:50.0000,30.0000,0.0000,2,0:30.0000 1:30.0000" in out
     table = build_table(load_runs(tmp_path), protocol="clean", missing=True)
     assert [c.mean for c in table.rows[0][1]] == approx64([50.0, 30.0])
     # Its accuracy columns under that protocol are refused naming the run and why, not a bare KeyError 'clean'.
