@@ -448,8 +448,10 @@ def write_report(records: list[collect.RunRecord], methods: Sequence[str], runs_
     written.append(plots.plot_demo(runs_dir, results / "curves.png", order=order, titles=titles,
                                    references={m: final[r]["acc"][0] for r, m in REFERENCES.items() if r in final},
                                    runs=[r.run_dir for r in records if r.label != ENSEMBLE_LABEL]))
+    # One seed has no spread: no error bar rather than one of zero length (summary.json keeps its std as 0).
     written.append(plots.plot_demo_bars(
-        {r: {k: v[:2] for k, v in stats[r].items() if k.startswith("acc")} for r in order}, results / "bars.png",
+        {r: {k: (mean, std if n > 1 else np.nan) for k, (mean, std, n) in stats[r].items() if k.startswith("acc")}
+         for r in order}, results / "bars.png",
         titles=titles, references={ENSEMBLE_LABEL: "unimodal ensemble", JOINT: titles.get(JOINT, JOINT),
                                    VISUAL: "visual-only model"}))
     return ShownRows(order, names, titles, identical, stats, final, written)

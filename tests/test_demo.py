@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import re
+import statistics
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -830,6 +831,11 @@ def test_the_report_of_a_run_without_both_references_has_no_ensemble_row(tmp_pat
     assert "av_digits/macro_f1/mean" in header and "av_digits/acc:audio/mean" in header
     assert drawn["references"] == {ENSEMBLE_LABEL: "unimodal ensemble", "joint": "Joint",
                                    "unimodal_visual": "visual-only model"}
+    assert drawn["rows"]["joint"]["acc"] == approx((0.55, statistics.stdev([0.5, 0.6])))
+    # One seed has no spread to draw: no error bar, not one of zero length (summary.json keeps std 0 with n = 1).
+    demo_module.write_report(records[::2], ["unimodal_visual", "joint"], tmp_path, tmp_path / "one", "Demo")
+    mean, std = drawn["rows"]["joint"]["acc"]
+    assert mean == approx(0.5) and math.isnan(std)
 
 
 def test_the_aug_finding_prints_the_fusion_weights_as_given():
