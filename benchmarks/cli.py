@@ -11,6 +11,7 @@ import argparse
 import ast
 import importlib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -84,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
             message = " ".join(str(err).split())
         print(f"augbench {command}: error: {message}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader of stdout stopped (``augbench list -v | head``): no traceback; stdout goes nowhere from here, so
+        # that the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt as err:
         # A command that knows where it stopped (``train``) raises a KeyboardInterrupt that says so.
         print(f"augbench {command}: {str(err) or 'interrupted'}", file=sys.stderr)

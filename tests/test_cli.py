@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -168,3 +170,15 @@ def test_list_verbose_shows_every_knob_with_its_default_under_its_owner(capsys):
     assert owners == {name: lines for name, lines in expected.items() if lines}
     # ARL's temperature: 4 by default, 8 on CREMA-D (the paper's §4).
     assert "arl.temperature = 4.0 per-dataset {'cremad': 8.0}" in owners["arl"]
+
+
+def test_a_reader_that_stops_reading_gets_no_traceback():
+    # `augbench list -v | head` ended in a BrokenPipeError traceback. The command here prints 1 MB, more than a pipe
+    # holds, so its writes meet the closed pipe.
+    code = ("import sys; from benchmarks import cli; from benchmarks.commands import list as command; "
+            "command.run = lambda args: [print('x' * 999) for _ in range(1000)] and 0; sys.exit(cli.main(['list']))")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.read(100) == b"x" * 100
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 1 and "Traceback" not in err, err
