@@ -22,7 +22,7 @@ from datasets.registry import Dataset, register_dataset
 @register_dataset
 class Synthetic(Dataset):
     NAME = "synthetic"
-    DESCRIPTION = "tiny random audio/visual(/text) tensors with a dominance knob, for tests and smoke runs"
+    DESCRIPTION = "Synthetic: tiny random audio/visual(/text) tensors with a dominance knob, for tests and smoke runs"
     HPARAMS = (
         HParam("num_classes", 4, "Number of classes (at least 2).", low=2),
         HParam("n_train", 256, "Training samples."),

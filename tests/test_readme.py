@@ -24,6 +24,16 @@ def test_generated_tables_are_current(block):
         f"{block}`)")
 
 
+def test_every_dataset_row_has_a_name_and_notes():
+    # A DESCRIPTION without its "Name: " prefix put the whole description in the name column and left notes empty.
+    from benchmarks.commands.list import datasets_markdown
+    from datasets.registry import list_datasets
+
+    assert [name for name, cls in list_datasets().items() if ": " not in cls.DESCRIPTION] == []
+    rows = [line.strip("| ").split(" | ") for line in datasets_markdown().splitlines()[2:]]
+    assert len(rows) == len(list_datasets()) and all(len(row) == 3 and row[2] for row in rows), rows
+
+
 def test_readme_commands_exist():
     used = set(re.findall(r"^augbench (\w+)", README.read_text(), re.M))
     assert used and used <= set(COMMANDS), f"README uses unknown subcommands {used - set(COMMANDS)}"
