@@ -55,7 +55,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", type=Path, help="experiment config, e.g. benchmarks/configs/aug_neurips25/table1.yaml")
     p.add_argument("--launcher", choices=tuple(LAUNCHERS), default="local",
                    help="; ".join(f"{name}: {launcher.help}" for name, launcher in LAUNCHERS.items()))
-    p.add_argument("--out", type=Path, help="sweep folder (default: runs/<config name>)")
+    p.add_argument("--out", type=Path, help="sweep folder (default: runs/<config name, / as _>)")
     p.add_argument("--gpus", type=_gpus, help="local: GPU ids to keep busy, one run each, e.g. 0,1,2,3")
     p.add_argument("--gpus-per-run", type=nonnegative_int, default=1,
                    help="GPUs per run (data-parallel via torchrun when > 1; slurm: 0 submits CPU jobs)")
