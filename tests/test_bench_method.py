@@ -480,10 +480,10 @@ def test_the_data_files_and_caption_name_the_settings_of_the_rounds_measured(cac
                  "--set", "data.resident=memory"]) == 0
     assert [(c["split"], c["train"], c["rounds"], c["batches"], c["batch_size"], c["data"]) for c in calls] == [
         ("train", True, 6, 2, 3, {"resident": "memory"}), ("test", False, 6, 2, 3, {"resident": "memory"})]
-    # Named by the serving setting, not by where the caches lie.
-    assert sorted(p.name for p in out.iterdir()) == ["data-cremad-ogm-cpu-resident-memory.json",
-                                                      "data-cremad-ogm-cpu-resident-memory.md"]
-    caption = (out / "data-cremad-ogm-cpu-resident-memory.md").read_text().splitlines()[0]
+    # Named by the batch size and the serving setting, not by where the caches lie or how many rounds were timed.
+    assert sorted(p.name for p in out.iterdir()) == ["data-cremad-ogm-cpu-batch-3-resident-memory.json",
+                                                      "data-cremad-ogm-cpu-batch-3-resident-memory.md"]
+    caption = (out / "data-cremad-ogm-cpu-batch-3-resident-memory.md").read_text().splitlines()[0]
     assert "batch 3, data.resident=memory)" in caption and "6 interleaved rounds of 2 batches" in caption
     assert "load average [2.0, 2.0, 2.0] at the end" in caption, "measured after the second view, the last"
 

@@ -32,6 +32,9 @@ from datasets.cache import default_cache_root
 from datasets.registry import get_dataset
 
 HELP = "benchmark the data pipeline, per-step cost of every method vs joint, and epoch vs model-only time"
+# The data benchmark's generated tree and batch size when not given: a figure measured otherwise is filed under a name
+# that says so.
+DATA_DEFAULTS = {"preset": "small", "batch_size": 32}
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -58,10 +61,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     data.add_argument("--raw", type=Path, help="the raw tree that cache was built from (default: its manifest's)")
     data.add_argument("--work", type=Path, help="where the generated AV-Digits tree and its cache live "
                                                 "(default: $AUG_BENCH_CACHE/bench, else ./cache/bench)")
-    data.add_argument("--preset", default="small", choices=("tiny", "small", "cremad"),
+    data.add_argument("--preset", default=DATA_DEFAULTS["preset"], choices=("tiny", "small", "cremad"),
                       help="AV-Digits size preset of a generated tree")
     data.add_argument("--recipe", default="aug", help="audio recipe of a generated tree's cache (AUG's is 'aug')")
-    data.add_argument("--batch-size", type=positive_int, default=32, help="samples per batch of the data benchmark")
+    data.add_argument("--batch-size", type=positive_int, default=DATA_DEFAULTS["batch_size"],
+                      help="samples per batch of the data benchmark")
     data.add_argument("--batches", type=positive_int, default=5, help="timed batches per loader per round")
     data.add_argument("--rounds", type=positive_int, default=len(ROUND_ORDERS),
                       help=f"interleaved rounds of the data benchmark (the stream order cycles every "
@@ -144,8 +148,14 @@ def run_data(args: argparse.Namespace, env: dict, tag: str) -> tuple[list[dict[s
         rows.append(row)
     first = rows[0]
     name = f"{first['dataset']}-{first['recipe']}"
-    # Figures with other serving settings go beside the defaults' instead of replacing them.
-    settings = "".join(f"-{key}-{str(value).lower()}" for key, value in sorted(serving.items()))
+    # Figures with other serving settings, another generated tree or another batch size go beside the defaults'
+    # instead of replacing them; the timing repetitions (--batches, --rounds) only make a figure more or less
+    # precise, and the caption states them.
+    measured = {"preset": args.preset if args.cache is None and args.dataset == "synthetic" else None,
+                "batch": args.batch_size}
+    defaults = {"preset": DATA_DEFAULTS["preset"], "batch": DATA_DEFAULTS["batch_size"]}
+    settings = "".join(f"-{key}-{value}" for key, value in measured.items() if value not in (None, defaults[key]))
+    settings += "".join(f"-{key}-{str(value).lower()}" for key, value in sorted(serving.items()))
     settings_note = f", {', '.join(f'data.{k}={v}' for k, v in sorted(serving.items()))}" if serving else ""
     caption = (f"Data loaders on {cache.name} ({first['dataset']}, recipe {first['recipe']}, audio "
                f"{'x'.join(map(str, first['audio_shape']))}, frames stored {'x'.join(map(str, first['stored_frame']))}"
