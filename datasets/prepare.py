@@ -237,11 +237,11 @@ def validation_split(tables: SplitTables, opts: PrepareOptions) -> tuple[set[str
         key, record["groups"] = tables.val_group
         groups = np.asarray([key(s) for s in train])
     _, held = stratified_holdout(np.arange(len(train)), labels, opts.val_fraction, opts.val_seed, groups)
-    kind = "stratified hold-out of train"
-    if groups is not None:
-        spanning = groups_span_classes(groups, labels)
-        kind = f"{'hold-out' if spanning else kind} of train by whole {record['groups']}"
-    return {train[i].id for i in held}, f"{kind} (fraction {opts.val_fraction}, seed {opts.val_seed})", record
+    # Groups that span classes are drawn from all groups, not per class: not stratified.
+    kind = "hold-out" if groups is not None and groups_span_classes(groups, labels) else "stratified hold-out"
+    whole = f" by whole {record['groups']}" if groups is not None else ""
+    return ({train[i].id for i in held},
+            f"{kind} of train{whole} (fraction {opts.val_fraction}, seed {opts.val_seed})", record)
 
 
 def _locate(dataset: type[PreparedDataset], raw: Path, tables: SplitTables, settings: HParams

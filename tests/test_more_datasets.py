@@ -815,7 +815,8 @@ def test_ucf101_validation_holds_out_whole_groups(tmp_path):
     assert {group[i] for i in val}.isdisjoint(group[i] for i in set(group) - val)
     assert sum(i.startswith("Basketball/") for i in val) == 6, "2 of Basketball's 8 groups, 3 clips each"
     assert record == {"fraction": 0.25, "seed": 0, "groups": "gNN groups of a class"}
-    assert "by whole gNN groups of a class" in source and tables.info["train_clips_without_group"] == 1
+    assert source == "stratified hold-out of train by whole gNN groups of a class (fraction 0.25, seed 0)"
+    assert tables.info["train_clips_without_group"] == 1
 
 
 def test_ucf101_counts_the_clips_too_short_for_its_frame_picks(tmp_path, vocab):
