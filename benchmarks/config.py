@@ -45,7 +45,9 @@ TRAIN_HPARAMS = (
                                   "cuDNN autotuning picks the fastest convolution algorithms for the fixed input "
                                   "shapes (faster on GPU; results then vary from run to run) [project]."),
     HParam("device", "auto", "'auto' = cuda when available, else cpu.", choices=("auto", "cpu", "cuda")),
-    HParam("amp", False, "bf16 autocast (CUDA; also on the CPU, where it is usually slower)."),
+    HParam("amp", False, "bf16 autocast (CUDA; also on the CPU, where it is usually slower, and where torch 2.14's "
+                         "bf16 convolution backward returns garbage weight gradients on 1x1 maps: ResNet-trunk inputs "
+                         "of 16x16 or less)."),
     HParam("compile", False, "torch.compile every modality encoder in place (baselines.networks.compile_encoders; "
                              "parameter names and checkpoints unchanged). Off: compiling costs minutes, which pays "
                              "off only on long GPU runs [project]."),
