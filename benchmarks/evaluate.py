@@ -174,7 +174,10 @@ def evaluate_missing(run_dir: Path, rates: Sequence[float] = DEFAULT_MISSING_RAT
     else:
         check_reference(run_dir, split, results, reference, loader.num_samples)
     results = [r for r in results if r["rate"] in {float(x) for x in rates}]
+    # The batch size is recorded: a method whose prediction looks at its batch (MLA's official entropy gate) scores
+    # differently under another one.
     out = {"split": split, "seed": seed, "checkpoint_epoch": state["epoch"], "n": loader.num_samples,
+           "batch_size": batch_size,
            "protocol": "each missing sample loses one modality chosen uniformly (input zeroed); nested sets across "
                        "rates; final checkpoint",
            "reference_last_epoch_acc": reference, "rates": results}

@@ -68,6 +68,7 @@ def test_evaluate_missing_on_a_trained_run(tmp_path, capsys):
     last = summary["protocols"]["last"]["test"]
     assert rates[0.0]["metrics"]["acc"] == last["acc"] and rates[0.0]["metrics"]["map"] == approx(last["map"])
     assert result["reference_last_epoch_acc"] == last["acc"] and result["checkpoint_epoch"] == 1
+    assert result["batch_size"] == cfg.train.eval_batch_size, "the run's evaluation batch size unless asked otherwise"
     assert [rates[r]["n_missing"] for r in (0.0, 0.25, 1.0)] == [0, 4, 16]
     assert sum(rates[1.0]["missing_by_modality"].values()) == 16
     assert "missing 25%" in capsys.readouterr().out
@@ -227,7 +228,7 @@ def test_the_planned_dataset_rows_lose_the_planned_modality(tmp_path, monkeypatc
     assert [codes for _, codes, _, _ in seen] == [dict(zip(test_rows.tolist(), plans[r].tolist())) for r in plans]
     assert all(order == test_rows.tolist() for order, _, _, _ in seen), "every row once, in order, unshuffled"
     assert all(sizes == [5, 5, 5, 1] for _, _, sizes, _ in seen), "the batch size asked for"
-    assert out["n"] == len(test_rows) == 16
+    assert out["n"] == len(test_rows) == 16 and out["batch_size"] == 5
     assert json.loads((run_dir / MISSING_RESULT).read_text())["seed"] == out["seed"] == 3, "the seed it ran with"
     assert out["reference_last_epoch_acc"] == summary["protocols"]["last"]["test"]["acc"]
     by_rate = {row["rate"]: row for row in out["rates"]}
