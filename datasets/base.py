@@ -58,13 +58,7 @@ def stratified_holdout(rows: Sequence[int], labels: np.ndarray, fraction: float,
             take = int(round(fraction * len(members)))
             held.append(rng.permutation(members)[:take])
             continue
-        names = np.unique(groups[members])
-        # Groups are coarse: round(fraction * groups) may be every group of a class (1 group at fraction > 0.5, 2 at
-        # >= 0.75), which would leave the class without training clips, or none of up to 5 groups at 0.1, which
-        # would leave it without validation clips. One group always stays in train, and one is held out where a
-        # class has two or more.
-        take = max(int(round(fraction * len(names))), 1 if fraction > 0 else 0)
-        chosen = rng.permutation(names)[:min(take, len(names) - 1)]
+        chosen = _draw_groups(np.unique(groups[members]), fraction, rng)
         held.append(members[np.isin(groups[members], chosen)])
     held_rows = np.sort(np.concatenate(held)) if held else np.empty(0, dtype=np.int64)
     kept = np.setdiff1d(rows, held_rows)
@@ -76,11 +70,18 @@ def groups_span_classes(groups: np.ndarray, labels: np.ndarray) -> bool:
     return len(set(zip(groups.tolist(), labels.tolist()))) > len(set(groups.tolist()))
 
 
+def _draw_groups(names: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """``fraction`` of ``names``, drawn at random, at least one (at a fraction above 0) and never all. Groups are
+    coarse: round(fraction * groups) may be every group (1 group at fraction > 0.5, 2 at >= 0.75), which would leave
+    a class without training clips, or none of up to 5 groups at 0.1, which would leave it without validation clips."""
+    take = max(int(round(fraction * len(names))), 1 if fraction > 0 else 0)
+    return rng.permutation(names)[:min(take, len(names) - 1)]
+
+
 def _whole_group_holdout(rows: np.ndarray, labels: np.ndarray, fraction: float, rng: np.random.Generator,
                          groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     names = np.unique(groups[rows])
-    take = max(int(round(fraction * len(names))), 1 if fraction > 0 else 0)
-    chosen = rng.permutation(names)[:min(take, len(names) - 1)]
+    chosen = _draw_groups(names, fraction, rng)
     held_rows = np.sort(rows[np.isin(groups[rows], chosen)])
     kept = np.setdiff1d(rows, held_rows)
     lost = sorted(set(labels[rows].tolist()) - set(labels[kept].tolist()))

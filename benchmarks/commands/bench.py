@@ -151,10 +151,9 @@ def run_data(args: argparse.Namespace, env: dict, tag: str) -> tuple[list[dict[s
     # Figures with other serving settings, another generated tree or another batch size go beside the defaults'
     # instead of replacing them; the timing repetitions (--batches, --rounds) only make a figure more or less
     # precise, and the caption states them.
-    measured = {"preset": args.preset if args.cache is None and args.dataset == "synthetic" else None,
-                "batch": args.batch_size}
-    defaults = {"preset": DATA_DEFAULTS["preset"], "batch": DATA_DEFAULTS["batch_size"]}
-    settings = "".join(f"-{key}-{value}" for key, value in measured.items() if value not in (None, defaults[key]))
+    generated = args.cache is None and args.dataset == "synthetic"
+    settings = f"-preset-{args.preset}" if generated and args.preset != DATA_DEFAULTS["preset"] else ""
+    settings += f"-batch-{args.batch_size}" if args.batch_size != DATA_DEFAULTS["batch_size"] else ""
     settings += "".join(f"-{key}-{str(value).lower()}" for key, value in sorted(serving.items()))
     settings_note = f", {', '.join(f'data.{k}={v}' for k, v in sorted(serving.items()))}" if serving else ""
     caption = (f"Data loaders on {cache.name} ({first['dataset']}, recipe {first['recipe']}, audio "

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from benchmarks.collect import (
     FORMATS,
@@ -35,6 +35,9 @@ from benchmarks.collect import (
 )
 from benchmarks.errors import UsageError
 from benchmarks.records import WANDB_MODES, atomic_write_text, read_json, resolve_wandb_mode, start_wandb
+
+if TYPE_CHECKING:  # the sweep machinery is imported only where a config is given
+    from benchmarks.sweep.expand import Job
 
 HELP = "tabulate finished runs: mean ± std over seeds per method x dataset x metric, with published numbers"
 
@@ -137,34 +140,37 @@ def unfinished_note(count: int, example: Path | str) -> str:
             f"failed) are not counted, such as {example}")
 
 
+def _settings_key(run_config: dict) -> str:
+    """What a row's seeds share (no seed, device or cache path), as one comparable string."""
+    return json.dumps(config_settings(run_config), sort_keys=True, default=str)
+
+
+def _planned_runs(config: Path) -> tuple[list[int], list[Job]]:
+    """(the config's seeds, its planned runs)."""
+    from benchmarks.sweep import load_config, plan  # only here: the sweep machinery is not needed to tabulate
+
+    sweep = load_config(config)
+    return sweep.seeds, plan(sweep, Path(".")).jobs
+
+
 def runs_outside_config(records: Sequence[RunRecord], config: Path) -> list[Path]:
     """The runs whose recorded settings (what a row's seeds share: no seed, device or cache path) are none of the
     config's planned runs': trained with ``--set`` overrides or by another config. A run trained by hand into a
     folder of its own name is the config's when its settings are."""
-    from benchmarks.sweep import load_config, plan  # only here: the sweep machinery is not needed to tabulate
-
-    def key(run_config: dict) -> str:
-        return json.dumps(config_settings(run_config), sort_keys=True, default=str)
-
-    planned = {key(job.cfg.as_dict()) for job in plan(load_config(config), Path(".")).jobs}
-    return [r.run_dir for r in records if not r.config or key(r.config) not in planned]
+    planned = {_settings_key(job.cfg.as_dict()) for job in _planned_runs(config)[1]}
+    return [r.run_dir for r in records if not r.config or _settings_key(r.config) not in planned]
 
 
 def seed_notes(records: Sequence[RunRecord], config: Path) -> list[str]:
     """What the cells' n does not tell: the config's planned runs (settings and seed) with no finished run among
     ``records`` (not started, unfinished or failed), and the seeds of runs counted with the config's settings that
     its ``seeds`` do not list (run by hand, or left from an earlier seed list)."""
-    from benchmarks.sweep import load_config, plan  # only here: the sweep machinery is not needed to tabulate
-
-    def key(run_config: dict) -> str:
-        return json.dumps(config_settings(run_config), sort_keys=True, default=str)
-
-    sweep = load_config(config)
-    jobs = plan(sweep, Path(".")).jobs
-    planned = {(key(job.cfg.as_dict()), job.cfg.train.seed): job for job in jobs}
-    found = {(key(r.config), r.config["train"]["seed"]) for r in records if r.config}
+    seeds, jobs = _planned_runs(config)
+    planned = {(_settings_key(job.cfg.as_dict()), job.cfg.train.seed): job for job in jobs}
+    found = {(_settings_key(r.config), r.config["train"]["seed"]) for r in records if r.config}
     absent = [job for k, job in planned.items() if k not in found]
-    extra = sorted({seed for k, seed in found if k in {k for k, _ in planned} and seed not in sweep.seeds})
+    settings = {k for k, _ in planned}
+    extra = sorted({seed for k, seed in found if k in settings and seed not in seeds})
     notes = []
     if absent:
         notes.append(f"{len(absent)} of the {len(jobs)} runs {config.name} plans are not among the finished runs, "
