@@ -7,7 +7,11 @@ MMCosine_trainer.py`` (commit 4909c17).
 
 z_m = s * cos(h_m, W_m): the feature h_m and every class row of the concat head's weight slice W_m (the columns that
 multiply h_m) are L2-normalised; the bias is not used. z = sum_m z_m, L = CE(z). Evaluation uses the same cosine
-logits, fused and per modality (P14). Defined for any number of modalities (BB runs it with three).
+logits, fused and per modality, as the paper's classifier and BB's ``validation_step`` do. The official ``valid``
+scores the per-modality cosines but takes the fused prediction from the concat layer itself, W [h_a; h_v] + b (its
+``out`` is never replaced by the cosine sum there, and b keeps its initial value: training never uses it);
+``eval_linear: true`` (``variant=official``) scores that way. Defined for any number of modalities (BB runs it with
+three).
 
 Scale s: 10 by default, the value of the official README's example command; BB's trainer_config uses 15
 (``mmcosine.variant=bb``). The README example pairs s = 10 with the repository's symmetric "gated" fusion; this module
@@ -37,7 +41,7 @@ def cosine_logits(h: Mapping[str, torch.Tensor], weight: torch.Tensor, bounds: M
             for m, (a, b) in bounds.items()}
 
 
-_VARIANTS = {"bb": {"scale": 15.0}}
+_VARIANTS = {"bb": {"scale": 15.0}, "official": {"eval_linear": True}}
 
 
 @register
@@ -56,8 +60,12 @@ class MMCosine(FusionMethod):
         HParam("scale", 10.0, "Cosine scale s: 10 in the official README example (main_CD.py --scaling 10); "
                               "BalanceBenchmark configs/trainer_config.yaml uses 15 (variant 'bb').",
                low=0.0, open_low=True),
-        variant_param(_VARIANTS, "paper = the official code's README setting (s = 10); bb = BalanceBenchmark's "
-                                 "MMCosine_trainer setting (s = 15), for BB's table."),
+        HParam("eval_linear", False, "Fused prediction at evaluation from the concat layer, W [h; ...] + b, as the "
+                                     "official main_CD.py valid scores it (its out); false = the summed cosine logits "
+                                     "the method trains on (paper, BalanceBenchmark validation_step)."),
+        variant_param(_VARIANTS, "paper = the official code's README setting (s = 10), evaluated through the cosines; "
+                                 "bb = BalanceBenchmark's MMCosine_trainer setting (s = 15), for BB's table; official "
+                                 "= the official valid's fused score (eval_linear)."),
     )
 
     def logits(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -77,5 +85,11 @@ class MMCosine(FusionMethod):
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> Prediction:
-        z, z_uni = self.logits(batch)
-        return Prediction(z, z_uni)
+        if not self.hp.eval_linear:
+            z, z_uni = self.logits(batch)
+            return Prediction(z, z_uni)
+        with self.ctx.autocast():
+            h = self.model.features(self.inputs(batch))
+            z = self.model.head.fc(torch.cat([h[m] for m in self.model.head.names], dim=1))
+            z_uni = cosine_logits(h, self.model.head.fc.weight, self.model.head.bounds, self.hp.scale)
+        return Prediction(loss_precision(z), {m: loss_precision(v) for m, v in z_uni.items()})

@@ -577,6 +577,30 @@ def test_mmcosine_predicts_the_scaled_cosines_per_modality(tiny_bundle):
     close(pred.fused, z["audio"] + z["visual"])
 
 
+def test_mmcosine_official_variant_scores_the_fused_output_through_the_concat_layer(tiny_bundle):
+    # The official valid takes the fused prediction from the concat layer (bias included); per modality, the cosines.
+    method = build_with(MMCosine, tiny_bundle, variant="official")
+    assert method.hp.eval_linear and method.hp.scale == 10.0
+    method.eval()
+    batch = first_batch(tiny_bundle)
+    fc = method.model.head.fc
+    with torch.no_grad():
+        fc.bias.copy_(torch.arange(fc.bias.numel(), dtype=fc.bias.dtype))
+        h = method.model.features(method.inputs(batch))
+        linear = torch.cat([h["audio"], h["visual"]], dim=1) @ fc.weight.t() + fc.bias
+        z = cosine_logits(h, fc.weight, method.model.head.bounds, 10.0)
+    pred = method.predict(batch)
+    close(pred.fused, linear)
+    close(pred.per_modality["audio"], z["audio"])
+    close(pred.per_modality["visual"], z["visual"])
+    assert not torch.allclose(pred.fused, z["audio"] + z["visual"], atol=1e-3)
+    # Training is the paper's either way: the step's loss is CE of the summed cosines.
+    method.train()
+    with torch.no_grad():
+        expected = F.cross_entropy(method.logits(batch)[0], batch["label"]).item()
+    assert method.update(batch, StepInfo(0, 0, 1, 1))["loss"] == approx(expected)
+
+
 def test_mmcosine_sums_all_three_modalities(tiny_bundle):
     cls = get_dataset("synthetic")
     bundle = cls.build(resolve("data", cls.HPARAMS, "synthetic", {**TINY_DATA, "modalities": 3}))
