@@ -6,6 +6,9 @@ Multimodal Learning", CVPR 2023, arXiv 2211.07089. Official code: GitHub fanyunf
 
 Prototypes (P9): c_m^k = mean of h_m over the class-k samples of the first floor(N_batches / 10) batches (at least
 one) of the training loader, computed in eval mode under no_grad once before training and again after every epoch.
+For AVE the official code computes them from every batch of the validation split instead (``calculate_prototype``
+with ``val_dataloader``, its 10% cut skipped for AVE); ``prototype_split: val`` does that, on any dataset with a
+validation split. The default keeps the paper's training-set class means.
 After epochs >= 1 they are smoothed, c <- (1 - mu) c_new + mu c_old; the computations before training and after
 epoch 0 are used as they are (the official ``if epoch <= 0`` branch). A class absent from those batches keeps its
 previous prototype (zero before the first computation); the official code divides by a zero count there and gets NaN.
@@ -26,7 +29,8 @@ Heads: the loss does not use per-modality logits, so any head works (``head`` kn
 official code falls back to z_m = z for its logging; evaluation here uses the shared per-modality logits instead
 (split head, or the fused output with the other modality's features zeroed).
 
-Cost: a B x K distance matrix per modality per step, plus a no-grad pass over 10% of the training batches per epoch.
+Cost: a B x K distance matrix per modality per step, plus a no-grad pass over 10% of the training batches per epoch
+(over the whole validation split with ``prototype_split: val``).
 
 BB (``balancemm/trainer/PMR_trainer.py``) uses alpha 0.6, mu 0.5 and modulation epochs 0-80, with the same rule;
 it smooths the prototypes one epoch earlier (``ema_from: 0``).
@@ -146,17 +150,22 @@ class PMR(FusionMethod):
     MODALITIES = (2,)
     HPARAMS = (
         HParam("alpha", 1.0, "Weight of the prototypical CE on the weaker modality. Official default 1.0; CREMA-D "
-                             "concat runs in bash.sh use 2.0 (FiLM/gated runs 3.0); BB 0.6.",
-               per_dataset={"cremad": 2.0}),
+                             "and AVE concat runs in bash.sh use 2.0 (CREMA-D FiLM/gated runs 3.0); BB 0.6.",
+               per_dataset={"cremad": 2.0, "ave": 2.0}),
         HParam("mu", 0.2, "Prototype EMA coefficient on the old prototypes (official --momentum_coef 0.2; CREMA-D "
-                          "bash.sh 0.0; BB 0.5).", per_dataset={"cremad": 0.0}),
+                          "and AVE bash.sh 0.0; BB 0.5).", per_dataset={"cremad": 0.0, "ave": 0.0}),
         HParam("ema_from", 1, "First epoch after which the new prototypes are smoothed with the old: 1 = official "
                               "(calculate_prototype(epoch) after epoch e, smoothing for e > 0); 0 = BB, whose "
                               "PMR_trainer computes them at epoch e's start, smoothing for e > 0, so the prototypes "
                               "after epoch 0 already blend with the untrained model's.", low=0),
         HParam("mod_start", 0, "First epoch with the prototypical term, inclusive (official --modulation_starts 0)."),
         HParam("mod_end", 100, "Last epoch with the prototypical term, inclusive (official default 100; CREMA-D "
-                               "bash.sh 70; BB 80).", per_dataset={"cremad": 70}),
+                               "and AVE bash.sh 70; BB 80).", per_dataset={"cremad": 70, "ave": 70}),
+        HParam("prototype_split", "train", "Split of the prototype pass: train = the first floor(N_batches/10) "
+                                           "batches of the training loader (paper: training-set class means; the "
+                                           "official code for CREMA-D); val = every batch of the validation split, "
+                                           "as the official main_Prototype_grad.py does for AVE.",
+               choices=("train", "val")),
         HParam("head", "concat", "Fusion head (official --fusion_method: concat in the CREMA-D runs).",
                choices=("concat", "sum", "film", "gated")),
         HParam("backbone", "resnet18", "'resnet18' = the plain ResNet-18 the paper describes; 'compress' = the "
@@ -168,6 +177,7 @@ class PMR(FusionMethod):
                                  "models/backbone.py)."),
     )
     VARIANTS = _VARIANTS
+    HELD_OUT_KEY = "prototype_split"
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         # FusionMethod's model and optimizer, with the official bottleneck inserted before the optimizer is built.
@@ -185,10 +195,10 @@ class PMR(FusionMethod):
         return getattr(self, f"prototypes_{m}")
 
     @torch.no_grad()
-    def update_prototypes(self, loader: BatchLoader, ema: bool) -> None:
-        """Class means of the features over the first floor(N_batches/10) batches (>= 1), in eval mode."""
+    def update_prototypes(self, loader: BatchLoader, ema: bool, n_batches: int | None = None) -> None:
+        """Class means of the features over the first ``n_batches`` batches (all by default), in eval mode."""
         k = self.task.num_classes
-        n_batches = max(1, len(loader) // 10)
+        n_batches = len(loader) if n_batches is None else n_batches
         sums = {m: torch.zeros_like(self.prototypes(m)) for m in self.modalities}
         counts = torch.zeros(k, dtype=self.prototypes(self.modalities[0]).dtype, device=self.prototypes_ready.device)
         was_training = self.model.training
@@ -211,12 +221,18 @@ class PMR(FusionMethod):
             old.copy_((1 - self.hp.mu) * new + self.hp.mu * old if ema else new)
         self.prototypes_ready.fill_(True)
 
+    def prototype_pass(self, loaders: Loaders, ema: bool) -> None:
+        if self.hp.prototype_split == "val":
+            self.update_prototypes(self.held_out_loader(loaders), ema)
+        else:
+            self.update_prototypes(loaders.train, ema, n_batches=max(1, len(loaders.train) // 10))
+
     def on_epoch_start(self, epoch: int, loaders: Loaders) -> None:
         if not bool(self.prototypes_ready):
-            self.update_prototypes(loaders.train, ema=False)
+            self.prototype_pass(loaders, ema=False)
 
     def on_epoch_end(self, epoch: int, loaders: Loaders) -> dict[str, float]:
-        self.update_prototypes(loaders.train, ema=epoch >= self.hp.ema_from)
+        self.prototype_pass(loaders, ema=epoch >= self.hp.ema_from)
         return {}
 
     def update(self, batch: Batch, step: StepInfo) -> dict[str, float]:

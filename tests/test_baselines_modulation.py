@@ -750,6 +750,31 @@ def test_pmr_prototypes_use_floor_of_a_tenth_of_the_batches(tiny_bundle):
     pmr.on_epoch_start(0, Loaders(train=[batch(1.0, [0, 1, 2])] + [batch(7.0, [3, 3, 3])] * 18))
     close(pmr.prototypes("audio")[:, 0], torch.tensor([1.0, 1.0, 1.0, 0.0]))
 
+def test_pmr_prototype_split_val_uses_every_validation_batch_as_the_official_ave_run(tiny_bundle):
+    # Official AVE: calculate_prototype over the whole val_dataloader (no 10% cut); the training batches are unread.
+    pmr = build("pmr", tiny_bundle, prototype_split="val")
+    pmr.model.features = lambda x: dict(x)
+    d = pmr.prototypes("audio").shape[1]
+
+    def batch(value, labels):
+        feats = value * torch.ones(len(labels), d)
+        return {"audio": feats, "visual": -feats, "label": torch.tensor(labels)}
+
+    val = [batch(1.0, [0, 1, 2])] + [batch(7.0, [3, 3, 3])] * 18
+    pmr.on_epoch_start(0, Loaders(train=[batch(50.0, [0, 1, 2, 3])] * 20, val=val))
+    close(pmr.prototypes("audio")[:, 0], torch.tensor([1.0, 1.0, 1.0, 7.0]))
+    with pytest.raises(ValueError, match="pmr.prototype_split='val'.*serves no such split"):
+        pmr.on_epoch_end(0, Loaders(train=val))
+
+
+def test_pmr_ave_defaults_are_the_official_ave_concat_run():
+    # bash.sh: main_Prototype_grad.py --dataset AVE --fusion_method concat --alpha 2.0 --momentum_coef 0.0
+    # --modulation_ends 70; the prototypes stay on the training set unless asked (the paper's class means).
+    cls = get_method("pmr")
+    hp = resolve("pmr", method_hparams(cls), "ave", {}, variants=cls.VARIANTS)
+    assert (hp.alpha, hp.mu, hp.mod_end, hp.prototype_split) == (2.0, 0.0, 70, "train")
+
+
 def test_pmr_class_absent_from_the_prototype_batches_keeps_its_previous_prototype(tiny_bundle):
     # A class with no sample in the first tenth of the batches keeps its prototype, smoothed or not: the EMA blends
     # the old prototype with itself, never with a zero class mean.
