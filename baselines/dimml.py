@@ -110,13 +110,14 @@ class DIMML(Method):
         HParam("align_weight", 1.0, "w on the shared-head CE terms (main_CFT.py --weight 1)."),
         HParam("duc_start", 20, "Epoch of the effective-dimension pass and first DUC term (main_CFT.py: epoch 20).",
                low=0),
-        HParam("duc_temperature", 50.0, "DUC temperature (README: CREMAD 50, AVE 10; KS/VGGSound not released, the "
-                                        "CREMA-D value is used).", per_dataset={"cremad": 50.0, "ave": 10.0},
+        HParam("duc_temperature", 50.0, "DUC temperature (README: CREMAD 50, AVE 10, UCF 10 on RGB + TV-L1 flow; "
+                                        "KS/VGGSound not released, the CREMA-D value is used).",
+               per_dataset={"cremad": 50.0, "ave": 10.0, "ucf101": 10.0},
                low=0.0, open_low=True),
         HParam("stage2_epochs", 20, "Epochs of the fusion-head stage at the end of the run (main_CFT_stage2.py "
                                     "--epochs 20); at most half the run [project].", low=0),
-        HParam("fusion_temperature", 1.0, "Certainty-weighting temperature (README stage 2: CREMAD 1, AVE 3).",
-               per_dataset={"cremad": 1.0, "ave": 3.0}, low=0.0, open_low=True),
+        HParam("fusion_temperature", 1.0, "Certainty-weighting temperature (README stage 2: CREMAD 1, AVE 3, UCF 1).",
+               per_dataset={"cremad": 1.0, "ave": 3.0, "ucf101": 1.0}, low=0.0, open_low=True),
     )
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:

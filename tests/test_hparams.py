@@ -211,6 +211,18 @@ def test_a_methods_per_dataset_default_reaches_the_run_config():
     assert build_config("agm", "synthetic").method_hp.alpha == 1.0
 
 
+@pytest.mark.parametrize("method, dataset, knob, value", [
+    ("dgl", "kinetics_sounds", "alpha", 3.0),         # ICCV2025-GDL ks_dgl.sh: alpha 3 scored best
+    ("dgl", "vggsound", "alpha", 2.0),                # ICCV2025-GDL vggsound.sh --alpha 2.0
+    ("dimml", "ucf101", "duc_temperature", 10.0),     # DI-MML README, UCF stage 1 --temperature 10
+    ("dimml", "ucf101", "fusion_temperature", 1.0),   # DI-MML README, UCF stage 2 --temperature 1
+])
+def test_released_per_dataset_values_reach_the_run_config(method, dataset, knob, value):
+    from benchmarks.config import build_config
+
+    assert build_config(method, dataset).method_hp[knob] == value
+
+
 def test_a_string_or_mapping_knob_refuses_a_value_of_another_type():
     declared = (HParam("name", "x", "a free string"), HParam("table", {}, "a mapping"))
     assert resolve("m", declared, None, {"name": "y", "table": {"a": 1}}).as_dict() == {"name": "y", "table": {"a": 1}}
