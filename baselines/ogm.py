@@ -41,10 +41,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.base import FusionMethod, StepInfo, confidence_scores, conv_weights, loss_precision, read_logs
+from baselines.base import (
+    FusionMethod,
+    StepInfo,
+    TrainContext,
+    confidence_scores,
+    conv_weights,
+    loss_precision,
+    read_logs,
+)
 from baselines.registry import register
-from core.data import Batch
-from core.hparams import HParam
+from core.data import Batch, TaskSpec
+from core.hparams import HParam, HParams
 
 # Added to the per-tensor std so that an all-zero gradient still gets a valid Normal scale (official main.py).
 NOISE_STD_EPS = 1e-8
@@ -125,6 +133,16 @@ class OGM(FusionMethod):
     @property
     def HEAD(self) -> str:  # noqa: N802 - FusionMethod reads HEAD; here it comes from the knob set by Method.__init__
         return self.hp.head
+
+    def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
+        super().__init__(task, hp, ctx)
+        # An encoder without the selected tensors (conv4d on BERT or an MLP) would never be modulated: the run would
+        # be joint training under OGM's name.
+        for m, encoder in self.model.encoders.items():
+            if not modulated_params(encoder, hp.grad_params):
+                raise ValueError(f"{self.name}.grad_params={hp.grad_params!r} selects no tensor of the {m} encoder "
+                                 f"({type(encoder).__name__}), so OGM would never modulate it; set "
+                                 f"{self.name}.grad_params=non_1d to edit its >= 2-D tensors")
 
     def modulating(self, epoch: int) -> bool:
         return self.hp.mod_start <= epoch <= self.hp.mod_end

@@ -136,18 +136,24 @@ def test_ogm_edits_only_conv_kernels_by_default_and_every_matrix_with_non_1d():
     assert [id(p) for p in modulated_params(encoder, "non_1d")] == [id(conv.weight), id(fc.weight)]
 
 
-@pytest.mark.parametrize("grad_params", ["conv4d", "non_1d"])
-def test_ogm_update_edits_mlp_encoder_matrices_only_with_non_1d(grad_params):
-    # Feature-vector encoders (MLPs) have no conv kernels: the official filter edits nothing, BB's every matrix.
-    task = TaskSpec("vectors", 3, (ModalitySpec("audio", "vector", (6,)), ModalitySpec("visual", "vector", (5,))))
+VECTOR_TASK = TaskSpec("vectors", 3, (ModalitySpec("audio", "vector", (6,)), ModalitySpec("visual", "vector", (5,))))
+
+
+def build_vector_ogm(**hp):
     model_hp = resolve("model", MODEL_HPARAMS, None, {"mlp_hidden": 8, "feature_dim": 6})
+    ogm_hp = resolve("ogm", method_hparams(get_method("ogm")), "vectors", hp)
+    torch.manual_seed(0)
+    return get_method("ogm")(VECTOR_TASK, ogm_hp, TrainContext(torch.device("cpu"), 2, make_context().train_hp,
+                                                                model_hp))
+
+
+def test_ogm_update_edits_mlp_encoder_matrices_with_non_1d():
+    # Feature-vector encoders (MLPs) have no conv kernels: BB's filter edits every matrix.
     torch.manual_seed(0)
     batch = {"audio": torch.randn(8, 6), "visual": torch.randn(8, 5), "label": torch.arange(8) % 3}
 
     def grads(**hp):
-        ogm_hp = resolve("ogm", method_hparams(get_method("ogm")), "vectors", {"grad_params": grad_params, **hp})
-        torch.manual_seed(0)
-        ogm = get_method("ogm")(task, ogm_hp, TrainContext(torch.device("cpu"), 2, make_context().train_hp, model_hp))
+        ogm = build_vector_ogm(grad_params="non_1d", **hp)
         seen = capture_grads_at_step(ogm)
         return seen, ogm.update(batch, step())
 
@@ -156,9 +162,16 @@ def test_ogm_update_edits_mlp_encoder_matrices_only_with_non_1d(grad_params):
     matrices = [n for n, g in raw.items() if n.startswith("encoders.") and g.dim() == 2]
     assert matrices and not any(g.dim() == 4 for g in raw.values())
     for name, g in raw.items():
-        k = logs[f"coeff_{name.split('.')[1]}"] if name in matrices and grad_params == "non_1d" else 1.0
+        k = logs[f"coeff_{name.split('.')[1]}"] if name in matrices else 1.0
         close(edited[name], k * g, msg=name)
     assert min(logs["coeff_audio"], logs["coeff_visual"]) < 1.0
+
+
+def test_ogm_refuses_an_encoder_its_filter_would_never_modulate():
+    # The official conv-kernel filter selects nothing in an MLP (or BERT): that run would be joint training.
+    with pytest.raises(ValueError, match=r"ogm.grad_params='conv4d' selects no tensor of the audio encoder "
+                                         r"\(MLPEncoder\).*set ogm.grad_params=non_1d"):
+        build_vector_ogm(grad_params="conv4d")
 
 
 def test_ogm_window_is_inclusive(tiny_bundle):
