@@ -28,7 +28,6 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-import yaml
 
 from baselines.registry import list_methods
 from benchmarks import collect, plots, sweep
@@ -49,7 +48,7 @@ from benchmarks.demo_checks import (
     targets_markdown,
 )
 from benchmarks.metrics import classification_metrics
-from benchmarks.records import atomic_write_text, read_checkpoint, read_json, read_jsonl
+from benchmarks.records import atomic_write_text, read_checkpoint, read_config_yaml, read_json, read_jsonl
 from benchmarks.run_folder import load_run_config
 from benchmarks.runner import CHECKPOINT, build_data, build_method, seed_everything
 from core.hparams import is_number
@@ -62,10 +61,34 @@ DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo" / "av_digits.
 FIRST_ROWS = ("unimodal_audio", "unimodal_visual", "joint", "sum", "weight", "film", "gated", "uniform")
 
 
+# Every top-level key of the demo config (its profiles may set any of the first ten); a misspelt one was kept unread.
+DEMO_KEYS = ("name", "title", "protocol", "command", "seeds", "generate", "prepare", "defaults", "rows", "schedule",
+             "targets", "profiles")
+
+
+def check_demo_config(doc: Any, path: Path) -> None:
+    """Refuse, naming the file and key, what the demo would otherwise ignore: an unknown top-level or profile key, or
+    a ``schedule`` entry that names no registered method (its epoch counts would silently stay unscaled)."""
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    unknown = sorted(set(doc) - set(DEMO_KEYS))
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {unknown}; the demo config has {list(DEMO_KEYS)}")
+    for name, over in (doc.get("profiles") or {}).items():
+        extra = sorted(set(over) - set(DEMO_KEYS[:10]))
+        if extra:
+            raise ValueError(f"{path}: profiles.{name}: unknown key(s) {extra}")
+    methods = set(list_methods())
+    stray = sorted(set(doc.get("schedule") or {}) - methods)
+    if stray:
+        raise ValueError(f"{path}: schedule names {stray}, which are not registered methods")
+
+
 def load_demo_config(path: Path = DEMO_CONFIG, profile: str | None = None) -> dict[str, Any]:
-    """The demo config with ``profiles[profile]`` merged over it (``generate``/``defaults`` merged key by key)."""
-    with open(path) as f:
-        doc = yaml.safe_load(f)
+    """The demo config with ``profiles[profile]`` merged over it (``generate``/``defaults`` merged key by key); a key
+    given twice in one mapping raises ``DuplicateKeyError`` naming the file and line."""
+    doc = read_config_yaml(path)
+    check_demo_config(doc, path)
     profiles = doc.pop("profiles", {})
     if profile is None:
         return doc

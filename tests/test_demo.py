@@ -55,6 +55,25 @@ EPOCH_KNOBS = {"arl": ["start_epoch"], "bss": ["t_grow"], "dimml": ["duc_start"]
                "aug": ["aca_interval_epochs"]}
 
 
+@pytest.mark.parametrize("edit, message", [
+    (lambda text: text.replace("\nschedule:\n  arl:", "\nschedule:\n  alr:"),
+     r"schedule names \['alr'\], which are not registered methods"),
+    (lambda text: text + "seed: [4]\n", r"unknown key\(s\) \['seed'\]"),
+    (lambda text: text.replace("\n  quick:\n    seeds: [0]", "\n  quick:\n    seed: [0]"),
+     r"profiles.quick: unknown key\(s\) \['seed'\]"),
+    (lambda text: text + "seeds: [5]\n", r"key 'seeds' is given twice"),
+])
+def test_demo_config_refuses_what_it_would_ignore(tmp_path, edit, message):
+    # A misspelt schedule entry left that method's epoch counts unscaled; an unknown or repeated key was dropped.
+    path = tmp_path / "demo.yaml"
+    text = DEMO_CONFIG.read_text()
+    path.write_text(edit(text))
+    assert path.read_text() != text
+    with pytest.raises(ValueError, match=message) as err:
+        load_demo_config(path)
+    assert str(path) in str(err.value)
+
+
 def test_demo_config_covers_every_registered_method_and_profiles_merge(tmp_path):
     full, smoke = load_demo_config(), load_demo_config(profile="smoke")
     assert full["seeds"] == [0, 1, 2] and smoke["seeds"] == [0]
