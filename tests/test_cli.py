@@ -88,6 +88,18 @@ def test_the_command_line_wins_over_the_config_file(tmp_path, fake_train_run):
     assert (cfg.method, cfg.train.lr, cfg.train.epochs, cfg.train.seed, cfg.model.width) == ("ogm_ge", 0.125, 2, 3, 4)
 
 
+def test_an_error_in_the_config_files_settings_names_the_file(tmp_path, fake_train_run, capsys):
+    config = tmp_path / "experiment.yaml"
+    config.write_text(yaml.safe_dump({"method": "joint", "dataset": "synthetic", "train": {"epoch": 3}}))
+    assert main(["train", "--config", str(config), "--out", str(tmp_path)]) != 0
+    assert f"{config}: unknown hyperparameter(s) ['train.epoch']" in capsys.readouterr().err
+    config.write_text(yaml.safe_dump({"method": "joint", "dataset": "synthetic"}))
+    assert main(["train", "--config", str(config), "--out", str(tmp_path), "--set", "train.epoch=3"]) != 0
+    err = capsys.readouterr().err
+    assert "unknown hyperparameter(s) ['train.epoch']" in err and str(config) not in err
+    assert fake_train_run == []
+
+
 def test_resume_with_the_run_dir_alone_reads_its_config_under_the_command_lines_settings(tmp_path, fake_train_run):
     run = tmp_path / "run"
     run.mkdir()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from benchmarks.errors import UsageError
 from benchmarks.records import WANDB_MODES
-from core.hparams import parse_assignments
+from core.hparams import HParamError, parse_assignments
 
 HELP = "train one method on one dataset"
 
@@ -73,6 +73,11 @@ def run(args: argparse.Namespace) -> int:
     if not method or not dataset:
         raise UsageError("give --method and --dataset (or a --config that names them, or --run-dir of a run to "
                          "--resume)")
+    if args.config:
+        try:  # the config file's own settings first, so that an error in them names the file
+            build_config(method, dataset, file_overrides)
+        except HParamError as err:
+            raise HParamError(f"{args.config}: {err}") from None
     cfg = build_config(method, dataset, overrides)
     run_dir = args.run_dir or args.out / cfg.run_name()
     if args.extend_epochs is not None:
