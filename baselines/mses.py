@@ -182,7 +182,7 @@ class MSES(FusionMethod):
                 self.best_loss[i] = smooth
                 self.best_epoch[i] = epoch
                 improved = improved or not bool(self.stopped[i])
-            diag[f"val_ce_{m}"], diag[f"smoothed_ce_{m}"] = raw[i], smooth
+            diag[f"held_out_ce_{m}"], diag[f"smoothed_ce_{m}"] = raw[i], smooth
         if improved:
             self.snapshots[epoch] = self.snapshot()
         for i, m in enumerate(self.modalities):

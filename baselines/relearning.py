@@ -130,6 +130,6 @@ class Relearning(FusionMethod):
             p_val = cluster_purity(val_h[m], val_y, k, n_init)
             alpha = reinit_strength(p_train, p_val, self.hp.move_lambda)
             interpolate_(self.model.encoders[m].parameters(), self.theta_init[m].parameters(), alpha)
-            diag.update({f"relearn_purity_train_{m}": p_train, f"relearn_purity_val_{m}": p_val,
+            diag.update({f"relearn_purity_train_{m}": p_train, f"relearn_purity_held_out_{m}": p_val,
                          f"relearn_alpha_{m}": alpha})
         return diag

@@ -549,7 +549,7 @@ def test_relearning_reinitialises_on_schedule_only(tiny_bundle):
         alpha = diag[f"relearn_alpha_{m}"]
         assert alpha > 0
         assert alpha == approx64(reinit_strength(diag[f"relearn_purity_train_{m}"],
-                                                      diag[f"relearn_purity_val_{m}"], 3.0))
+                                                      diag[f"relearn_purity_held_out_{m}"], 3.0))
         for p, old, init in zip(method.model.encoders[m].parameters(), before[m], method.theta_init[m].parameters()):
             close(p.detach(), alpha * init + (1 - alpha) * old)
 
@@ -616,7 +616,7 @@ def test_relearning_diagnosis_per_modality(tiny_bundle, monkeypatch):
     diag = method.on_epoch_end(1, loaders_for(tiny_bundle))
     expected = {"audio": (0.9, 0.5, math.tanh(2.0 * 0.4)), "visual": (0.8, 0.75, math.tanh(2.0 * 0.05))}
     for m, (p_train, p_val, alpha) in expected.items():
-        assert diag[f"relearn_purity_train_{m}"] == p_train and diag[f"relearn_purity_val_{m}"] == p_val
+        assert diag[f"relearn_purity_train_{m}"] == p_train and diag[f"relearn_purity_held_out_{m}"] == p_val
         assert diag[f"relearn_alpha_{m}"] == approx64(alpha)
         for (name, p), p0, in zip(method.model.encoders[m].named_parameters(), init[m]):
             close(p.detach(), alpha * p0 + (1 - alpha) * before[f"encoders.{m}.{name}"])

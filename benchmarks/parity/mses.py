@@ -95,7 +95,7 @@ class Project:
             self.values = {"loss": logs["loss"]}
             yield f"e{epoch}s0"
             diag = m.on_epoch_end(epoch, loaders)
-            self.values = {"ce": [diag["val_ce_audio"], diag["val_ce_visual"]],
+            self.values = {"ce": [diag["held_out_ce_audio"], diag["held_out_ce_visual"]],
                            "best_epoch": (m.best_epoch + 1).tolist(),    # official epochs are 1-based
                            "stopped": m.stopped.tolist()}
             yield f"e{epoch}.end"
