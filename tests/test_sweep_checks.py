@@ -145,6 +145,24 @@ def test_dry_run_lists_folder_method_dataset_seed_overrides_and_done_partial_new
     assert sorted(p.name for p in out.iterdir()) == sorted([done.name, partial.name]), "a dry run writes nothing"
 
 
+def test_a_finished_run_extended_past_the_config_is_refused_not_skipped_as_done(no_launch, tmp_path, capsys):
+    # The config's table would not count it (other settings), so skipping it as done hid that it is missing.
+    path = write_config(tmp_path / "sweep.yaml", seeds=[0], methods={"joint": {}})
+    out = tmp_path / "out"
+    (job,) = plan(load_config(path), out).jobs
+    job.run_dir.mkdir(parents=True)
+    (job.run_dir / "DONE").write_text("")
+    (job.run_dir / "summary.json").write_text("{}")
+    epochs = job.cfg.train.epochs
+    (job.run_dir / "extensions.json").write_text(json.dumps([{"from_epochs": epochs, "to_epochs": epochs + 3}]))
+    assert main(["sweep", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "finished runs extended with --extend-epochs past this config" in err
+    assert f"{job.run_dir}: trained to {epochs + 3} epochs, the config plans {epochs}" in err
+    (job.run_dir / "extensions.json").unlink()
+    assert main(["sweep", str(path), "--out", str(out)]) == 0, "the unextended run is skipped as done"
+
+
 def test_dry_run_header_names_the_set_values_that_replace_the_defaults(no_launch, tmp_path, capsys):
     path = write_config(tmp_path / "sweep.yaml")
     assert main(["sweep", str(path), "--out", str(tmp_path / "out"), "--dry-run", "--set", "model.width=2"]) == 0

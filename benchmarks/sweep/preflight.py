@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from baselines.registry import get_method
-from benchmarks.records import runs_phrase
+from benchmarks.records import DamagedFileError, runs_phrase
+from benchmarks.run_folder import read_extensions
 from benchmarks.sweep.expand import Job, Plan
 from benchmarks.sweep.launchers import Launcher, LaunchOptions
 from datasets.registry import get_dataset
@@ -80,6 +81,23 @@ def modality_problems(jobs: Sequence[Job]) -> list[str]:
             for (label, dataset, count, supported), n in problems.items()]
 
 
+def extended_problems(jobs: Sequence[Job]) -> list[str]:
+    """One line per finished run that ``--extend-epochs`` took past its config: it no longer has this config's
+    settings, so the config's table would not count it, while a sweep would skip it as done."""
+    out = []
+    for job in jobs:
+        if job.state() == "done":
+            try:
+                extensions = read_extensions(job.run_dir)
+            except DamagedFileError as err:
+                out.append(str(err))
+                continue
+            if extensions:
+                out.append(f"{job.run_dir}: trained to {extensions[-1]['to_epochs']} epochs, the config plans "
+                           f"{job.cfg.train.epochs}")
+    return out
+
+
 def check(plan: Plan, launcher: Launcher, opts: LaunchOptions, *, skip_missing: bool = False) -> Preflight:
     """Every problem that would make a run of ``plan`` fail or be left out unasked, grouped by kind."""
     result = Preflight()
@@ -95,4 +113,7 @@ def check(plan: Plan, launcher: Launcher, opts: LaunchOptions, *, skip_missing: 
     result.add("data missing (build it with augbench prepare, or point data.cache/data.cache_dir at it)",
                data_problems(pending))
     result.add("devices missing", launcher.device_problems(pending, opts))
+    result.add("finished runs extended with --extend-epochs past this config (its table does not count them; move "
+               "them out of the sweep's folder to train them again as planned, or give the sweep another --out)",
+               extended_problems(plan.jobs))
     return result
