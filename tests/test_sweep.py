@@ -543,6 +543,24 @@ def test_slurm_jobs_in_any_unfinished_or_unknown_state_are_not_submitted_again(t
     assert executor.submitted == [job.name for job in jobs]
 
 
+def test_slurm_names_the_runs_whose_jobs_ended_unfinished_when_it_submits_them_again(tmp_path, monkeypatch):
+    # A run that fails on every submission (a bug, memory) was resubmitted on each rerun without a word.
+    out = tmp_path / "out"
+    failed, oom, preempted, new = jobs = expand(parse_config(tiny_config()), out)
+    out.mkdir()
+    (out / "slurm_jobs.json").write_text(json.dumps({failed.name: "42_0", oom.name: "42_3", preempted.name: "43_1"}))
+    states = {"42_0": "FAILED", "42_3": "OUT_OF_MEMORY", "43_1": "PREEMPTED"}
+    monkeypatch.setattr("benchmarks.sweep.slurm._slurm_state", lambda folder, job_id: states[job_id])
+    executor, lines = _FakeExecutor(tmp_path / "submitit"), []
+    run_slurm(jobs, executor, out=out, log=lines.append)
+    assert executor.submitted == [job.name for job in jobs]
+    (line,) = [x for x in lines if "ended without finishing" in x]
+    assert line.startswith("2 run(s) whose last Slurm job ended without finishing the run, submitted again: ")
+    assert f"{failed.name} (job 42_0: FAILED, log {tmp_path / 'submitit' / '42_0_0_log.err'})" in line
+    assert f"{oom.name} (job 42_3: OUT_OF_MEMORY" in line and preempted.name not in line
+    assert "4 runs: 0 finished, 0 active, submitting 4" in lines
+
+
 def test_slurm_submits_every_unfinished_run_as_one_array_and_records_each_runs_own_job(tmp_path, monkeypatch):
     from benchmarks.runner import CHECKPOINT
 
@@ -559,7 +577,7 @@ def test_slurm_submits_every_unfinished_run_as_one_array_and_records_each_runs_o
                         lambda folder, job_id: {"77": "RUNNING", "5": "COMPLETED"}[job_id])
     executor, lines = _FakeExecutor(tmp_path / "submitit"), []
     run_slurm(jobs, executor, out=out, config=config, wandb_mode="offline", gpus_per_run=2, log=lines.append)
-    assert "4 runs: 2 finished or active, submitting 2" in lines
+    assert "4 runs: 1 finished, 1 active, submitting 2" in lines
     assert executor.submitted == [resumed.name, new.name], "a run with a checkpoint is submitted to resume"
     assert [(t.run_dir, t.wandb_mode, t.gpus_per_run) for t in executor.tasks] == [
         (resumed.run_dir, "offline", 2), (new.run_dir, "offline", 2)]

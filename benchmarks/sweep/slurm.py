@@ -21,6 +21,8 @@ from benchmarks.sweep.spec import SweepConfig
 # state the list forgot.
 FINISHED_SLURM_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
                          "DEADLINE", "PREEMPTED", "REVOKED")
+# Runs named in full when their jobs ended unfinished; the rest are counted.
+SHOWN_ENDED = 5
 
 
 class SlurmUnavailableError(RuntimeError):
@@ -119,13 +121,22 @@ def _slurm_state(folder: Path, job_id: str) -> str:
 
 
 def _active_slurm_jobs(record: Mapping[str, str], folder: Path, log: Callable[[str], None]) -> set[str]:
-    """The runs of ``record`` whose job may still write its run folder, saying which ones Slurm could not tell."""
+    """The runs of ``record`` (unfinished runs) whose job may still write its run folder, saying which ones Slurm
+    could not tell and which jobs ended without finishing their run (a crash, memory, time limit, cancel), with
+    where their logs are: those are submitted again, and a run that fails every time must not go unnoticed."""
     states = {run: _slurm_state(folder, job_id) for run, job_id in record.items()}
     unknown = sorted(run for run, state in states.items() if state == "UNKNOWN")
     if unknown:
         log(f"the Slurm state of {len(unknown)} recorded job(s) is UNKNOWN (sacct failed or no longer knows them; "
             f"e.g. job {record[unknown[0]]} of {unknown[0]}); not submitted again in case they still run. Check "
             "with squeue/sacct, then use --resubmit to submit them anyway")
+    ended = sorted(run for run, state in states.items() if state in FINISHED_SLURM_STATES and state != "PREEMPTED")
+    if ended:
+        shown = "; ".join(f"{run} (job {record[run]}: {states[run]}, log {folder / f'{record[run]}_0_log.err'})"
+                          for run in ended[:SHOWN_ENDED])
+        more = f"; and {len(ended) - SHOWN_ENDED} more" if len(ended) > SHOWN_ENDED else ""
+        log(f"{len(ended)} run(s) whose last Slurm job ended without finishing the run, submitted again: "
+            f"{shown}{more}")
     return {run for run, state in states.items() if state not in FINISHED_SLURM_STATES}
 
 
@@ -147,7 +158,9 @@ def run_slurm(jobs: Sequence[Job], executor: Any, *, out: Path, config: SweepCon
             log(f"{len(active)} run(s) may still be queued or running on Slurm; not submitted again (--resubmit to "
                 "force)")
         pending = [job for job in pending if job.name not in active]
-    log(f"{len(jobs)} runs: {len(jobs) - len(pending)} finished or active, submitting {len(pending)}")
+    unfinished = sum(job.state() != "done" for job in jobs)
+    log(f"{len(jobs)} runs: {len(jobs) - unfinished} finished, {unfinished - len(pending)} active, submitting "
+        f"{len(pending)}")
     submitted = []
     if pending:
         with executor.batch():
