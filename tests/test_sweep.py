@@ -386,6 +386,21 @@ def test_pool_worker_killed_mid_run_fails_that_run_and_the_others_go_on(tmp_path
     assert [job.state() for job in jobs if job.name != sum_run] == ["done"]
 
 
+def test_a_pool_run_that_fails_leaves_its_traceback_in_its_train_log(tmp_path):
+    # The console shows one line; the traceback had been nowhere.
+    config = parse_config(tiny_config(seeds=[0], methods={"joint": {}},
+                                      defaults={"model": dict(TINY_MODEL), "data": dict(TINY_DATA),
+                                                "train": {**TINY_TRAIN, "epochs": 1}}))
+    (job,) = expand(config, tmp_path / "out")
+    job.write_files()
+    (job.run_dir / "checkpoint.pt").write_bytes(b"cut short")
+    name, status, _, error = _pool_step((str(job.run_dir), "disabled", None))
+    assert (name, status) == (job.name, 1) and error.startswith("DamagedFileError: ")
+    log = (job.run_dir / "train.log").read_text()
+    assert "Traceback (most recent call last)" in log and log.rstrip().splitlines()[-1].startswith(
+        "benchmarks.records.DamagedFileError: ")
+
+
 def test_a_run_another_process_holds_fails_clearly_and_is_left_untouched(tmp_path):
     config = parse_config(tiny_config(seeds=[0], methods={"joint": {}},
                                       defaults={"model": dict(TINY_MODEL), "data": dict(TINY_DATA),

@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any, Callable, Sequence
 
 from benchmarks.data_identity import check_finished_runs
 from benchmarks.records import runs_phrase
+from benchmarks.run_folder import RunBusyError
 from benchmarks.sweep.expand import Job, write_sweep_record
 from benchmarks.sweep.slurm import SlurmOptions, make_executor, run_slurm, slurm_unavailable
 from benchmarks.sweep.spec import SweepConfig
@@ -223,12 +225,16 @@ def _pool_step(task: tuple[str, str, str | None]) -> tuple[str, int, float, str]
     """``run_job`` inside a pool worker; returns (name, status, seconds, error)."""
     run_dir, wandb_mode, wandb_group = Path(task[0]), task[1], task[2]
     start = time.monotonic()
-    try:
-        with open(run_dir / "train.log", "a") as logfile:
+    with open(run_dir / "train.log", "a") as logfile:
+        try:
             run_job(run_dir, wandb_mode=wandb_mode, wandb_group=wandb_group,
                     log=lambda line: print(line, file=logfile, flush=True))
-    except Exception as err:  # reported per run, so one failing method does not stop the sweep
-        return run_dir.name, 1, time.monotonic() - start, f"{type(err).__name__}: {err}"
+        except Exception as err:  # reported per run, so one failing method does not stop the sweep
+            # The traceback goes where the local launcher's runs leave theirs (the console gets one line), unless
+            # the folder is another process's: its log is not this attempt's.
+            if not isinstance(err, RunBusyError):
+                traceback.print_exc(file=logfile)
+            return run_dir.name, 1, time.monotonic() - start, f"{type(err).__name__}: {err}"
     return run_dir.name, 0, time.monotonic() - start, ""
 
 
