@@ -119,6 +119,26 @@ def test_cuda_runs_without_a_cuda_device_are_refused(no_launch, tmp_path, capsys
     assert "train.device=cuda in 4 runs" in capsys.readouterr().err
 
 
+def test_slurm_and_local_gpu_sweeps_refuse_batches_that_do_not_split_and_cuda_jobs_without_a_gpu(no_launch, tmp_path,
+                                                                                                  monkeypatch):
+    # Each of these runs would have been launched only to fail on its node.
+    from benchmarks.sweep.launchers import LAUNCHERS, LaunchOptions
+    from benchmarks.sweep.slurm import SlurmOptions
+
+    path = write_config(tmp_path / "sweep.yaml", seeds=[0], methods={"joint": {}},
+                        defaults={"model": {"width": 4}, "train": {"batch_size": 33, "device": "cuda"}, "data": {}})
+    jobs = plan(load_config(path), tmp_path / "out").jobs
+    slurm = LAUNCHERS["slurm"].device_problems
+    (split,) = slurm(jobs, LaunchOptions(slurm=SlurmOptions(gpus_per_run=2)))
+    assert split.startswith("train.batch_size=33 (e.g. synthetic-joint-seed0-") and "over the 2 GPUs" in split
+    (no_gpu,) = slurm(jobs, LaunchOptions(slurm=SlurmOptions(gpus_per_run=0)))
+    assert "train.device=cuda in 1 run" in no_gpu and "--gpus-per-run 0 gives their jobs no GPU" in no_gpu
+    assert slurm(jobs, LaunchOptions(slurm=SlurmOptions(gpus_per_run=3))) == []
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
+    assert LAUNCHERS["local"].device_problems(jobs, LaunchOptions(gpus=[0, 1], gpus_per_run=2)) == [split]
+    assert LAUNCHERS["local"].device_problems(jobs, LaunchOptions(gpus=[0, 1], gpus_per_run=1)) == []
+
+
 def test_dry_run_lists_folder_method_dataset_seed_overrides_and_done_partial_new(no_launch, tmp_path, capsys):
     path = write_config(tmp_path / "sweep.yaml",
                         methods={"joint": {}, "ogm_ge": {"ogm_ge": {"alpha": 0.3}}})

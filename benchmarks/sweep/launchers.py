@@ -351,8 +351,18 @@ def _cuda_problems(pending: Sequence[Job], opts: LaunchOptions) -> list[str]:
     return []
 
 
+def _batch_problems(pending: Sequence[Job], ranks: int) -> list[str]:
+    """Runs whose global batch does not split over the ``ranks`` data-parallel processes of one run."""
+    uneven = [job for job in pending if ranks > 1 and job.cfg.train.batch_size % ranks]
+    if uneven:
+        return [f"train.batch_size={uneven[0].cfg.train.batch_size} (e.g. {uneven[0].name}; "
+                f"{runs_phrase(len(uneven))}) does not split over the {ranks} GPUs of --gpus-per-run {ranks}"]
+    return []
+
+
 def _local_device_problems(pending: Sequence[Job], opts: LaunchOptions) -> list[str]:
-    """GPUs of ``--gpus`` this process does not see, or that do not split into ``--gpus-per-run`` groups."""
+    """GPUs of ``--gpus`` this process does not see, or that do not split into ``--gpus-per-run`` groups, and global
+    batches that do not split over a run's GPUs."""
     if not opts.gpus:
         return _cuda_problems(pending, opts)
     if not pending:
@@ -364,7 +374,17 @@ def _local_device_problems(pending: Sequence[Job], opts: LaunchOptions) -> list[
         out.append(f"--gpus {gpus}: GPU(s) {absent} are not present; this process sees {count} CUDA device(s)")
     if opts.gpus_per_run < 1 or len(opts.gpus) % opts.gpus_per_run:
         out.append(f"--gpus {gpus} cannot be split into groups of --gpus-per-run {opts.gpus_per_run}")
-    return out
+    return out + _batch_problems(pending, opts.gpus_per_run)
+
+
+def _slurm_device_problems(pending: Sequence[Job], opts: LaunchOptions) -> list[str]:
+    """What each job would lack on its node: a GPU for ``train.device=cuda`` runs submitted without one, and a
+    global batch that splits over the run's GPUs (the cluster's devices themselves are not visible from here)."""
+    ranks = opts.slurm.gpus_per_run
+    cuda = [job for job in pending if job.cfg.train.device == "cuda"]
+    out = [f"train.device=cuda in {runs_phrase(len(cuda))} (e.g. {cuda[0].name}), but --gpus-per-run 0 gives their "
+           "jobs no GPU"] if cuda and ranks < 1 else []
+    return out + _batch_problems(pending, ranks)
 
 
 def _start_local(jobs: Sequence[Job], out: Path, config: SweepConfig, opts: LaunchOptions, log: Log) -> LaunchReport:
@@ -413,7 +433,6 @@ LAUNCHERS = {launcher.name: launcher for launcher in (
              _local_device_problems),
     Launcher("pool", "--workers long-lived CPU processes (no interpreter start-up per run; many short runs)",
              _start_pool, _cuda_problems),
-    # Slurm jobs get their devices on the cluster's nodes, not here.
-    Launcher("slurm", "one submitit job per run, as a Slurm job array", _start_slurm, lambda jobs, opts: [],
+    Launcher("slurm", "one submitit job per run, as a Slurm job array", _start_slurm, _slurm_device_problems,
              slurm_unavailable),
 )}
