@@ -356,6 +356,7 @@ def test_slurm_launcher_job_spec_and_debug_execution(tmp_path, monkeypatch):
     (handle,) = run_slurm(jobs, debug, out=out, config=config, log=lambda msg: None)
     assert handle.result() == str(jobs[0].run_dir)
     assert jobs[0].state() == "done"
+    assert "epoch 0 |" in (jobs[0].run_dir / "train.log").read_text(), "a Slurm run logs to its train.log too"
     assert json.loads((out / "slurm_jobs.json").read_text()) == {jobs[0].name: str(handle.job_id)}
     assert run_slurm(jobs, debug, out=out, log=lambda msg: None) == [], "finished runs are not submitted again"
     assert hasattr(handle.submission().function, "checkpoint"), "jobs requeue on time-out and resume"
@@ -668,10 +669,17 @@ def test_a_slurm_task_trains_its_run_with_the_sweeps_wandb_settings_and_requeues
     from benchmarks.sweep.slurm import TrainJob, _slurm_state
 
     calls = []
-    monkeypatch.setattr("benchmarks.sweep.worker.run_job", lambda run_dir, **kwargs: calls.append((run_dir, kwargs)))
+
+    def run_job(run_dir, log, **kwargs):
+        log("trained")
+        calls.append((run_dir, kwargs))
+
+    monkeypatch.setattr("benchmarks.sweep.worker.run_job", run_job)
+    (tmp_path / "run").mkdir()
     task = TrainJob(tmp_path / "run", "offline", "g")
     assert task() == str(tmp_path / "run")
     assert calls == [(tmp_path / "run", {"wandb_mode": "offline", "wandb_group": "g"})]
+    assert (tmp_path / "run" / "train.log").read_text() == "trained\n"
     assert task.checkpoint().function is task, "a requeued job trains the same run on"
     states = {"1": "CANCELLED by 123", "2": ""}
     monkeypatch.setattr(submitit, "SlurmJob", lambda folder, job_id: SimpleNamespace(state=states[job_id]))
