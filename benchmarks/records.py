@@ -28,8 +28,9 @@ class DamagedFileError(UsageError):
     """A run file that exists but does not parse (a copy cut short, a hand edit); the message names the file, where
     json's own error names only a line and column."""
 
-    def __init__(self, path: Path, problem: str) -> None:
-        super().__init__(f"{path} is damaged: {problem}; restore it, or delete that run folder and train it again")
+    def __init__(self, path: Path, problem: str,
+                 remedy: str = "restore it, or delete that run folder and train it again") -> None:
+        super().__init__(f"{path} is damaged: {problem}; {remedy}")
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -80,16 +81,16 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, sort_keys=True, default=_json_default) + "\n" for r in records))
 
 
-def read_json(path: Path, default: Any = _REQUIRED) -> Any:
+def read_json(path: Path, default: Any = _REQUIRED, remedy: str | None = None) -> Any:
     """The JSON document in ``path``; ``default`` when given and the file is absent. A file that does not parse
-    raises ``DamagedFileError``."""
+    raises ``DamagedFileError`` (saying ``remedy`` where the file is not a run's)."""
     path = Path(path)
     if default is not _REQUIRED and not path.is_file():
         return default
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DamagedFileError(path, f"not valid JSON ({err})") from None
+        raise DamagedFileError(path, f"not valid JSON ({err})", *([remedy] if remedy else [])) from None
 
 
 def read_yaml(path: Path) -> Any:

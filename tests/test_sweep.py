@@ -577,6 +577,18 @@ def test_slurm_names_the_runs_whose_jobs_ended_unfinished_when_it_submits_them_a
     assert "4 runs: 0 finished, 0 active, submitting 4" in lines
 
 
+def test_a_damaged_slurm_job_record_says_what_the_file_is_and_how_to_recover(tmp_path):
+    from benchmarks.records import DamagedFileError
+
+    out = tmp_path / "out"
+    jobs = expand(parse_config(tiny_config()), out)
+    out.mkdir()
+    (out / "slurm_jobs.json").write_text('{"run": "4')
+    with pytest.raises(DamagedFileError, match=r"slurm_jobs.json is damaged: not valid JSON .*it records each "
+                                               r"submitted run's Slurm job: restore it, or delete it once squeue"):
+        run_slurm(jobs, _FakeExecutor(tmp_path / "submitit"), out=out, log=lambda line: None)
+
+
 def test_slurm_submits_every_unfinished_run_as_one_array_and_records_each_runs_own_job(tmp_path, monkeypatch):
     from benchmarks.runner import CHECKPOINT
 

@@ -167,7 +167,9 @@ def run_slurm(jobs: Sequence[Job], executor: Any, *, out: Path, config: SweepCon
     ``resubmit``.
     """
     record_path = Path(out) / "slurm_jobs.json"
-    record: dict[str, str] = read_json(record_path, default={})
+    record: dict[str, str] = read_json(record_path, default={}, remedy=(
+        "it records each submitted run's Slurm job: restore it, or delete it once squeue shows none of this sweep's "
+        "jobs (else runs still queued or running are submitted again)"))
     pending = [job for job in jobs if job.state() != "done"]
     if record and not resubmit:
         active = _active_slurm_jobs({j.name: record[j.name] for j in pending if j.name in record},
