@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import sys
 import uuid
 from pathlib import Path
@@ -33,9 +34,14 @@ class DamagedFileError(UsageError):
         super().__init__(f"{path} is damaged: {problem}; {remedy}")
 
 
+# The temporary sibling of an atomic write: ".<name>.<12 hex digits>.tmp".
+_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
+
+
 def _atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)`` on a temporary sibling of ``path``, then rename it over ``path``: a reader, a kill or
-    a Ctrl-C (``KeyboardInterrupt``) at any point leaves either the old or the new file, and no temporary file."""
+    a Ctrl-C (``KeyboardInterrupt``) at any point leaves either the old or the new file, and no temporary file (a
+    SIGKILL can leave one; ``remove_leftover_temporaries`` clears it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
@@ -79,6 +85,15 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
 
 def write_jsonl(path: Path, records: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, sort_keys=True, default=_json_default) + "\n" for r in records))
+
+
+def remove_leftover_temporaries(folder: Path) -> None:
+    """Delete the temporaries that atomic writes of a process killed mid-write left in ``folder`` (a checkpoint's
+    can be as large as the checkpoint). Only the folder's sole writer may call this: another writer's temporary
+    is in use."""
+    for tmp in Path(folder).iterdir():
+        if _TEMPORARY.fullmatch(tmp.name):
+            tmp.unlink(missing_ok=True)
 
 
 def read_json(path: Path, default: Any = _REQUIRED, remedy: str | None = None) -> Any:

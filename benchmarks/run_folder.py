@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from benchmarks.config import RunConfig, build_config, config_overrides
-from benchmarks.records import DamagedFileError, read_json, read_yaml
+from benchmarks.records import DamagedFileError, read_json, read_yaml, remove_leftover_temporaries
 from core.distributed import env_world
 from core.errors import InputError
 
@@ -60,6 +60,8 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         else:
             os.ftruncate(fd, 0)
             os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+            # The lock makes this process the folder's only writer: what a killed one left half-written goes.
+            remove_leftover_temporaries(run_dir)
         yield
     finally:
         os.close(fd)

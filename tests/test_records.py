@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -32,6 +33,8 @@ from benchmarks.records import (
 )
 from benchmarks.runner import train_run
 from tests.conftest import interrupted_run, tiny_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_atomic_write_leaves_no_temporary_files(tmp_path):
@@ -490,6 +493,27 @@ def test_an_atomic_write_stopped_by_ctrl_c_keeps_the_old_file_and_leaves_no_temp
         atomic_write_text(path, "new")
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
     assert path.read_text() == "old"
+
+
+def test_the_run_lock_clears_what_an_atomic_write_killed_by_sigkill_left(tmp_path):
+    # SIGKILL skips the write's own cleanup; a run killed while checkpointing left a checkpoint-sized temporary.
+    import signal
+    import subprocess
+    import sys
+
+    from benchmarks.run_folder import run_lock
+
+    code = ("import os, signal, sys; from pathlib import Path; from benchmarks.records import _atomic_write; "
+            "_atomic_write(Path(sys.argv[1]), lambda tmp: (tmp.write_text('half'), os.kill(os.getpid(), "
+            "signal.SIGKILL)))")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "checkpoint.pt")], cwd=ROOT)
+    assert done.returncode == -signal.SIGKILL
+    (left,) = tmp_path.iterdir()
+    assert left.name.startswith(".checkpoint.pt.") and left.name.endswith(".tmp")
+    (tmp_path / "notes.tmp").write_text("a user's file")
+    with run_lock(tmp_path):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "notes.tmp"]
 
 
 def test_json_files_are_written_with_sorted_keys_so_reruns_diff_clean(tmp_path):
