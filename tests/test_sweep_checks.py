@@ -414,6 +414,14 @@ def test_set_on_a_key_a_grid_sets_is_refused(tmp_path, grids):
         expand(parse_config(doc), tmp_path, assignments={"train": {"lr": 0.5}}, log=lambda msg: None)
 
 
+def test_a_key_both_the_top_level_and_a_rows_grid_give_names_the_config_and_both_grids(tmp_path):
+    path = write_config(tmp_path / "sweep.yaml", grid={"train.lr": [0.2]},
+                        methods={"joint": {"grid": {"train.lr": [0.1]}}})
+    with pytest.raises(SweepConfigError, match=rf"{path}: the top-level grid and methods.joint.grid: grid key\(s\) "
+                                               r"given twice: \['train.lr'\]"):
+        plan(load_config(path), tmp_path / "out")
+
+
 def test_a_folder_given_as_the_sweep_config_is_named_as_a_folder(tmp_path):
     # It said "does not exist" of a folder that exists (most often the sweep's output folder, given in its place).
     with pytest.raises(FileNotFoundError, match=f"sweep config {tmp_path} is a folder, not a config file"):

@@ -100,11 +100,12 @@ class Job:
         return doc
 
 
-def grid_points(*grids: Mapping[str, list]) -> list[dict[str, dict[str, Any]]]:
-    """Every combination of the grids' values as override sections (``{"train": {"lr": 0.1}, ...}``)."""
+def grid_points(*grids: Mapping[str, list], where: str = "grid") -> list[dict[str, dict[str, Any]]]:
+    """Every combination of the grids' values as override sections (``{"train": {"lr": 0.1}, ...}``); ``where``
+    names the grids in the error for a key two of them give."""
     keys = [k for grid in grids for k in grid]
     if len(set(keys)) != len(keys):
-        raise SweepConfigError(f"grid key(s) given twice: {sorted({k for k in keys if keys.count(k) > 1})}")
+        raise SweepConfigError(f"{where}: grid key(s) given twice: {sorted({k for k in keys if keys.count(k) > 1})}")
     values = [v for grid in grids for v in grid.values()]
     points = []
     for combo in itertools.product(*values):
@@ -219,7 +220,8 @@ def plan(config: SweepConfig, out: Path, *, seeds: Sequence[int] | None = None,
             if not entry.get("title") and label != method and shared:
                 title = f"{title} ({label})"  # two rows of one method must not share a title in tables
             per_dataset = (entry.get("per_dataset") or {}).get(dataset, {})
-            for point in grid_points(top_grid, entry.get("grid") or {}):
+            for point in grid_points(top_grid, entry.get("grid") or {},
+                                     where=f"{config.where()}: the top-level grid and methods.{label}.grid"):
                 suffix = _point_suffix(point)
                 row = f"{label} [{suffix}]" if suffix else label
                 row_title = f"{title} [{suffix}]" if suffix else title
