@@ -525,7 +525,8 @@ def test_sweep_defaults_and_exit_1_when_a_run_failed(fake_launch, tmp_path, caps
     assert opts.wandb_group == "test/checks"
     fake_launch.failed.append("x")
     assert main(["sweep", str(path), "--datasets", "synthetic"]) == 1
-    assert capsys.readouterr().out.strip().endswith("4 launched, 0 already finished, 1 failed")
+    assert capsys.readouterr().out.strip().endswith("4 launched, 0 already finished, 1 failed: x (each run's "
+                                                    "train.log has why)")
 
 
 @pytest.mark.parametrize("patch, where", [({"grid": {"train.lr": []}}, ""),

@@ -165,5 +165,9 @@ def _run(args: argparse.Namespace) -> int:
     opts.wandb_mode = resolve_wandb_mode(args.wandb)
     opts.wandb_group = args.wandb_group or config.name
     report = launcher.start(cells.jobs, out, config, opts, print)
-    print(f"{len(report.launched)} launched, {len(report.skipped)} already finished, {len(report.failed)} failed")
+    failed = sorted(report.failed)
+    # The names again at the end: each run's FAILED line has scrolled away in a long sweep.
+    named = f": {', '.join(failed[:10])}{f' and {len(failed) - 10} more' if len(failed) > 10 else ''} (each run's " \
+            "train.log has why)" if failed else ""
+    print(f"{len(report.launched)} launched, {len(report.skipped)} already finished, {len(failed)} failed{named}")
     return 1 if report.failed else 0
