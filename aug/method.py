@@ -43,7 +43,7 @@ from torch import nn
 
 from aug.aca import ACA_RULES, aca_check_epochs, aca_decision, default_interval, gate_targets, running_scores
 from aug.model import RESIDUAL_TARGETS, GateNet, LearnerStack, learner_logits, sustained_boosting_loss
-from baselines.base import Loaders, Method, Prediction, StepInfo, TrainContext, confidence_scores
+from baselines.base import Loaders, Method, Prediction, StepInfo, TrainContext, confidence_scores, loss_precision
 from baselines.networks import build_encoders, init_model
 from baselines.registry import register
 from core.data import Batch, TaskSpec
@@ -254,7 +254,7 @@ class AUG(Method):
     def predict(self, batch: Batch) -> Prediction:
         gates = self.gate_values()
         with self.ctx.autocast():
-            out = {m: self.modality_logits(m, self.encoders[m](batch[m]), gates).sum(dim=1).float()
+            out = {m: loss_precision(self.modality_logits(m, self.encoders[m](batch[m]), gates).sum(dim=1))
                    for m in self.modalities}
         fused = sum(w * out[m] for w, m in zip(self.fusion, self.modalities))
         # The runner reports the metrics of this second fusion beside the fused ones, so it costs no second pass. The

@@ -397,4 +397,4 @@ class FusionMethod(Method):
         with self.ctx.autocast():
             h, z, z_uni = self.model(self.inputs(batch))
             z_uni = self.model.unimodal_logits(h, z_uni)
-        return Prediction(z.float(), {m: v.float() for m, v in z_uni.items()})
+        return Prediction(loss_precision(z), {m: loss_precision(v) for m, v in z_uni.items()})

@@ -199,7 +199,7 @@ class GRUSequenceEncoder(nn.Module):
         self.out_dim = hidden
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, h_n = self.gru(x.float())
+        _, h_n = self.gru(x.to(self.gru.weight_ih_l0.dtype))
         return h_n[-1]
 
 
@@ -217,7 +217,7 @@ class TransformerSequenceEncoder(nn.Module):
         self.out_dim = dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(self.lift(self.embed(x.float())))[:, 0]
+        return self.encoder(self.lift(self.embed(x.to(self.embed.weight.dtype))))[:, 0]
 
 
 def build_text_encoder(spec: ModalitySpec, model_hp) -> nn.Module:

@@ -207,4 +207,4 @@ class MIDAS(Method):
     def predict(self, batch: Batch) -> Prediction:
         with self.ctx.autocast():
             _, z, z_uni = self.model(self.inputs(batch))
-        return Prediction(z.float(), {m: v.float() for m, v in z_uni.items()})
+        return Prediction(loss_precision(z), {m: loss_precision(v) for m, v in z_uni.items()})

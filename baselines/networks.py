@@ -186,9 +186,9 @@ class MLPEncoder(nn.Module):
         self.out_dim = out_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 3:
-            x = x.float().mean(dim=1)
-        return self.net(x.float())
+        # Cached features may be stored in half precision or as integers; the first layer's dtype is the run's.
+        x = x.to(self.net[0].weight.dtype)
+        return self.net(x.mean(dim=1) if x.dim() == 3 else x)
 
 
 def build_encoder(spec: ModalitySpec, model_hp) -> nn.Module:

@@ -50,5 +50,5 @@ class Unimodal(Method):
     @torch.no_grad()
     def predict(self, batch) -> Prediction:
         with self.ctx.autocast():
-            z = self.head(self.encoder(batch[self.modality])).float()
+            z = loss_precision(self.head(self.encoder(batch[self.modality])))
         return Prediction(z, {self.modality: z})
