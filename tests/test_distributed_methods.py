@@ -73,6 +73,8 @@ OVERRIDES = {
     "bss:heuristic": {"scheduler": "heuristic"},
     # Past the warm-up: the weak-modality weights are updated from the first step.
     "midas": {"warmup_epochs": 0},
+    # Past the warm-up: Remix selects its rows per modality from the first epoch.
+    "remix": {"warmup": 0},
 }
 # Full epochs of the exact methods that choose the epoch's rows, and of the approximate ones whose row count varies:
 # 50 training rows make SMV's expanded list odd in its second epoch and BSS's heuristic pacing keep an odd count (n mod
