@@ -93,6 +93,15 @@ def test_ogm_scales_exactly_the_encoder_conv_weights_and_adds_no_noise(tiny_bund
     assert n_conv > 0
 
 
+def test_ogm_ge_noise_on_an_all_zero_gradient_has_the_official_floor_std():
+    # std(g) + 1e-8 (official main.py): a zero gradient still gets a valid, tiny Normal draw.
+    torch.manual_seed(2)
+    conv = nn.Conv2d(64, 64, 3)
+    conv.weight.grad = torch.zeros_like(conv.weight)
+    modulate_gradients([conv.weight], torch.tensor(0.5), noise=True)
+    assert conv.weight.grad.std().item() == pytest.approx(1e-8, rel=0.03)
+
+
 def test_ogm_ge_noise_matches_the_unscaled_gradient_std():
     torch.manual_seed(1)
     conv = nn.Conv2d(64, 64, 3)
@@ -524,6 +533,17 @@ def test_agm_three_modality_shapley_is_efficient():
     close(phi["a"], expected_a)
 
 
+def test_agm_scores_the_full_set_in_the_current_mode_and_the_subsets_in_eval_mode(tiny_bundle):
+    # The official GradMod runs the modality-dropped passes under eval(); in train mode they would move BatchNorm.
+    agm = build("agm", tiny_bundle)
+    agm.train()
+    calls = []
+    forward = agm.model.forward
+    agm.model.forward = lambda x, drop=(): (calls.append((agm.model.training, tuple(drop))), forward(x, drop=drop))[1]
+    agm.subset_outputs(agm.inputs(first_batch(tiny_bundle)))
+    assert calls == [(True, ()), (False, ("visual",)), (False, ("audio",))] and agm.model.training
+
+
 def test_agm_trains_three_modalities_with_seven_subsets():
     cls = get_dataset("synthetic")
     bundle = cls.build(resolve("data", cls.HPARAMS, "synthetic", {**TINY_DATA, "modalities": 3}))
@@ -786,6 +806,17 @@ def test_pmr_ave_defaults_are_the_official_ave_concat_run():
     cls = get_method("pmr")
     hp = resolve("pmr", method_hparams(cls), "ave", {}, variants=cls.VARIANTS)
     assert (hp.alpha, hp.mu, hp.mod_end, hp.prototype_split) == (2.0, 0.0, 70, "train")
+
+
+def test_pmr_prototype_pass_runs_in_eval_mode_and_restores_training_mode(tiny_bundle):
+    # Train-mode features would move BatchNorm's running statistics and differ from the official eval-mode pass.
+    pmr = build("pmr", tiny_bundle)
+    pmr.train()
+    modes = []
+    features = pmr.model.features
+    pmr.model.features = lambda x: (modes.append(pmr.model.training), features(x))[1]
+    pmr.on_epoch_start(0, Loaders(train=[first_batch(tiny_bundle)]))
+    assert modes == [False] and pmr.model.training
 
 
 def test_pmr_class_absent_from_the_prototype_batches_keeps_its_previous_prototype(tiny_bundle):

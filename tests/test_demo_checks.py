@@ -15,6 +15,7 @@ from benchmarks.demo_checks import (
     reproduction_markdown,
     targets_markdown,
 )
+from tests.numeric import approx64
 
 TARGETS = {"trend": 0.02, "imbalance": 0.10, "headroom": 0.05, "reference_std": 0.02}
 
@@ -64,8 +65,8 @@ def test_design_targets_report_each_target_met_or_missed():
     checks = {c["target"]: c for c in design_targets(summary, TARGETS)}
     assert checks["converged"]["measured"] == pytest.approx({"joint": 0.005, "unimodal_visual": 0.07 / 3})
     assert not checks["converged"]["met"], "visual's mean trend 2.3 points exceeds 2"
-    assert checks["imbalance"]["met"] and checks["imbalance"]["measured"]["gap"] == pytest.approx(0.37)
-    assert checks["headroom"]["met"] and checks["headroom"]["measured"]["headroom"] == pytest.approx(0.05)
+    assert checks["imbalance"]["met"] and checks["imbalance"]["measured"]["gap"] == approx64(0.37)
+    assert checks["headroom"]["met"] and checks["headroom"]["measured"]["headroom"] == approx64(0.05)
     assert "(both at the final epoch)" in checks["headroom"]["text"]
     assert checks["seed spread"]["measured"] == {"unimodal_audio": 0.034, "unimodal_visual": 0.022, "ensemble": 0.008,
                                                  "joint": 0.015}
@@ -117,7 +118,7 @@ def test_compare_runs_counts_identical_rows_and_names_those_outside_the_std():
                      new={"acc": (0.1, 0.0, 3)})
     out = compare_runs(reference, rerun, "ref.json")
     assert (out["rows"], out["identical"], out["within_std"]) == (3, 1, 2)
-    assert out["outside_std"] == {"sum": [0.80, 0.01, 0.82]} and out["max_abs_delta"] == pytest.approx(0.02)
+    assert out["outside_std"] == {"sum": [0.80, 0.01, 0.82]} and out["max_abs_delta"] == approx64(0.02)
     text = "\n".join(reproduction_markdown(out, {"sum": "Sum"}))
     assert "1 of 3 rows identical" in text and "Sum 82.0% (was 80.0 ± 1.0)" in text and "CPU X" in text
     assert out["only_here"] == ["new"] and out["only_there"] == [] and "Rows not compared: new in this run: New" in (
@@ -275,7 +276,7 @@ def test_imbalance_is_judged_by_the_configs_target_and_identical_means_every_num
     summary = _summary(unimodal_visual={"acc": (0.75, 0.0, 1)},
                        joint={"acc": (0.8, 0.0, 1), "acc:visual": (0.63, 0.0, 1)})
     [imbalance] = design_targets(summary, {**TARGETS, "imbalance": 0.15})
-    assert imbalance["measured"]["gap"] == pytest.approx(0.12) and not imbalance["met"]
+    assert imbalance["measured"]["gap"] == approx64(0.12) and not imbalance["met"]
     reference = _summary(joint={"acc": (0.5, 0.25, 3), "acc:visual": (0.4, 0.1, 3)})
     rerun = _summary(joint={"acc": (0.5, 0.25, 3), "acc:visual": (0.41, 0.1, 3)})
     out = compare_runs(reference, rerun, "ref.json")

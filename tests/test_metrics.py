@@ -37,6 +37,17 @@ def test_map_penalises_bad_ranking_and_skips_absent_classes():
     assert m["acc"] == approx64(1 / 3)
 
 
+def test_macro_f1_averages_over_all_k_classes_even_one_neither_true_nor_predicted():
+    # K = 3, class 2 never occurs nor is predicted: its F1 is 0 and still counts, as in scikit-learn with labels=K.
+    logits = torch.tensor([[3.0, 0, 0], [3.0, 0, 0], [0, 3.0, 0], [0, 3.0, 0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    m = classification_metrics(logits, labels, 3)
+    assert m["acc"] == approx64(1.0)
+    assert m["macro_f1"] == approx64(2 / 3)
+    assert m["macro_f1"] == approx64(f1_score(labels.numpy(), logits.argmax(dim=1).numpy(), labels=np.arange(3),
+                                              average="macro", zero_division=0))
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_macro_f1_and_map_equal_scikit_learns_on_random_and_tied_scores(seed):
     g = torch.Generator().manual_seed(seed)
