@@ -535,6 +535,24 @@ def paper_path(name_or_path: str | Path) -> Path:
     return path
 
 
+def metric_problem(metric: str) -> str | None:
+    """What is wrong with a published value's metric key, or None: it must be a key runs give (``RunRecord.values``):
+    a metric of ``METRIC_NAMES``, ``<metric>:<modality>``, or ``<metric>@missing=<rate>`` with the rate written as
+    tables write it (``0.5``, not ``0.50``)."""
+    base, missing, rate = metric.partition("@missing=")
+    base = base.partition(":")[0] if not missing else base
+    if base not in METRIC_NAMES:
+        return f"is none of {list(METRIC_NAMES)} (optionally with :<modality> or @missing=<rate>)"
+    if missing:
+        try:
+            canonical = f"{float(rate):g}"
+        except ValueError:
+            return f"has a missing rate {rate!r} that is not a number"
+        if rate != canonical:
+            return f"writes its missing rate as {rate!r}; write {base}@missing={canonical}, as runs key it"
+    return None
+
+
 def load_paper(name_or_path: str | Path, table: str | None = None) -> PaperTable:
     """Read a published-numbers CSV (columns ``PAPER_COLUMNS``; values in percent), optionally one table of it.
 
@@ -562,6 +580,10 @@ def load_paper(name_or_path: str | Path, table: str | None = None) -> PaperTable
             raise PaperFileError(f"{path}:{line}: value {row['value']!r} is not a number") from None
         if row["verified"] not in ("true", "false"):
             raise PaperFileError(f"{path}:{line}: verified must be true or false, got {row['verified']!r}")
+        problem = metric_problem(row["metric"])
+        if problem:
+            # A key no run has would leave the value out of every table without a word.
+            raise PaperFileError(f"{path}:{line}: metric {row['metric']!r} {problem}")
         key = (row["dataset"], row["method"], row["metric"])
         new = PaperValue(value, row["verified"] == "true", row["table"], row["source"])
         old = values.get(key)

@@ -257,6 +257,24 @@ def test_sweep_labels_from_job_json_and_config_order(tmp_path):
     assert [t for t, _ in table.rows] == ["Unimodal (visual)", "Concat"]
 
 
+@pytest.mark.parametrize("metric, message", [
+    ("acc@missing=0.50", r"writes its missing rate as '0.50'; write acc@missing=0.5, as runs key it"),
+    ("Acc", r"is none of \['acc', 'macro_f1', 'map'\]"),
+    ("accuracy:audio", r"is none of"),
+    ("acc@missing=half", r"has a missing rate 'half' that is not a number"),
+])
+def test_a_published_metric_no_run_keys_is_refused_naming_the_row(tmp_path, metric, message):
+    # Such a value was left out of every table without a word (the cell showed "–").
+    header = ",".join(("paper", "table", "page", "dataset", "method", "row", "metric", "value", "verified", "source"))
+    path = tmp_path / "p.csv"
+    path.write_text(f"{header}\np,t,1,cremad,mla,MLA,acc,70,true,s\np,t,1,cremad,mla,MLA,{metric},30,true,s\n")
+    with pytest.raises(PaperFileError, match=rf"p.csv:3: metric '{re.escape(metric)}' {message}"):
+        load_paper(path)
+    path.write_text(f"{header}\np,t,1,cremad,mla,MLA,acc:audio,70,true,s\np,t,1,cremad,mla,MLA,map@missing=0.2,30,"
+                    "true,s\n")
+    assert load_paper(path).lookup("cremad", ["mla"], "map@missing=0.2").value == 30.0
+
+
 def test_paper_files_are_checked(tmp_path):
     merged = load_paper(PAPER)
     assert merged.lookup("cremad", ["joint"], "acc").verified, "equal values across tables merge, verified wins"
