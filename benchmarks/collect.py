@@ -99,8 +99,10 @@ class RunRecord:
     missing: dict[float, dict[str, Any]] = field(default_factory=dict)
     # Why ``missing`` cannot go into a table (an older checkpoint, another split), or None.
     missing_problem: str | None = None
-    # The seed that chose which samples lose which modality (``augbench evaluate --seed``).
+    # The seed that chose which samples lose which modality (``augbench evaluate --seed``), and the batch size it
+    # scored in (None: not recorded, before evaluations recorded it).
     missing_seed: int | None = None
+    missing_batch_size: int | None = None
     data: dict[str, str] | None = None
     config: dict[str, Any] = field(default_factory=dict)
     # Split files with a published (pinned) version whose cache was prepared from other bytes.
@@ -173,6 +175,7 @@ def load_runs(root: Path) -> list[RunRecord]:
                                  dataset=summary["dataset"], seed=summary["seed"],
                                  protocols=summary["protocols"], missing=missing, missing_problem=problem,
                                  missing_seed=result.get("seed") if missing else None,
+                                 missing_batch_size=result.get("batch_size") if missing else None,
                                  data=recorded_identity(run_dir), config=config,
                                  custom_splits=custom_pinned_splits(summary), envs=trained_by(summary)))
     return records
@@ -678,17 +681,19 @@ def check_missing_results(records: Sequence[RunRecord]) -> None:
         raise StaleResultError(f"{stale[0].run_dir / MISSING_RESULT}: {stale[0].missing_problem}{more}. Evaluate the "
                                f"final checkpoint on the test split again: augbench evaluate RUN_DIR --split test, or "
                                f"rerun the sweep, which does so")
-    plans: dict[tuple[str, str], dict[tuple[Any, tuple[float, ...]], Path]] = defaultdict(dict)
+    # The batch size too: a prediction that depends on the batch (MLA's per-batch entropy gate) scores otherwise.
+    plans: dict[tuple[str, str], dict[tuple[Any, tuple[float, ...], Any], Path]] = defaultdict(dict)
     for r in records:
         if r.missing:
-            plans[(r.label, r.dataset)][(r.missing_seed, tuple(sorted(r.missing)))] = r.run_dir
+            plans[(r.label, r.dataset)][(r.missing_seed, tuple(sorted(r.missing)), r.missing_batch_size)] = r.run_dir
     for (label, dataset), found in sorted(plans.items()):
         if len(found) > 1:
-            shown = "; ".join(f"seed {seed}, rates {list(rates)} ({run_dir / MISSING_RESULT})"
-                              for (seed, rates), run_dir in sorted(found.items(), key=str))
+            shown = "; ".join(f"seed {seed}, rates {list(rates)}, batch size {batch or 'unrecorded'} "
+                              f"({run_dir / MISSING_RESULT})"
+                              for (seed, rates, batch), run_dir in sorted(found.items(), key=str))
             raise StaleResultError(f"row {label!r} on {dataset} would average missing-modality results of different "
-                                   f"evaluations: {shown}. Evaluate its runs with one --seed and one --missing list "
-                                   f"(rerunning the sweep does so)")
+                                   f"evaluations: {shown}. Evaluate its runs with one --seed, one --missing list and "
+                                   f"one --batch-size (rerunning the sweep does so)")
 
 
 def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper: PaperTable | None = None,

@@ -49,7 +49,9 @@ def check_reference(run_dir: Path, split: str, results: Sequence[dict[str, Any]]
         f"{run_dir}: the final checkpoint scores {at_zero[0]:.4f} {split} accuracy with nothing missing, but the run "
         f"recorded {recorded:.4f} for its last epoch: the method changed the model after that evaluation (an "
         f"on_epoch_end step in the last epoch), or this evaluation computes otherwise than training's did (another "
-        f"device or precision: evaluate with the run's own --device), so no missing-modality result is written")
+        f"device or precision: evaluate with the run's own --device; or another --batch-size, for a method whose "
+        f"prediction depends on the batch, such as MLA's per-batch entropy gate), so no missing-modality result is "
+        f"written")
 
 
 def parse_rates(text: str) -> list[float]:

@@ -152,10 +152,10 @@ def test_the_caption_states_how_tied_epochs_are_selected(runs_dir):
 
 
 def write_missing(run: Path, checkpoint_epoch: int = 2, split: str = "test", seed: int = 0,
-                  rates: tuple[float, ...] = (0.0, 0.2)) -> None:
+                  rates: tuple[float, ...] = (0.0, 0.2), batch_size: int = 256) -> None:
     metrics = {0.0: {"acc": 0.5, "macro_f1": 0.4, "map": 0.6}, 0.2: {"acc": 0.3, "macro_f1": 0.2, "map": 0.4},
                0.5: {"acc": 0.2, "macro_f1": 0.1, "map": 0.3}}
-    (run / "missing_modality.json").write_text(json.dumps({"split": split, "seed": seed,
+    (run / "missing_modality.json").write_text(json.dumps({"split": split, "seed": seed, "batch_size": batch_size,
                                                            "checkpoint_epoch": checkpoint_epoch,
                                                            "rates": [{"rate": r, "metrics": metrics[r]}
                                                                      for r in rates]}))
@@ -169,6 +169,11 @@ def test_a_row_of_missing_modality_results_from_different_evaluations_is_refused
         build_table(load_runs(runs_dir), missing=True)
     write_missing(runs_dir / "cremad-joint-seed1-fixture", rates=(0.0, 0.2, 0.5))
     with pytest.raises(StaleResultError, match=r"rates \[0.0, 0.2, 0.5\]"):
+        build_table(load_runs(runs_dir), missing=True)
+    # MLA's per-batch entropy gate scores otherwise in other batches: one row, one batch size.
+    write_missing(runs_dir / "cremad-joint-seed1-fixture", batch_size=64)
+    with pytest.raises(StaleResultError, match=r"seed 0, rates \[0.0, 0.2\], batch size 256 .*batch size 64 .*one "
+                                               r"--batch-size"):
         build_table(load_runs(runs_dir), missing=True)
     write_missing(runs_dir / "cremad-joint-seed1-fixture")
     assert build_table(load_runs(runs_dir), missing=True, methods=["joint"], datasets=["cremad"]).rows[0][1][0].n == 2
