@@ -324,7 +324,16 @@ def test_table_command_defaults_to_best_on_test_when_comparing_with_a_paper(runs
     assert out == render(load_runs(runs_dir), "md", paper=load_paper(PAPER, "table1"), protocol="paper")
     assert main(["table", str(runs_dir), "--format", "csv", "--out", str(tmp_path / "t.csv")]) == 0
     assert (tmp_path / "t.csv").read_text() == render(load_runs(runs_dir), "csv", protocol="clean")
+    # The CSV has no caption, so the command says it (the protocol above all) where the user sees it.
+    caption = build_table(load_runs(runs_dir), protocol="clean").caption.strip()
+    assert f"note: the CSV has no caption; the table's caption: {caption}" in capsys.readouterr().err
     assert main(["table", str(runs_dir / "nope")]) == 2
+
+
+def test_a_missing_table_with_no_evaluated_run_is_refused_not_empty(runs_dir, capsys):
+    assert main(["table", str(runs_dir), "--missing", "--format", "tex"]) == 2
+    err = capsys.readouterr().err
+    assert "--missing: none of the" in err and "has a missing-modality result" in err and "augbench evaluate" in err
 
 
 def test_the_missing_table_says_which_finished_runs_have_no_result(runs_dir, capsys):

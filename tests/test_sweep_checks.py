@@ -229,6 +229,7 @@ def test_example_sweep_needs_no_data_and_runs_end_to_end(tmp_path, capsys):
         assert title in table
     # --set train.epochs=1 made other runs than the config's, and the other rows were not run: both are said
     assert "3 of the 3 runs shown were trained with settings other than synthetic_sweep.yaml's" in table
+    assert "note: 3 of the 3 runs shown were trained with settings other than" in captured.err, "a CSV has no caption"
     assert "synthetic_sweep.yaml rows with no finished run, not shown: " in captured.err
     assert main(["table", str(out), "--config", str(EXAMPLE), "--missing"]) == 0
     assert "missing 50%" in capsys.readouterr().out

@@ -79,10 +79,15 @@ def run(args: argparse.Namespace) -> int:
     records = load_runs(args.runs_dir)
     protocol = (args.protocol or order.get("protocol") or recorded_protocol(records)
                 or ("paper" if paper else "clean"))
+    shown = [r for r in records if shown_in_table(r, order.get("datasets"), order.get("methods"))]
+    if args.missing and shown and not any(r.missing for r in shown):
+        # Else an empty table (and malformed LaTeX) with exit status 0.
+        raise UsageError(f"--missing: none of the {len(shown)} finished runs shown has a missing-modality result, "
+                         f"such as {shown[0].run_dir}; run augbench evaluate RUN_DIR --missing RATES (or a sweep "
+                         "with an evaluate section) first")
     table = build_table(records, protocol=protocol, paper=paper, per_modality=args.per_modality,
                         missing=args.missing, datasets=order.get("datasets"), methods=order.get("methods"),
                         title=order.get("title"))
-    shown = [r for r in records if shown_in_table(r, order.get("datasets"), order.get("methods"))]
     unfinished, elsewhere = split_unfinished(unfinished_runs(args.runs_dir), shown)
     if unfinished:
         print(f"note: {unfinished_note(len(unfinished), unfinished[0])}", file=sys.stderr)
@@ -103,9 +108,14 @@ def run(args: argparse.Namespace) -> int:
             table.caption += f" {note[0].upper()}{note[1:]}."
         foreign = runs_outside_config(shown, args.config)
         if foreign:
-            table.caption += (f" {len(foreign)} of the {len(shown)} runs shown were trained with settings other than "
-                              f"{args.config.name}'s (command-line overrides or another config), such as "
-                              f"{foreign[0].name}: they are not that configuration's numbers.")
+            note = (f"{len(foreign)} of the {len(shown)} runs shown were trained with settings other than "
+                    f"{args.config.name}'s (command-line overrides or another config), such as {foreign[0].name}: "
+                    "they are not that configuration's numbers")
+            print(f"note: {note}", file=sys.stderr)
+            table.caption += f" {note}."
+    if args.format == "csv":
+        # A CSV holds the cells only: the protocol, the subset and split notes and the counts above live here.
+        print(f"note: the CSV has no caption; the table's caption: {table.caption.strip()}", file=sys.stderr)
     text = RENDERERS[args.format](table)
     if args.out:
         atomic_write_text(args.out, text)
