@@ -1068,6 +1068,14 @@ def test_cli_refuses_publish_with_results_and_no_workers_before_any_work(fake_ru
     assert not fake_run_demo.calls
 
 
+def test_cli_refuses_publish_outside_the_repository_root(fake_run_demo, capsys, tmp_path, monkeypatch):
+    # It wrote a stray results/demo there, and compared the run with no earlier one.
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--quick", "--publish"]) == 2
+    assert "run it from the repository root (no results/paper under" in capsys.readouterr().err
+    assert not fake_run_demo.calls and not (tmp_path / "results").exists()
+
+
 def test_the_commits_line_names_a_single_commit_other_than_this_checkouts():
     # Every run reused from an earlier commit: one commit, not this one, so not "trained at this commit".
     line = commits_line({"commit": "b" * 40, "run_commits": {"a" * 40: 4}, "runs_reused": 4, "runs_dir": "runs/full"})

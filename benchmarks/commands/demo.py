@@ -40,6 +40,10 @@ def run(args: argparse.Namespace) -> int:
     profile = "quick" if args.quick else "smoke" if args.smoke else None
     if args.publish and args.results:
         raise UsageError("--publish writes results/demo; drop --results or --publish")
+    if args.publish and not (Path("results") / "paper").is_dir():
+        # Elsewhere it would write a stray results/ here and compare with no earlier run.
+        raise UsageError(f"--publish refreshes the repository's results/; run it from the repository root (no "
+                         f"results/paper under {Path.cwd()})")
     results = args.results or default_results(profile, args.publish)
     out = run_demo(results=results, work=args.work, profile=profile, workers=args.workers, methods=args.methods)
     print(out["table"])
