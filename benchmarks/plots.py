@@ -260,7 +260,8 @@ def plot_demo(sweep_dir: Path, out_png: Path, order: Sequence[str] | None = None
     titles = titles or {}
     labels = [r for r in (order or []) if r in curves] + sorted(r for r in curves if r not in (order or []))
     rows, cols = _grid(len(labels), cols=6)
-    fig = Figure(figsize=(2.9 * cols, 2.3 * rows + 0.8), layout="constrained")
+    # At least three panels wide: the legend and its title need the room when few rows are plotted.
+    fig = Figure(figsize=(2.9 * max(cols, 3), 2.3 * rows + 0.8), layout="constrained")
     axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)
     seen: dict[str, Any] = {}
     for k, label in enumerate(labels):
@@ -292,7 +293,8 @@ def plot_demo(sweep_dir: Path, out_png: Path, order: Sequence[str] | None = None
         lowest = axes[(len(labels) - 1 - c) // cols][c]
         lowest.set_xlabel("epoch", fontsize="small")
         lowest.xaxis.set_tick_params(labelbottom=True)
-    fig.legend(list(seen.values()), list(seen), loc="outside upper center", ncols=len(seen), fontsize="small",
+    fig.legend(list(seen.values()), list(seen), loc="outside upper center", ncols=len(seen) if cols > 3 else 3,
+               fontsize="small",
                title="test accuracy, mean over seeds (band: min-max over seeds); dashed: a unimodal model's mean at "
                      "the final epoch",
                title_fontsize="small")

@@ -1233,6 +1233,21 @@ def test_demo_curves_name_every_line_label_every_axis_and_share_one_linear_scale
                        "audio-only model": to_hex("tab:blue"), "visual-only model": to_hex("tab:orange")}
 
 
+def test_demo_curves_of_two_rows_keep_the_legend_and_its_title_inside_the_figure(tmp_path, monkeypatch):
+    # With two panels (augbench demo --methods joint aug) the one-line legend and its title were cut at both sides.
+    figures = _captured_figures(monkeypatch)
+    for label in ("joint", "aug"):
+        write_run(tmp_path / label, "joint", "cremad", 0, (0.5,) * 3, job={"label": label})
+    plot_demo(tmp_path, tmp_path / "curves.png", references={"audio": 0.55, "visual": 0.45})
+    [fig] = figures
+    fig.canvas.draw()
+    [legend] = fig.legends
+    box, frame = legend.get_window_extent(), fig.bbox
+    assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and box.y1 <= frame.y1
+    title = legend.get_title().get_window_extent()
+    assert frame.x0 <= title.x0 and title.x1 <= frame.x1
+
+
 def test_demo_bars_show_fused_and_head_accuracy_with_the_seeds_std_under_display_names(tmp_path, monkeypatch):
     from matplotlib.colors import to_hex
 
