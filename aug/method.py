@@ -52,6 +52,22 @@ from core.hparams import HParam, HParamError, HParams, variant_param
 # The official scripts' test-time weights by number of modalities: --merge_alpha 0.4 (CREMA-D, KS) and
 # --merge_alpha1/2 0.33 (NVGesture). The paper does not state them.
 PUBLISHED_FUSION = {2: [0.4, 0.6], 3: [0.33, 0.33, 0.34]}
+
+
+def _order_problem(order: list, modalities: tuple[str, ...]) -> str | None:
+    """Why ``aug.modality_order`` cannot order these modalities, or None (empty: the dataset's order)."""
+    if order and sorted(order) != sorted(modalities):
+        return f"aug.modality_order={order!r} must list each of {list(modalities)} once"
+    return None
+
+
+def _weights_problem(weights: list, modalities: tuple[str, ...]) -> str | None:
+    """Why ``aug.fusion_weights`` cannot weight these modalities, or None (empty: the published weights)."""
+    if not weights and len(modalities) not in PUBLISHED_FUSION:
+        return f"aug.fusion_weights: no published weights for {len(modalities)} modalities; give one per modality"
+    if weights and (len(weights) != len(modalities) or not all(isinstance(w, (int, float)) for w in weights)):
+        return f"aug.fusion_weights={weights!r} needs one number per modality {list(modalities)}"
+    return None
 ACCUMULATORS = ("score_sum", "loss_sum", "ce_sum")
 
 
@@ -152,19 +168,22 @@ class AUG(Method):
         self.running = torch.zeros(m, device=ctx.device)
         self._reset_epoch()
 
+    @classmethod
+    def task_problems(cls, hp: HParams, modalities: tuple[str, ...]) -> list[str]:
+        return [p for p in (_order_problem(hp.modality_order, modalities),
+                            _weights_problem(hp.fusion_weights, modalities)) if p]
+
     def _step_order(self, order: list) -> tuple[str, ...]:
-        if not order:
-            return self.modalities
-        if sorted(order) != sorted(self.modalities):
-            raise HParamError(f"aug.modality_order={order!r} must list each of {list(self.modalities)} once")
-        return tuple(order)
+        problem = _order_problem(order, self.modalities)
+        if problem:
+            raise HParamError(problem)
+        return tuple(order) if order else self.modalities
 
     def _fusion_weights(self, weights: list) -> list[float]:
-        weights = weights or PUBLISHED_FUSION[len(self.modalities)]
-        if len(weights) != len(self.modalities) or not all(isinstance(w, (int, float)) for w in weights):
-            raise HParamError(f"aug.fusion_weights={weights!r} needs one number per modality "
-                              f"{list(self.modalities)}")
-        return [float(w) for w in weights]
+        problem = _weights_problem(weights, self.modalities)
+        if problem:
+            raise HParamError(problem)
+        return [float(w) for w in weights or PUBLISHED_FUSION[len(self.modalities)]]
 
     def _reset_epoch(self) -> None:
         """Per-epoch sums per modality over training samples: ACA's confidence S_m, the boosting loss and the

@@ -272,6 +272,13 @@ class Method(nn.Module):
         return {m: batch[m] for m in self.modalities}
 
     @classmethod
+    def task_problems(cls, hp: HParams, modalities: tuple[str, ...]) -> list[str]:
+        """What in ``hp`` cannot work with a dataset serving ``modalities`` (in order), found before any data is
+        read: a sweep's preflight lists it instead of launching runs that fail as they start (the constructor raises
+        the same). Methods whose settings name modalities override this."""
+        return []
+
+    @classmethod
     def held_out_split(cls, hp: HParams) -> str | None:
         """The split the ``HELD_OUT_KEY`` knob names in ``hp``, or None where the method reads none (no such knob,
         or a value that names no split, such as UMT's ``final``)."""

@@ -202,7 +202,14 @@ def select_protocols(history: list[dict]) -> dict[str, Any]:
 
 
 def build_data(cfg: RunConfig) -> DataBundle:
-    return get_dataset(cfg.dataset).build(cfg.data)
+    cls = get_dataset(cfg.dataset)
+    bundle = cls.build(cfg.data)
+    declared = cls.modality_names(cfg.data)
+    if bundle.task.names != declared:
+        # A sweep checked its methods' settings against the declared names; training must see the same.
+        raise RuntimeError(f"dataset {cfg.dataset!r} declares modalities {list(declared)} (modality_names) but "
+                           f"serves {list(bundle.task.names)}")
+    return bundle
 
 
 def build_method(cfg: RunConfig, bundle: DataBundle, device: torch.device,

@@ -282,6 +282,8 @@ class ImageTextDataset(PreparedDataset):
     images live (``image_path``).
     """
 
+    MODALITY_NAMES = ("text", "visual")
+
     @classmethod
     def image_path(cls, raw: Path, sample: Sample, settings: HParams) -> Path:
         raise NotImplementedError

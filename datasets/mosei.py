@@ -142,6 +142,7 @@ def video_id(part: Mapping[str, Any], i: int) -> str:
 class Mosei(PreparedDataset):
     NAME = "mosei"
     DESCRIPTION = "CMU-MOSEI acc2: audio/visual/text feature sequences, from `augbench prepare` (MulT pickle)"
+    MODALITY_NAMES = tuple(name for name, _ in MODALITIES)
     CLASSES = ("negative", "positive")
     RECIPES = {
         "unaligned": Recipe("BalanceBenchmark Mosei_dataset.py with if_align false: mosei_senti_data_noalign.pkl "
@@ -163,10 +164,6 @@ class Mosei(PreparedDataset):
     )
     HPARAMS = cache_hparams(recipes=("unaligned", "aligned"), recipe="unaligned",
                             recipe_doc="Prepared preset: 'unaligned' (BalanceBenchmark) or 'aligned'.")
-
-    @classmethod
-    def modality_count(cls, hp: HParams) -> int:
-        return len(MODALITIES)
 
     @classmethod
     def pickle_path(cls, raw: Path, settings: HParams) -> Path:

@@ -209,6 +209,7 @@ class NVGestureAugment:
 class NVGesture(PreparedDataset):
     NAME = "nvgesture"
     DESCRIPTION = "NVGesture: RGB, optical flow and depth clips, from `augbench prepare` (AMSS layout)"
+    MODALITY_NAMES = ("rgb", "flow", "depth")
     CLASSES = CLASSES
     RECIPES = {"amss": Recipe("AMSS_rod/MyDataset.py: 80 frames from the list's start frame, 256 x 256; "
                               "precomputed flow .npy per list line")}
@@ -236,10 +237,6 @@ class NVGesture(PreparedDataset):
         HParam("mean", list(IMAGENET_MEAN), "RGB normalisation mean (AMSS: ImageNet)."),
         HParam("std", list(IMAGENET_STD), "RGB normalisation std (AMSS: ImageNet)."),
     )
-
-    @classmethod
-    def modality_count(cls, hp: HParams) -> int:
-        return 3  # rgb, flow, depth
 
     @classmethod
     def split_files(cls, settings: HParams) -> tuple[tuple[str, ...], tuple[str, ...]]:

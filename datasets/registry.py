@@ -39,11 +39,18 @@ class Dataset:
     def build(cls, hp: HParams) -> DataBundle:
         raise NotImplementedError
 
+    # The modalities every bundle of the dataset serves, in their order (``TaskSpec.modalities``).
+    MODALITY_NAMES: ClassVar[tuple[str, ...]] = ("audio", "visual")
+
+    @classmethod
+    def modality_names(cls, hp: HParams) -> tuple[str, ...]:
+        """The modalities these knobs serve, in order, known before any data is read: a sweep checks each method's
+        ``MODALITIES`` and settings against them, and the runner checks the built bundle serves exactly these."""
+        return cls.MODALITY_NAMES
+
     @classmethod
     def modality_count(cls, hp: HParams) -> int:
-        """How many modalities these knobs serve, known before any data is read (a sweep checks it against each
-        method's ``MODALITIES``)."""
-        return 2
+        return len(cls.modality_names(hp))
 
     @classmethod
     def identity(cls, hp: HParams) -> dict[str, str]:

@@ -41,8 +41,8 @@ class Synthetic(Dataset):
     )
 
     @classmethod
-    def modality_count(cls, hp: HParams) -> int:
-        return hp.modalities
+    def modality_names(cls, hp: HParams) -> tuple[str, ...]:
+        return ("audio", "visual", "text")[:hp.modalities]
 
     @classmethod
     def build(cls, hp) -> DataBundle:

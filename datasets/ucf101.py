@@ -165,6 +165,7 @@ class UCFAugment:
 class UCF101(PreparedDataset):
     NAME = "ucf101"
     DESCRIPTION = "UCF-101: RGB frames + optical flow, from `augbench prepare` (BalanceBenchmark layout)"
+    MODALITY_NAMES = ("visual", "flow")
     RECIPES = {"bb": Recipe("BalanceBenchmark ucf101_dataset.py: first 6 RGB frames at 1 fps and every flow frame, "
                             "Resize((224, 224))")}
     DEFAULT_RECIPE = "bb"

@@ -868,3 +868,17 @@ def test_an_epoch_end_hook_that_returns_nothing_records_empty_diagnostics(tmp_pa
     train_run(build_config("joint", "synthetic", tiny_overrides()), tmp_path / "run", log=lambda *_: None)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [record["diag"] for record in records] == [{}, {}]
+
+
+def test_a_dataset_serving_other_modalities_than_it_declares_is_refused(monkeypatch):
+    # A sweep checks methods' settings against the declared names before any data is read; training must see those.
+    from benchmarks.config import build_config
+    from benchmarks.runner import build_data
+    from datasets.synthetic import Synthetic
+
+    cfg = build_config("joint", "synthetic", tiny_overrides())
+    assert build_data(cfg).task.names == Synthetic.modality_names(cfg.data) == ("audio", "visual")
+    monkeypatch.setattr(Synthetic, "modality_names", classmethod(lambda cls, hp: ("audio", "image")))
+    with pytest.raises(RuntimeError, match=r"dataset 'synthetic' declares modalities \['audio', 'image'\] "
+                                           r"\(modality_names\) but serves \['audio', 'visual'\]"):
+        build_data(cfg)

@@ -139,6 +139,19 @@ def test_slurm_and_local_gpu_sweeps_refuse_batches_that_do_not_split_and_cuda_jo
     assert LAUNCHERS["local"].device_problems(jobs, LaunchOptions(gpus=[0, 1], gpus_per_run=1)) == []
 
 
+def test_method_settings_that_do_not_fit_the_datasets_modalities_are_refused_before_any_run(no_launch, tmp_path,
+                                                                                            capsys):
+    # They failed only as each run started (on Slurm: every job of the array).
+    path = write_config(tmp_path / "sweep.yaml", seeds=[0, 1], methods={
+        "aug": {"aug": {"fusion_weights": [0.33, 0.33, 0.34], "modality_order": ["audio", "visaul"]}}})
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "method settings that do not fit the dataset's modalities:" in err
+    assert ("aug on synthetic (2 runs): aug.modality_order=['audio', 'visaul'] must list each of ['audio', 'visual'] "
+            "once") in err
+    assert "aug on synthetic (2 runs): aug.fusion_weights=[0.33, 0.33, 0.34] needs one number per modality" in err
+
+
 def test_dry_run_lists_folder_method_dataset_seed_overrides_and_done_partial_new(no_launch, tmp_path, capsys):
     path = write_config(tmp_path / "sweep.yaml",
                         methods={"joint": {}, "ogm_ge": {"ogm_ge": {"alpha": 0.3}}})

@@ -81,6 +81,18 @@ def modality_problems(jobs: Sequence[Job]) -> list[str]:
             for (label, dataset, count, supported), n in problems.items()]
 
 
+def task_problems(jobs: Sequence[Job]) -> list[str]:
+    """One line per (row, dataset, problem) whose method settings do not fit the dataset's modalities
+    (``Method.task_problems``): its runs would fail as they start."""
+    problems: dict[tuple[str, str, str], int] = {}
+    for job in jobs:
+        names = get_dataset(job.cfg.dataset).modality_names(job.cfg.data)
+        for problem in get_method(job.cfg.method).task_problems(job.cfg.method_hp, names):
+            key = (job.label, job.cfg.dataset, problem)
+            problems[key] = problems.get(key, 0) + 1
+    return [f"{label} on {dataset} ({runs_phrase(n)}): {problem}" for (label, dataset, problem), n in problems.items()]
+
+
 def extended_problems(jobs: Sequence[Job]) -> list[str]:
     """One line per finished run that ``--extend-epochs`` took past its config: it no longer has this config's
     settings, so the config's table would not count it, while a sweep would skip it as done."""
@@ -110,6 +122,7 @@ def check(plan: Plan, launcher: Launcher, opts: LaunchOptions, *, skip_missing: 
     result.add("settings that do not resolve", plan.invalid)
     result.add("methods planned on a dataset with a number of modalities they do not support",
                modality_problems(pending))
+    result.add("method settings that do not fit the dataset's modalities", task_problems(pending))
     result.add("data missing (build it with augbench prepare, or point data.cache/data.cache_dir at it)",
                data_problems(pending))
     result.add("devices missing", launcher.device_problems(pending, opts))
