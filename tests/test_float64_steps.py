@@ -35,7 +35,7 @@ class Float32Watch(TorchFunctionMode):
 
 
 @pytest.mark.parametrize("cls", list(list_methods().values()), ids=lambda c: c.name)
-def test_method_steps_in_float64_without_float32_tensors(cls, tiny_bundle):
+def test_method_steps_and_predicts_in_float64_without_float32_tensors(cls, tiny_bundle):
     with float64_default():
         torch.manual_seed(0)
         method = build_with(cls, tiny_bundle)
@@ -43,17 +43,9 @@ def test_method_steps_in_float64_without_float32_tensors(cls, tiny_bundle):
         batch = first_batch64(tiny_bundle)
         with Float32Watch() as watch:
             logs = method.update(batch, StepInfo(1, 1, 2, 2))
-    assert watch.seen == [] and isinstance(logs["loss"], float)
-
-
-@pytest.mark.parametrize("cls", list(list_methods().values()), ids=lambda c: c.name)
-def test_method_predicts_in_float64_without_float32_tensors(cls, tiny_bundle):
-    # Predictions had been cast to float32 (``.float()``) in several methods.
-    with float64_default():
-        torch.manual_seed(0)
-        method = build_with(cls, tiny_bundle)
+        assert watch.seen == [] and isinstance(logs["loss"], float)
+        # Predictions had been cast to float32 (``.float()``) in several methods.
         method.eval()
-        batch = first_batch64(tiny_bundle)
         with Float32Watch() as watch:
             pred = method.predict(batch)
     assert watch.seen == []

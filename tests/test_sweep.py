@@ -57,6 +57,11 @@ CONFIGS = sorted(p for p in (ROOT / "benchmarks" / "configs").glob("*/*.yaml")
                  if p.parent.name in ("aug_neurips25", "balancebenchmark"))
 
 
+def one_epoch_defaults() -> dict:
+    """A sweep's ``defaults`` for runs that train for real: tiny model and data, one epoch."""
+    return {"model": dict(TINY_MODEL), "data": dict(TINY_DATA), "train": {**TINY_TRAIN, "epochs": 1}}
+
+
 def tiny_config(**extra) -> dict:
     doc = {"name": "test/tiny", "seeds": [0, 1], "protocol": "clean",
            "defaults": {"model": dict(TINY_MODEL), "train": dict(TINY_TRAIN), "data": dict(TINY_DATA)},
@@ -347,9 +352,7 @@ def test_slurm_launcher_job_spec_and_debug_execution(tmp_path, monkeypatch):
                  "--mem=16GB", "--account=acc", "--job-name=augbench-test", "--signal=USR2"):
         assert f"#SBATCH {flag}" in script, flag
 
-    config = parse_config(tiny_config(seeds=[0], methods={"joint": {}},
-                                      defaults={"model": dict(TINY_MODEL), "data": dict(TINY_DATA),
-                                                "train": {**TINY_TRAIN, "epochs": 1}}))
+    config = parse_config(tiny_config(seeds=[0], methods={"joint": {}}, defaults=one_epoch_defaults()))
     out = tmp_path / "out"
     jobs = expand(config, out)
     debug = make_executor(tmp_path / "submitit", SlurmOptions(), name="augbench-test", cluster="debug")
@@ -372,9 +375,7 @@ def _step_killing_sum_runs(task: tuple) -> tuple:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIGKILL")
 def test_pool_worker_killed_mid_run_fails_that_run_and_the_others_go_on(tmp_path, monkeypatch):
     monkeypatch.setattr("benchmarks.sweep.launchers._pool_step", _step_killing_sum_runs)
-    config = parse_config(tiny_config(seeds=[0], methods={"sum": {}, "joint": {}},
-                                      defaults={"model": dict(TINY_MODEL), "data": dict(TINY_DATA),
-                                                "train": {**TINY_TRAIN, "epochs": 1}}))
+    config = parse_config(tiny_config(seeds=[0], methods={"sum": {}, "joint": {}}, defaults=one_epoch_defaults()))
     jobs = expand(config, tmp_path / "out")
     lines, reports = [], []
     sweep = threading.Thread(target=lambda: reports.append(run_pool(jobs, workers=1, log=lines.append)), daemon=True)
@@ -389,9 +390,7 @@ def test_pool_worker_killed_mid_run_fails_that_run_and_the_others_go_on(tmp_path
 
 def test_a_pool_run_that_fails_leaves_its_traceback_in_its_train_log(tmp_path):
     # The console shows one line; the traceback had been nowhere.
-    config = parse_config(tiny_config(seeds=[0], methods={"joint": {}},
-                                      defaults={"model": dict(TINY_MODEL), "data": dict(TINY_DATA),
-                                                "train": {**TINY_TRAIN, "epochs": 1}}))
+    config = parse_config(tiny_config(seeds=[0], methods={"joint": {}}, defaults=one_epoch_defaults()))
     (job,) = expand(config, tmp_path / "out")
     job.write_files()
     (job.run_dir / "checkpoint.pt").write_bytes(b"cut short")
@@ -403,9 +402,7 @@ def test_a_pool_run_that_fails_leaves_its_traceback_in_its_train_log(tmp_path):
 
 
 def test_a_run_another_process_holds_fails_clearly_and_is_left_untouched(tmp_path):
-    config = parse_config(tiny_config(seeds=[0], methods={"joint": {}},
-                                      defaults={"model": dict(TINY_MODEL), "data": dict(TINY_DATA),
-                                                "train": {**TINY_TRAIN, "epochs": 1}}))
+    config = parse_config(tiny_config(seeds=[0], methods={"joint": {}}, defaults=one_epoch_defaults()))
     (job,) = expand(config, tmp_path / "out")
     job.write_files()
     lines = []
@@ -699,7 +696,7 @@ def test_a_slurm_task_trains_its_run_with_the_sweeps_wandb_settings_and_requeues
 
 
 def test_a_finished_run_another_sweep_filed_keeps_its_row_there(tmp_path):
-    defaults = {"model": dict(TINY_MODEL), "data": dict(TINY_DATA), "train": {**TINY_TRAIN, "epochs": 1}}
+    defaults = one_epoch_defaults()
     out = tmp_path / "out"
     (first,) = expand(parse_config(tiny_config(name="test/a", seeds=[0], methods={"joint": {}}, defaults=defaults)),
                       out)
@@ -715,7 +712,7 @@ def test_a_finished_run_another_sweep_filed_keeps_its_row_there(tmp_path):
 
 
 def test_renaming_a_row_moves_its_finished_runs_with_it(tmp_path):
-    defaults = {"model": dict(TINY_MODEL), "data": dict(TINY_DATA), "train": {**TINY_TRAIN, "epochs": 1}}
+    defaults = one_epoch_defaults()
     out = tmp_path / "out"
     (first,) = expand(parse_config(tiny_config(seeds=[0], methods={"joint": {}}, defaults=defaults)), out)
     assert not run_pool([first], workers=1, log=lambda line: None).failed
@@ -730,7 +727,7 @@ def test_renaming_a_row_moves_its_finished_runs_with_it(tmp_path):
 
 
 def test_table_without_config_reports_the_protocol_the_sweep_recorded(tmp_path, capsys):
-    defaults = {"model": dict(TINY_MODEL), "data": dict(TINY_DATA), "train": {**TINY_TRAIN, "epochs": 1}}
+    defaults = one_epoch_defaults()
     out = tmp_path / "out"
     jobs = expand(parse_config(tiny_config(seeds=[0], methods={"joint": {}}, protocol="last", defaults=defaults)), out)
     assert not run_pool(jobs, workers=1, log=lambda line: None).failed
