@@ -143,9 +143,9 @@ _VARIANTS = {"official_compat": {"backbone": "compress"}}
 class PMR(FusionMethod):
     name = "pmr"
     title = "PMR"
-    # Approximate: the weaker modality is picked per rank from its slice; the first prototypes come from each rank's
-    # own shard (used through epoch 0), later ones from rank 0's after the runner's epoch-end broadcast.
-    DATA_PARALLEL = "approximate"
+    # The first prototypes come from each rank's own shard (used through epoch 0), later ones from rank 0's after the
+    # runner's epoch-end broadcast.
+    DATA_PARALLEL = "approximate"  # weaker modality picked per rank from its slice; prototypes per rank, see above
     PAPER = ('Fan, Xu, Wang, Wang, Guo, "PMR: Prototypical Modal Rebalance for Multimodal Learning", CVPR 2023, '
              'arXiv 2211.07089')
     CODE = 'GitHub fanyunfeng-bit/Modal-Imbalance-PMR, main_Prototype_grad.py, train_epoch / calculate_prototype'
