@@ -24,7 +24,6 @@ import signal
 import subprocess
 import sys
 import time
-import traceback
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -32,11 +31,10 @@ from typing import Any, Callable, Sequence
 
 from benchmarks.data_identity import check_finished_runs
 from benchmarks.records import runs_phrase
-from benchmarks.run_folder import RunBusyError
 from benchmarks.sweep.expand import Job, write_sweep_record
 from benchmarks.sweep.slurm import SlurmOptions, make_executor, run_slurm, slurm_unavailable
 from benchmarks.sweep.spec import SweepConfig
-from benchmarks.sweep.worker import run_job, worker_command
+from benchmarks.sweep.worker import run_job_logged, worker_command
 
 Log = Callable[[str], None]
 
@@ -222,19 +220,13 @@ def _pool_init(threads: int) -> None:
 
 
 def _pool_step(task: tuple[str, str, str | None]) -> tuple[str, int, float, str]:
-    """``run_job`` inside a pool worker; returns (name, status, seconds, error)."""
+    """``run_job_logged`` inside a pool worker; returns (name, status, seconds, error)."""
     run_dir, wandb_mode, wandb_group = Path(task[0]), task[1], task[2]
     start = time.monotonic()
-    with open(run_dir / "train.log", "a") as logfile:
-        try:
-            run_job(run_dir, wandb_mode=wandb_mode, wandb_group=wandb_group,
-                    log=lambda line: print(line, file=logfile, flush=True))
-        except Exception as err:  # reported per run, so one failing method does not stop the sweep
-            # The traceback goes where the local launcher's runs leave theirs (the console gets one line), unless
-            # the folder is another process's: its log is not this attempt's.
-            if not isinstance(err, RunBusyError):
-                traceback.print_exc(file=logfile)
-            return run_dir.name, 1, time.monotonic() - start, f"{type(err).__name__}: {err}"
+    try:
+        run_job_logged(run_dir, wandb_mode=wandb_mode, wandb_group=wandb_group)
+    except Exception as err:  # reported per run (one line; the traceback is in train.log), so the sweep goes on
+        return run_dir.name, 1, time.monotonic() - start, f"{type(err).__name__}: {err}"
     return run_dir.name, 0, time.monotonic() - start, ""
 
 

@@ -7,13 +7,11 @@ Submitted job ids go to ``OUT/slurm_jobs.json``; a restart skips runs whose job 
 from __future__ import annotations
 
 import shutil
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from benchmarks.records import read_json, write_json
-from benchmarks.run_folder import RunBusyError
 from benchmarks.sweep.expand import Job, write_sweep_record
 from benchmarks.sweep.spec import SweepConfig
 from core.distributed import env_world
@@ -106,26 +104,14 @@ class TrainJob:
         self.gpus_per_run = gpus_per_run
 
     def __call__(self) -> str:
-        from benchmarks.sweep.worker import run_job
+        from benchmarks.sweep.worker import run_job, run_job_logged
 
         if self.gpus_per_run > 1:
             _submitit().helpers.TorchDistributedEnvironment().export()
-        if env_world()[0] != 0:  # rank 0 logs for the run, as under torchrun
+        if env_world()[0] == 0:  # rank 0 logs for the run, as under torchrun; submitit's job log gets the lines too
+            run_job_logged(self.run_dir, wandb_mode=self.wandb_mode, wandb_group=self.wandb_group, echo=True)
+        else:
             run_job(self.run_dir, wandb_mode=self.wandb_mode, wandb_group=self.wandb_group)
-            return str(self.run_dir)
-        # The run's own train.log, as a local or pool sweep writes it; submitit's job log gets the same lines.
-        with open(self.run_dir / "train.log", "a") as logfile:
-            def log(line: str) -> None:
-                print(line, flush=True)
-                print(line, file=logfile, flush=True)
-
-            try:
-                run_job(self.run_dir, wandb_mode=self.wandb_mode, wandb_group=self.wandb_group, log=log)
-            except RunBusyError:  # the log is the other process's
-                raise
-            except Exception:
-                traceback.print_exc(file=logfile)
-                raise
         return str(self.run_dir)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:

@@ -11,12 +11,14 @@ array, or a restarted sweep and an orphaned rank of the killed one) never write 
 from __future__ import annotations
 
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
 from benchmarks.evaluate import evaluate_missing
 from benchmarks.records import read_yaml
 from benchmarks.run_folder import (
+    RunBusyError,
     build_from_sections,
     missing_evaluation_current,
     missing_result_file,
@@ -37,6 +39,27 @@ def run_job(run_dir: Path, *, wandb_mode: str = "disabled", wandb_group: str | N
     run_dir = Path(run_dir)
     with rank0_run_lock(run_dir):
         return _train_and_evaluate(run_dir, wandb_mode, wandb_group, log)
+
+
+def run_job_logged(run_dir: Path, *, wandb_mode: str = "disabled", wandb_group: str | None = None,
+                   echo: bool = False) -> dict[str, Any]:
+    """``run_job`` with its lines appended to the run's ``train.log`` (and printed too with ``echo``), and the
+    traceback of a failure there, as the local launcher's child leaves them (its output goes to that file); the
+    pool's workers and Slurm's jobs run this. A run another process holds leaves that process's log alone."""
+    run_dir = Path(run_dir)
+    with open(run_dir / "train.log", "a") as logfile:
+        def log(line: str) -> None:
+            if echo:
+                print(line, flush=True)
+            print(line, file=logfile, flush=True)
+
+        try:
+            return run_job(run_dir, wandb_mode=wandb_mode, wandb_group=wandb_group, log=log)
+        except RunBusyError:
+            raise
+        except Exception:
+            traceback.print_exc(file=logfile)
+            raise
 
 
 def _train_and_evaluate(run_dir: Path, wandb_mode: str, wandb_group: str | None,
