@@ -68,6 +68,8 @@ def _weights_problem(weights: list, modalities: tuple[str, ...]) -> str | None:
     if weights and (len(weights) != len(modalities) or not all(isinstance(w, (int, float)) for w in weights)):
         return f"aug.fusion_weights={weights!r} needs one number per modality {list(modalities)}"
     return None
+
+
 ACCUMULATORS = ("score_sum", "loss_sum", "ce_sum")
 
 

@@ -90,6 +90,6 @@ class MMCosine(FusionMethod):
             return Prediction(z, z_uni)
         with self.ctx.autocast():
             h = self.model.features(self.inputs(batch))
-            z = self.model.head.fc(torch.cat([h[m] for m in self.model.head.names], dim=1))
+            z, _ = self.model.head(h)
             z_uni = cosine_logits(h, self.model.head.fc.weight, self.model.head.bounds, self.hp.scale)
         return Prediction(loss_precision(z), {m: loss_precision(v) for m, v in z_uni.items()})

@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from baselines.registry import list_methods
 from benchmarks.data_identity import SAME_DATA_HINT, recorded_identity
-from benchmarks.records import DamagedFileError, read_config_yaml, read_json, read_yaml, runs_phrase
+from benchmarks.records import DamagedFileError, listed, read_config_yaml, read_json, read_yaml, runs_phrase
 from benchmarks.run_folder import (
     MISSING_RESULT,
     missing_result_problem,
@@ -470,10 +470,9 @@ def check_one_config_per_row(runs: Iterable[tuple[str, str, int, Path, Mapping[s
             differ = [] if other is None else sorted(
                 k for k in (first.keys() | other.keys()) - {"world_size"} if first.get(k) != other.get(k))
             if differ:
-                shown = ", ".join(f"{k} {first.get(k)!r} vs {other.get(k)!r}" for k in differ[:4])
-                more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
+                shown = listed([f"{k} {first.get(k)!r} vs {other.get(k)!r}" for k in differ], 4)
                 raise MixedRunsError(f"row {label!r} on {dataset} would average runs of different configs: "
-                                     f"{first_dir} and {run_dir} differ in {shown}{more}. {hint}")
+                                     f"{first_dir} and {run_dir} differ in {shown}. {hint}")
             if seed in seen:
                 raise MixedRunsError(f"row {label!r} on {dataset} has seed {seed} twice: {seen[seed]} and "
                                      f"{run_dir}. {hint}")

@@ -61,9 +61,9 @@ DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo" / "av_digits.
 FIRST_ROWS = ("unimodal_audio", "unimodal_visual", "joint", "sum", "weight", "film", "gated", "uniform")
 
 
-# Every top-level key of the demo config (its profiles may set any of the first ten); a misspelt one was kept unread.
-DEMO_KEYS = ("name", "title", "protocol", "command", "seeds", "generate", "prepare", "defaults", "rows", "schedule",
-             "targets", "profiles")
+# The demo config's top-level keys (a misspelt one was kept unread); its profiles may set the first ones.
+PROFILE_KEYS = ("name", "title", "protocol", "command", "seeds", "generate", "prepare", "defaults", "rows", "schedule")
+DEMO_KEYS = (*PROFILE_KEYS, "targets", "profiles")
 
 
 def check_demo_config(doc: Any, path: Path) -> None:
@@ -75,7 +75,7 @@ def check_demo_config(doc: Any, path: Path) -> None:
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {unknown}; the demo config has {list(DEMO_KEYS)}")
     for name, over in (doc.get("profiles") or {}).items():
-        extra = sorted(set(over) - set(DEMO_KEYS[:10]))
+        extra = sorted(set(over) - set(PROFILE_KEYS))
         if extra:
             raise ValueError(f"{path}: profiles.{name}: unknown key(s) {extra}")
     methods = set(list_methods())

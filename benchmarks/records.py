@@ -14,7 +14,7 @@ import re
 import sys
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, Sequence
 
 import yaml
 
@@ -244,6 +244,12 @@ def runs_phrase(n: int) -> str:
 def wandb_project() -> str:
     """``WANDB_PROJECT`` (which wandb itself reads, so a user's setting must not be overridden), else ``augbench``."""
     return os.environ.get("WANDB_PROJECT") or "augbench"
+
+
+def listed(items: Sequence[str], shown: int, sep: str = ", ") -> str:
+    """The first ``shown`` of ``items`` joined with ``sep``, then "and N more" for the rest."""
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return sep.join(items[:shown]) + more
 
 
 def one_line(err: Exception) -> str:

@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 
 from benchmarks.cli import UsageError
 from benchmarks.commands import nonnegative_int, positive_int
-from benchmarks.records import WANDB_MODES, resolve_wandb_mode
+from benchmarks.records import WANDB_MODES, listed, resolve_wandb_mode
 from benchmarks.sweep import (
     LAUNCHERS,
     Job,
@@ -165,9 +165,8 @@ def _run(args: argparse.Namespace) -> int:
     opts.wandb_mode = resolve_wandb_mode(args.wandb)
     opts.wandb_group = args.wandb_group or config.name
     report = launcher.start(cells.jobs, out, config, opts, print)
-    failed = sorted(report.failed)
-    # The names again at the end: each run's FAILED line has scrolled away in a long sweep.
-    named = f": {', '.join(failed[:10])}{f' and {len(failed) - 10} more' if len(failed) > 10 else ''} (each run's " \
-            "train.log has why)" if failed else ""
-    print(f"{len(report.launched)} launched, {len(report.skipped)} already finished, {len(failed)} failed{named}")
+    # The failed runs named again at the end: each run's FAILED line has scrolled away in a long sweep.
+    named = f": {listed(sorted(report.failed), 10)} (each run's train.log has why)" if report.failed else ""
+    print(f"{len(report.launched)} launched, {len(report.skipped)} already finished, {len(report.failed)} "
+          f"failed{named}")
     return 1 if report.failed else 0

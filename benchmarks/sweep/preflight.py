@@ -93,27 +93,27 @@ def task_problems(jobs: Sequence[Job]) -> list[str]:
     return [f"{label} on {dataset} ({runs_phrase(n)}): {problem}" for (label, dataset, problem), n in problems.items()]
 
 
-def extended_problems(jobs: Sequence[Job]) -> list[str]:
+def extended_problems(finished: Sequence[Job]) -> list[str]:
     """One line per finished run that ``--extend-epochs`` took past its config: it no longer has this config's
     settings, so the config's table would not count it, while a sweep would skip it as done."""
     out = []
-    for job in jobs:
-        if job.state() == "done":
-            try:
-                extensions = read_extensions(job.run_dir)
-            except DamagedFileError as err:
-                out.append(str(err))
-                continue
-            if extensions:
-                out.append(f"{job.run_dir}: trained to {extensions[-1]['to_epochs']} epochs, the config plans "
-                           f"{job.cfg.train.epochs}")
+    for job in finished:
+        try:
+            extensions = read_extensions(job.run_dir)
+        except DamagedFileError as err:
+            out.append(str(err))
+            continue
+        if extensions:
+            out.append(f"{job.run_dir}: trained to {extensions[-1]['to_epochs']} epochs, the config plans "
+                       f"{job.cfg.train.epochs}")
     return out
 
 
 def check(plan: Plan, launcher: Launcher, opts: LaunchOptions, *, skip_missing: bool = False) -> Preflight:
     """Every problem that would make a run of ``plan`` fail or be left out unasked, grouped by kind."""
     result = Preflight()
-    pending = [job for job in plan.jobs if job.state() != "done"]
+    done = {job.name for job in plan.jobs if job.state() == "done"}
+    pending = [job for job in plan.jobs if job.name not in done]
     if not skip_missing:
         names = [f"method(s) {plan.unregistered_methods}"] if plan.unregistered_methods else []
         names += [f"dataset(s) {plan.unregistered_datasets}"] if plan.unregistered_datasets else []
@@ -128,5 +128,5 @@ def check(plan: Plan, launcher: Launcher, opts: LaunchOptions, *, skip_missing: 
     result.add("devices missing", launcher.device_problems(pending, opts))
     result.add("finished runs extended with --extend-epochs past this config (its table does not count them; move "
                "them out of the sweep's folder to train them again as planned, or give the sweep another --out)",
-               extended_problems(plan.jobs))
+               extended_problems([job for job in plan.jobs if job.name in done]))
     return result

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from benchmarks.records import read_json, write_json
+from benchmarks.records import listed, read_json, write_json
 from benchmarks.sweep.expand import Job, write_sweep_record
 from benchmarks.sweep.spec import SweepConfig
 from core.distributed import env_world
@@ -136,11 +136,10 @@ def _active_slurm_jobs(record: Mapping[str, str], folder: Path, log: Callable[[s
             "with squeue/sacct, then use --resubmit to submit them anyway")
     ended = sorted(run for run, state in states.items() if state in FINISHED_SLURM_STATES and state != "PREEMPTED")
     if ended:
-        shown = "; ".join(f"{run} (job {record[run]}: {states[run]}, log {folder / f'{record[run]}_0_log.err'})"
-                          for run in ended[:SHOWN_ENDED])
-        more = f"; and {len(ended) - SHOWN_ENDED} more" if len(ended) > SHOWN_ENDED else ""
+        named = [f"{run} (job {record[run]}: {states[run]}, log {folder / f'{record[run]}_0_log.err'})"
+                 for run in ended]
         log(f"{len(ended)} run(s) whose last Slurm job ended without finishing the run, submitted again: "
-            f"{shown}{more}")
+            f"{listed(named, SHOWN_ENDED, '; ')}")
     return {run for run, state in states.items() if state not in FINISHED_SLURM_STATES}
 
 
@@ -156,7 +155,7 @@ def run_slurm(jobs: Sequence[Job], executor: Any, *, out: Path, config: SweepCon
     record: dict[str, str] = read_json(record_path, default={}, remedy=(
         "it records each submitted run's Slurm job: restore it, or delete it once squeue shows none of this sweep's "
         "jobs (else runs still queued or running are submitted again)"))
-    pending = [job for job in jobs if job.state() != "done"]
+    unfinished = pending = [job for job in jobs if job.state() != "done"]
     if record and not resubmit:
         active = _active_slurm_jobs({j.name: record[j.name] for j in pending if j.name in record},
                                     Path(executor.folder), log)
@@ -164,9 +163,8 @@ def run_slurm(jobs: Sequence[Job], executor: Any, *, out: Path, config: SweepCon
             log(f"{len(active)} run(s) may still be queued or running on Slurm; not submitted again (--resubmit to "
                 "force)")
         pending = [job for job in pending if job.name not in active]
-    unfinished = sum(job.state() != "done" for job in jobs)
-    log(f"{len(jobs)} runs: {len(jobs) - unfinished} finished, {unfinished - len(pending)} active, submitting "
-        f"{len(pending)}")
+    log(f"{len(jobs)} runs: {len(jobs) - len(unfinished)} finished, {len(unfinished) - len(pending)} active, "
+        f"submitting {len(pending)}")
     submitted = []
     if pending:
         with executor.batch():
