@@ -87,10 +87,11 @@ def rank0_run_lock(run_dir: Path) -> Iterator[None]:
 
 
 def missing_result_problem(summary: Mapping[str, Any], result: Mapping[str, Any], *, split: str | None = None,
-                           seed: int | None = None, rates: Sequence[float] | None = None) -> str | None:
+                           seed: int | None = None, rates: Sequence[float] | None = None,
+                           batch_size: int | None = None) -> str | None:
     """Why ``result`` (a run's ``missing_modality.json``) does not describe the run whose ``summary.json`` is
-    ``summary``, or the evaluation asked for (``split``, ``seed``, ``rates`` where given); None when it does. It must
-    have evaluated the final checkpoint: a run extended after its evaluation has a newer one."""
+    ``summary``, or the evaluation asked for (``split``, ``seed``, ``rates``, ``batch_size`` where given); None when
+    it does. It must have evaluated the final checkpoint: a run extended after its evaluation has a newer one."""
     final, evaluated = summary["protocols"]["last"]["epoch"], result.get("checkpoint_epoch")
     if evaluated != final:
         return (f"it evaluated the checkpoint of epoch {evaluated}, but the run's final epoch is {final} (the run was "
@@ -99,6 +100,9 @@ def missing_result_problem(summary: Mapping[str, Any], result: Mapping[str, Any]
         return f"it evaluated the {result.get('split')!r} split, not {split!r}"
     if seed is not None and result.get("seed") != seed:
         return f"its missing-modality seed is {result.get('seed')}, not {seed}"
+    if batch_size is not None and result.get("batch_size") != batch_size:
+        # A method whose prediction looks at its batch (MLA's entropy gate) scores otherwise at another size.
+        return f"it evaluated in batches of {result.get('batch_size')}, not {batch_size}"
     found = sorted(float(row["rate"]) for row in result.get("rates", []))
     if rates is not None and found != sorted(float(r) for r in rates):
         return f"it holds the rates {found}, not {sorted(float(r) for r in rates)}"
@@ -110,11 +114,14 @@ def missing_result_file(split: str) -> str:
     return MISSING_RESULT if split == "test" else f"missing_modality-{split}.json"
 
 
-def missing_evaluation_current(run_dir: Path, *, split: str, seed: int, rates: Sequence[float]) -> bool:
-    """Whether ``run_dir`` holds the missing-modality evaluation of its final checkpoint with these settings."""
+def missing_evaluation_current(run_dir: Path, *, split: str, seed: int, rates: Sequence[float],
+                               batch_size: int) -> bool:
+    """Whether ``run_dir`` holds the missing-modality evaluation of its final checkpoint with these settings (a
+    sweep's, at the run's ``train.eval_batch_size``; one made by hand with another ``--batch-size`` is made again)."""
     result = read_json(Path(run_dir) / missing_result_file(split), default=None)
     return result is not None and missing_result_problem(read_json(Path(run_dir) / "summary.json"), result,
-                                                         split=split, seed=seed, rates=rates) is None
+                                                         split=split, seed=seed, rates=rates,
+                                                         batch_size=batch_size) is None
 
 
 def config_sections(as_dict: Mapping[str, Any]) -> dict[str, Any]:

@@ -29,8 +29,11 @@ from benchmarks.run_folder import (
 )
 from benchmarks.runner import build_data, train_run
 from benchmarks.sweep.spec import EvaluateSpec, SweepConfigError
-from tests.conftest import interrupted_run, tiny_overrides
+from tests.conftest import TINY_TRAIN, interrupted_run, tiny_overrides
 from tests.numeric import approx
+
+# The runs' own evaluation batch size, at which a sweep's missing-modality evaluation is made.
+EVAL_BATCH = TINY_TRAIN["eval_batch_size"]
 
 
 def test_missing_plan_is_seeded_nested_and_loses_one_modality_per_sample():
@@ -98,18 +101,24 @@ def test_extending_a_run_drops_its_missing_modality_result_and_a_stale_one_is_no
     run_dir = tmp_path / "run"
     train_run(build_config("joint", "synthetic", tiny_overrides()), run_dir, log=lambda msg: None)
     evaluate_missing(run_dir, [0.0])
-    assert missing_evaluation_current(run_dir, split="test", seed=0, rates=[0.0])
-    assert not missing_evaluation_current(run_dir, split="val", seed=0, rates=[0.0])
-    assert not missing_evaluation_current(run_dir, split="test", seed=1, rates=[0.0])
-    assert not missing_evaluation_current(run_dir, split="test", seed=0, rates=[0.0, 0.5])
+    assert missing_evaluation_current(run_dir, batch_size=EVAL_BATCH, split="test", seed=0, rates=[0.0])
+    assert not missing_evaluation_current(run_dir, batch_size=EVAL_BATCH, split="val", seed=0, rates=[0.0])
+    assert not missing_evaluation_current(run_dir, batch_size=EVAL_BATCH, split="test", seed=1, rates=[0.0])
+    assert not missing_evaluation_current(run_dir, batch_size=EVAL_BATCH, split="test", seed=0, rates=[0.0, 0.5])
     old = (run_dir / MISSING_RESULT).read_text()
+    # Made by hand at another batch size: MLA's gate scores per batch, so the sweep's own evaluation is made again.
+    evaluate_missing(run_dir, [0.0], batch_size=3)
+    assert not missing_evaluation_current(run_dir, batch_size=EVAL_BATCH, split="test", seed=0, rates=[0.0])
+    (run_dir / MISSING_RESULT).write_text(old)
+    assert missing_evaluation_current(run_dir, batch_size=EVAL_BATCH, split="test", seed=0, rates=[0.0])
     longer = tiny_overrides()
     longer["train"]["epochs"] += 1
     train_run(build_config("joint", "synthetic", longer), run_dir, resume=True, extend_epochs=True,
               log=lambda msg: None)
     assert not (run_dir / MISSING_RESULT).exists(), "it described the old final checkpoint"
     (run_dir / MISSING_RESULT).write_text(old)  # a run extended before the file was dropped on extension
-    assert not missing_evaluation_current(run_dir, split="test", seed=0, rates=[0.0]), "a sweep evaluates it again"
+    assert not missing_evaluation_current(run_dir, batch_size=EVAL_BATCH, split="test", seed=0, rates=[0.0]), \
+        "a sweep evaluates it again"
 
 
 def test_a_split_the_run_does_not_serve_is_refused_naming_the_run_and_split(tmp_path):
@@ -154,8 +163,8 @@ def test_another_splits_result_has_its_own_file_and_keeps_the_test_result(tmp_pa
     assert json.loads((run_dir / missing_result_file("val")).read_text())["split"] == "val"
     train_result = evaluate_missing(run_dir, [0.5], split="train")
     assert train_result["n"] == 64 and train_result["reference_last_epoch_acc"] is None, "training records no train acc"
-    assert missing_evaluation_current(run_dir, split="test", seed=0, rates=[0.5])
-    assert missing_evaluation_current(run_dir, split="val", seed=0, rates=[0.5])
+    assert missing_evaluation_current(run_dir, batch_size=EVAL_BATCH, split="test", seed=0, rates=[0.5])
+    assert missing_evaluation_current(run_dir, batch_size=EVAL_BATCH, split="val", seed=0, rates=[0.5])
     longer = tiny_overrides()
     longer["train"]["epochs"] += 1
     train_run(build_config("joint", "synthetic", longer), run_dir, resume=True, extend_epochs=True,

@@ -762,9 +762,10 @@ def test_a_follow_up_evaluation_counts_only_with_the_sweeps_split_seed_and_rates
     job.run_dir.mkdir(parents=True)
     (job.run_dir / "DONE").write_text("")
     (job.run_dir / "summary.json").write_text(json.dumps({"protocols": {"last": {"epoch": 2}}}))
-    result = {"checkpoint_epoch": 2, "split": "val", "seed": 1, "rates": [{"rate": 0.0}, {"rate": 0.5}]}
+    result = {"checkpoint_epoch": 2, "split": "val", "seed": 1, "rates": [{"rate": 0.0}, {"rate": 0.5}],
+              "batch_size": job.cfg.train.eval_batch_size}
     for change, state in (({}, "done"), ({"seed": 0}, "evaluate"), ({"rates": [{"rate": 0.0}]}, "evaluate"),
-                          ({"checkpoint_epoch": 1}, "evaluate")):
+                          ({"checkpoint_epoch": 1}, "evaluate"), ({"batch_size": 3}, "evaluate")):
         (job.run_dir / "missing_modality-val.json").write_text(json.dumps({**result, **change}))
         assert job.state() == state, change
 

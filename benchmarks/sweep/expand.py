@@ -47,8 +47,9 @@ class Job:
     def state(self) -> str:
         """``done`` (finished, follow-ups too), ``evaluate`` (trained, follow-up missing), ``resume`` or ``new``."""
         if (self.run_dir / "DONE").exists() and (self.run_dir / "summary.json").exists():
-            if self.evaluate and not missing_evaluation_current(self.run_dir, split=self.evaluate.split,
-                                                                seed=self.evaluate.seed, rates=self.evaluate.missing):
+            if self.evaluate and not missing_evaluation_current(
+                    self.run_dir, split=self.evaluate.split, seed=self.evaluate.seed, rates=self.evaluate.missing,
+                    batch_size=self.cfg.train.eval_batch_size):
                 return "evaluate"
             return "done"
         return "resume" if (self.run_dir / CHECKPOINT).exists() else "new"

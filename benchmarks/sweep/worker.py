@@ -69,7 +69,8 @@ def _train_and_evaluate(run_dir: Path, wandb_mode: str, wandb_group: str | None,
     wanted = read_job_file(run_dir).get("evaluate")
     if wanted and env_world()[0] == 0:
         spec = EvaluateSpec.from_dict(wanted, f"{run_dir / 'job.json'}: evaluate")
-        if not missing_evaluation_current(run_dir, split=spec.split, seed=spec.seed, rates=spec.missing):
+        if not missing_evaluation_current(run_dir, split=spec.split, seed=spec.seed, rates=spec.missing,
+                                          batch_size=cfg.train.eval_batch_size):
             evaluate_missing(run_dir, spec.missing, split=spec.split, seed=spec.seed)
             log(f"wrote {run_dir / missing_result_file(spec.split)}")
     return summary
