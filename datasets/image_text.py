@@ -119,10 +119,27 @@ TOMBERT_HEADERS = (("index", "#1 label", "#2 imageid", "#3 string", "#3 string")
                    ("index", "#1 imageid", "#2 string", "#2 string"))
 
 
-def parse_tombert_tsv(path: Path, *, strict: bool = True) -> ParsedList:
+# How a TomBERT row becomes one text (the ``tombert_text`` prepare setting).
+TOMBERT_TEXTS = ("pair", "substituted")
+
+
+def tombert_text(sentence: str, target: str, how: str) -> str:
+    """``pair``: TomBERT's own input (run_multimodal_classifier.py: text_a is the sentence with its ``$T$``
+    placeholder, text_b the target), written ``sentence [SEP] target`` so that the tokenizer keeps [SEP] as one token
+    and, with special tokens, gives TomBERT's ``[CLS] a [SEP] b [SEP]`` ids. ``substituted``: the target written into
+    the sentence and not kept, so the rows of one tweet (one per target, often with different labels) share one
+    text."""
+    if how == "pair":
+        return f"{sentence} [SEP] {target}"
+    if how == "substituted":
+        return sentence.replace("$T$", target)
+    raise ValueError(f"tombert_text={how!r} is not one of {list(TOMBERT_TEXTS)}")
+
+
+def parse_tombert_tsv(path: Path, *, strict: bool = True, text: str = "pair") -> ParsedList:
     """The TomBERT Twitter-2015 release: rows ``index  label  ImageID  sentence  target`` under one of
-    ``TOMBERT_HEADERS``; the sentence holds the ``$T$`` target placeholder. Our conversion (AMSS's is not published):
-    one sample per row, text = sentence with ``$T$`` replaced by the target, id = ``index``."""
+    ``TOMBERT_HEADERS``; the sentence holds the ``$T$`` target placeholder. One sample per row, id = ``index``, its
+    text made by ``tombert_text`` (AMSS's conversion to its single String column is not published)."""
     header, rows, out = read_table(path, "\t")
     if tuple(h.lower() for h in header) not in TOMBERT_HEADERS:
         raise SplitParseError(f"{path}: header {header} is not a TomBERT one: "
@@ -136,12 +153,21 @@ def parse_tombert_tsv(path: Path, *, strict: bool = True) -> ParsedList:
                 raise SplitParseError("the sentence has no $T$ target placeholder")
             if not sid or not label or not image:
                 raise SplitParseError("empty index, label or ImageID")
-            out.rows.append(SplitRow(sid, label, number, (sentence.replace("$T$", target), image)))
+            out.rows.append(SplitRow(sid, label, number, (tombert_text(sentence, target, text), image)))
         except SplitParseError as err:
             if strict:
                 raise SplitParseError(f"{path}:{number}: {err}") from None
             out.skipped.append((number, "\t".join(fields), str(err)))
     return out
+
+
+def conflicting_rows(samples: Sequence[Sample]) -> int:
+    """How many samples share their (text, image) input with a sample of another label: no model can score them all,
+    which a reader of the split's accuracy needs to know (Twitter-2015 read target-agnostically)."""
+    labels: dict[tuple, set[int]] = {}
+    for sample in samples:
+        labels.setdefault(sample.row.fields, set()).add(sample.label)
+    return sum(len(labels[sample.row.fields]) > 1 for sample in samples)
 
 
 def tsv_format(path: Path) -> str:
@@ -271,7 +297,13 @@ AMSS_SETTINGS = image_text_settings(
     special_tokens=False, special_doc="Add [CLS]/[SEP]; AMSS does not (tokenize -> convert_tokens_to_ids).",
     clean=False, clean_doc="Strip RT/URLs/'#' (BalanceBenchmark's Food-101 cleaning); AMSS does not.",
     image_size=224, image_doc="Stored S x S image: AMSS transforms.Resize((224, 224)) for train and test.",
-)
+) + (HParam("tombert_text", "pair",
+            "Text of a TomBERT-release row (Twitter-2015's published files): 'pair' = TomBERT's input, the sentence "
+            "with its $T$ placeholder, [SEP], the target (run_multimodal_classifier.py), so each target of a tweet "
+            "is its own input; 'substituted' = the target written into the sentence and dropped, a target-agnostic "
+            "task whose rows of one tweet share one input (on the release, 24% of test rows share theirs with a row "
+            "of another label). AMSS's own conversion is not published; AMSS-format files are read as they are.",
+            choices=TOMBERT_TEXTS),)
 
 
 class ImageTextDataset(PreparedDataset):
@@ -355,8 +387,8 @@ class TsvImageTextDataset(ImageTextDataset):
             if name not in files:
                 continue
             formats[name] = tsv_format(files[name])
-            parser = parse_tombert_tsv if formats[name] == "tombert" else parse_amss_tsv
-            parsed = parser(files[name], strict=False)
+            parsed = (parse_tombert_tsv(files[name], strict=False, text=settings.tombert_text)
+                      if formats[name] == "tombert" else parse_amss_tsv(files[name], strict=False))
             tables.dropped += malformed_rows(parsed, split)
             tables.add(parsed, split, label_name=indexed_label(cls.CLASSES), duplicates=opts.duplicates)
             skipped[name] = dict(Counter(reason for _, _, reason in parsed.skipped))
@@ -366,7 +398,8 @@ class TsvImageTextDataset(ImageTextDataset):
         # would sit on both sides, and validation would reward memorising it.
         tables.val_group = (lambda sample: sample.row.fields[1], "images")
         tables.info = {"label_map_source": "declared CLASSES; the files hold class indices", "formats": formats,
-                       "skipped_lines": skipped}
+                       "skipped_lines": skipped, "rows_sharing_input_with_another_label": {
+                           split: conflicting_rows(samples) for split, samples in tables.splits.items()}}
         return tables
 
     @classmethod

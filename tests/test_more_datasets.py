@@ -18,7 +18,7 @@ import torch
 from benchmarks.cli import main
 from benchmarks.config import build_config
 from benchmarks.runner import train_run
-from core.hparams import resolve
+from core.hparams import HParamError, resolve
 from datasets.cache import open_cache
 from datasets.food101 import CLASSES as FOOD_CLASSES
 from datasets.food101 import Food101, parse_titles_csv
@@ -160,10 +160,11 @@ def test_the_tombert_test_file_whose_header_omits_the_label_column_is_read_by_po
     files = {name: write_lines(tmp_path / name, [header, *rows])
              for name, header in (("train.tsv", full), ("dev.tsv", full), ("test.tsv", short))}
     assert tsv_format(files["test.tsv"]) == "tombert"
-    tables = Twitter2015.read_splits(files, tmp_path, PrepareOptions(), None)
+    tables = Twitter2015.read_splits(files, tmp_path, PrepareOptions(), twitter_settings(tmp_path))
     test = tables.splits["test"]
     assert [(s.label, s.row.fields) for s in test] == [
-        (1, ("Practice one , follow Oklahoma !", "74960.jpg")), (2, ("Lydia is a contender", "1739565.jpg"))]
+        (1, ("Practice one , follow $T$ ! [SEP] Oklahoma", "74960.jpg")),
+        (2, ("$T$ is a contender [SEP] Lydia", "1739565.jpg"))]
     write_lines(files["test.tsv"], ["index\t#1 ImageID\t#2 String", *rows])
     with pytest.raises(SplitParseError, match="is not a TomBERT one"):
         parse_tombert_tsv(files["test.tsv"])
@@ -179,15 +180,41 @@ def test_a_unicode_line_separator_inside_a_field_keeps_the_row_whole(tmp_path, i
         ("1", 2, (f"great day{inside}see you", "1.jpg")), ("0", 3, ("plain", "2.jpg"))]
 
 
-def test_tombert_tsv_puts_the_target_into_the_sentence(tmp_path):
+def test_tombert_rows_keep_their_target_as_tombert_feeds_it_or_write_it_into_the_sentence(tmp_path):
     header = "index\t#1 Label\t#2 ImageID\t#3 String\t#3 String"
     path = write_lines(tmp_path / "dev.tsv", [header, "12\t2\t55.jpg\t$T$ wins the cup\tRT Madrid",
                                               "13\t1\t56.jpg\tno placeholder\tX"])
     parsed = parse_tombert_tsv(path, strict=False)
-    assert [(r.id, r.label, r.fields) for r in parsed.rows] == [("12", "2", ("RT Madrid wins the cup", "55.jpg"))]
+    assert [(r.id, r.label, r.fields) for r in parsed.rows] == [("12", "2", ("$T$ wins the cup [SEP] RT Madrid",
+                                                                              "55.jpg"))]
+    assert [r.fields for r in parse_tombert_tsv(path, strict=False, text="substituted").rows] == [
+        ("RT Madrid wins the cup", "55.jpg")]
     assert parsed.skipped[-1][0] == 3 and "$T$" in parsed.skipped[-1][2]
     with pytest.raises(SplitParseError, match="dev.tsv:3"):
         parse_tombert_tsv(path)
+
+
+def twitter_settings(raw: Path, **overrides):
+    return Twitter2015.resolve_settings("amss", overrides, PrepareOptions(), raw)
+
+
+def test_tombert_rows_of_one_tweet_with_other_labels_share_one_input_only_when_the_target_is_dropped(tmp_path):
+    # Twitter-2015 has one row per target of a tweet; written into the sentence and dropped, the targets of the
+    # released train.tsv's lines 2-3 ("RT @ ltsChuckBass : Chuck Bass is everything # MCM", labels 2 and 1) became
+    # one input with two labels: 24% of the test rows. The manifest counts such rows either way.
+    header = "index\t#1 Label\t#2 ImageID\t#3 String\t#3 String"
+    rows = ["1\t2\t1.jpg\tRT @ ltsChuckBass : $T$ is everything # MCM\tChuck Bass",
+            "2\t1\t1.jpg\tRT @ ltsChuckBass : Chuck Bass is everything # $T$\tMCM",
+            "3\t1\t2.jpg\t$T$ again\tX"]
+    files = {name: write_lines(tmp_path / name, [header, *rows]) for name in ("train.tsv", "test.tsv")}
+    pair = Twitter2015.read_splits(files, tmp_path, PrepareOptions(), twitter_settings(tmp_path))
+    assert pair.info["rows_sharing_input_with_another_label"] == {"train": 0, "test": 0}
+    dropped = Twitter2015.read_splits(files, tmp_path, PrepareOptions(),
+                                      twitter_settings(tmp_path, tombert_text="substituted"))
+    assert dropped.info["rows_sharing_input_with_another_label"] == {"train": 2, "test": 2}
+    assert len({s.row.fields for s in dropped.splits["test"][:2]}) == 1
+    with pytest.raises(HParamError, match="tombert_text='target' is not one of"):
+        twitter_settings(tmp_path, tombert_text="target")
 
 
 def test_long_texts_keep_their_first_tokens(vocab):
@@ -216,7 +243,11 @@ def test_twitter_cache_holds_amss_token_ids_and_resized_images(tmp_path, vocab, 
     assert cache.arrays["text"].dtype == np.int32 and cache.arrays["text"].shape == (21, 12)
     tokenizer = load_tokenizer(str(vocab))
     first = cache.splits["train"][0]
-    expected = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(class_text(0, 0)))
+    text = class_text(0, 0)
+    if fmt == "tombert":  # the sentence with its placeholder, [SEP], the target (TomBERT's input pair)
+        target = text.split()[2]
+        text = f"{text.replace(target, '$T$', 1)} [SEP] {target}"
+    expected = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(text))
     assert list(cache.arrays["text"][first][:len(expected)]) == expected, "AMSS: no [CLS]/[SEP]"
     assert 2 not in cache.arrays["text"][first] and cache.arrays["text"][first][len(expected):].sum() == 0
     assert list(cache.labels[cache.splits["train"]]) == tree.labels["train"]
@@ -466,12 +497,12 @@ def test_tombert_rows_are_stripped_checked_and_deduplicated_by_policy(tmp_path):
         " 3 \t 1 \t 3.jpg \t $T$ ok \t Y ", "4\t1\t4.jpg\t$T$ x\tZ\textra", "\t1\t5.jpg\t$T$\tW", "6\t1\t\t$T$\tW",
         "7\t3\t7.jpg\t$T$\tW"])
     test = write_lines(tmp_path / "test.tsv", ["index\t#1 ImageID\t#2 String\t#2 String", "9\t2\t9.jpg\t$T$\tV"])
-    parsed = parse_tombert_tsv(train, strict=False)
+    parsed = parse_tombert_tsv(train, strict=False, text="substituted")
     assert [(r.id, r.label, r.fields) for r in parsed.rows] == [
         ("1", "0", ("RT Madrid and RT Madrid again", "1.jpg")), ("1", "2", ("X wins", "2.jpg")),
         ("3", "1", ("Y ok", "3.jpg")), ("7", "3", ("W", "7.jpg"))]
     tables = Twitter2015.read_splits({"train.tsv": train, "test.tsv": test}, tmp_path,
-                                     PrepareOptions(duplicates="last"), None)
+                                     PrepareOptions(duplicates="last"), twitter_settings(tmp_path))
     assert [(s.id, s.label, s.where) for s in tables.splits["train"]] == [("1", 2, "train.tsv:4"),
                                                                           ("3", 1, "train.tsv:5")]
     # label 3 of three classes is an unknown label, not an IndexError; the blank line is no bad row
