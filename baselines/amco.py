@@ -84,7 +84,7 @@ def dependence_flags(z_uni: list[torch.Tensor], sigma: float,
 @register
 class AMCo(Method):
     name = "amco"
-    title = "AMCo"
+    title = "AMCo (BB)"
     DATA_PARALLEL = "exact"  # dependence flags from the all-reduced block mass; masks seeded per step
     PAPER = ('Ying Zhou et al., "Adaptive Mask Co-Optimization for Modal Dependence in Multimodal Learning", '
              'ICASSP 2023, doi 10.1109/ICASSP49357.2023.10096641')

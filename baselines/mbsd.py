@@ -53,7 +53,7 @@ def mbsd_terms(z_a: torch.Tensor, z_v: torch.Tensor, labels: torch.Tensor, kl_fo
 @register
 class MBSD(FusionMethod):
     name = "mbsd"
-    title = "MBSD"
+    title = "MBSD (BB)"
     DATA_PARALLEL = "exact"  # per-sample weights and batch-mean terms: global batch's gradients
     PAPER = 'MBSD as listed in BalanceBenchmark (arXiv 2502.10816); original paper not identified'
     CODE = 'BalanceBenchmark (GitHub GeWu-Lab/BalanceBenchmark @4909c17), balancemm/trainer/MBSD_trainer.py'

@@ -79,7 +79,7 @@ class Teacher(nn.Module):
 @register
 class UMT(FusionMethod):
     name = "umt"
-    title = "UMT"
+    title = "UMT (BB)"
     DATA_PARALLEL = "exact"  # teachers trained on every rank over the whole split in global batches
     PAPER = ('Chenzhuang Du et al., "On Uni-Modal Feature Learning in Supervised Multi-Modal Learning", ICML 2023, '
              'arXiv 2305.01233')
