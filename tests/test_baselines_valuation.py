@@ -677,6 +677,29 @@ def test_umt_loss_on_crafted_features():
     assert umt_loss(z, y, h, teacher, 10.0).item() == approx(math.log(4) + 10 * (1 + 4))
 
 
+def test_umt_step_gradient_is_that_of_the_fused_ce_plus_scaled_feature_mses_to_eval_mode_teachers(tiny_bundle):
+    # Written out apart from the method: CE(z) + scale * sum_m MSE(h_m, teacher_m(x_m)), teachers in eval mode. The
+    # tests above pin umt_loss alone and the teachers' modes; a step distilling towards anything else (the student's
+    # own detached features: no distillation at all) passed them.
+    method = build("umt", tiny_bundle, teacher_epochs=1)
+    method.teachers_ready.fill_(True)
+    method.train()
+    batch = first_batch(tiny_bundle)
+    teachers, reference = copy.deepcopy(method.teachers).eval(), copy.deepcopy(method.model)
+    with torch.no_grad():
+        targets = {m: teachers[m](batch[m])[0] for m in method.modalities}
+    h = {m: reference.encoders[m](batch[m]) for m in method.modalities}
+    z, _ = reference.head(h)
+    loss = F.cross_entropy(z, batch["label"]) + method.hp.scale * sum(
+        F.mse_loss(h[m], targets[m]) for m in method.modalities)
+    loss.backward()
+    logs = method.update(batch, StepInfo(0, 0, 1, 2))
+    assert method.hp.scale > 0 and logs["loss"] == approx(loss.item())
+    for (name, got), want in zip(method.model.named_parameters(), reference.parameters()):
+        # through two encoders' backward: a few ulps per layer
+        close(got.grad, want.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_umt_trains_teachers_once_and_freezes_them(tiny_bundle):
     method = build("umt", tiny_bundle, teacher_epochs=1)
     loaders = loaders_for(tiny_bundle)
