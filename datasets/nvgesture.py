@@ -133,6 +133,11 @@ def read_clip(path: Path, start: int, stop: int, frames: int, size: int) -> np.n
 def read_flow(path: Path, frames: int, size: int, channels: int) -> np.ndarray:
     """A flow ``.npy`` (H, W, C, T) as float32 (frames, size, size, C): first ``frames`` steps, zero-padded."""
     try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        # np.load reads any other bytes as a pickle and refuses them with advice to load unsafely.
+        if magic != b"\x93NUMPY" and not magic.startswith(b"PK\x03\x04"):
+            raise MediaError(path, "corrupt flow", f"not a .npy file (it starts with {magic!r})")
         flow = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
         raise MediaError(path, "corrupt flow", f"cannot read a NumPy array ({type(err).__name__}: {err})") from err

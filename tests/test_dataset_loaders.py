@@ -102,12 +102,15 @@ def test_food101_a_header_repeated_below_the_first_is_a_row_as_pandas_reads_it(t
 # --- NVGesture ---------------------------------------------------------------------------------------------------
 
 
-def test_nvgesture_flow_that_is_a_pickle_or_a_torch_save_file_is_corrupt_flow_not_read(tmp_path):
+def test_nvgesture_flow_that_is_a_pickle_a_torch_save_file_or_other_bytes_is_corrupt_flow_not_read(tmp_path):
     # A .npy that is a pickled dict (np.load's pickle fall-back) or torch.save's zip archive is no flow array.
     (tmp_path / "0.npy").write_bytes(pickle.dumps({"flow": np.ones((5, 5, 2, 3), np.float32)}))
     np.save(tmp_path / "1.npy", np.array({"flow": 1}, dtype=object), allow_pickle=True)
     torch.save(torch.ones(5, 5, 2, 3), tmp_path / "2.npy")
-    for name, message in (("0.npy", "pickled"), ("1.npy", "allow_pickle=False"), ("2.npy", "got NpzFile")):
+    # Any other bytes: np.load took them for a pickle and the message advised loading them unsafely.
+    (tmp_path / "3.npy").write_bytes(b"garbage, not an array")
+    for name, message in (("0.npy", r"not a \.npy file \(it starts with b'\\x80"), ("1.npy", "allow_pickle=False"),
+                          ("2.npy", "got NpzFile"), ("3.npy", r"not a \.npy file \(it starts with b'garbag'\)$")):
         with pytest.raises(MediaError, match=message) as err:
             read_flow(tmp_path / name, 4, 5, 2)
         assert err.value.kind == "corrupt flow" and name in err.value.path
