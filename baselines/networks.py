@@ -170,8 +170,11 @@ class FramesEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, t, h, w = x.shape
         frames = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
-        if self.channels_last:
-            frames = frames.contiguous(memory_format=torch.channels_last)
+        # Frames stored (H, W, C) arrive channels-last strided, and the trunk would run channels-last unasked; on CPU
+        # its 1x1 stride-2 shortcut's backward then crashes the process (segfault, or a hang) with <= 4 input channels
+        # on large maps (torch 2.14.1: width 4 on 224-pixel UCF-101 frames). The layout is the model.channels_last
+        # knob's alone.
+        frames = frames.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         fmap = self.trunk(frames)
         return fmap.reshape(b, t, fmap.shape[1], -1).mean(dim=(1, 3))
 

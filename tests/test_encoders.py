@@ -452,17 +452,23 @@ def test_mlp_encoder_hidden_and_output_widths_follow_their_knobs():
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("spec", [ModalitySpec("visual", "frames", (3, 2, 32, 32)),
-                                  ModalitySpec("audio", "spectrogram", (1, 32, 24))], ids=["frames", "spectrogram"])
-def test_model_channels_last_runs_every_trunk_stage_in_channels_last(spec, channels_last):
+@pytest.mark.parametrize("spec, stored", [(ModalitySpec("visual", "frames", (3, 2, 32, 32)), "contiguous"),
+                                          (ModalitySpec("visual", "frames", (3, 2, 32, 32)), "hwc"),
+                                          (ModalitySpec("audio", "spectrogram", (1, 32, 24)), "contiguous")],
+                         ids=["frames", "frames-hwc", "spectrogram"])
+def test_model_channels_last_runs_every_trunk_stage_in_channels_last(spec, stored, channels_last):
     # A 1-channel spectrogram is contiguous in both layouts, so converting the input alone left the audio trunk in
-    # the default layout: what each stage receives shows the layout the trunk runs in.
+    # the default layout: what each stage receives shows the layout the trunk runs in. Frames served from an (H, W, C)
+    # cache are channels-last strided; the trunk ran channels-last on them unasked, where torch 2.14.1's CPU backward
+    # of the width-4 1x1 stride-2 shortcut crashes the process on 224-pixel frames.
     encoder = build_encoder(spec, model_hp(width=4, blocks=[1, 1, 1, 1], channels_last=channels_last))
     seen = []
     for stage in encoder.trunk.stages:
         stage.register_forward_pre_hook(lambda _, args: seen.append(
             args[0].is_contiguous(memory_format=torch.channels_last) and not args[0].is_contiguous()))
     x = torch.randn(2, *spec.shape)
+    if stored == "hwc":  # (B, C, T, H, W) viewed from (B, T, H, W, C) memory, as the frame caches serve it
+        x = x.permute(0, 2, 3, 4, 1).contiguous().permute(0, 4, 1, 2, 3)
     encoder(x)
     assert seen == [channels_last] * 4
     reference = build_encoder(spec, model_hp(width=4, blocks=[1, 1, 1, 1]))
