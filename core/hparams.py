@@ -60,27 +60,31 @@ class HParam:
     absent_value: Any = ALWAYS_RECORDED
 
     def __post_init__(self) -> None:
+        # The declared values pass the checks a value set by hand passes: a per-dataset default outside the bounds, of
+        # another type or choice would otherwise train every run on that dataset unchecked (or fail mid-run).
+        self.coerce("", self.default, key=f"knob {self.name!r}: its default")
+        for dataset, value in self.per_dataset.items():
+            self.coerce("", value, key=f"knob {self.name!r}: its default for dataset {dataset!r}")
         # as_dict compares a run's typed value with absent_value by type too (0 is not False): absent_value=1 on a
-        # float knob (runs hold 1.0) or () on a list knob would never match, and every earlier run would be renamed.
+        # float knob (runs hold 1.0) or () on a list knob would never match, and every earlier run would be renamed;
+        # one no value of the knob can hold made every earlier run fail to resume, naming a value no one set.
         if self.absent_value is not ALWAYS_RECORDED:
-            try:
-                typed = _typed(self.name, self.default, self.absent_value, self.element)
-            except HParamError as err:
-                raise HParamError(f"absent_value of knob {self.name!r}: {err}") from None
-            object.__setattr__(self, "absent_value", typed)
+            object.__setattr__(self, "absent_value",
+                               self.coerce("", self.absent_value, key=f"knob {self.name!r}: its absent_value"))
 
     def default_for(self, dataset: str | None) -> Any:
         return self.per_dataset.get(dataset, self.default) if dataset is not None else self.default
 
-    def coerce(self, namespace: str, value: Any) -> Any:
-        key = f"{namespace}.{self.name}"
+    def coerce(self, namespace: str, value: Any, *, key: str | None = None) -> Any:
+        """``value`` typed and checked as ``namespace.name`` (or ``key`` in the errors), or ``HParamError``."""
+        key = key or f"{namespace}.{self.name}"
         out = _typed(key, self.default, value, self.element)
         if self.choices is not None and out not in self.choices:
             raise HParamError(f"{key}={out!r} is not one of {list(self.choices)}")
-        if (self.low, self.high) != (None, None):
-            for i, x in enumerate(out) if isinstance(out, list) else [(None, out)]:
-                if is_number(x):
-                    check_range(key if i is None else f"{key}[{i}]", x, self.low, self.high, open_low=self.open_low)
+        # Unbounded numbers are still finite: .inf passes any lower bound and trains on (or freezes at) it silently.
+        for i, x in enumerate(out) if isinstance(out, list) else [(None, out)]:
+            if is_number(x):
+                check_range(key if i is None else f"{key}[{i}]", x, self.low, self.high, open_low=self.open_low)
         if self.check is not None:
             self.check(key, out)
         return out
@@ -100,7 +104,7 @@ def check_range(key: str, value: float, low: float | None, high: float | None, *
     if not (finite and inside):
         bounds = " and ".join(f"{op} {v}" for op, v in ((">" if open_low else ">=", low), ("<=", high))
                               if v is not None)
-        raise HParamError(f"{key} must be {'' if finite else 'a finite number '}{bounds}, got {value!r}")
+        raise HParamError(f"{key} must be {'' if finite else 'a finite number '}{bounds}".rstrip() + f", got {value!r}")
 
 
 def _typed(key: str, default: Any, value: Any, element: type | None = None) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -66,8 +67,40 @@ def test_absent_value_is_a_value_of_its_knob():
     # refused where it cannot be one.
     assert resolve("ns", (HParam("scale", 1.0, "float", absent_value=1),), None).as_dict() == {}
     assert resolve("ns", (HParam("steps", [], "list", element=int, absent_value=()),), None).as_dict() == {}
-    with pytest.raises(HParamError, match="absent_value of knob 'n'.*expects an integer"):
+    with pytest.raises(HParamError, match="knob 'n': its absent_value expects an integer"):
         HParam("n", 1, "int", absent_value=False)
+    # Outside its choices or bounds, every earlier run failed to resume, naming a value no one had set.
+    with pytest.raises(HParamError, match=r"knob 'mode': its absent_value='olld' is not one of \['old', 'new'\]"):
+        HParam("mode", "new", "str", choices=("old", "new"), absent_value="olld")
+    with pytest.raises(HParamError, match="knob 'p': its absent_value must be <= 1.0, got 2.0"):
+        HParam("p", 0.5, "float", high=1.0, absent_value=2.0)
+
+
+def test_declared_defaults_pass_the_checks_a_value_set_by_hand_passes():
+    # A per-dataset default outside the bounds, of another type or choice trained every run on that dataset
+    # unchecked (the same value given with --set was refused); an infinite one passed any lower bound.
+    with pytest.raises(HParamError, match="knob 'alpha': its default for dataset 'cremad' must be >= 0.0 and <= 1.0, "
+                                          "got 7.0"):
+        HParam("alpha", 0.5, "float", per_dataset={"cremad": 7.0}, low=0.0, high=1.0)
+    with pytest.raises(HParamError, match="knob 'alpha': its default for dataset 'cremad' expects a number"):
+        HParam("alpha", 0.5, "float", per_dataset={"cremad": "0.8"})
+    with pytest.raises(HParamError, match=r"knob 'kind': its default for dataset 'cremad'='c' is not one of"):
+        HParam("kind", "a", "str", choices=("a", "b"), per_dataset={"cremad": "c"})
+    with pytest.raises(HParamError, match="knob 'p': its default must be >= 0 and <= 1, got 2.0"):
+        HParam("p", 2.0, "float", low=0, high=1)
+    with pytest.raises(HParamError, match="knob 'x': its default must be a finite number, got inf"):
+        HParam("x", math.inf, "float")
+    assert HParam("alpha", 0.5, "float", per_dataset={"cremad": 0.8}, low=0.0, high=1.0).default_for("cremad") == 0.8
+
+
+def test_an_unbounded_number_set_by_hand_is_still_finite():
+    # ogm_ge.alpha=.inf was taken: the coefficient froze the visual modality and the run finished as OGM-GE.
+    knobs = (HParam("alpha", 0.1, "float, no bounds"), HParam("steps", [1], "list", element=float))
+    for value in (math.inf, -math.inf):
+        with pytest.raises(HParamError, match=f"ns.alpha must be a finite number, got {value!r}"):
+            resolve("ns", knobs, None, {"alpha": value})
+    with pytest.raises(HParamError, match=r"ns.steps\[1\] must be a finite number, got inf"):
+        resolve("ns", knobs, None, {"steps": [1.0, math.inf]})
 
 
 def test_parse_assignments():

@@ -11,7 +11,7 @@ import pytest
 
 from baselines.base import DATA_PARALLEL_LEVELS, Method
 from baselines.registry import METHOD_MODULES, UnknownMethodError, get_method, list_methods, register
-from benchmarks.config import build_config, method_hparams
+from benchmarks.config import build_config, declared_knobs, method_hparams
 from core.hparams import HParamError
 from datasets.registry import (
     DATASET_MODULES,
@@ -159,6 +159,20 @@ def test_a_listed_module_without_its_file_is_one_line_naming_the_tuple_and_the_f
     (tmp_path / "folder_listed").mkdir()
     with pytest.raises(ListedModuleError, match="lists 'folder_listed', but there is no file folder_listed.py"):
         listed_source("folder_listed", "X")
+
+
+def test_every_per_dataset_default_names_a_registered_dataset_and_reads_back_as_written():
+    # A misspelt dataset key (crema_d) left that dataset at the plain default without a word; resolve() applies a
+    # per-dataset value as written, so an int on a float knob would change the run's hash when read back.
+    datasets = set(list_datasets())
+    for method in list_methods():
+        for namespace, knobs in declared_knobs(method, "synthetic").items():
+            for knob in knobs:
+                for dataset, value in knob.per_dataset.items():
+                    where = f"{namespace}.{knob.name} per_dataset[{dataset!r}]"
+                    assert dataset in datasets, f"{where}: no registered dataset {dataset!r}"
+                    typed = knob.coerce(namespace, value)
+                    assert repr(typed) == repr(value), f"{where}: {value!r} reads back {typed!r}"
 
 
 def test_every_variant_preset_sets_declared_knobs_to_valid_typed_values():
