@@ -7,6 +7,7 @@ torch, numpy and wandb are imported only where they are used, so that commands w
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -274,6 +275,20 @@ def start_wandb(mode: str, way_out: str, *, fallback: bool = False, **kwargs: An
         raise UsageError(f"W&B could not start its {mode} run ({one_line(err)}); {way_out}") from err
 
 
+# W&B refuses a tag longer than this (wandb.sdk.wandb_settings), and with it the whole run.
+WANDB_TAG_MAX = 64
+
+
+def wandb_tag(label: str) -> str:
+    """``label`` as a W&B tag: a grid row's label lists its grid point and easily passes W&B's 64 characters, which
+    failed every run of the row before it trained; a longer one keeps its start and a hash of the whole, so rows
+    stay apart (the full label is in the run's job.json)."""
+    if len(label) <= WANDB_TAG_MAX:
+        return label
+    digest = hashlib.sha1(label.encode()).hexdigest()[:8]
+    return f"{label[:WANDB_TAG_MAX - len(digest) - 1]}~{digest}"
+
+
 class WandbSink:
     """Logs config, per-epoch metrics and the summary to W&B. ``disabled`` never imports wandb.
 
@@ -296,7 +311,8 @@ class WandbSink:
             other = "--wandb offline (upload later with wandb sync) or --wandb disabled" if mode == "online" else \
                 "--wandb disabled"
             return start_wandb(mode, f"fix that, or train with {other}; --resume continues the run folder it left",
-                               fallback=True, group=group, tags=tags, name=name, id=run_id, resume="allow",
+                               fallback=True, group=group, tags=[wandb_tag(t) for t in tags or []] or None,
+                               name=name, id=run_id, resume="allow",
                                dir=str(run_dir), config=config)
         try:
             self.run = start(mode)

@@ -368,6 +368,23 @@ def test_a_sink_starts_wandb_with_the_runs_settings_and_keeps_its_id_for_resume(
     assert first["settings"].silent and first["settings"].console == "off"
 
 
+def test_a_grid_rows_long_label_becomes_a_tag_wandb_takes_and_rows_stay_apart(tmp_path, monkeypatch):
+    # A grid row's label lists its point: 81 characters failed every run of the row under the default offline mode.
+    wandb = pytest.importorskip("wandb")
+    from benchmarks.records import WandbSink, wandb_tag
+
+    seen: list[dict] = []
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: seen.append(kwargs))
+    labels = [f"ogm_ge [ogm_ge.alpha=0.8,train.lr_milestones=[69, 139],train.weight_decay={wd}]" for wd in (5e-4, 1e-3)]
+    for i, label in enumerate(labels):
+        WandbSink("offline", tmp_path / str(i), {}, "run", tags=[label], log=lambda line: None)
+    tags = [kwargs["tags"][0] for kwargs in seen]
+    assert all(len(t) == 64 and t.startswith("ogm_ge [ogm_ge.alpha=0.8,train.lr_milestones=") for t in tags)
+    assert tags[0] != tags[1] and tags == [wandb_tag(label) for label in labels]
+    wandb.Settings(run_tags=tuple(tags))  # W&B's own check of each tag (a ValidationError over 64 characters)
+    assert wandb_tag("joint") == "joint" and wandb_tag("x" * 64) == "x" * 64
+
+
 def test_a_disabled_sink_starts_nothing_and_writes_nothing(tmp_path, monkeypatch):
     wandb = pytest.importorskip("wandb")
     from benchmarks.records import WandbSink
