@@ -147,6 +147,10 @@ def test_bad_rates_and_batch_sizes_are_refused_before_any_work(tmp_path, capsys)
     with pytest.raises(SystemExit):
         main(["evaluate", str(run_dir), "--batch-size", "0", "--device", "cpu"])
     assert "--batch-size" in capsys.readouterr().err
+    # --seed -1 was taken and its result replaced the sweep's evaluation; train.seed refuses it too
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(run_dir), "--seed", "-1", "--device", "cpu"])
+    assert "--seed: must be >= 0, got -1" in capsys.readouterr().err
     with pytest.raises(ValueError, match="batch_size"):
         evaluate_missing(run_dir, [0.5], device="cpu", batch_size=0)
     assert not (run_dir / MISSING_RESULT).exists()

@@ -573,8 +573,9 @@ def test_a_per_dataset_entry_for_a_dataset_the_config_lacks_is_refused_naming_it
 
 @pytest.mark.parametrize("patch, message", [
     ({"protocol": "best"}, r"protocol 'best' is not one of \['paper', 'clean', 'last'\]"),
-    ({"evaluate": {"seed": "0"}}, r"evaluate.seed must be an integer, got '0'"),
-    ({"evaluate": {"seed": True}}, r"evaluate.seed must be an integer, got True"),
+    ({"evaluate": {"seed": "0"}}, r"evaluate.seed must be an integer >= 0 \(as train.seed\), got '0'"),
+    ({"evaluate": {"seed": True}}, r"evaluate.seed must be an integer >= 0 \(as train.seed\), got True"),
+    ({"evaluate": {"seed": -1}}, r"evaluate.seed must be an integer >= 0 \(as train.seed\), got -1"),
     ({"evaluate": {"missing": 0.5}}, r"evaluate.missing: expected a list of fractions .*got 0.5"),
 ])
 def test_a_bad_protocol_or_evaluate_value_is_refused_before_anything_trains(patch, message):

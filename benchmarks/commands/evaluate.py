@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks.commands import positive_int
+from benchmarks.commands import nonnegative_int, positive_int
 from benchmarks.evaluate import DEFAULT_MISSING_RATES, evaluate_missing, parse_rates
 from benchmarks.run_folder import missing_result_file, rank0_run_lock, rate_percent
 
@@ -27,7 +27,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test",
                    help="split to evaluate (default test, the one tables read; another split's result goes to "
                         "missing_modality-<split>.json beside it)")
-    p.add_argument("--seed", type=int, default=0, help="seed of which samples lose which modality")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of which samples lose which modality")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: the run's train.device")
     p.add_argument("--batch-size", type=positive_int, help="default: the run's train.eval_batch_size")
 

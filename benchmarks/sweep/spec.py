@@ -48,8 +48,8 @@ class EvaluateSpec:
         except (TypeError, ValueError) as err:
             raise SweepConfigError(f"{where}.missing: {err}") from None
         seed = doc.get("seed", 0)
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise SweepConfigError(f"{where}.seed must be an integer, got {seed!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise SweepConfigError(f"{where}.seed must be an integer >= 0 (as train.seed), got {seed!r}")
         # Checked here, not by the evaluation: that runs after training, so a typo would fail every run at the end.
         split = doc.get("split", "test")
         if split not in EVALUATE_SPLITS:
