@@ -407,6 +407,19 @@ def test_the_table_counts_only_the_unfinished_runs_of_its_own_rows(runs_dir, tmp
            f"failed) are not counted, such as {runs_dir / 'cremad-joint-seed7-fixture'}\n" in captured.err
 
 
+def test_a_config_that_lists_none_of_the_finished_runs_is_refused_not_an_empty_table(runs_dir, tmp_path, capsys):
+    # The rows' names and no cells came out with exit status 0: a wrong --config / runs folder pair passed a script.
+    config = tmp_path / "other.yaml"
+    config.write_text(yaml.safe_dump({"name": "other", "seeds": [0], "datasets": {"vggsound": {}},
+                                      "methods": {"joint": {}}}))
+    out = tmp_path / "table.csv"
+    assert main(["table", str(runs_dir), "--config", str(config), "--format", "csv", "--out", str(out)]) == 2
+    assert not out.exists()
+    err = capsys.readouterr().err
+    assert f"none of the 7 finished runs in {runs_dir} is of a row and dataset that {config} lists, such as " in err
+    assert "give the runs folder of that config, or no --config" in err
+
+
 def test_an_unfinished_sweep_run_is_filed_under_its_sweep_row_not_its_method(tmp_path):
     run = write_run(tmp_path, "joint", "cremad", 0, (0.5, 0.5, 0.5), done=False,
                     job={"label": "joint_v", "dataset": "kinetics_sounds"})

@@ -80,6 +80,11 @@ def run(args: argparse.Namespace) -> int:
     protocol = (args.protocol or order.get("protocol") or recorded_protocol(records)
                 or ("paper" if paper else "clean"))
     shown = [r for r in records if shown_in_table(r, order.get("datasets"), order.get("methods"))]
+    if records and not shown:
+        # Else a table of row names and no cells, with exit status 0: a wrong --config / runs folder pair passed.
+        raise UsageError(f"none of the {len(records)} finished runs in {args.runs_dir} is of a row and dataset that "
+                         f"{args.config} lists, such as {records[0].run_dir} ({records[0].label} on "
+                         f"{records[0].dataset}); give the runs folder of that config, or no --config")
     if args.missing and shown and not any(r.missing for r in shown):
         # Else an empty table (and malformed LaTeX) with exit status 0.
         raise UsageError(f"--missing: none of the {len(shown)} finished runs shown has a missing-modality result, "
