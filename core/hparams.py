@@ -252,6 +252,10 @@ def parse_assignments(items: Iterable[str]) -> dict[str, dict[str, Any]]:
         if not sep or not dot or not namespace or not name or "." in name:
             raise HParamError(f"bad --set {item!r}: expected NAMESPACE.KEY=VALUE, e.g. ogm_ge.alpha=0.8")
         value = command_line_value(raw, f"bad --set {item!r}")
-        out.setdefault(namespace, {})[name] = [_scientific(v) for v in value] if isinstance(value, list) else \
-            _scientific(value)
+        value = [_scientific(v) for v in value] if isinstance(value, list) else _scientific(value)
+        section = out.setdefault(namespace, {})
+        if name in section and section[name] != value:
+            # One of the two would be dropped without a word (the last one was taken).
+            raise HParamError(f"--set {namespace}.{name} given twice, {section[name]!r} and {value!r}; give it once")
+        section[name] = value
     return out

@@ -111,6 +111,10 @@ def test_parse_assignments():
     for bad in ("alpha=0.8", "ogm_ge.alpha", "a.b.c=1"):
         with pytest.raises(HParamError):
             parse_assignments([bad])
+    # Given twice with two values, the last was taken without a word; the same value twice is one setting.
+    with pytest.raises(HParamError, match=r"--set train.epochs given twice, 3 and 4; give it once"):
+        parse_assignments(["train.epochs=3", "train.epochs=4"])
+    assert parse_assignments(["train.lr=0.1", "train.lr=1e-1"]) == {"train": {"lr": 0.1}}
     # yaml's own message named only "<unicode string>", not the --set item.
     with pytest.raises(HParamError, match=r"^bad --set 'train.lr_milestones=\[1,': the value is not valid YAML "
                                           r"\(.* at column 4\)$"):
