@@ -113,7 +113,8 @@ class AUG(Method):
                                                       "softmax (paper eq. (2) literally), "
                                                       "docs/methods/aug.md#paper-vs-code, row 6.",
                choices=RESIDUAL_TARGETS),
-        HParam("sigma", 1.0, "ACA balance point sigma (paper: 1.0 for all datasets; code: --lam 1.0)."),
+        HParam("sigma", 1.0, "ACA balance point sigma (paper: 1.0 for all datasets; code: --lam 1.0).", low=0,
+               open_low=True),  # a score ratio's balance point: <= 0 would add learners at every check
         HParam("tau", 0.01, "ACA dead-zone half-width tau (paper: 0.01; code: the 0.01 in lam +- 0.01).", low=0),
         HParam("aca_rule", "difference", "Two-modality ACA test: s_a - sigma*s_v vs +-tau (paper) or S_a/S_v vs "
                                          "sigma +- tau (code), docs/methods/aug.md#aca.", choices=ACA_RULES),
@@ -138,7 +139,7 @@ class AUG(Method):
         HParam("three_modal_threshold", 0.4, "ACA with 3 modalities: grow every m with S_m / sum_{j!=m} S_j below "
                                              "this (train_NVGesture.py --lam 0.4; no rule in the paper)."),
         HParam("learner_dim", 256, "Width of every weak learner and the shared head's input (AudioVideo.py: "
-                                   "Linear(512, 256))."),
+                                   "Linear(512, 256)).", low=1),
         HParam("gate", False, "Gate network scaling the extra learners' logits (train_KS.py @966dbf5 w_network), "
                               "docs/methods/aug.md#gated."),
         HParam("gate_lr_scale", 0.1, "Gate learning rate relative to train.lr (train_KS.py: lr_adjust / 10)."),

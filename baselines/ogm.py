@@ -118,9 +118,9 @@ class OGM(FusionMethod):
         HParam("alpha", 0.8, "Modulation strength. Official README: 0.8 for CREMA-D, 0.1 for VGGSound; no value is "
                              "published for Kinetics-Sounds, which gets 0.8 untuned [project]; tune "
                              "0.1/0.3/0.5/0.8 on validation.",
-               per_dataset={"cremad": 0.8, "vggsound": 0.1}),
-        HParam("mod_start", 0, "First modulated epoch, inclusive (official main.py --modulation_starts 0)."),
-        HParam("mod_end", 50, "Last modulated epoch, inclusive (official main.py --modulation_ends 50)."),
+               per_dataset={"cremad": 0.8, "vggsound": 0.1}, low=0),  # < 0: k = 1 - tanh(.) > 1 speeds it up
+        HParam("mod_start", 0, "First modulated epoch, inclusive (official main.py --modulation_starts 0).", low=0),
+        HParam("mod_end", 50, "Last modulated epoch, inclusive (official main.py --modulation_ends 50).", low=0),
         HParam("head", "concat", "Fusion head: concat (official default --fusion_method) or sum (split-head logits "
                                  "are the per-modality summands).", choices=("concat", "sum")),
         HParam("grad_params", "conv4d", "Which encoder gradients are edited: conv4d = 4-D conv kernels (official); "

@@ -187,3 +187,14 @@ def test_every_variant_preset_sets_declared_knobs_to_valid_typed_values():
                 assert key in table, f"{name} variant {variant!r} sets undeclared {key!r}"
                 typed = table[key].coerce(name, value)
                 assert repr(typed) == repr(value), f"{name} variant {variant!r}: {key}={value!r} reads back {typed!r}"
+
+
+@pytest.mark.parametrize("method, key, value, message", [
+    ("ogm_ge", "alpha", -5.0, "ogm_ge.alpha must be >= 0"),    # k = 1 - tanh(-5 rho) > 1 sped the dominant one up
+    ("ogm", "mod_end", -1, "ogm.mod_end must be >= 0"),
+    ("aug", "learner_dim", 0, "aug.learner_dim must be >= 1"),  # a chance-level run recorded as finished AUG
+    ("aug", "sigma", -1.0, "aug.sigma must be > 0"),
+])
+def test_method_knobs_whose_nonsense_values_trained_to_the_end_are_refused(method, key, value, message):
+    with pytest.raises(HParamError, match=message):
+        build_config(method, "synthetic", {method: {key: value}})
