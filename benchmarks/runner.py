@@ -371,6 +371,14 @@ def quiet(*args: Any, **kwargs: Any) -> None:
     """The log of ranks other than 0."""
 
 
+def trained_environment(segments: list[dict], device: torch.device) -> dict[str, Any]:
+    """The environment that trained the run's last epochs (its last segment's), else this process's (a run recorded
+    before segments were)."""
+    if not segments:
+        return environment(device)
+    return {k: v for k, v in segments[-1].items() if k not in ("first_epoch", "world_size")}
+
+
 def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool, extend_epochs: bool,
                wandb_mode: str | None, wandb_group: str | None, progress: bool, log) -> dict[str, Any]:
     wandb_mode = resolve_wandb_mode(wandb_mode)   # every rank refuses a bad mode, before the run gets a folder
@@ -437,7 +445,9 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
         log(f"resuming {run_dir.name} at epoch {start_epoch}")
     # Which code and machine trained which epochs: a resumed run's earlier segments may come from another commit,
     # library version, thread count or device (the summary's env is the last segment's).
-    segments.append({"first_epoch": start_epoch, "world_size": ddp.world_size, **environment(device)})
+    # A process that trains no epoch (one resumed after the last checkpoint, to write the records) adds none.
+    if start_epoch < cfg.train.epochs:
+        segments.append({"first_epoch": start_epoch, "world_size": ddp.world_size, **environment(device)})
     if extending and ddp.is_main:
         # DONE goes first: a crash in between leaves an unfinished run whose recorded epochs are still the old ones.
         (run_dir / "DONE").unlink(missing_ok=True)
@@ -516,7 +526,7 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
         summary = {"method": cfg.method, "dataset": cfg.dataset, "seed": cfg.train.seed, "epochs": epochs,
                    "config_hash": run_hash, "protocols": select_protocols(history),
                    "data_parallel": type(method).DATA_PARALLEL, "world_size": ddp.world_size, "wall_time_s": elapsed,
-                   "env": environment(device), "segments": segments,
+                   "env": trained_environment(segments, device), "segments": segments,
                    "split_files": bundle.info.get("split_files", {})}
         if "subset" in bundle.info:
             # data.subset: numbers of a few samples per class (a smoke run), said beside them

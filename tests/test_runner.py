@@ -882,3 +882,21 @@ def test_a_dataset_serving_other_modalities_than_it_declares_is_refused(monkeypa
     with pytest.raises(RuntimeError, match=r"dataset 'synthetic' declares modalities \['audio', 'image'\] "
                                            r"\(modality_names\) but serves \['audio', 'visual'\]"):
         build_data(cfg)
+
+
+def test_finishing_a_run_killed_after_its_last_checkpoint_adds_no_segment_and_keeps_the_trainers_env(tmp_path,
+                                                                                                     monkeypatch):
+    # Killed after the last checkpoint, before summary.json and DONE: the resume trains no epoch, yet it added a
+    # segment starting at the run's end and the summary named the finishing process's machine as the run's.
+    cfg = build_config("joint", "synthetic", tiny_overrides())
+    run_dir = tmp_path / "run"
+    train_run(cfg, run_dir, log=lambda line: None)
+    first = json.loads((run_dir / "summary.json").read_text())
+    (run_dir / "DONE").unlink()
+    (run_dir / "summary.json").unlink()
+    real = runner.environment
+    monkeypatch.setattr(runner, "environment", lambda device: {**real(device), "cpu_model": "another machine"})
+    summary = train_run(cfg, run_dir, resume=True, log=lambda line: None)
+    assert [s["first_epoch"] for s in summary["segments"]] == [0]
+    assert summary["env"]["cpu_model"] == first["env"]["cpu_model"] != "another machine"
+    assert summary["protocols"] == first["protocols"]
