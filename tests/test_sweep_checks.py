@@ -217,6 +217,19 @@ def test_slurm_without_sbatch_is_one_line_and_a_nonzero_exit(no_launch, tmp_path
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("launcher, options, named", [
+    ("local", ["--partition", "gpu", "--time", "60"], "--partition, --time"),
+    ("pool", ["--gpus", "0,1", "--resubmit"], "--resubmit, --gpus"),
+])
+def test_options_another_launcher_would_ignore_are_refused(no_launch, tmp_path, capsys, launcher, options, named):
+    # They were dropped without a word, a dry run included (exit 0).
+    path = write_config(tmp_path / "sweep.yaml")
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out"), "--launcher", launcher, "--dry-run",
+                 *options]) == 2
+    assert f"{named}: not options of --launcher {launcher}, which would ignore them" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_slurm_without_submitit_is_one_line_and_a_nonzero_exit(no_launch, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "submitit", None)
     path = write_config(tmp_path / "sweep.yaml")
@@ -499,6 +512,7 @@ def fake_launch(monkeypatch):
     launcher = SimpleNamespace(help="fake", unavailable=lambda: None, start=start)
     monkeypatch.setattr(command, "check", check)
     monkeypatch.setitem(command.LAUNCHERS, "local", launcher)
+    monkeypatch.setitem(command.LAUNCHERS, "slurm", launcher)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     return fake
 
@@ -506,17 +520,20 @@ def fake_launch(monkeypatch):
 def test_sweep_passes_its_filters_and_launch_options(fake_launch, tmp_path, capsys):
     path = write_config(tmp_path / "sweep.yaml", seeds=[0, 1, 2], methods={"joint": {}, "sum": {}, "ogm_ge": {}})
     out = tmp_path / "out"
-    assert main(["sweep", str(path), "--out", str(out), "--seeds", "4", "5", "--methods", "joint", "ogm_ge",
-                 "--set", "train.lr=0.25", "--gpus", "0,1", "--gpus-per-run", "2", "--workers", "3",
-                 "--threads-per-worker", "2", "--skip-missing", "--wandb", "offline", "--wandb-group", "g",
-                 "--resubmit", "--time", "30", "--partition", "p", "--cpus-per-task", "4", "--mem-gb", "16",
-                 "--account", "a", "--qos", "q", "--constraint", "c", "--array-parallelism", "5"]) == 0
-    (cells, opts, skip_missing), = fake_launch.checked
-    (jobs, started_out, config, started_opts), = fake_launch.started
+    common = ["sweep", str(path), "--out", str(out), "--seeds", "4", "5", "--methods", "joint", "ogm_ge", "--set",
+              "train.lr=0.25", "--gpus-per-run", "2", "--workers", "3", "--threads-per-worker", "2", "--skip-missing",
+              "--wandb", "offline", "--wandb-group", "g"]
+    assert main([*common, "--gpus", "0,1"]) == 0
+    assert fake_launch.checked[0][1].gpus == [0, 1]
+    assert main([*common, "--launcher", "slurm", "--resubmit", "--time", "30", "--partition", "p", "--cpus-per-task",
+                 "4", "--mem-gb", "16", "--account", "a", "--qos", "q", "--constraint", "c", "--array-parallelism",
+                 "5"]) == 0
+    (cells, opts, skip_missing) = fake_launch.checked[1]
+    (jobs, started_out, config, started_opts) = fake_launch.started[1]
     assert skip_missing and started_out == out and started_opts is opts and jobs == cells.jobs
     assert sorted((j.label, j.cfg.train.seed, j.cfg.train.lr) for j in jobs) == [
         ("joint", 4, 0.25), ("joint", 5, 0.25), ("ogm_ge", 4, 0.25), ("ogm_ge", 5, 0.25)]
-    assert (opts.workers, opts.gpus, opts.gpus_per_run, opts.threads_per_worker, opts.resubmit) == (3, [0, 1], 2, 2,
+    assert (opts.workers, opts.gpus, opts.gpus_per_run, opts.threads_per_worker, opts.resubmit) == (3, None, 2, 2,
                                                                                                    True)
     assert (opts.wandb_mode, opts.wandb_group) == ("offline", "g")
     s = opts.slurm
@@ -623,8 +640,8 @@ def test_a_sweep_count_out_of_range_is_refused_naming_the_argument_before_anythi
 def test_zero_gpus_per_run_memory_and_time_reach_the_slurm_options(fake_launch, tmp_path):
     # 0 GPUs per run submits CPU jobs; 0 GB is Slurm's "all of a node's memory", 0 minutes its "no time limit".
     path = write_config(tmp_path / "sweep.yaml", seeds=[0], methods={"joint": {}})
-    assert main(["sweep", str(path), "--out", str(tmp_path / "out"), "--gpus-per-run", "0", "--mem-gb", "0",
-                 "--time", "0"]) == 0
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out"), "--launcher", "slurm", "--gpus-per-run", "0",
+                 "--mem-gb", "0", "--time", "0"]) == 0
     (_, opts, _), = fake_launch.checked
     assert (opts.slurm.gpus_per_run, opts.slurm.mem_gb, opts.slurm.time_min) == (0, 0, 0)
     params = opts.slurm.parameters("x")

@@ -74,15 +74,31 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wandb-group", help="W&B group of all runs (default: the config name)")
     slurm = p.add_argument_group("slurm launcher")
     slurm.add_argument("--partition")
-    slurm.add_argument("--time", type=nonnegative_int, default=24 * 60,
+    slurm.add_argument("--time", type=nonnegative_int, default=SLURM_DEFAULTS["time"],
                        help="minutes per job (jobs requeue and resume; 0: no limit, Slurm's --time=0)")
-    slurm.add_argument("--cpus-per-task", type=positive_int, default=8)
-    slurm.add_argument("--mem-gb", type=nonnegative_int, default=64, help="0: all of a node's memory (Slurm's --mem=0)")
+    slurm.add_argument("--cpus-per-task", type=positive_int, default=SLURM_DEFAULTS["cpus_per_task"])
+    slurm.add_argument("--mem-gb", type=nonnegative_int, default=SLURM_DEFAULTS["mem_gb"],
+                       help="0: all of a node's memory (Slurm's --mem=0)")
     slurm.add_argument("--account")
     slurm.add_argument("--qos")
     slurm.add_argument("--constraint")
-    slurm.add_argument("--array-parallelism", type=positive_int, default=64, help="jobs of the array running at once")
+    slurm.add_argument("--array-parallelism", type=positive_int, default=SLURM_DEFAULTS["array_parallelism"],
+                       help="jobs of the array running at once")
     slurm.add_argument("--resubmit", action="store_true", help="submit runs whose earlier job is still active")
+
+
+# The Slurm options' defaults (None or False for the rest): one set otherwise under another launcher is refused.
+SLURM_DEFAULTS = {"partition": None, "time": 24 * 60, "cpus_per_task": 8, "mem_gb": 64, "account": None, "qos": None,
+                  "constraint": None, "array_parallelism": 64, "resubmit": False}
+
+
+def ignored_options(args: argparse.Namespace) -> list[str]:
+    """The options given that ``args.launcher`` would drop without a word: Slurm's under another launcher, and
+    ``--gpus`` (the local launcher's GPU ids) under another."""
+    given = [f"--{k.replace('_', '-')}" for k, default in SLURM_DEFAULTS.items() if getattr(args, k) != default]
+    if args.launcher != "slurm":
+        return given + (["--gpus"] if args.gpus and args.launcher != "local" else [])
+    return ["--gpus"] if args.gpus else []
 
 
 def default_out(name: str) -> Path:
@@ -135,6 +151,9 @@ def _run(args: argparse.Namespace) -> int:
     unavailable = launcher.unavailable()
     if unavailable and not args.dry_run:
         raise UsageError(unavailable)
+    ignored = ignored_options(args)
+    if ignored:
+        raise UsageError(f"{', '.join(ignored)}: not options of --launcher {args.launcher}, which would ignore them")
     if args.launcher == "local" and args.gpus_per_run > 1 and not args.gpus:
         raise UsageError("--gpus-per-run > 1 needs --gpus (the GPU ids to group), e.g. --gpus 0,1,2,3")
     config = load_config(args.config)
