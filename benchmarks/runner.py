@@ -492,7 +492,11 @@ def _train_run(cfg: RunConfig, run_dir: Path, ddp: DistContext, *, resume: bool,
             bar.close()
             train_time = time.perf_counter() - t0
             ddp.sync_for_eval(method)
-            record: dict[str, Any] = {"epoch": epoch, "lr": cfg.train.lr * factor, "train": _mean_logs(logs, ddp)}
+            # lr is the schedule's rate for train.lr; optimizer_lr the range the optimizers trained at (a method's own
+            # rates, such as ReconBoost's m_lr/e_lr or AUG's gate group, differ from it).
+            in_use = [group["lr"] for opt in method.ctx.optimizers for group in opt.param_groups]
+            record: dict[str, Any] = {"epoch": epoch, "lr": cfg.train.lr * factor, "train": _mean_logs(logs, ddp),
+                                      "optimizer_lr": {"min": min(in_use), "max": max(in_use)}}
             # Evaluating and tabulating a model trained on NaN would pass for a result; every rank sees the same mean.
             if not np.isfinite(record["train"].get("loss", 0.0)):
                 raise TrainingDiverged(f"{cfg.method} diverged in epoch {epoch} of {run_dir}: its mean training loss "

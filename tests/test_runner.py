@@ -421,6 +421,19 @@ def test_each_epoch_records_and_trains_at_its_scheduled_learning_rate(tmp_path, 
     expected = [0.5, 0.5 * 0.1, 0.5 * 0.1, 0.5 * 0.1 ** 2]
     assert recorded == approx64(expected)
     assert [sorted(set(group)) for group in lrs] == [[approx64(x)] for x in expected]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["optimizer_lr"] for line in lines] == [{"min": approx64(x), "max": approx64(x)}
+                                                                     for x in expected]
+
+
+def test_the_record_names_the_rates_a_methods_own_optimizers_train_at(tmp_path):
+    # ReconBoost builds its optimisers from m_lr/e_lr: the records showed train.lr alone (0.01 where Table 1's rows
+    # train at 2e-5).
+    overrides = merge_overrides(tiny_overrides(), {"train": {"epochs": 1, "lr": 0.01},
+                                                   "reconboost": {"m_lr": 0.002, "e_lr": 0.003}})
+    train_run(build_config("reconboost", "synthetic", overrides), tmp_path / "run", log=lambda *_: None)
+    (record,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert record["lr"] == approx64(0.01) and record["optimizer_lr"]["min"] == approx64(0.002)
 
 
 @pytest.mark.parametrize("max_steps, steps", [(2, 2), (10, 3)])
