@@ -297,13 +297,19 @@ AMSS_SETTINGS = image_text_settings(
     special_tokens=False, special_doc="Add [CLS]/[SEP]; AMSS does not (tokenize -> convert_tokens_to_ids).",
     clean=False, clean_doc="Strip RT/URLs/'#' (BalanceBenchmark's Food-101 cleaning); AMSS does not.",
     image_size=224, image_doc="Stored S x S image: AMSS transforms.Resize((224, 224)) for train and test.",
-) + (HParam("tombert_text", "pair",
-            "Text of a TomBERT-release row (Twitter-2015's published files): 'pair' = TomBERT's input, the sentence "
-            "with its $T$ placeholder, [SEP], the target (run_multimodal_classifier.py), so each target of a tweet "
-            "is its own input; 'substituted' = the target written into the sentence and dropped, a target-agnostic "
-            "task whose rows of one tweet share one input (on the release, 24% of test rows share theirs with a row "
-            "of another label). AMSS's own conversion is not published; AMSS-format files are read as they are.",
-            choices=TOMBERT_TEXTS),)
+)
+
+
+def tombert_text_setting(**absent: Any) -> HParam:
+    """The ``tombert_text`` prepare setting of a dataset whose TSVs may be in the TomBERT release format (``absent``:
+    ``absent_value`` where caches were built before the setting existed and it does not change them)."""
+    return HParam("tombert_text", "pair",
+                  "Text of a TomBERT-release row (Twitter-2015's published files): 'pair' = TomBERT's input, the "
+                  "sentence with its $T$ placeholder, [SEP], the target (run_multimodal_classifier.py), so each target "
+                  "of a tweet is its own input; 'substituted' = the target written into the sentence and dropped, a "
+                  "target-agnostic task whose rows of one tweet share one input (on the release, 24% of test rows "
+                  "share theirs with a row of another label). AMSS's own conversion is not published; AMSS-format "
+                  "files are read as they are.", choices=TOMBERT_TEXTS, **absent)
 
 
 class ImageTextDataset(PreparedDataset):

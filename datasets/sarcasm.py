@@ -17,14 +17,16 @@ not read: convert them to the TSV layout first. Recipe ``amss`` as for Twitter-2
 from __future__ import annotations
 
 from core.hparams import HParam
-from datasets.image_text import AMSS_RECIPES, AMSS_SETTINGS, TsvImageTextDataset
+from datasets.image_text import AMSS_RECIPES, AMSS_SETTINGS, TsvImageTextDataset, tombert_text_setting
 from datasets.prepared import cache_hparams
 from datasets.registry import register_dataset
 
 RECIPES = AMSS_RECIPES
 
 SETTINGS = AMSS_SETTINGS + (HParam("image_dir", "images",
-                                          "Image folder under the raw root (AMSS MyHelper.py: 'images' for Sarcasm)."),)
+                                          "Image folder under the raw root (AMSS MyHelper.py: 'images' for Sarcasm)."),
+                            # Sarcasm has no TomBERT release: its caches, all from AMSS TSVs, keep their names.
+                            tombert_text_setting(absent_value="pair"))
 
 
 @register_dataset

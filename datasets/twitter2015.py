@@ -23,14 +23,15 @@ Twitter-15 statistics. Labels are class indices; AMSS serves them one-hot, we se
 from __future__ import annotations
 
 from core.hparams import HParam
-from datasets.image_text import AMSS_RECIPES, AMSS_SETTINGS, TsvImageTextDataset
+from datasets.image_text import AMSS_RECIPES, AMSS_SETTINGS, TsvImageTextDataset, tombert_text_setting
 from datasets.prepared import cache_hparams
 from datasets.registry import register_dataset
 
 RECIPES = AMSS_RECIPES
 
 SETTINGS = AMSS_SETTINGS + (HParam("image_dir", "twitter2015_images",
-                                          "Image folder under the raw root (AMSS MyHelper.py)."),)
+                                          "Image folder under the raw root (AMSS MyHelper.py)."),
+                            tombert_text_setting())
 
 
 @register_dataset

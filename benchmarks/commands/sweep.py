@@ -51,6 +51,11 @@ def _gpus(text: str) -> list[int]:
     return ids
 
 
+# The Slurm options' defaults (None or False for the rest): one set otherwise under another launcher is refused.
+SLURM_DEFAULTS = {"partition": None, "time": 24 * 60, "cpus_per_task": 8, "mem_gb": 64, "account": None, "qos": None,
+                  "constraint": None, "array_parallelism": 64, "resubmit": False}
+
+
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", type=Path, help="experiment config, e.g. benchmarks/configs/aug_neurips25/table1.yaml")
     p.add_argument("--launcher", choices=tuple(LAUNCHERS), default="local",
@@ -85,11 +90,6 @@ def configure(p: argparse.ArgumentParser) -> None:
     slurm.add_argument("--array-parallelism", type=positive_int, default=SLURM_DEFAULTS["array_parallelism"],
                        help="jobs of the array running at once")
     slurm.add_argument("--resubmit", action="store_true", help="submit runs whose earlier job is still active")
-
-
-# The Slurm options' defaults (None or False for the rest): one set otherwise under another launcher is refused.
-SLURM_DEFAULTS = {"partition": None, "time": 24 * 60, "cpus_per_task": 8, "mem_gb": 64, "account": None, "qos": None,
-                  "constraint": None, "array_parallelism": 64, "resubmit": False}
 
 
 def ignored_options(args: argparse.Namespace) -> list[str]:
