@@ -213,9 +213,7 @@ def resolve_params(**params: Any) -> dict[str, Any]:
         if values[name] is not None and (isinstance(values[name], bool) or not isinstance(values[name], (int, float))):
             raise HParamError(f"av_digits.{name} expects a number or None, got {values[name]!r}")
     if values["audio_snr_db"] is not None:
-        values["audio_snr_db"] = float(values["audio_snr_db"])
-        if not math.isfinite(values["audio_snr_db"]):
-            raise HParamError(f"av_digits.audio_snr_db expects a finite number or None, got {values['audio_snr_db']!r}")
+        values["audio_snr_db"] = float(values["audio_snr_db"])  # finite: resolve refuses any other number
     if values["val_speakers"] is not None:
         if not float(values["val_speakers"]).is_integer():
             raise HParamError(f"av_digits.val_speakers expects an integer or None, got {values['val_speakers']!r}")

@@ -810,8 +810,8 @@ def test_an_integer_snr_is_stored_as_a_float():
     ({"motion_px": [4]}, r"motion_px=\[4\]: need \[x, y\]"),
     ({"motion_px": [4, 2, 1]}, r"motion_px=\[4, 2, 1\]: need \[x, y\]"),
     # NaN would pass every comparison and write NaN noise as arbitrary int16 samples
-    ({"audio_snr_db": float("nan")}, r"audio_snr_db expects a finite number or None, got nan"),
-    ({"audio_snr_db": float("-inf")}, r"audio_snr_db expects a finite number or None"),
+    ({"audio_snr_db": float("nan")}, r"av_digits.audio_snr_db must be a finite number, got nan"),
+    ({"audio_snr_db": float("-inf")}, r"av_digits.audio_snr_db must be a finite number, got -inf"),
 ])
 def test_ill_formed_knobs_are_refused_with_their_name(knobs, message):
     with pytest.raises(HParamError, match=message):

@@ -29,8 +29,9 @@ TINY = ["--set", "model.width=4", "--set", "model.blocks=[1,1,1,1]", "--set", "d
         "--wandb", "disabled", "--no-progress"]
 
 
-def _train(run_dir, *extra: str) -> list[str]:
-    return ["train", "--method", "joint", "--dataset", "synthetic", "--run-dir", str(run_dir), *TINY, *extra]
+def _train(run_dir, *extra: str, n_train: int = 64) -> list[str]:
+    tiny = [a.replace("data.n_train=64", f"data.n_train={n_train}") for a in TINY]
+    return ["train", "--method", "joint", "--dataset", "synthetic", "--run-dir", str(run_dir), *tiny, *extra]
 
 
 def _one_line_error(capsys, *expected: str) -> str:
@@ -193,11 +194,11 @@ def test_ctrl_c_inside_torch_save_says_where_and_resumes_to_the_same_summary(tmp
 
 def test_sigint_mid_run_exits_130_with_the_resume_command_and_resumes_to_the_same_summary(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-    args = ["--epochs", "4", "--set", "data.n_train=512"]
+    args = ["--epochs", "4"]
     reference, run = tmp_path / "reference", tmp_path / "run"
-    assert main(_train(reference, *args)) == 0
+    assert main(_train(reference, *args, n_train=512)) == 0
     # A shell starts background jobs with SIGINT ignored; give the child Python's default Ctrl-C handling.
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks", *_train(run, *args)], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks", *_train(run, *args, n_train=512)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
