@@ -51,9 +51,12 @@ def _gpus(text: str) -> list[int]:
     return ids
 
 
-# The Slurm options' defaults (None or False for the rest): one set otherwise under another launcher is refused.
-SLURM_DEFAULTS = {"partition": None, "time": 24 * 60, "cpus_per_task": 8, "mem_gb": 64, "account": None, "qos": None,
-                  "constraint": None, "array_parallelism": 64, "resubmit": False}
+# The Slurm options' defaults, SlurmOptions' own (argument -> its field): one set otherwise under another launcher is
+# refused.
+SLURM_FIELDS = {"partition": "partition", "time": "time_min", "cpus_per_task": "cpus_per_task", "mem_gb": "mem_gb",
+                "account": "account", "qos": "qos", "constraint": "constraint",
+                "array_parallelism": "array_parallelism"}
+SLURM_DEFAULTS = {**{arg: getattr(SlurmOptions, field) for arg, field in SLURM_FIELDS.items()}, "resubmit": False}
 
 
 def configure(p: argparse.ArgumentParser) -> None:
