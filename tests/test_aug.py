@@ -4,6 +4,7 @@ paper/official switches, checkpoints and an end-to-end run on synthetic data."""
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 
 from aug.aca import aca_check_epochs, aca_decision, default_interval, gate_targets, running_scores
 from aug.method import AUG
-from aug.model import LearnerStack, learner_logits, sustained_boosting_loss
+from aug.model import RESIDUAL_TARGETS, LearnerStack, learner_logits, sustained_boosting_loss
 from baselines.base import Loaders, StepInfo
 from benchmarks.config import TRAIN_HPARAMS, build_config, load_config_file, method_hparams
 from benchmarks.runner import train_run
@@ -522,6 +523,125 @@ def test_score_difference_diagnostic_weighs_the_visual_score_by_sigma(tiny_bundl
     diag = method.on_epoch_end(0, data)
     assert diag["score_difference"] == approx64(0.4)  # (60 - 0.5 * 40) / 100
     assert diag["score_ratio"] == approx64(1.5), "the ratio diagnostic has no sigma"
+
+
+# --- the method passes its knobs on (each test fails if update/on_epoch_end ignores the knob) -------------------------
+def epoch_end_growth(bundle, sums: list[float], **overrides) -> dict[str, int]:
+    """The learners added at a paper-schedule check (epoch 1 of 4, t_N = 2) with epoch sums ``sums`` over N = 100."""
+    method = build(bundle, epochs=4, aca_interval_epochs=2, **overrides)
+    data = loaders(bundle)
+    method.on_epoch_start(1, data)
+    method.score_sum = torch.tensor(sums, dtype=torch.float64)
+    method.count = 100
+    assert method.on_epoch_end(1, data)["aca_check"] == 1.0
+    return method.extra_learners()
+
+
+NOTHING = {"audio": 0, "visual": 0}
+VISUAL = {"audio": 0, "visual": 1}
+
+
+@pytest.mark.parametrize("sums, overrides, grown", [
+    # S = (10.5, 10): d = 0.005 is inside the paper's dead zone, rho = 1.05 is outside the code's.
+    ([10.5, 10.0], {}, NOTHING),
+    ([10.5, 10.0], {"aca_rule": "ratio"}, VISUAL),
+    # S = (60, 50): d = 0.1 grows visual by default; sigma = 1.2 balances it (0.6 - 1.2 * 0.5 = 0) and tau = 0.2
+    # covers it.
+    ([60.0, 50.0], {}, VISUAL),
+    ([60.0, 50.0], {"sigma": 1.2}, NOTHING),
+    ([60.0, 50.0], {"tau": 0.2}, NOTHING),
+])
+def test_epoch_end_decides_with_the_runs_rule_sigma_and_tau(tiny_bundle, sums, overrides, grown):
+    assert epoch_end_growth(tiny_bundle, sums, **overrides) == grown
+
+
+def test_a_learner_goes_to_the_weak_modality_whatever_the_step_order(tiny_bundle):
+    # score_sum is in dataset order (audio, visual): visual is the weak one, though it is stepped first.
+    assert epoch_end_growth(tiny_bundle, [60.0, 40.0], modality_order=["visual", "audio"]) == VISUAL
+
+
+def test_epoch_end_uses_the_runs_three_modality_threshold():
+    cls = get_dataset("synthetic")
+    bundle = cls.build(resolve("data", cls.HPARAMS, "synthetic", {**TINY_DATA, "modalities": 3}))
+    # rho = 10/52, 12/50, 40/22: below 0.4 for audio and visual; below 0.2 for audio alone.
+    grown = epoch_end_growth(bundle, [10.0, 12.0, 40.0], three_modal_threshold=0.2)
+    assert grown == {"audio": 1, "visual": 0, "text": 0}
+
+
+@pytest.mark.parametrize("lam, target", [(0.2, "ensemble_softmax"), (0.2, "per_learner_prob_sum"),
+                                         (0.5, "per_learner_prob_sum")])
+def test_update_trains_with_the_runs_lambda_and_residual_target(tiny_bundle, lam, target):
+    method = build(tiny_bundle, residual_lambda=lam, residual_target=target)
+    for m in method.modalities:
+        method.add_learner(m)
+        method.add_learner(m)  # two previous learners: the two residual targets differ
+    method.train()
+    logits = record_learner_logits(method)
+    batch = first_batch(tiny_bundle)
+    logs = method.update(batch, STEP)
+    y = batch["label"]
+    for m in method.modalities:
+        expected = sustained_boosting_loss(logits[m], y, lam, target)[0]
+        assert logs[f"loss_{m}"] == approx(expected.item())
+        others = [sustained_boosting_loss(logits[m], y, other_lam, other_target)[0].item()
+                  for other_lam in (0.2, 0.5) for other_target in RESIDUAL_TARGETS
+                  if (other_lam, other_target) != (lam, target)]
+        assert all(logs[f"loss_{m}"] != approx(v) for v in others), "the crafted case must tell the settings apart"
+
+
+def test_gated_training_scales_the_extra_learners_by_the_gate(tiny_bundle):
+    # train_KS.py @966dbf5 gates the extra learners in the training forward as well as at test time.
+    method = build(tiny_bundle, variant="official_gated")
+    method.add_learner("visual")
+    method.running = torch.tensor([1.5, 1 / 1.5])
+    method.train()
+    gates = method.gate_values().clone()
+    logits = record_learner_logits(method)
+    batch = first_batch(tiny_bundle)
+    logs = method.update(batch, STEP)
+    z = logits["visual"].clone()
+    z[:, 1:] *= gates[1]
+    lam = method.hp.residual_lambda
+    assert logs["loss_visual"] == approx(sustained_boosting_loss(z, batch["label"], lam)[0].item())
+    ungated = sustained_boosting_loss(logits["visual"], batch["label"], lam)[0].item()
+    assert logs["loss_visual"] != approx(ungated), "an ungated forward would score the same"
+
+
+def test_epoch_statistics_accumulate_over_the_epochs_batches(tiny_bundle):
+    method = build(tiny_bundle)
+    method.add_learner("visual")
+    method.train()
+    data = loaders(tiny_bundle)
+    method.on_epoch_start(0, data)
+    first, second = list(itertools.islice(iter(data.train), 2))
+    method.update(first, STEP)
+    losses, ces = method.loss_sum.clone(), method.ce_sum.clone()
+    logits = record_learner_logits(method)
+    logs = method.update(second, StepInfo(epoch=0, step=1, steps_per_epoch=4, epochs=2))
+    n = len(second["label"])
+    close(method.loss_sum, losses + torch.tensor([logs["loss_audio"], logs["loss_visual"]], dtype=torch.float64) * n,
+          dtype=torch.float32)
+    ce = [F.cross_entropy(logits[m].sum(1), second["label"]).item() for m in method.modalities]
+    close(method.ce_sum, ces + torch.tensor(ce, dtype=torch.float64) * n, dtype=torch.float32)
+    assert method.count == len(first["label"]) + n
+
+
+def test_logged_loss_weighs_the_modalities_by_the_fusion_weights(tiny_bundle):
+    method = build(tiny_bundle, fusion_weights=[0.1, 0.9])
+    method.train()
+    logs = method.update(first_batch(tiny_bundle), STEP)
+    assert logs["loss"] == approx(0.1 * logs["loss_audio"] + 0.9 * logs["loss_visual"])
+    assert logs["loss"] != approx(0.5 * (logs["loss_audio"] + logs["loss_visual"]))
+
+
+@pytest.mark.parametrize("dataset, interval, lam", [
+    # The paper's t_N per dataset; lambda 0.2 where the gated scripts @966dbf5 set it, else train_CREMAD.py's 0.5.
+    ("cremad", 20, 0.5), ("kinetics_sounds", 10, 0.2), ("vggsound", 10, 0.5), ("nvgesture", 10, 0.2),
+    ("twitter2015", 5, 0.5), ("sarcasm", 1, 0.5), ("ave", 0, 0.5),
+])
+def test_per_dataset_defaults_are_the_papers(dataset, interval, lam):
+    hp = resolve("aug", method_hparams(AUG), dataset, {}, variants=AUG.VARIANTS)
+    assert (hp.aca_interval_epochs, hp.residual_lambda) == (interval, lam)
 
 
 # --- checkpoints and end-to-end ---------------------------------------------------------------------------------------
