@@ -353,18 +353,22 @@ def bench_tree(work: Path, *, preset: str = "small", recipe: str = "aug", worker
                log: Callable[[str], None] = print, **generate_params: Any) -> Path:
     """A prepared cache to benchmark, made once under ``work`` and reused: AV-Digits (``preset``) generated into
     ``work/data``, JPEG frame folders extracted at CREMA-D's frame size, prepared as ``cremad`` with ``recipe`` into
-    ``work/cache`` (built again when frames were extracted again).
+    ``work/cache`` (built again when frames were extracted again). An existing tree of other knobs, or one whose
+    files changed, is refused (``check_tree``).
 
     Returns:
         The finished cache folder.
     """
-    from datasets.av_digits import ROOT_NAME, generate
+    from datasets.av_digits import ROOT_NAME, check_tree, generate
     from datasets.prepare import prepare
     from datasets.tables import PrepareOptions, StaleCacheError
 
     work = Path(work)
     raw = work / "data" / ROOT_NAME
-    if not raw.is_dir():
+    if raw.is_dir():
+        # The figures are named by the preset asked for: a tree of another one (or damaged) would measure other data.
+        check_tree(raw, preset=preset, **generate_params)
+    else:
         log(f"generating AV-Digits ({preset}) into {raw}")
         generate(work / "data", preset=preset, **({"workers": workers} if workers else {}), **generate_params)
     extract_jpeg_frames(raw, log=log)

@@ -504,12 +504,13 @@ def run_demo(*, results: Path, work: Path, profile: str | None = None, workers: 
     t = time.perf_counter()
     data_dir = work / f"data-{_digest(demo['generate'])}"
     raw = data_dir / "AV-Digits"
+    from datasets.av_digits import check_tree, generate
+
     if (raw / "manifest.json").exists():
+        check_tree(raw, **demo["generate"])
         log(f"[1/4] AV-Digits: reusing {raw}")
     else:
         log(f"[1/4] AV-Digits: generating into {raw} ...")
-        from datasets.av_digits import generate
-
         generate(data_dir, workers=workers, **demo["generate"])
     timings["generate_s"] = time.perf_counter() - t
 

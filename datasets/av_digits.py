@@ -67,6 +67,7 @@ import numpy as np
 import yaml
 
 from core.data import seed_for
+from core.errors import InputError
 from core.hparams import HParam, HParamError, resolve
 from datasets import espeak
 
@@ -822,6 +823,52 @@ def _write_tables(root: Path, plan: Mapping[str, Any], v: Mapping[str, Any],
                      plan["offset_x"][i], plan["offset_y"][i], f"{utterance[i]:.5f}"))
     files["meta.csv"] = _csv_text(meta, "\n").encode()
     return {name: _write(root / name, data) for name, data in files.items()}
+
+
+class TreeMismatchError(InputError, ValueError):
+    """A generated tree that is not the one asked for, or whose files changed after generation."""
+
+
+def check_tree(root: str | Path, **params: Any) -> None:
+    """Refuse to reuse the tree at ``root`` unless ``generate(**params)`` would write it: same generator version and
+    knobs (``workers`` aside), and every file the manifest lists still has its SHA-256 (a truncated copy or a damaged
+    disk would otherwise reach the cache, whose own check sees only sizes and times after it is built).
+
+    Raises:
+        TreeMismatchError: naming the tree, the knobs that differ or the files that changed, and what to do.
+    """
+    root = Path(root)
+    fix = f"delete {root} to generate it again, or use another folder"
+    try:
+        manifest = json.loads((root / "manifest.json").read_text())
+    except (OSError, ValueError) as err:
+        raise TreeMismatchError(f"{root}: no readable manifest.json ({err}); {fix}") from None
+    wanted = resolve_params(**params)
+    # Through JSON, as the manifest stores them (tuples as lists).
+    wanted = json.loads(json.dumps({name: wanted[name] for name in _HPARAM_NAMES if name != "workers"}))
+    recorded = manifest.get("params", {})
+    differ = [f"{name}={recorded.get(name)!r} (asked {value!r})" for name, value in wanted.items()
+              if recorded.get(name) != value]
+    if manifest.get("generator_version") != GENERATOR_VERSION:
+        differ.insert(0, f"generator_version={manifest.get('generator_version')!r} (this one {GENERATOR_VERSION!r})")
+    if differ:
+        raise TreeMismatchError(f"{root} was generated with {', '.join(differ)}: not the tree asked for; {fix}")
+    changed = []
+    for rel, digest in manifest.get("files", {}).items():
+        path = root / rel
+        if not path.is_file():
+            changed.append(f"{rel} (missing)")
+            continue
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        if h.hexdigest() != digest:
+            changed.append(rel)
+    if changed:
+        shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        raise TreeMismatchError(f"{root}: {len(changed)} file(s) differ from the SHA-256 generation recorded in "
+                                f"manifest.json ({shown}); {fix}")
 
 
 def _write_manifest(root: Path, plan: Mapping[str, Any], v: Mapping[str, Any], hashes: Mapping[str, str]) -> None:

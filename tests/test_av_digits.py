@@ -10,6 +10,7 @@ import json
 import multiprocessing
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -165,6 +166,63 @@ def test_marker_grey_level_encodes_the_second(tiny):
                 assert np.abs(block - 40 * (k + 1)).max() <= 10, (row["id"], index)
             seen.add(k)
     assert seen == {0, 1, 2}
+
+
+def test_each_clips_video_shows_its_own_planned_image(tiny):
+    # The first frame's tile, read back to the 0-16 scale, is the (noisy) image the plan drew for that clip, the
+    # clip meta.csv names by id (a clip rendered with another clip's image shows another digit in most clips).
+    plan = _plan(preset="tiny", seed=0)
+    image_of = dict(zip(plan["id"], plan["image"]))
+    tile = av_digits.TILE
+    for row in _meta(tiny):
+        with av.open(str(tiny / "VideoFlash" / f"{row['id']}.flv")) as container:
+            frame = next(container.decode(video=0)).to_ndarray(format="gray").astype(np.float64)
+        x, y = int(row["offset_x"]), int(row["offset_y"])
+        blocks = frame[y:y + tile, x:x + tile].reshape(8, av_digits.SCALE, 8, av_digits.SCALE).mean(axis=(1, 3))
+        assert np.abs(blocks * 16 / 255 - image_of[row["id"]]).max() < 1.0, row["id"]
+
+
+def test_each_clip_draws_its_own_noise(noisy):
+    # The noise before each utterance: clips rendered with one shared noise seed would be perfectly correlated.
+    leads = []
+    for row in _meta(noisy):
+        samples, _ = soundfile.read(noisy / "AudioWAV" / f"{row['id']}.wav", dtype="float64")
+        leads.append(samples[:round(float(row["onset_s"]) * 16000)])
+    n = min(len(lead) for lead in leads)
+    assert n >= 200, "every clip needs a stretch of noise before its utterance"
+    correlation = np.corrcoef(np.stack([lead[:n] for lead in leads]))
+    assert np.abs(correlation[~np.eye(len(leads), dtype=bool)]).max() < 0.5
+
+
+# --- reusing a generated tree -----------------------------------------------------------------------------------------
+
+def test_check_tree_accepts_the_tree_its_knobs_generate_and_refuses_others(tiny):
+    av_digits.check_tree(tiny, preset="tiny", seed=0, workers=3)  # the worker count cannot change the files
+    with pytest.raises(av_digits.TreeMismatchError, match=rf"{re.escape(str(tiny))} was generated with seed=0 "
+                                                          r"\(asked 1\): not the tree asked for; delete"):
+        av_digits.check_tree(tiny, preset="tiny", seed=1)
+    with pytest.raises(av_digits.TreeMismatchError, match=r"preset='tiny' \(asked 'small'\)"):
+        av_digits.check_tree(tiny, preset="small", seed=0)
+
+
+def test_check_tree_names_changed_and_missing_files_and_another_generator(tiny, tmp_path):
+    copy = tmp_path / "AV-Digits"
+    shutil.copytree(tiny, copy)
+    meta = _meta(copy)
+    wav = copy / "AudioWAV" / f"{meta[0]['id']}.wav"
+    wav.write_bytes(wav.read_bytes()[:1000])
+    (copy / "VideoFlash" / f"{meta[1]['id']}.flv").unlink()
+    with pytest.raises(av_digits.TreeMismatchError,
+                       match=rf"2 file\(s\) differ .*AudioWAV/{meta[0]['id']}.wav, VideoFlash/{meta[1]['id']}.flv "
+                             r"\(missing\)"):
+        av_digits.check_tree(copy, preset="tiny", seed=0)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "generator_version": "0.9"}))
+    with pytest.raises(av_digits.TreeMismatchError, match=r"generator_version='0.9'"):
+        av_digits.check_tree(copy, preset="tiny", seed=0)
+    (copy / "manifest.json").unlink()
+    with pytest.raises(av_digits.TreeMismatchError, match="no readable manifest.json"):
+        av_digits.check_tree(copy, preset="tiny", seed=0)
 
 
 def test_second_frames_place_marker_and_move_digit():

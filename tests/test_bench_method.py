@@ -29,6 +29,7 @@ from benchmarks.config import build_config
 from benchmarks.runner import build_method
 from core.hparams import resolve
 from datasets.augment import frame_offsets
+from datasets.av_digits import TreeMismatchError
 from datasets.cache import open_cache
 from datasets.cremad import CremaD
 from datasets.media_loader import MediaDataset
@@ -148,6 +149,9 @@ def test_the_bench_tree_has_cremad_sized_frames_and_extracts_an_older_tree_again
     assert bench_data.bench_tree(tmp_path, preset="tiny", recipe="ogm", log=logged.append) == cache
     assert any(line.startswith("rebuilding the bench cache") for line in logged)
     assert any(line.startswith(f"{cache}: built") for line in logged)
+    # Figures are named by the preset asked for: a tree of another preset would measure other data.
+    with pytest.raises(TreeMismatchError, match=r"preset='tiny' \(asked 'small'\)"):
+        bench_data.bench_tree(tmp_path, preset="small", recipe="ogm", log=logged.append)
 
 
 def test_a_figure_measured_with_uncommitted_changes_says_so():
