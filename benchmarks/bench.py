@@ -3,7 +3,8 @@
 - ``step``: every registered method takes the same batches; the time of one ``update`` (median over a round after
   warm-up, best of rounds interleaved with ``joint``) is reported with its ratio to ``joint``'s. Epoch hooks
   (prototype passes, G-Blending's estimation, teacher pre-training) are not part of a step; their cost is stated in
-  each method's docstring.
+  each method's docstring. Every step is taken at epoch 0, so a method that runs a cheaper branch during a warm-up
+  (ARL, MIDAS, OPM, Remix, DI-MML's DUC term) is timed in that branch, not in its steady state.
 - ``epoch``: one training epoch through the real loader (gather + transfer + augmentation + updates) against the same
   updates on batches already materialised on the device (model-only time). The ratio is the pipeline overhead.
 - ``data``: the cache loader against the per-sample media loader (``benchmarks.bench_data``).

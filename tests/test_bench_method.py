@@ -5,6 +5,7 @@ Nothing here times anything."""
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections import Counter
 from itertools import permutations
 from pathlib import Path
@@ -220,6 +221,24 @@ def test_a_step_timer_cycles_through_its_batches_at_the_step_of_the_epoch_they_s
     assert seen == [(0, 0), (1, 1), (2, 2), (0, 3), (1, 0), (2, 1)]
 
 
+def test_a_step_timer_trains_with_its_runs_seed_and_determinism(monkeypatch):
+    seeded: list[tuple[int, bool]] = []
+    monkeypatch.setattr(bench, "seed_everything", lambda seed, deterministic: seeded.append((seed, deterministic)))
+    tiny = {"model": TINY_MODEL, "data": TINY_DATA, "train": {"batch_size": 16, "seed": 3, "deterministic": False}}
+    timer = bench.StepTimer("joint", tiny, None, 1)
+    assert seeded == [(3, False)] and timer.method.training
+
+
+@pytest.mark.parametrize("module", [bench, bench_data])
+def test_a_clock_waits_for_a_cuda_device_and_only_for_one(module, monkeypatch):
+    waited: list = []
+    monkeypatch.setattr(torch.cuda, "synchronize", waited.append)
+    module._sync(torch.device("cpu"))
+    assert waited == []
+    module._sync(torch.device("cuda", 0))
+    assert waited == [torch.device("cuda", 0)]
+
+
 def test_an_epoch_is_projected_only_when_both_inputs_have_cremads_shapes():
     cremad = SHAPES["cremad"]["data"]
     for changed in ({"audio_shape": [1, 64, 128]}, {"visual_shape": [3, 1, 64, 64]}):
@@ -262,6 +281,38 @@ def test_epoch_figures_take_the_best_timed_epoch_after_an_untimed_one(cache_path
     assert row["projected_cremad_run_s"] == approx64(200 * 6698 * 2.0 / 6)
     table = markdown_epoch([row], "caption").splitlines()[-1]
     assert "| 2.00 | 1.00 | 0.25 | 2.00 | 1000.0 | 3 | " in table, "epoch, model-only, loader-only, ratio, ms, rate"
+
+
+def test_model_only_time_trains_in_train_mode_on_the_batches_drawn_once(cache_path, monkeypatch):
+    # Model-only time is the updates alone: a pass drawing its batches from the loader would time the loader too.
+    passes: dict[str, list] = {"full_epoch": [], "model_only": []}
+
+    def run_twice(fn, device, repeats, warmup):
+        fn()
+        return [1.0] * repeats
+
+    def noted(*args, **kwargs):
+        method = build_method(*args, **kwargs)
+        update = method.update
+
+        def note(batch, info):
+            caller = sys._getframe(1).f_code.co_name
+            passes[caller].append((batch, method.training))
+            return update(batch, info)
+
+        method.update = note
+        return method
+
+    monkeypatch.setattr(bench, "time_calls", run_twice)
+    monkeypatch.setattr(bench, "build_method", noted)
+    cfg = build_config("joint", "cremad", {"data": {"cache": str(cache_path), "image_size": 16, "frames": 1},
+                                           "model": TINY_MODEL, "train": {"batch_size": 4}})
+    bench.bench_epoch(cfg, log=lambda _: None, repeats=2)
+    model_only = passes["model_only"]
+    assert len(model_only) == 6 and all(training for _, training in model_only + passes["full_epoch"])
+    first = [batch for batch, _ in model_only[:2]]
+    assert all(batch is first[i % 2] for i, (batch, _) in enumerate(model_only)), "the same batches every pass"
+    assert not any(batch is b for batch in first for b, _ in passes["full_epoch"])
 
 
 def test_an_epoch_that_drops_its_partial_batch_is_rated_on_the_samples_it_trained_on(cache_path, monkeypatch):
@@ -511,6 +562,41 @@ def scripted_command(monkeypatch, measured: Path) -> list:
     monkeypatch.setattr(command, "_machine", lambda device: {"device": "cuda:0", "gpu": "GPU", "processor": "x",
                                                              "torch": "2", "torch_threads": 1, "git_commit": "abc"})
     return calls
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "joint", "jiont"], "unknown method 'jiont'"),
+    (["--epoch-method", "agn"], "unknown method 'agn'"),
+    (["--device", "cuda"], "train.device=cuda but torch sees no CUDA device"),
+])
+def test_bench_refuses_a_misspelt_method_or_a_missing_device_before_measuring(tmp_path, monkeypatch, capsys, argv,
+                                                                              message):
+    from benchmarks.cli import main
+
+    calls = scripted_command(monkeypatch, tmp_path / "cache")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["bench", "all", "--out", str(tmp_path / "out"), *argv]) != 0
+    assert calls == [] and message in capsys.readouterr().err
+
+
+def test_the_bench_environment_records_the_determinism_the_timers_run_with(tmp_path, monkeypatch):
+    from benchmarks.cli import main
+    from benchmarks.commands import bench as command
+
+    recorded: list[bool] = []
+    scripted_command(monkeypatch, tmp_path / "cache")
+    monkeypatch.setattr(command, "_machine", lambda device: recorded.append(
+        torch.are_deterministic_algorithms_enabled()) or {"device": "cpu", "processor": "x", "torch": "2",
+                                                           "torch_threads": 1, "git_commit": "abc"})
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        for deterministic in ("true", "false"):
+            torch.use_deterministic_algorithms(deterministic == "false")  # the other state beforehand
+            assert main(["bench", "step", "--device", "cpu", "--methods", "joint", "--out", str(tmp_path / "out"),
+                         "--set", f"train.deterministic={deterministic}"]) == 0
+    finally:
+        torch.use_deterministic_algorithms(before)
+    assert recorded == [True, False]
 
 
 def test_bench_all_hands_each_benchmark_its_options(tmp_path, monkeypatch):

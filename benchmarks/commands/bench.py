@@ -22,11 +22,13 @@ from typing import Any
 
 import torch
 
+from baselines.registry import get_method
 from benchmarks.bench import SHAPES, bench_epoch, bench_steps, markdown_data, markdown_epoch, markdown_steps
 from benchmarks.bench_data import ROUND_ORDERS, bench_tree, benchmark_data
 from benchmarks.commands import positive_int
-from benchmarks.config import build_config, merge_overrides
+from benchmarks.config import TRAIN_HPARAMS, build_config, merge_overrides
 from benchmarks.records import atomic_write_text, environment, write_json
+from benchmarks.runner import seed_everything, select_device
 from core.hparams import parse_assignments, resolve
 from datasets.cache import default_cache_root
 from datasets.registry import get_dataset
@@ -184,6 +186,13 @@ def run(args: argparse.Namespace) -> int:
     shape = SHAPES[args.shape]
     assignments = parse_assignments(args.assignments)
     base = merge_overrides({ns: dict(v) for ns, v in shape.items()}, _execution(args), assignments)
+    # Refused before minutes of measuring, not after: a misspelt method, or a device this machine does not have.
+    for name in [*(args.methods or []), args.epoch_method]:
+        get_method(name)
+    select_device(args.device)
+    # The environment records the deterministic-algorithm switch, which the timers' seeding sets: set it first.
+    train = resolve("train", TRAIN_HPARAMS, None, base.get("train", {}))
+    seed_everything(train.seed, train.deterministic)
     env = _machine(args.device)
     suffix, settings = _settings_tag(args)
     tag = f"{args.shape}-{'cuda' if 'cuda' in env['device'] else 'cpu'}"
@@ -194,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"per-step time, shape {args.shape}, device {env['device']}:")
         rows = bench_steps(base, args.methods, repeats=args.repeats)
         timing = (f"fastest of {rows[0]['rounds']} interleaved rounds, each the median of {rows[0]['repeats']} steps "
-                  f"after {rows[0]['warmup']} warm-up")
+                  f"after {rows[0]['warmup']} warm-up, at epoch 0: a method with a warm-up phase is timed in it")
         caption = (f"Per-step time on shape '{args.shape}' ({env['device']}, {env.get('gpu', env['processor'])}, "
                    f"torch {env['torch']}, {env['torch_threads']} threads, {timing}, load average "
                    f"{rows[-1]['load_average']} at the end, commit {code_of(env)}{settings})")
