@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import statistics
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -188,6 +190,9 @@ def test_machine_record_names_versions_cpu_and_threads():
     assert {"torch", "numpy", "cpu_model", "threads_per_worker", "workers", "torch_cpu_capability",
             "kernel_env"} <= set(rec)
     assert rec["threads_per_worker"] == 1 and rec["cpu_model"]
+    # The values, not only the keys: the summary publishes them as what the numbers depend on.
+    assert (rec["torch"], rec["numpy"], rec["cpus"]) == (torch.__version__, np.__version__, os.cpu_count())
+    assert rec["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability() and rec["workers"] == 2
 
 
 def _record(label: str, seed: int, acc: float) -> collect.RunRecord:
@@ -497,8 +502,8 @@ def test_the_findings_sentences_carry_each_number_from_its_own_row():
         "Joint training (Concat, 85.0%) leans on audio: its visual head reaches 60.0% where a visual-only model "
         "reaches 92.0%, its audio head 78.0% where an audio-only model reaches 80.0%.",
         "Averaging the two separately trained unimodal models gives 95.0%, +8.0 points against joint training (both "
-        "at the final epoch; joint 87.0%): that is the headroom balancing methods compete for, and the best method "
-        "here, Sum, reaches 86.0%.",
+        "at the final epoch; joint 87.0%): that is the headroom balancing methods compete for; the highest method "
+        "mean here is Sum's 86.0 ± 2.0% (best-validation epoch).",
         "AUG reaches 83.0%, below joint training: it added 0.3 audio, 9.7 visual learner(s) on average (final "
         "train-score ratio audio/visual 1.28), and its fixed 0.4/0.6 audio/visual test-time weights, chosen for "
         "CREMA-D, give 83.0% where equal weights give 80.0%."]
@@ -998,7 +1003,10 @@ def test_the_best_method_finding_quotes_its_best_validation_mean_even_for_joint_
     summary = _findings_summary(0.95)
     summary["rows"]["joint"]["acc"][0] = 0.88  # above every method; its final epoch is 0.87
     headroom = findings(summary, {"joint": "Concat"}, load_demo_config()["targets"])[1]
-    assert headroom.endswith("the best method here, Concat, reaches 88.0%.")
+    assert headroom.endswith("the highest method mean here is Concat's 88.0 ± 3.0% (best-validation epoch).")
+    summary["rows"]["joint"]["acc"] = [0.88, 0.0, 1]  # one seed: no spread to state
+    headroom = findings(summary, {"joint": "Concat"}, load_demo_config()["targets"])[1]
+    assert headroom.endswith("the highest method mean here is Concat's 88.0% (best-validation epoch).")
 
 
 def test_the_demo_readme_carries_the_targets_over_its_seeds_the_comparison_and_the_thread_count():
