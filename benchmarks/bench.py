@@ -25,8 +25,9 @@ import torch
 from baselines.base import Loaders, StepInfo
 from baselines.registry import list_methods
 from benchmarks.bench_data import load_average
-from benchmarks.config import RunConfig, build_config
+from benchmarks.config import RUNNER_NAMESPACES, RunConfig, build_config
 from benchmarks.runner import build_data, build_method, make_loaders, seed_everything, select_device
+from core.hparams import HParamError
 
 # CREMA-D as the AUG recipe serves it (1 frame, 20 s STFT 257x1250) but random: model cost without the dataset.
 SHAPES: dict[str, dict[str, Any]] = {
@@ -99,6 +100,20 @@ class StepTimer:
         return statistics.median(time_calls(self.one, self.device, repeats, warmup))
 
 
+def own_overrides(overrides: dict, method: str) -> dict:
+    """The overrides one method's timer takes: the runner's namespaces and the method's own, so that ``--set
+    midas.warmup_epochs=0`` times MIDAS past its warm-up while ``joint``, its reference, is built without it."""
+    return {ns: v for ns, v in overrides.items() if ns in RUNNER_NAMESPACES or ns == method}
+
+
+def check_method_namespaces(overrides: dict, methods: list[str]) -> None:
+    """Refuse a method namespace that no benchmarked method would take (a typo would otherwise be dropped)."""
+    stray = sorted(set(overrides) - set(RUNNER_NAMESPACES) - set(methods))
+    if stray:
+        raise HParamError(f"--set namespace(s) {stray} name no method benchmarked here ({', '.join(methods)}); "
+                          f"valid: {', '.join((*RUNNER_NAMESPACES, *methods))}")
+
+
 def bench_steps(overrides: dict, methods: list[str] | None = None, repeats: int = 5, warmup: int = 2,
                 rounds: int = 3, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Seconds per ``update`` of each method on the same batches, and the ratio to ``joint`` (always timed).
@@ -109,11 +124,12 @@ def bench_steps(overrides: dict, methods: list[str] | None = None, repeats: int 
     """
     names = methods or list(list_methods())
     names = ["joint"] + [n for n in names if n != "joint"]
-    joint = StepTimer("joint", overrides, None, warmup + repeats)
+    check_method_namespaces(overrides, names)
+    joint = StepTimer("joint", own_overrides(overrides, "joint"), None, warmup + repeats)
     joint.median(repeats, warmup)
     rows: list[dict[str, Any]] = []
     for name in names:
-        timer = joint if name == "joint" else StepTimer(name, overrides, joint.batches, 0)
+        timer = joint if name == "joint" else StepTimer(name, own_overrides(overrides, name), joint.batches, 0)
         step = base = float("inf")
         for _ in range(rounds):
             base = min(base, joint.median(repeats, warmup))

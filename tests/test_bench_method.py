@@ -28,7 +28,7 @@ from benchmarks.bench import (
 )
 from benchmarks.config import build_config
 from benchmarks.runner import build_method
-from core.hparams import resolve
+from core.hparams import HParamError, resolve
 from datasets.augment import frame_offsets
 from datasets.av_digits import TreeMismatchError
 from datasets.cache import open_cache
@@ -184,11 +184,13 @@ class ScriptedTimer:
 
     script: dict[str, list[float]] = {}
     built: list[tuple[str, Any, int]] = []
+    overrides: dict[str, dict] = {}
 
     def __init__(self, name: str, overrides: dict, batches: list | None, count: int) -> None:
         self.name, self.batches, self.device = name, batches if batches is not None else ["b"] * count, "cpu"
         self.method = type("Method", (), {"title": name.upper()})()
         ScriptedTimer.built.append((name, batches, count))
+        ScriptedTimer.overrides[name] = overrides
 
     def median(self, repeats: int, warmup: int) -> float:
         return self.script[self.name].pop(0)
@@ -207,6 +209,18 @@ def test_step_ratios_divide_the_fastest_round_by_the_fastest_joint_round_of_the_
     assert all(not left for left in ScriptedTimer.script.values())
     # joint's batches are drawn once (warm-up + timed steps of a round) and every method steps through them
     assert ScriptedTimer.built == [("joint", None, 5), ("aug", ["b"] * 5, 0)]
+
+
+def test_a_methods_own_knobs_reach_its_timer_and_not_joints(monkeypatch):
+    # e.g. MIDAS timed past its warm-up: joint, the reference, refused the midas namespace and nothing was timed.
+    ScriptedTimer.script = {"joint": [1.0] * 3, "midas": [2.0]}
+    ScriptedTimer.built, ScriptedTimer.overrides = [], {}
+    monkeypatch.setattr(bench, "StepTimer", ScriptedTimer)
+    overrides = {"train": {"batch_size": 4}, "midas": {"warmup_epochs": 0}}
+    bench.bench_steps(overrides, ["midas"], repeats=1, warmup=0, rounds=1, log=lambda _: None)
+    assert ScriptedTimer.overrides == {"joint": {"train": {"batch_size": 4}}, "midas": overrides}
+    with pytest.raises(HParamError, match=r"\['midsa'\] name no method benchmarked here \(joint, midas\)"):
+        bench.bench_steps({"midsa": {"warmup_epochs": 0}}, ["midas"], log=lambda _: None)
 
 
 def test_a_step_timer_cycles_through_its_batches_at_the_step_of_the_epoch_they_stand_for():
@@ -568,6 +582,7 @@ def scripted_command(monkeypatch, measured: Path) -> list:
     (["--methods", "joint", "jiont"], "unknown method 'jiont'"),
     (["--epoch-method", "agn"], "unknown method 'agn'"),
     (["--device", "cuda"], "train.device=cuda but torch sees no CUDA device"),
+    (["--methods", "midas", "--set", "midsa.warmup_epochs=0"], "['midsa'] name no method benchmarked here"),
 ])
 def test_bench_refuses_a_misspelt_method_or_a_missing_device_before_measuring(tmp_path, monkeypatch, capsys, argv,
                                                                               message):

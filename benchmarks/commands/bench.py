@@ -22,8 +22,17 @@ from typing import Any
 
 import torch
 
-from baselines.registry import get_method
-from benchmarks.bench import SHAPES, bench_epoch, bench_steps, markdown_data, markdown_epoch, markdown_steps
+from baselines.registry import get_method, list_methods
+from benchmarks.bench import (
+    SHAPES,
+    bench_epoch,
+    bench_steps,
+    check_method_namespaces,
+    markdown_data,
+    markdown_epoch,
+    markdown_steps,
+    own_overrides,
+)
 from benchmarks.bench_data import ROUND_ORDERS, bench_tree, benchmark_data
 from benchmarks.commands import positive_int
 from benchmarks.config import TRAIN_HPARAMS, build_config, merge_overrides
@@ -51,7 +60,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", action="store_true", help="bf16 autocast (train.amp=true; on a CPU too, usually slower)")
     p.add_argument("--channels-last", action="store_true", help="model.channels_last=true")
     p.add_argument("--compile", action="store_true", help="torch.compile the encoders (train.compile=true)")
-    p.add_argument("--set", dest="assignments", action="append", default=[], metavar="NS.KEY=VALUE")
+    p.add_argument("--set", dest="assignments", action="append", default=[], metavar="NS.KEY=VALUE",
+                   help="a run setting (train./model./data.), or a benchmarked method's knob, which only that method "
+                        "takes (e.g. midas.warmup_epochs=0 times MIDAS past its warm-up against plain joint)")
     p.add_argument("--repeats", type=positive_int, default=5, help="timed steps per method of the step benchmark")
     p.add_argument("--epoch-repeats", type=positive_int, default=2,
                    help="timed epochs (and model-only passes) of the epoch benchmark; the best counts")
@@ -186,9 +197,12 @@ def run(args: argparse.Namespace) -> int:
     shape = SHAPES[args.shape]
     assignments = parse_assignments(args.assignments)
     base = merge_overrides({ns: dict(v) for ns, v in shape.items()}, _execution(args), assignments)
-    # Refused before minutes of measuring, not after: a misspelt method, or a device this machine does not have.
+    # Refused before minutes of measuring, not after: a misspelt method or knob namespace, or a device this machine
+    # does not have.
     for name in [*(args.methods or []), args.epoch_method]:
         get_method(name)
+    timed = list(args.methods or list_methods()) if args.what in ("step", "all") else []
+    check_method_namespaces(assignments, timed + ([args.epoch_method] if args.what in ("epoch", "all") else []))
     select_device(args.device)
     # The environment records the deterministic-algorithm switch, which the timers' seeding sets: set it first.
     train = resolve("train", TRAIN_HPARAMS, None, base.get("train", {}))
@@ -220,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
             cache = {"data": {"cache": str(cache_dir)}} if cache_dir is not None else {}
             # the cache given or just measured wins over --set data.cache, as it does for the data benchmark
             overrides = merge_overrides(_execution(args), assignments, cache)
-        cfg = build_config(args.epoch_method, dataset, overrides)
+        cfg = build_config(args.epoch_method, dataset, own_overrides(overrides, args.epoch_method))
         print(f"epoch time, {args.epoch_method} on {dataset}:")
         row = bench_epoch(cfg, repeats=args.epoch_repeats)
         caption = (f"Epoch vs model-only time ({env['device']}, {env.get('gpu', env['processor'])}, "
