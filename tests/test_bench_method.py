@@ -583,6 +583,7 @@ def scripted_command(monkeypatch, measured: Path) -> list:
     (["--epoch-method", "agn"], "unknown method 'agn'"),
     (["--device", "cuda"], "train.device=cuda but torch sees no CUDA device"),
     (["--methods", "midas", "--set", "midsa.warmup_epochs=0"], "['midsa'] name no method benchmarked here"),
+    (["--device", "cpu", "--set", "train.device=cuda"], "takes its device from --device"),
 ])
 def test_bench_refuses_a_misspelt_method_or_a_missing_device_before_measuring(tmp_path, monkeypatch, capsys, argv,
                                                                               message):

@@ -36,6 +36,7 @@ from benchmarks.bench import (
 from benchmarks.bench_data import ROUND_ORDERS, bench_tree, benchmark_data
 from benchmarks.commands import positive_int
 from benchmarks.config import TRAIN_HPARAMS, build_config, merge_overrides
+from benchmarks.errors import UsageError
 from benchmarks.records import atomic_write_text, environment, write_json
 from benchmarks.runner import seed_everything, select_device
 from core.hparams import parse_assignments, resolve
@@ -203,6 +204,10 @@ def run(args: argparse.Namespace) -> int:
         get_method(name)
     timed = list(args.methods or list_methods()) if args.what in ("step", "all") else []
     check_method_namespaces(assignments, timed + ([args.epoch_method] if args.what in ("epoch", "all") else []))
+    if "device" in assignments.get("train", {}):
+        # --device names the files and the machine record and places the data benchmark's loader; a --set would
+        # move the steps alone.
+        raise UsageError("augbench bench takes its device from --device, not --set train.device")
     select_device(args.device)
     # The environment records the deterministic-algorithm switch, which the timers' seeding sets: set it first.
     train = resolve("train", TRAIN_HPARAMS, None, base.get("train", {}))
