@@ -770,6 +770,12 @@ def generate(out_dir: str | Path, *, overwrite: bool = False, **params: Any) -> 
         for r in results:
             hashes.update({key: value for key, value in r.items() if "/" in key})
         _write_manifest(tmp, plan, v, hashes)
+        # What is on disk, not only what the workers wrote: a worker of a killed earlier run (they outlive a SIGKILL
+        # for the rest of their shard) writing into this same partial folder would otherwise go unseen.
+        changed = _changed_files(tmp, hashes)
+        if changed:
+            raise OSError(f"{tmp}: {changed} changed on disk while generating; generate again (is another "
+                          f"generation writing into {out_dir}?)")
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
@@ -853,8 +859,17 @@ def check_tree(root: str | Path, **params: Any) -> None:
         differ.insert(0, f"generator_version={manifest.get('generator_version')!r} (this one {GENERATOR_VERSION!r})")
     if differ:
         raise TreeMismatchError(f"{root} was generated with {', '.join(differ)}: not the tree asked for; {fix}")
+    changed = _changed_files(root, manifest.get("files", {}))
+    if changed:
+        raise TreeMismatchError(f"{root}: {changed} differ from the SHA-256 generation recorded in manifest.json; "
+                                f"{fix}")
+
+
+def _changed_files(root: Path, hashes: Mapping[str, str]) -> str:
+    """The files under ``root`` that are missing or whose SHA-256 is not ``hashes[relative path]``, counted and
+    named (the first five); empty when every file matches."""
     changed = []
-    for rel, digest in manifest.get("files", {}).items():
+    for rel, digest in hashes.items():
         path = root / rel
         if not path.is_file():
             changed.append(f"{rel} (missing)")
@@ -865,10 +880,10 @@ def check_tree(root: str | Path, **params: Any) -> None:
                 h.update(chunk)
         if h.hexdigest() != digest:
             changed.append(rel)
-    if changed:
-        shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
-        raise TreeMismatchError(f"{root}: {len(changed)} file(s) differ from the SHA-256 generation recorded in "
-                                f"manifest.json ({shown}); {fix}")
+    if not changed:
+        return ""
+    return f"{len(changed)} file(s) (" + ", ".join(changed[:5]) + (
+        f" and {len(changed) - 5} more" if len(changed) > 5 else "") + ")"
 
 
 def _write_manifest(root: Path, plan: Mapping[str, Any], v: Mapping[str, Any], hashes: Mapping[str, str]) -> None:

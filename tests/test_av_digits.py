@@ -205,6 +205,22 @@ def test_check_tree_accepts_the_tree_its_knobs_generate_and_refuses_others(tiny)
         av_digits.check_tree(tiny, preset="small", seed=0)
 
 
+def test_generation_refuses_a_file_changed_on_disk_before_the_tree_is_published(tmp_path, monkeypatch):
+    # As a worker of a killed earlier run would, writing into the same partial folder after this run's worker.
+    write_manifest = av_digits._write_manifest
+
+    def overwritten(root, *args):
+        wav = sorted((root / "AudioWAV").iterdir())[0]
+        wav.write_bytes(wav.read_bytes()[:1000])
+        write_manifest(root, *args)
+
+    monkeypatch.setattr(av_digits, "_write_manifest", overwritten)
+    with pytest.raises(OSError, match=r"1 file\(s\) \(AudioWAV/.*\.wav\) changed on disk while generating"):
+        av_digits.generate(tmp_path, preset="tiny", seed=0, train_speakers=2, test_speakers=1, train_clips=6,
+                           test_clips=6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "neither a tree nor its partial folder is left"
+
+
 def test_check_tree_names_changed_and_missing_files_and_another_generator(tiny, tmp_path):
     copy = tmp_path / "AV-Digits"
     shutil.copytree(tiny, copy)
@@ -213,8 +229,8 @@ def test_check_tree_names_changed_and_missing_files_and_another_generator(tiny, 
     wav.write_bytes(wav.read_bytes()[:1000])
     (copy / "VideoFlash" / f"{meta[1]['id']}.flv").unlink()
     with pytest.raises(av_digits.TreeMismatchError,
-                       match=rf"2 file\(s\) differ .*AudioWAV/{meta[0]['id']}.wav, VideoFlash/{meta[1]['id']}.flv "
-                             r"\(missing\)"):
+                       match=rf"2 file\(s\) \(AudioWAV/{meta[0]['id']}.wav, VideoFlash/{meta[1]['id']}.flv "
+                             r"\(missing\)\) differ"):
         av_digits.check_tree(copy, preset="tiny", seed=0)
     manifest = json.loads((copy / "manifest.json").read_text())
     (copy / "manifest.json").write_text(json.dumps({**manifest, "generator_version": "0.9"}))
