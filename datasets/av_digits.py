@@ -731,6 +731,7 @@ def generate(out_dir: str | Path, *, overwrite: bool = False, **params: Any) -> 
         espeak.EspeakError: eSpeak NG cannot load its voice data (a broken espeakng-loader install).
         WorkerDiedError: a worker process died without a result (killed, crashed, out of memory).
         FileExistsError: the target exists and ``overwrite`` is false.
+        OSError: a written file changed on disk before the tree was published (another process writing there).
     """
     loader = espeak.require_espeakng_loader()
     _require("av", "av")
