@@ -54,6 +54,7 @@ import json
 import math
 import multiprocessing
 import os
+import platform
 import shutil
 import sys
 import time
@@ -706,6 +707,9 @@ def _library_versions() -> dict[str, str]:
             out[package] = version(package)
         except PackageNotFoundError:
             out[package] = "not installed"
+    # libespeak-ng takes its maths (sin, cos, exp, pow) from the system's C library, not from a wheel.
+    libc, libc_version = platform.libc_ver()
+    out["libc"] = f"{libc} {libc_version}" if libc else "unknown"
     return out
 
 

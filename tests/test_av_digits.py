@@ -9,6 +9,7 @@ import io
 import json
 import multiprocessing
 import os
+import platform
 import re
 import shutil
 import signal
@@ -64,6 +65,13 @@ def test_layout_and_wav_format(tiny):
     start = round(float(meta[0]["onset_s"]) * 16000)
     speech = np.abs(samples[start:start + round(float(meta[0]["utterance_s"]) * 16000)].astype(int))
     assert speech.max() > 1000 and np.abs(samples[:start].astype(int)).max() == 0  # clean preset: silence around
+
+
+def test_manifest_records_the_libraries_and_the_c_library_speech_depends_on(tiny):
+    versions = json.loads((tiny / "manifest.json").read_text())["library_versions"]
+    assert versions["numpy"] == np.__version__ and versions["av"] == av.__version__
+    libc, libc_version = platform.libc_ver()
+    assert versions["libc"] == (f"{libc} {libc_version}" if libc else "unknown")
 
 
 def test_flv_is_flv1_160x120_with_one_frame_per_30th_second(tiny):
