@@ -71,6 +71,7 @@ from core.data import seed_for
 from core.errors import InputError
 from core.hparams import HParam, HParamError, resolve
 from datasets import espeak
+from datasets.sources import sha256_file
 
 GENERATOR_VERSION = "1.0.0"
 ROOT_NAME = "AV-Digits"
@@ -879,11 +880,7 @@ def _changed_files(root: Path, hashes: Mapping[str, str]) -> str:
         if not path.is_file():
             changed.append(f"{rel} (missing)")
             continue
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        if h.hexdigest() != digest:
+        if sha256_file(path) != digest:
             changed.append(rel)
     if not changed:
         return ""
