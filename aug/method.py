@@ -35,7 +35,7 @@ differ):
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -175,6 +175,16 @@ class AUG(Method):
     def task_problems(cls, hp: HParams, modalities: tuple[str, ...]) -> list[str]:
         return [p for p in (_order_problem(hp.modality_order, modalities),
                             _weights_problem(hp.fusion_weights, modalities)) if p]
+
+    @classmethod
+    def mechanism_acted(cls, history: Sequence[Mapping[str, Any]]) -> bool | None:
+        """Whether ACA added a learner that then trained: an ``added/<modality>`` of 1 in any epoch but the last
+        (ACA decides after the epoch's evaluation, so a learner added at the last epoch changed no step). None for a
+        history without ``added/`` keys."""
+        added = [[v for k, v in record.get("diag", {}).items() if k.startswith("added/")] for record in history]
+        if not any(added):
+            return None
+        return any(v == 1.0 for flags in added[:-1] for v in flags)
 
     def _step_order(self, order: list) -> tuple[str, ...]:
         problem = _order_problem(order, self.modalities)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable, Mapping
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -279,6 +279,18 @@ class Method(nn.Module):
         return []
 
     @classmethod
+    def mechanism_acted(cls, history: Sequence[Mapping[str, Any]]) -> bool | None:
+        """Whether this method's own mechanism changed training in a finished run, judged from the run's logged
+        epochs (``metrics.jsonl``: each record's ``train``, the epoch means of ``update``'s logs, and ``diag``, what
+        ``on_epoch_end`` returned). A mechanism behind a gate (a modulation that waits for an imbalance, a
+        schedule's later stage, a decision taken on held-out data) may never open within a short schedule, and the
+        run is then its base model under another name; reports flag such runs instead of ranking them.
+
+        None: nothing to judge, the default for a method whose mechanism acts at every step by construction (a loss
+        term, a fusion architecture). A method with a gate overrides this and logs what the judgement needs."""
+        return None
+
+    @classmethod
     def held_out_split(cls, hp: HParams) -> str | None:
         """The split the ``HELD_OUT_KEY`` knob names in ``hp``, or None where the method reads none (no such knob,
         or a value that names no split, such as UMT's ``final``)."""
@@ -294,6 +306,11 @@ class Method(nn.Module):
             raise ValueError(f"{self.name}.{key}={self.hp[key]!r}, but dataset {self.task.dataset!r} serves no such "
                              f"split")
         return loader
+
+
+def judges_mechanism(cls: type[Method]) -> bool:
+    """Whether ``cls`` overrides ``Method.mechanism_acted``: its runs' logs say whether its mechanism acted."""
+    return cls.mechanism_acted.__func__ is not Method.mechanism_acted.__func__
 
 
 def loss_precision(z: torch.Tensor) -> torch.Tensor:

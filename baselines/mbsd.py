@@ -23,6 +23,8 @@ probabilities and pairwise averages).
 
 from __future__ import annotations
 
+from typing import Any, Mapping, Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -64,6 +66,13 @@ class MBSD(FusionMethod):
                                         "paper unidentified, so BB's form is the default).",
                choices=("bb_literal", "log_prob")),
     )
+
+    @classmethod
+    def mechanism_acted(cls, history: Sequence[Mapping[str, Any]]) -> bool | None:
+        """Whether the self-distillation terms weighed any sample: an epoch mean of w (``w_mean``) above 0 (w is 0
+        for a sample neither unimodal head predicts, and the terms then leave the three cross-entropies alone)."""
+        means = [record["train"]["w_mean"] for record in history if "w_mean" in record.get("train", {})]
+        return any(m > 0 for m in means) if means else None
 
     def update(self, batch: Batch, step: StepInfo) -> dict[str, float]:
         y = batch["label"]

@@ -12,7 +12,8 @@ only redraws the report.
 Reproducibility: the runs are seeded and use deterministic algorithms; the thread count is fixed at one per worker
 (a count derived from the machine changes the order of float reductions, which a short, high-learning-rate schedule
 amplifies into different results); AV-Digits generation is byte-identical for a seed (``datasets.av_digits``).
-A row whose every seed equals an earlier row's, under every protocol, is flagged as having no effect.
+A row whose every seed equals an earlier row's, under every protocol, is flagged as having no effect, and one whose
+runs' logs show its method's mechanism acting in no seed (``Method.mechanism_acted``) as such.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from baselines.base import judges_mechanism
 from baselines.registry import list_methods
 from benchmarks import collect, plots, sweep
 from benchmarks.config import merge_overrides
@@ -313,6 +315,27 @@ def identical_rows(records: Sequence[collect.RunRecord], order: Sequence[str]) -
     return out
 
 
+def mechanism_verdicts(records: Sequence[collect.RunRecord], order: Sequence[str]) -> dict[str, dict[str, list[int]]]:
+    """Row -> the seeds whose run's logs show its method's mechanism changed training (``acted``) and those whose logs
+    show it never did (``idle``), for the rows whose method judges its mechanism (``Method.mechanism_acted``); a run
+    it cannot judge (logged by older code) is in neither list, nor is a reference row (the ensemble)."""
+    methods = list_methods()
+    found: dict[str, dict[str, list[int]]] = {}
+    for rec in sorted((r for r in records if not r.reference and r.label in order), key=lambda r: r.seed):
+        if not judges_mechanism(methods[rec.method]):
+            continue
+        verdict = methods[rec.method].mechanism_acted(read_jsonl(rec.run_dir / "metrics.jsonl"))
+        if verdict is not None:
+            found.setdefault(rec.label, {"acted": [], "idle": []})["acted" if verdict else "idle"].append(rec.seed)
+    return {label: found[label] for label in order if label in found}
+
+
+def never_acted(verdicts: Mapping[str, Mapping[str, Sequence[int]]]) -> list[str]:
+    """The rows of ``mechanism_verdicts`` whose mechanism acted in no judged seed: their method's base model under
+    its name, not a result of the method."""
+    return [label for label, v in verdicts.items() if v["idle"] and not v["acted"]]
+
+
 def unstable_rows(records: Sequence[collect.RunRecord], order: Sequence[str], protocol: str = "clean",
                   threshold: float = UNSTABLE_STD) -> dict[str, list[float]]:
     """Row -> its test accuracy per seed (in seed order), for the rows whose sample std over seeds exceeds
@@ -430,14 +453,16 @@ def default_results(profile: str | None, publish: bool) -> Path:
 @dataclass
 class ShownRows:
     """What the demo's tables and plots show: the rows in order, their display names, the titles shown (a row equal
-    to an earlier one in every number marked "no effect"), those rows, each row's statistics over seeds at its
-    best-validation epoch (``stats``) and, for the references, joint training and their ensemble, at the final
-    epoch (``final``), and the files written."""
+    to an earlier one in every number marked "no effect", one whose mechanism acted in no seed marked so), those
+    rows, the mechanism verdicts per seed, each row's statistics over seeds at its best-validation epoch (``stats``)
+    and, for the references, joint training and their ensemble, at the final epoch (``final``), and the files
+    written."""
 
     order: list[str]
     names: dict[str, str]
     titles: dict[str, str]
     identical: dict[str, str]
+    mechanism: dict[str, dict[str, list[int]]]
     stats: dict[str, dict[str, tuple]]
     final: dict[str, dict[str, tuple]]
     written: list[Path]
@@ -452,7 +477,10 @@ def write_report(records: list[collect.RunRecord], methods: Sequence[str], runs_
     order = [r for r in methods if r in names]
     order = order[:2] + ([ENSEMBLE_LABEL] if ENSEMBLE_LABEL in names else []) + order[2:]
     identical = identical_rows(records, order)
+    verdicts = mechanism_verdicts(records, order)
     titles = dict(names)
+    for label in never_acted(verdicts):
+        titles[label] = f"{names[label]} [mechanism never acted]"
     for label, other in identical.items():
         titles[label] = f"{names[label]} [no effect: = {names[other]}]"
     for rec in records:
@@ -477,7 +505,7 @@ def write_report(records: list[collect.RunRecord], methods: Sequence[str], runs_
          for r in order}, results / "bars.png",
         titles=titles, references={ENSEMBLE_LABEL: "unimodal ensemble", JOINT: titles.get(JOINT, JOINT),
                                    VISUAL: "visual-only model"}))
-    return ShownRows(order, names, titles, identical, stats, final, written)
+    return ShownRows(order, names, titles, identical, verdicts, stats, final, written)
 
 
 def rounded_rows(stats: Mapping[str, Mapping[str, tuple]]) -> dict[str, dict[str, list]]:
@@ -566,7 +594,8 @@ def run_demo(*, results: Path, work: Path, profile: str | None = None, workers: 
                "rows": rounded_rows(shown.stats),
                # The ensemble exists only for the final checkpoints: what it is compared with is final too.
                "rows_final": rounded_rows(shown.final),
-               "identical_rows": shown.identical, "unstable_rows": unstable_rows(records, shown.order),
+               "identical_rows": shown.identical, "mechanism": shown.mechanism,
+               "unstable_rows": unstable_rows(records, shown.order),
                "degraded_runs": degraded_runs(records, shown.order),
                # The finished runs only, as the tables: a run that failed part-way leaves a curve that stops
                # mid-training.
@@ -613,8 +642,9 @@ def findings(summary: Mapping[str, Any], titles: Mapping[str, str], targets: Map
     final = summary.get("rows_final", {})
     if ENSEMBLE_LABEL in rows and {ENSEMBLE_LABEL, JOINT} <= set(final):
         ens, joint_final = final[ENSEMBLE_LABEL]["acc"][0], final[JOINT]["acc"][0]
+        idle = never_acted(summary.get("mechanism", {}))
         methods = [r for r in rows if r not in REFERENCES and r != ENSEMBLE_LABEL
-                   and r not in summary["identical_rows"]]
+                   and r not in summary["identical_rows"] and r not in idle]
         best = max(methods, key=mean)
         headroom = ("that is the headroom balancing methods compete for" if ens > joint_final else
                     "so this run shows no headroom for balancing")
@@ -697,6 +727,20 @@ def _readme(demo: Mapping[str, Any], summary: Mapping[str, Any], profile: str | 
                   "the demo's schedule, so they are not results of their own: "
                   + "; ".join(f"{titles.get(r, r)} = {titles.get(o, o)}" for r, o in summary["identical_rows"].items())
                   + ".", ""]
+    verdicts = summary.get("mechanism") or {}
+    idle, partly = never_acted(verdicts), [r for r, v in verdicts.items() if v["idle"] and v["acted"]]
+    if idle or partly:
+        lines += ["## Rows whose mechanism did not act", "",
+                  "Judged from each run's logs (the method's own test of what its mechanism changed, "
+                  "`mechanism_acted` in its file)."]
+        if idle:
+            lines[-1] += (" In no seed did the mechanism of these rows change training, so each is its base model "
+                          "under the method's name, not a result of the method: "
+                          + ", ".join(titles.get(r, r) for r in idle) + ".")
+        if partly:
+            lines[-1] += (" It acted in some seeds only (seeds without it): " + "; ".join(
+                f"{titles.get(r, r)} {', '.join(map(str, verdicts[r]['idle']))}" for r in partly) + ".")
+        lines.append("")
     if summary.get("unstable_rows"):
         train = demo["defaults"]["train"]
         lines += ["## Rows that vary between seeds", "",

@@ -908,3 +908,20 @@ def test_mixed_precision_prediction_returns_float32_logits(tiny_bundle):
     pred = method.predict(first_batch(tiny_bundle))
     assert pred.fused.dtype == torch.float32 and pred.alternatives["equal_fusion"].dtype == torch.float32
     assert {z.dtype for z in pred.per_modality.values()} == {torch.float32}
+
+
+def _aug_epochs(*added):
+    return [{"epoch": e, "train": {"loss": 1.0},
+             "diag": {"aca_check": 1.0, "added/audio": a, "added/visual": v,
+                      "extra_learners/audio": 0.0, "extra_learners/visual": 0.0}}
+            for e, (a, v) in enumerate(added)]
+
+
+def test_aug_mechanism_acted_only_when_a_learner_added_before_the_last_epoch_trained():
+    assert AUG.mechanism_acted(_aug_epochs((0.0, 0.0), (0.0, 1.0), (0.0, 0.0))) is True
+    # Added at the last epoch's check: the learner never trained a step.
+    assert AUG.mechanism_acted(_aug_epochs((0.0, 0.0), (0.0, 0.0), (1.0, 0.0))) is False
+    assert AUG.mechanism_acted(_aug_epochs((0.0, 0.0), (0.0, 0.0))) is False
+    # A history logged without ACA's keys cannot be judged.
+    assert AUG.mechanism_acted([{"epoch": 0, "train": {"loss": 1.0}, "diag": {}}]) is None
+    assert AUG.mechanism_acted([]) is None

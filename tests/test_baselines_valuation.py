@@ -877,6 +877,15 @@ def test_mbsd_weight_is_not_detached():
     assert z_a.grad.abs().sum() > 0
 
 
+def test_mbsd_mechanism_acted_when_some_epoch_weighed_a_sample():
+    mbsd = get_method("mbsd")
+    epochs = [{"epoch": e, "train": {"loss": 1.0, "ce": 1.0, "w_mean": w}, "diag": {}}
+              for e, w in enumerate((0.0, 0.02))]
+    assert mbsd.mechanism_acted(epochs) is True
+    assert mbsd.mechanism_acted(epochs[:1]) is False
+    assert mbsd.mechanism_acted([{"epoch": 0, "train": {"loss": 1.0}, "diag": {}}]) is None
+
+
 def test_mbsd_under_bf16_autocast_computes_every_loss_term_in_float32(tiny_bundle):
     # The autocast forward returns bf16 logits; each cross-entropy and the MBSD terms must see them as float32.
     method = build("mbsd", tiny_bundle)

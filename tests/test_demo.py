@@ -34,6 +34,8 @@ from benchmarks.demo import (
     load_demo_config,
     longest_first,
     machine_record,
+    mechanism_verdicts,
+    never_acted,
     previous_row_seconds,
     row_stats,
     run_commits,
@@ -43,6 +45,7 @@ from benchmarks.demo import (
     sweep_document,
     unstable_rows,
 )
+from benchmarks.demo_checks import AUDIO, VISUAL
 from benchmarks.metrics import classification_metrics
 from benchmarks.runner import train_run
 from datasets import av_digits
@@ -197,8 +200,14 @@ def test_machine_record_names_versions_cpu_and_threads():
 
 def _record(label: str, seed: int, acc: float) -> collect.RunRecord:
     test = {"acc": acc, "macro_f1": acc, "per_modality": {"audio": {"acc": acc}}}
-    return collect.RunRecord(run_dir=Path(label), label=label, title=label.title(), method=label,
-                             dataset="av_digits", seed=seed, protocols={"clean": {"test": test}})
+    return collect.RunRecord(run_dir=Path(label), label=label, title=label.title(), method=_method(label),
+                             dataset="av_digits", seed=seed, protocols={"clean": {"test": test}},
+                             reference=label == ENSEMBLE_LABEL)
+
+
+def _method(label: str) -> str:
+    """The registered method of a demo row: the unimodal references are rows of ``unimodal``."""
+    return "unimodal" if label in (AUDIO, VISUAL) else label
 
 
 def test_identical_rows_flags_a_row_equal_to_an_earlier_one_in_every_seed():
@@ -217,6 +226,49 @@ def test_a_row_equal_only_at_the_best_validation_epoch_has_an_effect():
         later = {"test": {"acc": 0.7 if rec.label == "ogm" else 0.65, "macro_f1": 0.7}}
         rec.protocols.update(paper=later, last=later)
     assert identical_rows(records, ["sum", "ogm"]) == {}
+
+
+def _logged_run(tmp_path: Path, label: str, seed: int, added: tuple[float, ...] | None) -> collect.RunRecord:
+    """A run of ``label`` whose metrics.jsonl logs AUG's ``added/audio`` per epoch (no diagnostics: None)."""
+    rec = _record(label, seed, 0.5)
+    rec.run_dir = tmp_path / f"{label}-{seed}"
+    rec.run_dir.mkdir()
+    epochs = [{"epoch": e, "train": {"loss": 1.0}, "diag": {} if added is None else {"added/audio": a}}
+              for e, a in enumerate(added or (0.0, 0.0))]
+    (rec.run_dir / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in epochs))
+    return rec
+
+
+def test_mechanism_verdicts_judge_each_seed_from_its_runs_logs(tmp_path):
+    # AUG added a learner before the last epoch in seed 2 only; seed 1's logs carry no ACA keys (older code);
+    # joint training has no gate to judge, and the ensemble is not a method's run.
+    records = [_logged_run(tmp_path, "aug", 2, (1.0, 0.0, 0.0)), _logged_run(tmp_path, "aug", 0, (0.0, 0.0, 1.0)),
+               _logged_run(tmp_path, "aug", 1, None), _logged_run(tmp_path, "joint", 0, (1.0, 0.0)),
+               _record(ENSEMBLE_LABEL, 0, 0.9)]
+    verdicts = mechanism_verdicts(records, ["joint", "aug", ENSEMBLE_LABEL])
+    assert verdicts == {"aug": {"acted": [2], "idle": [0]}}
+    assert never_acted(verdicts) == []
+    assert mechanism_verdicts(records, ["joint"]) == {}, "rows not shown are not judged"
+    idle = mechanism_verdicts(records[1:], ["aug"])
+    assert idle == {"aug": {"acted": [], "idle": [0]}} and never_acted(idle) == ["aug"]
+
+
+def test_a_row_whose_mechanism_never_acted_is_titled_so_and_not_named_the_highest_mean(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo_module.plots, "plot_demo", lambda runs_dir, path, **kw: path)
+    monkeypatch.setattr(demo_module.plots, "plot_demo_bars", lambda rows, path, **kw: path)
+    records = [_logged_run(tmp_path, "aug", s, (0.0, 0.0)) for s in (0, 1)]
+    records += [_record("joint", s, 0.4) for s in (0, 1)]
+    for rec in records:
+        rec.protocols["clean"]["test"]["acc"] = 0.9 if rec.method == "aug" else 0.4
+        rec.protocols.update(paper=rec.protocols["clean"], last=rec.protocols["clean"])
+    shown = demo_module.write_report(records, ["joint", "aug"], tmp_path, tmp_path / "results", "Demo")
+    assert shown.mechanism == {"aug": {"acted": [], "idle": [0, 1]}}
+    assert shown.titles["aug"] == "Aug [mechanism never acted]" and shown.titles["joint"] == "Joint"
+    assert "Aug [mechanism never acted]" in (tmp_path / "results" / "table_clean.md").read_text()
+    summary = {**_findings_summary(0.95), "mechanism": {"aug": {"acted": [], "idle": [0, 1, 2]}}}
+    summary["rows"]["aug"]["acc"][0] = 0.99
+    lines = findings(summary, {"sum": "Sum", "aug": "AUG"}, load_demo_config()["targets"])
+    assert "the highest method mean here is Sum's 86.0" in lines[1]
 
 
 def test_unstable_rows_lists_rows_whose_seeds_disagree_by_more_than_the_threshold():
@@ -329,7 +381,11 @@ def test_demo_smoke_end_to_end(tmp_path):
     assert ensemble["acc:audio"] == summary["rows_final"]["unimodal_audio"]["acc"]
     assert ensemble["acc:visual"] == summary["rows_final"]["unimodal_visual"]["acc"]
     shown = [line.split(" | ")[0].lstrip("| ") for line in table.splitlines()[4:] if line.startswith("| ")]
-    assert shown == ["Unimodal (audio)", "Unimodal (visual)", demo_module.ENSEMBLE_TITLE, "Concat", "AUG"]
+    # One epoch: ACA's first check comes after it, so no learner AUG could add trained a step.
+    assert shown == ["Unimodal (audio)", "Unimodal (visual)", demo_module.ENSEMBLE_TITLE, "Concat",
+                     "AUG [mechanism never acted]"]
+    assert summary["mechanism"] == {"aug": {"acted": [], "idle": [0]}}
+    assert "## Rows whose mechanism did not act" in readme
 
 
 def test_the_readme_names_the_commits_that_trained_reused_runs():
@@ -691,7 +747,13 @@ def test_the_demo_readme_states_each_number_where_it_belongs():
                                        "unstable_rows": {}, "degraded_runs": {}}, "quick", titles)
     assert "(Profile `quick`: a shortened run" in quick and "`augbench demo --quick`;" in quick
     assert "partial" not in quick and "## Rows without an effect" not in quick and "vary between seeds" not in quick
-    assert "## Runs that ended far below" not in quick
+    assert "## Runs that ended far below" not in quick and "## Rows whose mechanism" not in quick
+    judged = demo_module._readme(demo, {**_readme_summary(), "mechanism": {
+        "mses": {"acted": [], "idle": [0, 1]}, "agm": {"acted": [0], "idle": [1, 2]},
+        "sum": {"acted": [0, 1], "idle": []}}}, None, titles)
+    assert ("In no seed did the mechanism of these rows change training, so each is its base model under the "
+            "method's name, not a result of the method: MSES. It acted in some seeds only (seeds without it): AGM "
+            "1, 2.\n") in judged
 
 
 def test_the_demo_sweep_has_the_configs_seeds_and_one_row_per_method_and_unimodal_reference(tmp_path):
@@ -719,12 +781,17 @@ def test_the_report_shows_best_validation_rows_and_final_epoch_references_in_the
     # Every row scores 0.1 lower at its final epoch than at its best-validation epoch, so a statistic taken from
     # the wrong protocol shows; "mses" equals "sum" in every number and is marked as having no effect.
     def record(label: str, seed: int, acc: float) -> collect.RunRecord:
+        # Runs without logs: no method can judge its mechanism from them.
+        (tmp_path / f"{label}-{seed}").mkdir()
+        (tmp_path / f"{label}-{seed}" / "metrics.jsonl").write_text("")
+
         def test(a: float) -> dict:
             heads = {m: {"acc": a, "macro_f1": a} for m in ("audio", "visual")}
             return {"test": {"acc": a, "macro_f1": a, "per_modality": heads}}
         return collect.RunRecord(run_dir=tmp_path / f"{label}-{seed}", label=label, title=label.title(),
-                                 method=label, dataset="av_digits", seed=seed,
-                                 protocols={"clean": test(acc), "paper": test(acc), "last": test(acc - 0.1)})
+                                 method=_method(label), dataset="av_digits", seed=seed,
+                                 protocols={"clean": test(acc), "paper": test(acc), "last": test(acc - 0.1)},
+                                 reference=label == ENSEMBLE_LABEL)
 
     accs = {"unimodal_audio": 0.6, "unimodal_visual": 0.8, "joint": 0.7, "sum": 0.5, "mses": 0.5,
             ENSEMBLE_LABEL: 0.9}
@@ -950,8 +1017,9 @@ def _stubbed_demo(tmp_path: Path, monkeypatch, unfinished: frozenset = frozenset
 
     def record(run_dir: Path, label: str, seed: int, acc: float) -> collect.RunRecord:
         clean, last = ({"test": {"acc": a, "macro_f1": a}} for a in (acc, acc - 0.1))
-        return collect.RunRecord(run_dir=run_dir, label=label, title=label.title(), method=label, dataset="av_digits",
-                                 seed=seed, protocols={"clean": clean, "paper": clean, "last": last})
+        return collect.RunRecord(run_dir=run_dir, label=label, title=label.title(), method=_method(label),
+                                 dataset="av_digits", seed=seed,
+                                 protocols={"clean": clean, "paper": clean, "last": last})
 
     # A run of earlier settings in the same runs folder: neither a row's seed nor a curve of this demo.
     stray = work / "runs" / "smoke" / "joint-old-settings"

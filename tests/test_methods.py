@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from baselines.base import StepInfo, zero_grad
+from baselines.base import StepInfo, judges_mechanism, zero_grad
 from baselines.registry import list_methods
 from benchmarks.config import build_config, merge_overrides, method_hparams
 from benchmarks.demo import load_demo_config, scaled_schedule
@@ -90,6 +90,10 @@ def test_method_trains_through_the_runner_with_bf16_autocast_and_channels_last_o
     assert summary["protocols"]["last"]["test"]["per_modality"]
     epochs = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
     assert len(epochs) == AMP_EPOCHS and all(math.isfinite(e["train"]["loss"]) for e in epochs), epochs
+    # A method that judges its mechanism reads keys its own runs log: a misspelt key would leave every run unjudged.
+    cls = list_methods()[name]
+    verdict = cls.mechanism_acted(epochs)
+    assert isinstance(verdict, bool) if judges_mechanism(cls) else verdict is None, (name, verdict)
 
 
 def test_zero_grad_clears_every_gradient_past_a_missing_one_either_way():
