@@ -27,9 +27,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from baselines.base import judges_mechanism
 from baselines.registry import list_methods
 from benchmarks.data_identity import SAME_DATA_HINT, recorded_identity
-from benchmarks.records import DamagedFileError, listed, read_config_yaml, read_json, read_yaml, runs_phrase
+from benchmarks.records import (
+    DamagedFileError,
+    listed,
+    read_config_yaml,
+    read_json,
+    read_jsonl,
+    read_yaml,
+    runs_phrase,
+)
 from benchmarks.run_folder import (
     MISSING_RESULT,
     missing_result_problem,
@@ -113,6 +122,9 @@ class RunRecord:
     # A reference computed from other runs (the demo's late fusion of the unimodal models' final checkpoints), not a
     # method whose epoch the table's protocol selected: its row is shown for comparison but never marked best.
     reference: bool = False
+    # Whether the method's own mechanism changed training, judged from the run's logs (``mechanism_acted``); None
+    # where there is nothing to judge.
+    mechanism_acted: bool | None = None
 
     def values(self, protocol: str) -> dict[str, float]:
         """Metric key -> value in [0, 1]: ``acc``/``macro_f1``/``map``, ``acc:<modality>`` and
@@ -177,8 +189,31 @@ def load_runs(root: Path) -> list[RunRecord]:
                                  missing_seed=result.get("seed") if missing else None,
                                  missing_batch_size=result.get("batch_size") if missing else None,
                                  data=recorded_identity(run_dir), config=config,
-                                 custom_splits=custom_pinned_splits(summary), envs=trained_by(summary)))
+                                 custom_splits=custom_pinned_splits(summary), envs=trained_by(summary),
+                                 mechanism_acted=mechanism_acted(run_dir, method)))
     return records
+
+
+def mechanism_acted(run_dir: Path, method: str) -> bool | None:
+    """Whether the run's method's mechanism changed training, as the method judges its logged epochs
+    (``Method.mechanism_acted`` on ``metrics.jsonl``); None for a method that judges nothing, one no longer
+    registered, or a run without a metrics log."""
+    cls = list_methods().get(method)
+    path = Path(run_dir) / "metrics.jsonl"
+    if cls is None or not judges_mechanism(cls) or not path.is_file():
+        return None
+    return cls.mechanism_acted(read_jsonl(path))
+
+
+def idle_mechanisms(records: Sequence[RunRecord]) -> dict[str, dict[str, list[int]]]:
+    """Row label -> for the rows with a judged run: the seeds whose logs show the method's mechanism changed
+    training (``acted``) and those whose logs show it never did (``idle``), in seed order."""
+    found: dict[str, dict[str, list[int]]] = {}
+    for rec in sorted(records, key=lambda r: r.seed):
+        if rec.mechanism_acted is not None and not rec.reference:
+            found.setdefault(rec.label, {"acted": [], "idle": []})["acted" if rec.mechanism_acted else "idle"].append(
+                rec.seed)
+    return found
 
 
 def check_summary(path: Path, summary: Mapping[str, Any]) -> None:
@@ -794,6 +829,15 @@ def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper:
     if on_subset:
         caption += (" Trained and tested on a per-class subset of the data (data.subset: smoke runs, not results): "
                     f"{'; '.join(on_subset)}.")
+    idle = []
+    for label in label_order:
+        for dataset in dataset_order:
+            verdicts = idle_mechanisms(members.get((label, dataset), [])).get(label)
+            if verdicts and verdicts["idle"]:
+                idle.append(f"{row_titles[label]} on {dataset} ({_idle_seeds(verdicts)})")
+    if idle:
+        caption += (" Runs in which the method's own mechanism never acted, judged from their logs (each trained as "
+                    f"its base model under the method's name): {'; '.join(idle)}.")
     if paper is not None:
         which = f"{paper.name}" + (f" {paper.table}" if paper.table else "")
         caption += (f" Paper = published value ({which}); Δ = ours − paper in points; † = not verified against "
@@ -816,6 +860,14 @@ def build_table(records: Sequence[RunRecord], *, protocol: str = "paper", paper:
     if code_notes:
         caption += f" Code behind the numbers, where not one commit: {'; '.join(code_notes)}."
     return Table(caption, columns, rows, paper is not None, code_notes)
+
+
+def _idle_seeds(verdicts: Mapping[str, Sequence[int]]) -> str:
+    """Which judged seeds of a cell ran without their mechanism (``idle_mechanisms``): all, or which of how many."""
+    idle, acted = verdicts["idle"], verdicts["acted"]
+    if not acted:
+        return "every seed" if len(idle) > 1 else f"seed {idle[0]}"
+    return f"seed{'s' * (len(idle) > 1)} {', '.join(map(str, idle))} of {len(idle) + len(acted)}"
 
 
 # --- rendering (one table model, three formats) ------------------------------------------------------------------

@@ -30,7 +30,6 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from baselines.base import judges_mechanism
 from baselines.registry import list_methods
 from benchmarks import collect, plots, sweep
 from benchmarks.config import merge_overrides
@@ -316,17 +315,9 @@ def identical_rows(records: Sequence[collect.RunRecord], order: Sequence[str]) -
 
 
 def mechanism_verdicts(records: Sequence[collect.RunRecord], order: Sequence[str]) -> dict[str, dict[str, list[int]]]:
-    """Row -> the seeds whose run's logs show its method's mechanism changed training (``acted``) and those whose logs
-    show it never did (``idle``), for the rows whose method judges its mechanism (``Method.mechanism_acted``); a run
-    it cannot judge (logged by older code) is in neither list, nor is a reference row (the ensemble)."""
-    methods = list_methods()
-    found: dict[str, dict[str, list[int]]] = {}
-    for rec in sorted((r for r in records if not r.reference and r.label in order), key=lambda r: r.seed):
-        if not judges_mechanism(methods[rec.method]):
-            continue
-        verdict = methods[rec.method].mechanism_acted(read_jsonl(rec.run_dir / "metrics.jsonl"))
-        if verdict is not None:
-            found.setdefault(rec.label, {"acted": [], "idle": []})["acted" if verdict else "idle"].append(rec.seed)
+    """``collect.idle_mechanisms`` of the rows in ``order``, in that order: per row whose method judges its mechanism,
+    the seeds in which it acted and those in which it never did."""
+    found = collect.idle_mechanisms(records)
     return {label: found[label] for label in order if label in found}
 
 

@@ -20,6 +20,7 @@ import yaml
 from baselines.registry import list_methods
 from benchmarks.cli import main
 from benchmarks.collect import (
+    PROTOCOL_CAPTIONS,
     RENDERERS,
     TEST_SPLIT_MARK,
     Column,
@@ -33,6 +34,7 @@ from benchmarks.collect import (
     commit_counts,
     config_order,
     csv_header,
+    idle_mechanisms,
     load_paper,
     load_runs,
     render,
@@ -42,7 +44,7 @@ from benchmarks.collect import (
     unfinished_runs,
 )
 from benchmarks.plots import _sweep_curves, plot_demo, plot_demo_bars, plot_run, plot_sweep, run_series, seed_mean
-from benchmarks.records import read_json
+from benchmarks.records import DamagedFileError, read_json
 from benchmarks.run_folder import MISSING_RESULT
 from tests.numeric import approx64
 
@@ -123,6 +125,36 @@ def test_cells_are_mean_and_sample_std_over_seeds_with_paper_and_best(runs_dir):
     assert rows["AUG"][ks].std is None and rows["AUG"][ks].n == 1
     clean = dict(build_table(records, protocol="clean").rows)["Concat"][acc]
     assert clean.mean == approx64(57.0), "the protocol picks which epoch's test metrics enter the table"
+
+
+def _log_aca(run: Path, added: tuple[float, ...]) -> None:
+    """Replace a run's log with one whose epochs record AUG's ``added/audio`` flags."""
+    epochs = [{"epoch": e, "train": {"loss": 1.0}, "diag": {"added/audio": a, "added/visual": 0.0}}
+              for e, a in enumerate(added)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in epochs))
+
+
+def test_each_runs_mechanism_is_judged_from_its_log_and_idle_ones_are_named_in_the_caption(tmp_path):
+    runs = [write_run(tmp_path, "aug", "cremad", seed, (0.8, 0.8, 0.8)) for seed in range(4)]
+    _log_aca(runs[0], (1.0, 0.0, 0.0))   # a learner added after epoch 0 trained two epochs
+    _log_aca(runs[1], (0.0, 0.0, 0.0))
+    _log_aca(runs[2], (0.0, 0.0, 1.0))   # added after the last epoch: it trained no step
+    write_run(tmp_path, "joint", "cremad", 0, (0.6, 0.6, 0.6))
+    records = load_runs(tmp_path)
+    judged = {(r.method, r.seed): r.mechanism_acted for r in records}
+    # Seed 3 kept a log without ACA's keys (older code): not judged. Joint training has nothing to judge.
+    assert judged == {("aug", 0): True, ("aug", 1): False, ("aug", 2): False, ("aug", 3): None, ("joint", 0): None}
+    assert idle_mechanisms(records) == {"aug": {"acted": [0], "idle": [1, 2]}}
+    note = ("Runs in which the method's own mechanism never acted, judged from their logs (each trained as its base "
+            "model under the method's name): AUG on cremad (seeds 1, 2 of 3).")
+    assert build_table(records).caption.endswith(note)
+    every = [r for r in records if r.seed in (1, 2) or r.method == "joint"]
+    assert build_table(every).caption.endswith("AUG on cremad (every seed).")
+    assert build_table(records[:1] + records[-1:]).caption.endswith("in bold. Protocol: " + PROTOCOL_CAPTIONS["paper"]
+                                                                     + ".")
+    (runs[1] / "metrics.jsonl").write_text('{"epoch": 0}\nnot json\n')
+    with pytest.raises(DamagedFileError, match=r"metrics\.jsonl.*line 2 is not valid JSON"):
+        load_runs(tmp_path)
 
 
 def _records(accs: dict[str, tuple[float, ...]], root: Path) -> list[RunRecord]:

@@ -228,35 +228,26 @@ def test_a_row_equal_only_at_the_best_validation_epoch_has_an_effect():
     assert identical_rows(records, ["sum", "ogm"]) == {}
 
 
-def _logged_run(tmp_path: Path, label: str, seed: int, added: tuple[float, ...] | None) -> collect.RunRecord:
-    """A run of ``label`` whose metrics.jsonl logs AUG's ``added/audio`` per epoch (no diagnostics: None)."""
+def _judged(label: str, seed: int, acted: bool | None) -> collect.RunRecord:
     rec = _record(label, seed, 0.5)
-    rec.run_dir = tmp_path / f"{label}-{seed}"
-    rec.run_dir.mkdir()
-    epochs = [{"epoch": e, "train": {"loss": 1.0}, "diag": {} if added is None else {"added/audio": a}}
-              for e, a in enumerate(added or (0.0, 0.0))]
-    (rec.run_dir / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in epochs))
+    rec.mechanism_acted = acted
     return rec
 
 
-def test_mechanism_verdicts_judge_each_seed_from_its_runs_logs(tmp_path):
-    # AUG added a learner before the last epoch in seed 2 only; seed 1's logs carry no ACA keys (older code);
-    # joint training has no gate to judge, and the ensemble is not a method's run.
-    records = [_logged_run(tmp_path, "aug", 2, (1.0, 0.0, 0.0)), _logged_run(tmp_path, "aug", 0, (0.0, 0.0, 1.0)),
-               _logged_run(tmp_path, "aug", 1, None), _logged_run(tmp_path, "joint", 0, (1.0, 0.0)),
-               _record(ENSEMBLE_LABEL, 0, 0.9)]
-    verdicts = mechanism_verdicts(records, ["joint", "aug", ENSEMBLE_LABEL])
-    assert verdicts == {"aug": {"acted": [2], "idle": [0]}}
-    assert never_acted(verdicts) == []
+def test_mechanism_verdicts_list_each_rows_judged_seeds_in_the_demos_row_order():
+    # Seed 1's logs could not be judged (older code); joint training has no gate; the ensemble is no method's run.
+    records = [_judged("aug", 2, True), _judged("aug", 0, False), _judged("aug", 1, None), _judged("mses", 0, False),
+               _judged("joint", 0, None), _judged(ENSEMBLE_LABEL, 0, False)]
+    verdicts = mechanism_verdicts(records, ["joint", "mses", "aug", ENSEMBLE_LABEL])
+    assert verdicts == {"mses": {"acted": [], "idle": [0]}, "aug": {"acted": [2], "idle": [0]}}
+    assert list(verdicts) == ["mses", "aug"] and never_acted(verdicts) == ["mses"]
     assert mechanism_verdicts(records, ["joint"]) == {}, "rows not shown are not judged"
-    idle = mechanism_verdicts(records[1:], ["aug"])
-    assert idle == {"aug": {"acted": [], "idle": [0]}} and never_acted(idle) == ["aug"]
 
 
 def test_a_row_whose_mechanism_never_acted_is_titled_so_and_not_named_the_highest_mean(tmp_path, monkeypatch):
     monkeypatch.setattr(demo_module.plots, "plot_demo", lambda runs_dir, path, **kw: path)
     monkeypatch.setattr(demo_module.plots, "plot_demo_bars", lambda rows, path, **kw: path)
-    records = [_logged_run(tmp_path, "aug", s, (0.0, 0.0)) for s in (0, 1)]
+    records = [_judged("aug", s, False) for s in (0, 1)]
     records += [_record("joint", s, 0.4) for s in (0, 1)]
     for rec in records:
         rec.protocols["clean"]["test"]["acc"] = 0.9 if rec.method == "aug" else 0.4
