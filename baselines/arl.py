@@ -49,7 +49,8 @@ epoch, so its decay lands one epoch early); set through a config file.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -139,6 +140,19 @@ class ARL(Method):
                                  "whose gradient weights stay at 0.5 (a uniform 1.5x encoder gradient)."),
     )
 
+    @classmethod
+    def mechanism_acted(cls, history: Sequence[Mapping[str, Any]]) -> bool | None:
+        """ARL trained past its warm-up: train ``arl_active`` above 0 in some epoch (0.0 or 1.0 per step), or the
+        ARL weights ``w_*`` logged (older runs). Every such step scales each encoder's gradient by 1 + w_m, w_m > 0,
+        and weights the unimodal CEs by gamma."""
+        judged = False
+        for record in history:
+            train = record.get("train") or {}
+            if train.get("arl_active", 0.0) > 0 or any(k.startswith("w_") for k in train):
+                return True
+            judged = judged or "arl_active" in train
+        return False if judged else None
+
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)
         self.model = FusionModel(task, ctx.model_hp, "concat").to(ctx.device)
@@ -181,7 +195,8 @@ class ARL(Method):
         if self.hp.clip_norm > 0:
             nn.utils.clip_grad_norm_(params, self.hp.clip_norm)
         self.optimizer.step()
-        return read_logs({"loss": loss, "loss_fused": loss_f, **{f"loss_{m}": v for m, v in loss_uni.items()}, **logs})
+        return read_logs({"loss": loss, "loss_fused": loss_f, **{f"loss_{m}": v for m, v in loss_uni.items()}, **logs,
+                          "arl_active": float(active)})
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> Prediction:

@@ -47,7 +47,7 @@ the same sequence; the heuristic order is part of the checkpoint.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from itertools import combinations
 from typing import Any, ClassVar
 
@@ -150,6 +150,23 @@ class BSS(FusionMethod):
                choices=("eval", "train")),
     )
     VARIANTS: ClassVar[dict[str, dict[str, Any]]] = {"official_compat": {"measure_mode": "train"}}
+
+    @classmethod
+    def mechanism_acted(cls, history: Sequence[Mapping[str, Any]]) -> bool | None:
+        """BSS's sampler departed from plain shuffling of every row in some epoch (diag): the heuristic curriculum
+        trained a prefix of its order (``bss_fraction`` below 1; the pacing is the literal 1.0 once every row is in),
+        or the learning scheduler drew its sequence with unequal probabilities (``bss_p_max`` above 1 /
+        ``bss_samples``; uniform probabilities, w / sum(w) with equal w, can round off 1 / N by a few ulp, hence the
+        1e-9 relative margin)."""
+        judged = False
+        for record in history:
+            diag = record.get("diag") or {}
+            if "bss_fraction" in diag and diag["bss_fraction"] < 1:
+                return True
+            if "bss_p_max" in diag and diag["bss_p_max"] * diag["bss_samples"] > 1 + 1e-9:
+                return True
+            judged = judged or "bss_samples" in diag
+        return False if judged else None
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)

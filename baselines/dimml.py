@@ -38,6 +38,9 @@ stage 1 keeps PyTorch default init). The code's recipe is SGD lr 1e-3, batch 16,
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -119,6 +122,22 @@ class DIMML(Method):
         HParam("fusion_temperature", 1.0, "Certainty-weighting temperature (README stage 2: CREMAD 1, AVE 3, UCF 1).",
                per_dataset={"cremad": 1.0, "ave": 3.0, "ucf101": 1.0}, low=0.0, open_low=True),
     )
+
+    @classmethod
+    def mechanism_acted(cls, history: Sequence[Mapping[str, Any]]) -> bool | None:
+        """DI-MML's interaction, the DUC term, trained the encoders in some epoch: train ``duc`` logged (epochs from
+        ``duc_start`` on, in stage 1) while an effective-dimension set was non-empty (diag ``dimml_duc_dims_*``, exact
+        counts); with both sets empty every DUC logit is 0 and the term has no gradient. Without DUC the encoders
+        train detached, each alone. The fusion stage is a fixed split of the epochs, not judged here."""
+        judged = False
+        for record in history:
+            train, diag = record.get("train") or {}, record.get("diag") or {}
+            if "dimml_duc_dims_first" not in diag:
+                continue
+            judged = True
+            if "duc" in train and diag["dimml_duc_dims_first"] + diag["dimml_duc_dims_second"] > 0:
+                return True
+        return False if judged else None
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)

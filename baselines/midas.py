@@ -52,6 +52,9 @@ Food-101), StepLR step 50 (15 for Food-101); set through a config file.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -149,6 +152,19 @@ class MIDAS(Method):
                                        "'never' = alpha carries across epochs.", choices=("epoch", "never")),
     )
 
+    @classmethod
+    def mechanism_acted(cls, history: Sequence[Mapping[str, Any]]) -> bool | None:
+        """MIDAS trained on misaligned samples: train ``misaligned_kept`` above 0 in some epoch (the share of
+        misaligned rows with two different labels, which alone enter L_mis; warm-up steps log 0.0)."""
+        judged = False
+        for record in history:
+            train = record.get("train") or {}
+            if "misaligned_kept" in train:
+                if train["misaligned_kept"] > 0:
+                    return True
+                judged = True
+        return False if judged else None
+
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)
         self.model = FusionModel(task, ctx.model_hp, "separate").to(ctx.device)
@@ -167,7 +183,7 @@ class MIDAS(Method):
         if step.epoch < self.hp.warmup_epochs:
             loss = sum(loss_uni.values())
             self._step(loss)
-            return read_logs({"loss": loss, **{f"loss_{m}": v for m, v in loss_uni.items()}})
+            return read_logs({"loss": loss, **{f"loss_{m}": v for m, v in loss_uni.items()}, "misaligned_kept": 0.0})
 
         first, second = self.modalities
         perm = torch.randperm(y.shape[0], device=y.device)

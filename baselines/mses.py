@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -109,6 +109,23 @@ class MSES(FusionMethod):
     )
     VARIANTS: ClassVar[dict[str, dict[str, Any]]] = {"official_compat": {"eval_split": "test", "modulation_ends": 19}}
     HELD_OUT_KEY = "eval_split"
+
+    @classmethod
+    def mechanism_acted(cls, history: Sequence[Mapping[str, Any]]) -> bool | None:
+        """MSES's early stop fired: some epoch ended with fewer active modalities than the run has (diag
+        ``active_modalities`` below the count of its ``best_epoch_*`` keys, or 0 once every modality stopped). A stop
+        reloads the best epoch's snapshot, so it changes the parameters even outside the modulation window. The
+        counts are exact small integers as floats."""
+        judged = False
+        for record in history:
+            diag = record.get("diag") or {}
+            if "active_modalities" not in diag:
+                continue
+            judged = True
+            total = sum(key.startswith("best_epoch_") for key in diag)
+            if diag["active_modalities"] == 0 or diag["active_modalities"] < total:
+                return True
+        return False if judged else None
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)

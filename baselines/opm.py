@@ -37,7 +37,7 @@ Defaults follow the official script (``code/scripts/train_opm.sh``: q_base 0.5, 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -189,6 +189,20 @@ class OPM(FusionMethod):
     )
     VARIANTS = _VARIANTS
 
+    @classmethod
+    def mechanism_acted(cls, history: Sequence[Mapping[str, Any]]) -> bool | None:
+        """OPM modulated some step: train ``drop_executed`` above 0 in some epoch, the share of steps on which the
+        drop was executed with theta > 0 (0.0 or 1.0 per step; warm-up steps log 0.0). Such a step masks features
+        with probability q_m and rescales them by 1 / (1 - theta) != 1; an executed drop with q = 0 changes nothing."""
+        judged = False
+        for record in history:
+            train = record.get("train") or {}
+            if "drop_executed" in train:
+                if train["drop_executed"] > 0:
+                    return True
+                judged = True
+        return False if judged else None
+
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)
         if self.hp.rescale == "bb" and self.hp.theta_gradient:
@@ -211,22 +225,24 @@ class OPM(FusionMethod):
 
     def update(self, batch: Batch, step: StepInfo) -> dict[str, float]:
         if step.epoch < self.hp.warmup_epochs:
-            return super().update(batch, step)
+            return {**super().update(batch, step), "drop_executed": 0.0}
         labels = batch["label"]
         head = self.model.head
         with self.ctx.autocast():
             h = self.model.features(self.inputs(batch))
             q = self.drop_probabilities(h, labels)
             logs = {f"q_{m}": q[i].detach() for i, m in enumerate(self.modalities)}
-            keep = None
+            keep, theta = None, None
             if bool(torch.rand(()) < self.hp.p_exe):
                 if self.hp.rescale == "bb":
-                    h, keep, _ = bb_drop_features(h, q)
+                    h, keep, theta = bb_drop_features(h, q)
                 else:
-                    h, keep, _ = drop_features(h, q, self.hp.theta_gradient)
+                    h, keep, theta = drop_features(h, q, self.hp.theta_gradient)
                 h = {m: v[keep] for m, v in h.items()}
                 labels = labels[keep]
             logs["kept"] = 1.0 if keep is None else keep.float().mean()
+            # Read with the other logged values: no extra host read.
+            logs["drop_executed"] = 0.0 if theta is None else (theta > 0).float()
             if not self._kept_anywhere(labels):
                 return read_logs(logs)
             z, _ = head(h)

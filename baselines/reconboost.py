@@ -65,7 +65,9 @@ training. Optimizers: M modality + 1 correction (+ M pre-training); variant bb: 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -223,6 +225,21 @@ class ReconBoost(Method):
                                               "training_step1 (l.340): none in BB's epoch 0, i.e. before stage M."),
     )
 
+    @classmethod
+    def mechanism_acted(cls, history: Sequence[Mapping[str, Any]]) -> bool | None:
+        """ReconBoost's reconcilement weighted some modality step: train ``reconciled`` above 0 in some epoch, the
+        share of modality steps whose loss saw other ensemble members (q_y from F_-m) with w2 != 0 (exactly 0.0 or
+        1.0 per step). Without members q_y = 1 and the step is a uniformly scaled CE of one learner: only the
+        first stage of a run without pre-training, unless learners are in F from the start."""
+        judged = False
+        for record in history:
+            train = record.get("train") or {}
+            if "reconciled" in train:
+                if train["reconciled"] > 0:
+                    return True
+                judged = True
+        return False if judged else None
+
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)
         self.encoders = build_encoders(task, ctx.model_hp)
@@ -324,7 +341,7 @@ class ReconBoost(Method):
         with self.ctx.autocast():
             z_m = self.learner(m, batch[m])
         loss, _ = reconciled_loss(z_m, labels, f_rest, self.hp.w1, self.hp.w2)
-        logs = {"loss_boost": loss.detach()}
+        logs = {"loss_boost": loss.detach(), "reconciled": float(f_rest is not None and self.hp.w2 != 0)}
         if partner is not None:
             if self.hp.ga_partner_second_pass and self.members[self.modalities.index(partner)]:
                 with torch.no_grad(), self.ctx.autocast():

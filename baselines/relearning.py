@@ -29,14 +29,14 @@ whose default changed from 10 to 1 ("auto") in scikit-learn 1.4; 10 is the older
 from __future__ import annotations
 
 import copy
-from typing import Iterable
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from baselines.base import FusionMethod, Loaders, TrainContext, loss_precision
+from baselines.base import FusionMethod, Loaders, StepInfo, TrainContext, loss_precision
 from baselines.registry import register
-from core.data import BatchLoader, TaskSpec
+from core.data import Batch, BatchLoader, TaskSpec
 from core.hparams import HParam, HParams
 
 
@@ -94,12 +94,32 @@ class Relearning(FusionMethod):
     )
     HELD_OUT_KEY = "diagnose_split"
 
+    @classmethod
+    def mechanism_acted(cls, history: Sequence[Mapping[str, Any]]) -> bool | None:
+        """A diagnosis re-initialised some encoder: diag ``relearn_alpha_*`` above 0 in some epoch (alpha =
+        tanh(lambda |purity gap|) is exactly 0.0 for equal purities, and then the interpolation leaves the encoder as
+        it was). False when a diagnosis ran with every alpha 0 or none came due (train ``relearn_diagnoses``)."""
+        judged = False
+        for record in history:
+            train, diag = record.get("train") or {}, record.get("diag") or {}
+            alphas = [v for k, v in diag.items() if k.startswith("relearn_alpha_")]
+            if any(a > 0 for a in alphas):
+                return True
+            judged = judged or bool(alphas) or "relearn_diagnoses" in train
+        return False if judged else None
+
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)
         self.theta_init = copy.deepcopy(self.model.encoders).requires_grad_(False)
 
     def due(self, epoch: int) -> bool:
         return epoch > 0 and epoch % self.hp.reinit_epoch == 0 and epoch // self.hp.reinit_epoch <= self.hp.reinit_num
+
+    def update(self, batch: Batch, step: StepInfo) -> dict[str, float]:
+        # The diagnoses due so far (a function of the schedule), logged at every step: a run in which none came due
+        # is then told apart from a run logged before this key existed.
+        due_so_far = sum(self.due(e) for e in range(step.epoch))
+        return {**super().update(batch, step), "relearn_diagnoses": float(due_so_far)}
 
     @torch.no_grad()
     def split_features(self, loader: BatchLoader) -> tuple[dict[str, np.ndarray], np.ndarray]:

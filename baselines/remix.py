@@ -39,6 +39,9 @@ within-subset shuffles are seeded from (run seed, epoch), so a resumed run draws
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -115,6 +118,19 @@ class Remix(FusionMethod):
                                             "(--gamma2 1 audio, --gamma1 1 video)."),
     )
 
+    @classmethod
+    def mechanism_acted(cls, history: Sequence[Mapping[str, Any]]) -> bool | None:
+        """Remix trained past its warm-up: some step trained a remixed batch (train ``remixed`` above 0; 0.0 or 1.0
+        per step) or an epoch decoupled its rows (diag ``remix_rows_*``, logged by older runs too). From then on
+        every row trains with one modality's features zeroed."""
+        judged = False
+        for record in history:
+            train, diag = record.get("train") or {}, record.get("diag") or {}
+            if train.get("remixed", 0.0) > 0 or any(k.startswith("remix_rows_") for k in diag):
+                return True
+            judged = judged or "remixed" in train
+        return False if judged else None
+
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)
         for key in ("warmup_weights", "remix_weights"):
@@ -171,7 +187,7 @@ class Remix(FusionMethod):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return {"loss": loss.item()}
+        return {"loss": loss.item(), "remixed": float(step.epoch >= self.hp.warmup)}
 
     def on_epoch_end(self, epoch: int, loaders: Loaders) -> dict[str, float]:
         return dict(self._diag)
