@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import math
 from itertools import combinations
-from typing import Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +58,7 @@ from torch import nn
 
 from baselines.base import (
     FusionMethod,
+    Loaders,
     Prediction,
     StepInfo,
     TrainContext,
@@ -161,6 +162,19 @@ class AGM(FusionMethod):
                low=0.0, open_low=True),
     )
 
+    @classmethod
+    def mechanism_acted(cls, history: Sequence[Mapping[str, Any]]) -> bool | None:
+        """Whether AGM's hooks scaled a gradient: an epoch inside the window (diag ``agm_window`` 1.0), where the
+        hooks take each step's k, whose mean ``k_<m>`` differs from 1 for some modality (k = exp(alpha min(r_bar - r,
+        10)) is exactly 1.0 when alpha = 0 or r_bar = r; outside the window the hooks keep their last scale, 1.0
+        until a window epoch set it). None for a history without ``agm_window`` (logged by older code)."""
+        epochs = [r for r in history if "agm_window" in r.get("diag", {})]
+        if not epochs:
+            return None
+        return any(r["diag"]["agm_window"] == 1.0 and any(v != 1.0 for k, v in r.get("train", {}).items()
+                                                          if k.startswith("k_"))
+                   for r in epochs)
+
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)
         self.scalers = nn.ModuleDict({m: GradScale() for m in self.modalities}).to(ctx.device)
@@ -189,7 +203,7 @@ class AGM(FusionMethod):
         # Data-parallel: batch means over equal slices average to the global batch's mean.
         s = self.ctx.all_reduce_mean(modality_losses(phi, labels))
         k = agm_coefficients(s, self.loss_mean, self.hp.alpha)
-        if self.hp.mod_start <= step.epoch <= self.hp.mod_end:
+        if self.modulating(step.epoch):
             for i, m in enumerate(self.modalities):
                 self.scalers[m].scale.copy_(k[i])
         self.iterations += 1
@@ -204,6 +218,13 @@ class AGM(FusionMethod):
             nn.utils.clip_grad_norm_(self.model.parameters(), self.hp.clip_norm)
         self.optimizer.step()
         return read_logs({"loss": loss, **{f"k_{m}": k[i] for i, m in enumerate(self.modalities)}})
+
+    def modulating(self, epoch: int) -> bool:
+        return self.hp.mod_start <= epoch <= self.hp.mod_end
+
+    def on_epoch_end(self, epoch: int, loaders: Loaders) -> dict[str, float]:
+        # k_<m> is logged in every epoch; this says whether the epoch's steps handed it to the hooks.
+        return {"agm_window": float(self.modulating(epoch))}
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> Prediction:

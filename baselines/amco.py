@@ -33,7 +33,7 @@ overwrites the output with sum_m z_m. The default evaluates the model it trained
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -61,10 +61,15 @@ def mask_ratio(epoch: int, step: int, eps: float) -> float:
     return math.sin(math.pi / 2.0 * min(eps, level) / eps)
 
 
+def masked_count(num_classes: int, ratio: float) -> int:
+    """floor(ratio * K): how many class positions ``class_mask`` zeroes."""
+    return int(ratio * num_classes)
+
+
 def class_mask(num_classes: int, ratio: float, generator: torch.Generator) -> torch.Tensor:
     """A K-vector of ones with floor(ratio * K) randomly chosen positions zeroed."""
     mask = torch.ones(num_classes)
-    mask[torch.randperm(num_classes, generator=generator)[:int(ratio * num_classes)]] = 0.0
+    mask[torch.randperm(num_classes, generator=generator)[:masked_count(num_classes, ratio)]] = 0.0
     return mask
 
 
@@ -101,6 +106,16 @@ class AMCo(Method):
                                          "4c1482f, which trains through it but scores the plain sum (bb_4c1482f)."),
     )
 
+    @classmethod
+    def mechanism_acted(cls, history: Sequence[Mapping[str, Any]]) -> bool | None:
+        """Whether AMCo masked some logits: an epoch whose mean ``masked`` (per step 1.0 when a dependent modality's
+        logits were multiplied by a mask with a zero, else 0.0) is above 0. The mask ratio is 0 throughout epoch 0,
+        and no modality is dependent before an epoch's first step. None for a history without ``masked``."""
+        shares = [r["train"]["masked"] for r in history if "masked" in r.get("train", {})]
+        if not shares:
+            return None
+        return any(v > 0.0 for v in shares)
+
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)
         self.model = FusionModel(task, ctx.model_hp, "concat")
@@ -125,8 +140,8 @@ class AMCo(Method):
         mask = class_mask(self.task.num_classes, ratio, gen).to(self.ctx.device)
         with self.ctx.autocast():
             _, _, z_split = self.model(self.inputs(batch))
-        z_uni = [loss_precision(z_split[m]) * (mask if bool(self.dependent[i]) else 1.0)
-                 for i, m in enumerate(self.modalities)]
+        dependent = [bool(self.dependent[i]) for i in range(len(self.modalities))]
+        z_uni = [loss_precision(z_split[m]) * (mask if dependent[i] else 1.0) for i, m in enumerate(self.modalities)]
         loss = F.cross_entropy(self.fuse(z_uni), y) + sum(F.cross_entropy(z, y) for z in z_uni)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -135,8 +150,10 @@ class AMCo(Method):
             # The global batch's mean over equal rank slices, so every rank masks the same modality next step.
             self.dependent.copy_(dependence_flags([z.detach() for z in z_uni], self.hp.sigma,
                                                   self.ctx.all_reduce_mean))
+        masked = float(any(dependent) and masked_count(self.task.num_classes, ratio) > 0)
         return read_logs({"loss": loss, "mask_ratio": ratio,
-                          **{f"dependent_{m}": self.dependent[i] for i, m in enumerate(self.modalities)}})
+                          **{f"dependent_{m}": self.dependent[i] for i, m in enumerate(self.modalities)},
+                          "masked": masked})
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> Prediction:

@@ -41,7 +41,7 @@ norms per step (outside curation).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -189,6 +189,16 @@ class Greedy(Method):
                                             "official ModelNet40 model (src/model.py, MMTM_MVCNN) uses 2-4."),
     )
     VARIANTS = {"bb": {"epsilon": 0.001, "starting_epoch": 0}}
+
+    @classmethod
+    def mechanism_acted(cls, history: Sequence[Mapping[str, Any]]) -> bool | None:
+        """Whether Greedy curated: an epoch whose mean ``curating`` (per step 1.0 when the cared-for modality's MMTM
+        gates were replaced by their running averages, else 0.0) is above 0. Curation waits for ``starting_epoch``
+        and for |d| > epsilon. None for a history without ``curating``."""
+        shares = [r["train"]["curating"] for r in history if "curating" in r.get("train", {})]
+        if not shares:
+            return None
+        return any(v > 0.0 for v in shares)
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)

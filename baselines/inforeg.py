@@ -98,6 +98,17 @@ class InfoReg(FusionMethod):
                                      "(audio, as in official main.py fim_audio)."),
     )
 
+    @classmethod
+    def mechanism_acted(cls, history: Sequence[Mapping[str, Any]]) -> bool | None:
+        """Whether InfoReg's proximal pull was on: an epoch whose mean ``beta_<m>`` is above 0 for some modality
+        (beta is exactly 0.0 outside the prime window, k <= k_threshold, and for the modality with the smaller
+        score). The pull beta (theta - theta_0) is zero on an epoch's first step, where theta = theta_0, so an epoch
+        of a single step counts although it changed nothing. None for a history without ``beta_`` keys."""
+        betas = [v for r in history for k, v in r.get("train", {}).items() if k.startswith("beta_")]
+        if not betas:
+            return None
+        return any(v > 0.0 for v in betas)
+
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)
         if len(hp.beta_scale) != len(self.modalities):

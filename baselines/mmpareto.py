@@ -46,7 +46,7 @@ actually trains at a constant 2e-3 (``train.lr_milestones: []``). No Kinetics-So
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -142,6 +142,17 @@ class MMPareto(Method):
         variant_param(_VARIANTS, "paper = the paper/official code; bb_degenerate = BalanceBenchmark's MMPareto_trainer "
                                 "(split head, accumulated capture: 3 x the summed CE on encoders), for BB's table."),
     )
+
+    @classmethod
+    def mechanism_acted(cls, history: Sequence[Mapping[str, Any]]) -> bool | None:
+        """Whether the Pareto integration departed from the summed gradient: an epoch whose mean ``k_mm_<m>`` is not
+        1/2 for some encoder. Without a conflict (cos > 0) k0 is the literal 0.5 and the new gradient is g_sum (the
+        uniform baseline with encoder gradients x gamma); a min-norm k0 of exactly 0.5 gives g_sum too. The
+        ``bb_degenerate`` variant never departs (cos = 1). None for a history without ``k_mm_`` keys."""
+        weights = [v for r in history for k, v in r.get("train", {}).items() if k.startswith("k_mm_")]
+        if not weights:
+            return None
+        return any(v != 0.5 for v in weights)
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)

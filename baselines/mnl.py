@@ -34,6 +34,8 @@ batch's.
 
 from __future__ import annotations
 
+from typing import Any, Mapping, Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -87,6 +89,17 @@ class MNL(Method):
                               "target: official --weight1 default 0.7 (train_MVSA_latefusion.sh keeps it). Tune on "
                               "validation elsewhere.", low=0.0),
     )
+
+    @classmethod
+    def mechanism_acted(cls, history: Sequence[Mapping[str, Any]]) -> bool | None:
+        """Whether a modality guided the other on some sample: an epoch whose mean ``guided_<m>`` (per step the
+        fraction of samples that modality m was guided on, 0.0 exactly when none) is above 0. Where the two criteria
+        disagree on every sample no negative-learning term enters the loss. None for a history without ``guided_``
+        keys."""
+        shares = [v for r in history for k, v in r.get("train", {}).items() if k.startswith("guided_")]
+        if not shares:
+            return None
+        return any(v > 0.0 for v in shares)
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)

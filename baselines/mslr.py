@@ -101,6 +101,16 @@ class MSLR(FusionMethod):
                                  "0-19 only."),
     )
 
+    @classmethod
+    def mechanism_acted(cls, history: Sequence[Mapping[str, Any]]) -> bool | None:
+        """Whether MSLR scaled a gradient: an epoch whose applied multiplier (diag ``mslr_applied_<m>``: c_m in a
+        modulated epoch, 1.0 outside) differs from 1 for some modality. c_m = coeff_m r_m is exactly 1.0 when both
+        factors are (r_m starts as the literal 1.0). None for a history without ``mslr_applied_`` keys."""
+        applied = [v for r in history for k, v in r.get("diag", {}).items() if k.startswith("mslr_applied_")]
+        if not applied:
+            return None
+        return any(v != 1.0 for v in applied)
+
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)
         if len(hp.coeffs) != len(self.modalities):
@@ -120,13 +130,16 @@ class MSLR(FusionMethod):
         loss = F.cross_entropy(loss_precision(z), batch["label"])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.hp.modulation_ends < 0 or step.epoch <= self.hp.modulation_ends:
+        if self.modulating(step.epoch):
             for m, c in self.multipliers().items():
                 for p in self.groups[m]:
                     if p.grad is not None:
                         p.grad.mul_(c)
         self.optimizer.step()
         return {"loss": loss.item()}
+
+    def modulating(self, epoch: int) -> bool:
+        return self.hp.modulation_ends < 0 or epoch <= self.hp.modulation_ends
 
     @torch.no_grad()
     def unimodal_accuracy(self, loader: BatchLoader) -> dict[str, float]:
@@ -144,6 +157,9 @@ class MSLR(FusionMethod):
         return {m: hits[m].item() / max(seen, 1) for m in self.modalities}
 
     def on_epoch_end(self, epoch: int, loaders: Loaders) -> dict[str, float]:
+        # The multipliers this epoch's steps used, read before the ratios move.
+        applied = {f"mslr_applied_{m}": float(c) if self.modulating(epoch) else 1.0
+                   for m, c in self.multipliers().items()}
         loader = self.held_out_loader(loaders)
         acc = self.unimodal_accuracy(loader)
         if self.hp.shared_accuracy:
@@ -152,6 +168,7 @@ class MSLR(FusionMethod):
             self.ratios[m], self.memory[m] = mslr_step(self.memory[m], acc[m], self.ratios[m], self.hp.memory)
         diag = {f"mslr_acc_{m}": acc[m] for m in self.modalities}
         diag.update({f"mslr_coeff_{m}": c for m, c in self.multipliers().items()})
+        diag.update(applied)
         return diag
 
     def extra_state(self) -> dict[str, Any]:

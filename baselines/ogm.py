@@ -35,7 +35,7 @@ after a warm-up (no modulation for epochs 0-5), i.e. ``ogm_ge`` with mod_start=6
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,7 @@ from torch import nn
 
 from baselines.base import (
     FusionMethod,
+    Loaders,
     StepInfo,
     TrainContext,
     confidence_scores,
@@ -130,6 +131,19 @@ class OGM(FusionMethod):
     # OGM-GE's generalisation enhancement (Gaussian noise); the only difference between the two registered methods.
     NOISE = False
 
+    @classmethod
+    def mechanism_acted(cls, history: Sequence[Mapping[str, Any]]) -> bool | None:
+        """Whether OGM scaled a conv gradient: an epoch inside the window (diag ``ogm_window`` 1.0) whose mean
+        ``coeff_<m>`` is below 1 for some modality. An unsuppressed modality logs k = 1.0 exactly (a literal), and so
+        does the suppressed one when 1 - tanh(alpha rho) rounds to 1 (alpha = 0), where the edit changes nothing.
+        None for a history without ``ogm_window`` (logged by older code)."""
+        epochs = [r for r in history if "ogm_window" in r.get("diag", {})]
+        if not epochs:
+            return None
+        return any(r["diag"]["ogm_window"] == 1.0 and any(v < 1.0 for k, v in r.get("train", {}).items()
+                                                          if k.startswith("coeff_"))
+                   for r in epochs)
+
     @property
     def HEAD(self) -> str:  # noqa: N802 - FusionMethod reads HEAD; here it comes from the knob set by Method.__init__
         return self.hp.head
@@ -168,3 +182,7 @@ class OGM(FusionMethod):
                 self.ctx.sync_gradients([p for params in edited.values() for p in params], how="main")
         self.optimizer.step()
         return read_logs({"loss": loss, **{f"coeff_{m}": k for m, k in coeffs.items()}})
+
+    def on_epoch_end(self, epoch: int, loaders: Loaders) -> dict[str, float]:
+        # coeff_<m> is logged in every epoch; this says whether the epoch's steps applied it.
+        return {"ogm_window": float(self.modulating(epoch))}

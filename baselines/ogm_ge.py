@@ -18,6 +18,10 @@ edited conv gradients).
 BB divergences are listed in ``baselines/ogm.py``; BB also adds the noise to every non-1-D encoder tensor.
 """
 
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
 from baselines.ogm import OGM
 from baselines.registry import register
 
@@ -28,3 +32,13 @@ class OGMGE(OGM):
     title = "OGM-GE"
     DATA_PARALLEL = "exact"  # as OGM; the noise is rank 0's, drawn on synced gradients
     NOISE = True
+
+    @classmethod
+    def mechanism_acted(cls, history: Sequence[Mapping[str, Any]]) -> bool | None:
+        """Whether OGM-GE edited a conv gradient: some epoch inside the window (diag ``ogm_window`` 1.0), where every
+        step adds Gaussian noise to both encoders' conv gradients whatever k is (with alpha > 0 one modality's k is
+        also below 1 at every step: rho >= 1 for the suppressed one). None for a history without ``ogm_window``."""
+        flags = [r["diag"]["ogm_window"] for r in history if "ogm_window" in r.get("diag", {})]
+        if not flags:
+            return None
+        return any(f == 1.0 for f in flags)

@@ -52,7 +52,7 @@ otherwise, as in the official code.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -181,6 +181,16 @@ class PMR(FusionMethod):
     VARIANTS = _VARIANTS
     HELD_OUT_KEY = "prototype_split"
 
+    @classmethod
+    def mechanism_acted(cls, history: Sequence[Mapping[str, Any]]) -> bool | None:
+        """Whether PMR's prototypical CE entered some step's loss: an epoch whose mean ``proto_applied`` (per step
+        1.0 with the term, 0.0 without: outside the window, at rho = 1 or with alpha = 0) is above 0. None for a
+        history without ``proto_applied`` (logged by older code)."""
+        shares = [r["train"]["proto_applied"] for r in history if "proto_applied" in r.get("train", {})]
+        if not shares:
+            return None
+        return any(v > 0.0 for v in shares)
+
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         # FusionMethod's model and optimizer, with the official bottleneck inserted before the optimizer is built.
         Method.__init__(self, task, hp, ctx)
@@ -240,6 +250,7 @@ class PMR(FusionMethod):
     def update(self, batch: Batch, step: StepInfo) -> dict[str, float]:
         labels = batch["label"]
         logs: dict[str, torch.Tensor] = {}
+        applied = 0.0
         with self.ctx.autocast():
             h, z, _ = self.model(self.inputs(batch))
             loss = F.cross_entropy(loss_precision(z), labels)
@@ -251,9 +262,10 @@ class PMR(FusionMethod):
                     proto_loss = F.cross_entropy(pi[weak], labels)
                     loss = loss + self.hp.alpha * proto_loss
                     logs["proto_loss"] = proto_loss.detach()
+                    applied = float(self.hp.alpha != 0)  # a zero weight leaves the loss's gradient unchanged
                 first, second = self.modalities
                 logs["proto_ratio"] = scores[first] / scores[second]
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return read_logs({"loss": loss, **logs})
+        return read_logs({"loss": loss, **logs, "proto_applied": applied})

@@ -35,6 +35,8 @@ of the epoch's order untrained, and the expanded count varies by epoch.
 
 from __future__ import annotations
 
+from typing import Any, Mapping, Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -142,6 +144,17 @@ class SMV(FusionMethod):
                choices=("official", "bb")),
     )
 
+    @classmethod
+    def mechanism_acted(cls, history: Sequence[Mapping[str, Any]]) -> bool | None:
+        """Whether SMV resampled: an epoch whose mean ``smv_extra`` (the rows its selection added to the training
+        rows, the same at every step of the epoch; 0.0 in warm-up) is above 0. After warm-up a sample-level epoch
+        adds none when every row is valued phi >= 1, a modality-level one when int(d N) = 0. None for a history
+        without ``smv_extra`` (logged by older code)."""
+        extra = [r["train"]["smv_extra"] for r in history if "smv_extra" in r.get("train", {})]
+        if not extra:
+            return None
+        return any(v > 0.0 for v in extra)
+
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)
         # BalanceBenchmark's modality level: among its differences, it zeroes a modality's input (SampleDataset,
@@ -151,6 +164,7 @@ class SMV(FusionMethod):
             raise ValueError(f"smv.modality_form=bb runs only modality_func=linear (BalanceBenchmark's "
                              f"{hp.modality_func} branch fails), got {hp.modality_func!r}")
         self._diag: dict[str, float] = {}
+        self._extra = 0.0
 
     @torch.no_grad()
     def valuate(self, loader: BatchLoader, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -181,6 +195,7 @@ class SMV(FusionMethod):
         rows = train.base_rows
         if epoch < self.hp.warmup:
             self._diag = {"smv_samples": float(len(rows))}
+            self._extra = 0.0
             return None
         if self.hp.level == "sample":
             phi_first, phi_second = self.valuate(train, rows)
@@ -201,6 +216,7 @@ class SMV(FusionMethod):
             phi_first, phi_second = phi_u[0][inverse], phi_u[1][inverse]
             new_rows, codes = modality_level_rows(rows, float(phi_first.mean()), float(phi_second.mean()),
                                                   self.hp.modality_alpha, self.hp.modality_func, rng, self._bb)
+        self._extra = float(len(new_rows) - len(rows))
         first, second = self.modalities
         self._diag = {"smv_samples": float(len(new_rows)), f"smv_phi_{first}": float(phi_first.mean()),
                       f"smv_phi_{second}": float(phi_second.mean())}
@@ -218,7 +234,8 @@ class SMV(FusionMethod):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return {"loss": loss.item()}
+        # The rows this epoch's selection added, constant over its steps: what mechanism_acted reads.
+        return {"loss": loss.item(), "smv_extra": self._extra}
 
     def on_epoch_end(self, epoch: int, loaders: Loaders) -> dict[str, float]:
         return dict(self._diag)
