@@ -46,6 +46,7 @@ from baselines.base import (
     Prediction,
     StepInfo,
     TrainContext,
+    logged_values,
     loss_precision,
     read_logs,
 )
@@ -111,10 +112,8 @@ class AMCo(Method):
         """Whether AMCo masked some logits: an epoch whose mean ``masked`` (per step 1.0 when a dependent modality's
         logits were multiplied by a mask with a zero, else 0.0) is above 0. The mask ratio is 0 throughout epoch 0,
         and no modality is dependent before an epoch's first step. None for a history without ``masked``."""
-        shares = [r["train"]["masked"] for r in history if "masked" in r.get("train", {})]
-        if not shares:
-            return None
-        return any(v > 0.0 for v in shares)
+        shares = logged_values(history, "train", "masked")
+        return any(v > 0.0 for v in shares) if shares else None
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)

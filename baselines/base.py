@@ -308,6 +308,14 @@ class Method(nn.Module):
         return loader
 
 
+def logged_values(history: Sequence[Mapping[str, Any]], section: str, key: str) -> list[float]:
+    """What a run logged under ``key`` in the ``section`` (``"train"`` or ``"diag"``) of each epoch record, in epoch
+    order, or under every key beginning with ``key`` where it ends in ``_`` (one per modality, e.g. ``coeff_``); empty
+    when no record has it (a run logged by older code). What ``mechanism_acted`` overrides read."""
+    return [value for record in history for name, value in (record.get(section) or {}).items()
+            if (name.startswith(key) if key.endswith("_") else name == key)]
+
+
 def judges_mechanism(cls: type[Method]) -> bool:
     """Whether ``cls`` overrides ``Method.mechanism_acted``: its runs' logs say whether its mechanism acted."""
     return cls.mechanism_acted.__func__ is not Method.mechanism_acted.__func__

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.base import Method, Prediction, StepInfo, TrainContext, loss_precision, read_logs
+from baselines.base import Method, Prediction, StepInfo, TrainContext, logged_values, loss_precision, read_logs
 from baselines.heads import ConcatHead
 from baselines.networks import ResNetTrunk, init_model
 from baselines.registry import register
@@ -195,10 +195,8 @@ class Greedy(Method):
         """Whether Greedy curated: an epoch whose mean ``curating`` (per step 1.0 when the cared-for modality's MMTM
         gates were replaced by their running averages, else 0.0) is above 0. Curation waits for ``starting_epoch``
         and for |d| > epsilon. None for a history without ``curating``."""
-        shares = [r["train"]["curating"] for r in history if "curating" in r.get("train", {})]
-        if not shares:
-            return None
-        return any(v > 0.0 for v in shares)
+        shares = logged_values(history, "train", "curating")
+        return any(v > 0.0 for v in shares) if shares else None
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)

@@ -39,7 +39,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.base import FusionMethod, Loaders, StepInfo, TrainContext, confidence_scores, loss_precision, read_logs
+from baselines.base import (
+    FusionMethod,
+    Loaders,
+    StepInfo,
+    TrainContext,
+    confidence_scores,
+    logged_values,
+    loss_precision,
+    read_logs,
+)
 from baselines.registry import register
 from core.data import Batch, TaskSpec
 from core.hparams import HParam, HParams
@@ -104,10 +113,8 @@ class InfoReg(FusionMethod):
         (beta is exactly 0.0 outside the prime window, k <= k_threshold, and for the modality with the smaller
         score). The pull beta (theta - theta_0) is zero on an epoch's first step, where theta = theta_0, so an epoch
         of a single step counts although it changed nothing. None for a history without ``beta_`` keys."""
-        betas = [v for r in history for k, v in r.get("train", {}).items() if k.startswith("beta_")]
-        if not betas:
-            return None
-        return any(v > 0.0 for v in betas)
+        betas = logged_values(history, "train", "beta_")
+        return any(v > 0.0 for v in betas) if betas else None
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)

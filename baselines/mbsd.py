@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from baselines.base import FusionMethod, StepInfo, loss_precision, read_logs
+from baselines.base import FusionMethod, StepInfo, logged_values, loss_precision, read_logs
 from baselines.registry import register
 from core.data import Batch
 from core.hparams import HParam
@@ -71,7 +71,7 @@ class MBSD(FusionMethod):
     def mechanism_acted(cls, history: Sequence[Mapping[str, Any]]) -> bool | None:
         """Whether the self-distillation terms weighed any sample: an epoch mean of w (``w_mean``) above 0 (w is 0
         for a sample neither unimodal head predicts, and the terms then leave the three cross-entropies alone)."""
-        means = [record["train"]["w_mean"] for record in history if "w_mean" in record.get("train", {})]
+        means = logged_values(history, "train", "w_mean")
         return any(m > 0 for m in means) if means else None
 
     def update(self, batch: Batch, step: StepInfo) -> dict[str, float]:

@@ -58,7 +58,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from baselines.base import FusionModel, Loaders, Method, Prediction, StepInfo, TrainContext, loss_precision, read_logs
+from baselines.base import (
+    FusionModel,
+    Loaders,
+    Method,
+    Prediction,
+    StepInfo,
+    TrainContext,
+    logged_values,
+    loss_precision,
+    read_logs,
+)
 from baselines.registry import register
 from core.data import Batch, TaskSpec
 from core.hparams import HParam, HParams
@@ -156,14 +166,8 @@ class MIDAS(Method):
     def mechanism_acted(cls, history: Sequence[Mapping[str, Any]]) -> bool | None:
         """MIDAS trained on misaligned samples: train ``misaligned_kept`` above 0 in some epoch (the share of
         misaligned rows with two different labels, which alone enter L_mis; warm-up steps log 0.0)."""
-        judged = False
-        for record in history:
-            train = record.get("train") or {}
-            if "misaligned_kept" in train:
-                if train["misaligned_kept"] > 0:
-                    return True
-                judged = True
-        return False if judged else None
+        values = logged_values(history, "train", "misaligned_kept")
+        return any(v > 0 for v in values) if values else None
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)

@@ -51,7 +51,16 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from baselines.base import FusionModel, Method, Prediction, StepInfo, TrainContext, loss_precision, read_logs
+from baselines.base import (
+    FusionModel,
+    Method,
+    Prediction,
+    StepInfo,
+    TrainContext,
+    logged_values,
+    loss_precision,
+    read_logs,
+)
 from baselines.registry import register
 from core.data import Batch, TaskSpec
 from core.hparams import HParam, HParams, variant_param
@@ -149,10 +158,8 @@ class MMPareto(Method):
         1/2 for some encoder. Without a conflict (cos > 0) k0 is the literal 0.5 and the new gradient is g_sum (the
         uniform baseline with encoder gradients x gamma); a min-norm k0 of exactly 0.5 gives g_sum too. The
         ``bb_degenerate`` variant never departs (cos = 1). None for a history without ``k_mm_`` keys."""
-        weights = [v for r in history for k, v in r.get("train", {}).items() if k.startswith("k_mm_")]
-        if not weights:
-            return None
-        return any(v != 0.5 for v in weights)
+        weights = logged_values(history, "train", "k_mm_")
+        return any(v != 0.5 for v in weights) if weights else None
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)

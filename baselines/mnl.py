@@ -45,6 +45,7 @@ from baselines.base import (
     Prediction,
     StepInfo,
     TrainContext,
+    logged_values,
     loss_precision,
     read_logs,
 )
@@ -96,10 +97,8 @@ class MNL(Method):
         fraction of samples that modality m was guided on, 0.0 exactly when none) is above 0. Where the two criteria
         disagree on every sample no negative-learning term enters the loss. None for a history without ``guided_``
         keys."""
-        shares = [v for r in history for k, v in r.get("train", {}).items() if k.startswith("guided_")]
-        if not shares:
-            return None
-        return any(v > 0.0 for v in shares)
+        shares = logged_values(history, "train", "guided_")
+        return any(v > 0.0 for v in shares) if shares else None
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)

@@ -36,7 +36,7 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from baselines.base import FusionMethod, Loaders, StepInfo, TrainContext, loss_precision
+from baselines.base import FusionMethod, Loaders, StepInfo, TrainContext, logged_values, loss_precision
 from baselines.registry import register
 from core.data import Batch, BatchLoader, TaskSpec
 from core.hparams import HParam, HParams, variant_param
@@ -106,10 +106,8 @@ class MSLR(FusionMethod):
         """Whether MSLR scaled a gradient: an epoch whose applied multiplier (diag ``mslr_applied_<m>``: c_m in a
         modulated epoch, 1.0 outside) differs from 1 for some modality. c_m = coeff_m r_m is exactly 1.0 when both
         factors are (r_m starts as the literal 1.0). None for a history without ``mslr_applied_`` keys."""
-        applied = [v for r in history for k, v in r.get("diag", {}).items() if k.startswith("mslr_applied_")]
-        if not applied:
-            return None
-        return any(v != 1.0 for v in applied)
+        applied = logged_values(history, "diag", "mslr_applied_")
+        return any(v != 1.0 for v in applied) if applied else None
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)

@@ -43,7 +43,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from baselines.base import FusionMethod, StepInfo, TrainContext, confidence_scores, loss_precision, read_logs
+from baselines.base import (
+    FusionMethod,
+    StepInfo,
+    TrainContext,
+    confidence_scores,
+    logged_values,
+    loss_precision,
+    read_logs,
+)
 from baselines.registry import register
 from core.data import Batch, TaskSpec
 from core.hparams import HParam, HParams, variant_param
@@ -194,14 +202,8 @@ class OPM(FusionMethod):
         """OPM modulated some step: train ``drop_executed`` above 0 in some epoch, the share of steps on which the
         drop was executed with theta > 0 (0.0 or 1.0 per step; warm-up steps log 0.0). Such a step masks features
         with probability q_m and rescales them by 1 / (1 - theta) != 1; an executed drop with q = 0 changes nothing."""
-        judged = False
-        for record in history:
-            train = record.get("train") or {}
-            if "drop_executed" in train:
-                if train["drop_executed"] > 0:
-                    return True
-                judged = True
-        return False if judged else None
+        values = logged_values(history, "train", "drop_executed")
+        return any(v > 0 for v in values) if values else None
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)

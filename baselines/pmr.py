@@ -66,6 +66,7 @@ from baselines.base import (
     StepInfo,
     TrainContext,
     confidence_scores,
+    logged_values,
     loss_precision,
     read_logs,
 )
@@ -186,10 +187,8 @@ class PMR(FusionMethod):
         """Whether PMR's prototypical CE entered some step's loss: an epoch whose mean ``proto_applied`` (per step
         1.0 with the term, 0.0 without: outside the window, at rho = 1 or with alpha = 0) is above 0. None for a
         history without ``proto_applied`` (logged by older code)."""
-        shares = [r["train"]["proto_applied"] for r in history if "proto_applied" in r.get("train", {})]
-        if not shares:
-            return None
-        return any(v > 0.0 for v in shares)
+        shares = logged_values(history, "train", "proto_applied")
+        return any(v > 0.0 for v in shares) if shares else None
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         # FusionMethod's model and optimizer, with the official bottleneck inserted before the optimizer is built.

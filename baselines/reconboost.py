@@ -73,7 +73,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.base import Loaders, Method, Prediction, StepInfo, TrainContext, loss_precision, read_logs
+from baselines.base import Loaders, Method, Prediction, StepInfo, TrainContext, logged_values, loss_precision, read_logs
 from baselines.networks import build_encoders, init_model
 from baselines.registry import register
 from core.data import Batch, BatchLoader, TaskSpec
@@ -231,14 +231,8 @@ class ReconBoost(Method):
         share of modality steps whose loss saw other ensemble members (q_y from F_-m) with w2 != 0 (exactly 0.0 or
         1.0 per step). Without members q_y = 1 and the step is a uniformly scaled CE of one learner: only the
         first stage of a run without pre-training, unless learners are in F from the start."""
-        judged = False
-        for record in history:
-            train = record.get("train") or {}
-            if "reconciled" in train:
-                if train["reconciled"] > 0:
-                    return True
-                judged = True
-        return False if judged else None
+        values = logged_values(history, "train", "reconciled")
+        return any(v > 0 for v in values) if values else None
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from baselines.base import FusionMethod, Loaders, RowSelection, StepInfo, TrainContext, loss_precision
+from baselines.base import FusionMethod, Loaders, RowSelection, StepInfo, TrainContext, logged_values, loss_precision
 from baselines.registry import register
 from core.data import Batch, BatchLoader, TaskSpec, seed_for
 from core.hparams import HParam, HParams
@@ -150,10 +150,8 @@ class SMV(FusionMethod):
         rows, the same at every step of the epoch; 0.0 in warm-up) is above 0. After warm-up a sample-level epoch
         adds none when every row is valued phi >= 1, a modality-level one when int(d N) = 0. None for a history
         without ``smv_extra`` (logged by older code)."""
-        extra = [r["train"]["smv_extra"] for r in history if "smv_extra" in r.get("train", {})]
-        if not extra:
-            return None
-        return any(v > 0.0 for v in extra)
+        extra = logged_values(history, "train", "smv_extra")
+        return any(v > 0.0 for v in extra) if extra else None
 
     def __init__(self, task: TaskSpec, hp: HParams, ctx: TrainContext) -> None:
         super().__init__(task, hp, ctx)

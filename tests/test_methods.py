@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from baselines.base import StepInfo, judges_mechanism, zero_grad
+from baselines.base import StepInfo, judges_mechanism, logged_values, zero_grad
 from baselines.registry import list_methods
 from benchmarks.config import build_config, merge_overrides, method_hparams
 from benchmarks.demo import load_demo_config, scaled_schedule
@@ -112,3 +112,13 @@ def test_a_checkpoint_with_another_number_of_optimizers_is_refused(tiny_bundle):
     state["optimizers"] = [*state["optimizers"], state["optimizers"][0]]
     with pytest.raises(RuntimeError, match="checkpoint has 2 optimizers, method 'joint' built 1"):
         build("joint", tiny_bundle, make_context()).load_checkpoint_state(state)
+
+
+def test_logged_values_reads_one_key_or_every_key_of_a_prefix_in_epoch_order():
+    history = [{"epoch": 0, "train": {"coeff_audio": 0.5, "coeff_visual": 1.0, "coeff": 7.0}, "diag": {}},
+               {"epoch": 1, "train": {"coeff_audio": 0.25}},
+               {"epoch": 2, "train": {"coeff": 3.0}, "diag": {"coeff_audio": 9.0}}]
+    assert logged_values(history, "train", "coeff_") == [0.5, 1.0, 0.25]
+    assert logged_values(history, "train", "coeff") == [7.0, 3.0], "a key not ending in _ is matched exactly"
+    assert logged_values(history, "diag", "coeff_") == [9.0]
+    assert logged_values(history, "diag", "missing") == []
