@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -12,6 +13,7 @@ import torch  # noqa: E402
 
 from baselines.base import Loaders, TrainContext  # noqa: E402
 from baselines.networks import MODEL_HPARAMS  # noqa: E402
+from baselines.registry import list_methods  # noqa: E402
 from benchmarks.config import TRAIN_HPARAMS, build_config, method_hparams  # noqa: E402
 from benchmarks.runner import train_run  # noqa: E402
 from core.distributed import DistContext, init_from_env  # noqa: E402
@@ -31,6 +33,25 @@ def tiny_overrides(method: str | None = None, **method_hp) -> dict:
     if method and method_hp:
         out[method] = method_hp
     return out
+
+
+def epoch_record(epoch: int, train: dict | None = None, diag: dict | None = None) -> dict:
+    """One metrics.jsonl record with the parts ``Method.mechanism_acted`` reads (a training loss always logged)."""
+    return {"epoch": epoch, "train": {"loss": 1.0, **(train or {})}, "diag": dict(diag or {})}
+
+
+def acted(method: str, history: list[dict]) -> bool | None:
+    """The registered ``method``'s verdict on ``history``."""
+    return list_methods()[method].mechanism_acted(history)
+
+
+def run_history(run_dir, method: str, epochs: int, **method_hp) -> list[dict]:
+    """The metrics.jsonl records of a tiny synthetic run of ``method`` trained through the runner into
+    ``run_dir / method``."""
+    overrides = tiny_overrides(method, **method_hp)
+    overrides["train"]["epochs"] = epochs
+    train_run(build_config(method, "synthetic", overrides), run_dir / method, log=lambda *_: None)
+    return [json.loads(line) for line in (run_dir / method / "metrics.jsonl").read_text().splitlines()]
 
 
 def interrupted_run(run_dir, epochs: int = 3, **train):

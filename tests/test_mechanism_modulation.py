@@ -3,31 +3,10 @@ verdict, and a short real run shows the verdict its own logs give with the gate 
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from baselines.registry import list_methods
-from benchmarks.config import build_config, merge_overrides
-from benchmarks.runner import train_run
-from tests.conftest import tiny_overrides
-
-
-def rec(epoch: int, train: dict | None = None, diag: dict | None = None) -> dict:
-    """One metrics.jsonl record with the parts ``mechanism_acted`` reads."""
-    return {"epoch": epoch, "train": {"loss": 1.0, **(train or {})}, "diag": dict(diag or {})}
-
-
-def run_history(name: str, tmp_path, epochs: int = 2, **hp) -> list[dict]:
-    """The metrics.jsonl records of a tiny synthetic run of method ``name`` through the runner."""
-    overrides = merge_overrides(tiny_overrides(name, **hp), {"train": {"epochs": epochs}})
-    train_run(build_config(name, "synthetic", overrides), tmp_path / name, log=lambda *_: None)
-    return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-
-
-def acted(name: str, history: list[dict]) -> bool | None:
-    return list_methods()[name].mechanism_acted(history)
-
+from tests.conftest import acted, run_history
+from tests.conftest import epoch_record as rec
 
 OLD_RECORDS = [rec(0), rec(1, diag={"other": 2.0})]
 
@@ -129,19 +108,19 @@ def test_cml_has_no_gate():
     ("mmpareto", {"variant": "bb_degenerate"}, {}),
 ])
 def test_real_run_is_judged_not_acted_with_the_gate_held_closed_and_acted_with_it_open(name, closed, open_, tmp_path):
-    assert acted(name, run_history(name, tmp_path / "closed", **closed)) is False
-    assert acted(name, run_history(name, tmp_path / "open", **open_)) is True
+    assert acted(name, run_history(tmp_path / "closed", name, 2, **closed)) is False
+    assert acted(name, run_history(tmp_path / "open", name, 2, **open_)) is True
 
 
 def test_ogm_and_agm_with_alpha_zero_log_exactly_one_and_are_judged_not_acted(tmp_path):
     for name in ("ogm", "agm"):
-        history = run_history(name, tmp_path, epochs=1, alpha=0.0)
+        history = run_history(tmp_path, name, 1, alpha=0.0)
         assert all(v == 1.0 for k, v in history[0]["train"].items() if k != "loss"), history[0]["train"]
         assert acted(name, history) is False
 
 
 def test_amco_is_not_masked_in_epoch_zero_and_is_masked_later(tmp_path):
-    history = run_history("amco", tmp_path, epochs=2)
+    history = run_history(tmp_path, "amco", 2)
     assert history[0]["train"]["mask_ratio"] == 0.0 and history[0]["train"]["masked"] == 0.0
     assert acted("amco", history[:1]) is False
     assert history[1]["train"]["masked"] > 0.0
@@ -149,5 +128,5 @@ def test_amco_is_not_masked_in_epoch_zero_and_is_masked_later(tmp_path):
 
 
 def test_mnl_guides_some_sample_in_a_real_run(tmp_path):
-    history = run_history("mnl", tmp_path, epochs=1)
+    history = run_history(tmp_path, "mnl", 1)
     assert acted("mnl", history) is True

@@ -4,33 +4,11 @@ method's own logs give where the gate is known to stay closed or to open."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from baselines.mses import MSES
-from baselines.registry import list_methods
-from benchmarks.config import build_config
-from benchmarks.runner import train_run
-from tests.conftest import tiny_overrides
-
-
-def rec(epoch: int, train: dict | None = None, diag: dict | None = None) -> dict:
-    """One metrics.jsonl record as the runner writes it (only the keys mechanism_acted reads)."""
-    return {"epoch": epoch, "train": {"loss": 1.0, **(train or {})}, "diag": dict(diag or {})}
-
-
-def acted(name: str, history: list[dict]) -> bool | None:
-    return list_methods()[name].mechanism_acted(history)
-
-
-def run_history(tmp_path, name: str, epochs: int, **hp) -> list[dict]:
-    """The metrics.jsonl records of a tiny synthetic run of ``name`` through the runner."""
-    overrides = tiny_overrides(name, **hp)
-    overrides["train"]["epochs"] = epochs
-    train_run(build_config(name, "synthetic", overrides), tmp_path / name, log=lambda *_: None)
-    return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-
+from tests.conftest import acted, run_history
+from tests.conftest import epoch_record as rec
 
 OLD_RUN = [rec(0), rec(1)]  # a run logged before any of the keys below existed: nothing to judge
 
