@@ -2,10 +2,11 @@
 
 generate AV-Digits (if absent) -> ``prepare`` it through the CREMA-D path -> train every registered method (plus the
 unimodal references) over the seeds in long-lived worker processes, one intra-op thread each -> the late-fusion
-ensemble of the unimodal models as an extra row -> tables (both protocols, mean ± std), ``curves.png`` (per-row test
-accuracy per epoch), ``bars.png`` (fused and per-modality accuracy per row), ``summary.json`` and a README with the
-findings -> ``runs/demo/results/`` (``--publish``: the tracked ``results/demo/``). Every setting lives in
-``benchmarks/configs/demo/av_digits.yaml``; profiles (``--quick``, ``--smoke``) override parts of it. Each stage
+ensemble of the unimodal models as an extra row -> tables (the config's protocol (the final epoch), then the
+best-validation and best-test ones; mean ± std), ``curves.png`` (per-row test accuracy per epoch), ``bars.png`` (fused
+and per-modality accuracy per row), ``summary.json`` and a README with the findings -> ``runs/demo/results/``
+(``--publish``: the tracked ``results/demo/``). Every setting lives in ``benchmarks/configs/demo/av_digits.yaml``;
+profiles (``--quick``, ``--smoke``) override parts of it. Each stage
 reuses what a previous invocation finished (data, cache, finished runs), so an interrupted demo continues and a rerun
 only redraws the report.
 
@@ -37,6 +38,7 @@ from benchmarks.data_identity import check_run_data, current_identity
 from benchmarks.demo_checks import (
     AUDIO,
     ENSEMBLE_LABEL,
+    EPOCH_WORDS,
     JOINT,
     VISUAL,
     compare_runs,
@@ -111,7 +113,7 @@ def _digest(obj: Any) -> str:
 
 
 # The parts of the demo config that decide its numbers; two runs with the same digest ran the same design.
-DESIGN_KEYS = ("generate", "prepare", "defaults", "rows", "schedule", "seeds")
+DESIGN_KEYS = ("generate", "prepare", "defaults", "rows", "schedule", "seeds", "protocol")
 
 
 def design_digest(demo: Mapping[str, Any]) -> str:
@@ -164,6 +166,10 @@ REFERENCES = {AUDIO: "audio", VISUAL: "visual"}
 FINAL_ROWS = (AUDIO, VISUAL, JOINT, ENSEMBLE_LABEL)
 # Seed std of test accuracy above which the README says a row's mean does not rank its method [project].
 UNSTABLE_STD = 0.10
+# What each table file holds, for the README's list of files.
+TABLE_WORDS = {"clean": "test metrics at each run's best-validation epoch",
+               "last": "test metrics after the final epoch",
+               "paper": "best test epoch, optimistic, as the published code selects"}
 # How far a run's final-epoch test accuracy may lie below the epoch the table reports before the README names the
 # run [project]: the best-validation epoch can hide a model that collapsed later.
 DEGRADED_DROP = 0.10
@@ -366,10 +372,10 @@ def row_stats(records: Sequence[collect.RunRecord], protocol: str = "clean") -> 
                     for k, v in row.items()} for label, row in values.items()}
 
 
-def aug_diagnostics(records: Sequence[collect.RunRecord]) -> dict[str, Any] | None:
+def aug_diagnostics(records: Sequence[collect.RunRecord], protocol: str = "clean") -> dict[str, Any] | None:
     """AUG's mechanism as it ran, mean over seeds: learners added per modality, the final train-score ratio
-    s_audio / s_visual, the test-time fusion weights, and the equal-weight fusion's test accuracy at the selected
-    epoch (the runner's ``alternatives.equal_fusion``)."""
+    s_audio / s_visual, the test-time fusion weights, and the equal-weight fusion's test accuracy at the epoch
+    ``protocol`` selects (the runner's ``alternatives.equal_fusion``)."""
     runs = [r for r in records if r.method == "aug"]
     if not runs:
         return None
@@ -383,7 +389,7 @@ def aug_diagnostics(records: Sequence[collect.RunRecord]) -> dict[str, Any] | No
                 learners.setdefault(key.split("/", 1)[1], []).append(value)
         if "score_ratio" in diag:
             ratios.append(diag["score_ratio"])
-        test = rec.protocols["clean"]["test"]
+        test = rec.protocols[protocol]["test"]
         weighted.append(test["acc"])
         if "equal_fusion" in test.get("alternatives", {}):
             equal.append(test["alternatives"]["equal_fusion"]["acc"])
@@ -435,6 +441,12 @@ def longest_first(jobs: Sequence[sweep.Job], seconds: Mapping[str, float]) -> li
     return sorted(jobs, key=lambda job: -seconds.get(job.label, float("inf")))
 
 
+def table_protocols(protocol: str) -> list[str]:
+    """The protocols the demo tabulates: ``protocol`` (the config's, whose numbers the README reports) first, then
+    the best-validation and the optimistic best-test ones for comparison."""
+    return list(dict.fromkeys((protocol, "clean", "paper")))
+
+
 def default_results(profile: str | None, publish: bool) -> Path:
     """Where tables and plots go: under ``runs/`` (untracked) unless ``--publish`` refreshes ``results/``."""
     name = "demo" if profile is None else f"demo-{profile}"
@@ -445,9 +457,9 @@ def default_results(profile: str | None, publish: bool) -> Path:
 class ShownRows:
     """What the demo's tables and plots show: the rows in order, their display names, the titles shown (a row equal
     to an earlier one in every number marked "no effect", one whose mechanism acted in no seed marked so), those
-    rows, the mechanism verdicts per seed, each row's statistics over seeds at its best-validation epoch (``stats``)
-    and, for the references, joint training and their ensemble, at the final epoch (``final``), and the files
-    written."""
+    rows, the mechanism verdicts per seed, each row's statistics over seeds at the epoch the tables report
+    (``stats``), for the references, joint training and their ensemble at the final epoch (``final``), for the
+    references and joint training at the best-validation epoch (``best_val``), and the files written."""
 
     order: list[str]
     names: dict[str, str]
@@ -456,14 +468,15 @@ class ShownRows:
     mechanism: dict[str, dict[str, list[int]]]
     stats: dict[str, dict[str, tuple]]
     final: dict[str, dict[str, tuple]]
+    best_val: dict[str, dict[str, tuple]]
     written: list[Path]
 
 
 def write_report(records: list[collect.RunRecord], methods: Sequence[str], runs_dir: Path, results: Path,
-                 title: str) -> ShownRows:
-    """The demo's tables (clean and paper protocols, Markdown and CSV), ``curves.png`` and ``bars.png`` from its
-    ``records`` (the runs and the ensemble row), in the order of ``methods`` with the ensemble after the two unimodal
-    references; the records take the titles shown."""
+                 title: str, protocol: str = "clean") -> ShownRows:
+    """The demo's tables (``protocol``'s, whose numbers the bars and findings show, then the clean and paper ones;
+    Markdown and CSV), ``curves.png`` and ``bars.png`` from its ``records`` (the runs and the ensemble row), in the
+    order of ``methods`` with the ensemble after the two unimodal references; the records take the titles shown."""
     names = {r.label: r.title for r in records}
     order = [r for r in methods if r in names]
     order = order[:2] + ([ENSEMBLE_LABEL] if ENSEMBLE_LABEL in names else []) + order[2:]
@@ -478,15 +491,16 @@ def write_report(records: list[collect.RunRecord], methods: Sequence[str], runs_
         rec.title = titles[rec.label]
     results.mkdir(parents=True, exist_ok=True)
     written = []
-    for protocol in ("clean", "paper"):
+    for table in table_protocols(protocol):
         for fmt in ("md", "csv"):
-            text = collect.render(records, fmt, protocol=protocol, metrics=("acc", "macro_f1"), per_modality=True,
+            text = collect.render(records, fmt, protocol=table, metrics=("acc", "macro_f1"), per_modality=True,
                                   methods=order, title=title)
-            path = results / f"table_{protocol}.{fmt}"
+            path = results / f"table_{table}.{fmt}"
             atomic_write_text(path, text)
             written.append(path)
-    stats = row_stats(records)
+    stats = row_stats(records, protocol)
     final = row_stats([r for r in records if r.label in FINAL_ROWS], protocol="last")
+    best_val = row_stats([r for r in records if r.label in FINAL_ROWS and not r.reference], protocol="clean")
     written.append(plots.plot_demo(runs_dir, results / "curves.png", order=order, titles=titles,
                                    references={m: final[r]["acc"][0] for r, m in REFERENCES.items() if r in final},
                                    runs=[r.run_dir for r in records if r.label != ENSEMBLE_LABEL]))
@@ -496,7 +510,7 @@ def write_report(records: list[collect.RunRecord], methods: Sequence[str], runs_
          for r in order}, results / "bars.png",
         titles=titles, references={ENSEMBLE_LABEL: "unimodal ensemble", JOINT: titles.get(JOINT, JOINT),
                                    VISUAL: "visual-only model"}))
-    return ShownRows(order, names, titles, identical, verdicts, stats, final, written)
+    return ShownRows(order, names, titles, identical, verdicts, stats, final, best_val, written)
 
 
 def rounded_rows(stats: Mapping[str, Mapping[str, tuple]]) -> dict[str, dict[str, list]]:
@@ -564,7 +578,8 @@ def run_demo(*, results: Path, work: Path, profile: str | None = None, workers: 
     records = [r for r in collect.load_runs(runs_dir) if r.run_dir.resolve() in wanted]
     records += ensemble_records(records)
     results = Path(results)
-    shown = write_report(records, config.methods, runs_dir, results, demo["title"])
+    protocol = demo["protocol"]
+    shown = write_report(records, config.methods, runs_dir, results, demo["title"], protocol)
     timings["report_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - started
     runs = run_summaries(records)
@@ -582,17 +597,17 @@ def run_demo(*, results: Path, work: Path, profile: str | None = None, workers: 
                # Training time the runs took, whichever invocation trained them (a rerun reuses finished runs).
                "run_time_s": round(sum(map(sum, seconds.values())), 1),
                "row_run_s": mean_row_seconds(seconds),
-               "rows": rounded_rows(shown.stats),
+               "protocol": protocol, "rows": rounded_rows(shown.stats),
                # The ensemble exists only for the final checkpoints: what it is compared with is final too.
-               "rows_final": rounded_rows(shown.final),
+               "rows_final": rounded_rows(shown.final), "rows_best_val": rounded_rows(shown.best_val),
                "identical_rows": shown.identical, "mechanism": shown.mechanism,
-               "unstable_rows": unstable_rows(records, shown.order),
-               "degraded_runs": degraded_runs(records, shown.order),
+               "unstable_rows": unstable_rows(records, shown.order, protocol),
+               "degraded_runs": degraded_runs(records, shown.order, protocol),
                # The finished runs only, as the tables: a run that failed part-way leaves a curve that stops
                # mid-training.
                "convergence_trend": last_quarter_trend([r.run_dir for r in records if not r.reference],
                                                        [AUDIO, VISUAL, JOINT]),
-               "aug": aug_diagnostics(records), "ensemble_temperatures": ensemble_temperatures(records),
+               "aug": aug_diagnostics(records, protocol), "ensemble_temperatures": ensemble_temperatures(records),
                "epochs": demo["defaults"]["train"]["epochs"],
                "seeds": list(config.seeds), "design": design_digest(demo), "commit": git_commit(),
                "run_commits": run_commits(runs),
@@ -605,7 +620,7 @@ def run_demo(*, results: Path, work: Path, profile: str | None = None, workers: 
     atomic_write_text(results / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     atomic_write_text(results / "README.md", _readme(demo, summary, profile, shown.names))
     written = [*shown.written, results / "summary.json", results / "README.md"]
-    return {"written": written, "summary": summary, "table": (results / "table_clean.md").read_text()}
+    return {"written": written, "summary": summary, "table": (results / f"table_{protocol}.md").read_text()}
 
 
 def _pct(x: float) -> str:
@@ -613,8 +628,8 @@ def _pct(x: float) -> str:
 
 
 def findings(summary: Mapping[str, Any], titles: Mapping[str, str], targets: Mapping[str, float]) -> list[str]:
-    """The demo's three findings, from the measured numbers (clean protocol, means over seeds); ``targets`` (the demo
-    config's) decides when joint training counts as leaning on audio."""
+    """The demo's three findings, from the measured numbers (the table's protocol, means over seeds); ``targets`` (the
+    demo config's) decides when joint training counts as leaning on audio."""
     rows = summary["rows"]
     if not {JOINT, VISUAL, AUDIO} <= set(rows):
         return []
@@ -648,7 +663,7 @@ def findings(summary: Mapping[str, Any], titles: Mapping[str, str], targets: Map
         out.append(f"Averaging the two separately trained unimodal models{calibrated} gives {_pct(ens)}, "
                    f"{100 * (ens - joint_final):+.1f} points against joint training (both at the final epoch; joint "
                    f"{_pct(joint_final)}): {headroom}; the highest method mean here is {titles.get(best, best)}'s "
-                   f"{100 * mean(best):.1f}{spread}% (best-validation epoch).")
+                   f"{100 * mean(best):.1f}{spread}% ({EPOCH_WORDS[summary['protocol']]}).")
     aug = summary.get("aug")
     if aug and "aug" in rows:
         learners = ", ".join(f"{v:.1f} {m}" for m, v in aug["extra_learners"].items())
@@ -742,15 +757,17 @@ def _readme(demo: Mapping[str, Any], summary: Mapping[str, Any], profile: str | 
                               for r, accs in summary["unstable_rows"].items()) + ".", ""]
     if summary.get("degraded_runs"):
         lines += ["## Runs that ended far below the epoch the table reports", "",
-                  f"The table reports each run at its best-validation epoch; these runs ended training more than "
+                  f"The table reports each run at its {EPOCH_WORDS[summary['protocol']]}; these runs ended training "
+                  f"more than "
                   f"{100 * DEGRADED_DROP:.0f} points of test accuracy below it, so the method's final model is worse "
                   f"than its row says (test accuracy at the reported epoch, then at the final epoch): "
                   + "; ".join(f"{titles.get(r, r)} seed {run['seed']} {100 * run['reported']:.1f}% (epoch "
                               f"{run['epoch']}), {100 * run['final']:.1f}%"
                               for r, runs in summary["degraded_runs"].items() for run in runs) + ".", ""]
+    tables = ", ".join(f"`table_{p}.md`/`.csv` ({TABLE_WORDS[p]}{'; the conclusions' * (p == summary['protocol'])})"
+                       for p in table_protocols(summary["protocol"]))
     lines += ["## Files", "",
-              "`table_clean.md`/`.csv` (test metrics at each run's best-validation epoch; the conclusions), "
-              "`table_paper.md`/`.csv` (best test epoch, optimistic, as the published code selects), `bars.png` "
+              f"{tables}, `bars.png` "
               "(fused and per-modality accuracy per method, mean ± std over seeds), `curves.png` (test accuracy per "
               "epoch for every row), `summary.json` (every number above, the machine and the timings). The "
               "ensemble row averages the softmax outputs of the final unimodal checkpoints of the same seed, each "

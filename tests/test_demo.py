@@ -344,10 +344,12 @@ def test_demo_smoke_end_to_end(tmp_path):
     out = run_demo(results=tmp_path / "results", work=tmp_path / "work", profile="smoke", workers=1,
                    methods=["unimodal_audio", "unimodal_visual", "joint", "aug"], log=lambda line: None)
     results = tmp_path / "results"
-    for name in ("table_clean.md", "table_clean.csv", "table_paper.md", "table_paper.csv", "curves.png", "bars.png",
-                 "README.md", "summary.json"):
+    for name in ("table_last.md", "table_last.csv", "table_clean.md", "table_clean.csv", "table_paper.md",
+                 "table_paper.csv", "curves.png", "bars.png", "README.md", "summary.json"):
         assert (results / name).stat().st_size > 0, name
-    table = (results / "table_clean.md").read_text()
+    # The config's protocol: the tables, findings and targets report each run's final epoch.
+    table = (results / "table_last.md").read_text()
+    assert "Protocol: last epoch" in table
     for title in ("Concat", "Unimodal (visual)", "AUG", "Ensemble of the unimodal models"):
         assert title in table
     summary = json.loads((results / "summary.json").read_text())
@@ -431,9 +433,10 @@ def test_the_headroom_finding_compares_the_ensemble_with_joint_trainings_final_e
             "joint": {"acc": [0.85, 0.0, 1], "acc:visual": [0.6, 0.0, 1], "acc:audio": [0.8, 0.0, 1]},
             "ensemble": {"acc": [0.9, 0.0, 1]}}
     final = {"joint": {"acc": [0.87, 0.0, 1]}, "ensemble": {"acc": [0.9, 0.0, 1]}}
-    lines = findings({"rows": rows, "rows_final": final, "identical_rows": {}}, {}, load_demo_config()["targets"])
+    lines = findings({"protocol": "clean", "rows": rows, "rows_final": final, "identical_rows": {}}, {},
+                     load_demo_config()["targets"])
     assert "gives 90.0%, +3.0 points against joint training (both at the final epoch; joint 87.0%)" in lines[1]
-    calibrated = {"rows": rows, "rows_final": final, "identical_rows": {},
+    calibrated = {"protocol": "clean", "rows": rows, "rows_final": final, "identical_rows": {},
                   "ensemble_temperatures": {"audio": 2.4449, "visual": 0.7263}}
     assert findings(calibrated, {}, load_demo_config()["targets"])[1].startswith(
         "Averaging the two separately trained unimodal models (each calibrated on the validation split; mean "
@@ -539,7 +542,7 @@ def _findings_summary(ensemble_final: float) -> dict:
     final = {"joint": {"acc": [0.87, 0.01, 3]}, "ensemble": {"acc": [ensemble_final, 0.01, 3]}}
     aug = {"extra_learners": {"audio": 1 / 3, "visual": 29 / 3}, "score_ratio": 1.2783, "fusion_weights": [0.4, 0.6],
            "weighted_acc": 0.83, "equal_fusion_acc": 0.8}
-    return {"rows": rows, "rows_final": final, "identical_rows": {"mses": "sum"}, "aug": aug}
+    return {"protocol": "clean", "rows": rows, "rows_final": final, "identical_rows": {"mses": "sum"}, "aug": aug}
 
 
 def test_the_findings_sentences_carry_each_number_from_its_own_row():
@@ -1046,16 +1049,19 @@ def test_the_demo_summary_records_what_this_invocation_ran_reused_and_measured(t
     assert summary["timings_s"] == {"generate_s": 0.3, "prepare_s": 0.3, "train_s": 0.3, "report_s": 0.3,
                                     "total_s": 2.7}
     assert summary["run_time_s"] == 11.0 and summary["row_run_s"] == {"unimodal_audio": 1.8, "joint": 3.7}
-    assert summary["rows"]["joint"]["acc"] == [0.7, approx64(0.2828), 2], "the stray run's seed 7 is not a seed"
+    # The config's protocol is the final epoch (the stub's runs ended 0.1 below their best-validation epoch).
+    assert summary["protocol"] == demo["protocol"] == "last"
+    assert summary["rows"]["joint"]["acc"] == [0.6, approx64(0.2828), 2], "the stray run's seed 7 is not a seed"
+    assert summary["rows_best_val"]["joint"]["acc"] == [0.7, approx64(0.2828), 2]
     assert summary["rows_final"]["joint"]["acc"][0] == approx64(0.6), "final rows are the last epoch's"
-    assert summary["unstable_rows"] == {"joint": [0.5, 0.9]}
+    assert summary["unstable_rows"] == {"joint": [0.4, 0.8]}, "at the epoch the table reports"
     assert summary["convergence_trend"] == {"unimodal_audio": {0: 0.0, 1: 0.0}, "joint": {0: 0.0, 1: 0.0}}
     assert summary["runs_dirty"] == 1 and summary["run_commits"] == {"c" * 40: 4}
     assert (summary["profile"], summary["seeds"], summary["epochs"]) == ("smoke", [0, 1], 1)
     assert summary["design"] == demo_module.design_digest(demo)
     rep = summary["reproduction"]
     assert rep["source"] == "results/demo-smoke/summary.json" and rep["comparable"]
-    assert (rep["rows"], rep["outside_std"]) == (2, {"unimodal_audio": [0.5, 0.0, 0.51]})
+    assert (rep["rows"], rep["outside_std"]) == (2, {"unimodal_audio": [0.5, 0.0, 0.41]})
 
 
 def test_the_best_method_finding_quotes_its_best_validation_mean_even_for_joint_training():
@@ -1066,6 +1072,9 @@ def test_the_best_method_finding_quotes_its_best_validation_mean_even_for_joint_
     summary["rows"]["joint"]["acc"] = [0.88, 0.0, 1]  # one seed: no spread to state
     headroom = findings(summary, {"joint": "Concat"}, load_demo_config()["targets"])[1]
     assert headroom.endswith("the highest method mean here is Concat's 88.0% (best-validation epoch).")
+    summary["protocol"] = "last"
+    headroom = findings(summary, {"joint": "Concat"}, load_demo_config()["targets"])[1]
+    assert headroom.endswith("the highest method mean here is Concat's 88.0% (final epoch)."), "the table's epoch"
 
 
 def test_the_demo_readme_carries_the_targets_over_its_seeds_the_comparison_and_the_thread_count():

@@ -46,7 +46,8 @@ def test_last_quarter_trend_fits_a_line_over_the_last_quarter(tmp_path):
 
 
 def _summary(**rows) -> dict:
-    out = {"rows": {}, "profile": "full", "seeds": [0, 1, 2], "epochs": 16, "design": "abc", "commit": "c0ffee",
+    out = {"protocol": "clean", "rows": {}, "profile": "full", "seeds": [0, 1, 2], "epochs": 16, "design": "abc",
+           "commit": "c0ffee",
            "machine": {"cpu_model": "CPU X", "torch_cpu_capability": "AVX2", "torch": "2.14.1", "numpy": "2.4"}}
     for label, acc in rows.items():
         out["rows"][label] = {k: list(v) for k, v in acc.items()}
@@ -73,12 +74,30 @@ def test_design_targets_report_each_target_met_or_missed():
     assert not checks["seed spread"]["met"]
     # The final epoch's spread is shown beside the judged one (the rows that have a final-epoch record), never judged;
     # the ensemble fuses final checkpoints, so its final-epoch spread would repeat the judged one.
-    assert checks["seed spread"]["final_epoch"] == {"unimodal_audio": 0.012, "joint": 0.01}
+    assert checks["seed spread"]["other_epoch"] == {"epoch": "final epoch", "std": {"unimodal_audio": 0.012,
+                                                                                    "joint": 0.01}}
+    assert "(sample std, at the epoch the table reports: the best-validation epoch)" in checks["seed spread"]["text"]
     lines = "\n".join(targets_markdown(list(checks.values()), {"unimodal_audio": "Unimodal (audio)"}, 3))
     assert "this run's 3 seed(s)" in lines and "| **no** |" in lines
     assert "a std over 3 seeds by about 50% of itself" in lines, "1 / sqrt(2 (3 - 1)) = 0.5"
     assert "Unimodal (audio) 3.4" in lines and "+37.0" in lines
     assert "joint 1.5 (final epoch, not judged: Unimodal (audio) 1.2, joint 1.0) | **no** |" in lines
+
+
+def test_a_table_at_the_final_epoch_judges_its_spread_there_and_shows_the_best_validation_one_beside():
+    summary = _summary(unimodal_audio={"acc": (0.64, 0.014, 3)}, unimodal_visual={"acc": (0.86, 0.002, 3)},
+                       ensemble={"acc": (0.90, 0.014, 3)}, joint={"acc": (0.69, 0.017, 3)})
+    summary["protocol"] = "last"
+    summary["rows_final"] = {k: {"acc": list(v["acc"])} for k, v in summary["rows"].items()}
+    # The best-validation epochs vary more; they are shown, not judged. The final rows are not read here.
+    summary["rows_best_val"] = {"unimodal_audio": {"acc": [0.63, 0.014, 3]}, "joint": {"acc": [0.70, 0.034, 3]}}
+    summary["rows_final"]["joint"]["acc"][1] = 0.5
+    spread = {c["target"]: c for c in design_targets(summary, TARGETS)}["seed spread"]
+    assert spread["met"] and spread["measured"]["joint"] == 0.017
+    assert "at the epoch the table reports: the final epoch)" in spread["text"]
+    assert spread["other_epoch"] == {"epoch": "best-validation epoch", "std": {"unimodal_audio": 0.014, "joint": 0.034}}
+    lines = "\n".join(targets_markdown([spread], {"joint": "Concat"}, 3))
+    assert "Concat 1.7 (best-validation epoch, not judged: unimodal_audio 1.4, Concat 3.4) | yes |" in lines
 
 
 def test_the_seed_spread_target_judges_the_ensemble_row_too():
@@ -191,7 +210,7 @@ def test_design_targets_met_exactly_at_their_limits():
     assert checks["headroom"]["measured"] == {"headroom": 0.25} and checks["headroom"]["met"]
     spread = checks["seed spread"]
     assert spread["measured"] == {"unimodal_visual": 0.25, "joint": 0.25} and spread["met"]
-    assert "final_epoch" not in spread, "a final-epoch row of one seed has no spread to show"
+    assert "other_epoch" not in spread, "a final-epoch row of one seed has no spread to show"
     lines = "\n".join(targets_markdown([checks["headroom"], checks["imbalance"]], {}, 3))
     assert "| +25.0 | yes |" in lines and "| +12.5 | yes |" in lines, "gap and headroom are shown bare and signed"
 
