@@ -510,7 +510,7 @@ def test_row_stats_are_the_mean_sample_std_and_count_over_seeds_of_the_protocol_
     assert row_stats(records, protocol="last")["joint"]["acc"] == (approx64(0.1), approx64(0.0), 3)
 
 
-def test_aug_diagnostics_read_the_last_epoch_and_the_clean_protocol_mean_over_seeds(tmp_path, monkeypatch):
+def test_aug_diagnostics_read_the_last_epoch_and_the_reported_epochs_accuracy_mean_over_seeds(tmp_path, monkeypatch):
     monkeypatch.setattr(demo_module, "load_run_config",
                         lambda run_dir: SimpleNamespace(method_hp=SimpleNamespace(fusion_weights=[0.3, 0.7])))
     records = []
@@ -530,6 +530,8 @@ def test_aug_diagnostics_read_the_last_epoch_and_the_clean_protocol_mean_over_se
     diag = aug_diagnostics(records)
     assert diag == {"extra_learners": {"audio": approx64(1.0), "visual": approx64(7.0)}, "score_ratio": approx64(1.6),
                     "fusion_weights": [0.3, 0.7], "weighted_acc": approx64(0.82), "equal_fusion_acc": approx64(0.67)}
+    at_paper = aug_diagnostics(records, "paper")  # the accuracies of the epoch the table reports
+    assert (at_paper["weighted_acc"], at_paper["equal_fusion_acc"]) == (approx64(0.99), approx64(0.99))
     assert aug_diagnostics(records[-1:]) is None
 
 
@@ -843,7 +845,8 @@ def test_the_design_digest_follows_every_design_setting_and_nothing_else():
     demo = load_demo_config()
     digest = demo_module.design_digest(demo)
     assert re.fullmatch(r"[0-9a-f]{8}", digest)
-    for key in ("generate", "prepare", "defaults", "rows", "schedule", "seeds"):
+    # The protocol too: it decides which epoch's numbers the rows hold.
+    for key in ("generate", "prepare", "defaults", "rows", "schedule", "seeds", "protocol"):
         assert demo_module.design_digest({**demo, key: "other"}) != digest, key
     # The title, the targets and the command do not change a number: two such runs are comparable.
     same = {**demo, "title": "another title", "targets": {}, "command": "augbench demo --x", "name": "other"}
