@@ -758,8 +758,8 @@ def _readme(demo: Mapping[str, Any], summary: Mapping[str, Any], profile: str | 
     if summary.get("degraded_runs"):
         lines += ["## Runs that ended far below the epoch the table reports", "",
                   f"The table reports each run at its {EPOCH_WORDS[summary['protocol']]}; these runs ended training "
-                  f"more than {100 * DEGRADED_DROP:.0f} points of test accuracy below it, so the method's final model is worse "
-                  f"than its row says (test accuracy at the reported epoch, then at the final epoch): "
+                  f"more than {100 * DEGRADED_DROP:.0f} points of test accuracy below it, so the method's final "
+                  f"model is worse than its row says (test accuracy at the reported epoch, then at the final epoch): "
                   + "; ".join(f"{titles.get(r, r)} seed {run['seed']} {100 * run['reported']:.1f}% (epoch "
                               f"{run['epoch']}), {100 * run['final']:.1f}%"
                               for r, runs in summary["degraded_runs"].items() for run in runs) + ".", ""]
